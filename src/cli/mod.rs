@@ -1,0 +1,53 @@
+//! Command line: `serve` (the default) and `send`.
+
+mod send;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use send::{SendSummary, run_send};
+
+/// mfoundry: an HL7 v2 integration gateway.
+///
+/// Without a command it serves MLLP on LISTEN_ADDR (default :2575). Settings come from
+/// environment variables; see docs/configuration.md.
+#[derive(Debug, Parser)]
+#[command(name = "mfoundry", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Receive HL7 v2 over MLLP and answer every message with an ACK (the default).
+    Serve,
+    /// Send the messages in FILEs over MLLP, wait for each ACK and print it.
+    ///
+    /// A file may hold one or many messages, with any line endings; batch envelopes
+    /// (FHS/BHS/BTS/FTS) are dropped and each message is sent on its own. Prints one line per
+    /// message: control id, ACK code, text. Exits 0 when every message got AA or CA, 1 when
+    /// any did not, 2 when a file cannot be read or the server cannot be reached.
+    Send(SendArgs),
+}
+
+/// Arguments of `mfoundry send`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SendArgs {
+    /// Address of the MLLP server, host:port.
+    #[arg(long, default_value = "127.0.0.1:2575")]
+    pub addr: String,
+    /// How long to wait for each ACK (Go duration: 500ms, 30s, 1m).
+    #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
+    pub timeout: std::time::Duration,
+    /// Files with HL7 v2 messages.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+fn parse_go_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(text)
+}

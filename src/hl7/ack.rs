@@ -1,0 +1,521 @@
+//! HL7 v2 acknowledgements, built from the received header with the sender's delimiters.
+//!
+//! Layout of what is written (segments end with `\r`, the standard terminator):
+//!
+//! ```text
+//! MSH|<MSH-2 as received>|<MSH-5>|<MSH-6>|<MSH-3>|<MSH-4>|<now>||<ACK type>|<new id>|<MSH-11>|<MSH-12>[|||||||<MSH-18>]
+//! MSA|<code>|<received MSH-10>[|<text, NACK only, before v2.7>]
+//! ERR|...   (NACK only)
+//! ```
+//!
+//! `<ACK type>` is `ACK^<trigger>^ACK` from v2.4 on and `ACK` before. The ERR segment takes the
+//! form the message's version expects: ERR-1 (ELD: location and a table 0357 code) for v2.3 and
+//! v2.4, ERR-2 location, ERR-3 code, ERR-4 severity, ERR-7 diagnostics and ERR-8 user message
+//! from v2.5 on. Unknown or missing versions get the v2.5 form.
+
+use std::fmt;
+
+use super::escape::escape;
+use super::message::{HeaderKind, Version};
+use super::{Delimiters, Message};
+
+/// Acknowledgement codes (HL7 table 0008).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AckCode {
+    /// Original mode: application accept.
+    AA,
+    /// Original mode: application error.
+    AE,
+    /// Original mode: application reject.
+    AR,
+    /// Enhanced mode: commit accept.
+    CA,
+    /// Enhanced mode: commit error.
+    CE,
+    /// Enhanced mode: commit reject.
+    CR,
+}
+
+impl AckCode {
+    /// The two letters on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::AA => "AA",
+            Self::AE => "AE",
+            Self::AR => "AR",
+            Self::CA => "CA",
+            Self::CE => "CE",
+            Self::CR => "CR",
+        }
+    }
+
+    /// Parse the two letters of MSA-1.
+    pub fn parse(text: &[u8]) -> Option<Self> {
+        Some(match text {
+            b"AA" => Self::AA,
+            b"AE" => Self::AE,
+            b"AR" => Self::AR,
+            b"CA" => Self::CA,
+            b"CE" => Self::CE,
+            b"CR" => Self::CR,
+            _ => return None,
+        })
+    }
+
+    /// True for AA and CA.
+    pub fn is_accept(&self) -> bool {
+        matches!(self, Self::AA | Self::CA)
+    }
+}
+
+impl fmt::Display for AckCode {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// The outcome ingest decided, before it is mapped onto a mode's code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The message is accepted (AA / CA).
+    Accept,
+    /// Something failed on our side (AE / CE).
+    Error,
+    /// The message itself is refused (AR / CR).
+    Reject,
+}
+
+/// Which acknowledgement mode the sender asked for (MSH-15).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AckMode {
+    /// MSH-15 empty: AA / AE / AR, always sent.
+    Original,
+    /// MSH-15 valued: CA / CE / CR, sent according to the accept acknowledgement type.
+    Enhanced(AcceptAckType),
+}
+
+/// MSH-15, accept acknowledgement type (HL7 table 0155).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcceptAckType {
+    /// `AL`: always.
+    Always,
+    /// `NE`: never.
+    Never,
+    /// `ER`: only on error or reject.
+    ErrorOnly,
+    /// `SU`: only on success.
+    SuccessOnly,
+}
+
+impl AckMode {
+    /// The mode requested by a message. Unknown MSH-15 values are answered as `AL`.
+    pub fn of(message: &Message) -> Self {
+        let accept_type = message.header_component(15, 1);
+        if accept_type.iter().all(u8::is_ascii_whitespace) {
+            return Self::Original;
+        }
+        Self::Enhanced(match accept_type {
+            b"NE" => AcceptAckType::Never,
+            b"ER" => AcceptAckType::ErrorOnly,
+            b"SU" => AcceptAckType::SuccessOnly,
+            _ => AcceptAckType::Always,
+        })
+    }
+
+    /// The code for a verdict in this mode.
+    pub fn code(&self, verdict: Verdict) -> AckCode {
+        match (self, verdict) {
+            (Self::Original, Verdict::Accept) => AckCode::AA,
+            (Self::Original, Verdict::Error) => AckCode::AE,
+            (Self::Original, Verdict::Reject) => AckCode::AR,
+            (Self::Enhanced(_), Verdict::Accept) => AckCode::CA,
+            (Self::Enhanced(_), Verdict::Error) => AckCode::CE,
+            (Self::Enhanced(_), Verdict::Reject) => AckCode::CR,
+        }
+    }
+
+    /// Whether an acknowledgement is to be sent at all for this verdict.
+    pub fn sends(&self, verdict: Verdict) -> bool {
+        match self {
+            Self::Original | Self::Enhanced(AcceptAckType::Always) => true,
+            Self::Enhanced(AcceptAckType::Never) => false,
+            Self::Enhanced(AcceptAckType::ErrorOnly) => verdict != Verdict::Accept,
+            Self::Enhanced(AcceptAckType::SuccessOnly) => verdict == Verdict::Accept,
+        }
+    }
+}
+
+/// HL7 table 0357, message error condition codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 100
+    SegmentSequenceError,
+    /// 101
+    RequiredFieldMissing,
+    /// 102
+    DataTypeError,
+    /// 103
+    TableValueNotFound,
+    /// 200
+    UnsupportedMessageType,
+    /// 201
+    UnsupportedEventCode,
+    /// 202
+    UnsupportedProcessingId,
+    /// 203
+    UnsupportedVersionId,
+    /// 207
+    ApplicationInternalError,
+}
+
+impl ErrorCode {
+    /// The numeric code.
+    pub fn code(&self) -> u16 {
+        match self {
+            Self::SegmentSequenceError => 100,
+            Self::RequiredFieldMissing => 101,
+            Self::DataTypeError => 102,
+            Self::TableValueNotFound => 103,
+            Self::UnsupportedMessageType => 200,
+            Self::UnsupportedEventCode => 201,
+            Self::UnsupportedProcessingId => 202,
+            Self::UnsupportedVersionId => 203,
+            Self::ApplicationInternalError => 207,
+        }
+    }
+
+    /// The table's text for the code.
+    pub fn text(&self) -> &'static str {
+        match self {
+            Self::SegmentSequenceError => "Segment sequence error",
+            Self::RequiredFieldMissing => "Required field missing",
+            Self::DataTypeError => "Data type error",
+            Self::TableValueNotFound => "Table value not found",
+            Self::UnsupportedMessageType => "Unsupported message type",
+            Self::UnsupportedEventCode => "Unsupported event code",
+            Self::UnsupportedProcessingId => "Unsupported processing id",
+            Self::UnsupportedVersionId => "Unsupported version id",
+            Self::ApplicationInternalError => "Application internal error",
+        }
+    }
+}
+
+/// Where in the message an error was found (ERR-2, or the first components of ERR-1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorLocation {
+    /// Segment name, e.g. `PID`.
+    pub segment: String,
+    /// 1-based occurrence of that segment.
+    pub sequence: usize,
+    /// Field number, if known.
+    pub field: Option<usize>,
+}
+
+impl ErrorLocation {
+    /// A location pointing at a header field (MSH-n).
+    pub fn header(field: usize) -> Self {
+        Self {
+            segment: "MSH".to_owned(),
+            sequence: 1,
+            field: Some(field),
+        }
+    }
+}
+
+/// The error carried by a NACK. Its texts are mfoundry's own words: never message data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckError {
+    /// Table 0357 code.
+    pub code: ErrorCode,
+    /// Where, if known.
+    pub location: Option<ErrorLocation>,
+    /// The human-readable reason (ERR-8, MSA-3 before v2.7, the text of ERR-1 before v2.5).
+    pub user_message: String,
+    /// Technical detail for the sender's interface team (ERR-7, v2.5+).
+    pub diagnostic: Option<String>,
+}
+
+/// The two values an ACK invents: its own control id (MSH-10) and time (MSH-7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckStamp {
+    /// MSH-7, e.g. `20261122143005+0100`.
+    pub timestamp: String,
+    /// MSH-10, unique per ACK.
+    pub control_id: String,
+}
+
+/// Build the acknowledgement for `message`.
+///
+/// For a batch envelope (`FHS`/`BHS`) the apps and facilities are taken from the envelope,
+/// MSA-2 is the batch control id (BHS-11, else FHS-11) and the version from the first MSH inside.
+pub fn build_ack(
+    message: &Message,
+    code: AckCode,
+    error: Option<&AckError>,
+    stamp: &AckStamp,
+) -> Vec<u8> {
+    let delimiters = message.delimiters();
+    let inner = first_inner_message(message);
+    let header_source = message;
+    let version_source = inner.as_ref().unwrap_or(message);
+    let version = version_source.version();
+    let control_id = match message.kind() {
+        HeaderKind::Message => message.header_field(10),
+        HeaderKind::FileBatch | HeaderKind::Batch => batch_control_id(message),
+    };
+    let trigger = version_source.header_component(9, 2);
+
+    let field = [delimiters.field];
+    let component = delimiters.component.unwrap_or(b'^');
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"MSH");
+    out.extend_from_slice(&field);
+    out.extend_from_slice(delimiters.encoding_characters());
+    for value in [
+        header_source.header_field(5),
+        header_source.header_field(6),
+        header_source.header_field(3),
+        header_source.header_field(4),
+        stamp.timestamp.as_bytes(),
+        b"",
+    ] {
+        out.extend_from_slice(&field);
+        out.extend_from_slice(value);
+    }
+    out.extend_from_slice(&field);
+    out.extend_from_slice(b"ACK");
+    if uses_structured_type(version) && !trigger.is_empty() {
+        out.push(component);
+        out.extend_from_slice(trigger);
+        out.push(component);
+        out.extend_from_slice(b"ACK");
+    }
+    out.extend_from_slice(&field);
+    out.extend_from_slice(&escape(stamp.control_id.as_bytes(), delimiters));
+    out.extend_from_slice(&field);
+    out.extend_from_slice(version_source.header_field(11));
+    out.extend_from_slice(&field);
+    out.extend_from_slice(version_source.header_field(12));
+    let charset = version_source.header_field(18);
+    if !charset.is_empty() {
+        for _ in 13..18 {
+            out.extend_from_slice(&field);
+        }
+        out.extend_from_slice(&field);
+        out.extend_from_slice(charset);
+    }
+    out.push(b'\r');
+
+    out.extend_from_slice(b"MSA");
+    out.extend_from_slice(&field);
+    out.extend_from_slice(code.as_str().as_bytes());
+    out.extend_from_slice(&field);
+    out.extend_from_slice(control_id);
+    if let Some(error) = error {
+        if carries_msa3(version) {
+            out.extend_from_slice(&field);
+            out.extend_from_slice(&escape(error.user_message.as_bytes(), delimiters));
+        }
+        out.push(b'\r');
+        write_err(&mut out, error, version, delimiters);
+    }
+    out.push(b'\r');
+    out
+}
+
+/// `ACK^<trigger>^ACK` from v2.4 on (and for unknown versions).
+fn uses_structured_type(version: Option<Version>) -> bool {
+    version.is_none_or(|version| version >= Version::new(2, 4, 0))
+}
+
+/// MSA-3 was withdrawn in v2.7.
+fn carries_msa3(version: Option<Version>) -> bool {
+    version.is_none_or(|version| version < Version::new(2, 7, 0))
+}
+
+/// ERR-2..8 from v2.5 on (and for unknown versions); ERR-1 before.
+fn uses_err_v25(version: Option<Version>) -> bool {
+    version.is_none_or(|version| version >= Version::new(2, 5, 0))
+}
+
+fn write_err(
+    out: &mut Vec<u8>,
+    error: &AckError,
+    version: Option<Version>,
+    delimiters: &Delimiters,
+) {
+    let field = delimiters.field;
+    let component = delimiters.component.unwrap_or(b'^');
+    let subcomponent = delimiters.subcomponent.unwrap_or(b'&');
+    let code = error.code.code().to_string();
+    out.extend_from_slice(b"ERR");
+    out.push(field);
+    if uses_err_v25(version) {
+        // ERR-1 (withdrawn) stays empty; ERR-2 location.
+        out.push(field);
+        if let Some(location) = &error.location {
+            write_location(out, location, false, delimiters);
+        }
+        // ERR-3 HL7 error code (CWE): code^text^HL70357.
+        out.push(field);
+        out.extend_from_slice(code.as_bytes());
+        out.push(component);
+        out.extend_from_slice(error.code.text().as_bytes());
+        out.push(component);
+        out.extend_from_slice(b"HL70357");
+        // ERR-4 severity (table 0516): E = error.
+        out.push(field);
+        out.push(b'E');
+        // ERR-5 application error code, ERR-6 parameter: not used.
+        out.push(field);
+        out.push(field);
+        // ERR-7 diagnostic information.
+        out.push(field);
+        if let Some(diagnostic) = &error.diagnostic {
+            out.extend_from_slice(&escape(diagnostic.as_bytes(), delimiters));
+        }
+        // ERR-8 user message.
+        out.push(field);
+        out.extend_from_slice(&escape(error.user_message.as_bytes(), delimiters));
+    } else {
+        // ERR-1 (ELD): segment^sequence^field^code&text&HL70357.
+        match &error.location {
+            Some(location) => write_location(out, location, true, delimiters),
+            None => {
+                out.push(component);
+                out.push(component);
+            }
+        }
+        out.push(component);
+        out.extend_from_slice(code.as_bytes());
+        out.push(subcomponent);
+        let text = escape(error.user_message.as_bytes(), delimiters);
+        out.extend_from_slice(&text);
+        out.push(subcomponent);
+        out.extend_from_slice(b"HL70357");
+    }
+}
+
+/// Segment^sequence^field. With `fixed_width` (ERR-1, where the error code follows as the
+/// fourth component) an unknown field still leaves its empty component.
+fn write_location(
+    out: &mut Vec<u8>,
+    location: &ErrorLocation,
+    fixed_width: bool,
+    delimiters: &Delimiters,
+) {
+    let component = delimiters.component.unwrap_or(b'^');
+    out.extend_from_slice(&escape(location.segment.as_bytes(), delimiters));
+    out.push(component);
+    out.extend_from_slice(location.sequence.to_string().as_bytes());
+    match location.field {
+        Some(field) => {
+            out.push(component);
+            out.extend_from_slice(field.to_string().as_bytes());
+        }
+        None if fixed_width => out.push(component),
+        None => {}
+    }
+}
+
+/// The first MSH inside a batch, parsed on its own.
+fn first_inner_message(message: &Message) -> Option<Message> {
+    if message.kind() == HeaderKind::Message {
+        return None;
+    }
+    Message::parse(message.tail_from_segment(b"MSH")?).ok()
+}
+
+fn batch_control_id(message: &Message) -> &[u8] {
+    let from = |name: &[u8]| {
+        message
+            .segment(name, 1)
+            .and_then(|segment| segment.field(11))
+            .filter(|value| !value.is_empty())
+    };
+    from(b"BHS").or_else(|| from(b"FHS")).unwrap_or_default()
+}
+
+/// Source of [`AckStamp`]s. Tests use a fixed one to compare ACK bytes exactly.
+pub trait AckStamper: Send + Sync + fmt::Debug {
+    /// A fresh stamp: the current time and a control id never handed out before.
+    fn stamp(&self) -> AckStamp;
+}
+
+/// Local time with UTC offset, and control ids from a microsecond clock that never repeats
+/// within a process (16 digits, within the 20 characters MSH-10 allows in every version).
+#[derive(Debug, Default)]
+pub struct SystemStamper {
+    last_id: std::sync::atomic::AtomicU64,
+}
+
+impl AckStamper for SystemStamper {
+    fn stamp(&self) -> AckStamp {
+        use std::sync::atomic::Ordering;
+        let now = chrono::Local::now();
+        let micros = u64::try_from(now.timestamp_micros()).unwrap_or_default();
+        let mut previous = self.last_id.load(Ordering::Relaxed);
+        let id = loop {
+            let candidate = micros.max(previous + 1);
+            match self.last_id.compare_exchange_weak(
+                previous,
+                candidate,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break candidate,
+                Err(actual) => previous = actual,
+            }
+        };
+        AckStamp {
+            timestamp: now.format("%Y%m%d%H%M%S%z").to_string(),
+            control_id: id.to_string(),
+        }
+    }
+}
+
+/// Always the same stamp; for tests and golden files.
+#[derive(Debug, Clone)]
+pub struct FixedStamper(pub AckStamp);
+
+impl AckStamper for FixedStamper {
+    fn stamp(&self) -> AckStamp {
+        self.0.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_stamps_are_unique_and_well_formed() {
+        let stamper = SystemStamper::default();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let stamp = stamper.stamp();
+            assert!(stamp.control_id.len() <= 20);
+            assert!(seen.insert(stamp.control_id));
+            assert_eq!(stamp.timestamp.len(), 19, "{}", stamp.timestamp);
+        }
+    }
+
+    #[test]
+    fn enhanced_mode_follows_msh15() {
+        let mode = |msh15: &str| {
+            let raw = format!("MSH|^~\\&|A|B|C|D|||ADT^A01|X|P|2.5|||{msh15}|NE\r");
+            AckMode::of(&Message::parse(bytes::Bytes::from(raw)).expect("parses"))
+        };
+        assert_eq!(mode(""), AckMode::Original);
+        let always = mode("AL");
+        assert!(always.sends(Verdict::Accept) && always.sends(Verdict::Reject));
+        assert_eq!(always.code(Verdict::Accept), AckCode::CA);
+        let never = mode("NE");
+        assert!(!never.sends(Verdict::Accept) && !never.sends(Verdict::Reject));
+        let errors = mode("ER");
+        assert!(!errors.sends(Verdict::Accept) && errors.sends(Verdict::Error));
+        let success = mode("SU");
+        assert!(success.sends(Verdict::Accept) && !success.sends(Verdict::Reject));
+        assert_eq!(mode("XX"), AckMode::Enhanced(AcceptAckType::Always));
+    }
+}

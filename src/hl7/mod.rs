@@ -1,0 +1,24 @@
+//! HL7 v2 over bytes: parsing, field paths, escapes, character sets, batches and ACKs.
+//!
+//! Everything here works on the bytes as received. Parsing never copies or rewrites the
+//! frame; values are slices into it. Text is decoded (escapes, MSH-18 character set) only when
+//! a caller asks. Nothing here does I/O or knows about sockets.
+
+mod ack;
+mod batch;
+mod charset;
+mod delimiters;
+mod escape;
+mod message;
+mod path;
+
+pub use ack::{
+    AcceptAckType, AckCode, AckError, AckMode, AckStamp, AckStamper, ErrorCode, ErrorLocation,
+    FixedStamper, SystemStamper, Verdict, build_ack,
+};
+pub use batch::{SplitError, split_messages};
+pub use charset::{Charset, DeclaredCharset};
+pub use delimiters::{DelimiterError, Delimiters};
+pub use escape::{escape, unescape};
+pub use message::{HeaderKind, Message, ParseError, Segment, Version};
+pub use path::{FieldPath, PathError};

@@ -1,0 +1,383 @@
+//! The MLLP listener: accepts connections, reads frames, answers each in order.
+//!
+//! One task per connection. A connection handles one frame at a time: read until a frame is
+//! complete, hand it to [`Ingest`], write the reply, then read the next, so replies always
+//! leave in the order frames arrived. Limits:
+//! - `MAX_CONNECTIONS`: a permit is taken before a connection is served; without one the
+//!   connection is closed at once (counted);
+//! - `IDLE_TIMEOUT`: no byte for this long closes the connection;
+//! - `FRAME_TIMEOUT`: a frame not finished this long after its start block closes the
+//!   connection (slowloris guard);
+//! - `WRITE_TIMEOUT`: an ACK that cannot be written in time closes the connection;
+//! - `MAX_FRAME_SIZE`: a longer frame closes the connection; the read buffer never grows much
+//!   past it.
+//!
+//! On shutdown the accept loop stops and connections close once they are between frames.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use super::codec::{FrameError, MllpCodec, frame};
+use crate::config::{ListenerSettings, parse_listen_address};
+use crate::hl7::AckCode;
+use crate::ingest::{Ingest, Reply};
+
+/// Counters of what the listener saw. Read them with [`ListenerStats::snapshot`].
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    connections_accepted: AtomicU64,
+    connections_refused: AtomicU64,
+    frames_received: AtomicU64,
+    bytes_discarded: AtomicU64,
+    missing_trailers: AtomicU64,
+    empty_frames: AtomicU64,
+    unreadable_frames: AtomicU64,
+    oversize_frames: AtomicU64,
+    idle_timeouts: AtomicU64,
+    frame_timeouts: AtomicU64,
+    write_failures: AtomicU64,
+    acks: [AtomicU64; 6],
+    suppressed_acks: AtomicU64,
+}
+
+/// A copy of [`ListenerStats`] at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Connections served.
+    pub connections_accepted: u64,
+    /// Connections closed at once because `MAX_CONNECTIONS` was reached.
+    pub connections_refused: u64,
+    /// Complete frames read.
+    pub frames_received: u64,
+    /// Bytes outside frames, discarded.
+    pub bytes_discarded: u64,
+    /// End blocks not followed by `0x0D`.
+    pub missing_trailers: u64,
+    /// Frames with no content, ignored.
+    pub empty_frames: u64,
+    /// Frames without a readable header; each closed its connection.
+    pub unreadable_frames: u64,
+    /// Frames over `MAX_FRAME_SIZE`; each closed its connection.
+    pub oversize_frames: u64,
+    /// Connections closed by `IDLE_TIMEOUT`.
+    pub idle_timeouts: u64,
+    /// Connections closed by `FRAME_TIMEOUT`.
+    pub frame_timeouts: u64,
+    /// ACK writes that failed or timed out.
+    pub write_failures: u64,
+    /// ACKs sent, by code: AA, AE, AR, CA, CE, CR.
+    pub acks: [u64; 6],
+    /// ACKs decided but not sent because MSH-15 asked for none.
+    pub suppressed_acks: u64,
+}
+
+impl StatsSnapshot {
+    /// ACKs sent with `code`.
+    pub fn acks_sent(&self, code: AckCode) -> u64 {
+        self.acks[ack_index(code)]
+    }
+}
+
+fn ack_index(code: AckCode) -> usize {
+    match code {
+        AckCode::AA => 0,
+        AckCode::AE => 1,
+        AckCode::AR => 2,
+        AckCode::CA => 3,
+        AckCode::CE => 4,
+        AckCode::CR => 5,
+    }
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+impl ListenerStats {
+    /// The current values.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        StatsSnapshot {
+            connections_accepted: read(&self.connections_accepted),
+            connections_refused: read(&self.connections_refused),
+            frames_received: read(&self.frames_received),
+            bytes_discarded: read(&self.bytes_discarded),
+            missing_trailers: read(&self.missing_trailers),
+            empty_frames: read(&self.empty_frames),
+            unreadable_frames: read(&self.unreadable_frames),
+            oversize_frames: read(&self.oversize_frames),
+            idle_timeouts: read(&self.idle_timeouts),
+            frame_timeouts: read(&self.frame_timeouts),
+            write_failures: read(&self.write_failures),
+            acks: std::array::from_fn(|index| read(&self.acks[index])),
+            suppressed_acks: read(&self.suppressed_acks),
+        }
+    }
+}
+
+/// Bind `LISTEN_ADDR`. `:port` binds every interface: IPv6 and IPv4 where the host has
+/// IPv6, IPv4 alone where it does not.
+pub async fn bind(listen_addr: &str) -> std::io::Result<TcpListener> {
+    let (host, port) = parse_listen_address(listen_addr)
+        .map_err(|problem| std::io::Error::new(std::io::ErrorKind::InvalidInput, problem))?;
+    match host {
+        Some(host) => TcpListener::bind((host.as_str(), port)).await,
+        None => match TcpListener::bind(("::", port)).await {
+            Ok(listener) => Ok(listener),
+            Err(_) => TcpListener::bind(("0.0.0.0", port)).await,
+        },
+    }
+}
+
+/// Everything a connection task needs, shared.
+#[derive(Debug)]
+struct Shared {
+    settings: ListenerSettings,
+    ingest: Ingest,
+    stats: Arc<ListenerStats>,
+    shutdown: CancellationToken,
+}
+
+/// Accept connections until `shutdown` is cancelled. Connection tasks are spawned on
+/// `tracker` so the caller can wait for them to finish.
+pub async fn serve(
+    listener: TcpListener,
+    settings: ListenerSettings,
+    ingest: Ingest,
+    stats: Arc<ListenerStats>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let permits = settings
+        .max_connections
+        .map(|limit| Arc::new(Semaphore::new(limit)));
+    let shared = Arc::new(Shared {
+        settings,
+        ingest,
+        stats,
+        shutdown,
+    });
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(connection) => connection,
+            Err(error) => {
+                // Usually EMFILE/ENFILE: back off instead of spinning.
+                warn!(error = %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let permit = match &permits {
+            None => None,
+            Some(permits) => match Arc::clone(permits).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    bump(&shared.stats.connections_refused, 1);
+                    warn!(%peer, "connection refused: MAX_CONNECTIONS reached");
+                    drop(stream);
+                    continue;
+                }
+            },
+        };
+        bump(&shared.stats.connections_accepted, 1);
+        let shared = Arc::clone(&shared);
+        tracker.spawn(async move {
+            // The permit lives as long as the connection.
+            let _permit = permit;
+            handle_connection(stream, peer, &shared).await;
+        });
+    }
+    debug!("listener stopped accepting");
+}
+
+/// Why a connection ended.
+enum Close {
+    PeerClosed,
+    Shutdown,
+    IdleTimeout,
+    FrameTimeout,
+    Oversize(usize),
+    Unreadable,
+    WriteFailed(String),
+    ReadFailed(String),
+    PeerClosedMidFrame(usize),
+}
+
+async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    configure_socket(&stream, shared.settings.keep_alive_period, peer);
+    debug!(%peer, "connection opened");
+    let close = serve_frames(&mut stream, peer, shared).await;
+    let stats = &shared.stats;
+    match close {
+        Close::PeerClosed => debug!(%peer, "connection closed by peer"),
+        Close::Shutdown => debug!(%peer, "connection closed for shutdown"),
+        Close::IdleTimeout => {
+            bump(&stats.idle_timeouts, 1);
+            info!(%peer, "connection closed: IDLE_TIMEOUT reached with no data");
+        }
+        Close::FrameTimeout => {
+            bump(&stats.frame_timeouts, 1);
+            warn!(%peer, "connection closed: frame not completed within FRAME_TIMEOUT");
+        }
+        Close::Oversize(limit) => {
+            bump(&stats.oversize_frames, 1);
+            warn!(%peer, limit, "connection closed: frame exceeds MAX_FRAME_SIZE");
+        }
+        Close::Unreadable => {
+            bump(&stats.unreadable_frames, 1);
+            warn!(%peer, "connection closed: frame does not start with a readable MSH segment; no ACK sent");
+        }
+        Close::WriteFailed(error) => {
+            bump(&stats.write_failures, 1);
+            warn!(%peer, error = %error, "connection closed: ACK could not be written");
+        }
+        Close::ReadFailed(error) => warn!(%peer, error = %error, "connection closed: read failed"),
+        Close::PeerClosedMidFrame(received) => {
+            info!(%peer, received, "connection closed by peer in the middle of a frame; no ACK sent");
+        }
+    }
+}
+
+fn configure_socket(stream: &TcpStream, keep_alive: Option<Duration>, peer: SocketAddr) {
+    let socket = socket2::SockRef::from(stream);
+    if let Err(error) = socket.set_tcp_nodelay(true) {
+        debug!(%peer, error = %error, "could not set TCP_NODELAY");
+    }
+    if let Some(period) = keep_alive {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(period)
+            .with_interval(period);
+        if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
+            debug!(%peer, error = %error, "could not enable TCP keep-alive");
+        }
+    }
+}
+
+async fn serve_frames(stream: &mut TcpStream, peer: SocketAddr, shared: &Shared) -> Close {
+    let settings = &shared.settings;
+    let stats = &shared.stats;
+    let mut codec = MllpCodec::new(settings.max_frame_size);
+    let mut buffer = BytesMut::with_capacity(8 * 1024);
+    let mut frame_started: Option<Instant> = None;
+    let mut last_read = Instant::now();
+    loop {
+        // Answer every complete frame already buffered, in order.
+        loop {
+            let decoded = codec.decode(&mut buffer);
+            report_discards(&mut codec, stats, peer);
+            let frame_bytes = match decoded {
+                Ok(Some(frame_bytes)) => frame_bytes,
+                Ok(None) => break,
+                Err(FrameError::TooLarge { limit }) => return Close::Oversize(limit),
+                Err(error) => return Close::ReadFailed(error.to_string()),
+            };
+            frame_started = None;
+            bump(&stats.frames_received, 1);
+            let size = frame_bytes.len();
+            let outcome = shared.ingest.handle(frame_bytes);
+            match outcome.reply {
+                Reply::Ack { bytes, code } => {
+                    debug!(%peer, control_id = outcome.control_id.as_deref().unwrap_or(""), size, code = %code, reason = outcome.reason.unwrap_or("accepted"), "frame answered");
+                    if let Err(error) = write_ack(stream, &bytes, settings.write_timeout).await {
+                        return Close::WriteFailed(error);
+                    }
+                    bump(&stats.acks[ack_index(code)], 1);
+                }
+                Reply::Suppressed { code } => {
+                    debug!(%peer, control_id = outcome.control_id.as_deref().unwrap_or(""), size, code = %code, "no ACK sent: MSH-15 asks for none in this case");
+                    bump(&stats.suppressed_acks, 1);
+                }
+                Reply::Ignore => {
+                    debug!(%peer, "empty frame ignored");
+                    bump(&stats.empty_frames, 1);
+                }
+                Reply::Close => return Close::Unreadable,
+            }
+        }
+        if codec.in_frame() {
+            frame_started.get_or_insert_with(Instant::now);
+        } else if shared.shutdown.is_cancelled() {
+            return Close::Shutdown;
+        }
+
+        let idle_deadline = settings.idle_timeout.map(|idle| last_read + idle);
+        let frame_deadline = frame_started
+            .zip(settings.frame_timeout)
+            .map(|(started, limit)| started + limit);
+        let deadline = match (idle_deadline, frame_deadline) {
+            (Some(idle), Some(frame)) => Some(idle.min(frame)),
+            (idle, frame) => idle.or(frame),
+        };
+        buffer.reserve(8 * 1024);
+        let between_frames = !codec.in_frame();
+        let read = tokio::select! {
+            () = shared.shutdown.cancelled(), if between_frames => return Close::Shutdown,
+            () = sleep_until_option(deadline) => {
+                let frame_expired = frame_deadline.is_some_and(|at| Instant::now() >= at);
+                return if frame_expired { Close::FrameTimeout } else { Close::IdleTimeout };
+            }
+            read = stream.read_buf(&mut buffer) => read,
+        };
+        match read {
+            Ok(0) if codec.in_frame() => return Close::PeerClosedMidFrame(buffer.len()),
+            Ok(0) => return Close::PeerClosed,
+            Ok(_) => last_read = Instant::now(),
+            Err(error) => return Close::ReadFailed(error.to_string()),
+        }
+    }
+}
+
+fn report_discards(codec: &mut MllpCodec, stats: &ListenerStats, peer: SocketAddr) {
+    let discarded = codec.take_discarded();
+    if discarded > 0 {
+        bump(&stats.bytes_discarded, discarded);
+        info!(%peer, bytes = discarded, "discarded bytes outside MLLP frames");
+    }
+    let missing = codec.take_missing_trailers();
+    if missing > 0 {
+        bump(&stats.missing_trailers, missing);
+        debug!(%peer, count = missing, "end block not followed by carriage return");
+    }
+}
+
+async fn sleep_until_option(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn write_ack(
+    stream: &mut TcpStream,
+    ack: &[u8],
+    write_timeout: Option<Duration>,
+) -> Result<(), String> {
+    let framed = frame(ack);
+    let write = async {
+        stream.write_all(&framed).await?;
+        stream.flush().await
+    };
+    match write_timeout {
+        Some(limit) => match tokio::time::timeout(limit, write).await {
+            Ok(result) => result.map_err(|error| error.to_string()),
+            Err(_) => Err("WRITE_TIMEOUT reached".to_owned()),
+        },
+        None => write.await.map_err(|error| error.to_string()),
+    }
+}

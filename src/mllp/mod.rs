@@ -1,0 +1,12 @@
+//! MLLP: the codec (framing), the listener (limits, timeouts) and a client.
+//!
+//! Nothing here knows HL7 beyond handing frames to [`crate::ingest`] and writing back what it
+//! decides.
+
+mod client;
+mod codec;
+mod listener;
+
+pub use client::{ClientError, MllpClient};
+pub use codec::{END_BLOCK, FrameError, MllpCodec, START_BLOCK, TRAILER, frame};
+pub use listener::{ListenerStats, StatsSnapshot, bind, serve};

@@ -1,0 +1,252 @@
+//! Golden ACK bytes across HL7 versions, delimiters and acknowledgement modes.
+//!
+//! Every expected ACK is written out in full from the HL7 v2 rules (MSH-3/4 swapped with
+//! MSH-5/6, sender's delimiters, MSH-9 form by version, ERR form by version, table 0357 codes).
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mfoundry::hl7::{AckCode, Charset, FixedStamper};
+use mfoundry::ingest::{Ingest, Reply};
+
+fn ingest() -> Ingest {
+    Ingest::new(
+        Charset::UTF_8,
+        Arc::new(FixedStamper(common::fixed_stamp())),
+    )
+}
+
+/// Segments joined with the HL7 terminator `\r`.
+fn segments(lines: &[&str]) -> String {
+    lines.iter().map(|line| format!("{line}\r")).collect()
+}
+
+fn reply(message: &[u8]) -> Reply {
+    ingest().handle(Bytes::copy_from_slice(message)).reply
+}
+
+fn ack_text(message: &[u8]) -> String {
+    match reply(message) {
+        Reply::Ack { bytes, .. } => String::from_utf8(bytes).expect("ACK is UTF-8 here"),
+        other => panic!("expected an ACK, got {other:?}"),
+    }
+}
+
+#[test]
+fn accept_v23_uses_plain_ack_type() {
+    let message = segments(&[
+        "MSH|^~\\&|LAB|LABFAC|HUB|HUBFAC|20261122080000||ORU^R01|C23|P|2.3",
+        "PID|1||1",
+    ]);
+    assert_eq!(
+        ack_text(message.as_bytes()),
+        segments(&[
+            "MSH|^~\\&|HUB|HUBFAC|LAB|LABFAC|20261122083000+0000||ACK|ACK00001|P|2.3",
+            "MSA|AA|C23",
+        ])
+    );
+}
+
+#[test]
+fn accept_v231_uses_plain_ack_type() {
+    let message = segments(&["MSH|^~\\&|A|AF|B|BF|20261122080000||ADT^A08^ADT_A01|C231|T|2.3.1"]);
+    assert_eq!(
+        ack_text(message.as_bytes()),
+        segments(&[
+            "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK|ACK00001|T|2.3.1",
+            "MSA|AA|C231",
+        ])
+    );
+}
+
+#[test]
+fn accept_v24_and_v251_use_structured_ack_type() {
+    for version in ["2.4", "2.5.1"] {
+        let message = segments(&[&format!(
+            "MSH|^~\\&|A|AF|B|BF|20261122080000||ADT^A04^ADT_A01|C{version}|P|{version}"
+        )]);
+        assert_eq!(
+            ack_text(message.as_bytes()),
+            segments(&[
+                &format!(
+                    "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK^A04^ACK|ACK00001|P|{version}"
+                ),
+                &format!("MSA|AA|C{version}"),
+            ]),
+            "version {version}"
+        );
+    }
+}
+
+#[test]
+fn accept_v27_with_custom_delimiters_and_truncation_character() {
+    let message = segments(&[
+        "MSH!@*$%#!A@1.2.3@ISO!AF!B!BF!20261122080000!!ADT@A01@ADT_A01!C27!P!2.7",
+        "PID!1!!1@@@H@MR*2@@@N@SS",
+    ]);
+    assert_eq!(
+        ack_text(message.as_bytes()),
+        segments(&[
+            "MSH!@*$%#!B!BF!A@1.2.3@ISO!AF!20261122083000+0000!!ACK@A01@ACK!ACK00001!P!2.7",
+            "MSA!AA!C27",
+        ])
+    );
+}
+
+#[test]
+fn enhanced_mode_answers_commit_codes_as_msh15_asks() {
+    let with_msh15 = |msh15: &str, control_id: &str| {
+        segments(&[&format!(
+            "MSH|^~\\&|A|AF|B|BF|20261122080000||ADT^A01^ADT_A01|{control_id}|P|2.5.1|||{msh15}|NE"
+        )])
+    };
+    assert_eq!(
+        ack_text(with_msh15("AL", "E1").as_bytes()),
+        segments(&[
+            "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK^A01^ACK|ACK00001|P|2.5.1",
+            "MSA|CA|E1",
+        ])
+    );
+    assert_eq!(
+        reply(with_msh15("NE", "E2").as_bytes()),
+        Reply::Suppressed { code: AckCode::CA }
+    );
+    assert_eq!(
+        reply(with_msh15("ER", "E3").as_bytes()),
+        Reply::Suppressed { code: AckCode::CA }
+    );
+    assert_eq!(
+        ack_text(with_msh15("SU", "E4").as_bytes()),
+        segments(&[
+            "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK^A01^ACK|ACK00001|P|2.5.1",
+            "MSA|CA|E4",
+        ])
+    );
+    // A rejected message: ER answers CR, SU and NE stay silent.
+    let rejected = |msh15: &str| {
+        segments(&[&format!(
+            "MSH|^~\\&|A|AF|B|BF|20261122080000||ADT^A01^ADT_A01||P|2.5.1|||{msh15}|NE"
+        )])
+    };
+    assert_eq!(
+        ack_text(rejected("ER").as_bytes()),
+        segments(&[
+            "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK^A01^ACK|ACK00001|P|2.5.1",
+            "MSA|CR||MSH-10 (message control id) is empty; it is required",
+            "ERR||MSH^1^10|101^Required field missing^HL70357|E||||MSH-10 (message control id) is empty; it is required",
+        ])
+    );
+    assert_eq!(
+        reply(rejected("SU").as_bytes()),
+        Reply::Suppressed { code: AckCode::CR }
+    );
+    assert_eq!(
+        reply(rejected("NE").as_bytes()),
+        Reply::Suppressed { code: AckCode::CR }
+    );
+}
+
+#[test]
+fn nack_v23_carries_err1_and_msa3() {
+    let message = segments(&["MSH|^~\\&|A|AF|B|BF|20261122080000|||C9|P|2.3"]);
+    assert_eq!(
+        ack_text(message.as_bytes()),
+        segments(&[
+            "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK|ACK00001|P|2.3",
+            "MSA|AR|C9|MSH-9 (message type) is empty; it is required",
+            "ERR|MSH^1^9^101&MSH-9 (message type) is empty; it is required&HL70357",
+        ])
+    );
+}
+
+#[test]
+fn nack_v24_escapes_reason_and_falls_back_to_standard_encoding_characters() {
+    let message = segments(&["MSH|^^\\&|A|AF|B|BF|20261122080000||ADT^A04|C4|P|2.4"]);
+    let reason = "MSH-2 encoding characters are unusable: character 2 repeats the field separator or an earlier delimiter; use \\S\\\\R\\\\E\\\\T\\ (or \\S\\\\R\\\\E\\\\T\\# from v2.7)";
+    assert_eq!(
+        ack_text(message.as_bytes()),
+        segments(&[
+            "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK^A04^ACK|ACK00001|P|2.4",
+            &format!("MSA|AR|C4|{reason}"),
+            &format!("ERR|MSH^1^2^102&{reason}&HL70357"),
+        ])
+    );
+}
+
+#[test]
+fn nack_v251_carries_err2_to_err8_and_msa3() {
+    let message = segments(&["MSH|^~\\&|A|AF|B|BF|20261122080000||^A01|C251|P|2.5.1"]);
+    assert_eq!(
+        ack_text(message.as_bytes()),
+        segments(&[
+            "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK^A01^ACK|ACK00001|P|2.5.1",
+            "MSA|AR|C251|MSH-9 (message type) is empty; it is required",
+            "ERR||MSH^1^9|101^Required field missing^HL70357|E||||MSH-9 (message type) is empty; it is required",
+        ])
+    );
+}
+
+#[test]
+fn nack_v27_custom_delimiters_drops_msa3_and_locates_invalid_utf8() {
+    let mut message =
+        b"MSH!@*$%#!A!AF!B!BF!20261122080000!!ADT@A01@ADT_A01!C7!P!2.7!!!!!!UNICODE UTF-8\r"
+            .to_vec();
+    let offset = message.len() + "PID!1!!123!!B".len();
+    message.extend_from_slice(b"PID!1!!123!!B\xC3\x28D\r");
+    let expected = segments(&[
+        "MSH!@*$%#!B!BF!A!AF!20261122083000+0000!!ACK@A01@ACK!ACK00001!P!2.7!!!!!!UNICODE UTF-8",
+        "MSA!AR!C7",
+        &format!(
+            "ERR!!PID@1@5!102@Data type error@HL70357!E!!!first invalid byte at offset {offset} of the frame!PID-5 holds bytes that are not valid UTF-8 as MSH-18 declares; fix the sender's encoding or MSH-18"
+        ),
+    ]);
+    assert_eq!(ack_text(&message), expected);
+}
+
+#[test]
+fn batch_frame_gets_a_clear_reject() {
+    // FHS-11 and BHS-11 are the control ids; BHS-11 names the batch that is answered.
+    let message = segments(&[
+        "FHS|^~\\&|A|AF|B|BF|20261122080000||||FILE7",
+        "BHS|^~\\&|A|AF|B|BF|20261122080000||||BATCH7",
+        "MSH|^~\\&|A|AF|B|BF|20261122080000||ADT^A04^ADT_A01|M1|P|2.5.1",
+        "PID|1",
+        "BTS|1",
+        "FTS|1",
+    ]);
+    let reason =
+        "batch envelopes (FHS/BHS) are not accepted yet; send each message in its own MLLP frame";
+    assert_eq!(
+        ack_text(message.as_bytes()),
+        segments(&[
+            "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK^A04^ACK|ACK00001|P|2.5.1",
+            &format!("MSA|AR|BATCH7|{reason}"),
+            &format!("ERR||FHS^1|200^Unsupported message type^HL70357|E||||{reason}"),
+        ])
+    );
+}
+
+#[test]
+fn unreadable_header_gets_no_ack_and_empty_frame_is_ignored() {
+    assert_eq!(reply(b"PID|1||x\r"), Reply::Close);
+    assert_eq!(reply(b"MSH"), Reply::Close);
+    assert_eq!(reply(b"\r\n"), Reply::Ignore);
+    assert_eq!(reply(b""), Reply::Ignore);
+}
+
+#[tokio::test]
+async fn ack_on_the_wire_is_one_exact_mllp_frame() {
+    let app = common::start(&[]).await;
+    let mut stream = common::connect(&app).await;
+    common::write(&mut stream, &common::framed(&common::adt("WIRE1", "2.5.1"))).await;
+    let ack = common::expect_ack(&mut stream).await;
+    assert_eq!(
+        String::from_utf8(ack).expect("utf-8"),
+        segments(&[
+            "MSH|^~\\&|RECVAPP|RECVFAC|SENDAPP|SENDFAC|20261122083000+0000||ACK^A01^ACK|ACK00001|P|2.5.1",
+            "MSA|AA|WIRE1",
+        ])
+    );
+}
