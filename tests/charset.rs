@@ -12,7 +12,10 @@ use proptest::prelude::*;
 
 /// Field `number` of the MSH segment of an ACK, as raw bytes.
 fn msh_bytes(ack: &[u8], number: usize) -> Vec<u8> {
-    let end = ack.iter().position(|&byte| byte == b'\r').unwrap_or(ack.len());
+    let end = ack
+        .iter()
+        .position(|&byte| byte == b'\r')
+        .unwrap_or(ack.len());
     ack[..end]
         .split(|&byte| byte == b'|')
         .nth(number - 1)
@@ -31,7 +34,11 @@ async fn iso_8859_1_names_round_trip_byte_identical() {
     write(&mut stream, &framed(&message)).await;
     let ack = expect_ack(&mut stream).await;
     assert_eq!(field(&ack, "MSA", 1), "AA");
-    assert_eq!(msh_bytes(&ack, 6), facility, "sending facility echoed byte for byte");
+    assert_eq!(
+        msh_bytes(&ack, 6),
+        facility,
+        "sending facility echoed byte for byte"
+    );
     assert_eq!(msh_bytes(&ack, 18), b"8859/1");
 
     let parsed = Message::parse(Bytes::from(message.clone())).expect("parses");
@@ -59,9 +66,15 @@ async fn utf8_names_round_trip_byte_identical() {
     assert_eq!(msh_bytes(&ack, 18), b"UNICODE UTF-8");
     let parsed = Message::parse(Bytes::from(message)).expect("parses");
     let charset = parsed.charset(Charset::from_name("8859/1").expect("latin1"));
-    assert_eq!(charset.charset(), Charset::UTF_8, "MSH-18 wins over the default");
     assert_eq!(
-        charset.charset().decode(parsed.value("PID-5.2").expect("given")),
+        charset.charset(),
+        Charset::UTF_8,
+        "MSH-18 wins over the default"
+    );
+    assert_eq!(
+        charset
+            .charset()
+            .decode(parsed.value("PID-5.2").expect("given")),
         "Zoë"
     );
 }
@@ -94,9 +107,8 @@ fn undeclared_or_unknown_charsets_are_not_enforced() {
         Arc::new(FixedStamper(common::fixed_stamp())),
     );
     for msh18 in ["", "KLINGON"] {
-        let message = format!(
-            "MSH|^~\\&|A|B|C|D|20261122080000||ADT^A01|X|P|2.5||||||{msh18}\rPID|1||1||M"
-        );
+        let message =
+            format!("MSH|^~\\&|A|B|C|D|20261122080000||ADT^A01|X|P|2.5||||||{msh18}\rPID|1||1||M");
         let mut bytes = message.into_bytes();
         bytes.extend_from_slice(b"\xfcller\r");
         match ingest.handle(Bytes::from(bytes)).reply {

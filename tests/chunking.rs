@@ -30,16 +30,25 @@ fn message(kind: u8, index: usize) -> Vec<u8> {
     let id = format!("P{index}");
     match kind % 6 {
         0 => common::adt(&id, "2.5.1"),
-        1 => common::adt(&id, "2.3").iter().map(|&b| if b == b'\r' { b'\n' } else { b }).collect(),
-        2 => format!("MSH!@*$%#!A!B!C!D!20261122080000!!ORU@R01@ORU_R01!{id}!P!2.7\r\nOBX!1!ST!X!!v\r\n").into_bytes(),
+        1 => common::adt(&id, "2.3")
+            .iter()
+            .map(|&b| if b == b'\r' { b'\n' } else { b })
+            .collect(),
+        2 => format!(
+            "MSH!@*$%#!A!B!C!D!20261122080000!!ORU@R01@ORU_R01!{id}!P!2.7\r\nOBX!1!ST!X!!v\r\n"
+        )
+        .into_bytes(),
         3 => format!("MSH|^~\\&|A|B|C|D|20261122080000||ADT^A08|{id}|P|2.4|||AL|NE\r").into_bytes(),
         4 => format!("MSH|^~\\&|A|B|C|D|20261122080000|||{id}|P|2.5\r").into_bytes(),
-        _ => format!("MSH|^~\\&|A|B|C|D|20261122080000||ADT^A01|{id}|P|2.3.1\rPID|1||\\F\\x\r").into_bytes(),
+        _ => format!("MSH|^~\\&|A|B|C|D|20261122080000||ADT^A01|{id}|P|2.3.1\rPID|1||\\F\\x\r")
+            .into_bytes(),
     }
 }
 
 async fn exchange(addr: SocketAddr, chunks: &[Vec<u8>], count: usize) -> Vec<Vec<u8>> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connects");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
     stream.set_nodelay(true).expect("nodelay");
     for chunk in chunks {
         common::write(&mut stream, chunk).await;

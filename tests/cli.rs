@@ -163,7 +163,10 @@ fn invalid_settings_exit_64_naming_each_variable() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("LISTEN_ADDR=\"2575\""), "{stderr}");
     assert!(stderr.contains("IDLE_TIMEOUT=\"30\""), "{stderr}");
-    assert!(!stderr.contains("PORT"), "foreign variables are ignored: {stderr}");
+    assert!(
+        !stderr.contains("PORT"),
+        "foreign variables are ignored: {stderr}"
+    );
 }
 
 #[test]

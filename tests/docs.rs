@@ -1,0 +1,67 @@
+//! Documentation that must follow the code: the settings table and the README commands.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(relative))
+        .unwrap_or_else(|error| panic!("{relative}: {error}"))
+}
+
+/// `| `NAME` | `default` | ... |` rows of the environment table.
+fn documented_variables() -> BTreeMap<String, String> {
+    let text = read("docs/configuration.md");
+    let section = text
+        .split("## Environment variables")
+        .nth(1)
+        .expect("an environment variables section");
+    section
+        .lines()
+        .take_while(|line| !line.starts_with("## "))
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let name = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            let default = cells.get(2)?.trim_matches('`');
+            Some((name.to_owned(), default.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_environment_variable_is_documented_with_its_default() {
+    let documented = documented_variables();
+    let in_code: BTreeMap<String, String> = mfoundry::config::ENV_VARS
+        .iter()
+        .map(|var| (var.name.to_owned(), var.default.to_owned()))
+        .collect();
+    assert_eq!(documented, in_code);
+}
+
+#[test]
+fn ci_runs_the_readme_test_command() {
+    let readme = read("README.md");
+    assert!(readme.contains("```sh\ncargo test\n```"));
+    assert!(readme.contains("```sh\ncargo run --release\n```"));
+    let ci = read(".ci/run");
+    assert!(ci.lines().any(|line| line.trim().starts_with("cargo test")));
+}
+
+#[test]
+fn every_example_message_file_splits_and_parses() {
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/messages");
+    let mut count = 0;
+    for entry in std::fs::read_dir(directory).expect("examples/messages") {
+        let path = entry.expect("entry").path();
+        let contents = std::fs::read(&path).expect("read");
+        let messages = mfoundry::hl7::split_messages(&contents)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        assert!(!messages.is_empty(), "{}", path.display());
+        for message in messages {
+            let parsed = mfoundry::hl7::Message::parse(bytes::Bytes::from(message))
+                .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+            assert!(!parsed.header_field(10).is_empty(), "{}", path.display());
+            count += 1;
+        }
+    }
+    assert!(count >= 5);
+}
