@@ -34,7 +34,8 @@ pub enum Reply {
         /// The code that was decided but not sent.
         code: AckCode,
     },
-    /// The frame carried no message (empty or whitespace only); nothing is answered.
+    /// Nothing is answered: the frame was empty (some senders use one as a keep-alive) or
+    /// was itself an ACK. `Outcome::reason` says which.
     Ignore,
     /// The header cannot be read: close the connection without an ACK.
     Close,
@@ -91,20 +92,27 @@ impl Ingest {
             };
         };
         let control_id = control_id_for_logs(&message);
+        if message.kind() == HeaderKind::Message && message.header_component(9, 1) == b"ACK" {
+            // ACKs are never acknowledged (two gateways would ping-pong forever).
+            return Outcome {
+                reply: Reply::Ignore,
+                control_id,
+                reason: Some("ack_received"),
+            };
+        }
         let mode = AckMode::of(&message);
         let (verdict, reason, error) = match self.check(&message) {
             Ok(()) => (Verdict::Accept, None, None),
             Err(refusal) => (refusal.verdict, Some(refusal.reason), Some(refusal.error)),
         };
-        let code = mode.code(verdict);
-        let reply = if mode.sends(verdict) {
-            let stamp = self.stamper.stamp();
-            Reply::Ack {
-                bytes: build_ack(&message, code, error.as_ref(), &stamp),
+        let reply = match mode.reply_code(verdict) {
+            Some(code) => Reply::Ack {
+                bytes: build_ack(&message, code, error.as_ref(), &self.stamper.stamp()),
                 code,
-            }
-        } else {
-            Reply::Suppressed { code }
+            },
+            None => Reply::Suppressed {
+                code: mode.decided_code(verdict),
+            },
         };
         Outcome {
             reply,
@@ -137,6 +145,21 @@ impl Ingest {
                         field: None,
                     }),
                     user_message: "batch envelopes (FHS/BHS) are not accepted yet; send each message in its own MLLP frame".to_owned(),
+                    diagnostic: None,
+                },
+            ));
+        }
+        if message
+            .segments()
+            .skip(1)
+            .any(|segment| segment.name() == b"MSH")
+        {
+            return Err(reject(
+                "several_messages_in_frame",
+                AckError {
+                    code: ErrorCode::SegmentSequenceError,
+                    location: None,
+                    user_message: "the frame holds more than one MSH segment; send each message in its own MLLP frame".to_owned(),
                     diagnostic: None,
                 },
             ));

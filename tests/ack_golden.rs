@@ -124,6 +124,17 @@ fn enhanced_mode_answers_commit_codes_as_msh15_asks() {
             "MSA|CA|E4",
         ])
     );
+    // NE|AL is original mode in all but name: the application ACK AA answers.
+    assert_eq!(
+        ack_text(
+            segments(&["MSH|^~\\&|A|AF|B|BF|20261122080000||ADT^A01^ADT_A01|E5|P|2.5.1|||NE|AL",])
+                .as_bytes()
+        ),
+        segments(&[
+            "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK^A01^ACK|ACK00001|P|2.5.1",
+            "MSA|AA|E5",
+        ])
+    );
     // A rejected message: ER answers CR, SU and NE stay silent.
     let rejected = |msh15: &str| {
         segments(&[&format!(
@@ -156,7 +167,7 @@ fn nack_v23_carries_err1_and_msa3() {
         segments(&[
             "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK|ACK00001|P|2.3",
             "MSA|AR|C9|MSH-9 (message type) is empty; it is required",
-            "ERR|MSH^1^9^101&MSH-9 (message type) is empty; it is required&HL70357",
+            "ERR|MSH^1^9^101&Required field missing&HL70357",
         ])
     );
 }
@@ -170,7 +181,7 @@ fn nack_v24_escapes_reason_and_falls_back_to_standard_encoding_characters() {
         segments(&[
             "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK^A04^ACK|ACK00001|P|2.4",
             &format!("MSA|AR|C4|{reason}"),
-            &format!("ERR|MSH^1^2^102&{reason}&HL70357"),
+            "ERR|MSH^1^2^102&Data type error&HL70357",
         ])
     );
 }
@@ -226,6 +237,53 @@ fn batch_frame_gets_a_clear_reject() {
             &format!("ERR||FHS^1|200^Unsupported message type^HL70357|E||||{reason}"),
         ])
     );
+}
+
+#[test]
+fn several_messages_in_one_frame_are_rejected() {
+    let message = segments(&[
+        "MSH|^~\\&|A|AF|B|BF|20261122080000||ADT^A01^ADT_A01|FIRST|P|2.5.1",
+        "PID|1",
+        "MSH|^~\\&|A|AF|B|BF|20261122080000||ADT^A01^ADT_A01|SECOND|P|2.5.1",
+        "PID|2",
+    ]);
+    let reason =
+        "the frame holds more than one MSH segment; send each message in its own MLLP frame";
+    assert_eq!(
+        ack_text(message.as_bytes()),
+        segments(&[
+            "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK^A01^ACK|ACK00001|P|2.5.1",
+            &format!("MSA|AR|FIRST|{reason}"),
+            &format!("ERR|||100^Segment sequence error^HL70357|E||||{reason}"),
+        ])
+    );
+}
+
+#[test]
+fn batch_without_messages_echoes_no_version_fields() {
+    let message = segments(&[
+        "FHS|^~\\&|A|AF|B|BF|20261122080000||name^part||F1|REF9",
+        "FTS|0",
+    ]);
+    let reason =
+        "batch envelopes (FHS/BHS) are not accepted yet; send each message in its own MLLP frame";
+    assert_eq!(
+        ack_text(message.as_bytes()),
+        segments(&[
+            "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK|ACK00001||",
+            &format!("MSA|AR|F1|{reason}"),
+            &format!("ERR||FHS^1|200^Unsupported message type^HL70357|E||||{reason}"),
+        ])
+    );
+}
+
+#[test]
+fn received_acks_are_not_acknowledged() {
+    let ack = segments(&[
+        "MSH|^~\\&|A|AF|B|BF|20261122080000||ACK^A01^ACK|A1|P|2.5.1",
+        "MSA|AA|X1",
+    ]);
+    assert_eq!(reply(ack.as_bytes()), Reply::Ignore);
 }
 
 #[test]

@@ -207,3 +207,49 @@ async fn shutdown_closes_idle_connections_and_stops_accepting() {
     expect_closed_silently(&mut stream, Duration::from_secs(5)).await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test]
+async fn junk_does_not_keep_a_connection_open() {
+    let app = start(&[("IDLE_TIMEOUT", "300ms")]).await;
+    let mut stream = connect(&app).await;
+    let mut closed = false;
+    for _ in 0..40 {
+        // A byte outside any frame every 50 ms: never idle by bytes, but no frame either.
+        if stream.write_all(b"x").await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !closed {
+        expect_closed_silently(&mut stream, Duration::from_secs(5)).await;
+    }
+    assert_eq!(app.stats().idle_timeouts, 1);
+}
+
+#[tokio::test]
+async fn crlf_after_the_end_block_is_not_counted_as_junk() {
+    let app = start(&[]).await;
+    let mut stream = connect(&app).await;
+    let mut bytes = framed(&adt("LF1", "2.5.1"));
+    bytes.push(b'\n');
+    write(&mut stream, &bytes).await;
+    assert_eq!(field(&expect_ack(&mut stream).await, "MSA", 2), "LF1");
+    write(&mut stream, &framed(&adt("LF2", "2.5.1"))).await;
+    assert_eq!(field(&expect_ack(&mut stream).await, "MSA", 2), "LF2");
+    assert_eq!(app.stats().bytes_discarded, 0);
+}
+
+#[tokio::test]
+async fn a_received_ack_is_ignored_and_counted() {
+    let app = start(&[]).await;
+    let mut stream = connect(&app).await;
+    write(
+        &mut stream,
+        &framed(b"MSH|^~\\&|A|B|C|D|20261122080000||ACK^A01^ACK|X|P|2.5.1\rMSA|AA|Y\r"),
+    )
+    .await;
+    write(&mut stream, &framed(&adt("REAL", "2.5.1"))).await;
+    assert_eq!(field(&expect_ack(&mut stream).await, "MSA", 2), "REAL");
+    assert_eq!(app.stats().acks_received, 1);
+}

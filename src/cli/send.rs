@@ -1,24 +1,34 @@
 //! `mfoundry send`: a small MLLP client for users and tests.
+//!
+//! Every file is read and split before anything is sent, so a bad file fails fast. Messages go
+//! out in order on one connection; each waits for its ACK. A connection the server closed
+//! between messages is replaced and the message sent again once (MLLP senders resend what was
+//! not acknowledged). ACKs for messages that asked for none (MSH-15/16 `NE`) are skipped
+//! if the server sends them anyway, so they are never taken for the next message's ACK.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use super::SendArgs;
-use crate::hl7::{AcceptAckType, AckCode, AckMode, Message, split_messages, unescape};
+use crate::hl7::{AckCode, AckMode, Message, Verdict, split_messages, unescape};
 use crate::mllp::{ClientError, MllpClient};
 
 /// ACK frames larger than this are refused by the client.
 const MAX_ACK_SIZE: usize = 1 << 20;
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `send` did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SendSummary {
     /// Messages sent.
     pub sent: usize,
-    /// Messages answered with AA or CA (or, for MSH-15 NE/ER, not answered as asked).
+    /// Messages answered with AA or CA (or, when MSH-15/16 asked for no ACK, not answered).
     pub accepted: usize,
 }
 
@@ -31,17 +41,64 @@ impl SendSummary {
 
 /// A message read from a file, ready to send.
 struct Outgoing {
-    origin: String,
     bytes: Vec<u8>,
+    /// MSH-10 (or `file#n` when empty), printable.
+    label: String,
+    control_id: Vec<u8>,
+    mode: AckMode,
+}
+
+/// The printed result for one message.
+struct Report {
+    code: String,
+    text: String,
+    accepted: bool,
+}
+
+impl Report {
+    fn failed(code: &str, text: impl Into<String>) -> Self {
+        Self {
+            code: code.to_owned(),
+            text: text.into(),
+            accepted: false,
+        }
+    }
 }
 
 /// Send every message of `args.files`, printing one line per message to `out`.
 pub async fn run_send(args: &SendArgs, out: &mut dyn Write) -> anyhow::Result<SendSummary> {
+    let outgoing = read_files(args)?;
+    let mut session = Session {
+        addr: args.addr.clone(),
+        timeout: args.timeout,
+        client: None,
+        ever_connected: false,
+        unawaited: HashSet::new(),
+    };
+    let mut summary = SendSummary::default();
+    for message in &outgoing {
+        let report = session.deliver(message).await?;
+        summary.sent += 1;
+        if report.accepted {
+            summary.accepted += 1;
+        }
+        writeln!(
+            out,
+            "{}\t{}\t{}",
+            printable(&message.label),
+            report.code,
+            printable(&report.text)
+        )?;
+    }
+    Ok(summary)
+}
+
+fn read_files(args: &SendArgs) -> anyhow::Result<Vec<Outgoing>> {
     let mut outgoing = Vec::new();
     for path in &args.files {
         let contents =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let messages = split_messages(&contents).with_context(|| format!("{}", path.display()))?;
+        let messages = split_messages(&contents).with_context(|| path.display().to_string())?;
         if messages.is_empty() {
             anyhow::bail!(
                 "{}: no MSH segment found; the file holds no HL7 message",
@@ -49,97 +106,125 @@ pub async fn run_send(args: &SendArgs, out: &mut dyn Write) -> anyhow::Result<Se
             );
         }
         for (index, bytes) in messages.into_iter().enumerate() {
+            let parsed = Message::parse(Bytes::copy_from_slice(&bytes))
+                .with_context(|| format!("{} message {}", path.display(), index + 1))?;
+            let control_id = parsed.header_field(10).to_vec();
+            let label = if control_id.is_empty() {
+                format!("{}#{}", path.display(), index + 1)
+            } else {
+                String::from_utf8_lossy(&control_id).into_owned()
+            };
+            let mode = AckMode::of(&parsed);
             outgoing.push(Outgoing {
-                origin: format!("{}#{}", path.display(), index + 1),
                 bytes,
+                label,
+                control_id,
+                mode,
             });
         }
     }
-
-    let mut summary = SendSummary::default();
-    let mut client: Option<MllpClient> = None;
-    for message in outgoing {
-        let connection = match client.take() {
-            Some(connection) => connection,
-            None => MllpClient::connect(&args.addr, Duration::from_secs(10), MAX_ACK_SIZE).await?,
-        };
-        let (line, accepted, keep) = send_one(connection, &message, args.timeout).await;
-        summary.sent += 1;
-        if accepted {
-            summary.accepted += 1;
-        }
-        client = keep;
-        writeln!(out, "{line}")?;
-    }
-    Ok(summary)
+    Ok(outgoing)
 }
 
-/// Send one message; returns the line to print, whether it was accepted, and the connection
-/// if it can be reused.
-async fn send_one(
-    mut client: MllpClient,
-    message: &Outgoing,
+/// One connection, replaced when the server closes it.
+struct Session {
+    addr: String,
     timeout: Duration,
-) -> (String, bool, Option<MllpClient>) {
-    let parsed = Message::parse(Bytes::copy_from_slice(&message.bytes)).ok();
-    let control_id = parsed
-        .as_ref()
-        .map(|parsed| String::from_utf8_lossy(parsed.header_field(10)).into_owned())
-        .filter(|id| !id.is_empty())
-        .unwrap_or_else(|| message.origin.clone());
-    let mode = parsed.as_ref().map_or(AckMode::Original, AckMode::of);
-    let line = |code: &str, text: &str| format!("{control_id}\t{code}\t{text}");
-
-    if let Err(error) = client.send(&message.bytes).await {
-        return (line("--", &format!("not sent: {error}")), false, None);
-    }
-    if mode == AckMode::Enhanced(AcceptAckType::Never) {
-        return (
-            line("--", "no ACK requested (MSH-15=NE)"),
-            true,
-            Some(client),
-        );
-    }
-    let reply = match client.receive(timeout).await {
-        Ok(reply) => reply,
-        Err(ClientError::Timeout(_)) if mode == AckMode::Enhanced(AcceptAckType::ErrorOnly) => {
-            return (
-                line("--", "no ACK within the timeout; MSH-15=ER means accepted"),
-                true,
-                None,
-            );
-        }
-        Err(error) => return (line("--", &format!("no ACK: {error}")), false, None),
-    };
-    let Ok(ack) = Message::parse(reply) else {
-        return (line("??", "the reply is not an HL7 message"), false, None);
-    };
-    let code_field = ack.value("MSA-1").unwrap_or_default();
-    let Some(code) = AckCode::parse(code_field) else {
-        return (line("??", "the reply has no valid MSA-1 code"), false, None);
-    };
-    let answered = ack.value("MSA-2").unwrap_or_default();
-    if answered != message_control_id(parsed.as_ref()) {
-        return (
-            line(
-                code.as_str(),
-                "the ACK's MSA-2 does not match the sent MSH-10",
-            ),
-            false,
-            None,
-        );
-    }
-    (
-        line(code.as_str(), &ack_text(&ack)),
-        code.is_accept(),
-        Some(client),
-    )
+    client: Option<MllpClient>,
+    ever_connected: bool,
+    /// Control ids of messages sent without waiting for an ACK.
+    unawaited: HashSet<Vec<u8>>,
 }
 
-fn message_control_id(parsed: Option<&Message>) -> &[u8] {
-    parsed
-        .map(|message| message.header_field(10))
-        .unwrap_or_default()
+impl Session {
+    /// Send one message and read its ACK. Fails only when the very first connection cannot
+    /// be made (the server is not there at all); later problems become a failed report.
+    async fn deliver(&mut self, message: &Outgoing) -> anyhow::Result<Report> {
+        for attempt in 0..2 {
+            let reused = self.client.is_some();
+            if self.client.is_none() {
+                match MllpClient::connect(&self.addr, CONNECT_TIMEOUT, MAX_ACK_SIZE).await {
+                    Ok(client) => {
+                        self.client = Some(client);
+                        self.ever_connected = true;
+                    }
+                    Err(error) if !self.ever_connected => return Err(error.into()),
+                    Err(error) => return Ok(Report::failed("--", format!("not sent: {error}"))),
+                }
+            }
+            match self.exchange(message).await {
+                Ok(report) => return Ok(report),
+                Err(error) => {
+                    self.client = None;
+                    let stale = matches!(error, ClientError::Closed | ClientError::Frame(_));
+                    if !(reused && stale && attempt == 0) {
+                        return Ok(Report::failed("--", format!("no ACK: {error}")));
+                    }
+                }
+            }
+        }
+        Ok(Report::failed("--", "no ACK"))
+    }
+
+    /// One send and the wait for its ACK on the current connection.
+    async fn exchange(&mut self, message: &Outgoing) -> Result<Report, ClientError> {
+        let Some(client) = self.client.as_mut() else {
+            return Err(ClientError::Closed);
+        };
+        let deadline = Instant::now() + self.timeout;
+        tokio::time::timeout_at(deadline, client.send(&message.bytes))
+            .await
+            .map_err(|_| ClientError::Timeout(self.timeout))??;
+        let wants_ack_on_accept = message.mode.reply_code(Verdict::Accept).is_some();
+        let wants_ack_on_reject = message.mode.reply_code(Verdict::Reject).is_some();
+        if !wants_ack_on_accept && !wants_ack_on_reject {
+            self.unawaited.insert(message.control_id.clone());
+            return Ok(Report {
+                code: "--".to_owned(),
+                text: "no ACK requested (MSH-15/16 NE)".to_owned(),
+                accepted: true,
+            });
+        }
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let reply = match client.receive(remaining).await {
+                Ok(reply) => reply,
+                Err(ClientError::Timeout(_)) if !wants_ack_on_accept => {
+                    // MSH-15 ER: silence means the message was accepted.
+                    self.client = None;
+                    return Ok(Report {
+                        code: "--".to_owned(),
+                        text: "no ACK within the timeout; MSH-15=ER means accepted".to_owned(),
+                        accepted: true,
+                    });
+                }
+                Err(ClientError::Timeout(_)) => return Err(ClientError::Timeout(self.timeout)),
+                Err(error) => return Err(error),
+            };
+            let Ok(ack) = Message::parse(reply) else {
+                return Ok(Report::failed("??", "the reply is not an HL7 message"));
+            };
+            let answered = ack.value("MSA-2").unwrap_or_default();
+            if answered != message.control_id.as_slice() && self.unawaited.remove(answered) {
+                continue;
+            }
+            let Some(code) = AckCode::parse(ack.value("MSA-1").unwrap_or_default()) else {
+                return Ok(Report::failed("??", "the reply has no valid MSA-1 code"));
+            };
+            if answered != message.control_id.as_slice() {
+                self.client = None;
+                return Ok(Report::failed(
+                    code.as_str(),
+                    "the ACK's MSA-2 does not match the sent MSH-10",
+                ));
+            }
+            return Ok(Report {
+                code: code.as_str().to_owned(),
+                text: ack_text(&ack),
+                accepted: code.is_accept(),
+            });
+        }
+    }
 }
 
 /// The human-readable text of an ACK: ERR-8, else MSA-3, else the text of the error code.
@@ -151,4 +236,11 @@ fn ack_text(ack: &Message) -> String {
         .find(|value| !value.is_empty())
         .unwrap_or_default();
     String::from_utf8_lossy(&unescape(text, ack.delimiters())).into_owned()
+}
+
+/// Replace control characters so a server's reply cannot drive the terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }

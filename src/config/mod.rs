@@ -32,7 +32,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     },
     EnvVar {
         name: "MAX_CONNECTIONS",
-        default: "0",
+        default: "256",
     },
     EnvVar {
         name: "IDLE_TIMEOUT",
@@ -67,6 +67,9 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "info",
     },
 ];
+
+/// Largest `MAX_CONNECTIONS` accepted (more would exceed what a semaphore can hold).
+const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 
 /// Default of a variable in [`ENV_VARS`].
 fn default_of(name: &str) -> &'static str {
@@ -207,8 +210,10 @@ impl Settings {
             "MAX_CONNECTIONS",
             |text| match text.trim().parse::<usize>() {
                 Ok(0) => Ok(None),
-                Ok(limit) => Ok(Some(limit)),
-                Err(_) => Err("expected a whole number of connections, 0 for unlimited".to_owned()),
+                Ok(limit) if limit <= MAX_CONNECTIONS_LIMIT => Ok(Some(limit)),
+                _ => Err(format!(
+                    "expected a whole number of connections up to {MAX_CONNECTIONS_LIMIT}, 0 for unlimited"
+                )),
             },
             None,
         );
@@ -283,7 +288,7 @@ mod tests {
         let settings = load(&[]).expect("defaults load");
         let listener = &settings.listener;
         assert_eq!(listener.listen_addr, ":2575");
-        assert_eq!(listener.max_connections, None);
+        assert_eq!(listener.max_connections, Some(256));
         assert_eq!(listener.idle_timeout, Some(Duration::from_secs(30)));
         assert_eq!(listener.frame_timeout, Some(Duration::from_secs(60)));
         assert_eq!(listener.write_timeout, Some(Duration::from_secs(5)));
@@ -324,6 +329,7 @@ mod tests {
             ("LISTEN_ADDR", "2575"),
             ("IDLE_TIMEOUT", "30"),
             ("MAX_FRAME_SIZE", "12"),
+            ("MAX_CONNECTIONS", "18446744073709551615"),
             ("DEFAULT_CHARACTER_SET", "KLINGON"),
         ])
         .expect_err("invalid");
@@ -332,6 +338,7 @@ mod tests {
             names,
             [
                 "LISTEN_ADDR",
+                "MAX_CONNECTIONS",
                 "IDLE_TIMEOUT",
                 "MAX_FRAME_SIZE",
                 "DEFAULT_CHARACTER_SET"

@@ -8,10 +8,11 @@
 //! ERR|...   (NACK only)
 //! ```
 //!
-//! `<ACK type>` is `ACK^<trigger>^ACK` from v2.4 on and `ACK` before. The ERR segment takes the
-//! form the message's version expects: ERR-1 (ELD: location and a table 0357 code) for v2.3 and
-//! v2.4, ERR-2 location, ERR-3 code, ERR-4 severity, ERR-7 diagnostics and ERR-8 user message
-//! from v2.5 on. Unknown or missing versions get the v2.5 form.
+//! `<ACK type>` is `ACK^<trigger>^ACK` from v2.4 on and `ACK` before. The ERR segment takes
+//! the form the message's version expects: for v2.3 and v2.4, ERR-1 (ELD: location and a
+//! table 0357 code with its text), the readable reason travelling in MSA-3; from v2.5 on,
+//! ERR-2 location, ERR-3 code, ERR-4 severity, ERR-7 diagnostics and ERR-8 the reason.
+//! Unknown or missing versions get the v2.5 form.
 
 use std::fmt;
 
@@ -85,18 +86,23 @@ pub enum Verdict {
     Reject,
 }
 
-/// Which acknowledgement mode the sender asked for (MSH-15).
+/// Which acknowledgement mode the sender asked for (MSH-15 and MSH-16).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AckMode {
-    /// MSH-15 empty: AA / AE / AR, always sent.
+    /// MSH-15 and MSH-16 both empty: AA / AE / AR, always sent.
     Original,
-    /// MSH-15 valued: CA / CE / CR, sent according to the accept acknowledgement type.
-    Enhanced(AcceptAckType),
+    /// MSH-15 or MSH-16 valued (an empty one counts as `NE`).
+    Enhanced {
+        /// MSH-15: when a commit ACK (CA / CE / CR) is wanted.
+        accept: AckCondition,
+        /// MSH-16: when an application ACK (AA / AE / AR) is wanted.
+        application: AckCondition,
+    },
 }
 
-/// MSH-15, accept acknowledgement type (HL7 table 0155).
+/// When an acknowledgement is wanted (HL7 table 0155).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AcceptAckType {
+pub enum AckCondition {
     /// `AL`: always.
     Always,
     /// `NE`: never.
@@ -107,41 +113,91 @@ pub enum AcceptAckType {
     SuccessOnly,
 }
 
-impl AckMode {
-    /// The mode requested by a message. Unknown MSH-15 values are answered as `AL`.
-    pub fn of(message: &Message) -> Self {
-        let accept_type = message.header_component(15, 1);
-        if accept_type.iter().all(u8::is_ascii_whitespace) {
-            return Self::Original;
+impl AckCondition {
+    /// Read MSH-15 or MSH-16: `None` when empty (or the HL7 null `""`); unknown values are
+    /// taken as `AL`, so a sender that asked for something gets an answer rather than silence.
+    fn parse(value: &[u8]) -> Option<Self> {
+        let value = value.trim_ascii();
+        if value.is_empty() || value == b"\"\"" {
+            return None;
         }
-        Self::Enhanced(match accept_type {
-            b"NE" => AcceptAckType::Never,
-            b"ER" => AcceptAckType::ErrorOnly,
-            b"SU" => AcceptAckType::SuccessOnly,
-            _ => AcceptAckType::Always,
+        Some(match value {
+            b"NE" => Self::Never,
+            b"ER" => Self::ErrorOnly,
+            b"SU" => Self::SuccessOnly,
+            _ => Self::Always,
         })
     }
 
-    /// The code for a verdict in this mode.
-    pub fn code(&self, verdict: Verdict) -> AckCode {
-        match (self, verdict) {
-            (Self::Original, Verdict::Accept) => AckCode::AA,
-            (Self::Original, Verdict::Error) => AckCode::AE,
-            (Self::Original, Verdict::Reject) => AckCode::AR,
-            (Self::Enhanced(_), Verdict::Accept) => AckCode::CA,
-            (Self::Enhanced(_), Verdict::Error) => AckCode::CE,
-            (Self::Enhanced(_), Verdict::Reject) => AckCode::CR,
+    /// Whether the condition asks for an ACK after this verdict.
+    pub fn holds(&self, verdict: Verdict) -> bool {
+        match self {
+            Self::Always => true,
+            Self::Never => false,
+            Self::ErrorOnly => verdict != Verdict::Accept,
+            Self::SuccessOnly => verdict == Verdict::Accept,
+        }
+    }
+}
+
+impl AckMode {
+    /// The mode requested by a message.
+    pub fn of(message: &Message) -> Self {
+        let accept = AckCondition::parse(message.header_component(15, 1));
+        let application = AckCondition::parse(message.header_component(16, 1));
+        if accept.is_none() && application.is_none() {
+            return Self::Original;
+        }
+        Self::Enhanced {
+            accept: accept.unwrap_or(AckCondition::Never),
+            application: application.unwrap_or(AckCondition::Never),
         }
     }
 
-    /// Whether an acknowledgement is to be sent at all for this verdict.
-    pub fn sends(&self, verdict: Verdict) -> bool {
+    /// The code to send for a verdict, or `None` when the sender asked for no ACK in this
+    /// case. In enhanced mode a wanted commit ACK (CA/CE/CR) comes first; when MSH-15 wants
+    /// none but MSH-16 wants an application ACK (e.g. `NE|AL`, which HL7 equates with original
+    /// mode), mfoundry answers AA/AE/AR as the application that took the message.
+    pub fn reply_code(&self, verdict: Verdict) -> Option<AckCode> {
         match self {
-            Self::Original | Self::Enhanced(AcceptAckType::Always) => true,
-            Self::Enhanced(AcceptAckType::Never) => false,
-            Self::Enhanced(AcceptAckType::ErrorOnly) => verdict != Verdict::Accept,
-            Self::Enhanced(AcceptAckType::SuccessOnly) => verdict == Verdict::Accept,
+            Self::Original => Some(original_code(verdict)),
+            Self::Enhanced {
+                accept,
+                application,
+            } => {
+                if accept.holds(verdict) {
+                    Some(commit_code(verdict))
+                } else if application.holds(verdict) {
+                    Some(original_code(verdict))
+                } else {
+                    None
+                }
+            }
         }
+    }
+
+    /// The code that describes the verdict in this mode, sent or not.
+    pub fn decided_code(&self, verdict: Verdict) -> AckCode {
+        match self {
+            Self::Original => original_code(verdict),
+            Self::Enhanced { .. } => commit_code(verdict),
+        }
+    }
+}
+
+fn original_code(verdict: Verdict) -> AckCode {
+    match verdict {
+        Verdict::Accept => AckCode::AA,
+        Verdict::Error => AckCode::AE,
+        Verdict::Reject => AckCode::AR,
+    }
+}
+
+fn commit_code(verdict: Verdict) -> AckCode {
+    match verdict {
+        Verdict::Accept => AckCode::CA,
+        Verdict::Error => AckCode::CE,
+        Verdict::Reject => AckCode::CR,
     }
 }
 
@@ -255,15 +311,26 @@ pub fn build_ack(
     stamp: &AckStamp,
 ) -> Vec<u8> {
     let delimiters = message.delimiters();
+    // MSH-9, -11, -12 and -18 come from the message header; for a batch, from its first MSH
+    // (an envelope's fields 9 to 12 mean other things), or nothing when it holds none.
     let inner = first_inner_message(message);
-    let header_source = message;
-    let version_source = inner.as_ref().unwrap_or(message);
-    let version = version_source.version();
+    let version_source = match message.kind() {
+        HeaderKind::Message => Some(message),
+        HeaderKind::FileBatch | HeaderKind::Batch => inner.as_ref(),
+    };
+    let header_value = |number: usize| {
+        version_source
+            .map(|source| source.header_field(number))
+            .unwrap_or_default()
+    };
+    let version = version_source.and_then(Message::version);
     let control_id = match message.kind() {
         HeaderKind::Message => message.header_field(10),
         HeaderKind::FileBatch | HeaderKind::Batch => batch_control_id(message),
     };
-    let trigger = version_source.header_component(9, 2);
+    let trigger = version_source
+        .map(|source| source.header_component(9, 2))
+        .unwrap_or_default();
 
     let field = [delimiters.field];
     let component = delimiters.component.unwrap_or(b'^');
@@ -272,10 +339,10 @@ pub fn build_ack(
     out.extend_from_slice(&field);
     out.extend_from_slice(delimiters.encoding_characters());
     for value in [
-        header_source.header_field(5),
-        header_source.header_field(6),
-        header_source.header_field(3),
-        header_source.header_field(4),
+        message.header_field(5),
+        message.header_field(6),
+        message.header_field(3),
+        message.header_field(4),
         stamp.timestamp.as_bytes(),
         b"",
     ] {
@@ -293,10 +360,10 @@ pub fn build_ack(
     out.extend_from_slice(&field);
     out.extend_from_slice(&escape(stamp.control_id.as_bytes(), delimiters));
     out.extend_from_slice(&field);
-    out.extend_from_slice(version_source.header_field(11));
+    out.extend_from_slice(header_value(11));
     out.extend_from_slice(&field);
-    out.extend_from_slice(version_source.header_field(12));
-    let charset = version_source.header_field(18);
+    out.extend_from_slice(header_value(12));
+    let charset = header_value(18);
     if !charset.is_empty() {
         for _ in 13..18 {
             out.extend_from_slice(&field);
@@ -389,8 +456,7 @@ fn write_err(
         out.push(component);
         out.extend_from_slice(code.as_bytes());
         out.push(subcomponent);
-        let text = escape(error.user_message.as_bytes(), delimiters);
-        out.extend_from_slice(&text);
+        out.extend_from_slice(error.code.text().as_bytes());
         out.push(subcomponent);
         out.extend_from_slice(b"HL70357");
     }
@@ -501,21 +567,28 @@ mod tests {
     }
 
     #[test]
-    fn enhanced_mode_follows_msh15() {
-        let mode = |msh15: &str| {
-            let raw = format!("MSH|^~\\&|A|B|C|D|||ADT^A01|X|P|2.5|||{msh15}|NE\r");
+    fn enhanced_mode_follows_msh15_and_msh16() {
+        let mode = |msh15: &str, msh16: &str| {
+            let raw = format!("MSH|^~\\&|A|B|C|D|||ADT^A01|X|P|2.5|||{msh15}|{msh16}\r");
             AckMode::of(&Message::parse(bytes::Bytes::from(raw)).expect("parses"))
         };
-        assert_eq!(mode(""), AckMode::Original);
-        let always = mode("AL");
-        assert!(always.sends(Verdict::Accept) && always.sends(Verdict::Reject));
-        assert_eq!(always.code(Verdict::Accept), AckCode::CA);
-        let never = mode("NE");
-        assert!(!never.sends(Verdict::Accept) && !never.sends(Verdict::Reject));
-        let errors = mode("ER");
-        assert!(!errors.sends(Verdict::Accept) && errors.sends(Verdict::Error));
-        let success = mode("SU");
-        assert!(success.sends(Verdict::Accept) && !success.sends(Verdict::Reject));
-        assert_eq!(mode("XX"), AckMode::Enhanced(AcceptAckType::Always));
+        let codes = |mode: AckMode| {
+            [Verdict::Accept, Verdict::Error, Verdict::Reject]
+                .map(|verdict| mode.reply_code(verdict))
+        };
+        use AckCode::{AA, AE, AR, CA, CE, CR};
+        assert_eq!(mode("", ""), AckMode::Original);
+        assert_eq!(mode("\"\"", ""), AckMode::Original, "HL7 null is empty");
+        assert_eq!(codes(mode("", "")), [Some(AA), Some(AE), Some(AR)]);
+        assert_eq!(codes(mode("AL", "NE")), [Some(CA), Some(CE), Some(CR)]);
+        assert_eq!(codes(mode("AL", "AL")), [Some(CA), Some(CE), Some(CR)]);
+        assert_eq!(codes(mode("NE", "NE")), [None, None, None]);
+        assert_eq!(codes(mode("ER", "NE")), [None, Some(CE), Some(CR)]);
+        assert_eq!(codes(mode("SU", "NE")), [Some(CA), None, None]);
+        assert_eq!(codes(mode("NE", "AL")), [Some(AA), Some(AE), Some(AR)]);
+        assert_eq!(codes(mode("", "AL")), [Some(AA), Some(AE), Some(AR)]);
+        assert_eq!(codes(mode("SU", "ER")), [Some(CA), Some(AE), Some(AR)]);
+        assert_eq!(codes(mode("XX", "")), [Some(CA), Some(CE), Some(CR)]);
+        assert_eq!(mode("NE", "NE").decided_code(Verdict::Accept), CA);
     }
 }

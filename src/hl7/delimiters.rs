@@ -7,7 +7,8 @@
 
 /// The delimiter bytes of one message.
 ///
-/// A delimiter that MSH-2 does not declare is `None`: no value is ever split on it. The raw
+/// MSH-2 must declare the four separators; the truncation character is optional (`None` when
+/// absent, as before v2.7), and a value is never split on an absent one. The raw
 /// MSH-2 bytes are kept so an ACK can echo them exactly (including a v2.7 truncation character).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delimiters {
@@ -29,6 +30,11 @@ pub struct Delimiters {
 /// Why MSH-1/MSH-2 cannot be used as delimiters.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DelimiterError {
+    /// MSH-2 holds fewer than the four required characters.
+    #[error(
+        "{0} characters given; component, repetition, escape and subcomponent separators are all required"
+    )]
+    TooShort(usize),
     /// MSH-2 holds more than five characters.
     #[error(
         "{0} characters given; at most 5 (component, repetition, escape, subcomponent, truncation) are allowed"
@@ -77,6 +83,9 @@ impl Delimiters {
 
     /// Build the delimiters from the field separator and the raw MSH-2 bytes.
     pub fn parse(field: u8, encoding_characters: &[u8]) -> Result<Self, DelimiterError> {
+        if encoding_characters.len() < 4 {
+            return Err(DelimiterError::TooShort(encoding_characters.len()));
+        }
         if encoding_characters.len() > 5 {
             return Err(DelimiterError::TooLong(encoding_characters.len()));
         }
@@ -131,10 +140,15 @@ mod tests {
     }
 
     #[test]
-    fn short_msh2_leaves_missing_delimiters_unset() {
-        let short = Delimiters::parse(b'|', b"^~").expect("two delimiters");
-        assert_eq!(short.escape, None);
-        assert_eq!(short.subcomponent, None);
+    fn short_msh2_is_rejected() {
+        assert_eq!(
+            Delimiters::parse(b'|', b"^~"),
+            Err(DelimiterError::TooShort(2))
+        );
+        assert_eq!(
+            Delimiters::parse(b'|', b""),
+            Err(DelimiterError::TooShort(0))
+        );
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! `\r`, `\n` and `\r\n` are all accepted; empty lines are skipped. Field values are found on
 //! request by splitting the segment bytes, so parsing costs one pass over the frame.
 
+use std::fmt;
+
 use bytes::Bytes;
 
 use super::delimiters::{DelimiterError, Delimiters, is_valid_separator};
@@ -39,7 +41,10 @@ struct Span {
 }
 
 /// One parsed HL7 v2 frame. Cheap to clone: the bytes are shared.
-#[derive(Clone, Debug)]
+///
+/// Its `Debug` output shows the shape (kind, size, segment count), never the bytes: a stray
+/// `{:?}` must not put patient data in a log.
+#[derive(Clone)]
 pub struct Message {
     raw: Bytes,
     kind: HeaderKind,
@@ -48,11 +53,41 @@ pub struct Message {
     segments: Vec<Span>,
 }
 
-/// A view of one segment.
-#[derive(Clone, Copy, Debug)]
+/// A view of one segment. Like [`Message`], its `Debug` output shows no content.
+#[derive(Clone, Copy)]
 pub struct Segment<'a> {
     bytes: &'a [u8],
     field_separator: u8,
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Message")
+            .field("kind", &self.kind)
+            .field("bytes", &self.raw.len())
+            .field("segments", &self.segments.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Segment<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.name();
+        let printable = name.len() <= 3 && name.iter().all(u8::is_ascii_alphanumeric);
+        formatter
+            .debug_struct("Segment")
+            .field(
+                "name",
+                &if printable {
+                    String::from_utf8_lossy(name)
+                } else {
+                    "?".into()
+                },
+            )
+            .field("bytes", &self.bytes.len())
+            .finish()
+    }
 }
 
 impl<'a> Segment<'a> {
@@ -444,6 +479,7 @@ ZPI|custom|value\r";
     fn unusable_msh2_is_reported_not_fatal() {
         let message = parse(b"MSH|^^\\&|A|B|C|D|||ADT^A01|X|P|2.5\r");
         assert!(message.delimiter_error().is_some());
+        assert!(parse(b"MSH|^~|A|B\r").delimiter_error().is_some());
         assert_eq!(message.header_field(10), b"X");
         assert_eq!(message.delimiters().encoding_characters(), b"^~\\&");
     }
@@ -456,6 +492,14 @@ ZPI|custom|value\r";
         );
         assert_eq!(parse(b"BHS|^~\\&|A\r").kind(), HeaderKind::Batch);
         assert_eq!(parse(ADT).kind(), HeaderKind::Message);
+    }
+
+    #[test]
+    fn debug_output_shows_no_content() {
+        let message = parse(ADT);
+        let shown = format!("{message:?} {:?}", message.segment(b"PID", 1));
+        assert!(shown.contains("segments: 7"), "{shown}");
+        assert!(!shown.contains("DOE"), "{shown}");
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod message;
 mod path;
 
 pub use ack::{
-    AcceptAckType, AckCode, AckError, AckMode, AckStamp, AckStamper, ErrorCode, ErrorLocation,
+    AckCode, AckCondition, AckError, AckMode, AckStamp, AckStamper, ErrorCode, ErrorLocation,
     FixedStamper, SystemStamper, Verdict, build_ack,
 };
 pub use batch::{SplitError, split_messages};

@@ -4,6 +4,7 @@
 //! - bytes before a start block are discarded and counted ([`MllpCodec::take_discarded`]);
 //! - `0x1C` ends a frame; the `0x0D` that should follow is consumed when it comes, and its
 //!   absence is counted ([`MllpCodec::take_missing_trailers`]) instead of stalling the frame;
+//!   a line feed after the end block or trailer (`0x1C 0x0D 0x0A`, `0x1C 0x0A`) is swallowed;
 //! - a start block inside a frame abandons the partial frame (counted as discarded) and starts
 //!   a new one, since `0x0B` cannot occur inside HL7 text;
 //! - a frame longer than `max_frame_size` is an error: the caller closes the connection.
@@ -51,6 +52,8 @@ enum State {
     InFrame { scanned: usize },
     /// An end block was seen; the next byte should be the trailer.
     AfterEnd,
+    /// The trailer was seen; a line feed right after it is swallowed too.
+    AfterTrailer,
 }
 
 /// MLLP framing as a `tokio_util` codec.
@@ -100,10 +103,25 @@ impl Decoder for MllpCodec {
                     let Some(&next) = buffer.first() else {
                         return Ok(None);
                     };
-                    if next == TRAILER {
+                    self.state = State::Idle;
+                    match next {
+                        TRAILER => {
+                            buffer.advance(1);
+                            self.state = State::AfterTrailer;
+                        }
+                        b'\n' => {
+                            buffer.advance(1);
+                            self.missing_trailers += 1;
+                        }
+                        _ => self.missing_trailers += 1,
+                    }
+                }
+                State::AfterTrailer => {
+                    let Some(&next) = buffer.first() else {
+                        return Ok(None);
+                    };
+                    if next == b'\n' {
                         buffer.advance(1);
-                    } else {
-                        self.missing_trailers += 1;
                     }
                     self.state = State::Idle;
                 }
@@ -123,6 +141,7 @@ impl Decoder for MllpCodec {
                     let found = memchr::memchr2(END_BLOCK, START_BLOCK, &buffer[scanned..]);
                     let Some(relative) = found else {
                         if buffer.len() > self.max_frame_size {
+                            self.state = State::Idle;
                             return Err(FrameError::TooLarge {
                                 limit: self.max_frame_size,
                             });
@@ -134,6 +153,7 @@ impl Decoder for MllpCodec {
                     };
                     let position = scanned + relative;
                     if position > self.max_frame_size {
+                        self.state = State::Idle;
                         return Err(FrameError::TooLarge {
                             limit: self.max_frame_size,
                         });
@@ -228,6 +248,18 @@ mod tests {
         );
         assert_eq!(codec.take_missing_trailers(), 1);
         assert_eq!(codec.take_discarded(), 0);
+    }
+
+    #[test]
+    fn line_feed_after_the_trailer_is_not_junk() {
+        let mut codec = MllpCodec::new(1024);
+        let frames = decode_all(
+            &mut codec,
+            &[b"\x0bone\x1c\x0d\n\x0btwo\x1c\n\x0bthree\x1c\x0d"],
+        );
+        assert_eq!(frames.len(), 3);
+        assert_eq!(codec.take_discarded(), 0);
+        assert_eq!(codec.take_missing_trailers(), 1);
     }
 
     #[test]

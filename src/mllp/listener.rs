@@ -5,7 +5,8 @@
 //! leave in the order frames arrived. Limits:
 //! - `MAX_CONNECTIONS`: a permit is taken before a connection is served; without one the
 //!   connection is closed at once (counted);
-//! - `IDLE_TIMEOUT`: no byte for this long closes the connection;
+//! - `IDLE_TIMEOUT`: no frame bytes for this long close the connection (bytes outside frames
+//!   do not keep it open);
 //! - `FRAME_TIMEOUT`: a frame not finished this long after its start block closes the
 //!   connection (slowloris guard);
 //! - `WRITE_TIMEOUT`: an ACK that cannot be written in time closes the connection;
@@ -43,6 +44,7 @@ pub struct ListenerStats {
     bytes_discarded: AtomicU64,
     missing_trailers: AtomicU64,
     empty_frames: AtomicU64,
+    acks_received: AtomicU64,
     unreadable_frames: AtomicU64,
     oversize_frames: AtomicU64,
     idle_timeouts: AtomicU64,
@@ -67,6 +69,8 @@ pub struct StatsSnapshot {
     pub missing_trailers: u64,
     /// Frames with no content, ignored.
     pub empty_frames: u64,
+    /// Frames that were themselves ACKs, ignored (ACKs are never acknowledged).
+    pub acks_received: u64,
     /// Frames without a readable header; each closed its connection.
     pub unreadable_frames: u64,
     /// Frames over `MAX_FRAME_SIZE`; each closed its connection.
@@ -116,6 +120,7 @@ impl ListenerStats {
             bytes_discarded: read(&self.bytes_discarded),
             missing_trailers: read(&self.missing_trailers),
             empty_frames: read(&self.empty_frames),
+            acks_received: read(&self.acks_received),
             unreadable_frames: read(&self.unreadable_frames),
             oversize_frames: read(&self.oversize_frames),
             idle_timeouts: read(&self.idle_timeouts),
@@ -175,7 +180,11 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
-            Ok(connection) => connection,
+            // Show IPv4 peers of a dual-stack socket as 10.1.2.3, not [::ffff:10.1.2.3].
+            Ok((stream, peer)) => (
+                stream,
+                SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+            ),
             Err(error) => {
                 // Usually EMFILE/ENFILE: back off instead of spinning.
                 warn!(error = %error, "accept failed");
@@ -275,7 +284,9 @@ async fn serve_frames(stream: &mut TcpStream, peer: SocketAddr, shared: &Shared)
     let mut codec = MllpCodec::new(settings.max_frame_size);
     let mut buffer = BytesMut::with_capacity(8 * 1024);
     let mut frame_started: Option<Instant> = None;
-    let mut last_read = Instant::now();
+    // Last sign of a live sender: a frame answered, or frame bytes arriving. Bytes outside
+    // frames do not count, so a peer sending junk cannot hold its connection forever.
+    let mut last_activity = Instant::now();
     loop {
         // Answer every complete frame already buffered, in order.
         loop {
@@ -298,10 +309,16 @@ async fn serve_frames(stream: &mut TcpStream, peer: SocketAddr, shared: &Shared)
                         return Close::WriteFailed(error);
                     }
                     bump(&stats.acks[ack_index(code)], 1);
+                    // Time spent deciding and writing is not the sender's idle time.
+                    last_activity = Instant::now();
                 }
                 Reply::Suppressed { code } => {
                     debug!(%peer, control_id = outcome.control_id.as_deref().unwrap_or(""), size, code = %code, "no ACK sent: MSH-15 asks for none in this case");
                     bump(&stats.suppressed_acks, 1);
+                }
+                Reply::Ignore if outcome.reason == Some("ack_received") => {
+                    info!(%peer, control_id = outcome.control_id.as_deref().unwrap_or(""), "ACK received from a sender and ignored; ACKs are never acknowledged");
+                    bump(&stats.acks_received, 1);
                 }
                 Reply::Ignore => {
                     debug!(%peer, "empty frame ignored");
@@ -312,11 +329,12 @@ async fn serve_frames(stream: &mut TcpStream, peer: SocketAddr, shared: &Shared)
         }
         if codec.in_frame() {
             frame_started.get_or_insert_with(Instant::now);
+            last_activity = Instant::now();
         } else if shared.shutdown.is_cancelled() {
             return Close::Shutdown;
         }
 
-        let idle_deadline = settings.idle_timeout.map(|idle| last_read + idle);
+        let idle_deadline = settings.idle_timeout.map(|idle| last_activity + idle);
         let frame_deadline = frame_started
             .zip(settings.frame_timeout)
             .map(|(started, limit)| started + limit);
@@ -324,20 +342,31 @@ async fn serve_frames(stream: &mut TcpStream, peer: SocketAddr, shared: &Shared)
             (Some(idle), Some(frame)) => Some(idle.min(frame)),
             (idle, frame) => idle.or(frame),
         };
+        let expired = || {
+            let frame_expired = frame_deadline.is_some_and(|at| Instant::now() >= at);
+            if frame_expired {
+                Close::FrameTimeout
+            } else {
+                Close::IdleTimeout
+            }
+        };
+        // Checked before reading too: a peer whose bytes are always ready (junk) must still
+        // meet its deadlines.
+        if deadline.is_some_and(|at| Instant::now() >= at) {
+            return expired();
+        }
         buffer.reserve(8 * 1024);
         let between_frames = !codec.in_frame();
         let read = tokio::select! {
+            biased;
             () = shared.shutdown.cancelled(), if between_frames => return Close::Shutdown,
-            () = sleep_until_option(deadline) => {
-                let frame_expired = frame_deadline.is_some_and(|at| Instant::now() >= at);
-                return if frame_expired { Close::FrameTimeout } else { Close::IdleTimeout };
-            }
             read = stream.read_buf(&mut buffer) => read,
+            () = sleep_until_option(deadline) => return expired(),
         };
         match read {
             Ok(0) if codec.in_frame() => return Close::PeerClosedMidFrame(buffer.len()),
             Ok(0) => return Close::PeerClosed,
-            Ok(_) => last_read = Instant::now(),
+            Ok(_) => {}
             Err(error) => return Close::ReadFailed(error.to_string()),
         }
     }
