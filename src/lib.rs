@@ -21,3 +21,5 @@ pub mod ingest;
 pub mod mllp;
 pub mod shutdown;
 pub mod telemetry;
+pub mod outbox;
+pub mod rules;

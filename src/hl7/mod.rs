@@ -21,4 +21,9 @@ pub use charset::{Charset, DeclaredCharset};
 pub use delimiters::{DelimiterError, Delimiters};
 pub use escape::{escape, unescape};
 pub use message::{HeaderKind, Message, ParseError, Segment, Version};
+
+/// The `index`-th (0-based) piece of `bytes` split on `separator` (whole value when `None`).
+pub fn split_piece(bytes: &[u8], separator: Option<u8>, index: usize) -> Option<&[u8]> {
+    message::nth_split(bytes, separator, index)
+}
 pub use path::{FieldPath, PathError};

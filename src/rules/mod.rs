@@ -1,0 +1,598 @@
+//! CEL rules: validation rules and connector filters, compiled once at startup.
+//!
+//! Every expression is parsed when the configuration loads, with bounded size and nesting,
+//! and checked against the variables and functions mfoundry provides, so an unknown name is a
+//! load error, not a message-time surprise. At message time, one shared root context (the
+//! standard library plus `field()` and `segments()`) gets a cheap child scope holding only the
+//! variables some expression references (see [`bindings`]).
+//!
+//! Evaluation order: validation rules in their configured order (the first that is false
+//! rejects the message); then every connector's filter. An expression that fails to evaluate
+//! (a missing map key, a type error, the time budget spent) is an error for the message.
+
+pub mod bindings;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cel::common::ast::{EntryExpr, Expr};
+use cel::{Context, Env, ExecutionError, FunctionContext, IdedExpr, Value};
+
+use bindings::{MESSAGE_VARIABLE, MessageValue, Needed, VARIABLES, View};
+use crate::hl7::{Charset, FieldPath, Message};
+
+/// Longest expression accepted, in bytes.
+pub const MAX_EXPRESSION_BYTES: usize = 4096;
+/// Deepest nesting of sub-expressions accepted by the parser.
+pub const MAX_NESTING: u16 = 32;
+/// Deepest nesting of comprehensions (`all`, `exists`, `map`, `filter` …): each level can
+/// multiply the work by [`bindings::MAX_LIST_ENTRIES`].
+pub const MAX_COMPREHENSION_NESTING: usize = 2;
+
+/// Functions an expression may call: mfoundry's own, the CEL standard library as this
+/// engine provides it, and the optional-value functions. Operators and macros (`has`, `all`,
+/// `exists`, `exists_one`, `map`, `filter`) are always allowed.
+pub const FUNCTIONS: &[&str] = &[
+    "field",
+    "segments",
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "bool",
+    "type",
+    "dyn",
+    "duration",
+    "timestamp",
+    "getDate",
+    "getDayOfMonth",
+    "getDayOfWeek",
+    "getDayOfYear",
+    "getFullYear",
+    "getHours",
+    "getMilliseconds",
+    "getMinutes",
+    "getMonth",
+    "getSeconds",
+    "hasValue",
+    "value",
+    "or",
+    "orValue",
+    "of",
+    "none",
+    "ofNonZeroValue",
+];
+
+/// Type names an expression may use as values (`type(x) == string`).
+const TYPE_NAMES: &[&str] = &[
+    "int", "uint", "double", "string", "bytes", "bool", "list", "map", "null_type", "type",
+    "timestamp", "duration",
+];
+
+/// Where an expression came from, for error messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The configuration file, if the expression came from one.
+    pub file: Option<String>,
+    /// 1-based line of the expression's value in the file (0 if unknown).
+    pub line: u64,
+    /// 1-based column of the expression's value in the file (0 if unknown).
+    pub column: u64,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.as_deref().unwrap_or("<config>");
+        if self.line == 0 {
+            write!(formatter, "{file}")
+        } else {
+            write!(formatter, "{file}:{}:{}", self.line, self.column)
+        }
+    }
+}
+
+/// An expression as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpressionSource {
+    /// The CEL text.
+    pub text: String,
+    /// Where it was written.
+    pub origin: Origin,
+}
+
+/// A validation rule as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleSpec {
+    /// Name, shown in the ERR segment and logs.
+    pub name: String,
+    /// Must evaluate to true for the message to be accepted.
+    pub expression: ExpressionSource,
+    /// Reason sent back when the rule fails.
+    pub message: Option<String>,
+}
+
+/// A connector's filter as configured (`None`: the connector takes every message).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FilterSpec {
+    /// Connector name.
+    pub connector: String,
+    /// The filter, if any.
+    pub expression: Option<ExpressionSource>,
+}
+
+/// One problem found while compiling expressions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleProblem {
+    /// Where the expression is.
+    pub origin: Origin,
+    /// What it belongs to, e.g. `validation rule "require-pid"`.
+    pub subject: String,
+    /// Line and column inside the expression (1-based), when the problem has one.
+    pub position: Option<(isize, isize)>,
+    /// What is wrong.
+    pub detail: String,
+}
+
+impl fmt::Display for RuleProblem {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}: {}: {}", self.origin, self.subject, self.detail)?;
+        if let Some((line, column)) = self.position {
+            write!(formatter, " (expression line {line}, column {column})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    name: String,
+    message: String,
+    expression: IdedExpr,
+}
+
+/// The outcome of the validation rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Validation {
+    /// Every rule was true.
+    Passed,
+    /// A rule was false.
+    Failed {
+        /// The rule's name.
+        rule: String,
+        /// Its configured message.
+        message: String,
+    },
+    /// An expression could not be evaluated.
+    Errored {
+        /// The rule or filter (`filter of connector "x"`).
+        subject: String,
+        /// Why (mfoundry's and CEL's words; never message text).
+        detail: String,
+    },
+}
+
+/// Validation and routing for one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evaluation {
+    /// The validation outcome (routing only runs when it passed).
+    pub validation: Validation,
+    /// Per connector (in configuration order): does its filter take the message?
+    pub routes: Vec<bool>,
+}
+
+/// Compiled rules and filters, shared by every connection.
+pub struct RuleSet {
+    root: Context<'static, 'static>,
+    rules: Vec<CompiledRule>,
+    filters: Vec<(String, Option<IdedExpr>)>,
+    needed: Needed,
+    budget: Duration,
+}
+
+impl fmt::Debug for RuleSet {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("RuleSet")
+            .field("rules", &self.rules.len())
+            .field("filters", &self.filters.len())
+            .field("needed", &self.needed)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuleSet {
+    /// Compile every rule and filter; report every problem at once.
+    pub fn compile(
+        rules: &[RuleSpec],
+        filters: &[FilterSpec],
+        budget: Duration,
+    ) -> Result<Self, Vec<RuleProblem>> {
+        let env = Arc::new(Env::stdlib());
+        let mut problems = Vec::new();
+        let mut needed = Needed::default();
+        let mut compiled_rules = Vec::new();
+        for rule in rules {
+            let subject = format!("validation rule {:?}", rule.name);
+            if let Some(expression) =
+                compile_one(&env, &rule.expression, &subject, &mut needed, &mut problems)
+            {
+                compiled_rules.push(CompiledRule {
+                    name: rule.name.clone(),
+                    message: rule
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| format!("validation rule {} failed", rule.name)),
+                    expression,
+                });
+            }
+        }
+        let mut compiled_filters = Vec::new();
+        for filter in filters {
+            let subject = format!("filter of connector {:?}", filter.connector);
+            let expression = filter.expression.as_ref().and_then(|source| {
+                compile_one(&env, source, &subject, &mut needed, &mut problems)
+            });
+            compiled_filters.push((filter.connector.clone(), expression));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let mut root = Context::with_env(env);
+        let registered = root
+            .add_function("field", field_function)
+            .and_then(|()| root.add_function("segments", segments_function));
+        if let Err(error) = registered {
+            return Err(vec![RuleProblem {
+                origin: Origin::default(),
+                subject: "rule engine".to_owned(),
+                position: None,
+                detail: format!("cannot register functions: {error:?}"),
+            }]);
+        }
+        Ok(Self {
+            root,
+            rules: compiled_rules,
+            filters: compiled_filters,
+            needed,
+            budget,
+        })
+    }
+
+    /// Number of validation rules.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Evaluate validation rules, then (if they pass) every filter.
+    pub fn evaluate(&self, message: &Message, charset: Charset, inbound: &str) -> Evaluation {
+        let started = Instant::now();
+        let view = View { message, charset };
+        let mut scope = self.root.new_inner_scope();
+        let needed = self.needed;
+        if needed.message {
+            scope.add_variable_as_val(
+                MESSAGE_VARIABLE,
+                Box::new(MessageValue {
+                    message: message.clone(),
+                    charset,
+                }),
+            );
+        }
+        if needed.msh {
+            scope.add_variable_from_value("msh", view.msh());
+        }
+        if needed.pid {
+            scope.add_variable_from_value("pid", view.pid());
+        }
+        if needed.pv1 {
+            scope.add_variable_from_value("pv1", view.pv1());
+        }
+        if needed.obx {
+            scope.add_variable_from_value("obx", view.obx());
+        }
+        if needed.obx_list {
+            scope.add_variable_from_value("obx_list", view.obx_list());
+        }
+        if needed.inbound {
+            scope.add_variable_from_value("inbound", inbound.to_owned());
+        }
+
+        let over_budget = |subject: &str| {
+            (started.elapsed() > self.budget).then(|| Validation::Errored {
+                subject: subject.to_owned(),
+                detail: format!(
+                    "rule evaluation exceeded its time budget of {:?}",
+                    self.budget
+                ),
+            })
+        };
+        for rule in &self.rules {
+            let subject = format!("validation rule {:?}", rule.name);
+            match evaluate_bool(&rule.expression, &scope) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Evaluation {
+                        validation: Validation::Failed {
+                            rule: rule.name.clone(),
+                            message: rule.message.clone(),
+                        },
+                        routes: Vec::new(),
+                    };
+                }
+                Err(detail) => {
+                    return Evaluation {
+                        validation: Validation::Errored { subject, detail },
+                        routes: Vec::new(),
+                    };
+                }
+            }
+            if let Some(validation) = over_budget(&subject) {
+                return Evaluation {
+                    validation,
+                    routes: Vec::new(),
+                };
+            }
+        }
+        let mut routes = Vec::with_capacity(self.filters.len());
+        for (connector, filter) in &self.filters {
+            let Some(expression) = filter else {
+                routes.push(true);
+                continue;
+            };
+            let subject = format!("filter of connector {connector:?}");
+            match evaluate_bool(expression, &scope) {
+                Ok(taken) => routes.push(taken),
+                Err(detail) => {
+                    return Evaluation {
+                        validation: Validation::Errored { subject, detail },
+                        routes: Vec::new(),
+                    };
+                }
+            }
+            if let Some(validation) = over_budget(&subject) {
+                return Evaluation {
+                    validation,
+                    routes: Vec::new(),
+                };
+            }
+        }
+        Evaluation {
+            validation: Validation::Passed,
+            routes,
+        }
+    }
+}
+
+fn evaluate_bool(expression: &IdedExpr, scope: &Context<'_, '_>) -> Result<bool, String> {
+    match Value::resolve(expression, scope) {
+        Ok(Value::Bool(result)) => Ok(result),
+        Ok(other) => Err(format!(
+            "the expression gave a {} where true or false is needed",
+            other.type_of()
+        )),
+        Err(error) => Err(describe_execution_error(&error)),
+    }
+}
+
+/// CEL's error text, which names keys, functions and types but never message values.
+fn describe_execution_error(error: &ExecutionError) -> String {
+    match error {
+        ExecutionError::NoSuchKey(key) => format!(
+            "no such key: {key} (the segment may be missing; use has(...) or .?{key}.orValue(\"\"))"
+        ),
+        other => other.to_string(),
+    }
+}
+
+fn compile_one(
+    env: &Env,
+    source: &ExpressionSource,
+    subject: &str,
+    needed: &mut Needed,
+    problems: &mut Vec<RuleProblem>,
+) -> Option<IdedExpr> {
+    let problem = |position, detail: String| RuleProblem {
+        origin: source.origin.clone(),
+        subject: subject.to_owned(),
+        position,
+        detail,
+    };
+    if source.text.trim().is_empty() {
+        problems.push(problem(None, "the expression is empty".to_owned()));
+        return None;
+    }
+    if source.text.len() > MAX_EXPRESSION_BYTES {
+        problems.push(problem(
+            None,
+            format!(
+                "the expression is {} bytes long; at most {MAX_EXPRESSION_BYTES} are allowed",
+                source.text.len()
+            ),
+        ));
+        return None;
+    }
+    let parsed = env
+        .parser()
+        .max_recursion_depth(MAX_NESTING)
+        .parse(&source.text);
+    let expression = match parsed {
+        Ok(expression) => expression,
+        Err(errors) => {
+            for error in errors.errors {
+                let position = (error.pos.0 > 0).then_some(error.pos);
+                problems.push(problem(position, format!("does not compile: {}", error.msg)));
+            }
+            return None;
+        }
+    };
+    let mut found = Vec::new();
+    check(&expression, &mut Vec::new(), 0, needed, &mut found);
+    if found.is_empty() {
+        Some(expression)
+    } else {
+        problems.extend(found.into_iter().map(|detail| problem(None, detail)));
+        None
+    }
+}
+
+fn is_operator(name: &str) -> bool {
+    name.starts_with('_') || name.starts_with('@') || name == "!_" || name == "-_"
+}
+
+/// Walk the expression: unknown variables and functions, `field()`/`segments()` arguments,
+/// comprehension nesting. Loop variables are in `scope`.
+fn check(
+    expression: &IdedExpr,
+    scope: &mut Vec<String>,
+    comprehension_depth: usize,
+    needed: &mut Needed,
+    found: &mut Vec<String>,
+) {
+    match &expression.expr {
+        Expr::Ident(name) => {
+            if name.starts_with('@') || scope.contains(name) {
+                return;
+            }
+            if VARIABLES.contains(&name.as_str()) {
+                needed.add(name);
+            } else if name == "optional" || TYPE_NAMES.contains(&name.as_str()) {
+                // The namespace of optional.of / optional.none, or a type (`type(x) == int`).
+            } else {
+                found.push(format!(
+                    "unknown variable {name:?}; known variables are {}",
+                    VARIABLES.join(", ")
+                ));
+            }
+        }
+        Expr::Call(call) => {
+            let name = call.func_name.as_str();
+            if !is_operator(name) && !FUNCTIONS.contains(&name) {
+                found.push(format!("unknown function {name:?}"));
+            }
+            if name == "field" || name == "segments" {
+                needed.message = true;
+                check_message_function(name, call, found);
+            }
+            if let Some(target) = &call.target {
+                check(target, scope, comprehension_depth, needed, found);
+            }
+            for argument in &call.args {
+                check(argument, scope, comprehension_depth, needed, found);
+            }
+        }
+        Expr::Select(select) => check(&select.operand, scope, comprehension_depth, needed, found),
+        Expr::List(list) => {
+            for element in &list.elements {
+                check(element, scope, comprehension_depth, needed, found);
+            }
+        }
+        Expr::Map(map) => {
+            for entry in &map.entries {
+                match &entry.expr {
+                    EntryExpr::MapEntry(pair) => {
+                        check(&pair.key, scope, comprehension_depth, needed, found);
+                        check(&pair.value, scope, comprehension_depth, needed, found);
+                    }
+                    EntryExpr::StructField(field) => check(&field.value, scope, comprehension_depth, needed, found),
+                }
+            }
+        }
+        Expr::Struct(structure) => {
+            for entry in &structure.entries {
+                match &entry.expr {
+                    EntryExpr::MapEntry(pair) => {
+                        check(&pair.key, scope, comprehension_depth, needed, found);
+                        check(&pair.value, scope, comprehension_depth, needed, found);
+                    }
+                    EntryExpr::StructField(field) => check(&field.value, scope, comprehension_depth, needed, found),
+                }
+            }
+        }
+        Expr::Comprehension(comprehension) => {
+            if comprehension_depth + 1 > MAX_COMPREHENSION_NESTING {
+                found.push(format!(
+                    "comprehensions (all, exists, map, filter …) are nested more than {MAX_COMPREHENSION_NESTING} deep"
+                ));
+                return;
+            }
+            check(&comprehension.iter_range, scope, comprehension_depth, needed, found);
+            check(&comprehension.accu_init, scope, comprehension_depth, needed, found);
+            let depth = scope.len();
+            scope.push(comprehension.iter_var.clone());
+            if let Some(second) = &comprehension.iter_var2 {
+                scope.push(second.clone());
+            }
+            scope.push(comprehension.accu_var.clone());
+            for part in [
+                &comprehension.loop_cond,
+                &comprehension.loop_step,
+                &comprehension.result,
+            ] {
+                check(part, scope, comprehension_depth + 1, needed, found);
+            }
+            scope.truncate(depth);
+        }
+        Expr::Literal(_) | Expr::Unspecified => {}
+    }
+}
+
+/// `field("PID-3[2].1")` and `segments("OBX")` take exactly one argument; a literal one is
+/// checked now.
+fn check_message_function(name: &str, call: &cel::common::ast::CallExpr, found: &mut Vec<String>) {
+    if call.target.is_some() || call.args.len() != 1 {
+        found.push(format!("{name}() takes exactly one argument"));
+        return;
+    }
+    let Expr::Literal(cel::common::ast::LiteralValue::String(argument)) = &call.args[0].expr else {
+        return;
+    };
+    if name == "field" {
+        if let Err(error) = argument.parse::<FieldPath>() {
+            found.push(error.to_string());
+        }
+    } else if argument.len() != 3 || !argument.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        found.push(format!(
+            "segments({argument:?}): a segment name has three letters or digits, e.g. \"OBX\""
+        ));
+    }
+}
+
+fn message_value<'c>(
+    context: &'c FunctionContext<'_, '_>,
+) -> Result<cel::common::value::CowVal<'c, 'c>, ExecutionError> {
+    context
+        .ptx
+        .get_variable(MESSAGE_VARIABLE)
+        .ok_or_else(|| context.error("the message is not bound"))
+}
+
+fn field_function(
+    context: &FunctionContext,
+    path: Arc<String>,
+) -> Result<Arc<String>, ExecutionError> {
+    let path: FieldPath = path.parse().map_err(|error: crate::hl7::PathError| context.error(error.to_string()))?;
+    let value = message_value(context)?;
+    let message = value
+        .downcast_ref::<MessageValue>()
+        .ok_or_else(|| context.error("the message is not bound"))?;
+    Ok(Arc::new(message.view().path_text(&path)))
+}
+
+fn segments_function(
+    context: &FunctionContext,
+    name: Arc<String>,
+) -> Result<Value, ExecutionError> {
+    let value = message_value(context)?;
+    let message = value
+        .downcast_ref::<MessageValue>()
+        .ok_or_else(|| context.error("the message is not bound"))?;
+    Ok(message.view().segments(&name))
+}

@@ -1,0 +1,306 @@
+//! The outbox on its own: FIFO per connector, atomic fan-out, dedup, failed commits, and a
+//! model test against a plain in-memory queue model.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use mfoundry::outbox::{
+    Appended, DedupRequest, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox,
+    OutboxOptions, Route, RouteStatus,
+};
+use proptest::prelude::*;
+use redb::StorageBackend;
+
+/// In-memory storage shared across reopens; `sync_data` fails while `fail_sync` is set.
+#[derive(Debug, Clone, Default)]
+struct FaultyMemory {
+    bytes: Arc<RwLock<Vec<u8>>>,
+    fail_sync: Arc<AtomicBool>,
+}
+
+impl StorageBackend for FaultyMemory {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.bytes.read().expect("lock").len() as u64)
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let bytes = self.bytes.read().expect("lock");
+        let start = usize::try_from(offset).expect("offset");
+        let source = bytes
+            .get(start..start + out.len())
+            .ok_or_else(|| std::io::Error::other("read past end"))?;
+        out.copy_from_slice(source);
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.bytes
+            .write()
+            .expect("lock")
+            .resize(usize::try_from(len).expect("len"), 0);
+        Ok(())
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        if self.fail_sync.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected fsync failure"));
+        }
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        let mut bytes = self.bytes.write().expect("lock");
+        let start = usize::try_from(offset).expect("offset");
+        if bytes.len() < start + data.len() {
+            bytes.resize(start + data.len(), 0);
+        }
+        bytes[start..start + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+}
+
+fn options_with(memory: &FaultyMemory) -> OutboxOptions {
+    let memory = memory.clone();
+    let mut options = OutboxOptions::new("memory".into());
+    options.backend = Some(Arc::new(move || {
+        Ok(Box::new(memory.clone()) as Box<dyn StorageBackend>)
+    }));
+    options
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|name| (*name).to_owned()).collect()
+}
+
+fn message(outbox: &Outbox, control_id: &str, queued: &[&str], filtered: &[&str]) -> NewMessage {
+    let mut routes = Vec::new();
+    for (names, status) in [(queued, RouteStatus::Queued), (filtered, RouteStatus::Filtered)] {
+        for name in names {
+            routes.push(Route {
+                connector: outbox.connector_id(name).expect("known connector"),
+                status,
+            });
+        }
+    }
+    NewMessage {
+        record: MessageRecord {
+            received_at_micros: 1,
+            peer: "127.0.0.1:1".to_owned(),
+            listener: "mllp".to_owned(),
+            header: HeaderFields {
+                control_id: control_id.to_owned(),
+                ..HeaderFields::default()
+            },
+            disposition: if queued.is_empty() {
+                Disposition::Unrouted
+            } else {
+                Disposition::Routed
+            },
+            reason: None,
+            ack_code: "AA".to_owned(),
+            body_len: 3,
+            routes,
+        },
+        body: Bytes::from(format!("MSH|{control_id}")),
+        dedup: None,
+    }
+}
+
+#[tokio::test]
+async fn fan_out_is_fifo_per_connector_and_records_filtered_routes() {
+    let memory = FaultyMemory::default();
+    let (outbox, writer) =
+        Outbox::open(options_with(&memory), &names(&["a", "b", "c"])).expect("opens");
+    for index in 0..20 {
+        let queued: Vec<&str> = ["a", "b", "c"]
+            .into_iter()
+            .filter(|name| match *name {
+                "a" => true,
+                "b" => index % 2 == 0,
+                _ => index % 3 == 0,
+            })
+            .collect();
+        let filtered: Vec<&str> = ["b", "c"]
+            .into_iter()
+            .filter(|name| !queued.contains(name))
+            .collect();
+        let appended = outbox
+            .append(message(&outbox, &format!("M{index}"), &queued, &filtered))
+            .await
+            .expect("stored");
+        assert!(matches!(appended, Appended::Stored { .. }));
+    }
+    let snapshot = outbox.snapshot().expect("snapshot");
+    let ids = |name: &str| -> Vec<u64> {
+        snapshot
+            .queue(outbox.connector_id(name).expect("id"))
+            .expect("queue")
+            .into_iter()
+            .map(|(_, entry)| entry.message_id)
+            .collect()
+    };
+    assert_eq!(ids("a"), (1..=20).collect::<Vec<_>>());
+    assert_eq!(ids("b"), (1..=20).step_by(2).collect::<Vec<_>>());
+    assert_eq!(ids("c"), (1..=20).step_by(3).collect::<Vec<_>>());
+    let second = snapshot.message(2).expect("read").expect("exists");
+    let filtered: Vec<_> = second
+        .routes
+        .iter()
+        .filter(|route| route.status == RouteStatus::Filtered)
+        .map(|route| route.connector)
+        .collect();
+    assert_eq!(
+        filtered,
+        vec![outbox.connector_id("b").unwrap_or_default(), outbox.connector_id("c").unwrap_or_default()]
+    );
+    assert_eq!(snapshot.body(2).expect("read").as_deref(), Some(&b"MSH|M1"[..]));
+    drop(snapshot);
+    drop(outbox);
+    writer.join();
+
+    // Reopened: same connector ids, new ids continue after the old ones.
+    let (outbox, writer) =
+        Outbox::open(options_with(&memory), &names(&["c", "new", "a"])).expect("reopens");
+    assert_eq!(outbox.connector_id("a"), Some(1));
+    assert_eq!(outbox.connector_id("c"), Some(3));
+    assert_eq!(outbox.connector_id("new"), Some(4));
+    let appended = outbox
+        .append(message(&outbox, "after", &["a"], &[]))
+        .await
+        .expect("stored");
+    assert_eq!(appended, Appended::Stored { id: 21 });
+    drop(outbox);
+    writer.join();
+}
+
+#[tokio::test]
+async fn identical_frames_within_the_window_are_stored_once() {
+    let memory = FaultyMemory::default();
+    let (outbox, writer) = Outbox::open(options_with(&memory), &names(&["a"])).expect("opens");
+    let mut first = message(&outbox, "D1", &["a"], &[]);
+    first.dedup = Some(DedupRequest {
+        key: [7; 32],
+        ack: Some(b"ACK-ORIGINAL".to_vec()),
+    });
+    let mut again = first.clone();
+    again.dedup = Some(DedupRequest {
+        key: [7; 32],
+        ack: Some(b"ACK-NEW".to_vec()),
+    });
+    assert_eq!(
+        outbox.append(first).await.expect("stored"),
+        Appended::Stored { id: 1 }
+    );
+    assert_eq!(
+        outbox.append(again).await.expect("answered"),
+        Appended::Duplicate {
+            id: 1,
+            ack: Some(b"ACK-ORIGINAL".to_vec())
+        }
+    );
+    let snapshot = outbox.snapshot().expect("snapshot");
+    assert_eq!(snapshot.message_count().expect("count"), 1);
+    assert_eq!(
+        snapshot.queue(outbox.connector_id("a").expect("id")).expect("queue").len(),
+        1
+    );
+    drop(snapshot);
+    drop(outbox);
+    writer.join();
+}
+
+#[tokio::test]
+async fn a_failed_commit_stores_nothing_and_the_writer_recovers() {
+    let memory = FaultyMemory::default();
+    let (outbox, writer) = Outbox::open(options_with(&memory), &names(&["a"])).expect("opens");
+    outbox
+        .append(message(&outbox, "BEFORE", &["a"], &[]))
+        .await
+        .expect("stored");
+    memory.fail_sync.store(true, Ordering::SeqCst);
+    let failed = outbox.append(message(&outbox, "DURING", &["a"], &[])).await;
+    assert!(failed.is_err(), "a commit whose fsync failed must not report success");
+    memory.fail_sync.store(false, Ordering::SeqCst);
+    let mut recovered = None;
+    for _ in 0..20 {
+        match outbox.append(message(&outbox, "AFTER", &["a"], &[])).await {
+            Ok(appended) => {
+                recovered = Some(appended);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    assert!(recovered.is_some(), "the writer reopens and carries on");
+    assert!(outbox.stats().reopens.load(Ordering::Relaxed) >= 1);
+    let snapshot = outbox.snapshot().expect("snapshot");
+    let stored: Vec<String> = snapshot
+        .messages()
+        .expect("messages")
+        .into_iter()
+        .map(|(_, record)| record.header.control_id)
+        .collect();
+    assert!(stored.contains(&"BEFORE".to_owned()));
+    assert!(stored.contains(&"AFTER".to_owned()));
+    drop(snapshot);
+    drop(outbox);
+    writer.join();
+}
+
+#[derive(Clone, Debug)]
+struct Step {
+    targets: Vec<bool>,
+    dedup_key: Option<u8>,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    (
+        proptest::collection::vec(any::<bool>(), 3),
+        proptest::option::of(0u8..4),
+    )
+        .prop_map(|(targets, dedup_key)| Step { targets, dedup_key })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    /// The outbox against a model: queues are the ordered lists of the ids routed to each
+    /// connector; a repeated dedup key answers the first id and adds nothing.
+    #[test]
+    fn outbox_matches_a_simple_queue_model(steps in proptest::collection::vec(step(), 1..40)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let memory = FaultyMemory::default();
+            let connectors = names(&["x", "y", "z"]);
+            let (outbox, writer) = Outbox::open(options_with(&memory), &connectors).expect("opens");
+            let mut model_queues: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+            let mut model_dedup: HashMap<u8, u64> = HashMap::new();
+            let mut next_id = 1;
+            for (index, step) in steps.iter().enumerate() {
+                let queued: Vec<&str> = connectors.iter().zip(&step.targets)
+                    .filter(|(_, on)| **on).map(|(name, _)| name.as_str()).collect();
+                let mut new = message(&outbox, &format!("S{index}"), &queued, &[]);
+                new.dedup = step.dedup_key.map(|key| DedupRequest { key: [key; 32], ack: None });
+                let appended = outbox.append(new).await.expect("append");
+                match step.dedup_key.and_then(|key| model_dedup.get(&key).copied()) {
+                    Some(original) => prop_assert_eq!(appended, Appended::Duplicate { id: original, ack: None }),
+                    None => {
+                        prop_assert_eq!(appended, Appended::Stored { id: next_id });
+                        if let Some(key) = step.dedup_key { model_dedup.insert(key, next_id); }
+                        for name in &queued { model_queues.entry((*name).to_owned()).or_default().push(next_id); }
+                        next_id += 1;
+                    }
+                }
+            }
+            let snapshot = outbox.snapshot().expect("snapshot");
+            for name in &connectors {
+                let actual: Vec<u64> = snapshot.queue(outbox.connector_id(name).expect("id")).expect("queue")
+                    .into_iter().map(|(_, entry)| entry.message_id).collect();
+                prop_assert_eq!(actual, model_queues.get(name).cloned().unwrap_or_default());
+            }
+            prop_assert_eq!(snapshot.message_count().expect("count"), next_id - 1);
+            drop(snapshot);
+            drop(outbox);
+            writer.join();
+            Ok(())
+        })?;
+    }
+}
