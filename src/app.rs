@@ -1,7 +1,10 @@
-//! Wiring and lifecycle: bind the listener, serve until told to stop, then drain.
+//! Wiring and lifecycle: compile rules, open the outbox, bind the listener, serve, drain.
 //!
-//! Start order: bind (so a port clash fails before anything else runs) → serve. Stop order:
-//! stop accepting → let connections finish the frame in hand → wait for their tasks.
+//! Start order: compile every rule (a bad one stops startup) → open the outbox and start its
+//! writer → bind the listener (a port clash fails before traffic) → serve.
+//! Stop order: stop accepting → let connections finish the frame in hand (each gets its ACK
+//! after its commit) → drop the last outbox handle → the writer answers what is queued,
+//! commits, and stops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,19 +15,42 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::Settings;
+use crate::config::Config;
 use crate::hl7::{AckStamper, SystemStamper};
 use crate::ingest::Ingest;
 use crate::mllp::{self, ListenerStats, StatsSnapshot};
+use crate::outbox::{BackendFactory, Outbox, OutboxOptions, WriterHandle};
 
 /// How long connections get to finish the frame in hand once shutdown starts.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// Choices tests make differently from production.
+#[derive(Clone, Default)]
+pub struct AppOptions {
+    /// ACK stamps (default: the system clock).
+    pub stamper: Option<Arc<dyn AckStamper>>,
+    /// Outbox storage (default: the file in `DATA_DIR`).
+    pub backend: Option<BackendFactory>,
+}
+
+impl std::fmt::Debug for AppOptions {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("AppOptions")
+            .field("stamper", &self.stamper)
+            .field("custom_backend", &self.backend.is_some())
+            .finish()
+    }
+}
 
 /// A running gateway.
 #[derive(Debug)]
 pub struct RunningApp {
     local_addr: SocketAddr,
     stats: Arc<ListenerStats>,
+    /// Kept for reads (tests, later the admin API); dropped before the writer is joined.
+    outbox: Outbox,
+    writer: WriterHandle,
     /// Cancelled to stop accepting and close idle connections.
     shutdown: CancellationToken,
     /// Tracks the accept loop and every connection task.
@@ -32,16 +58,41 @@ pub struct RunningApp {
 }
 
 impl RunningApp {
-    /// Bind and start serving with ACKs stamped by the system clock.
-    pub async fn start(settings: Settings) -> anyhow::Result<Self> {
-        Self::start_with_stamper(settings, Arc::new(SystemStamper::default())).await
+    /// Start with production choices.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        Self::start_with(config, AppOptions::default()).await
     }
 
-    /// Bind and start serving with the given ACK stamper (tests use a fixed one).
-    pub async fn start_with_stamper(
-        settings: Settings,
-        stamper: Arc<dyn AckStamper>,
-    ) -> anyhow::Result<Self> {
+    /// Start with the given options.
+    pub async fn start_with(config: Config, options: AppOptions) -> anyhow::Result<Self> {
+        let rules = Arc::new(
+            config
+                .compile_rules()
+                .map_err(|errors| anyhow::anyhow!("{errors}"))?,
+        );
+        let settings = config.settings.clone();
+        let mut outbox_options = OutboxOptions::new(settings.outbox_path());
+        outbox_options.dedup_window = settings.dedup_window;
+        outbox_options.backend = options.backend;
+        let connector_names: Vec<String> = config
+            .connectors
+            .iter()
+            .map(|connector| connector.name.clone())
+            .collect();
+        let path = settings.outbox_path();
+        let (outbox, writer) =
+            tokio::task::spawn_blocking(move || Outbox::open(outbox_options, &connector_names))
+                .await
+                .context("outbox open task failed")?
+                .with_context(|| {
+                    format!("cannot open the outbox in DATA_DIR ({})", path.display())
+                })?;
+        let connector_ids: Vec<u32> = config
+            .connectors
+            .iter()
+            .filter_map(|connector| outbox.connector_id(&connector.name))
+            .collect();
+
         let listen_addr = settings.listener.listen_addr.clone();
         let listener = mllp::bind(&listen_addr)
             .await
@@ -52,7 +103,17 @@ impl RunningApp {
         let stats = Arc::new(ListenerStats::default());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let ingest = Ingest::new(settings.default_charset, stamper);
+        let stamper = options
+            .stamper
+            .unwrap_or_else(|| Arc::new(SystemStamper::default()));
+        let ingest = Ingest::new(
+            settings.default_charset,
+            stamper,
+            Arc::clone(&rules),
+            outbox.clone(),
+            connector_ids,
+            &settings.listener.name,
+        );
         tracker.spawn(mllp::serve(
             listener,
             settings.listener.clone(),
@@ -61,10 +122,20 @@ impl RunningApp {
             shutdown.clone(),
             tracker.clone(),
         ));
-        info!(addr = %local_addr, max_frame_size = settings.listener.max_frame_size, "listening for MLLP");
+        info!(
+            addr = %local_addr,
+            listener = %settings.listener.name,
+            data = %settings.outbox_path().display(),
+            connectors = config.connectors.len(),
+            rules = rules.rule_count(),
+            max_frame_size = settings.listener.max_frame_size,
+            "listening for MLLP"
+        );
         Ok(Self {
             local_addr,
             stats,
+            outbox,
+            writer,
             shutdown,
             tracker,
         })
@@ -80,8 +151,14 @@ impl RunningApp {
         self.stats.snapshot()
     }
 
-    /// Stop accepting, let connections finish the frame in hand, and wait for them (at most
-    /// `grace`). Returns false when some connection was still busy at the deadline.
+    /// The outbox, for reading what was stored.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Stop accepting, let connections finish the frame in hand, wait for them (at most
+    /// `grace`), then stop the outbox writer once it has answered everything queued. Returns
+    /// false when some connection was still busy at the deadline.
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.shutdown.cancel();
         self.tracker.close();
@@ -95,6 +172,13 @@ impl RunningApp {
             );
         }
         let stats = self.stats.snapshot();
+        drop(self.outbox);
+        if finished {
+            // Every connection task (and its ingest handle) is gone: the writer stops once it
+            // has committed what is queued.
+            let writer = self.writer;
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
         info!(
             connections = stats.connections_accepted,
             frames = stats.frames_received,
@@ -105,8 +189,8 @@ impl RunningApp {
 }
 
 /// Serve until SIGTERM or SIGINT, then drain.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let app = RunningApp::start(settings).await?;
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let app = RunningApp::start(config).await?;
     crate::shutdown::wait_for_signal().await;
     info!("shutdown requested; finishing frames in progress");
     app.shutdown(DRAIN_GRACE).await;

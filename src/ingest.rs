@@ -1,23 +1,35 @@
 //! Ingest: the one place that decides what a frame gets back.
 //!
-//! A frame is parsed, checked, and answered. The answer follows the acknowledgement mode the
-//! sender chose (MSH-15): original mode always gets AA/AE/AR, enhanced mode gets CA/CE/CR only
-//! when MSH-15 asks for it. A frame whose header cannot be read gets no guessed ACK: the
-//! connection is closed. An empty frame (some senders use one as a keep-alive) is ignored.
+//! A frame is parsed, checked, validated by the CEL rules, routed by the connector filters,
+//! stored in the outbox, and answered. The answer follows the acknowledgement mode the sender
+//! chose (MSH-15/16). A frame whose header cannot be read gets no guessed ACK: the connection
+//! is closed. An empty frame (a keep-alive for some senders) and a received ACK are ignored.
 //!
-//! Until the durable outbox exists, an accepted message is answered right after these checks.
+//! **Invariant:** an accepting ACK (AA/CA) is returned only after the outbox transaction
+//! holding the message and its queue entries has committed. A storage error never yields
+//! AA/CA: it yields AE/CE.
 //!
 //! **Invariant:** no message text reaches an ACK, a log line or an error string; reasons are
-//! mfoundry's own words plus field locations.
+//! mfoundry's own words plus rule names and field locations.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use sha2::{Digest, Sha256};
 
 use crate::hl7::{
     AckCode, AckError, AckMode, AckStamper, Charset, DeclaredCharset, ErrorCode, ErrorLocation,
     HeaderKind, Message, Verdict, build_ack,
 };
+use crate::outbox::{
+    Appended, DedupRequest, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox, Route,
+    RouteStatus,
+};
+use crate::rules::{RuleSet, Validation};
+
+/// Longest header value kept in a stored record's searchable fields.
+const MAX_HEADER_FIELD: usize = 256;
 
 /// What to do with the connection after a frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,7 +41,7 @@ pub enum Reply {
         /// Its MSA-1.
         code: AckCode,
     },
-    /// The sender's MSH-15 asked for no ACK in this case.
+    /// The sender's MSH-15/16 asked for no ACK in this case.
     Suppressed {
         /// The code that was decided but not sent.
         code: AckCode,
@@ -48,15 +60,34 @@ pub struct Outcome {
     pub reply: Reply,
     /// MSH-10 as text (control ids are not patient data), at most 64 characters.
     pub control_id: Option<String>,
-    /// A short machine-readable reason for anything but acceptance.
+    /// A short machine-readable reason for anything but a first-time acceptance.
     pub reason: Option<&'static str>,
+    /// The stored message's id, when it was stored (or found as a duplicate).
+    pub message_id: Option<u64>,
 }
 
-/// Checks frames and builds their ACKs.
+impl Outcome {
+    fn bare(reply: Reply, control_id: Option<String>, reason: &'static str) -> Self {
+        Self {
+            reply,
+            control_id,
+            reason: Some(reason),
+            message_id: None,
+        }
+    }
+}
+
+/// Checks, validates, routes, stores and answers frames.
 #[derive(Debug, Clone)]
 pub struct Ingest {
     default_charset: Charset,
     stamper: Arc<dyn AckStamper>,
+    rules: Arc<RuleSet>,
+    outbox: Outbox,
+    /// Connector ids in the order of the rule set's filters.
+    connectors: Arc<[u32]>,
+    /// The listener's name, stored with each message and bound as `inbound`.
+    listener: Arc<str>,
 }
 
 /// A refusal: the code category, a short reason for logs and counters, and the ERR details.
@@ -66,87 +97,240 @@ struct Refusal {
     error: AckError,
 }
 
+impl Refusal {
+    fn reject(reason: &'static str, error: AckError) -> Box<Self> {
+        Box::new(Self {
+            verdict: Verdict::Reject,
+            reason,
+            error,
+        })
+    }
+}
+
 impl Ingest {
-    /// An ingest that decodes undeclared text as `default_charset` and stamps ACKs with `stamper`.
-    pub fn new(default_charset: Charset, stamper: Arc<dyn AckStamper>) -> Self {
+    /// Build an ingest. `connectors` are the outbox ids of the connectors, in the order of
+    /// the rule set's filters.
+    pub fn new(
+        default_charset: Charset,
+        stamper: Arc<dyn AckStamper>,
+        rules: Arc<RuleSet>,
+        outbox: Outbox,
+        connectors: Vec<u32>,
+        listener: &str,
+    ) -> Self {
         Self {
             default_charset,
             stamper,
+            rules,
+            outbox,
+            connectors: connectors.into(),
+            listener: listener.into(),
         }
     }
 
-    /// Decide the reply to one frame.
-    pub fn handle(&self, frame: Bytes) -> Outcome {
+    /// Decide, store and answer one frame from `peer`.
+    pub async fn handle(&self, frame: Bytes, peer: SocketAddr) -> Outcome {
         if frame.iter().all(u8::is_ascii_whitespace) {
-            return Outcome {
-                reply: Reply::Ignore,
-                control_id: None,
-                reason: Some("empty_frame"),
-            };
+            return Outcome::bare(Reply::Ignore, None, "empty_frame");
         }
         let Ok(message) = Message::parse(frame) else {
-            return Outcome {
-                reply: Reply::Close,
-                control_id: None,
-                reason: Some("unreadable_header"),
-            };
+            return Outcome::bare(Reply::Close, None, "unreadable_header");
         };
         let control_id = control_id_for_logs(&message);
         if message.kind() == HeaderKind::Message && message.header_component(9, 1) == b"ACK" {
             // ACKs are never acknowledged (two gateways would ping-pong forever).
-            return Outcome {
-                reply: Reply::Ignore,
-                control_id,
-                reason: Some("ack_received"),
-            };
+            return Outcome::bare(Reply::Ignore, control_id, "ack_received");
         }
         let mode = AckMode::of(&message);
-        let (verdict, reason, error) = match self.check(&message) {
-            Ok(()) => (Verdict::Accept, None, None),
-            Err(refusal) => (refusal.verdict, Some(refusal.reason), Some(refusal.error)),
+        let received_at_micros = chrono::Utc::now().timestamp_micros();
+
+        let mut routes = Vec::new();
+        let (verdict, reason, error, disposition) = match self.decide(&message, &mut routes) {
+            Ok(disposition) => (Verdict::Accept, None, None, disposition),
+            Err(refusal) => {
+                let disposition = match refusal.verdict {
+                    Verdict::Error => Disposition::Error,
+                    _ => Disposition::Rejected,
+                };
+                (
+                    refusal.verdict,
+                    Some(refusal.reason),
+                    Some(refusal.error),
+                    disposition,
+                )
+            }
         };
-        let reply = match mode.reply_code(verdict) {
-            Some(code) => Reply::Ack {
-                bytes: build_ack(&message, code, error.as_ref(), &self.stamper.stamp()),
-                code,
-            },
-            None => Reply::Suppressed {
-                code: mode.decided_code(verdict),
-            },
+        let reply_code = mode.reply_code(verdict);
+        let ack =
+            reply_code.map(|code| build_ack(&message, code, error.as_ref(), &self.stamper.stamp()));
+        let decided = mode.decided_code(verdict);
+
+        let record = MessageRecord {
+            received_at_micros,
+            peer: peer.to_string(),
+            listener: self.listener.to_string(),
+            header: header_fields(&message),
+            disposition,
+            reason: error.as_ref().map(|error| match reason {
+                Some(reason) => format!("{reason}: {}", error.user_message),
+                None => error.user_message.clone(),
+            }),
+            routes,
+            ack_code: decided.as_str().to_owned(),
+            body_len: message.raw().len() as u64,
         };
-        Outcome {
-            reply,
-            control_id,
-            reason,
+        let dedup = (verdict == Verdict::Accept).then(|| DedupRequest {
+            key: dedup_key(&message),
+            ack: ack.clone(),
+        });
+        let stored = self
+            .outbox
+            .append(NewMessage {
+                record,
+                body: message.raw().clone(),
+                dedup,
+            })
+            .await;
+
+        let reply = |ack: Option<Vec<u8>>| match (ack, reply_code) {
+            (Some(bytes), Some(code)) => Reply::Ack { bytes, code },
+            (Some(bytes), None) => Reply::Ack {
+                code: ack_code_of(&bytes).unwrap_or(decided),
+                bytes,
+            },
+            (None, _) => Reply::Suppressed { code: decided },
+        };
+        match stored {
+            Ok(Appended::Stored { id }) => Outcome {
+                reply: reply(ack),
+                control_id,
+                reason,
+                message_id: Some(id),
+            },
+            Ok(Appended::Duplicate { id, ack: original }) => {
+                let code = original.as_deref().and_then(ack_code_of).unwrap_or(decided);
+                Outcome {
+                    reply: match original {
+                        Some(bytes) => Reply::Ack { bytes, code },
+                        None => Reply::Suppressed { code },
+                    },
+                    control_id,
+                    reason: Some("duplicate"),
+                    message_id: Some(id),
+                }
+            }
+            Err(store_error) if verdict == Verdict::Accept => {
+                tracing::error!(error = %store_error, control_id = control_id.as_deref().unwrap_or(""), "message could not be stored; answering with an error");
+                let error = AckError::new(
+                    ErrorCode::ApplicationInternalError,
+                    None,
+                    "the message could not be stored and was not accepted; send it again"
+                        .to_owned(),
+                );
+                let reply = match mode.reply_code(Verdict::Error) {
+                    Some(code) => Reply::Ack {
+                        bytes: build_ack(&message, code, Some(&error), &self.stamper.stamp()),
+                        code,
+                    },
+                    None => Reply::Suppressed {
+                        code: mode.decided_code(Verdict::Error),
+                    },
+                };
+                Outcome {
+                    reply,
+                    control_id,
+                    reason: Some("store_failed"),
+                    message_id: None,
+                }
+            }
+            Err(store_error) => {
+                // A refused message stays refused; storing it was for the record only.
+                tracing::warn!(error = %store_error, "refused message could not be recorded");
+                Outcome {
+                    reply: reply(ack),
+                    control_id,
+                    reason,
+                    message_id: None,
+                }
+            }
         }
     }
 
-    fn check(&self, message: &Message) -> Result<(), Box<Refusal>> {
-        let reject = |reason, error| {
-            Box::new(Refusal {
-                verdict: Verdict::Reject,
-                reason,
-                error,
-            })
-        };
+    /// Header checks, validation rules, routing. `routes` gets one entry per connector.
+    fn decide(
+        &self,
+        message: &Message,
+        routes: &mut Vec<Route>,
+    ) -> Result<Disposition, Box<Refusal>> {
+        self.check_header(message)?;
+        let charset = message.charset(self.default_charset).charset();
+        let evaluation = self.rules.evaluate(message, charset, &self.listener);
+        match evaluation.validation {
+            Validation::Passed => {}
+            Validation::Failed {
+                rule,
+                message: text,
+            } => {
+                let mut error = AckError::new(
+                    ErrorCode::ApplicationInternalError,
+                    None,
+                    format!("{text} (validation rule {rule})"),
+                );
+                error.application_code = Some(rule);
+                return Err(Refusal::reject("rule_failed", error));
+            }
+            Validation::Errored { subject, detail } => {
+                let mut error = AckError::new(
+                    ErrorCode::ApplicationInternalError,
+                    None,
+                    format!("{subject} could not be evaluated for this message"),
+                );
+                error.diagnostic = Some(detail);
+                return Err(Box::new(Refusal {
+                    verdict: Verdict::Error,
+                    reason: "rule_error",
+                    error,
+                }));
+            }
+        }
+        routes.extend(self.connectors.iter().zip(&evaluation.routes).map(
+            |(&connector, &taken)| Route {
+                connector,
+                status: if taken {
+                    RouteStatus::Queued
+                } else {
+                    RouteStatus::Filtered
+                },
+            },
+        ));
+        if routes
+            .iter()
+            .any(|route| route.status == RouteStatus::Queued)
+        {
+            Ok(Disposition::Routed)
+        } else {
+            Ok(Disposition::Unrouted)
+        }
+    }
+
+    fn check_header(&self, message: &Message) -> Result<(), Box<Refusal>> {
         if message.kind() != HeaderKind::Message {
             let segment = if message.kind() == HeaderKind::FileBatch {
                 "FHS"
             } else {
                 "BHS"
             };
-            return Err(reject(
+            return Err(Refusal::reject(
                 "batch_not_supported",
-                AckError {
-                    code: ErrorCode::UnsupportedMessageType,
-                    location: Some(ErrorLocation {
+                AckError::new(
+                    ErrorCode::UnsupportedMessageType,
+                    Some(ErrorLocation {
                         segment: segment.to_owned(),
                         sequence: 1,
                         field: None,
                     }),
-                    user_message: "batch envelopes (FHS/BHS) are not accepted yet; send each message in its own MLLP frame".to_owned(),
-                    diagnostic: None,
-                },
+                    "batch envelopes (FHS/BHS) are not accepted yet; send each message in its own MLLP frame".to_owned(),
+                ),
             ));
         }
         if message
@@ -154,39 +338,36 @@ impl Ingest {
             .skip(1)
             .any(|segment| segment.name() == b"MSH")
         {
-            return Err(reject(
+            return Err(Refusal::reject(
                 "several_messages_in_frame",
-                AckError {
-                    code: ErrorCode::SegmentSequenceError,
-                    location: None,
-                    user_message: "the frame holds more than one MSH segment; send each message in its own MLLP frame".to_owned(),
-                    diagnostic: None,
-                },
+                AckError::new(
+                    ErrorCode::SegmentSequenceError,
+                    None,
+                    "the frame holds more than one MSH segment; send each message in its own MLLP frame".to_owned(),
+                ),
             ));
         }
         if let Some(problem) = message.delimiter_error() {
-            return Err(reject(
+            return Err(Refusal::reject(
                 "bad_encoding_characters",
-                AckError {
-                    code: ErrorCode::DataTypeError,
-                    location: Some(ErrorLocation::header(2)),
-                    user_message: format!(
+                AckError::new(
+                    ErrorCode::DataTypeError,
+                    Some(ErrorLocation::header(2)),
+                    format!(
                         "MSH-2 encoding characters are unusable: {problem}; use ^~\\& (or ^~\\&# from v2.7)"
                     ),
-                    diagnostic: None,
-                },
+                ),
             ));
         }
         for (field, name) in [(9, "message type"), (10, "message control id")] {
             if message.header_component(field, 1).is_empty() {
-                return Err(reject(
+                return Err(Refusal::reject(
                     "required_field_missing",
-                    AckError {
-                        code: ErrorCode::RequiredFieldMissing,
-                        location: Some(ErrorLocation::header(field)),
-                        user_message: format!("MSH-{field} ({name}) is empty; it is required"),
-                        diagnostic: None,
-                    },
+                    AckError::new(
+                        ErrorCode::RequiredFieldMissing,
+                        Some(ErrorLocation::header(field)),
+                        format!("MSH-{field} ({name}) is empty; it is required"),
+                    ),
                 ));
             }
         }
@@ -203,22 +384,60 @@ impl Ingest {
                 Some(location) => location.segment.clone(),
                 None => "the message".to_owned(),
             };
-            return Err(reject(
-                "invalid_characters",
-                AckError {
-                    code: ErrorCode::DataTypeError,
-                    location,
-                    user_message: format!(
-                        "{place} holds bytes that are not valid {} as MSH-18 declares; fix the sender's encoding or MSH-18",
-                        charset.name()
-                    ),
-                    diagnostic: Some(format!(
-                        "first invalid byte at offset {offset} of the frame"
-                    )),
-                },
+            let mut error = AckError::new(
+                ErrorCode::DataTypeError,
+                location,
+                format!(
+                    "{place} holds bytes that are not valid {} as MSH-18 declares; fix the sender's encoding or MSH-18",
+                    charset.name()
+                ),
+            );
+            error.diagnostic = Some(format!(
+                "first invalid byte at offset {offset} of the frame"
             ));
+            return Err(Refusal::reject("invalid_characters", error));
         }
         Ok(())
+    }
+}
+
+/// MSA-1 of an ACK.
+fn ack_code_of(ack: &[u8]) -> Option<AckCode> {
+    let parsed = Message::parse(Bytes::copy_from_slice(ack)).ok()?;
+    AckCode::parse(parsed.value("MSA-1")?)
+}
+
+/// Retransmit key: SHA-256 over sending application, facility, control id and the frame.
+fn dedup_key(message: &Message) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in [
+        message.header_field(3),
+        message.header_field(4),
+        message.header_field(10),
+    ] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.update(message.raw());
+    hasher.finalize().into()
+}
+
+fn header_fields(message: &Message) -> HeaderFields {
+    let text = |raw: &[u8]| -> String {
+        let cut = &raw[..raw.len().min(MAX_HEADER_FIELD)];
+        String::from_utf8_lossy(cut).into_owned()
+    };
+    HeaderFields {
+        msg_type: text(message.header_component(9, 1)),
+        trigger: text(message.header_component(9, 2)),
+        structure: text(message.header_component(9, 3)),
+        control_id: text(message.header_field(10)),
+        sending_app: text(message.header_field(3)),
+        sending_fac: text(message.header_field(4)),
+        receiving_app: text(message.header_field(5)),
+        receiving_fac: text(message.header_field(6)),
+        version: text(message.header_component(12, 1)),
+        processing_id: text(message.header_component(11, 1)),
     }
 }
 

@@ -1,10 +1,10 @@
-//! The `mfoundry` binary: parse the command line, load settings, run.
+//! The `mfoundry` binary: parse the command line, load the configuration, run.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use mfoundry::cli::{Cli, Command, run_send};
-use mfoundry::config::Settings;
+use mfoundry::cli::{Cli, Command, ConfigArgs, ConfigCommand, run_send};
+use mfoundry::config::Config;
 
 /// Exit code for an invalid configuration (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -21,21 +21,37 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => {
-            let settings = match Settings::from_env() {
-                Ok(settings) => settings,
+    match cli.command.unwrap_or(Command::Serve(ConfigArgs::default())) {
+        Command::Serve(args) => {
+            let config = match Config::load(args.config.as_deref()) {
+                Ok(config) => config,
                 Err(errors) => {
                     eprint!("mfoundry: {errors}");
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            mfoundry::telemetry::init(settings.log_format);
-            match runtime.block_on(mfoundry::app::run(settings)) {
+            mfoundry::telemetry::init(config.settings.log_format);
+            match runtime.block_on(mfoundry::app::run(config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(error = format!("{error:#}"), "mfoundry stopped");
                     eprintln!("mfoundry: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check(args) => check(&args),
+        Command::Config {
+            command: ConfigCommand::Schema,
+        } => {
+            let schema = mfoundry::config::file::schema();
+            match serde_json::to_string_pretty(&schema) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("mfoundry: cannot print the schema: {error}");
                     ExitCode::FAILURE
                 }
             }
@@ -57,6 +73,36 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+    }
+}
+
+/// `mfoundry check`: load, validate, compile; print every problem.
+fn check(args: &ConfigArgs) -> ExitCode {
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("mfoundry check: {errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match config.compile_rules() {
+        Ok(rules) => {
+            let source = config.file.as_ref().map_or_else(
+                || "no configuration file".to_owned(),
+                |path| path.display().to_string(),
+            );
+            println!(
+                "ok: {source}: {} connectors, {} validation rules, data in {}",
+                config.connectors.len(),
+                rules.rule_count(),
+                config.settings.data_dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprint!("mfoundry check: {errors}");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

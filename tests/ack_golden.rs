@@ -5,18 +5,8 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use bytes::Bytes;
-use mfoundry::hl7::{AckCode, Charset, FixedStamper};
-use mfoundry::ingest::{Ingest, Reply};
-
-fn ingest() -> Ingest {
-    Ingest::new(
-        Charset::UTF_8,
-        Arc::new(FixedStamper(common::fixed_stamp())),
-    )
-}
+use mfoundry::hl7::{AckCode, Charset};
+use mfoundry::ingest::Reply;
 
 /// Segments joined with the HL7 terminator `\r`.
 fn segments(lines: &[&str]) -> String {
@@ -24,7 +14,7 @@ fn segments(lines: &[&str]) -> String {
 }
 
 fn reply(message: &[u8]) -> Reply {
-    ingest().handle(Bytes::copy_from_slice(message)).reply
+    common::reply_to(message, Charset::UTF_8)
 }
 
 fn ack_text(message: &[u8]) -> String {

@@ -2,12 +2,10 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use common::{connect, expect_ack, field, framed, start, write};
-use mfoundry::hl7::{Charset, FixedStamper, Message};
-use mfoundry::ingest::{Ingest, Reply};
+use mfoundry::hl7::{Charset, Message};
+use mfoundry::ingest::Reply;
 use proptest::prelude::*;
 
 /// Field `number` of the MSH segment of an ACK, as raw bytes.
@@ -102,16 +100,12 @@ async fn invalid_utf8_declared_as_utf8_gets_ar_with_err() {
 
 #[test]
 fn undeclared_or_unknown_charsets_are_not_enforced() {
-    let ingest = Ingest::new(
-        Charset::UTF_8,
-        Arc::new(FixedStamper(common::fixed_stamp())),
-    );
     for msh18 in ["", "KLINGON"] {
         let message =
             format!("MSH|^~\\&|A|B|C|D|20261122080000||ADT^A01|X|P|2.5||||||{msh18}\rPID|1||1||M");
         let mut bytes = message.into_bytes();
         bytes.extend_from_slice(b"\xfcller\r");
-        match ingest.handle(Bytes::from(bytes)).reply {
+        match common::reply_to(&bytes, Charset::UTF_8) {
             Reply::Ack { code, .. } => assert_eq!(code.as_str(), "AA", "MSH-18 {msh18:?}"),
             other => panic!("unexpected {other:?}"),
         }
@@ -119,18 +113,16 @@ fn undeclared_or_unknown_charsets_are_not_enforced() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
     #[test]
     fn arbitrary_bytes_never_panic_and_utf8_is_enforced_exactly(
         body in proptest::collection::vec(any::<u8>(), 0..200)
     ) {
-        let ingest = Ingest::new(
-            Charset::UTF_8,
-            Arc::new(FixedStamper(common::fixed_stamp())),
-        );
         let mut message = b"MSH|^~\\&|A|B|C|D|20261122080000||ADT^A01|P1|P|2.5.1||||||UNICODE UTF-8\rPID|".to_vec();
         message.extend_from_slice(&body);
         let valid = std::str::from_utf8(&message).is_ok();
-        match ingest.handle(Bytes::from(message)).reply {
+        match common::reply_to(&message, Charset::UTF_8) {
             Reply::Ack { code, .. } => prop_assert_eq!(code.is_accept(), valid),
             other => prop_assert!(false, "unexpected {:?}", other),
         }
@@ -138,13 +130,9 @@ proptest! {
 
     #[test]
     fn arbitrary_frames_never_panic(frame in proptest::collection::vec(any::<u8>(), 0..300)) {
-        let ingest = Ingest::new(
-            Charset::UTF_8,
-            Arc::new(FixedStamper(common::fixed_stamp())),
-        );
-        let _ = ingest.handle(Bytes::from(frame.clone()));
+        let _ = common::reply_to(&frame, Charset::UTF_8);
         let mut with_header = b"MSH".to_vec();
         with_header.extend_from_slice(&frame);
-        let _ = ingest.handle(Bytes::from(with_header));
+        let _ = common::reply_to(&with_header, Charset::UTF_8);
     }
 }

@@ -7,13 +7,12 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use mfoundry::app::RunningApp;
 use proptest::prelude::*;
 use tokio::runtime::Runtime;
 
 /// One server for all cases: (runtime, app).
-fn server() -> &'static (Runtime, RunningApp) {
-    static SERVER: OnceLock<(Runtime, RunningApp)> = OnceLock::new();
+fn server() -> &'static (Runtime, common::TestApp) {
+    static SERVER: OnceLock<(Runtime, common::TestApp)> = OnceLock::new();
     SERVER.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -13,6 +13,8 @@ struct Server {
     child: Child,
     addr: String,
     logs: mpsc::Receiver<String>,
+    /// Working and data directory of the server.
+    directory: tempfile::TempDir,
 }
 
 impl Drop for Server {
@@ -23,9 +25,11 @@ impl Drop for Server {
 }
 
 fn serve(extra_env: &[(&str, &str)]) -> Server {
+    let directory = tempfile::tempdir().expect("tempdir");
     let mut command = Command::new(BINARY);
     command
         .env_clear()
+        .current_dir(directory.path())
         .env("LISTEN_ADDR", "127.0.0.1:0")
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
@@ -59,6 +63,7 @@ fn serve(extra_env: &[(&str, &str)]) -> Server {
         child,
         addr: addr.expect("address"),
         logs,
+        directory,
     }
 }
 
@@ -187,6 +192,10 @@ fn sigterm_stops_the_server_cleanly() {
     }
     let status = exited.expect("server exits after SIGTERM");
     assert!(status.success(), "{status:?}");
+    assert!(
+        server.directory.path().join("data/mfoundry.redb").exists(),
+        "the outbox lives in ./data by default"
+    );
     let logs: Vec<String> = server.logs.try_iter().collect();
     assert!(
         logs.iter().any(|line| line.contains("shutdown requested")),

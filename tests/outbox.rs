@@ -72,7 +72,10 @@ fn names(list: &[&str]) -> Vec<String> {
 
 fn message(outbox: &Outbox, control_id: &str, queued: &[&str], filtered: &[&str]) -> NewMessage {
     let mut routes = Vec::new();
-    for (names, status) in [(queued, RouteStatus::Queued), (filtered, RouteStatus::Filtered)] {
+    for (names, status) in [
+        (queued, RouteStatus::Queued),
+        (filtered, RouteStatus::Filtered),
+    ] {
         for name in names {
             routes.push(Route {
                 connector: outbox.connector_id(name).expect("known connector"),
@@ -149,9 +152,15 @@ async fn fan_out_is_fifo_per_connector_and_records_filtered_routes() {
         .collect();
     assert_eq!(
         filtered,
-        vec![outbox.connector_id("b").unwrap_or_default(), outbox.connector_id("c").unwrap_or_default()]
+        vec![
+            outbox.connector_id("b").unwrap_or_default(),
+            outbox.connector_id("c").unwrap_or_default()
+        ]
     );
-    assert_eq!(snapshot.body(2).expect("read").as_deref(), Some(&b"MSH|M1"[..]));
+    assert_eq!(
+        snapshot.body(2).expect("read").as_deref(),
+        Some(&b"MSH|M1"[..])
+    );
     drop(snapshot);
     drop(outbox);
     writer.join();
@@ -199,7 +208,10 @@ async fn identical_frames_within_the_window_are_stored_once() {
     let snapshot = outbox.snapshot().expect("snapshot");
     assert_eq!(snapshot.message_count().expect("count"), 1);
     assert_eq!(
-        snapshot.queue(outbox.connector_id("a").expect("id")).expect("queue").len(),
+        snapshot
+            .queue(outbox.connector_id("a").expect("id"))
+            .expect("queue")
+            .len(),
         1
     );
     drop(snapshot);
@@ -217,7 +229,10 @@ async fn a_failed_commit_stores_nothing_and_the_writer_recovers() {
         .expect("stored");
     memory.fail_sync.store(true, Ordering::SeqCst);
     let failed = outbox.append(message(&outbox, "DURING", &["a"], &[])).await;
-    assert!(failed.is_err(), "a commit whose fsync failed must not report success");
+    assert!(
+        failed.is_err(),
+        "a commit whose fsync failed must not report success"
+    );
     memory.fail_sync.store(false, Ordering::SeqCst);
     let mut recovered = None;
     for _ in 0..20 {

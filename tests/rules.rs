@@ -87,7 +87,10 @@ fn variables_carry_the_documented_fields() {
 #[test]
 fn a_missing_segment_is_an_empty_map() {
     let without_pid = "MSH|^~\\&|A|B|C|D|20261122080000||ADT^A01|X|P|2.5\r";
-    let optional = evaluate(&["pid.?country.orValue('') == '' && size(pid) == 0"], without_pid);
+    let optional = evaluate(
+        &["pid.?country.orValue('') == '' && size(pid) == 0"],
+        without_pid,
+    );
     assert_eq!(optional.validation, Validation::Passed);
     match evaluate(&["pid.id != ''"], without_pid).validation {
         Validation::Errored { subject, detail } => {
@@ -139,11 +142,15 @@ fn filters_route_per_connector() {
 
 #[test]
 fn text_is_decoded_with_the_message_charset() {
-    let latin1 = b"MSH|^~\\&|A|B|C|D|20261122080000||ADT^A01|X|P|2.5|||||DEU|8859/1\rPID|1||1||M\xfcller\r";
+    let latin1 =
+        b"MSH|^~\\&|A|B|C|D|20261122080000||ADT^A01|X|P|2.5|||||DEU|8859/1\rPID|1||1||M\xfcller\r";
     let set = compile(&[rule("name", "pid.family == 'Müller'")], &[]).expect("compiles");
     let message = Message::parse(Bytes::from_static(latin1)).expect("parses");
     let charset = Charset::from_name("8859/1").expect("latin1");
-    assert_eq!(set.evaluate(&message, charset, "mllp").validation, Validation::Passed);
+    assert_eq!(
+        set.evaluate(&message, charset, "mllp").validation,
+        Validation::Passed
+    );
 }
 
 fn problems(text: &str) -> Vec<String> {
@@ -158,13 +165,17 @@ fn load_time_checks_name_the_problem_and_place() {
     let unknown_variable = problems("patient.id == '1'");
     assert_eq!(unknown_variable.len(), 1);
     assert!(
-        unknown_variable[0].starts_with("test.yaml:3:17: validation rule \"bad\": unknown variable \"patient\""),
+        unknown_variable[0]
+            .starts_with("test.yaml:3:17: validation rule \"bad\": unknown variable \"patient\""),
         "{unknown_variable:?}"
     );
     assert!(problems("frobnicate(msh.msg_type)")[0].contains("unknown function \"frobnicate\""));
     let syntax = problems("msh.msg_type == ");
     assert!(syntax[0].contains("does not compile"), "{syntax:?}");
-    assert!(syntax[0].contains("(expression line 1, column"), "{syntax:?}");
+    assert!(
+        syntax[0].contains("(expression line 1, column"),
+        "{syntax:?}"
+    );
     assert!(problems("field('PID-x')")[0].contains("field path \"PID-x\" is invalid"));
     assert!(problems("field('PID-3', 'x') == ''")[0].contains("takes exactly one argument"));
     assert!(problems("size(segments('OBXX')) > 0")[0].contains("three letters"));
@@ -196,17 +207,50 @@ fn every_allowed_function_exists_in_the_engine() {
         ("type", "type(1) == int"),
         ("dyn", "dyn(1) == 1"),
         ("duration", "duration('1s') == duration('1000ms')"),
-        ("timestamp", "timestamp('2026-01-01T00:00:00Z') < timestamp('2027-01-01T00:00:00Z')"),
-        ("getDate", "timestamp('2026-01-02T00:00:00Z').getDate() == 2"),
-        ("getDayOfMonth", "timestamp('2026-01-02T00:00:00Z').getDayOfMonth() == 1"),
-        ("getDayOfWeek", "timestamp('2026-01-02T00:00:00Z').getDayOfWeek() >= 0"),
-        ("getDayOfYear", "timestamp('2026-01-02T00:00:00Z').getDayOfYear() == 1"),
-        ("getFullYear", "timestamp('2026-01-02T00:00:00Z').getFullYear() == 2026"),
-        ("getHours", "timestamp('2026-01-02T03:00:00Z').getHours() == 3"),
-        ("getMilliseconds", "timestamp('2026-01-02T00:00:00Z').getMilliseconds() == 0"),
-        ("getMinutes", "timestamp('2026-01-02T00:04:00Z').getMinutes() == 4"),
-        ("getMonth", "timestamp('2026-01-02T00:00:00Z').getMonth() == 0"),
-        ("getSeconds", "timestamp('2026-01-02T00:00:05Z').getSeconds() == 5"),
+        (
+            "timestamp",
+            "timestamp('2026-01-01T00:00:00Z') < timestamp('2027-01-01T00:00:00Z')",
+        ),
+        (
+            "getDate",
+            "timestamp('2026-01-02T00:00:00Z').getDate() == 2",
+        ),
+        (
+            "getDayOfMonth",
+            "timestamp('2026-01-02T00:00:00Z').getDayOfMonth() == 1",
+        ),
+        (
+            "getDayOfWeek",
+            "timestamp('2026-01-02T00:00:00Z').getDayOfWeek() >= 0",
+        ),
+        (
+            "getDayOfYear",
+            "timestamp('2026-01-02T00:00:00Z').getDayOfYear() == 1",
+        ),
+        (
+            "getFullYear",
+            "timestamp('2026-01-02T00:00:00Z').getFullYear() == 2026",
+        ),
+        (
+            "getHours",
+            "timestamp('2026-01-02T03:00:00Z').getHours() == 3",
+        ),
+        (
+            "getMilliseconds",
+            "timestamp('2026-01-02T00:00:00Z').getMilliseconds() == 0",
+        ),
+        (
+            "getMinutes",
+            "timestamp('2026-01-02T00:04:00Z').getMinutes() == 4",
+        ),
+        (
+            "getMonth",
+            "timestamp('2026-01-02T00:00:00Z').getMonth() == 0",
+        ),
+        (
+            "getSeconds",
+            "timestamp('2026-01-02T00:00:05Z').getSeconds() == 5",
+        ),
         ("hasValue", "optional.of(1).hasValue()"),
         ("value", "optional.of(1).value() == 1"),
         ("or", "optional.none().or(optional.of(2)).value() == 2"),
@@ -217,7 +261,10 @@ fn every_allowed_function_exists_in_the_engine() {
     ];
     let covered: Vec<&str> = samples.iter().map(|(name, _)| *name).collect();
     for name in FUNCTIONS {
-        assert!(covered.contains(name), "no sample for allowed function {name}");
+        assert!(
+            covered.contains(name),
+            "no sample for allowed function {name}"
+        );
     }
     for (name, expression) in samples {
         assert!(passes(expression), "{name}: {expression}");

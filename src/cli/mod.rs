@@ -1,4 +1,4 @@
-//! Command line: `serve` (the default) and `send`.
+//! Command line: `serve` (the default), `check`, `config schema`, `send`.
 
 mod send;
 
@@ -23,8 +23,17 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Receive HL7 v2 over MLLP and answer every message with an ACK (the default).
-    Serve,
+    /// Receive HL7 v2 over MLLP, store each message durably, answer with an ACK (the default).
+    Serve(ConfigArgs),
+    /// Load the configuration, compile every rule and filter, report every problem; binds no
+    /// port. Exits 0 when all is well, 64 otherwise.
+    Check(ConfigArgs),
+    /// Configuration helpers.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Send the messages in FILEs over MLLP, wait for each ACK and print it.
     ///
     /// A file may hold one or many messages, with any line endings; batch envelopes
@@ -32,6 +41,21 @@ pub enum Command {
     /// message: control id, ACK code, text. Exits 0 when every message got AA or CA, 1 when
     /// any did not, 2 when a file cannot be read or the server cannot be reached.
     Send(SendArgs),
+}
+
+/// `--config`, shared by `serve` and `check`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// YAML configuration file (default: CONFIG_FILE, else ./mfoundry.yaml if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `mfoundry config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the JSON Schema (draft-07) of the YAML configuration, for editors.
+    Schema,
 }
 
 /// Arguments of `mfoundry send`.

@@ -1,19 +1,29 @@
-//! Settings: built-in defaults overridden by environment variables.
+//! Configuration: built-in defaults < YAML file < environment variables.
 //!
 //! Only the names listed in [`ENV_VARS`] are read, so variables Kubernetes injects
-//! (`<SERVICE>_PORT` …) never disturb startup. Loading is pure: [`Settings::from_lookup`] takes
-//! a lookup function, collects every problem (not just the first), and does no I/O; the CLI
-//! prints them all and exits 64 before any port is bound. Every variable is documented in
+//! (`<SERVICE>_PORT` …) never disturb startup. The YAML file ([`file`]) holds connectors,
+//! validation rules and, in lower case, any setting that has an environment variable; layers
+//! are merged with figment. Loading is pure apart from reading the file: every problem is
+//! collected (not just the first) with where it came from, and the CLI prints them all and
+//! exits 64 before any port is bound. Every variable and key is documented in
 //! `docs/configuration.md`; a test keeps that table and [`ENV_VARS`] equal.
 
+pub mod file;
 mod values;
 
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use figment::Figment;
+use figment::providers::Serialized;
+
+pub use file::{ConnectorFile, ConnectorKind, FileConfig};
 pub use values::{format_duration, parse_duration, parse_listen_address, parse_size};
 
 use crate::hl7::Charset;
+use crate::rules::{ExpressionSource, FilterSpec, Origin, RuleSet, RuleSpec};
 
 /// One environment variable mfoundry reads.
 #[derive(Clone, Copy, Debug)]
@@ -27,8 +37,16 @@ pub struct EnvVar {
 /// Every environment variable mfoundry reads, with its default.
 pub const ENV_VARS: &[EnvVar] = &[
     EnvVar {
+        name: "CONFIG_FILE",
+        default: "mfoundry.yaml",
+    },
+    EnvVar {
         name: "LISTEN_ADDR",
         default: ":2575",
+    },
+    EnvVar {
+        name: "LISTENER_NAME",
+        default: "mllp",
     },
     EnvVar {
         name: "MAX_CONNECTIONS",
@@ -59,6 +77,18 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "UNICODE UTF-8",
     },
     EnvVar {
+        name: "DATA_DIR",
+        default: "./data",
+    },
+    EnvVar {
+        name: "DEDUP_WINDOW",
+        default: "1h",
+    },
+    EnvVar {
+        name: "RULES_TIME_BUDGET",
+        default: "10ms",
+    },
+    EnvVar {
         name: "LOG_FORMAT",
         default: "text",
     },
@@ -68,17 +98,11 @@ pub const ENV_VARS: &[EnvVar] = &[
     },
 ];
 
+/// Variables that have no YAML key.
+const ENV_ONLY: &[&str] = &["CONFIG_FILE", "RUST_LOG"];
+
 /// Largest `MAX_CONNECTIONS` accepted (more would exceed what a semaphore can hold).
 const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
-
-/// Default of a variable in [`ENV_VARS`].
-fn default_of(name: &str) -> &'static str {
-    ENV_VARS
-        .iter()
-        .find(|var| var.name == name)
-        .map(|var| var.default)
-        .unwrap_or_default()
-}
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +118,8 @@ pub enum LogFormat {
 pub struct ListenerSettings {
     /// `LISTEN_ADDR`, Go syntax (`:2575` is every interface).
     pub listen_addr: String,
+    /// `LISTENER_NAME`: names the listener in stored messages, rules (`inbound`) and logs.
+    pub name: String,
     /// `MAX_CONNECTIONS`; `None` is unlimited.
     pub max_connections: Option<usize>,
     /// `IDLE_TIMEOUT`: close a connection that sends nothing for this long; `None` never.
@@ -108,55 +134,87 @@ pub struct ListenerSettings {
     pub max_frame_size: usize,
 }
 
-/// Everything `mfoundry serve` needs, validated.
+/// Every scalar setting, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// The MLLP listener.
     pub listener: ListenerSettings,
     /// `DEFAULT_CHARACTER_SET`: used for messages whose MSH-18 is empty or unknown.
     pub default_charset: Charset,
+    /// `DATA_DIR`: where the outbox file lives.
+    pub data_dir: PathBuf,
+    /// `DEDUP_WINDOW`: how long an accepted frame is remembered; `None` disables.
+    pub dedup_window: Option<Duration>,
+    /// `RULES_TIME_BUDGET`: the most time rules and filters may spend on one message.
+    pub rules_time_budget: Duration,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
 }
 
-/// One invalid setting: which variable, what it held, what is expected.
+/// One configuration problem: what, where, and how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigProblem {
-    /// The variable's name.
-    pub name: &'static str,
-    /// The value it held.
-    pub value: String,
+    /// The setting's environment name, when the problem is about one setting.
+    pub name: String,
+    /// Where: `IDLE_TIMEOUT="30"`, or `mfoundry.yaml:4:15: idle_timeout="30"`; may be empty.
+    pub subject: String,
     /// What is wrong and how to fix it.
     pub problem: String,
 }
 
 impl fmt::Display for ConfigProblem {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            formatter,
-            "{}={:?}: {}",
-            self.name, self.value, self.problem
-        )
+        if self.subject.is_empty() {
+            write!(formatter, "{}", self.problem)
+        } else {
+            write!(formatter, "{}: {}", self.subject, self.problem)
+        }
     }
 }
 
-/// Every problem found while loading settings.
+/// Every problem found while loading the configuration.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl ConfigErrors {
+    fn one(problem: String) -> Self {
+        Self(vec![ConfigProblem {
+            name: String::new(),
+            subject: String::new(),
+            problem,
+        }])
+    }
+}
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(formatter, "invalid configuration:")?;
         for problem in &self.0 {
-            writeln!(formatter, "  {problem}")?;
+            let text = problem.to_string();
+            for (index, line) in text.lines().enumerate() {
+                let marker = if index == 0 { "  - " } else { "    " };
+                writeln!(formatter, "{marker}{line}")?;
+            }
         }
         Ok(())
     }
 }
 
-/// Collects problems while reading variables one by one.
+/// Where a setting's value came from.
+#[derive(Clone, Debug)]
+enum Source {
+    Default,
+    Environment,
+    File {
+        file: String,
+        line: u64,
+        column: u64,
+    },
+}
+
+/// Collects problems while reading settings one by one.
 struct Reader<'a> {
-    lookup: &'a dyn Fn(&str) -> Option<String>,
+    layers: &'a Layers<'a>,
     problems: Vec<ConfigProblem>,
 }
 
@@ -167,13 +225,20 @@ impl Reader<'_> {
         parse: impl Fn(&str) -> Result<T, String>,
         fallback: T,
     ) -> T {
-        let value = (self.lookup)(name).unwrap_or_else(|| default_of(name).to_owned());
+        let key = name.to_ascii_lowercase();
+        let value = self.layers.values.get(&key).cloned().unwrap_or_default();
         match parse(&value) {
             Ok(parsed) => parsed,
             Err(problem) => {
+                let subject = match self.layers.source(name) {
+                    Source::File { file, line, column } => {
+                        format!("{file}:{line}:{column}: {key}={value:?}")
+                    }
+                    Source::Environment | Source::Default => format!("{name}={value:?}"),
+                };
                 self.problems.push(ConfigProblem {
-                    name,
-                    value,
+                    name: name.to_owned(),
+                    subject,
                     problem,
                 });
                 fallback
@@ -190,15 +255,15 @@ fn optional_duration(text: &str) -> Result<Option<Duration>, String> {
 }
 
 impl Settings {
-    /// Read the settings from the process environment.
-    pub fn from_env() -> Result<Self, ConfigErrors> {
-        Self::from_lookup(&|name| std::env::var(name).ok())
+    /// Read the settings from the environment alone (no file).
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        let layers = merge_layers(None, "", lookup)?;
+        Self::from_layers(&layers)
     }
 
-    /// Read the settings through `lookup` (a name-to-value function), reporting every problem.
-    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+    fn from_layers(layers: &Layers<'_>) -> Result<Self, ConfigErrors> {
         let mut reader = Reader {
-            lookup,
+            layers,
             problems: Vec::new(),
         };
         let listen_addr = reader.read(
@@ -206,6 +271,7 @@ impl Settings {
             |text| parse_listen_address(text).map(|_| text.trim().to_owned()),
             String::new(),
         );
+        let name = reader.read("LISTENER_NAME", parse_name, String::new());
         let max_connections = reader.read(
             "MAX_CONNECTIONS",
             |text| match text.trim().parse::<usize>() {
@@ -242,6 +308,26 @@ impl Settings {
             },
             Charset::UTF_8,
         );
+        let data_dir = reader.read(
+            "DATA_DIR",
+            |text| {
+                if text.trim().is_empty() {
+                    Err("expected a directory, e.g. ./data or /var/lib/mfoundry".to_owned())
+                } else {
+                    Ok(PathBuf::from(text.trim()))
+                }
+            },
+            PathBuf::new(),
+        );
+        let dedup_window = reader.read("DEDUP_WINDOW", optional_duration, None);
+        let rules_time_budget = reader.read(
+            "RULES_TIME_BUDGET",
+            |text| {
+                optional_duration(text)?
+                    .ok_or_else(|| "the budget must be more than 0, e.g. 10ms".to_owned())
+            },
+            Duration::ZERO,
+        );
         let log_format = reader.read(
             "LOG_FORMAT",
             |text| match text.trim().to_ascii_lowercase().as_str() {
@@ -257,6 +343,7 @@ impl Settings {
         Ok(Self {
             listener: ListenerSettings {
                 listen_addr,
+                name,
                 max_connections,
                 idle_timeout,
                 frame_timeout,
@@ -265,8 +352,250 @@ impl Settings {
                 max_frame_size,
             },
             default_charset,
+            data_dir,
+            dedup_window,
+            rules_time_budget,
             log_format,
         })
+    }
+
+    /// The outbox file.
+    pub fn outbox_path(&self) -> PathBuf {
+        self.data_dir.join(crate::outbox::FILE_NAME)
+    }
+}
+
+/// Names of listeners and connectors end up in metrics, logs and file names: keep them plain.
+fn parse_name(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("expected 1 to 64 letters, digits, '-', '_' or '.'".to_owned())
+    }
+}
+
+/// The merged scalar settings and where each came from.
+struct Layers<'a> {
+    /// Merged values by lower-case key.
+    values: BTreeMap<String, String>,
+    /// Keys set in the environment.
+    env_keys: HashSet<String>,
+    file: Option<&'a FileConfig>,
+    file_name: &'a str,
+}
+
+impl Layers<'_> {
+    fn source(&self, name: &str) -> Source {
+        let key = name.to_ascii_lowercase();
+        if self.env_keys.contains(&key) {
+            return Source::Environment;
+        }
+        let spanned = self
+            .file
+            .and_then(|file| file.scalars().get(key.as_str()).copied().cloned());
+        match spanned {
+            Some(spanned) => Source::File {
+                file: self.file_name.to_owned(),
+                line: spanned.referenced.line(),
+                column: spanned.referenced.column(),
+            },
+            None => Source::Default,
+        }
+    }
+}
+
+/// Merge defaults < file < environment with figment.
+fn merge_layers<'a>(
+    file: Option<&'a FileConfig>,
+    file_name: &'a str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Layers<'a>, ConfigErrors> {
+    let yaml_vars = ENV_VARS.iter().filter(|var| !ENV_ONLY.contains(&var.name));
+    let defaults: BTreeMap<String, String> = yaml_vars
+        .clone()
+        .map(|var| (var.name.to_ascii_lowercase(), var.default.to_owned()))
+        .collect();
+    let from_file: BTreeMap<String, String> = file
+        .map(|file| {
+            file.scalars()
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value.value.0.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let from_env: BTreeMap<String, String> = yaml_vars
+        .filter_map(|var| lookup(var.name).map(|value| (var.name.to_ascii_lowercase(), value)))
+        .collect();
+    let values: BTreeMap<String, String> = Figment::new()
+        .merge(Serialized::defaults(defaults))
+        .merge(Serialized::defaults(from_file))
+        .merge(Serialized::defaults(from_env.clone()))
+        .extract()
+        .map_err(|error| ConfigErrors::one(format!("cannot merge settings: {error}")))?;
+    Ok(Layers {
+        values,
+        env_keys: from_env.into_keys().collect(),
+        file,
+        file_name,
+    })
+}
+
+/// A connector as configured.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    /// Unique name.
+    pub name: String,
+    /// Kind of output.
+    pub kind: ConnectorKind,
+    /// Everything written for it in the file.
+    pub spec: ConnectorFile,
+}
+
+/// The whole configuration: settings, connectors and rules.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Scalar settings.
+    pub settings: Settings,
+    /// The YAML file read, if any.
+    pub file: Option<PathBuf>,
+    /// Connectors in file order.
+    pub connectors: Vec<Connector>,
+    /// Validation rules in file order.
+    pub rules: Vec<RuleSpec>,
+    /// Each connector's filter, in connector order.
+    pub filters: Vec<FilterSpec>,
+}
+
+impl Config {
+    /// Load from the process environment and the file it names (`--config` wins over
+    /// `CONFIG_FILE`; without either, `mfoundry.yaml` is read if it exists).
+    pub fn load(explicit_file: Option<&Path>) -> Result<Self, ConfigErrors> {
+        Self::load_with(explicit_file, &|name| std::env::var(name).ok())
+    }
+
+    /// Load with `lookup` standing in for the environment.
+    pub fn load_with(
+        explicit_file: Option<&Path>,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigErrors> {
+        let (path, required) = match (explicit_file, lookup("CONFIG_FILE")) {
+            (Some(path), _) => (path.to_path_buf(), true),
+            (None, Some(path)) if !path.trim().is_empty() => (PathBuf::from(path.trim()), true),
+            _ => (PathBuf::from("mfoundry.yaml"), false),
+        };
+        let file_name = path.display().to_string();
+        let file = match std::fs::read_to_string(&path) {
+            Ok(text) => Some(file::parse(&text, &file_name).map_err(ConfigErrors::one)?),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !required => None,
+            Err(error) => {
+                return Err(ConfigErrors::one(format!(
+                    "cannot read the configuration file {file_name}: {error}"
+                )));
+            }
+        };
+        let layers = merge_layers(file.as_ref(), &file_name, lookup)?;
+        let settings = Settings::from_layers(&layers);
+        let file_origin = |spanned_line: u64, spanned_column: u64| Origin {
+            file: Some(file_name.clone()),
+            line: spanned_line,
+            column: spanned_column,
+        };
+        let mut problems = settings
+            .as_ref()
+            .err()
+            .map(|errors| errors.0.clone())
+            .unwrap_or_default();
+        let mut connectors = Vec::new();
+        let mut filters = Vec::new();
+        let mut rules = Vec::new();
+        if let Some(file) = &file {
+            let mut seen = HashSet::new();
+            for connector in &file.connectors {
+                let name = &connector.name;
+                let at = file_origin(name.referenced.line(), name.referenced.column());
+                if let Err(problem) = parse_name(&name.value) {
+                    problems.push(ConfigProblem {
+                        name: String::new(),
+                        subject: format!("{at}: connector name {:?}", name.value),
+                        problem,
+                    });
+                } else if !seen.insert(name.value.clone()) {
+                    problems.push(ConfigProblem {
+                        name: String::new(),
+                        subject: format!("{at}: connector name {:?}", name.value),
+                        problem: "another connector has this name; names must be unique".to_owned(),
+                    });
+                }
+                filters.push(FilterSpec {
+                    connector: name.value.clone(),
+                    expression: connector.filter.as_ref().map(|filter| ExpressionSource {
+                        text: filter.value.clone(),
+                        origin: file_origin(filter.referenced.line(), filter.referenced.column()),
+                    }),
+                });
+                connectors.push(Connector {
+                    name: name.value.clone(),
+                    kind: connector.kind,
+                    spec: connector.clone(),
+                });
+            }
+            let mut seen = HashSet::new();
+            for rule in &file.validation.rules {
+                let name = &rule.name;
+                if name.value.trim().is_empty() || !seen.insert(name.value.clone()) {
+                    let at = file_origin(name.referenced.line(), name.referenced.column());
+                    problems.push(ConfigProblem {
+                        name: String::new(),
+                        subject: format!("{at}: validation rule name {:?}", name.value),
+                        problem: "rule names must be non-empty and unique".to_owned(),
+                    });
+                }
+                rules.push(RuleSpec {
+                    name: name.value.clone(),
+                    expression: ExpressionSource {
+                        text: rule.expression.value.clone(),
+                        origin: file_origin(
+                            rule.expression.referenced.line(),
+                            rule.expression.referenced.column(),
+                        ),
+                    },
+                    message: rule.message.clone(),
+                });
+            }
+        }
+        match settings {
+            Ok(settings) if problems.is_empty() => Ok(Self {
+                settings,
+                file: file.is_some().then_some(path),
+                connectors,
+                rules,
+                filters,
+            }),
+            _ => Err(ConfigErrors(problems)),
+        }
+    }
+
+    /// Compile every rule and filter (the second half of `mfoundry check`).
+    pub fn compile_rules(&self) -> Result<RuleSet, ConfigErrors> {
+        RuleSet::compile(&self.rules, &self.filters, self.settings.rules_time_budget).map_err(
+            |problems| {
+                ConfigErrors(
+                    problems
+                        .into_iter()
+                        .map(|problem| ConfigProblem {
+                            name: String::new(),
+                            subject: String::new(),
+                            problem: problem.to_string(),
+                        })
+                        .collect(),
+                )
+            },
+        )
     }
 }
 
@@ -281,6 +610,21 @@ mod tests {
             .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
             .collect();
         Settings::from_lookup(&|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn data_dir_dedup_and_budget_have_defaults() {
+        let settings = load(&[]).expect("defaults");
+        assert_eq!(settings.data_dir, PathBuf::from("./data"));
+        assert_eq!(settings.dedup_window, Some(Duration::from_secs(3600)));
+        assert_eq!(settings.rules_time_budget, Duration::from_millis(10));
+        assert_eq!(settings.listener.name, "mllp");
+        assert_eq!(
+            settings.outbox_path(),
+            PathBuf::from("./data/mfoundry.redb")
+        );
+        assert!(load(&[("RULES_TIME_BUDGET", "0")]).is_err());
+        assert!(load(&[("LISTENER_NAME", "bad name")]).is_err());
     }
 
     #[test]
@@ -333,7 +677,11 @@ mod tests {
             ("DEFAULT_CHARACTER_SET", "KLINGON"),
         ])
         .expect_err("invalid");
-        let names: Vec<_> = errors.0.iter().map(|problem| problem.name).collect();
+        let names: Vec<_> = errors
+            .0
+            .iter()
+            .map(|problem| problem.name.as_str())
+            .collect();
         assert_eq!(
             names,
             [

@@ -289,6 +289,21 @@ pub struct AckError {
     pub user_message: String,
     /// Technical detail for the sender's interface team (ERR-7, v2.5+).
     pub diagnostic: Option<String>,
+    /// mfoundry's own code for the failure, e.g. the failing rule's name (ERR-5, v2.5+).
+    pub application_code: Option<String>,
+}
+
+impl AckError {
+    /// An error with a code, an optional location and a reason.
+    pub fn new(code: ErrorCode, location: Option<ErrorLocation>, user_message: String) -> Self {
+        Self {
+            code,
+            location,
+            user_message,
+            diagnostic: None,
+            application_code: None,
+        }
+    }
 }
 
 /// The two values an ACK invents: its own control id (MSH-10) and time (MSH-7).
@@ -433,8 +448,11 @@ fn write_err(
         // ERR-4 severity (table 0516): E = error.
         out.push(field);
         out.push(b'E');
-        // ERR-5 application error code, ERR-6 parameter: not used.
+        // ERR-5 application error code (mfoundry's own, e.g. a rule name); ERR-6 not used.
         out.push(field);
+        if let Some(code) = &error.application_code {
+            out.extend_from_slice(&escape(code.as_bytes(), delimiters));
+        }
         out.push(field);
         // ERR-7 diagnostic information.
         out.push(field);

@@ -301,7 +301,7 @@ async fn serve_frames(stream: &mut TcpStream, peer: SocketAddr, shared: &Shared)
             frame_started = None;
             bump(&stats.frames_received, 1);
             let size = frame_bytes.len();
-            let outcome = shared.ingest.handle(frame_bytes);
+            let outcome = shared.ingest.handle(frame_bytes, peer).await;
             match outcome.reply {
                 Reply::Ack { bytes, code } => {
                     debug!(%peer, control_id = outcome.control_id.as_deref().unwrap_or(""), size, code = %code, reason = outcome.reason.unwrap_or("accepted"), "frame answered");

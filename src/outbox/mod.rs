@@ -27,8 +27,8 @@ mod writer;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -85,8 +85,7 @@ storage_error_from!(
 
 /// Makes a fresh storage backend each time the database is (re)opened. Tests use it to inject
 /// faults; production opens the file in `DATA_DIR`.
-pub type BackendFactory =
-    Arc<dyn Fn() -> std::io::Result<Box<dyn StorageBackend>> + Send + Sync>;
+pub type BackendFactory = Arc<dyn Fn() -> std::io::Result<Box<dyn StorageBackend>> + Send + Sync>;
 
 /// How to open the outbox.
 #[derive(Clone)]
@@ -272,7 +271,10 @@ impl Outbox {
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(StoreError::WriterGone),
         };
         if let Some(request) = request {
-            self.shared.stats.channel_full.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .stats
+                .channel_full
+                .fetch_add(1, Ordering::Relaxed);
             self.requests
                 .send(request)
                 .await

@@ -57,7 +57,7 @@ impl Disposition {
 }
 
 /// What a connector's filter decided for a message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RouteStatus {
     /// The filter matched: a queue entry exists.
     Queued,
@@ -149,8 +149,8 @@ pub struct DedupRecord {
 /// Encode a record: version byte, then postcard.
 pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
     let mut out = vec![RECORD_VERSION];
-    let body = postcard::to_stdvec(record)
-        .map_err(|error| StoreError::Encoding(error.to_string()))?;
+    let body =
+        postcard::to_stdvec(record).map_err(|error| StoreError::Encoding(error.to_string()))?;
     out.extend_from_slice(&body);
     Ok(out)
 }
@@ -169,7 +169,10 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> 
 }
 
 /// Read a counter from `meta`, 0 when absent.
-pub fn read_meta(table: &impl ReadableTable<&'static str, u64>, name: &str) -> Result<u64, StoreError> {
+pub fn read_meta(
+    table: &impl ReadableTable<&'static str, u64>,
+    name: &str,
+) -> Result<u64, StoreError> {
     Ok(table.get(name)?.map(|value| value.value()).unwrap_or(0))
 }
 

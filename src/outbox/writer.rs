@@ -58,9 +58,8 @@ pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreEr
         }
         None => {
             if let Some(parent) = options.path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|error| {
-                    open_error(format!("cannot create the directory: {error}"))
-                })?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|error| open_error(format!("cannot create the directory: {error}")))?;
             }
             builder.create(&options.path)
         }
@@ -111,9 +110,9 @@ pub(super) fn register_connectors(
                 Some(id) => id,
                 None => {
                     let id = next;
-                    next = next.checked_add(1).ok_or_else(|| {
-                        StoreError::Storage("connector ids exhausted".to_owned())
-                    })?;
+                    next = next
+                        .checked_add(1)
+                        .ok_or_else(|| StoreError::Storage("connector ids exhausted".to_owned()))?;
                     connectors.insert(name.as_str(), id)?;
                     id
                 }
@@ -183,7 +182,10 @@ impl Writer {
                 Err(failure) => {
                     let reason = failure.to_string();
                     error!(error = %reason, records = batch.len(), "outbox commit failed; every message of the batch gets an error");
-                    self.shared.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .stats
+                        .failed_batches
+                        .fetch_add(1, Ordering::Relaxed);
                     for request in batch.drain(..) {
                         let _ = request.reply.send(Err(StoreError::Storage(reason.clone())));
                     }
@@ -287,7 +289,10 @@ impl Writer {
                         next_attempt_micros: 0,
                         last_error: None,
                     };
-                    queue.insert((route.connector, next_seq), schema::encode(&entry)?.as_slice())?;
+                    queue.insert(
+                        (route.connector, next_seq),
+                        schema::encode(&entry)?.as_slice(),
+                    )?;
                     next_seq += 1;
                 }
                 if let Some(dedup_request) = dedup_request {

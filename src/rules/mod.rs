@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use cel::common::ast::{EntryExpr, Expr};
 use cel::{Context, Env, ExecutionError, FunctionContext, IdedExpr, Value};
 
-use bindings::{MESSAGE_VARIABLE, MessageValue, Needed, VARIABLES, View};
 use crate::hl7::{Charset, FieldPath, Message};
+use bindings::{MESSAGE_VARIABLE, MessageValue, Needed, VARIABLES, View};
 
 /// Longest expression accepted, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 4096;
@@ -72,8 +72,18 @@ pub const FUNCTIONS: &[&str] = &[
 
 /// Type names an expression may use as values (`type(x) == string`).
 const TYPE_NAMES: &[&str] = &[
-    "int", "uint", "double", "string", "bytes", "bool", "list", "map", "null_type", "type",
-    "timestamp", "duration",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "bool",
+    "list",
+    "map",
+    "null_type",
+    "type",
+    "timestamp",
+    "duration",
 ];
 
 /// Where an expression came from, for error messages.
@@ -142,7 +152,11 @@ pub struct RuleProblem {
 
 impl fmt::Display for RuleProblem {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "{}: {}: {}", self.origin, self.subject, self.detail)?;
+        write!(
+            formatter,
+            "{}: {}: {}",
+            self.origin, self.subject, self.detail
+        )?;
         if let Some((line, column)) = self.position {
             write!(formatter, " (expression line {line}, column {column})")?;
         }
@@ -237,9 +251,10 @@ impl RuleSet {
         let mut compiled_filters = Vec::new();
         for filter in filters {
             let subject = format!("filter of connector {:?}", filter.connector);
-            let expression = filter.expression.as_ref().and_then(|source| {
-                compile_one(&env, source, &subject, &mut needed, &mut problems)
-            });
+            let expression = filter
+                .expression
+                .as_ref()
+                .and_then(|source| compile_one(&env, source, &subject, &mut needed, &mut problems));
             compiled_filters.push((filter.connector.clone(), expression));
         }
         if !problems.is_empty() {
@@ -428,7 +443,10 @@ fn compile_one(
         Err(errors) => {
             for error in errors.errors {
                 let position = (error.pos.0 > 0).then_some(error.pos);
-                problems.push(problem(position, format!("does not compile: {}", error.msg)));
+                problems.push(problem(
+                    position,
+                    format!("does not compile: {}", error.msg),
+                ));
             }
             return None;
         }
@@ -501,7 +519,9 @@ fn check(
                         check(&pair.key, scope, comprehension_depth, needed, found);
                         check(&pair.value, scope, comprehension_depth, needed, found);
                     }
-                    EntryExpr::StructField(field) => check(&field.value, scope, comprehension_depth, needed, found),
+                    EntryExpr::StructField(field) => {
+                        check(&field.value, scope, comprehension_depth, needed, found)
+                    }
                 }
             }
         }
@@ -512,7 +532,9 @@ fn check(
                         check(&pair.key, scope, comprehension_depth, needed, found);
                         check(&pair.value, scope, comprehension_depth, needed, found);
                     }
-                    EntryExpr::StructField(field) => check(&field.value, scope, comprehension_depth, needed, found),
+                    EntryExpr::StructField(field) => {
+                        check(&field.value, scope, comprehension_depth, needed, found)
+                    }
                 }
             }
         }
@@ -523,8 +545,20 @@ fn check(
                 ));
                 return;
             }
-            check(&comprehension.iter_range, scope, comprehension_depth, needed, found);
-            check(&comprehension.accu_init, scope, comprehension_depth, needed, found);
+            check(
+                &comprehension.iter_range,
+                scope,
+                comprehension_depth,
+                needed,
+                found,
+            );
+            check(
+                &comprehension.accu_init,
+                scope,
+                comprehension_depth,
+                needed,
+                found,
+            );
             let depth = scope.len();
             scope.push(comprehension.iter_var.clone());
             if let Some(second) = &comprehension.iter_var2 {
@@ -578,7 +612,9 @@ fn field_function(
     context: &FunctionContext,
     path: Arc<String>,
 ) -> Result<Arc<String>, ExecutionError> {
-    let path: FieldPath = path.parse().map_err(|error: crate::hl7::PathError| context.error(error.to_string()))?;
+    let path: FieldPath = path
+        .parse()
+        .map_err(|error: crate::hl7::PathError| context.error(error.to_string()))?;
     let value = message_value(context)?;
     let message = value
         .downcast_ref::<MessageValue>()

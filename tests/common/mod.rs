@@ -5,9 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mfoundry::app::RunningApp;
-use mfoundry::config::Settings;
-use mfoundry::hl7::{AckStamp, FixedStamper};
+use std::path::Path;
+
+use mfoundry::app::{AppOptions, RunningApp};
+use mfoundry::config::Config;
+use mfoundry::hl7::{AckStamp, Charset, FixedStamper};
+use mfoundry::ingest::Ingest;
+use mfoundry::outbox::{Outbox, OutboxOptions};
+use mfoundry::rules::RuleSet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -19,32 +24,114 @@ pub fn fixed_stamp() -> AckStamp {
     }
 }
 
-/// Settings for a test server on an ephemeral loopback port, with `overrides` applied.
-pub fn settings(overrides: &[(&str, &str)]) -> Settings {
-    let mut vars: Vec<(String, String)> = vec![("LISTEN_ADDR".into(), "127.0.0.1:0".into())];
+/// A configuration for a test server on an ephemeral loopback port with its data in
+/// `data_dir`, `yaml` as its file (if any) and `overrides` as environment.
+pub fn config(data_dir: &Path, yaml: Option<&str>, overrides: &[(&str, &str)]) -> Config {
+    let mut vars: Vec<(String, String)> = vec![
+        ("LISTEN_ADDR".into(), "127.0.0.1:0".into()),
+        ("DATA_DIR".into(), data_dir.display().to_string()),
+    ];
     vars.extend(
         overrides
             .iter()
             .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
     );
-    Settings::from_lookup(&|name| {
+    let file = yaml.map(|text| {
+        let path = data_dir.join("mfoundry.yaml");
+        std::fs::create_dir_all(data_dir).expect("data dir");
+        std::fs::write(&path, text).expect("write yaml");
+        path
+    });
+    Config::load_with(file.as_deref(), &|name| {
         vars.iter()
             .rev()
             .find(|(key, _)| key == name)
             .map(|(_, value)| value.clone())
     })
-    .expect("test settings are valid")
+    .unwrap_or_else(|errors| panic!("test configuration is valid: {errors}"))
 }
 
-/// Start the app with fixed ACK stamps.
-pub async fn start(overrides: &[(&str, &str)]) -> RunningApp {
-    RunningApp::start_with_stamper(settings(overrides), Arc::new(FixedStamper(fixed_stamp())))
+/// A running app with its own data directory, removed when dropped.
+#[derive(Debug)]
+pub struct TestApp {
+    app: RunningApp,
+    /// The data directory (kept alive as long as the app).
+    pub directory: tempfile::TempDir,
+}
+
+impl TestApp {
+    /// The bound address.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.app.local_addr()
+    }
+    /// Listener counters.
+    pub fn stats(&self) -> mfoundry::mllp::StatsSnapshot {
+        self.app.stats()
+    }
+    /// The outbox.
+    pub fn outbox(&self) -> &mfoundry::outbox::Outbox {
+        self.app.outbox()
+    }
+    /// Shut down; true when every connection finished in time.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        self.app.shutdown(grace).await
+    }
+}
+
+/// Start the app with fixed ACK stamps, no YAML file and `overrides` as environment.
+pub async fn start(overrides: &[(&str, &str)]) -> TestApp {
+    start_with_yaml(None, overrides).await
+}
+
+/// Start the app with fixed ACK stamps, a YAML file and `overrides` as environment.
+pub async fn start_with_yaml(yaml: Option<&str>, overrides: &[(&str, &str)]) -> TestApp {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let config = config(directory.path(), yaml, overrides);
+    let options = AppOptions {
+        stamper: Some(Arc::new(FixedStamper(fixed_stamp()))),
+        backend: None,
+    };
+    let app = RunningApp::start_with(config, options)
         .await
-        .expect("app starts")
+        .expect("app starts");
+    TestApp { app, directory }
+}
+
+/// An ingest over an in-memory outbox with no rules and no connectors, for tests that look
+/// at replies only. Returns the ingest and the runtime it must run on.
+pub fn memory_ingest(default_charset: Charset) -> (tokio::runtime::Runtime, Ingest) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut options = OutboxOptions::new("memory".into());
+    options.backend = Some(Arc::new(|| {
+        Ok(Box::new(redb::backends::InMemoryBackend::new()) as Box<dyn redb::StorageBackend>)
+    }));
+    let (outbox, _writer) = Outbox::open(options, &[]).expect("outbox opens");
+    let rules = RuleSet::compile(&[], &[], Duration::from_secs(1)).expect("no rules compile");
+    let ingest = Ingest::new(
+        default_charset,
+        Arc::new(FixedStamper(fixed_stamp())),
+        Arc::new(rules),
+        outbox,
+        Vec::new(),
+        "mllp",
+    );
+    (runtime, ingest)
+}
+
+/// The reply an in-memory ingest gives to one frame.
+pub fn reply_to(frame: &[u8], default_charset: Charset) -> mfoundry::ingest::Reply {
+    let (runtime, ingest) = memory_ingest(default_charset);
+    let peer: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    runtime
+        .block_on(ingest.handle(bytes::Bytes::copy_from_slice(frame), peer))
+        .reply
 }
 
 /// Connect to the app.
-pub async fn connect(app: &RunningApp) -> TcpStream {
+pub async fn connect(app: &TestApp) -> TcpStream {
     let stream = TcpStream::connect(app.local_addr())
         .await
         .expect("connects");
