@@ -280,6 +280,7 @@ impl Ingest {
                 return Err(Refusal::reject("rule_failed", error));
             }
             Validation::Errored { subject, detail } => {
+                tracing::warn!(rule = %subject, error = %detail, "a rule could not be evaluated; answering with an error");
                 let mut error = AckError::new(
                     ErrorCode::ApplicationInternalError,
                     None,

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use mfoundry::cli::{Cli, Command, ConfigArgs, ConfigCommand, run_send};
+use mfoundry::cli::{Cli, Command, ConfigArgs, ConfigCommand, run_bench, run_send};
 use mfoundry::config::Config;
 
 /// Exit code for an invalid configuration (EX_USAGE).
@@ -53,6 +53,17 @@ fn main() -> ExitCode {
                 Err(error) => {
                     eprintln!("mfoundry: cannot print the schema: {error}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bench(args) => {
+            let mut stdout = std::io::stdout();
+            match runtime.block_on(run_bench(&args, &mut stdout)) {
+                Ok(report) if report.failed == 0 => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(1),
+                Err(error) => {
+                    eprintln!("mfoundry bench: {error:#}");
+                    ExitCode::from(2)
                 }
             }
         }

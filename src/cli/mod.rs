@@ -1,11 +1,13 @@
-//! Command line: `serve` (the default), `check`, `config schema`, `send`.
+//! Command line: `serve` (the default), `check`, `config schema`, `send`, `bench`.
 
+mod bench;
 mod send;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use bench::{BenchArgs, BenchReport, Probe, probe, run_bench};
 pub use send::{SendSummary, run_send};
 
 /// mfoundry: an HL7 v2 integration gateway.
@@ -41,6 +43,10 @@ pub enum Command {
     /// message: control id, ACK code, text. Exits 0 when every message got AA or CA, 1 when
     /// any did not, 2 when a file cannot be read or the server cannot be reached.
     Send(SendArgs),
+    /// Load-test an MLLP server: C connections, N messages, each waiting for its ACK; prints
+    /// throughput, ACK latency percentiles and non-AA answers, next to a probe of this
+    /// machine's fsync, redb commit and loopback round-trip times.
+    Bench(BenchArgs),
 }
 
 /// `--config`, shared by `serve` and `check`.

@@ -86,7 +86,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     },
     EnvVar {
         name: "RULES_TIME_BUDGET",
-        default: "10ms",
+        default: "100ms",
     },
     EnvVar {
         name: "LOG_FORMAT",
@@ -617,7 +617,7 @@ mod tests {
         let settings = load(&[]).expect("defaults");
         assert_eq!(settings.data_dir, PathBuf::from("./data"));
         assert_eq!(settings.dedup_window, Some(Duration::from_secs(3600)));
-        assert_eq!(settings.rules_time_budget, Duration::from_millis(10));
+        assert_eq!(settings.rules_time_budget, Duration::from_millis(100));
         assert_eq!(settings.listener.name, "mllp");
         assert_eq!(
             settings.outbox_path(),

@@ -1,0 +1,355 @@
+//! `mfoundry bench`: a load generator that measures what senders see.
+//!
+//! C connections each send their share of N messages one at a time, waiting for each ACK (as
+//! an ordered MLLP sender does). Every message gets a unique MSH-10 so retransmit detection
+//! never short-cuts the work. Before the load, a probe measures this machine's floor: a raw
+//! 4 KiB write + fsync, one bare redb commit, and a loopback round trip, so figures can be
+//! compared with the disk they ran on (shared disks swing a lot).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::hl7::{AckCode, Message};
+use crate::mllp::MllpClient;
+
+/// The default message: a ~1.5 KB ORU^R01 with 17 OBX segments.
+const SAMPLE: &[u8] = include_bytes!("../../examples/bench/oru-r01.hl7");
+
+/// Arguments of `mfoundry bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Address of the MLLP server, host:port.
+    #[arg(long, default_value = "127.0.0.1:2575")]
+    pub addr: String,
+    /// Concurrent connections.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    pub connections: usize,
+    /// Messages in total, shared among the connections.
+    #[arg(long, short = 'n', default_value_t = 10_000)]
+    pub messages: usize,
+    /// File holding the message to send (default: a built-in 1.5 KB ORU^R01).
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// How long to wait for each ACK (Go duration).
+    #[arg(long, default_value = "30s", value_parser = super::parse_go_duration)]
+    pub timeout: Duration,
+    /// Directory for the fsync/commit probe; put it on the disk that holds DATA_DIR.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub probe_dir: PathBuf,
+    /// Skip the probe.
+    #[arg(long)]
+    pub no_probe: bool,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+}
+
+/// What a bench run measured.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BenchReport {
+    /// Messages that got an answer.
+    pub answered: usize,
+    /// Answers other than AA.
+    pub not_aa: usize,
+    /// Messages that got no answer (timeout, closed connection).
+    pub failed: usize,
+    /// Wall time of the load.
+    pub elapsed: Duration,
+    /// ACK latency.
+    pub latency: Percentiles,
+}
+
+impl BenchReport {
+    /// Answered messages per second.
+    pub fn throughput(&self) -> f64 {
+        self.answered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The machine's floor, medians in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Probe {
+    /// 4 KiB write + fdatasync.
+    pub fsync: f64,
+    /// One redb transaction with one insert, `Durability::Immediate`.
+    pub redb_commit: f64,
+    /// One loopback TCP round trip of a small message.
+    pub loopback_rtt: f64,
+}
+
+/// Run the probe (unless disabled) and the load; print a report to `out`.
+pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(args.messages > 0, "--messages must be at least 1");
+    let sample = match &args.file {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+        None => SAMPLE.to_vec(),
+    };
+    let template = crate::hl7::split_messages(&sample)
+        .context("the sample file")?
+        .into_iter()
+        .next()
+        .context("the sample file holds no message")?;
+
+    if !args.no_probe {
+        let probe = probe(&args.probe_dir).await?;
+        writeln!(
+            out,
+            "probe ({}): fsync 4KiB p50 {:.0} µs, redb commit p50 {:.0} µs, loopback round trip p50 {:.0} µs",
+            args.probe_dir.display(),
+            probe.fsync,
+            probe.redb_commit,
+            probe.loopback_rtt
+        )?;
+        writeln!(
+            out,
+            "floor for one ordered sender (redb commit + round trip): {:.0} µs",
+            probe.redb_commit + probe.loopback_rtt
+        )?;
+    }
+
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.connections);
+    for connection in 0..args.connections {
+        let share = args.messages / args.connections
+            + usize::from(connection < args.messages % args.connections);
+        let template = template.clone();
+        let addr = args.addr.clone();
+        let timeout = args.timeout;
+        tasks.push(tokio::spawn(async move {
+            run_connection(&addr, connection, share, &template, timeout).await
+        }));
+    }
+    let mut latencies: Vec<u32> = Vec::with_capacity(args.messages);
+    let mut report = BenchReport::default();
+    for task in tasks {
+        let result = task.await.context("a bench connection panicked")??;
+        latencies.extend(result.latencies);
+        report.not_aa += result.not_aa;
+        report.failed += result.failed;
+    }
+    report.elapsed = started.elapsed();
+    report.answered = latencies.len();
+    latencies.sort_unstable();
+    report.latency = Percentiles {
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+        p999: percentile(&latencies, 0.999),
+    };
+    writeln!(
+        out,
+        "connections {}, messages {} ({} bytes each): {:.0} msg/s in {:.2} s",
+        args.connections,
+        args.messages,
+        template.len(),
+        report.throughput(),
+        report.elapsed.as_secs_f64()
+    )?;
+    writeln!(
+        out,
+        "ACK latency: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs",
+        report.latency.p50, report.latency.p99, report.latency.p999
+    )?;
+    writeln!(
+        out,
+        "answers other than AA: {}, no answer: {}",
+        report.not_aa, report.failed
+    )?;
+    Ok(report)
+}
+
+fn percentile(sorted: &[u32], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64) * quantile).ceil() as usize;
+    f64::from(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+struct ConnectionResult {
+    latencies: Vec<u32>,
+    not_aa: usize,
+    failed: usize,
+}
+
+/// Replace MSH-10 of `template` with `control_id`.
+fn with_control_id(template: &[u8], control_id: &str) -> Vec<u8> {
+    let Some(&separator) = template.get(3) else {
+        return template.to_vec();
+    };
+    let header_end = memchr::memchr2(b'\r', b'\n', template).unwrap_or(template.len());
+    let separators: Vec<usize> = memchr::memchr_iter(separator, &template[..header_end])
+        .take(10)
+        .collect();
+    // MSH-n starts after the (n-1)th separator (MSH-1 is the first separator itself).
+    let Some(&before) = separators.get(8) else {
+        return template.to_vec();
+    };
+    let after = separators.get(9).copied().unwrap_or(header_end);
+    let mut out = Vec::with_capacity(template.len() + control_id.len());
+    out.extend_from_slice(&template[..=before]);
+    out.extend_from_slice(control_id.as_bytes());
+    out.extend_from_slice(&template[after..]);
+    out
+}
+
+async fn run_connection(
+    addr: &str,
+    connection: usize,
+    share: usize,
+    template: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<ConnectionResult> {
+    let mut result = ConnectionResult {
+        latencies: Vec::with_capacity(share),
+        not_aa: 0,
+        failed: 0,
+    };
+    if share == 0 {
+        return Ok(result);
+    }
+    let run_id = std::process::id();
+    let mut client = MllpClient::connect(addr, Duration::from_secs(10), 1 << 20).await?;
+    for sequence in 0..share {
+        let control_id = format!("B{run_id}-{connection}-{sequence}");
+        let message = with_control_id(template, &control_id);
+        let sent = Instant::now();
+        match client.request(&message, timeout).await {
+            Ok(ack) => {
+                let micros = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+                result.latencies.push(micros);
+                let code = Message::parse(ack)
+                    .ok()
+                    .and_then(|ack| ack.value("MSA-1").and_then(AckCode::parse));
+                if code != Some(AckCode::AA) {
+                    result.not_aa += 1;
+                }
+            }
+            Err(_) => {
+                result.failed += 1;
+                client = MllpClient::connect(addr, Duration::from_secs(10), 1 << 20).await?;
+            }
+        }
+    }
+    Ok(result)
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+/// Measure fsync, a bare redb commit and a loopback round trip.
+pub async fn probe(directory: &Path) -> anyhow::Result<Probe> {
+    let directory = directory.to_path_buf();
+    let (fsync, redb_commit) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
+            let scratch = tempfile::Builder::new()
+                .prefix(".mfoundry-probe")
+                .tempdir_in(&directory)
+                .with_context(|| format!("cannot write a probe file in {}", directory.display()))?;
+            let mut file = std::fs::File::create(scratch.path().join("fsync"))?;
+            let block = vec![0x5Au8; 4096];
+            let mut fsyncs = Vec::with_capacity(100);
+            for _ in 0..100 {
+                let started = Instant::now();
+                file.write_all(&block)?;
+                file.sync_data()?;
+                fsyncs.push(started.elapsed().as_secs_f64() * 1e6);
+            }
+            let database = redb::Database::builder()
+                .set_cache_size(4 << 20)
+                .create(scratch.path().join("probe.redb"))?;
+            let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("probe");
+            let mut commits = Vec::with_capacity(100);
+            for key in 0..100u64 {
+                let started = Instant::now();
+                let mut transaction = database.begin_write()?;
+                transaction.set_durability(redb::Durability::Immediate)?;
+                transaction
+                    .open_table(table)?
+                    .insert(key, block.as_slice())?;
+                transaction.commit()?;
+                commits.push(started.elapsed().as_secs_f64() * 1e6);
+            }
+            Ok((median(fsyncs), median(commits)))
+        })
+        .await
+        .context("probe task failed")??;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let echo = tokio::spawn(async move {
+        if let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let mut buffer = [0u8; 256];
+            while let Ok(read) = stream.read(&mut buffer).await {
+                if read == 0 || stream.write_all(&buffer[..read]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let ping = [0x42u8; 100];
+    let mut pong = [0u8; 100];
+    let mut round_trips = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let started = Instant::now();
+        stream.write_all(&ping).await?;
+        stream.read_exact(&mut pong).await?;
+        round_trips.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(stream);
+    echo.abort();
+    Ok(Probe {
+        fsync,
+        redb_commit,
+        loopback_rtt: median(round_trips),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn control_id_is_replaced_in_place() {
+        let template = b"MSH|^~\\&|A|B|C|D|2026||ORU^R01|OLD|P|2.5.1\rPID|1|OLD\r";
+        let out = with_control_id(template, "NEW-1");
+        assert_eq!(
+            out,
+            b"MSH|^~\\&|A|B|C|D|2026||ORU^R01|NEW-1|P|2.5.1\rPID|1|OLD\r"
+        );
+        let bytes = Bytes::from(out);
+        assert_eq!(
+            Message::parse(bytes).expect("parses").header_field(10),
+            b"NEW-1"
+        );
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let sorted: Vec<u32> = (1..=1000).collect();
+        assert_eq!(percentile(&sorted, 0.5), 500.0);
+        assert_eq!(percentile(&sorted, 0.99), 990.0);
+        assert_eq!(percentile(&sorted, 0.999), 999.0);
+        assert_eq!(percentile(&[], 0.5), 0.0);
+    }
+}
