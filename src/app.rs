@@ -20,6 +20,7 @@ use crate::hl7::{AckStamper, SystemStamper};
 use crate::ingest::Ingest;
 use crate::mllp::{self, ListenerStats, StatsSnapshot};
 use crate::outbox::{BackendFactory, Outbox, OutboxOptions, WriterHandle};
+use crate::rules::RuleSet;
 
 /// How long connections get to finish the frame in hand once shutdown starts.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
@@ -63,13 +64,20 @@ impl RunningApp {
         Self::start_with(config, AppOptions::default()).await
     }
 
-    /// Start with the given options.
+    /// Compile the rules and start with the given options.
     pub async fn start_with(config: Config, options: AppOptions) -> anyhow::Result<Self> {
-        let rules = Arc::new(
-            config
-                .compile_rules()
-                .map_err(|errors| anyhow::anyhow!("{errors}"))?,
-        );
+        let rules = config
+            .compile_rules()
+            .map_err(|errors| anyhow::anyhow!("{errors}"))?;
+        Self::start_compiled(config, Arc::new(rules), options).await
+    }
+
+    /// Start with rules compiled beforehand (as `serve` does, to exit 64 on a bad rule).
+    pub async fn start_compiled(
+        config: Config,
+        rules: Arc<RuleSet>,
+        options: AppOptions,
+    ) -> anyhow::Result<Self> {
         let settings = config.settings.clone();
         let mut outbox_options = OutboxOptions::new(settings.outbox_path());
         outbox_options.dedup_window = settings.dedup_window;
@@ -189,8 +197,8 @@ impl RunningApp {
 }
 
 /// Serve until SIGTERM or SIGINT, then drain.
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let app = RunningApp::start(config).await?;
+pub async fn run(config: Config, rules: Arc<RuleSet>) -> anyhow::Result<()> {
+    let app = RunningApp::start_compiled(config, rules, AppOptions::default()).await?;
     crate::shutdown::wait_for_signal().await;
     info!("shutdown requested; finishing frames in progress");
     app.shutdown(DRAIN_GRACE).await;

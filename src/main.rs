@@ -30,8 +30,15 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            let rules = match config.compile_rules() {
+                Ok(rules) => std::sync::Arc::new(rules),
+                Err(errors) => {
+                    eprint!("mfoundry: {errors}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
             mfoundry::telemetry::init(config.settings.log_format);
-            match runtime.block_on(mfoundry::app::run(config)) {
+            match runtime.block_on(mfoundry::app::run(config, rules)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(error = format!("{error:#}"), "mfoundry stopped");

@@ -568,6 +568,16 @@ impl Config {
                 });
             }
         }
+        if !problems.is_empty() || settings.is_err() {
+            // Report the expressions' problems too, so one run shows everything.
+            if let Err(rule_problems) = RuleSet::compile(&rules, &filters, Duration::from_secs(1)) {
+                problems.extend(rule_problems.into_iter().map(|problem| ConfigProblem {
+                    name: String::new(),
+                    subject: String::new(),
+                    problem: problem.to_string(),
+                }));
+            }
+        }
         match settings {
             Ok(settings) if problems.is_empty() => Ok(Self {
                 settings,

@@ -26,6 +26,45 @@ pub const MESSAGE_VARIABLE: &str = "@message";
 /// Variables an expression may use.
 pub const VARIABLES: &[&str] = &["msh", "pid", "pv1", "obx", "obx_list", "inbound"];
 
+/// Keys of each map variable, for load-time checks of `msh.msg_type`-style selections.
+pub const MAP_KEYS: &[(&str, &[&str])] = &[
+    (
+        "msh",
+        &[
+            "msg_type",
+            "trigger",
+            "structure",
+            "sending_app",
+            "sending_fac",
+            "receiving_app",
+            "receiving_fac",
+            "control_id",
+            "version",
+            "processing_id",
+            "charset",
+        ],
+    ),
+    (
+        "pid",
+        &[
+            "id", "id_list", "name", "family", "given", "dob", "sex", "ssn", "country",
+        ],
+    ),
+    (
+        "pv1",
+        &[
+            "patient_class",
+            "assigned_location",
+            "attending_doctor",
+            "admit_datetime",
+        ],
+    ),
+    (
+        "obx",
+        &["value_type", "identifier", "value", "unit", "status"],
+    ),
+];
+
 /// The message as the hidden variable, for `field()` and `segments()`.
 #[derive(Debug)]
 pub struct MessageValue {

@@ -20,7 +20,7 @@ use cel::common::ast::{EntryExpr, Expr};
 use cel::{Context, Env, ExecutionError, FunctionContext, IdedExpr, Value};
 
 use crate::hl7::{Charset, FieldPath, Message};
-use bindings::{MESSAGE_VARIABLE, MessageValue, Needed, VARIABLES, View};
+use bindings::{MAP_KEYS, MESSAGE_VARIABLE, MessageValue, Needed, VARIABLES, View};
 
 /// Longest expression accepted, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 4096;
@@ -506,7 +506,20 @@ fn check(
                 check(argument, scope, comprehension_depth, needed, found);
             }
         }
-        Expr::Select(select) => check(&select.operand, scope, comprehension_depth, needed, found),
+        Expr::Select(select) => {
+            if let Expr::Ident(variable) = &select.operand.expr
+                && !scope.contains(variable)
+                && let Some((_, keys)) = MAP_KEYS.iter().find(|(name, _)| name == variable)
+                && !keys.contains(&select.field.as_str())
+            {
+                found.push(format!(
+                    "{variable} has no field {:?}; its fields are {}",
+                    select.field,
+                    keys.join(", ")
+                ));
+            }
+            check(&select.operand, scope, comprehension_depth, needed, found);
+        }
         Expr::List(list) => {
             for element in &list.elements {
                 check(element, scope, comprehension_depth, needed, found);

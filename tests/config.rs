@@ -1,0 +1,234 @@
+//! Configuration as users meet it: `mfoundry check`, `mfoundry config schema`, and the
+//! defaults < file < environment layering.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use mfoundry::config::Config;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_mfoundry");
+
+fn check(file: &Path) -> Output {
+    Command::new(BINARY)
+        .arg("check")
+        .arg("--config")
+        .arg(file)
+        .env_clear()
+        .output()
+        .expect("check runs")
+}
+
+fn yaml_examples() -> Vec<PathBuf> {
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(directory)
+        .expect("examples")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "yaml" || ext == "yml")
+        })
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    files
+}
+
+#[test]
+fn every_example_configuration_passes_check() {
+    for file in yaml_examples() {
+        let output = check(&file);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}: {}{}",
+            file.display(),
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.starts_with("ok: "), "{stdout}");
+    }
+}
+
+fn write(directory: &Path, text: &str) -> PathBuf {
+    let path = directory.join("bad.yaml");
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+fn failing_check(text: &str) -> String {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = write(directory.path(), text);
+    let output = check(&path);
+    assert_eq!(output.status.code(), Some(64), "{text}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn an_unknown_key_names_the_key_file_and_line() {
+    let stderr = failing_check(
+        "connectors:\n  - name: ehr\n    type: http\n    url: https://x\n    filtr: msh.msg_type == \"ADT\"\n",
+    );
+    assert!(stderr.contains("unknown field `filtr`"), "{stderr}");
+    assert!(stderr.contains("bad.yaml:5:5"), "{stderr}");
+}
+
+#[test]
+fn every_problem_is_reported_with_its_place() {
+    let stderr = failing_check(
+        r#"idle_timeout: 30
+connectors:
+  - name: ehr
+    type: http
+    filter: msh.msg_typ == "ADT" && patient.id != ""
+  - name: ehr
+    type: file
+validation:
+  rules:
+    - name: r1
+      expression: pid.id ==
+"#,
+    );
+    for expected in [
+        "bad.yaml:1:15: idle_timeout=\"30\": missing unit",
+        "bad.yaml:6:11: connector name \"ehr\": another connector has this name",
+        "bad.yaml:11:19: validation rule \"r1\": does not compile",
+        "(expression line 1, column 10)",
+        "bad.yaml:5:13: filter of connector \"ehr\": msh has no field \"msg_typ\"",
+        "unknown variable \"patient\"",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn serve_refuses_to_start_on_the_same_problems() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        directory.path(),
+        "validation:\n  rules:\n    - name: r\n      expression: nope.x\n",
+    );
+    let output = Command::new(BINARY)
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .env_clear()
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("DATA_DIR", directory.path().join("data"))
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown variable \"nope\""));
+    assert!(
+        !directory.path().join("data").exists(),
+        "nothing was opened or bound"
+    );
+}
+
+#[test]
+fn a_missing_explicit_file_is_an_error_but_no_file_is_fine() {
+    let output = check(Path::new("/nonexistent/mfoundry.yaml"));
+    assert_eq!(output.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("cannot read the configuration file /nonexistent/mfoundry.yaml")
+    );
+
+    let directory = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(BINARY)
+        .arg("check")
+        .current_dir(directory.path())
+        .env_clear()
+        .output()
+        .expect("runs");
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("ok: no configuration file"));
+}
+
+#[test]
+fn environment_overrides_file_overrides_defaults() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("mfoundry.yaml");
+    std::fs::write(
+        &path,
+        "idle_timeout: 45s\nmax_connections: 10\nwrite_timeout: 2s\n",
+    )
+    .expect("write");
+    let env = [
+        ("IDLE_TIMEOUT", "90s"),
+        ("KUBERNETES_SERVICE_PORT", "443"),
+        ("MFOUNDRY_PORT", "tcp://10.0.0.1:2575"),
+    ];
+    let config = Config::load_with(Some(&path), &|name| {
+        env.iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| (*value).to_owned())
+    })
+    .expect("loads");
+    let listener = &config.settings.listener;
+    assert_eq!(
+        listener.idle_timeout,
+        Some(Duration::from_secs(90)),
+        "env wins"
+    );
+    assert_eq!(listener.max_connections, Some(10), "file wins over default");
+    assert_eq!(listener.write_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(
+        listener.frame_timeout,
+        Some(Duration::from_secs(60)),
+        "default"
+    );
+
+    // CONFIG_FILE names the file when --config is absent.
+    let config = Config::load_with(None, &|name| {
+        (name == "CONFIG_FILE").then(|| path.display().to_string())
+    })
+    .expect("loads");
+    assert_eq!(config.settings.listener.max_connections, Some(10));
+}
+
+#[test]
+fn the_go_gateway_shape_loads_unchanged() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/go-gateway.yaml");
+    let config = Config::load_with(Some(&path), &|_| None).expect("loads");
+    let names: Vec<&str> = config.connectors.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["ehr-ingest", "lab-archive"]);
+    assert_eq!(config.rules.len(), 1);
+    assert_eq!(
+        config.rules[0].message.as_deref(),
+        Some("patient id is required")
+    );
+    config.compile_rules().expect("compiles");
+}
+
+#[test]
+fn config_schema_is_draft_07_json_describing_the_file() {
+    let output = Command::new(BINARY)
+        .args(["config", "schema"])
+        .output()
+        .expect("runs");
+    assert!(output.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&output.stdout).expect("valid JSON");
+    assert_eq!(schema["$schema"], "http://json-schema.org/draft-07/schema#");
+    assert_eq!(schema["additionalProperties"], false);
+    for key in [
+        "connectors",
+        "validation",
+        "listen_addr",
+        "data_dir",
+        "dedup_window",
+    ] {
+        assert!(schema["properties"][key].is_object(), "no {key} in schema");
+    }
+    let connector = &schema["definitions"]["ConnectorFile"];
+    assert_eq!(connector["additionalProperties"], false);
+    assert!(
+        connector["required"]
+            .as_array()
+            .expect("required")
+            .contains(&"type".into())
+    );
+}

@@ -1,0 +1,236 @@
+//! Crash test: the real binary under load from several connections is killed with SIGKILL at
+//! an arbitrary moment and restarted; every message that got AA must be stored with exactly
+//! the queue entries its connector filters chose (atomic fan-out), and nothing else may be
+//! half-written.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mfoundry::outbox::{Outbox, OutboxOptions};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_mfoundry");
+const SENDERS: usize = 4;
+const YAML: &str = r#"
+connectors:
+  - name: everything
+    type: file
+    directory: ./out
+  - name: adt
+    type: http
+    url: http://127.0.0.1:9/
+    filter: msh.msg_type == "ADT"
+  - name: female
+    type: postgres
+    filter: pid.sex == "F"
+validation:
+  rules:
+    - name: require-patient-id
+      expression: pid.id != ""
+"#;
+
+fn start(directory: &Path) -> (Child, String) {
+    let mut child = Command::new(BINARY)
+        .arg("serve")
+        .arg("--config")
+        .arg(directory.join("mfoundry.yaml"))
+        .env_clear()
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("DATA_DIR", directory.join("data"))
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server logs that it listens");
+        if let Some(start) = line.find("\"addr\":\"") {
+            let rest = &line[start + 8..];
+            let addr = rest[..rest.find('"').expect("quote")].to_owned();
+            return (child, addr);
+        }
+    }
+}
+
+/// The message a sender sends: type and sex follow the sequence number, so the expected
+/// routes can be computed from the control id alone.
+fn message(sender: usize, sequence: usize) -> (String, Vec<u8>) {
+    let msg_type = if sequence % 2 == 0 { "ADT" } else { "ORU" };
+    let sex = if sequence % 3 == 0 { "F" } else { "M" };
+    let control_id = format!("S{sender}-{sequence}-{msg_type}-{sex}");
+    let body = format!(
+        "MSH|^~\\&|CRASH|FAC|HUB|HFAC|20261122080000||{msg_type}^A01|{control_id}|P|2.5.1\rPID|1||{sequence}^^^H^MR||DOE^JO||19800101|{sex}\r"
+    );
+    (control_id, body.into_bytes())
+}
+
+fn expected_routes(control_id: &str) -> BTreeSet<String> {
+    let mut routes = BTreeSet::from(["everything".to_owned()]);
+    if control_id.contains("-ADT-") {
+        routes.insert("adt".to_owned());
+    }
+    if control_id.ends_with("-F") {
+        routes.insert("female".to_owned());
+    }
+    routes
+}
+
+/// Send until `stop` or until the connection breaks; return the control ids that got AA.
+fn send_until_stopped(addr: &str, sender: usize, stop: &AtomicBool) -> Vec<String> {
+    let mut acknowledged = Vec::new();
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return acknowledged;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_nodelay(true);
+    for sequence in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let (control_id, body) = message(sender, sequence);
+        let mut framed = vec![0x0B];
+        framed.extend_from_slice(&body);
+        framed.extend_from_slice(&[0x1C, 0x0D]);
+        if stream.write_all(&framed).is_err() {
+            break;
+        }
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(&[0x1C, 0x0D]) {
+            match stream.read(&mut byte) {
+                Ok(1) => reply.push(byte[0]),
+                _ => return acknowledged,
+            }
+        }
+        let text = String::from_utf8_lossy(&reply);
+        if text.contains(&format!("MSA|AA|{control_id}\r")) {
+            acknowledged.push(control_id);
+        } else {
+            panic!("unexpected answer to {control_id}: {text:?}");
+        }
+    }
+    acknowledged
+}
+
+fn pseudo_random_millis(low: u64, high: u64) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| u64::from(elapsed.subsec_nanos()))
+        .unwrap_or_default();
+    low + nanos % (high - low)
+}
+
+#[test]
+fn every_aa_survives_sigkill_with_exactly_its_queue_entries() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    std::fs::write(directory.path().join("mfoundry.yaml"), YAML).expect("yaml");
+    let mut acknowledged: Vec<String> = Vec::new();
+
+    for round in 0..2 {
+        let (mut child, addr) = start(directory.path());
+        let stop = Arc::new(AtomicBool::new(false));
+        let senders: Vec<_> = (0..SENDERS)
+            .map(|index| {
+                let addr = addr.clone();
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    send_until_stopped(&addr, index + round * SENDERS, &stop)
+                })
+            })
+            .collect();
+        let kill_after = pseudo_random_millis(300, 900);
+        std::thread::sleep(Duration::from_millis(kill_after));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        stop.store(true, Ordering::Relaxed);
+        for sender in senders {
+            acknowledged.extend(sender.join().expect("sender thread"));
+        }
+        eprintln!(
+            "round {round}: killed after {kill_after} ms; {} AA so far",
+            acknowledged.len()
+        );
+    }
+    assert!(
+        acknowledged.len() > 50,
+        "the load ran: {} AA",
+        acknowledged.len()
+    );
+
+    // Restart once more: the file recovers and the gateway serves again.
+    let (mut child, addr) = start(directory.path());
+    let after_restart = AtomicBool::new(false);
+    let sender = std::thread::scope(|scope| {
+        let handle = scope.spawn(|| send_until_stopped(&addr, 99, &after_restart));
+        std::thread::sleep(Duration::from_millis(100));
+        after_restart.store(true, Ordering::Relaxed);
+        handle.join().expect("sender")
+    });
+    assert!(!sender.is_empty(), "the restarted gateway accepts messages");
+    acknowledged.extend(sender);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(child.wait().expect("exits").success());
+
+    let mut options = OutboxOptions::new(directory.path().join("data").join("mfoundry.redb"));
+    options.dedup_window = None;
+    let names: Vec<String> = ["everything", "adt", "female"].map(str::to_owned).to_vec();
+    let (outbox, writer) = Outbox::open(options, &names).expect("opens after the crashes");
+    let snapshot = outbox.snapshot().expect("snapshot");
+    let by_id: HashMap<u64, String> = snapshot
+        .messages()
+        .expect("messages")
+        .into_iter()
+        .map(|(id, record)| (id, record.header.control_id))
+        .collect();
+    let mut queued: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for name in &names {
+        let connector = outbox.connector_id(name).expect("connector");
+        for (_, entry) in snapshot.queue(connector).expect("queue") {
+            let control_id = by_id
+                .get(&entry.message_id)
+                .unwrap_or_else(|| panic!("queue entry {} has no message", entry.message_id));
+            let fresh = queued
+                .entry(control_id.clone())
+                .or_default()
+                .insert(name.clone());
+            assert!(fresh, "{control_id} is queued twice for {name}");
+        }
+    }
+    for control_id in by_id.values() {
+        let routes = queued.get(control_id).cloned().unwrap_or_default();
+        assert_eq!(
+            routes,
+            expected_routes(control_id),
+            "fan-out of {control_id}"
+        );
+    }
+    let stored: BTreeSet<&String> = by_id.values().collect();
+    for control_id in &acknowledged {
+        assert!(
+            stored.contains(control_id),
+            "{control_id} got AA but is not stored"
+        );
+    }
+    drop(snapshot);
+    drop(outbox);
+    writer.join();
+}
