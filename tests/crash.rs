@@ -56,9 +56,11 @@ fn start(directory: &Path) -> (Child, String) {
         }
     });
     loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the server logs that it listens");
+        let Ok(line) = lines.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not log that it listens");
+        };
         if let Some(start) = line.find("\"addr\":\"") {
             let rest = &line[start + 8..];
             let addr = rest[..rest.find('"').expect("quote")].to_owned();
@@ -70,8 +72,8 @@ fn start(directory: &Path) -> (Child, String) {
 /// The message a sender sends: type and sex follow the sequence number, so the expected
 /// routes can be computed from the control id alone.
 fn message(sender: usize, sequence: usize) -> (String, Vec<u8>) {
-    let msg_type = if sequence % 2 == 0 { "ADT" } else { "ORU" };
-    let sex = if sequence % 3 == 0 { "F" } else { "M" };
+    let msg_type = if sequence.is_multiple_of(2) { "ADT" } else { "ORU" };
+    let sex = if sequence.is_multiple_of(3) { "F" } else { "M" };
     let control_id = format!("S{sender}-{sequence}-{msg_type}-{sex}");
     let body = format!(
         "MSH|^~\\&|CRASH|FAC|HUB|HFAC|20261122080000||{msg_type}^A01|{control_id}|P|2.5.1\rPID|1||{sequence}^^^H^MR||DOE^JO||19800101|{sex}\r"
