@@ -1,15 +1,19 @@
 //! mfoundry: an HL7 v2 integration gateway.
 //!
-//! It receives HL7 v2 over MLLP, checks each message, and answers with an HL7 ACK. (The
-//! durable outbox, rules and outputs build on this; see `docs/ARCHITECTURE.md`.)
+//! It receives HL7 v2 over MLLP, validates each message with CEL rules, routes it with each
+//! connector's filter, stores it durably in a redb outbox, and only then answers with an HL7
+//! ACK. See `docs/ARCHITECTURE.md` for the map and the invariants.
 //!
 //! # Layout
 //! - [`hl7`] — byte parser, field paths, escapes, character sets, batch splitting, ACK builder.
 //! - [`mllp`] — MLLP codec, listener (limits and timeouts), client.
-//! - [`ingest`] — frame → parse → checks → ACK decision; the one place that picks ACK codes.
-//! - [`config`] — settings from environment variables, Go-style values.
+//! - [`ingest`] — frame → parse → checks → rules → routes → outbox → ACK; the one place that
+//!   picks ACK codes.
+//! - [`rules`] — CEL validation rules and connector filters, compiled once.
+//! - [`outbox`] — redb store: group-commit writer, FIFO queues per connector, dedup.
+//! - [`config`] — defaults < YAML file < environment; Go-style values; the YAML schema.
 //! - [`app`] — wiring and lifecycle.
-//! - [`cli`] — `serve` and `send`.
+//! - [`cli`] — `serve`, `check`, `config schema`, `send`, `bench`.
 //! - [`shutdown`] — signals.
 //! - [`telemetry`] — logging.
 

@@ -229,7 +229,7 @@ pub struct ConnectorFile {
     /// `file`: the file-name template.
     #[serde(default)]
     pub filename: Option<String>,
-    /// `postgres`: the connection string (write `${ENV_VAR}` to keep it out of the file).
+    /// `postgres`: the connection string.
     #[serde(default)]
     pub dsn: Option<String>,
     /// `postgres`: the table.

@@ -144,8 +144,8 @@ impl View<'_> {
         self.text(value)
     }
 
-    /// `segments(name)`: every segment of that name as a map from field number to text
-    /// (first repetition, components kept), plus `"name"`.
+    /// `segments(name)`: every segment of that name as a map from field number to the text
+    /// of the whole field (every repetition and component, separators kept), plus `"name"`.
     pub fn segments(&self, name: &str) -> Value {
         let list: Vec<Value> = self
             .message
