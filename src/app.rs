@@ -81,6 +81,7 @@ impl RunningApp {
         let settings = config.settings.clone();
         let mut outbox_options = OutboxOptions::new(settings.outbox_path());
         outbox_options.dedup_window = settings.dedup_window;
+        outbox_options.dedup_max_entries = settings.dedup_max_entries;
         outbox_options.backend = options.backend;
         let connector_names: Vec<String> = config
             .connectors

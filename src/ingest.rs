@@ -23,7 +23,7 @@ use crate::hl7::{
     HeaderKind, Message, Verdict, build_ack,
 };
 use crate::outbox::{
-    Appended, DedupRequest, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox, Route,
+    Appended, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox, Route,
     RouteStatus,
 };
 use crate::rules::{RuleSet, Validation};
@@ -178,17 +178,16 @@ impl Ingest {
             routes,
             ack_code: decided.as_str().to_owned(),
             body_len: message.raw().len() as u64,
+            // Kept so a retransmit of an accepted message gets this very ACK again.
+            ack: if verdict == Verdict::Accept { ack.clone() } else { None },
+            dedup_key: None,
         };
-        let dedup = (verdict == Verdict::Accept).then(|| DedupRequest {
-            key: dedup_key(&message),
-            ack: ack.clone(),
-        });
         let stored = self
             .outbox
             .append(NewMessage {
                 record,
                 body: message.raw().clone(),
-                dedup,
+                dedup_key: (verdict == Verdict::Accept).then(|| dedup_key(&message)),
             })
             .await;
 

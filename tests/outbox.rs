@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use mfoundry::outbox::{
-    Appended, DedupRequest, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox,
+    Appended, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox,
     OutboxOptions, Route, RouteStatus,
 };
 use proptest::prelude::*;
@@ -101,9 +101,11 @@ fn message(outbox: &Outbox, control_id: &str, queued: &[&str], filtered: &[&str]
             ack_code: "AA".to_owned(),
             body_len: 3,
             routes,
+            ack: None,
+            dedup_key: None,
         },
         body: Bytes::from(format!("MSH|{control_id}")),
-        dedup: None,
+        dedup_key: None,
     }
 }
 
@@ -185,15 +187,10 @@ async fn identical_frames_within_the_window_are_stored_once() {
     let memory = FaultyMemory::default();
     let (outbox, writer) = Outbox::open(options_with(&memory), &names(&["a"])).expect("opens");
     let mut first = message(&outbox, "D1", &["a"], &[]);
-    first.dedup = Some(DedupRequest {
-        key: [7; 32],
-        ack: Some(b"ACK-ORIGINAL".to_vec()),
-    });
+    first.record.ack = Some(b"ACK-ORIGINAL".to_vec());
+    first.dedup_key = Some([7; 32]);
     let mut again = first.clone();
-    again.dedup = Some(DedupRequest {
-        key: [7; 32],
-        ack: Some(b"ACK-NEW".to_vec()),
-    });
+    again.record.ack = Some(b"ACK-NEW".to_vec());
     assert_eq!(
         outbox.append(first).await.expect("stored"),
         Appended::Stored { id: 1 }
@@ -293,7 +290,7 @@ proptest! {
                 let queued: Vec<&str> = connectors.iter().zip(&step.targets)
                     .filter(|(_, on)| **on).map(|(name, _)| name.as_str()).collect();
                 let mut new = message(&outbox, &format!("S{index}"), &queued, &[]);
-                new.dedup = step.dedup_key.map(|key| DedupRequest { key: [key; 32], ack: None });
+                new.dedup_key = step.dedup_key.map(|key| [key; 32]);
                 let appended = outbox.append(new).await.expect("append");
                 match step.dedup_key.and_then(|key| model_dedup.get(&key).copied()) {
                     Some(original) => prop_assert_eq!(appended, Appended::Duplicate { id: original, ack: None }),
@@ -318,4 +315,35 @@ proptest! {
             Ok(())
         })?;
     }
+}
+
+#[tokio::test]
+async fn dedup_records_expire_after_the_window() {
+    let memory = FaultyMemory::default();
+    let mut options = options_with(&memory);
+    options.dedup_window = Some(std::time::Duration::from_millis(100));
+    let (outbox, writer) = Outbox::open(options, &names(&["a"])).expect("opens");
+    let now = || chrono::Utc::now().timestamp_micros();
+    let mut first = message(&outbox, "E1", &["a"], &[]);
+    first.record.received_at_micros = now();
+    first.dedup_key = Some([1; 32]);
+    assert_eq!(outbox.append(first.clone()).await.expect("stored"), Appended::Stored { id: 1 });
+    assert!(matches!(
+        outbox.append(first.clone()).await.expect("answered"),
+        Appended::Duplicate { id: 1, .. }
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    // Any commit expires what is older than the window; then the same frame is new again.
+    let mut other = message(&outbox, "E2", &["a"], &[]);
+    other.record.received_at_micros = now();
+    outbox.append(other).await.expect("stored");
+    assert_eq!(
+        outbox.stats().dedup_entries.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the expired entry is gone, not just ignored"
+    );
+    first.record.received_at_micros = now();
+    assert_eq!(outbox.append(first).await.expect("stored"), Appended::Stored { id: 3 });
+    drop(outbox);
+    writer.join();
 }

@@ -77,7 +77,7 @@ fn variables_carry_the_documented_fields() {
         "size(segments('OBX')) == 2 && segments('OBX')[0][5] == '196' && segments('PID')[0].name == 'PID'",
         "inbound == 'mllp'",
         "pid.?country.orValue('') == 'USA'",
-        "has(pid.id) && !has(pid.nothing)",
+        "has(pid.id) && has(pv1.patient_class)",
     ] {
         assert!(passes(expression), "{expression}");
     }

@@ -107,6 +107,10 @@ pub struct FileConfig {
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
     pub dedup_window: SpannedScalar,
+    /// Same as `DEDUP_MAX_ENTRIES`.
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub dedup_max_entries: SpannedScalar,
     /// Same as `LISTENER_NAME`.
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
@@ -130,7 +134,7 @@ pub struct FileConfig {
 impl FileConfig {
     /// The scalar settings that are present, by lower-case key.
     pub fn scalars(&self) -> BTreeMap<&'static str, &Spanned<ScalarText>> {
-        let fields: [(&'static str, &SpannedScalar); 13] = [
+        let fields: [(&'static str, &SpannedScalar); 14] = [
             ("listen_addr", &self.listen_addr),
             ("max_connections", &self.max_connections),
             ("idle_timeout", &self.idle_timeout),
@@ -141,6 +145,7 @@ impl FileConfig {
             ("default_character_set", &self.default_character_set),
             ("data_dir", &self.data_dir),
             ("dedup_window", &self.dedup_window),
+            ("dedup_max_entries", &self.dedup_max_entries),
             ("listener_name", &self.listener_name),
             ("rules_time_budget", &self.rules_time_budget),
             ("log_format", &self.log_format),

@@ -85,6 +85,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "1h",
     },
     EnvVar {
+        name: "DEDUP_MAX_ENTRIES",
+        default: "100000",
+    },
+    EnvVar {
         name: "RULES_TIME_BUDGET",
         default: "100ms",
     },
@@ -145,6 +149,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// `DEDUP_WINDOW`: how long an accepted frame is remembered; `None` disables.
     pub dedup_window: Option<Duration>,
+    /// `DEDUP_MAX_ENTRIES`: most accepted frames remembered at once.
+    pub dedup_max_entries: usize,
     /// `RULES_TIME_BUDGET`: the most time rules and filters may spend on one message.
     pub rules_time_budget: Duration,
     /// `LOG_FORMAT`.
@@ -320,6 +326,14 @@ impl Settings {
             PathBuf::new(),
         );
         let dedup_window = reader.read("DEDUP_WINDOW", optional_duration, None);
+        let dedup_max_entries = reader.read(
+            "DEDUP_MAX_ENTRIES",
+            |text| match text.trim().parse::<usize>() {
+                Ok(count) if (1..=100_000_000).contains(&count) => Ok(count),
+                _ => Err("expected a whole number from 1 to 100000000".to_owned()),
+            },
+            1,
+        );
         let rules_time_budget = reader.read(
             "RULES_TIME_BUDGET",
             |text| {
@@ -354,6 +368,7 @@ impl Settings {
             default_charset,
             data_dir,
             dedup_window,
+            dedup_max_entries,
             rules_time_budget,
             log_format,
         })

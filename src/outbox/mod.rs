@@ -13,8 +13,9 @@
 //! # Layout
 //! See [`schema`]: `messages` and `bodies` keyed by message id (`u64`, increasing), `queue`
 //! keyed by `(connector id u32, seq u64)` so a range scan of one connector is its FIFO,
-//! `dedup` + `dedup_expiry` for retransmit detection, `connectors` mapping names to ids, and
-//! `meta` holding counters and the format version.
+//! `connectors` mapping names to ids, and
+//! `meta` holding counters and the format version. Retransmit detection keeps its index in
+//! memory (see [`dedup`]); the key itself is stored in each accepted message's record.
 //!
 //! # Atomic fan-out
 //! A message, its body, one queue entry per connector its filters chose, and its dedup record
@@ -22,6 +23,7 @@
 //!
 //! The outbox knows nothing of HL7 or sockets: it stores what ingest hands it.
 
+mod dedup;
 pub mod schema;
 mod writer;
 
@@ -36,7 +38,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Sto
 use tokio::sync::{mpsc, oneshot};
 
 pub use schema::{
-    DedupRecord, Disposition, HeaderFields, MessageRecord, QueueEntry, Route, RouteStatus,
+    Disposition, HeaderFields, MessageRecord, QueueEntry, Route, RouteStatus,
 };
 
 /// Name of the database file inside `DATA_DIR`.
@@ -100,6 +102,8 @@ pub struct OutboxOptions {
     pub channel_capacity: usize,
     /// How long an accepted frame is remembered for retransmit detection; `None` disables.
     pub dedup_window: Option<Duration>,
+    /// Most accepted frames remembered for retransmit detection.
+    pub dedup_max_entries: usize,
     /// Storage backend to use instead of the file at `path`.
     pub backend: Option<BackendFactory>,
 }
@@ -113,6 +117,7 @@ impl std::fmt::Debug for OutboxOptions {
             .field("max_batch", &self.max_batch)
             .field("channel_capacity", &self.channel_capacity)
             .field("dedup_window", &self.dedup_window)
+            .field("dedup_max_entries", &self.dedup_max_entries)
             .field("custom_backend", &self.backend.is_some())
             .finish()
     }
@@ -127,6 +132,7 @@ impl OutboxOptions {
             max_batch: 512,
             channel_capacity: 4096,
             dedup_window: Some(Duration::from_secs(3600)),
+            dedup_max_entries: 100_000,
             backend: None,
         }
     }
@@ -135,21 +141,14 @@ impl OutboxOptions {
 /// A message to store.
 #[derive(Clone, Debug)]
 pub struct NewMessage {
-    /// Everything but the body.
+    /// Everything but the body (for an accepted message, `record.ack` is the ACK to replay to
+    /// retransmits).
     pub record: MessageRecord,
     /// The bytes as received.
     pub body: Bytes,
-    /// Set for accepted messages: the retransmit key and the ACK to replay.
-    pub dedup: Option<DedupRequest>,
-}
-
-/// Retransmit detection for one accepted message.
-#[derive(Clone, Debug)]
-pub struct DedupRequest {
-    /// SHA-256 over sender, control id and body.
-    pub key: [u8; 32],
-    /// The ACK that will be sent if the message is stored (None if none is sent).
-    pub ack: Option<Vec<u8>>,
+    /// Set for accepted messages: the retransmit key (SHA-256 over sender, control id and
+    /// body). Ignored when dedup is off.
+    pub dedup_key: Option<[u8; 32]>,
 }
 
 /// What `append` did.
@@ -184,6 +183,8 @@ pub struct OutboxStats {
     pub channel_full: AtomicU64,
     /// Times the database was reopened after an error.
     pub reopens: AtomicU64,
+    /// Accepted frames currently remembered for retransmit detection.
+    pub dedup_entries: AtomicU64,
 }
 
 struct Request {
@@ -238,12 +239,19 @@ impl Outbox {
     ) -> Result<(Self, WriterHandle), StoreError> {
         let database = writer::open_database(&options)?;
         let connectors = writer::register_connectors(&database, connector_names)?;
+        let dedup = writer::load_dedup_index(&database, &options)?;
         let shared = Arc::new(Shared {
             database: RwLock::new(Some(Arc::new(database))),
             stats: OutboxStats::default(),
         });
         let (requests, receiver) = mpsc::channel(options.channel_capacity.max(1));
-        let thread = writer::spawn(options, Arc::clone(&shared), receiver)?;
+        if let Some(index) = &dedup {
+            shared
+                .stats
+                .dedup_entries
+                .store(index.len() as u64, Ordering::Relaxed);
+        }
+        let thread = writer::spawn(options, Arc::clone(&shared), receiver, dedup)?;
         Ok((
             Self {
                 requests,

@@ -14,7 +14,7 @@ pub const FORMAT_VERSION: u64 = 1;
 /// Version byte in front of every encoded record.
 const RECORD_VERSION: u8 = 1;
 
-/// `name → value`: `format_version`, `next_message_id`, `next_queue_seq`, `next_connector_id`.
+/// `name → value`: `format_version`, `next_message_id`, `next_connector_id`.
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `message id → MessageRecord` (everything but the body).
 pub const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
@@ -23,14 +23,9 @@ pub const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
 /// `connector name → connector id`; ids are never reused.
 pub const CONNECTORS: TableDefinition<&str, u32> = TableDefinition::new("connectors");
 /// `(connector id, queue seq) → QueueEntry`. A range scan over one connector id yields its
-/// queue in commit order (FIFO).
+/// queue in commit order (FIFO). A message's first queue entries use its id as the seq;
+/// anything re-queued later takes a fresh id from the same counter, so it sorts last.
 pub const QUEUE: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("queue");
-/// `dedup key → DedupRecord`: frames accepted recently, for retransmit detection.
-pub const DEDUP: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("dedup");
-/// `(accepted at µs, dedup key) → ()`: the dedup records in age order, for expiry.
-pub const DEDUP_EXPIRY: TableDefinition<(i64, &[u8; 32]), ()> =
-    TableDefinition::new("dedup_expiry");
-
 /// What became of a message at intake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Disposition {
@@ -120,6 +115,11 @@ pub struct MessageRecord {
     pub ack_code: String,
     /// Length of the body in bytes.
     pub body_len: u64,
+    /// The ACK sent for an accepted message (replayed to retransmits); None otherwise or when
+    /// MSH-15/16 asked for none.
+    pub ack: Option<Vec<u8>>,
+    /// The retransmit key, when the message was accepted and dedup is on.
+    pub dedup_key: Option<[u8; 32]>,
 }
 
 /// A queue entry: which message, and its delivery state.
@@ -133,17 +133,6 @@ pub struct QueueEntry {
     pub next_attempt_micros: i64,
     /// Last delivery error, if any.
     pub last_error: Option<String>,
-}
-
-/// A recently accepted frame and the ACK it got.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DedupRecord {
-    /// The stored message.
-    pub message_id: u64,
-    /// When it was accepted, µs since the epoch.
-    pub accepted_at_micros: i64,
-    /// The ACK sent (None when MSH-15/16 asked for none).
-    pub ack: Option<Vec<u8>>,
 }
 
 /// Encode a record: version byte, then postcard.

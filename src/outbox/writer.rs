@@ -5,18 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redb::{Database, Durability, ReadableTable, StorageBackend};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, StorageBackend};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use super::dedup::{DedupIndex, prefix};
 use super::schema::{
-    self, BODIES, CONNECTORS, DEDUP, DEDUP_EXPIRY, DedupRecord, FORMAT_VERSION, MESSAGES, META,
-    QUEUE, QueueEntry, RouteStatus,
+    self, BODIES, CONNECTORS, FORMAT_VERSION, MESSAGES, META, MessageRecord, QUEUE, QueueEntry,
+    RouteStatus,
 };
 use super::{Appended, OutboxOptions, Request, Shared, StoreError};
-
-/// Most expired dedup records removed per transaction, so expiry never delays a batch much.
-const EXPIRY_PER_BATCH: usize = 256;
 
 /// Adapts a boxed backend to redb's `impl StorageBackend` parameter.
 #[derive(Debug)]
@@ -84,8 +82,6 @@ pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreEr
         transaction.open_table(BODIES)?;
         transaction.open_table(CONNECTORS)?;
         transaction.open_table(QUEUE)?;
-        transaction.open_table(DEDUP)?;
-        transaction.open_table(DEDUP_EXPIRY)?;
     }
     transaction.commit()?;
     Ok(database)
@@ -125,15 +121,32 @@ pub(super) fn register_connectors(
     Ok(ids)
 }
 
+/// The retransmit index, rebuilt from the newest message records (None when dedup is off).
+pub(super) fn load_dedup_index(
+    database: &Database,
+    options: &OutboxOptions,
+) -> Result<Option<DedupIndex>, StoreError> {
+    let Some(window) = options.dedup_window else {
+        return Ok(None);
+    };
+    let window = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
+    let mut index = DedupIndex::new(window, options.dedup_max_entries);
+    let messages = database.begin_read()?.open_table(MESSAGES)?;
+    index.rebuild(&messages, now_micros())?;
+    Ok(Some(index))
+}
+
 pub(super) fn spawn(
     options: OutboxOptions,
     shared: Arc<Shared>,
     receiver: mpsc::Receiver<Request>,
+    dedup: Option<DedupIndex>,
 ) -> Result<std::thread::JoinHandle<()>, StoreError> {
     let writer = Writer {
         options,
         shared,
-        counters: None,
+        next_id: None,
+        dedup,
     };
     std::thread::Builder::new()
         .name("outbox-writer".to_owned())
@@ -144,8 +157,10 @@ pub(super) fn spawn(
 struct Writer {
     options: OutboxOptions,
     shared: Arc<Shared>,
-    /// `(next message id, next queue seq)`, read from `meta` after each (re)open.
-    counters: Option<(u64, u64)>,
+    /// Next message id, read from `meta` after each (re)open.
+    next_id: Option<u64>,
+    /// Recently accepted frames; only committed ones are in it.
+    dedup: Option<DedupIndex>,
 }
 
 impl Writer {
@@ -209,7 +224,7 @@ impl Writer {
     /// Drop the current handle and open the database again. After an I/O error redb refuses
     /// further use of a handle, and a retried fsync cannot be trusted: start from what is on disk.
     fn reopen(&mut self) {
-        self.counters = None;
+        self.next_id = None;
         if let Ok(mut slot) = self.shared.database.write() {
             slot.take();
         }
@@ -237,49 +252,51 @@ impl Writer {
         let mut transaction = database.begin_write()?;
         transaction.set_durability(Durability::Immediate)?;
         let now = now_micros();
-        let window = self
-            .options
-            .dedup_window
-            .map(|window| i64::try_from(window.as_micros()).unwrap_or(i64::MAX));
         let mut outcomes = Vec::with_capacity(batch.len());
-        let counters;
+        // Accepted in this transaction: (key prefix, id), entered in the index after the commit.
+        let mut accepted: Vec<(u64, u64)> = Vec::new();
+        let next_id_after;
         {
             let mut meta = transaction.open_table(META)?;
             let mut messages = transaction.open_table(MESSAGES)?;
             let mut bodies = transaction.open_table(BODIES)?;
             let mut queue = transaction.open_table(QUEUE)?;
-            let mut dedup = transaction.open_table(DEDUP)?;
-            let mut dedup_expiry = transaction.open_table(DEDUP_EXPIRY)?;
-            let (mut next_id, mut next_seq) = match self.counters {
-                Some(counters) => counters,
-                None => (
-                    schema::read_meta(&meta, "next_message_id")?.max(1),
-                    schema::read_meta(&meta, "next_queue_seq")?.max(1),
-                ),
+            let mut next_id = match self.next_id {
+                Some(next_id) => next_id,
+                None => schema::read_meta(&meta, "next_message_id")?.max(1),
             };
             for request in batch {
                 let message = &request.message;
-                let dedup_request = message.dedup.as_ref().filter(|_| window.is_some());
-                if let (Some(dedup_request), Some(window)) = (dedup_request, window) {
-                    let existing = match dedup.get(&dedup_request.key)? {
-                        Some(value) => Some(schema::decode::<DedupRecord>(value.value())?),
-                        None => None,
-                    };
-                    if let Some(existing) = existing
-                        && now.saturating_sub(existing.accepted_at_micros) < window
-                    {
-                        outcomes.push(Appended::Duplicate {
-                            id: existing.message_id,
-                            ack: existing.ack,
-                        });
-                        continue;
+                let dedup_key = message.dedup_key.filter(|_| self.dedup.is_some());
+                if let (Some(key), Some(index)) = (dedup_key, &self.dedup) {
+                    let key_prefix = prefix(&key);
+                    let candidate = accepted
+                        .iter()
+                        .rev()
+                        .find(|(pending, _)| *pending == key_prefix)
+                        .map(|(_, id)| *id)
+                        .or_else(|| index.candidate(key_prefix, now));
+                    if let Some(original) = candidate {
+                        let stored = match messages.get(original)? {
+                            Some(value) => Some(schema::decode::<MessageRecord>(value.value())?),
+                            None => None,
+                        };
+                        if let Some(stored) = stored.filter(|stored| stored.dedup_key == Some(key)) {
+                            outcomes.push(Appended::Duplicate {
+                                id: original,
+                                ack: stored.ack,
+                            });
+                            continue;
+                        }
                     }
                 }
                 let id = next_id;
                 next_id += 1;
-                messages.insert(id, schema::encode(&message.record)?.as_slice())?;
+                let mut record = message.record.clone();
+                record.dedup_key = dedup_key;
+                messages.insert(id, schema::encode(&record)?.as_slice())?;
                 bodies.insert(id, message.body.as_ref())?;
-                for route in &message.record.routes {
+                for route in &record.routes {
                     if route.status != RouteStatus::Queued {
                         continue;
                     }
@@ -289,63 +306,30 @@ impl Writer {
                         next_attempt_micros: 0,
                         last_error: None,
                     };
-                    queue.insert(
-                        (route.connector, next_seq),
-                        schema::encode(&entry)?.as_slice(),
-                    )?;
-                    next_seq += 1;
+                    queue.insert((route.connector, id), schema::encode(&entry)?.as_slice())?;
                 }
-                if let Some(dedup_request) = dedup_request {
-                    let record = DedupRecord {
-                        message_id: id,
-                        accepted_at_micros: now,
-                        ack: dedup_request.ack.clone(),
-                    };
-                    dedup.insert(&dedup_request.key, schema::encode(&record)?.as_slice())?;
-                    dedup_expiry.insert((now, &dedup_request.key), ())?;
+                if let Some(key) = dedup_key {
+                    accepted.push((prefix(&key), id));
                 }
                 outcomes.push(Appended::Stored { id });
             }
-            if let Some(window) = window {
-                expire_dedup(&mut dedup, &mut dedup_expiry, now.saturating_sub(window))?;
-            }
             meta.insert("next_message_id", next_id)?;
-            meta.insert("next_queue_seq", next_seq)?;
-            counters = (next_id, next_seq);
+            next_id_after = next_id;
         }
         transaction.commit()?;
-        self.counters = Some(counters);
+        self.next_id = Some(next_id_after);
+        if let Some(index) = &mut self.dedup {
+            for (key_prefix, id) in accepted {
+                index.insert(key_prefix, id, now);
+            }
+            index.expire(now);
+            self.shared
+                .stats
+                .dedup_entries
+                .store(index.len() as u64, Ordering::Relaxed);
+        }
         Ok(outcomes)
     }
-}
-
-/// Remove up to [`EXPIRY_PER_BATCH`] dedup records accepted before `cutoff`.
-fn expire_dedup(
-    dedup: &mut redb::Table<&'static [u8; 32], &'static [u8]>,
-    dedup_expiry: &mut redb::Table<(i64, &'static [u8; 32]), ()>,
-    cutoff: i64,
-) -> Result<(), StoreError> {
-    let mut expired: Vec<(i64, [u8; 32])> = Vec::new();
-    for entry in dedup_expiry.range(..(cutoff, &[0u8; 32]))? {
-        let (key, _) = entry?;
-        let (accepted_at, hash) = key.value();
-        expired.push((accepted_at, *hash));
-        if expired.len() >= EXPIRY_PER_BATCH {
-            break;
-        }
-    }
-    for (accepted_at, hash) in expired {
-        dedup_expiry.remove((accepted_at, &hash))?;
-        // A newer record under the same key (re-accepted after expiry) stays.
-        let current = match dedup.get(&hash)? {
-            Some(value) => Some(schema::decode::<DedupRecord>(value.value())?.accepted_at_micros),
-            None => None,
-        };
-        if current == Some(accepted_at) {
-            dedup.remove(&hash)?;
-        }
-    }
-    Ok(())
 }
 
 /// Microseconds since the Unix epoch.
