@@ -14,7 +14,9 @@ pub const FORMAT_VERSION: u64 = 1;
 /// Version byte in front of every encoded record.
 const RECORD_VERSION: u8 = 1;
 
-/// `name → value`: `format_version`, `next_message_id`, `next_connector_id`.
+/// `name → value`: `format_version`, `next_connector_id`, and `next_message_id`, a floor for
+/// new ids written only by whatever deletes the newest messages (new ids are otherwise one
+/// past the newest message key, so commits need not touch this table).
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `message id → MessageRecord` (everything but the body).
 pub const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");

@@ -257,13 +257,15 @@ impl Writer {
         let mut accepted: Vec<(u64, u64)> = Vec::new();
         let next_id_after;
         {
-            let mut meta = transaction.open_table(META)?;
             let mut messages = transaction.open_table(MESSAGES)?;
             let mut bodies = transaction.open_table(BODIES)?;
             let mut queue = transaction.open_table(QUEUE)?;
             let mut next_id = match self.next_id {
                 Some(next_id) => next_id,
-                None => schema::read_meta(&meta, "next_message_id")?.max(1),
+                None => {
+                    let meta = transaction.open_table(META)?;
+                    next_message_id(&meta, &messages)?
+                }
             };
             for request in batch {
                 let message = &request.message;
@@ -313,7 +315,6 @@ impl Writer {
                 }
                 outcomes.push(Appended::Stored { id });
             }
-            meta.insert("next_message_id", next_id)?;
             next_id_after = next_id;
         }
         transaction.commit()?;
@@ -330,6 +331,17 @@ impl Writer {
         }
         Ok(outcomes)
     }
+}
+
+/// The next message id: one past the newest message, or past `meta["next_message_id"]` if
+/// that is higher. The counter in `meta` is written only by whatever removes the newest
+/// messages (retention, later), so ids are never reused; commits need not touch `meta`.
+fn next_message_id(
+    meta: &impl ReadableTable<&'static str, u64>,
+    messages: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<u64, StoreError> {
+    let newest = messages.last()?.map(|(id, _)| id.value()).unwrap_or(0);
+    Ok(schema::read_meta(meta, "next_message_id")?.max(newest + 1))
 }
 
 /// Microseconds since the Unix epoch.
