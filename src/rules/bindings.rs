@@ -5,11 +5,12 @@
 //! binds an empty map. Only the variables some expression references are built.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use cel::Value;
-use cel::common::types::Type;
+use cel::common::types::{CelList, CelMap, CelMapKey, CelString, Type};
 use cel::common::value::{StaticVal, Val};
 
 use crate::hl7::{Charset, FieldPath, Message, Segment, unescape};
@@ -130,20 +131,6 @@ impl View<'_> {
             .unwrap_or_default()
     }
 
-    fn at(&self, segment: Option<Segment<'_>>, field: usize, component: Option<usize>) -> String {
-        let Some(segment) = segment else {
-            return String::new();
-        };
-        let raw = segment.field(field).unwrap_or_default();
-        let delimiters = self.message.delimiters();
-        let first = split(raw, delimiters.repetition, 0);
-        let value = match component {
-            Some(component) => split(first, delimiters.component, component - 1),
-            None => first,
-        };
-        self.text(value)
-    }
-
     /// `segments(name)`: every segment of that name as a map from field number to the text
     /// of the whole field (every repetition and component, separators kept), plus `"name"`.
     pub fn segments(&self, name: &str) -> Value {
@@ -208,88 +195,123 @@ impl Needed {
     }
 }
 
-fn map(entries: Vec<(&str, Value)>) -> Value {
-    let map: HashMap<cel::objects::Key, Value> = entries
+/// A boxed CEL map from static keys to values.
+fn map<'a>(entries: Vec<(&'static str, Box<dyn Val + 'a>)>) -> Box<dyn Val + 'a> {
+    let map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = entries
         .into_iter()
-        .map(|(key, value)| (key.to_owned().into(), value))
+        .map(|(key, value)| (CelMapKey::from(key), value))
         .collect();
-    Value::Map(map.into())
+    Box::new(CelMap::from(map))
 }
 
-fn text(value: String) -> Value {
-    Value::from(value)
+/// A boxed CEL string, borrowed when the text could be.
+fn text(value: Cow<'_, str>) -> Box<dyn Val + '_> {
+    Box::new(CelString::from(value))
 }
 
-impl View<'_> {
+impl<'a> View<'a> {
+    /// Like [`View::text`], but borrows the message bytes when no decoding is needed (UTF-8,
+    /// or ASCII in an ASCII-compatible set, without escape sequences): the common case.
+    fn text_cow(&self, raw: &'a [u8]) -> Cow<'a, str> {
+        let cut = |bytes: &'a [u8]| &bytes[..bytes.len().min(MAX_VALUE_BYTES)];
+        if let Cow::Borrowed(plain) = unescape(raw, self.message.delimiters()) {
+            let plain = cut(plain);
+            let ascii_compatible = self.charset.encoding().is_ascii_compatible();
+            if self.charset == Charset::UTF_8 || (ascii_compatible && plain.is_ascii()) {
+                // A cut inside a multi-byte character makes this fail: decode below instead.
+                if let Ok(text) = std::str::from_utf8(plain) {
+                    return Cow::Borrowed(text);
+                }
+            }
+        }
+        Cow::Owned(self.text(raw))
+    }
+
+    fn at_cow(&self, segment: Option<Segment<'a>>, field: usize, component: Option<usize>) -> Cow<'a, str> {
+        let Some(segment) = segment else {
+            return Cow::Borrowed("");
+        };
+        let raw = segment.field(field).unwrap_or_default();
+        let delimiters = self.message.delimiters();
+        let first = split(raw, delimiters.repetition, 0);
+        let value = match component {
+            Some(component) => split(first, delimiters.component, component - 1),
+            None => first,
+        };
+        self.text_cow(value)
+    }
+
     /// The `msh` map.
-    pub fn msh(&self) -> Value {
+    pub fn msh(&self) -> Box<dyn Val + 'a> {
         let header = self.message.segments().next();
         map(vec![
-            ("msg_type", text(self.at(header, 9, Some(1)))),
-            ("trigger", text(self.at(header, 9, Some(2)))),
-            ("structure", text(self.at(header, 9, Some(3)))),
-            ("sending_app", text(self.at(header, 3, Some(1)))),
-            ("sending_fac", text(self.at(header, 4, Some(1)))),
-            ("receiving_app", text(self.at(header, 5, Some(1)))),
-            ("receiving_fac", text(self.at(header, 6, Some(1)))),
-            ("control_id", text(self.at(header, 10, None))),
-            ("version", text(self.at(header, 12, Some(1)))),
-            ("processing_id", text(self.at(header, 11, Some(1)))),
-            ("charset", text(self.at(header, 18, None))),
+            ("msg_type", text(self.at_cow(header, 9, Some(1)))),
+            ("trigger", text(self.at_cow(header, 9, Some(2)))),
+            ("structure", text(self.at_cow(header, 9, Some(3)))),
+            ("sending_app", text(self.at_cow(header, 3, Some(1)))),
+            ("sending_fac", text(self.at_cow(header, 4, Some(1)))),
+            ("receiving_app", text(self.at_cow(header, 5, Some(1)))),
+            ("receiving_fac", text(self.at_cow(header, 6, Some(1)))),
+            ("control_id", text(self.at_cow(header, 10, None))),
+            ("version", text(self.at_cow(header, 12, Some(1)))),
+            ("processing_id", text(self.at_cow(header, 11, Some(1)))),
+            ("charset", text(self.at_cow(header, 18, None))),
         ])
     }
 
     /// The `pid` map (empty without a PID segment).
-    pub fn pid(&self) -> Value {
+    pub fn pid(&self) -> Box<dyn Val + 'a> {
         let Some(pid) = self.message.segment(b"PID", 1) else {
             return map(Vec::new());
         };
         let delimiters = self.message.delimiters();
         let ids = pid.field(3).unwrap_or_default();
-        let id_list: Vec<Value> = (0..MAX_LIST_ENTRIES)
+        let id_list: Vec<Box<dyn Val + 'a>> = (0..MAX_LIST_ENTRIES)
             .map_while(|index| crate::hl7::split_piece(ids, delimiters.repetition, index))
             .filter(|repetition| !repetition.is_empty())
-            .map(|repetition| text(self.text(split(repetition, delimiters.component, 0))))
+            .map(|repetition| text(self.text_cow(split(repetition, delimiters.component, 0))))
             .collect();
-        let name = self.at(Some(pid), 5, None);
+        let pid = Some(pid);
         map(vec![
-            ("id", text(self.at(Some(pid), 3, Some(1)))),
-            ("id_list", Value::List(Arc::new(id_list))),
-            ("name", text(name)),
-            ("family", text(self.at(Some(pid), 5, Some(1)))),
-            ("given", text(self.at(Some(pid), 5, Some(2)))),
-            ("dob", text(self.at(Some(pid), 7, Some(1)))),
-            ("sex", text(self.at(Some(pid), 8, None))),
-            ("ssn", text(self.at(Some(pid), 19, None))),
-            ("country", text(self.at(Some(pid), 11, Some(6)))),
+            ("id", text(self.at_cow(pid, 3, Some(1)))),
+            ("id_list", Box::new(CelList::from(id_list))),
+            ("name", text(self.at_cow(pid, 5, None))),
+            ("family", text(self.at_cow(pid, 5, Some(1)))),
+            ("given", text(self.at_cow(pid, 5, Some(2)))),
+            ("dob", text(self.at_cow(pid, 7, Some(1)))),
+            ("sex", text(self.at_cow(pid, 8, None))),
+            ("ssn", text(self.at_cow(pid, 19, None))),
+            ("country", text(self.at_cow(pid, 11, Some(6)))),
         ])
     }
 
     /// The `pv1` map (empty without a PV1 segment).
-    pub fn pv1(&self) -> Value {
+    pub fn pv1(&self) -> Box<dyn Val + 'a> {
         let Some(pv1) = self.message.segment(b"PV1", 1) else {
             return map(Vec::new());
         };
+        let pv1 = Some(pv1);
         map(vec![
-            ("patient_class", text(self.at(Some(pv1), 2, None))),
-            ("assigned_location", text(self.at(Some(pv1), 3, None))),
-            ("attending_doctor", text(self.at(Some(pv1), 7, None))),
-            ("admit_datetime", text(self.at(Some(pv1), 44, Some(1)))),
+            ("patient_class", text(self.at_cow(pv1, 2, None))),
+            ("assigned_location", text(self.at_cow(pv1, 3, None))),
+            ("attending_doctor", text(self.at_cow(pv1, 7, None))),
+            ("admit_datetime", text(self.at_cow(pv1, 44, Some(1)))),
         ])
     }
 
-    fn obx_map(&self, obx: Segment<'_>) -> Value {
+    fn obx_map(&self, obx: Segment<'a>) -> Box<dyn Val + 'a> {
+        let obx = Some(obx);
         map(vec![
-            ("value_type", text(self.at(Some(obx), 2, None))),
-            ("identifier", text(self.at(Some(obx), 3, Some(1)))),
-            ("value", text(self.at(Some(obx), 5, None))),
-            ("unit", text(self.at(Some(obx), 6, Some(1)))),
-            ("status", text(self.at(Some(obx), 11, None))),
+            ("value_type", text(self.at_cow(obx, 2, None))),
+            ("identifier", text(self.at_cow(obx, 3, Some(1)))),
+            ("value", text(self.at_cow(obx, 5, None))),
+            ("unit", text(self.at_cow(obx, 6, Some(1)))),
+            ("status", text(self.at_cow(obx, 11, None))),
         ])
     }
 
     /// The first OBX as a map (empty without one).
-    pub fn obx(&self) -> Value {
+    pub fn obx(&self) -> Box<dyn Val + 'a> {
         match self.message.segment(b"OBX", 1) {
             Some(obx) => self.obx_map(obx),
             None => map(Vec::new()),
@@ -297,14 +319,14 @@ impl View<'_> {
     }
 
     /// Every OBX as a list of maps.
-    pub fn obx_list(&self) -> Value {
-        let list: Vec<Value> = self
+    pub fn obx_list(&self) -> Box<dyn Val + 'a> {
+        let list: Vec<Box<dyn Val + 'a>> = self
             .message
             .segments()
             .filter(|segment| segment.name() == b"OBX")
             .take(MAX_LIST_ENTRIES)
             .map(|segment| self.obx_map(segment))
             .collect();
-        Value::List(Arc::new(list))
+        Box::new(CelList::from(list))
     }
 }

@@ -290,7 +290,9 @@ impl RuleSet {
     pub fn evaluate(&self, message: &Message, charset: Charset, inbound: &str) -> Evaluation {
         let started = Instant::now();
         let view = View { message, charset };
-        let mut scope = self.root.new_inner_scope();
+        // The variables borrow the message; the shared root lives longer.
+        let root: &Context<'_, '_> = &self.root;
+        let mut scope = root.new_inner_scope();
         let needed = self.needed;
         if needed.message {
             scope.add_variable_as_val(
@@ -302,19 +304,19 @@ impl RuleSet {
             );
         }
         if needed.msh {
-            scope.add_variable_from_value("msh", view.msh());
+            scope.add_variable_as_val("msh", view.msh());
         }
         if needed.pid {
-            scope.add_variable_from_value("pid", view.pid());
+            scope.add_variable_as_val("pid", view.pid());
         }
         if needed.pv1 {
-            scope.add_variable_from_value("pv1", view.pv1());
+            scope.add_variable_as_val("pv1", view.pv1());
         }
         if needed.obx {
-            scope.add_variable_from_value("obx", view.obx());
+            scope.add_variable_as_val("obx", view.obx());
         }
         if needed.obx_list {
-            scope.add_variable_from_value("obx_list", view.obx_list());
+            scope.add_variable_as_val("obx_list", view.obx_list());
         }
         if needed.inbound {
             scope.add_variable_from_value("inbound", inbound.to_owned());
