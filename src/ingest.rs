@@ -181,6 +181,7 @@ impl Ingest {
             // Kept so a retransmit of an accepted message gets this very ACK again.
             ack: if verdict == Verdict::Accept { ack.clone() } else { None },
             dedup_key: None,
+            body_inline: false,
         };
         let stored = self
             .outbox

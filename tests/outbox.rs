@@ -103,6 +103,7 @@ fn message(outbox: &Outbox, control_id: &str, queued: &[&str], filtered: &[&str]
             routes,
             ack: None,
             dedup_key: None,
+            body_inline: false,
         },
         body: Bytes::from(format!("MSH|{control_id}")),
         dedup_key: None,
@@ -178,6 +179,28 @@ async fn fan_out_is_fifo_per_connector_and_records_filtered_routes() {
         .await
         .expect("stored");
     assert_eq!(appended, Appended::Stored { id: 21 });
+    drop(outbox);
+    writer.join();
+}
+
+#[tokio::test]
+async fn large_bodies_are_stored_apart_and_read_back_unchanged() {
+    let memory = FaultyMemory::default();
+    let (outbox, writer) = Outbox::open(options_with(&memory), &names(&["a"])).expect("opens");
+    let mut small = message(&outbox, "SMALL", &["a"], &[]);
+    small.body = Bytes::from(vec![b's'; 100]);
+    let mut large = message(&outbox, "LARGE", &["a"], &[]);
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    large.body = Bytes::from(big.clone());
+    outbox.append(small).await.expect("stored");
+    outbox.append(large).await.expect("stored");
+    let snapshot = outbox.snapshot().expect("snapshot");
+    assert_eq!(snapshot.body(1).expect("read"), Some(vec![b's'; 100]));
+    assert_eq!(snapshot.body(2).expect("read"), Some(big));
+    assert!(snapshot.message(1).expect("read").expect("exists").body_inline);
+    assert!(!snapshot.message(2).expect("read").expect("exists").body_inline);
+    assert_eq!(snapshot.body(3).expect("read"), None);
+    drop(snapshot);
     drop(outbox);
     writer.join();
 }

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use redb::ReadableTable;
 
 use super::StoreError;
-use super::schema::{self, MessageRecord};
+use super::schema;
 
 /// Recently accepted frames, newest last.
 #[derive(Debug)]
@@ -53,7 +53,7 @@ impl DedupIndex {
         let mut newest_first = Vec::new();
         for entry in messages.iter()?.rev() {
             let (id, value) = entry?;
-            let record: MessageRecord = schema::decode(value.value())?;
+            let (record, _) = schema::decode_message(value.value())?;
             if record.received_at_micros < cutoff || newest_first.len() >= self.max_entries {
                 break;
             }

@@ -11,7 +11,8 @@
 //! use of the handle; a retried fsync cannot be trusted).
 //!
 //! # Layout
-//! See [`schema`]: `messages` and `bodies` keyed by message id (`u64`, increasing), `queue`
+//! See [`schema`]: `messages` (record, and the body when small) and `bodies` (large bodies)
+//! keyed by message id (`u64`, increasing), `queue`
 //! keyed by `(connector id u32, seq u64)` so a range scan of one connector is its FIFO,
 //! `connectors` mapping names to ids, and
 //! `meta` holding counters and the format version. Retransmit detection keeps its index in
@@ -327,13 +328,20 @@ impl Snapshot {
     pub fn message(&self, id: u64) -> Result<Option<MessageRecord>, StoreError> {
         let table = self.transaction.open_table(schema::MESSAGES)?;
         match table.get(id)? {
-            Some(value) => Ok(Some(schema::decode(value.value())?)),
+            Some(value) => Ok(Some(schema::decode_message(value.value())?.0)),
             None => Ok(None),
         }
     }
 
     /// One message's body.
     pub fn body(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let messages = self.transaction.open_table(schema::MESSAGES)?;
+        let Some(value) = messages.get(id)? else {
+            return Ok(None);
+        };
+        if let (_, Some(inline)) = schema::decode_message(value.value())? {
+            return Ok(Some(inline.to_vec()));
+        }
         let table = self.transaction.open_table(schema::BODIES)?;
         Ok(table.get(id)?.map(|value| value.value().to_vec()))
     }
@@ -344,7 +352,7 @@ impl Snapshot {
         let mut out = Vec::new();
         for entry in table.iter()? {
             let (key, value) = entry?;
-            out.push((key.value(), schema::decode(value.value())?));
+            out.push((key.value(), schema::decode_message(value.value())?.0));
         }
         Ok(out)
     }

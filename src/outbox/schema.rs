@@ -18,10 +18,15 @@ const RECORD_VERSION: u8 = 1;
 /// new ids written only by whatever deletes the newest messages (new ids are otherwise one
 /// past the newest message key, so commits need not touch this table).
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// `message id → MessageRecord` (everything but the body).
+/// `message id → MessageRecord`, followed by the received bytes when the body is at most
+/// [`INLINE_BODY_MAX`] bytes (see [`encode_message`]).
 pub const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
-/// `message id → received bytes`, exactly as they arrived.
+/// `message id → received bytes`, for bodies larger than [`INLINE_BODY_MAX`] (an ORU with an
+/// embedded PDF), so scans over `messages` stay cheap.
 pub const BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("bodies");
+/// Largest body stored inline in its `messages` value. Inline saves a table per commit for
+/// ordinary messages; every table a commit touches costs a root update.
+pub const INLINE_BODY_MAX: usize = 16 * 1024;
 /// `connector name → connector id`; ids are never reused.
 pub const CONNECTORS: TableDefinition<&str, u32> = TableDefinition::new("connectors");
 /// `(connector id, queue seq) → QueueEntry`. A range scan over one connector id yields its
@@ -122,6 +127,9 @@ pub struct MessageRecord {
     pub ack: Option<Vec<u8>>,
     /// The retransmit key, when the message was accepted and dedup is on.
     pub dedup_key: Option<[u8; 32]>,
+    /// True when the body follows the record in the `messages` value; false when it is in
+    /// `bodies`. Set by the writer.
+    pub body_inline: bool,
 }
 
 /// A queue entry: which message, and its delivery state.
@@ -151,6 +159,31 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> 
     match bytes.split_first() {
         Some((&RECORD_VERSION, body)) => {
             postcard::from_bytes(body).map_err(|error| StoreError::Encoding(error.to_string()))
+        }
+        Some((version, _)) => Err(StoreError::Encoding(format!(
+            "record version {version} is not known to this mfoundry"
+        ))),
+        None => Err(StoreError::Encoding("empty record".to_owned())),
+    }
+}
+
+/// Encode a `messages` value: the record, then the inline body if any.
+pub fn encode_message(record: &MessageRecord, inline_body: Option<&[u8]>) -> Result<Vec<u8>, StoreError> {
+    let mut out = encode(record)?;
+    if let Some(body) = inline_body {
+        out.extend_from_slice(body);
+    }
+    Ok(out)
+}
+
+/// Decode a `messages` value: the record and, if stored inline, the body.
+pub fn decode_message(bytes: &[u8]) -> Result<(MessageRecord, Option<&[u8]>), StoreError> {
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, rest)) => {
+            let (record, body): (MessageRecord, &[u8]) = postcard::take_from_bytes(rest)
+                .map_err(|error| StoreError::Encoding(error.to_string()))?;
+            let inline = record.body_inline.then_some(body);
+            Ok((record, inline))
         }
         Some((version, _)) => Err(StoreError::Encoding(format!(
             "record version {version} is not known to this mfoundry"

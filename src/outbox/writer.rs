@@ -11,7 +11,7 @@ use tracing::{error, info, warn};
 
 use super::dedup::{DedupIndex, prefix};
 use super::schema::{
-    self, BODIES, CONNECTORS, FORMAT_VERSION, MESSAGES, META, MessageRecord, QUEUE, QueueEntry,
+    self, BODIES, CONNECTORS, FORMAT_VERSION, INLINE_BODY_MAX, MESSAGES, META, QUEUE, QueueEntry,
     RouteStatus,
 };
 use super::{Appended, OutboxOptions, Request, Shared, StoreError};
@@ -258,7 +258,6 @@ impl Writer {
         let next_id_after;
         {
             let mut messages = transaction.open_table(MESSAGES)?;
-            let mut bodies = transaction.open_table(BODIES)?;
             let mut queue = transaction.open_table(QUEUE)?;
             let mut next_id = match self.next_id {
                 Some(next_id) => next_id,
@@ -280,7 +279,7 @@ impl Writer {
                         .or_else(|| index.candidate(key_prefix, now));
                     if let Some(original) = candidate {
                         let stored = match messages.get(original)? {
-                            Some(value) => Some(schema::decode::<MessageRecord>(value.value())?),
+                            Some(value) => Some(schema::decode_message(value.value())?.0),
                             None => None,
                         };
                         if let Some(stored) = stored.filter(|stored| stored.dedup_key == Some(key)) {
@@ -296,8 +295,14 @@ impl Writer {
                 next_id += 1;
                 let mut record = message.record.clone();
                 record.dedup_key = dedup_key;
-                messages.insert(id, schema::encode(&record)?.as_slice())?;
-                bodies.insert(id, message.body.as_ref())?;
+                record.body_inline = message.body.len() <= INLINE_BODY_MAX;
+                let inline = record.body_inline.then_some(message.body.as_ref());
+                messages.insert(id, schema::encode_message(&record, inline)?.as_slice())?;
+                if !record.body_inline {
+                    transaction
+                        .open_table(BODIES)?
+                        .insert(id, message.body.as_ref())?;
+                }
                 for route in &record.routes {
                     if route.status != RouteStatus::Queued {
                         continue;
