@@ -23,8 +23,7 @@ use crate::hl7::{
     HeaderKind, Message, Verdict, build_ack,
 };
 use crate::outbox::{
-    Appended, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox, Route,
-    RouteStatus,
+    Appended, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox, Route, RouteStatus,
 };
 use crate::rules::{RuleSet, Validation};
 
@@ -179,7 +178,11 @@ impl Ingest {
             ack_code: decided.as_str().to_owned(),
             body_len: message.raw().len() as u64,
             // Kept so a retransmit of an accepted message gets this very ACK again.
-            ack: if verdict == Verdict::Accept { ack.clone() } else { None },
+            ack: if verdict == Verdict::Accept {
+                ack.clone()
+            } else {
+                None
+            },
             dedup_key: None,
             body_inline: false,
         };

@@ -72,7 +72,11 @@ fn start(directory: &Path) -> (Child, String) {
 /// The message a sender sends: type and sex follow the sequence number, so the expected
 /// routes can be computed from the control id alone.
 fn message(sender: usize, sequence: usize) -> (String, Vec<u8>) {
-    let msg_type = if sequence.is_multiple_of(2) { "ADT" } else { "ORU" };
+    let msg_type = if sequence.is_multiple_of(2) {
+        "ADT"
+    } else {
+        "ORU"
+    };
     let sex = if sequence.is_multiple_of(3) { "F" } else { "M" };
     let control_id = format!("S{sender}-{sequence}-{msg_type}-{sex}");
     let body = format!(

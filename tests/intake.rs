@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{connect, expect_ack, field, framed, write};
@@ -251,55 +251,9 @@ async fn a_resent_identical_frame_gets_the_original_ack_and_one_queue_entry() {
     assert!(app.shutdown(Duration::from_secs(5)).await);
 }
 
-/// In-memory storage whose fsync fails while `fail` is set.
-#[derive(Debug, Clone, Default)]
-struct FlakyDisk {
-    bytes: Arc<std::sync::RwLock<Vec<u8>>>,
-    fail: Arc<AtomicBool>,
-}
-
-impl redb::StorageBackend for FlakyDisk {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        Ok(self.bytes.read().expect("lock").len() as u64)
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        let bytes = self.bytes.read().expect("lock");
-        let start = usize::try_from(offset).expect("offset");
-        out.copy_from_slice(
-            bytes
-                .get(start..start + out.len())
-                .ok_or_else(|| std::io::Error::other("short read"))?,
-        );
-        Ok(())
-    }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.bytes
-            .write()
-            .expect("lock")
-            .resize(usize::try_from(len).expect("len"), 0);
-        Ok(())
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        if self.fail.load(Ordering::SeqCst) {
-            Err(std::io::Error::other("injected: disk failure"))
-        } else {
-            Ok(())
-        }
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        let mut bytes = self.bytes.write().expect("lock");
-        let start = usize::try_from(offset).expect("offset");
-        if bytes.len() < start + data.len() {
-            bytes.resize(start + data.len(), 0);
-        }
-        bytes[start..start + data.len()].copy_from_slice(data);
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn no_aa_is_sent_when_the_commit_fails() {
-    let disk = FlakyDisk::default();
+    let disk = common::MemoryDisk::default();
     let directory = tempfile::tempdir().expect("tempdir");
     let config = common::config(directory.path(), Some(YAML), &[]);
     let factory_disk = disk.clone();
@@ -322,7 +276,7 @@ async fn no_aa_is_sent_when_the_commit_fails() {
     .await;
     assert_eq!(field(&expect_ack(&mut stream).await, "MSA", 1), "AA");
 
-    disk.fail.store(true, Ordering::SeqCst);
+    disk.fail_sync.store(true, Ordering::SeqCst);
     for index in 0..5 {
         let control_id = format!("FAIL{index}");
         write(
@@ -340,7 +294,7 @@ async fn no_aa_is_sent_when_the_commit_fails() {
         assert!(field(&ack, "ERR", 8).contains("could not be stored"));
     }
 
-    disk.fail.store(false, Ordering::SeqCst);
+    disk.fail_sync.store(false, Ordering::SeqCst);
     let mut accepted = false;
     for attempt in 0..20 {
         let control_id = format!("AFTER{attempt}");

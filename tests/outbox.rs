@@ -1,63 +1,22 @@
 //! The outbox on its own: FIFO per connector, atomic fan-out, dedup, failed commits, and a
 //! model test against a plain in-memory queue model.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use common::MemoryDisk;
 use mfoundry::outbox::{
-    Appended, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox,
-    OutboxOptions, Route, RouteStatus,
+    Appended, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox, OutboxOptions, Route,
+    RouteStatus,
 };
 use proptest::prelude::*;
 use redb::StorageBackend;
 
-/// In-memory storage shared across reopens; `sync_data` fails while `fail_sync` is set.
-#[derive(Debug, Clone, Default)]
-struct FaultyMemory {
-    bytes: Arc<RwLock<Vec<u8>>>,
-    fail_sync: Arc<AtomicBool>,
-}
-
-impl StorageBackend for FaultyMemory {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        Ok(self.bytes.read().expect("lock").len() as u64)
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        let bytes = self.bytes.read().expect("lock");
-        let start = usize::try_from(offset).expect("offset");
-        let source = bytes
-            .get(start..start + out.len())
-            .ok_or_else(|| std::io::Error::other("read past end"))?;
-        out.copy_from_slice(source);
-        Ok(())
-    }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.bytes
-            .write()
-            .expect("lock")
-            .resize(usize::try_from(len).expect("len"), 0);
-        Ok(())
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        if self.fail_sync.load(Ordering::SeqCst) {
-            return Err(std::io::Error::other("injected fsync failure"));
-        }
-        Ok(())
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        let mut bytes = self.bytes.write().expect("lock");
-        let start = usize::try_from(offset).expect("offset");
-        if bytes.len() < start + data.len() {
-            bytes.resize(start + data.len(), 0);
-        }
-        bytes[start..start + data.len()].copy_from_slice(data);
-        Ok(())
-    }
-}
-
-fn options_with(memory: &FaultyMemory) -> OutboxOptions {
+fn options_with(memory: &MemoryDisk) -> OutboxOptions {
     let memory = memory.clone();
     let mut options = OutboxOptions::new("memory".into());
     options.backend = Some(Arc::new(move || {
@@ -112,7 +71,7 @@ fn message(outbox: &Outbox, control_id: &str, queued: &[&str], filtered: &[&str]
 
 #[tokio::test]
 async fn fan_out_is_fifo_per_connector_and_records_filtered_routes() {
-    let memory = FaultyMemory::default();
+    let memory = MemoryDisk::default();
     let (outbox, writer) =
         Outbox::open(options_with(&memory), &names(&["a", "b", "c"])).expect("opens");
     for index in 0..20 {
@@ -185,7 +144,7 @@ async fn fan_out_is_fifo_per_connector_and_records_filtered_routes() {
 
 #[tokio::test]
 async fn large_bodies_are_stored_apart_and_read_back_unchanged() {
-    let memory = FaultyMemory::default();
+    let memory = MemoryDisk::default();
     let (outbox, writer) = Outbox::open(options_with(&memory), &names(&["a"])).expect("opens");
     let mut small = message(&outbox, "SMALL", &["a"], &[]);
     small.body = Bytes::from(vec![b's'; 100]);
@@ -197,8 +156,20 @@ async fn large_bodies_are_stored_apart_and_read_back_unchanged() {
     let snapshot = outbox.snapshot().expect("snapshot");
     assert_eq!(snapshot.body(1).expect("read"), Some(vec![b's'; 100]));
     assert_eq!(snapshot.body(2).expect("read"), Some(big));
-    assert!(snapshot.message(1).expect("read").expect("exists").body_inline);
-    assert!(!snapshot.message(2).expect("read").expect("exists").body_inline);
+    assert!(
+        snapshot
+            .message(1)
+            .expect("read")
+            .expect("exists")
+            .body_inline
+    );
+    assert!(
+        !snapshot
+            .message(2)
+            .expect("read")
+            .expect("exists")
+            .body_inline
+    );
     assert_eq!(snapshot.body(3).expect("read"), None);
     drop(snapshot);
     drop(outbox);
@@ -207,7 +178,7 @@ async fn large_bodies_are_stored_apart_and_read_back_unchanged() {
 
 #[tokio::test]
 async fn identical_frames_within_the_window_are_stored_once() {
-    let memory = FaultyMemory::default();
+    let memory = MemoryDisk::default();
     let (outbox, writer) = Outbox::open(options_with(&memory), &names(&["a"])).expect("opens");
     let mut first = message(&outbox, "D1", &["a"], &[]);
     first.record.ack = Some(b"ACK-ORIGINAL".to_vec());
@@ -241,7 +212,7 @@ async fn identical_frames_within_the_window_are_stored_once() {
 
 #[tokio::test]
 async fn a_failed_commit_stores_nothing_and_the_writer_recovers() {
-    let memory = FaultyMemory::default();
+    let memory = MemoryDisk::default();
     let (outbox, writer) = Outbox::open(options_with(&memory), &names(&["a"])).expect("opens");
     outbox
         .append(message(&outbox, "BEFORE", &["a"], &[]))
@@ -303,7 +274,7 @@ proptest! {
     fn outbox_matches_a_simple_queue_model(steps in proptest::collection::vec(step(), 1..40)) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async {
-            let memory = FaultyMemory::default();
+            let memory = MemoryDisk::default();
             let connectors = names(&["x", "y", "z"]);
             let (outbox, writer) = Outbox::open(options_with(&memory), &connectors).expect("opens");
             let mut model_queues: BTreeMap<String, Vec<u64>> = BTreeMap::new();
@@ -342,7 +313,7 @@ proptest! {
 
 #[tokio::test]
 async fn dedup_records_expire_after_the_window() {
-    let memory = FaultyMemory::default();
+    let memory = MemoryDisk::default();
     let mut options = options_with(&memory);
     options.dedup_window = Some(std::time::Duration::from_millis(100));
     let (outbox, writer) = Outbox::open(options, &names(&["a"])).expect("opens");
@@ -350,7 +321,10 @@ async fn dedup_records_expire_after_the_window() {
     let mut first = message(&outbox, "E1", &["a"], &[]);
     first.record.received_at_micros = now();
     first.dedup_key = Some([1; 32]);
-    assert_eq!(outbox.append(first.clone()).await.expect("stored"), Appended::Stored { id: 1 });
+    assert_eq!(
+        outbox.append(first.clone()).await.expect("stored"),
+        Appended::Stored { id: 1 }
+    );
     assert!(matches!(
         outbox.append(first.clone()).await.expect("answered"),
         Appended::Duplicate { id: 1, .. }
@@ -361,12 +335,18 @@ async fn dedup_records_expire_after_the_window() {
     other.record.received_at_micros = now();
     outbox.append(other).await.expect("stored");
     assert_eq!(
-        outbox.stats().dedup_entries.load(std::sync::atomic::Ordering::Relaxed),
+        outbox
+            .stats()
+            .dedup_entries
+            .load(std::sync::atomic::Ordering::Relaxed),
         0,
         "the expired entry is gone, not just ignored"
     );
     first.record.received_at_micros = now();
-    assert_eq!(outbox.append(first).await.expect("stored"), Appended::Stored { id: 3 });
+    assert_eq!(
+        outbox.append(first).await.expect("stored"),
+        Appended::Stored { id: 3 }
+    );
     drop(outbox);
     writer.join();
 }

@@ -94,7 +94,10 @@ impl DedupIndex {
 
     fn evict_front(&mut self) {
         if let Some((key_prefix, id, _)) = self.order.pop_front()
-            && self.by_prefix.get(&key_prefix).is_some_and(|(newest, _)| *newest == id)
+            && self
+                .by_prefix
+                .get(&key_prefix)
+                .is_some_and(|(newest, _)| *newest == id)
         {
             self.by_prefix.remove(&key_prefix);
         }

@@ -38,9 +38,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend};
 use tokio::sync::{mpsc, oneshot};
 
-pub use schema::{
-    Disposition, HeaderFields, MessageRecord, QueueEntry, Route, RouteStatus,
-};
+pub use schema::{Disposition, HeaderFields, MessageRecord, QueueEntry, Route, RouteStatus};
 
 /// Name of the database file inside `DATA_DIR`.
 pub const FILE_NAME: &str = "mfoundry.redb";

@@ -168,7 +168,10 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> 
 }
 
 /// Encode a `messages` value: the record, then the inline body if any.
-pub fn encode_message(record: &MessageRecord, inline_body: Option<&[u8]>) -> Result<Vec<u8>, StoreError> {
+pub fn encode_message(
+    record: &MessageRecord,
+    inline_body: Option<&[u8]>,
+) -> Result<Vec<u8>, StoreError> {
     let mut out = encode(record)?;
     if let Some(body) = inline_body {
         out.extend_from_slice(body);

@@ -282,7 +282,8 @@ impl Writer {
                             Some(value) => Some(schema::decode_message(value.value())?.0),
                             None => None,
                         };
-                        if let Some(stored) = stored.filter(|stored| stored.dedup_key == Some(key)) {
+                        if let Some(stored) = stored.filter(|stored| stored.dedup_key == Some(key))
+                        {
                             outcomes.push(Appended::Duplicate {
                                 id: original,
                                 ack: stored.ack,

@@ -227,7 +227,12 @@ impl<'a> View<'a> {
         Cow::Owned(self.text(raw))
     }
 
-    fn at_cow(&self, segment: Option<Segment<'a>>, field: usize, component: Option<usize>) -> Cow<'a, str> {
+    fn at_cow(
+        &self,
+        segment: Option<Segment<'a>>,
+        field: usize,
+        component: Option<usize>,
+    ) -> Cow<'a, str> {
         let Some(segment) = segment else {
             return Cow::Borrowed("");
         };

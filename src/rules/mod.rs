@@ -167,6 +167,8 @@ impl fmt::Display for RuleProblem {
 #[derive(Debug)]
 struct CompiledRule {
     name: String,
+    /// `validation rule "name"`, for errors.
+    subject: String,
     message: String,
     expression: IdedExpr,
 }
@@ -205,6 +207,7 @@ pub struct Evaluation {
 pub struct RuleSet {
     root: Context<'static, 'static>,
     rules: Vec<CompiledRule>,
+    /// `(filter of connector "name", expression)`; `None` takes every message.
     filters: Vec<(String, Option<IdedExpr>)>,
     needed: Needed,
     budget: Duration,
@@ -240,6 +243,7 @@ impl RuleSet {
             {
                 compiled_rules.push(CompiledRule {
                     name: rule.name.clone(),
+                    subject: subject.clone(),
                     message: rule
                         .message
                         .clone()
@@ -255,7 +259,7 @@ impl RuleSet {
                 .expression
                 .as_ref()
                 .and_then(|source| compile_one(&env, source, &subject, &mut needed, &mut problems));
-            compiled_filters.push((filter.connector.clone(), expression));
+            compiled_filters.push((subject, expression));
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -331,54 +335,48 @@ impl RuleSet {
                 ),
             })
         };
+        let stop = |validation| Evaluation {
+            validation,
+            routes: Vec::new(),
+        };
         for rule in &self.rules {
-            let subject = format!("validation rule {:?}", rule.name);
+            let subject = &rule.subject;
             match evaluate_bool(&rule.expression, &scope) {
                 Ok(true) => {}
                 Ok(false) => {
-                    return Evaluation {
-                        validation: Validation::Failed {
-                            rule: rule.name.clone(),
-                            message: rule.message.clone(),
-                        },
-                        routes: Vec::new(),
-                    };
+                    return stop(Validation::Failed {
+                        rule: rule.name.clone(),
+                        message: rule.message.clone(),
+                    });
                 }
                 Err(detail) => {
-                    return Evaluation {
-                        validation: Validation::Errored { subject, detail },
-                        routes: Vec::new(),
-                    };
+                    return stop(Validation::Errored {
+                        subject: subject.clone(),
+                        detail,
+                    });
                 }
             }
-            if let Some(validation) = over_budget(&subject) {
-                return Evaluation {
-                    validation,
-                    routes: Vec::new(),
-                };
+            if let Some(validation) = over_budget(subject) {
+                return stop(validation);
             }
         }
         let mut routes = Vec::with_capacity(self.filters.len());
-        for (connector, filter) in &self.filters {
+        for (subject, filter) in &self.filters {
             let Some(expression) = filter else {
                 routes.push(true);
                 continue;
             };
-            let subject = format!("filter of connector {connector:?}");
             match evaluate_bool(expression, &scope) {
                 Ok(taken) => routes.push(taken),
                 Err(detail) => {
-                    return Evaluation {
-                        validation: Validation::Errored { subject, detail },
-                        routes: Vec::new(),
-                    };
+                    return stop(Validation::Errored {
+                        subject: subject.clone(),
+                        detail,
+                    });
                 }
             }
-            if let Some(validation) = over_budget(&subject) {
-                return Evaluation {
-                    validation,
-                    routes: Vec::new(),
-                };
+            if let Some(validation) = over_budget(subject) {
+                return stop(validation);
             }
         }
         Evaluation {
@@ -527,31 +525,15 @@ fn check(
                 check(element, scope, comprehension_depth, needed, found);
             }
         }
-        Expr::Map(map) => {
-            for entry in &map.entries {
-                match &entry.expr {
-                    EntryExpr::MapEntry(pair) => {
-                        check(&pair.key, scope, comprehension_depth, needed, found);
-                        check(&pair.value, scope, comprehension_depth, needed, found);
-                    }
-                    EntryExpr::StructField(field) => {
-                        check(&field.value, scope, comprehension_depth, needed, found)
-                    }
-                }
-            }
-        }
+        Expr::Map(map) => check_entries(&map.entries, scope, comprehension_depth, needed, found),
         Expr::Struct(structure) => {
-            for entry in &structure.entries {
-                match &entry.expr {
-                    EntryExpr::MapEntry(pair) => {
-                        check(&pair.key, scope, comprehension_depth, needed, found);
-                        check(&pair.value, scope, comprehension_depth, needed, found);
-                    }
-                    EntryExpr::StructField(field) => {
-                        check(&field.value, scope, comprehension_depth, needed, found)
-                    }
-                }
-            }
+            check_entries(
+                &structure.entries,
+                scope,
+                comprehension_depth,
+                needed,
+                found,
+            );
         }
         Expr::Comprehension(comprehension) => {
             if comprehension_depth + 1 > MAX_COMPREHENSION_NESTING {
@@ -593,6 +575,27 @@ fn check(
     }
 }
 
+/// Map and struct literal entries: keys and values.
+fn check_entries(
+    entries: &[cel::common::ast::IdedEntryExpr],
+    scope: &mut Vec<String>,
+    comprehension_depth: usize,
+    needed: &mut Needed,
+    found: &mut Vec<String>,
+) {
+    for entry in entries {
+        match &entry.expr {
+            EntryExpr::MapEntry(pair) => {
+                check(&pair.key, scope, comprehension_depth, needed, found);
+                check(&pair.value, scope, comprehension_depth, needed, found);
+            }
+            EntryExpr::StructField(field) => {
+                check(&field.value, scope, comprehension_depth, needed, found);
+            }
+        }
+    }
+}
+
 /// `field("PID-3[2].1")` and `segments("OBX")` take exactly one argument; a literal one is
 /// checked now.
 fn check_message_function(name: &str, call: &cel::common::ast::CallExpr, found: &mut Vec<String>) {
@@ -614,13 +617,19 @@ fn check_message_function(name: &str, call: &cel::common::ast::CallExpr, found: 
     }
 }
 
-fn message_value<'c>(
-    context: &'c FunctionContext<'_, '_>,
-) -> Result<cel::common::value::CowVal<'c, 'c>, ExecutionError> {
-    context
+/// Run `read` on the message bound for this evaluation.
+fn with_message<T>(
+    context: &FunctionContext<'_, '_>,
+    read: impl FnOnce(&MessageValue) -> T,
+) -> Result<T, ExecutionError> {
+    let value = context
         .ptx
         .get_variable(MESSAGE_VARIABLE)
-        .ok_or_else(|| context.error("the message is not bound"))
+        .ok_or_else(|| context.error("the message is not bound"))?;
+    let message = value
+        .downcast_ref::<MessageValue>()
+        .ok_or_else(|| context.error("the message is not bound"))?;
+    Ok(read(message))
 }
 
 fn field_function(
@@ -630,20 +639,12 @@ fn field_function(
     let path: FieldPath = path
         .parse()
         .map_err(|error: crate::hl7::PathError| context.error(error.to_string()))?;
-    let value = message_value(context)?;
-    let message = value
-        .downcast_ref::<MessageValue>()
-        .ok_or_else(|| context.error("the message is not bound"))?;
-    Ok(Arc::new(message.view().path_text(&path)))
+    with_message(context, |message| Arc::new(message.view().path_text(&path)))
 }
 
 fn segments_function(
     context: &FunctionContext,
     name: Arc<String>,
 ) -> Result<Value, ExecutionError> {
-    let value = message_value(context)?;
-    let message = value
-        .downcast_ref::<MessageValue>()
-        .ok_or_else(|| context.error("the message is not bound"))?;
-    Ok(message.view().segments(&name))
+    with_message(context, |message| message.view().segments(&name))
 }

@@ -216,3 +216,49 @@ pub fn adt(control_id: &str, version: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// In-memory storage shared across reopens; `sync_data` fails while `fail_sync` is set.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryDisk {
+    /// The stored bytes.
+    pub bytes: Arc<std::sync::RwLock<Vec<u8>>>,
+    /// While set, every fsync fails.
+    pub fail_sync: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl redb::StorageBackend for MemoryDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.bytes.read().expect("lock").len() as u64)
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let bytes = self.bytes.read().expect("lock");
+        let start = usize::try_from(offset).expect("offset");
+        let source = bytes
+            .get(start..start + out.len())
+            .ok_or_else(|| std::io::Error::other("read past end"))?;
+        out.copy_from_slice(source);
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.bytes
+            .write()
+            .expect("lock")
+            .resize(usize::try_from(len).expect("len"), 0);
+        Ok(())
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        if self.fail_sync.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected fsync failure"));
+        }
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        let mut bytes = self.bytes.write().expect("lock");
+        let start = usize::try_from(offset).expect("offset");
+        if bytes.len() < start + data.len() {
+            bytes.resize(start + data.len(), 0);
+        }
+        bytes[start..start + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+}
