@@ -78,6 +78,7 @@ fn variables_carry_the_documented_fields() {
         "inbound == 'mllp'",
         "pid.?country.orValue('') == 'USA'",
         "has(pid.id) && has(pv1.patient_class)",
+        "size(msh) == 11 && size(pid) == 9 && size(pv1) == 4 && size(obx) == 5",
     ] {
         assert!(passes(expression), "{expression}");
     }

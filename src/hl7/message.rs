@@ -107,6 +107,19 @@ impl<'a> Segment<'a> {
         matches!(self.name(), b"MSH" | b"FHS" | b"BHS")
     }
 
+    /// Every field, indexed by field number (index 0 is the segment name; for `MSH`, index 1 is
+    /// the field separator itself). One pass, for callers that read many fields.
+    pub fn fields(&self) -> Vec<&'a [u8]> {
+        let mut fields = Vec::with_capacity(32);
+        let mut pieces = self.bytes.split(move |&byte| byte == self.field_separator);
+        if self.is_header() {
+            fields.push(pieces.next().unwrap_or_default());
+            fields.push(self.bytes.get(3..4).unwrap_or_default());
+        }
+        fields.extend(pieces);
+        fields
+    }
+
     /// Raw field `number` (1-based) with all its repetitions, or `None` when absent.
     pub fn field(&self, number: usize) -> Option<&'a [u8]> {
         if number == 0 {
@@ -412,6 +425,18 @@ ZPI|custom|value\r";
         assert_eq!(text(&message, "PID-99"), None);
         assert_eq!(message.version(), Some(Version::new(2, 5, 1)));
         assert_eq!(message.segments().count(), 7);
+    }
+
+    #[test]
+    fn fields_index_like_field_numbers() {
+        let message = parse(ADT);
+        for segment in message.segments() {
+            let fields = segment.fields();
+            for (number, field) in fields.iter().enumerate().skip(1) {
+                assert_eq!(segment.field(number), Some(*field), "field {number}");
+            }
+            assert_eq!(segment.field(fields.len()), None);
+        }
     }
 
     #[test]

@@ -27,43 +27,58 @@ pub const MESSAGE_VARIABLE: &str = "@message";
 /// Variables an expression may use.
 pub const VARIABLES: &[&str] = &["msh", "pid", "pv1", "obx", "obx_list", "inbound"];
 
-/// Keys of each map variable, for load-time checks of `msh.msg_type`-style selections.
-pub const MAP_KEYS: &[(&str, &[&str])] = &[
-    (
-        "msh",
-        &[
-            "msg_type",
-            "trigger",
-            "structure",
-            "sending_app",
-            "sending_fac",
-            "receiving_app",
-            "receiving_fac",
-            "control_id",
-            "version",
-            "processing_id",
-            "charset",
-        ],
-    ),
-    (
-        "pid",
-        &[
-            "id", "id_list", "name", "family", "given", "dob", "sex", "ssn", "country",
-        ],
-    ),
-    (
-        "pv1",
-        &[
-            "patient_class",
-            "assigned_location",
-            "attending_doctor",
-            "admit_datetime",
-        ],
-    ),
-    (
-        "obx",
-        &["value_type", "identifier", "value", "unit", "status"],
-    ),
+/// One key of a map variable: its name, the field it reads, and the component (`None`: the
+/// whole first repetition).
+pub type KeySpec = (&'static str, usize, Option<usize>);
+
+/// `msh`: MSH fields.
+pub const MSH_KEYS: &[KeySpec] = &[
+    ("msg_type", 9, Some(1)),
+    ("trigger", 9, Some(2)),
+    ("structure", 9, Some(3)),
+    ("sending_app", 3, Some(1)),
+    ("sending_fac", 4, Some(1)),
+    ("receiving_app", 5, Some(1)),
+    ("receiving_fac", 6, Some(1)),
+    ("control_id", 10, None),
+    ("version", 12, Some(1)),
+    ("processing_id", 11, Some(1)),
+    ("charset", 18, None),
+];
+/// `pid`: PID fields (`id_list` is every repetition of PID-3, component 1).
+pub const PID_KEYS: &[KeySpec] = &[
+    ("id", 3, Some(1)),
+    ("id_list", 3, None),
+    ("name", 5, None),
+    ("family", 5, Some(1)),
+    ("given", 5, Some(2)),
+    ("dob", 7, Some(1)),
+    ("sex", 8, None),
+    ("ssn", 19, None),
+    ("country", 11, Some(6)),
+];
+/// `pv1`: PV1 fields.
+pub const PV1_KEYS: &[KeySpec] = &[
+    ("patient_class", 2, None),
+    ("assigned_location", 3, None),
+    ("attending_doctor", 7, None),
+    ("admit_datetime", 44, Some(1)),
+];
+/// `obx` and each entry of `obx_list`: OBX fields.
+pub const OBX_KEYS: &[KeySpec] = &[
+    ("value_type", 2, None),
+    ("identifier", 3, Some(1)),
+    ("value", 5, None),
+    ("unit", 6, Some(1)),
+    ("status", 11, None),
+];
+
+/// The map variables, in the order of [`Needed::keys`].
+pub const MAP_VARIABLES: &[(&str, &[KeySpec])] = &[
+    ("msh", MSH_KEYS),
+    ("pid", PID_KEYS),
+    ("pv1", PV1_KEYS),
+    ("obx", OBX_KEYS),
 ];
 
 /// The message as the hidden variable, for `field()` and `segments()`.
@@ -161,17 +176,13 @@ fn split(bytes: &[u8], separator: Option<u8>, index: usize) -> &[u8] {
     crate::hl7::split_piece(bytes, separator, index).unwrap_or_default()
 }
 
-/// Which variables to build for each message (those some expression references).
+/// Which variables to build for each message, and of the map variables which keys: only
+/// what some expression references.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Needed {
-    /// `msh`
-    pub msh: bool,
-    /// `pid`
-    pub pid: bool,
-    /// `pv1`
-    pub pv1: bool,
-    /// `obx`
-    pub obx: bool,
+    /// Per map variable of [`MAP_VARIABLES`], a bit per key to build (all bits when the
+    /// variable is used other than by selecting a named key).
+    pub keys: [u16; 4],
     /// `obx_list`
     pub obx_list: bool,
     /// `inbound`
@@ -181,16 +192,34 @@ pub struct Needed {
 }
 
 impl Needed {
-    /// Mark a referenced variable.
+    /// Mark a variable used as a whole.
     pub fn add(&mut self, variable: &str) {
         match variable {
-            "msh" => self.msh = true,
-            "pid" => self.pid = true,
-            "pv1" => self.pv1 = true,
-            "obx" => self.obx = true,
             "obx_list" => self.obx_list = true,
             "inbound" => self.inbound = true,
-            _ => {}
+            _ => {
+                if let Some(index) = MAP_VARIABLES.iter().position(|(name, _)| *name == variable) {
+                    self.keys[index] = u16::MAX;
+                }
+            }
+        }
+    }
+
+    /// Mark one key of a map variable; false when the variable has no such key.
+    pub fn select(&mut self, variable: &str, key: &str) -> bool {
+        let Some(index) = MAP_VARIABLES.iter().position(|(name, _)| *name == variable) else {
+            return false;
+        };
+        match MAP_VARIABLES[index]
+            .1
+            .iter()
+            .position(|(name, _, _)| *name == key)
+        {
+            Some(bit) => {
+                self.keys[index] |= 1 << bit;
+                true
+            }
+            None => false,
         }
     }
 }
@@ -227,100 +256,64 @@ impl<'a> View<'a> {
         Cow::Owned(self.text(raw))
     }
 
-    fn at_cow(
+    /// A map of the keys in `mask` (bits in the order of `keys`) read from `segment`; an
+    /// absent segment gives an empty map.
+    fn segment_map(
         &self,
         segment: Option<Segment<'a>>,
-        field: usize,
-        component: Option<usize>,
-    ) -> Cow<'a, str> {
+        keys: &[KeySpec],
+        mask: u16,
+    ) -> Box<dyn Val + 'a> {
         let Some(segment) = segment else {
-            return Cow::Borrowed("");
+            return map(Vec::new());
         };
-        let raw = segment.field(field).unwrap_or_default();
+        let fields = segment.fields();
         let delimiters = self.message.delimiters();
-        let first = split(raw, delimiters.repetition, 0);
-        let value = match component {
-            Some(component) => split(first, delimiters.component, component - 1),
-            None => first,
-        };
-        self.text_cow(value)
+        let mut entries = Vec::with_capacity(keys.len());
+        for (bit, &(name, number, component)) in keys.iter().enumerate() {
+            if mask & (1 << bit) == 0 {
+                continue;
+            }
+            let raw = fields.get(number).copied().unwrap_or_default();
+            if name == "id_list" {
+                let ids: Vec<Box<dyn Val + 'a>> = (0..MAX_LIST_ENTRIES)
+                    .map_while(|index| crate::hl7::split_piece(raw, delimiters.repetition, index))
+                    .filter(|repetition| !repetition.is_empty())
+                    .map(|repetition| {
+                        text(self.text_cow(split(repetition, delimiters.component, 0)))
+                    })
+                    .collect();
+                entries.push((name, Box::new(CelList::from(ids)) as Box<dyn Val + 'a>));
+                continue;
+            }
+            let first = split(raw, delimiters.repetition, 0);
+            let value = match component {
+                Some(component) => split(first, delimiters.component, component - 1),
+                None => first,
+            };
+            entries.push((name, text(self.text_cow(value))));
+        }
+        map(entries)
     }
 
-    /// The `msh` map.
-    pub fn msh(&self) -> Box<dyn Val + 'a> {
-        let header = self.message.segments().next();
-        map(vec![
-            ("msg_type", text(self.at_cow(header, 9, Some(1)))),
-            ("trigger", text(self.at_cow(header, 9, Some(2)))),
-            ("structure", text(self.at_cow(header, 9, Some(3)))),
-            ("sending_app", text(self.at_cow(header, 3, Some(1)))),
-            ("sending_fac", text(self.at_cow(header, 4, Some(1)))),
-            ("receiving_app", text(self.at_cow(header, 5, Some(1)))),
-            ("receiving_fac", text(self.at_cow(header, 6, Some(1)))),
-            ("control_id", text(self.at_cow(header, 10, None))),
-            ("version", text(self.at_cow(header, 12, Some(1)))),
-            ("processing_id", text(self.at_cow(header, 11, Some(1)))),
-            ("charset", text(self.at_cow(header, 18, None))),
-        ])
+    /// The `msh` map (only the keys in `mask`).
+    pub fn msh(&self, mask: u16) -> Box<dyn Val + 'a> {
+        self.segment_map(self.message.segments().next(), MSH_KEYS, mask)
     }
 
     /// The `pid` map (empty without a PID segment).
-    pub fn pid(&self) -> Box<dyn Val + 'a> {
-        let Some(pid) = self.message.segment(b"PID", 1) else {
-            return map(Vec::new());
-        };
-        let delimiters = self.message.delimiters();
-        let ids = pid.field(3).unwrap_or_default();
-        let id_list: Vec<Box<dyn Val + 'a>> = (0..MAX_LIST_ENTRIES)
-            .map_while(|index| crate::hl7::split_piece(ids, delimiters.repetition, index))
-            .filter(|repetition| !repetition.is_empty())
-            .map(|repetition| text(self.text_cow(split(repetition, delimiters.component, 0))))
-            .collect();
-        let pid = Some(pid);
-        map(vec![
-            ("id", text(self.at_cow(pid, 3, Some(1)))),
-            ("id_list", Box::new(CelList::from(id_list))),
-            ("name", text(self.at_cow(pid, 5, None))),
-            ("family", text(self.at_cow(pid, 5, Some(1)))),
-            ("given", text(self.at_cow(pid, 5, Some(2)))),
-            ("dob", text(self.at_cow(pid, 7, Some(1)))),
-            ("sex", text(self.at_cow(pid, 8, None))),
-            ("ssn", text(self.at_cow(pid, 19, None))),
-            ("country", text(self.at_cow(pid, 11, Some(6)))),
-        ])
+    pub fn pid(&self, mask: u16) -> Box<dyn Val + 'a> {
+        self.segment_map(self.message.segment(b"PID", 1), PID_KEYS, mask)
     }
 
     /// The `pv1` map (empty without a PV1 segment).
-    pub fn pv1(&self) -> Box<dyn Val + 'a> {
-        let Some(pv1) = self.message.segment(b"PV1", 1) else {
-            return map(Vec::new());
-        };
-        let pv1 = Some(pv1);
-        map(vec![
-            ("patient_class", text(self.at_cow(pv1, 2, None))),
-            ("assigned_location", text(self.at_cow(pv1, 3, None))),
-            ("attending_doctor", text(self.at_cow(pv1, 7, None))),
-            ("admit_datetime", text(self.at_cow(pv1, 44, Some(1)))),
-        ])
-    }
-
-    fn obx_map(&self, obx: Segment<'a>) -> Box<dyn Val + 'a> {
-        let obx = Some(obx);
-        map(vec![
-            ("value_type", text(self.at_cow(obx, 2, None))),
-            ("identifier", text(self.at_cow(obx, 3, Some(1)))),
-            ("value", text(self.at_cow(obx, 5, None))),
-            ("unit", text(self.at_cow(obx, 6, Some(1)))),
-            ("status", text(self.at_cow(obx, 11, None))),
-        ])
+    pub fn pv1(&self, mask: u16) -> Box<dyn Val + 'a> {
+        self.segment_map(self.message.segment(b"PV1", 1), PV1_KEYS, mask)
     }
 
     /// The first OBX as a map (empty without one).
-    pub fn obx(&self) -> Box<dyn Val + 'a> {
-        match self.message.segment(b"OBX", 1) {
-            Some(obx) => self.obx_map(obx),
-            None => map(Vec::new()),
-        }
+    pub fn obx(&self, mask: u16) -> Box<dyn Val + 'a> {
+        self.segment_map(self.message.segment(b"OBX", 1), OBX_KEYS, mask)
     }
 
     /// Every OBX as a list of maps.
@@ -330,7 +323,7 @@ impl<'a> View<'a> {
             .segments()
             .filter(|segment| segment.name() == b"OBX")
             .take(MAX_LIST_ENTRIES)
-            .map(|segment| self.obx_map(segment))
+            .map(|segment| self.segment_map(Some(segment), OBX_KEYS, u16::MAX))
             .collect();
         Box::new(CelList::from(list))
     }

@@ -20,7 +20,7 @@ use cel::common::ast::{EntryExpr, Expr};
 use cel::{Context, Env, ExecutionError, FunctionContext, IdedExpr, Value};
 
 use crate::hl7::{Charset, FieldPath, Message};
-use bindings::{MAP_KEYS, MESSAGE_VARIABLE, MessageValue, Needed, VARIABLES, View};
+use bindings::{MAP_VARIABLES, MESSAGE_VARIABLE, MessageValue, Needed, VARIABLES, View};
 
 /// Longest expression accepted, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 4096;
@@ -307,17 +307,18 @@ impl RuleSet {
                 }),
             );
         }
-        if needed.msh {
-            scope.add_variable_as_val("msh", view.msh());
+        let [msh, pid, pv1, obx] = needed.keys;
+        if msh != 0 {
+            scope.add_variable_as_val("msh", view.msh(msh));
         }
-        if needed.pid {
-            scope.add_variable_as_val("pid", view.pid());
+        if pid != 0 {
+            scope.add_variable_as_val("pid", view.pid(pid));
         }
-        if needed.pv1 {
-            scope.add_variable_as_val("pv1", view.pv1());
+        if pv1 != 0 {
+            scope.add_variable_as_val("pv1", view.pv1(pv1));
         }
-        if needed.obx {
-            scope.add_variable_as_val("obx", view.obx());
+        if obx != 0 {
+            scope.add_variable_as_val("obx", view.obx(obx));
         }
         if needed.obx_list {
             scope.add_variable_as_val("obx_list", view.obx_list());
@@ -509,14 +510,18 @@ fn check(
         Expr::Select(select) => {
             if let Expr::Ident(variable) = &select.operand.expr
                 && !scope.contains(variable)
-                && let Some((_, keys)) = MAP_KEYS.iter().find(|(name, _)| name == variable)
-                && !keys.contains(&select.field.as_str())
+                && let Some((_, keys)) = MAP_VARIABLES.iter().find(|(name, _)| name == variable)
             {
-                found.push(format!(
-                    "{variable} has no field {:?}; its fields are {}",
-                    select.field,
-                    keys.join(", ")
-                ));
+                // `msh.msg_type`: only that key needs building.
+                if !needed.select(variable, &select.field) {
+                    let names: Vec<&str> = keys.iter().map(|(name, _, _)| *name).collect();
+                    found.push(format!(
+                        "{variable} has no field {:?}; its fields are {}",
+                        select.field,
+                        names.join(", ")
+                    ));
+                }
+                return;
             }
             check(&select.operand, scope, comprehension_depth, needed, found);
         }
