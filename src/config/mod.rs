@@ -638,6 +638,21 @@ mod tests {
     }
 
     #[test]
+    fn every_setting_can_be_written_in_the_yaml_file() {
+        for var in ENV_VARS.iter().filter(|var| !ENV_ONLY.contains(&var.name)) {
+            let key = var.name.to_ascii_lowercase();
+            let text = format!("{key}: {:?}\n", var.default);
+            let parsed = file::parse(&text, "test.yaml")
+                .unwrap_or_else(|error| panic!("{key} is not a YAML key: {error}"));
+            let scalars = parsed.scalars();
+            let value = scalars
+                .get(key.as_str())
+                .unwrap_or_else(|| panic!("{key} is not read"));
+            assert_eq!(value.value.0, var.default);
+        }
+    }
+
+    #[test]
     fn data_dir_dedup_and_budget_have_defaults() {
         let settings = load(&[]).expect("defaults");
         assert_eq!(settings.data_dir, PathBuf::from("./data"));
