@@ -235,9 +235,9 @@ impl Ingest {
                         bytes: build_ack(&message, code, Some(&error), &self.stamper.stamp()),
                         code,
                     },
-                    None => Reply::Suppressed {
-                        code: mode.decided_code(Verdict::Error),
-                    },
+                    // The sender asked for no error ACK, but this message is not stored: close
+                    // the connection so its transport sees the failure instead of silence.
+                    None => Reply::Close,
                 };
                 Outcome {
                     reply,

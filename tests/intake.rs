@@ -158,7 +158,7 @@ async fn an_expression_that_cannot_be_evaluated_answers_ae_and_keeps_the_message
         "{}",
         String::from_utf8_lossy(&ack)
     );
-    assert!(field(&ack, "ERR", 7).contains("no such key: id"));
+    assert!(field(&ack, "ERR", 7).contains("a map key is missing"));
     let (disposition, routes, _) = routes_of(&app, "NOPID");
     assert_eq!(disposition, Disposition::Error);
     assert!(routes.is_empty());
@@ -293,6 +293,15 @@ async fn no_aa_is_sent_when_the_commit_fails() {
         );
         assert!(field(&ack, "ERR", 8).contains("could not be stored"));
     }
+
+    // A sender that asked for no ACK at all (MSH-15/16 NE) is not left believing the message
+    // was taken: its connection is closed.
+    let mut quiet = tokio::net::TcpStream::connect(app.local_addr())
+        .await
+        .expect("connects");
+    let silent = b"MSH|^~\\&|LAB|FAC|HUB|HFAC|20261122080000||ADT^A01|QUIET|P|2.5.1|||NE|NE\rPID|1||1^^^H^MR||A^B||1|F\r";
+    write(&mut quiet, &framed(silent)).await;
+    common::expect_closed_silently(&mut quiet, Duration::from_secs(5)).await;
 
     disk.fail_sync.store(false, Ordering::SeqCst);
     let mut accepted = false;

@@ -79,6 +79,7 @@ fn variables_carry_the_documented_fields() {
         "pid.?country.orValue('') == 'USA'",
         "has(pid.id) && has(pv1.patient_class)",
         "size(msh) == 11 && size(pid) == 9 && size(pv1) == 4 && size(obx) == 5",
+        "msh['msg_type'] == 'ORU' && pid['family'] == 'DOE'",
     ] {
         assert!(passes(expression), "{expression}");
     }
@@ -96,10 +97,35 @@ fn a_missing_segment_is_an_empty_map() {
     match evaluate(&["pid.id != ''"], without_pid).validation {
         Validation::Errored { subject, detail } => {
             assert!(subject.contains("r0"), "{subject}");
-            assert!(detail.contains("no such key: id"), "{detail}");
+            assert!(detail.contains("a map key is missing"), "{detail}");
         }
         other => panic!("expected an evaluation error, got {other:?}"),
     }
+}
+
+#[test]
+fn run_time_errors_never_quote_message_values() {
+    let mut errored = 0;
+    for expression in [
+        "{'MRN001': true}[pid.id]",
+        "int(pid.dob) * 1000000000000000 > 0",
+        "field('PID-' + pid.family) == ''",
+        "pid.family.matches(pid.given + '(')",
+        "int(pid.family) > 0",
+    ] {
+        let rules = [rule("r", expression)];
+        let set = compile(&rules, &[]).unwrap_or_else(|problems| panic!("{problems:?}"));
+        let message = Message::parse(Bytes::from_static(ORU.as_bytes())).expect("parses");
+        if let Validation::Errored { detail, .. } =
+            set.evaluate(&message, Charset::UTF_8, "mllp").validation
+        {
+            errored += 1;
+            for value in ["111", "DOE", "JANE", "19800101", "PID-DOE"] {
+                assert!(!detail.contains(value), "{expression}: {detail}");
+            }
+        }
+    }
+    assert_eq!(errored, 5, "every expression fails at run time");
 }
 
 #[test]
@@ -171,6 +197,7 @@ fn load_time_checks_name_the_problem_and_place() {
         "{unknown_variable:?}"
     );
     assert!(problems("frobnicate(msh.msg_type)")[0].contains("unknown function \"frobnicate\""));
+    assert!(problems("msh['msg_typ'] == 'ADT'")[0].contains("msh has no field \"msg_typ\""));
     let syntax = problems("msh.msg_type == ");
     assert!(syntax[0].contains("does not compile"), "{syntax:?}");
     assert!(

@@ -110,13 +110,20 @@ impl<'a> Segment<'a> {
     /// Every field, indexed by field number (index 0 is the segment name; for `MSH`, index 1 is
     /// the field separator itself). One pass, for callers that read many fields.
     pub fn fields(&self) -> Vec<&'a [u8]> {
-        let mut fields = Vec::with_capacity(32);
+        self.fields_up_to(usize::MAX)
+    }
+
+    /// Like [`Segment::fields`], but stops after field `last`, so a segment with a million
+    /// separators costs no more than the fields a caller wants.
+    pub fn fields_up_to(&self, last: usize) -> Vec<&'a [u8]> {
+        let mut fields = Vec::with_capacity(last.saturating_add(1).min(32));
         let mut pieces = self.bytes.split(move |&byte| byte == self.field_separator);
         if self.is_header() {
             fields.push(pieces.next().unwrap_or_default());
             fields.push(self.bytes.get(3..4).unwrap_or_default());
         }
-        fields.extend(pieces);
+        let wanted = last.saturating_add(1).saturating_sub(fields.len());
+        fields.extend(pieces.take(wanted));
         fields
     }
 
@@ -436,6 +443,9 @@ ZPI|custom|value\r";
                 assert_eq!(segment.field(number), Some(*field), "field {number}");
             }
             assert_eq!(segment.field(fields.len()), None);
+            let first_three = segment.fields_up_to(3);
+            assert_eq!(first_three.len(), fields.len().min(4));
+            assert_eq!(first_three[..], fields[..first_three.len()]);
         }
     }
 

@@ -223,6 +223,7 @@ enum Close {
     FrameTimeout,
     Oversize(usize),
     Unreadable,
+    NotStored,
     WriteFailed(String),
     ReadFailed(String),
     PeerClosedMidFrame(usize),
@@ -251,6 +252,9 @@ async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Sha
         Close::Unreadable => {
             bump(&stats.unreadable_frames, 1);
             warn!(%peer, "connection closed: frame does not start with a readable MSH segment; no ACK sent");
+        }
+        Close::NotStored => {
+            warn!(%peer, "connection closed: the message could not be stored and MSH-15/16 asked for no error ACK");
         }
         Close::WriteFailed(error) => {
             bump(&stats.write_failures, 1);
@@ -324,6 +328,7 @@ async fn serve_frames(stream: &mut TcpStream, peer: SocketAddr, shared: &Shared)
                     debug!(%peer, "empty frame ignored");
                     bump(&stats.empty_frames, 1);
                 }
+                Reply::Close if outcome.reason == Some("store_failed") => return Close::NotStored,
                 Reply::Close => return Close::Unreadable,
             }
         }

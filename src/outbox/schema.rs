@@ -30,8 +30,10 @@ pub const INLINE_BODY_MAX: usize = 16 * 1024;
 /// `connector name → connector id`; ids are never reused.
 pub const CONNECTORS: TableDefinition<&str, u32> = TableDefinition::new("connectors");
 /// `(connector id, queue seq) → QueueEntry`. A range scan over one connector id yields its
-/// queue in commit order (FIFO). A message's first queue entries use its id as the seq;
-/// anything re-queued later takes a fresh id from the same counter, so it sorts last.
+/// queue in commit order (FIFO). A message's first queue entries use its id as the seq.
+/// Whatever re-queues an entry later must take a fresh id above every message id and raise
+/// `meta["next_message_id"]` past it in the same transaction, or a later message would get
+/// the same seq.
 pub const QUEUE: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("queue");
 /// What became of a message at intake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

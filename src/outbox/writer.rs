@@ -16,6 +16,9 @@ use super::schema::{
 };
 use super::{Appended, OutboxOptions, Request, Shared, StoreError};
 
+/// Most body bytes written in one transaction (one body may exceed it on its own).
+const MAX_BATCH_BYTES: usize = 32 << 20;
+
 /// Adapts a boxed backend to redb's `impl StorageBackend` parameter.
 #[derive(Debug)]
 struct DynBackend(Box<dyn StorageBackend>);
@@ -168,10 +171,16 @@ impl Writer {
         let max_batch = self.options.max_batch.max(1);
         let mut batch = Vec::with_capacity(max_batch);
         while let Some(first) = receiver.blocking_recv() {
+            let mut bytes = first.message.body.len();
             batch.push(first);
-            while batch.len() < max_batch {
+            // Bounded by count and by bytes, so a few large bodies do not hold many small
+            // messages' ACKs behind one huge transaction.
+            while batch.len() < max_batch && bytes < MAX_BATCH_BYTES {
                 match receiver.try_recv() {
-                    Ok(request) => batch.push(request),
+                    Ok(request) => {
+                        bytes += request.message.body.len();
+                        batch.push(request);
+                    }
                     Err(_) => break,
                 }
             }
@@ -232,6 +241,12 @@ impl Writer {
             Ok(database) => {
                 self.shared.stats.reopens.fetch_add(1, Ordering::Relaxed);
                 warn!("outbox database reopened after an error");
+                // A commit that reported an error may still have reached the disk: learn its
+                // messages so a resend is recognised.
+                match load_dedup_index(&database, &self.options) {
+                    Ok(index) => self.dedup = index,
+                    Err(error) => error!(error = %error, "retransmit index could not be rebuilt"),
+                }
                 if let Ok(mut slot) = self.shared.database.write() {
                     *slot = Some(Arc::new(database));
                 }
@@ -253,8 +268,8 @@ impl Writer {
         transaction.set_durability(Durability::Immediate)?;
         let now = now_micros();
         let mut outcomes = Vec::with_capacity(batch.len());
-        // Accepted in this transaction: (key prefix, id), entered in the index after the commit.
-        let mut accepted: Vec<(u64, u64)> = Vec::new();
+        // Accepted in this transaction: (key, id), entered in the index after the commit.
+        let mut accepted: Vec<([u8; 32], u64)> = Vec::new();
         let next_id_after;
         {
             let mut messages = transaction.open_table(MESSAGES)?;
@@ -270,13 +285,12 @@ impl Writer {
                 let message = &request.message;
                 let dedup_key = message.dedup_key.filter(|_| self.dedup.is_some());
                 if let (Some(key), Some(index)) = (dedup_key, &self.dedup) {
-                    let key_prefix = prefix(&key);
                     let candidate = accepted
                         .iter()
                         .rev()
-                        .find(|(pending, _)| *pending == key_prefix)
+                        .find(|(pending, _)| *pending == key)
                         .map(|(_, id)| *id)
-                        .or_else(|| index.candidate(key_prefix, now));
+                        .or_else(|| index.candidate(prefix(&key), now));
                     if let Some(original) = candidate {
                         let stored = match messages.get(original)? {
                             Some(value) => Some(schema::decode_message(value.value())?.0),
@@ -317,7 +331,7 @@ impl Writer {
                     queue.insert((route.connector, id), schema::encode(&entry)?.as_slice())?;
                 }
                 if let Some(key) = dedup_key {
-                    accepted.push((prefix(&key), id));
+                    accepted.push((key, id));
                 }
                 outcomes.push(Appended::Stored { id });
             }
@@ -326,8 +340,8 @@ impl Writer {
         transaction.commit()?;
         self.next_id = Some(next_id_after);
         if let Some(index) = &mut self.dedup {
-            for (key_prefix, id) in accepted {
-                index.insert(key_prefix, id, now);
+            for (key, id) in accepted {
+                index.insert(prefix(&key), id, now);
             }
             index.expire(now);
             self.shared

@@ -17,7 +17,8 @@ use crate::hl7::{Charset, FieldPath, Message, Segment, unescape};
 
 /// Longest value (in bytes) a rule sees; longer fields (an embedded PDF in OBX-5) are cut.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-/// Most list entries (`obx_list`, `pid.id_list`, `segments(...)`) a rule sees.
+/// Most list entries (`obx_list`, `pid.id_list`, `segments(...)`, fields of a segment in
+/// `segments(...)`) a rule sees.
 pub const MAX_LIST_ENTRIES: usize = 1000;
 
 /// Name of the hidden variable that carries the message to `field()` and `segments()`. CEL
@@ -157,13 +158,12 @@ impl View<'_> {
             .map(|segment| {
                 let mut map: HashMap<cel::objects::Key, Value> = HashMap::new();
                 map.insert("name".to_owned().into(), Value::from(name.to_owned()));
-                let mut number = 1;
-                while let Some(raw) = segment.field(number) {
+                let fields = segment.fields_up_to(MAX_LIST_ENTRIES);
+                for (number, raw) in fields.into_iter().enumerate().skip(1) {
                     map.insert(
                         cel::objects::Key::Int(i64::try_from(number).unwrap_or(i64::MAX)),
                         Value::from(self.text(raw)),
                     );
-                    number += 1;
                 }
                 Value::Map(map.into())
             })
@@ -267,7 +267,8 @@ impl<'a> View<'a> {
         let Some(segment) = segment else {
             return map(Vec::new());
         };
-        let fields = segment.fields();
+        let last = keys.iter().map(|(_, number, _)| *number).max().unwrap_or(0);
+        let fields = segment.fields_up_to(last);
         let delimiters = self.message.delimiters();
         let mut entries = Vec::with_capacity(keys.len());
         for (bit, &(name, number, component)) in keys.iter().enumerate() {

@@ -398,14 +398,33 @@ fn evaluate_bool(expression: &IdedExpr, scope: &Context<'_, '_>) -> Result<bool,
     }
 }
 
-/// CEL's error text, which names keys, functions and types but never message values.
+/// What went wrong, in fixed words. CEL's own error texts can quote message values (a map
+/// key read from the message, the operands of an overflow, a regex built from a field), so
+/// none of them is passed on: this text goes into logs and into ERR-7 of the ACK.
 fn describe_execution_error(error: &ExecutionError) -> String {
-    match error {
-        ExecutionError::NoSuchKey(key) => format!(
-            "no such key: {key} (the segment may be missing; use has(...) or .?{key}.orValue(\"\"))"
-        ),
-        other => other.to_string(),
-    }
+    let what = match error {
+        ExecutionError::NoSuchKey(_) => {
+            "a map key is missing (a segment the message lacks is an empty map: use has(...) or .?key.orValue(\"\"))"
+        }
+        ExecutionError::UndeclaredReference(_) => "a name is not bound",
+        ExecutionError::NoSuchOverload(_) | ExecutionError::UnexpectedType { .. } => {
+            "a function or operator got a value of the wrong type"
+        }
+        ExecutionError::InvalidArgumentCount { .. } | ExecutionError::MissingArgumentOrTarget => {
+            "a function got the wrong number of arguments"
+        }
+        ExecutionError::ValuesNotComparable(..) => "two values cannot be compared",
+        ExecutionError::DivisionByZero(_) | ExecutionError::RemainderByZero(_) => {
+            "division by zero"
+        }
+        ExecutionError::Overflow(..) => "an arithmetic overflow",
+        ExecutionError::IndexOutOfBounds(_) => "a list index is out of bounds",
+        ExecutionError::FunctionError { .. } => {
+            "a function failed (e.g. an invalid field path or pattern)"
+        }
+        _ => "an operation is not supported on these values",
+    };
+    format!("the expression failed at run time: {what}")
 }
 
 fn compile_one(
@@ -489,6 +508,17 @@ fn check(
                     "unknown variable {name:?}; known variables are {}",
                     VARIABLES.join(", ")
                 ));
+            }
+        }
+        Expr::Call(call) if call.func_name == "_[_]" && is_map_key_index(call, scope) => {
+            // `msh["msg_type"]`: a literal key of a map variable, checked like `msh.msg_type`.
+            if let (
+                Expr::Ident(variable),
+                Expr::Literal(cel::common::ast::LiteralValue::String(key)),
+            ) = (&call.args[0].expr, &call.args[1].expr)
+                && !needed.select(variable, key)
+            {
+                found.push(format!("{variable} has no field {:?}", key.to_string()));
             }
         }
         Expr::Call(call) => {
@@ -580,6 +610,18 @@ fn check(
     }
 }
 
+/// `variable["literal"]` on a map variable not shadowed by a loop variable.
+fn is_map_key_index(call: &cel::common::ast::CallExpr, scope: &[String]) -> bool {
+    call.target.is_none()
+        && call.args.len() == 2
+        && matches!(&call.args[0].expr, Expr::Ident(variable)
+            if !scope.contains(variable) && MAP_VARIABLES.iter().any(|(name, _)| name == variable))
+        && matches!(
+            &call.args[1].expr,
+            Expr::Literal(cel::common::ast::LiteralValue::String(_))
+        )
+}
+
 /// Map and struct literal entries: keys and values.
 fn check_entries(
     entries: &[cel::common::ast::IdedEntryExpr],
@@ -641,9 +683,10 @@ fn field_function(
     context: &FunctionContext,
     path: Arc<String>,
 ) -> Result<Arc<String>, ExecutionError> {
+    // The path may be computed from message data: do not quote it.
     let path: FieldPath = path
         .parse()
-        .map_err(|error: crate::hl7::PathError| context.error(error.to_string()))?;
+        .map_err(|_: crate::hl7::PathError| context.error("the field path is not valid"))?;
     with_message(context, |message| Arc::new(message.view().path_text(&path)))
 }
 
