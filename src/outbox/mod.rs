@@ -174,7 +174,7 @@ pub struct OutboxStats {
     pub commits: AtomicU64,
     /// Records written.
     pub records: AtomicU64,
-    /// Duplicates answered from the dedup table.
+    /// Retransmits answered with the original ACK (nothing written).
     pub duplicates: AtomicU64,
     /// Batches that failed (each caller got an error).
     pub failed_batches: AtomicU64,
