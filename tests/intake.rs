@@ -199,10 +199,9 @@ impl AckStamper for CountingStamper {
     }
 }
 
-#[tokio::test]
-async fn a_resent_identical_frame_gets_the_original_ack_and_one_queue_entry() {
-    let directory = tempfile::tempdir().expect("tempdir");
-    let config = common::config(directory.path(), Some(YAML), &[]);
+/// Start on `directory` with ACK stamps that differ every time, and connect to it.
+async fn start_counting(directory: &std::path::Path) -> (RunningApp, tokio::net::TcpStream) {
+    let config = common::config(directory, Some(YAML), &[]);
     let options = AppOptions {
         stamper: Some(Arc::new(CountingStamper::default())),
         backend: None,
@@ -210,9 +209,16 @@ async fn a_resent_identical_frame_gets_the_original_ack_and_one_queue_entry() {
     let app = RunningApp::start_with(config, options)
         .await
         .expect("starts");
-    let mut stream = tokio::net::TcpStream::connect(app.local_addr())
+    let stream = tokio::net::TcpStream::connect(app.local_addr())
         .await
         .expect("connects");
+    (app, stream)
+}
+
+#[tokio::test]
+async fn a_resent_identical_frame_gets_the_original_ack_and_one_queue_entry() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let (app, mut stream) = start_counting(directory.path()).await;
     let frame = framed(&message("DUP1", "ADT", "PID|1||5^^^H^MR||DOE^J||1|F"));
     write(&mut stream, &frame).await;
     let first = expect_ack(&mut stream).await;
@@ -235,17 +241,7 @@ async fn a_resent_identical_frame_gets_the_original_ack_and_one_queue_entry() {
     assert!(app.shutdown(Duration::from_secs(5)).await);
 
     // After a restart the original ACK is still replayed.
-    let config = common::config(directory.path(), Some(YAML), &[]);
-    let options = AppOptions {
-        stamper: Some(Arc::new(CountingStamper::default())),
-        backend: None,
-    };
-    let app = RunningApp::start_with(config, options)
-        .await
-        .expect("restarts");
-    let mut stream = tokio::net::TcpStream::connect(app.local_addr())
-        .await
-        .expect("connects");
+    let (app, mut stream) = start_counting(directory.path()).await;
     write(&mut stream, &frame).await;
     assert_eq!(expect_ack(&mut stream).await, first);
     assert!(app.shutdown(Duration::from_secs(5)).await);
