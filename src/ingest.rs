@@ -195,13 +195,9 @@ impl Ingest {
             })
             .await;
 
-        let reply = |ack: Option<Vec<u8>>| match (ack, reply_code) {
-            (Some(bytes), Some(code)) => Reply::Ack { bytes, code },
-            (Some(bytes), None) => Reply::Ack {
-                code: ack_code_of(&bytes).unwrap_or(decided),
-                bytes,
-            },
-            (None, _) => Reply::Suppressed { code: decided },
+        let reply = |ack: Option<Vec<u8>>| match ack.zip(reply_code) {
+            Some((bytes, code)) => Reply::Ack { bytes, code },
+            None => Reply::Suppressed { code: decided },
         };
         match stored {
             Ok(Appended::Stored { id }) => Outcome {
