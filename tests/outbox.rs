@@ -237,16 +237,9 @@ async fn a_failed_commit_stores_nothing_and_the_writer_recovers() {
     }
     assert!(recovered.is_some(), "the writer reopens and carries on");
     assert!(outbox.stats().reopens.load(Ordering::Relaxed) >= 1);
-    let snapshot = outbox.snapshot().expect("snapshot");
-    let stored: Vec<String> = snapshot
-        .messages()
-        .expect("messages")
-        .into_iter()
-        .map(|(_, record)| record.header.control_id)
-        .collect();
+    let stored = common::stored_control_ids(&outbox);
     assert!(stored.contains(&"BEFORE".to_owned()));
     assert!(stored.contains(&"AFTER".to_owned()));
-    drop(snapshot);
     drop(outbox);
     writer.join();
 }

@@ -327,22 +327,34 @@ impl RuleSet {
             scope.add_variable_from_value("inbound", inbound.to_owned());
         }
 
-        let over_budget = |subject: &str| {
-            (started.elapsed() > self.budget).then(|| Validation::Errored {
-                subject: subject.to_owned(),
-                detail: format!(
-                    "rule evaluation exceeded its time budget of {:?}",
-                    self.budget
-                ),
-            })
+        // Evaluate one expression, then check the budget (a false validation rule answers at
+        // once, so `final_if_false` skips the check): `Err` ends the evaluation.
+        let step = |expression: &IdedExpr,
+                    subject: &String,
+                    final_if_false: bool|
+         -> Result<bool, Validation> {
+            let result =
+                evaluate_bool(expression, &scope).map_err(|detail| Validation::Errored {
+                    subject: subject.clone(),
+                    detail,
+                })?;
+            if (result || !final_if_false) && started.elapsed() > self.budget {
+                return Err(Validation::Errored {
+                    subject: subject.clone(),
+                    detail: format!(
+                        "rule evaluation exceeded its time budget of {:?}",
+                        self.budget
+                    ),
+                });
+            }
+            Ok(result)
         };
         let stop = |validation| Evaluation {
             validation,
             routes: Vec::new(),
         };
         for rule in &self.rules {
-            let subject = &rule.subject;
-            match evaluate_bool(&rule.expression, &scope) {
+            match step(&rule.expression, &rule.subject, true) {
                 Ok(true) => {}
                 Ok(false) => {
                     return stop(Validation::Failed {
@@ -350,34 +362,17 @@ impl RuleSet {
                         message: rule.message.clone(),
                     });
                 }
-                Err(detail) => {
-                    return stop(Validation::Errored {
-                        subject: subject.clone(),
-                        detail,
-                    });
-                }
-            }
-            if let Some(validation) = over_budget(subject) {
-                return stop(validation);
+                Err(validation) => return stop(validation),
             }
         }
         let mut routes = Vec::with_capacity(self.filters.len());
         for (subject, filter) in &self.filters {
-            let Some(expression) = filter else {
-                routes.push(true);
-                continue;
-            };
-            match evaluate_bool(expression, &scope) {
-                Ok(taken) => routes.push(taken),
-                Err(detail) => {
-                    return stop(Validation::Errored {
-                        subject: subject.clone(),
-                        detail,
-                    });
-                }
-            }
-            if let Some(validation) = over_budget(subject) {
-                return stop(validation);
+            match filter {
+                None => routes.push(true),
+                Some(expression) => match step(expression, subject, false) {
+                    Ok(taken) => routes.push(taken),
+                    Err(validation) => return stop(validation),
+                },
             }
         }
         Evaluation {

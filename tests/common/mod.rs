@@ -262,3 +262,15 @@ impl redb::StorageBackend for MemoryDisk {
         Ok(())
     }
 }
+
+/// Control ids (MSH-10) of every stored message, in id order.
+pub fn stored_control_ids(outbox: &mfoundry::outbox::Outbox) -> Vec<String> {
+    outbox
+        .snapshot()
+        .expect("snapshot")
+        .messages()
+        .expect("messages")
+        .into_iter()
+        .map(|(_, record)| record.header.control_id)
+        .collect()
+}
