@@ -36,9 +36,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageBackend};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
-pub use schema::{Disposition, HeaderFields, MessageRecord, QueueEntry, Route, RouteStatus};
+pub use schema::{
+    DeliveryRecord, DeliveryStatus, Disposition, DlqEntry, HeaderFields, MessageRecord, QueueEntry,
+    Route, RouteStatus,
+};
 
 /// Name of the database file inside `DATA_DIR`.
 pub const FILE_NAME: &str = "mfoundry.redb";
@@ -55,6 +58,9 @@ pub enum StoreError {
     /// The writer thread is gone (shutting down, or it could not reopen the database).
     #[error("the outbox writer is not running")]
     WriterGone,
+    /// A connector id that the configuration does not have.
+    #[error("connector id {0} is not in the configuration")]
+    UnknownConnector(u32),
     /// The database could not be opened.
     #[error("cannot open the outbox at {path}: {reason}")]
     Open {
@@ -186,9 +192,84 @@ pub struct OutboxStats {
     pub dedup_entries: AtomicU64,
 }
 
+/// A write the writer thread applies inside a group commit.
+#[derive(Debug)]
+enum Op {
+    /// Store a new message and queue it for the connectors its filters chose.
+    Append(Box<NewMessage>),
+    /// A connector's output confirmed the queue entry: remove it, record DELIVERED.
+    Delivered {
+        connector: u32,
+        seq: u64,
+        attempts: u32,
+    },
+    /// A delivery attempt failed and will be retried: update the queue entry.
+    Retry {
+        connector: u32,
+        seq: u64,
+        attempts: u32,
+        next_attempt_micros: i64,
+        error: String,
+    },
+    /// Give up on a queue entry: move it to the connector's dead-letter queue.
+    DeadLetter {
+        connector: u32,
+        seq: u64,
+        attempts: u32,
+        reason: String,
+    },
+    /// Put a dead-letter entry back at the tail of a connector's queue.
+    Replay { connector: u32, seq: u64, to: u32 },
+    /// Remove a dead-letter entry without delivering it.
+    Purge { connector: u32, seq: u64 },
+    /// Remove old messages that every connector is done with.
+    Retain {
+        cutoff_micros: i64,
+        after_id: u64,
+        max_scan: usize,
+    },
+}
+
+impl Op {
+    /// Body bytes this operation writes (for the batch's byte cap).
+    fn body_len(&self) -> usize {
+        match self {
+            Self::Append(message) => message.body.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// What an [`Op`] did.
+#[derive(Debug)]
+enum Done {
+    Appended(Appended),
+    /// The entry was updated or moved.
+    Applied,
+    /// The entry was not there (already moved or removed).
+    Missing,
+    /// Re-queued under this seq.
+    Replayed {
+        seq: u64,
+    },
+    Retained(Retained),
+}
+
+/// What one retention pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retained {
+    /// Messages removed.
+    pub removed: u64,
+    /// Messages looked at.
+    pub scanned: u64,
+    /// Continue after this id next time; `None` when the pass reached the cutoff (start again
+    /// from the oldest message next time).
+    pub resume_after: Option<u64>,
+}
+
 struct Request {
-    message: NewMessage,
-    reply: oneshot::Sender<Result<Appended, StoreError>>,
+    op: Op,
+    reply: oneshot::Sender<Result<Done, StoreError>>,
 }
 
 /// Shared between the handle, readers and the writer thread.
@@ -196,6 +277,8 @@ struct Shared {
     /// The open database; replaced by the writer when it reopens. Readers clone the `Arc`.
     database: RwLock<Option<Arc<Database>>>,
     stats: OutboxStats,
+    /// One per registered connector: notified after a commit that added to its queue.
+    wakers: HashMap<u32, Arc<Notify>>,
 }
 
 /// Handle to the outbox. Cheap to clone; the writer stops when every handle is dropped.
@@ -242,6 +325,10 @@ impl Outbox {
         let shared = Arc::new(Shared {
             database: RwLock::new(Some(Arc::new(database))),
             stats: OutboxStats::default(),
+            wakers: connectors
+                .values()
+                .map(|id| (*id, Arc::new(Notify::new())))
+                .collect(),
         });
         let (requests, receiver) = mpsc::channel(options.channel_capacity.max(1));
         if let Some(index) = &dedup {
@@ -266,12 +353,141 @@ impl Outbox {
         self.connectors.get(name).copied()
     }
 
+    /// Every registered connector: name and id.
+    pub fn connectors(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.connectors
+            .iter()
+            .map(|(name, id)| (name.as_str(), *id))
+    }
+
+    /// Notified after every commit that added an entry to this connector's queue. A
+    /// notification that arrives while nobody waits is kept (one permit), so a worker that
+    /// checks its queue and then waits never misses one.
+    pub fn waker(&self, connector: u32) -> Option<Arc<Notify>> {
+        self.shared.wakers.get(&connector).cloned()
+    }
+
     /// Store a message durably. Returns once the transaction holding it has committed (or
     /// failed). Cancel-safe in the sense that dropping the future never half-writes: the
     /// writer commits or drops the whole batch regardless.
     pub async fn append(&self, message: NewMessage) -> Result<Appended, StoreError> {
+        match self.submit(Op::Append(Box::new(message))).await? {
+            Done::Appended(appended) => Ok(appended),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Record that `connector` delivered its queue entry `seq` after `attempts` attempts: the
+    /// entry leaves the queue. False when the entry was not there.
+    pub async fn mark_delivered(
+        &self,
+        connector: u32,
+        seq: u64,
+        attempts: u32,
+    ) -> Result<bool, StoreError> {
+        self.applied(Op::Delivered {
+            connector,
+            seq,
+            attempts,
+        })
+        .await
+    }
+
+    /// Record a failed attempt that will be retried at `next_attempt_micros`. False when the
+    /// entry was not there.
+    pub async fn record_failure(
+        &self,
+        connector: u32,
+        seq: u64,
+        attempts: u32,
+        next_attempt_micros: i64,
+        error: String,
+    ) -> Result<bool, StoreError> {
+        self.applied(Op::Retry {
+            connector,
+            seq,
+            attempts,
+            next_attempt_micros,
+            error,
+        })
+        .await
+    }
+
+    /// Move a queue entry to its connector's dead-letter queue. False when it was not there.
+    pub async fn dead_letter(
+        &self,
+        connector: u32,
+        seq: u64,
+        attempts: u32,
+        reason: String,
+    ) -> Result<bool, StoreError> {
+        self.applied(Op::DeadLetter {
+            connector,
+            seq,
+            attempts,
+            reason,
+        })
+        .await
+    }
+
+    /// Put dead-letter entry `seq` of `connector` back at the tail of the queue of `to`
+    /// (default: the same connector). Returns its new queue seq, or `None` when the entry was
+    /// not in the dead-letter queue.
+    pub async fn replay(
+        &self,
+        connector: u32,
+        seq: u64,
+        to: Option<u32>,
+    ) -> Result<Option<u64>, StoreError> {
+        let to = to.unwrap_or(connector);
+        if !self.connectors.values().any(|id| *id == to) {
+            return Err(StoreError::UnknownConnector(to));
+        }
+        let op = Op::Replay { connector, seq, to };
+        match self.submit(op).await? {
+            Done::Replayed { seq } => Ok(Some(seq)),
+            Done::Missing => Ok(None),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Remove dead-letter entry `seq` of `connector` without delivering it. False when it was
+    /// not there.
+    pub async fn purge(&self, connector: u32, seq: u64) -> Result<bool, StoreError> {
+        self.applied(Op::Purge { connector, seq }).await
+    }
+
+    /// One bounded retention step: look at up to `max_scan` messages with ids above
+    /// `after_id`, received before `cutoff_micros`, and remove those every connector is done
+    /// with (delivered, filtered or purged everywhere; never one still queued or in a DLQ).
+    pub async fn retain(
+        &self,
+        cutoff_micros: i64,
+        after_id: u64,
+        max_scan: usize,
+    ) -> Result<Retained, StoreError> {
+        let op = Op::Retain {
+            cutoff_micros,
+            after_id,
+            max_scan: max_scan.max(1),
+        };
+        match self.submit(op).await? {
+            Done::Retained(retained) => Ok(retained),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn applied(&self, op: Op) -> Result<bool, StoreError> {
+        match self.submit(op).await? {
+            Done::Applied => Ok(true),
+            Done::Missing => Ok(false),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn submit(&self, op: Op) -> Result<Done, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let request = Request { message, reply };
+        let request = Request { op, reply };
         let request = match self.requests.try_send(request) {
             Ok(()) => None,
             Err(mpsc::error::TrySendError::Full(request)) => Some(request),
@@ -288,6 +504,18 @@ impl Outbox {
                 .map_err(|_| StoreError::WriterGone)?;
         }
         answer.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Run a read on a blocking thread (redb's API is synchronous).
+    pub async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Snapshot) -> Result<T, StoreError> + Send + 'static,
+    {
+        let snapshot = self.snapshot()?;
+        tokio::task::spawn_blocking(move || read(&snapshot))
+            .await
+            .map_err(|error| StoreError::Storage(format!("read task failed: {error}")))?
     }
 
     /// Counters.
@@ -308,6 +536,25 @@ impl Outbox {
             transaction: database.begin_read()?,
         })
     }
+}
+
+fn unexpected(done: &Done) -> StoreError {
+    StoreError::Storage(format!(
+        "the writer answered with an unexpected outcome: {done:?}"
+    ))
+}
+
+/// A queue entry with its message, as a worker delivers it.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    /// Position in the connector's queue.
+    pub seq: u64,
+    /// Delivery state so far.
+    pub entry: QueueEntry,
+    /// The message's record (`None` if it is missing, which retention never causes).
+    pub record: Option<MessageRecord>,
+    /// The bytes as received.
+    pub body: Option<Bytes>,
 }
 
 /// A read transaction over the outbox.
@@ -365,6 +612,85 @@ impl Snapshot {
         let table = self.transaction.open_table(schema::QUEUE)?;
         let mut out = Vec::new();
         for entry in table.range((connector, 0)..=(connector, u64::MAX))? {
+            let (key, value) = entry?;
+            out.push((key.value().1, schema::decode(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `max_entries` entries of a connector's queue in FIFO order, starting after seq
+    /// `after` (from the head when `None`), each with its message; stops early once `max_bytes`
+    /// of bodies are loaded (the first entry is always returned).
+    pub fn pending(
+        &self,
+        connector: u32,
+        after: Option<u64>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Pending>, StoreError> {
+        let queue = self.transaction.open_table(schema::QUEUE)?;
+        let start = after.map_or(0, |seq| seq.saturating_add(1));
+        if after == Some(u64::MAX) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for entry in queue.range((connector, start)..=(connector, u64::MAX))? {
+            if out.len() >= max_entries.max(1) || (bytes >= max_bytes && !out.is_empty()) {
+                break;
+            }
+            let (key, value) = entry?;
+            let seq = key.value().1;
+            let entry: QueueEntry = schema::decode(value.value())?;
+            let record = self.message(entry.message_id)?;
+            let body = self.body(entry.message_id)?.map(Bytes::from);
+            bytes += body.as_ref().map_or(0, Bytes::len);
+            out.push(Pending {
+                seq,
+                entry,
+                record,
+                body,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Entries in a connector's queue.
+    pub fn queue_len(&self, connector: u32) -> Result<u64, StoreError> {
+        let queue = self.transaction.open_table(schema::QUEUE)?;
+        let mut count = 0;
+        for entry in queue.range((connector, 0)..=(connector, u64::MAX))? {
+            entry?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// A connector's dead-letter queue, oldest first: `(seq, entry)`.
+    pub fn dead_letters(&self, connector: u32) -> Result<Vec<(u64, DlqEntry)>, StoreError> {
+        let table = self.transaction.open_table(schema::DLQ)?;
+        let mut out = Vec::new();
+        for entry in table.range((connector, 0)..=(connector, u64::MAX))? {
+            let (key, value) = entry?;
+            out.push((key.value().1, schema::decode(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// One dead-letter entry.
+    pub fn dead_letter(&self, connector: u32, seq: u64) -> Result<Option<DlqEntry>, StoreError> {
+        let table = self.transaction.open_table(schema::DLQ)?;
+        match table.get((connector, seq))? {
+            Some(value) => Ok(Some(schema::decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// What became of a message at each connector after intake: `(connector id, record)`.
+    pub fn deliveries(&self, message_id: u64) -> Result<Vec<(u32, DeliveryRecord)>, StoreError> {
+        let table = self.transaction.open_table(schema::DELIVERIES)?;
+        let mut out = Vec::new();
+        for entry in table.range((message_id, 0)..=(message_id, u32::MAX))? {
             let (key, value) = entry?;
             out.push((key.value().1, schema::decode(value.value())?));
         }

@@ -35,6 +35,14 @@ pub const CONNECTORS: TableDefinition<&str, u32> = TableDefinition::new("connect
 /// `meta["next_message_id"]` past it in the same transaction, or a later message would get
 /// the same seq.
 pub const QUEUE: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("queue");
+/// `(connector id, seq) → DlqEntry`: messages a connector gave up on, with the reason. The seq
+/// is the queue seq the entry had, so the DLQ lists in the order the queue held them.
+pub const DLQ: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("dlq");
+/// `(message id, connector id) → DeliveryRecord`: what became of a message at a connector after
+/// intake (delivered, dead-lettered, purged, re-queued). Absent means still in its first
+/// queue entry (or filtered: see the message's routes). Read by retention and the history view.
+pub const DELIVERIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("deliveries");
+
 /// What became of a message at intake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Disposition {
@@ -145,6 +153,61 @@ pub struct QueueEntry {
     pub next_attempt_micros: i64,
     /// Last delivery error, if any.
     pub last_error: Option<String>,
+}
+
+/// A dead-letter entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DlqEntry {
+    /// The message.
+    pub message_id: u64,
+    /// Delivery attempts made before giving up.
+    pub attempts: u32,
+    /// Why: the output's reason (never message content).
+    pub reason: String,
+    /// When it was moved here, µs since the epoch.
+    pub failed_at_micros: i64,
+}
+
+/// The state of a message at one connector after intake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryStatus {
+    /// Queued again (a DLQ replay, possibly to another connector).
+    Queued,
+    /// The output confirmed it.
+    Delivered,
+    /// In the connector's dead-letter queue.
+    DeadLettered,
+    /// Removed from the dead-letter queue by an operator without delivery.
+    Purged,
+}
+
+impl DeliveryStatus {
+    /// Upper-case name, as shown to operators.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Queued => "QUEUED",
+            Self::Delivered => "DELIVERED",
+            Self::DeadLettered => "DEAD_LETTERED",
+            Self::Purged => "PURGED",
+        }
+    }
+}
+
+/// The latest delivery state of a message at one connector.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    /// The state.
+    pub status: DeliveryStatus,
+    /// When it changed, µs since the epoch.
+    pub at_micros: i64,
+    /// Attempts made (for the delivery that reached this state).
+    pub attempts: u32,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// Entries of this message this connector still holds (queue and dead-letter queue). A
+    /// message can be queued twice for one connector (a replay next to its first entry), so
+    /// the status alone cannot tell retention when a connector is done with it.
+    pub held: u32,
 }
 
 /// Encode a record: version byte, then postcard.

@@ -1,20 +1,22 @@
 //! The writer thread: group commit, dedup, reopen after errors.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, StorageBackend};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, Table, WriteTransaction,
+};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::dedup::{DedupIndex, prefix};
 use super::schema::{
-    self, BODIES, CONNECTORS, FORMAT_VERSION, INLINE_BODY_MAX, MESSAGES, META, QUEUE, QueueEntry,
-    RouteStatus,
+    self, BODIES, CONNECTORS, DELIVERIES, DLQ, DeliveryRecord, DeliveryStatus, DlqEntry,
+    FORMAT_VERSION, INLINE_BODY_MAX, MESSAGES, META, QUEUE, QueueEntry, RouteStatus,
 };
-use super::{Appended, OutboxOptions, Request, Shared, StoreError};
+use super::{Appended, Done, NewMessage, Op, OutboxOptions, Request, Retained, Shared, StoreError};
 
 /// Most body bytes written in one transaction (one body may exceed it on its own).
 const MAX_BATCH_BYTES: usize = 32 << 20;
@@ -85,6 +87,8 @@ pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreEr
         transaction.open_table(BODIES)?;
         transaction.open_table(CONNECTORS)?;
         transaction.open_table(QUEUE)?;
+        transaction.open_table(DLQ)?;
+        transaction.open_table(DELIVERIES)?;
     }
     transaction.commit()?;
     Ok(database)
@@ -171,14 +175,14 @@ impl Writer {
         let max_batch = self.options.max_batch.max(1);
         let mut batch = Vec::with_capacity(max_batch);
         while let Some(first) = receiver.blocking_recv() {
-            let mut bytes = first.message.body.len();
+            let mut bytes = first.op.body_len();
             batch.push(first);
             // Bounded by count and by bytes, so a few large bodies do not hold many small
             // messages' ACKs behind one huge transaction.
             while batch.len() < max_batch && bytes < MAX_BATCH_BYTES {
                 match receiver.try_recv() {
                     Ok(request) => {
-                        bytes += request.message.body.len();
+                        bytes += request.op.body_len();
                         batch.push(request);
                     }
                     Err(_) => break,
@@ -191,16 +195,25 @@ impl Writer {
                 )),
             };
             match result {
-                Ok(outcomes) => {
+                Ok((outcomes, woken)) => {
                     let stats = &self.shared.stats;
                     stats.commits.fetch_add(1, Ordering::Relaxed);
                     for (request, outcome) in batch.drain(..).zip(outcomes) {
-                        if matches!(outcome, Appended::Duplicate { .. }) {
-                            stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            stats.records.fetch_add(1, Ordering::Relaxed);
+                        match &outcome {
+                            Done::Appended(Appended::Duplicate { .. }) => {
+                                stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Done::Appended(Appended::Stored { .. }) => {
+                                stats.records.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {}
                         }
                         let _ = request.reply.send(Ok(outcome));
+                    }
+                    for connector in woken {
+                        if let Some(waker) = self.shared.wakers.get(&connector) {
+                            waker.notify_one();
+                        }
                     }
                 }
                 Err(failure) => {
@@ -263,77 +276,74 @@ impl Writer {
         &mut self,
         database: &Database,
         batch: &[Request],
-    ) -> Result<Vec<Appended>, StoreError> {
+    ) -> Result<(Vec<Done>, BTreeSet<u32>), StoreError> {
         let mut transaction = database.begin_write()?;
         transaction.set_durability(Durability::Immediate)?;
         let now = now_micros();
         let mut outcomes = Vec::with_capacity(batch.len());
+        let mut woken = BTreeSet::new();
         // Accepted in this transaction: (key, id), entered in the index after the commit.
         let mut accepted: Vec<([u8; 32], u64)> = Vec::new();
         let next_id_after;
         {
-            let mut messages = transaction.open_table(MESSAGES)?;
-            let mut queue = transaction.open_table(QUEUE)?;
+            let mut tables = Tables {
+                messages: transaction.open_table(MESSAGES)?,
+                queue: transaction.open_table(QUEUE)?,
+                delivery: None,
+            };
             let mut next_id = match self.next_id {
                 Some(next_id) => next_id,
                 None => {
                     let meta = transaction.open_table(META)?;
-                    next_message_id(&meta, &messages)?
+                    next_message_id(&meta, &tables.messages)?
                 }
             };
+            let mut raise_floor = false;
             for request in batch {
-                let message = &request.message;
-                let dedup_key = message.dedup_key.filter(|_| self.dedup.is_some());
-                if let (Some(key), Some(index)) = (dedup_key, &self.dedup) {
-                    let candidate = accepted
-                        .iter()
-                        .rev()
-                        .find(|(pending, _)| *pending == key)
-                        .map(|(_, id)| *id)
-                        .or_else(|| index.candidate(prefix(&key), now));
-                    if let Some(original) = candidate {
-                        let stored = match messages.get(original)? {
-                            Some(value) => Some(schema::decode_message(value.value())?.0),
-                            None => None,
-                        };
-                        if let Some(stored) = stored.filter(|stored| stored.dedup_key == Some(key))
-                        {
-                            outcomes.push(Appended::Duplicate {
-                                id: original,
-                                ack: stored.ack,
-                            });
-                            continue;
+                let done = match &request.op {
+                    Op::Append(message) => self.append(
+                        &transaction,
+                        &mut tables,
+                        message,
+                        &mut next_id,
+                        now,
+                        &mut accepted,
+                        &mut woken,
+                    )?,
+                    Op::Retain {
+                        cutoff_micros,
+                        after_id,
+                        max_scan,
+                    } => {
+                        let retained = retain(
+                            &transaction,
+                            &mut tables,
+                            *cutoff_micros,
+                            *after_id,
+                            *max_scan,
+                        )?;
+                        raise_floor |= retained.removed > 0;
+                        Done::Retained(retained)
+                    }
+                    op => {
+                        let done =
+                            apply_delivery_op(&transaction, &mut tables, op, now, &mut next_id)?;
+                        if let (Done::Replayed { .. }, Op::Replay { to, .. }) = (&done, op) {
+                            woken.insert(*to);
+                            raise_floor = true;
                         }
+                        done
                     }
-                }
-                let id = next_id;
-                next_id += 1;
-                let mut record = message.record.clone();
-                record.dedup_key = dedup_key;
-                record.body_inline = message.body.len() <= INLINE_BODY_MAX;
-                let inline = record.body_inline.then_some(message.body.as_ref());
-                messages.insert(id, schema::encode_message(&record, inline)?.as_slice())?;
-                if !record.body_inline {
-                    transaction
-                        .open_table(BODIES)?
-                        .insert(id, message.body.as_ref())?;
-                }
-                for route in &record.routes {
-                    if route.status != RouteStatus::Queued {
-                        continue;
-                    }
-                    let entry = QueueEntry {
-                        message_id: id,
-                        attempts: 0,
-                        next_attempt_micros: 0,
-                        last_error: None,
-                    };
-                    queue.insert((route.connector, id), schema::encode(&entry)?.as_slice())?;
-                }
-                if let Some(key) = dedup_key {
-                    accepted.push((key, id));
-                }
-                outcomes.push(Appended::Stored { id });
+                };
+                outcomes.push(done);
+            }
+            if raise_floor {
+                // Re-queued entries take ids from the message counter and retention may have
+                // removed the newest message: keep the counter past both, so no id or seq is
+                // ever reused.
+                let mut meta = transaction.open_table(META)?;
+                let floor = schema::read_meta(&meta, "next_message_id")?.max(next_id);
+                meta.insert("next_message_id", floor)?;
             }
             next_id_after = next_id;
         }
@@ -349,8 +359,384 @@ impl Writer {
                 .dedup_entries
                 .store(index.len() as u64, Ordering::Relaxed);
         }
-        Ok(outcomes)
+        Ok((outcomes, woken))
     }
+
+    #[allow(clippy::too_many_arguments)]
+    fn append(
+        &self,
+        transaction: &WriteTransaction,
+        tables: &mut Tables<'_>,
+        message: &NewMessage,
+        next_id: &mut u64,
+        now: i64,
+        accepted: &mut Vec<([u8; 32], u64)>,
+        woken: &mut BTreeSet<u32>,
+    ) -> Result<Done, StoreError> {
+        let dedup_key = message.dedup_key.filter(|_| self.dedup.is_some());
+        if let (Some(key), Some(index)) = (dedup_key, &self.dedup) {
+            let candidate = accepted
+                .iter()
+                .rev()
+                .find(|(pending, _)| *pending == key)
+                .map(|(_, id)| *id)
+                .or_else(|| index.candidate(prefix(&key), now));
+            if let Some(original) = candidate {
+                let stored = match tables.messages.get(original)? {
+                    Some(value) => Some(schema::decode_message(value.value())?.0),
+                    None => None,
+                };
+                if let Some(stored) = stored.filter(|stored| stored.dedup_key == Some(key)) {
+                    return Ok(Done::Appended(Appended::Duplicate {
+                        id: original,
+                        ack: stored.ack,
+                    }));
+                }
+            }
+        }
+        let id = *next_id;
+        *next_id += 1;
+        let mut record = message.record.clone();
+        record.dedup_key = dedup_key;
+        record.body_inline = message.body.len() <= INLINE_BODY_MAX;
+        let inline = record.body_inline.then_some(message.body.as_ref());
+        tables
+            .messages
+            .insert(id, schema::encode_message(&record, inline)?.as_slice())?;
+        if !record.body_inline {
+            transaction
+                .open_table(BODIES)?
+                .insert(id, message.body.as_ref())?;
+        }
+        for route in &record.routes {
+            if route.status != RouteStatus::Queued {
+                continue;
+            }
+            let entry = QueueEntry {
+                message_id: id,
+                attempts: 0,
+                next_attempt_micros: 0,
+                last_error: None,
+            };
+            tables
+                .queue
+                .insert((route.connector, id), schema::encode(&entry)?.as_slice())?;
+            woken.insert(route.connector);
+        }
+        if let Some(key) = dedup_key {
+            accepted.push((key, id));
+        }
+        Ok(Done::Appended(Appended::Stored { id }))
+    }
+}
+
+/// The tables a batch writes.
+struct Tables<'txn> {
+    messages: Table<'txn, u64, &'static [u8]>,
+    queue: Table<'txn, (u32, u64), &'static [u8]>,
+    /// `dlq` and `deliveries`, opened by the first operation that needs them: a batch of
+    /// appends only must not touch them (every table a commit touches costs a root update).
+    delivery: Option<DeliveryTables<'txn>>,
+}
+
+type DeliveryTables<'txn> = (
+    Table<'txn, (u32, u64), &'static [u8]>,
+    Table<'txn, (u64, u32), &'static [u8]>,
+);
+
+impl<'txn> Tables<'txn> {
+    fn delivery(
+        &mut self,
+        transaction: &'txn WriteTransaction,
+    ) -> Result<&mut DeliveryTables<'txn>, StoreError> {
+        if self.delivery.is_none() {
+            self.delivery = Some((
+                transaction.open_table(DLQ)?,
+                transaction.open_table(DELIVERIES)?,
+            ));
+        }
+        self.delivery
+            .as_mut()
+            .ok_or_else(|| StoreError::Storage("delivery tables not open".to_owned()))
+    }
+}
+
+/// Apply a delivery-state operation (anything but append and retain).
+fn apply_delivery_op<'txn>(
+    transaction: &'txn WriteTransaction,
+    tables: &mut Tables<'txn>,
+    op: &Op,
+    now: i64,
+    next_id: &mut u64,
+) -> Result<Done, StoreError> {
+    tables.delivery(transaction)?;
+    let Tables {
+        messages,
+        queue,
+        delivery: Some((dlq, deliveries)),
+    } = tables
+    else {
+        return Err(StoreError::Storage("delivery tables not open".to_owned()));
+    };
+    // What the connector held of the message before this operation: the latest record's
+    // count, or the first queue entry when intake queued it and nothing happened since.
+    let held_before = |deliveries: &Table<'txn, (u64, u32), &'static [u8]>,
+                       message_id: u64,
+                       connector: u32,
+                       queued_at_intake: &dyn Fn() -> Result<bool, StoreError>|
+     -> Result<u32, StoreError> {
+        match deliveries.get((message_id, connector))? {
+            Some(value) => Ok(schema::decode::<DeliveryRecord>(value.value())?.held),
+            None => Ok(u32::from(queued_at_intake()?)),
+        }
+    };
+    let record = |status, attempts, last_error, held| DeliveryRecord {
+        status,
+        at_micros: now,
+        attempts,
+        last_error,
+        held,
+    };
+    // An entry that is (or was) in a queue or DLQ counts as held when no record says otherwise.
+    let held = || Ok(true);
+    match op {
+        Op::Delivered {
+            connector,
+            seq,
+            attempts,
+        } => {
+            let Some(entry) = take_queue_entry(queue, *connector, *seq)? else {
+                return Ok(Done::Missing);
+            };
+            let before = held_before(deliveries, entry.message_id, *connector, &held)?;
+            let delivered = record(
+                DeliveryStatus::Delivered,
+                *attempts,
+                entry.last_error,
+                before.saturating_sub(1),
+            );
+            deliveries.insert(
+                (entry.message_id, *connector),
+                schema::encode(&delivered)?.as_slice(),
+            )?;
+            Ok(Done::Applied)
+        }
+        Op::Retry {
+            connector,
+            seq,
+            attempts,
+            next_attempt_micros,
+            error,
+        } => {
+            let current: Option<QueueEntry> = match queue.get((*connector, *seq))? {
+                Some(value) => Some(schema::decode(value.value())?),
+                None => None,
+            };
+            let Some(mut entry) = current else {
+                return Ok(Done::Missing);
+            };
+            entry.attempts = *attempts;
+            entry.next_attempt_micros = *next_attempt_micros;
+            entry.last_error = Some(error.clone());
+            queue.insert((*connector, *seq), schema::encode(&entry)?.as_slice())?;
+            Ok(Done::Applied)
+        }
+        Op::DeadLetter {
+            connector,
+            seq,
+            attempts,
+            reason,
+        } => {
+            let Some(entry) = take_queue_entry(queue, *connector, *seq)? else {
+                return Ok(Done::Missing);
+            };
+            let dead = DlqEntry {
+                message_id: entry.message_id,
+                attempts: *attempts,
+                reason: reason.clone(),
+                failed_at_micros: now,
+            };
+            dlq.insert((*connector, *seq), schema::encode(&dead)?.as_slice())?;
+            let before = held_before(deliveries, entry.message_id, *connector, &held)?;
+            let state = record(
+                DeliveryStatus::DeadLettered,
+                *attempts,
+                Some(reason.clone()),
+                before,
+            );
+            deliveries.insert(
+                (entry.message_id, *connector),
+                schema::encode(&state)?.as_slice(),
+            )?;
+            Ok(Done::Applied)
+        }
+        Op::Replay { connector, seq, to } => {
+            let dead: Option<DlqEntry> = match dlq.remove((*connector, *seq))? {
+                Some(value) => Some(schema::decode(value.value())?),
+                None => None,
+            };
+            let Some(dead) = dead else {
+                return Ok(Done::Missing);
+            };
+            let new_seq = *next_id;
+            *next_id += 1;
+            let entry = QueueEntry {
+                message_id: dead.message_id,
+                attempts: 0,
+                next_attempt_micros: 0,
+                last_error: None,
+            };
+            queue.insert((*to, new_seq), schema::encode(&entry)?.as_slice())?;
+            let from_before = held_before(deliveries, dead.message_id, *connector, &held)?;
+            if to == connector {
+                let state = record(DeliveryStatus::Queued, 0, None, from_before);
+                deliveries.insert((dead.message_id, *to), schema::encode(&state)?.as_slice())?;
+            } else {
+                // The original connector's DLQ entry is gone: it holds one entry less.
+                let purged = record(
+                    DeliveryStatus::Purged,
+                    dead.attempts,
+                    Some(dead.reason),
+                    from_before.saturating_sub(1),
+                );
+                deliveries.insert(
+                    (dead.message_id, *connector),
+                    schema::encode(&purged)?.as_slice(),
+                )?;
+                let queued_at_intake = || -> Result<bool, StoreError> {
+                    let routes = match messages.get(dead.message_id)? {
+                        Some(value) => schema::decode_message(value.value())?.0.routes,
+                        None => Vec::new(),
+                    };
+                    Ok(routes
+                        .iter()
+                        .any(|route| route.connector == *to && route.status == RouteStatus::Queued))
+                };
+                let to_before = held_before(deliveries, dead.message_id, *to, &queued_at_intake)?;
+                let state = record(DeliveryStatus::Queued, 0, None, to_before + 1);
+                deliveries.insert((dead.message_id, *to), schema::encode(&state)?.as_slice())?;
+            }
+            Ok(Done::Replayed { seq: new_seq })
+        }
+        Op::Purge { connector, seq } => {
+            let dead: Option<DlqEntry> = match dlq.remove((*connector, *seq))? {
+                Some(value) => Some(schema::decode(value.value())?),
+                None => None,
+            };
+            let Some(dead) = dead else {
+                return Ok(Done::Missing);
+            };
+            let before = held_before(deliveries, dead.message_id, *connector, &held)?;
+            let purged = record(
+                DeliveryStatus::Purged,
+                dead.attempts,
+                Some(dead.reason),
+                before.saturating_sub(1),
+            );
+            deliveries.insert(
+                (dead.message_id, *connector),
+                schema::encode(&purged)?.as_slice(),
+            )?;
+            Ok(Done::Applied)
+        }
+        Op::Append(_) | Op::Retain { .. } => {
+            Err(StoreError::Storage("not a delivery operation".to_owned()))
+        }
+    }
+}
+
+fn take_queue_entry(
+    queue: &mut Table<'_, (u32, u64), &'static [u8]>,
+    connector: u32,
+    seq: u64,
+) -> Result<Option<QueueEntry>, StoreError> {
+    match queue.remove((connector, seq))? {
+        Some(value) => Ok(Some(schema::decode(value.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// One bounded retention step (see [`super::Outbox::retain`]).
+fn retain<'txn>(
+    transaction: &'txn WriteTransaction,
+    tables: &mut Tables<'txn>,
+    cutoff_micros: i64,
+    after_id: u64,
+    max_scan: usize,
+) -> Result<Retained, StoreError> {
+    let mut retained = Retained::default();
+    let mut removable = Vec::new();
+    let mut reached_cutoff = true;
+    let mut last_scanned = after_id;
+    tables.delivery(transaction)?;
+    let Tables {
+        messages,
+        delivery: Some((_, deliveries)),
+        ..
+    } = tables
+    else {
+        return Err(StoreError::Storage("delivery tables not open".to_owned()));
+    };
+    {
+        for entry in messages.range(after_id.saturating_add(1)..)? {
+            if retained.scanned as usize >= max_scan {
+                reached_cutoff = false;
+                break;
+            }
+            let (id, value) = entry?;
+            let id = id.value();
+            let (record, _) = schema::decode_message(value.value())?;
+            if record.received_at_micros >= cutoff_micros {
+                break;
+            }
+            retained.scanned += 1;
+            last_scanned = id;
+            if message_is_done(deliveries, id, &record)? {
+                removable.push((id, record.body_inline));
+            }
+        }
+    }
+    if !removable.is_empty() {
+        let mut bodies = None;
+        for (id, inline) in &removable {
+            messages.remove(*id)?;
+            if !inline {
+                if bodies.is_none() {
+                    bodies = Some(transaction.open_table(BODIES)?);
+                }
+                if let Some(bodies) = bodies.as_mut() {
+                    bodies.remove(*id)?;
+                }
+            }
+            deliveries.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
+        }
+    }
+    retained.removed = removable.len() as u64;
+    retained.resume_after = (!reached_cutoff).then_some(last_scanned);
+    Ok(retained)
+}
+
+/// True when no connector holds this message any more: every route queued at intake has a
+/// delivery record, and no record holds a queue or dead-letter entry.
+fn message_is_done(
+    deliveries: &impl ReadableTable<(u64, u32), &'static [u8]>,
+    id: u64,
+    record: &schema::MessageRecord,
+) -> Result<bool, StoreError> {
+    let mut states = HashMap::new();
+    for entry in deliveries.range((id, 0)..=(id, u32::MAX))? {
+        let (key, value) = entry?;
+        let state: DeliveryRecord = schema::decode(value.value())?;
+        if state.held > 0 {
+            return Ok(false);
+        }
+        states.insert(key.value().1, state.status);
+    }
+    Ok(record
+        .routes
+        .iter()
+        .filter(|route| route.status == RouteStatus::Queued)
+        .all(|route| states.contains_key(&route.connector)))
 }
 
 /// The next message id: one past the newest message, or past `meta["next_message_id"]` if
