@@ -1,10 +1,11 @@
 //! Wiring and lifecycle: compile rules, open the outbox, bind the listener, serve, drain.
 //!
 //! Start order: compile every rule (a bad one stops startup) → open the outbox and start its
-//! writer → bind the listener (a port clash fails before traffic) → serve.
+//! writer → start one delivery worker per connector and the retention task → bind the
+//! listener (a port clash fails before traffic) → serve.
 //! Stop order: stop accepting → let connections finish the frame in hand (each gets its ACK
-//! after its commit) → drop the last outbox handle → the writer answers what is queued,
-//! commits, and stops.
+//! after its commit) → stop the workers after the delivery in hand → drop the last outbox
+//! handle → the writer answers what is queued, commits, and stops.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,10 +17,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::delivery::{WorkerControl, WorkerSettings, spawn_worker};
 use crate::hl7::{AckStamper, SystemStamper};
 use crate::ingest::Ingest;
 use crate::mllp::{self, ListenerStats, StatsSnapshot};
 use crate::outbox::{BackendFactory, Outbox, OutboxOptions, WriterHandle};
+use crate::outputs::Output;
 use crate::rules::RuleSet;
 
 /// How long connections get to finish the frame in hand once shutdown starts.
@@ -56,6 +59,12 @@ pub struct RunningApp {
     shutdown: CancellationToken,
     /// Tracks the accept loop and every connection task.
     tracker: TaskTracker,
+    /// Cancelled to stop the delivery workers and the retention task.
+    delivery_shutdown: CancellationToken,
+    /// Tracks the workers and the retention task.
+    delivery_tracker: TaskTracker,
+    /// One per connector, in configuration order.
+    workers: Vec<(String, WorkerControl)>,
 }
 
 impl RunningApp {
@@ -102,6 +111,38 @@ impl RunningApp {
             .filter_map(|connector| outbox.connector_id(&connector.name))
             .collect();
 
+        let delivery_shutdown = CancellationToken::new();
+        let delivery_tracker = TaskTracker::new();
+        let mut workers = Vec::new();
+        for connector in &config.connectors {
+            let (Some(output), Some(id)) =
+                (&connector.output, outbox.connector_id(&connector.name))
+            else {
+                continue;
+            };
+            let control = spawn_worker(
+                WorkerSettings {
+                    name: Arc::from(connector.name.as_str()),
+                    connector: id,
+                    retry: output.retry.clone(),
+                    min_interval: output.min_interval,
+                    paused: output.paused,
+                },
+                Output::new(&output.output),
+                outbox.clone(),
+                delivery_shutdown.child_token(),
+                &delivery_tracker,
+            );
+            workers.push((connector.name.clone(), control));
+        }
+        if let Some(retention) = settings.retention {
+            delivery_tracker.spawn(retention_task(
+                outbox.clone(),
+                retention,
+                delivery_shutdown.child_token(),
+            ));
+        }
+
         let listen_addr = settings.listener.listen_addr.clone();
         let listener = mllp::bind(&listen_addr)
             .await
@@ -147,7 +188,18 @@ impl RunningApp {
             writer,
             shutdown,
             tracker,
+            delivery_shutdown,
+            delivery_tracker,
+            workers,
         })
+    }
+
+    /// A connector's worker control (pause, resume, counters).
+    pub fn worker(&self, connector: &str) -> Option<&WorkerControl> {
+        self.workers
+            .iter()
+            .find(|(name, _)| name == connector)
+            .map(|(_, control)| control)
     }
 
     /// The bound address (useful with port 0).
@@ -180,7 +232,18 @@ impl RunningApp {
                 "shutdown grace period ended with connections still receiving a frame"
             );
         }
+        // Workers finish the delivery in hand (outputs bound it with their timeouts).
+        self.delivery_shutdown.cancel();
+        self.delivery_tracker.close();
+        let delivered = tokio::time::timeout(grace, self.delivery_tracker.wait())
+            .await
+            .is_ok();
+        if !delivered {
+            warn!("shutdown grace period ended with a delivery still in progress");
+        }
+        let finished = finished && delivered;
         let stats = self.stats.snapshot();
+        drop(self.workers);
         drop(self.outbox);
         if finished {
             // Every connection task (and its ingest handle) is gone: the writer stops once it
@@ -194,6 +257,49 @@ impl RunningApp {
             "stopped"
         );
         finished
+    }
+}
+
+/// How often retention looks for old messages.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// Messages looked at per retention transaction (bounds how long it holds the writer).
+const RETENTION_BATCH: usize = 1000;
+
+/// Remove delivered and filtered messages older than `retention`, in bounded steps.
+async fn retention_task(outbox: Outbox, retention: Duration, shutdown: CancellationToken) {
+    let mut after = 0u64;
+    let mut removed_in_pass = 0u64;
+    loop {
+        let cutoff = crate::outbox::now_micros()
+            .saturating_sub(i64::try_from(retention.as_micros()).unwrap_or(i64::MAX));
+        let pause = match outbox.retain(cutoff, after, RETENTION_BATCH).await {
+            Ok(step) => {
+                removed_in_pass += step.removed;
+                match step.resume_after {
+                    Some(next) => {
+                        after = next;
+                        // Let intake commits through between steps.
+                        Duration::from_millis(10)
+                    }
+                    None => {
+                        if removed_in_pass > 0 {
+                            info!(removed = removed_in_pass, "retention removed old messages");
+                        }
+                        after = 0;
+                        removed_in_pass = 0;
+                        RETENTION_INTERVAL
+                    }
+                }
+            }
+            Err(error) => {
+                warn!(error = %error, "retention step failed; trying again later");
+                RETENTION_INTERVAL
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 

@@ -10,7 +10,11 @@
 //! - [`ingest`] — frame → parse → checks → rules → routes → outbox → ACK; the one place that
 //!   picks ACK codes.
 //! - [`rules`] — CEL validation rules and connector filters, compiled once.
-//! - [`outbox`] — redb store: group-commit writer, FIFO queues per connector, dedup.
+//! - [`outbox`] — redb store: group-commit writer, FIFO queues per connector, dedup, DLQ,
+//!   retention.
+//! - [`delivery`] — one worker per connector: FIFO, retry with backoff, dead-letter queue.
+//! - [`outputs`] — MLLP, file (more to come): deliver one message, say if a failure is
+//!   worth retrying.
 //! - [`config`] — defaults < YAML file < environment; Go-style values; the YAML schema.
 //! - [`app`] — wiring and lifecycle.
 //! - [`cli`] — `serve`, `check`, `config schema`, `send`, `bench`.
@@ -20,10 +24,12 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod hl7;
 pub mod ingest;
 pub mod mllp;
 pub mod outbox;
+pub mod outputs;
 pub mod rules;
 pub mod shutdown;
 pub mod telemetry;

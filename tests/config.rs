@@ -9,12 +9,16 @@ use mfoundry::config::Config;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_mfoundry");
 
+/// Secrets the examples refer to with `${...}`, as a deployment would provide them.
+const EXAMPLE_ENV: &[(&str, &str)] = &[("LAB_ARCHIVE_DSN", "host=127.0.0.1 user=postgres")];
+
 fn check(file: &Path) -> Output {
     Command::new(BINARY)
         .arg("check")
         .arg("--config")
         .arg(file)
         .env_clear()
+        .envs(EXAMPLE_ENV.iter().copied())
         .output()
         .expect("check runs")
 }
@@ -47,6 +51,44 @@ fn every_example_configuration_passes_check() {
             String::from_utf8_lossy(&output.stderr)
         );
         assert!(stdout.starts_with("ok: "), "{stdout}");
+    }
+}
+
+#[test]
+fn an_unset_env_reference_names_the_variable_and_the_connector() {
+    let output = Command::new(BINARY)
+        .arg("check")
+        .arg("--config")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mfoundry.yaml"))
+        .env_clear()
+        .output()
+        .expect("check runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("connector \"lab-archive\" (type postgres)")
+            && stderr.contains("${LAB_ARCHIVE_DSN}, which is not set"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn connector_keys_are_checked_per_type() {
+    let message = failing_check(
+        "connectors:\n  - name: a\n    type: file\n    port: 2575\n  - name: b\n    type: mllp\n    host: x\n  - name: c\n    type: file\n    directory: out\n    filename: \"../{id}\"\n  - name: d\n    type: mllp\n    host: h\n    port: 1\n    on_reject: ignore\n    retry:\n      initial_delay: 10m\n      max_delay: 1m\n",
+    );
+    for expected in [
+        "connector \"a\" (type file): `port` does not apply to type file",
+        "connector \"a\" (type file): `directory` is required",
+        "connector \"b\" (type mllp): `port` is required",
+        "connector \"c\" (type file): `filename`:",
+        "connector \"d\" (type mllp): `on_reject` is \"ignore\"",
+        "`retry.initial_delay` is longer than `retry.max_delay`",
+    ] {
+        assert!(
+            message.contains(expected),
+            "missing {expected:?} in:\n{message}"
+        );
     }
 }
 

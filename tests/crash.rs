@@ -40,6 +40,7 @@ fn start(directory: &Path) -> (Child, String) {
         .arg("--config")
         .arg(directory.join("mfoundry.yaml"))
         .env_clear()
+        .current_dir(directory)
         .env("LISTEN_ADDR", "127.0.0.1:0")
         .env("DATA_DIR", directory.join("data"))
         .env("LOG_FORMAT", "json")
@@ -133,6 +134,28 @@ fn send_until_stopped(addr: &str, sender: usize, stop: &AtomicBool) -> Vec<Strin
     acknowledged
 }
 
+/// Message ids of the files the file connector wrote (`{id}-{control_id}.hl7` under a
+/// directory per day).
+fn written_message_ids(out: &Path) -> BTreeSet<u64> {
+    let mut ids = BTreeSet::new();
+    let Ok(days) = std::fs::read_dir(out) else {
+        return ids;
+    };
+    for day in days {
+        for file in std::fs::read_dir(day.expect("day").path()).expect("day dir") {
+            let name = file
+                .expect("file")
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if let Some(id) = name.split('-').next().and_then(|id| id.parse().ok()) {
+                ids.insert(id);
+            }
+        }
+    }
+    ids
+}
+
 fn pseudo_random_millis(low: u64, high: u64) -> u64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -207,6 +230,8 @@ fn every_aa_survives_sigkill_with_exactly_its_queue_entries() {
         .into_iter()
         .map(|(id, record)| (id, record.header.control_id))
         .collect();
+    // A connector holds a message while it is queued; once delivered, its delivery record
+    // says so. Either way the fan-out decided at intake must be intact.
     let mut queued: HashMap<String, BTreeSet<String>> = HashMap::new();
     for name in &names {
         let connector = outbox.connector_id(name).expect("connector");
@@ -221,6 +246,34 @@ fn every_aa_survives_sigkill_with_exactly_its_queue_entries() {
             assert!(fresh, "{control_id} is queued twice for {name}");
         }
     }
+    let written = written_message_ids(&directory.path().join("out"));
+    let everything = outbox.connector_id("everything").expect("connector");
+    let mut delivered = 0;
+    for (id, control_id) in &by_id {
+        for (connector, record) in snapshot.deliveries(*id).expect("deliveries") {
+            let name = names
+                .iter()
+                .find(|name| outbox.connector_id(name) == Some(connector))
+                .expect("known connector");
+            assert_eq!(record.status, mfoundry::outbox::DeliveryStatus::Delivered);
+            let fresh = queued
+                .entry(control_id.clone())
+                .or_default()
+                .insert(name.clone());
+            assert!(
+                fresh,
+                "{control_id} is both queued and delivered for {name}"
+            );
+            if connector == everything {
+                delivered += 1;
+                assert!(
+                    written.contains(id),
+                    "message {id} is marked delivered but has no file"
+                );
+            }
+        }
+    }
+    eprintln!("{delivered} messages delivered to files across the kills");
     for control_id in by_id.values() {
         let routes = queued.get(control_id).cloned().unwrap_or_default();
         assert_eq!(

@@ -12,11 +12,13 @@ use mfoundry::app::{AppOptions, RunningApp};
 use mfoundry::hl7::{AckStamp, AckStamper};
 use mfoundry::outbox::{Disposition, RouteStatus};
 
+// Delivery is paused: these tests look at what intake queued.
 const YAML: &str = r#"
 connectors:
   - name: everything
     type: file
     directory: ./out
+    paused: true
   - name: adt
     type: http
     url: http://127.0.0.1:9/

@@ -123,6 +123,10 @@ pub struct FileConfig {
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
     pub log_format: SpannedScalar,
+    /// Same as `RETENTION` (Go duration; 0 keeps everything).
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub retention: SpannedScalar,
     /// Where messages go. Each connector has its own FIFO queue.
     #[serde(default)]
     pub connectors: Vec<ConnectorFile>,
@@ -134,7 +138,7 @@ pub struct FileConfig {
 impl FileConfig {
     /// The scalar settings that are present, by lower-case key.
     pub fn scalars(&self) -> BTreeMap<&'static str, &Spanned<ScalarText>> {
-        let fields: [(&'static str, &SpannedScalar); 14] = [
+        let fields: [(&'static str, &SpannedScalar); 15] = [
             ("listen_addr", &self.listen_addr),
             ("max_connections", &self.max_connections),
             ("idle_timeout", &self.idle_timeout),
@@ -149,6 +153,7 @@ impl FileConfig {
             ("listener_name", &self.listener_name),
             ("rules_time_budget", &self.rules_time_budget),
             ("log_format", &self.log_format),
+            ("retention", &self.retention),
         ];
         fields
             .into_iter()
@@ -243,6 +248,42 @@ pub struct ConnectorFile {
     /// `nats`: the subject.
     #[serde(default)]
     pub subject: Option<String>,
+    /// `postgres`: a file holding the connection string (a mounted secret).
+    #[serde(default)]
+    pub dsn_file: Option<String>,
+    /// `mllp`: how long to wait for a connection (Go duration, default `10s`).
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    /// `mllp`: how long to wait for the ACK (Go duration, default `30s`).
+    #[serde(default)]
+    pub ack_timeout: Option<String>,
+    /// `mllp`: what an AR/CR answer means: `dead_letter` (default) or `retry`.
+    #[serde(default)]
+    pub on_reject: Option<String>,
+    /// `http`: the method (default `POST`).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// `http`: extra request headers.
+    #[serde(default)]
+    pub headers: Option<std::collections::BTreeMap<String, String>>,
+    /// `http`: environment variable holding a bearer token.
+    #[serde(default)]
+    pub bearer_token_env: Option<String>,
+    /// `http`: file holding a bearer token.
+    #[serde(default)]
+    pub bearer_token_file: Option<String>,
+    /// `http`: body format, `hl7` (default, the bytes as received) or `json`.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// `http`: whole-request timeout (Go duration, default `30s`).
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Least time between two sends to this connector (Go duration), for fragile receivers.
+    #[serde(default)]
+    pub min_interval: Option<String>,
+    /// Start with delivery paused (messages are still accepted and queued).
+    #[serde(default)]
+    pub paused: Option<bool>,
     /// Retry policy.
     #[serde(default)]
     pub retry: Option<RetryFile>,

@@ -8,6 +8,7 @@
 //! exits 64 before any port is bound. Every variable and key is documented in
 //! `docs/configuration.md`; a test keeps that table and [`ENV_VARS`] equal.
 
+pub mod connectors;
 pub mod file;
 mod values;
 
@@ -93,6 +94,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "100ms",
     },
     EnvVar {
+        name: "RETENTION",
+        default: "168h",
+    },
+    EnvVar {
         name: "LOG_FORMAT",
         default: "text",
     },
@@ -155,6 +160,9 @@ pub struct Settings {
     pub rules_time_budget: Duration,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
+    /// `RETENTION`: delivered and filtered messages older than this are removed; `None` keeps
+    /// everything.
+    pub retention: Option<Duration>,
 }
 
 /// One configuration problem: what, where, and how to fix it.
@@ -351,6 +359,7 @@ impl Settings {
             },
             LogFormat::Text,
         );
+        let retention = reader.read("RETENTION", optional_duration, None);
         if !reader.problems.is_empty() {
             return Err(ConfigErrors(reader.problems));
         }
@@ -371,6 +380,7 @@ impl Settings {
             dedup_max_entries,
             rules_time_budget,
             log_format,
+            retention,
         })
     }
 
@@ -469,6 +479,8 @@ pub struct Connector {
     pub kind: ConnectorKind,
     /// Everything written for it in the file.
     pub spec: ConnectorFile,
+    /// Its output settings, checked (`${ENV}` references resolved).
+    pub output: Option<connectors::OutputSettings>,
 }
 
 /// The whole configuration: settings, connectors and rules.
@@ -553,10 +565,26 @@ impl Config {
                         origin: file_origin(filter.referenced.line(), filter.referenced.column()),
                     }),
                 });
+                let output = match connectors::build(connector, lookup) {
+                    Ok(output) => Some(output),
+                    Err(found) => {
+                        problems.extend(found.into_iter().map(|problem| ConfigProblem {
+                            name: String::new(),
+                            subject: format!(
+                                "{at}: connector {:?} (type {})",
+                                name.value,
+                                connector.kind.as_str()
+                            ),
+                            problem,
+                        }));
+                        None
+                    }
+                };
                 connectors.push(Connector {
                     name: name.value.clone(),
                     kind: connector.kind,
                     spec: connector.clone(),
+                    output,
                 });
             }
             let mut seen = HashSet::new();

@@ -28,6 +28,8 @@ mod dedup;
 pub mod schema;
 mod writer;
 
+pub use writer::now_micros;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

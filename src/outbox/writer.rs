@@ -751,6 +751,6 @@ fn next_message_id(
 }
 
 /// Microseconds since the Unix epoch.
-pub(crate) fn now_micros() -> i64 {
+pub fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }

@@ -72,6 +72,10 @@ impl TestApp {
     pub fn outbox(&self) -> &mfoundry::outbox::Outbox {
         self.app.outbox()
     }
+    /// A connector's worker.
+    pub fn worker(&self, connector: &str) -> &mfoundry::delivery::WorkerControl {
+        self.app.worker(connector).expect("connector has a worker")
+    }
     /// Shut down; true when every connection finished in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.app.shutdown(grace).await

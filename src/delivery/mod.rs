@@ -1,0 +1,401 @@
+//! Delivery: one worker per connector takes the head of its queue, hands it to the output,
+//! and records the outcome in the outbox before it looks at the next entry (FIFO, also across
+//! retries and restarts). Transient failures wait with exponential backoff and full jitter;
+//! permanent failures and exhausted attempts move the entry to the connector's dead-letter
+//! queue, and the queue moves on. The worker, not the output, owns ordering, retry and the
+//! dead-letter queue.
+//!
+//! A worker sleeps on its connector's waker (notified by every commit that queues for it), so
+//! an idle gateway does no polling. Attempt counts, next-attempt times and last errors live in
+//! the queue entry, so a restart resumes with the same schedule.
+
+mod retry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use retry::{Random, RetryPolicy};
+
+use crate::outbox::{MessageRecord, Outbox, Pending, StoreError};
+
+/// Entries read from the queue at a time.
+const READ_AHEAD: usize = 64;
+/// Body bytes read from the queue at a time (the first entry is always read).
+const READ_AHEAD_BYTES: usize = 4 << 20;
+/// Pause after the outbox failed, before reading the queue again.
+const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+
+/// One message as an output sees it.
+#[derive(Clone, Debug)]
+pub struct Envelope {
+    /// The message id in the outbox.
+    pub message_id: u64,
+    /// The entry's position in the connector's queue.
+    pub seq: u64,
+    /// The connector's name.
+    pub connector: Arc<str>,
+    /// Header fields, receive time, peer.
+    pub record: MessageRecord,
+    /// The bytes as received.
+    pub body: Bytes,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+}
+
+/// Why an output could not deliver. Reasons name the cause, never message content.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Worth retrying (the peer is down, busy, or answered AE).
+    #[error("{reason}")]
+    Transient {
+        /// What happened.
+        reason: String,
+        /// The peer asked to wait this long (HTTP `Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help (the peer refused this message).
+    #[error("{reason}")]
+    Permanent {
+        /// What happened.
+        reason: String,
+    },
+}
+
+impl DeliveryError {
+    /// A transient failure.
+    pub fn transient(reason: impl Into<String>) -> Self {
+        Self::Transient {
+            reason: reason.into(),
+            retry_after: None,
+        }
+    }
+
+    /// A permanent failure.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        Self::Permanent {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Something that delivers one message: every output kind (see [`crate::outputs::Output`]),
+/// or a scripted stand-in in tests. The worker is generic over it.
+pub trait Deliver: Send + 'static {
+    /// The output kind, for logs.
+    fn kind(&self) -> &'static str;
+    /// Deliver one message. Safe to call again for the same message after a transient error.
+    fn deliver(
+        &mut self,
+        envelope: &Envelope,
+    ) -> impl std::future::Future<Output = Result<(), DeliveryError>> + Send;
+}
+
+/// Counters of one connector's worker.
+#[derive(Debug, Default)]
+pub struct DeliveryStats {
+    /// Messages delivered.
+    pub delivered: AtomicU64,
+    /// Failed attempts that will be retried.
+    pub retries: AtomicU64,
+    /// Messages moved to the dead-letter queue.
+    pub dead_lettered: AtomicU64,
+    /// Times the outbox could not record an outcome.
+    pub store_errors: AtomicU64,
+    /// True while the worker waits for a retry time.
+    pub backing_off: AtomicBool,
+}
+
+/// Controls one connector's worker from outside (pause, resume).
+#[derive(Clone, Debug)]
+pub struct WorkerControl {
+    paused: watch::Sender<bool>,
+    stats: Arc<DeliveryStats>,
+}
+
+impl WorkerControl {
+    /// Stop delivering after the message in hand; intake keeps queueing.
+    pub fn pause(&self) {
+        self.paused.send_replace(true);
+    }
+
+    /// Deliver again.
+    pub fn resume(&self) {
+        self.paused.send_replace(false);
+    }
+
+    /// Whether delivery is paused.
+    pub fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    /// The worker's counters.
+    pub fn stats(&self) -> &DeliveryStats {
+        &self.stats
+    }
+}
+
+/// What a worker needs.
+#[derive(Debug)]
+pub struct WorkerSettings {
+    /// Connector name.
+    pub name: Arc<str>,
+    /// Connector id in the outbox.
+    pub connector: u32,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Least time between two sends.
+    pub min_interval: Option<Duration>,
+    /// Start paused.
+    pub paused: bool,
+}
+
+/// Start a connector's worker on the current runtime. It stops, after the delivery in hand,
+/// when `shutdown` is cancelled.
+pub fn spawn_worker<O: Deliver>(
+    settings: WorkerSettings,
+    output: O,
+    outbox: Outbox,
+    shutdown: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> WorkerControl {
+    let (paused, paused_rx) = watch::channel(settings.paused);
+    let stats = Arc::new(DeliveryStats::default());
+    let worker = Worker {
+        random: Random::new(u64::from(settings.connector)),
+        settings,
+        output,
+        outbox,
+        shutdown,
+        paused: paused_rx,
+        stats: Arc::clone(&stats),
+        last_send: None,
+    };
+    tracker.spawn(worker.run());
+    WorkerControl { paused, stats }
+}
+
+struct Worker<O> {
+    settings: WorkerSettings,
+    output: O,
+    outbox: Outbox,
+    shutdown: CancellationToken,
+    paused: watch::Receiver<bool>,
+    stats: Arc<DeliveryStats>,
+    random: Random,
+    last_send: Option<tokio::time::Instant>,
+}
+
+/// Why a wait ended.
+enum Woke {
+    Ready,
+    Shutdown,
+}
+
+impl<O: Deliver> Worker<O> {
+    async fn run(mut self) {
+        let Some(waker) = self.outbox.waker(self.settings.connector) else {
+            warn!(connector = %self.settings.name, "connector is not registered in the outbox; its worker does not start");
+            return;
+        };
+        info!(connector = %self.settings.name, output = self.output.kind(), paused = *self.paused.borrow(), "delivery worker started");
+        let mut batch: std::collections::VecDeque<Pending> = Default::default();
+        loop {
+            if let Woke::Shutdown = self.wait_while_paused().await {
+                break;
+            }
+            if batch.is_empty() {
+                let connector = self.settings.connector;
+                match self
+                    .outbox
+                    .read(move |snapshot| {
+                        snapshot.pending(connector, None, READ_AHEAD, READ_AHEAD_BYTES)
+                    })
+                    .await
+                {
+                    Ok(entries) => batch.extend(entries),
+                    Err(error) => {
+                        self.store_failed(&error).await;
+                        continue;
+                    }
+                }
+                if batch.is_empty() {
+                    tokio::select! {
+                        () = waker.notified() => continue,
+                        () = self.shutdown.cancelled() => break,
+                        _ = self.paused.changed() => continue,
+                    }
+                }
+            }
+            let Some(head) = batch.front_mut() else {
+                continue;
+            };
+            match self.attempt(head).await {
+                Ok(Step::Done) => {
+                    batch.pop_front();
+                }
+                Ok(Step::Again) => {}
+                Ok(Step::Stop) => break,
+                Err(error) => {
+                    self.store_failed(&error).await;
+                    // Start again from what the outbox holds.
+                    batch.clear();
+                }
+            }
+        }
+        info!(connector = %self.settings.name, "delivery worker stopped");
+    }
+
+    /// Deliver the head once (after waiting for its retry time) and record the outcome.
+    async fn attempt(&mut self, head: &mut Pending) -> Result<Step, StoreError> {
+        let connector = self.settings.connector;
+        let seq = head.seq;
+        let (Some(record), Some(body)) = (head.record.clone(), head.body.clone()) else {
+            let reason = "the message is missing from the outbox".to_owned();
+            self.outbox
+                .dead_letter(connector, seq, head.entry.attempts, reason)
+                .await?;
+            bump(&self.stats.dead_lettered);
+            return Ok(Step::Done);
+        };
+        let due = head.entry.next_attempt_micros;
+        let now = crate::outbox::now_micros();
+        if due > now {
+            self.stats.backing_off.store(true, Ordering::Relaxed);
+            let wait = Duration::from_micros(u64::try_from(due - now).unwrap_or(0));
+            let woke = self.sleep(wait).await;
+            self.stats.backing_off.store(false, Ordering::Relaxed);
+            match woke {
+                Woke::Shutdown => return Ok(Step::Stop),
+                Woke::Ready if *self.paused.borrow() => return Ok(Step::Again),
+                Woke::Ready => {}
+            }
+        }
+        if let (Some(interval), Some(last)) = (self.settings.min_interval, self.last_send) {
+            let ready_at = last + interval;
+            if ready_at > tokio::time::Instant::now()
+                && let Woke::Shutdown = self.sleep_until(ready_at).await
+            {
+                return Ok(Step::Stop);
+            }
+        }
+        let attempt = head.entry.attempts.saturating_add(1);
+        let envelope = Envelope {
+            message_id: head.entry.message_id,
+            seq,
+            connector: Arc::clone(&self.settings.name),
+            record,
+            body,
+            attempt,
+        };
+        self.last_send = Some(tokio::time::Instant::now());
+        // The delivery in hand is finished even during shutdown; outputs bound it with
+        // their own timeouts.
+        let outcome = self.output.deliver(&envelope).await;
+        let name = &self.settings.name;
+        match outcome {
+            Ok(()) => {
+                self.outbox.mark_delivered(connector, seq, attempt).await?;
+                bump(&self.stats.delivered);
+                debug!(connector = %name, message = envelope.message_id, seq, attempt, "delivered");
+                Ok(Step::Done)
+            }
+            Err(DeliveryError::Permanent { reason }) => {
+                warn!(connector = %name, message = envelope.message_id, seq, attempt, reason = %reason, "delivery refused; moved to the dead-letter queue");
+                self.outbox
+                    .dead_letter(connector, seq, attempt, reason)
+                    .await?;
+                bump(&self.stats.dead_lettered);
+                Ok(Step::Done)
+            }
+            Err(DeliveryError::Transient { reason, .. })
+                if self.settings.retry.exhausted(attempt) =>
+            {
+                let reason = format!("gave up after {attempt} attempts; last error: {reason}");
+                warn!(connector = %name, message = envelope.message_id, seq, attempt, reason = %reason, "moved to the dead-letter queue");
+                self.outbox
+                    .dead_letter(connector, seq, attempt, reason)
+                    .await?;
+                bump(&self.stats.dead_lettered);
+                Ok(Step::Done)
+            }
+            Err(DeliveryError::Transient {
+                reason,
+                retry_after,
+            }) => {
+                let mut delay = self.settings.retry.delay(attempt, &mut self.random);
+                if let Some(asked) = retry_after {
+                    // Honour the peer's wish, within the policy's ceiling.
+                    delay = delay.max(asked.min(self.settings.retry.max_delay));
+                }
+                let next = crate::outbox::now_micros()
+                    .saturating_add(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX));
+                warn!(connector = %name, message = envelope.message_id, seq, attempt, retry_in_ms = delay.as_millis() as u64, reason = %reason, "delivery failed; will retry");
+                self.outbox
+                    .record_failure(connector, seq, attempt, next, reason.clone())
+                    .await?;
+                bump(&self.stats.retries);
+                head.entry.attempts = attempt;
+                head.entry.next_attempt_micros = next;
+                head.entry.last_error = Some(reason);
+                Ok(Step::Again)
+            }
+        }
+    }
+
+    async fn wait_while_paused(&mut self) -> Woke {
+        while *self.paused.borrow_and_update() {
+            tokio::select! {
+                changed = self.paused.changed() => {
+                    if changed.is_err() {
+                        return Woke::Shutdown;
+                    }
+                }
+                () = self.shutdown.cancelled() => return Woke::Shutdown,
+            }
+        }
+        if self.shutdown.is_cancelled() {
+            Woke::Shutdown
+        } else {
+            Woke::Ready
+        }
+    }
+
+    /// Sleep, waking early on shutdown or a pause change.
+    async fn sleep(&mut self, duration: Duration) -> Woke {
+        self.sleep_until(tokio::time::Instant::now() + duration)
+            .await
+    }
+
+    async fn sleep_until(&mut self, deadline: tokio::time::Instant) -> Woke {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => Woke::Ready,
+            () = self.shutdown.cancelled() => Woke::Shutdown,
+            _ = self.paused.changed() => Woke::Ready,
+        }
+    }
+
+    async fn store_failed(&mut self, error: &StoreError) {
+        bump(&self.stats.store_errors);
+        warn!(connector = %self.settings.name, error = %error, "could not read or update the queue; trying again shortly");
+        let _ = self.sleep(STORE_ERROR_PAUSE).await;
+    }
+}
+
+enum Step {
+    /// The head left the queue (delivered or dead-lettered).
+    Done,
+    /// The head stays; look again (after a failure or a pause).
+    Again,
+    /// Shutdown.
+    Stop,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}

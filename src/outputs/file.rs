@@ -1,0 +1,267 @@
+//! `type: file`: one file per message, written atomically (temp file, fsync, rename, fsync of
+//! the directory). Writing the same message again gives the same name and replaces the file
+//! with the same bytes, so a retry or a redelivery after a crash is harmless.
+
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use chrono::format::{Item, StrftimeItems};
+
+use crate::config::connectors::FileSpec;
+use crate::delivery::{DeliveryError, Envelope};
+
+/// A parsed file-name template such as `{received:%Y%m%d}/{control_id}-{id}.hl7`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileNameTemplate {
+    parts: Vec<Part>,
+    source: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Field(Field),
+    Received(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    Id,
+    ControlId,
+    MsgType,
+    Trigger,
+    SendingApp,
+    SendingFac,
+    Connector,
+}
+
+const FIELDS: &[(&str, Field)] = &[
+    ("id", Field::Id),
+    ("control_id", Field::ControlId),
+    ("msg_type", Field::MsgType),
+    ("trigger", Field::Trigger),
+    ("sending_app", Field::SendingApp),
+    ("sending_fac", Field::SendingFac),
+    ("connector", Field::Connector),
+];
+
+impl FileNameTemplate {
+    /// Parse and check a template: known placeholders only, a valid `strftime` format for
+    /// `{received:...}`, a relative path that cannot leave the directory.
+    pub fn parse(template: &str) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        let mut has_id = false;
+        while !rest.is_empty() {
+            match rest.find('{') {
+                Some(0) => {
+                    let end = rest
+                        .find('}')
+                        .ok_or_else(|| format!("`{{` without `}}` in {template:?}"))?;
+                    let name = &rest[1..end];
+                    if let Some(format) = name.strip_prefix("received:") {
+                        let valid = !format.is_empty()
+                            && StrftimeItems::new(format).all(|item| !matches!(item, Item::Error));
+                        if !valid {
+                            return Err(format!(
+                                "{{received:{format}}} is not a valid strftime format (e.g. %Y%m%d)"
+                            ));
+                        }
+                        if format.contains('/') {
+                            return Err("a {received:...} format may not contain '/'; put the '/' outside the braces".to_owned());
+                        }
+                        parts.push(Part::Received(format.to_owned()));
+                    } else if let Some((_, field)) = FIELDS.iter().find(|(known, _)| *known == name)
+                    {
+                        has_id |= *field == Field::Id;
+                        parts.push(Part::Field(*field));
+                    } else {
+                        let known: Vec<&str> = FIELDS.iter().map(|(known, _)| *known).collect();
+                        return Err(format!(
+                            "unknown placeholder {{{name}}}; use {} or received:<strftime>",
+                            known.join(", ")
+                        ));
+                    }
+                    rest = &rest[end + 1..];
+                }
+                found => {
+                    let end = found.unwrap_or(rest.len());
+                    let literal = &rest[..end];
+                    if literal.contains('}') {
+                        return Err(format!("`}}` without `{{` in {template:?}"));
+                    }
+                    parts.push(Part::Literal(literal.to_owned()));
+                    rest = &rest[end..];
+                }
+            }
+        }
+        let literal_path: String = parts
+            .iter()
+            .map(|part| match part {
+                Part::Literal(text) => text.as_str(),
+                _ => "x",
+            })
+            .collect();
+        let path = Path::new(&literal_path);
+        let plain = path
+            .components()
+            .all(|component| matches!(component, Component::Normal(_)));
+        if !plain || literal_path.ends_with('/') || literal_path.contains('\\') {
+            return Err(format!(
+                "{template:?} must be a relative file path without '..', '.', a leading '/' or a trailing '/'"
+            ));
+        }
+        if !has_id {
+            return Err(format!(
+                "{template:?} must contain {{id}}, so two messages never share a file name"
+            ));
+        }
+        Ok(Self {
+            parts,
+            source: template.to_owned(),
+        })
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// The relative path for a message. Header values are reduced to letters, digits, `-`,
+    /// `_` and `.` (anything else becomes `_`), so a sender cannot steer the path.
+    pub fn render(&self, envelope: &Envelope) -> PathBuf {
+        let header = &envelope.record.header;
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(text) => out.push_str(text),
+                Part::Received(format) => {
+                    let received =
+                        chrono::DateTime::from_timestamp_micros(envelope.record.received_at_micros)
+                            .unwrap_or_default();
+                    out.push_str(&sanitize(&received.format(format).to_string()));
+                }
+                Part::Field(field) => {
+                    let value = match field {
+                        Field::Id => envelope.message_id.to_string(),
+                        Field::ControlId => header.control_id.clone(),
+                        Field::MsgType => header.msg_type.clone(),
+                        Field::Trigger => header.trigger.clone(),
+                        Field::SendingApp => header.sending_app.clone(),
+                        Field::SendingFac => header.sending_fac.clone(),
+                        Field::Connector => envelope.connector.to_string(),
+                    };
+                    out.push_str(&sanitize(&value));
+                }
+            }
+        }
+        PathBuf::from(out)
+    }
+}
+
+fn sanitize(value: &str) -> String {
+    let cleaned: String = value
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_') {
+                c
+            } else if c == '.' {
+                '.'
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if cleaned.is_empty() || cleaned.chars().all(|c| c == '.') {
+        "_".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+/// Writes each message to its own file.
+#[derive(Debug)]
+pub struct FileOutput {
+    spec: FileSpec,
+}
+
+impl FileOutput {
+    /// An output for `spec`.
+    pub fn new(spec: FileSpec) -> Self {
+        Self { spec }
+    }
+
+    /// Write the message durably under its templated name.
+    pub async fn deliver(&mut self, envelope: &Envelope) -> Result<(), DeliveryError> {
+        let path = self
+            .spec
+            .directory
+            .join(self.spec.filename.render(envelope));
+        let body = envelope.body.clone();
+        let id = envelope.message_id;
+        tokio::task::spawn_blocking(move || write_atomically(&path, &body, id))
+            .await
+            .map_err(|error| DeliveryError::transient(format!("file write task failed: {error}")))?
+            .map_err(|error| DeliveryError::transient(format!("cannot write the file: {error}")))
+    }
+}
+
+fn write_atomically(path: &Path, body: &[u8], id: u64) -> std::io::Result<()> {
+    let directory = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(directory)?;
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temporary = directory.join(format!(".{file_name}.{id}.tmp"));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(body)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&temporary, path)?;
+        // The rename is durable only once the directory is.
+        std::fs::File::open(directory)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_checked_when_loaded() {
+        assert!(FileNameTemplate::parse("{received:%Y%m%d}/{control_id}-{id}.hl7").is_ok());
+        assert!(FileNameTemplate::parse("{id}.hl7").is_ok());
+        for bad in [
+            "{nope}-{id}.hl7",
+            "../{id}.hl7",
+            "/abs/{id}.hl7",
+            "{control_id}.hl7",
+            "{received:%Q}/{id}",
+            "{received:%Y/%m}/{id}",
+            "{id",
+            "{id}}",
+            "dir/{id}/",
+        ] {
+            assert!(
+                FileNameTemplate::parse(bad).is_err(),
+                "{bad} must be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn header_values_cannot_steer_the_path() {
+        assert_eq!(sanitize("../../etc/passwd"), ".._.._etc_passwd");
+        assert_eq!(sanitize(".."), "_");
+        assert_eq!(sanitize(""), "_");
+        assert_eq!(sanitize("ABC-12_3.x"), "ABC-12_3.x");
+        assert_eq!(sanitize("a/b\\c d"), "a_b_c_d");
+    }
+}

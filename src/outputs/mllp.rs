@@ -1,0 +1,131 @@
+//! `type: mllp`: forward each message over one kept-open MLLP connection and judge the ACK.
+//!
+//! AA/CA is delivered; AE/CE is transient; AR/CR is permanent unless `on_reject: retry`. The
+//! ACK's MSA-2 must equal the sent MSH-10. Anything else (a mismatched MSA-2, garbage, a
+//! closed socket, no ACK within `ack_timeout`) closes the connection before the retry, so a
+//! late ACK can never be taken for the answer to the next message.
+
+use bytes::Bytes;
+
+use crate::config::connectors::{MllpSpec, RejectAction};
+use crate::delivery::{DeliveryError, Envelope};
+use crate::hl7::Message;
+use crate::mllp::{ClientError, MllpClient};
+
+/// Largest ACK frame accepted from a peer.
+const MAX_ACK_SIZE: usize = 1 << 20;
+
+/// An MLLP peer.
+#[derive(Debug)]
+pub struct MllpOutput {
+    spec: MllpSpec,
+    client: Option<MllpClient>,
+}
+
+impl MllpOutput {
+    /// An output for `spec`; connects on first use.
+    pub fn new(spec: MllpSpec) -> Self {
+        Self { spec, client: None }
+    }
+
+    /// Send one message and judge its ACK.
+    pub async fn deliver(&mut self, envelope: &Envelope) -> Result<(), DeliveryError> {
+        let result = self.exchange(&envelope.body).await;
+        if matches!(result, Err(Failure::Reset(_))) {
+            // Never reuse a connection whose state is unknown.
+            self.client = None;
+        }
+        result.map_err(|failure| match failure {
+            Failure::Reset(reason) | Failure::Keep(reason) => DeliveryError::transient(reason),
+            Failure::Rejected(reason) => match self.spec.on_reject {
+                RejectAction::DeadLetter => DeliveryError::permanent(reason),
+                RejectAction::Retry => DeliveryError::transient(reason),
+            },
+        })
+    }
+
+    async fn exchange(&mut self, body: &Bytes) -> Result<(), Failure> {
+        let sent_control_id = Message::parse(body.clone())
+            .map(|message| message.header_field(10).to_vec())
+            .unwrap_or_default();
+        if self.client.is_none() {
+            let client =
+                MllpClient::connect(&self.spec.addr, self.spec.connect_timeout, MAX_ACK_SIZE)
+                    .await
+                    .map_err(|error| Failure::Reset(describe(&error)))?;
+            self.client = Some(client);
+        }
+        let Some(client) = self.client.as_mut() else {
+            return Err(Failure::Reset("not connected".to_owned()));
+        };
+        let answer = client
+            .request(body, self.spec.ack_timeout)
+            .await
+            .map_err(|error| Failure::Reset(describe(&error)))?;
+        let ack = Message::parse(answer).map_err(|_| {
+            Failure::Reset("the answer is not an HL7 message; connection closed".to_owned())
+        })?;
+        let Some(msa) = ack.segment(b"MSA", 1) else {
+            return Err(Failure::Reset(
+                "the answer has no MSA segment; connection closed".to_owned(),
+            ));
+        };
+        let answered = msa.field(2).unwrap_or_default();
+        if trim(answered) != trim(&sent_control_id) {
+            return Err(Failure::Reset(
+                "the ACK's MSA-2 does not match the sent MSH-10 (a late or foreign ACK); connection closed"
+                    .to_owned(),
+            ));
+        }
+        let code = msa.field(1).unwrap_or_default();
+        let component = ack.delimiters().component.unwrap_or(b'^');
+        let code = trim(
+            code.split(|byte| *byte == component)
+                .next()
+                .unwrap_or_default(),
+        );
+        let error_code = ack
+            .value("ERR-3.1")
+            .filter(|value| {
+                !value.is_empty() && value.len() <= 8 && value.iter().all(u8::is_ascii_digit)
+            })
+            .map(|value| format!(" (ERR-3 {})", String::from_utf8_lossy(value)))
+            .unwrap_or_default();
+        match code {
+            b"AA" | b"CA" => Ok(()),
+            b"AE" | b"CE" => Err(Failure::Keep(format!(
+                "the peer answered {}{error_code}",
+                String::from_utf8_lossy(code)
+            ))),
+            b"AR" | b"CR" => Err(Failure::Rejected(format!(
+                "the peer answered {}{error_code}",
+                String::from_utf8_lossy(code)
+            ))),
+            _ => Err(Failure::Reset(
+                "the ACK's MSA-1 is not an acknowledgment code; connection closed".to_owned(),
+            )),
+        }
+    }
+}
+
+enum Failure {
+    /// Retry on a new connection.
+    Reset(String),
+    /// Retry on this connection.
+    Keep(String),
+    /// AR/CR.
+    Rejected(String),
+}
+
+fn describe(error: &ClientError) -> String {
+    match error {
+        ClientError::Timeout(limit) => {
+            format!("no ACK within {limit:?}; connection closed")
+        }
+        other => format!("{other}"),
+    }
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    bytes.trim_ascii()
+}

@@ -1,0 +1,553 @@
+//! Delivery as users meet it: the real app with real outputs (an MLLP peer played by the
+//! test, a directory), FIFO across retries, the dead-letter queue, resets on bad ACKs,
+//! outages, pause, restarts; and the retry schedule under paused time.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mfoundry::delivery::{
+    Deliver, DeliveryError, Envelope, RetryPolicy, WorkerSettings, spawn_worker,
+};
+use mfoundry::mllp::{MllpCodec, frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::codec::Decoder;
+
+/// What the test peer answers to one frame.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    Ack(&'static str),
+    /// An AA for another control id.
+    WrongMsa,
+    /// A frame that is not HL7.
+    Garbage,
+    /// No answer at all.
+    Hang,
+    /// Close the connection.
+    Close,
+}
+
+type Script = dyn Fn(&str, usize) -> Answer + Send + Sync;
+
+/// An MLLP peer: records the MSH-10 of every frame it receives, in order.
+struct Peer {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<String>>>,
+    connections: Arc<AtomicUsize>,
+}
+
+impl Peer {
+    fn received(&self) -> Vec<String> {
+        self.received.lock().expect("lock").clone()
+    }
+}
+
+async fn peer_on(listener: TcpListener, script: Arc<Script>) -> Peer {
+    let addr = listener.local_addr().expect("addr");
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let (received_task, connections_task) = (Arc::clone(&received), Arc::clone(&connections));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            connections_task.fetch_add(1, Ordering::SeqCst);
+            let (script, received, seen) = (
+                Arc::clone(&script),
+                Arc::clone(&received_task),
+                Arc::clone(&seen),
+            );
+            tokio::spawn(async move {
+                let mut codec = MllpCodec::new(1 << 20);
+                let mut buffer = BytesMut::new();
+                loop {
+                    while let Ok(Some(message)) = codec.decode(&mut buffer) {
+                        let control_id = common::field(&message, "MSH", 10);
+                        received.lock().expect("lock").push(control_id.clone());
+                        let count = {
+                            let mut seen = seen.lock().expect("lock");
+                            let count = seen.entry(control_id.clone()).or_default();
+                            *count += 1;
+                            *count
+                        };
+                        let reply = match script(&control_id, count) {
+                            Answer::Ack(code) => Some(ack(code, &control_id)),
+                            Answer::WrongMsa => Some(ack("AA", "SOMEONE-ELSE")),
+                            Answer::Garbage => Some(b"hello".to_vec()),
+                            Answer::Hang => None,
+                            Answer::Close => return,
+                        };
+                        if let Some(reply) = reply
+                            && stream.write_all(&frame(&reply)).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    match stream.read_buf(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    Peer {
+        addr,
+        received,
+        connections,
+    }
+}
+
+async fn peer(script: impl Fn(&str, usize) -> Answer + Send + Sync + 'static) -> Peer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    peer_on(listener, Arc::new(script)).await
+}
+
+fn ack(code: &str, control_id: &str) -> Vec<u8> {
+    format!("MSH|^~\\&|RECV|FAC|SEND|FAC|20261122||ACK^A01^ACK|ACK-{control_id}|P|2.5\rMSA|{code}|{control_id}\r")
+        .into_bytes()
+}
+
+fn mllp_yaml(port: u16, extra: &str) -> String {
+    format!(
+        "connectors:\n  - name: downstream\n    type: mllp\n    host: 127.0.0.1\n    port: {port}\n    retry:\n      initial_delay: 5ms\n      max_delay: 20ms\n{extra}"
+    )
+}
+
+/// Send messages M1..Mn over one connection; each must get AA.
+async fn send(app: &common::TestApp, ids: impl IntoIterator<Item = String>) {
+    let mut stream = common::connect(app).await;
+    for id in ids {
+        common::write(&mut stream, &common::framed(&common::adt(&id, "2.5"))).await;
+        let reply = common::expect_ack(&mut stream).await;
+        assert_eq!(common::field(&reply, "MSA", 1), "AA", "{id}");
+    }
+}
+
+fn ids(range: std::ops::RangeInclusive<usize>) -> Vec<String> {
+    range.map(|n| format!("M{n}")).collect()
+}
+
+/// Wait until `condition` holds (checked every 10 ms), at most 30 s.
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    eventually_within(Duration::from_secs(30), what, condition).await;
+}
+
+/// Wait until `condition` holds (checked every 10 ms), at most `limit` (of paused time in
+/// paused tests).
+async fn eventually_within(limit: Duration, what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn delivered(app: &common::TestApp, connector: &str) -> u64 {
+    app.worker(connector)
+        .stats()
+        .delivered
+        .load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn fifo_holds_while_one_message_is_retried() {
+    // The peer answers AE to M3 five times.
+    let peer = peer(|id, count| {
+        if id == "M3" && count <= 5 {
+            Answer::Ack("AE")
+        } else {
+            Answer::Ack("AA")
+        }
+    })
+    .await;
+    let app = common::start_with_yaml(Some(&mllp_yaml(peer.addr.port(), "")), &[]).await;
+    send(&app, ids(1..=10)).await;
+    eventually("10 delivered", || delivered(&app, "downstream") == 10).await;
+    let mut expected = ids(1..=2);
+    expected.extend(std::iter::repeat_n("M3".to_owned(), 6));
+    expected.extend(ids(4..=10));
+    assert_eq!(peer.received(), expected);
+    assert_eq!(
+        app.worker("downstream")
+            .stats()
+            .retries
+            .load(Ordering::SeqCst),
+        5
+    );
+    let snapshot = app.outbox().snapshot().expect("snapshot");
+    let connector = app.outbox().connector_id("downstream").expect("id");
+    assert!(snapshot.queue(connector).expect("queue").is_empty());
+    let history = snapshot.deliveries(3).expect("history");
+    assert_eq!(history[0].1.attempts, 6);
+    assert!(
+        history[0]
+            .1
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("AE"),
+        "{history:?}"
+    );
+    drop(snapshot);
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn ar_goes_to_the_dead_letter_queue_after_one_attempt_and_the_queue_moves_on() {
+    let peer = peer(|id, _| {
+        if id == "M2" {
+            Answer::Ack("AR")
+        } else {
+            Answer::Ack("AA")
+        }
+    })
+    .await;
+    let app = common::start_with_yaml(Some(&mllp_yaml(peer.addr.port(), "")), &[]).await;
+    send(&app, ids(1..=3)).await;
+    eventually("2 delivered", || delivered(&app, "downstream") == 2).await;
+    eventually("1 dead-lettered", || {
+        app.worker("downstream")
+            .stats()
+            .dead_lettered
+            .load(Ordering::SeqCst)
+            == 1
+    })
+    .await;
+    assert_eq!(peer.received(), ids(1..=3));
+    let connector = app.outbox().connector_id("downstream").expect("id");
+    let dead = app
+        .outbox()
+        .snapshot()
+        .expect("snapshot")
+        .dead_letters(connector)
+        .expect("dlq");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1.message_id, 2);
+    assert_eq!(dead[0].1.attempts, 1);
+    assert!(dead[0].1.reason.contains("AR"), "{:?}", dead[0].1.reason);
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn a_wrong_msa_garbage_a_hang_or_a_close_never_counts_as_delivered() {
+    let peer = peer(|id, count| match (id, count) {
+        ("M1", 1) => Answer::WrongMsa,
+        ("M1", 2) => Answer::Garbage,
+        ("M1", 3) => Answer::Hang,
+        ("M1", 4) => Answer::Close,
+        _ => Answer::Ack("AA"),
+    })
+    .await;
+    let yaml = mllp_yaml(peer.addr.port(), "    ack_timeout: 300ms\n");
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    send(&app, ids(1..=2)).await;
+    eventually("2 delivered", || delivered(&app, "downstream") == 2).await;
+    let mut expected = vec!["M1".to_owned(); 5];
+    expected.push("M2".to_owned());
+    assert_eq!(
+        peer.received(),
+        expected,
+        "M2 waits until M1 is really delivered"
+    );
+    assert_eq!(
+        peer.connections.load(Ordering::SeqCst),
+        5,
+        "each bad answer closed the connection; the good ones reused the last"
+    );
+    let history = app
+        .outbox()
+        .snapshot()
+        .expect("snapshot")
+        .deliveries(1)
+        .expect("history");
+    assert_eq!(history[0].1.attempts, 5);
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn a_downstream_that_comes_back_gets_the_backlog_in_order() {
+    // Reserve a port with nothing listening on it.
+    let reserved = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = reserved.local_addr().expect("addr").port();
+    drop(reserved);
+    let app = common::start_with_yaml(Some(&mllp_yaml(port, "")), &[]).await;
+    send(&app, ids(1..=5)).await;
+    eventually("two failed attempts", || {
+        app.worker("downstream")
+            .stats()
+            .retries
+            .load(Ordering::SeqCst)
+            >= 2
+    })
+    .await;
+    assert_eq!(delivered(&app, "downstream"), 0);
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("rebind the port");
+    let peer = peer_on(listener, Arc::new(|_: &str, _| Answer::Ack("AA"))).await;
+    eventually("5 delivered", || delivered(&app, "downstream") == 5).await;
+    assert_eq!(peer.received(), ids(1..=5));
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn a_hung_connector_does_not_hold_up_the_others() {
+    let stuck = peer(|_, _| Answer::Hang).await;
+    let out = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "connectors:\n  - name: stuck\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n    ack_timeout: 30s\n  - name: files\n    type: file\n    directory: {}\n    filename: \"{{id}}.hl7\"\n",
+        stuck.addr.port(),
+        out.path().display()
+    );
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    send(&app, ids(1..=20)).await;
+    eventually("20 files", || delivered(&app, "files") == 20).await;
+    assert_eq!(delivered(&app, "stuck"), 0);
+    assert_eq!(
+        stuck.received(),
+        vec!["M1".to_owned()],
+        "the stuck peer holds M1"
+    );
+    for id in 1..=20 {
+        let body = std::fs::read(out.path().join(format!("{id}.hl7"))).expect("file written");
+        assert_eq!(
+            body,
+            common::adt(&format!("M{id}"), "2.5"),
+            "the bytes as received"
+        );
+    }
+    // Shutdown waits for the delivery in hand only up to the grace period.
+    assert!(!app.shutdown(Duration::from_millis(300)).await);
+}
+
+#[tokio::test]
+async fn pause_holds_delivery_and_resume_releases_it_in_order() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "connectors:\n  - name: files\n    type: file\n    paused: true\n    directory: {}\n    filename: \"{{id}}-{{control_id}}.hl7\"\n",
+        out.path().display()
+    );
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    send(&app, ids(1..=3)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(std::fs::read_dir(out.path()).expect("dir").count(), 0);
+    assert!(app.worker("files").is_paused());
+    app.worker("files").resume();
+    eventually("3 files", || delivered(&app, "files") == 3).await;
+    let mut names: Vec<String> = std::fs::read_dir(out.path())
+        .expect("dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["1-M1.hl7", "2-M2.hl7", "3-M3.hl7"]);
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn a_restart_resumes_the_backlog_in_order() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let peer = peer(|_, _| Answer::Ack("AA")).await;
+    let paused = mllp_yaml(peer.addr.port(), "    paused: true\n");
+    let running = mllp_yaml(peer.addr.port(), "");
+    let start = |yaml: String| {
+        let config = common::config(directory.path(), Some(&yaml), &[]);
+        async move {
+            mfoundry::app::RunningApp::start(config)
+                .await
+                .expect("starts")
+        }
+    };
+    let app = start(paused).await;
+    let mut stream = tokio::net::TcpStream::connect(app.local_addr())
+        .await
+        .expect("connect");
+    for id in ids(1..=200) {
+        common::write(&mut stream, &common::framed(&common::adt(&id, "2.5"))).await;
+        let reply = common::expect_ack(&mut stream).await;
+        assert_eq!(common::field(&reply, "MSA", 1), "AA");
+    }
+    drop(stream);
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+    assert!(peer.received().is_empty());
+
+    let app = start(running).await;
+    let worker = app.worker("downstream").expect("worker");
+    eventually("200 delivered", || {
+        worker.stats().delivered.load(Ordering::SeqCst) == 200
+    })
+    .await;
+    assert_eq!(peer.received(), ids(1..=200));
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+}
+
+/// An output that fails transiently a fixed number of times, recording when it was called.
+struct Scripted {
+    failures: u32,
+    calls: Arc<Mutex<Vec<tokio::time::Instant>>>,
+    /// Told of every call, so a paused-time test can wait without timers of its own (a
+    /// pending timer would let paused time run on while the worker waits for a commit).
+    called: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl Deliver for Scripted {
+    fn kind(&self) -> &'static str {
+        "scripted"
+    }
+
+    async fn deliver(&mut self, _envelope: &Envelope) -> Result<(), DeliveryError> {
+        let mut calls = self.calls.lock().expect("lock");
+        calls.push(tokio::time::Instant::now());
+        let _ = self.called.send(());
+        if calls.len() as u32 <= self.failures {
+            Err(DeliveryError::transient("busy"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Start one worker over an in-memory outbox holding one message for connector "c".
+async fn scripted_worker(
+    failures: u32,
+    retry: RetryPolicy,
+) -> (
+    mfoundry::delivery::WorkerControl,
+    Arc<Mutex<Vec<tokio::time::Instant>>>,
+    mfoundry::outbox::Outbox,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let mut options = mfoundry::outbox::OutboxOptions::new("memory".into());
+    options.backend = Some(Arc::new(|| {
+        Ok(Box::new(redb::backends::InMemoryBackend::new()) as Box<dyn redb::StorageBackend>)
+    }));
+    let (outbox, _writer) =
+        mfoundry::outbox::Outbox::open(options, &["c".to_owned()]).expect("opens");
+    let connector = outbox.connector_id("c").expect("id");
+    let record = mfoundry::outbox::MessageRecord {
+        received_at_micros: 1,
+        peer: "127.0.0.1:1".to_owned(),
+        listener: "mllp".to_owned(),
+        header: Default::default(),
+        disposition: mfoundry::outbox::Disposition::Routed,
+        reason: None,
+        routes: vec![mfoundry::outbox::Route {
+            connector,
+            status: mfoundry::outbox::RouteStatus::Queued,
+        }],
+        ack_code: "AA".to_owned(),
+        body_len: 3,
+        ack: None,
+        dedup_key: None,
+        body_inline: false,
+    };
+    outbox
+        .append(mfoundry::outbox::NewMessage {
+            record,
+            body: bytes::Bytes::from_static(b"MSH"),
+            dedup_key: None,
+        })
+        .await
+        .expect("append");
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let (called, called_rx) = tokio::sync::mpsc::unbounded_channel();
+    let tracker = tokio_util::task::TaskTracker::new();
+    let control = spawn_worker(
+        WorkerSettings {
+            name: Arc::from("c"),
+            connector,
+            retry,
+            min_interval: None,
+            paused: false,
+        },
+        Scripted {
+            failures,
+            calls: Arc::clone(&calls),
+            called,
+        },
+        outbox.clone(),
+        tokio_util::sync::CancellationToken::new(),
+        &tracker,
+    );
+    (control, calls, outbox, called_rx)
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_failures_follow_the_configured_backoff() {
+    let policy = RetryPolicy {
+        initial_delay: Duration::from_secs(10),
+        multiplier: 2.0,
+        max_delay: Duration::from_secs(40),
+        max_attempts: 0,
+        jitter: false,
+    };
+    let (_control, calls, _outbox, mut called) = scripted_worker(4, policy).await;
+    for _ in 0..5 {
+        called.recv().await.expect("worker calls the output");
+    }
+    let calls = calls.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 5);
+    let gaps: Vec<f64> = calls
+        .windows(2)
+        .map(|pair| (pair[1] - pair[0]).as_secs_f64())
+        .collect();
+    // The wait is computed from the stored next-attempt time (wall clock), so the real time
+    // a commit takes comes off it: allow a second less, never more.
+    for (gap, expected) in gaps.iter().zip([10.0, 20.0, 40.0, 40.0]) {
+        assert!(
+            (expected - 1.0..=expected + 0.01).contains(gap),
+            "gaps {gaps:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_attempts_go_to_the_dead_letter_queue_with_the_last_error() {
+    let policy = RetryPolicy {
+        initial_delay: Duration::from_secs(1),
+        multiplier: 2.0,
+        max_delay: Duration::from_secs(60),
+        max_attempts: 3,
+        jitter: true,
+    };
+    let (control, calls, outbox, _called) = scripted_worker(u32::MAX, policy).await;
+    eventually_within(Duration::from_secs(600), "dead-lettered", || {
+        control.stats().dead_lettered.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    assert_eq!(calls.lock().expect("lock").len(), 3);
+    let connector = outbox.connector_id("c").expect("id");
+    let dead = outbox
+        .snapshot()
+        .expect("snapshot")
+        .dead_letters(connector)
+        .expect("dlq");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].1.attempts, 3);
+    assert_eq!(
+        dead[0].1.reason,
+        "gave up after 3 attempts; last error: busy"
+    );
+    assert!(
+        outbox
+            .snapshot()
+            .expect("snapshot")
+            .queue(connector)
+            .expect("queue")
+            .is_empty()
+    );
+}
