@@ -34,6 +34,8 @@ const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 /// One message as an output sees it.
 #[derive(Clone, Debug)]
 pub struct Envelope {
+    /// The data file's instance id (see [`Outbox::instance_id`]).
+    pub instance_id: u64,
     /// The message id in the outbox.
     pub message_id: u64,
     /// The entry's position in the connector's queue.
@@ -286,6 +288,7 @@ impl<O: Deliver> Worker<O> {
         }
         let attempt = head.entry.attempts.saturating_add(1);
         let envelope = Envelope {
+            instance_id: self.outbox.instance_id(),
             message_id: head.entry.message_id,
             seq,
             connector: Arc::clone(&self.settings.name),

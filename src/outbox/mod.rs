@@ -289,6 +289,7 @@ pub struct Outbox {
     requests: mpsc::Sender<Request>,
     shared: Arc<Shared>,
     connectors: Arc<HashMap<String, u32>>,
+    instance_id: u64,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -323,6 +324,7 @@ impl Outbox {
     ) -> Result<(Self, WriterHandle), StoreError> {
         let database = writer::open_database(&options)?;
         let connectors = writer::register_connectors(&database, connector_names)?;
+        let instance_id = writer::instance_id(&database)?;
         let dedup = writer::load_dedup_index(&database, &options)?;
         let shared = Arc::new(Shared {
             database: RwLock::new(Some(Arc::new(database))),
@@ -345,9 +347,16 @@ impl Outbox {
                 requests,
                 shared,
                 connectors: Arc::new(connectors),
+                instance_id,
             },
             WriterHandle(thread),
         ))
+    }
+
+    /// A random id given to the data file when it was created. Message ids are unique within
+    /// one file; this tells files (gateways) apart.
+    pub fn instance_id(&self) -> u64 {
+        self.instance_id
     }
 
     /// The id of a configured connector.

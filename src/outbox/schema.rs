@@ -14,7 +14,8 @@ pub const FORMAT_VERSION: u64 = 1;
 /// Version byte in front of every encoded record.
 const RECORD_VERSION: u8 = 1;
 
-/// `name → value`: `format_version`, `next_connector_id`, and `next_message_id`, a floor for
+/// `name → value`: `format_version`, `instance_id` (random, set when the file is created),
+/// `next_connector_id`, and `next_message_id`, a floor for
 /// new ids written only by whatever deletes the newest messages (new ids are otherwise one
 /// past the newest message key, so commits need not touch this table).
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");

@@ -83,6 +83,9 @@ pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreEr
                 )));
             }
         }
+        if schema::read_meta(&meta, "instance_id")? == 0 {
+            meta.insert("instance_id", new_instance_id(&options.path))?;
+        }
         transaction.open_table(MESSAGES)?;
         transaction.open_table(BODIES)?;
         transaction.open_table(CONNECTORS)?;
@@ -92,6 +95,27 @@ pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreEr
     }
     transaction.commit()?;
     Ok(database)
+}
+
+/// A random, non-zero id for a new data file: message ids are unique within one file only,
+/// so outputs that merge several gateways (a shared PostgreSQL table) key rows by both.
+fn new_instance_id(path: &std::path::Path) -> u64 {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(now_micros().to_be_bytes());
+    hasher.update(std::process::id().to_be_bytes());
+    hasher.update(path.as_os_str().as_encoded_bytes());
+    hasher.update(format!("{:?}", std::time::Instant::now()).as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(bytes).max(1)
+}
+
+/// The data file's instance id.
+pub(super) fn instance_id(database: &Database) -> Result<u64, StoreError> {
+    let meta = database.begin_read()?.open_table(META)?;
+    schema::read_meta(&meta, "instance_id")
 }
 
 /// Give every connector name an id, keeping the ids of names seen before.

@@ -3,7 +3,9 @@
 //! ([`crate::delivery`]). Outputs know nothing of listeners or the outbox.
 
 pub mod file;
+pub mod http;
 pub mod mllp;
+pub mod postgres;
 
 use crate::config::connectors::OutputSpec;
 use crate::delivery::{Deliver, DeliveryError, Envelope};
@@ -15,8 +17,10 @@ pub enum Output {
     Mllp(mllp::MllpOutput),
     /// `type: file`.
     File(file::FileOutput),
-    /// An output kind this build cannot run yet: every message waits in its queue.
-    Unavailable(&'static str),
+    /// `type: http`.
+    Http(http::HttpOutput),
+    /// `type: postgres`.
+    Postgres(postgres::PostgresOutput),
 }
 
 impl Output {
@@ -25,8 +29,10 @@ impl Output {
         match spec {
             OutputSpec::Mllp(spec) => Self::Mllp(mllp::MllpOutput::new(spec.clone())),
             OutputSpec::File(spec) => Self::File(file::FileOutput::new(spec.clone())),
-            OutputSpec::Http(_) => Self::Unavailable("http"),
-            OutputSpec::Postgres(_) => Self::Unavailable("postgres"),
+            OutputSpec::Http(spec) => Self::Http(http::HttpOutput::new(spec.clone())),
+            OutputSpec::Postgres(spec) => {
+                Self::Postgres(postgres::PostgresOutput::new(spec.clone()))
+            }
         }
     }
 }
@@ -36,7 +42,8 @@ impl Deliver for Output {
         match self {
             Self::Mllp(_) => "mllp",
             Self::File(_) => "file",
-            Self::Unavailable(kind) => kind,
+            Self::Http(_) => "http",
+            Self::Postgres(_) => "postgres",
         }
     }
 
@@ -44,9 +51,8 @@ impl Deliver for Output {
         match self {
             Self::Mllp(output) => output.deliver(envelope).await,
             Self::File(output) => output.deliver(envelope).await,
-            Self::Unavailable(kind) => Err(DeliveryError::transient(format!(
-                "the {kind} output is not available in this build yet; the message waits in its queue"
-            ))),
+            Self::Http(output) => output.deliver(envelope).await,
+            Self::Postgres(output) => output.deliver(envelope).await,
         }
     }
 }

@@ -1,0 +1,231 @@
+//! `type: http`: one request per message.
+//!
+//! 2xx is delivered; 408, 429 and 5xx are transient (honouring `Retry-After` in seconds);
+//! other statuses are permanent; connection errors and timeouts are transient. The body is
+//! the message as received (`x-application/hl7-v2+er7`) or mfoundry's JSON shape
+//! ([`to_json`]). The URL and headers come from the configuration only: nothing from the
+//! message goes into them.
+
+use std::time::Duration;
+
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
+};
+
+use crate::config::connectors::{HttpFormat, HttpSpec, TokenSource};
+use crate::delivery::{DeliveryError, Envelope};
+use crate::hl7::{Charset, Message};
+
+/// Media type of an ER7-encoded HL7 v2 message.
+pub const HL7_MEDIA_TYPE: &str = "x-application/hl7-v2+er7";
+
+/// An HTTP endpoint.
+#[derive(Debug)]
+pub struct HttpOutput {
+    spec: HttpSpec,
+    client: Result<reqwest::Client, String>,
+    method: reqwest::Method,
+    headers: HeaderMap,
+}
+
+/// Install the process's TLS crypto provider (ring) once; later calls do nothing.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl HttpOutput {
+    /// An output for `spec`. A client that cannot be built (bad header, TLS setup) makes every
+    /// delivery fail transiently with the reason, so nothing is lost while the operator fixes
+    /// the configuration.
+    pub fn new(spec: HttpSpec) -> Self {
+        install_crypto_provider();
+        let mut headers = HeaderMap::new();
+        let mut problem = None;
+        for (name, value) in &spec.headers {
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                (Ok(name), Ok(value)) => {
+                    headers.insert(name, value);
+                }
+                _ => problem = Some(format!("header {name:?} is not a valid HTTP header")),
+            }
+        }
+        let client = match problem {
+            Some(problem) => Err(problem),
+            None => reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10).min(spec.timeout))
+                .timeout(spec.timeout)
+                .user_agent(concat!("mfoundry/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|error| format!("cannot build the HTTP client: {error}")),
+        };
+        let method =
+            reqwest::Method::from_bytes(spec.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        Self {
+            spec,
+            client,
+            method,
+            headers,
+        }
+    }
+
+    /// Send one message.
+    pub async fn deliver(&mut self, envelope: &Envelope) -> Result<(), DeliveryError> {
+        let client = self
+            .client
+            .as_ref()
+            .map_err(|problem| DeliveryError::transient(problem.clone()))?;
+        let mut request = client
+            .request(self.method.clone(), &self.spec.url)
+            .headers(self.headers.clone())
+            .header("X-Mfoundry-Message-Id", envelope.message_id)
+            .header(
+                "Idempotency-Key",
+                format!("mfoundry-{}", envelope.message_id),
+            );
+        request = match self.spec.format {
+            HttpFormat::Hl7 => request
+                .header(CONTENT_TYPE, HL7_MEDIA_TYPE)
+                .body(envelope.body.clone()),
+            HttpFormat::Json => request
+                .header(CONTENT_TYPE, "application/json")
+                .body(to_json(envelope).to_string()),
+        };
+        if let Some(token) = self.token().await? {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                DeliveryError::transient("the bearer token is not a valid header value")
+            })?;
+            value.set_sensitive(true);
+            request = request.header(AUTHORIZATION, value);
+        }
+        let response = request.send().await.map_err(|error| {
+            let kind = if error.is_timeout() {
+                "timed out"
+            } else if error.is_connect() {
+                "could not connect"
+            } else {
+                "request failed"
+            };
+            DeliveryError::transient(format!("{kind}: {}", without_url(error)))
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let reason = format!("the endpoint answered HTTP {}", status.as_u16());
+        if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
+            Err(DeliveryError::Transient {
+                reason,
+                retry_after,
+            })
+        } else {
+            Err(DeliveryError::permanent(reason))
+        }
+    }
+
+    async fn token(&self) -> Result<Option<String>, DeliveryError> {
+        match &self.spec.token {
+            None => Ok(None),
+            Some(TokenSource::Env(name)) => std::env::var(name)
+                .map(|token| Some(token.trim().to_owned()))
+                .map_err(|_| {
+                    DeliveryError::transient(format!("the bearer token variable {name} is not set"))
+                }),
+            // Read each time, so a rotated secret is picked up without a restart.
+            Some(TokenSource::File(path)) => tokio::fs::read_to_string(path)
+                .await
+                .map(|token| Some(token.trim().to_owned()))
+                .map_err(|error| {
+                    DeliveryError::transient(format!(
+                        "cannot read the bearer token file {}: {error}",
+                        path.display()
+                    ))
+                }),
+        }
+    }
+}
+
+/// The error and its causes, without the URL (it can carry credentials in its user info).
+fn without_url(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// mfoundry's JSON shape of a message (documented in `docs/configuration.md`):
+///
+/// ```json
+/// {"id": 7, "received_at": "2026-11-22T08:00:00.123456Z", "connector": "ehr",
+///  "listener": "mllp", "header": {"msg_type": "ADT", ...},
+///  "segments": [{"name": "MSH", "fields": ["|", "^~\\&", "SENDAPP", ...]}, ...],
+///  "hl7": "MSH|^~\\&|..."}
+/// ```
+///
+/// Field values are the raw field text (components, repetitions and escapes as written),
+/// decoded with the message's MSH-18 character set; `fields[0]` is field 1 (for MSH, MSH-1,
+/// the field separator).
+pub fn to_json(envelope: &Envelope) -> serde_json::Value {
+    let header = &envelope.record.header;
+    let received_at = chrono::DateTime::from_timestamp_micros(envelope.record.received_at_micros)
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_default();
+    let (segments, text) = match Message::parse(envelope.body.clone()) {
+        Ok(message) => {
+            let charset = message.charset(Charset::UTF_8).charset();
+            let segments: Vec<serde_json::Value> = message
+                .segments()
+                .map(|segment| {
+                    let fields: Vec<String> = segment
+                        .fields()
+                        .into_iter()
+                        .skip(1)
+                        .map(|field| charset.decode(field).into_owned())
+                        .collect();
+                    serde_json::json!({
+                        "name": String::from_utf8_lossy(segment.name()),
+                        "fields": fields,
+                    })
+                })
+                .collect();
+            (segments, charset.decode(&envelope.body).into_owned())
+        }
+        Err(_) => (
+            Vec::new(),
+            String::from_utf8_lossy(&envelope.body).into_owned(),
+        ),
+    };
+    serde_json::json!({
+        "id": envelope.message_id,
+        "received_at": received_at,
+        "connector": envelope.connector.as_ref(),
+        "listener": envelope.record.listener,
+        "header": {
+            "msg_type": header.msg_type,
+            "trigger": header.trigger,
+            "structure": header.structure,
+            "control_id": header.control_id,
+            "sending_app": header.sending_app,
+            "sending_fac": header.sending_fac,
+            "receiving_app": header.receiving_app,
+            "receiving_fac": header.receiving_fac,
+            "version": header.version,
+            "processing_id": header.processing_id,
+        },
+        "segments": segments,
+        "hl7": text,
+    })
+}

@@ -1,0 +1,209 @@
+//! `type: postgres`: one row per message, inserted idempotently.
+//!
+//! The table is created if missing:
+//!
+//! ```sql
+//! CREATE TABLE IF NOT EXISTS <table> (
+//!     source           TEXT        NOT NULL,  -- the gateway's data file (instance id, hex)
+//!     id               BIGINT      NOT NULL,  -- the message id in that file
+//!     received_at      TIMESTAMPTZ NOT NULL,
+//!     msg_type         TEXT        NOT NULL,  -- MSH-9.1
+//!     trigger          TEXT        NOT NULL,  -- MSH-9.2
+//!     control_id       TEXT        NOT NULL,  -- MSH-10
+//!     sending_app      TEXT        NOT NULL,  -- MSH-3
+//!     sending_facility TEXT        NOT NULL,  -- MSH-4
+//!     message          BYTEA       NOT NULL,  -- the bytes as received
+//!     header           JSONB       NOT NULL,  -- the parsed header fields
+//!     connector        TEXT        NOT NULL,
+//!     inserted_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
+//!     PRIMARY KEY (source, id)
+//! );
+//! ```
+//!
+//! `INSERT … ON CONFLICT (source, id) DO NOTHING` makes a retry or a redelivery after a crash
+//! harmless. Every failure is transient (a connection problem, or a table an operator must
+//! fix): the queue waits rather than dead-lettering every message. Without `dsn`, the
+//! connection comes from the standard `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD` and
+//! `PGDATABASE` variables, with libpq's defaults.
+
+use std::time::Duration;
+
+use tokio_postgres::{Client, NoTls, Statement};
+use tracing::warn;
+
+use crate::config::connectors::PostgresSpec;
+use crate::delivery::{DeliveryError, Envelope};
+
+/// How long to wait for a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one insert may take.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A PostgreSQL table.
+#[derive(Debug)]
+pub struct PostgresOutput {
+    spec: PostgresSpec,
+    connection: Option<(Client, Statement)>,
+}
+
+impl PostgresOutput {
+    /// An output for `spec`; connects on first use.
+    pub fn new(spec: PostgresSpec) -> Self {
+        Self {
+            spec,
+            connection: None,
+        }
+    }
+
+    /// Insert one message.
+    pub async fn deliver(&mut self, envelope: &Envelope) -> Result<(), DeliveryError> {
+        if self
+            .connection
+            .as_ref()
+            .is_none_or(|(client, _)| client.is_closed())
+        {
+            self.connection = Some(self.connect().await?);
+        }
+        let Some((client, insert)) = self.connection.as_ref() else {
+            return Err(DeliveryError::transient("not connected"));
+        };
+        let header = &envelope.record.header;
+        let received_at =
+            chrono::DateTime::from_timestamp_micros(envelope.record.received_at_micros)
+                .unwrap_or_default();
+        let id = i64::try_from(envelope.message_id)
+            .map_err(|_| DeliveryError::permanent("the message id does not fit a BIGINT"))?;
+        let header_json = serde_json::to_value(header).unwrap_or_default();
+        let source = format!("{:016x}", envelope.instance_id);
+        let connector: &str = &envelope.connector;
+        let body: &[u8] = &envelope.body;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+            &source,
+            &id,
+            &received_at,
+            &header.msg_type,
+            &header.trigger,
+            &header.control_id,
+            &header.sending_app,
+            &header.sending_fac,
+            &body,
+            &header_json,
+            &connector,
+        ];
+        let insert = client.execute(insert, &params);
+        match tokio::time::timeout(STATEMENT_TIMEOUT, insert).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => {
+                self.connection = None;
+                Err(DeliveryError::transient(format!(
+                    "insert failed: {}",
+                    describe(&error)
+                )))
+            }
+            Err(_) => {
+                self.connection = None;
+                Err(DeliveryError::transient(format!(
+                    "insert did not finish within {STATEMENT_TIMEOUT:?}; connection closed"
+                )))
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<(Client, Statement), DeliveryError> {
+        let config = postgres_config(&self.spec.dsn, &|name| std::env::var(name).ok())
+            .map_err(DeliveryError::transient)?;
+        let connect = config.connect(NoTls);
+        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| {
+                DeliveryError::transient(format!("could not connect within {CONNECT_TIMEOUT:?}"))
+            })?
+            .map_err(|error| {
+                DeliveryError::transient(format!("could not connect: {}", describe(&error)))
+            })?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                warn!(error = %describe(&error), "PostgreSQL connection closed");
+            }
+        });
+        let table = &self.spec.table;
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {table} (
+                source TEXT NOT NULL,
+                id BIGINT NOT NULL,
+                received_at TIMESTAMPTZ NOT NULL,
+                msg_type TEXT NOT NULL,
+                trigger TEXT NOT NULL,
+                control_id TEXT NOT NULL,
+                sending_app TEXT NOT NULL,
+                sending_facility TEXT NOT NULL,
+                message BYTEA NOT NULL,
+                header JSONB NOT NULL,
+                connector TEXT NOT NULL,
+                inserted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+                PRIMARY KEY (source, id)
+            )"
+        );
+        client.batch_execute(&create).await.map_err(|error| {
+            DeliveryError::transient(format!("cannot create table {table}: {}", describe(&error)))
+        })?;
+        let insert = client
+            .prepare(&format!(
+                "INSERT INTO {table} (source, id, received_at, msg_type, trigger, control_id, \
+                 sending_app, sending_facility, message, header, connector) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (source, id) DO NOTHING"
+            ))
+            .await
+            .map_err(|error| {
+                DeliveryError::transient(format!(
+                    "cannot prepare the insert into {table}: {}",
+                    describe(&error)
+                ))
+            })?;
+        Ok((client, insert))
+    }
+}
+
+/// The connection settings: the DSN (key=value or a `postgres://` URL), or without one the
+/// PG* environment variables and libpq's defaults.
+pub fn postgres_config(
+    dsn: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<tokio_postgres::Config, String> {
+    if !dsn.trim().is_empty() {
+        // The DSN is a secret: its parse error names no part of it.
+        return dsn
+            .parse()
+            .map_err(|_| "the dsn is not a valid PostgreSQL connection string".to_owned());
+    }
+    let mut config = tokio_postgres::Config::new();
+    let host = lookup("PGHOST").unwrap_or_else(|| "localhost".to_owned());
+    config.host(&host);
+    let port = match lookup("PGPORT") {
+        Some(port) => port
+            .trim()
+            .parse()
+            .map_err(|_| "PGPORT is not a port number".to_owned())?,
+        None => 5432,
+    };
+    config.port(port);
+    let user = lookup("PGUSER")
+        .or_else(|| lookup("USER"))
+        .unwrap_or_else(|| "postgres".to_owned());
+    config.user(&user);
+    config.dbname(lookup("PGDATABASE").unwrap_or(user));
+    if let Some(password) = lookup("PGPASSWORD") {
+        config.password(password);
+    }
+    config.application_name("mfoundry");
+    Ok(config)
+}
+
+/// A PostgreSQL error with the server's message (which names tables and columns, not values).
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
