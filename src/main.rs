@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use mfoundry::cli::{Cli, Command, ConfigArgs, ConfigCommand, run_bench, run_send};
+use mfoundry::cli::{Cli, Command, ConfigArgs, ConfigCommand, run_bench, run_dlq, run_send};
 use mfoundry::config::Config;
 
 /// Exit code for an invalid configuration (EX_USAGE).
@@ -70,6 +70,16 @@ fn main() -> ExitCode {
                 Ok(_) => ExitCode::from(1),
                 Err(error) => {
                     eprintln!("mfoundry bench: {error:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Dlq(args) => {
+            let mut stdout = std::io::stdout();
+            match runtime.block_on(run_dlq(&args, &mut stdout)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("mfoundry dlq: {error:#}");
                     ExitCode::from(2)
                 }
             }

@@ -3,18 +3,19 @@
 //! the queue entries its connector filters chose (atomic fan-out), and nothing else may be
 //! half-written.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mfoundry::outbox::{Outbox, OutboxOptions};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_mfoundry");
 const SENDERS: usize = 4;
 const YAML: &str = r#"
 connectors:
@@ -35,39 +36,8 @@ validation:
 "#;
 
 fn start(directory: &Path) -> (Child, String) {
-    let mut child = Command::new(BINARY)
-        .arg("serve")
-        .arg("--config")
-        .arg(directory.join("mfoundry.yaml"))
-        .env_clear()
-        .current_dir(directory)
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("DATA_DIR", directory.join("data"))
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let (sender, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = sender.send(line);
-        }
-    });
-    loop {
-        let Ok(line) = lines.recv_timeout(Duration::from_secs(60)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the server did not log that it listens");
-        };
-        if let Some(start) = line.find("\"addr\":\"") {
-            let rest = &line[start + 8..];
-            let addr = rest[..rest.find('"').expect("quote")].to_owned();
-            return (child, addr);
-        }
-    }
+    let server = common::Server::start(directory, "mfoundry.yaml", "data", &[("RUST_LOG", "info")]);
+    (server.child, server.addr)
 }
 
 /// The message a sender sends: type and sex follow the sequence number, so the expected

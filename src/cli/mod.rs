@@ -1,6 +1,7 @@
-//! Command line: `serve` (the default), `check`, `config schema`, `send`, `bench`.
+//! Command line: `serve` (the default), `check`, `config schema`, `send`, `bench`, `dlq`.
 
 mod bench;
+mod dlq;
 mod send;
 
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub use bench::{BenchArgs, BenchReport, Probe, probe, run_bench};
+pub use dlq::{DlqArgs, DlqCommand, run_dlq};
 pub use send::{SendSummary, run_send};
 
 /// mfoundry: an HL7 v2 integration gateway.
@@ -47,6 +49,9 @@ pub enum Command {
     /// throughput, ACK latency percentiles and non-AA answers, next to a probe of this
     /// machine's fsync, redb commit and loopback round-trip times.
     Bench(BenchArgs),
+    /// Dead-letter queues: list, show, replay, purge. Works on a stopped server's data
+    /// directory (DATA_DIR or --data-dir).
+    Dlq(DlqArgs),
 }
 
 /// `--config`, shared by `serve` and `check`.

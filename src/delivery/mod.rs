@@ -305,11 +305,11 @@ impl<O: Deliver> Worker<O> {
             Ok(()) => {
                 self.outbox.mark_delivered(connector, seq, attempt).await?;
                 bump(&self.stats.delivered);
-                debug!(connector = %name, message = envelope.message_id, seq, attempt, "delivered");
+                debug!(connector = %name, message_id = envelope.message_id, seq, attempt, "delivered");
                 Ok(Step::Done)
             }
             Err(DeliveryError::Permanent { reason }) => {
-                warn!(connector = %name, message = envelope.message_id, seq, attempt, reason = %reason, "delivery refused; moved to the dead-letter queue");
+                warn!(connector = %name, message_id = envelope.message_id, seq, attempt, reason = %reason, "delivery refused; moved to the dead-letter queue");
                 self.outbox
                     .dead_letter(connector, seq, attempt, reason)
                     .await?;
@@ -320,7 +320,7 @@ impl<O: Deliver> Worker<O> {
                 if self.settings.retry.exhausted(attempt) =>
             {
                 let reason = format!("gave up after {attempt} attempts; last error: {reason}");
-                warn!(connector = %name, message = envelope.message_id, seq, attempt, reason = %reason, "moved to the dead-letter queue");
+                warn!(connector = %name, message_id = envelope.message_id, seq, attempt, reason = %reason, "moved to the dead-letter queue");
                 self.outbox
                     .dead_letter(connector, seq, attempt, reason)
                     .await?;
@@ -338,7 +338,7 @@ impl<O: Deliver> Worker<O> {
                 }
                 let next = crate::outbox::now_micros()
                     .saturating_add(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX));
-                warn!(connector = %name, message = envelope.message_id, seq, attempt, retry_in_ms = delay.as_millis() as u64, reason = %reason, "delivery failed; will retry");
+                warn!(connector = %name, message_id = envelope.message_id, seq, attempt, retry_in_ms = delay.as_millis() as u64, reason = %reason, "delivery failed; will retry");
                 self.outbox
                     .record_failure(connector, seq, attempt, next, reason.clone())
                     .await?;

@@ -359,6 +359,27 @@ impl Outbox {
         self.instance_id
     }
 
+    /// Open an existing data file for maintenance (the `dlq` commands): every connector the
+    /// file knows is registered, nothing new. Fails if a running mfoundry holds the file.
+    pub fn open_existing(options: OutboxOptions) -> Result<(Self, WriterHandle), StoreError> {
+        if options.backend.is_none() && !options.path.exists() {
+            return Err(StoreError::Open {
+                path: options.path.display().to_string(),
+                reason: "no such file (check DATA_DIR or --data-dir)".to_owned(),
+            });
+        }
+        let names = {
+            let database = writer::open_database(&options)?;
+            let table = database.begin_read()?.open_table(schema::CONNECTORS)?;
+            let mut names = Vec::new();
+            for entry in table.iter()? {
+                names.push(entry?.0.value().to_owned());
+            }
+            names
+        };
+        Self::open(options, &names)
+    }
+
     /// The id of a configured connector.
     pub fn connector_id(&self, name: &str) -> Option<u32> {
         self.connectors.get(name).copied()

@@ -278,3 +278,102 @@ pub fn stored_control_ids(outbox: &mfoundry::outbox::Outbox) -> Vec<String> {
         .map(|(_, record)| record.header.control_id)
         .collect()
 }
+
+/// A real `mfoundry serve` process.
+#[derive(Debug)]
+pub struct Server {
+    /// The process.
+    pub child: std::process::Child,
+    /// The address it listens on.
+    pub addr: String,
+    /// Its log lines (JSON), as they come.
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Server {
+    /// Start `mfoundry serve --config <config>` in `directory` (its working directory) with
+    /// `LISTEN_ADDR=127.0.0.1:0`, `DATA_DIR=<directory>/<data>` and `envs`; waits until it
+    /// logs its address.
+    pub fn start(directory: &Path, config: &str, data: &str, envs: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mfoundry"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env_clear()
+            .current_dir(directory)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("DATA_DIR", directory.join(data))
+            .env("LOG_FORMAT", "json")
+            .envs(envs.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("mfoundry starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = sender.send(line);
+            }
+        });
+        loop {
+            let Ok(line) = lines.recv_timeout(Duration::from_secs(60)) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the server did not log that it listens");
+            };
+            if let Some(start) = line.find("\"addr\":\"") {
+                let rest = &line[start + 8..];
+                let addr = rest[..rest.find('"').expect("quote")].to_owned();
+                return Self { child, addr, lines };
+            }
+        }
+    }
+
+    /// Wait (at most 30 s) until `count` log lines containing `text` have appeared.
+    pub fn wait_for_log(&self, text: &str, count: usize) {
+        let mut seen = 0;
+        while seen < count {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no log line with {text:?} ({seen} of {count} seen)"));
+            if line.contains(text) {
+                seen += 1;
+            }
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(mut self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        assert!(
+            self.child.wait().expect("exits").success(),
+            "exit 0 after SIGTERM"
+        );
+    }
+}
+
+/// Run the `mfoundry` binary with `args` in `directory`; returns (exit code, stdout, stderr).
+pub fn run_binary(directory: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mfoundry"))
+        .args(args)
+        .env_clear()
+        .current_dir(directory)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("mfoundry runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
