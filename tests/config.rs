@@ -56,19 +56,17 @@ fn every_example_configuration_passes_check() {
 
 #[test]
 fn an_unset_env_reference_names_the_variable_and_the_connector() {
-    let output = Command::new(BINARY)
-        .arg("check")
-        .arg("--config")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mfoundry.yaml"))
-        .env_clear()
-        .output()
-        .expect("check runs");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = failing_check(
+        "connectors:\n  - name: lab-archive\n    type: postgres\n    dsn: ${LAB_SECRET_DSN}\n  - name: emr\n    type: mllp\n    host: ${EMR_HOST:-127.0.0.1}\n    port: ${EMR_PORT:-2576}\n",
+    );
     assert!(
         stderr.contains("connector \"lab-archive\" (type postgres)")
-            && stderr.contains("${LAB_ARCHIVE_DSN}, which is not set"),
+            && stderr.contains("${LAB_SECRET_DSN}, which is not set"),
         "{stderr}"
+    );
+    assert!(
+        !stderr.contains("emr"),
+        "defaults cover unset variables: {stderr}"
     );
 }
 

@@ -126,7 +126,8 @@ pub const DEFAULT_FILENAME: &str = "{received:%Y%m%d}/{id}-{control_id}.hl7";
 /// Default PostgreSQL table.
 pub const DEFAULT_TABLE: &str = "hl7_messages";
 
-/// Replace `${NAME}` with the environment variable's value (`$$` is a literal `$`).
+/// Replace `${NAME}` with the environment variable's value, `${NAME:-default}` with the value
+/// or, when it is unset or empty, the default (`$$` is a literal `$`).
 pub fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -140,15 +141,22 @@ pub fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result
             let end = after
                 .find('}')
                 .ok_or_else(|| "`${` without a closing `}`".to_owned())?;
-            let name = &after[..end];
+            let (name, default) = match after[..end].split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (&after[..end], None),
+            };
             let valid =
                 !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !valid {
                 return Err(format!("`${{{name}}}` is not an environment variable name"));
             }
-            let value = lookup(name).ok_or_else(|| {
-                format!("refers to ${{{name}}}, which is not set in the environment")
-            })?;
+            let value = match (lookup(name).filter(|value| !value.is_empty()), default) {
+                (Some(value), _) => value,
+                (None, Some(default)) => default.to_owned(),
+                (None, None) => lookup(name).ok_or_else(|| {
+                    format!("refers to ${{{name}}}, which is not set in the environment")
+                })?,
+            };
             out.push_str(&value);
             rest = &after[end + 1..];
         } else {
@@ -180,6 +188,7 @@ pub fn build(
     };
     let url = text("url", &connector.url);
     let host = text("host", &connector.host);
+    let port = text("port", &connector.port.as_ref().map(|port| port.0.clone()));
     let directory = text("directory", &connector.directory);
     let filename = text("filename", &connector.filename);
     let dsn = text("dsn", &connector.dsn);
@@ -334,9 +343,19 @@ pub fn build(
                     "`host` is required for type mllp (the peer's name or address)".to_owned(),
                 );
             }
-            if connector.port.is_none() || connector.port == Some(0) {
-                problems.push("`port` is required for type mllp (1-65535)".to_owned());
-            }
+            let port = match port.as_deref().map(|port| port.trim().parse::<u16>()) {
+                Some(Ok(port)) if port > 0 => port,
+                Some(_) => {
+                    problems.push("`port` must be a number from 1 to 65535".to_owned());
+                    0
+                }
+                None => {
+                    if connector.port.is_none() {
+                        problems.push("`port` is required for type mllp (1-65535)".to_owned());
+                    }
+                    0
+                }
+            };
             let on_reject = match connector.on_reject.as_deref() {
                 None | Some("dead_letter") => RejectAction::DeadLetter,
                 Some("retry") => RejectAction::Retry,
@@ -349,9 +368,9 @@ pub fn build(
             };
             let host = host.unwrap_or_default();
             let addr = if host.contains(':') && !host.starts_with('[') {
-                format!("[{host}]:{}", connector.port.unwrap_or(0))
+                format!("[{host}]:{port}")
             } else {
-                format!("{host}:{}", connector.port.unwrap_or(0))
+                format!("{host}:{port}")
             };
             Some(OutputSpec::Mllp(MllpSpec {
                 addr,
@@ -507,6 +526,12 @@ mod tests {
             "{missing}"
         );
         assert!(expand_env("${BAD NAME}", &env).is_err());
+        assert_eq!(expand_env("${NOPE:-a b}", &env).as_deref(), Ok("a b"));
+        assert_eq!(expand_env("${EMPTY:-x}", &env).as_deref(), Ok("x"));
+        assert_eq!(
+            expand_env("${DSN:-x}", &env).as_deref(),
+            Ok("host=db user=x")
+        );
         assert!(expand_env("${OPEN", &env).is_err());
     }
 

@@ -230,9 +230,9 @@ pub struct ConnectorFile {
     /// `mllp`: the peer's host.
     #[serde(default)]
     pub host: Option<String>,
-    /// `mllp`: the peer's port.
+    /// `mllp`: the peer's port (a number, or text such as `${EMR_PORT}`).
     #[serde(default)]
-    pub port: Option<u16>,
+    pub port: Option<ScalarText>,
     /// `file`: the directory to write into.
     #[serde(default)]
     pub directory: Option<String>,
