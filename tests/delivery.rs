@@ -551,3 +551,48 @@ async fn exhausted_attempts_go_to_the_dead_letter_queue_with_the_last_error() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn retention_removes_delivered_messages_and_keeps_dead_letters() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let refusing = peer(|id, _| {
+        if id == "M2" {
+            Answer::Ack("AR")
+        } else {
+            Answer::Ack("AA")
+        }
+    })
+    .await;
+    let yaml = format!(
+        "connectors:\n  - name: files\n    type: file\n    directory: {}\n    filename: \"{{id}}.hl7\"\n  - name: downstream\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n",
+        out.path().display(),
+        refusing.addr.port()
+    );
+    let app = common::start_with_yaml(Some(&yaml), &[("RETENTION", "1s")]).await;
+    send(&app, ids(1..=3)).await;
+    eventually("retention removed the delivered messages", || {
+        let snapshot = app.outbox().snapshot().expect("snapshot");
+        snapshot.message_count().expect("count") == 1
+    })
+    .await;
+    let snapshot = app.outbox().snapshot().expect("snapshot");
+    let left: Vec<String> = snapshot
+        .messages()
+        .expect("messages")
+        .into_iter()
+        .map(|(_, record)| record.header.control_id)
+        .collect();
+    assert_eq!(
+        left,
+        vec!["M2"],
+        "the dead-lettered message stays for replay"
+    );
+    assert!(snapshot.body(2).expect("body").is_some());
+    drop(snapshot);
+    assert_eq!(
+        std::fs::read_dir(out.path()).expect("dir").count(),
+        3,
+        "files stay: they are the destination's"
+    );
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+}
