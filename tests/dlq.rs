@@ -27,6 +27,8 @@ fn files(directory: &std::path::Path) -> Vec<String> {
                         .to_string_lossy()
                         .into_owned()
                 })
+                // A file being written has a temporary dot-name until it is complete.
+                .filter(|name| !name.starts_with('.'))
                 .collect()
         })
         .unwrap_or_default();

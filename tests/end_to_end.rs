@@ -17,8 +17,14 @@ fn count_files(directory: &Path) -> usize {
     };
     entries
         .map(|entry| {
-            let path = entry.expect("entry").path();
-            if path.is_dir() { count_files(&path) } else { 1 }
+            let entry = entry.expect("entry");
+            let path = entry.path();
+            if path.is_dir() {
+                count_files(&path)
+            } else {
+                // A file being written has a temporary dot-name until it is complete.
+                usize::from(!entry.file_name().to_string_lossy().starts_with('.'))
+            }
         })
         .sum()
 }

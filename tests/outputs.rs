@@ -28,6 +28,57 @@ impl Request {
     }
 }
 
+type Script = dyn Fn(usize) -> (u16, &'static str) + Send + Sync;
+
+/// Serve HTTP/1.1 requests on one connection, recording each.
+async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    script: Arc<Script>,
+    recorded: Arc<Mutex<Vec<Request>>>,
+) {
+    let mut buffer = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        while buffer.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+            }
+        }
+        let body = buffer[head_end..head_end + length].to_vec();
+        buffer.drain(..head_end + length);
+        let number = {
+            let mut seen = recorded.lock().expect("lock");
+            seen.push(Request { head, body });
+            seen.len()
+        };
+        let (status, extra) = script(number);
+        let response = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n{extra}\r\n");
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// An HTTP/1.1 server answering the n-th request (from 1) with `script(n)`: (status, extra
 /// header lines).
 async fn http_server(
@@ -36,55 +87,12 @@ async fn http_server(
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let seen: Arc<Mutex<Vec<Request>>> = Arc::default();
-    let script = Arc::new(script);
+    let script: Arc<Script> = Arc::new(script);
     let recorded = Arc::clone(&seen);
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
+        while let Ok((stream, _)) = listener.accept().await {
             let (script, recorded) = (Arc::clone(&script), Arc::clone(&recorded));
-            tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                loop {
-                    let head_end = loop {
-                        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break at + 4;
-                        }
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|line| {
-                            let (key, value) = line.split_once(':')?;
-                            key.eq_ignore_ascii_case("content-length")
-                                .then(|| value.trim().parse().ok())?
-                        })
-                        .unwrap_or(0);
-                    while buffer.len() < head_end + length {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
-                        }
-                    }
-                    let body = buffer[head_end..head_end + length].to_vec();
-                    buffer.drain(..head_end + length);
-                    let number = {
-                        let mut seen = recorded.lock().expect("lock");
-                        seen.push(Request { head, body });
-                        seen.len()
-                    };
-                    let (status, extra) = script(number);
-                    let response =
-                        format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n{extra}\r\n");
-                    if stream.write_all(response.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            tokio::spawn(serve_http(stream, script, recorded));
         }
     });
     (port, seen)
@@ -342,4 +350,227 @@ async fn postgres_that_is_unreachable_keeps_the_message_queued() {
     assert!(error.starts_with("could not connect"), "{error}");
     assert!(!error.contains("hunter2"), "the DSN never shows: {error}");
     assert!(app.shutdown(Duration::from_secs(5)).await);
+}
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, made with the
+/// `openssl` command; `None` (after saying why) when it is not installed.
+fn certificates(directory: &std::path::Path) -> Option<()> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(directory)
+            .output()
+    };
+    match run(&["version"]) {
+        Ok(output) if output.status.success() => {}
+        _ => {
+            eprintln!("SKIPPED: the openssl command is needed to make test certificates");
+            return None;
+        }
+    }
+    std::fs::write(
+        directory.join("server.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    std::fs::write(
+        directory.join("client.ext"),
+        "extendedKeyUsage=clientAuth\n",
+    )
+    .expect("ext");
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let steps: Vec<Vec<&str>> = vec![
+        [
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=mfoundry test CA",
+            ],
+        ]
+        .concat(),
+        [
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+        [
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "client.key",
+                "-out",
+                "client.csr",
+                "-subj",
+                "/CN=mfoundry",
+            ],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "client.ext",
+        ],
+    ];
+    for step in steps {
+        let output = run(&step).expect("openssl runs");
+        assert!(
+            output.status.success(),
+            "openssl {step:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Some(())
+}
+
+/// An HTTPS server that requires a client certificate signed by the test CA.
+async fn https_server(directory: &std::path::Path) -> (u16, Arc<Mutex<Vec<Request>>>) {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(directory.join("ca.pem")).expect("ca") {
+        roots.add(cert.expect("ca cert")).expect("root");
+    }
+    let verifier = tokio_rustls::rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .expect("verifier");
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(directory.join("server.pem"))
+            .expect("server cert")
+            .map(|cert| cert.expect("cert"))
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(directory.join("server.key")).expect("server key");
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen: Arc<Mutex<Vec<Request>>> = Arc::default();
+    let recorded = Arc::clone(&seen);
+    let script: Arc<Script> = Arc::new(|_| (200, ""));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, script, recorded) =
+                (acceptor.clone(), Arc::clone(&script), Arc::clone(&recorded));
+            tokio::spawn(async move {
+                if let Ok(stream) = acceptor.accept(stream).await {
+                    serve_http(stream, script, recorded).await;
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[tokio::test]
+async fn https_with_a_custom_ca_and_a_client_certificate() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    if certificates(certs.path()).is_none() {
+        return;
+    }
+    let (port, requests) = https_server(certs.path()).await;
+    let path = |name: &str| certs.path().join(name).display().to_string();
+    let yaml = format!(
+        "connectors:\n  - name: mtls\n    type: http\n    url: https://127.0.0.1:{port}/hl7\n    tls_ca_file: {}\n    tls_cert_file: {}\n    tls_key_file: {}\n  - name: no-client-cert\n    type: http\n    url: https://127.0.0.1:{port}/hl7\n    tls_ca_file: {}\n    retry:\n      initial_delay: 10ms\n      max_delay: 20ms\n",
+        path("ca.pem"),
+        path("client.pem"),
+        path("client.key"),
+        path("ca.pem"),
+    );
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    send(&app, &["T1"]).await;
+    eventually("delivered over mTLS", || {
+        stat(&app, "mtls", "delivered") == 1
+    })
+    .await;
+    eventually("the other retried", || {
+        stat(&app, "no-client-cert", "retries") >= 2
+    })
+    .await;
+    assert_eq!(
+        stat(&app, "no-client-cert", "delivered"),
+        0,
+        "no client certificate, no delivery"
+    );
+    let requests = requests.lock().expect("lock").clone();
+    assert_eq!(requests.len(), 1, "only the mTLS connector got through");
+    assert_eq!(requests[0].body, common::adt("T1", "2.5"));
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+}
+
+#[test]
+fn tls_files_are_checked_when_the_configuration_loads() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    std::fs::write(directory.path().join("junk.pem"), "not a certificate").expect("write");
+    let junk = directory.path().join("junk.pem").display().to_string();
+    let yaml = format!(
+        "connectors:\n  - name: a\n    type: http\n    url: https://x\n    tls_ca_file: {junk}\n    tls_cert_file: {junk}\n  - name: b\n    type: file\n    directory: out\n    tls_ca_file: {junk}\n"
+    );
+    std::fs::write(directory.path().join("bad.yaml"), yaml).expect("write");
+    let (code, _, stderr) =
+        common::run_binary(directory.path(), &["check", "--config", "bad.yaml"], &[]);
+    assert_eq!(code, 64);
+    for expected in [
+        "`tls_ca_file` holds no PEM certificate",
+        "set both `tls_cert_file` and `tls_key_file`",
+        "`tls_ca_file` does not apply to type file",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in {stderr}"
+        );
+    }
 }

@@ -91,6 +91,10 @@ pub struct HttpSpec {
     pub format: HttpFormat,
     /// Whole-request timeout.
     pub timeout: Duration,
+    /// Extra trusted CA certificates (PEM), read at load.
+    pub tls_ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and key (PEM, concatenated), read at load.
+    pub tls_identity_pem: Option<Vec<u8>>,
 }
 
 /// `type: file`.
@@ -195,6 +199,9 @@ pub fn build(
     let dsn_file = text("dsn_file", &connector.dsn_file);
     let table = text("table", &connector.table);
     let bearer_token_file = text("bearer_token_file", &connector.bearer_token_file);
+    let tls_ca_file = text("tls_ca_file", &connector.tls_ca_file);
+    let tls_cert_file = text("tls_cert_file", &connector.tls_cert_file);
+    let tls_key_file = text("tls_key_file", &connector.tls_key_file);
     let mut headers = BTreeMap::new();
     for (name, value) in connector.headers.iter().flatten() {
         if let Some(value) = text(&format!("headers.{name}"), &Some(value.clone())) {
@@ -203,7 +210,7 @@ pub fn build(
     }
 
     // Keys that belong to other types are mistakes (a `port` on a file connector does nothing).
-    let present: [(&str, bool, &[ConnectorKind]); 17] = [
+    let present: [(&str, bool, &[ConnectorKind]); 20] = [
         (
             "url",
             connector.url.is_some(),
@@ -269,6 +276,21 @@ pub fn build(
             &[ConnectorKind::Http],
         ),
         ("format", connector.format.is_some(), &[ConnectorKind::Http]),
+        (
+            "tls_ca_file",
+            connector.tls_ca_file.is_some(),
+            &[ConnectorKind::Http],
+        ),
+        (
+            "tls_cert_file",
+            connector.tls_cert_file.is_some(),
+            &[ConnectorKind::Http],
+        ),
+        (
+            "tls_key_file",
+            connector.tls_key_file.is_some(),
+            &[ConnectorKind::Http],
+        ),
     ];
     for (key, is_set, kinds) in present {
         if is_set && !kinds.contains(&kind) {
@@ -419,6 +441,48 @@ pub fn build(
                     "`bearer_token_env` names {name}, which is not set in the environment"
                 ));
             }
+            let mut read_pem = |key: &str, path: &str| match std::fs::read(path) {
+                Ok(bytes) => Some(bytes),
+                Err(error) => {
+                    problems.push(format!("`{key}` {path:?} cannot be read: {error}"));
+                    None
+                }
+            };
+            let tls_ca_pem = tls_ca_file
+                .as_deref()
+                .and_then(|path| read_pem("tls_ca_file", path));
+            let tls_identity_pem = match (tls_cert_file.as_deref(), tls_key_file.as_deref()) {
+                (Some(cert), Some(key)) => {
+                    let cert = read_pem("tls_cert_file", cert);
+                    let key = read_pem("tls_key_file", key);
+                    cert.zip(key).map(|(mut cert, key)| {
+                        cert.push(b'\n');
+                        cert.extend_from_slice(&key);
+                        cert
+                    })
+                }
+                (None, None) => None,
+                _ => {
+                    problems.push(
+                        "set both `tls_cert_file` and `tls_key_file` for a client certificate"
+                            .to_owned(),
+                    );
+                    None
+                }
+            };
+            if let Some(pem) = &tls_ca_pem
+                && reqwest::Certificate::from_pem_bundle(pem).map_or(true, |certs| certs.is_empty())
+            {
+                problems.push("`tls_ca_file` holds no PEM certificate".to_owned());
+            }
+            if let Some(pem) = &tls_identity_pem
+                && reqwest::Identity::from_pem(pem).is_err()
+            {
+                problems.push(
+                    "`tls_cert_file`/`tls_key_file` do not hold a PEM certificate and its private key"
+                        .to_owned(),
+                );
+            }
             Some(OutputSpec::Http(HttpSpec {
                 url,
                 method,
@@ -426,6 +490,8 @@ pub fn build(
                 token,
                 format,
                 timeout,
+                tls_ca_pem,
+                tls_identity_pem,
             }))
         }
         ConnectorKind::File => {

@@ -275,6 +275,15 @@ pub struct ConnectorFile {
     /// `http`: body format, `hl7` (default, the bytes as received) or `json`.
     #[serde(default)]
     pub format: Option<String>,
+    /// `http`: PEM file of CA certificates trusted in addition to the system's.
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
+    /// `http`: PEM file of the client certificate (chain) presented to the endpoint.
+    #[serde(default)]
+    pub tls_cert_file: Option<String>,
+    /// `http`: PEM file of the client certificate's private key.
+    #[serde(default)]
+    pub tls_key_file: Option<String>,
     /// `http`: whole-request timeout (Go duration, default `30s`).
     #[serde(default)]
     pub timeout: Option<String>,

@@ -54,12 +54,7 @@ impl HttpOutput {
         }
         let client = match problem {
             Some(problem) => Err(problem),
-            None => reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(10).min(spec.timeout))
-                .timeout(spec.timeout)
-                .user_agent(concat!("mfoundry/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|error| format!("cannot build the HTTP client: {error}")),
+            None => build_client(&spec),
         };
         let method =
             reqwest::Method::from_bytes(spec.method.as_bytes()).unwrap_or(reqwest::Method::POST);
@@ -151,6 +146,26 @@ impl HttpOutput {
                 }),
         }
     }
+}
+
+fn build_client(spec: &HttpSpec) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10).min(spec.timeout))
+        .timeout(spec.timeout)
+        .user_agent(concat!("mfoundry/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = &spec.tls_ca_pem {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|error| format!("tls_ca_file: {error}"))?;
+        builder = builder.tls_certs_merge(certs);
+    }
+    if let Some(pem) = &spec.tls_identity_pem {
+        let identity = reqwest::Identity::from_pem(pem)
+            .map_err(|error| format!("tls_cert_file/tls_key_file: {error}"))?;
+        builder = builder.identity(identity);
+    }
+    builder
+        .build()
+        .map_err(|error| format!("cannot build the HTTP client: {error}"))
 }
 
 /// The error and its causes, without the URL (it can carry credentials in its user info).
