@@ -431,6 +431,21 @@ async fn scripted_worker(
     mfoundry::outbox::Outbox,
     tokio::sync::mpsc::UnboundedReceiver<()>,
 ) {
+    scripted_worker_with(failures, retry, 1, None).await
+}
+
+/// Like [`scripted_worker`], with `messages` queued and an optional `min_interval`.
+async fn scripted_worker_with(
+    failures: u32,
+    retry: RetryPolicy,
+    messages: usize,
+    min_interval: Option<Duration>,
+) -> (
+    mfoundry::delivery::WorkerControl,
+    Arc<Mutex<Vec<tokio::time::Instant>>>,
+    mfoundry::outbox::Outbox,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
     let mut options = mfoundry::outbox::OutboxOptions::new("memory".into());
     options.backend = Some(Arc::new(|| {
         Ok(Box::new(redb::backends::InMemoryBackend::new()) as Box<dyn redb::StorageBackend>)
@@ -455,14 +470,16 @@ async fn scripted_worker(
         dedup_key: None,
         body_inline: false,
     };
-    outbox
-        .append(mfoundry::outbox::NewMessage {
-            record,
-            body: bytes::Bytes::from_static(b"MSH"),
-            dedup_key: None,
-        })
-        .await
-        .expect("append");
+    for _ in 0..messages {
+        outbox
+            .append(mfoundry::outbox::NewMessage {
+                record: record.clone(),
+                body: bytes::Bytes::from_static(b"MSH"),
+                dedup_key: None,
+            })
+            .await
+            .expect("append");
+    }
     let calls = Arc::new(Mutex::new(Vec::new()));
     let (called, called_rx) = tokio::sync::mpsc::unbounded_channel();
     let tracker = tokio_util::task::TaskTracker::new();
@@ -471,7 +488,7 @@ async fn scripted_worker(
             name: Arc::from("c"),
             connector,
             retry,
-            min_interval: None,
+            min_interval,
             paused: false,
         },
         Scripted {
@@ -595,4 +612,22 @@ async fn retention_removes_delivered_messages_and_keeps_dead_letters() {
         "files stay: they are the destination's"
     );
     assert!(app.shutdown(Duration::from_secs(5)).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn min_interval_spaces_the_sends() {
+    let (_control, calls, _outbox, mut called) =
+        scripted_worker_with(0, RetryPolicy::default(), 4, Some(Duration::from_secs(3))).await;
+    for _ in 0..4 {
+        called.recv().await.expect("worker calls the output");
+    }
+    let calls = calls.lock().expect("lock").clone();
+    let gaps: Vec<f64> = calls
+        .windows(2)
+        .map(|pair| (pair[1] - pair[0]).as_secs_f64())
+        .collect();
+    assert!(
+        gaps.iter().all(|gap| (3.0..3.5).contains(gap)),
+        "each send waits min_interval after the previous one: {gaps:?}"
+    );
 }

@@ -58,9 +58,11 @@ impl MllpOutput {
         let Some(client) = self.client.as_mut() else {
             return Err(Failure::Reset("not connected".to_owned()));
         };
-        let answer = client
-            .request(body, self.spec.ack_timeout)
+        // The write is bounded too: a peer that stops reading must not hold the queue.
+        let limit = self.spec.ack_timeout;
+        let answer = tokio::time::timeout(limit, client.request(body, limit))
             .await
+            .map_err(|_| Failure::Reset(format!("no ACK within {limit:?}; connection closed")))?
             .map_err(|error| Failure::Reset(describe(&error)))?;
         let ack = Message::parse(answer).map_err(|_| {
             Failure::Reset("the answer is not an HL7 message; connection closed".to_owned())
