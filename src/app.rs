@@ -135,6 +135,15 @@ impl RunningApp {
             );
             workers.push((connector.name.clone(), control));
         }
+        if let (Some(retention), Some(window)) = (settings.retention, settings.dedup_window)
+            && retention < window
+        {
+            warn!(
+                retention_secs = retention.as_secs(),
+                dedup_window_secs = window.as_secs(),
+                "RETENTION is shorter than DEDUP_WINDOW: a retransmit of a message already removed is stored and delivered again"
+            );
+        }
         if let Some(retention) = settings.retention {
             delivery_tracker.spawn(retention_task(
                 outbox.clone(),
