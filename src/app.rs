@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::admin::{
+    self, AdminState, ConnectorHandle, ListenerHandle, Readiness, TokenSource, TokenStore,
+};
 use crate::config::Config;
 use crate::delivery::{WorkerControl, WorkerSettings, spawn_worker};
 use crate::hl7::{AckStamper, SystemStamper};
@@ -27,6 +30,21 @@ use crate::rules::RuleSet;
 
 /// How long connections get to finish the frame in hand once shutdown starts.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// How long admin API requests in flight get once shutdown reaches the admin API.
+const ADMIN_GRACE: Duration = Duration::from_secs(5);
+
+/// The kind of a connector, as the admin API names it.
+fn connector_kind(kind: crate::config::ConnectorKind) -> &'static str {
+    use crate::config::ConnectorKind;
+    match kind {
+        ConnectorKind::Mllp => "mllp",
+        ConnectorKind::Http => "http",
+        ConnectorKind::File => "file",
+        ConnectorKind::Postgres => "postgres",
+        ConnectorKind::Nats => "nats",
+    }
+}
 
 /// Choices tests make differently from production.
 #[derive(Clone, Default)]
@@ -65,6 +83,12 @@ pub struct RunningApp {
     delivery_tracker: TaskTracker,
     /// One per connector, in configuration order.
     workers: Vec<(String, WorkerControl)>,
+    /// For `/readyz`: ready once serving, draining once shutdown starts.
+    readiness: Arc<Readiness>,
+    /// Cancelled to stop the admin API (last, so the drain can be watched).
+    admin_shutdown: CancellationToken,
+    /// The admin API's address and task (it holds an outbox handle until it ends).
+    admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
 }
 
 impl RunningApp {
@@ -152,6 +176,22 @@ impl RunningApp {
             ));
         }
 
+        // Tokens before any port: a bad ADMIN_TOKENS_FILE stops startup.
+        let tokens = match &settings.admin_addr {
+            Some(_) => {
+                let tokens_file = settings.admin_tokens_file.clone();
+                let data_dir = settings.data_dir.clone();
+                let (tokens, source) = tokio::task::spawn_blocking(move || {
+                    TokenStore::load(tokens_file.as_deref(), &data_dir)
+                })
+                .await
+                .context("token load task failed")?
+                .map_err(|error| anyhow::anyhow!(error))?;
+                Some((Arc::new(tokens), source))
+            }
+            None => None,
+        };
+
         let listen_addr = settings.listener.listen_addr.clone();
         let listener = mllp::bind(&listen_addr)
             .await
@@ -170,9 +210,10 @@ impl RunningApp {
             stamper,
             Arc::clone(&rules),
             outbox.clone(),
-            connector_ids,
+            connector_ids.clone(),
             &settings.listener.name,
         );
+        let route_counters = ingest.route_counters();
         tracker.spawn(mllp::serve(
             listener,
             settings.listener.clone(),
@@ -190,6 +231,71 @@ impl RunningApp {
             max_frame_size = settings.listener.max_frame_size,
             "listening for MLLP"
         );
+        let readiness = Arc::new(Readiness::default());
+        let admin_shutdown = CancellationToken::new();
+        let mut admin = None;
+        if let (Some(addr), Some((tokens, source))) = (&settings.admin_addr, tokens) {
+            let (admin_listener, admin_addr) = admin::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on ADMIN_ADDR={addr}"))?;
+            let connector_names = outbox
+                .read(|snapshot| snapshot.connectors())
+                .await
+                .context("cannot read the connectors of the data file")?
+                .into_iter()
+                .map(|(name, id)| (id, name))
+                .collect();
+            let connectors = config
+                .connectors
+                .iter()
+                .filter_map(|connector| {
+                    let id = outbox.connector_id(&connector.name)?;
+                    Some(ConnectorHandle {
+                        name: connector.name.clone(),
+                        kind: connector_kind(connector.kind),
+                        id,
+                        worker: workers
+                            .iter()
+                            .find(|(name, _)| *name == connector.name)
+                            .map(|(_, control)| control.clone()),
+                        intake: connector_ids
+                            .iter()
+                            .position(|known| *known == id)
+                            .map(|index| (Arc::clone(&route_counters), index)),
+                    })
+                })
+                .collect();
+            let state = Arc::new(AdminState {
+                outbox: outbox.clone(),
+                connectors,
+                connector_names,
+                listeners: vec![ListenerHandle {
+                    name: settings.listener.name.clone(),
+                    stats: Arc::clone(&stats),
+                }],
+                tokens,
+                readiness: Arc::clone(&readiness),
+                default_charset: settings.default_charset,
+                logs: crate::telemetry::log_ring(),
+                started: std::time::Instant::now(),
+            });
+            match &source {
+                TokenSource::Created(path) => info!(
+                    path = %path.display(),
+                    "created an admin token for the admin API and the CLI on this host (mode 0600); keep it secret"
+                ),
+                TokenSource::Local(path) => {
+                    info!(path = %path.display(), "admin API token read")
+                }
+                TokenSource::File(path) => {
+                    info!(path = %path.display(), "admin API tokens read from ADMIN_TOKENS_FILE")
+                }
+            }
+            info!(admin_addr = %admin_addr, "admin API listening");
+            let task = tokio::spawn(admin::serve(admin_listener, state, admin_shutdown.clone()));
+            admin = Some((admin_addr, task));
+        }
+        readiness.set_ready();
         Ok(Self {
             local_addr,
             stats,
@@ -200,7 +306,15 @@ impl RunningApp {
             delivery_shutdown,
             delivery_tracker,
             workers,
+            readiness,
+            admin_shutdown,
+            admin,
         })
+    }
+
+    /// The admin API's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(addr, _)| *addr)
     }
 
     /// A connector's worker control (pause, resume, counters).
@@ -230,6 +344,7 @@ impl RunningApp {
     /// `grace`), then stop the outbox writer once it has answered everything queued. Returns
     /// false when some connection was still busy at the deadline.
     pub async fn shutdown(self, grace: Duration) -> bool {
+        self.readiness.set_draining();
         self.shutdown.cancel();
         self.tracker.close();
         let finished = tokio::time::timeout(grace, self.tracker.wait())
@@ -249,6 +364,15 @@ impl RunningApp {
             .is_ok();
         if !delivered {
             warn!("shutdown grace period ended with a delivery still in progress");
+        }
+        // The admin API answers during the drain; it stops last, before the writer.
+        self.admin_shutdown.cancel();
+        if let Some((_, mut task)) = self.admin
+            && tokio::time::timeout(ADMIN_GRACE, &mut task).await.is_err()
+        {
+            warn!("admin API requests still running at shutdown; cancelled");
+            task.abort();
+            let _ = task.await;
         }
         let finished = finished && delivered;
         let stats = self.stats.snapshot();

@@ -76,6 +76,16 @@ impl Outcome {
     }
 }
 
+/// What intake decided for one connector since start (stored messages only; retransmits are
+/// not counted again).
+#[derive(Debug, Default)]
+pub struct RouteCounters {
+    /// Messages queued for the connector.
+    pub queued: std::sync::atomic::AtomicU64,
+    /// Messages its filter did not take.
+    pub filtered: std::sync::atomic::AtomicU64,
+}
+
 /// Checks, validates, routes, stores and answers frames.
 #[derive(Debug, Clone)]
 pub struct Ingest {
@@ -85,6 +95,8 @@ pub struct Ingest {
     outbox: Outbox,
     /// Connector ids in the order of the rule set's filters.
     connectors: Arc<[u32]>,
+    /// Counters per connector, in the order of `connectors`.
+    route_counters: Arc<[RouteCounters]>,
     /// The listener's name, stored with each message and bound as `inbound`.
     listener: Arc<str>,
 }
@@ -122,9 +134,18 @@ impl Ingest {
             stamper,
             rules,
             outbox,
+            route_counters: connectors
+                .iter()
+                .map(|_| RouteCounters::default())
+                .collect(),
             connectors: connectors.into(),
             listener: listener.into(),
         }
+    }
+
+    /// Intake counters per connector, in the order the connector ids were given to [`Ingest::new`].
+    pub fn route_counters(&self) -> Arc<[RouteCounters]> {
+        Arc::clone(&self.route_counters)
     }
 
     /// Decide, store and answer one frame from `peer`.
@@ -186,12 +207,18 @@ impl Ingest {
             dedup_key: None,
             body_inline: false,
         };
+        let decided_routes: Vec<(u32, RouteStatus)> = record
+            .routes
+            .iter()
+            .map(|route| (route.connector, route.status))
+            .collect();
         let stored = self
             .outbox
             .append(NewMessage {
                 record,
                 body: message.raw().clone(),
                 dedup_key: (verdict == Verdict::Accept).then(|| dedup_key(&message)),
+                tls_identity: None,
             })
             .await;
 
@@ -200,12 +227,15 @@ impl Ingest {
             None => Reply::Suppressed { code: decided },
         };
         match stored {
-            Ok(Appended::Stored { id }) => Outcome {
-                reply: reply(ack),
-                control_id,
-                reason,
-                message_id: Some(id),
-            },
+            Ok(Appended::Stored { id }) => {
+                self.count_routes(&decided_routes);
+                Outcome {
+                    reply: reply(ack),
+                    control_id,
+                    reason,
+                    message_id: Some(id),
+                }
+            }
             Ok(Appended::Duplicate { id, ack: original }) => {
                 let code = original.as_deref().and_then(ack_code_of).unwrap_or(decided);
                 Outcome {
@@ -252,6 +282,20 @@ impl Ingest {
                     message_id: None,
                 }
             }
+        }
+    }
+
+    fn count_routes(&self, routes: &[(u32, RouteStatus)]) {
+        use std::sync::atomic::Ordering;
+        for (connector, status) in routes {
+            let Some(index) = self.connectors.iter().position(|id| id == connector) else {
+                continue;
+            };
+            let counters = &self.route_counters[index];
+            match status {
+                RouteStatus::Queued => counters.queued.fetch_add(1, Ordering::Relaxed),
+                RouteStatus::Filtered => counters.filtered.fetch_add(1, Ordering::Relaxed),
+            };
         }
     }
 

@@ -21,6 +21,7 @@
 //! - [`shutdown`] — signals.
 //! - [`telemetry`] — logging.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;

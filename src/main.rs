@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use mfoundry::cli::{Cli, Command, ConfigArgs, ConfigCommand, run_bench, run_dlq, run_send};
+use std::io::stdout;
+
+use mfoundry::cli::{Cli, Command, ConfigArgs, ConfigCommand, admin, run_bench, run_dlq, run_send};
 use mfoundry::config::Config;
 
 /// Exit code for an invalid configuration (EX_USAGE).
@@ -74,16 +76,29 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Dlq(args) => {
-            let mut stdout = std::io::stdout();
-            match runtime.block_on(run_dlq(&args, &mut stdout)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("mfoundry dlq: {error:#}");
-                    ExitCode::from(2)
-                }
-            }
-        }
+        Command::Dlq(args) => finish("dlq", runtime.block_on(run_dlq(&args, &mut stdout()))),
+        Command::Stats(api) => finish("stats", runtime.block_on(admin::stats(&api, &mut stdout()))),
+        Command::Messages { api, command } => finish(
+            "messages",
+            runtime.block_on(admin::messages(&api, &command, &mut stdout())),
+        ),
+        Command::Pause { api, connector } => finish(
+            "pause",
+            runtime.block_on(admin::control(&api, &connector, true, &mut stdout())),
+        ),
+        Command::Resume { api, connector } => finish(
+            "resume",
+            runtime.block_on(admin::control(&api, &connector, false, &mut stdout())),
+        ),
+        Command::Audit { api, command } => finish(
+            "audit",
+            runtime.block_on(admin::audit(&api, &command, &mut stdout())),
+        ),
+        Command::Logs { api, limit } => finish(
+            "logs",
+            runtime.block_on(admin::logs(&api, limit, &mut stdout())),
+        ),
+        Command::Token { command } => finish("token", admin::token(&command, &mut stdout())),
         Command::Send(args) => {
             let mut stdout = std::io::stdout();
             match runtime.block_on(run_send(&args, &mut stdout)) {
@@ -101,6 +116,17 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+    }
+}
+
+/// Exit with the command's code, or 2 and the error on stderr.
+fn finish(command: &str, result: anyhow::Result<u8>) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("mfoundry {command}: {error:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -31,6 +31,7 @@ fn serve(extra_env: &[(&str, &str)]) -> Server {
         .env_clear()
         .current_dir(directory.path())
         .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("ADMIN_ADDR", "127.0.0.1:0")
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())

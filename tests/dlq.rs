@@ -1,6 +1,6 @@
 //! The dead-letter queue as an operator meets it: real processes, `mfoundry send`, a
-//! downstream that refuses everything, then `mfoundry dlq list/show/replay/purge` on the
-//! stopped gateway's data directory, and a restart that delivers what was replayed.
+//! downstream that refuses everything, then `mfoundry dlq --offline list/show/replay/purge` on
+//! the stopped gateway's data directory, and a restart that delivers what was replayed.
 
 mod common;
 
@@ -65,14 +65,18 @@ fn refused_messages_can_be_listed_replayed_elsewhere_and_purged() {
     let data = dir.join("up-data");
     let data = data.to_str().expect("utf-8 path");
     gateway.wait_for_log("moved to the dead-letter queue", 2);
-    let (code, _, stderr) = run_binary(dir, &["dlq", "--data-dir", data, "list"], &[]);
+    let (code, _, stderr) = run_binary(dir, &["dlq", "--offline", "--data-dir", data, "list"], &[]);
     assert_eq!(code, 2);
     assert!(
-        stderr.contains("in use by a running mfoundry; stop it first"),
+        stderr.contains("in use by a running mfoundry; leave out --offline"),
         "{stderr}"
     );
     gateway.stop();
-    let (code, listed, _) = run_binary(dir, &["dlq", "--data-dir", data, "--json", "list"], &[]);
+    let (code, listed, _) = run_binary(
+        dir,
+        &["dlq", "--offline", "--data-dir", data, "--json", "list"],
+        &[],
+    );
     assert_eq!(code, 0);
     let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
     let entries = listed.as_array().expect("array");
@@ -91,7 +95,15 @@ fn refused_messages_can_be_listed_replayed_elsewhere_and_purged() {
 
     let (code, shown, _) = run_binary(
         dir,
-        &["dlq", "--data-dir", data, "show", "downstream", &first],
+        &[
+            "dlq",
+            "--offline",
+            "--data-dir",
+            data,
+            "show",
+            "downstream",
+            &first,
+        ],
         &[],
     );
     assert_eq!(code, 0);
@@ -102,14 +114,30 @@ fn refused_messages_can_be_listed_replayed_elsewhere_and_purged() {
 
     let (code, _, stderr) = run_binary(
         dir,
-        &["dlq", "--data-dir", data, "replay", "downstream", "999"],
+        &[
+            "dlq",
+            "--offline",
+            "--data-dir",
+            data,
+            "replay",
+            "downstream",
+            "999",
+        ],
         &[],
     );
     assert_eq!(code, 2);
     assert!(stderr.contains("no dead-letter entry 999"), "{stderr}");
     let (code, _, stderr) = run_binary(
         dir,
-        &["dlq", "--data-dir", data, "replay", "nowhere", "--all"],
+        &[
+            "dlq",
+            "--offline",
+            "--data-dir",
+            data,
+            "replay",
+            "nowhere",
+            "--all",
+        ],
         &[],
     );
     assert_eq!(code, 2);
@@ -122,6 +150,7 @@ fn refused_messages_can_be_listed_replayed_elsewhere_and_purged() {
         dir,
         &[
             "dlq",
+            "--offline",
             "--data-dir",
             data,
             "replay",
@@ -135,11 +164,19 @@ fn refused_messages_can_be_listed_replayed_elsewhere_and_purged() {
     assert_eq!(code, 0, "{out}");
     let (code, out, _) = run_binary(
         dir,
-        &["dlq", "--data-dir", data, "purge", "downstream", &second],
+        &[
+            "dlq",
+            "--offline",
+            "--data-dir",
+            data,
+            "purge",
+            "downstream",
+            &second,
+        ],
         &[],
     );
     assert_eq!(code, 0, "{out}");
-    let (_, out, _) = run_binary(dir, &["dlq", "--data-dir", data, "list"], &[]);
+    let (_, out, _) = run_binary(dir, &["dlq", "--offline", "--data-dir", data, "list"], &[]);
     assert!(out.contains("no dead-letter entries"), "{out}");
 
     // Restarted, the gateway delivers the replayed message to the file connector.

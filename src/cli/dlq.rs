@@ -1,10 +1,10 @@
-//! `mfoundry dlq`: list, show, replay and purge dead-letter entries in a data directory.
+//! `mfoundry dlq`: list, show, replay and purge dead-letter entries.
 //!
-//! These work on the data file directly, so the server must be stopped (redb locks the file);
-//! the admin API will offer the same operations on a running server.
+//! By default these go through the running server's admin API ([`super::admin`]). With
+//! `--offline` they work on the data file directly, so the server must be stopped (redb locks
+//! the file).
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
@@ -14,12 +14,13 @@ use crate::outbox::{DlqEntry, Outbox, OutboxOptions, StoreError};
 /// `mfoundry dlq ...`
 #[derive(Debug, Clone, clap::Args)]
 pub struct DlqArgs {
-    /// The data directory (the server's DATA_DIR).
-    #[arg(long, env = "DATA_DIR", default_value = "./data", value_name = "DIR")]
-    pub data_dir: PathBuf,
-    /// Print JSON instead of a table.
+    /// Admin API address, data directory, output format.
+    #[command(flatten)]
+    pub api: super::admin::ApiArgs,
+    /// Work on the data directory directly instead of the running server's admin API (the
+    /// server must be stopped).
     #[arg(long)]
-    pub json: bool,
+    pub offline: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: DlqCommand,
@@ -78,9 +79,23 @@ struct Listed {
     reason: String,
 }
 
-/// Run a `dlq` command; output goes to `out`.
-pub async fn run_dlq(args: &DlqArgs, out: &mut impl Write) -> anyhow::Result<()> {
-    let path = args.data_dir.join(crate::outbox::FILE_NAME);
+/// Run a `dlq` command; output goes to `out`. Returns the exit code.
+pub async fn run_dlq(args: &DlqArgs, out: &mut impl Write) -> anyhow::Result<u8> {
+    if !args.offline {
+        return super::admin::dlq(&args.api, &args.command, out).await;
+    }
+    let (outbox, writer) = open_offline(&args.api.data_dir).await?;
+    let result = execute(args, &outbox, out).await;
+    drop(outbox);
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    result.map(|()| 0)
+}
+
+/// Open a stopped server's data directory.
+pub(super) async fn open_offline(
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(Outbox, crate::outbox::WriterHandle)> {
+    let path = data_dir.join(crate::outbox::FILE_NAME);
     let mut options = OutboxOptions::new(path.clone());
     options.dedup_window = None;
     let opened = tokio::task::spawn_blocking(move || Outbox::open_existing(options))
@@ -92,16 +107,13 @@ pub async fn run_dlq(args: &DlqArgs, out: &mut impl Write) -> anyhow::Result<()>
             if reason.contains("already open") || reason.contains("lock") =>
         {
             bail!(
-                "{} is in use by a running mfoundry; stop it first (the admin API will offer these operations on a running server)",
+                "{} is in use by a running mfoundry; leave out --offline to go through its admin API",
                 path.display()
             )
         }
         Err(error) => return Err(error).context("cannot open the data directory"),
     };
-    let result = execute(args, &outbox, out).await;
-    drop(outbox);
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-    result
+    Ok((outbox, writer))
 }
 
 async fn execute(args: &DlqArgs, outbox: &Outbox, out: &mut impl Write) -> anyhow::Result<()> {
@@ -142,7 +154,7 @@ async fn execute(args: &DlqArgs, outbox: &Outbox, out: &mut impl Write) -> anyho
                     ));
                 }
             }
-            if args.json {
+            if args.api.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&listed)?)?;
             } else if listed.is_empty() {
                 writeln!(out, "no dead-letter entries")?;
@@ -232,7 +244,7 @@ async fn execute(args: &DlqArgs, outbox: &Outbox, out: &mut impl Write) -> anyho
                 }
             }
             let destination = to.as_deref().unwrap_or(connector);
-            if args.json {
+            if args.api.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&replayed)?)?;
             } else {
                 writeln!(
@@ -256,7 +268,7 @@ async fn execute(args: &DlqArgs, outbox: &Outbox, out: &mut impl Write) -> anyho
                     );
                 }
             }
-            if args.json {
+            if args.api.json {
                 writeln!(out, "{}", serde_json::json!({"purged": seqs.len()}))?;
             } else {
                 writeln!(out, "purged {} entries of {connector}", seqs.len())?;

@@ -1,5 +1,8 @@
-//! Command line: `serve` (the default), `check`, `config schema`, `send`, `bench`, `dlq`.
+//! Command line: `serve` (the default), `check`, `config schema`, `send`, `bench`, and the
+//! commands that steer a running server through its admin API (`stats`, `messages`, `dlq`,
+//! `pause`, `resume`, `audit`, `logs`), plus `token create`.
 
+pub mod admin;
 mod bench;
 mod dlq;
 mod send;
@@ -49,9 +52,60 @@ pub enum Command {
     /// throughput, ACK latency percentiles and non-AA answers, next to a probe of this
     /// machine's fsync, redb commit and loopback round-trip times.
     Bench(BenchArgs),
-    /// Dead-letter queues: list, show, replay, purge. Works on a stopped server's data
-    /// directory (DATA_DIR or --data-dir).
+    /// Dead-letter queues of the running server: list, show, replay, purge (--offline: a
+    /// stopped server's data directory).
     Dlq(DlqArgs),
+    /// Counters per listener and connector, queue depths and ages, DLQ sizes.
+    Stats(admin::ApiArgs),
+    /// Search stored messages, or show one with its body.
+    Messages {
+        /// Admin API address, data directory, output format.
+        #[command(flatten)]
+        api: admin::ApiArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: admin::MessagesCommand,
+    },
+    /// Stop delivering to a connector after the message in hand (intake keeps queueing).
+    Pause {
+        /// Admin API address, data directory, output format.
+        #[command(flatten)]
+        api: admin::ApiArgs,
+        /// Connector name.
+        connector: String,
+    },
+    /// Deliver to a paused connector again.
+    Resume {
+        /// Admin API address, data directory, output format.
+        #[command(flatten)]
+        api: admin::ApiArgs,
+        /// Connector name.
+        connector: String,
+    },
+    /// The audit trail: list records, verify the hash chain.
+    Audit {
+        /// Admin API address, data directory, output format.
+        #[command(flatten)]
+        api: admin::ApiArgs,
+        /// What to do.
+        #[command(subcommand)]
+        command: admin::AuditCommand,
+    },
+    /// Recent log lines of the running server.
+    Logs {
+        /// Admin API address, data directory, output format.
+        #[command(flatten)]
+        api: admin::ApiArgs,
+        /// Lines to print (at most 500).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Admin API tokens.
+    Token {
+        /// What to do.
+        #[command(subcommand)]
+        command: admin::TokenCommand,
+    },
 }
 
 /// `--config`, shared by `serve` and `check`.

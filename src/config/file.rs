@@ -127,6 +127,14 @@ pub struct FileConfig {
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
     pub retention: SpannedScalar,
+    /// Same as `ADMIN_ADDR` (`off` disables the admin API).
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub admin_addr: SpannedScalar,
+    /// Same as `ADMIN_TOKENS_FILE`.
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub admin_tokens_file: SpannedScalar,
     /// Where messages go. Each connector has its own FIFO queue.
     #[serde(default)]
     pub connectors: Vec<ConnectorFile>,
@@ -138,7 +146,7 @@ pub struct FileConfig {
 impl FileConfig {
     /// The scalar settings that are present, by lower-case key.
     pub fn scalars(&self) -> BTreeMap<&'static str, &Spanned<ScalarText>> {
-        let fields: [(&'static str, &SpannedScalar); 15] = [
+        let fields: [(&'static str, &SpannedScalar); 17] = [
             ("listen_addr", &self.listen_addr),
             ("max_connections", &self.max_connections),
             ("idle_timeout", &self.idle_timeout),
@@ -154,6 +162,8 @@ impl FileConfig {
             ("rules_time_budget", &self.rules_time_budget),
             ("log_format", &self.log_format),
             ("retention", &self.retention),
+            ("admin_addr", &self.admin_addr),
+            ("admin_tokens_file", &self.admin_tokens_file),
         ];
         fields
             .into_iter()

@@ -98,6 +98,14 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "168h",
     },
     EnvVar {
+        name: "ADMIN_ADDR",
+        default: "127.0.0.1:8080",
+    },
+    EnvVar {
+        name: "ADMIN_TOKENS_FILE",
+        default: "",
+    },
+    EnvVar {
         name: "LOG_FORMAT",
         default: "text",
     },
@@ -163,6 +171,10 @@ pub struct Settings {
     /// `RETENTION`: delivered and filtered messages older than this are removed; `None` keeps
     /// everything.
     pub retention: Option<Duration>,
+    /// `ADMIN_ADDR`: where the admin HTTP API listens; `None` (`off`) disables it.
+    pub admin_addr: Option<String>,
+    /// `ADMIN_TOKENS_FILE`: the token hashes; `None` uses (and creates) `DATA_DIR/admin.token`.
+    pub admin_tokens_file: Option<PathBuf>,
 }
 
 /// One configuration problem: what, where, and how to fix it.
@@ -360,6 +372,24 @@ impl Settings {
             LogFormat::Text,
         );
         let retention = reader.read("RETENTION", optional_duration, None);
+        let admin_addr = reader.read(
+            "ADMIN_ADDR",
+            |text| {
+                let text = text.trim();
+                if text.eq_ignore_ascii_case("off") {
+                    return Ok(None);
+                }
+                parse_listen_address(text)
+                    .map(|_| Some(text.to_owned()))
+                    .map_err(|error| format!("{error}; or off to disable the admin API"))
+            },
+            None,
+        );
+        let admin_tokens_file = reader.read(
+            "ADMIN_TOKENS_FILE",
+            |text| Ok((!text.trim().is_empty()).then(|| PathBuf::from(text.trim()))),
+            None,
+        );
         if !reader.problems.is_empty() {
             return Err(ConfigErrors(reader.problems));
         }
@@ -381,6 +411,8 @@ impl Settings {
             rules_time_budget,
             log_format,
             retention,
+            admin_addr,
+            admin_tokens_file,
         })
     }
 

@@ -39,6 +39,7 @@ use crate::ingest::{Ingest, Reply};
 #[derive(Debug, Default)]
 pub struct ListenerStats {
     connections_accepted: AtomicU64,
+    connections_active: AtomicU64,
     connections_refused: AtomicU64,
     frames_received: AtomicU64,
     bytes_discarded: AtomicU64,
@@ -59,6 +60,8 @@ pub struct ListenerStats {
 pub struct StatsSnapshot {
     /// Connections served.
     pub connections_accepted: u64,
+    /// Connections open now.
+    pub connections_active: u64,
     /// Connections closed at once because `MAX_CONNECTIONS` was reached.
     pub connections_refused: u64,
     /// Complete frames read.
@@ -115,6 +118,7 @@ impl ListenerStats {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         StatsSnapshot {
             connections_accepted: read(&self.connections_accepted),
+            connections_active: read(&self.connections_active),
             connections_refused: read(&self.connections_refused),
             frames_received: read(&self.frames_received),
             bytes_discarded: read(&self.bytes_discarded),
@@ -205,14 +209,25 @@ pub async fn serve(
             },
         };
         bump(&shared.stats.connections_accepted, 1);
+        bump(&shared.stats.connections_active, 1);
         let shared = Arc::clone(&shared);
         tracker.spawn(async move {
             // The permit lives as long as the connection.
             let _permit = permit;
+            let _active = ActiveConnection(&shared.stats);
             handle_connection(stream, peer, &shared).await;
         });
     }
     debug!("listener stopped accepting");
+}
+
+/// Counts a connection as active until dropped (also when its task is cancelled).
+struct ActiveConnection<'a>(&'a ListenerStats);
+
+impl Drop for ActiveConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections_active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Why a connection ended.

@@ -24,6 +24,7 @@
 //!
 //! The outbox knows nothing of HL7 or sockets: it stores what ingest hands it.
 
+pub mod audit;
 mod dedup;
 pub mod schema;
 mod writer;
@@ -156,6 +157,8 @@ pub struct NewMessage {
     /// Set for accepted messages: the retransmit key (SHA-256 over sender, control id and
     /// body). Ignored when dedup is off.
     pub dedup_key: Option<[u8; 32]>,
+    /// The sender's client-certificate identity (mTLS), for the audit record.
+    pub tls_identity: Option<String>,
 }
 
 /// What `append` did.
@@ -224,6 +227,8 @@ enum Op {
     Replay { connector: u32, seq: u64, to: u32 },
     /// Remove a dead-letter entry without delivering it.
     Purge { connector: u32, seq: u64 },
+    /// Append an admin action to the audit trail.
+    Audit(audit::AuditEvent),
     /// Remove old messages that every connector is done with.
     Retain {
         cutoff_micros: i64,
@@ -255,6 +260,10 @@ enum Done {
         seq: u64,
     },
     Retained(Retained),
+    /// Appended to the audit trail under this seq.
+    Audited {
+        seq: u64,
+    },
 }
 
 /// What one retention pass did.
@@ -290,6 +299,8 @@ pub struct Outbox {
     shared: Arc<Shared>,
     connectors: Arc<HashMap<String, u32>>,
     instance_id: u64,
+    /// The data file (None with a custom backend).
+    path: Option<Arc<PathBuf>>,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -341,6 +352,10 @@ impl Outbox {
                 .dedup_entries
                 .store(index.len() as u64, Ordering::Relaxed);
         }
+        let path = options
+            .backend
+            .is_none()
+            .then(|| Arc::new(options.path.clone()));
         let thread = writer::spawn(options, Arc::clone(&shared), receiver, dedup)?;
         Ok((
             Self {
@@ -348,6 +363,7 @@ impl Outbox {
                 shared,
                 connectors: Arc::new(connectors),
                 instance_id,
+                path,
             },
             WriterHandle(thread),
         ))
@@ -483,6 +499,66 @@ impl Outbox {
         }
     }
 
+    /// Replay several dead-letter entries of `connector`, in the order given: their new queue
+    /// entries keep that order. Submitted together, so the writer commits them in few
+    /// transactions. One answer per seq: the new seq, or `None` when it was not there.
+    pub async fn replay_many(
+        &self,
+        connector: u32,
+        seqs: &[u64],
+        to: Option<u32>,
+    ) -> Result<Vec<Option<u64>>, StoreError> {
+        let to = to.unwrap_or(connector);
+        if !self.connectors.values().any(|id| *id == to) {
+            return Err(StoreError::UnknownConnector(to));
+        }
+        let ops = seqs.iter().map(|&seq| Op::Replay { connector, seq, to });
+        let mut out = Vec::with_capacity(seqs.len());
+        for done in self.submit_all(ops).await? {
+            out.push(match done? {
+                Done::Replayed { seq } => Some(seq),
+                Done::Missing => None,
+                other => return Err(unexpected(&other)),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Purge several dead-letter entries of `connector`; one answer per seq (false: not there).
+    pub async fn purge_many(&self, connector: u32, seqs: &[u64]) -> Result<Vec<bool>, StoreError> {
+        let ops = seqs.iter().map(|&seq| Op::Purge { connector, seq });
+        let mut out = Vec::with_capacity(seqs.len());
+        for done in self.submit_all(ops).await? {
+            out.push(match done? {
+                Done::Applied => true,
+                Done::Missing => false,
+                other => return Err(unexpected(&other)),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Send every op in order (the channel keeps it), then wait for all the answers.
+    async fn submit_all(
+        &self,
+        ops: impl Iterator<Item = Op>,
+    ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
+        let mut answers = Vec::new();
+        for op in ops {
+            let (reply, answer) = oneshot::channel();
+            self.requests
+                .send(Request { op, reply })
+                .await
+                .map_err(|_| StoreError::WriterGone)?;
+            answers.push(answer);
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for answer in answers {
+            out.push(answer.await.map_err(|_| StoreError::WriterGone)?);
+        }
+        Ok(out)
+    }
+
     /// Remove dead-letter entry `seq` of `connector` without delivering it. False when it was
     /// not there.
     pub async fn purge(&self, connector: u32, seq: u64) -> Result<bool, StoreError> {
@@ -505,6 +581,14 @@ impl Outbox {
         };
         match self.submit(op).await? {
             Done::Retained(retained) => Ok(retained),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Append an admin action to the audit trail; returns its seq.
+    pub async fn audit(&self, event: audit::AuditEvent) -> Result<u64, StoreError> {
+        match self.submit(Op::Audit(event)).await? {
+            Done::Audited { seq } => Ok(seq),
             other => Err(unexpected(&other)),
         }
     }
@@ -548,6 +632,14 @@ impl Outbox {
         tokio::task::spawn_blocking(move || read(&snapshot))
             .await
             .map_err(|error| StoreError::Storage(format!("read task failed: {error}")))?
+    }
+
+    /// Size of the data file in bytes (None with a custom backend or when it cannot be read).
+    pub fn file_size(&self) -> Option<u64> {
+        let path = self.path.as_ref()?;
+        std::fs::metadata(path.as_path())
+            .ok()
+            .map(|meta| meta.len())
     }
 
     /// Counters.
@@ -727,6 +819,108 @@ impl Snapshot {
             out.push((key.value().1, schema::decode(value.value())?));
         }
         Ok(out)
+    }
+
+    /// Visit stored messages newest first, starting below id `before` (from the newest when
+    /// `None`), until `visit` returns false or `max_scan` records were read. Returns the id to
+    /// pass as `before` to continue, or `None` when the scan reached the oldest message or
+    /// `visit` stopped it.
+    pub fn scan_messages_desc(
+        &self,
+        before: Option<u64>,
+        max_scan: usize,
+        mut visit: impl FnMut(u64, &MessageRecord) -> Result<bool, StoreError>,
+    ) -> Result<Option<u64>, StoreError> {
+        let table = self.transaction.open_table(schema::MESSAGES)?;
+        let end = before.unwrap_or(u64::MAX);
+        for (scanned, entry) in table.range(..end)?.rev().enumerate() {
+            let (key, value) = entry?;
+            let id = key.value();
+            if scanned >= max_scan.max(1) {
+                return Ok(Some(id.saturating_add(1)));
+            }
+            let (record, _) = schema::decode_message(value.value())?;
+            if !visit(id, &record)? {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// The head of a connector's queue (its oldest entry), if any.
+    pub fn queue_head(&self, connector: u32) -> Result<Option<(u64, QueueEntry)>, StoreError> {
+        let table = self.transaction.open_table(schema::QUEUE)?;
+        let mut range = table.range((connector, 0)..=(connector, u64::MAX))?;
+        match range.next() {
+            Some(entry) => {
+                let (key, value) = entry?;
+                Ok(Some((key.value().1, schema::decode(value.value())?)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Entries in a connector's dead-letter queue.
+    pub fn dead_letter_count(&self, connector: u32) -> Result<u64, StoreError> {
+        let table = self.transaction.open_table(schema::DLQ)?;
+        let mut count = 0;
+        for entry in table.range((connector, 0)..=(connector, u64::MAX))? {
+            entry?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Up to `limit` dead-letter entries of a connector with seqs above `after`, oldest first.
+    pub fn dead_letters_after(
+        &self,
+        connector: u32,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, DlqEntry)>, StoreError> {
+        if after == Some(u64::MAX) {
+            return Ok(Vec::new());
+        }
+        let start = after.map_or(0, |seq| seq + 1);
+        let table = self.transaction.open_table(schema::DLQ)?;
+        let mut out = Vec::new();
+        for entry in table.range((connector, start)..=(connector, u64::MAX))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = entry?;
+            out.push((key.value().1, schema::decode(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` audit records with seqs above `after` (from the oldest when `None`).
+    pub fn audit_records(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, audit::AuditRecord)>, StoreError> {
+        if after == Some(u64::MAX) {
+            return Ok(Vec::new());
+        }
+        let start = after.map_or(0, |seq| seq + 1);
+        let table = self.transaction.open_table(schema::AUDIT)?;
+        let mut out = Vec::new();
+        for entry in table.range(start..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = entry?;
+            out.push((key.value(), audit::decode(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Check the audit trail's hash chain (reads all of it).
+    pub fn verify_audit(&self) -> Result<audit::Verification, StoreError> {
+        let table = self.transaction.open_table(schema::AUDIT)?;
+        let messages = self.transaction.open_table(schema::MESSAGES)?;
+        audit::verify(&table, &messages)
     }
 
     /// Connector names and ids.

@@ -44,6 +44,9 @@ pub const DLQ: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("dlq");
 /// queue entry (or filtered: see the message's routes). Read by retention and the history view.
 pub const DELIVERIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("deliveries");
 
+/// `seq → hash ‖ AuditRecord`: the hash-chained audit trail (see [`super::audit`]).
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
 /// What became of a message at intake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Disposition {

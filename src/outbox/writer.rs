@@ -11,9 +11,10 @@ use redb::{
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use super::audit::{self, AuditEvent, Head};
 use super::dedup::{DedupIndex, prefix};
 use super::schema::{
-    self, BODIES, CONNECTORS, DELIVERIES, DLQ, DeliveryRecord, DeliveryStatus, DlqEntry,
+    self, AUDIT, BODIES, CONNECTORS, DELIVERIES, DLQ, DeliveryRecord, DeliveryStatus, DlqEntry,
     FORMAT_VERSION, INLINE_BODY_MAX, MESSAGES, META, QUEUE, QueueEntry, RouteStatus,
 };
 use super::{Appended, Done, NewMessage, Op, OutboxOptions, Request, Retained, Shared, StoreError};
@@ -92,6 +93,7 @@ pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreEr
         transaction.open_table(QUEUE)?;
         transaction.open_table(DLQ)?;
         transaction.open_table(DELIVERIES)?;
+        transaction.open_table(AUDIT)?;
     }
     transaction.commit()?;
     Ok(database)
@@ -177,6 +179,7 @@ pub(super) fn spawn(
         options,
         shared,
         next_id: None,
+        audit_head: None,
         dedup,
     };
     std::thread::Builder::new()
@@ -190,6 +193,8 @@ struct Writer {
     shared: Arc<Shared>,
     /// Next message id, read from `meta` after each (re)open.
     next_id: Option<u64>,
+    /// The audit chain's head, read from the table after each (re)open.
+    audit_head: Option<Head>,
     /// Recently accepted frames; only committed ones are in it.
     dedup: Option<DedupIndex>,
 }
@@ -271,6 +276,7 @@ impl Writer {
     /// further use of a handle, and a retried fsync cannot be trusted: start from what is on disk.
     fn reopen(&mut self) {
         self.next_id = None;
+        self.audit_head = None;
         if let Ok(mut slot) = self.shared.database.write() {
             slot.take();
         }
@@ -309,11 +315,14 @@ impl Writer {
         // Accepted in this transaction: (key, id), entered in the index after the commit.
         let mut accepted: Vec<([u8; 32], u64)> = Vec::new();
         let next_id_after;
+        let audit_head_after;
         {
             let mut tables = Tables {
                 messages: transaction.open_table(MESSAGES)?,
                 queue: transaction.open_table(QUEUE)?,
                 delivery: None,
+                audit: None,
+                audit_head: self.audit_head,
             };
             let mut next_id = match self.next_id {
                 Some(next_id) => next_id,
@@ -349,6 +358,9 @@ impl Writer {
                         raise_floor |= retained.removed > 0;
                         Done::Retained(retained)
                     }
+                    Op::Audit(event) => Done::Audited {
+                        seq: tables.audit(&transaction, now, event.clone())?,
+                    },
                     op => {
                         let done =
                             apply_delivery_op(&transaction, &mut tables, op, now, &mut next_id)?;
@@ -370,9 +382,11 @@ impl Writer {
                 meta.insert("next_message_id", floor)?;
             }
             next_id_after = next_id;
+            audit_head_after = tables.audit_head;
         }
         transaction.commit()?;
         self.next_id = Some(next_id_after);
+        self.audit_head = audit_head_after;
         if let Some(index) = &mut self.dedup {
             for (key, id) in accepted {
                 index.insert(prefix(&key), id, now);
@@ -387,10 +401,10 @@ impl Writer {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn append(
+    fn append<'txn>(
         &self,
-        transaction: &WriteTransaction,
-        tables: &mut Tables<'_>,
+        transaction: &'txn WriteTransaction,
+        tables: &mut Tables<'txn>,
         message: &NewMessage,
         next_id: &mut u64,
         now: i64,
@@ -411,6 +425,14 @@ impl Writer {
                     None => None,
                 };
                 if let Some(stored) = stored.filter(|stored| stored.dedup_key == Some(key)) {
+                    let event = audit::received(
+                        original,
+                        true,
+                        &message.record,
+                        &stored.ack_code,
+                        message.tls_identity.as_deref(),
+                    );
+                    tables.audit(transaction, now, event)?;
                     return Ok(Done::Appended(Appended::Duplicate {
                         id: original,
                         ack: stored.ack,
@@ -450,6 +472,14 @@ impl Writer {
         if let Some(key) = dedup_key {
             accepted.push((key, id));
         }
+        let event = audit::received(
+            id,
+            false,
+            &record,
+            &record.ack_code,
+            message.tls_identity.as_deref(),
+        );
+        tables.audit(transaction, now, event)?;
         Ok(Done::Appended(Appended::Stored { id }))
     }
 }
@@ -461,6 +491,10 @@ struct Tables<'txn> {
     /// `dlq` and `deliveries`, opened by the first operation that needs them: a batch of
     /// appends only must not touch them (every table a commit touches costs a root update).
     delivery: Option<DeliveryTables<'txn>>,
+    /// The audit trail, opened by the first record of the batch.
+    audit: Option<Table<'txn, u64, &'static [u8]>>,
+    /// The chain's head as of this transaction (None until first needed).
+    audit_head: Option<Head>,
 }
 
 type DeliveryTables<'txn> = (
@@ -469,6 +503,29 @@ type DeliveryTables<'txn> = (
 );
 
 impl<'txn> Tables<'txn> {
+    /// Append a record to the audit trail; returns its seq.
+    fn audit(
+        &mut self,
+        transaction: &'txn WriteTransaction,
+        now: i64,
+        event: AuditEvent,
+    ) -> Result<u64, StoreError> {
+        if self.audit.is_none() {
+            self.audit = Some(transaction.open_table(AUDIT)?);
+        }
+        let Some(table) = self.audit.as_mut() else {
+            return Err(StoreError::Storage("audit table not open".to_owned()));
+        };
+        let mut head = match self.audit_head {
+            Some(head) => head,
+            None => Head::load(table)?,
+        };
+        let (seq, value) = audit::chain(&mut head, now, event)?;
+        table.insert(seq, value.as_slice())?;
+        self.audit_head = Some(head);
+        Ok(seq)
+    }
+
     fn delivery(
         &mut self,
         transaction: &'txn WriteTransaction,
@@ -498,6 +555,7 @@ fn apply_delivery_op<'txn>(
         messages,
         queue,
         delivery: Some((dlq, deliveries)),
+        ..
     } = tables
     else {
         return Err(StoreError::Storage("delivery tables not open".to_owned()));
@@ -663,7 +721,7 @@ fn apply_delivery_op<'txn>(
             )?;
             Ok(Done::Applied)
         }
-        Op::Append(_) | Op::Retain { .. } => {
+        Op::Append(_) | Op::Audit(_) | Op::Retain { .. } => {
             Err(StoreError::Storage("not a delivery operation".to_owned()))
         }
     }

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // Each test crate uses a different subset of these helpers.
 
+pub mod peer;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +31,7 @@ pub fn fixed_stamp() -> AckStamp {
 pub fn config(data_dir: &Path, yaml: Option<&str>, overrides: &[(&str, &str)]) -> Config {
     let mut vars: Vec<(String, String)> = vec![
         ("LISTEN_ADDR".into(), "127.0.0.1:0".into()),
+        ("ADMIN_ADDR".into(), "127.0.0.1:0".into()),
         ("DATA_DIR".into(), data_dir.display().to_string()),
     ];
     vars.extend(
@@ -67,6 +70,10 @@ impl TestApp {
     /// Listener counters.
     pub fn stats(&self) -> mfoundry::mllp::StatsSnapshot {
         self.app.stats()
+    }
+    /// The admin API's base URL.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.app.admin_addr().expect("admin API on"))
     }
     /// The outbox.
     pub fn outbox(&self) -> &mfoundry::outbox::Outbox {
@@ -286,6 +293,8 @@ pub struct Server {
     pub child: std::process::Child,
     /// The address it listens on.
     pub addr: String,
+    /// The admin API's address (None with ADMIN_ADDR=off).
+    pub admin_addr: Option<String>,
     /// Its log lines (JSON), as they come.
     pub lines: std::sync::mpsc::Receiver<String>,
 }
@@ -303,6 +312,7 @@ impl Server {
             .env_clear()
             .current_dir(directory)
             .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("ADMIN_ADDR", "127.0.0.1:0")
             .env("DATA_DIR", directory.join(data))
             .env("LOG_FORMAT", "json")
             .envs(envs.iter().copied())
@@ -320,17 +330,35 @@ impl Server {
                 let _ = sender.send(line);
             }
         });
-        loop {
+        let admin_on = !envs
+            .iter()
+            .any(|(name, value)| *name == "ADMIN_ADDR" && value.eq_ignore_ascii_case("off"));
+        let mut addr = None;
+        let mut admin_addr = None;
+        // The MLLP listener logs first, then the admin API.
+        while addr.is_none() || (admin_on && admin_addr.is_none()) {
             let Ok(line) = lines.recv_timeout(Duration::from_secs(60)) else {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!("the server did not log that it listens");
             };
-            if let Some(start) = line.find("\"addr\":\"") {
-                let rest = &line[start + 8..];
-                let addr = rest[..rest.find('"').expect("quote")].to_owned();
-                return Self { child, addr, lines };
+            let value = |key: &str| {
+                let start = line.find(key)? + key.len();
+                let rest = &line[start..];
+                Some(rest[..rest.find('"')?].to_owned())
+            };
+            if let Some(found) = value("\"addr\":\"") {
+                addr = Some(found);
             }
+            if let Some(found) = value("\"admin_addr\":\"") {
+                admin_addr = Some(found);
+            }
+        }
+        Self {
+            child,
+            addr: addr.expect("address logged"),
+            admin_addr,
+            lines,
         }
     }
 

@@ -1,0 +1,1486 @@
+//! The admin API's routes, request and response types, and the OpenAPI document.
+//!
+//! Lists never carry message bodies or patient fields: ids, header routing fields (message
+//! type, control id, sending and receiving application and facility), states and reasons.
+//! A message's body is returned only by `GET /api/v1/messages/{id}` (operator), and that read
+//! is written to the audit trail before the body is sent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+use super::auth::{Caller, Role};
+use super::{AdminState, ConnectorHandle};
+use crate::outbox::audit::AuditEvent;
+use crate::outbox::{Disposition, MessageRecord, RouteStatus, Snapshot, StoreError};
+
+/// Most items in one page of a list.
+pub const MAX_PAGE: usize = 500;
+/// Items in a page when `limit` is not given.
+pub const DEFAULT_PAGE: usize = 50;
+/// Most message records one search request reads; the answer's `next_before` continues.
+pub const MAX_SCAN: usize = 100_000;
+/// Most DLQ entries one replay or purge request handles; the answer's `remaining` says how
+/// many are left.
+pub const MAX_BATCH: usize = 10_000;
+/// How far a message's receive time may lag behind its id order (ids are given at commit).
+/// A search with `from` stops this far past it.
+const RECEIVE_SKEW_MICROS: i64 = 5 * 60 * 1_000_000;
+
+type Shared = State<Arc<AdminState>>;
+
+// ----------------------------------------------------------------------------------------
+// Errors
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong and what to do.
+    pub error: String,
+}
+
+impl ErrorBody {
+    /// An error body.
+    pub fn new(error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+        }
+    }
+}
+
+/// The answers of the auth layer, which every `/api/v1` route can give.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum AuthErrors {
+    /// No token, or one mfoundry does not know.
+    #[response(status = 401, description = "No valid token")]
+    Unauthorized(ErrorBody),
+    /// The token's role is too weak for the route.
+    #[response(status = 403, description = "Role too weak")]
+    Forbidden(ErrorBody),
+}
+
+/// An error answer: a status and a sentence.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        tracing::error!(error = %error, "admin API: the outbox failed");
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!("the store could not answer: {error}"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody::new(self.message))).into_response()
+    }
+}
+
+/// 404 for paths that are not routes.
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no such route: {}; see /openapi.json", uri.path()))
+}
+
+/// Answers for requests the limits stopped.
+pub async fn overloaded_or_timed_out(error: tower::BoxError) -> Response {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        (
+            StatusCode::REQUEST_TIMEOUT,
+            Json(ErrorBody::new("the request took too long")),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ErrorBody::new(format!("cannot serve the request: {error}"))),
+        )
+            .into_response()
+    }
+}
+
+fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(limit) if (1..=MAX_PAGE).contains(&limit) => Ok(limit),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {MAX_PAGE}"
+        ))),
+    }
+}
+
+fn connector<'a>(state: &'a AdminState, name: &str) -> Result<&'a ConnectorHandle, ApiError> {
+    state.connector(name).ok_or_else(|| {
+        let known: Vec<&str> = state.connectors.iter().map(|c| c.name.as_str()).collect();
+        ApiError::not_found(format!(
+            "no connector named {name:?}; known: {}",
+            known.join(", ")
+        ))
+    })
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn format_micros(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// Write an admin action to the audit trail; failures are logged (the action happened).
+async fn audit(state: &AdminState, caller: &Caller, action: &str, target: String, outcome: String) {
+    let event = AuditEvent::Admin {
+        token_id: caller.token_id.clone(),
+        action: action.to_owned(),
+        target,
+        outcome,
+    };
+    if let Err(error) = state.outbox.audit(event).await {
+        tracing::error!(error = %error, action, "admin action could not be written to the audit trail");
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Health
+
+/// Health answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `alive`, `ready`, `starting` or `draining`.
+    pub status: String,
+}
+
+/// The process is alive (never checks downstreams).
+#[utoipa::path(get, path = "/livez", tag = "health",
+    responses((status = 200, description = "Alive", body = Health)))]
+pub async fn livez() -> Json<Health> {
+    Json(Health {
+        status: "alive".to_owned(),
+    })
+}
+
+/// Ready for traffic: configuration loaded, store open, listeners bound, not draining.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Starting or draining", body = Health)))]
+pub async fn readyz(State(state): Shared) -> Response {
+    let status = state.readiness.state();
+    let code = if status == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        Json(Health {
+            status: status.to_owned(),
+        }),
+    )
+        .into_response()
+}
+
+/// The OpenAPI document of this API.
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+// ----------------------------------------------------------------------------------------
+// Stats
+
+/// Counters and gauges of the whole gateway.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Stats {
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// One per listener.
+    pub listeners: Vec<ListenerStatsView>,
+    /// One per configured connector.
+    pub connectors: Vec<ConnectorStatsView>,
+    /// The outbox.
+    pub store: StoreStatsView,
+}
+
+/// A listener's counters since start.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ListenerStatsView {
+    /// Listener name.
+    pub name: String,
+    /// Connections open now.
+    pub connections_active: u64,
+    /// Connections accepted since start.
+    pub connections_accepted: u64,
+    /// Connections refused (MAX_CONNECTIONS).
+    pub connections_refused: u64,
+    /// Frames received.
+    pub received: u64,
+    /// Answered AA or CA.
+    pub accepted: u64,
+    /// Answered AR or CR.
+    pub rejected: u64,
+    /// Answered AE or CE.
+    pub errors: u64,
+    /// Frames without a readable header, frames over MAX_FRAME_SIZE, frame timeouts.
+    pub unreadable: u64,
+}
+
+/// A connector's state: intake counters since start, queue and DLQ now, delivery since start.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConnectorStatsView {
+    /// Connector name.
+    pub name: String,
+    /// Output kind.
+    pub kind: String,
+    /// Delivery paused by an operator (or `paused: true`).
+    pub paused: bool,
+    /// Waiting for a retry time.
+    pub backing_off: bool,
+    /// Messages its filter took since start.
+    pub queued: u64,
+    /// Messages its filter did not take since start.
+    pub filtered: u64,
+    /// Entries in its queue now.
+    pub queue_depth: u64,
+    /// Age of the oldest queued message, seconds (absent when the queue is empty).
+    pub oldest_queued_age_secs: Option<f64>,
+    /// Messages delivered since start.
+    pub delivered: u64,
+    /// Failed delivery attempts since start (retried or dead-lettered).
+    pub failed: u64,
+    /// Entries in its dead-letter queue now.
+    pub dlq_size: u64,
+}
+
+/// Outbox figures.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StoreStatsView {
+    /// Messages stored now.
+    pub messages: u64,
+    /// Size of the data file, bytes.
+    pub file_bytes: u64,
+    /// Transactions committed since start.
+    pub commits: u64,
+    /// Transactions that failed since start.
+    pub failed_commits: u64,
+}
+
+/// Counters per listener and connector, queue depths, DLQ sizes.
+#[utoipa::path(get, path = "/api/v1/stats", tag = "stats", security(("bearer" = [])),
+    responses((status = 200, description = "Stats", body = Stats), AuthErrors))]
+pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let ids: Vec<u32> = state.connectors.iter().map(|c| c.id).collect();
+    let now = crate::outbox::now_micros();
+    let (messages, per_connector) = state
+        .outbox
+        .read(move |snapshot| {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let depth = snapshot.queue_len(id)?;
+                let oldest = match snapshot.queue_head(id)? {
+                    Some((_, entry)) => snapshot
+                        .message(entry.message_id)?
+                        .map(|record| (now - record.received_at_micros).max(0) as f64 / 1e6),
+                    None => None,
+                };
+                out.push((depth, oldest, snapshot.dead_letter_count(id)?));
+            }
+            Ok((snapshot.message_count()?, out))
+        })
+        .await?;
+    let listeners = state
+        .listeners
+        .iter()
+        .map(|listener| {
+            let stats = listener.stats.snapshot();
+            ListenerStatsView {
+                name: listener.name.clone(),
+                connections_active: stats.connections_active,
+                connections_accepted: stats.connections_accepted,
+                connections_refused: stats.connections_refused,
+                received: stats.frames_received,
+                accepted: stats.acks[0] + stats.acks[3],
+                rejected: stats.acks[2] + stats.acks[5],
+                errors: stats.acks[1] + stats.acks[4],
+                unreadable: stats.unreadable_frames + stats.oversize_frames + stats.frame_timeouts,
+            }
+        })
+        .collect();
+    let connectors = state
+        .connectors
+        .iter()
+        .zip(per_connector)
+        .map(|(connector, (queue_depth, oldest, dlq_size))| {
+            let (queued, filtered) = match &connector.intake {
+                Some((counters, index)) => counters
+                    .get(*index)
+                    .map(|c| (c.queued.load(Relaxed), c.filtered.load(Relaxed)))
+                    .unwrap_or_default(),
+                None => (0, 0),
+            };
+            let worker = connector.worker.as_ref();
+            ConnectorStatsView {
+                name: connector.name.clone(),
+                kind: connector.kind.to_owned(),
+                paused: worker.is_some_and(|w| w.is_paused()),
+                backing_off: worker.is_some_and(|w| w.stats().backing_off.load(Relaxed)),
+                queued,
+                filtered,
+                queue_depth,
+                oldest_queued_age_secs: oldest,
+                delivered: worker.map_or(0, |w| w.stats().delivered.load(Relaxed)),
+                failed: worker.map_or(0, |w| {
+                    w.stats().retries.load(Relaxed) + w.stats().dead_lettered.load(Relaxed)
+                }),
+                dlq_size,
+            }
+        })
+        .collect();
+    let outbox_stats = state.outbox.stats();
+    Ok(Json(Stats {
+        uptime_secs: state.started.elapsed().as_secs(),
+        listeners,
+        connectors,
+        store: StoreStatsView {
+            messages,
+            file_bytes: state.outbox.file_size().unwrap_or(0),
+            commits: outbox_stats.commits.load(Relaxed),
+            failed_commits: outbox_stats.failed_batches.load(Relaxed),
+        },
+    }))
+}
+
+// ----------------------------------------------------------------------------------------
+// Messages
+
+/// Search filters. Every filter given must match.
+#[derive(Debug, Default, Deserialize, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// Received at or after: RFC 3339 (`2026-11-29T10:00:00Z`) or a Go duration ago (`1h`).
+    pub from: Option<String>,
+    /// Received before: RFC 3339 or a Go duration ago.
+    pub to: Option<String>,
+    /// MSH-9.1, e.g. `ORU`.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub message_type: Option<String>,
+    /// MSH-9.2, e.g. `R01`.
+    pub trigger: Option<String>,
+    /// MSH-10, exactly.
+    pub control_id: Option<String>,
+    /// MSH-3 or MSH-4.
+    pub sender: Option<String>,
+    /// ROUTED, UNROUTED, REJECTED or ERROR.
+    pub disposition: Option<String>,
+    /// Only messages with a state at this connector (with `status`: that state).
+    pub connector: Option<String>,
+    /// QUEUED, FILTERED, DELIVERED, DEAD_LETTERED or PURGED (at `connector`, or at any).
+    pub status: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<usize>,
+    /// Continue below this id (the previous page's `next_before`).
+    pub before: Option<u64>,
+}
+
+/// A message in a list: where it came from, what it is, what became of it. No body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MessageSummary {
+    /// Message id.
+    pub id: u64,
+    /// Receive time, RFC 3339.
+    pub received_at: String,
+    /// Remote address.
+    pub peer: String,
+    /// Listener name.
+    pub listener: String,
+    /// MSH-9 as `type^trigger`.
+    pub message_type: String,
+    /// MSH-10.
+    pub control_id: String,
+    /// MSH-3.
+    pub sending_app: String,
+    /// MSH-4.
+    pub sending_facility: String,
+    /// MSH-5.
+    pub receiving_app: String,
+    /// MSH-6.
+    pub receiving_facility: String,
+    /// ROUTED, UNROUTED, REJECTED or ERROR.
+    pub disposition: String,
+    /// The ACK code decided.
+    pub ack_code: String,
+    /// Why it was refused or failed (rule name and mfoundry's reason).
+    pub reason: Option<String>,
+    /// Body length, bytes.
+    pub body_len: u64,
+    /// Its state at each connector.
+    pub connectors: Vec<ConnectorState>,
+}
+
+/// A message's state at one connector.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConnectorState {
+    /// Connector name.
+    pub connector: String,
+    /// QUEUED, FILTERED, DELIVERED, DEAD_LETTERED or PURGED.
+    pub status: String,
+    /// When it reached this state (absent for states set at intake).
+    pub at: Option<String>,
+    /// Delivery attempts.
+    pub attempts: u32,
+    /// The last delivery error (the output's words, never message content).
+    pub last_error: Option<String>,
+}
+
+/// A page of messages, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MessagePage {
+    /// The messages.
+    pub messages: Vec<MessageSummary>,
+    /// Pass as `before` for the next page; absent when the search is complete.
+    pub next_before: Option<u64>,
+    /// Records read for this page.
+    pub scanned: u64,
+}
+
+/// One message with its body and its delivery history.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MessageDetail {
+    /// Everything the list shows.
+    #[serde(flatten)]
+    pub summary: MessageSummary,
+    /// The message as received, decoded with its MSH-18 character set (segments end in `\r`).
+    pub body: String,
+}
+
+fn parse_time(text: &str, name: &str, now: i64) -> Result<i64, ApiError> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text.trim()) {
+        return Ok(time.timestamp_micros());
+    }
+    match crate::config::parse_duration(text) {
+        Ok(ago) => Ok(now.saturating_sub(i64::try_from(ago.as_micros()).unwrap_or(i64::MAX))),
+        Err(_) => Err(ApiError::bad_request(format!(
+            "{name} must be an RFC 3339 time (2026-11-29T10:00:00Z) or a duration ago (90m, 24h)"
+        ))),
+    }
+}
+
+fn parse_status(text: &str) -> Result<String, ApiError> {
+    let upper = text.trim().to_ascii_uppercase();
+    match upper.as_str() {
+        "QUEUED" | "FILTERED" | "DELIVERED" | "DEAD_LETTERED" | "PURGED" => Ok(upper),
+        _ => Err(ApiError::bad_request(
+            "status must be QUEUED, FILTERED, DELIVERED, DEAD_LETTERED or PURGED",
+        )),
+    }
+}
+
+fn parse_disposition(text: &str) -> Result<Disposition, ApiError> {
+    match text.trim().to_ascii_uppercase().as_str() {
+        "ROUTED" => Ok(Disposition::Routed),
+        "UNROUTED" => Ok(Disposition::Unrouted),
+        "REJECTED" => Ok(Disposition::Rejected),
+        "ERROR" => Ok(Disposition::Error),
+        _ => Err(ApiError::bad_request(
+            "disposition must be ROUTED, UNROUTED, REJECTED or ERROR",
+        )),
+    }
+}
+
+/// Each connector's state for a message: intake routes, then later delivery records.
+fn connector_states(
+    snapshot: &Snapshot,
+    id: u64,
+    record: &MessageRecord,
+    names: &HashMap<u32, String>,
+) -> Result<Vec<ConnectorState>, StoreError> {
+    let name = |id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+    let mut states: BTreeMap<u32, ConnectorState> = BTreeMap::new();
+    for route in &record.routes {
+        states.insert(
+            route.connector,
+            ConnectorState {
+                connector: name(route.connector),
+                status: match route.status {
+                    RouteStatus::Queued => "QUEUED",
+                    RouteStatus::Filtered => "FILTERED",
+                }
+                .to_owned(),
+                at: None,
+                attempts: 0,
+                last_error: None,
+            },
+        );
+    }
+    for (connector, delivery) in snapshot.deliveries(id)? {
+        states.insert(
+            connector,
+            ConnectorState {
+                connector: name(connector),
+                status: delivery.status.as_str().to_owned(),
+                at: Some(format_micros(delivery.at_micros)),
+                attempts: delivery.attempts,
+                last_error: delivery.last_error,
+            },
+        );
+    }
+    Ok(states.into_values().collect())
+}
+
+fn summary(id: u64, record: &MessageRecord, connectors: Vec<ConnectorState>) -> MessageSummary {
+    let header = &record.header;
+    MessageSummary {
+        id,
+        received_at: format_micros(record.received_at_micros),
+        peer: record.peer.clone(),
+        listener: record.listener.clone(),
+        message_type: format!("{}^{}", header.msg_type, header.trigger),
+        control_id: header.control_id.clone(),
+        sending_app: header.sending_app.clone(),
+        sending_facility: header.sending_fac.clone(),
+        receiving_app: header.receiving_app.clone(),
+        receiving_facility: header.receiving_fac.clone(),
+        disposition: record.disposition.as_str().to_owned(),
+        ack_code: record.ack_code.clone(),
+        reason: record.reason.clone(),
+        body_len: record.body_len,
+        connectors,
+    }
+}
+
+/// Search stored messages, newest first (no bodies).
+#[utoipa::path(get, path = "/api/v1/messages", tag = "messages", security(("bearer" = [])),
+    params(SearchQuery),
+    responses((status = 200, description = "A page of messages", body = MessagePage),
+        (status = 400, description = "A filter is malformed", body = ErrorBody), AuthErrors))]
+pub async fn search_messages(
+    State(state): Shared,
+    Query(query): Query<SearchQuery>,
+) -> Result<Json<MessagePage>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let now = crate::outbox::now_micros();
+    let from = query
+        .from
+        .as_deref()
+        .map(|text| parse_time(text, "from", now))
+        .transpose()?;
+    let to = query
+        .to
+        .as_deref()
+        .map(|text| parse_time(text, "to", now))
+        .transpose()?;
+    let disposition = query
+        .disposition
+        .as_deref()
+        .map(parse_disposition)
+        .transpose()?;
+    let status = query.status.as_deref().map(parse_status).transpose()?;
+    let connector_id = match query.connector.as_deref() {
+        Some(name) => Some(
+            state
+                .connector_names
+                .iter()
+                .find(|(_, known)| known.as_str() == name)
+                .map(|(id, _)| *id)
+                .ok_or_else(|| ApiError::not_found(format!("no connector named {name:?}")))?,
+        ),
+        None => None,
+    };
+    let names = state.connector_names.clone();
+    let page = state
+        .outbox
+        .read(move |snapshot| {
+            let eq = |wanted: &Option<String>, value: &str| {
+                wanted
+                    .as_deref()
+                    .is_none_or(|wanted| wanted.eq_ignore_ascii_case(value))
+            };
+            let mut messages = Vec::new();
+            let mut scanned = 0u64;
+            let mut full = false;
+            let mut next = snapshot.scan_messages_desc(query.before, MAX_SCAN, |id, record| {
+                scanned += 1;
+                if let Some(from) = from
+                    && record.received_at_micros < from
+                {
+                    // Ids follow commit order; stop once well past `from`.
+                    return Ok(record.received_at_micros >= from - RECEIVE_SKEW_MICROS);
+                }
+                let header = &record.header;
+                let matches = to.is_none_or(|to| record.received_at_micros < to)
+                    && eq(&query.message_type, &header.msg_type)
+                    && eq(&query.trigger, &header.trigger)
+                    && query
+                        .control_id
+                        .as_deref()
+                        .is_none_or(|wanted| wanted == header.control_id)
+                    && query.sender.as_deref().is_none_or(|wanted| {
+                        wanted.eq_ignore_ascii_case(&header.sending_app)
+                            || wanted.eq_ignore_ascii_case(&header.sending_fac)
+                    })
+                    && disposition.is_none_or(|wanted| wanted == record.disposition);
+                if !matches {
+                    return Ok(true);
+                }
+                let states = connector_states(snapshot, id, record, &names)?;
+                if connector_id.is_some() || status.is_some() {
+                    let wanted_name =
+                        connector_id.map(|id| names.get(&id).cloned().unwrap_or_default());
+                    let hit = states.iter().any(|state| {
+                        wanted_name
+                            .as_deref()
+                            .is_none_or(|name| name == state.connector)
+                            && status
+                                .as_deref()
+                                .is_none_or(|status| status == state.status)
+                    });
+                    if !hit {
+                        return Ok(true);
+                    }
+                }
+                messages.push(summary(id, record, states));
+                if messages.len() >= limit {
+                    full = true;
+                    return Ok(false);
+                }
+                Ok(true)
+            })?;
+            if full {
+                next = messages.last().map(|message| message.id);
+            }
+            Ok(MessagePage {
+                messages,
+                next_before: next,
+                scanned,
+            })
+        })
+        .await?;
+    Ok(Json(page))
+}
+
+/// One message with its body and delivery history. The read is written to the audit trail.
+#[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages", security(("bearer" = [])),
+    params(("id" = u64, Path, description = "Message id")),
+    responses((status = 200, description = "The message", body = MessageDetail), AuthErrors,
+        (status = 404, description = "No such message", body = ErrorBody)))]
+pub async fn show_message(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> Result<Json<MessageDetail>, ApiError> {
+    let names = state.connector_names.clone();
+    let found = state
+        .outbox
+        .read(move |snapshot| {
+            let Some(record) = snapshot.message(id)? else {
+                return Ok(None);
+            };
+            let states = connector_states(snapshot, id, &record, &names)?;
+            let body = snapshot.body(id)?.unwrap_or_default();
+            Ok(Some((summary(id, &record, states), body)))
+        })
+        .await?;
+    let Some((summary, body)) = found else {
+        audit(
+            &state,
+            &caller,
+            "message.read",
+            format!("message {id}"),
+            "not found".to_owned(),
+        )
+        .await;
+        return Err(ApiError::not_found(format!("no message {id}")));
+    };
+    // The read is on the trail before the body leaves: no audit, no body.
+    let event = AuditEvent::Admin {
+        token_id: caller.token_id.clone(),
+        action: "message.read".to_owned(),
+        target: format!("message {id}"),
+        outcome: "ok".to_owned(),
+    };
+    state.outbox.audit(event).await?;
+    let body = Bytes::from(body);
+    let charset = match crate::hl7::Message::parse(body.clone()) {
+        Ok(message) => message.charset(state.default_charset).charset(),
+        Err(_) => state.default_charset,
+    };
+    Ok(Json(MessageDetail {
+        summary,
+        body: charset.decode(&body).into_owned(),
+    }))
+}
+
+// ----------------------------------------------------------------------------------------
+// Dead-letter queues
+
+/// Which entries to list.
+#[derive(Debug, Default, Deserialize, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DlqQuery {
+    /// One connector (default: every connector, `limit` entries each).
+    pub connector: Option<String>,
+    /// Continue after this seq (with `connector`).
+    pub after: Option<u64>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<usize>,
+}
+
+/// A dead-letter entry.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DlqItem {
+    /// Connector name.
+    pub connector: String,
+    /// The entry's seq (its position in the queue it left).
+    pub seq: u64,
+    /// The message id.
+    pub message_id: u64,
+    /// MSH-10 of the message.
+    pub control_id: String,
+    /// MSH-9 as `type^trigger`.
+    pub message_type: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it was given up on, RFC 3339.
+    pub failed_at: String,
+    /// Why (the output's words).
+    pub reason: String,
+}
+
+/// A page of dead-letter entries, oldest first per connector.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DlqPage {
+    /// The entries.
+    pub entries: Vec<DlqItem>,
+    /// With `connector`: pass as `after` for the next page; absent at the end.
+    pub next_after: Option<u64>,
+    /// Without `connector`: true when some connector had more than `limit` entries.
+    pub truncated: bool,
+}
+
+/// A dead-letter entry with its message's summary (no body).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DlqDetail {
+    /// The entry.
+    pub entry: DlqItem,
+    /// Its message (absent if it was removed).
+    pub message: Option<MessageSummary>,
+}
+
+fn dlq_item(
+    snapshot: &Snapshot,
+    connector: &str,
+    seq: u64,
+    entry: &crate::outbox::DlqEntry,
+) -> Result<DlqItem, StoreError> {
+    let header = snapshot
+        .message(entry.message_id)?
+        .map(|record| record.header)
+        .unwrap_or_default();
+    Ok(DlqItem {
+        connector: connector.to_owned(),
+        seq,
+        message_id: entry.message_id,
+        control_id: header.control_id,
+        message_type: format!("{}^{}", header.msg_type, header.trigger),
+        attempts: entry.attempts,
+        failed_at: format_micros(entry.failed_at_micros),
+        reason: entry.reason.clone(),
+    })
+}
+
+/// Dead-letter entries (no bodies).
+#[utoipa::path(get, path = "/api/v1/dlq", tag = "dlq", security(("bearer" = [])),
+    params(DlqQuery),
+    responses((status = 200, description = "Entries", body = DlqPage), AuthErrors,
+        (status = 404, description = "No such connector", body = ErrorBody)))]
+pub async fn list_dlq(
+    State(state): Shared,
+    Query(query): Query<DlqQuery>,
+) -> Result<Json<DlqPage>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let targets: Vec<(String, u32)> = match query.connector.as_deref() {
+        Some(name) => {
+            let handle = connector(&state, name)?;
+            vec![(handle.name.clone(), handle.id)]
+        }
+        None => state
+            .connectors
+            .iter()
+            .map(|c| (c.name.clone(), c.id))
+            .collect(),
+    };
+    let single = query.connector.is_some();
+    let after = if single { query.after } else { None };
+    let page = state
+        .outbox
+        .read(move |snapshot| {
+            let mut entries = Vec::new();
+            let mut truncated = false;
+            let mut next_after = None;
+            for (name, id) in targets {
+                // One more than asked, to know whether there is more.
+                let found = snapshot.dead_letters_after(id, after, limit + 1)?;
+                if found.len() > limit {
+                    truncated = true;
+                }
+                for (seq, entry) in found.iter().take(limit) {
+                    entries.push(dlq_item(snapshot, &name, *seq, entry)?);
+                }
+                if single && found.len() > limit {
+                    next_after = found.get(limit - 1).map(|(seq, _)| *seq);
+                }
+            }
+            Ok(DlqPage {
+                entries,
+                next_after,
+                truncated: truncated && !single,
+            })
+        })
+        .await?;
+    Ok(Json(page))
+}
+
+/// One dead-letter entry with its message's summary.
+#[utoipa::path(get, path = "/api/v1/dlq/{connector}/{seq}", tag = "dlq", security(("bearer" = [])),
+    params(("connector" = String, Path, description = "Connector name"),
+        ("seq" = u64, Path, description = "The entry's seq")),
+    responses((status = 200, description = "The entry", body = DlqDetail), AuthErrors,
+        (status = 404, description = "No such connector or entry", body = ErrorBody)))]
+pub async fn show_dlq(
+    State(state): Shared,
+    Path((name, seq)): Path<(String, u64)>,
+) -> Result<Json<DlqDetail>, ApiError> {
+    let handle = connector(&state, &name)?;
+    let (id, name) = (handle.id, handle.name.clone());
+    let names = state.connector_names.clone();
+    let found = state
+        .outbox
+        .read(move |snapshot| {
+            let Some(entry) = snapshot.dead_letter(id, seq)? else {
+                return Ok(None);
+            };
+            let item = dlq_item(snapshot, &name, seq, &entry)?;
+            let message = match snapshot.message(entry.message_id)? {
+                Some(record) => {
+                    let states = connector_states(snapshot, entry.message_id, &record, &names)?;
+                    Some(summary(entry.message_id, &record, states))
+                }
+                None => None,
+            };
+            Ok(Some(DlqDetail {
+                entry: item,
+                message,
+            }))
+        })
+        .await?;
+    found.map(Json).ok_or_else(|| {
+        ApiError::not_found(format!("no dead-letter entry {seq} at {}", handle.name))
+    })
+}
+
+/// Which dead-letter entries to replay.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// These seqs, in this order.
+    #[serde(default)]
+    pub seqs: Vec<u64>,
+    /// Every entry of the connector, oldest first (at most 10,000 per request).
+    #[serde(default)]
+    pub all: bool,
+    /// Queue them for this connector instead of their own.
+    pub to: Option<String>,
+}
+
+/// Which dead-letter entries to purge.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// These seqs.
+    #[serde(default)]
+    pub seqs: Vec<u64>,
+    /// Every entry of the connector (at most 10,000 per request).
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// One replayed entry.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Replayed {
+    /// The dead-letter seq.
+    pub seq: u64,
+    /// Its new queue seq.
+    pub new_seq: u64,
+}
+
+/// What a replay did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReplayResult {
+    /// Entries put back at the tail of the queue, in order.
+    pub replayed: Vec<Replayed>,
+    /// Seqs that were not in the dead-letter queue.
+    pub missing: Vec<u64>,
+    /// Entries left in the dead-letter queue (with `all`: send again to continue).
+    pub remaining: u64,
+}
+
+/// What a purge did.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PurgeResult {
+    /// Seqs removed.
+    pub purged: Vec<u64>,
+    /// Seqs that were not in the dead-letter queue.
+    pub missing: Vec<u64>,
+    /// Entries left in the dead-letter queue.
+    pub remaining: u64,
+}
+
+/// The seqs a replay or purge request names: explicit, or the first `MAX_BATCH` of all.
+async fn selected_seqs(
+    state: &AdminState,
+    connector: u32,
+    seqs: Vec<u64>,
+    all: bool,
+) -> Result<Vec<u64>, ApiError> {
+    match (all, seqs.is_empty()) {
+        (true, true) => Ok(state
+            .outbox
+            .read(move |snapshot| snapshot.dead_letters_after(connector, None, MAX_BATCH))
+            .await?
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect()),
+        (true, false) => Err(ApiError::bad_request("give seqs or all, not both")),
+        (false, true) => Err(ApiError::bad_request(
+            "name the entries: {\"seqs\": [1, 2]} or {\"all\": true}",
+        )),
+        (false, false) if seqs.len() > MAX_BATCH => Err(ApiError::bad_request(format!(
+            "at most {MAX_BATCH} seqs per request"
+        ))),
+        (false, false) => Ok(seqs),
+    }
+}
+
+async fn dlq_remaining(state: &AdminState, connector: u32) -> Result<u64, ApiError> {
+    Ok(state
+        .outbox
+        .read(move |snapshot| snapshot.dead_letter_count(connector))
+        .await?)
+}
+
+/// Put dead-letter entries back at the tail of a queue (theirs or `to`), in order.
+#[utoipa::path(post, path = "/api/v1/dlq/{connector}/replay", tag = "dlq", security(("bearer" = [])),
+    params(("connector" = String, Path, description = "Connector name")),
+    request_body = ReplayRequest,
+    responses((status = 200, description = "Replayed", body = ReplayResult),
+        (status = 400, description = "Malformed request", body = ErrorBody), AuthErrors,
+        (status = 404, description = "No such connector", body = ErrorBody)))]
+pub async fn replay_dlq(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(request): Json<ReplayRequest>,
+) -> Result<Json<ReplayResult>, ApiError> {
+    let from = connector(&state, &name)?.id;
+    let to = match request.to.as_deref() {
+        Some(target) => Some(connector(&state, target)?.id),
+        None => None,
+    };
+    let seqs = selected_seqs(&state, from, request.seqs, request.all).await?;
+    let answers = state.outbox.replay_many(from, &seqs, to).await?;
+    let mut replayed = Vec::new();
+    let mut missing = Vec::new();
+    for (seq, answer) in seqs.iter().zip(answers) {
+        match answer {
+            Some(new_seq) => replayed.push(Replayed { seq: *seq, new_seq }),
+            None => missing.push(*seq),
+        }
+    }
+    let target = match &request.to {
+        Some(to) => format!("connector {name} to {to}"),
+        None => format!("connector {name}"),
+    };
+    audit(
+        &state,
+        &caller,
+        "dlq.replay",
+        target,
+        format!("replayed {}, missing {}", replayed.len(), missing.len()),
+    )
+    .await;
+    tracing::info!(token = %caller.token_id, connector = %name, replayed = replayed.len(), missing = missing.len(), "dead-letter entries replayed");
+    Ok(Json(ReplayResult {
+        replayed,
+        missing,
+        remaining: dlq_remaining(&state, from).await?,
+    }))
+}
+
+/// Remove dead-letter entries without delivering them.
+#[utoipa::path(post, path = "/api/v1/dlq/{connector}/purge", tag = "dlq", security(("bearer" = [])),
+    params(("connector" = String, Path, description = "Connector name")),
+    request_body = PurgeRequest,
+    responses((status = 200, description = "Purged", body = PurgeResult),
+        (status = 400, description = "Malformed request", body = ErrorBody), AuthErrors,
+        (status = 404, description = "No such connector", body = ErrorBody)))]
+pub async fn purge_dlq(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(request): Json<PurgeRequest>,
+) -> Result<Json<PurgeResult>, ApiError> {
+    let id = connector(&state, &name)?.id;
+    let seqs = selected_seqs(&state, id, request.seqs, request.all).await?;
+    let answers = state.outbox.purge_many(id, &seqs).await?;
+    let mut purged = Vec::new();
+    let mut missing = Vec::new();
+    for (seq, removed) in seqs.iter().copied().zip(answers) {
+        if removed {
+            purged.push(seq);
+        } else {
+            missing.push(seq);
+        }
+    }
+    audit(
+        &state,
+        &caller,
+        "dlq.purge",
+        format!("connector {name}"),
+        format!("purged {}, missing {}", purged.len(), missing.len()),
+    )
+    .await;
+    tracing::info!(token = %caller.token_id, connector = %name, purged = purged.len(), "dead-letter entries purged");
+    Ok(Json(PurgeResult {
+        purged,
+        missing,
+        remaining: dlq_remaining(&state, id).await?,
+    }))
+}
+
+// ----------------------------------------------------------------------------------------
+// Connectors
+
+/// A connector's delivery state after pause or resume.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConnectorControl {
+    /// Connector name.
+    pub connector: String,
+    /// Whether delivery is paused now.
+    pub paused: bool,
+}
+
+async fn set_paused(
+    state: &AdminState,
+    caller: &Caller,
+    name: &str,
+    paused: bool,
+) -> Result<Json<ConnectorControl>, ApiError> {
+    let handle = connector(state, name)?;
+    let Some(worker) = &handle.worker else {
+        return Err(ApiError::bad_request(format!(
+            "connector {name:?} has no output to pause"
+        )));
+    };
+    if paused {
+        worker.pause();
+    } else {
+        worker.resume();
+    }
+    let action = if paused {
+        "connector.pause"
+    } else {
+        "connector.resume"
+    };
+    audit(
+        state,
+        caller,
+        action,
+        format!("connector {name}"),
+        "ok".to_owned(),
+    )
+    .await;
+    tracing::info!(token = %caller.token_id, connector = %name, paused, "connector delivery {}", if paused { "paused" } else { "resumed" });
+    Ok(Json(ConnectorControl {
+        connector: handle.name.clone(),
+        paused: worker.is_paused(),
+    }))
+}
+
+/// Stop delivering after the message in hand; intake keeps queueing. Not kept across a
+/// restart (use `paused: true` in the configuration for that).
+#[utoipa::path(post, path = "/api/v1/connectors/{connector}/pause", tag = "connectors",
+    security(("bearer" = [])),
+    params(("connector" = String, Path, description = "Connector name")),
+    responses((status = 200, description = "Paused", body = ConnectorControl), AuthErrors,
+        (status = 404, description = "No such connector", body = ErrorBody)))]
+pub async fn pause(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<ConnectorControl>, ApiError> {
+    set_paused(&state, &caller, &name, true).await
+}
+
+/// Deliver again.
+#[utoipa::path(post, path = "/api/v1/connectors/{connector}/resume", tag = "connectors",
+    security(("bearer" = [])),
+    params(("connector" = String, Path, description = "Connector name")),
+    responses((status = 200, description = "Resumed", body = ConnectorControl), AuthErrors,
+        (status = 404, description = "No such connector", body = ErrorBody)))]
+pub async fn resume(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Json<ConnectorControl>, ApiError> {
+    set_paused(&state, &caller, &name, false).await
+}
+
+// ----------------------------------------------------------------------------------------
+// Logs and audit
+
+/// How many lines.
+#[derive(Debug, Default, Deserialize, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Newest lines to return, 1 to 500 (default 50).
+    pub limit: Option<usize>,
+}
+
+/// Recent log lines, oldest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct LogsPage {
+    /// The lines.
+    pub lines: Vec<crate::telemetry::LogLine>,
+}
+
+/// The newest log lines from the in-process ring (what passed `RUST_LOG`).
+#[utoipa::path(get, path = "/api/v1/logs", tag = "logs", security(("bearer" = [])),
+    params(LogsQuery),
+    responses((status = 200, description = "Lines", body = LogsPage), AuthErrors))]
+pub async fn logs(
+    State(state): Shared,
+    Query(query): Query<LogsQuery>,
+) -> Result<Json<LogsPage>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    Ok(Json(LogsPage {
+        lines: state.logs.recent(limit),
+    }))
+}
+
+/// Which audit records.
+#[derive(Debug, Default, Deserialize, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Continue after this seq (default: from the oldest).
+    pub after: Option<u64>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<usize>,
+}
+
+/// What an audit record says happened.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditEventView {
+    /// A message was received and answered.
+    Received {
+        /// The stored message (the original for a retransmit).
+        message_id: u64,
+        /// A retransmit answered with the original's ACK.
+        duplicate: bool,
+        /// Remote address.
+        peer: String,
+        /// Client certificate identity (mTLS).
+        tls_identity: Option<String>,
+        /// Listener name.
+        listener: String,
+        /// MSH-10.
+        control_id: String,
+        /// MSH-9 as `type^trigger`.
+        message_type: String,
+        /// ACK code.
+        ack_code: String,
+    },
+    /// An admin API action.
+    Admin {
+        /// The token's id.
+        token_id: String,
+        /// What.
+        action: String,
+        /// On what.
+        target: String,
+        /// How it went.
+        outcome: String,
+    },
+}
+
+/// One audit record.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditView {
+    /// Position in the trail.
+    pub seq: u64,
+    /// When, RFC 3339.
+    pub at: String,
+    /// What.
+    #[serde(flatten)]
+    pub event: AuditEventView,
+}
+
+/// A page of audit records, oldest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    /// The records.
+    pub records: Vec<AuditView>,
+    /// Pass as `after` for the next page; absent at the end.
+    pub next_after: Option<u64>,
+}
+
+/// The result of checking the trail.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditVerification {
+    /// True when every hash and link checks out.
+    pub intact: bool,
+    /// Records read.
+    pub records: u64,
+    /// The oldest seq.
+    pub first_seq: Option<u64>,
+    /// The newest seq.
+    pub last_seq: Option<u64>,
+    /// Problems found (the first 100).
+    pub problems: Vec<String>,
+    /// Number of problems.
+    pub problem_count: u64,
+}
+
+impl From<crate::outbox::audit::Verification> for AuditVerification {
+    fn from(report: crate::outbox::audit::Verification) -> Self {
+        Self {
+            intact: report.is_intact(),
+            records: report.records,
+            first_seq: report.first_seq,
+            last_seq: report.last_seq,
+            problems: report.problems,
+            problem_count: report.problem_count,
+        }
+    }
+}
+
+/// Convert a stored record for the API.
+pub fn audit_view(seq: u64, record: crate::outbox::audit::AuditRecord) -> AuditView {
+    let event = match record.event {
+        AuditEvent::Received {
+            message_id,
+            duplicate,
+            peer,
+            tls_identity,
+            listener,
+            control_id,
+            message_type,
+            ack_code,
+        } => AuditEventView::Received {
+            message_id,
+            duplicate,
+            peer,
+            tls_identity,
+            listener,
+            control_id,
+            message_type,
+            ack_code,
+        },
+        AuditEvent::Admin {
+            token_id,
+            action,
+            target,
+            outcome,
+        } => AuditEventView::Admin {
+            token_id,
+            action,
+            target,
+            outcome,
+        },
+    };
+    AuditView {
+        seq,
+        at: format_micros(record.at_micros),
+        event,
+    }
+}
+
+/// Audit records, oldest first.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", security(("bearer" = [])),
+    params(AuditQuery),
+    responses((status = 200, description = "Records", body = AuditPage), AuthErrors))]
+pub async fn list_audit(
+    State(state): Shared,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let after = query.after;
+    let found = state
+        .outbox
+        .read(move |snapshot| snapshot.audit_records(after, limit + 1))
+        .await?;
+    let more = found.len() > limit;
+    let records: Vec<AuditView> = found
+        .into_iter()
+        .take(limit)
+        .map(|(seq, record)| audit_view(seq, record))
+        .collect();
+    let next_after = if more {
+        records.last().map(|record| record.seq)
+    } else {
+        None
+    };
+    Ok(Json(AuditPage {
+        records,
+        next_after,
+    }))
+}
+
+/// Check the audit trail's hash chain: changed, removed or reordered records are reported.
+#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit", security(("bearer" = [])),
+    responses((status = 200, description = "The check's result", body = AuditVerification), AuthErrors))]
+pub async fn verify_audit(State(state): Shared) -> Result<Json<AuditVerification>, ApiError> {
+    let report = state
+        .outbox
+        .read(|snapshot| snapshot.verify_audit())
+        .await?;
+    Ok(Json(report.into()))
+}
+
+// ----------------------------------------------------------------------------------------
+// Routes and the document
+
+/// One `/api/v1` route: method, path, the least role it needs, its handler.
+#[derive(Debug)]
+pub struct ApiRoute {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path template (axum syntax, as in the OpenAPI document).
+    pub path: &'static str,
+    /// Least role.
+    pub role: Role,
+    /// The handler.
+    pub handler: MethodRouter<Arc<AdminState>>,
+}
+
+/// Every `/api/v1` route. The router is built from this list only, so a route cannot skip
+/// authentication, and the tests check every entry against the OpenAPI document.
+pub fn api_routes() -> Vec<ApiRoute> {
+    let route = |method, path, role, handler| ApiRoute {
+        method,
+        path,
+        role,
+        handler,
+    };
+    vec![
+        route("GET", "/api/v1/stats", Role::Viewer, get(stats)),
+        route(
+            "GET",
+            "/api/v1/messages",
+            Role::Viewer,
+            get(search_messages),
+        ),
+        route(
+            "GET",
+            "/api/v1/messages/{id}",
+            Role::Operator,
+            get(show_message),
+        ),
+        route("GET", "/api/v1/dlq", Role::Viewer, get(list_dlq)),
+        route(
+            "GET",
+            "/api/v1/dlq/{connector}/{seq}",
+            Role::Viewer,
+            get(show_dlq),
+        ),
+        route(
+            "POST",
+            "/api/v1/dlq/{connector}/replay",
+            Role::Operator,
+            post(replay_dlq),
+        ),
+        route(
+            "POST",
+            "/api/v1/dlq/{connector}/purge",
+            Role::Admin,
+            post(purge_dlq),
+        ),
+        route(
+            "POST",
+            "/api/v1/connectors/{connector}/pause",
+            Role::Operator,
+            post(pause),
+        ),
+        route(
+            "POST",
+            "/api/v1/connectors/{connector}/resume",
+            Role::Operator,
+            post(resume),
+        ),
+        route("GET", "/api/v1/logs", Role::Viewer, get(logs)),
+        route("GET", "/api/v1/audit", Role::Operator, get(list_audit)),
+        route(
+            "GET",
+            "/api/v1/audit/verify",
+            Role::Operator,
+            get(verify_audit),
+        ),
+    ]
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document, generated from the handlers above.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "mfoundry admin API", version = "1",
+        description = "See and steer a running mfoundry: stats, messages, dead-letter queues, pause and resume, logs, the audit trail. Every /api/v1 route needs a bearer token; roles: viewer < operator < admin."),
+    paths(livez, readyz, stats, search_messages, show_message, list_dlq, show_dlq, replay_dlq,
+        purge_dlq, pause, resume, logs, list_audit, verify_audit),
+    modifiers(&BearerAuth)
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+/// How long the CLI waits for an answer.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);

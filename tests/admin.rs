@@ -1,0 +1,607 @@
+//! The admin API as operators meet it: every route behind its role, replay on a running
+//! server, readiness during a drain, request limits, the CLI over the API, the OpenAPI
+//! document, and the audit trail's tamper detection.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::peer::{Answer, peer};
+use mfoundry::admin::auth::{generate_token, hash_token, hex};
+use mfoundry::admin::{ApiDoc, Role, api_routes};
+use serde_json::Value;
+use utoipa::OpenApi;
+
+const ROLES: [Role; 3] = [Role::Viewer, Role::Operator, Role::Admin];
+
+/// A token file with one token per role; returns its path and the tokens.
+fn tokens_file(directory: &Path) -> (String, HashMap<Role, String>) {
+    let mut tokens = HashMap::new();
+    let mut text = String::from("# id role sha256\n");
+    for role in ROLES {
+        let token = generate_token().expect("random");
+        text.push_str(&format!(
+            "{role}-token {role} {}\n",
+            hex(&hash_token(&token))
+        ));
+        tokens.insert(role, token);
+    }
+    let path = directory.join("tokens");
+    std::fs::write(&path, text).expect("write tokens");
+    (path.display().to_string(), tokens)
+}
+
+fn client() -> reqwest::Client {
+    mfoundry::outputs::http::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+async fn get_json(url: &str, token: &str) -> Value {
+    let response = client()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    response.json().await.expect("json")
+}
+
+async fn post_json(url: &str, token: &str, body: Value) -> Value {
+    let response = client()
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    assert!(
+        response.status().is_success(),
+        "{url}: {}",
+        response.status()
+    );
+    response.json().await.expect("json")
+}
+
+async fn send_adts(app: &common::TestApp, ids: &[&str]) {
+    let mut stream = common::connect(app).await;
+    for id in ids {
+        common::write(&mut stream, &common::framed(&common::adt(id, "2.5"))).await;
+        let reply = common::expect_ack(&mut stream).await;
+        assert_eq!(common::field(&reply, "MSA", 1), "AA", "{id}");
+    }
+}
+
+async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn file_yaml(directory: &Path) -> String {
+    format!(
+        "connectors:\n  - name: archive\n    type: file\n    directory: {}\n    filename: \"{{id}}.hl7\"\n    paused: true\n",
+        directory.join("out").display()
+    )
+}
+
+#[tokio::test]
+async fn every_route_refuses_no_token_and_weak_roles_and_serves_its_role() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let (path, tokens) = tokens_file(directory.path());
+    let yaml = file_yaml(directory.path());
+    let app = common::start_with_yaml(Some(&yaml), &[("ADMIN_TOKENS_FILE", &path)]).await;
+    send_adts(&app, &["R1"]).await;
+    let archive = app.outbox().connector_id("archive").expect("connector");
+    let (seq, _) = app
+        .outbox()
+        .snapshot()
+        .expect("snapshot")
+        .queue(archive)
+        .expect("queue")[0]
+        .clone();
+    assert!(
+        app.outbox()
+            .dead_letter(archive, seq, 1, "test".to_owned())
+            .await
+            .expect("dead-letter")
+    );
+    let base = app.admin_url();
+    let routes = api_routes();
+    assert!(routes.len() >= 12, "every route is listed");
+    for route in &routes {
+        let path = route
+            .path
+            .replace("{id}", &seq.to_string())
+            .replace("{connector}", "archive")
+            .replace("{seq}", &seq.to_string());
+        let url = format!("{base}{path}");
+        let request = |token: Option<&str>| {
+            let builder = match route.method {
+                "GET" => client().get(&url),
+                "POST" => client().post(&url).json(&serde_json::json!({"all": true})),
+                other => panic!("method {other} is not covered by this test"),
+            };
+            match token {
+                Some(token) => builder.bearer_auth(token),
+                None => builder,
+            }
+        };
+        let status = request(None).send().await.expect("request").status();
+        assert_eq!(status, 401, "{} {path} without a token", route.method);
+        let status = request(Some("mft_not-a-token"))
+            .send()
+            .await
+            .expect("request")
+            .status();
+        assert_eq!(status, 401, "{} {path} with an unknown token", route.method);
+        for weaker in ROLES.iter().filter(|role| **role < route.role) {
+            let status = request(Some(&tokens[weaker]))
+                .send()
+                .await
+                .expect("request")
+                .status();
+            assert_eq!(status, 403, "{} {path} as {weaker}", route.method);
+        }
+        let response = request(Some(&tokens[&route.role]))
+            .send()
+            .await
+            .expect("request");
+        assert!(
+            response.status().is_success(),
+            "{} {path} as {}: {}",
+            route.method,
+            route.role,
+            response.status()
+        );
+    }
+    // The audit trail names the token of each action (never the token itself).
+    let audit = get_json(
+        &format!("{base}/api/v1/audit?limit=500"),
+        &tokens[&Role::Admin],
+    )
+    .await;
+    let text = audit.to_string();
+    assert!(text.contains("\"token_id\":\"operator-token\""), "{text}");
+    assert!(text.contains("\"action\":\"message.read\""), "{text}");
+    assert!(text.contains("\"action\":\"dlq.purge\""), "{text}");
+    for token in tokens.values() {
+        assert!(!text.contains(token.as_str()));
+    }
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[test]
+fn the_openapi_document_lists_exactly_the_routes_and_matches_the_golden_file() {
+    let document = serde_json::to_value(ApiDoc::openapi()).expect("json");
+    let paths = document["paths"].as_object().expect("paths");
+    let mut documented: Vec<(String, String)> = paths
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .expect("path item")
+                .keys()
+                .map(move |method| (method.to_ascii_uppercase(), path.clone()))
+        })
+        .filter(|(_, path)| path.starts_with("/api/"))
+        .collect();
+    documented.sort();
+    let mut routed: Vec<(String, String)> = api_routes()
+        .iter()
+        .map(|route| (route.method.to_owned(), route.path.to_owned()))
+        .collect();
+    routed.sort();
+    assert_eq!(documented, routed, "the document and the router agree");
+    for (_, item) in paths.iter().filter(|(path, _)| path.starts_with("/api/")) {
+        for operation in item.as_object().expect("item").values() {
+            assert!(
+                operation["security"].is_array(),
+                "every /api route declares the bearer scheme"
+            );
+        }
+    }
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/openapi.json");
+    let pretty = serde_json::to_string_pretty(&document).expect("json") + "\n";
+    if std::env::var_os("MFOUNDRY_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&golden, &pretty).expect("write golden");
+    }
+    let expected = std::fs::read_to_string(&golden).expect("tests/golden/openapi.json exists");
+    assert!(
+        expected == pretty,
+        "the OpenAPI document changed; review the change, then run with MFOUNDRY_UPDATE_GOLDEN=1"
+    );
+}
+
+#[tokio::test]
+async fn replay_on_a_running_server_delivers_each_entry_once_in_order() {
+    let accept = Arc::new(AtomicBool::new(false));
+    let switch = Arc::clone(&accept);
+    let downstream = peer(move |_, _| {
+        if switch.load(Ordering::SeqCst) {
+            Answer::Ack("AA")
+        } else {
+            Answer::Ack("AR")
+        }
+    })
+    .await;
+    let yaml = format!(
+        "connectors:\n  - name: lab\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n",
+        downstream.addr.port()
+    );
+    let directory = tempfile::tempdir().expect("tempdir");
+    let (path, tokens) = tokens_file(directory.path());
+    let app = common::start_with_yaml(Some(&yaml), &[("ADMIN_TOKENS_FILE", &path)]).await;
+    let ids = ["P1", "P2", "P3", "P4", "P5"];
+    send_adts(&app, &ids).await;
+    let base = app.admin_url();
+    let viewer = &tokens[&Role::Viewer];
+    eventually("every message is dead-lettered (AR)", async || {
+        let page = get_json(&format!("{base}/api/v1/dlq?connector=lab"), viewer).await;
+        page["entries"].as_array().map_or(0, Vec::len) == ids.len()
+    })
+    .await;
+    let refused = downstream.received();
+    assert_eq!(refused, ids, "each was tried once and refused");
+
+    accept.store(true, Ordering::SeqCst);
+    let result = post_json(
+        &format!("{base}/api/v1/dlq/lab/replay"),
+        &tokens[&Role::Operator],
+        serde_json::json!({"all": true}),
+    )
+    .await;
+    assert_eq!(result["replayed"].as_array().map(Vec::len), Some(ids.len()));
+    assert_eq!(result["remaining"], 0);
+    eventually("the replayed entries are delivered", async || {
+        downstream.received().len() >= 2 * ids.len()
+    })
+    .await;
+    // Give a duplicate time to show up before checking there is none.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let delivered = downstream.received()[ids.len()..].to_vec();
+    assert_eq!(delivered, ids, "once each, in the original order");
+    let stats = get_json(&format!("{base}/api/v1/stats"), viewer).await;
+    let lab = &stats["connectors"][0];
+    assert_eq!(lab["name"], "lab");
+    assert_eq!(lab["delivered"], 5);
+    assert_eq!(lab["dlq_size"], 0);
+    assert_eq!(lab["queue_depth"], 0);
+    // Searching by connector state finds them delivered.
+    let found = get_json(
+        &format!("{base}/api/v1/messages?connector=lab&status=delivered"),
+        viewer,
+    )
+    .await;
+    let controls: Vec<&str> = found["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|message| message["control_id"].as_str())
+        .collect();
+    assert_eq!(controls, ["P5", "P4", "P3", "P2", "P1"], "newest first");
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn readiness_turns_503_while_draining_and_liveness_stays_200() {
+    // A delivery in hand (a downstream that never answers) keeps the drain busy.
+    let downstream = peer(|_, _| Answer::Hang).await;
+    let yaml = format!(
+        "connectors:\n  - name: lab\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n    ack_timeout: 3s\n",
+        downstream.addr.port()
+    );
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    let base = app.admin_url();
+    let http = client();
+    let ready = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), 200);
+    send_adts(&app, &["D1"]).await;
+    eventually("the delivery is in hand", async || {
+        !downstream.received().is_empty()
+    })
+    .await;
+    let drain = tokio::spawn(app.shutdown(Duration::from_secs(2)));
+    let mut draining = false;
+    for _ in 0..100 {
+        let answer = http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz");
+        if answer.status() == 503 {
+            let body: Value = answer.json().await.expect("json");
+            assert_eq!(body["status"], "draining");
+            draining = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(draining, "/readyz answered 503 during the drain");
+    let live = http
+        .get(format!("{base}/livez"))
+        .send()
+        .await
+        .expect("livez");
+    assert_eq!(live.status(), 200);
+    drain.await.expect("drain task");
+}
+
+#[tokio::test]
+async fn requests_are_bounded_and_nothing_is_parsed_before_authentication() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let (path, tokens) = tokens_file(directory.path());
+    let yaml = file_yaml(directory.path());
+    let app = common::start_with_yaml(Some(&yaml), &[("ADMIN_TOKENS_FILE", &path)]).await;
+    let base = app.admin_url();
+    let http = client();
+    let operator = &tokens[&Role::Operator];
+    // Malformed JSON without a token: 401, not a parse error.
+    let answer = http
+        .post(format!("{base}/api/v1/dlq/archive/replay"))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(answer.status(), 401);
+    // With a token, the same body is a client error naming the problem.
+    let answer = http
+        .post(format!("{base}/api/v1/dlq/archive/replay"))
+        .bearer_auth(operator)
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .expect("request");
+    assert!(answer.status().is_client_error());
+    let big = serde_json::json!({"seqs": vec![1u64; 40_000]});
+    let answer = http
+        .post(format!("{base}/api/v1/dlq/archive/replay"))
+        .bearer_auth(operator)
+        .json(&big)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(answer.status(), 413, "bodies over 64 KiB are refused");
+    let answer = http
+        .get(format!("{base}/api/v1/messages?limit=501"))
+        .bearer_auth(operator)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(answer.status(), 400);
+    let body: Value = answer.json().await.expect("json");
+    assert!(body["error"].as_str().expect("error").contains("limit"));
+    let answer = http
+        .get(format!("{base}/api/v1/nothing-here"))
+        .bearer_auth(operator)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(answer.status(), 404);
+    let answer = http
+        .post(format!("{base}/api/v1/connectors/nope/pause"))
+        .bearer_auth(operator)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(answer.status(), 404);
+    let body: Value = answer.json().await.expect("json");
+    assert!(
+        body["error"].as_str().expect("error").contains("archive"),
+        "names the known ones"
+    );
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+fn audit_records(data: &Path) -> Vec<(u64, Vec<u8>)> {
+    let database = redb::Database::create(data.join("mfoundry.redb")).expect("open");
+    let transaction = redb::ReadableDatabase::begin_read(&database).expect("read");
+    let table = transaction.open_table(AUDIT).expect("audit table");
+    redb::ReadableTable::iter(&table)
+        .expect("iter")
+        .map(|entry| {
+            let (key, value) = entry.expect("entry");
+            (key.value(), value.value().to_vec())
+        })
+        .collect()
+}
+
+const AUDIT: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit");
+
+/// Apply `change` to the audit table of a copy of `data`; return `audit verify --offline`'s
+/// exit code and output.
+fn tamper(
+    directory: &Path,
+    data: &Path,
+    name: &str,
+    change: impl FnOnce(&mut redb::Table<'_, u64, &'static [u8]>, &[(u64, Vec<u8>)]),
+) -> (i32, String) {
+    let copy = directory.join(name);
+    std::fs::create_dir_all(&copy).expect("copy dir");
+    std::fs::copy(data.join("mfoundry.redb"), copy.join("mfoundry.redb")).expect("copy");
+    let records = audit_records(&copy);
+    {
+        let database = redb::Database::create(copy.join("mfoundry.redb")).expect("open");
+        let transaction = database.begin_write().expect("write");
+        {
+            let mut table = transaction.open_table(AUDIT).expect("table");
+            change(&mut table, &records);
+        }
+        transaction.commit().expect("commit");
+    }
+    let copy_text = copy.display().to_string();
+    let (code, stdout, stderr) = common::run_binary(
+        directory,
+        &["audit", "verify", "--offline", "--data-dir", &copy_text],
+        &[],
+    );
+    (code, format!("{stdout}{stderr}"))
+}
+
+#[test]
+fn the_cli_steers_a_running_server_with_the_local_token_and_the_audit_trail_detects_tampering() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        directory.path().join("gw.yaml"),
+        file_yaml(directory.path()),
+    )
+    .expect("yaml");
+    let server = common::Server::start(directory.path(), "gw.yaml", "data", &[]);
+    let data = directory.path().join("data");
+    let token_path = data.join("admin.token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_path)
+            .expect("token file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the generated token is private");
+    }
+    let admin = server.admin_addr.clone().expect("admin address");
+    let data_text = data.display().to_string();
+    let env = [
+        ("ADMIN_ADDR", admin.as_str()),
+        ("DATA_DIR", data_text.as_str()),
+    ];
+    let message = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/messages/adt-a01.hl7");
+    let message = message.display().to_string();
+    for _ in 0..2 {
+        let (code, _, stderr) = common::run_binary(
+            directory.path(),
+            &["send", "--addr", &server.addr, &message],
+            &[],
+        );
+        assert_eq!(code, 0, "{stderr}");
+    }
+    let oru = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/messages/oru-r01-lf.hl7");
+    let (code, _, stderr) = common::run_binary(
+        directory.path(),
+        &["send", "--addr", &server.addr, &oru.display().to_string()],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+
+    let (code, stdout, stderr) = common::run_binary(directory.path(), &["stats"], &env);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("archive") && stdout.contains("paused"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = common::run_binary(directory.path(), &["stats", "--json"], &env);
+    assert_eq!(code, 0, "{stderr}");
+    let stats: Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(stats["listeners"][0]["received"], 3);
+    assert_eq!(
+        stats["connectors"][0]["queue_depth"], 2,
+        "a retransmit is queued once"
+    );
+
+    let (code, stdout, _) = common::run_binary(
+        directory.path(),
+        &["messages", "search", "--type", "ORU"],
+        &env,
+    );
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("ORU^R01") && !stdout.contains("ADT^A01"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = common::run_binary(directory.path(), &["messages", "show", "1"], &env);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("archive") && stdout.contains("MSH|"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = common::run_binary(directory.path(), &["resume", "archive"], &env);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("delivering"), "{stdout}");
+
+    let wrong = [("ADMIN_ADDR", admin.as_str()), ("ADMIN_TOKEN", "mft_wrong")];
+    let (code, _, stderr) = common::run_binary(directory.path(), &["stats"], &wrong);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("401"), "{stderr}");
+
+    let (code, stdout, _) = common::run_binary(directory.path(), &["audit", "verify"], &env);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("intact"), "{stdout}");
+    let (code, stdout, _) = common::run_binary(directory.path(), &["audit", "list"], &env);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("(retransmit)"), "{stdout}");
+    assert!(
+        stdout.contains("local-admin: message.read message 1"),
+        "{stdout}"
+    );
+    server.stop();
+
+    let (code, stdout) = tamper(directory.path(), &data, "untouched", |_, _| {});
+    assert_eq!(code, 0, "{stdout}");
+    let (code, stdout) = tamper(directory.path(), &data, "changed", |table, records| {
+        let mut value = records[1].1.clone();
+        let last = value.len() - 1;
+        value[last] ^= 0x01;
+        table.insert(1, value.as_slice()).expect("insert");
+    });
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("record 1: content does not match"),
+        "{stdout}"
+    );
+    let (code, stdout) = tamper(directory.path(), &data, "removed", |table, _| {
+        table.remove(1).expect("remove");
+    });
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("records 1..1 are missing"), "{stdout}");
+    let (code, stdout) = tamper(directory.path(), &data, "reordered", |table, records| {
+        table.insert(1, records[2].1.as_slice()).expect("insert");
+        table.insert(2, records[1].1.as_slice()).expect("insert");
+    });
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("does not match its hash"), "{stdout}");
+    // The newest receive record removed: its message has no record any more.
+    let (code, stdout) = tamper(directory.path(), &data, "truncated", |table, records| {
+        let received: Vec<u64> = records
+            .iter()
+            .filter(|(_, value)| {
+                mfoundry::outbox::audit::decode(value).is_ok_and(|record| {
+                    matches!(
+                        record.event,
+                        mfoundry::outbox::audit::AuditEvent::Received {
+                            duplicate: false,
+                            ..
+                        }
+                    )
+                })
+            })
+            .map(|(seq, _)| *seq)
+            .collect();
+        let newest = *received.last().expect("a receive record");
+        let last = records.last().expect("records").0;
+        for seq in newest..=last {
+            table.remove(seq).expect("remove");
+        }
+    });
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("have no receive record"), "{stdout}");
+}
