@@ -435,6 +435,33 @@ async fn transient_failures_follow_the_configured_backoff() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn pause_and_resume_signals_do_not_cut_a_backoff_short() {
+    let policy = RetryPolicy {
+        initial_delay: Duration::from_secs(10),
+        multiplier: 1.0,
+        max_delay: Duration::from_secs(10),
+        max_attempts: 0,
+        jitter: false,
+    };
+    let (control, calls, _outbox, mut called) = scripted_worker(1, policy).await;
+    called.recv().await.expect("first attempt");
+    let first = calls.lock().expect("lock")[0];
+    // A resume of a running worker, then a pause and a resume, while it waits to retry.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    control.resume();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    control.pause();
+    control.resume();
+    called.recv().await.expect("second attempt");
+    let second = calls.lock().expect("lock")[1];
+    let gap = (second - first).as_secs_f64();
+    assert!(
+        (9.0..=10.01).contains(&gap),
+        "retried after {gap}s, not 10s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn exhausted_attempts_go_to_the_dead_letter_queue_with_the_last_error() {
     let policy = RetryPolicy {
         initial_delay: Duration::from_secs(1),

@@ -129,10 +129,13 @@ fn stat(app: &common::TestApp, connector: &str, which: &str) -> u64 {
 
 #[tokio::test]
 async fn http_posts_the_bytes_as_received_with_the_token_and_retries_what_is_transient() {
-    // 1: 503 with Retry-After 0 → retried; 2: 200 (M1); 3: 400 (M2 → DLQ); 4: 200 (M3).
+    // 1: 503 with Retry-After 0 → retried; 2: 409 (the key is still being processed) →
+    // retried; 3: 200 (M1); 4: 302 (M2 → DLQ: a redirect is not followed, it would turn the
+    // POST into a GET without the message); 5: 200 (M3).
     let (port, requests) = http_server(|n| match n {
         1 => (503, "retry-after: 0\r\n"),
-        3 => (400, ""),
+        2 => (409, ""),
+        4 => (302, "location: /elsewhere\r\n"),
         _ => (200, ""),
     })
     .await;
@@ -149,13 +152,13 @@ async fn http_posts_the_bytes_as_received_with_the_token_and_retries_what_is_tra
     })
     .await;
     let requests = requests.lock().expect("lock").clone();
-    assert_eq!(requests.len(), 4);
+    assert_eq!(requests.len(), 5, "the redirect was not followed");
     let ids: Vec<String> = requests
         .iter()
         .map(|r| common::field(&r.body, "MSH", 10))
         .collect();
-    assert_eq!(ids, vec!["M1", "M1", "M2", "M3"]);
-    let first = &requests[1];
+    assert_eq!(ids, vec!["M1", "M1", "M1", "M2", "M3"]);
+    let first = &requests[2];
     assert!(
         first.head.starts_with("POST /hl7 HTTP/1.1"),
         "{}",
@@ -172,8 +175,8 @@ async fn http_posts_the_bytes_as_received_with_the_token_and_retries_what_is_tra
     );
     assert_eq!(first.header("x-site").as_deref(), Some("north"));
     assert_eq!(
-        first.header("idempotency-key").as_deref(),
-        Some("mfoundry-1")
+        first.header("idempotency-key"),
+        Some(format!("mfoundry-{:016x}-1", app.outbox().instance_id()))
     );
     let connector = app.outbox().connector_id("ehr").expect("id");
     let dead = app
@@ -184,7 +187,7 @@ async fn http_posts_the_bytes_as_received_with_the_token_and_retries_what_is_tra
         .expect("dlq");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].1.message_id, 2);
-    assert_eq!(dead[0].1.reason, "the endpoint answered HTTP 400");
+    assert_eq!(dead[0].1.reason, "the endpoint answered HTTP 302");
     assert!(app.shutdown(Duration::from_secs(5)).await);
 }
 
@@ -320,6 +323,21 @@ async fn postgres_gets_one_row_per_message_even_when_delivered_twice() {
         .expect("count")
         .get(0);
     assert_eq!(count, 3);
+
+    // A NUL in a header field (PostgreSQL text refuses it) does not block the queue: the
+    // header columns drop it, the message column keeps the exact bytes.
+    send(&app, &["N\u{0}UL", "P5"]).await;
+    eventually("5 rows", || stat(&app, "archive", "delivered") == 5).await;
+    let row = client
+        .query_one(
+            &format!("SELECT control_id, header->>'control_id', message FROM {table} WHERE id = 4"),
+            &[],
+        )
+        .await
+        .expect("row 4");
+    assert_eq!(row.get::<_, String>(0), "NUL");
+    assert_eq!(row.get::<_, String>(1), "NUL");
+    assert_eq!(row.get::<_, Vec<u8>>(2), common::adt("N\u{0}UL", "2.5"));
     client
         .batch_execute(&format!("DROP TABLE {table}"))
         .await

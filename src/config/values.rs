@@ -46,8 +46,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         total += number * seconds_per_unit;
         rest = &rest[unit_end..];
     }
+    if total > MAX_DURATION_SECS {
+        return Err("at most 876000h (100 years)".to_owned());
+    }
     Duration::try_from_secs_f64(total).map_err(|_| "duration out of range".to_owned())
 }
+
+/// Longest duration accepted: timers built from a longer one could overflow a clock.
+const MAX_DURATION_SECS: f64 = 100.0 * 365.0 * 86_400.0;
 
 /// Format a duration the way Go prints simple ones (`30s`, `1m0s` becomes `60s`, `250ms`).
 pub fn format_duration(duration: Duration) -> String {

@@ -177,6 +177,7 @@ pub fn spawn_worker<O: Deliver>(
         paused: paused_rx,
         stats: Arc::clone(&stats),
         last_send: None,
+        retry_at: None,
     };
     tracker.spawn(worker.run());
     WorkerControl { paused, stats }
@@ -191,11 +192,17 @@ struct Worker<O> {
     stats: Arc<DeliveryStats>,
     random: Random,
     last_send: Option<tokio::time::Instant>,
+    /// When the head (this seq) may be tried again, on the monotonic clock. Set by a failure
+    /// in this process; after a restart the stored wall-clock time is used instead.
+    retry_at: Option<(u64, tokio::time::Instant)>,
 }
 
 /// Why a wait ended.
 enum Woke {
+    /// The time came (or, for a pause wait, delivery may go on).
     Ready,
+    /// An operator paused or resumed: look at the state again before sending.
+    Changed,
     Shutdown,
 }
 
@@ -230,7 +237,13 @@ impl<O: Deliver> Worker<O> {
                     tokio::select! {
                         () = waker.notified() => continue,
                         () = self.shutdown.cancelled() => break,
-                        _ = self.paused.changed() => continue,
+                        changed = self.paused.changed() => {
+                            // Every control handle gone: nobody can resume or stop us.
+                            if changed.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
                     }
                 }
             }
@@ -265,25 +278,43 @@ impl<O: Deliver> Worker<O> {
             bump(&self.stats.dead_lettered);
             return Ok(Step::Done);
         };
-        let due = head.entry.next_attempt_micros;
-        let now = crate::outbox::now_micros();
-        if due > now {
+        let deadline = match self.retry_at {
+            Some((retry_seq, at)) if retry_seq == seq => Some(at),
+            _ => {
+                let due = head.entry.next_attempt_micros;
+                let now = crate::outbox::now_micros();
+                // A retry time further away than the policy allows means the wall clock
+                // stepped back since it was set: wait no longer than the policy's ceiling.
+                (due > now).then(|| {
+                    let wait = Duration::from_micros(u64::try_from(due - now).unwrap_or(0))
+                        .min(self.settings.retry.max_delay);
+                    let at = tokio::time::Instant::now() + wait;
+                    self.retry_at = Some((seq, at));
+                    at
+                })
+            }
+        };
+        if let Some(deadline) = deadline.filter(|at| *at > tokio::time::Instant::now()) {
             self.stats.backing_off.store(true, Ordering::Relaxed);
-            let wait = Duration::from_micros(u64::try_from(due - now).unwrap_or(0));
-            let woke = self.sleep(wait).await;
+            let woke = self.sleep_until(deadline).await;
             self.stats.backing_off.store(false, Ordering::Relaxed);
             match woke {
                 Woke::Shutdown => return Ok(Step::Stop),
+                // Paused or resumed during the wait: check the state and the time again.
+                Woke::Changed => return Ok(Step::Again),
                 Woke::Ready if *self.paused.borrow() => return Ok(Step::Again),
                 Woke::Ready => {}
             }
         }
         if let (Some(interval), Some(last)) = (self.settings.min_interval, self.last_send) {
             let ready_at = last + interval;
-            if ready_at > tokio::time::Instant::now()
-                && let Woke::Shutdown = self.sleep_until(ready_at).await
-            {
-                return Ok(Step::Stop);
+            if ready_at > tokio::time::Instant::now() {
+                match self.sleep_until(ready_at).await {
+                    Woke::Shutdown => return Ok(Step::Stop),
+                    Woke::Changed => return Ok(Step::Again),
+                    Woke::Ready if *self.paused.borrow() => return Ok(Step::Again),
+                    Woke::Ready => {}
+                }
             }
         }
         let attempt = head.entry.attempts.saturating_add(1);
@@ -338,6 +369,7 @@ impl<O: Deliver> Worker<O> {
                 }
                 let next = crate::outbox::now_micros()
                     .saturating_add(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX));
+                self.retry_at = Some((seq, tokio::time::Instant::now() + delay));
                 warn!(connector = %name, message_id = envelope.message_id, seq, attempt, retry_in_ms = delay.as_millis() as u64, reason = %reason, "delivery failed; will retry");
                 self.outbox
                     .record_failure(connector, seq, attempt, next, reason.clone())
@@ -379,7 +411,11 @@ impl<O: Deliver> Worker<O> {
         tokio::select! {
             () = tokio::time::sleep_until(deadline) => Woke::Ready,
             () = self.shutdown.cancelled() => Woke::Shutdown,
-            _ = self.paused.changed() => Woke::Ready,
+            changed = self.paused.changed() => match changed {
+                Ok(()) => Woke::Changed,
+                // Every control handle gone: stop rather than spin.
+                Err(_) => Woke::Shutdown,
+            },
         }
     }
 

@@ -33,6 +33,7 @@ enum Field {
     SendingApp,
     SendingFac,
     Connector,
+    Instance,
 }
 
 const FIELDS: &[(&str, Field)] = &[
@@ -43,6 +44,7 @@ const FIELDS: &[(&str, Field)] = &[
     ("sending_app", Field::SendingApp),
     ("sending_fac", Field::SendingFac),
     ("connector", Field::Connector),
+    ("instance", Field::Instance),
 ];
 
 impl FileNameTemplate {
@@ -150,6 +152,7 @@ impl FileNameTemplate {
                         Field::SendingApp => header.sending_app.clone(),
                         Field::SendingFac => header.sending_fac.clone(),
                         Field::Connector => envelope.connector.to_string(),
+                        Field::Instance => format!("{:016x}", envelope.instance_id),
                     };
                     out.push_str(&sanitize(&value));
                 }

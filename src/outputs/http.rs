@@ -76,9 +76,14 @@ impl HttpOutput {
             .request(self.method.clone(), &self.spec.url)
             .headers(self.headers.clone())
             .header("X-Mfoundry-Message-Id", envelope.message_id)
+            // Message ids are unique within one data file; the instance id tells files apart
+            // (a rebuilt DATA_DIR, or several gateways posting to one endpoint).
             .header(
                 "Idempotency-Key",
-                format!("mfoundry-{}", envelope.message_id),
+                format!(
+                    "mfoundry-{:016x}-{}",
+                    envelope.instance_id, envelope.message_id
+                ),
             );
         request = match self.spec.format {
             HttpFormat::Hl7 => request
@@ -116,7 +121,9 @@ impl HttpOutput {
             .and_then(|value| value.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let reason = format!("the endpoint answered HTTP {}", status.as_u16());
-        if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
+        // 409: a request with the same Idempotency-Key is still being processed (an earlier
+        // attempt that timed out on our side); it may yet succeed, so try again later.
+        if matches!(status.as_u16(), 408 | 409 | 429) || status.is_server_error() {
             Err(DeliveryError::Transient {
                 reason,
                 retry_after,
@@ -152,6 +159,9 @@ fn build_client(spec: &HttpSpec) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10).min(spec.timeout))
         .timeout(spec.timeout)
+        // A redirect would turn the POST into a GET without the message (301-303) and still
+        // end in a 2xx: treat a 3xx as a refusal instead.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("mfoundry/", env!("CARGO_PKG_VERSION")));
     if let Some(pem) = &spec.tls_ca_pem {
         let certs = reqwest::Certificate::from_pem_bundle(pem)

@@ -21,8 +21,12 @@
 //! ```
 //!
 //! `INSERT … ON CONFLICT (source, id) DO NOTHING` makes a retry or a redelivery after a crash
-//! harmless. Every failure is transient (a connection problem, or a table an operator must
-//! fix): the queue waits rather than dead-lettering every message. Without `dsn`, the
+//! harmless. A failure is transient (a connection problem, or a table an operator must fix:
+//! the queue waits rather than dead-lettering every message), except a data exception or a
+//! constraint violation (SQLSTATE classes 22 and 23): that message can never be inserted as
+//! it is, so it goes to the dead-letter queue and the queue moves on. NUL characters, which
+//! PostgreSQL text and JSONB refuse, are dropped from the header columns (the `message`
+//! column keeps the exact bytes). Without `dsn`, the
 //! connection comes from the standard `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD` and
 //! `PGDATABASE` variables, with libpq's defaults.
 
@@ -62,12 +66,21 @@ impl PostgresOutput {
             .as_ref()
             .is_none_or(|(client, _)| client.is_closed())
         {
-            self.connection = Some(self.connect().await?);
+            // Connect, create the table and prepare the insert, all within one bound: a pooler
+            // that holds the client or a silent network must not stall the connector.
+            let setup = tokio::time::timeout(CONNECT_TIMEOUT + STATEMENT_TIMEOUT, self.connect());
+            self.connection = Some(setup.await.map_err(|_| {
+                DeliveryError::transient(format!(
+                    "could not connect and prepare within {:?}",
+                    CONNECT_TIMEOUT + STATEMENT_TIMEOUT
+                ))
+            })??);
         }
         let Some((client, insert)) = self.connection.as_ref() else {
             return Err(DeliveryError::transient("not connected"));
         };
-        let header = &envelope.record.header;
+        let header = without_nul(&envelope.record.header);
+        let header = &header;
         let received_at =
             chrono::DateTime::from_timestamp_micros(envelope.record.received_at_micros)
                 .unwrap_or_default();
@@ -93,6 +106,10 @@ impl PostgresOutput {
         let insert = client.execute(insert, &params);
         match tokio::time::timeout(STATEMENT_TIMEOUT, insert).await {
             Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) if is_about_the_data(&error) => Err(DeliveryError::permanent(format!(
+                "the row was refused: {}",
+                describe(&error)
+            ))),
             Ok(Err(error)) => {
                 self.connection = None;
                 Err(DeliveryError::transient(format!(
@@ -198,6 +215,31 @@ pub fn postgres_config(
     }
     config.application_name("mfoundry");
     Ok(config)
+}
+
+/// SQLSTATE class 22 (data exception) or 23 (integrity constraint violation): the row itself
+/// is refused, and sending it again cannot help.
+fn is_about_the_data(error: &tokio_postgres::Error) -> bool {
+    error
+        .as_db_error()
+        .is_some_and(|db| matches!(db.code().code().get(..2), Some("22" | "23")))
+}
+
+/// The header fields without NUL characters (PostgreSQL text refuses them).
+fn without_nul(header: &crate::outbox::HeaderFields) -> crate::outbox::HeaderFields {
+    let clean = |value: &String| value.replace('\0', "");
+    crate::outbox::HeaderFields {
+        msg_type: clean(&header.msg_type),
+        trigger: clean(&header.trigger),
+        structure: clean(&header.structure),
+        control_id: clean(&header.control_id),
+        sending_app: clean(&header.sending_app),
+        sending_fac: clean(&header.sending_fac),
+        receiving_app: clean(&header.receiving_app),
+        receiving_fac: clean(&header.receiving_fac),
+        version: clean(&header.version),
+        processing_id: clean(&header.processing_id),
+    }
 }
 
 /// A PostgreSQL error with the server's message (which names tables and columns, not values).
