@@ -89,6 +89,9 @@ pub struct RunningApp {
     admin_shutdown: CancellationToken,
     /// The admin API's address and task (it holds an outbox handle until it ends).
     admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    /// What the admin API and the metrics read; holds an outbox handle, dropped before the
+    /// writer is joined (metric callbacks hold it weakly).
+    gateway: Arc<AdminState>,
 }
 
 impl RunningApp {
@@ -233,52 +236,59 @@ impl RunningApp {
         );
         let readiness = Arc::new(Readiness::default());
         let admin_shutdown = CancellationToken::new();
+        let connector_names = outbox
+            .read(|snapshot| snapshot.connectors())
+            .await
+            .context("cannot read the connectors of the data file")?
+            .into_iter()
+            .map(|(name, id)| (id, name))
+            .collect();
+        let connectors = config
+            .connectors
+            .iter()
+            .filter_map(|connector| {
+                let id = outbox.connector_id(&connector.name)?;
+                Some(ConnectorHandle {
+                    name: connector.name.clone(),
+                    kind: connector_kind(connector.kind),
+                    id,
+                    worker: workers
+                        .iter()
+                        .find(|(name, _)| *name == connector.name)
+                        .map(|(_, control)| control.clone()),
+                    intake: connector_ids
+                        .iter()
+                        .position(|known| *known == id)
+                        .map(|index| (Arc::clone(&route_counters), index)),
+                })
+            })
+            .collect();
+        let (tokens, token_source) = match tokens {
+            Some((tokens, source)) => (tokens, Some(source)),
+            None => (Arc::new(TokenStore::default()), None),
+        };
+        let state = Arc::new(AdminState {
+            outbox: outbox.clone(),
+            connectors,
+            connector_names,
+            listeners: vec![ListenerHandle {
+                name: settings.listener.name.clone(),
+                stats: Arc::clone(&stats),
+            }],
+            tokens,
+            readiness: Arc::clone(&readiness),
+            default_charset: settings.default_charset,
+            logs: crate::telemetry::log_ring(),
+            started: std::time::Instant::now(),
+        });
+        // Observable metrics read the same counters and queues as the admin API.
+        crate::telemetry::metrics::register(&state);
+        let gateway = Arc::clone(&state);
         let mut admin = None;
-        if let (Some(addr), Some((tokens, source))) = (&settings.admin_addr, tokens) {
+        if let (Some(addr), Some(source)) = (&settings.admin_addr, token_source) {
             let (admin_listener, admin_addr) = admin::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on ADMIN_ADDR={addr}"))?;
-            let connector_names = outbox
-                .read(|snapshot| snapshot.connectors())
-                .await
-                .context("cannot read the connectors of the data file")?
-                .into_iter()
-                .map(|(name, id)| (id, name))
-                .collect();
-            let connectors = config
-                .connectors
-                .iter()
-                .filter_map(|connector| {
-                    let id = outbox.connector_id(&connector.name)?;
-                    Some(ConnectorHandle {
-                        name: connector.name.clone(),
-                        kind: connector_kind(connector.kind),
-                        id,
-                        worker: workers
-                            .iter()
-                            .find(|(name, _)| *name == connector.name)
-                            .map(|(_, control)| control.clone()),
-                        intake: connector_ids
-                            .iter()
-                            .position(|known| *known == id)
-                            .map(|index| (Arc::clone(&route_counters), index)),
-                    })
-                })
-                .collect();
-            let state = Arc::new(AdminState {
-                outbox: outbox.clone(),
-                connectors,
-                connector_names,
-                listeners: vec![ListenerHandle {
-                    name: settings.listener.name.clone(),
-                    stats: Arc::clone(&stats),
-                }],
-                tokens,
-                readiness: Arc::clone(&readiness),
-                default_charset: settings.default_charset,
-                logs: crate::telemetry::log_ring(),
-                started: std::time::Instant::now(),
-            });
             match &source {
                 TokenSource::Created(path) => info!(
                     path = %path.display(),
@@ -309,6 +319,7 @@ impl RunningApp {
             readiness,
             admin_shutdown,
             admin,
+            gateway,
         })
     }
 
@@ -377,6 +388,7 @@ impl RunningApp {
         let finished = finished && delivered;
         let stats = self.stats.snapshot();
         drop(self.workers);
+        drop(self.gateway);
         drop(self.outbox);
         if finished {
             // Every connection task (and its ingest handle) is gone: the writer stops once it
@@ -444,5 +456,8 @@ pub async fn run(config: Config, rules: Arc<RuleSet>) -> anyhow::Result<()> {
     crate::shutdown::wait_for_signal().await;
     info!("shutdown requested; finishing frames in progress");
     app.shutdown(DRAIN_GRACE).await;
+    tokio::task::spawn_blocking(crate::telemetry::metrics::shutdown)
+        .await
+        .ok();
     Ok(())
 }

@@ -40,6 +40,16 @@ fn main() -> ExitCode {
                 }
             };
             mfoundry::telemetry::init(config.settings.log_format);
+            match runtime.block_on(async { mfoundry::telemetry::metrics::init() }) {
+                Ok(Some(protocol)) => {
+                    tracing::info!(protocol = %protocol, "exporting metrics over OTLP")
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    eprintln!("mfoundry: {error}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
             match runtime.block_on(mfoundry::app::run(config, rules)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {

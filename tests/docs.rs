@@ -65,3 +65,14 @@ fn every_example_message_file_splits_and_parses() {
     }
     assert!(count >= 5);
 }
+
+#[test]
+fn every_metric_is_listed_in_the_operations_guide() {
+    let guide = read("docs/operations.md");
+    for name in mfoundry::telemetry::metrics::ALL {
+        assert!(
+            guide.contains(&format!("| `{name}` |")),
+            "{name} is missing from docs/operations.md"
+        );
+    }
+}

@@ -330,8 +330,25 @@ impl<O: Deliver> Worker<O> {
         self.last_send = Some(tokio::time::Instant::now());
         // The delivery in hand is finished even during shutdown; outputs bound it with
         // their own timeouts.
+        let started = tokio::time::Instant::now();
         let outcome = self.output.deliver(&envelope).await;
         let name = &self.settings.name;
+        let result = match &outcome {
+            Ok(()) => "ok",
+            Err(DeliveryError::Permanent { .. }) => "refused",
+            Err(DeliveryError::Transient { .. }) => "failed",
+        };
+        crate::telemetry::metrics::record(
+            &crate::telemetry::metrics::instruments().operation,
+            started.elapsed(),
+            &[
+                opentelemetry::KeyValue::new(
+                    crate::telemetry::metrics::CONNECTOR,
+                    opentelemetry::StringValue::from(Arc::clone(name)),
+                ),
+                opentelemetry::KeyValue::new(crate::telemetry::metrics::OUTCOME, result),
+            ],
+        );
         match outcome {
             Ok(()) => {
                 self.outbox.mark_delivered(connector, seq, attempt).await?;

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use opentelemetry::KeyValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -34,6 +35,7 @@ use super::codec::{FrameError, MllpCodec, frame};
 use crate::config::{ListenerSettings, parse_listen_address};
 use crate::hl7::AckCode;
 use crate::ingest::{Ingest, Reply};
+use crate::telemetry::metrics::{ACK_CODE, LISTENER};
 
 /// Counters of what the listener saw. Read them with [`ListenerStats::snapshot`].
 #[derive(Debug, Default)]
@@ -157,6 +159,8 @@ struct Shared {
     ingest: Ingest,
     stats: Arc<ListenerStats>,
     shutdown: CancellationToken,
+    /// The listener's name as a metric attribute value.
+    listener_name: opentelemetry::StringValue,
 }
 
 /// Accept connections until `shutdown` is cancelled. Connection tasks are spawned on
@@ -173,6 +177,7 @@ pub async fn serve(
         .max_connections
         .map(|limit| Arc::new(Semaphore::new(limit)));
     let shared = Arc::new(Shared {
+        listener_name: opentelemetry::StringValue::from(settings.name.clone()),
         settings,
         ingest,
         stats,
@@ -320,7 +325,18 @@ async fn serve_frames(stream: &mut TcpStream, peer: SocketAddr, shared: &Shared)
             frame_started = None;
             bump(&stats.frames_received, 1);
             let size = frame_bytes.len();
+            let started = Instant::now();
             let outcome = shared.ingest.handle(frame_bytes, peer).await;
+            if let Reply::Ack { code, .. } | Reply::Suppressed { code } = &outcome.reply {
+                crate::telemetry::metrics::record(
+                    &crate::telemetry::metrics::instruments().process,
+                    started.elapsed(),
+                    &[
+                        KeyValue::new(LISTENER, shared.listener_name.clone()),
+                        KeyValue::new(ACK_CODE, code.as_str()),
+                    ],
+                );
+            }
             match outcome.reply {
                 Reply::Ack { bytes, code } => {
                     debug!(%peer, control_id = outcome.control_id.as_deref().unwrap_or(""), size, code = %code, reason = outcome.reason.unwrap_or("accepted"), "frame answered");

@@ -6,6 +6,7 @@
 //! ([`to_json`]). The URL and headers come from the configuration only: nothing from the
 //! message goes into them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{
@@ -100,7 +101,24 @@ impl HttpOutput {
             value.set_sensitive(true);
             request = request.header(AUTHORIZATION, value);
         }
-        let response = request.send().await.map_err(|error| {
+        let started = std::time::Instant::now();
+        let sent = request.send().await;
+        let status_code = sent
+            .as_ref()
+            .map_or(0, |response| i64::from(response.status().as_u16()));
+        crate::telemetry::metrics::record(
+            &crate::telemetry::metrics::instruments().http,
+            started.elapsed(),
+            &[
+                opentelemetry::KeyValue::new(
+                    crate::telemetry::metrics::CONNECTOR,
+                    opentelemetry::StringValue::from(Arc::clone(&envelope.connector)),
+                ),
+                opentelemetry::KeyValue::new("http.request.method", self.method.to_string()),
+                opentelemetry::KeyValue::new("http.response.status_code", status_code),
+            ],
+        );
+        let response = sent.map_err(|error| {
             let kind = if error.is_timeout() {
                 "timed out"
             } else if error.is_connect() {

@@ -104,7 +104,29 @@ impl PostgresOutput {
             &connector,
         ];
         let insert = client.execute(insert, &params);
-        match tokio::time::timeout(STATEMENT_TIMEOUT, insert).await {
+        let started = std::time::Instant::now();
+        let inserted = tokio::time::timeout(STATEMENT_TIMEOUT, insert).await;
+        crate::telemetry::metrics::record(
+            &crate::telemetry::metrics::instruments().db,
+            started.elapsed(),
+            &[
+                opentelemetry::KeyValue::new(
+                    crate::telemetry::metrics::CONNECTOR,
+                    opentelemetry::StringValue::from(std::sync::Arc::clone(&envelope.connector)),
+                ),
+                opentelemetry::KeyValue::new("db.system.name", "postgresql"),
+                opentelemetry::KeyValue::new("db.operation.name", "INSERT"),
+                opentelemetry::KeyValue::new(
+                    crate::telemetry::metrics::OUTCOME,
+                    if matches!(inserted, Ok(Ok(_))) {
+                        "ok"
+                    } else {
+                        "error"
+                    },
+                ),
+            ],
+        );
+        match inserted {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) if is_about_the_data(&error) => Err(DeliveryError::permanent(format!(
                 "the row was refused: {}",

@@ -1,6 +1,9 @@
-//! Logging setup and the in-process ring of recent log lines the admin API serves.
+//! Logging setup, the in-process ring of recent log lines the admin API serves, and the
+//! metrics ([`metrics`]).
 //!
 //! Log lines carry peers, sizes, control ids and counts; never message content.
+
+pub mod metrics;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
