@@ -172,9 +172,12 @@ impl RunningApp {
             );
         }
         if let Some(retention) = settings.retention {
+            // The trail outlives the messages it describes.
+            let audit_retention = settings.audit_retention.map(|audit| audit.max(retention));
             delivery_tracker.spawn(retention_task(
                 outbox.clone(),
                 retention,
+                audit_retention,
                 delivery_shutdown.child_token(),
             ));
         }
@@ -411,15 +414,29 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Messages looked at per retention transaction (bounds how long it holds the writer).
 const RETENTION_BATCH: usize = 1000;
 
-/// Remove delivered and filtered messages older than `retention`, in bounded steps.
-async fn retention_task(outbox: Outbox, retention: Duration, shutdown: CancellationToken) {
+/// Audit records removed per pruning transaction.
+const AUDIT_PRUNE_BATCH: usize = 10_000;
+
+fn cutoff(age: Duration) -> i64 {
+    crate::outbox::now_micros().saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Remove delivered and filtered messages older than `retention`, in bounded steps; after
+/// each full pass, audit records older than `audit_retention`.
+async fn retention_task(
+    outbox: Outbox,
+    retention: Duration,
+    audit_retention: Option<Duration>,
+    shutdown: CancellationToken,
+) {
     let interval = (retention / 4).clamp(Duration::from_secs(1), RETENTION_INTERVAL);
     let mut after = 0u64;
     let mut removed_in_pass = 0u64;
     loop {
-        let cutoff = crate::outbox::now_micros()
-            .saturating_sub(i64::try_from(retention.as_micros()).unwrap_or(i64::MAX));
-        let pause = match outbox.retain(cutoff, after, RETENTION_BATCH).await {
+        let pause = match outbox
+            .retain(cutoff(retention), after, RETENTION_BATCH)
+            .await
+        {
             Ok(step) => {
                 removed_in_pass += step.removed;
                 match step.resume_after {
@@ -434,6 +451,9 @@ async fn retention_task(outbox: Outbox, retention: Duration, shutdown: Cancellat
                         }
                         after = 0;
                         removed_in_pass = 0;
+                        if let Some(age) = audit_retention {
+                            prune_audit(&outbox, age).await;
+                        }
                         interval
                     }
                 }
@@ -447,6 +467,27 @@ async fn retention_task(outbox: Outbox, retention: Duration, shutdown: Cancellat
             () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// Remove audit records older than `age`, in bounded transactions.
+async fn prune_audit(outbox: &Outbox, age: Duration) {
+    let mut removed = 0;
+    loop {
+        match outbox.prune_audit(cutoff(age), AUDIT_PRUNE_BATCH).await {
+            Ok(0) => break,
+            Ok(count) => {
+                removed += count;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(error) => {
+                warn!(error = %error, "audit pruning failed; trying again later");
+                break;
+            }
+        }
+    }
+    if removed > 0 {
+        info!(removed, "audit records older than AUDIT_RETENTION removed");
     }
 }
 

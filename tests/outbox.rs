@@ -560,3 +560,57 @@ async fn retention_keeps_what_a_connector_still_needs_and_wakes_nothing() {
     drop(outbox);
     writer.join();
 }
+
+#[tokio::test]
+async fn every_append_has_a_chained_audit_record_and_pruning_keeps_the_chain_verifiable() {
+    let memory = MemoryDisk::default();
+    let (outbox, writer) = Outbox::open(options_with(&memory), &names(&["a"])).expect("opens");
+    for index in 0..5 {
+        outbox
+            .append(message(&outbox, &format!("A{index}"), &["a"], &[]))
+            .await
+            .expect("stored");
+    }
+    let records = outbox
+        .read(|snapshot| snapshot.audit_records(None, 100))
+        .await
+        .expect("records");
+    assert_eq!(records.len(), 5, "one receive record per message");
+    let report = outbox
+        .read(|snapshot| snapshot.verify_audit())
+        .await
+        .expect("verify");
+    assert!(report.is_intact(), "{report:?}");
+
+    let future = mfoundry::outbox::now_micros() + 60_000_000;
+    assert_eq!(outbox.prune_audit(future, 2).await.expect("prune"), 2);
+    let report = outbox
+        .read(|snapshot| snapshot.verify_audit())
+        .await
+        .expect("verify");
+    assert!(report.is_intact(), "pruning is not tampering: {report:?}");
+    assert_eq!(report.first_seq, Some(2));
+    // Everything older than the cutoff, but never the newest record.
+    assert_eq!(outbox.prune_audit(future, 100).await.expect("prune"), 2);
+    let report = outbox
+        .read(|snapshot| snapshot.verify_audit())
+        .await
+        .expect("verify");
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!((report.first_seq, report.last_seq), (Some(4), Some(4)));
+    // The chain goes on from the kept record.
+    outbox
+        .append(message(&outbox, "A5", &["a"], &[]))
+        .await
+        .expect("stored");
+    let report = outbox
+        .read(|snapshot| snapshot.verify_audit())
+        .await
+        .expect("verify");
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.last_seq, Some(5));
+    // Nothing is pruned before the cutoff.
+    assert_eq!(outbox.prune_audit(0, 100).await.expect("prune"), 0);
+    drop(outbox);
+    writer.join();
+}

@@ -127,6 +127,10 @@ pub struct FileConfig {
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
     pub retention: SpannedScalar,
+    /// Same as `AUDIT_RETENTION` (Go duration; 0 keeps every record).
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub audit_retention: SpannedScalar,
     /// Same as `ADMIN_ADDR` (`off` disables the admin API).
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
@@ -146,7 +150,7 @@ pub struct FileConfig {
 impl FileConfig {
     /// The scalar settings that are present, by lower-case key.
     pub fn scalars(&self) -> BTreeMap<&'static str, &Spanned<ScalarText>> {
-        let fields: [(&'static str, &SpannedScalar); 17] = [
+        let fields: [(&'static str, &SpannedScalar); 18] = [
             ("listen_addr", &self.listen_addr),
             ("max_connections", &self.max_connections),
             ("idle_timeout", &self.idle_timeout),
@@ -162,6 +166,7 @@ impl FileConfig {
             ("rules_time_budget", &self.rules_time_budget),
             ("log_format", &self.log_format),
             ("retention", &self.retention),
+            ("audit_retention", &self.audit_retention),
             ("admin_addr", &self.admin_addr),
             ("admin_tokens_file", &self.admin_tokens_file),
         ];

@@ -98,6 +98,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "168h",
     },
     EnvVar {
+        name: "AUDIT_RETENTION",
+        default: "2160h",
+    },
+    EnvVar {
         name: "ADMIN_ADDR",
         default: "127.0.0.1:8080",
     },
@@ -171,6 +175,9 @@ pub struct Settings {
     /// `RETENTION`: delivered and filtered messages older than this are removed; `None` keeps
     /// everything.
     pub retention: Option<Duration>,
+    /// `AUDIT_RETENTION`: audit records older than this (and than `RETENTION`) are removed;
+    /// `None` keeps them all.
+    pub audit_retention: Option<Duration>,
     /// `ADMIN_ADDR`: where the admin HTTP API listens; `None` (`off`) disables it.
     pub admin_addr: Option<String>,
     /// `ADMIN_TOKENS_FILE`: the token hashes; `None` uses (and creates) `DATA_DIR/admin.token`.
@@ -372,6 +379,7 @@ impl Settings {
             LogFormat::Text,
         );
         let retention = reader.read("RETENTION", optional_duration, None);
+        let audit_retention = reader.read("AUDIT_RETENTION", optional_duration, None);
         let admin_addr = reader.read(
             "ADMIN_ADDR",
             |text| {
@@ -411,6 +419,7 @@ impl Settings {
             rules_time_budget,
             log_format,
             retention,
+            audit_retention,
             admin_addr,
             admin_tokens_file,
         })

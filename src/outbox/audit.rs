@@ -174,11 +174,13 @@ impl Verification {
     }
 }
 
-/// Check every record's hash, the chain between them, that seqs have no gap, and that every
-/// stored message received after the trail began has a receive record.
+/// Check every record's hash, the chain between them, that seqs have no gap and start at
+/// `first_expected` (0, or where pruning left the trail), and that every stored message
+/// received after the trail's oldest record has a receive record.
 pub(super) fn verify(
     audit: &impl ReadableTable<u64, &'static [u8]>,
     messages: &impl ReadableTable<u64, &'static [u8]>,
+    first_expected: u64,
 ) -> Result<Verification, StoreError> {
     let mut report = Verification::default();
     let mut previous: Option<(u64, [u8; 32])> = None;
@@ -226,10 +228,13 @@ pub(super) fn verify(
             None if seq == 0 && record.prev_hash != [0; 32] => {
                 report.problem("record 0: names a predecessor although it is the first".to_owned());
             }
-            None if seq == 0 => {}
-            None if report.records == 1 => {
-                // Nothing prunes the trail: it must start at 0.
-                report.problem(format!("records 0..{} are missing (removed)", seq - 1));
+            None if report.records == 1 && seq > first_expected => {
+                // Pruning moves the start in `meta`; anything else missing at the start was
+                // removed.
+                report.problem(format!(
+                    "records {first_expected}..{} are missing (removed)",
+                    seq - 1
+                ));
             }
             None => {}
         }
@@ -262,6 +267,11 @@ pub(super) fn verify(
         ));
     }
     Ok(report)
+}
+
+/// When a stored record was written (without checking its hash).
+pub(super) fn written_at(value: &[u8]) -> Result<i64, StoreError> {
+    Ok(decode(value)?.at_micros)
 }
 
 /// The receive record for a stored (or retransmitted) message.

@@ -229,6 +229,9 @@ enum Op {
     Purge { connector: u32, seq: u64 },
     /// Append an admin action to the audit trail.
     Audit(audit::AuditEvent),
+    /// Remove up to `max` of the oldest audit records written before `cutoff_micros` (never
+    /// the newest record, which carries the chain forward).
+    PruneAudit { cutoff_micros: i64, max: usize },
     /// Remove old messages that every connector is done with.
     Retain {
         cutoff_micros: i64,
@@ -263,6 +266,10 @@ enum Done {
     /// Appended to the audit trail under this seq.
     Audited {
         seq: u64,
+    },
+    /// Audit records removed.
+    Pruned {
+        removed: u64,
     },
 }
 
@@ -589,6 +596,20 @@ impl Outbox {
     pub async fn audit(&self, event: audit::AuditEvent) -> Result<u64, StoreError> {
         match self.submit(Op::Audit(event)).await? {
             Done::Audited { seq } => Ok(seq),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Remove up to `max` of the oldest audit records written before `cutoff_micros`; returns
+    /// how many. The newest record is always kept, and `meta["audit_first_seq"]` records
+    /// where the trail now starts, so verification tells pruning from removal.
+    pub async fn prune_audit(&self, cutoff_micros: i64, max: usize) -> Result<u64, StoreError> {
+        let op = Op::PruneAudit {
+            cutoff_micros,
+            max: max.max(1),
+        };
+        match self.submit(op).await? {
+            Done::Pruned { removed } => Ok(removed),
             other => Err(unexpected(&other)),
         }
     }
@@ -920,7 +941,9 @@ impl Snapshot {
     pub fn verify_audit(&self) -> Result<audit::Verification, StoreError> {
         let table = self.transaction.open_table(schema::AUDIT)?;
         let messages = self.transaction.open_table(schema::MESSAGES)?;
-        audit::verify(&table, &messages)
+        let meta = self.transaction.open_table(schema::META)?;
+        let first = schema::read_meta(&meta, "audit_first_seq")?;
+        audit::verify(&table, &messages, first)
     }
 
     /// Connector names and ids.

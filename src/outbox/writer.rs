@@ -361,6 +361,9 @@ impl Writer {
                     Op::Audit(event) => Done::Audited {
                         seq: tables.audit(&transaction, now, event.clone())?,
                     },
+                    Op::PruneAudit { cutoff_micros, max } => Done::Pruned {
+                        removed: prune_audit(&transaction, *cutoff_micros, *max)?,
+                    },
                     op => {
                         let done =
                             apply_delivery_op(&transaction, &mut tables, op, now, &mut next_id)?;
@@ -721,7 +724,7 @@ fn apply_delivery_op<'txn>(
             )?;
             Ok(Done::Applied)
         }
-        Op::Append(_) | Op::Audit(_) | Op::Retain { .. } => {
+        Op::Append(_) | Op::Audit(_) | Op::PruneAudit { .. } | Op::Retain { .. } => {
             Err(StoreError::Storage("not a delivery operation".to_owned()))
         }
     }
@@ -796,6 +799,39 @@ fn retain<'txn>(
     retained.removed = removable.len() as u64;
     retained.resume_after = (!reached_cutoff).then_some(last_scanned);
     Ok(retained)
+}
+
+/// Remove up to `max` of the oldest audit records written before `cutoff_micros`, never the
+/// newest one (the chain's head is read from the last record), and move
+/// `meta["audit_first_seq"]` to the first record kept.
+fn prune_audit(
+    transaction: &WriteTransaction,
+    cutoff_micros: i64,
+    max: usize,
+) -> Result<u64, StoreError> {
+    let mut table = transaction.open_table(AUDIT)?;
+    let Some(newest) = table.last()?.map(|(key, _)| key.value()) else {
+        return Ok(0);
+    };
+    let mut doomed = Vec::new();
+    for entry in table.range(..newest)? {
+        if doomed.len() >= max {
+            break;
+        }
+        let (key, value) = entry?;
+        if audit::written_at(value.value())? >= cutoff_micros {
+            break;
+        }
+        doomed.push(key.value());
+    }
+    for seq in &doomed {
+        table.remove(*seq)?;
+    }
+    if let Some(last) = doomed.last() {
+        let mut meta = transaction.open_table(META)?;
+        meta.insert("audit_first_seq", last + 1)?;
+    }
+    Ok(doomed.len() as u64)
 }
 
 /// True when no connector holds this message any more: every route queued at intake has a

@@ -376,8 +376,14 @@ impl Server {
         }
     }
 
-    /// SIGTERM, and wait for a clean exit.
-    pub fn stop(mut self) {
+    /// SIGTERM, wait for a clean exit, and return every log line not read yet.
+    pub fn stop_and_collect(mut self) -> Vec<String> {
+        self.terminate();
+        // The process is gone: its stderr ends, the reader thread ends, the channel closes.
+        self.lines.iter().collect()
+    }
+
+    fn terminate(&mut self) {
         let status = std::process::Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -387,6 +393,11 @@ impl Server {
             self.child.wait().expect("exits").success(),
             "exit 0 after SIGTERM"
         );
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(mut self) {
+        self.terminate();
     }
 }
 
