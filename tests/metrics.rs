@@ -1,5 +1,6 @@
-//! Metrics as a collector receives them: the real binary exports over OTLP/HTTP to a small
-//! receiver in this test, which decodes the protobuf and checks names, units and attributes.
+//! Metrics as a collector receives them: the real binary exports over OTLP (http/protobuf,
+//! then grpc) to a small receiver in this test, which decodes the protobuf and checks names,
+//! units and attributes.
 
 mod common;
 
@@ -8,7 +9,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use prost::Message;
@@ -102,14 +108,14 @@ fn point<'a>(
         })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_arrive_over_otlp_http_with_names_units_and_attributes() {
-    let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let store = Arc::clone(&bodies);
+type Bodies = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// An OTLP/HTTP receiver on a free port; returns its endpoint.
+async fn http_receiver(bodies: Bodies) -> String {
     let receiver = axum::Router::new().route(
         "/v1/metrics",
         axum::routing::post(move |body: axum::body::Bytes| {
-            let store = Arc::clone(&store);
+            let store = Arc::clone(&bodies);
             async move {
                 store.lock().expect("lock").push(body.to_vec());
                 (
@@ -124,7 +130,43 @@ async fn metrics_arrive_over_otlp_http_with_names_units_and_attributes() {
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
     tokio::spawn(async move { axum::serve(listener, receiver).await });
+    format!("http://127.0.0.1:{port}")
+}
 
+/// An OTLP/gRPC receiver.
+struct Grpc(Bodies);
+
+#[tonic::async_trait]
+impl MetricsService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(request.into_inner().encode_to_vec());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+async fn grpc_receiver(bodies: Bodies) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(MetricsServiceServer::new(Grpc(bodies)))
+            .serve_with_incoming(incoming),
+    );
+    format!("http://127.0.0.1:{port}")
+}
+
+/// Start the binary exporting to `endpoint` with `protocol`, send one message, and check the
+/// export that shows it.
+async fn exports_over(protocol: &str, endpoint: String, bodies: Bodies) {
     let directory = tempfile::tempdir().expect("tempdir");
     let dir = directory.path().to_owned();
     std::fs::write(
@@ -135,7 +177,7 @@ async fn metrics_arrive_over_otlp_http_with_names_units_and_attributes() {
         ),
     )
     .expect("yaml");
-    let endpoint = format!("http://127.0.0.1:{port}");
+    let protocol = protocol.to_owned();
     let server = tokio::task::spawn_blocking({
         let dir = dir.clone();
         move || {
@@ -145,7 +187,7 @@ async fn metrics_arrive_over_otlp_http_with_names_units_and_attributes() {
                 "data",
                 &[
                     ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.as_str()),
                     ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
                 ],
             )
@@ -219,10 +261,30 @@ async fn metrics_arrive_over_otlp_http_with_names_units_and_attributes() {
     }
     // Attributes are names and codes only: no control id, no patient field.
     let text = format!("{seen:?}");
-    for canary in ["MSG00001", "EVERYMAN", "ADAM"] {
+    for canary in ["MSG00001", "EVERYWOMAN", "PATID1234"] {
         assert!(!text.contains(canary), "{canary} in metric attributes");
     }
+    // The last values are exported at shutdown.
+    let before = bodies.lock().expect("lock").len();
     tokio::task::spawn_blocking(move || server.stop())
         .await
         .expect("stops");
+    assert!(
+        bodies.lock().expect("lock").len() > before,
+        "a final export"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_arrive_over_otlp_http_with_names_units_and_attributes() {
+    let bodies: Bodies = Arc::default();
+    let endpoint = http_receiver(Arc::clone(&bodies)).await;
+    exports_over("http/protobuf", endpoint, bodies).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_arrive_over_otlp_grpc() {
+    let bodies: Bodies = Arc::default();
+    let endpoint = grpc_receiver(Arc::clone(&bodies)).await;
+    exports_over("grpc", endpoint, bodies).await;
 }
