@@ -39,6 +39,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            if let Err(error) = check_tokens_file(&config) {
+                eprintln!("mfoundry: {error}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             mfoundry::telemetry::init(config.settings.log_format);
             match runtime.block_on(async { mfoundry::telemetry::metrics::init() }) {
                 Ok(Some(protocol)) => {
@@ -130,6 +134,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// A set `ADMIN_TOKENS_FILE` must be readable and well formed (checked before anything is
+/// opened or bound, like the rest of the configuration).
+fn check_tokens_file(config: &Config) -> Result<(), String> {
+    let Some(path) = &config.settings.admin_tokens_file else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read ADMIN_TOKENS_FILE {}: {error}", path.display()))?;
+    mfoundry::admin::TokenStore::parse(&text, path).map(|_| ())
+}
+
 /// Exit with the command's code, or 2 and the error on stderr.
 fn finish(command: &str, result: anyhow::Result<u8>) -> ExitCode {
     match result {
@@ -150,6 +165,10 @@ fn check(args: &ConfigArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if let Err(error) = check_tokens_file(&config) {
+        eprintln!("mfoundry check: {error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     match config.compile_rules() {
         Ok(rules) => {
             let source = config.file.as_ref().map_or_else(

@@ -272,3 +272,31 @@ fn config_schema_is_draft_07_json_describing_the_file() {
             .contains(&"type".into())
     );
 }
+
+#[test]
+fn a_malformed_admin_tokens_file_fails_check_and_serve_naming_the_line() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let tokens = directory.path().join("tokens");
+    std::fs::write(&tokens, "# ops\nalice operator\n").expect("tokens");
+    for command in ["check", "serve"] {
+        let output = Command::new(BINARY)
+            .arg(command)
+            .env_clear()
+            .current_dir(directory.path())
+            .env("ADMIN_TOKENS_FILE", &tokens)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("ADMIN_ADDR", "127.0.0.1:0")
+            .output()
+            .expect("runs");
+        assert_eq!(output.status.code(), Some(64), "{command}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("tokens:2: expected `<id> <role> <sha256 hex>`"),
+            "{command}: {stderr}"
+        );
+        assert!(
+            !directory.path().join("data").exists(),
+            "{command}: nothing was opened"
+        );
+    }
+}

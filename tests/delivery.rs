@@ -201,6 +201,33 @@ async fn a_downstream_that_comes_back_gets_the_backlog_in_order() {
 }
 
 #[tokio::test]
+async fn a_peer_that_closes_idle_connections_costs_no_failed_attempt() {
+    let downstream = peer(|_, _| Answer::AckThenClose("AA")).await;
+    let app = common::start_with_yaml(Some(&mllp_yaml(downstream.addr.port(), "")), &[]).await;
+    for (index, id) in ids(1..=3).into_iter().enumerate() {
+        send(&app, [id]).await;
+        eventually("delivered", || {
+            delivered(&app, "downstream") == index as u64 + 1
+        })
+        .await;
+        // Idle long enough for the peer's close to arrive.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(downstream.received(), ids(1..=3), "each sent once");
+    let retries = app
+        .worker("downstream")
+        .stats()
+        .retries
+        .load(Ordering::SeqCst);
+    assert_eq!(
+        retries, 0,
+        "a closed idle connection is replaced, not failed on"
+    );
+    assert_eq!(downstream.connections.load(Ordering::SeqCst), 3);
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
 async fn a_hung_connector_does_not_hold_up_the_others() {
     let stuck = peer(|_, _| Answer::Hang).await;
     let out = tempfile::tempdir().expect("tempdir");

@@ -68,6 +68,22 @@ impl MllpClient {
         })
     }
 
+    /// False when the connection cannot carry another exchange: the peer closed it (many
+    /// engines close idle connections), or sent bytes nobody asked for (a late ACK). Checked
+    /// without waiting before a kept connection is used again.
+    pub fn is_reusable(&self) -> bool {
+        // A trailing `\r` after an end block is normal; anything else is not.
+        if !self.buffer.iter().all(u8::is_ascii_whitespace) {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match self.stream.try_read(&mut probe) {
+            Err(error) => error.kind() == std::io::ErrorKind::WouldBlock,
+            // 0: closed by the peer; more: unsolicited bytes.
+            Ok(_) => false,
+        }
+    }
+
     /// Write one message, MLLP-framed.
     pub async fn send(&mut self, message: &[u8]) -> Result<(), ClientError> {
         self.stream

@@ -3,7 +3,9 @@
 //! AA/CA is delivered; AE/CE is transient; AR/CR is permanent unless `on_reject: retry`. The
 //! ACK's MSA-2 must equal the sent MSH-10. Anything else (a mismatched MSA-2, garbage, a
 //! closed socket, no ACK within `ack_timeout`) closes the connection before the retry, so a
-//! late ACK can never be taken for the answer to the next message.
+//! late ACK can never be taken for the answer to the next message. Before a kept connection
+//! is used again it is checked without waiting: one the peer closed while idle (or that holds
+//! unsolicited bytes) is replaced by a new one instead of costing a failed attempt.
 
 use bytes::Bytes;
 
@@ -48,6 +50,16 @@ impl MllpOutput {
         let sent_control_id = Message::parse(body.clone())
             .map(|message| message.header_field(10).to_vec())
             .unwrap_or_default();
+        if self
+            .client
+            .as_ref()
+            .is_some_and(|client| !client.is_reusable())
+        {
+            // Closed by the peer while idle (or it sent something unasked): a new connection
+            // costs nothing, a failed attempt would cost a backoff.
+            tracing::debug!(addr = %self.spec.addr, "kept MLLP connection is closed or dirty; reconnecting");
+            self.client = None;
+        }
         if self.client.is_none() {
             let client =
                 MllpClient::connect(&self.spec.addr, self.spec.connect_timeout, MAX_ACK_SIZE)

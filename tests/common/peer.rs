@@ -23,6 +23,8 @@ pub enum Answer {
     Hang,
     /// Close the connection.
     Close,
+    /// Answer with this code, then close the connection (a peer that does not keep them).
+    AckThenClose(&'static str),
 }
 
 pub type Script = dyn Fn(&str, usize) -> Answer + Send + Sync;
@@ -67,8 +69,11 @@ pub async fn peer_on(listener: TcpListener, script: Arc<Script>) -> Peer {
                             *count += 1;
                             *count
                         };
-                        let reply = match script(&control_id, count) {
-                            Answer::Ack(code) => Some(ack(code, &control_id)),
+                        let answer = script(&control_id, count);
+                        let reply = match answer {
+                            Answer::Ack(code) | Answer::AckThenClose(code) => {
+                                Some(ack(code, &control_id))
+                            }
                             Answer::WrongMsa => Some(ack("AA", "SOMEONE-ELSE")),
                             Answer::Garbage => Some(b"hello".to_vec()),
                             Answer::Hang => None,
@@ -77,6 +82,9 @@ pub async fn peer_on(listener: TcpListener, script: Arc<Script>) -> Peer {
                         if let Some(reply) = reply
                             && stream.write_all(&frame(&reply)).await.is_err()
                         {
+                            return;
+                        }
+                        if matches!(answer, Answer::AckThenClose(_)) {
                             return;
                         }
                     }
