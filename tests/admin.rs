@@ -605,3 +605,34 @@ fn the_cli_steers_a_running_server_with_the_local_token_and_the_audit_trail_dete
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("have no receive record"), "{stdout}");
 }
+
+#[tokio::test]
+async fn a_message_being_retried_shows_its_attempts_and_last_error() {
+    let downstream = peer(|_, _| Answer::Ack("AE")).await;
+    let yaml = format!(
+        "connectors:\n  - name: lab\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n    retry:\n      initial_delay: 1m\n",
+        downstream.addr.port()
+    );
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    send_adts(&app, &["T1"]).await;
+    let token = std::fs::read_to_string(app.directory.path().join("admin.token"))
+        .expect("the local admin token");
+    let base = app.admin_url();
+    eventually("one failed attempt", async || {
+        app.worker("lab").stats().retries.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    let shown = get_json(&format!("{base}/api/v1/messages/1"), token.trim()).await;
+    let lab = &shown["connectors"][0];
+    assert_eq!(lab["connector"], "lab");
+    assert_eq!(lab["status"], "QUEUED");
+    assert_eq!(lab["attempts"], 1);
+    assert!(lab["next_attempt"].is_string(), "{shown}");
+    assert!(
+        lab["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("AE")),
+        "{shown}"
+    );
+    app.shutdown(Duration::from_secs(5)).await;
+}

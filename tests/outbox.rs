@@ -611,6 +611,20 @@ async fn every_append_has_a_chained_audit_record_and_pruning_keeps_the_chain_ver
     assert_eq!(report.last_seq, Some(5));
     // Nothing is pruned before the cutoff.
     assert_eq!(outbox.prune_audit(0, 100).await.expect("prune"), 0);
+    // Pruning in the same group commit as appends (the retention task runs next to intake).
+    for index in 0..50 {
+        let (appended, pruned) = tokio::join!(
+            outbox.append(message(&outbox, &format!("J{index}"), &["a"], &[])),
+            outbox.prune_audit(future, 10),
+        );
+        appended.expect("an append next to pruning is stored");
+        pruned.expect("pruning next to an append works");
+    }
+    let report = outbox
+        .read(|snapshot| snapshot.verify_audit())
+        .await
+        .expect("verify");
+    assert!(report.is_intact(), "{report:?}");
     drop(outbox);
     writer.join();
 }

@@ -460,6 +460,8 @@ pub struct ConnectorState {
     pub attempts: u32,
     /// The last delivery error (the output's words, never message content).
     pub last_error: Option<String>,
+    /// While queued after failed attempts: when the next attempt is due, RFC 3339.
+    pub next_attempt: Option<String>,
 }
 
 /// A page of messages, newest first.
@@ -527,6 +529,11 @@ fn connector_states(
     let name = |id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
     let mut states: BTreeMap<u32, ConnectorState> = BTreeMap::new();
     for route in &record.routes {
+        // Still in its first queue entry: that entry has the attempts so far.
+        let entry = match route.status {
+            RouteStatus::Queued => snapshot.queue_entry(route.connector, id)?,
+            RouteStatus::Filtered => None,
+        };
         states.insert(
             route.connector,
             ConnectorState {
@@ -537,8 +544,12 @@ fn connector_states(
                 }
                 .to_owned(),
                 at: None,
-                attempts: 0,
-                last_error: None,
+                attempts: entry.as_ref().map_or(0, |entry| entry.attempts),
+                next_attempt: entry
+                    .as_ref()
+                    .filter(|entry| entry.attempts > 0)
+                    .map(|entry| format_micros(entry.next_attempt_micros)),
+                last_error: entry.and_then(|entry| entry.last_error),
             },
         );
     }
@@ -551,6 +562,7 @@ fn connector_states(
                 at: Some(format_micros(delivery.at_micros)),
                 attempts: delivery.attempts,
                 last_error: delivery.last_error,
+                next_attempt: None,
             },
         );
     }

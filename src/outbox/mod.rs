@@ -868,6 +868,15 @@ impl Snapshot {
         Ok(None)
     }
 
+    /// One queue entry.
+    pub fn queue_entry(&self, connector: u32, seq: u64) -> Result<Option<QueueEntry>, StoreError> {
+        let table = self.transaction.open_table(schema::QUEUE)?;
+        match table.get((connector, seq))? {
+            Some(value) => Ok(Some(schema::decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
     /// The head of a connector's queue (its oldest entry), if any.
     pub fn queue_head(&self, connector: u32) -> Result<Option<(u64, QueueEntry)>, StoreError> {
         let table = self.transaction.open_table(schema::QUEUE)?;

@@ -362,7 +362,7 @@ impl Writer {
                         seq: tables.audit(&transaction, now, event.clone())?,
                     },
                     Op::PruneAudit { cutoff_micros, max } => Done::Pruned {
-                        removed: prune_audit(&transaction, *cutoff_micros, *max)?,
+                        removed: tables.prune_audit(&transaction, *cutoff_micros, *max)?,
                     },
                     op => {
                         let done =
@@ -506,6 +506,54 @@ type DeliveryTables<'txn> = (
 );
 
 impl<'txn> Tables<'txn> {
+    /// The audit table, opened once per transaction (a second `open_table` of a table that is
+    /// open fails, and would fail the whole batch).
+    fn audit_table(
+        &mut self,
+        transaction: &'txn WriteTransaction,
+    ) -> Result<&mut Table<'txn, u64, &'static [u8]>, StoreError> {
+        if self.audit.is_none() {
+            self.audit = Some(transaction.open_table(AUDIT)?);
+        }
+        self.audit
+            .as_mut()
+            .ok_or_else(|| StoreError::Storage("audit table not open".to_owned()))
+    }
+
+    /// Remove up to `max` of the oldest audit records written before `cutoff_micros`, never
+    /// the newest one (the chain's head is read from the last record), and move
+    /// `meta["audit_first_seq"]` to the first record kept.
+    fn prune_audit(
+        &mut self,
+        transaction: &'txn WriteTransaction,
+        cutoff_micros: i64,
+        max: usize,
+    ) -> Result<u64, StoreError> {
+        let table = self.audit_table(transaction)?;
+        let Some(newest) = table.last()?.map(|(key, _)| key.value()) else {
+            return Ok(0);
+        };
+        let mut doomed = Vec::new();
+        for entry in table.range(..newest)? {
+            if doomed.len() >= max {
+                break;
+            }
+            let (key, value) = entry?;
+            if audit::written_at(value.value())? >= cutoff_micros {
+                break;
+            }
+            doomed.push(key.value());
+        }
+        for seq in &doomed {
+            table.remove(*seq)?;
+        }
+        if let Some(last) = doomed.last() {
+            let mut meta = transaction.open_table(META)?;
+            meta.insert("audit_first_seq", last + 1)?;
+        }
+        Ok(doomed.len() as u64)
+    }
+
     /// Append a record to the audit trail; returns its seq.
     fn audit(
         &mut self,
@@ -513,13 +561,9 @@ impl<'txn> Tables<'txn> {
         now: i64,
         event: AuditEvent,
     ) -> Result<u64, StoreError> {
-        if self.audit.is_none() {
-            self.audit = Some(transaction.open_table(AUDIT)?);
-        }
-        let Some(table) = self.audit.as_mut() else {
-            return Err(StoreError::Storage("audit table not open".to_owned()));
-        };
-        let mut head = match self.audit_head {
+        let cached = self.audit_head;
+        let table = self.audit_table(transaction)?;
+        let mut head = match cached {
             Some(head) => head,
             None => Head::load(table)?,
         };
@@ -799,39 +843,6 @@ fn retain<'txn>(
     retained.removed = removable.len() as u64;
     retained.resume_after = (!reached_cutoff).then_some(last_scanned);
     Ok(retained)
-}
-
-/// Remove up to `max` of the oldest audit records written before `cutoff_micros`, never the
-/// newest one (the chain's head is read from the last record), and move
-/// `meta["audit_first_seq"]` to the first record kept.
-fn prune_audit(
-    transaction: &WriteTransaction,
-    cutoff_micros: i64,
-    max: usize,
-) -> Result<u64, StoreError> {
-    let mut table = transaction.open_table(AUDIT)?;
-    let Some(newest) = table.last()?.map(|(key, _)| key.value()) else {
-        return Ok(0);
-    };
-    let mut doomed = Vec::new();
-    for entry in table.range(..newest)? {
-        if doomed.len() >= max {
-            break;
-        }
-        let (key, value) = entry?;
-        if audit::written_at(value.value())? >= cutoff_micros {
-            break;
-        }
-        doomed.push(key.value());
-    }
-    for seq in &doomed {
-        table.remove(*seq)?;
-    }
-    if let Some(last) = doomed.last() {
-        let mut meta = transaction.open_table(META)?;
-        meta.insert("audit_first_seq", last + 1)?;
-    }
-    Ok(doomed.len() as u64)
 }
 
 /// True when no connector holds this message any more: every route queued at intake has a
