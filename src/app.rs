@@ -28,11 +28,9 @@ use crate::outbox::{BackendFactory, Outbox, OutboxOptions, WriterHandle};
 use crate::outputs::Output;
 use crate::rules::RuleSet;
 
-/// How long connections get to finish the frame in hand once shutdown starts.
-const DRAIN_GRACE: Duration = Duration::from_secs(30);
-
-/// How long admin API requests in flight get once shutdown reaches the admin API.
-const ADMIN_GRACE: Duration = Duration::from_secs(5);
+/// How long admin API requests in flight get once shutdown reaches the admin API, at least
+/// (within `DRAIN_TIMEOUT` when more of it is left).
+const ADMIN_GRACE: Duration = Duration::from_secs(1);
 
 /// The kind of a connector, as the admin API names it.
 fn connector_kind(kind: crate::config::ConnectorKind) -> &'static str {
@@ -354,35 +352,55 @@ impl RunningApp {
         &self.outbox
     }
 
-    /// Stop accepting, let connections finish the frame in hand, wait for them (at most
-    /// `grace`), then stop the outbox writer once it has answered everything queued. Returns
-    /// false when some connection was still busy at the deadline.
-    pub async fn shutdown(self, grace: Duration) -> bool {
+    /// Drain within `drain_timeout` (all of it, not per step): `/readyz` turns 503, stop
+    /// accepting, let connections finish the frame in hand (each gets its ACK after its
+    /// commit), let workers finish the delivery in hand, stop the admin API, then stop the
+    /// outbox writer once it has answered everything queued. What the deadline cut short is
+    /// logged. Returns false when something was cut short.
+    pub async fn shutdown(self, drain_timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + drain_timeout;
         self.readiness.set_draining();
         self.shutdown.cancel();
         self.tracker.close();
-        let finished = tokio::time::timeout(grace, self.tracker.wait())
+        let finished = tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
             .is_ok();
         if !finished {
             warn!(
                 busy = self.tracker.len(),
-                "shutdown grace period ended with connections still receiving a frame"
+                "DRAIN_TIMEOUT reached with connections still receiving a frame; they get no ACK and their senders resend"
             );
         }
         // Workers finish the delivery in hand (outputs bound it with their timeouts).
         self.delivery_shutdown.cancel();
         self.delivery_tracker.close();
-        let delivered = tokio::time::timeout(grace, self.delivery_tracker.wait())
+        let delivered = tokio::time::timeout_at(deadline, self.delivery_tracker.wait())
             .await
             .is_ok();
         if !delivered {
-            warn!("shutdown grace period ended with a delivery still in progress");
+            let in_hand: Vec<&str> = self
+                .workers
+                .iter()
+                .filter(|(_, control)| {
+                    control
+                        .stats()
+                        .delivering
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                })
+                .map(|(name, _)| name.as_str())
+                .collect();
+            warn!(
+                connectors = %in_hand.join(","),
+                "DRAIN_TIMEOUT reached with deliveries in hand; they stay queued and are delivered again after the restart"
+            );
         }
         // The admin API answers during the drain; it stops last, before the writer.
         self.admin_shutdown.cancel();
+        let admin_deadline = deadline.max(tokio::time::Instant::now() + ADMIN_GRACE);
         if let Some((_, mut task)) = self.admin
-            && tokio::time::timeout(ADMIN_GRACE, &mut task).await.is_err()
+            && tokio::time::timeout_at(admin_deadline, &mut task)
+                .await
+                .is_err()
         {
             warn!("admin API requests still running at shutdown; cancelled");
             task.abort();
@@ -491,12 +509,28 @@ async fn prune_audit(outbox: &Outbox, age: Duration) {
     }
 }
 
-/// Serve until SIGTERM or SIGINT, then drain.
+/// Exit code when a second signal cuts the drain short.
+pub const EXIT_SECOND_SIGNAL: i32 = 130;
+
+/// Serve until SIGTERM or SIGINT, then drain within `DRAIN_TIMEOUT`. A second signal during
+/// the drain exits at once (safe: the outbox is crash-safe, and nothing unstored was
+/// acknowledged).
 pub async fn run(config: Config, rules: Arc<RuleSet>) -> anyhow::Result<()> {
+    let drain_timeout = config.settings.drain_timeout;
+    let mut signals = crate::shutdown::Signals::install();
     let app = RunningApp::start_compiled(config, rules, AppOptions::default()).await?;
-    crate::shutdown::wait_for_signal().await;
-    info!("shutdown requested; finishing frames in progress");
-    app.shutdown(DRAIN_GRACE).await;
+    signals.recv().await;
+    info!(
+        drain_timeout_ms = drain_timeout.as_millis() as u64,
+        "shutdown requested; draining (a second signal exits at once)"
+    );
+    tokio::select! {
+        _ = app.shutdown(drain_timeout) => {}
+        () = signals.recv() => {
+            warn!("second signal: exiting without finishing the drain; nothing unstored was acknowledged, and delivery resumes after the restart");
+            std::process::exit(EXIT_SECOND_SIGNAL);
+        }
+    }
     tokio::task::spawn_blocking(crate::telemetry::metrics::shutdown)
         .await
         .ok();

@@ -1,30 +1,56 @@
 //! Signals that stop the gateway.
+//!
+//! The handlers are installed once, before serving, so a second signal during the drain is
+//! seen even if it arrives before anyone waits for it.
 
 use tracing::warn;
 
-/// Resolve on the first SIGTERM or SIGINT (Ctrl-C).
-pub async fn wait_for_signal() {
+/// SIGTERM and SIGINT (Ctrl-C).
+#[derive(Debug)]
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut terminate), Ok(mut interrupt)) => {
-                tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = interrupt.recv() => {}
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    /// Install the handlers.
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(terminate), Ok(interrupt)) => Some((terminate, interrupt)),
+                _ => {
+                    warn!("cannot install signal handlers; falling back to Ctrl-C only");
+                    None
                 }
-            }
-            _ => {
-                warn!("cannot install signal handlers; falling back to Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            };
+            Self { streams }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Resolve on the next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some((terminate, interrupt)) = self.streams.as_mut() {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Resolve on the first SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_signal() {
+    Signals::install().recv().await;
 }

@@ -6,8 +6,6 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -67,43 +65,6 @@ fn expected_routes(control_id: &str) -> BTreeSet<String> {
     routes
 }
 
-/// Send until `stop` or until the connection breaks; return the control ids that got AA.
-fn send_until_stopped(addr: &str, sender: usize, stop: &AtomicBool) -> Vec<String> {
-    let mut acknowledged = Vec::new();
-    let Ok(mut stream) = TcpStream::connect(addr) else {
-        return acknowledged;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = stream.set_nodelay(true);
-    for sequence in 0.. {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let (control_id, body) = message(sender, sequence);
-        let mut framed = vec![0x0B];
-        framed.extend_from_slice(&body);
-        framed.extend_from_slice(&[0x1C, 0x0D]);
-        if stream.write_all(&framed).is_err() {
-            break;
-        }
-        let mut reply = Vec::new();
-        let mut byte = [0u8; 1];
-        while !reply.ends_with(&[0x1C, 0x0D]) {
-            match stream.read(&mut byte) {
-                Ok(1) => reply.push(byte[0]),
-                _ => return acknowledged,
-            }
-        }
-        let text = String::from_utf8_lossy(&reply);
-        if text.contains(&format!("MSA|AA|{control_id}\r")) {
-            acknowledged.push(control_id);
-        } else {
-            panic!("unexpected answer to {control_id}: {text:?}");
-        }
-    }
-    acknowledged
-}
-
 /// Message ids of the files the file connector wrote (`{id}-{control_id}.hl7` under a
 /// directory per day).
 fn written_message_ids(out: &Path) -> BTreeSet<u64> {
@@ -148,7 +109,7 @@ fn every_aa_survives_sigkill_with_exactly_its_queue_entries() {
                 let addr = addr.clone();
                 let stop = Arc::clone(&stop);
                 std::thread::spawn(move || {
-                    send_until_stopped(&addr, index + round * SENDERS, &stop)
+                    common::send_until_stopped(&addr, index + round * SENDERS, &stop, message)
                 })
             })
             .collect();
@@ -175,7 +136,7 @@ fn every_aa_survives_sigkill_with_exactly_its_queue_entries() {
     let (mut child, addr) = start(directory.path());
     let after_restart = AtomicBool::new(false);
     let sender = std::thread::scope(|scope| {
-        let handle = scope.spawn(|| send_until_stopped(&addr, 99, &after_restart));
+        let handle = scope.spawn(|| common::send_until_stopped(&addr, 99, &after_restart, message));
         std::thread::sleep(Duration::from_millis(100));
         after_restart.store(true, Ordering::Relaxed);
         handle.join().expect("sender")

@@ -127,6 +127,10 @@ pub struct FileConfig {
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
     pub retention: SpannedScalar,
+    /// Same as `DRAIN_TIMEOUT` (Go duration).
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub drain_timeout: SpannedScalar,
     /// Same as `AUDIT_RETENTION` (Go duration; 0 keeps every record).
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
@@ -150,7 +154,7 @@ pub struct FileConfig {
 impl FileConfig {
     /// The scalar settings that are present, by lower-case key.
     pub fn scalars(&self) -> BTreeMap<&'static str, &Spanned<ScalarText>> {
-        let fields: [(&'static str, &SpannedScalar); 18] = [
+        let fields: [(&'static str, &SpannedScalar); 19] = [
             ("listen_addr", &self.listen_addr),
             ("max_connections", &self.max_connections),
             ("idle_timeout", &self.idle_timeout),
@@ -166,6 +170,7 @@ impl FileConfig {
             ("rules_time_budget", &self.rules_time_budget),
             ("log_format", &self.log_format),
             ("retention", &self.retention),
+            ("drain_timeout", &self.drain_timeout),
             ("audit_retention", &self.audit_retention),
             ("admin_addr", &self.admin_addr),
             ("admin_tokens_file", &self.admin_tokens_file),

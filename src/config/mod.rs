@@ -98,6 +98,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "168h",
     },
     EnvVar {
+        name: "DRAIN_TIMEOUT",
+        default: "30s",
+    },
+    EnvVar {
         name: "AUDIT_RETENTION",
         default: "2160h",
     },
@@ -175,6 +179,8 @@ pub struct Settings {
     /// `RETENTION`: delivered and filtered messages older than this are removed; `None` keeps
     /// everything.
     pub retention: Option<Duration>,
+    /// `DRAIN_TIMEOUT`: the longest a SIGTERM/SIGINT drain may take.
+    pub drain_timeout: Duration,
     /// `AUDIT_RETENTION`: audit records older than this (and than `RETENTION`) are removed;
     /// `None` keeps them all.
     pub audit_retention: Option<Duration>,
@@ -380,6 +386,14 @@ impl Settings {
         );
         let retention = reader.read("RETENTION", optional_duration, None);
         let audit_retention = reader.read("AUDIT_RETENTION", optional_duration, None);
+        let drain_timeout = reader.read(
+            "DRAIN_TIMEOUT",
+            |text| {
+                optional_duration(text)?
+                    .ok_or_else(|| "the drain needs some time, e.g. 30s".to_owned())
+            },
+            Duration::ZERO,
+        );
         let admin_addr = reader.read(
             "ADMIN_ADDR",
             |text| {
@@ -419,6 +433,7 @@ impl Settings {
             rules_time_budget,
             log_format,
             retention,
+            drain_timeout,
             audit_retention,
             admin_addr,
             admin_tokens_file,

@@ -111,6 +111,8 @@ pub struct DeliveryStats {
     pub store_errors: AtomicU64,
     /// True while the worker waits for a retry time.
     pub backing_off: AtomicBool,
+    /// True while a delivery is in hand (the output is sending).
+    pub delivering: AtomicBool,
 }
 
 /// Controls one connector's worker from outside (pause, resume).
@@ -331,7 +333,9 @@ impl<O: Deliver> Worker<O> {
         // The delivery in hand is finished even during shutdown; outputs bound it with
         // their own timeouts.
         let started = tokio::time::Instant::now();
+        self.stats.delivering.store(true, Ordering::Relaxed);
         let outcome = self.output.deliver(&envelope).await;
+        self.stats.delivering.store(false, Ordering::Relaxed);
         let name = &self.settings.name;
         let result = match &outcome {
             Ok(()) => "ok",

@@ -395,6 +395,11 @@ impl Server {
         );
     }
 
+    /// Every log line not read yet, once the process has exited (waited for elsewhere).
+    pub fn into_lines(self) -> Vec<String> {
+        self.lines.iter().collect()
+    }
+
     /// SIGTERM, and wait for a clean exit.
     pub fn stop(mut self) {
         self.terminate();
@@ -415,4 +420,47 @@ pub fn run_binary(directory: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i3
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Send `message(sender, sequence)` one after the other over one connection until `stop` or
+/// until the connection breaks; return the control ids that got AA. Any other complete answer
+/// panics; a connection that ends mid-answer ends the loop (that message was not
+/// acknowledged).
+pub fn send_until_stopped(
+    addr: &str,
+    sender: usize,
+    stop: &std::sync::atomic::AtomicBool,
+    message: impl Fn(usize, usize) -> (String, Vec<u8>),
+) -> Vec<String> {
+    use std::io::{Read, Write};
+    let mut acknowledged = Vec::new();
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return acknowledged;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_nodelay(true);
+    for sequence in 0.. {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        let (control_id, body) = message(sender, sequence);
+        if stream.write_all(&framed(&body)).is_err() {
+            break;
+        }
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(&[0x1C, 0x0D]) {
+            match stream.read(&mut byte) {
+                Ok(1) => reply.push(byte[0]),
+                _ => return acknowledged,
+            }
+        }
+        let text = String::from_utf8_lossy(&reply);
+        if text.contains(&format!("MSA|AA|{control_id}\r")) {
+            acknowledged.push(control_id);
+        } else {
+            panic!("unexpected answer to {control_id}: {text:?}");
+        }
+    }
+    acknowledged
 }
