@@ -628,3 +628,44 @@ async fn every_append_has_a_chained_audit_record_and_pruning_keeps_the_chain_ver
     drop(outbox);
     writer.join();
 }
+
+#[tokio::test]
+async fn one_request_that_fails_on_its_own_does_not_fail_the_others_in_its_commit() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("mfoundry.redb");
+    let open = || {
+        let mut options = OutboxOptions::new(path.clone());
+        options.dedup_window = None;
+        Outbox::open(options, &names(&["a"])).expect("opens")
+    };
+    let (outbox, writer) = open();
+    let connector = outbox.connector_id("a").expect("id");
+    drop(outbox);
+    writer.join();
+    // A queue entry that cannot be decoded (a damaged or future record).
+    {
+        let database = redb::Database::create(&path).expect("redb");
+        let transaction = database.begin_write().expect("write");
+        {
+            let mut queue = transaction
+                .open_table(mfoundry::outbox::schema::QUEUE)
+                .expect("queue");
+            queue
+                .insert((connector, 999), b"\xff\xff".as_slice())
+                .expect("insert");
+        }
+        transaction.commit().expect("commit");
+    }
+    let (outbox, writer) = open();
+    for index in 0..30 {
+        let (appended, marked) = tokio::join!(
+            outbox.append(message(&outbox, &format!("OK{index}"), &["a"], &[])),
+            outbox.mark_delivered(connector, 999, 1),
+        );
+        appended.expect("the append is stored despite its neighbour");
+        assert!(marked.is_err(), "the damaged entry fails on its own");
+    }
+    assert_eq!(common::stored_control_ids(&outbox).len(), 30);
+    drop(outbox);
+    writer.join();
+}

@@ -5,10 +5,12 @@
 //! reply channel over a bounded channel; the writer takes everything waiting (up to
 //! `max_batch`), writes it all in **one** transaction with `Durability::Immediate`, commits,
 //! and only then answers each caller. One fsync covers many frames; no caller hears "stored"
-//! before its commit returned. If anything in the transaction fails, every caller in the batch
-//! hears the error, the transaction is dropped (nothing of the batch is on disk), and the
-//! writer reopens the database before the next batch (after an I/O error redb refuses further
-//! use of the handle; a retried fsync cannot be trusted).
+//! before its commit returned. If anything in the transaction fails, the transaction is
+//! dropped (nothing of the batch is on disk) and the writer reopens the database (after an I/O
+//! error redb refuses further use of the handle; a retried fsync cannot be trusted); then it
+//! commits each request of the batch in its own transaction, so one request that fails on its
+//! own (a damaged record) does not fail the others. Two failures in a row mean the store is
+//! failing: the rest of the batch hears the error at once.
 //!
 //! # Layout
 //! See [`schema`]: `messages` (record, and the body when small) and `bodies` (large bodies)

@@ -224,42 +224,99 @@ impl Writer {
                 )),
             };
             match result {
-                Ok((outcomes, woken)) => {
-                    let stats = &self.shared.stats;
-                    stats.commits.fetch_add(1, Ordering::Relaxed);
-                    for (request, outcome) in batch.drain(..).zip(outcomes) {
-                        match &outcome {
-                            Done::Appended(Appended::Duplicate { .. }) => {
-                                stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Done::Appended(Appended::Stored { .. }) => {
-                                stats.records.fetch_add(1, Ordering::Relaxed);
-                            }
-                            _ => {}
-                        }
-                        let _ = request.reply.send(Ok(outcome));
-                    }
-                    for connector in woken {
-                        if let Some(waker) = self.shared.wakers.get(&connector) {
-                            waker.notify_one();
-                        }
-                    }
-                }
+                Ok((outcomes, woken)) => self.answer(batch.drain(..), outcomes, woken),
                 Err(failure) => {
                     let reason = failure.to_string();
-                    error!(error = %reason, records = batch.len(), "outbox commit failed; every message of the batch gets an error");
                     self.shared
                         .stats
                         .failed_batches
                         .fetch_add(1, Ordering::Relaxed);
-                    for request in batch.drain(..) {
-                        let _ = request.reply.send(Err(StoreError::Storage(reason.clone())));
-                    }
                     self.reopen();
+                    if batch.len() == 1 {
+                        error!(error = %reason, "outbox commit failed; the request gets an error");
+                        for request in batch.drain(..) {
+                            let _ = request.reply.send(Err(StoreError::Storage(reason.clone())));
+                        }
+                    } else {
+                        // One bad operation (a record that will not decode, say) must not fail
+                        // the others: try each on its own. A disk that fails every commit
+                        // fails the first two too, and then the rest are answered at once.
+                        error!(error = %reason, records = batch.len(), "outbox commit failed; trying the batch's requests one by one");
+                        self.one_by_one(&mut batch);
+                    }
                 }
             }
         }
         info!("outbox writer stopped");
+    }
+
+    /// Answer a committed batch and wake the connectors whose queues grew.
+    fn answer(
+        &self,
+        requests: impl Iterator<Item = Request>,
+        outcomes: Vec<Done>,
+        woken: BTreeSet<u32>,
+    ) {
+        let stats = &self.shared.stats;
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        for (request, outcome) in requests.zip(outcomes) {
+            match &outcome {
+                Done::Appended(Appended::Duplicate { .. }) => {
+                    stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                Done::Appended(Appended::Stored { .. }) => {
+                    stats.records.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            let _ = request.reply.send(Ok(outcome));
+        }
+        for connector in woken {
+            if let Some(waker) = self.shared.wakers.get(&connector) {
+                waker.notify_one();
+            }
+        }
+    }
+
+    /// After a failed batch: commit each request in its own transaction, so only the ones
+    /// that fail on their own get an error. Two failures in a row mean the store itself is
+    /// failing: the rest get the error without more attempts.
+    fn one_by_one(&mut self, batch: &mut Vec<Request>) {
+        let mut failures_in_a_row = 0;
+        let mut last_error = String::new();
+        for request in batch.drain(..) {
+            if failures_in_a_row >= 2 {
+                let _ = request
+                    .reply
+                    .send(Err(StoreError::Storage(last_error.clone())));
+                continue;
+            }
+            let result = match self.database() {
+                Some(database) => self.write_batch(&database, std::slice::from_ref(&request)),
+                None => Err(StoreError::Storage(
+                    "the database is not open; reopening failed".to_owned(),
+                )),
+            };
+            match result {
+                Ok((outcomes, woken)) => {
+                    failures_in_a_row = 0;
+                    self.answer(std::iter::once(request), outcomes, woken);
+                }
+                Err(failure) => {
+                    failures_in_a_row += 1;
+                    last_error = failure.to_string();
+                    warn!(error = %last_error, "an outbox request failed on its own");
+                    self.shared
+                        .stats
+                        .failed_batches
+                        .fetch_add(1, Ordering::Relaxed);
+                    let _ = request
+                        .reply
+                        .send(Err(StoreError::Storage(last_error.clone())));
+                    self.reopen();
+                }
+            }
+        }
     }
 
     /// The open database, reopening it if an earlier error closed it.
