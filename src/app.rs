@@ -196,6 +196,13 @@ impl RunningApp {
             None => None,
         };
 
+        // TLS before any port: a bad certificate or key stops startup.
+        let tls = match &settings.tls {
+            Some(tls) => {
+                Some(crate::tls::TlsServer::load(tls).map_err(|error| anyhow::anyhow!(error))?)
+            }
+            None => None,
+        };
         let listen_addr = settings.listener.listen_addr.clone();
         let listener = mllp::bind(&listen_addr)
             .await
@@ -203,6 +210,18 @@ impl RunningApp {
         let local_addr = listener
             .local_addr()
             .context("listener has no local address")?;
+        if tls.is_none() && !local_addr.ip().is_loopback() {
+            if settings.require_tls {
+                anyhow::bail!(
+                    "REQUIRE_TLS is set but LISTEN_ADDR={listen_addr} has no TLS; set TLS_CERT_FILE and TLS_KEY_FILE"
+                );
+            }
+            warn!(
+                addr = %local_addr,
+                "MLLP listener without TLS on a non-loopback address: HL7 (patient data) crosses the network in clear; set TLS_CERT_FILE and TLS_KEY_FILE, or REQUIRE_TLS=true to refuse this"
+            );
+        }
+        let tls_on = tls.is_some();
         let stats = Arc::new(ListenerStats::default());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -225,6 +244,7 @@ impl RunningApp {
             Arc::clone(&stats),
             shutdown.clone(),
             tracker.clone(),
+            tls,
         ));
         info!(
             addr = %local_addr,
@@ -233,6 +253,8 @@ impl RunningApp {
             connectors = config.connectors.len(),
             rules = rules.rule_count(),
             max_frame_size = settings.listener.max_frame_size,
+            tls = tls_on,
+            mtls = settings.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
             "listening for MLLP"
         );
         let readiness = Arc::new(Readiness::default());

@@ -34,3 +34,4 @@ pub mod outputs;
 pub mod rules;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

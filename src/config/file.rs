@@ -127,6 +127,30 @@ pub struct FileConfig {
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
     pub retention: SpannedScalar,
+    /// Same as `TLS_CERT_FILE`.
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub tls_cert_file: SpannedScalar,
+    /// Same as `TLS_KEY_FILE`.
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub tls_key_file: SpannedScalar,
+    /// Same as `TLS_CLIENT_CA`.
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub tls_client_ca: SpannedScalar,
+    /// Same as `TLS_MIN_VERSION` (1.2 or 1.3).
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub tls_min_version: SpannedScalar,
+    /// Same as `TLS_HANDSHAKE_TIMEOUT` (Go duration).
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub tls_handshake_timeout: SpannedScalar,
+    /// Same as `REQUIRE_TLS`.
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub require_tls: SpannedScalar,
     /// Same as `DRAIN_TIMEOUT` (Go duration).
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
@@ -154,7 +178,7 @@ pub struct FileConfig {
 impl FileConfig {
     /// The scalar settings that are present, by lower-case key.
     pub fn scalars(&self) -> BTreeMap<&'static str, &Spanned<ScalarText>> {
-        let fields: [(&'static str, &SpannedScalar); 19] = [
+        let fields: [(&'static str, &SpannedScalar); 25] = [
             ("listen_addr", &self.listen_addr),
             ("max_connections", &self.max_connections),
             ("idle_timeout", &self.idle_timeout),
@@ -170,6 +194,12 @@ impl FileConfig {
             ("rules_time_budget", &self.rules_time_budget),
             ("log_format", &self.log_format),
             ("retention", &self.retention),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+            ("tls_client_ca", &self.tls_client_ca),
+            ("tls_min_version", &self.tls_min_version),
+            ("tls_handshake_timeout", &self.tls_handshake_timeout),
+            ("require_tls", &self.require_tls),
             ("drain_timeout", &self.drain_timeout),
             ("audit_retention", &self.audit_retention),
             ("admin_addr", &self.admin_addr),

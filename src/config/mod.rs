@@ -98,6 +98,30 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "168h",
     },
     EnvVar {
+        name: "TLS_CERT_FILE",
+        default: "",
+    },
+    EnvVar {
+        name: "TLS_KEY_FILE",
+        default: "",
+    },
+    EnvVar {
+        name: "TLS_CLIENT_CA",
+        default: "",
+    },
+    EnvVar {
+        name: "TLS_MIN_VERSION",
+        default: "1.2",
+    },
+    EnvVar {
+        name: "TLS_HANDSHAKE_TIMEOUT",
+        default: "10s",
+    },
+    EnvVar {
+        name: "REQUIRE_TLS",
+        default: "false",
+    },
+    EnvVar {
         name: "DRAIN_TIMEOUT",
         default: "30s",
     },
@@ -179,6 +203,10 @@ pub struct Settings {
     /// `RETENTION`: delivered and filtered messages older than this are removed; `None` keeps
     /// everything.
     pub retention: Option<Duration>,
+    /// Inbound TLS, when `TLS_CERT_FILE` and `TLS_KEY_FILE` are set.
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// `REQUIRE_TLS`: refuse to start a listener without TLS.
+    pub require_tls: bool,
     /// `DRAIN_TIMEOUT`: the longest a SIGTERM/SIGINT drain may take.
     pub drain_timeout: Duration,
     /// `AUDIT_RETENTION`: audit records older than this (and than `RETENTION`) are removed;
@@ -386,6 +414,63 @@ impl Settings {
         );
         let retention = reader.read("RETENTION", optional_duration, None);
         let audit_retention = reader.read("AUDIT_RETENTION", optional_duration, None);
+        let path = |text: &str| Ok((!text.trim().is_empty()).then(|| PathBuf::from(text.trim())));
+        let cert_file = reader.read("TLS_CERT_FILE", path, None);
+        let key_file = reader.read("TLS_KEY_FILE", path, None);
+        let client_ca = reader.read("TLS_CLIENT_CA", path, None);
+        let min_version = reader.read(
+            "TLS_MIN_VERSION",
+            |text| match text.trim() {
+                "1.2" => Ok(crate::tls::TlsVersion::V1_2),
+                "1.3" => Ok(crate::tls::TlsVersion::V1_3),
+                _ => Err("expected 1.2 or 1.3 (older versions are never accepted)".to_owned()),
+            },
+            crate::tls::TlsVersion::V1_2,
+        );
+        let handshake_timeout = reader.read(
+            "TLS_HANDSHAKE_TIMEOUT",
+            |text| {
+                optional_duration(text)?
+                    .ok_or_else(|| "the handshake needs some time, e.g. 10s".to_owned())
+            },
+            Duration::ZERO,
+        );
+        let require_tls = reader.read(
+            "REQUIRE_TLS",
+            |text| match text.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" | "" => Ok(false),
+                _ => Err("expected true or false".to_owned()),
+            },
+            false,
+        );
+        let tls = match (cert_file, key_file) {
+            (Some(cert_file), Some(key_file)) => Some(crate::tls::TlsSettings {
+                cert_file,
+                key_file,
+                client_ca,
+                min_version,
+                handshake_timeout,
+            }),
+            (None, None) if client_ca.is_some() => {
+                reader.problems.push(ConfigProblem {
+                    name: "TLS_CLIENT_CA".to_owned(),
+                    subject: String::new(),
+                    problem: "TLS_CLIENT_CA is set but TLS is off; set TLS_CERT_FILE and TLS_KEY_FILE too".to_owned(),
+                });
+                None
+            }
+            (None, None) => None,
+            _ => {
+                reader.problems.push(ConfigProblem {
+                    name: "TLS_CERT_FILE".to_owned(),
+                    subject: String::new(),
+                    problem: "TLS needs both TLS_CERT_FILE and TLS_KEY_FILE; only one is set"
+                        .to_owned(),
+                });
+                None
+            }
+        };
         let drain_timeout = reader.read(
             "DRAIN_TIMEOUT",
             |text| {
@@ -433,6 +518,8 @@ impl Settings {
             rules_time_budget,
             log_format,
             retention,
+            tls,
+            require_tls,
             drain_timeout,
             audit_retention,
             admin_addr,

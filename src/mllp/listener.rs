@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use opentelemetry::KeyValue;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -40,6 +40,7 @@ use crate::telemetry::metrics::{ACK_CODE, LISTENER};
 /// Counters of what the listener saw. Read them with [`ListenerStats::snapshot`].
 #[derive(Debug, Default)]
 pub struct ListenerStats {
+    tls_handshake_failures: AtomicU64,
     connections_accepted: AtomicU64,
     connections_active: AtomicU64,
     connections_refused: AtomicU64,
@@ -64,6 +65,8 @@ pub struct StatsSnapshot {
     pub connections_accepted: u64,
     /// Connections open now.
     pub connections_active: u64,
+    /// TLS handshakes that failed or timed out (nothing was read from those connections).
+    pub tls_handshake_failures: u64,
     /// Connections closed at once because `MAX_CONNECTIONS` was reached.
     pub connections_refused: u64,
     /// Complete frames read.
@@ -121,6 +124,7 @@ impl ListenerStats {
         StatsSnapshot {
             connections_accepted: read(&self.connections_accepted),
             connections_active: read(&self.connections_active),
+            tls_handshake_failures: read(&self.tls_handshake_failures),
             connections_refused: read(&self.connections_refused),
             frames_received: read(&self.frames_received),
             bytes_discarded: read(&self.bytes_discarded),
@@ -161,10 +165,14 @@ struct Shared {
     shutdown: CancellationToken,
     /// The listener's name as a metric attribute value.
     listener_name: opentelemetry::StringValue,
+    /// TLS, when `TLS_CERT_FILE` is set: every connection is handshaken before a byte of
+    /// HL7 is read.
+    tls: Option<crate::tls::TlsServer>,
 }
 
 /// Accept connections until `shutdown` is cancelled. Connection tasks are spawned on
 /// `tracker` so the caller can wait for them to finish.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     settings: ListenerSettings,
@@ -172,11 +180,13 @@ pub async fn serve(
     stats: Arc<ListenerStats>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    tls: Option<crate::tls::TlsServer>,
 ) {
     let permits = settings
         .max_connections
         .map(|limit| Arc::new(Semaphore::new(limit)));
     let shared = Arc::new(Shared {
+        tls,
         listener_name: opentelemetry::StringValue::from(settings.name.clone()),
         settings,
         ingest,
@@ -220,7 +230,17 @@ pub async fn serve(
             // The permit lives as long as the connection.
             let _permit = permit;
             let _active = ActiveConnection(&shared.stats);
-            handle_connection(stream, peer, &shared).await;
+            configure_socket(&stream, shared.settings.keep_alive_period, peer);
+            match &shared.tls {
+                None => handle_connection(stream, peer, &shared).await,
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => handle_connection(stream, peer, &shared).await,
+                    Err(error) => {
+                        bump(&shared.stats.tls_handshake_failures, 1);
+                        warn!(%peer, error = %error, "TLS handshake failed; connection closed before any HL7 was read");
+                    }
+                },
+            }
         });
     }
     debug!("listener stopped accepting");
@@ -249,8 +269,10 @@ enum Close {
     PeerClosedMidFrame(usize),
 }
 
-async fn handle_connection(mut stream: TcpStream, peer: SocketAddr, shared: &Shared) {
-    configure_socket(&stream, shared.settings.keep_alive_period, peer);
+async fn handle_connection<S>(mut stream: S, peer: SocketAddr, shared: &Shared)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     debug!(%peer, "connection opened");
     let close = serve_frames(&mut stream, peer, shared).await;
     let stats = &shared.stats;
@@ -302,7 +324,10 @@ fn configure_socket(stream: &TcpStream, keep_alive: Option<Duration>, peer: Sock
     }
 }
 
-async fn serve_frames(stream: &mut TcpStream, peer: SocketAddr, shared: &Shared) -> Close {
+async fn serve_frames<S>(stream: &mut S, peer: SocketAddr, shared: &Shared) -> Close
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let settings = &shared.settings;
     let stats = &shared.stats;
     let mut codec = MllpCodec::new(settings.max_frame_size);
@@ -428,8 +453,8 @@ async fn sleep_until_option(deadline: Option<Instant>) {
     }
 }
 
-async fn write_ack(
-    stream: &mut TcpStream,
+async fn write_ack<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     ack: &[u8],
     write_timeout: Option<Duration>,
 ) -> Result<(), String> {

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // Each test crate uses a different subset of these helpers.
 
+pub mod certs;
 pub mod peer;
 
 use std::sync::Arc;

@@ -1,0 +1,225 @@
+//! MLLP over TLS as senders meet it: protocol versions, client certificates (mTLS), clients
+//! that do not speak TLS, and `REQUIRE_TLS`. Test certificates come from the `openssl`
+//! command (skipped with a reason when it is missing).
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_rustls::rustls;
+
+fn tls_env(directory: &Path) -> Vec<(String, String)> {
+    let path = |name: &str| directory.join(name).display().to_string();
+    vec![
+        ("TLS_CERT_FILE".to_owned(), path("server.pem")),
+        ("TLS_KEY_FILE".to_owned(), path("server.key")),
+    ]
+}
+
+async fn start(directory: &Path, extra: &[(&str, &str)]) -> common::TestApp {
+    let mut env = tls_env(directory);
+    env.extend(
+        extra
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
+    );
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    common::start(&env).await
+}
+
+/// A TLS client of one protocol version, trusting the test CA, with an optional client
+/// certificate (`name`.pem / `name`.key).
+fn client(
+    directory: &Path,
+    version: &'static rustls::SupportedProtocolVersion,
+    identity: Option<&str>,
+) -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(directory.join("ca.pem")).expect("ca") {
+        roots.add(cert.expect("cert")).expect("root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .expect("version")
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some(name) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(directory.join(format!("{name}.pem")))
+                    .expect("chain")
+                    .map(|cert| cert.expect("cert"))
+                    .collect();
+            let key =
+                PrivateKeyDer::from_pem_file(directory.join(format!("{name}.key"))).expect("key");
+            builder.with_client_auth_cert(chain, key).expect("identity")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// Send one ADT and return the ACK's MSA-1, or the error that ended the exchange.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    control_id: &str,
+) -> Result<String, String> {
+    stream
+        .write_all(&common::framed(&common::adt(control_id, "2.5")))
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !reply.ends_with(&[0x1C, 0x0D]) {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+            .await
+            .map_err(|_| "no answer".to_owned())?
+            .map_err(|error| error.to_string())?;
+        if read == 0 {
+            return Err("closed".to_owned());
+        }
+        reply.extend_from_slice(&buffer[..read]);
+    }
+    Ok(common::field(&reply[1..reply.len() - 2], "MSA", 1))
+}
+
+/// Connect over TLS and exchange one message.
+async fn over_tls(
+    app: &common::TestApp,
+    connector: &tokio_rustls::TlsConnector,
+    control_id: &str,
+) -> Result<String, String> {
+    let tcp = tokio::net::TcpStream::connect(app.local_addr())
+        .await
+        .map_err(|error| error.to_string())?;
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|error| format!("handshake: {error}"))?;
+    exchange(&mut stream, control_id).await
+}
+
+fn certificates() -> Option<tempfile::TempDir> {
+    let directory = tempfile::tempdir().expect("tempdir");
+    common::certs::certificates(directory.path())?;
+    Some(directory)
+}
+
+#[tokio::test]
+async fn tls_1_2_and_1_3_are_accepted_and_a_1_3_minimum_refuses_1_2() {
+    let Some(certs) = certificates() else { return };
+    let app = start(certs.path(), &[]).await;
+    let v12 = client(certs.path(), &rustls::version::TLS12, None);
+    let v13 = client(certs.path(), &rustls::version::TLS13, None);
+    assert_eq!(over_tls(&app, &v12, "V12").await, Ok("AA".to_owned()));
+    assert_eq!(over_tls(&app, &v13, "V13").await, Ok("AA".to_owned()));
+    assert_eq!(common::stored_control_ids(app.outbox()), ["V12", "V13"]);
+    app.shutdown(Duration::from_secs(5)).await;
+
+    let app = start(certs.path(), &[("TLS_MIN_VERSION", "1.3")]).await;
+    let refused = over_tls(&app, &v12, "OLD").await;
+    assert!(refused.is_err(), "TLS 1.2 refused: {refused:?}");
+    assert_eq!(over_tls(&app, &v13, "NEW").await, Ok("AA".to_owned()));
+    assert_eq!(common::stored_control_ids(app.outbox()), ["NEW"]);
+    assert_eq!(app.stats().tls_handshake_failures, 1);
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn tls_1_0_and_1_1_are_refused() {
+    let Some(certs) = certificates() else { return };
+    let app = start(certs.path(), &[]).await;
+    let addr = app.local_addr().to_string();
+    for flag in ["-tls1", "-tls1_1"] {
+        let args = ["s_client", "-connect", addr.as_str(), flag].map(str::to_owned);
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("openssl")
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .output()
+        })
+        .await
+        .expect("task")
+        .expect("openssl s_client");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            !output.status.success() || !text.contains("BEGIN CERTIFICATE"),
+            "{flag} got a session:\n{text}"
+        );
+    }
+    assert!(common::stored_control_ids(app.outbox()).is_empty());
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn mtls_lets_only_a_client_with_a_valid_certificate_through() {
+    let Some(certs) = certificates() else { return };
+    let ca = certs.path().join("ca.pem").display().to_string();
+    let app = start(certs.path(), &[("TLS_CLIENT_CA", &ca)]).await;
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let anonymous = client(certs.path(), version, None);
+        let refused = over_tls(&app, &anonymous, "ANON").await;
+        assert!(refused.is_err(), "no client certificate: {refused:?}");
+        // A certificate from the right CA but not for client authentication.
+        let wrong_use = client(certs.path(), version, Some("server"));
+        let refused = over_tls(&app, &wrong_use, "WRONG").await;
+        assert!(
+            refused.is_err(),
+            "a server certificate as client: {refused:?}"
+        );
+        let valid = client(certs.path(), version, Some("client"));
+        assert_eq!(over_tls(&app, &valid, "VALID").await, Ok("AA".to_owned()));
+    }
+    let stored = common::stored_control_ids(app.outbox());
+    assert_eq!(
+        stored,
+        ["VALID"],
+        "nothing was read from the refused ones (one retransmit)"
+    );
+    assert_eq!(app.stats().tls_handshake_failures, 4);
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_speak_tls_gets_nothing() {
+    let Some(certs) = certificates() else { return };
+    let app = start(certs.path(), &[]).await;
+    let mut plain = common::connect(&app).await;
+    let answer = exchange(&mut plain, "PLAIN").await;
+    assert!(
+        answer.is_err(),
+        "a plain MLLP frame gets no ACK: {answer:?}"
+    );
+    assert!(common::stored_control_ids(app.outbox()).is_empty());
+    assert_eq!(app.stats().tls_handshake_failures, 1);
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn require_tls_refuses_a_listener_without_it_on_the_network() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let config = common::config(
+        directory.path(),
+        None,
+        &[("LISTEN_ADDR", ":0"), ("REQUIRE_TLS", "true")],
+    );
+    let error = mfoundry::app::RunningApp::start(config)
+        .await
+        .expect_err("refused");
+    assert!(
+        format!("{error:#}").contains("REQUIRE_TLS is set but LISTEN_ADDR=:0 has no TLS"),
+        "{error:#}"
+    );
+    // Loopback needs no TLS, even with REQUIRE_TLS.
+    let app = common::start(&[("REQUIRE_TLS", "true")]).await;
+    app.shutdown(Duration::from_secs(5)).await;
+}
