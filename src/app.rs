@@ -87,6 +87,8 @@ pub struct RunningApp {
     admin_shutdown: CancellationToken,
     /// The admin API's address and task (it holds an outbox handle until it ends).
     admin: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    /// The listener's TLS (reloaded on SIGHUP and file changes).
+    tls: Option<crate::tls::TlsServer>,
     /// What the admin API and the metrics read; holds an outbox handle, dropped before the
     /// writer is joined (metric callbacks hold it weakly).
     gateway: Arc<AdminState>,
@@ -222,6 +224,7 @@ impl RunningApp {
             );
         }
         let tls_on = tls.is_some();
+        let tls_server = tls.clone();
         let stats = Arc::new(ListenerStats::default());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -246,6 +249,15 @@ impl RunningApp {
             tracker.clone(),
             tls,
         ));
+        match &tls_server {
+            Some(server) => {
+                tracker.spawn(crate::tls::watch(server.clone(), shutdown.clone()));
+            }
+            None => {
+                // SIGHUP's default action ends the process: an operator's reload must not.
+                tracker.spawn(ignore_hangups(shutdown.clone()));
+            }
+        }
         info!(
             addr = %local_addr,
             listener = %settings.listener.name,
@@ -343,7 +355,13 @@ impl RunningApp {
             admin_shutdown,
             admin,
             gateway,
+            tls: tls_server,
         })
+    }
+
+    /// Reload the listener's TLS files now (as SIGHUP does); `None` without TLS.
+    pub fn reload_tls(&self) -> Option<Result<(), String>> {
+        self.tls.as_ref().map(crate::tls::TlsServer::reload)
     }
 
     /// The admin API's address, when it is on.
@@ -529,6 +547,25 @@ async fn prune_audit(outbox: &Outbox, age: Duration) {
     if removed > 0 {
         info!(removed, "audit records older than AUDIT_RETENTION removed");
     }
+}
+
+/// Without TLS there is nothing to reload: log SIGHUP instead of dying of it.
+async fn ignore_hangups(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = hangup.recv() => info!("SIGHUP: TLS is off, nothing to reload"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    shutdown.cancelled().await;
 }
 
 /// Exit code when a second signal cuts the drain short.

@@ -96,18 +96,29 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String
     Ok(Arc::new(config))
 }
 
-/// The acceptor for one listener.
+/// Reload outcomes, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// Configurations loaded after startup.
+    pub reloads: std::sync::atomic::AtomicU64,
+    /// Attempts that failed (the previous configuration stayed).
+    pub failures: std::sync::atomic::AtomicU64,
+}
+
+/// The acceptor for one listener. Cheap to clone; a reload swaps the configuration for every
+/// clone: new handshakes use it, established connections keep their session.
 #[derive(Clone)]
 pub struct TlsServer {
-    acceptor: tokio_rustls::TlsAcceptor,
-    handshake_timeout: Duration,
+    current: Arc<std::sync::RwLock<tokio_rustls::TlsAcceptor>>,
+    settings: TlsSettings,
+    stats: Arc<ReloadStats>,
 }
 
 impl std::fmt::Debug for TlsServer {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("TlsServer")
-            .field("handshake_timeout", &self.handshake_timeout)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -116,9 +127,40 @@ impl TlsServer {
     /// Load the files and build the acceptor.
     pub fn load(settings: &TlsSettings) -> Result<Self, String> {
         Ok(Self {
-            acceptor: tokio_rustls::TlsAcceptor::from(server_config(settings)?),
-            handshake_timeout: settings.handshake_timeout,
+            current: Arc::new(std::sync::RwLock::new(tokio_rustls::TlsAcceptor::from(
+                server_config(settings)?,
+            ))),
+            settings: settings.clone(),
+            stats: Arc::default(),
         })
+    }
+
+    /// Reload counters.
+    pub fn stats(&self) -> &ReloadStats {
+        &self.stats
+    }
+
+    /// Build a new configuration from the files and swap it in. On any problem the current
+    /// one stays and the reason is returned (it names the file, never key material).
+    pub fn reload(&self) -> Result<(), String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        match server_config(&self.settings) {
+            Ok(config) => {
+                if let Ok(mut current) = self.current.write() {
+                    *current = tokio_rustls::TlsAcceptor::from(config);
+                }
+                self.stats.reloads.fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(error) => {
+                self.stats.failures.fetch_add(1, Relaxed);
+                Err(error)
+            }
+        }
+    }
+
+    fn acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.current.read().ok().map(|acceptor| acceptor.clone())
     }
 
     /// Run the handshake on an accepted connection, within the handshake timeout.
@@ -126,13 +168,76 @@ impl TlsServer {
         &self,
         stream: tokio::net::TcpStream,
     ) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, String> {
-        match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(stream)).await {
+        let acceptor = self
+            .acceptor()
+            .ok_or_else(|| "the TLS configuration is not readable".to_owned())?;
+        match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => Ok(stream),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err(format!(
                 "no handshake within TLS_HANDSHAKE_TIMEOUT ({:?})",
-                self.handshake_timeout
+                self.settings.handshake_timeout
             )),
+        }
+    }
+
+    /// Size and modification time of every file the configuration is built from.
+    fn fingerprint(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
+        let mut files = vec![&self.settings.cert_file, &self.settings.key_file];
+        if let Some(ca) = &self.settings.client_ca {
+            files.push(ca);
+        }
+        files
+            .into_iter()
+            .map(|path| {
+                std::fs::metadata(path)
+                    .ok()
+                    .and_then(|meta| Some((meta.modified().ok()?, meta.len())))
+            })
+            .collect()
+    }
+}
+
+/// How often the certificate files are looked at (Kubernetes updates mounted secrets without
+/// a signal).
+pub const RELOAD_POLL: Duration = Duration::from_secs(1);
+
+/// Reload on SIGHUP, and when a file's size or modification time changes, until `shutdown`.
+/// A new set of files is tried once (a half-written pair fails, the next write of the pair is
+/// tried again); a failure keeps the previous configuration and is logged.
+pub async fn watch(server: TlsServer, shutdown: tokio_util::sync::CancellationToken) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut attempted = server.fingerprint();
+    loop {
+        #[cfg(unix)]
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(hangup) => {
+                    hangup.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<()>();
+        let reason = tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = signalled => "SIGHUP",
+            () = tokio::time::sleep(RELOAD_POLL) => {
+                let now = server.fingerprint();
+                if now == attempted {
+                    continue;
+                }
+                attempted = now;
+                "the files changed"
+            }
+        };
+        match server.reload() {
+            Ok(()) => tracing::info!(reason, "TLS configuration reloaded; new handshakes use it"),
+            Err(error) => {
+                tracing::warn!(reason, error = %error, "TLS configuration not reloaded; the previous one stays")
+            }
         }
     }
 }

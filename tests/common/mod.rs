@@ -72,6 +72,10 @@ impl TestApp {
     pub fn stats(&self) -> mfoundry::mllp::StatsSnapshot {
         self.app.stats()
     }
+    /// Reload the listener's TLS files now, as SIGHUP does.
+    pub fn reload_tls(&self) -> Option<Result<(), String>> {
+        self.app.reload_tls()
+    }
     /// The admin API's base URL.
     pub fn admin_url(&self) -> String {
         format!("http://{}", self.app.admin_addr().expect("admin API on"))
