@@ -300,3 +300,20 @@ fn a_malformed_admin_tokens_file_fails_check_and_serve_naming_the_line() {
         );
     }
 }
+
+#[test]
+fn a_malformed_allowed_peers_entry_is_named() {
+    let output = Command::new(BINARY)
+        .arg("check")
+        .env_clear()
+        .env("ALLOWED_PEERS", "10.0.0.0/8, 10.0.0.0/33")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("ALLOWED_PEERS")
+            && stderr.contains("\"10.0.0.0/33\": the prefix length must be 0 to 32"),
+        "{stderr}"
+    );
+}

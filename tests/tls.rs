@@ -367,3 +367,20 @@ fn sighup_reloads_the_certificate_files() {
     server.wait_for_log("SIGHUP: TLS is off, nothing to reload", 1);
     server.stop();
 }
+
+#[tokio::test]
+async fn allowed_peers_closes_other_addresses_before_reading_and_lets_listed_ones_in() {
+    let app = common::start(&[("ALLOWED_PEERS", "10.0.0.0/8, fd00::/8")]).await;
+    let mut stream = common::connect(&app).await;
+    let answer = exchange(&mut stream, "DENIED").await;
+    assert!(answer.is_err(), "127.0.0.1 is not listed: {answer:?}");
+    assert!(common::stored_control_ids(app.outbox()).is_empty());
+    assert_eq!(app.stats().connections_denied, 1);
+    app.shutdown(Duration::from_secs(5)).await;
+
+    let app = common::start(&[("ALLOWED_PEERS", "10.0.0.0/8,127.0.0.1")]).await;
+    let mut stream = common::connect(&app).await;
+    assert_eq!(exchange(&mut stream, "ALLOWED").await, Ok("AA".to_owned()));
+    assert_eq!(app.stats().connections_denied, 0);
+    app.shutdown(Duration::from_secs(5)).await;
+}

@@ -127,6 +127,10 @@ pub struct FileConfig {
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
     pub retention: SpannedScalar,
+    /// Same as `ALLOWED_PEERS` (comma-separated CIDR ranges).
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub allowed_peers: SpannedScalar,
     /// Same as `TLS_CERT_FILE`.
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
@@ -178,7 +182,7 @@ pub struct FileConfig {
 impl FileConfig {
     /// The scalar settings that are present, by lower-case key.
     pub fn scalars(&self) -> BTreeMap<&'static str, &Spanned<ScalarText>> {
-        let fields: [(&'static str, &SpannedScalar); 25] = [
+        let fields: [(&'static str, &SpannedScalar); 26] = [
             ("listen_addr", &self.listen_addr),
             ("max_connections", &self.max_connections),
             ("idle_timeout", &self.idle_timeout),
@@ -194,6 +198,7 @@ impl FileConfig {
             ("rules_time_budget", &self.rules_time_budget),
             ("log_format", &self.log_format),
             ("retention", &self.retention),
+            ("allowed_peers", &self.allowed_peers),
             ("tls_cert_file", &self.tls_cert_file),
             ("tls_key_file", &self.tls_key_file),
             ("tls_client_ca", &self.tls_client_ca),

@@ -21,7 +21,7 @@ use figment::Figment;
 use figment::providers::Serialized;
 
 pub use file::{ConnectorFile, ConnectorKind, FileConfig};
-pub use values::{format_duration, parse_duration, parse_listen_address, parse_size};
+pub use values::{Cidr, format_duration, parse_duration, parse_listen_address, parse_size};
 
 use crate::hl7::Charset;
 use crate::rules::{ExpressionSource, FilterSpec, Origin, RuleSet, RuleSpec};
@@ -96,6 +96,10 @@ pub const ENV_VARS: &[EnvVar] = &[
     EnvVar {
         name: "RETENTION",
         default: "168h",
+    },
+    EnvVar {
+        name: "ALLOWED_PEERS",
+        default: "",
     },
     EnvVar {
         name: "TLS_CERT_FILE",
@@ -181,6 +185,9 @@ pub struct ListenerSettings {
     pub keep_alive_period: Option<Duration>,
     /// `MAX_FRAME_SIZE` in bytes, between the start and end blocks.
     pub max_frame_size: usize,
+    /// `ALLOWED_PEERS`: when set, connections from other addresses are closed before a byte
+    /// is read.
+    pub allowed_peers: Option<Vec<Cidr>>,
 }
 
 /// Every scalar setting, validated.
@@ -414,6 +421,25 @@ impl Settings {
         );
         let retention = reader.read("RETENTION", optional_duration, None);
         let audit_retention = reader.read("AUDIT_RETENTION", optional_duration, None);
+        let allowed_peers = reader.read(
+            "ALLOWED_PEERS",
+            |text| {
+                let entries: Vec<&str> = text
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|entry| !entry.is_empty())
+                    .collect();
+                if entries.is_empty() {
+                    return Ok(None);
+                }
+                entries
+                    .into_iter()
+                    .map(Cidr::parse)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some)
+            },
+            None,
+        );
         let path = |text: &str| Ok((!text.trim().is_empty()).then(|| PathBuf::from(text.trim())));
         let cert_file = reader.read("TLS_CERT_FILE", path, None);
         let key_file = reader.read("TLS_KEY_FILE", path, None);
@@ -510,6 +536,7 @@ impl Settings {
                 write_timeout,
                 keep_alive_period,
                 max_frame_size,
+                allowed_peers,
             },
             default_charset,
             data_dir,

@@ -55,6 +55,62 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Longest duration accepted: timers built from a longer one could overflow a clock.
 const MAX_DURATION_SECS: f64 = 100.0 * 365.0 * 86_400.0;
 
+/// An address range: a network and its prefix length (`10.0.0.0/8`, `fd00::/8`, or one
+/// address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parse `address/prefix` or a single address.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: std::net::IpAddr = address
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| {
+                format!("{text:?} is not an IP address or CIDR range (10.0.0.0/8, fd00::/8)")
+            })?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(prefix) => match prefix.parse::<u8>() {
+                Ok(prefix) if prefix <= max => prefix,
+                _ => return Err(format!("{text:?}: the prefix length must be 0 to {max}")),
+            },
+        };
+        Ok(Self { network, prefix })
+    }
+
+    /// Whether `address` is in the range (an IPv4 address given as IPv4-mapped IPv6 counts as
+    /// IPv4).
+    pub fn contains(&self, address: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.network, address.to_canonical()) {
+            (IpAddr::V4(network), IpAddr::V4(address)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(network) & mask == u32::from(address) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(address)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(network) & mask == u128::from(address) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Format a duration the way Go prints simple ones (`30s`, `1m0s` becomes `60s`, `250ms`).
 pub fn format_duration(duration: Duration) -> String {
     if duration.subsec_nanos() == 0 {
@@ -117,6 +173,28 @@ pub fn parse_listen_address(text: &str) -> Result<(Option<String>, u16), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cidr_ranges_match_their_addresses_only() {
+        let ip = |text: &str| text.parse::<std::net::IpAddr>().expect("ip");
+        let private = Cidr::parse("10.0.0.0/8").expect("parses");
+        assert!(private.contains(ip("10.1.2.3")));
+        assert!(!private.contains(ip("11.0.0.1")));
+        assert!(
+            private.contains(ip("::ffff:10.9.9.9")),
+            "IPv4-mapped counts as IPv4"
+        );
+        let host = Cidr::parse("192.168.1.5").expect("parses");
+        assert!(host.contains(ip("192.168.1.5")) && !host.contains(ip("192.168.1.6")));
+        let everything = Cidr::parse("0.0.0.0/0").expect("parses");
+        assert!(everything.contains(ip("8.8.8.8")) && !everything.contains(ip("::1")));
+        let v6 = Cidr::parse("fd00::/8").expect("parses");
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
+        assert!(Cidr::parse("::1").expect("parses").contains(ip("::1")));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/x", "::/129"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn go_durations() {

@@ -41,6 +41,7 @@ use crate::telemetry::metrics::{ACK_CODE, LISTENER};
 #[derive(Debug, Default)]
 pub struct ListenerStats {
     tls_handshake_failures: AtomicU64,
+    connections_denied: AtomicU64,
     connections_accepted: AtomicU64,
     connections_active: AtomicU64,
     connections_refused: AtomicU64,
@@ -67,6 +68,8 @@ pub struct StatsSnapshot {
     pub connections_active: u64,
     /// TLS handshakes that failed or timed out (nothing was read from those connections).
     pub tls_handshake_failures: u64,
+    /// Connections closed at once because the peer is not in `ALLOWED_PEERS`.
+    pub connections_denied: u64,
     /// Connections closed at once because `MAX_CONNECTIONS` was reached.
     pub connections_refused: u64,
     /// Complete frames read.
@@ -125,6 +128,7 @@ impl ListenerStats {
             connections_accepted: read(&self.connections_accepted),
             connections_active: read(&self.connections_active),
             tls_handshake_failures: read(&self.tls_handshake_failures),
+            connections_denied: read(&self.connections_denied),
             connections_refused: read(&self.connections_refused),
             frames_received: read(&self.frames_received),
             bytes_discarded: read(&self.bytes_discarded),
@@ -211,6 +215,14 @@ pub async fn serve(
                 continue;
             }
         };
+        if let Some(allowed) = &shared.settings.allowed_peers
+            && !allowed.iter().any(|range| range.contains(peer.ip()))
+        {
+            bump(&shared.stats.connections_denied, 1);
+            warn!(%peer, "connection refused: the peer is not in ALLOWED_PEERS");
+            drop(stream);
+            continue;
+        }
         let permit = match &permits {
             None => None,
             Some(permits) => match Arc::clone(permits).try_acquire_owned() {

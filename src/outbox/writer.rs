@@ -231,7 +231,7 @@ impl Writer {
                         .stats
                         .failed_batches
                         .fetch_add(1, Ordering::Relaxed);
-                    self.reopen();
+                    self.reopen_after(&failure);
                     if batch.len() == 1 {
                         error!(error = %reason, "outbox commit failed; the request gets an error");
                         for request in batch.drain(..) {
@@ -313,9 +313,18 @@ impl Writer {
                     let _ = request
                         .reply
                         .send(Err(StoreError::Storage(last_error.clone())));
-                    self.reopen();
+                    self.reopen_after(&failure);
                 }
             }
+        }
+    }
+
+    /// After a failed transaction: reopen, unless the failure was a record that would not
+    /// encode or decode (the transaction was dropped; the handle and the file are fine, and a
+    /// reopen would only make readers wait).
+    fn reopen_after(&mut self, failure: &StoreError) {
+        if !matches!(failure, StoreError::Encoding(_)) {
+            self.reopen();
         }
     }
 

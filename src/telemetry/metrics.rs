@@ -281,6 +281,8 @@ pub fn register(state: &Arc<AdminState>) {
                 ("frame_timeout", stats.frame_timeouts),
                 ("idle_timeout", stats.idle_timeouts),
                 ("write_failed", stats.write_failures),
+                ("tls_handshake", stats.tls_handshake_failures),
+                ("peer_not_allowed", stats.connections_denied),
             ] {
                 out.push((
                     value,
