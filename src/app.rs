@@ -32,18 +32,6 @@ use crate::rules::RuleSet;
 /// (within `DRAIN_TIMEOUT` when more of it is left).
 const ADMIN_GRACE: Duration = Duration::from_secs(1);
 
-/// The kind of a connector, as the admin API names it.
-fn connector_kind(kind: crate::config::ConnectorKind) -> &'static str {
-    use crate::config::ConnectorKind;
-    match kind {
-        ConnectorKind::Mllp => "mllp",
-        ConnectorKind::Http => "http",
-        ConnectorKind::File => "file",
-        ConnectorKind::Postgres => "postgres",
-        ConnectorKind::Nats => "nats",
-    }
-}
-
 /// Choices tests make differently from production.
 #[derive(Clone, Default)]
 pub struct AppOptions {
@@ -285,7 +273,7 @@ impl RunningApp {
                 let id = outbox.connector_id(&connector.name)?;
                 Some(ConnectorHandle {
                     name: connector.name.clone(),
-                    kind: connector_kind(connector.kind),
+                    kind: connector.kind.as_str(),
                     id,
                     worker: workers
                         .iter()

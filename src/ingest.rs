@@ -207,11 +207,8 @@ impl Ingest {
             dedup_key: None,
             body_inline: false,
         };
-        let decided_routes: Vec<(u32, RouteStatus)> = record
-            .routes
-            .iter()
-            .map(|route| (route.connector, route.status))
-            .collect();
+        let decided_routes: Vec<RouteStatus> =
+            record.routes.iter().map(|route| route.status).collect();
         let stored = self
             .outbox
             .append(NewMessage {
@@ -285,13 +282,10 @@ impl Ingest {
         }
     }
 
-    fn count_routes(&self, routes: &[(u32, RouteStatus)]) {
+    /// Routes come one per connector, in the order of `connectors` (see `decide`).
+    fn count_routes(&self, routes: &[RouteStatus]) {
         use std::sync::atomic::Ordering;
-        for (connector, status) in routes {
-            let Some(index) = self.connectors.iter().position(|id| id == connector) else {
-                continue;
-            };
-            let counters = &self.route_counters[index];
+        for (status, counters) in routes.iter().zip(self.route_counters.iter()) {
             match status {
                 RouteStatus::Queued => counters.queued.fetch_add(1, Ordering::Relaxed),
                 RouteStatus::Filtered => counters.filtered.fetch_add(1, Ordering::Relaxed),

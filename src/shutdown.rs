@@ -49,8 +49,3 @@ impl Signals {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
-
-/// Resolve on the first SIGTERM or SIGINT (Ctrl-C).
-pub async fn wait_for_signal() {
-    Signals::install().recv().await;
-}

@@ -43,35 +43,24 @@ fn client() -> reqwest::Client {
         .expect("client")
 }
 
-async fn get_json(url: &str, token: &str) -> Value {
-    let response = client()
-        .get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("request");
+/// Send a request with a bearer token; it must succeed; its JSON answer.
+async fn json(request: reqwest::RequestBuilder, token: &str) -> Value {
+    let response = request.bearer_auth(token).send().await.expect("request");
     assert!(
         response.status().is_success(),
-        "{url}: {}",
+        "{}: {}",
+        response.url(),
         response.status()
     );
     response.json().await.expect("json")
 }
 
+async fn get_json(url: &str, token: &str) -> Value {
+    json(client().get(url), token).await
+}
+
 async fn post_json(url: &str, token: &str, body: Value) -> Value {
-    let response = client()
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    assert!(
-        response.status().is_success(),
-        "{url}: {}",
-        response.status()
-    );
-    response.json().await.expect("json")
+    json(client().post(url).json(&body), token).await
 }
 
 async fn send_adts(app: &common::TestApp, ids: &[&str]) {

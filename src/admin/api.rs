@@ -303,18 +303,11 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
     let (messages, per_connector) = state
         .outbox
         .read(move |snapshot| {
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let depth = snapshot.queue_len(id)?;
-                let oldest = match snapshot.queue_head(id)? {
-                    Some((_, entry)) => snapshot
-                        .message(entry.message_id)?
-                        .map(|record| (now - record.received_at_micros).max(0) as f64 / 1e6),
-                    None => None,
-                };
-                out.push((depth, oldest, snapshot.dead_letter_count(id)?));
-            }
-            Ok((snapshot.message_count()?, out))
+            let figures = ids
+                .into_iter()
+                .map(|id| snapshot.queue_figures(id, now))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((snapshot.message_count()?, figures))
         })
         .await?;
     let listeners = state
@@ -339,7 +332,7 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
         .connectors
         .iter()
         .zip(per_connector)
-        .map(|(connector, (queue_depth, oldest, dlq_size))| {
+        .map(|(connector, figures)| {
             let (queued, filtered) = match &connector.intake {
                 Some((counters, index)) => counters
                     .get(*index)
@@ -355,13 +348,13 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
                 backing_off: worker.is_some_and(|w| w.stats().backing_off.load(Relaxed)),
                 queued,
                 filtered,
-                queue_depth,
-                oldest_queued_age_secs: oldest,
+                queue_depth: figures.depth,
+                oldest_queued_age_secs: figures.oldest_age_secs,
                 delivered: worker.map_or(0, |w| w.stats().delivered.load(Relaxed)),
                 failed: worker.map_or(0, |w| {
                     w.stats().retries.load(Relaxed) + w.stats().dead_lettered.load(Relaxed)
                 }),
-                dlq_size,
+                dlq_size: figures.dead_letters,
             }
         })
         .collect();

@@ -496,16 +496,8 @@ impl Outbox {
         seq: u64,
         to: Option<u32>,
     ) -> Result<Option<u64>, StoreError> {
-        let to = to.unwrap_or(connector);
-        if !self.connectors.values().any(|id| *id == to) {
-            return Err(StoreError::UnknownConnector(to));
-        }
-        let op = Op::Replay { connector, seq, to };
-        match self.submit(op).await? {
-            Done::Replayed { seq } => Ok(Some(seq)),
-            Done::Missing => Ok(None),
-            other => Err(unexpected(&other)),
-        }
+        let answers = self.replay_many(connector, &[seq], to).await?;
+        Ok(answers.into_iter().next().flatten())
     }
 
     /// Replay several dead-letter entries of `connector`, in the order given: their new queue
@@ -571,7 +563,8 @@ impl Outbox {
     /// Remove dead-letter entry `seq` of `connector` without delivering it. False when it was
     /// not there.
     pub async fn purge(&self, connector: u32, seq: u64) -> Result<bool, StoreError> {
-        self.applied(Op::Purge { connector, seq }).await
+        let answers = self.purge_many(connector, &[seq]).await?;
+        Ok(answers.into_iter().next().unwrap_or(false))
     }
 
     /// One bounded retention step: look at up to `max_scan` messages with ids above
@@ -702,6 +695,17 @@ pub struct Pending {
     pub record: Option<MessageRecord>,
     /// The bytes as received.
     pub body: Option<Bytes>,
+}
+
+/// A connector's queue figures (see [`Snapshot::queue_figures`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct QueueFigures {
+    /// Entries in its queue.
+    pub depth: u64,
+    /// Age of the oldest queued message, seconds; `None` when the queue is empty.
+    pub oldest_age_secs: Option<f64>,
+    /// Entries in its dead-letter queue.
+    pub dead_letters: u64,
 }
 
 /// A read transaction over the outbox.
@@ -868,6 +872,25 @@ impl Snapshot {
             }
         }
         Ok(None)
+    }
+
+    /// What operators watch about a connector's queues, as of `now_micros`.
+    pub fn queue_figures(
+        &self,
+        connector: u32,
+        now_micros: i64,
+    ) -> Result<QueueFigures, StoreError> {
+        let oldest_age_secs = match self.queue_head(connector)? {
+            Some((_, entry)) => self
+                .message(entry.message_id)?
+                .map(|record| (now_micros - record.received_at_micros).max(0) as f64 / 1e6),
+            None => None,
+        };
+        Ok(QueueFigures {
+            depth: self.queue_len(connector)?,
+            oldest_age_secs,
+            dead_letters: self.dead_letter_count(connector)?,
+        })
     }
 
     /// One queue entry.

@@ -211,6 +211,22 @@ type PickListener = fn(&crate::mllp::StatsSnapshot, &str, &mut Points<u64>);
 /// Reads observations from the gateway's state.
 type ReadState<T> = Box<dyn Fn(&AdminState, &mut Points<T>) + Send + Sync>;
 
+/// A callback that observes what `read` finds in the state while the gateway still holds it.
+fn observe_state<T: Copy + Send + Sync + 'static>(
+    state: &Arc<AdminState>,
+    read: ReadState<T>,
+) -> impl Fn(&dyn opentelemetry::metrics::AsyncInstrument<T>) + Send + Sync + 'static {
+    let weak = Arc::downgrade(state);
+    move |observer| {
+        let Some(state) = weak.upgrade() else { return };
+        let mut out = Vec::new();
+        read(&state, &mut out);
+        for (value, attributes) in out {
+            observer.observe(value, &attributes);
+        }
+    }
+}
+
 /// Register the observable instruments over the gateway's counters and its outbox. Each is
 /// read at export time; the queue figures are one read transaction per export. The callbacks
 /// hold the state weakly: once the gateway drops it at shutdown (its outbox handle with it),
@@ -335,38 +351,22 @@ pub fn register(state: &Arc<AdminState>) {
                  unit: &'static str,
                  description: &'static str,
                  read: ReadState<f64>| {
-        let weak = Arc::downgrade(state);
         let _ = meter
             .f64_observable_gauge(name)
             .with_unit(unit)
             .with_description(description)
-            .with_callback(move |observer| {
-                let Some(state) = weak.upgrade() else { return };
-                let mut out = Vec::new();
-                read(&state, &mut out);
-                for (value, attributes) in out {
-                    observer.observe(value, &attributes);
-                }
-            })
+            .with_callback(observe_state(state, read))
             .build();
     };
     let sum = |name: &'static str,
                unit: &'static str,
                description: &'static str,
                read: ReadState<u64>| {
-        let weak = Arc::downgrade(state);
         let _ = meter
             .u64_observable_counter(name)
             .with_unit(unit)
             .with_description(description)
-            .with_callback(move |observer| {
-                let Some(state) = weak.upgrade() else { return };
-                let mut out = Vec::new();
-                read(&state, &mut out);
-                for (value, attributes) in out {
-                    observer.observe(value, &attributes);
-                }
-            })
+            .with_callback(observe_state(state, read))
             .build();
     };
     sum(
@@ -516,17 +516,19 @@ impl QueueGauges {
 fn read_queues(state: &AdminState) -> Result<QueueFigures, crate::outbox::StoreError> {
     let snapshot = state.outbox.snapshot()?;
     let now = crate::outbox::now_micros();
-    let mut out = Vec::new();
-    for connector in &state.connectors {
-        let depth = snapshot.queue_len(connector.id)?;
-        let oldest = match snapshot.queue_head(connector.id)? {
-            Some((_, entry)) => snapshot.message(entry.message_id)?.map_or(0.0, |record| {
-                (now - record.received_at_micros).max(0) as f64 / 1e6
-            }),
-            None => 0.0,
-        };
-        let dlq = snapshot.dead_letter_count(connector.id)?;
-        out.push((connector.name.clone(), (depth, oldest, dlq)));
-    }
-    Ok(out)
+    state
+        .connectors
+        .iter()
+        .map(|connector| {
+            let figures = snapshot.queue_figures(connector.id, now)?;
+            Ok((
+                connector.name.clone(),
+                (
+                    figures.depth,
+                    figures.oldest_age_secs.unwrap_or(0.0),
+                    figures.dead_letters,
+                ),
+            ))
+        })
+        .collect()
 }

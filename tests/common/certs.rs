@@ -35,97 +35,41 @@ pub fn certificates(directory: &std::path::Path) -> Option<()> {
         "ec_paramgen_curve:P-256",
         "-nodes",
     ];
-    let steps: Vec<Vec<&str>> = vec![
-        [
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=mfoundry test CA",
-            ],
-        ]
-        .concat(),
-        [
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        ]
-        .concat(),
-        vec![
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
+    let ca = [
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
             "ca.key",
-            "-CAcreateserial",
             "-out",
-            "server.pem",
+            "ca.pem",
             "-days",
             "2",
-            "-extfile",
-            "server.ext",
+            "-subj",
+            "/CN=mfoundry test CA",
         ],
-        [
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "client.key",
-                "-out",
-                "client.csr",
-                "-subj",
-                "/CN=mfoundry",
-            ],
-        ]
-        .concat(),
-        vec![
-            "x509",
-            "-req",
-            "-in",
-            "client.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "client.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "client.ext",
-        ],
-    ];
-    for step in steps {
-        let output = run(&step).expect("openssl runs");
-        assert!(
-            output.status.success(),
-            "openssl {step:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    ]
+    .concat();
+    let output = run(&ca).expect("openssl runs");
+    assert!(
+        output.status.success(),
+        "openssl {ca:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    issue(directory, "server", "/CN=localhost", "server.ext");
+    issue(directory, "client", "/CN=mfoundry", "client.ext");
     Some(())
 }
 
 /// Another server certificate for localhost from the same CA, as `name`.pem / `name`.key
 /// (after [`certificates`] made the CA).
 pub fn another_server_certificate(directory: &std::path::Path, name: &str) {
+    issue(directory, name, "/CN=localhost", "server.ext");
+}
+
+/// A key and a certificate signed by the test CA, as `name`.key / `name`.pem, with the
+/// extensions in `extensions`.
+fn issue(directory: &std::path::Path, name: &str, subject: &str, extensions: &str) {
     let run = |args: &[&str]| {
         let output = std::process::Command::new("openssl")
             .args(args)
@@ -155,7 +99,7 @@ pub fn another_server_certificate(directory: &std::path::Path, name: &str) {
         "-out",
         &csr,
         "-subj",
-        "/CN=localhost",
+        subject,
     ]);
     run(&[
         "x509",
@@ -172,6 +116,6 @@ pub fn another_server_certificate(directory: &std::path::Path, name: &str) {
         "-days",
         "2",
         "-extfile",
-        "server.ext",
+        extensions,
     ]);
 }
