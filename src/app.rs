@@ -226,7 +226,8 @@ impl RunningApp {
             outbox.clone(),
             connector_ids.clone(),
             &settings.listener.name,
-        );
+        )
+        .with_senders(config.senders.clone());
         let route_counters = ingest.route_counters();
         tracker.spawn(mllp::serve(
             listener,
@@ -297,6 +298,7 @@ impl RunningApp {
             listeners: vec![ListenerHandle {
                 name: settings.listener.name.clone(),
                 stats: Arc::clone(&stats),
+                tls: tls_server.as_ref().map(crate::tls::TlsServer::stats),
             }],
             tokens,
             readiness: Arc::clone(&readiness),

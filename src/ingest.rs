@@ -27,6 +27,49 @@ use crate::outbox::{
 };
 use crate::rules::{RuleSet, Validation};
 
+/// Refuse (AR) a message whose MSH-3/MSH-4 its connection's certificate may not send as.
+fn check_sender(
+    senders: &crate::tls::SenderMap,
+    message: &Message,
+    identity: Option<&crate::tls::PeerIdentity>,
+) -> Result<(), Box<Refusal>> {
+    use crate::tls::SenderRefusal;
+    let refusal = match senders.check(
+        identity,
+        message.header_component(3, 1),
+        message.header_component(4, 1),
+    ) {
+        Ok(()) => return Ok(()),
+        Err(refusal) => refusal,
+    };
+    let (field, text) = match refusal {
+        SenderRefusal::NoCertificate => (
+            3,
+            "the connection presented no client certificate, so no sender is allowed on it (tls_senders)",
+        ),
+        SenderRefusal::UnknownIdentity => (
+            3,
+            "the connection's client certificate is not named in tls_senders, so it may not send",
+        ),
+        SenderRefusal::Application => (
+            3,
+            "MSH-3 (sending application) is not one the connection's client certificate may send as (tls_senders)",
+        ),
+        SenderRefusal::Facility => (
+            4,
+            "MSH-4 (sending facility) is not one the connection's client certificate may send as (tls_senders)",
+        ),
+    };
+    Err(Refusal::reject(
+        "sender_not_allowed",
+        AckError::new(
+            ErrorCode::TableValueNotFound,
+            Some(ErrorLocation::header(field)),
+            text.to_owned(),
+        ),
+    ))
+}
+
 /// Longest header value kept in a stored record's searchable fields.
 const MAX_HEADER_FIELD: usize = 256;
 
@@ -99,6 +142,8 @@ pub struct Ingest {
     route_counters: Arc<[RouteCounters]>,
     /// The listener's name, stored with each message and bound as `inbound`.
     listener: Arc<str>,
+    /// `tls_senders`: what each client certificate may send as.
+    senders: Option<Arc<crate::tls::SenderMap>>,
 }
 
 /// A refusal: the code category, a short reason for logs and counters, and the ERR details.
@@ -140,7 +185,15 @@ impl Ingest {
                 .collect(),
             connectors: connectors.into(),
             listener: listener.into(),
+            senders: None,
         }
+    }
+
+    /// Check each message's MSH-3/MSH-4 against its connection's client certificate.
+    #[must_use]
+    pub fn with_senders(mut self, senders: Option<crate::tls::SenderMap>) -> Self {
+        self.senders = senders.map(Arc::new);
+        self
     }
 
     /// Intake counters per connector, in the order the connector ids were given to [`Ingest::new`].
@@ -148,8 +201,14 @@ impl Ingest {
         Arc::clone(&self.route_counters)
     }
 
-    /// Decide, store and answer one frame from `peer`.
-    pub async fn handle(&self, frame: Bytes, peer: SocketAddr) -> Outcome {
+    /// Decide, store and answer one frame from `peer`, whose client certificate (mTLS) named
+    /// `identity`.
+    pub async fn handle(
+        &self,
+        frame: Bytes,
+        peer: SocketAddr,
+        identity: Option<&crate::tls::PeerIdentity>,
+    ) -> Outcome {
         if frame.iter().all(u8::is_ascii_whitespace) {
             return Outcome::bare(Reply::Ignore, None, "empty_frame");
         }
@@ -165,21 +224,22 @@ impl Ingest {
         let received_at_micros = chrono::Utc::now().timestamp_micros();
 
         let mut routes = Vec::new();
-        let (verdict, reason, error, disposition) = match self.decide(&message, &mut routes) {
-            Ok(disposition) => (Verdict::Accept, None, None, disposition),
-            Err(refusal) => {
-                let disposition = match refusal.verdict {
-                    Verdict::Error => Disposition::Error,
-                    _ => Disposition::Rejected,
-                };
-                (
-                    refusal.verdict,
-                    Some(refusal.reason),
-                    Some(refusal.error),
-                    disposition,
-                )
-            }
-        };
+        let (verdict, reason, error, disposition) =
+            match self.decide(&message, identity, &mut routes) {
+                Ok(disposition) => (Verdict::Accept, None, None, disposition),
+                Err(refusal) => {
+                    let disposition = match refusal.verdict {
+                        Verdict::Error => Disposition::Error,
+                        _ => Disposition::Rejected,
+                    };
+                    (
+                        refusal.verdict,
+                        Some(refusal.reason),
+                        Some(refusal.error),
+                        disposition,
+                    )
+                }
+            };
         let reply_code = mode.reply_code(verdict);
         let ack =
             reply_code.map(|code| build_ack(&message, code, error.as_ref(), &self.stamper.stamp()));
@@ -215,7 +275,7 @@ impl Ingest {
                 record,
                 body: message.raw().clone(),
                 dedup_key: (verdict == Verdict::Accept).then(|| dedup_key(&message)),
-                tls_identity: None,
+                tls_identity: identity.map(crate::tls::PeerIdentity::audit_text),
             })
             .await;
 
@@ -297,9 +357,13 @@ impl Ingest {
     fn decide(
         &self,
         message: &Message,
+        identity: Option<&crate::tls::PeerIdentity>,
         routes: &mut Vec<Route>,
     ) -> Result<Disposition, Box<Refusal>> {
         self.check_header(message)?;
+        if let Some(senders) = &self.senders {
+            check_sender(senders, message, identity)?;
+        }
         let charset = message.charset(self.default_charset).charset();
         let evaluation = self.rules.evaluate(message, charset, &self.listener);
         match evaluation.validation {

@@ -1,6 +1,7 @@
 //! TLS for the MLLP listener: the server configuration built from PEM files (rustls with the
 //! ring provider; certificates read with rustls-pki-types), optional client certificates
-//! (mTLS), the minimum protocol version.
+//! (mTLS) with revocation lists, the minimum protocol version, the client certificate's
+//! identity and the senders (MSH-3/MSH-4) each identity may send as.
 //!
 //! Errors name the setting and the file, never key material.
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 /// The lowest TLS version accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +33,10 @@ pub struct TlsSettings {
     /// `TLS_CLIENT_CA`: CA certificates, PEM; when set, every client must present a
     /// certificate signed by one of them (mTLS).
     pub client_ca: Option<PathBuf>,
+    /// `TLS_CLIENT_CRL`: certificate revocation lists, PEM, one per CA of `TLS_CLIENT_CA`;
+    /// a client certificate whose status is unknown (no list from its issuer, or an expired
+    /// list) is refused.
+    pub client_crl: Option<PathBuf>,
     /// `TLS_MIN_VERSION`.
     pub min_version: TlsVersion,
     /// `TLS_HANDSHAKE_TIMEOUT`: a handshake not done by then closes the connection.
@@ -52,11 +57,52 @@ fn certificates(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'static
     Ok(certificates)
 }
 
-/// Build and check the server configuration: the chain parses, the key matches the leaf
-/// certificate, the client CA (if any) parses.
-pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String> {
+/// When a certificate stops being valid, in seconds since the Unix epoch.
+pub fn not_after(certificate: &CertificateDer<'_>) -> Result<i64, String> {
+    x509_parser::parse_x509_certificate(certificate.as_ref())
+        .map(|(_, parsed)| parsed.validity().not_after.timestamp())
+        .map_err(|error| format!("the certificate cannot be read: {error}"))
+}
+
+fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let lists: Vec<CertificateRevocationListDer<'static>> =
+        CertificateRevocationListDer::pem_file_iter(path)
+            .map_err(|error| format!("TLS_CLIENT_CRL {}: {error}", path.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|error| format!("TLS_CLIENT_CRL {}: {error}", path.display()))?;
+    if lists.is_empty() {
+        return Err(format!(
+            "TLS_CLIENT_CRL {}: no PEM revocation list (-----BEGIN X509 CRL-----) found",
+            path.display()
+        ));
+    }
+    Ok(lists)
+}
+
+/// A checked server configuration and when its certificate expires.
+#[derive(Debug)]
+pub struct LoadedServer {
+    /// The rustls configuration.
+    pub config: Arc<ServerConfig>,
+    /// The leaf certificate's notAfter, seconds since the Unix epoch.
+    pub not_after: i64,
+}
+
+/// Build and check the server configuration: the chain parses, the leaf certificate has not
+/// expired, the key matches it, the client CA and revocation lists (if any) parse.
+pub fn server_config(settings: &TlsSettings) -> Result<LoadedServer, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates(&settings.cert_file, "TLS_CERT_FILE")?;
+    let not_after = not_after(&chain[0])
+        .map_err(|error| format!("TLS_CERT_FILE {}: {error}", settings.cert_file.display()))?;
+    let now = chrono::Utc::now().timestamp();
+    if not_after <= now {
+        return Err(format!(
+            "TLS_CERT_FILE {}: the certificate expired at {}; install a renewed one",
+            settings.cert_file.display(),
+            format_time(not_after)
+        ));
+    }
     let key = PrivateKeyDer::from_pem_file(&settings.key_file).map_err(|error| {
         format!(
             "TLS_KEY_FILE {}: no usable private key ({error})",
@@ -78,10 +124,25 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String
                     .add(certificate)
                     .map_err(|error| format!("TLS_CLIENT_CA {}: {error}", path.display()))?;
             }
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-                    .build()
-                    .map_err(|error| format!("TLS_CLIENT_CA {}: {error}", path.display()))?;
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+            if let Some(crl) = &settings.client_crl {
+                // Unknown status (no list from the issuer, or a list past its nextUpdate)
+                // is refused: that is rustls' default, plus the expiry check.
+                verifier = verifier
+                    .with_crls(revocation_lists(crl)?)
+                    .enforce_revocation_expiration();
+            }
+            let verifier = verifier
+                .build()
+                .map_err(|error| match &settings.client_crl {
+                    Some(crl) => format!(
+                        "TLS_CLIENT_CA {} / TLS_CLIENT_CRL {}: {error}",
+                        path.display(),
+                        crl.display()
+                    ),
+                    None => format!("TLS_CLIENT_CA {}: {error}", path.display()),
+                })?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -93,7 +154,16 @@ pub fn server_config(settings: &TlsSettings) -> Result<Arc<ServerConfig>, String
             settings.key_file.display()
         )
     })?;
-    Ok(Arc::new(config))
+    Ok(LoadedServer {
+        config: Arc::new(config),
+        not_after,
+    })
+}
+
+/// A Unix time as RFC 3339 (UTC), for messages.
+fn format_time(seconds: i64) -> String {
+    chrono::DateTime::from_timestamp(seconds, 0)
+        .map_or_else(|| seconds.to_string(), |time| time.to_rfc3339())
 }
 
 /// Reload outcomes, for logs and metrics.
@@ -103,7 +173,22 @@ pub struct ReloadStats {
     pub reloads: std::sync::atomic::AtomicU64,
     /// Attempts that failed (the previous configuration stayed).
     pub failures: std::sync::atomic::AtomicU64,
+    /// The current certificate's notAfter, seconds since the Unix epoch.
+    pub not_after: std::sync::atomic::AtomicI64,
 }
+
+impl ReloadStats {
+    /// Days until the current certificate expires (negative once it has).
+    pub fn days_left(&self) -> f64 {
+        let left = self.not_after.load(std::sync::atomic::Ordering::Relaxed)
+            - chrono::Utc::now().timestamp();
+        left as f64 / 86_400.0
+    }
+}
+
+/// Below this many days left, the certificate's coming expiry is logged as a warning (at
+/// load, at each reload and once a day).
+pub const EXPIRY_WARNING_DAYS: f64 = 30.0;
 
 /// The acceptor for one listener. Cheap to clone; a reload swaps the configuration for every
 /// clone: new handshakes use it, established connections keep their session.
@@ -126,18 +211,40 @@ impl std::fmt::Debug for TlsServer {
 impl TlsServer {
     /// Load the files and build the acceptor.
     pub fn load(settings: &TlsSettings) -> Result<Self, String> {
-        Ok(Self {
+        let loaded = server_config(settings)?;
+        let stats = ReloadStats::default();
+        stats
+            .not_after
+            .store(loaded.not_after, std::sync::atomic::Ordering::Relaxed);
+        let server = Self {
             current: Arc::new(std::sync::RwLock::new(tokio_rustls::TlsAcceptor::from(
-                server_config(settings)?,
+                loaded.config,
             ))),
             settings: settings.clone(),
-            stats: Arc::default(),
-        })
+            stats: Arc::new(stats),
+        };
+        server.warn_if_expiring();
+        Ok(server)
     }
 
-    /// Reload counters.
-    pub fn stats(&self) -> &ReloadStats {
-        &self.stats
+    /// Log a warning when the certificate expires within [`EXPIRY_WARNING_DAYS`].
+    fn warn_if_expiring(&self) -> bool {
+        let days_left = self.stats.days_left();
+        if days_left < EXPIRY_WARNING_DAYS {
+            tracing::warn!(
+                days_left = days_left.floor(),
+                file = %self.settings.cert_file.display(),
+                expires = %format_time(self.stats.not_after.load(std::sync::atomic::Ordering::Relaxed)),
+                "the MLLP listener's TLS certificate expires soon; install a renewed one (it is picked up without a restart)"
+            );
+            return true;
+        }
+        false
+    }
+
+    /// Reload counters and the certificate's expiry.
+    pub fn stats(&self) -> Arc<ReloadStats> {
+        Arc::clone(&self.stats)
     }
 
     /// Build a new configuration from the files and swap it in. On any problem the current
@@ -145,11 +252,13 @@ impl TlsServer {
     pub fn reload(&self) -> Result<(), String> {
         use std::sync::atomic::Ordering::Relaxed;
         match server_config(&self.settings) {
-            Ok(config) => {
+            Ok(loaded) => {
                 if let Ok(mut current) = self.current.write() {
-                    *current = tokio_rustls::TlsAcceptor::from(config);
+                    *current = tokio_rustls::TlsAcceptor::from(loaded.config);
                 }
+                self.stats.not_after.store(loaded.not_after, Relaxed);
                 self.stats.reloads.fetch_add(1, Relaxed);
+                self.warn_if_expiring();
                 Ok(())
             }
             Err(error) => {
@@ -182,19 +291,14 @@ impl TlsServer {
     }
 
     /// Size and modification time of every file the configuration is built from.
-    fn fingerprint(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
-        let mut files = vec![&self.settings.cert_file, &self.settings.key_file];
-        if let Some(ca) = &self.settings.client_ca {
-            files.push(ca);
-        }
-        files
-            .into_iter()
-            .map(|path| {
-                std::fs::metadata(path)
-                    .ok()
-                    .and_then(|meta| Some((meta.modified().ok()?, meta.len())))
-            })
-            .collect()
+    fn fingerprint(&self) -> Fingerprint {
+        let settings = &self.settings;
+        fingerprint(
+            [&settings.cert_file, &settings.key_file]
+                .into_iter()
+                .chain(&settings.client_ca)
+                .chain(&settings.client_crl),
+        )
     }
 }
 
@@ -209,7 +313,12 @@ pub async fn watch(server: TlsServer, shutdown: tokio_util::sync::CancellationTo
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut attempted = server.fingerprint();
+    let mut last_expiry_check = tokio::time::Instant::now();
     loop {
+        if last_expiry_check.elapsed() >= Duration::from_secs(86_400) {
+            last_expiry_check = tokio::time::Instant::now();
+            server.warn_if_expiring();
+        }
         #[cfg(unix)]
         let signalled = async {
             match hangup.as_mut() {
@@ -240,4 +349,303 @@ pub async fn watch(server: TlsServer, shutdown: tokio_util::sync::CancellationTo
             }
         }
     }
+}
+
+/// Longest identity text kept in an audit record.
+const MAX_IDENTITY_TEXT: usize = 512;
+
+/// What a client certificate names: its subject and its subject alternative names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The subject, RFC 4514 style (`CN=lab.north,O=North Hospital`).
+    pub subject: String,
+    /// The subject's common names, then its DNS, e-mail, URI and IP alternative names.
+    pub names: Vec<String>,
+    /// The same names with their kind (`CN:`, `DNS:`, `email:`, `URI:`, `IP:`), for records.
+    labelled: Vec<String>,
+}
+
+impl PeerIdentity {
+    /// Read the identity of a (verified) client certificate; `None` if it does not parse.
+    pub fn from_certificate(certificate: &CertificateDer<'_>) -> Option<Self> {
+        use x509_parser::extensions::GeneralName;
+        let (_, parsed) = x509_parser::parse_x509_certificate(certificate.as_ref()).ok()?;
+        let mut names = Vec::new();
+        let mut labelled = Vec::new();
+        let mut push = |kind: &str, name: String| {
+            labelled.push(format!("{kind}:{name}"));
+            names.push(name);
+        };
+        for common_name in parsed.subject().iter_common_name() {
+            if let Ok(text) = common_name.as_str() {
+                push("CN", text.to_owned());
+            }
+        }
+        if let Ok(Some(alternative)) = parsed.subject_alternative_name() {
+            for name in &alternative.value.general_names {
+                match name {
+                    GeneralName::DNSName(text) => push("DNS", (*text).to_owned()),
+                    GeneralName::RFC822Name(text) => push("email", (*text).to_owned()),
+                    GeneralName::URI(text) => push("URI", (*text).to_owned()),
+                    GeneralName::IPAddress(bytes) => {
+                        let address = match bytes.len() {
+                            4 => <[u8; 4]>::try_from(*bytes)
+                                .ok()
+                                .map(|octets| std::net::IpAddr::from(octets).to_string()),
+                            16 => <[u8; 16]>::try_from(*bytes)
+                                .ok()
+                                .map(|octets| std::net::IpAddr::from(octets).to_string()),
+                            _ => None,
+                        };
+                        if let Some(address) = address {
+                            push("IP", address);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Some(Self {
+            subject: parsed.subject().to_string(),
+            names,
+            labelled,
+        })
+    }
+
+    /// The text stored in the audit record: `subject=…; names=CN:…,DNS:…`, at most 512 bytes.
+    pub fn audit_text(&self) -> String {
+        let mut text = format!(
+            "subject={}; names={}",
+            self.subject,
+            self.labelled.join(",")
+        );
+        if text.len() > MAX_IDENTITY_TEXT {
+            let mut end = MAX_IDENTITY_TEXT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        text
+    }
+
+    /// Whether `identity` (as written in `tls_senders`) names this certificate: its whole
+    /// subject, or one of its names (compared without regard to ASCII case).
+    pub fn matches(&self, identity: &str) -> bool {
+        self.subject == identity
+            || self
+                .names
+                .iter()
+                .any(|name| name.eq_ignore_ascii_case(identity))
+    }
+}
+
+/// One `tls_senders` entry: a client certificate identity and the senders it may send as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SenderRule {
+    /// A common name, DNS/e-mail/URI/IP alternative name, or whole subject.
+    pub identity: String,
+    /// Allowed MSH-3.1 values; `*` allows any.
+    pub sending_applications: Vec<String>,
+    /// Allowed MSH-4.1 values; `*` allows any.
+    pub sending_facilities: Vec<String>,
+}
+
+/// Why a message's sender does not fit its connection's certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SenderRefusal {
+    /// The connection has no client certificate.
+    NoCertificate,
+    /// No `tls_senders` entry names the certificate.
+    UnknownIdentity,
+    /// MSH-3 is not one the certificate may send as.
+    Application,
+    /// MSH-4 is not one the certificate may send as (with an allowed MSH-3).
+    Facility,
+}
+
+/// The `tls_senders` mapping. Fails closed: once configured, a certificate it does not name
+/// may not send at all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SenderMap {
+    rules: Vec<SenderRule>,
+}
+
+impl SenderMap {
+    /// A mapping from its entries.
+    pub fn new(rules: Vec<SenderRule>) -> Self {
+        Self { rules }
+    }
+
+    /// Whether a message with MSH-3.1 `application` and MSH-4.1 `facility` may come over a
+    /// connection with this identity.
+    pub fn check(
+        &self,
+        identity: Option<&PeerIdentity>,
+        application: &[u8],
+        facility: &[u8],
+    ) -> Result<(), SenderRefusal> {
+        let identity = identity.ok_or(SenderRefusal::NoCertificate)?;
+        let allows = |allowed: &[String], value: &[u8]| {
+            allowed
+                .iter()
+                .any(|entry| entry == "*" || entry.as_bytes() == value)
+        };
+        let mut named = false;
+        let mut application_allowed = false;
+        for rule in self
+            .rules
+            .iter()
+            .filter(|rule| identity.matches(&rule.identity))
+        {
+            named = true;
+            if allows(&rule.sending_applications, application) {
+                application_allowed = true;
+                if allows(&rule.sending_facilities, facility) {
+                    return Ok(());
+                }
+            }
+        }
+        Err(match (named, application_allowed) {
+            (false, _) => SenderRefusal::UnknownIdentity,
+            (true, false) => SenderRefusal::Application,
+            (true, true) => SenderRefusal::Facility,
+        })
+    }
+}
+
+/// Outbound TLS: an MLLP connector's, or `mfoundry send`'s.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTlsSettings {
+    /// PEM CA certificates trusted in addition to the system's.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain (leaf first) presented to the peer.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key, PEM.
+    pub key_file: Option<PathBuf>,
+    /// The name the peer's certificate must carry (DNS name or IP address).
+    pub server_name: String,
+}
+
+/// Build and check a client configuration from the files. `what` prefixes error messages
+/// (`tls_ca_file` for a connector, `--tls-ca` for the command line).
+pub fn client_config(
+    settings: &ClientTlsSettings,
+    names: [&str; 3],
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let [ca_name, cert_name, key_name] = names;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let extra = match &settings.ca_file {
+        Some(path) => certificates(path, ca_name)?,
+        None => Vec::new(),
+    };
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, Arc::clone(&provider))
+            .map_err(|error| format!("the trusted CA certificates cannot be loaded: {error}"))?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|error| error.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let config = match (&settings.cert_file, &settings.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = certificates(cert, cert_name)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|error| {
+                format!(
+                    "{key_name} {}: no usable private key ({error})",
+                    key.display()
+                )
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|error| format!("{cert_name}/{key_name}: {error}"))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err(format!("set both {cert_name} and {key_name}, or neither")),
+    };
+    Ok(Arc::new(config))
+}
+
+/// Outbound TLS with reload: the files are looked at before each new connection, and a
+/// changed set is loaded (a broken one keeps the previous configuration and is logged).
+#[derive(Debug)]
+pub struct TlsClient {
+    settings: ClientTlsSettings,
+    names: [&'static str; 3],
+    server_name: rustls_pki_types::ServerName<'static>,
+    current: std::sync::Mutex<(Fingerprint, Arc<rustls::ClientConfig>)>,
+}
+
+impl TlsClient {
+    /// Load the files (errors name the setting and the file).
+    pub fn new(settings: ClientTlsSettings, names: [&'static str; 3]) -> Result<Self, String> {
+        let server_name = rustls_pki_types::ServerName::try_from(settings.server_name.clone())
+            .map_err(|_| {
+                format!(
+                    "{:?} is not a DNS name or IP address to check the peer's certificate against",
+                    settings.server_name
+                )
+            })?;
+        let fingerprint = client_fingerprint(&settings);
+        let config = client_config(&settings, names)?;
+        Ok(Self {
+            settings,
+            names,
+            server_name,
+            current: std::sync::Mutex::new((fingerprint, config)),
+        })
+    }
+
+    fn config(&self) -> Arc<rustls::ClientConfig> {
+        let mut current = match self.current.lock() {
+            Ok(current) => current,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let fingerprint = client_fingerprint(&self.settings);
+        if fingerprint != current.0 {
+            current.0 = fingerprint;
+            match client_config(&self.settings, self.names) {
+                Ok(config) => {
+                    tracing::info!(server = %self.settings.server_name, "outbound TLS files changed; new connections use them");
+                    current.1 = config;
+                }
+                Err(error) => {
+                    tracing::warn!(server = %self.settings.server_name, error = %error, "outbound TLS files changed but do not load; the previous ones stay");
+                }
+            }
+        }
+        Arc::clone(&current.1)
+    }
+
+    /// Run the handshake over `stream`.
+    pub async fn connect(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        tokio_rustls::TlsConnector::from(self.config())
+            .connect(self.server_name.clone(), stream)
+            .await
+    }
+}
+
+fn client_fingerprint(settings: &ClientTlsSettings) -> Fingerprint {
+    fingerprint(
+        [&settings.ca_file, &settings.cert_file, &settings.key_file]
+            .into_iter()
+            .flatten(),
+    )
+}
+
+/// Modification time and size of each file a configuration is built from.
+type Fingerprint = Vec<Option<(std::time::SystemTime, u64)>>;
+
+fn fingerprint<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> Fingerprint {
+    files
+        .into_iter()
+        .map(|path| {
+            std::fs::metadata(path)
+                .ok()
+                .and_then(|meta| Some((meta.modified().ok()?, meta.len())))
+        })
+        .collect()
 }

@@ -59,6 +59,11 @@ fn args(addr: SocketAddr, path: PathBuf) -> SendArgs {
     SendArgs {
         addr: addr.to_string(),
         timeout: Duration::from_secs(5),
+        tls: false,
+        tls_ca: None,
+        tls_cert: None,
+        tls_key: None,
+        tls_server_name: None,
         files: vec![path],
     }
 }

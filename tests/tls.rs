@@ -72,8 +72,16 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     control_id: &str,
 ) -> Result<String, String> {
+    exchange_message(stream, &common::adt(control_id, "2.5")).await
+}
+
+/// Send one message and return the ACK's MSA-1, or the error that ended the exchange.
+async fn exchange_message<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    message: &[u8],
+) -> Result<String, String> {
     stream
-        .write_all(&common::framed(&common::adt(control_id, "2.5")))
+        .write_all(&common::framed(message))
         .await
         .map_err(|error| error.to_string())?;
     let mut reply = Vec::new();
@@ -163,20 +171,30 @@ async fn tls_1_0_and_1_1_are_refused() {
 #[tokio::test]
 async fn mtls_lets_only_a_client_with_a_valid_certificate_through() {
     let Some(certs) = certificates() else { return };
-    let ca = certs.path().join("ca.pem").display().to_string();
-    let app = start(certs.path(), &[("TLS_CLIENT_CA", &ca)]).await;
+    let directory = certs.path();
+    common::certs::untrusted_client(directory, "stranger");
+    common::certs::expired_client(directory, "expired");
+    common::certs::revoked_client(directory, "revoked");
+    let path = |name: &str| directory.join(name).display().to_string();
+    let (ca, crl) = (path("ca.pem"), path("crl.pem"));
+    let app = start(
+        directory,
+        &[("TLS_CLIENT_CA", &ca), ("TLS_CLIENT_CRL", &crl)],
+    )
+    .await;
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
-        let anonymous = client(certs.path(), version, None);
-        let refused = over_tls(&app, &anonymous, "ANON").await;
-        assert!(refused.is_err(), "no client certificate: {refused:?}");
-        // A certificate from the right CA but not for client authentication.
-        let wrong_use = client(certs.path(), version, Some("server"));
-        let refused = over_tls(&app, &wrong_use, "WRONG").await;
-        assert!(
-            refused.is_err(),
-            "a server certificate as client: {refused:?}"
-        );
-        let valid = client(certs.path(), version, Some("client"));
+        for (case, identity) in [
+            ("no client certificate", None),
+            ("a server certificate as client", Some("server")),
+            ("a certificate from an untrusted CA", Some("stranger")),
+            ("an expired certificate", Some("expired")),
+            ("a revoked certificate", Some("revoked")),
+        ] {
+            let connector = client(directory, version, identity);
+            let refused = over_tls(&app, &connector, "REFUSED").await;
+            assert!(refused.is_err(), "{case} ({version:?}): {refused:?}");
+        }
+        let valid = client(directory, version, Some("client"));
         assert_eq!(over_tls(&app, &valid, "VALID").await, Ok("AA".to_owned()));
     }
     let stored = common::stored_control_ids(app.outbox());
@@ -185,8 +203,208 @@ async fn mtls_lets_only_a_client_with_a_valid_certificate_through() {
         ["VALID"],
         "nothing was read from the refused ones (one retransmit)"
     );
-    assert_eq!(app.stats().tls_handshake_failures, 4);
+    assert_eq!(app.stats().tls_handshake_failures, 10);
     app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_revocation_list_from_another_issuer_leaves_the_status_unknown_and_refuses() {
+    let Some(certs) = certificates() else { return };
+    let directory = certs.path();
+    // The list is the untrusted CA's: no list covers the test CA's client certificates.
+    common::certs::untrusted_client(directory, "stranger");
+    let other = directory.join("other");
+    std::fs::create_dir(&other).expect("dir");
+    for file in ["other-ca.pem", "other-ca.key"] {
+        std::fs::copy(directory.join(file), other.join(file.replace("other-", ""))).expect("copy");
+    }
+    common::certs::revocation_list(&other);
+    let path = |name: &Path| name.display().to_string();
+    let app = start(
+        directory,
+        &[
+            ("TLS_CLIENT_CA", &path(&directory.join("ca.pem"))),
+            ("TLS_CLIENT_CRL", &path(&other.join("crl.pem"))),
+        ],
+    )
+    .await;
+    let valid = client(directory, &rustls::version::TLS13, Some("client"));
+    let refused = over_tls(&app, &valid, "UNKNOWN").await;
+    assert!(refused.is_err(), "unknown status fails closed: {refused:?}");
+    assert!(common::stored_control_ids(app.outbox()).is_empty());
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn tls_senders_maps_a_certificate_to_the_senders_it_may_send_as() {
+    let Some(certs) = certificates() else { return };
+    let directory = certs.path();
+    common::certs::client_named(
+        directory,
+        "lab",
+        "/CN=lab gateway/O=North Hospital",
+        "DNS:lab.north.example",
+    );
+    let path = |name: &str| directory.join(name).display().to_string();
+    let yaml = "tls_senders:\n  - identity: lab.north.example\n    sending_applications: [LAB]\n    sending_facilities: [NORTH, SOUTH]\n";
+    let mut env = tls_env(directory);
+    env.push(("TLS_CLIENT_CA".to_owned(), path("ca.pem")));
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let app = common::start_with_yaml(Some(yaml), &env).await;
+    let message = |control_id: &str, application: &str, facility: &str| {
+        String::from_utf8(common::adt(control_id, "2.5"))
+            .expect("text")
+            .replacen("SENDAPP|SENDFAC", &format!("{application}|{facility}"), 1)
+            .into_bytes()
+    };
+    let send = async |identity: &str, frame: Vec<u8>| {
+        let tcp = tokio::net::TcpStream::connect(app.local_addr())
+            .await
+            .expect("connect");
+        let connector = client(directory, &rustls::version::TLS13, Some(identity));
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut stream = connector.connect(name, tcp).await.expect("handshake");
+        exchange_message(&mut stream, &frame).await
+    };
+    assert_eq!(
+        send("lab", message("OK1", "LAB", "NORTH")).await,
+        Ok("AA".to_owned())
+    );
+    assert_eq!(
+        send("lab", message("OK2", "LAB", "SOUTH")).await,
+        Ok("AA".to_owned())
+    );
+    assert_eq!(
+        send("lab", message("BADAPP", "PHARMACY", "NORTH")).await,
+        Ok("AR".to_owned())
+    );
+    assert_eq!(
+        send("lab", message("BADFAC", "LAB", "EAST")).await,
+        Ok("AR".to_owned())
+    );
+    // A valid certificate that no entry names may not send at all.
+    assert_eq!(
+        send("client", message("UNMAPPED", "LAB", "NORTH")).await,
+        Ok("AR".to_owned())
+    );
+
+    // Every message is audited with the certificate it came over.
+    let records = app
+        .outbox()
+        .read(|snapshot| snapshot.audit_records(None, 100))
+        .await
+        .expect("audit");
+    let received: Vec<(String, String, String)> = records
+        .into_iter()
+        .filter_map(|(_, record)| match record.event {
+            mfoundry::outbox::audit::AuditEvent::Received {
+                control_id,
+                ack_code,
+                tls_identity,
+                ..
+            } => Some((control_id, ack_code, tls_identity.unwrap_or_default())),
+            _ => None,
+        })
+        .collect();
+    let lab =
+        "subject=CN=lab gateway, O=North Hospital; names=CN:lab gateway,DNS:lab.north.example";
+    let other = "subject=CN=mfoundry; names=CN:mfoundry";
+    assert_eq!(
+        received,
+        [
+            ("OK1", "AA", lab),
+            ("OK2", "AA", lab),
+            ("BADAPP", "AR", lab),
+            ("BADFAC", "AR", lab),
+            ("UNMAPPED", "AR", other),
+        ]
+        .map(|(id, code, identity)| (id.to_owned(), code.to_owned(), identity.to_owned()))
+    );
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn tls_senders_needs_mtls() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let file = directory.path().join("senders.yaml");
+    std::fs::write(
+        &file,
+        "tls_senders:\n  - identity: lab.north.example\n    sending_applications: [LAB]\n    sending_facilities: []\n",
+    )
+    .expect("write");
+    let errors = mfoundry::config::Config::load_with(Some(&file), &|_| None)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        errors.contains("sending_facilities")
+            && errors.contains("tls_senders maps client certificates")
+            && errors.contains("TLS_CLIENT_CA"),
+        "{errors}"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused_and_the_days_left_are_reported() {
+    let Some(certs) = certificates() else { return };
+    let directory = certs.path();
+    common::certs::expired_server(directory, "expired");
+    let app = start(directory, &[]).await;
+    let tls_stats = async || {
+        mfoundry::outputs::http::install_crypto_provider();
+        let token =
+            std::fs::read_to_string(app.directory.path().join("admin.token")).expect("admin token");
+        let stats: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/stats", app.admin_url()))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("json");
+        stats["listeners"][0]["tls"].clone()
+    };
+    let before = tls_stats().await;
+    let days = before["certificate_days_left"].as_f64().expect("days left");
+    assert!(
+        (1.5..=2.01).contains(&days),
+        "issued for two days: {before}"
+    );
+
+    // An expired pair is refused on reload; the current certificate stays in use.
+    let live = leaf(directory, "server.pem");
+    for (from, to) in [("expired.pem", "server.pem"), ("expired.key", "server.key")] {
+        std::fs::copy(directory.join(from), directory.join(to)).expect("copy");
+    }
+    let error = app.reload_tls().expect("TLS on").expect_err("refused");
+    assert!(
+        error.contains("expired") && error.contains("server.pem"),
+        "{error}"
+    );
+    let after = tls_stats().await;
+    assert_eq!(after["reload_failures"], 1, "{after}");
+    assert_eq!(
+        after["certificate_days_left"],
+        before["certificate_days_left"]
+    );
+    let connector = client(directory, &rustls::version::TLS13, None);
+    assert_eq!(presented(&app, &connector).await, live);
+    app.shutdown(Duration::from_secs(5)).await;
+
+    // Starting with it is refused too, naming the file.
+    let data = tempfile::tempdir().expect("tempdir");
+    let env = tls_env(directory);
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let error = mfoundry::app::RunningApp::start(common::config(data.path(), None, &env))
+        .await
+        .expect_err("refused");
+    assert!(format!("{error:#}").contains("expired"), "{error:#}");
 }
 
 #[tokio::test]
@@ -383,4 +601,199 @@ async fn allowed_peers_closes_other_addresses_before_reading_and_lets_listed_one
     assert_eq!(exchange(&mut stream, "ALLOWED").await, Ok("AA".to_owned()));
     assert_eq!(app.stats().connections_denied, 0);
     app.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The client identities a server's audit trail recorded, in order.
+async fn audited_identities(app: &common::TestApp) -> Vec<String> {
+    app.outbox()
+        .read(|snapshot| snapshot.audit_records(None, 1000))
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter_map(|(_, record)| match record.event {
+            mfoundry::outbox::audit::AuditEvent::Received { tls_identity, .. } => {
+                Some(tls_identity.unwrap_or_default())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A server requiring client certificates from the test CA.
+async fn mtls_server(directory: &Path) -> common::TestApp {
+    let ca = directory.join("ca.pem").display().to_string();
+    start(directory, &[("TLS_CLIENT_CA", &ca)]).await
+}
+
+#[tokio::test]
+async fn the_mllp_output_delivers_over_mtls() {
+    let Some(certs) = certificates() else { return };
+    let directory = certs.path();
+    let downstream = mtls_server(directory).await;
+    let path = |name: &str| directory.join(name).display().to_string();
+    let yaml = format!(
+        "connectors:\n  - name: downstream\n    type: mllp\n    host: localhost\n    port: {}\n    tls_ca_file: {}\n    tls_cert_file: {}\n    tls_key_file: {}\n",
+        downstream.local_addr().port(),
+        path("ca.pem"),
+        path("client.pem"),
+        path("client.key"),
+    );
+    let upstream = common::start_with_yaml(Some(&yaml), &[]).await;
+    let mut stream = common::connect(&upstream).await;
+    for id in ["OUT1", "OUT2", "OUT3"] {
+        assert_eq!(exchange(&mut stream, id).await, Ok("AA".to_owned()));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while common::stored_control_ids(downstream.outbox()).len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivered over TLS: {:?}",
+            common::stored_control_ids(downstream.outbox())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        common::stored_control_ids(downstream.outbox()),
+        ["OUT1", "OUT2", "OUT3"]
+    );
+    assert_eq!(
+        audited_identities(&downstream).await,
+        vec!["subject=CN=mfoundry; names=CN:mfoundry".to_owned(); 3],
+        "the downstream saw the connector's client certificate"
+    );
+    upstream.shutdown(Duration::from_secs(5)).await;
+    downstream.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_mllp_connector_refuses_a_server_it_does_not_trust() {
+    let Some(certs) = certificates() else { return };
+    let directory = certs.path();
+    let downstream = start(directory, &[]).await;
+    // No tls_ca_file: the test CA is not among the system's, so the handshake fails and the
+    // message waits in the queue (retried), never sent in the clear.
+    let yaml = format!(
+        "connectors:\n  - name: downstream\n    type: mllp\n    host: localhost\n    port: {}\n    tls: true\n    retry: {{ initial_delay: 50ms, max_delay: 100ms }}\n",
+        downstream.local_addr().port(),
+    );
+    let upstream = common::start_with_yaml(Some(&yaml), &[]).await;
+    let mut stream = common::connect(&upstream).await;
+    assert_eq!(
+        exchange(&mut stream, "UNTRUSTED").await,
+        Ok("AA".to_owned())
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let worker = upstream.worker("downstream");
+    while worker
+        .stats()
+        .retries
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 2
+    {
+        assert!(tokio::time::Instant::now() < deadline, "retried");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(common::stored_control_ids(downstream.outbox()).is_empty());
+    assert!(downstream.stats().tls_handshake_failures >= 2);
+    upstream.shutdown(Duration::from_secs(5)).await;
+    downstream.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_changed_client_certificate_is_used_by_the_next_connection() {
+    let Some(certs) = certificates() else { return };
+    let directory = certs.path();
+    common::certs::client_named(directory, "lab", "/CN=lab", "DNS:lab.north.example");
+    let downstream = mtls_server(directory).await;
+    install(directory, "client.pem", "client.key");
+    let settings = mfoundry::tls::ClientTlsSettings {
+        ca_file: Some(directory.join("ca.pem")),
+        cert_file: Some(directory.join("live.pem")),
+        key_file: Some(directory.join("live.key")),
+        server_name: "localhost".to_owned(),
+    };
+    let names = ["tls_ca_file", "tls_cert_file", "tls_key_file"];
+    let tls = mfoundry::tls::TlsClient::new(settings, names).expect("loads");
+    let addr = downstream.local_addr().to_string();
+    let send = async |control_id: &str| {
+        let mut client = mfoundry::mllp::MllpClient::connect_with(
+            &addr,
+            Some(&tls),
+            Duration::from_secs(5),
+            1 << 20,
+        )
+        .await
+        .expect("connects");
+        let ack = client
+            .request(&common::adt(control_id, "2.5"), Duration::from_secs(5))
+            .await
+            .expect("ACK");
+        common::field(&ack, "MSA", 1)
+    };
+    assert_eq!(send("FIRST").await, "AA");
+    install(directory, "lab.pem", "lab.key");
+    assert_eq!(send("SECOND").await, "AA");
+    // A broken pair keeps the previous one.
+    std::fs::write(directory.join("live.key"), "not a key").expect("write");
+    assert_eq!(send("THIRD").await, "AA");
+    let identities = audited_identities(&downstream).await;
+    assert_eq!(
+        identities,
+        [
+            "subject=CN=mfoundry; names=CN:mfoundry",
+            "subject=CN=lab; names=CN:lab,DNS:lab.north.example",
+            "subject=CN=lab; names=CN:lab,DNS:lab.north.example",
+        ]
+    );
+    downstream.shutdown(Duration::from_secs(5)).await;
+}
+
+#[test]
+fn mfoundry_send_speaks_tls_and_mtls() {
+    let Some(certs) = certificates() else { return };
+    let directory = certs.path().to_path_buf();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime.block_on(mtls_server(&directory));
+    let message = directory.join("adt.hl7");
+    std::fs::write(&message, common::adt("SENT-TLS", "2.5")).expect("write");
+    let path = |name: &str| directory.join(name).display().to_string();
+    let send = |extra: &[String]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mfoundry"))
+            .arg("send")
+            .arg("--addr")
+            .arg(format!("localhost:{}", server.local_addr().port()))
+            .arg("--timeout")
+            .arg("5s")
+            .args(extra)
+            .arg(&message)
+            .output()
+            .expect("mfoundry send runs")
+    };
+    let ok = send(&[
+        "--tls-ca".to_owned(),
+        path("ca.pem"),
+        "--tls-cert".to_owned(),
+        path("client.pem"),
+        "--tls-key".to_owned(),
+        path("client.key"),
+    ]);
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success() && stdout.contains("SENT-TLS\tAA"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Without a client certificate the server refuses the handshake.
+    let refused = send(&["--tls-ca".to_owned(), path("ca.pem")]);
+    assert!(!refused.status.success());
+    // A certificate file that is not one is named.
+    let bad = send(&["--tls-ca".to_owned(), path("adt.hl7")]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--tls-ca"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert_eq!(common::stored_control_ids(server.outbox()), ["SENT-TLS"]);
+    runtime.block_on(server.shutdown(Duration::from_secs(5)));
 }

@@ -251,6 +251,25 @@ pub struct ListenerStatsView {
     pub errors: u64,
     /// Frames without a readable header, frames over MAX_FRAME_SIZE, frame timeouts.
     pub unreadable: u64,
+    /// TLS handshakes that failed (bad or missing client certificate, timeout, protocol).
+    pub tls_handshake_failures: u64,
+    /// Connections closed at once because the peer is not in ALLOWED_PEERS.
+    pub connections_denied: u64,
+    /// The listener's certificate, when TLS is on.
+    pub tls: Option<TlsStatsView>,
+}
+
+/// The listener's TLS certificate and its reloads.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TlsStatsView {
+    /// When the certificate in use expires (RFC 3339, UTC).
+    pub certificate_expires_at: String,
+    /// Days until then (negative once expired).
+    pub certificate_days_left: f64,
+    /// Certificates loaded after start (SIGHUP or a file change).
+    pub reloads: u64,
+    /// Reload attempts refused (the previous certificate stayed in use).
+    pub reload_failures: u64,
 }
 
 /// A connector's state: intake counters since start, queue and DLQ now, delivery since start.
@@ -325,6 +344,19 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
                 rejected: stats.acks[2] + stats.acks[5],
                 errors: stats.acks[1] + stats.acks[4],
                 unreadable: stats.unreadable_frames + stats.oversize_frames + stats.frame_timeouts,
+                tls_handshake_failures: stats.tls_handshake_failures,
+                connections_denied: stats.connections_denied,
+                tls: listener.tls.as_ref().map(|tls| {
+                    let not_after = tls.not_after.load(Relaxed);
+                    TlsStatsView {
+                        certificate_expires_at: chrono::DateTime::from_timestamp(not_after, 0)
+                            .map(|time| time.to_rfc3339())
+                            .unwrap_or_default(),
+                        certificate_days_left: (tls.days_left() * 100.0).round() / 100.0,
+                        reloads: tls.reloads.load(Relaxed),
+                        reload_failures: tls.failures.load(Relaxed),
+                    }
+                }),
             }
         })
         .collect();

@@ -89,6 +89,8 @@ pub struct ListenerHandle {
     pub name: String,
     /// Its counters.
     pub stats: Arc<ListenerStats>,
+    /// Its certificate's expiry and reloads, when TLS is on.
+    pub tls: Option<Arc<crate::tls::ReloadStats>>,
 }
 
 /// What the handlers share.

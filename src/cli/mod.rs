@@ -132,6 +132,22 @@ pub struct SendArgs {
     /// How long to wait for each ACK (Go duration: 500ms, 30s, 1m).
     #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
     pub timeout: std::time::Duration,
+    /// Connect over TLS (implied by the other --tls-* options); the server's certificate is
+    /// checked against the system's CAs and --tls-ca.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM file of CA certificates to trust in addition to the system's.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM file of a client certificate (chain, leaf first) for servers that require mTLS.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file of the client certificate's private key.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Name the server's certificate must carry (default: the host of --addr).
+    #[arg(long, value_name = "NAME")]
+    pub tls_server_name: Option<String>,
     /// Files with HL7 v2 messages.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,

@@ -68,8 +68,10 @@ impl Report {
 /// Send every message of `args.files`, printing one line per message to `out`.
 pub async fn run_send(args: &SendArgs, out: &mut dyn Write) -> anyhow::Result<SendSummary> {
     let outgoing = read_files(args)?;
+    let tls = tls_client(args)?;
     let mut session = Session {
         addr: args.addr.clone(),
+        tls,
         timeout: args.timeout,
         client: None,
         ever_connected: false,
@@ -91,6 +93,36 @@ pub async fn run_send(args: &SendArgs, out: &mut dyn Write) -> anyhow::Result<Se
         )?;
     }
     Ok(summary)
+}
+
+/// The TLS client `--tls*` asks for.
+fn tls_client(args: &SendArgs) -> anyhow::Result<Option<crate::tls::TlsClient>> {
+    let wanted = args.tls
+        || args.tls_ca.is_some()
+        || args.tls_cert.is_some()
+        || args.tls_server_name.is_some();
+    if !wanted {
+        return Ok(None);
+    }
+    let server_name = match &args.tls_server_name {
+        Some(name) => name.clone(),
+        None => {
+            let host = match args.addr.rsplit_once(':') {
+                Some((host, _)) => host,
+                None => args.addr.as_str(),
+            };
+            host.trim_matches(['[', ']']).to_owned()
+        }
+    };
+    let settings = crate::tls::ClientTlsSettings {
+        ca_file: args.tls_ca.clone(),
+        cert_file: args.tls_cert.clone(),
+        key_file: args.tls_key.clone(),
+        server_name,
+    };
+    crate::tls::TlsClient::new(settings, ["--tls-ca", "--tls-cert", "--tls-key"])
+        .map(Some)
+        .map_err(|error| anyhow::anyhow!(error))
 }
 
 fn read_files(args: &SendArgs) -> anyhow::Result<Vec<Outgoing>> {
@@ -129,6 +161,7 @@ fn read_files(args: &SendArgs) -> anyhow::Result<Vec<Outgoing>> {
 /// One connection, replaced when the server closes it.
 struct Session {
     addr: String,
+    tls: Option<crate::tls::TlsClient>,
     timeout: Duration,
     client: Option<MllpClient>,
     ever_connected: bool,
@@ -143,7 +176,14 @@ impl Session {
         for attempt in 0..2 {
             let reused = self.client.is_some();
             if self.client.is_none() {
-                match MllpClient::connect(&self.addr, CONNECT_TIMEOUT, MAX_ACK_SIZE).await {
+                match MllpClient::connect_with(
+                    &self.addr,
+                    self.tls.as_ref(),
+                    CONNECT_TIMEOUT,
+                    MAX_ACK_SIZE,
+                )
+                .await
+                {
                     Ok(client) => {
                         self.client = Some(client);
                         self.ever_connected = true;

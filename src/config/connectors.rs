@@ -56,6 +56,8 @@ pub struct MllpSpec {
     pub ack_timeout: Duration,
     /// What AR/CR means.
     pub on_reject: RejectAction,
+    /// TLS, when on (files loaded and checked; reloaded when they change).
+    pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
 }
 
 /// Body of an HTTP request.
@@ -210,7 +212,7 @@ pub fn build(
     }
 
     // Keys that belong to other types are mistakes (a `port` on a file connector does nothing).
-    let present: [(&str, bool, &[ConnectorKind]); 20] = [
+    let present: [(&str, bool, &[ConnectorKind]); 22] = [
         (
             "url",
             connector.url.is_some(),
@@ -276,20 +278,26 @@ pub fn build(
             &[ConnectorKind::Http],
         ),
         ("format", connector.format.is_some(), &[ConnectorKind::Http]),
+        ("tls", connector.tls.is_some(), &[ConnectorKind::Mllp]),
+        (
+            "tls_server_name",
+            connector.tls_server_name.is_some(),
+            &[ConnectorKind::Mllp],
+        ),
         (
             "tls_ca_file",
             connector.tls_ca_file.is_some(),
-            &[ConnectorKind::Http],
+            &[ConnectorKind::Http, ConnectorKind::Mllp],
         ),
         (
             "tls_cert_file",
             connector.tls_cert_file.is_some(),
-            &[ConnectorKind::Http],
+            &[ConnectorKind::Http, ConnectorKind::Mllp],
         ),
         (
             "tls_key_file",
             connector.tls_key_file.is_some(),
-            &[ConnectorKind::Http],
+            &[ConnectorKind::Http, ConnectorKind::Mllp],
         ),
     ];
     for (key, is_set, kinds) in present {
@@ -394,11 +402,46 @@ pub fn build(
             } else {
                 format!("{host}:{port}")
             };
+            let any_file =
+                tls_ca_file.is_some() || tls_cert_file.is_some() || tls_key_file.is_some();
+            let tls = match connector.tls {
+                Some(false) if any_file || connector.tls_server_name.is_some() => {
+                    problems.push(
+                        "`tls: false` with `tls_*` keys; remove them or set `tls: true`".to_owned(),
+                    );
+                    None
+                }
+                Some(false) => None,
+                None if !any_file && connector.tls_server_name.is_none() => None,
+                _ if connector.host.is_none() => None,
+                _ => {
+                    let settings = crate::tls::ClientTlsSettings {
+                        ca_file: tls_ca_file.as_deref().map(PathBuf::from),
+                        cert_file: tls_cert_file.as_deref().map(PathBuf::from),
+                        key_file: tls_key_file.as_deref().map(PathBuf::from),
+                        server_name: connector
+                            .tls_server_name
+                            .clone()
+                            .unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned()),
+                    };
+                    match crate::tls::TlsClient::new(
+                        settings,
+                        ["`tls_ca_file`", "`tls_cert_file`", "`tls_key_file`"],
+                    ) {
+                        Ok(client) => Some(std::sync::Arc::new(client)),
+                        Err(problem) => {
+                            problems.push(problem);
+                            None
+                        }
+                    }
+                }
+            };
             Some(OutputSpec::Mllp(MllpSpec {
                 addr,
                 connect_timeout,
                 ack_timeout,
                 on_reject,
+                tls,
             }))
         }
         ConnectorKind::Http => {

@@ -143,6 +143,10 @@ pub struct FileConfig {
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
     pub tls_client_ca: SpannedScalar,
+    /// Same as `TLS_CLIENT_CRL`.
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub tls_client_crl: SpannedScalar,
     /// Same as `TLS_MIN_VERSION` (1.2 or 1.3).
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
@@ -171,6 +175,10 @@ pub struct FileConfig {
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
     pub admin_tokens_file: SpannedScalar,
+    /// Client certificate identities (mTLS) and the senders (MSH-3/MSH-4) each may send as.
+    /// Once set, a certificate no entry names may not send at all.
+    #[serde(default)]
+    pub tls_senders: Vec<TlsSenderFile>,
     /// Where messages go. Each connector has its own FIFO queue.
     #[serde(default)]
     pub connectors: Vec<ConnectorFile>,
@@ -182,7 +190,7 @@ pub struct FileConfig {
 impl FileConfig {
     /// The scalar settings that are present, by lower-case key.
     pub fn scalars(&self) -> BTreeMap<&'static str, &Spanned<ScalarText>> {
-        let fields: [(&'static str, &SpannedScalar); 26] = [
+        let fields: [(&'static str, &SpannedScalar); 27] = [
             ("listen_addr", &self.listen_addr),
             ("max_connections", &self.max_connections),
             ("idle_timeout", &self.idle_timeout),
@@ -202,6 +210,7 @@ impl FileConfig {
             ("tls_cert_file", &self.tls_cert_file),
             ("tls_key_file", &self.tls_key_file),
             ("tls_client_ca", &self.tls_client_ca),
+            ("tls_client_crl", &self.tls_client_crl),
             ("tls_min_version", &self.tls_min_version),
             ("tls_handshake_timeout", &self.tls_handshake_timeout),
             ("require_tls", &self.require_tls),
@@ -215,6 +224,20 @@ impl FileConfig {
             .filter_map(|(key, value)| value.as_ref().map(|value| (key, value)))
             .collect()
     }
+}
+
+/// One `tls_senders` entry.
+#[derive(Clone, Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSenderFile {
+    /// The client certificate: a subject common name, a DNS, e-mail, URI or IP alternative
+    /// name, or the whole subject (`CN=lab,O=North`).
+    #[schemars(with = "String")]
+    pub identity: Spanned<String>,
+    /// MSH-3.1 values it may send as; `"*"` for any.
+    pub sending_applications: Vec<String>,
+    /// MSH-4.1 values it may send as; `"*"` for any.
+    pub sending_facilities: Vec<String>,
 }
 
 /// Kinds of connector.
@@ -330,15 +353,21 @@ pub struct ConnectorFile {
     /// `http`: body format, `hl7` (default, the bytes as received) or `json`.
     #[serde(default)]
     pub format: Option<String>,
-    /// `http`: PEM file of CA certificates trusted in addition to the system's.
+    /// `mllp`: `true` connects over TLS (implied by any `tls_*` key).
+    #[serde(default)]
+    pub tls: Option<bool>,
+    /// `http`, `mllp`: PEM file of CA certificates trusted in addition to the system's.
     #[serde(default)]
     pub tls_ca_file: Option<String>,
-    /// `http`: PEM file of the client certificate (chain) presented to the endpoint.
+    /// `http`, `mllp`: PEM file of the client certificate (chain) presented to the peer.
     #[serde(default)]
     pub tls_cert_file: Option<String>,
-    /// `http`: PEM file of the client certificate's private key.
+    /// `http`, `mllp`: PEM file of the client certificate's private key.
     #[serde(default)]
     pub tls_key_file: Option<String>,
+    /// `mllp`: the name the peer's certificate must carry (default: `host`).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
     /// `http`: whole-request timeout (Go duration, default `30s`).
     #[serde(default)]
     pub timeout: Option<String>,

@@ -114,6 +114,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "",
     },
     EnvVar {
+        name: "TLS_CLIENT_CRL",
+        default: "",
+    },
+    EnvVar {
         name: "TLS_MIN_VERSION",
         default: "1.2",
     },
@@ -444,6 +448,7 @@ impl Settings {
         let cert_file = reader.read("TLS_CERT_FILE", path, None);
         let key_file = reader.read("TLS_KEY_FILE", path, None);
         let client_ca = reader.read("TLS_CLIENT_CA", path, None);
+        let client_crl = reader.read("TLS_CLIENT_CRL", path, None);
         let min_version = reader.read(
             "TLS_MIN_VERSION",
             |text| match text.trim() {
@@ -475,6 +480,7 @@ impl Settings {
                 cert_file,
                 key_file,
                 client_ca,
+                client_crl,
                 min_version,
                 handshake_timeout,
             }),
@@ -497,6 +503,16 @@ impl Settings {
                 None
             }
         };
+        if let Some(tls) = &tls
+            && tls.client_crl.is_some()
+            && tls.client_ca.is_none()
+        {
+            reader.problems.push(ConfigProblem {
+                name: "TLS_CLIENT_CRL".to_owned(),
+                subject: String::new(),
+                problem: "TLS_CLIENT_CRL checks client certificates, which are only asked for when TLS_CLIENT_CA is set; set TLS_CLIENT_CA too".to_owned(),
+            });
+        }
         let drain_timeout = reader.read(
             "DRAIN_TIMEOUT",
             |text| {
@@ -666,6 +682,8 @@ pub struct Config {
     pub rules: Vec<RuleSpec>,
     /// Each connector's filter, in connector order.
     pub filters: Vec<FilterSpec>,
+    /// `tls_senders`: what each client certificate may send as; `None` when not set.
+    pub senders: Option<crate::tls::SenderMap>,
 }
 
 impl Config {
@@ -710,7 +728,52 @@ impl Config {
         let mut connectors = Vec::new();
         let mut filters = Vec::new();
         let mut rules = Vec::new();
+        let mut senders = None;
         if let Some(file) = &file {
+            if !file.tls_senders.is_empty() {
+                let mut entries = Vec::new();
+                for entry in &file.tls_senders {
+                    let identity = &entry.identity;
+                    let at = file_origin(identity.referenced.line(), identity.referenced.column());
+                    let subject = format!("{at}: tls_senders identity {:?}", identity.value);
+                    let mut complain = |problem: &str| {
+                        problems.push(ConfigProblem {
+                            name: String::new(),
+                            subject: subject.clone(),
+                            problem: problem.to_owned(),
+                        });
+                    };
+                    if identity.value.trim().is_empty() {
+                        complain(
+                            "the identity is empty; write the certificate's common name, an alternative name or its whole subject",
+                        );
+                    }
+                    if entry.sending_applications.is_empty() || entry.sending_facilities.is_empty()
+                    {
+                        complain(
+                            "list at least one value in sending_applications and in sending_facilities (\"*\" allows any)",
+                        );
+                    }
+                    entries.push(crate::tls::SenderRule {
+                        identity: identity.value.trim().to_owned(),
+                        sending_applications: entry.sending_applications.clone(),
+                        sending_facilities: entry.sending_facilities.clone(),
+                    });
+                }
+                let mutual = settings
+                    .as_ref()
+                    .ok()
+                    .and_then(|settings| settings.tls.as_ref())
+                    .is_some_and(|tls| tls.client_ca.is_some());
+                if settings.is_ok() && !mutual {
+                    problems.push(ConfigProblem {
+                        name: String::new(),
+                        subject: format!("{file_name}: tls_senders"),
+                        problem: "tls_senders maps client certificates, which are only asked for with mTLS; set TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA".to_owned(),
+                    });
+                }
+                senders = Some(crate::tls::SenderMap::new(entries));
+            }
             let mut seen = HashSet::new();
             for connector in &file.connectors {
                 let name = &connector.name;
@@ -798,6 +861,7 @@ impl Config {
                 connectors,
                 rules,
                 filters,
+                senders,
             }),
             _ => Err(ConfigErrors(problems)),
         }

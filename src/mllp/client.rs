@@ -1,9 +1,11 @@
 //! A small MLLP client: send a message, wait for the frame that answers it.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
@@ -23,6 +25,14 @@ pub enum ClientError {
     /// No answer in time.
     #[error("no ACK within {0:?}")]
     Timeout(Duration),
+    /// The TLS handshake failed.
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Handshake {
+        /// The address.
+        addr: String,
+        /// The cause (an untrusted or mismatched certificate, a refused client certificate …).
+        source: std::io::Error,
+    },
     /// The peer closed the connection.
     #[error("the server closed the connection without an ACK")]
     Closed,
@@ -31,10 +41,57 @@ pub enum ClientError {
     Frame(#[from] FrameError),
 }
 
+/// A plain or TLS connection.
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_read(context, buffer),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(context, buffer),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write(context, bytes),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(context, bytes),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_flush(context),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(context),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_shutdown(context),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(context),
+        }
+    }
+}
+
 /// One MLLP connection.
 #[derive(Debug)]
 pub struct MllpClient {
-    stream: TcpStream,
+    stream: Stream,
     codec: MllpCodec,
     buffer: BytesMut,
 }
@@ -44,6 +101,17 @@ impl MllpClient {
     /// `max_frame_size` bytes.
     pub async fn connect(
         addr: &str,
+        timeout: Duration,
+        max_frame_size: usize,
+    ) -> Result<Self, ClientError> {
+        Self::connect_with(addr, None, timeout, max_frame_size).await
+    }
+
+    /// Connect to `addr`, over TLS when `tls` is given; the TCP connection and the handshake
+    /// each have `timeout`.
+    pub async fn connect_with(
+        addr: &str,
+        tls: Option<&crate::tls::TlsClient>,
         timeout: Duration,
         max_frame_size: usize,
     ) -> Result<Self, ClientError> {
@@ -61,6 +129,25 @@ impl MllpClient {
             })?
             .map_err(connect_error)?;
         stream.set_nodelay(true).map_err(connect_error)?;
+        let stream = match tls {
+            None => Stream::Plain(stream),
+            Some(tls) => {
+                let handshake_error = |source| ClientError::Handshake {
+                    addr: addr.to_owned(),
+                    source,
+                };
+                let stream = tokio::time::timeout(timeout, tls.connect(stream))
+                    .await
+                    .map_err(|_| {
+                        handshake_error(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "no handshake within the connect timeout",
+                        ))
+                    })?
+                    .map_err(handshake_error)?;
+                Stream::Tls(Box::new(stream))
+            }
+        };
         Ok(Self {
             stream,
             codec: MllpCodec::new(max_frame_size),
@@ -71,17 +158,20 @@ impl MllpClient {
     /// False when the connection cannot carry another exchange: the peer closed it (many
     /// engines close idle connections), or sent bytes nobody asked for (a late ACK). Checked
     /// without waiting before a kept connection is used again.
-    pub fn is_reusable(&self) -> bool {
+    pub fn is_reusable(&mut self) -> bool {
         // A trailing `\r` after an end block is normal; anything else is not.
         if !self.buffer.iter().all(u8::is_ascii_whitespace) {
             return false;
         }
-        let mut probe = [0u8; 1];
-        match self.stream.try_read(&mut probe) {
-            Err(error) => error.kind() == std::io::ErrorKind::WouldBlock,
-            // 0: closed by the peer; more: unsolicited bytes.
-            Ok(_) => false,
-        }
+        // One read that does not wait. Over TLS this also takes in what is not data (a
+        // session ticket, a close_notify), so it is a read of the stream, not of the socket.
+        let mut probe = [0u8; 64];
+        let mut probe = ReadBuf::new(&mut probe);
+        let mut context = Context::from_waker(std::task::Waker::noop());
+        // Ready means closed by the peer (nothing read), unsolicited bytes, or an error.
+        Pin::new(&mut self.stream)
+            .poll_read(&mut context, &mut probe)
+            .is_pending()
     }
 
     /// Write one message, MLLP-framed.

@@ -244,9 +244,17 @@ pub async fn serve(
             let _active = ActiveConnection(&shared.stats);
             configure_socket(&stream, shared.settings.keep_alive_period, peer);
             match &shared.tls {
-                None => handle_connection(stream, peer, &shared).await,
+                None => handle_connection(stream, peer, None, &shared).await,
                 Some(tls) => match tls.accept(stream).await {
-                    Ok(stream) => handle_connection(stream, peer, &shared).await,
+                    Ok(stream) => {
+                        let identity = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(<[_]>::first)
+                            .and_then(crate::tls::PeerIdentity::from_certificate);
+                        handle_connection(stream, peer, identity.as_ref(), &shared).await;
+                    }
                     Err(error) => {
                         bump(&shared.stats.tls_handshake_failures, 1);
                         warn!(%peer, error = %error, "TLS handshake failed; connection closed before any HL7 was read");
@@ -281,12 +289,16 @@ enum Close {
     PeerClosedMidFrame(usize),
 }
 
-async fn handle_connection<S>(mut stream: S, peer: SocketAddr, shared: &Shared)
-where
+async fn handle_connection<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    identity: Option<&crate::tls::PeerIdentity>,
+    shared: &Shared,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     debug!(%peer, "connection opened");
-    let close = serve_frames(&mut stream, peer, shared).await;
+    let close = serve_frames(&mut stream, peer, identity, shared).await;
     let stats = &shared.stats;
     match close {
         Close::PeerClosed => debug!(%peer, "connection closed by peer"),
@@ -336,7 +348,12 @@ fn configure_socket(stream: &TcpStream, keep_alive: Option<Duration>, peer: Sock
     }
 }
 
-async fn serve_frames<S>(stream: &mut S, peer: SocketAddr, shared: &Shared) -> Close
+async fn serve_frames<S>(
+    stream: &mut S,
+    peer: SocketAddr,
+    identity: Option<&crate::tls::PeerIdentity>,
+    shared: &Shared,
+) -> Close
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -363,7 +380,7 @@ where
             bump(&stats.frames_received, 1);
             let size = frame_bytes.len();
             let started = Instant::now();
-            let outcome = shared.ingest.handle(frame_bytes, peer).await;
+            let outcome = shared.ingest.handle(frame_bytes, peer, identity).await;
             if let Reply::Ack { code, .. } | Reply::Suppressed { code } = &outcome.reply {
                 crate::telemetry::metrics::record(
                     &crate::telemetry::metrics::instruments().process,

@@ -52,7 +52,7 @@ impl MllpOutput {
             .unwrap_or_default();
         if self
             .client
-            .as_ref()
+            .as_mut()
             .is_some_and(|client| !client.is_reusable())
         {
             // Closed by the peer while idle (or it sent something unasked): a new connection
@@ -61,10 +61,14 @@ impl MllpOutput {
             self.client = None;
         }
         if self.client.is_none() {
-            let client =
-                MllpClient::connect(&self.spec.addr, self.spec.connect_timeout, MAX_ACK_SIZE)
-                    .await
-                    .map_err(|error| Failure::Reset(describe(&error)))?;
+            let client = MllpClient::connect_with(
+                &self.spec.addr,
+                self.spec.tls.as_deref(),
+                self.spec.connect_timeout,
+                MAX_ACK_SIZE,
+            )
+            .await
+            .map_err(|error| Failure::Reset(describe(&error)))?;
             self.client = Some(client);
         }
         let Some(client) = self.client.as_mut() else {

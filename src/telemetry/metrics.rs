@@ -57,6 +57,10 @@ pub const STORE_COMMITS: &str = "mfoundry.store.commits";
 pub const CAP_HITS: &str = "mfoundry.cap.hits";
 /// Times intake waited for room in the outbox writer's bounded queue.
 pub const OUTBOX_CHANNEL_FULL: &str = "mfoundry.outbox.channel_full";
+/// Gauge: days until the MLLP listener's TLS certificate expires.
+pub const TLS_CERTIFICATE_EXPIRY: &str = "mfoundry.tls.certificate.expiry";
+/// Counter: TLS certificate reloads, by outcome (`ok`, `error`: the previous one stayed).
+pub const TLS_RELOADS: &str = "mfoundry.tls.reloads";
 
 /// Every metric name, for the documentation test and the dashboard check.
 pub const ALL: &[&str] = &[
@@ -77,6 +81,8 @@ pub const ALL: &[&str] = &[
     STORE_COMMITS,
     CAP_HITS,
     OUTBOX_CHANNEL_FULL,
+    TLS_CERTIFICATE_EXPIRY,
+    TLS_RELOADS,
 ];
 
 /// Bucket bounds in seconds, from 50 µs (an intake commit on a fast disk) to 30 s (a slow
@@ -438,6 +444,44 @@ pub fn register(state: &Arc<AdminState>) {
         Box::new(|state, out| {
             if let Some(size) = state.outbox.file_size() {
                 out.push((size as f64, Vec::new()));
+            }
+        }),
+    );
+    gauge(
+        TLS_CERTIFICATE_EXPIRY,
+        "d",
+        "Days until the listener's TLS certificate expires",
+        Box::new(|state, out| {
+            for listener in &state.listeners {
+                if let Some(tls) = &listener.tls {
+                    out.push((
+                        tls.days_left(),
+                        vec![KeyValue::new(LISTENER, listener.name.clone())],
+                    ));
+                }
+            }
+        }),
+    );
+    sum(
+        TLS_RELOADS,
+        "{reload}",
+        "TLS certificate reloads (error: the new files were refused and the previous certificate stayed)",
+        Box::new(|state, out| {
+            for listener in &state.listeners {
+                if let Some(tls) = &listener.tls {
+                    for (outcome, value) in [
+                        ("ok", tls.reloads.load(Relaxed)),
+                        ("error", tls.failures.load(Relaxed)),
+                    ] {
+                        out.push((
+                            value,
+                            vec![
+                                KeyValue::new(LISTENER, listener.name.clone()),
+                                KeyValue::new(OUTCOME, outcome),
+                            ],
+                        ));
+                    }
+                }
             }
         }),
     );

@@ -142,7 +142,7 @@ pub fn reply_to(frame: &[u8], default_charset: Charset) -> mfoundry::ingest::Rep
     let (runtime, ingest) = memory_ingest(default_charset);
     let peer: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
     runtime
-        .block_on(ingest.handle(bytes::Bytes::copy_from_slice(frame), peer))
+        .block_on(ingest.handle(bytes::Bytes::copy_from_slice(frame), peer, None))
         .reply
 }
 
