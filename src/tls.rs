@@ -523,8 +523,9 @@ pub struct ClientTlsSettings {
     pub cert_file: Option<PathBuf>,
     /// Its private key, PEM.
     pub key_file: Option<PathBuf>,
-    /// The name the peer's certificate must carry (DNS name or IP address).
-    pub server_name: String,
+    /// The name the peer's certificate must carry (DNS name or IP address); `None` where
+    /// the caller passes it per connection (PostgreSQL takes it from the connection string).
+    pub server_name: Option<String>,
 }
 
 /// Build and check a client configuration from the files. `what` prefixes error messages
@@ -572,20 +573,23 @@ pub fn client_config(
 pub struct TlsClient {
     settings: ClientTlsSettings,
     names: [&'static str; 3],
-    server_name: rustls_pki_types::ServerName<'static>,
+    server_name: Option<rustls_pki_types::ServerName<'static>>,
     current: std::sync::Mutex<(Fingerprint, Arc<rustls::ClientConfig>)>,
 }
 
 impl TlsClient {
     /// Load the files (errors name the setting and the file).
     pub fn new(settings: ClientTlsSettings, names: [&'static str; 3]) -> Result<Self, String> {
-        let server_name = rustls_pki_types::ServerName::try_from(settings.server_name.clone())
-            .map_err(|_| {
-                format!(
-                    "{:?} is not a DNS name or IP address to check the peer's certificate against",
-                    settings.server_name
-                )
-            })?;
+        let server_name = match &settings.server_name {
+            None => None,
+            Some(name) => Some(rustls_pki_types::ServerName::try_from(name.clone()).map_err(
+                |_| {
+                    format!(
+                        "{name:?} is not a DNS name or IP address to check the peer's certificate against"
+                    )
+                },
+            )?),
+        };
         let fingerprint = client_fingerprint(&settings);
         let config = client_config(&settings, names)?;
         Ok(Self {
@@ -596,7 +600,8 @@ impl TlsClient {
         })
     }
 
-    fn config(&self) -> Arc<rustls::ClientConfig> {
+    /// The configuration for a new connection (reloaded first if the files changed).
+    pub fn config(&self) -> Arc<rustls::ClientConfig> {
         let mut current = match self.current.lock() {
             Ok(current) => current,
             Err(poisoned) => poisoned.into_inner(),
@@ -606,11 +611,14 @@ impl TlsClient {
             current.0 = fingerprint;
             match client_config(&self.settings, self.names) {
                 Ok(config) => {
-                    tracing::info!(server = %self.settings.server_name, "outbound TLS files changed; new connections use them");
+                    tracing::info!(
+                        server = self.settings.server_name.as_deref().unwrap_or(""),
+                        "outbound TLS files changed; new connections use them"
+                    );
                     current.1 = config;
                 }
                 Err(error) => {
-                    tracing::warn!(server = %self.settings.server_name, error = %error, "outbound TLS files changed but do not load; the previous ones stay");
+                    tracing::warn!(server = self.settings.server_name.as_deref().unwrap_or(""), error = %error, "outbound TLS files changed but do not load; the previous ones stay");
                 }
             }
         }
@@ -622,8 +630,11 @@ impl TlsClient {
         &self,
         stream: tokio::net::TcpStream,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let server_name = self.server_name.clone().ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no TLS server name")
+        })?;
         tokio_rustls::TlsConnector::from(self.config())
-            .connect(self.server_name.clone(), stream)
+            .connect(server_name, stream)
             .await
     }
 }

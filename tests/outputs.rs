@@ -305,6 +305,7 @@ async fn postgres_gets_one_row_per_message_even_when_delivered_twice() {
     let spec = mfoundry::config::connectors::PostgresSpec {
         dsn: dsn.clone(),
         table: table.clone(),
+        tls: None,
     };
     let mut output = mfoundry::outputs::postgres::PostgresOutput::new(spec);
     let envelope = mfoundry::delivery::Envelope {
@@ -462,7 +463,8 @@ fn tls_files_are_checked_when_the_configuration_loads() {
         common::run_binary(directory.path(), &["check", "--config", "bad.yaml"], &[]);
     assert_eq!(code, 64);
     for expected in [
-        "`tls_ca_file` holds no PEM certificate",
+        "`tls_ca_file`",
+        "junk.pem: no PEM certificate found",
         "set both `tls_cert_file` and `tls_key_file`",
         "`tls_ca_file` does not apply to type file",
     ] {
@@ -471,4 +473,79 @@ fn tls_files_are_checked_when_the_configuration_loads() {
             "missing {expected:?} in {stderr}"
         );
     }
+}
+
+/// The server's certificate, when the local PostgreSQL serves TLS with the Debian
+/// self-signed one (CN and SAN `localhost`).
+fn postgres_server_certificate() -> Option<&'static str> {
+    let path = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+    if std::path::Path::new(path).exists() {
+        Some(path)
+    } else {
+        eprintln!("SKIPPED: {path} (the local PostgreSQL's TLS certificate) is not there");
+        None
+    }
+}
+
+#[tokio::test]
+async fn postgres_over_tls_checks_the_server_certificate() {
+    let Some((client, _)) = postgres().await else {
+        return;
+    };
+    let ssl: String = client
+        .query_one("SHOW ssl", &[])
+        .await
+        .expect("show ssl")
+        .get(0);
+    if ssl != "on" {
+        eprintln!("SKIPPED: the local PostgreSQL does not serve TLS (ssl = {ssl})");
+        return;
+    }
+    let Some(certificate) = postgres_server_certificate() else {
+        return;
+    };
+    let table = format!("mfoundry_tls_{}", std::process::id());
+    let dsn = "host=localhost port=5432 user=postgres dbname=test sslmode=require application_name=mfoundry-tls-test";
+    // Trusting the server's certificate: delivered, over TLS.
+    let yaml = format!(
+        "connectors:\n  - name: archive\n    type: postgres\n    dsn: \"{dsn}\"\n    table: {table}\n    tls_ca_file: {certificate}\n"
+    );
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    send(&app, &["TLS1"]).await;
+    eventually("1 row", || stat(&app, "archive", "delivered") == 1).await;
+    let encrypted: bool = client
+        .query_one(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'mfoundry-tls-test'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert!(encrypted, "the connector's connection uses TLS");
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+
+    // By address, the certificate (for localhost only) does not match: nothing is sent,
+    // the message waits.
+    let by_address = dsn.replace("host=localhost", "host=127.0.0.1");
+    let yaml = format!(
+        "connectors:\n  - name: archive\n    type: postgres\n    dsn: \"{by_address}\"\n    table: {table}\n    tls_ca_file: {certificate}\n    retry: {{ initial_delay: 50ms, max_delay: 100ms }}\n"
+    );
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    send(&app, &["TLS2"]).await;
+    eventually("two failed attempts", || {
+        stat(&app, "archive", "retries") >= 2
+    })
+    .await;
+    assert_eq!(stat(&app, "archive", "delivered"), 0);
+    let rows: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 1, "only the first message arrived");
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+    client
+        .execute(&format!("DROP TABLE {table}"), &[])
+        .await
+        .expect("drop");
 }

@@ -710,7 +710,7 @@ async fn a_changed_client_certificate_is_used_by_the_next_connection() {
         ca_file: Some(directory.join("ca.pem")),
         cert_file: Some(directory.join("live.pem")),
         key_file: Some(directory.join("live.key")),
-        server_name: "localhost".to_owned(),
+        server_name: Some("localhost".to_owned()),
     };
     let names = ["tls_ca_file", "tls_cert_file", "tls_key_file"];
     let tls = mfoundry::tls::TlsClient::new(settings, names).expect("loads");

@@ -118,7 +118,7 @@ fn tls_client(args: &SendArgs) -> anyhow::Result<Option<crate::tls::TlsClient>> 
         ca_file: args.tls_ca.clone(),
         cert_file: args.tls_cert.clone(),
         key_file: args.tls_key.clone(),
-        server_name,
+        server_name: Some(server_name),
     };
     crate::tls::TlsClient::new(settings, ["--tls-ca", "--tls-cert", "--tls-key"])
         .map(Some)

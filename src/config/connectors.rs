@@ -93,10 +93,8 @@ pub struct HttpSpec {
     pub format: HttpFormat,
     /// Whole-request timeout.
     pub timeout: Duration,
-    /// Extra trusted CA certificates (PEM), read at load.
-    pub tls_ca_pem: Option<Vec<u8>>,
-    /// Client certificate chain and key (PEM, concatenated), read at load.
-    pub tls_identity_pem: Option<Vec<u8>>,
+    /// TLS files (`tls_*` keys), when set.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
 }
 
 /// `type: file`.
@@ -115,6 +113,8 @@ pub struct PostgresSpec {
     pub dsn: String,
     /// Table name.
     pub table: String,
+    /// TLS files (`tls_*` keys), when set.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
 }
 
 impl std::fmt::Debug for PostgresSpec {
@@ -204,6 +204,12 @@ pub fn build(
     let tls_ca_file = text("tls_ca_file", &connector.tls_ca_file);
     let tls_cert_file = text("tls_cert_file", &connector.tls_cert_file);
     let tls_key_file = text("tls_key_file", &connector.tls_key_file);
+    let tls_files = (tls_ca_file.is_some() || tls_cert_file.is_some() || tls_key_file.is_some())
+        .then(|| TlsFiles {
+            ca: tls_ca_file.map(PathBuf::from),
+            cert: tls_cert_file.map(PathBuf::from),
+            key: tls_key_file.map(PathBuf::from),
+        });
     let mut headers = BTreeMap::new();
     for (name, value) in connector.headers.iter().flatten() {
         if let Some(value) = text(&format!("headers.{name}"), &Some(value.clone())) {
@@ -287,17 +293,29 @@ pub fn build(
         (
             "tls_ca_file",
             connector.tls_ca_file.is_some(),
-            &[ConnectorKind::Http, ConnectorKind::Mllp],
+            &[
+                ConnectorKind::Http,
+                ConnectorKind::Mllp,
+                ConnectorKind::Postgres,
+            ],
         ),
         (
             "tls_cert_file",
             connector.tls_cert_file.is_some(),
-            &[ConnectorKind::Http, ConnectorKind::Mllp],
+            &[
+                ConnectorKind::Http,
+                ConnectorKind::Mllp,
+                ConnectorKind::Postgres,
+            ],
         ),
         (
             "tls_key_file",
             connector.tls_key_file.is_some(),
-            &[ConnectorKind::Http, ConnectorKind::Mllp],
+            &[
+                ConnectorKind::Http,
+                ConnectorKind::Mllp,
+                ConnectorKind::Postgres,
+            ],
         ),
     ];
     for (key, is_set, kinds) in present {
@@ -402,38 +420,26 @@ pub fn build(
             } else {
                 format!("{host}:{port}")
             };
-            let any_file =
-                tls_ca_file.is_some() || tls_cert_file.is_some() || tls_key_file.is_some();
             let tls = match connector.tls {
-                Some(false) if any_file || connector.tls_server_name.is_some() => {
+                Some(false) if tls_files.is_some() || connector.tls_server_name.is_some() => {
                     problems.push(
                         "`tls: false` with `tls_*` keys; remove them or set `tls: true`".to_owned(),
                     );
                     None
                 }
                 Some(false) => None,
-                None if !any_file && connector.tls_server_name.is_none() => None,
+                None if tls_files.is_none() && connector.tls_server_name.is_none() => None,
                 _ if connector.host.is_none() => None,
                 _ => {
-                    let settings = crate::tls::ClientTlsSettings {
-                        ca_file: tls_ca_file.as_deref().map(PathBuf::from),
-                        cert_file: tls_cert_file.as_deref().map(PathBuf::from),
-                        key_file: tls_key_file.as_deref().map(PathBuf::from),
-                        server_name: connector
-                            .tls_server_name
-                            .clone()
-                            .unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned()),
-                    };
-                    match crate::tls::TlsClient::new(
-                        settings,
-                        ["`tls_ca_file`", "`tls_cert_file`", "`tls_key_file`"],
-                    ) {
-                        Ok(client) => Some(std::sync::Arc::new(client)),
-                        Err(problem) => {
-                            problems.push(problem);
-                            None
-                        }
-                    }
+                    let server_name = connector
+                        .tls_server_name
+                        .clone()
+                        .unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned());
+                    tls_client(
+                        &Some(tls_files.clone().unwrap_or_default()),
+                        Some(server_name),
+                        &mut problems,
+                    )
                 }
             };
             Some(OutputSpec::Mllp(MllpSpec {
@@ -484,48 +490,7 @@ pub fn build(
                     "`bearer_token_env` names {name}, which is not set in the environment"
                 ));
             }
-            let mut read_pem = |key: &str, path: &str| match std::fs::read(path) {
-                Ok(bytes) => Some(bytes),
-                Err(error) => {
-                    problems.push(format!("`{key}` {path:?} cannot be read: {error}"));
-                    None
-                }
-            };
-            let tls_ca_pem = tls_ca_file
-                .as_deref()
-                .and_then(|path| read_pem("tls_ca_file", path));
-            let tls_identity_pem = match (tls_cert_file.as_deref(), tls_key_file.as_deref()) {
-                (Some(cert), Some(key)) => {
-                    let cert = read_pem("tls_cert_file", cert);
-                    let key = read_pem("tls_key_file", key);
-                    cert.zip(key).map(|(mut cert, key)| {
-                        cert.push(b'\n');
-                        cert.extend_from_slice(&key);
-                        cert
-                    })
-                }
-                (None, None) => None,
-                _ => {
-                    problems.push(
-                        "set both `tls_cert_file` and `tls_key_file` for a client certificate"
-                            .to_owned(),
-                    );
-                    None
-                }
-            };
-            if let Some(pem) = &tls_ca_pem
-                && reqwest::Certificate::from_pem_bundle(pem).map_or(true, |certs| certs.is_empty())
-            {
-                problems.push("`tls_ca_file` holds no PEM certificate".to_owned());
-            }
-            if let Some(pem) = &tls_identity_pem
-                && reqwest::Identity::from_pem(pem).is_err()
-            {
-                problems.push(
-                    "`tls_cert_file`/`tls_key_file` do not hold a PEM certificate and its private key"
-                        .to_owned(),
-                );
-            }
+            let tls = tls_client(&tls_files, None, &mut problems);
             Some(OutputSpec::Http(HttpSpec {
                 url,
                 method,
@@ -533,8 +498,7 @@ pub fn build(
                 token,
                 format,
                 timeout,
-                tls_ca_pem,
-                tls_identity_pem,
+                tls,
             }))
         }
         ConnectorKind::File => {
@@ -576,7 +540,9 @@ pub fn build(
                     "`table` {table:?} must be a plain name or schema.name (letters, digits, _; not starting with a digit)"
                 ));
             }
-            Some(OutputSpec::Postgres(PostgresSpec { dsn, table }))
+            // The server name is the connection string's host.
+            let tls = tls_client(&tls_files, None, &mut problems);
+            Some(OutputSpec::Postgres(PostgresSpec { dsn, table, tls }))
         }
         ConnectorKind::Nats => {
             problems.push(
@@ -652,5 +618,47 @@ mod tests {
         assert!(!valid_table_name("a.b.c"));
         assert!(!valid_table_name("1abc"));
         assert!(!valid_table_name(""));
+    }
+}
+
+/// A connector's `tls_*` files.
+#[derive(Clone, Debug, Default)]
+struct TlsFiles {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// The TLS client of a connector: `None` without files; the files are read and checked now
+/// (problems name the key and the file).
+fn tls_client(
+    files: &Option<TlsFiles>,
+    server_name: Option<String>,
+    problems: &mut Vec<String>,
+) -> Option<std::sync::Arc<crate::tls::TlsClient>> {
+    let files = files.as_ref()?;
+    let paired = files.cert.is_some() == files.key.is_some();
+    if !paired {
+        problems.push(
+            "set both `tls_cert_file` and `tls_key_file` for a client certificate".to_owned(),
+        );
+    }
+    // Without a pair, the CA file is still checked, so one run names every problem.
+    let settings = crate::tls::ClientTlsSettings {
+        ca_file: files.ca.clone(),
+        cert_file: files.cert.clone().filter(|_| paired),
+        key_file: files.key.clone().filter(|_| paired),
+        server_name,
+    };
+    match crate::tls::TlsClient::new(
+        settings,
+        ["`tls_ca_file`", "`tls_cert_file`", "`tls_key_file`"],
+    ) {
+        Ok(client) if paired => Some(std::sync::Arc::new(client)),
+        Ok(_) => None,
+        Err(problem) => {
+            problems.push(problem);
+            None
+        }
     }
 }

@@ -25,6 +25,8 @@ pub const HL7_MEDIA_TYPE: &str = "x-application/hl7-v2+er7";
 pub struct HttpOutput {
     spec: HttpSpec,
     client: Result<reqwest::Client, String>,
+    /// The TLS configuration `client` was built with, to notice a reload.
+    tls_in_use: Option<Arc<rustls::ClientConfig>>,
     method: reqwest::Method,
     headers: HeaderMap,
 }
@@ -53,15 +55,17 @@ impl HttpOutput {
                 _ => problem = Some(format!("header {name:?} is not a valid HTTP header")),
             }
         }
+        let tls_in_use = spec.tls.as_ref().map(|tls| tls.config());
         let client = match problem {
             Some(problem) => Err(problem),
-            None => build_client(&spec),
+            None => build_client(&spec, tls_in_use.as_deref()),
         };
         let method =
             reqwest::Method::from_bytes(spec.method.as_bytes()).unwrap_or(reqwest::Method::POST);
         Self {
             spec,
             client,
+            tls_in_use,
             method,
             headers,
         }
@@ -69,6 +73,7 @@ impl HttpOutput {
 
     /// Send one message.
     pub async fn deliver(&mut self, envelope: &Envelope) -> Result<(), DeliveryError> {
+        self.reload_tls();
         let client = self
             .client
             .as_ref()
@@ -173,7 +178,35 @@ impl HttpOutput {
     }
 }
 
-fn build_client(spec: &HttpSpec) -> Result<reqwest::Client, String> {
+impl HttpOutput {
+    /// Rebuild the client when the TLS files changed and loaded (new connections use them;
+    /// a request in flight keeps its own).
+    fn reload_tls(&mut self) {
+        let (Some(tls), Ok(_)) = (&self.spec.tls, &self.client) else {
+            return;
+        };
+        let current = tls.config();
+        if self
+            .tls_in_use
+            .as_ref()
+            .is_some_and(|in_use| Arc::ptr_eq(in_use, &current))
+        {
+            return;
+        }
+        match build_client(&self.spec, Some(&current)) {
+            Ok(client) => self.client = Ok(client),
+            Err(error) => {
+                tracing::warn!(error = %error, "HTTP client not rebuilt with the new TLS files; the previous one stays");
+            }
+        }
+        self.tls_in_use = Some(current);
+    }
+}
+
+fn build_client(
+    spec: &HttpSpec,
+    tls: Option<&rustls::ClientConfig>,
+) -> Result<reqwest::Client, String> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10).min(spec.timeout))
         .timeout(spec.timeout)
@@ -181,15 +214,12 @@ fn build_client(spec: &HttpSpec) -> Result<reqwest::Client, String> {
         // end in a 2xx: treat a 3xx as a refusal instead.
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("mfoundry/", env!("CARGO_PKG_VERSION")));
-    if let Some(pem) = &spec.tls_ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem)
-            .map_err(|error| format!("tls_ca_file: {error}"))?;
-        builder = builder.tls_certs_merge(certs);
-    }
-    if let Some(pem) = &spec.tls_identity_pem {
-        let identity = reqwest::Identity::from_pem(pem)
-            .map_err(|error| format!("tls_cert_file/tls_key_file: {error}"))?;
-        builder = builder.identity(identity);
+    if let Some(tls) = tls {
+        // The connector's own configuration (system CAs plus tls_ca_file, client
+        // certificate); reqwest leaves ALPN to it.
+        let mut tls = tls.clone();
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        builder = builder.tls_backend_preconfigured(tls);
     }
     builder
         .build()

@@ -30,6 +30,7 @@
 //! connection comes from the standard `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD` and
 //! `PGDATABASE` variables, with libpq's defaults.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls, Statement};
@@ -148,23 +149,42 @@ impl PostgresOutput {
         }
     }
 
+    /// TLS for this connection: with `tls_*` files unless `sslmode=disable`; with the
+    /// system's CAs for `sslmode=require`; none otherwise (`prefer` without files stays in
+    /// the clear, as before TLS settings existed).
+    fn tls_config(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> Result<Option<Arc<rustls::ClientConfig>>, DeliveryError> {
+        use tokio_postgres::config::SslMode;
+        match (&self.spec.tls, config.get_ssl_mode()) {
+            (_, SslMode::Disable) => Ok(None),
+            (Some(tls), _) => Ok(Some(tls.config())),
+            (None, SslMode::Require) => {
+                let settings = crate::tls::ClientTlsSettings {
+                    ca_file: None,
+                    cert_file: None,
+                    key_file: None,
+                    server_name: None,
+                };
+                crate::tls::client_config(&settings, ["", "", ""])
+                    .map(Some)
+                    .map_err(DeliveryError::transient)
+            }
+            (None, _) => Ok(None),
+        }
+    }
+
     async fn connect(&self) -> Result<(Client, Statement), DeliveryError> {
         let config = postgres_config(&self.spec.dsn, &|name| std::env::var(name).ok())
             .map_err(DeliveryError::transient)?;
-        let connect = config.connect(NoTls);
-        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| {
-                DeliveryError::transient(format!("could not connect within {CONNECT_TIMEOUT:?}"))
-            })?
-            .map_err(|error| {
-                DeliveryError::transient(format!("could not connect: {}", describe(&error)))
-            })?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                warn!(error = %describe(&error), "PostgreSQL connection closed");
+        let client = match self.tls_config(&config)? {
+            None => spawn_connection(config.connect(NoTls)).await?,
+            Some(tls) => {
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+                spawn_connection(config.connect(tls)).await?
             }
-        });
+        };
         let table = &self.spec.table;
         let create = format!(
             "CREATE TABLE IF NOT EXISTS {table} (
@@ -235,6 +255,15 @@ pub fn postgres_config(
     if let Some(password) = lookup("PGPASSWORD") {
         config.password(password);
     }
+    if let Some(mode) = lookup("PGSSLMODE") {
+        use tokio_postgres::config::SslMode;
+        config.ssl_mode(match mode.trim() {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            _ => return Err("PGSSLMODE must be disable, prefer or require".to_owned()),
+        });
+    }
     config.application_name("mfoundry");
     Ok(config)
 }
@@ -270,4 +299,30 @@ fn describe(error: &tokio_postgres::Error) -> String {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
         None => error.to_string(),
     }
+}
+
+/// Finish connecting within [`CONNECT_TIMEOUT`] and drive the connection on its own task.
+async fn spawn_connection<S, T>(
+    connect: impl std::future::Future<
+        Output = Result<(Client, tokio_postgres::Connection<S, T>), tokio_postgres::Error>,
+    >,
+) -> Result<Client, DeliveryError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+        .await
+        .map_err(|_| {
+            DeliveryError::transient(format!("could not connect within {CONNECT_TIMEOUT:?}"))
+        })?
+        .map_err(|error| {
+            DeliveryError::transient(format!("could not connect: {}", describe(&error)))
+        })?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            warn!(error = %describe(&error), "PostgreSQL connection closed");
+        }
+    });
+    Ok(client)
 }
