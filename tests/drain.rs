@@ -178,3 +178,69 @@ fn drain_timeout_cuts_a_hung_delivery_short_and_says_so_and_a_second_signal_exit
     assert_eq!(queued, 1, "still queued after the hard exit");
     drop(runtime);
 }
+
+fn bench_args(
+    addr: std::net::SocketAddr,
+    connections: usize,
+    messages: usize,
+) -> mfoundry::cli::BenchArgs {
+    mfoundry::cli::BenchArgs {
+        addr: addr.to_string(),
+        connections,
+        messages,
+        file: None,
+        timeout: Duration::from_secs(5),
+        probe_dir: ".".into(),
+        no_probe: true,
+        tls: mfoundry::cli::TlsArgs::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_keeps_its_figures_when_the_server_drains_under_it() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let app = mfoundry::app::RunningApp::start(common::config(data.path(), None, &[]))
+        .await
+        .expect("starts");
+    let messages = 10_000_000;
+    let args = bench_args(app.local_addr(), 4, messages);
+    // The bench on a thread and runtime of its own, as a separate process would be.
+    let bench = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let mut out = Vec::new();
+        let report = runtime.block_on(mfoundry::cli::run_bench(&args, &mut out));
+        (report, String::from_utf8(out).expect("utf-8"))
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.stats().frames_received < 200 {
+        assert!(Instant::now() < deadline, "the bench is sending");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+    let (report, printed) =
+        tokio::task::spawn_blocking(move || bench.join().expect("bench thread"))
+            .await
+            .expect("join");
+    let report = report.expect("a report, not an error");
+    assert_eq!(report.not_aa, 0, "{printed}");
+    assert_eq!(report.answered + report.failed, messages, "{printed}");
+    assert!(report.answered >= 200, "{printed}");
+    assert!(printed.contains("no answer"), "{printed}");
+    // Every AA is stored.
+    let stored = mfoundry::outbox::Outbox::open_existing(mfoundry::outbox::OutboxOptions::new(
+        data.path().join("mfoundry.redb"),
+    ))
+    .map(|(outbox, writer)| {
+        let count = common::stored_control_ids(&outbox).len();
+        drop(outbox);
+        writer.join();
+        count
+    })
+    .expect("opens");
+    // At most the frame in hand of each connection can be stored without its ACK arriving.
+    assert!(
+        (report.answered..=report.answered + 4).contains(&stored),
+        "stored {stored}, answered {}",
+        report.answered
+    );
+}

@@ -59,11 +59,7 @@ fn args(addr: SocketAddr, path: PathBuf) -> SendArgs {
     SendArgs {
         addr: addr.to_string(),
         timeout: Duration::from_secs(5),
-        tls: false,
-        tls_ca: None,
-        tls_cert: None,
-        tls_key: None,
-        tls_server_name: None,
+        tls: mfoundry::cli::TlsArgs::default(),
         files: vec![path],
     }
 }

@@ -797,3 +797,35 @@ fn mfoundry_send_speaks_tls_and_mtls() {
     assert_eq!(common::stored_control_ids(server.outbox()), ["SENT-TLS"]);
     runtime.block_on(server.shutdown(Duration::from_secs(5)));
 }
+
+#[tokio::test]
+async fn bench_loads_an_mtls_listener() {
+    let Some(certs) = certificates() else { return };
+    let directory = certs.path();
+    let app = mtls_server(directory).await;
+    let path = |name: &str| Some(directory.join(name));
+    let args = mfoundry::cli::BenchArgs {
+        addr: format!("localhost:{}", app.local_addr().port()),
+        connections: 3,
+        messages: 300,
+        file: None,
+        timeout: Duration::from_secs(5),
+        probe_dir: ".".into(),
+        no_probe: true,
+        tls: mfoundry::cli::TlsArgs {
+            tls: false,
+            tls_ca: path("ca.pem"),
+            tls_cert: path("client.pem"),
+            tls_key: path("client.key"),
+            tls_server_name: None,
+        },
+    };
+    let mut out = Vec::new();
+    let report = mfoundry::cli::run_bench(&args, &mut out)
+        .await
+        .expect("bench runs");
+    assert_eq!((report.answered, report.not_aa, report.failed), (300, 0, 0));
+    assert_eq!(common::stored_control_ids(app.outbox()).len(), 300);
+    assert_eq!(app.stats().tls_handshake_failures, 0);
+    app.shutdown(Duration::from_secs(5)).await;
+}

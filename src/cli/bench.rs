@@ -43,6 +43,9 @@ pub struct BenchArgs {
     /// Skip the probe.
     #[arg(long)]
     pub no_probe: bool,
+    /// TLS (each connection does one handshake, then sends its share).
+    #[command(flatten)]
+    pub tls: super::TlsArgs,
 }
 
 /// Latency percentiles in microseconds.
@@ -122,6 +125,7 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
         )?;
     }
 
+    let tls = args.tls.client(&args.addr)?.map(std::sync::Arc::new);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.connections);
     for connection in 0..args.connections {
@@ -130,8 +134,9 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
         let template = template.clone();
         let addr = args.addr.clone();
         let timeout = args.timeout;
+        let tls = tls.clone();
         tasks.push(tokio::spawn(async move {
-            run_connection(&addr, connection, share, &template, timeout).await
+            run_connection(&addr, tls.as_deref(), connection, share, &template, timeout).await
         }));
     }
     let mut latencies: Vec<u32> = Vec::with_capacity(args.messages);
@@ -209,6 +214,7 @@ fn with_control_id(template: &[u8], control_id: &str) -> Vec<u8> {
 
 async fn run_connection(
     addr: &str,
+    tls: Option<&crate::tls::TlsClient>,
     connection: usize,
     share: usize,
     template: &[u8],
@@ -223,12 +229,20 @@ async fn run_connection(
         return Ok(result);
     }
     let run_id = std::process::id();
-    let mut client = MllpClient::connect(addr, Duration::from_secs(10), 1 << 20).await?;
+    let connect = || MllpClient::connect_with(addr, tls, Duration::from_secs(10), 1 << 20);
+    // The first connection must work: a wrong address is an error, not a measurement.
+    let mut client = Some(connect().await?);
     for sequence in 0..share {
+        let Some(connected) = client.as_mut() else {
+            // The server went away (stopped, or refusing connections): the rest of this
+            // connection's share is not sent and counts as unanswered.
+            result.failed += share - sequence;
+            break;
+        };
         let control_id = format!("B{run_id}-{connection}-{sequence}");
         let message = with_control_id(template, &control_id);
         let sent = Instant::now();
-        match client.request(&message, timeout).await {
+        match connected.request(&message, timeout).await {
             Ok(ack) => {
                 let micros = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
                 result.latencies.push(micros);
@@ -241,7 +255,7 @@ async fn run_connection(
             }
             Err(_) => {
                 result.failed += 1;
-                client = MllpClient::connect(addr, Duration::from_secs(10), 1 << 20).await?;
+                client = connect().await.ok();
             }
         }
     }

@@ -132,6 +132,17 @@ pub struct SendArgs {
     /// How long to wait for each ACK (Go duration: 500ms, 30s, 1m).
     #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
     pub timeout: std::time::Duration,
+    /// TLS.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Files with HL7 v2 messages.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+/// The TLS options of `send` and `bench`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
     /// Connect over TLS (implied by the other --tls-* options); the server's certificate is
     /// checked against the system's CAs and --tls-ca.
     #[arg(long)]
@@ -148,9 +159,36 @@ pub struct SendArgs {
     /// Name the server's certificate must carry (default: the host of --addr).
     #[arg(long, value_name = "NAME")]
     pub tls_server_name: Option<String>,
-    /// Files with HL7 v2 messages.
-    #[arg(required = true, value_name = "FILE")]
-    pub files: Vec<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The TLS client these options ask for, for a server at `addr` (`host:port`); `None`
+    /// for plain MLLP.
+    pub fn client(&self, addr: &str) -> anyhow::Result<Option<crate::tls::TlsClient>> {
+        let wanted = self.tls
+            || self.tls_ca.is_some()
+            || self.tls_cert.is_some()
+            || self.tls_server_name.is_some();
+        if !wanted {
+            return Ok(None);
+        }
+        let server_name = match &self.tls_server_name {
+            Some(name) => name.clone(),
+            None => {
+                let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+                host.trim_matches(['[', ']']).to_owned()
+            }
+        };
+        let settings = crate::tls::ClientTlsSettings {
+            ca_file: self.tls_ca.clone(),
+            cert_file: self.tls_cert.clone(),
+            key_file: self.tls_key.clone(),
+            server_name: Some(server_name),
+        };
+        crate::tls::TlsClient::new(settings, ["--tls-ca", "--tls-cert", "--tls-key"])
+            .map(Some)
+            .map_err(|error| anyhow::anyhow!(error))
+    }
 }
 
 fn parse_go_duration(text: &str) -> Result<std::time::Duration, String> {

@@ -68,7 +68,7 @@ impl Report {
 /// Send every message of `args.files`, printing one line per message to `out`.
 pub async fn run_send(args: &SendArgs, out: &mut dyn Write) -> anyhow::Result<SendSummary> {
     let outgoing = read_files(args)?;
-    let tls = tls_client(args)?;
+    let tls = args.tls.client(&args.addr)?;
     let mut session = Session {
         addr: args.addr.clone(),
         tls,
@@ -93,36 +93,6 @@ pub async fn run_send(args: &SendArgs, out: &mut dyn Write) -> anyhow::Result<Se
         )?;
     }
     Ok(summary)
-}
-
-/// The TLS client `--tls*` asks for.
-fn tls_client(args: &SendArgs) -> anyhow::Result<Option<crate::tls::TlsClient>> {
-    let wanted = args.tls
-        || args.tls_ca.is_some()
-        || args.tls_cert.is_some()
-        || args.tls_server_name.is_some();
-    if !wanted {
-        return Ok(None);
-    }
-    let server_name = match &args.tls_server_name {
-        Some(name) => name.clone(),
-        None => {
-            let host = match args.addr.rsplit_once(':') {
-                Some((host, _)) => host,
-                None => args.addr.as_str(),
-            };
-            host.trim_matches(['[', ']']).to_owned()
-        }
-    };
-    let settings = crate::tls::ClientTlsSettings {
-        ca_file: args.tls_ca.clone(),
-        cert_file: args.tls_cert.clone(),
-        key_file: args.tls_key.clone(),
-        server_name: Some(server_name),
-    };
-    crate::tls::TlsClient::new(settings, ["--tls-ca", "--tls-cert", "--tls-key"])
-        .map(Some)
-        .map_err(|error| anyhow::anyhow!(error))
 }
 
 fn read_files(args: &SendArgs) -> anyhow::Result<Vec<Outgoing>> {

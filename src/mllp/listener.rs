@@ -457,6 +457,15 @@ where
             Ok(0) if codec.in_frame() => return Close::PeerClosedMidFrame(buffer.len()),
             Ok(0) => return Close::PeerClosed,
             Ok(_) => {}
+            // A TLS peer that closes without close_notify (most MLLP senders do): between
+            // frames that is an ordinary close, in a frame it is a cut-off frame.
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return if codec.in_frame() {
+                    Close::PeerClosedMidFrame(buffer.len())
+                } else {
+                    Close::PeerClosed
+                };
+            }
             Err(error) => return Close::ReadFailed(error.to_string()),
         }
     }
