@@ -371,7 +371,6 @@ async fn postgres_that_is_unreachable_keeps_the_message_queued() {
     assert!(app.shutdown(Duration::from_secs(5)).await);
 }
 
-/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, made with the
 /// An HTTPS server that requires a client certificate signed by the test CA.
 async fn https_server(directory: &std::path::Path) -> (u16, Arc<Mutex<Vec<Request>>>) {
     use rustls_pki_types::pem::PemObject;
@@ -548,4 +547,50 @@ async fn postgres_over_tls_checks_the_server_certificate() {
         .execute(&format!("DROP TABLE {table}"), &[])
         .await
         .expect("drop");
+}
+
+#[tokio::test]
+async fn a_renewed_http_client_certificate_is_used_without_a_restart() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    if common::certs::certificates(certs.path()).is_none() {
+        return;
+    }
+    let directory = certs.path();
+    // The connector starts with a certificate the server does not trust.
+    common::certs::untrusted_client(directory, "stranger");
+    let install = |name: &str| {
+        for (from, to) in [
+            (format!("{name}.pem"), "live.pem"),
+            (format!("{name}.key"), "live.key"),
+        ] {
+            let temporary = directory.join(format!("{to}.tmp"));
+            std::fs::copy(directory.join(from), &temporary).expect("copy");
+            std::fs::rename(&temporary, directory.join(to)).expect("rename");
+        }
+    };
+    install("stranger");
+    let (port, requests) = https_server(directory).await;
+    let path = |name: &str| directory.join(name).display().to_string();
+    let yaml = format!(
+        "connectors:\n  - name: mtls\n    type: http\n    url: https://127.0.0.1:{port}/hl7\n    tls_ca_file: {}\n    tls_cert_file: {}\n    tls_key_file: {}\n    retry:\n      initial_delay: 20ms\n      max_delay: 50ms\n",
+        path("ca.pem"),
+        path("live.pem"),
+        path("live.key"),
+    );
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    send(&app, &["R1"]).await;
+    eventually("refused while the certificate is untrusted", || {
+        stat(&app, "mtls", "retries") >= 2
+    })
+    .await;
+    assert_eq!(stat(&app, "mtls", "delivered"), 0);
+    install("client");
+    eventually("delivered with the renewed certificate", || {
+        stat(&app, "mtls", "delivered") == 1
+    })
+    .await;
+    let requests = requests.lock().expect("lock").clone();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].body, common::adt("R1", "2.5"));
+    assert!(app.shutdown(Duration::from_secs(5)).await);
 }
