@@ -323,7 +323,12 @@ impl RunningApp {
                     info!(path = %path.display(), "admin API token read")
                 }
                 TokenSource::File(path) => {
-                    info!(path = %path.display(), "admin API tokens read from ADMIN_TOKENS_FILE")
+                    info!(path = %path.display(), tokens = state.tokens.len(), "admin API tokens read from ADMIN_TOKENS_FILE; changes are picked up without a restart");
+                    tokio::spawn(admin::auth::watch_tokens_file(
+                        Arc::clone(&state.tokens),
+                        path.clone(),
+                        admin_shutdown.clone(),
+                    ));
                 }
             }
             info!(admin_addr = %admin_addr, "admin API listening");

@@ -648,9 +648,10 @@ fn client_fingerprint(settings: &ClientTlsSettings) -> Fingerprint {
 }
 
 /// Modification time and size of each file a configuration is built from.
-type Fingerprint = Vec<Option<(std::time::SystemTime, u64)>>;
+pub(crate) type Fingerprint = Vec<Option<(std::time::SystemTime, u64)>>;
 
-fn fingerprint<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> Fingerprint {
+/// The [`Fingerprint`] of `files` (a file that cannot be read counts as `None`).
+pub(crate) fn fingerprint<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> Fingerprint {
     files
         .into_iter()
         .map(|path| {

@@ -625,3 +625,41 @@ async fn a_message_being_retried_shows_its_attempts_and_last_error() {
     );
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_changed_tokens_file_is_used_without_a_restart_and_a_broken_one_is_not() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let (path, tokens) = tokens_file(directory.path());
+    let app = common::start(&[("ADMIN_TOKENS_FILE", &path)]).await;
+    let url = format!("{}/api/v1/stats", app.admin_url());
+    let status = async |token: &str| {
+        client()
+            .get(&url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16()
+    };
+    let old = tokens[&Role::Viewer].clone();
+    assert_eq!(status(&old).await, 200);
+
+    // Rotate: a new viewer token replaces the old one (written aside, then renamed in, as a
+    // mounted secret changes).
+    let new = generate_token().expect("random");
+    let write = |text: String| {
+        let temporary = directory.path().join("tokens.tmp");
+        std::fs::write(&temporary, text).expect("write");
+        std::fs::rename(&temporary, &path).expect("rename");
+    };
+    write(format!("rotated viewer {}\n", hex(&hash_token(&new))));
+    eventually("the new token works", async || status(&new).await == 200).await;
+    assert_eq!(status(&old).await, 401, "the old token is gone");
+
+    // A broken file keeps the tokens in use.
+    write("rotated viewer not-a-hash\n".to_owned());
+    tokio::time::sleep(mfoundry::admin::auth::TOKENS_POLL * 3).await;
+    assert_eq!(status(&new).await, 200);
+    app.shutdown(Duration::from_secs(5)).await;
+}

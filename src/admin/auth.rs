@@ -93,17 +93,23 @@ struct Entry {
     hash: [u8; 32],
 }
 
-/// The known tokens (hashes only).
-#[derive(Clone, Default)]
+/// The known tokens (hashes only). Replaced whole when `ADMIN_TOKENS_FILE` changes.
+#[derive(Default)]
 pub struct TokenStore {
-    entries: Vec<Entry>,
+    entries: std::sync::RwLock<Vec<Entry>>,
+}
+
+impl Clone for TokenStore {
+    fn clone(&self) -> Self {
+        Self::from_entries(self.read().clone())
+    }
 }
 
 impl fmt::Debug for TokenStore {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter
             .debug_struct("TokenStore")
-            .field("tokens", &self.entries.len())
+            .field("tokens", &self.len())
             .finish()
     }
 }
@@ -158,8 +164,9 @@ impl TokenStore {
     /// whatever matches: timing tells nothing about which or how much matched.
     pub fn authenticate(&self, token: &str) -> Option<Caller> {
         let presented = hash_token(token);
+        let entries = self.read();
         let mut found: Option<&Entry> = None;
-        for entry in &self.entries {
+        for entry in entries.iter() {
             if bool::from(entry.hash.ct_eq(&presented)) {
                 found = Some(entry);
             }
@@ -170,25 +177,48 @@ impl TokenStore {
         })
     }
 
+    fn from_entries(entries: Vec<Entry>) -> Self {
+        Self {
+            entries: std::sync::RwLock::new(entries),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Entry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Number of tokens.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.read().len()
     }
 
     /// True when no token is known (every request is refused).
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.read().is_empty()
+    }
+
+    /// Take `other`'s tokens in place of these: requests from now on are checked against
+    /// them.
+    pub fn replace(&self, other: Self) {
+        let entries = other
+            .entries
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = entries;
     }
 
     /// A store with one token (tests, the generated local token).
     pub fn single(id: &str, role: Role, token: &str) -> Self {
-        Self {
-            entries: vec![Entry {
-                id: id.to_owned(),
-                role,
-                hash: hash_token(token),
-            }],
-        }
+        Self::from_entries(vec![Entry {
+            id: id.to_owned(),
+            role,
+            hash: hash_token(token),
+        }])
     }
 
     /// Parse an `ADMIN_TOKENS_FILE`. Errors name the line and what is wrong (never a hash).
@@ -232,7 +262,7 @@ impl TokenStore {
                 hash,
             });
         }
-        Ok(Self { entries })
+        Ok(Self::from_entries(entries))
     }
 
     /// Load the tokens: from `tokens_file` when set, else from `DATA_DIR/admin.token`,
@@ -294,6 +324,52 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     let mut file = options.open(path)?;
     file.write_all(contents.as_bytes())?;
     file.sync_all()
+}
+
+/// How often `ADMIN_TOKENS_FILE` is looked at (Kubernetes updates mounted secrets without a
+/// signal).
+pub const TOKENS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reload `path` into `store` whenever its size or modification time changes, until
+/// `shutdown`. A file that does not read or parse keeps the current tokens and is logged
+/// (without any hash); the next change is tried again.
+pub async fn watch_tokens_file(
+    store: std::sync::Arc<TokenStore>,
+    path: PathBuf,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut seen = crate::tls::fingerprint([&path]);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(TOKENS_POLL) => {}
+        }
+        let now = crate::tls::fingerprint([&path]);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        let read = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            std::fs::read_to_string(&read)
+                .map_err(|error| {
+                    format!("cannot read ADMIN_TOKENS_FILE {}: {error}", read.display())
+                })
+                .and_then(|text| TokenStore::parse(&text, &read))
+        })
+        .await
+        .unwrap_or_else(|error| Err(error.to_string()));
+        match loaded {
+            Ok(tokens) => {
+                let count = tokens.len();
+                store.replace(tokens);
+                tracing::info!(path = %path.display(), tokens = count, "admin API tokens reloaded from ADMIN_TOKENS_FILE");
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "ADMIN_TOKENS_FILE changed but cannot be used; the previous tokens stay");
+            }
+        }
+    }
 }
 
 #[cfg(test)]
