@@ -76,6 +76,28 @@ fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'sta
             path.display()
         ));
     }
+    // A list past its nextUpdate would refuse every client (unknown status): keep the
+    // previous lists instead, and say which one is stale.
+    let now = chrono::Utc::now().timestamp();
+    for (index, list) in lists.iter().enumerate() {
+        let (_, parsed) = x509_parser::parse_x509_crl(list.as_ref()).map_err(|error| {
+            format!(
+                "TLS_CLIENT_CRL {}: list {} cannot be read: {error}",
+                path.display(),
+                index + 1
+            )
+        })?;
+        if let Some(next) = parsed.next_update()
+            && next.timestamp() <= now
+        {
+            return Err(format!(
+                "TLS_CLIENT_CRL {}: the list issued by {} expired at {} (nextUpdate); publish a new one",
+                path.display(),
+                parsed.issuer(),
+                format_time(next.timestamp())
+            ));
+        }
+    }
     Ok(lists)
 }
 
@@ -197,6 +219,9 @@ pub struct TlsServer {
     current: Arc<std::sync::RwLock<tokio_rustls::TlsAcceptor>>,
     settings: TlsSettings,
     stats: Arc<ReloadStats>,
+    /// The files as they were just before the first load, so a change made while loading is
+    /// noticed by [`watch`].
+    loaded_from: Fingerprint,
 }
 
 impl std::fmt::Debug for TlsServer {
@@ -211,6 +236,7 @@ impl std::fmt::Debug for TlsServer {
 impl TlsServer {
     /// Load the files and build the acceptor.
     pub fn load(settings: &TlsSettings) -> Result<Self, String> {
+        let loaded_from = server_fingerprint(settings);
         let loaded = server_config(settings)?;
         let stats = ReloadStats::default();
         stats
@@ -222,6 +248,7 @@ impl TlsServer {
             ))),
             settings: settings.clone(),
             stats: Arc::new(stats),
+            loaded_from,
         };
         server.warn_if_expiring();
         Ok(server)
@@ -292,14 +319,17 @@ impl TlsServer {
 
     /// Size and modification time of every file the configuration is built from.
     fn fingerprint(&self) -> Fingerprint {
-        let settings = &self.settings;
-        fingerprint(
-            [&settings.cert_file, &settings.key_file]
-                .into_iter()
-                .chain(&settings.client_ca)
-                .chain(&settings.client_crl),
-        )
+        server_fingerprint(&self.settings)
     }
+}
+
+fn server_fingerprint(settings: &TlsSettings) -> Fingerprint {
+    fingerprint(
+        [&settings.cert_file, &settings.key_file]
+            .into_iter()
+            .chain(&settings.client_ca)
+            .chain(&settings.client_crl),
+    )
 }
 
 /// How often the certificate files are looked at (Kubernetes updates mounted secrets without
@@ -312,7 +342,7 @@ pub const RELOAD_POLL: Duration = Duration::from_secs(1);
 pub async fn watch(server: TlsServer, shutdown: tokio_util::sync::CancellationToken) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    let mut attempted = server.fingerprint();
+    let mut attempted = server.loaded_from.clone();
     let mut last_expiry_check = tokio::time::Instant::now();
     loop {
         if last_expiry_check.elapsed() >= Duration::from_secs(86_400) {
@@ -342,7 +372,12 @@ pub async fn watch(server: TlsServer, shutdown: tokio_util::sync::CancellationTo
                 "the files changed"
             }
         };
-        match server.reload() {
+        // Reading and checking the files is blocking work: off the runtime's threads.
+        let reloading = server.clone();
+        let outcome = tokio::task::spawn_blocking(move || reloading.reload())
+            .await
+            .unwrap_or_else(|error| Err(format!("the reload task failed: {error}")));
+        match outcome {
             Ok(()) => tracing::info!(reason, "TLS configuration reloaded; new handshakes use it"),
             Err(error) => {
                 tracing::warn!(reason, error = %error, "TLS configuration not reloaded; the previous one stays")
@@ -357,8 +392,11 @@ const MAX_IDENTITY_TEXT: usize = 512;
 /// What a client certificate names: its subject and its subject alternative names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerIdentity {
-    /// The subject, RFC 4514 style (`CN=lab.north,O=North Hospital`).
+    /// The subject, as x509-parser prints it, in the certificate's order
+    /// (`CN=lab.north, O=North Hospital`).
     pub subject: String,
+    /// The issuer (the CA that signed it), printed the same way.
+    pub issuer: String,
     /// The subject's common names, then its DNS, e-mail, URI and IP alternative names.
     pub names: Vec<String>,
     /// The same names with their kind (`CN:`, `DNS:`, `email:`, `URI:`, `IP:`), for records.
@@ -407,16 +445,19 @@ impl PeerIdentity {
         }
         Some(Self {
             subject: parsed.subject().to_string(),
+            issuer: parsed.issuer().to_string(),
             names,
             labelled,
         })
     }
 
-    /// The text stored in the audit record: `subject=…; names=CN:…,DNS:…`, at most 512 bytes.
+    /// The text stored in the audit record: `subject=…; issuer=…; names=CN:…,DNS:…`, at most
+    /// 512 bytes.
     pub fn audit_text(&self) -> String {
         let mut text = format!(
-            "subject={}; names={}",
+            "subject={}; issuer={}; names={}",
             self.subject,
+            self.issuer,
             self.labelled.join(",")
         );
         if text.len() > MAX_IDENTITY_TEXT {
@@ -429,14 +470,17 @@ impl PeerIdentity {
         text
     }
 
-    /// Whether `identity` (as written in `tls_senders`) names this certificate: its whole
-    /// subject, or one of its names (compared without regard to ASCII case).
+    /// Whether `identity` (as written in `tls_senders`) names this certificate: with an `=`
+    /// it is a whole subject, compared exactly; otherwise one of its names, compared without
+    /// regard to ASCII case.
     pub fn matches(&self, identity: &str) -> bool {
-        self.subject == identity
-            || self
-                .names
+        if identity.contains('=') {
+            self.subject == identity
+        } else {
+            self.names
                 .iter()
                 .any(|name| name.eq_ignore_ascii_case(identity))
+        }
     }
 }
 
@@ -445,6 +489,8 @@ impl PeerIdentity {
 pub struct SenderRule {
     /// A common name, DNS/e-mail/URI/IP alternative name, or whole subject.
     pub identity: String,
+    /// When set, the certificate's issuer (whole subject of the signing CA) must equal it.
+    pub issuer: Option<String>,
     /// Allowed MSH-3.1 values; `*` allows any.
     pub sending_applications: Vec<String>,
     /// Allowed MSH-4.1 values; `*` allows any.
@@ -493,11 +539,13 @@ impl SenderMap {
         };
         let mut named = false;
         let mut application_allowed = false;
-        for rule in self
-            .rules
-            .iter()
-            .filter(|rule| identity.matches(&rule.identity))
-        {
+        for rule in self.rules.iter().filter(|rule| {
+            identity.matches(&rule.identity)
+                && rule
+                    .issuer
+                    .as_ref()
+                    .is_none_or(|issuer| *issuer == identity.issuer)
+        }) {
             named = true;
             if allows(&rule.sending_applications, application) {
                 application_allowed = true;
@@ -647,17 +695,31 @@ fn client_fingerprint(settings: &ClientTlsSettings) -> Fingerprint {
     )
 }
 
-/// Modification time and size of each file a configuration is built from.
-pub(crate) type Fingerprint = Vec<Option<(std::time::SystemTime, u64)>>;
+/// What is looked at to notice a changed file: modification time and size, and on Unix the
+/// status-change time and inode too (a `chmod` that makes a refused key readable, or a file
+/// replaced by another of the same size and time).
+pub(crate) type Fingerprint = Vec<Option<(std::time::SystemTime, u64, i64, u64)>>;
 
 /// The [`Fingerprint`] of `files` (a file that cannot be read counts as `None`).
 pub(crate) fn fingerprint<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> Fingerprint {
     files
         .into_iter()
         .map(|path| {
-            std::fs::metadata(path)
-                .ok()
-                .and_then(|meta| Some((meta.modified().ok()?, meta.len())))
+            std::fs::metadata(path).ok().and_then(|meta| {
+                #[cfg(unix)]
+                let (changed, inode) = {
+                    use std::os::unix::fs::MetadataExt;
+                    (
+                        meta.ctime()
+                            .saturating_mul(1_000_000_000)
+                            .saturating_add(meta.ctime_nsec()),
+                        meta.ino(),
+                    )
+                };
+                #[cfg(not(unix))]
+                let (changed, inode) = (0, 0);
+                Some((meta.modified().ok()?, meta.len(), changed, inode))
+            })
         })
         .collect()
 }

@@ -594,3 +594,21 @@ async fn a_renewed_http_client_certificate_is_used_without_a_restart() {
     assert_eq!(requests[0].body, common::adt("R1", "2.5"));
     assert!(app.shutdown(Duration::from_secs(5)).await);
 }
+
+#[test]
+fn an_unknown_pgsslmode_is_refused_at_load() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let file = directory.path().join("pg.yaml");
+    std::fs::write(
+        &file,
+        "connectors:\n  - name: archive\n    type: postgres\n",
+    )
+    .expect("write");
+    let lookup = |name: &str| (name == "PGSSLMODE").then(|| "verify-full".to_owned());
+    let errors = mfoundry::config::Config::load_with(Some(&file), &lookup)
+        .expect_err("refused")
+        .to_string();
+    assert!(errors.contains("PGSSLMODE is \"verify-full\""), "{errors}");
+    let fine = |name: &str| (name == "PGSSLMODE").then(|| "require".to_owned());
+    assert!(mfoundry::config::Config::load_with(Some(&file), &fine).is_ok());
+}

@@ -347,9 +347,8 @@ async fn tls_senders_maps_a_certificate_to_the_senders_it_may_send_as() {
             _ => None,
         })
         .collect();
-    let lab =
-        "subject=CN=lab gateway, O=North Hospital; names=CN:lab gateway,DNS:lab.north.example";
-    let other = "subject=CN=mfoundry; names=CN:mfoundry";
+    let lab = "subject=CN=lab gateway, O=North Hospital; issuer=CN=mfoundry test CA; names=CN:lab gateway,DNS:lab.north.example";
+    let other = "subject=CN=mfoundry; issuer=CN=mfoundry test CA; names=CN:mfoundry";
     assert_eq!(
         received,
         [
@@ -362,6 +361,88 @@ async fn tls_senders_maps_a_certificate_to_the_senders_it_may_send_as() {
         .map(|(id, code, identity)| (id.to_owned(), code.to_owned(), identity.to_owned()))
     );
     app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn tls_senders_binds_an_identity_to_its_issuer_when_several_cas_are_trusted() {
+    let Some(certs) = certificates() else { return };
+    let directory = certs.path();
+    common::certs::untrusted_client(directory, "stranger");
+    common::certs::client_named(directory, "lab", "/CN=lab", "DNS:lab.north.example");
+    // Another trusted CA issues a certificate with the same name.
+    common::certs::client_named_by(
+        directory,
+        "other-ca",
+        "impostor",
+        "/CN=lab",
+        "DNS:lab.north.example",
+    );
+    let bundle = directory.join("bundle.pem");
+    let mut text = std::fs::read_to_string(directory.join("ca.pem")).expect("ca");
+    text.push_str(&std::fs::read_to_string(directory.join("other-ca.pem")).expect("other"));
+    std::fs::write(&bundle, text).expect("bundle");
+    let yaml = "tls_senders:\n  - identity: lab.north.example\n    issuer: CN=mfoundry test CA\n    sending_applications: [\"*\"]\n    sending_facilities: [\"*\"]\n  - identity: \"CN=lab\"\n    issuer: CN=another CA\n    sending_applications: [ONLY]\n    sending_facilities: [ONLY]\n";
+    let mut env = tls_env(directory);
+    env.push(("TLS_CLIENT_CA".to_owned(), bundle.display().to_string()));
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let app = common::start_with_yaml(Some(yaml), &env).await;
+    let send = async |identity: &str, control_id: &str| {
+        let tcp = tokio::net::TcpStream::connect(app.local_addr())
+            .await
+            .expect("connect");
+        let connector = client(directory, &rustls::version::TLS13, Some(identity));
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut stream = connector.connect(name, tcp).await.expect("handshake");
+        exchange(&mut stream, control_id).await
+    };
+    assert_eq!(send("lab", "REAL").await, Ok("AA".to_owned()));
+    // Same name, other issuer: only the second entry (whole subject, its own issuer) applies,
+    // and it does not allow SENDAPP.
+    assert_eq!(send("impostor", "FAKE").await, Ok("AR".to_owned()));
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_expired_revocation_list_is_refused_and_the_current_one_stays() {
+    let Some(certs) = certificates() else { return };
+    let directory = certs.path();
+    common::certs::revocation_list(directory);
+    common::certs::expired_revocation_list(directory);
+    let path = |name: &str| directory.join(name).display().to_string();
+    let live = directory.join("live-crl.pem");
+    std::fs::copy(directory.join("crl.pem"), &live).expect("copy");
+    let app = start(
+        directory,
+        &[
+            ("TLS_CLIENT_CA", &path("ca.pem")),
+            ("TLS_CLIENT_CRL", &live.display().to_string()),
+        ],
+    )
+    .await;
+    let valid = client(directory, &rustls::version::TLS13, Some("client"));
+    assert_eq!(over_tls(&app, &valid, "BEFORE").await, Ok("AA".to_owned()));
+    std::fs::copy(directory.join("old-crl.pem"), &live).expect("copy");
+    let error = app.reload_tls().expect("TLS on").expect_err("refused");
+    assert!(
+        error.contains("expired") && error.contains("nextUpdate"),
+        "{error}"
+    );
+    assert_eq!(over_tls(&app, &valid, "AFTER").await, Ok("AA".to_owned()));
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[test]
+fn an_empty_tls_senders_list_is_refused() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let file = directory.path().join("senders.yaml");
+    std::fs::write(&file, "tls_senders: []\n").expect("write");
+    let errors = mfoundry::config::Config::load_with(Some(&file), &|_| None)
+        .expect_err("refused")
+        .to_string();
+    assert!(errors.contains("tls_senders is empty"), "{errors}");
 }
 
 #[tokio::test]
@@ -696,7 +777,7 @@ async fn the_mllp_output_delivers_over_mtls() {
     );
     assert_eq!(
         audited_identities(&downstream).await,
-        vec!["subject=CN=mfoundry; names=CN:mfoundry".to_owned(); 3],
+        vec!["subject=CN=mfoundry; issuer=CN=mfoundry test CA; names=CN:mfoundry".to_owned(); 3],
         "the downstream saw the connector's client certificate"
     );
     upstream.shutdown(Duration::from_secs(5)).await;
@@ -778,9 +859,9 @@ async fn a_changed_client_certificate_is_used_by_the_next_connection() {
     assert_eq!(
         identities,
         [
-            "subject=CN=mfoundry; names=CN:mfoundry",
-            "subject=CN=lab; names=CN:lab,DNS:lab.north.example",
-            "subject=CN=lab; names=CN:lab,DNS:lab.north.example",
+            "subject=CN=mfoundry; issuer=CN=mfoundry test CA; names=CN:mfoundry",
+            "subject=CN=lab; issuer=CN=mfoundry test CA; names=CN:lab,DNS:lab.north.example",
+            "subject=CN=lab; issuer=CN=mfoundry test CA; names=CN:lab,DNS:lab.north.example",
         ]
     );
     downstream.shutdown(Duration::from_secs(5)).await;

@@ -532,7 +532,17 @@ pub fn build(
                     }
                 },
                 // Like psql: the PG* environment variables and libpq's defaults.
-                (None, None) => String::new(),
+                (None, None) => {
+                    if let Some(mode) = lookup("PGSSLMODE")
+                        && !matches!(mode.trim(), "disable" | "prefer" | "require")
+                    {
+                        problems.push(format!(
+                            "PGSSLMODE is {:?}; mfoundry takes disable, prefer or require (certificates are always checked when TLS is on)",
+                            mode.trim()
+                        ));
+                    }
+                    String::new()
+                }
             };
             let table = table.unwrap_or_else(|| DEFAULT_TABLE.to_owned());
             if !valid_table_name(&table) {

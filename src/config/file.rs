@@ -178,7 +178,7 @@ pub struct FileConfig {
     /// Client certificate identities (mTLS) and the senders (MSH-3/MSH-4) each may send as.
     /// Once set, a certificate no entry names may not send at all.
     #[serde(default)]
-    pub tls_senders: Vec<TlsSenderFile>,
+    pub tls_senders: Option<Vec<TlsSenderFile>>,
     /// Where messages go. Each connector has its own FIFO queue.
     #[serde(default)]
     pub connectors: Vec<ConnectorFile>,
@@ -231,9 +231,14 @@ impl FileConfig {
 #[serde(deny_unknown_fields)]
 pub struct TlsSenderFile {
     /// The client certificate: a subject common name, a DNS, e-mail, URI or IP alternative
-    /// name, or the whole subject (`CN=lab,O=North`).
+    /// name, or (with an `=`) the whole subject as the audit record shows it.
     #[schemars(with = "String")]
     pub identity: Spanned<String>,
+    /// The CA that must have issued it (its whole subject, as the audit record shows the
+    /// issuer). Set it when `TLS_CLIENT_CA` holds several CAs: any of them can issue a
+    /// certificate with any name.
+    #[serde(default)]
+    pub issuer: Option<String>,
     /// MSH-3.1 values it may send as; `"*"` for any.
     pub sending_applications: Vec<String>,
     /// MSH-4.1 values it may send as; `"*"` for any.

@@ -730,9 +730,16 @@ impl Config {
         let mut rules = Vec::new();
         let mut senders = None;
         if let Some(file) = &file {
-            if !file.tls_senders.is_empty() {
+            if let Some(listed) = &file.tls_senders {
+                if listed.is_empty() {
+                    problems.push(ConfigProblem {
+                        name: String::new(),
+                        subject: format!("{file_name}: tls_senders"),
+                        problem: "tls_senders is empty, which would let no certificate send; list the senders, or remove the key to let every trusted certificate send as anyone".to_owned(),
+                    });
+                }
                 let mut entries = Vec::new();
-                for entry in &file.tls_senders {
+                for entry in listed {
                     let identity = &entry.identity;
                     let at = file_origin(identity.referenced.line(), identity.referenced.column());
                     let subject = format!("{at}: tls_senders identity {:?}", identity.value);
@@ -756,6 +763,7 @@ impl Config {
                     }
                     entries.push(crate::tls::SenderRule {
                         identity: identity.value.trim().to_owned(),
+                        issuer: entry.issuer.as_ref().map(|issuer| issuer.trim().to_owned()),
                         sending_applications: entry.sending_applications.clone(),
                         sending_facilities: entry.sending_facilities.clone(),
                     });

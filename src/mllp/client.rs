@@ -180,6 +180,9 @@ impl MllpClient {
             .write_all(&frame(message))
             .await
             .map_err(FrameError::Io)?;
+        // Over TLS, bytes can wait in the session's buffer: push them to the socket before
+        // waiting for the answer.
+        self.stream.flush().await.map_err(FrameError::Io)?;
         Ok(())
     }
 

@@ -49,6 +49,8 @@ const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct PostgresOutput {
     spec: PostgresSpec,
     connection: Option<(Client, Statement)>,
+    /// The system's CAs, loaded once, for `sslmode=require` without `tls_*` files.
+    system_tls: std::sync::OnceLock<Arc<rustls::ClientConfig>>,
 }
 
 impl PostgresOutput {
@@ -57,6 +59,7 @@ impl PostgresOutput {
         Self {
             spec,
             connection: None,
+            system_tls: std::sync::OnceLock::new(),
         }
     }
 
@@ -149,36 +152,43 @@ impl PostgresOutput {
         }
     }
 
-    /// TLS for this connection: with `tls_*` files unless `sslmode=disable`; with the
-    /// system's CAs for `sslmode=require`; none otherwise (`prefer` without files stays in
-    /// the clear, as before TLS settings existed).
+    /// TLS for this connection: with `tls_*` files unless `sslmode=disable`, and then
+    /// required (`prefer` becomes `require`: a server declining TLS must not get the rows in
+    /// the clear); with the system's CAs for `sslmode=require`; none otherwise (`prefer`
+    /// without files stays in the clear, as before TLS settings existed).
     fn tls_config(
         &self,
-        config: &tokio_postgres::Config,
+        config: &mut tokio_postgres::Config,
     ) -> Result<Option<Arc<rustls::ClientConfig>>, DeliveryError> {
         use tokio_postgres::config::SslMode;
         match (&self.spec.tls, config.get_ssl_mode()) {
             (_, SslMode::Disable) => Ok(None),
-            (Some(tls), _) => Ok(Some(tls.config())),
+            (Some(tls), _) => {
+                config.ssl_mode(SslMode::Require);
+                Ok(Some(tls.config()))
+            }
             (None, SslMode::Require) => {
+                if let Some(config) = self.system_tls.get() {
+                    return Ok(Some(Arc::clone(config)));
+                }
                 let settings = crate::tls::ClientTlsSettings {
                     ca_file: None,
                     cert_file: None,
                     key_file: None,
                     server_name: None,
                 };
-                crate::tls::client_config(&settings, ["", "", ""])
-                    .map(Some)
-                    .map_err(DeliveryError::transient)
+                let config = crate::tls::client_config(&settings, ["", "", ""])
+                    .map_err(DeliveryError::transient)?;
+                Ok(Some(Arc::clone(self.system_tls.get_or_init(|| config))))
             }
             (None, _) => Ok(None),
         }
     }
 
     async fn connect(&self) -> Result<(Client, Statement), DeliveryError> {
-        let config = postgres_config(&self.spec.dsn, &|name| std::env::var(name).ok())
+        let mut config = postgres_config(&self.spec.dsn, &|name| std::env::var(name).ok())
             .map_err(DeliveryError::transient)?;
-        let client = match self.tls_config(&config)? {
+        let client = match self.tls_config(&mut config)? {
             None => spawn_connection(config.connect(NoTls)).await?,
             Some(tls) => {
                 let tls = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());

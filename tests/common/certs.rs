@@ -94,13 +94,24 @@ fn ca_database(directory: &std::path::Path) {
 /// A client certificate from the test CA, with subject `subject` and the alternative names
 /// `san` (`DNS:lab.example,URI:urn:x`), as `name`.pem / `name`.key.
 pub fn client_named(directory: &std::path::Path, name: &str, subject: &str, san: &str) {
+    client_named_by(directory, "ca", name, subject, san);
+}
+
+/// [`client_named`], signed by the CA `ca` (`ca`.pem / `ca`.key).
+pub fn client_named_by(
+    directory: &std::path::Path,
+    ca: &str,
+    name: &str,
+    subject: &str,
+    san: &str,
+) {
     let extensions = format!("{name}.ext");
     std::fs::write(
         directory.join(&extensions),
         format!("extendedKeyUsage=clientAuth\nsubjectAltName={san}\n"),
     )
     .expect("ext");
-    issue(directory, "ca", name, subject, &extensions);
+    issue(directory, ca, name, subject, &extensions);
 }
 
 /// A client certificate from the test CA that expired in 2020, as `name`.pem / `name`.key.
@@ -177,6 +188,30 @@ pub fn revoked_client(directory: &std::path::Path, name: &str) {
         ],
     );
     revocation_list(directory);
+}
+
+/// A revocation list of the test CA that expired in 2020, as `old-crl.pem`.
+pub fn expired_revocation_list(directory: &std::path::Path) {
+    ca_database(directory);
+    openssl(
+        directory,
+        &[
+            "ca",
+            "-config",
+            "ca.cnf",
+            "-gencrl",
+            "-keyfile",
+            "ca.key",
+            "-cert",
+            "ca.pem",
+            "-out",
+            "old-crl.pem",
+            "-crl_lastupdate",
+            "20200101000000Z",
+            "-crl_nextupdate",
+            "20200102000000Z",
+        ],
+    );
 }
 
 /// The test CA's revocation list, as `crl.pem` (valid two days).
