@@ -188,6 +188,16 @@ fn format_time(seconds: i64) -> String {
         .map_or_else(|| seconds.to_string(), |time| time.to_rfc3339())
 }
 
+/// Why an inbound TLS handshake did not complete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandshakeError {
+    /// The peer closed (or reset) the connection before sending anything: a TCP health
+    /// check or port probe, not a failed handshake.
+    Silent,
+    /// The handshake failed or took too long; the reason, without key material.
+    Failed(String),
+}
+
 /// Reload outcomes, for logs and metrics.
 #[derive(Debug, Default)]
 pub struct ReloadStats {
@@ -303,17 +313,29 @@ impl TlsServer {
     pub async fn accept(
         &self,
         stream: tokio::net::TcpStream,
-    ) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, String> {
-        let acceptor = self
-            .acceptor()
-            .ok_or_else(|| "the TLS configuration is not readable".to_owned())?;
-        match tokio::time::timeout(self.settings.handshake_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => Err(format!(
+    ) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, HandshakeError> {
+        let acceptor = self.acceptor().ok_or_else(|| {
+            HandshakeError::Failed("the TLS configuration is not readable".to_owned())
+        })?;
+        let timed_out = || {
+            HandshakeError::Failed(format!(
                 "no handshake within TLS_HANDSHAKE_TIMEOUT ({:?})",
                 self.settings.handshake_timeout
-            )),
+            ))
+        };
+        let deadline = tokio::time::Instant::now() + self.settings.handshake_timeout;
+        // A peer that closes before sending a byte (a load balancer's or a port check's TCP
+        // probe) did not try a handshake at all.
+        let mut first = [0u8; 1];
+        match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Ok(0) | Err(_)) => return Err(HandshakeError::Silent),
+            Ok(Ok(_)) => {}
+        }
+        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(error)) => Err(HandshakeError::Failed(error.to_string())),
+            Err(_) => Err(timed_out()),
         }
     }
 

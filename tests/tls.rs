@@ -530,6 +530,16 @@ async fn an_expired_certificate_is_refused_and_the_days_left_are_reported() {
 async fn a_client_that_does_not_speak_tls_gets_nothing() {
     let Some(certs) = certificates() else { return };
     let app = start(certs.path(), &[]).await;
+    // TCP probes (connect, close) are not failed handshakes.
+    for _ in 0..3 {
+        drop(common::connect(&app).await);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while app.stats().connections_active > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "probes closed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(app.stats().tls_handshake_failures, 0);
     let mut plain = common::connect(&app).await;
     let answer = exchange(&mut plain, "PLAIN").await;
     assert!(

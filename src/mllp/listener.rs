@@ -255,7 +255,10 @@ pub async fn serve(
                             .and_then(crate::tls::PeerIdentity::from_certificate);
                         handle_connection(stream, peer, identity.as_ref(), &shared).await;
                     }
-                    Err(error) => {
+                    Err(crate::tls::HandshakeError::Silent) => {
+                        debug!(%peer, "connection closed before a TLS handshake began (a TCP probe)");
+                    }
+                    Err(crate::tls::HandshakeError::Failed(error)) => {
                         bump(&shared.stats.tls_handshake_failures, 1);
                         warn!(%peer, error = %error, "TLS handshake failed; connection closed before any HL7 was read");
                     }
