@@ -176,7 +176,10 @@ impl RunningApp {
                 let tokens_file = settings.admin_tokens_file.clone();
                 let data_dir = settings.data_dir.clone();
                 let (tokens, source) = tokio::task::spawn_blocking(move || {
+                    // Taken before the read, so a change made meanwhile is still noticed.
+                    let seen = crate::tls::fingerprint(&tokens_file);
                     TokenStore::load(tokens_file.as_deref(), &data_dir)
+                        .map(|(tokens, source)| (tokens, (source, seen)))
                 })
                 .await
                 .context("token load task failed")?
@@ -310,7 +313,7 @@ impl RunningApp {
         crate::telemetry::metrics::register(&state);
         let gateway = Arc::clone(&state);
         let mut admin = None;
-        if let (Some(addr), Some(source)) = (&settings.admin_addr, token_source) {
+        if let (Some(addr), Some((source, tokens_seen))) = (&settings.admin_addr, token_source) {
             let (admin_listener, admin_addr) = admin::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on ADMIN_ADDR={addr}"))?;
@@ -327,6 +330,7 @@ impl RunningApp {
                     tokio::spawn(admin::auth::watch_tokens_file(
                         Arc::clone(&state.tokens),
                         path.clone(),
+                        tokens_seen,
                         admin_shutdown.clone(),
                     ));
                 }

@@ -336,9 +336,10 @@ pub const TOKENS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 pub async fn watch_tokens_file(
     store: std::sync::Arc<TokenStore>,
     path: PathBuf,
+    loaded_from: crate::tls::Fingerprint,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut seen = crate::tls::fingerprint([&path]);
+    let mut seen = loaded_from;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
