@@ -288,3 +288,22 @@ async fn metrics_arrive_over_otlp_grpc() {
     let endpoint = grpc_receiver(Arc::clone(&bodies)).await;
     exports_over("grpc", endpoint, bodies).await;
 }
+
+#[test]
+fn a_collector_that_cannot_be_reached_is_logged() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    std::fs::write(directory.path().join("gw.yaml"), "").expect("yaml");
+    // Port 9 (discard) is closed here: every export fails.
+    let server = common::Server::start(
+        directory.path(),
+        "gw.yaml",
+        "data",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+    );
+    // An export error within 30 s (the first export is due after 200 ms, plus retries).
+    server.wait_for_log("PeriodicReader.ExportError", 1);
+    server.stop();
+}

@@ -134,7 +134,10 @@ impl FieldCollector {
 /// text or JSON lines, and every line that passes the filter is also kept in the ring. Logs go
 /// to stderr so stdout stays free for command output.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // OpenTelemetry's own messages from warn: a failed export shows, its start-up chatter
+    // does not.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,opentelemetry=warn"));
     let ring = RingLayer(log_ring());
     let registry = tracing_subscriber::registry().with(filter).with(ring);
     // A second init (tests) is harmless: keep the first subscriber.
