@@ -10,7 +10,8 @@
 ARG RUST_VERSION=1
 
 FROM rust:${RUST_VERSION}-alpine AS build
-# ring (rustls' crypto provider) compiles C and assembly. On Alpine the Rust target is musl,
+# ring (rustls' crypto provider) and mimalloc (the allocator of the musl build: musl's own
+# costs about 40 % of throughput) compile C and assembly. On Alpine the Rust target is musl,
 # whose default is a statically linked executable.
 RUN apk add --no-cache gcc musl-dev
 WORKDIR /src
