@@ -275,7 +275,7 @@ impl Ingest {
                 record,
                 body: message.raw().clone(),
                 dedup_key: (verdict == Verdict::Accept).then(|| dedup_key(&message)),
-                tls_identity: identity.map(crate::tls::PeerIdentity::audit_text),
+                tls_identity: identity.map(|identity| identity.audit_text().to_owned()),
             })
             .await;
 

@@ -43,18 +43,21 @@ pub struct TlsSettings {
     pub handshake_timeout: Duration,
 }
 
-fn certificates(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+/// Every PEM item of one kind in `path`, at least one; errors name `setting`, the file and
+/// `what` was looked for.
+fn pem_items<T: PemObject>(path: &Path, setting: &str, what: &str) -> Result<Vec<T>, String> {
+    let items: Vec<T> = T::pem_file_iter(path)
         .map_err(|error| format!("{setting} {}: {error}", path.display()))?
         .collect::<Result<_, _>>()
         .map_err(|error| format!("{setting} {}: {error}", path.display()))?;
-    if certificates.is_empty() {
-        return Err(format!(
-            "{setting} {}: no PEM certificate found",
-            path.display()
-        ));
+    if items.is_empty() {
+        return Err(format!("{setting} {}: no {what} found", path.display()));
     }
-    Ok(certificates)
+    Ok(items)
+}
+
+fn certificates(path: &Path, setting: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    pem_items(path, setting, "PEM certificate")
 }
 
 /// When a certificate stops being valid, in seconds since the Unix epoch.
@@ -65,17 +68,11 @@ pub fn not_after(certificate: &CertificateDer<'_>) -> Result<i64, String> {
 }
 
 fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
-    let lists: Vec<CertificateRevocationListDer<'static>> =
-        CertificateRevocationListDer::pem_file_iter(path)
-            .map_err(|error| format!("TLS_CLIENT_CRL {}: {error}", path.display()))?
-            .collect::<Result<_, _>>()
-            .map_err(|error| format!("TLS_CLIENT_CRL {}: {error}", path.display()))?;
-    if lists.is_empty() {
-        return Err(format!(
-            "TLS_CLIENT_CRL {}: no PEM revocation list (-----BEGIN X509 CRL-----) found",
-            path.display()
-        ));
-    }
+    let lists: Vec<CertificateRevocationListDer<'static>> = pem_items(
+        path,
+        "TLS_CLIENT_CRL",
+        "PEM revocation list (-----BEGIN X509 CRL-----)",
+    )?;
     // A list past its nextUpdate would refuse every client (unknown status): keep the
     // previous lists instead, and say which one is stale.
     let now = chrono::Utc::now().timestamp();
@@ -421,8 +418,8 @@ pub struct PeerIdentity {
     pub issuer: String,
     /// The subject's common names, then its DNS, e-mail, URI and IP alternative names.
     pub names: Vec<String>,
-    /// The same names with their kind (`CN:`, `DNS:`, `email:`, `URI:`, `IP:`), for records.
-    labelled: Vec<String>,
+    /// The audit record's text, made once per connection (see [`PeerIdentity::audit_text`]).
+    audit: String,
 }
 
 impl PeerIdentity {
@@ -465,31 +462,31 @@ impl PeerIdentity {
                 }
             }
         }
+        let subject = parsed.subject().to_string();
+        let issuer = parsed.issuer().to_string();
+        let mut audit = format!(
+            "subject={subject}; issuer={issuer}; names={}",
+            labelled.join(",")
+        );
+        if audit.len() > MAX_IDENTITY_TEXT {
+            let mut end = MAX_IDENTITY_TEXT;
+            while !audit.is_char_boundary(end) {
+                end -= 1;
+            }
+            audit.truncate(end);
+        }
         Some(Self {
-            subject: parsed.subject().to_string(),
-            issuer: parsed.issuer().to_string(),
+            subject,
+            issuer,
             names,
-            labelled,
+            audit,
         })
     }
 
-    /// The text stored in the audit record: `subject=…; issuer=…; names=CN:…,DNS:…`, at most
-    /// 512 bytes.
-    pub fn audit_text(&self) -> String {
-        let mut text = format!(
-            "subject={}; issuer={}; names={}",
-            self.subject,
-            self.issuer,
-            self.labelled.join(",")
-        );
-        if text.len() > MAX_IDENTITY_TEXT {
-            let mut end = MAX_IDENTITY_TEXT;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-        }
-        text
+    /// The text stored in the audit record: `subject=…; issuer=…; names=CN:…,DNS:…` (the
+    /// names with their kind: `CN:`, `DNS:`, `email:`, `URI:`, `IP:`), at most 512 bytes.
+    pub fn audit_text(&self) -> &str {
+        &self.audit
     }
 
     /// Whether `identity` (as written in `tls_senders`) names this certificate: with an `=`

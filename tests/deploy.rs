@@ -11,11 +11,13 @@
 //! Rendering needs `kubectl` (its built-in Kustomize). Without it the rendering tests print
 //! why they skip, unless `MFOUNDRY_REQUIRE_SERVICES=1`, where they fail.
 
+mod common;
+
+use common::otlp::{Bodies, http_receiver};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::process::{Command, Output};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use mfoundry::config::{ENV_VARS, parse_duration, parse_listen_address};
@@ -88,29 +90,13 @@ fn port_of(address: &str) -> u16 {
 // ---------------------------------------------------------------------------------------
 // Documented variables
 
-/// The names in the `| `NAME` | `default` | ... |` table of one section of
-/// docs/configuration.md (the section runs to the next `## ` heading).
-fn table_names(document: &str, heading: &str) -> BTreeSet<String> {
-    let section = document
-        .split(heading)
-        .nth(1)
-        .unwrap_or_else(|| panic!("docs/configuration.md has no {heading:?} section"));
-    section
-        .lines()
-        .take_while(|line| !line.starts_with("## "))
-        .filter_map(|line| {
-            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-            let name = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
-            Some(name.to_owned())
-        })
-        .collect()
-}
-
 /// Every variable a deployment may set: mfoundry's settings and the OpenTelemetry SDK's.
 fn documented_variables() -> BTreeSet<String> {
-    let document = read("docs/configuration.md");
-    let settings = table_names(&document, "\n## Environment variables\n");
-    let otel = table_names(&document, "\n## OpenTelemetry variables\n");
+    let names = |heading: &str| -> BTreeSet<String> {
+        common::configuration_table(heading).into_keys().collect()
+    };
+    let settings = names("\n## Environment variables\n");
+    let otel = names("\n## OpenTelemetry variables\n");
     assert!(
         settings.contains("DATA_DIR") && settings.contains("DRAIN_TIMEOUT"),
         "the settings table was not found: {settings:?}"
@@ -1579,8 +1565,6 @@ enum Kind {
     Other,
 }
 
-type Bodies = Arc<Mutex<Vec<Vec<u8>>>>;
-
 /// Name → (unit, kind) of every metric in the export requests.
 fn exported(bodies: &[Vec<u8>]) -> BTreeMap<String, (String, Kind)> {
     use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -1636,65 +1620,6 @@ fn prometheus_series(name: &str, unit: &str, kind: Kind) -> Vec<String> {
     }
 }
 
-/// The binary serving; killed when dropped.
-struct Gateway {
-    child: std::process::Child,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Start the binary in `directory` with `gateway.yaml` and `envs`; returns it and its MLLP
-/// address.
-fn start_gateway(directory: &Path, envs: &[(&str, &str)]) -> (Gateway, String) {
-    let mut child = Command::new(BINARY)
-        .arg("serve")
-        .arg("--config")
-        .arg(directory.join("gateway.yaml"))
-        .env_clear()
-        .current_dir(directory)
-        .env("LISTEN_ADDR", "127.0.0.1:0")
-        .env("ADMIN_ADDR", "127.0.0.1:0")
-        .env("DATA_DIR", directory.join("data"))
-        .env("LOG_FORMAT", "json")
-        .envs(envs.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mfoundry starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let gateway = Gateway { child };
-    let (sender, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = sender.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the gateway logs that it listens for MLLP");
-        if !line.contains("listening for MLLP") {
-            continue;
-        }
-        let marker = "\"addr\":\"";
-        let start = line.find(marker).expect("an addr field") + marker.len();
-        let end = line[start..].find('"').expect("a closing quote");
-        let address = line[start..start + end].to_owned();
-        // Keep draining stderr so the gateway never blocks on a full pipe.
-        std::thread::spawn(move || while lines.recv().is_ok() {});
-        return (gateway, address);
-    }
-}
-
 #[test]
 fn the_dashboard_names_match_what_the_binary_exports() {
     // An OTLP/HTTP receiver on a runtime of its own.
@@ -1704,28 +1629,7 @@ fn the_dashboard_names_match_what_the_binary_exports() {
         .build()
         .expect("runtime");
     let bodies: Bodies = Arc::default();
-    let received = Arc::clone(&bodies);
-    let receiver = axum::Router::new().route(
-        "/v1/metrics",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let store = Arc::clone(&received);
-            async move {
-                store.lock().expect("lock").push(body.to_vec());
-                (
-                    [("content-type", "application/x-protobuf")],
-                    Vec::<u8>::new(),
-                )
-            }
-        }),
-    );
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let endpoint = format!(
-        "http://127.0.0.1:{}",
-        listener.local_addr().expect("address").port()
-    );
-    runtime.spawn(async move { axum::serve(listener, receiver).await });
+    let endpoint = runtime.block_on(http_receiver(Arc::clone(&bodies)));
 
     // A gateway with one file connector, one message through it.
     let directory = tempfile::tempdir().expect("tempdir");
@@ -1738,8 +1642,10 @@ fn the_dashboard_names_match_what_the_binary_exports() {
         ),
     )
     .expect("write");
-    let (gateway, address) = start_gateway(
+    let gateway = common::Server::start(
         directory.path(),
+        "gateway.yaml",
+        "data",
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
@@ -1747,7 +1653,7 @@ fn the_dashboard_names_match_what_the_binary_exports() {
     );
     let message = root().join("examples/messages/adt-a01.hl7");
     let sent = Command::new(BINARY)
-        .args(["send", "--addr", address.as_str()])
+        .args(["send", "--addr", gateway.addr.as_str()])
         .arg(message)
         .env_clear()
         .output()
@@ -1780,7 +1686,7 @@ fn the_dashboard_names_match_what_the_binary_exports() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    drop(gateway);
+    gateway.stop();
 
     let names = dashboard_names(&dashboard());
     let mut checked = 0;

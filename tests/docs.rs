@@ -1,5 +1,7 @@
 //! Documentation that must follow the code: the settings table and the README commands.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -8,28 +10,9 @@ fn read(relative: &str) -> String {
         .unwrap_or_else(|error| panic!("{relative}: {error}"))
 }
 
-/// `| `NAME` | `default` | ... |` rows of the environment table.
-fn documented_variables() -> BTreeMap<String, String> {
-    let text = read("docs/configuration.md");
-    let section = text
-        .split("## Environment variables")
-        .nth(1)
-        .expect("an environment variables section");
-    section
-        .lines()
-        .take_while(|line| !line.starts_with("## "))
-        .filter_map(|line| {
-            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-            let name = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
-            let default = cells.get(2)?.trim_matches('`');
-            Some((name.to_owned(), default.to_owned()))
-        })
-        .collect()
-}
-
 #[test]
 fn every_environment_variable_is_documented_with_its_default() {
-    let documented = documented_variables();
+    let documented = common::configuration_table("\n## Environment variables\n");
     let in_code: BTreeMap<String, String> = mfoundry::config::ENV_VARS
         .iter()
         .map(|var| (var.name.to_owned(), var.default.to_owned()))

@@ -179,23 +179,6 @@ fn drain_timeout_cuts_a_hung_delivery_short_and_says_so_and_a_second_signal_exit
     drop(runtime);
 }
 
-fn bench_args(
-    addr: std::net::SocketAddr,
-    connections: usize,
-    messages: usize,
-) -> mfoundry::cli::BenchArgs {
-    mfoundry::cli::BenchArgs {
-        addr: addr.to_string(),
-        connections,
-        messages,
-        file: None,
-        timeout: Duration::from_secs(5),
-        probe_dir: ".".into(),
-        no_probe: true,
-        tls: mfoundry::cli::TlsArgs::default(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_keeps_its_figures_when_the_server_drains_under_it() {
     let data = tempfile::tempdir().expect("tempdir");
@@ -203,7 +186,7 @@ async fn bench_keeps_its_figures_when_the_server_drains_under_it() {
         .await
         .expect("starts");
     let messages = 10_000_000;
-    let args = bench_args(app.local_addr(), 4, messages);
+    let args = common::bench_args(&app.local_addr().to_string(), 4, messages);
     // The bench on a thread and runtime of its own, as a separate process would be.
     let bench = std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().expect("runtime");

@@ -4,9 +4,11 @@
 
 mod common;
 
+use common::otlp::{Bodies, http_receiver};
+
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
@@ -57,18 +59,15 @@ fn decode(body: &[u8]) -> (BTreeMap<String, Seen>, String) {
                 let entry: &mut Seen = seen.entry(metric.name.clone()).or_default();
                 entry.unit = metric.unit.clone();
                 match &metric.data {
-                    Some(Data::Sum(sum)) => {
-                        for point in &sum.data_points {
-                            let value = match point.value {
-                                Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(v)) => v as f64,
-                                Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(v)) => v,
-                                None => 0.0,
-                            };
-                            entry.points.push((attributes(&point.attributes), value));
-                        }
-                    }
-                    Some(Data::Gauge(gauge)) => {
-                        for point in &gauge.data_points {
+                    Some(Data::Sum(opentelemetry_proto::tonic::metrics::v1::Sum {
+                        data_points,
+                        ..
+                    }))
+                    | Some(Data::Gauge(opentelemetry_proto::tonic::metrics::v1::Gauge {
+                        data_points,
+                        ..
+                    })) => {
+                        for point in data_points {
                             let value = match point.value {
                                 Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsInt(v)) => v as f64,
                                 Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(v)) => v,
@@ -106,31 +105,6 @@ fn point<'a>(
                 .all(|(key, want)| attributes.get(*key).map(String::as_str) == Some(*want))
                 .then_some(value)
         })
-}
-
-type Bodies = Arc<Mutex<Vec<Vec<u8>>>>;
-
-/// An OTLP/HTTP receiver on a free port; returns its endpoint.
-async fn http_receiver(bodies: Bodies) -> String {
-    let receiver = axum::Router::new().route(
-        "/v1/metrics",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let store = Arc::clone(&bodies);
-            async move {
-                store.lock().expect("lock").push(body.to_vec());
-                (
-                    [("content-type", "application/x-protobuf")],
-                    Vec::<u8>::new(),
-                )
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move { axum::serve(listener, receiver).await });
-    format!("http://127.0.0.1:{port}")
 }
 
 /// An OTLP/gRPC receiver.

@@ -21,18 +21,27 @@ fn tls_env(directory: &Path) -> Vec<(String, String)> {
     ]
 }
 
-async fn start(directory: &Path, extra: &[(&str, &str)]) -> common::TestApp {
-    let mut env = tls_env(directory);
-    env.extend(
-        extra
-            .iter()
-            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
-    );
-    let env: Vec<(&str, &str)> = env
-        .iter()
+/// Borrowed pairs, as the app helpers take them.
+fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter()
         .map(|(name, value)| (name.as_str(), value.as_str()))
-        .collect();
-    common::start(&env).await
+        .collect()
+}
+
+async fn start(directory: &Path, extra: &[(&str, &str)]) -> common::TestApp {
+    start_with(directory, None, extra).await
+}
+
+/// Start with TLS on, a YAML file and `extra` environment.
+async fn start_with(
+    directory: &Path,
+    yaml: Option<&str>,
+    extra: &[(&str, &str)],
+) -> common::TestApp {
+    let env = tls_env(directory);
+    let mut env = pairs(&env);
+    env.extend_from_slice(extra);
+    common::start_with_yaml(yaml, &env).await
 }
 
 /// A TLS client of one protocol version, trusting the test CA, with an optional client
@@ -99,11 +108,20 @@ async fn exchange_message<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(common::field(&reply[1..reply.len() - 2], "MSA", 1))
 }
 
-/// Connect over TLS and exchange one message.
+/// Connect over TLS and exchange one ADT.
 async fn over_tls(
     app: &common::TestApp,
     connector: &tokio_rustls::TlsConnector,
     control_id: &str,
+) -> Result<String, String> {
+    over_tls_message(app, connector, &common::adt(control_id, "2.5")).await
+}
+
+/// Connect over TLS and exchange `message`.
+async fn over_tls_message(
+    app: &common::TestApp,
+    connector: &tokio_rustls::TlsConnector,
+    message: &[u8],
 ) -> Result<String, String> {
     let tcp = tokio::net::TcpStream::connect(app.local_addr())
         .await
@@ -113,7 +131,7 @@ async fn over_tls(
         .connect(name, tcp)
         .await
         .map_err(|error| format!("handshake: {error}"))?;
-    exchange(&mut stream, control_id).await
+    exchange_message(&mut stream, message).await
 }
 
 fn certificates() -> Option<tempfile::TempDir> {
@@ -285,13 +303,7 @@ async fn tls_senders_maps_a_certificate_to_the_senders_it_may_send_as() {
     );
     let path = |name: &str| directory.join(name).display().to_string();
     let yaml = "tls_senders:\n  - identity: lab.north.example\n    sending_applications: [LAB]\n    sending_facilities: [NORTH, SOUTH]\n";
-    let mut env = tls_env(directory);
-    env.push(("TLS_CLIENT_CA".to_owned(), path("ca.pem")));
-    let env: Vec<(&str, &str)> = env
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_str()))
-        .collect();
-    let app = common::start_with_yaml(Some(yaml), &env).await;
+    let app = start_with(directory, Some(yaml), &[("TLS_CLIENT_CA", &path("ca.pem"))]).await;
     let message = |control_id: &str, application: &str, facility: &str| {
         String::from_utf8(common::adt(control_id, "2.5"))
             .expect("text")
@@ -299,13 +311,8 @@ async fn tls_senders_maps_a_certificate_to_the_senders_it_may_send_as() {
             .into_bytes()
     };
     let send = async |identity: &str, frame: Vec<u8>| {
-        let tcp = tokio::net::TcpStream::connect(app.local_addr())
-            .await
-            .expect("connect");
         let connector = client(directory, &rustls::version::TLS13, Some(identity));
-        let name = ServerName::try_from("localhost").expect("name");
-        let mut stream = connector.connect(name, tcp).await.expect("handshake");
-        exchange_message(&mut stream, &frame).await
+        over_tls_message(&app, &connector, &frame).await
     };
     assert_eq!(
         send("lab", message("OK1", "LAB", "NORTH")).await,
@@ -330,23 +337,7 @@ async fn tls_senders_maps_a_certificate_to_the_senders_it_may_send_as() {
     );
 
     // Every message is audited with the certificate it came over.
-    let records = app
-        .outbox()
-        .read(|snapshot| snapshot.audit_records(None, 100))
-        .await
-        .expect("audit");
-    let received: Vec<(String, String, String)> = records
-        .into_iter()
-        .filter_map(|(_, record)| match record.event {
-            mfoundry::outbox::audit::AuditEvent::Received {
-                control_id,
-                ack_code,
-                tls_identity,
-                ..
-            } => Some((control_id, ack_code, tls_identity.unwrap_or_default())),
-            _ => None,
-        })
-        .collect();
+    let received = audited(&app).await;
     let lab = "subject=CN=lab gateway, O=North Hospital; issuer=CN=mfoundry test CA; names=CN:lab gateway,DNS:lab.north.example";
     let other = "subject=CN=mfoundry; issuer=CN=mfoundry test CA; names=CN:mfoundry";
     assert_eq!(
@@ -382,21 +373,11 @@ async fn tls_senders_binds_an_identity_to_its_issuer_when_several_cas_are_truste
     text.push_str(&std::fs::read_to_string(directory.join("other-ca.pem")).expect("other"));
     std::fs::write(&bundle, text).expect("bundle");
     let yaml = "tls_senders:\n  - identity: lab.north.example\n    issuer: CN=mfoundry test CA\n    sending_applications: [\"*\"]\n    sending_facilities: [\"*\"]\n  - identity: \"CN=lab\"\n    issuer: CN=another CA\n    sending_applications: [ONLY]\n    sending_facilities: [ONLY]\n";
-    let mut env = tls_env(directory);
-    env.push(("TLS_CLIENT_CA".to_owned(), bundle.display().to_string()));
-    let env: Vec<(&str, &str)> = env
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_str()))
-        .collect();
-    let app = common::start_with_yaml(Some(yaml), &env).await;
+    let bundle = bundle.display().to_string();
+    let app = start_with(directory, Some(yaml), &[("TLS_CLIENT_CA", &bundle)]).await;
     let send = async |identity: &str, control_id: &str| {
-        let tcp = tokio::net::TcpStream::connect(app.local_addr())
-            .await
-            .expect("connect");
         let connector = client(directory, &rustls::version::TLS13, Some(identity));
-        let name = ServerName::try_from("localhost").expect("name");
-        let mut stream = connector.connect(name, tcp).await.expect("handshake");
-        exchange(&mut stream, control_id).await
+        over_tls(&app, &connector, control_id).await
     };
     assert_eq!(send("lab", "REAL").await, Ok("AA".to_owned()));
     // Same name, other issuer: only the second entry (whole subject, its own issuer) applies,
@@ -516,11 +497,7 @@ async fn an_expired_certificate_is_refused_and_the_days_left_are_reported() {
     // Starting with it is refused too, naming the file.
     let data = tempfile::tempdir().expect("tempdir");
     let env = tls_env(directory);
-    let env: Vec<(&str, &str)> = env
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_str()))
-        .collect();
-    let error = mfoundry::app::RunningApp::start(common::config(data.path(), None, &env))
+    let error = mfoundry::app::RunningApp::start(common::config(data.path(), None, &pairs(&env)))
         .await
         .expect_err("refused");
     assert!(format!("{error:#}").contains("expired"), "{error:#}");
@@ -734,15 +711,27 @@ async fn allowed_peers_closes_other_addresses_before_reading_and_lets_listed_one
 
 /// The client identities a server's audit trail recorded, in order.
 async fn audited_identities(app: &common::TestApp) -> Vec<String> {
+    audited(app)
+        .await
+        .into_iter()
+        .map(|(_, _, identity)| identity)
+        .collect()
+}
+
+/// (control id, ACK code, client identity) of every audited receipt, in order.
+async fn audited(app: &common::TestApp) -> Vec<(String, String, String)> {
     app.outbox()
         .read(|snapshot| snapshot.audit_records(None, 1000))
         .await
         .expect("audit")
         .into_iter()
         .filter_map(|(_, record)| match record.event {
-            mfoundry::outbox::audit::AuditEvent::Received { tls_identity, .. } => {
-                Some(tls_identity.unwrap_or_default())
-            }
+            mfoundry::outbox::audit::AuditEvent::Received {
+                control_id,
+                ack_code,
+                tls_identity,
+                ..
+            } => Some((control_id, ack_code, tls_identity.unwrap_or_default())),
             _ => None,
         })
         .collect()
@@ -933,21 +922,13 @@ async fn bench_loads_an_mtls_listener() {
     let directory = certs.path();
     let app = mtls_server(directory).await;
     let path = |name: &str| Some(directory.join(name));
-    let args = mfoundry::cli::BenchArgs {
-        addr: format!("localhost:{}", app.local_addr().port()),
-        connections: 3,
-        messages: 300,
-        file: None,
-        timeout: Duration::from_secs(5),
-        probe_dir: ".".into(),
-        no_probe: true,
-        tls: mfoundry::cli::TlsArgs {
-            tls: false,
-            tls_ca: path("ca.pem"),
-            tls_cert: path("client.pem"),
-            tls_key: path("client.key"),
-            tls_server_name: None,
-        },
+    let mut args = common::bench_args(&format!("localhost:{}", app.local_addr().port()), 3, 300);
+    args.tls = mfoundry::cli::TlsArgs {
+        tls: false,
+        tls_ca: path("ca.pem"),
+        tls_cert: path("client.pem"),
+        tls_key: path("client.key"),
+        tls_server_name: None,
     };
     let mut out = Vec::new();
     let report = mfoundry::cli::run_bench(&args, &mut out)

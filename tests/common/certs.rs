@@ -5,13 +5,10 @@
 /// Make the test certificates in `directory` with the
 /// `openssl` command; `None` (after saying why) when it is not installed.
 pub fn certificates(directory: &std::path::Path) -> Option<()> {
-    let run = |args: &[&str]| {
-        std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(directory)
-            .output()
-    };
-    match run(&["version"]) {
+    match std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+    {
         Ok(output) if output.status.success() => {}
         _ => {
             eprintln!("SKIPPED: the openssl command is needed to make test certificates");
@@ -28,34 +25,7 @@ pub fn certificates(directory: &std::path::Path) -> Option<()> {
         "extendedKeyUsage=clientAuth\n",
     )
     .expect("ext");
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let ca = [
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=mfoundry test CA",
-        ],
-    ]
-    .concat();
-    let output = run(&ca).expect("openssl runs");
-    assert!(
-        output.status.success(),
-        "openssl {ca:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    new_ca(directory, "ca", "/CN=mfoundry test CA");
     issue(directory, "ca", "server", "/CN=localhost", "server.ext");
     issue(directory, "ca", "client", "/CN=mfoundry", "client.ext");
     Some(())
@@ -127,28 +97,7 @@ pub fn expired_server(directory: &std::path::Path, name: &str) {
 
 fn expired(directory: &std::path::Path, name: &str, subject: &str, extensions: &str) {
     ca_database(directory);
-    let (key, csr, pem) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.pem"),
-    );
-    openssl(
-        directory,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            subject,
-        ],
-    );
+    let (csr, pem) = key_request(directory, name, subject);
     openssl(
         directory,
         &[
@@ -229,26 +178,7 @@ pub fn revocation_list(directory: &std::path::Path) {
 /// A client certificate from another CA (`other-ca.pem`), which the server does not trust,
 /// as `name`.pem / `name`.key.
 pub fn untrusted_client(directory: &std::path::Path, name: &str) {
-    openssl(
-        directory,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "other-ca.key",
-            "-out",
-            "other-ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=another CA",
-        ],
-    );
+    new_ca(directory, "other-ca", "/CN=another CA");
     issue(directory, "other-ca", name, "/CN=mfoundry", "client.ext");
 }
 
@@ -261,42 +191,75 @@ pub fn another_server_certificate(directory: &std::path::Path, name: &str) {
 /// A key and a certificate signed by the CA `ca` (`ca`.pem / `ca`.key), as `name`.key /
 /// `name`.pem, with the extensions in `extensions`.
 fn issue(directory: &std::path::Path, ca: &str, name: &str, subject: &str, extensions: &str) {
-    let run = |args: &[&str]| openssl(directory, args);
     let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
-    let (key, csr, pem) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.pem"),
+    let (csr, pem) = key_request(directory, name, subject);
+    openssl(
+        directory,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            extensions,
+        ],
     );
-    run(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &key,
-        "-out",
-        &csr,
-        "-subj",
-        subject,
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        &csr,
-        "-CA",
-        &ca_pem,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-out",
-        &pem,
-        "-days",
-        "2",
-        "-extfile",
-        extensions,
-    ]);
+}
+
+/// A self-signed CA valid two days, as `name`.pem / `name`.key.
+fn new_ca(directory: &std::path::Path, name: &str, subject: &str) {
+    let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+    openssl(
+        directory,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-subj",
+            subject,
+        ],
+    );
+}
+
+/// A new P-256 key as `name`.key and a signing request for `subject` as `name`.csr; returns
+/// the request's file name and the certificate's (`name`.pem) to write.
+fn key_request(directory: &std::path::Path, name: &str, subject: &str) -> (String, String) {
+    let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
+    openssl(
+        directory,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            subject,
+        ],
+    );
+    (csr, format!("{name}.pem"))
 }

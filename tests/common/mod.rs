@@ -3,6 +3,7 @@
 #![allow(dead_code)] // Each test crate uses a different subset of these helpers.
 
 pub mod certs;
+pub mod otlp;
 pub mod peer;
 
 use std::sync::Arc;
@@ -468,4 +469,41 @@ pub fn send_until_stopped(
         }
     }
     acknowledged
+}
+
+/// `mfoundry bench` options for a test: `connections` sending `messages` in all to `addr`,
+/// 5 s ACK timeout, no probe, no TLS.
+pub fn bench_args(addr: &str, connections: usize, messages: usize) -> mfoundry::cli::BenchArgs {
+    mfoundry::cli::BenchArgs {
+        addr: addr.to_owned(),
+        connections,
+        messages,
+        file: None,
+        timeout: Duration::from_secs(5),
+        probe_dir: ".".into(),
+        no_probe: true,
+        tls: mfoundry::cli::TlsArgs::default(),
+    }
+}
+
+/// The `| `NAME` | `default` | ... |` rows (name → default) of one section of
+/// docs/configuration.md, e.g. `"\n## Environment variables\n"`; the section runs to the
+/// next `## ` heading.
+pub fn configuration_table(heading: &str) -> std::collections::BTreeMap<String, String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md");
+    let document = std::fs::read_to_string(&path).expect("docs/configuration.md");
+    let section = document
+        .split(heading)
+        .nth(1)
+        .unwrap_or_else(|| panic!("docs/configuration.md has no {heading:?} section"));
+    section
+        .lines()
+        .take_while(|line| !line.starts_with("## "))
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let name = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            let default = cells.get(2)?.trim_matches('`');
+            Some((name.to_owned(), default.to_owned()))
+        })
+        .collect()
 }
