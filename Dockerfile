@@ -22,6 +22,7 @@ RUN mkdir -p src tests/benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
     && echo 'fn main() {}' > tests/benches/rules.rs \
+    && echo 'fn main() {}' > tests/benches/outbox.rs \
     && cargo build --release --locked \
     && rm -rf src
 

@@ -327,3 +327,41 @@ async fn no_aa_is_sent_when_the_commit_fails() {
         "{stored:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_with_one_connection_compares_each_round_with_a_floor_taken_just_before() {
+    let app = common::start(&[]).await;
+    let probe_dir = tempfile::tempdir().expect("tempdir");
+    let mut args = common::bench_args(&app.local_addr().to_string(), 1, 25);
+    args.no_probe = false;
+    args.probe_dir = probe_dir.path().to_path_buf();
+    let mut out = Vec::new();
+    let report = mfoundry::cli::run_bench(&args, &mut out)
+        .await
+        .expect("bench runs");
+    let out = String::from_utf8(out).expect("utf-8");
+    assert_eq!(
+        (report.answered, report.not_aa, report.failed),
+        (25, 0, 0),
+        "{out}"
+    );
+    let ratio = report.floor_ratio.expect("a ratio for one connection");
+    assert!(ratio.is_finite() && ratio > 0.0, "{ratio}\n{out}");
+    assert!(
+        out.contains("ACK p50 ÷ floor, per round (10 rounds, each after 30 bare commits)"),
+        "{out}"
+    );
+    // Every message was sent, once, with its own control id.
+    assert_eq!(app.outbox().stats().records.load(Ordering::Relaxed), 25);
+    // The probe cleans up after itself.
+    assert_eq!(std::fs::read_dir(probe_dir.path()).expect("dir").count(), 0);
+
+    // More connections: the probe runs once, before the load; no per-round ratio.
+    args.connections = 3;
+    args.messages = 9;
+    let mut out = Vec::new();
+    let report = mfoundry::cli::run_bench(&args, &mut out)
+        .await
+        .expect("bench runs");
+    assert_eq!((report.answered, report.floor_ratio), (9, None));
+}

@@ -72,6 +72,9 @@ pub struct BenchReport {
     pub elapsed: Duration,
     /// ACK latency.
     pub latency: Percentiles,
+    /// One connection with the probe on: the median over rounds of the round's ACK p50 divided
+    /// by (a bare redb commit p50 measured just before it + the loopback round trip).
+    pub floor_ratio: Option<f64>,
 }
 
 impl BenchReport {
@@ -92,6 +95,13 @@ pub struct Probe {
     pub loopback_rtt: f64,
 }
 
+/// Rounds of an interleaved run: with one connection and the probe on, the load is cut into
+/// this many rounds, each preceded by [`PROBE_COMMITS_PER_ROUND`] bare commits, so each round's
+/// ACKs are compared with a floor measured a second before them, not minutes.
+const ROUNDS: usize = 10;
+/// Bare redb commits before each round of an interleaved run.
+const PROBE_COMMITS_PER_ROUND: usize = 30;
+
 /// Run the probe (unless disabled) and the load; print a report to `out`.
 pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
@@ -108,6 +118,7 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
         .next()
         .context("the sample file holds no message")?;
 
+    let mut floor = None;
     if !args.no_probe {
         let probe = probe(&args.probe_dir).await?;
         writeln!(
@@ -123,31 +134,57 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
             "floor for one ordered sender (redb commit + round trip): {:.0} µs",
             probe.redb_commit + probe.loopback_rtt
         )?;
+        floor = Some(probe);
     }
 
     let tls = args.tls.client(&args.addr)?.map(std::sync::Arc::new);
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(args.connections);
-    for connection in 0..args.connections {
-        let share = args.messages / args.connections
-            + usize::from(connection < args.messages % args.connections);
-        let template = template.clone();
-        let addr = args.addr.clone();
-        let timeout = args.timeout;
-        let tls = tls.clone();
-        tasks.push(tokio::spawn(async move {
-            run_connection(&addr, tls.as_deref(), connection, share, &template, timeout).await
-        }));
-    }
-    let mut latencies: Vec<u32> = Vec::with_capacity(args.messages);
     let mut report = BenchReport::default();
-    for task in tasks {
-        let result = task.await.context("a bench connection panicked")??;
-        latencies.extend(result.latencies);
-        report.not_aa += result.not_aa;
-        report.failed += result.failed;
+    let mut latencies: Vec<u32> = Vec::with_capacity(args.messages);
+    match floor {
+        Some(probe) if args.connections == 1 => {
+            let (result, ratios) = interleaved(args, tls.as_deref(), &template, probe).await?;
+            latencies = result.latencies;
+            report.not_aa = result.not_aa;
+            report.failed = result.failed;
+            report.floor_ratio = Some(median(ratios.clone()));
+            report.elapsed = started.elapsed();
+            writeln!(
+                out,
+                "ACK p50 ÷ floor, per round ({} rounds, each after {} bare commits): median {:.2}, min {:.2}, max {:.2}",
+                ratios.len(),
+                PROBE_COMMITS_PER_ROUND,
+                median(ratios.clone()),
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(0.0, f64::max),
+            )?;
+        }
+        _ => {
+            let mut tasks = Vec::with_capacity(args.connections);
+            for connection in 0..args.connections {
+                let share = args.messages / args.connections
+                    + usize::from(connection < args.messages % args.connections);
+                let template = template.clone();
+                let addr = args.addr.clone();
+                let timeout = args.timeout;
+                let tls = tls.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut sender =
+                        Sender::connect(&addr, tls.as_deref(), connection, timeout).await?;
+                    let mut result = ConnectionResult::with_capacity(share);
+                    sender.send(0..share, &template, &mut result).await;
+                    anyhow::Ok(result)
+                }));
+            }
+            for task in tasks {
+                let result = task.await.context("a bench connection panicked")??;
+                latencies.extend(result.latencies);
+                report.not_aa += result.not_aa;
+                report.failed += result.failed;
+            }
+            report.elapsed = started.elapsed();
+        }
     }
-    report.elapsed = started.elapsed();
     report.answered = latencies.len();
     latencies.sort_unstable();
     report.latency = Percentiles {
@@ -177,6 +214,49 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
     Ok(report)
 }
 
+/// One connection's run cut into rounds, each after a few bare commits on the probe's disk:
+/// returns the result and, per round, the round's ACK p50 divided by (the round's commit p50 +
+/// the loopback round trip). The elapsed time includes the probe commits.
+async fn interleaved(
+    args: &BenchArgs,
+    tls: Option<&crate::tls::TlsClient>,
+    template: &[u8],
+    probe: Probe,
+) -> anyhow::Result<(ConnectionResult, Vec<f64>)> {
+    let rounds = ROUNDS.min(args.messages);
+    let mut store = Some(ProbeStore::open(&args.probe_dir)?);
+    let mut sender = Sender::connect(&args.addr, tls, 0, args.timeout).await?;
+    let mut result = ConnectionResult::with_capacity(args.messages);
+    let mut ratios = Vec::with_capacity(rounds);
+    let mut next = 0;
+    for round in 0..rounds {
+        let share = args.messages / rounds + usize::from(round < args.messages % rounds);
+        let mut probing = store.take().context("the probe store is in use")?;
+        let (probing, commits) = tokio::task::spawn_blocking(move || {
+            let commits = probing.commits(PROBE_COMMITS_PER_ROUND);
+            (probing, commits)
+        })
+        .await
+        .context("probe task failed")?;
+        store = Some(probing);
+        let commit = median(commits?);
+        let mut round_result = ConnectionResult::with_capacity(share);
+        sender
+            .send(next..next + share, template, &mut round_result)
+            .await;
+        next += share;
+        let mut sorted = round_result.latencies.clone();
+        sorted.sort_unstable();
+        if !sorted.is_empty() {
+            ratios.push(percentile(&sorted, 0.5) / (commit + probe.loopback_rtt));
+        }
+        result.latencies.extend(round_result.latencies);
+        result.not_aa += round_result.not_aa;
+        result.failed += round_result.failed;
+    }
+    Ok((result, ratios))
+}
+
 fn percentile(sorted: &[u32], quantile: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -189,6 +269,16 @@ struct ConnectionResult {
     latencies: Vec<u32>,
     not_aa: usize,
     failed: usize,
+}
+
+impl ConnectionResult {
+    fn with_capacity(capacity: usize) -> Self {
+        Self {
+            latencies: Vec::with_capacity(capacity),
+            not_aa: 0,
+            failed: 0,
+        }
+    }
 }
 
 /// Replace MSH-10 of `template` with `control_id`.
@@ -212,54 +302,75 @@ fn with_control_id(template: &[u8], control_id: &str) -> Vec<u8> {
     out
 }
 
-async fn run_connection(
-    addr: &str,
-    tls: Option<&crate::tls::TlsClient>,
+/// One bench connection: sends messages one at a time, reconnecting after a failure.
+struct Sender<'a> {
+    addr: &'a str,
+    tls: Option<&'a crate::tls::TlsClient>,
     connection: usize,
-    share: usize,
-    template: &[u8],
     timeout: Duration,
-) -> anyhow::Result<ConnectionResult> {
-    let mut result = ConnectionResult {
-        latencies: Vec::with_capacity(share),
-        not_aa: 0,
-        failed: 0,
-    };
-    if share == 0 {
-        return Ok(result);
-    }
-    let run_id = std::process::id();
-    let connect = || MllpClient::connect_with(addr, tls, Duration::from_secs(10), 1 << 20);
-    // The first connection must work: a wrong address is an error, not a measurement.
-    let mut client = Some(connect().await?);
-    for sequence in 0..share {
-        let Some(connected) = client.as_mut() else {
-            // The server went away (stopped, or refusing connections): the rest of this
-            // connection's share is not sent and counts as unanswered.
-            result.failed += share - sequence;
-            break;
+    client: Option<MllpClient>,
+}
+
+impl<'a> Sender<'a> {
+    /// The first connection must work: a wrong address is an error, not a measurement.
+    async fn connect(
+        addr: &'a str,
+        tls: Option<&'a crate::tls::TlsClient>,
+        connection: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut sender = Self {
+            addr,
+            tls,
+            connection,
+            timeout,
+            client: None,
         };
-        let control_id = format!("B{run_id}-{connection}-{sequence}");
-        let message = with_control_id(template, &control_id);
-        let sent = Instant::now();
-        match connected.request(&message, timeout).await {
-            Ok(ack) => {
-                let micros = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
-                result.latencies.push(micros);
-                let code = Message::parse(ack)
-                    .ok()
-                    .and_then(|ack| ack.value("MSA-1").and_then(AckCode::parse));
-                if code != Some(AckCode::AA) {
-                    result.not_aa += 1;
+        sender.client = Some(sender.reconnect().await?);
+        Ok(sender)
+    }
+
+    async fn reconnect(&self) -> Result<MllpClient, crate::mllp::ClientError> {
+        MllpClient::connect_with(self.addr, self.tls, Duration::from_secs(10), 1 << 20).await
+    }
+
+    /// Send the messages numbered `sequences`, each waiting for its ACK.
+    async fn send(
+        &mut self,
+        sequences: std::ops::Range<usize>,
+        template: &[u8],
+        result: &mut ConnectionResult,
+    ) {
+        let run_id = std::process::id();
+        let end = sequences.end;
+        for sequence in sequences {
+            let Some(connected) = self.client.as_mut() else {
+                // The server went away (stopped, or refusing connections): the rest of this
+                // share is not sent and counts as unanswered.
+                result.failed += end - sequence;
+                break;
+            };
+            let control_id = format!("B{run_id}-{}-{sequence}", self.connection);
+            let message = with_control_id(template, &control_id);
+            let sent = Instant::now();
+            match connected.request(&message, self.timeout).await {
+                Ok(ack) => {
+                    let micros = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+                    result.latencies.push(micros);
+                    let code = Message::parse(ack)
+                        .ok()
+                        .and_then(|ack| ack.value("MSA-1").and_then(AckCode::parse));
+                    if code != Some(AckCode::AA) {
+                        result.not_aa += 1;
+                    }
                 }
-            }
-            Err(_) => {
-                result.failed += 1;
-                client = connect().await.ok();
+                Err(_) => {
+                    result.failed += 1;
+                    self.client = self.reconnect().await.ok();
+                }
             }
         }
     }
-    Ok(result)
 }
 
 fn median(mut samples: Vec<f64>) -> f64 {
@@ -267,16 +378,58 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
 
+/// A scratch redb file on the probed disk, for bare commits of one 4 KiB value.
+struct ProbeStore {
+    database: redb::Database,
+    next_key: u64,
+    // Dropped last: removes the directory and the files in it.
+    scratch: tempfile::TempDir,
+}
+
+const PROBE_TABLE: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("probe");
+
+impl ProbeStore {
+    fn open(directory: &Path) -> anyhow::Result<Self> {
+        let scratch = tempfile::Builder::new()
+            .prefix(".mfoundry-probe")
+            .tempdir_in(directory)
+            .with_context(|| format!("cannot write a probe file in {}", directory.display()))?;
+        let database = redb::Database::builder()
+            .set_cache_size(4 << 20)
+            .create(scratch.path().join("probe.redb"))?;
+        Ok(Self {
+            database,
+            next_key: 0,
+            scratch,
+        })
+    }
+
+    /// `count` commits of one insert each, `Durability::Immediate`: their durations in µs.
+    fn commits(&mut self, count: usize) -> anyhow::Result<Vec<f64>> {
+        let block = vec![0x5Au8; 4096];
+        let mut commits = Vec::with_capacity(count);
+        for _ in 0..count {
+            let started = Instant::now();
+            let mut transaction = self.database.begin_write()?;
+            transaction.set_durability(redb::Durability::Immediate)?;
+            transaction
+                .open_table(PROBE_TABLE)?
+                .insert(self.next_key, block.as_slice())?;
+            transaction.commit()?;
+            commits.push(started.elapsed().as_secs_f64() * 1e6);
+            self.next_key += 1;
+        }
+        Ok(commits)
+    }
+}
+
 /// Measure fsync, a bare redb commit and a loopback round trip.
 pub async fn probe(directory: &Path) -> anyhow::Result<Probe> {
     let directory = directory.to_path_buf();
     let (fsync, redb_commit) =
         tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
-            let scratch = tempfile::Builder::new()
-                .prefix(".mfoundry-probe")
-                .tempdir_in(&directory)
-                .with_context(|| format!("cannot write a probe file in {}", directory.display()))?;
-            let mut file = std::fs::File::create(scratch.path().join("fsync"))?;
+            let mut store = ProbeStore::open(&directory)?;
+            let mut file = std::fs::File::create(store.scratch.path().join("fsync"))?;
             let block = vec![0x5Au8; 4096];
             let mut fsyncs = Vec::with_capacity(100);
             for _ in 0..100 {
@@ -285,21 +438,7 @@ pub async fn probe(directory: &Path) -> anyhow::Result<Probe> {
                 file.sync_data()?;
                 fsyncs.push(started.elapsed().as_secs_f64() * 1e6);
             }
-            let database = redb::Database::builder()
-                .set_cache_size(4 << 20)
-                .create(scratch.path().join("probe.redb"))?;
-            let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("probe");
-            let mut commits = Vec::with_capacity(100);
-            for key in 0..100u64 {
-                let started = Instant::now();
-                let mut transaction = database.begin_write()?;
-                transaction.set_durability(redb::Durability::Immediate)?;
-                transaction
-                    .open_table(table)?
-                    .insert(key, block.as_slice())?;
-                transaction.commit()?;
-                commits.push(started.elapsed().as_secs_f64() * 1e6);
-            }
+            let commits = store.commits(100)?;
             Ok((median(fsyncs), median(commits)))
         })
         .await
