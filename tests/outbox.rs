@@ -669,3 +669,83 @@ async fn one_request_that_fails_on_its_own_does_not_fail_the_others_in_its_commi
     drop(outbox);
     writer.join();
 }
+
+/// The queue seq of connector `name`'s first entry.
+fn head_seq(outbox: &Outbox, name: &str) -> u64 {
+    let connector = outbox.connector_id(name).expect("connector");
+    let snapshot = outbox.snapshot().expect("snapshot");
+    snapshot.queue(connector).expect("queue")[0].0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_update_right_after_intake_shares_the_next_messages_commit() {
+    let memory = MemoryDisk::default();
+    let mut options = options_with(&memory);
+    // Long enough that only the next message, never the deadline, ends the hold here.
+    options.intake_hold = std::time::Duration::from_secs(30);
+    let (outbox, writer) = Outbox::open(options, &names(&["a"])).expect("opens");
+    let outbox = Arc::new(outbox);
+    let a = outbox.connector_id("a").expect("a");
+    outbox
+        .append(message(&outbox, "R1", &["a"], &[]))
+        .await
+        .expect("1");
+    let first = head_seq(&outbox, "a");
+    let commits = outbox.stats().commits.load(Ordering::Relaxed);
+
+    let marking = tokio::spawn({
+        let outbox = Arc::clone(&outbox);
+        async move { outbox.mark_delivered(a, first, 1).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !marking.is_finished(),
+        "the update waits for the next received message"
+    );
+    outbox
+        .append(message(&outbox, "R2", &["a"], &[]))
+        .await
+        .expect("2");
+    assert!(marking.await.expect("task").expect("mark"));
+    assert_eq!(
+        outbox.stats().commits.load(Ordering::Relaxed),
+        commits + 1,
+        "one commit carried the update and the message"
+    );
+    let snapshot = outbox.snapshot().expect("snapshot");
+    let queued: Vec<u64> = snapshot
+        .queue(a)
+        .expect("queue")
+        .into_iter()
+        .map(|(_, entry)| entry.message_id)
+        .collect();
+    assert_eq!(queued, vec![2], "1 delivered, 2 queued");
+    drop(snapshot);
+    drop(outbox);
+    writer.join();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_update_is_held_only_right_after_intake_and_only_until_the_deadline() {
+    let memory = MemoryDisk::default();
+    let mut options = options_with(&memory);
+    let hold = std::time::Duration::from_secs(1);
+    options.intake_hold = hold;
+    let (outbox, writer) = Outbox::open(options, &names(&["a"])).expect("opens");
+    let a = outbox.connector_id("a").expect("a");
+    outbox
+        .append(message(&outbox, "R1", &["a"], &[]))
+        .await
+        .expect("1");
+    let first = head_seq(&outbox, "a");
+    // No message follows: the update commits on its own when the hold ends.
+    let started = std::time::Instant::now();
+    assert!(outbox.mark_delivered(a, first, 1).await.expect("mark"));
+    assert!(started.elapsed() >= hold, "{:?}", started.elapsed());
+    // The last commit stored no message: nothing is held now.
+    let started = std::time::Instant::now();
+    assert!(!outbox.mark_delivered(a, first, 1).await.expect("mark"));
+    assert!(started.elapsed() < hold, "{:?}", started.elapsed());
+    drop(outbox);
+    writer.join();
+}

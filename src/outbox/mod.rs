@@ -116,6 +116,10 @@ pub struct OutboxOptions {
     pub dedup_max_entries: usize,
     /// Storage backend to use instead of the file at `path`.
     pub backend: Option<BackendFactory>,
+    /// Right after a commit that stored a received message, how long a batch of other
+    /// requests alone (delivery updates) waits for the next received message to share its
+    /// commit, so a single ordered sender pays one commit per ACK (default 1 ms; zero: never).
+    pub intake_hold: Duration,
 }
 
 impl std::fmt::Debug for OutboxOptions {
@@ -129,6 +133,7 @@ impl std::fmt::Debug for OutboxOptions {
             .field("dedup_window", &self.dedup_window)
             .field("dedup_max_entries", &self.dedup_max_entries)
             .field("custom_backend", &self.backend.is_some())
+            .field("intake_hold", &self.intake_hold)
             .finish()
     }
 }
@@ -144,6 +149,7 @@ impl OutboxOptions {
             dedup_window: Some(Duration::from_secs(3600)),
             dedup_max_entries: 100_000,
             backend: None,
+            intake_hold: Duration::from_millis(1),
         }
     }
 }
@@ -244,6 +250,10 @@ enum Op {
 
 impl Op {
     /// Body bytes this operation writes (for the batch's byte cap).
+    fn is_append(&self) -> bool {
+        matches!(self, Self::Append(_))
+    }
+
     fn body_len(&self) -> usize {
         match self {
             Self::Append(message) => message.body.len(),

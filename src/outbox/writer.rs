@@ -203,6 +203,19 @@ impl Writer {
     fn run(mut self, mut receiver: mpsc::Receiver<Request>) {
         let max_batch = self.options.max_batch.max(1);
         let mut batch = Vec::with_capacity(max_batch);
+        // Only to wait for a request with a deadline (see `hold_for_intake`).
+        let clock = match tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
+            Ok(clock) => Some(clock),
+            Err(error) => {
+                warn!(error = %error, "outbox writer without a timer: delivery updates are not held for intake");
+                None
+            }
+        };
+        // Whether the last committed batch stored a received message.
+        let mut intake_streaming = false;
         while let Some(first) = receiver.blocking_recv() {
             let mut bytes = first.op.body_len();
             batch.push(first);
@@ -217,6 +230,23 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let has_append = |batch: &[Request]| batch.iter().any(|r| r.op.is_append());
+            if intake_streaming
+                && !has_append(&batch)
+                && !self.options.intake_hold.is_zero()
+                && let Some(clock) = &clock
+            {
+                let hold = self.options.intake_hold;
+                hold_for_intake(
+                    clock,
+                    hold,
+                    &mut receiver,
+                    &mut batch,
+                    &mut bytes,
+                    max_batch,
+                );
+            }
+            intake_streaming = has_append(&batch);
             let result = match self.database() {
                 Some(database) => self.write_batch(&database, &batch),
                 None => Err(StoreError::Storage(
@@ -550,6 +580,42 @@ impl Writer {
         );
         tables.audit(transaction, now, event)?;
         Ok(Done::Appended(Appended::Stored { id }))
+    }
+}
+
+/// Wait up to `hold` for a request that stores a received message, adding whatever arrives
+/// meanwhile to `batch`; once one arrives, take everything else already waiting.
+///
+/// Why (`OutboxOptions::intake_hold`): a single ordered sender sends its next frame about one
+/// round trip after its ACK. If the writer meanwhile starts a commit for delivery updates alone
+/// (a connector marking a message delivered), that frame waits for that whole commit and then
+/// for its own: two fsyncs per ACK where the sender should pay one. Held, the delivery updates
+/// share the next frame's commit instead. They are delayed by at most `hold`, and only right
+/// after a commit that stored a received message.
+fn hold_for_intake(
+    clock: &tokio::runtime::Runtime,
+    hold: Duration,
+    receiver: &mut mpsc::Receiver<Request>,
+    batch: &mut Vec<Request>,
+    bytes: &mut usize,
+    max_batch: usize,
+) {
+    let deadline = std::time::Instant::now() + hold;
+    let mut appended = false;
+    while batch.len() < max_batch && *bytes < MAX_BATCH_BYTES {
+        let next = if appended {
+            receiver.try_recv().ok()
+        } else {
+            // The timer is created inside `block_on`: outside a runtime it would panic.
+            clock
+                .block_on(async { tokio::time::timeout_at(deadline.into(), receiver.recv()).await })
+                .ok()
+                .flatten()
+        };
+        let Some(request) = next else { break };
+        appended |= request.op.is_append();
+        *bytes += request.op.body_len();
+        batch.push(request);
     }
 }
 
