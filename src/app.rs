@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admin::{
     self, AdminState, ConnectorHandle, ListenerHandle, Readiness, TokenSource, TokenStore,
@@ -567,6 +567,10 @@ async fn ignore_hangups(shutdown: CancellationToken) {
     shutdown.cancelled().await;
 }
 
+/// The drain after the outbox writer failed, at most: nothing can be stored, so connections
+/// only get errors.
+const WRITER_FAILED_DRAIN: Duration = Duration::from_secs(5);
+
 /// Exit code when a second signal cuts the drain short.
 pub const EXIT_SECOND_SIGNAL: i32 = 130;
 
@@ -577,7 +581,21 @@ pub async fn run(config: Config, rules: Arc<RuleSet>) -> anyhow::Result<()> {
     let drain_timeout = config.settings.drain_timeout;
     let mut signals = crate::shutdown::Signals::install();
     let app = RunningApp::start_compiled(config, rules, AppOptions::default()).await?;
-    signals.recv().await;
+    let outbox = app.outbox().clone();
+    let writer_failed = tokio::select! {
+        () = signals.recv() => false,
+        () = outbox.writer_failed() => true,
+    };
+    drop(outbox);
+    if writer_failed {
+        // Every message is being answered AE; a restart reopens (and if needed repairs) the
+        // file. Drain briefly so connections close cleanly, then exit non-zero.
+        error!("the outbox writer stopped; draining and exiting so the process is restarted");
+        app.shutdown(drain_timeout.min(WRITER_FAILED_DRAIN)).await;
+        anyhow::bail!(
+            "the outbox writer failed; see the log above. Restart mfoundry: the data file is reopened and checked"
+        );
+    }
     info!(
         drain_timeout_ms = drain_timeout.as_millis() as u64,
         "shutdown requested; draining (a second signal exits at once)"

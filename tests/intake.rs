@@ -365,3 +365,39 @@ async fn bench_with_one_connection_compares_each_round_with_a_floor_taken_just_b
         .expect("bench runs");
     assert_eq!((report.answered, report.floor_ratio), (9, None));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_panics_answers_ae_and_tells_the_app_to_exit() {
+    let disk = common::MemoryDisk::default();
+    let directory = tempfile::tempdir().expect("tempdir");
+    let config = common::config(directory.path(), Some(YAML), &[]);
+    let factory_disk = disk.clone();
+    let options = AppOptions {
+        stamper: Some(Arc::new(CountingStamper::default())),
+        backend: Some(Arc::new(move || {
+            Ok(Box::new(factory_disk.clone()) as Box<dyn redb::StorageBackend>)
+        })),
+    };
+    let app = RunningApp::start_with(config, options)
+        .await
+        .expect("starts");
+    let mut stream = tokio::net::TcpStream::connect(app.local_addr())
+        .await
+        .expect("connects");
+    let patient = "PID|1||1^^^H^MR||A^B||1|F";
+    write(&mut stream, &framed(&message("OK1", "ADT", patient))).await;
+    assert_eq!(field(&expect_ack(&mut stream).await, "MSA", 1), "AA");
+
+    disk.panic_sync.store(true, Ordering::SeqCst);
+    for control_id in ["PANIC1", "PANIC2"] {
+        write(&mut stream, &framed(&message(control_id, "ADT", patient))).await;
+        let ack = expect_ack(&mut stream).await;
+        assert_eq!(field(&ack, "MSA", 1), "AE", "no AA from a failed writer");
+        assert_eq!(field(&ack, "MSA", 2), control_id);
+    }
+    // What `mfoundry serve` waits on next to the signals: it drains and exits non-zero.
+    tokio::time::timeout(Duration::from_secs(10), app.outbox().writer_failed())
+        .await
+        .expect("the failure is reported");
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+}

@@ -312,6 +312,8 @@ struct Shared {
     stats: OutboxStats,
     /// One per registered connector: notified after a commit that added to its queue.
     wakers: HashMap<u32, Arc<Notify>>,
+    /// Cancelled when the writer thread panicked: nothing can be stored any more.
+    writer_failed: tokio_util::sync::CancellationToken,
 }
 
 /// Handle to the outbox. Cheap to clone; the writer stops when every handle is dropped.
@@ -376,6 +378,7 @@ impl Outbox {
                 .values()
                 .map(|id| (*id, Arc::new(Notify::new())))
                 .collect(),
+            writer_failed: tokio_util::sync::CancellationToken::new(),
         });
         let (requests, receiver) = mpsc::channel(options.channel_capacity.max(1));
         if let Some(index) = &dedup {
@@ -445,6 +448,12 @@ impl Outbox {
     /// checks its queue and then waits never misses one.
     pub fn waker(&self, connector: u32) -> Option<Arc<Notify>> {
         self.shared.wakers.get(&connector).cloned()
+    }
+
+    /// Resolves if the writer thread failed (a panic): from then on every write is answered
+    /// with an error, so the process should exit and be restarted, which reopens the file.
+    pub async fn writer_failed(&self) {
+        self.shared.writer_failed.cancelled().await;
     }
 
     /// Store a message durably. Returns once the transaction holding it has committed (or

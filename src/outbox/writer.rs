@@ -182,9 +182,19 @@ pub(super) fn spawn(
         audit_head: None,
         dedup,
     };
+    let failed = writer.shared.writer_failed.clone();
     std::thread::Builder::new()
         .name("outbox-writer".to_owned())
-        .spawn(move || writer.run(receiver))
+        .spawn(move || {
+            // A panic (a bug, or one in redb) must not leave a gateway that answers AE
+            // forever while its probes say it is fine: the callers of the batch in hand get
+            // errors (their reply channels are dropped), and `writer_failed` tells the app.
+            let run = std::panic::AssertUnwindSafe(move || writer.run(receiver));
+            if std::panic::catch_unwind(run).is_err() {
+                error!("the outbox writer failed (a panic); nothing can be stored until the process restarts");
+                failed.cancel();
+            }
+        })
         .map_err(|error| StoreError::Storage(format!("cannot start the writer thread: {error}")))
 }
 

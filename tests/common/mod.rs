@@ -234,13 +234,16 @@ pub fn adt(control_id: &str, version: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// In-memory storage shared across reopens; `sync_data` fails while `fail_sync` is set.
+/// In-memory storage shared across reopens; `sync_data` fails while `fail_sync` is set and
+/// panics while `panic_sync` is set.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryDisk {
     /// The stored bytes.
     pub bytes: Arc<std::sync::RwLock<Vec<u8>>>,
     /// While set, every fsync fails.
     pub fail_sync: Arc<std::sync::atomic::AtomicBool>,
+    /// While set, every fsync panics (a bug in the store, as the writer thread sees it).
+    pub panic_sync: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl redb::StorageBackend for MemoryDisk {
@@ -264,6 +267,10 @@ impl redb::StorageBackend for MemoryDisk {
         Ok(())
     }
     fn sync_data(&self) -> Result<(), std::io::Error> {
+        assert!(
+            !self.panic_sync.load(std::sync::atomic::Ordering::SeqCst),
+            "injected panic in fsync"
+        );
         if self.fail_sync.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(std::io::Error::other("injected fsync failure"));
         }
