@@ -249,9 +249,8 @@ async fn a_resent_identical_frame_gets_the_original_ack_and_one_queue_entry() {
     assert!(app.shutdown(Duration::from_secs(5)).await);
 }
 
-#[tokio::test]
-async fn no_aa_is_sent_when_the_commit_fails() {
-    let disk = common::MemoryDisk::default();
+/// The app with `YAML`, counting ACK stamps, on an in-memory store whose faults the test sets.
+async fn start_on(disk: &common::MemoryDisk) -> (RunningApp, tempfile::TempDir) {
     let directory = tempfile::tempdir().expect("tempdir");
     let config = common::config(directory.path(), Some(YAML), &[]);
     let factory_disk = disk.clone();
@@ -264,6 +263,13 @@ async fn no_aa_is_sent_when_the_commit_fails() {
     let app = RunningApp::start_with(config, options)
         .await
         .expect("starts");
+    (app, directory)
+}
+
+#[tokio::test]
+async fn no_aa_is_sent_when_the_commit_fails() {
+    let disk = common::MemoryDisk::default();
+    let (app, _directory) = start_on(&disk).await;
     let mut stream = tokio::net::TcpStream::connect(app.local_addr())
         .await
         .expect("connects");
@@ -369,18 +375,7 @@ async fn bench_with_one_connection_compares_each_round_with_a_floor_taken_just_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_that_panics_answers_ae_and_tells_the_app_to_exit() {
     let disk = common::MemoryDisk::default();
-    let directory = tempfile::tempdir().expect("tempdir");
-    let config = common::config(directory.path(), Some(YAML), &[]);
-    let factory_disk = disk.clone();
-    let options = AppOptions {
-        stamper: Some(Arc::new(CountingStamper::default())),
-        backend: Some(Arc::new(move || {
-            Ok(Box::new(factory_disk.clone()) as Box<dyn redb::StorageBackend>)
-        })),
-    };
-    let app = RunningApp::start_with(config, options)
-        .await
-        .expect("starts");
+    let (app, _directory) = start_on(&disk).await;
     let mut stream = tokio::net::TcpStream::connect(app.local_addr())
         .await
         .expect("connects");

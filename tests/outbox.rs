@@ -670,27 +670,34 @@ async fn one_request_that_fails_on_its_own_does_not_fail_the_others_in_its_commi
     writer.join();
 }
 
-/// The queue seq of connector `name`'s first entry.
-fn head_seq(outbox: &Outbox, name: &str) -> u64 {
-    let connector = outbox.connector_id(name).expect("connector");
-    let snapshot = outbox.snapshot().expect("snapshot");
-    snapshot.queue(connector).expect("queue")[0].0
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_update_right_after_intake_shares_the_next_messages_commit() {
+/// An outbox with one connector `a` and `intake_hold` set, after one message was stored:
+/// returns it, its writer, `a`'s id and the seq of that message's queue entry.
+async fn one_message_stored(
+    hold: std::time::Duration,
+) -> (Outbox, mfoundry::outbox::WriterHandle, u32, u64) {
     let memory = MemoryDisk::default();
     let mut options = options_with(&memory);
-    // Long enough that only the next message, never the deadline, ends the hold here.
-    options.intake_hold = std::time::Duration::from_secs(30);
+    options.intake_hold = hold;
     let (outbox, writer) = Outbox::open(options, &names(&["a"])).expect("opens");
-    let outbox = Arc::new(outbox);
     let a = outbox.connector_id("a").expect("a");
     outbox
         .append(message(&outbox, "R1", &["a"], &[]))
         .await
         .expect("1");
-    let first = head_seq(&outbox, "a");
+    let first = outbox
+        .snapshot()
+        .expect("snapshot")
+        .queue(a)
+        .expect("queue")[0]
+        .0;
+    (outbox, writer, a, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_update_right_after_intake_shares_the_next_messages_commit() {
+    // Long enough that only the next message, never the deadline, ends the hold here.
+    let (outbox, writer, a, first) = one_message_stored(std::time::Duration::from_secs(30)).await;
+    let outbox = Arc::new(outbox);
     let commits = outbox.stats().commits.load(Ordering::Relaxed);
 
     let marking = tokio::spawn({
@@ -727,17 +734,8 @@ async fn a_delivery_update_right_after_intake_shares_the_next_messages_commit() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_update_is_held_only_right_after_intake_and_only_until_the_deadline() {
-    let memory = MemoryDisk::default();
-    let mut options = options_with(&memory);
     let hold = std::time::Duration::from_secs(1);
-    options.intake_hold = hold;
-    let (outbox, writer) = Outbox::open(options, &names(&["a"])).expect("opens");
-    let a = outbox.connector_id("a").expect("a");
-    outbox
-        .append(message(&outbox, "R1", &["a"], &[]))
-        .await
-        .expect("1");
-    let first = head_seq(&outbox, "a");
+    let (outbox, writer, a, first) = one_message_stored(hold).await;
     // No message follows: the update commits on its own when the hold ends.
     let started = std::time::Instant::now();
     assert!(outbox.mark_delivered(a, first, 1).await.expect("mark"));
