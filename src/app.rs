@@ -581,12 +581,10 @@ pub async fn run(config: Config, rules: Arc<RuleSet>) -> anyhow::Result<()> {
     let drain_timeout = config.settings.drain_timeout;
     let mut signals = crate::shutdown::Signals::install();
     let app = RunningApp::start_compiled(config, rules, AppOptions::default()).await?;
-    let outbox = app.outbox().clone();
     let writer_failed = tokio::select! {
         () = signals.recv() => false,
-        () = outbox.writer_failed() => true,
+        () = app.outbox().writer_failed() => true,
     };
-    drop(outbox);
     if writer_failed {
         // Every message is being answered AE; a restart reopens (and if needed repairs) the
         // file. Drain briefly so connections close cleanly, then exit non-zero.

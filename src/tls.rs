@@ -336,7 +336,7 @@ impl TlsServer {
         }
     }
 
-    /// Size and modification time of every file the configuration is built from.
+    /// The [`Fingerprint`] of every file the configuration is built from.
     fn fingerprint(&self) -> Fingerprint {
         server_fingerprint(&self.settings)
     }

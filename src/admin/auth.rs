@@ -330,9 +330,9 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 /// signal).
 pub const TOKENS_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Reload `path` into `store` whenever its size or modification time changes, until
-/// `shutdown`. A file that does not read or parse keeps the current tokens and is logged
-/// (without any hash); the next change is tried again.
+/// Reload `path` into `store` whenever its size, modification or status-change time or inode
+/// changes, until `shutdown`. A file that does not read or parse keeps the current tokens and
+/// is logged (without any hash); the next change is tried again.
 pub async fn watch_tokens_file(
     store: std::sync::Arc<TokenStore>,
     path: PathBuf,

@@ -226,7 +226,7 @@ async fn interleaved(
     probe: Probe,
 ) -> anyhow::Result<(ConnectionResult, Vec<f64>, Duration)> {
     let rounds = ROUNDS.min(args.messages);
-    let mut store = Some(ProbeStore::open(&args.probe_dir)?);
+    let mut store = ProbeStore::open(&args.probe_dir)?;
     let mut sender = Sender::connect(&args.addr, tls, 0, args.timeout).await?;
     let mut result = ConnectionResult::with_capacity(args.messages);
     let mut ratios = Vec::with_capacity(rounds);
@@ -234,14 +234,13 @@ async fn interleaved(
     let mut next = 0;
     for round in 0..rounds {
         let share = args.messages / rounds + usize::from(round < args.messages % rounds);
-        let mut probing = store.take().context("the probe store is in use")?;
-        let (probing, commits) = tokio::task::spawn_blocking(move || {
-            let commits = probing.commits(PROBE_COMMITS_PER_ROUND);
-            (probing, commits)
+        let (returned, commits) = tokio::task::spawn_blocking(move || {
+            let commits = store.commits(PROBE_COMMITS_PER_ROUND);
+            (store, commits)
         })
         .await
         .context("probe task failed")?;
-        store = Some(probing);
+        store = returned;
         let commit = median(commits?);
         let mut round_result = ConnectionResult::with_capacity(share);
         let round_started = Instant::now();
@@ -250,10 +249,10 @@ async fn interleaved(
             .await;
         sending += round_started.elapsed();
         next += share;
-        let mut sorted = round_result.latencies.clone();
-        sorted.sort_unstable();
-        if !sorted.is_empty() {
-            ratios.push(percentile(&sorted, 0.5) / (commit + probe.loopback_rtt));
+        // Sorted here for the round's p50; the whole run is sorted again for the report.
+        round_result.latencies.sort_unstable();
+        if !round_result.latencies.is_empty() {
+            ratios.push(percentile(&round_result.latencies, 0.5) / (commit + probe.loopback_rtt));
         }
         result.latencies.extend(round_result.latencies);
         result.not_aa += round_result.not_aa;
@@ -383,8 +382,10 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
 
-/// A scratch redb file on the probed disk, for bare commits of one 4 KiB value.
-struct ProbeStore {
+/// A scratch redb file on the probed disk, for bare commits of one 4 KiB value (removed when
+/// dropped).
+#[derive(Debug)]
+pub struct ProbeStore {
     database: redb::Database,
     next_key: u64,
     // Dropped last: removes the directory and the files in it.
@@ -394,7 +395,8 @@ struct ProbeStore {
 const PROBE_TABLE: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("probe");
 
 impl ProbeStore {
-    fn open(directory: &Path) -> anyhow::Result<Self> {
+    /// Create the scratch file in a new directory under `directory`.
+    pub fn open(directory: &Path) -> anyhow::Result<Self> {
         let scratch = tempfile::Builder::new()
             .prefix(".mfoundry-probe")
             .tempdir_in(directory)
@@ -410,7 +412,7 @@ impl ProbeStore {
     }
 
     /// `count` commits of one insert each, `Durability::Immediate`: their durations in µs.
-    fn commits(&mut self, count: usize) -> anyhow::Result<Vec<f64>> {
+    pub fn commits(&mut self, count: usize) -> anyhow::Result<Vec<f64>> {
         let block = vec![0x5Au8; 4096];
         let mut commits = Vec::with_capacity(count);
         for _ in 0..count {

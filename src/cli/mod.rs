@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use bench::{BenchArgs, BenchReport, Probe, probe, run_bench};
+pub use bench::{BenchArgs, BenchReport, Probe, ProbeStore, probe, run_bench};
 pub use dlq::{DlqArgs, DlqCommand, run_dlq};
 pub use send::{SendSummary, run_send};
 

@@ -99,9 +99,6 @@ storage_error_from!(
 /// faults; production opens the file in `DATA_DIR`.
 pub type BackendFactory = Arc<dyn Fn() -> std::io::Result<Box<dyn StorageBackend>> + Send + Sync>;
 
-/// redb cache of the short-lived handle that rebuilds the retransmit index at open.
-const REBUILD_CACHE_SIZE: usize = 256 << 10;
-
 /// How to open the outbox.
 #[derive(Clone)]
 pub struct OutboxOptions {
@@ -252,11 +249,12 @@ enum Op {
 }
 
 impl Op {
-    /// Body bytes this operation writes (for the batch's byte cap).
+    /// Whether this operation stores a received message.
     fn is_append(&self) -> bool {
         matches!(self, Self::Append(_))
     }
 
+    /// Body bytes this operation writes (for the batch's byte cap).
     fn body_len(&self) -> usize {
         match self {
             Self::Append(message) => message.body.len(),
@@ -357,17 +355,7 @@ impl Outbox {
         options: OutboxOptions,
         connector_names: &[String],
     ) -> Result<(Self, WriterHandle), StoreError> {
-        // The retransmit index is rebuilt on a handle of its own with a small cache, closed
-        // before the writer's opens: the scan reads the newest records (the last hour's
-        // messages, hundreds of MB), which would otherwise leave redb's cache full at idle.
-        let dedup = {
-            let scan = OutboxOptions {
-                cache_size: REBUILD_CACHE_SIZE.min(options.cache_size),
-                ..options.clone()
-            };
-            let database = writer::open_database(&scan)?;
-            writer::load_dedup_index(&database, &options)?
-        };
+        let dedup = writer::load_dedup_index(&options)?;
         let database = writer::open_database(&options)?;
         let connectors = writer::register_connectors(&database, connector_names)?;
         let instance_id = writer::instance_id(&database)?;

@@ -19,6 +19,9 @@ use super::schema::{
 };
 use super::{Appended, Done, NewMessage, Op, OutboxOptions, Request, Retained, Shared, StoreError};
 
+/// redb cache of the short-lived handle that rebuilds the retransmit index.
+const REBUILD_CACHE_SIZE: usize = 256 << 10;
+
 /// Most body bytes written in one transaction (one body may exceed it on its own).
 const MAX_BATCH_BYTES: usize = 32 << 20;
 
@@ -155,13 +158,19 @@ pub(super) fn register_connectors(
 }
 
 /// The retransmit index, rebuilt from the newest message records (None when dedup is off).
-pub(super) fn load_dedup_index(
-    database: &Database,
-    options: &OutboxOptions,
-) -> Result<Option<DedupIndex>, StoreError> {
+///
+/// Read through a handle of its own with a small cache, closed before the caller opens the
+/// writer's: the scan reads the newest records (the last hour's messages, hundreds of MB),
+/// which would otherwise leave redb's cache full at idle.
+pub(super) fn load_dedup_index(options: &OutboxOptions) -> Result<Option<DedupIndex>, StoreError> {
     let Some(window) = options.dedup_window else {
         return Ok(None);
     };
+    let scan = OutboxOptions {
+        cache_size: REBUILD_CACHE_SIZE.min(options.cache_size),
+        ..options.clone()
+    };
+    let database = open_database(&scan)?;
     let window = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
     let mut index = DedupIndex::new(window, options.dedup_max_entries);
     let messages = database.begin_read()?.open_table(MESSAGES)?;
@@ -386,16 +395,16 @@ impl Writer {
         if let Ok(mut slot) = self.shared.database.write() {
             slot.take();
         }
+        // A commit that reported an error may still have reached the disk: learn its
+        // messages so a resend is recognised.
+        match load_dedup_index(&self.options) {
+            Ok(index) => self.dedup = index,
+            Err(error) => error!(error = %error, "retransmit index could not be rebuilt"),
+        }
         match open_database(&self.options) {
             Ok(database) => {
                 self.shared.stats.reopens.fetch_add(1, Ordering::Relaxed);
                 warn!("outbox database reopened after an error");
-                // A commit that reported an error may still have reached the disk: learn its
-                // messages so a resend is recognised.
-                match load_dedup_index(&database, &self.options) {
-                    Ok(index) => self.dedup = index,
-                    Err(error) => error!(error = %error, "retransmit index could not be rebuilt"),
-                }
                 if let Ok(mut slot) = self.shared.database.write() {
                     *slot = Some(Arc::new(database));
                 }

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::Bytes;
+use mfoundry::cli::ProbeStore;
 use mfoundry::outbox::{
     Disposition, HeaderFields, MessageRecord, NewMessage, Outbox, OutboxOptions, Route, RouteStatus,
 };
@@ -91,12 +92,8 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let body = Bytes::from(std::fs::read(root.join("examples/bench/oru-r01.hl7")).expect("sample"));
 
-    let bare = redb::Database::builder()
-        .set_cache_size(4 << 20)
-        .create(scratch.path().join("bare.redb"))
-        .expect("bare database");
-    let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("probe");
-    let block = vec![0x5Au8; 4096];
+    // The same bare commit `mfoundry bench` probes.
+    let mut bare = ProbeStore::open(scratch.path()).expect("bare database");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -110,27 +107,11 @@ fn main() {
     )
     .expect("outbox");
 
-    let mut bare_key = 0u64;
     let mut seq = 0usize;
     let mut ratios = Vec::new();
     let (mut bare_all, mut outbox_all) = (Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
-        let mut bare_samples = Vec::with_capacity(PER_ROUND);
-        for _ in 0..PER_ROUND {
-            let started = Instant::now();
-            let mut transaction = bare.begin_write().expect("begin");
-            transaction
-                .set_durability(redb::Durability::Immediate)
-                .expect("durability");
-            transaction
-                .open_table(table)
-                .expect("table")
-                .insert(bare_key, block.as_slice())
-                .expect("insert");
-            transaction.commit().expect("commit");
-            bare_samples.push(started.elapsed().as_secs_f64() * 1e6);
-            bare_key += 1;
-        }
+        let bare_samples = bare.commits(PER_ROUND).expect("bare commits");
         let outbox_samples = runtime.block_on(async {
             let mut samples = Vec::with_capacity(PER_ROUND);
             for _ in 0..PER_ROUND {

@@ -217,49 +217,41 @@ fn issue(directory: &std::path::Path, ca: &str, name: &str, subject: &str, exten
 
 /// A self-signed CA valid two days, as `name`.pem / `name`.key.
 fn new_ca(directory: &std::path::Path, name: &str, subject: &str) {
-    let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
-    openssl(
-        directory,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-subj",
-            subject,
-        ],
-    );
+    new_key(directory, name, subject, &["-x509", "-days", "2"], "pem");
 }
 
 /// A new P-256 key as `name`.key and a signing request for `subject` as `name`.csr; returns
 /// the request's file name and the certificate's (`name`.pem) to write.
 fn key_request(directory: &std::path::Path, name: &str, subject: &str) -> (String, String) {
-    let (key, csr) = (format!("{name}.key"), format!("{name}.csr"));
-    openssl(
-        directory,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            subject,
-        ],
-    );
+    let csr = new_key(directory, name, subject, &[], "csr");
     (csr, format!("{name}.pem"))
+}
+
+/// `openssl req` with a new P-256 key as `name`.key for `subject`, plus `extra` arguments;
+/// writes `name`.`extension` and returns that file name.
+fn new_key(
+    directory: &std::path::Path,
+    name: &str,
+    subject: &str,
+    extra: &[&str],
+    extension: &str,
+) -> String {
+    let (key, out) = (format!("{name}.key"), format!("{name}.{extension}"));
+    let mut arguments = vec!["req"];
+    arguments.extend_from_slice(extra);
+    arguments.extend([
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &out,
+        "-subj",
+        subject,
+    ]);
+    openssl(directory, &arguments);
+    out
 }
