@@ -152,7 +152,21 @@ fn send_without_a_server_exits_two_with_a_reason() {
         .output()
         .expect("send runs");
     assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot connect"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+
+    let output = Command::new(BINARY)
+        .args(["bench", "--no-probe", "-n", "10", "--addr", &addr])
+        .output()
+        .expect("bench runs");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot connect to {addr}")),
+        "{stderr}"
+    );
+    // The cause once, not repeated by the error chain.
+    assert_eq!(stderr.matches("refused").count(), 1, "{stderr}");
 }
 
 #[test]

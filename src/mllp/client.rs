@@ -15,23 +15,25 @@ use super::codec::{FrameError, MllpCodec, frame};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// Could not connect.
-    #[error("cannot connect to {addr}: {source}")]
+    // `cause`, not `source`: the message already names it, and a chain printer (`{:#}`)
+    // would print it twice.
+    #[error("cannot connect to {addr}: {cause}")]
     Connect {
         /// The address tried.
         addr: String,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// No answer in time.
     #[error("no ACK within {0:?}")]
     Timeout(Duration),
     /// The TLS handshake failed.
-    #[error("TLS handshake with {addr} failed: {source}")]
+    #[error("TLS handshake with {addr} failed: {cause}")]
     Handshake {
         /// The address.
         addr: String,
         /// The cause (an untrusted or mismatched certificate, a refused client certificate …).
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The peer closed the connection.
     #[error("the server closed the connection without an ACK")]
@@ -115,9 +117,9 @@ impl MllpClient {
         timeout: Duration,
         max_frame_size: usize,
     ) -> Result<Self, ClientError> {
-        let connect_error = |source| ClientError::Connect {
+        let connect_error = |cause| ClientError::Connect {
             addr: addr.to_owned(),
-            source,
+            cause,
         };
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
@@ -132,9 +134,9 @@ impl MllpClient {
         let stream = match tls {
             None => Stream::Plain(stream),
             Some(tls) => {
-                let handshake_error = |source| ClientError::Handshake {
+                let handshake_error = |cause| ClientError::Handshake {
                     addr: addr.to_owned(),
-                    source,
+                    cause,
                 };
                 let stream = tokio::time::timeout(timeout, tls.connect(stream))
                     .await

@@ -39,9 +39,16 @@ pub enum FrameError {
         /// Bytes of the unfinished frame.
         received: usize,
     },
-    /// Socket error.
+    /// Socket error. Not marked as the error's source: the message names it already, and a
+    /// chain printer (`{:#}`) would print it twice.
     #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for FrameError {
+    fn from(error: std::io::Error) -> Self {
+        Self::Io(error)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
