@@ -373,6 +373,68 @@ async fn bench_with_one_connection_compares_each_round_with_a_floor_taken_just_b
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_json_prints_one_object_with_the_figures_of_the_text() {
+    let app = common::start(&[]).await;
+    let probe_dir = tempfile::tempdir().expect("tempdir");
+    let mut args = common::bench_args(&app.local_addr().to_string(), 1, 20);
+    args.no_probe = false;
+    args.probe_dir = probe_dir.path().to_path_buf();
+    args.json = true;
+    let mut out = Vec::new();
+    let report = mfoundry::cli::run_bench(&args, &mut out)
+        .await
+        .expect("bench runs");
+    let text = String::from_utf8(out.clone()).expect("utf-8");
+    let json: serde_json::Value = serde_json::from_slice(&out).expect("only one JSON object");
+    assert_eq!(json["connections"], 1, "{text}");
+    assert_eq!(json["answered"], 20, "{text}");
+    assert_eq!(json["not_aa"], 0, "{text}");
+    assert_eq!(json["no_answer"], 0, "{text}");
+    assert_eq!(json["message_bytes"], 1550, "{text}");
+    let number = |value: &serde_json::Value| value.as_f64().expect("a number");
+    // serde_json's default float parsing may be off by one unit in the last place.
+    let same = |json: &serde_json::Value, value: f64| {
+        (number(json) - value).abs() <= 1e-9 * value.abs().max(1.0)
+    };
+    assert!(
+        same(&json["ack_latency_us"]["p50"], report.latency.p50),
+        "{text}"
+    );
+    assert!(
+        number(&json["ack_latency_us"]["p50"]) <= number(&json["ack_latency_us"]["p999"]),
+        "{text}"
+    );
+    assert!(
+        same(&json["throughput_per_sec"], report.throughput()),
+        "{text}"
+    );
+    let probe = report.probe.expect("a probe");
+    assert!(
+        same(&json["probe"]["redb_commit_p50_us"], probe.redb_commit),
+        "{text}"
+    );
+    assert!(number(&json["probe"]["floor_us"]) > 0.0, "{text}");
+    let ratios = &json["ack_p50_over_floor"];
+    assert_eq!(ratios["rounds"], 10, "{text}");
+    assert!(
+        same(&ratios["median"], report.floor_ratio.expect("ratio")),
+        "{text}"
+    );
+    assert!(number(&ratios["min"]) <= number(&ratios["max"]), "{text}");
+
+    // Without the probe, and with several connections: those parts are null.
+    args.no_probe = true;
+    args.connections = 2;
+    let mut out = Vec::new();
+    mfoundry::cli::run_bench(&args, &mut out)
+        .await
+        .expect("bench runs");
+    let json: serde_json::Value = serde_json::from_slice(&out).expect("one JSON object");
+    assert!(json["probe"].is_null() && json["ack_p50_over_floor"].is_null());
+    assert_eq!(json["answered"], 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_that_panics_answers_ae_and_tells_the_app_to_exit() {
     let disk = common::MemoryDisk::default();
     let (app, _directory) = start_on(&disk).await;

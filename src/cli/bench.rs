@@ -43,13 +43,17 @@ pub struct BenchArgs {
     /// Skip the probe.
     #[arg(long)]
     pub no_probe: bool,
+    /// Print one JSON object with every figure instead of the text lines (for tracking
+    /// speed over time).
+    #[arg(long)]
+    pub json: bool,
     /// TLS (each connection does one handshake, then sends its share).
     #[command(flatten)]
     pub tls: super::TlsArgs,
 }
 
 /// Latency percentiles in microseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Percentiles {
     /// Median.
     pub p50: f64,
@@ -62,6 +66,10 @@ pub struct Percentiles {
 /// What a bench run measured.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BenchReport {
+    /// The probe, unless `--no-probe`.
+    pub probe: Option<Probe>,
+    /// One connection with the probe on: the per-round ratios (see `floor_ratio`).
+    pub round_ratios: Vec<f64>,
     /// Messages that got an answer.
     pub answered: usize,
     /// Answers other than AA.
@@ -85,7 +93,7 @@ impl BenchReport {
 }
 
 /// The machine's floor, medians in microseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Probe {
     /// 4 KiB write + fdatasync.
     pub fsync: f64,
@@ -118,6 +126,13 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
         .next()
         .context("the sample file holds no message")?;
 
+    // With `--json` the text lines go nowhere and one object is printed at the end.
+    let mut sink = std::io::sink();
+    let (out, json_out): (&mut dyn Write, Option<&mut dyn Write>) = if args.json {
+        (&mut sink, Some(out))
+    } else {
+        (out, None)
+    };
     let mut floor = None;
     if !args.no_probe {
         let probe = probe(&args.probe_dir).await?;
@@ -149,6 +164,7 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
             report.not_aa = result.not_aa;
             report.failed = result.failed;
             report.floor_ratio = Some(median(ratios.clone()));
+            report.round_ratios.clone_from(&ratios);
             // Throughput counts the time spent sending, not the probe commits between rounds.
             report.elapsed = sending;
             writeln!(
@@ -213,7 +229,46 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
         "answers other than AA: {}, no answer: {}",
         report.not_aa, report.failed
     )?;
+    report.probe = floor;
+    if let Some(json_out) = json_out {
+        let object = json_report(args, template.len(), &report);
+        serde_json::to_writer_pretty(&mut *json_out, &object)?;
+        writeln!(json_out)?;
+    }
     Ok(report)
+}
+
+/// The `--json` object: every figure of the text lines, in microseconds and messages/s.
+fn json_report(args: &BenchArgs, message_bytes: usize, report: &BenchReport) -> serde_json::Value {
+    let rounds = (!report.round_ratios.is_empty()).then(|| {
+        serde_json::json!({
+            "rounds": report.round_ratios.len(),
+            "probe_commits_per_round": PROBE_COMMITS_PER_ROUND,
+            "median": report.floor_ratio,
+            "min": report.round_ratios.iter().copied().fold(f64::INFINITY, f64::min),
+            "max": report.round_ratios.iter().copied().fold(0.0, f64::max),
+        })
+    });
+    serde_json::json!({
+        "addr": args.addr,
+        "connections": args.connections,
+        "messages": args.messages,
+        "message_bytes": message_bytes,
+        "answered": report.answered,
+        "not_aa": report.not_aa,
+        "no_answer": report.failed,
+        "elapsed_secs": report.elapsed.as_secs_f64(),
+        "throughput_per_sec": report.throughput(),
+        "ack_latency_us": report.latency,
+        "probe": report.probe.map(|probe| serde_json::json!({
+            "dir": args.probe_dir.display().to_string(),
+            "fsync_4k_p50_us": probe.fsync,
+            "redb_commit_p50_us": probe.redb_commit,
+            "loopback_round_trip_p50_us": probe.loopback_rtt,
+            "floor_us": probe.redb_commit + probe.loopback_rtt,
+        })),
+        "ack_p50_over_floor": rounds,
+    })
 }
 
 /// One connection's run cut into rounds, each after a few bare commits on the probe's disk:

@@ -489,6 +489,7 @@ pub fn bench_args(addr: &str, connections: usize, messages: usize) -> mfoundry::
         timeout: Duration::from_secs(5),
         probe_dir: ".".into(),
         no_probe: true,
+        json: false,
         tls: mfoundry::cli::TlsArgs::default(),
     }
 }
