@@ -385,6 +385,7 @@ async fn bench_json_prints_one_object_with_the_figures_of_the_text() {
         .await
         .expect("bench runs");
     let text = String::from_utf8(out.clone()).expect("utf-8");
+    assert_eq!(text.lines().count(), 1, "one line: {text}");
     let json: serde_json::Value = serde_json::from_slice(&out).expect("only one JSON object");
     assert_eq!(json["connections"], 1, "{text}");
     assert_eq!(json["answered"], 20, "{text}");

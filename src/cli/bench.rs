@@ -43,8 +43,8 @@ pub struct BenchArgs {
     /// Skip the probe.
     #[arg(long)]
     pub no_probe: bool,
-    /// Print one JSON object with every figure instead of the text lines (for tracking
-    /// speed over time).
+    /// Print every figure as one JSON object on one line instead of the text lines (for
+    /// tracking speed over time).
     #[arg(long)]
     pub json: bool,
     /// TLS (each connection does one handshake, then sends its share).
@@ -232,7 +232,7 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
     report.probe = floor;
     if let Some(json_out) = json_out {
         let object = json_report(args, template.len(), &report);
-        serde_json::to_writer_pretty(&mut *json_out, &object)?;
+        serde_json::to_writer(&mut *json_out, &object)?;
         writeln!(json_out)?;
     }
     Ok(report)
