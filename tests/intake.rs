@@ -334,13 +334,22 @@ async fn no_aa_is_sent_when_the_commit_fails() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_with_one_connection_compares_each_round_with_a_floor_taken_just_before() {
+/// A running gateway, a probe directory, and `bench` options for one connection sending
+/// `messages` to it with the probe on.
+async fn bench_with_probe(
+    messages: usize,
+) -> (common::TestApp, tempfile::TempDir, mfoundry::cli::BenchArgs) {
     let app = common::start(&[]).await;
     let probe_dir = tempfile::tempdir().expect("tempdir");
-    let mut args = common::bench_args(&app.local_addr().to_string(), 1, 25);
+    let mut args = common::bench_args(&app.local_addr().to_string(), 1, messages);
     args.no_probe = false;
     args.probe_dir = probe_dir.path().to_path_buf();
+    (app, probe_dir, args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_with_one_connection_compares_each_round_with_a_floor_taken_just_before() {
+    let (app, probe_dir, mut args) = bench_with_probe(25).await;
     let mut out = Vec::new();
     let report = mfoundry::cli::run_bench(&args, &mut out)
         .await
@@ -374,11 +383,7 @@ async fn bench_with_one_connection_compares_each_round_with_a_floor_taken_just_b
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_json_prints_one_object_with_the_figures_of_the_text() {
-    let app = common::start(&[]).await;
-    let probe_dir = tempfile::tempdir().expect("tempdir");
-    let mut args = common::bench_args(&app.local_addr().to_string(), 1, 20);
-    args.no_probe = false;
-    args.probe_dir = probe_dir.path().to_path_buf();
+    let (_app, _probe_dir, mut args) = bench_with_probe(20).await;
     args.json = true;
     let mut out = Vec::new();
     let report = mfoundry::cli::run_bench(&args, &mut out)
