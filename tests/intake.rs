@@ -266,10 +266,11 @@ async fn start_on(disk: &common::MemoryDisk) -> (RunningApp, tempfile::TempDir) 
     (app, directory)
 }
 
-#[tokio::test]
-async fn no_aa_is_sent_when_the_commit_fails() {
-    let disk = common::MemoryDisk::default();
-    let (app, _directory) = start_on(&disk).await;
+/// `start_on`, then one connection on which message `OK1` got `AA` (the store works).
+async fn start_on_with_one_accepted(
+    disk: &common::MemoryDisk,
+) -> (RunningApp, tempfile::TempDir, tokio::net::TcpStream) {
+    let (app, directory) = start_on(disk).await;
     let mut stream = tokio::net::TcpStream::connect(app.local_addr())
         .await
         .expect("connects");
@@ -279,6 +280,13 @@ async fn no_aa_is_sent_when_the_commit_fails() {
     )
     .await;
     assert_eq!(field(&expect_ack(&mut stream).await, "MSA", 1), "AA");
+    (app, directory, stream)
+}
+
+#[tokio::test]
+async fn no_aa_is_sent_when_the_commit_fails() {
+    let disk = common::MemoryDisk::default();
+    let (app, _directory, mut stream) = start_on_with_one_accepted(&disk).await;
 
     disk.fail_sync.store(true, Ordering::SeqCst);
     for index in 0..5 {
@@ -360,7 +368,7 @@ async fn bench_with_one_connection_compares_each_round_with_a_floor_taken_just_b
         (25, 0, 0),
         "{out}"
     );
-    let ratio = report.floor_ratio.expect("a ratio for one connection");
+    let ratio = report.floor_ratio().expect("a ratio for one connection");
     assert!(ratio.is_finite() && ratio > 0.0, "{ratio}\n{out}");
     assert!(
         out.contains("ACK p50 ÷ floor, per round (10 rounds, each after 30 bare commits)"),
@@ -378,7 +386,7 @@ async fn bench_with_one_connection_compares_each_round_with_a_floor_taken_just_b
     let report = mfoundry::cli::run_bench(&args, &mut out)
         .await
         .expect("bench runs");
-    assert_eq!((report.answered, report.floor_ratio), (9, None));
+    assert_eq!((report.answered, report.floor_ratio()), (9, None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,7 +431,7 @@ async fn bench_json_prints_one_object_with_the_figures_of_the_text() {
     let ratios = &json["ack_p50_over_floor"];
     assert_eq!(ratios["rounds"], 10, "{text}");
     assert!(
-        same(&ratios["median"], report.floor_ratio.expect("ratio")),
+        same(&ratios["median"], report.floor_ratio().expect("ratio")),
         "{text}"
     );
     assert!(number(&ratios["min"]) <= number(&ratios["max"]), "{text}");
@@ -443,13 +451,8 @@ async fn bench_json_prints_one_object_with_the_figures_of_the_text() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_that_panics_answers_ae_and_tells_the_app_to_exit() {
     let disk = common::MemoryDisk::default();
-    let (app, _directory) = start_on(&disk).await;
-    let mut stream = tokio::net::TcpStream::connect(app.local_addr())
-        .await
-        .expect("connects");
+    let (app, _directory, mut stream) = start_on_with_one_accepted(&disk).await;
     let patient = "PID|1||1^^^H^MR||A^B||1|F";
-    write(&mut stream, &framed(&message("OK1", "ADT", patient))).await;
-    assert_eq!(field(&expect_ack(&mut stream).await, "MSA", 1), "AA");
 
     disk.panic_sync.store(true, Ordering::SeqCst);
     for control_id in ["PANIC1", "PANIC2"] {

@@ -68,8 +68,9 @@ pub struct Percentiles {
 pub struct BenchReport {
     /// The probe, unless `--no-probe`.
     pub probe: Option<Probe>,
-    /// One connection with the probe on: the per-round ratios (see `floor_ratio`).
-    pub round_ratios: Vec<f64>,
+    /// One connection with the probe on: per round, the round's ACK p50 divided by (a bare
+    /// redb commit p50 measured just before it + the loopback round trip). None otherwise.
+    pub round_ratios: Option<Vec<f64>>,
     /// Messages that got an answer.
     pub answered: usize,
     /// Answers other than AA.
@@ -80,12 +81,26 @@ pub struct BenchReport {
     pub elapsed: Duration,
     /// ACK latency.
     pub latency: Percentiles,
-    /// One connection with the probe on: the median over rounds of the round's ACK p50 divided
-    /// by (a bare redb commit p50 measured just before it + the loopback round trip).
-    pub floor_ratio: Option<f64>,
 }
 
 impl BenchReport {
+    /// The median of [`BenchReport::round_ratios`].
+    pub fn floor_ratio(&self) -> Option<f64> {
+        self.round_ratios
+            .as_ref()
+            .map(|ratios| median(ratios.clone()))
+    }
+
+    /// The smallest and the largest of [`BenchReport::round_ratios`].
+    fn round_ratio_range(&self) -> Option<(f64, f64)> {
+        self.round_ratios.as_ref().map(|ratios| {
+            (
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(0.0, f64::max),
+            )
+        })
+    }
+
     /// Answered messages per second.
     pub fn throughput(&self) -> f64 {
         self.answered as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -163,18 +178,15 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
             latencies = result.latencies;
             report.not_aa = result.not_aa;
             report.failed = result.failed;
-            report.floor_ratio = Some(median(ratios.clone()));
-            report.round_ratios.clone_from(&ratios);
+            let rounds = ratios.len();
+            report.round_ratios = Some(ratios);
             // Throughput counts the time spent sending, not the probe commits between rounds.
             report.elapsed = sending;
+            let (min, max) = report.round_ratio_range().unwrap_or_default();
             writeln!(
                 out,
-                "ACK p50 ÷ floor, per round ({} rounds, each after {} bare commits): median {:.2}, min {:.2}, max {:.2}",
-                ratios.len(),
-                PROBE_COMMITS_PER_ROUND,
-                median(ratios.clone()),
-                ratios.iter().copied().fold(f64::INFINITY, f64::min),
-                ratios.iter().copied().fold(0.0, f64::max),
+                "ACK p50 ÷ floor, per round ({rounds} rounds, each after {PROBE_COMMITS_PER_ROUND} bare commits): median {:.2}, min {min:.2}, max {max:.2}",
+                report.floor_ratio().unwrap_or_default(),
             )?;
         }
         _ => {
@@ -240,15 +252,20 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
 
 /// The `--json` object: every figure of the text lines, in microseconds and messages/s.
 fn json_report(args: &BenchArgs, message_bytes: usize, report: &BenchReport) -> serde_json::Value {
-    let rounds = (!report.round_ratios.is_empty()).then(|| {
-        serde_json::json!({
-            "rounds": report.round_ratios.len(),
-            "probe_commits_per_round": PROBE_COMMITS_PER_ROUND,
-            "median": report.floor_ratio,
-            "min": report.round_ratios.iter().copied().fold(f64::INFINITY, f64::min),
-            "max": report.round_ratios.iter().copied().fold(0.0, f64::max),
-        })
-    });
+    let rounds = report
+        .round_ratios
+        .as_ref()
+        .filter(|ratios| !ratios.is_empty())
+        .zip(report.round_ratio_range())
+        .map(|(ratios, (min, max))| {
+            serde_json::json!({
+                "rounds": ratios.len(),
+                "probe_commits_per_round": PROBE_COMMITS_PER_ROUND,
+                "median": report.floor_ratio(),
+                "min": min,
+                "max": max,
+            })
+        });
     serde_json::json!({
         "addr": args.addr,
         "connections": args.connections,
