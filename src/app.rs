@@ -106,6 +106,7 @@ impl RunningApp {
         let mut outbox_options = OutboxOptions::new(settings.outbox_path());
         outbox_options.dedup_window = settings.dedup_window;
         outbox_options.dedup_max_entries = settings.dedup_max_entries;
+        outbox_options.journal = settings.store_journal;
         outbox_options.backend = options.backend;
         let connector_names: Vec<String> = config
             .connectors

@@ -33,8 +33,9 @@ validation:
       expression: pid.id != ""
 "#;
 
-fn start(directory: &Path) -> (Child, String) {
-    let server = common::Server::start(directory, "mfoundry.yaml", "data", &[("RUST_LOG", "info")]);
+fn start(directory: &Path, journal: &str) -> (Child, String) {
+    let envs = [("RUST_LOG", "info"), ("STORE_JOURNAL", journal)];
+    let server = common::Server::start(directory, "mfoundry.yaml", "data", &envs);
     (server.child, server.addr)
 }
 
@@ -97,12 +98,23 @@ fn pseudo_random_millis(low: u64, high: u64) -> u64 {
 
 #[test]
 fn every_aa_survives_sigkill_with_exactly_its_queue_entries() {
+    survives_sigkill("false");
+}
+
+/// The same with the commit journal on (ADR 0006). The last open below has it off, so it
+/// also checks that a journal left by a killed process is replayed and removed.
+#[test]
+fn every_aa_survives_sigkill_with_the_journal_on() {
+    survives_sigkill("true");
+}
+
+fn survives_sigkill(journal: &str) {
     let directory = tempfile::tempdir().expect("tempdir");
     std::fs::write(directory.path().join("mfoundry.yaml"), YAML).expect("yaml");
     let mut acknowledged: Vec<String> = Vec::new();
 
     for round in 0..2 {
-        let (mut child, addr) = start(directory.path());
+        let (mut child, addr) = start(directory.path(), journal);
         let stop = Arc::new(AtomicBool::new(false));
         let senders: Vec<_> = (0..SENDERS)
             .map(|index| {
@@ -133,7 +145,7 @@ fn every_aa_survives_sigkill_with_exactly_its_queue_entries() {
     );
 
     // Restart once more: the file recovers and the gateway serves again.
-    let (mut child, addr) = start(directory.path());
+    let (mut child, addr) = start(directory.path(), journal);
     let after_restart = AtomicBool::new(false);
     let sender = std::thread::scope(|scope| {
         let handle = scope.spawn(|| common::send_until_stopped(&addr, 99, &after_restart, message));
@@ -154,6 +166,10 @@ fn every_aa_survives_sigkill_with_exactly_its_queue_entries() {
     options.dedup_window = None;
     let names: Vec<String> = ["everything", "adt", "female"].map(str::to_owned).to_vec();
     let (outbox, writer) = Outbox::open(options, &names).expect("opens after the crashes");
+    assert!(
+        !directory.path().join("data/mfoundry.redb-journal").exists(),
+        "opened with the journal off, a journal left behind is replayed and removed"
+    );
     let snapshot = outbox.snapshot().expect("snapshot");
     let by_id: HashMap<u64, String> = snapshot
         .messages()

@@ -182,7 +182,10 @@ async fn exports_over(protocol: &str, endpoint: String, bodies: Bodies) {
     .expect("send");
     assert_eq!(code, 0, "{stderr}");
 
-    // Wait for an export that has seen the message.
+    // Wait for an export that has seen the message, its queue entry included: the queue
+    // gauges read the store at most once a second, so an export right after the ACK may
+    // still carry the figures read before the commit.
+    let archive = [("mfoundry.connector", "archive")];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let (seen, service) = loop {
         let latest = bodies.lock().expect("lock").last().cloned();
@@ -190,6 +193,7 @@ async fn exports_over(protocol: &str, endpoint: String, bodies: Bodies) {
             let (seen, service) = decode(&body);
             if point(&seen, "mfoundry.acks.sent", &[("mfoundry.ack_code", "AA")]) == Some(&1.0)
                 && seen.contains_key("messaging.process.duration")
+                && point(&seen, "mfoundry.queue.depth", &archive).is_some_and(|depth| *depth > 0.0)
             {
                 break (seen, service);
             }
@@ -217,7 +221,6 @@ async fn exports_over(protocol: &str, endpoint: String, bodies: Bodies) {
         Some(&1.0),
         "one histogram sample"
     );
-    let archive = [("mfoundry.connector", "archive")];
     assert_eq!(point(&seen, "mfoundry.queue.depth", &archive), Some(&1.0));
     assert!(point(&seen, "mfoundry.queue.oldest_age", &archive).is_some_and(|age| *age >= 0.0));
     assert_eq!(seen["mfoundry.queue.oldest_age"].unit, "s");

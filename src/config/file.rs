@@ -159,6 +159,10 @@ pub struct FileConfig {
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
     pub require_tls: SpannedScalar,
+    /// Same as `STORE_JOURNAL`.
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub store_journal: SpannedScalar,
     /// Same as `DRAIN_TIMEOUT` (Go duration).
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
@@ -190,7 +194,7 @@ pub struct FileConfig {
 impl FileConfig {
     /// The scalar settings that are present, by lower-case key.
     pub fn scalars(&self) -> BTreeMap<&'static str, &Spanned<ScalarText>> {
-        let fields: [(&'static str, &SpannedScalar); 27] = [
+        let fields: [(&'static str, &SpannedScalar); 28] = [
             ("listen_addr", &self.listen_addr),
             ("max_connections", &self.max_connections),
             ("idle_timeout", &self.idle_timeout),
@@ -214,6 +218,7 @@ impl FileConfig {
             ("tls_min_version", &self.tls_min_version),
             ("tls_handshake_timeout", &self.tls_handshake_timeout),
             ("require_tls", &self.require_tls),
+            ("store_journal", &self.store_journal),
             ("drain_timeout", &self.drain_timeout),
             ("audit_retention", &self.audit_retention),
             ("admin_addr", &self.admin_addr),

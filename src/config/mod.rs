@@ -82,6 +82,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "./data",
     },
     EnvVar {
+        name: "STORE_JOURNAL",
+        default: "false",
+    },
+    EnvVar {
         name: "DEDUP_WINDOW",
         default: "1h",
     },
@@ -218,6 +222,8 @@ pub struct Settings {
     pub tls: Option<crate::tls::TlsSettings>,
     /// `REQUIRE_TLS`: refuse to start a listener without TLS.
     pub require_tls: bool,
+    /// `STORE_JOURNAL`: commit through a sequential journal next to the data file.
+    pub store_journal: bool,
     /// `DRAIN_TIMEOUT`: the longest a SIGTERM/SIGINT drain may take.
     pub drain_timeout: Duration,
     /// `AUDIT_RETENTION`: audit records older than this (and than `RETENTION`) are removed;
@@ -466,15 +472,13 @@ impl Settings {
             },
             Duration::ZERO,
         );
-        let require_tls = reader.read(
-            "REQUIRE_TLS",
-            |text| match text.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => Ok(true),
-                "false" | "0" | "no" | "" => Ok(false),
-                _ => Err("expected true or false".to_owned()),
-            },
-            false,
-        );
+        let boolean = |text: &str| match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" | "" => Ok(false),
+            _ => Err("expected true or false".to_owned()),
+        };
+        let require_tls = reader.read("REQUIRE_TLS", boolean, false);
+        let store_journal = reader.read("STORE_JOURNAL", boolean, false);
         let tls = match (cert_file, key_file) {
             (Some(cert_file), Some(key_file)) => Some(crate::tls::TlsSettings {
                 cert_file,
@@ -563,6 +567,7 @@ impl Settings {
             retention,
             tls,
             require_tls,
+            store_journal,
             drain_timeout,
             audit_retention,
             admin_addr,

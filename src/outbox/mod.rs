@@ -28,6 +28,7 @@
 
 pub mod audit;
 mod dedup;
+pub mod journal;
 pub mod schema;
 mod writer;
 
@@ -120,6 +121,11 @@ pub struct OutboxOptions {
     /// requests alone (delivery updates) waits for the next received message to share its
     /// commit, so a single ordered sender pays one commit per ACK (default 1 ms; zero: never).
     pub intake_hold: Duration,
+    /// Commit through a journal next to the data file (see [`journal`]). Off, a journal
+    /// left by an earlier run is still replayed, then removed.
+    pub journal: bool,
+    /// Size of the journal file, bytes.
+    pub journal_capacity: u64,
 }
 
 impl std::fmt::Debug for OutboxOptions {
@@ -134,6 +140,8 @@ impl std::fmt::Debug for OutboxOptions {
             .field("dedup_max_entries", &self.dedup_max_entries)
             .field("custom_backend", &self.backend.is_some())
             .field("intake_hold", &self.intake_hold)
+            .field("journal", &self.journal)
+            .field("journal_capacity", &self.journal_capacity)
             .finish()
     }
 }
@@ -150,6 +158,8 @@ impl OutboxOptions {
             dedup_max_entries: 100_000,
             backend: None,
             intake_hold: Duration::from_millis(1),
+            journal: false,
+            journal_capacity: journal::DEFAULT_CAPACITY,
         }
     }
 }

@@ -1,18 +1,22 @@
 //! The writer thread: group commit, dedup, reopen after errors.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use redb::backends::FileBackend;
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, Table, WriteTransaction,
+    BackendError, Database, Durability, ReadableDatabase, ReadableTable, StorageBackend, Table,
+    WriteTransaction,
 };
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use super::audit::{self, AuditEvent, Head};
 use super::dedup::{DedupIndex, prefix};
+use super::journal::Journaled;
 use super::schema::{
     self, AUDIT, BODIES, CONNECTORS, DELIVERIES, DLQ, DeliveryRecord, DeliveryStatus, DlqEntry,
     FORMAT_VERSION, INLINE_BODY_MAX, MESSAGES, META, QUEUE, QueueEntry, RouteStatus,
@@ -68,7 +72,25 @@ pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreEr
                 std::fs::create_dir_all(parent)
                     .map_err(|error| open_error(format!("cannot create the directory: {error}")))?;
             }
-            builder.create(&options.path)
+            let journal = journal_path(&options.path);
+            if options.journal {
+                let backend = open_journaled(options, &journal).map_err(open_error)?;
+                builder.create_with_backend(backend)
+            } else {
+                if journal.exists() {
+                    // Written by a run with the journal on: its commits reach the data file
+                    // before anything reads it, then the journal goes.
+                    let backend = open_journaled(options, &journal).map_err(open_error)?;
+                    backend.close().map_err(|error| {
+                        open_error(format!("journal {}: {error}", journal.display()))
+                    })?;
+                    drop(backend);
+                    std::fs::remove_file(&journal).map_err(|error| {
+                        open_error(format!("cannot remove {}: {error}", journal.display()))
+                    })?;
+                }
+                builder.create(&options.path)
+            }
         }
     }
     .map_err(|error| open_error(error.to_string()))?;
@@ -100,6 +122,59 @@ pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreEr
     }
     transaction.commit()?;
     Ok(database)
+}
+
+/// The journal file next to a data file: `mfoundry.redb` → `mfoundry.redb-journal`.
+pub(super) fn journal_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push("-journal");
+    path.with_file_name(name)
+}
+
+/// Open the data file and its journal, replaying the journal (see [`journal`]). The data
+/// file is locked first, so a second gateway on the same `DATA_DIR` cannot replay into a file
+/// another one is using.
+fn open_journaled(
+    options: &OutboxOptions,
+    journal_path: &std::path::Path,
+) -> Result<Journaled, String> {
+    let open = |path: &std::path::Path| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|error| format!("cannot open {}: {error}", path.display()))
+    };
+    let main = FileBackend::new(open(&options.path)?).map_err(|error| error.to_string())?;
+    let whole = (Bound::Unbounded, Bound::Unbounded);
+    match main.try_lock_range(whole.0, whole.1) {
+        Ok(true) | Err(BackendError::Unsupported) => {}
+        Ok(false) => {
+            return Err(
+                "the file is in use by another process (another mfoundry on this DATA_DIR?)"
+                    .to_owned(),
+            );
+        }
+        Err(error) => return Err(format!("cannot lock the file: {error}")),
+    }
+    let journal_file = FileBackend::new(open(journal_path)?).map_err(|error| error.to_string())?;
+    let (backend, replayed) = Journaled::open(
+        Box::new(main),
+        Box::new(journal_file),
+        options.journal_capacity,
+    )
+    .map_err(|error| format!("journal {}: {error}", journal_path.display()))?;
+    let _ = backend.unlock_range(whole.0, whole.1);
+    if replayed.records > 0 {
+        info!(
+            commits = replayed.records,
+            bytes = replayed.bytes,
+            "commits written again from the journal into the data file"
+        );
+    }
+    Ok(backend)
 }
 
 /// A random, non-zero id for a new data file: message ids are unique within one file only,

@@ -1,0 +1,949 @@
+//! A redo journal under redb, so a commit costs one sequential fsync (`STORE_JOURNAL`,
+//! ADR 0006).
+//!
+//! redb writes a commit's pages where its allocator puts them, a dozen or more 4 KiB pages
+//! spread over the file, then syncs. On the virtual disks mfoundry was measured on, a sync
+//! costs about one device round trip per separate run of pages, so a commit's sync takes
+//! several times a sync of the same bytes in one run (docs/performance.md). This backend sits
+//! between redb and the data file: every write still goes to the data file at once (into the
+//! page cache, so reads see it) and is also appended to a pending record; redb's sync appends
+//! that record to the journal file in one write and syncs the journal only.
+//!
+//! The record area is two halves; laps alternate between them. When a half is full the next
+//! lap starts in the other half, and the flusher thread syncs the data file and then moves the
+//! header past the finished lap. A half is reused only once the lap before in it is flushed.
+//! Between laps the flusher also syncs the data file after every 1/16 of a half, so no one
+//! sync of the data file holds the disk for long.
+//!
+//! Recovery (at every open): the laps the header still needs (at most two) are written again
+//! into the data file, in order, the data file is synced, and a new lap begins. A record that
+//! is torn, fails its checksum, is out of sequence or of another lap ends a lap: it was never
+//! acknowledged (its sync did not return). The data file then holds, as after a crash without
+//! the journal, the last acknowledged commit plus perhaps pages of an unacknowledged one,
+//! which redb's own recovery discards.
+//!
+//! Layout of the journal file (all integers little-endian):
+//! - bytes 0..4096, the header: two copies, at 0 and 512, of `magic (8) ‖ oldest needed lap
+//!   (8) ‖ size of a half (8) ‖ crc32 (4)`. The valid copy with the higher lap counts.
+//! - then the two halves of records: `magic (4) ‖ lap (8) ‖ seq (8) ‖ len (4) ‖ crc32 (4) ‖
+//!   payload (len)`, lap `l` in half `l % 2`, seq counting from 0 in each lap; the crc covers
+//!   lap, seq, len and the payload. The payload is a list of operations: `1 ‖ offset (8) ‖
+//!   len (4) ‖ bytes` (a write) or `2 ‖ len (8)` (a new length of the data file).
+
+use std::io;
+use std::ops::Bound;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use redb::{BackendError, StorageBackend};
+
+/// Default size of the journal file; a commit larger than half of it syncs the data file
+/// instead.
+pub const DEFAULT_CAPACITY: u64 = 64 << 20;
+/// The flusher syncs the data file each time this fraction of a half has been journaled.
+const TRICKLE_PARTS: u64 = 16;
+/// Most pending-buffer capacity kept between commits.
+const PENDING_KEPT: usize = 4 << 20;
+/// Where the records start.
+const RECORDS_START: u64 = 4096;
+/// Offsets of the two header copies.
+const HEADER_COPIES: [u64; 2] = [0, 512];
+const HEADER_MAGIC: [u8; 8] = *b"MFJRNL01";
+const HEADER_LEN: usize = 28;
+const RECORD_MAGIC: [u8; 4] = *b"MFJR";
+const RECORD_HEADER_LEN: usize = 28;
+const OP_WRITE: u8 = 1;
+const OP_SET_LEN: u8 = 2;
+
+/// What [`Journaled::open`] found in the journal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Records written again into the data file.
+    pub records: u64,
+    /// Their payload bytes.
+    pub bytes: u64,
+}
+
+/// A storage backend that journals redb's writes (see the module documentation).
+#[derive(Debug)]
+pub struct Journaled {
+    shared: Arc<Shared>,
+    flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    main: Box<dyn StorageBackend>,
+    journal: Box<dyn StorageBackend>,
+    /// Size of each half of the record area.
+    half: u64,
+    state: Mutex<State>,
+    /// Signals the flusher (a lap to flush, or closing) and the writer (a flush done).
+    changed: Condvar,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Operations written to the data file since the last sync, encoded as in a record.
+    pending: Vec<u8>,
+    /// The lap records are appended to; lap `l` uses half `l % 2`.
+    lap: u64,
+    /// Seq of the next record.
+    seq: u64,
+    /// Where the next record goes.
+    position: u64,
+    /// The oldest lap whose records may not be in the synced data file: what the header
+    /// says (replay starts there).
+    oldest_needed: u64,
+    /// A finished lap the flusher is to make durable in the data file.
+    flush_requested: Option<u64>,
+    /// The flusher is syncing the data file.
+    flushing: bool,
+    /// The flusher is to sync the data file without finishing a lap: written often, the
+    /// data file's syncs stay short, so a lap's end does not hold the disk for long.
+    trickle: bool,
+    /// Journal bytes written since the flusher last started a sync.
+    since_flush: u64,
+    /// Set by a failed write or sync: the handle is done, redb reopens (and so replays).
+    failed: bool,
+    closing: bool,
+}
+
+impl State {
+    fn clear_pending(&mut self) {
+        self.pending.clear();
+        if self.pending.capacity() > PENDING_KEPT {
+            // A large commit (bodies of megabytes) must not hold its size in memory for good.
+            self.pending = Vec::new();
+        }
+    }
+}
+
+impl Journaled {
+    /// Replay the journal into `main`, sync it, and start a new lap. `capacity` is the size
+    /// of the journal file (at least 128 KiB); a commit larger than half of it syncs the data
+    /// file instead.
+    pub fn open(
+        main: Box<dyn StorageBackend>,
+        journal: Box<dyn StorageBackend>,
+        capacity: u64,
+    ) -> io::Result<(Self, Replayed)> {
+        let capacity = capacity.max(RECORDS_START + (128 << 10));
+        let half = (capacity - RECORDS_START) / 2;
+        let header = read_header(journal.as_ref())?;
+        let mut replayed = Replayed::default();
+        let mut next_lap = 1;
+        if let Some((oldest, written_half)) = header {
+            next_lap = oldest + 2;
+            // At most two laps are in use: the one being flushed and the one after it. They
+            // are where the run that wrote them put them (its journal may have had another
+            // size); a lap above both never matches a record of theirs.
+            for lap in [oldest, oldest + 1] {
+                let found = replay(
+                    journal.as_ref(),
+                    main.as_ref(),
+                    lap,
+                    half_start(lap, written_half),
+                    written_half,
+                )?;
+                replayed.records += found.records;
+                replayed.bytes += found.bytes;
+                if found.records == 0 {
+                    break;
+                }
+            }
+            if replayed.records > 0 {
+                main.sync_data()?;
+            }
+        }
+        write_header(journal.as_ref(), next_lap, half)?;
+        let len = journal.len()?;
+        if len < capacity {
+            // Written once, so a commit's sync never has to grow the file (which costs a
+            // metadata write, a second device round trip).
+            let zeros = vec![0u8; 1 << 20];
+            let mut offset = len.max(RECORDS_START);
+            while offset < capacity {
+                let chunk = (capacity - offset).min(zeros.len() as u64) as usize;
+                journal.write(offset, &zeros[..chunk])?;
+                offset += chunk as u64;
+            }
+        }
+        journal.sync_data()?;
+        let state = State {
+            pending: Vec::new(),
+            lap: next_lap,
+            seq: 0,
+            position: half_start(next_lap, half),
+            oldest_needed: next_lap,
+            flush_requested: None,
+            flushing: false,
+            trickle: false,
+            since_flush: 0,
+            failed: false,
+            closing: false,
+        };
+        let shared = Arc::new(Shared {
+            main,
+            journal,
+            half,
+            state: Mutex::new(state),
+            changed: Condvar::new(),
+        });
+        let flusher = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("outbox-flusher".to_owned())
+                .spawn(move || shared.flush_laps())?
+        };
+        Ok((
+            Self {
+                shared,
+                flusher: Mutex::new(Some(flusher)),
+            },
+            replayed,
+        ))
+    }
+
+    fn stop_flusher(&self) {
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.closing = true;
+        }
+        self.shared.changed.notify_all();
+        if let Some(handle) = self.flusher.lock().ok().and_then(|mut slot| slot.take()) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Journaled {
+    fn drop(&mut self) {
+        self.stop_flusher();
+    }
+}
+
+fn half_start(lap: u64, half: u64) -> u64 {
+    RECORDS_START + (lap % 2) * half
+}
+
+impl Shared {
+    fn state(&self) -> io::Result<MutexGuard<'_, State>> {
+        let state = self
+            .state
+            .lock()
+            .map_err(|_| io::Error::other("the journal's lock is poisoned"))?;
+        if state.failed {
+            return Err(io::Error::other(
+                "an earlier journal write failed; the store must be reopened",
+            ));
+        }
+        Ok(state)
+    }
+
+    /// The flusher thread: sync the data file after each finished lap, then move the header
+    /// past that lap so its half can be used again.
+    fn flush_laps(&self) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        loop {
+            if state.closing || state.failed {
+                return;
+            }
+            let lap = state.flush_requested.take();
+            if lap.is_none() && !state.trickle {
+                state = match self.changed.wait(state) {
+                    Ok(state) => state,
+                    Err(_) => return,
+                };
+                continue;
+            }
+            state.trickle = false;
+            state.flushing = true;
+            state.since_flush = 0;
+            drop(state);
+            // Every write of `lap` went to the data file before the request.
+            let synced = self.main.sync_data();
+            state = match self.state.lock() {
+                Ok(state) => state,
+                Err(_) => return,
+            };
+            state.flushing = false;
+            let result = match lap {
+                Some(lap) => synced.and_then(|()| self.advance(&mut state, lap + 1)),
+                None => synced,
+            };
+            if result.is_err() {
+                state.failed = true;
+            }
+            self.changed.notify_all();
+        }
+    }
+
+    /// Record in the header that laps before `oldest` are in the synced data file.
+    fn advance(&self, state: &mut State, oldest: u64) -> io::Result<()> {
+        if oldest <= state.oldest_needed {
+            return Ok(());
+        }
+        write_header(self.journal.as_ref(), oldest, self.half)?;
+        self.journal.sync_data()?;
+        state.oldest_needed = oldest;
+        Ok(())
+    }
+
+    /// Start the next lap in the other half, once the lap that used it is flushed.
+    fn next_lap<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+    ) -> io::Result<MutexGuard<'a, State>> {
+        let next = state.lap + 1;
+        // The other half holds lap `next - 2`: it must be in the synced data file first.
+        while state.oldest_needed < next - 1 {
+            if state.flush_requested.is_none() && !state.flushing {
+                // No flush in flight (the flusher is gone): flush here.
+                self.main.sync_data()?;
+                self.advance(&mut state, next - 1)?;
+                break;
+            }
+            state = self
+                .changed
+                .wait(state)
+                .map_err(|_| io::Error::other("the journal's lock is poisoned"))?;
+            if state.failed {
+                return Err(io::Error::other("the data file's sync failed"));
+            }
+        }
+        state.flush_requested = Some(state.lap);
+        state.lap = next;
+        state.seq = 0;
+        state.position = half_start(next, self.half);
+        self.changed.notify_all();
+        Ok(state)
+    }
+
+    fn sync<'a>(&'a self, mut state: MutexGuard<'a, State>) -> io::Result<MutexGuard<'a, State>> {
+        if state.pending.is_empty() {
+            return Ok(state);
+        }
+        let len = state.pending.len();
+        let record_len = (RECORD_HEADER_LEN + len) as u64;
+        if record_len > self.half {
+            // Larger than a half: the writes are in the data file already, and syncing it
+            // makes them (and every lap so far) durable.
+            self.main.sync_data()?;
+            let oldest = state.lap + 1;
+            self.advance(&mut state, oldest)?;
+            state.flush_requested = None;
+            state.lap = oldest;
+            state.seq = 0;
+            state.position = half_start(oldest, self.half);
+            state.clear_pending();
+            return Ok(state);
+        }
+        if state.position + record_len > half_start(state.lap, self.half) + self.half {
+            state = self.next_lap(state)?;
+        }
+        let len_field = u32::try_from(len).map_err(|_| io::Error::other("record too large"))?;
+        let header = record_header(state.lap, state.seq, len_field, &state.pending);
+        self.journal.write(state.position, &header)?;
+        self.journal
+            .write(state.position + RECORD_HEADER_LEN as u64, &state.pending)?;
+        self.journal.sync_data()?;
+        state.position += record_len;
+        state.seq += 1;
+        state.clear_pending();
+        state.since_flush += record_len;
+        if state.since_flush >= self.half / TRICKLE_PARTS
+            && !state.flushing
+            && state.flush_requested.is_none()
+        {
+            state.trickle = true;
+            self.changed.notify_all();
+        }
+        Ok(state)
+    }
+}
+
+/// Mark the state failed when `result` is an error.
+fn failing<T>(state: &mut State, result: io::Result<T>) -> io::Result<T> {
+    if result.is_err() {
+        state.failed = true;
+    }
+    result
+}
+
+impl StorageBackend for Journaled {
+    fn len(&self) -> Result<u64, io::Error> {
+        self.shared.main.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), io::Error> {
+        self.shared.main.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        let mut state = self.shared.state()?;
+        let result = self.shared.main.set_len(len);
+        failing(&mut state, result)?;
+        state.pending.push(OP_SET_LEN);
+        state.pending.extend_from_slice(&len.to_le_bytes());
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), io::Error> {
+        let state = self.shared.state()?;
+        match self.shared.sync(state) {
+            Ok(_) => Ok(()),
+            Err(error) => {
+                if let Ok(mut state) = self.shared.state.lock() {
+                    state.failed = true;
+                }
+                self.shared.changed.notify_all();
+                Err(error)
+            }
+        }
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        let mut state = self.shared.state()?;
+        let len = u32::try_from(data.len()).map_err(|_| io::Error::other("write too large"));
+        let len = failing(&mut state, len)?;
+        let result = self.shared.main.write(offset, data);
+        failing(&mut state, result)?;
+        state.pending.push(OP_WRITE);
+        state.pending.extend_from_slice(&offset.to_le_bytes());
+        state.pending.extend_from_slice(&len.to_le_bytes());
+        state.pending.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn close(&self) -> Result<(), io::Error> {
+        // A clean close leaves everything in the data file, so the journal holds nothing an
+        // open must replay (and an older mfoundry could open the file).
+        self.stop_flusher();
+        let shared = &self.shared;
+        let result = shared.state().and_then(|mut state| {
+            shared.main.sync_data()?;
+            let oldest = state.lap + 1;
+            shared.advance(&mut state, oldest)
+        });
+        let closed = shared.journal.close().and(shared.main.close());
+        result.and(closed)
+    }
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.shared.main.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.shared.main.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.shared.main.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.shared.main.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.shared.main.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.shared.main.query_lock_range(start, end)
+    }
+}
+
+fn header_bytes(lap: u64, half: u64) -> [u8; HEADER_LEN] {
+    let mut out = [0u8; HEADER_LEN];
+    out[..8].copy_from_slice(&HEADER_MAGIC);
+    out[8..16].copy_from_slice(&lap.to_le_bytes());
+    out[16..24].copy_from_slice(&half.to_le_bytes());
+    let crc = crc32fast::hash(&out[..24]);
+    out[24..].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn write_header(journal: &dyn StorageBackend, lap: u64, half: u64) -> io::Result<()> {
+    let copy = header_bytes(lap, half);
+    let mut block = vec![0u8; RECORDS_START as usize];
+    for offset in HEADER_COPIES {
+        let offset = offset as usize;
+        block[offset..offset + HEADER_LEN].copy_from_slice(&copy);
+    }
+    journal.write(0, &block)
+}
+
+/// The oldest needed lap and the size of a half, from the valid header copy with the higher
+/// lap; None for a new journal.
+fn read_header(journal: &dyn StorageBackend) -> io::Result<Option<(u64, u64)>> {
+    let len = journal.len()?;
+    let mut best: Option<(u64, u64)> = None;
+    for offset in HEADER_COPIES {
+        if offset + HEADER_LEN as u64 > len {
+            continue;
+        }
+        let mut copy = [0u8; HEADER_LEN];
+        journal.read(offset, &mut copy)?;
+        let crc = u32::from_le_bytes(copy[24..].try_into().expect("4 bytes"));
+        if copy[..8] != HEADER_MAGIC || crc32fast::hash(&copy[..24]) != crc {
+            continue;
+        }
+        let lap = u64::from_le_bytes(copy[8..16].try_into().expect("8 bytes"));
+        let half = u64::from_le_bytes(copy[16..24].try_into().expect("8 bytes"));
+        if best.is_none_or(|(best_lap, _)| lap > best_lap) {
+            best = Some((lap, half));
+        }
+    }
+    if best.is_none() && len > 0 && !is_zero(journal, len)? {
+        return Err(io::Error::other(
+            "the journal file has no valid header, so it is not a journal mfoundry wrote; move it \
+             away only if the data file was last closed cleanly (or STORE_JOURNAL was never on)",
+        ));
+    }
+    Ok(best)
+}
+
+fn is_zero(journal: &dyn StorageBackend, len: u64) -> io::Result<bool> {
+    let mut buffer = vec![0u8; len.min(RECORDS_START) as usize];
+    journal.read(0, &mut buffer)?;
+    Ok(buffer.iter().all(|&byte| byte == 0))
+}
+
+fn record_header(lap: u64, seq: u64, len: u32, payload: &[u8]) -> [u8; RECORD_HEADER_LEN] {
+    let mut out = [0u8; RECORD_HEADER_LEN];
+    out[..4].copy_from_slice(&RECORD_MAGIC);
+    out[4..12].copy_from_slice(&lap.to_le_bytes());
+    out[12..20].copy_from_slice(&seq.to_le_bytes());
+    out[20..24].copy_from_slice(&len.to_le_bytes());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&out[4..24]);
+    hasher.update(payload);
+    out[24..].copy_from_slice(&hasher.finalize().to_le_bytes());
+    out
+}
+
+/// Write the records of `lap` into `main`, in order, up to the first that is missing, torn
+/// or of another lap.
+fn replay(
+    journal: &dyn StorageBackend,
+    main: &dyn StorageBackend,
+    lap: u64,
+    start: u64,
+    half: u64,
+) -> io::Result<Replayed> {
+    let len = journal.len()?.min(start + half);
+    let mut replayed = Replayed::default();
+    let mut position = start;
+    let mut header = [0u8; RECORD_HEADER_LEN];
+    let mut payload = Vec::new();
+    loop {
+        if position + RECORD_HEADER_LEN as u64 > len {
+            break;
+        }
+        journal.read(position, &mut header)?;
+        let record_lap = u64::from_le_bytes(header[4..12].try_into().expect("8 bytes"));
+        let seq = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
+        let payload_len = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes"));
+        let crc = u32::from_le_bytes(header[24..].try_into().expect("4 bytes"));
+        let end = position + RECORD_HEADER_LEN as u64 + u64::from(payload_len);
+        if header[..4] != RECORD_MAGIC || record_lap != lap || seq != replayed.records || end > len
+        {
+            break;
+        }
+        payload.resize(payload_len as usize, 0);
+        journal.read(position + RECORD_HEADER_LEN as u64, &mut payload)?;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&header[4..24]);
+        hasher.update(&payload);
+        if hasher.finalize() != crc {
+            break;
+        }
+        apply(main, &payload)?;
+        replayed.records += 1;
+        replayed.bytes += u64::from(payload_len);
+        position = end;
+    }
+    Ok(replayed)
+}
+
+/// Apply a record's operations to the data file. A record whose checksum matched but whose
+/// operations do not parse was not written by this code: an error, not a silent stop.
+fn apply(main: &dyn StorageBackend, payload: &[u8]) -> io::Result<()> {
+    let malformed = || io::Error::other("a journal record is malformed");
+    let mut rest = payload;
+    while let Some((&op, tail)) = rest.split_first() {
+        match op {
+            OP_WRITE => {
+                let (offset, tail) = tail.split_at_checked(8).ok_or_else(malformed)?;
+                let (len, tail) = tail.split_at_checked(4).ok_or_else(malformed)?;
+                let offset = u64::from_le_bytes(offset.try_into().expect("8 bytes"));
+                let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+                let (data, tail) = tail.split_at_checked(len).ok_or_else(malformed)?;
+                main.write(offset, data)?;
+                rest = tail;
+            }
+            OP_SET_LEN => {
+                let (len, tail) = tail.split_at_checked(8).ok_or_else(malformed)?;
+                main.set_len(u64::from_le_bytes(len.try_into().expect("8 bytes")))?;
+                rest = tail;
+            }
+            _ => return Err(malformed()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+    use std::collections::HashMap;
+
+    const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
+
+    /// A simulated disk of two files: writes land in a cache; a sync makes that file's cache
+    /// durable; a crash keeps the durable bytes plus any subset of the unsynced writes, some
+    /// of them torn at a 512-byte boundary.
+    #[derive(Debug, Default)]
+    struct Disk {
+        files: [File; 2],
+        operations: u64,
+        crash_at: u64,
+        image: Option<[Vec<u8>; 2]>,
+        rng: u64,
+    }
+
+    #[derive(Debug, Default, Clone)]
+    struct File {
+        cache: Vec<u8>,
+        durable: Vec<u8>,
+        unsynced: Vec<(u64, Vec<u8>)>,
+    }
+
+    impl Disk {
+        fn random(&mut self) -> u64 {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            self.rng
+        }
+
+        /// Count an operation; at the chosen one, take the crash image first.
+        fn tick(&mut self) {
+            self.operations += 1;
+            if self.operations == self.crash_at && self.image.is_none() {
+                let mut image = [Vec::new(), Vec::new()];
+                for (index, out) in image.iter_mut().enumerate() {
+                    let file = self.files[index].clone();
+                    let mut bytes = file.durable.clone();
+                    for (offset, data) in &file.unsynced {
+                        let keep = match self.random() % 4 {
+                            0 | 1 => continue,
+                            2 => data.len(),
+                            _ => (self.random() as usize % data.len().max(1)) / 512 * 512,
+                        };
+                        let start = *offset as usize;
+                        if bytes.len() < start + keep {
+                            bytes.resize(start + keep, 0);
+                        }
+                        bytes[start..start + keep].copy_from_slice(&data[..keep]);
+                    }
+                    *out = bytes;
+                }
+                self.image = Some(image);
+            }
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct SimFile {
+        disk: Arc<Mutex<Disk>>,
+        index: usize,
+    }
+
+    impl StorageBackend for SimFile {
+        fn len(&self) -> io::Result<u64> {
+            Ok(self.disk.lock().expect("disk lock").files[self.index]
+                .cache
+                .len() as u64)
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+            let disk = self.disk.lock().expect("disk lock");
+            let cache = &disk.files[self.index].cache;
+            let start = offset as usize;
+            let source = cache
+                .get(start..start + out.len())
+                .ok_or_else(|| io::Error::other("read past the end"))?;
+            out.copy_from_slice(source);
+            Ok(())
+        }
+        fn set_len(&self, len: u64) -> io::Result<()> {
+            let mut disk = self.disk.lock().expect("disk lock");
+            disk.tick();
+            let file = &mut disk.files[self.index];
+            file.cache.resize(len as usize, 0);
+            // A length change is metadata: model it as durable only at the next sync.
+            let durable_len = file.durable.len().min(len as usize);
+            file.durable.truncate(durable_len);
+            Ok(())
+        }
+        fn sync_data(&self) -> io::Result<()> {
+            let mut disk = self.disk.lock().expect("disk lock");
+            disk.tick();
+            let file = &mut disk.files[self.index];
+            let len = file.cache.len();
+            file.durable.resize(len, 0);
+            for (offset, data) in file.unsynced.drain(..) {
+                let start = (offset as usize).min(len);
+                let end = (offset as usize + data.len()).min(len);
+                file.durable[start..end].copy_from_slice(&file.cache[start..end]);
+            }
+            Ok(())
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            let mut disk = self.disk.lock().expect("disk lock");
+            disk.tick();
+            let file = &mut disk.files[self.index];
+            let start = offset as usize;
+            if file.cache.len() < start + data.len() {
+                file.cache.resize(start + data.len(), 0);
+            }
+            file.cache[start..start + data.len()].copy_from_slice(data);
+            file.unsynced.push((offset, data.to_vec()));
+            Ok(())
+        }
+    }
+
+    fn value(key: u64, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (key as usize * 31 + i) as u8).collect()
+    }
+
+    fn open(disk: &Arc<Mutex<Disk>>, capacity: u64) -> (Database, Replayed) {
+        let main = SimFile {
+            disk: Arc::clone(disk),
+            index: 0,
+        };
+        let journal = SimFile {
+            disk: Arc::clone(disk),
+            index: 1,
+        };
+        let (backend, replayed) =
+            Journaled::open(Box::new(main), Box::new(journal), capacity).expect("journal opens");
+        let database = Database::builder()
+            .create_with_backend(backend)
+            .expect("database opens");
+        (database, replayed)
+    }
+
+    fn disk_with(files: [Vec<u8>; 2]) -> Arc<Mutex<Disk>> {
+        Arc::new(Mutex::new(Disk {
+            files: files.map(|bytes| File {
+                cache: bytes.clone(),
+                durable: bytes,
+                unsynced: Vec::new(),
+            }),
+            crash_at: u64::MAX,
+            rng: 1,
+            ..Disk::default()
+        }))
+    }
+
+    fn insert(database: &Database, key: u64) {
+        let mut transaction = database.begin_write().expect("write");
+        transaction
+            .set_durability(Durability::Immediate)
+            .expect("durability");
+        transaction
+            .open_table(TABLE)
+            .expect("table")
+            .insert(key, value(key, 500).as_slice())
+            .expect("insert");
+        transaction.commit().expect("commit");
+    }
+
+    /// After a clean close the journal holds nothing to replay; after a crash (the durable
+    /// bytes only) it does, and the commit is back.
+    #[test]
+    fn a_clean_close_leaves_nothing_to_replay_and_a_crash_does() {
+        let disk = disk_with([Vec::new(), Vec::new()]);
+        let (database, _) = open(&disk, 256 << 10);
+        insert(&database, 1);
+        drop(database);
+        let durable = |disk: &Arc<Mutex<Disk>>| {
+            let disk = disk.lock().expect("disk lock");
+            [disk.files[0].durable.clone(), disk.files[1].durable.clone()]
+        };
+        let disk = disk_with(durable(&disk));
+        let (database, replayed) = open(&disk, 256 << 10);
+        assert_eq!(replayed, Replayed::default());
+        insert(&database, 2);
+        let crashed = durable(&disk);
+        std::mem::forget(database);
+        let disk = disk_with(crashed);
+        let (database, replayed) = open(&disk, 256 << 10);
+        assert!(
+            replayed.records >= 1,
+            "the commit of key 2 is replayed: {replayed:?}"
+        );
+        let read = database.begin_read().expect("read");
+        let table = read.open_table(TABLE).expect("table");
+        for key in [1, 2] {
+            let found = table.get(key).expect("get").map(|v| v.value().to_vec());
+            assert_eq!(found, Some(value(key, 500)), "key {key}");
+        }
+    }
+
+    /// A journal written with one size is replayed by a run configured with another.
+    #[test]
+    fn a_journal_of_another_size_is_still_replayed() {
+        let disk = disk_with([Vec::new(), Vec::new()]);
+        let (database, _) = open(&disk, 256 << 10);
+        for key in 0..40 {
+            insert(&database, key);
+        }
+        let crashed = {
+            let disk = disk.lock().expect("disk lock");
+            [disk.files[0].durable.clone(), disk.files[1].durable.clone()]
+        };
+        std::mem::forget(database);
+        let disk = disk_with(crashed);
+        let (database, replayed) = open(&disk, 1 << 20);
+        assert!(replayed.records >= 1, "{replayed:?}");
+        let read = database.begin_read().expect("read");
+        let table = read.open_table(TABLE).expect("table");
+        for key in 0..40 {
+            let found = table.get(key).expect("get").map(|v| v.value().to_vec());
+            assert_eq!(found, Some(value(key, 500)), "key {key}");
+        }
+    }
+
+    /// A journal file that is not one (no valid header, not zeros) is refused with a reason,
+    /// never replayed or overwritten.
+    #[test]
+    fn a_file_that_is_not_a_journal_is_refused() {
+        let disk = disk_with([Vec::new(), b"not a journal".repeat(100)]);
+        let main = SimFile {
+            disk: Arc::clone(&disk),
+            index: 0,
+        };
+        let journal = SimFile {
+            disk: Arc::clone(&disk),
+            index: 1,
+        };
+        let error =
+            Journaled::open(Box::new(main), Box::new(journal), 256 << 10).expect_err("refused");
+        assert!(error.to_string().contains("no valid header"), "{error}");
+        assert!(
+            disk.lock().expect("disk lock").files[1]
+                .cache
+                .starts_with(b"not a journal")
+        );
+    }
+
+    /// Crash at a random backend operation, many times over, each time recovering from what
+    /// the crash left: every commit that returned is there, every removal that returned is
+    /// gone, and whatever else is there is intact.
+    #[test]
+    fn every_returned_commit_survives_a_crash_at_any_operation() {
+        let mut expected: HashMap<u64, Option<usize>> = HashMap::new();
+        let mut files = [Vec::new(), Vec::new()];
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next_key = 0;
+        let mut replays = 0;
+        for round in 0..40 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let disk = Arc::new(Mutex::new(Disk {
+                files: files.clone().map(|bytes| File {
+                    cache: bytes.clone(),
+                    durable: bytes,
+                    unsynced: Vec::new(),
+                }),
+                crash_at: u64::MAX,
+                rng: seed | 1,
+                ..Disk::default()
+            }));
+            let (database, replayed) = open(&disk, 256 << 10);
+            replays += replayed.records;
+            {
+                let read = database.begin_read().expect("read");
+                if let Ok(table) = read.open_table(TABLE) {
+                    for (key, state) in &expected {
+                        let found = table.get(key).expect("get").map(|v| v.value().to_vec());
+                        match state {
+                            Some(len) => assert_eq!(
+                                found.as_deref(),
+                                Some(value(*key, *len).as_slice()),
+                                "round {round}: key {key} was committed"
+                            ),
+                            None => {
+                                assert!(found.is_none(), "round {round}: key {key} was removed")
+                            }
+                        }
+                    }
+                }
+            }
+            {
+                let mut disk = disk.lock().expect("disk lock");
+                let now = disk.operations;
+                disk.crash_at = now + 1 + disk.random() % 3000;
+            }
+            let mut uncertain = Vec::new();
+            for _ in 0..400 {
+                let mut transaction = database.begin_write().expect("write");
+                transaction
+                    .set_durability(Durability::Immediate)
+                    .expect("durability");
+                let random = disk.lock().expect("disk lock").random();
+                let mut changes = Vec::new();
+                {
+                    let mut table = transaction.open_table(TABLE).expect("table");
+                    for _ in 0..(1 + random % 5) {
+                        let len = 100 + (random as usize >> 8) % 3000;
+                        table
+                            .insert(next_key, value(next_key, len).as_slice())
+                            .expect("insert");
+                        changes.push((next_key, Some(len)));
+                        next_key += 1;
+                    }
+                    // Remove one of the oldest keys, so pages are freed and reused.
+                    let old = (next_key.saturating_sub(200)..next_key)
+                        .find(|key| matches!(expected.get(key), Some(Some(_))));
+                    if let Some(old) = old.filter(|_| !random.is_multiple_of(4)) {
+                        table.remove(old).expect("remove");
+                        changes.push((old, None));
+                    }
+                }
+                let committed = transaction.commit().is_ok();
+                if committed && disk.lock().expect("disk lock").image.is_none() {
+                    expected.extend(changes);
+                } else {
+                    uncertain.extend(changes);
+                    break;
+                }
+            }
+            let image = disk.lock().expect("disk lock").image.take();
+            let Some(image) = image else {
+                // No crash in this round: a clean close.
+                drop(database);
+                let disk = disk.lock().expect("disk lock");
+                files = [disk.files[0].durable.clone(), disk.files[1].durable.clone()];
+                continue;
+            };
+            // Whatever the commit in flight did is allowed either way.
+            for (key, _) in uncertain {
+                expected.remove(&key);
+            }
+            std::mem::forget(database);
+            files = image;
+        }
+        assert!(replays > 0, "the crashes must have left commits to replay");
+    }
+}
