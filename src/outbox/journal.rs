@@ -32,6 +32,7 @@
 
 use std::io;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use redb::{BackendError, StorageBackend};
@@ -79,6 +80,13 @@ struct Shared {
     state: Mutex<State>,
     /// Signals the flusher (a lap to flush, or closing) and the writer (a flush done).
     changed: Condvar,
+    /// Held through every sync of the data file: one at a time, so an error cannot be
+    /// reported to one and missed by another running beside it.
+    main_sync: Mutex<()>,
+    /// Set, before `main_sync` is released, by a failed sync of the data file. Linux reports
+    /// a writeback error once: a later sync may succeed although pages were lost, so after
+    /// one failure the header never moves again in this handle (a reopen replays).
+    main_failed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -129,32 +137,7 @@ impl Journaled {
     ) -> io::Result<(Self, Replayed)> {
         let capacity = capacity.max(RECORDS_START + (128 << 10));
         let half = (capacity - RECORDS_START) / 2;
-        let header = read_header(journal.as_ref())?;
-        let mut replayed = Replayed::default();
-        let mut next_lap = 1;
-        if let Some((oldest, written_half)) = header {
-            next_lap = oldest + 2;
-            // At most two laps are in use: the one being flushed and the one after it. They
-            // are where the run that wrote them put them (its journal may have had another
-            // size); a lap above both never matches a record of theirs.
-            for lap in [oldest, oldest + 1] {
-                let found = replay(
-                    journal.as_ref(),
-                    main.as_ref(),
-                    lap,
-                    half_start(lap, written_half),
-                    written_half,
-                )?;
-                replayed.records += found.records;
-                replayed.bytes += found.bytes;
-                if found.records == 0 {
-                    break;
-                }
-            }
-            if replayed.records > 0 {
-                main.sync_data()?;
-            }
-        }
+        let (next_lap, replayed) = recover(main.as_ref(), journal.as_ref())?;
         write_header(journal.as_ref(), next_lap, half)?;
         let len = journal.len()?;
         if len < capacity {
@@ -188,6 +171,8 @@ impl Journaled {
             half,
             state: Mutex::new(state),
             changed: Condvar::new(),
+            main_sync: Mutex::new(()),
+            main_failed: AtomicBool::new(false),
         });
         let flusher = {
             let shared = Arc::clone(&shared);
@@ -219,6 +204,48 @@ impl Drop for Journaled {
     fn drop(&mut self) {
         self.stop_flusher();
     }
+}
+
+/// Replay what the journal still needs into the data file and sync it; returns the lap to
+/// start next (above every lap in the journal).
+fn recover(main: &dyn StorageBackend, journal: &dyn StorageBackend) -> io::Result<(u64, Replayed)> {
+    let mut replayed = Replayed::default();
+    let Some((oldest, written_half)) = read_header(journal)? else {
+        return Ok((1, replayed));
+    };
+    // At most two laps are in use: the one being flushed and the one after it. They are
+    // where the run that wrote them put them (its journal may have had another size); a lap
+    // above both never matches a record of theirs.
+    for lap in [oldest, oldest + 1] {
+        let found = replay(
+            journal,
+            main,
+            lap,
+            half_start(lap, written_half),
+            written_half,
+        )?;
+        replayed.records += found.records;
+        replayed.bytes += found.bytes;
+        if found.records == 0 {
+            break;
+        }
+    }
+    if replayed.records > 0 {
+        main.sync_data()?;
+    }
+    Ok((oldest + 2, replayed))
+}
+
+/// For a start with the journal off: replay what a journal left behind into the data file,
+/// sync it, and mark every lap done, so the journal file can be removed.
+pub fn retire(main: &dyn StorageBackend, journal: &dyn StorageBackend) -> io::Result<Replayed> {
+    let header = read_header(journal)?;
+    let (next_lap, replayed) = recover(main, journal)?;
+    if let Some((_, half)) = header {
+        write_header(journal, next_lap, half)?;
+        journal.sync_data()?;
+    }
+    Ok(replayed)
 }
 
 fn half_start(lap: u64, half: u64) -> u64 {
@@ -262,7 +289,7 @@ impl Shared {
             state.since_flush = 0;
             drop(state);
             // Every write of `lap` went to the data file before the request.
-            let synced = self.main.sync_data();
+            let synced = self.sync_main();
             state = match self.state.lock() {
                 Ok(state) => state,
                 Err(_) => return,
@@ -279,10 +306,29 @@ impl Shared {
         }
     }
 
+    /// Sync the data file, one sync at a time; a failure is remembered for good.
+    fn sync_main(&self) -> io::Result<()> {
+        let _one_at_a_time = self
+            .main_sync
+            .lock()
+            .map_err(|_| io::Error::other("the journal's lock is poisoned"))?;
+        if self.main_failed.load(Ordering::Acquire) {
+            return Err(io::Error::other("an earlier sync of the data file failed"));
+        }
+        let result = self.main.sync_data();
+        if result.is_err() {
+            self.main_failed.store(true, Ordering::Release);
+        }
+        result
+    }
+
     /// Record in the header that laps before `oldest` are in the synced data file.
     fn advance(&self, state: &mut State, oldest: u64) -> io::Result<()> {
         if oldest <= state.oldest_needed {
             return Ok(());
+        }
+        if self.main_failed.load(Ordering::Acquire) {
+            return Err(io::Error::other("an earlier sync of the data file failed"));
         }
         write_header(self.journal.as_ref(), oldest, self.half)?;
         self.journal.sync_data()?;
@@ -300,7 +346,7 @@ impl Shared {
         while state.oldest_needed < next - 1 {
             if state.flush_requested.is_none() && !state.flushing {
                 // No flush in flight (the flusher is gone): flush here.
-                self.main.sync_data()?;
+                self.sync_main()?;
                 self.advance(&mut state, next - 1)?;
                 break;
             }
@@ -329,7 +375,7 @@ impl Shared {
         if record_len > self.half {
             // Larger than a half: the writes are in the data file already, and syncing it
             // makes them (and every lap so far) durable.
-            self.main.sync_data()?;
+            self.sync_main()?;
             let oldest = state.lap + 1;
             self.advance(&mut state, oldest)?;
             state.flush_requested = None;
@@ -422,7 +468,7 @@ impl StorageBackend for Journaled {
         self.stop_flusher();
         let shared = &self.shared;
         let result = shared.state().and_then(|mut state| {
-            shared.main.sync_data()?;
+            shared.sync_main()?;
             let oldest = state.lap + 1;
             shared.advance(&mut state, oldest)
         });
@@ -617,6 +663,11 @@ mod tests {
         crash_at: u64,
         image: Option<[Vec<u8>; 2]>,
         rng: u64,
+        /// Syncs of the data file so far, and which one fails (0: none). A failed sync loses
+        /// the unsynced writes but leaves them in the cache, marked clean, as Linux does: a
+        /// later sync succeeds without them.
+        main_syncs: u64,
+        fail_main_sync: u64,
     }
 
     #[derive(Debug, Default, Clone)]
@@ -696,6 +747,13 @@ mod tests {
         fn sync_data(&self) -> io::Result<()> {
             let mut disk = self.disk.lock().expect("disk lock");
             disk.tick();
+            if self.index == 0 {
+                disk.main_syncs += 1;
+                if disk.main_syncs == disk.fail_main_sync {
+                    disk.files[0].unsynced.clear();
+                    return Err(io::Error::other("injected writeback error"));
+                }
+            }
             let file = &mut disk.files[self.index];
             let len = file.cache.len();
             file.durable.resize(len, 0);
@@ -820,6 +878,53 @@ mod tests {
         for key in 0..40 {
             let found = table.get(key).expect("get").map(|v| v.value().to_vec());
             assert_eq!(found, Some(value(key, 500)), "key {key}");
+        }
+    }
+
+    /// A failed sync of the data file (its pages lost, a later sync "succeeding") must not
+    /// let the header move past the laps that hold them: every acknowledged commit is still
+    /// replayed from the journal.
+    #[test]
+    fn a_failed_sync_of_the_data_file_keeps_the_laps_it_needs() {
+        let disk = disk_with([Vec::new(), Vec::new()]);
+        disk.lock().expect("disk lock").fail_main_sync = 6;
+        let (database, _) = open(&disk, 256 << 10);
+        let mut acknowledged = Vec::new();
+        for key in 0..500 {
+            let mut transaction = database.begin_write().expect("write");
+            transaction
+                .set_durability(Durability::Immediate)
+                .expect("durability");
+            transaction
+                .open_table(TABLE)
+                .expect("table")
+                .insert(key, value(key, 3000).as_slice())
+                .expect("insert");
+            if transaction.commit().is_err() {
+                break;
+            }
+            acknowledged.push(key);
+        }
+        assert!(
+            disk.lock().expect("disk lock").main_syncs >= 6,
+            "the failing sync was reached"
+        );
+        assert!(
+            acknowledged.len() < 500,
+            "a commit after the failure is refused"
+        );
+        let crashed = {
+            let disk = disk.lock().expect("disk lock");
+            [disk.files[0].durable.clone(), disk.files[1].durable.clone()]
+        };
+        std::mem::forget(database);
+        let disk = disk_with(crashed);
+        let (database, _) = open(&disk, 256 << 10);
+        let read = database.begin_read().expect("read");
+        let table = read.open_table(TABLE).expect("table");
+        for key in acknowledged {
+            let found = table.get(key).expect("get").map(|v| v.value().to_vec());
+            assert_eq!(found, Some(value(key, 3000)), "key {key}");
         }
     }
 

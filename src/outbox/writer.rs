@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 
 use super::audit::{self, AuditEvent, Head};
 use super::dedup::{DedupIndex, prefix};
-use super::journal::Journaled;
+use super::journal::{self, Journaled};
 use super::schema::{
     self, AUDIT, BODIES, CONNECTORS, DELIVERIES, DLQ, DeliveryRecord, DeliveryStatus, DlqEntry,
     FORMAT_VERSION, INLINE_BODY_MAX, MESSAGES, META, QUEUE, QueueEntry, RouteStatus,
@@ -73,21 +73,15 @@ pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreEr
                     .map_err(|error| open_error(format!("cannot create the directory: {error}")))?;
             }
             let journal = journal_path(&options.path);
+            let leftover = journal
+                .try_exists()
+                .map_err(|error| open_error(format!("{}: {error}", journal.display())))?;
             if options.journal {
                 let backend = open_journaled(options, &journal).map_err(open_error)?;
                 builder.create_with_backend(backend)
             } else {
-                if journal.exists() {
-                    // Written by a run with the journal on: its commits reach the data file
-                    // before anything reads it, then the journal goes.
-                    let backend = open_journaled(options, &journal).map_err(open_error)?;
-                    backend.close().map_err(|error| {
-                        open_error(format!("journal {}: {error}", journal.display()))
-                    })?;
-                    drop(backend);
-                    std::fs::remove_file(&journal).map_err(|error| {
-                        open_error(format!("cannot remove {}: {error}", journal.display()))
-                    })?;
+                if leftover {
+                    retire_journal(options, &journal).map_err(open_error)?;
                 }
                 builder.create(&options.path)
             }
@@ -131,13 +125,12 @@ pub(super) fn journal_path(path: &std::path::Path) -> std::path::PathBuf {
     path.with_file_name(name)
 }
 
-/// Open the data file and its journal, replaying the journal (see [`journal`]). The data
-/// file is locked first, so a second gateway on the same `DATA_DIR` cannot replay into a file
-/// another one is using.
-fn open_journaled(
+/// The data file and the journal, both opened and locked (the data file first), so no
+/// other process replays into, writes or removes a journal in use.
+fn lock_both(
     options: &OutboxOptions,
     journal_path: &std::path::Path,
-) -> Result<Journaled, String> {
+) -> Result<(FileBackend, FileBackend), String> {
     let open = |path: &std::path::Path| {
         std::fs::OpenOptions::new()
             .read(true)
@@ -147,26 +140,63 @@ fn open_journaled(
             .open(path)
             .map_err(|error| format!("cannot open {}: {error}", path.display()))
     };
+    let lock = |backend: &FileBackend, path: &std::path::Path| match backend
+        .try_lock_range(Bound::Unbounded, Bound::Unbounded)
+    {
+        Ok(true) | Err(BackendError::Unsupported) => Ok(()),
+        Ok(false) => Err(format!(
+            "{} is in use by another process (another mfoundry on this DATA_DIR?)",
+            path.display()
+        )),
+        Err(error) => Err(format!("cannot lock {}: {error}", path.display())),
+    };
     let main = FileBackend::new(open(&options.path)?).map_err(|error| error.to_string())?;
-    let whole = (Bound::Unbounded, Bound::Unbounded);
-    match main.try_lock_range(whole.0, whole.1) {
-        Ok(true) | Err(BackendError::Unsupported) => {}
-        Ok(false) => {
-            return Err(
-                "the file is in use by another process (another mfoundry on this DATA_DIR?)"
-                    .to_owned(),
-            );
-        }
-        Err(error) => return Err(format!("cannot lock the file: {error}")),
+    lock(&main, &options.path)?;
+    let existed = journal_path.try_exists().unwrap_or(true);
+    let journal = FileBackend::new(open(journal_path)?).map_err(|error| error.to_string())?;
+    lock(&journal, journal_path)?;
+    if !existed && let Some(directory) = journal_path.parent() {
+        // Commits will depend on the journal: its name must survive a power cut too.
+        std::fs::File::open(directory)
+            .and_then(|directory| directory.sync_all())
+            .map_err(|error| format!("cannot sync {}: {error}", directory.display()))?;
     }
-    let journal_file = FileBackend::new(open(journal_path)?).map_err(|error| error.to_string())?;
+    Ok((main, journal))
+}
+
+/// Open the data file through its journal, replaying the journal first (see [`journal`]).
+/// The journal stays locked while the handle lives; the data file's lock is handed to redb.
+fn open_journaled(
+    options: &OutboxOptions,
+    journal_path: &std::path::Path,
+) -> Result<Journaled, String> {
+    let (main, journal_file) = lock_both(options, journal_path)?;
     let (backend, replayed) = Journaled::open(
         Box::new(main),
         Box::new(journal_file),
         options.journal_capacity,
     )
     .map_err(|error| format!("journal {}: {error}", journal_path.display()))?;
-    let _ = backend.unlock_range(whole.0, whole.1);
+    let _ = backend.unlock_range(Bound::Unbounded, Bound::Unbounded);
+    log_replayed(replayed);
+    Ok(backend)
+}
+
+/// With the journal off: a journal left by a run with it on is replayed into the data file,
+/// then removed (while both are still locked).
+fn retire_journal(options: &OutboxOptions, journal_path: &std::path::Path) -> Result<(), String> {
+    let (main, journal_file) = lock_both(options, journal_path)?;
+    let replayed = journal::retire(&main, &journal_file)
+        .map_err(|error| format!("journal {}: {error}", journal_path.display()))?;
+    log_replayed(replayed);
+    std::fs::remove_file(journal_path)
+        .map_err(|error| format!("cannot remove {}: {error}", journal_path.display()))?;
+    info!("STORE_JOURNAL is off: the journal of an earlier run was replayed and removed");
+    drop((journal_file, main));
+    Ok(())
+}
+
+fn log_replayed(replayed: journal::Replayed) {
     if replayed.records > 0 {
         info!(
             commits = replayed.records,
@@ -174,7 +204,6 @@ fn open_journaled(
             "commits written again from the journal into the data file"
         );
     }
-    Ok(backend)
 }
 
 /// A random, non-zero id for a new data file: message ids are unique within one file only,
