@@ -812,7 +812,8 @@ mod tests {
         }))
     }
 
-    fn insert(database: &Database, key: u64) {
+    /// Commit one key with a value of `len` bytes; false when the commit fails.
+    fn commit_key(database: &Database, key: u64, len: usize) -> bool {
         let mut transaction = database.begin_write().expect("write");
         transaction
             .set_durability(Durability::Immediate)
@@ -820,9 +821,36 @@ mod tests {
         transaction
             .open_table(TABLE)
             .expect("table")
-            .insert(key, value(key, 500).as_slice())
+            .insert(key, value(key, len).as_slice())
             .expect("insert");
-        transaction.commit().expect("commit");
+        transaction.commit().is_ok()
+    }
+
+    /// What a power cut would leave: the synced bytes of both files.
+    fn durable(disk: &Arc<Mutex<Disk>>) -> [Vec<u8>; 2] {
+        let disk = disk.lock().expect("disk lock");
+        [disk.files[0].durable.clone(), disk.files[1].durable.clone()]
+    }
+
+    /// Crash (keep the synced bytes only) and open again from what is left.
+    fn crash_and_reopen(
+        disk: &Arc<Mutex<Disk>>,
+        database: Database,
+        capacity: u64,
+    ) -> (Database, Replayed) {
+        let left = durable(disk);
+        // The crashed process never closes anything.
+        std::mem::forget(database);
+        open(&disk_with(left), capacity)
+    }
+
+    fn assert_keys(database: &Database, keys: impl IntoIterator<Item = u64>, len: usize) {
+        let read = database.begin_read().expect("read");
+        let table = read.open_table(TABLE).expect("table");
+        for key in keys {
+            let found = table.get(key).expect("get").map(|v| v.value().to_vec());
+            assert_eq!(found, Some(value(key, len)), "key {key}");
+        }
     }
 
     /// After a clean close the journal holds nothing to replay; after a crash (the durable
@@ -831,30 +859,18 @@ mod tests {
     fn a_clean_close_leaves_nothing_to_replay_and_a_crash_does() {
         let disk = disk_with([Vec::new(), Vec::new()]);
         let (database, _) = open(&disk, 256 << 10);
-        insert(&database, 1);
+        assert!(commit_key(&database, 1, 500));
         drop(database);
-        let durable = |disk: &Arc<Mutex<Disk>>| {
-            let disk = disk.lock().expect("disk lock");
-            [disk.files[0].durable.clone(), disk.files[1].durable.clone()]
-        };
         let disk = disk_with(durable(&disk));
         let (database, replayed) = open(&disk, 256 << 10);
         assert_eq!(replayed, Replayed::default());
-        insert(&database, 2);
-        let crashed = durable(&disk);
-        std::mem::forget(database);
-        let disk = disk_with(crashed);
-        let (database, replayed) = open(&disk, 256 << 10);
+        assert!(commit_key(&database, 2, 500));
+        let (database, replayed) = crash_and_reopen(&disk, database, 256 << 10);
         assert!(
             replayed.records >= 1,
             "the commit of key 2 is replayed: {replayed:?}"
         );
-        let read = database.begin_read().expect("read");
-        let table = read.open_table(TABLE).expect("table");
-        for key in [1, 2] {
-            let found = table.get(key).expect("get").map(|v| v.value().to_vec());
-            assert_eq!(found, Some(value(key, 500)), "key {key}");
-        }
+        assert_keys(&database, [1, 2], 500);
     }
 
     /// A journal written with one size is replayed by a run configured with another.
@@ -863,22 +879,11 @@ mod tests {
         let disk = disk_with([Vec::new(), Vec::new()]);
         let (database, _) = open(&disk, 256 << 10);
         for key in 0..40 {
-            insert(&database, key);
+            assert!(commit_key(&database, key, 500));
         }
-        let crashed = {
-            let disk = disk.lock().expect("disk lock");
-            [disk.files[0].durable.clone(), disk.files[1].durable.clone()]
-        };
-        std::mem::forget(database);
-        let disk = disk_with(crashed);
-        let (database, replayed) = open(&disk, 1 << 20);
+        let (database, replayed) = crash_and_reopen(&disk, database, 1 << 20);
         assert!(replayed.records >= 1, "{replayed:?}");
-        let read = database.begin_read().expect("read");
-        let table = read.open_table(TABLE).expect("table");
-        for key in 0..40 {
-            let found = table.get(key).expect("get").map(|v| v.value().to_vec());
-            assert_eq!(found, Some(value(key, 500)), "key {key}");
-        }
+        assert_keys(&database, 0..40, 500);
     }
 
     /// A failed sync of the data file (its pages lost, a later sync "succeeding") must not
@@ -889,22 +894,9 @@ mod tests {
         let disk = disk_with([Vec::new(), Vec::new()]);
         disk.lock().expect("disk lock").fail_main_sync = 6;
         let (database, _) = open(&disk, 256 << 10);
-        let mut acknowledged = Vec::new();
-        for key in 0..500 {
-            let mut transaction = database.begin_write().expect("write");
-            transaction
-                .set_durability(Durability::Immediate)
-                .expect("durability");
-            transaction
-                .open_table(TABLE)
-                .expect("table")
-                .insert(key, value(key, 3000).as_slice())
-                .expect("insert");
-            if transaction.commit().is_err() {
-                break;
-            }
-            acknowledged.push(key);
-        }
+        let acknowledged: Vec<u64> = (0..500)
+            .take_while(|key| commit_key(&database, *key, 3000))
+            .collect();
         assert!(
             disk.lock().expect("disk lock").main_syncs >= 6,
             "the failing sync was reached"
@@ -913,19 +905,8 @@ mod tests {
             acknowledged.len() < 500,
             "a commit after the failure is refused"
         );
-        let crashed = {
-            let disk = disk.lock().expect("disk lock");
-            [disk.files[0].durable.clone(), disk.files[1].durable.clone()]
-        };
-        std::mem::forget(database);
-        let disk = disk_with(crashed);
-        let (database, _) = open(&disk, 256 << 10);
-        let read = database.begin_read().expect("read");
-        let table = read.open_table(TABLE).expect("table");
-        for key in acknowledged {
-            let found = table.get(key).expect("get").map(|v| v.value().to_vec());
-            assert_eq!(found, Some(value(key, 3000)), "key {key}");
-        }
+        let (database, _) = crash_and_reopen(&disk, database, 256 << 10);
+        assert_keys(&database, acknowledged, 3000);
     }
 
     /// A journal file that is not one (no valid header, not zeros) is refused with a reason,
@@ -965,16 +946,8 @@ mod tests {
             seed = seed
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let disk = Arc::new(Mutex::new(Disk {
-                files: files.clone().map(|bytes| File {
-                    cache: bytes.clone(),
-                    durable: bytes,
-                    unsynced: Vec::new(),
-                }),
-                crash_at: u64::MAX,
-                rng: seed | 1,
-                ..Disk::default()
-            }));
+            let disk = disk_with(files.clone());
+            disk.lock().expect("disk lock").rng = seed | 1;
             let (database, replayed) = open(&disk, 256 << 10);
             replays += replayed.records;
             {
@@ -1038,8 +1011,7 @@ mod tests {
             let Some(image) = image else {
                 // No crash in this round: a clean close.
                 drop(database);
-                let disk = disk.lock().expect("disk lock");
-                files = [disk.files[0].durable.clone(), disk.files[1].durable.clone()];
+                files = durable(&disk);
                 continue;
             };
             // Whatever the commit in flight did is allowed either way.
