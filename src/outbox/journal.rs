@@ -137,7 +137,9 @@ impl Journaled {
     ) -> io::Result<(Self, Replayed)> {
         let capacity = capacity.max(RECORDS_START + (128 << 10));
         let half = (capacity - RECORDS_START) / 2;
-        let (next_lap, replayed) = recover(main.as_ref(), journal.as_ref())?;
+        let Recovered {
+            next_lap, replayed, ..
+        } = recover(main.as_ref(), journal.as_ref())?;
         write_header(journal.as_ref(), next_lap, half)?;
         let len = journal.len()?;
         if len < capacity {
@@ -206,12 +208,23 @@ impl Drop for Journaled {
     }
 }
 
-/// Replay what the journal still needs into the data file and sync it; returns the lap to
-/// start next (above every lap in the journal).
-fn recover(main: &dyn StorageBackend, journal: &dyn StorageBackend) -> io::Result<(u64, Replayed)> {
+/// What [`recover`] found: the lap to start next (above every lap in the journal), the size
+/// of a half the journal was written with (None for a new journal), and what was replayed.
+struct Recovered {
+    next_lap: u64,
+    written_half: Option<u64>,
+    replayed: Replayed,
+}
+
+/// Replay what the journal still needs into the data file and sync it.
+fn recover(main: &dyn StorageBackend, journal: &dyn StorageBackend) -> io::Result<Recovered> {
     let mut replayed = Replayed::default();
     let Some((oldest, written_half)) = read_header(journal)? else {
-        return Ok((1, replayed));
+        return Ok(Recovered {
+            next_lap: 1,
+            written_half: None,
+            replayed,
+        });
     };
     // At most two laps are in use: the one being flushed and the one after it. They are
     // where the run that wrote them put them (its journal may have had another size); a lap
@@ -233,19 +246,22 @@ fn recover(main: &dyn StorageBackend, journal: &dyn StorageBackend) -> io::Resul
     if replayed.records > 0 {
         main.sync_data()?;
     }
-    Ok((oldest + 2, replayed))
+    Ok(Recovered {
+        next_lap: oldest + 2,
+        written_half: Some(written_half),
+        replayed,
+    })
 }
 
 /// For a start with the journal off: replay what a journal left behind into the data file,
 /// sync it, and mark every lap done, so the journal file can be removed.
 pub fn retire(main: &dyn StorageBackend, journal: &dyn StorageBackend) -> io::Result<Replayed> {
-    let header = read_header(journal)?;
-    let (next_lap, replayed) = recover(main, journal)?;
-    if let Some((_, half)) = header {
-        write_header(journal, next_lap, half)?;
+    let recovered = recover(main, journal)?;
+    if let Some(half) = recovered.written_half {
+        write_header(journal, recovered.next_lap, half)?;
         journal.sync_data()?;
     }
-    Ok(replayed)
+    Ok(recovered.replayed)
 }
 
 fn half_start(lap: u64, half: u64) -> u64 {
@@ -345,7 +361,9 @@ impl Shared {
         // The other half holds lap `next - 2`: it must be in the synced data file first.
         while state.oldest_needed < next - 1 {
             if state.flush_requested.is_none() && !state.flushing {
-                // No flush in flight (the flusher is gone): flush here.
+                // Nothing in flight would ever flush that lap (not reached while the flusher
+                // thread runs, since every finished lap is requested): flush here rather
+                // than wait for good.
                 self.sync_main()?;
                 self.advance(&mut state, next - 1)?;
                 break;

@@ -77,7 +77,7 @@ pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreEr
                 .try_exists()
                 .map_err(|error| open_error(format!("{}: {error}", journal.display())))?;
             if options.journal {
-                let backend = open_journaled(options, &journal).map_err(open_error)?;
+                let backend = open_journaled(options, &journal, leftover).map_err(open_error)?;
                 builder.create_with_backend(backend)
             } else {
                 if leftover {
@@ -119,17 +119,19 @@ pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreEr
 }
 
 /// The journal file next to a data file: `mfoundry.redb` → `mfoundry.redb-journal`.
-pub(super) fn journal_path(path: &std::path::Path) -> std::path::PathBuf {
+fn journal_path(path: &std::path::Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push("-journal");
     path.with_file_name(name)
 }
 
 /// The data file and the journal, both opened and locked (the data file first), so no
-/// other process replays into, writes or removes a journal in use.
+/// other process replays into, writes or removes a journal in use. `existed`: whether the
+/// journal file was there before (a new one's directory entry is synced).
 fn lock_both(
     options: &OutboxOptions,
     journal_path: &std::path::Path,
+    existed: bool,
 ) -> Result<(FileBackend, FileBackend), String> {
     let open = |path: &std::path::Path| {
         std::fs::OpenOptions::new()
@@ -152,7 +154,6 @@ fn lock_both(
     };
     let main = FileBackend::new(open(&options.path)?).map_err(|error| error.to_string())?;
     lock(&main, &options.path)?;
-    let existed = journal_path.try_exists().unwrap_or(true);
     let journal = FileBackend::new(open(journal_path)?).map_err(|error| error.to_string())?;
     lock(&journal, journal_path)?;
     if !existed && let Some(directory) = journal_path.parent() {
@@ -169,8 +170,9 @@ fn lock_both(
 fn open_journaled(
     options: &OutboxOptions,
     journal_path: &std::path::Path,
+    existed: bool,
 ) -> Result<Journaled, String> {
-    let (main, journal_file) = lock_both(options, journal_path)?;
+    let (main, journal_file) = lock_both(options, journal_path, existed)?;
     let (backend, replayed) = Journaled::open(
         Box::new(main),
         Box::new(journal_file),
@@ -185,7 +187,7 @@ fn open_journaled(
 /// With the journal off: a journal left by a run with it on is replayed into the data file,
 /// then removed (while both are still locked).
 fn retire_journal(options: &OutboxOptions, journal_path: &std::path::Path) -> Result<(), String> {
-    let (main, journal_file) = lock_both(options, journal_path)?;
+    let (main, journal_file) = lock_both(options, journal_path, true)?;
     let replayed = journal::retire(&main, &journal_file)
         .map_err(|error| format!("journal {}: {error}", journal_path.display()))?;
     log_replayed(replayed);
