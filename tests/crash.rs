@@ -108,12 +108,21 @@ fn every_aa_survives_sigkill_with_the_journal_on() {
     survives_sigkill("true");
 }
 
+/// Kill-and-restart rounds before the final check: 2, or `MFOUNDRY_CRASH_ROUNDS` for a
+/// longer soak by hand (`MFOUNDRY_CRASH_ROUNDS=50 cargo test --test crash`).
+fn rounds() -> usize {
+    std::env::var("MFOUNDRY_CRASH_ROUNDS")
+        .ok()
+        .and_then(|rounds| rounds.parse().ok())
+        .unwrap_or(2)
+}
+
 fn survives_sigkill(journal: &str) {
     let directory = tempfile::tempdir().expect("tempdir");
     std::fs::write(directory.path().join("mfoundry.yaml"), YAML).expect("yaml");
     let mut acknowledged: Vec<String> = Vec::new();
 
-    for round in 0..2 {
+    for round in 0..rounds() {
         let (mut child, addr) = start(directory.path(), journal);
         let stop = Arc::new(AtomicBool::new(false));
         let senders: Vec<_> = (0..SENDERS)
@@ -147,8 +156,11 @@ fn survives_sigkill(journal: &str) {
     // Restart once more: the file recovers and the gateway serves again.
     let (mut child, addr) = start(directory.path(), journal);
     let after_restart = AtomicBool::new(false);
+    // A sender index no round used, so its control ids are new.
+    let last_sender = rounds() * SENDERS;
     let sender = std::thread::scope(|scope| {
-        let handle = scope.spawn(|| common::send_until_stopped(&addr, 99, &after_restart, message));
+        let handle =
+            scope.spawn(|| common::send_until_stopped(&addr, last_sender, &after_restart, message));
         std::thread::sleep(Duration::from_millis(100));
         after_restart.store(true, Ordering::Relaxed);
         handle.join().expect("sender")

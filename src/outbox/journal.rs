@@ -686,6 +686,8 @@ mod tests {
         /// later sync succeeds without them.
         main_syncs: u64,
         fail_main_sync: u64,
+        /// Every sync of the data file from now on fails (as above).
+        fail_every_main_sync: bool,
     }
 
     #[derive(Debug, Default, Clone)]
@@ -767,7 +769,7 @@ mod tests {
             disk.tick();
             if self.index == 0 {
                 disk.main_syncs += 1;
-                if disk.main_syncs == disk.fail_main_sync {
+                if disk.main_syncs == disk.fail_main_sync || disk.fail_every_main_sync {
                     disk.files[0].unsynced.clear();
                     return Err(io::Error::other("injected writeback error"));
                 }
@@ -830,18 +832,24 @@ mod tests {
         }))
     }
 
-    /// Commit one key with a value of `len` bytes; false when the commit fails.
+    /// Commit one key with a value of `len` bytes; false when any step fails.
     fn commit_key(database: &Database, key: u64, len: usize) -> bool {
-        let mut transaction = database.begin_write().expect("write");
+        let Ok(mut transaction) = database.begin_write() else {
+            return false;
+        };
         transaction
             .set_durability(Durability::Immediate)
             .expect("durability");
-        transaction
+        let inserted = transaction
             .open_table(TABLE)
-            .expect("table")
-            .insert(key, value(key, len).as_slice())
-            .expect("insert");
-        transaction.commit().is_ok()
+            .map_err(redb::Error::from)
+            .and_then(|mut table| {
+                table
+                    .insert(key, value(key, len).as_slice())
+                    .map(drop)
+                    .map_err(redb::Error::from)
+            });
+        inserted.is_ok() && transaction.commit().is_ok()
     }
 
     /// What a power cut would leave: the synced bytes of both files.
@@ -925,6 +933,44 @@ mod tests {
         );
         let (database, _) = crash_and_reopen(&disk, database, 256 << 10);
         assert_keys(&database, acknowledged, 3000);
+    }
+
+    /// The same when the failing sync is the writer's own, for a commit larger than a half
+    /// (its pages go straight to the data file): the commit fails, the handle refuses more,
+    /// and the commits acknowledged before it, whose data-file pages that sync lost, are
+    /// replayed from the journal.
+    #[test]
+    fn a_failed_sync_for_a_commit_larger_than_a_half_keeps_what_was_acknowledged() {
+        // Large enough that the small commits start no trickle sync (one per 512 KiB).
+        let capacity = 16 << 20;
+        let half = (capacity - RECORDS_START) / 2;
+        let disk = disk_with([Vec::new(), Vec::new()]);
+        let (database, _) = open(&disk, capacity);
+        for key in 0..5 {
+            assert!(commit_key(&database, key, 3000), "key {key}");
+        }
+        assert_eq!(
+            disk.lock().expect("disk lock").main_syncs,
+            0,
+            "the keys are in the data file's cache only, not yet synced"
+        );
+        disk.lock().expect("disk lock").fail_every_main_sync = true;
+        assert!(
+            !commit_key(&database, 100, half as usize + 10_000),
+            "a commit whose sync of the data file failed is not acknowledged"
+        );
+        assert!(
+            disk.lock().expect("disk lock").main_syncs > 0,
+            "the large commit synced the data file itself"
+        );
+        assert!(
+            !commit_key(&database, 101, 10),
+            "the handle refuses commits after a failed sync"
+        );
+        disk.lock().expect("disk lock").fail_every_main_sync = false;
+        let (database, replayed) = crash_and_reopen(&disk, database, capacity);
+        assert!(replayed.records >= 5, "{replayed:?}");
+        assert_keys(&database, 0..5, 3000);
     }
 
     /// A journal file that is not one (no valid header, not zeros) is refused with a reason,
