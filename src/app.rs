@@ -255,6 +255,7 @@ impl RunningApp {
             addr = %local_addr,
             listener = %settings.listener.name,
             data = %settings.outbox_path().display(),
+            journal = settings.store_journal,
             connectors = config.connectors.len(),
             rules = rules.rule_count(),
             max_frame_size = settings.listener.max_frame_size,

@@ -65,6 +65,11 @@ fn refused_messages_can_be_listed_replayed_elsewhere_and_purged() {
     let data = dir.join("up-data");
     let data = data.to_str().expect("utf-8 path");
     gateway.wait_for_log("moved to the dead-letter queue", 2);
+    let journal = dir.join("up-data").join("mfoundry.redb-journal");
+    assert!(
+        journal.exists(),
+        "the gateway commits through its journal by default"
+    );
     let (code, _, stderr) = run_binary(dir, &["dlq", "--offline", "--data-dir", data, "list"], &[]);
     assert_eq!(code, 2);
     assert!(
@@ -78,6 +83,10 @@ fn refused_messages_can_be_listed_replayed_elsewhere_and_purged() {
         &[],
     );
     assert_eq!(code, 0);
+    assert!(
+        journal.exists(),
+        "an offline tool opens the directory through its journal and leaves it"
+    );
     let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
     let entries = listed.as_array().expect("array");
     assert_eq!(entries.len(), 2);

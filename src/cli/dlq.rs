@@ -98,13 +98,20 @@ pub(super) async fn open_offline(
     let path = data_dir.join(crate::outbox::FILE_NAME);
     let mut options = OutboxOptions::new(path.clone());
     options.dedup_window = None;
+    // Leave the directory as the gateway uses it: through its journal when it has one (a
+    // crash's commits are replayed either way; a clean close leaves the journal empty).
+    options.journal = crate::outbox::journal_path(&path)
+        .try_exists()
+        .unwrap_or(false);
     let opened = tokio::task::spawn_blocking(move || Outbox::open_existing(options))
         .await
         .context("open task failed")?;
     let (outbox, writer) = match opened {
         Ok(opened) => opened,
         Err(StoreError::Open { reason, .. })
-            if reason.contains("already open") || reason.contains("lock") =>
+            if reason.contains("already open")
+                || reason.contains("lock")
+                || reason.contains("in use") =>
         {
             bail!(
                 "{} is in use by a running mfoundry; leave out --offline to go through its admin API",

@@ -83,7 +83,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     },
     EnvVar {
         name: "STORE_JOURNAL",
-        default: "false",
+        default: "true",
     },
     EnvVar {
         name: "DEDUP_WINDOW",
@@ -472,13 +472,17 @@ impl Settings {
             },
             Duration::ZERO,
         );
-        let boolean = |text: &str| match text.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => Ok(true),
-            "false" | "0" | "no" | "" => Ok(false),
-            _ => Err("expected true or false".to_owned()),
+        // An empty value (a chart rendering an unset variable) means the default.
+        let boolean = |default: bool| {
+            move |text: &str| match text.trim().to_ascii_lowercase().as_str() {
+                "" => Ok(default),
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err("expected true or false".to_owned()),
+            }
         };
-        let require_tls = reader.read("REQUIRE_TLS", boolean, false);
-        let store_journal = reader.read("STORE_JOURNAL", boolean, false);
+        let require_tls = reader.read("REQUIRE_TLS", boolean(false), false);
+        let store_journal = reader.read("STORE_JOURNAL", boolean(true), true);
         let tls = match (cert_file, key_file) {
             (Some(cert_file), Some(key_file)) => Some(crate::tls::TlsSettings {
                 cert_file,
@@ -955,6 +959,24 @@ mod tests {
         assert_eq!(listener.max_frame_size, 16 << 20);
         assert_eq!(settings.default_charset, Charset::UTF_8);
         assert_eq!(settings.log_format, LogFormat::Text);
+        assert!(
+            settings.store_journal,
+            "the commit journal is on by default"
+        );
+    }
+
+    /// `STORE_JOURNAL` is on by default; an empty value (a chart rendering an unset variable)
+    /// keeps the default, `false` turns it off, and anything else is an error naming it.
+    #[test]
+    fn store_journal_defaults_to_on() {
+        let journal = |value: &str| load(&[("STORE_JOURNAL", value)]).map(|s| s.store_journal);
+        assert!(journal("").expect("empty loads"));
+        assert!(journal("true").expect("true loads"));
+        assert!(!journal("false").expect("false loads"));
+        assert!(!journal("0").expect("0 loads"));
+        let errors = journal("maybe").expect_err("refused").to_string();
+        assert!(errors.contains("STORE_JOURNAL"), "{errors}");
+        assert!(!load(&[("REQUIRE_TLS", "")]).expect("loads").require_tls);
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod journal;
 pub mod schema;
 mod writer;
 
+pub(crate) use writer::journal_path;
 pub use writer::now_micros;
 
 use std::collections::HashMap;
@@ -122,7 +123,8 @@ pub struct OutboxOptions {
     /// commit, so a single ordered sender pays one commit per ACK (default 1 ms; zero: never).
     pub intake_hold: Duration,
     /// Commit through a journal next to the data file (see [`journal`]). Off, a journal
-    /// left by an earlier run is still replayed, then removed.
+    /// left by an earlier run is still replayed, then removed. False in [`Self::new`]; the
+    /// gateway sets it from `STORE_JOURNAL`, which is on by default.
     pub journal: bool,
     /// Size of the journal file, bytes.
     pub journal_capacity: u64,

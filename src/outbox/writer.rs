@@ -119,7 +119,7 @@ pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreEr
 }
 
 /// The journal file next to a data file: `mfoundry.redb` → `mfoundry.redb-journal`.
-fn journal_path(path: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn journal_path(path: &std::path::Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push("-journal");
     path.with_file_name(name)

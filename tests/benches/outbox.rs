@@ -1,11 +1,13 @@
-//! What one ordered sender pays in the store: `cargo bench --bench outbox [-- DIR]`.
+//! What one ordered sender pays in the store: `cargo bench --bench outbox [-- DIR]
+//! [--no-journal]`.
 //!
 //! Runs, interleaved in rounds on the same disk (`DIR`, default the system temp directory):
 //! - `bare`: one redb commit of one 4 KiB value into one table (the floor `mfoundry bench`
 //!   probes);
 //! - `outbox`: `Outbox::append` of the 1.5 KB bench ORU with two queued connectors and a
 //!   filtered one, one at a time, as the intake of a single sender does (the hand-off to the
-//!   writer thread, the transaction, the commit, the reply).
+//!   writer thread, the transaction, the commit, the reply), through the commit journal as
+//!   the gateway does by default (`--no-journal`: as with `STORE_JOURNAL=false`).
 //!
 //! The disk's fsync latency swings a lot with neighbours, so each round takes both in turn
 //! and the figure to read is the median of the per-round ratios `outbox / bare`.
@@ -101,11 +103,13 @@ fn main() {
         .build()
         .expect("runtime");
     let names = ["a", "b", "c"].map(str::to_owned);
-    let (outbox, writer) = Outbox::open(
-        OutboxOptions::new(scratch.path().join("mfoundry.redb")),
-        &names,
-    )
-    .expect("outbox");
+    let mut options = OutboxOptions::new(scratch.path().join("mfoundry.redb"));
+    options.journal = !std::env::args().any(|arg| arg == "--no-journal");
+    println!(
+        "outbox {} the commit journal",
+        if options.journal { "with" } else { "without" }
+    );
+    let (outbox, writer) = Outbox::open(options, &names).expect("outbox");
 
     let mut seq = 0usize;
     let mut ratios = Vec::new();
