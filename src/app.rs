@@ -108,6 +108,8 @@ impl RunningApp {
         outbox_options.dedup_max_entries = settings.dedup_max_entries;
         outbox_options.journal = settings.store_journal;
         outbox_options.backend = options.backend;
+        // A custom backend (tests) bypasses the journal.
+        let journal_on = outbox_options.journal && outbox_options.backend.is_none();
         let connector_names: Vec<String> = config
             .connectors
             .iter()
@@ -255,7 +257,7 @@ impl RunningApp {
             addr = %local_addr,
             listener = %settings.listener.name,
             data = %settings.outbox_path().display(),
-            journal = settings.store_journal,
+            journal = journal_on,
             connectors = config.connectors.len(),
             rules = rules.rule_count(),
             max_frame_size = settings.listener.max_frame_size,

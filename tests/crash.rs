@@ -111,10 +111,13 @@ fn every_aa_survives_sigkill_with_the_journal_on() {
 /// Kill-and-restart rounds before the final check: 2, or `MFOUNDRY_CRASH_ROUNDS` for a
 /// longer soak by hand (`MFOUNDRY_CRASH_ROUNDS=50 cargo test --test crash`).
 fn rounds() -> usize {
-    std::env::var("MFOUNDRY_CRASH_ROUNDS")
-        .ok()
-        .and_then(|rounds| rounds.parse().ok())
-        .unwrap_or(2)
+    match std::env::var("MFOUNDRY_CRASH_ROUNDS") {
+        Ok(rounds) => match rounds.parse::<usize>() {
+            Ok(rounds) if rounds > 0 => rounds,
+            _ => panic!("MFOUNDRY_CRASH_ROUNDS={rounds:?}: expected a whole number above 0"),
+        },
+        Err(_) => 2,
+    }
 }
 
 fn survives_sigkill(journal: &str) {

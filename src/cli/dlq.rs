@@ -100,18 +100,19 @@ pub(super) async fn open_offline(
     options.dedup_window = None;
     // Leave the directory as the gateway uses it: through its journal when it has one (a
     // crash's commits are replayed either way; a clean close leaves the journal empty).
-    options.journal = crate::outbox::journal_path(&path)
+    let journal = crate::outbox::journal_path(&path);
+    options.journal = journal
         .try_exists()
-        .unwrap_or(false);
+        .with_context(|| format!("cannot look for {}", journal.display()))?;
     let opened = tokio::task::spawn_blocking(move || Outbox::open_existing(options))
         .await
         .context("open task failed")?;
     let (outbox, writer) = match opened {
         Ok(opened) => opened,
         Err(StoreError::Open { reason, .. })
-            if reason.contains("already open")
-                || reason.contains("lock")
-                || reason.contains("in use") =>
+            // redb's lock, or the journal's (see `outbox::writer::lock_both`).
+            if reason.contains("Database already open")
+                || reason.contains("is in use by another process") =>
         {
             bail!(
                 "{} is in use by a running mfoundry; leave out --offline to go through its admin API",

@@ -472,17 +472,15 @@ impl Settings {
             },
             Duration::ZERO,
         );
-        // An empty value (a chart rendering an unset variable) means the default.
-        let boolean = |default: bool| {
-            move |text: &str| match text.trim().to_ascii_lowercase().as_str() {
-                "" => Ok(default),
-                "true" | "1" | "yes" => Ok(true),
-                "false" | "0" | "no" => Ok(false),
-                _ => Err("expected true or false".to_owned()),
-            }
+        // A value that is set but empty is false, as before STORE_JOURNAL defaulted to true;
+        // a variable that is not set at all takes the default.
+        let boolean = |text: &str| match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" | "" => Ok(false),
+            _ => Err("expected true or false".to_owned()),
         };
-        let require_tls = reader.read("REQUIRE_TLS", boolean(false), false);
-        let store_journal = reader.read("STORE_JOURNAL", boolean(true), true);
+        let require_tls = reader.read("REQUIRE_TLS", boolean, false);
+        let store_journal = reader.read("STORE_JOURNAL", boolean, true);
         let tls = match (cert_file, key_file) {
             (Some(cert_file), Some(key_file)) => Some(crate::tls::TlsSettings {
                 cert_file,
@@ -965,13 +963,14 @@ mod tests {
         );
     }
 
-    /// `STORE_JOURNAL` is on by default; an empty value (a chart rendering an unset variable)
-    /// keeps the default, `false` turns it off, and anything else is an error naming it.
+    /// `STORE_JOURNAL` is on when not set; `false` (or a value set but empty, as for every
+    /// boolean) turns it off, and anything else is an error naming it.
     #[test]
     fn store_journal_defaults_to_on() {
         let journal = |value: &str| load(&[("STORE_JOURNAL", value)]).map(|s| s.store_journal);
-        assert!(journal("").expect("empty loads"));
+        assert!(!journal("").expect("empty loads"));
         assert!(journal("true").expect("true loads"));
+        assert!(journal("yes").expect("yes loads"));
         assert!(!journal("false").expect("false loads"));
         assert!(!journal("0").expect("0 loads"));
         let errors = journal("maybe").expect_err("refused").to_string();

@@ -686,8 +686,6 @@ mod tests {
         /// later sync succeeds without them.
         main_syncs: u64,
         fail_main_sync: u64,
-        /// Every sync of the data file from now on fails (as above).
-        fail_every_main_sync: bool,
     }
 
     #[derive(Debug, Default, Clone)]
@@ -769,7 +767,7 @@ mod tests {
             disk.tick();
             if self.index == 0 {
                 disk.main_syncs += 1;
-                if disk.main_syncs == disk.fail_main_sync || disk.fail_every_main_sync {
+                if disk.main_syncs == disk.fail_main_sync {
                     disk.files[0].unsynced.clear();
                     return Err(io::Error::other("injected writeback error"));
                 }
@@ -936,9 +934,9 @@ mod tests {
     }
 
     /// The same when the failing sync is the writer's own, for a commit larger than a half
-    /// (its pages go straight to the data file): the commit fails, the handle refuses more,
-    /// and the commits acknowledged before it, whose data-file pages that sync lost, are
-    /// replayed from the journal.
+    /// (its pages go straight to the data file): that commit fails, the handle refuses more,
+    /// neither the failure nor the close moves the header, and the commits acknowledged
+    /// before it, whose data-file pages the failed sync dropped, are replayed from the journal.
     #[test]
     fn a_failed_sync_for_a_commit_larger_than_a_half_keeps_what_was_acknowledged() {
         // Large enough that the small commits start no trickle sync (one per 512 KiB).
@@ -954,23 +952,38 @@ mod tests {
             0,
             "the keys are in the data file's cache only, not yet synced"
         );
-        disk.lock().expect("disk lock").fail_every_main_sync = true;
+        // The next sync of the data file fails; later ones succeed without its pages.
+        disk.lock().expect("disk lock").fail_main_sync = 1;
+        let mut transaction = database.begin_write().expect("write");
+        transaction
+            .set_durability(Durability::Immediate)
+            .expect("durability");
+        transaction
+            .open_table(TABLE)
+            .expect("table")
+            .insert(100, value(100, half as usize + 10_000).as_slice())
+            .expect("insert");
         assert!(
-            !commit_key(&database, 100, half as usize + 10_000),
+            transaction.commit().is_err(),
             "a commit whose sync of the data file failed is not acknowledged"
         );
-        assert!(
-            disk.lock().expect("disk lock").main_syncs > 0,
+        assert_eq!(
+            disk.lock().expect("disk lock").main_syncs,
+            1,
             "the large commit synced the data file itself"
         );
         assert!(
             !commit_key(&database, 101, 10),
             "the handle refuses commits after a failed sync"
         );
-        disk.lock().expect("disk lock").fail_every_main_sync = false;
-        let (database, replayed) = crash_and_reopen(&disk, database, capacity);
+        // A close after the failure must not move the header either.
+        drop(database);
+        let (database, replayed) = open(&disk_with(durable(&disk)), capacity);
         assert!(replayed.records >= 5, "{replayed:?}");
         assert_keys(&database, 0..5, 3000);
+        let read = database.begin_read().expect("read");
+        let table = read.open_table(TABLE).expect("table");
+        assert!(table.get(100).expect("get").is_none(), "key 100 failed");
     }
 
     /// A journal file that is not one (no valid header, not zeros) is refused with a reason,
