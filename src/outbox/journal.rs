@@ -20,7 +20,10 @@
 //! is torn, fails its checksum, is out of sequence or of another lap ends a lap: it was never
 //! acknowledged (its sync did not return). The data file then holds, as after a crash without
 //! the journal, the last acknowledged commit plus perhaps pages of an unacknowledged one,
-//! which redb's own recovery discards.
+//! which redb's own recovery discards. The first sync after opening an empty data file syncs
+//! the data file instead of journaling, so a record never exists while the data file's
+//! durable length is zero: an empty data file beside a journal with records means the data
+//! file was deleted, and the open refuses rather than replay pages into nothing.
 //!
 //! Layout of the journal file (all integers little-endian):
 //! - bytes 0..4096, the header: two copies, at 0 and 512, of `magic (8) ‖ oldest needed lap
@@ -114,6 +117,10 @@ struct State {
     /// Set by a failed write or sync: the handle is done, redb reopens (and so replays).
     failed: bool,
     closing: bool,
+    /// The data file was empty at open: the first sync syncs it instead of journaling, so
+    /// no record is ever written while the data file's durable length is zero (which is
+    /// how a journal whose data file was deleted is told apart, see [`recover`]).
+    data_file_new: bool,
 }
 
 impl State {
@@ -140,6 +147,7 @@ impl Journaled {
         let Recovered {
             next_lap, replayed, ..
         } = recover(main.as_ref(), journal.as_ref())?;
+        let data_file_new = main.len()? == 0;
         write_header(journal.as_ref(), next_lap, half)?;
         let len = journal.len()?;
         if len < capacity {
@@ -166,6 +174,7 @@ impl Journaled {
             since_flush: 0,
             failed: false,
             closing: false,
+            data_file_new,
         };
         let shared = Arc::new(Shared {
             main,
@@ -226,13 +235,35 @@ fn recover(main: &dyn StorageBackend, journal: &dyn StorageBackend) -> io::Resul
             replayed,
         });
     };
+    if main.len()? == 0 {
+        // No record is written while the data file's durable length is zero (the first
+        // sync after opening an empty data file syncs the data file, not the journal): a
+        // record here means the data file was deleted or emptied after the journal was
+        // written. Replaying over nothing would only make a file redb cannot open.
+        let found = replay(
+            journal,
+            None,
+            oldest,
+            half_start(oldest, written_half),
+            written_half,
+        )?;
+        if found.records > 0 {
+            return Err(io::Error::other(format!(
+                "the data file is missing or empty, but this journal still holds commits ({}) \
+                 of a data file that was not closed cleanly; put that data file back, or, if it \
+                 was removed on purpose, remove the journal too (its commits belong to the \
+                 removed file)",
+                found.records
+            )));
+        }
+    }
     // At most two laps are in use: the one being flushed and the one after it. They are
     // where the run that wrote them put them (its journal may have had another size); a lap
     // above both never matches a record of theirs.
     for lap in [oldest, oldest + 1] {
         let found = replay(
             journal,
-            main,
+            Some(main),
             lap,
             half_start(lap, written_half),
             written_half,
@@ -390,10 +421,11 @@ impl Shared {
         }
         let len = state.pending.len();
         let record_len = (RECORD_HEADER_LEN + len) as u64;
-        if record_len > self.half {
-            // Larger than a half: the writes are in the data file already, and syncing it
-            // makes them (and every lap so far) durable.
+        if record_len > self.half || state.data_file_new {
+            // Larger than a half, or the data file's first commit: the writes are in the
+            // data file already, and syncing it makes them (and every lap so far) durable.
             self.sync_main()?;
+            state.data_file_new = false;
             let oldest = state.lap + 1;
             self.advance(&mut state, oldest)?;
             state.flush_requested = None;
@@ -593,10 +625,10 @@ fn record_header(lap: u64, seq: u64, len: u32, payload: &[u8]) -> [u8; RECORD_HE
 }
 
 /// Write the records of `lap` into `main`, in order, up to the first that is missing, torn
-/// or of another lap.
+/// or of another lap; with no `main`, only count them.
 fn replay(
     journal: &dyn StorageBackend,
-    main: &dyn StorageBackend,
+    main: Option<&dyn StorageBackend>,
     lap: u64,
     start: u64,
     half: u64,
@@ -628,7 +660,9 @@ fn replay(
         if hasher.finalize() != crc {
             break;
         }
-        apply(main, &payload)?;
+        if let Some(main) = main {
+            apply(main, &payload)?;
+        }
         replayed.records += 1;
         replayed.bytes += u64::from(payload_len);
         position = end;
@@ -944,16 +978,18 @@ mod tests {
         let half = (capacity - RECORDS_START) / 2;
         let disk = disk_with([Vec::new(), Vec::new()]);
         let (database, _) = open(&disk, capacity);
+        // The store's creation synced the data file; the commits below are journaled only.
+        let created = disk.lock().expect("disk lock").main_syncs;
         for key in 0..5 {
             assert!(commit_key(&database, key, 3000), "key {key}");
         }
         assert_eq!(
             disk.lock().expect("disk lock").main_syncs,
-            0,
+            created,
             "the keys are in the data file's cache only, not yet synced"
         );
         // The next sync of the data file fails; later ones succeed without its pages.
-        disk.lock().expect("disk lock").fail_main_sync = 1;
+        disk.lock().expect("disk lock").fail_main_sync = created + 1;
         let mut transaction = database.begin_write().expect("write");
         transaction
             .set_durability(Durability::Immediate)
@@ -969,7 +1005,7 @@ mod tests {
         );
         assert_eq!(
             disk.lock().expect("disk lock").main_syncs,
-            1,
+            created + 1,
             "the large commit synced the data file itself"
         );
         assert!(
@@ -984,6 +1020,102 @@ mod tests {
         let read = database.begin_read().expect("read");
         let table = read.open_table(TABLE).expect("table");
         assert!(table.get(100).expect("get").is_none(), "key 100 failed");
+    }
+
+    /// A data file deleted after a crash, its journal left behind: the open is refused with
+    /// a reason, nothing is written into the new empty data file, and once the journal is
+    /// removed too a fresh store opens.
+    #[test]
+    fn a_journal_whose_data_file_was_deleted_is_refused() {
+        let disk = disk_with([Vec::new(), Vec::new()]);
+        let (database, _) = open(&disk, 256 << 10);
+        for key in 0..3 {
+            assert!(commit_key(&database, key, 500));
+        }
+        let [_, journal] = durable(&disk);
+        std::mem::forget(database);
+        let disk = disk_with([Vec::new(), journal.clone()]);
+        let main = SimFile {
+            disk: Arc::clone(&disk),
+            index: 0,
+        };
+        let journal_file = SimFile {
+            disk: Arc::clone(&disk),
+            index: 1,
+        };
+        let error = Journaled::open(Box::new(main), Box::new(journal_file), 256 << 10)
+            .expect_err("refused");
+        assert!(
+            error
+                .to_string()
+                .contains("the data file is missing or empty"),
+            "{error}"
+        );
+        let disk = disk.lock().expect("disk lock");
+        assert!(disk.files[0].cache.is_empty(), "nothing replayed");
+        assert_eq!(
+            disk.files[1].cache, journal,
+            "the journal is left as it was"
+        );
+        drop(disk);
+        let (database, replayed) = open(&disk_with([Vec::new(), Vec::new()]), 256 << 10);
+        assert_eq!(replayed, Replayed::default());
+        assert!(commit_key(&database, 7, 500));
+    }
+
+    /// The rule that lets the check above refuse: no record is written while the data
+    /// file's durable length is zero. A crash at every operation of a new store's first
+    /// open and commits, then a reopen: the journal never refuses it, and once the store's
+    /// creation has returned, redb opens it with every returned commit. (A crash inside
+    /// redb's creation can leave a file redb does not recognise, with or without the
+    /// journal; nothing was acknowledged by then.)
+    #[test]
+    fn a_new_store_crashed_at_any_point_is_never_refused() {
+        let run = |crash_at: u64| {
+            let disk = disk_with([Vec::new(), Vec::new()]);
+            disk.lock().expect("disk lock").crash_at = crash_at;
+            let (database, _) = open(&disk, 256 << 10);
+            let created = disk.lock().expect("disk lock").operations;
+            let mut acknowledged = Vec::new();
+            for key in 0..3 {
+                let committed = commit_key(&database, key, 500);
+                if committed && disk.lock().expect("disk lock").image.is_none() {
+                    acknowledged.push(key);
+                }
+            }
+            let image = disk.lock().expect("disk lock").image.take();
+            let operations = disk.lock().expect("disk lock").operations;
+            std::mem::forget(database);
+            (created, operations, image, acknowledged)
+        };
+        let (created, operations, _, _) = run(u64::MAX);
+        assert!(
+            operations > created,
+            "{created} then {operations} operations"
+        );
+        for crash_at in 1..=operations {
+            let (_, _, image, acknowledged) = run(crash_at);
+            let image = image.expect("the crash point was reached");
+            let main = SimFile {
+                disk: disk_with(image),
+                index: 0,
+            };
+            let journal = SimFile {
+                disk: Arc::clone(&main.disk),
+                index: 1,
+            };
+            let (backend, _) = Journaled::open(Box::new(main), Box::new(journal), 256 << 10)
+                .unwrap_or_else(|error| panic!("crash at operation {crash_at}: {error}"));
+            if crash_at <= created {
+                continue;
+            }
+            let database = Database::builder()
+                .create_with_backend(backend)
+                .unwrap_or_else(|error| panic!("crash at operation {crash_at}: {error}"));
+            if !acknowledged.is_empty() {
+                assert_keys(&database, acknowledged, 500);
+            }
+        }
     }
 
     /// A journal file that is not one (no valid header, not zeros) is refused with a reason,
