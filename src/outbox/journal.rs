@@ -249,7 +249,7 @@ fn recover(main: &dyn StorageBackend, journal: &dyn StorageBackend) -> io::Resul
         )?;
         if found.records > 0 {
             return Err(io::Error::other(format!(
-                "the data file is missing or empty, but this journal still holds commits ({}) \
+                "the data file is missing or empty, but this journal still holds {} commit(s) \
                  of a data file that was not closed cleanly; put that data file back, or, if it \
                  was removed on purpose, remove the journal too (its commits belong to the \
                  removed file)",
@@ -1043,6 +1043,13 @@ mod tests {
             disk: Arc::clone(&disk),
             index: 1,
         };
+        let error = retire(&main, &journal_file).expect_err("retiring it is refused too");
+        assert!(
+            error
+                .to_string()
+                .contains("the data file is missing or empty"),
+            "{error}"
+        );
         let error = Journaled::open(Box::new(main), Box::new(journal_file), 256 << 10)
             .expect_err("refused");
         assert!(
@@ -1071,10 +1078,13 @@ mod tests {
     /// journal; nothing was acknowledged by then.)
     #[test]
     fn a_new_store_crashed_at_any_point_is_never_refused() {
+        const CAPACITY: u64 = 16 << 20;
         let run = |crash_at: u64| {
             let disk = disk_with([Vec::new(), Vec::new()]);
             disk.lock().expect("disk lock").crash_at = crash_at;
-            let (database, _) = open(&disk, 256 << 10);
+            // Large enough that no trickle sync (a flusher thread's, timed by the scheduler)
+            // changes the count of operations from one run to the next.
+            let (database, _) = open(&disk, CAPACITY);
             let created = disk.lock().expect("disk lock").operations;
             let mut acknowledged = Vec::new();
             for key in 0..3 {
@@ -1095,7 +1105,10 @@ mod tests {
         );
         for crash_at in 1..=operations {
             let (_, _, image, acknowledged) = run(crash_at);
-            let image = image.expect("the crash point was reached");
+            let Some(image) = image else {
+                // Fewer operations this time: no crash to recover from.
+                continue;
+            };
             let main = SimFile {
                 disk: disk_with(image),
                 index: 0,
@@ -1104,7 +1117,7 @@ mod tests {
                 disk: Arc::clone(&main.disk),
                 index: 1,
             };
-            let (backend, _) = Journaled::open(Box::new(main), Box::new(journal), 256 << 10)
+            let (backend, _) = Journaled::open(Box::new(main), Box::new(journal), CAPACITY)
                 .unwrap_or_else(|error| panic!("crash at operation {crash_at}: {error}"));
             if crash_at <= created {
                 continue;

@@ -152,12 +152,19 @@ fn lock_both(
         )),
         Err(error) => Err(format!("cannot lock {}: {error}", path.display())),
     };
+    let main_existed = options
+        .path
+        .try_exists()
+        .map_err(|error| format!("{}: {error}", options.path.display()))?;
     let main = FileBackend::new(open(&options.path)?).map_err(|error| error.to_string())?;
     lock(&main, &options.path)?;
     let journal = FileBackend::new(open(journal_path)?).map_err(|error| error.to_string())?;
     lock(&journal, journal_path)?;
-    if !existed && let Some(directory) = journal_path.parent() {
-        // Commits will depend on the journal: its name must survive a power cut too.
+    if (!existed || !main_existed)
+        && let Some(directory) = journal_path.parent()
+    {
+        // Commits will depend on both files: their names must survive a power cut too (an
+        // empty data file beside a journal with records is refused as a deleted one).
         std::fs::File::open(directory)
             .and_then(|directory| directory.sync_all())
             .map_err(|error| format!("cannot sync {}: {error}", directory.display()))?;
