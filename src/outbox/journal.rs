@@ -830,19 +830,21 @@ mod tests {
         }
     }
 
+    /// The data file and the journal of a simulated disk.
+    fn files(disk: &Arc<Mutex<Disk>>) -> (SimFile, SimFile) {
+        let file = |index| SimFile {
+            disk: Arc::clone(disk),
+            index,
+        };
+        (file(0), file(1))
+    }
+
     fn value(key: u64, len: usize) -> Vec<u8> {
         (0..len).map(|i| (key as usize * 31 + i) as u8).collect()
     }
 
     fn open(disk: &Arc<Mutex<Disk>>, capacity: u64) -> (Database, Replayed) {
-        let main = SimFile {
-            disk: Arc::clone(disk),
-            index: 0,
-        };
-        let journal = SimFile {
-            disk: Arc::clone(disk),
-            index: 1,
-        };
+        let (main, journal) = files(disk);
         let (backend, replayed) =
             Journaled::open(Box::new(main), Box::new(journal), capacity).expect("journal opens");
         let database = Database::builder()
@@ -1035,14 +1037,7 @@ mod tests {
         let [_, journal] = durable(&disk);
         std::mem::forget(database);
         let disk = disk_with([Vec::new(), journal.clone()]);
-        let main = SimFile {
-            disk: Arc::clone(&disk),
-            index: 0,
-        };
-        let journal_file = SimFile {
-            disk: Arc::clone(&disk),
-            index: 1,
-        };
+        let (main, journal_file) = files(&disk);
         let error = retire(&main, &journal_file).expect_err("retiring it is refused too");
         assert!(
             error
@@ -1109,14 +1104,7 @@ mod tests {
                 // Fewer operations this time: no crash to recover from.
                 continue;
             };
-            let main = SimFile {
-                disk: disk_with(image),
-                index: 0,
-            };
-            let journal = SimFile {
-                disk: Arc::clone(&main.disk),
-                index: 1,
-            };
+            let (main, journal) = files(&disk_with(image));
             let (backend, _) = Journaled::open(Box::new(main), Box::new(journal), CAPACITY)
                 .unwrap_or_else(|error| panic!("crash at operation {crash_at}: {error}"));
             if crash_at <= created {
@@ -1136,14 +1124,7 @@ mod tests {
     #[test]
     fn a_file_that_is_not_a_journal_is_refused() {
         let disk = disk_with([Vec::new(), b"not a journal".repeat(100)]);
-        let main = SimFile {
-            disk: Arc::clone(&disk),
-            index: 0,
-        };
-        let journal = SimFile {
-            disk: Arc::clone(&disk),
-            index: 1,
-        };
+        let (main, journal) = files(&disk);
         let error =
             Journaled::open(Box::new(main), Box::new(journal), 256 << 10).expect_err("refused");
         assert!(error.to_string().contains("no valid header"), "{error}");
