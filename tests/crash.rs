@@ -124,8 +124,9 @@ fn survives_sigkill(journal: &str) {
     let directory = tempfile::tempdir().expect("tempdir");
     std::fs::write(directory.path().join("mfoundry.yaml"), YAML).expect("yaml");
     let mut acknowledged: Vec<String> = Vec::new();
+    let rounds = rounds();
 
-    for round in 0..rounds() {
+    for round in 0..rounds {
         let (mut child, addr) = start(directory.path(), journal);
         let stop = Arc::new(AtomicBool::new(false));
         let senders: Vec<_> = (0..SENDERS)
@@ -160,7 +161,7 @@ fn survives_sigkill(journal: &str) {
     let (mut child, addr) = start(directory.path(), journal);
     let after_restart = AtomicBool::new(false);
     // A sender index no round used, so its control ids are new.
-    let last_sender = rounds() * SENDERS;
+    let last_sender = rounds * SENDERS;
     let sender = std::thread::scope(|scope| {
         let handle =
             scope.spawn(|| common::send_until_stopped(&addr, last_sender, &after_restart, message));

@@ -109,11 +109,7 @@ pub(super) async fn open_offline(
         .context("open task failed")?;
     let (outbox, writer) = match opened {
         Ok(opened) => opened,
-        Err(StoreError::Open { reason, .. })
-            // redb's lock, or the journal's (see `outbox::writer::lock_both`).
-            if reason.contains("Database already open")
-                || reason.contains("is in use by another process") =>
-        {
+        Err(StoreError::InUse { .. }) => {
             bail!(
                 "{} is in use by a running mfoundry; leave out --offline to go through its admin API",
                 path.display()

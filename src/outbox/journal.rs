@@ -145,9 +145,11 @@ impl Journaled {
         let capacity = capacity.max(RECORDS_START + (128 << 10));
         let half = (capacity - RECORDS_START) / 2;
         let Recovered {
-            next_lap, replayed, ..
+            next_lap,
+            replayed,
+            data_file_new,
+            ..
         } = recover(main.as_ref(), journal.as_ref())?;
-        let data_file_new = main.len()? == 0;
         write_header(journal.as_ref(), next_lap, half)?;
         let len = journal.len()?;
         if len < capacity {
@@ -218,24 +220,28 @@ impl Drop for Journaled {
 }
 
 /// What [`recover`] found: the lap to start next (above every lap in the journal), the size
-/// of a half the journal was written with (None for a new journal), and what was replayed.
+/// of a half the journal was written with (None for a new journal), what was replayed, and
+/// whether the data file is empty (then nothing was replayed).
 struct Recovered {
     next_lap: u64,
     written_half: Option<u64>,
     replayed: Replayed,
+    data_file_new: bool,
 }
 
 /// Replay what the journal still needs into the data file and sync it.
 fn recover(main: &dyn StorageBackend, journal: &dyn StorageBackend) -> io::Result<Recovered> {
     let mut replayed = Replayed::default();
+    let data_file_new = main.len()? == 0;
     let Some((oldest, written_half)) = read_header(journal)? else {
         return Ok(Recovered {
             next_lap: 1,
             written_half: None,
             replayed,
+            data_file_new,
         });
     };
-    if main.len()? == 0 {
+    if data_file_new {
         // No record is written while the data file's durable length is zero (the first
         // sync after opening an empty data file syncs the data file, not the journal): a
         // record here means the data file was deleted or emptied after the journal was
@@ -281,6 +287,7 @@ fn recover(main: &dyn StorageBackend, journal: &dyn StorageBackend) -> io::Resul
         next_lap: oldest + 2,
         written_half: Some(written_half),
         replayed,
+        data_file_new,
     })
 }
 
@@ -866,6 +873,13 @@ mod tests {
         }))
     }
 
+    /// A new store on an empty simulated disk.
+    fn new_store(capacity: u64) -> (Arc<Mutex<Disk>>, Database) {
+        let disk = disk_with([Vec::new(), Vec::new()]);
+        let (database, _) = open(&disk, capacity);
+        (disk, database)
+    }
+
     /// Commit one key with a value of `len` bytes; false when any step fails.
     fn commit_key(database: &Database, key: u64, len: usize) -> bool {
         let Ok(mut transaction) = database.begin_write() else {
@@ -917,8 +931,7 @@ mod tests {
     /// bytes only) it does, and the commit is back.
     #[test]
     fn a_clean_close_leaves_nothing_to_replay_and_a_crash_does() {
-        let disk = disk_with([Vec::new(), Vec::new()]);
-        let (database, _) = open(&disk, 256 << 10);
+        let (disk, database) = new_store(256 << 10);
         assert!(commit_key(&database, 1, 500));
         drop(database);
         let disk = disk_with(durable(&disk));
@@ -936,8 +949,7 @@ mod tests {
     /// A journal written with one size is replayed by a run configured with another.
     #[test]
     fn a_journal_of_another_size_is_still_replayed() {
-        let disk = disk_with([Vec::new(), Vec::new()]);
-        let (database, _) = open(&disk, 256 << 10);
+        let (disk, database) = new_store(256 << 10);
         for key in 0..40 {
             assert!(commit_key(&database, key, 500));
         }
@@ -978,8 +990,7 @@ mod tests {
         // Large enough that the small commits start no trickle sync (one per 512 KiB).
         let capacity = 16 << 20;
         let half = (capacity - RECORDS_START) / 2;
-        let disk = disk_with([Vec::new(), Vec::new()]);
-        let (database, _) = open(&disk, capacity);
+        let (disk, database) = new_store(capacity);
         // The store's creation synced the data file; the commits below are journaled only.
         let created = disk.lock().expect("disk lock").main_syncs;
         for key in 0..5 {
@@ -1029,8 +1040,7 @@ mod tests {
     /// removed too a fresh store opens.
     #[test]
     fn a_journal_whose_data_file_was_deleted_is_refused() {
-        let disk = disk_with([Vec::new(), Vec::new()]);
-        let (database, _) = open(&disk, 256 << 10);
+        let (disk, database) = new_store(256 << 10);
         for key in 0..3 {
             assert!(commit_key(&database, key, 500));
         }

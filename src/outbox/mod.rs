@@ -76,6 +76,14 @@ pub enum StoreError {
         /// redb's reason.
         reason: String,
     },
+    /// Another process holds the data file or its journal (a running gateway).
+    #[error("cannot open the outbox at {path}: {reason}")]
+    InUse {
+        /// The file.
+        path: String,
+        /// Which lock was held.
+        reason: String,
+    },
 }
 
 macro_rules! storage_error_from {

@@ -56,10 +56,7 @@ impl StorageBackend for DynBackend {
 
 /// Open or create the database and make sure every table exists and the format is known.
 pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreError> {
-    let open_error = |reason: String| StoreError::Open {
-        path: options.path.display().to_string(),
-        reason,
-    };
+    let open_error = |reason: String| open_error(options, reason);
     let mut builder = Database::builder();
     builder.set_cache_size(options.cache_size);
     let database = match &options.backend {
@@ -77,17 +74,23 @@ pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreEr
                 .try_exists()
                 .map_err(|error| open_error(format!("{}: {error}", journal.display())))?;
             if options.journal {
-                let backend = open_journaled(options, &journal, leftover).map_err(open_error)?;
+                let backend = open_journaled(options, &journal, leftover)?;
                 builder.create_with_backend(backend)
             } else {
                 if leftover {
-                    retire_journal(options, &journal).map_err(open_error)?;
+                    retire_journal(options, &journal)?;
                 }
                 builder.create(&options.path)
             }
         }
     }
-    .map_err(|error| open_error(error.to_string()))?;
+    .map_err(|error| match error {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse {
+            path: options.path.display().to_string(),
+            reason: error.to_string(),
+        },
+        error => open_error(error.to_string()),
+    })?;
 
     let transaction = database.begin_write()?;
     {
@@ -118,6 +121,13 @@ pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, StoreEr
     Ok(database)
 }
 
+fn open_error(options: &OutboxOptions, reason: String) -> StoreError {
+    StoreError::Open {
+        path: options.path.display().to_string(),
+        reason,
+    }
+}
+
 /// The journal file next to a data file: `mfoundry.redb` → `mfoundry.redb-journal`.
 pub(crate) fn journal_path(path: &std::path::Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -132,7 +142,8 @@ fn lock_both(
     options: &OutboxOptions,
     journal_path: &std::path::Path,
     existed: bool,
-) -> Result<(FileBackend, FileBackend), String> {
+) -> Result<(FileBackend, FileBackend), StoreError> {
+    let failed = |reason: String| open_error(options, reason);
     let open = |path: &std::path::Path| {
         std::fs::OpenOptions::new()
             .read(true)
@@ -140,25 +151,30 @@ fn lock_both(
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(|error| format!("cannot open {}: {error}", path.display()))
+            .map_err(|error| error.to_string())
+            .and_then(|file| FileBackend::new(file).map_err(|error| error.to_string()))
+            .map_err(|error| failed(format!("cannot open {}: {error}", path.display())))
     };
     let lock = |backend: &FileBackend, path: &std::path::Path| match backend
         .try_lock_range(Bound::Unbounded, Bound::Unbounded)
     {
         Ok(true) | Err(BackendError::Unsupported) => Ok(()),
-        Ok(false) => Err(format!(
-            "{} is in use by another process (another mfoundry on this DATA_DIR?)",
-            path.display()
-        )),
-        Err(error) => Err(format!("cannot lock {}: {error}", path.display())),
+        Ok(false) => Err(StoreError::InUse {
+            path: options.path.display().to_string(),
+            reason: format!(
+                "{} is in use by another process (another mfoundry on this DATA_DIR?)",
+                path.display()
+            ),
+        }),
+        Err(error) => Err(failed(format!("cannot lock {}: {error}", path.display()))),
     };
     let main_existed = options
         .path
         .try_exists()
-        .map_err(|error| format!("{}: {error}", options.path.display()))?;
-    let main = FileBackend::new(open(&options.path)?).map_err(|error| error.to_string())?;
+        .map_err(|error| failed(format!("{}: {error}", options.path.display())))?;
+    let main = open(&options.path)?;
     lock(&main, &options.path)?;
-    let journal = FileBackend::new(open(journal_path)?).map_err(|error| error.to_string())?;
+    let journal = open(journal_path)?;
     lock(&journal, journal_path)?;
     if (!existed || !main_existed)
         && let Some(directory) = journal_path.parent()
@@ -167,7 +183,7 @@ fn lock_both(
         // empty data file beside a journal with records is refused as a deleted one).
         std::fs::File::open(directory)
             .and_then(|directory| directory.sync_all())
-            .map_err(|error| format!("cannot sync {}: {error}", directory.display()))?;
+            .map_err(|error| failed(format!("cannot sync {}: {error}", directory.display())))?;
     }
     Ok((main, journal))
 }
@@ -178,14 +194,19 @@ fn open_journaled(
     options: &OutboxOptions,
     journal_path: &std::path::Path,
     existed: bool,
-) -> Result<Journaled, String> {
+) -> Result<Journaled, StoreError> {
     let (main, journal_file) = lock_both(options, journal_path, existed)?;
     let (backend, replayed) = Journaled::open(
         Box::new(main),
         Box::new(journal_file),
         options.journal_capacity,
     )
-    .map_err(|error| format!("journal {}: {error}", journal_path.display()))?;
+    .map_err(|error| {
+        open_error(
+            options,
+            format!("journal {}: {error}", journal_path.display()),
+        )
+    })?;
     let _ = backend.unlock_range(Bound::Unbounded, Bound::Unbounded);
     log_replayed(replayed);
     Ok(backend)
@@ -193,13 +214,24 @@ fn open_journaled(
 
 /// With the journal off: a journal left by a run with it on is replayed into the data file,
 /// then removed (while both are still locked).
-fn retire_journal(options: &OutboxOptions, journal_path: &std::path::Path) -> Result<(), String> {
+fn retire_journal(
+    options: &OutboxOptions,
+    journal_path: &std::path::Path,
+) -> Result<(), StoreError> {
     let (main, journal_file) = lock_both(options, journal_path, true)?;
-    let replayed = journal::retire(&main, &journal_file)
-        .map_err(|error| format!("journal {}: {error}", journal_path.display()))?;
+    let replayed = journal::retire(&main, &journal_file).map_err(|error| {
+        open_error(
+            options,
+            format!("journal {}: {error}", journal_path.display()),
+        )
+    })?;
     log_replayed(replayed);
-    std::fs::remove_file(journal_path)
-        .map_err(|error| format!("cannot remove {}: {error}", journal_path.display()))?;
+    std::fs::remove_file(journal_path).map_err(|error| {
+        open_error(
+            options,
+            format!("cannot remove {}: {error}", journal_path.display()),
+        )
+    })?;
     info!("STORE_JOURNAL is off: the journal of an earlier run was replayed and removed");
     drop((journal_file, main));
     Ok(())
