@@ -24,7 +24,7 @@ use crate::delivery::{WorkerControl, WorkerSettings, spawn_worker};
 use crate::hl7::{AckStamper, SystemStamper};
 use crate::ingest::Ingest;
 use crate::mllp::{self, ListenerStats, StatsSnapshot};
-use crate::outbox::{BackendFactory, Outbox, OutboxOptions, WriterHandle};
+use crate::outbox::{Outbox, OutboxOptions, Storage, WriterHandle};
 use crate::outputs::Output;
 use crate::rules::RuleSet;
 
@@ -37,8 +37,8 @@ const ADMIN_GRACE: Duration = Duration::from_secs(1);
 pub struct AppOptions {
     /// ACK stamps (default: the system clock).
     pub stamper: Option<Arc<dyn AckStamper>>,
-    /// Outbox storage (default: the file in `DATA_DIR`).
-    pub backend: Option<BackendFactory>,
+    /// Outbox storage (default: the files in `DATA_DIR`).
+    pub storage: Option<Arc<dyn Storage>>,
 }
 
 impl std::fmt::Debug for AppOptions {
@@ -46,7 +46,7 @@ impl std::fmt::Debug for AppOptions {
         formatter
             .debug_struct("AppOptions")
             .field("stamper", &self.stamper)
-            .field("custom_backend", &self.backend.is_some())
+            .field("storage", &self.storage)
             .finish()
     }
 }
@@ -107,9 +107,10 @@ impl RunningApp {
         outbox_options.dedup_window = settings.dedup_window;
         outbox_options.dedup_max_entries = settings.dedup_max_entries;
         outbox_options.journal = settings.store_journal;
-        outbox_options.backend = options.backend;
-        // A custom backend (tests) bypasses the journal.
-        let journal_on = outbox_options.journal && outbox_options.backend.is_none();
+        if let Some(storage) = options.storage {
+            outbox_options.storage = storage;
+        }
+        let journal_on = outbox_options.journal;
         let connector_names: Vec<String> = config
             .connectors
             .iter()
@@ -451,15 +452,21 @@ impl RunningApp {
         }
         let finished = finished && delivered;
         let stats = self.stats.snapshot();
+        if !finished {
+            // Connections or workers may still hold outbox handles: stop the writer
+            // explicitly. What was queued before is committed and answered; anything later is
+            // answered with an error (never AA), and the data file is closed cleanly.
+            if let Err(error) = self.outbox.stop().await {
+                warn!(error = %crate::outbox::Chain(&error), "the outbox writer was already stopped");
+            }
+        }
         drop(self.workers);
         drop(self.gateway);
         drop(self.outbox);
-        if finished {
-            // Every connection task (and its ingest handle) is gone: the writer stops once it
-            // has committed what is queued.
-            let writer = self.writer;
-            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-        }
+        // Every handle is gone, or the writer was told to stop: it ends once it has
+        // committed what is queued, and is joined before the process exits.
+        let writer = self.writer;
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         info!(
             connections = stats.connections_accepted,
             frames = stats.frames_received,
@@ -520,7 +527,7 @@ async fn retention_task(
                 }
             }
             Err(error) => {
-                warn!(error = %error, "retention step failed; trying again later");
+                warn!(error = %crate::outbox::Chain(&error), "retention step failed; trying again later");
                 interval
             }
         };
@@ -542,7 +549,7 @@ async fn prune_audit(outbox: &Outbox, age: Duration) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             Err(error) => {
-                warn!(error = %error, "audit pruning failed; trying again later");
+                warn!(error = %crate::outbox::Chain(&error), "audit pruning failed; trying again later");
                 break;
             }
         }
@@ -578,10 +585,24 @@ const WRITER_FAILED_DRAIN: Duration = Duration::from_secs(5);
 /// Exit code when a second signal cuts the drain short.
 pub const EXIT_SECOND_SIGNAL: i32 = 130;
 
+/// Exit code when `DRAIN_TIMEOUT` cut the drain short (EX_TEMPFAIL): connections still
+/// receiving a frame or deliveries in hand were not waited for. Nothing acknowledged is lost;
+/// what was cut short is logged and delivered after the restart.
+pub const EXIT_DRAIN_CUT_SHORT: u8 = 75;
+
+/// How `serve` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Everything in hand finished within `DRAIN_TIMEOUT`.
+    Drained,
+    /// `DRAIN_TIMEOUT` cut the drain short (exit code [`EXIT_DRAIN_CUT_SHORT`]).
+    DrainCutShort,
+}
+
 /// Serve until SIGTERM or SIGINT, then drain within `DRAIN_TIMEOUT`. A second signal during
 /// the drain exits at once (safe: the outbox is crash-safe, and nothing unstored was
 /// acknowledged).
-pub async fn run(config: Config, rules: Arc<RuleSet>) -> anyhow::Result<()> {
+pub async fn run(config: Config, rules: Arc<RuleSet>) -> anyhow::Result<Stopped> {
     let drain_timeout = config.settings.drain_timeout;
     let mut signals = crate::shutdown::Signals::install();
     let app = RunningApp::start_compiled(config, rules, AppOptions::default()).await?;
@@ -602,15 +623,23 @@ pub async fn run(config: Config, rules: Arc<RuleSet>) -> anyhow::Result<()> {
         drain_timeout_ms = drain_timeout.as_millis() as u64,
         "shutdown requested; draining (a second signal exits at once)"
     );
-    tokio::select! {
-        _ = app.shutdown(drain_timeout) => {}
+    let drained = tokio::select! {
+        drained = app.shutdown(drain_timeout) => drained,
         () = signals.recv() => {
             warn!("second signal: exiting without finishing the drain; nothing unstored was acknowledged, and delivery resumes after the restart");
             std::process::exit(EXIT_SECOND_SIGNAL);
         }
-    }
+    };
     tokio::task::spawn_blocking(crate::telemetry::metrics::shutdown)
         .await
         .ok();
-    Ok(())
+    if drained {
+        Ok(Stopped::Drained)
+    } else {
+        warn!(
+            code = EXIT_DRAIN_CUT_SHORT,
+            "DRAIN_TIMEOUT cut the drain short; exiting with a code of its own"
+        );
+        Ok(Stopped::DrainCutShort)
+    }
 }

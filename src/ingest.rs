@@ -306,7 +306,7 @@ impl Ingest {
                 }
             }
             Err(store_error) if verdict == Verdict::Accept => {
-                tracing::error!(error = %store_error, control_id = control_id.as_deref().unwrap_or(""), "message could not be stored; answering with an error");
+                tracing::error!(error = %crate::outbox::Chain(&store_error), control_id = control_id.as_deref().unwrap_or(""), "message could not be stored; answering with an error");
                 let error = AckError::new(
                     ErrorCode::ApplicationInternalError,
                     None,
@@ -331,7 +331,7 @@ impl Ingest {
             }
             Err(store_error) => {
                 // A refused message stays refused; storing it was for the record only.
-                tracing::warn!(error = %store_error, "refused message could not be recorded");
+                tracing::warn!(error = %crate::outbox::Chain(&store_error), "refused message could not be recorded");
                 Outcome {
                     reply: reply(ack),
                     control_id,

@@ -61,7 +61,10 @@ fn main() -> ExitCode {
                 }
             }
             match runtime.block_on(mfoundry::app::run(config, rules)) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(mfoundry::app::Stopped::Drained) => ExitCode::SUCCESS,
+                Ok(mfoundry::app::Stopped::DrainCutShort) => {
+                    ExitCode::from(mfoundry::app::EXIT_DRAIN_CUT_SHORT)
+                }
                 Err(error) => {
                     tracing::error!(error = format!("{error:#}"), "mfoundry stopped");
                     eprintln!("mfoundry: {error:#}");

@@ -374,10 +374,8 @@ async fn scripted_worker_with(
     mfoundry::outbox::Outbox,
     tokio::sync::mpsc::UnboundedReceiver<()>,
 ) {
-    let mut options = mfoundry::outbox::OutboxOptions::new("memory".into());
-    options.backend = Some(Arc::new(|| {
-        Ok(Box::new(redb::backends::InMemoryBackend::new()) as Box<dyn redb::StorageBackend>)
-    }));
+    let options =
+        mfoundry::outbox::OutboxOptions::with_storage(common::MemoryDisk::default().storage());
     let (outbox, _writer) =
         mfoundry::outbox::Outbox::open(options, &["c".to_owned()]).expect("opens");
     let connector = outbox.connector_id("c").expect("id");

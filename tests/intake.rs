@@ -206,7 +206,7 @@ async fn start_counting(directory: &std::path::Path) -> (RunningApp, tokio::net:
     let config = common::config(directory, Some(YAML), &[]);
     let options = AppOptions {
         stamper: Some(Arc::new(CountingStamper::default())),
-        backend: None,
+        storage: None,
     };
     let app = RunningApp::start_with(config, options)
         .await
@@ -253,12 +253,9 @@ async fn a_resent_identical_frame_gets_the_original_ack_and_one_queue_entry() {
 async fn start_on(disk: &common::MemoryDisk) -> (RunningApp, tempfile::TempDir) {
     let directory = tempfile::tempdir().expect("tempdir");
     let config = common::config(directory.path(), Some(YAML), &[]);
-    let factory_disk = disk.clone();
     let options = AppOptions {
         stamper: Some(Arc::new(CountingStamper::default())),
-        backend: Some(Arc::new(move || {
-            Ok(Box::new(factory_disk.clone()) as Box<dyn redb::StorageBackend>)
-        })),
+        storage: Some(disk.storage()),
     };
     let app = RunningApp::start_with(config, options)
         .await

@@ -14,15 +14,9 @@ use mfoundry::outbox::{
     RouteStatus,
 };
 use proptest::prelude::*;
-use redb::StorageBackend;
 
 fn options_with(memory: &MemoryDisk) -> OutboxOptions {
-    let memory = memory.clone();
-    let mut options = OutboxOptions::new("memory".into());
-    options.backend = Some(Arc::new(move || {
-        Ok(Box::new(memory.clone()) as Box<dyn StorageBackend>)
-    }));
-    options
+    OutboxOptions::with_storage(memory.storage())
 }
 
 fn names(list: &[&str]) -> Vec<String> {
@@ -242,6 +236,41 @@ async fn a_failed_commit_stores_nothing_and_the_writer_recovers() {
     assert!(stored.contains(&"BEFORE".to_owned()));
     assert!(stored.contains(&"AFTER".to_owned()));
     drop(outbox);
+    writer.join();
+}
+
+/// `stop` commits what was sent before it, answers what comes after with an error (never a
+/// success), and closes the store so the writer can be joined while handles remain.
+#[tokio::test]
+async fn stop_commits_what_came_before_and_refuses_what_comes_after() {
+    let memory = MemoryDisk::default();
+    let (outbox, writer) = Outbox::open(options_with(&memory), &names(&["a"])).expect("opens");
+    let before = outbox.clone();
+    let pending = tokio::spawn({
+        let message = message(&outbox, "BEFORE", &["a"], &[]);
+        async move { before.append(message).await }
+    });
+    // The append is in the channel before the stop (one sender keeps its order; wait until
+    // the spawned task has sent it).
+    while outbox.stats().records.load(Ordering::Relaxed) == 0 && !pending.is_finished() {
+        tokio::task::yield_now().await;
+    }
+    outbox.stop().await.expect("stops");
+    assert!(matches!(
+        pending.await.expect("task"),
+        Ok(Appended::Stored { .. })
+    ));
+    let after = outbox.append(message(&outbox, "AFTER", &["a"], &[])).await;
+    assert!(
+        after.is_err(),
+        "nothing is stored after the stop: {after:?}"
+    );
+    // The handle still exists, yet the writer has stopped.
+    writer.join();
+    drop(outbox);
+    let (reopened, writer) = Outbox::open(options_with(&memory), &names(&["a"])).expect("reopens");
+    assert_eq!(common::stored_control_ids(&reopened), vec!["BEFORE"]);
+    drop(reopened);
     writer.join();
 }
 

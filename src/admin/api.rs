@@ -94,6 +94,7 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
+        let error = crate::outbox::Chain(&error);
         tracing::error!(error = %error, "admin API: the outbox failed");
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -166,7 +167,7 @@ async fn audit(state: &AdminState, caller: &Caller, action: &str, target: String
         outcome,
     };
     if let Err(error) = state.outbox.audit(event).await {
-        tracing::error!(error = %error, action, "admin action could not be written to the audit trail");
+        tracing::error!(error = %crate::outbox::Chain(&error), action, "admin action could not be written to the audit trail");
     }
 }
 

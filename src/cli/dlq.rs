@@ -9,7 +9,7 @@ use std::io::Write;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::outbox::{DlqEntry, Outbox, OutboxOptions, StoreError};
+use crate::outbox::{DlqEntry, Outbox, OutboxOptions};
 
 /// `mfoundry dlq ...`
 #[derive(Debug, Clone, clap::Args)]
@@ -109,7 +109,7 @@ pub(super) async fn open_offline(
         .context("open task failed")?;
     let (outbox, writer) = match opened {
         Ok(opened) => opened,
-        Err(StoreError::InUse { .. }) => {
+        Err(error) if error.is_in_use() => {
             bail!(
                 "{} is in use by a running mfoundry; leave out --offline to go through its admin API",
                 path.display()

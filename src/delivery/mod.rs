@@ -442,7 +442,7 @@ impl<O: Deliver> Worker<O> {
 
     async fn store_failed(&mut self, error: &StoreError) {
         bump(&self.stats.store_errors);
-        warn!(connector = %self.settings.name, error = %error, "could not read or update the queue; trying again shortly");
+        warn!(connector = %self.settings.name, error = %crate::outbox::Chain(error), "could not read or update the queue; trying again shortly");
         let _ = self.sleep(STORE_ERROR_PAUSE).await;
     }
 }

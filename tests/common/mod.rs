@@ -106,7 +106,7 @@ pub async fn start_with_yaml(yaml: Option<&str>, overrides: &[(&str, &str)]) -> 
     let config = config(directory.path(), yaml, overrides);
     let options = AppOptions {
         stamper: Some(Arc::new(FixedStamper(fixed_stamp()))),
-        backend: None,
+        storage: None,
     };
     let app = RunningApp::start_with(config, options)
         .await
@@ -121,10 +121,7 @@ pub fn memory_ingest(default_charset: Charset) -> (tokio::runtime::Runtime, Inge
         .enable_all()
         .build()
         .expect("runtime");
-    let mut options = OutboxOptions::new("memory".into());
-    options.backend = Some(Arc::new(|| {
-        Ok(Box::new(redb::backends::InMemoryBackend::new()) as Box<dyn redb::StorageBackend>)
-    }));
+    let options = OutboxOptions::with_storage(MemoryDisk::default().storage());
     let (outbox, _writer) = Outbox::open(options, &[]).expect("outbox opens");
     let rules = RuleSet::compile(&[], &[], Duration::from_secs(1)).expect("no rules compile");
     let ingest = Ingest::new(
@@ -234,19 +231,77 @@ pub fn adt(control_id: &str, version: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// In-memory storage shared across reopens; `sync_data` fails while `fail_sync` is set and
-/// panics while `panic_sync` is set.
+/// An in-memory store (data file and journal) shared across reopens, for
+/// `OutboxOptions::with_storage`; every fsync fails while `fail_sync` is set and panics while
+/// `panic_sync` is set.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryDisk {
-    /// The stored bytes.
+    /// The data file's bytes (`None` until created).
     pub bytes: Arc<std::sync::RwLock<Vec<u8>>>,
+    /// The journal's bytes.
+    pub journal: Arc<std::sync::RwLock<Vec<u8>>>,
+    /// Which files exist: data file, journal.
+    created: Arc<std::sync::Mutex<[bool; 2]>>,
     /// While set, every fsync fails.
     pub fail_sync: Arc<std::sync::atomic::AtomicBool>,
     /// While set, every fsync panics (a bug in the store, as the writer thread sees it).
     pub panic_sync: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl redb::StorageBackend for MemoryDisk {
+impl MemoryDisk {
+    /// The disk as outbox storage.
+    pub fn storage(&self) -> Arc<dyn mfoundry::outbox::Storage> {
+        Arc::new(self.clone())
+    }
+
+    fn file(&self, file: mfoundry::outbox::StoreFile) -> MemoryFile {
+        let bytes = match file {
+            mfoundry::outbox::StoreFile::Data => Arc::clone(&self.bytes),
+            mfoundry::outbox::StoreFile::Journal => Arc::clone(&self.journal),
+        };
+        MemoryFile {
+            bytes,
+            disk: self.clone(),
+        }
+    }
+}
+
+impl mfoundry::outbox::Storage for MemoryDisk {
+    fn name(&self, file: mfoundry::outbox::StoreFile) -> String {
+        format!("memory:{file:?}")
+    }
+    fn exists(&self, file: mfoundry::outbox::StoreFile) -> std::io::Result<bool> {
+        Ok(self.created.lock().expect("lock")[file as usize])
+    }
+    fn open(
+        &self,
+        file: mfoundry::outbox::StoreFile,
+    ) -> std::io::Result<Box<dyn redb::StorageBackend>> {
+        self.created.lock().expect("lock")[file as usize] = true;
+        Ok(Box::new(self.file(file)))
+    }
+    fn remove(&self, file: mfoundry::outbox::StoreFile) -> std::io::Result<()> {
+        self.created.lock().expect("lock")[file as usize] = false;
+        self.file(file).bytes.write().expect("lock").clear();
+        Ok(())
+    }
+    fn sync_directory(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn size(&self, file: mfoundry::outbox::StoreFile) -> std::io::Result<Option<u64>> {
+        let exists = self.created.lock().expect("lock")[file as usize];
+        Ok(exists.then(|| self.file(file).bytes.read().expect("lock").len() as u64))
+    }
+}
+
+/// One file of a [`MemoryDisk`].
+#[derive(Debug)]
+struct MemoryFile {
+    bytes: Arc<std::sync::RwLock<Vec<u8>>>,
+    disk: MemoryDisk,
+}
+
+impl redb::StorageBackend for MemoryFile {
     fn len(&self) -> Result<u64, std::io::Error> {
         Ok(self.bytes.read().expect("lock").len() as u64)
     }
@@ -268,10 +323,17 @@ impl redb::StorageBackend for MemoryDisk {
     }
     fn sync_data(&self) -> Result<(), std::io::Error> {
         assert!(
-            !self.panic_sync.load(std::sync::atomic::Ordering::SeqCst),
+            !self
+                .disk
+                .panic_sync
+                .load(std::sync::atomic::Ordering::SeqCst),
             "injected panic in fsync"
         );
-        if self.fail_sync.load(std::sync::atomic::Ordering::SeqCst) {
+        if self
+            .disk
+            .fail_sync
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
             return Err(std::io::Error::other("injected fsync failure"));
         }
         Ok(())

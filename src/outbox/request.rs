@@ -1,0 +1,205 @@
+//! Requests to the writer thread. Each operation is a variant that carries its own reply: a
+//! channel of exactly its result type, and the slot the transaction fills before the commit.
+//! The answer is sent only after the commit returned, so "stored" is never heard early, and
+//! no caller can receive another operation's kind of answer.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::oneshot;
+
+use super::audit::AuditEvent;
+use super::{Appended, NewMessage, OutboxStats, Retained, StoreError};
+
+/// The receiving end of a [`Reply`].
+pub(super) type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
+
+/// Where the writer answers one request.
+#[derive(Debug)]
+pub(super) struct Reply<T> {
+    sender: oneshot::Sender<Result<T, StoreError>>,
+    /// Filled by the transaction; sent once it committed.
+    outcome: Option<T>,
+}
+
+impl<T> Reply<T> {
+    pub(super) fn new() -> (Self, Answer<T>) {
+        let (sender, answer) = oneshot::channel();
+        (
+            Self {
+                sender,
+                outcome: None,
+            },
+            answer,
+        )
+    }
+
+    /// What the operation did, to be sent once the transaction commits.
+    pub(super) fn set(&mut self, outcome: T) {
+        self.outcome = Some(outcome);
+    }
+
+    fn send(self, result: Result<T, StoreError>) {
+        // The caller may have gone (a dropped future): nothing to tell.
+        let _ = self.sender.send(result);
+    }
+
+    fn committed(self) {
+        match self.outcome {
+            Some(outcome) => {
+                let _ = self.sender.send(Ok(outcome));
+            }
+            None => {
+                let _ = self.sender.send(Err(StoreError::Encoding(
+                    "the operation was not applied in its transaction".to_owned(),
+                )));
+            }
+        }
+    }
+}
+
+/// One operation for the writer, with its reply.
+#[derive(Debug)]
+pub(super) enum Request {
+    /// Store a new message and queue it for the connectors its filters chose.
+    Append {
+        message: Box<NewMessage>,
+        reply: Reply<Appended>,
+    },
+    /// A connector's output confirmed the queue entry: remove it, record DELIVERED. Answers
+    /// false when the entry was not there.
+    Delivered {
+        connector: u32,
+        seq: u64,
+        attempts: u32,
+        reply: Reply<bool>,
+    },
+    /// A delivery attempt failed and will be retried: update the queue entry.
+    Retry {
+        connector: u32,
+        seq: u64,
+        attempts: u32,
+        next_attempt_micros: i64,
+        error: String,
+        reply: Reply<bool>,
+    },
+    /// Give up on a queue entry: move it to the connector's dead-letter queue.
+    DeadLetter {
+        connector: u32,
+        seq: u64,
+        attempts: u32,
+        reason: String,
+        reply: Reply<bool>,
+    },
+    /// Put a dead-letter entry back at the tail of a connector's queue; answers its new seq.
+    Replay {
+        connector: u32,
+        seq: u64,
+        to: u32,
+        reply: Reply<Option<u64>>,
+    },
+    /// Remove a dead-letter entry without delivering it.
+    Purge {
+        connector: u32,
+        seq: u64,
+        reply: Reply<bool>,
+    },
+    /// Append an admin action to the audit trail; answers its seq.
+    Audit {
+        event: AuditEvent,
+        reply: Reply<u64>,
+    },
+    /// Remove up to `max` of the oldest audit records written before `cutoff_micros` (never
+    /// the newest record, which carries the chain forward); answers how many.
+    PruneAudit {
+        cutoff_micros: i64,
+        max: usize,
+        reply: Reply<u64>,
+    },
+    /// Remove old messages that every connector is done with.
+    Retain {
+        cutoff_micros: i64,
+        after_id: u64,
+        max_scan: usize,
+        reply: Reply<Retained>,
+    },
+    /// Commit what was queued before this request, then stop: later requests are answered
+    /// [`StoreError::WriterGone`], and the database is closed before the answer.
+    Stop { reply: Reply<()> },
+}
+
+impl Request {
+    /// Whether this operation stores a received message.
+    pub(super) fn is_append(&self) -> bool {
+        matches!(self, Self::Append { .. })
+    }
+
+    /// Body bytes this operation writes (for the batch's byte cap).
+    pub(super) fn body_len(&self) -> usize {
+        match self {
+            Self::Append { message, .. } => message.body.len(),
+            _ => 0,
+        }
+    }
+
+    /// Answer with what the committed transaction did.
+    pub(super) fn committed(self, stats: &OutboxStats) {
+        match self {
+            Self::Append { reply, .. } => {
+                match &reply.outcome {
+                    Some(Appended::Duplicate { .. }) => {
+                        stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Appended::Stored { .. }) => {
+                        stats.records.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {}
+                }
+                reply.committed();
+            }
+            Self::Delivered { reply, .. }
+            | Self::Retry { reply, .. }
+            | Self::DeadLetter { reply, .. }
+            | Self::Purge { reply, .. } => reply.committed(),
+            Self::Replay { reply, .. } => reply.committed(),
+            Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => reply.committed(),
+            Self::Retain { reply, .. } => reply.committed(),
+            Self::Stop { reply } => reply.committed(),
+        }
+    }
+
+    /// Answer with an error: the transaction holding this request did not commit.
+    pub(super) fn failed(self, error: &Arc<StoreError>) {
+        let error = || StoreError::CommitFailed {
+            source: Arc::clone(error),
+        };
+        match self {
+            Self::Append { reply, .. } => reply.send(Err(error())),
+            Self::Delivered { reply, .. }
+            | Self::Retry { reply, .. }
+            | Self::DeadLetter { reply, .. }
+            | Self::Purge { reply, .. } => reply.send(Err(error())),
+            Self::Replay { reply, .. } => reply.send(Err(error())),
+            Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => reply.send(Err(error())),
+            Self::Retain { reply, .. } => reply.send(Err(error())),
+            Self::Stop { reply } => reply.send(Err(error())),
+        }
+    }
+
+    /// Answer that the writer is gone (after a stop).
+    pub(super) fn gone(self) {
+        match self {
+            Self::Append { reply, .. } => reply.send(Err(StoreError::WriterGone)),
+            Self::Delivered { reply, .. }
+            | Self::Retry { reply, .. }
+            | Self::DeadLetter { reply, .. }
+            | Self::Purge { reply, .. } => reply.send(Err(StoreError::WriterGone)),
+            Self::Replay { reply, .. } => reply.send(Err(StoreError::WriterGone)),
+            Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => {
+                reply.send(Err(StoreError::WriterGone))
+            }
+            Self::Retain { reply, .. } => reply.send(Err(StoreError::WriterGone)),
+            Self::Stop { reply } => reply.send(Err(StoreError::WriterGone)),
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Reads: a consistent view of the outbox in one MVCC read transaction (writers are not
+//! blocked), for workers, the admin API, metrics and the offline tools.
+
+use bytes::Bytes;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+use super::schema::{self, DeliveryRecord, DlqEntry, MessageRecord, QueueEntry};
+use super::{StoreError, audit};
+
+/// A queue entry with its message, as a worker delivers it.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    /// Position in the connector's queue.
+    pub seq: u64,
+    /// Delivery state so far.
+    pub entry: QueueEntry,
+    /// The message's record (`None` if it is missing, which retention never causes).
+    pub record: Option<MessageRecord>,
+    /// The bytes as received.
+    pub body: Option<Bytes>,
+}
+
+/// A connector's queue figures (see [`Snapshot::queue_figures`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct QueueFigures {
+    /// Entries in its queue.
+    pub depth: u64,
+    /// Age of the oldest queued message, seconds; `None` when the queue is empty.
+    pub oldest_age_secs: Option<f64>,
+    /// Entries in its dead-letter queue.
+    pub dead_letters: u64,
+}
+
+/// A read transaction over the outbox.
+pub struct Snapshot {
+    transaction: redb::ReadTransaction,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Snapshot").finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    pub(super) fn new(database: &Database) -> Result<Self, StoreError> {
+        Ok(Self {
+            transaction: database.begin_read()?,
+        })
+    }
+
+    /// One message's record.
+    pub fn message(&self, id: u64) -> Result<Option<MessageRecord>, StoreError> {
+        let table = self.transaction.open_table(schema::MESSAGES)?;
+        match table.get(id)? {
+            Some(value) => Ok(Some(schema::decode_message(value.value())?.0)),
+            None => Ok(None),
+        }
+    }
+
+    /// One message's body.
+    pub fn body(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let messages = self.transaction.open_table(schema::MESSAGES)?;
+        let Some(value) = messages.get(id)? else {
+            return Ok(None);
+        };
+        if let (_, Some(inline)) = schema::decode_message(value.value())? {
+            return Ok(Some(inline.to_vec()));
+        }
+        let table = self.transaction.open_table(schema::BODIES)?;
+        Ok(table.get(id)?.map(|value| value.value().to_vec()))
+    }
+
+    /// Every stored message record, in id order.
+    pub fn messages(&self) -> Result<Vec<(u64, MessageRecord)>, StoreError> {
+        let table = self.transaction.open_table(schema::MESSAGES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            out.push((key.value(), schema::decode_message(value.value())?.0));
+        }
+        Ok(out)
+    }
+
+    /// Number of stored messages.
+    pub fn message_count(&self) -> Result<u64, StoreError> {
+        Ok(self.transaction.open_table(schema::MESSAGES)?.len()?)
+    }
+
+    /// One connector's queue in FIFO order: `(seq, entry)`.
+    pub fn queue(&self, connector: u32) -> Result<Vec<(u64, QueueEntry)>, StoreError> {
+        let table = self.transaction.open_table(schema::QUEUE)?;
+        let mut out = Vec::new();
+        for entry in table.range((connector, 0)..=(connector, u64::MAX))? {
+            let (key, value) = entry?;
+            out.push((key.value().1, schema::decode(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `max_entries` entries of a connector's queue in FIFO order, starting after seq
+    /// `after` (from the head when `None`), each with its message; stops early once `max_bytes`
+    /// of bodies are loaded (the first entry is always returned).
+    pub fn pending(
+        &self,
+        connector: u32,
+        after: Option<u64>,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Pending>, StoreError> {
+        let queue = self.transaction.open_table(schema::QUEUE)?;
+        let start = after.map_or(0, |seq| seq.saturating_add(1));
+        if after == Some(u64::MAX) {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for entry in queue.range((connector, start)..=(connector, u64::MAX))? {
+            if out.len() >= max_entries.max(1) || (bytes >= max_bytes && !out.is_empty()) {
+                break;
+            }
+            let (key, value) = entry?;
+            let seq = key.value().1;
+            let entry: QueueEntry = schema::decode(value.value())?;
+            let record = self.message(entry.message_id)?;
+            let body = self.body(entry.message_id)?.map(Bytes::from);
+            bytes += body.as_ref().map_or(0, Bytes::len);
+            out.push(Pending {
+                seq,
+                entry,
+                record,
+                body,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Entries in a connector's queue.
+    pub fn queue_len(&self, connector: u32) -> Result<u64, StoreError> {
+        let queue = self.transaction.open_table(schema::QUEUE)?;
+        let mut count = 0;
+        for entry in queue.range((connector, 0)..=(connector, u64::MAX))? {
+            entry?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// A connector's dead-letter queue, oldest first: `(seq, entry)`.
+    pub fn dead_letters(&self, connector: u32) -> Result<Vec<(u64, DlqEntry)>, StoreError> {
+        let table = self.transaction.open_table(schema::DLQ)?;
+        let mut out = Vec::new();
+        for entry in table.range((connector, 0)..=(connector, u64::MAX))? {
+            let (key, value) = entry?;
+            out.push((key.value().1, schema::decode(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// One dead-letter entry.
+    pub fn dead_letter(&self, connector: u32, seq: u64) -> Result<Option<DlqEntry>, StoreError> {
+        let table = self.transaction.open_table(schema::DLQ)?;
+        match table.get((connector, seq))? {
+            Some(value) => Ok(Some(schema::decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// What became of a message at each connector after intake: `(connector id, record)`.
+    pub fn deliveries(&self, message_id: u64) -> Result<Vec<(u32, DeliveryRecord)>, StoreError> {
+        let table = self.transaction.open_table(schema::DELIVERIES)?;
+        let mut out = Vec::new();
+        for entry in table.range((message_id, 0)..=(message_id, u32::MAX))? {
+            let (key, value) = entry?;
+            out.push((key.value().1, schema::decode(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Visit stored messages newest first, starting below id `before` (from the newest when
+    /// `None`), until `visit` returns false or `max_scan` records were read. Returns the id to
+    /// pass as `before` to continue, or `None` when the scan reached the oldest message or
+    /// `visit` stopped it.
+    pub fn scan_messages_desc(
+        &self,
+        before: Option<u64>,
+        max_scan: usize,
+        mut visit: impl FnMut(u64, &MessageRecord) -> Result<bool, StoreError>,
+    ) -> Result<Option<u64>, StoreError> {
+        let table = self.transaction.open_table(schema::MESSAGES)?;
+        let end = before.unwrap_or(u64::MAX);
+        for (scanned, entry) in table.range(..end)?.rev().enumerate() {
+            let (key, value) = entry?;
+            let id = key.value();
+            if scanned >= max_scan.max(1) {
+                return Ok(Some(id.saturating_add(1)));
+            }
+            let (record, _) = schema::decode_message(value.value())?;
+            if !visit(id, &record)? {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// What operators watch about a connector's queues, as of `now_micros`.
+    pub fn queue_figures(
+        &self,
+        connector: u32,
+        now_micros: i64,
+    ) -> Result<QueueFigures, StoreError> {
+        let oldest_age_secs = match self.queue_head(connector)? {
+            Some((_, entry)) => self
+                .message(entry.message_id)?
+                .map(|record| (now_micros - record.received_at_micros).max(0) as f64 / 1e6),
+            None => None,
+        };
+        Ok(QueueFigures {
+            depth: self.queue_len(connector)?,
+            oldest_age_secs,
+            dead_letters: self.dead_letter_count(connector)?,
+        })
+    }
+
+    /// One queue entry.
+    pub fn queue_entry(&self, connector: u32, seq: u64) -> Result<Option<QueueEntry>, StoreError> {
+        let table = self.transaction.open_table(schema::QUEUE)?;
+        match table.get((connector, seq))? {
+            Some(value) => Ok(Some(schema::decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The head of a connector's queue (its oldest entry), if any.
+    pub fn queue_head(&self, connector: u32) -> Result<Option<(u64, QueueEntry)>, StoreError> {
+        let table = self.transaction.open_table(schema::QUEUE)?;
+        let mut range = table.range((connector, 0)..=(connector, u64::MAX))?;
+        match range.next() {
+            Some(entry) => {
+                let (key, value) = entry?;
+                Ok(Some((key.value().1, schema::decode(value.value())?)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Entries in a connector's dead-letter queue.
+    pub fn dead_letter_count(&self, connector: u32) -> Result<u64, StoreError> {
+        let table = self.transaction.open_table(schema::DLQ)?;
+        let mut count = 0;
+        for entry in table.range((connector, 0)..=(connector, u64::MAX))? {
+            entry?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Up to `limit` dead-letter entries of a connector with seqs above `after`, oldest first.
+    pub fn dead_letters_after(
+        &self,
+        connector: u32,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, DlqEntry)>, StoreError> {
+        if after == Some(u64::MAX) {
+            return Ok(Vec::new());
+        }
+        let start = after.map_or(0, |seq| seq + 1);
+        let table = self.transaction.open_table(schema::DLQ)?;
+        let mut out = Vec::new();
+        for entry in table.range((connector, start)..=(connector, u64::MAX))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = entry?;
+            out.push((key.value().1, schema::decode(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` audit records with seqs above `after` (from the oldest when `None`).
+    pub fn audit_records(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, audit::AuditRecord)>, StoreError> {
+        if after == Some(u64::MAX) {
+            return Ok(Vec::new());
+        }
+        let start = after.map_or(0, |seq| seq + 1);
+        let table = self.transaction.open_table(schema::AUDIT)?;
+        let mut out = Vec::new();
+        for entry in table.range(start..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = entry?;
+            out.push((key.value(), audit::decode(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Check the audit trail's hash chain (reads all of it).
+    pub fn verify_audit(&self) -> Result<audit::Verification, StoreError> {
+        let table = self.transaction.open_table(schema::AUDIT)?;
+        let messages = self.transaction.open_table(schema::MESSAGES)?;
+        let meta = self.transaction.open_table(schema::META)?;
+        let first = schema::read_meta(&meta, "audit_first_seq")?;
+        audit::verify(&table, &messages, first)
+    }
+
+    /// Connector names and ids.
+    pub fn connectors(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        let table = self.transaction.open_table(schema::CONNECTORS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (name, id) = entry?;
+            out.push((name.value().to_owned(), id.value()));
+        }
+        Ok(out)
+    }
+}

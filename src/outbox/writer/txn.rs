@@ -1,0 +1,685 @@
+//! What one batch does inside its transaction: store messages (with retransmit detection and
+//! fan-out), record delivery outcomes, replay and purge dead letters, append and prune the
+//! audit trail, and remove old messages.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+
+use super::Writer;
+use crate::outbox::audit::{self, AuditEvent, Head};
+use crate::outbox::dedup::prefix;
+use crate::outbox::request::Request;
+use crate::outbox::schema::{
+    self, AUDIT, BODIES, DELIVERIES, DLQ, DeliveryRecord, DeliveryStatus, DlqEntry,
+    INLINE_BODY_MAX, MESSAGES, META, QUEUE, QueueEntry, RouteStatus,
+};
+use crate::outbox::{Appended, NewMessage, Retained, StoreError, now_micros};
+
+impl Writer {
+    /// Write every request of `batch` in one transaction with `Durability::Immediate` and
+    /// commit it; each request's reply holds its outcome afterwards. Returns the connectors
+    /// whose queues grew. Nothing is answered here: the caller answers after this returns.
+    pub(super) fn write_batch(
+        &mut self,
+        database: &Database,
+        batch: &mut [Request],
+    ) -> Result<BTreeSet<u32>, StoreError> {
+        let mut transaction = database.begin_write()?;
+        transaction.set_durability(Durability::Immediate)?;
+        let now = now_micros();
+        let mut woken = BTreeSet::new();
+        // Accepted in this transaction: (key, id), entered in the index after the commit.
+        let mut accepted: Vec<([u8; 32], u64)> = Vec::new();
+        let next_id_after;
+        let audit_head_after;
+        {
+            let mut tables = Tables {
+                messages: transaction.open_table(MESSAGES)?,
+                queue: transaction.open_table(QUEUE)?,
+                delivery: None,
+                audit: None,
+                audit_head: self.audit_head,
+            };
+            let mut next_id = match self.next_id {
+                Some(next_id) => next_id,
+                None => {
+                    let meta = transaction.open_table(META)?;
+                    next_message_id(&meta, &tables.messages)?
+                }
+            };
+            let mut raise_floor = false;
+            for request in batch.iter_mut() {
+                match request {
+                    Request::Append { message, reply } => reply.set(self.append(
+                        &transaction,
+                        &mut tables,
+                        message,
+                        &mut next_id,
+                        now,
+                        &mut accepted,
+                        &mut woken,
+                    )?),
+                    Request::Retain {
+                        cutoff_micros,
+                        after_id,
+                        max_scan,
+                        reply,
+                    } => {
+                        let retained = retain(
+                            &transaction,
+                            &mut tables,
+                            *cutoff_micros,
+                            *after_id,
+                            *max_scan,
+                        )?;
+                        raise_floor |= retained.removed > 0;
+                        reply.set(retained);
+                    }
+                    Request::Audit { event, reply } => {
+                        reply.set(tables.audit(&transaction, now, event.clone())?)
+                    }
+                    Request::PruneAudit {
+                        cutoff_micros,
+                        max,
+                        reply,
+                    } => reply.set(tables.prune_audit(&transaction, *cutoff_micros, *max)?),
+                    Request::Delivered {
+                        connector,
+                        seq,
+                        attempts,
+                        reply,
+                    } => reply.set(
+                        tables
+                            .delivery(&transaction, now)?
+                            .delivered(*connector, *seq, *attempts)?,
+                    ),
+                    Request::Retry {
+                        connector,
+                        seq,
+                        attempts,
+                        next_attempt_micros,
+                        error,
+                        reply,
+                    } => reply.set(tables.delivery(&transaction, now)?.retry(
+                        *connector,
+                        *seq,
+                        *attempts,
+                        *next_attempt_micros,
+                        error,
+                    )?),
+                    Request::DeadLetter {
+                        connector,
+                        seq,
+                        attempts,
+                        reason,
+                        reply,
+                    } => reply.set(
+                        tables
+                            .delivery(&transaction, now)?
+                            .dead_letter(*connector, *seq, *attempts, reason)?,
+                    ),
+                    Request::Replay {
+                        connector,
+                        seq,
+                        to,
+                        reply,
+                    } => {
+                        let replayed = tables.delivery(&transaction, now)?.replay(
+                            *connector,
+                            *seq,
+                            *to,
+                            &mut next_id,
+                        )?;
+                        if replayed.is_some() {
+                            woken.insert(*to);
+                            raise_floor = true;
+                        }
+                        reply.set(replayed);
+                    }
+                    Request::Purge {
+                        connector,
+                        seq,
+                        reply,
+                    } => reply.set(
+                        tables
+                            .delivery(&transaction, now)?
+                            .purge(*connector, *seq)?,
+                    ),
+                    // The loop never puts a stop in a batch.
+                    Request::Stop { .. } => {}
+                }
+            }
+            if raise_floor {
+                // Re-queued entries take ids from the message counter and retention may have
+                // removed the newest message: keep the counter past both, so no id or seq is
+                // ever reused.
+                let mut meta = transaction.open_table(META)?;
+                let floor = schema::read_meta(&meta, "next_message_id")?.max(next_id);
+                meta.insert("next_message_id", floor)?;
+            }
+            next_id_after = next_id;
+            audit_head_after = tables.audit_head;
+        }
+        transaction.commit()?;
+        self.next_id = Some(next_id_after);
+        self.audit_head = audit_head_after;
+        if let Some(index) = &mut self.dedup {
+            for (key, id) in accepted {
+                index.insert(prefix(&key), id, now);
+            }
+            index.expire(now);
+            self.shared
+                .stats
+                .dedup_entries
+                .store(index.len() as u64, Ordering::Relaxed);
+        }
+        Ok(woken)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn append<'txn>(
+        &self,
+        transaction: &'txn WriteTransaction,
+        tables: &mut Tables<'txn>,
+        message: &NewMessage,
+        next_id: &mut u64,
+        now: i64,
+        accepted: &mut Vec<([u8; 32], u64)>,
+        woken: &mut BTreeSet<u32>,
+    ) -> Result<Appended, StoreError> {
+        let dedup_key = message.dedup_key.filter(|_| self.dedup.is_some());
+        if let (Some(key), Some(index)) = (dedup_key, &self.dedup) {
+            let candidate = accepted
+                .iter()
+                .rev()
+                .find(|(pending, _)| *pending == key)
+                .map(|(_, id)| *id)
+                .or_else(|| index.candidate(prefix(&key), now));
+            if let Some(original) = candidate {
+                let stored = match tables.messages.get(original)? {
+                    Some(value) => Some(schema::decode_message(value.value())?.0),
+                    None => None,
+                };
+                if let Some(stored) = stored.filter(|stored| stored.dedup_key == Some(key)) {
+                    let event = audit::received(
+                        original,
+                        true,
+                        &message.record,
+                        &stored.ack_code,
+                        message.tls_identity.as_deref(),
+                    );
+                    tables.audit(transaction, now, event)?;
+                    return Ok(Appended::Duplicate {
+                        id: original,
+                        ack: stored.ack,
+                    });
+                }
+            }
+        }
+        let id = *next_id;
+        *next_id += 1;
+        let mut record = message.record.clone();
+        record.dedup_key = dedup_key;
+        record.body_inline = message.body.len() <= INLINE_BODY_MAX;
+        let inline = record.body_inline.then_some(message.body.as_ref());
+        tables
+            .messages
+            .insert(id, schema::encode_message(&record, inline)?.as_slice())?;
+        if !record.body_inline {
+            transaction
+                .open_table(BODIES)?
+                .insert(id, message.body.as_ref())?;
+        }
+        for route in &record.routes {
+            if route.status != RouteStatus::Queued {
+                continue;
+            }
+            let entry = QueueEntry {
+                message_id: id,
+                attempts: 0,
+                next_attempt_micros: 0,
+                last_error: None,
+            };
+            tables
+                .queue
+                .insert((route.connector, id), schema::encode(&entry)?.as_slice())?;
+            woken.insert(route.connector);
+        }
+        if let Some(key) = dedup_key {
+            accepted.push((key, id));
+        }
+        let event = audit::received(
+            id,
+            false,
+            &record,
+            &record.ack_code,
+            message.tls_identity.as_deref(),
+        );
+        tables.audit(transaction, now, event)?;
+        Ok(Appended::Stored { id })
+    }
+}
+
+/// The tables a batch writes.
+struct Tables<'txn> {
+    messages: Table<'txn, u64, &'static [u8]>,
+    queue: Table<'txn, (u32, u64), &'static [u8]>,
+    /// `dlq` and `deliveries`, opened by the first operation that needs them: a batch of
+    /// appends only must not touch them (every table a commit touches costs a root update).
+    delivery: Option<DeliveryTables<'txn>>,
+    /// The audit trail, opened by the first record of the batch.
+    audit: Option<Table<'txn, u64, &'static [u8]>>,
+    /// The chain's head as of this transaction (None until first needed).
+    audit_head: Option<Head>,
+}
+
+struct DeliveryTables<'txn> {
+    dlq: Table<'txn, (u32, u64), &'static [u8]>,
+    deliveries: Table<'txn, (u64, u32), &'static [u8]>,
+}
+
+impl<'txn> Tables<'txn> {
+    /// The audit table, opened once per transaction (a second `open_table` of a table that is
+    /// open fails, and would fail the whole batch).
+    fn audit_table(
+        &mut self,
+        transaction: &'txn WriteTransaction,
+    ) -> Result<&mut Table<'txn, u64, &'static [u8]>, StoreError> {
+        let table = match self.audit.take() {
+            Some(table) => table,
+            None => transaction.open_table(AUDIT)?,
+        };
+        Ok(self.audit.insert(table))
+    }
+
+    /// Remove up to `max` of the oldest audit records written before `cutoff_micros`, never
+    /// the newest one (the chain's head is read from the last record), and move
+    /// `meta["audit_first_seq"]` to the first record kept.
+    fn prune_audit(
+        &mut self,
+        transaction: &'txn WriteTransaction,
+        cutoff_micros: i64,
+        max: usize,
+    ) -> Result<u64, StoreError> {
+        let table = self.audit_table(transaction)?;
+        let Some(newest) = table.last()?.map(|(key, _)| key.value()) else {
+            return Ok(0);
+        };
+        let mut doomed = Vec::new();
+        for entry in table.range(..newest)? {
+            if doomed.len() >= max {
+                break;
+            }
+            let (key, value) = entry?;
+            if audit::written_at(value.value())? >= cutoff_micros {
+                break;
+            }
+            doomed.push(key.value());
+        }
+        for seq in &doomed {
+            table.remove(*seq)?;
+        }
+        if let Some(last) = doomed.last() {
+            let mut meta = transaction.open_table(META)?;
+            meta.insert("audit_first_seq", last + 1)?;
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    /// Append a record to the audit trail; returns its seq.
+    fn audit(
+        &mut self,
+        transaction: &'txn WriteTransaction,
+        now: i64,
+        event: AuditEvent,
+    ) -> Result<u64, StoreError> {
+        let cached = self.audit_head;
+        let table = self.audit_table(transaction)?;
+        let mut head = match cached {
+            Some(head) => head,
+            None => Head::load(table)?,
+        };
+        let (seq, value) = audit::chain(&mut head, now, event)?;
+        table.insert(seq, value.as_slice())?;
+        self.audit_head = Some(head);
+        Ok(seq)
+    }
+
+    /// The delivery-state operations, with `dlq` and `deliveries` opened on first use.
+    fn delivery<'a>(
+        &'a mut self,
+        transaction: &'txn WriteTransaction,
+        now: i64,
+    ) -> Result<Delivery<'a, 'txn>, StoreError> {
+        let tables = match self.delivery.take() {
+            Some(tables) => tables,
+            None => DeliveryTables {
+                dlq: transaction.open_table(DLQ)?,
+                deliveries: transaction.open_table(DELIVERIES)?,
+            },
+        };
+        let DeliveryTables { dlq, deliveries } = self.delivery.insert(tables);
+        Ok(Delivery {
+            messages: &mut self.messages,
+            queue: &mut self.queue,
+            dlq,
+            deliveries,
+            now,
+        })
+    }
+}
+
+/// The tables a delivery-state operation touches, for one operation.
+struct Delivery<'a, 'txn> {
+    messages: &'a mut Table<'txn, u64, &'static [u8]>,
+    queue: &'a mut Table<'txn, (u32, u64), &'static [u8]>,
+    dlq: &'a mut Table<'txn, (u32, u64), &'static [u8]>,
+    deliveries: &'a mut Table<'txn, (u64, u32), &'static [u8]>,
+    now: i64,
+}
+
+impl Delivery<'_, '_> {
+    /// What the connector held of the message before this operation: the latest record's
+    /// count or, when nothing happened since intake, whether intake queued it there.
+    fn held_before(
+        &self,
+        message_id: u64,
+        connector: u32,
+        queued_at_intake: impl FnOnce() -> Result<bool, StoreError>,
+    ) -> Result<u32, StoreError> {
+        match self.deliveries.get((message_id, connector))? {
+            Some(value) => Ok(schema::decode::<DeliveryRecord>(value.value())?.held),
+            None => Ok(u32::from(queued_at_intake()?)),
+        }
+    }
+
+    /// An entry that is (or was) in a queue or DLQ counts as held when no record says
+    /// otherwise.
+    fn held(&self, message_id: u64, connector: u32) -> Result<u32, StoreError> {
+        self.held_before(message_id, connector, || Ok(true))
+    }
+
+    fn record(
+        &mut self,
+        message_id: u64,
+        connector: u32,
+        status: DeliveryStatus,
+        attempts: u32,
+        last_error: Option<String>,
+        held: u32,
+    ) -> Result<(), StoreError> {
+        let record = DeliveryRecord {
+            status,
+            at_micros: self.now,
+            attempts,
+            last_error,
+            held,
+        };
+        self.deliveries
+            .insert((message_id, connector), schema::encode(&record)?.as_slice())?;
+        Ok(())
+    }
+
+    fn take_queue_entry(
+        &mut self,
+        connector: u32,
+        seq: u64,
+    ) -> Result<Option<QueueEntry>, StoreError> {
+        match self.queue.remove((connector, seq))? {
+            Some(value) => Ok(Some(schema::decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn take_dead_letter(
+        &mut self,
+        connector: u32,
+        seq: u64,
+    ) -> Result<Option<DlqEntry>, StoreError> {
+        match self.dlq.remove((connector, seq))? {
+            Some(value) => Ok(Some(schema::decode(value.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The output confirmed the entry: it leaves the queue, DELIVERED is recorded.
+    fn delivered(&mut self, connector: u32, seq: u64, attempts: u32) -> Result<bool, StoreError> {
+        let Some(entry) = self.take_queue_entry(connector, seq)? else {
+            return Ok(false);
+        };
+        let before = self.held(entry.message_id, connector)?;
+        self.record(
+            entry.message_id,
+            connector,
+            DeliveryStatus::Delivered,
+            attempts,
+            entry.last_error,
+            before.saturating_sub(1),
+        )?;
+        Ok(true)
+    }
+
+    /// A failed attempt to be retried at `next_attempt_micros`.
+    fn retry(
+        &mut self,
+        connector: u32,
+        seq: u64,
+        attempts: u32,
+        next_attempt_micros: i64,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let current: Option<QueueEntry> = match self.queue.get((connector, seq))? {
+            Some(value) => Some(schema::decode(value.value())?),
+            None => None,
+        };
+        let Some(mut entry) = current else {
+            return Ok(false);
+        };
+        entry.attempts = attempts;
+        entry.next_attempt_micros = next_attempt_micros;
+        entry.last_error = Some(error.to_owned());
+        self.queue
+            .insert((connector, seq), schema::encode(&entry)?.as_slice())?;
+        Ok(true)
+    }
+
+    /// Give up on an entry: it moves to the connector's dead-letter queue.
+    fn dead_letter(
+        &mut self,
+        connector: u32,
+        seq: u64,
+        attempts: u32,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(entry) = self.take_queue_entry(connector, seq)? else {
+            return Ok(false);
+        };
+        let dead = DlqEntry {
+            message_id: entry.message_id,
+            attempts,
+            reason: reason.to_owned(),
+            failed_at_micros: self.now,
+        };
+        self.dlq
+            .insert((connector, seq), schema::encode(&dead)?.as_slice())?;
+        let before = self.held(entry.message_id, connector)?;
+        self.record(
+            entry.message_id,
+            connector,
+            DeliveryStatus::DeadLettered,
+            attempts,
+            Some(reason.to_owned()),
+            before,
+        )?;
+        Ok(true)
+    }
+
+    /// Put a dead letter back at the tail of `to`'s queue under a fresh seq from the message
+    /// counter; `None` when it was not in the dead-letter queue.
+    fn replay(
+        &mut self,
+        connector: u32,
+        seq: u64,
+        to: u32,
+        next_id: &mut u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let Some(dead) = self.take_dead_letter(connector, seq)? else {
+            return Ok(None);
+        };
+        let new_seq = *next_id;
+        *next_id += 1;
+        let entry = QueueEntry {
+            message_id: dead.message_id,
+            attempts: 0,
+            next_attempt_micros: 0,
+            last_error: None,
+        };
+        self.queue
+            .insert((to, new_seq), schema::encode(&entry)?.as_slice())?;
+        let from_before = self.held(dead.message_id, connector)?;
+        if to == connector {
+            self.record(
+                dead.message_id,
+                to,
+                DeliveryStatus::Queued,
+                0,
+                None,
+                from_before,
+            )?;
+        } else {
+            // The original connector's DLQ entry is gone: it holds one entry less.
+            self.record(
+                dead.message_id,
+                connector,
+                DeliveryStatus::Purged,
+                dead.attempts,
+                Some(dead.reason),
+                from_before.saturating_sub(1),
+            )?;
+            let messages = &*self.messages;
+            let to_before = self.held_before(dead.message_id, to, || {
+                let routes = match messages.get(dead.message_id)? {
+                    Some(value) => schema::decode_message(value.value())?.0.routes,
+                    None => Vec::new(),
+                };
+                Ok(routes
+                    .iter()
+                    .any(|route| route.connector == to && route.status == RouteStatus::Queued))
+            })?;
+            self.record(
+                dead.message_id,
+                to,
+                DeliveryStatus::Queued,
+                0,
+                None,
+                to_before + 1,
+            )?;
+        }
+        Ok(Some(new_seq))
+    }
+
+    /// Remove a dead letter without delivering it.
+    fn purge(&mut self, connector: u32, seq: u64) -> Result<bool, StoreError> {
+        let Some(dead) = self.take_dead_letter(connector, seq)? else {
+            return Ok(false);
+        };
+        let before = self.held(dead.message_id, connector)?;
+        self.record(
+            dead.message_id,
+            connector,
+            DeliveryStatus::Purged,
+            dead.attempts,
+            Some(dead.reason),
+            before.saturating_sub(1),
+        )?;
+        Ok(true)
+    }
+}
+
+/// One bounded retention step (see [`crate::outbox::Outbox::retain`]).
+fn retain<'txn>(
+    transaction: &'txn WriteTransaction,
+    tables: &mut Tables<'txn>,
+    cutoff_micros: i64,
+    after_id: u64,
+    max_scan: usize,
+) -> Result<Retained, StoreError> {
+    let mut retained = Retained::default();
+    let mut removable = Vec::new();
+    let mut reached_cutoff = true;
+    let mut last_scanned = after_id;
+    let Delivery {
+        messages,
+        deliveries,
+        ..
+    } = tables.delivery(transaction, 0)?;
+    for entry in messages.range(after_id.saturating_add(1)..)? {
+        if retained.scanned as usize >= max_scan {
+            reached_cutoff = false;
+            break;
+        }
+        let (id, value) = entry?;
+        let id = id.value();
+        let (record, _) = schema::decode_message(value.value())?;
+        if record.received_at_micros >= cutoff_micros {
+            break;
+        }
+        retained.scanned += 1;
+        last_scanned = id;
+        if message_is_done(&*deliveries, id, &record)? {
+            removable.push((id, record.body_inline));
+        }
+    }
+    let mut bodies = None;
+    for (id, inline) in &removable {
+        messages.remove(*id)?;
+        if !inline {
+            let table = match bodies.take() {
+                Some(table) => table,
+                None => transaction.open_table(BODIES)?,
+            };
+            bodies.insert(table).remove(*id)?;
+        }
+        deliveries.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
+    }
+    retained.removed = removable.len() as u64;
+    retained.resume_after = (!reached_cutoff).then_some(last_scanned);
+    Ok(retained)
+}
+
+/// True when no connector holds this message any more: every route queued at intake has a
+/// delivery record, and no record holds a queue or dead-letter entry.
+fn message_is_done(
+    deliveries: &impl ReadableTable<(u64, u32), &'static [u8]>,
+    id: u64,
+    record: &schema::MessageRecord,
+) -> Result<bool, StoreError> {
+    let mut states = HashMap::new();
+    for entry in deliveries.range((id, 0)..=(id, u32::MAX))? {
+        let (key, value) = entry?;
+        let state: DeliveryRecord = schema::decode(value.value())?;
+        if state.held > 0 {
+            return Ok(false);
+        }
+        states.insert(key.value().1, state.status);
+    }
+    Ok(record
+        .routes
+        .iter()
+        .filter(|route| route.status == RouteStatus::Queued)
+        .all(|route| states.contains_key(&route.connector)))
+}
+
+/// The next message id: one past the newest message, or past `meta["next_message_id"]` if
+/// that is higher. The counter in `meta` is written only by whatever removes the newest
+/// messages or takes a seq (retention, replay), so ids are never reused; commits need not
+/// touch `meta`.
+fn next_message_id(
+    meta: &impl ReadableTable<&'static str, u64>,
+    messages: &impl ReadableTable<u64, &'static [u8]>,
+) -> Result<u64, StoreError> {
+    let newest = messages.last()?.map(|(id, _)| id.value()).unwrap_or(0);
+    Ok(schema::read_meta(meta, "next_message_id")?.max(newest + 1))
+}
