@@ -404,7 +404,7 @@ async fn requests_are_bounded_and_nothing_is_parsed_before_authentication() {
 }
 
 fn audit_records(data: &Path) -> Vec<(u64, Vec<u8>)> {
-    let database = redb::Database::create(data.join("mfoundry.redb")).expect("open");
+    let database = mfoundry::outbox::datafile::open_raw(&data.join("mfoundry.redb")).expect("open");
     let transaction = redb::ReadableDatabase::begin_read(&database).expect("read");
     let table = transaction.open_table(AUDIT).expect("audit table");
     redb::ReadableTable::iter(&table)
@@ -431,7 +431,8 @@ fn tamper(
     std::fs::copy(data.join("mfoundry.redb"), copy.join("mfoundry.redb")).expect("copy");
     let records = audit_records(&copy);
     {
-        let database = redb::Database::create(copy.join("mfoundry.redb")).expect("open");
+        let database =
+            mfoundry::outbox::datafile::open_raw(&copy.join("mfoundry.redb")).expect("open");
         let transaction = database.begin_write().expect("write");
         {
             let mut table = transaction.open_table(AUDIT).expect("table");

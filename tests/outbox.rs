@@ -673,7 +673,7 @@ async fn one_request_that_fails_on_its_own_does_not_fail_the_others_in_its_commi
     writer.join();
     // A queue entry that cannot be decoded (a damaged or future record).
     {
-        let database = redb::Database::create(&path).expect("redb");
+        let database = mfoundry::outbox::datafile::open_raw(&path).expect("redb");
         let transaction = database.begin_write().expect("write");
         {
             let mut queue = transaction

@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use retry::{Random, RetryPolicy};
 
@@ -272,6 +272,21 @@ impl<O: Deliver> Worker<O> {
     async fn attempt(&mut self, head: &mut Pending) -> Result<Step, StoreError> {
         let connector = self.settings.connector;
         let seq = head.seq;
+        if let Some(damage) = &head.damage {
+            // Never deliver bytes that are not the message: they fail the checksum written
+            // with them. Operators see it in the dead-letter queue and in the counter.
+            error!(connector = %self.settings.name, seq, damage = %damage, "the stored message is damaged; moved to the dead-letter queue, not delivered");
+            self.outbox.stats().damaged.fetch_add(1, Ordering::Relaxed);
+            let reason = format!(
+                "the stored message is damaged ({damage}); it was not delivered. Restore the \
+                 store from a backup, or purge this entry"
+            );
+            self.outbox
+                .dead_letter(connector, seq, head.entry.attempts, reason)
+                .await?;
+            bump(&self.stats.dead_lettered);
+            return Ok(Step::Done);
+        }
         let (Some(record), Some(body)) = (head.record.clone(), head.body.clone()) else {
             let reason = "the message is missing from the outbox".to_owned();
             self.outbox

@@ -72,6 +72,10 @@ pub struct AuditRecord {
     pub event: AuditEvent,
 }
 
+impl schema::Record for AuditRecord {
+    const REVISION: u8 = 1;
+}
+
 /// The chain's position: the next seq and the hash of the newest record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Head {

@@ -77,6 +77,11 @@ pub enum StoreError {
     /// A record could not be encoded or decoded.
     #[error("record encoding error: {0}")]
     Encoding(String),
+    /// A stored record or body fails its checksum (or is truncated): it was changed after
+    /// it was written. Never read as if it were the record. The text names the record by
+    /// table and key, never by content.
+    #[error("stored record is damaged: {0}")]
+    Damaged(String),
     /// The writer thread is gone (shutting down, or it could not reopen the database).
     #[error("the outbox writer is not running")]
     WriterGone,

@@ -34,6 +34,7 @@
 //! The outbox knows nothing of HL7 or sockets: it stores what ingest hands it.
 
 pub mod audit;
+pub mod datafile;
 mod dedup;
 pub mod error;
 pub mod journal;
@@ -42,6 +43,7 @@ mod request;
 pub mod schema;
 mod snapshot;
 pub mod storage;
+pub mod verify;
 mod writer;
 
 pub use error::{Chain, OpenError, StoreError};
@@ -183,6 +185,9 @@ pub struct OutboxStats {
     pub reopens: AtomicU64,
     /// Accepted frames currently remembered for retransmit detection.
     pub dedup_entries: AtomicU64,
+    /// Stored records found damaged (failing their checksum): by a worker before delivery
+    /// or by the background verification.
+    pub damaged: AtomicU64,
 }
 
 /// What one retention pass did.

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::ops::Bound;
 
 use redb::{BackendError, Database, ReadableDatabase, ReadableTable, StorageBackend};
-use tracing::info;
+use tracing::{info, warn};
 
+use super::datafile::{DataFile, INITIALIZED, Layout, read_layout};
 use super::dedup::DedupIndex;
-use super::journal::{self, Journaled};
+use super::journal::{self, HeaderRead, JournalError, Journaled, Policy, Refusal, Replayed};
 use super::schema::{
     self, AUDIT, BODIES, CONNECTORS, DELIVERIES, DLQ, FORMAT_VERSION, MESSAGES, META, QUEUE,
 };
@@ -119,6 +120,13 @@ impl Opening<'_> {
         }
     }
 
+    fn refused(&self, reason: String) -> OpenError {
+        OpenError::Refused {
+            path: self.path(),
+            reason,
+        }
+    }
+
     fn sync_directory(&self) -> Result<(), OpenError> {
         self.options
             .storage
@@ -134,46 +142,269 @@ impl Opening<'_> {
     }
 }
 
+/// What an open found and did, beyond opening.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    /// A new data file was created.
+    pub created: bool,
+    /// A data file of format 1 was converted to format 2 (its size in bytes).
+    pub upgraded: Option<u64>,
+    /// Journal records written again into the data file.
+    pub replayed: Replayed,
+    /// Accepting loss: what could not be opened as it was, and journal records given up.
+    pub lost: Option<(Refusal, u64)>,
+    /// Accepting loss: the data file's header was damaged and was written anew.
+    pub header_rewritten: bool,
+}
+
 /// Open or create the database and make sure every table exists and the format is known.
+/// Refuses (writing nothing) when the files do not belong together or are damaged.
 pub(super) fn open_database(options: &OutboxOptions) -> Result<Database, OpenError> {
+    open_with(options, Policy::Strict).map(|(database, _)| database)
+}
+
+/// [`open_database`] with a policy for what it would refuse, and a report of what it did.
+pub(crate) fn open_with(
+    options: &OutboxOptions,
+    policy: Policy,
+) -> Result<(Database, OpenReport), OpenError> {
     let opening = Opening { options };
     // Creates the directory when missing (private to the gateway's user), with its name
     // made durable in its parent.
     opening.sync_directory()?;
-    let data_existed = opening.exists(StoreFile::Data)?;
-    let journal_existed = opening.exists(StoreFile::Journal)?;
-    let backend: Box<dyn StorageBackend> = if options.journal {
-        Box::new(open_journaled(&opening, data_existed && journal_existed)?)
-    } else {
-        if journal_existed {
-            retire_journal(&opening)?;
-        }
+    let mut report = OpenReport::default();
+    let (data, journal_file, journal_existed) = loop {
+        let data_existed = opening.exists(StoreFile::Data)?;
+        let journal_existed = opening.exists(StoreFile::Journal)?;
+        // Both files locked, the data file first, before anything is read: a running
+        // gateway holds them, and nothing here may replay into or remove a journal in use.
         let main = opening.open_locked(StoreFile::Data)?;
-        if !data_existed {
-            // Commits sync the file, not its name: a power cut must not lose the file.
-            opening.sync_directory()?;
+        let journal_file = if options.journal || journal_existed {
+            Some(opening.open_locked(StoreFile::Journal)?)
+        } else {
+            None
+        };
+        let layout = read_layout(main.as_ref())
+            .map_err(opening.io("cannot read the data file".to_owned()))?;
+        let data = match layout {
+            Layout::Legacy => {
+                report.upgraded = Some(upgrade_legacy(&opening, main, journal_file)?);
+                // Open again what the conversion left (the journal, if any, holds nothing).
+                continue;
+            }
+            Layout::Damaged if policy == Policy::Strict => {
+                return Err(opening.refused(
+                    "the data file's own header (its first 8 KiB) is damaged and the file                      cannot be identified; `mfoundry store recover --accept-loss` writes a new                      header and opens what redb can read"
+                        .to_owned(),
+                ));
+            }
+            Layout::Damaged => {
+                report.header_rewritten = true;
+                DataFile::adopt(main)
+                    .map_err(opening.io("cannot rewrite the data file's header".to_owned()))?
+            }
+            Layout::New => {
+                if let Some(journal) = &journal_file
+                    && let Some(records) = journal::held_records(journal.as_ref())
+                        .map_err(opening.io("cannot read the journal".to_owned()))?
+                {
+                    let refusal = Refusal::DataMissing { records };
+                    if policy == Policy::Strict {
+                        return Err(opening.refused(refusal.to_string()));
+                    }
+                    report.lost = Some((refusal, records));
+                }
+                let data = DataFile::create(main)
+                    .and_then(|data| data.inner().sync_data().map(|()| data))
+                    .map_err(opening.io("cannot create the data file".to_owned()))?;
+                report.created = !data_existed;
+                if !data_existed {
+                    // Commits sync the file, not its name: a power cut must not lose it.
+                    opening.sync_directory()?;
+                }
+                data
+            }
+            Layout::Current(header) => DataFile::open(main, header)
+                .map_err(opening.io("cannot open the data file".to_owned()))?,
+        };
+        break (data, journal_file, journal_existed);
+    };
+    let storage = &options.storage;
+    let journal_name = storage.name(StoreFile::Journal);
+    let journal_error = |error: JournalError| match error {
+        JournalError::Refused(refusal) => opening.refused(refusal.to_string()),
+        JournalError::Io(source) => OpenError::Io {
+            path: opening.path(),
+            what: format!("journal {journal_name}"),
+            source,
+        },
+    };
+    let backend: Box<dyn StorageBackend> = match journal_file {
+        Some(journal_file) if options.journal => {
+            if !journal_existed {
+                // Commits will depend on the journal: its name must survive a power cut.
+                opening.sync_directory()?;
+            }
+            let (backend, recovered) =
+                Journaled::open(data, journal_file, options.journal_capacity, policy)
+                    .map_err(journal_error)?;
+            note(&mut report, recovered);
+            // redb takes the data file's lock itself; the journal's stays held.
+            let _ = backend.unlock_range(Bound::Unbounded, Bound::Unbounded);
+            Box::new(backend)
         }
-        // redb takes the lock itself.
-        let _ = main.unlock_range(Bound::Unbounded, Bound::Unbounded);
-        main
+        Some(journal_file) => {
+            // The journal is off: what a journal left is replayed, then it is removed.
+            let recovered =
+                journal::retire(&data, journal_file.as_ref(), policy).map_err(journal_error)?;
+            let replayed = recovered.replayed.records;
+            note(&mut report, recovered);
+            storage
+                .remove(StoreFile::Journal)
+                .map_err(opening.io(format!("cannot remove {journal_name}")))?;
+            opening.sync_directory()?;
+            let _ = journal_file.close();
+            info!(
+                commits = replayed,
+                "STORE_JOURNAL is off: the journal of an earlier run was checked, replayed and removed"
+            );
+            let _ = data.unlock_range(Bound::Unbounded, Bound::Unbounded);
+            Box::new(data)
+        }
+        None => {
+            let _ = data.unlock_range(Bound::Unbounded, Bound::Unbounded);
+            Box::new(data)
+        }
     };
     let mut builder = Database::builder();
     builder.set_cache_size(options.cache_size);
-    let database =
-        builder
-            .create_with_backend(DynBackend(backend))
-            .map_err(|source| match source {
-                redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse {
-                    path: opening.path(),
-                    detail: source.to_string(),
-                },
-                source => OpenError::Database {
-                    path: opening.path(),
-                    source,
-                },
-            })?;
+    // A data file damaged in ways redb does not expect can make its open panic: that is an
+    // error with a way out, not a crash.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        builder.create_with_backend(DynBackend(backend))
+    }));
+    let database = match opened {
+        Ok(Ok(database)) => database,
+        Ok(Err(redb::DatabaseError::DatabaseAlreadyOpen)) => {
+            return Err(OpenError::InUse {
+                path: opening.path(),
+                detail: "the data file is open in another process".to_owned(),
+            });
+        }
+        Ok(Err(source)) => {
+            return Err(OpenError::Database {
+                path: opening.path(),
+                source,
+            });
+        }
+        Err(_) => {
+            return Err(opening.refused(
+                "redb failed (panicked) while opening the data file: it is damaged. Run                  `mfoundry store verify` for details; `mfoundry store recover --accept-loss`                  opens what can be read"
+                    .to_owned(),
+            ));
+        }
+    };
     prepare(&opening, &database)?;
-    Ok(database)
+    log_report(&report);
+    Ok((database, report))
+}
+
+fn note(report: &mut OpenReport, recovered: journal::Recovered) {
+    report.replayed = recovered.replayed;
+    if recovered.lost.is_some() {
+        report.lost = recovered.lost;
+    }
+}
+
+fn log_report(report: &OpenReport) {
+    if report.replayed.records > 0 {
+        info!(
+            commits = report.replayed.records,
+            bytes = report.replayed.bytes,
+            "commits written again from the journal into the data file"
+        );
+    }
+    if let Some((refusal, records)) = &report.lost {
+        warn!(records, reason = %refusal, "opened accepting loss");
+    }
+}
+
+/// Convert a data file of format 1 (a plain redb file) to format 2: a journal of format 1
+/// that still holds commits is replayed into it first; the file is copied behind a new header
+/// into `mfoundry.redb-upgrade`, synced, and renamed over the data file. A crash on the way
+/// leaves the old file (the next start converts again). Returns the size converted.
+fn upgrade_legacy(
+    opening: &Opening<'_>,
+    main: Box<dyn StorageBackend>,
+    journal_file: Option<Box<dyn StorageBackend>>,
+) -> Result<u64, OpenError> {
+    let storage = &opening.options.storage;
+    if let Some(journal_file) = &journal_file {
+        match journal::read_header(journal_file.as_ref())
+            .map_err(opening.io("cannot read the journal".to_owned()))?
+        {
+            HeaderRead::Legacy => {
+                let replayed = journal::retire_legacy(main.as_ref(), journal_file.as_ref())
+                    .map_err(opening.io("cannot replay the journal of format 1".to_owned()))?;
+                info!(
+                    commits = replayed.records,
+                    "the journal of format 1 was replayed into the data file before converting it"
+                );
+            }
+            HeaderRead::Empty => {}
+            HeaderRead::Valid(_) | HeaderRead::Unreadable => {
+                if journal::held_records(journal_file.as_ref())
+                    .map_err(opening.io("cannot read the journal".to_owned()))?
+                    .is_some()
+                {
+                    return Err(opening.refused(
+                        Refusal::Mismatched { records: 0 }.to_string()
+                            + " (a data file of format 1 beside a journal of format 2)",
+                    ));
+                }
+            }
+        }
+    }
+    let size = main
+        .len()
+        .map_err(opening.io("cannot read the data file".to_owned()))?;
+    let temporary = storage
+        .open(StoreFile::Upgrade)
+        .map_err(opening.io(format!(
+            "cannot create {}",
+            storage.name(StoreFile::Upgrade)
+        )))?;
+    let converted = (|| -> std::io::Result<()> {
+        let upgraded = DataFile::create(temporary)?;
+        let mut buffer = vec![0u8; 4 << 20];
+        let mut offset = 0;
+        while offset < size {
+            let chunk = (size - offset).min(buffer.len() as u64) as usize;
+            main.read(offset, &mut buffer[..chunk])?;
+            upgraded.write(offset, &buffer[..chunk])?;
+            offset += chunk as u64;
+        }
+        if size > 0 {
+            upgraded.update_header(|header| header.flags |= INITIALIZED)?;
+        }
+        upgraded.inner().sync_data()?;
+        upgraded.close()
+    })();
+    converted.map_err(opening.io(format!(
+        "cannot convert the data file to format 2 (it needs as much free space as its size, {size} bytes)"
+    )))?;
+    drop(journal_file);
+    let _ = main.close();
+    drop(main);
+    storage
+        .rename(StoreFile::Upgrade, StoreFile::Data)
+        .map_err(opening.io("cannot put the converted data file in place".to_owned()))?;
+    opening.sync_directory()?;
+    info!(
+        bytes = size,
+        "the data file was converted to format 2 (a header of its own in front of redb's file)"
+    );
+    Ok(size)
 }
 
 /// Check the format version, give a new file its instance id, create every table.
@@ -183,7 +414,9 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
         {
             let mut meta = transaction.open_table(META)?;
             match schema::read_meta(&meta, "format_version")? {
-                0 => {
+                // New, or written by format 1: its records stay readable as they are (see
+                // `schema`); from now on older builds refuse the file.
+                0 | 1 => {
                     meta.insert("format_version", FORMAT_VERSION)?;
                 }
                 FORMAT_VERSION => {}
@@ -211,56 +444,6 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
              (run the mfoundry release that wrote it)"
         ),
     })
-}
-
-/// Open the data file through its journal, replaying the journal first (see [`journal`]).
-/// Both files are locked, the data file first, so no other process replays into, writes or
-/// removes a journal in use; the journal stays locked while the handle lives, the data file's
-/// lock is handed to redb.
-fn open_journaled(opening: &Opening<'_>, both_existed: bool) -> Result<Journaled, OpenError> {
-    let main = opening.open_locked(StoreFile::Data)?;
-    let journal_file = opening.open_locked(StoreFile::Journal)?;
-    if !both_existed {
-        // Commits will depend on both files: their names must survive a power cut too (an
-        // empty data file beside a journal with records is refused as a deleted one).
-        opening.sync_directory()?;
-    }
-    let storage = &opening.options.storage;
-    let (backend, replayed) = Journaled::open(main, journal_file, opening.options.journal_capacity)
-        .map_err(opening.io(format!("journal {}", storage.name(StoreFile::Journal))))?;
-    let _ = backend.unlock_range(Bound::Unbounded, Bound::Unbounded);
-    log_replayed(replayed);
-    Ok(backend)
-}
-
-/// With the journal off: a journal left by a run with it on is replayed into the data file,
-/// then removed (while both are still locked).
-fn retire_journal(opening: &Opening<'_>) -> Result<(), OpenError> {
-    let storage = &opening.options.storage;
-    let journal_name = storage.name(StoreFile::Journal);
-    let main = opening.open_locked(StoreFile::Data)?;
-    let journal_file = opening.open_locked(StoreFile::Journal)?;
-    let replayed = journal::retire(main.as_ref(), journal_file.as_ref())
-        .map_err(opening.io(format!("journal {journal_name}")))?;
-    log_replayed(replayed);
-    storage
-        .remove(StoreFile::Journal)
-        .map_err(opening.io(format!("cannot remove {journal_name}")))?;
-    opening.sync_directory()?;
-    info!("STORE_JOURNAL is off: the journal of an earlier run was replayed and removed");
-    let _ = journal_file.close();
-    let _ = main.close();
-    Ok(())
-}
-
-fn log_replayed(replayed: journal::Replayed) {
-    if replayed.records > 0 {
-        info!(
-            commits = replayed.records,
-            bytes = replayed.bytes,
-            "commits written again from the journal into the data file"
-        );
-    }
 }
 
 /// A random, non-zero id for a new data file: message ids are unique within one file only,

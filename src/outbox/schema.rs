@@ -1,18 +1,53 @@
 //! The on-disk layout: tables, keys and value encodings.
 //!
-//! Every value that is a struct is encoded as one version byte followed by its `postcard`
-//! encoding, so a later format can be read next to this one. `meta["format_version"]` names
-//! the layout of the whole file.
+//! # The record envelope (format 2, ADR 0007)
+//! Every stored value that is a record (and every body in `bodies`) is
+//! `envelope (1) = 2 ‖ revision (1) ‖ crc32 (4, LE) ‖ payload`, the crc over the envelope and
+//! revision bytes and the payload. The payload is the record's `postcard` encoding (for
+//! `messages`, followed by the inline body; for `bodies`, the body itself). Reading checks
+//! the crc first: a mismatch is [`StoreError::Damaged`], never a misread record or an
+//! altered body served as the message.
+//!
+//! The revision names the record's fields ([`Record::REVISION`]). Adding a field is a new
+//! revision plus one [`Record::upgrade`] arm that reads the older one, so records of every
+//! earlier revision stay readable next to new ones and nothing is rewritten.
+//!
+//! Format 1 (before the envelope) wrote `1 ‖ postcard`, without a checksum, and bodies in
+//! `bodies` raw. Those records are still read (as revision 1, unchecked); a message record
+//! in format 1 means its body in `bodies` is raw too. `meta["format_version"]` is 2 once a
+//! file was opened by a build that writes envelopes: older builds refuse it.
 
 use redb::{ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 
 /// Layout version of the whole file, stored in `meta`.
-pub const FORMAT_VERSION: u64 = 1;
-/// Version byte in front of every encoded record.
-const RECORD_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u64 = 2;
+/// The envelope byte of format 1 (no checksum).
+const LEGACY_ENVELOPE: u8 = 1;
+/// The envelope byte of format 2.
+const ENVELOPE: u8 = 2;
+/// Envelope, revision and crc.
+const ENVELOPE_LEN: usize = 6;
+
+/// A record stored in the envelope: its revision, and how to read older ones.
+pub trait Record: Serialize + DeserializeOwned {
+    /// The revision of this record's fields. A change of fields is a new revision.
+    const REVISION: u8;
+
+    /// Read a payload of an older revision (revision 1 is the layout of format 1).
+    fn upgrade(revision: u8, payload: &[u8]) -> Result<Self, StoreError> {
+        if revision == 1 && Self::REVISION == 1 {
+            return postcard::from_bytes(payload)
+                .map_err(|error| StoreError::Encoding(error.to_string()));
+        }
+        Err(StoreError::Encoding(format!(
+            "record revision {revision} is not known to this mfoundry"
+        )))
+    }
+}
 
 /// `name → value`: `format_version`, `instance_id` (random, set when the file is created),
 /// `next_connector_id`, and `next_message_id`, a floor for
@@ -214,26 +249,75 @@ pub struct DeliveryRecord {
     pub held: u32,
 }
 
-/// Encode a record: version byte, then postcard.
-pub fn encode<T: Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![RECORD_VERSION];
-    let body =
-        postcard::to_stdvec(record).map_err(|error| StoreError::Encoding(error.to_string()))?;
-    out.extend_from_slice(&body);
-    Ok(out)
+/// Wrap `payload` in an envelope of `revision`.
+fn seal(revision: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ENVELOPE_LEN + payload.len());
+    out.push(ENVELOPE);
+    out.push(revision);
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(payload);
+    let crc = checksum(&out);
+    out[2..6].copy_from_slice(&crc.to_le_bytes());
+    out
 }
 
-/// Decode a record written by [`encode`].
-pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, StoreError> {
+fn checksum(sealed: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&sealed[..2]);
+    hasher.update(&sealed[ENVELOPE_LEN..]);
+    hasher.finalize()
+}
+
+/// An opened envelope: the revision and payload, and whether a checksum vouched for them.
+struct Opened<'a> {
+    revision: u8,
+    payload: &'a [u8],
+    checked: bool,
+}
+
+fn open(bytes: &[u8]) -> Result<Opened<'_>, StoreError> {
     match bytes.split_first() {
-        Some((&RECORD_VERSION, body)) => {
-            postcard::from_bytes(body).map_err(|error| StoreError::Encoding(error.to_string()))
+        Some((&ENVELOPE, _)) if bytes.len() >= ENVELOPE_LEN => {
+            let stored = u32::from_le_bytes([bytes[2], bytes[3], bytes[4], bytes[5]]);
+            if checksum(bytes) != stored {
+                return Err(StoreError::Damaged(
+                    "its checksum does not match its bytes".to_owned(),
+                ));
+            }
+            Ok(Opened {
+                revision: bytes[1],
+                payload: &bytes[ENVELOPE_LEN..],
+                checked: true,
+            })
         }
+        Some((&ENVELOPE, _)) => Err(StoreError::Damaged("it is truncated".to_owned())),
+        Some((&LEGACY_ENVELOPE, payload)) => Ok(Opened {
+            revision: 1,
+            payload,
+            checked: false,
+        }),
         Some((version, _)) => Err(StoreError::Encoding(format!(
             "record version {version} is not known to this mfoundry"
         ))),
         None => Err(StoreError::Encoding("empty record".to_owned())),
     }
+}
+
+/// Encode a record in the envelope.
+pub fn encode<T: Record>(record: &T) -> Result<Vec<u8>, StoreError> {
+    let payload =
+        postcard::to_stdvec(record).map_err(|error| StoreError::Encoding(error.to_string()))?;
+    Ok(seal(T::REVISION, &payload))
+}
+
+/// Decode a record written by [`encode`] (or by format 1), checking its checksum.
+pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
+    let opened = open(bytes)?;
+    if opened.revision == T::REVISION && opened.checked {
+        return postcard::from_bytes(opened.payload)
+            .map_err(|error| StoreError::Encoding(error.to_string()));
+    }
+    T::upgrade(opened.revision, opened.payload)
 }
 
 /// Encode a `messages` value: the record, then the inline body if any.
@@ -241,27 +325,92 @@ pub fn encode_message(
     record: &MessageRecord,
     inline_body: Option<&[u8]>,
 ) -> Result<Vec<u8>, StoreError> {
-    let mut out = encode(record)?;
+    let mut payload =
+        postcard::to_stdvec(record).map_err(|error| StoreError::Encoding(error.to_string()))?;
     if let Some(body) = inline_body {
-        out.extend_from_slice(body);
+        payload.extend_from_slice(body);
     }
-    Ok(out)
+    Ok(seal(MessageRecord::REVISION, &payload))
+}
+
+/// Encode a body stored apart, in `bodies`.
+pub fn encode_body(body: &[u8]) -> Vec<u8> {
+    seal(0, body)
+}
+
+/// A decoded `messages` value.
+#[derive(Debug)]
+pub struct DecodedMessage<'a> {
+    /// The record.
+    pub record: MessageRecord,
+    /// The body, when stored inline.
+    pub inline: Option<&'a [u8]>,
+    /// Whether a checksum vouched for it (false for records of format 1).
+    pub checked: bool,
+}
+
+/// Decode a `messages` value, checking its checksum.
+pub fn decode_message_checked(bytes: &[u8]) -> Result<DecodedMessage<'_>, StoreError> {
+    let opened = open(bytes)?;
+    if opened.revision != MessageRecord::REVISION {
+        return Err(StoreError::Encoding(format!(
+            "message record revision {} is not known to this mfoundry",
+            opened.revision
+        )));
+    }
+    let (record, body): (MessageRecord, &[u8]) = postcard::take_from_bytes(opened.payload)
+        .map_err(|error| StoreError::Encoding(error.to_string()))?;
+    let inline = record.body_inline.then_some(body);
+    Ok(DecodedMessage {
+        record,
+        inline,
+        checked: opened.checked,
+    })
 }
 
 /// Decode a `messages` value: the record and, if stored inline, the body.
 pub fn decode_message(bytes: &[u8]) -> Result<(MessageRecord, Option<&[u8]>), StoreError> {
-    match bytes.split_first() {
-        Some((&RECORD_VERSION, rest)) => {
-            let (record, body): (MessageRecord, &[u8]) = postcard::take_from_bytes(rest)
-                .map_err(|error| StoreError::Encoding(error.to_string()))?;
-            let inline = record.body_inline.then_some(body);
-            Ok((record, inline))
-        }
-        Some((version, _)) => Err(StoreError::Encoding(format!(
-            "record version {version} is not known to this mfoundry"
-        ))),
-        None => Err(StoreError::Encoding("empty record".to_owned())),
+    let decoded = decode_message_checked(bytes)?;
+    Ok((decoded.record, decoded.inline))
+}
+
+/// The body stored apart for `message` (a `bodies` value), checked: raw for a record of
+/// format 1, in an envelope otherwise.
+pub fn decode_body<'a>(
+    message: &DecodedMessage<'_>,
+    bytes: &'a [u8],
+) -> Result<&'a [u8], StoreError> {
+    if !message.checked {
+        return Ok(bytes);
     }
+    let opened = open(bytes)?;
+    if !opened.checked {
+        return Err(StoreError::Damaged(
+            "its envelope is not of format 2".to_owned(),
+        ));
+    }
+    Ok(opened.payload)
+}
+
+/// Check a body stored apart (see [`decode_body`]).
+pub fn check_body(message: &DecodedMessage<'_>, bytes: &[u8]) -> Result<(), StoreError> {
+    decode_body(message, bytes).map(|_| ())
+}
+
+impl Record for QueueEntry {
+    const REVISION: u8 = 1;
+}
+
+impl Record for DlqEntry {
+    const REVISION: u8 = 1;
+}
+
+impl Record for DeliveryRecord {
+    const REVISION: u8 = 1;
+}
+
+impl Record for MessageRecord {
+    const REVISION: u8 = 1;
 }
 
 /// Read a counter from `meta`, 0 when absent.
@@ -276,20 +425,80 @@ pub fn read_meta(
 mod tests {
     use super::*;
 
-    #[test]
-    fn records_round_trip_with_a_version_byte() {
-        let entry = QueueEntry {
+    fn entry() -> QueueEntry {
+        QueueEntry {
             message_id: 7,
             attempts: 2,
             next_attempt_micros: 99,
             last_error: Some("timeout".to_owned()),
-        };
-        let bytes = encode(&entry).expect("encodes");
-        assert_eq!(bytes[0], RECORD_VERSION);
-        assert_eq!(decode::<QueueEntry>(&bytes).expect("decodes"), entry);
+        }
+    }
+
+    #[test]
+    fn records_round_trip_in_their_envelope() {
+        let bytes = encode(&entry()).expect("encodes");
+        assert_eq!((bytes[0], bytes[1]), (ENVELOPE, QueueEntry::REVISION));
+        assert_eq!(decode::<QueueEntry>(&bytes).expect("decodes"), entry());
         let mut future = bytes.clone();
         future[0] = 9;
-        assert!(decode::<QueueEntry>(&future).is_err());
+        assert!(matches!(
+            decode::<QueueEntry>(&future),
+            Err(StoreError::Encoding(_))
+        ));
         assert!(decode::<QueueEntry>(&[]).is_err());
+    }
+
+    /// Every single flipped bit of a record is caught by its checksum, never read as a
+    /// different record.
+    #[test]
+    fn any_flipped_bit_is_damage() {
+        let bytes = encode(&entry()).expect("encodes");
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            match decode::<QueueEntry>(&flipped) {
+                Err(StoreError::Damaged(_) | StoreError::Encoding(_)) => {}
+                other => panic!("bit {bit}: {other:?}"),
+            }
+        }
+    }
+
+    /// Records of format 1 (a version byte, no checksum) are still read.
+    #[test]
+    fn records_of_format_1_are_read() {
+        let mut legacy = vec![LEGACY_ENVELOPE];
+        legacy.extend(postcard::to_stdvec(&entry()).expect("encodes"));
+        assert_eq!(decode::<QueueEntry>(&legacy).expect("decodes"), entry());
+        let record = MessageRecord {
+            received_at_micros: 1,
+            peer: "p".to_owned(),
+            listener: "l".to_owned(),
+            header: HeaderFields::default(),
+            disposition: Disposition::Routed,
+            reason: None,
+            routes: Vec::new(),
+            ack_code: "AA".to_owned(),
+            body_len: 4,
+            ack: None,
+            dedup_key: None,
+            body_inline: true,
+        };
+        let mut legacy = vec![LEGACY_ENVELOPE];
+        legacy.extend(postcard::to_stdvec(&record).expect("encodes"));
+        legacy.extend_from_slice(b"MSH|");
+        let decoded = decode_message_checked(&legacy).expect("decodes");
+        assert_eq!(decoded.record, record);
+        assert_eq!(decoded.inline, Some(&b"MSH|"[..]));
+        assert!(!decoded.checked);
+        let sealed = encode_message(&record, Some(b"MSH|")).expect("encodes");
+        let decoded = decode_message_checked(&sealed).expect("decodes");
+        assert!(decoded.checked);
+        let mut flipped = sealed.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(matches!(
+            decode_message_checked(&flipped),
+            Err(StoreError::Damaged(_))
+        ));
     }
 }

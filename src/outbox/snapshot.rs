@@ -14,10 +14,14 @@ pub struct Pending {
     pub seq: u64,
     /// Delivery state so far.
     pub entry: QueueEntry,
-    /// The message's record (`None` if it is missing, which retention never causes).
+    /// The message's record (`None` if it is missing, which retention never causes, or
+    /// damaged).
     pub record: Option<MessageRecord>,
-    /// The bytes as received.
+    /// The bytes as received (`None` if missing or damaged).
     pub body: Option<Bytes>,
+    /// Why the record or body could not be read: it fails its checksum (damaged after it
+    /// was written). Such an entry is never delivered.
+    pub damage: Option<String>,
 }
 
 /// A connector's queue figures (see [`Snapshot::queue_figures`]).
@@ -29,6 +33,14 @@ pub struct QueueFigures {
     pub oldest_age_secs: Option<f64>,
     /// Entries in its dead-letter queue.
     pub dead_letters: u64,
+}
+
+/// Name the message in a damage report.
+fn name_message(id: u64, error: StoreError) -> StoreError {
+    match error {
+        StoreError::Damaged(what) => StoreError::Damaged(format!("message {id}: {what}")),
+        other => other,
+    }
 }
 
 /// A read transaction over the outbox.
@@ -49,26 +61,47 @@ impl Snapshot {
         })
     }
 
-    /// One message's record.
+    /// One message's record. A damaged record is [`StoreError::Damaged`] naming the message.
     pub fn message(&self, id: u64) -> Result<Option<MessageRecord>, StoreError> {
         let table = self.transaction.open_table(schema::MESSAGES)?;
         match table.get(id)? {
-            Some(value) => Ok(Some(schema::decode_message(value.value())?.0)),
+            Some(value) => Ok(Some(
+                schema::decode_message(value.value())
+                    .map_err(|error| name_message(id, error))?
+                    .0,
+            )),
             None => Ok(None),
         }
     }
 
-    /// One message's body.
+    /// One message's body, checked against its checksum. A damaged body (or record) is
+    /// [`StoreError::Damaged`] naming the message, never bytes that are not the message's.
     pub fn body(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let messages = self.transaction.open_table(schema::MESSAGES)?;
         let Some(value) = messages.get(id)? else {
             return Ok(None);
         };
-        if let (_, Some(inline)) = schema::decode_message(value.value())? {
+        let decoded = schema::decode_message_checked(value.value())
+            .map_err(|error| name_message(id, error))?;
+        if let Some(inline) = decoded.inline {
             return Ok(Some(inline.to_vec()));
         }
         let table = self.transaction.open_table(schema::BODIES)?;
-        Ok(table.get(id)?.map(|value| value.value().to_vec()))
+        match table.get(id)? {
+            Some(stored) => Ok(Some(
+                schema::decode_body(&decoded, stored.value())
+                    .map_err(|error| name_message(id, error))?
+                    .to_vec(),
+            )),
+            None => Err(StoreError::Damaged(format!(
+                "message {id}: its body is missing from the store"
+            ))),
+        }
+    }
+
+    /// Read and check every record (see [`super::verify`]); works while the gateway runs.
+    pub fn verify(&self) -> Result<super::verify::StoreReport, StoreError> {
+        super::verify::read_all(&self.transaction)
     }
 
     /// Every stored message record, in id order.
@@ -122,14 +155,21 @@ impl Snapshot {
             let (key, value) = entry?;
             let seq = key.value().1;
             let entry: QueueEntry = schema::decode(value.value())?;
-            let record = self.message(entry.message_id)?;
-            let body = self.body(entry.message_id)?.map(Bytes::from);
+            let read = self
+                .message(entry.message_id)
+                .and_then(|record| Ok((record, self.body(entry.message_id)?.map(Bytes::from))));
+            let (record, body, damage) = match read {
+                Ok((record, body)) => (record, body, None),
+                Err(StoreError::Damaged(what)) => (None, None, Some(what)),
+                Err(other) => return Err(other),
+            };
             bytes += body.as_ref().map_or(0, Bytes::len);
             out.push(Pending {
                 seq,
                 entry,
                 record,
                 body,
+                damage,
             });
         }
         Ok(out)

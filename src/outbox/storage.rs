@@ -19,11 +19,14 @@ pub enum StoreFile {
     Data,
     /// The commit journal beside it, `mfoundry.redb-journal`.
     Journal,
+    /// A data file being written in a new layout (`mfoundry.redb-upgrade`), renamed over the
+    /// data file once complete.
+    Upgrade,
 }
 
 impl StoreFile {
-    /// Both files, data file first.
-    pub const ALL: [Self; 2] = [Self::Data, Self::Journal];
+    /// Every file, data file first.
+    pub const ALL: [Self; 3] = [Self::Data, Self::Journal, Self::Upgrade];
 }
 
 /// The files of one store (see the module documentation).
@@ -37,6 +40,9 @@ pub trait Storage: Send + Sync + Debug {
     fn open(&self, file: StoreFile) -> io::Result<Box<dyn StorageBackend>>;
     /// Remove the file.
     fn remove(&self, file: StoreFile) -> io::Result<()>;
+    /// Replace `to` with `from`, atomically (not yet durable: see
+    /// [`Storage::sync_directory`]).
+    fn rename(&self, from: StoreFile, to: StoreFile) -> io::Result<()>;
     /// Create the directory when missing (and make its own name durable), then make its
     /// entries durable: files created or removed since.
     fn sync_directory(&self) -> io::Result<()>;
@@ -49,14 +55,18 @@ pub trait Storage: Send + Sync + Debug {
 pub struct Directory {
     data: PathBuf,
     journal: PathBuf,
+    upgrade: PathBuf,
 }
 
 impl Directory {
     /// The store whose data file is `data` (its journal lies beside it).
     pub fn new(data: &Path) -> Self {
+        let mut upgrade = data.file_name().unwrap_or_default().to_os_string();
+        upgrade.push("-upgrade");
         Self {
             data: data.to_path_buf(),
             journal: journal_path(data),
+            upgrade: data.with_file_name(upgrade),
         }
     }
 
@@ -64,6 +74,7 @@ impl Directory {
         match file {
             StoreFile::Data => &self.data,
             StoreFile::Journal => &self.journal,
+            StoreFile::Upgrade => &self.upgrade,
         }
     }
 
@@ -113,6 +124,10 @@ impl Storage for Directory {
 
     fn remove(&self, file: StoreFile) -> io::Result<()> {
         std::fs::remove_file(self.path(file))
+    }
+
+    fn rename(&self, from: StoreFile, to: StoreFile) -> io::Result<()> {
+        std::fs::rename(self.path(from), self.path(to))
     }
 
     fn sync_directory(&self) -> io::Result<()> {

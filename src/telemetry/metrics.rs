@@ -53,6 +53,9 @@ pub const DELIVERY_FAILURES: &str = "mfoundry.delivery.failures";
 pub const STORE_SIZE: &str = "mfoundry.store.size";
 /// Outbox commits and failed commits (`outcome`).
 pub const STORE_COMMITS: &str = "mfoundry.store.commits";
+/// Stored records found damaged (failing their checksum), by a worker before delivery or by
+/// the background verification.
+pub const STORE_DAMAGED: &str = "mfoundry.store.damaged";
 /// Times a bound was reached, per listener and cap (`max_connections`, `max_frame_size`).
 pub const CAP_HITS: &str = "mfoundry.cap.hits";
 /// Times intake waited for room in the outbox writer's bounded queue.
@@ -79,6 +82,7 @@ pub const ALL: &[&str] = &[
     DELIVERY_FAILURES,
     STORE_SIZE,
     STORE_COMMITS,
+    STORE_DAMAGED,
     CAP_HITS,
     OUTBOX_CHANNEL_FULL,
     TLS_CERTIFICATE_EXPIRY,
@@ -427,6 +431,14 @@ pub fn register(state: &Arc<AdminState>) {
                 stats.failed_batches.load(Relaxed),
                 vec![KeyValue::new(OUTCOME, "error")],
             ));
+        }),
+    );
+    sum(
+        STORE_DAMAGED,
+        "{record}",
+        "Stored records found damaged (failing their checksum); never delivered",
+        Box::new(|state, out| {
+            out.push((state.outbox.stats().damaged.load(Relaxed), Vec::new()));
         }),
     );
     sum(

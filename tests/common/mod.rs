@@ -231,17 +231,17 @@ pub fn adt(control_id: &str, version: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// An in-memory store (data file and journal) shared across reopens, for
+/// The bytes of one in-memory file.
+type SharedBytes = Arc<std::sync::RwLock<Vec<u8>>>;
+
+/// An in-memory store (data file, journal and the upgrade file) shared across reopens, for
 /// `OutboxOptions::with_storage`; every fsync fails while `fail_sync` is set and panics while
 /// `panic_sync` is set.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryDisk {
-    /// The data file's bytes (`None` until created).
-    pub bytes: Arc<std::sync::RwLock<Vec<u8>>>,
-    /// The journal's bytes.
-    pub journal: Arc<std::sync::RwLock<Vec<u8>>>,
-    /// Which files exist: data file, journal.
-    created: Arc<std::sync::Mutex<[bool; 2]>>,
+    /// Each file's bytes, `None` while it does not exist (a rename moves the bytes; open
+    /// handles keep the bytes they opened, as file descriptors keep an inode).
+    files: Arc<std::sync::Mutex<[Option<SharedBytes>; 3]>>,
     /// While set, every fsync fails.
     pub fail_sync: Arc<std::sync::atomic::AtomicBool>,
     /// While set, every fsync panics (a bug in the store, as the writer thread sees it).
@@ -254,14 +254,11 @@ impl MemoryDisk {
         Arc::new(self.clone())
     }
 
-    fn file(&self, file: mfoundry::outbox::StoreFile) -> MemoryFile {
-        let bytes = match file {
-            mfoundry::outbox::StoreFile::Data => Arc::clone(&self.bytes),
-            mfoundry::outbox::StoreFile::Journal => Arc::clone(&self.journal),
-        };
-        MemoryFile {
-            bytes,
-            disk: self.clone(),
+    fn index(file: mfoundry::outbox::StoreFile) -> usize {
+        match file {
+            mfoundry::outbox::StoreFile::Data => 0,
+            mfoundry::outbox::StoreFile::Journal => 1,
+            mfoundry::outbox::StoreFile::Upgrade => 2,
         }
     }
 }
@@ -271,26 +268,41 @@ impl mfoundry::outbox::Storage for MemoryDisk {
         format!("memory:{file:?}")
     }
     fn exists(&self, file: mfoundry::outbox::StoreFile) -> std::io::Result<bool> {
-        Ok(self.created.lock().expect("lock")[file as usize])
+        Ok(self.files.lock().expect("lock")[Self::index(file)].is_some())
     }
     fn open(
         &self,
         file: mfoundry::outbox::StoreFile,
     ) -> std::io::Result<Box<dyn redb::StorageBackend>> {
-        self.created.lock().expect("lock")[file as usize] = true;
-        Ok(Box::new(self.file(file)))
+        let mut files = self.files.lock().expect("lock");
+        let bytes = files[Self::index(file)].get_or_insert_with(Default::default);
+        Ok(Box::new(MemoryFile {
+            bytes: Arc::clone(bytes),
+            disk: self.clone(),
+        }))
     }
     fn remove(&self, file: mfoundry::outbox::StoreFile) -> std::io::Result<()> {
-        self.created.lock().expect("lock")[file as usize] = false;
-        self.file(file).bytes.write().expect("lock").clear();
+        self.files.lock().expect("lock")[Self::index(file)] = None;
+        Ok(())
+    }
+    fn rename(
+        &self,
+        from: mfoundry::outbox::StoreFile,
+        to: mfoundry::outbox::StoreFile,
+    ) -> std::io::Result<()> {
+        let mut files = self.files.lock().expect("lock");
+        let moved = files[Self::index(from)].take();
+        files[Self::index(to)] = moved;
         Ok(())
     }
     fn sync_directory(&self) -> std::io::Result<()> {
         Ok(())
     }
     fn size(&self, file: mfoundry::outbox::StoreFile) -> std::io::Result<Option<u64>> {
-        let exists = self.created.lock().expect("lock")[file as usize];
-        Ok(exists.then(|| self.file(file).bytes.read().expect("lock").len() as u64))
+        let files = self.files.lock().expect("lock");
+        Ok(files[Self::index(file)]
+            .as_ref()
+            .map(|bytes| bytes.read().expect("lock").len() as u64))
     }
 }
 

@@ -1,5 +1,5 @@
 //! A redo journal under redb, so a commit costs one sequential fsync (`STORE_JOURNAL`,
-//! ADR 0006).
+//! ADR 0006, format in ADR 0007).
 //!
 //! redb writes a commit's pages where its allocator puts them, a dozen or more 4 KiB pages
 //! spread over the file, then syncs. On the virtual disks mfoundry was measured on, a sync
@@ -15,23 +15,27 @@
 //! Between laps the flusher also syncs the data file after every 1/16 of a half, so no one
 //! sync of the data file holds the disk for long.
 //!
-//! Recovery (at every open): the laps the header still needs (at most two) are written again
-//! into the data file, in order, the data file is synced, and a new lap begins. A record that
-//! is torn, fails its checksum, is out of sequence or of another lap ends a lap: it was never
-//! acknowledged (its sync did not return). The data file then holds, as after a crash without
-//! the journal, the last acknowledged commit plus perhaps pages of an unacknowledged one,
-//! which redb's own recovery discards. The first sync after opening an empty data file syncs
-//! the data file instead of journaling, so a record never exists while the data file's
-//! durable length is zero: an empty data file beside a journal with records means the data
-//! file was deleted, and the open refuses rather than replay pages into nothing.
+//! The journal and its data file name each other ([`crate::outbox::datafile`]): the journal's
+//! header carries the store id, the data file's header the journal id it is bound to and the
+//! lap up to which it was synced (written before each flush). [`recovery`] checks all of it
+//! at every open and refuses, writing nothing, when the files do not belong together or
+//! records are damaged; otherwise it replays the laps the header still needs, and a new lap
+//! (with a new salt) begins. The data file then holds, as after a crash without the journal,
+//! the last acknowledged commit plus perhaps pages of an unacknowledged one, which redb's own
+//! recovery discards. The first sync of a new store syncs the data file instead of
+//! journaling, so redb's first state is durable before any record exists.
 //!
-//! Layout of the journal file (all integers little-endian):
-//! - bytes 0..4096, the header: two copies, at 0 and 512, of `magic (8) ‖ oldest needed lap
-//!   (8) ‖ size of a half (8) ‖ crc32 (4)`. The valid copy with the higher lap counts.
-//! - then the two halves of records: `magic (4) ‖ lap (8) ‖ seq (8) ‖ len (4) ‖ crc32 (4) ‖
-//!   payload (len)`, lap `l` in half `l % 2`, seq counting from 0 in each lap; the crc covers
-//!   lap, seq, len and the payload. The payload is a list of operations: `1 ‖ offset (8) ‖
-//!   len (4) ‖ bytes` (a write) or `2 ‖ len (8)` (a new length of the data file).
+//! A clean close syncs the data file, moves the header past every lap and unbinds the data
+//! file: the data file alone is then the whole state. Layout: [`format`].
+
+mod format;
+mod legacy;
+mod recovery;
+#[cfg(test)]
+mod tests;
+
+pub use format::{HeaderRead, JournalHeader, read_header};
+pub use recovery::{Refusal, Replayed};
 
 use std::io;
 use std::ops::Bound;
@@ -40,31 +44,49 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use redb::{BackendError, StorageBackend};
 
+use super::datafile::DataFile;
+use format::{OP_SET_LEN, OP_WRITE, RECORD_HEADER_LEN, RECORDS_START, half_start, record_header};
+use recovery::Verdict;
+
 /// Default size of the journal file; a commit larger than half of it syncs the data file
 /// instead.
 pub const DEFAULT_CAPACITY: u64 = 64 << 20;
+/// Smallest journal accepted (smaller capacities are raised to it).
+pub const MIN_CAPACITY: u64 = RECORDS_START + (128 << 10);
 /// The flusher syncs the data file each time this fraction of a half has been journaled.
 const TRICKLE_PARTS: u64 = 16;
 /// Most pending-buffer capacity kept between commits.
 const PENDING_KEPT: usize = 4 << 20;
-/// Where the records start.
-const RECORDS_START: u64 = 4096;
-/// Offsets of the two header copies.
-const HEADER_COPIES: [u64; 2] = [0, 512];
-const HEADER_MAGIC: [u8; 8] = *b"MFJRNL01";
-const HEADER_LEN: usize = 28;
-const RECORD_MAGIC: [u8; 4] = *b"MFJR";
-const RECORD_HEADER_LEN: usize = 28;
-const OP_WRITE: u8 = 1;
-const OP_SET_LEN: u8 = 2;
 
-/// What [`Journaled::open`] found in the journal.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Replayed {
-    /// Records written again into the data file.
-    pub records: u64,
-    /// Their payload bytes.
-    pub bytes: u64,
+/// How an open treats a journal it would refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Refuse, writing nothing.
+    Strict,
+    /// Replay what is safe (the records before any damage), start a new journal, and report
+    /// what was given up (`mfoundry store recover --accept-loss`).
+    AcceptLoss,
+}
+
+/// What an open did with the journal it found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Written again into the data file.
+    pub replayed: Replayed,
+    /// Accepting loss: why the journal could not be replayed whole, and how many of its
+    /// records were given up.
+    pub lost: Option<(Refusal, u64)>,
+}
+
+/// Why a journal could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The files are not replayed as they are (see [`Refusal`]); nothing was written.
+    #[error("{0}")]
+    Refused(Refusal),
+    /// Reading or writing a file failed.
+    #[error("journal I/O error")]
+    Io(#[from] io::Error),
 }
 
 /// A storage backend that journals redb's writes (see the module documentation).
@@ -76,7 +98,7 @@ pub struct Journaled {
 
 #[derive(Debug)]
 struct Shared {
-    main: Box<dyn StorageBackend>,
+    main: DataFile,
     journal: Box<dyn StorageBackend>,
     /// Size of each half of the record area.
     half: u64,
@@ -102,9 +124,8 @@ struct State {
     seq: u64,
     /// Where the next record goes.
     position: u64,
-    /// The oldest lap whose records may not be in the synced data file: what the header
-    /// says (replay starts there).
-    oldest_needed: u64,
+    /// The journal's header as last written; its `oldest_needed` is where replay starts.
+    header: JournalHeader,
     /// A finished lap the flusher is to make durable in the data file.
     flush_requested: Option<u64>,
     /// The flusher is syncing the data file.
@@ -117,9 +138,8 @@ struct State {
     /// Set by a failed write or sync: the handle is done, redb reopens (and so replays).
     failed: bool,
     closing: bool,
-    /// The data file was empty at open: the first sync syncs it instead of journaling, so
-    /// no record is ever written while the data file's durable length is zero (which is
-    /// how a journal whose data file was deleted is told apart, see [`recover`]).
+    /// redb's part of the data file was empty at open: the first sync syncs the data file
+    /// instead of journaling, so redb's first state is durable before any record exists.
     data_file_new: bool,
 }
 
@@ -133,24 +153,140 @@ impl State {
     }
 }
 
+/// What the journal file holds, read without writing.
+enum Found {
+    /// Nothing (a new journal, or one that holds nothing any more).
+    Nothing(Option<JournalHeader>),
+    /// A header and what its laps hold.
+    Laps(JournalHeader, recovery::Scan),
+    /// Not readable as a journal.
+    Unreadable,
+}
+
+fn inspect(journal: &dyn StorageBackend) -> io::Result<Found> {
+    Ok(match format::read_header(journal)? {
+        HeaderRead::Empty => Found::Nothing(None),
+        // A journal of the first format is retired before a data file is converted; one
+        // that still holds commits beside a converted data file is not this file's.
+        HeaderRead::Legacy if legacy::holds_commits(journal)? => Found::Unreadable,
+        HeaderRead::Legacy => Found::Nothing(None),
+        HeaderRead::Unreadable => Found::Unreadable,
+        HeaderRead::Valid(header) => {
+            let scan = recovery::scan(journal, &header)?;
+            Found::Laps(header, scan)
+        }
+    })
+}
+
+/// How many commits a journal holds that some data file may need (0 for none). Used before
+/// a missing data file is created anew: a journal holding commits is refused then.
+pub fn held_records(journal: &dyn StorageBackend) -> io::Result<Option<u64>> {
+    Ok(match inspect(journal)? {
+        Found::Nothing(_) => None,
+        Found::Laps(_, scan) if !scan.holds_anything() => None,
+        Found::Laps(_, scan) => Some(scan.records()),
+        Found::Unreadable => Some(0),
+    })
+}
+
+/// What [`decide`] chose: the header to continue from (`None`: start a new journal), the
+/// records to replay per lap, and what was given up.
+type Decision = (Option<JournalHeader>, [u64; 2], Option<(Refusal, u64)>);
+
+/// Check the journal against the data file and decide; `Err` is a refusal under `policy`
+/// Strict.
+fn decide(main: &DataFile, found: &Found, policy: Policy) -> Result<Decision, JournalError> {
+    let data = main.header();
+    let verdict = match found {
+        Found::Nothing(_) => recovery::assess(&data, None),
+        Found::Laps(header, scan) => recovery::assess(&data, Some((header, scan))),
+        Found::Unreadable => Verdict::Refuse(Refusal::Unreadable),
+    };
+    match (verdict, found) {
+        (Verdict::Replay, Found::Laps(header, scan)) => Ok((
+            Some(*header),
+            [scan.laps[0].records, scan.laps[1].records],
+            None,
+        )),
+        (Verdict::Replay | Verdict::Fresh, _) => Ok((None, [0, 0], None)),
+        (Verdict::Refuse(refusal), _) if policy == Policy::Strict => {
+            Err(JournalError::Refused(refusal))
+        }
+        (Verdict::Refuse(refusal), Found::Laps(header, scan)) => {
+            let counts = match refusal {
+                // Only damage leaves records worth replaying: the ones before it.
+                Refusal::Damaged { .. } => scan.safe_prefix(header.half),
+                _ => [0, 0],
+            };
+            let kept = counts[0] + counts[1];
+            let lost = scan.all_records().saturating_sub(kept);
+            let continue_from = (kept > 0).then_some(*header);
+            Ok((continue_from, counts, Some((refusal, lost))))
+        }
+        (Verdict::Refuse(refusal), _) => Ok((None, [0, 0], Some((refusal, 0)))),
+    }
+}
+
 impl Journaled {
-    /// Replay the journal into `main`, sync it, and start a new lap. `capacity` is the size
-    /// of the journal file (at least 128 KiB); a commit larger than half of it syncs the data
-    /// file instead.
+    /// Check the journal against the data file, replay what it holds, sync the data file,
+    /// and start a new lap. `capacity` is the size of the journal file (raised to
+    /// [`MIN_CAPACITY`]); a commit larger than half of it syncs the data file instead. A
+    /// refusal (under [`Policy::Strict`]) writes nothing.
     pub fn open(
-        main: Box<dyn StorageBackend>,
+        main: DataFile,
         journal: Box<dyn StorageBackend>,
         capacity: u64,
-    ) -> io::Result<(Self, Replayed)> {
-        let capacity = capacity.max(RECORDS_START + (128 << 10));
+        policy: Policy,
+    ) -> Result<(Self, Recovered), JournalError> {
+        let capacity = capacity.max(MIN_CAPACITY);
         let half = (capacity - RECORDS_START) / 2;
-        let Recovered {
-            next_lap,
-            replayed,
-            data_file_new,
-            ..
-        } = recover(main.as_ref(), journal.as_ref())?;
-        write_header(journal.as_ref(), next_lap, half)?;
+        let found = inspect(journal.as_ref())?;
+        let (continue_from, counts, lost) = decide(&main, &found, policy)?;
+        let mut salt = [0u8; 8];
+        salt.copy_from_slice(&super::datafile::random_id()?[..8]);
+        let salt = u64::from_le_bytes(salt);
+        let mut replayed = Replayed::default();
+        let header = match (continue_from, &found) {
+            (Some(previous), Found::Laps(_, scan)) => {
+                // The data file first: the replayed laps and the header that says so are
+                // synced together; then the journal moves past them.
+                replayed = recovery::replay(journal.as_ref(), &main, &previous, scan, counts)?;
+                let mut next = recovery::after_replay(&previous, half);
+                next.salt = salt;
+                main.update_header(|data| {
+                    data.journal_id = next.journal_id;
+                    data.flushed_lap = next.oldest_needed - 1;
+                })?;
+                main.sync_and_mark()?;
+                format::write_header(journal.as_ref(), &mut next)?;
+                next
+            }
+            _ => {
+                // A new journal (or a journal holding nothing): the journal first, then
+                // the data file is bound to it.
+                let data = main.header();
+                let previous = match &found {
+                    Found::Nothing(header) => *header,
+                    Found::Laps(header, _) => Some(*header),
+                    Found::Unreadable => None,
+                };
+                let keep_id =
+                    previous.filter(|header| header.store_id == data.store_id && lost.is_none());
+                let mut next = recovery::fresh_header(&data, previous.as_ref(), half)?;
+                if let Some(kept) = keep_id {
+                    next.journal_id = kept.journal_id;
+                }
+                next.salt = salt;
+                format::write_header(journal.as_ref(), &mut next)?;
+                journal.sync_data()?;
+                main.update_header(|data| {
+                    data.journal_id = next.journal_id;
+                    data.flushed_lap = next.oldest_needed - 1;
+                })?;
+                main.sync_and_mark()?;
+                next
+            }
+        };
         let len = journal.len()?;
         if len < capacity {
             // Written once, so a commit's sync never has to grow the file (which costs a
@@ -164,19 +300,20 @@ impl Journaled {
             }
         }
         journal.sync_data()?;
+        let lap = header.oldest_needed;
         let state = State {
             pending: Vec::new(),
-            lap: next_lap,
+            lap,
             seq: 0,
-            position: half_start(next_lap, half),
-            oldest_needed: next_lap,
+            position: half_start(lap, half),
+            header,
             flush_requested: None,
             flushing: false,
             trickle: false,
             since_flush: 0,
             failed: false,
             closing: false,
-            data_file_new,
+            data_file_new: !main.header().initialized(),
         };
         let shared = Arc::new(Shared {
             main,
@@ -198,7 +335,7 @@ impl Journaled {
                 shared,
                 flusher: Mutex::new(Some(flusher)),
             },
-            replayed,
+            Recovered { replayed, lost },
         ))
     }
 
@@ -219,91 +356,39 @@ impl Drop for Journaled {
     }
 }
 
-/// What [`recover`] found: the lap to start next (above every lap in the journal), the size
-/// of a half the journal was written with (None for a new journal), what was replayed, and
-/// whether the data file is empty (then nothing was replayed).
-struct Recovered {
-    next_lap: u64,
-    written_half: Option<u64>,
-    replayed: Replayed,
-    data_file_new: bool,
-}
-
-/// Replay what the journal still needs into the data file and sync it.
-fn recover(main: &dyn StorageBackend, journal: &dyn StorageBackend) -> io::Result<Recovered> {
+/// For a start with the journal off: check the journal against the data file, replay what it
+/// holds, sync, move its header past every lap and unbind the data file, so the journal can
+/// be removed. A refusal (under [`Policy::Strict`]) writes nothing.
+pub fn retire(
+    main: &DataFile,
+    journal: &dyn StorageBackend,
+    policy: Policy,
+) -> Result<Recovered, JournalError> {
+    let found = inspect(journal)?;
+    let (continue_from, counts, lost) = decide(main, &found, policy)?;
     let mut replayed = Replayed::default();
-    let data_file_new = main.len()? == 0;
-    let Some((oldest, written_half)) = read_header(journal)? else {
-        return Ok(Recovered {
-            next_lap: 1,
-            written_half: None,
-            replayed,
-            data_file_new,
-        });
-    };
-    if data_file_new {
-        // No record is written while the data file's durable length is zero (the first
-        // sync after opening an empty data file syncs the data file, not the journal): a
-        // record here means the data file was deleted or emptied after the journal was
-        // written. Replaying over nothing would only make a file redb cannot open.
-        let found = replay(
-            journal,
-            None,
-            oldest,
-            half_start(oldest, written_half),
-            written_half,
-        )?;
-        if found.records > 0 {
-            return Err(io::Error::other(format!(
-                "the data file is missing or empty, but this journal still holds {} commit(s) \
-                 of a data file that was not closed cleanly; put that data file back, or, if it \
-                 was removed on purpose, remove the journal too (its commits belong to the \
-                 removed file)",
-                found.records
-            )));
-        }
-    }
-    // At most two laps are in use: the one being flushed and the one after it. They are
-    // where the run that wrote them put them (its journal may have had another size); a lap
-    // above both never matches a record of theirs.
-    for lap in [oldest, oldest + 1] {
-        let found = replay(
-            journal,
-            Some(main),
-            lap,
-            half_start(lap, written_half),
-            written_half,
-        )?;
-        replayed.records += found.records;
-        replayed.bytes += found.bytes;
-        if found.records == 0 {
-            break;
-        }
-    }
-    if replayed.records > 0 {
-        main.sync_data()?;
-    }
-    Ok(Recovered {
-        next_lap: oldest + 2,
-        written_half: Some(written_half),
-        replayed,
-        data_file_new,
-    })
-}
-
-/// For a start with the journal off: replay what a journal left behind into the data file,
-/// sync it, and mark every lap done, so the journal file can be removed.
-pub fn retire(main: &dyn StorageBackend, journal: &dyn StorageBackend) -> io::Result<Replayed> {
-    let recovered = recover(main, journal)?;
-    if let Some(half) = recovered.written_half {
-        write_header(journal, recovered.next_lap, half)?;
+    if let (Some(previous), Found::Laps(_, scan)) = (continue_from, &found) {
+        replayed = recovery::replay(journal, main, &previous, scan, counts)?;
+        let mut next = recovery::after_replay(&previous, previous.half);
+        main.update_header(|data| data.flushed_lap = next.oldest_needed - 1)?;
+        main.sync_and_mark()?;
+        format::write_header(journal, &mut next)?;
         journal.sync_data()?;
     }
-    Ok(recovered.replayed)
+    if main.header().bound() {
+        main.update_header(|data| data.journal_id = [0; 16])?;
+        main.sync_and_mark()?;
+    }
+    Ok(Recovered { replayed, lost })
 }
 
-fn half_start(lap: u64, half: u64) -> u64 {
-    RECORDS_START + (lap % 2) * half
+/// A journal of the first format beside a data file of the first format: replay it into that
+/// file, sync, and mark it done, before the data file is converted.
+pub fn retire_legacy(
+    main: &dyn StorageBackend,
+    journal: &dyn StorageBackend,
+) -> io::Result<Replayed> {
+    legacy::retire(main, journal)
 }
 
 impl Shared {
@@ -342,8 +427,15 @@ impl Shared {
             state.flushing = true;
             state.since_flush = 0;
             drop(state);
-            // Every write of `lap` went to the data file before the request.
-            let synced = self.sync_main();
+            // Every write of `lap` went to the data file before the request; the data file's
+            // header says so in the same sync.
+            let synced = match lap {
+                Some(lap) => self
+                    .main
+                    .update_header(|data| data.flushed_lap = data.flushed_lap.max(lap))
+                    .and_then(|()| self.sync_main()),
+                None => self.sync_main(),
+            };
             state = match self.state.lock() {
                 Ok(state) => state,
                 Err(_) => return,
@@ -369,7 +461,7 @@ impl Shared {
         if self.main_failed.load(Ordering::Acquire) {
             return Err(io::Error::other("an earlier sync of the data file failed"));
         }
-        let result = self.main.sync_data();
+        let result = self.main.sync_and_mark();
         if result.is_err() {
             self.main_failed.store(true, Ordering::Release);
         }
@@ -378,15 +470,19 @@ impl Shared {
 
     /// Record in the header that laps before `oldest` are in the synced data file.
     fn advance(&self, state: &mut State, oldest: u64) -> io::Result<()> {
-        if oldest <= state.oldest_needed {
+        if oldest <= state.header.oldest_needed {
             return Ok(());
         }
         if self.main_failed.load(Ordering::Acquire) {
             return Err(io::Error::other("an earlier sync of the data file failed"));
         }
-        write_header(self.journal.as_ref(), oldest, self.half)?;
+        let mut next = JournalHeader {
+            oldest_needed: oldest,
+            ..state.header
+        };
+        format::write_header(self.journal.as_ref(), &mut next)?;
         self.journal.sync_data()?;
-        state.oldest_needed = oldest;
+        state.header = next;
         Ok(())
     }
 
@@ -397,11 +493,14 @@ impl Shared {
     ) -> io::Result<MutexGuard<'a, State>> {
         let next = state.lap + 1;
         // The other half holds lap `next - 2`: it must be in the synced data file first.
-        while state.oldest_needed < next - 1 {
+        while state.header.oldest_needed < next - 1 {
             if state.flush_requested.is_none() && !state.flushing {
                 // Nothing in flight would ever flush that lap (not reached while the flusher
                 // thread runs, since every finished lap is requested): flush here rather
                 // than wait for good.
+                let lap = next - 2;
+                self.main
+                    .update_header(|data| data.flushed_lap = data.flushed_lap.max(lap))?;
                 self.sync_main()?;
                 self.advance(&mut state, next - 1)?;
                 break;
@@ -422,31 +521,50 @@ impl Shared {
         Ok(state)
     }
 
+    /// Make everything so far durable in the data file itself and move the journal past the
+    /// current lap (a commit larger than a half, the first commit of a new store, a close).
+    fn sync_through<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+    ) -> io::Result<MutexGuard<'a, State>> {
+        let lap = state.lap;
+        self.main
+            .update_header(|data| data.flushed_lap = data.flushed_lap.max(lap))?;
+        self.sync_main()?;
+        state.data_file_new = !self.main.header().initialized();
+        self.advance(&mut state, lap + 1)?;
+        state.flush_requested = None;
+        state.lap = lap + 1;
+        state.seq = 0;
+        state.position = half_start(lap + 1, self.half);
+        state.clear_pending();
+        Ok(state)
+    }
+
     fn sync<'a>(&'a self, mut state: MutexGuard<'a, State>) -> io::Result<MutexGuard<'a, State>> {
         if state.pending.is_empty() {
             return Ok(state);
         }
         let len = state.pending.len();
         let record_len = (RECORD_HEADER_LEN + len) as u64;
-        if record_len > self.half || state.data_file_new {
-            // Larger than a half, or the data file's first commit: the writes are in the
-            // data file already, and syncing it makes them (and every lap so far) durable.
-            self.sync_main()?;
-            state.data_file_new = false;
-            let oldest = state.lap + 1;
-            self.advance(&mut state, oldest)?;
-            state.flush_requested = None;
-            state.lap = oldest;
-            state.seq = 0;
-            state.position = half_start(oldest, self.half);
-            state.clear_pending();
-            return Ok(state);
+        if record_len > self.half || (state.data_file_new && !self.main.header().initialized()) {
+            // Larger than a half, or the data file's creation (until redb's first state is
+            // durable in the data file itself): the writes are in the data file already, and
+            // syncing it makes them (and every lap so far) durable.
+            // (A flush running beside it only ever moves the headers forward.)
+            return self.sync_through(state);
         }
         if state.position + record_len > half_start(state.lap, self.half) + self.half {
             state = self.next_lap(state)?;
         }
         let len_field = u32::try_from(len).map_err(|_| io::Error::other("record too large"))?;
-        let header = record_header(state.lap, state.seq, len_field, &state.pending);
+        let header = record_header(
+            state.header.salt,
+            state.lap,
+            state.seq,
+            len_field,
+            &state.pending,
+        );
         self.journal.write(state.position, &header)?;
         self.journal
             .write(state.position + RECORD_HEADER_LEN as u64, &state.pending)?;
@@ -520,14 +638,16 @@ impl StorageBackend for Journaled {
     }
 
     fn close(&self) -> Result<(), io::Error> {
-        // A clean close leaves everything in the data file, so the journal holds nothing an
-        // open must replay (and an older mfoundry could open the file).
+        // A clean close leaves everything in the data file and unbinds it, so the journal
+        // holds nothing an open must replay and the data file alone is the whole state.
         self.stop_flusher();
         let shared = &self.shared;
-        let result = shared.state().and_then(|mut state| {
-            shared.sync_main()?;
-            let oldest = state.lap + 1;
-            shared.advance(&mut state, oldest)
+        let result = shared.state().and_then(|state| {
+            let _state = shared.sync_through(state)?;
+            shared
+                .main
+                .update_header(|data| data.journal_id = [0; 16])?;
+            shared.main.sync_and_mark()
         });
         let closed = shared.journal.close().and(shared.main.close());
         result.and(closed)
@@ -559,681 +679,5 @@ impl StorageBackend for Journaled {
 
     fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
         self.shared.main.query_lock_range(start, end)
-    }
-}
-
-fn header_bytes(lap: u64, half: u64) -> [u8; HEADER_LEN] {
-    let mut out = [0u8; HEADER_LEN];
-    out[..8].copy_from_slice(&HEADER_MAGIC);
-    out[8..16].copy_from_slice(&lap.to_le_bytes());
-    out[16..24].copy_from_slice(&half.to_le_bytes());
-    let crc = crc32fast::hash(&out[..24]);
-    out[24..].copy_from_slice(&crc.to_le_bytes());
-    out
-}
-
-fn write_header(journal: &dyn StorageBackend, lap: u64, half: u64) -> io::Result<()> {
-    let copy = header_bytes(lap, half);
-    let mut block = vec![0u8; RECORDS_START as usize];
-    for offset in HEADER_COPIES {
-        let offset = offset as usize;
-        block[offset..offset + HEADER_LEN].copy_from_slice(&copy);
-    }
-    journal.write(0, &block)
-}
-
-/// The oldest needed lap and the size of a half, from the valid header copy with the higher
-/// lap; None for a new journal.
-fn read_header(journal: &dyn StorageBackend) -> io::Result<Option<(u64, u64)>> {
-    let len = journal.len()?;
-    let mut best: Option<(u64, u64)> = None;
-    for offset in HEADER_COPIES {
-        if offset + HEADER_LEN as u64 > len {
-            continue;
-        }
-        let mut copy = [0u8; HEADER_LEN];
-        journal.read(offset, &mut copy)?;
-        let crc = u32::from_le_bytes(copy[24..].try_into().expect("4 bytes"));
-        if copy[..8] != HEADER_MAGIC || crc32fast::hash(&copy[..24]) != crc {
-            continue;
-        }
-        let lap = u64::from_le_bytes(copy[8..16].try_into().expect("8 bytes"));
-        let half = u64::from_le_bytes(copy[16..24].try_into().expect("8 bytes"));
-        if best.is_none_or(|(best_lap, _)| lap > best_lap) {
-            best = Some((lap, half));
-        }
-    }
-    if best.is_none() && len > 0 && !is_zero(journal, len)? {
-        return Err(io::Error::other(
-            "the journal file has no valid header, so it is not a journal mfoundry wrote; move it \
-             away only if the data file was last closed cleanly (or STORE_JOURNAL was never on)",
-        ));
-    }
-    Ok(best)
-}
-
-fn is_zero(journal: &dyn StorageBackend, len: u64) -> io::Result<bool> {
-    let mut buffer = vec![0u8; len.min(RECORDS_START) as usize];
-    journal.read(0, &mut buffer)?;
-    Ok(buffer.iter().all(|&byte| byte == 0))
-}
-
-fn record_header(lap: u64, seq: u64, len: u32, payload: &[u8]) -> [u8; RECORD_HEADER_LEN] {
-    let mut out = [0u8; RECORD_HEADER_LEN];
-    out[..4].copy_from_slice(&RECORD_MAGIC);
-    out[4..12].copy_from_slice(&lap.to_le_bytes());
-    out[12..20].copy_from_slice(&seq.to_le_bytes());
-    out[20..24].copy_from_slice(&len.to_le_bytes());
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&out[4..24]);
-    hasher.update(payload);
-    out[24..].copy_from_slice(&hasher.finalize().to_le_bytes());
-    out
-}
-
-/// Write the records of `lap` into `main`, in order, up to the first that is missing, torn
-/// or of another lap; with no `main`, only count them.
-fn replay(
-    journal: &dyn StorageBackend,
-    main: Option<&dyn StorageBackend>,
-    lap: u64,
-    start: u64,
-    half: u64,
-) -> io::Result<Replayed> {
-    let len = journal.len()?.min(start + half);
-    let mut replayed = Replayed::default();
-    let mut position = start;
-    let mut header = [0u8; RECORD_HEADER_LEN];
-    let mut payload = Vec::new();
-    loop {
-        if position + RECORD_HEADER_LEN as u64 > len {
-            break;
-        }
-        journal.read(position, &mut header)?;
-        let record_lap = u64::from_le_bytes(header[4..12].try_into().expect("8 bytes"));
-        let seq = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
-        let payload_len = u32::from_le_bytes(header[20..24].try_into().expect("4 bytes"));
-        let crc = u32::from_le_bytes(header[24..].try_into().expect("4 bytes"));
-        let end = position + RECORD_HEADER_LEN as u64 + u64::from(payload_len);
-        if header[..4] != RECORD_MAGIC || record_lap != lap || seq != replayed.records || end > len
-        {
-            break;
-        }
-        payload.resize(payload_len as usize, 0);
-        journal.read(position + RECORD_HEADER_LEN as u64, &mut payload)?;
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&header[4..24]);
-        hasher.update(&payload);
-        if hasher.finalize() != crc {
-            break;
-        }
-        if let Some(main) = main {
-            apply(main, &payload)?;
-        }
-        replayed.records += 1;
-        replayed.bytes += u64::from(payload_len);
-        position = end;
-    }
-    Ok(replayed)
-}
-
-/// Apply a record's operations to the data file. A record whose checksum matched but whose
-/// operations do not parse was not written by this code: an error, not a silent stop.
-fn apply(main: &dyn StorageBackend, payload: &[u8]) -> io::Result<()> {
-    let malformed = || io::Error::other("a journal record is malformed");
-    let mut rest = payload;
-    while let Some((&op, tail)) = rest.split_first() {
-        match op {
-            OP_WRITE => {
-                let (offset, tail) = tail.split_at_checked(8).ok_or_else(malformed)?;
-                let (len, tail) = tail.split_at_checked(4).ok_or_else(malformed)?;
-                let offset = u64::from_le_bytes(offset.try_into().expect("8 bytes"));
-                let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
-                let (data, tail) = tail.split_at_checked(len).ok_or_else(malformed)?;
-                main.write(offset, data)?;
-                rest = tail;
-            }
-            OP_SET_LEN => {
-                let (len, tail) = tail.split_at_checked(8).ok_or_else(malformed)?;
-                main.set_len(u64::from_le_bytes(len.try_into().expect("8 bytes")))?;
-                rest = tail;
-            }
-            _ => return Err(malformed()),
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use redb::{Database, Durability, ReadableDatabase, TableDefinition};
-    use std::collections::HashMap;
-
-    const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("t");
-
-    /// A simulated disk of two files: writes land in a cache; a sync makes that file's cache
-    /// durable; a crash keeps the durable bytes plus any subset of the unsynced writes, some
-    /// of them torn at a 512-byte boundary.
-    #[derive(Debug, Default)]
-    struct Disk {
-        files: [File; 2],
-        operations: u64,
-        crash_at: u64,
-        image: Option<[Vec<u8>; 2]>,
-        rng: u64,
-        /// Syncs of the data file so far, and which one fails (0: none). A failed sync loses
-        /// the unsynced writes but leaves them in the cache, marked clean, as Linux does: a
-        /// later sync succeeds without them.
-        main_syncs: u64,
-        fail_main_sync: u64,
-    }
-
-    #[derive(Debug, Default, Clone)]
-    struct File {
-        cache: Vec<u8>,
-        durable: Vec<u8>,
-        unsynced: Vec<(u64, Vec<u8>)>,
-    }
-
-    impl Disk {
-        fn random(&mut self) -> u64 {
-            self.rng ^= self.rng << 13;
-            self.rng ^= self.rng >> 7;
-            self.rng ^= self.rng << 17;
-            self.rng
-        }
-
-        /// Count an operation; at the chosen one, take the crash image first.
-        fn tick(&mut self) {
-            self.operations += 1;
-            if self.operations == self.crash_at && self.image.is_none() {
-                let mut image = [Vec::new(), Vec::new()];
-                for (index, out) in image.iter_mut().enumerate() {
-                    let file = self.files[index].clone();
-                    let mut bytes = file.durable.clone();
-                    for (offset, data) in &file.unsynced {
-                        let keep = match self.random() % 4 {
-                            0 | 1 => continue,
-                            2 => data.len(),
-                            _ => (self.random() as usize % data.len().max(1)) / 512 * 512,
-                        };
-                        let start = *offset as usize;
-                        if bytes.len() < start + keep {
-                            bytes.resize(start + keep, 0);
-                        }
-                        bytes[start..start + keep].copy_from_slice(&data[..keep]);
-                    }
-                    *out = bytes;
-                }
-                self.image = Some(image);
-            }
-        }
-    }
-
-    #[derive(Debug, Clone)]
-    struct SimFile {
-        disk: Arc<Mutex<Disk>>,
-        index: usize,
-    }
-
-    impl StorageBackend for SimFile {
-        fn len(&self) -> io::Result<u64> {
-            Ok(self.disk.lock().expect("disk lock").files[self.index]
-                .cache
-                .len() as u64)
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-            let disk = self.disk.lock().expect("disk lock");
-            let cache = &disk.files[self.index].cache;
-            let start = offset as usize;
-            let source = cache
-                .get(start..start + out.len())
-                .ok_or_else(|| io::Error::other("read past the end"))?;
-            out.copy_from_slice(source);
-            Ok(())
-        }
-        fn set_len(&self, len: u64) -> io::Result<()> {
-            let mut disk = self.disk.lock().expect("disk lock");
-            disk.tick();
-            let file = &mut disk.files[self.index];
-            file.cache.resize(len as usize, 0);
-            // A length change is metadata: model it as durable only at the next sync.
-            let durable_len = file.durable.len().min(len as usize);
-            file.durable.truncate(durable_len);
-            Ok(())
-        }
-        fn sync_data(&self) -> io::Result<()> {
-            let mut disk = self.disk.lock().expect("disk lock");
-            disk.tick();
-            if self.index == 0 {
-                disk.main_syncs += 1;
-                if disk.main_syncs == disk.fail_main_sync {
-                    disk.files[0].unsynced.clear();
-                    return Err(io::Error::other("injected writeback error"));
-                }
-            }
-            let file = &mut disk.files[self.index];
-            let len = file.cache.len();
-            file.durable.resize(len, 0);
-            for (offset, data) in file.unsynced.drain(..) {
-                let start = (offset as usize).min(len);
-                let end = (offset as usize + data.len()).min(len);
-                file.durable[start..end].copy_from_slice(&file.cache[start..end]);
-            }
-            Ok(())
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-            let mut disk = self.disk.lock().expect("disk lock");
-            disk.tick();
-            let file = &mut disk.files[self.index];
-            let start = offset as usize;
-            if file.cache.len() < start + data.len() {
-                file.cache.resize(start + data.len(), 0);
-            }
-            file.cache[start..start + data.len()].copy_from_slice(data);
-            file.unsynced.push((offset, data.to_vec()));
-            Ok(())
-        }
-    }
-
-    /// The data file and the journal of a simulated disk.
-    fn files(disk: &Arc<Mutex<Disk>>) -> (SimFile, SimFile) {
-        let file = |index| SimFile {
-            disk: Arc::clone(disk),
-            index,
-        };
-        (file(0), file(1))
-    }
-
-    fn value(key: u64, len: usize) -> Vec<u8> {
-        (0..len).map(|i| (key as usize * 31 + i) as u8).collect()
-    }
-
-    fn open(disk: &Arc<Mutex<Disk>>, capacity: u64) -> (Database, Replayed) {
-        let (main, journal) = files(disk);
-        let (backend, replayed) =
-            Journaled::open(Box::new(main), Box::new(journal), capacity).expect("journal opens");
-        let database = Database::builder()
-            .create_with_backend(backend)
-            .expect("database opens");
-        (database, replayed)
-    }
-
-    fn disk_with(files: [Vec<u8>; 2]) -> Arc<Mutex<Disk>> {
-        Arc::new(Mutex::new(Disk {
-            files: files.map(|bytes| File {
-                cache: bytes.clone(),
-                durable: bytes,
-                unsynced: Vec::new(),
-            }),
-            crash_at: u64::MAX,
-            rng: 1,
-            ..Disk::default()
-        }))
-    }
-
-    /// A new store on an empty simulated disk.
-    fn new_store(capacity: u64) -> (Arc<Mutex<Disk>>, Database) {
-        let disk = disk_with([Vec::new(), Vec::new()]);
-        let (database, _) = open(&disk, capacity);
-        (disk, database)
-    }
-
-    /// Commit one key with a value of `len` bytes; false when any step fails.
-    fn commit_key(database: &Database, key: u64, len: usize) -> bool {
-        let Ok(mut transaction) = database.begin_write() else {
-            return false;
-        };
-        transaction
-            .set_durability(Durability::Immediate)
-            .expect("durability");
-        let inserted = transaction
-            .open_table(TABLE)
-            .map_err(redb::Error::from)
-            .and_then(|mut table| {
-                table
-                    .insert(key, value(key, len).as_slice())
-                    .map(drop)
-                    .map_err(redb::Error::from)
-            });
-        inserted.is_ok() && transaction.commit().is_ok()
-    }
-
-    /// What a power cut would leave: the synced bytes of both files.
-    fn durable(disk: &Arc<Mutex<Disk>>) -> [Vec<u8>; 2] {
-        let disk = disk.lock().expect("disk lock");
-        [disk.files[0].durable.clone(), disk.files[1].durable.clone()]
-    }
-
-    /// Crash (keep the synced bytes only) and open again from what is left.
-    fn crash_and_reopen(
-        disk: &Arc<Mutex<Disk>>,
-        database: Database,
-        capacity: u64,
-    ) -> (Database, Replayed) {
-        let left = durable(disk);
-        // The crashed process never closes anything.
-        std::mem::forget(database);
-        open(&disk_with(left), capacity)
-    }
-
-    fn assert_keys(database: &Database, keys: impl IntoIterator<Item = u64>, len: usize) {
-        let read = database.begin_read().expect("read");
-        let table = read.open_table(TABLE).expect("table");
-        for key in keys {
-            let found = table.get(key).expect("get").map(|v| v.value().to_vec());
-            assert_eq!(found, Some(value(key, len)), "key {key}");
-        }
-    }
-
-    /// After a clean close the journal holds nothing to replay; after a crash (the durable
-    /// bytes only) it does, and the commit is back.
-    #[test]
-    fn a_clean_close_leaves_nothing_to_replay_and_a_crash_does() {
-        let (disk, database) = new_store(256 << 10);
-        assert!(commit_key(&database, 1, 500));
-        drop(database);
-        let disk = disk_with(durable(&disk));
-        let (database, replayed) = open(&disk, 256 << 10);
-        assert_eq!(replayed, Replayed::default());
-        assert!(commit_key(&database, 2, 500));
-        let (database, replayed) = crash_and_reopen(&disk, database, 256 << 10);
-        assert!(
-            replayed.records >= 1,
-            "the commit of key 2 is replayed: {replayed:?}"
-        );
-        assert_keys(&database, [1, 2], 500);
-    }
-
-    /// A journal written with one size is replayed by a run configured with another.
-    #[test]
-    fn a_journal_of_another_size_is_still_replayed() {
-        let (disk, database) = new_store(256 << 10);
-        for key in 0..40 {
-            assert!(commit_key(&database, key, 500));
-        }
-        let (database, replayed) = crash_and_reopen(&disk, database, 1 << 20);
-        assert!(replayed.records >= 1, "{replayed:?}");
-        assert_keys(&database, 0..40, 500);
-    }
-
-    /// A failed sync of the data file (its pages lost, a later sync "succeeding") must not
-    /// let the header move past the laps that hold them: every acknowledged commit is still
-    /// replayed from the journal.
-    #[test]
-    fn a_failed_sync_of_the_data_file_keeps_the_laps_it_needs() {
-        let disk = disk_with([Vec::new(), Vec::new()]);
-        disk.lock().expect("disk lock").fail_main_sync = 6;
-        let (database, _) = open(&disk, 256 << 10);
-        let acknowledged: Vec<u64> = (0..500)
-            .take_while(|key| commit_key(&database, *key, 3000))
-            .collect();
-        assert!(
-            disk.lock().expect("disk lock").main_syncs >= 6,
-            "the failing sync was reached"
-        );
-        assert!(
-            acknowledged.len() < 500,
-            "a commit after the failure is refused"
-        );
-        let (database, _) = crash_and_reopen(&disk, database, 256 << 10);
-        assert_keys(&database, acknowledged, 3000);
-    }
-
-    /// The same when the failing sync is the writer's own, for a commit larger than a half
-    /// (its pages go straight to the data file): that commit fails, the handle refuses more,
-    /// neither the failure nor the close moves the header, and the commits acknowledged
-    /// before it, whose data-file pages the failed sync dropped, are replayed from the journal.
-    #[test]
-    fn a_failed_sync_for_a_commit_larger_than_a_half_keeps_what_was_acknowledged() {
-        // Large enough that the small commits start no trickle sync (one per 512 KiB).
-        let capacity = 16 << 20;
-        let half = (capacity - RECORDS_START) / 2;
-        let (disk, database) = new_store(capacity);
-        // The store's creation synced the data file; the commits below are journaled only.
-        let created = disk.lock().expect("disk lock").main_syncs;
-        for key in 0..5 {
-            assert!(commit_key(&database, key, 3000), "key {key}");
-        }
-        assert_eq!(
-            disk.lock().expect("disk lock").main_syncs,
-            created,
-            "the keys are in the data file's cache only, not yet synced"
-        );
-        // The next sync of the data file fails; later ones succeed without its pages.
-        disk.lock().expect("disk lock").fail_main_sync = created + 1;
-        let mut transaction = database.begin_write().expect("write");
-        transaction
-            .set_durability(Durability::Immediate)
-            .expect("durability");
-        transaction
-            .open_table(TABLE)
-            .expect("table")
-            .insert(100, value(100, half as usize + 10_000).as_slice())
-            .expect("insert");
-        assert!(
-            transaction.commit().is_err(),
-            "a commit whose sync of the data file failed is not acknowledged"
-        );
-        assert_eq!(
-            disk.lock().expect("disk lock").main_syncs,
-            created + 1,
-            "the large commit synced the data file itself"
-        );
-        assert!(
-            !commit_key(&database, 101, 10),
-            "the handle refuses commits after a failed sync"
-        );
-        // A close after the failure must not move the header either.
-        drop(database);
-        let (database, replayed) = open(&disk_with(durable(&disk)), capacity);
-        assert!(replayed.records >= 5, "{replayed:?}");
-        assert_keys(&database, 0..5, 3000);
-        let read = database.begin_read().expect("read");
-        let table = read.open_table(TABLE).expect("table");
-        assert!(table.get(100).expect("get").is_none(), "key 100 failed");
-    }
-
-    /// A data file deleted after a crash, its journal left behind: the open is refused with
-    /// a reason, nothing is written into the new empty data file, and once the journal is
-    /// removed too a fresh store opens.
-    #[test]
-    fn a_journal_whose_data_file_was_deleted_is_refused() {
-        let (disk, database) = new_store(256 << 10);
-        for key in 0..3 {
-            assert!(commit_key(&database, key, 500));
-        }
-        let [_, journal] = durable(&disk);
-        std::mem::forget(database);
-        let disk = disk_with([Vec::new(), journal.clone()]);
-        let (main, journal_file) = files(&disk);
-        let error = retire(&main, &journal_file).expect_err("retiring it is refused too");
-        assert!(
-            error
-                .to_string()
-                .contains("the data file is missing or empty"),
-            "{error}"
-        );
-        let error = Journaled::open(Box::new(main), Box::new(journal_file), 256 << 10)
-            .expect_err("refused");
-        assert!(
-            error
-                .to_string()
-                .contains("the data file is missing or empty"),
-            "{error}"
-        );
-        let disk = disk.lock().expect("disk lock");
-        assert!(disk.files[0].cache.is_empty(), "nothing replayed");
-        assert_eq!(
-            disk.files[1].cache, journal,
-            "the journal is left as it was"
-        );
-        drop(disk);
-        let (database, replayed) = open(&disk_with([Vec::new(), Vec::new()]), 256 << 10);
-        assert_eq!(replayed, Replayed::default());
-        assert!(commit_key(&database, 7, 500));
-    }
-
-    /// The rule that lets the check above refuse: no record is written while the data
-    /// file's durable length is zero. A crash at every operation of a new store's first
-    /// open and commits, then a reopen: the journal never refuses it, and once the store's
-    /// creation has returned, redb opens it with every returned commit. (A crash inside
-    /// redb's creation can leave a file redb does not recognise, with or without the
-    /// journal; nothing was acknowledged by then.)
-    #[test]
-    fn a_new_store_crashed_at_any_point_is_never_refused() {
-        const CAPACITY: u64 = 16 << 20;
-        let run = |crash_at: u64| {
-            let disk = disk_with([Vec::new(), Vec::new()]);
-            disk.lock().expect("disk lock").crash_at = crash_at;
-            // Large enough that no trickle sync (a flusher thread's, timed by the scheduler)
-            // changes the count of operations from one run to the next.
-            let (database, _) = open(&disk, CAPACITY);
-            let created = disk.lock().expect("disk lock").operations;
-            let mut acknowledged = Vec::new();
-            for key in 0..3 {
-                let committed = commit_key(&database, key, 500);
-                if committed && disk.lock().expect("disk lock").image.is_none() {
-                    acknowledged.push(key);
-                }
-            }
-            let image = disk.lock().expect("disk lock").image.take();
-            let operations = disk.lock().expect("disk lock").operations;
-            std::mem::forget(database);
-            (created, operations, image, acknowledged)
-        };
-        let (created, operations, _, _) = run(u64::MAX);
-        assert!(
-            operations > created,
-            "{created} then {operations} operations"
-        );
-        for crash_at in 1..=operations {
-            let (_, _, image, acknowledged) = run(crash_at);
-            let Some(image) = image else {
-                // Fewer operations this time: no crash to recover from.
-                continue;
-            };
-            let (main, journal) = files(&disk_with(image));
-            let (backend, _) = Journaled::open(Box::new(main), Box::new(journal), CAPACITY)
-                .unwrap_or_else(|error| panic!("crash at operation {crash_at}: {error}"));
-            if crash_at <= created {
-                continue;
-            }
-            let database = Database::builder()
-                .create_with_backend(backend)
-                .unwrap_or_else(|error| panic!("crash at operation {crash_at}: {error}"));
-            if !acknowledged.is_empty() {
-                assert_keys(&database, acknowledged, 500);
-            }
-        }
-    }
-
-    /// A journal file that is not one (no valid header, not zeros) is refused with a reason,
-    /// never replayed or overwritten.
-    #[test]
-    fn a_file_that_is_not_a_journal_is_refused() {
-        let disk = disk_with([Vec::new(), b"not a journal".repeat(100)]);
-        let (main, journal) = files(&disk);
-        let error =
-            Journaled::open(Box::new(main), Box::new(journal), 256 << 10).expect_err("refused");
-        assert!(error.to_string().contains("no valid header"), "{error}");
-        assert!(
-            disk.lock().expect("disk lock").files[1]
-                .cache
-                .starts_with(b"not a journal")
-        );
-    }
-
-    /// Crash at a random backend operation, many times over, each time recovering from what
-    /// the crash left: every commit that returned is there, every removal that returned is
-    /// gone, and whatever else is there is intact.
-    #[test]
-    fn every_returned_commit_survives_a_crash_at_any_operation() {
-        let mut expected: HashMap<u64, Option<usize>> = HashMap::new();
-        let mut files = [Vec::new(), Vec::new()];
-        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next_key = 0;
-        let mut replays = 0;
-        for round in 0..40 {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let disk = disk_with(files.clone());
-            disk.lock().expect("disk lock").rng = seed | 1;
-            let (database, replayed) = open(&disk, 256 << 10);
-            replays += replayed.records;
-            {
-                let read = database.begin_read().expect("read");
-                if let Ok(table) = read.open_table(TABLE) {
-                    for (key, state) in &expected {
-                        let found = table.get(key).expect("get").map(|v| v.value().to_vec());
-                        match state {
-                            Some(len) => assert_eq!(
-                                found.as_deref(),
-                                Some(value(*key, *len).as_slice()),
-                                "round {round}: key {key} was committed"
-                            ),
-                            None => {
-                                assert!(found.is_none(), "round {round}: key {key} was removed")
-                            }
-                        }
-                    }
-                }
-            }
-            {
-                let mut disk = disk.lock().expect("disk lock");
-                let now = disk.operations;
-                disk.crash_at = now + 1 + disk.random() % 3000;
-            }
-            let mut uncertain = Vec::new();
-            for _ in 0..400 {
-                let mut transaction = database.begin_write().expect("write");
-                transaction
-                    .set_durability(Durability::Immediate)
-                    .expect("durability");
-                let random = disk.lock().expect("disk lock").random();
-                let mut changes = Vec::new();
-                {
-                    let mut table = transaction.open_table(TABLE).expect("table");
-                    for _ in 0..(1 + random % 5) {
-                        let len = 100 + (random as usize >> 8) % 3000;
-                        table
-                            .insert(next_key, value(next_key, len).as_slice())
-                            .expect("insert");
-                        changes.push((next_key, Some(len)));
-                        next_key += 1;
-                    }
-                    // Remove one of the oldest keys, so pages are freed and reused.
-                    let old = (next_key.saturating_sub(200)..next_key)
-                        .find(|key| matches!(expected.get(key), Some(Some(_))));
-                    if let Some(old) = old.filter(|_| !random.is_multiple_of(4)) {
-                        table.remove(old).expect("remove");
-                        changes.push((old, None));
-                    }
-                }
-                let committed = transaction.commit().is_ok();
-                if committed && disk.lock().expect("disk lock").image.is_none() {
-                    expected.extend(changes);
-                } else {
-                    uncertain.extend(changes);
-                    break;
-                }
-            }
-            let image = disk.lock().expect("disk lock").image.take();
-            let Some(image) = image else {
-                // No crash in this round: a clean close.
-                drop(database);
-                files = durable(&disk);
-                continue;
-            };
-            // Whatever the commit in flight did is allowed either way.
-            for (key, _) in uncertain {
-                expected.remove(&key);
-            }
-            std::mem::forget(database);
-            files = image;
-        }
-        assert!(replays > 0, "the crashes must have left commits to replay");
     }
 }

@@ -237,7 +237,7 @@ impl Writer {
     /// encode or decode (the transaction was dropped; the handle and the file are fine, and a
     /// reopen would only make readers wait).
     fn reopen_after(&mut self, failure: &StoreError) {
-        if !matches!(failure, StoreError::Encoding(_)) {
+        if !matches!(failure, StoreError::Encoding(_) | StoreError::Damaged(_)) {
             self.reopen();
         }
     }

@@ -230,7 +230,7 @@ impl Writer {
         if !record.body_inline {
             transaction
                 .open_table(BODIES)?
-                .insert(id, message.body.as_ref())?;
+                .insert(id, schema::encode_body(&message.body).as_slice())?;
         }
         for route in &record.routes {
             if route.status != RouteStatus::Queued {

@@ -1,0 +1,156 @@
+//! Finding damage: read every record of a store and check it (its checksum, that it decodes,
+//! the audit chain), and, offline, redb's own check of its pages. `mfoundry store verify`
+//! runs it on a stopped gateway's `DATA_DIR`; the gateway runs the record part in the
+//! background (`STORE_VERIFY_INTERVAL`) and counts what it finds.
+
+use std::collections::BTreeMap;
+
+use redb::{ReadableDatabase, ReadableTable};
+use serde::Serialize;
+
+use super::audit::{self, Verification};
+use super::open::{OpenReport, open_with};
+use super::schema::{
+    self, AUDIT, BODIES, CONNECTORS, DELIVERIES, DLQ, DeliveryRecord, DlqEntry, MESSAGES, META,
+    QUEUE, QueueEntry,
+};
+use super::{OpenError, OutboxOptions, StoreError};
+use crate::outbox::journal::Policy;
+
+/// Most damaged records listed (all are counted).
+const MAX_LISTED: usize = 100;
+
+/// What a verification found.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct StoreReport {
+    /// redb's check of its pages and trees (offline only): `true` passed, `false` it found
+    /// problems and repaired them; `None` when not run.
+    pub redb_intact: Option<bool>,
+    /// Records read, per table.
+    pub records: BTreeMap<&'static str, u64>,
+    /// Damaged records, at most 100, each named by table and key (never content).
+    pub damaged: Vec<String>,
+    /// Damaged records in all.
+    pub damaged_count: u64,
+    /// Records written before checksums existed (format 1): read, but not checkable.
+    pub unchecked: u64,
+    /// The audit trail's chain.
+    pub audit: Verification,
+}
+
+impl StoreReport {
+    /// True when nothing is damaged (redb's check passed, if it ran; no record damaged; the
+    /// audit chain intact).
+    pub fn is_intact(&self) -> bool {
+        self.redb_intact != Some(false) && self.damaged_count == 0 && self.audit.is_intact()
+    }
+
+    fn damaged(&mut self, what: String) {
+        self.damaged_count += 1;
+        if self.damaged.len() < MAX_LISTED {
+            self.damaged.push(what);
+        }
+    }
+
+    fn count(&mut self, table: &'static str) {
+        *self.records.entry(table).or_default() += 1;
+    }
+}
+
+/// Read and check every record through a read transaction (works while the gateway runs).
+pub(super) fn read_all(transaction: &redb::ReadTransaction) -> Result<StoreReport, StoreError> {
+    let mut report = StoreReport::default();
+    let messages = transaction.open_table(MESSAGES)?;
+    let bodies = transaction.open_table(BODIES)?;
+    for entry in messages.iter()? {
+        let (key, value) = entry?;
+        let id = key.value();
+        report.count("messages");
+        match schema::decode_message_checked(value.value()) {
+            Ok(decoded) => {
+                if !decoded.checked {
+                    report.unchecked += 1;
+                }
+                if !decoded.record.body_inline {
+                    match bodies.get(id)? {
+                        Some(body) => {
+                            report.count("bodies");
+                            if let Err(error) = schema::check_body(&decoded, body.value()) {
+                                report.damaged(format!("bodies {id}: {error}"));
+                            }
+                        }
+                        None => report.damaged(format!("bodies {id}: missing")),
+                    }
+                }
+            }
+            Err(error) => report.damaged(format!("messages {id}: {error}")),
+        }
+    }
+    let queue = transaction.open_table(QUEUE)?;
+    for entry in queue.iter()? {
+        let (key, value) = entry?;
+        let (connector, seq) = key.value();
+        report.count("queue");
+        if let Err(error) = schema::decode::<QueueEntry>(value.value()) {
+            report.damaged(format!("queue {connector}/{seq}: {error}"));
+        }
+    }
+    let dlq = transaction.open_table(DLQ)?;
+    for entry in dlq.iter()? {
+        let (key, value) = entry?;
+        let (connector, seq) = key.value();
+        report.count("dlq");
+        if let Err(error) = schema::decode::<DlqEntry>(value.value()) {
+            report.damaged(format!("dlq {connector}/{seq}: {error}"));
+        }
+    }
+    let deliveries = transaction.open_table(DELIVERIES)?;
+    for entry in deliveries.iter()? {
+        let (key, value) = entry?;
+        let (id, connector) = key.value();
+        report.count("deliveries");
+        if let Err(error) = schema::decode::<DeliveryRecord>(value.value()) {
+            report.damaged(format!("deliveries {id}/{connector}: {error}"));
+        }
+    }
+    let connectors = transaction.open_table(CONNECTORS)?;
+    for entry in connectors.iter()? {
+        entry?;
+        report.count("connectors");
+    }
+    let meta = transaction.open_table(META)?;
+    for entry in meta.iter()? {
+        entry?;
+        report.count("meta");
+    }
+    let audit_table = transaction.open_table(AUDIT)?;
+    let first = schema::read_meta(&meta, "audit_first_seq")?;
+    report.audit = audit::verify(&audit_table, &messages, first)?;
+    *report.records.entry("audit").or_default() = report.audit.records;
+    Ok(report)
+}
+
+/// Open a stopped store as the gateway does (its journal replayed), run redb's own check,
+/// then read every record. Refuses as the gateway would (see [`OpenError`]).
+pub fn verify_offline(options: &OutboxOptions) -> Result<(OpenReport, StoreReport), OpenError> {
+    let (mut database, opened) = open_with(options, Policy::Strict)?;
+    let path = options.storage.name(super::StoreFile::Data);
+    let redb_intact = database
+        .check_integrity()
+        .map_err(|source| OpenError::Database {
+            path: path.clone(),
+            source,
+        })?;
+    let report = (|| -> Result<StoreReport, StoreError> {
+        let transaction = database.begin_read()?;
+        read_all(&transaction)
+    })()
+    .map_err(|source| OpenError::Store { path, source })?;
+    Ok((
+        opened,
+        StoreReport {
+            redb_intact: Some(redb_intact),
+            ..report
+        },
+    ))
+}
