@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use std::io::stdout;
 
-use mfoundry::cli::{Cli, Command, ConfigArgs, ConfigCommand, admin, run_bench, run_dlq, run_send};
+use mfoundry::cli::{
+    Cli, Command, ConfigArgs, ConfigCommand, admin, run_bench, run_dlq, run_send, run_store,
+};
 use mfoundry::config::Config;
 
 /// Exit code for an invalid configuration (EX_USAGE).
@@ -100,6 +102,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Dlq(args) => finish("dlq", runtime.block_on(run_dlq(&args, &mut stdout()))),
+        Command::Store(args) => finish("store", runtime.block_on(run_store(&args, &mut stdout()))),
         Command::Stats(api) => finish("stats", runtime.block_on(admin::stats(&api, &mut stdout()))),
         Command::Messages { api, command } => finish(
             "messages",

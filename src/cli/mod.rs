@@ -1,11 +1,13 @@
 //! Command line: `serve` (the default), `check`, `config schema`, `send`, `bench`, and the
 //! commands that steer a running server through its admin API (`stats`, `messages`, `dlq`,
-//! `pause`, `resume`, `audit`, `logs`), plus `token create`.
+//! `pause`, `resume`, `audit`, `logs`), plus `token create` and `store` (checks and repairs
+//! of a stopped server's data directory).
 
 pub mod admin;
 mod bench;
 mod dlq;
 mod send;
+mod store;
 
 use std::path::PathBuf;
 
@@ -14,6 +16,7 @@ use clap::{Parser, Subcommand};
 pub use bench::{BenchArgs, BenchReport, Probe, ProbeStore, probe, run_bench};
 pub use dlq::{DlqArgs, DlqCommand, run_dlq};
 pub use send::{SendSummary, run_send};
+pub use store::{StoreArgs, StoreCommand, run_store};
 
 /// mfoundry: an HL7 v2 integration gateway.
 ///
@@ -55,6 +58,9 @@ pub enum Command {
     /// Dead-letter queues of the running server: list, show, replay, purge (--offline: a
     /// stopped server's data directory).
     Dlq(DlqArgs),
+    /// Checks and repairs of a stopped server's store: `verify` reads every record and
+    /// reports damage; `recover --accept-loss` opens a store mfoundry refuses to open.
+    Store(StoreArgs),
     /// Counters per listener and connector, queue depths and ages, DLQ sizes.
     Stats(admin::ApiArgs),
     /// Search stored messages, or show one with its body.

@@ -81,16 +81,27 @@ impl DedupIndex {
     }
 
     /// Rebuild from the newest stored messages.
+    /// A damaged record (failing its checksum) is skipped: its retransmit would be stored
+    /// again (a duplicate, never a loss); the count of such records is returned.
     pub(super) fn rebuild(
         &mut self,
         messages: &impl ReadableTable<u64, &'static [u8]>,
         now: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let cutoff = now.saturating_sub(self.window_micros);
         let mut newest_first = Vec::new();
+        let mut damaged = 0;
         for entry in messages.iter()?.rev() {
             let (id, value) = entry?;
-            let (record, _) = schema::decode_message(value.value())?;
+            let record = match schema::decode_message(value.value()) {
+                Ok((record, _)) => record,
+                Err(StoreError::Damaged(what)) => {
+                    tracing::error!(message_id = id.value(), damage = %what, "a stored message is damaged; skipped while rebuilding the retransmit index");
+                    damaged += 1;
+                    continue;
+                }
+                Err(other) => return Err(other),
+            };
             if record.received_at_micros < cutoff || newest_first.len() >= self.max_entries {
                 break;
             }
@@ -103,7 +114,7 @@ impl DedupIndex {
         for (key_prefix, id, accepted_at) in newest_first.into_iter().rev() {
             self.insert(key_prefix, id, accepted_at);
         }
-        Ok(())
+        Ok(damaged)
     }
 
     /// The message id a prefix was last accepted under, if within the window at `now`.

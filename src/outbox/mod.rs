@@ -47,6 +47,7 @@ pub mod verify;
 mod writer;
 
 pub use error::{Chain, OpenError, StoreError};
+pub use open::OpenReport;
 pub use snapshot::{Pending, QueueFigures, Snapshot};
 pub use storage::{Directory, Storage, StoreFile, journal_path};
 
@@ -610,6 +611,13 @@ impl Outbox {
             .ok_or(StoreError::WriterGone)?;
         Snapshot::new(&database)
     }
+}
+
+/// Open a store that would be refused, accepting the loss of what cannot be read (see
+/// [`journal::Policy::AcceptLoss`]); the report says what was given up. The database is
+/// closed when the returned handle is dropped. For `mfoundry store recover`.
+pub fn open_accepting_loss(options: &OutboxOptions) -> Result<(Database, OpenReport), OpenError> {
+    open::open_with(options, journal::Policy::AcceptLoss)
 }
 
 /// Microseconds since the Unix epoch.

@@ -528,7 +528,7 @@ pub(super) fn load_dedup_index(options: &OutboxOptions) -> Result<Option<DedupIn
     let opening = Opening { options };
     let window = i64::try_from(window.as_micros()).unwrap_or(i64::MAX);
     let mut index = DedupIndex::new(window, options.dedup_max_entries);
-    let rebuilt = (|| -> Result<(), StoreError> {
+    let rebuilt = (|| -> Result<u64, StoreError> {
         let messages = database.begin_read()?.open_table(MESSAGES)?;
         index.rebuild(&messages, now_micros())
     })();

@@ -164,9 +164,272 @@ impl Storage for Directory {
     }
 }
 
+/// A view of another store that never writes to it: what opening a store writes (a replay,
+/// redb's repair, a new journal lap) is kept in memory, reads see it, syncs do nothing. The
+/// files are still opened and locked for real, so a running gateway is refused. Used by
+/// `mfoundry store verify`, which must leave a store as it found it (redb's own check
+/// repairs what it can, and a failed repair would otherwise mark the file for good).
+#[derive(Debug)]
+pub struct Overlay {
+    inner: std::sync::Arc<dyn Storage>,
+    /// Files created or removed in the view (`Some(false)`: removed).
+    names: std::sync::Mutex<std::collections::HashMap<StoreFile, bool>>,
+}
+
+impl Overlay {
+    /// A write-nothing view of `inner`.
+    pub fn new(inner: std::sync::Arc<dyn Storage>) -> Self {
+        Self {
+            inner,
+            names: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn named(&self, file: StoreFile) -> Option<bool> {
+        self.names
+            .lock()
+            .ok()
+            .and_then(|names| names.get(&file).copied())
+    }
+}
+
+impl Storage for Overlay {
+    fn name(&self, file: StoreFile) -> String {
+        self.inner.name(file)
+    }
+
+    fn exists(&self, file: StoreFile) -> io::Result<bool> {
+        match self.named(file) {
+            Some(exists) => Ok(exists),
+            None => self.inner.exists(file),
+        }
+    }
+
+    fn open(&self, file: StoreFile) -> io::Result<Box<dyn StorageBackend>> {
+        let base = if self.exists(file)? && self.named(file).is_none() {
+            Some(self.inner.open(file)?)
+        } else {
+            None
+        };
+        if let Ok(mut names) = self.names.lock() {
+            names.insert(file, true);
+        }
+        Ok(Box::new(OverlayFile::new(base)))
+    }
+
+    fn remove(&self, file: StoreFile) -> io::Result<()> {
+        if let Ok(mut names) = self.names.lock() {
+            names.insert(file, false);
+        }
+        Ok(())
+    }
+
+    fn rename(&self, _from: StoreFile, _to: StoreFile) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this view writes nothing; a data file of format 1 is converted when mfoundry \
+             serves it (start it once), then it can be verified",
+        ))
+    }
+
+    fn sync_directory(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn size(&self, file: StoreFile) -> io::Result<Option<u64>> {
+        self.inner.size(file)
+    }
+}
+
+const OVERLAY_BLOCK: u64 = 4096;
+
+/// One file of an [`Overlay`]: blocks written in memory over the file's own bytes.
+#[derive(Debug)]
+struct OverlayFile {
+    base: Option<Box<dyn StorageBackend>>,
+    state: std::sync::Mutex<OverlayState>,
+}
+
+#[derive(Debug)]
+struct OverlayState {
+    len: u64,
+    /// The base's length when opened: bytes beyond it (or beyond a later truncation) are
+    /// zeros unless written.
+    base_len: u64,
+    blocks: std::collections::HashMap<u64, Vec<u8>>,
+}
+
+impl OverlayFile {
+    fn new(base: Option<Box<dyn StorageBackend>>) -> Self {
+        let len = base.as_ref().and_then(|base| base.len().ok()).unwrap_or(0);
+        Self {
+            base,
+            state: std::sync::Mutex::new(OverlayState {
+                len,
+                base_len: len,
+                blocks: std::collections::HashMap::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> io::Result<std::sync::MutexGuard<'_, OverlayState>> {
+        self.state
+            .lock()
+            .map_err(|_| io::Error::other("the overlay's lock is poisoned"))
+    }
+
+    /// The current bytes of block `index`.
+    fn block(&self, state: &OverlayState, index: u64) -> io::Result<Vec<u8>> {
+        if let Some(block) = state.blocks.get(&index) {
+            return Ok(block.clone());
+        }
+        let mut block = vec![0u8; OVERLAY_BLOCK as usize];
+        let start = index * OVERLAY_BLOCK;
+        if let Some(base) = &self.base
+            && start < state.base_len
+        {
+            let end = (start + OVERLAY_BLOCK).min(state.base_len);
+            base.read(start, &mut block[..(end - start) as usize])?;
+        }
+        Ok(block)
+    }
+}
+
+impl StorageBackend for OverlayFile {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.state()?.len)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let state = self.state()?;
+        if offset + out.len() as u64 > state.len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of the file",
+            ));
+        }
+        let mut done = 0usize;
+        while done < out.len() {
+            let position = offset + done as u64;
+            let index = position / OVERLAY_BLOCK;
+            let within = (position % OVERLAY_BLOCK) as usize;
+            let take = (OVERLAY_BLOCK as usize - within).min(out.len() - done);
+            if let Some(block) = state.blocks.get(&index) {
+                out[done..done + take].copy_from_slice(&block[within..within + take]);
+            } else if position + take as u64 <= state.base_len
+                && let Some(base) = &self.base
+            {
+                base.read(position, &mut out[done..done + take])?;
+            } else {
+                let block = self.block(&state, index)?;
+                out[done..done + take].copy_from_slice(&block[within..within + take]);
+            }
+            done += take;
+        }
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut state = self.state()?;
+        if len < state.len {
+            // Bytes cut off read as zeros if the file grows again.
+            state.base_len = state.base_len.min(len);
+            let keep = len.div_ceil(OVERLAY_BLOCK);
+            state.blocks.retain(|index, _| *index < keep);
+            if !len.is_multiple_of(OVERLAY_BLOCK)
+                && let Some(block) = state.blocks.get_mut(&(len / OVERLAY_BLOCK))
+            {
+                for byte in &mut block[(len % OVERLAY_BLOCK) as usize..] {
+                    *byte = 0;
+                }
+            }
+        }
+        state.len = len;
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut state = self.state()?;
+        let mut done = 0usize;
+        while done < data.len() {
+            let position = offset + done as u64;
+            let index = position / OVERLAY_BLOCK;
+            let within = (position % OVERLAY_BLOCK) as usize;
+            let take = (OVERLAY_BLOCK as usize - within).min(data.len() - done);
+            let mut block = self.block(&state, index)?;
+            block[within..within + take].copy_from_slice(&data[done..done + take]);
+            state.blocks.insert(index, block);
+            done += take;
+        }
+        state.len = state.len.max(offset + data.len() as u64);
+        Ok(())
+    }
+
+    fn close(&self) -> io::Result<()> {
+        match &self.base {
+            Some(base) => base.close(),
+            None => Ok(()),
+        }
+    }
+
+    fn try_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        match &self.base {
+            Some(base) => base.try_lock_range(start, end),
+            None => Err(redb::BackendError::Unsupported),
+        }
+    }
+
+    fn unlock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        match &self.base {
+            Some(base) => base.unlock_range(start, end),
+            None => Err(redb::BackendError::Unsupported),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_overlay_writes_nothing_and_reads_what_was_written_in_it() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let directory = std::sync::Arc::new(Directory::new(&root.path().join("mfoundry.redb")));
+        directory.sync_directory().expect("created");
+        let file = directory.open(StoreFile::Data).expect("opens");
+        file.set_len(10_000).expect("length");
+        file.write(0, &[7u8; 10_000]).expect("writes");
+        drop(file);
+        let overlay = Overlay::new(directory.clone());
+        let view = overlay.open(StoreFile::Data).expect("opens");
+        view.write(4090, b"overlay").expect("writes");
+        view.set_len(20_000).expect("grows");
+        let mut out = [0u8; 12];
+        view.read(4088, &mut out).expect("reads");
+        assert_eq!(&out, b"\x07\x07overlay\x07\x07\x07");
+        let mut tail = [1u8; 4];
+        view.read(15_000, &mut tail).expect("reads");
+        assert_eq!(tail, [0; 4]);
+        view.sync_data().expect("syncs nothing");
+        let on_disk = std::fs::read(root.path().join("mfoundry.redb")).expect("reads");
+        assert_eq!(on_disk, vec![7u8; 10_000], "the file is as it was");
+        overlay
+            .remove(StoreFile::Journal)
+            .expect("removes in the view");
+        assert!(!overlay.exists(StoreFile::Journal).expect("exists"));
+    }
 
     #[test]
     fn the_journal_lies_beside_the_data_file() {

@@ -24,8 +24,10 @@ const MAX_LISTED: usize = 100;
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct StoreReport {
     /// redb's check of its pages and trees (offline only): `true` passed, `false` it found
-    /// problems and repaired them; `None` when not run.
+    /// problems (repaired, or not: see `redb_problem`); `None` when not run.
     pub redb_intact: Option<bool>,
+    /// What redb's check found when it could not repair it.
+    pub redb_problem: Option<String>,
     /// Records read, per table.
     pub records: BTreeMap<&'static str, u64>,
     /// Damaged records, at most 100, each named by table and key (never content).
@@ -131,26 +133,37 @@ pub(super) fn read_all(transaction: &redb::ReadTransaction) -> Result<StoreRepor
 }
 
 /// Open a stopped store as the gateway does (its journal replayed), run redb's own check,
-/// then read every record. Refuses as the gateway would (see [`OpenError`]).
+/// then read every record. Refuses as the gateway would (see [`OpenError`]); damage found
+/// once the store is open is reported, not an error. Nothing is written to the store: the
+/// open, the replay and redb's check work on an in-memory view ([`super::storage::Overlay`]).
 pub fn verify_offline(options: &OutboxOptions) -> Result<(OpenReport, StoreReport), OpenError> {
-    let (mut database, opened) = open_with(options, Policy::Strict)?;
-    let path = options.storage.name(super::StoreFile::Data);
-    let redb_intact = database
-        .check_integrity()
-        .map_err(|source| OpenError::Database {
-            path: path.clone(),
-            source,
-        })?;
-    let report = (|| -> Result<StoreReport, StoreError> {
+    let view = OutboxOptions {
+        storage: std::sync::Arc::new(super::storage::Overlay::new(std::sync::Arc::clone(
+            &options.storage,
+        ))),
+        ..options.clone()
+    };
+    let (mut database, opened) = open_with(&view, Policy::Strict)?;
+    let (redb_intact, redb_problem) = match database.check_integrity() {
+        Ok(intact) => (intact, None),
+        Err(error) => (false, Some(super::Chain(&error).to_string())),
+    };
+    let read = (|| -> Result<StoreReport, StoreError> {
         let transaction = database.begin_read()?;
         read_all(&transaction)
-    })()
-    .map_err(|source| OpenError::Store { path, source })?;
-    Ok((
-        opened,
-        StoreReport {
-            redb_intact: Some(redb_intact),
-            ..report
-        },
-    ))
+    })();
+    let mut report = match read {
+        Ok(report) => report,
+        Err(error) => {
+            let mut report = StoreReport::default();
+            report.damaged(format!(
+                "the tables cannot be read to the end: {}",
+                super::Chain(&error)
+            ));
+            report
+        }
+    };
+    report.redb_intact = Some(redb_intact);
+    report.redb_problem = redb_problem;
+    Ok((opened, report))
 }
