@@ -518,7 +518,21 @@ fn the_cli_steers_a_running_server_with_the_local_token_and_the_audit_trail_dete
         stdout.contains("ORU^R01") && !stdout.contains("ADT^A01"),
         "{stdout}"
     );
-    let (code, stdout, _) = common::run_binary(directory.path(), &["messages", "show", "1"], &env);
+    // The oldest message: the first ADT (ids are handed out by the store, above the clock).
+    let (code, stdout, _) = common::run_binary(
+        directory.path(),
+        &["messages", "search", "--type", "ADT", "--json"],
+        &env,
+    );
+    assert_eq!(code, 0);
+    let found: Value = serde_json::from_str(&stdout).expect("json");
+    let first = found
+        .as_array()
+        .and_then(|messages| messages.last())
+        .map(|message| message["id"].to_string())
+        .expect("the ADT is found");
+    let (code, stdout, _) =
+        common::run_binary(directory.path(), &["messages", "show", &first], &env);
     assert_eq!(code, 0);
     assert!(
         stdout.contains("archive") && stdout.contains("MSH|"),
@@ -612,7 +626,14 @@ async fn a_message_being_retried_shows_its_attempts_and_last_error() {
         app.worker("lab").stats().retries.load(Ordering::SeqCst) >= 1
     })
     .await;
-    let shown = get_json(&format!("{base}/api/v1/messages/1"), token.trim()).await;
+    let id = app
+        .outbox()
+        .snapshot()
+        .expect("snapshot")
+        .messages()
+        .expect("messages")[0]
+        .0;
+    let shown = get_json(&format!("{base}/api/v1/messages/{id}"), token.trim()).await;
     let lab = &shown["connectors"][0];
     assert_eq!(lab["connector"], "lab");
     assert_eq!(lab["status"], "QUEUED");

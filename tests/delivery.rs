@@ -59,6 +59,19 @@ fn delivered(app: &common::TestApp, connector: &str) -> u64 {
         .load(Ordering::SeqCst)
 }
 
+/// The id the store gave the message with this control id.
+fn id_of(app: &common::TestApp, control_id: &str) -> u64 {
+    app.outbox()
+        .snapshot()
+        .expect("snapshot")
+        .messages()
+        .expect("messages")
+        .into_iter()
+        .find(|(_, record)| record.header.control_id == control_id)
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| panic!("{control_id} is stored"))
+}
+
 #[tokio::test]
 async fn fifo_holds_while_one_message_is_retried() {
     // The peer answers AE to M3 five times.
@@ -87,7 +100,7 @@ async fn fifo_holds_while_one_message_is_retried() {
     let snapshot = app.outbox().snapshot().expect("snapshot");
     let connector = app.outbox().connector_id("downstream").expect("id");
     assert!(snapshot.queue(connector).expect("queue").is_empty());
-    let history = snapshot.deliveries(3).expect("history");
+    let history = snapshot.deliveries(id_of(&app, "M3")).expect("history");
     assert_eq!(history[0].1.attempts, 6);
     assert!(
         history[0]
@@ -132,7 +145,7 @@ async fn ar_goes_to_the_dead_letter_queue_after_one_attempt_and_the_queue_moves_
         .dead_letters(connector)
         .expect("dlq");
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].1.message_id, 2);
+    assert_eq!(dead[0].1.message_id, id_of(&app, "M2"));
     assert_eq!(dead[0].1.attempts, 1);
     assert!(dead[0].1.reason.contains("AR"), "{:?}", dead[0].1.reason);
     assert!(app.shutdown(Duration::from_secs(5)).await);
@@ -168,7 +181,7 @@ async fn a_wrong_msa_garbage_a_hang_or_a_close_never_counts_as_delivered() {
         .outbox()
         .snapshot()
         .expect("snapshot")
-        .deliveries(1)
+        .deliveries(id_of(&app, "M1"))
         .expect("history");
     assert_eq!(history[0].1.attempts, 5);
     assert!(app.shutdown(Duration::from_secs(5)).await);
@@ -232,7 +245,7 @@ async fn a_hung_connector_does_not_hold_up_the_others() {
     let stuck = peer(|_, _| Answer::Hang).await;
     let out = tempfile::tempdir().expect("tempdir");
     let yaml = format!(
-        "connectors:\n  - name: stuck\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n    ack_timeout: 30s\n  - name: files\n    type: file\n    directory: {}\n    filename: \"{{id}}.hl7\"\n",
+        "connectors:\n  - name: stuck\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n    ack_timeout: 30s\n  - name: files\n    type: file\n    directory: {}\n    filename: \"{{id}}-{{control_id}}.hl7\"\n",
         stuck.addr.port(),
         out.path().display()
     );
@@ -246,7 +259,8 @@ async fn a_hung_connector_does_not_hold_up_the_others() {
         "the stuck peer holds M1"
     );
     for id in 1..=20 {
-        let body = std::fs::read(out.path().join(format!("{id}.hl7"))).expect("file written");
+        let name = format!("{}-M{id}.hl7", id_of(&app, &format!("M{id}")));
+        let body = std::fs::read(out.path().join(name)).expect("file written");
         assert_eq!(
             body,
             common::adt(&format!("M{id}"), "2.5"),
@@ -282,7 +296,10 @@ async fn pause_holds_delivery_and_resume_releases_it_in_order() {
         })
         .collect();
     names.sort();
-    assert_eq!(names, vec!["1-M1.hl7", "2-M2.hl7", "3-M3.hl7"]);
+    let expected: Vec<String> = (1..=3)
+        .map(|n| format!("{}-M{n}.hl7", id_of(&app, &format!("M{n}"))))
+        .collect();
+    assert_eq!(names, expected, "named by id, in the order received");
     assert!(app.shutdown(Duration::from_secs(5)).await);
 }
 
@@ -558,7 +575,7 @@ async fn retention_removes_delivered_messages_and_keeps_dead_letters() {
         vec!["M2"],
         "the dead-lettered message stays for replay"
     );
-    assert!(snapshot.body(2).expect("body").is_some());
+    assert!(snapshot.body(id_of(&app, "M2")).expect("body").is_some());
     drop(snapshot);
     assert_eq!(
         std::fs::read_dir(out.path()).expect("dir").count(),

@@ -19,6 +19,14 @@ fn options_with(memory: &MemoryDisk) -> OutboxOptions {
     OutboxOptions::with_storage(memory.storage())
 }
 
+/// The id a stored message got.
+fn stored(appended: Appended) -> u64 {
+    match appended {
+        Appended::Stored { id } => id,
+        other => panic!("expected a stored message, got {other:?}"),
+    }
+}
+
 fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|name| (*name).to_owned()).collect()
 }
@@ -69,6 +77,7 @@ async fn fan_out_is_fifo_per_connector_and_records_filtered_routes() {
     let memory = MemoryDisk::default();
     let (outbox, writer) =
         Outbox::open(options_with(&memory), &names(&["a", "b", "c"])).expect("opens");
+    let mut stored_ids = Vec::new();
     for index in 0..20 {
         let queued: Vec<&str> = ["a", "b", "c"]
             .into_iter()
@@ -86,8 +95,12 @@ async fn fan_out_is_fifo_per_connector_and_records_filtered_routes() {
             .append(message(&outbox, &format!("M{index}"), &queued, &filtered))
             .await
             .expect("stored");
-        assert!(matches!(appended, Appended::Stored { .. }));
+        stored_ids.push(stored(appended));
     }
+    assert!(
+        stored_ids.windows(2).all(|pair| pair[0] < pair[1]),
+        "ids grow with each message"
+    );
     let snapshot = outbox.snapshot().expect("snapshot");
     let ids = |name: &str| -> Vec<u64> {
         snapshot
@@ -97,10 +110,19 @@ async fn fan_out_is_fifo_per_connector_and_records_filtered_routes() {
             .map(|(_, entry)| entry.message_id)
             .collect()
     };
-    assert_eq!(ids("a"), (1..=20).collect::<Vec<_>>());
-    assert_eq!(ids("b"), (1..=20).step_by(2).collect::<Vec<_>>());
-    assert_eq!(ids("c"), (1..=20).step_by(3).collect::<Vec<_>>());
-    let second = snapshot.message(2).expect("read").expect("exists");
+    assert_eq!(ids("a"), stored_ids);
+    assert_eq!(
+        ids("b"),
+        stored_ids.iter().copied().step_by(2).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ids("c"),
+        stored_ids.iter().copied().step_by(3).collect::<Vec<_>>()
+    );
+    let second = snapshot
+        .message(stored_ids[1])
+        .expect("read")
+        .expect("exists");
     let filtered: Vec<_> = second
         .routes
         .iter()
@@ -115,14 +137,14 @@ async fn fan_out_is_fifo_per_connector_and_records_filtered_routes() {
         ]
     );
     assert_eq!(
-        snapshot.body(2).expect("read").as_deref(),
+        snapshot.body(stored_ids[1]).expect("read").as_deref(),
         Some(&b"MSH|M1"[..])
     );
     drop(snapshot);
     drop(outbox);
     writer.join();
 
-    // Reopened: same connector ids, new ids continue after the old ones.
+    // Reopened: same connector ids, new ids continue above the old ones.
     let (outbox, writer) =
         Outbox::open(options_with(&memory), &names(&["c", "new", "a"])).expect("reopens");
     assert_eq!(outbox.connector_id("a"), Some(1));
@@ -132,7 +154,7 @@ async fn fan_out_is_fifo_per_connector_and_records_filtered_routes() {
         .append(message(&outbox, "after", &["a"], &[]))
         .await
         .expect("stored");
-    assert_eq!(appended, Appended::Stored { id: 21 });
+    assert!(stored(appended) > stored_ids[19]);
     drop(outbox);
     writer.join();
 }
@@ -146,26 +168,29 @@ async fn large_bodies_are_stored_apart_and_read_back_unchanged() {
     let mut large = message(&outbox, "LARGE", &["a"], &[]);
     let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     large.body = Bytes::from(big.clone());
-    outbox.append(small).await.expect("stored");
-    outbox.append(large).await.expect("stored");
+    let small_id = stored(outbox.append(small).await.expect("stored"));
+    let large_id = stored(outbox.append(large).await.expect("stored"));
     let snapshot = outbox.snapshot().expect("snapshot");
-    assert_eq!(snapshot.body(1).expect("read"), Some(vec![b's'; 100]));
-    assert_eq!(snapshot.body(2).expect("read"), Some(big));
+    assert_eq!(
+        snapshot.body(small_id).expect("read"),
+        Some(vec![b's'; 100])
+    );
+    assert_eq!(snapshot.body(large_id).expect("read"), Some(big));
     assert!(
         snapshot
-            .message(1)
+            .message(small_id)
             .expect("read")
             .expect("exists")
             .body_inline
     );
     assert!(
         !snapshot
-            .message(2)
+            .message(large_id)
             .expect("read")
             .expect("exists")
             .body_inline
     );
-    assert_eq!(snapshot.body(3).expect("read"), None);
+    assert_eq!(snapshot.body(large_id + 1).expect("read"), None);
     drop(snapshot);
     drop(outbox);
     writer.join();
@@ -180,14 +205,11 @@ async fn identical_frames_within_the_window_are_stored_once() {
     first.dedup_key = Some([7; 32]);
     let mut again = first.clone();
     again.record.ack = Some(b"ACK-NEW".to_vec());
-    assert_eq!(
-        outbox.append(first).await.expect("stored"),
-        Appended::Stored { id: 1 }
-    );
+    let first_id = stored(outbox.append(first).await.expect("stored"));
     assert_eq!(
         outbox.append(again).await.expect("answered"),
         Appended::Duplicate {
-            id: 1,
+            id: first_id,
             ack: Some(b"ACK-ORIGINAL".to_vec())
         }
     );
@@ -302,7 +324,9 @@ proptest! {
             let (outbox, writer) = Outbox::open(options_with(&memory), &connectors).expect("opens");
             let mut model_queues: BTreeMap<String, Vec<u64>> = BTreeMap::new();
             let mut model_dedup: HashMap<u8, u64> = HashMap::new();
-            let mut next_id = 1;
+            // Ids start where the store says (above the clock) and grow by one within a run.
+            let mut next_id: Option<u64> = None;
+            let mut stored_count = 0;
             for (index, step) in steps.iter().enumerate() {
                 let queued: Vec<&str> = connectors.iter().zip(&step.targets)
                     .filter(|(_, on)| **on).map(|(name, _)| name.as_str()).collect();
@@ -312,10 +336,16 @@ proptest! {
                 match step.dedup_key.and_then(|key| model_dedup.get(&key).copied()) {
                     Some(original) => prop_assert_eq!(appended, Appended::Duplicate { id: original, ack: None }),
                     None => {
-                        prop_assert_eq!(appended, Appended::Stored { id: next_id });
-                        if let Some(key) = step.dedup_key { model_dedup.insert(key, next_id); }
-                        for name in &queued { model_queues.entry((*name).to_owned()).or_default().push(next_id); }
-                        next_id += 1;
+                        let Appended::Stored { id } = appended else {
+                            return Err(TestCaseError::fail(format!("expected a new message, got {appended:?}")));
+                        };
+                        if let Some(expected) = next_id {
+                            prop_assert_eq!(id, expected);
+                        }
+                        if let Some(key) = step.dedup_key { model_dedup.insert(key, id); }
+                        for name in &queued { model_queues.entry((*name).to_owned()).or_default().push(id); }
+                        next_id = Some(id + 1);
+                        stored_count += 1;
                     }
                 }
             }
@@ -325,7 +355,7 @@ proptest! {
                     .into_iter().map(|(_, entry)| entry.message_id).collect();
                 prop_assert_eq!(actual, model_queues.get(name).cloned().unwrap_or_default());
             }
-            prop_assert_eq!(snapshot.message_count().expect("count"), next_id - 1);
+            prop_assert_eq!(snapshot.message_count().expect("count"), stored_count);
             drop(snapshot);
             drop(outbox);
             writer.join();
@@ -344,13 +374,10 @@ async fn dedup_records_expire_after_the_window() {
     let mut first = message(&outbox, "E1", &["a"], &[]);
     first.record.received_at_micros = now();
     first.dedup_key = Some([1; 32]);
-    assert_eq!(
-        outbox.append(first.clone()).await.expect("stored"),
-        Appended::Stored { id: 1 }
-    );
+    let first_id = stored(outbox.append(first.clone()).await.expect("stored"));
     assert!(matches!(
         outbox.append(first.clone()).await.expect("answered"),
-        Appended::Duplicate { id: 1, .. }
+        Appended::Duplicate { id, .. } if id == first_id
     ));
     tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     // Any commit expires what is older than the window; then the same frame is new again.
@@ -366,10 +393,7 @@ async fn dedup_records_expire_after_the_window() {
         "the expired entry is gone, not just ignored"
     );
     first.record.received_at_micros = now();
-    assert_eq!(
-        outbox.append(first).await.expect("stored"),
-        Appended::Stored { id: 3 }
-    );
+    assert!(stored(outbox.append(first).await.expect("stored")) > first_id + 1);
     drop(outbox);
     writer.join();
 }
@@ -529,24 +553,30 @@ async fn retention_keeps_what_a_connector_still_needs_and_wakes_nothing() {
     let b = outbox.connector_id("b").expect("b");
     let waker_b = outbox.waker(b).expect("waker");
     // 1: a only; 2: a and b; 3: filtered everywhere (unrouted).
-    outbox
-        .append(message(&outbox, "R1", &["a"], &["b"]))
-        .await
-        .expect("1");
-    outbox
-        .append(message(&outbox, "R2", &["a", "b"], &[]))
-        .await
-        .expect("2");
-    outbox
-        .append(message(&outbox, "R3", &[], &["a", "b"]))
-        .await
-        .expect("3");
+    let one = stored(
+        outbox
+            .append(message(&outbox, "R1", &["a"], &["b"]))
+            .await
+            .expect("1"),
+    );
+    let two = stored(
+        outbox
+            .append(message(&outbox, "R2", &["a", "b"], &[]))
+            .await
+            .expect("2"),
+    );
+    let three = stored(
+        outbox
+            .append(message(&outbox, "R3", &[], &["a", "b"]))
+            .await
+            .expect("3"),
+    );
     // Message 2 was queued for b: its waker holds a permit.
     tokio::time::timeout(std::time::Duration::from_secs(1), waker_b.notified())
         .await
         .expect("b was woken by the commit that queued for it");
-    assert!(outbox.mark_delivered(a, 1, 1).await.expect("mark"));
-    assert!(outbox.mark_delivered(a, 2, 1).await.expect("mark"));
+    assert!(outbox.mark_delivered(a, one, 1).await.expect("mark"));
+    assert!(outbox.mark_delivered(a, two, 1).await.expect("mark"));
     let retained = outbox.retain(i64::MAX, 0, 100).await.expect("retain");
     assert_eq!(
         retained.removed, 2,
@@ -560,8 +590,8 @@ async fn retention_keeps_what_a_connector_still_needs_and_wakes_nothing() {
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    assert_eq!(left, vec![2]);
-    let history = snapshot.deliveries(2).expect("history");
+    assert_eq!(left, vec![two]);
+    let history = snapshot.deliveries(two).expect("history");
     assert_eq!(history.len(), 1);
     assert_eq!(history[0].0, a);
     assert_eq!(
@@ -570,7 +600,7 @@ async fn retention_keeps_what_a_connector_still_needs_and_wakes_nothing() {
     );
     drop(snapshot);
     // A cutoff before the receive time keeps everything.
-    assert!(outbox.mark_delivered(b, 2, 1).await.expect("mark"));
+    assert!(outbox.mark_delivered(b, two, 1).await.expect("mark"));
     assert_eq!(outbox.retain(0, 0, 100).await.expect("retain").removed, 0);
     assert_eq!(
         outbox
@@ -585,7 +615,7 @@ async fn retention_keeps_what_a_connector_still_needs_and_wakes_nothing() {
         .append(message(&outbox, "R4", &["a"], &[]))
         .await
         .expect("4");
-    assert_eq!(next, Appended::Stored { id: 4 });
+    assert_eq!(next, Appended::Stored { id: three + 1 });
     drop(outbox);
     writer.join();
 }
@@ -738,10 +768,12 @@ async fn a_delivery_update_right_after_intake_shares_the_next_messages_commit() 
         !marking.is_finished(),
         "the update waits for the next received message"
     );
-    outbox
-        .append(message(&outbox, "R2", &["a"], &[]))
-        .await
-        .expect("2");
+    let second = stored(
+        outbox
+            .append(message(&outbox, "R2", &["a"], &[]))
+            .await
+            .expect("2"),
+    );
     assert!(marking.await.expect("task").expect("mark"));
     assert_eq!(
         outbox.stats().commits.load(Ordering::Relaxed),
@@ -755,7 +787,11 @@ async fn a_delivery_update_right_after_intake_shares_the_next_messages_commit() 
         .into_iter()
         .map(|(_, entry)| entry.message_id)
         .collect();
-    assert_eq!(queued, vec![2], "1 delivered, 2 queued");
+    assert_eq!(
+        queued,
+        vec![second],
+        "the first delivered, the second queued"
+    );
     drop(snapshot);
     drop(outbox);
     writer.join();

@@ -127,6 +127,19 @@ fn stat(app: &common::TestApp, connector: &str, which: &str) -> u64 {
     }
 }
 
+/// The id the store gave the message with this control id.
+fn id_of(app: &common::TestApp, control_id: &str) -> u64 {
+    app.outbox()
+        .snapshot()
+        .expect("snapshot")
+        .messages()
+        .expect("messages")
+        .into_iter()
+        .find(|(_, record)| record.header.control_id == control_id)
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| panic!("{control_id} is stored"))
+}
+
 #[tokio::test]
 async fn http_posts_the_bytes_as_received_with_the_token_and_retries_what_is_transient() {
     // 1: 503 with Retry-After 0 → retried; 2: 409 (the key is still being processed) →
@@ -174,10 +187,16 @@ async fn http_posts_the_bytes_as_received_with_the_token_and_retries_what_is_tra
         Some("Bearer s3cret")
     );
     assert_eq!(first.header("x-site").as_deref(), Some("north"));
+    let m1 = id_of(&app, "M1");
     assert_eq!(
         first.header("idempotency-key"),
-        Some(format!("mfoundry-{:016x}-1", app.outbox().instance_id()))
+        Some(format!(
+            "mfoundry-{:016x}-ehr-{m1}",
+            app.outbox().instance_id()
+        )),
+        "the key names the queue entry (a first delivery's entry is its message id)"
     );
+    assert_eq!(first.header("x-mfoundry-entry"), Some(m1.to_string()));
     let connector = app.outbox().connector_id("ehr").expect("id");
     let dead = app
         .outbox()
@@ -186,7 +205,7 @@ async fn http_posts_the_bytes_as_received_with_the_token_and_retries_what_is_tra
         .dead_letters(connector)
         .expect("dlq");
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].1.message_id, 2);
+    assert_eq!(dead[0].1.message_id, id_of(&app, "M2"));
     assert_eq!(dead[0].1.reason, "the endpoint answered HTTP 302");
     assert!(app.shutdown(Duration::from_secs(5)).await);
 }
@@ -207,7 +226,8 @@ async fn http_json_format_carries_header_and_segments() {
         Some("application/json")
     );
     let json: serde_json::Value = serde_json::from_slice(&request.body).expect("json");
-    assert_eq!(json["id"], 1);
+    assert_eq!(json["id"], id_of(&app, "J1"));
+    assert_eq!(json["entry"], id_of(&app, "J1"));
     assert_eq!(json["connector"], "fhir");
     assert_eq!(json["header"]["control_id"], "J1");
     assert_eq!(json["header"]["msg_type"], "ADT");
@@ -272,7 +292,7 @@ async fn postgres_gets_one_row_per_message_even_when_delivered_twice() {
     eventually("3 rows", || stat(&app, "archive", "delivered") == 3).await;
     let rows = client
         .query(
-            &format!("SELECT id, control_id, msg_type, trigger, sending_app, sending_facility, message, header->>'control_id', source FROM {table} ORDER BY id"),
+            &format!("SELECT id, control_id, msg_type, trigger, sending_app, sending_facility, message, header->>'control_id', source, entry FROM {table} ORDER BY id"),
             &[],
         )
         .await
@@ -280,7 +300,13 @@ async fn postgres_gets_one_row_per_message_even_when_delivered_twice() {
     assert_eq!(rows.len(), 3);
     for (index, row) in rows.iter().enumerate() {
         let control_id = format!("P{}", index + 1);
-        assert_eq!(row.get::<_, i64>(0), index as i64 + 1);
+        let id = id_of(&app, &control_id) as i64;
+        assert_eq!(row.get::<_, i64>(0), id);
+        assert_eq!(
+            row.get::<_, i64>(9),
+            id,
+            "a first delivery's entry is its id"
+        );
         assert_eq!(row.get::<_, String>(1), control_id);
         assert_eq!(row.get::<_, String>(2), "ADT");
         assert_eq!(row.get::<_, String>(3), "A01");
@@ -294,36 +320,54 @@ async fn postgres_gets_one_row_per_message_even_when_delivered_twice() {
         );
     }
 
-    // A redelivery (a crash between the insert and the mark) adds no row.
+    // A redelivery of the same entry (a crash between the insert and the mark) adds no row;
+    // a replayed copy (a new entry) is a new row.
+    let p1 = id_of(&app, "P1");
     let record = app
         .outbox()
         .snapshot()
         .expect("snapshot")
-        .message(1)
+        .message(p1)
         .expect("read")
-        .expect("message 1");
+        .expect("message P1");
     let spec = mfoundry::config::connectors::PostgresSpec {
         dsn: dsn.clone(),
         table: table.clone(),
         tls: None,
     };
     let mut output = mfoundry::outputs::postgres::PostgresOutput::new(spec);
-    let envelope = mfoundry::delivery::Envelope {
+    let mut envelope = mfoundry::delivery::Envelope {
         instance_id: app.outbox().instance_id(),
-        message_id: 1,
-        seq: 1,
+        message_id: p1,
+        seq: p1,
         connector: Arc::from("archive"),
         record,
         body: bytes::Bytes::from(common::adt("P1", "2.5")),
         attempt: 2,
     };
     output.deliver(&envelope).await.expect("idempotent insert");
-    let count: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+    let count_query = format!("SELECT count(*) FROM {table}");
+    let count = client
+        .query_one(&count_query, &[])
         .await
         .expect("count")
-        .get(0);
+        .get::<_, i64>(0);
     assert_eq!(count, 3);
+    envelope.seq = p1 + 1_000_000;
+    output.deliver(&envelope).await.expect("a new entry");
+    let count = client
+        .query_one(&count_query, &[])
+        .await
+        .expect("count")
+        .get::<_, i64>(0);
+    assert_eq!(count, 4, "a replayed copy is a new row");
+    client
+        .batch_execute(&format!(
+            "DELETE FROM {table} WHERE entry = {}",
+            p1 + 1_000_000
+        ))
+        .await
+        .expect("delete");
 
     // A NUL in a header field (PostgreSQL text refuses it) does not block the queue: the
     // header columns drop it, the message column keeps the exact bytes.
@@ -331,7 +375,10 @@ async fn postgres_gets_one_row_per_message_even_when_delivered_twice() {
     eventually("5 rows", || stat(&app, "archive", "delivered") == 5).await;
     let row = client
         .query_one(
-            &format!("SELECT control_id, header->>'control_id', message FROM {table} WHERE id = 4"),
+            &format!(
+                "SELECT control_id, header->>'control_id', message FROM {table} WHERE id = {}",
+                id_of(&app, "N\u{0}UL")
+            ),
             &[],
         )
         .await

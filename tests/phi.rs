@@ -118,7 +118,14 @@ fn no_canary_reaches_logs_cli_errors_or_admin_answers_at_trace_level() {
     assert!(stdout.contains("plausible-birth-year"), "{stdout}");
     outputs.push(("messages search --disposition ERROR", stdout));
     // Reading a body is the one place PHI leaves, on purpose: to the operator's stdout.
-    let (code, stdout, stderr) = run_binary(dir, &["messages", "show", "1"], &env);
+    let (_, listed, _) = run_binary(dir, &["messages", "search", "--json"], &env);
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    let oldest = listed
+        .as_array()
+        .and_then(|messages| messages.last())
+        .map(|message| message["id"].to_string())
+        .expect("a message");
+    let (code, stdout, stderr) = run_binary(dir, &["messages", "show", &oldest], &env);
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains(&format!("{CANARY}FAMILY")),

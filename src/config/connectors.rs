@@ -128,7 +128,7 @@ impl std::fmt::Debug for PostgresSpec {
 }
 
 /// Default file name: one directory per day, the message id first so names sort by arrival.
-pub const DEFAULT_FILENAME: &str = "{received:%Y%m%d}/{id}-{control_id}.hl7";
+pub const DEFAULT_FILENAME: &str = "{received:%Y%m%d}/{entry}-{control_id}.hl7";
 /// Default PostgreSQL table.
 pub const DEFAULT_TABLE: &str = "hl7_messages";
 

@@ -139,6 +139,16 @@ pub fn read_layout(file: &dyn StorageBackend) -> io::Result<Layout> {
     }
 }
 
+/// Whether redb's part starts with redb's magic number.
+fn has_redb_magic(file: &dyn StorageBackend) -> io::Result<bool> {
+    if file.len()? < HEADER_AREA + REDB_MAGIC.len() as u64 {
+        return Ok(false);
+    }
+    let mut magic = [0u8; 4];
+    file.read(HEADER_AREA, &mut magic)?;
+    Ok(&magic == REDB_MAGIC)
+}
+
 /// Whether redb's part holds nothing but zeros (checked in its first 64 KiB, where redb
 /// writes its own header first).
 fn region_is_zero(file: &dyn StorageBackend, len: u64) -> io::Result<bool> {
@@ -215,10 +225,13 @@ impl DataFile {
     }
 
     /// A data file of [`Layout::Current`] with this header. One whose redb part was never
-    /// synced (not [`INITIALIZED`]) has that part emptied: its creation was cut short, and
-    /// nothing in it was ever committed.
+    /// completed (not [`INITIALIZED`], and no redb magic: redb writes it last, after its
+    /// first state was synced) has that part emptied: its creation was cut short, and nothing
+    /// in it was ever committed. (The flag alone is not enough: a sync that failed after it
+    /// was written can leave it written only in the page cache while later commits reach the
+    /// disk; the magic then says the file is redb's.)
     pub fn open(inner: Box<dyn StorageBackend>, header: DataHeader) -> io::Result<Self> {
-        if !header.initialized() && inner.len()? > HEADER_AREA {
+        if !header.initialized() && !has_redb_magic(inner.as_ref())? && inner.len()? > HEADER_AREA {
             inner.set_len(HEADER_AREA)?;
         }
         Ok(Self {
@@ -276,18 +289,20 @@ impl DataFile {
         Ok(self.inner.len()? <= HEADER_AREA)
     }
 
+    /// Whether redb's first state is in the file: marked [`INITIALIZED`], or redb's magic is
+    /// there (see [`DataFile::open`]).
+    pub fn started(&self) -> bool {
+        self.header().initialized() || has_redb_magic(self.inner.as_ref()).unwrap_or(false)
+    }
+
     /// Sync, and once redb's first state is durable, mark the header so a later open never
     /// mistakes the file for an interrupted creation. redb writes its magic number last when
     /// it creates a file: the file is marked after a sync that made the magic durable.
     pub fn sync_and_mark(&self) -> io::Result<()> {
         self.inner.sync_data()?;
-        if !self.header().initialized() && self.inner.len()? >= HEADER_AREA + 4 {
-            let mut magic = [0u8; 4];
-            self.inner.read(HEADER_AREA, &mut magic)?;
-            if &magic == REDB_MAGIC {
-                self.update_header(|header| header.flags |= INITIALIZED)?;
-                self.inner.sync_data()?;
-            }
+        if !self.header().initialized() && has_redb_magic(self.inner.as_ref())? {
+            self.update_header(|header| header.flags |= INITIALIZED)?;
+            self.inner.sync_data()?;
         }
         Ok(())
     }

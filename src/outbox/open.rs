@@ -172,6 +172,14 @@ pub(crate) fn open_with(
     // Creates the directory when missing (private to the gateway's user), with its name
     // made durable in its parent.
     opening.sync_directory()?;
+    // Read what the disk holds, not what the cache kept: after a failed sync (in this
+    // process, or in one that exited on it) the cache may hold writes that never reached the
+    // disk, and building on them would lose later commits at the next power cut.
+    for file in [StoreFile::Data, StoreFile::Journal] {
+        if let Err(error) = options.storage.drop_cache(file) {
+            warn!(error = %error, file = ?file, "cannot drop the file's cached pages before opening");
+        }
+    }
     let mut report = OpenReport::default();
     let (data, journal_file, journal_existed) = loop {
         let data_existed = opening.exists(StoreFile::Data)?;
@@ -194,7 +202,7 @@ pub(crate) fn open_with(
             }
             Layout::Damaged if policy == Policy::Strict => {
                 return Err(opening.refused(
-                    "the data file's own header (its first 8 KiB) is damaged and the file                      cannot be identified; `mfoundry store recover --accept-loss` writes a new                      header and opens what redb can read"
+                    "the data file's own header (its first 8 KiB) is damaged and the file cannot be identified; `mfoundry store recover --accept-loss` writes a new header and opens what redb can read"
                         .to_owned(),
                 ));
             }
@@ -299,7 +307,7 @@ pub(crate) fn open_with(
         }
         Err(_) => {
             return Err(opening.refused(
-                "redb failed (panicked) while opening the data file: it is damaged. Run                  `mfoundry store verify` for details; `mfoundry store recover --accept-loss`                  opens what can be read"
+                "redb failed (panicked) while opening the data file: it is damaged. Run `mfoundry store verify` for details; `mfoundry store recover --accept-loss` opens what can be read"
                     .to_owned(),
             ));
         }

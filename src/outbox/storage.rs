@@ -48,6 +48,15 @@ pub trait Storage: Send + Sync + Debug {
     fn sync_directory(&self) -> io::Result<()>;
     /// Size of the file in bytes, `None` when it does not exist.
     fn size(&self, file: StoreFile) -> io::Result<Option<u64>>;
+
+    /// Drop what the operating system caches of the file, so the next reads come from the
+    /// disk. After a failed sync, Linux keeps the unwritten pages in its cache marked clean:
+    /// reopened over that cache, redb would take a commit that never reached the disk for
+    /// a durable one and build later commits on it (lost at the next power cut). Dropped,
+    /// the reopen sees what the disk holds, as after a crash.
+    fn drop_cache(&self, _file: StoreFile) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The store's files in a directory: `<dir>/<name>` and `<dir>/<name>-journal`.
@@ -161,6 +170,16 @@ impl Storage for Directory {
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(error),
         }
+    }
+
+    #[cfg(unix)]
+    fn drop_cache(&self, file: StoreFile) -> io::Result<()> {
+        let handle = match std::fs::File::open(self.path(file)) {
+            Ok(handle) => handle,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        rustix::fs::fadvise(&handle, 0, None, rustix::fs::Advice::DontNeed).map_err(io::Error::from)
     }
 }
 

@@ -34,6 +34,7 @@ enum Field {
     SendingFac,
     Connector,
     Instance,
+    Entry,
 }
 
 const FIELDS: &[(&str, Field)] = &[
@@ -45,6 +46,7 @@ const FIELDS: &[(&str, Field)] = &[
     ("sending_fac", Field::SendingFac),
     ("connector", Field::Connector),
     ("instance", Field::Instance),
+    ("entry", Field::Entry),
 ];
 
 impl FileNameTemplate {
@@ -75,7 +77,7 @@ impl FileNameTemplate {
                         parts.push(Part::Received(format.to_owned()));
                     } else if let Some((_, field)) = FIELDS.iter().find(|(known, _)| *known == name)
                     {
-                        has_id |= *field == Field::Id;
+                        has_id |= matches!(field, Field::Id | Field::Entry);
                         parts.push(Part::Field(*field));
                     } else {
                         let known: Vec<&str> = FIELDS.iter().map(|(known, _)| *known).collect();
@@ -115,7 +117,7 @@ impl FileNameTemplate {
         }
         if !has_id {
             return Err(format!(
-                "{template:?} must contain {{id}}, so two messages never share a file name"
+                "{template:?} must contain {{entry}} or {{id}}, so two messages never share a file name"
             ));
         }
         Ok(Self {
@@ -153,6 +155,7 @@ impl FileNameTemplate {
                         Field::SendingFac => header.sending_fac.clone(),
                         Field::Connector => envelope.connector.to_string(),
                         Field::Instance => format!("{:016x}", envelope.instance_id),
+                        Field::Entry => envelope.seq.to_string(),
                     };
                     out.push_str(&sanitize(&value));
                 }

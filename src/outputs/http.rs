@@ -82,15 +82,12 @@ impl HttpOutput {
             .request(self.method.clone(), &self.spec.url)
             .headers(self.headers.clone())
             .header("X-Mfoundry-Message-Id", envelope.message_id)
-            // Message ids are unique within one data file; the instance id tells files apart
-            // (a rebuilt DATA_DIR, or several gateways posting to one endpoint).
-            .header(
-                "Idempotency-Key",
-                format!(
-                    "mfoundry-{:016x}-{}",
-                    envelope.instance_id, envelope.message_id
-                ),
-            );
+            .header("X-Mfoundry-Entry", envelope.seq)
+            // The key names the queue entry: a resend of it after a crash is recognised
+            // downstream, while a replayed or reprocessed copy (a new entry) is a new
+            // delivery. The instance id tells data files (gateways) apart; ids never repeat
+            // within one (ADR 0007).
+            .header("Idempotency-Key", idempotency_key(envelope));
         request = match self.spec.format {
             HttpFormat::Hl7 => request
                 .header(CONTENT_TYPE, HL7_MEDIA_TYPE)
@@ -283,6 +280,7 @@ pub fn to_json(envelope: &Envelope) -> serde_json::Value {
     };
     serde_json::json!({
         "id": envelope.message_id,
+        "entry": envelope.seq,
         "received_at": received_at,
         "connector": envelope.connector.as_ref(),
         "listener": envelope.record.listener,
@@ -301,4 +299,12 @@ pub fn to_json(envelope: &Envelope) -> serde_json::Value {
         "segments": segments,
         "hl7": text,
     })
+}
+
+/// `Idempotency-Key` of a delivery: `mfoundry-<instance>-<connector>-<entry>`.
+pub fn idempotency_key(envelope: &Envelope) -> String {
+    format!(
+        "mfoundry-{:016x}-{}-{}",
+        envelope.instance_id, envelope.connector, envelope.seq
+    )
 }

@@ -6,6 +6,7 @@
 //! CREATE TABLE IF NOT EXISTS <table> (
 //!     source           TEXT        NOT NULL,  -- the gateway's data file (instance id, hex)
 //!     id               BIGINT      NOT NULL,  -- the message id in that file
+//!     entry            BIGINT      NOT NULL,  -- the queue entry (the id for a first delivery)
 //!     received_at      TIMESTAMPTZ NOT NULL,
 //!     msg_type         TEXT        NOT NULL,  -- MSH-9.1
 //!     trigger          TEXT        NOT NULL,  -- MSH-9.2
@@ -16,12 +17,16 @@
 //!     header           JSONB       NOT NULL,  -- the parsed header fields
 //!     connector        TEXT        NOT NULL,
 //!     inserted_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
-//!     PRIMARY KEY (source, id)
+//!     PRIMARY KEY (source, connector, entry)
 //! );
 //! ```
 //!
-//! `INSERT … ON CONFLICT (source, id) DO NOTHING` makes a retry or a redelivery after a crash
-//! harmless. A failure is transient (a connection problem, or a table an operator must fix:
+//! `INSERT … ON CONFLICT (source, connector, entry) DO NOTHING` makes a retry or a redelivery
+//! of the same queue entry after a crash harmless, while a replayed or reprocessed copy (a new
+//! entry) is a new row. A table of the first layout (key `(source, id)`) is migrated at
+//! connect, in one transaction under an exclusive lock: `entry` is added and set to `id` (a
+//! first delivery's entry is its message id), and the key becomes `(source, connector,
+//! entry)` (docs/configuration.md has the SQL for doing it by hand). A failure is transient (a connection problem, or a table an operator must fix:
 //! the queue waits rather than dead-lettering every message), except a data exception or a
 //! constraint violation (SQLSTATE classes 22 and 23): that message can never be inserted as
 //! it is, so it goes to the dead-letter queue and the queue moves on. NUL characters, which
@@ -90,13 +95,16 @@ impl PostgresOutput {
                 .unwrap_or_default();
         let id = i64::try_from(envelope.message_id)
             .map_err(|_| DeliveryError::permanent("the message id does not fit a BIGINT"))?;
+        let entry = i64::try_from(envelope.seq)
+            .map_err(|_| DeliveryError::permanent("the queue entry does not fit a BIGINT"))?;
         let header_json = serde_json::to_value(header).unwrap_or_default();
         let source = format!("{:016x}", envelope.instance_id);
         let connector: &str = &envelope.connector;
         let body: &[u8] = &envelope.body;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
             &source,
             &id,
+            &entry,
             &received_at,
             &header.msg_type,
             &header.trigger,
@@ -200,6 +208,7 @@ impl PostgresOutput {
             "CREATE TABLE IF NOT EXISTS {table} (
                 source TEXT NOT NULL,
                 id BIGINT NOT NULL,
+                entry BIGINT NOT NULL,
                 received_at TIMESTAMPTZ NOT NULL,
                 msg_type TEXT NOT NULL,
                 trigger TEXT NOT NULL,
@@ -210,18 +219,19 @@ impl PostgresOutput {
                 header JSONB NOT NULL,
                 connector TEXT NOT NULL,
                 inserted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-                PRIMARY KEY (source, id)
+                PRIMARY KEY (source, connector, entry)
             )"
         );
         client.batch_execute(&create).await.map_err(|error| {
             DeliveryError::transient(format!("cannot create table {table}: {}", describe(&error)))
         })?;
+        migrate_key(&client, table).await?;
         let insert = client
             .prepare(&format!(
-                "INSERT INTO {table} (source, id, received_at, msg_type, trigger, control_id, \
-                 sending_app, sending_facility, message, header, connector) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (source, id) DO NOTHING"
+                "INSERT INTO {table} (source, id, entry, received_at, msg_type, trigger, \
+                 control_id, sending_app, sending_facility, message, header, connector) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (source, connector, entry) DO NOTHING"
             ))
             .await
             .map_err(|error| {
@@ -232,6 +242,54 @@ impl PostgresOutput {
             })?;
         Ok((client, insert))
     }
+}
+
+/// Migrate a table of the first layout (key `(source, id)`, no `entry`) to the key
+/// `(source, connector, entry)`, in one transaction under an exclusive lock, so two gateways
+/// starting together migrate it once.
+async fn migrate_key(client: &Client, table: &str) -> Result<(), DeliveryError> {
+    let failed = |error: tokio_postgres::Error| {
+        DeliveryError::transient(format!(
+            "cannot migrate the key of {table} to (source, connector, entry): {}",
+            describe(&error)
+        ))
+    };
+    let has_entry = client
+        .query_one(
+            "SELECT count(*) FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attname = 'entry' AND NOT attisdropped",
+            &[&table],
+        )
+        .await
+        .map(|row| row.get::<_, i64>(0) > 0)
+        .map_err(failed)?;
+    if has_entry {
+        return Ok(());
+    }
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE;
+             ALTER TABLE {table} ADD COLUMN IF NOT EXISTS entry BIGINT;
+             UPDATE {table} SET entry = id WHERE entry IS NULL;
+             ALTER TABLE {table} ALTER COLUMN entry SET NOT NULL;
+             DO $migrate$ DECLARE key_name text; BEGIN
+               SELECT conname INTO key_name FROM pg_constraint
+                 WHERE conrelid = to_regclass('{table}') AND contype = 'p';
+               IF key_name IS NOT NULL THEN
+                 EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', '{table}', key_name);
+               END IF;
+             END $migrate$;
+             ALTER TABLE {table} ADD PRIMARY KEY (source, connector, entry);
+             COMMIT;"
+        ))
+        .await
+        .map_err(failed)?;
+    tracing::warn!(
+        table,
+        "the table's key was migrated from (source, id) to (source, connector, entry)"
+    );
+    Ok(())
 }
 
 /// The connection settings: the DSN (key=value or a `postgres://` URL), or without one the

@@ -112,6 +112,9 @@ struct Shared {
     /// a writeback error once: a later sync may succeed although pages were lost, so after
     /// one failure the header never moves again in this handle (a reopen replays).
     main_failed: AtomicBool,
+    /// Set by a failed write or sync of the journal, at once (before any lock is released):
+    /// the journal is never written or synced again in this handle.
+    journal_failed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -197,9 +200,10 @@ type Decision = (Option<JournalHeader>, [u64; 2], Option<(Refusal, u64)>);
 /// Strict.
 fn decide(main: &DataFile, found: &Found, policy: Policy) -> Result<Decision, JournalError> {
     let data = main.header();
+    let started = main.started();
     let verdict = match found {
-        Found::Nothing(_) => recovery::assess(&data, None),
-        Found::Laps(header, scan) => recovery::assess(&data, Some((header, scan))),
+        Found::Nothing(_) => recovery::assess(&data, started, None),
+        Found::Laps(header, scan) => recovery::assess(&data, started, Some((header, scan))),
         Found::Unreadable => Verdict::Refuse(Refusal::Unreadable),
     };
     match (verdict, found) {
@@ -313,6 +317,8 @@ impl Journaled {
             since_flush: 0,
             failed: false,
             closing: false,
+            // Until a sync proved redb's first state durable in the data file itself (the
+            // header's flag), syncs go to the data file, never to the journal.
             data_file_new: !main.header().initialized(),
         };
         let shared = Arc::new(Shared {
@@ -323,6 +329,7 @@ impl Journaled {
             changed: Condvar::new(),
             main_sync: Mutex::new(()),
             main_failed: AtomicBool::new(false),
+            journal_failed: AtomicBool::new(false),
         });
         let flusher = {
             let shared = Arc::clone(&shared);
@@ -452,6 +459,19 @@ impl Shared {
         }
     }
 
+    /// Write or sync the journal, unless an earlier write or sync of it failed; a failure is
+    /// remembered at once, for good.
+    fn journal_io(&self, io: impl FnOnce(&dyn StorageBackend) -> io::Result<()>) -> io::Result<()> {
+        if self.journal_failed.load(Ordering::Acquire) {
+            return Err(io::Error::other("an earlier journal write or sync failed"));
+        }
+        let result = io(self.journal.as_ref());
+        if result.is_err() {
+            self.journal_failed.store(true, Ordering::Release);
+        }
+        result
+    }
+
     /// Sync the data file, one sync at a time; a failure is remembered for good.
     fn sync_main(&self) -> io::Result<()> {
         let _one_at_a_time = self
@@ -473,6 +493,11 @@ impl Shared {
         if oldest <= state.header.oldest_needed {
             return Ok(());
         }
+        if state.failed {
+            // A write or sync of the journal failed meanwhile (the writer's commit): never
+            // sync that file again in this handle; the reopen replays.
+            return Err(io::Error::other("an earlier journal write or sync failed"));
+        }
         if self.main_failed.load(Ordering::Acquire) {
             return Err(io::Error::other("an earlier sync of the data file failed"));
         }
@@ -480,8 +505,10 @@ impl Shared {
             oldest_needed: oldest,
             ..state.header
         };
-        format::write_header(self.journal.as_ref(), &mut next)?;
-        self.journal.sync_data()?;
+        self.journal_io(|journal| {
+            format::write_header(journal, &mut next)?;
+            journal.sync_data()
+        })?;
         state.header = next;
         Ok(())
     }
@@ -565,10 +592,13 @@ impl Shared {
             len_field,
             &state.pending,
         );
-        self.journal.write(state.position, &header)?;
-        self.journal
-            .write(state.position + RECORD_HEADER_LEN as u64, &state.pending)?;
-        self.journal.sync_data()?;
+        let position = state.position;
+        let pending = &state.pending;
+        self.journal_io(|journal| {
+            journal.write(position, &header)?;
+            journal.write(position + RECORD_HEADER_LEN as u64, pending)?;
+            journal.sync_data()
+        })?;
         state.position += record_len;
         state.seq += 1;
         state.clear_pending();

@@ -407,8 +407,13 @@ pub(super) enum Verdict {
     Refuse(Refusal),
 }
 
-/// Decide what to do with `journal` (its header and scan) beside a data file with `data`.
-pub(super) fn assess(data: &DataHeader, journal: Option<(&JournalHeader, &Scan)>) -> Verdict {
+/// Decide what to do with `journal` (its header and scan) beside a data file with `data`
+/// (`started`: redb's first state is in it).
+pub(super) fn assess(
+    data: &DataHeader,
+    started: bool,
+    journal: Option<(&JournalHeader, &Scan)>,
+) -> Verdict {
     let Some((header, scan)) = journal else {
         return if data.bound() {
             Verdict::Refuse(Refusal::JournalMissing)
@@ -446,7 +451,7 @@ pub(super) fn assess(data: &DataHeader, journal: Option<(&JournalHeader, &Scan)>
     if let Some(what) = scan.damage(header.half) {
         return Verdict::Refuse(Refusal::Damaged { what });
     }
-    if holds && !data.initialized() {
+    if holds && !started {
         return Verdict::Refuse(Refusal::Damaged {
             what: "it holds commits of a data file whose first state was never synced".to_owned(),
         });

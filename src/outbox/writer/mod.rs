@@ -253,7 +253,8 @@ impl Writer {
     }
 
     /// Drop the current handle and open the database again. After an I/O error redb refuses
-    /// further use of a handle, and a retried fsync cannot be trusted: start from what is on disk.
+    /// further use of a handle, and a retried fsync cannot be trusted: start from what is on
+    /// disk (the open drops the files' cached pages first, see `Storage::drop_cache`).
     fn reopen(&mut self) {
         self.next_id = None;
         self.audit_head = None;

@@ -672,14 +672,25 @@ fn message_is_done(
         .all(|route| states.contains_key(&route.connector)))
 }
 
-/// The next message id: one past the newest message, or past `meta["next_message_id"]` if
-/// that is higher. The counter in `meta` is written only by whatever removes the newest
-/// messages or takes a seq (retention, replay), so ids are never reused; commits need not
-/// touch `meta`.
+/// The next message id after an open: one past the newest message, past
+/// `meta["next_message_id"]` (written by whatever removes the newest messages or takes a
+/// seq: retention, replay), and at least the current time in microseconds.
+///
+/// The clock is the floor because the file alone cannot know every id it ever handed out: a
+/// data file restored from a backup, a journal lost, any rollback forgets the newest ones,
+/// and a downstream system that already took them (the PostgreSQL output's key, the HTTP
+/// output's `Idempotency-Key`, a file name) would drop a new message that got one again. An
+/// id handed out before this open was at most the time of that open in microseconds plus
+/// the messages since, and a gateway stores far fewer than a million messages a second, so
+/// the ids of this open start above all of them, as long as the clock did not step back past
+/// the previous run. Ids still only grow (queue order relies on it).
 fn next_message_id(
     meta: &impl ReadableTable<&'static str, u64>,
     messages: &impl ReadableTable<u64, &'static [u8]>,
 ) -> Result<u64, StoreError> {
     let newest = messages.last()?.map(|(id, _)| id.value()).unwrap_or(0);
-    Ok(schema::read_meta(meta, "next_message_id")?.max(newest + 1))
+    let clock = u64::try_from(now_micros()).unwrap_or(0);
+    Ok(schema::read_meta(meta, "next_message_id")?
+        .max(newest + 1)
+        .max(clock))
 }
