@@ -217,6 +217,71 @@ fn the_openapi_document_lists_exactly_the_routes_and_matches_the_golden_file() {
     );
 }
 
+/// A dead letter keeps the peer's own answer, shown only to roles that read bodies; a
+/// replayed entry takes a fresh place and, dead-lettered again, names its first entry and
+/// its earlier life.
+#[tokio::test]
+async fn a_dead_letter_keeps_the_peers_answer_for_body_readers_and_its_history() {
+    let downstream = peer(|_, _| Answer::Ack("AR")).await;
+    let yaml = format!(
+        "connectors:\n  - name: lab\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n",
+        downstream.addr.port()
+    );
+    let directory = tempfile::tempdir().expect("tempdir");
+    let (path, tokens) = tokens_file(directory.path());
+    let app = common::start_with_yaml(Some(&yaml), &[("ADMIN_TOKENS_FILE", &path)]).await;
+    send_adts(&app, &["H1"]).await;
+    eventually("dead-lettered", async || {
+        app.worker("lab")
+            .stats()
+            .dead_lettered
+            .load(Ordering::SeqCst)
+            >= 1
+    })
+    .await;
+    let base = app.admin_url();
+    let as_viewer = get_json(&format!("{base}/api/v1/dlq"), &tokens[&Role::Viewer]).await;
+    let as_operator = get_json(&format!("{base}/api/v1/dlq"), &tokens[&Role::Operator]).await;
+    let entry = &as_operator["entries"][0];
+    assert_eq!(
+        entry["downstream"].as_str(),
+        Some("MSA|AR|H1"),
+        "the peer's own MSA, for an operator"
+    );
+    assert!(
+        as_viewer["entries"][0].get("downstream").is_none(),
+        "never for a viewer: {as_viewer}"
+    );
+    let first = entry["seq"].as_u64().expect("seq");
+    let replayed = client()
+        .post(format!("{base}/api/v1/dlq/lab/replay"))
+        .bearer_auth(&tokens[&Role::Operator])
+        .json(&serde_json::json!({"seqs": [first]}))
+        .send()
+        .await
+        .expect("replay");
+    assert!(replayed.status().is_success());
+    let result: Value = replayed.json().await.expect("json");
+    let new_seq = result["replayed"][0]["new_seq"].as_u64().expect("new seq");
+    assert!(new_seq > first, "a fresh place at the tail of the queue");
+    eventually("dead-lettered again", async || {
+        app.worker("lab")
+            .stats()
+            .dead_lettered
+            .load(Ordering::SeqCst)
+            >= 2
+    })
+    .await;
+    let again = get_json(&format!("{base}/api/v1/dlq"), &tokens[&Role::Operator]).await;
+    let entry = &again["entries"][0];
+    assert_eq!(entry["seq"].as_u64(), Some(new_seq));
+    assert_eq!(entry["origin"]["seq"].as_u64(), Some(first));
+    assert_eq!(entry["origin"]["connector"], "lab");
+    assert_eq!(entry["history"][0]["seq"].as_u64(), Some(first));
+    assert_eq!(entry["history"][0]["attempts"], 1);
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn replay_on_a_running_server_delivers_each_entry_once_in_order() {
     let accept = Arc::new(AtomicBool::new(false));

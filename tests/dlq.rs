@@ -102,26 +102,35 @@ fn refused_messages_can_be_listed_replayed_elsewhere_and_purged() {
     let first = entries[0]["seq"].to_string();
     let second = entries[1]["seq"].to_string();
 
-    let (code, shown, _) = run_binary(
+    // `--offline` after the subcommand too; the same JSON as the admin API gives.
+    let (code, shown, stderr) = run_binary(
         dir,
         &[
             "dlq",
-            "--offline",
-            "--data-dir",
-            data,
             "show",
             "downstream",
             &first,
+            "--offline",
+            "--data-dir",
+            data,
+            "--json",
         ],
         &[],
     );
-    assert_eq!(code, 0);
+    assert_eq!(code, 0, "{stderr}");
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("json");
+    assert_eq!(shown["entry"]["control_id"], "B-1");
+    assert_eq!(shown["message"]["connectors"][0]["status"], "DEAD_LETTERED");
+    let answer = shown["entry"]["downstream"]
+        .as_str()
+        .expect("the peer's answer");
     assert!(
-        shown.contains("\"DEAD_LETTERED\"") && shown.contains("\"B-1\""),
-        "{shown}"
+        answer.starts_with("MSA|AR|B-1") && answer.contains("refuse-everything"),
+        "the dead letter keeps the peer's own MSA and ERR text: {answer}"
     );
 
-    let (code, _, stderr) = run_binary(
+    // A mix of known and unknown seqs: the known one is replayed, the unknown named (exit 1).
+    let (code, out, stderr) = run_binary(
         dir,
         &[
             "dlq",
@@ -131,11 +140,17 @@ fn refused_messages_can_be_listed_replayed_elsewhere_and_purged() {
             "replay",
             "downstream",
             "999",
+            &first,
+            "--to",
+            "files",
         ],
         &[],
     );
-    assert_eq!(code, 2);
-    assert!(stderr.contains("no dead-letter entry 999"), "{stderr}");
+    assert_eq!(code, 1, "{out}{stderr}");
+    assert!(
+        out.contains("replayed 1 entries") && out.contains("not in the dead-letter queue: [999]"),
+        "{out}"
+    );
     let (code, _, stderr) = run_binary(
         dir,
         &[
@@ -154,23 +169,6 @@ fn refused_messages_can_be_listed_replayed_elsewhere_and_purged() {
         stderr.contains("no connector named \"nowhere\""),
         "{stderr}"
     );
-
-    let (code, out, _) = run_binary(
-        dir,
-        &[
-            "dlq",
-            "--offline",
-            "--data-dir",
-            data,
-            "replay",
-            "downstream",
-            &first,
-            "--to",
-            "files",
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "{out}");
     let (code, out, _) = run_binary(
         dir,
         &[
@@ -181,12 +179,34 @@ fn refused_messages_can_be_listed_replayed_elsewhere_and_purged() {
             "purge",
             "downstream",
             &second,
+            "--yes",
         ],
         &[],
     );
     assert_eq!(code, 0, "{out}");
     let (_, out, _) = run_binary(dir, &["dlq", "--offline", "--data-dir", data, "list"], &[]);
     assert!(out.contains("no dead-letter entries"), "{out}");
+
+    // Every offline change is in the audit trail, which reads offline too.
+    let (code, out, stderr) = run_binary(
+        dir,
+        &["audit", "list", "--offline", "--data-dir", data, "--json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let records: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let admin: Vec<String> = records
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|record| record["kind"] == "admin")
+        .filter_map(|record| record["action"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(admin, vec!["dlq.replay", "dlq.purge"], "{out}");
+    assert!(
+        out.contains("cli-offline") && out.contains("replayed 1, missing 1"),
+        "{out}"
+    );
 
     // Restarted, the gateway delivers the replayed message to the file connector.
     let gateway = Server::start(dir, "up.yaml", "up-data", &[]);

@@ -546,7 +546,7 @@ fn parse_disposition(text: &str) -> Result<Disposition, ApiError> {
 }
 
 /// Each connector's state for a message: intake routes, then later delivery records.
-fn connector_states(
+pub(crate) fn connector_states(
     snapshot: &Snapshot,
     id: u64,
     record: &MessageRecord,
@@ -595,7 +595,11 @@ fn connector_states(
     Ok(states.into_values().collect())
 }
 
-fn summary(id: u64, record: &MessageRecord, connectors: Vec<ConnectorState>) -> MessageSummary {
+pub(crate) fn summary(
+    id: u64,
+    record: &MessageRecord,
+    connectors: Vec<ConnectorState>,
+) -> MessageSummary {
     let header = &record.header;
     MessageSummary {
         id,
@@ -779,131 +783,56 @@ pub async fn show_message(
 }
 
 // ----------------------------------------------------------------------------------------
-// Dead-letter queues
+// Dead-letter queues (the one implementation shared with `dlq --offline`: [`super::dlq`])
 
-/// Which entries to list.
-#[derive(Debug, Default, Deserialize, Serialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct DlqQuery {
-    /// One connector (default: every connector, `limit` entries each).
-    pub connector: Option<String>,
-    /// Continue after this seq (with `connector`).
-    pub after: Option<u64>,
-    /// Page size, 1 to 500 (default 50).
-    pub limit: Option<usize>,
+use super::dlq::{DeadLetters, DlqError};
+pub use super::dlq::{
+    DlqDetail, DlqItem, DlqPage, DlqQuery, EntryView, PastView, PurgeRequest, PurgeResult,
+    ReplayRequest, ReplayResult, Replayed,
+};
+
+impl From<DlqError> for ApiError {
+    fn from(error: DlqError) -> Self {
+        match error {
+            DlqError::BadRequest(text) => Self::bad_request(text),
+            DlqError::NotFound(text) => Self::not_found(text),
+            DlqError::Store(error) => Self::from(error),
+        }
+    }
 }
 
-/// A dead-letter entry.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct DlqItem {
-    /// Connector name.
-    pub connector: String,
-    /// The entry's seq (its position in the queue it left).
-    pub seq: u64,
-    /// The message id.
-    pub message_id: u64,
-    /// MSH-10 of the message.
-    pub control_id: String,
-    /// MSH-9 as `type^trigger`.
-    pub message_type: String,
-    /// Attempts made.
-    pub attempts: u32,
-    /// When it was given up on, RFC 3339.
-    pub failed_at: String,
-    /// Why (the output's words).
-    pub reason: String,
+/// The dead-letter queues of the configured connectors.
+fn dead_letters(state: &AdminState) -> DeadLetters<'_> {
+    DeadLetters::new(
+        &state.outbox,
+        state
+            .connectors
+            .iter()
+            .map(|connector| (connector.name.clone(), connector.id))
+            .collect(),
+        state.connector_names.clone(),
+    )
 }
 
-/// A page of dead-letter entries, oldest first per connector.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct DlqPage {
-    /// The entries.
-    pub entries: Vec<DlqItem>,
-    /// With `connector`: pass as `after` for the next page; absent at the end.
-    pub next_after: Option<u64>,
-    /// Without `connector`: true when some connector had more than `limit` entries.
-    pub truncated: bool,
+/// Whether the caller may read what downstream systems answered (it can hold patient data,
+/// like message bodies).
+fn reveals_downstream(caller: &Caller) -> bool {
+    caller.role >= Role::Operator
 }
 
-/// A dead-letter entry with its message's summary (no body).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct DlqDetail {
-    /// The entry.
-    pub entry: DlqItem,
-    /// Its message (absent if it was removed).
-    pub message: Option<MessageSummary>,
-}
-
-fn dlq_item(
-    snapshot: &Snapshot,
-    connector: &str,
-    seq: u64,
-    entry: &crate::outbox::DlqEntry,
-) -> Result<DlqItem, StoreError> {
-    let header = snapshot
-        .message(entry.message_id)?
-        .map(|record| record.header)
-        .unwrap_or_default();
-    Ok(DlqItem {
-        connector: connector.to_owned(),
-        seq,
-        message_id: entry.message_id,
-        control_id: header.control_id,
-        message_type: format!("{}^{}", header.msg_type, header.trigger),
-        attempts: entry.attempts,
-        failed_at: format_micros(entry.failed_at_micros),
-        reason: entry.reason.clone(),
-    })
-}
-
-/// Dead-letter entries (no bodies).
+/// Dead-letter entries (no bodies; what the downstream answered only for roles that read
+/// bodies).
 #[utoipa::path(get, path = "/api/v1/dlq", tag = "dlq", security(("bearer" = [])),
     params(DlqQuery),
     responses((status = 200, description = "Entries", body = DlqPage), AuthErrors,
         (status = 404, description = "No such connector", body = ErrorBody)))]
 pub async fn list_dlq(
     State(state): Shared,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<DlqQuery>,
 ) -> Result<Json<DlqPage>, ApiError> {
-    let limit = page_limit(query.limit)?;
-    let targets: Vec<(String, u32)> = match query.connector.as_deref() {
-        Some(name) => {
-            let handle = connector(&state, name)?;
-            vec![(handle.name.clone(), handle.id)]
-        }
-        None => state
-            .connectors
-            .iter()
-            .map(|c| (c.name.clone(), c.id))
-            .collect(),
-    };
-    let single = query.connector.is_some();
-    let after = if single { query.after } else { None };
-    let page = state
-        .outbox
-        .read(move |snapshot| {
-            let mut entries = Vec::new();
-            let mut truncated = false;
-            let mut next_after = None;
-            for (name, id) in targets {
-                // One more than asked, to know whether there is more.
-                let found = snapshot.dead_letters_after(id, after, limit + 1)?;
-                if found.len() > limit {
-                    truncated = true;
-                }
-                for (seq, entry) in found.iter().take(limit) {
-                    entries.push(dlq_item(snapshot, &name, *seq, entry)?);
-                }
-                if single && found.len() > limit {
-                    next_after = found.get(limit - 1).map(|(seq, _)| *seq);
-                }
-            }
-            Ok(DlqPage {
-                entries,
-                next_after,
-                truncated: truncated && !single,
-            })
-        })
+    let page = dead_letters(&state)
+        .list(&query, reveals_downstream(&caller))
         .await?;
     Ok(Json(page))
 }
@@ -916,127 +845,18 @@ pub async fn list_dlq(
         (status = 404, description = "No such connector or entry", body = ErrorBody)))]
 pub async fn show_dlq(
     State(state): Shared,
+    Extension(caller): Extension<Caller>,
     Path((name, seq)): Path<(String, u64)>,
 ) -> Result<Json<DlqDetail>, ApiError> {
-    let handle = connector(&state, &name)?;
-    let (id, name) = (handle.id, handle.name.clone());
-    let names = state.connector_names.clone();
-    let found = state
-        .outbox
-        .read(move |snapshot| {
-            let Some(entry) = snapshot.dead_letter(id, seq)? else {
-                return Ok(None);
-            };
-            let item = dlq_item(snapshot, &name, seq, &entry)?;
-            let message = match snapshot.message(entry.message_id)? {
-                Some(record) => {
-                    let states = connector_states(snapshot, entry.message_id, &record, &names)?;
-                    Some(summary(entry.message_id, &record, states))
-                }
-                None => None,
-            };
-            Ok(Some(DlqDetail {
-                entry: item,
-                message,
-            }))
-        })
+    let detail = dead_letters(&state)
+        .show(&name, seq, reveals_downstream(&caller))
         .await?;
-    found.map(Json).ok_or_else(|| {
-        ApiError::not_found(format!("no dead-letter entry {seq} at {}", handle.name))
-    })
+    Ok(Json(detail))
 }
 
-/// Which dead-letter entries to replay.
-#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReplayRequest {
-    /// These seqs, in this order.
-    #[serde(default)]
-    pub seqs: Vec<u64>,
-    /// Every entry of the connector, oldest first (at most 10,000 per request).
-    #[serde(default)]
-    pub all: bool,
-    /// Queue them for this connector instead of their own.
-    pub to: Option<String>,
-}
-
-/// Which dead-letter entries to purge.
-#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PurgeRequest {
-    /// These seqs.
-    #[serde(default)]
-    pub seqs: Vec<u64>,
-    /// Every entry of the connector (at most 10,000 per request).
-    #[serde(default)]
-    pub all: bool,
-}
-
-/// One replayed entry.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Replayed {
-    /// The dead-letter seq.
-    pub seq: u64,
-    /// Its new queue seq.
-    pub new_seq: u64,
-}
-
-/// What a replay did.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ReplayResult {
-    /// Entries put back at the tail of the queue, in order.
-    pub replayed: Vec<Replayed>,
-    /// Seqs that were not in the dead-letter queue.
-    pub missing: Vec<u64>,
-    /// Entries left in the dead-letter queue (with `all`: send again to continue).
-    pub remaining: u64,
-}
-
-/// What a purge did.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct PurgeResult {
-    /// Seqs removed.
-    pub purged: Vec<u64>,
-    /// Seqs that were not in the dead-letter queue.
-    pub missing: Vec<u64>,
-    /// Entries left in the dead-letter queue.
-    pub remaining: u64,
-}
-
-/// The seqs a replay or purge request names: explicit, or the first `MAX_BATCH` of all.
-async fn selected_seqs(
-    state: &AdminState,
-    connector: u32,
-    seqs: Vec<u64>,
-    all: bool,
-) -> Result<Vec<u64>, ApiError> {
-    match (all, seqs.is_empty()) {
-        (true, true) => Ok(state
-            .outbox
-            .read(move |snapshot| snapshot.dead_letters_after(connector, None, MAX_BATCH))
-            .await?
-            .into_iter()
-            .map(|(seq, _)| seq)
-            .collect()),
-        (true, false) => Err(ApiError::bad_request("give seqs or all, not both")),
-        (false, true) => Err(ApiError::bad_request(
-            "name the entries: {\"seqs\": [1, 2]} or {\"all\": true}",
-        )),
-        (false, false) if seqs.len() > MAX_BATCH => Err(ApiError::bad_request(format!(
-            "at most {MAX_BATCH} seqs per request"
-        ))),
-        (false, false) => Ok(seqs),
-    }
-}
-
-async fn dlq_remaining(state: &AdminState, connector: u32) -> Result<u64, ApiError> {
-    Ok(state
-        .outbox
-        .read(move |snapshot| snapshot.dead_letter_count(connector))
-        .await?)
-}
-
-/// Put dead-letter entries back at the tail of a queue (theirs or `to`), in order.
+/// Put dead-letter entries back at the tail of a queue (theirs or `to`), in order: each
+/// takes a fresh place and keeps its origin and history; unknown seqs are named. One
+/// transaction, audited in it.
 #[utoipa::path(post, path = "/api/v1/dlq/{connector}/replay", tag = "dlq", security(("bearer" = [])),
     params(("connector" = String, Path, description = "Connector name")),
     request_body = ReplayRequest,
@@ -1049,42 +869,14 @@ pub async fn replay_dlq(
     Path(name): Path<String>,
     Json(request): Json<ReplayRequest>,
 ) -> Result<Json<ReplayResult>, ApiError> {
-    let from = connector(&state, &name)?.id;
-    let to = match request.to.as_deref() {
-        Some(target) => Some(connector(&state, target)?.id),
-        None => None,
-    };
-    let seqs = selected_seqs(&state, from, request.seqs, request.all).await?;
-    let answers = state.outbox.replay_many(from, &seqs, to).await?;
-    let mut replayed = Vec::new();
-    let mut missing = Vec::new();
-    for (seq, answer) in seqs.iter().zip(answers) {
-        match answer {
-            Some(new_seq) => replayed.push(Replayed { seq: *seq, new_seq }),
-            None => missing.push(*seq),
-        }
-    }
-    let target = match &request.to {
-        Some(to) => format!("connector {name} to {to}"),
-        None => format!("connector {name}"),
-    };
-    audit(
-        &state,
-        &caller,
-        "dlq.replay",
-        target,
-        format!("replayed {}, missing {}", replayed.len(), missing.len()),
-    )
-    .await;
-    tracing::info!(token = %caller.token_id, connector = %name, replayed = replayed.len(), missing = missing.len(), "dead-letter entries replayed");
-    Ok(Json(ReplayResult {
-        replayed,
-        missing,
-        remaining: dlq_remaining(&state, from).await?,
-    }))
+    let result = dead_letters(&state)
+        .replay(&caller.token_id, &name, request)
+        .await?;
+    tracing::info!(token = %caller.token_id, connector = %name, replayed = result.replayed.len(), missing = result.missing.len(), "dead-letter entries replayed");
+    Ok(Json(result))
 }
 
-/// Remove dead-letter entries without delivering them.
+/// Remove dead-letter entries without delivering them. One transaction, audited in it.
 #[utoipa::path(post, path = "/api/v1/dlq/{connector}/purge", tag = "dlq", security(("bearer" = [])),
     params(("connector" = String, Path, description = "Connector name")),
     request_body = PurgeRequest,
@@ -1097,32 +889,11 @@ pub async fn purge_dlq(
     Path(name): Path<String>,
     Json(request): Json<PurgeRequest>,
 ) -> Result<Json<PurgeResult>, ApiError> {
-    let id = connector(&state, &name)?.id;
-    let seqs = selected_seqs(&state, id, request.seqs, request.all).await?;
-    let answers = state.outbox.purge_many(id, &seqs).await?;
-    let mut purged = Vec::new();
-    let mut missing = Vec::new();
-    for (seq, removed) in seqs.iter().copied().zip(answers) {
-        if removed {
-            purged.push(seq);
-        } else {
-            missing.push(seq);
-        }
-    }
-    audit(
-        &state,
-        &caller,
-        "dlq.purge",
-        format!("connector {name}"),
-        format!("purged {}, missing {}", purged.len(), missing.len()),
-    )
-    .await;
-    tracing::info!(token = %caller.token_id, connector = %name, purged = purged.len(), "dead-letter entries purged");
-    Ok(Json(PurgeResult {
-        purged,
-        missing,
-        remaining: dlq_remaining(&state, id).await?,
-    }))
+    let result = dead_letters(&state)
+        .purge(&caller.token_id, &name, request)
+        .await?;
+    tracing::info!(token = %caller.token_id, connector = %name, purged = result.purged.len(), "dead-letter entries purged");
+    Ok(Json(result))
 }
 
 // ----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod dlq;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -15,9 +15,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::admin::api::{
-    AuditPage, AuditVerification, ConnectorControl, DlqDetail, DlqPage, LogsPage, MessageDetail,
-    MessagePage, MessageSummary, PurgeRequest, PurgeResult, ReplayRequest, ReplayResult,
-    SearchQuery, Stats,
+    AuditPage, AuditVerification, ConnectorControl, LogsPage, MessageDetail, MessagePage,
+    MessageSummary, SearchQuery, Stats,
 };
 use crate::admin::auth::{LOCAL_TOKEN_FILE, Role, generate_token, hash_token, hex};
 
@@ -105,6 +104,9 @@ pub enum AuditCommand {
         /// Most records to print.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Read the data directory directly (the server must be stopped).
+        #[arg(long)]
+        offline: bool,
     },
     /// Check the hash chain; exits 1 when a record was changed, removed or reordered.
     Verify {
@@ -133,7 +135,7 @@ fn parse_role(text: &str) -> Result<Role, String> {
 }
 
 /// No query parameters.
-const NO_QUERY: &[(&str, &str)] = &[];
+pub(super) const NO_QUERY: &[(&str, &str)] = &[];
 
 /// A client of one server's admin API.
 #[derive(Debug)]
@@ -255,7 +257,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Percent-encode a path segment (connector names are plain, but be safe).
-fn segment(text: &str) -> String {
+pub(super) fn segment(text: &str) -> String {
     let mut out = String::new();
     for byte in text.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.') {
@@ -298,7 +300,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn print_json(out: &mut impl Write, value: &impl Serialize) -> anyhow::Result<()> {
+pub(super) fn print_json(out: &mut impl Write, value: &impl Serialize) -> anyhow::Result<()> {
     writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;
     Ok(())
 }
@@ -404,7 +406,7 @@ pub async fn stats(args: &ApiArgs, out: &mut impl Write) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn connectors_cell(message: &MessageSummary) -> String {
+pub(super) fn connectors_cell(message: &MessageSummary) -> String {
     message
         .connectors
         .iter()
@@ -553,188 +555,6 @@ pub async fn messages(
     }
 }
 
-/// `mfoundry dlq ...` against a running server.
-pub async fn dlq(
-    args: &ApiArgs,
-    command: &super::DlqCommand,
-    out: &mut impl Write,
-) -> anyhow::Result<u8> {
-    use super::DlqCommand;
-    let client = AdminClient::new(args)?;
-    match command {
-        DlqCommand::List { connector } => {
-            #[derive(Serialize)]
-            struct Query<'a> {
-                connector: Option<&'a str>,
-                after: Option<u64>,
-                limit: usize,
-            }
-            let mut entries = Vec::new();
-            let mut after = None;
-            let mut truncated = false;
-            loop {
-                let query = Query {
-                    connector: connector.as_deref(),
-                    after,
-                    limit: crate::admin::api::MAX_PAGE,
-                };
-                let page: DlqPage = client.get("/api/v1/dlq", &query).await?;
-                entries.extend(page.entries);
-                truncated |= page.truncated;
-                match page.next_after {
-                    Some(next) => after = Some(next),
-                    None => break,
-                }
-            }
-            if args.json {
-                return print_json(out, &entries).map(|()| 0);
-            }
-            if entries.is_empty() {
-                writeln!(out, "no dead-letter entries")?;
-                return Ok(0);
-            }
-            let rows: Vec<Vec<String>> = entries
-                .iter()
-                .map(|e| {
-                    vec![
-                        e.connector.clone(),
-                        e.seq.to_string(),
-                        e.message_id.to_string(),
-                        e.control_id.clone(),
-                        e.message_type.clone(),
-                        e.attempts.to_string(),
-                        e.failed_at.clone(),
-                        e.reason.clone(),
-                    ]
-                })
-                .collect();
-            let headers = [
-                "CONNECTOR",
-                "SEQ",
-                "MESSAGE",
-                "CONTROL_ID",
-                "TYPE",
-                "ATTEMPTS",
-                "FAILED_AT",
-                "REASON",
-            ];
-            write!(out, "{}", table(&headers, &rows))?;
-            writeln!(out, "{} entries", entries.len())?;
-            if truncated {
-                writeln!(
-                    out,
-                    "(more entries exist: name a connector to list all of its entries)"
-                )?;
-            }
-            Ok(0)
-        }
-        DlqCommand::Show { connector, seq } => {
-            let detail: DlqDetail = client
-                .get(
-                    &format!("/api/v1/dlq/{}/{seq}", segment(connector)),
-                    NO_QUERY,
-                )
-                .await?;
-            if args.json {
-                return print_json(out, &detail).map(|()| 0);
-            }
-            let e = &detail.entry;
-            writeln!(out, "dead-letter entry {} of {}", e.seq, e.connector)?;
-            writeln!(
-                out,
-                "message      {} ({}, control id {})",
-                e.message_id, e.message_type, e.control_id
-            )?;
-            writeln!(
-                out,
-                "failed at    {} after {} attempts",
-                e.failed_at, e.attempts
-            )?;
-            writeln!(out, "reason       {}", e.reason)?;
-            if let Some(message) = &detail.message {
-                writeln!(
-                    out,
-                    "received     {} from {}",
-                    message.received_at, message.peer
-                )?;
-                writeln!(out, "connectors   {}", connectors_cell(message))?;
-            }
-            Ok(0)
-        }
-        DlqCommand::Replay {
-            connector,
-            seqs,
-            all,
-            to,
-        } => {
-            let path = format!("/api/v1/dlq/{}/replay", segment(connector));
-            let mut results = Vec::new();
-            loop {
-                let request = ReplayRequest {
-                    seqs: if *all { Vec::new() } else { seqs.clone() },
-                    all: *all,
-                    to: to.clone(),
-                };
-                let result: ReplayResult = client.post(&path, &request).await?;
-                let progress = !result.replayed.is_empty();
-                let remaining = result.remaining;
-                results.push(result);
-                if !*all || !progress || remaining == 0 {
-                    break;
-                }
-            }
-            let replayed: usize = results.iter().map(|r| r.replayed.len()).sum();
-            let missing: Vec<u64> = results.iter().flat_map(|r| r.missing.clone()).collect();
-            let remaining = results.last().map_or(0, |r| r.remaining);
-            if args.json {
-                return print_json(out, &results).map(|()| 0);
-            }
-            let destination = to.as_deref().unwrap_or(connector);
-            writeln!(
-                out,
-                "replayed {replayed} entries of {connector} to the tail of {destination}'s queue; {remaining} left in its dead-letter queue"
-            )?;
-            if !missing.is_empty() {
-                writeln!(out, "not in the dead-letter queue: {missing:?}")?;
-                return Ok(1);
-            }
-            Ok(0)
-        }
-        DlqCommand::Purge {
-            connector,
-            seqs,
-            all,
-        } => {
-            let path = format!("/api/v1/dlq/{}/purge", segment(connector));
-            let mut results = Vec::new();
-            loop {
-                let request = PurgeRequest {
-                    seqs: if *all { Vec::new() } else { seqs.clone() },
-                    all: *all,
-                };
-                let result: PurgeResult = client.post(&path, &request).await?;
-                let progress = !result.purged.is_empty();
-                let remaining = result.remaining;
-                results.push(result);
-                if !*all || !progress || remaining == 0 {
-                    break;
-                }
-            }
-            let purged: usize = results.iter().map(|r| r.purged.len()).sum();
-            let missing: Vec<u64> = results.iter().flat_map(|r| r.missing.clone()).collect();
-            if args.json {
-                return print_json(out, &results).map(|()| 0);
-            }
-            writeln!(out, "purged {purged} entries of {connector}")?;
-            if !missing.is_empty() {
-                writeln!(out, "not in the dead-letter queue: {missing:?}")?;
-                return Ok(1);
-            }
-            Ok(0)
-        }
-    }
-}
-
 /// `mfoundry pause|resume CONNECTOR`.
 pub async fn control(
     args: &ApiArgs,
@@ -773,32 +593,41 @@ pub async fn audit(
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
     match command {
-        AuditCommand::List { after, limit } => {
-            let client = AdminClient::new(args)?;
-            #[derive(Serialize)]
-            struct Query {
-                after: Option<u64>,
-                limit: usize,
-            }
-            let mut records = Vec::new();
-            let mut after = *after;
-            while records.len() < *limit {
-                let wanted = (*limit - records.len()).min(crate::admin::api::MAX_PAGE);
-                let page: AuditPage = client
-                    .get(
-                        "/api/v1/audit",
-                        &Query {
-                            after,
-                            limit: wanted,
-                        },
-                    )
-                    .await?;
-                records.extend(page.records);
-                match page.next_after {
-                    Some(next) => after = Some(next),
-                    None => break,
+        AuditCommand::List {
+            after,
+            limit,
+            offline,
+        } => {
+            let records = if *offline {
+                audit_offline(args, *after, *limit).await?
+            } else {
+                let client = AdminClient::new(args)?;
+                #[derive(Serialize)]
+                struct Query {
+                    after: Option<u64>,
+                    limit: usize,
                 }
-            }
+                let mut records = Vec::new();
+                let mut after = *after;
+                while records.len() < *limit {
+                    let wanted = (*limit - records.len()).min(crate::admin::api::MAX_PAGE);
+                    let page: AuditPage = client
+                        .get(
+                            "/api/v1/audit",
+                            &Query {
+                                after,
+                                limit: wanted,
+                            },
+                        )
+                        .await?;
+                    records.extend(page.records);
+                    match page.next_after {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
+                records
+            };
             if args.json {
                 return print_json(out, &records).map(|()| 0);
             }
@@ -865,6 +694,25 @@ pub async fn audit(
             Ok(if report.intact { 0 } else { 1 })
         }
     }
+}
+
+/// Up to `limit` audit records of a stopped server's data directory, after `after`.
+async fn audit_offline(
+    args: &ApiArgs,
+    after: Option<u64>,
+    limit: usize,
+) -> anyhow::Result<Vec<crate::admin::api::AuditView>> {
+    let (outbox, writer) = super::dlq::open_offline(&args.data_dir).await?;
+    let read = outbox
+        .read(move |snapshot| snapshot.audit_records(after, limit))
+        .await;
+    drop(outbox);
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    let records = read.map_err(|error| anyhow::anyhow!("{}", crate::outbox::Chain(&error)))?;
+    Ok(records
+        .into_iter()
+        .map(|(seq, record)| crate::admin::api::audit_view(seq, record))
+        .collect())
 }
 
 async fn verify_offline(args: &ApiArgs) -> anyhow::Result<AuditVerification> {

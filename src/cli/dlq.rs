@@ -1,15 +1,23 @@
 //! `mfoundry dlq`: list, show, replay and purge dead-letter entries.
 //!
-//! By default these go through the running server's admin API ([`super::admin`]). With
-//! `--offline` they work on the data file directly, so the server must be stopped (redb locks
-//! the file).
+//! By default these go through the running server's admin API. With `--offline` (before or
+//! after the subcommand) they work on a stopped server's data directory directly, through the
+//! same implementation as the API ([`crate::admin::dlq`]): the same JSON, the same limits,
+//! one transaction per replay or purge, and an audit record for every change.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
-use anyhow::{Context, bail};
-use serde::Serialize;
+use anyhow::Context;
 
-use crate::outbox::{DlqEntry, Outbox, OutboxOptions};
+use super::admin::{AdminClient, NO_QUERY, connectors_cell, print_json, segment, table};
+use crate::admin::dlq::{
+    DeadLetters, DlqDetail, DlqError, DlqPage, DlqQuery, MAX_PAGE, PurgeRequest, PurgeResult,
+    ReplayRequest, ReplayResult,
+};
+use crate::outbox::{Chain, Outbox, OutboxOptions};
+
+/// The token id offline changes are audited under.
+const OFFLINE_ACTOR: &str = "cli-offline";
 
 /// `mfoundry dlq ...`
 #[derive(Debug, Clone, clap::Args)]
@@ -18,8 +26,8 @@ pub struct DlqArgs {
     #[command(flatten)]
     pub api: super::admin::ApiArgs,
     /// Work on the data directory directly instead of the running server's admin API (the
-    /// server must be stopped).
-    #[arg(long)]
+    /// server must be stopped). Accepted before or after the subcommand.
+    #[arg(long, global = true)]
     pub offline: bool,
     /// What to do.
     #[command(subcommand)]
@@ -34,7 +42,8 @@ pub enum DlqCommand {
         /// Connector name.
         connector: Option<String>,
     },
-    /// Show one entry with its message's header fields and delivery history.
+    /// Show one entry with its message's header fields, delivery history, origin and what
+    /// the downstream system answered (roles that may read message bodies).
     Show {
         /// Connector name.
         connector: String,
@@ -42,6 +51,7 @@ pub enum DlqCommand {
         seq: u64,
     },
     /// Put entries back at the tail of a queue (theirs, or `--to` another connector's).
+    /// Known seqs are replayed, unknown ones named (exit 1).
     Replay {
         /// Connector name.
         connector: String,
@@ -54,7 +64,7 @@ pub enum DlqCommand {
         #[arg(long, value_name = "CONNECTOR")]
         to: Option<String>,
     },
-    /// Remove entries without delivering them.
+    /// Remove entries without delivering them (asks first on a terminal, unless `--yes`).
     Purge {
         /// Connector name.
         connector: String,
@@ -63,43 +73,100 @@ pub enum DlqCommand {
         /// Purge every entry of the connector.
         #[arg(long, conflicts_with = "seqs")]
         all: bool,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
-/// One listed entry.
-#[derive(Debug, Serialize)]
-struct Listed {
-    connector: String,
-    seq: u64,
-    message_id: u64,
-    control_id: String,
-    message_type: String,
-    attempts: u32,
-    failed_at: String,
-    reason: String,
+/// Where the dead letters are: a running server's admin API, or a data file.
+enum Source<'a> {
+    Api(AdminClient),
+    Offline(DeadLetters<'a>),
+}
+
+fn offline_error(error: DlqError) -> anyhow::Error {
+    match error {
+        DlqError::Store(store) => anyhow::anyhow!("{}", Chain(&store)),
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+impl Source<'_> {
+    async fn list(&self, query: &DlqQuery) -> anyhow::Result<DlqPage> {
+        match self {
+            Self::Api(client) => client.get("/api/v1/dlq", query).await,
+            // Whoever reads the data file directly can read bodies too.
+            Self::Offline(dead) => dead.list(query, true).await.map_err(offline_error),
+        }
+    }
+
+    async fn show(&self, connector: &str, seq: u64) -> anyhow::Result<DlqDetail> {
+        match self {
+            Self::Api(client) => {
+                client
+                    .get(
+                        &format!("/api/v1/dlq/{}/{seq}", segment(connector)),
+                        NO_QUERY,
+                    )
+                    .await
+            }
+            Self::Offline(dead) => dead.show(connector, seq, true).await.map_err(offline_error),
+        }
+    }
+
+    async fn replay(
+        &self,
+        connector: &str,
+        request: ReplayRequest,
+    ) -> anyhow::Result<ReplayResult> {
+        match self {
+            Self::Api(client) => {
+                let path = format!("/api/v1/dlq/{}/replay", segment(connector));
+                client.post(&path, &request).await
+            }
+            Self::Offline(dead) => dead
+                .replay(OFFLINE_ACTOR, connector, request)
+                .await
+                .map_err(offline_error),
+        }
+    }
+
+    async fn purge(&self, connector: &str, request: PurgeRequest) -> anyhow::Result<PurgeResult> {
+        match self {
+            Self::Api(client) => {
+                let path = format!("/api/v1/dlq/{}/purge", segment(connector));
+                client.post(&path, &request).await
+            }
+            Self::Offline(dead) => dead
+                .purge(OFFLINE_ACTOR, connector, request)
+                .await
+                .map_err(offline_error),
+        }
+    }
 }
 
 /// Run a `dlq` command; output goes to `out`. Returns the exit code.
 pub async fn run_dlq(args: &DlqArgs, out: &mut impl Write) -> anyhow::Result<u8> {
     if !args.offline {
-        return super::admin::dlq(&args.api, &args.command, out).await;
+        let source = Source::Api(AdminClient::new(&args.api)?);
+        return run(&source, args, out).await;
     }
     let (outbox, writer) = open_offline(&args.api.data_dir).await?;
-    let result = execute(args, &outbox, out).await;
+    let result = run(&Source::Offline(DeadLetters::all_of(&outbox)), args, out).await;
     drop(outbox);
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
-    result.map(|()| 0)
+    result
 }
 
-/// Open a stopped server's data directory.
+/// Open a stopped server's data directory, through its journal when it has one (a crash's
+/// commits are replayed either way; a clean close leaves the journal empty).
 pub(super) async fn open_offline(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<(Outbox, crate::outbox::WriterHandle)> {
     let path = data_dir.join(crate::outbox::FILE_NAME);
     let mut options = OutboxOptions::new(path.clone());
     options.dedup_window = None;
-    // Leave the directory as the gateway uses it: through its journal when it has one (a
-    // crash's commits are replayed either way; a clean close leaves the journal empty).
     let journal = crate::outbox::journal_path(&path);
     options.journal = journal
         .try_exists()
@@ -107,125 +174,141 @@ pub(super) async fn open_offline(
     let opened = tokio::task::spawn_blocking(move || Outbox::open_existing(options))
         .await
         .context("open task failed")?;
-    let (outbox, writer) = match opened {
-        Ok(opened) => opened,
-        Err(error) if error.is_in_use() => {
-            bail!(
-                "{} is in use by a running mfoundry; leave out --offline to go through its admin API",
-                path.display()
-            )
+    match opened {
+        Ok(opened) => Ok(opened),
+        Err(error) if error.is_in_use() => anyhow::bail!(
+            "{} is in use by a running mfoundry; leave out --offline to go through its admin API",
+            path.display()
+        ),
+        Err(error) => {
+            Err(anyhow::anyhow!("{}", Chain(&error))).context("cannot open the data directory")
         }
-        Err(error) => return Err(error).context("cannot open the data directory"),
-    };
-    Ok((outbox, writer))
+    }
 }
 
-async fn execute(args: &DlqArgs, outbox: &Outbox, out: &mut impl Write) -> anyhow::Result<()> {
-    let id_of = |name: &str| -> anyhow::Result<u32> {
-        outbox.connector_id(name).with_context(|| {
-            let mut known: Vec<&str> = outbox.connectors().map(|(name, _)| name).collect();
-            known.sort_unstable();
-            format!(
-                "no connector named {name:?} in this data file (known: {})",
-                known.join(", ")
-            )
-        })
-    };
+/// Ask on the terminal; true for yes.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    let mut stderr = std::io::stderr();
+    write!(stderr, "{question} [y/N] ")?;
+    stderr.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
+}
+
+async fn run(source: &Source<'_>, args: &DlqArgs, out: &mut impl Write) -> anyhow::Result<u8> {
+    let json = args.api.json;
     match &args.command {
         DlqCommand::List { connector } => {
-            let mut connectors: Vec<(String, u32)> = match connector {
-                Some(name) => vec![(name.clone(), id_of(name)?)],
-                None => outbox
-                    .connectors()
-                    .map(|(name, id)| (name.to_owned(), id))
-                    .collect(),
-            };
-            connectors.sort();
-            let snapshot = outbox.snapshot()?;
-            let mut listed = Vec::new();
-            for (name, id) in connectors {
-                for (seq, entry) in snapshot.dead_letters(id)? {
-                    let header = snapshot
-                        .message(entry.message_id)?
-                        .map(|record| record.header)
-                        .unwrap_or_default();
-                    listed.push(listed_entry(
-                        &name,
-                        seq,
-                        &entry,
-                        header.control_id,
-                        format!("{}^{}", header.msg_type, header.trigger),
-                    ));
+            let mut entries = Vec::new();
+            let mut after = None;
+            let mut truncated = false;
+            loop {
+                let query = DlqQuery {
+                    connector: connector.clone(),
+                    after,
+                    limit: Some(MAX_PAGE),
+                };
+                let page = source.list(&query).await?;
+                entries.extend(page.entries);
+                truncated |= page.truncated;
+                match page.next_after {
+                    Some(next) => after = Some(next),
+                    None => break,
                 }
             }
-            if args.api.json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&listed)?)?;
-            } else if listed.is_empty() {
+            if json {
+                return print_json(out, &entries).map(|()| 0);
+            }
+            if entries.is_empty() {
                 writeln!(out, "no dead-letter entries")?;
-            } else {
-                writeln!(
-                    out,
-                    "{:<16} {:>8} {:>8} {:<20} {:<10} {:>8} {:<20} REASON",
-                    "CONNECTOR", "SEQ", "MESSAGE", "CONTROL_ID", "TYPE", "ATTEMPTS", "FAILED_AT"
-                )?;
-                for entry in &listed {
-                    writeln!(
-                        out,
-                        "{:<16} {:>8} {:>8} {:<20} {:<10} {:>8} {:<20} {}",
-                        entry.connector,
-                        entry.seq,
-                        entry.message_id,
-                        entry.control_id,
-                        entry.message_type,
-                        entry.attempts,
-                        entry.failed_at,
-                        entry.reason
-                    )?;
-                }
-                writeln!(out, "{} entries", listed.len())?;
+                return Ok(0);
             }
-        }
-        DlqCommand::Show { connector, seq } => {
-            let id = id_of(connector)?;
-            let snapshot = outbox.snapshot()?;
-            let entry = snapshot.dead_letter(id, *seq)?.with_context(|| {
-                format!("connector {connector:?} has no dead-letter entry {seq}")
-            })?;
-            let record = snapshot.message(entry.message_id)?;
-            let names: std::collections::HashMap<u32, String> = outbox
-                .connectors()
-                .map(|(name, id)| (id, name.to_owned()))
-                .collect();
-            let history: Vec<serde_json::Value> = snapshot
-                .deliveries(entry.message_id)?
-                .into_iter()
-                .map(|(connector, state)| {
-                    serde_json::json!({
-                        "connector": names.get(&connector).cloned().unwrap_or_else(|| connector.to_string()),
-                        "status": state.status.as_str(),
-                        "attempts": state.attempts,
-                        "at": format_micros(state.at_micros),
-                        "last_error": state.last_error,
-                    })
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.connector.clone(),
+                        e.seq.to_string(),
+                        e.message_id.to_string(),
+                        e.control_id.clone(),
+                        e.message_type.clone(),
+                        e.attempts.to_string(),
+                        e.failed_at.clone(),
+                        e.reason.clone(),
+                    ]
                 })
                 .collect();
-            let shown = serde_json::json!({
-                "connector": connector,
-                "seq": seq,
-                "message_id": entry.message_id,
-                "attempts": entry.attempts,
-                "failed_at": format_micros(entry.failed_at_micros),
-                "reason": entry.reason,
-                "message": record.map(|record| serde_json::json!({
-                    "received_at": format_micros(record.received_at_micros),
-                    "peer": record.peer,
-                    "listener": record.listener,
-                    "header": record.header,
-                    "body_bytes": record.body_len,
-                })),
-                "history": history,
-            });
-            writeln!(out, "{}", serde_json::to_string_pretty(&shown)?)?;
+            let headers = [
+                "CONNECTOR",
+                "SEQ",
+                "MESSAGE",
+                "CONTROL_ID",
+                "TYPE",
+                "ATTEMPTS",
+                "FAILED_AT",
+                "REASON",
+            ];
+            write!(out, "{}", table(&headers, &rows))?;
+            writeln!(out, "{} entries", entries.len())?;
+            if truncated {
+                writeln!(
+                    out,
+                    "(more entries exist: name a connector to list all of its entries)"
+                )?;
+            }
+            Ok(0)
+        }
+        DlqCommand::Show { connector, seq } => {
+            let detail = source.show(connector, *seq).await?;
+            if json {
+                return print_json(out, &detail).map(|()| 0);
+            }
+            let e = &detail.entry;
+            writeln!(out, "dead-letter entry {} of {}", e.seq, e.connector)?;
+            writeln!(
+                out,
+                "message      {} ({}, control id {})",
+                e.message_id, e.message_type, e.control_id
+            )?;
+            if e.message_damaged {
+                writeln!(
+                    out,
+                    "             the stored message is damaged (fails its checksum)"
+                )?;
+            }
+            writeln!(
+                out,
+                "failed at    {} after {} attempts",
+                e.failed_at, e.attempts
+            )?;
+            writeln!(out, "reason       {}", e.reason)?;
+            if let Some(answer) = &e.downstream {
+                writeln!(
+                    out,
+                    "downstream   {}",
+                    answer.replace('\r', "\n             ")
+                )?;
+            }
+            if let Some(origin) = &e.origin {
+                writeln!(out, "first entry  {} seq {}", origin.connector, origin.seq)?;
+            }
+            for past in &e.history {
+                writeln!(
+                    out,
+                    "earlier      {} seq {}: {} after {} attempts ({})",
+                    past.connector, past.seq, past.failed_at, past.attempts, past.reason
+                )?;
+            }
+            if let Some(message) = &detail.message {
+                writeln!(
+                    out,
+                    "received     {} from {}",
+                    message.received_at, message.peer
+                )?;
+                writeln!(out, "connectors   {}", connectors_cell(message))?;
+            }
+            Ok(0)
         }
         DlqCommand::Replay {
             connector,
@@ -233,91 +316,82 @@ async fn execute(args: &DlqArgs, outbox: &Outbox, out: &mut impl Write) -> anyho
             all,
             to,
         } => {
-            let id = id_of(connector)?;
-            let target = to.as_deref().map(id_of).transpose()?;
-            let seqs = selected(outbox, id, seqs, *all)?;
-            let mut replayed = Vec::new();
-            for seq in &seqs {
-                match outbox.replay(id, *seq, target).await? {
-                    Some(new_seq) => {
-                        replayed.push(serde_json::json!({"seq": seq, "queued_as": new_seq}))
-                    }
-                    None => bail!(
-                        "connector {connector:?} has no dead-letter entry {seq} (nothing after it was replayed)"
-                    ),
+            let mut results = Vec::new();
+            loop {
+                let request = ReplayRequest {
+                    seqs: if *all { Vec::new() } else { seqs.clone() },
+                    all: *all,
+                    to: to.clone(),
+                };
+                let result = source.replay(connector, request).await?;
+                let progress = !result.replayed.is_empty();
+                let remaining = result.remaining;
+                results.push(result);
+                if !*all || !progress || remaining == 0 {
+                    break;
                 }
             }
-            let destination = to.as_deref().unwrap_or(connector);
-            if args.api.json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&replayed)?)?;
+            let replayed: usize = results.iter().map(|r| r.replayed.len()).sum();
+            let missing: Vec<u64> = results.iter().flat_map(|r| r.missing.clone()).collect();
+            let remaining = results.last().map_or(0, |r| r.remaining);
+            if json {
+                print_json(out, &results)?;
             } else {
+                let destination = to.as_deref().unwrap_or(connector);
                 writeln!(
                     out,
-                    "replayed {} entries of {connector} to the tail of {destination}'s queue; they are delivered when mfoundry runs",
-                    replayed.len()
+                    "replayed {replayed} entries of {connector} to the tail of {destination}'s queue; {remaining} left in its dead-letter queue"
                 )?;
+                if !missing.is_empty() {
+                    writeln!(out, "not in the dead-letter queue: {missing:?}")?;
+                }
             }
+            Ok(if missing.is_empty() { 0 } else { 1 })
         }
         DlqCommand::Purge {
             connector,
             seqs,
             all,
+            yes,
         } => {
-            let id = id_of(connector)?;
-            let seqs = selected(outbox, id, seqs, *all)?;
-            for seq in &seqs {
-                if !outbox.purge(id, *seq).await? {
-                    bail!(
-                        "connector {connector:?} has no dead-letter entry {seq} (nothing after it was purged)"
-                    );
+            if !yes && std::io::stdin().is_terminal() {
+                let what = if *all {
+                    format!("every dead-letter entry of {connector}")
+                } else {
+                    format!("{} dead-letter entries of {connector}", seqs.len())
+                };
+                if !confirm(&format!(
+                    "purge {what}? They are removed without being delivered."
+                ))? {
+                    writeln!(out, "nothing purged")?;
+                    return Ok(1);
                 }
             }
-            if args.api.json {
-                writeln!(out, "{}", serde_json::json!({"purged": seqs.len()}))?;
-            } else {
-                writeln!(out, "purged {} entries of {connector}", seqs.len())?;
+            let mut results = Vec::new();
+            loop {
+                let request = PurgeRequest {
+                    seqs: if *all { Vec::new() } else { seqs.clone() },
+                    all: *all,
+                };
+                let result = source.purge(connector, request).await?;
+                let progress = !result.purged.is_empty();
+                let remaining = result.remaining;
+                results.push(result);
+                if !*all || !progress || remaining == 0 {
+                    break;
+                }
             }
+            let purged: usize = results.iter().map(|r| r.purged.len()).sum();
+            let missing: Vec<u64> = results.iter().flat_map(|r| r.missing.clone()).collect();
+            if json {
+                print_json(out, &results)?;
+            } else {
+                writeln!(out, "purged {purged} entries of {connector}")?;
+                if !missing.is_empty() {
+                    writeln!(out, "not in the dead-letter queue: {missing:?}")?;
+                }
+            }
+            Ok(if missing.is_empty() { 0 } else { 1 })
         }
     }
-    Ok(())
-}
-
-fn selected(outbox: &Outbox, connector: u32, seqs: &[u64], all: bool) -> anyhow::Result<Vec<u64>> {
-    if all {
-        return Ok(outbox
-            .snapshot()?
-            .dead_letters(connector)?
-            .into_iter()
-            .map(|(seq, _)| seq)
-            .collect());
-    }
-    if seqs.is_empty() {
-        bail!("name the entries (their seq, from `mfoundry dlq list`) or pass --all");
-    }
-    Ok(seqs.to_vec())
-}
-
-fn listed_entry(
-    connector: &str,
-    seq: u64,
-    entry: &DlqEntry,
-    control_id: String,
-    message_type: String,
-) -> Listed {
-    Listed {
-        connector: connector.to_owned(),
-        seq,
-        message_id: entry.message_id,
-        control_id,
-        message_type,
-        attempts: entry.attempts,
-        failed_at: format_micros(entry.failed_at_micros),
-        reason: entry.reason.clone(),
-    }
-}
-
-fn format_micros(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
 }

@@ -56,18 +56,27 @@ pub enum DeliveryError {
     /// Worth retrying (the peer is down, busy, or answered AE).
     #[error("{reason}")]
     Transient {
-        /// What happened.
+        /// What happened (mfoundry's words: logged, stored, shown to every role).
         reason: String,
         /// The peer asked to wait this long (HTTP `Retry-After`).
         retry_after: Option<Duration>,
+        /// What the downstream system answered in its own words (an ACK's MSA and ERR
+        /// segments, the first 1 KiB of an HTTP body): it can hold patient data, so it is
+        /// never logged, and a dead letter keeps it where only body readers see it.
+        downstream: Option<String>,
     },
     /// Retrying cannot help (the peer refused this message).
     #[error("{reason}")]
     Permanent {
         /// What happened.
         reason: String,
+        /// What the downstream system answered (see `Transient`).
+        downstream: Option<String>,
     },
 }
+
+/// Most bytes of a downstream system's answer kept with a dead letter.
+pub const DOWNSTREAM_MAX: usize = 1024;
 
 impl DeliveryError {
     /// A transient failure.
@@ -75,6 +84,7 @@ impl DeliveryError {
         Self::Transient {
             reason: reason.into(),
             retry_after: None,
+            downstream: None,
         }
     }
 
@@ -82,7 +92,29 @@ impl DeliveryError {
     pub fn permanent(reason: impl Into<String>) -> Self {
         Self::Permanent {
             reason: reason.into(),
+            downstream: None,
         }
+    }
+
+    /// The same failure, with the downstream system's own words (cut to
+    /// [`DOWNSTREAM_MAX`] bytes, at a character boundary).
+    pub fn with_downstream(mut self, text: Option<String>) -> Self {
+        let text = text.map(|mut text| {
+            if text.len() > DOWNSTREAM_MAX {
+                let mut end = DOWNSTREAM_MAX;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+            }
+            text
+        });
+        match &mut self {
+            Self::Transient { downstream, .. } | Self::Permanent { downstream, .. } => {
+                *downstream = text
+            }
+        }
+        self
     }
 }
 
@@ -375,21 +407,21 @@ impl<O: Deliver> Worker<O> {
                 debug!(connector = %name, message_id = envelope.message_id, seq, attempt, "delivered");
                 Ok(Step::Done)
             }
-            Err(DeliveryError::Permanent { reason }) => {
+            Err(DeliveryError::Permanent { reason, downstream }) => {
                 warn!(connector = %name, message_id = envelope.message_id, seq, attempt, reason = %reason, "delivery refused; moved to the dead-letter queue");
                 self.outbox
-                    .dead_letter(connector, seq, attempt, reason)
+                    .dead_letter_with(connector, seq, attempt, reason, downstream)
                     .await?;
                 bump(&self.stats.dead_lettered);
                 Ok(Step::Done)
             }
-            Err(DeliveryError::Transient { reason, .. })
-                if self.settings.retry.exhausted(attempt) =>
-            {
+            Err(DeliveryError::Transient {
+                reason, downstream, ..
+            }) if self.settings.retry.exhausted(attempt) => {
                 let reason = format!("gave up after {attempt} attempts; last error: {reason}");
                 warn!(connector = %name, message_id = envelope.message_id, seq, attempt, reason = %reason, "moved to the dead-letter queue");
                 self.outbox
-                    .dead_letter(connector, seq, attempt, reason)
+                    .dead_letter_with(connector, seq, attempt, reason, downstream)
                     .await?;
                 bump(&self.stats.dead_lettered);
                 Ok(Step::Done)
@@ -397,6 +429,7 @@ impl<O: Deliver> Worker<O> {
             Err(DeliveryError::Transient {
                 reason,
                 retry_after,
+                ..
             }) => {
                 let mut delay = self.settings.retry.delay(attempt, &mut self.random);
                 if let Some(asked) = retry_after {

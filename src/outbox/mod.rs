@@ -61,11 +61,12 @@ use bytes::Bytes;
 use redb::Database;
 use tokio::sync::{Notify, mpsc};
 
+pub use request::AuditContext;
 use request::{Answer, Reply, Request};
 
 pub use schema::{
-    DeliveryRecord, DeliveryStatus, Disposition, DlqEntry, HeaderFields, MessageRecord, QueueEntry,
-    Route, RouteStatus,
+    DeliveryRecord, DeliveryStatus, Disposition, DlqEntry, EntryRef, HeaderFields, MessageRecord,
+    PastEntry, QueueEntry, Route, RouteStatus,
 };
 
 /// Name of the database file inside `DATA_DIR`.
@@ -420,12 +421,27 @@ impl Outbox {
         attempts: u32,
         reason: String,
     ) -> Result<bool, StoreError> {
+        self.dead_letter_with(connector, seq, attempts, reason, None)
+            .await
+    }
+
+    /// [`Outbox::dead_letter`], keeping what the downstream system answered in its own words
+    /// (shown only to roles that may read message bodies; never logged).
+    pub async fn dead_letter_with(
+        &self,
+        connector: u32,
+        seq: u64,
+        attempts: u32,
+        reason: String,
+        downstream: Option<String>,
+    ) -> Result<bool, StoreError> {
         let (reply, answer) = Reply::new();
         let request = Request::DeadLetter {
             connector,
             seq,
             attempts,
             reason,
+            downstream,
             reply,
         };
         self.submit(request, answer).await
@@ -445,43 +461,62 @@ impl Outbox {
     }
 
     /// Replay several dead-letter entries of `connector`, in the order given: their new queue
-    /// entries keep that order. Submitted together, so the writer commits them in few
-    /// transactions. One answer per seq: the new seq, or `None` when it was not there.
+    /// entries keep that order. One transaction. One answer per seq: the new seq, or `None`
+    /// when it was not there.
     pub async fn replay_many(
         &self,
         connector: u32,
         seqs: &[u64],
         to: Option<u32>,
     ) -> Result<Vec<Option<u64>>, StoreError> {
+        self.replay_audited(connector, seqs, to, None).await
+    }
+
+    /// [`Outbox::replay_many`] with its audit record (the outcome filled in) written in the
+    /// same transaction.
+    pub async fn replay_audited(
+        &self,
+        connector: u32,
+        seqs: &[u64],
+        to: Option<u32>,
+        audit: Option<AuditContext>,
+    ) -> Result<Vec<Option<u64>>, StoreError> {
         let to = to.unwrap_or(connector);
         if !self.connectors.values().any(|id| *id == to) {
             return Err(StoreError::UnknownConnector(to));
         }
-        self.submit_all(seqs.iter().map(|&seq| {
-            let (reply, answer) = Reply::new();
-            let request = Request::Replay {
-                connector,
-                seq,
-                to,
-                reply,
-            };
-            (request, answer)
-        }))
-        .await
+        let (reply, answer) = Reply::new();
+        let request = Request::Replay {
+            connector,
+            seqs: seqs.to_vec(),
+            to,
+            audit,
+            reply,
+        };
+        self.submit(request, answer).await
     }
 
-    /// Purge several dead-letter entries of `connector`; one answer per seq (false: not there).
+    /// Purge several dead-letter entries of `connector` in one transaction; one answer per
+    /// seq (false: not there).
     pub async fn purge_many(&self, connector: u32, seqs: &[u64]) -> Result<Vec<bool>, StoreError> {
-        self.submit_all(seqs.iter().map(|&seq| {
-            let (reply, answer) = Reply::new();
-            let request = Request::Purge {
-                connector,
-                seq,
-                reply,
-            };
-            (request, answer)
-        }))
-        .await
+        self.purge_audited(connector, seqs, None).await
+    }
+
+    /// [`Outbox::purge_many`] with its audit record written in the same transaction.
+    pub async fn purge_audited(
+        &self,
+        connector: u32,
+        seqs: &[u64],
+        audit: Option<AuditContext>,
+    ) -> Result<Vec<bool>, StoreError> {
+        let (reply, answer) = Reply::new();
+        let request = Request::Purge {
+            connector,
+            seqs: seqs.to_vec(),
+            audit,
+            reply,
+        };
+        self.submit(request, answer).await
     }
 
     /// Remove dead-letter entry `seq` of `connector` without delivering it. False when it was
@@ -556,26 +591,6 @@ impl Outbox {
                 .map_err(|_| StoreError::WriterGone)?;
         }
         answer.await.map_err(|_| StoreError::WriterGone)?
-    }
-
-    /// Send every request in order (the channel keeps it), then wait for all the answers.
-    async fn submit_all<T>(
-        &self,
-        requests: impl Iterator<Item = (Request, Answer<T>)>,
-    ) -> Result<Vec<T>, StoreError> {
-        let mut answers = Vec::new();
-        for (request, answer) in requests {
-            self.requests
-                .send(request)
-                .await
-                .map_err(|_| StoreError::WriterGone)?;
-            answers.push(answer);
-        }
-        let mut out = Vec::with_capacity(answers.len());
-        for answer in answers {
-            out.push(answer.await.map_err(|_| StoreError::WriterGone)??);
-        }
-        Ok(out)
     }
 
     /// Run a read on a blocking thread (redb's API is synchronous).

@@ -58,6 +58,18 @@ impl<T> Reply<T> {
     }
 }
 
+/// Who did an admin operation, for the audit record written in its transaction (the outcome
+/// is filled in from what the operation did).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditContext {
+    /// The token's id (`cli` for the offline commands).
+    pub token_id: String,
+    /// What (`dlq.replay`, `dlq.purge`).
+    pub action: String,
+    /// On what (`connector lab`).
+    pub target: String,
+}
+
 /// One operation for the writer, with its reply.
 #[derive(Debug)]
 pub(super) enum Request {
@@ -83,26 +95,32 @@ pub(super) enum Request {
         error: String,
         reply: Reply<bool>,
     },
-    /// Give up on a queue entry: move it to the connector's dead-letter queue.
+    /// Give up on a queue entry: move it to the connector's dead-letter queue, with the
+    /// downstream system's own words when it answered.
     DeadLetter {
         connector: u32,
         seq: u64,
         attempts: u32,
         reason: String,
+        downstream: Option<String>,
         reply: Reply<bool>,
     },
-    /// Put a dead-letter entry back at the tail of a connector's queue; answers its new seq.
+    /// Put dead-letter entries back at the tail of a connector's queue, in order, and audit
+    /// it, all in one transaction; answers each new seq (`None`: not in the dead-letter queue).
     Replay {
         connector: u32,
-        seq: u64,
+        seqs: Vec<u64>,
         to: u32,
-        reply: Reply<Option<u64>>,
+        audit: Option<AuditContext>,
+        reply: Reply<Vec<Option<u64>>>,
     },
-    /// Remove a dead-letter entry without delivering it.
+    /// Remove dead-letter entries without delivering them, and audit it, in one transaction;
+    /// answers for each whether it was there.
     Purge {
         connector: u32,
-        seq: u64,
-        reply: Reply<bool>,
+        seqs: Vec<u64>,
+        audit: Option<AuditContext>,
+        reply: Reply<Vec<bool>>,
     },
     /// Append an admin action to the audit trail; answers its seq.
     Audit {
@@ -159,8 +177,8 @@ impl Request {
             }
             Self::Delivered { reply, .. }
             | Self::Retry { reply, .. }
-            | Self::DeadLetter { reply, .. }
-            | Self::Purge { reply, .. } => reply.committed(),
+            | Self::DeadLetter { reply, .. } => reply.committed(),
+            Self::Purge { reply, .. } => reply.committed(),
             Self::Replay { reply, .. } => reply.committed(),
             Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => reply.committed(),
             Self::Retain { reply, .. } => reply.committed(),
@@ -177,8 +195,8 @@ impl Request {
             Self::Append { reply, .. } => reply.send(Err(error())),
             Self::Delivered { reply, .. }
             | Self::Retry { reply, .. }
-            | Self::DeadLetter { reply, .. }
-            | Self::Purge { reply, .. } => reply.send(Err(error())),
+            | Self::DeadLetter { reply, .. } => reply.send(Err(error())),
+            Self::Purge { reply, .. } => reply.send(Err(error())),
             Self::Replay { reply, .. } => reply.send(Err(error())),
             Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => reply.send(Err(error())),
             Self::Retain { reply, .. } => reply.send(Err(error())),
@@ -192,8 +210,8 @@ impl Request {
             Self::Append { reply, .. } => reply.send(Err(StoreError::WriterGone)),
             Self::Delivered { reply, .. }
             | Self::Retry { reply, .. }
-            | Self::DeadLetter { reply, .. }
-            | Self::Purge { reply, .. } => reply.send(Err(StoreError::WriterGone)),
+            | Self::DeadLetter { reply, .. } => reply.send(Err(StoreError::WriterGone)),
+            Self::Purge { reply, .. } => reply.send(Err(StoreError::WriterGone)),
             Self::Replay { reply, .. } => reply.send(Err(StoreError::WriterGone)),
             Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => {
                 reply.send(Err(StoreError::WriterGone))

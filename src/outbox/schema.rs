@@ -181,8 +181,8 @@ pub struct MessageRecord {
     pub body_inline: bool,
 }
 
-/// A queue entry: which message, and its delivery state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A queue entry: which message, and its delivery state (revision 2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct QueueEntry {
     /// The message to deliver.
     pub message_id: u64,
@@ -192,19 +192,75 @@ pub struct QueueEntry {
     pub next_attempt_micros: i64,
     /// Last delivery error, if any.
     pub last_error: Option<String>,
+    /// For an entry put back from a dead-letter queue: the entry it was first (connector
+    /// and seq), so a runbook can follow a message through replays.
+    pub origin: Option<EntryRef>,
+    /// Earlier lives of this entry, oldest first: each dead letter it was replayed from.
+    pub history: Vec<PastEntry>,
 }
 
-/// A dead-letter entry.
+/// An entry by connector and seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryRef {
+    /// Connector id.
+    pub connector: u32,
+    /// Seq in that connector's queue.
+    pub seq: u64,
+}
+
+/// One earlier life of a queue entry: a dead letter it was replayed from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PastEntry {
+    /// The dead letter (connector and seq).
+    pub entry: EntryRef,
+    /// Attempts it had.
+    pub attempts: u32,
+    /// Why it was given up on (mfoundry's words).
+    pub reason: String,
+    /// When, µs since the epoch.
+    pub failed_at_micros: i64,
+}
+
+/// Most earlier lives kept with an entry (the oldest go first).
+pub const MAX_HISTORY: usize = 16;
+
+/// A dead-letter entry (revision 2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DlqEntry {
     /// The message.
     pub message_id: u64,
     /// Delivery attempts made before giving up.
     pub attempts: u32,
-    /// Why: the output's reason (never message content).
+    /// Why: the output's reason (mfoundry's words, never message content).
     pub reason: String,
     /// When it was moved here, µs since the epoch.
     pub failed_at_micros: i64,
+    /// What the downstream system answered, in its own words (an ACK's MSA and ERR
+    /// segments, the first 1 KiB of an HTTP body): it can hold patient data, so only roles
+    /// that may read message bodies see it, and it is never logged.
+    pub downstream: Option<String>,
+    /// The entry it was first, when it was replayed before (see [`QueueEntry::origin`]).
+    pub origin: Option<EntryRef>,
+    /// Its earlier lives, oldest first.
+    pub history: Vec<PastEntry>,
+}
+
+/// Revision 1 of [`QueueEntry`] (format 1, and format 2 before revision 2).
+#[derive(Deserialize)]
+struct QueueEntryV1 {
+    message_id: u64,
+    attempts: u32,
+    next_attempt_micros: i64,
+    last_error: Option<String>,
+}
+
+/// Revision 1 of [`DlqEntry`].
+#[derive(Deserialize)]
+struct DlqEntryV1 {
+    message_id: u64,
+    attempts: u32,
+    reason: String,
+    failed_at_micros: i64,
 }
 
 /// The state of a message at one connector after intake.
@@ -398,11 +454,52 @@ pub fn check_body(message: &DecodedMessage<'_>, bytes: &[u8]) -> Result<(), Stor
 }
 
 impl Record for QueueEntry {
-    const REVISION: u8 = 1;
+    const REVISION: u8 = 2;
+
+    fn upgrade(revision: u8, payload: &[u8]) -> Result<Self, StoreError> {
+        match revision {
+            1 => {
+                let old: QueueEntryV1 = postcard::from_bytes(payload)
+                    .map_err(|error| StoreError::Encoding(error.to_string()))?;
+                Ok(Self {
+                    message_id: old.message_id,
+                    attempts: old.attempts,
+                    next_attempt_micros: old.next_attempt_micros,
+                    last_error: old.last_error,
+                    origin: None,
+                    history: Vec::new(),
+                })
+            }
+            other => Err(StoreError::Encoding(format!(
+                "queue entry revision {other} is not known to this mfoundry"
+            ))),
+        }
+    }
 }
 
 impl Record for DlqEntry {
-    const REVISION: u8 = 1;
+    const REVISION: u8 = 2;
+
+    fn upgrade(revision: u8, payload: &[u8]) -> Result<Self, StoreError> {
+        match revision {
+            1 => {
+                let old: DlqEntryV1 = postcard::from_bytes(payload)
+                    .map_err(|error| StoreError::Encoding(error.to_string()))?;
+                Ok(Self {
+                    message_id: old.message_id,
+                    attempts: old.attempts,
+                    reason: old.reason,
+                    failed_at_micros: old.failed_at_micros,
+                    downstream: None,
+                    origin: None,
+                    history: Vec::new(),
+                })
+            }
+            other => Err(StoreError::Encoding(format!(
+                "dead-letter entry revision {other} is not known to this mfoundry"
+            ))),
+        }
+    }
 }
 
 impl Record for DeliveryRecord {
@@ -431,7 +528,74 @@ mod tests {
             attempts: 2,
             next_attempt_micros: 99,
             last_error: Some("timeout".to_owned()),
+            origin: Some(EntryRef {
+                connector: 1,
+                seq: 5,
+            }),
+            history: vec![PastEntry {
+                entry: EntryRef {
+                    connector: 1,
+                    seq: 5,
+                },
+                attempts: 3,
+                reason: "refused".to_owned(),
+                failed_at_micros: 42,
+            }],
         }
+    }
+
+    /// A record of an older revision is read as today's (the upgrade path each later field
+    /// takes): revision 1 queue and dead-letter entries, in format 1's envelope and in
+    /// format 2's, gain empty new fields.
+    #[test]
+    fn older_revisions_are_read_as_todays() {
+        #[derive(Serialize)]
+        struct QueueV1 {
+            message_id: u64,
+            attempts: u32,
+            next_attempt_micros: i64,
+            last_error: Option<String>,
+        }
+        #[derive(Serialize)]
+        struct DlqV1 {
+            message_id: u64,
+            attempts: u32,
+            reason: String,
+            failed_at_micros: i64,
+        }
+        let v1 = postcard::to_stdvec(&QueueV1 {
+            message_id: 9,
+            attempts: 1,
+            next_attempt_micros: 5,
+            last_error: None,
+        })
+        .expect("encodes");
+        let mut format1 = vec![LEGACY_ENVELOPE];
+        format1.extend_from_slice(&v1);
+        let expected = QueueEntry {
+            message_id: 9,
+            attempts: 1,
+            next_attempt_micros: 5,
+            ..QueueEntry::default()
+        };
+        assert_eq!(decode::<QueueEntry>(&format1).expect("format 1"), expected);
+        assert_eq!(
+            decode::<QueueEntry>(&seal(1, &v1)).expect("revision 1"),
+            expected
+        );
+        let dead = postcard::to_stdvec(&DlqV1 {
+            message_id: 9,
+            attempts: 4,
+            reason: "refused".to_owned(),
+            failed_at_micros: 77,
+        })
+        .expect("encodes");
+        let upgraded = decode::<DlqEntry>(&seal(1, &dead)).expect("revision 1");
+        assert_eq!((upgraded.attempts, upgraded.downstream), (4, None));
+        assert!(matches!(
+            decode::<QueueEntry>(&seal(9, &v1)),
+            Err(StoreError::Encoding(_))
+        ));
     }
 
     #[test]
@@ -466,9 +630,15 @@ mod tests {
     /// Records of format 1 (a version byte, no checksum) are still read.
     #[test]
     fn records_of_format_1_are_read() {
+        // A queue entry of format 1 had the first four fields; the later ones read as empty.
+        let plain = QueueEntry {
+            origin: None,
+            history: Vec::new(),
+            ..entry()
+        };
         let mut legacy = vec![LEGACY_ENVELOPE];
-        legacy.extend(postcard::to_stdvec(&entry()).expect("encodes"));
-        assert_eq!(decode::<QueueEntry>(&legacy).expect("decodes"), entry());
+        legacy.extend(postcard::to_stdvec(&plain).expect("encodes"));
+        assert_eq!(decode::<QueueEntry>(&legacy).expect("decodes"), plain);
         let record = MessageRecord {
             received_at_micros: 1,
             peer: "p".to_owned(),

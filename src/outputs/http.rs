@@ -141,15 +141,18 @@ impl HttpOutput {
             .and_then(|value| value.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let reason = format!("the endpoint answered HTTP {}", status.as_u16());
+        let downstream = first_bytes(response).await;
         // 409: a request with the same Idempotency-Key is still being processed (an earlier
         // attempt that timed out on our side); it may yet succeed, so try again later.
         if matches!(status.as_u16(), 408 | 409 | 429) || status.is_server_error() {
             Err(DeliveryError::Transient {
                 reason,
                 retry_after,
-            })
+                downstream: None,
+            }
+            .with_downstream(downstream))
         } else {
-            Err(DeliveryError::permanent(reason))
+            Err(DeliveryError::permanent(reason).with_downstream(downstream))
         }
     }
 
@@ -299,6 +302,24 @@ pub fn to_json(envelope: &Envelope) -> serde_json::Value {
         "segments": segments,
         "hl7": text,
     })
+}
+
+/// The first [`crate::delivery::DOWNSTREAM_MAX`] bytes of an answer's body (read with a
+/// bound: a large or endless body is not waited for), as text; `None` when empty.
+async fn first_bytes(mut response: reqwest::Response) -> Option<String> {
+    let mut kept = Vec::new();
+    let read = async {
+        while kept.len() < crate::delivery::DOWNSTREAM_MAX {
+            match response.chunk().await {
+                Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
+    kept.truncate(crate::delivery::DOWNSTREAM_MAX);
+    let text = String::from_utf8_lossy(&kept).trim().to_owned();
+    (!text.is_empty()).then_some(text)
 }
 
 /// `Idempotency-Key` of a delivery: `mfoundry-<instance>-<connector>-<entry>`.

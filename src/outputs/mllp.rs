@@ -38,11 +38,15 @@ impl MllpOutput {
             self.client = None;
         }
         result.map_err(|failure| match failure {
-            Failure::Reset(reason) | Failure::Keep(reason) => DeliveryError::transient(reason),
-            Failure::Rejected(reason) => match self.spec.on_reject {
+            Failure::Reset(reason) => DeliveryError::transient(reason),
+            Failure::Keep(reason, answer) => {
+                DeliveryError::transient(reason).with_downstream(answer)
+            }
+            Failure::Rejected(reason, answer) => match self.spec.on_reject {
                 RejectAction::DeadLetter => DeliveryError::permanent(reason),
                 RejectAction::Retry => DeliveryError::transient(reason),
-            },
+            }
+            .with_downstream(answer),
         })
     }
 
@@ -111,14 +115,20 @@ impl MllpOutput {
             .unwrap_or_default();
         match code {
             b"AA" | b"CA" => Ok(()),
-            b"AE" | b"CE" => Err(Failure::Keep(format!(
-                "the peer answered {}{error_code}",
-                String::from_utf8_lossy(code)
-            ))),
-            b"AR" | b"CR" => Err(Failure::Rejected(format!(
-                "the peer answered {}{error_code}",
-                String::from_utf8_lossy(code)
-            ))),
+            b"AE" | b"CE" => Err(Failure::Keep(
+                format!(
+                    "the peer answered {}{error_code}",
+                    String::from_utf8_lossy(code)
+                ),
+                answer_text(&ack),
+            )),
+            b"AR" | b"CR" => Err(Failure::Rejected(
+                format!(
+                    "the peer answered {}{error_code}",
+                    String::from_utf8_lossy(code)
+                ),
+                answer_text(&ack),
+            )),
             _ => Err(Failure::Reset(
                 "the ACK's MSA-1 is not an acknowledgment code; connection closed".to_owned(),
             )),
@@ -129,10 +139,24 @@ impl MllpOutput {
 enum Failure {
     /// Retry on a new connection.
     Reset(String),
-    /// Retry on this connection.
-    Keep(String),
-    /// AR/CR.
-    Rejected(String),
+    /// Retry on this connection (AE/CE), with the peer's answer.
+    Keep(String, Option<String>),
+    /// AR/CR, with the peer's answer.
+    Rejected(String, Option<String>),
+}
+
+/// The peer's own words: its ACK's MSA and ERR segments, as text (they can hold patient
+/// data: kept only where body readers see it, never logged).
+fn answer_text(ack: &Message) -> Option<String> {
+    let raw = ack.raw();
+    let mut parts = Vec::new();
+    for segment in raw.split(|byte| *byte == b'\r' || *byte == b'\n') {
+        if segment.starts_with(b"MSA") || segment.starts_with(b"ERR") {
+            parts.push(String::from_utf8_lossy(segment).into_owned());
+        }
+    }
+    let text = parts.join("\r");
+    (!text.is_empty()).then_some(text)
 }
 
 fn describe(error: &ClientError) -> String {

@@ -10,10 +10,10 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use super::Writer;
 use crate::outbox::audit::{self, AuditEvent, Head};
 use crate::outbox::dedup::prefix;
-use crate::outbox::request::Request;
+use crate::outbox::request::{AuditContext, Request};
 use crate::outbox::schema::{
-    self, AUDIT, BODIES, DELIVERIES, DLQ, DeliveryRecord, DeliveryStatus, DlqEntry,
-    INLINE_BODY_MAX, MESSAGES, META, QUEUE, QueueEntry, RouteStatus,
+    self, AUDIT, BODIES, DELIVERIES, DLQ, DeliveryRecord, DeliveryStatus, DlqEntry, EntryRef,
+    INLINE_BODY_MAX, MAX_HISTORY, MESSAGES, META, PastEntry, QUEUE, QueueEntry, RouteStatus,
 };
 use crate::outbox::{Appended, NewMessage, Retained, StoreError, now_micros};
 
@@ -114,39 +114,69 @@ impl Writer {
                         seq,
                         attempts,
                         reason,
+                        downstream,
                         reply,
-                    } => reply.set(
-                        tables
-                            .delivery(&transaction, now)?
-                            .dead_letter(*connector, *seq, *attempts, reason)?,
-                    ),
+                    } => reply.set(tables.delivery(&transaction, now)?.dead_letter(
+                        *connector,
+                        *seq,
+                        *attempts,
+                        reason,
+                        downstream.clone(),
+                    )?),
                     Request::Replay {
                         connector,
-                        seq,
+                        seqs,
                         to,
+                        audit,
                         reply,
                     } => {
-                        let replayed = tables.delivery(&transaction, now)?.replay(
-                            *connector,
-                            *seq,
-                            *to,
-                            &mut next_id,
-                        )?;
-                        if replayed.is_some() {
+                        let mut answers = Vec::with_capacity(seqs.len());
+                        {
+                            let mut delivery = tables.delivery(&transaction, now)?;
+                            for seq in seqs.iter() {
+                                answers.push(delivery.replay(
+                                    *connector,
+                                    *seq,
+                                    *to,
+                                    &mut next_id,
+                                )?);
+                            }
+                        }
+                        let replayed = answers.iter().filter(|answer| answer.is_some()).count();
+                        if replayed > 0 {
                             woken.insert(*to);
                             raise_floor = true;
                         }
-                        reply.set(replayed);
+                        if let Some(context) = audit {
+                            let outcome = format!(
+                                "replayed {replayed}, missing {}",
+                                answers.len() - replayed
+                            );
+                            tables.audit(&transaction, now, admin_event(context, outcome))?;
+                        }
+                        reply.set(answers);
                     }
                     Request::Purge {
                         connector,
-                        seq,
+                        seqs,
+                        audit,
                         reply,
-                    } => reply.set(
-                        tables
-                            .delivery(&transaction, now)?
-                            .purge(*connector, *seq)?,
-                    ),
+                    } => {
+                        let mut answers = Vec::with_capacity(seqs.len());
+                        {
+                            let mut delivery = tables.delivery(&transaction, now)?;
+                            for seq in seqs.iter() {
+                                answers.push(delivery.purge(*connector, *seq)?);
+                            }
+                        }
+                        if let Some(context) = audit {
+                            let purged = answers.iter().filter(|purged| **purged).count();
+                            let outcome =
+                                format!("purged {purged}, missing {}", answers.len() - purged);
+                            tables.audit(&transaction, now, admin_event(context, outcome))?;
+                        }
+                        reply.set(answers);
+                    }
                     // The loop never puts a stop in a batch.
                     Request::Stop { .. } => {}
                 }
@@ -238,9 +268,7 @@ impl Writer {
             }
             let entry = QueueEntry {
                 message_id: id,
-                attempts: 0,
-                next_attempt_micros: 0,
-                last_error: None,
+                ..QueueEntry::default()
             };
             tables
                 .queue
@@ -259,6 +287,16 @@ impl Writer {
         );
         tables.audit(transaction, now, event)?;
         Ok(Appended::Stored { id })
+    }
+}
+
+/// The audit record of an admin operation.
+fn admin_event(context: &AuditContext, outcome: String) -> AuditEvent {
+    AuditEvent::Admin {
+        token_id: context.token_id.clone(),
+        action: context.action.clone(),
+        target: context.target.clone(),
+        outcome,
     }
 }
 
@@ -485,13 +523,15 @@ impl Delivery<'_, '_> {
         Ok(true)
     }
 
-    /// Give up on an entry: it moves to the connector's dead-letter queue.
+    /// Give up on an entry: it moves to the connector's dead-letter queue, keeping where it
+    /// came from and its earlier lives.
     fn dead_letter(
         &mut self,
         connector: u32,
         seq: u64,
         attempts: u32,
         reason: &str,
+        downstream: Option<String>,
     ) -> Result<bool, StoreError> {
         let Some(entry) = self.take_queue_entry(connector, seq)? else {
             return Ok(false);
@@ -501,6 +541,9 @@ impl Delivery<'_, '_> {
             attempts,
             reason: reason.to_owned(),
             failed_at_micros: self.now,
+            downstream,
+            origin: entry.origin,
+            history: entry.history.clone(),
         };
         self.dlq
             .insert((connector, seq), schema::encode(&dead)?.as_slice())?;
@@ -530,11 +573,24 @@ impl Delivery<'_, '_> {
         };
         let new_seq = *next_id;
         *next_id += 1;
+        // A fresh place at the tail (FIFO), the same message; where it came from and every
+        // earlier life go with it, so a runbook can follow it.
+        let here = EntryRef { connector, seq };
+        let mut history = dead.history.clone();
+        history.push(PastEntry {
+            entry: here,
+            attempts: dead.attempts,
+            reason: dead.reason.clone(),
+            failed_at_micros: dead.failed_at_micros,
+        });
+        if history.len() > MAX_HISTORY {
+            history.drain(..history.len() - MAX_HISTORY);
+        }
         let entry = QueueEntry {
             message_id: dead.message_id,
-            attempts: 0,
-            next_attempt_micros: 0,
-            last_error: None,
+            origin: Some(dead.origin.unwrap_or(here)),
+            history,
+            ..QueueEntry::default()
         };
         self.queue
             .insert((to, new_seq), schema::encode(&entry)?.as_slice())?;
