@@ -174,6 +174,14 @@ impl RunningApp {
             ));
         }
 
+        if let Some(interval) = settings.store_verify_interval {
+            delivery_tracker.spawn(verify_task(
+                outbox.clone(),
+                interval,
+                delivery_shutdown.child_token(),
+            ));
+        }
+
         // Tokens before any port: a bad ADMIN_TOKENS_FILE stops startup.
         let tokens = match &settings.admin_addr {
             Some(_) => {
@@ -182,8 +190,17 @@ impl RunningApp {
                 let (tokens, source) = tokio::task::spawn_blocking(move || {
                     // Taken before the read, so a change made meanwhile is still noticed.
                     let seen = crate::tls::fingerprint(&tokens_file);
-                    TokenStore::load(tokens_file.as_deref(), &data_dir)
-                        .map(|(tokens, source)| (tokens, (source, seen)))
+                    let loaded = TokenStore::load(tokens_file.as_deref(), &data_dir)
+                        .map(|(tokens, source)| (tokens, (source, seen)));
+                    let path = TokenStore::source_path(tokens_file.as_deref(), &data_dir);
+                    if let Some(mode) = crate::admin::auth::world_readable(&path) {
+                        warn!(
+                            path = %path.display(),
+                            mode = format!("{mode:o}"),
+                            "the admin token file is readable by every user of this host; anyone who reads it can use the admin API: chmod 600 it (or 640 for a group that needs it)"
+                        );
+                    }
+                    loaded
                 })
                 .await
                 .context("token load task failed")?
@@ -487,6 +504,49 @@ const AUDIT_PRUNE_BATCH: usize = 10_000;
 
 fn cutoff(age: Duration) -> i64 {
     crate::outbox::now_micros().saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Every `interval`, read every stored record through a snapshot and check it (see
+/// [`crate::outbox::verify`]); damage is logged by table and key and its count kept for the
+/// `mfoundry.store.verify.damaged` gauge.
+async fn verify_task(outbox: Outbox, interval: Duration, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = shutdown.cancelled() => return,
+        }
+        let started = std::time::Instant::now();
+        match outbox.read(|snapshot| snapshot.verify()).await {
+            Ok(report) => {
+                let stats = outbox.stats();
+                stats
+                    .verified_damaged
+                    .store(report.damaged_count, std::sync::atomic::Ordering::Relaxed);
+                let records: u64 = report.records.values().sum();
+                if report.damaged_count == 0 && report.audit.is_intact() {
+                    info!(
+                        records,
+                        unchecked = report.unchecked,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "store verified: every record intact"
+                    );
+                } else {
+                    for what in &report.damaged {
+                        error!(record = %what, "store verification: a stored record is damaged");
+                    }
+                    error!(
+                        records,
+                        damaged = report.damaged_count,
+                        audit_problems = report.audit.problem_count,
+                        "store verification found damage; run `mfoundry store verify` on a copy of DATA_DIR"
+                    );
+                }
+            }
+            Err(error) => {
+                warn!(error = %crate::outbox::Chain(&error), "store verification could not read the store; trying again at the next interval");
+            }
+        }
+    }
 }
 
 /// Remove delivered and filtered messages older than `retention`, in bounded steps; after

@@ -750,3 +750,37 @@ async fn a_changed_tokens_file_is_used_without_a_restart_and_a_broken_one_is_not
     assert_eq!(status(&new).await, 200);
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A token file every user of the host can read is warned about at start (naming the fix);
+/// a private one is not.
+#[cfg(unix)]
+#[test]
+fn a_token_file_readable_by_everyone_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let (path, _) = tokens_file(directory.path());
+    std::fs::write(directory.path().join("gw.yaml"), "connectors: []\n").expect("config");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let server = common::Server::start(
+        directory.path(),
+        "gw.yaml",
+        "data",
+        &[("ADMIN_TOKENS_FILE", &path)],
+    );
+    let warned = |lines: &[String]| {
+        lines
+            .iter()
+            .any(|line| line.contains("readable by every user") && line.contains("chmod 600"))
+    };
+    assert!(warned(&server.early), "{:?}", server.early);
+    server.stop();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let server = common::Server::start(
+        directory.path(),
+        "gw.yaml",
+        "data",
+        &[("ADMIN_TOKENS_FILE", &path)],
+    );
+    assert!(!warned(&server.early), "{:?}", server.early);
+    server.stop();
+}

@@ -198,8 +198,15 @@ fn damage_is_found_named_and_never_delivered() {
         dir.join("out").display()
     );
     std::fs::write(dir.join("gw.yaml"), yaml).expect("config");
-    let server = Server::start(dir, "gw.yaml", "data", &[]);
+    let server = Server::start(
+        dir,
+        "gw.yaml",
+        "data",
+        &[("STORE_VERIFY_INTERVAL", "300ms")],
+    );
     server.wait_for_log("the stored message is damaged", 1);
+    // The background verification names the damaged record too.
+    server.wait_for_log("store verification: a stored record is damaged", 1);
     let out = dir.join("out");
     wait_until("the two intact messages are delivered", || {
         walk(&out).len() >= 2

@@ -265,6 +265,11 @@ impl TokenStore {
         Ok(Self::from_entries(entries))
     }
 
+    /// The file the tokens come from: `tokens_file`, else `DATA_DIR/admin.token`.
+    pub fn source_path(tokens_file: Option<&Path>, data_dir: &Path) -> std::path::PathBuf {
+        tokens_file.map_or_else(|| data_dir.join(LOCAL_TOKEN_FILE), Path::to_path_buf)
+    }
+
     /// Load the tokens: from `tokens_file` when set, else from `DATA_DIR/admin.token`,
     /// creating it (mode 0600) with a new admin token when absent.
     pub fn load(
@@ -370,6 +375,22 @@ pub async fn watch_tokens_file(
                 tracing::warn!(error = %error, "ADMIN_TOKENS_FILE changed but cannot be used; the previous tokens stay");
             }
         }
+    }
+}
+
+/// The permission bits of a file when every user of the host may read it (`None` when not,
+/// or on a system without Unix modes).
+pub fn world_readable(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        (mode & 0o004 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
     }
 }
 

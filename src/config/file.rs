@@ -163,6 +163,10 @@ pub struct FileConfig {
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
     pub store_journal: SpannedScalar,
+    /// Same as `STORE_VERIFY_INTERVAL` (Go duration; 0 never).
+    #[serde(default)]
+    #[schemars(with = "Option<ScalarText>")]
+    pub store_verify_interval: SpannedScalar,
     /// Same as `DRAIN_TIMEOUT` (Go duration).
     #[serde(default)]
     #[schemars(with = "Option<ScalarText>")]
@@ -194,7 +198,7 @@ pub struct FileConfig {
 impl FileConfig {
     /// The scalar settings that are present, by lower-case key.
     pub fn scalars(&self) -> BTreeMap<&'static str, &Spanned<ScalarText>> {
-        let fields: [(&'static str, &SpannedScalar); 28] = [
+        let fields: [(&'static str, &SpannedScalar); 29] = [
             ("listen_addr", &self.listen_addr),
             ("max_connections", &self.max_connections),
             ("idle_timeout", &self.idle_timeout),
@@ -219,6 +223,7 @@ impl FileConfig {
             ("tls_handshake_timeout", &self.tls_handshake_timeout),
             ("require_tls", &self.require_tls),
             ("store_journal", &self.store_journal),
+            ("store_verify_interval", &self.store_verify_interval),
             ("drain_timeout", &self.drain_timeout),
             ("audit_retention", &self.audit_retention),
             ("admin_addr", &self.admin_addr),

@@ -86,6 +86,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "false",
     },
     EnvVar {
+        name: "STORE_VERIFY_INTERVAL",
+        default: "24h",
+    },
+    EnvVar {
         name: "DEDUP_WINDOW",
         default: "1h",
     },
@@ -224,6 +228,9 @@ pub struct Settings {
     pub require_tls: bool,
     /// `STORE_JOURNAL`: commit through a sequential journal next to the data file.
     pub store_journal: bool,
+    /// `STORE_VERIFY_INTERVAL`: how often every stored record is read and checked in the
+    /// background; `None` never.
+    pub store_verify_interval: Option<Duration>,
     /// `DRAIN_TIMEOUT`: the longest a SIGTERM/SIGINT drain may take.
     pub drain_timeout: Duration,
     /// `AUDIT_RETENTION`: audit records older than this (and than `RETENTION`) are removed;
@@ -430,6 +437,7 @@ impl Settings {
             LogFormat::Text,
         );
         let retention = reader.read("RETENTION", optional_duration, None);
+        let store_verify_interval = reader.read("STORE_VERIFY_INTERVAL", optional_duration, None);
         let audit_retention = reader.read("AUDIT_RETENTION", optional_duration, None);
         let allowed_peers = reader.read(
             "ALLOWED_PEERS",
@@ -570,6 +578,7 @@ impl Settings {
             tls,
             require_tls,
             store_journal,
+            store_verify_interval,
             drain_timeout,
             audit_retention,
             admin_addr,

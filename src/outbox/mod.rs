@@ -187,9 +187,10 @@ pub struct OutboxStats {
     pub reopens: AtomicU64,
     /// Accepted frames currently remembered for retransmit detection.
     pub dedup_entries: AtomicU64,
-    /// Stored records found damaged (failing their checksum): by a worker before delivery
-    /// or by the background verification.
+    /// Stored records found damaged (failing their checksum) by a worker before delivery.
     pub damaged: AtomicU64,
+    /// Damaged records the last background verification found.
+    pub verified_damaged: AtomicU64,
 }
 
 /// What one retention pass did.

@@ -53,9 +53,10 @@ pub const DELIVERY_FAILURES: &str = "mfoundry.delivery.failures";
 pub const STORE_SIZE: &str = "mfoundry.store.size";
 /// Outbox commits and failed commits (`outcome`).
 pub const STORE_COMMITS: &str = "mfoundry.store.commits";
-/// Stored records found damaged (failing their checksum), by a worker before delivery or by
-/// the background verification.
+/// Stored records found damaged (failing their checksum) by a worker before delivery.
 pub const STORE_DAMAGED: &str = "mfoundry.store.damaged";
+/// Gauge: damaged records the last background verification found.
+pub const STORE_VERIFY_DAMAGED: &str = "mfoundry.store.verify.damaged";
 /// Times a bound was reached, per listener and cap (`max_connections`, `max_frame_size`).
 pub const CAP_HITS: &str = "mfoundry.cap.hits";
 /// Times intake waited for room in the outbox writer's bounded queue.
@@ -83,6 +84,7 @@ pub const ALL: &[&str] = &[
     STORE_SIZE,
     STORE_COMMITS,
     STORE_DAMAGED,
+    STORE_VERIFY_DAMAGED,
     CAP_HITS,
     OUTBOX_CHANNEL_FULL,
     TLS_CERTIFICATE_EXPIRY,
@@ -439,6 +441,17 @@ pub fn register(state: &Arc<AdminState>) {
         "Stored records found damaged (failing their checksum); never delivered",
         Box::new(|state, out| {
             out.push((state.outbox.stats().damaged.load(Relaxed), Vec::new()));
+        }),
+    );
+    gauge(
+        STORE_VERIFY_DAMAGED,
+        "{record}",
+        "Damaged records the last background verification found (STORE_VERIFY_INTERVAL)",
+        Box::new(|state, out| {
+            out.push((
+                state.outbox.stats().verified_damaged.load(Relaxed) as f64,
+                Vec::new(),
+            ));
         }),
     );
     sum(

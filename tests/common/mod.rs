@@ -384,6 +384,8 @@ pub struct Server {
     pub admin_addr: Option<String>,
     /// Its log lines (JSON), as they come.
     pub lines: std::sync::mpsc::Receiver<String>,
+    /// The lines it logged before it listened (read while waiting for its address).
+    pub early: Vec<String>,
 }
 
 impl Server {
@@ -422,6 +424,7 @@ impl Server {
             .any(|(name, value)| *name == "ADMIN_ADDR" && value.eq_ignore_ascii_case("off"));
         let mut addr = None;
         let mut admin_addr = None;
+        let mut early = Vec::new();
         // The MLLP listener logs first, then the admin API.
         while addr.is_none() || (admin_on && admin_addr.is_none()) {
             let Ok(line) = lines.recv_timeout(Duration::from_secs(60)) else {
@@ -440,12 +443,14 @@ impl Server {
             if let Some(found) = value("\"admin_addr\":\"") {
                 admin_addr = Some(found);
             }
+            early.push(line);
         }
         Self {
             child,
             addr: addr.expect("address logged"),
             admin_addr,
             lines,
+            early,
         }
     }
 
