@@ -18,7 +18,10 @@
 //!   newer journal has a lower value than the journal expects and is refused.
 //! - **flags**: `INITIALIZED` once redb's first state in the file was synced. Until then
 //!   nothing can have been committed, so whatever lies in redb's part is an interrupted
-//!   creation and is discarded at open.
+//!   creation and is discarded at open. `OPEN` while a process uses the file (set and synced
+//!   at open, cleared by a close after which every write was synced): an open that finds it
+//!   set drops the files' cached pages first, since the run before may have ended on a failed
+//!   sync whose lost writes the cache still shows.
 
 use std::io;
 use std::ops::Bound;
@@ -36,6 +39,8 @@ const REDB_MAGIC: &[u8; 4] = b"redb";
 
 /// Header flag: redb's first state in the file was synced.
 pub const INITIALIZED: u32 = 1;
+/// Header flag: a process has the file open (not yet closed cleanly).
+pub const OPEN: u32 = 2;
 
 /// What the header says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -56,6 +61,11 @@ impl DataHeader {
     /// Whether redb's first state was synced.
     pub fn initialized(&self) -> bool {
         self.flags & INITIALIZED != 0
+    }
+
+    /// Whether the last process to use the file did not close it cleanly.
+    pub fn left_open(&self) -> bool {
+        self.flags & OPEN != 0
     }
 
     /// Whether a journal may hold commits this file needs.
@@ -197,11 +207,26 @@ pub fn open_raw(path: &std::path::Path) -> io::Result<redb::Database> {
         .map_err(io::Error::other)
 }
 
+/// Marks the file failed if a panic unwinds through the operation it guards (a sync that
+/// panicked is as untrusted as one that failed).
+struct FailOnUnwind<'a>(&'a DataFile);
+
+impl Drop for FailOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.mark_failed();
+        }
+    }
+}
+
 /// The data file as redb sees it: everything after the header (see the module docs).
 #[derive(Debug)]
 pub struct DataFile {
     inner: Box<dyn StorageBackend>,
     header: Mutex<DataHeader>,
+    /// Set by a failed write, length change or sync (here, or reported by the journal above):
+    /// a close then leaves `OPEN` set, so the next open does not trust the cache.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl DataFile {
@@ -221,6 +246,7 @@ impl DataFile {
         Ok(Self {
             inner,
             header: Mutex::new(header),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -237,6 +263,7 @@ impl DataFile {
         Ok(Self {
             inner,
             header: Mutex::new(header),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -257,7 +284,25 @@ impl DataFile {
         Ok(Self {
             inner,
             header: Mutex::new(header),
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Mark the file in use (synced before anything else is written through it).
+    pub fn mark_open(&self) -> io::Result<()> {
+        self.update_header(|header| header.flags |= OPEN)?;
+        self.inner.sync_data().inspect_err(|_| self.mark_failed())
+    }
+
+    /// Remember that a write or sync through this file (or the journal over it) failed.
+    pub fn mark_failed(&self) {
+        self.failed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a write or sync failed.
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The header as last written.
@@ -274,7 +319,7 @@ impl DataFile {
             .map_err(|_| io::Error::other("the data header's lock is poisoned"))?;
         let mut next = *header;
         change(&mut next);
-        write_header(self.inner.as_ref(), &mut next)?;
+        write_header(self.inner.as_ref(), &mut next).inspect_err(|_| self.mark_failed())?;
         *header = next;
         Ok(())
     }
@@ -299,10 +344,11 @@ impl DataFile {
     /// mistakes the file for an interrupted creation. redb writes its magic number last when
     /// it creates a file: the file is marked after a sync that made the magic durable.
     pub fn sync_and_mark(&self) -> io::Result<()> {
-        self.inner.sync_data()?;
+        let _unwinding = FailOnUnwind(self);
+        self.inner.sync_data().inspect_err(|_| self.mark_failed())?;
         if !self.header().initialized() && has_redb_magic(self.inner.as_ref())? {
             self.update_header(|header| header.flags |= INITIALIZED)?;
-            self.inner.sync_data()?;
+            self.inner.sync_data().inspect_err(|_| self.mark_failed())?;
         }
         Ok(())
     }
@@ -318,7 +364,9 @@ impl StorageBackend for DataFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.inner.set_len(len + HEADER_AREA)
+        self.inner
+            .set_len(len + HEADER_AREA)
+            .inspect_err(|_| self.mark_failed())
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -326,11 +374,23 @@ impl StorageBackend for DataFile {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.inner.write(offset + HEADER_AREA, data)
+        let _unwinding = FailOnUnwind(self);
+        self.inner
+            .write(offset + HEADER_AREA, data)
+            .inspect_err(|_| self.mark_failed())
     }
 
     fn close(&self) -> io::Result<()> {
-        self.inner.close()
+        // Cleared only when nothing failed: every write before was synced (redb syncs each
+        // commit; the journal syncs the data file in its close), so the next open may trust
+        // the cache.
+        let cleared = if self.header().left_open() && !self.has_failed() {
+            self.update_header(|header| header.flags &= !OPEN)
+                .and_then(|()| self.inner.sync_data())
+        } else {
+            Ok(())
+        };
+        cleared.and(self.inner.close())
     }
 
     // Lock ranges are redb's lock bytes, not file data: passed on unchanged.

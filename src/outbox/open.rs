@@ -172,15 +172,8 @@ pub(crate) fn open_with(
     // Creates the directory when missing (private to the gateway's user), with its name
     // made durable in its parent.
     opening.sync_directory()?;
-    // Read what the disk holds, not what the cache kept: after a failed sync (in this
-    // process, or in one that exited on it) the cache may hold writes that never reached the
-    // disk, and building on them would lose later commits at the next power cut.
-    for file in [StoreFile::Data, StoreFile::Journal] {
-        if let Err(error) = options.storage.drop_cache(file) {
-            warn!(error = %error, file = ?file, "cannot drop the file's cached pages before opening");
-        }
-    }
     let mut report = OpenReport::default();
+    let mut dropped = false;
     let (data, journal_file, journal_existed) = loop {
         let data_existed = opening.exists(StoreFile::Data)?;
         let journal_existed = opening.exists(StoreFile::Journal)?;
@@ -192,8 +185,28 @@ pub(crate) fn open_with(
         } else {
             None
         };
-        let layout = read_layout(main.as_ref())
+        let mut layout = read_layout(main.as_ref())
             .map_err(opening.io("cannot read the data file".to_owned()))?;
+        let unclean = match layout {
+            Layout::Current(header) => header.left_open(),
+            Layout::Damaged | Layout::Legacy => true,
+            Layout::New => false,
+        };
+        if unclean && !dropped {
+            // The last run did not close the files cleanly (a crash, or a failed write or
+            // sync, in this process or one that exited on it). Read what the disk holds, not
+            // what the cache kept: after a failed sync the cache may still show writes that
+            // never reached the disk, and building on them would lose later commits at the
+            // next power cut.
+            for file in [StoreFile::Data, StoreFile::Journal] {
+                if let Err(error) = options.storage.drop_cache(file) {
+                    warn!(error = %error, file = ?file, "cannot drop the file's cached pages before opening");
+                }
+            }
+            dropped = true;
+            layout = read_layout(main.as_ref())
+                .map_err(opening.io("cannot read the data file".to_owned()))?;
+        }
         let data = match layout {
             Layout::Legacy => {
                 report.upgraded = Some(upgrade_legacy(&opening, main, journal_file)?);
@@ -276,10 +289,14 @@ pub(crate) fn open_with(
                 commits = replayed,
                 "STORE_JOURNAL is off: the journal of an earlier run was checked, replayed and removed"
             );
+            data.mark_open()
+                .map_err(opening.io("cannot write the data file's header".to_owned()))?;
             let _ = data.unlock_range(Bound::Unbounded, Bound::Unbounded);
             Box::new(data)
         }
         None => {
+            data.mark_open()
+                .map_err(opening.io("cannot write the data file's header".to_owned()))?;
             let _ = data.unlock_range(Bound::Unbounded, Bound::Unbounded);
             Box::new(data)
         }

@@ -260,6 +260,7 @@ impl Journaled {
                 main.update_header(|data| {
                     data.journal_id = next.journal_id;
                     data.flushed_lap = next.oldest_needed - 1;
+                    data.flags |= crate::outbox::datafile::OPEN;
                 })?;
                 main.sync_and_mark()?;
                 format::write_header(journal.as_ref(), &mut next)?;
@@ -286,6 +287,7 @@ impl Journaled {
                 main.update_header(|data| {
                     data.journal_id = next.journal_id;
                     data.flushed_lap = next.oldest_needed - 1;
+                    data.flags |= crate::outbox::datafile::OPEN;
                 })?;
                 main.sync_and_mark()?;
                 next
@@ -468,6 +470,7 @@ impl Shared {
         let result = io(self.journal.as_ref());
         if result.is_err() {
             self.journal_failed.store(true, Ordering::Release);
+            self.main.mark_failed();
         }
         result
     }
