@@ -83,7 +83,7 @@ pub const ENV_VARS: &[EnvVar] = &[
     },
     EnvVar {
         name: "STORE_JOURNAL",
-        default: "false",
+        default: "true",
     },
     EnvVar {
         name: "STORE_VERIFY_INTERVAL",
@@ -488,7 +488,7 @@ impl Settings {
             _ => Err("expected true or false".to_owned()),
         };
         let require_tls = reader.read("REQUIRE_TLS", boolean, false);
-        let store_journal = reader.read("STORE_JOURNAL", boolean, false);
+        let store_journal = reader.read("STORE_JOURNAL", boolean, true);
         let tls = match (cert_file, key_file) {
             (Some(cert_file), Some(key_file)) => Some(crate::tls::TlsSettings {
                 cert_file,
@@ -967,16 +967,16 @@ mod tests {
         assert_eq!(settings.default_charset, Charset::UTF_8);
         assert_eq!(settings.log_format, LogFormat::Text);
         assert!(
-            !settings.store_journal,
-            "the commit journal is off by default (issue: the crash-state harness decides)"
+            settings.store_journal,
+            "the commit journal is on by default (the power-cut harness passes for it)"
         );
     }
 
-    /// `STORE_JOURNAL` is off when not set; `true` turns it on, `false` (or a value set but
-    /// empty, as for every boolean) keeps it off, and anything else is an error naming it.
+    /// `STORE_JOURNAL` is on when not set; `false` (or a value set but empty, as for every
+    /// boolean) turns it off, and anything else is an error naming it.
     #[test]
-    fn store_journal_defaults_to_off() {
-        assert!(!load(&[]).expect("loads").store_journal);
+    fn store_journal_defaults_to_on() {
+        assert!(load(&[]).expect("loads").store_journal);
         let journal = |value: &str| load(&[("STORE_JOURNAL", value)]).map(|s| s.store_journal);
         assert!(!journal("").expect("empty loads"));
         assert!(journal("true").expect("true loads"));
