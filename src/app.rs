@@ -560,6 +560,7 @@ async fn retention_task(
     let interval = (retention / 4).clamp(Duration::from_secs(1), RETENTION_INTERVAL);
     let mut after = 0u64;
     let mut removed_in_pass = 0u64;
+    let mut damaged_in_pass = 0u64;
     loop {
         let pause = match outbox
             .retain(cutoff(retention), after, RETENTION_BATCH)
@@ -567,6 +568,7 @@ async fn retention_task(
         {
             Ok(step) => {
                 removed_in_pass += step.removed;
+                damaged_in_pass += step.damaged;
                 match step.resume_after {
                     Some(next) => {
                         after = next;
@@ -577,8 +579,15 @@ async fn retention_task(
                         if removed_in_pass > 0 {
                             info!(removed = removed_in_pass, "retention removed old messages");
                         }
+                        if damaged_in_pass > 0 {
+                            warn!(
+                                damaged = damaged_in_pass,
+                                "retention stepped over damaged message records and kept them; run `mfoundry store verify` on a copy of DATA_DIR"
+                            );
+                        }
                         after = 0;
                         removed_in_pass = 0;
+                        damaged_in_pass = 0;
                         if let Some(age) = audit_retention {
                             prune_audit(&outbox, age).await;
                         }

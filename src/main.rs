@@ -116,9 +116,13 @@ fn main() -> ExitCode {
             "resume",
             runtime.block_on(admin::control(&api, &connector, false, &mut stdout())),
         ),
-        Command::Audit { api, command } => finish(
+        Command::Audit {
+            api,
+            offline,
+            command,
+        } => finish(
             "audit",
-            runtime.block_on(admin::audit(&api, &command, &mut stdout())),
+            runtime.block_on(admin::audit(&api, offline, &command, &mut stdout())),
         ),
         Command::Logs { api, limit } => finish(
             "logs",

@@ -679,7 +679,7 @@ fn the_cli_steers_a_running_server_with_the_local_token_and_the_audit_trail_dete
 async fn a_message_being_retried_shows_its_attempts_and_last_error() {
     let downstream = peer(|_, _| Answer::Ack("AE")).await;
     let yaml = format!(
-        "connectors:\n  - name: lab\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n    retry:\n      initial_delay: 1m\n",
+        "connectors:\n  - name: lab\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n    retry:\n      initial_delay: 24h\n      max_delay: 24h\n",
         downstream.addr.port()
     );
     let app = common::start_with_yaml(Some(&yaml), &[]).await;

@@ -190,7 +190,7 @@ fn refused_messages_can_be_listed_replayed_elsewhere_and_purged() {
     // Every offline change is in the audit trail, which reads offline too.
     let (code, out, stderr) = run_binary(
         dir,
-        &["audit", "list", "--offline", "--data-dir", data, "--json"],
+        &["audit", "--offline", "list", "--data-dir", data, "--json"],
         &[],
     );
     assert_eq!(code, 0, "{stderr}");

@@ -812,3 +812,130 @@ async fn a_delivery_update_is_held_only_right_after_intake_and_only_until_the_de
     drop(outbox);
     writer.join();
 }
+
+/// Flip one bit near the end of a stored value (inside the part its checksum covers).
+fn flip_last_byte(value: &[u8]) -> Vec<u8> {
+    let mut damaged = value.to_vec();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 0x01;
+    damaged
+}
+
+#[tokio::test]
+async fn damaged_records_are_stepped_over_named_and_removable_not_a_stall() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("mfoundry.redb");
+    let open = || Outbox::open(OutboxOptions::new(path.clone()), &names(&["a"])).expect("opens");
+    let (outbox, writer) = open();
+    let a = outbox.connector_id("a").expect("a");
+    let mut first = message(&outbox, "M1", &["a"], &[]);
+    first.dedup_key = Some([9; 32]);
+    let ids: Vec<u64> = {
+        let mut ids = vec![stored(outbox.append(first.clone()).await.expect("1"))];
+        for control_id in ["M2", "M3"] {
+            let appended = outbox.append(message(&outbox, control_id, &["a"], &[]));
+            ids.push(stored(appended.await.expect("stored")));
+        }
+        ids
+    };
+    let seqs: Vec<u64> = outbox
+        .snapshot()
+        .expect("snapshot")
+        .queue(a)
+        .expect("queue")
+        .iter()
+        .map(|(seq, _)| *seq)
+        .collect();
+    drop(outbox);
+    writer.join();
+
+    // Bit rot: the first message's record and the second message's queue entry.
+    {
+        let database = mfoundry::outbox::datafile::open_raw(&path).expect("redb");
+        let transaction = database.begin_write().expect("write");
+        {
+            use redb::ReadableTable;
+            let mut messages = transaction
+                .open_table(mfoundry::outbox::schema::MESSAGES)
+                .expect("messages");
+            let value = flip_last_byte(messages.get(ids[0]).expect("get").expect("M1").value());
+            messages.insert(ids[0], value.as_slice()).expect("insert");
+            let mut queue = transaction
+                .open_table(mfoundry::outbox::schema::QUEUE)
+                .expect("queue");
+            let value = flip_last_byte(queue.get((a, seqs[1])).expect("get").expect("M2").value());
+            queue
+                .insert((a, seqs[1]), value.as_slice())
+                .expect("insert");
+        }
+        transaction.commit().expect("commit");
+    }
+
+    let (outbox, writer) = open();
+    let pending = outbox
+        .snapshot()
+        .expect("snapshot")
+        .pending(a, None, 10, 1 << 20)
+        .expect("a damaged record does not fail the read of the queue");
+    assert_eq!(pending.len(), 3);
+    assert!(
+        pending[0]
+            .damage
+            .as_deref()
+            .is_some_and(|damage| damage.contains("stored message is damaged")),
+        "{:?}",
+        pending[0].damage
+    );
+    assert!(
+        pending[1]
+            .damage
+            .as_deref()
+            .is_some_and(|damage| damage.contains("queue entry itself is damaged")),
+        "{:?}",
+        pending[1].damage
+    );
+    assert_eq!(
+        pending[1].entry.message_id, 0,
+        "its message cannot be known"
+    );
+    assert!(pending[2].damage.is_none());
+
+    // The damaged entry can leave the queue (as the delivery worker moves it), and purged.
+    assert!(
+        outbox
+            .dead_letter(a, seqs[1], 0, "damaged".to_owned())
+            .await
+            .expect("a damaged queue entry can be dead-lettered")
+    );
+    let snapshot = outbox.snapshot().expect("snapshot");
+    let dead = snapshot.dead_letters(a).expect("dlq");
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].0, dead[0].1.message_id), (seqs[1], 0));
+    assert!(
+        snapshot.deliveries(0).expect("deliveries").is_empty(),
+        "nothing is recorded for an unknown message"
+    );
+    drop(snapshot);
+    assert!(outbox.purge(a, seqs[1]).await.expect("purged"));
+
+    // Retention steps over the damaged message record and keeps it, and goes on past it.
+    assert!(outbox.mark_delivered(a, seqs[2], 1).await.expect("marked"));
+    let retained = outbox
+        .retain(i64::MAX, 0, 100)
+        .await
+        .expect("retention is not stopped by a damaged record");
+    assert_eq!((retained.damaged, retained.removed), (1, 1), "{retained:?}");
+    let snapshot = outbox.snapshot().expect("snapshot");
+    assert!(
+        snapshot.message(ids[2]).expect("read").is_none(),
+        "M3 removed"
+    );
+    assert!(snapshot.message(ids[0]).is_err(), "M1 kept, still damaged");
+    drop(snapshot);
+
+    // A retransmission of the damaged message is taken as a new message, not refused.
+    let again = outbox.append(first).await.expect("accepted");
+    assert!(matches!(again, Appended::Stored { .. }), "{again:?}");
+    drop(outbox);
+    writer.join();
+}

@@ -104,16 +104,9 @@ pub enum AuditCommand {
         /// Most records to print.
         #[arg(long, default_value_t = 100)]
         limit: usize,
-        /// Read the data directory directly (the server must be stopped).
-        #[arg(long)]
-        offline: bool,
     },
     /// Check the hash chain; exits 1 when a record was changed, removed or reordered.
-    Verify {
-        /// Read the data directory directly (the server must be stopped).
-        #[arg(long)]
-        offline: bool,
-    },
+    Verify,
 }
 
 /// `mfoundry token ...`
@@ -589,16 +582,13 @@ pub async fn control(
 /// `mfoundry audit ...` against a running server.
 pub async fn audit(
     args: &ApiArgs,
+    offline: bool,
     command: &AuditCommand,
     out: &mut impl Write,
 ) -> anyhow::Result<u8> {
     match command {
-        AuditCommand::List {
-            after,
-            limit,
-            offline,
-        } => {
-            let records = if *offline {
+        AuditCommand::List { after, limit } => {
+            let records = if offline {
                 audit_offline(args, *after, *limit).await?
             } else {
                 let client = AdminClient::new(args)?;
@@ -661,8 +651,8 @@ pub async fn audit(
             }
             Ok(0)
         }
-        AuditCommand::Verify { offline } => {
-            let report: AuditVerification = if *offline {
+        AuditCommand::Verify => {
+            let report: AuditVerification = if offline {
                 verify_offline(args).await?
             } else {
                 AdminClient::new(args)?

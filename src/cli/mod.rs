@@ -93,6 +93,10 @@ pub enum Command {
         /// Admin API address, data directory, output format.
         #[command(flatten)]
         api: admin::ApiArgs,
+        /// Read a stopped server's data directory instead of the admin API (before or after
+        /// the subcommand).
+        #[arg(long, global = true)]
+        offline: bool,
         /// What to do.
         #[command(subcommand)]
         command: admin::AuditCommand,

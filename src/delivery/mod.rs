@@ -307,11 +307,11 @@ impl<O: Deliver> Worker<O> {
         if let Some(damage) = &head.damage {
             // Never deliver bytes that are not the message: they fail the checksum written
             // with them. Operators see it in the dead-letter queue and in the counter.
-            error!(connector = %self.settings.name, seq, damage = %damage, "the stored message is damaged; moved to the dead-letter queue, not delivered");
+            error!(connector = %self.settings.name, seq, damage = %damage, "stored data is damaged; moved to the dead-letter queue, not delivered");
             self.outbox.stats().damaged.fetch_add(1, Ordering::Relaxed);
             let reason = format!(
-                "the stored message is damaged ({damage}); it was not delivered. Restore the \
-                 store from a backup, or purge this entry"
+                "{damage}; it was not delivered. Restore the store from a backup, or purge \
+                 this entry"
             );
             self.outbox
                 .dead_letter(connector, seq, head.entry.attempts, reason)

@@ -91,21 +91,23 @@ impl DataHeader {
         if bytes[..8] != MAGIC || crc32fast::hash(&bytes[..60]) != crc {
             return None;
         }
-        Some(Self {
+        let header = Self {
             generation: u64::from_le_bytes(bytes[8..16].try_into().ok()?),
             store_id: bytes[16..32].try_into().ok()?,
             journal_id: bytes[32..48].try_into().ok()?,
             flushed_lap: u64::from_le_bytes(bytes[48..56].try_into().ok()?),
             flags: u32::from_le_bytes(bytes[56..60].try_into().ok()?),
-        })
+        };
+        // Values no writer produces: the arithmetic on them must never overflow.
+        (header.generation < u64::MAX / 2 && header.flushed_lap < 1 << 60).then_some(header)
     }
 }
 
 /// What a data file holds, read before anything is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
-    /// No valid header and nothing in redb's part: a new store (or one whose creation was
-    /// cut short before anything could be committed).
+    /// No valid header, and no longer than the header area: a new store (or one whose
+    /// creation was cut short before anything could be committed).
     New,
     /// mfoundry's header (format 2).
     Current(DataHeader),
@@ -144,7 +146,10 @@ pub fn read_layout(file: &dyn StorageBackend) -> io::Result<Layout> {
     }
     match best {
         Some(header) => Ok(Layout::Current(header)),
-        None if len <= HEADER_AREA || region_is_zero(file, len)? => Ok(Layout::New),
+        // A creation cut short before its header was synced never grew past the header area
+        // (redb's part is written only after that sync). A longer file without a valid
+        // header holds something: it is never taken for a new one and emptied.
+        None if len <= HEADER_AREA => Ok(Layout::New),
         None => Ok(Layout::Damaged),
     }
 }
@@ -157,15 +162,6 @@ fn has_redb_magic(file: &dyn StorageBackend) -> io::Result<bool> {
     let mut magic = [0u8; 4];
     file.read(HEADER_AREA, &mut magic)?;
     Ok(&magic == REDB_MAGIC)
-}
-
-/// Whether redb's part holds nothing but zeros (checked in its first 64 KiB, where redb
-/// writes its own header first).
-fn region_is_zero(file: &dyn StorageBackend, len: u64) -> io::Result<bool> {
-    let end = len.min(HEADER_AREA + (64 << 10));
-    let mut buffer = vec![0u8; (end - HEADER_AREA) as usize];
-    file.read(HEADER_AREA, &mut buffer)?;
-    Ok(buffer.iter().all(|&byte| byte == 0))
 }
 
 /// Write the next generation of `header` into the block holding the older copy (no sync).
@@ -467,6 +463,14 @@ mod tests {
         let interrupted = InMemoryBackend::new();
         interrupted.set_len(HEADER_AREA).expect("len");
         assert_eq!(read_layout(&interrupted).expect("reads"), Layout::New);
+        // Zeros where both header copies belong, in a file longer than the header area: not
+        // a creation cut short, even when redb's first pages are zero too.
+        let zeroed = InMemoryBackend::new();
+        zeroed.set_len(HEADER_AREA + (128 << 10)).expect("length");
+        zeroed
+            .write(HEADER_AREA + (100 << 10), b"data")
+            .expect("writes");
+        assert_eq!(read_layout(&zeroed).expect("reads"), Layout::Damaged);
     }
 
     #[test]

@@ -200,6 +200,8 @@ pub struct Retained {
     pub removed: u64,
     /// Messages looked at.
     pub scanned: u64,
+    /// Messages whose stored record is damaged: kept and stepped over.
+    pub damaged: u64,
     /// Continue after this id next time; `None` when the pass reached the cutoff (start again
     /// from the oldest message next time).
     pub resume_after: Option<u64>,

@@ -359,6 +359,58 @@ fn open(bytes: &[u8]) -> Result<Opened<'_>, StoreError> {
     }
 }
 
+/// The message id a queue or dead-letter entry shows when the entry itself is damaged and
+/// its message cannot be known (real ids start at 1).
+pub const UNKNOWN_MESSAGE: u64 = 0;
+
+/// Whether reading a record failed because its stored bytes were changed after they were
+/// written (a checksum that does not match, a truncated record). A record that passes its
+/// checksum but does not decode (a revision this build does not know) is not damage: it is
+/// never stepped over or replaced.
+pub fn is_damage(error: &StoreError) -> bool {
+    matches!(error, StoreError::Damaged(_))
+}
+
+/// Decode a record, or stand in `placeholder(why)` for one whose bytes are damaged (see
+/// [`is_damage`]); other errors pass.
+pub fn decode_or<T: Record>(
+    bytes: &[u8],
+    placeholder: impl FnOnce(String) -> T,
+) -> Result<T, StoreError> {
+    match decode(bytes) {
+        Err(error) if is_damage(&error) => Ok(placeholder(damage_detail(&error))),
+        other => other,
+    }
+}
+
+/// What is wrong with a damaged record, in a few words (see [`is_damage`]).
+pub fn damage_detail(error: &StoreError) -> String {
+    match error {
+        StoreError::Damaged(what) => what.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// What a damaged queue entry is read as: its message unknown, the damage in `last_error`.
+pub fn damaged_queue_entry(why: String) -> QueueEntry {
+    QueueEntry {
+        message_id: UNKNOWN_MESSAGE,
+        last_error: Some(format!("the queue entry itself is damaged ({why})")),
+        ..QueueEntry::default()
+    }
+}
+
+/// What a damaged dead-letter entry is read as: its message unknown, the damage as reason.
+pub fn damaged_dead_letter(why: String) -> DlqEntry {
+    DlqEntry {
+        message_id: UNKNOWN_MESSAGE,
+        reason: format!(
+            "the dead-letter entry itself is damaged ({why}); its message is unknown. Purge it, and run `mfoundry store verify`"
+        ),
+        ..DlqEntry::default()
+    }
+}
+
 /// Encode a record in the envelope.
 pub fn encode<T: Record>(record: &T) -> Result<Vec<u8>, StoreError> {
     let payload =

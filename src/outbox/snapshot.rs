@@ -126,7 +126,10 @@ impl Snapshot {
         let mut out = Vec::new();
         for entry in table.range((connector, 0)..=(connector, u64::MAX))? {
             let (key, value) = entry?;
-            out.push((key.value().1, schema::decode(value.value())?));
+            out.push((
+                key.value().1,
+                schema::decode_or(value.value(), schema::damaged_queue_entry)?,
+            ));
         }
         Ok(out)
     }
@@ -154,13 +157,38 @@ impl Snapshot {
             }
             let (key, value) = entry?;
             let seq = key.value().1;
-            let entry: QueueEntry = schema::decode(value.value())?;
+            let entry: QueueEntry = match schema::decode(value.value()) {
+                Ok(entry) => entry,
+                Err(error) if schema::is_damage(&error) => {
+                    // Its message cannot be known: the worker moves it to the dead-letter
+                    // queue (it can never be delivered) and goes on with the next.
+                    out.push(Pending {
+                        seq,
+                        entry: schema::damaged_queue_entry(schema::damage_detail(&error)),
+                        record: None,
+                        body: None,
+                        damage: Some(format!(
+                            "the queue entry itself is damaged ({})",
+                            schema::damage_detail(&error)
+                        )),
+                    });
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             let read = self
                 .message(entry.message_id)
                 .and_then(|record| Ok((record, self.body(entry.message_id)?.map(Bytes::from))));
             let (record, body, damage) = match read {
                 Ok((record, body)) => (record, body, None),
-                Err(StoreError::Damaged(what)) => (None, None, Some(what)),
+                Err(error) if schema::is_damage(&error) => (
+                    None,
+                    None,
+                    Some(format!(
+                        "the stored message is damaged ({})",
+                        schema::damage_detail(&error)
+                    )),
+                ),
                 Err(other) => return Err(other),
             };
             bytes += body.as_ref().map_or(0, Bytes::len);
@@ -192,7 +220,10 @@ impl Snapshot {
         let mut out = Vec::new();
         for entry in table.range((connector, 0)..=(connector, u64::MAX))? {
             let (key, value) = entry?;
-            out.push((key.value().1, schema::decode(value.value())?));
+            out.push((
+                key.value().1,
+                schema::decode_or(value.value(), schema::damaged_dead_letter)?,
+            ));
         }
         Ok(out)
     }
@@ -201,7 +232,10 @@ impl Snapshot {
     pub fn dead_letter(&self, connector: u32, seq: u64) -> Result<Option<DlqEntry>, StoreError> {
         let table = self.transaction.open_table(schema::DLQ)?;
         match table.get((connector, seq))? {
-            Some(value) => Ok(Some(schema::decode(value.value())?)),
+            Some(value) => Ok(Some(schema::decode_or(
+                value.value(),
+                schema::damaged_dead_letter,
+            )?)),
             None => Ok(None),
         }
     }
@@ -235,7 +269,12 @@ impl Snapshot {
             if scanned >= max_scan.max(1) {
                 return Ok(Some(id.saturating_add(1)));
             }
-            let (record, _) = schema::decode_message(value.value())?;
+            let record = match schema::decode_message(value.value()) {
+                Ok((record, _)) => record,
+                // Not searchable; `mfoundry store verify` names it.
+                Err(error) if schema::is_damage(&error) => continue,
+                Err(error) => return Err(error),
+            };
             if !visit(id, &record)? {
                 return Ok(None);
             }
@@ -250,9 +289,12 @@ impl Snapshot {
         now_micros: i64,
     ) -> Result<QueueFigures, StoreError> {
         let oldest_age_secs = match self.queue_head(connector)? {
-            Some((_, entry)) => self
-                .message(entry.message_id)?
-                .map(|record| (now_micros - record.received_at_micros).max(0) as f64 / 1e6),
+            Some((_, entry)) => match self.message(entry.message_id) {
+                Ok(record) => record
+                    .map(|record| (now_micros - record.received_at_micros).max(0) as f64 / 1e6),
+                Err(error) if schema::is_damage(&error) => None,
+                Err(error) => return Err(error),
+            },
             None => None,
         };
         Ok(QueueFigures {
@@ -266,7 +308,10 @@ impl Snapshot {
     pub fn queue_entry(&self, connector: u32, seq: u64) -> Result<Option<QueueEntry>, StoreError> {
         let table = self.transaction.open_table(schema::QUEUE)?;
         match table.get((connector, seq))? {
-            Some(value) => Ok(Some(schema::decode(value.value())?)),
+            Some(value) => Ok(Some(schema::decode_or(
+                value.value(),
+                schema::damaged_queue_entry,
+            )?)),
             None => Ok(None),
         }
     }
@@ -278,7 +323,10 @@ impl Snapshot {
         match range.next() {
             Some(entry) => {
                 let (key, value) = entry?;
-                Ok(Some((key.value().1, schema::decode(value.value())?)))
+                Ok(Some((
+                    key.value().1,
+                    schema::decode_or(value.value(), schema::damaged_queue_entry)?,
+                )))
             }
             None => Ok(None),
         }
@@ -313,7 +361,10 @@ impl Snapshot {
                 break;
             }
             let (key, value) = entry?;
-            out.push((key.value().1, schema::decode(value.value())?));
+            out.push((
+                key.value().1,
+                schema::decode_or(value.value(), schema::damaged_dead_letter)?,
+            ));
         }
         Ok(out)
     }

@@ -65,14 +65,21 @@ impl JournalHeader {
         if bytes[..8] != HEADER_MAGIC || crc32fast::hash(&bytes[..72]) != crc {
             return None;
         }
-        Some(Self {
+        let header = Self {
             generation: u64::from_le_bytes(bytes[8..16].try_into().ok()?),
             journal_id: bytes[16..32].try_into().ok()?,
             store_id: bytes[32..48].try_into().ok()?,
             salt: u64::from_le_bytes(bytes[48..56].try_into().ok()?),
             oldest_needed: u64::from_le_bytes(bytes[56..64].try_into().ok()?),
             half: u64::from_le_bytes(bytes[64..72].try_into().ok()?),
-        })
+        };
+        // Values no writer produces (a checksum is no proof against a buggy or hostile
+        // writer): the arithmetic on them must never overflow.
+        let sane = header.half > 0
+            && header.half <= MAX_HALF
+            && header.oldest_needed <= MAX_LAP
+            && header.generation < u64::MAX / 2;
+        sane.then_some(header)
     }
 
     /// Where lap `lap` starts.
@@ -80,6 +87,11 @@ impl JournalHeader {
         half_start(lap, self.half)
     }
 }
+
+/// The largest half a header may name (far above any `STORE_JOURNAL_CAPACITY`).
+const MAX_HALF: u64 = 1 << 44;
+/// The highest lap a header may name (a lap per microsecond would take thousands of years).
+const MAX_LAP: u64 = 1 << 60;
 
 /// Where lap `lap` starts in a journal with halves of `half` bytes.
 pub(super) fn half_start(lap: u64, half: u64) -> u64 {

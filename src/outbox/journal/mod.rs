@@ -417,6 +417,7 @@ impl Shared {
     /// The flusher thread: sync the data file after each finished lap, then move the header
     /// past that lap so its half can be used again.
     fn flush_laps(&self) {
+        let _unwinding = FailOnUnwind(self);
         let Ok(mut state) = self.state.lock() else {
             return;
         };
@@ -438,13 +439,7 @@ impl Shared {
             drop(state);
             // Every write of `lap` went to the data file before the request; the data file's
             // header says so in the same sync.
-            let synced = match lap {
-                Some(lap) => self
-                    .main
-                    .update_header(|data| data.flushed_lap = data.flushed_lap.max(lap))
-                    .and_then(|()| self.sync_main()),
-                None => self.sync_main(),
-            };
+            let synced = self.sync_main(lap);
             state = match self.state.lock() {
                 Ok(state) => state,
                 Err(_) => return,
@@ -475,8 +470,12 @@ impl Shared {
         result
     }
 
-    /// Sync the data file, one sync at a time; a failure is remembered for good.
-    fn sync_main(&self) -> io::Result<()> {
+    /// Sync the data file, one sync at a time, first recording in its header that lap
+    /// `flushed` is in it (when given); a failure is remembered for good. The header is
+    /// written under the same lock as the sync: two header writes between syncs would put
+    /// both copies at risk at once, and a torn sync could then roll the header back past the
+    /// generation the journal already relies on.
+    fn sync_main(&self, flushed: Option<u64>) -> io::Result<()> {
         let _one_at_a_time = self
             .main_sync
             .lock()
@@ -484,7 +483,13 @@ impl Shared {
         if self.main_failed.load(Ordering::Acquire) {
             return Err(io::Error::other("an earlier sync of the data file failed"));
         }
-        let result = self.main.sync_and_mark();
+        let result = match flushed {
+            Some(lap) => self
+                .main
+                .update_header(|data| data.flushed_lap = data.flushed_lap.max(lap))
+                .and_then(|()| self.main.sync_and_mark()),
+            None => self.main.sync_and_mark(),
+        };
         if result.is_err() {
             self.main_failed.store(true, Ordering::Release);
         }
@@ -528,10 +533,7 @@ impl Shared {
                 // Nothing in flight would ever flush that lap (not reached while the flusher
                 // thread runs, since every finished lap is requested): flush here rather
                 // than wait for good.
-                let lap = next - 2;
-                self.main
-                    .update_header(|data| data.flushed_lap = data.flushed_lap.max(lap))?;
-                self.sync_main()?;
+                self.sync_main(Some(next - 2))?;
                 self.advance(&mut state, next - 1)?;
                 break;
             }
@@ -558,9 +560,7 @@ impl Shared {
         mut state: MutexGuard<'a, State>,
     ) -> io::Result<MutexGuard<'a, State>> {
         let lap = state.lap;
-        self.main
-            .update_header(|data| data.flushed_lap = data.flushed_lap.max(lap))?;
-        self.sync_main()?;
+        self.sync_main(Some(lap))?;
         state.data_file_new = !self.main.header().initialized();
         self.advance(&mut state, lap + 1)?;
         state.flush_requested = None;
@@ -617,6 +617,21 @@ impl Shared {
     }
 }
 
+/// Marks the journal and the data file failed if a panic unwinds through the operation it
+/// guards: a write or sync that panicked is as untrusted as one that failed, and the close
+/// must neither sync again nor mark the data file closed cleanly.
+struct FailOnUnwind<'a>(&'a Shared);
+
+impl Drop for FailOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.journal_failed.store(true, Ordering::Release);
+            self.0.main_failed.store(true, Ordering::Release);
+            self.0.main.mark_failed();
+        }
+    }
+}
+
 /// Mark the state failed when `result` is an error.
 fn failing<T>(state: &mut State, result: io::Result<T>) -> io::Result<T> {
     if result.is_err() {
@@ -635,6 +650,7 @@ impl StorageBackend for Journaled {
     }
 
     fn set_len(&self, len: u64) -> Result<(), io::Error> {
+        let _unwinding = FailOnUnwind(&self.shared);
         let mut state = self.shared.state()?;
         let result = self.shared.main.set_len(len);
         failing(&mut state, result)?;
@@ -644,6 +660,7 @@ impl StorageBackend for Journaled {
     }
 
     fn sync_data(&self) -> Result<(), io::Error> {
+        let _unwinding = FailOnUnwind(&self.shared);
         let state = self.shared.state()?;
         match self.shared.sync(state) {
             Ok(_) => Ok(()),
@@ -658,6 +675,7 @@ impl StorageBackend for Journaled {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
+        let _unwinding = FailOnUnwind(&self.shared);
         let mut state = self.shared.state()?;
         let len = u32::try_from(data.len()).map_err(|_| io::Error::other("write too large"));
         let len = failing(&mut state, len)?;
@@ -675,13 +693,25 @@ impl StorageBackend for Journaled {
         // holds nothing an open must replay and the data file alone is the whole state.
         self.stop_flusher();
         let shared = &self.shared;
-        let result = shared.state().and_then(|state| {
-            let _state = shared.sync_through(state)?;
-            shared
-                .main
-                .update_header(|data| data.journal_id = [0; 16])?;
-            shared.main.sync_and_mark()
-        });
+        let result = if shared.journal_failed.load(Ordering::Acquire)
+            || shared.main_failed.load(Ordering::Acquire)
+        {
+            Err(io::Error::other(
+                "an earlier write or sync failed; the journal is replayed at the next open",
+            ))
+        } else {
+            shared.state().and_then(|state| {
+                let _state = shared.sync_through(state)?;
+                shared
+                    .main
+                    .update_header(|data| data.journal_id = [0; 16])?;
+                shared.main.sync_and_mark()
+            })
+        };
+        if result.is_err() {
+            // The data file's close must not mark it closed cleanly either.
+            shared.main.mark_failed();
+        }
         let closed = shared.journal.close().and(shared.main.close());
         result.and(closed)
     }

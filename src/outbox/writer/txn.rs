@@ -229,7 +229,19 @@ impl Writer {
                 .or_else(|| index.candidate(prefix(&key), now));
             if let Some(original) = candidate {
                 let stored = match tables.messages.get(original)? {
-                    Some(value) => Some(schema::decode_message(value.value())?.0),
+                    Some(value) => match schema::decode_message(value.value()) {
+                        Ok((stored, _)) => Some(stored),
+                        // The earlier message cannot be read: this one is taken as new (a
+                        // duplicate delivered is better than a message dropped).
+                        Err(error) if schema::is_damage(&error) => {
+                            tracing::warn!(
+                                message_id = original,
+                                "the stored message a retransmission matches is damaged; the retransmission is accepted as a new message"
+                            );
+                            None
+                        }
+                        Err(error) => return Err(error),
+                    },
                     None => None,
                 };
                 if let Some(stored) = stored.filter(|stored| stored.dedup_key == Some(key)) {
@@ -427,8 +439,17 @@ impl Delivery<'_, '_> {
         connector: u32,
         queued_at_intake: impl FnOnce() -> Result<bool, StoreError>,
     ) -> Result<u32, StoreError> {
-        match self.deliveries.get((message_id, connector))? {
-            Some(value) => Ok(schema::decode::<DeliveryRecord>(value.value())?.held),
+        let held = match self.deliveries.get((message_id, connector))? {
+            Some(value) => match schema::decode::<DeliveryRecord>(value.value()) {
+                Ok(record) => Some(record.held),
+                // A damaged record is written anew by the caller: count as intake did.
+                Err(error) if schema::is_damage(&error) => None,
+                Err(error) => return Err(error),
+            },
+            None => None,
+        };
+        match held {
+            Some(held) => Ok(held),
             None => Ok(u32::from(queued_at_intake()?)),
         }
     }
@@ -448,6 +469,10 @@ impl Delivery<'_, '_> {
         last_error: Option<String>,
         held: u32,
     ) -> Result<(), StoreError> {
+        if message_id == schema::UNKNOWN_MESSAGE {
+            // A damaged entry whose message is unknown: there is no message to record for.
+            return Ok(());
+        }
         let record = DeliveryRecord {
             status,
             at_micros: self.now,
@@ -466,7 +491,10 @@ impl Delivery<'_, '_> {
         seq: u64,
     ) -> Result<Option<QueueEntry>, StoreError> {
         match self.queue.remove((connector, seq))? {
-            Some(value) => Ok(Some(schema::decode(value.value())?)),
+            Some(value) => Ok(Some(schema::decode_or(
+                value.value(),
+                schema::damaged_queue_entry,
+            )?)),
             None => Ok(None),
         }
     }
@@ -477,7 +505,10 @@ impl Delivery<'_, '_> {
         seq: u64,
     ) -> Result<Option<DlqEntry>, StoreError> {
         match self.dlq.remove((connector, seq))? {
-            Some(value) => Ok(Some(schema::decode(value.value())?)),
+            Some(value) => Ok(Some(schema::decode_or(
+                value.value(),
+                schema::damaged_dead_letter,
+            )?)),
             None => Ok(None),
         }
     }
@@ -678,7 +709,18 @@ fn retain<'txn>(
         }
         let (id, value) = entry?;
         let id = id.value();
-        let (record, _) = schema::decode_message(value.value())?;
+        let record = match schema::decode_message(value.value()) {
+            Ok((record, _)) => record,
+            Err(error) if schema::is_damage(&error) => {
+                // Kept, as evidence (`mfoundry store verify` names it), and stepped over:
+                // one damaged record must not stop retention for every message after it.
+                retained.scanned += 1;
+                retained.damaged += 1;
+                last_scanned = id;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         if record.received_at_micros >= cutoff_micros {
             break;
         }
@@ -715,7 +757,12 @@ fn message_is_done(
     let mut states = HashMap::new();
     for entry in deliveries.range((id, 0)..=(id, u32::MAX))? {
         let (key, value) = entry?;
-        let state: DeliveryRecord = schema::decode(value.value())?;
+        let state: DeliveryRecord = match schema::decode(value.value()) {
+            Ok(state) => state,
+            // Unknown state: the message is kept.
+            Err(error) if schema::is_damage(&error) => return Ok(false),
+            Err(error) => return Err(error),
+        };
         if state.held > 0 {
             return Ok(false);
         }
