@@ -20,6 +20,7 @@
 //! - [`cli`] — `serve`, `check`, `config schema`, `send`, `bench`.
 //! - [`shutdown`] — signals.
 //! - [`telemetry`] — logging.
+//! - [`units`] — durations, sizes, CIDR ranges, listen addresses, one dual-stack bind.
 
 pub mod admin;
 pub mod app;
@@ -35,3 +36,4 @@ pub mod rules;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod units;

@@ -20,8 +20,9 @@ use std::process::{Command, Output};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use mfoundry::config::{ENV_VARS, parse_duration, parse_listen_address};
+use mfoundry::config::ENV_VARS;
 use mfoundry::telemetry::metrics;
+use mfoundry::units::{parse_duration, parse_listen_address};
 use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_mfoundry");

@@ -5,7 +5,6 @@
 //! A message's body is returned only by `GET /api/v1/messages/{id}` (operator), and that read
 //! is written to the audit trail before the body is sent.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +19,11 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use super::auth::{Caller, Role};
+use super::views::{MessageSummary, connector_states, summary};
 use super::{AdminState, ConnectorHandle};
 use crate::outbox::audit::AuditEvent;
-use crate::outbox::{Disposition, MessageRecord, RouteStatus, Snapshot, StoreError};
+use crate::outbox::{Disposition, StoreError};
+use crate::units::format_micros;
 
 /// Most items in one page of a list.
 pub const MAX_PAGE: usize = 500;
@@ -149,13 +150,6 @@ fn connector<'a>(state: &'a AdminState, name: &str) -> Result<&'a ConnectorHandl
             known.join(", ")
         ))
     })
-}
-
-/// RFC 3339 UTC with milliseconds.
-pub fn format_micros(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 /// Write an admin action to the audit trail; failures are logged (the action happened).
@@ -438,58 +432,6 @@ pub struct SearchQuery {
     pub before: Option<u64>,
 }
 
-/// A message in a list: where it came from, what it is, what became of it. No body.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct MessageSummary {
-    /// Message id.
-    pub id: u64,
-    /// Receive time, RFC 3339.
-    pub received_at: String,
-    /// Remote address.
-    pub peer: String,
-    /// Listener name.
-    pub listener: String,
-    /// MSH-9 as `type^trigger`.
-    pub message_type: String,
-    /// MSH-10.
-    pub control_id: String,
-    /// MSH-3.
-    pub sending_app: String,
-    /// MSH-4.
-    pub sending_facility: String,
-    /// MSH-5.
-    pub receiving_app: String,
-    /// MSH-6.
-    pub receiving_facility: String,
-    /// ROUTED, UNROUTED, REJECTED or ERROR.
-    pub disposition: String,
-    /// The ACK code decided.
-    pub ack_code: String,
-    /// Why it was refused or failed (rule name and mfoundry's reason).
-    pub reason: Option<String>,
-    /// Body length, bytes.
-    pub body_len: u64,
-    /// Its state at each connector.
-    pub connectors: Vec<ConnectorState>,
-}
-
-/// A message's state at one connector.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct ConnectorState {
-    /// Connector name.
-    pub connector: String,
-    /// QUEUED, FILTERED, DELIVERED, DEAD_LETTERED or PURGED.
-    pub status: String,
-    /// When it reached this state (absent for states set at intake).
-    pub at: Option<String>,
-    /// Delivery attempts.
-    pub attempts: u32,
-    /// The last delivery error (the output's words, never message content).
-    pub last_error: Option<String>,
-    /// While queued after failed attempts: when the next attempt is due, RFC 3339.
-    pub next_attempt: Option<String>,
-}
-
 /// A page of messages, newest first.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MessagePage {
@@ -515,7 +457,7 @@ fn parse_time(text: &str, name: &str, now: i64) -> Result<i64, ApiError> {
     if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text.trim()) {
         return Ok(time.timestamp_micros());
     }
-    match crate::config::parse_duration(text) {
+    match crate::units::parse_duration(text) {
         Ok(ago) => Ok(now.saturating_sub(i64::try_from(ago.as_micros()).unwrap_or(i64::MAX))),
         Err(_) => Err(ApiError::bad_request(format!(
             "{name} must be an RFC 3339 time (2026-11-29T10:00:00Z) or a duration ago (90m, 24h)"
@@ -542,81 +484,6 @@ fn parse_disposition(text: &str) -> Result<Disposition, ApiError> {
         _ => Err(ApiError::bad_request(
             "disposition must be ROUTED, UNROUTED, REJECTED or ERROR",
         )),
-    }
-}
-
-/// Each connector's state for a message: intake routes, then later delivery records.
-pub(crate) fn connector_states(
-    snapshot: &Snapshot,
-    id: u64,
-    record: &MessageRecord,
-    names: &HashMap<u32, String>,
-) -> Result<Vec<ConnectorState>, StoreError> {
-    let name = |id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
-    let mut states: BTreeMap<u32, ConnectorState> = BTreeMap::new();
-    for route in &record.routes {
-        // Still in its first queue entry: that entry has the attempts so far.
-        let entry = match route.status {
-            RouteStatus::Queued => snapshot.queue_entry(route.connector, id)?,
-            RouteStatus::Filtered => None,
-        };
-        states.insert(
-            route.connector,
-            ConnectorState {
-                connector: name(route.connector),
-                status: match route.status {
-                    RouteStatus::Queued => "QUEUED",
-                    RouteStatus::Filtered => "FILTERED",
-                }
-                .to_owned(),
-                at: None,
-                attempts: entry.as_ref().map_or(0, |entry| entry.attempts),
-                next_attempt: entry
-                    .as_ref()
-                    .filter(|entry| entry.attempts > 0)
-                    .map(|entry| format_micros(entry.next_attempt_micros)),
-                last_error: entry.and_then(|entry| entry.last_error),
-            },
-        );
-    }
-    for (connector, delivery) in snapshot.deliveries(id)? {
-        states.insert(
-            connector,
-            ConnectorState {
-                connector: name(connector),
-                status: delivery.status.as_str().to_owned(),
-                at: Some(format_micros(delivery.at_micros)),
-                attempts: delivery.attempts,
-                last_error: delivery.last_error,
-                next_attempt: None,
-            },
-        );
-    }
-    Ok(states.into_values().collect())
-}
-
-pub(crate) fn summary(
-    id: u64,
-    record: &MessageRecord,
-    connectors: Vec<ConnectorState>,
-) -> MessageSummary {
-    let header = &record.header;
-    MessageSummary {
-        id,
-        received_at: format_micros(record.received_at_micros),
-        peer: record.peer.clone(),
-        listener: record.listener.clone(),
-        message_type: format!("{}^{}", header.msg_type, header.trigger),
-        control_id: header.control_id.clone(),
-        sending_app: header.sending_app.clone(),
-        sending_facility: header.sending_fac.clone(),
-        receiving_app: header.receiving_app.clone(),
-        receiving_facility: header.receiving_fac.clone(),
-        disposition: record.disposition.as_str().to_owned(),
-        ack_code: record.ack_code.clone(),
-        reason: record.reason.clone(),
-        body_len: record.body_len,
-        connectors,
     }
 }
 

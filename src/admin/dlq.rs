@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::api::{MessageSummary, connector_states, format_micros, summary};
+use super::views::{MessageSummary, connector_states, summary};
 use crate::outbox::{AuditContext, DlqEntry, EntryRef, Outbox, Snapshot, StoreError};
+use crate::units::format_micros;
 
 /// Most entries returned in one page.
 pub const MAX_PAGE: usize = 500;

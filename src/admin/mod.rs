@@ -10,6 +10,7 @@
 pub mod api;
 pub mod auth;
 pub mod dlq;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -231,15 +232,7 @@ pub async fn serve(
 
 /// Bind `ADMIN_ADDR` (Go syntax: `:8080` is every interface).
 pub async fn bind(addr: &str) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
-    let (host, port) = crate::config::parse_listen_address(addr)
-        .map_err(|error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error))?;
-    let listener = match host {
-        Some(host) => tokio::net::TcpListener::bind((host.as_str(), port)).await?,
-        None => match tokio::net::TcpListener::bind(("::", port)).await {
-            Ok(listener) => listener,
-            Err(_) => tokio::net::TcpListener::bind(("0.0.0.0", port)).await?,
-        },
-    };
+    let listener = crate::units::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((listener, local))
 }

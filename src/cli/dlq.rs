@@ -7,14 +7,14 @@
 
 use std::io::{IsTerminal, Write};
 
-use anyhow::Context;
-
-use super::admin::{AdminClient, NO_QUERY, connectors_cell, print_json, segment, table};
+use super::client::{AdminClient, NO_QUERY, segment};
+use super::offline::open_offline;
+use super::render::{connectors_cell, print_json, table};
 use crate::admin::dlq::{
     DeadLetters, DlqDetail, DlqError, DlqPage, DlqQuery, MAX_PAGE, PurgeRequest, PurgeResult,
     ReplayRequest, ReplayResult,
 };
-use crate::outbox::{Chain, Outbox, OutboxOptions};
+use crate::outbox::Chain;
 
 /// The token id offline changes are audited under.
 const OFFLINE_ACTOR: &str = "cli-offline";
@@ -24,7 +24,7 @@ const OFFLINE_ACTOR: &str = "cli-offline";
 pub struct DlqArgs {
     /// Admin API address, data directory, output format.
     #[command(flatten)]
-    pub api: super::admin::ApiArgs,
+    pub api: super::client::ApiArgs,
     /// Work on the data directory directly instead of the running server's admin API (the
     /// server must be stopped). Accepted before or after the subcommand.
     #[arg(long, global = true)]
@@ -157,33 +157,6 @@ pub async fn run_dlq(args: &DlqArgs, out: &mut impl Write) -> anyhow::Result<u8>
     drop(outbox);
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     result
-}
-
-/// Open a stopped server's data directory, through its journal when it has one (a crash's
-/// commits are replayed either way; a clean close leaves the journal empty).
-pub(super) async fn open_offline(
-    data_dir: &std::path::Path,
-) -> anyhow::Result<(Outbox, crate::outbox::WriterHandle)> {
-    let path = data_dir.join(crate::outbox::FILE_NAME);
-    let mut options = OutboxOptions::new(path.clone());
-    options.dedup_window = None;
-    let journal = crate::outbox::journal_path(&path);
-    options.journal = journal
-        .try_exists()
-        .with_context(|| format!("cannot look for {}", journal.display()))?;
-    let opened = tokio::task::spawn_blocking(move || Outbox::open_existing(options))
-        .await
-        .context("open task failed")?;
-    match opened {
-        Ok(opened) => Ok(opened),
-        Err(error) if error.is_in_use() => anyhow::bail!(
-            "{} is in use by a running mfoundry; leave out --offline to go through its admin API",
-            path.display()
-        ),
-        Err(error) => {
-            Err(anyhow::anyhow!("{}", Chain(&error))).context("cannot open the data directory")
-        }
-    }
 }
 
 /// Ask on the terminal; true for yes.

@@ -5,7 +5,10 @@
 
 pub mod admin;
 mod bench;
+pub mod client;
 mod dlq;
+mod offline;
+mod render;
 mod send;
 mod store;
 
@@ -62,12 +65,12 @@ pub enum Command {
     /// reports damage; `recover --accept-loss` opens a store mfoundry refuses to open.
     Store(StoreArgs),
     /// Counters per listener and connector, queue depths and ages, DLQ sizes.
-    Stats(admin::ApiArgs),
+    Stats(client::ApiArgs),
     /// Search stored messages, or show one with its body.
     Messages {
         /// Admin API address, data directory, output format.
         #[command(flatten)]
-        api: admin::ApiArgs,
+        api: client::ApiArgs,
         /// What to do.
         #[command(subcommand)]
         command: admin::MessagesCommand,
@@ -76,7 +79,7 @@ pub enum Command {
     Pause {
         /// Admin API address, data directory, output format.
         #[command(flatten)]
-        api: admin::ApiArgs,
+        api: client::ApiArgs,
         /// Connector name.
         connector: String,
     },
@@ -84,7 +87,7 @@ pub enum Command {
     Resume {
         /// Admin API address, data directory, output format.
         #[command(flatten)]
-        api: admin::ApiArgs,
+        api: client::ApiArgs,
         /// Connector name.
         connector: String,
     },
@@ -92,7 +95,7 @@ pub enum Command {
     Audit {
         /// Admin API address, data directory, output format.
         #[command(flatten)]
-        api: admin::ApiArgs,
+        api: client::ApiArgs,
         /// Read a stopped server's data directory instead of the admin API (before or after
         /// the subcommand).
         #[arg(long, global = true)]
@@ -105,7 +108,7 @@ pub enum Command {
     Logs {
         /// Admin API address, data directory, output format.
         #[command(flatten)]
-        api: admin::ApiArgs,
+        api: client::ApiArgs,
         /// Lines to print (at most 500).
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -202,5 +205,5 @@ impl TlsArgs {
 }
 
 fn parse_go_duration(text: &str) -> Result<std::time::Duration, String> {
-    crate::config::parse_duration(text)
+    crate::units::parse_duration(text)
 }

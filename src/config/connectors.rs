@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::file::{ConnectorFile, ConnectorKind};
-use super::values::parse_duration;
 use crate::delivery::RetryPolicy;
 use crate::outputs::file::FileNameTemplate;
+use crate::units::parse_duration;
 
 /// How a connector delivers, as configured.
 #[derive(Clone, Debug)]

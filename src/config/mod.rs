@@ -10,7 +10,6 @@
 
 pub mod connectors;
 pub mod file;
-mod values;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -20,8 +19,8 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::Serialized;
 
+use crate::units::{Cidr, parse_duration, parse_listen_address, parse_size};
 pub use file::{ConnectorFile, ConnectorKind, FileConfig};
-pub use values::{Cidr, format_duration, parse_duration, parse_listen_address, parse_size};
 
 use crate::hl7::Charset;
 use crate::rules::{ExpressionSource, FilterSpec, Origin, RuleSet, RuleSpec};

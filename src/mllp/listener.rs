@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::codec::{FrameError, MllpCodec, frame};
-use crate::config::{ListenerSettings, parse_listen_address};
+use crate::config::ListenerSettings;
 use crate::hl7::AckCode;
 use crate::ingest::{Ingest, Reply};
 use crate::telemetry::metrics::{ACK_CODE, LISTENER};
@@ -146,18 +146,9 @@ impl ListenerStats {
     }
 }
 
-/// Bind `LISTEN_ADDR`. `:port` binds every interface: IPv6 and IPv4 where the host has
-/// IPv6, IPv4 alone where it does not.
+/// Bind `LISTEN_ADDR` (see [`crate::units::bind`]).
 pub async fn bind(listen_addr: &str) -> std::io::Result<TcpListener> {
-    let (host, port) = parse_listen_address(listen_addr)
-        .map_err(|problem| std::io::Error::new(std::io::ErrorKind::InvalidInput, problem))?;
-    match host {
-        Some(host) => TcpListener::bind((host.as_str(), port)).await,
-        None => match TcpListener::bind(("::", port)).await {
-            Ok(listener) => Ok(listener),
-            Err(_) => TcpListener::bind(("0.0.0.0", port)).await,
-        },
-    }
+    crate::units::bind(listen_addr).await
 }
 
 /// Everything a connection task needs, shared.

@@ -1,5 +1,7 @@
-//! Parsers for Go-style setting values: durations (`30s`, `1m30s`, `250ms`), byte sizes
-//! (`16MiB`, `1048576`) and listen addresses (`:2575`, `127.0.0.1:2575`, `[::1]:2575`).
+//! Units of settings and the one way to bind them: Go-style durations (`30s`, `1m30s`,
+//! `250ms`), byte sizes (`16MiB`, `1048576`), CIDR ranges, listen addresses (`:2575`,
+//! `127.0.0.1:2575`, `[::1]:2575`) and [`bind`]. A leaf: it imports nothing of mfoundry, so
+//! configuration, the listeners, the admin API and the CLI can all use it.
 
 use std::time::Duration;
 
@@ -147,6 +149,28 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     number
         .checked_mul(multiplier)
         .ok_or_else(|| "size out of range".to_owned())
+}
+
+/// A time in microseconds since the epoch as RFC 3339 UTC with milliseconds.
+pub fn format_micros(micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(micros)
+        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// Bind a Go-style listen address. `:port` binds every interface: IPv6 and IPv4 (dual stack)
+/// where the host has IPv6, IPv4 alone where it does not.
+pub async fn bind(listen_addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    use tokio::net::TcpListener;
+    let (host, port) = parse_listen_address(listen_addr)
+        .map_err(|problem| std::io::Error::new(std::io::ErrorKind::InvalidInput, problem))?;
+    match host {
+        Some(host) => TcpListener::bind((host.as_str(), port)).await,
+        None => match TcpListener::bind(("::", port)).await {
+            Ok(listener) => Ok(listener),
+            Err(_) => TcpListener::bind(("0.0.0.0", port)).await,
+        },
+    }
 }
 
 /// Split a Go-style listen address into host and port. An empty host (`:2575`) means every
