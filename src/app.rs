@@ -16,11 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::admin::{
-    self, AdminState, ConnectorHandle, ListenerHandle, Readiness, TokenSource, TokenStore,
-};
+use crate::admin::{self, AdminState, TokenSource, TokenStore};
 use crate::config::Config;
 use crate::delivery::{WorkerControl, WorkerSettings, spawn_worker};
+use crate::gateway::{ConnectorHandle, Gateway, ListenerHandle, Readiness};
 use crate::hl7::{AckStamper, SystemStamper};
 use crate::ingest::Ingest;
 use crate::mllp::{self, ListenerStats, StatsSnapshot};
@@ -79,7 +78,7 @@ pub struct RunningApp {
     tls: Option<crate::tls::TlsServer>,
     /// What the admin API and the metrics read; holds an outbox handle, dropped before the
     /// writer is joined (metric callbacks hold it weakly).
-    gateway: Arc<AdminState>,
+    gateway: Arc<Gateway>,
 }
 
 impl RunningApp {
@@ -316,7 +315,7 @@ impl RunningApp {
             Some((tokens, source)) => (tokens, Some(source)),
             None => (Arc::new(TokenStore::default()), None),
         };
-        let state = Arc::new(AdminState {
+        let gateway = Arc::new(Gateway {
             outbox: outbox.clone(),
             connectors,
             connector_names,
@@ -325,15 +324,17 @@ impl RunningApp {
                 stats: Arc::clone(&stats),
                 tls: tls_server.as_ref().map(crate::tls::TlsServer::stats),
             }],
-            tokens,
             readiness: Arc::clone(&readiness),
             default_charset: settings.default_charset,
-            logs: crate::telemetry::log_ring(),
             started: std::time::Instant::now(),
         });
         // Observable metrics read the same counters and queues as the admin API.
-        crate::telemetry::metrics::register(&state);
-        let gateway = Arc::clone(&state);
+        crate::gateway::observe::register(&gateway);
+        let state = Arc::new(AdminState {
+            gateway: Arc::clone(&gateway),
+            tokens,
+            logs: crate::telemetry::log_ring(),
+        });
         let mut admin = None;
         if let (Some(addr), Some((source, tokens_seen))) = (&settings.admin_addr, token_source) {
             let (admin_listener, admin_addr) = admin::bind(addr)

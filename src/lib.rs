@@ -16,6 +16,7 @@
 //! - [`outputs`] — MLLP, file (more to come): deliver one message, say if a failure is
 //!   worth retrying.
 //! - [`config`] — defaults < YAML file < environment; Go-style values; the YAML schema.
+//! - [`gateway`] — the gateway's shared state (what the admin API and the metrics read).
 //! - [`app`] — wiring and lifecycle.
 //! - [`cli`] — `serve`, `check`, `config schema`, `send`, `bench`.
 //! - [`shutdown`] — signals.
@@ -27,6 +28,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod gateway;
 pub mod hl7;
 pub mod ingest;
 pub mod mllp;

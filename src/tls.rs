@@ -14,6 +14,13 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
+/// Install the process's TLS crypto provider (ring) once; later calls do nothing. Everything
+/// that builds a rustls configuration calls it first (listeners, outputs, the OTLP exporter,
+/// the CLI's admin client).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The lowest TLS version accepted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsVersion {

@@ -36,7 +36,7 @@ fn tokens_file(directory: &Path) -> (String, HashMap<Role, String>) {
 }
 
 fn client() -> reqwest::Client {
-    mfoundry::outputs::http::install_crypto_provider();
+    mfoundry::tls::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()

@@ -332,7 +332,7 @@ async fn postgres_gets_one_row_per_message_even_when_delivered_twice() {
         .message(p1)
         .expect("read")
         .expect("message P1");
-    let spec = mfoundry::config::connectors::PostgresSpec {
+    let spec = mfoundry::outputs::postgres::PostgresSpec {
         dsn: dsn.clone(),
         table: table.clone(),
         tls: None,

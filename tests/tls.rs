@@ -453,7 +453,7 @@ async fn an_expired_certificate_is_refused_and_the_days_left_are_reported() {
     common::certs::expired_server(directory, "expired");
     let app = start(directory, &[]).await;
     let tls_stats = async || {
-        mfoundry::outputs::http::install_crypto_provider();
+        mfoundry::tls::install_crypto_provider();
         let token =
             std::fs::read_to_string(app.directory.path().join("admin.token")).expect("admin token");
         let stats: serde_json::Value = reqwest::Client::new()

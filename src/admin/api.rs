@@ -143,8 +143,13 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 }
 
 fn connector<'a>(state: &'a AdminState, name: &str) -> Result<&'a ConnectorHandle, ApiError> {
-    state.connector(name).ok_or_else(|| {
-        let known: Vec<&str> = state.connectors.iter().map(|c| c.name.as_str()).collect();
+    state.gateway.connector(name).ok_or_else(|| {
+        let known: Vec<&str> = state
+            .gateway
+            .connectors
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
         ApiError::not_found(format!(
             "no connector named {name:?}; known: {}",
             known.join(", ")
@@ -160,7 +165,7 @@ async fn audit(state: &AdminState, caller: &Caller, action: &str, target: String
         target,
         outcome,
     };
-    if let Err(error) = state.outbox.audit(event).await {
+    if let Err(error) = state.gateway.outbox.audit(event).await {
         tracing::error!(error = %crate::outbox::Chain(&error), action, "admin action could not be written to the audit trail");
     }
 }
@@ -189,7 +194,7 @@ pub async fn livez() -> Json<Health> {
     responses((status = 200, description = "Ready", body = Health),
         (status = 503, description = "Starting or draining", body = Health)))]
 pub async fn readyz(State(state): Shared) -> Response {
-    let status = state.readiness.state();
+    let status = state.gateway.readiness.state();
     let code = if status == "ready" {
         StatusCode::OK
     } else {
@@ -312,9 +317,10 @@ pub struct StoreStatsView {
     responses((status = 200, description = "Stats", body = Stats), AuthErrors))]
 pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
-    let ids: Vec<u32> = state.connectors.iter().map(|c| c.id).collect();
+    let ids: Vec<u32> = state.gateway.connectors.iter().map(|c| c.id).collect();
     let now = crate::outbox::now_micros();
     let (messages, per_connector) = state
+        .gateway
         .outbox
         .read(move |snapshot| {
             let figures = ids
@@ -325,6 +331,7 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
         })
         .await?;
     let listeners = state
+        .gateway
         .listeners
         .iter()
         .map(|listener| {
@@ -356,6 +363,7 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
         })
         .collect();
     let connectors = state
+        .gateway
         .connectors
         .iter()
         .zip(per_connector)
@@ -385,14 +393,14 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
             }
         })
         .collect();
-    let outbox_stats = state.outbox.stats();
+    let outbox_stats = state.gateway.outbox.stats();
     Ok(Json(Stats {
-        uptime_secs: state.started.elapsed().as_secs(),
+        uptime_secs: state.gateway.started.elapsed().as_secs(),
         listeners,
         connectors,
         store: StoreStatsView {
             messages,
-            file_bytes: state.outbox.file_size().unwrap_or(0),
+            file_bytes: state.gateway.outbox.file_size().unwrap_or(0),
             commits: outbox_stats.commits.load(Relaxed),
             failed_commits: outbox_stats.failed_batches.load(Relaxed),
         },
@@ -517,6 +525,7 @@ pub async fn search_messages(
     let connector_id = match query.connector.as_deref() {
         Some(name) => Some(
             state
+                .gateway
                 .connector_names
                 .iter()
                 .find(|(_, known)| known.as_str() == name)
@@ -525,8 +534,9 @@ pub async fn search_messages(
         ),
         None => None,
     };
-    let names = state.connector_names.clone();
+    let names = state.gateway.connector_names.clone();
     let page = state
+        .gateway
         .outbox
         .read(move |snapshot| {
             let eq = |wanted: &Option<String>, value: &str| {
@@ -607,8 +617,9 @@ pub async fn show_message(
     Extension(caller): Extension<Caller>,
     Path(id): Path<u64>,
 ) -> Result<Json<MessageDetail>, ApiError> {
-    let names = state.connector_names.clone();
+    let names = state.gateway.connector_names.clone();
     let found = state
+        .gateway
         .outbox
         .read(move |snapshot| {
             let Some(record) = snapshot.message(id)? else {
@@ -637,11 +648,11 @@ pub async fn show_message(
         target: format!("message {id}"),
         outcome: "ok".to_owned(),
     };
-    state.outbox.audit(event).await?;
+    state.gateway.outbox.audit(event).await?;
     let body = Bytes::from(body);
     let charset = match crate::hl7::Message::parse(body.clone()) {
-        Ok(message) => message.charset(state.default_charset).charset(),
-        Err(_) => state.default_charset,
+        Ok(message) => message.charset(state.gateway.default_charset).charset(),
+        Err(_) => state.gateway.default_charset,
     };
     Ok(Json(MessageDetail {
         summary,
@@ -671,13 +682,14 @@ impl From<DlqError> for ApiError {
 /// The dead-letter queues of the configured connectors.
 fn dead_letters(state: &AdminState) -> DeadLetters<'_> {
     DeadLetters::new(
-        &state.outbox,
+        &state.gateway.outbox,
         state
+            .gateway
             .connectors
             .iter()
             .map(|connector| (connector.name.clone(), connector.id))
             .collect(),
-        state.connector_names.clone(),
+        state.gateway.connector_names.clone(),
     )
 }
 
@@ -1022,6 +1034,7 @@ pub async fn list_audit(
     let limit = page_limit(query.limit)?;
     let after = query.after;
     let found = state
+        .gateway
         .outbox
         .read(move |snapshot| snapshot.audit_records(after, limit + 1))
         .await?;
@@ -1047,6 +1060,7 @@ pub async fn list_audit(
     responses((status = 200, description = "The check's result", body = AuditVerification), AuthErrors))]
 pub async fn verify_audit(State(state): Shared) -> Result<Json<AuditVerification>, ApiError> {
     let report = state
+        .gateway
         .outbox
         .read(|snapshot| snapshot.verify_audit())
         .await?;

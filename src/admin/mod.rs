@@ -14,8 +14,7 @@ pub mod views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -27,11 +26,7 @@ use tokio_util::sync::CancellationToken;
 pub use api::{ApiDoc, ApiRoute, api_routes};
 pub use auth::{Caller, Role, TokenSource, TokenStore};
 
-use crate::delivery::WorkerControl;
-use crate::hl7::Charset;
-use crate::ingest::RouteCounters;
-use crate::mllp::ListenerStats;
-use crate::outbox::Outbox;
+pub use crate::gateway::{ConnectorHandle, Gateway, ListenerHandle, Readiness};
 use crate::telemetry::LogRing;
 
 /// Largest request body accepted (replay and purge requests are small).
@@ -41,98 +36,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests served at once; more wait.
 const MAX_IN_FLIGHT: usize = 32;
 
-/// Whether the gateway takes traffic, for `/readyz`.
-#[derive(Debug, Default)]
-pub struct Readiness(AtomicU8);
-
-const READY: u8 = 1;
-const DRAINING: u8 = 2;
-
-impl Readiness {
-    /// Config loaded, store open, listener bound.
-    pub fn set_ready(&self) {
-        self.0.store(READY, Ordering::Release);
-    }
-
-    /// Shutdown started: no new traffic.
-    pub fn set_draining(&self) {
-        self.0.store(DRAINING, Ordering::Release);
-    }
-
-    /// `starting`, `ready` or `draining`.
-    pub fn state(&self) -> &'static str {
-        match self.0.load(Ordering::Acquire) {
-            READY => "ready",
-            DRAINING => "draining",
-            _ => "starting",
-        }
-    }
-}
-
-/// One connector as the admin API sees it.
-#[derive(Debug, Clone)]
-pub struct ConnectorHandle {
-    /// Name.
-    pub name: String,
-    /// Output kind (`mllp`, `http`, `file`, `postgres`).
-    pub kind: &'static str,
-    /// Outbox id.
-    pub id: u32,
-    /// Its delivery worker (absent for a connector without an output).
-    pub worker: Option<WorkerControl>,
-    /// Intake counters of all connectors, and this one's index in them.
-    pub intake: Option<(Arc<[RouteCounters]>, usize)>,
-}
-
-/// One listener as the admin API sees it.
-#[derive(Debug, Clone)]
-pub struct ListenerHandle {
-    /// Name (`LISTENER_NAME`).
-    pub name: String,
-    /// Its counters.
-    pub stats: Arc<ListenerStats>,
-    /// Its certificate's expiry and reloads, when TLS is on.
-    pub tls: Option<Arc<crate::tls::ReloadStats>>,
-}
-
-/// What the handlers share.
+/// What the handlers share: the gateway's state, the tokens and the recent log lines.
 #[derive(Debug)]
 pub struct AdminState {
-    /// The outbox (reads are MVCC snapshots; writes go through its writer).
-    pub outbox: Outbox,
-    /// Configured connectors, in configuration order.
-    pub connectors: Vec<ConnectorHandle>,
-    /// Every connector name the data file knows (configured or not), by outbox id.
-    pub connector_names: std::collections::HashMap<u32, String>,
-    /// Listeners.
-    pub listeners: Vec<ListenerHandle>,
+    /// The gateway (outbox, connectors, listeners, readiness), as the metrics see it too.
+    pub gateway: Arc<Gateway>,
     /// Known tokens.
     pub tokens: Arc<TokenStore>,
-    /// For `/readyz`.
-    pub readiness: Arc<Readiness>,
-    /// Decodes bodies whose MSH-18 is empty.
-    pub default_charset: Charset,
     /// Recent log lines.
     pub logs: Arc<LogRing>,
-    /// When the gateway started.
-    pub started: Instant,
-}
-
-impl AdminState {
-    /// A configured connector by name.
-    pub fn connector(&self, name: &str) -> Option<&ConnectorHandle> {
-        self.connectors
-            .iter()
-            .find(|connector| connector.name == name)
-    }
-
-    /// The name of a connector id (`#id` when the file does not know it).
-    pub fn connector_name(&self, id: u32) -> String {
-        self.connector_names
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| format!("#{id}"))
-    }
 }
 
 /// What the auth layer of one route needs.

@@ -89,7 +89,7 @@ impl AdminClient {
 
     /// A client with an explicit token.
     pub fn with_token(addr: &str, token: &str) -> anyhow::Result<Self> {
-        crate::outputs::http::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .timeout(crate::admin::api::CLIENT_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())

@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use super::file::{ConnectorFile, ConnectorKind};
 use crate::delivery::RetryPolicy;
-use crate::outputs::file::FileNameTemplate;
+use crate::outputs::OutputSpec;
+use crate::outputs::file::{FileNameTemplate, FileSpec};
+use crate::outputs::http::{HttpFormat, HttpSpec, TokenSource};
+use crate::outputs::mllp::{MllpSpec, RejectAction};
+use crate::outputs::postgres::PostgresSpec;
 use crate::units::parse_duration;
 
 /// How a connector delivers, as configured.
@@ -21,110 +25,6 @@ pub struct OutputSettings {
     pub paused: bool,
     /// The output itself.
     pub output: OutputSpec,
-}
-
-/// One output's settings.
-#[derive(Clone, Debug)]
-pub enum OutputSpec {
-    /// Forward over MLLP.
-    Mllp(MllpSpec),
-    /// Send to an HTTP endpoint.
-    Http(HttpSpec),
-    /// Write files.
-    File(FileSpec),
-    /// Insert rows into PostgreSQL.
-    Postgres(PostgresSpec),
-}
-
-/// What an AR/CR answer from an MLLP peer means.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RejectAction {
-    /// The message goes to the dead-letter queue at once.
-    DeadLetter,
-    /// Treated like AE: retried with backoff.
-    Retry,
-}
-
-/// `type: mllp`.
-#[derive(Clone, Debug)]
-pub struct MllpSpec {
-    /// `host:port`.
-    pub addr: String,
-    /// Connection timeout.
-    pub connect_timeout: Duration,
-    /// How long to wait for the ACK.
-    pub ack_timeout: Duration,
-    /// What AR/CR means.
-    pub on_reject: RejectAction,
-    /// TLS, when on (files loaded and checked; reloaded when they change).
-    pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
-}
-
-/// Body of an HTTP request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HttpFormat {
-    /// The bytes as received, `x-application/hl7-v2+er7`.
-    Hl7,
-    /// mfoundry's JSON shape (see docs/configuration.md).
-    Json,
-}
-
-/// Where an HTTP output's bearer token comes from.
-#[derive(Clone, Debug)]
-pub enum TokenSource {
-    /// Read from this environment variable at startup.
-    Env(String),
-    /// Read from this file (re-read when it changes).
-    File(PathBuf),
-}
-
-/// `type: http`.
-#[derive(Clone, Debug)]
-pub struct HttpSpec {
-    /// Endpoint.
-    pub url: String,
-    /// Method.
-    pub method: String,
-    /// Extra headers.
-    pub headers: BTreeMap<String, String>,
-    /// Bearer token, if any.
-    pub token: Option<TokenSource>,
-    /// Body format.
-    pub format: HttpFormat,
-    /// Whole-request timeout.
-    pub timeout: Duration,
-    /// TLS files (`tls_*` keys), when set.
-    pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
-}
-
-/// `type: file`.
-#[derive(Clone, Debug)]
-pub struct FileSpec {
-    /// Directory files are written under.
-    pub directory: PathBuf,
-    /// File name, relative to the directory.
-    pub filename: FileNameTemplate,
-}
-
-/// `type: postgres`.
-#[derive(Clone)]
-pub struct PostgresSpec {
-    /// Connection string (a secret: never printed).
-    pub dsn: String,
-    /// Table name.
-    pub table: String,
-    /// TLS files (`tls_*` keys), when set.
-    pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
-}
-
-impl std::fmt::Debug for PostgresSpec {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("PostgresSpec")
-            .field("dsn", &"<redacted>")
-            .field("table", &self.table)
-            .finish()
-    }
 }
 
 /// Default file name: one directory per day, the message id first so names sort by arrival.

@@ -23,7 +23,9 @@ use crate::units::{Cidr, parse_duration, parse_listen_address, parse_size};
 pub use file::{ConnectorFile, ConnectorKind, FileConfig};
 
 use crate::hl7::Charset;
+pub use crate::mllp::ListenerSettings;
 use crate::rules::{ExpressionSource, FilterSpec, Origin, RuleSet, RuleSpec};
+pub use crate::telemetry::LogFormat;
 
 /// One environment variable mfoundry reads.
 #[derive(Clone, Copy, Debug)]
@@ -167,39 +169,6 @@ const ENV_ONLY: &[&str] = &["CONFIG_FILE", "RUST_LOG"];
 
 /// Largest `MAX_CONNECTIONS` accepted (more would exceed what a semaphore can hold).
 const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
-
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Settings of the MLLP listener.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListenerSettings {
-    /// `LISTEN_ADDR`, Go syntax (`:2575` is every interface).
-    pub listen_addr: String,
-    /// `LISTENER_NAME`: names the listener in stored messages, rules (`inbound`) and logs.
-    pub name: String,
-    /// `MAX_CONNECTIONS`; `None` is unlimited.
-    pub max_connections: Option<usize>,
-    /// `IDLE_TIMEOUT`: close a connection that sends nothing for this long; `None` never.
-    pub idle_timeout: Option<Duration>,
-    /// `FRAME_TIMEOUT`: a frame must be complete this long after its start block; `None` never.
-    pub frame_timeout: Option<Duration>,
-    /// `WRITE_TIMEOUT`: each ACK write must finish within this; `None` never.
-    pub write_timeout: Option<Duration>,
-    /// `KEEP_ALIVE_PERIOD`: TCP keep-alive probe period; `None` disables keep-alive.
-    pub keep_alive_period: Option<Duration>,
-    /// `MAX_FRAME_SIZE` in bytes, between the start and end blocks.
-    pub max_frame_size: usize,
-    /// `ALLOWED_PEERS`: when set, connections from other addresses are closed before a byte
-    /// is read.
-    pub allowed_peers: Option<Vec<Cidr>>,
-}
 
 /// Every scalar setting, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]

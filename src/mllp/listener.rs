@@ -32,10 +32,34 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::codec::{FrameError, MllpCodec, frame};
-use crate::config::ListenerSettings;
 use crate::hl7::AckCode;
 use crate::ingest::{Ingest, Reply};
 use crate::telemetry::metrics::{ACK_CODE, LISTENER};
+use crate::units::Cidr;
+
+/// Settings of the MLLP listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerSettings {
+    /// `LISTEN_ADDR`, Go syntax (`:2575` is every interface).
+    pub listen_addr: String,
+    /// `LISTENER_NAME`: names the listener in stored messages, rules (`inbound`) and logs.
+    pub name: String,
+    /// `MAX_CONNECTIONS`; `None` is unlimited.
+    pub max_connections: Option<usize>,
+    /// `IDLE_TIMEOUT`: close a connection that sends nothing for this long; `None` never.
+    pub idle_timeout: Option<Duration>,
+    /// `FRAME_TIMEOUT`: a frame must be complete this long after its start block; `None` never.
+    pub frame_timeout: Option<Duration>,
+    /// `WRITE_TIMEOUT`: each ACK write must finish within this; `None` never.
+    pub write_timeout: Option<Duration>,
+    /// `KEEP_ALIVE_PERIOD`: TCP keep-alive probe period; `None` disables keep-alive.
+    pub keep_alive_period: Option<Duration>,
+    /// `MAX_FRAME_SIZE` in bytes, between the start and end blocks.
+    pub max_frame_size: usize,
+    /// `ALLOWED_PEERS`: when set, connections from other addresses are closed before a byte
+    /// is read.
+    pub allowed_peers: Option<Vec<Cidr>>,
+}
 
 /// Counters of what the listener saw. Read them with [`ListenerStats::snapshot`].
 #[derive(Debug, Default)]

@@ -7,8 +7,16 @@ use std::path::{Component, Path, PathBuf};
 
 use chrono::format::{Item, StrftimeItems};
 
-use crate::config::connectors::FileSpec;
 use crate::delivery::{DeliveryError, Envelope};
+
+/// `type: file`.
+#[derive(Clone, Debug)]
+pub struct FileSpec {
+    /// Directory files are written under.
+    pub directory: PathBuf,
+    /// File name, relative to the directory.
+    pub filename: FileNameTemplate,
+}
 
 /// A parsed file-name template such as `{received:%Y%m%d}/{control_id}-{id}.hl7`.
 #[derive(Clone, Debug, PartialEq, Eq)]

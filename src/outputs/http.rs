@@ -6,6 +6,8 @@
 //! ([`to_json`]). The URL and headers come from the configuration only: nothing from the
 //! message goes into them.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +15,45 @@ use reqwest::header::{
     AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
 };
 
-use crate::config::connectors::{HttpFormat, HttpSpec, TokenSource};
 use crate::delivery::{DeliveryError, Envelope};
 use crate::hl7::{Charset, Message};
+
+/// Body of an HTTP request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpFormat {
+    /// The bytes as received, `x-application/hl7-v2+er7`.
+    Hl7,
+    /// mfoundry's JSON shape (see docs/configuration.md).
+    Json,
+}
+
+/// Where an HTTP output's bearer token comes from.
+#[derive(Clone, Debug)]
+pub enum TokenSource {
+    /// Read from this environment variable at startup.
+    Env(String),
+    /// Read from this file (re-read when it changes).
+    File(PathBuf),
+}
+
+/// `type: http`.
+#[derive(Clone, Debug)]
+pub struct HttpSpec {
+    /// Endpoint.
+    pub url: String,
+    /// Method.
+    pub method: String,
+    /// Extra headers.
+    pub headers: BTreeMap<String, String>,
+    /// Bearer token, if any.
+    pub token: Option<TokenSource>,
+    /// Body format.
+    pub format: HttpFormat,
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    /// TLS files (`tls_*` keys), when set.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
+}
 
 /// Media type of an ER7-encoded HL7 v2 message.
 pub const HL7_MEDIA_TYPE: &str = "x-application/hl7-v2+er7";
@@ -31,17 +69,12 @@ pub struct HttpOutput {
     headers: HeaderMap,
 }
 
-/// Install the process's TLS crypto provider (ring) once; later calls do nothing.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl HttpOutput {
     /// An output for `spec`. A client that cannot be built (bad header, TLS setup) makes every
     /// delivery fail transiently with the reason, so nothing is lost while the operator fixes
     /// the configuration.
     pub fn new(spec: HttpSpec) -> Self {
-        install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let mut headers = HeaderMap::new();
         let mut problem = None;
         for (name, value) in &spec.headers {

@@ -7,12 +7,37 @@
 //! is used again it is checked without waiting: one the peer closed while idle (or that holds
 //! unsolicited bytes) is replaced by a new one instead of costing a failed attempt.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 
-use crate::config::connectors::{MllpSpec, RejectAction};
 use crate::delivery::{DeliveryError, Envelope};
 use crate::hl7::Message;
 use crate::mllp::{ClientError, MllpClient};
+
+/// What an AR/CR answer from an MLLP peer means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectAction {
+    /// The message goes to the dead-letter queue at once.
+    DeadLetter,
+    /// Treated like AE: retried with backoff.
+    Retry,
+}
+
+/// `type: mllp`.
+#[derive(Clone, Debug)]
+pub struct MllpSpec {
+    /// `host:port`.
+    pub addr: String,
+    /// Connection timeout.
+    pub connect_timeout: Duration,
+    /// How long to wait for the ACK.
+    pub ack_timeout: Duration,
+    /// What AR/CR means.
+    pub on_reject: RejectAction,
+    /// TLS, when on (files loaded and checked; reloaded when they change).
+    pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
+}
 
 /// Largest ACK frame accepted from a peer.
 const MAX_ACK_SIZE: usize = 1 << 20;

@@ -7,8 +7,24 @@ pub mod http;
 pub mod mllp;
 pub mod postgres;
 
-use crate::config::connectors::OutputSpec;
 use crate::delivery::{Deliver, DeliveryError, Envelope};
+use file::FileSpec;
+use http::HttpSpec;
+use mllp::MllpSpec;
+use postgres::PostgresSpec;
+
+/// One output's settings.
+#[derive(Clone, Debug)]
+pub enum OutputSpec {
+    /// Forward over MLLP.
+    Mllp(MllpSpec),
+    /// Send to an HTTP endpoint.
+    Http(HttpSpec),
+    /// Write files.
+    File(FileSpec),
+    /// Insert rows into PostgreSQL.
+    Postgres(PostgresSpec),
+}
 
 /// Every output kind (static dispatch: the worker matches on it).
 #[derive(Debug)]

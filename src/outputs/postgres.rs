@@ -41,8 +41,28 @@ use std::time::Duration;
 use tokio_postgres::{Client, NoTls, Statement};
 use tracing::warn;
 
-use crate::config::connectors::PostgresSpec;
 use crate::delivery::{DeliveryError, Envelope};
+
+/// `type: postgres`.
+#[derive(Clone)]
+pub struct PostgresSpec {
+    /// Connection string (a secret: never printed).
+    pub dsn: String,
+    /// Table name.
+    pub table: String,
+    /// TLS files (`tls_*` keys), when set.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
+}
+
+impl std::fmt::Debug for PostgresSpec {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("PostgresSpec")
+            .field("dsn", &"<redacted>")
+            .field("table", &self.table)
+            .finish()
+    }
+}
 
 /// How long to wait for a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

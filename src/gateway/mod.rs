@@ -1,0 +1,105 @@
+//! The gateway's shared state: the outbox, the connectors with their workers and intake
+//! counters, the listeners, readiness. The admin API and the metrics read it
+//! ([`observe`]); the app builds it once everything is started.
+
+pub mod observe;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Instant;
+
+use crate::delivery::WorkerControl;
+use crate::hl7::Charset;
+use crate::ingest::RouteCounters;
+use crate::mllp::ListenerStats;
+use crate::outbox::Outbox;
+
+/// Whether the gateway takes traffic, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct Readiness(AtomicU8);
+
+const READY: u8 = 1;
+const DRAINING: u8 = 2;
+
+impl Readiness {
+    /// Config loaded, store open, listener bound.
+    pub fn set_ready(&self) {
+        self.0.store(READY, Ordering::Release);
+    }
+
+    /// Shutdown started: no new traffic.
+    pub fn set_draining(&self) {
+        self.0.store(DRAINING, Ordering::Release);
+    }
+
+    /// `starting`, `ready` or `draining`.
+    pub fn state(&self) -> &'static str {
+        match self.0.load(Ordering::Acquire) {
+            READY => "ready",
+            DRAINING => "draining",
+            _ => "starting",
+        }
+    }
+}
+
+/// One connector as the admin API and the metrics see it.
+#[derive(Debug, Clone)]
+pub struct ConnectorHandle {
+    /// Name.
+    pub name: String,
+    /// Output kind (`mllp`, `http`, `file`, `postgres`).
+    pub kind: &'static str,
+    /// Outbox id.
+    pub id: u32,
+    /// Its delivery worker (absent for a connector without an output).
+    pub worker: Option<WorkerControl>,
+    /// Intake counters of all connectors, and this one's index in them.
+    pub intake: Option<(Arc<[RouteCounters]>, usize)>,
+}
+
+/// One listener as the admin API and the metrics see it.
+#[derive(Debug, Clone)]
+pub struct ListenerHandle {
+    /// Name (`LISTENER_NAME`).
+    pub name: String,
+    /// Its counters.
+    pub stats: Arc<ListenerStats>,
+    /// Its certificate's expiry and reloads, when TLS is on.
+    pub tls: Option<Arc<crate::tls::ReloadStats>>,
+}
+
+/// The gateway's shared state: what the admin API and the metrics read.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The outbox (reads are MVCC snapshots; writes go through its writer).
+    pub outbox: Outbox,
+    /// Configured connectors, in configuration order.
+    pub connectors: Vec<ConnectorHandle>,
+    /// Every connector name the data file knows (configured or not), by outbox id.
+    pub connector_names: std::collections::HashMap<u32, String>,
+    /// Listeners.
+    pub listeners: Vec<ListenerHandle>,
+    /// For `/readyz`.
+    pub readiness: Arc<Readiness>,
+    /// Decodes bodies whose MSH-18 is empty.
+    pub default_charset: Charset,
+    /// When the gateway started.
+    pub started: Instant,
+}
+
+impl Gateway {
+    /// A configured connector by name.
+    pub fn connector(&self, name: &str) -> Option<&ConnectorHandle> {
+        self.connectors
+            .iter()
+            .find(|connector| connector.name == name)
+    }
+
+    /// The name of a connector id (`#id` when the file does not know it).
+    pub fn connector_name(&self, id: u32) -> String {
+        self.connector_names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("#{id}"))
+    }
+}
