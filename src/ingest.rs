@@ -61,7 +61,7 @@ fn check_sender(
         ),
     };
     Err(Refusal::reject(
-        "sender_not_allowed",
+        Reason::SenderNotAllowed,
         AckError::new(
             ErrorCode::TableValueNotFound,
             Some(ErrorLocation::header(field)),
@@ -95,6 +95,65 @@ pub enum Reply {
     Close,
 }
 
+/// Why a frame got anything but a first-time acceptance: logged, counted and stored with a
+/// refused message (as its snake_case name), and what the listener acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// An empty frame (some senders use one as a keep-alive): nothing is answered.
+    EmptyFrame,
+    /// The header cannot be read: the connection is closed without an ACK.
+    UnreadableHeader,
+    /// The frame was itself an ACK: nothing is answered.
+    AckReceived,
+    /// A retransmission of a stored message: answered with the stored ACK.
+    Duplicate,
+    /// The outbox could not store the message: nothing positive is answered.
+    StoreFailed,
+    /// A validation rule refused the message.
+    RuleFailed,
+    /// A validation rule could not be evaluated.
+    RuleError,
+    /// Bytes that are not valid in the message's character set (MSH-18).
+    InvalidCharacters,
+    /// MSH-3 or MSH-4 is not one the client certificate may send as (`tls_senders`).
+    SenderNotAllowed,
+    /// A batch envelope (FHS/BHS).
+    BatchNotSupported,
+    /// More than one MSH segment in one frame.
+    SeveralMessagesInFrame,
+    /// MSH-2 encoding characters are unusable.
+    BadEncodingCharacters,
+    /// MSH-9 or MSH-10 is missing.
+    RequiredFieldMissing,
+}
+
+impl Reason {
+    /// The name used in logs and stored reasons (`store_failed`, `rule_failed`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EmptyFrame => "empty_frame",
+            Self::UnreadableHeader => "unreadable_header",
+            Self::AckReceived => "ack_received",
+            Self::Duplicate => "duplicate",
+            Self::StoreFailed => "store_failed",
+            Self::RuleFailed => "rule_failed",
+            Self::RuleError => "rule_error",
+            Self::InvalidCharacters => "invalid_characters",
+            Self::SenderNotAllowed => "sender_not_allowed",
+            Self::BatchNotSupported => "batch_not_supported",
+            Self::SeveralMessagesInFrame => "several_messages_in_frame",
+            Self::BadEncodingCharacters => "bad_encoding_characters",
+            Self::RequiredFieldMissing => "required_field_missing",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
 /// The decision for one frame, with what is safe to log about it.
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -103,13 +162,13 @@ pub struct Outcome {
     /// MSH-10 as text (control ids are not patient data), at most 64 characters.
     pub control_id: Option<String>,
     /// A short machine-readable reason for anything but a first-time acceptance.
-    pub reason: Option<&'static str>,
+    pub reason: Option<Reason>,
     /// The stored message's id, when it was stored (or found as a duplicate).
     pub message_id: Option<u64>,
 }
 
 impl Outcome {
-    fn bare(reply: Reply, control_id: Option<String>, reason: &'static str) -> Self {
+    fn bare(reply: Reply, control_id: Option<String>, reason: Reason) -> Self {
         Self {
             reply,
             control_id,
@@ -149,12 +208,12 @@ pub struct Ingest {
 /// A refusal: the code category, a short reason for logs and counters, and the ERR details.
 struct Refusal {
     verdict: Verdict,
-    reason: &'static str,
+    reason: Reason,
     error: AckError,
 }
 
 impl Refusal {
-    fn reject(reason: &'static str, error: AckError) -> Box<Self> {
+    fn reject(reason: Reason, error: AckError) -> Box<Self> {
         Box::new(Self {
             verdict: Verdict::Reject,
             reason,
@@ -210,15 +269,15 @@ impl Ingest {
         identity: Option<&crate::tls::PeerIdentity>,
     ) -> Outcome {
         if frame.iter().all(u8::is_ascii_whitespace) {
-            return Outcome::bare(Reply::Ignore, None, "empty_frame");
+            return Outcome::bare(Reply::Ignore, None, Reason::EmptyFrame);
         }
         let Ok(message) = Message::parse(frame) else {
-            return Outcome::bare(Reply::Close, None, "unreadable_header");
+            return Outcome::bare(Reply::Close, None, Reason::UnreadableHeader);
         };
         let control_id = control_id_for_logs(&message);
         if message.kind() == HeaderKind::Message && message.header_component(9, 1) == b"ACK" {
             // ACKs are never acknowledged (two gateways would ping-pong forever).
-            return Outcome::bare(Reply::Ignore, control_id, "ack_received");
+            return Outcome::bare(Reply::Ignore, control_id, Reason::AckReceived);
         }
         let mode = AckMode::of(&message);
         let received_at_micros = chrono::Utc::now().timestamp_micros();
@@ -301,7 +360,7 @@ impl Ingest {
                         None => Reply::Suppressed { code },
                     },
                     control_id,
-                    reason: Some("duplicate"),
+                    reason: Some(Reason::Duplicate),
                     message_id: Some(id),
                 }
             }
@@ -325,7 +384,7 @@ impl Ingest {
                 Outcome {
                     reply,
                     control_id,
-                    reason: Some("store_failed"),
+                    reason: Some(Reason::StoreFailed),
                     message_id: None,
                 }
             }
@@ -378,7 +437,7 @@ impl Ingest {
                     format!("{text} (validation rule {rule})"),
                 );
                 error.application_code = Some(rule);
-                return Err(Refusal::reject("rule_failed", error));
+                return Err(Refusal::reject(Reason::RuleFailed, error));
             }
             Validation::Errored { subject, detail } => {
                 tracing::warn!(rule = %subject, error = %detail, "a rule could not be evaluated; answering with an error");
@@ -390,7 +449,7 @@ impl Ingest {
                 error.diagnostic = Some(detail);
                 return Err(Box::new(Refusal {
                     verdict: Verdict::Error,
-                    reason: "rule_error",
+                    reason: Reason::RuleError,
                     error,
                 }));
             }
@@ -423,7 +482,7 @@ impl Ingest {
                 "BHS"
             };
             return Err(Refusal::reject(
-                "batch_not_supported",
+                Reason::BatchNotSupported,
                 AckError::new(
                     ErrorCode::UnsupportedMessageType,
                     Some(ErrorLocation {
@@ -441,7 +500,7 @@ impl Ingest {
             .any(|segment| segment.name() == b"MSH")
         {
             return Err(Refusal::reject(
-                "several_messages_in_frame",
+                Reason::SeveralMessagesInFrame,
                 AckError::new(
                     ErrorCode::SegmentSequenceError,
                     None,
@@ -451,7 +510,7 @@ impl Ingest {
         }
         if let Some(problem) = message.delimiter_error() {
             return Err(Refusal::reject(
-                "bad_encoding_characters",
+                Reason::BadEncodingCharacters,
                 AckError::new(
                     ErrorCode::DataTypeError,
                     Some(ErrorLocation::header(2)),
@@ -464,7 +523,7 @@ impl Ingest {
         for (field, name) in [(9, "message type"), (10, "message control id")] {
             if message.header_component(field, 1).is_empty() {
                 return Err(Refusal::reject(
-                    "required_field_missing",
+                    Reason::RequiredFieldMissing,
                     AckError::new(
                         ErrorCode::RequiredFieldMissing,
                         Some(ErrorLocation::header(field)),
@@ -497,7 +556,7 @@ impl Ingest {
             error.diagnostic = Some(format!(
                 "first invalid byte at offset {offset} of the frame"
             ));
-            return Err(Refusal::reject("invalid_characters", error));
+            return Err(Refusal::reject(Reason::InvalidCharacters, error));
         }
         Ok(())
     }

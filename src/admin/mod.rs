@@ -87,6 +87,15 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme name is
+/// case-insensitive (RFC 9110, section 11.1), spaces around the token are ignored.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
 /// Refuse a request without a known token (401) or with too weak a role (403); otherwise put
 /// the [`Caller`] in its extensions. Runs before the body or the query is read.
 async fn authorize(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
@@ -94,12 +103,7 @@ async fn authorize(State(gate): State<Gate>, mut request: Request, next: Next) -
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(bearer_token)
         .filter(|token| !token.is_empty());
     let Some(caller) = token.and_then(|token| gate.tokens.authenticate(token)) else {
         tracing::debug!("admin request refused: no valid token");
@@ -147,4 +151,19 @@ pub async fn bind(addr: &str) -> std::io::Result<(tokio::net::TcpListener, Socke
     let listener = crate::units::bind(addr).await?;
     let local = listener.local_addr()?;
     Ok((listener, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR  abc "] {
+            assert_eq!(bearer_token(value), Some("abc"), "{value}");
+        }
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+        assert_eq!(bearer_token("Bearer "), Some(""));
+    }
 }

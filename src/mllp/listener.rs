@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use super::codec::{FrameError, MllpCodec, frame};
 use crate::hl7::AckCode;
-use crate::ingest::{Ingest, Reply};
+use crate::ingest::{Ingest, Reason, Reply};
 use crate::telemetry::metrics::{ACK_CODE, LISTENER};
 use crate::units::Cidr;
 
@@ -411,7 +411,7 @@ where
             }
             match outcome.reply {
                 Reply::Ack { bytes, code } => {
-                    debug!(%peer, control_id = outcome.control_id.as_deref().unwrap_or(""), size, code = %code, reason = outcome.reason.unwrap_or("accepted"), "frame answered");
+                    debug!(%peer, control_id = outcome.control_id.as_deref().unwrap_or(""), size, code = %code, reason = outcome.reason.map_or("accepted", Reason::as_str), "frame answered");
                     if let Err(error) = write_ack(stream, &bytes, settings.write_timeout).await {
                         return Close::WriteFailed(error);
                     }
@@ -423,7 +423,7 @@ where
                     debug!(%peer, control_id = outcome.control_id.as_deref().unwrap_or(""), size, code = %code, "no ACK sent: MSH-15 asks for none in this case");
                     bump(&stats.suppressed_acks, 1);
                 }
-                Reply::Ignore if outcome.reason == Some("ack_received") => {
+                Reply::Ignore if outcome.reason == Some(Reason::AckReceived) => {
                     info!(%peer, control_id = outcome.control_id.as_deref().unwrap_or(""), "ACK received from a sender and ignored; ACKs are never acknowledged");
                     bump(&stats.acks_received, 1);
                 }
@@ -431,7 +431,9 @@ where
                     debug!(%peer, "empty frame ignored");
                     bump(&stats.empty_frames, 1);
                 }
-                Reply::Close if outcome.reason == Some("store_failed") => return Close::NotStored,
+                Reply::Close if outcome.reason == Some(Reason::StoreFailed) => {
+                    return Close::NotStored;
+                }
                 Reply::Close => return Close::Unreadable,
             }
         }
