@@ -1,0 +1,276 @@
+//! `GET /api/v1/messages` (search) and `GET /api/v1/messages/{id}` (one message, audited).
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::Path;
+use axum::extract::Query;
+use axum::extract::State;
+use bytes::Bytes;
+use serde::Deserialize;
+use serde::Serialize;
+use utoipa::IntoParams;
+use utoipa::ToSchema;
+
+use super::ApiError;
+use super::AuthErrors;
+use super::ErrorBody;
+use super::MAX_SCAN;
+use super::RECEIVE_SKEW_MICROS;
+use super::Shared;
+use super::audit;
+use super::page_limit;
+use crate::admin::auth::Caller;
+use crate::admin::views::MessageSummary;
+use crate::admin::views::connector_states;
+use crate::admin::views::summary;
+use crate::outbox::Disposition;
+use crate::outbox::audit::AuditEvent;
+/// Search filters. Every filter given must match.
+#[derive(Debug, Default, Deserialize, Serialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SearchQuery {
+    /// Received at or after: RFC 3339 (`2026-11-29T10:00:00Z`) or a Go duration ago (`1h`).
+    pub from: Option<String>,
+    /// Received before: RFC 3339 or a Go duration ago.
+    pub to: Option<String>,
+    /// MSH-9.1, e.g. `ORU`.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub message_type: Option<String>,
+    /// MSH-9.2, e.g. `R01`.
+    pub trigger: Option<String>,
+    /// MSH-10, exactly.
+    pub control_id: Option<String>,
+    /// MSH-3 or MSH-4.
+    pub sender: Option<String>,
+    /// ROUTED, UNROUTED, REJECTED or ERROR.
+    pub disposition: Option<String>,
+    /// Only messages with a state at this connector (with `status`: that state).
+    pub connector: Option<String>,
+    /// QUEUED, FILTERED, DELIVERED, DEAD_LETTERED or PURGED (at `connector`, or at any).
+    pub status: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<usize>,
+    /// Continue below this id (the previous page's `next_before`).
+    pub before: Option<u64>,
+}
+
+/// A page of messages, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MessagePage {
+    /// The messages.
+    pub messages: Vec<MessageSummary>,
+    /// Pass as `before` for the next page; absent when the search is complete.
+    pub next_before: Option<u64>,
+    /// Records read for this page.
+    pub scanned: u64,
+}
+
+/// One message with its body and its delivery history.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MessageDetail {
+    /// Everything the list shows.
+    #[serde(flatten)]
+    pub summary: MessageSummary,
+    /// The message as received, decoded with its MSH-18 character set (segments end in `\r`).
+    pub body: String,
+}
+
+fn parse_time(text: &str, name: &str, now: i64) -> Result<i64, ApiError> {
+    if let Ok(time) = chrono::DateTime::parse_from_rfc3339(text.trim()) {
+        return Ok(time.timestamp_micros());
+    }
+    match crate::units::parse_duration(text) {
+        Ok(ago) => Ok(now.saturating_sub(i64::try_from(ago.as_micros()).unwrap_or(i64::MAX))),
+        Err(_) => Err(ApiError::bad_request(format!(
+            "{name} must be an RFC 3339 time (2026-11-29T10:00:00Z) or a duration ago (90m, 24h)"
+        ))),
+    }
+}
+
+fn parse_status(text: &str) -> Result<String, ApiError> {
+    let upper = text.trim().to_ascii_uppercase();
+    match upper.as_str() {
+        "QUEUED" | "FILTERED" | "DELIVERED" | "DEAD_LETTERED" | "PURGED" => Ok(upper),
+        _ => Err(ApiError::bad_request(
+            "status must be QUEUED, FILTERED, DELIVERED, DEAD_LETTERED or PURGED",
+        )),
+    }
+}
+
+fn parse_disposition(text: &str) -> Result<Disposition, ApiError> {
+    match text.trim().to_ascii_uppercase().as_str() {
+        "ROUTED" => Ok(Disposition::Routed),
+        "UNROUTED" => Ok(Disposition::Unrouted),
+        "REJECTED" => Ok(Disposition::Rejected),
+        "ERROR" => Ok(Disposition::Error),
+        _ => Err(ApiError::bad_request(
+            "disposition must be ROUTED, UNROUTED, REJECTED or ERROR",
+        )),
+    }
+}
+
+/// Search stored messages, newest first (no bodies).
+#[utoipa::path(get, path = "/api/v1/messages", tag = "messages", security(("bearer" = [])),
+    params(SearchQuery),
+    responses((status = 200, description = "A page of messages", body = MessagePage),
+        (status = 400, description = "A filter is malformed", body = ErrorBody), AuthErrors))]
+pub async fn search_messages(
+    State(state): Shared,
+    Query(query): Query<SearchQuery>,
+) -> Result<Json<MessagePage>, ApiError> {
+    let limit = page_limit(query.limit)?;
+    let now = crate::outbox::now_micros();
+    let from = query
+        .from
+        .as_deref()
+        .map(|text| parse_time(text, "from", now))
+        .transpose()?;
+    let to = query
+        .to
+        .as_deref()
+        .map(|text| parse_time(text, "to", now))
+        .transpose()?;
+    let disposition = query
+        .disposition
+        .as_deref()
+        .map(parse_disposition)
+        .transpose()?;
+    let status = query.status.as_deref().map(parse_status).transpose()?;
+    let connector_id = match query.connector.as_deref() {
+        Some(name) => Some(
+            state
+                .gateway
+                .connector_names
+                .iter()
+                .find(|(_, known)| known.as_str() == name)
+                .map(|(id, _)| *id)
+                .ok_or_else(|| ApiError::not_found(format!("no connector named {name:?}")))?,
+        ),
+        None => None,
+    };
+    let names = state.gateway.connector_names.clone();
+    let page = state
+        .gateway
+        .outbox
+        .read(move |snapshot| {
+            let eq = |wanted: &Option<String>, value: &str| {
+                wanted
+                    .as_deref()
+                    .is_none_or(|wanted| wanted.eq_ignore_ascii_case(value))
+            };
+            let mut messages = Vec::new();
+            let mut scanned = 0u64;
+            let mut full = false;
+            let mut next = snapshot.scan_messages_desc(query.before, MAX_SCAN, |id, record| {
+                scanned += 1;
+                if let Some(from) = from
+                    && record.received_at_micros < from
+                {
+                    // Ids follow commit order; stop once well past `from`.
+                    return Ok(record.received_at_micros >= from - RECEIVE_SKEW_MICROS);
+                }
+                let header = &record.header;
+                let matches = to.is_none_or(|to| record.received_at_micros < to)
+                    && eq(&query.message_type, &header.msg_type)
+                    && eq(&query.trigger, &header.trigger)
+                    && query
+                        .control_id
+                        .as_deref()
+                        .is_none_or(|wanted| wanted == header.control_id)
+                    && query.sender.as_deref().is_none_or(|wanted| {
+                        wanted.eq_ignore_ascii_case(&header.sending_app)
+                            || wanted.eq_ignore_ascii_case(&header.sending_fac)
+                    })
+                    && disposition.is_none_or(|wanted| wanted == record.disposition);
+                if !matches {
+                    return Ok(true);
+                }
+                let states = connector_states(snapshot, id, record, &names)?;
+                if connector_id.is_some() || status.is_some() {
+                    let wanted_name =
+                        connector_id.map(|id| names.get(&id).cloned().unwrap_or_default());
+                    let hit = states.iter().any(|state| {
+                        wanted_name
+                            .as_deref()
+                            .is_none_or(|name| name == state.connector)
+                            && status
+                                .as_deref()
+                                .is_none_or(|status| status == state.status)
+                    });
+                    if !hit {
+                        return Ok(true);
+                    }
+                }
+                messages.push(summary(id, record, states));
+                if messages.len() >= limit {
+                    full = true;
+                    return Ok(false);
+                }
+                Ok(true)
+            })?;
+            if full {
+                next = messages.last().map(|message| message.id);
+            }
+            Ok(MessagePage {
+                messages,
+                next_before: next,
+                scanned,
+            })
+        })
+        .await?;
+    Ok(Json(page))
+}
+
+/// One message with its body and delivery history. The read is written to the audit trail.
+#[utoipa::path(get, path = "/api/v1/messages/{id}", tag = "messages", security(("bearer" = [])),
+    params(("id" = u64, Path, description = "Message id")),
+    responses((status = 200, description = "The message", body = MessageDetail), AuthErrors,
+        (status = 404, description = "No such message", body = ErrorBody)))]
+pub async fn show_message(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<u64>,
+) -> Result<Json<MessageDetail>, ApiError> {
+    let names = state.gateway.connector_names.clone();
+    let found = state
+        .gateway
+        .outbox
+        .read(move |snapshot| {
+            let Some(record) = snapshot.message(id)? else {
+                return Ok(None);
+            };
+            let states = connector_states(snapshot, id, &record, &names)?;
+            let body = snapshot.body(id)?.unwrap_or_default();
+            Ok(Some((summary(id, &record, states), body)))
+        })
+        .await?;
+    let Some((summary, body)) = found else {
+        audit(
+            &state,
+            &caller,
+            "message.read",
+            format!("message {id}"),
+            "not found".to_owned(),
+        )
+        .await;
+        return Err(ApiError::not_found(format!("no message {id}")));
+    };
+    // The read is on the trail before the body leaves: no audit, no body.
+    let event = AuditEvent::Admin {
+        token_id: caller.token_id.clone(),
+        action: "message.read".to_owned(),
+        target: format!("message {id}"),
+        outcome: "ok".to_owned(),
+    };
+    state.gateway.outbox.audit(event).await?;
+    let body = Bytes::from(body);
+    let charset = match crate::hl7::Message::parse(body.clone()) {
+        Ok(message) => message.charset(state.gateway.default_charset).charset(),
+        Err(_) => state.gateway.default_charset,
+    };
+    Ok(Json(MessageDetail {
+        summary,
+        body: charset.decode(&body).into_owned(),
+    }))
+}

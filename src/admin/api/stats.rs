@@ -1,0 +1,200 @@
+//! `GET /api/v1/stats`: listeners, connectors and the store at a glance.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Deserialize;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::ApiError;
+use super::AuthErrors;
+use super::Shared;
+/// Counters and gauges of the whole gateway.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Stats {
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// One per listener.
+    pub listeners: Vec<ListenerStatsView>,
+    /// One per configured connector.
+    pub connectors: Vec<ConnectorStatsView>,
+    /// The outbox.
+    pub store: StoreStatsView,
+}
+
+/// A listener's counters since start.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ListenerStatsView {
+    /// Listener name.
+    pub name: String,
+    /// Connections open now.
+    pub connections_active: u64,
+    /// Connections accepted since start.
+    pub connections_accepted: u64,
+    /// Connections refused (MAX_CONNECTIONS).
+    pub connections_refused: u64,
+    /// Frames received.
+    pub received: u64,
+    /// Answered AA or CA.
+    pub accepted: u64,
+    /// Answered AR or CR.
+    pub rejected: u64,
+    /// Answered AE or CE.
+    pub errors: u64,
+    /// Frames without a readable header, frames over MAX_FRAME_SIZE, frame timeouts.
+    pub unreadable: u64,
+    /// TLS handshakes that failed (bad or missing client certificate, timeout, protocol).
+    pub tls_handshake_failures: u64,
+    /// Connections closed at once because the peer is not in ALLOWED_PEERS.
+    pub connections_denied: u64,
+    /// The listener's certificate, when TLS is on.
+    pub tls: Option<TlsStatsView>,
+}
+
+/// The listener's TLS certificate and its reloads.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TlsStatsView {
+    /// When the certificate in use expires (RFC 3339, UTC).
+    pub certificate_expires_at: String,
+    /// Days until then (negative once expired).
+    pub certificate_days_left: f64,
+    /// Certificates loaded after start (SIGHUP or a file change).
+    pub reloads: u64,
+    /// Reload attempts refused (the previous certificate stayed in use).
+    pub reload_failures: u64,
+}
+
+/// A connector's state: intake counters since start, queue and DLQ now, delivery since start.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConnectorStatsView {
+    /// Connector name.
+    pub name: String,
+    /// Output kind.
+    pub kind: String,
+    /// Delivery paused by an operator (or `paused: true`).
+    pub paused: bool,
+    /// Waiting for a retry time.
+    pub backing_off: bool,
+    /// Messages its filter took since start.
+    pub queued: u64,
+    /// Messages its filter did not take since start.
+    pub filtered: u64,
+    /// Entries in its queue now.
+    pub queue_depth: u64,
+    /// Age of the oldest queued message, seconds (absent when the queue is empty).
+    pub oldest_queued_age_secs: Option<f64>,
+    /// Messages delivered since start.
+    pub delivered: u64,
+    /// Failed delivery attempts since start (retried or dead-lettered).
+    pub failed: u64,
+    /// Entries in its dead-letter queue now.
+    pub dlq_size: u64,
+}
+
+/// Outbox figures.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct StoreStatsView {
+    /// Messages stored now.
+    pub messages: u64,
+    /// Size of the data file, bytes.
+    pub file_bytes: u64,
+    /// Transactions committed since start.
+    pub commits: u64,
+    /// Transactions that failed since start.
+    pub failed_commits: u64,
+}
+
+/// Counters per listener and connector, queue depths, DLQ sizes.
+#[utoipa::path(get, path = "/api/v1/stats", tag = "stats", security(("bearer" = [])),
+    responses((status = 200, description = "Stats", body = Stats), AuthErrors))]
+pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let ids: Vec<u32> = state.gateway.connectors.iter().map(|c| c.id).collect();
+    let now = crate::outbox::now_micros();
+    let (messages, per_connector) = state
+        .gateway
+        .outbox
+        .read(move |snapshot| {
+            let figures = ids
+                .into_iter()
+                .map(|id| snapshot.queue_figures(id, now))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((snapshot.message_count()?, figures))
+        })
+        .await?;
+    let listeners = state
+        .gateway
+        .listeners
+        .iter()
+        .map(|listener| {
+            let stats = listener.stats.snapshot();
+            ListenerStatsView {
+                name: listener.name.clone(),
+                connections_active: stats.connections_active,
+                connections_accepted: stats.connections_accepted,
+                connections_refused: stats.connections_refused,
+                received: stats.frames_received,
+                accepted: stats.acks[0] + stats.acks[3],
+                rejected: stats.acks[2] + stats.acks[5],
+                errors: stats.acks[1] + stats.acks[4],
+                unreadable: stats.unreadable_frames + stats.oversize_frames + stats.frame_timeouts,
+                tls_handshake_failures: stats.tls_handshake_failures,
+                connections_denied: stats.connections_denied,
+                tls: listener.tls.as_ref().map(|tls| {
+                    let not_after = tls.not_after.load(Relaxed);
+                    TlsStatsView {
+                        certificate_expires_at: chrono::DateTime::from_timestamp(not_after, 0)
+                            .map(|time| time.to_rfc3339())
+                            .unwrap_or_default(),
+                        certificate_days_left: (tls.days_left() * 100.0).round() / 100.0,
+                        reloads: tls.reloads.load(Relaxed),
+                        reload_failures: tls.failures.load(Relaxed),
+                    }
+                }),
+            }
+        })
+        .collect();
+    let connectors = state
+        .gateway
+        .connectors
+        .iter()
+        .zip(per_connector)
+        .map(|(connector, figures)| {
+            let (queued, filtered) = match &connector.intake {
+                Some((counters, index)) => counters
+                    .get(*index)
+                    .map(|c| (c.queued.load(Relaxed), c.filtered.load(Relaxed)))
+                    .unwrap_or_default(),
+                None => (0, 0),
+            };
+            let worker = connector.worker.as_ref();
+            ConnectorStatsView {
+                name: connector.name.clone(),
+                kind: connector.kind.to_owned(),
+                paused: worker.is_some_and(|w| w.is_paused()),
+                backing_off: worker.is_some_and(|w| w.stats().backing_off.load(Relaxed)),
+                queued,
+                filtered,
+                queue_depth: figures.depth,
+                oldest_queued_age_secs: figures.oldest_age_secs,
+                delivered: worker.map_or(0, |w| w.stats().delivered.load(Relaxed)),
+                failed: worker.map_or(0, |w| {
+                    w.stats().retries.load(Relaxed) + w.stats().dead_lettered.load(Relaxed)
+                }),
+                dlq_size: figures.dead_letters,
+            }
+        })
+        .collect();
+    let outbox_stats = state.gateway.outbox.stats();
+    Ok(Json(Stats {
+        uptime_secs: state.gateway.started.elapsed().as_secs(),
+        listeners,
+        connectors,
+        store: StoreStatsView {
+            messages,
+            file_bytes: state.gateway.outbox.file_size().unwrap_or(0),
+            commits: outbox_stats.commits.load(Relaxed),
+            failed_commits: outbox_stats.failed_batches.load(Relaxed),
+        },
+    }))
+}
