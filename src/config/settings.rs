@@ -1,0 +1,430 @@
+//! The scalar settings (`Settings`): the three layers merged by key, each value parsed and
+//! checked, every problem collected with where the value came from.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::env::{ENV_ONLY, ENV_VARS};
+use super::file::FileConfig;
+use super::{ConfigErrors, ConfigProblem, ListenerSettings, LogFormat};
+use crate::hl7::Charset;
+use crate::units::{Cidr, parse_duration, parse_listen_address, parse_size};
+
+/// Largest `MAX_CONNECTIONS` accepted (more would exceed what a semaphore can hold).
+const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+
+/// Every scalar setting, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The MLLP listener.
+    pub listener: ListenerSettings,
+    /// `DEFAULT_CHARACTER_SET`: used for messages whose MSH-18 is empty or unknown.
+    pub default_charset: Charset,
+    /// `DATA_DIR`: where the outbox file lives.
+    pub data_dir: PathBuf,
+    /// `DEDUP_WINDOW`: how long an accepted frame is remembered; `None` disables.
+    pub dedup_window: Option<Duration>,
+    /// `DEDUP_MAX_ENTRIES`: most accepted frames remembered at once.
+    pub dedup_max_entries: usize,
+    /// `RULES_TIME_BUDGET`: the most time rules and filters may spend on one message.
+    pub rules_time_budget: Duration,
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `RETENTION`: delivered and filtered messages older than this are removed; `None` keeps
+    /// everything.
+    pub retention: Option<Duration>,
+    /// Inbound TLS, when `TLS_CERT_FILE` and `TLS_KEY_FILE` are set.
+    pub tls: Option<crate::tls::TlsSettings>,
+    /// `REQUIRE_TLS`: refuse to start a listener without TLS.
+    pub require_tls: bool,
+    /// `STORE_JOURNAL`: commit through a sequential journal next to the data file.
+    pub store_journal: bool,
+    /// `STORE_VERIFY_INTERVAL`: how often every stored record is read and checked in the
+    /// background; `None` never.
+    pub store_verify_interval: Option<Duration>,
+    /// `DRAIN_TIMEOUT`: the longest a SIGTERM/SIGINT drain may take.
+    pub drain_timeout: Duration,
+    /// `AUDIT_RETENTION`: audit records older than this (and than `RETENTION`) are removed;
+    /// `None` keeps them all.
+    pub audit_retention: Option<Duration>,
+    /// `ADMIN_ADDR`: where the admin HTTP API listens; `None` (`off`) disables it.
+    pub admin_addr: Option<String>,
+    /// `ADMIN_TOKENS_FILE`: the token hashes; `None` uses (and creates) `DATA_DIR/admin.token`.
+    pub admin_tokens_file: Option<PathBuf>,
+}
+
+/// Where a setting's value came from.
+#[derive(Clone, Debug)]
+enum Source {
+    Default,
+    Environment,
+    File {
+        file: String,
+        line: u64,
+        column: u64,
+    },
+}
+
+/// Collects problems while reading settings one by one.
+struct Reader<'a> {
+    layers: &'a Layers<'a>,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Reader<'_> {
+    fn read<T>(
+        &mut self,
+        name: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+        fallback: T,
+    ) -> T {
+        let key = name.to_ascii_lowercase();
+        let value = self.layers.values.get(&key).cloned().unwrap_or_default();
+        match parse(&value) {
+            Ok(parsed) => parsed,
+            Err(problem) => {
+                let subject = match self.layers.source(name) {
+                    Source::File { file, line, column } => {
+                        format!("{file}:{line}:{column}: {key}={value:?}")
+                    }
+                    Source::Environment | Source::Default => format!("{name}={value:?}"),
+                };
+                self.problems.push(ConfigProblem {
+                    name: name.to_owned(),
+                    subject,
+                    problem,
+                });
+                fallback
+            }
+        }
+    }
+}
+
+fn optional_duration(text: &str) -> Result<Option<Duration>, String> {
+    let duration = parse_duration(text).map_err(|problem| {
+        format!("{problem}; expected a Go duration such as 30s, 5m or 0 for none")
+    })?;
+    Ok((!duration.is_zero()).then_some(duration))
+}
+
+impl Settings {
+    /// Read the settings from the environment alone (no file).
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigErrors> {
+        Self::from_layers(&merge_layers(None, "", lookup))
+    }
+
+    pub(super) fn from_layers(layers: &Layers<'_>) -> Result<Self, ConfigErrors> {
+        let mut reader = Reader {
+            layers,
+            problems: Vec::new(),
+        };
+        let listen_addr = reader.read(
+            "LISTEN_ADDR",
+            |text| parse_listen_address(text).map(|_| text.trim().to_owned()),
+            String::new(),
+        );
+        let name = reader.read("LISTENER_NAME", parse_name, String::new());
+        let max_connections = reader.read(
+            "MAX_CONNECTIONS",
+            |text| match text.trim().parse::<usize>() {
+                Ok(0) => Ok(None),
+                Ok(limit) if limit <= MAX_CONNECTIONS_LIMIT => Ok(Some(limit)),
+                _ => Err(format!(
+                    "expected a whole number of connections up to {MAX_CONNECTIONS_LIMIT}, 0 for unlimited"
+                )),
+            },
+            None,
+        );
+        let idle_timeout = reader.read("IDLE_TIMEOUT", optional_duration, None);
+        let frame_timeout = reader.read("FRAME_TIMEOUT", optional_duration, None);
+        let write_timeout = reader.read("WRITE_TIMEOUT", optional_duration, None);
+        let keep_alive_period = reader.read("KEEP_ALIVE_PERIOD", optional_duration, None);
+        let max_frame_size = reader.read(
+            "MAX_FRAME_SIZE",
+            |text| {
+                let size = parse_size(text)?;
+                if !(1024..=1 << 30).contains(&size) {
+                    return Err("expected a size from 1KiB to 1GiB, e.g. 16MiB".to_owned());
+                }
+                usize::try_from(size).map_err(|_| "size out of range".to_owned())
+            },
+            0,
+        );
+        let default_charset = reader.read(
+            "DEFAULT_CHARACTER_SET",
+            |text| {
+                Charset::from_name(text).ok_or_else(|| {
+                    "unknown character set; use an HL7 table 0211 name such as UNICODE UTF-8 or 8859/1"
+                        .to_owned()
+                })
+            },
+            Charset::UTF_8,
+        );
+        let data_dir = reader.read(
+            "DATA_DIR",
+            |text| {
+                if text.trim().is_empty() {
+                    Err("expected a directory, e.g. ./data or /var/lib/mfoundry".to_owned())
+                } else {
+                    Ok(PathBuf::from(text.trim()))
+                }
+            },
+            PathBuf::new(),
+        );
+        let dedup_window = reader.read("DEDUP_WINDOW", optional_duration, None);
+        let dedup_max_entries = reader.read(
+            "DEDUP_MAX_ENTRIES",
+            |text| match text.trim().parse::<usize>() {
+                Ok(count) if (1..=100_000_000).contains(&count) => Ok(count),
+                _ => Err("expected a whole number from 1 to 100000000".to_owned()),
+            },
+            1,
+        );
+        let rules_time_budget = reader.read(
+            "RULES_TIME_BUDGET",
+            |text| {
+                optional_duration(text)?
+                    .ok_or_else(|| "the budget must be more than 0, e.g. 10ms".to_owned())
+            },
+            Duration::ZERO,
+        );
+        let log_format = reader.read(
+            "LOG_FORMAT",
+            |text| match text.trim().to_ascii_lowercase().as_str() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("expected text or json".to_owned()),
+            },
+            LogFormat::Text,
+        );
+        let retention = reader.read("RETENTION", optional_duration, None);
+        let store_verify_interval = reader.read("STORE_VERIFY_INTERVAL", optional_duration, None);
+        let audit_retention = reader.read("AUDIT_RETENTION", optional_duration, None);
+        let allowed_peers = reader.read(
+            "ALLOWED_PEERS",
+            |text| {
+                let entries: Vec<&str> = text
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|entry| !entry.is_empty())
+                    .collect();
+                if entries.is_empty() {
+                    return Ok(None);
+                }
+                entries
+                    .into_iter()
+                    .map(Cidr::parse)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some)
+            },
+            None,
+        );
+        let path = |text: &str| Ok((!text.trim().is_empty()).then(|| PathBuf::from(text.trim())));
+        let cert_file = reader.read("TLS_CERT_FILE", path, None);
+        let key_file = reader.read("TLS_KEY_FILE", path, None);
+        let client_ca = reader.read("TLS_CLIENT_CA", path, None);
+        let client_crl = reader.read("TLS_CLIENT_CRL", path, None);
+        let min_version = reader.read(
+            "TLS_MIN_VERSION",
+            |text| match text.trim() {
+                "1.2" => Ok(crate::tls::TlsVersion::V1_2),
+                "1.3" => Ok(crate::tls::TlsVersion::V1_3),
+                _ => Err("expected 1.2 or 1.3 (older versions are never accepted)".to_owned()),
+            },
+            crate::tls::TlsVersion::V1_2,
+        );
+        let handshake_timeout = reader.read(
+            "TLS_HANDSHAKE_TIMEOUT",
+            |text| {
+                optional_duration(text)?
+                    .ok_or_else(|| "the handshake needs some time, e.g. 10s".to_owned())
+            },
+            Duration::ZERO,
+        );
+        // A value that is set but empty is false; a variable that is not set at all takes
+        // the default.
+        let boolean = |text: &str| match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" | "" => Ok(false),
+            _ => Err("expected true or false".to_owned()),
+        };
+        let require_tls = reader.read("REQUIRE_TLS", boolean, false);
+        let store_journal = reader.read("STORE_JOURNAL", boolean, true);
+        let tls = match (cert_file, key_file) {
+            (Some(cert_file), Some(key_file)) => Some(crate::tls::TlsSettings {
+                cert_file,
+                key_file,
+                client_ca,
+                client_crl,
+                min_version,
+                handshake_timeout,
+            }),
+            (None, None) if client_ca.is_some() => {
+                reader.problems.push(ConfigProblem {
+                    name: "TLS_CLIENT_CA".to_owned(),
+                    subject: String::new(),
+                    problem: "TLS_CLIENT_CA is set but TLS is off; set TLS_CERT_FILE and TLS_KEY_FILE too".to_owned(),
+                });
+                None
+            }
+            (None, None) => None,
+            _ => {
+                reader.problems.push(ConfigProblem {
+                    name: "TLS_CERT_FILE".to_owned(),
+                    subject: String::new(),
+                    problem: "TLS needs both TLS_CERT_FILE and TLS_KEY_FILE; only one is set"
+                        .to_owned(),
+                });
+                None
+            }
+        };
+        if let Some(tls) = &tls
+            && tls.client_crl.is_some()
+            && tls.client_ca.is_none()
+        {
+            reader.problems.push(ConfigProblem {
+                name: "TLS_CLIENT_CRL".to_owned(),
+                subject: String::new(),
+                problem: "TLS_CLIENT_CRL checks client certificates, which are only asked for when TLS_CLIENT_CA is set; set TLS_CLIENT_CA too".to_owned(),
+            });
+        }
+        let drain_timeout = reader.read(
+            "DRAIN_TIMEOUT",
+            |text| {
+                optional_duration(text)?
+                    .ok_or_else(|| "the drain needs some time, e.g. 30s".to_owned())
+            },
+            Duration::ZERO,
+        );
+        let admin_addr = reader.read(
+            "ADMIN_ADDR",
+            |text| {
+                let text = text.trim();
+                if text.eq_ignore_ascii_case("off") {
+                    return Ok(None);
+                }
+                parse_listen_address(text)
+                    .map(|_| Some(text.to_owned()))
+                    .map_err(|error| format!("{error}; or off to disable the admin API"))
+            },
+            None,
+        );
+        let admin_tokens_file = reader.read(
+            "ADMIN_TOKENS_FILE",
+            |text| Ok((!text.trim().is_empty()).then(|| PathBuf::from(text.trim()))),
+            None,
+        );
+        if !reader.problems.is_empty() {
+            return Err(ConfigErrors(reader.problems));
+        }
+        Ok(Self {
+            listener: ListenerSettings {
+                listen_addr,
+                name,
+                max_connections,
+                idle_timeout,
+                frame_timeout,
+                write_timeout,
+                keep_alive_period,
+                max_frame_size,
+                allowed_peers,
+            },
+            default_charset,
+            data_dir,
+            dedup_window,
+            dedup_max_entries,
+            rules_time_budget,
+            log_format,
+            retention,
+            tls,
+            require_tls,
+            store_journal,
+            store_verify_interval,
+            drain_timeout,
+            audit_retention,
+            admin_addr,
+            admin_tokens_file,
+        })
+    }
+
+    /// The outbox file.
+    pub fn outbox_path(&self) -> PathBuf {
+        self.data_dir.join(crate::outbox::FILE_NAME)
+    }
+}
+
+/// Names of listeners and connectors end up in metrics, logs and file names: keep them plain.
+pub(super) fn parse_name(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("expected 1 to 64 letters, digits, '-', '_' or '.'".to_owned())
+    }
+}
+
+/// The merged scalar settings and where each came from.
+pub(super) struct Layers<'a> {
+    /// Merged values by lower-case key.
+    values: BTreeMap<String, String>,
+    /// Keys set in the environment.
+    env_keys: HashSet<String>,
+    file: Option<&'a FileConfig>,
+    file_name: &'a str,
+}
+
+impl Layers<'_> {
+    fn source(&self, name: &str) -> Source {
+        let key = name.to_ascii_lowercase();
+        if self.env_keys.contains(&key) {
+            return Source::Environment;
+        }
+        let spanned = self
+            .file
+            .and_then(|file| file.scalars().get(key.as_str()).copied().cloned());
+        match spanned {
+            Some(spanned) => Source::File {
+                file: self.file_name.to_owned(),
+                line: spanned.referenced.line(),
+                column: spanned.referenced.column(),
+            },
+            None => Source::Default,
+        }
+    }
+}
+
+/// Merge defaults < file < environment: each layer replaces the keys it sets.
+pub(super) fn merge_layers<'a>(
+    file: Option<&'a FileConfig>,
+    file_name: &'a str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Layers<'a> {
+    let yaml_vars = ENV_VARS.iter().filter(|var| !ENV_ONLY.contains(&var.name));
+    let mut values: BTreeMap<String, String> = yaml_vars
+        .clone()
+        .map(|var| (var.name.to_ascii_lowercase(), var.default.to_owned()))
+        .collect();
+    if let Some(file) = file {
+        values.extend(
+            file.scalars()
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value.value.0.clone())),
+        );
+    }
+    let from_env: BTreeMap<String, String> = yaml_vars
+        .filter_map(|var| lookup(var.name).map(|value| (var.name.to_ascii_lowercase(), value)))
+        .collect();
+    let env_keys = from_env.keys().cloned().collect();
+    values.extend(from_env);
+    Layers {
+        values,
+        env_keys,
+        file,
+        file_name,
+    }
+}
