@@ -182,11 +182,18 @@ impl Outcome {
 /// not counted again).
 #[derive(Debug, Default)]
 pub struct RouteCounters {
+    /// The connector's outbox id.
+    pub connector: u32,
     /// Messages queued for the connector.
     pub queued: std::sync::atomic::AtomicU64,
     /// Messages its filter did not take.
     pub filtered: std::sync::atomic::AtomicU64,
 }
+
+/// A connector the rule set routes to that the outbox does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("the outbox has no connector named {0:?}")]
+pub struct UnknownConnector(pub String);
 
 /// Checks, validates, routes, stores and answers frames.
 #[derive(Debug, Clone)]
@@ -195,10 +202,9 @@ pub struct Ingest {
     stamper: Arc<dyn AckStamper>,
     rules: Arc<RuleSet>,
     outbox: Outbox,
-    /// Connector ids in the order of the rule set's filters.
-    connectors: Arc<[u32]>,
-    /// Counters per connector, in the order of `connectors`.
-    route_counters: Arc<[RouteCounters]>,
+    /// Each routed connector's id and counters, in the order of the rule set's filters
+    /// ([`RuleSet::filter_connectors`]), which is the order of its routes.
+    routes: Arc<[Arc<RouteCounters>]>,
     /// The listener's name, stored with each message and bound as `inbound`.
     listener: Arc<str>,
     /// `tls_senders`: what each client certificate may send as.
@@ -223,29 +229,37 @@ impl Refusal {
 }
 
 impl Ingest {
-    /// Build an ingest. `connectors` are the outbox ids of the connectors, in the order of
-    /// the rule set's filters.
+    /// Build an ingest. `connector_id` gives the outbox id of each connector the rule set
+    /// routes to (by name); a connector it does not know is an error naming it, so a route can
+    /// never reach another connector's queue.
     pub fn new(
         default_charset: Charset,
         stamper: Arc<dyn AckStamper>,
         rules: Arc<RuleSet>,
         outbox: Outbox,
-        connectors: Vec<u32>,
+        connector_id: impl Fn(&str) -> Option<u32>,
         listener: &str,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, UnknownConnector> {
+        let routes = rules
+            .filter_connectors()
+            .map(|name| {
+                let connector =
+                    connector_id(name).ok_or_else(|| UnknownConnector(name.to_owned()))?;
+                Ok(Arc::new(RouteCounters {
+                    connector,
+                    ..RouteCounters::default()
+                }))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
             default_charset,
             stamper,
             rules,
             outbox,
-            route_counters: connectors
-                .iter()
-                .map(|_| RouteCounters::default())
-                .collect(),
-            connectors: connectors.into(),
+            routes,
             listener: listener.into(),
             senders: None,
-        }
+        })
     }
 
     /// Check each message's MSH-3/MSH-4 against its connection's client certificate.
@@ -255,9 +269,9 @@ impl Ingest {
         self
     }
 
-    /// Intake counters per connector, in the order the connector ids were given to [`Ingest::new`].
-    pub fn route_counters(&self) -> Arc<[RouteCounters]> {
-        Arc::clone(&self.route_counters)
+    /// Intake counters of each routed connector (the connector id is in each).
+    pub fn route_counters(&self) -> Vec<Arc<RouteCounters>> {
+        self.routes.to_vec()
     }
 
     /// Decide, store and answer one frame from `peer`, whose client certificate (mTLS) named
@@ -326,8 +340,7 @@ impl Ingest {
             dedup_key: None,
             body_inline: false,
         };
-        let decided_routes: Vec<RouteStatus> =
-            record.routes.iter().map(|route| route.status).collect();
+        let decided_routes = record.routes.clone();
         let stored = self
             .outbox
             .append(NewMessage {
@@ -401,11 +414,20 @@ impl Ingest {
         }
     }
 
-    /// Routes come one per connector, in the order of `connectors` (see `decide`).
-    fn count_routes(&self, routes: &[RouteStatus]) {
+    /// Routes come one per connector, in the order of `self.routes` (see `decide`), or
+    /// none for a refused message.
+    fn count_routes(&self, routes: &[Route]) {
         use std::sync::atomic::Ordering;
-        for (status, counters) in routes.iter().zip(self.route_counters.iter()) {
-            match status {
+        debug_assert!(
+            routes.is_empty() || routes.len() == self.routes.len(),
+            "one route per connector, or none"
+        );
+        for (route, counters) in routes.iter().zip(self.routes.iter()) {
+            debug_assert_eq!(
+                route.connector, counters.connector,
+                "routes in connector order"
+            );
+            match route.status {
                 RouteStatus::Queued => counters.queued.fetch_add(1, Ordering::Relaxed),
                 RouteStatus::Filtered => counters.filtered.fetch_add(1, Ordering::Relaxed),
             };
@@ -454,16 +476,24 @@ impl Ingest {
                 }));
             }
         }
-        routes.extend(self.connectors.iter().zip(&evaluation.routes).map(
-            |(&connector, &taken)| Route {
-                connector,
-                status: if taken {
-                    RouteStatus::Queued
-                } else {
-                    RouteStatus::Filtered
-                },
-            },
-        ));
+        debug_assert_eq!(
+            evaluation.routes.len(),
+            self.routes.len(),
+            "the rule set gives one route per connector it was built with"
+        );
+        routes.extend(
+            self.routes
+                .iter()
+                .zip(&evaluation.routes)
+                .map(|(counters, &taken)| Route {
+                    connector: counters.connector,
+                    status: if taken {
+                        RouteStatus::Queued
+                    } else {
+                        RouteStatus::Filtered
+                    },
+                }),
+        );
         if routes
             .iter()
             .any(|route| route.status == RouteStatus::Queued)

@@ -10,6 +10,7 @@
 //! the queue entry, so a restart resumes with the same schedule.
 
 mod retry;
+pub mod upkeep;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -53,8 +53,8 @@ pub struct ConnectorHandle {
     pub id: u32,
     /// Its delivery worker (absent for a connector without an output).
     pub worker: Option<WorkerControl>,
-    /// Intake counters of all connectors, and this one's index in them.
-    pub intake: Option<(Arc<[RouteCounters]>, usize)>,
+    /// What intake decided for it.
+    pub intake: Option<Arc<RouteCounters>>,
 }
 
 /// One listener as the admin API and the metrics see it.

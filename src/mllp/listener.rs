@@ -189,105 +189,122 @@ struct Shared {
     tls: Option<crate::tls::TlsServer>,
 }
 
-/// Accept connections until `shutdown` is cancelled. Connection tasks are spawned on
-/// `tracker` so the caller can wait for them to finish.
-#[allow(clippy::too_many_arguments)]
-pub async fn serve(
-    listener: TcpListener,
-    settings: ListenerSettings,
-    ingest: Ingest,
-    stats: Arc<ListenerStats>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-    tls: Option<crate::tls::TlsServer>,
-) {
-    let permits = settings
-        .max_connections
-        .map(|limit| Arc::new(Semaphore::new(limit)));
-    let shared = Arc::new(Shared {
-        tls,
-        listener_name: opentelemetry::StringValue::from(settings.name.clone()),
-        settings,
-        ingest,
-        stats,
-        shutdown,
-    });
-    loop {
-        let accepted = tokio::select! {
-            () = shared.shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            // Show IPv4 peers of a dual-stack socket as 10.1.2.3, not [::ffff:10.1.2.3].
-            Ok((stream, peer)) => (
-                stream,
-                SocketAddr::new(peer.ip().to_canonical(), peer.port()),
-            ),
-            Err(error) => {
-                // Usually EMFILE/ENFILE: back off instead of spinning.
-                warn!(error = %error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if let Some(allowed) = &shared.settings.allowed_peers
-            && !allowed.iter().any(|range| range.contains(peer.ip()))
-        {
-            bump(&shared.stats.connections_denied, 1);
-            warn!(%peer, "connection refused: the peer is not in ALLOWED_PEERS");
-            drop(stream);
-            continue;
+/// An MLLP listener ready to serve: its settings, the ingest its frames go to, its counters,
+/// its TLS, and the token that stops it.
+#[derive(Debug)]
+pub struct Listener {
+    shared: Arc<Shared>,
+}
+
+impl Listener {
+    /// A listener handing frames to `ingest` and counting in `stats`; `shutdown` stops
+    /// accepting and closes connections between frames.
+    pub fn new(
+        settings: ListenerSettings,
+        ingest: Ingest,
+        stats: Arc<ListenerStats>,
+        tls: Option<crate::tls::TlsServer>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                tls,
+                listener_name: opentelemetry::StringValue::from(settings.name.clone()),
+                settings,
+                ingest,
+                stats,
+                shutdown,
+            }),
         }
-        let permit = match &permits {
-            None => None,
-            Some(permits) => match Arc::clone(permits).try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    bump(&shared.stats.connections_refused, 1);
-                    warn!(%peer, "connection refused: MAX_CONNECTIONS reached");
-                    drop(stream);
+    }
+
+    /// Accept connections on `listener` until shutdown. Connection tasks are spawned on
+    /// `tracker` so the caller can wait for them to finish.
+    pub async fn serve(self, listener: TcpListener, tracker: TaskTracker) {
+        let shared = self.shared;
+        let permits = shared
+            .settings
+            .max_connections
+            .map(|limit| Arc::new(Semaphore::new(limit)));
+        loop {
+            let accepted = tokio::select! {
+                () = shared.shutdown.cancelled() => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, peer) = match accepted {
+                // Show IPv4 peers of a dual-stack socket as 10.1.2.3, not [::ffff:10.1.2.3].
+                Ok((stream, peer)) => (
+                    stream,
+                    SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+                ),
+                Err(error) => {
+                    // Usually EMFILE/ENFILE: back off instead of spinning.
+                    warn!(error = %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
-            },
-        };
-        bump(&shared.stats.connections_accepted, 1);
-        bump(&shared.stats.connections_active, 1);
-        let shared = Arc::clone(&shared);
-        tracker.spawn(async move {
-            // The permit lives as long as the connection.
-            let _permit = permit;
-            let _active = ActiveConnection(&shared.stats);
-            configure_socket(&stream, shared.settings.keep_alive_period, peer);
-            match &shared.tls {
-                None => handle_connection(stream, peer, None, &shared).await,
-                Some(tls) => match tls.accept(stream).await {
-                    Ok(stream) => {
-                        let identity = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(<[_]>::first)
-                            .and_then(crate::tls::PeerIdentity::from_certificate);
-                        handle_connection(stream, peer, identity.as_ref(), &shared).await;
-                    }
-                    Err(crate::tls::HandshakeError::Silent) => {
-                        debug!(%peer, "connection closed before a TLS handshake began (a TCP probe)");
-                    }
-                    Err(crate::tls::HandshakeError::Failed(error)) => {
-                        bump(&shared.stats.tls_handshake_failures, 1);
-                        warn!(%peer, error = %error, "TLS handshake failed; connection closed before any HL7 was read");
+            };
+            if let Some(allowed) = &shared.settings.allowed_peers
+                && !allowed.iter().any(|range| range.contains(peer.ip()))
+            {
+                bump(&shared.stats.connections_denied, 1);
+                warn!(%peer, "connection refused: the peer is not in ALLOWED_PEERS");
+                drop(stream);
+                continue;
+            }
+            let permit = match &permits {
+                None => None,
+                Some(permits) => match Arc::clone(permits).try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        bump(&shared.stats.connections_refused, 1);
+                        warn!(%peer, "connection refused: MAX_CONNECTIONS reached");
+                        drop(stream);
+                        continue;
                     }
                 },
-            }
-        });
+            };
+            bump(&shared.stats.connections_accepted, 1);
+            bump(&shared.stats.connections_active, 1);
+            let shared = Arc::clone(&shared);
+            tracker.spawn(async move {
+                // The permit lives as long as the connection.
+                let _permit = permit;
+                let _active = ActiveConnection(Arc::clone(&shared.stats));
+                configure_socket(&stream, shared.settings.keep_alive_period, peer);
+                match &shared.tls {
+                    None => Handler::new(stream, peer, None, Arc::clone(&shared)).run().await,
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => {
+                            let identity = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(<[_]>::first)
+                                .and_then(crate::tls::PeerIdentity::from_certificate);
+                            Handler::new(stream, peer, identity, Arc::clone(&shared))
+                                .run()
+                                .await;
+                        }
+                        Err(crate::tls::HandshakeError::Silent) => {
+                            debug!(%peer, "connection closed before a TLS handshake began (a TCP probe)");
+                        }
+                        Err(crate::tls::HandshakeError::Failed(error)) => {
+                            bump(&shared.stats.tls_handshake_failures, 1);
+                            warn!(%peer, error = %error, "TLS handshake failed; connection closed before any HL7 was read");
+                        }
+                    },
+                }
+            });
+        }
+        debug!("listener stopped accepting");
     }
-    debug!("listener stopped accepting");
 }
 
 /// Counts a connection as active until dropped (also when its task is cancelled).
-struct ActiveConnection<'a>(&'a ListenerStats);
+struct ActiveConnection(Arc<ListenerStats>);
 
-impl Drop for ActiveConnection<'_> {
+impl Drop for ActiveConnection {
     fn drop(&mut self) {
         self.0.connections_active.fetch_sub(1, Ordering::Relaxed);
     }
@@ -307,145 +324,188 @@ enum Close {
     PeerClosedMidFrame(usize),
 }
 
-async fn handle_connection<S>(
-    mut stream: S,
+/// One connection: its stream, who is at the other end, and where its frame loop stands.
+struct Handler<S> {
+    stream: S,
     peer: SocketAddr,
-    identity: Option<&crate::tls::PeerIdentity>,
-    shared: &Shared,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    debug!(%peer, "connection opened");
-    let close = serve_frames(&mut stream, peer, identity, shared).await;
-    let stats = &shared.stats;
-    match close {
-        Close::PeerClosed => debug!(%peer, "connection closed by peer"),
-        Close::Shutdown => debug!(%peer, "connection closed for shutdown"),
-        Close::IdleTimeout => {
-            bump(&stats.idle_timeouts, 1);
-            info!(%peer, "connection closed: IDLE_TIMEOUT reached with no data");
-        }
-        Close::FrameTimeout => {
-            bump(&stats.frame_timeouts, 1);
-            warn!(%peer, "connection closed: frame not completed within FRAME_TIMEOUT");
-        }
-        Close::Oversize(limit) => {
-            bump(&stats.oversize_frames, 1);
-            warn!(%peer, limit, "connection closed: frame exceeds MAX_FRAME_SIZE");
-        }
-        Close::Unreadable => {
-            bump(&stats.unreadable_frames, 1);
-            warn!(%peer, "connection closed: frame does not start with a readable MSH segment; no ACK sent");
-        }
-        Close::NotStored => {
-            warn!(%peer, "connection closed: the message could not be stored and MSH-15/16 asked for no error ACK");
-        }
-        Close::WriteFailed(error) => {
-            bump(&stats.write_failures, 1);
-            warn!(%peer, error = %error, "connection closed: ACK could not be written");
-        }
-        Close::ReadFailed(error) => warn!(%peer, error = %error, "connection closed: read failed"),
-        Close::PeerClosedMidFrame(received) => {
-            info!(%peer, received, "connection closed by peer in the middle of a frame; no ACK sent");
-        }
-    }
+    /// The client certificate's identity (mTLS).
+    identity: Option<crate::tls::PeerIdentity>,
+    shared: Arc<Shared>,
+    codec: MllpCodec,
+    buffer: BytesMut,
+    /// When the frame being received began.
+    frame_started: Option<Instant>,
+    /// Last sign of a live sender: a frame answered, or frame bytes arriving. Bytes outside
+    /// frames do not count, so a peer sending junk cannot hold its connection forever.
+    last_activity: Instant,
 }
 
-fn configure_socket(stream: &TcpStream, keep_alive: Option<Duration>, peer: SocketAddr) {
-    let socket = socket2::SockRef::from(stream);
-    if let Err(error) = socket.set_tcp_nodelay(true) {
-        debug!(%peer, error = %error, "could not set TCP_NODELAY");
-    }
-    if let Some(period) = keep_alive {
-        let keepalive = socket2::TcpKeepalive::new()
-            .with_time(period)
-            .with_interval(period);
-        if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
-            debug!(%peer, error = %error, "could not enable TCP keep-alive");
-        }
-    }
-}
-
-async fn serve_frames<S>(
-    stream: &mut S,
-    peer: SocketAddr,
-    identity: Option<&crate::tls::PeerIdentity>,
-    shared: &Shared,
-) -> Close
+impl<S> Handler<S>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let settings = &shared.settings;
-    let stats = &shared.stats;
-    let mut codec = MllpCodec::new(settings.max_frame_size);
-    let mut buffer = BytesMut::with_capacity(8 * 1024);
-    let mut frame_started: Option<Instant> = None;
-    // Last sign of a live sender: a frame answered, or frame bytes arriving. Bytes outside
-    // frames do not count, so a peer sending junk cannot hold its connection forever.
-    let mut last_activity = Instant::now();
-    loop {
-        // Answer every complete frame already buffered, in order.
+    fn new(
+        stream: S,
+        peer: SocketAddr,
+        identity: Option<crate::tls::PeerIdentity>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            stream,
+            peer,
+            identity,
+            codec: MllpCodec::new(shared.settings.max_frame_size),
+            shared,
+            buffer: BytesMut::with_capacity(8 * 1024),
+            frame_started: None,
+            last_activity: Instant::now(),
+        }
+    }
+
+    /// Serve frames until the connection ends, then say why.
+    async fn run(mut self) {
+        debug!(peer = %self.peer, "connection opened");
+        let close = self.serve_frames().await;
+        self.report(close);
+    }
+
+    fn report(&self, close: Close) {
+        let peer = self.peer;
+        let stats = &self.shared.stats;
+        match close {
+            Close::PeerClosed => debug!(%peer, "connection closed by peer"),
+            Close::Shutdown => debug!(%peer, "connection closed for shutdown"),
+            Close::IdleTimeout => {
+                bump(&stats.idle_timeouts, 1);
+                info!(%peer, "connection closed: IDLE_TIMEOUT reached with no data");
+            }
+            Close::FrameTimeout => {
+                bump(&stats.frame_timeouts, 1);
+                warn!(%peer, "connection closed: frame not completed within FRAME_TIMEOUT");
+            }
+            Close::Oversize(limit) => {
+                bump(&stats.oversize_frames, 1);
+                warn!(%peer, limit, "connection closed: frame exceeds MAX_FRAME_SIZE");
+            }
+            Close::Unreadable => {
+                bump(&stats.unreadable_frames, 1);
+                warn!(%peer, "connection closed: frame does not start with a readable MSH segment; no ACK sent");
+            }
+            Close::NotStored => {
+                warn!(%peer, "connection closed: the message could not be stored and MSH-15/16 asked for no error ACK");
+            }
+            Close::WriteFailed(error) => {
+                bump(&stats.write_failures, 1);
+                warn!(%peer, error = %error, "connection closed: ACK could not be written");
+            }
+            Close::ReadFailed(error) => {
+                warn!(%peer, error = %error, "connection closed: read failed")
+            }
+            Close::PeerClosedMidFrame(received) => {
+                info!(%peer, received, "connection closed by peer in the middle of a frame; no ACK sent");
+            }
+        }
+    }
+
+    /// Answer frames in order until the connection ends.
+    async fn serve_frames(&mut self) -> Close {
         loop {
-            let decoded = codec.decode(&mut buffer);
-            report_discards(&mut codec, stats, peer);
+            if let Some(close) = self.answer_buffered().await {
+                return close;
+            }
+            if let Some(close) = self.read_more().await {
+                return close;
+            }
+        }
+    }
+
+    /// Answer every complete frame already buffered, in order.
+    async fn answer_buffered(&mut self) -> Option<Close> {
+        let peer = self.peer;
+        loop {
+            let decoded = self.codec.decode(&mut self.buffer);
+            report_discards(&mut self.codec, &self.shared.stats, peer);
             let frame_bytes = match decoded {
                 Ok(Some(frame_bytes)) => frame_bytes,
-                Ok(None) => break,
-                Err(FrameError::TooLarge { limit }) => return Close::Oversize(limit),
-                Err(error) => return Close::ReadFailed(error.to_string()),
+                Ok(None) => return None,
+                Err(FrameError::TooLarge { limit }) => return Some(Close::Oversize(limit)),
+                Err(error) => return Some(Close::ReadFailed(error.to_string())),
             };
-            frame_started = None;
-            bump(&stats.frames_received, 1);
-            let size = frame_bytes.len();
-            let started = Instant::now();
-            let outcome = shared.ingest.handle(frame_bytes, peer, identity).await;
-            if let Reply::Ack { code, .. } | Reply::Suppressed { code } = &outcome.reply {
-                crate::telemetry::metrics::record(
-                    &crate::telemetry::metrics::instruments().process,
-                    started.elapsed(),
-                    &[
-                        KeyValue::new(LISTENER, shared.listener_name.clone()),
-                        KeyValue::new(ACK_CODE, code.as_str()),
-                    ],
-                );
-            }
-            match outcome.reply {
-                Reply::Ack { bytes, code } => {
-                    debug!(%peer, control_id = outcome.control_id.as_deref().unwrap_or(""), size, code = %code, reason = outcome.reason.map_or("accepted", Reason::as_str), "frame answered");
-                    if let Err(error) = write_ack(stream, &bytes, settings.write_timeout).await {
-                        return Close::WriteFailed(error);
-                    }
-                    bump(&stats.acks[ack_index(code)], 1);
-                    // Time spent deciding and writing is not the sender's idle time.
-                    last_activity = Instant::now();
-                }
-                Reply::Suppressed { code } => {
-                    debug!(%peer, control_id = outcome.control_id.as_deref().unwrap_or(""), size, code = %code, "no ACK sent: MSH-15 asks for none in this case");
-                    bump(&stats.suppressed_acks, 1);
-                }
-                Reply::Ignore if outcome.reason == Some(Reason::AckReceived) => {
-                    info!(%peer, control_id = outcome.control_id.as_deref().unwrap_or(""), "ACK received from a sender and ignored; ACKs are never acknowledged");
-                    bump(&stats.acks_received, 1);
-                }
-                Reply::Ignore => {
-                    debug!(%peer, "empty frame ignored");
-                    bump(&stats.empty_frames, 1);
-                }
-                Reply::Close if outcome.reason == Some(Reason::StoreFailed) => {
-                    return Close::NotStored;
-                }
-                Reply::Close => return Close::Unreadable,
+            self.frame_started = None;
+            if let Some(close) = self.answer(frame_bytes).await {
+                return Some(close);
             }
         }
-        if codec.in_frame() {
-            frame_started.get_or_insert_with(Instant::now);
-            last_activity = Instant::now();
-        } else if shared.shutdown.is_cancelled() {
-            return Close::Shutdown;
-        }
+    }
 
-        let idle_deadline = settings.idle_timeout.map(|idle| last_activity + idle);
-        let frame_deadline = frame_started
+    /// Hand one frame to ingest and send what it decided.
+    async fn answer(&mut self, frame_bytes: bytes::Bytes) -> Option<Close> {
+        let peer = self.peer;
+        let shared = Arc::clone(&self.shared);
+        let stats = &shared.stats;
+        bump(&stats.frames_received, 1);
+        let size = frame_bytes.len();
+        let started = Instant::now();
+        let outcome = shared
+            .ingest
+            .handle(frame_bytes, peer, self.identity.as_ref())
+            .await;
+        if let Reply::Ack { code, .. } | Reply::Suppressed { code } = &outcome.reply {
+            crate::telemetry::metrics::record(
+                &crate::telemetry::metrics::instruments().process,
+                started.elapsed(),
+                &[
+                    KeyValue::new(LISTENER, shared.listener_name.clone()),
+                    KeyValue::new(ACK_CODE, code.as_str()),
+                ],
+            );
+        }
+        let control_id = outcome.control_id.as_deref().unwrap_or("");
+        match outcome.reply {
+            Reply::Ack { bytes, code } => {
+                debug!(%peer, control_id, size, code = %code, reason = outcome.reason.map_or("accepted", Reason::as_str), "frame answered");
+                if let Err(error) =
+                    write_ack(&mut self.stream, &bytes, shared.settings.write_timeout).await
+                {
+                    return Some(Close::WriteFailed(error));
+                }
+                bump(&stats.acks[ack_index(code)], 1);
+                // Time spent deciding and writing is not the sender's idle time.
+                self.last_activity = Instant::now();
+            }
+            Reply::Suppressed { code } => {
+                debug!(%peer, control_id, size, code = %code, "no ACK sent: MSH-15 asks for none in this case");
+                bump(&stats.suppressed_acks, 1);
+            }
+            Reply::Ignore if outcome.reason == Some(Reason::AckReceived) => {
+                info!(%peer, control_id, "ACK received from a sender and ignored; ACKs are never acknowledged");
+                bump(&stats.acks_received, 1);
+            }
+            Reply::Ignore => {
+                debug!(%peer, "empty frame ignored");
+                bump(&stats.empty_frames, 1);
+            }
+            Reply::Close if outcome.reason == Some(Reason::StoreFailed) => {
+                return Some(Close::NotStored);
+            }
+            Reply::Close => return Some(Close::Unreadable),
+        }
+        None
+    }
+
+    /// Wait for more bytes within the idle and frame deadlines; `Some` when the connection
+    /// ends instead.
+    async fn read_more(&mut self) -> Option<Close> {
+        let settings = &self.shared.settings;
+        if self.codec.in_frame() {
+            self.frame_started.get_or_insert_with(Instant::now);
+            self.last_activity = Instant::now();
+        } else if self.shared.shutdown.is_cancelled() {
+            return Some(Close::Shutdown);
+        }
+        let idle_deadline = settings.idle_timeout.map(|idle| self.last_activity + idle);
+        let frame_deadline = self
+            .frame_started
             .zip(settings.frame_timeout)
             .map(|(started, limit)| started + limit);
         let deadline = match (idle_deadline, frame_deadline) {
@@ -463,30 +523,44 @@ where
         // Checked before reading too: a peer whose bytes are always ready (junk) must still
         // meet its deadlines.
         if deadline.is_some_and(|at| Instant::now() >= at) {
-            return expired();
+            return Some(expired());
         }
-        buffer.reserve(8 * 1024);
-        let between_frames = !codec.in_frame();
+        self.buffer.reserve(8 * 1024);
+        let between_frames = !self.codec.in_frame();
         let read = tokio::select! {
             biased;
-            () = shared.shutdown.cancelled(), if between_frames => return Close::Shutdown,
-            read = stream.read_buf(&mut buffer) => read,
-            () = sleep_until_option(deadline) => return expired(),
+            () = self.shared.shutdown.cancelled(), if between_frames => return Some(Close::Shutdown),
+            read = self.stream.read_buf(&mut self.buffer) => read,
+            () = sleep_until_option(deadline) => return Some(expired()),
         };
+        let in_frame = self.codec.in_frame();
         match read {
-            Ok(0) if codec.in_frame() => return Close::PeerClosedMidFrame(buffer.len()),
-            Ok(0) => return Close::PeerClosed,
-            Ok(_) => {}
+            Ok(0) if in_frame => Some(Close::PeerClosedMidFrame(self.buffer.len())),
+            Ok(0) => Some(Close::PeerClosed),
+            Ok(_) => None,
             // A TLS peer that closes without close_notify (most MLLP senders do): between
             // frames that is an ordinary close, in a frame it is a cut-off frame.
-            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return if codec.in_frame() {
-                    Close::PeerClosedMidFrame(buffer.len())
-                } else {
-                    Close::PeerClosed
-                };
-            }
-            Err(error) => return Close::ReadFailed(error.to_string()),
+            Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => Some(if in_frame {
+                Close::PeerClosedMidFrame(self.buffer.len())
+            } else {
+                Close::PeerClosed
+            }),
+            Err(error) => Some(Close::ReadFailed(error.to_string())),
+        }
+    }
+}
+
+fn configure_socket(stream: &TcpStream, keep_alive: Option<Duration>, peer: SocketAddr) {
+    let socket = socket2::SockRef::from(stream);
+    if let Err(error) = socket.set_tcp_nodelay(true) {
+        debug!(%peer, error = %error, "could not set TCP_NODELAY");
+    }
+    if let Some(period) = keep_alive {
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(period)
+            .with_interval(period);
+        if let Err(error) = socket.set_tcp_keepalive(&keepalive) {
+            debug!(%peer, error = %error, "could not enable TCP keep-alive");
         }
     }
 }

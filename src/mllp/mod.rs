@@ -9,4 +9,4 @@ mod listener;
 
 pub use client::{ClientError, MllpClient};
 pub use codec::{END_BLOCK, FrameError, MllpCodec, START_BLOCK, TRAILER, frame};
-pub use listener::{ListenerSettings, ListenerStats, StatsSnapshot, bind, serve};
+pub use listener::{Listener, ListenerSettings, ListenerStats, StatsSnapshot, bind};

@@ -199,7 +199,8 @@ pub enum Validation {
 pub struct Evaluation {
     /// The validation outcome (routing only runs when it passed).
     pub validation: Validation,
-    /// Per connector (in configuration order): does its filter take the message?
+    /// Per connector (in the order of [`RuleSet::filter_connectors`]): does its filter take
+    /// the message?
     pub routes: Vec<bool>,
 }
 
@@ -207,8 +208,9 @@ pub struct Evaluation {
 pub struct RuleSet {
     root: Context<'static, 'static>,
     rules: Vec<CompiledRule>,
-    /// `(filter of connector "name", expression)`; `None` takes every message.
-    filters: Vec<(String, Option<IdedExpr>)>,
+    /// `(connector name, filter of connector "name", expression)`, in configuration order;
+    /// `None` takes every message.
+    filters: Vec<(String, String, Option<IdedExpr>)>,
     needed: Needed,
     budget: Duration,
 }
@@ -259,7 +261,7 @@ impl RuleSet {
                 .expression
                 .as_ref()
                 .and_then(|source| compile_one(&env, source, &subject, &mut needed, &mut problems));
-            compiled_filters.push((subject, expression));
+            compiled_filters.push((filter.connector.clone(), subject, expression));
         }
         if !problems.is_empty() {
             return Err(problems);
@@ -283,6 +285,13 @@ impl RuleSet {
             needed,
             budget,
         })
+    }
+
+    /// The connectors with a filter, in the order of [`Evaluation::routes`].
+    pub fn filter_connectors(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.filters
+            .iter()
+            .map(|(connector, _, _)| connector.as_str())
     }
 
     /// Number of validation rules.
@@ -366,7 +375,7 @@ impl RuleSet {
             }
         }
         let mut routes = Vec::with_capacity(self.filters.len());
-        for (subject, filter) in &self.filters {
+        for (_, subject, filter) in &self.filters {
             match filter {
                 None => routes.push(true),
                 Some(expression) => match step(expression, subject, false) {

@@ -129,9 +129,10 @@ pub fn memory_ingest(default_charset: Charset) -> (tokio::runtime::Runtime, Inge
         Arc::new(FixedStamper(fixed_stamp())),
         Arc::new(rules),
         outbox,
-        Vec::new(),
+        |_| None,
         "mllp",
-    );
+    )
+    .expect("no connectors to route to");
     (runtime, ingest)
 }
 

@@ -160,13 +160,11 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
         .iter()
         .zip(per_connector)
         .map(|(connector, figures)| {
-            let (queued, filtered) = match &connector.intake {
-                Some((counters, index)) => counters
-                    .get(*index)
-                    .map(|c| (c.queued.load(Relaxed), c.filtered.load(Relaxed)))
-                    .unwrap_or_default(),
-                None => (0, 0),
-            };
+            let (queued, filtered) = connector
+                .intake
+                .as_ref()
+                .map(|c| (c.queued.load(Relaxed), c.filtered.load(Relaxed)))
+                .unwrap_or_default();
             let worker = connector.worker.as_ref();
             ConnectorStatsView {
                 name: connector.name.clone(),

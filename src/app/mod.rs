@@ -1,0 +1,280 @@
+//! Wiring and lifecycle: four subsystems, each started from the configuration and stopped
+//! through its handle.
+//!
+//! Start order: the store ([`store`]: the outbox opened and its writer started) → delivery
+//! ([`delivery`]: one worker per connector, retention, verification) → the admin tokens and
+//! intake ([`intake`]: TLS loaded, then the listener bound, so a bad file or a port clash
+//! fails before traffic) → the admin API ([`admin`]) → ready.
+//! Stop order, within one deadline: intake (stop accepting; connections finish the frame in
+//! hand, each ACKed after its commit) → delivery (workers finish the delivery in hand) → the
+//! admin API (last, so the drain can be watched) → the store (the writer answers what is
+//! queued, commits, and stops).
+
+mod admin;
+mod delivery;
+mod intake;
+mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tracing::{error, info, warn};
+
+use crate::admin::AdminState;
+use crate::config::Config;
+use crate::delivery::WorkerControl;
+use crate::gateway::{ConnectorHandle, Gateway, ListenerHandle, Readiness};
+use crate::hl7::{AckStamper, SystemStamper};
+use crate::mllp::StatsSnapshot;
+use crate::outbox::{Outbox, Storage};
+use crate::rules::RuleSet;
+
+/// Choices tests make differently from production.
+#[derive(Clone, Default)]
+pub struct AppOptions {
+    /// ACK stamps (default: the system clock).
+    pub stamper: Option<Arc<dyn AckStamper>>,
+    /// Outbox storage (default: the files in `DATA_DIR`).
+    pub storage: Option<Arc<dyn Storage>>,
+}
+
+impl std::fmt::Debug for AppOptions {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("AppOptions")
+            .field("stamper", &self.stamper)
+            .field("storage", &self.storage)
+            .finish()
+    }
+}
+
+/// A running gateway: its four subsystems and the state they share.
+#[derive(Debug)]
+pub struct RunningApp {
+    store: store::Store,
+    delivery: delivery::Delivery,
+    intake: intake::Intake,
+    admin: Option<admin::Admin>,
+    /// What the admin API and the metrics read; holds an outbox handle, dropped before the
+    /// writer is joined (metric callbacks hold it weakly).
+    gateway: Arc<Gateway>,
+}
+
+impl RunningApp {
+    /// Start with production choices.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        Self::start_with(config, AppOptions::default()).await
+    }
+
+    /// Compile the rules and start with the given options.
+    pub async fn start_with(config: Config, options: AppOptions) -> anyhow::Result<Self> {
+        let rules = config
+            .compile_rules()
+            .map_err(|errors| anyhow::anyhow!("{errors}"))?;
+        Self::start_compiled(config, Arc::new(rules), options).await
+    }
+
+    /// Start with rules compiled beforehand (as `serve` does, to exit 64 on a bad rule).
+    pub async fn start_compiled(
+        config: Config,
+        rules: Arc<RuleSet>,
+        options: AppOptions,
+    ) -> anyhow::Result<Self> {
+        let settings = &config.settings;
+        let names = config.connectors.iter().map(|c| c.name.clone()).collect();
+        let store = store::Store::open(settings, names, options.storage).await?;
+        let delivery = delivery::Delivery::start(&config, &store.outbox);
+        // Tokens and TLS before any port: a bad file stops startup.
+        let tokens = admin::Tokens::load(settings).await?;
+        let stamper = options
+            .stamper
+            .unwrap_or_else(|| Arc::new(SystemStamper::default()));
+        let intake = intake::Intake::bind(&config, &rules, &store.outbox, stamper).await?;
+        let gateway = Arc::new(gateway(&config, &store.outbox, &delivery, &intake).await?);
+        // Observable metrics read the same counters and queues as the admin API.
+        crate::gateway::observe::register(&gateway);
+        let state = Arc::new(AdminState {
+            gateway: Arc::clone(&gateway),
+            tokens: Arc::clone(&tokens.store),
+            logs: crate::telemetry::log_ring(),
+        });
+        let admin = admin::Admin::bind(settings, tokens, state).await?;
+        gateway.readiness.set_ready();
+        Ok(Self {
+            store,
+            delivery,
+            intake,
+            admin,
+            gateway,
+        })
+    }
+
+    /// Reload the listener's TLS files now (as SIGHUP does); `None` without TLS.
+    pub fn reload_tls(&self) -> Option<Result<(), String>> {
+        self.intake.tls.as_ref().map(crate::tls::TlsServer::reload)
+    }
+
+    /// The admin API's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|admin| admin.addr)
+    }
+
+    /// A connector's worker control (pause, resume, counters).
+    pub fn worker(&self, connector: &str) -> Option<&WorkerControl> {
+        self.delivery.worker(connector)
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.intake.local_addr
+    }
+
+    /// Listener counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.intake.stats.snapshot()
+    }
+
+    /// The outbox, for reading what was stored.
+    pub fn outbox(&self) -> &Outbox {
+        &self.store.outbox
+    }
+
+    /// Drain within `drain_timeout` (all of it, not per step): `/readyz` turns 503, then
+    /// intake, delivery, the admin API and the store stop in that order (see the module
+    /// documentation). What the deadline cut short is logged. Returns false when something
+    /// was cut short.
+    pub async fn shutdown(self, drain_timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + drain_timeout;
+        self.gateway.readiness.set_draining();
+        let received = self.intake.shutdown(deadline).await;
+        let delivered = self.delivery.shutdown(deadline).await;
+        if let Some(admin) = self.admin {
+            admin.shutdown(deadline).await;
+        }
+        drop(self.gateway);
+        self.store.shutdown(!(received && delivered)).await;
+        let stats = self.intake.stats.snapshot();
+        info!(
+            connections = stats.connections_accepted,
+            frames = stats.frames_received,
+            "stopped"
+        );
+        received && delivered
+    }
+}
+
+/// The shared state the admin API and the metrics read.
+async fn gateway(
+    config: &Config,
+    outbox: &Outbox,
+    delivery: &delivery::Delivery,
+    intake: &intake::Intake,
+) -> anyhow::Result<Gateway> {
+    let settings = &config.settings;
+    let connector_names = outbox
+        .read(|snapshot| snapshot.connectors())
+        .await
+        .context("cannot read the connectors of the data file")?
+        .into_iter()
+        .map(|(name, id)| (id, name))
+        .collect();
+    let connectors = config
+        .connectors
+        .iter()
+        .filter_map(|connector| {
+            let id = outbox.connector_id(&connector.name)?;
+            Some(ConnectorHandle {
+                name: connector.name.clone(),
+                kind: connector.kind.as_str(),
+                id,
+                worker: delivery.worker(&connector.name).cloned(),
+                intake: intake
+                    .route_counters
+                    .iter()
+                    .find(|counters| counters.connector == id)
+                    .cloned(),
+            })
+        })
+        .collect();
+    Ok(Gateway {
+        outbox: outbox.clone(),
+        connectors,
+        connector_names,
+        listeners: vec![ListenerHandle {
+            name: settings.listener.name.clone(),
+            stats: Arc::clone(&intake.stats),
+            tls: intake.tls.as_ref().map(crate::tls::TlsServer::stats),
+        }],
+        readiness: Arc::new(Readiness::default()),
+        default_charset: settings.default_charset,
+        started: std::time::Instant::now(),
+    })
+}
+
+/// The drain after the outbox writer failed, at most: nothing can be stored, so connections
+/// only get errors.
+const WRITER_FAILED_DRAIN: Duration = Duration::from_secs(5);
+
+/// Exit code when a second signal cuts the drain short.
+pub const EXIT_SECOND_SIGNAL: i32 = 130;
+
+/// Exit code when `DRAIN_TIMEOUT` cut the drain short (EX_TEMPFAIL): connections still
+/// receiving a frame or deliveries in hand were not waited for. Nothing acknowledged is lost;
+/// what was cut short is logged and delivered after the restart.
+pub const EXIT_DRAIN_CUT_SHORT: u8 = 75;
+
+/// How `serve` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Everything in hand finished within `DRAIN_TIMEOUT`.
+    Drained,
+    /// `DRAIN_TIMEOUT` cut the drain short (exit code [`EXIT_DRAIN_CUT_SHORT`]).
+    DrainCutShort,
+}
+
+/// Serve until SIGTERM or SIGINT, then drain within `DRAIN_TIMEOUT`. A second signal during
+/// the drain exits at once (safe: the outbox is crash-safe, and nothing unstored was
+/// acknowledged).
+pub async fn run(config: Config, rules: Arc<RuleSet>) -> anyhow::Result<Stopped> {
+    let drain_timeout = config.settings.drain_timeout;
+    let mut signals = crate::shutdown::Signals::install();
+    let app = RunningApp::start_compiled(config, rules, AppOptions::default()).await?;
+    let writer_failed = tokio::select! {
+        () = signals.recv() => false,
+        () = app.outbox().writer_failed() => true,
+    };
+    if writer_failed {
+        // Every message is being answered AE; a restart reopens (and if needed repairs) the
+        // file. Drain briefly so connections close cleanly, then exit non-zero.
+        error!("the outbox writer stopped; draining and exiting so the process is restarted");
+        app.shutdown(drain_timeout.min(WRITER_FAILED_DRAIN)).await;
+        anyhow::bail!(
+            "the outbox writer failed; see the log above. Restart mfoundry: the data file is reopened and checked"
+        );
+    }
+    info!(
+        drain_timeout_ms = drain_timeout.as_millis() as u64,
+        "shutdown requested; draining (a second signal exits at once)"
+    );
+    let drained = tokio::select! {
+        drained = app.shutdown(drain_timeout) => drained,
+        () = signals.recv() => {
+            warn!("second signal: exiting without finishing the drain; nothing unstored was acknowledged, and delivery resumes after the restart");
+            std::process::exit(EXIT_SECOND_SIGNAL);
+        }
+    };
+    tokio::task::spawn_blocking(crate::telemetry::metrics::shutdown)
+        .await
+        .ok();
+    if drained {
+        Ok(Stopped::Drained)
+    } else {
+        warn!(
+            code = EXIT_DRAIN_CUT_SHORT,
+            "DRAIN_TIMEOUT cut the drain short; exiting with a code of its own"
+        );
+        Ok(Stopped::DrainCutShort)
+    }
+}
