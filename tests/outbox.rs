@@ -257,6 +257,14 @@ async fn a_failed_commit_stores_nothing_and_the_writer_recovers() {
     let stored = common::stored_control_ids(&outbox);
     assert!(stored.contains(&"BEFORE".to_owned()));
     assert!(stored.contains(&"AFTER".to_owned()));
+    // The queue size /stats shows was counted again at the reopen: it is what the store holds.
+    let id = outbox.connector_id("a").expect("id");
+    let held = outbox
+        .snapshot()
+        .expect("snapshot")
+        .queue_len(id)
+        .expect("len");
+    assert_eq!(outbox.depth(id).queued, held);
     drop(outbox);
     writer.join();
 }
@@ -526,6 +534,11 @@ proptest! {
                 prop_assert_eq!(&queue, &queues[n]);
                 let dlq: Vec<(u64, u64)> = snapshot.dead_letters(ids[n]).expect("dlq").into_iter().map(|(seq, entry)| (seq, entry.message_id)).collect();
                 prop_assert_eq!(&dlq, &dlqs[n]);
+                // The writer's counts (what /stats and the metrics show) agree with the model.
+                let depth = outbox.depth(ids[n]);
+                prop_assert_eq!((depth.queued, depth.dead), (queues[n].len() as u64, dlqs[n].len() as u64), "connector {} counts", n);
+                let figures = snapshot.queue_figures(ids[n], 0).expect("figures");
+                prop_assert_eq!((figures.depth, figures.dead_letters), (queues[n].len() as u64, dlqs[n].len() as u64));
                 for (seq, id) in &queues[n] {
                     let pending = snapshot.pending(ids[n], Some(seq - 1), 1, usize::MAX).expect("pending");
                     prop_assert_eq!(pending.first().map(|p| (p.seq, p.record.is_some(), p.body.is_some())), Some((*seq, true, true)), "queued message {} must be readable", id);

@@ -36,6 +36,7 @@
 pub mod audit;
 pub mod datafile;
 mod dedup;
+mod depth;
 pub mod error;
 pub mod journal;
 mod open;
@@ -46,6 +47,7 @@ pub mod storage;
 pub mod verify;
 mod writer;
 
+pub use depth::Depth;
 pub use error::{Chain, OpenError, StoreError};
 pub use open::OpenReport;
 pub use snapshot::{Pending, QueueFigures, Snapshot};
@@ -216,6 +218,8 @@ struct Shared {
     wakers: HashMap<u32, Arc<Notify>>,
     /// Cancelled when the writer thread panicked: nothing can be stored any more.
     writer_failed: tokio_util::sync::CancellationToken,
+    /// Entries per connector in its queue and dead-letter queue, as of the last commit.
+    depths: Arc<depth::Depths>,
 }
 
 /// Handle to the outbox. Cheap to clone; the writer stops when every handle is dropped.
@@ -273,7 +277,15 @@ impl Outbox {
             path: path(),
             source,
         })?;
+        let depths = Arc::new(depth::Depths::default());
+        depths
+            .recount(&database)
+            .map_err(|source| OpenError::Store {
+                path: path(),
+                source,
+            })?;
         let shared = Arc::new(Shared {
+            depths,
             database: RwLock::new(Some(Arc::new(database))),
             stats: OutboxStats::default(),
             wakers: connectors
@@ -627,7 +639,13 @@ impl Outbox {
             .map_err(|_| StoreError::WriterGone)?
             .clone()
             .ok_or(StoreError::WriterGone)?;
-        Snapshot::new(&database)
+        Ok(Snapshot::new(&database)?.with_depths(Arc::clone(&self.shared.depths)))
+    }
+
+    /// A connector's queue and dead-letter queue sizes as of the last commit, without
+    /// reading the store.
+    pub fn depth(&self, connector: u32) -> Depth {
+        self.shared.depths.get(connector)
     }
 }
 

@@ -46,6 +46,8 @@ fn name_message(id: u64, error: StoreError) -> StoreError {
 /// A read transaction over the outbox.
 pub struct Snapshot {
     transaction: redb::ReadTransaction,
+    /// The writer's queue sizes, when a writer runs (offline reads count entries instead).
+    depths: Option<std::sync::Arc<super::depth::Depths>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -58,7 +60,14 @@ impl Snapshot {
     pub(super) fn new(database: &Database) -> Result<Self, StoreError> {
         Ok(Self {
             transaction: database.begin_read()?,
+            depths: None,
         })
+    }
+
+    /// Take queue sizes from the writer's counts instead of counting entries.
+    pub(super) fn with_depths(mut self, depths: std::sync::Arc<super::depth::Depths>) -> Self {
+        self.depths = Some(depths);
+        self
     }
 
     /// One message's record. A damaged record is [`StoreError::Damaged`] naming the message.
@@ -282,7 +291,9 @@ impl Snapshot {
         Ok(None)
     }
 
-    /// What operators watch about a connector's queues, as of `now_micros`.
+    /// What operators watch about a connector's queues, as of `now_micros`. With a running
+    /// writer the sizes are its counts as of the last commit (reading them costs nothing
+    /// however large the backlog); offline they are counted.
     pub fn queue_figures(
         &self,
         connector: u32,
@@ -297,10 +308,20 @@ impl Snapshot {
             },
             None => None,
         };
+        let (depth, dead_letters) = match &self.depths {
+            Some(depths) => {
+                let depth = depths.get(connector);
+                (depth.queued, depth.dead)
+            }
+            None => (
+                self.queue_len(connector)?,
+                self.dead_letter_count(connector)?,
+            ),
+        };
         Ok(QueueFigures {
-            depth: self.queue_len(connector)?,
+            depth,
             oldest_age_secs,
-            dead_letters: self.dead_letter_count(connector)?,
+            dead_letters,
         })
     }
 

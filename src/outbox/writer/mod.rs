@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 
 use super::audit::Head;
 use super::dedup::DedupIndex;
+use super::depth::DepthChanges;
 use super::error::Chain;
 use super::open::{load_dedup_index, open_database};
 use super::request::Request;
@@ -150,7 +151,7 @@ impl Writer {
     fn commit(&mut self, batch: &mut Vec<Request>) {
         let result = self.write(batch);
         match result {
-            Ok(woken) => self.answer(batch.drain(..), woken),
+            Ok((woken, depths)) => self.answer(batch.drain(..), woken, &depths),
             Err(failure) => {
                 self.shared
                     .stats
@@ -176,7 +177,10 @@ impl Writer {
 
     /// Write `batch` in one transaction on the open database (reopening it first if an
     /// earlier error closed it).
-    fn write(&mut self, batch: &mut [Request]) -> Result<BTreeSet<u32>, StoreError> {
+    fn write(
+        &mut self,
+        batch: &mut [Request],
+    ) -> Result<(BTreeSet<u32>, DepthChanges), StoreError> {
         match self.database() {
             Some(database) => self.write_batch(&database, batch),
             None => Err(StoreError::NotOpen {
@@ -185,8 +189,15 @@ impl Writer {
         }
     }
 
-    /// Answer a committed batch and wake the connectors whose queues grew.
-    fn answer(&self, requests: impl Iterator<Item = Request>, woken: BTreeSet<u32>) {
+    /// Count what a committed batch changed, answer it, and wake the connectors whose
+    /// queues grew.
+    fn answer(
+        &self,
+        requests: impl Iterator<Item = Request>,
+        woken: BTreeSet<u32>,
+        depths: &DepthChanges,
+    ) {
+        self.shared.depths.apply(depths);
         let stats = &self.shared.stats;
         stats.commits.fetch_add(1, Ordering::Relaxed);
         for request in requests {
@@ -213,9 +224,9 @@ impl Writer {
                 continue;
             }
             match self.write(std::slice::from_mut(&mut request)) {
-                Ok(woken) => {
+                Ok((woken, depths)) => {
                     failures_in_a_row = 0;
-                    self.answer(std::iter::once(request), woken);
+                    self.answer(std::iter::once(request), woken, &depths);
                 }
                 Err(failure) => {
                     failures_in_a_row += 1;
@@ -272,6 +283,10 @@ impl Writer {
                 self.last_open_error = None;
                 self.shared.stats.reopens.fetch_add(1, Ordering::Relaxed);
                 warn!("outbox database reopened after an error");
+                // A commit that reported an error may still have landed: count again.
+                if let Err(error) = self.shared.depths.recount(&database) {
+                    warn!(error = %Chain(&error), "queue sizes could not be counted after the reopen; /stats may be off until the next restart");
+                }
                 if let Ok(mut slot) = self.shared.database.write() {
                     *slot = Some(Arc::new(database));
                 }

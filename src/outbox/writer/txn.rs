@@ -10,6 +10,7 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use super::Writer;
 use crate::outbox::audit::{self, AuditEvent, Head};
 use crate::outbox::dedup::prefix;
+use crate::outbox::depth::DepthChanges;
 use crate::outbox::request::{AuditContext, Request};
 use crate::outbox::schema::{
     self, AUDIT, BODIES, DELIVERIES, DLQ, DeliveryRecord, DeliveryStatus, DlqEntry, EntryRef,
@@ -25,7 +26,7 @@ impl Writer {
         &mut self,
         database: &Database,
         batch: &mut [Request],
-    ) -> Result<BTreeSet<u32>, StoreError> {
+    ) -> Result<(BTreeSet<u32>, DepthChanges), StoreError> {
         let mut transaction = database.begin_write()?;
         transaction.set_durability(Durability::Immediate)?;
         let now = now_micros();
@@ -34,6 +35,7 @@ impl Writer {
         let mut accepted: Vec<([u8; 32], u64)> = Vec::new();
         let next_id_after;
         let audit_head_after;
+        let depths;
         {
             let mut tables = Tables {
                 messages: transaction.open_table(MESSAGES)?,
@@ -41,6 +43,7 @@ impl Writer {
                 delivery: None,
                 audit: None,
                 audit_head: self.audit_head,
+                depths: DepthChanges::default(),
             };
             let mut next_id = match self.next_id {
                 Some(next_id) => next_id,
@@ -191,6 +194,7 @@ impl Writer {
             }
             next_id_after = next_id;
             audit_head_after = tables.audit_head;
+            depths = tables.depths;
         }
         transaction.commit()?;
         self.next_id = Some(next_id_after);
@@ -205,7 +209,7 @@ impl Writer {
                 .dedup_entries
                 .store(index.len() as u64, Ordering::Relaxed);
         }
-        Ok(woken)
+        Ok((woken, depths))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -282,9 +286,13 @@ impl Writer {
                 message_id: id,
                 ..QueueEntry::default()
             };
-            tables
+            let replaced = tables
                 .queue
-                .insert((route.connector, id), schema::encode(&entry)?.as_slice())?;
+                .insert((route.connector, id), schema::encode(&entry)?.as_slice())?
+                .is_some();
+            if !replaced {
+                tables.depths.queue(route.connector, 1);
+            }
             woken.insert(route.connector);
         }
         if let Some(key) = dedup_key {
@@ -323,6 +331,8 @@ struct Tables<'txn> {
     audit: Option<Table<'txn, u64, &'static [u8]>>,
     /// The chain's head as of this transaction (None until first needed).
     audit_head: Option<Head>,
+    /// What this transaction added to and removed from each queue and dead-letter queue.
+    depths: DepthChanges,
 }
 
 struct DeliveryTables<'txn> {
@@ -416,6 +426,7 @@ impl<'txn> Tables<'txn> {
             queue: &mut self.queue,
             dlq,
             deliveries,
+            depths: &mut self.depths,
             now,
         })
     }
@@ -427,6 +438,7 @@ struct Delivery<'a, 'txn> {
     queue: &'a mut Table<'txn, (u32, u64), &'static [u8]>,
     dlq: &'a mut Table<'txn, (u32, u64), &'static [u8]>,
     deliveries: &'a mut Table<'txn, (u64, u32), &'static [u8]>,
+    depths: &'a mut DepthChanges,
     now: i64,
 }
 
@@ -491,10 +503,10 @@ impl Delivery<'_, '_> {
         seq: u64,
     ) -> Result<Option<QueueEntry>, StoreError> {
         match self.queue.remove((connector, seq))? {
-            Some(value) => Ok(Some(schema::decode_or(
-                value.value(),
-                schema::damaged_queue_entry,
-            )?)),
+            Some(value) => Ok(Some({
+                self.depths.queue(connector, -1);
+                schema::decode_or(value.value(), schema::damaged_queue_entry)?
+            })),
             None => Ok(None),
         }
     }
@@ -505,10 +517,10 @@ impl Delivery<'_, '_> {
         seq: u64,
     ) -> Result<Option<DlqEntry>, StoreError> {
         match self.dlq.remove((connector, seq))? {
-            Some(value) => Ok(Some(schema::decode_or(
-                value.value(),
-                schema::damaged_dead_letter,
-            )?)),
+            Some(value) => Ok(Some({
+                self.depths.dead(connector, -1);
+                schema::decode_or(value.value(), schema::damaged_dead_letter)?
+            })),
             None => Ok(None),
         }
     }
@@ -576,8 +588,13 @@ impl Delivery<'_, '_> {
             origin: entry.origin,
             history: entry.history.clone(),
         };
-        self.dlq
-            .insert((connector, seq), schema::encode(&dead)?.as_slice())?;
+        if self
+            .dlq
+            .insert((connector, seq), schema::encode(&dead)?.as_slice())?
+            .is_none()
+        {
+            self.depths.dead(connector, 1);
+        }
         let before = self.held(entry.message_id, connector)?;
         self.record(
             entry.message_id,
@@ -623,8 +640,13 @@ impl Delivery<'_, '_> {
             history,
             ..QueueEntry::default()
         };
-        self.queue
-            .insert((to, new_seq), schema::encode(&entry)?.as_slice())?;
+        if self
+            .queue
+            .insert((to, new_seq), schema::encode(&entry)?.as_slice())?
+            .is_none()
+        {
+            self.depths.queue(to, 1);
+        }
         let from_before = self.held(dead.message_id, connector)?;
         if to == connector {
             self.record(
