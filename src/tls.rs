@@ -648,7 +648,15 @@ pub struct TlsClient {
     settings: ClientTlsSettings,
     names: [&'static str; 3],
     server_name: Option<rustls_pki_types::ServerName<'static>>,
-    current: std::sync::Mutex<(Fingerprint, Arc<rustls::ClientConfig>)>,
+    current: std::sync::Mutex<ClientState>,
+}
+
+/// What a [`TlsClient`] last loaded, and when it last looked at its files.
+#[derive(Debug)]
+struct ClientState {
+    fingerprint: Fingerprint,
+    config: Arc<rustls::ClientConfig>,
+    checked: std::time::Instant,
 }
 
 impl TlsClient {
@@ -670,33 +678,43 @@ impl TlsClient {
             settings,
             names,
             server_name,
-            current: std::sync::Mutex::new((fingerprint, config)),
+            current: std::sync::Mutex::new(ClientState {
+                fingerprint,
+                config,
+                checked: std::time::Instant::now(),
+            }),
         })
     }
 
-    /// The configuration for a new connection (reloaded first if the files changed).
+    /// The configuration for a new connection. The files are looked at (three `stat` calls)
+    /// at most once per [`RELOAD_POLL`], not on every delivery, and parsed only when they
+    /// changed; in between this is a clone of an `Arc`.
     pub fn config(&self) -> Arc<rustls::ClientConfig> {
         let mut current = match self.current.lock() {
             Ok(current) => current,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if current.checked.elapsed() < RELOAD_POLL {
+            return Arc::clone(&current.config);
+        }
+        current.checked = std::time::Instant::now();
         let fingerprint = client_fingerprint(&self.settings);
-        if fingerprint != current.0 {
-            current.0 = fingerprint;
+        if fingerprint != current.fingerprint {
+            current.fingerprint = fingerprint;
             match client_config(&self.settings, self.names) {
                 Ok(config) => {
                     tracing::info!(
                         server = self.settings.server_name.as_deref().unwrap_or(""),
                         "outbound TLS files changed; new connections use them"
                     );
-                    current.1 = config;
+                    current.config = config;
                 }
                 Err(error) => {
                     tracing::warn!(server = self.settings.server_name.as_deref().unwrap_or(""), error = %error, "outbound TLS files changed but do not load; the previous ones stay");
                 }
             }
         }
-        Arc::clone(&current.1)
+        Arc::clone(&current.config)
     }
 
     /// Run the handshake over `stream`.

@@ -848,11 +848,15 @@ async fn a_changed_client_certificate_is_used_by_the_next_connection() {
             .expect("ACK");
         common::field(&ack, "MSA", 1)
     };
+    // The client looks at its files at most once per RELOAD_POLL, not on every connection.
+    let noticed = mfoundry::tls::RELOAD_POLL + Duration::from_millis(200);
     assert_eq!(send("FIRST").await, "AA");
     install(directory, "lab.pem", "lab.key");
+    tokio::time::sleep(noticed).await;
     assert_eq!(send("SECOND").await, "AA");
     // A broken pair keeps the previous one.
     std::fs::write(directory.join("live.key"), "not a key").expect("write");
+    tokio::time::sleep(noticed).await;
     assert_eq!(send("THIRD").await, "AA");
     let identities = audited_identities(&downstream).await;
     assert_eq!(
