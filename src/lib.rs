@@ -39,3 +39,4 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod units;
+pub mod yaml;

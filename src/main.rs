@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Schema,
         } => {
-            let schema = mfoundry::config::file::schema();
+            let schema = mfoundry::config::schema::schema();
             match serde_json::to_string_pretty(&schema) {
                 Ok(text) => {
                     println!("{text}");

@@ -109,8 +109,58 @@ fn an_unknown_key_names_the_key_file_and_line() {
     let stderr = failing_check(
         "connectors:\n  - name: ehr\n    type: http\n    url: https://x\n    filtr: msh.msg_type == \"ADT\"\n",
     );
-    assert!(stderr.contains("unknown field `filtr`"), "{stderr}");
+    assert!(stderr.contains("unknown key `filtr`"), "{stderr}");
+    assert!(stderr.contains("did you mean `filter`?"), "{stderr}");
     assert!(stderr.contains("bad.yaml:5:5"), "{stderr}");
+}
+
+/// A file with a mistake in every section is reported whole in one run, each problem at its
+/// place, not just the first one the parser meets.
+#[test]
+fn every_structural_problem_is_reported_in_one_run() {
+    let stderr = failing_check(
+        r#"listen_adr: ":2575"
+connectors:
+  - name: ehr
+    type: http
+    url: https://x
+    filtr: msh.msg_type == "ADT"
+    retry: {initial_delay: 1s, multipler: 2}
+  - name: lab
+    type: mllp
+    host: [a, b]
+    port: 70000
+    directory: /tmp
+  - type: file
+    directory: out
+  - name: x
+    type: kafka
+tls_senders:
+  - identity: lab
+validation:
+  rules:
+    - name: r1
+      expresion: pid.id != ""
+"#,
+    );
+    for expected in [
+        "bad.yaml:1:1: unknown key `listen_adr` in the configuration file; did you mean `listen_addr`?",
+        "bad.yaml:6:5: connector \"ehr\" (type http): unknown key `filtr`",
+        "bad.yaml:7:32: connector \"ehr\" (type http): unknown key `retry.multipler` in `retry`; did you mean `retry.multiplier`?",
+        "bad.yaml:10:11: connector \"lab\" (type mllp): `host` must be text, found a list",
+        "bad.yaml:11:11: connector \"lab\" (type mllp): `port` must be a number from 1 to 65535",
+        "bad.yaml:12:5: connector \"lab\" (type mllp): `directory` does not apply to type mllp",
+        "bad.yaml:13:5: this connector has no `name`",
+        "bad.yaml:16:11: `type` is \"kafka\"; use one of mllp, http, file, postgres, nats",
+        "tls_senders identity \"lab\": list at least one value in sending_applications",
+        "bad.yaml:21:7: this validation rule has no `expression`",
+        "bad.yaml:22:7: unknown key `expresion` in a validation rule; did you mean `expression`?",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@
 pub mod connectors;
 mod env;
 pub mod file;
+pub mod schema;
 mod settings;
 
 use std::collections::HashSet;
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use env::{ENV_VARS, EnvVar};
-pub use file::{ConnectorFile, ConnectorKind, FileConfig};
+pub use file::{ConnectorKind, FileConfig};
 pub use settings::Settings;
 use settings::parse_name;
 
@@ -83,8 +84,6 @@ pub struct Connector {
     pub name: String,
     /// Kind of output.
     pub kind: ConnectorKind,
-    /// Everything written for it in the file.
-    pub spec: ConnectorFile,
     /// Its output settings, checked (`${ENV}` references resolved).
     pub output: Option<connectors::OutputSettings>,
 }
@@ -124,8 +123,12 @@ impl Config {
             _ => (PathBuf::from("mfoundry.yaml"), false),
         };
         let file_name = path.display().to_string();
+        // Problems found in the file's sections, with their places; reported with the rest.
+        let mut found = Vec::new();
         let file = match std::fs::read_to_string(&path) {
-            Ok(text) => Some(file::parse(&text, &file_name).map_err(ConfigErrors::one)?),
+            Ok(text) => {
+                Some(file::parse(&text, &file_name, &mut found).map_err(ConfigErrors::one)?)
+            }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && !required => None,
             Err(error) => {
                 return Err(ConfigErrors::one(format!(
@@ -135,77 +138,49 @@ impl Config {
         };
         let layers = settings::merge_layers(file.as_ref(), &file_name, lookup);
         let settings = Settings::from_layers(&layers);
-        let file_origin = |spanned_line: u64, spanned_column: u64| Origin {
+        let place = |at: crate::yaml::At| format!("{file_name}:{}:{}", at.line, at.column);
+        let file_origin = |at: crate::yaml::At| Origin {
             file: Some(file_name.clone()),
-            line: spanned_line,
-            column: spanned_column,
+            line: at.line,
+            column: at.column,
         };
-        let mut problems = settings
-            .as_ref()
-            .err()
-            .map(|errors| errors.0.clone())
-            .unwrap_or_default();
+        let mut problems: Vec<ConfigProblem> = found
+            .into_iter()
+            .map(|problem| ConfigProblem {
+                name: String::new(),
+                subject: place(problem.at),
+                problem: problem.message,
+            })
+            .collect();
+        problems.extend(
+            settings
+                .as_ref()
+                .err()
+                .map(|errors| errors.0.clone())
+                .unwrap_or_default(),
+        );
         let mut connectors = Vec::new();
         let mut filters = Vec::new();
         let mut rules = Vec::new();
         let mut senders = None;
         if let Some(file) = &file {
             if let Some(listed) = &file.tls_senders {
-                if listed.is_empty() {
-                    problems.push(ConfigProblem {
-                        name: String::new(),
-                        subject: format!("{file_name}: tls_senders"),
-                        problem: "tls_senders is empty, which would let no certificate send; list the senders, or remove the key to let every trusted certificate send as anyone".to_owned(),
-                    });
-                }
-                let mut entries = Vec::new();
-                for entry in listed {
-                    let identity = &entry.identity;
-                    let at = file_origin(identity.referenced.line(), identity.referenced.column());
-                    let subject = format!("{at}: tls_senders identity {:?}", identity.value);
-                    let mut complain = |problem: &str| {
-                        problems.push(ConfigProblem {
-                            name: String::new(),
-                            subject: subject.clone(),
-                            problem: problem.to_owned(),
-                        });
-                    };
-                    if identity.value.trim().is_empty() {
-                        complain(
-                            "the identity is empty; write the certificate's common name, an alternative name or its whole subject",
-                        );
-                    }
-                    if entry.sending_applications.is_empty() || entry.sending_facilities.is_empty()
-                    {
-                        complain(
-                            "list at least one value in sending_applications and in sending_facilities (\"*\" allows any)",
-                        );
-                    }
-                    entries.push(crate::tls::SenderRule {
-                        identity: identity.value.trim().to_owned(),
-                        issuer: entry.issuer.as_ref().map(|issuer| issuer.trim().to_owned()),
-                        sending_applications: entry.sending_applications.clone(),
-                        sending_facilities: entry.sending_facilities.clone(),
-                    });
-                }
                 let mutual = settings
                     .as_ref()
                     .ok()
                     .and_then(|settings| settings.tls.as_ref())
                     .is_some_and(|tls| tls.client_ca.is_some());
-                if settings.is_ok() && !mutual {
-                    problems.push(ConfigProblem {
-                        name: String::new(),
-                        subject: format!("{file_name}: tls_senders"),
-                        problem: "tls_senders maps client certificates, which are only asked for with mTLS; set TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA".to_owned(),
-                    });
-                }
-                senders = Some(crate::tls::SenderMap::new(entries));
+                senders = Some(read_senders(
+                    listed,
+                    &file_name,
+                    settings.is_ok() && !mutual,
+                    &mut problems,
+                ));
             }
             let mut seen = HashSet::new();
             for connector in &file.connectors {
                 let name = &connector.name;
-                let at = file_origin(name.referenced.line(), name.referenced.column());
+                let at = place(name.at);
                 if let Err(problem) = parse_name(&name.value) {
                     problems.push(ConfigProblem {
                         name: String::new(),
@@ -223,39 +198,38 @@ impl Config {
                     connector: name.value.clone(),
                     expression: connector.filter.as_ref().map(|filter| ExpressionSource {
                         text: filter.value.clone(),
-                        origin: file_origin(filter.referenced.line(), filter.referenced.column()),
+                        origin: file_origin(filter.at),
                     }),
                 });
-                let output = match connectors::build(connector, lookup) {
-                    Ok(output) => Some(output),
-                    Err(found) => {
-                        problems.extend(found.into_iter().map(|problem| ConfigProblem {
-                            name: String::new(),
-                            subject: format!(
-                                "{at}: connector {:?} (type {})",
-                                name.value,
-                                connector.kind.as_str()
-                            ),
-                            problem,
-                        }));
-                        None
-                    }
-                };
+                let mut found = Vec::new();
+                let output = connectors::build(connector, lookup, &mut found);
+                problems.extend(found.into_iter().map(|problem| ConfigProblem {
+                    name: String::new(),
+                    subject: format!(
+                        "{}: connector {:?} (type {})",
+                        place(problem.at),
+                        name.value,
+                        connector.kind.as_str()
+                    ),
+                    problem: problem.message,
+                }));
                 connectors.push(Connector {
                     name: name.value.clone(),
                     kind: connector.kind,
-                    spec: connector.clone(),
                     output,
                 });
             }
             let mut seen = HashSet::new();
-            for rule in &file.validation.rules {
+            for rule in &file.rules {
                 let name = &rule.name;
                 if name.value.trim().is_empty() || !seen.insert(name.value.clone()) {
-                    let at = file_origin(name.referenced.line(), name.referenced.column());
                     problems.push(ConfigProblem {
                         name: String::new(),
-                        subject: format!("{at}: validation rule name {:?}", name.value),
+                        subject: format!(
+                            "{}: validation rule name {:?}",
+                            place(name.at),
+                            name.value
+                        ),
                         problem: "rule names must be non-empty and unique".to_owned(),
                     });
                 }
@@ -263,10 +237,7 @@ impl Config {
                     name: name.value.clone(),
                     expression: ExpressionSource {
                         text: rule.expression.value.clone(),
-                        origin: file_origin(
-                            rule.expression.referenced.line(),
-                            rule.expression.referenced.column(),
-                        ),
+                        origin: file_origin(rule.expression.at),
                     },
                     message: rule.message.clone(),
                 });
@@ -314,6 +285,62 @@ impl Config {
     }
 }
 
+/// `tls_senders`: what each client certificate may send as. `needs_mtls` when mTLS is off
+/// while the settings are otherwise fine (the map would never be used).
+fn read_senders(
+    listed: &[file::TlsSender],
+    file_name: &str,
+    needs_mtls: bool,
+    problems: &mut Vec<ConfigProblem>,
+) -> crate::tls::SenderMap {
+    if listed.is_empty() {
+        problems.push(ConfigProblem {
+            name: String::new(),
+            subject: format!("{file_name}: tls_senders"),
+            problem: "tls_senders is empty, which would let no certificate send; list the senders, or remove the key to let every trusted certificate send as anyone".to_owned(),
+        });
+    }
+    let mut entries = Vec::new();
+    for entry in listed {
+        let identity = &entry.identity;
+        let subject = format!(
+            "{file_name}:{}:{}: tls_senders identity {:?}",
+            identity.at.line, identity.at.column, identity.value
+        );
+        let mut complain = |problem: &str| {
+            problems.push(ConfigProblem {
+                name: String::new(),
+                subject: subject.clone(),
+                problem: problem.to_owned(),
+            });
+        };
+        if identity.value.trim().is_empty() {
+            complain(
+                "the identity is empty; write the certificate's common name, an alternative name or its whole subject",
+            );
+        }
+        if entry.sending_applications.is_empty() || entry.sending_facilities.is_empty() {
+            complain(
+                "list at least one value in sending_applications and in sending_facilities (\"*\" allows any)",
+            );
+        }
+        entries.push(crate::tls::SenderRule {
+            identity: identity.value.trim().to_owned(),
+            issuer: entry.issuer.as_ref().map(|issuer| issuer.trim().to_owned()),
+            sending_applications: entry.sending_applications.clone(),
+            sending_facilities: entry.sending_facilities.clone(),
+        });
+    }
+    if needs_mtls {
+        problems.push(ConfigProblem {
+            name: String::new(),
+            subject: format!("{file_name}: tls_senders"),
+            problem: "tls_senders maps client certificates, which are only asked for with mTLS; set TLS_CERT_FILE, TLS_KEY_FILE and TLS_CLIENT_CA".to_owned(),
+        });
+    }
+    crate::tls::SenderMap::new(entries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::env::ENV_ONLY;
@@ -334,13 +361,15 @@ mod tests {
         for var in ENV_VARS.iter().filter(|var| !ENV_ONLY.contains(&var.name)) {
             let key = var.name.to_ascii_lowercase();
             let text = format!("{key}: {:?}\n", var.default);
-            let parsed = file::parse(&text, "test.yaml")
-                .unwrap_or_else(|error| panic!("{key} is not a YAML key: {error}"));
-            let scalars = parsed.scalars();
-            let value = scalars
+            let mut problems = Vec::new();
+            let parsed = file::parse(&text, "test.yaml", &mut problems)
+                .unwrap_or_else(|error| panic!("{key} is not YAML: {error}"));
+            assert_eq!(problems, [], "{key} is not a YAML key");
+            let value = parsed
+                .scalars
                 .get(key.as_str())
                 .unwrap_or_else(|| panic!("{key} is not read"));
-            assert_eq!(value.value.0, var.default);
+            assert_eq!(value.value, var.default);
         }
     }
 

@@ -384,14 +384,12 @@ impl Layers<'_> {
         if self.env_keys.contains(&key) {
             return Source::Environment;
         }
-        let spanned = self
-            .file
-            .and_then(|file| file.scalars().get(key.as_str()).copied().cloned());
+        let spanned = self.file.and_then(|file| file.scalars.get(key.as_str()));
         match spanned {
             Some(spanned) => Source::File {
                 file: self.file_name.to_owned(),
-                line: spanned.referenced.line(),
-                column: spanned.referenced.column(),
+                line: spanned.at.line,
+                column: spanned.at.column,
             },
             None => Source::Default,
         }
@@ -411,9 +409,9 @@ pub(super) fn merge_layers<'a>(
         .collect();
     if let Some(file) = file {
         values.extend(
-            file.scalars()
-                .into_iter()
-                .map(|(key, value)| (key.to_owned(), value.value.0.clone())),
+            file.scalars
+                .iter()
+                .map(|(key, value)| (key.clone(), value.value.clone())),
         );
     }
     let from_env: BTreeMap<String, String> = yaml_vars

@@ -18,6 +18,33 @@ pub struct FileSpec {
     pub filename: FileNameTemplate,
 }
 
+/// Default file name: one directory per day, the message id first so names sort by arrival.
+pub const DEFAULT_FILENAME: &str = "{received:%Y%m%d}/{entry}-{control_id}.hl7";
+
+/// The keys a file connector takes.
+pub const KEYS: [&str; 2] = ["directory", "filename"];
+
+impl FileSpec {
+    /// Read a file connector's keys; `None` when a problem was recorded.
+    pub fn read(reader: &mut super::settings::Reader<'_, '_>) -> Option<Self> {
+        reader.require("directory", "for type file");
+        let directory = reader.text("directory");
+        let template = reader.text("filename");
+        let filename =
+            match FileNameTemplate::parse(template.as_deref().unwrap_or(DEFAULT_FILENAME)) {
+                Ok(filename) => Some(filename),
+                Err(problem) => {
+                    reader.problem("filename", format!("`filename`: {problem}"));
+                    None
+                }
+            };
+        Some(Self {
+            directory: PathBuf::from(directory?),
+            filename: filename?,
+        })
+    }
+}
+
 /// A parsed file-name template such as `{received:%Y%m%d}/{control_id}-{id}.hl7`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileNameTemplate {

@@ -55,6 +55,86 @@ pub struct HttpSpec {
     pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
 }
 
+/// The keys an HTTP connector takes.
+pub const KEYS: [&str; 10] = [
+    "url",
+    "method",
+    "headers",
+    "bearer_token_env",
+    "bearer_token_file",
+    "format",
+    "timeout",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+];
+
+impl HttpSpec {
+    /// Read an HTTP connector's keys; `None` when a problem was recorded.
+    pub fn read(reader: &mut super::settings::Reader<'_, '_>) -> Option<Self> {
+        let problems_before = reader.problems.len();
+        reader.require("url", "for type http");
+        let url = reader.text("url").unwrap_or_default();
+        if reader.has("url") && !(url.starts_with("http://") || url.starts_with("https://")) {
+            reader.problem("url", "`url` must start with http:// or https://");
+        }
+        let method = reader
+            .raw_text("method")
+            .unwrap_or_else(|| "POST".to_owned())
+            .to_ascii_uppercase();
+        if !matches!(method.as_str(), "POST" | "PUT" | "PATCH") {
+            reader.problem(
+                "method",
+                format!("`method` is {method:?}; use POST, PUT or PATCH"),
+            );
+        }
+        let headers = reader.text_map("headers");
+        let format = match reader.raw_text("format").as_deref() {
+            None | Some("hl7") => HttpFormat::Hl7,
+            Some("json") => HttpFormat::Json,
+            Some(other) => {
+                reader.problem("format", format!("`format` is {other:?}; use hl7 or json"));
+                HttpFormat::Hl7
+            }
+        };
+        let token = match (
+            reader.raw_text("bearer_token_env"),
+            reader.text("bearer_token_file"),
+        ) {
+            (Some(_), Some(_)) => {
+                reader.problem(
+                    "bearer_token_file",
+                    "set `bearer_token_env` or `bearer_token_file`, not both",
+                );
+                None
+            }
+            (Some(name), None) => Some(TokenSource::Env(name)),
+            (None, Some(path)) => Some(TokenSource::File(PathBuf::from(path))),
+            (None, None) => None,
+        };
+        if let Some(TokenSource::Env(name)) = &token
+            && (reader.lookup)(name).is_none()
+        {
+            reader.problem(
+                "bearer_token_env",
+                format!("`bearer_token_env` names {name}, which is not set in the environment"),
+            );
+        }
+        let timeout = reader.duration("timeout", Duration::from_secs(30));
+        let files = reader.tls_files();
+        let tls = reader.tls_client(files.as_ref(), None);
+        (reader.problems.len() == problems_before).then_some(Self {
+            url,
+            method,
+            headers,
+            token,
+            format,
+            timeout,
+            tls,
+        })
+    }
+}
+
 /// Media type of an ER7-encoded HL7 v2 message.
 pub const HL7_MEDIA_TYPE: &str = "x-application/hl7-v2+er7";
 

@@ -39,6 +39,86 @@ pub struct MllpSpec {
     pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
 }
 
+/// The keys an MLLP connector takes.
+pub const KEYS: [&str; 10] = [
+    "host",
+    "port",
+    "connect_timeout",
+    "ack_timeout",
+    "on_reject",
+    "tls",
+    "tls_server_name",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+];
+
+impl MllpSpec {
+    /// Read an MLLP connector's keys; `None` when a problem was recorded.
+    pub fn read(reader: &mut super::settings::Reader<'_, '_>) -> Option<Self> {
+        let problems_before = reader.problems.len();
+        reader.require("host", "for type mllp (the peer's name or address)");
+        let host = reader.text("host");
+        let port = match reader.text("port").map(|port| port.trim().parse::<u16>()) {
+            Some(Ok(port)) if port > 0 => port,
+            Some(_) => {
+                reader.problem("port", "`port` must be a number from 1 to 65535");
+                0
+            }
+            None => {
+                reader.require("port", "for type mllp (1-65535)");
+                0
+            }
+        };
+        let connect_timeout = reader.duration("connect_timeout", Duration::from_secs(10));
+        let ack_timeout = reader.duration("ack_timeout", Duration::from_secs(30));
+        let on_reject = match reader.raw_text("on_reject").as_deref() {
+            None | Some("dead_letter") => RejectAction::DeadLetter,
+            Some("retry") => RejectAction::Retry,
+            Some(other) => {
+                reader.problem(
+                    "on_reject",
+                    format!("`on_reject` is {other:?}; use dead_letter or retry"),
+                );
+                RejectAction::DeadLetter
+            }
+        };
+        let tls_on = reader.bool("tls");
+        let server_name = reader.text("tls_server_name");
+        let files = reader.tls_files();
+        let host = host.unwrap_or_default();
+        let addr = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let tls = match tls_on {
+            Some(false) if files.is_some() || server_name.is_some() => {
+                reader.problem(
+                    "tls",
+                    "`tls: false` with `tls_*` keys; remove them or set `tls: true`",
+                );
+                None
+            }
+            Some(false) => None,
+            None if files.is_none() && server_name.is_none() => None,
+            _ if host.is_empty() => None,
+            _ => {
+                let server_name =
+                    server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned());
+                reader.tls_client(Some(&files.unwrap_or_default()), Some(server_name))
+            }
+        };
+        (reader.problems.len() == problems_before).then_some(Self {
+            addr,
+            connect_timeout,
+            ack_timeout,
+            on_reject,
+            tls,
+        })
+    }
+}
+
 /// Largest ACK frame accepted from a peer.
 const MAX_ACK_SIZE: usize = 1 << 20;
 

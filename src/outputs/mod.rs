@@ -6,12 +6,81 @@ pub mod file;
 pub mod http;
 pub mod mllp;
 pub mod postgres;
+pub mod settings;
 
 use crate::delivery::{Deliver, DeliveryError, Envelope};
 use file::FileSpec;
 use http::HttpSpec;
 use mllp::MllpSpec;
 use postgres::PostgresSpec;
+
+/// Kinds of connector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[schemars(rename_all = "lowercase")]
+pub enum ConnectorKind {
+    /// Forward over MLLP.
+    Mllp,
+    /// POST to an HTTP endpoint.
+    Http,
+    /// Write files into a directory.
+    File,
+    /// Insert into a PostgreSQL table.
+    Postgres,
+    /// Publish to NATS JetStream.
+    Nats,
+}
+
+impl ConnectorKind {
+    /// Every kind, in the order the documentation lists them.
+    pub const ALL: [Self; 5] = [
+        Self::Mllp,
+        Self::Http,
+        Self::File,
+        Self::Postgres,
+        Self::Nats,
+    ];
+
+    /// The name used in the YAML.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Mllp => "mllp",
+            Self::Http => "http",
+            Self::File => "file",
+            Self::Postgres => "postgres",
+            Self::Nats => "nats",
+        }
+    }
+}
+
+/// The keys a connector of `kind` takes for its output (besides the keys every connector
+/// has and its delivery settings).
+pub fn keys(kind: ConnectorKind) -> &'static [&'static str] {
+    match kind {
+        ConnectorKind::Mllp => &mllp::KEYS,
+        ConnectorKind::Http => &http::KEYS,
+        ConnectorKind::File => &file::KEYS,
+        ConnectorKind::Postgres => &postgres::KEYS,
+        // Documented for the JetStream output to come; a nats connector is refused for now.
+        ConnectorKind::Nats => &["url", "subject"],
+    }
+}
+
+/// Read a connector's output keys with `reader`; `None` when a problem was recorded.
+pub fn read_spec(kind: ConnectorKind, reader: &mut settings::Reader<'_, '_>) -> Option<OutputSpec> {
+    match kind {
+        ConnectorKind::Mllp => MllpSpec::read(reader).map(OutputSpec::Mllp),
+        ConnectorKind::Http => HttpSpec::read(reader).map(OutputSpec::Http),
+        ConnectorKind::File => FileSpec::read(reader).map(OutputSpec::File),
+        ConnectorKind::Postgres => PostgresSpec::read(reader).map(OutputSpec::Postgres),
+        ConnectorKind::Nats => {
+            reader.problem(
+                "type",
+                "type nats is not available in this version of mfoundry; use mllp, http, file or postgres",
+            );
+            None
+        }
+    }
+}
 
 /// One output's settings.
 #[derive(Clone, Debug)]

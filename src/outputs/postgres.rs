@@ -64,6 +64,85 @@ impl std::fmt::Debug for PostgresSpec {
     }
 }
 
+/// Default table.
+pub const DEFAULT_TABLE: &str = "hl7_messages";
+
+/// The keys a PostgreSQL connector takes.
+pub const KEYS: [&str; 6] = [
+    "dsn",
+    "dsn_file",
+    "table",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+];
+
+impl PostgresSpec {
+    /// Read a PostgreSQL connector's keys; `None` when a problem was recorded.
+    pub fn read(reader: &mut super::settings::Reader<'_, '_>) -> Option<Self> {
+        let problems_before = reader.problems.len();
+        let dsn = match (reader.text("dsn"), reader.text("dsn_file")) {
+            (Some(_), Some(_)) => {
+                reader.problem("dsn_file", "set `dsn` or `dsn_file`, not both");
+                String::new()
+            }
+            (Some(dsn), None) => dsn,
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(text) => text.trim().to_owned(),
+                Err(error) => {
+                    reader.problem(
+                        "dsn_file",
+                        format!("`dsn_file` {path:?} cannot be read: {error}"),
+                    );
+                    String::new()
+                }
+            },
+            // Like psql: the PG* environment variables and libpq's defaults.
+            (None, None) => {
+                if let Some(mode) = (reader.lookup)("PGSSLMODE")
+                    && !matches!(mode.trim(), "disable" | "prefer" | "require")
+                {
+                    reader.problem(
+                        "dsn",
+                        format!(
+                            "PGSSLMODE is {:?}; mfoundry takes disable, prefer or require (certificates are always checked when TLS is on)",
+                            mode.trim()
+                        ),
+                    );
+                }
+                String::new()
+            }
+        };
+        let table = reader
+            .text("table")
+            .unwrap_or_else(|| DEFAULT_TABLE.to_owned());
+        if !valid_table_name(&table) {
+            reader.problem(
+                "table",
+                format!(
+                    "`table` {table:?} must be a plain name or schema.name (letters, digits, _; not starting with a digit)"
+                ),
+            );
+        }
+        // The server name is the connection string's host.
+        let files = reader.tls_files();
+        let tls = reader.tls_client(files.as_ref(), None);
+        (reader.problems.len() == problems_before).then_some(Self { dsn, table, tls })
+    }
+}
+
+/// `name` or `schema.name`, each part an unquoted SQL identifier of at most 63 bytes.
+fn valid_table_name(table: &str) -> bool {
+    let parts: Vec<&str> = table.split('.').collect();
+    parts.len() <= 2
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && part.len() <= 63
+                && !part.as_bytes()[0].is_ascii_digit()
+                && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+}
+
 /// How long to wait for a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one insert may take.
