@@ -1,6 +1,6 @@
 //! Documentation that must follow the code: the settings table and the README commands.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -3,11 +3,11 @@
 //! the queue entries its connector filters chose (atomic fan-out), and nothing else may be
 //! half-written.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -171,11 +171,7 @@ fn survives_sigkill(journal: &str) {
     });
     assert!(!sender.is_empty(), "the restarted gateway accepts messages");
     acknowledged.extend(sender);
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    common::signal(&child, rustix::process::Signal::TERM);
     assert!(child.wait().expect("exits").success());
 
     let mut options = OutboxOptions::new(directory.path().join("data").join("mfoundry.redb"));

@@ -2,7 +2,7 @@
 //! then grpc) to a small receiver in this test, which decodes the protobuf and checks names,
 //! units and attributes.
 
-mod common;
+use crate::common;
 
 use common::otlp::{Bodies, http_receiver};
 

@@ -3,7 +3,7 @@
 //! results directory and the machine's PostgreSQL; `mfoundry send` with every example
 //! message. ADT must reach the MLLP peer and the HTTP endpoint, ORU the files and the table.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

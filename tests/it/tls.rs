@@ -2,7 +2,7 @@
 //! that do not speak TLS, and `REQUIRE_TLS`. Test certificates come from the `openssl`
 //! command (skipped with a reason when it is missing).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -673,21 +673,13 @@ fn sighup_reloads_the_certificate_files() {
             ("TLS_KEY_FILE", key.as_str()),
         ],
     );
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    common::signal(&server.child, rustix::process::Signal::HUP);
     server.wait_for_log("TLS configuration reloaded", 1);
     server.stop();
 
     // Without TLS, SIGHUP is logged, not fatal.
     let server = common::Server::start(dir, "gw.yaml", "plain-data", &[]);
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    common::signal(&server.child, rustix::process::Signal::HUP);
     server.wait_for_log("SIGHUP: TLS is off, nothing to reload", 1);
     server.stop();
 }

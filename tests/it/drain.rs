@@ -1,7 +1,7 @@
 //! Graceful drain as Kubernetes drives it: SIGTERM under load, `DRAIN_TIMEOUT`, and a second
 //! signal, on the real binary.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -21,12 +21,8 @@ fn message(sender: usize, sequence: usize) -> (String, Vec<u8>) {
     (control_id, body)
 }
 
-fn kill(server: &Server, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &server.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+fn terminate(server: &Server) {
+    common::signal(&server.child, rustix::process::Signal::TERM);
 }
 
 /// Control ids stored in the data directory, and how many queue entries `connector` holds.
@@ -75,7 +71,7 @@ fn sigterm_under_load_loses_no_acknowledged_message_and_exits_zero_in_time() {
         .collect();
     std::thread::sleep(Duration::from_millis(400));
     let signalled = Instant::now();
-    kill(&server, "-TERM");
+    terminate(&server);
     let status = server.child.wait().expect("exits");
     let took = signalled.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -129,7 +125,7 @@ fn drain_timeout_cuts_a_hung_delivery_short_and_says_so_and_a_second_signal_exit
         std::thread::sleep(Duration::from_millis(20));
     }
     let signalled = Instant::now();
-    kill(&server, "-TERM");
+    terminate(&server);
     let status = server.child.wait().expect("exits");
     let took = signalled.elapsed();
     assert_eq!(
@@ -168,10 +164,10 @@ fn drain_timeout_cuts_a_hung_delivery_short_and_says_so_and_a_second_signal_exit
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    kill(&server, "-TERM");
+    terminate(&server);
     std::thread::sleep(Duration::from_millis(300));
     let signalled = Instant::now();
-    kill(&server, "-TERM");
+    terminate(&server);
     let status = server.child.wait().expect("exits");
     assert!(
         signalled.elapsed() < Duration::from_secs(5),

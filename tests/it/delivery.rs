@@ -2,7 +2,7 @@
 //! test, a directory), FIFO across retries, the dead-letter queue, resets on bad ACKs,
 //! outages, pause, restarts; and the retry schedule under paused time.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

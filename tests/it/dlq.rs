@@ -2,7 +2,7 @@
 //! downstream that refuses everything, then `mfoundry dlq --offline list/show/replay/purge` on
 //! the stopped gateway's data directory, and a restart that delivers what was replayed.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Property: any chunking of a stream of messages yields identical frames and identical ACKs,
 //! checked against the real listener over TCP.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;

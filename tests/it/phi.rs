@@ -3,7 +3,7 @@
 //! with `RUST_LOG=trace`, and no log line, metric-free CLI output or admin answer other than
 //! the message itself carries a canary.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! server, readiness during a drain, request limits, the CLI over the API, the OpenAPI
 //! document, and the audit trail's tamper detection.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

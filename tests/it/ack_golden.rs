@@ -3,7 +3,7 @@
 //! Every expected ACK is written out in full from the HL7 v2 rules (MSH-3/4 swapped with
 //! MSH-5/6, sender's delimiters, MSH-9 form by version, ERR form by version, table 0357 codes).
 
-mod common;
+use crate::common;
 
 use mfoundry::hl7::{AckCode, Charset};
 use mfoundry::ingest::Reply;

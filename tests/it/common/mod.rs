@@ -477,11 +477,7 @@ impl Server {
     }
 
     fn terminate(&mut self) {
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        signal(&self.child, rustix::process::Signal::TERM);
         assert!(
             self.child.wait().expect("exits").success(),
             "exit 0 after SIGTERM"
@@ -594,4 +590,13 @@ pub fn configuration_table(heading: &str) -> std::collections::BTreeMap<String, 
             Some((name.to_owned(), default.to_owned()))
         })
         .collect()
+}
+
+/// Send `signal` (SIGTERM, SIGKILL …) to a child process, without the `kill` command.
+pub fn signal(child: &std::process::Child, signal: rustix::process::Signal) {
+    let pid = i32::try_from(child.id())
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .expect("a process id");
+    rustix::process::kill_process(pid, signal).expect("the signal is sent");
 }

@@ -1,6 +1,6 @@
 //! Durable intake through the real listener: rules, routing, storage before the ACK, dedup.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! MSH-18 character sets: declared encodings are checked, bytes always travel unchanged.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{connect, expect_ack, field, framed, start, write};

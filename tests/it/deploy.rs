@@ -11,7 +11,7 @@
 //! Rendering needs `kubectl` (its built-in Kustomize). Without it the rendering tests print
 //! why they skip, unless `MFOUNDRY_REQUIRE_SERVICES=1`, where they fail.
 
-mod common;
+use crate::common;
 
 use common::otlp::{Bodies, http_receiver};
 use std::collections::{BTreeMap, BTreeSet};

@@ -2,7 +2,7 @@
 //! and the PostgreSQL server of the machine (skipped with a printed reason when it is not
 //! there, unless `MFOUNDRY_REQUIRE_SERVICES=1`).
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 

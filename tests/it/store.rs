@@ -3,7 +3,7 @@
 //! never delivered; a refused store names its way out and `store recover --accept-loss`
 //! takes it; `store verify` reports.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! The outbox on its own: FIFO per connector, atomic fan-out, dedup, failed commits, and a
 //! model test against a plain in-memory queue model.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

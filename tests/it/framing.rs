@@ -1,6 +1,6 @@
 //! The MLLP framing matrix, against the real listener on 127.0.0.1:0 with raw bytes.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

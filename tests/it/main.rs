@@ -1,0 +1,30 @@
+//! mfoundry's integration tests, as one test binary (one link instead of one per file): each
+//! module is a former `tests/<name>.rs`, run with `cargo test --test it <name>::`. The power-cut
+//! harness (`tests/power_cut`) stays its own binary.
+
+mod common;
+
+mod ack_golden;
+mod admin;
+mod charset;
+mod chunking;
+mod cli;
+mod config;
+mod crash;
+mod delivery;
+mod deploy;
+mod dlq;
+mod docs;
+mod drain;
+mod end_to_end;
+mod framing;
+mod intake;
+mod metrics;
+mod outbox;
+mod outputs;
+mod phi;
+mod rules;
+mod send;
+mod store;
+mod tidy;
+mod tls;
