@@ -23,7 +23,8 @@ use crate::hl7::{
     HeaderKind, Message, Verdict, build_ack,
 };
 use crate::outbox::{
-    Appended, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox, Route, RouteStatus,
+    Appended, ConnectorId, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox, Route,
+    RouteStatus,
 };
 use crate::rules::{RuleSet, Validation};
 
@@ -180,10 +181,10 @@ impl Outcome {
 
 /// What intake decided for one connector since start (stored messages only; retransmits are
 /// not counted again).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RouteCounters {
     /// The connector's outbox id.
-    pub connector: u32,
+    pub connector: ConnectorId,
     /// Messages queued for the connector.
     pub queued: std::sync::atomic::AtomicU64,
     /// Messages its filter did not take.
@@ -237,7 +238,7 @@ impl Ingest {
         stamper: Arc<dyn AckStamper>,
         rules: Arc<RuleSet>,
         outbox: Outbox,
-        connector_id: impl Fn(&str) -> Option<u32>,
+        connector_id: impl Fn(&str) -> Option<ConnectorId>,
         listener: &str,
     ) -> Result<Self, UnknownConnector> {
         let routes = rules
@@ -247,7 +248,8 @@ impl Ingest {
                     connector_id(name).ok_or_else(|| UnknownConnector(name.to_owned()))?;
                 Ok(Arc::new(RouteCounters {
                     connector,
-                    ..RouteCounters::default()
+                    queued: std::sync::atomic::AtomicU64::new(0),
+                    filtered: std::sync::atomic::AtomicU64::new(0),
                 }))
             })
             .collect::<Result<_, _>>()?;

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::views::{MessageSummary, connector_states, summary};
-use crate::outbox::{AuditContext, DlqEntry, EntryRef, Outbox, Snapshot, StoreError};
+use crate::outbox::{AuditContext, ConnectorId, DlqEntry, EntryRef, Outbox, Snapshot, StoreError};
 use crate::units::format_micros;
 
 /// Most entries returned in one page.
@@ -190,17 +190,17 @@ pub struct DeadLetters<'a> {
     outbox: &'a Outbox,
     /// The connectors commands may name (the configured ones, or offline every one the data
     /// file knows), with their ids.
-    connectors: Vec<(String, u32)>,
+    connectors: Vec<(String, ConnectorId)>,
     /// Every connector name the data file knows, by id (for origins and histories).
-    names: HashMap<u32, String>,
+    names: HashMap<ConnectorId, String>,
 }
 
 impl<'a> DeadLetters<'a> {
     /// The queues of `outbox`; commands may name `connectors`, `names` resolves every id.
     pub fn new(
         outbox: &'a Outbox,
-        connectors: Vec<(String, u32)>,
-        names: HashMap<u32, String>,
+        connectors: Vec<(String, ConnectorId)>,
+        names: HashMap<ConnectorId, String>,
     ) -> Self {
         Self {
             outbox,
@@ -211,7 +211,7 @@ impl<'a> DeadLetters<'a> {
 
     /// Every connector the data file knows (the offline commands).
     pub fn all_of(outbox: &'a Outbox) -> Self {
-        let mut connectors: Vec<(String, u32)> = outbox
+        let mut connectors: Vec<(String, ConnectorId)> = outbox
             .connectors()
             .map(|(name, id)| (name.to_owned(), id))
             .collect();
@@ -223,7 +223,7 @@ impl<'a> DeadLetters<'a> {
         Self::new(outbox, connectors, names)
     }
 
-    fn connector(&self, name: &str) -> Result<u32, DlqError> {
+    fn connector(&self, name: &str) -> Result<ConnectorId, DlqError> {
         self.connectors
             .iter()
             .find(|(known, _)| known == name)
@@ -240,7 +240,7 @@ impl<'a> DeadLetters<'a> {
     /// A page of entries (see [`DlqQuery`]); `reveal`: include what the downstream answered.
     pub async fn list(&self, query: &DlqQuery, reveal: bool) -> Result<DlqPage, DlqError> {
         let limit = page_limit(query.limit)?;
-        let targets: Vec<(String, u32)> = match query.connector.as_deref() {
+        let targets: Vec<(String, ConnectorId)> = match query.connector.as_deref() {
             Some(name) => vec![(name.to_owned(), self.connector(name)?)],
             None => self.connectors.clone(),
         };
@@ -381,7 +381,7 @@ impl<'a> DeadLetters<'a> {
     }
 
     /// Entries of a connector's dead-letter queue now.
-    pub async fn remaining(&self, connector: u32) -> Result<u64, DlqError> {
+    pub async fn remaining(&self, connector: ConnectorId) -> Result<u64, DlqError> {
         Ok(self
             .outbox
             .read(move |snapshot| snapshot.dead_letter_count(connector))
@@ -391,7 +391,7 @@ impl<'a> DeadLetters<'a> {
     /// The seqs a replay or purge names: explicit, or the first [`MAX_BATCH`] of all.
     async fn selected(
         &self,
-        connector: u32,
+        connector: ConnectorId,
         seqs: Vec<u64>,
         all: bool,
     ) -> Result<Vec<u64>, DlqError> {
@@ -430,7 +430,7 @@ pub fn page_limit(limit: Option<usize>) -> Result<usize, DlqError> {
 
 fn item(
     snapshot: &Snapshot,
-    names: &HashMap<u32, String>,
+    names: &HashMap<ConnectorId, String>,
     connector: &str,
     seq: u64,
     entry: &DlqEntry,
@@ -444,7 +444,7 @@ fn item(
         Err(StoreError::Damaged(_)) => (Default::default(), true),
         Err(other) => return Err(other),
     };
-    let name = |id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+    let name = |id: ConnectorId| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
     let view = |entry: &EntryRef| EntryView {
         connector: name(entry.connector),
         seq: entry.seq,

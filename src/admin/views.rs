@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::outbox::{MessageRecord, RouteStatus, Snapshot, StoreError};
+use crate::outbox::{ConnectorId, MessageRecord, RouteStatus, Snapshot, StoreError};
 use crate::units::format_micros;
 
 /// A message in a list: where it came from, what it is, what became of it. No body.
@@ -66,10 +66,10 @@ pub(crate) fn connector_states(
     snapshot: &Snapshot,
     id: u64,
     record: &MessageRecord,
-    names: &HashMap<u32, String>,
+    names: &HashMap<ConnectorId, String>,
 ) -> Result<Vec<ConnectorState>, StoreError> {
-    let name = |id: u32| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
-    let mut states: BTreeMap<u32, ConnectorState> = BTreeMap::new();
+    let name = |id: ConnectorId| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
+    let mut states: BTreeMap<ConnectorId, ConnectorState> = BTreeMap::new();
     for route in &record.routes {
         // Still in its first queue entry: that entry has the attempts so far.
         let entry = match route.status {

@@ -183,7 +183,7 @@ pub struct WorkerSettings {
     /// Connector name.
     pub name: Arc<str>,
     /// Connector id in the outbox.
-    pub connector: u32,
+    pub connector: crate::outbox::ConnectorId,
     /// Retry policy.
     pub retry: RetryPolicy,
     /// Least time between two sends.
@@ -204,7 +204,7 @@ pub fn spawn_worker<O: Deliver>(
     let (paused, paused_rx) = watch::channel(settings.paused);
     let stats = Arc::new(DeliveryStats::default());
     let worker = Worker {
-        random: Random::new(u64::from(settings.connector)),
+        random: Random::new(u64::from(settings.connector.0)),
         settings,
         output,
         outbox,

@@ -50,7 +50,7 @@ pub struct ConnectorHandle {
     /// Output kind (`mllp`, `http`, `file`, `postgres`).
     pub kind: &'static str,
     /// Outbox id.
-    pub id: u32,
+    pub id: crate::outbox::ConnectorId,
     /// Its delivery worker (absent for a connector without an output).
     pub worker: Option<WorkerControl>,
     /// What intake decided for it.
@@ -76,7 +76,7 @@ pub struct Gateway {
     /// Configured connectors, in configuration order.
     pub connectors: Vec<ConnectorHandle>,
     /// Every connector name the data file knows (configured or not), by outbox id.
-    pub connector_names: std::collections::HashMap<u32, String>,
+    pub connector_names: std::collections::HashMap<crate::outbox::ConnectorId, String>,
     /// Listeners.
     pub listeners: Vec<ListenerHandle>,
     /// For `/readyz`.
@@ -96,7 +96,7 @@ impl Gateway {
     }
 
     /// The name of a connector id (`#id` when the file does not know it).
-    pub fn connector_name(&self, id: u32) -> String {
+    pub fn connector_name(&self, id: crate::outbox::ConnectorId) -> String {
         self.connector_names
             .get(&id)
             .cloned()

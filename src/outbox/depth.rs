@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::StoreError;
-use super::schema;
+use super::schema::{self, ConnectorId};
 
 /// One connector's figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,18 +24,21 @@ pub struct Depth {
 /// Every connector's figures, shared by the writer and the readers.
 #[derive(Debug, Default)]
 pub(crate) struct Depths {
-    per_connector: Mutex<HashMap<u32, Depth>>,
+    per_connector: Mutex<HashMap<ConnectorId, Depth>>,
 }
 
 impl Depths {
     /// Count every entry of both tables once (at open and after a reopen).
     pub(crate) fn recount(&self, database: &Database) -> Result<(), StoreError> {
         let transaction = database.begin_read()?;
-        let mut counted: HashMap<u32, Depth> = HashMap::new();
+        let mut counted: HashMap<ConnectorId, Depth> = HashMap::new();
         match transaction.open_table(schema::QUEUE) {
             Ok(queue) => {
                 for entry in queue.iter()? {
-                    counted.entry(entry?.0.value().0).or_default().queued += 1;
+                    counted
+                        .entry(ConnectorId(entry?.0.value().0))
+                        .or_default()
+                        .queued += 1;
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -44,7 +47,10 @@ impl Depths {
         match transaction.open_table(schema::DLQ) {
             Ok(dlq) => {
                 for entry in dlq.iter()? {
-                    counted.entry(entry?.0.value().0).or_default().dead += 1;
+                    counted
+                        .entry(ConnectorId(entry?.0.value().0))
+                        .or_default()
+                        .dead += 1;
                 }
             }
             Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -71,7 +77,7 @@ impl Depths {
     }
 
     /// A connector's figures as of the last commit.
-    pub(crate) fn get(&self, connector: u32) -> Depth {
+    pub(crate) fn get(&self, connector: ConnectorId) -> Depth {
         self.per_connector
             .lock()
             .ok()
@@ -83,16 +89,16 @@ impl Depths {
 /// What one transaction added to (+) and removed from (-) each connector's queue and
 /// dead-letter queue; applied only once it is committed.
 #[derive(Debug, Default)]
-pub(crate) struct DepthChanges(BTreeMap<u32, (i64, i64)>);
+pub(crate) struct DepthChanges(BTreeMap<ConnectorId, (i64, i64)>);
 
 impl DepthChanges {
     /// An entry entered (+1) or left (-1) `connector`'s queue.
-    pub(crate) fn queue(&mut self, connector: u32, change: i64) {
+    pub(crate) fn queue(&mut self, connector: ConnectorId, change: i64) {
         self.0.entry(connector).or_default().0 += change;
     }
 
     /// An entry entered (+1) or left (-1) `connector`'s dead-letter queue.
-    pub(crate) fn dead(&mut self, connector: u32, change: i64) {
+    pub(crate) fn dead(&mut self, connector: ConnectorId, change: i64) {
         self.0.entry(connector).or_default().1 += change;
     }
 }

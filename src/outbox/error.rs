@@ -87,7 +87,7 @@ pub enum StoreError {
     WriterGone,
     /// A connector id that the configuration does not have.
     #[error("connector id {0} is not in the configuration")]
-    UnknownConnector(u32),
+    UnknownConnector(super::ConnectorId),
     /// The database is not open: reopening it after an error failed.
     #[error("the database is not open; reopening it failed")]
     NotOpen {

@@ -67,8 +67,8 @@ pub use request::AuditContext;
 use request::{Answer, Reply, Request};
 
 pub use schema::{
-    DeliveryRecord, DeliveryStatus, Disposition, DlqEntry, EntryRef, HeaderFields, MessageRecord,
-    PastEntry, QueueEntry, Route, RouteStatus,
+    ConnectorId, DeliveryRecord, DeliveryStatus, Disposition, DlqEntry, EntryRef, HeaderFields,
+    MessageRecord, PastEntry, QueueEntry, Route, RouteStatus,
 };
 
 /// Name of the database file inside `DATA_DIR`.
@@ -215,7 +215,7 @@ struct Shared {
     database: RwLock<Option<Arc<Database>>>,
     stats: OutboxStats,
     /// One per registered connector: notified after a commit that added to its queue.
-    wakers: HashMap<u32, Arc<Notify>>,
+    wakers: HashMap<ConnectorId, Arc<Notify>>,
     /// Cancelled when the writer thread panicked: nothing can be stored any more.
     writer_failed: tokio_util::sync::CancellationToken,
     /// Entries per connector in its queue and dead-letter queue, as of the last commit.
@@ -227,7 +227,7 @@ struct Shared {
 pub struct Outbox {
     requests: mpsc::Sender<Request>,
     shared: Arc<Shared>,
-    connectors: Arc<HashMap<String, u32>>,
+    connectors: Arc<HashMap<String, ConnectorId>>,
     instance_id: u64,
     /// The store's files.
     storage: Arc<dyn Storage>,
@@ -354,12 +354,12 @@ impl Outbox {
     }
 
     /// The id of a configured connector.
-    pub fn connector_id(&self, name: &str) -> Option<u32> {
+    pub fn connector_id(&self, name: &str) -> Option<ConnectorId> {
         self.connectors.get(name).copied()
     }
 
     /// Every registered connector: name and id.
-    pub fn connectors(&self) -> impl Iterator<Item = (&str, u32)> {
+    pub fn connectors(&self) -> impl Iterator<Item = (&str, ConnectorId)> {
         self.connectors
             .iter()
             .map(|(name, id)| (name.as_str(), *id))
@@ -368,7 +368,7 @@ impl Outbox {
     /// Notified after every commit that added an entry to this connector's queue. A
     /// notification that arrives while nobody waits is kept (one permit), so a worker that
     /// checks its queue and then waits never misses one.
-    pub fn waker(&self, connector: u32) -> Option<Arc<Notify>> {
+    pub fn waker(&self, connector: ConnectorId) -> Option<Arc<Notify>> {
         self.shared.wakers.get(&connector).cloned()
     }
 
@@ -392,7 +392,7 @@ impl Outbox {
     /// entry leaves the queue. False when the entry was not there.
     pub async fn mark_delivered(
         &self,
-        connector: u32,
+        connector: ConnectorId,
         seq: u64,
         attempts: u32,
     ) -> Result<bool, StoreError> {
@@ -410,7 +410,7 @@ impl Outbox {
     /// entry was not there.
     pub async fn record_failure(
         &self,
-        connector: u32,
+        connector: ConnectorId,
         seq: u64,
         attempts: u32,
         next_attempt_micros: i64,
@@ -431,7 +431,7 @@ impl Outbox {
     /// Move a queue entry to its connector's dead-letter queue. False when it was not there.
     pub async fn dead_letter(
         &self,
-        connector: u32,
+        connector: ConnectorId,
         seq: u64,
         attempts: u32,
         reason: String,
@@ -444,7 +444,7 @@ impl Outbox {
     /// (shown only to roles that may read message bodies; never logged).
     pub async fn dead_letter_with(
         &self,
-        connector: u32,
+        connector: ConnectorId,
         seq: u64,
         attempts: u32,
         reason: String,
@@ -467,9 +467,9 @@ impl Outbox {
     /// not in the dead-letter queue.
     pub async fn replay(
         &self,
-        connector: u32,
+        connector: ConnectorId,
         seq: u64,
-        to: Option<u32>,
+        to: Option<ConnectorId>,
     ) -> Result<Option<u64>, StoreError> {
         let answers = self.replay_many(connector, &[seq], to).await?;
         Ok(answers.into_iter().next().flatten())
@@ -480,9 +480,9 @@ impl Outbox {
     /// when it was not there.
     pub async fn replay_many(
         &self,
-        connector: u32,
+        connector: ConnectorId,
         seqs: &[u64],
-        to: Option<u32>,
+        to: Option<ConnectorId>,
     ) -> Result<Vec<Option<u64>>, StoreError> {
         self.replay_audited(connector, seqs, to, None).await
     }
@@ -491,9 +491,9 @@ impl Outbox {
     /// same transaction.
     pub async fn replay_audited(
         &self,
-        connector: u32,
+        connector: ConnectorId,
         seqs: &[u64],
-        to: Option<u32>,
+        to: Option<ConnectorId>,
         audit: Option<AuditContext>,
     ) -> Result<Vec<Option<u64>>, StoreError> {
         let to = to.unwrap_or(connector);
@@ -513,14 +513,18 @@ impl Outbox {
 
     /// Purge several dead-letter entries of `connector` in one transaction; one answer per
     /// seq (false: not there).
-    pub async fn purge_many(&self, connector: u32, seqs: &[u64]) -> Result<Vec<bool>, StoreError> {
+    pub async fn purge_many(
+        &self,
+        connector: ConnectorId,
+        seqs: &[u64],
+    ) -> Result<Vec<bool>, StoreError> {
         self.purge_audited(connector, seqs, None).await
     }
 
     /// [`Outbox::purge_many`] with its audit record written in the same transaction.
     pub async fn purge_audited(
         &self,
-        connector: u32,
+        connector: ConnectorId,
         seqs: &[u64],
         audit: Option<AuditContext>,
     ) -> Result<Vec<bool>, StoreError> {
@@ -536,7 +540,7 @@ impl Outbox {
 
     /// Remove dead-letter entry `seq` of `connector` without delivering it. False when it was
     /// not there.
-    pub async fn purge(&self, connector: u32, seq: u64) -> Result<bool, StoreError> {
+    pub async fn purge(&self, connector: ConnectorId, seq: u64) -> Result<bool, StoreError> {
         let answers = self.purge_many(connector, &[seq]).await?;
         Ok(answers.into_iter().next().unwrap_or(false))
     }
@@ -644,7 +648,7 @@ impl Outbox {
 
     /// A connector's queue and dead-letter queue sizes as of the last commit, without
     /// reading the store.
-    pub fn depth(&self, connector: u32) -> Depth {
+    pub fn depth(&self, connector: ConnectorId) -> Depth {
         self.shared.depths.get(connector)
     }
 }

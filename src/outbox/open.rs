@@ -506,7 +506,7 @@ pub(super) fn known_connectors(database: &Database) -> Result<Vec<String>, Store
 pub(super) fn register_connectors(
     database: &Database,
     names: &[String],
-) -> Result<HashMap<String, u32>, StoreError> {
+) -> Result<HashMap<String, schema::ConnectorId>, StoreError> {
     let transaction = database.begin_write()?;
     let mut ids = HashMap::new();
     {
@@ -528,7 +528,7 @@ pub(super) fn register_connectors(
                     id
                 }
             };
-            ids.insert(name.clone(), id);
+            ids.insert(name.clone(), schema::ConnectorId(id));
         }
         meta.insert("next_connector_id", u64::from(next))?;
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 
 use super::audit::AuditEvent;
-use super::{Appended, NewMessage, OutboxStats, Retained, StoreError};
+use super::{Appended, ConnectorId, NewMessage, OutboxStats, Retained, StoreError};
 
 /// The receiving end of a [`Reply`].
 pub(super) type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
@@ -81,14 +81,14 @@ pub(super) enum Request {
     /// A connector's output confirmed the queue entry: remove it, record DELIVERED. Answers
     /// false when the entry was not there.
     Delivered {
-        connector: u32,
+        connector: ConnectorId,
         seq: u64,
         attempts: u32,
         reply: Reply<bool>,
     },
     /// A delivery attempt failed and will be retried: update the queue entry.
     Retry {
-        connector: u32,
+        connector: ConnectorId,
         seq: u64,
         attempts: u32,
         next_attempt_micros: i64,
@@ -98,7 +98,7 @@ pub(super) enum Request {
     /// Give up on a queue entry: move it to the connector's dead-letter queue, with the
     /// downstream system's own words when it answered.
     DeadLetter {
-        connector: u32,
+        connector: ConnectorId,
         seq: u64,
         attempts: u32,
         reason: String,
@@ -108,16 +108,16 @@ pub(super) enum Request {
     /// Put dead-letter entries back at the tail of a connector's queue, in order, and audit
     /// it, all in one transaction; answers each new seq (`None`: not in the dead-letter queue).
     Replay {
-        connector: u32,
+        connector: ConnectorId,
         seqs: Vec<u64>,
-        to: u32,
+        to: ConnectorId,
         audit: Option<AuditContext>,
         reply: Reply<Vec<Option<u64>>>,
     },
     /// Remove dead-letter entries without delivering them, and audit it, in one transaction;
     /// answers for each whether it was there.
     Purge {
-        connector: u32,
+        connector: ConnectorId,
         seqs: Vec<u64>,
         audit: Option<AuditContext>,
         reply: Reply<Vec<bool>>,

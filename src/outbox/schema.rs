@@ -107,6 +107,18 @@ impl Disposition {
     }
 }
 
+/// A connector's id in the store: given when its name is first registered, never reused.
+/// Stored as the plain `u32` it wraps (the record encoding is unchanged).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnectorId(pub u32);
+
+impl std::fmt::Display for ConnectorId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
 /// What a connector's filter decided for a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RouteStatus {
@@ -120,7 +132,7 @@ pub enum RouteStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Route {
     /// Connector id (see the `connectors` table).
-    pub connector: u32,
+    pub connector: ConnectorId,
     /// Queued or filtered.
     pub status: RouteStatus,
 }
@@ -203,7 +215,7 @@ pub struct QueueEntry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryRef {
     /// Connector id.
-    pub connector: u32,
+    pub connector: ConnectorId,
     /// Seq in that connector's queue.
     pub seq: u64,
 }
@@ -581,12 +593,12 @@ mod tests {
             next_attempt_micros: 99,
             last_error: Some("timeout".to_owned()),
             origin: Some(EntryRef {
-                connector: 1,
+                connector: ConnectorId(1),
                 seq: 5,
             }),
             history: vec![PastEntry {
                 entry: EntryRef {
-                    connector: 1,
+                    connector: ConnectorId(1),
                     seq: 5,
                 },
                 attempts: 3,

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use super::schema::{self, DeliveryRecord, DlqEntry, MessageRecord, QueueEntry};
+use super::schema::{self, ConnectorId, DeliveryRecord, DlqEntry, MessageRecord, QueueEntry};
 use super::{StoreError, audit};
 
 /// A queue entry with its message, as a worker delivers it.
@@ -130,10 +130,10 @@ impl Snapshot {
     }
 
     /// One connector's queue in FIFO order: `(seq, entry)`.
-    pub fn queue(&self, connector: u32) -> Result<Vec<(u64, QueueEntry)>, StoreError> {
+    pub fn queue(&self, connector: ConnectorId) -> Result<Vec<(u64, QueueEntry)>, StoreError> {
         let table = self.transaction.open_table(schema::QUEUE)?;
         let mut out = Vec::new();
-        for entry in table.range((connector, 0)..=(connector, u64::MAX))? {
+        for entry in table.range((connector.0, 0)..=(connector.0, u64::MAX))? {
             let (key, value) = entry?;
             out.push((
                 key.value().1,
@@ -148,7 +148,7 @@ impl Snapshot {
     /// of bodies are loaded (the first entry is always returned).
     pub fn pending(
         &self,
-        connector: u32,
+        connector: ConnectorId,
         after: Option<u64>,
         max_entries: usize,
         max_bytes: usize,
@@ -160,7 +160,7 @@ impl Snapshot {
         }
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for entry in queue.range((connector, start)..=(connector, u64::MAX))? {
+        for entry in queue.range((connector.0, start)..=(connector.0, u64::MAX))? {
             if out.len() >= max_entries.max(1) || (bytes >= max_bytes && !out.is_empty()) {
                 break;
             }
@@ -213,10 +213,10 @@ impl Snapshot {
     }
 
     /// Entries in a connector's queue.
-    pub fn queue_len(&self, connector: u32) -> Result<u64, StoreError> {
+    pub fn queue_len(&self, connector: ConnectorId) -> Result<u64, StoreError> {
         let queue = self.transaction.open_table(schema::QUEUE)?;
         let mut count = 0;
-        for entry in queue.range((connector, 0)..=(connector, u64::MAX))? {
+        for entry in queue.range((connector.0, 0)..=(connector.0, u64::MAX))? {
             entry?;
             count += 1;
         }
@@ -224,10 +224,10 @@ impl Snapshot {
     }
 
     /// A connector's dead-letter queue, oldest first: `(seq, entry)`.
-    pub fn dead_letters(&self, connector: u32) -> Result<Vec<(u64, DlqEntry)>, StoreError> {
+    pub fn dead_letters(&self, connector: ConnectorId) -> Result<Vec<(u64, DlqEntry)>, StoreError> {
         let table = self.transaction.open_table(schema::DLQ)?;
         let mut out = Vec::new();
-        for entry in table.range((connector, 0)..=(connector, u64::MAX))? {
+        for entry in table.range((connector.0, 0)..=(connector.0, u64::MAX))? {
             let (key, value) = entry?;
             out.push((
                 key.value().1,
@@ -238,9 +238,13 @@ impl Snapshot {
     }
 
     /// One dead-letter entry.
-    pub fn dead_letter(&self, connector: u32, seq: u64) -> Result<Option<DlqEntry>, StoreError> {
+    pub fn dead_letter(
+        &self,
+        connector: ConnectorId,
+        seq: u64,
+    ) -> Result<Option<DlqEntry>, StoreError> {
         let table = self.transaction.open_table(schema::DLQ)?;
-        match table.get((connector, seq))? {
+        match table.get((connector.0, seq))? {
             Some(value) => Ok(Some(schema::decode_or(
                 value.value(),
                 schema::damaged_dead_letter,
@@ -250,12 +254,15 @@ impl Snapshot {
     }
 
     /// What became of a message at each connector after intake: `(connector id, record)`.
-    pub fn deliveries(&self, message_id: u64) -> Result<Vec<(u32, DeliveryRecord)>, StoreError> {
+    pub fn deliveries(
+        &self,
+        message_id: u64,
+    ) -> Result<Vec<(ConnectorId, DeliveryRecord)>, StoreError> {
         let table = self.transaction.open_table(schema::DELIVERIES)?;
         let mut out = Vec::new();
         for entry in table.range((message_id, 0)..=(message_id, u32::MAX))? {
             let (key, value) = entry?;
-            out.push((key.value().1, schema::decode(value.value())?));
+            out.push((ConnectorId(key.value().1), schema::decode(value.value())?));
         }
         Ok(out)
     }
@@ -296,7 +303,7 @@ impl Snapshot {
     /// however large the backlog); offline they are counted.
     pub fn queue_figures(
         &self,
-        connector: u32,
+        connector: ConnectorId,
         now_micros: i64,
     ) -> Result<QueueFigures, StoreError> {
         let oldest_age_secs = match self.queue_head(connector)? {
@@ -326,9 +333,13 @@ impl Snapshot {
     }
 
     /// One queue entry.
-    pub fn queue_entry(&self, connector: u32, seq: u64) -> Result<Option<QueueEntry>, StoreError> {
+    pub fn queue_entry(
+        &self,
+        connector: ConnectorId,
+        seq: u64,
+    ) -> Result<Option<QueueEntry>, StoreError> {
         let table = self.transaction.open_table(schema::QUEUE)?;
-        match table.get((connector, seq))? {
+        match table.get((connector.0, seq))? {
             Some(value) => Ok(Some(schema::decode_or(
                 value.value(),
                 schema::damaged_queue_entry,
@@ -338,9 +349,12 @@ impl Snapshot {
     }
 
     /// The head of a connector's queue (its oldest entry), if any.
-    pub fn queue_head(&self, connector: u32) -> Result<Option<(u64, QueueEntry)>, StoreError> {
+    pub fn queue_head(
+        &self,
+        connector: ConnectorId,
+    ) -> Result<Option<(u64, QueueEntry)>, StoreError> {
         let table = self.transaction.open_table(schema::QUEUE)?;
-        let mut range = table.range((connector, 0)..=(connector, u64::MAX))?;
+        let mut range = table.range((connector.0, 0)..=(connector.0, u64::MAX))?;
         match range.next() {
             Some(entry) => {
                 let (key, value) = entry?;
@@ -354,10 +368,10 @@ impl Snapshot {
     }
 
     /// Entries in a connector's dead-letter queue.
-    pub fn dead_letter_count(&self, connector: u32) -> Result<u64, StoreError> {
+    pub fn dead_letter_count(&self, connector: ConnectorId) -> Result<u64, StoreError> {
         let table = self.transaction.open_table(schema::DLQ)?;
         let mut count = 0;
-        for entry in table.range((connector, 0)..=(connector, u64::MAX))? {
+        for entry in table.range((connector.0, 0)..=(connector.0, u64::MAX))? {
             entry?;
             count += 1;
         }
@@ -367,7 +381,7 @@ impl Snapshot {
     /// Up to `limit` dead-letter entries of a connector with seqs above `after`, oldest first.
     pub fn dead_letters_after(
         &self,
-        connector: u32,
+        connector: ConnectorId,
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, DlqEntry)>, StoreError> {
@@ -377,7 +391,7 @@ impl Snapshot {
         let start = after.map_or(0, |seq| seq + 1);
         let table = self.transaction.open_table(schema::DLQ)?;
         let mut out = Vec::new();
-        for entry in table.range((connector, start)..=(connector, u64::MAX))? {
+        for entry in table.range((connector.0, start)..=(connector.0, u64::MAX))? {
             if out.len() >= limit {
                 break;
             }
@@ -422,12 +436,12 @@ impl Snapshot {
     }
 
     /// Connector names and ids.
-    pub fn connectors(&self) -> Result<Vec<(String, u32)>, StoreError> {
+    pub fn connectors(&self) -> Result<Vec<(String, ConnectorId)>, StoreError> {
         let table = self.transaction.open_table(schema::CONNECTORS)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
             let (name, id) = entry?;
-            out.push((name.value().to_owned(), id.value()));
+            out.push((name.value().to_owned(), ConnectorId(id.value())));
         }
         Ok(out)
     }

@@ -50,15 +50,15 @@ fn record(body_len: usize, seq: usize) -> MessageRecord {
         reason: None,
         routes: vec![
             Route {
-                connector: 1,
+                connector: mfoundry::outbox::ConnectorId(1),
                 status: RouteStatus::Queued,
             },
             Route {
-                connector: 2,
+                connector: mfoundry::outbox::ConnectorId(2),
                 status: RouteStatus::Queued,
             },
             Route {
-                connector: 3,
+                connector: mfoundry::outbox::ConnectorId(3),
                 status: RouteStatus::Filtered,
             },
         ],

@@ -49,7 +49,8 @@ fn routes_of(
     control_id: &str,
 ) -> (Disposition, BTreeSet<(String, RouteStatus)>, u64) {
     let snapshot = app.outbox().snapshot().expect("snapshot");
-    let names: Vec<(String, u32)> = snapshot.connectors().expect("connectors");
+    let names: Vec<(String, mfoundry::outbox::ConnectorId)> =
+        snapshot.connectors().expect("connectors");
     let (id, record) = snapshot
         .messages()
         .expect("messages")

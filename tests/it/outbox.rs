@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use common::MemoryDisk;
 use mfoundry::outbox::{
-    Appended, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox, OutboxOptions, Route,
-    RouteStatus,
+    Appended, ConnectorId, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox,
+    OutboxOptions, Route, RouteStatus,
 };
 use proptest::prelude::*;
 
@@ -132,8 +132,8 @@ async fn fan_out_is_fifo_per_connector_and_records_filtered_routes() {
     assert_eq!(
         filtered,
         vec![
-            outbox.connector_id("b").unwrap_or_default(),
-            outbox.connector_id("c").unwrap_or_default()
+            outbox.connector_id("b").expect("b"),
+            outbox.connector_id("c").expect("c")
         ]
     );
     assert_eq!(
@@ -147,9 +147,9 @@ async fn fan_out_is_fifo_per_connector_and_records_filtered_routes() {
     // Reopened: same connector ids, new ids continue above the old ones.
     let (outbox, writer) =
         Outbox::open(options_with(&memory), &names(&["c", "new", "a"])).expect("reopens");
-    assert_eq!(outbox.connector_id("a"), Some(1));
-    assert_eq!(outbox.connector_id("c"), Some(3));
-    assert_eq!(outbox.connector_id("new"), Some(4));
+    assert_eq!(outbox.connector_id("a"), Some(ConnectorId(1)));
+    assert_eq!(outbox.connector_id("c"), Some(ConnectorId(3)));
+    assert_eq!(outbox.connector_id("new"), Some(ConnectorId(4)));
     let appended = outbox
         .append(message(&outbox, "after", &["a"], &[]))
         .await
@@ -451,7 +451,7 @@ proptest! {
             let memory = MemoryDisk::default();
             let connectors = names(&["x", "y", "z"]);
             let (mut outbox, mut writer) = Outbox::open(options_with(&memory), &connectors).expect("opens");
-            let ids: Vec<u32> = connectors.iter().map(|name| outbox.connector_id(name).expect("id")).collect();
+            let ids: Vec<ConnectorId> = connectors.iter().map(|name| outbox.connector_id(name).expect("id")).collect();
             // Per connector: (seq, message id) in order.
             let mut queues: Vec<Vec<(u64, u64)>> = vec![Vec::new(); 3];
             let mut dlqs: Vec<Vec<(u64, u64)>> = vec![Vec::new(); 3];
@@ -723,7 +723,7 @@ async fn one_request_that_fails_on_its_own_does_not_fail_the_others_in_its_commi
                 .open_table(mfoundry::outbox::schema::QUEUE)
                 .expect("queue");
             queue
-                .insert((connector, 999), b"\xff\xff".as_slice())
+                .insert((connector.0, 999), b"\xff\xff".as_slice())
                 .expect("insert");
         }
         transaction.commit().expect("commit");
@@ -746,7 +746,7 @@ async fn one_request_that_fails_on_its_own_does_not_fail_the_others_in_its_commi
 /// returns it, its writer, `a`'s id and the seq of that message's queue entry.
 async fn one_message_stored(
     hold: std::time::Duration,
-) -> (Outbox, mfoundry::outbox::WriterHandle, u32, u64) {
+) -> (Outbox, mfoundry::outbox::WriterHandle, ConnectorId, u64) {
     let memory = MemoryDisk::default();
     let mut options = options_with(&memory);
     options.intake_hold = hold;
@@ -876,9 +876,10 @@ async fn damaged_records_are_stepped_over_named_and_removable_not_a_stall() {
             let mut queue = transaction
                 .open_table(mfoundry::outbox::schema::QUEUE)
                 .expect("queue");
-            let value = flip_last_byte(queue.get((a, seqs[1])).expect("get").expect("M2").value());
+            let value =
+                flip_last_byte(queue.get((a.0, seqs[1])).expect("get").expect("M2").value());
             queue
-                .insert((a, seqs[1]), value.as_slice())
+                .insert((a.0, seqs[1]), value.as_slice())
                 .expect("insert");
         }
         transaction.commit().expect("commit");

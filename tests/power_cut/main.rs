@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mfoundry::outbox::audit::AuditRecord;
 use mfoundry::outbox::{
-    Appended, DeliveryRecord, Disposition, DlqEntry, HeaderFields, MessageRecord, NewMessage,
-    Outbox, OutboxOptions, QueueEntry, Route, RouteStatus, StoreFile,
+    Appended, ConnectorId, DeliveryRecord, Disposition, DlqEntry, HeaderFields, MessageRecord,
+    NewMessage, Outbox, OutboxOptions, QueueEntry, Route, RouteStatus, StoreFile,
 };
 use serde::{Deserialize, Serialize};
 
@@ -76,11 +76,11 @@ fn names() -> Vec<String> {
 /// The logical content of a store: what a request's acknowledgement promises.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Dump {
-    connectors: BTreeMap<String, u32>,
+    connectors: BTreeMap<String, ConnectorId>,
     messages: BTreeMap<u64, (MessageRecord, Vec<u8>)>,
-    queues: BTreeMap<u32, Vec<(u64, QueueEntry)>>,
-    dead: BTreeMap<u32, Vec<(u64, DlqEntry)>>,
-    deliveries: BTreeMap<u64, Vec<(u32, DeliveryRecord)>>,
+    queues: BTreeMap<ConnectorId, Vec<(u64, QueueEntry)>>,
+    dead: BTreeMap<ConnectorId, Vec<(u64, DlqEntry)>>,
+    deliveries: BTreeMap<u64, Vec<(ConnectorId, DeliveryRecord)>>,
     audit: Vec<(u64, AuditRecord)>,
 }
 

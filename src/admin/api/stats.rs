@@ -109,7 +109,8 @@ pub struct StoreStatsView {
     responses((status = 200, description = "Stats", body = Stats), AuthErrors))]
 pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
-    let ids: Vec<u32> = state.gateway.connectors.iter().map(|c| c.id).collect();
+    let ids: Vec<crate::outbox::ConnectorId> =
+        state.gateway.connectors.iter().map(|c| c.id).collect();
     let now = crate::outbox::now_micros();
     let (messages, per_connector) = state
         .gateway

@@ -180,7 +180,7 @@ impl Writer {
     fn write(
         &mut self,
         batch: &mut [Request],
-    ) -> Result<(BTreeSet<u32>, DepthChanges), StoreError> {
+    ) -> Result<(BTreeSet<super::ConnectorId>, DepthChanges), StoreError> {
         match self.database() {
             Some(database) => self.write_batch(&database, batch),
             None => Err(StoreError::NotOpen {
@@ -194,7 +194,7 @@ impl Writer {
     fn answer(
         &self,
         requests: impl Iterator<Item = Request>,
-        woken: BTreeSet<u32>,
+        woken: BTreeSet<super::ConnectorId>,
         depths: &DepthChanges,
     ) {
         self.shared.depths.apply(depths);

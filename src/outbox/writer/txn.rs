@@ -16,7 +16,7 @@ use crate::outbox::schema::{
     self, AUDIT, BODIES, DELIVERIES, DLQ, DeliveryRecord, DeliveryStatus, DlqEntry, EntryRef,
     INLINE_BODY_MAX, MAX_HISTORY, MESSAGES, META, PastEntry, QUEUE, QueueEntry, RouteStatus,
 };
-use crate::outbox::{Appended, NewMessage, Retained, StoreError, now_micros};
+use crate::outbox::{Appended, ConnectorId, NewMessage, Retained, StoreError, now_micros};
 
 impl Writer {
     /// Write every request of `batch` in one transaction with `Durability::Immediate` and
@@ -26,7 +26,7 @@ impl Writer {
         &mut self,
         database: &Database,
         batch: &mut [Request],
-    ) -> Result<(BTreeSet<u32>, DepthChanges), StoreError> {
+    ) -> Result<(BTreeSet<ConnectorId>, DepthChanges), StoreError> {
         let mut transaction = database.begin_write()?;
         transaction.set_durability(Durability::Immediate)?;
         let now = now_micros();
@@ -221,7 +221,7 @@ impl Writer {
         next_id: &mut u64,
         now: i64,
         accepted: &mut Vec<([u8; 32], u64)>,
-        woken: &mut BTreeSet<u32>,
+        woken: &mut BTreeSet<ConnectorId>,
     ) -> Result<Appended, StoreError> {
         let dedup_key = message.dedup_key.filter(|_| self.dedup.is_some());
         if let (Some(key), Some(index)) = (dedup_key, &self.dedup) {
@@ -288,7 +288,7 @@ impl Writer {
             };
             let replaced = tables
                 .queue
-                .insert((route.connector, id), schema::encode(&entry)?.as_slice())?
+                .insert((route.connector.0, id), schema::encode(&entry)?.as_slice())?
                 .is_some();
             if !replaced {
                 tables.depths.queue(route.connector, 1);
@@ -448,10 +448,10 @@ impl Delivery<'_, '_> {
     fn held_before(
         &self,
         message_id: u64,
-        connector: u32,
+        connector: ConnectorId,
         queued_at_intake: impl FnOnce() -> Result<bool, StoreError>,
     ) -> Result<u32, StoreError> {
-        let held = match self.deliveries.get((message_id, connector))? {
+        let held = match self.deliveries.get((message_id, connector.0))? {
             Some(value) => match schema::decode::<DeliveryRecord>(value.value()) {
                 Ok(record) => Some(record.held),
                 // A damaged record is written anew by the caller: count as intake did.
@@ -468,14 +468,14 @@ impl Delivery<'_, '_> {
 
     /// An entry that is (or was) in a queue or DLQ counts as held when no record says
     /// otherwise.
-    fn held(&self, message_id: u64, connector: u32) -> Result<u32, StoreError> {
+    fn held(&self, message_id: u64, connector: ConnectorId) -> Result<u32, StoreError> {
         self.held_before(message_id, connector, || Ok(true))
     }
 
     fn record(
         &mut self,
         message_id: u64,
-        connector: u32,
+        connector: ConnectorId,
         status: DeliveryStatus,
         attempts: u32,
         last_error: Option<String>,
@@ -492,17 +492,19 @@ impl Delivery<'_, '_> {
             last_error,
             held,
         };
-        self.deliveries
-            .insert((message_id, connector), schema::encode(&record)?.as_slice())?;
+        self.deliveries.insert(
+            (message_id, connector.0),
+            schema::encode(&record)?.as_slice(),
+        )?;
         Ok(())
     }
 
     fn take_queue_entry(
         &mut self,
-        connector: u32,
+        connector: ConnectorId,
         seq: u64,
     ) -> Result<Option<QueueEntry>, StoreError> {
-        match self.queue.remove((connector, seq))? {
+        match self.queue.remove((connector.0, seq))? {
             Some(value) => Ok(Some({
                 self.depths.queue(connector, -1);
                 schema::decode_or(value.value(), schema::damaged_queue_entry)?
@@ -513,10 +515,10 @@ impl Delivery<'_, '_> {
 
     fn take_dead_letter(
         &mut self,
-        connector: u32,
+        connector: ConnectorId,
         seq: u64,
     ) -> Result<Option<DlqEntry>, StoreError> {
-        match self.dlq.remove((connector, seq))? {
+        match self.dlq.remove((connector.0, seq))? {
             Some(value) => Ok(Some({
                 self.depths.dead(connector, -1);
                 schema::decode_or(value.value(), schema::damaged_dead_letter)?
@@ -526,7 +528,12 @@ impl Delivery<'_, '_> {
     }
 
     /// The output confirmed the entry: it leaves the queue, DELIVERED is recorded.
-    fn delivered(&mut self, connector: u32, seq: u64, attempts: u32) -> Result<bool, StoreError> {
+    fn delivered(
+        &mut self,
+        connector: ConnectorId,
+        seq: u64,
+        attempts: u32,
+    ) -> Result<bool, StoreError> {
         let Some(entry) = self.take_queue_entry(connector, seq)? else {
             return Ok(false);
         };
@@ -545,13 +552,13 @@ impl Delivery<'_, '_> {
     /// A failed attempt to be retried at `next_attempt_micros`.
     fn retry(
         &mut self,
-        connector: u32,
+        connector: ConnectorId,
         seq: u64,
         attempts: u32,
         next_attempt_micros: i64,
         error: &str,
     ) -> Result<bool, StoreError> {
-        let current: Option<QueueEntry> = match self.queue.get((connector, seq))? {
+        let current: Option<QueueEntry> = match self.queue.get((connector.0, seq))? {
             Some(value) => Some(schema::decode(value.value())?),
             None => None,
         };
@@ -562,7 +569,7 @@ impl Delivery<'_, '_> {
         entry.next_attempt_micros = next_attempt_micros;
         entry.last_error = Some(error.to_owned());
         self.queue
-            .insert((connector, seq), schema::encode(&entry)?.as_slice())?;
+            .insert((connector.0, seq), schema::encode(&entry)?.as_slice())?;
         Ok(true)
     }
 
@@ -570,7 +577,7 @@ impl Delivery<'_, '_> {
     /// came from and its earlier lives.
     fn dead_letter(
         &mut self,
-        connector: u32,
+        connector: ConnectorId,
         seq: u64,
         attempts: u32,
         reason: &str,
@@ -590,7 +597,7 @@ impl Delivery<'_, '_> {
         };
         if self
             .dlq
-            .insert((connector, seq), schema::encode(&dead)?.as_slice())?
+            .insert((connector.0, seq), schema::encode(&dead)?.as_slice())?
             .is_none()
         {
             self.depths.dead(connector, 1);
@@ -611,9 +618,9 @@ impl Delivery<'_, '_> {
     /// counter; `None` when it was not in the dead-letter queue.
     fn replay(
         &mut self,
-        connector: u32,
+        connector: ConnectorId,
         seq: u64,
-        to: u32,
+        to: ConnectorId,
         next_id: &mut u64,
     ) -> Result<Option<u64>, StoreError> {
         let Some(dead) = self.take_dead_letter(connector, seq)? else {
@@ -642,7 +649,7 @@ impl Delivery<'_, '_> {
         };
         if self
             .queue
-            .insert((to, new_seq), schema::encode(&entry)?.as_slice())?
+            .insert((to.0, new_seq), schema::encode(&entry)?.as_slice())?
             .is_none()
         {
             self.depths.queue(to, 1);
@@ -690,7 +697,7 @@ impl Delivery<'_, '_> {
     }
 
     /// Remove a dead letter without delivering it.
-    fn purge(&mut self, connector: u32, seq: u64) -> Result<bool, StoreError> {
+    fn purge(&mut self, connector: ConnectorId, seq: u64) -> Result<bool, StoreError> {
         let Some(dead) = self.take_dead_letter(connector, seq)? else {
             return Ok(false);
         };
@@ -788,7 +795,7 @@ fn message_is_done(
         if state.held > 0 {
             return Ok(false);
         }
-        states.insert(key.value().1, state.status);
+        states.insert(ConnectorId(key.value().1), state.status);
     }
     Ok(record
         .routes
