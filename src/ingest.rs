@@ -165,7 +165,7 @@ pub struct Outcome {
     /// A short machine-readable reason for anything but a first-time acceptance.
     pub reason: Option<Reason>,
     /// The stored message's id, when it was stored (or found as a duplicate).
-    pub message_id: Option<u64>,
+    pub message_id: Option<crate::outbox::MessageId>,
 }
 
 impl Outcome {

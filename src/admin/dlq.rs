@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::views::{MessageSummary, connector_states, summary};
-use crate::outbox::{AuditContext, ConnectorId, DlqEntry, EntryRef, Outbox, Snapshot, StoreError};
+use crate::outbox::{
+    AuditContext, ConnectorId, DlqEntry, EntryRef, Outbox, Seq, Snapshot, StoreError,
+};
 use crate::units::format_micros;
 
 /// Most entries returned in one page.
@@ -255,15 +257,15 @@ impl<'a> DeadLetters<'a> {
                 let mut next_after = None;
                 for (name, id) in targets {
                     // One more than asked, to know whether there is more.
-                    let found = snapshot.dead_letters_after(id, after, limit + 1)?;
+                    let found = snapshot.dead_letters_after(id, after.map(Seq), limit + 1)?;
                     if found.len() > limit {
                         truncated = true;
                     }
                     for (seq, entry) in found.iter().take(limit) {
-                        entries.push(item(snapshot, &names, &name, *seq, entry, reveal)?);
+                        entries.push(item(snapshot, &names, &name, seq.0, entry, reveal)?);
                     }
                     if single && found.len() > limit {
-                        next_after = found.get(limit - 1).map(|(seq, _)| *seq);
+                        next_after = found.get(limit - 1).map(|(seq, _)| seq.0);
                     }
                 }
                 Ok(DlqPage {
@@ -284,7 +286,7 @@ impl<'a> DeadLetters<'a> {
         let found = self
             .outbox
             .read(move |snapshot| {
-                let Some(entry) = snapshot.dead_letter(id, seq)? else {
+                let Some(entry) = snapshot.dead_letter(id, Seq(seq))? else {
                     return Ok(None);
                 };
                 let item = item(snapshot, &names, &owned, seq, &entry, reveal)?;
@@ -331,13 +333,16 @@ impl<'a> DeadLetters<'a> {
         };
         let answers = self
             .outbox
-            .replay_audited(from, &seqs, to, Some(context))
+            .replay_audited(from, &typed(&seqs), to, Some(context))
             .await?;
         let mut replayed = Vec::new();
         let mut missing = Vec::new();
         for (seq, answer) in seqs.iter().zip(answers) {
             match answer {
-                Some(new_seq) => replayed.push(Replayed { seq: *seq, new_seq }),
+                Some(new_seq) => replayed.push(Replayed {
+                    seq: *seq,
+                    new_seq: new_seq.0,
+                }),
                 None => missing.push(*seq),
             }
         }
@@ -363,7 +368,10 @@ impl<'a> DeadLetters<'a> {
             action: "dlq.purge".to_owned(),
             target: format!("connector {name}"),
         };
-        let answers = self.outbox.purge_audited(id, &seqs, Some(context)).await?;
+        let answers = self
+            .outbox
+            .purge_audited(id, &typed(&seqs), Some(context))
+            .await?;
         let mut purged = Vec::new();
         let mut missing = Vec::new();
         for (seq, removed) in seqs.iter().copied().zip(answers) {
@@ -401,7 +409,7 @@ impl<'a> DeadLetters<'a> {
                 .read(move |snapshot| snapshot.dead_letters_after(connector, None, MAX_BATCH))
                 .await?
                 .into_iter()
-                .map(|(seq, _)| seq)
+                .map(|(seq, _)| seq.0)
                 .collect()),
             (true, false) => Err(DlqError::BadRequest(
                 "give seqs or all, not both".to_owned(),
@@ -447,12 +455,12 @@ fn item(
     let name = |id: ConnectorId| names.get(&id).cloned().unwrap_or_else(|| format!("#{id}"));
     let view = |entry: &EntryRef| EntryView {
         connector: name(entry.connector),
-        seq: entry.seq,
+        seq: entry.seq.0,
     };
     Ok(DlqItem {
         connector: connector.to_owned(),
         seq,
-        message_id: entry.message_id,
+        message_id: entry.message_id.0,
         control_id: header.control_id,
         message_type: format!("{}^{}", header.msg_type, header.trigger),
         attempts: entry.attempts,
@@ -469,7 +477,7 @@ fn item(
             .iter()
             .map(|past| PastView {
                 connector: name(past.entry.connector),
-                seq: past.entry.seq,
+                seq: past.entry.seq.0,
                 attempts: past.attempts,
                 reason: past.reason.clone(),
                 failed_at: format_micros(past.failed_at_micros),
@@ -477,4 +485,9 @@ fn item(
             .collect(),
         message_damaged,
     })
+}
+
+/// Seqs as the API names them, as the outbox takes them.
+fn typed(seqs: &[u64]) -> Vec<Seq> {
+    seqs.iter().copied().map(Seq).collect()
 }

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::outbox::{ConnectorId, MessageRecord, RouteStatus, Snapshot, StoreError};
+use crate::outbox::{
+    ConnectorId, MessageId, MessageRecord, RouteStatus, Seq, Snapshot, StoreError,
+};
 use crate::units::format_micros;
 
 /// A message in a list: where it came from, what it is, what became of it. No body.
@@ -64,7 +66,7 @@ pub struct ConnectorState {
 /// Each connector's state for a message: intake routes, then later delivery records.
 pub(crate) fn connector_states(
     snapshot: &Snapshot,
-    id: u64,
+    id: MessageId,
     record: &MessageRecord,
     names: &HashMap<ConnectorId, String>,
 ) -> Result<Vec<ConnectorState>, StoreError> {
@@ -73,7 +75,7 @@ pub(crate) fn connector_states(
     for route in &record.routes {
         // Still in its first queue entry: that entry has the attempts so far.
         let entry = match route.status {
-            RouteStatus::Queued => snapshot.queue_entry(route.connector, id)?,
+            RouteStatus::Queued => snapshot.queue_entry(route.connector, Seq::from(id))?,
             RouteStatus::Filtered => None,
         };
         states.insert(
@@ -113,13 +115,13 @@ pub(crate) fn connector_states(
 
 /// A message's summary, with its connector states.
 pub(crate) fn summary(
-    id: u64,
+    id: MessageId,
     record: &MessageRecord,
     connectors: Vec<ConnectorState>,
 ) -> MessageSummary {
     let header = &record.header;
     MessageSummary {
-        id,
+        id: id.0,
         received_at: format_micros(record.received_at_micros),
         peer: record.peer.clone(),
         listener: record.listener.clone(),

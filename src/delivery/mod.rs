@@ -229,7 +229,7 @@ struct Worker<O> {
     last_send: Option<tokio::time::Instant>,
     /// When the head (this seq) may be tried again, on the monotonic clock. Set by a failure
     /// in this process; after a restart the stored wall-clock time is used instead.
-    retry_at: Option<(u64, tokio::time::Instant)>,
+    retry_at: Option<(crate::outbox::Seq, tokio::time::Instant)>,
 }
 
 /// Why a wait ended.
@@ -308,7 +308,7 @@ impl<O: Deliver> Worker<O> {
         if let Some(damage) = &head.damage {
             // Never deliver bytes that are not the message: they fail the checksum written
             // with them. Operators see it in the dead-letter queue and in the counter.
-            error!(connector = %self.settings.name, seq, damage = %damage, "stored data is damaged; moved to the dead-letter queue, not delivered");
+            error!(connector = %self.settings.name, seq = seq.0, damage = %damage, "stored data is damaged; moved to the dead-letter queue, not delivered");
             self.outbox.stats().damaged.fetch_add(1, Ordering::Relaxed);
             let reason = format!(
                 "{damage}; it was not delivered. Restore the store from a backup, or purge \
@@ -370,8 +370,8 @@ impl<O: Deliver> Worker<O> {
         let attempt = head.entry.attempts.saturating_add(1);
         let envelope = Envelope {
             instance_id: self.outbox.instance_id(),
-            message_id: head.entry.message_id,
-            seq,
+            message_id: head.entry.message_id.0,
+            seq: seq.0,
             connector: Arc::clone(&self.settings.name),
             record,
             body,
@@ -405,11 +405,11 @@ impl<O: Deliver> Worker<O> {
             Ok(()) => {
                 self.outbox.mark_delivered(connector, seq, attempt).await?;
                 bump(&self.stats.delivered);
-                debug!(connector = %name, message_id = envelope.message_id, seq, attempt, "delivered");
+                debug!(connector = %name, message_id = envelope.message_id, seq = seq.0, attempt, "delivered");
                 Ok(Step::Done)
             }
             Err(DeliveryError::Permanent { reason, downstream }) => {
-                warn!(connector = %name, message_id = envelope.message_id, seq, attempt, reason = %reason, "delivery refused; moved to the dead-letter queue");
+                warn!(connector = %name, message_id = envelope.message_id, seq = seq.0, attempt, reason = %reason, "delivery refused; moved to the dead-letter queue");
                 self.outbox
                     .dead_letter_with(connector, seq, attempt, reason, downstream)
                     .await?;
@@ -420,7 +420,7 @@ impl<O: Deliver> Worker<O> {
                 reason, downstream, ..
             }) if self.settings.retry.exhausted(attempt) => {
                 let reason = format!("gave up after {attempt} attempts; last error: {reason}");
-                warn!(connector = %name, message_id = envelope.message_id, seq, attempt, reason = %reason, "moved to the dead-letter queue");
+                warn!(connector = %name, message_id = envelope.message_id, seq = seq.0, attempt, reason = %reason, "moved to the dead-letter queue");
                 self.outbox
                     .dead_letter_with(connector, seq, attempt, reason, downstream)
                     .await?;
@@ -440,7 +440,7 @@ impl<O: Deliver> Worker<O> {
                 let next = crate::outbox::now_micros()
                     .saturating_add(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX));
                 self.retry_at = Some((seq, tokio::time::Instant::now() + delay));
-                warn!(connector = %name, message_id = envelope.message_id, seq, attempt, retry_in_ms = delay.as_millis() as u64, reason = %reason, "delivery failed; will retry");
+                warn!(connector = %name, message_id = envelope.message_id, seq = seq.0, attempt, retry_in_ms = delay.as_millis() as u64, reason = %reason, "delivery failed; will retry");
                 self.outbox
                     .record_failure(connector, seq, attempt, next, reason.clone())
                     .await?;

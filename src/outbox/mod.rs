@@ -68,7 +68,7 @@ use request::{Answer, Reply, Request};
 
 pub use schema::{
     ConnectorId, DeliveryRecord, DeliveryStatus, Disposition, DlqEntry, EntryRef, HeaderFields,
-    MessageRecord, PastEntry, QueueEntry, Route, RouteStatus,
+    MessageId, MessageRecord, PastEntry, QueueEntry, Route, RouteStatus, Seq,
 };
 
 /// Name of the database file inside `DATA_DIR`.
@@ -161,12 +161,12 @@ pub enum Appended {
     /// Stored under this id.
     Stored {
         /// The new message id.
-        id: u64,
+        id: MessageId,
     },
     /// An identical frame was accepted within the dedup window: nothing was written.
     Duplicate {
         /// The id of the original.
-        id: u64,
+        id: MessageId,
         /// The ACK the original got.
         ack: Option<Vec<u8>>,
     },
@@ -393,7 +393,7 @@ impl Outbox {
     pub async fn mark_delivered(
         &self,
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
         attempts: u32,
     ) -> Result<bool, StoreError> {
         let (reply, answer) = Reply::new();
@@ -411,7 +411,7 @@ impl Outbox {
     pub async fn record_failure(
         &self,
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
         attempts: u32,
         next_attempt_micros: i64,
         error: String,
@@ -432,7 +432,7 @@ impl Outbox {
     pub async fn dead_letter(
         &self,
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
         attempts: u32,
         reason: String,
     ) -> Result<bool, StoreError> {
@@ -445,7 +445,7 @@ impl Outbox {
     pub async fn dead_letter_with(
         &self,
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
         attempts: u32,
         reason: String,
         downstream: Option<String>,
@@ -468,9 +468,9 @@ impl Outbox {
     pub async fn replay(
         &self,
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
         to: Option<ConnectorId>,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<Seq>, StoreError> {
         let answers = self.replay_many(connector, &[seq], to).await?;
         Ok(answers.into_iter().next().flatten())
     }
@@ -481,9 +481,9 @@ impl Outbox {
     pub async fn replay_many(
         &self,
         connector: ConnectorId,
-        seqs: &[u64],
+        seqs: &[Seq],
         to: Option<ConnectorId>,
-    ) -> Result<Vec<Option<u64>>, StoreError> {
+    ) -> Result<Vec<Option<Seq>>, StoreError> {
         self.replay_audited(connector, seqs, to, None).await
     }
 
@@ -492,10 +492,10 @@ impl Outbox {
     pub async fn replay_audited(
         &self,
         connector: ConnectorId,
-        seqs: &[u64],
+        seqs: &[Seq],
         to: Option<ConnectorId>,
         audit: Option<AuditContext>,
-    ) -> Result<Vec<Option<u64>>, StoreError> {
+    ) -> Result<Vec<Option<Seq>>, StoreError> {
         let to = to.unwrap_or(connector);
         if !self.connectors.values().any(|id| *id == to) {
             return Err(StoreError::UnknownConnector(to));
@@ -516,7 +516,7 @@ impl Outbox {
     pub async fn purge_many(
         &self,
         connector: ConnectorId,
-        seqs: &[u64],
+        seqs: &[Seq],
     ) -> Result<Vec<bool>, StoreError> {
         self.purge_audited(connector, seqs, None).await
     }
@@ -525,7 +525,7 @@ impl Outbox {
     pub async fn purge_audited(
         &self,
         connector: ConnectorId,
-        seqs: &[u64],
+        seqs: &[Seq],
         audit: Option<AuditContext>,
     ) -> Result<Vec<bool>, StoreError> {
         let (reply, answer) = Reply::new();
@@ -540,7 +540,7 @@ impl Outbox {
 
     /// Remove dead-letter entry `seq` of `connector` without delivering it. False when it was
     /// not there.
-    pub async fn purge(&self, connector: ConnectorId, seq: u64) -> Result<bool, StoreError> {
+    pub async fn purge(&self, connector: ConnectorId, seq: Seq) -> Result<bool, StoreError> {
         let answers = self.purge_many(connector, &[seq]).await?;
         Ok(answers.into_iter().next().unwrap_or(false))
     }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 
 use super::audit::AuditEvent;
-use super::{Appended, ConnectorId, NewMessage, OutboxStats, Retained, StoreError};
+use super::{Appended, ConnectorId, NewMessage, OutboxStats, Retained, Seq, StoreError};
 
 /// The receiving end of a [`Reply`].
 pub(super) type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
@@ -82,14 +82,14 @@ pub(super) enum Request {
     /// false when the entry was not there.
     Delivered {
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
         attempts: u32,
         reply: Reply<bool>,
     },
     /// A delivery attempt failed and will be retried: update the queue entry.
     Retry {
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
         attempts: u32,
         next_attempt_micros: i64,
         error: String,
@@ -99,7 +99,7 @@ pub(super) enum Request {
     /// downstream system's own words when it answered.
     DeadLetter {
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
         attempts: u32,
         reason: String,
         downstream: Option<String>,
@@ -109,16 +109,16 @@ pub(super) enum Request {
     /// it, all in one transaction; answers each new seq (`None`: not in the dead-letter queue).
     Replay {
         connector: ConnectorId,
-        seqs: Vec<u64>,
+        seqs: Vec<Seq>,
         to: ConnectorId,
         audit: Option<AuditContext>,
-        reply: Reply<Vec<Option<u64>>>,
+        reply: Reply<Vec<Option<Seq>>>,
     },
     /// Remove dead-letter entries without delivering them, and audit it, in one transaction;
     /// answers for each whether it was there.
     Purge {
         connector: ConnectorId,
-        seqs: Vec<u64>,
+        seqs: Vec<Seq>,
         audit: Option<AuditContext>,
         reply: Reply<Vec<bool>>,
     },

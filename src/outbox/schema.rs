@@ -119,6 +119,41 @@ impl std::fmt::Display for ConnectorId {
     }
 }
 
+/// A stored message's id: given at commit from the message counter, increasing, never
+/// reused (ADR 0007), starting at 1; the default, 0, is [`UNKNOWN_MESSAGE`]. Stored as the
+/// plain `u64` it wraps.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct MessageId(pub u64);
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
+/// A queue entry's place in its connector's queue and dead-letter queue. Seqs come from the
+/// message counter (an entry made at intake has its message's id as its seq; a replayed one
+/// a fresh number), so they are never reused either. Stored as the plain `u64` it wraps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Seq(pub u64);
+
+impl std::fmt::Display for Seq {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
+impl From<MessageId> for Seq {
+    /// The entry intake makes for a message takes the message's id.
+    fn from(id: MessageId) -> Self {
+        Self(id.0)
+    }
+}
+
 /// What a connector's filter decided for a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RouteStatus {
@@ -197,7 +232,7 @@ pub struct MessageRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct QueueEntry {
     /// The message to deliver.
-    pub message_id: u64,
+    pub message_id: MessageId,
     /// Delivery attempts so far.
     pub attempts: u32,
     /// Earliest time of the next attempt, µs since the epoch (0: now).
@@ -217,7 +252,7 @@ pub struct EntryRef {
     /// Connector id.
     pub connector: ConnectorId,
     /// Seq in that connector's queue.
-    pub seq: u64,
+    pub seq: Seq,
 }
 
 /// One earlier life of a queue entry: a dead letter it was replayed from.
@@ -240,7 +275,7 @@ pub const MAX_HISTORY: usize = 16;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DlqEntry {
     /// The message.
-    pub message_id: u64,
+    pub message_id: MessageId,
     /// Delivery attempts made before giving up.
     pub attempts: u32,
     /// Why: the output's reason (mfoundry's words, never message content).
@@ -373,7 +408,7 @@ fn open(bytes: &[u8]) -> Result<Opened<'_>, StoreError> {
 
 /// The message id a queue or dead-letter entry shows when the entry itself is damaged and
 /// its message cannot be known (real ids start at 1).
-pub const UNKNOWN_MESSAGE: u64 = 0;
+pub const UNKNOWN_MESSAGE: MessageId = MessageId(0);
 
 /// Whether reading a record failed because its stored bytes were changed after they were
 /// written (a checksum that does not match, a truncated record). A record that passes its
@@ -526,7 +561,7 @@ impl Record for QueueEntry {
                 let old: QueueEntryV1 = postcard::from_bytes(payload)
                     .map_err(|error| StoreError::Encoding(error.to_string()))?;
                 Ok(Self {
-                    message_id: old.message_id,
+                    message_id: MessageId(old.message_id),
                     attempts: old.attempts,
                     next_attempt_micros: old.next_attempt_micros,
                     last_error: old.last_error,
@@ -550,7 +585,7 @@ impl Record for DlqEntry {
                 let old: DlqEntryV1 = postcard::from_bytes(payload)
                     .map_err(|error| StoreError::Encoding(error.to_string()))?;
                 Ok(Self {
-                    message_id: old.message_id,
+                    message_id: MessageId(old.message_id),
                     attempts: old.attempts,
                     reason: old.reason,
                     failed_at_micros: old.failed_at_micros,
@@ -588,18 +623,18 @@ mod tests {
 
     fn entry() -> QueueEntry {
         QueueEntry {
-            message_id: 7,
+            message_id: MessageId(7),
             attempts: 2,
             next_attempt_micros: 99,
             last_error: Some("timeout".to_owned()),
             origin: Some(EntryRef {
                 connector: ConnectorId(1),
-                seq: 5,
+                seq: Seq(5),
             }),
             history: vec![PastEntry {
                 entry: EntryRef {
                     connector: ConnectorId(1),
-                    seq: 5,
+                    seq: Seq(5),
                 },
                 attempts: 3,
                 reason: "refused".to_owned(),
@@ -637,7 +672,7 @@ mod tests {
         let mut format1 = vec![LEGACY_ENVELOPE];
         format1.extend_from_slice(&v1);
         let expected = QueueEntry {
-            message_id: 9,
+            message_id: MessageId(9),
             attempts: 1,
             next_attempt_micros: 5,
             ..QueueEntry::default()

@@ -4,14 +4,16 @@
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-use super::schema::{self, ConnectorId, DeliveryRecord, DlqEntry, MessageRecord, QueueEntry};
+use super::schema::{
+    self, ConnectorId, DeliveryRecord, DlqEntry, MessageId, MessageRecord, QueueEntry, Seq,
+};
 use super::{StoreError, audit};
 
 /// A queue entry with its message, as a worker delivers it.
 #[derive(Clone, Debug)]
 pub struct Pending {
     /// Position in the connector's queue.
-    pub seq: u64,
+    pub seq: Seq,
     /// Delivery state so far.
     pub entry: QueueEntry,
     /// The message's record (`None` if it is missing, which retention never causes, or
@@ -36,7 +38,7 @@ pub struct QueueFigures {
 }
 
 /// Name the message in a damage report.
-fn name_message(id: u64, error: StoreError) -> StoreError {
+fn name_message(id: MessageId, error: StoreError) -> StoreError {
     match error {
         StoreError::Damaged(what) => StoreError::Damaged(format!("message {id}: {what}")),
         other => other,
@@ -71,9 +73,9 @@ impl Snapshot {
     }
 
     /// One message's record. A damaged record is [`StoreError::Damaged`] naming the message.
-    pub fn message(&self, id: u64) -> Result<Option<MessageRecord>, StoreError> {
+    pub fn message(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError> {
         let table = self.transaction.open_table(schema::MESSAGES)?;
-        match table.get(id)? {
+        match table.get(id.0)? {
             Some(value) => Ok(Some(
                 schema::decode_message(value.value())
                     .map_err(|error| name_message(id, error))?
@@ -85,9 +87,9 @@ impl Snapshot {
 
     /// One message's body, checked against its checksum. A damaged body (or record) is
     /// [`StoreError::Damaged`] naming the message, never bytes that are not the message's.
-    pub fn body(&self, id: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn body(&self, id: MessageId) -> Result<Option<Vec<u8>>, StoreError> {
         let messages = self.transaction.open_table(schema::MESSAGES)?;
-        let Some(value) = messages.get(id)? else {
+        let Some(value) = messages.get(id.0)? else {
             return Ok(None);
         };
         let decoded = schema::decode_message_checked(value.value())
@@ -96,7 +98,7 @@ impl Snapshot {
             return Ok(Some(inline.to_vec()));
         }
         let table = self.transaction.open_table(schema::BODIES)?;
-        match table.get(id)? {
+        match table.get(id.0)? {
             Some(stored) => Ok(Some(
                 schema::decode_body(&decoded, stored.value())
                     .map_err(|error| name_message(id, error))?
@@ -114,12 +116,15 @@ impl Snapshot {
     }
 
     /// Every stored message record, in id order.
-    pub fn messages(&self) -> Result<Vec<(u64, MessageRecord)>, StoreError> {
+    pub fn messages(&self) -> Result<Vec<(MessageId, MessageRecord)>, StoreError> {
         let table = self.transaction.open_table(schema::MESSAGES)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
             let (key, value) = entry?;
-            out.push((key.value(), schema::decode_message(value.value())?.0));
+            out.push((
+                MessageId(key.value()),
+                schema::decode_message(value.value())?.0,
+            ));
         }
         Ok(out)
     }
@@ -130,13 +135,13 @@ impl Snapshot {
     }
 
     /// One connector's queue in FIFO order: `(seq, entry)`.
-    pub fn queue(&self, connector: ConnectorId) -> Result<Vec<(u64, QueueEntry)>, StoreError> {
+    pub fn queue(&self, connector: ConnectorId) -> Result<Vec<(Seq, QueueEntry)>, StoreError> {
         let table = self.transaction.open_table(schema::QUEUE)?;
         let mut out = Vec::new();
         for entry in table.range((connector.0, 0)..=(connector.0, u64::MAX))? {
             let (key, value) = entry?;
             out.push((
-                key.value().1,
+                Seq(key.value().1),
                 schema::decode_or(value.value(), schema::damaged_queue_entry)?,
             ));
         }
@@ -149,13 +154,13 @@ impl Snapshot {
     pub fn pending(
         &self,
         connector: ConnectorId,
-        after: Option<u64>,
+        after: Option<Seq>,
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<Pending>, StoreError> {
         let queue = self.transaction.open_table(schema::QUEUE)?;
-        let start = after.map_or(0, |seq| seq.saturating_add(1));
-        if after == Some(u64::MAX) {
+        let start = after.map_or(0, |seq| seq.0.saturating_add(1));
+        if after == Some(Seq(u64::MAX)) {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
@@ -165,7 +170,7 @@ impl Snapshot {
                 break;
             }
             let (key, value) = entry?;
-            let seq = key.value().1;
+            let seq = Seq(key.value().1);
             let entry: QueueEntry = match schema::decode(value.value()) {
                 Ok(entry) => entry,
                 Err(error) if schema::is_damage(&error) => {
@@ -224,13 +229,13 @@ impl Snapshot {
     }
 
     /// A connector's dead-letter queue, oldest first: `(seq, entry)`.
-    pub fn dead_letters(&self, connector: ConnectorId) -> Result<Vec<(u64, DlqEntry)>, StoreError> {
+    pub fn dead_letters(&self, connector: ConnectorId) -> Result<Vec<(Seq, DlqEntry)>, StoreError> {
         let table = self.transaction.open_table(schema::DLQ)?;
         let mut out = Vec::new();
         for entry in table.range((connector.0, 0)..=(connector.0, u64::MAX))? {
             let (key, value) = entry?;
             out.push((
-                key.value().1,
+                Seq(key.value().1),
                 schema::decode_or(value.value(), schema::damaged_dead_letter)?,
             ));
         }
@@ -241,10 +246,10 @@ impl Snapshot {
     pub fn dead_letter(
         &self,
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
     ) -> Result<Option<DlqEntry>, StoreError> {
         let table = self.transaction.open_table(schema::DLQ)?;
-        match table.get((connector.0, seq))? {
+        match table.get((connector.0, seq.0))? {
             Some(value) => Ok(Some(schema::decode_or(
                 value.value(),
                 schema::damaged_dead_letter,
@@ -256,11 +261,11 @@ impl Snapshot {
     /// What became of a message at each connector after intake: `(connector id, record)`.
     pub fn deliveries(
         &self,
-        message_id: u64,
+        message_id: MessageId,
     ) -> Result<Vec<(ConnectorId, DeliveryRecord)>, StoreError> {
         let table = self.transaction.open_table(schema::DELIVERIES)?;
         let mut out = Vec::new();
-        for entry in table.range((message_id, 0)..=(message_id, u32::MAX))? {
+        for entry in table.range((message_id.0, 0)..=(message_id.0, u32::MAX))? {
             let (key, value) = entry?;
             out.push((ConnectorId(key.value().1), schema::decode(value.value())?));
         }
@@ -273,17 +278,17 @@ impl Snapshot {
     /// `visit` stopped it.
     pub fn scan_messages_desc(
         &self,
-        before: Option<u64>,
+        before: Option<MessageId>,
         max_scan: usize,
-        mut visit: impl FnMut(u64, &MessageRecord) -> Result<bool, StoreError>,
-    ) -> Result<Option<u64>, StoreError> {
+        mut visit: impl FnMut(MessageId, &MessageRecord) -> Result<bool, StoreError>,
+    ) -> Result<Option<MessageId>, StoreError> {
         let table = self.transaction.open_table(schema::MESSAGES)?;
-        let end = before.unwrap_or(u64::MAX);
+        let end = before.map_or(u64::MAX, |before| before.0);
         for (scanned, entry) in table.range(..end)?.rev().enumerate() {
             let (key, value) = entry?;
-            let id = key.value();
+            let id = MessageId(key.value());
             if scanned >= max_scan.max(1) {
-                return Ok(Some(id.saturating_add(1)));
+                return Ok(Some(MessageId(id.0.saturating_add(1))));
             }
             let record = match schema::decode_message(value.value()) {
                 Ok((record, _)) => record,
@@ -336,10 +341,10 @@ impl Snapshot {
     pub fn queue_entry(
         &self,
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
     ) -> Result<Option<QueueEntry>, StoreError> {
         let table = self.transaction.open_table(schema::QUEUE)?;
-        match table.get((connector.0, seq))? {
+        match table.get((connector.0, seq.0))? {
             Some(value) => Ok(Some(schema::decode_or(
                 value.value(),
                 schema::damaged_queue_entry,
@@ -352,14 +357,14 @@ impl Snapshot {
     pub fn queue_head(
         &self,
         connector: ConnectorId,
-    ) -> Result<Option<(u64, QueueEntry)>, StoreError> {
+    ) -> Result<Option<(Seq, QueueEntry)>, StoreError> {
         let table = self.transaction.open_table(schema::QUEUE)?;
         let mut range = table.range((connector.0, 0)..=(connector.0, u64::MAX))?;
         match range.next() {
             Some(entry) => {
                 let (key, value) = entry?;
                 Ok(Some((
-                    key.value().1,
+                    Seq(key.value().1),
                     schema::decode_or(value.value(), schema::damaged_queue_entry)?,
                 )))
             }
@@ -382,13 +387,13 @@ impl Snapshot {
     pub fn dead_letters_after(
         &self,
         connector: ConnectorId,
-        after: Option<u64>,
+        after: Option<Seq>,
         limit: usize,
-    ) -> Result<Vec<(u64, DlqEntry)>, StoreError> {
-        if after == Some(u64::MAX) {
+    ) -> Result<Vec<(Seq, DlqEntry)>, StoreError> {
+        if after == Some(Seq(u64::MAX)) {
             return Ok(Vec::new());
         }
-        let start = after.map_or(0, |seq| seq + 1);
+        let start = after.map_or(0, |seq| seq.0 + 1);
         let table = self.transaction.open_table(schema::DLQ)?;
         let mut out = Vec::new();
         for entry in table.range((connector.0, start)..=(connector.0, u64::MAX))? {
@@ -397,7 +402,7 @@ impl Snapshot {
             }
             let (key, value) = entry?;
             out.push((
-                key.value().1,
+                Seq(key.value().1),
                 schema::decode_or(value.value(), schema::damaged_dead_letter)?,
             ));
         }

@@ -183,7 +183,7 @@ fn survives_sigkill(journal: &str) {
         "opened with the journal off, a journal left behind is replayed and removed"
     );
     let snapshot = outbox.snapshot().expect("snapshot");
-    let by_id: HashMap<u64, String> = snapshot
+    let by_id: HashMap<mfoundry::outbox::MessageId, String> = snapshot
         .messages()
         .expect("messages")
         .into_iter()
@@ -226,7 +226,7 @@ fn survives_sigkill(journal: &str) {
             if connector == everything {
                 delivered += 1;
                 assert!(
-                    written.contains(id),
+                    written.contains(&id.0),
                     "message {id} is marked delivered but has no file"
                 );
             }

@@ -60,7 +60,7 @@ fn delivered(app: &common::TestApp, connector: &str) -> u64 {
 }
 
 /// The id the store gave the message with this control id.
-fn id_of(app: &common::TestApp, control_id: &str) -> u64 {
+fn id_of(app: &common::TestApp, control_id: &str) -> mfoundry::outbox::MessageId {
     app.outbox()
         .snapshot()
         .expect("snapshot")

@@ -47,7 +47,11 @@ fn message(control_id: &str, msg_type: &str, pid: &str) -> Vec<u8> {
 fn routes_of(
     app: &common::TestApp,
     control_id: &str,
-) -> (Disposition, BTreeSet<(String, RouteStatus)>, u64) {
+) -> (
+    Disposition,
+    BTreeSet<(String, RouteStatus)>,
+    mfoundry::outbox::MessageId,
+) {
     let snapshot = app.outbox().snapshot().expect("snapshot");
     let names: Vec<(String, mfoundry::outbox::ConnectorId)> =
         snapshot.connectors().expect("connectors");
@@ -72,7 +76,7 @@ fn routes_of(
     (record.disposition, routes, id)
 }
 
-fn queued_ids(app: &common::TestApp, connector: &str) -> Vec<u64> {
+fn queued_ids(app: &common::TestApp, connector: &str) -> Vec<mfoundry::outbox::MessageId> {
     let snapshot = app.outbox().snapshot().expect("snapshot");
     let id = app.outbox().connector_id(connector).expect("connector");
     snapshot

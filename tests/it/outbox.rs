@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use common::MemoryDisk;
 use mfoundry::outbox::{
-    Appended, ConnectorId, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox,
-    OutboxOptions, Route, RouteStatus,
+    Appended, ConnectorId, Disposition, HeaderFields, MessageId, MessageRecord, NewMessage, Outbox,
+    OutboxOptions, Route, RouteStatus, Seq,
 };
 use proptest::prelude::*;
 
@@ -20,7 +20,7 @@ fn options_with(memory: &MemoryDisk) -> OutboxOptions {
 }
 
 /// The id a stored message got.
-fn stored(appended: Appended) -> u64 {
+fn stored(appended: Appended) -> MessageId {
     match appended {
         Appended::Stored { id } => id,
         other => panic!("expected a stored message, got {other:?}"),
@@ -102,7 +102,7 @@ async fn fan_out_is_fifo_per_connector_and_records_filtered_routes() {
         "ids grow with each message"
     );
     let snapshot = outbox.snapshot().expect("snapshot");
-    let ids = |name: &str| -> Vec<u64> {
+    let ids = |name: &str| -> Vec<MessageId> {
         snapshot
             .queue(outbox.connector_id(name).expect("id"))
             .expect("queue")
@@ -190,7 +190,10 @@ async fn large_bodies_are_stored_apart_and_read_back_unchanged() {
             .expect("exists")
             .body_inline
     );
-    assert_eq!(snapshot.body(large_id + 1).expect("read"), None);
+    assert_eq!(
+        snapshot.body(MessageId(large_id.0 + 1)).expect("read"),
+        None
+    );
     drop(snapshot);
     drop(outbox);
     writer.join();
@@ -342,11 +345,12 @@ proptest! {
                 new.dedup_key = step.dedup_key.map(|key| [key; 32]);
                 let appended = outbox.append(new).await.expect("append");
                 match step.dedup_key.and_then(|key| model_dedup.get(&key).copied()) {
-                    Some(original) => prop_assert_eq!(appended, Appended::Duplicate { id: original, ack: None }),
+                    Some(original) => prop_assert_eq!(appended, Appended::Duplicate { id: MessageId(original), ack: None }),
                     None => {
                         let Appended::Stored { id } = appended else {
                             return Err(TestCaseError::fail(format!("expected a new message, got {appended:?}")));
                         };
+                        let id = id.0;
                         if let Some(expected) = next_id {
                             prop_assert_eq!(id, expected);
                         }
@@ -360,7 +364,7 @@ proptest! {
             let snapshot = outbox.snapshot().expect("snapshot");
             for name in &connectors {
                 let actual: Vec<u64> = snapshot.queue(outbox.connector_id(name).expect("id")).expect("queue")
-                    .into_iter().map(|(_, entry)| entry.message_id).collect();
+                    .into_iter().map(|(_, entry)| entry.message_id.0).collect();
                 prop_assert_eq!(actual, model_queues.get(name).cloned().unwrap_or_default());
             }
             prop_assert_eq!(snapshot.message_count().expect("count"), stored_count);
@@ -401,7 +405,7 @@ async fn dedup_records_expire_after_the_window() {
         "the expired entry is gone, not just ignored"
     );
     first.record.received_at_micros = now();
-    assert!(stored(outbox.append(first).await.expect("stored")) > first_id + 1);
+    assert!(stored(outbox.append(first).await.expect("stored")).0 > first_id.0 + 1);
     drop(outbox);
     writer.join();
 }
@@ -465,6 +469,7 @@ proptest! {
                         let Appended::Stored { id } = outbox.append(message(&outbox, &format!("M{index}"), &queued, &[])).await.expect("append") else {
                             panic!("not a duplicate");
                         };
+                        let id = id.0;
                         prop_assert!(id > highest, "id {} reused (highest so far {})", id, highest);
                         highest = id;
                         stored.insert(id);
@@ -474,38 +479,38 @@ proptest! {
                     }
                     Op::Deliver(n) => {
                         if let Some(&(seq, _)) = queues[*n].first() {
-                            prop_assert!(outbox.mark_delivered(ids[*n], seq, 1).await.expect("mark"));
+                            prop_assert!(outbox.mark_delivered(ids[*n], Seq(seq), 1).await.expect("mark"));
                             queues[*n].remove(0);
                         } else {
-                            prop_assert!(!outbox.mark_delivered(ids[*n], 1, 1).await.expect("mark"));
+                            prop_assert!(!outbox.mark_delivered(ids[*n], Seq(1), 1).await.expect("mark"));
                         }
                     }
                     Op::Fail(n) => {
                         if let Some(&(seq, _)) = queues[*n].first() {
-                            prop_assert!(outbox.record_failure(ids[*n], seq, 2, 5, "refused".to_owned()).await.expect("fail"));
+                            prop_assert!(outbox.record_failure(ids[*n], Seq(seq), 2, 5, "refused".to_owned()).await.expect("fail"));
                         }
                     }
                     Op::DeadLetter(n) => {
                         if let Some(&(seq, id)) = queues[*n].first() {
-                            prop_assert!(outbox.dead_letter(ids[*n], seq, 3, "AR from peer".to_owned()).await.expect("dlq"));
+                            prop_assert!(outbox.dead_letter(ids[*n], Seq(seq), 3, "AR from peer".to_owned()).await.expect("dlq"));
                             queues[*n].remove(0);
                             dlqs[*n].push((seq, id));
                         }
                     }
                     Op::Replay(from, to) => {
                         if let Some(&(seq, id)) = dlqs[*from].first() {
-                            let new_seq = outbox.replay(ids[*from], seq, Some(ids[*to])).await.expect("replay").expect("was there");
+                            let new_seq = outbox.replay(ids[*from], Seq(seq), Some(ids[*to])).await.expect("replay").expect("was there").0;
                             prop_assert!(new_seq > highest, "seq {} reused (highest so far {})", new_seq, highest);
                             highest = new_seq;
                             dlqs[*from].remove(0);
                             queues[*to].push((new_seq, id));
                         } else {
-                            prop_assert_eq!(outbox.replay(ids[*from], 1, None).await.expect("replay"), None);
+                            prop_assert_eq!(outbox.replay(ids[*from], Seq(1), None).await.expect("replay"), None);
                         }
                     }
                     Op::Purge(n) => {
                         if let Some(&(seq, _)) = dlqs[*n].first() {
-                            prop_assert!(outbox.purge(ids[*n], seq).await.expect("purge"));
+                            prop_assert!(outbox.purge(ids[*n], Seq(seq)).await.expect("purge"));
                             dlqs[*n].remove(0);
                         }
                     }
@@ -530,9 +535,9 @@ proptest! {
             }
             let snapshot = outbox.snapshot().expect("snapshot");
             for n in 0..3 {
-                let queue: Vec<(u64, u64)> = snapshot.queue(ids[n]).expect("queue").into_iter().map(|(seq, entry)| (seq, entry.message_id)).collect();
+                let queue: Vec<(u64, u64)> = snapshot.queue(ids[n]).expect("queue").into_iter().map(|(seq, entry)| (seq.0, entry.message_id.0)).collect();
                 prop_assert_eq!(&queue, &queues[n]);
-                let dlq: Vec<(u64, u64)> = snapshot.dead_letters(ids[n]).expect("dlq").into_iter().map(|(seq, entry)| (seq, entry.message_id)).collect();
+                let dlq: Vec<(u64, u64)> = snapshot.dead_letters(ids[n]).expect("dlq").into_iter().map(|(seq, entry)| (seq.0, entry.message_id.0)).collect();
                 prop_assert_eq!(&dlq, &dlqs[n]);
                 // The writer's counts (what /stats and the metrics show) agree with the model.
                 let depth = outbox.depth(ids[n]);
@@ -540,11 +545,11 @@ proptest! {
                 let figures = snapshot.queue_figures(ids[n], 0).expect("figures");
                 prop_assert_eq!((figures.depth, figures.dead_letters), (queues[n].len() as u64, dlqs[n].len() as u64));
                 for (seq, id) in &queues[n] {
-                    let pending = snapshot.pending(ids[n], Some(seq - 1), 1, usize::MAX).expect("pending");
-                    prop_assert_eq!(pending.first().map(|p| (p.seq, p.record.is_some(), p.body.is_some())), Some((*seq, true, true)), "queued message {} must be readable", id);
+                    let pending = snapshot.pending(ids[n], Some(Seq(seq - 1)), 1, usize::MAX).expect("pending");
+                    prop_assert_eq!(pending.first().map(|p| (p.seq.0, p.record.is_some(), p.body.is_some())), Some((*seq, true, true)), "queued message {} must be readable", id);
                 }
             }
-            let present: std::collections::BTreeSet<u64> = snapshot.messages().expect("messages").into_iter().map(|(id, _)| id).collect();
+            let present: std::collections::BTreeSet<u64> = snapshot.messages().expect("messages").into_iter().map(|(id, _)| id.0).collect();
             let retained_any = ops.iter().any(|op| matches!(op, Op::Retain));
             if retained_any {
                 // Everything the model keeps is present; what is absent was done everywhere.
@@ -588,8 +593,18 @@ async fn retention_keeps_what_a_connector_still_needs_and_wakes_nothing() {
     tokio::time::timeout(std::time::Duration::from_secs(1), waker_b.notified())
         .await
         .expect("b was woken by the commit that queued for it");
-    assert!(outbox.mark_delivered(a, one, 1).await.expect("mark"));
-    assert!(outbox.mark_delivered(a, two, 1).await.expect("mark"));
+    assert!(
+        outbox
+            .mark_delivered(a, Seq::from(one), 1)
+            .await
+            .expect("mark")
+    );
+    assert!(
+        outbox
+            .mark_delivered(a, Seq::from(two), 1)
+            .await
+            .expect("mark")
+    );
     let retained = outbox.retain(i64::MAX, 0, 100).await.expect("retain");
     assert_eq!(
         retained.removed, 2,
@@ -597,7 +612,7 @@ async fn retention_keeps_what_a_connector_still_needs_and_wakes_nothing() {
     );
     assert_eq!(retained.resume_after, None);
     let snapshot = outbox.snapshot().expect("snapshot");
-    let left: Vec<u64> = snapshot
+    let left: Vec<MessageId> = snapshot
         .messages()
         .expect("messages")
         .into_iter()
@@ -613,7 +628,12 @@ async fn retention_keeps_what_a_connector_still_needs_and_wakes_nothing() {
     );
     drop(snapshot);
     // A cutoff before the receive time keeps everything.
-    assert!(outbox.mark_delivered(b, two, 1).await.expect("mark"));
+    assert!(
+        outbox
+            .mark_delivered(b, Seq::from(two), 1)
+            .await
+            .expect("mark")
+    );
     assert_eq!(outbox.retain(0, 0, 100).await.expect("retain").removed, 0);
     assert_eq!(
         outbox
@@ -628,7 +648,12 @@ async fn retention_keeps_what_a_connector_still_needs_and_wakes_nothing() {
         .append(message(&outbox, "R4", &["a"], &[]))
         .await
         .expect("4");
-    assert_eq!(next, Appended::Stored { id: three + 1 });
+    assert_eq!(
+        next,
+        Appended::Stored {
+            id: MessageId(three.0 + 1)
+        }
+    );
     drop(outbox);
     writer.join();
 }
@@ -732,7 +757,7 @@ async fn one_request_that_fails_on_its_own_does_not_fail_the_others_in_its_commi
     for index in 0..30 {
         let (appended, marked) = tokio::join!(
             outbox.append(message(&outbox, &format!("OK{index}"), &["a"], &[])),
-            outbox.mark_delivered(connector, 999, 1),
+            outbox.mark_delivered(connector, Seq(999), 1),
         );
         appended.expect("the append is stored despite its neighbour");
         assert!(marked.is_err(), "the damaged entry fails on its own");
@@ -746,7 +771,7 @@ async fn one_request_that_fails_on_its_own_does_not_fail_the_others_in_its_commi
 /// returns it, its writer, `a`'s id and the seq of that message's queue entry.
 async fn one_message_stored(
     hold: std::time::Duration,
-) -> (Outbox, mfoundry::outbox::WriterHandle, ConnectorId, u64) {
+) -> (Outbox, mfoundry::outbox::WriterHandle, ConnectorId, Seq) {
     let memory = MemoryDisk::default();
     let mut options = options_with(&memory);
     options.intake_hold = hold;
@@ -794,7 +819,7 @@ async fn a_delivery_update_right_after_intake_shares_the_next_messages_commit() 
         "one commit carried the update and the message"
     );
     let snapshot = outbox.snapshot().expect("snapshot");
-    let queued: Vec<u64> = snapshot
+    let queued: Vec<MessageId> = snapshot
         .queue(a)
         .expect("queue")
         .into_iter()
@@ -843,7 +868,7 @@ async fn damaged_records_are_stepped_over_named_and_removable_not_a_stall() {
     let a = outbox.connector_id("a").expect("a");
     let mut first = message(&outbox, "M1", &["a"], &[]);
     first.dedup_key = Some([9; 32]);
-    let ids: Vec<u64> = {
+    let ids: Vec<MessageId> = {
         let mut ids = vec![stored(outbox.append(first.clone()).await.expect("1"))];
         for control_id in ["M2", "M3"] {
             let appended = outbox.append(message(&outbox, control_id, &["a"], &[]));
@@ -851,7 +876,7 @@ async fn damaged_records_are_stepped_over_named_and_removable_not_a_stall() {
         }
         ids
     };
-    let seqs: Vec<u64> = outbox
+    let seqs: Vec<Seq> = outbox
         .snapshot()
         .expect("snapshot")
         .queue(a)
@@ -871,15 +896,20 @@ async fn damaged_records_are_stepped_over_named_and_removable_not_a_stall() {
             let mut messages = transaction
                 .open_table(mfoundry::outbox::schema::MESSAGES)
                 .expect("messages");
-            let value = flip_last_byte(messages.get(ids[0]).expect("get").expect("M1").value());
-            messages.insert(ids[0], value.as_slice()).expect("insert");
+            let value = flip_last_byte(messages.get(ids[0].0).expect("get").expect("M1").value());
+            messages.insert(ids[0].0, value.as_slice()).expect("insert");
             let mut queue = transaction
                 .open_table(mfoundry::outbox::schema::QUEUE)
                 .expect("queue");
-            let value =
-                flip_last_byte(queue.get((a.0, seqs[1])).expect("get").expect("M2").value());
+            let value = flip_last_byte(
+                queue
+                    .get((a.0, seqs[1].0))
+                    .expect("get")
+                    .expect("M2")
+                    .value(),
+            );
             queue
-                .insert((a.0, seqs[1]), value.as_slice())
+                .insert((a.0, seqs[1].0), value.as_slice())
                 .expect("insert");
         }
         transaction.commit().expect("commit");
@@ -909,7 +939,8 @@ async fn damaged_records_are_stepped_over_named_and_removable_not_a_stall() {
         pending[1].damage
     );
     assert_eq!(
-        pending[1].entry.message_id, 0,
+        pending[1].entry.message_id,
+        mfoundry::outbox::schema::UNKNOWN_MESSAGE,
         "its message cannot be known"
     );
     assert!(pending[2].damage.is_none());
@@ -924,9 +955,15 @@ async fn damaged_records_are_stepped_over_named_and_removable_not_a_stall() {
     let snapshot = outbox.snapshot().expect("snapshot");
     let dead = snapshot.dead_letters(a).expect("dlq");
     assert_eq!(dead.len(), 1);
-    assert_eq!((dead[0].0, dead[0].1.message_id), (seqs[1], 0));
+    assert_eq!(
+        (dead[0].0, dead[0].1.message_id),
+        (seqs[1], mfoundry::outbox::schema::UNKNOWN_MESSAGE)
+    );
     assert!(
-        snapshot.deliveries(0).expect("deliveries").is_empty(),
+        snapshot
+            .deliveries(mfoundry::outbox::schema::UNKNOWN_MESSAGE)
+            .expect("deliveries")
+            .is_empty(),
         "nothing is recorded for an unknown message"
     );
     drop(snapshot);

@@ -138,7 +138,7 @@ fn id_of(app: &common::TestApp, control_id: &str) -> u64 {
         .expect("messages")
         .into_iter()
         .find(|(_, record)| record.header.control_id == control_id)
-        .map(|(id, _)| id)
+        .map(|(id, _)| id.0)
         .unwrap_or_else(|| panic!("{control_id} is stored"))
 }
 
@@ -207,7 +207,7 @@ async fn http_posts_the_bytes_as_received_with_the_token_and_retries_what_is_tra
         .dead_letters(connector)
         .expect("dlq");
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].1.message_id, id_of(&app, "M2"));
+    assert_eq!(dead[0].1.message_id.0, id_of(&app, "M2"));
     assert_eq!(dead[0].1.reason, "the endpoint answered HTTP 302");
     assert!(app.shutdown(Duration::from_secs(5)).await);
 }
@@ -329,7 +329,7 @@ async fn postgres_gets_one_row_per_message_even_when_delivered_twice() {
         .outbox()
         .snapshot()
         .expect("snapshot")
-        .message(p1)
+        .message(mfoundry::outbox::MessageId(p1))
         .expect("read")
         .expect("message P1");
     let spec = mfoundry::outputs::postgres::PostgresSpec {

@@ -35,8 +35,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use mfoundry::outbox::audit::AuditRecord;
 use mfoundry::outbox::{
-    Appended, ConnectorId, DeliveryRecord, Disposition, DlqEntry, HeaderFields, MessageRecord,
-    NewMessage, Outbox, OutboxOptions, QueueEntry, Route, RouteStatus, StoreFile,
+    Appended, ConnectorId, DeliveryRecord, Disposition, DlqEntry, HeaderFields, MessageId,
+    MessageRecord, NewMessage, Outbox, OutboxOptions, QueueEntry, Route, RouteStatus, Seq,
+    StoreFile,
 };
 use serde::{Deserialize, Serialize};
 
@@ -78,8 +79,8 @@ fn names() -> Vec<String> {
 struct Dump {
     connectors: BTreeMap<String, ConnectorId>,
     messages: BTreeMap<u64, (MessageRecord, Vec<u8>)>,
-    queues: BTreeMap<ConnectorId, Vec<(u64, QueueEntry)>>,
-    dead: BTreeMap<ConnectorId, Vec<(u64, DlqEntry)>>,
+    queues: BTreeMap<ConnectorId, Vec<(Seq, QueueEntry)>>,
+    dead: BTreeMap<ConnectorId, Vec<(Seq, DlqEntry)>>,
     deliveries: BTreeMap<u64, Vec<(ConnectorId, DeliveryRecord)>>,
     audit: Vec<(u64, AuditRecord)>,
 }
@@ -100,10 +101,10 @@ fn dump(outbox: &Outbox) -> Result<Dump, String> {
             .body(id)
             .map_err(failed)?
             .ok_or_else(|| format!("message {id} has no body"))?;
-        dump.messages.insert(id, (record, body));
+        dump.messages.insert(id.0, (record, body));
         let deliveries = snapshot.deliveries(id).map_err(failed)?;
         if !deliveries.is_empty() {
-            dump.deliveries.insert(id, deliveries);
+            dump.deliveries.insert(id.0, deliveries);
         }
     }
     for id in dump.connectors.values() {
@@ -353,10 +354,10 @@ fn record(disk: Disk, journal: bool, seed: u64, dumps: bool) -> Recording {
                     let control = message.record.header.control_id.clone();
                     match outbox.append(message).await {
                         Ok(Appended::Stored { id }) => {
-                            recording.acked_appends.push((id, control, body));
-                            Ok(Some(id))
+                            recording.acked_appends.push((id.0, control, body));
+                            Ok(Some(id.0))
                         }
-                        Ok(Appended::Duplicate { id, .. }) => Ok(Some(id)),
+                        Ok(Appended::Duplicate { id, .. }) => Ok(Some(id.0)),
                         Err(error) => Err(error.to_string()),
                     }
                 }
@@ -380,9 +381,10 @@ fn record(disk: Disk, journal: bool, seed: u64, dumps: bool) -> Recording {
                             .dead_letter(connector, seq, entry.attempts + 1, "refused".to_owned())
                             .await
                             .map(|_| None),
-                        (Step::Replay(_), (_, dead)) if !dead.is_empty() => {
-                            outbox.replay(connector, dead[0].0, None).await
-                        }
+                        (Step::Replay(_), (_, dead)) if !dead.is_empty() => outbox
+                            .replay(connector, dead[0].0, None)
+                            .await
+                            .map(|seq| seq.map(|seq| seq.0)),
                         _ => Ok(None),
                     };
                     outcome.map_err(|error| error.to_string())
@@ -553,7 +555,7 @@ fn check_inner(
     drop(outbox);
     writer.join();
     match appended {
-        Ok(Appended::Stored { id }) if id > max_id => {}
+        Ok(Appended::Stored { id }) if id.0 > max_id => {}
         Ok(other) => {
             return Err(format!(
                 "a new message got {other:?}, not an id above {max_id} (an id handed out before)"
@@ -834,7 +836,10 @@ fn run_io_sweep(journal: bool) {
             };
             let snapshot = outbox.snapshot().expect("snapshot");
             let present = snapshot.messages().expect("messages");
-            let present: BTreeMap<u64, MessageRecord> = present.into_iter().collect();
+            let present: BTreeMap<u64, MessageRecord> = present
+                .into_iter()
+                .map(|(id, record)| (id.0, record))
+                .collect();
             // Retention removes messages every connector is done with: an acknowledged message
             // may be absent only when the store no longer held it when the workload ended.
             let final_ids: Vec<u64> = recording
@@ -845,7 +850,7 @@ fn run_io_sweep(journal: bool) {
             for (id, control, body) in &recording.acked_appends {
                 match present.get(id) {
                     Some(record) => {
-                        let stored = snapshot.body(*id).ok().flatten();
+                        let stored = snapshot.body(MessageId(*id)).ok().flatten();
                         if record.header.control_id != *control || stored.as_deref() != Some(body) {
                             failures.push(format!(
                                 "{label}: message {id} is not what was acknowledged"

@@ -23,8 +23,8 @@ use crate::admin::auth::Caller;
 use crate::admin::views::MessageSummary;
 use crate::admin::views::connector_states;
 use crate::admin::views::summary;
-use crate::outbox::Disposition;
 use crate::outbox::audit::AuditEvent;
+use crate::outbox::{Disposition, MessageId};
 /// Search filters. Every filter given must match.
 #[derive(Debug, Default, Deserialize, Serialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -162,59 +162,63 @@ pub async fn search_messages(
             let mut messages = Vec::new();
             let mut scanned = 0u64;
             let mut full = false;
-            let mut next = snapshot.scan_messages_desc(query.before, MAX_SCAN, |id, record| {
-                scanned += 1;
-                if let Some(from) = from
-                    && record.received_at_micros < from
-                {
-                    // Ids follow commit order; stop once well past `from`.
-                    return Ok(record.received_at_micros >= from - RECEIVE_SKEW_MICROS);
-                }
-                let header = &record.header;
-                let matches = to.is_none_or(|to| record.received_at_micros < to)
-                    && eq(&query.message_type, &header.msg_type)
-                    && eq(&query.trigger, &header.trigger)
-                    && query
-                        .control_id
-                        .as_deref()
-                        .is_none_or(|wanted| wanted == header.control_id)
-                    && query.sender.as_deref().is_none_or(|wanted| {
-                        wanted.eq_ignore_ascii_case(&header.sending_app)
-                            || wanted.eq_ignore_ascii_case(&header.sending_fac)
-                    })
-                    && disposition.is_none_or(|wanted| wanted == record.disposition);
-                if !matches {
-                    return Ok(true);
-                }
-                let states = connector_states(snapshot, id, record, &names)?;
-                if connector_id.is_some() || status.is_some() {
-                    let wanted_name =
-                        connector_id.map(|id| names.get(&id).cloned().unwrap_or_default());
-                    let hit = states.iter().any(|state| {
-                        wanted_name
+            let mut next = snapshot.scan_messages_desc(
+                query.before.map(MessageId),
+                MAX_SCAN,
+                |id, record| {
+                    scanned += 1;
+                    if let Some(from) = from
+                        && record.received_at_micros < from
+                    {
+                        // Ids follow commit order; stop once well past `from`.
+                        return Ok(record.received_at_micros >= from - RECEIVE_SKEW_MICROS);
+                    }
+                    let header = &record.header;
+                    let matches = to.is_none_or(|to| record.received_at_micros < to)
+                        && eq(&query.message_type, &header.msg_type)
+                        && eq(&query.trigger, &header.trigger)
+                        && query
+                            .control_id
                             .as_deref()
-                            .is_none_or(|name| name == state.connector)
-                            && status
-                                .as_deref()
-                                .is_none_or(|status| status == state.status)
-                    });
-                    if !hit {
+                            .is_none_or(|wanted| wanted == header.control_id)
+                        && query.sender.as_deref().is_none_or(|wanted| {
+                            wanted.eq_ignore_ascii_case(&header.sending_app)
+                                || wanted.eq_ignore_ascii_case(&header.sending_fac)
+                        })
+                        && disposition.is_none_or(|wanted| wanted == record.disposition);
+                    if !matches {
                         return Ok(true);
                     }
-                }
-                messages.push(summary(id, record, states));
-                if messages.len() >= limit {
-                    full = true;
-                    return Ok(false);
-                }
-                Ok(true)
-            })?;
+                    let states = connector_states(snapshot, id, record, &names)?;
+                    if connector_id.is_some() || status.is_some() {
+                        let wanted_name =
+                            connector_id.map(|id| names.get(&id).cloned().unwrap_or_default());
+                        let hit = states.iter().any(|state| {
+                            wanted_name
+                                .as_deref()
+                                .is_none_or(|name| name == state.connector)
+                                && status
+                                    .as_deref()
+                                    .is_none_or(|status| status == state.status)
+                        });
+                        if !hit {
+                            return Ok(true);
+                        }
+                    }
+                    messages.push(summary(id, record, states));
+                    if messages.len() >= limit {
+                        full = true;
+                        return Ok(false);
+                    }
+                    Ok(true)
+                },
+            )?;
             if full {
-                next = messages.last().map(|message| message.id);
+                next = messages.last().map(|message| MessageId(message.id));
             }
             Ok(MessagePage {
                 messages,
-                next_before: next,
+                next_before: next.map(|id| id.0),
                 scanned,
             })
         })
@@ -233,6 +237,7 @@ pub async fn show_message(
     Path(id): Path<u64>,
 ) -> Result<Json<MessageDetail>, ApiError> {
     let names = state.gateway.connector_names.clone();
+    let id = MessageId(id);
     let found = state
         .gateway
         .outbox

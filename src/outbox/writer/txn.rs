@@ -16,7 +16,9 @@ use crate::outbox::schema::{
     self, AUDIT, BODIES, DELIVERIES, DLQ, DeliveryRecord, DeliveryStatus, DlqEntry, EntryRef,
     INLINE_BODY_MAX, MAX_HISTORY, MESSAGES, META, PastEntry, QUEUE, QueueEntry, RouteStatus,
 };
-use crate::outbox::{Appended, ConnectorId, NewMessage, Retained, StoreError, now_micros};
+use crate::outbox::{
+    Appended, ConnectorId, MessageId, NewMessage, Retained, Seq, StoreError, now_micros,
+};
 
 impl Writer {
     /// Write every request of `batch` in one transaction with `Durability::Immediate` and
@@ -258,7 +260,7 @@ impl Writer {
                     );
                     tables.audit(transaction, now, event)?;
                     return Ok(Appended::Duplicate {
-                        id: original,
+                        id: MessageId(original),
                         ack: stored.ack,
                     });
                 }
@@ -283,7 +285,7 @@ impl Writer {
                 continue;
             }
             let entry = QueueEntry {
-                message_id: id,
+                message_id: MessageId(id),
                 ..QueueEntry::default()
             };
             let replaced = tables
@@ -306,7 +308,7 @@ impl Writer {
             message.tls_identity.as_deref(),
         );
         tables.audit(transaction, now, event)?;
-        Ok(Appended::Stored { id })
+        Ok(Appended::Stored { id: MessageId(id) })
     }
 }
 
@@ -447,11 +449,11 @@ impl Delivery<'_, '_> {
     /// count or, when nothing happened since intake, whether intake queued it there.
     fn held_before(
         &self,
-        message_id: u64,
+        message_id: MessageId,
         connector: ConnectorId,
         queued_at_intake: impl FnOnce() -> Result<bool, StoreError>,
     ) -> Result<u32, StoreError> {
-        let held = match self.deliveries.get((message_id, connector.0))? {
+        let held = match self.deliveries.get((message_id.0, connector.0))? {
             Some(value) => match schema::decode::<DeliveryRecord>(value.value()) {
                 Ok(record) => Some(record.held),
                 // A damaged record is written anew by the caller: count as intake did.
@@ -468,13 +470,13 @@ impl Delivery<'_, '_> {
 
     /// An entry that is (or was) in a queue or DLQ counts as held when no record says
     /// otherwise.
-    fn held(&self, message_id: u64, connector: ConnectorId) -> Result<u32, StoreError> {
+    fn held(&self, message_id: MessageId, connector: ConnectorId) -> Result<u32, StoreError> {
         self.held_before(message_id, connector, || Ok(true))
     }
 
     fn record(
         &mut self,
-        message_id: u64,
+        message_id: MessageId,
         connector: ConnectorId,
         status: DeliveryStatus,
         attempts: u32,
@@ -493,7 +495,7 @@ impl Delivery<'_, '_> {
             held,
         };
         self.deliveries.insert(
-            (message_id, connector.0),
+            (message_id.0, connector.0),
             schema::encode(&record)?.as_slice(),
         )?;
         Ok(())
@@ -502,9 +504,9 @@ impl Delivery<'_, '_> {
     fn take_queue_entry(
         &mut self,
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
     ) -> Result<Option<QueueEntry>, StoreError> {
-        match self.queue.remove((connector.0, seq))? {
+        match self.queue.remove((connector.0, seq.0))? {
             Some(value) => Ok(Some({
                 self.depths.queue(connector, -1);
                 schema::decode_or(value.value(), schema::damaged_queue_entry)?
@@ -516,9 +518,9 @@ impl Delivery<'_, '_> {
     fn take_dead_letter(
         &mut self,
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
     ) -> Result<Option<DlqEntry>, StoreError> {
-        match self.dlq.remove((connector.0, seq))? {
+        match self.dlq.remove((connector.0, seq.0))? {
             Some(value) => Ok(Some({
                 self.depths.dead(connector, -1);
                 schema::decode_or(value.value(), schema::damaged_dead_letter)?
@@ -531,7 +533,7 @@ impl Delivery<'_, '_> {
     fn delivered(
         &mut self,
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
         attempts: u32,
     ) -> Result<bool, StoreError> {
         let Some(entry) = self.take_queue_entry(connector, seq)? else {
@@ -553,12 +555,12 @@ impl Delivery<'_, '_> {
     fn retry(
         &mut self,
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
         attempts: u32,
         next_attempt_micros: i64,
         error: &str,
     ) -> Result<bool, StoreError> {
-        let current: Option<QueueEntry> = match self.queue.get((connector.0, seq))? {
+        let current: Option<QueueEntry> = match self.queue.get((connector.0, seq.0))? {
             Some(value) => Some(schema::decode(value.value())?),
             None => None,
         };
@@ -569,7 +571,7 @@ impl Delivery<'_, '_> {
         entry.next_attempt_micros = next_attempt_micros;
         entry.last_error = Some(error.to_owned());
         self.queue
-            .insert((connector.0, seq), schema::encode(&entry)?.as_slice())?;
+            .insert((connector.0, seq.0), schema::encode(&entry)?.as_slice())?;
         Ok(true)
     }
 
@@ -578,7 +580,7 @@ impl Delivery<'_, '_> {
     fn dead_letter(
         &mut self,
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
         attempts: u32,
         reason: &str,
         downstream: Option<String>,
@@ -597,7 +599,7 @@ impl Delivery<'_, '_> {
         };
         if self
             .dlq
-            .insert((connector.0, seq), schema::encode(&dead)?.as_slice())?
+            .insert((connector.0, seq.0), schema::encode(&dead)?.as_slice())?
             .is_none()
         {
             self.depths.dead(connector, 1);
@@ -619,10 +621,10 @@ impl Delivery<'_, '_> {
     fn replay(
         &mut self,
         connector: ConnectorId,
-        seq: u64,
+        seq: Seq,
         to: ConnectorId,
         next_id: &mut u64,
-    ) -> Result<Option<u64>, StoreError> {
+    ) -> Result<Option<Seq>, StoreError> {
         let Some(dead) = self.take_dead_letter(connector, seq)? else {
             return Ok(None);
         };
@@ -676,7 +678,7 @@ impl Delivery<'_, '_> {
             )?;
             let messages = &*self.messages;
             let to_before = self.held_before(dead.message_id, to, || {
-                let routes = match messages.get(dead.message_id)? {
+                let routes = match messages.get(dead.message_id.0)? {
                     Some(value) => schema::decode_message(value.value())?.0.routes,
                     None => Vec::new(),
                 };
@@ -693,11 +695,11 @@ impl Delivery<'_, '_> {
                 to_before + 1,
             )?;
         }
-        Ok(Some(new_seq))
+        Ok(Some(Seq(new_seq)))
     }
 
     /// Remove a dead letter without delivering it.
-    fn purge(&mut self, connector: ConnectorId, seq: u64) -> Result<bool, StoreError> {
+    fn purge(&mut self, connector: ConnectorId, seq: Seq) -> Result<bool, StoreError> {
         let Some(dead) = self.take_dead_letter(connector, seq)? else {
             return Ok(false);
         };
