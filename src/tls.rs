@@ -365,9 +365,11 @@ pub const RELOAD_POLL: Duration = Duration::from_secs(1);
 /// Reload on SIGHUP, and when a file's size or modification time changes, until `shutdown`.
 /// A new set of files is tried once (a half-written pair fails, the next write of the pair is
 /// tried again); a failure keeps the previous configuration and is logged.
-pub async fn watch(server: TlsServer, shutdown: tokio_util::sync::CancellationToken) {
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+pub async fn watch(
+    server: TlsServer,
+    mut hangups: crate::shutdown::Hangups,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     let mut attempted = server.loaded_from.clone();
     let mut last_expiry_check = tokio::time::Instant::now();
     loop {
@@ -375,17 +377,7 @@ pub async fn watch(server: TlsServer, shutdown: tokio_util::sync::CancellationTo
             last_expiry_check = tokio::time::Instant::now();
             server.warn_if_expiring();
         }
-        #[cfg(unix)]
-        let signalled = async {
-            match hangup.as_mut() {
-                Some(hangup) => {
-                    hangup.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let signalled = std::future::pending::<()>();
+        let signalled = hangups.recv();
         let reason = tokio::select! {
             () = shutdown.cancelled() => return,
             () = signalled => "SIGHUP",

@@ -88,13 +88,15 @@ impl Intake {
             shutdown.clone(),
         );
         tracker.spawn(served.serve(listener, tracker.clone()));
+        // Installed here, before the listener says it is listening: SIGHUP's default action
+        // ends the process, and an operator's reload must not, however early it comes.
+        let hangups = crate::shutdown::Hangups::install();
         match &tls {
             Some(server) => {
-                tracker.spawn(crate::tls::watch(server.clone(), shutdown.clone()));
+                tracker.spawn(crate::tls::watch(server.clone(), hangups, shutdown.clone()));
             }
             None => {
-                // SIGHUP's default action ends the process: an operator's reload must not.
-                tracker.spawn(ignore_hangups(shutdown.clone()));
+                tracker.spawn(ignore_hangups(hangups, shutdown.clone()));
             }
         }
         info!(
@@ -139,20 +141,11 @@ impl Intake {
 }
 
 /// Without TLS there is nothing to reload: log SIGHUP instead of dying of it.
-async fn ignore_hangups(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = hangup.recv() => info!("SIGHUP: TLS is off, nothing to reload"),
-            }
+async fn ignore_hangups(mut hangups: crate::shutdown::Hangups, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = hangups.recv() => info!("SIGHUP: TLS is off, nothing to reload"),
         }
     }
-    #[cfg(not(unix))]
-    shutdown.cancelled().await;
 }

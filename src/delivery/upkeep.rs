@@ -74,7 +74,7 @@ pub async fn retention_task(
     shutdown: CancellationToken,
 ) {
     let interval = (retention / 4).clamp(Duration::from_secs(1), RETENTION_INTERVAL);
-    let mut after = 0u64;
+    let mut after = None;
     let mut removed_in_pass = 0u64;
     let mut damaged_in_pass = 0u64;
     loop {
@@ -87,7 +87,7 @@ pub async fn retention_task(
                 damaged_in_pass += step.damaged;
                 match step.resume_after {
                     Some(next) => {
-                        after = next;
+                        after = Some(next);
                         // Let intake commits through between steps.
                         Duration::from_millis(10)
                     }
@@ -101,7 +101,7 @@ pub async fn retention_task(
                                 "retention stepped over damaged message records and kept them; run `mfoundry store verify` on a copy of DATA_DIR"
                             );
                         }
-                        after = 0;
+                        after = None;
                         removed_in_pass = 0;
                         damaged_in_pass = 0;
                         if let Some(age) = audit_retention {

@@ -206,7 +206,7 @@ pub struct Retained {
     pub damaged: u64,
     /// Continue after this id next time; `None` when the pass reached the cutoff (start again
     /// from the oldest message next time).
-    pub resume_after: Option<u64>,
+    pub resume_after: Option<MessageId>,
 }
 
 /// Shared between the handle, readers and the writer thread.
@@ -546,18 +546,18 @@ impl Outbox {
     }
 
     /// One bounded retention step: look at up to `max_scan` messages with ids above
-    /// `after_id`, received before `cutoff_micros`, and remove those every connector is done
+    /// `after` (from the oldest when `None`), received before `cutoff_micros`, and remove those every connector is done
     /// with (delivered, filtered or purged everywhere; never one still queued or in a DLQ).
     pub async fn retain(
         &self,
         cutoff_micros: i64,
-        after_id: u64,
+        after: Option<MessageId>,
         max_scan: usize,
     ) -> Result<Retained, StoreError> {
         let (reply, answer) = Reply::new();
         let request = Request::Retain {
             cutoff_micros,
-            after_id,
+            after,
             max_scan: max_scan.max(1),
             reply,
         };

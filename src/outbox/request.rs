@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 
 use super::audit::AuditEvent;
-use super::{Appended, ConnectorId, NewMessage, OutboxStats, Retained, Seq, StoreError};
+use super::{Appended, ConnectorId, MessageId, NewMessage, OutboxStats, Retained, Seq, StoreError};
 
 /// The receiving end of a [`Reply`].
 pub(super) type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
@@ -137,7 +137,7 @@ pub(super) enum Request {
     /// Remove old messages that every connector is done with.
     Retain {
         cutoff_micros: i64,
-        after_id: u64,
+        after: Option<MessageId>,
         max_scan: usize,
         reply: Reply<Retained>,
     },

@@ -515,11 +515,11 @@ proptest! {
                         }
                     }
                     Op::Retain => {
-                        let mut after = 0;
+                        let mut after = None;
                         loop {
                             let retained = outbox.retain(i64::MAX, after, 7).await.expect("retain");
                             match retained.resume_after {
-                                Some(next) => after = next,
+                                Some(next) => after = Some(next),
                                 None => break,
                             }
                         }
@@ -605,7 +605,7 @@ async fn retention_keeps_what_a_connector_still_needs_and_wakes_nothing() {
             .await
             .expect("mark")
     );
-    let retained = outbox.retain(i64::MAX, 0, 100).await.expect("retain");
+    let retained = outbox.retain(i64::MAX, None, 100).await.expect("retain");
     assert_eq!(
         retained.removed, 2,
         "1 (delivered) and 3 (unrouted) go; 2 waits for b"
@@ -634,10 +634,13 @@ async fn retention_keeps_what_a_connector_still_needs_and_wakes_nothing() {
             .await
             .expect("mark")
     );
-    assert_eq!(outbox.retain(0, 0, 100).await.expect("retain").removed, 0);
+    assert_eq!(
+        outbox.retain(0, None, 100).await.expect("retain").removed,
+        0
+    );
     assert_eq!(
         outbox
-            .retain(i64::MAX, 0, 100)
+            .retain(i64::MAX, None, 100)
             .await
             .expect("retain")
             .removed,
@@ -972,7 +975,7 @@ async fn damaged_records_are_stepped_over_named_and_removable_not_a_stall() {
     // Retention steps over the damaged message record and keeps it, and goes on past it.
     assert!(outbox.mark_delivered(a, seqs[2], 1).await.expect("marked"));
     let retained = outbox
-        .retain(i64::MAX, 0, 100)
+        .retain(i64::MAX, None, 100)
         .await
         .expect("retention is not stopped by a damaged record");
     assert_eq!((retained.damaged, retained.removed), (1, 1), "{retained:?}");

@@ -390,7 +390,7 @@ fn record(disk: Disk, journal: bool, seed: u64, dumps: bool) -> Recording {
                     outcome.map_err(|error| error.to_string())
                 }
                 Step::Retain => outbox
-                    .retain(i64::MAX, 0, 1000)
+                    .retain(i64::MAX, None, 1000)
                     .await
                     .map(|_| None)
                     .map_err(|error| error.to_string()),

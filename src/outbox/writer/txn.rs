@@ -68,17 +68,12 @@ impl Writer {
                     )?),
                     Request::Retain {
                         cutoff_micros,
-                        after_id,
+                        after,
                         max_scan,
                         reply,
                     } => {
-                        let retained = retain(
-                            &transaction,
-                            &mut tables,
-                            *cutoff_micros,
-                            *after_id,
-                            *max_scan,
-                        )?;
+                        let retained =
+                            retain(&transaction, &mut tables, *cutoff_micros, *after, *max_scan)?;
                         raise_floor |= retained.removed > 0;
                         reply.set(retained);
                     }
@@ -721,19 +716,20 @@ fn retain<'txn>(
     transaction: &'txn WriteTransaction,
     tables: &mut Tables<'txn>,
     cutoff_micros: i64,
-    after_id: u64,
+    after: Option<MessageId>,
     max_scan: usize,
 ) -> Result<Retained, StoreError> {
     let mut retained = Retained::default();
     let mut removable = Vec::new();
     let mut reached_cutoff = true;
-    let mut last_scanned = after_id;
+    let mut last_scanned = after;
     let Delivery {
         messages,
         deliveries,
         ..
     } = tables.delivery(transaction, 0)?;
-    for entry in messages.range(after_id.saturating_add(1)..)? {
+    let start = after.map_or(0, |after| after.0.saturating_add(1));
+    for entry in messages.range(start..)? {
         if retained.scanned as usize >= max_scan {
             reached_cutoff = false;
             break;
@@ -747,7 +743,7 @@ fn retain<'txn>(
                 // one damaged record must not stop retention for every message after it.
                 retained.scanned += 1;
                 retained.damaged += 1;
-                last_scanned = id;
+                last_scanned = Some(MessageId(id));
                 continue;
             }
             Err(error) => return Err(error),
@@ -756,7 +752,7 @@ fn retain<'txn>(
             break;
         }
         retained.scanned += 1;
-        last_scanned = id;
+        last_scanned = Some(MessageId(id));
         if message_is_done(&*deliveries, id, &record)? {
             removable.push((id, record.body_inline));
         }
@@ -774,7 +770,7 @@ fn retain<'txn>(
         deliveries.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
     }
     retained.removed = removable.len() as u64;
-    retained.resume_after = (!reached_cutoff).then_some(last_scanned);
+    retained.resume_after = if reached_cutoff { None } else { last_scanned };
     Ok(retained)
 }
 
