@@ -2,6 +2,8 @@
 //! transaction (see [`txn`]), answers after the commit, and reopens the database after an
 //! error.
 
+mod delivery;
+mod retain;
 mod txn;
 
 use std::collections::BTreeSet;

@@ -1,24 +1,24 @@
 //! What one batch does inside its transaction: store messages (with retransmit detection and
-//! fan-out), record delivery outcomes, replay and purge dead letters, append and prune the
-//! audit trail, and remove old messages.
+//! fan-out), append and prune the audit trail, and hand delivery outcomes, replays and purges
+//! to [`super::delivery`] and old messages to [`super::retain`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 
 use super::Writer;
+use super::delivery::Delivery;
+use super::retain::retain;
 use crate::outbox::audit::{self, AuditEvent, Head};
 use crate::outbox::dedup::prefix;
 use crate::outbox::depth::DepthChanges;
 use crate::outbox::request::{AuditContext, Request};
 use crate::outbox::schema::{
-    self, AUDIT, BODIES, DELIVERIES, DLQ, DeliveryRecord, DeliveryStatus, DlqEntry, EntryRef,
-    INLINE_BODY_MAX, MAX_HISTORY, MESSAGES, META, PastEntry, QUEUE, QueueEntry, RouteStatus,
+    self, AUDIT, BODIES, DELIVERIES, DLQ, INLINE_BODY_MAX, MESSAGES, META, QUEUE, QueueEntry,
+    RouteStatus,
 };
-use crate::outbox::{
-    Appended, ConnectorId, MessageId, NewMessage, Retained, Seq, StoreError, now_micros,
-};
+use crate::outbox::{Appended, ConnectorId, MessageId, NewMessage, StoreError, now_micros};
 
 impl Writer {
     /// Write every request of `batch` in one transaction with `Durability::Immediate` and
@@ -318,7 +318,7 @@ fn admin_event(context: &AuditContext, outcome: String) -> AuditEvent {
 }
 
 /// The tables a batch writes.
-struct Tables<'txn> {
+pub(super) struct Tables<'txn> {
     messages: Table<'txn, u64, &'static [u8]>,
     queue: Table<'txn, (u32, u64), &'static [u8]>,
     /// `dlq` and `deliveries`, opened by the first operation that needs them: a batch of
@@ -405,7 +405,7 @@ impl<'txn> Tables<'txn> {
     }
 
     /// The delivery-state operations, with `dlq` and `deliveries` opened on first use.
-    fn delivery<'a>(
+    pub(super) fn delivery<'a>(
         &'a mut self,
         transaction: &'txn WriteTransaction,
         now: i64,
@@ -427,379 +427,6 @@ impl<'txn> Tables<'txn> {
             now,
         })
     }
-}
-
-/// The tables a delivery-state operation touches, for one operation.
-struct Delivery<'a, 'txn> {
-    messages: &'a mut Table<'txn, u64, &'static [u8]>,
-    queue: &'a mut Table<'txn, (u32, u64), &'static [u8]>,
-    dlq: &'a mut Table<'txn, (u32, u64), &'static [u8]>,
-    deliveries: &'a mut Table<'txn, (u64, u32), &'static [u8]>,
-    depths: &'a mut DepthChanges,
-    now: i64,
-}
-
-impl Delivery<'_, '_> {
-    /// What the connector held of the message before this operation: the latest record's
-    /// count or, when nothing happened since intake, whether intake queued it there.
-    fn held_before(
-        &self,
-        message_id: MessageId,
-        connector: ConnectorId,
-        queued_at_intake: impl FnOnce() -> Result<bool, StoreError>,
-    ) -> Result<u32, StoreError> {
-        let held = match self.deliveries.get((message_id.0, connector.0))? {
-            Some(value) => match schema::decode::<DeliveryRecord>(value.value()) {
-                Ok(record) => Some(record.held),
-                // A damaged record is written anew by the caller: count as intake did.
-                Err(error) if schema::is_damage(&error) => None,
-                Err(error) => return Err(error),
-            },
-            None => None,
-        };
-        match held {
-            Some(held) => Ok(held),
-            None => Ok(u32::from(queued_at_intake()?)),
-        }
-    }
-
-    /// An entry that is (or was) in a queue or DLQ counts as held when no record says
-    /// otherwise.
-    fn held(&self, message_id: MessageId, connector: ConnectorId) -> Result<u32, StoreError> {
-        self.held_before(message_id, connector, || Ok(true))
-    }
-
-    fn record(
-        &mut self,
-        message_id: MessageId,
-        connector: ConnectorId,
-        status: DeliveryStatus,
-        attempts: u32,
-        last_error: Option<String>,
-        held: u32,
-    ) -> Result<(), StoreError> {
-        if message_id == schema::UNKNOWN_MESSAGE {
-            // A damaged entry whose message is unknown: there is no message to record for.
-            return Ok(());
-        }
-        let record = DeliveryRecord {
-            status,
-            at_micros: self.now,
-            attempts,
-            last_error,
-            held,
-        };
-        self.deliveries.insert(
-            (message_id.0, connector.0),
-            schema::encode(&record)?.as_slice(),
-        )?;
-        Ok(())
-    }
-
-    fn take_queue_entry(
-        &mut self,
-        connector: ConnectorId,
-        seq: Seq,
-    ) -> Result<Option<QueueEntry>, StoreError> {
-        match self.queue.remove((connector.0, seq.0))? {
-            Some(value) => Ok(Some({
-                self.depths.queue(connector, -1);
-                schema::decode_or(value.value(), schema::damaged_queue_entry)?
-            })),
-            None => Ok(None),
-        }
-    }
-
-    fn take_dead_letter(
-        &mut self,
-        connector: ConnectorId,
-        seq: Seq,
-    ) -> Result<Option<DlqEntry>, StoreError> {
-        match self.dlq.remove((connector.0, seq.0))? {
-            Some(value) => Ok(Some({
-                self.depths.dead(connector, -1);
-                schema::decode_or(value.value(), schema::damaged_dead_letter)?
-            })),
-            None => Ok(None),
-        }
-    }
-
-    /// The output confirmed the entry: it leaves the queue, DELIVERED is recorded.
-    fn delivered(
-        &mut self,
-        connector: ConnectorId,
-        seq: Seq,
-        attempts: u32,
-    ) -> Result<bool, StoreError> {
-        let Some(entry) = self.take_queue_entry(connector, seq)? else {
-            return Ok(false);
-        };
-        let before = self.held(entry.message_id, connector)?;
-        self.record(
-            entry.message_id,
-            connector,
-            DeliveryStatus::Delivered,
-            attempts,
-            entry.last_error,
-            before.saturating_sub(1),
-        )?;
-        Ok(true)
-    }
-
-    /// A failed attempt to be retried at `next_attempt_micros`.
-    fn retry(
-        &mut self,
-        connector: ConnectorId,
-        seq: Seq,
-        attempts: u32,
-        next_attempt_micros: i64,
-        error: &str,
-    ) -> Result<bool, StoreError> {
-        let current: Option<QueueEntry> = match self.queue.get((connector.0, seq.0))? {
-            Some(value) => Some(schema::decode(value.value())?),
-            None => None,
-        };
-        let Some(mut entry) = current else {
-            return Ok(false);
-        };
-        entry.attempts = attempts;
-        entry.next_attempt_micros = next_attempt_micros;
-        entry.last_error = Some(error.to_owned());
-        self.queue
-            .insert((connector.0, seq.0), schema::encode(&entry)?.as_slice())?;
-        Ok(true)
-    }
-
-    /// Give up on an entry: it moves to the connector's dead-letter queue, keeping where it
-    /// came from and its earlier lives.
-    fn dead_letter(
-        &mut self,
-        connector: ConnectorId,
-        seq: Seq,
-        attempts: u32,
-        reason: &str,
-        downstream: Option<String>,
-    ) -> Result<bool, StoreError> {
-        let Some(entry) = self.take_queue_entry(connector, seq)? else {
-            return Ok(false);
-        };
-        let dead = DlqEntry {
-            message_id: entry.message_id,
-            attempts,
-            reason: reason.to_owned(),
-            failed_at_micros: self.now,
-            downstream,
-            origin: entry.origin,
-            history: entry.history.clone(),
-        };
-        if self
-            .dlq
-            .insert((connector.0, seq.0), schema::encode(&dead)?.as_slice())?
-            .is_none()
-        {
-            self.depths.dead(connector, 1);
-        }
-        let before = self.held(entry.message_id, connector)?;
-        self.record(
-            entry.message_id,
-            connector,
-            DeliveryStatus::DeadLettered,
-            attempts,
-            Some(reason.to_owned()),
-            before,
-        )?;
-        Ok(true)
-    }
-
-    /// Put a dead letter back at the tail of `to`'s queue under a fresh seq from the message
-    /// counter; `None` when it was not in the dead-letter queue.
-    fn replay(
-        &mut self,
-        connector: ConnectorId,
-        seq: Seq,
-        to: ConnectorId,
-        next_id: &mut u64,
-    ) -> Result<Option<Seq>, StoreError> {
-        let Some(dead) = self.take_dead_letter(connector, seq)? else {
-            return Ok(None);
-        };
-        let new_seq = *next_id;
-        *next_id += 1;
-        // A fresh place at the tail (FIFO), the same message; where it came from and every
-        // earlier life go with it, so a runbook can follow it.
-        let here = EntryRef { connector, seq };
-        let mut history = dead.history.clone();
-        history.push(PastEntry {
-            entry: here,
-            attempts: dead.attempts,
-            reason: dead.reason.clone(),
-            failed_at_micros: dead.failed_at_micros,
-        });
-        if history.len() > MAX_HISTORY {
-            history.drain(..history.len() - MAX_HISTORY);
-        }
-        let entry = QueueEntry {
-            message_id: dead.message_id,
-            origin: Some(dead.origin.unwrap_or(here)),
-            history,
-            ..QueueEntry::default()
-        };
-        if self
-            .queue
-            .insert((to.0, new_seq), schema::encode(&entry)?.as_slice())?
-            .is_none()
-        {
-            self.depths.queue(to, 1);
-        }
-        let from_before = self.held(dead.message_id, connector)?;
-        if to == connector {
-            self.record(
-                dead.message_id,
-                to,
-                DeliveryStatus::Queued,
-                0,
-                None,
-                from_before,
-            )?;
-        } else {
-            // The original connector's DLQ entry is gone: it holds one entry less.
-            self.record(
-                dead.message_id,
-                connector,
-                DeliveryStatus::Purged,
-                dead.attempts,
-                Some(dead.reason),
-                from_before.saturating_sub(1),
-            )?;
-            let messages = &*self.messages;
-            let to_before = self.held_before(dead.message_id, to, || {
-                let routes = match messages.get(dead.message_id.0)? {
-                    Some(value) => schema::decode_message(value.value())?.0.routes,
-                    None => Vec::new(),
-                };
-                Ok(routes
-                    .iter()
-                    .any(|route| route.connector == to && route.status == RouteStatus::Queued))
-            })?;
-            self.record(
-                dead.message_id,
-                to,
-                DeliveryStatus::Queued,
-                0,
-                None,
-                to_before + 1,
-            )?;
-        }
-        Ok(Some(Seq(new_seq)))
-    }
-
-    /// Remove a dead letter without delivering it.
-    fn purge(&mut self, connector: ConnectorId, seq: Seq) -> Result<bool, StoreError> {
-        let Some(dead) = self.take_dead_letter(connector, seq)? else {
-            return Ok(false);
-        };
-        let before = self.held(dead.message_id, connector)?;
-        self.record(
-            dead.message_id,
-            connector,
-            DeliveryStatus::Purged,
-            dead.attempts,
-            Some(dead.reason),
-            before.saturating_sub(1),
-        )?;
-        Ok(true)
-    }
-}
-
-/// One bounded retention step (see [`crate::outbox::Outbox::retain`]).
-fn retain<'txn>(
-    transaction: &'txn WriteTransaction,
-    tables: &mut Tables<'txn>,
-    cutoff_micros: i64,
-    after: Option<MessageId>,
-    max_scan: usize,
-) -> Result<Retained, StoreError> {
-    let mut retained = Retained::default();
-    let mut removable = Vec::new();
-    let mut reached_cutoff = true;
-    let mut last_scanned = after;
-    let Delivery {
-        messages,
-        deliveries,
-        ..
-    } = tables.delivery(transaction, 0)?;
-    let start = after.map_or(0, |after| after.0.saturating_add(1));
-    for entry in messages.range(start..)? {
-        if retained.scanned as usize >= max_scan {
-            reached_cutoff = false;
-            break;
-        }
-        let (id, value) = entry?;
-        let id = id.value();
-        let record = match schema::decode_message(value.value()) {
-            Ok((record, _)) => record,
-            Err(error) if schema::is_damage(&error) => {
-                // Kept, as evidence (`mfoundry store verify` names it), and stepped over:
-                // one damaged record must not stop retention for every message after it.
-                retained.scanned += 1;
-                retained.damaged += 1;
-                last_scanned = Some(MessageId(id));
-                continue;
-            }
-            Err(error) => return Err(error),
-        };
-        if record.received_at_micros >= cutoff_micros {
-            break;
-        }
-        retained.scanned += 1;
-        last_scanned = Some(MessageId(id));
-        if message_is_done(&*deliveries, id, &record)? {
-            removable.push((id, record.body_inline));
-        }
-    }
-    let mut bodies = None;
-    for (id, inline) in &removable {
-        messages.remove(*id)?;
-        if !inline {
-            let table = match bodies.take() {
-                Some(table) => table,
-                None => transaction.open_table(BODIES)?,
-            };
-            bodies.insert(table).remove(*id)?;
-        }
-        deliveries.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
-    }
-    retained.removed = removable.len() as u64;
-    retained.resume_after = if reached_cutoff { None } else { last_scanned };
-    Ok(retained)
-}
-
-/// True when no connector holds this message any more: every route queued at intake has a
-/// delivery record, and no record holds a queue or dead-letter entry.
-fn message_is_done(
-    deliveries: &impl ReadableTable<(u64, u32), &'static [u8]>,
-    id: u64,
-    record: &schema::MessageRecord,
-) -> Result<bool, StoreError> {
-    let mut states = HashMap::new();
-    for entry in deliveries.range((id, 0)..=(id, u32::MAX))? {
-        let (key, value) = entry?;
-        let state: DeliveryRecord = match schema::decode(value.value()) {
-            Ok(state) => state,
-            // Unknown state: the message is kept.
-            Err(error) if schema::is_damage(&error) => return Ok(false),
-            Err(error) => return Err(error),
-        };
-        if state.held > 0 {
-            return Ok(false);
-        }
-        states.insert(ConnectorId(key.value().1), state.status);
-    }
-    Ok(record
-        .routes
-        .iter()
-        .filter(|route| route.status == RouteStatus::Queued)
-        .all(|route| states.contains_key(&route.connector)))
 }
 
 /// The next message id after an open: one past the newest message, past
