@@ -280,43 +280,48 @@ impl<'a> Map<'a> {
         })
     }
 
+    /// The value under `key` read by `read`; a node of another kind is a problem saying it
+    /// must be `expected`.
+    fn of_kind<T>(
+        &mut self,
+        key: &str,
+        expected: &str,
+        problems: &mut Problems,
+        read: impl FnOnce(&'a Node) -> Option<T>,
+    ) -> Option<T> {
+        let node = self.node(key)?;
+        let value = read(node);
+        if value.is_none() {
+            problems.push(self.wrong_kind(key, node, expected));
+        }
+        value
+    }
+
     /// A scalar as text: text as written, numbers and booleans in canonical form (so
     /// `port: 6661` and `port: "6661"` read alike).
     pub fn text(&mut self, key: &str, problems: &mut Problems) -> Option<Spanned<String>> {
-        let node = self.node(key)?;
-        match node.scalar_text() {
-            Some(value) => Some(Spanned { value, at: node.at }),
-            None => {
-                problems.push(self.wrong_kind(key, node, "text"));
-                None
-            }
-        }
+        self.of_kind(key, "text", problems, |node| {
+            node.scalar_text()
+                .map(|value| Spanned { value, at: node.at })
+        })
     }
 
     /// `true` or `false`.
     pub fn bool(&mut self, key: &str, problems: &mut Problems) -> Option<bool> {
-        let node = self.node(key)?;
-        match node.value {
+        self.of_kind(key, "true or false", problems, |node| match node.value {
             Value::Bool(value) => Some(value),
-            _ => {
-                problems.push(self.wrong_kind(key, node, "true or false"));
-                None
-            }
-        }
+            _ => None,
+        })
     }
 
     /// A number (whole or with a fraction).
     pub fn number(&mut self, key: &str, problems: &mut Problems) -> Option<f64> {
-        let node = self.node(key)?;
-        match node.value {
+        self.of_kind(key, "a number", problems, |node| match node.value {
             Value::Float(value) => Some(value),
             #[allow(clippy::cast_precision_loss)]
             Value::Int(value) => Some(value as f64),
-            _ => {
-                problems.push(self.wrong_kind(key, node, "a number"));
-                None
-            }
-        }
+            _ => None,
+        })
     }
 
     /// A whole number that fits `T` (`u32`, `u64` …).
@@ -351,14 +356,10 @@ impl<'a> Map<'a> {
 
     /// A sequence; a single scalar is a problem.
     pub fn list(&mut self, key: &str, problems: &mut Problems) -> Option<&'a [Node]> {
-        let node = self.node(key)?;
-        match &node.value {
-            Value::List(items) => Some(items),
-            _ => {
-                problems.push(self.wrong_kind(key, node, "a list"));
-                None
-            }
-        }
+        self.of_kind(key, "a list", problems, |node| match &node.value {
+            Value::List(items) => Some(items.as_slice()),
+            _ => None,
+        })
     }
 
     /// A sequence of scalars, each as text.

@@ -99,11 +99,7 @@ impl Delivery {
     /// the deadline came first: those deliveries stay queued and are made again after the
     /// restart.
     pub(super) async fn shutdown(self, deadline: Instant) -> bool {
-        self.shutdown.cancel();
-        self.tracker.close();
-        let finished = tokio::time::timeout_at(deadline, self.tracker.wait())
-            .await
-            .is_ok();
+        let finished = super::stop_tasks(&self.shutdown, &self.tracker, deadline).await;
         if !finished {
             let in_hand: Vec<&str> = self
                 .workers

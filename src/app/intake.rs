@@ -125,11 +125,7 @@ impl Intake {
     /// its commit), until `deadline`. Returns false, after logging, when the deadline came
     /// first: those frames get no ACK and their senders resend.
     pub(super) async fn shutdown(&self, deadline: Instant) -> bool {
-        self.shutdown.cancel();
-        self.tracker.close();
-        let finished = tokio::time::timeout_at(deadline, self.tracker.wait())
-            .await
-            .is_ok();
+        let finished = super::stop_tasks(&self.shutdown, &self.tracker, deadline).await;
         if !finished {
             warn!(
                 busy = self.tracker.len(),

@@ -165,6 +165,20 @@ impl RunningApp {
     }
 }
 
+/// Cancel `shutdown`, then wait until `deadline` for every task on `tracker` to end; false
+/// when the deadline came first.
+async fn stop_tasks(
+    shutdown: &tokio_util::sync::CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+    deadline: tokio::time::Instant,
+) -> bool {
+    shutdown.cancel();
+    tracker.close();
+    tokio::time::timeout_at(deadline, tracker.wait())
+        .await
+        .is_ok()
+}
+
 /// The shared state the admin API and the metrics read.
 async fn gateway(
     config: &Config,

@@ -120,10 +120,9 @@ fn read_sections(node: &Node, problems: &mut Problems) -> FileConfig {
     let Some(mut top) = Map::new(node, "the configuration file", problems) else {
         return file;
     };
-    let keys = top_keys();
-    for key in &keys[..keys.len() - SECTIONS.len()] {
-        if let Some(value) = top.text(key, problems) {
-            file.scalars.insert(key.clone(), value);
+    for key in setting_keys() {
+        if let Some(value) = top.text(&key, problems) {
+            file.scalars.insert(key, value);
         }
     }
     if let Some(items) = top.list("tls_senders", problems) {
@@ -149,6 +148,7 @@ fn read_sections(node: &Node, problems: &mut Problems) -> FileConfig {
         }
         validation.finish("`validation`", &["rules"], problems);
     }
+    let keys = top_keys();
     let known: Vec<&str> = keys.iter().map(String::as_str).collect();
     top.finish("the configuration file", &known, problems);
     file

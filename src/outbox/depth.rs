@@ -32,29 +32,21 @@ impl Depths {
     pub(crate) fn recount(&self, database: &Database) -> Result<(), StoreError> {
         let transaction = database.begin_read()?;
         let mut counted: HashMap<ConnectorId, Depth> = HashMap::new();
-        match transaction.open_table(schema::QUEUE) {
-            Ok(queue) => {
-                for entry in queue.iter()? {
-                    counted
-                        .entry(ConnectorId(entry?.0.value().0))
-                        .or_default()
-                        .queued += 1;
-                }
+        for (table, field) in [
+            (
+                schema::QUEUE,
+                (|depth: &mut Depth| &mut depth.queued) as fn(&mut Depth) -> &mut u64,
+            ),
+            (schema::DLQ, |depth: &mut Depth| &mut depth.dead),
+        ] {
+            let table = match transaction.open_table(table) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                Err(error) => return Err(error.into()),
+            };
+            for entry in table.iter()? {
+                *field(counted.entry(ConnectorId(entry?.0.value().0)).or_default()) += 1;
             }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(error) => return Err(error.into()),
-        }
-        match transaction.open_table(schema::DLQ) {
-            Ok(dlq) => {
-                for entry in dlq.iter()? {
-                    counted
-                        .entry(ConnectorId(entry?.0.value().0))
-                        .or_default()
-                        .dead += 1;
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(error) => return Err(error.into()),
         }
         if let Ok(mut per_connector) = self.per_connector.lock() {
             *per_connector = counted;

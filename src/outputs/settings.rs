@@ -49,19 +49,32 @@ impl Reader<'_, '_> {
         self.map.has(key)
     }
 
-    /// A text value with `${ENV}` references expanded.
-    pub fn text(&mut self, key: &str) -> Option<String> {
+    /// The text under `key` turned into a value by `convert`; its error, which follows the
+    /// key's name in the problem, is recorded at the value.
+    fn converted<T>(
+        &mut self,
+        key: &str,
+        convert: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
         let value = self.map.text(key, self.problems)?;
-        match crate::yaml::expand_env(&value.value, self.lookup) {
-            Ok(expanded) => Some(expanded),
+        match convert(&value.value) {
+            Ok(converted) => Some(converted),
             Err(problem) => {
                 self.problems.push(Problem {
                     at: value.at,
-                    message: format!("`{}` {problem}", self.map.name(key)),
+                    message: format!("`{}`{problem}", self.map.name(key)),
                 });
                 None
             }
         }
+    }
+
+    /// A text value with `${ENV}` references expanded.
+    pub fn text(&mut self, key: &str) -> Option<String> {
+        let lookup = self.lookup;
+        self.converted(key, |text| {
+            crate::yaml::expand_env(text, lookup).map_err(|problem| format!(" {problem}"))
+        })
     }
 
     /// A text value taken as written (no `${ENV}` expansion).
@@ -102,17 +115,9 @@ impl Reader<'_, '_> {
 
     /// A Go duration, `None` when absent or wrong (the problem is recorded).
     pub fn optional_duration(&mut self, key: &str) -> Option<Duration> {
-        let value = self.map.text(key, self.problems)?;
-        match parse_duration(&value.value) {
-            Ok(duration) => Some(duration),
-            Err(problem) => {
-                self.problems.push(Problem {
-                    at: value.at,
-                    message: format!("`{}`: {problem} (Go syntax, e.g. 30s)", self.map.name(key)),
-                });
-                None
-            }
-        }
+        self.converted(key, |text| {
+            parse_duration(text).map_err(|problem| format!(": {problem} (Go syntax, e.g. 30s)"))
+        })
     }
 
     /// A required value is missing: say what it is for.

@@ -192,11 +192,7 @@ fn invalid_settings_exit_64_naming_each_variable() {
 #[test]
 fn sigterm_stops_the_server_cleanly() {
     let mut server = serve(&[("KUBERNETES_SERVICE_PORT", "443")]);
-    let pid = i32::try_from(server.child.id())
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-        .expect("a process id");
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM sent");
+    crate::common::signal(&server.child, rustix::process::Signal::TERM);
     let mut exited = None;
     for _ in 0..100 {
         if let Some(status) = server.child.try_wait().expect("wait") {
