@@ -29,6 +29,51 @@ fn ci_runs_the_readme_test_command() {
     assert!(ci.lines().any(|line| line.trim().starts_with("cargo test")));
 }
 
+/// The commands of each `sh` block of the README, continuation lines joined.
+fn readme_commands() -> Vec<Vec<String>> {
+    let readme = read("README.md");
+    readme
+        .split("```sh\n")
+        .skip(1)
+        .map(|rest| {
+            let block = rest.split("```").next().unwrap_or_default();
+            block
+                .replace("\\\n", " ")
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+/// Some walkthroughs start servers side by side (the peers of "Deliver messages"), each in
+/// its own terminal: they run exactly as written only when no two take the same listen or
+/// admin address (both have defaults), else the later one stops with "address in use".
+#[test]
+fn servers_the_readme_starts_together_do_not_share_an_address() {
+    for block in readme_commands() {
+        let servers: Vec<&String> = block
+            .iter()
+            .filter(|command| {
+                command.trim_end().ends_with("cargo run --release") || command.contains("-- serve")
+            })
+            .collect();
+        if servers.len() < 2 {
+            continue;
+        }
+        for setting in ["LISTEN_ADDR=", "ADMIN_ADDR="] {
+            let on_default = servers
+                .iter()
+                .filter(|command| !command.contains(setting))
+                .count();
+            assert!(
+                on_default <= 1,
+                "{on_default} servers started together in the README take the default {setting}: {servers:#?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn every_example_message_file_splits_and_parses() {
     let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/messages");
