@@ -648,7 +648,8 @@ pub struct TlsClient {
 struct ClientState {
     fingerprint: Fingerprint,
     config: Arc<rustls::ClientConfig>,
-    checked: std::time::Instant,
+    /// The runtime's clock (the wall clock outside tests), so tests can move it.
+    checked: tokio::time::Instant,
 }
 
 impl TlsClient {
@@ -673,7 +674,7 @@ impl TlsClient {
             current: std::sync::Mutex::new(ClientState {
                 fingerprint,
                 config,
-                checked: std::time::Instant::now(),
+                checked: tokio::time::Instant::now(),
             }),
         })
     }
@@ -689,7 +690,7 @@ impl TlsClient {
         if current.checked.elapsed() < RELOAD_POLL {
             return Arc::clone(&current.config);
         }
-        current.checked = std::time::Instant::now();
+        current.checked = tokio::time::Instant::now();
         let fingerprint = client_fingerprint(&self.settings);
         if fingerprint != current.fingerprint {
             current.fingerprint = fingerprint;

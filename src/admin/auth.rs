@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -97,6 +98,10 @@ struct Entry {
 #[derive(Default)]
 pub struct TokenStore {
     entries: std::sync::RwLock<Vec<Entry>>,
+    /// Changes of `ADMIN_TOKENS_FILE` taken since start.
+    pub reloads: AtomicU64,
+    /// Changes of `ADMIN_TOKENS_FILE` refused since start (the previous tokens stayed).
+    pub reload_failures: AtomicU64,
 }
 
 impl Clone for TokenStore {
@@ -180,6 +185,7 @@ impl TokenStore {
     fn from_entries(entries: Vec<Entry>) -> Self {
         Self {
             entries: std::sync::RwLock::new(entries),
+            ..Self::default()
         }
     }
 
@@ -369,9 +375,11 @@ pub async fn watch_tokens_file(
             Ok(tokens) => {
                 let count = tokens.len();
                 store.replace(tokens);
+                store.reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(path = %path.display(), tokens = count, "admin API tokens reloaded from ADMIN_TOKENS_FILE");
             }
             Err(error) => {
+                store.reload_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %error, "ADMIN_TOKENS_FILE changed but cannot be used; the previous tokens stay");
             }
         }

@@ -326,8 +326,13 @@ async fn replay_on_a_running_server_delivers_each_entry_once_in_order() {
         downstream.received().len() >= 2 * ids.len()
     })
     .await;
-    // Give a duplicate time to show up before checking there is none.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the queue is empty and every send is counted, nothing is left that could arrive
+    // twice.
+    eventually("the queue is empty", async || {
+        let stats = get_json(&format!("{base}/api/v1/stats"), viewer).await;
+        stats["connectors"][0]["queue_depth"] == 0 && stats["connectors"][0]["delivered"] == 5
+    })
+    .await;
     let delivered = downstream.received()[ids.len()..].to_vec();
     assert_eq!(delivered, ids, "once each, in the original order");
     let stats = get_json(&format!("{base}/api/v1/stats"), viewer).await;
@@ -746,7 +751,18 @@ async fn a_changed_tokens_file_is_used_without_a_restart_and_a_broken_one_is_not
 
     // A broken file keeps the tokens in use.
     write("rotated viewer not-a-hash\n".to_owned());
-    tokio::time::sleep(mfoundry::admin::auth::TOKENS_POLL * 3).await;
+    let tokens_stats = async || {
+        let stats = get_json(&url, &new).await;
+        let tokens = &stats["admin_tokens"];
+        (
+            tokens["reloads"].as_u64(),
+            tokens["reload_failures"].as_u64(),
+        )
+    };
+    eventually("the broken file is looked at and refused", async || {
+        tokens_stats().await == (Some(1), Some(1))
+    })
+    .await;
     assert_eq!(status(&new).await, 200);
     app.shutdown(Duration::from_secs(5)).await;
 }

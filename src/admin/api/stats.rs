@@ -20,6 +20,19 @@ pub struct Stats {
     pub connectors: Vec<ConnectorStatsView>,
     /// The outbox.
     pub store: StoreStatsView,
+    /// The admin API's tokens.
+    pub admin_tokens: AdminTokensStatsView,
+}
+
+/// The admin API's tokens and the reloads of `ADMIN_TOKENS_FILE`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AdminTokensStatsView {
+    /// Tokens known now.
+    pub tokens: u64,
+    /// Changes of `ADMIN_TOKENS_FILE` taken since start.
+    pub reloads: u64,
+    /// Changes refused since start (the previous tokens stayed; the log says why).
+    pub reload_failures: u64,
 }
 
 /// A listener's counters since start.
@@ -194,6 +207,11 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
             file_bytes: state.gateway.outbox.file_size().unwrap_or(0),
             commits: outbox_stats.commits.load(Relaxed),
             failed_commits: outbox_stats.failed_batches.load(Relaxed),
+        },
+        admin_tokens: AdminTokensStatsView {
+            tokens: state.tokens.len() as u64,
+            reloads: state.tokens.reloads.load(Relaxed),
+            reload_failures: state.tokens.reload_failures.load(Relaxed),
         },
     }))
 }
