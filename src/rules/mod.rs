@@ -11,6 +11,7 @@
 //! (a missing map key, a type error, the time budget spent) is an error for the message.
 
 pub mod bindings;
+pub mod types;
 
 use std::fmt;
 use std::sync::Arc;
@@ -167,10 +168,8 @@ impl fmt::Display for RuleProblem {
 #[derive(Debug)]
 struct CompiledRule {
     name: String,
-    /// `validation rule "name"`, for errors.
-    subject: String,
     message: String,
-    expression: IdedExpr,
+    expression: Expression,
 }
 
 /// The outcome of the validation rules.
@@ -204,69 +203,82 @@ pub struct Evaluation {
     pub routes: Vec<bool>,
 }
 
-/// Compiled rules and filters, shared by every connection.
-pub struct RuleSet {
-    root: Context<'static, 'static>,
-    rules: Vec<CompiledRule>,
-    /// `(connector name, filter of connector "name", expression)`, in configuration order;
-    /// `None` takes every message.
-    filters: Vec<(String, String, Option<IdedExpr>)>,
+/// Compiles expressions into one [`Program`]: each is checked (size, nesting, names, types)
+/// and the variables they use are noted, so only those are built per message.
+pub struct Compiler {
+    env: Arc<Env>,
     needed: Needed,
-    budget: Duration,
+    problems: Vec<RuleProblem>,
 }
 
-impl fmt::Debug for RuleSet {
+impl fmt::Debug for Compiler {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter
-            .debug_struct("RuleSet")
-            .field("rules", &self.rules.len())
-            .field("filters", &self.filters.len())
-            .field("needed", &self.needed)
-            .field("budget", &self.budget)
+            .debug_struct("Compiler")
+            .field("problems", &self.problems.len())
             .finish_non_exhaustive()
     }
 }
 
-impl RuleSet {
-    /// Compile every rule and filter; report every problem at once.
+impl Default for Compiler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One compiled expression of a [`Program`].
+#[derive(Debug)]
+pub struct Expression {
+    expression: IdedExpr,
+    /// What it belongs to, for errors (`filter of connector "lab"`).
+    subject: String,
+}
+
+impl Expression {
+    /// What it belongs to.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+}
+
+impl Compiler {
+    /// A compiler with the standard library and mfoundry's functions.
+    pub fn new() -> Self {
+        Self {
+            env: Arc::new(Env::stdlib()),
+            needed: Needed::default(),
+            problems: Vec::new(),
+        }
+    }
+
+    /// Compile `source`, which must give `expect`; `None` (its problems kept for
+    /// [`Compiler::finish`]) when it does not compile.
     pub fn compile(
-        rules: &[RuleSpec],
-        filters: &[FilterSpec],
-        budget: Duration,
-    ) -> Result<Self, Vec<RuleProblem>> {
-        let env = Arc::new(Env::stdlib());
-        let mut problems = Vec::new();
-        let mut needed = Needed::default();
-        let mut compiled_rules = Vec::new();
-        for rule in rules {
-            let subject = format!("validation rule {:?}", rule.name);
-            if let Some(expression) =
-                compile_one(&env, &rule.expression, &subject, &mut needed, &mut problems)
-            {
-                compiled_rules.push(CompiledRule {
-                    name: rule.name.clone(),
-                    subject: subject.clone(),
-                    message: rule
-                        .message
-                        .clone()
-                        .unwrap_or_else(|| format!("validation rule {} failed", rule.name)),
-                    expression,
-                });
-            }
+        &mut self,
+        source: &ExpressionSource,
+        subject: &str,
+        expect: types::Expect,
+    ) -> Option<Expression> {
+        let expression = compile_one(
+            &self.env,
+            source,
+            subject,
+            expect,
+            &mut self.needed,
+            &mut self.problems,
+        )?;
+        Some(Expression {
+            expression,
+            subject: subject.to_owned(),
+        })
+    }
+
+    /// The program every compiled expression runs in; every problem found, otherwise.
+    pub fn finish(self, budget: Duration) -> Result<Program, Vec<RuleProblem>> {
+        if !self.problems.is_empty() {
+            return Err(self.problems);
         }
-        let mut compiled_filters = Vec::new();
-        for filter in filters {
-            let subject = format!("filter of connector {:?}", filter.connector);
-            let expression = filter
-                .expression
-                .as_ref()
-                .and_then(|source| compile_one(&env, source, &subject, &mut needed, &mut problems));
-            compiled_filters.push((filter.connector.clone(), subject, expression));
-        }
-        if !problems.is_empty() {
-            return Err(problems);
-        }
-        let mut root = Context::with_env(env);
+        let mut root = Context::with_env(self.env);
         let registered = root
             .add_function("field", field_function)
             .and_then(|()| root.add_function("segments", segments_function));
@@ -278,34 +290,53 @@ impl RuleSet {
                 detail: format!("cannot register functions: {error:?}"),
             }]);
         }
-        Ok(Self {
+        Ok(Program {
             root,
-            rules: compiled_rules,
-            filters: compiled_filters,
-            needed,
+            needed: self.needed,
             budget,
         })
     }
+}
 
-    /// The connectors with a filter, in the order of [`Evaluation::routes`].
-    pub fn filter_connectors(&self) -> impl ExactSizeIterator<Item = &str> {
-        self.filters
-            .iter()
-            .map(|(connector, _, _)| connector.as_str())
+/// The shared root context of compiled expressions and the variables they use.
+pub struct Program {
+    root: Context<'static, 'static>,
+    needed: Needed,
+    budget: Duration,
+}
+
+impl fmt::Debug for Program {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Program")
+            .field("needed", &self.needed)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
     }
+}
 
-    /// Number of validation rules.
-    pub fn rule_count(&self) -> usize {
-        self.rules.len()
+/// The variables of one message, for evaluating a [`Program`]'s expressions under its time
+/// budget (counted from the scope's creation).
+pub struct Scope<'a> {
+    context: Context<'a, 'a>,
+    started: Instant,
+    budget: Duration,
+}
+
+impl fmt::Debug for Scope<'_> {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Scope")
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
     }
+}
 
-    /// Evaluate validation rules, then (if they pass) every filter.
-    pub fn evaluate(&self, message: &Message, charset: Charset, inbound: &str) -> Evaluation {
-        let started = Instant::now();
+impl Program {
+    /// Bind the variables the expressions use for `message`.
+    pub fn scope<'a>(&'a self, message: &'a Message, charset: Charset, inbound: &str) -> Scope<'a> {
         let view = View { message, charset };
-        // The variables borrow the message; the shared root lives longer.
-        let root: &Context<'_, '_> = &self.root;
-        let mut scope = root.new_inner_scope();
+        let mut scope = self.root.new_inner_scope();
         let needed = self.needed;
         if needed.message {
             scope.add_variable_as_val(
@@ -335,26 +366,133 @@ impl RuleSet {
         if needed.inbound {
             scope.add_variable_from_value("inbound", inbound.to_owned());
         }
+        Scope {
+            context: scope,
+            started: Instant::now(),
+            budget: self.budget,
+        }
+    }
+}
 
+impl Scope<'_> {
+    /// Evaluate a true-or-false expression.
+    pub fn bool(&self, expression: &Expression) -> Result<bool, String> {
+        evaluate_bool(&expression.expression, &self.context)
+    }
+
+    /// Evaluate an expression that gives a string.
+    pub fn string(&self, expression: &Expression) -> Result<String, String> {
+        match Value::resolve(&expression.expression, &self.context) {
+            Ok(Value::String(text)) => Ok(text.to_string()),
+            Ok(other) => Err(format!(
+                "the expression gave a {} where a string is needed",
+                other.type_of()
+            )),
+            Err(error) => Err(describe_execution_error(&error)),
+        }
+    }
+
+    /// An error when the time budget is spent.
+    pub fn within_budget(&self) -> Result<(), String> {
+        if self.started.elapsed() > self.budget {
+            return Err(format!(
+                "expression evaluation exceeded its time budget of {:?}",
+                self.budget
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Compiled rules and filters, shared by every connection.
+pub struct RuleSet {
+    program: Program,
+    rules: Vec<CompiledRule>,
+    /// `(connector name, filter)`, in configuration order; `None` takes every message.
+    filters: Vec<(String, String, Option<Expression>)>,
+}
+
+impl fmt::Debug for RuleSet {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("RuleSet")
+            .field("rules", &self.rules.len())
+            .field("filters", &self.filters.len())
+            .field("program", &self.program)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuleSet {
+    /// Compile every rule and filter; report every problem at once.
+    pub fn compile(
+        rules: &[RuleSpec],
+        filters: &[FilterSpec],
+        budget: Duration,
+    ) -> Result<Self, Vec<RuleProblem>> {
+        let mut compiler = Compiler::new();
+        let mut compiled_rules = Vec::new();
+        for rule in rules {
+            let subject = format!("validation rule {:?}", rule.name);
+            if let Some(expression) =
+                compiler.compile(&rule.expression, &subject, types::Expect::Bool)
+            {
+                compiled_rules.push(CompiledRule {
+                    name: rule.name.clone(),
+                    message: rule
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| format!("validation rule {} failed", rule.name)),
+                    expression,
+                });
+            }
+        }
+        let mut compiled_filters = Vec::new();
+        for filter in filters {
+            let subject = format!("filter of connector {:?}", filter.connector);
+            let expression = filter
+                .expression
+                .as_ref()
+                .and_then(|source| compiler.compile(source, &subject, types::Expect::Bool));
+            compiled_filters.push((filter.connector.clone(), subject, expression));
+        }
+        Ok(Self {
+            program: compiler.finish(budget)?,
+            rules: compiled_rules,
+            filters: compiled_filters,
+        })
+    }
+
+    /// The connectors with a filter, in the order of [`Evaluation::routes`].
+    pub fn filter_connectors(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.filters
+            .iter()
+            .map(|(connector, _, _)| connector.as_str())
+    }
+
+    /// Number of validation rules.
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Evaluate validation rules, then (if they pass) every filter.
+    pub fn evaluate(&self, message: &Message, charset: Charset, inbound: &str) -> Evaluation {
+        let scope = self.program.scope(message, charset, inbound);
         // Evaluate one expression, then check the budget (a false validation rule answers at
         // once, so `final_if_false` skips the check): `Err` ends the evaluation.
-        let step = |expression: &IdedExpr,
-                    subject: &String,
-                    final_if_false: bool|
-         -> Result<bool, Validation> {
-            let result =
-                evaluate_bool(expression, &scope).map_err(|detail| Validation::Errored {
-                    subject: subject.clone(),
-                    detail,
-                })?;
-            if (result || !final_if_false) && started.elapsed() > self.budget {
-                return Err(Validation::Errored {
-                    subject: subject.clone(),
-                    detail: format!(
+        let step = |expression: &Expression, final_if_false: bool| -> Result<bool, Validation> {
+            let errored = |detail| Validation::Errored {
+                subject: expression.subject.clone(),
+                detail,
+            };
+            let result = scope.bool(expression).map_err(errored)?;
+            if result || !final_if_false {
+                scope.within_budget().map_err(|_| {
+                    errored(format!(
                         "rule evaluation exceeded its time budget of {:?}",
-                        self.budget
-                    ),
-                });
+                        self.program.budget
+                    ))
+                })?;
             }
             Ok(result)
         };
@@ -363,7 +501,7 @@ impl RuleSet {
             routes: Vec::new(),
         };
         for rule in &self.rules {
-            match step(&rule.expression, &rule.subject, true) {
+            match step(&rule.expression, true) {
                 Ok(true) => {}
                 Ok(false) => {
                     return stop(Validation::Failed {
@@ -375,10 +513,10 @@ impl RuleSet {
             }
         }
         let mut routes = Vec::with_capacity(self.filters.len());
-        for (_, subject, filter) in &self.filters {
+        for (_, _, filter) in &self.filters {
             match filter {
                 None => routes.push(true),
-                Some(expression) => match step(expression, subject, false) {
+                Some(expression) => match step(expression, false) {
                     Ok(taken) => routes.push(taken),
                     Err(validation) => return stop(validation),
                 },
@@ -435,6 +573,7 @@ fn compile_one(
     env: &Env,
     source: &ExpressionSource,
     subject: &str,
+    expect: types::Expect,
     needed: &mut Needed,
     problems: &mut Vec<RuleProblem>,
 ) -> Option<IdedExpr> {
@@ -477,6 +616,10 @@ fn compile_one(
     };
     let mut found = Vec::new();
     check(&expression, &mut Vec::new(), 0, needed, &mut found);
+    if found.is_empty() {
+        // Names first: a type said of an unknown name would only add noise.
+        types::check(&expression, expect, &mut found);
+    }
     if found.is_empty() {
         Some(expression)
     } else {

@@ -138,10 +138,17 @@ fn rules_run_in_order_and_the_first_false_one_rejects() {
             message: "r1 failed".to_owned()
         }
     );
-    match evaluate(&["msh.msg_type"], ORU).validation {
+    // A value whose type only the message decides is checked when it is evaluated…
+    match evaluate(&["dyn(msh.msg_type)"], ORU).validation {
         Validation::Errored { detail, .. } => assert!(detail.contains("true or false"), "{detail}"),
         other => panic!("{other:?}"),
     }
+    // …one known at load is refused then.
+    let problems = compile(&[rule("r0", "msh.msg_type")], &[]).expect_err("not a bool");
+    assert!(
+        problems[0].to_string().contains("gives a string"),
+        "{problems:?}"
+    );
 }
 
 #[test]
