@@ -69,6 +69,16 @@ impl Charset {
         self.encoding.decode_without_bom_handling(bytes).0
     }
 
+    /// Encode text in this character set; `None` when it holds a character the set cannot
+    /// carry (never replaced silently).
+    pub fn encode<'a>(&self, text: &'a str) -> Option<Cow<'a, [u8]>> {
+        if self.encoding == UTF_8 {
+            return Some(Cow::Borrowed(text.as_bytes()));
+        }
+        let (bytes, _, unmappable) = self.encoding.encode(text);
+        (!unmappable).then_some(bytes)
+    }
+
     /// Byte offset of the first byte sequence that is not valid in this character set.
     pub fn first_invalid_byte(&self, bytes: &[u8]) -> Option<usize> {
         if self.encoding == UTF_8 {

@@ -8,6 +8,7 @@ mod ack;
 mod batch;
 mod charset;
 mod delimiters;
+mod edit;
 mod escape;
 mod message;
 mod path;
@@ -19,6 +20,7 @@ pub use ack::{
 pub use batch::{SplitError, split_messages};
 pub use charset::{Charset, DeclaredCharset};
 pub use delimiters::{DelimiterError, Delimiters};
+pub use edit::{Document, EditError};
 pub use escape::{escape, unescape};
 pub use message::{HeaderKind, Message, ParseError, Segment, Version};
 
@@ -26,4 +28,4 @@ pub use message::{HeaderKind, Message, ParseError, Segment, Version};
 pub fn split_piece(bytes: &[u8], separator: Option<u8>, index: usize) -> Option<&[u8]> {
     message::nth_split(bytes, separator, index)
 }
-pub use path::{FieldPath, PathError};
+pub use path::{FieldPath, FieldPattern, PathError, PathPattern, Pick};
