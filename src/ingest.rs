@@ -24,9 +24,10 @@ use crate::hl7::{
 };
 use crate::outbox::{
     Appended, ConnectorId, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox, Route,
-    RouteStatus,
+    RouteStatus, StoredCopy,
 };
 use crate::rules::{RuleSet, Validation};
+use crate::transform::Transforms;
 
 /// Refuse (AR) a message whose MSH-3/MSH-4 its connection's certificate may not send as.
 fn check_sender(
@@ -210,6 +211,10 @@ pub struct Ingest {
     listener: Arc<str>,
     /// `tls_senders`: what each client certificate may send as.
     senders: Option<Arc<crate::tls::SenderMap>>,
+    /// Each routed connector's name, in the order of `routes`.
+    names: Arc<[Arc<str>]>,
+    /// The connectors' transform steps (ADR 0009); `None`: no connector transforms.
+    transforms: Option<Arc<Transforms>>,
 }
 
 /// A refusal: the code category, a short reason for logs and counters, and the ERR details.
@@ -253,6 +258,7 @@ impl Ingest {
                 }))
             })
             .collect::<Result<_, _>>()?;
+        let names = rules.filter_connectors().map(Arc::from).collect();
         Ok(Self {
             default_charset,
             stamper,
@@ -261,7 +267,16 @@ impl Ingest {
             routes,
             listener: listener.into(),
             senders: None,
+            names,
+            transforms: None,
         })
+    }
+
+    /// Transform each connector's copy with its steps before it is stored.
+    #[must_use]
+    pub fn with_transforms(mut self, transforms: Arc<Transforms>) -> Self {
+        self.transforms = Some(transforms);
+        self
     }
 
     /// Check each message's MSH-3/MSH-4 against its connection's client certificate.
@@ -299,8 +314,9 @@ impl Ingest {
         let received_at_micros = chrono::Utc::now().timestamp_micros();
 
         let mut routes = Vec::new();
+        let mut copies = Vec::new();
         let (verdict, reason, error, disposition) =
-            match self.decide(&message, identity, &mut routes) {
+            match self.decide(&message, identity, &mut routes, &mut copies) {
                 Ok(disposition) => (Verdict::Accept, None, None, disposition),
                 Err(refusal) => {
                     let disposition = match refusal.verdict {
@@ -350,6 +366,7 @@ impl Ingest {
                 body: message.raw().clone(),
                 dedup_key: (verdict == Verdict::Accept).then(|| dedup_key(&message)),
                 tls_identity: identity.map(|identity| identity.audit_text().to_owned()),
+                copies,
             })
             .await;
 
@@ -436,12 +453,14 @@ impl Ingest {
         }
     }
 
-    /// Header checks, validation rules, routing. `routes` gets one entry per connector.
+    /// Header checks, validation rules, routing, transforms. `routes` gets one entry per
+    /// connector, `copies` one per connector that takes the message and transforms it.
     fn decide(
         &self,
         message: &Message,
         identity: Option<&crate::tls::PeerIdentity>,
         routes: &mut Vec<Route>,
+        copies: &mut Vec<(ConnectorId, StoredCopy)>,
     ) -> Result<Disposition, Box<Refusal>> {
         self.check_header(message)?;
         if let Some(senders) = &self.senders {
@@ -496,6 +515,23 @@ impl Ingest {
                     },
                 }),
         );
+        if let Some(transforms) = &self.transforms {
+            for (route, name) in routes.iter().zip(self.names.iter()) {
+                if route.status != RouteStatus::Queued || !transforms.transforms(name) {
+                    continue;
+                }
+                let copy = match transforms.apply(name, message, charset, &self.listener) {
+                    Ok(Some(bytes)) => StoredCopy::Bytes(Bytes::from(bytes)),
+                    Ok(None) => continue,
+                    Err(failure) => {
+                        // The failure names the step and the place, never message data.
+                        tracing::warn!(connector = %name, error = %failure, "transform failed; this connector's copy goes to its dead-letter queue");
+                        StoredCopy::Failed(failure.to_string())
+                    }
+                };
+                copies.push((route.connector, copy));
+            }
+        }
         if routes
             .iter()
             .any(|route| route.status == RouteStatus::Queued)

@@ -38,5 +38,6 @@ pub mod rules;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod transform;
 pub mod units;
 pub mod yaml;

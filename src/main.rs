@@ -40,8 +40,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            let rules = match config.compile_rules() {
-                Ok(rules) => std::sync::Arc::new(rules),
+            let compiled = match config.compile() {
+                Ok(compiled) => compiled,
                 Err(errors) => {
                     eprint!("mfoundry: {errors}");
                     return ExitCode::from(EXIT_CONFIG);
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             }
-            match runtime.block_on(mfoundry::app::run(config, rules)) {
+            match runtime.block_on(mfoundry::app::run(config, compiled)) {
                 Ok(mfoundry::app::Stopped::Drained) => ExitCode::SUCCESS,
                 Ok(mfoundry::app::Stopped::DrainCutShort) => {
                     ExitCode::from(mfoundry::app::EXIT_DRAIN_CUT_SHORT)
@@ -185,16 +185,18 @@ fn check(args: &ConfigArgs) -> ExitCode {
         eprintln!("mfoundry check: {error}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    match config.compile_rules() {
-        Ok(rules) => {
+    match config.compile() {
+        Ok(compiled) => {
             let source = config.file.as_ref().map_or_else(
                 || "no configuration file".to_owned(),
                 |path| path.display().to_string(),
             );
             println!(
-                "ok: {source}: {} connectors, {} validation rules, data in {}",
+                "ok: {source}: {} connectors, {} validation rules, {} transform steps, {} tables, data in {}",
                 config.connectors.len(),
-                rules.rule_count(),
+                compiled.rules.rule_count(),
+                compiled.transforms.step_count(),
+                config.tables.len(),
                 config.settings.data_dir.display()
             );
             ExitCode::SUCCESS

@@ -16,6 +16,7 @@ use crate::mllp::{self, ListenerStats};
 use crate::outbox::Outbox;
 use crate::rules::RuleSet;
 use crate::tls::TlsServer;
+use crate::transform::Transforms;
 
 /// The bound listener and its connection tasks.
 #[derive(Debug)]
@@ -40,6 +41,7 @@ impl Intake {
     pub(super) async fn bind(
         config: &Config,
         rules: &Arc<RuleSet>,
+        transforms: &Arc<Transforms>,
         outbox: &Outbox,
         stamper: Arc<dyn AckStamper>,
     ) -> anyhow::Result<Self> {
@@ -75,7 +77,8 @@ impl Intake {
             &settings.listener.name,
         )
         .context("cannot route to the configured connectors")?
-        .with_senders(config.senders.clone());
+        .with_senders(config.senders.clone())
+        .with_transforms(Arc::clone(transforms));
         let route_counters = ingest.route_counters();
         let stats = Arc::new(ListenerStats::default());
         let shutdown = CancellationToken::new();

@@ -23,13 +23,12 @@ use anyhow::Context;
 use tracing::{error, info, warn};
 
 use crate::admin::AdminState;
-use crate::config::Config;
+use crate::config::{Compiled, Config};
 use crate::delivery::WorkerControl;
 use crate::gateway::{ConnectorHandle, Gateway, ListenerHandle, Readiness};
 use crate::hl7::{AckStamper, SystemStamper};
 use crate::mllp::StatsSnapshot;
 use crate::outbox::{Outbox, Storage};
-use crate::rules::RuleSet;
 
 /// Choices tests make differently from production.
 #[derive(Clone, Default)]
@@ -68,20 +67,23 @@ impl RunningApp {
         Self::start_with(config, AppOptions::default()).await
     }
 
-    /// Compile the rules and start with the given options.
+    /// Compile the rules and transforms and start with the given options.
     pub async fn start_with(config: Config, options: AppOptions) -> anyhow::Result<Self> {
-        let rules = config
-            .compile_rules()
+        let compiled = config
+            .compile()
             .map_err(|errors| anyhow::anyhow!("{errors}"))?;
-        Self::start_compiled(config, Arc::new(rules), options).await
+        Self::start_compiled(config, compiled, options).await
     }
 
-    /// Start with rules compiled beforehand (as `serve` does, to exit 64 on a bad rule).
+    /// Start with rules and transforms compiled beforehand (as `serve` does, to exit 64 on a
+    /// bad rule or step).
     pub async fn start_compiled(
         config: Config,
-        rules: Arc<RuleSet>,
+        compiled: Compiled,
         options: AppOptions,
     ) -> anyhow::Result<Self> {
+        let rules = Arc::new(compiled.rules);
+        let transforms = Arc::new(compiled.transforms);
         let settings = &config.settings;
         let names = config.connectors.iter().map(|c| c.name.clone()).collect();
         let store = store::Store::open(settings, names, options.storage).await?;
@@ -91,7 +93,8 @@ impl RunningApp {
         let stamper = options
             .stamper
             .unwrap_or_else(|| Arc::new(SystemStamper::default()));
-        let intake = intake::Intake::bind(&config, &rules, &store.outbox, stamper).await?;
+        let intake =
+            intake::Intake::bind(&config, &rules, &transforms, &store.outbox, stamper).await?;
         let gateway = Arc::new(gateway(&config, &store.outbox, &delivery, &intake).await?);
         // Observable metrics read the same counters and queues as the admin API.
         crate::gateway::observe::register(&gateway);
@@ -251,10 +254,10 @@ pub enum Stopped {
 /// Serve until SIGTERM or SIGINT, then drain within `DRAIN_TIMEOUT`. A second signal during
 /// the drain exits at once (safe: the outbox is crash-safe, and nothing unstored was
 /// acknowledged).
-pub async fn run(config: Config, rules: Arc<RuleSet>) -> anyhow::Result<Stopped> {
+pub async fn run(config: Config, compiled: Compiled) -> anyhow::Result<Stopped> {
     let drain_timeout = config.settings.drain_timeout;
     let mut signals = crate::shutdown::Signals::install();
-    let app = RunningApp::start_compiled(config, rules, AppOptions::default()).await?;
+    let app = RunningApp::start_compiled(config, compiled, AppOptions::default()).await?;
     let writer_failed = tokio::select! {
         () = signals.recv() => false,
         () = app.outbox().writer_failed() => true,

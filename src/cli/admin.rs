@@ -323,8 +323,26 @@ pub async fn messages(
                 )
             )?;
             writeln!(out, "\n{} bytes:", m.body_len)?;
-            for segment in detail.body.split(['\r', '\n']).filter(|s| !s.is_empty()) {
-                writeln!(out, "{segment}")?;
+            let segments = |text: &str, out: &mut dyn Write| -> std::io::Result<()> {
+                for segment in text.split(['\r', '\n']).filter(|s| !s.is_empty()) {
+                    writeln!(out, "{segment}")?;
+                }
+                Ok(())
+            };
+            segments(&detail.body, out)?;
+            for copy in &detail.copies {
+                match (&copy.body, &copy.transform_failure) {
+                    (Some(body), _) => {
+                        writeln!(out, "\n{} delivers (after its transform):", copy.connector)?;
+                        segments(body, out)?;
+                    }
+                    (None, failure) => writeln!(
+                        out,
+                        "\n{}: its transform failed: {}",
+                        copy.connector,
+                        failure.as_deref().unwrap_or("")
+                    )?,
+                }
             }
             Ok(0)
         }

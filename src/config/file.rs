@@ -1,5 +1,5 @@
-//! Reading the YAML configuration file: settings, `tls_senders`, connectors and validation
-//! rules (ADR 0008).
+//! Reading the YAML configuration file: settings, `tls_senders`, connectors (with their
+//! transform steps), code tables and validation rules (ADR 0008).
 //!
 //! The text becomes a node tree first ([`crate::yaml::parse`]: only unreadable text stops
 //! there); then every section is read key by key and every problem is collected with its
@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 
 use super::env::{ENV_ONLY, ENV_VARS};
 pub use crate::outputs::ConnectorKind;
+use crate::rules::{ExpressionSource, Origin};
+use crate::transform::{ACTIONS, ActionSpec, Located, StepSpec, TableSource, TableSpec};
 use crate::yaml::{self, Map, Node, Problems, Spanned};
 
 /// What the file says, read; problems are collected by [`read`].
@@ -28,6 +30,8 @@ pub struct FileConfig {
     pub connectors: Vec<ConnectorEntry>,
     /// Validation rules in file order.
     pub rules: Vec<RuleEntry>,
+    /// Code tables, in file order.
+    pub tables: Vec<TableSpec>,
 }
 
 /// One `tls_senders` entry.
@@ -52,6 +56,9 @@ pub struct ConnectorEntry {
     pub kind: ConnectorKind,
     /// Its CEL filter.
     pub filter: Option<Spanned<String>>,
+    /// Its transform steps, in order (places without the file name: see
+    /// [`StepSpec::origins_mut`]).
+    pub transform: Vec<StepSpec>,
     /// The connector's mapping, for the keys read by its delivery settings and its output.
     pub node: Node,
 }
@@ -68,9 +75,17 @@ pub struct RuleEntry {
 }
 
 /// The top-level keys that are not settings.
-const SECTIONS: [&str; 3] = ["tls_senders", "connectors", "validation"];
+const SECTIONS: [&str; 4] = ["tls_senders", "connectors", "validation", "tables"];
 /// The keys every connector has; the rest belong to its delivery settings and its output.
-pub const CONNECTOR_KEYS: [&str; 3] = ["name", "type", "filter"];
+pub const CONNECTOR_KEYS: [&str; 4] = ["name", "type", "filter", "transform"];
+/// The keys of a transform step: one action, its `value` (for `set`), `when`.
+pub(crate) const STEP_KEYS: [&str; 6] = ["set", "copy", "map", "delete", "value", "when"];
+/// The keys of `copy`.
+pub(crate) const COPY_KEYS: [&str; 2] = ["from", "to"];
+/// The keys of `map`.
+pub(crate) const MAP_KEYS: [&str; 2] = ["field", "table"];
+/// The keys of a table.
+pub(crate) const TABLE_KEYS: [&str; 3] = ["file", "values", "default"];
 /// The keys of a `tls_senders` entry.
 pub(crate) const SENDER_KEYS: [&str; 4] = [
     "identity",
@@ -138,6 +153,9 @@ fn read_sections(node: &Node, problems: &mut Problems) -> FileConfig {
             .iter()
             .filter_map(|item| connector(item, problems))
             .collect();
+    }
+    if let Some(tables) = top.node("tables") {
+        file.tables = read_tables(tables, problems);
     }
     if let Some(mut validation) = top.map("validation", problems) {
         if let Some(items) = validation.list("rules", problems) {
@@ -213,14 +231,186 @@ fn connector(node: &Node, problems: &mut Problems) -> Option<ConnectorEntry> {
         found
     });
     let filter = map.text("filter", problems);
+    let transform = map
+        .list("transform", problems)
+        .map(|steps| {
+            steps
+                .iter()
+                .filter_map(|step| read_step(step, problems))
+                .collect()
+        })
+        .unwrap_or_default();
     // The other keys are read by the connector's delivery settings and its output, which
     // report the ones nobody reads.
     Some(ConnectorEntry {
         name: name?,
         kind: kind?,
         filter,
+        transform,
         node: node.clone(),
     })
+}
+
+/// A place in the file, without the file's name (filled in by the caller).
+fn origin(at: yaml::At) -> Origin {
+    Origin {
+        file: None,
+        line: at.line,
+        column: at.column,
+    }
+}
+
+fn located(value: Spanned<String>) -> Located {
+    Located {
+        origin: origin(value.at),
+        text: value.value,
+    }
+}
+
+fn expression(value: Spanned<String>) -> ExpressionSource {
+    ExpressionSource {
+        origin: origin(value.at),
+        text: value.value,
+    }
+}
+
+/// One transform step: exactly one action key, with `value` for `set`, and `when`.
+fn read_step(node: &Node, problems: &mut Problems) -> Option<StepSpec> {
+    let what = "a transform step";
+    let mut map = Map::new(node, what, problems)?;
+    let written: Vec<&str> = ACTIONS.into_iter().filter(|key| map.has(key)).collect();
+    if written.len() != 1 {
+        for key in ACTIONS {
+            map.skip(key);
+        }
+        map.skip("value");
+        map.skip("when");
+        let at = map.at();
+        map.finish(what, &STEP_KEYS, problems);
+        problems.push(yaml::Problem {
+            at,
+            message: if written.is_empty() {
+                format!("a transform step needs one action: {}", ACTIONS.join(", "))
+            } else {
+                format!(
+                    "a transform step does one thing, this one has {}; write one step for each",
+                    written.join(" and ")
+                )
+            },
+        });
+        return None;
+    }
+    let at = map.at();
+    let when = map.text("when", problems).map(expression);
+    let action = match written[0] {
+        "set" => {
+            let target = map.text("set", problems);
+            let value = required(&mut map, "value", "this `set` step", problems);
+            Some(ActionSpec::Set {
+                target: located(target?),
+                value: expression(value?),
+            })
+        }
+        "copy" => {
+            let mut inner = map.map("copy", problems)?;
+            let from = required(&mut inner, "from", "`copy`", problems);
+            let to = required(&mut inner, "to", "`copy`", problems);
+            inner.finish("`copy`", &COPY_KEYS, problems);
+            Some(ActionSpec::Copy {
+                from: located(from?),
+                to: located(to?),
+            })
+        }
+        "map" => {
+            let mut inner = map.map("map", problems)?;
+            let field = required(&mut inner, "field", "`map`", problems);
+            let table = required(&mut inner, "table", "`map`", problems);
+            inner.finish("`map`", &MAP_KEYS, problems);
+            Some(ActionSpec::Map {
+                field: located(field?),
+                table: located(table?),
+            })
+        }
+        _ => map
+            .text("delete", problems)
+            .map(|target| ActionSpec::Delete {
+                target: located(target),
+            }),
+    };
+    if written[0] != "set" && map.has("value") {
+        map.skip("value");
+        problems.push(yaml::Problem {
+            at: map.place("value"),
+            message: format!(
+                "`value` belongs to a `set` step; a `{}` step takes none",
+                written[0]
+            ),
+        });
+    }
+    map.finish(what, &STEP_KEYS, problems);
+    Some(StepSpec {
+        action: action?,
+        when,
+        origin: origin(at),
+    })
+}
+
+/// `tables:`: name → `{file}` or `{values}`, with an optional `default`.
+fn read_tables(node: &Node, problems: &mut Problems) -> Vec<TableSpec> {
+    let yaml::Value::Map(entries) = &node.value else {
+        problems.push(yaml::Problem {
+            at: node.at,
+            message: format!(
+                "`tables` must be a mapping of table names to tables, found {}",
+                node.kind()
+            ),
+        });
+        return Vec::new();
+    };
+    let mut tables = Vec::new();
+    for (name, table) in entries {
+        let Some(name) = name.scalar_text() else {
+            continue;
+        };
+        let what = format!("table `{name}`");
+        let Some(mut map) = Map::new(table, &what, problems) else {
+            continue;
+        };
+        let written = map.has("file") || map.has("values");
+        let file = map.text("file", problems);
+        let values = map.text_map("values", problems);
+        let default = map.text("default", problems).map(|value| value.value);
+        map.finish(&what, &TABLE_KEYS, problems);
+        let source = match (file, values) {
+            (Some(file), None) => TableSource::File(file.value.into()),
+            (None, Some(values)) => TableSource::Values(values.into_iter().collect()),
+            (Some(_), Some(_)) => {
+                problems.push(yaml::Problem {
+                    at: table.at,
+                    message: format!("{what} takes `file` or `values`, not both"),
+                });
+                continue;
+            }
+            (None, None) => {
+                if !written {
+                    problems.push(yaml::Problem {
+                        at: table.at,
+                        message: format!(
+                            "{what} needs `file` (a CSV file with a header line from,to) or `values` (a mapping of codes)"
+                        ),
+                    });
+                }
+                continue;
+            }
+        };
+        tables.push(TableSpec {
+            name,
+            source,
+            default,
+            origin: origin(table.at),
+        });
+    }
+    tables
 }
 
 fn rule(node: &Node, problems: &mut Problems) -> Option<RuleEntry> {

@@ -25,8 +25,9 @@ pub use settings::Settings;
 use settings::parse_name;
 
 pub use crate::mllp::ListenerSettings;
-use crate::rules::{ExpressionSource, FilterSpec, Origin, RuleSet, RuleSpec};
+use crate::rules::{ExpressionSource, FilterSpec, Origin, RuleProblem, RuleSet, RuleSpec};
 pub use crate::telemetry::LogFormat;
+use crate::transform::{TableSpec, TransformSpec, Transforms};
 
 /// One configuration problem: what, where, and how to fix it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +104,19 @@ pub struct Config {
     pub filters: Vec<FilterSpec>,
     /// `tls_senders`: what each client certificate may send as; `None` when not set.
     pub senders: Option<crate::tls::SenderMap>,
+    /// Code tables (`tables:`), read by [`Config::compile`].
+    pub tables: Vec<TableSpec>,
+    /// Each connector's transform steps, in connector order.
+    pub transforms: Vec<TransformSpec>,
+}
+
+/// What [`Config::compile`] makes of the expressions and steps: ready for every message.
+#[derive(Debug)]
+pub struct Compiled {
+    /// Validation rules and connector filters.
+    pub rules: RuleSet,
+    /// Each connector's transform, with the tables loaded.
+    pub transforms: Transforms,
 }
 
 impl Config {
@@ -163,6 +177,8 @@ impl Config {
         let mut filters = Vec::new();
         let mut rules = Vec::new();
         let mut senders = None;
+        let mut transforms = Vec::new();
+        let mut tables = Vec::new();
         if let Some(file) = &file {
             if let Some(listed) = &file.tls_senders {
                 let mutual = settings
@@ -218,6 +234,21 @@ impl Config {
                     kind: connector.kind,
                     output,
                 });
+                let mut steps = connector.transform.clone();
+                for origin in steps
+                    .iter_mut()
+                    .flat_map(crate::transform::StepSpec::origins_mut)
+                {
+                    origin.file = Some(file_name.clone());
+                }
+                transforms.push(TransformSpec {
+                    connector: name.value.clone(),
+                    steps,
+                });
+            }
+            tables = file.tables.clone();
+            for table in &mut tables {
+                table.origin.file = Some(file_name.clone());
             }
             let mut seen = HashSet::new();
             for rule in &file.rules {
@@ -244,13 +275,16 @@ impl Config {
             }
         }
         if !problems.is_empty() || settings.is_err() {
-            // Report the expressions' problems too, so one run shows everything.
-            if let Err(rule_problems) = RuleSet::compile(&rules, &filters, Duration::from_secs(1)) {
-                problems.extend(rule_problems.into_iter().map(|problem| ConfigProblem {
-                    name: String::new(),
-                    subject: String::new(),
-                    problem: problem.to_string(),
-                }));
+            // Report the expressions' and steps' problems too, so one run shows everything.
+            if let Err(errors) = compile(
+                &rules,
+                &filters,
+                &tables,
+                &transforms,
+                &base_directory(&path),
+                Duration::from_secs(1),
+            ) {
+                problems.extend(errors.0);
             }
         }
         match settings {
@@ -261,9 +295,28 @@ impl Config {
                 rules,
                 filters,
                 senders,
+                tables,
+                transforms,
             }),
             _ => Err(ConfigErrors(problems)),
         }
+    }
+
+    /// Compile the rules, filters and transforms and load the tables (what `serve` and
+    /// `mfoundry check` do before anything is opened); every problem at once.
+    pub fn compile(&self) -> Result<Compiled, ConfigErrors> {
+        let base = self
+            .file
+            .as_deref()
+            .map_or_else(PathBuf::new, base_directory);
+        compile(
+            &self.rules,
+            &self.filters,
+            &self.tables,
+            &self.transforms,
+            &base,
+            self.settings.rules_time_budget,
+        )
     }
 
     /// Compile every rule and filter (the second half of `mfoundry check`).
@@ -282,6 +335,41 @@ impl Config {
                 )
             },
         )
+    }
+}
+
+/// The directory a configuration file's relative paths (table files) are read from.
+fn base_directory(file: &Path) -> PathBuf {
+    file.parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+/// Rules and filters, tables, transforms: every problem of all three.
+fn compile(
+    rules: &[RuleSpec],
+    filters: &[FilterSpec],
+    tables: &[TableSpec],
+    transforms: &[TransformSpec],
+    base: &Path,
+    budget: Duration,
+) -> Result<Compiled, ConfigErrors> {
+    let convert = |problems: Vec<RuleProblem>| {
+        problems.into_iter().map(|problem| ConfigProblem {
+            name: String::new(),
+            subject: String::new(),
+            problem: problem.to_string(),
+        })
+    };
+    let mut problems = Vec::new();
+    let rules =
+        RuleSet::compile(rules, filters, budget).map_err(|found| problems.extend(convert(found)));
+    // A table that does not load is named once, not again by every step that uses it.
+    let (tables, table_problems) = crate::transform::Tables::load_all(tables, base);
+    problems.extend(convert(table_problems));
+    let transforms = Transforms::compile(transforms, &tables, budget)
+        .map_err(|found| problems.extend(convert(found)));
+    match (rules, transforms) {
+        (Ok(rules), Ok(transforms)) if problems.is_empty() => Ok(Compiled { rules, transforms }),
+        _ => Err(ConfigErrors(problems)),
     }
 }
 

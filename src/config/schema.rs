@@ -122,6 +122,64 @@ pub struct FileConfig {
     pub connectors: Vec<ConnectorFile>,
     /// Checks every message must pass to be accepted.
     pub validation: ValidationFile,
+    /// Code tables for `map` steps, by name.
+    pub tables: Option<std::collections::BTreeMap<String, TableFile>>,
+}
+
+/// A code table: `file` or `values`, and an optional `default`.
+#[derive(Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct TableFile {
+    /// A CSV file of two columns with a header line (`from,to`), UTF-8; relative to the
+    /// configuration file's directory.
+    pub file: Option<String>,
+    /// The rows written here: code → value.
+    pub values: Option<std::collections::BTreeMap<String, String>>,
+    /// The value for codes not listed; without it such a code fails the step (the copy
+    /// goes to the connector's dead-letter queue).
+    pub default: Option<String>,
+}
+
+/// One transform step: one action (`set`, `copy`, `map`, `delete`) and an optional `when`.
+#[derive(Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct StepFile {
+    /// A field path (`MSH-5`, `OBX[*]-3.1`) to write the `value` at.
+    pub set: Option<String>,
+    /// For `set`: a CEL expression giving a string (`'"EMR"'`, `'field("PV1-3.1") + "-N"'`).
+    pub value: Option<String>,
+    /// Copy one place to another, escapes and structure kept.
+    pub copy: Option<CopyFile>,
+    /// Replace each value at a path by its row in a table.
+    pub map: Option<MapFile>,
+    /// A segment (`NTE`: every one; `NTE[2]`: the second) to remove, or a field to empty.
+    pub delete: Option<String>,
+    /// A CEL condition on the copy so far; the step runs only when it is true.
+    pub when: Option<String>,
+}
+
+/// `copy: {from, to}`.
+#[derive(Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct CopyFile {
+    /// One place (`PID-3[1].1`).
+    #[schemars(with = "String")]
+    pub from: String,
+    /// Where to write (`PID-2`, `[*]` allowed).
+    #[schemars(with = "String")]
+    pub to: String,
+}
+
+/// `map: {field, table}`.
+#[derive(Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct MapFile {
+    /// The places to map (`OBX[*]-3.1`).
+    #[schemars(with = "String")]
+    pub field: String,
+    /// A table under `tables:`.
+    #[schemars(with = "String")]
+    pub table: String,
 }
 
 /// One `tls_senders` entry.
@@ -220,6 +278,9 @@ pub struct ConnectorFile {
     pub min_interval: Option<String>,
     /// Start with delivery paused (messages are still accepted and queued).
     pub paused: Option<bool>,
+    /// Steps that rewrite this connector's copy, in order (the received bytes stay as
+    /// received).
+    pub transform: Option<Vec<StepFile>>,
     /// Retry policy.
     pub retry: Option<RetryFile>,
 }
@@ -259,7 +320,9 @@ mod tests {
 
     use super::*;
     use crate::config::connectors::{RETRY_KEYS, keys};
-    use crate::config::file::{RULE_KEYS, SENDER_KEYS, top_keys};
+    use crate::config::file::{
+        COPY_KEYS, MAP_KEYS, RULE_KEYS, SENDER_KEYS, STEP_KEYS, TABLE_KEYS, top_keys,
+    };
 
     fn properties(schema: &serde_json::Value) -> BTreeSet<String> {
         schema["properties"]
@@ -289,5 +352,9 @@ mod tests {
         assert_eq!(properties(&definition("TlsSenderFile")), set(SENDER_KEYS));
         assert_eq!(properties(&definition("RuleFile")), set(RULE_KEYS));
         assert_eq!(properties(&definition("ValidationFile")), set(["rules"]));
+        assert_eq!(properties(&definition("TableFile")), set(TABLE_KEYS));
+        assert_eq!(properties(&definition("StepFile")), set(STEP_KEYS));
+        assert_eq!(properties(&definition("CopyFile")), set(COPY_KEYS));
+        assert_eq!(properties(&definition("MapFile")), set(MAP_KEYS));
     }
 }

@@ -320,6 +320,19 @@ impl<O: Deliver> Worker<O> {
             bump(&self.stats.dead_lettered);
             return Ok(Step::Done);
         }
+        if let Some(failure) = &head.transform_failure {
+            // The received bytes are not what this connector was meant to get: never send
+            // them. Reprocessing the message runs the current transform (ADR 0009).
+            let reason = format!(
+                "{failure} (when the message was received); it was not delivered. Fix the \
+                 transform, then reprocess the message"
+            );
+            self.outbox
+                .dead_letter(connector, seq, head.entry.attempts, reason)
+                .await?;
+            bump(&self.stats.dead_lettered);
+            return Ok(Step::Done);
+        }
         let (Some(record), Some(body)) = (head.record.clone(), head.body.clone()) else {
             let reason = "the message is missing from the outbox".to_owned();
             self.outbox

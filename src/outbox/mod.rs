@@ -68,7 +68,7 @@ use request::{Answer, Reply, Request};
 
 pub use schema::{
     ConnectorId, DeliveryRecord, DeliveryStatus, Disposition, DlqEntry, EntryRef, HeaderFields,
-    MessageId, MessageRecord, PastEntry, QueueEntry, Route, RouteStatus, Seq,
+    MessageId, MessageRecord, PastEntry, QueueEntry, Route, RouteStatus, Seq, StoredCopy,
 };
 
 /// Name of the database file inside `DATA_DIR`.
@@ -153,6 +153,9 @@ pub struct NewMessage {
     pub dedup_key: Option<[u8; 32]>,
     /// The sender's client-certificate identity (mTLS), for the audit record.
     pub tls_identity: Option<String>,
+    /// The copies of connectors with transform steps (ADR 0009), for queued routes only: a
+    /// copy that failed puts that connector's entry straight into its dead-letter queue.
+    pub copies: Vec<(ConnectorId, StoredCopy)>,
 }
 
 /// What `append` did.

@@ -12,7 +12,7 @@ use super::datafile::{DataFile, INITIALIZED, Layout, read_layout};
 use super::dedup::DedupIndex;
 use super::journal::{self, HeaderRead, JournalError, Journaled, Policy, Refusal, Replayed};
 use super::schema::{
-    self, AUDIT, BODIES, CONNECTORS, DELIVERIES, DLQ, FORMAT_VERSION, MESSAGES, META, QUEUE,
+    self, AUDIT, BODIES, CONNECTORS, COPIES, DELIVERIES, DLQ, FORMAT_VERSION, MESSAGES, META, QUEUE,
 };
 use super::storage::StoreFile;
 use super::{OpenError, OutboxOptions, StoreError, now_micros};
@@ -439,9 +439,9 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
         {
             let mut meta = transaction.open_table(META)?;
             match schema::read_meta(&meta, "format_version")? {
-                // New, or written by format 1: its records stay readable as they are (see
-                // `schema`); from now on older builds refuse the file.
-                0 | 1 => {
+                // New, or written by format 1 or 2: its records stay readable as they are
+                // (see `schema`); from now on older builds refuse the file.
+                0..=2 => {
                     meta.insert("format_version", FORMAT_VERSION)?;
                 }
                 FORMAT_VERSION => {}
@@ -457,6 +457,7 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
             transaction.open_table(DLQ)?;
             transaction.open_table(DELIVERIES)?;
             transaction.open_table(AUDIT)?;
+            transaction.open_table(COPIES)?;
         }
         transaction.commit()?;
         Ok(Ok(()))

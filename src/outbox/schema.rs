@@ -15,7 +15,9 @@
 //! Format 1 (before the envelope) wrote `1 ‖ postcard`, without a checksum, and bodies in
 //! `bodies` raw. Those records are still read (as revision 1, unchecked); a message record
 //! in format 1 means its body in `bodies` is raw too. `meta["format_version"]` is 2 once a
-//! file was opened by a build that writes envelopes: older builds refuse it.
+//! file was opened by a build that writes envelopes: older builds refuse it. Format 3 adds
+//! the `copies` table (ADR 0009); a file of format 2 becomes format 3 at open, nothing
+//! rewritten.
 
 use redb::{ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -24,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 
 /// Layout version of the whole file, stored in `meta`.
-pub const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_VERSION: u64 = 3;
 /// The envelope byte of format 1 (no checksum).
 const LEGACY_ENVELOPE: u8 = 1;
 /// The envelope byte of format 2.
@@ -78,6 +80,12 @@ pub const DLQ: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("dlq");
 /// intake (delivered, dead-lettered, purged, re-queued). Absent means still in its first
 /// queue entry (or filtered: see the message's routes). Read by retention and the history view.
 pub const DELIVERIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("deliveries");
+
+/// `(message id, connector id) → copy`: what a connector with transform steps delivers of a
+/// message (ADR 0009), written in the intake commit: `envelope(0) ‖ bytes`, or
+/// `envelope(1) ‖ reason` when a step failed (that copy is never delivered). Absent: the
+/// connector delivers the received bytes.
+pub const COPIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("copies");
 
 /// `seq → hash ‖ AuditRecord`: the hash-chained audit trail (see [`super::audit`]).
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
@@ -545,6 +553,39 @@ pub fn decode_body<'a>(
         ));
     }
     Ok(opened.payload)
+}
+
+/// A connector's copy of a message (see [`COPIES`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoredCopy {
+    /// The transformed bytes it delivers.
+    Bytes(bytes::Bytes),
+    /// A step failed at intake: nothing to deliver, for this reason.
+    Failed(String),
+}
+
+/// Encode a copy for [`COPIES`].
+pub fn encode_copy(copy: &StoredCopy) -> Vec<u8> {
+    match copy {
+        StoredCopy::Bytes(bytes) => seal(0, bytes),
+        StoredCopy::Failed(reason) => seal(1, reason.as_bytes()),
+    }
+}
+
+/// Decode a value of [`COPIES`], checking its checksum.
+pub fn decode_copy(bytes: &[u8]) -> Result<StoredCopy, StoreError> {
+    let opened = open(bytes)?;
+    match opened.revision {
+        0 => Ok(StoredCopy::Bytes(bytes::Bytes::copy_from_slice(
+            opened.payload,
+        ))),
+        1 => Ok(StoredCopy::Failed(
+            String::from_utf8_lossy(opened.payload).into_owned(),
+        )),
+        other => Err(StoreError::Encoding(format!(
+            "copy revision {other} is not known to this mfoundry"
+        ))),
+    }
 }
 
 /// Check a body stored apart (see [`decode_body`]).

@@ -6,6 +6,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 use super::schema::{
     self, ConnectorId, DeliveryRecord, DlqEntry, MessageId, MessageRecord, QueueEntry, Seq,
+    StoredCopy,
 };
 use super::{StoreError, audit};
 
@@ -19,8 +20,12 @@ pub struct Pending {
     /// The message's record (`None` if it is missing, which retention never causes, or
     /// damaged).
     pub record: Option<MessageRecord>,
-    /// The bytes as received (`None` if missing or damaged).
+    /// The bytes to deliver: the connector's copy when it has one (ADR 0009), else the bytes
+    /// as received (`None` if missing or damaged).
     pub body: Option<Bytes>,
+    /// Why the connector's transform failed for this message: such an entry is never
+    /// delivered (the received bytes are not what it was meant to get).
+    pub transform_failure: Option<String>,
     /// Why the record or body could not be read: it fails its checksum (damaged after it
     /// was written). Such an entry is never delivered.
     pub damage: Option<String>,
@@ -181,6 +186,7 @@ impl Snapshot {
                         entry: schema::damaged_queue_entry(schema::damage_detail(&error)),
                         record: None,
                         body: None,
+                        transform_failure: None,
                         damage: Some(format!(
                             "the queue entry itself is damaged ({})",
                             schema::damage_detail(&error)
@@ -190,12 +196,22 @@ impl Snapshot {
                 }
                 Err(error) => return Err(error),
             };
-            let read = self
-                .message(entry.message_id)
-                .and_then(|record| Ok((record, self.body(entry.message_id)?.map(Bytes::from))));
-            let (record, body, damage) = match read {
-                Ok((record, body)) => (record, body, None),
+            let read = self.message(entry.message_id).and_then(|record| {
+                let copy = self.copy(entry.message_id, connector)?;
+                let body = match &copy {
+                    Some(StoredCopy::Bytes(bytes)) => Some(bytes.clone()),
+                    _ => self.body(entry.message_id)?.map(Bytes::from),
+                };
+                let failure = match copy {
+                    Some(StoredCopy::Failed(reason)) => Some(reason),
+                    _ => None,
+                };
+                Ok((record, body, failure))
+            });
+            let (record, body, transform_failure, damage) = match read {
+                Ok((record, body, failure)) => (record, body, failure, None),
                 Err(error) if schema::is_damage(&error) => (
+                    None,
                     None,
                     None,
                     Some(format!(
@@ -211,8 +227,44 @@ impl Snapshot {
                 entry,
                 record,
                 body,
+                transform_failure,
                 damage,
             });
+        }
+        Ok(out)
+    }
+
+    /// A connector's copy of a message (ADR 0009), checked against its checksum; `None`
+    /// when the connector delivers the received bytes.
+    pub fn copy(
+        &self,
+        id: MessageId,
+        connector: ConnectorId,
+    ) -> Result<Option<StoredCopy>, StoreError> {
+        let copies = self.transaction.open_table(schema::COPIES)?;
+        copies
+            .get((id.0, connector.0))?
+            .map(|value| {
+                schema::decode_copy(value.value()).map_err(|error| match error {
+                    StoreError::Damaged(what) => StoreError::Damaged(format!(
+                        "message {id}: the copy of connector {connector} {what}"
+                    )),
+                    other => other,
+                })
+            })
+            .transpose()
+    }
+
+    /// Every connector copy of a message (ADR 0009), by connector.
+    pub fn copies(&self, id: MessageId) -> Result<Vec<(ConnectorId, StoredCopy)>, StoreError> {
+        let copies = self.transaction.open_table(schema::COPIES)?;
+        let mut out = Vec::new();
+        for entry in copies.range((id.0, 0)..=(id.0, u32::MAX))? {
+            let (key, _) = entry?;
+            let connector = ConnectorId(key.value().1);
+            if let Some(copy) = self.copy(id, connector)? {
+                out.push((connector, copy));
+            }
         }
         Ok(out)
     }

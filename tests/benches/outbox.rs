@@ -125,6 +125,7 @@ fn main() {
                     body: body.clone(),
                     dedup_key: Some(key(seq)),
                     tls_identity: None,
+                    copies: Vec::new(),
                 };
                 let started = Instant::now();
                 outbox.append(message).await.expect("append");

@@ -420,6 +420,7 @@ async fn scripted_worker_with(
                 body: bytes::Bytes::from_static(b"MSH"),
                 dedup_key: None,
                 tls_identity: None,
+                copies: Vec::new(),
             })
             .await
             .expect("append");

@@ -28,3 +28,4 @@ mod send;
 mod store;
 mod tidy;
 mod tls;
+mod transform;

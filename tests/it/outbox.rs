@@ -69,6 +69,7 @@ fn message(outbox: &Outbox, control_id: &str, queued: &[&str], filtered: &[&str]
         body: Bytes::from(format!("MSH|{control_id}")),
         dedup_key: None,
         tls_identity: None,
+        copies: Vec::new(),
     }
 }
 

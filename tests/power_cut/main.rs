@@ -205,6 +205,7 @@ fn message(outbox: &Outbox, serial: u64, targets: &[&str], body_len: usize) -> N
             key
         }),
         tls_identity: None,
+        copies: Vec::new(),
     }
 }
 

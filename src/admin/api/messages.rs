@@ -24,7 +24,7 @@ use crate::admin::views::MessageSummary;
 use crate::admin::views::connector_states;
 use crate::admin::views::summary;
 use crate::outbox::audit::AuditEvent;
-use crate::outbox::{Disposition, MessageId};
+use crate::outbox::{Disposition, MessageId, StoredCopy};
 /// Search filters. Every filter given must match.
 #[derive(Debug, Default, Deserialize, Serialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -74,6 +74,19 @@ pub struct MessageDetail {
     pub summary: MessageSummary,
     /// The message as received, decoded with its MSH-18 character set (segments end in `\r`).
     pub body: String,
+    /// What each connector with transform steps delivers instead of the received bytes.
+    pub copies: Vec<CopyView>,
+}
+
+/// A connector's own copy of the message (after its transform steps).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CopyView {
+    /// Connector name.
+    pub connector: String,
+    /// The bytes it delivers, decoded like `body`; absent when its transform failed.
+    pub body: Option<String>,
+    /// Why its transform failed for this message (the step and the reason).
+    pub transform_failure: Option<String>,
 }
 
 fn parse_time(text: &str, name: &str, now: i64) -> Result<i64, ApiError> {
@@ -247,10 +260,21 @@ pub async fn show_message(
             };
             let states = connector_states(snapshot, id, &record, &names)?;
             let body = snapshot.body(id)?.unwrap_or_default();
-            Ok(Some((summary(id, &record, states), body)))
+            let copies = snapshot
+                .copies(id)?
+                .into_iter()
+                .map(|(connector, copy)| {
+                    let name = names
+                        .get(&connector)
+                        .cloned()
+                        .unwrap_or_else(|| format!("#{connector}"));
+                    (name, copy)
+                })
+                .collect::<Vec<_>>();
+            Ok(Some((summary(id, &record, states), body, copies)))
         })
         .await?;
-    let Some((summary, body)) = found else {
+    let Some((summary, body, copies)) = found else {
         audit(
             &state,
             &caller,
@@ -274,8 +298,24 @@ pub async fn show_message(
         Ok(message) => message.charset(state.gateway.default_charset).charset(),
         Err(_) => state.gateway.default_charset,
     };
+    let copies = copies
+        .into_iter()
+        .map(|(connector, copy)| match copy {
+            StoredCopy::Bytes(bytes) => CopyView {
+                connector,
+                body: Some(charset.decode(&bytes).into_owned()),
+                transform_failure: None,
+            },
+            StoredCopy::Failed(reason) => CopyView {
+                connector,
+                body: None,
+                transform_failure: Some(reason),
+            },
+        })
+        .collect();
     Ok(Json(MessageDetail {
         summary,
         body: charset.decode(&body).into_owned(),
+        copies,
     }))
 }

@@ -7,7 +7,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use super::delivery::Delivery;
 use super::txn::Tables;
-use crate::outbox::schema::{self, BODIES, DeliveryRecord, RouteStatus};
+use crate::outbox::schema::{self, BODIES, COPIES, DeliveryRecord, RouteStatus};
 use crate::outbox::{ConnectorId, MessageId, Retained, StoreError};
 
 /// One bounded retention step (see [`crate::outbox::Outbox::retain`]).
@@ -57,6 +57,11 @@ pub(super) fn retain<'txn>(
         }
     }
     let mut bodies = None;
+    let mut copies = if removable.is_empty() {
+        None
+    } else {
+        Some(transaction.open_table(COPIES)?)
+    };
     for (id, inline) in &removable {
         messages.remove(*id)?;
         if !inline {
@@ -67,6 +72,9 @@ pub(super) fn retain<'txn>(
             bodies.insert(table).remove(*id)?;
         }
         deliveries.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
+        if let Some(copies) = copies.as_mut() {
+            copies.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
+        }
     }
     retained.removed = removable.len() as u64;
     retained.resume_after = if reached_cutoff { None } else { last_scanned };

@@ -15,10 +15,12 @@ use crate::outbox::dedup::prefix;
 use crate::outbox::depth::DepthChanges;
 use crate::outbox::request::{AuditContext, Request};
 use crate::outbox::schema::{
-    self, AUDIT, BODIES, DELIVERIES, DLQ, INLINE_BODY_MAX, MESSAGES, META, QUEUE, QueueEntry,
-    RouteStatus,
+    self, AUDIT, BODIES, COPIES, DELIVERIES, DLQ, INLINE_BODY_MAX, MESSAGES, META, QUEUE,
+    QueueEntry, RouteStatus,
 };
-use crate::outbox::{Appended, ConnectorId, MessageId, NewMessage, StoreError, now_micros};
+use crate::outbox::{
+    Appended, ConnectorId, MessageId, NewMessage, Seq, StoreError, StoredCopy, now_micros,
+};
 
 impl Writer {
     /// Write every request of `batch` in one transaction with `Durability::Immediate` and
@@ -291,6 +293,34 @@ impl Writer {
                 tables.depths.queue(route.connector, 1);
             }
             woken.insert(route.connector);
+        }
+        if !message.copies.is_empty() {
+            let mut copies = transaction.open_table(COPIES)?;
+            for (connector, copy) in &message.copies {
+                debug_assert!(
+                    record
+                        .routes
+                        .iter()
+                        .any(|route| route.connector == *connector
+                            && route.status == RouteStatus::Queued),
+                    "copies only for connectors that take the message"
+                );
+                copies.insert((id, connector.0), schema::encode_copy(copy).as_slice())?;
+            }
+            drop(copies);
+            for (connector, copy) in &message.copies {
+                if let StoredCopy::Failed(reason) = copy {
+                    // The transform failed: the entry goes to the dead-letter queue at once,
+                    // with the step and the reason; the message is still accepted.
+                    tables.delivery(transaction, now)?.dead_letter(
+                        *connector,
+                        Seq(id),
+                        0,
+                        reason,
+                        None,
+                    )?;
+                }
+            }
         }
         if let Some(key) = dedup_key {
             accepted.push((key, id));
