@@ -23,6 +23,7 @@ RUN mkdir -p src tests/benches \
     && touch src/lib.rs \
     && echo 'fn main() {}' > tests/benches/rules.rs \
     && echo 'fn main() {}' > tests/benches/outbox.rs \
+    && echo 'fn main() {}' > tests/benches/transform.rs \
     && cargo build --release --locked \
     && rm -rf src
 

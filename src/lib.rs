@@ -28,6 +28,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod fhir;
 pub mod gateway;
 pub mod hl7;
 pub mod ingest;

@@ -260,7 +260,9 @@ pub struct ConnectorFile {
     pub bearer_token_env: Option<String>,
     /// `http`: file holding a bearer token.
     pub bearer_token_file: Option<String>,
-    /// `http`: body format, `hl7` (default, the bytes as received) or `json`.
+    /// `http`, `file`, `postgres`: what is sent of the connector's copy, `hl7` (default, the
+    /// bytes), `json` (mfoundry's JSON shape) or `fhir` (a FHIR R4 transaction Bundle);
+    /// `mllp`: `hl7` only.
     pub format: Option<String>,
     /// `mllp`: `true` connects over TLS (implied by any `tls_*` key).
     pub tls: Option<bool>,

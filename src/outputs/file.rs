@@ -7,6 +7,8 @@ use std::path::{Component, Path, PathBuf};
 
 use chrono::format::{Item, StrftimeItems};
 
+use super::format::Format;
+
 use crate::delivery::{DeliveryError, Envelope};
 
 /// `type: file`.
@@ -16,13 +18,15 @@ pub struct FileSpec {
     pub directory: PathBuf,
     /// File name, relative to the directory.
     pub filename: FileNameTemplate,
+    /// What each file holds (`format`, default the HL7 bytes).
+    pub format: Format,
 }
 
 /// Default file name: one directory per day, the message id first so names sort by arrival.
 pub const DEFAULT_FILENAME: &str = "{received:%Y%m%d}/{entry}-{control_id}.hl7";
 
 /// The keys a file connector takes.
-pub const KEYS: [&str; 2] = ["directory", "filename"];
+pub const KEYS: [&str; 3] = ["directory", "filename", "format"];
 
 impl FileSpec {
     /// Read a file connector's keys; `None` when a problem was recorded.
@@ -38,9 +42,11 @@ impl FileSpec {
                     None
                 }
             };
+        let format = Format::read(reader, &Format::ALL);
         Some(Self {
             directory: PathBuf::from(directory?),
             filename: filename?,
+            format,
         })
     }
 }
@@ -239,7 +245,7 @@ impl FileOutput {
             .spec
             .directory
             .join(self.spec.filename.render(envelope));
-        let body = envelope.body.clone();
+        let body = self.spec.format.render(envelope)?;
         let id = envelope.message_id;
         tokio::task::spawn_blocking(move || write_atomically(&path, &body, id))
             .await

@@ -2,8 +2,7 @@
 //!
 //! 2xx is delivered; 408, 429 and 5xx are transient (honouring `Retry-After` in seconds);
 //! other statuses are permanent; connection errors and timeouts are transient. The body is
-//! the message as received (`x-application/hl7-v2+er7`) or mfoundry's JSON shape
-//! ([`to_json`]). The URL and headers come from the configuration only: nothing from the
+//! the connector's copy of the message in its `format` ([`super::format`]). The URL and headers come from the configuration only: nothing from the
 //! message goes into them.
 
 use std::collections::BTreeMap;
@@ -15,17 +14,8 @@ use reqwest::header::{
     AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
 };
 
+use super::format::Format;
 use crate::delivery::{DeliveryError, Envelope};
-use crate::hl7::{Charset, Message};
-
-/// Body of an HTTP request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HttpFormat {
-    /// The bytes as received, `x-application/hl7-v2+er7`.
-    Hl7,
-    /// mfoundry's JSON shape (see docs/configuration.md).
-    Json,
-}
 
 /// Where an HTTP output's bearer token comes from.
 #[derive(Clone, Debug)]
@@ -48,7 +38,7 @@ pub struct HttpSpec {
     /// Bearer token, if any.
     pub token: Option<TokenSource>,
     /// Body format.
-    pub format: HttpFormat,
+    pub format: Format,
     /// Whole-request timeout.
     pub timeout: Duration,
     /// TLS files (`tls_*` keys), when set.
@@ -89,14 +79,7 @@ impl HttpSpec {
             );
         }
         let headers = reader.text_map("headers");
-        let format = match reader.raw_text("format").as_deref() {
-            None | Some("hl7") => HttpFormat::Hl7,
-            Some("json") => HttpFormat::Json,
-            Some(other) => {
-                reader.problem("format", format!("`format` is {other:?}; use hl7 or json"));
-                HttpFormat::Hl7
-            }
-        };
+        let format = Format::read(reader, &Format::ALL);
         let token = match (
             reader.raw_text("bearer_token_env"),
             reader.text("bearer_token_file"),
@@ -201,14 +184,10 @@ impl HttpOutput {
             // delivery. The instance id tells data files (gateways) apart; ids never repeat
             // within one (ADR 0007).
             .header("Idempotency-Key", idempotency_key(envelope));
-        request = match self.spec.format {
-            HttpFormat::Hl7 => request
-                .header(CONTENT_TYPE, HL7_MEDIA_TYPE)
-                .body(envelope.body.clone()),
-            HttpFormat::Json => request
-                .header(CONTENT_TYPE, "application/json")
-                .body(to_json(envelope).to_string()),
-        };
+        let body = self.spec.format.render(envelope)?;
+        request = request
+            .header(CONTENT_TYPE, self.spec.format.media_type())
+            .body(body);
         if let Some(token) = self.token().await? {
             let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
                 DeliveryError::transient("the bearer token is not a valid header value")
@@ -350,71 +329,6 @@ fn without_url(error: reqwest::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// mfoundry's JSON shape of a message (documented in `docs/configuration.md`):
-///
-/// ```json
-/// {"id": 7, "received_at": "2026-11-22T08:00:00.123456Z", "connector": "ehr",
-///  "listener": "mllp", "header": {"msg_type": "ADT", ...},
-///  "segments": [{"name": "MSH", "fields": ["|", "^~\\&", "SENDAPP", ...]}, ...],
-///  "hl7": "MSH|^~\\&|..."}
-/// ```
-///
-/// Field values are the raw field text (components, repetitions and escapes as written),
-/// decoded with the message's MSH-18 character set; `fields[0]` is field 1 (for MSH, MSH-1,
-/// the field separator).
-pub fn to_json(envelope: &Envelope) -> serde_json::Value {
-    let header = &envelope.record.header;
-    let received_at = chrono::DateTime::from_timestamp_micros(envelope.record.received_at_micros)
-        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        .unwrap_or_default();
-    let (segments, text) = match Message::parse(envelope.body.clone()) {
-        Ok(message) => {
-            let charset = message.charset(Charset::UTF_8).charset();
-            let segments: Vec<serde_json::Value> = message
-                .segments()
-                .map(|segment| {
-                    let fields: Vec<String> = segment
-                        .fields()
-                        .into_iter()
-                        .skip(1)
-                        .map(|field| charset.decode(field).into_owned())
-                        .collect();
-                    serde_json::json!({
-                        "name": String::from_utf8_lossy(segment.name()),
-                        "fields": fields,
-                    })
-                })
-                .collect();
-            (segments, charset.decode(&envelope.body).into_owned())
-        }
-        Err(_) => (
-            Vec::new(),
-            String::from_utf8_lossy(&envelope.body).into_owned(),
-        ),
-    };
-    serde_json::json!({
-        "id": envelope.message_id,
-        "entry": envelope.seq,
-        "received_at": received_at,
-        "connector": envelope.connector.as_ref(),
-        "listener": envelope.record.listener,
-        "header": {
-            "msg_type": header.msg_type,
-            "trigger": header.trigger,
-            "structure": header.structure,
-            "control_id": header.control_id,
-            "sending_app": header.sending_app,
-            "sending_fac": header.sending_fac,
-            "receiving_app": header.receiving_app,
-            "receiving_fac": header.receiving_fac,
-            "version": header.version,
-            "processing_id": header.processing_id,
-        },
-        "segments": segments,
-        "hl7": text,
-    })
 }
 
 /// The first [`crate::delivery::DOWNSTREAM_MAX`] bytes of an answer's body (read with a

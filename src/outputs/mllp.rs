@@ -40,7 +40,8 @@ pub struct MllpSpec {
 }
 
 /// The keys an MLLP connector takes.
-pub const KEYS: [&str; 10] = [
+pub const KEYS: [&str; 11] = [
+    "format",
     "host",
     "port",
     "connect_timeout",
@@ -57,6 +58,8 @@ impl MllpSpec {
     /// Read an MLLP connector's keys; `None` when a problem was recorded.
     pub fn read(reader: &mut super::settings::Reader<'_, '_>) -> Option<Self> {
         let problems_before = reader.problems.len();
+        // MLLP carries HL7 v2: `format: hl7` is accepted, anything else explained.
+        super::format::Format::read(reader, &[super::format::Format::Hl7]);
         reader.require("host", "for type mllp (the peer's name or address)");
         let host = reader.text("host");
         let port = match reader.text("port").map(|port| port.trim().parse::<u16>()) {

@@ -3,6 +3,7 @@
 //! ([`crate::delivery`]). Outputs know nothing of listeners or the outbox.
 
 pub mod file;
+pub mod format;
 pub mod http;
 pub mod mllp;
 pub mod postgres;

@@ -50,6 +50,8 @@ pub struct PostgresSpec {
     pub dsn: String,
     /// Table name.
     pub table: String,
+    /// What the `message` column holds (`format`, default the HL7 bytes).
+    pub format: super::format::Format,
     /// TLS files (`tls_*` keys), when set.
     pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
 }
@@ -68,10 +70,11 @@ impl std::fmt::Debug for PostgresSpec {
 pub const DEFAULT_TABLE: &str = "hl7_messages";
 
 /// The keys a PostgreSQL connector takes.
-pub const KEYS: [&str; 6] = [
+pub const KEYS: [&str; 7] = [
     "dsn",
     "dsn_file",
     "table",
+    "format",
     "tls_ca_file",
     "tls_cert_file",
     "tls_key_file",
@@ -127,7 +130,13 @@ impl PostgresSpec {
         // The server name is the connection string's host.
         let files = reader.tls_files();
         let tls = reader.tls_client(files.as_ref(), None);
-        (reader.problems.len() == problems_before).then_some(Self { dsn, table, tls })
+        let format = super::format::Format::read(reader, &super::format::Format::ALL);
+        (reader.problems.len() == problems_before).then_some(Self {
+            dsn,
+            table,
+            format,
+            tls,
+        })
     }
 }
 
@@ -199,7 +208,8 @@ impl PostgresOutput {
         let header_json = serde_json::to_value(header).unwrap_or_default();
         let source = format!("{:016x}", envelope.instance_id);
         let connector: &str = &envelope.connector;
-        let body: &[u8] = &envelope.body;
+        let rendered = self.spec.format.render(envelope)?;
+        let body: &[u8] = &rendered;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
             &source,
             &id,

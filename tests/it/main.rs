@@ -17,6 +17,7 @@ mod dlq;
 mod docs;
 mod drain;
 mod end_to_end;
+mod fhir;
 mod framing;
 mod intake;
 mod metrics;

@@ -335,6 +335,7 @@ async fn postgres_gets_one_row_per_message_even_when_delivered_twice() {
     let spec = mfoundry::outputs::postgres::PostgresSpec {
         dsn: dsn.clone(),
         table: table.clone(),
+        format: mfoundry::outputs::format::Format::Hl7,
         tls: None,
     };
     let mut output = mfoundry::outputs::postgres::PostgresOutput::new(spec);
