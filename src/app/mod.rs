@@ -95,7 +95,16 @@ impl RunningApp {
             .unwrap_or_else(|| Arc::new(SystemStamper::default()));
         let intake =
             intake::Intake::bind(&config, &rules, &transforms, &store.outbox, stamper).await?;
-        let gateway = Arc::new(gateway(&config, &store.outbox, &delivery, &intake).await?);
+        let gateway = Arc::new(
+            gateway(
+                &config,
+                &store.outbox,
+                &delivery,
+                &intake,
+                Arc::clone(&transforms),
+            )
+            .await?,
+        );
         // Observable metrics read the same counters and queues as the admin API.
         crate::gateway::observe::register(&gateway);
         let state = Arc::new(AdminState {
@@ -188,6 +197,7 @@ async fn gateway(
     outbox: &Outbox,
     delivery: &delivery::Delivery,
     intake: &intake::Intake,
+    transforms: Arc<crate::transform::Transforms>,
 ) -> anyhow::Result<Gateway> {
     let settings = &config.settings;
     let connector_names = outbox
@@ -226,6 +236,7 @@ async fn gateway(
         }],
         readiness: Arc::new(Readiness::default()),
         default_charset: settings.default_charset,
+        transforms,
         started: std::time::Instant::now(),
     })
 }

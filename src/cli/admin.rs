@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::admin::api::{
     AuditPage, AuditVerification, ConnectorControl, LogsPage, MessageDetail, MessagePage,
-    SearchQuery, Stats,
+    ReprocessRequest, ReprocessResult, SearchQuery, Stats,
 };
 use crate::admin::auth::{Role, generate_token, hash_token, hex};
 use crate::admin::views::MessageSummary;
@@ -31,6 +31,19 @@ pub enum MessagesCommand {
     Show {
         /// Message id (from `search`).
         id: u64,
+    },
+    /// Queue stored messages again for a connector, through its current transform, whatever
+    /// their state (needs the operator role; audited). Each gets a new queue entry.
+    Reprocess {
+        /// Message ids (from `search`), in the order to queue them.
+        #[arg(required = true)]
+        ids: Vec<u64>,
+        /// The connector to queue them for.
+        #[arg(long)]
+        to: String,
+        /// Also messages that were refused (REJECTED, ERROR).
+        #[arg(long)]
+        include_rejected: bool,
     },
 }
 
@@ -265,6 +278,50 @@ pub async fn messages(
             write!(out, "{}", table(&headers, &rows))?;
             writeln!(out, "{} messages", found.len())?;
             Ok(0)
+        }
+        MessagesCommand::Reprocess {
+            ids,
+            to,
+            include_rejected,
+        } => {
+            let request = ReprocessRequest {
+                ids: ids.clone(),
+                to: to.clone(),
+                include_rejected: *include_rejected,
+            };
+            let result: ReprocessResult =
+                client.post("/api/v1/messages/reprocess", &request).await?;
+            if args.json {
+                print_json(out, &result)?;
+            } else {
+                for entry in &result.queued {
+                    writeln!(
+                        out,
+                        "{}\tqueued for {to} as entry {}",
+                        entry.id, entry.entry
+                    )?;
+                }
+                for entry in &result.dead_lettered {
+                    writeln!(
+                        out,
+                        "{}\tdead-lettered at {to}: {}",
+                        entry.id,
+                        entry.reason.as_deref().unwrap_or("")
+                    )?;
+                }
+                for id in &result.refused {
+                    writeln!(
+                        out,
+                        "{id}\tleft alone: it was refused (REJECTED or ERROR); pass --include-rejected"
+                    )?;
+                }
+                for id in &result.missing {
+                    writeln!(out, "{id}\tnot stored")?;
+                }
+            }
+            // Every id queued (even if its transform failed, which the output says) is 0.
+            let incomplete = !result.missing.is_empty() || !result.refused.is_empty();
+            Ok(u8::from(incomplete))
         }
         MessagesCommand::Show { id } => {
             let detail: MessageDetail = client

@@ -83,6 +83,8 @@ pub struct Gateway {
     pub readiness: Arc<Readiness>,
     /// Decodes bodies whose MSH-18 is empty.
     pub default_charset: Charset,
+    /// The connectors' transform steps, for reprocessing.
+    pub transforms: Arc<crate::transform::Transforms>,
     /// When the gateway started.
     pub started: Instant,
 }

@@ -514,6 +514,29 @@ impl Outbox {
         self.submit(request, answer).await
     }
 
+    /// Queue stored messages again for `to`, each with the copy its current transform gave
+    /// (`None`: `to` delivers the received bytes; a failed copy goes straight to its
+    /// dead-letter queue), in one transaction with `audit`. One answer per message: the new
+    /// seq, or `None` when it is not stored.
+    pub async fn reprocess(
+        &self,
+        items: Vec<(MessageId, Option<StoredCopy>)>,
+        to: ConnectorId,
+        audit: Option<AuditContext>,
+    ) -> Result<Vec<Option<Seq>>, StoreError> {
+        if !self.connectors.values().any(|id| *id == to) {
+            return Err(StoreError::UnknownConnector(to));
+        }
+        let (reply, answer) = Reply::new();
+        let request = Request::Reprocess {
+            items,
+            to,
+            audit,
+            reply,
+        };
+        self.submit(request, answer).await
+    }
+
     /// Purge several dead-letter entries of `connector` in one transaction; one answer per
     /// seq (false: not there).
     pub async fn purge_many(

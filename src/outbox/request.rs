@@ -9,7 +9,10 @@ use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 
 use super::audit::AuditEvent;
-use super::{Appended, ConnectorId, MessageId, NewMessage, OutboxStats, Retained, Seq, StoreError};
+use super::{
+    Appended, ConnectorId, MessageId, NewMessage, OutboxStats, Retained, Seq, StoreError,
+    StoredCopy,
+};
 
 /// The receiving end of a [`Reply`].
 pub(super) type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
@@ -114,6 +117,15 @@ pub(super) enum Request {
         audit: Option<AuditContext>,
         reply: Reply<Vec<Option<Seq>>>,
     },
+    /// Queue stored messages again for a connector, each with the copy its current transform
+    /// gave (ADR 0009), and audit it, in one transaction; answers each new seq (`None`: the
+    /// message is not stored).
+    Reprocess {
+        items: Vec<(MessageId, Option<StoredCopy>)>,
+        to: ConnectorId,
+        audit: Option<AuditContext>,
+        reply: Reply<Vec<Option<Seq>>>,
+    },
     /// Remove dead-letter entries without delivering them, and audit it, in one transaction;
     /// answers for each whether it was there.
     Purge {
@@ -179,7 +191,7 @@ impl Request {
             | Self::Retry { reply, .. }
             | Self::DeadLetter { reply, .. } => reply.committed(),
             Self::Purge { reply, .. } => reply.committed(),
-            Self::Replay { reply, .. } => reply.committed(),
+            Self::Replay { reply, .. } | Self::Reprocess { reply, .. } => reply.committed(),
             Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => reply.committed(),
             Self::Retain { reply, .. } => reply.committed(),
             Self::Stop { reply } => reply.committed(),
@@ -197,7 +209,7 @@ impl Request {
             | Self::Retry { reply, .. }
             | Self::DeadLetter { reply, .. } => reply.send(Err(error())),
             Self::Purge { reply, .. } => reply.send(Err(error())),
-            Self::Replay { reply, .. } => reply.send(Err(error())),
+            Self::Replay { reply, .. } | Self::Reprocess { reply, .. } => reply.send(Err(error())),
             Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => reply.send(Err(error())),
             Self::Retain { reply, .. } => reply.send(Err(error())),
             Self::Stop { reply } => reply.send(Err(error())),
@@ -212,7 +224,9 @@ impl Request {
             | Self::Retry { reply, .. }
             | Self::DeadLetter { reply, .. } => reply.send(Err(StoreError::WriterGone)),
             Self::Purge { reply, .. } => reply.send(Err(StoreError::WriterGone)),
-            Self::Replay { reply, .. } => reply.send(Err(StoreError::WriterGone)),
+            Self::Replay { reply, .. } | Self::Reprocess { reply, .. } => {
+                reply.send(Err(StoreError::WriterGone))
+            }
             Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => {
                 reply.send(Err(StoreError::WriterGone))
             }

@@ -124,6 +124,9 @@ async fn every_route_refuses_no_token_and_weak_roles_and_serves_its_role() {
         let request = |token: Option<&str>| {
             let builder = match route.method {
                 "GET" => client().get(&url),
+                "POST" if path.ends_with("/reprocess") => client()
+                    .post(&url)
+                    .json(&serde_json::json!({"ids": [seq.0], "to": "archive"})),
                 "POST" => client().post(&url).json(&serde_json::json!({"all": true})),
                 other => panic!("method {other} is not covered by this test"),
             };

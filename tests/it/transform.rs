@@ -61,7 +61,7 @@ async fn eventually(what: &str, condition: impl Fn() -> bool) {
 /// Two file connectors, `raw` without steps and `emr` with the steps given.
 fn yaml(raw: &Path, emr: &Path, steps: &str, tables: &str) -> String {
     format!(
-        "{tables}connectors:\n  - name: raw\n    type: file\n    directory: {}\n    filename: \"{{id}}.hl7\"\n  - name: emr\n    type: file\n    directory: {}\n    filename: \"{{id}}.hl7\"\n    transform:\n{steps}",
+        "{tables}connectors:\n  - name: raw\n    type: file\n    directory: {}\n    filename: \"{{entry}}.hl7\"\n  - name: emr\n    type: file\n    directory: {}\n    filename: \"{{entry}}.hl7\"\n    transform:\n{steps}",
         raw.display(),
         emr.display()
     )
@@ -241,4 +241,111 @@ connectors:
         stdout.contains("1 connectors, 0 validation rules, 6 transform steps, 2 tables"),
         "{stdout}"
     );
+}
+
+async fn post_json(
+    app: &common::TestApp,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let token = std::fs::read_to_string(app.directory.path().join("admin.token")).expect("token");
+    let response = client()
+        .post(format!("{}{path}", app.admin_url()))
+        .bearer_auth(token.trim())
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn reprocess_queues_any_stored_message_again_through_the_current_transform() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let (raw, emr) = (out.path().join("raw"), out.path().join("emr"));
+    let steps = "      - set: MSH-5\n        value: '\"EMR\"'\n";
+    let yaml = yaml(&raw, &emr, steps, "validation:\n  rules:\n    - name: no-test-patients\n      expression: 'pid.family != \"TEST\"'\n")
+        .replace(
+            "  - name: emr\n    type: file\n",
+            "  - name: emr\n    type: file\n    filter: msh.msg_type == \"ORU\"\n",
+        );
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    assert_eq!(send(&app, &common::adt("R1", "2.5")).await, "AA");
+    let refused = String::from_utf8(common::adt("R2", "2.5"))
+        .expect("text")
+        .replace("DOE^JOHN", "TEST^JOHN");
+    assert_eq!(send(&app, refused.as_bytes()).await, "AR");
+    eventually("raw delivered", || files(&raw).len() == 1).await;
+    assert!(files(&emr).is_empty(), "emr's filter did not take the ADT");
+    let page = get_json(&app, "/api/v1/messages?limit=10").await;
+    let id_of = |control_id: &str| {
+        page["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .find(|message| message["control_id"] == control_id)
+            .and_then(|message| message["id"].as_u64())
+            .expect("stored")
+    };
+    let (accepted, rejected) = (id_of("R1"), id_of("R2"));
+
+    // A filtered message goes to emr through emr's transform; a delivered one to raw again,
+    // as a new entry; a refused one only when asked; an unknown id is named.
+    let (status, result) = post_json(
+        &app,
+        "/api/v1/messages/reprocess",
+        serde_json::json!({"ids": [accepted, rejected, 42], "to": "emr"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["queued"][0]["id"], accepted, "{result}");
+    assert_eq!(result["refused"], serde_json::json!([rejected]));
+    assert_eq!(result["missing"], serde_json::json!([42]));
+    eventually("emr delivered", || files(&emr).len() == 1).await;
+    let (_, copy) = &files(&emr)[0];
+    assert_eq!(
+        common::field(copy, "MSH", 5),
+        "EMR",
+        "through the transform"
+    );
+
+    let (status, result) = post_json(
+        &app,
+        "/api/v1/messages/reprocess",
+        serde_json::json!({"ids": [accepted, rejected], "to": "raw", "include_rejected": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(
+        result["queued"].as_array().map(Vec::len),
+        Some(2),
+        "{result}"
+    );
+    let entry = result["queued"][0]["entry"].as_u64().expect("entry");
+    assert_ne!(entry, accepted, "a new queue entry");
+    eventually("raw got both", || files(&raw).len() == 3).await;
+    let (_, again) = &files(&raw)[0];
+    assert_eq!(
+        again,
+        &common::adt("R1", "2.5"),
+        "no transform at raw: as received"
+    );
+
+    let (status, body) = post_json(
+        &app,
+        "/api/v1/messages/reprocess",
+        serde_json::json!({"ids": [accepted], "to": "nowhere"}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let trail = get_json(&app, "/api/v1/audit?limit=500").await;
+    let reprocessed = trail["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|record| record.to_string().contains("message.reprocess"))
+        .count();
+    assert_eq!(reprocessed, 2, "{trail}");
+    app.shutdown(Duration::from_secs(5)).await;
 }

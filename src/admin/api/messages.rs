@@ -319,3 +319,177 @@ pub async fn show_message(
         copies,
     }))
 }
+
+/// Most messages one reprocess request takes.
+pub const MAX_REPROCESS: usize = 1_000;
+
+/// What to reprocess, and where.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReprocessRequest {
+    /// Message ids, in the order their new queue entries take.
+    pub ids: Vec<u64>,
+    /// The connector to queue them for.
+    pub to: String,
+    /// Also reprocess messages that were refused (REJECTED, ERROR).
+    #[serde(default)]
+    pub include_rejected: bool,
+}
+
+/// What a reprocess did, per message.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReprocessResult {
+    /// Queued again: message id and its new queue entry.
+    pub queued: Vec<ReprocessedEntry>,
+    /// Queued, but the connector's transform failed: the entry is in its dead-letter queue
+    /// with the reason.
+    pub dead_lettered: Vec<ReprocessedEntry>,
+    /// Not stored (never, or removed by retention).
+    pub missing: Vec<u64>,
+    /// Refused messages left alone (pass `include_rejected`).
+    pub refused: Vec<u64>,
+}
+
+/// A message and the queue entry it got.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReprocessedEntry {
+    /// Message id.
+    pub id: u64,
+    /// The new queue entry (its seq).
+    pub entry: u64,
+    /// For a transform that failed: the step and the reason.
+    pub reason: Option<String>,
+}
+
+/// Queue stored messages again for a connector, whatever their state (delivered, filtered,
+/// dead-lettered; refused ones only with `include_rejected`), each through the connector's
+/// current transform. Each gets a new queue entry, so outputs' idempotency keys treat it
+/// as a new delivery. One transaction, audited in it.
+#[utoipa::path(post, path = "/api/v1/messages/reprocess", tag = "messages", security(("bearer" = [])),
+    request_body = ReprocessRequest,
+    responses((status = 200, description = "Reprocessed", body = ReprocessResult),
+        (status = 400, description = "Malformed request", body = ErrorBody), AuthErrors,
+        (status = 404, description = "No such connector", body = ErrorBody)))]
+pub async fn reprocess_messages(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Json(request): Json<ReprocessRequest>,
+) -> Result<Json<ReprocessResult>, ApiError> {
+    if request.ids.is_empty() || request.ids.len() > MAX_REPROCESS {
+        return Err(ApiError::bad_request(format!(
+            "ids must list 1 to {MAX_REPROCESS} message ids"
+        )));
+    }
+    let connector = super::connector(&state, &request.to)?;
+    let (to, name) = (connector.id, connector.name.clone());
+    let ids: Vec<MessageId> = request.ids.iter().copied().map(MessageId).collect();
+    let read = ids.clone();
+    let stored = state
+        .gateway
+        .outbox
+        .read(move |snapshot| {
+            read.into_iter()
+                .map(|id| {
+                    let Some(record) = snapshot.message(id)? else {
+                        return Ok((id, None));
+                    };
+                    let body = snapshot.body(id)?.unwrap_or_default();
+                    Ok((id, Some((record, body))))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    let mut result = ReprocessResult {
+        queued: Vec::new(),
+        dead_lettered: Vec::new(),
+        missing: Vec::new(),
+        refused: Vec::new(),
+    };
+    let mut items = Vec::new();
+    for (id, found) in stored {
+        let Some((record, body)) = found else {
+            result.missing.push(id.0);
+            continue;
+        };
+        let refused = matches!(
+            record.disposition,
+            Disposition::Rejected | Disposition::Error
+        );
+        if refused && !request.include_rejected {
+            result.refused.push(id.0);
+            continue;
+        }
+        // Through the connector's current transform (ADR 0009): its copy, or why not.
+        let copy = match crate::hl7::Message::parse(Bytes::from(body)) {
+            Ok(message) => {
+                let charset = message.charset(state.gateway.default_charset).charset();
+                match state
+                    .gateway
+                    .transforms
+                    .apply(&name, &message, charset, &record.listener)
+                {
+                    Ok(Some(bytes)) => Some(StoredCopy::Bytes(Bytes::from(bytes))),
+                    Ok(None) => None,
+                    Err(failure) => Some(StoredCopy::Failed(failure.to_string())),
+                }
+            }
+            // A stored frame without a header (kept for the record) has nothing to transform.
+            Err(_) if state.gateway.transforms.transforms(&name) => Some(StoredCopy::Failed(
+                "the stored frame has no MSH segment to transform".to_owned(),
+            )),
+            Err(_) => None,
+        };
+        items.push((id, copy));
+    }
+    let reasons: Vec<Option<String>> = items
+        .iter()
+        .map(|(_, copy)| match copy {
+            Some(StoredCopy::Failed(reason)) => Some(reason.clone()),
+            _ => None,
+        })
+        .collect();
+    let order: Vec<MessageId> = items.iter().map(|(id, _)| *id).collect();
+    if items.is_empty() {
+        audit(
+            &state,
+            &caller,
+            "message.reprocess",
+            format!("connector {name}"),
+            format!(
+                "reprocessed 0, refused {}, missing {}",
+                result.refused.len(),
+                result.missing.len()
+            ),
+        )
+        .await;
+    } else {
+        let context = crate::outbox::AuditContext {
+            token_id: caller.token_id.clone(),
+            action: "message.reprocess".to_owned(),
+            target: format!("connector {name}"),
+        };
+        let answers = state
+            .gateway
+            .outbox
+            .reprocess(items, to, Some(context))
+            .await?;
+        for ((id, seq), reason) in order.into_iter().zip(answers).zip(reasons) {
+            match seq {
+                None => result.missing.push(id.0),
+                Some(seq) => {
+                    let entry = ReprocessedEntry {
+                        id: id.0,
+                        entry: seq.0,
+                        reason: reason.clone(),
+                    };
+                    if reason.is_some() {
+                        result.dead_lettered.push(entry);
+                    } else {
+                        result.queued.push(entry);
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(token = %caller.token_id, connector = %name, queued = result.queued.len(), dead_lettered = result.dead_lettered.len(), missing = result.missing.len(), refused = result.refused.len(), "messages reprocessed");
+    Ok(Json(result))
+}

@@ -136,6 +136,12 @@ pub fn api_routes() -> Vec<ApiRoute> {
             Role::Operator,
             get(show_message),
         ),
+        route(
+            "POST",
+            "/api/v1/messages/reprocess",
+            Role::Operator,
+            post(reprocess_messages),
+        ),
         route("GET", "/api/v1/dlq", Role::Viewer, get(list_dlq)),
         route(
             "GET",
@@ -196,7 +202,7 @@ impl Modify for BearerAuth {
     info(title = "mfoundry admin API", version = "1",
         description = "See and steer a running mfoundry: stats, messages, dead-letter queues, pause and resume, logs, the audit trail. Every /api/v1 route needs a bearer token; roles: viewer < operator < admin."),
     paths(health::livez, health::readyz, stats::stats, messages::search_messages,
-        messages::show_message, dlq::list_dlq, dlq::show_dlq, dlq::replay_dlq, dlq::purge_dlq,
+        messages::show_message, messages::reprocess_messages, dlq::list_dlq, dlq::show_dlq, dlq::replay_dlq, dlq::purge_dlq,
         control::pause, control::resume, logs::logs, audit::list_audit, audit::verify_audit),
     modifiers(&BearerAuth)
 )]

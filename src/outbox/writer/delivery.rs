@@ -197,6 +197,44 @@ impl Delivery<'_, '_> {
         Ok(true)
     }
 
+    /// Queue a stored message again at the tail of `to`'s queue under a fresh seq from the
+    /// message counter, whatever its state (reprocessing); `None` when it is not stored.
+    pub(super) fn reprocess(
+        &mut self,
+        message_id: MessageId,
+        to: ConnectorId,
+        next_id: &mut u64,
+    ) -> Result<Option<Seq>, StoreError> {
+        let Some(routes) = self
+            .messages
+            .get(message_id.0)?
+            .map(|value| schema::decode_message(value.value()).map(|(record, _)| record.routes))
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let new_seq = *next_id;
+        *next_id += 1;
+        let entry = QueueEntry {
+            message_id,
+            ..QueueEntry::default()
+        };
+        if self
+            .queue
+            .insert((to.0, new_seq), schema::encode(&entry)?.as_slice())?
+            .is_none()
+        {
+            self.depths.queue(to, 1);
+        }
+        let before = self.held_before(message_id, to, || {
+            Ok(routes
+                .iter()
+                .any(|route| route.connector == to && route.status == RouteStatus::Queued))
+        })?;
+        self.record(message_id, to, DeliveryStatus::Queued, 0, None, before + 1)?;
+        Ok(Some(Seq(new_seq)))
+    }
+
     /// Put a dead letter back at the tail of `to`'s queue under a fresh seq from the message
     /// counter; `None` when it was not in the dead-letter queue.
     pub(super) fn replay(

@@ -158,6 +158,58 @@ impl Writer {
                         }
                         reply.set(answers);
                     }
+                    Request::Reprocess {
+                        items,
+                        to,
+                        audit,
+                        reply,
+                    } => {
+                        let mut answers = Vec::with_capacity(items.len());
+                        let mut failed = 0;
+                        for (message_id, copy) in items.iter() {
+                            let seq = tables.delivery(&transaction, now)?.reprocess(
+                                *message_id,
+                                *to,
+                                &mut next_id,
+                            )?;
+                            if let Some(seq) = seq {
+                                let mut copies = transaction.open_table(COPIES)?;
+                                match copy {
+                                    Some(copy) => {
+                                        copies.insert(
+                                            (message_id.0, to.0),
+                                            schema::encode_copy(copy).as_slice(),
+                                        )?;
+                                    }
+                                    None => {
+                                        copies.remove((message_id.0, to.0))?;
+                                    }
+                                }
+                                drop(copies);
+                                if let Some(StoredCopy::Failed(reason)) = copy {
+                                    failed += 1;
+                                    tables
+                                        .delivery(&transaction, now)?
+                                        .dead_letter(*to, seq, 0, reason, None)?;
+                                }
+                            }
+                            answers.push(seq);
+                        }
+                        let queued = answers.iter().filter(|answer| answer.is_some()).count();
+                        if queued > 0 {
+                            woken.insert(*to);
+                            raise_floor = true;
+                        }
+                        if let Some(context) = audit {
+                            let outcome = format!(
+                                "reprocessed {}, transform failed {failed}, missing {}",
+                                queued - failed,
+                                answers.len() - queued
+                            );
+                            tables.audit(&transaction, now, admin_event(context, outcome))?;
+                        }
+                        reply.set(answers);
+                    }
                     Request::Purge {
                         connector,
                         seqs,
