@@ -197,13 +197,20 @@ pub struct RouteCounters {
 #[error("the outbox has no connector named {0:?}")]
 pub struct UnknownConnector(pub String);
 
-/// Checks, validates, routes, stores and answers frames.
+/// Checks, validates, routes, stores and answers frames: a [`Decider`] and the outbox.
 #[derive(Debug, Clone)]
 pub struct Ingest {
+    decider: Decider,
+    outbox: Outbox,
+}
+
+/// Everything intake decides before a frame is stored: the checks, the rules, the routes,
+/// each connector's copy and the ACK. `mfoundry test` runs it alone (no port, no store).
+#[derive(Debug, Clone)]
+pub struct Decider {
     default_charset: Charset,
     stamper: Arc<dyn AckStamper>,
     rules: Arc<RuleSet>,
-    outbox: Outbox,
     /// Each routed connector's id and counters, in the order of the rule set's filters
     /// ([`RuleSet::filter_connectors`]), which is the order of its routes.
     routes: Arc<[Arc<RouteCounters>]>,
@@ -215,6 +222,44 @@ pub struct Ingest {
     names: Arc<[Arc<str>]>,
     /// The connectors' transform steps (ADR 0009); `None`: no connector transforms.
     transforms: Option<Arc<Transforms>>,
+}
+
+/// What [`Decider::decide_frame`] gives.
+#[derive(Debug)]
+pub enum Decision {
+    /// Answered without storing anything (an empty frame, an unreadable header, an ACK).
+    Done(Outcome),
+    /// Decided, to be stored.
+    Decided(Box<Decided>),
+}
+
+/// A frame decided: everything but its storing.
+#[derive(Debug)]
+pub struct Decided {
+    /// The parsed message.
+    pub message: Message,
+    /// MSH-10 for logs.
+    pub control_id: Option<String>,
+    /// Its MSH-15/MSH-16 acknowledgment mode.
+    pub mode: AckMode,
+    /// Accepted, rejected or in error.
+    pub verdict: Verdict,
+    /// Why, when not accepted.
+    pub reason: Option<Reason>,
+    /// The ERR details, when not accepted.
+    pub error: Option<AckError>,
+    /// What it is stored as.
+    pub disposition: Disposition,
+    /// One per routed connector, in the decider's order ([`Decider::connector_names`]).
+    pub routes: Vec<Route>,
+    /// The copies of the connectors that take it and transform it.
+    pub copies: Vec<(ConnectorId, StoredCopy)>,
+    /// The code sent, when an ACK is sent.
+    pub reply_code: Option<AckCode>,
+    /// The ACK sent, if any.
+    pub ack: Option<Vec<u8>>,
+    /// The code decided (sent or not).
+    pub decided: AckCode,
 }
 
 /// A refusal: the code category, a short reason for logs and counters, and the ERR details.
@@ -234,15 +279,14 @@ impl Refusal {
     }
 }
 
-impl Ingest {
-    /// Build an ingest. `connector_id` gives the outbox id of each connector the rule set
+impl Decider {
+    /// Build a decider. `connector_id` gives the outbox id of each connector the rule set
     /// routes to (by name); a connector it does not know is an error naming it, so a route can
     /// never reach another connector's queue.
     pub fn new(
         default_charset: Charset,
         stamper: Arc<dyn AckStamper>,
         rules: Arc<RuleSet>,
-        outbox: Outbox,
         connector_id: impl Fn(&str) -> Option<ConnectorId>,
         listener: &str,
     ) -> Result<Self, UnknownConnector> {
@@ -263,7 +307,6 @@ impl Ingest {
             default_charset,
             stamper,
             rules,
-            outbox,
             routes,
             listener: listener.into(),
             senders: None,
@@ -272,7 +315,7 @@ impl Ingest {
         })
     }
 
-    /// Transform each connector's copy with its steps before it is stored.
+    /// Transform each connector's copy with its steps.
     #[must_use]
     pub fn with_transforms(mut self, transforms: Arc<Transforms>) -> Self {
         self.transforms = Some(transforms);
@@ -286,33 +329,34 @@ impl Ingest {
         self
     }
 
-    /// Intake counters of each routed connector (the connector id is in each).
-    pub fn route_counters(&self) -> Vec<Arc<RouteCounters>> {
-        self.routes.to_vec()
+    /// The routed connectors' names, in the order of [`Decided::routes`].
+    pub fn connector_names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(|name| &**name)
     }
 
-    /// Decide, store and answer one frame from `peer`, whose client certificate (mTLS) named
-    /// `identity`.
-    pub async fn handle(
+    /// Everything decided for `frame` before it would be stored: [`Decision::Done`] when the
+    /// frame is answered without storing (empty, unreadable, an ACK).
+    pub fn decide_frame(
         &self,
         frame: Bytes,
-        peer: SocketAddr,
         identity: Option<&crate::tls::PeerIdentity>,
-    ) -> Outcome {
+    ) -> Decision {
         if frame.iter().all(u8::is_ascii_whitespace) {
-            return Outcome::bare(Reply::Ignore, None, Reason::EmptyFrame);
+            return Decision::Done(Outcome::bare(Reply::Ignore, None, Reason::EmptyFrame));
         }
         let Ok(message) = Message::parse(frame) else {
-            return Outcome::bare(Reply::Close, None, Reason::UnreadableHeader);
+            return Decision::Done(Outcome::bare(Reply::Close, None, Reason::UnreadableHeader));
         };
         let control_id = control_id_for_logs(&message);
         if message.kind() == HeaderKind::Message && message.header_component(9, 1) == b"ACK" {
             // ACKs are never acknowledged (two gateways would ping-pong forever).
-            return Outcome::bare(Reply::Ignore, control_id, Reason::AckReceived);
+            return Decision::Done(Outcome::bare(
+                Reply::Ignore,
+                control_id,
+                Reason::AckReceived,
+            ));
         }
         let mode = AckMode::of(&message);
-        let received_at_micros = chrono::Utc::now().timestamp_micros();
-
         let mut routes = Vec::new();
         let mut copies = Vec::new();
         let (verdict, reason, error, disposition) =
@@ -335,11 +379,89 @@ impl Ingest {
         let ack =
             reply_code.map(|code| build_ack(&message, code, error.as_ref(), &self.stamper.stamp()));
         let decided = mode.decided_code(verdict);
+        Decision::Decided(Box::new(Decided {
+            message,
+            control_id,
+            mode,
+            verdict,
+            reason,
+            error,
+            disposition,
+            routes,
+            copies,
+            reply_code,
+            ack,
+            decided,
+        }))
+    }
+}
 
+impl Ingest {
+    /// Build an ingest over a [`Decider`] made as [`Decider::new`] does.
+    pub fn new(
+        default_charset: Charset,
+        stamper: Arc<dyn AckStamper>,
+        rules: Arc<RuleSet>,
+        outbox: Outbox,
+        connector_id: impl Fn(&str) -> Option<ConnectorId>,
+        listener: &str,
+    ) -> Result<Self, UnknownConnector> {
+        Ok(Self {
+            decider: Decider::new(default_charset, stamper, rules, connector_id, listener)?,
+            outbox,
+        })
+    }
+
+    /// Transform each connector's copy with its steps before it is stored.
+    #[must_use]
+    pub fn with_transforms(mut self, transforms: Arc<Transforms>) -> Self {
+        self.decider = self.decider.with_transforms(transforms);
+        self
+    }
+
+    /// Check each message's MSH-3/MSH-4 against its connection's client certificate.
+    #[must_use]
+    pub fn with_senders(mut self, senders: Option<crate::tls::SenderMap>) -> Self {
+        self.decider = self.decider.with_senders(senders);
+        self
+    }
+
+    /// Intake counters of each routed connector (the connector id is in each).
+    pub fn route_counters(&self) -> Vec<Arc<RouteCounters>> {
+        self.decider.routes.to_vec()
+    }
+
+    /// Decide, store and answer one frame from `peer`, whose client certificate (mTLS) named
+    /// `identity`.
+    pub async fn handle(
+        &self,
+        frame: Bytes,
+        peer: SocketAddr,
+        identity: Option<&crate::tls::PeerIdentity>,
+    ) -> Outcome {
+        let received_at_micros = chrono::Utc::now().timestamp_micros();
+        let decided = match self.decider.decide_frame(frame, identity) {
+            Decision::Done(outcome) => return outcome,
+            Decision::Decided(decided) => decided,
+        };
+        let Decided {
+            message,
+            control_id,
+            mode,
+            verdict,
+            reason,
+            error,
+            disposition,
+            routes,
+            copies,
+            reply_code,
+            ack,
+            decided,
+        } = *decided;
         let record = MessageRecord {
             received_at_micros,
             peer: peer.to_string(),
-            listener: self.listener.to_string(),
+            listener: self.decider.listener.to_string(),
             header: header_fields(&message),
             disposition,
             reason: error.as_ref().map(|error| match reason {
@@ -406,7 +528,12 @@ impl Ingest {
                 );
                 let reply = match mode.reply_code(Verdict::Error) {
                     Some(code) => Reply::Ack {
-                        bytes: build_ack(&message, code, Some(&error), &self.stamper.stamp()),
+                        bytes: build_ack(
+                            &message,
+                            code,
+                            Some(&error),
+                            &self.decider.stamper.stamp(),
+                        ),
                         code,
                     },
                     // The sender asked for no error ACK, but this message is not stored: close
@@ -433,15 +560,15 @@ impl Ingest {
         }
     }
 
-    /// Routes come one per connector, in the order of `self.routes` (see `decide`), or
-    /// none for a refused message.
+    /// Routes come one per connector, in the order of the decider's routes (see `decide`),
+    /// or none for a refused message.
     fn count_routes(&self, routes: &[Route]) {
         use std::sync::atomic::Ordering;
         debug_assert!(
-            routes.is_empty() || routes.len() == self.routes.len(),
+            routes.is_empty() || routes.len() == self.decider.routes.len(),
             "one route per connector, or none"
         );
-        for (route, counters) in routes.iter().zip(self.routes.iter()) {
+        for (route, counters) in routes.iter().zip(self.decider.routes.iter()) {
             debug_assert_eq!(
                 route.connector, counters.connector,
                 "routes in connector order"
@@ -452,7 +579,9 @@ impl Ingest {
             };
         }
     }
+}
 
+impl Decider {
     /// Header checks, validation rules, routing, transforms. `routes` gets one entry per
     /// connector, `copies` one per connector that takes the message and transforms it.
     fn decide(
@@ -651,7 +780,8 @@ fn dedup_key(message: &Message) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-fn header_fields(message: &Message) -> HeaderFields {
+/// The header fields a stored record keeps (each cut at 256 bytes).
+pub fn header_fields(message: &Message) -> HeaderFields {
     let text = |raw: &[u8]| -> String {
         let cut = &raw[..raw.len().min(MAX_HEADER_FIELD)];
         String::from_utf8_lossy(cut).into_owned()

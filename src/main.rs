@@ -75,6 +75,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Check(args) => check(&args),
+        Command::Test(args) => interface_tests(&args),
         Command::Config {
             command: ConfigCommand::Schema,
         } => {
@@ -167,6 +168,32 @@ fn finish(command: &str, result: anyhow::Result<u8>) -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("mfoundry {command}: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `mfoundry test`: load and compile as `check` does, then run the interface cases.
+fn interface_tests(args: &mfoundry::cli::interfaces::TestArgs) -> ExitCode {
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("mfoundry test: {errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let compiled = match config.compile() {
+        Ok(compiled) => compiled,
+        Err(errors) => {
+            eprint!("mfoundry test: {errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut stdout = std::io::stdout();
+    match mfoundry::cli::interfaces::run(&config, compiled, args, &mut stdout) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("mfoundry test: {error:#}");
             ExitCode::from(2)
         }
     }

@@ -7,6 +7,7 @@ pub mod admin;
 mod bench;
 pub mod client;
 mod dlq;
+pub mod interfaces;
 mod offline;
 mod render;
 mod send;
@@ -41,6 +42,12 @@ pub enum Command {
     /// Load the configuration, compile every rule and filter, report every problem; binds no
     /// port. Exits 0 when all is well, 64 otherwise.
     Check(ConfigArgs),
+    /// Run interface tests: each case directory's message through the real rules, routes,
+    /// transforms and output formats (no port, no store), compared with its expect.yaml and
+    /// <connector>.out files; prints a diff per failing case. Exits 0 when all pass, 1 when any
+    /// fails, 2 when a case cannot be read, 64 on a configuration problem. --update writes
+    /// the expectations from what the gateway does now.
+    Test(interfaces::TestArgs),
     /// Configuration helpers.
     Config {
         /// What to do.

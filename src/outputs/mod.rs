@@ -96,6 +96,18 @@ pub enum OutputSpec {
     Postgres(PostgresSpec),
 }
 
+impl OutputSpec {
+    /// What the output sends of a connector's copy.
+    pub fn format(&self) -> format::Format {
+        match self {
+            Self::Mllp(_) => format::Format::Hl7,
+            Self::Http(spec) => spec.format,
+            Self::File(spec) => spec.format,
+            Self::Postgres(spec) => spec.format,
+        }
+    }
+}
+
 /// Every output kind (static dispatch: the worker matches on it).
 #[derive(Debug)]
 pub enum Output {

@@ -20,6 +20,7 @@ mod end_to_end;
 mod fhir;
 mod framing;
 mod intake;
+mod interfaces;
 mod metrics;
 mod outbox;
 mod outputs;
