@@ -195,9 +195,19 @@ pub struct DeadLetters<'a> {
     connectors: Vec<(String, ConnectorId)>,
     /// Every connector name the data file knows, by id (for origins and histories).
     names: HashMap<ConnectorId, String>,
+    /// Connectors with transform steps: a dead letter of another connector is not replayed
+    /// to them (it has no copy of theirs; the received bytes would be sent instead).
+    transforming: Vec<String>,
 }
 
 impl<'a> DeadLetters<'a> {
+    /// Name the connectors with transform steps (see the field).
+    #[must_use]
+    pub fn with_transforming(mut self, names: Vec<String>) -> Self {
+        self.transforming = names;
+        self
+    }
+
     /// The queues of `outbox`; commands may name `connectors`, `names` resolves every id.
     pub fn new(
         outbox: &'a Outbox,
@@ -208,6 +218,7 @@ impl<'a> DeadLetters<'a> {
             outbox,
             connectors,
             names,
+            transforming: Vec::new(),
         }
     }
 
@@ -317,6 +328,16 @@ impl<'a> DeadLetters<'a> {
         request: ReplayRequest,
     ) -> Result<ReplayResult, DlqError> {
         let from = self.connector(name)?;
+        if let Some(target) = request.to.as_deref()
+            && target != name
+            && self.transforming.iter().any(|known| known == target)
+        {
+            return Err(DlqError::BadRequest(format!(
+                "connector {target} has transform steps, and these dead letters have no copy of \
+                 its: replayed there they would be sent as received. Reprocess the messages to \
+                 {target} instead (mfoundry messages reprocess ID... --to {target})"
+            )));
+        }
         let to = match request.to.as_deref() {
             Some(target) => Some(self.connector(target)?),
             None => None,

@@ -302,7 +302,9 @@ fn read_step(node: &Node, problems: &mut Problems) -> Option<StepSpec> {
     }
     let at = map.at();
     let when = map.text("when", problems).map(expression);
-    let action = match written[0] {
+    // Read in a closure so the step's unknown keys are reported below even when an action
+    // could not be read.
+    let action = (|| match written[0] {
         "set" => {
             let target = map.text("set", problems);
             let value = required(&mut map, "value", "this `set` step", problems);
@@ -336,7 +338,7 @@ fn read_step(node: &Node, problems: &mut Problems) -> Option<StepSpec> {
             .map(|target| ActionSpec::Delete {
                 target: located(target),
             }),
-    };
+    })();
     if written[0] != "set" && map.has("value") {
         map.skip("value");
         problems.push(yaml::Problem {

@@ -3,125 +3,72 @@
 //! `XAD[Address]`, `XTN[ContactPoint]`, `CWE[CodeableConcept]`, `DTM[dateTime]`,
 //! `XCN[Practitioner]` reduced to a display). Empty parts are left out, never written as "".
 
-use serde_json::{Map, Value, json};
-
 use super::Field;
 use super::codes;
-
-/// A JSON object from `(key, value)` pairs, leaving out nulls, empty strings, arrays and
-/// objects.
-pub fn object(pairs: impl IntoIterator<Item = (&'static str, Value)>) -> Value {
-    let mut map = Map::new();
-    for (key, value) in pairs {
-        let empty = match &value {
-            Value::Null => true,
-            Value::String(text) => text.is_empty(),
-            Value::Array(items) => items.is_empty(),
-            Value::Object(fields) => fields.is_empty(),
-            _ => false,
-        };
-        if !empty {
-            map.insert(key.to_owned(), value);
-        }
-    }
-    Value::Object(map)
-}
-
-/// True when `value` holds nothing (see [`object`]).
-pub fn is_empty(value: &Value) -> bool {
-    match value {
-        Value::Null => true,
-        Value::Object(fields) => fields.is_empty(),
-        Value::Array(items) => items.is_empty(),
-        Value::String(text) => text.is_empty(),
-        _ => false,
-    }
-}
+use super::model::{
+    Address, CodeableConcept, Coding, ContactPoint, HumanName, Identifier, Reference, ValueOnly,
+    text,
+};
 
 /// `CX[Identifier]`: CX.1 value, CX.4 the assigning authority as `system` when it carries
 /// a universal id (ISO OID or URI) else as `assigner.display`, CX.5 the identifier type
-/// (table 0203).
-pub fn identifier(cx: &Field) -> Value {
-    let value = cx.component(1);
-    if value.is_empty() {
-        return Value::Null;
-    }
+/// (table 0203). `None` without a value.
+pub fn identifier(cx: &Field) -> Option<Identifier> {
+    let value = text(cx.component(1))?;
     let (namespace, universal, kind) = (
         cx.subcomponent(4, 1),
         cx.subcomponent(4, 2),
         cx.subcomponent(4, 3),
     );
     let system = match kind.to_ascii_uppercase().as_str() {
-        "ISO" if !universal.is_empty() => format!("urn:oid:{universal}"),
-        "URI" | "URL" if !universal.is_empty() => universal.clone(),
-        _ => String::new(),
+        "ISO" if !universal.is_empty() => Some(format!("urn:oid:{universal}")),
+        "URI" | "URL" if !universal.is_empty() => Some(universal),
+        _ => None,
     };
     let type_code = cx.component(5);
-    object([
-        ("use", Value::Null),
-        (
-            "type",
-            if type_code.is_empty() {
-                Value::Null
-            } else {
-                json!({"coding": [{"system": codes::V2_0203, "code": type_code}]})
-            },
-        ),
-        ("system", Value::String(system.clone())),
-        ("value", Value::String(value)),
-        (
-            "assigner",
-            if system.is_empty() && !namespace.is_empty() {
-                json!({"display": namespace})
-            } else {
-                Value::Null
-            },
-        ),
-    ])
+    Some(Identifier {
+        kind: (!type_code.is_empty()).then(|| CodeableConcept::of(codes::V2_0203, &type_code)),
+        assigner: if system.is_none() && !namespace.is_empty() {
+            Some(Reference::display(namespace))
+        } else {
+            None
+        },
+        system,
+        value,
+    })
 }
 
 /// `XPN[HumanName]`: XPN.1 family (FN.1), XPN.2 and XPN.3 given, XPN.4 suffix, XPN.5
 /// prefix, XPN.7 use (table 0200, `NameType` concept map).
-pub fn human_name(xpn: &Field) -> Value {
-    let given: Vec<Value> = [xpn.component(2), xpn.component(3)]
-        .into_iter()
-        .filter(|part| !part.is_empty())
-        .map(Value::String)
-        .collect();
-    let suffix = xpn.component(4);
-    let prefix = xpn.component(5);
-    object([
-        (
-            "use",
-            codes::name_use(&xpn.component(7)).map_or(Value::Null, |code| json!(code)),
-        ),
-        ("family", Value::String(xpn.subcomponent(1, 1))),
-        ("given", Value::Array(given)),
-        ("prefix", strings([prefix])),
-        ("suffix", strings([suffix])),
-    ])
+pub fn human_name(xpn: &Field) -> HumanName {
+    HumanName {
+        use_: codes::name_use(&xpn.component(7)),
+        family: text(xpn.subcomponent(1, 1)),
+        given: strings([xpn.component(2), xpn.component(3)]),
+        prefix: strings([xpn.component(5)]),
+        suffix: strings([xpn.component(4)]),
+    }
 }
 
 /// `XAD[Address]`: XAD.1 (SAD.1) and XAD.2 lines, XAD.3 city, XAD.4 state, XAD.5 postal
 /// code, XAD.6 country, XAD.7 use (table 0190, `AddressUse` concept map).
-pub fn address(xad: &Field) -> Value {
-    let lines = strings([xad.subcomponent(1, 1), xad.component(2)]);
+pub fn address(xad: &Field) -> Address {
     let (use_, kind) = codes::address_use(&xad.component(7));
-    object([
-        ("use", use_.map_or(Value::Null, |code| json!(code))),
-        ("type", kind.map_or(Value::Null, |code| json!(code))),
-        ("line", lines),
-        ("city", Value::String(xad.component(3))),
-        ("state", Value::String(xad.component(4))),
-        ("postalCode", Value::String(xad.component(5))),
-        ("country", Value::String(xad.component(6))),
-    ])
+    Address {
+        use_,
+        kind,
+        line: strings([xad.subcomponent(1, 1), xad.component(2)]),
+        city: text(xad.component(3)),
+        state: text(xad.component(4)),
+        postal_code: text(xad.component(5)),
+        country: text(xad.component(6)),
+    }
 }
 
 /// `XTN[ContactPoint]`: XTN.1 (or XTN.4 for e-mail, XTN.12, or XTN.6/XTN.7) as value, XTN.3
 /// the system (table 0202), XTN.2 the use (table 0201). `default_use` when XTN.2 is empty
 /// (PID-13 is home, PID-14 work).
-pub fn contact_point(xtn: &Field, default_use: &'static str) -> Value {
+pub fn contact_point(xtn: &Field, default_use: &'static str) -> Option<ContactPoint> {
     let equipment = xtn.component(3).to_ascii_uppercase();
     let system = codes::contact_system(&equipment);
     let value = if system == Some("email") && !xtn.component(4).is_empty() {
@@ -138,49 +85,49 @@ pub fn contact_point(xtn: &Field, default_use: &'static str) -> Value {
             .join(" ")
     };
     if value.is_empty() {
-        return Value::Null;
+        return None;
     }
     let use_ = match codes::contact_use(&xtn.component(2)) {
         Some(code) => code,
         None if equipment == "CP" => "mobile",
         None => default_use,
     };
-    object([
-        ("system", json!(system.unwrap_or("phone"))),
-        ("value", Value::String(value)),
-        ("use", json!(use_)),
-    ])
+    Some(ContactPoint {
+        system: system.unwrap_or("phone"),
+        value,
+        use_,
+    })
 }
 
 /// `CWE[CodeableConcept]`: CWE.1–3 the first coding, CWE.4–6 the alternate, CWE.9 (or the
 /// first display) the text; coding systems by table 0396.
-pub fn codeable_concept(cwe: &Field) -> Value {
-    let mut codings = Vec::new();
+pub fn codeable_concept(cwe: &Field) -> CodeableConcept {
+    let mut coding = Vec::new();
+    let mut displays = Vec::new();
     for first in [1, 4] {
         let code = cwe.component(first);
         let display = cwe.component(first + 1);
         if code.is_empty() && display.is_empty() {
             continue;
         }
-        let system = codes::coding_system(&cwe.component(first + 2));
-        codings.push(object([
-            ("system", system.map_or(Value::Null, Value::String)),
-            ("code", Value::String(code)),
-            ("display", Value::String(display)),
-        ]));
+        displays.push(display.clone());
+        coding.push(Coding {
+            system: codes::coding_system(&cwe.component(first + 2)),
+            code: text(code),
+            display: text(display),
+        });
     }
-    let text = [cwe.component(9), cwe.component(2), cwe.component(5)]
-        .into_iter()
-        .find(|text| !text.is_empty())
-        .unwrap_or_default();
-    object([
-        ("coding", Value::Array(codings)),
-        ("text", Value::String(text)),
-    ])
+    let original = cwe.component(9);
+    let text = if original.is_empty() {
+        displays.into_iter().find(|display| !display.is_empty())
+    } else {
+        Some(original)
+    };
+    CodeableConcept { coding, text }
 }
 
 /// `XCN` reduced to a reference's display (`family, given`) and its id as identifier.
-pub fn practitioner_reference(xcn: &Field) -> Value {
+pub fn practitioner_reference(xcn: &Field) -> Reference {
     let family = xcn.subcomponent(2, 1);
     let given = xcn.component(3);
     let display = match (family.is_empty(), given.is_empty()) {
@@ -189,28 +136,15 @@ pub fn practitioner_reference(xcn: &Field) -> Value {
         (true, false) => given,
         (true, true) => String::new(),
     };
-    let id = xcn.component(1);
-    object([
-        ("display", Value::String(display)),
-        (
-            "identifier",
-            if id.is_empty() {
-                Value::Null
-            } else {
-                json!({"value": id})
-            },
-        ),
-    ])
+    Reference {
+        reference: None,
+        identifier: text(xcn.component(1)).map(|value| ValueOnly { value }),
+        display: text(display),
+    }
 }
 
-fn strings<const N: usize>(parts: [String; N]) -> Value {
-    Value::Array(
-        parts
-            .into_iter()
-            .filter(|part| !part.is_empty())
-            .map(Value::String)
-            .collect(),
-    )
+fn strings<const N: usize>(parts: [String; N]) -> Vec<String> {
+    parts.into_iter().filter(|part| !part.is_empty()).collect()
 }
 
 /// `DTM[date]`: the date part (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`), or `None` when the text is

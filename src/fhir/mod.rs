@@ -21,12 +21,17 @@
 
 mod codes;
 mod datatypes;
+mod model;
 
-use serde_json::{Value, json};
 use sha2::Digest;
 
 use crate::hl7::{Charset, Delimiters, Message, Segment, split_piece, unescape};
-use datatypes::{is_empty, object};
+pub use model::Bundle;
+use model::{
+    CodeableConcept, Coding, DiagnosticReport, Encounter, Entry, Identifier, Immunization,
+    LocationEntry, Observation, Participant, Patient, Period, Quantity, Reference, Request,
+    Resource, TextOnly, text,
+};
 
 /// What names the Bundle's resources (see the module docs).
 #[derive(Clone, Copy, Debug)]
@@ -59,10 +64,17 @@ pub struct Field<'a> {
 
 impl Field<'_> {
     fn decode(&self, raw: &[u8]) -> String {
-        self.charset
-            .decode(&unescape(raw, self.delimiters))
-            .trim()
-            .to_owned()
+        if raw.is_empty() {
+            return String::new();
+        }
+        let unescaped = unescape(raw, self.delimiters);
+        let text = self.charset.decode(&unescaped);
+        let trimmed = text.trim();
+        if trimmed.len() == text.len() {
+            text.into_owned()
+        } else {
+            trimmed.to_owned()
+        }
     }
 
     /// The whole repetition's text (separators kept, escapes decoded).
@@ -118,14 +130,16 @@ impl<'a> Source<'a> {
 
     /// The first repetition of field `n` (empty when absent).
     fn field(&self, segment: &Segment<'a>, n: usize) -> Field<'a> {
-        self.repetitions(segment, n)
-            .into_iter()
-            .next()
-            .unwrap_or(Field {
-                raw: b"",
-                delimiters: self.message.delimiters(),
-                charset: self.charset,
-            })
+        let delimiters = self.message.delimiters();
+        let raw = segment
+            .field(n)
+            .and_then(|raw| split_piece(raw, delimiters.repetition, 0))
+            .unwrap_or_default();
+        Field {
+            raw,
+            delimiters,
+            charset: self.charset,
+        }
     }
 
     /// Component 1 of field `n`, decoded.
@@ -133,16 +147,15 @@ impl<'a> Source<'a> {
         self.field(segment, n).component(1)
     }
 
-    fn date_time(&self, segment: &Segment<'a>, n: usize) -> Value {
+    fn date_time(&self, segment: &Segment<'a>, n: usize) -> Option<String> {
         datatypes::date_time(&self.text(segment, n), self.zone.as_deref())
-            .map_or(Value::Null, Value::String)
     }
 }
 
 /// The resources of a Bundle being built.
 struct Builder<'a> {
     ids: Ids<'a>,
-    entries: Vec<Value>,
+    entries: Vec<Entry>,
 }
 
 impl Builder<'_> {
@@ -161,43 +174,44 @@ impl Builder<'_> {
         // RFC 9562 version 8 (custom), variant 10.
         bytes[6] = (bytes[6] & 0x0f) | 0x80;
         bytes[8] = (bytes[8] & 0x3f) | 0x80;
-        let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            &hex[..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..]
-        )
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = String::with_capacity(36);
+        for (index, byte) in bytes.iter().enumerate() {
+            if matches!(index, 4 | 6 | 8 | 10) {
+                text.push('-');
+            }
+            text.push(char::from(HEX[usize::from(byte >> 4)]));
+            text.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        text
     }
 
-    /// Add `resource`; returns its reference (`urn:uuid:…`). With `identifier` (a FHIR
-    /// Identifier that has a system), a conditional update on it; else a create.
-    fn add(&mut self, resource: Value, identifier: Option<&Value>) -> String {
+    /// Add `resource`; returns its reference (`urn:uuid:…`). With `identifier` (one that
+    /// has a system), a conditional update on it; else a create.
+    fn add(&mut self, resource: Resource, identifier: Option<&Identifier>) -> String {
         let full_url = format!("urn:uuid:{}", self.uuid(self.entries.len() + 1));
-        let kind = resource["resourceType"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let search = identifier.and_then(|identifier| {
-            let system = identifier["system"].as_str()?;
-            let value = identifier["value"].as_str()?;
-            Some(format!(
-                "{kind}?identifier={}|{}",
-                query_escape(system),
-                query_escape(value)
-            ))
-        });
-        let request = match search {
-            Some(url) => json!({"method": "PUT", "url": url}),
-            None => json!({"method": "POST", "url": kind}),
+        let kind = resource.kind();
+        let request = match identifier
+            .and_then(|identifier| Some((identifier.system.as_deref()?, &identifier.value)))
+        {
+            Some((system, value)) => Request {
+                method: "PUT",
+                url: format!(
+                    "{kind}?identifier={}|{}",
+                    query_escape(system),
+                    query_escape(value)
+                ),
+            },
+            None => Request {
+                method: "POST",
+                url: kind.to_owned(),
+            },
         };
-        self.entries.push(json!({
-            "fullUrl": full_url,
-            "resource": resource,
-            "request": request,
-        }));
+        self.entries.push(Entry {
+            full_url: full_url.clone(),
+            resource,
+            request,
+        });
         full_url
     }
 }
@@ -215,8 +229,9 @@ fn query_escape(text: &str) -> String {
     out
 }
 
-/// Convert `message` (decoded with `charset`) to a transaction Bundle.
-pub fn bundle(message: &Message, charset: Charset, ids: Ids<'_>) -> Result<Value, Unsupported> {
+/// Convert `message` (decoded with `charset`) to a transaction Bundle (serialize it with
+/// `serde_json`).
+pub fn bundle(message: &Message, charset: Charset, ids: Ids<'_>) -> Result<Bundle, Unsupported> {
     let kind = String::from_utf8_lossy(message.header_component(9, 1)).to_ascii_uppercase();
     let trigger = String::from_utf8_lossy(message.header_component(9, 2)).to_ascii_uppercase();
     let zone = datatypes::zone_of(&String::from_utf8_lossy(message.header_component(7, 1)))
@@ -230,6 +245,12 @@ pub fn bundle(message: &Message, charset: Charset, ids: Ids<'_>) -> Result<Value
         ids,
         entries: Vec::new(),
     };
+    let patients = segments(&source, b"PID").len();
+    if patients > 1 {
+        return Err(Unsupported(format!(
+            "the message holds {patients} patients (PID segments); the FHIR conversion takes one patient per message"
+        )));
+    }
     match (kind.as_str(), trigger.as_str()) {
         ("ADT", "A01" | "A03" | "A04" | "A08") => adt(&source, &trigger, &mut builder),
         ("ORU", "R01") => oru(&source, &mut builder),
@@ -247,12 +268,12 @@ pub fn bundle(message: &Message, charset: Charset, ids: Ids<'_>) -> Result<Value
             "the {kind}^{trigger} message has none of the segments the FHIR conversion reads"
         )));
     }
-    Ok(json!({
-        "resourceType": "Bundle",
-        "id": builder.uuid(0),
-        "type": "transaction",
-        "entry": builder.entries,
-    }))
+    Ok(Bundle {
+        resource_type: "Bundle",
+        id: builder.uuid(0),
+        kind: "transaction",
+        entry: builder.entries,
+    })
 }
 
 /// Message type text for errors: letters and digits only, at most 8.
@@ -274,81 +295,60 @@ fn segments<'a>(source: &Source<'a>, name: &'static [u8]) -> Vec<Segment<'a>> {
 /// `PID[Patient]`; returns its reference.
 fn patient(source: &Source<'_>, builder: &mut Builder<'_>) -> Option<String> {
     let pid = segments(source, b"PID").into_iter().next()?;
-    let identifiers: Vec<Value> = source
+    let identifier: Vec<Identifier> = source
         .repetitions(&pid, 3)
         .iter()
-        .map(datatypes::identifier)
-        .filter(|value| !is_empty(value))
+        .filter_map(datatypes::identifier)
         .collect();
-    let names: Vec<Value> = source
+    let name = source
         .repetitions(&pid, 5)
         .iter()
         .map(datatypes::human_name)
-        .filter(|value| !is_empty(value))
+        .filter(|name| !name.is_empty())
         .collect();
-    let mut telecom: Vec<Value> = source
+    let mut telecom: Vec<_> = source
         .repetitions(&pid, 13)
         .iter()
-        .map(|xtn| datatypes::contact_point(xtn, "home"))
+        .filter_map(|xtn| datatypes::contact_point(xtn, "home"))
         .collect();
     telecom.extend(
         source
             .repetitions(&pid, 14)
             .iter()
-            .map(|xtn| datatypes::contact_point(xtn, "work")),
+            .filter_map(|xtn| datatypes::contact_point(xtn, "work")),
     );
-    telecom.retain(|value| !is_empty(value));
-    let addresses: Vec<Value> = source
+    let address = source
         .repetitions(&pid, 11)
         .iter()
         .map(datatypes::address)
-        .filter(|value| !is_empty(value))
+        .filter(|address| !address.is_empty())
         .collect();
-    let deceased = source.date_time(&pid, 29);
-    let deceased_flag = match source.text(&pid, 30).to_ascii_uppercase().as_str() {
-        "Y" => json!(true),
-        "N" => json!(false),
-        _ => Value::Null,
+    let deceased_date_time = source.date_time(&pid, 29);
+    let deceased_boolean = match source.text(&pid, 30).to_ascii_uppercase().as_str() {
+        _ if deceased_date_time.is_some() => None,
+        "Y" => Some(true),
+        "N" => Some(false),
+        _ => None,
     };
-    let resource = object([
-        ("resourceType", json!("Patient")),
-        ("identifier", Value::Array(identifiers.clone())),
-        ("name", Value::Array(names)),
-        ("telecom", Value::Array(telecom)),
-        (
-            "gender",
-            codes::gender(&source.text(&pid, 8)).map_or(Value::Null, |code| json!(code)),
-        ),
-        (
-            "birthDate",
-            datatypes::date(&source.text(&pid, 7)).map_or(Value::Null, Value::String),
-        ),
-        (
-            "deceasedDateTime",
-            if is_empty(&deceased) {
-                Value::Null
-            } else {
-                deceased.clone()
-            },
-        ),
-        (
-            "deceasedBoolean",
-            if is_empty(&deceased) {
-                deceased_flag
-            } else {
-                Value::Null
-            },
-        ),
-        ("address", Value::Array(addresses)),
-    ]);
-    let key = identifiers
+    let key = identifier
         .iter()
-        .find(|identifier| identifier.get("system").is_some());
-    Some(builder.add(resource, key))
+        .find(|identifier| identifier.system.is_some())
+        .cloned();
+    let resource = Patient {
+        identifier,
+        name,
+        telecom,
+        gender: codes::gender(&source.text(&pid, 8)),
+        birth_date: datatypes::date(&source.text(&pid, 7)),
+        deceased_date_time,
+        deceased_boolean,
+        address,
+    };
+    Some(builder.add(Resource::Patient(resource), key.as_ref()))
 }
 
-fn reference(target: Option<&String>) -> Value {
-    target.map_or(Value::Null, |target| json!({"reference": target}))
+fn reference(target: Option<&String>) -> Option<Reference> {
+    target.map(|target| Reference::to(target))
 }
 
 /// `ADT_A01[Bundle]` for A01, A03, A04, A08: Patient, and Encounter from PV1.
@@ -372,7 +372,7 @@ fn adt(source: &Source<'_>, trigger: &str, builder: &mut Builder<'_>) {
         .filter(|part| !part.is_empty())
         .collect::<Vec<_>>()
         .join(" ");
-    let participants: Vec<Value> = [(7, "ATND"), (8, "REF"), (17, "ADM")]
+    let participant = [(7, "ATND"), (8, "REF"), (17, "ADM")]
         .into_iter()
         .flat_map(|(field, role)| {
             source
@@ -380,48 +380,39 @@ fn adt(source: &Source<'_>, trigger: &str, builder: &mut Builder<'_>) {
                 .into_iter()
                 .map(move |xcn| (xcn, role))
         })
-        .map(|(xcn, role)| {
-            let individual = datatypes::practitioner_reference(&xcn);
-            object([
-                (
-                    "type",
-                    json!([{"coding": [{"system": codes::V3_PARTICIPATION, "code": role}]}]),
-                ),
-                ("individual", individual),
-            ])
+        .map(|(xcn, role)| Participant {
+            kind: vec![CodeableConcept::of(codes::V3_PARTICIPATION, role)],
+            individual: datatypes::practitioner_reference(&xcn),
         })
-        .filter(|participant| participant.get("individual").is_some())
+        .filter(|participant| !participant.individual.is_empty())
         .collect();
-    let period = object([
-        ("start", source.date_time(&pv1, 44)),
-        ("end", source.date_time(&pv1, 45)),
-    ]);
-    let resource = object([
-        ("resourceType", json!("Encounter")),
-        (
-            "identifier",
-            Value::Array(if is_empty(&visit) {
-                Vec::new()
-            } else {
-                vec![visit.clone()]
-            }),
-        ),
-        ("status", json!(status)),
-        ("class", json!({"system": class_system, "code": class_code})),
-        ("subject", reference(subject.as_ref())),
-        ("participant", Value::Array(participants)),
-        ("period", period),
-        (
-            "location",
-            if location_text.is_empty() {
-                Value::Null
-            } else {
-                json!([{"location": {"display": location_text}}])
-            },
-        ),
-    ]);
-    let key = (!is_empty(&visit) && visit.get("system").is_some()).then_some(&visit);
-    builder.add(resource, key);
+    let period = Period {
+        start: source.date_time(&pv1, 44),
+        end: source.date_time(&pv1, 45),
+    };
+    let key = visit
+        .as_ref()
+        .filter(|visit| visit.system.is_some())
+        .cloned();
+    let resource = Encounter {
+        identifier: visit.into_iter().collect(),
+        status,
+        class: Coding {
+            system: Some(class_system.to_owned()),
+            code: Some(class_code),
+            display: None,
+        },
+        subject: reference(subject.as_ref()),
+        participant,
+        period: (period.start.is_some() || period.end.is_some()).then_some(period),
+        location: text(location_text)
+            .map(|display| LocationEntry {
+                location: Reference::display(display),
+            })
+            .into_iter()
+            .collect(),
+    };
+    builder.add(Resource::Encounter(resource), key.as_ref());
 }
 
 /// An OBR with its OBX segments, each with the text of the NTE segments after it.
@@ -462,46 +453,63 @@ fn oru(source: &Source<'_>, builder: &mut Builder<'_>) {
     groups.extend(current);
     for (obr, observations) in groups {
         let effective = source.date_time(&obr, 7);
-        let mut results = Vec::new();
+        let mut result = Vec::new();
         for (obx, notes) in observations {
-            let resource = observation(source, &obx, &notes, &effective, subject.as_ref());
-            results.push(json!({"reference": builder.add(resource, None)}));
+            let resource = observation(source, &obx, &notes, effective.as_ref(), subject.as_ref());
+            result.push(Reference::to(
+                &builder.add(Resource::Observation(resource), None),
+            ));
         }
-        let identifiers: Vec<Value> = [(2, "PLAC"), (3, "FILL")]
+        let identifier = [(2, "PLAC"), (3, "FILL")]
             .into_iter()
             .filter_map(|(field, kind)| {
-                let value = source.text(&obr, field);
-                (!value.is_empty()).then(|| {
-                    json!({
-                        "type": {"coding": [{"system": codes::V2_0203, "code": kind}]},
-                        "value": value,
-                    })
+                text(source.text(&obr, field)).map(|value| Identifier {
+                    kind: Some(CodeableConcept::of(codes::V2_0203, kind)),
+                    system: None,
+                    value,
+                    assigner: None,
                 })
             })
             .collect();
-        let code = datatypes::codeable_concept(&source.field(&obr, 4));
-        let report = object([
-            ("resourceType", json!("DiagnosticReport")),
-            ("identifier", Value::Array(identifiers)),
-            (
-                "status",
-                json!(codes::report_status(&source.text(&obr, 25))),
-            ),
-            ("code", required_concept(code)),
-            ("subject", reference(subject.as_ref())),
-            ("effectiveDateTime", effective),
-            ("result", Value::Array(results)),
-        ]);
-        builder.add(report, None);
+        let report = DiagnosticReport {
+            identifier,
+            status: codes::report_status(&source.text(&obr, 25)),
+            code: required_concept(datatypes::codeable_concept(&source.field(&obr, 4))),
+            subject: reference(subject.as_ref()),
+            effective_date_time: effective,
+            result,
+        };
+        builder.add(Resource::DiagnosticReport(report), None);
     }
 }
 
 /// A CodeableConcept that must be present: the given one, or "unknown".
-fn required_concept(concept: Value) -> Value {
-    if is_empty(&concept) {
-        json!({"coding": [{"system": codes::V3_NULL_FLAVOR, "code": "UNK"}], "text": "unknown"})
+fn required_concept(concept: CodeableConcept) -> CodeableConcept {
+    if concept.is_empty() {
+        CodeableConcept {
+            coding: vec![Coding {
+                system: Some(codes::V3_NULL_FLAVOR.to_owned()),
+                code: Some("UNK".to_owned()),
+                display: None,
+            }],
+            text: Some("unknown".to_owned()),
+        }
     } else {
         concept
+    }
+}
+
+/// A quantity from a value and its units (`CWE`: UCUM when the third component says so).
+fn quantity(value: Box<serde_json::value::RawValue>, units: &Field<'_>) -> Quantity {
+    let unit = [units.component(1), units.component(2)]
+        .into_iter()
+        .find(|unit| !unit.is_empty());
+    let ucum = units.component(3).eq_ignore_ascii_case("UCUM");
+    Quantity {
+        value,
+        unit,
+        system: ucum.then_some(codes::UCUM),
+        code: if ucum { text(units.component(1)) } else { None },
     }
 }
 
@@ -511,121 +519,95 @@ fn observation(
     source: &Source<'_>,
     obx: &Segment<'_>,
     notes: &[String],
-    report_time: &Value,
+    report_time: Option<&String>,
     subject: Option<&String>,
-) -> Value {
+) -> Observation {
     let value_type = source.text(obx, 2).to_ascii_uppercase();
     let values = source.repetitions(obx, 5);
-    let first = values.first().copied();
-    let units = source.field(obx, 6);
-    let (key, value) = match (value_type.as_str(), first) {
-        (_, None) => ("valueString", Value::Null),
-        ("NM", Some(field)) => match decimal(&field.text()) {
+    let mut resource = Observation {
+        status: codes::observation_status(&source.text(obx, 11)),
+        code: required_concept(datatypes::codeable_concept(&source.field(obx, 3))),
+        subject: reference(subject),
+        effective_date_time: source.date_time(obx, 14).or_else(|| report_time.cloned()),
+        value_quantity: None,
+        value_codeable_concept: None,
+        value_date_time: None,
+        value_string: None,
+        interpretation: source
+            .repetitions(obx, 8)
+            .iter()
+            .filter_map(|field| text(field.component(1)))
+            .map(|code| CodeableConcept::of(codes::V3_INTERPRETATION, &code))
+            .collect(),
+        reference_range: text(source.field(obx, 7).text())
+            .map(|text| TextOnly { text })
+            .into_iter()
+            .collect(),
+        note: notes
+            .iter()
+            .map(|text| TextOnly { text: text.clone() })
+            .collect(),
+    };
+    let Some(first) = values.first() else {
+        return resource;
+    };
+    match value_type.as_str() {
+        "NM" => match decimal(&first.text()) {
             Some(number) => {
-                let unit = [units.component(1), units.component(2)]
-                    .into_iter()
-                    .find(|unit| !unit.is_empty())
-                    .unwrap_or_default();
-                let ucum = units.component(3).eq_ignore_ascii_case("UCUM");
-                (
-                    "valueQuantity",
-                    object([
-                        ("value", number),
-                        ("unit", Value::String(unit)),
-                        (
-                            "system",
-                            if ucum {
-                                json!(codes::UCUM)
-                            } else {
-                                Value::Null
-                            },
-                        ),
-                        (
-                            "code",
-                            if ucum {
-                                Value::String(units.component(1))
-                            } else {
-                                Value::Null
-                            },
-                        ),
-                    ]),
-                )
+                resource.value_quantity = Some(quantity(number, &source.field(obx, 6)));
             }
-            None => ("valueString", Value::String(field.text())),
+            None => resource.value_string = text(first.text()),
         },
-        ("CWE" | "CE" | "CNE", Some(field)) => {
-            ("valueCodeableConcept", datatypes::codeable_concept(&field))
+        "CWE" | "CE" | "CNE" => {
+            resource.value_codeable_concept = datatypes::codeable_concept(first).present();
         }
-        ("DT" | "TS" | "DTM", Some(field)) => (
-            "valueDateTime",
-            datatypes::date_time(&field.component(1), source.zone.as_deref())
-                .map_or(Value::Null, Value::String),
-        ),
-        (_, Some(_)) => {
-            let text: Vec<String> = values
+        "DT" | "TS" | "DTM" => {
+            resource.value_date_time =
+                datatypes::date_time(&first.component(1), source.zone.as_deref());
+        }
+        _ => {
+            let joined: Vec<String> = values
                 .iter()
                 .map(Field::text)
                 .filter(|text| !text.is_empty())
                 .collect();
-            ("valueString", Value::String(text.join("\n")))
+            resource.value_string = text(joined.join("\n"));
         }
-    };
-    let effective = match source.date_time(obx, 14) {
-        Value::Null => report_time.clone(),
-        time => time,
-    };
-    let interpretation: Vec<Value> = source
-        .repetitions(obx, 8)
-        .iter()
-        .map(|field| field.component(1))
-        .filter(|code| !code.is_empty())
-        .map(|code| json!({"coding": [{"system": codes::V3_INTERPRETATION, "code": code}]}))
-        .collect();
-    let range = source.field(obx, 7).text();
-    object([
-        ("resourceType", json!("Observation")),
-        (
-            "status",
-            json!(codes::observation_status(&source.text(obx, 11))),
-        ),
-        (
-            "code",
-            required_concept(datatypes::codeable_concept(&source.field(obx, 3))),
-        ),
-        ("subject", reference(subject)),
-        ("effectiveDateTime", effective),
-        (key, value),
-        ("interpretation", Value::Array(interpretation)),
-        (
-            "referenceRange",
-            if range.is_empty() {
-                Value::Null
-            } else {
-                json!([{"text": range}])
-            },
-        ),
-        (
-            "note",
-            Value::Array(notes.iter().map(|text| json!({"text": text})).collect()),
-        ),
-    ])
+    }
+    resource
 }
 
-/// A FHIR decimal from text (`196`, `-0.5`, `+3.20`), kept as written.
-fn decimal(text: &str) -> Option<Value> {
+/// A FHIR decimal from text (`196`, `-0.5`, `+3.20`, `007`), its digits as written (a
+/// leading `+` and leading zeros dropped, which JSON does not allow); `None` when it is not
+/// a decimal.
+fn decimal(text: &str) -> Option<Box<serde_json::value::RawValue>> {
     let text = text.trim().trim_start_matches('+');
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    let whole_digits = whole.strip_prefix('-').unwrap_or(whole);
-    let valid = !whole_digits.is_empty()
-        && whole_digits.chars().all(|c| c.is_ascii_digit())
-        && fraction.chars().all(|c| c.is_ascii_digit())
-        && !(text.contains('.') && fraction.is_empty());
-    if !valid {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (whole, fraction) = match unsigned.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (unsigned, None),
+    };
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit());
+    if !digits(whole) || fraction.is_some_and(|fraction| !digits(fraction)) {
         return None;
     }
-    serde_json::from_str::<serde_json::Number>(text)
-        .ok()
-        .map(Value::Number)
+    let whole = match whole.trim_start_matches('0') {
+        "" => "0",
+        trimmed => trimmed,
+    };
+    let mut number = String::with_capacity(text.len() + 1);
+    if negative {
+        number.push('-');
+    }
+    number.push_str(whole);
+    if let Some(fraction) = fraction {
+        number.push('.');
+        number.push_str(fraction);
+    }
+    serde_json::value::RawValue::from_string(number).ok()
 }
 
 /// `VXU_V04[Bundle]`: Patient; an Immunization per RXA, route and site from its RXR.
@@ -645,90 +627,52 @@ fn vxu(source: &Source<'_>, builder: &mut Builder<'_>) {
             _ => {}
         }
     }
+    // `patient` is required on an Immunization: without a PID none can be written.
+    let Some(subject) = subject else {
+        return;
+    };
     for (rxa, rxr) in administrations {
         let status = codes::immunization_status(&source.text(&rxa, 20));
         let occurrence = source.date_time(&rxa, 3);
-        let (occurrence_key, occurrence) = if is_empty(&occurrence) {
-            ("occurrenceString", json!("unknown"))
-        } else {
-            ("occurrenceDateTime", occurrence)
-        };
         let amount = source.text(&rxa, 6);
-        let units = source.field(&rxa, 7);
-        let dose = match decimal(&amount) {
-            Some(value) if amount.trim() != "999" => {
-                let ucum = units.component(3).eq_ignore_ascii_case("UCUM");
-                object([
-                    ("value", value),
-                    ("unit", Value::String(units.component(1))),
-                    (
-                        "system",
-                        if ucum {
-                            json!(codes::UCUM)
-                        } else {
-                            Value::Null
-                        },
-                    ),
-                    (
-                        "code",
-                        if ucum {
-                            Value::String(units.component(1))
-                        } else {
-                            Value::Null
-                        },
-                    ),
-                ])
-            }
-            _ => Value::Null,
-        };
-        let primary = match source.field(&rxa, 9).component(1).as_str() {
-            "00" => json!(true),
-            "01" => json!(false),
-            _ => Value::Null,
+        let dose_quantity = decimal(&amount)
+            .filter(|_| amount.trim() != "999")
+            .map(|value| quantity(value, &source.field(&rxa, 7)));
+        let primary_source = match source.field(&rxa, 9).component(1).as_str() {
+            "00" => Some(true),
+            "01" => Some(false),
+            _ => None,
         };
         let manufacturer = source.field(&rxa, 17);
         let manufacturer = [manufacturer.component(2), manufacturer.component(1)]
             .into_iter()
             .find(|name| !name.is_empty())
-            .map_or(Value::Null, |name| json!({"display": name}));
-        let route = rxr
-            .as_ref()
-            .map(|rxr| datatypes::codeable_concept(&source.field(rxr, 1)))
-            .unwrap_or(Value::Null);
-        let site = rxr
-            .as_ref()
-            .map(|rxr| datatypes::codeable_concept(&source.field(rxr, 2)))
-            .unwrap_or(Value::Null);
-        let reason = if status == "not-done" {
-            datatypes::codeable_concept(&source.field(&rxa, 18))
-        } else {
-            Value::Null
+            .map(Reference::display);
+        let concept = |segment: &Option<Segment<'_>>, field: usize| {
+            segment.as_ref().and_then(|segment| {
+                datatypes::codeable_concept(&source.field(segment, field)).present()
+            })
         };
-        let resource = object([
-            ("resourceType", json!("Immunization")),
-            ("status", json!(status)),
-            ("statusReason", reason),
-            (
-                "vaccineCode",
-                required_concept(datatypes::codeable_concept(&source.field(&rxa, 5))),
-            ),
-            ("patient", reference(subject.as_ref())),
-            (occurrence_key, occurrence),
-            ("primarySource", primary),
-            ("manufacturer", manufacturer),
-            ("lotNumber", Value::String(source.text(&rxa, 15))),
-            (
-                "expirationDate",
-                datatypes::date(&source.text(&rxa, 16)).map_or(Value::Null, Value::String),
-            ),
-            ("site", site),
-            ("route", route),
-            ("doseQuantity", dose),
-        ]);
-        // `patient` is required on an Immunization: without a PID it cannot be written.
-        if subject.is_some() {
-            builder.add(resource, None);
-        }
+        let resource = Immunization {
+            status,
+            status_reason: if status == "not-done" {
+                datatypes::codeable_concept(&source.field(&rxa, 18)).present()
+            } else {
+                None
+            },
+            vaccine_code: required_concept(datatypes::codeable_concept(&source.field(&rxa, 5))),
+            patient: Reference::to(&subject),
+            occurrence_string: occurrence.is_none().then(|| "unknown".to_owned()),
+            occurrence_date_time: occurrence,
+            primary_source,
+            manufacturer,
+            lot_number: text(source.text(&rxa, 15)),
+            expiration_date: datatypes::date(&source.text(&rxa, 16)),
+            site: concept(&rxr, 2),
+            route: concept(&rxr, 1),
+            dose_quantity,
+        };
+        builder.add(Resource::Immunization(resource), None);
     }
 }
 

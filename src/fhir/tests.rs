@@ -3,6 +3,7 @@
 
 use super::*;
 use bytes::Bytes;
+use serde_json::{Value, json};
 
 const ADT: &str = "MSH|^~\\&|ADT1|GOOD HEALTH HOSPITAL|MFOUNDRY|HUB|20261122083000-0500||ADT^A01^ADT_A01|MSG00001|P|2.5.1\rEVN|A01|20261122083000\rPID|1||PATID1234^^^GHH&2.16.840.1.113883.19.5&ISO^MR~123456789^^^USSSA^SS||EVERYWOMAN^EVE^E^JR^DR^^L||19620320|F|||2222 HOME STREET^^GREENSBORO^NC^27401-1020^USA^H||^PRN^PH^^1^555^5552004~^NET^Internet^eve@example.org|^WPN^PH^^1^555^5553001||||||||||||||||N\rPV1|1|I|2000^2012^01||||004777^ATTEND^AARON^A|||SUR||||ADM|A0|||||||||||||||||||||||||||||20261122080000\r";
 
@@ -12,7 +13,7 @@ const VXU: &str = "MSH|^~\\&|EHR|CLINIC|IIS|STATE|20261122100000-0600||VXU^V04^V
 
 fn convert(text: &str) -> Result<Value, Unsupported> {
     let message = Message::parse(Bytes::from(text.to_owned())).expect("parses");
-    bundle(
+    to_value(bundle(
         &message,
         Charset::UTF_8,
         Ids {
@@ -21,7 +22,11 @@ fn convert(text: &str) -> Result<Value, Unsupported> {
             entry: 42,
             connector: "fhir",
         },
-    )
+    ))
+}
+
+fn to_value(bundle: Result<Bundle, Unsupported>) -> Result<Value, Unsupported> {
+    bundle.map(|bundle| serde_json::to_value(bundle).expect("serializes"))
 }
 
 fn resources<'a>(bundle: &'a Value, kind: &str) -> Vec<&'a Value> {
@@ -101,6 +106,16 @@ fn oru_gives_a_report_with_its_observations() {
     assert_eq!(report["result"].as_array().map(Vec::len), Some(3));
     let observations = resources(&bundle, "Observation");
     assert_eq!(observations[0]["valueQuantity"]["value"], json!(196));
+    let message = Message::parse(Bytes::from(ORU.replace("||196|", "||+03.20|"))).expect("parses");
+    let ids = Ids {
+        instance_id: 7,
+        message_id: 42,
+        entry: 42,
+        connector: "fhir",
+    };
+    let precise = super::bundle(&message, Charset::UTF_8, ids).expect("converts");
+    let text = serde_json::to_string(&precise).expect("json");
+    assert!(text.contains("\"value\":3.20"), "precision kept: {text}");
     assert_eq!(
         observations[0]["valueQuantity"]["system"],
         "http://unitsofmeasure.org"

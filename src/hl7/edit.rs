@@ -26,6 +26,9 @@ pub enum EditError {
 pub struct Document {
     delimiters: Delimiters,
     segments: Vec<Vec<u8>>,
+    /// Where the segments of each name are (writes never change a segment's name; removing
+    /// segments rebuilds it), so a step over every OBX stays linear in the message.
+    index: std::collections::HashMap<[u8; 3], Vec<usize>>,
     terminator: &'static [u8],
     trailing_terminator: bool,
 }
@@ -39,14 +42,31 @@ impl Document {
             Some(at) if raw[at] == b'\n' => b"\n",
             _ => b"\r",
         };
-        Self {
+        let mut document = Self {
             delimiters: message.delimiters().clone(),
             segments: message
                 .segments()
                 .map(|segment| segment.bytes().to_vec())
                 .collect(),
+            index: std::collections::HashMap::new(),
             terminator,
             trailing_terminator: raw.ends_with(b"\r") || raw.ends_with(b"\n"),
+        };
+        document.reindex();
+        document
+    }
+
+    fn reindex(&mut self) {
+        let separator = self.delimiters.field;
+        self.index.clear();
+        for (position, segment) in self.segments.iter().enumerate() {
+            let Some(name) = segment.get(..3) else {
+                continue;
+            };
+            if segment.get(3).is_none_or(|&byte| byte == separator) {
+                let name = [name[0], name[1], name[2]];
+                self.index.entry(name).or_default().push(position);
+            }
         }
     }
 
@@ -73,16 +93,8 @@ impl Document {
     }
 
     /// Positions (in `segments`) of the segments named `name`, in order.
-    fn positions(&self, name: &[u8; 3]) -> Vec<usize> {
-        let separator = self.delimiters.field;
-        self.segments
-            .iter()
-            .enumerate()
-            .filter(|(_, segment)| {
-                segment.starts_with(name) && segment.get(3).is_none_or(|&byte| byte == separator)
-            })
-            .map(|(index, _)| index)
-            .collect()
+    fn positions(&self, name: &[u8; 3]) -> &[usize] {
+        self.index.get(name).map_or(&[], Vec::as_slice)
     }
 
     fn position(&self, name: &[u8; 3], occurrence: usize) -> Option<usize> {
@@ -155,6 +167,25 @@ impl Document {
         Ok(true)
     }
 
+    /// Empty field `path.field` of the segment `path` names, every repetition (its
+    /// repetition and components are ignored). `Ok(false)` when the segment is absent.
+    pub fn clear_field(&mut self, path: &FieldPath) -> Result<bool, EditError> {
+        let header = is_header(&path.segment);
+        if header && path.field <= 2 {
+            return Err(EditError::Delimiters(
+                String::from_utf8_lossy(&path.segment).into_owned(),
+            ));
+        }
+        let Some(position) = self.position(&path.segment, path.segment_index) else {
+            return Ok(false);
+        };
+        let field_index = if header { path.field - 1 } else { path.field };
+        let segment = &self.segments[position];
+        self.segments[position] =
+            replace_piece(segment, self.delimiters.field, field_index, b"", &[]);
+        Ok(true)
+    }
+
     /// How many repetitions field `field` of the `occurrence`-th `segment` has (0 when the
     /// segment or field is absent or empty).
     fn repetitions(&self, segment: &[u8; 3], occurrence: usize, field: usize) -> usize {
@@ -213,12 +244,27 @@ impl Document {
     pub fn remove(&mut self, segment: &[u8; 3], pick: Option<Pick>) -> usize {
         let positions = self.positions(segment);
         let doomed: Vec<usize> = match pick {
-            None | Some(Pick::Every) => positions,
-            Some(Pick::One(index)) => positions.get(index - 1).copied().into_iter().collect(),
+            None | Some(Pick::Every) => positions.to_vec(),
+            Some(Pick::One(index)) => positions
+                .get(index.saturating_sub(1))
+                .copied()
+                .into_iter()
+                .collect(),
         };
-        for position in doomed.iter().rev() {
-            self.segments.remove(*position);
+        if doomed.is_empty() {
+            return 0;
         }
+        let mut doomed_iter = doomed.iter().peekable();
+        let mut position = 0;
+        self.segments.retain(|_| {
+            let keep = doomed_iter.peek() != Some(&&position);
+            if !keep {
+                doomed_iter.next();
+            }
+            position += 1;
+            keep
+        });
+        self.reindex();
         doomed.len()
     }
 }
@@ -367,6 +413,19 @@ mod tests {
         assert!(edited.expand(&absent).is_empty());
         let empty: PathPattern = "PID-2[*]".parse().expect("pattern");
         assert!(edited.expand(&empty).is_empty());
+    }
+
+    #[test]
+    fn clearing_a_field_empties_every_repetition() {
+        let mut edited = document(ADT);
+        assert_eq!(edited.clear_field(&path("PID-3")), Ok(true));
+        assert_eq!(edited.get(&path("PID-3")), Some(&b""[..]));
+        assert_eq!(edited.get(&path("PID-3[2]")), None);
+        assert_eq!(
+            edited.get(&path("PID-5")),
+            Some(&b"DOE^JOHN"[..]),
+            "later fields keep their numbers"
+        );
     }
 
     #[test]

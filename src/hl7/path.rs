@@ -31,7 +31,7 @@ pub struct FieldPath {
 /// Why a string is not a field path. The message quotes the path, never message data.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "field path {path:?} is invalid: {reason}; expected a form like PID-3, PID-3[2].1, OBX[3]-5 or PID-5.1.2"
+    "field path {path:?} is invalid: {reason}; expected a form like PID-3, PID-3[2].1, OBX[3]-5 or PID-5.1.2 (numbers from 1 to 99999)"
 )]
 pub struct PathError {
     path: String,
@@ -267,9 +267,14 @@ impl fmt::Display for FieldPath {
     }
 }
 
+/// The largest index a path may hold (a field, repetition, component or occurrence): far
+/// beyond any real message, and small enough that writing at it stays cheap.
+pub const MAX_INDEX: usize = 99_999;
+
 fn parse_positive(digits: &str) -> Option<usize> {
     match digits.parse::<usize>() {
         Ok(0) | Err(_) => None,
+        Ok(value) if value > MAX_INDEX => None,
         Ok(value) => Some(value),
     }
 }
@@ -370,6 +375,8 @@ mod tests {
             "PID-3.1.2.3",
             "PID-3x",
             "OBX[-5",
+            "PID-100000",
+            "PID-18446744073709551616",
         ] {
             let error = bad.parse::<FieldPath>().expect_err(bad);
             assert!(error.to_string().contains("is invalid"), "{error}");

@@ -74,13 +74,21 @@ impl Format {
         match self {
             Self::Hl7 => Ok(envelope.body.clone()),
             Self::Json => Ok(Bytes::from(to_json(envelope).to_string())),
-            Self::Fhir => fhir(envelope).map(|value| Bytes::from(value.to_string())),
+            Self::Fhir => fhir(envelope).and_then(|bundle| {
+                serde_json::to_vec(&bundle)
+                    .map(Bytes::from)
+                    .map_err(|error| {
+                        DeliveryError::permanent(format!(
+                            "the FHIR Bundle cannot be written: {error}"
+                        ))
+                    })
+            }),
         }
     }
 }
 
 /// The copy as a FHIR Bundle; a message the conversion does not cover is permanent.
-pub fn fhir(envelope: &Envelope) -> Result<Value, DeliveryError> {
+pub fn fhir(envelope: &Envelope) -> Result<crate::fhir::Bundle, DeliveryError> {
     let message = Message::parse(envelope.body.clone()).map_err(|_| {
         DeliveryError::permanent(
             "the FHIR conversion needs an HL7 v2 message; this copy has no MSH segment",

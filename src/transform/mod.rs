@@ -157,6 +157,10 @@ enum Action {
     Clear {
         target: PathPattern,
     },
+    /// `delete: PID-13`: the whole field, every repetition.
+    ClearField {
+        target: PathPattern,
+    },
 }
 
 #[derive(Debug)]
@@ -289,7 +293,9 @@ impl Transforms {
             {
                 continue;
             }
-            let changed = run(step, &mut document, scope.as_ref(), charset).map_err(fail)?;
+            let deadline = started + self.budget;
+            let changed =
+                run(step, &mut document, scope.as_ref(), charset, deadline).map_err(fail)?;
             if changed {
                 parsed = None;
             }
@@ -310,6 +316,7 @@ fn run(
     document: &mut Document,
     scope: Option<&crate::rules::Scope<'_>>,
     charset: Charset,
+    deadline: Instant,
 ) -> Result<bool, String> {
     let encode = |text: &str, document: &Document| -> Result<Vec<u8>, String> {
         let bytes = charset.encode(text).ok_or_else(|| {
@@ -347,6 +354,7 @@ fn run(
             name,
         } => {
             for path in document.expand(target) {
+                check_deadline(deadline)?;
                 let Some(raw) = document.get(&path).filter(|raw| !raw.is_empty()) else {
                     continue;
                 };
@@ -368,7 +376,25 @@ fn run(
             let paths = document.expand(target);
             write(document, paths, b"")
         }
+        Action::ClearField { target } => {
+            for path in document.expand(target) {
+                check_deadline(deadline)?;
+                document
+                    .clear_field(&path)
+                    .map_err(|error| error.to_string())?;
+            }
+            Ok(true)
+        }
     }
+}
+
+/// An error once the transform's time budget is spent (checked inside steps over many
+/// places, so a message with a million segments cannot hold intake).
+fn check_deadline(deadline: Instant) -> Result<(), String> {
+    if Instant::now() > deadline {
+        return Err("the transform exceeded its time budget (RULES_TIME_BUDGET)".to_owned());
+    }
+    Ok(())
 }
 
 /// Compile one action: its label and the action, or every problem found.
@@ -441,7 +467,37 @@ fn compile_action(
                         )
                     })
                 });
+            let source = source.and_then(|path| {
+                if path.field <= 2 && matches!(&path.segment, b"MSH" | b"FHS" | b"BHS") {
+                    return Err(problem(
+                        from,
+                        format!(
+                            "{} is one of the message's delimiters; copy a field's value instead",
+                            from.text
+                        ),
+                    ));
+                }
+                Ok(path)
+            });
             let target = writable(to);
+            // A value holds the separators of the levels below it: written deeper (a
+            // repetition into a component), they would shift the places after it.
+            let depth = |component: Option<usize>, subcomponent: Option<usize>| {
+                usize::from(component.is_some()) + usize::from(subcomponent.is_some())
+            };
+            if let (Ok(source), Ok(destination)) = (&source, &target)
+                && let Some(field) = destination.field
+                && depth(field.component, field.subcomponent)
+                    > depth(source.component, source.subcomponent)
+            {
+                return Err(vec![problem(
+                    to,
+                    format!(
+                        "copy from {} into {} would put separators inside a component; copy a part at the same level (e.g. {}.1)",
+                        from.text, to.text, from.text
+                    ),
+                )]);
+            }
             match (source, target) {
                 (Ok(from), Ok(to)) => {
                     Ok((format!("copy {from} to {to}"), Action::Copy { from, to }))
@@ -515,10 +571,20 @@ fn compile_action(
                 ));
             }
             let pattern = writable(target).map_err(|problem| vec![problem])?;
-            Ok((
-                format!("delete {pattern}"),
-                Action::Clear { target: pattern },
-            ))
+            // `PID-13` empties the whole field (every repetition); `PID-13[2]` or
+            // `PID-13.1` one place in it.
+            let whole_field = pattern.field.is_some_and(|field| field.component.is_none())
+                && !target
+                    .text
+                    .split_once('-')
+                    .is_some_and(|(_, after)| after.contains('['));
+            let label = format!("delete {pattern}");
+            let action = if whole_field {
+                Action::ClearField { target: pattern }
+            } else {
+                Action::Clear { target: pattern }
+            };
+            Ok((label, action))
         }
     }
 }

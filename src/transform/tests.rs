@@ -287,3 +287,77 @@ fn load_checks_name_every_problem_with_its_place() {
         assert!(all.contains(wanted), "missing {wanted:?} in\n{all}");
     }
 }
+
+#[test]
+fn deleting_a_field_empties_every_repetition_and_a_repetition_only_itself() {
+    let out = apply(
+        vec![step(ActionSpec::Delete {
+            target: located("PID-3"),
+        })],
+        ORU,
+    )
+    .expect("applies");
+    assert_eq!(segment(&out, "PID")[0], "PID|1||||DOE^JOHN||19700101|M");
+    let out = apply(
+        vec![step(ActionSpec::Delete {
+            target: located("PID-3[2]"),
+        })],
+        ORU,
+    )
+    .expect("applies");
+    assert_eq!(
+        segment(&out, "PID")[0],
+        "PID|1||123^^^MRN~||DOE^JOHN||19700101|M"
+    );
+}
+
+#[test]
+fn copies_that_would_shift_places_are_refused_at_load() {
+    let problems = compile(vec![
+        step(ActionSpec::Copy {
+            from: located("MSH-1"),
+            to: located("PID-2"),
+        }),
+        step(ActionSpec::Copy {
+            from: located("PID-3[1]"),
+            to: located("PID-5.1"),
+        }),
+        set("PID-100000", "\"x\""),
+    ])
+    .expect_err("refused");
+    let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    let all = all.join("\n");
+    for wanted in [
+        "MSH-1 is one of the message's delimiters",
+        "copy from PID-3[1] into PID-5.1 would put separators inside a component",
+        "numbers from 1 to 99999",
+    ] {
+        assert!(all.contains(wanted), "missing {wanted:?} in\n{all}");
+    }
+}
+
+#[test]
+fn a_step_over_many_segments_stays_within_the_time_budget() {
+    // 200,000 OBX segments: linear work, and the budget is checked inside the step.
+    let mut message = String::from("MSH|^~\\&|LAB|NORTH|EHR|HOSP|20240101||ORU^R01|C1|P|2.5\r");
+    for _ in 0..200_000 {
+        message.push_str("OBX|1|NM|GLU\r");
+    }
+    let transforms = Transforms::compile(
+        &[TransformSpec {
+            connector: "emr".to_owned(),
+            steps: vec![step(ActionSpec::Map {
+                field: located("OBX[*]-3.1"),
+                table: located("lab_codes"),
+            })],
+        }],
+        &tables(),
+        Duration::from_millis(1),
+    )
+    .expect("compiles");
+    let message = Message::parse(Bytes::from(message)).expect("parses");
+    let failure = transforms
+        .apply("emr", &message, Charset::UTF_8, "mllp")
+        .expect_err("over budget");
+    assert!(failure.reason.contains("time budget"), "{failure}");
+}

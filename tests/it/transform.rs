@@ -349,3 +349,50 @@ async fn reprocess_queues_any_stored_message_again_through_the_current_transform
     assert_eq!(reprocessed, 2, "{trail}");
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_dead_letter_is_not_replayed_to_a_connector_whose_transform_it_never_had() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let (raw, emr) = (out.path().join("raw"), out.path().join("emr"));
+    let steps = "      - delete: PID-3\n";
+    let yaml = yaml(&raw, &emr, steps, "").replace(
+        "  - name: raw\n    type: file\n",
+        "  - name: raw\n    type: file\n    paused: true\n",
+    );
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    assert_eq!(send(&app, &common::adt("D1", "2.5")).await, "AA");
+    let raw_id = app.outbox().connector_id("raw").expect("raw");
+    let (seq, _) = app
+        .outbox()
+        .snapshot()
+        .expect("snapshot")
+        .queue(raw_id)
+        .expect("queue")[0]
+        .clone();
+    assert!(
+        app.outbox()
+            .dead_letter(raw_id, seq, 1, "refused".to_owned())
+            .await
+            .expect("dead-letter")
+    );
+    let (status, body) = post_json(
+        &app,
+        "/api/v1/dlq/raw/replay",
+        serde_json::json!({"all": true, "to": "emr"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string().contains("Reprocess the messages to emr"),
+        "{body}"
+    );
+    // Replayed to its own connector, it goes.
+    let (status, body) = post_json(
+        &app,
+        "/api/v1/dlq/raw/replay",
+        serde_json::json!({"all": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    app.shutdown(Duration::from_secs(5)).await;
+}

@@ -42,6 +42,15 @@ fn dead_letters(state: &AdminState) -> DeadLetters<'_> {
             .collect(),
         state.gateway.connector_names.clone(),
     )
+    .with_transforming(
+        state
+            .gateway
+            .connectors
+            .iter()
+            .filter(|connector| state.gateway.transforms.transforms(&connector.name))
+            .map(|connector| connector.name.clone())
+            .collect(),
+    )
 }
 
 /// Whether the caller may read what downstream systems answered (it can hold patient data,

@@ -174,15 +174,26 @@ impl Writer {
                             )?;
                             if let Some(seq) = seq {
                                 let mut copies = transaction.open_table(COPIES)?;
+                                let key = (message_id.0, to.0);
+                                // A failed transform never replaces a good copy that an
+                                // older entry of the message may still deliver.
+                                let keeps_good = matches!(copy, Some(StoredCopy::Failed(_)))
+                                    && copies
+                                        .get(key)?
+                                        .map(|value| schema::decode_copy(value.value()))
+                                        .transpose()
+                                        .ok()
+                                        .flatten()
+                                        .is_some_and(|stored| {
+                                            matches!(stored, StoredCopy::Bytes(_))
+                                        });
                                 match copy {
+                                    _ if keeps_good => {}
                                     Some(copy) => {
-                                        copies.insert(
-                                            (message_id.0, to.0),
-                                            schema::encode_copy(copy).as_slice(),
-                                        )?;
+                                        copies.insert(key, schema::encode_copy(copy).as_slice())?;
                                     }
                                     None => {
-                                        copies.remove((message_id.0, to.0))?;
+                                        copies.remove(key)?;
                                     }
                                 }
                                 drop(copies);
