@@ -390,13 +390,18 @@ pub async fn messages(
             for copy in &detail.copies {
                 match (&copy.body, &copy.transform_failure) {
                     (Some(body), _) => {
-                        writeln!(out, "\n{} delivers (after its transform):", copy.connector)?;
+                        writeln!(
+                            out,
+                            "\n{} delivers (entry {}, after its transform):",
+                            copy.connector, copy.entry
+                        )?;
                         segments(body, out)?;
                     }
                     (None, failure) => writeln!(
                         out,
-                        "\n{}: its transform failed: {}",
+                        "\n{} (entry {}): its transform failed: {}",
                         copy.connector,
+                        copy.entry,
                         failure.as_deref().unwrap_or("")
                     )?,
                 }

@@ -149,8 +149,10 @@ fn find_cases(path: &Path, cases: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", path.display()))?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|entry| entry.is_dir())
+        .filter_map(Result::ok)
+        // Symbolic links are not followed: a link back up would never end.
+        .filter(|entry| entry.file_type().is_ok_and(|kind| kind.is_dir()))
+        .map(|entry| entry.path())
         .collect();
     entries.sort();
     for entry in entries {

@@ -151,6 +151,9 @@ fn strings<const N: usize>(parts: [String; N]) -> Vec<String> {
 /// not a date.
 pub fn date(dtm: &str) -> Option<String> {
     let digits: String = dtm.chars().take_while(char::is_ascii_digit).collect();
+    if digits.get(..4).is_some_and(|year| year == "0000") {
+        return None;
+    }
     match digits.len() {
         4 => Some(digits),
         6 | 7 => valid_month(&digits[4..6]).then(|| format!("{}-{}", &digits[..4], &digits[4..6])),
@@ -222,9 +225,11 @@ pub fn offset(zone: &str) -> Option<String> {
         return None;
     }
     let (hours, minutes) = digits.split_at(2);
-    if hours.parse::<u32>().ok()? > 14 || minutes.parse::<u32>().ok()? > 59 {
+    let (hours, minutes_value) = (hours.parse::<u32>().ok()?, minutes.parse::<u32>().ok()?);
+    if hours > 14 || minutes_value > 59 || (hours == 14 && minutes_value > 0) {
         return None;
     }
+    let hours = format!("{hours:02}");
     Some(format!("{sign}{hours}:{minutes}"))
 }
 
@@ -265,5 +270,8 @@ mod tests {
         assert_eq!(date_time("yesterday", None), None);
         assert_eq!(offset("+0530").as_deref(), Some("+05:30"));
         assert_eq!(offset("0530"), None);
+        assert_eq!(offset("+1430"), None);
+        assert_eq!(offset("+1400").as_deref(), Some("+14:00"));
+        assert_eq!(date("00000101"), None);
     }
 }

@@ -81,11 +81,13 @@ pub const DLQ: TableDefinition<(u32, u64), &[u8]> = TableDefinition::new("dlq");
 /// queue entry (or filtered: see the message's routes). Read by retention and the history view.
 pub const DELIVERIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("deliveries");
 
-/// `(message id, connector id) → copy`: what a connector with transform steps delivers of a
-/// message (ADR 0009), written in the intake commit: `envelope(0) ‖ bytes`, or
-/// `envelope(1) ‖ reason` when a step failed (that copy is never delivered). Absent: the
-/// connector delivers the received bytes.
-pub const COPIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("copies");
+/// `(message id, connector id, entry seq) → copy`: what one queue entry of a connector with
+/// transform steps delivers (ADR 0009). Intake writes the first entry's (its seq is the
+/// message id) in the intake commit; reprocessing writes the new entry's; a replay to the
+/// same connector moves it with the entry. `envelope(0) ‖ bytes`, or `envelope(1) ‖ reason`
+/// when a step failed (that entry is never delivered). Absent: the entry delivers the
+/// received bytes. The message id first, so retention removes a message's copies by range.
+pub const COPIES: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new("copies");
 
 /// `seq → hash ‖ AuditRecord`: the hash-chained audit trail (see [`super::audit`]).
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");

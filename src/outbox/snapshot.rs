@@ -197,7 +197,7 @@ impl Snapshot {
                 Err(error) => return Err(error),
             };
             let read = self.message(entry.message_id).and_then(|record| {
-                let copy = self.copy(entry.message_id, connector)?;
+                let copy = self.copy(entry.message_id, connector, seq)?;
                 let body = match &copy {
                     Some(StoredCopy::Bytes(bytes)) => Some(bytes.clone()),
                     _ => self.body(entry.message_id)?.map(Bytes::from),
@@ -234,16 +234,17 @@ impl Snapshot {
         Ok(out)
     }
 
-    /// A connector's copy of a message (ADR 0009), checked against its checksum; `None`
-    /// when the connector delivers the received bytes.
+    /// What one queue entry of a connector delivers (ADR 0009), checked against its
+    /// checksum; `None` when it delivers the received bytes.
     pub fn copy(
         &self,
         id: MessageId,
         connector: ConnectorId,
+        seq: Seq,
     ) -> Result<Option<StoredCopy>, StoreError> {
         let copies = self.transaction.open_table(schema::COPIES)?;
         copies
-            .get((id.0, connector.0))?
+            .get((id.0, connector.0, seq.0))?
             .map(|value| {
                 schema::decode_copy(value.value()).map_err(|error| match error {
                     StoreError::Damaged(what) => StoreError::Damaged(format!(
@@ -255,15 +256,16 @@ impl Snapshot {
             .transpose()
     }
 
-    /// Every connector copy of a message (ADR 0009), by connector.
-    pub fn copies(&self, id: MessageId) -> Result<Vec<(ConnectorId, StoredCopy)>, StoreError> {
+    /// Every copy of a message (ADR 0009): connector, entry, copy.
+    pub fn copies(&self, id: MessageId) -> Result<Vec<(ConnectorId, Seq, StoredCopy)>, StoreError> {
         let copies = self.transaction.open_table(schema::COPIES)?;
         let mut out = Vec::new();
-        for entry in copies.range((id.0, 0)..=(id.0, u32::MAX))? {
+        for entry in copies.range((id.0, 0, 0)..=(id.0, u32::MAX, u64::MAX))? {
             let (key, _) = entry?;
-            let connector = ConnectorId(key.value().1);
-            if let Some(copy) = self.copy(id, connector)? {
-                out.push((connector, copy));
+            let (_, connector, seq) = key.value();
+            let (connector, seq) = (ConnectorId(connector), Seq(seq));
+            if let Some(copy) = self.copy(id, connector, seq)? {
+                out.push((connector, seq, copy));
             }
         }
         Ok(out)

@@ -309,6 +309,31 @@ async fn reprocess_queues_any_stored_message_again_through_the_current_transform
         "EMR",
         "through the transform"
     );
+    // Each entry keeps its own copy: a second reprocess adds one, the first stays.
+    let (status, again) = post_json(
+        &app,
+        "/api/v1/messages/reprocess",
+        serde_json::json!({"ids": [accepted], "to": "emr"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    let shown = get_json(&app, &format!("/api/v1/messages/{accepted}")).await;
+    let entries: Vec<u64> = shown["copies"]
+        .as_array()
+        .expect("copies")
+        .iter()
+        .filter(|copy| copy["connector"] == "emr")
+        .filter_map(|copy| copy["entry"].as_u64())
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            result["queued"][0]["entry"].as_u64().expect("entry"),
+            again["queued"][0]["entry"].as_u64().expect("entry")
+        ],
+        "{shown}"
+    );
+    eventually("emr delivered again", || files(&emr).len() == 2).await;
 
     let (status, result) = post_json(
         &app,
@@ -346,7 +371,13 @@ async fn reprocess_queues_any_stored_message_again_through_the_current_transform
         .iter()
         .filter(|record| record.to_string().contains("message.reprocess"))
         .count();
-    assert_eq!(reprocessed, 2, "{trail}");
+    assert_eq!(reprocessed, 3, "{trail}");
+    assert!(
+        trail
+            .to_string()
+            .contains("connector emr (3 ids: 1 refused, 1 not stored)"),
+        "{trail}"
+    );
     app.shutdown(Duration::from_secs(5)).await;
 }
 

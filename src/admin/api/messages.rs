@@ -78,11 +78,14 @@ pub struct MessageDetail {
     pub copies: Vec<CopyView>,
 }
 
-/// A connector's own copy of the message (after its transform steps).
+/// A connector's own copy of the message (after its transform steps), for one queue entry.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CopyView {
     /// Connector name.
     pub connector: String,
+    /// The queue entry it belongs to (the message id for the first; reprocessing adds
+    /// entries, each with the copy its transform gave then).
+    pub entry: u64,
     /// The bytes it delivers, decoded like `body`; absent when its transform failed.
     pub body: Option<String>,
     /// Why its transform failed for this message (the step and the reason).
@@ -263,12 +266,12 @@ pub async fn show_message(
             let copies = snapshot
                 .copies(id)?
                 .into_iter()
-                .map(|(connector, copy)| {
+                .map(|(connector, seq, copy)| {
                     let name = names
                         .get(&connector)
                         .cloned()
                         .unwrap_or_else(|| format!("#{connector}"));
-                    (name, copy)
+                    (name, seq.0, copy)
                 })
                 .collect::<Vec<_>>();
             Ok(Some((summary(id, &record, states), body, copies)))
@@ -300,14 +303,16 @@ pub async fn show_message(
     };
     let copies = copies
         .into_iter()
-        .map(|(connector, copy)| match copy {
+        .map(|(connector, entry, copy)| match copy {
             StoredCopy::Bytes(bytes) => CopyView {
                 connector,
+                entry,
                 body: Some(charset.decode(&bytes).into_owned()),
                 transform_failure: None,
             },
             StoredCopy::Failed(reason) => CopyView {
                 connector,
+                entry,
                 body: None,
                 transform_failure: Some(reason),
             },
@@ -465,7 +470,12 @@ pub async fn reprocess_messages(
         let context = crate::outbox::AuditContext {
             token_id: caller.token_id.clone(),
             action: "message.reprocess".to_owned(),
-            target: format!("connector {name}"),
+            target: format!(
+                "connector {name} ({} ids: {} refused, {} not stored)",
+                request.ids.len(),
+                result.refused.len(),
+                result.missing.len()
+            ),
         };
         let answers = state
             .gateway

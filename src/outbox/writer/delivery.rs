@@ -236,14 +236,15 @@ impl Delivery<'_, '_> {
     }
 
     /// Put a dead letter back at the tail of `to`'s queue under a fresh seq from the message
-    /// counter; `None` when it was not in the dead-letter queue.
+    /// counter; the new seq and the message, or `None` when it was not in the dead-letter
+    /// queue.
     pub(super) fn replay(
         &mut self,
         connector: ConnectorId,
         seq: Seq,
         to: ConnectorId,
         next_id: &mut u64,
-    ) -> Result<Option<Seq>, StoreError> {
+    ) -> Result<Option<(Seq, MessageId)>, StoreError> {
         let Some(dead) = self.take_dead_letter(connector, seq)? else {
             return Ok(None);
         };
@@ -314,7 +315,7 @@ impl Delivery<'_, '_> {
                 to_before + 1,
             )?;
         }
-        Ok(Some(Seq(new_seq)))
+        Ok(Some((Seq(new_seq), dead.message_id)))
     }
 
     /// Remove a dead letter without delivering it.

@@ -73,7 +73,7 @@ pub(super) fn retain<'txn>(
         }
         deliveries.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
         if let Some(copies) = copies.as_mut() {
-            copies.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
+            copies.retain_in((*id, 0, 0)..=(*id, u32::MAX, u64::MAX), |_, _| false)?;
         }
     }
     retained.removed = removable.len() as u64;

@@ -133,15 +133,31 @@ impl Writer {
                         reply,
                     } => {
                         let mut answers = Vec::with_capacity(seqs.len());
+                        let mut moved = Vec::new();
                         {
                             let mut delivery = tables.delivery(&transaction, now)?;
                             for seq in seqs.iter() {
-                                answers.push(delivery.replay(
-                                    *connector,
-                                    *seq,
-                                    *to,
-                                    &mut next_id,
-                                )?);
+                                let replayed =
+                                    delivery.replay(*connector, *seq, *to, &mut next_id)?;
+                                if let Some((new_seq, message_id)) = replayed {
+                                    moved.push((message_id, *seq, new_seq));
+                                }
+                                answers.push(replayed.map(|(new_seq, _)| new_seq));
+                            }
+                        }
+                        if !moved.is_empty() {
+                            // The entry's copy goes with it to its new place; replayed to
+                            // another connector it has none (that connector's own steps
+                            // never ran on it: the admin layer refuses those with steps).
+                            let mut copies = transaction.open_table(COPIES)?;
+                            for (message_id, old_seq, new_seq) in moved {
+                                let copy = copies
+                                    .remove((message_id.0, connector.0, old_seq.0))?
+                                    .map(|value| value.value().to_vec());
+                                if let (Some(copy), true) = (copy, to == connector) {
+                                    copies
+                                        .insert((message_id.0, to.0, new_seq.0), copy.as_slice())?;
+                                }
                             }
                         }
                         let replayed = answers.iter().filter(|answer| answer.is_some()).count();
@@ -174,27 +190,11 @@ impl Writer {
                             )?;
                             if let Some(seq) = seq {
                                 let mut copies = transaction.open_table(COPIES)?;
-                                let key = (message_id.0, to.0);
-                                // A failed transform never replaces a good copy that an
-                                // older entry of the message may still deliver.
-                                let keeps_good = matches!(copy, Some(StoredCopy::Failed(_)))
-                                    && copies
-                                        .get(key)?
-                                        .map(|value| schema::decode_copy(value.value()))
-                                        .transpose()
-                                        .ok()
-                                        .flatten()
-                                        .is_some_and(|stored| {
-                                            matches!(stored, StoredCopy::Bytes(_))
-                                        });
-                                match copy {
-                                    _ if keeps_good => {}
-                                    Some(copy) => {
-                                        copies.insert(key, schema::encode_copy(copy).as_slice())?;
-                                    }
-                                    None => {
-                                        copies.remove(key)?;
-                                    }
+                                if let Some(copy) = copy {
+                                    copies.insert(
+                                        (message_id.0, to.0, seq.0),
+                                        schema::encode_copy(copy).as_slice(),
+                                    )?;
                                 }
                                 drop(copies);
                                 if let Some(StoredCopy::Failed(reason)) = copy {
@@ -368,7 +368,8 @@ impl Writer {
                             && route.status == RouteStatus::Queued),
                     "copies only for connectors that take the message"
                 );
-                copies.insert((id, connector.0), schema::encode_copy(copy).as_slice())?;
+                // The first entry's seq is the message id.
+                copies.insert((id, connector.0, id), schema::encode_copy(copy).as_slice())?;
             }
             drop(copies);
             for (connector, copy) in &message.copies {
