@@ -329,6 +329,11 @@ impl Decider {
         self
     }
 
+    /// The character set of messages whose MSH-18 is empty.
+    pub fn default_charset(&self) -> Charset {
+        self.default_charset
+    }
+
     /// The routed connectors' names, in the order of [`Decided::routes`].
     pub fn connector_names(&self) -> impl Iterator<Item = &str> {
         self.names.iter().map(|name| &**name)

@@ -45,6 +45,7 @@ impl Delivery {
                     retry: output.retry.clone(),
                     min_interval: output.min_interval,
                     paused: output.paused,
+                    default_charset: config.settings.default_charset,
                 },
                 Output::new(&output.output),
                 outbox.clone(),

@@ -201,6 +201,7 @@ fn run_case(
         ..
     } = *decided;
     let names: Vec<&str> = decider.connector_names().collect();
+    let decider_charset = decider.default_charset();
     let mut connectors = Vec::new();
     let mut outputs = Vec::new();
     let accepted = matches!(disposition, Disposition::Routed | Disposition::Unrouted);
@@ -249,6 +250,7 @@ fn run_case(
             },
             body,
             attempt: 1,
+            default_charset: decider_charset,
         };
         let rendered = match format.render(&envelope) {
             Ok(bytes) => bytes.to_vec(),

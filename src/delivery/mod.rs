@@ -49,6 +49,8 @@ pub struct Envelope {
     pub body: Bytes,
     /// This attempt's number, from 1.
     pub attempt: u32,
+    /// The character set of a body whose MSH-18 is empty (`DEFAULT_CHARACTER_SET`).
+    pub default_charset: crate::hl7::Charset,
 }
 
 /// Why an output could not deliver. Reasons name the cause, never message content.
@@ -190,6 +192,9 @@ pub struct WorkerSettings {
     pub min_interval: Option<Duration>,
     /// Start paused.
     pub paused: bool,
+    /// The character set of messages whose MSH-18 is empty (`DEFAULT_CHARACTER_SET`), for
+    /// outputs that decode (JSON, FHIR).
+    pub default_charset: crate::hl7::Charset,
 }
 
 /// Start a connector's worker on the current runtime. It stops, after the delivery in hand,
@@ -389,6 +394,7 @@ impl<O: Deliver> Worker<O> {
             record,
             body,
             attempt,
+            default_charset: self.settings.default_charset,
         };
         self.last_send = Some(tokio::time::Instant::now());
         // The delivery in hand is finished even during shutdown; outputs bound it with

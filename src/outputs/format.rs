@@ -94,7 +94,7 @@ pub fn fhir(envelope: &Envelope) -> Result<crate::fhir::Bundle, DeliveryError> {
             "the FHIR conversion needs an HL7 v2 message; this copy has no MSH segment",
         )
     })?;
-    let charset = message.charset(Charset::UTF_8).charset();
+    let charset = message.charset(envelope.default_charset).charset();
     crate::fhir::bundle(
         &message,
         charset,
@@ -131,7 +131,7 @@ pub fn to_json(envelope: &Envelope) -> serde_json::Value {
         .unwrap_or_default();
     let (segments, decoded, text) = match Message::parse(envelope.body.clone()) {
         Ok(message) => {
-            let charset = message.charset(Charset::UTF_8).charset();
+            let charset = message.charset(envelope.default_charset).charset();
             let segments: Vec<serde_json::Value> = message
                 .segments()
                 .map(|segment| {

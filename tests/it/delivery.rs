@@ -435,6 +435,7 @@ async fn scripted_worker_with(
             retry,
             min_interval,
             paused: false,
+            default_charset: mfoundry::hl7::Charset::UTF_8,
         },
         Scripted {
             failures,

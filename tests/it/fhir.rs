@@ -242,3 +242,28 @@ fn mllp_takes_only_hl7_and_format_names_are_checked() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_message_without_msh_18_is_decoded_with_the_default_character_set() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let yaml = format!(
+        "connectors:\n  - name: fhir\n    type: file\n    format: fhir\n    directory: {}\n    filename: \"{{id}}.json\"\n",
+        out.path().display()
+    );
+    let app = common::start_with_yaml(Some(&yaml), &[("DEFAULT_CHARACTER_SET", "8859/1")]).await;
+    let mut message = b"MSH|^~\\&|ADT1|HOSP|HUB|HUB|20261122110000+0100||ADT^A08^ADT_A01|L1|P|2.5\rPID|1||4711^^^HOSP^MR||M".to_vec();
+    message.push(0xFC); // ü in Latin-1
+    message.extend_from_slice(b"ller^J\rPV1|1|O\r");
+    let mut stream = common::connect(&app).await;
+    common::write(&mut stream, &common::framed(&message)).await;
+    let reply = common::expect_ack(&mut stream).await;
+    assert_eq!(common::field(&reply, "MSA", 1), "AA");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while json_files(out.path()).is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = std::fs::read_to_string(&json_files(out.path())[0]).expect("utf-8 JSON");
+    assert!(text.contains("\"family\":\"Müller\""), "{text}");
+    app.shutdown(Duration::from_secs(5)).await;
+}

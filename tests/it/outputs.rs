@@ -347,6 +347,7 @@ async fn postgres_gets_one_row_per_message_even_when_delivered_twice() {
         record,
         body: bytes::Bytes::from(common::adt("P1", "2.5")),
         attempt: 2,
+        default_charset: mfoundry::hl7::Charset::UTF_8,
     };
     output.deliver(&envelope).await.expect("idempotent insert");
     let count_query = format!("SELECT count(*) FROM {table}");
