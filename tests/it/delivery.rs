@@ -280,7 +280,25 @@ async fn pause_holds_delivery_and_resume_releases_it_in_order() {
     );
     let app = common::start_with_yaml(Some(&yaml), &[]).await;
     send(&app, ids(1..=3)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // An hour passes on the runtime's clock (every retry or interval timer would fire) and
+    // the worker gets turns to run: a paused worker makes no attempt at all.
+    tokio::time::pause();
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    tokio::time::resume();
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let stats = app.worker("files").stats();
+    assert_eq!(
+        (
+            stats.delivered.load(Ordering::SeqCst),
+            stats.retries.load(Ordering::SeqCst),
+            stats.dead_lettered.load(Ordering::SeqCst),
+            stats.delivering.load(Ordering::SeqCst)
+        ),
+        (0, 0, 0, false),
+        "no attempt while paused"
+    );
     assert_eq!(std::fs::read_dir(out.path()).expect("dir").count(), 0);
     assert!(app.worker("files").is_paused());
     app.worker("files").resume();
