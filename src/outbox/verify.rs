@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::audit::{self, Verification};
 use super::open::{OpenReport, open_with};
 use super::schema::{
-    self, AUDIT, BODIES, CONNECTORS, DELIVERIES, DLQ, DeliveryRecord, DlqEntry, MESSAGES, META,
+    self, AUDIT, BODIES, CONNECTORS, COPIES, DELIVERIES, DLQ, DeliveryRecord, DlqEntry, MESSAGES, META,
     QUEUE, QueueEntry,
 };
 use super::{OpenError, OutboxOptions, StoreError};
@@ -113,6 +113,15 @@ pub(super) fn read_all(transaction: &redb::ReadTransaction) -> Result<StoreRepor
         report.count("deliveries");
         if let Err(error) = schema::decode::<DeliveryRecord>(value.value()) {
             report.damaged(format!("deliveries {id}/{connector}: {error}"));
+        }
+    }
+    let copies = transaction.open_table(COPIES)?;
+    for entry in copies.iter()? {
+        let (key, value) = entry?;
+        let (id, connector, seq) = key.value();
+        report.count("copies");
+        if let Err(error) = schema::decode_copy(value.value()) {
+            report.damaged(format!("copies {id}/{connector}/{seq}: {error}"));
         }
     }
     let connectors = transaction.open_table(CONNECTORS)?;
