@@ -70,7 +70,12 @@ pub fn address(xad: &Field) -> Address {
 /// (PID-13 is home, PID-14 work).
 pub fn contact_point(xtn: &Field, default_use: &'static str) -> Option<ContactPoint> {
     let equipment = xtn.component(3).to_ascii_uppercase();
-    let system = codes::contact_system(&equipment);
+    // No equipment type but an e-mail address: an e-mail (`XTN[ContactPoint]`).
+    let system = if equipment.is_empty() && !xtn.component(4).is_empty() {
+        Some("email")
+    } else {
+        codes::contact_system(&equipment)
+    };
     let value = if system == Some("email") && !xtn.component(4).is_empty() {
         xtn.component(4)
     } else if !xtn.component(12).is_empty() {

@@ -358,14 +358,21 @@ fn adt(source: &Source<'_>, trigger: &str, builder: &mut Builder<'_>) {
         return;
     };
     let (class_system, class_code) = codes::encounter_class(&source.text(&pv1, 2));
+    // `PV1[Encounter]`: a discharge time finishes it, else the patient class says
+    // (`CM PatientClass[EncounterStatus]`); an A03 is a discharge.
     let discharged = !source.text(&pv1, 45).is_empty();
-    let status = match trigger {
-        "A03" => "finished",
-        _ if discharged => "finished",
-        "A04" => "arrived",
-        _ => "in-progress",
+    let status = if trigger == "A03" || discharged {
+        "finished"
+    } else {
+        codes::encounter_status(&source.text(&pv1, 2))
     };
-    let visit = datatypes::identifier(&source.field(&pv1, 19));
+    // PV1-19 is the visit number: its type is VN unless CX.5 says otherwise.
+    let visit = datatypes::identifier(&source.field(&pv1, 19)).map(|mut visit| {
+        if visit.kind.is_none() {
+            visit.kind = Some(CodeableConcept::of(codes::V2_0203, "VN"));
+        }
+        visit
+    });
     let location = source.field(&pv1, 3);
     let location_text = (1..=4)
         .map(|n| location.component(n))
@@ -453,6 +460,9 @@ fn oru(source: &Source<'_>, builder: &mut Builder<'_>) {
     groups.extend(current);
     for (obr, observations) in groups {
         let effective = source.date_time(&obr, 7);
+        // OBR-8 valued: the observation period is OBR-7 to OBR-8.
+        let end = source.date_time(&obr, 8);
+        let issued = source.date_time(&obr, 22).filter(|time| time.contains('T'));
         let mut result = Vec::new();
         for (obx, notes) in observations {
             let resource = observation(source, &obx, &notes, effective.as_ref(), subject.as_ref());
@@ -476,7 +486,16 @@ fn oru(source: &Source<'_>, builder: &mut Builder<'_>) {
             status: codes::report_status(&source.text(&obr, 25)),
             code: required_concept(datatypes::codeable_concept(&source.field(&obr, 4))),
             subject: reference(subject.as_ref()),
-            effective_date_time: effective,
+            effective_date_time: if end.is_none() {
+                effective.clone()
+            } else {
+                None
+            },
+            effective_period: end.map(|end| Period {
+                start: effective,
+                end: Some(end),
+            }),
+            issued,
             result,
         };
         builder.add(Resource::DiagnosticReport(report), None);
@@ -499,17 +518,18 @@ fn required_concept(concept: CodeableConcept) -> CodeableConcept {
     }
 }
 
-/// A quantity from a value and its units (`CWE`: UCUM when the third component says so).
+/// A quantity from a value and its units (`CWE[Quantity]`: the unit is CWE.2, else CWE.1;
+/// with a coding system in CWE.3, CWE.1 is the code in that system).
 fn quantity(value: Box<serde_json::value::RawValue>, units: &Field<'_>) -> Quantity {
-    let unit = [units.component(1), units.component(2)]
+    let unit = [units.component(2), units.component(1)]
         .into_iter()
         .find(|unit| !unit.is_empty());
-    let ucum = units.component(3).eq_ignore_ascii_case("UCUM");
+    let system = codes::coding_system(&units.component(3));
     Quantity {
         value,
         unit,
-        system: ucum.then_some(codes::UCUM),
-        code: if ucum { text(units.component(1)) } else { None },
+        code: system.as_ref().and_then(|_| text(units.component(1))),
+        system,
     }
 }
 
@@ -533,11 +553,20 @@ fn observation(
         value_codeable_concept: None,
         value_date_time: None,
         value_string: None,
+        // `CM InterpretationCodes`: the listed codes are v3 ObservationInterpretation;
+        // others keep the message's own coding.
         interpretation: source
             .repetitions(obx, 8)
             .iter()
-            .filter_map(|field| text(field.component(1)))
-            .map(|code| CodeableConcept::of(codes::V3_INTERPRETATION, &code))
+            .filter(|field| !field.component(1).is_empty())
+            .map(|field| {
+                let code = field.component(1);
+                if codes::interpretation(&code) {
+                    CodeableConcept::of(codes::V3_INTERPRETATION, &code)
+                } else {
+                    datatypes::codeable_concept(field)
+                }
+            })
             .collect(),
         reference_range: text(source.field(obx, 7).text())
             .map(|text| TextOnly { text })
@@ -632,7 +661,12 @@ fn vxu(source: &Source<'_>, builder: &mut Builder<'_>) {
         return;
     };
     for (rxa, rxr) in administrations {
-        let status = codes::immunization_status(&source.text(&rxa, 20));
+        // `RXA[Immunization]`: RXA-21 D (deleted) is entered-in-error, else RXA-20.
+        let status = if source.text(&rxa, 21).eq_ignore_ascii_case("D") {
+            "entered-in-error"
+        } else {
+            codes::immunization_status(&source.text(&rxa, 20))
+        };
         let occurrence = source.date_time(&rxa, 3);
         let amount = source.text(&rxa, 6);
         let dose_quantity = decimal(&amount)

@@ -274,7 +274,7 @@ pub struct Quantity {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub system: Option<&'static str>,
+    pub system: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
 }
@@ -320,6 +320,10 @@ pub struct DiagnosticReport {
     pub subject: Option<Reference>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub effective_date_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_period: Option<Period>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub result: Vec<Reference>,
 }

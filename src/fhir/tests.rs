@@ -94,6 +94,17 @@ fn adt_gives_a_patient_and_an_encounter() {
 
     let discharge = convert(&ADT.replace("ADT^A01^ADT_A01", "ADT^A03^ADT_A03")).expect("A03");
     assert_eq!(resources(&discharge, "Encounter")[0]["status"], "finished");
+    // CM PatientClass[EncounterStatus]: a pre-admit is planned; B stays a v2-0004 class.
+    let planned = convert(&ADT.replace("PV1|1|I|", "PV1|1|P|")).expect("P");
+    assert_eq!(resources(&planned, "Encounter")[0]["status"], "planned");
+    let obstetrics = convert(&ADT.replace("PV1|1|I|", "PV1|1|B|")).expect("B");
+    assert_eq!(
+        resources(&obstetrics, "Encounter")[0]["class"],
+        json!({"system": "http://terminology.hl7.org/CodeSystem/v2-0004", "code": "B"})
+    );
+    // CM AddressType: BA is a bad (old) address.
+    let old = convert(&ADT.replace("^USA^H|", "^USA^BA|")).expect("BA");
+    assert_eq!(resources(&old, "Patient")[0]["address"][0]["use"], "old");
 }
 
 #[test]

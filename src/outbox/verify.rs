@@ -11,8 +11,8 @@ use serde::Serialize;
 use super::audit::{self, Verification};
 use super::open::{OpenReport, open_with};
 use super::schema::{
-    self, AUDIT, BODIES, CONNECTORS, COPIES, DELIVERIES, DLQ, DeliveryRecord, DlqEntry, MESSAGES, META,
-    QUEUE, QueueEntry,
+    self, AUDIT, BODIES, CONNECTORS, COPIES, DELIVERIES, DLQ, DeliveryRecord, DlqEntry, MESSAGES,
+    META, QUEUE, QueueEntry,
 };
 use super::{OpenError, OutboxOptions, StoreError};
 use crate::outbox::journal::Policy;
