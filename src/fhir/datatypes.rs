@@ -220,6 +220,36 @@ pub fn date_time(dtm: &str, zone: Option<&str>) -> Option<String> {
     Some(format!("{day}T{hour}:{minute}:{second}{fraction}{offset}"))
 }
 
+/// `TM[time]`: `HHMM[SS[.S…]]` (an offset is dropped: FHIR `time` has none) to
+/// `hh:mm:ss[.s…]`; `None` when it is not a time.
+pub fn time(tm: &str) -> Option<String> {
+    let text = tm.trim();
+    let text = text.find(['+', '-']).map_or(text, |at| &text[..at]);
+    let (whole, fraction) = match text.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (text, None),
+    };
+    if !(whole.len() == 2 || whole.len() == 4 || whole.len() == 6)
+        || !whole.bytes().all(|byte| byte.is_ascii_digit())
+    {
+        return None;
+    }
+    let hour = &whole[..2];
+    let minute = whole.get(2..4).unwrap_or("00");
+    let second = whole.get(4..6).unwrap_or("00");
+    if hour.parse::<u32>().ok()? > 23
+        || minute.parse::<u32>().ok()? > 59
+        || second.parse::<u32>().ok()? > 59
+    {
+        return None;
+    }
+    let fraction = fraction
+        .filter(|digits| !digits.is_empty() && digits.bytes().all(|byte| byte.is_ascii_digit()))
+        .map(|digits| format!(".{digits}"))
+        .unwrap_or_default();
+    Some(format!("{hour}:{minute}:{second}{fraction}"))
+}
+
 /// `+0100` to `+01:00` (`None` when it is not an offset).
 pub fn offset(zone: &str) -> Option<String> {
     let (sign, digits) = zone.split_at(1);
@@ -278,5 +308,8 @@ mod tests {
         assert_eq!(offset("+1430"), None);
         assert_eq!(offset("+1400").as_deref(), Some("+14:00"));
         assert_eq!(date("00000101"), None);
+        assert_eq!(time("0830").as_deref(), Some("08:30:00"));
+        assert_eq!(time("083015.5-0500").as_deref(), Some("08:30:15.5"));
+        assert_eq!(time("2560"), None);
     }
 }

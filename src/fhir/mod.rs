@@ -82,6 +82,11 @@ impl Field<'_> {
         self.decode(self.raw)
     }
 
+    /// An empty field with the same delimiters (no units, no value).
+    fn blank(&self) -> Self {
+        Self { raw: b"", ..*self }
+    }
+
     /// Component `n` (1-based), decoded; `""` when absent.
     pub fn component(&self, n: usize) -> String {
         split_piece(self.raw, self.delimiters.component, n - 1)
@@ -467,7 +472,7 @@ fn oru(source: &Source<'_>, builder: &mut Builder<'_>) {
         for (obx, notes) in observations {
             let resource = observation(source, &obx, &notes, effective.as_ref(), subject.as_ref());
             result.push(Reference::to(
-                &builder.add(Resource::Observation(resource), None),
+                &builder.add(Resource::Observation(Box::new(resource)), None),
             ));
         }
         let identifier = [(2, "PLAC"), (3, "FILL")]
@@ -527,6 +532,7 @@ fn quantity(value: Box<serde_json::value::RawValue>, units: &Field<'_>) -> Quant
     let system = codes::coding_system(&units.component(3));
     Quantity {
         value,
+        comparator: None,
         unit,
         code: system.as_ref().and_then(|_| text(units.component(1))),
         system,
@@ -552,6 +558,9 @@ fn observation(
         value_quantity: None,
         value_codeable_concept: None,
         value_date_time: None,
+        value_time: None,
+        value_range: None,
+        value_ratio: None,
         value_string: None,
         // `CM InterpretationCodes`: the listed codes are v3 ObservationInterpretation;
         // others keep the message's own coding.
@@ -594,6 +603,13 @@ fn observation(
             resource.value_date_time =
                 datatypes::date_time(&first.component(1), source.zone.as_deref());
         }
+        "SN" => structured_numeric(&mut resource, first, &source.field(obx, 6)),
+        "TM" => {
+            resource.value_time = datatypes::time(&first.component(1));
+            if resource.value_time.is_none() {
+                resource.value_string = text(first.text());
+            }
+        }
         _ => {
             let joined: Vec<String> = values
                 .iter()
@@ -604,6 +620,53 @@ fn observation(
         }
     }
     resource
+}
+
+/// `SN[Quantity]`/`SN[Range]`/`SN[Ratio]`: `<^5` a quantity with its comparator, `^1^-^5` a
+/// range, `^1^:^128` a ratio; anything else the text as written.
+fn structured_numeric(resource: &mut Observation, sn: &Field<'_>, units: &Field<'_>) {
+    let (comparator, first, separator, second) = (
+        sn.component(1),
+        sn.component(2),
+        sn.component(3),
+        sn.component(4),
+    );
+    let comparator = match comparator.as_str() {
+        "" | "=" => Some(None),
+        "<" | "<=" | ">=" | ">" => Some(Some(comparator)),
+        _ => None,
+    };
+    match (
+        comparator,
+        decimal(&first),
+        separator.as_str(),
+        decimal(&second),
+    ) {
+        (Some(comparator), Some(value), "", None) if second.is_empty() => {
+            let mut quantity = quantity(value, units);
+            quantity.comparator = comparator;
+            resource.value_quantity = Some(quantity);
+        }
+        (Some(None), Some(low), "-", Some(high)) => {
+            resource.value_range = Some(model::Range {
+                low: quantity(low, units),
+                high: quantity(high, units),
+            });
+        }
+        (Some(None), Some(numerator), ":" | "/", Some(denominator)) => {
+            resource.value_ratio = Some(model::Ratio {
+                numerator: quantity(numerator, &sn.blank()),
+                denominator: quantity(denominator, &sn.blank()),
+            });
+        }
+        _ => {
+            let written: Vec<String> = [sn.component(1), first, separator, second]
+                .into_iter()
+                .filter(|part| !part.is_empty())
+                .collect();
+            resource.value_string = text(written.join(" "));
+        }
+    }
 }
 
 /// A FHIR decimal from text (`196`, `-0.5`, `+3.20`, `007`), its digits as written (a
@@ -706,7 +769,7 @@ fn vxu(source: &Source<'_>, builder: &mut Builder<'_>) {
             route: concept(&rxr, 1),
             dose_quantity,
         };
-        builder.add(Resource::Immunization(resource), None);
+        builder.add(Resource::Immunization(Box::new(resource)), None);
     }
 }
 

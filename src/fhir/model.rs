@@ -42,9 +42,9 @@ pub struct Request {
 pub enum Resource {
     Patient(Patient),
     Encounter(Encounter),
-    Observation(Observation),
+    Observation(Box<Observation>),
     DiagnosticReport(DiagnosticReport),
-    Immunization(Immunization),
+    Immunization(Box<Immunization>),
 }
 
 impl Resource {
@@ -272,11 +272,27 @@ pub struct Quantity {
     /// The decimal as written (FHIR keeps its precision: `3.20` is not `3.2`).
     pub value: Box<serde_json::value::RawValue>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub comparator: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unit: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
+}
+
+/// `valueRange`.
+#[derive(Debug, Serialize)]
+pub struct Range {
+    pub low: Quantity,
+    pub high: Quantity,
+}
+
+/// `valueRatio`.
+#[derive(Debug, Serialize)]
+pub struct Ratio {
+    pub numerator: Quantity,
+    pub denominator: Quantity,
 }
 
 #[derive(Debug, Serialize)]
@@ -299,6 +315,12 @@ pub struct Observation {
     pub value_codeable_concept: Option<CodeableConcept>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_date_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_range: Option<Range>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value_ratio: Option<Ratio>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_string: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -192,6 +192,29 @@ fn vxu_gives_an_immunization() {
 }
 
 #[test]
+fn structured_numerics_and_times_get_their_own_value_types() {
+    let base = "MSH|^~\\&|LAB|F|HUB|H|20260101120000+0100||ORU^R01|S1|P|2.5\rPID|1||1^^^L^MR||A^B\rOBR|1|||X^Y^LN\r";
+    let bundle = convert(&format!(
+        "{base}OBX|1|SN|A^a^LN||<^5|mg^milligram^UCUM\rOBX|2|SN|B^b^LN||^1^-^5|mg^mg^UCUM\rOBX|3|SN|C^c^LN||^1^:^128\rOBX|4|TM|D^d^LN||0830\rOBX|5|SN|E^e^LN||<>^1\r"
+    ))
+    .expect("converts");
+    let observations = resources(&bundle, "Observation");
+    assert_eq!(observations[0]["valueQuantity"]["comparator"], "<");
+    assert_eq!(observations[0]["valueQuantity"]["unit"], "milligram");
+    assert_eq!(observations[0]["valueQuantity"]["code"], "mg");
+    assert_eq!(observations[1]["valueRange"]["high"]["value"], json!(5));
+    assert_eq!(
+        observations[2]["valueRatio"]["denominator"]["value"],
+        json!(128)
+    );
+    assert_eq!(observations[3]["valueTime"], "08:30:00");
+    assert_eq!(
+        observations[4]["valueString"], "<> 1",
+        "not a structured numeric FHIR knows"
+    );
+}
+
+#[test]
 fn the_same_entry_converts_to_the_same_bundle_and_others_are_refused() {
     assert_eq!(convert(ORU), convert(ORU));
     let refused = convert(&ORU.replace("ORU^R01", "ORM^O01")).expect_err("ORM");

@@ -110,7 +110,7 @@ async fn every_example_of_the_three_families_becomes_a_valid_bundle() {
     let out = tempfile::tempdir().expect("tempdir");
     let (fhir, json) = (out.path().join("fhir"), out.path().join("json"));
     let yaml = format!(
-        "connectors:\n  - name: fhir\n    type: file\n    format: fhir\n    directory: {}\n    filename: \"{{id}}.json\"\n  - name: json\n    type: file\n    format: json\n    filter: msh.msg_type == \"ORU\"\n    directory: {}\n    filename: \"{{id}}.json\"\n",
+        "connectors:\n  - name: fhir\n    type: file\n    format: fhir\n    directory: {}\n    filename: \"{{id}}.json\"\n  - name: json\n    type: file\n    format: json\n    filter: msh.control_id == \"LAB00042\"\n    directory: {}\n    filename: \"{{id}}.json\"\n",
         fhir.display(),
         json.display()
     );
