@@ -198,6 +198,9 @@ pub struct DeadLetters<'a> {
     /// Connectors with transform steps: a dead letter of another connector is not replayed
     /// to them (it has no copy of theirs; the received bytes would be sent instead).
     transforming: Vec<String>,
+    /// Working on a stopped server's store, without its configuration: connectors with steps
+    /// are recognised by the copies they stored.
+    offline: bool,
 }
 
 impl<'a> DeadLetters<'a> {
@@ -219,6 +222,7 @@ impl<'a> DeadLetters<'a> {
             connectors,
             names,
             transforming: Vec::new(),
+            offline: false,
         }
     }
 
@@ -233,7 +237,10 @@ impl<'a> DeadLetters<'a> {
             .iter()
             .map(|(name, id)| (*id, name.clone()))
             .collect();
-        Self::new(outbox, connectors, names)
+        Self {
+            offline: true,
+            ..Self::new(outbox, connectors, names)
+        }
     }
 
     fn connector(&self, name: &str) -> Result<ConnectorId, DlqError> {
@@ -342,6 +349,21 @@ impl<'a> DeadLetters<'a> {
             Some(target) => Some(self.connector(target)?),
             None => None,
         };
+        if let (true, Some(target), Some(target_id)) = (self.offline, request.to.as_deref(), to)
+            && target_id != from
+        {
+            let has_copies = self
+                .outbox
+                .read(move |snapshot| snapshot.has_copies(target_id))
+                .await?;
+            if has_copies {
+                return Err(DlqError::BadRequest(format!(
+                    "connector {target} transforms messages (it has stored copies), and these \
+                     dead letters have no copy of its: replayed there they would be sent as \
+                     received. Start the server and reprocess the messages to {target} instead"
+                )));
+            }
+        }
         let seqs = self.selected(from, request.seqs, request.all).await?;
         let target = match &request.to {
             Some(to) => format!("connector {name} to {to}"),

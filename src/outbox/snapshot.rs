@@ -256,6 +256,19 @@ impl Snapshot {
             .transpose()
     }
 
+    /// Whether any entry of `connector` has a copy (it has, or had, transform steps). Reads
+    /// the whole table: for offline commands.
+    pub fn has_copies(&self, connector: ConnectorId) -> Result<bool, StoreError> {
+        let copies = self.transaction.open_table(schema::COPIES)?;
+        for entry in copies.iter()? {
+            let (key, _) = entry?;
+            if key.value().1 == connector.0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Every copy of a message (ADR 0009): connector, entry, copy.
     pub fn copies(&self, id: MessageId) -> Result<Vec<(ConnectorId, Seq, StoredCopy)>, StoreError> {
         let copies = self.transaction.open_table(schema::COPIES)?;

@@ -417,6 +417,27 @@ async fn a_dead_letter_is_not_replayed_to_a_connector_whose_transform_it_never_h
         body.to_string().contains("Reprocess the messages to emr"),
         "{body}"
     );
+    // Offline (no configuration), the store's copies tell that emr transforms, once it has
+    // stored one.
+    assert_eq!(send(&app, &common::adt("D2", "2.5")).await, "AA");
+    eventually("emr stored a copy", || files(&emr).len() == 2).await;
+    let offline = mfoundry::admin::dlq::DeadLetters::all_of(app.outbox());
+    let refused = offline
+        .replay(
+            "cli-offline",
+            "raw",
+            mfoundry::admin::dlq::ReplayRequest {
+                seqs: Vec::new(),
+                all: true,
+                to: Some("emr".to_owned()),
+            },
+        )
+        .await
+        .expect_err("refused offline too");
+    assert!(
+        refused.to_string().contains("it has stored copies"),
+        "{refused}"
+    );
     // Replayed to its own connector, it goes.
     let (status, body) = post_json(
         &app,
