@@ -146,7 +146,17 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,opentelemetry=warn"));
     let ring = RingLayer(log_ring());
-    let registry = tracing_subscriber::registry().with(filter).with(ring);
+    // Dependencies log message content below info (the PostgreSQL driver logs every
+    // insert's parameters at debug, the HTTP stack headers and frames at trace): whatever
+    // RUST_LOG asks, only mfoundry's own lines, which never carry message content, go below
+    // info. This filter is global, so such lines reach neither the output nor the ring.
+    let no_content = tracing_subscriber::filter::filter_fn(|metadata| {
+        *metadata.level() <= tracing::Level::INFO || metadata.target().starts_with("mfoundry")
+    });
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(no_content)
+        .with(ring);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = match format {
         LogFormat::Text => registry
