@@ -803,3 +803,48 @@ fn a_token_file_readable_by_everyone_is_warned_about() {
     assert!(!warned(&server.early), "{:?}", server.early);
     server.stop();
 }
+
+/// A path segment that is not a number, a malformed query and a malformed body are answered
+/// like every other error: 400 with the JSON error body, never the framework's plain text.
+#[tokio::test]
+async fn malformed_paths_queries_and_bodies_get_the_json_error_body() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let (path, tokens) = tokens_file(directory.path());
+    let yaml = file_yaml(directory.path());
+    let app = common::start_with_yaml(Some(&yaml), &[("ADMIN_TOKENS_FILE", &path)]).await;
+    let base = app.admin_url();
+    let token = &tokens[&Role::Admin];
+    let requests = [
+        client().get(format!("{base}/api/v1/messages/not-a-number")),
+        client().get(format!("{base}/api/v1/dlq/archive/x")),
+        client().get(format!("{base}/api/v1/messages?limit=many")),
+        client()
+            .post(format!("{base}/api/v1/dlq/archive/replay"))
+            .header("content-type", "application/json")
+            .body("{not json"),
+        client()
+            .post(format!("{base}/api/v1/messages/reprocess"))
+            .header("content-type", "application/json")
+            .body("{\"ids\": \"x\"}"),
+    ];
+    for request in requests {
+        let response = request.bearer_auth(token).send().await.expect("request");
+        let status = response.status().as_u16();
+        let kind = response
+            .headers()
+            .get("content-type")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body: Value = response.json().await.expect("a JSON body");
+        assert_eq!(status, 400, "{body}");
+        assert!(kind.starts_with("application/json"), "{kind}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|error| error.contains("is not valid")),
+            "{body}"
+        );
+    }
+    app.shutdown(Duration::from_secs(5)).await;
+}

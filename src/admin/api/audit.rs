@@ -1,7 +1,6 @@
 //! The audit trail and its chain verification.
 
 use axum::Json;
-use axum::extract::Query;
 use axum::extract::State;
 use serde::Deserialize;
 use serde::Serialize;
@@ -9,6 +8,7 @@ use utoipa::IntoParams;
 use utoipa::ToSchema;
 
 use super::ApiError;
+use super::ApiQuery;
 use super::AuthErrors;
 use super::Shared;
 use super::page_limit;
@@ -158,7 +158,7 @@ pub fn audit_view(seq: u64, record: crate::outbox::audit::AuditRecord) -> AuditV
     responses((status = 200, description = "Records", body = AuditPage), AuthErrors))]
 pub async fn list_audit(
     State(state): Shared,
-    Query(query): Query<AuditQuery>,
+    ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let limit = page_limit(query.limit)?;
     let after = query.after;

@@ -2,13 +2,13 @@
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::Path;
 use axum::extract::State;
 use serde::Deserialize;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ApiError;
+use super::ApiPath;
 use super::AuthErrors;
 use super::ErrorBody;
 use super::Shared;
@@ -72,7 +72,7 @@ async fn set_paused(
 pub async fn pause(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ConnectorControl>, ApiError> {
     set_paused(&state, &caller, &name, true).await
 }
@@ -86,7 +86,7 @@ pub async fn pause(
 pub async fn resume(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ConnectorControl>, ApiError> {
     set_paused(&state, &caller, &name, false).await
 }

@@ -3,14 +3,13 @@
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::Path;
-use axum::extract::Query;
 use axum::extract::State;
 
 use super::ApiError;
 use super::AuthErrors;
 use super::ErrorBody;
 use super::Shared;
+use super::{ApiJson, ApiPath, ApiQuery};
 use crate::admin::AdminState;
 use crate::admin::auth::Caller;
 use crate::admin::auth::Role;
@@ -68,7 +67,7 @@ fn reveals_downstream(caller: &Caller) -> bool {
 pub async fn list_dlq(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Query(query): Query<DlqQuery>,
+    ApiQuery(query): ApiQuery<DlqQuery>,
 ) -> Result<Json<DlqPage>, ApiError> {
     let page = dead_letters(&state)
         .list(&query, reveals_downstream(&caller))
@@ -85,7 +84,7 @@ pub async fn list_dlq(
 pub async fn show_dlq(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Path((name, seq)): Path<(String, u64)>,
+    ApiPath((name, seq)): ApiPath<(String, u64)>,
 ) -> Result<Json<DlqDetail>, ApiError> {
     let detail = dead_letters(&state)
         .show(&name, seq, reveals_downstream(&caller))
@@ -105,8 +104,8 @@ pub async fn show_dlq(
 pub async fn replay_dlq(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    Json(request): Json<ReplayRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(request): ApiJson<ReplayRequest>,
 ) -> Result<Json<ReplayResult>, ApiError> {
     let result = dead_letters(&state)
         .replay(&caller.token_id, &name, request)
@@ -125,8 +124,8 @@ pub async fn replay_dlq(
 pub async fn purge_dlq(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Path(name): Path<String>,
-    Json(request): Json<PurgeRequest>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(request): ApiJson<PurgeRequest>,
 ) -> Result<Json<PurgeResult>, ApiError> {
     let result = dead_letters(&state)
         .purge(&caller.token_id, &name, request)

@@ -52,6 +52,19 @@ impl ApiError {
         }
     }
 
+    /// A framework rejection: 413 and 415 as they are, any other (422 included) as the
+    /// documented 400.
+    fn rejected(status: StatusCode, what: &str, text: String) -> Self {
+        let status = match status {
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE => status,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self {
+            status,
+            message: format!("the {what} is not valid: {text}"),
+        }
+    }
+
     pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,
@@ -96,5 +109,80 @@ pub async fn overloaded_or_timed_out(error: tower::BoxError) -> Response {
             Json(ErrorBody::new(format!("cannot serve the request: {error}"))),
         )
             .into_response()
+    }
+}
+
+/// `Path`, `Query` and `Json` whose rejections (a segment that is not a number, a malformed
+/// query or body) are answered like every other error: 400 with an [`ErrorBody`], not the
+/// framework's plain text.
+macro_rules! json_rejecting {
+    ($name:ident, $inner:ident, $what:literal) => {
+        #[doc = concat!("[`axum::extract::", stringify!($inner), "`] answering a rejection with an [`ErrorBody`].")]
+        #[derive(Debug)]
+        pub struct $name<T>(pub T);
+    };
+}
+
+json_rejecting!(ApiPath, Path, "path");
+json_rejecting!(ApiQuery, Query, "query");
+json_rejecting!(ApiJson, Json, "body");
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(value)| Self(value))
+            .map_err(|rejection| {
+                ApiError::rejected(rejection.status(), "path", rejection.body_text())
+            })
+    }
+}
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|rejection| {
+                ApiError::rejected(rejection.status(), "query", rejection.body_text())
+            })
+    }
+}
+
+impl<S, T> axum::extract::FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::Json::<T>::from_request(request, state)
+            .await
+            .map(|axum::Json(value)| Self(value))
+            .map_err(|rejection| {
+                ApiError::rejected(rejection.status(), "body", rejection.body_text())
+            })
     }
 }

@@ -1,7 +1,6 @@
 //! `GET /api/v1/logs`: the recent log lines kept in memory.
 
 use axum::Json;
-use axum::extract::Query;
 use axum::extract::State;
 use serde::Deserialize;
 use serde::Serialize;
@@ -9,6 +8,7 @@ use utoipa::IntoParams;
 use utoipa::ToSchema;
 
 use super::ApiError;
+use super::ApiQuery;
 use super::AuthErrors;
 use super::Shared;
 use super::page_limit;
@@ -33,7 +33,7 @@ pub struct LogsPage {
     responses((status = 200, description = "Lines", body = LogsPage), AuthErrors))]
 pub async fn logs(
     State(state): Shared,
-    Query(query): Query<LogsQuery>,
+    ApiQuery(query): ApiQuery<LogsQuery>,
 ) -> Result<Json<LogsPage>, ApiError> {
     let limit = page_limit(query.limit)?;
     Ok(Json(LogsPage {

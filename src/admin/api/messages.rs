@@ -2,8 +2,6 @@
 
 use axum::Extension;
 use axum::Json;
-use axum::extract::Path;
-use axum::extract::Query;
 use axum::extract::State;
 use bytes::Bytes;
 use serde::Deserialize;
@@ -19,6 +17,7 @@ use super::RECEIVE_SKEW_MICROS;
 use super::Shared;
 use super::audit;
 use super::page_limit;
+use super::{ApiJson, ApiPath, ApiQuery};
 use crate::admin::auth::Caller;
 use crate::admin::views::MessageSummary;
 use crate::admin::views::connector_states;
@@ -133,7 +132,7 @@ fn parse_disposition(text: &str) -> Result<Disposition, ApiError> {
         (status = 400, description = "A filter is malformed", body = ErrorBody), AuthErrors))]
 pub async fn search_messages(
     State(state): Shared,
-    Query(query): Query<SearchQuery>,
+    ApiQuery(query): ApiQuery<SearchQuery>,
 ) -> Result<Json<MessagePage>, ApiError> {
     let limit = page_limit(query.limit)?;
     let now = crate::outbox::now_micros();
@@ -250,7 +249,7 @@ pub async fn search_messages(
 pub async fn show_message(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<u64>,
+    ApiPath(id): ApiPath<u64>,
 ) -> Result<Json<MessageDetail>, ApiError> {
     let names = state.gateway.connector_names.clone();
     let id = MessageId(id);
@@ -377,7 +376,7 @@ pub struct ReprocessedEntry {
 pub async fn reprocess_messages(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Json(request): Json<ReprocessRequest>,
+    ApiJson(request): ApiJson<ReprocessRequest>,
 ) -> Result<Json<ReprocessResult>, ApiError> {
     if request.ids.is_empty() || request.ids.len() > MAX_REPROCESS {
         return Err(ApiError::bad_request(format!(
