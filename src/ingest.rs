@@ -368,8 +368,10 @@ impl Decider {
             match self.decide(&message, identity, &mut routes, &mut copies) {
                 Ok(disposition) => (Verdict::Accept, None, None, disposition),
                 Err(refusal) => {
-                    let disposition = match refusal.verdict {
-                        Verdict::Error => Disposition::Error,
+                    // A rule that cannot be evaluated is refused like one that is false (AR:
+                    // a retry gets the same answer), but stored as ERROR (ADR 0010).
+                    let disposition = match (refusal.verdict, refusal.reason) {
+                        (Verdict::Error, _) | (_, Reason::RuleError) => Disposition::Error,
                         _ => Disposition::Rejected,
                     };
                     (
@@ -617,15 +619,16 @@ impl Decider {
                 return Err(Refusal::reject(Reason::RuleFailed, error));
             }
             Validation::Errored { subject, detail } => {
-                tracing::warn!(rule = %subject, error = %detail, "a rule could not be evaluated; answering with an error");
+                tracing::warn!(rule = %subject, error = %detail, "a rule could not be evaluated; the message is refused (AR) and stored as ERROR");
                 let mut error = AckError::new(
                     ErrorCode::ApplicationInternalError,
                     None,
                     format!("{subject} could not be evaluated for this message"),
                 );
                 error.diagnostic = Some(detail);
+                error.application_code = Some(subject);
                 return Err(Box::new(Refusal {
-                    verdict: Verdict::Error,
+                    verdict: Verdict::Reject,
                     reason: Reason::RuleError,
                     error,
                 }));

@@ -153,13 +153,19 @@ async fn a_failing_rule_answers_ar_naming_the_rule_and_is_recorded() {
 }
 
 #[tokio::test]
-async fn an_expression_that_cannot_be_evaluated_answers_ae_and_keeps_the_message() {
+async fn an_expression_that_cannot_be_evaluated_answers_ar_with_207_and_keeps_the_message() {
     let app = common::start_with_yaml(Some(YAML), &[]).await;
     let mut stream = connect(&app).await;
     // No PID segment: `pid.id` has no such key.
     write(&mut stream, &framed(&message("NOPID", "ADT", "EVN|A01"))).await;
     let ack = expect_ack(&mut stream).await;
-    assert_eq!(field(&ack, "MSA", 1), "AE");
+    // AR, never AE: the same message gets the same answer on every retry (ADR 0010).
+    assert_eq!(field(&ack, "MSA", 1), "AR");
+    assert!(
+        field(&ack, "ERR", 3).starts_with("207"),
+        "{}",
+        String::from_utf8_lossy(&ack)
+    );
     assert!(
         field(&ack, "ERR", 8).contains("require-patient-id"),
         "{}",

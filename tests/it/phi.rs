@@ -56,7 +56,7 @@ fn no_canary_reaches_logs_cli_errors_or_admin_answers_at_trace_level() {
         ("ACCEPT-1", "F", "19700101"),
         // Refused by a rule: AR.
         ("REJECT-1", "X", "19700101"),
-        // A rule that cannot be evaluated on this value: AE.
+        // A rule that cannot be evaluated on this value: AR (stored as ERROR).
         ("ERROR-1", "M", &format!("{CANARY}DOB")),
     ];
     let file = dir.join("messages.hl7");
@@ -88,7 +88,7 @@ fn no_canary_reaches_logs_cli_errors_or_admin_answers_at_trace_level() {
     );
     assert!(stdout.contains("ACCEPT-1\tAA"), "{stdout}");
     assert!(stdout.contains("REJECT-1\tAR"), "{stdout}");
-    assert!(stdout.contains("ERROR-1\tAE"), "{stdout}");
+    assert!(stdout.contains("ERROR-1\tAR"), "{stdout}");
     outputs.push(("send", stdout + &stderr));
 
     // The accepted message is dead-lettered (nothing listens on port 1), then replayed.
