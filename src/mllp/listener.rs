@@ -226,6 +226,14 @@ impl Listener {
             .settings
             .max_connections
             .map(|limit| Arc::new(Semaphore::new(limit)));
+        // A flood of refused connections must not flood the log (and flush the admin API's
+        // log ring): each kind of refusal is logged at most once a second, with the count of
+        // those not logged since; the counters keep every one.
+        let (mut denied_log, mut refused_log, mut failed_log) = (
+            Throttle::default(),
+            Throttle::default(),
+            Throttle::default(),
+        );
         loop {
             let accepted = tokio::select! {
                 () = shared.shutdown.cancelled() => break,
@@ -239,7 +247,9 @@ impl Listener {
                 ),
                 Err(error) => {
                     // Usually EMFILE/ENFILE: back off instead of spinning.
-                    warn!(error = %error, "accept failed");
+                    if let Some(not_logged) = failed_log.allow() {
+                        warn!(error = %error, not_logged, "accept failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -248,7 +258,9 @@ impl Listener {
                 && !allowed.iter().any(|range| range.contains(peer.ip()))
             {
                 bump(&shared.stats.connections_denied, 1);
-                warn!(%peer, "connection refused: the peer is not in ALLOWED_PEERS");
+                if let Some(not_logged) = denied_log.allow() {
+                    warn!(%peer, not_logged, "connection refused: the peer is not in ALLOWED_PEERS");
+                }
                 drop(stream);
                 continue;
             }
@@ -258,7 +270,9 @@ impl Listener {
                     Ok(permit) => Some(permit),
                     Err(_) => {
                         bump(&shared.stats.connections_refused, 1);
-                        warn!(%peer, "connection refused: MAX_CONNECTIONS reached");
+                        if let Some(not_logged) = refused_log.allow() {
+                            warn!(%peer, not_logged, "connection refused: MAX_CONNECTIONS reached");
+                        }
                         drop(stream);
                         continue;
                     }
@@ -601,5 +615,29 @@ async fn write_ack<S: AsyncWrite + Unpin>(
             Err(_) => Err("WRITE_TIMEOUT reached".to_owned()),
         },
         None => write.await.map_err(|error| error.to_string()),
+    }
+}
+
+/// At most one log line a second for one kind of event; counts the ones it holds back.
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<std::time::Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    /// `Some(held back since the last line)` when a line may be logged now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        match self.last {
+            Some(last) if now.duration_since(last) < Duration::from_secs(1) => {
+                self.held_back += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held_back))
+            }
+        }
     }
 }

@@ -253,3 +253,42 @@ async fn a_received_ack_is_ignored_and_counted() {
     assert_eq!(field(&expect_ack(&mut stream).await, "MSA", 2), "REAL");
     assert_eq!(app.stats().acks_received, 1);
 }
+
+/// A flood of connections over `MAX_CONNECTIONS` is counted one by one but logged at most
+/// once a second (with how many were held back), so it cannot flood the log or flush the
+/// admin API's ring.
+#[test]
+fn a_flood_of_refused_connections_is_counted_not_logged_line_by_line() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    std::fs::write(directory.path().join("gw.yaml"), "connectors: []\n").expect("config");
+    let server = common::Server::start(
+        directory.path(),
+        "gw.yaml",
+        "data",
+        &[("MAX_CONNECTIONS", "1")],
+    );
+    let held = std::net::TcpStream::connect(&server.addr).expect("first connection");
+    std::thread::sleep(Duration::from_millis(100));
+    let flood = 300;
+    for _ in 0..flood {
+        // Each is accepted by the kernel and closed by mfoundry at once.
+        let _ = std::net::TcpStream::connect(&server.addr);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    drop(held);
+    let logs = server.stop_and_collect();
+    let lines: Vec<&String> = logs
+        .iter()
+        .filter(|line| line.contains("MAX_CONNECTIONS reached"))
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.len() <= 10,
+        "{} refusal lines for {flood} refusals:\n{}",
+        lines.len(),
+        lines
+            .iter()
+            .map(|line| line.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
