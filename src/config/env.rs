@@ -30,6 +30,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "256",
     },
     EnvVar {
+        name: "MAX_CONNECTIONS_PER_PEER",
+        default: "0",
+    },
+    EnvVar {
         name: "IDLE_TIMEOUT",
         default: "30s",
     },

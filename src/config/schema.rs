@@ -34,6 +34,10 @@ pub struct FileConfig {
     /// Most MLLP connections at once; 0 is unlimited. Same as `MAX_CONNECTIONS`.
     #[schemars(with = "Option<ScalarText>")]
     pub max_connections: SpannedScalar,
+    /// Most MLLP connections at once from one IP address; 0 (default) is no per-peer limit.
+    /// Same as `MAX_CONNECTIONS_PER_PEER`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub max_connections_per_peer: SpannedScalar,
     /// Same as `IDLE_TIMEOUT` (Go duration).
     #[schemars(with = "Option<ScalarText>")]
     pub idle_timeout: SpannedScalar,

@@ -136,6 +136,17 @@ impl Settings {
             },
             None,
         );
+        let max_connections_per_peer = reader.read(
+            "MAX_CONNECTIONS_PER_PEER",
+            |text| match text.trim().parse::<usize>() {
+                Ok(0) => Ok(None),
+                Ok(limit) if limit <= MAX_CONNECTIONS_LIMIT => Ok(Some(limit)),
+                _ => Err(format!(
+                    "expected a whole number of connections up to {MAX_CONNECTIONS_LIMIT}, 0 for no per-peer limit"
+                )),
+            },
+            None,
+        );
         let idle_timeout = reader.read("IDLE_TIMEOUT", optional_duration, None);
         let frame_timeout = reader.read("FRAME_TIMEOUT", optional_duration, None);
         let write_timeout = reader.read("WRITE_TIMEOUT", optional_duration, None);
@@ -323,6 +334,7 @@ impl Settings {
                 listen_addr,
                 name,
                 max_connections,
+                max_connections_per_peer,
                 idle_timeout,
                 frame_timeout,
                 write_timeout,

@@ -46,6 +46,9 @@ pub struct ListenerSettings {
     pub name: String,
     /// `MAX_CONNECTIONS`; `None` is unlimited.
     pub max_connections: Option<usize>,
+    /// `MAX_CONNECTIONS_PER_PEER`: most connections at once from one IP address; `None` is
+    /// no per-peer limit.
+    pub max_connections_per_peer: Option<usize>,
     /// `IDLE_TIMEOUT`: close a connection that sends nothing for this long; `None` never.
     pub idle_timeout: Option<Duration>,
     /// `FRAME_TIMEOUT`: a frame must be complete this long after its start block; `None` never.
@@ -229,11 +232,14 @@ impl Listener {
         // A flood of refused connections must not flood the log (and flush the admin API's
         // log ring): each kind of refusal is logged at most once a second, with the count of
         // those not logged since; the counters keep every one.
-        let (mut denied_log, mut refused_log, mut failed_log) = (
+        let (mut denied_log, mut refused_log, mut failed_log, mut peer_log) = (
+            Throttle::default(),
             Throttle::default(),
             Throttle::default(),
             Throttle::default(),
         );
+        let per_peer: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+            Arc::default();
         loop {
             let accepted = tokio::select! {
                 () = shared.shutdown.cancelled() => break,
@@ -278,12 +284,38 @@ impl Listener {
                     }
                 },
             };
+            // One address may hold at most MAX_CONNECTIONS_PER_PEER of the slots, so a
+            // reconnecting peer cannot starve the others.
+            let peer_slot = match shared.settings.max_connections_per_peer {
+                None => None,
+                Some(limit) => {
+                    let mut counts = per_peer
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let count = counts.entry(peer.ip()).or_insert(0);
+                    if *count >= limit {
+                        drop(counts);
+                        bump(&shared.stats.connections_refused, 1);
+                        if let Some(not_logged) = peer_log.allow() {
+                            warn!(%peer, not_logged, "connection refused: MAX_CONNECTIONS_PER_PEER reached for this address");
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                    *count += 1;
+                    Some(PeerSlot {
+                        counts: Arc::clone(&per_peer),
+                        peer: peer.ip(),
+                    })
+                }
+            };
             bump(&shared.stats.connections_accepted, 1);
             bump(&shared.stats.connections_active, 1);
             let shared = Arc::clone(&shared);
             tracker.spawn(async move {
-                // The permit lives as long as the connection.
+                // The permit and the peer's slot live as long as the connection.
                 let _permit = permit;
+                let _peer_slot = peer_slot;
                 let _active = ActiveConnection(Arc::clone(&shared.stats));
                 configure_socket(&stream, shared.settings.keep_alive_period, peer);
                 match &shared.tls {
@@ -637,6 +669,27 @@ impl Throttle {
             _ => {
                 self.last = Some(now);
                 Some(std::mem::take(&mut self.held_back))
+            }
+        }
+    }
+}
+
+/// One connection of a peer counted against `MAX_CONNECTIONS_PER_PEER`; given back on drop.
+struct PeerSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    peer: std::net::IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.peer);
             }
         }
     }

@@ -292,3 +292,29 @@ fn a_flood_of_refused_connections_is_counted_not_logged_line_by_line() {
             .join("\n")
     );
 }
+
+#[tokio::test]
+async fn one_address_holds_at_most_max_connections_per_peer() {
+    let app = start(&[("MAX_CONNECTIONS_PER_PEER", "2")]).await;
+    let mut first = connect(&app).await;
+    let mut second = connect(&app).await;
+    for (stream, id) in [(&mut first, "ONE"), (&mut second, "TWO")] {
+        write(stream, &framed(&adt(id, "2.5.1"))).await;
+        assert_eq!(field(&expect_ack(stream).await, "MSA", 2), id);
+    }
+    let mut third = connect(&app).await;
+    expect_closed_silently(&mut third, SHORT * 10).await;
+    assert_eq!(app.stats().connections_refused, 1);
+    // A slot given back is free again.
+    drop(first);
+    let mut again = None;
+    for _ in 0..50 {
+        let mut candidate = connect(&app).await;
+        write(&mut candidate, &framed(&adt("THREE", "2.5.1"))).await;
+        if let Some(ack) = common::read_frame(&mut candidate, SHORT).await {
+            again = Some(ack);
+            break;
+        }
+    }
+    assert_eq!(field(&again.expect("slot freed"), "MSA", 2), "THREE");
+}
