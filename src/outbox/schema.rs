@@ -1,5 +1,10 @@
 //! The on-disk layout: tables, keys and value encodings.
 //!
+//! One file on purpose (over 800 lines): it is the store's format, and a reader checking a
+//! change to it (a field, a table, a revision) must see every table, every record, the
+//! envelope and every revision's upgrade together. What operates on the format lives
+//! elsewhere (the writer, snapshots, verification).
+//!
 //! # The record envelope (format 2, ADR 0007)
 //! Every stored value that is a record (and every body in `bodies`) is
 //! `envelope (1) = 2 ‖ revision (1) ‖ crc32 (4, LE) ‖ payload`, the crc over the envelope and

@@ -197,6 +197,18 @@ impl Delivery<'_, '_> {
         Ok(true)
     }
 
+    /// Put `entry` at `seq` in `to`'s queue, counting it.
+    fn enqueue(&mut self, to: ConnectorId, seq: u64, entry: &QueueEntry) -> Result<(), StoreError> {
+        if self
+            .queue
+            .insert((to.0, seq), schema::encode(entry)?.as_slice())?
+            .is_none()
+        {
+            self.depths.queue(to, 1);
+        }
+        Ok(())
+    }
+
     /// Queue a stored message again at the tail of `to`'s queue under a fresh seq from the
     /// message counter, whatever its state (reprocessing); `None` when it is not stored.
     pub(super) fn reprocess(
@@ -219,18 +231,8 @@ impl Delivery<'_, '_> {
             message_id,
             ..QueueEntry::default()
         };
-        if self
-            .queue
-            .insert((to.0, new_seq), schema::encode(&entry)?.as_slice())?
-            .is_none()
-        {
-            self.depths.queue(to, 1);
-        }
-        let before = self.held_before(message_id, to, || {
-            Ok(routes
-                .iter()
-                .any(|route| route.connector == to && route.status == RouteStatus::Queued))
-        })?;
+        self.enqueue(to, new_seq, &entry)?;
+        let before = self.held_before(message_id, to, || Ok(queued_at_intake(&routes, to)))?;
         self.record(message_id, to, DeliveryStatus::Queued, 0, None, before + 1)?;
         Ok(Some(Seq(new_seq)))
     }
@@ -269,13 +271,7 @@ impl Delivery<'_, '_> {
             history,
             ..QueueEntry::default()
         };
-        if self
-            .queue
-            .insert((to.0, new_seq), schema::encode(&entry)?.as_slice())?
-            .is_none()
-        {
-            self.depths.queue(to, 1);
-        }
+        self.enqueue(to, new_seq, &entry)?;
         let from_before = self.held(dead.message_id, connector)?;
         if to == connector {
             self.record(
@@ -302,9 +298,7 @@ impl Delivery<'_, '_> {
                     Some(value) => schema::decode_message(value.value())?.0.routes,
                     None => Vec::new(),
                 };
-                Ok(routes
-                    .iter()
-                    .any(|route| route.connector == to && route.status == RouteStatus::Queued))
+                Ok(queued_at_intake(&routes, to))
             })?;
             self.record(
                 dead.message_id,
@@ -334,4 +328,11 @@ impl Delivery<'_, '_> {
         )?;
         Ok(true)
     }
+}
+
+/// Whether intake queued the message for `to` (its filter took it).
+fn queued_at_intake(routes: &[schema::Route], to: ConnectorId) -> bool {
+    routes
+        .iter()
+        .any(|route| route.connector == to && route.status == RouteStatus::Queued)
 }

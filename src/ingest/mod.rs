@@ -16,169 +16,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
 use crate::hl7::{
     AckCode, AckError, AckMode, AckStamper, Charset, DeclaredCharset, ErrorCode, ErrorLocation,
     HeaderKind, Message, Verdict, build_ack,
 };
 use crate::outbox::{
-    Appended, ConnectorId, Disposition, HeaderFields, MessageRecord, NewMessage, Outbox, Route,
-    RouteStatus, StoredCopy,
+    Appended, ConnectorId, Disposition, MessageRecord, NewMessage, Outbox, Route, RouteStatus,
+    StoredCopy,
 };
 use crate::rules::{RuleSet, Validation};
 use crate::transform::Transforms;
 
-/// Refuse (AR) a message whose MSH-3/MSH-4 its connection's certificate may not send as.
-fn check_sender(
-    senders: &crate::tls::SenderMap,
-    message: &Message,
-    identity: Option<&crate::tls::PeerIdentity>,
-) -> Result<(), Box<Refusal>> {
-    use crate::tls::SenderRefusal;
-    let refusal = match senders.check(
-        identity,
-        message.header_component(3, 1),
-        message.header_component(4, 1),
-    ) {
-        Ok(()) => return Ok(()),
-        Err(refusal) => refusal,
-    };
-    let (field, text) = match refusal {
-        SenderRefusal::NoCertificate => (
-            3,
-            "the connection presented no client certificate, so no sender is allowed on it (tls_senders)",
-        ),
-        SenderRefusal::UnknownIdentity => (
-            3,
-            "the connection's client certificate is not named in tls_senders, so it may not send",
-        ),
-        SenderRefusal::Application => (
-            3,
-            "MSH-3 (sending application) is not one the connection's client certificate may send as (tls_senders)",
-        ),
-        SenderRefusal::Facility => (
-            4,
-            "MSH-4 (sending facility) is not one the connection's client certificate may send as (tls_senders)",
-        ),
-    };
-    Err(Refusal::reject(
-        Reason::SenderNotAllowed,
-        AckError::new(
-            ErrorCode::TableValueNotFound,
-            Some(ErrorLocation::header(field)),
-            text.to_owned(),
-        ),
-    ))
-}
+mod answer;
+mod header;
 
-/// Longest header value kept in a stored record's searchable fields.
-const MAX_HEADER_FIELD: usize = 256;
-
-/// What to do with the connection after a frame.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    /// Write these bytes (an ACK, to be MLLP-framed).
-    Ack {
-        /// The ACK message.
-        bytes: Vec<u8>,
-        /// Its MSA-1.
-        code: AckCode,
-    },
-    /// The sender's MSH-15/16 asked for no ACK in this case.
-    Suppressed {
-        /// The code that was decided but not sent.
-        code: AckCode,
-    },
-    /// Nothing is answered: the frame was empty (some senders use one as a keep-alive) or
-    /// was itself an ACK. `Outcome::reason` says which.
-    Ignore,
-    /// The header cannot be read: close the connection without an ACK.
-    Close,
-}
-
-/// Why a frame got anything but a first-time acceptance: logged, counted and stored with a
-/// refused message (as its snake_case name), and what the listener acts on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reason {
-    /// An empty frame (some senders use one as a keep-alive): nothing is answered.
-    EmptyFrame,
-    /// The header cannot be read: the connection is closed without an ACK.
-    UnreadableHeader,
-    /// The frame was itself an ACK: nothing is answered.
-    AckReceived,
-    /// A retransmission of a stored message: answered with the stored ACK.
-    Duplicate,
-    /// The outbox could not store the message: nothing positive is answered.
-    StoreFailed,
-    /// A validation rule refused the message.
-    RuleFailed,
-    /// A validation rule could not be evaluated.
-    RuleError,
-    /// Bytes that are not valid in the message's character set (MSH-18).
-    InvalidCharacters,
-    /// MSH-3 or MSH-4 is not one the client certificate may send as (`tls_senders`).
-    SenderNotAllowed,
-    /// A batch envelope (FHS/BHS).
-    BatchNotSupported,
-    /// More than one MSH segment in one frame.
-    SeveralMessagesInFrame,
-    /// MSH-2 encoding characters are unusable.
-    BadEncodingCharacters,
-    /// MSH-9 or MSH-10 is missing.
-    RequiredFieldMissing,
-}
-
-impl Reason {
-    /// The name used in logs and stored reasons (`store_failed`, `rule_failed`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::EmptyFrame => "empty_frame",
-            Self::UnreadableHeader => "unreadable_header",
-            Self::AckReceived => "ack_received",
-            Self::Duplicate => "duplicate",
-            Self::StoreFailed => "store_failed",
-            Self::RuleFailed => "rule_failed",
-            Self::RuleError => "rule_error",
-            Self::InvalidCharacters => "invalid_characters",
-            Self::SenderNotAllowed => "sender_not_allowed",
-            Self::BatchNotSupported => "batch_not_supported",
-            Self::SeveralMessagesInFrame => "several_messages_in_frame",
-            Self::BadEncodingCharacters => "bad_encoding_characters",
-            Self::RequiredFieldMissing => "required_field_missing",
-        }
-    }
-}
-
-impl std::fmt::Display for Reason {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(self.as_str())
-    }
-}
-
-/// The decision for one frame, with what is safe to log about it.
-#[derive(Clone, Debug)]
-pub struct Outcome {
-    /// What to send.
-    pub reply: Reply,
-    /// MSH-10 as text (control ids are not patient data), at most 64 characters.
-    pub control_id: Option<String>,
-    /// A short machine-readable reason for anything but a first-time acceptance.
-    pub reason: Option<Reason>,
-    /// The stored message's id, when it was stored (or found as a duplicate).
-    pub message_id: Option<crate::outbox::MessageId>,
-}
-
-impl Outcome {
-    fn bare(reply: Reply, control_id: Option<String>, reason: Reason) -> Self {
-        Self {
-            reply,
-            control_id,
-            reason: Some(reason),
-            message_id: None,
-        }
-    }
-}
+pub use answer::{Outcome, Reason, Reply};
+pub use header::header_fields;
+use header::{ack_code_of, check_sender, control_id_for_logs, dedup_key, locate};
 
 /// What intake decided for one connector since start (stored messages only; retransmits are
 /// not counted again).
@@ -263,14 +118,14 @@ pub struct Decided {
 }
 
 /// A refusal: the code category, a short reason for logs and counters, and the ERR details.
-struct Refusal {
-    verdict: Verdict,
-    reason: Reason,
-    error: AckError,
+pub(super) struct Refusal {
+    pub(super) verdict: Verdict,
+    pub(super) reason: Reason,
+    pub(super) error: AckError,
 }
 
 impl Refusal {
-    fn reject(reason: Reason, error: AckError) -> Box<Self> {
+    pub(super) fn reject(reason: Reason, error: AckError) -> Box<Self> {
         Box::new(Self {
             verdict: Verdict::Reject,
             reason,
@@ -765,84 +620,4 @@ impl Decider {
         }
         Ok(())
     }
-}
-
-/// MSA-1 of an ACK.
-fn ack_code_of(ack: &[u8]) -> Option<AckCode> {
-    let parsed = Message::parse(Bytes::copy_from_slice(ack)).ok()?;
-    AckCode::parse(parsed.value("MSA-1")?)
-}
-
-/// Retransmit key: SHA-256 over sending application, facility, control id and the frame.
-fn dedup_key(message: &Message) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    for part in [
-        message.header_field(3),
-        message.header_field(4),
-        message.header_field(10),
-    ] {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part);
-    }
-    hasher.update(message.raw());
-    hasher.finalize().into()
-}
-
-/// The header fields a stored record keeps (each cut at 256 bytes).
-pub fn header_fields(message: &Message) -> HeaderFields {
-    let text = |raw: &[u8]| -> String {
-        let cut = &raw[..raw.len().min(MAX_HEADER_FIELD)];
-        String::from_utf8_lossy(cut).into_owned()
-    };
-    HeaderFields {
-        msg_type: text(message.header_component(9, 1)),
-        trigger: text(message.header_component(9, 2)),
-        structure: text(message.header_component(9, 3)),
-        control_id: text(message.header_field(10)),
-        sending_app: text(message.header_field(3)),
-        sending_fac: text(message.header_field(4)),
-        receiving_app: text(message.header_field(5)),
-        receiving_fac: text(message.header_field(6)),
-        version: text(message.header_component(12, 1)),
-        processing_id: text(message.header_component(11, 1)),
-    }
-}
-
-/// The segment and field holding byte `offset` of the frame.
-fn locate(message: &Message, offset: usize) -> Option<ErrorLocation> {
-    let (segment, sequence, within) = message.segment_containing(offset)?;
-    let separators = segment.bytes()[..within]
-        .iter()
-        .filter(|&&byte| byte == message.delimiters().field)
-        .count();
-    let is_header = matches!(segment.name(), b"MSH" | b"FHS" | b"BHS");
-    let field = match (separators, is_header) {
-        (0, _) => None,
-        (count, true) => Some(count + 1),
-        (count, false) => Some(count),
-    };
-    let name = segment.name();
-    let printable = name.len() <= 3 && name.iter().all(u8::is_ascii_alphanumeric);
-    Some(ErrorLocation {
-        segment: if printable {
-            String::from_utf8_lossy(name).into_owned()
-        } else {
-            "???".to_owned()
-        },
-        sequence,
-        field,
-    })
-}
-
-fn control_id_for_logs(message: &Message) -> Option<String> {
-    let raw = message.header_field(10);
-    if raw.is_empty() {
-        return None;
-    }
-    let text: String = String::from_utf8_lossy(raw)
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect();
-    Some(text)
 }
