@@ -313,6 +313,11 @@ impl TlsServer {
         self.current.read().ok().map(|acceptor| acceptor.clone())
     }
 
+    /// Whether client certificates are asked for (`TLS_CLIENT_CA`).
+    pub fn mutual(&self) -> bool {
+        self.settings.client_ca.is_some()
+    }
+
     /// Run the handshake on an accepted connection, within the handshake timeout.
     pub async fn accept(
         &self,
@@ -539,6 +544,17 @@ impl SenderMap {
     /// A mapping from its entries.
     pub fn new(rules: Vec<SenderRule>) -> Self {
         Self { rules }
+    }
+
+    /// Whether an entry names this certificate (identity and issuer): a known sender.
+    pub fn knows(&self, identity: &PeerIdentity) -> bool {
+        self.rules.iter().any(|rule| {
+            identity.matches(&rule.identity)
+                && rule
+                    .issuer
+                    .as_ref()
+                    .is_none_or(|issuer| *issuer == identity.issuer)
+        })
     }
 
     /// Whether a message with MSH-3.1 `application` and MSH-4.1 `facility` may come over a

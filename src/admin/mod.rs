@@ -35,6 +35,12 @@ const MAX_BODY: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests served at once; more wait.
 const MAX_IN_FLIGHT: usize = 32;
+/// Connections open at once; one more is closed as soon as it is accepted (and counted), so
+/// idle or slow clients can never take the descriptors the MLLP listener needs.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Longest a client may take to send a request's headers, and to start the next request on
+/// a kept connection; then the connection is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the handlers share: the gateway's state, the tokens and the recent log lines.
 #[derive(Debug)]
@@ -132,18 +138,102 @@ async fn authorize(State(gate): State<Gate>, mut request: Request, next: Next) -
 }
 
 /// Serve the admin API until `shutdown` is cancelled (requests in flight are finished).
+/// At most [`MAX_CONNECTIONS`] connections at once (more are closed at once, counted in
+/// `refused`); each must send its headers within [`HEADER_TIMEOUT`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AdminState>,
     shutdown: CancellationToken,
 ) {
-    let app = router(state);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(error) = served {
-        tracing::error!(error = %error, "admin API stopped with an error");
+    let limits = ConnectionLimits {
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: HEADER_TIMEOUT,
+    };
+    serve_router(listener, router(state), shutdown, limits, Arc::default()).await;
+}
+
+/// The admin listener's connection limits.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Connections open at once ([`MAX_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// Time to send a request's headers ([`HEADER_TIMEOUT`]).
+    pub header_timeout: Duration,
+}
+
+/// Connections the admin listener closed because its limit was reached.
+#[derive(Debug, Default)]
+pub struct AdminCounters {
+    /// Closed at once, over the cap.
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
+/// [`serve`] for any router and limits (tests serve a small one with short limits).
+pub async fn serve_router(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    limits: ConnectionLimits,
+    counters: Arc<AdminCounters>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut connections = tokio::task::JoinSet::new();
+    let mut last_warning: Option<tokio::time::Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+            // Reap finished connections as they end.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (stream, _) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors, or a connection reset before it was accepted: wait a
+                // little rather than spin.
+                tracing::warn!(error = %error, "admin API cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            counters
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(stream);
+            let now = tokio::time::Instant::now();
+            if last_warning.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+                last_warning = Some(now);
+                tracing::warn!(
+                    limit = limits.max_connections,
+                    refused = counters.refused.load(std::sync::atomic::Ordering::Relaxed),
+                    "admin API connections at their limit; a new one was closed"
+                );
+            }
+            continue;
+        };
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
     }
+    // Requests in flight finish; idle connections close.
+    while connections.join_next().await.is_some() {}
 }
 
 /// Bind `ADMIN_ADDR` (Go syntax: `:8080` is every interface).

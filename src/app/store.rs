@@ -28,6 +28,7 @@ impl Store {
         options.dedup_window = settings.dedup_window;
         options.dedup_max_entries = settings.dedup_max_entries;
         options.journal = settings.store_journal;
+        options.keys = settings.store_keys()?;
         if let Some(storage) = storage {
             options.storage = storage;
         }

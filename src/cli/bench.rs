@@ -116,6 +116,11 @@ pub struct Probe {
     pub redb_commit: f64,
     /// One loopback TCP round trip of a small message.
     pub loopback_rtt: f64,
+    /// Sealing what intake stores for one message of the bench's size, with a store key
+    /// (ADR 0011): its record and body, a queue entry, an audit record.
+    pub seal_per_message: f64,
+    /// Opening the same.
+    pub open_per_message: f64,
 }
 
 /// Rounds of an interleaved run: with one connection and the probe on, the load is cut into
@@ -164,7 +169,16 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
             "floor for one ordered sender (redb commit + round trip): {:.0} µs",
             probe.redb_commit + probe.loopback_rtt
         )?;
-        floor = Some(probe);
+        let (seal, open) = encryption_cost(template.len());
+        writeln!(
+            out,
+            "encryption at rest (ENCRYPTION_KEY_FILE), per message of this size: seal p50 {seal:.1} µs at intake, open p50 {open:.1} µs at delivery (record with body, queue entry, audit record)"
+        )?;
+        floor = Some(Probe {
+            seal_per_message: seal,
+            open_per_message: open,
+            ..probe
+        });
     }
 
     let tls = args.tls.client(&args.addr)?.map(std::sync::Arc::new);
@@ -283,6 +297,8 @@ fn json_report(args: &BenchArgs, message_bytes: usize, report: &BenchReport) -> 
             "redb_commit_p50_us": probe.redb_commit,
             "loopback_round_trip_p50_us": probe.loopback_rtt,
             "floor_us": probe.redb_commit + probe.loopback_rtt,
+            "seal_per_message_p50_us": probe.seal_per_message,
+            "open_per_message_p50_us": probe.open_per_message,
         })),
         "ack_p50_over_floor": rounds,
     })
@@ -553,7 +569,43 @@ pub async fn probe(directory: &Path) -> anyhow::Result<Probe> {
         fsync,
         redb_commit,
         loopback_rtt: median(round_trips),
+        seal_per_message: 0.0,
+        open_per_message: 0.0,
     })
+}
+
+/// Median µs to seal, and to open, what intake stores for one message of `message_len`
+/// bytes under a store key: the record with its body (about 200 bytes more), a queue entry
+/// and an audit record (about 60 and 150 bytes).
+fn encryption_cost(message_len: usize) -> (f64, f64) {
+    use crate::outbox::crypt::{Keys, Place, StoreKey};
+    let mut key = [0u8; 32];
+    if getrandom::fill(&mut key).is_err() {
+        return (f64::NAN, f64::NAN);
+    }
+    let keys = Keys::new(StoreKey::from_bytes(&key), Vec::new());
+    let values = [
+        (Place::Message(1), vec![0x42u8; message_len + 200]),
+        (Place::Queue(1, 1), vec![0x42u8; 60]),
+        (Place::Audit(1), vec![0x42u8; 150]),
+    ];
+    let mut seals = Vec::with_capacity(1000);
+    let mut opens = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        let started = Instant::now();
+        let sealed: Vec<(Place, Vec<u8>)> = values
+            .iter()
+            .map(|(place, plain)| (*place, keys.seal(*place, plain.clone())))
+            .collect();
+        seals.push(started.elapsed().as_secs_f64() * 1e6);
+        let started = Instant::now();
+        for (place, value) in &sealed {
+            let opened = keys.open(*place, value).map(|plain| plain.len());
+            std::hint::black_box(opened.ok());
+        }
+        opens.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    (median(seals), median(opens))
 }
 
 #[cfg(test)]

@@ -6,6 +6,11 @@
 //!   (the reason, and its way out, are printed).
 //! - `recover --accept-loss` is the way out of every refusal: it opens what can be opened,
 //!   reports what was given up, and records that in the audit trail.
+//! - `rekey` rewrites the store with `ENCRYPTION_KEY_FILE`'s key (reading what older keys
+//!   sealed with `ENCRYPTION_OLD_KEY_FILES`; ADR 0011).
+//!
+//! Every command reads the store keys from `ENCRYPTION_KEY_FILE` and
+//! `ENCRYPTION_OLD_KEY_FILES`, as the gateway does.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -48,6 +53,10 @@ pub enum StoreCommand {
         #[arg(long, required = true)]
         accept_loss: bool,
     },
+    /// Rewrite a stopped server's store with the key in ENCRYPTION_KEY_FILE: records sealed
+    /// with the keys in ENCRYPTION_OLD_KEY_FILES, or stored plain, are sealed with it, into a
+    /// new file that replaces the old one. Afterwards the old keys are no longer needed.
+    Rekey,
 }
 
 /// Options for the store in `data_dir`, through its journal when it has one.
@@ -58,6 +67,7 @@ fn options(data_dir: &std::path::Path) -> anyhow::Result<OutboxOptions> {
         .storage
         .exists(StoreFile::Journal)
         .with_context(|| format!("cannot look for the journal in {}", data_dir.display()))?;
+    options.keys = super::offline::keys_from_environment()?;
     Ok(options)
 }
 
@@ -122,6 +132,41 @@ pub async fn run_store(args: &StoreArgs, out: &mut impl Write) -> anyhow::Result
             }
             Ok(if verified.intact { 0 } else { 1 })
         }
+        StoreCommand::Rekey => {
+            let keys = options.keys.clone();
+            let journal = options.journal;
+            let json = args.json;
+            let rekeyed = tokio::task::spawn_blocking(move || {
+                crate::outbox::rekey::rekey(&data, journal, &keys, |table, done| {
+                    if !json {
+                        eprintln!("rekey: {table}: {done} records");
+                    }
+                })
+            })
+            .await
+            .context("rekey task failed")??;
+            if args.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&rekeyed)?)?;
+            } else {
+                let total: u64 = rekeyed.records.values().sum();
+                writeln!(
+                    out,
+                    "rekeyed: {total} records sealed with key {} ({} were plain); keys no longer needed: {}",
+                    rekeyed.key,
+                    rekeyed.were_plain,
+                    if rekeyed.retired.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        rekeyed.retired.join(", ")
+                    }
+                )?;
+                writeln!(
+                    out,
+                    "recorded in the audit trail; `mfoundry store verify` checks the result"
+                )?;
+            }
+            Ok(0)
+        }
         StoreCommand::Recover { accept_loss } => {
             anyhow::ensure!(
                 *accept_loss,
@@ -169,6 +214,13 @@ fn print_report(out: &mut impl Write, verified: &Verified<'_>) -> std::io::Resul
         .map(|(table, count)| format!("{table} {count}"))
         .collect();
     writeln!(out, "records read: {}", counts.join(", "))?;
+    if report.unsealed > 0 {
+        writeln!(
+            out,
+            "{} values are stored plain (written before ENCRYPTION_KEY_FILE was set); `mfoundry store rekey` seals them",
+            report.unsealed
+        )?;
+    }
     if report.unchecked > 0 {
         writeln!(
             out,

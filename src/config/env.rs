@@ -134,6 +134,18 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "",
     },
     EnvVar {
+        name: "EGRESS_ALLOW",
+        default: "",
+    },
+    EnvVar {
+        name: "ENCRYPTION_KEY_FILE",
+        default: "",
+    },
+    EnvVar {
+        name: "ENCRYPTION_OLD_KEY_FILES",
+        default: "",
+    },
+    EnvVar {
         name: "LOG_FORMAT",
         default: "text",
     },

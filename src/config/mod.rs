@@ -21,8 +21,8 @@ use std::time::Duration;
 
 pub use env::{ENV_VARS, EnvVar};
 pub use file::{ConnectorKind, FileConfig};
-pub use settings::Settings;
 use settings::parse_name;
+pub use settings::{EncryptionSettings, Settings};
 
 pub use crate::mllp::ListenerSettings;
 use crate::rules::{ExpressionSource, FilterSpec, Origin, RuleProblem, RuleSet, RuleSpec};
@@ -218,7 +218,27 @@ impl Config {
                     }),
                 });
                 let mut found = Vec::new();
-                let output = connectors::build(connector, lookup, &mut found);
+                let mut output = connectors::build(connector, lookup, &mut found);
+                if let (Some(output), Ok(Some(allow))) = (
+                    output.as_mut(),
+                    settings.as_ref().map(|settings| &settings.egress_allow),
+                ) {
+                    for (host, port) in output.output.destinations(lookup) {
+                        if let Err(problem) = allow.check(&host, port) {
+                            problems.push(ConfigProblem {
+                                name: "EGRESS_ALLOW".to_owned(),
+                                subject: format!(
+                                    "{}: connector {:?} (type {})",
+                                    place(name.at),
+                                    name.value,
+                                    connector.kind.as_str()
+                                ),
+                                problem,
+                            });
+                        }
+                    }
+                    output.output.restrict(allow);
+                }
                 problems.extend(found.into_iter().map(|problem| ConfigProblem {
                     name: String::new(),
                     subject: format!(
@@ -273,6 +293,9 @@ impl Config {
                     message: rule.message.clone(),
                 });
             }
+        }
+        if let Ok(Some(allow)) = settings.as_ref().map(|settings| &settings.egress_allow) {
+            problems.extend(check_otlp_egress(allow, lookup));
         }
         if !problems.is_empty() || settings.is_err() {
             // Report the expressions' and steps' problems too, so one run shows everything.
@@ -427,6 +450,59 @@ fn read_senders(
         });
     }
     crate::tls::SenderMap::new(entries)
+}
+
+/// The OTLP exporter's endpoint against `EGRESS_ALLOW`. The exporter resolves names itself,
+/// so a name not listed is resolved here, once, and every address must be allowed.
+fn check_otlp_egress(
+    allow: &crate::outputs::egress::EgressAllow,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Vec<ConfigProblem> {
+    let mut problems = Vec::new();
+    for name in [
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ] {
+        let Some(url) = lookup(name).filter(|url| !url.trim().is_empty()) else {
+            continue;
+        };
+        let problem = |problem: String| ConfigProblem {
+            name: name.to_owned(),
+            subject: name.to_owned(),
+            problem,
+        };
+        let Some((host, port)) = crate::outputs::egress::url_destination(url.trim()) else {
+            problems.push(problem(format!(
+                "{name} is not an http:// or https:// URL; EGRESS_ALLOW cannot check it"
+            )));
+            break;
+        };
+        if let Err(refusal) = allow.check(&host, port) {
+            problems.push(problem(refusal));
+        } else if host.parse::<std::net::IpAddr>().is_err() && !allow.lists(&host, port) {
+            use std::net::ToSocketAddrs;
+            match (host.as_str(), port).to_socket_addrs() {
+                Ok(found) => {
+                    for addr in found {
+                        if !allow.allows_address(addr.ip(), port) {
+                            problems.push(problem(format!(
+                                "{host}:{port} resolves to {}, outside EGRESS_ALLOW ({}); list the name, or its addresses",
+                                addr.ip(),
+                                allow.text()
+                            )));
+                            break;
+                        }
+                    }
+                }
+                Err(error) => problems.push(problem(format!(
+                    "cannot resolve {host} to check it against EGRESS_ALLOW: {error}; list the name in EGRESS_ALLOW"
+                ))),
+            }
+        }
+        // The metrics endpoint wins when both are set.
+        break;
+    }
+    problems
 }
 
 #[cfg(test)]

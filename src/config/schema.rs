@@ -119,6 +119,15 @@ pub struct FileConfig {
     /// Same as `ADMIN_TOKENS_FILE`.
     #[schemars(with = "Option<ScalarText>")]
     pub admin_tokens_file: SpannedScalar,
+    /// Same as `EGRESS_ALLOW` (comma-separated host names, host:port pairs, CIDR ranges).
+    #[schemars(with = "Option<ScalarText>")]
+    pub egress_allow: SpannedScalar,
+    /// Same as `ENCRYPTION_KEY_FILE`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub encryption_key_file: SpannedScalar,
+    /// Same as `ENCRYPTION_OLD_KEY_FILES` (comma-separated paths).
+    #[schemars(with = "Option<ScalarText>")]
+    pub encryption_old_key_files: SpannedScalar,
     /// Client certificate identities (mTLS) and the senders (MSH-3/MSH-4) each may send as.
     /// Once set, a certificate no entry names may not send at all.
     pub tls_senders: Option<Vec<TlsSenderFile>>,

@@ -52,6 +52,45 @@ pub struct Settings {
     pub admin_addr: Option<String>,
     /// `ADMIN_TOKENS_FILE`: the token hashes; `None` uses (and creates) `DATA_DIR/admin.token`.
     pub admin_tokens_file: Option<PathBuf>,
+    /// `ENCRYPTION_KEY_FILE` and `ENCRYPTION_OLD_KEY_FILES`: the store keys; `None` stores
+    /// plain.
+    pub encryption: Option<EncryptionSettings>,
+    /// `EGRESS_ALLOW`: where outputs and the OTLP exporter may connect; `None` anywhere.
+    pub egress_allow: Option<std::sync::Arc<crate::outputs::egress::EgressAllow>>,
+}
+
+/// Where the store keys are (ADR 0011). The files are read (and checked) when the settings
+/// load and again when the store opens; the keys are never kept in the settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncryptionSettings {
+    /// `ENCRYPTION_KEY_FILE`: seals everything written.
+    pub key_file: PathBuf,
+    /// `ENCRYPTION_OLD_KEY_FILES`: earlier keys, to read what they sealed.
+    pub old_key_files: Vec<PathBuf>,
+}
+
+impl EncryptionSettings {
+    /// Read the key files.
+    pub fn load(&self) -> Result<crate::outbox::crypt::Keys, String> {
+        use crate::outbox::crypt::{Keys, StoreKey};
+        let current = StoreKey::from_file(&self.key_file, "ENCRYPTION_KEY_FILE")?;
+        let old = self
+            .old_key_files
+            .iter()
+            .map(|path| StoreKey::from_file(path, "ENCRYPTION_OLD_KEY_FILES"))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Keys::new(current, old))
+    }
+}
+
+impl Settings {
+    /// The keys the store is sealed with (plain without `ENCRYPTION_KEY_FILE`).
+    pub fn store_keys(&self) -> anyhow::Result<crate::outbox::crypt::Keys> {
+        match &self.encryption {
+            None => Ok(crate::outbox::crypt::Keys::plain()),
+            Some(encryption) => encryption.load().map_err(anyhow::Error::msg),
+        }
+    }
 }
 
 /// Where a setting's value came from.
@@ -326,6 +365,57 @@ impl Settings {
             |text| Ok((!text.trim().is_empty()).then(|| PathBuf::from(text.trim()))),
             None,
         );
+        let egress_allow = reader.read(
+            "EGRESS_ALLOW",
+            |text| {
+                crate::outputs::egress::EgressAllow::parse(text)
+                    .map(|allow| allow.map(std::sync::Arc::new))
+            },
+            None,
+        );
+        let key_file = reader.read("ENCRYPTION_KEY_FILE", path, None);
+        let old_key_files = reader.read(
+            "ENCRYPTION_OLD_KEY_FILES",
+            |text| {
+                Ok(text
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|entry| !entry.is_empty())
+                    .map(PathBuf::from)
+                    .collect::<Vec<_>>())
+            },
+            Vec::new(),
+        );
+        let encryption = match key_file {
+            Some(key_file) => {
+                let encryption = EncryptionSettings {
+                    key_file,
+                    old_key_files,
+                };
+                if let Err(problem) = encryption.load() {
+                    let name = if problem.starts_with("ENCRYPTION_OLD") {
+                        "ENCRYPTION_OLD_KEY_FILES"
+                    } else {
+                        "ENCRYPTION_KEY_FILE"
+                    };
+                    reader.problems.push(ConfigProblem {
+                        name: name.to_owned(),
+                        subject: String::new(),
+                        problem,
+                    });
+                }
+                Some(encryption)
+            }
+            None if !old_key_files.is_empty() => {
+                reader.problems.push(ConfigProblem {
+                    name: "ENCRYPTION_OLD_KEY_FILES".to_owned(),
+                    subject: String::new(),
+                    problem: "older keys only read records; set ENCRYPTION_KEY_FILE to the key that seals new ones (a store is not decrypted back to plain)".to_owned(),
+                });
+                None
+            }
+            None => None,
+        };
         if !reader.problems.is_empty() {
             return Err(ConfigErrors(reader.problems));
         }
@@ -357,6 +447,8 @@ impl Settings {
             audit_retention,
             admin_addr,
             admin_tokens_file,
+            encryption,
+            egress_allow,
         })
     }
 

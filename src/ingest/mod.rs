@@ -281,6 +281,19 @@ impl Ingest {
         self
     }
 
+    /// Whether `tls_senders` is set.
+    pub fn has_senders(&self) -> bool {
+        self.decider.senders.is_some()
+    }
+
+    /// Whether `tls_senders` names this certificate; `None` without `tls_senders`.
+    pub fn knows_sender(&self, identity: &crate::tls::PeerIdentity) -> Option<bool> {
+        self.decider
+            .senders
+            .as_ref()
+            .map(|senders| senders.knows(identity))
+    }
+
     /// Check each message's MSH-3/MSH-4 against its connection's client certificate.
     #[must_use]
     pub fn with_senders(mut self, senders: Option<crate::tls::SenderMap>) -> Self {

@@ -117,11 +117,30 @@ impl MllpClient {
         timeout: Duration,
         max_frame_size: usize,
     ) -> Result<Self, ClientError> {
+        Self::connect_to(addr, None, tls, timeout, max_frame_size).await
+    }
+
+    /// [`Self::connect_with`], to `resolved` addresses when given (already checked against
+    /// `EGRESS_ALLOW`) instead of resolving `addr` again; `addr` still names the peer in
+    /// errors.
+    pub async fn connect_to(
+        addr: &str,
+        resolved: Option<&[std::net::SocketAddr]>,
+        tls: Option<&crate::tls::TlsClient>,
+        timeout: Duration,
+        max_frame_size: usize,
+    ) -> Result<Self, ClientError> {
         let connect_error = |cause| ClientError::Connect {
             addr: addr.to_owned(),
             cause,
         };
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let connect = async {
+            match resolved {
+                Some(resolved) => TcpStream::connect(resolved).await,
+                None => TcpStream::connect(addr).await,
+            }
+        };
+        let stream = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| {
                 connect_error(std::io::Error::new(

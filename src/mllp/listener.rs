@@ -240,6 +240,14 @@ impl Listener {
         );
         let per_peer: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
             Arc::default();
+        // With mTLS and `tls_senders`, senders whose certificate an entry names get slots of
+        // their own when MAX_CONNECTIONS are taken (see [`Reserve`]).
+        let reserve = match (&shared.settings.max_connections, &shared.tls) {
+            (Some(limit), Some(tls)) if tls.mutual() && shared.ingest.has_senders() => {
+                Some(Reserve::new(*limit))
+            }
+            _ => None,
+        };
         loop {
             let accepted = tokio::select! {
                 () = shared.shutdown.cancelled() => break,
@@ -270,18 +278,21 @@ impl Listener {
                 drop(stream);
                 continue;
             }
-            let permit = match &permits {
-                None => None,
+            let admission = match &permits {
+                None => Admission::Open(None),
                 Some(permits) => match Arc::clone(permits).try_acquire_owned() {
-                    Ok(permit) => Some(permit),
-                    Err(_) => {
-                        bump(&shared.stats.connections_refused, 1);
-                        if let Some(not_logged) = refused_log.allow() {
-                            warn!(%peer, not_logged, "connection refused: MAX_CONNECTIONS reached");
+                    Ok(permit) => Admission::Open(Some(permit)),
+                    Err(_) => match reserve.as_ref().and_then(Reserve::probation) {
+                        Some(probation) => probation,
+                        None => {
+                            bump(&shared.stats.connections_refused, 1);
+                            if let Some(not_logged) = refused_log.allow() {
+                                warn!(%peer, not_logged, "connection refused: MAX_CONNECTIONS reached");
+                            }
+                            drop(stream);
+                            continue;
                         }
-                        drop(stream);
-                        continue;
-                    }
+                    },
                 },
             };
             // One address may hold at most MAX_CONNECTIONS_PER_PEER of the slots, so a
@@ -309,18 +320,21 @@ impl Listener {
                     })
                 }
             };
-            bump(&shared.stats.connections_accepted, 1);
+            let on_probation = matches!(admission, Admission::Probation { .. });
+            if !on_probation {
+                bump(&shared.stats.connections_accepted, 1);
+            }
             bump(&shared.stats.connections_active, 1);
             let shared = Arc::clone(&shared);
             tracker.spawn(async move {
                 // The permit and the peer's slot live as long as the connection.
-                let _permit = permit;
+                let mut admission = admission;
                 let _peer_slot = peer_slot;
                 let _active = ActiveConnection(Arc::clone(&shared.stats));
                 configure_socket(&stream, shared.settings.keep_alive_period, peer);
                 match &shared.tls {
                     None => Handler::new(stream, peer, None, Arc::clone(&shared)).run().await,
-                    Some(tls) => match tls.accept(stream).await {
+                    Some(tls) => match accept_tls(tls, stream, on_probation).await {
                         Ok(stream) => {
                             let identity = stream
                                 .get_ref()
@@ -328,6 +342,27 @@ impl Listener {
                                 .peer_certificates()
                                 .and_then(<[_]>::first)
                                 .and_then(crate::tls::PeerIdentity::from_certificate);
+                            if let Admission::Probation { slots, permit } = admission {
+                                // A reserved slot, for a known sender only.
+                                let known = identity
+                                    .as_ref()
+                                    .and_then(|identity| shared.ingest.knows_sender(identity))
+                                    .unwrap_or(false);
+                                match (known, slots.try_acquire_owned()) {
+                                    (true, Ok(slot)) => {
+                                        drop(permit);
+                                        admission = Admission::Open(Some(slot));
+                                        bump(&shared.stats.connections_accepted, 1);
+                                        info!(%peer, "MAX_CONNECTIONS reached; a known sender took a reserved slot");
+                                    }
+                                    _ => {
+                                        bump(&shared.stats.connections_refused, 1);
+                                        debug!(%peer, known, "connection refused: MAX_CONNECTIONS reached, and no reserved slot for this certificate");
+                                        return;
+                                    }
+                                }
+                            }
+                            let _admission = admission;
                             Handler::new(stream, peer, identity, Arc::clone(&shared))
                                 .run()
                                 .await;
@@ -345,6 +380,68 @@ impl Listener {
         }
         debug!("listener stopped accepting");
     }
+}
+
+/// How a connection got in.
+enum Admission {
+    /// A slot of MAX_CONNECTIONS (or none: no limit), held (never read) while connected.
+    Open(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>),
+    /// MAX_CONNECTIONS were taken: handshaking for a reserved slot (see [`Reserve`]).
+    Probation {
+        slots: Arc<Semaphore>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    },
+}
+
+/// Slots kept for senders whose client certificate `tls_senders` names, taken only when
+/// MAX_CONNECTIONS are: an eighth of MAX_CONNECTIONS (at least one), on top of it. A
+/// connection that finds the listener full is handshaken (at most four times as many at once,
+/// each within [`PROBATION_HANDSHAKE`]); a known certificate gets a reserved slot, anything
+/// else is closed and counted as refused. So a flood of connections from elsewhere (or from
+/// senders without a known certificate) cannot keep known senders out.
+struct Reserve {
+    slots: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+}
+
+/// Longest handshake of a connection on probation for a reserved slot.
+const PROBATION_HANDSHAKE: Duration = Duration::from_secs(2);
+
+impl Reserve {
+    fn new(max_connections: usize) -> Self {
+        let slots = (max_connections / 8).max(1);
+        Self {
+            slots: Arc::new(Semaphore::new(slots)),
+            handshakes: Arc::new(Semaphore::new(slots.saturating_mul(4))),
+        }
+    }
+
+    /// A handshake on probation, when one may start.
+    fn probation(&self) -> Option<Admission> {
+        let permit = Arc::clone(&self.handshakes).try_acquire_owned().ok()?;
+        (self.slots.available_permits() > 0).then(|| Admission::Probation {
+            slots: Arc::clone(&self.slots),
+            permit,
+        })
+    }
+}
+
+/// The TLS handshake, shorter on probation.
+async fn accept_tls(
+    tls: &crate::tls::TlsServer,
+    stream: tokio::net::TcpStream,
+    on_probation: bool,
+) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, crate::tls::HandshakeError> {
+    if !on_probation {
+        return tls.accept(stream).await;
+    }
+    tokio::time::timeout(PROBATION_HANDSHAKE, tls.accept(stream))
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::tls::HandshakeError::Failed(format!(
+                "no handshake within {PROBATION_HANDSHAKE:?} (a connection waiting for a reserved slot)"
+            )))
+        })
 }
 
 /// Counts a connection as active until dropped (also when its task is cancelled).

@@ -8,6 +8,9 @@
 //! records leaves a valid shorter chain, so [`verify`] also checks that every stored message
 //! has its receive record.
 //!
+//! With a store key the whole value is sealed (ADR 0011); the hash is over the plain record,
+//! so a rekey leaves the chain as it was.
+//!
 //! Receive records are written in the same transaction as the message they describe: a
 //! message that is on disk has its audit record. Records never carry message content or
 //! patient fields: peers, listener, control id, message type, ACK code, token ids.
@@ -19,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::StoreError;
+use super::crypt::{Keys, Place};
 use super::schema::{self, MessageRecord};
 
 /// Domain separation for the chain's hash.
@@ -85,10 +89,14 @@ pub(super) struct Head {
 
 impl Head {
     /// Read the newest record of the table (an empty table starts at seq 0, zero hash).
-    pub(super) fn load(table: &impl ReadableTable<u64, &'static [u8]>) -> Result<Self, StoreError> {
+    pub(super) fn load(
+        keys: &Keys,
+        table: &impl ReadableTable<u64, &'static [u8]>,
+    ) -> Result<Self, StoreError> {
         match table.last()? {
             Some((key, value)) => {
-                let (hash, _) = split(value.value())?;
+                let plain = keys.open(Place::Audit(key.value()), value.value())?;
+                let (hash, _) = split(&plain)?;
                 Ok(Self {
                     next_seq: key.value().saturating_add(1),
                     last_hash: hash,
@@ -105,6 +113,7 @@ impl Head {
 /// Encode the record for `seq` chained after `head`; returns the stored value and advances
 /// `head`.
 pub(super) fn chain(
+    keys: &Keys,
     head: &mut Head,
     at_micros: i64,
     event: AuditEvent,
@@ -114,7 +123,7 @@ pub(super) fn chain(
         prev_hash: head.last_hash,
         event,
     };
-    let encoded = schema::encode(&record)?;
+    let encoded = schema::encode_plain(&record)?;
     let seq = head.next_seq;
     let hash = hash(seq, &encoded);
     let mut value = Vec::with_capacity(32 + encoded.len());
@@ -122,7 +131,7 @@ pub(super) fn chain(
     value.extend_from_slice(&encoded);
     head.next_seq = seq.saturating_add(1);
     head.last_hash = hash;
-    Ok((seq, value))
+    Ok((seq, keys.seal(Place::Audit(seq), value)))
 }
 
 fn hash(seq: u64, encoded: &[u8]) -> [u8; 32] {
@@ -143,10 +152,11 @@ fn split(value: &[u8]) -> Result<([u8; 32], &[u8]), StoreError> {
     Ok((stored, encoded))
 }
 
-/// Decode a stored value (without checking its hash).
-pub fn decode(value: &[u8]) -> Result<AuditRecord, StoreError> {
-    let (_, encoded) = split(value)?;
-    schema::decode(encoded)
+/// Decode the value stored under `seq` (without checking its hash).
+pub fn decode(keys: &Keys, seq: u64, value: &[u8]) -> Result<AuditRecord, StoreError> {
+    let plain = keys.open(Place::Audit(seq), value)?;
+    let (_, encoded) = split(&plain)?;
+    schema::decode_plain(encoded)
 }
 
 /// The result of checking the whole trail.
@@ -182,6 +192,7 @@ impl Verification {
 /// `first_expected` (0, or where pruning left the trail), and that every stored message
 /// received after the trail's oldest record has a receive record.
 pub(super) fn verify(
+    keys: &Keys,
     audit: &impl ReadableTable<u64, &'static [u8]>,
     messages: &impl ReadableTable<u64, &'static [u8]>,
     first_expected: u64,
@@ -196,7 +207,15 @@ pub(super) fn verify(
         report.records += 1;
         report.first_seq.get_or_insert(seq);
         report.last_seq = Some(seq);
-        let Ok((stored, encoded)) = split(value.value()) else {
+        let plain = match keys.open(Place::Audit(seq), value.value()) {
+            Ok(plain) => plain,
+            Err(error) => {
+                report.problem(format!("record {seq}: unreadable ({error})"));
+                previous = None;
+                continue;
+            }
+        };
+        let Ok((stored, encoded)) = split(&plain) else {
             report.problem(format!("record {seq}: too short to hold a hash"));
             previous = None;
             continue;
@@ -206,7 +225,7 @@ pub(super) fn verify(
                 "record {seq}: content does not match its hash (changed)"
             ));
         }
-        let record: AuditRecord = match schema::decode(encoded) {
+        let record: AuditRecord = match schema::decode_plain(encoded) {
             Ok(record) => record,
             Err(error) => {
                 report.problem(format!("record {seq}: unreadable ({error})"));
@@ -274,8 +293,8 @@ pub(super) fn verify(
 }
 
 /// When a stored record was written (without checking its hash).
-pub(super) fn written_at(value: &[u8]) -> Result<i64, StoreError> {
-    Ok(decode(value)?.at_micros)
+pub(super) fn written_at(keys: &Keys, seq: u64, value: &[u8]) -> Result<i64, StoreError> {
+    Ok(decode(keys, seq, value)?.at_micros)
 }
 
 /// The receive record for a stored (or retransmitted) message.
@@ -317,11 +336,12 @@ mod tests {
             next_seq: 0,
             last_hash: [0; 32],
         };
-        let (seq0, value0) = chain(&mut head, 1, admin("a")).expect("chains");
-        let (seq1, value1) = chain(&mut head, 2, admin("b")).expect("chains");
+        let keys = Keys::plain();
+        let (seq0, value0) = chain(&keys, &mut head, 1, admin("a")).expect("chains");
+        let (seq1, value1) = chain(&keys, &mut head, 2, admin("b")).expect("chains");
         assert_eq!((seq0, seq1), (0, 1));
         let (hash0, _) = split(&value0).expect("splits");
-        let record1 = decode(&value1).expect("decodes");
+        let record1 = decode(&keys, 1, &value1).expect("decodes");
         assert_eq!(record1.prev_hash, hash0);
         assert_eq!(head.last_hash, split(&value1).expect("splits").0);
         // The seq is part of the hash: the same record under another key does not verify.

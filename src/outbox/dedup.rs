@@ -85,6 +85,7 @@ impl DedupIndex {
     /// again (a duplicate, never a loss); the count of such records is returned.
     pub(super) fn rebuild(
         &mut self,
+        keys: &crate::outbox::crypt::Keys,
         messages: &impl ReadableTable<u64, &'static [u8]>,
         now: i64,
     ) -> Result<u64, StoreError> {
@@ -93,8 +94,8 @@ impl DedupIndex {
         let mut damaged = 0;
         for entry in messages.iter()?.rev() {
             let (id, value) = entry?;
-            let record = match schema::decode_message(value.value()) {
-                Ok((record, _)) => record,
+            let record = match schema::decode_message_record(keys, id.value(), value.value()) {
+                Ok(record) => record,
                 Err(StoreError::Damaged(what)) => {
                     tracing::error!(message_id = id.value(), damage = %what, "a stored message is damaged; skipped while rebuilding the retransmit index");
                     damaged += 1;

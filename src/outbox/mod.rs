@@ -34,12 +34,14 @@
 //! The outbox knows nothing of HL7 or sockets: it stores what ingest hands it.
 
 pub mod audit;
+pub mod crypt;
 pub mod datafile;
 mod dedup;
 mod depth;
 pub mod error;
 pub mod journal;
 mod open;
+pub mod rekey;
 mod request;
 pub mod schema;
 mod snapshot;
@@ -99,6 +101,8 @@ pub struct OutboxOptions {
     pub journal: bool,
     /// Size of the journal file, bytes.
     pub journal_capacity: u64,
+    /// The keys values are sealed with (ADR 0011); plain by default.
+    pub keys: crypt::Keys,
 }
 
 impl std::fmt::Debug for OutboxOptions {
@@ -114,6 +118,7 @@ impl std::fmt::Debug for OutboxOptions {
             .field("intake_hold", &self.intake_hold)
             .field("journal", &self.journal)
             .field("journal_capacity", &self.journal_capacity)
+            .field("keys", &self.keys)
             .finish()
     }
 }
@@ -136,6 +141,7 @@ impl OutboxOptions {
             intake_hold: Duration::from_millis(1),
             journal: false,
             journal_capacity: journal::DEFAULT_CAPACITY,
+            keys: crypt::Keys::plain(),
         }
     }
 }
@@ -234,6 +240,8 @@ pub struct Outbox {
     instance_id: u64,
     /// The store's files.
     storage: Arc<dyn Storage>,
+    /// What values are sealed with.
+    keys: crypt::Keys,
 }
 
 impl std::fmt::Debug for Outbox {
@@ -305,6 +313,7 @@ impl Outbox {
                 .store(index.len() as u64, Ordering::Relaxed);
         }
         let storage = Arc::clone(&options.storage);
+        let keys = options.keys.clone();
         let thread =
             writer::spawn(options, Arc::clone(&shared), receiver, dedup).map_err(|source| {
                 OpenError::Io {
@@ -320,6 +329,7 @@ impl Outbox {
                 connectors: Arc::new(connectors),
                 instance_id,
                 storage,
+                keys,
             },
             WriterHandle(thread),
         ))
@@ -669,7 +679,8 @@ impl Outbox {
             .map_err(|_| StoreError::WriterGone)?
             .clone()
             .ok_or(StoreError::WriterGone)?;
-        Ok(Snapshot::new(&database)?.with_depths(Arc::clone(&self.shared.depths)))
+        Ok(Snapshot::new(&database, self.keys.clone())?
+            .with_depths(Arc::clone(&self.shared.depths)))
     }
 
     /// A connector's queue and dead-letter queue sizes as of the last commit, without

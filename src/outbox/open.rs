@@ -8,6 +8,7 @@ use std::ops::Bound;
 use redb::{BackendError, Database, ReadableDatabase, ReadableTable, StorageBackend};
 use tracing::{info, warn};
 
+use super::crypt;
 use super::datafile::{DataFile, INITIALIZED, Layout, read_layout};
 use super::dedup::DedupIndex;
 use super::journal::{self, HeaderRead, JournalError, Journaled, Policy, Refusal, Replayed};
@@ -432,9 +433,10 @@ fn upgrade_legacy(
     Ok(size)
 }
 
-/// Check the format version, give a new file its instance id, create every table.
+/// Check the format version and the store keys, give a new file its instance id, create
+/// every table.
 fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> {
-    let prepared = (|| -> Result<Result<(), u64>, StoreError> {
+    let prepared = (|| -> Result<Result<(), String>, StoreError> {
         let transaction = database.begin_write()?;
         {
             let mut meta = transaction.open_table(META)?;
@@ -445,7 +447,15 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
                     meta.insert("format_version", FORMAT_VERSION)?;
                 }
                 FORMAT_VERSION => {}
-                newer => return Ok(Err(newer)),
+                newer => {
+                    return Ok(Err(format!(
+                        "the file has format version {newer}; this mfoundry reads version {FORMAT_VERSION} \
+                         (run the mfoundry release that wrote it)"
+                    )));
+                }
+            }
+            if let Err(refusal) = check_keys(&mut meta, &opening.options.keys)? {
+                return Ok(Err(refusal));
             }
             if schema::read_meta(&meta, "instance_id")? == 0 {
                 meta.insert("instance_id", new_instance_id(&opening.path()))?;
@@ -463,13 +473,68 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
         Ok(Ok(()))
     })()
     .map_err(opening.store())?;
-    prepared.map_err(|found| OpenError::Refused {
+    prepared.map_err(|reason| OpenError::Refused {
         path: opening.path(),
-        reason: format!(
-            "the file has format version {found}; this mfoundry reads version {FORMAT_VERSION} \
-             (run the mfoundry release that wrote it)"
-        ),
+        reason,
     })
+}
+
+/// `meta` names every key that may have sealed a record: `key:<id>` = 1 (ADR 0011). Refuse
+/// (the reason) a store whose keys are not all held, so a missing or wrong key is caught
+/// here rather than at the first read; register the current key before it seals anything.
+fn check_keys(
+    meta: &mut redb::Table<'_, &'static str, u64>,
+    keys: &crypt::Keys,
+) -> Result<Result<(), String>, StoreError> {
+    let sealed_with = keys_in_use(meta)?;
+    let held = keys.ids();
+    let missing: Vec<String> = sealed_with
+        .iter()
+        .filter(|id| !held.contains(id))
+        .map(|id| crypt::key_id_text(*id))
+        .collect();
+    if !missing.is_empty() {
+        let reason = match keys.current_id() {
+            None => format!(
+                "the store is encrypted (records sealed with key {}); set ENCRYPTION_KEY_FILE to that key's file",
+                missing.join(", ")
+            ),
+            Some(current) => format!(
+                "the store holds records sealed with key {}, which neither ENCRYPTION_KEY_FILE (key {}) nor ENCRYPTION_OLD_KEY_FILES holds: a wrong key file, or an earlier key missing from ENCRYPTION_OLD_KEY_FILES",
+                missing.join(", "),
+                crypt::key_id_text(current)
+            ),
+        };
+        return Ok(Err(reason));
+    }
+    if let Some(current) = keys.current_id()
+        && !sealed_with.contains(&current)
+    {
+        meta.insert(format!("key:{}", crypt::key_id_text(current)).as_str(), 1)?;
+    }
+    Ok(Ok(()))
+}
+
+/// The ids of the keys `meta` says may have sealed records.
+pub(super) fn keys_in_use(
+    meta: &impl ReadableTable<&'static str, u64>,
+) -> Result<Vec<u64>, StoreError> {
+    let mut ids = Vec::new();
+    for entry in meta.range("key:".."key;")? {
+        let (name, in_use) = entry?;
+        if in_use.value() == 0 {
+            continue;
+        }
+        let id = name
+            .value()
+            .strip_prefix("key:")
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            .ok_or_else(|| {
+                StoreError::Encoding(format!("meta names an unreadable key: {}", name.value()))
+            })?;
+        ids.push(id);
+    }
+    Ok(ids)
 }
 
 /// A random, non-zero id for a new data file: message ids are unique within one file only,
@@ -556,7 +621,7 @@ pub(super) fn load_dedup_index(options: &OutboxOptions) -> Result<Option<DedupIn
     let mut index = DedupIndex::new(window, options.dedup_max_entries);
     let rebuilt = (|| -> Result<u64, StoreError> {
         let messages = database.begin_read()?.open_table(MESSAGES)?;
-        index.rebuild(&messages, now_micros())
+        index.rebuild(&options.keys, &messages, now_micros())
     })();
     rebuilt.map_err(opening.store())?;
     Ok(Some(index))

@@ -24,11 +24,14 @@
 //! the `copies` table (ADR 0009); a file of format 2 becomes format 3 at open, nothing
 //! rewritten.
 
+use std::borrow::Cow;
+
 use redb::{ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use super::crypt::{Keys, Place};
 
 /// Layout version of the whole file, stored in `meta`.
 pub const FORMAT_VERSION: u64 = 3;
@@ -436,10 +439,12 @@ pub fn is_damage(error: &StoreError) -> bool {
 /// Decode a record, or stand in `placeholder(why)` for one whose bytes are damaged (see
 /// [`is_damage`]); other errors pass.
 pub fn decode_or<T: Record>(
+    keys: &Keys,
+    place: Place,
     bytes: &[u8],
     placeholder: impl FnOnce(String) -> T,
 ) -> Result<T, StoreError> {
-    match decode(bytes) {
+    match decode(keys, place, bytes) {
         Err(error) if is_damage(&error) => Ok(placeholder(damage_detail(&error))),
         other => other,
     }
@@ -473,15 +478,25 @@ pub fn damaged_dead_letter(why: String) -> DlqEntry {
     }
 }
 
-/// Encode a record in the envelope.
-pub fn encode<T: Record>(record: &T) -> Result<Vec<u8>, StoreError> {
+/// Encode a record in the envelope, sealed for `place` when the store has a key.
+pub fn encode<T: Record>(keys: &Keys, place: Place, record: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(keys.seal(place, encode_plain(record)?))
+}
+
+/// A record in its envelope, not sealed (the audit chain hashes these bytes).
+pub fn encode_plain<T: Record>(record: &T) -> Result<Vec<u8>, StoreError> {
     let payload =
         postcard::to_stdvec(record).map_err(|error| StoreError::Encoding(error.to_string()))?;
     Ok(seal(T::REVISION, &payload))
 }
 
 /// Decode a record written by [`encode`] (or by format 1), checking its checksum.
-pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
+pub fn decode<T: Record>(keys: &Keys, place: Place, bytes: &[u8]) -> Result<T, StoreError> {
+    decode_plain(&keys.open(place, bytes)?)
+}
+
+/// Decode a record in its envelope, not sealed.
+pub fn decode_plain<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
     let opened = open(bytes)?;
     if opened.revision == T::REVISION && opened.checked {
         return postcard::from_bytes(opened.payload)
@@ -492,6 +507,8 @@ pub fn decode<T: Record>(bytes: &[u8]) -> Result<T, StoreError> {
 
 /// Encode a `messages` value: the record, then the inline body if any.
 pub fn encode_message(
+    keys: &Keys,
+    id: u64,
     record: &MessageRecord,
     inline_body: Option<&[u8]>,
 ) -> Result<Vec<u8>, StoreError> {
@@ -500,12 +517,12 @@ pub fn encode_message(
     if let Some(body) = inline_body {
         payload.extend_from_slice(body);
     }
-    Ok(seal(MessageRecord::REVISION, &payload))
+    Ok(keys.seal(Place::Message(id), seal(MessageRecord::REVISION, &payload)))
 }
 
 /// Encode a body stored apart, in `bodies`.
-pub fn encode_body(body: &[u8]) -> Vec<u8> {
-    seal(0, body)
+pub fn encode_body(keys: &Keys, id: u64, body: &[u8]) -> Vec<u8> {
+    keys.seal(Place::Body(id), seal(0, body))
 }
 
 /// A decoded `messages` value.
@@ -513,53 +530,83 @@ pub fn encode_body(body: &[u8]) -> Vec<u8> {
 pub struct DecodedMessage<'a> {
     /// The record.
     pub record: MessageRecord,
-    /// The body, when stored inline.
-    pub inline: Option<&'a [u8]>,
+    /// The body, when stored inline (owned when the value was sealed).
+    pub inline: Option<Cow<'a, [u8]>>,
     /// Whether a checksum vouched for it (false for records of format 1).
     pub checked: bool,
 }
 
-/// Decode a `messages` value, checking its checksum.
-pub fn decode_message_checked(bytes: &[u8]) -> Result<DecodedMessage<'_>, StoreError> {
-    let opened = open(bytes)?;
-    if opened.revision != MessageRecord::REVISION {
-        return Err(StoreError::Encoding(format!(
-            "message record revision {} is not known to this mfoundry",
-            opened.revision
-        )));
-    }
-    let (record, body): (MessageRecord, &[u8]) = postcard::take_from_bytes(opened.payload)
-        .map_err(|error| StoreError::Encoding(error.to_string()))?;
-    let inline = record.body_inline.then_some(body);
+/// Decode a `messages` value, checking its checksum (and opening its seal).
+pub fn decode_message_checked<'a>(
+    keys: &Keys,
+    id: u64,
+    bytes: &'a [u8],
+) -> Result<DecodedMessage<'a>, StoreError> {
+    let plain = keys.open(Place::Message(id), bytes)?;
+    let (record, checked, offset, len) = {
+        let opened = open(&plain)?;
+        if opened.revision != MessageRecord::REVISION {
+            return Err(StoreError::Encoding(format!(
+                "message record revision {} is not known to this mfoundry",
+                opened.revision
+            )));
+        }
+        let (record, body): (MessageRecord, &[u8]) = postcard::take_from_bytes(opened.payload)
+            .map_err(|error| StoreError::Encoding(error.to_string()))?;
+        (record, opened.checked, plain.len() - body.len(), body.len())
+    };
+    let inline = record.body_inline.then(|| tail(plain, offset, len));
     Ok(DecodedMessage {
         record,
         inline,
-        checked: opened.checked,
+        checked,
     })
 }
 
-/// Decode a `messages` value: the record and, if stored inline, the body.
-pub fn decode_message(bytes: &[u8]) -> Result<(MessageRecord, Option<&[u8]>), StoreError> {
-    let decoded = decode_message_checked(bytes)?;
-    Ok((decoded.record, decoded.inline))
+/// The last `len` bytes of `value` from `offset`, borrowed when `value` is.
+fn tail(value: Cow<'_, [u8]>, offset: usize, len: usize) -> Cow<'_, [u8]> {
+    match value {
+        Cow::Borrowed(bytes) => Cow::Borrowed(&bytes[offset..offset + len]),
+        Cow::Owned(mut bytes) => {
+            bytes.drain(..offset);
+            bytes.truncate(len);
+            Cow::Owned(bytes)
+        }
+    }
+}
+
+/// The record of a `messages` value, without its body.
+pub fn decode_message_record(
+    keys: &Keys,
+    id: u64,
+    bytes: &[u8],
+) -> Result<MessageRecord, StoreError> {
+    decode_message_checked(keys, id, bytes).map(|decoded| decoded.record)
 }
 
 /// The body stored apart for `message` (a `bodies` value), checked: raw for a record of
 /// format 1, in an envelope otherwise.
 pub fn decode_body<'a>(
+    keys: &Keys,
+    id: u64,
     message: &DecodedMessage<'_>,
     bytes: &'a [u8],
-) -> Result<&'a [u8], StoreError> {
+) -> Result<Cow<'a, [u8]>, StoreError> {
+    let plain = keys.open(Place::Body(id), bytes)?;
     if !message.checked {
-        return Ok(bytes);
+        // Format 1 stored the body raw (sealed since, by a rekey).
+        return Ok(plain);
     }
-    let opened = open(bytes)?;
-    if !opened.checked {
-        return Err(StoreError::Damaged(
-            "its envelope is not of format 2".to_owned(),
-        ));
-    }
-    Ok(opened.payload)
+    let (offset, len) = {
+        let opened = open(&plain)?;
+        if !opened.checked {
+            return Err(StoreError::Damaged(
+                "its envelope is not of format 2".to_owned(),
+            ));
+        }
+        (plain.len() - opened.payload.len(), opened.payload.len())
+    };
+    Ok(tail(plain, offset, len))
 }
 
 /// A connector's copy of a message (see [`COPIES`]).
@@ -571,17 +618,24 @@ pub enum StoredCopy {
     Failed(String),
 }
 
-/// Encode a copy for [`COPIES`].
-pub fn encode_copy(copy: &StoredCopy) -> Vec<u8> {
-    match copy {
+/// Encode a copy for [`COPIES`] under `(message, connector, seq)`.
+pub fn encode_copy(keys: &Keys, place: (u64, u32, u64), copy: &StoredCopy) -> Vec<u8> {
+    let plain = match copy {
         StoredCopy::Bytes(bytes) => seal(0, bytes),
         StoredCopy::Failed(reason) => seal(1, reason.as_bytes()),
-    }
+    };
+    keys.seal(Place::Copy(place.0, place.1, place.2), plain)
 }
 
-/// Decode a value of [`COPIES`], checking its checksum.
-pub fn decode_copy(bytes: &[u8]) -> Result<StoredCopy, StoreError> {
-    let opened = open(bytes)?;
+/// Decode a value of [`COPIES`] stored under `(message, connector, seq)`, checking its
+/// checksum.
+pub fn decode_copy(
+    keys: &Keys,
+    place: (u64, u32, u64),
+    bytes: &[u8],
+) -> Result<StoredCopy, StoreError> {
+    let plain = keys.open(Place::Copy(place.0, place.1, place.2), bytes)?;
+    let opened = open(&plain)?;
     match opened.revision {
         0 => Ok(StoredCopy::Bytes(bytes::Bytes::copy_from_slice(
             opened.payload,
@@ -596,8 +650,13 @@ pub fn decode_copy(bytes: &[u8]) -> Result<StoredCopy, StoreError> {
 }
 
 /// Check a body stored apart (see [`decode_body`]).
-pub fn check_body(message: &DecodedMessage<'_>, bytes: &[u8]) -> Result<(), StoreError> {
-    decode_body(message, bytes).map(|_| ())
+pub fn check_body(
+    keys: &Keys,
+    id: u64,
+    message: &DecodedMessage<'_>,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    decode_body(keys, id, message, bytes).map(|_| ())
 }
 
 impl Record for QueueEntry {
@@ -725,9 +784,12 @@ mod tests {
             next_attempt_micros: 5,
             ..QueueEntry::default()
         };
-        assert_eq!(decode::<QueueEntry>(&format1).expect("format 1"), expected);
         assert_eq!(
-            decode::<QueueEntry>(&seal(1, &v1)).expect("revision 1"),
+            decode_plain::<QueueEntry>(&format1).expect("format 1"),
+            expected
+        );
+        assert_eq!(
+            decode_plain::<QueueEntry>(&seal(1, &v1)).expect("revision 1"),
             expected
         );
         let dead = postcard::to_stdvec(&DlqV1 {
@@ -737,37 +799,40 @@ mod tests {
             failed_at_micros: 77,
         })
         .expect("encodes");
-        let upgraded = decode::<DlqEntry>(&seal(1, &dead)).expect("revision 1");
+        let upgraded = decode_plain::<DlqEntry>(&seal(1, &dead)).expect("revision 1");
         assert_eq!((upgraded.attempts, upgraded.downstream), (4, None));
         assert!(matches!(
-            decode::<QueueEntry>(&seal(9, &v1)),
+            decode_plain::<QueueEntry>(&seal(9, &v1)),
             Err(StoreError::Encoding(_))
         ));
     }
 
     #[test]
     fn records_round_trip_in_their_envelope() {
-        let bytes = encode(&entry()).expect("encodes");
+        let bytes = encode_plain(&entry()).expect("encodes");
         assert_eq!((bytes[0], bytes[1]), (ENVELOPE, QueueEntry::REVISION));
-        assert_eq!(decode::<QueueEntry>(&bytes).expect("decodes"), entry());
+        assert_eq!(
+            decode_plain::<QueueEntry>(&bytes).expect("decodes"),
+            entry()
+        );
         let mut future = bytes.clone();
         future[0] = 9;
         assert!(matches!(
-            decode::<QueueEntry>(&future),
+            decode_plain::<QueueEntry>(&future),
             Err(StoreError::Encoding(_))
         ));
-        assert!(decode::<QueueEntry>(&[]).is_err());
+        assert!(decode_plain::<QueueEntry>(&[]).is_err());
     }
 
     /// Every single flipped bit of a record is caught by its checksum, never read as a
     /// different record.
     #[test]
     fn any_flipped_bit_is_damage() {
-        let bytes = encode(&entry()).expect("encodes");
+        let bytes = encode_plain(&entry()).expect("encodes");
         for bit in 0..bytes.len() * 8 {
             let mut flipped = bytes.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
-            match decode::<QueueEntry>(&flipped) {
+            match decode_plain::<QueueEntry>(&flipped) {
                 Err(StoreError::Damaged(_) | StoreError::Encoding(_)) => {}
                 other => panic!("bit {bit}: {other:?}"),
             }
@@ -785,7 +850,7 @@ mod tests {
         };
         let mut legacy = vec![LEGACY_ENVELOPE];
         legacy.extend(postcard::to_stdvec(&plain).expect("encodes"));
-        assert_eq!(decode::<QueueEntry>(&legacy).expect("decodes"), plain);
+        assert_eq!(decode_plain::<QueueEntry>(&legacy).expect("decodes"), plain);
         let record = MessageRecord {
             received_at_micros: 1,
             peer: "p".to_owned(),
@@ -803,18 +868,18 @@ mod tests {
         let mut legacy = vec![LEGACY_ENVELOPE];
         legacy.extend(postcard::to_stdvec(&record).expect("encodes"));
         legacy.extend_from_slice(b"MSH|");
-        let decoded = decode_message_checked(&legacy).expect("decodes");
+        let decoded = decode_message_checked(&Keys::plain(), 1, &legacy).expect("decodes");
         assert_eq!(decoded.record, record);
-        assert_eq!(decoded.inline, Some(&b"MSH|"[..]));
+        assert_eq!(decoded.inline.as_deref(), Some(&b"MSH|"[..]));
         assert!(!decoded.checked);
-        let sealed = encode_message(&record, Some(b"MSH|")).expect("encodes");
-        let decoded = decode_message_checked(&sealed).expect("decodes");
+        let sealed = encode_message(&Keys::plain(), 1, &record, Some(b"MSH|")).expect("encodes");
+        let decoded = decode_message_checked(&Keys::plain(), 1, &sealed).expect("decodes");
         assert!(decoded.checked);
         let mut flipped = sealed.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
         assert!(matches!(
-            decode_message_checked(&flipped),
+            decode_message_checked(&Keys::plain(), 1, &flipped),
             Err(StoreError::Damaged(_))
         ));
     }

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
+use super::crypt::{Keys, Place};
 use super::schema::{
     self, ConnectorId, DeliveryRecord, DlqEntry, MessageId, MessageRecord, QueueEntry, Seq,
     StoredCopy,
@@ -53,6 +54,8 @@ fn name_message(id: MessageId, error: StoreError) -> StoreError {
 /// A read transaction over the outbox.
 pub struct Snapshot {
     transaction: redb::ReadTransaction,
+    /// What values are sealed with.
+    keys: Keys,
     /// The writer's queue sizes, when a writer runs (offline reads count entries instead).
     depths: Option<std::sync::Arc<super::depth::Depths>>,
 }
@@ -64,9 +67,10 @@ impl std::fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
-    pub(super) fn new(database: &Database) -> Result<Self, StoreError> {
+    pub(super) fn new(database: &Database, keys: Keys) -> Result<Self, StoreError> {
         Ok(Self {
             transaction: database.begin_read()?,
+            keys,
             depths: None,
         })
     }
@@ -82,9 +86,8 @@ impl Snapshot {
         let table = self.transaction.open_table(schema::MESSAGES)?;
         match table.get(id.0)? {
             Some(value) => Ok(Some(
-                schema::decode_message(value.value())
-                    .map_err(|error| name_message(id, error))?
-                    .0,
+                schema::decode_message_record(&self.keys, id.0, value.value())
+                    .map_err(|error| name_message(id, error))?,
             )),
             None => Ok(None),
         }
@@ -97,17 +100,17 @@ impl Snapshot {
         let Some(value) = messages.get(id.0)? else {
             return Ok(None);
         };
-        let decoded = schema::decode_message_checked(value.value())
+        let decoded = schema::decode_message_checked(&self.keys, id.0, value.value())
             .map_err(|error| name_message(id, error))?;
         if let Some(inline) = decoded.inline {
-            return Ok(Some(inline.to_vec()));
+            return Ok(Some(inline.into_owned()));
         }
         let table = self.transaction.open_table(schema::BODIES)?;
         match table.get(id.0)? {
             Some(stored) => Ok(Some(
-                schema::decode_body(&decoded, stored.value())
+                schema::decode_body(&self.keys, id.0, &decoded, stored.value())
                     .map_err(|error| name_message(id, error))?
-                    .to_vec(),
+                    .into_owned(),
             )),
             None => Err(StoreError::Damaged(format!(
                 "message {id}: its body is missing from the store"
@@ -117,7 +120,7 @@ impl Snapshot {
 
     /// Read and check every record (see [`super::verify`]); works while the gateway runs.
     pub fn verify(&self) -> Result<super::verify::StoreReport, StoreError> {
-        super::verify::read_all(&self.transaction)
+        super::verify::read_all(&self.transaction, &self.keys)
     }
 
     /// Every stored message record, in id order.
@@ -128,7 +131,7 @@ impl Snapshot {
             let (key, value) = entry?;
             out.push((
                 MessageId(key.value()),
-                schema::decode_message(value.value())?.0,
+                schema::decode_message_record(&self.keys, key.value(), value.value())?,
             ));
         }
         Ok(out)
@@ -145,9 +148,15 @@ impl Snapshot {
         let mut out = Vec::new();
         for entry in table.range((connector.0, 0)..=(connector.0, u64::MAX))? {
             let (key, value) = entry?;
+            let (connector, seq) = key.value();
             out.push((
-                Seq(key.value().1),
-                schema::decode_or(value.value(), schema::damaged_queue_entry)?,
+                Seq(seq),
+                schema::decode_or(
+                    &self.keys,
+                    Place::Queue(connector, seq),
+                    value.value(),
+                    schema::damaged_queue_entry,
+                )?,
             ));
         }
         Ok(out)
@@ -176,26 +185,27 @@ impl Snapshot {
             }
             let (key, value) = entry?;
             let seq = Seq(key.value().1);
-            let entry: QueueEntry = match schema::decode(value.value()) {
-                Ok(entry) => entry,
-                Err(error) if schema::is_damage(&error) => {
-                    // Its message cannot be known: the worker moves it to the dead-letter
-                    // queue (it can never be delivered) and goes on with the next.
-                    out.push(Pending {
-                        seq,
-                        entry: schema::damaged_queue_entry(schema::damage_detail(&error)),
-                        record: None,
-                        body: None,
-                        transform_failure: None,
-                        damage: Some(format!(
-                            "the queue entry itself is damaged ({})",
-                            schema::damage_detail(&error)
-                        )),
-                    });
-                    continue;
-                }
-                Err(error) => return Err(error),
-            };
+            let entry: QueueEntry =
+                match schema::decode(&self.keys, Place::Queue(connector.0, seq.0), value.value()) {
+                    Ok(entry) => entry,
+                    Err(error) if schema::is_damage(&error) => {
+                        // Its message cannot be known: the worker moves it to the dead-letter
+                        // queue (it can never be delivered) and goes on with the next.
+                        out.push(Pending {
+                            seq,
+                            entry: schema::damaged_queue_entry(schema::damage_detail(&error)),
+                            record: None,
+                            body: None,
+                            transform_failure: None,
+                            damage: Some(format!(
+                                "the queue entry itself is damaged ({})",
+                                schema::damage_detail(&error)
+                            )),
+                        });
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
             let read = self.message(entry.message_id).and_then(|record| {
                 let copy = self.copy(entry.message_id, connector, seq)?;
                 let body = match &copy {
@@ -246,12 +256,14 @@ impl Snapshot {
         copies
             .get((id.0, connector.0, seq.0))?
             .map(|value| {
-                schema::decode_copy(value.value()).map_err(|error| match error {
-                    StoreError::Damaged(what) => StoreError::Damaged(format!(
-                        "message {id}: the copy of connector {connector} {what}"
-                    )),
-                    other => other,
-                })
+                schema::decode_copy(&self.keys, (id.0, connector.0, seq.0), value.value()).map_err(
+                    |error| match error {
+                        StoreError::Damaged(what) => StoreError::Damaged(format!(
+                            "message {id}: the copy of connector {connector} {what}"
+                        )),
+                        other => other,
+                    },
+                )
             })
             .transpose()
     }
@@ -301,9 +313,15 @@ impl Snapshot {
         let mut out = Vec::new();
         for entry in table.range((connector.0, 0)..=(connector.0, u64::MAX))? {
             let (key, value) = entry?;
+            let (connector, seq) = key.value();
             out.push((
-                Seq(key.value().1),
-                schema::decode_or(value.value(), schema::damaged_dead_letter)?,
+                Seq(seq),
+                schema::decode_or(
+                    &self.keys,
+                    Place::Dlq(connector, seq),
+                    value.value(),
+                    schema::damaged_dead_letter,
+                )?,
             ));
         }
         Ok(out)
@@ -318,6 +336,8 @@ impl Snapshot {
         let table = self.transaction.open_table(schema::DLQ)?;
         match table.get((connector.0, seq.0))? {
             Some(value) => Ok(Some(schema::decode_or(
+                &self.keys,
+                Place::Dlq(connector.0, seq.0),
                 value.value(),
                 schema::damaged_dead_letter,
             )?)),
@@ -334,7 +354,15 @@ impl Snapshot {
         let mut out = Vec::new();
         for entry in table.range((message_id.0, 0)..=(message_id.0, u32::MAX))? {
             let (key, value) = entry?;
-            out.push((ConnectorId(key.value().1), schema::decode(value.value())?));
+            let (message, connector) = key.value();
+            out.push((
+                ConnectorId(connector),
+                schema::decode(
+                    &self.keys,
+                    Place::Delivery(message, connector),
+                    value.value(),
+                )?,
+            ));
         }
         Ok(out)
     }
@@ -357,8 +385,8 @@ impl Snapshot {
             if scanned >= max_scan.max(1) {
                 return Ok(Some(MessageId(id.0.saturating_add(1))));
             }
-            let record = match schema::decode_message(value.value()) {
-                Ok((record, _)) => record,
+            let record = match schema::decode_message_record(&self.keys, id.0, value.value()) {
+                Ok(record) => record,
                 // Not searchable; `mfoundry store verify` names it.
                 Err(error) if schema::is_damage(&error) => continue,
                 Err(error) => return Err(error),
@@ -413,6 +441,8 @@ impl Snapshot {
         let table = self.transaction.open_table(schema::QUEUE)?;
         match table.get((connector.0, seq.0))? {
             Some(value) => Ok(Some(schema::decode_or(
+                &self.keys,
+                Place::Queue(connector.0, seq.0),
                 value.value(),
                 schema::damaged_queue_entry,
             )?)),
@@ -430,9 +460,15 @@ impl Snapshot {
         match range.next() {
             Some(entry) => {
                 let (key, value) = entry?;
+                let (connector, seq) = key.value();
                 Ok(Some((
-                    Seq(key.value().1),
-                    schema::decode_or(value.value(), schema::damaged_queue_entry)?,
+                    Seq(seq),
+                    schema::decode_or(
+                        &self.keys,
+                        Place::Queue(connector, seq),
+                        value.value(),
+                        schema::damaged_queue_entry,
+                    )?,
                 )))
             }
             None => Ok(None),
@@ -468,9 +504,15 @@ impl Snapshot {
                 break;
             }
             let (key, value) = entry?;
+            let (connector, seq) = key.value();
             out.push((
-                Seq(key.value().1),
-                schema::decode_or(value.value(), schema::damaged_dead_letter)?,
+                Seq(seq),
+                schema::decode_or(
+                    &self.keys,
+                    Place::Dlq(connector, seq),
+                    value.value(),
+                    schema::damaged_dead_letter,
+                )?,
             ));
         }
         Ok(out)
@@ -493,7 +535,10 @@ impl Snapshot {
                 break;
             }
             let (key, value) = entry?;
-            out.push((key.value(), audit::decode(value.value())?));
+            out.push((
+                key.value(),
+                audit::decode(&self.keys, key.value(), value.value())?,
+            ));
         }
         Ok(out)
     }
@@ -504,7 +549,7 @@ impl Snapshot {
         let messages = self.transaction.open_table(schema::MESSAGES)?;
         let meta = self.transaction.open_table(schema::META)?;
         let first = schema::read_meta(&meta, "audit_first_seq")?;
-        audit::verify(&table, &messages, first)
+        audit::verify(&self.keys, &table, &messages, first)
     }
 
     /// Connector names and ids.

@@ -9,6 +9,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use serde::Serialize;
 
 use super::audit::{self, Verification};
+use super::crypt::{Keys, Place};
 use super::open::{OpenReport, open_with};
 use super::schema::{
     self, AUDIT, BODIES, CONNECTORS, COPIES, DELIVERIES, DLQ, DeliveryRecord, DlqEntry, MESSAGES,
@@ -36,6 +37,9 @@ pub struct StoreReport {
     pub damaged_count: u64,
     /// Records written before checksums existed (format 1): read, but not checkable.
     pub unchecked: u64,
+    /// With a store key: values still stored plain (written before the key was set);
+    /// `mfoundry store rekey` seals them. Zero without a key.
+    pub unsealed: u64,
     /// The audit trail's chain.
     pub audit: Verification,
 }
@@ -60,15 +64,24 @@ impl StoreReport {
 }
 
 /// Read and check every record through a read transaction (works while the gateway runs).
-pub(super) fn read_all(transaction: &redb::ReadTransaction) -> Result<StoreReport, StoreError> {
+pub(super) fn read_all(
+    transaction: &redb::ReadTransaction,
+    keys: &Keys,
+) -> Result<StoreReport, StoreError> {
     let mut report = StoreReport::default();
+    let seen = |report: &mut StoreReport, place: Place, stored: &[u8]| {
+        if keys.encrypts() && !keys.is_sealed(place, stored) {
+            report.unsealed += 1;
+        }
+    };
     let messages = transaction.open_table(MESSAGES)?;
     let bodies = transaction.open_table(BODIES)?;
     for entry in messages.iter()? {
         let (key, value) = entry?;
         let id = key.value();
         report.count("messages");
-        match schema::decode_message_checked(value.value()) {
+        seen(&mut report, Place::Message(id), value.value());
+        match schema::decode_message_checked(keys, id, value.value()) {
             Ok(decoded) => {
                 if !decoded.checked {
                     report.unchecked += 1;
@@ -77,7 +90,9 @@ pub(super) fn read_all(transaction: &redb::ReadTransaction) -> Result<StoreRepor
                     match bodies.get(id)? {
                         Some(body) => {
                             report.count("bodies");
-                            if let Err(error) = schema::check_body(&decoded, body.value()) {
+                            seen(&mut report, Place::Body(id), body.value());
+                            if let Err(error) = schema::check_body(keys, id, &decoded, body.value())
+                            {
                                 report.damaged(format!("bodies {id}: {error}"));
                             }
                         }
@@ -93,7 +108,9 @@ pub(super) fn read_all(transaction: &redb::ReadTransaction) -> Result<StoreRepor
         let (key, value) = entry?;
         let (connector, seq) = key.value();
         report.count("queue");
-        if let Err(error) = schema::decode::<QueueEntry>(value.value()) {
+        let place = Place::Queue(connector, seq);
+        seen(&mut report, place, value.value());
+        if let Err(error) = schema::decode::<QueueEntry>(keys, place, value.value()) {
             report.damaged(format!("queue {connector}/{seq}: {error}"));
         }
     }
@@ -102,7 +119,9 @@ pub(super) fn read_all(transaction: &redb::ReadTransaction) -> Result<StoreRepor
         let (key, value) = entry?;
         let (connector, seq) = key.value();
         report.count("dlq");
-        if let Err(error) = schema::decode::<DlqEntry>(value.value()) {
+        let place = Place::Dlq(connector, seq);
+        seen(&mut report, place, value.value());
+        if let Err(error) = schema::decode::<DlqEntry>(keys, place, value.value()) {
             report.damaged(format!("dlq {connector}/{seq}: {error}"));
         }
     }
@@ -111,7 +130,9 @@ pub(super) fn read_all(transaction: &redb::ReadTransaction) -> Result<StoreRepor
         let (key, value) = entry?;
         let (id, connector) = key.value();
         report.count("deliveries");
-        if let Err(error) = schema::decode::<DeliveryRecord>(value.value()) {
+        let place = Place::Delivery(id, connector);
+        seen(&mut report, place, value.value());
+        if let Err(error) = schema::decode::<DeliveryRecord>(keys, place, value.value()) {
             report.damaged(format!("deliveries {id}/{connector}: {error}"));
         }
     }
@@ -120,7 +141,8 @@ pub(super) fn read_all(transaction: &redb::ReadTransaction) -> Result<StoreRepor
         let (key, value) = entry?;
         let (id, connector, seq) = key.value();
         report.count("copies");
-        if let Err(error) = schema::decode_copy(value.value()) {
+        seen(&mut report, Place::Copy(id, connector, seq), value.value());
+        if let Err(error) = schema::decode_copy(keys, (id, connector, seq), value.value()) {
             report.damaged(format!("copies {id}/{connector}/{seq}: {error}"));
         }
     }
@@ -136,7 +158,11 @@ pub(super) fn read_all(transaction: &redb::ReadTransaction) -> Result<StoreRepor
     }
     let audit_table = transaction.open_table(AUDIT)?;
     let first = schema::read_meta(&meta, "audit_first_seq")?;
-    report.audit = audit::verify(&audit_table, &messages, first)?;
+    for entry in audit_table.iter()? {
+        let (key, value) = entry?;
+        seen(&mut report, Place::Audit(key.value()), value.value());
+    }
+    report.audit = audit::verify(keys, &audit_table, &messages, first)?;
     *report.records.entry("audit").or_default() = report.audit.records;
     Ok(report)
 }
@@ -159,7 +185,7 @@ pub fn verify_offline(options: &OutboxOptions) -> Result<(OpenReport, StoreRepor
     };
     let read = (|| -> Result<StoreReport, StoreError> {
         let transaction = database.begin_read()?;
-        read_all(&transaction)
+        read_all(&transaction, &options.keys)
     })();
     let mut report = match read {
         Ok(report) => report,

@@ -43,6 +43,8 @@ pub struct HttpSpec {
     pub timeout: Duration,
     /// TLS files (`tls_*` keys), when set.
     pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
+    /// `EGRESS_ALLOW`, when set: names in the URL are resolved through it.
+    pub egress: Option<std::sync::Arc<super::egress::EgressAllow>>,
 }
 
 /// The keys an HTTP connector takes.
@@ -114,6 +116,7 @@ impl HttpSpec {
             format,
             timeout,
             tls,
+            egress: None,
         })
     }
 }
@@ -306,6 +309,17 @@ fn build_client(
         // end in a 2xx: treat a 3xx as a refusal instead.
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("mfoundry/", env!("CARGO_PKG_VERSION")));
+    if let Some(allow) = &spec.egress {
+        // Every name goes through the list; an address in the URL was checked at load. No
+        // proxy: it would connect for us to wherever it likes.
+        let port = super::egress::url_destination(&spec.url).map_or(443, |(_, port)| port);
+        builder = builder
+            .no_proxy()
+            .dns_resolver(std::sync::Arc::new(super::egress::Resolver {
+                allow: std::sync::Arc::clone(allow),
+                port,
+            }));
+    }
     if let Some(tls) = tls {
         // The connector's own configuration (system CAs plus tls_ca_file, client
         // certificate); reqwest leaves ALPN to it.

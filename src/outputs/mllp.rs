@@ -37,6 +37,16 @@ pub struct MllpSpec {
     pub on_reject: RejectAction,
     /// TLS, when on (files loaded and checked; reloaded when they change).
     pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
+    /// `EGRESS_ALLOW`, when set: the host is resolved through it before connecting.
+    pub egress: Option<std::sync::Arc<super::egress::EgressAllow>>,
+}
+
+impl MllpSpec {
+    /// `host` and `port` of [`Self::addr`].
+    pub fn destination(&self) -> Option<(String, u16)> {
+        let (host, port) = self.addr.rsplit_once(':')?;
+        Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+    }
 }
 
 /// The keys an MLLP connector takes.
@@ -118,6 +128,7 @@ impl MllpSpec {
             ack_timeout,
             on_reject,
             tls,
+            egress: None,
         })
     }
 }
@@ -173,8 +184,15 @@ impl MllpOutput {
             self.client = None;
         }
         if self.client.is_none() {
-            let client = MllpClient::connect_with(
+            let resolved = match (&self.spec.egress, self.spec.destination()) {
+                (Some(allow), Some((host, port))) => {
+                    Some(allow.resolve(&host, port).await.map_err(Failure::Reset)?)
+                }
+                _ => None,
+            };
+            let client = MllpClient::connect_to(
                 &self.spec.addr,
+                resolved.as_deref(),
                 self.spec.tls.as_deref(),
                 self.spec.connect_timeout,
                 MAX_ACK_SIZE,

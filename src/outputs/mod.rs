@@ -2,6 +2,7 @@
 //! worth retrying; ordering, retry, backoff and the dead-letter queue belong to the worker
 //! ([`crate::delivery`]). Outputs know nothing of listeners or the outbox.
 
+pub mod egress;
 pub mod file;
 pub mod format;
 pub mod http;
@@ -97,6 +98,29 @@ pub enum OutputSpec {
 }
 
 impl OutputSpec {
+    /// Every `host:port` the output connects to (none for files).
+    pub fn destinations(&self, lookup: &dyn Fn(&str) -> Option<String>) -> Vec<(String, u16)> {
+        match self {
+            Self::Mllp(spec) => spec.destination().into_iter().collect(),
+            Self::Http(spec) => egress::url_destination(&spec.url).into_iter().collect(),
+            Self::File(_) => Vec::new(),
+            Self::Postgres(spec) => postgres::postgres_config(&spec.dsn, lookup)
+                .map(|config| postgres::destinations(&config))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Connect only where `allow` permits (`EGRESS_ALLOW`).
+    pub fn restrict(&mut self, allow: &std::sync::Arc<egress::EgressAllow>) {
+        let allow = Some(std::sync::Arc::clone(allow));
+        match self {
+            Self::Mllp(spec) => spec.egress = allow,
+            Self::Http(spec) => spec.egress = allow,
+            Self::Postgres(spec) => spec.egress = allow,
+            Self::File(_) => {}
+        }
+    }
+
     /// What the output sends of a connector's copy.
     pub fn format(&self) -> format::Format {
         match self {

@@ -54,6 +54,8 @@ pub struct PostgresSpec {
     pub format: super::format::Format,
     /// TLS files (`tls_*` keys), when set.
     pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
+    /// `EGRESS_ALLOW`, when set: host names are resolved through it before connecting.
+    pub egress: Option<std::sync::Arc<super::egress::EgressAllow>>,
 }
 
 impl std::fmt::Debug for PostgresSpec {
@@ -136,6 +138,7 @@ impl PostgresSpec {
             table,
             format,
             tls,
+            egress: None,
         })
     }
 }
@@ -305,6 +308,11 @@ impl PostgresOutput {
     async fn connect(&self) -> Result<(Client, Statement), DeliveryError> {
         let mut config = postgres_config(&self.spec.dsn, &|name| std::env::var(name).ok())
             .map_err(DeliveryError::transient)?;
+        if let Some(allow) = &self.spec.egress {
+            restrict(&mut config, allow)
+                .await
+                .map_err(DeliveryError::transient)?;
+        }
         let client = match self.tls_config(&mut config)? {
             None => spawn_connection(config.connect(NoTls)).await?,
             Some(tls) => {
@@ -403,6 +411,75 @@ async fn migrate_key(client: &Client, table: &str) -> Result<(), DeliveryError> 
 
 /// The connection settings: the DSN (key=value or a `postgres://` URL), or without one the
 /// PG* environment variables and libpq's defaults.
+/// Pin every TCP host of `config` to an address `allow` permits (resolved now), keeping the
+/// names for TLS; `Err` names the host that may not be reached.
+async fn restrict(
+    config: &mut tokio_postgres::Config,
+    allow: &super::egress::EgressAllow,
+) -> Result<(), String> {
+    use tokio_postgres::config::Host;
+    let ports = config.get_ports().to_vec();
+    let port_of = |index: usize| ports.get(index).or(ports.first()).copied().unwrap_or(5432);
+    if !config.get_hostaddrs().is_empty() {
+        for (index, ip) in config.get_hostaddrs().iter().enumerate() {
+            if !allow.allows_address(*ip, port_of(index)) {
+                return Err(format!(
+                    "hostaddr {ip} is outside EGRESS_ALLOW ({}); refused before connecting",
+                    allow.text()
+                ));
+            }
+        }
+        return Ok(());
+    }
+    let hosts = config.get_hosts().to_vec();
+    if hosts.iter().all(|host| !matches!(host, Host::Tcp(_))) {
+        // Unix sockets only: nothing leaves the machine.
+        return Ok(());
+    }
+    let mut pinned = Vec::with_capacity(hosts.len());
+    for (index, host) in hosts.iter().enumerate() {
+        let Host::Tcp(name) = host else {
+            return Err(
+                "EGRESS_ALLOW with a DSN that mixes Unix sockets and TCP hosts is not supported; list TCP hosts only"
+                    .to_owned(),
+            );
+        };
+        let found = allow.resolve(name, port_of(index)).await?;
+        let Some(first) = found.first() else {
+            return Err(format!("cannot resolve {name}"));
+        };
+        pinned.push(first.ip());
+    }
+    for ip in pinned {
+        config.hostaddr(ip);
+    }
+    Ok(())
+}
+
+/// Every TCP `host:port` a DSN names (for the load-time check of `EGRESS_ALLOW`).
+pub fn destinations(config: &tokio_postgres::Config) -> Vec<(String, u16)> {
+    use tokio_postgres::config::Host;
+    let ports = config.get_ports();
+    let port_of = |index: usize| ports.get(index).or(ports.first()).copied().unwrap_or(5432);
+    if !config.get_hostaddrs().is_empty() {
+        return config
+            .get_hostaddrs()
+            .iter()
+            .enumerate()
+            .map(|(index, ip)| (ip.to_string(), port_of(index)))
+            .collect();
+    }
+    config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .filter_map(|(index, host)| match host {
+            Host::Tcp(name) => Some((name.clone(), port_of(index))),
+            Host::Unix(_) => None,
+        })
+        .collect()
+}
+
 pub fn postgres_config(
     dsn: &str,
     lookup: &dyn Fn(&str) -> Option<String>,

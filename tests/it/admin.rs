@@ -660,8 +660,9 @@ fn the_cli_steers_a_running_server_with_the_local_token_and_the_audit_trail_dete
     let (code, stdout) = tamper(directory.path(), &data, "truncated", |table, records| {
         let received: Vec<u64> = records
             .iter()
-            .filter(|(_, value)| {
-                mfoundry::outbox::audit::decode(value).is_ok_and(|record| {
+            .filter(|(seq, value)| {
+                let keys = mfoundry::outbox::crypt::Keys::plain();
+                mfoundry::outbox::audit::decode(&keys, *seq, value).is_ok_and(|record| {
                     matches!(
                         record.event,
                         mfoundry::outbox::audit::AuditEvent::Received {
@@ -847,4 +848,90 @@ async fn malformed_paths_queries_and_bodies_get_the_json_error_body() {
         );
     }
     app.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The admin listener holds at most its connection limit (one more is closed at once and
+/// counted), and closes a connection that sends no complete headers in time, idle or
+/// half-sent, so idle clients cannot take the descriptors the MLLP listener needs.
+#[tokio::test]
+async fn the_admin_listener_caps_connections_and_times_out_slow_headers() {
+    use mfoundry::admin::{AdminCounters, ConnectionLimits, serve_router};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let app = axum::Router::new().route("/livez", axum::routing::get(|| async { "ok" }));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let counters = std::sync::Arc::new(AdminCounters::default());
+    let limits = ConnectionLimits {
+        max_connections: 4,
+        header_timeout: Duration::from_millis(500),
+    };
+    let server = tokio::spawn(serve_router(
+        listener,
+        app,
+        shutdown.clone(),
+        limits,
+        std::sync::Arc::clone(&counters),
+    ));
+    let closed_within = |mut stream: tokio::net::TcpStream, limit: Duration| async move {
+        let mut buffer = [0u8; 256];
+        matches!(
+            tokio::time::timeout(limit, stream.read(&mut buffer)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    };
+    // Four idle connections fill the listener; a half-sent request is one of them.
+    let mut idle = Vec::new();
+    for index in 0..4 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        if index == 0 {
+            stream
+                .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .expect("write");
+        }
+        idle.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let fifth = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    assert!(
+        closed_within(fifth, Duration::from_millis(300)).await,
+        "closed at once"
+    );
+    assert_eq!(
+        counters.refused.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The header timeout closes all four, idle and half-sent alike...
+    for stream in idle {
+        assert!(
+            closed_within(stream, Duration::from_secs(3)).await,
+            "closed by the timeout"
+        );
+    }
+    // ...and the listener serves again, a kept connection included.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = vec![0u8; 512];
+    let read = stream.read(&mut answer).await.expect("read");
+    assert!(
+        answer[..read].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..read])
+    );
+    // Kept open and idle after the answer: closed by the same timeout.
+    assert!(
+        closed_within(stream, Duration::from_secs(3)).await,
+        "idle kept connection closed"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("stops")
+        .expect("no panic");
 }

@@ -16,6 +16,8 @@ mod deploy;
 mod dlq;
 mod docs;
 mod drain;
+mod egress;
+mod encryption;
 mod end_to_end;
 mod fhir;
 mod framing;

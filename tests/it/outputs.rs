@@ -337,6 +337,7 @@ async fn postgres_gets_one_row_per_message_even_when_delivered_twice() {
         table: table.clone(),
         format: mfoundry::outputs::format::Format::Hl7,
         tls: None,
+        egress: None,
     };
     let mut output = mfoundry::outputs::postgres::PostgresOutput::new(spec);
     let mut envelope = mfoundry::delivery::Envelope {

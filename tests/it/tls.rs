@@ -948,3 +948,47 @@ async fn bench_loads_an_mtls_listener() {
     assert_eq!(app.stats().tls_handshake_failures, 0);
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// With mTLS and `tls_senders`, a known sender still gets in when MAX_CONNECTIONS are held
+/// by others (idle TCP connections and a client with a valid but unlisted certificate): it
+/// takes one of the reserved slots, while the unlisted certificate is refused.
+#[tokio::test]
+async fn a_known_sender_gets_a_reserved_slot_when_the_listener_is_full() {
+    let certs = certificates();
+    let directory = certs.path();
+    common::certs::client_named(
+        directory,
+        "lab",
+        "/CN=lab gateway/O=North Hospital",
+        "DNS:lab.north.example",
+    );
+    let path = |name: &str| directory.join(name).display().to_string();
+    let yaml = "tls_senders:\n  - identity: lab.north.example\n    sending_applications: [\"*\"]\n    sending_facilities: [\"*\"]\n";
+    let app = start_with(
+        directory,
+        Some(yaml),
+        &[("TLS_CLIENT_CA", &path("ca.pem")), ("MAX_CONNECTIONS", "4")],
+    )
+    .await;
+    // Four idle connections (a flood that never handshakes) hold every slot.
+    let mut flood = Vec::new();
+    for _ in 0..4 {
+        flood.push(
+            tokio::net::TcpStream::connect(app.local_addr())
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A valid certificate that no entry names: refused (no reserved slot for it).
+    let unlisted = client(directory, &rustls::version::TLS13, Some("client"));
+    assert!(over_tls(&app, &unlisted, "UNLISTED").await.is_err());
+    // The known sender: served from the reserve, twice in a row.
+    let lab = client(directory, &rustls::version::TLS13, Some("lab"));
+    assert_eq!(over_tls(&app, &lab, "KNOWN1").await, Ok("AA".to_owned()));
+    assert_eq!(over_tls(&app, &lab, "KNOWN2").await, Ok("AA".to_owned()));
+    let stats = app.stats();
+    assert!(stats.connections_refused >= 1, "{stats:?}");
+    drop(flood);
+    app.shutdown(Duration::from_secs(5)).await;
+}

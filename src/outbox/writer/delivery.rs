@@ -4,6 +4,7 @@
 
 use redb::{ReadableTable, Table};
 
+use crate::outbox::crypt::{Keys, Place};
 use crate::outbox::depth::DepthChanges;
 use crate::outbox::schema::{
     self, DeliveryRecord, DeliveryStatus, DlqEntry, EntryRef, MAX_HISTORY, PastEntry, QueueEntry,
@@ -18,6 +19,7 @@ pub(super) struct Delivery<'a, 'txn> {
     pub(super) dlq: &'a mut Table<'txn, (u32, u64), &'static [u8]>,
     pub(super) deliveries: &'a mut Table<'txn, (u64, u32), &'static [u8]>,
     pub(super) depths: &'a mut DepthChanges,
+    pub(super) keys: &'a Keys,
     pub(super) now: i64,
 }
 
@@ -31,7 +33,11 @@ impl Delivery<'_, '_> {
         queued_at_intake: impl FnOnce() -> Result<bool, StoreError>,
     ) -> Result<u32, StoreError> {
         let held = match self.deliveries.get((message_id.0, connector.0))? {
-            Some(value) => match schema::decode::<DeliveryRecord>(value.value()) {
+            Some(value) => match schema::decode::<DeliveryRecord>(
+                self.keys,
+                Place::Delivery(message_id.0, connector.0),
+                value.value(),
+            ) {
                 Ok(record) => Some(record.held),
                 // A damaged record is written anew by the caller: count as intake did.
                 Err(error) if schema::is_damage(&error) => None,
@@ -75,9 +81,10 @@ impl Delivery<'_, '_> {
             last_error,
             held,
         };
+        let place = Place::Delivery(message_id.0, connector.0);
         self.deliveries.insert(
             (message_id.0, connector.0),
-            schema::encode(&record)?.as_slice(),
+            schema::encode(self.keys, place, &record)?.as_slice(),
         )?;
         Ok(())
     }
@@ -90,7 +97,12 @@ impl Delivery<'_, '_> {
         match self.queue.remove((connector.0, seq.0))? {
             Some(value) => Ok(Some({
                 self.depths.queue(connector, -1);
-                schema::decode_or(value.value(), schema::damaged_queue_entry)?
+                schema::decode_or(
+                    self.keys,
+                    Place::Queue(connector.0, seq.0),
+                    value.value(),
+                    schema::damaged_queue_entry,
+                )?
             })),
             None => Ok(None),
         }
@@ -104,7 +116,12 @@ impl Delivery<'_, '_> {
         match self.dlq.remove((connector.0, seq.0))? {
             Some(value) => Ok(Some({
                 self.depths.dead(connector, -1);
-                schema::decode_or(value.value(), schema::damaged_dead_letter)?
+                schema::decode_or(
+                    self.keys,
+                    Place::Dlq(connector.0, seq.0),
+                    value.value(),
+                    schema::damaged_dead_letter,
+                )?
             })),
             None => Ok(None),
         }
@@ -142,7 +159,11 @@ impl Delivery<'_, '_> {
         error: &str,
     ) -> Result<bool, StoreError> {
         let current: Option<QueueEntry> = match self.queue.get((connector.0, seq.0))? {
-            Some(value) => Some(schema::decode(value.value())?),
+            Some(value) => Some(schema::decode(
+                self.keys,
+                Place::Queue(connector.0, seq.0),
+                value.value(),
+            )?),
             None => None,
         };
         let Some(mut entry) = current else {
@@ -151,8 +172,11 @@ impl Delivery<'_, '_> {
         entry.attempts = attempts;
         entry.next_attempt_micros = next_attempt_micros;
         entry.last_error = Some(error.to_owned());
-        self.queue
-            .insert((connector.0, seq.0), schema::encode(&entry)?.as_slice())?;
+        let place = Place::Queue(connector.0, seq.0);
+        self.queue.insert(
+            (connector.0, seq.0),
+            schema::encode(self.keys, place, &entry)?.as_slice(),
+        )?;
         Ok(true)
     }
 
@@ -180,7 +204,10 @@ impl Delivery<'_, '_> {
         };
         if self
             .dlq
-            .insert((connector.0, seq.0), schema::encode(&dead)?.as_slice())?
+            .insert(
+                (connector.0, seq.0),
+                schema::encode(self.keys, Place::Dlq(connector.0, seq.0), &dead)?.as_slice(),
+            )?
             .is_none()
         {
             self.depths.dead(connector, 1);
@@ -201,7 +228,10 @@ impl Delivery<'_, '_> {
     fn enqueue(&mut self, to: ConnectorId, seq: u64, entry: &QueueEntry) -> Result<(), StoreError> {
         if self
             .queue
-            .insert((to.0, seq), schema::encode(entry)?.as_slice())?
+            .insert(
+                (to.0, seq),
+                schema::encode(self.keys, Place::Queue(to.0, seq), entry)?.as_slice(),
+            )?
             .is_none()
         {
             self.depths.queue(to, 1);
@@ -220,7 +250,10 @@ impl Delivery<'_, '_> {
         let Some(routes) = self
             .messages
             .get(message_id.0)?
-            .map(|value| schema::decode_message(value.value()).map(|(record, _)| record.routes))
+            .map(|value| {
+                schema::decode_message_record(self.keys, message_id.0, value.value())
+                    .map(|record| record.routes)
+            })
             .transpose()?
         else {
             return Ok(None);
@@ -292,10 +325,13 @@ impl Delivery<'_, '_> {
                 Some(dead.reason),
                 from_before.saturating_sub(1),
             )?;
-            let messages = &*self.messages;
+            let (messages, keys) = (&*self.messages, self.keys);
             let to_before = self.held_before(dead.message_id, to, || {
                 let routes = match messages.get(dead.message_id.0)? {
-                    Some(value) => schema::decode_message(value.value())?.0.routes,
+                    Some(value) => {
+                        schema::decode_message_record(keys, dead.message_id.0, value.value())?
+                            .routes
+                    }
                     None => Vec::new(),
                 };
                 Ok(queued_at_intake(&routes, to))

@@ -7,6 +7,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use super::delivery::Delivery;
 use super::txn::Tables;
+use crate::outbox::crypt::{Keys, Place};
 use crate::outbox::schema::{self, BODIES, COPIES, DeliveryRecord, RouteStatus};
 use crate::outbox::{ConnectorId, MessageId, Retained, StoreError};
 
@@ -25,6 +26,7 @@ pub(super) fn retain<'txn>(
     let Delivery {
         messages,
         deliveries,
+        keys,
         ..
     } = tables.delivery(transaction, 0)?;
     let start = after.map_or(0, |after| after.0.saturating_add(1));
@@ -35,8 +37,8 @@ pub(super) fn retain<'txn>(
         }
         let (id, value) = entry?;
         let id = id.value();
-        let record = match schema::decode_message(value.value()) {
-            Ok((record, _)) => record,
+        let record = match schema::decode_message_record(keys, id, value.value()) {
+            Ok(record) => record,
             Err(error) if schema::is_damage(&error) => {
                 // Kept, as evidence (`mfoundry store verify` names it), and stepped over:
                 // one damaged record must not stop retention for every message after it.
@@ -52,7 +54,7 @@ pub(super) fn retain<'txn>(
         }
         retained.scanned += 1;
         last_scanned = Some(MessageId(id));
-        if message_is_done(&*deliveries, id, &record)? {
+        if message_is_done(keys, &*deliveries, id, &record)? {
             removable.push((id, record.body_inline));
         }
     }
@@ -84,6 +86,7 @@ pub(super) fn retain<'txn>(
 /// True when no connector holds this message any more: every route queued at intake has a
 /// delivery record, and no record holds a queue or dead-letter entry.
 fn message_is_done(
+    keys: &Keys,
     deliveries: &impl ReadableTable<(u64, u32), &'static [u8]>,
     id: u64,
     record: &schema::MessageRecord,
@@ -91,7 +94,9 @@ fn message_is_done(
     let mut states = HashMap::new();
     for entry in deliveries.range((id, 0)..=(id, u32::MAX))? {
         let (key, value) = entry?;
-        let state: DeliveryRecord = match schema::decode(value.value()) {
+        let (message, connector) = key.value();
+        let place = Place::Delivery(message, connector);
+        let state: DeliveryRecord = match schema::decode(keys, place, value.value()) {
             Ok(state) => state,
             // Unknown state: the message is kept.
             Err(error) if schema::is_damage(&error) => return Ok(false),
@@ -100,7 +105,7 @@ fn message_is_done(
         if state.held > 0 {
             return Ok(false);
         }
-        states.insert(ConnectorId(key.value().1), state.status);
+        states.insert(ConnectorId(connector), state.status);
     }
     Ok(record
         .routes

@@ -11,6 +11,7 @@ use super::Writer;
 use super::delivery::Delivery;
 use super::retain::retain;
 use crate::outbox::audit::{self, AuditEvent, Head};
+use crate::outbox::crypt::{Keys, Place};
 use crate::outbox::dedup::prefix;
 use crate::outbox::depth::DepthChanges;
 use crate::outbox::request::{AuditContext, Request};
@@ -48,6 +49,7 @@ impl Writer {
                 audit: None,
                 audit_head: self.audit_head,
                 depths: DepthChanges::default(),
+                keys: self.options.keys.clone(),
             };
             let mut next_id = match self.next_id {
                 Some(next_id) => next_id,
@@ -149,14 +151,22 @@ impl Writer {
                             // The entry's copy goes with it to its new place; replayed to
                             // another connector it has none (that connector's own steps
                             // never ran on it: the admin layer refuses those with steps).
+                            // Its seal names its place: opened and sealed again for the new one.
                             let mut copies = transaction.open_table(COPIES)?;
                             for (message_id, old_seq, new_seq) in moved {
+                                let old = (message_id.0, connector.0, old_seq.0);
                                 let copy = copies
-                                    .remove((message_id.0, connector.0, old_seq.0))?
-                                    .map(|value| value.value().to_vec());
+                                    .remove(old)?
+                                    .map(|value| {
+                                        schema::decode_copy(&tables.keys, old, value.value())
+                                    })
+                                    .transpose()?;
                                 if let (Some(copy), true) = (copy, to == connector) {
-                                    copies
-                                        .insert((message_id.0, to.0, new_seq.0), copy.as_slice())?;
+                                    let new = (message_id.0, to.0, new_seq.0);
+                                    copies.insert(
+                                        new,
+                                        schema::encode_copy(&tables.keys, new, &copy).as_slice(),
+                                    )?;
                                 }
                             }
                         }
@@ -191,9 +201,10 @@ impl Writer {
                             if let Some(seq) = seq {
                                 let mut copies = transaction.open_table(COPIES)?;
                                 if let Some(copy) = copy {
+                                    let place = (message_id.0, to.0, seq.0);
                                     copies.insert(
-                                        (message_id.0, to.0, seq.0),
-                                        schema::encode_copy(copy).as_slice(),
+                                        place,
+                                        schema::encode_copy(&tables.keys, place, copy).as_slice(),
                                     )?;
                                 }
                                 drop(copies);
@@ -295,19 +306,21 @@ impl Writer {
                 .or_else(|| index.candidate(prefix(&key), now));
             if let Some(original) = candidate {
                 let stored = match tables.messages.get(original)? {
-                    Some(value) => match schema::decode_message(value.value()) {
-                        Ok((stored, _)) => Some(stored),
-                        // The earlier message cannot be read: this one is taken as new (a
-                        // duplicate delivered is better than a message dropped).
-                        Err(error) if schema::is_damage(&error) => {
-                            tracing::warn!(
-                                message_id = original,
-                                "the stored message a retransmission matches is damaged; the retransmission is accepted as a new message"
-                            );
-                            None
+                    Some(value) => {
+                        match schema::decode_message_record(&tables.keys, original, value.value()) {
+                            Ok(stored) => Some(stored),
+                            // The earlier message cannot be read: this one is taken as new (a
+                            // duplicate delivered is better than a message dropped).
+                            Err(error) if schema::is_damage(&error) => {
+                                tracing::warn!(
+                                    message_id = original,
+                                    "the stored message a retransmission matches is damaged; the retransmission is accepted as a new message"
+                                );
+                                None
+                            }
+                            Err(error) => return Err(error),
                         }
-                        Err(error) => return Err(error),
-                    },
+                    }
                     None => None,
                 };
                 if let Some(stored) = stored.filter(|stored| stored.dedup_key == Some(key)) {
@@ -332,13 +345,15 @@ impl Writer {
         record.dedup_key = dedup_key;
         record.body_inline = message.body.len() <= INLINE_BODY_MAX;
         let inline = record.body_inline.then_some(message.body.as_ref());
-        tables
-            .messages
-            .insert(id, schema::encode_message(&record, inline)?.as_slice())?;
+        tables.messages.insert(
+            id,
+            schema::encode_message(&tables.keys, id, &record, inline)?.as_slice(),
+        )?;
         if !record.body_inline {
-            transaction
-                .open_table(BODIES)?
-                .insert(id, schema::encode_body(&message.body).as_slice())?;
+            transaction.open_table(BODIES)?.insert(
+                id,
+                schema::encode_body(&tables.keys, id, &message.body).as_slice(),
+            )?;
         }
         for route in &record.routes {
             if route.status != RouteStatus::Queued {
@@ -348,9 +363,13 @@ impl Writer {
                 message_id: MessageId(id),
                 ..QueueEntry::default()
             };
+            let place = Place::Queue(route.connector.0, id);
             let replaced = tables
                 .queue
-                .insert((route.connector.0, id), schema::encode(&entry)?.as_slice())?
+                .insert(
+                    (route.connector.0, id),
+                    schema::encode(&tables.keys, place, &entry)?.as_slice(),
+                )?
                 .is_some();
             if !replaced {
                 tables.depths.queue(route.connector, 1);
@@ -369,7 +388,11 @@ impl Writer {
                     "copies only for connectors that take the message"
                 );
                 // The first entry's seq is the message id.
-                copies.insert((id, connector.0, id), schema::encode_copy(copy).as_slice())?;
+                let place = (id, connector.0, id);
+                copies.insert(
+                    place,
+                    schema::encode_copy(&tables.keys, place, copy).as_slice(),
+                )?;
             }
             drop(copies);
             for (connector, copy) in &message.copies {
@@ -424,6 +447,8 @@ pub(super) struct Tables<'txn> {
     audit_head: Option<Head>,
     /// What this transaction added to and removed from each queue and dead-letter queue.
     depths: DepthChanges,
+    /// What values are sealed with.
+    pub(super) keys: Keys,
 }
 
 struct DeliveryTables<'txn> {
@@ -454,6 +479,7 @@ impl<'txn> Tables<'txn> {
         cutoff_micros: i64,
         max: usize,
     ) -> Result<u64, StoreError> {
+        let keys = self.keys.clone();
         let table = self.audit_table(transaction)?;
         let Some(newest) = table.last()?.map(|(key, _)| key.value()) else {
             return Ok(0);
@@ -464,7 +490,7 @@ impl<'txn> Tables<'txn> {
                 break;
             }
             let (key, value) = entry?;
-            if audit::written_at(value.value())? >= cutoff_micros {
+            if audit::written_at(&keys, key.value(), value.value())? >= cutoff_micros {
                 break;
             }
             doomed.push(key.value());
@@ -487,12 +513,13 @@ impl<'txn> Tables<'txn> {
         event: AuditEvent,
     ) -> Result<u64, StoreError> {
         let cached = self.audit_head;
+        let keys = self.keys.clone();
         let table = self.audit_table(transaction)?;
         let mut head = match cached {
             Some(head) => head,
-            None => Head::load(table)?,
+            None => Head::load(&keys, table)?,
         };
-        let (seq, value) = audit::chain(&mut head, now, event)?;
+        let (seq, value) = audit::chain(&keys, &mut head, now, event)?;
         table.insert(seq, value.as_slice())?;
         self.audit_head = Some(head);
         Ok(seq)
@@ -518,6 +545,7 @@ impl<'txn> Tables<'txn> {
             dlq,
             deliveries,
             depths: &mut self.depths,
+            keys: &self.keys,
             now,
         })
     }
