@@ -54,6 +54,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "16MiB",
     },
     EnvVar {
+        name: "MAX_FRAME_MEMORY",
+        default: "256MiB",
+    },
+    EnvVar {
         name: "DEFAULT_CHARACTER_SET",
         default: "UNICODE UTF-8",
     },

@@ -53,6 +53,9 @@ pub struct FileConfig {
     /// Same as `MAX_FRAME_SIZE` (bytes or 16MiB).
     #[schemars(with = "Option<ScalarText>")]
     pub max_frame_size: SpannedScalar,
+    /// Same as `MAX_FRAME_MEMORY` (bytes or 256MiB).
+    #[schemars(with = "Option<ScalarText>")]
+    pub max_frame_memory: SpannedScalar,
     /// Same as `DEFAULT_CHARACTER_SET`.
     #[schemars(with = "Option<ScalarText>")]
     pub default_character_set: SpannedScalar,

@@ -201,6 +201,38 @@ impl Settings {
             },
             0,
         );
+        let max_frame_memory = reader.read(
+            "MAX_FRAME_MEMORY",
+            |text| {
+                if text.trim().is_empty() {
+                    return Ok(None);
+                }
+                let size = parse_size(text)?;
+                if !((1 << 20)..=(1 << 40)).contains(&size) {
+                    return Err("expected a size from 1MiB to 1TiB, e.g. 256MiB".to_owned());
+                }
+                usize::try_from(size)
+                    .map(Some)
+                    .map_err(|_| "size out of range".to_owned())
+            },
+            None,
+        );
+        // Unset: 256 MiB, or four frames of MAX_FRAME_SIZE when that is more. Set: it must
+        // hold one frame whose buffer grew by doubling.
+        let max_frame_memory = match max_frame_memory {
+            None => (256 << 20).max(max_frame_size.saturating_mul(4)),
+            Some(memory) if memory < max_frame_size.saturating_mul(2) => {
+                reader.problems.push(ConfigProblem {
+                    name: "MAX_FRAME_MEMORY".to_owned(),
+                    subject: format!("MAX_FRAME_MEMORY={memory}"),
+                    problem: format!(
+                        "must be at least twice MAX_FRAME_SIZE ({max_frame_size} bytes): a frame's buffer grows by doubling"
+                    ),
+                });
+                memory
+            }
+            Some(memory) => memory,
+        };
         let default_charset = reader.read(
             "DEFAULT_CHARACTER_SET",
             |text| {
@@ -430,6 +462,7 @@ impl Settings {
                 write_timeout,
                 keep_alive_period,
                 max_frame_size,
+                max_frame_memory,
                 allowed_peers,
             },
             default_charset,

@@ -125,6 +125,7 @@ pub fn register(state: &Arc<Gateway>) {
             for (cap, value) in [
                 ("max_connections", stats.connections_refused),
                 ("max_frame_size", stats.oversize_frames),
+                ("max_frame_memory", stats.memory_waits),
             ] {
                 out.push((
                     value,

@@ -40,6 +40,47 @@ struct Span {
     end: usize,
 }
 
+impl Span {
+    fn start(self) -> usize {
+        self.start
+    }
+
+    fn end(self) -> usize {
+        self.end
+    }
+
+    fn range(self) -> std::ops::Range<usize> {
+        self.start..self.end
+    }
+}
+
+/// The segments of a frame, found as they are walked (`\r`, `\n` or `\r\n`, empty lines
+/// skipped). There is no stored index: every lookup walks from the start, which costs no more
+/// than the linear searches an index served, and a frame of millions of tiny segments costs
+/// no memory beyond its bytes.
+#[derive(Clone)]
+struct Spans<'a> {
+    raw: &'a [u8],
+    next: usize,
+}
+
+impl Iterator for Spans<'_> {
+    type Item = Span;
+
+    fn next(&mut self) -> Option<Span> {
+        while self.next < self.raw.len() {
+            let start = self.next;
+            let end = memchr::memchr2(b'\r', b'\n', &self.raw[start..])
+                .map_or(self.raw.len(), |position| start + position);
+            self.next = end + 1;
+            if end > start {
+                return Some(Span { start, end });
+            }
+        }
+        None
+    }
+}
+
 /// One parsed HL7 v2 frame. Cheap to clone: the bytes are shared.
 ///
 /// Its `Debug` output shows the shape (kind, size, segment count), never the bytes: a stray
@@ -50,7 +91,8 @@ pub struct Message {
     kind: HeaderKind,
     delimiters: Delimiters,
     delimiter_error: Option<DelimiterError>,
-    segments: Vec<Span>,
+    /// Where the header segment starts.
+    first: usize,
 }
 
 /// A view of one segment. Like [`Message`], its `Debug` output shows no content.
@@ -66,7 +108,7 @@ impl fmt::Debug for Message {
             .debug_struct("Message")
             .field("kind", &self.kind)
             .field("bytes", &self.raw.len())
-            .field("segments", &self.segments.len())
+            .field("segments", &self.spans().count())
             .finish_non_exhaustive()
     }
 }
@@ -153,8 +195,13 @@ impl Message {
             _ => HeaderKind::Batch,
         };
         let field = raw[start + 3];
-        let segments = split_segments(&raw, start);
-        let header = &raw[segments[0].start..segments[0].end];
+        let header_span = Spans {
+            raw: &raw,
+            next: start,
+        }
+        .next()
+        .ok_or(ParseError::NoHeader)?;
+        let header = &raw[header_span.range()];
         let encoding = nth_split(header, Some(field), 1).unwrap_or_default();
         let (delimiters, delimiter_error) = match Delimiters::parse(field, encoding) {
             Ok(delimiters) => (delimiters, None),
@@ -165,8 +212,15 @@ impl Message {
             kind,
             delimiters,
             delimiter_error,
-            segments,
+            first: start,
         })
+    }
+
+    fn spans(&self) -> Spans<'_> {
+        Spans {
+            raw: &self.raw,
+            next: self.first,
+        }
     }
 
     /// The frame exactly as received.
@@ -192,8 +246,8 @@ impl Message {
 
     /// Every segment in order.
     pub fn segments(&self) -> impl Iterator<Item = Segment<'_>> + '_ {
-        self.segments.iter().map(|span| Segment {
-            bytes: &self.raw[span.start..span.end],
+        self.spans().map(|span| Segment {
+            bytes: &self.raw[span.range()],
             field_separator: self.delimiters.field,
         })
     }
@@ -208,20 +262,20 @@ impl Message {
     /// The segment holding byte `offset` of the frame, its 1-based occurrence among segments
     /// of the same name, and the offset within it.
     pub(crate) fn segment_containing(&self, offset: usize) -> Option<(Segment<'_>, usize, usize)> {
-        let position = self
-            .segments
-            .iter()
-            .position(|span| span.start <= offset && offset <= span.end)?;
-        let span = self.segments[position];
+        let (position, span) = self
+            .spans()
+            .enumerate()
+            .find(|(_, span)| span.start() <= offset && offset <= span.end())?;
         let segment = Segment {
-            bytes: &self.raw[span.start..span.end],
+            bytes: &self.raw[span.range()],
             field_separator: self.delimiters.field,
         };
-        let occurrence = self.segments[..position]
-            .iter()
+        let occurrence = self
+            .spans()
+            .take(position)
             .filter(|earlier| {
                 let name = Segment {
-                    bytes: &self.raw[earlier.start..earlier.end],
+                    bytes: &self.raw[earlier.range()],
                     field_separator: self.delimiters.field,
                 }
                 .name();
@@ -229,16 +283,16 @@ impl Message {
             })
             .count()
             + 1;
-        Some((segment, occurrence, offset - span.start))
+        Some((segment, occurrence, offset - span.start()))
     }
 
     /// The frame from the first segment named `name` to the end (shares the bytes).
     pub(crate) fn tail_from_segment(&self, name: &[u8]) -> Option<Bytes> {
-        let span = self.segments.iter().find(|span| {
-            let segment = &self.raw[span.start..span.end];
+        let span = self.spans().find(|span| {
+            let segment = &self.raw[span.range()];
             segment.starts_with(name) && segment.get(name.len()) == Some(&self.delimiters.field)
         })?;
-        Some(self.raw.slice(span.start..))
+        Some(self.raw.slice(span.start()..))
     }
 
     /// The value at `path`, raw (escape sequences kept). `None` when the segment, field,
@@ -344,29 +398,6 @@ fn header_start(raw: &[u8]) -> Option<usize> {
     (known && is_valid_separator(separator)).then_some(start)
 }
 
-/// Split on `\r`, `\n` or `\r\n`, skipping empty lines.
-fn split_segments(raw: &[u8], start: usize) -> Vec<Span> {
-    let mut segments = Vec::with_capacity(16);
-    let mut segment_start = start;
-    for position in memchr::memchr2_iter(b'\r', b'\n', &raw[start..]) {
-        let end = start + position;
-        if end > segment_start {
-            segments.push(Span {
-                start: segment_start,
-                end,
-            });
-        }
-        segment_start = end + 1;
-    }
-    if raw.len() > segment_start {
-        segments.push(Span {
-            start: segment_start,
-            end: raw.len(),
-        });
-    }
-    segments
-}
-
 /// The `index`-th (0-based) piece of `bytes` split on `separator`. Without a separator the
 /// whole value is piece 0.
 pub(crate) fn nth_split(bytes: &[u8], separator: Option<u8>, index: usize) -> Option<&[u8]> {
@@ -388,6 +419,22 @@ pub(crate) fn nth_split(bytes: &[u8], separator: Option<u8>, index: usize) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No segment index is stored: a frame of a million tiny segments costs its bytes, and
+    /// its segments are still all found, in order.
+    #[test]
+    fn a_frame_of_a_million_segments_keeps_no_index() {
+        let mut frame = b"MSH|^~\\&|A|B|C|D|20261205||ADT^A08|1|P|2.5\r".to_vec();
+        for _ in 0..1_000_000 {
+            frame.extend_from_slice(b"Z\r");
+        }
+        let message = Message::parse(Bytes::from(frame)).expect("parses");
+        assert_eq!(message.segments().count(), 1_000_001);
+        assert_eq!(
+            message.segment(b"Z", 1_000_000).map(|z| z.name().len()),
+            Some(1)
+        );
+    }
 
     const ADT: &[u8] =
         b"MSH|^~\\&|SEND|FAC|RECV|RFAC|20260101120000||ADT^A01^ADT_A01|CTRL1|P|2.5.1\r\

@@ -62,6 +62,9 @@ pub struct ListenerSettings {
     /// `ALLOWED_PEERS`: when set, connections from other addresses are closed before a byte
     /// is read.
     pub allowed_peers: Option<Vec<Cidr>>,
+    /// `MAX_FRAME_MEMORY` in bytes: the budget of every connection's frames together (see
+    /// [`super::budget`]).
+    pub max_frame_memory: usize,
 }
 
 /// Counters of what the listener saw. Read them with [`ListenerStats::snapshot`].
@@ -84,6 +87,7 @@ pub struct ListenerStats {
     write_failures: AtomicU64,
     acks: [AtomicU64; 6],
     suppressed_acks: AtomicU64,
+    memory_waits: AtomicU64,
 }
 
 /// A copy of [`ListenerStats`] at one moment.
@@ -113,6 +117,8 @@ pub struct StatsSnapshot {
     pub unreadable_frames: u64,
     /// Frames over `MAX_FRAME_SIZE`; each closed its connection.
     pub oversize_frames: u64,
+    /// Times a connection waited for `MAX_FRAME_MEMORY` before reading or deciding a frame.
+    pub memory_waits: u64,
     /// Connections closed by `IDLE_TIMEOUT`.
     pub idle_timeouts: u64,
     /// Connections closed by `FRAME_TIMEOUT`.
@@ -164,6 +170,7 @@ impl ListenerStats {
             acks_received: read(&self.acks_received),
             unreadable_frames: read(&self.unreadable_frames),
             oversize_frames: read(&self.oversize_frames),
+            memory_waits: read(&self.memory_waits),
             idle_timeouts: read(&self.idle_timeouts),
             frame_timeouts: read(&self.frame_timeouts),
             write_failures: read(&self.write_failures),
@@ -190,6 +197,8 @@ struct Shared {
     /// TLS, when `TLS_CERT_FILE` is set: every connection is handshaken before a byte of
     /// HL7 is read.
     tls: Option<crate::tls::TlsServer>,
+    /// `MAX_FRAME_MEMORY`, shared by every connection.
+    budget: Arc<super::budget::FrameBudget>,
 }
 
 /// An MLLP listener ready to serve: its settings, the ingest its frames go to, its counters,
@@ -212,6 +221,10 @@ impl Listener {
         Self {
             shared: Arc::new(Shared {
                 tls,
+                budget: super::budget::FrameBudget::new(
+                    settings.max_frame_memory,
+                    settings.max_frame_size,
+                ),
                 listener_name: opentelemetry::StringValue::from(settings.name.clone()),
                 settings,
                 ingest,
@@ -481,6 +494,8 @@ struct Handler<S> {
     /// Last sign of a live sender: a frame answered, or frame bytes arriving. Bytes outside
     /// frames do not count, so a peer sending junk cannot hold its connection forever.
     last_activity: Instant,
+    /// What this connection holds of `MAX_FRAME_MEMORY`.
+    share: super::budget::Share,
 }
 
 impl<S> Handler<S>
@@ -498,6 +513,7 @@ where
             peer,
             identity,
             codec: MllpCodec::new(shared.settings.max_frame_size),
+            share: super::budget::Share::new(Arc::clone(&shared.budget)),
             shared,
             buffer: BytesMut::with_capacity(8 * 1024),
             frame_started: None,
@@ -570,7 +586,16 @@ where
             report_discards(&mut self.codec, &self.shared.stats, peer);
             let frame_bytes = match decoded {
                 Ok(Some(frame_bytes)) => frame_bytes,
-                Ok(None) => return None,
+                Ok(None) => {
+                    if self.buffer.is_empty()
+                        && self.buffer.capacity() > super::budget::FREE_PER_CONNECTION
+                    {
+                        // Between frames: a large buffer goes back, and its share with it.
+                        self.buffer = BytesMut::with_capacity(8 * 1024);
+                        self.share.release();
+                    }
+                    return None;
+                }
                 Err(FrameError::TooLarge { limit }) => return Some(Close::Oversize(limit)),
                 Err(error) => return Some(Close::ReadFailed(error.to_string())),
             };
@@ -669,6 +694,16 @@ where
             return Some(expired());
         }
         self.buffer.reserve(8 * 1024);
+        // The buffer may have grown: its share of MAX_FRAME_MEMORY first, waiting (and
+        // reading nothing) while others hold the budget.
+        let capacity = self.buffer.capacity();
+        let stats = &self.shared.stats;
+        tokio::select! {
+            biased;
+            () = self.shared.shutdown.cancelled(), if !self.codec.in_frame() => return Some(Close::Shutdown),
+            () = self.share.cover(capacity, || bump(&stats.memory_waits, 1)) => {}
+            () = sleep_until_option(deadline) => return Some(expired()),
+        }
         let between_frames = !self.codec.in_frame();
         let read = tokio::select! {
             biased;

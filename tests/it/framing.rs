@@ -318,3 +318,68 @@ async fn one_address_holds_at_most_max_connections_per_peer() {
     }
     assert_eq!(field(&again.expect("slot freed"), "MSA", 2), "THREE");
 }
+
+/// `MAX_FRAME_MEMORY` holds for all connections together: large frames beyond it wait
+/// (reading nothing) while others hold the budget, the waits are counted, and every frame
+/// is answered once memory comes back. A frame of many tiny segments is counted with its
+/// segment index.
+#[tokio::test]
+async fn large_frames_share_one_memory_budget_and_wait_for_it() {
+    let app = start(&[
+        ("MAX_FRAME_SIZE", "1MiB"),
+        ("MAX_FRAME_MEMORY", "2MiB"),
+        ("FRAME_TIMEOUT", "20s"),
+        ("IDLE_TIMEOUT", "20s"),
+    ])
+    .await;
+    // About 870 KiB each: a note repeated.
+    let big = |control_id: &str| {
+        let mut message = adt(control_id, "2.5.1");
+        for _ in 0..11_000 {
+            message.extend_from_slice(
+                b"NTE|1||0123456789012345678901234567890123456789012345678901234567890123456789\r",
+            );
+        }
+        framed(&message)
+    };
+    // Three frames sent without their last two bytes: together they need more than the
+    // budget, so at least one connection waits before it can read all of its frame.
+    let mut held = Vec::new();
+    for index in 0..3 {
+        let frame = big(&format!("MEM{index}"));
+        let mut stream = connect(&app).await;
+        let cut = frame.len() - 2;
+        let head = frame[..cut].to_vec();
+        held.push(tokio::spawn(async move {
+            stream.write_all(&head).await.expect("write");
+            (stream, frame[cut..].to_vec())
+        }));
+    }
+    let mut waited = false;
+    for _ in 0..100 {
+        if app.stats().memory_waits > 0 {
+            waited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(waited, "a connection waited for memory: {:?}", app.stats());
+    assert_eq!(app.stats().frames_received, 0);
+    // Each frame ends in turn; a waiting one reads on once another gave its memory back.
+    let mut answered = 0;
+    for task in held {
+        let (mut stream, tail) = task.await.expect("writer");
+        write(&mut stream, &tail).await;
+        assert_eq!(field(&expect_ack(&mut stream).await, "MSA", 1), "AA");
+        answered += 1;
+    }
+    assert_eq!(answered, 3);
+    // Tiny segments: the index is counted too (8 bytes each), and the frame still passes.
+    let mut tiny = adt("MEM3", "2.5.1");
+    for _ in 0..400_000 {
+        tiny.extend_from_slice(b"Z\r");
+    }
+    let mut stream = connect(&app).await;
+    write(&mut stream, &framed(&tiny)).await;
+    assert_eq!(field(&expect_ack(&mut stream).await, "MSA", 1), "AA");
+}
