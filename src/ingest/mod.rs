@@ -315,7 +315,19 @@ impl Ingest {
         identity: Option<&crate::tls::PeerIdentity>,
     ) -> Outcome {
         let received_at_micros = chrono::Utc::now().timestamp_micros();
-        let decided = match self.decider.decide_frame(frame, identity) {
+        // Rules and transforms run for as long as they take (bounded at load, ADR 0012):
+        // never on a runtime thread other connections' tasks need, when the runtime has
+        // others to hand them to.
+        let evaluates = self.decider.rules.evaluates() || self.decider.transforms.is_some();
+        let off_runtime = evaluates
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread;
+        let decided = if off_runtime {
+            tokio::task::block_in_place(|| self.decider.decide_frame(frame, identity))
+        } else {
+            self.decider.decide_frame(frame, identity)
+        };
+        let decided = match decided {
             Decision::Done(outcome) => return outcome,
             Decision::Decided(decided) => decided,
         };

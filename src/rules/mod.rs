@@ -11,6 +11,7 @@
 //! (a missing map key, a type error, the time budget spent) is an error for the message.
 
 pub mod bindings;
+pub mod cost;
 mod names;
 pub mod types;
 
@@ -459,6 +460,11 @@ impl RuleSet {
         self.rules.len()
     }
 
+    /// Whether any expression is evaluated for a message (a rule, or a filter).
+    pub fn evaluates(&self) -> bool {
+        !self.rules.is_empty() || self.filters.iter().any(|(_, _, filter)| filter.is_some())
+    }
+
     /// Evaluate validation rules, then (if they pass) every filter.
     pub fn evaluate(&self, message: &Message, charset: Charset, inbound: &str) -> Evaluation {
         let scope = self.program.scope(message, charset, inbound);
@@ -603,6 +609,9 @@ fn compile_one(
     if found.is_empty() {
         // Names first: a type said of an unknown name would only add noise.
         types::check(&expression, expect, &mut found);
+    }
+    if found.is_empty() {
+        cost::check(&expression, &mut found);
     }
     if found.is_empty() {
         Some(expression)

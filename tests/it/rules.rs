@@ -110,7 +110,7 @@ fn run_time_errors_never_quote_message_values() {
         "{'MRN001': true}[pid.id]",
         "int(pid.dob) * 1000000000000000 > 0",
         "field('PID-' + pid.family) == ''",
-        "pid.family.matches(pid.given + '(')",
+        "timestamp(pid.family) > timestamp('2020-01-01T00:00:00Z')",
         "int(pid.family) > 0",
     ] {
         let rules = [rule("r", expression)];
@@ -220,7 +220,11 @@ fn load_time_checks_name_the_problem_and_place() {
     assert!(!problems(&deep).is_empty(), "nesting is bounded");
     let nested = "obx_list.all(a, obx_list.all(b, obx_list.all(c, true)))";
     assert!(problems(nested)[0].contains("nested more than 2 deep"));
-    assert!(problems("obx_list.all(a, obx_list.exists(b, a == b))").is_empty());
+    // Nested over two message lists: a million evaluations of the body (ADR 0012).
+    assert!(problems("obx_list.all(a, obx_list.exists(b, a == b))")[0].contains("steps"));
+    assert!(problems("['GLU', 'NA'].all(code, obx_list.exists(o, o.id == code))").is_empty());
+    // A pattern from message data cannot be bounded: refused at load.
+    assert!(problems("pid.family.matches(pid.given + '(')")[0].contains("literal pattern"));
 }
 
 #[test]

@@ -387,6 +387,8 @@ pub struct Server {
     pub lines: std::sync::mpsc::Receiver<String>,
     /// The lines it logged before it listened (read while waiting for its address).
     pub early: Vec<String>,
+    /// How many of `early` [`Server::wait_for_log`] has looked at.
+    early_seen: std::cell::Cell<usize>,
 }
 
 impl Server {
@@ -452,13 +454,28 @@ impl Server {
             admin_addr,
             lines,
             early,
+            early_seen: std::cell::Cell::new(0),
         }
     }
 
     /// Wait (at most 30 s) until `count` log lines containing `text` have appeared.
+    /// Lines logged before the server listened count too (a worker may log before the
+    /// admin API's line).
     pub fn wait_for_log(&self, text: &str, count: usize) {
         let mut seen = 0;
+        while seen < count && self.early_seen.get() < self.early.len() {
+            if self.early[self.early_seen.get()].contains(text) {
+                seen += 1;
+            }
+            self.early_seen.set(self.early_seen.get() + 1);
+        }
+        // A server that keeps logging other lines must not keep the wait going forever.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while seen < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no log line with {text:?} within 60 s ({seen} of {count} seen)"
+            );
             let line = self
                 .lines
                 .recv_timeout(Duration::from_secs(30))
