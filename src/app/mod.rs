@@ -12,6 +12,7 @@
 
 mod admin;
 mod delivery;
+mod descriptors;
 mod intake;
 mod store;
 
@@ -85,6 +86,7 @@ impl RunningApp {
         let rules = Arc::new(compiled.rules);
         let transforms = Arc::new(compiled.transforms);
         let settings = &config.settings;
+        descriptors::ensure(settings);
         let names = config.connectors.iter().map(|c| c.name.clone()).collect();
         let store = store::Store::open(settings, names, options.storage).await?;
         let delivery = delivery::Delivery::start(&config, &store.outbox);

@@ -1,0 +1,105 @@
+//! File descriptors: the MLLP listener's connections must never be starved of descriptors by
+//! anything else. At startup the open-file limit is raised to its hard limit, and a warning
+//! names the settings when even that is below what the configured limits can hold open at
+//! once: every MLLP connection (and the reserved slots), the admin listener's cap, and a
+//! reserve for the store, outputs, certificate files and logs. The admin listener's own cap
+//! ([`crate::admin::MAX_CONNECTIONS`]) is what keeps admin clients from taking the MLLP
+//! listener's share.
+
+use tracing::{info, warn};
+
+use crate::config::Settings;
+
+/// Descriptors kept for everything but connections: the store and its journal, outputs'
+/// connections and files, TLS and token files, the log, the runtime.
+pub const RESERVE: u64 = 256;
+
+/// What the configured limits can hold open at once; `None` when MLLP connections are
+/// unlimited (`MAX_CONNECTIONS=0`).
+pub fn needed(settings: &Settings) -> Option<u64> {
+    let mllp = settings.listener.max_connections? as u64;
+    // Reserved slots for known certificates (mllp/listener.rs: an eighth, at least one) and
+    // as many handshakes on probation again.
+    let reserved = (mllp / 8).max(1) * 5;
+    let admin = settings
+        .admin_addr
+        .as_ref()
+        .map_or(0, |_| crate::admin::MAX_CONNECTIONS as u64);
+    Some(mllp + reserved + admin + RESERVE)
+}
+
+/// Raise the soft open-file limit to the hard one; warn when it is below [`needed`].
+pub fn ensure(settings: &Settings) {
+    #[cfg(unix)]
+    {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let limit = getrlimit(Resource::Nofile);
+        let mut current = limit.current;
+        if let (Some(soft), hard) = (limit.current, limit.maximum)
+            && hard.is_none_or(|hard| hard > soft)
+        {
+            let raised = Rlimit {
+                current: hard,
+                maximum: hard,
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => {
+                    current = hard;
+                    info!(from = soft, to = ?hard, "open-file limit raised to its hard limit");
+                }
+                Err(error) => {
+                    warn!(error = %error, "cannot raise the open-file limit")
+                }
+            }
+        }
+        match (current, needed(settings)) {
+            (Some(limit), Some(needed)) if limit < needed => warn!(
+                limit,
+                needed,
+                "the open-file limit is below what MAX_CONNECTIONS (with its reserved slots), the admin API and the store can hold open; raise it (ulimit -n, the container runtime's nofile) or lower MAX_CONNECTIONS"
+            ),
+            (Some(limit), None) => warn!(
+                limit,
+                "MAX_CONNECTIONS=0 (unlimited): connections can use every file descriptor the process has; set a limit"
+            ),
+            _ => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = settings;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        crate::config::Config::load_with(None, &|name| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.clone())
+        })
+        .map(|config| config.settings)
+        .unwrap_or_else(|_| panic!("settings load"))
+    }
+
+    #[test]
+    fn what_the_limits_can_hold_open() {
+        // 256 connections, 32 reserved slots and as many handshakes four times over, the
+        // admin API's 64, the reserve.
+        assert_eq!(needed(&settings(&[])), Some(256 + 160 + 64 + RESERVE));
+        assert_eq!(
+            needed(&settings(&[
+                ("MAX_CONNECTIONS", "1000"),
+                ("ADMIN_ADDR", "off")
+            ])),
+            Some(1000 + 625 + RESERVE)
+        );
+        assert_eq!(needed(&settings(&[("MAX_CONNECTIONS", "0")])), None);
+    }
+}
