@@ -223,19 +223,32 @@ impl Config {
                     output.as_mut(),
                     settings.as_ref().map(|settings| &settings.egress_allow),
                 ) {
-                    for (host, port) in output.output.destinations(lookup) {
-                        if let Err(problem) = allow.check(&host, port) {
-                            problems.push(ConfigProblem {
-                                name: "EGRESS_ALLOW".to_owned(),
-                                subject: format!(
-                                    "{}: connector {:?} (type {})",
-                                    place(name.at),
-                                    name.value,
-                                    connector.kind.as_str()
-                                ),
-                                problem,
-                            });
+                    let destinations = output
+                        .output
+                        .destinations(lookup)
+                        .map_err(|problem| vec![problem]);
+                    let checked = destinations.and_then(|destinations| {
+                        let refused: Vec<String> = destinations
+                            .iter()
+                            .filter_map(|(host, port)| allow.check(host, *port).err())
+                            .collect();
+                        if refused.is_empty() {
+                            Ok(())
+                        } else {
+                            Err(refused)
                         }
+                    });
+                    for problem in checked.err().unwrap_or_default() {
+                        problems.push(ConfigProblem {
+                            name: "EGRESS_ALLOW".to_owned(),
+                            subject: format!(
+                                "{}: connector {:?} (type {})",
+                                place(name.at),
+                                name.value,
+                                connector.kind.as_str()
+                            ),
+                            problem,
+                        });
                     }
                     output.output.restrict(allow);
                 }

@@ -107,6 +107,11 @@ impl Share {
         self.held = Some(taken);
     }
 
+    /// Whether a reservation is held.
+    pub fn holds(&self) -> bool {
+        self.held.is_some()
+    }
+
     /// Give the reservation back (the connection is between frames again).
     pub fn release(&mut self) {
         self.held = None;

@@ -587,11 +587,14 @@ where
             let frame_bytes = match decoded {
                 Ok(Some(frame_bytes)) => frame_bytes,
                 Ok(None) => {
-                    if self.buffer.is_empty()
-                        && self.buffer.capacity() > super::budget::FREE_PER_CONNECTION
-                    {
-                        // Between frames: a large buffer goes back, and its share with it.
+                    if self.share.holds() && !self.codec.in_frame() {
+                        // Between frames: the buffer's allocation (still as large as the
+                        // frames it held, whatever its remaining capacity says) goes back,
+                        // and the reservation with it. What is left is a few bytes after
+                        // an end block.
+                        let rest = self.buffer.split();
                         self.buffer = BytesMut::with_capacity(8 * 1024);
+                        self.buffer.extend_from_slice(&rest);
                         self.share.release();
                     }
                     return None;

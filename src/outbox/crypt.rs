@@ -82,6 +82,7 @@ impl Place {
 }
 
 /// One store key, ready to derive record keys from.
+#[derive(Clone)]
 pub struct StoreKey {
     id: u64,
     prk: Prk,
@@ -203,6 +204,9 @@ pub struct Keys(Option<Arc<Ring>>);
 struct Ring {
     current: StoreKey,
     old: Vec<StoreKey>,
+    /// Whether opening a store names `current` in it as a key in use (see
+    /// [`Keys::for_reading`]).
+    register: bool,
 }
 
 impl std::fmt::Debug for Keys {
@@ -226,7 +230,30 @@ impl Keys {
 
     /// Seal with `current`; open what `current` or any of `old` sealed.
     pub fn new(current: StoreKey, old: Vec<StoreKey>) -> Self {
-        Self(Some(Arc::new(Ring { current, old })))
+        Self(Some(Arc::new(Ring {
+            current,
+            old,
+            register: true,
+        })))
+    }
+
+    /// The same keys for a store that is only read and will not get values sealed with the
+    /// current key (the source of `store rekey`): opening it does not name the current key
+    /// in it, so a rekey that stops half way leaves the store needing what it needed.
+    pub fn for_reading(&self) -> Self {
+        match &self.0 {
+            None => Self(None),
+            Some(ring) => Self(Some(Arc::new(Ring {
+                current: ring.current.clone(),
+                old: ring.old.clone(),
+                register: false,
+            }))),
+        }
+    }
+
+    /// Whether opening a store names the current key in it.
+    pub fn registers(&self) -> bool {
+        self.0.as_ref().is_some_and(|ring| ring.register)
     }
 
     /// True when values are sealed.

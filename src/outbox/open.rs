@@ -508,6 +508,7 @@ fn check_keys(
         return Ok(Err(reason));
     }
     if let Some(current) = keys.current_id()
+        && keys.registers()
         && !sealed_with.contains(&current)
     {
         meta.insert(format!("key:{}", crypt::key_id_text(current)).as_str(), 1)?;

@@ -55,7 +55,8 @@ pub fn rekey(
     let mut old_options = OutboxOptions::new(data.to_path_buf());
     old_options.dedup_window = None;
     old_options.journal = journal;
-    old_options.keys = keys.clone();
+    // Read only: a rekey that stops half way must leave the store needing what it needed.
+    old_options.keys = keys.for_reading();
     let target = sibling(data, "-rekey");
     remove_if_present(&target)?;
     remove_if_present(&super::journal_path(&target))?;
@@ -126,10 +127,16 @@ pub fn rekey(
             report.unsealed
         );
     }
-    // Switch: both closed cleanly (the old journal is left empty), the old journal removed,
-    // the new file renamed over the old.
+    // Switch: both closed; the old store opened once more with its journal off, which
+    // replays anything the journal still holds into the data file and removes it (so no
+    // commit is lost with the journal), then the new file renamed over the old.
     drop(new);
     drop(old);
+    let retire = OutboxOptions {
+        journal: false,
+        ..old_options.clone()
+    };
+    drop(open_with(&retire, Policy::Strict).map_err(open_error)?);
     let directory = data.parent().unwrap_or(Path::new("."));
     remove_if_present(&super::journal_path(data))?;
     sync_dir(directory)?;

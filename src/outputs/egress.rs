@@ -206,24 +206,19 @@ impl EgressAllow {
     }
 }
 
-/// `host` and `port` of a URL (`http://`, `https://`, `grpc` endpoints), for the checks.
+/// `host` and `port` of a URL (`http://`, `https://`), read by the URL parser reqwest
+/// itself uses (so `\\`, empty ports, numeric and hexadecimal IPv4 forms and
+/// percent-encoding are read as the connection will read them); IPv6 without brackets.
+/// `None` when it does not parse or names no host.
 pub fn url_destination(url: &str) -> Option<(String, u16)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let default = match scheme.to_ascii_lowercase().as_str() {
-        "https" => 443,
-        "http" => 80,
-        _ => return None,
-    };
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => (host, port.parse().ok()?),
-        _ => (authority, default),
-    };
-    let host = host.trim_matches(['[', ']']);
-    (!host.is_empty()).then(|| (host.to_owned(), port))
+    let parsed = reqwest::Url::parse(url.trim()).ok()?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return None;
+    }
+    let port = parsed.port_or_known_default()?;
+    // The parser writes addresses in their canonical form (IPv6 in brackets).
+    let host = parsed.host_str()?.trim_matches(['[', ']']).to_owned();
+    (!host.is_empty()).then_some((host, port))
 }
 
 /// A resolver for reqwest that asks [`EgressAllow::resolve`] (names in URLs; addresses in
@@ -333,5 +328,22 @@ mod tests {
             Some(("fd00::1".to_owned(), 80))
         );
         assert_eq!(url_destination("ftp://x"), None);
+        // Read as the connection reads them, not as text.
+        assert_eq!(
+            url_destination("http://169.254.169.254:/x"),
+            Some(("169.254.169.254".to_owned(), 80))
+        );
+        assert_eq!(
+            url_destination("http://169.254.169.254\\@allowed.example/"),
+            Some(("169.254.169.254".to_owned(), 80))
+        );
+        for numeric in ["http://2852039166/", "http://0xa9.0xfe.0xa9.0xfe/"] {
+            assert_eq!(
+                url_destination(numeric),
+                Some(("169.254.169.254".to_owned(), 80)),
+                "{numeric}"
+            );
+        }
+        assert_eq!(url_destination("not a url"), None);
     }
 }

@@ -98,15 +98,26 @@ pub enum OutputSpec {
 }
 
 impl OutputSpec {
-    /// Every `host:port` the output connects to (none for files).
-    pub fn destinations(&self, lookup: &dyn Fn(&str) -> Option<String>) -> Vec<(String, u16)> {
+    /// Every `host:port` the output connects to (none for files); `Err` when one cannot
+    /// be read (so `EGRESS_ALLOW` cannot vouch for it).
+    pub fn destinations(
+        &self,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<(String, u16)>, String> {
+        let unreadable =
+            |what: &str| format!("EGRESS_ALLOW cannot read the destination of `{what}`");
         match self {
-            Self::Mllp(spec) => spec.destination().into_iter().collect(),
-            Self::Http(spec) => egress::url_destination(&spec.url).into_iter().collect(),
-            Self::File(_) => Vec::new(),
+            Self::Mllp(spec) => spec
+                .destination()
+                .map(|destination| vec![destination])
+                .ok_or_else(|| unreadable("host")),
+            Self::Http(spec) => egress::url_destination(&spec.url)
+                .map(|destination| vec![destination])
+                .ok_or_else(|| unreadable("url")),
+            Self::File(_) => Ok(Vec::new()),
             Self::Postgres(spec) => postgres::postgres_config(&spec.dsn, lookup)
                 .map(|config| postgres::destinations(&config))
-                .unwrap_or_default(),
+                .map_err(|_| unreadable("dsn")),
         }
     }
 

@@ -69,6 +69,13 @@ impl Walk {
                         );
                     }
                 }
+                // These walk the whole message or a whole list for each call: a call counts
+                // as many steps as a list can hold.
+                if matches!(call.func_name.as_str(), "field" | "segments" | "@in") {
+                    self.cost = self
+                        .cost
+                        .saturating_add(multiplier.saturating_mul(MAX_LIST_ENTRIES as u64));
+                }
                 if call.func_name == "matches" {
                     let pattern = if call.target.is_some() {
                         call.args.first()
@@ -98,6 +105,10 @@ impl Walk {
                 let size = match &comprehension.iter_range.expr {
                     Expr::List(list) => list.elements.len() as u64,
                     Expr::Map(map) => map.entries.len() as u64,
+                    // Lists joined with `+`: as many lists as it may join.
+                    Expr::Call(call) if call.func_name == "_+_" => {
+                        (MAX_LIST_ENTRIES * (MAX_CONCATENATIONS + 1)) as u64
+                    }
                     _ => MAX_LIST_ENTRIES as u64,
                 };
                 let inner = multiplier.saturating_mul(size.max(1));
@@ -173,6 +184,12 @@ mod tests {
         );
         let nested = problems("obx_list.all(a, obx_list.exists(b, a.value == b.value))");
         assert!(nested[0].contains("steps"), "{nested:?}");
+        // A call that walks the message counts as a list's worth of steps.
+        assert!(problems("field('PID-3') != ''").is_empty());
+        let walks = problems("obx_list.all(o, field('PID-3') != o.value)");
+        assert!(walks[0].contains("steps"), "{walks:?}");
+        let membership = problems("obx_list.all(o, o.value in ['A', 'B'])");
+        assert!(membership[0].contains("steps"), "{membership:?}");
         let growth = problems("obx_list.map(a, obx_list.map(b, a.value + b.value)).size() > 0");
         assert!(
             growth.iter().any(|problem| problem.contains("`+` inside")),

@@ -271,3 +271,35 @@ fn keys_rotate_and_rekey_seals_plain_records_with_the_audit_chain_intact() {
     wait_for_files(&dir.join("out"), 5);
     server.stop();
 }
+
+/// The source of a rekey is opened with the new key for reading only: a rekey that stops
+/// half way must not leave the store needing a key it did not need before. An open that
+/// writes with a key does name it.
+#[test]
+fn reading_with_a_key_does_not_make_a_store_need_it() {
+    use mfoundry::outbox::crypt::{Keys, StoreKey};
+    use mfoundry::outbox::{Outbox, OutboxOptions};
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("mfoundry.redb");
+    let open = |keys: Keys| {
+        let mut options = OutboxOptions::new(path.clone());
+        options.keys = keys;
+        Outbox::open(options, &[]).map(|(outbox, writer)| {
+            drop(outbox);
+            writer.join();
+        })
+    };
+    open(Keys::plain()).expect("a plain store");
+    let key = Keys::new(StoreKey::from_bytes(&[1; 32]), Vec::new());
+    open(key.for_reading()).expect("read with a key");
+    open(Keys::plain()).expect("still opens without a key");
+    open(key.clone()).expect("written with the key");
+    let refused = open(Keys::plain()).expect_err("now needs the key");
+    assert!(
+        mfoundry::outbox::Chain(&refused)
+            .to_string()
+            .contains("ENCRYPTION_KEY_FILE"),
+        "{}",
+        mfoundry::outbox::Chain(&refused)
+    );
+}

@@ -374,6 +374,24 @@ async fn large_frames_share_one_memory_budget_and_wait_for_it() {
         answered += 1;
     }
     assert_eq!(answered, 3);
+    // A mid-size frame leaves its connection holding nothing once answered, though the
+    // connection stays open: the next large frame elsewhere is not kept waiting.
+    let mid = |control_id: &str| {
+        let mut message = adt(control_id, "2.5.1");
+        for _ in 0..1_200 {
+            message.extend_from_slice(
+                b"NTE|1||0123456789012345678901234567890123456789012345678901234567890123456789\r",
+            );
+        }
+        framed(&message)
+    };
+    let mut idle = connect(&app).await;
+    write(&mut idle, &mid("MID1")).await;
+    assert_eq!(field(&expect_ack(&mut idle).await, "MSA", 1), "AA");
+    let mut other = connect(&app).await;
+    write(&mut other, &mid("MID2")).await;
+    assert_eq!(field(&expect_ack(&mut other).await, "MSA", 1), "AA");
+    drop(idle);
     // Tiny segments: the index is counted too (8 bytes each), and the frame still passes.
     let mut tiny = adt("MEM3", "2.5.1");
     for _ in 0..400_000 {

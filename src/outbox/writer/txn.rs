@@ -155,13 +155,25 @@ impl Writer {
                             let mut copies = transaction.open_table(COPIES)?;
                             for (message_id, old_seq, new_seq) in moved {
                                 let old = (message_id.0, connector.0, old_seq.0);
-                                let copy = copies
-                                    .remove(old)?
-                                    .map(|value| {
-                                        schema::decode_copy(&tables.keys, old, value.value())
-                                    })
-                                    .transpose()?;
-                                if let (Some(copy), true) = (copy, to == connector) {
+                                let copy = match copies.remove(old)? {
+                                    Some(value) if to == connector => Some(
+                                        match schema::decode_copy(&tables.keys, old, value.value())
+                                        {
+                                            Ok(copy) => copy,
+                                            // Never absent (that would deliver the received
+                                            // bytes): the new entry fails with the reason.
+                                            Err(error) if schema::is_damage(&error) => {
+                                                StoredCopy::Failed(format!(
+                                                    "the stored copy is damaged ({})",
+                                                    schema::damage_detail(&error)
+                                                ))
+                                            }
+                                            Err(error) => return Err(error),
+                                        },
+                                    ),
+                                    _ => None,
+                                };
+                                if let Some(copy) = copy {
                                     let new = (message_id.0, to.0, new_seq.0);
                                     copies.insert(
                                         new,
