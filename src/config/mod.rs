@@ -466,7 +466,9 @@ fn read_senders(
 }
 
 /// The OTLP exporter's endpoint against `EGRESS_ALLOW`. The exporter resolves names itself,
-/// so a name not listed is resolved here, once, and every address must be allowed.
+/// out of mfoundry's reach, so its endpoint must be an address the list allows or a name it
+/// lists (a listed name is trusted with what it resolves to, as for every output); a name
+/// that would pass only by resolving into a range is refused.
 fn check_otlp_egress(
     allow: &crate::outputs::egress::EgressAllow,
     lookup: &dyn Fn(&str) -> Option<String>,
@@ -484,32 +486,21 @@ fn check_otlp_egress(
             subject: name.to_owned(),
             problem,
         };
-        let Some((host, port)) = crate::outputs::egress::url_destination(url.trim()) else {
-            problems.push(problem(format!(
-                "{name} is not an http:// or https:// URL; EGRESS_ALLOW cannot check it"
-            )));
-            break;
-        };
-        if let Err(refusal) = allow.check(&host, port) {
-            problems.push(problem(refusal));
-        } else if host.parse::<std::net::IpAddr>().is_err() && !allow.lists(&host, port) {
-            use std::net::ToSocketAddrs;
-            match (host.as_str(), port).to_socket_addrs() {
-                Ok(found) => {
-                    for addr in found {
-                        if !allow.allows_address(addr.ip(), port) {
-                            problems.push(problem(format!(
-                                "{host}:{port} resolves to {}, outside EGRESS_ALLOW ({}); list the name, or its addresses",
-                                addr.ip(),
-                                allow.text()
-                            )));
-                            break;
-                        }
-                    }
+        match crate::outputs::egress::url_destination(url.trim()) {
+            None => problems.push(problem(format!(
+                "{name} is not an http:// or https:// URL with a host; EGRESS_ALLOW cannot check it"
+            ))),
+            Some((host, port)) => {
+                let allowed = match host.parse::<std::net::IpAddr>() {
+                    Ok(ip) => allow.allows_address(ip, port),
+                    Err(_) => allow.lists(&host, port),
+                };
+                if !allowed {
+                    problems.push(problem(format!(
+                        "{host}:{port} is outside EGRESS_ALLOW ({}): the OTLP exporter resolves names itself, so list its name (or its address) there",
+                        allow.text()
+                    )));
                 }
-                Err(error) => problems.push(problem(format!(
-                    "cannot resolve {host} to check it against EGRESS_ALLOW: {error}; list the name in EGRESS_ALLOW"
-                ))),
             }
         }
         // The metrics endpoint wins when both are set.

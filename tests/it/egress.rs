@@ -83,6 +83,25 @@ fn check_refuses_destinations_outside_the_list() {
         output.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && output.contains("outside EGRESS_ALLOW"),
         "{output}"
     );
+    // The exporter resolves names itself: a name must be listed, a range is not enough.
+    let otlp = |allow: &str| {
+        check(
+            dir,
+            "connectors: []\n",
+            &[
+                ("EGRESS_ALLOW", allow),
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "http://collector.example:4318",
+                ),
+            ],
+        )
+    };
+    let (code, output) = otlp("10.0.0.0/8");
+    assert_eq!(code, 64, "{output}");
+    assert!(output.contains("list its name"), "{output}");
+    let (code, output) = otlp("10.0.0.0/8, collector.example:4318");
+    assert_eq!(code, 0, "{output}");
     let (code, output) = check(dir, "connectors: []\n", &[("EGRESS_ALLOW", "bad host!")]);
     assert_eq!(code, 64, "{output}");
     assert!(output.contains("EGRESS_ALLOW"), "{output}");
