@@ -207,6 +207,9 @@ struct Ring {
     /// Whether opening a store names `current` in it as a key in use (see
     /// [`Keys::for_reading`]).
     register: bool,
+    /// Set at open for a store that seals every value (`meta["sealed_only"]`): a value that
+    /// is not sealed is then damage, not a plain value from before the key.
+    sealed_only: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Keys {
@@ -234,7 +237,23 @@ impl Keys {
             current,
             old,
             register: true,
+            sealed_only: std::sync::atomic::AtomicBool::new(false),
         })))
+    }
+
+    /// From now on, a value that is not sealed is damage (the store was created with a key,
+    /// or rekeyed: it holds no plain value, so one found there was put there).
+    pub fn require_sealed(&self) {
+        if let Some(ring) = &self.0 {
+            ring.sealed_only
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn sealed_only(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|ring| ring.sealed_only.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The same keys for a store that is only read and will not get values sealed with the
@@ -247,6 +266,7 @@ impl Keys {
                 current: ring.current.clone(),
                 old: ring.old.clone(),
                 register: false,
+                sealed_only: std::sync::atomic::AtomicBool::new(false),
             }))),
         }
     }
@@ -327,6 +347,11 @@ impl Keys {
     /// changed byte, another place, a key not held) is [`StoreError::Damaged`].
     pub fn open<'a>(&self, place: Place, stored: &'a [u8]) -> Result<Cow<'a, [u8]>, StoreError> {
         if !self.is_sealed(place, stored) {
+            if self.sealed_only() {
+                return Err(StoreError::Damaged(
+                    "it is stored plain in a store that seals every value".to_owned(),
+                ));
+            }
             return Ok(Cow::Borrowed(stored));
         }
         let Some(id) = sealed_key_id(stored) else {
@@ -445,6 +470,13 @@ mod tests {
         audit.extend_from_slice(&[9; 60]);
         assert!(!keys.is_sealed(Place::Audit(0), &audit));
         assert_eq!(Keys::plain().seal(Place::Body(1), b"x".to_vec()), b"x");
+        // Once the store seals every value, a plain one is damage.
+        keys.require_sealed();
+        assert!(matches!(
+            keys.open(Place::Queue(1, 2), b"\x02abc"),
+            Err(StoreError::Damaged(_))
+        ));
+        assert!(keys.open(Place::Queue(1, 2), &first).is_ok());
     }
 
     #[test]

@@ -440,6 +440,7 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
         let transaction = database.begin_write()?;
         {
             let mut meta = transaction.open_table(META)?;
+            let created = schema::read_meta(&meta, "format_version")? == 0;
             match schema::read_meta(&meta, "format_version")? {
                 // New, or written by format 1 or 2: its records stay readable as they are
                 // (see `schema`); from now on older builds refuse the file.
@@ -456,6 +457,15 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
             }
             if let Err(refusal) = check_keys(&mut meta, &opening.options.keys)? {
                 return Ok(Err(refusal));
+            }
+            // A store created with a key (or rewritten by a rekey) holds no plain value: one
+            // found there later was put there, and is damage (ADR 0011).
+            let keys = &opening.options.keys;
+            if created && keys.registers() {
+                meta.insert("sealed_only", 1)?;
+            }
+            if keys.encrypts() && schema::read_meta(&meta, "sealed_only")? == 1 {
+                keys.require_sealed();
             }
             if schema::read_meta(&meta, "instance_id")? == 0 {
                 meta.insert("instance_id", new_instance_id(&opening.path()))?;

@@ -81,9 +81,12 @@ pub fn rekey(
     };
     copy_meta(&old, &new, current)?;
     copy_raw(&old, &new, CONNECTORS)?;
+    // Old values are opened with the reading keys (a plain one is no damage there), new
+    // ones sealed with `keys` (the new file seals every value).
     let mut copier = Copier {
         old: &old,
         new: &new,
+        reading: &old_options.keys,
         keys,
         done: &mut done,
         progress: &mut progress,
@@ -101,7 +104,7 @@ pub fn rekey(
         Place::Copy(id, connector, seq)
     })?;
     copier.table("audit", AUDIT, Place::Audit)?;
-    let old_audit = old.begin_read()?.verify_audit(keys)?;
+    let old_audit = old.begin_read()?.verify_audit(&old_options.keys)?;
     let new_audit = new.begin_read()?.verify_audit(keys)?;
     if !old_audit.is_intact() {
         anyhow::bail!(
@@ -194,6 +197,8 @@ fn copy_meta(old: &Database, new: &Database, current: u64) -> Result<(), StoreEr
         }
         // The new file's open registered the current key; nothing else names one.
         meta.insert(format!("key:{}", crypt::key_id_text(current)).as_str(), 1)?;
+        // Every value of the new file is sealed (checked before the switch).
+        meta.insert("sealed_only", 1)?;
     }
     transaction.commit()?;
     Ok(())
@@ -221,6 +226,7 @@ fn copy_raw(
 struct Copier<'a, P: FnMut(&str, u64)> {
     old: &'a Database,
     new: &'a Database,
+    reading: &'a Keys,
     keys: &'a Keys,
     done: &'a mut Rekeyed,
     progress: &'a mut P,
@@ -253,10 +259,10 @@ impl<P: FnMut(&str, u64)> Copier<'_, P> {
                     let key = key.value();
                     let at = place(key);
                     let stored = value.value();
-                    if !self.keys.is_sealed(at, stored) {
+                    if !self.reading.is_sealed(at, stored) {
                         self.done.were_plain += 1;
                     }
-                    let plain = self.keys.open(at, stored).map_err(|error| {
+                    let plain = self.reading.open(at, stored).map_err(|error| {
                         anyhow::anyhow!(
                             "{name}: a record does not open ({error}); nothing was changed. Run `mfoundry store verify`"
                         )

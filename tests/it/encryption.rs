@@ -303,3 +303,49 @@ fn reading_with_a_key_does_not_make_a_store_need_it() {
         mfoundry::outbox::Chain(&refused)
     );
 }
+
+/// A store created with a key holds no plain value: one put there (a record swapped for a
+/// plain one by someone who can write the file) is damage, not a record from before the key.
+#[test]
+fn a_plain_value_put_into_a_sealed_store_is_damage() {
+    use mfoundry::outbox::crypt::{Keys, StoreKey};
+    use mfoundry::outbox::schema;
+    use redb::ReadableTable;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let dir = directory.path();
+    std::fs::write(dir.join("gw.yaml"), config(dir)).expect("config");
+    write_key(&dir.join("key-a"), 6);
+    let key_a = [("ENCRYPTION_KEY_FILE", "key-a")];
+    let server = Server::start(dir, "gw.yaml", "data", &key_a);
+    send(&server, dir, &[("SWAP-1", 1)]);
+    wait_for_files(&dir.join("out"), 1);
+    server.stop();
+    let (code, output) = store(dir, &["verify"], &key_a);
+    assert_eq!(code, 0, "{output}");
+    {
+        let keys = Keys::new(StoreKey::from_bytes(&[6; 32]), Vec::new());
+        let database = mfoundry::outbox::datafile::open_raw(&dir.join("data/mfoundry.redb"))
+            .expect("open raw");
+        let transaction = database.begin_write().expect("write");
+        {
+            let mut messages = transaction.open_table(schema::MESSAGES).expect("table");
+            let (id, sealed) = {
+                let (key, value) = messages.first().expect("read").expect("a message");
+                (key.value(), value.value().to_vec())
+            };
+            let decoded = schema::decode_message_checked(&keys, id, &sealed).expect("opens");
+            let plain = schema::encode_message(
+                &Keys::plain(),
+                id,
+                &decoded.record,
+                decoded.inline.as_deref(),
+            )
+            .expect("encodes");
+            messages.insert(id, plain.as_slice()).expect("swap");
+        }
+        transaction.commit().expect("commit");
+    }
+    let (code, output) = store(dir, &["verify"], &key_a);
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("stored plain"), "{output}");
+}
