@@ -218,12 +218,21 @@ fn check(args: &ConfigArgs) -> ExitCode {
                 || "no configuration file".to_owned(),
                 |path| path.display().to_string(),
             );
+            use mfoundry::units::count;
             println!(
-                "ok: {source}: {} connectors, {} validation rules, {} transform steps, {} tables, data in {}",
-                config.connectors.len(),
-                compiled.rules.rule_count(),
-                compiled.transforms.step_count(),
-                config.tables.len(),
+                "ok: {source}: {}, {}, {}, {}, data in {}",
+                count(config.connectors.len() as u64, "connector", "connectors"),
+                count(
+                    compiled.rules.rule_count() as u64,
+                    "validation rule",
+                    "validation rules"
+                ),
+                count(
+                    compiled.transforms.step_count() as u64,
+                    "transform step",
+                    "transform steps"
+                ),
+                count(config.tables.len() as u64, "table", "tables"),
                 config.settings.data_dir.display()
             );
             ExitCode::SUCCESS

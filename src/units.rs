@@ -113,6 +113,12 @@ impl Cidr {
     }
 }
 
+/// `count` and the noun in the right number: `1 entry`, `2 entries`, `0 entries`.
+pub fn count(count: impl Into<u64>, singular: &str, plural: &str) -> String {
+    let count = count.into();
+    format!("{count} {}", if count == 1 { singular } else { plural })
+}
+
 /// Format a duration the way Go prints simple ones (`30s`, `1m0s` becomes `60s`, `250ms`).
 pub fn format_duration(duration: Duration) -> String {
     if duration.subsec_nanos() == 0 {
@@ -197,6 +203,13 @@ pub fn parse_listen_address(text: &str) -> Result<(Option<String>, u16), String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_take_the_noun_in_the_right_number() {
+        assert_eq!(count(1u32, "entry", "entries"), "1 entry");
+        assert_eq!(count(0u32, "entry", "entries"), "0 entries");
+        assert_eq!(count(2u64, "attempt", "attempts"), "2 attempts");
+    }
 
     #[test]
     fn cidr_ranges_match_their_addresses_only() {

@@ -276,7 +276,11 @@ pub async fn messages(
                 "CONNECTORS",
             ];
             write!(out, "{}", table(&headers, &rows))?;
-            writeln!(out, "{} messages", found.len())?;
+            writeln!(
+                out,
+                "{}",
+                crate::units::count(found.len() as u64, "message", "messages")
+            )?;
             Ok(0)
         }
         MessagesCommand::Reprocess {
@@ -527,8 +531,8 @@ pub async fn audit(
             } else if report.intact {
                 writeln!(
                     out,
-                    "audit trail intact: {} records{}",
-                    report.records,
+                    "audit trail intact: {}{}",
+                    crate::units::count(report.records, "record", "records"),
                     match (report.first_seq, report.last_seq) {
                         (Some(first), Some(last)) => format!(" (seq {first} to {last})"),
                         _ => String::new(),
@@ -537,8 +541,9 @@ pub async fn audit(
             } else {
                 writeln!(
                     out,
-                    "audit trail NOT intact: {} problem(s) in {} records",
-                    report.problem_count, report.records
+                    "audit trail NOT intact: {} in {}",
+                    crate::units::count(report.problem_count, "problem", "problems"),
+                    crate::units::count(report.records, "record", "records")
                 )?;
                 for problem in &report.problems {
                     writeln!(out, "  {problem}")?;

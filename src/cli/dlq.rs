@@ -223,7 +223,11 @@ async fn run(source: &Source<'_>, args: &DlqArgs, out: &mut impl Write) -> anyho
                 "REASON",
             ];
             write!(out, "{}", table(&headers, &rows))?;
-            writeln!(out, "{} entries", entries.len())?;
+            writeln!(
+                out,
+                "{}",
+                crate::units::count(entries.len() as u64, "entry", "entries")
+            )?;
             if truncated {
                 writeln!(
                     out,
@@ -252,8 +256,9 @@ async fn run(source: &Source<'_>, args: &DlqArgs, out: &mut impl Write) -> anyho
             }
             writeln!(
                 out,
-                "failed at    {} after {} attempts",
-                e.failed_at, e.attempts
+                "failed at    {} after {}",
+                e.failed_at,
+                crate::units::count(e.attempts, "attempt", "attempts")
             )?;
             writeln!(out, "reason       {}", e.reason)?;
             if let Some(answer) = &e.downstream {
@@ -269,8 +274,12 @@ async fn run(source: &Source<'_>, args: &DlqArgs, out: &mut impl Write) -> anyho
             for past in &e.history {
                 writeln!(
                     out,
-                    "earlier      {} seq {}: {} after {} attempts ({})",
-                    past.connector, past.seq, past.failed_at, past.attempts, past.reason
+                    "earlier      {} seq {}: {} after {} ({})",
+                    past.connector,
+                    past.seq,
+                    past.failed_at,
+                    crate::units::count(past.attempts, "attempt", "attempts"),
+                    past.reason
                 )?;
             }
             if let Some(message) = &detail.message {

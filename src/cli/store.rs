@@ -151,7 +151,8 @@ pub async fn run_store(args: &StoreArgs, out: &mut impl Write) -> anyhow::Result
                 let total: u64 = rekeyed.records.values().sum();
                 writeln!(
                     out,
-                    "rekeyed: {total} records sealed with key {} ({} were plain); keys no longer needed: {}",
+                    "rekeyed: {} sealed with key {} ({} plain before); keys no longer needed: {}",
+                    crate::units::count(total, "record", "records"),
                     rekeyed.key,
                     rekeyed.were_plain,
                     if rekeyed.retired.is_empty() {
@@ -230,8 +231,8 @@ fn print_report(out: &mut impl Write, verified: &Verified<'_>) -> std::io::Resul
     }
     writeln!(
         out,
-        "audit trail: {} records, {}",
-        report.audit.records,
+        "audit trail: {}, {}",
+        crate::units::count(report.audit.records, "record", "records"),
         if report.audit.is_intact() {
             "chain intact".to_owned()
         } else {

@@ -308,8 +308,8 @@ fn append_audit(new: &Database, keys: &Keys, done: &Rekeyed) -> Result<(), Store
             action: "store.rekey".to_owned(),
             target: "store".to_owned(),
             outcome: format!(
-                "sealed {} records with key {}; retired {}",
-                done.records.values().sum::<u64>(),
+                "sealed {} with key {}; retired {}",
+                crate::units::count(done.records.values().sum::<u64>(), "record", "records"),
                 done.key,
                 if done.retired.is_empty() {
                     "none".to_owned()

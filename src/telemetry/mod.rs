@@ -137,6 +137,13 @@ impl FieldCollector {
     }
 }
 
+/// Whether text logs get terminal colour codes: only on a terminal, and never with
+/// `NO_COLOR` set to anything but empty (no-color.org). A file or a log collector gets
+/// plain text.
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
 /// Install the global subscriber: `RUST_LOG` filters (default `info`), `LOG_FORMAT` chooses
 /// text or JSON lines, and every line that passes the filter is also kept in the ring. Logs go
 /// to stderr so stdout stays free for command output.
@@ -160,7 +167,14 @@ pub fn init(format: LogFormat) {
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(colour(
+                        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                        std::env::var_os("NO_COLOR").as_deref(),
+                    ))
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
@@ -176,6 +190,14 @@ pub fn init(format: LogFormat) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None));
+        assert!(!colour(true, Some(std::ffi::OsStr::new("1"))));
+        assert!(colour(true, Some(std::ffi::OsStr::new(""))));
+    }
 
     #[test]
     fn the_ring_keeps_the_newest_lines() {

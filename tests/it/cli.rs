@@ -213,3 +213,43 @@ fn sigterm_stops_the_server_cleanly() {
         "{logs:?}"
     );
 }
+
+/// Text logs to something that is not a terminal (a file, a collector) carry no colour
+/// codes.
+#[test]
+fn text_logs_to_a_pipe_carry_no_colour_codes() {
+    use std::io::BufRead;
+    let directory = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mfoundry"))
+        .env_clear()
+        .current_dir(directory.path())
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("ADMIN_ADDR", "off")
+        .env("DATA_DIR", directory.path().join("data"))
+        .env("LOG_FORMAT", "text")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
+        let listening = line.contains("listening");
+        lines.push(line);
+        if listening {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|line| line.contains("listening")),
+        "{lines:?}"
+    );
+    for line in &lines {
+        assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
+    }
+}

@@ -238,7 +238,7 @@ connectors:
     );
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
-        stdout.contains("1 connectors, 0 validation rules, 6 transform steps, 2 tables"),
+        stdout.contains("1 connector, 0 validation rules, 6 transform steps, 2 tables"),
         "{stdout}"
     );
 }
