@@ -218,6 +218,7 @@ pub fn spawn_worker<O: Deliver>(
         stats: Arc::clone(&stats),
         last_send: None,
         retry_at: None,
+        failing: None,
     };
     tracker.spawn(worker.run());
     WorkerControl { paused, stats }
@@ -235,6 +236,9 @@ struct Worker<O> {
     /// When the head (this seq) may be tried again, on the monotonic clock. Set by a failure
     /// in this process; after a restart the stored wall-clock time is used instead.
     retry_at: Option<(crate::outbox::Seq, tokio::time::Instant)>,
+    /// Since when deliveries have been failing (the first failure of a run of them), and how
+    /// many attempts failed: a recovery is logged once, with both.
+    failing: Option<(tokio::time::Instant, u64)>,
 }
 
 /// Why a wait ended.
@@ -424,6 +428,12 @@ impl<O: Deliver> Worker<O> {
             Ok(()) => {
                 self.outbox.mark_delivered(connector, seq, attempt).await?;
                 bump(&self.stats.delivered);
+                if let Some((since, failures)) = self.failing.take() {
+                    // Once per recovery, at info: how long it failed and what it now drains
+                    // (counts only: no message content).
+                    let backlog = self.outbox.depth(connector).queued;
+                    info!(connector = %name, failing_for_secs = since.elapsed().as_secs(), failed_attempts = failures, backlog, "connector recovered: delivering again");
+                }
                 debug!(connector = %name, message_id = envelope.message_id, seq = seq.0, attempt, "delivered");
                 Ok(Step::Done)
             }
@@ -451,6 +461,9 @@ impl<O: Deliver> Worker<O> {
                 retry_after,
                 ..
             }) => {
+                self.failing
+                    .get_or_insert((tokio::time::Instant::now(), 0))
+                    .1 += 1;
                 let mut delay = self.settings.retry.delay(attempt, &mut self.random);
                 if let Some(asked) = retry_after {
                     // Honour the peer's wish, within the policy's ceiling.

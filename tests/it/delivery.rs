@@ -622,3 +622,55 @@ async fn min_interval_spaces_the_sends() {
         "each send waits min_interval after the previous one: {gaps:?}"
     );
 }
+
+/// A connector that recovers after failures says so once, at info, with how long it failed
+/// and the backlog it now drains (counts only).
+#[test]
+fn a_recovery_is_logged_once_with_how_long_it_failed() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    // The first three attempts find the connection closed; then AA.
+    let peer = runtime.block_on(peer(|_, seen| {
+        if seen <= 3 {
+            Answer::Close
+        } else {
+            Answer::Ack("AA")
+        }
+    }));
+    let directory = tempfile::tempdir().expect("tempdir");
+    let dir = directory.path();
+    std::fs::write(
+        dir.join("gw.yaml"),
+        format!(
+            "connectors:\n  - name: ehr\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n    retry:\n      initial_delay: 20ms\n      max_delay: 50ms\n      max_attempts: 10\n",
+            peer.addr.port()
+        ),
+    )
+    .expect("config");
+    let server = common::Server::start(dir, "gw.yaml", "data", &[]);
+    let message = dir.join("m.hl7");
+    std::fs::write(
+        &message,
+        "MSH|^~\\&|A|B|C|D|20261206||ADT^A08|REC1|P|2.5.1\rPID|1||7\r",
+    )
+    .expect("message");
+    let (code, stdout, stderr) = common::run_binary(
+        dir,
+        &[
+            "send",
+            "--addr",
+            &server.addr,
+            &message.display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    server.wait_for_log("connector recovered", 1);
+    let lines = server.stop_and_collect();
+    assert!(
+        !lines
+            .iter()
+            .any(|line| line.contains("connector recovered")),
+        "logged once"
+    );
+    assert_eq!(peer.received().iter().filter(|id| *id == "REC1").count(), 4);
+}
