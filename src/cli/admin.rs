@@ -124,6 +124,12 @@ pub async fn stats(args: &ApiArgs, out: &mut impl Write) -> anyhow::Result<u8> {
         print_json(out, &stats)?;
         return Ok(0);
     }
+    writeln!(
+        out,
+        "counts since start ({}, up {}): they start again at zero with every restart",
+        stats.counters_since,
+        age(Some(stats.uptime_secs as f64))
+    )?;
     let rows: Vec<Vec<String>> = stats
         .listeners
         .iter()

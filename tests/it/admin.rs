@@ -572,9 +572,17 @@ fn the_cli_steers_a_running_server_with_the_local_token_and_the_audit_trail_dete
         stdout.contains("archive") && stdout.contains("paused"),
         "{stdout}"
     );
+    // Counters restart with the process, and say so.
+    assert!(stdout.starts_with("counts since start ("), "{stdout}");
     let (code, stdout, stderr) = common::run_binary(directory.path(), &["stats", "--json"], &env);
     assert_eq!(code, 0, "{stderr}");
     let stats: Value = serde_json::from_str(&stdout).expect("json");
+    assert!(
+        stats["counters_since"]
+            .as_str()
+            .is_some_and(|since| since.ends_with('Z') && since.len() == 20),
+        "{stats}"
+    );
     assert_eq!(stats["listeners"][0]["received"], 3);
     assert_eq!(
         stats["connectors"][0]["queue_depth"], 2,

@@ -14,6 +14,10 @@ use super::Shared;
 pub struct Stats {
     /// Seconds since start.
     pub uptime_secs: u64,
+    /// When this process started (RFC 3339, UTC): every counter (received, accepted,
+    /// delivered, failed, commits …) counts since then and starts again at zero with each
+    /// restart; depths, ages and sizes are as of now.
+    pub counters_since: String,
     /// One per listener.
     pub listeners: Vec<ListenerStatsView>,
     /// One per configured connector.
@@ -198,8 +202,12 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
         })
         .collect();
     let outbox_stats = state.gateway.outbox.stats();
+    let uptime = state.gateway.started.elapsed();
+    let counters_since = chrono::Utc::now()
+        - chrono::Duration::from_std(uptime).unwrap_or_else(|_| chrono::Duration::zero());
     Ok(Json(Stats {
-        uptime_secs: state.gateway.started.elapsed().as_secs(),
+        uptime_secs: uptime.as_secs(),
+        counters_since: counters_since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         listeners,
         connectors,
         store: StoreStatsView {
