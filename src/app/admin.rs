@@ -86,9 +86,14 @@ impl Admin {
             return Ok(None);
         };
         let shutdown = CancellationToken::new();
-        let (listener, local) = admin::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on ADMIN_ADDR={addr}"))?;
+        let (listener, local) = admin::bind(addr).await.map_err(|error| {
+            super::bind_error(
+                "ADMIN_ADDR",
+                addr,
+                &error,
+                "a free address, e.g. 127.0.0.1:8081, or off",
+            )
+        })?;
         match &source {
             TokenSource::Created(path) => info!(
                 path = %path.display(),

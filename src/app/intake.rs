@@ -51,9 +51,14 @@ impl Intake {
             None => None,
         };
         let listen_addr = settings.listener.listen_addr.clone();
-        let listener = mllp::bind(&listen_addr)
-            .await
-            .with_context(|| format!("cannot listen on LISTEN_ADDR={listen_addr}"))?;
+        let listener = mllp::bind(&listen_addr).await.map_err(|error| {
+            super::bind_error(
+                "LISTEN_ADDR",
+                &listen_addr,
+                &error,
+                "a free port, e.g. :2576",
+            )
+        })?;
         let local_addr = listener
             .local_addr()
             .context("listener has no local address")?;

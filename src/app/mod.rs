@@ -12,6 +12,18 @@
 
 mod admin;
 mod delivery;
+/// Why a listener could not bind, naming the setting to change; for an address in use
+/// (another mfoundry, or another program, listens there) what to set it to.
+fn bind_error(setting: &str, addr: &str, error: &std::io::Error, instead: &str) -> anyhow::Error {
+    if error.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!(
+            "cannot listen on {setting}={addr}: the address is in use (another mfoundry, or another program, listens there); set {setting} to {instead}"
+        )
+    } else {
+        anyhow::anyhow!("cannot listen on {setting}={addr}: {error}")
+    }
+}
+
 mod descriptors;
 mod intake;
 mod store;

@@ -253,3 +253,40 @@ fn text_logs_to_a_pipe_carry_no_colour_codes() {
         assert!(!line.contains('\u{1b}'), "colour codes in {line:?}");
     }
 }
+
+/// A second gateway on an address in use stops, naming the setting to change and what to.
+#[test]
+fn an_address_in_use_names_the_setting_to_change() {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let dir = directory.path();
+    std::fs::write(dir.join("gw.yaml"), "connectors: []\n").expect("config");
+    let first = crate::common::Server::start(dir, "gw.yaml", "data-1", &[]);
+    let admin = first.admin_addr.clone().expect("admin API");
+    let data = dir.join("data-2").display().to_string();
+    for (setting, value, listen) in [
+        ("ADMIN_ADDR", admin.as_str(), "127.0.0.1:0"),
+        ("LISTEN_ADDR", first.addr.as_str(), first.addr.as_str()),
+    ] {
+        let admin_addr = if setting == "ADMIN_ADDR" {
+            value
+        } else {
+            "off"
+        };
+        let (code, stdout, stderr) = crate::common::run_binary(
+            dir,
+            &["serve", "--config", "gw.yaml"],
+            &[
+                ("LISTEN_ADDR", listen),
+                ("ADMIN_ADDR", admin_addr),
+                ("DATA_DIR", data.as_str()),
+            ],
+        );
+        assert_ne!(code, 0, "{stdout}{stderr}");
+        assert!(
+            stderr.contains("the address is in use")
+                && stderr.contains(&format!("set {setting} to")),
+            "{stderr}"
+        );
+    }
+    first.stop();
+}
