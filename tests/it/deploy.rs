@@ -1144,6 +1144,13 @@ fn the_dockerfile_builds_a_static_binary_and_runs_it_as_a_non_root_user() {
             ".dockerignore leaves out {file}, which the crate embeds"
         );
     }
+    // Keys, certificates and tokens never reach a build context (issue 21).
+    for secret in ["**/*.key", "**/*.pem", "**/*.crt", "**/admin.token"] {
+        assert!(
+            ignored.contains(&secret),
+            ".dockerignore must leave {secret} out: {ignored:?}"
+        );
+    }
 
     // The runtime stage.
     let last = |wanted: &str| {
