@@ -3,6 +3,7 @@
 //! Nothing here knows HL7 beyond handing frames to [`crate::ingest`] and writing back what it
 //! decides.
 
+mod admission;
 pub mod budget;
 mod client;
 mod codec;

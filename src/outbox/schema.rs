@@ -2,8 +2,9 @@
 //!
 //! One file on purpose (over 800 lines): it is the store's format, and a reader checking a
 //! change to it (a field, a table, a revision) must see every table, every record, the
-//! envelope and every revision's upgrade together. What operates on the format lives
-//! elsewhere (the writer, snapshots, verification).
+//! envelope and every revision's upgrade together, and how each value is read and written
+//! through the store keys (which table and key it is sealed for). What operates on the format
+//! lives elsewhere (the writer, snapshots, verification), and the sealing itself in `crypt`.
 //!
 //! # The record envelope (format 2, ADR 0007)
 //! Every stored value that is a record (and every body in `bodies`) is
@@ -476,6 +477,31 @@ pub fn damaged_dead_letter(why: String) -> DlqEntry {
         ),
         ..DlqEntry::default()
     }
+}
+
+/// The queue entry stored under `(connector, seq)`, or [`damaged_queue_entry`] for one whose
+/// bytes are damaged.
+pub fn read_queue_entry(
+    keys: &Keys,
+    (connector, seq): (u32, u64),
+    bytes: &[u8],
+) -> Result<QueueEntry, StoreError> {
+    decode_or(
+        keys,
+        Place::Queue(connector, seq),
+        bytes,
+        damaged_queue_entry,
+    )
+}
+
+/// The dead letter stored under `(connector, seq)`, or [`damaged_dead_letter`] for one whose
+/// bytes are damaged.
+pub fn read_dead_letter(
+    keys: &Keys,
+    (connector, seq): (u32, u64),
+    bytes: &[u8],
+) -> Result<DlqEntry, StoreError> {
+    decode_or(keys, Place::Dlq(connector, seq), bytes, damaged_dead_letter)
 }
 
 /// Encode a record in the envelope, sealed for `place` when the store has a key.

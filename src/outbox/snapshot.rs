@@ -151,12 +151,7 @@ impl Snapshot {
             let (connector, seq) = key.value();
             out.push((
                 Seq(seq),
-                schema::decode_or(
-                    &self.keys,
-                    Place::Queue(connector, seq),
-                    value.value(),
-                    schema::damaged_queue_entry,
-                )?,
+                schema::read_queue_entry(&self.keys, (connector, seq), value.value())?,
             ));
         }
         Ok(out)
@@ -316,12 +311,7 @@ impl Snapshot {
             let (connector, seq) = key.value();
             out.push((
                 Seq(seq),
-                schema::decode_or(
-                    &self.keys,
-                    Place::Dlq(connector, seq),
-                    value.value(),
-                    schema::damaged_dead_letter,
-                )?,
+                schema::read_dead_letter(&self.keys, (connector, seq), value.value())?,
             ));
         }
         Ok(out)
@@ -335,11 +325,10 @@ impl Snapshot {
     ) -> Result<Option<DlqEntry>, StoreError> {
         let table = self.transaction.open_table(schema::DLQ)?;
         match table.get((connector.0, seq.0))? {
-            Some(value) => Ok(Some(schema::decode_or(
+            Some(value) => Ok(Some(schema::read_dead_letter(
                 &self.keys,
-                Place::Dlq(connector.0, seq.0),
+                (connector.0, seq.0),
                 value.value(),
-                schema::damaged_dead_letter,
             )?)),
             None => Ok(None),
         }
@@ -440,11 +429,10 @@ impl Snapshot {
     ) -> Result<Option<QueueEntry>, StoreError> {
         let table = self.transaction.open_table(schema::QUEUE)?;
         match table.get((connector.0, seq.0))? {
-            Some(value) => Ok(Some(schema::decode_or(
+            Some(value) => Ok(Some(schema::read_queue_entry(
                 &self.keys,
-                Place::Queue(connector.0, seq.0),
+                (connector.0, seq.0),
                 value.value(),
-                schema::damaged_queue_entry,
             )?)),
             None => Ok(None),
         }
@@ -463,12 +451,7 @@ impl Snapshot {
                 let (connector, seq) = key.value();
                 Ok(Some((
                     Seq(seq),
-                    schema::decode_or(
-                        &self.keys,
-                        Place::Queue(connector, seq),
-                        value.value(),
-                        schema::damaged_queue_entry,
-                    )?,
+                    schema::read_queue_entry(&self.keys, (connector, seq), value.value())?,
                 )))
             }
             None => Ok(None),
@@ -507,12 +490,7 @@ impl Snapshot {
             let (connector, seq) = key.value();
             out.push((
                 Seq(seq),
-                schema::decode_or(
-                    &self.keys,
-                    Place::Dlq(connector, seq),
-                    value.value(),
-                    schema::damaged_dead_letter,
-                )?,
+                schema::read_dead_letter(&self.keys, (connector, seq), value.value())?,
             ));
         }
         Ok(out)

@@ -112,11 +112,6 @@ impl EgressAllow {
 
     /// Whether the name `host` (and `port`) is listed (trusted with what it resolves to).
     pub fn lists(&self, host: &str, port: u16) -> bool {
-        self.lists_name(host, port)
-    }
-
-    /// Whether the name `host` (and `port`) is listed.
-    fn lists_name(&self, host: &str, port: u16) -> bool {
         let host = normalize(host);
         self.entries.iter().any(|entry| match entry {
             Entry::Host { name, port: wanted } => {
@@ -150,7 +145,7 @@ impl EgressAllow {
         let bare = normalize(host);
         let allowed = match bare.parse::<IpAddr>() {
             Ok(ip) => self.allows_address(ip, port),
-            Err(_) => self.lists_name(&bare, port) || self.has_ranges(),
+            Err(_) => self.lists(&bare, port) || self.has_ranges(),
         };
         if allowed {
             Ok(())
@@ -177,7 +172,7 @@ impl EgressAllow {
             .await
             .map_err(|error| format!("cannot resolve {host}: {error}"))?
             .collect();
-        if self.lists_name(&bare, port) {
+        if self.lists(&bare, port) {
             return Ok(found);
         }
         let allowed: Vec<SocketAddr> = found

@@ -647,23 +647,11 @@ fn a_recovery_is_logged_once_with_how_long_it_failed() {
     )
     .expect("config");
     let server = common::Server::start(dir, "gw.yaml", "data", &[]);
-    let message = dir.join("m.hl7");
-    std::fs::write(
-        &message,
-        "MSH|^~\\&|A|B|C|D|20261206||ADT^A08|REC1|P|2.5.1\rPID|1||7\r",
-    )
-    .expect("message");
-    let (code, stdout, stderr) = common::run_binary(
+    common::send_text(
         dir,
-        &[
-            "send",
-            "--addr",
-            &server.addr,
-            &message.display().to_string(),
-        ],
-        &[],
+        &server.addr,
+        "MSH|^~\\&|A|B|C|D|20261206||ADT^A08|REC1|P|2.5.1\rPID|1||7\r",
     );
-    assert_eq!(code, 0, "{stdout}{stderr}");
     server.wait_for_log("connector recovered", 1);
     let lines = server.stop_and_collect();
     assert!(

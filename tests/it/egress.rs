@@ -140,23 +140,11 @@ fn run(allow: &str) -> (usize, Vec<String>) {
     )
     .expect("config");
     let server = Server::start(dir, "gw.yaml", "data", &[("EGRESS_ALLOW", allow)]);
-    let message = dir.join("m.hl7");
-    std::fs::write(
-        &message,
-        "MSH|^~\\&|A|B|C|D|20261205120000||ADT^A08|EG1|P|2.5.1\rPID|1||7\r",
-    )
-    .expect("message");
-    let (code, stdout, stderr) = run_binary(
+    common::send_text(
         dir,
-        &[
-            "send",
-            "--addr",
-            &server.addr,
-            &message.display().to_string(),
-        ],
-        &[],
+        &server.addr,
+        "MSH|^~\\&|A|B|C|D|20261205120000||ADT^A08|EG1|P|2.5.1\rPID|1||7\r",
     );
-    assert_eq!(code, 0, "{stdout}{stderr}");
     // Both connectors give up (refused, or no ACK / no HTTP answer from this listener).
     let mut dead = Vec::new();
     while dead.len() < 2 {

@@ -91,15 +91,7 @@ fn files_with_canary(dir: &Path) -> Vec<String> {
 
 fn send(server: &Server, dir: &Path, control_ids: &[(&str, usize)]) {
     for (control_id, padding) in control_ids {
-        let file = dir.join(format!("{control_id}.hl7"));
-        std::fs::write(&file, message(control_id, *padding)).expect("message");
-        let (code, stdout, stderr) = run_binary(
-            dir,
-            &["send", "--addr", &server.addr, &file.display().to_string()],
-            &[],
-        );
-        assert_eq!(code, 0, "{stdout}{stderr}");
-        std::fs::remove_file(&file).expect("remove");
+        common::send_text(dir, &server.addr, &message(control_id, *padding));
     }
 }
 

@@ -97,12 +97,7 @@ impl Delivery<'_, '_> {
         match self.queue.remove((connector.0, seq.0))? {
             Some(value) => Ok(Some({
                 self.depths.queue(connector, -1);
-                schema::decode_or(
-                    self.keys,
-                    Place::Queue(connector.0, seq.0),
-                    value.value(),
-                    schema::damaged_queue_entry,
-                )?
+                schema::read_queue_entry(self.keys, (connector.0, seq.0), value.value())?
             })),
             None => Ok(None),
         }
@@ -116,12 +111,7 @@ impl Delivery<'_, '_> {
         match self.dlq.remove((connector.0, seq.0))? {
             Some(value) => Ok(Some({
                 self.depths.dead(connector, -1);
-                schema::decode_or(
-                    self.keys,
-                    Place::Dlq(connector.0, seq.0),
-                    value.value(),
-                    schema::damaged_dead_letter,
-                )?
+                schema::read_dead_letter(self.keys, (connector.0, seq.0), value.value())?
             })),
             None => Ok(None),
         }

@@ -528,6 +528,20 @@ pub fn run_binary(directory: &Path, args: &[&str], envs: &[(&str, &str)]) -> (i3
     )
 }
 
+/// `mfoundry send` one message (written to a file in `directory`) to the server at `addr`,
+/// asserting every answer was AA or CA (exit 0).
+pub fn send_text(directory: &Path, addr: &str, message: &str) {
+    let file = directory.join("send-text.hl7");
+    std::fs::write(&file, message).expect("message file");
+    let (code, stdout, stderr) = run_binary(
+        directory,
+        &["send", "--addr", addr, &file.display().to_string()],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    std::fs::remove_file(&file).expect("remove the message file");
+}
+
 /// Send `message(sender, sequence)` one after the other over one connection until `stop` or
 /// until the connection breaks; return the control ids that got AA. Any other complete answer
 /// panics; a connection that ends mid-answer ends the loop (that message was not
