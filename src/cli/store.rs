@@ -139,7 +139,10 @@ pub async fn run_store(args: &StoreArgs, out: &mut impl Write) -> anyhow::Result
             let rekeyed = tokio::task::spawn_blocking(move || {
                 crate::outbox::rekey::rekey(&data, journal, &keys, |table, done| {
                     if !json {
-                        eprintln!("rekey: {table}: {done} records");
+                        eprintln!(
+                            "rekey: {table}: {}",
+                            crate::units::count(done, "record", "records")
+                        );
                     }
                 })
             })
