@@ -146,16 +146,19 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let limits = ConnectionLimits {
+        name: "admin API",
         max_connections: MAX_CONNECTIONS,
         header_timeout: HEADER_TIMEOUT,
     };
     serve_router(listener, router(state), shutdown, limits, Arc::default()).await;
 }
 
-/// The admin listener's connection limits.
+/// An HTTP listener's connection limits (the admin API's, the metrics endpoint's).
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
-    /// Connections open at once ([`MAX_CONNECTIONS`]).
+    /// What the listener serves, for its log lines (`admin API`).
+    pub name: &'static str,
+    /// Connections open at once ([`MAX_CONNECTIONS`] for the admin API).
     pub max_connections: usize,
     /// Time to send a request's headers ([`HEADER_TIMEOUT`]).
     pub header_timeout: Duration,
@@ -168,7 +171,8 @@ pub struct AdminCounters {
     pub refused: std::sync::atomic::AtomicU64,
 }
 
-/// [`serve`] for any router and limits (tests serve a small one with short limits).
+/// [`serve`] for any router and limits (the metrics endpoint serves its own; tests serve a
+/// small one with short limits).
 pub async fn serve_router(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -192,7 +196,7 @@ pub async fn serve_router(
             Err(error) => {
                 // Out of descriptors, or a connection reset before it was accepted: wait a
                 // little rather than spin.
-                tracing::warn!(error = %error, "admin API cannot accept a connection");
+                tracing::warn!(error = %error, "{} cannot accept a connection", limits.name);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -208,7 +212,8 @@ pub async fn serve_router(
                 tracing::warn!(
                     limit = limits.max_connections,
                     refused = counters.refused.load(std::sync::atomic::Ordering::Relaxed),
-                    "admin API connections at their limit; a new one was closed"
+                    "{} connections at their limit; a new one was closed",
+                    limits.name
                 );
             }
             continue;
@@ -236,7 +241,7 @@ pub async fn serve_router(
     while connections.join_next().await.is_some() {}
 }
 
-/// Bind `ADMIN_ADDR` (Go syntax: `:8080` is every interface).
+/// Bind `ADMIN_ADDR` (or `METRICS_ADDR`; Go syntax: `:8080` is every interface).
 pub async fn bind(addr: &str) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
     let listener = crate::units::bind(addr).await?;
     let local = listener.local_addr()?;

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::time::Instant;
@@ -12,10 +11,6 @@ use tracing::{info, warn};
 use crate::admin::{self, AdminState, TokenSource, TokenStore};
 use crate::config::Settings;
 use crate::tls::Fingerprint;
-
-/// How long admin API requests in flight get once shutdown reaches the admin API, at least
-/// (within `DRAIN_TIMEOUT` when more of it is left).
-const ADMIN_GRACE: Duration = Duration::from_secs(1);
 
 /// The admin tokens, read at startup: a bad `ADMIN_TOKENS_FILE` stops startup before any port
 /// is bound.
@@ -70,9 +65,8 @@ impl Tokens {
 pub(super) struct Admin {
     /// The bound address.
     pub(super) addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-    /// Cancelled to stop serving (and the token file watcher).
-    shutdown: CancellationToken,
+    /// The serving task; its token also stops the token file watcher.
+    serving: super::HttpServing,
 }
 
 impl Admin {
@@ -116,21 +110,12 @@ impl Admin {
         let task = tokio::spawn(admin::serve(listener, state, shutdown.clone()));
         Ok(Some(Self {
             addr: local,
-            task,
-            shutdown,
+            serving: super::HttpServing { task, shutdown },
         }))
     }
 
-    /// Stop serving; requests in flight get until `deadline`, or [`ADMIN_GRACE`] when less
-    /// is left, and are cancelled after.
+    /// Stop serving (see [`super::HttpServing::stop`]).
     pub(super) async fn shutdown(self, deadline: Instant) {
-        self.shutdown.cancel();
-        let deadline = deadline.max(Instant::now() + ADMIN_GRACE);
-        let mut task = self.task;
-        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-            warn!("admin API requests still running at shutdown; cancelled");
-            task.abort();
-            let _ = task.await;
-        }
+        self.serving.stop(deadline, "admin API").await;
     }
 }

@@ -1,8 +1,8 @@
 //! File descriptors: the MLLP listener's connections must never be starved of descriptors by
 //! anything else. At startup the open-file limit is raised to its hard limit, and a warning
 //! names the settings when even that is below what the configured limits can hold open at
-//! once: every MLLP connection (and the reserved slots), the admin listener's cap, and a
-//! reserve for the store, outputs, certificate files and logs. The admin listener's own cap
+//! once: every MLLP connection (and the reserved slots), the admin listener's and the
+//! metrics endpoint's caps, and a reserve for the store, outputs, certificate files and logs. The admin listener's own cap
 //! ([`crate::admin::MAX_CONNECTIONS`]) is what keeps admin clients from taking the MLLP
 //! listener's share.
 
@@ -25,7 +25,11 @@ pub fn needed(settings: &Settings) -> Option<u64> {
         .admin_addr
         .as_ref()
         .map_or(0, |_| crate::admin::MAX_CONNECTIONS as u64);
-    Some(mllp + reserved + admin + RESERVE)
+    let metrics = settings
+        .metrics_addr
+        .as_ref()
+        .map_or(0, |_| super::metrics::MAX_CONNECTIONS as u64);
+    Some(mllp + reserved + admin + metrics + RESERVE)
 }
 
 /// Raise the soft open-file limit to the hard one; warn when it is below [`needed`].
@@ -101,5 +105,10 @@ mod tests {
             Some(1000 + 625 + RESERVE)
         );
         assert_eq!(needed(&settings(&[("MAX_CONNECTIONS", "0")])), None);
+        // The metrics endpoint's 4 when it is on.
+        assert_eq!(
+            needed(&settings(&[("METRICS_ADDR", ":9464")])),
+            Some(256 + 160 + 64 + 4 + RESERVE)
+        );
     }
 }

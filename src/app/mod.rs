@@ -1,14 +1,15 @@
 //! Wiring and lifecycle: four subsystems, each started from the configuration and stopped
-//! through its handle.
+//! through its handle, and the metrics endpoint.
 //!
 //! Start order: the store ([`store`]: the outbox opened and its writer started) → delivery
 //! ([`delivery`]: one worker per connector, retention, verification) → the admin tokens and
 //! intake ([`intake`]: TLS loaded, then the listener bound, so a bad file or a port clash
-//! fails before traffic) → the admin API ([`admin`]) → ready.
+//! fails before traffic) → the metrics endpoint when `METRICS_ADDR` is on ([`metrics`]) →
+//! the admin API ([`admin`]) → ready.
 //! Stop order, within one deadline: intake (stop accepting; connections finish the frame in
 //! hand, each ACKed after its commit) → delivery (workers finish the delivery in hand) → the
-//! admin API (last, so the drain can be watched) → the store (the writer answers what is
-//! queued, commits, and stops).
+//! admin API and the metrics endpoint (last, so the drain can be watched) → the store (the
+//! writer answers what is queued, commits, and stops).
 
 mod admin;
 mod delivery;
@@ -26,7 +27,36 @@ fn bind_error(setting: &str, addr: &str, error: &std::io::Error, instead: &str) 
 
 mod descriptors;
 mod intake;
+mod metrics;
 mod store;
+
+/// How long requests in flight on the admin API or the metrics endpoint get once shutdown
+/// reaches them, at least (within `DRAIN_TIMEOUT` when more of it is left).
+const HTTP_GRACE: Duration = Duration::from_secs(1);
+
+/// An HTTP listener's serving task (the admin API's, the metrics endpoint's) and its switch.
+#[derive(Debug)]
+struct HttpServing {
+    /// Serves until `shutdown` is cancelled, then lets the requests in flight finish.
+    task: tokio::task::JoinHandle<()>,
+    /// Cancelled to stop serving (and whatever else the listener started with it).
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl HttpServing {
+    /// Stop serving; requests in flight get until `deadline`, or [`HTTP_GRACE`] when less is
+    /// left, and are cancelled after.
+    async fn stop(self, deadline: tokio::time::Instant, what: &str) {
+        self.shutdown.cancel();
+        let deadline = deadline.max(tokio::time::Instant::now() + HTTP_GRACE);
+        let mut task = self.task;
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            warn!("{what} requests still running at shutdown; cancelled");
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,13 +92,15 @@ impl std::fmt::Debug for AppOptions {
     }
 }
 
-/// A running gateway: its four subsystems and the state they share.
+/// A running gateway: its four subsystems, the metrics endpoint and the state they share.
 #[derive(Debug)]
 pub struct RunningApp {
     store: store::Store,
     delivery: delivery::Delivery,
     intake: intake::Intake,
     admin: Option<admin::Admin>,
+    /// `METRICS_ADDR`'s endpoint, when on.
+    metrics: Option<metrics::Metrics>,
     /// What the admin API and the metrics read; holds an outbox handle, dropped before the
     /// writer is joined (metric callbacks hold it weakly).
     gateway: Arc<Gateway>,
@@ -126,6 +158,8 @@ impl RunningApp {
             tokens: Arc::clone(&tokens.store),
             logs: crate::telemetry::log_ring(),
         });
+        // Before the admin API, whose address line ends what tests wait for at startup.
+        let metrics = metrics::Metrics::bind(settings).await?;
         let admin = admin::Admin::bind(settings, tokens, state).await?;
         gateway.readiness.set_ready();
         Ok(Self {
@@ -133,6 +167,7 @@ impl RunningApp {
             delivery,
             intake,
             admin,
+            metrics,
             gateway,
         })
     }
@@ -168,7 +203,7 @@ impl RunningApp {
     }
 
     /// Drain within `drain_timeout` (all of it, not per step): `/readyz` turns 503, then
-    /// intake, delivery, the admin API and the store stop in that order (see the module
+    /// intake, delivery, the admin API, the metrics endpoint and the store stop in that order (see the module
     /// documentation). What the deadline cut short is logged. Returns false when something
     /// was cut short.
     pub async fn shutdown(self, drain_timeout: Duration) -> bool {
@@ -178,6 +213,9 @@ impl RunningApp {
         let delivered = self.delivery.shutdown(deadline).await;
         if let Some(admin) = self.admin {
             admin.shutdown(deadline).await;
+        }
+        if let Some(metrics) = self.metrics {
+            metrics.shutdown(deadline).await;
         }
         drop(self.gateway);
         self.store.shutdown(!(received && delivered)).await;

@@ -134,6 +134,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "127.0.0.1:8080",
     },
     EnvVar {
+        name: "METRICS_ADDR",
+        default: "off",
+    },
+    EnvVar {
         name: "ADMIN_TOKENS_FILE",
         default: "",
     },

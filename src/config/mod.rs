@@ -645,4 +645,30 @@ mod tests {
         assert!(text.contains("IDLE_TIMEOUT=\"30\": missing unit"), "{text}");
         assert!(text.contains("e.g. :2575"), "{text}");
     }
+
+    #[test]
+    fn metrics_addr_is_off_unless_set_to_a_listen_address() {
+        assert_eq!(load(&[]).expect("defaults").metrics_addr, None);
+        assert_eq!(
+            load(&[("METRICS_ADDR", "OFF")]).expect("off").metrics_addr,
+            None
+        );
+        for addr in [":9464", "127.0.0.1:9464", "[::1]:0"] {
+            assert_eq!(
+                load(&[("METRICS_ADDR", addr)])
+                    .expect(addr)
+                    .metrics_addr
+                    .as_deref(),
+                Some(addr)
+            );
+        }
+        let text = load(&[("METRICS_ADDR", "9464")])
+            .expect_err("no colon")
+            .to_string();
+        assert!(text.contains("METRICS_ADDR=\"9464\""), "{text}");
+        assert!(
+            text.contains("or off to serve no metrics endpoint"),
+            "{text}"
+        );
+    }
 }

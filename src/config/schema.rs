@@ -119,6 +119,9 @@ pub struct FileConfig {
     /// Same as `ADMIN_ADDR` (`off` disables the admin API).
     #[schemars(with = "Option<ScalarText>")]
     pub admin_addr: SpannedScalar,
+    /// Same as `METRICS_ADDR` (`off`, the default, serves no Prometheus endpoint).
+    #[schemars(with = "Option<ScalarText>")]
+    pub metrics_addr: SpannedScalar,
     /// Same as `ADMIN_TOKENS_FILE`.
     #[schemars(with = "Option<ScalarText>")]
     pub admin_tokens_file: SpannedScalar,

@@ -50,6 +50,9 @@ pub struct Settings {
     pub audit_retention: Option<Duration>,
     /// `ADMIN_ADDR`: where the admin HTTP API listens; `None` (`off`) disables it.
     pub admin_addr: Option<String>,
+    /// `METRICS_ADDR`: where `GET /metrics` serves the metrics in Prometheus' text format;
+    /// `None` (`off`, the default) serves nothing.
+    pub metrics_addr: Option<String>,
     /// `ADMIN_TOKENS_FILE`: the token hashes; `None` uses (and creates) `DATA_DIR/admin.token`.
     pub admin_tokens_file: Option<PathBuf>,
     /// `ENCRYPTION_KEY_FILE` and `ENCRYPTION_OLD_KEY_FILES`: the store keys; `None` stores
@@ -145,6 +148,17 @@ fn optional_duration(text: &str) -> Result<Option<Duration>, String> {
         format!("{problem}; expected a Go duration such as 30s, 5m or 0 for none")
     })?;
     Ok((!duration.is_zero()).then_some(duration))
+}
+
+/// A listen address (Go syntax, as `LISTEN_ADDR`), or `off` for none.
+fn optional_listen_address(text: &str, off_means: &str) -> Result<Option<String>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    parse_listen_address(text)
+        .map(|_| Some(text.to_owned()))
+        .map_err(|error| format!("{error}; or off {off_means}"))
 }
 
 impl Settings {
@@ -381,15 +395,12 @@ impl Settings {
         );
         let admin_addr = reader.read(
             "ADMIN_ADDR",
-            |text| {
-                let text = text.trim();
-                if text.eq_ignore_ascii_case("off") {
-                    return Ok(None);
-                }
-                parse_listen_address(text)
-                    .map(|_| Some(text.to_owned()))
-                    .map_err(|error| format!("{error}; or off to disable the admin API"))
-            },
+            |text| optional_listen_address(text, "to disable the admin API"),
+            None,
+        );
+        let metrics_addr = reader.read(
+            "METRICS_ADDR",
+            |text| optional_listen_address(text, "to serve no metrics endpoint"),
             None,
         );
         let admin_tokens_file = reader.read(
@@ -479,6 +490,7 @@ impl Settings {
             drain_timeout,
             audit_retention,
             admin_addr,
+            metrics_addr,
             admin_tokens_file,
             encryption,
             egress_allow,

@@ -1,11 +1,14 @@
-//! Every metric mfoundry emits, in one place, and the OTLP exporter.
+//! Every metric mfoundry emits, in one place, and the readers: the OTLP exporter and the
+//! Prometheus pull reader (`METRICS_ADDR`, [`super::prometheus`]), on one meter provider.
 //!
-//! Configuration is the standard `OTEL_*` environment only, read by the OpenTelemetry SDK:
+//! The exporter's configuration is the standard `OTEL_*` environment only, read by the
+//! OpenTelemetry SDK:
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`) turns the exporter
 //! on; `OTEL_EXPORTER_OTLP_PROTOCOL` chooses `grpc` or `http/protobuf` (default);
 //! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_SERVICE_NAME` and
 //! `OTEL_RESOURCE_ATTRIBUTES` work as documented by OpenTelemetry. Without an endpoint there
-//! is no exporter, no error and (nearly) no cost: instruments record into a no-op meter.
+//! is no exporter, no error and (nearly) no cost: instruments record into a no-op meter
+//! (unless `METRICS_ADDR` asks for the pull reader: the provider is built when either reads).
 //!
 //! Counters that already exist for the admin API (listener, worker, outbox counters) are
 //! exported as observable instruments read at each export ([`crate::gateway::observe`]), so
@@ -17,7 +20,9 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter};
-use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+
+use super::prometheus::PullReader;
 
 /// Frames with a message received, per listener (semantic convention).
 pub const CONSUMED_MESSAGES: &str = "messaging.client.consumed.messages";
@@ -159,18 +164,56 @@ pub fn record(histogram: &Histogram<f64>, elapsed: Duration, attributes: &[KeyVa
 /// The installed provider, flushed and shut down by [`shutdown`].
 static PROVIDER: OnceLock<SdkMeterProvider> = OnceLock::new();
 
-/// Install the OTLP exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` or
-/// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is set. Must run inside the Tokio runtime (the gRPC
-/// client needs it) and before anything records. Returns a description for the startup log,
-/// or an error naming the variable at fault.
-pub fn init() -> Result<Option<String>, String> {
+/// The provider's pull reader, when `METRICS_ADDR` is on (read by [`scrape`]).
+static PULL: OnceLock<PullReader> = OnceLock::new();
+
+/// What [`init`] installed, for the startup log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Installed {
+    /// The OTLP exporter's protocol, when it is on.
+    pub otlp: Option<String>,
+    /// Whether a scrape can collect ([`scrape`]).
+    pub pull: bool,
+}
+
+/// Install the meter provider when anything will read it: the OTLP exporter when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` is set (and
+/// `OTEL_SDK_DISABLED` is not `true`), and the pull reader [`scrape`] uses when `pull`
+/// (`METRICS_ADDR` is on). Both read the same instruments. Must run inside the Tokio runtime
+/// (the gRPC client needs it) and before anything records. Returns what was installed, or an
+/// error naming the variable at fault.
+pub fn init(pull: bool) -> Result<Installed, String> {
     let set = |name: &str| std::env::var(name).is_ok_and(|value| !value.trim().is_empty());
-    if !set("OTEL_EXPORTER_OTLP_ENDPOINT") && !set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
-        return Ok(None);
+    let otlp = (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"))
+        && !std::env::var("OTEL_SDK_DISABLED").is_ok_and(|value| value.trim() == "true");
+    if !otlp && !pull {
+        return Ok(Installed::default());
     }
-    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|value| value.trim() == "true") {
-        return Ok(None);
+    let mut installed = Installed::default();
+    let mut builder = SdkMeterProvider::builder();
+    if otlp {
+        let (reader, protocol) = otlp_reader()?;
+        builder = builder.with_reader(reader);
+        installed.otlp = Some(protocol);
     }
+    if pull {
+        let reader = PullReader::default();
+        builder = builder.with_reader(reader.clone());
+        let _ = PULL.set(reader);
+        installed.pull = true;
+    }
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if !set("OTEL_SERVICE_NAME") {
+        resource = resource.with_service_name("mfoundry");
+    }
+    let provider = builder.with_resource(resource.build()).build();
+    opentelemetry::global::set_meter_provider(provider.clone());
+    let _ = PROVIDER.set(provider);
+    Ok(installed)
+}
+
+/// The OTLP exporter's periodic reader and its protocol, from the standard `OTEL_*` variables.
+fn otlp_reader() -> Result<(PeriodicReader<opentelemetry_otlp::MetricExporter>, String), String> {
     crate::tls::install_crypto_provider();
     let protocol = std::env::var("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
         .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL"))
@@ -190,18 +233,20 @@ pub fn init() -> Result<Option<String>, String> {
         }
     }
     .map_err(|error| format!("cannot build the OTLP metric exporter: {error}"))?;
-    let reader = opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build();
-    let mut resource = opentelemetry_sdk::Resource::builder();
-    if !set("OTEL_SERVICE_NAME") {
-        resource = resource.with_service_name("mfoundry");
-    }
-    let provider = SdkMeterProvider::builder()
-        .with_reader(reader)
-        .with_resource(resource.build())
-        .build();
-    opentelemetry::global::set_meter_provider(provider.clone());
-    let _ = PROVIDER.set(provider);
-    Ok(Some(protocol))
+    Ok((PeriodicReader::builder(exporter).build(), protocol))
+}
+
+/// Collect every instrument now and render it in Prometheus' text format (for
+/// `METRICS_ADDR`). Runs the observable instruments' callbacks, which read the store: call it
+/// off the async runtime. An error when [`init`] installed no pull reader, or after
+/// [`shutdown`].
+pub fn scrape() -> Result<String, String> {
+    PULL.get()
+        .ok_or_else(|| {
+            "no metrics are collected in this process (METRICS_ADDR was off when it started)"
+                .to_owned()
+        })?
+        .scrape()
 }
 
 /// Export what is pending and stop the exporter (on shutdown).

@@ -1,9 +1,10 @@
-//! Logging setup, the in-process ring of recent log lines the admin API serves, and the
-//! metrics ([`metrics`]).
+//! Logging setup, the in-process ring of recent log lines the admin API serves, the metrics
+//! ([`metrics`]) and their Prometheus text form ([`prometheus`]).
 //!
 //! Log lines carry peers, sizes, control ids and counts; never message content.
 
 pub mod metrics;
+pub mod prometheus;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;

@@ -873,6 +873,7 @@ async fn the_admin_listener_caps_connections_and_times_out_slow_headers() {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let counters = std::sync::Arc::new(AdminCounters::default());
     let limits = ConnectionLimits {
+        name: "admin API",
         max_connections: 4,
         header_timeout: Duration::from_millis(500),
     };

@@ -27,6 +27,7 @@ mod metrics;
 mod outbox;
 mod outputs;
 mod phi;
+mod prometheus;
 mod rules;
 mod send;
 mod store;
