@@ -52,11 +52,13 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
             mfoundry::telemetry::init(config.settings.log_format);
-            match runtime.block_on(async { mfoundry::telemetry::metrics::init() }) {
-                Ok(Some(protocol)) => {
-                    tracing::info!(protocol = %protocol, "exporting metrics over OTLP")
+            let pull = config.settings.metrics_addr.is_some();
+            match runtime.block_on(async { mfoundry::telemetry::metrics::init(pull) }) {
+                Ok(installed) => {
+                    if let Some(protocol) = installed.otlp {
+                        tracing::info!(protocol = %protocol, "exporting metrics over OTLP")
+                    }
                 }
-                Ok(None) => {}
                 Err(error) => {
                     eprintln!("mfoundry: {error}");
                     return ExitCode::from(EXIT_CONFIG);
@@ -105,6 +107,10 @@ fn main() -> ExitCode {
         Command::Dlq(args) => finish("dlq", runtime.block_on(run_dlq(&args, &mut stdout()))),
         Command::Store(args) => finish("store", runtime.block_on(run_store(&args, &mut stdout()))),
         Command::Stats(api) => finish("stats", runtime.block_on(admin::stats(&api, &mut stdout()))),
+        Command::Health(args) => finish(
+            "health",
+            runtime.block_on(mfoundry::cli::client::health(&args, &mut stdout())),
+        ),
         Command::Messages { api, command } => finish(
             "messages",
             runtime.block_on(admin::messages(&api, &command, &mut stdout())),

@@ -37,6 +37,54 @@ pub struct ApiArgs {
     pub json: bool,
 }
 
+/// Where `mfoundry health` asks.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthArgs {
+    /// The admin API's address (the server's ADMIN_ADDR), host:port or a URL.
+    #[arg(
+        long,
+        env = "ADMIN_ADDR",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    pub admin_addr: String,
+    /// Ask `/livez` (the process runs) instead of `/readyz` (it takes messages).
+    #[arg(long)]
+    pub live: bool,
+}
+
+/// `mfoundry health`: GET `/readyz` (or `/livez`), print the answer; exit code 0 on 200, 1
+/// otherwise. An unreachable server is an error (exit code 2).
+pub async fn health(args: &HealthArgs, out: &mut impl std::io::Write) -> anyhow::Result<u8> {
+    let path = if args.live { "/livez" } else { "/readyz" };
+    let url = format!("{}{path}", base_url(&args.admin_addr));
+    let response = http_client()?.get(&url).send().await.map_err(|error| {
+        anyhow::anyhow!(
+            "cannot reach {url}: {} (is mfoundry running? check ADMIN_ADDR)",
+            error_chain(&error)
+        )
+    })?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    let body = body.trim();
+    writeln!(
+        out,
+        "{path}: {status}{}{body}",
+        if body.is_empty() { "" } else { " " }
+    )?;
+    Ok(if status.is_success() { 0 } else { 1 })
+}
+
+/// The admin API's client: bounded in time, no redirects (a token never follows one).
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    crate::tls::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(crate::admin::api::CLIENT_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("cannot build the HTTP client")
+}
+
 /// No query parameters.
 pub(crate) const NO_QUERY: &[(&str, &str)] = &[];
 
@@ -89,16 +137,10 @@ impl AdminClient {
 
     /// A client with an explicit token.
     pub fn with_token(addr: &str, token: &str) -> anyhow::Result<Self> {
-        crate::tls::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .timeout(crate::admin::api::CLIENT_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .context("cannot build the HTTP client")?;
         Ok(Self {
             base: base_url(addr),
             token: token.to_owned(),
-            http,
+            http: http_client()?,
         })
     }
 

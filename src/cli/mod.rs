@@ -73,6 +73,11 @@ pub enum Command {
     Store(StoreArgs),
     /// Counters per listener and connector, queue depths and ages, DLQ sizes.
     Stats(client::ApiArgs),
+    /// Ask a running server whether it is ready (`/readyz`) or alive (`--live`, `/livez`);
+    /// no token needed. For images without a shell (container health checks, `helm test`).
+    /// Exits 0 when it answers 200, 1 when it answers otherwise (draining, not started),
+    /// 2 when it cannot be reached.
+    Health(client::HealthArgs),
     /// Search stored messages, or show one with its body.
     Messages {
         /// Admin API address, data directory, output format.

@@ -1,15 +1,17 @@
-//! The README's end-to-end example, run as a user would: `examples/end-to-end.yaml` with a
-//! second mfoundry as the MLLP peer, `examples/http-receiver.py` as the HTTP endpoint, a
-//! results directory and the machine's PostgreSQL; `mfoundry send` with every example
-//! message. ADT must reach the MLLP peer and the HTTP endpoint, ORU the files and the table.
+//! The README's "Deliver messages" walkthrough, run as a user would: the test reads the
+//! commands of that section of README.md and runs each with `sh`, in a scratch directory
+//! holding `examples/`, the built binary in place of `cargo run --release`. The peers (a
+//! second mfoundry as the EMR, `examples/http-receiver.py`) and the gateway run side by side
+//! on the README's own addresses; the machine's PostgreSQL takes the results table. ADT must
+//! reach the MLLP peer and the HTTP endpoint, ORU the files and the table; a message sent
+//! while the receiver is down waits and arrives once it is back; the admin commands reach
+//! the gateway (not the EMR).
 
 use crate::common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-use common::{Server, run_binary};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn count_files(directory: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(directory) else {
@@ -29,24 +31,205 @@ fn count_files(directory: &Path) -> usize {
         .sum()
 }
 
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 fn required() -> bool {
     std::env::var("MFOUNDRY_REQUIRE_SERVICES").is_ok_and(|value| value == "1")
 }
 
+/// The commands of each `sh` block of one README section, continuation lines joined.
+fn section_commands(heading: &str) -> Vec<Vec<String>> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let start = readme
+        .find(&format!("\n## {heading}\n"))
+        .unwrap_or_else(|| panic!("README.md has no section {heading:?}"));
+    let rest = &readme[start + 4..];
+    let section = &rest[..rest.find("\n## ").unwrap_or(rest.len())];
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|block| {
+            block
+                .split("```")
+                .next()
+                .unwrap_or_default()
+                .replace("\\\n", " ")
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty() && !line.starts_with('#'))
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+/// A README command with the built binary in place of `cargo run --release`.
+fn with_binary(command: &str) -> String {
+    let binary = env!("CARGO_BIN_EXE_mfoundry");
+    let replaced = command.replace("cargo run --release -- ", &format!("'{binary}' "));
+    match replaced.strip_suffix("cargo run --release") {
+        Some(head) => format!("{head}'{binary}'"),
+        None => replaced,
+    }
+}
+
+/// A README command that keeps running (a server) rather than finishing.
+fn is_server(command: &str) -> bool {
+    command.ends_with("cargo run --release")
+        || command.contains("-- serve")
+        || command.contains("http-receiver.py")
+}
+
+/// The TCP ports a server command listens on, as the README writes them.
+fn ports_of(command: &str) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for word in command.split_whitespace() {
+        if let Some(address) = word.strip_prefix("LISTEN_ADDR=") {
+            ports.extend(
+                address
+                    .rsplit(':')
+                    .next()
+                    .and_then(|port| port.parse::<u16>().ok()),
+            );
+        }
+    }
+    if let Some(rest) = command.split("http-receiver.py").nth(1) {
+        ports.extend(
+            rest.split_whitespace()
+                .next()
+                .and_then(|port| port.parse::<u16>().ok()),
+        );
+    }
+    if command.contains("-- serve") && !command.contains("LISTEN_ADDR=") {
+        ports.push(2575); // the defaults: MLLP and the admin API
+        ports.push(8080);
+    }
+    ports
+}
+
+/// One command run by `sh` in `directory`, in a process group of its own.
+fn spawn(directory: &Path, command: &str) -> Child {
+    use std::os::unix::process::CommandExt as _;
+    Command::new("sh")
+        .arg("-c")
+        .arg(with_binary(command))
+        .current_dir(directory)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", directory)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("sh runs")
+}
+
+/// Run a command to its end: (exit code, stdout, stderr).
+fn run(directory: &Path, command: &str) -> (i32, String, String) {
+    let output = spawn(directory, command)
+        .wait_with_output()
+        .expect("sh ends");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A server started from the README, stopped (SIGTERM to its process group) when dropped.
+struct Background {
+    command: String,
+    child: Child,
+}
+
+impl Background {
+    fn start(directory: &Path, command: &str) -> Self {
+        let child = spawn(directory, command);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut background = Self {
+            command: command.to_owned(),
+            child,
+        };
+        for port in ports_of(command) {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Ok(Some(status)) = background.child.try_wait() {
+                    let mut stderr = String::new();
+                    if let Some(mut pipe) = background.child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                    }
+                    panic!("`{command}` exited ({status}) before listening on {port}:\n{stderr}");
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "`{command}` never listened on {port}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        background
+    }
+
+    fn stop(&mut self) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        if let Some(group) = rustix::process::Pid::from_raw(pid) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            assert!(Instant::now() < deadline, "`{}` did not stop", self.command);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
-fn adt_goes_to_mllp_and_http_and_oru_to_files_and_postgres() {
-    let dsn = std::env::var("MFOUNDRY_TEST_POSTGRES_DSN")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".to_owned());
+fn the_readme_deliver_messages_walkthrough_runs_as_written() {
+    let blocks = section_commands("Deliver messages");
+    assert_eq!(blocks.len(), 4, "the section's sh blocks: {blocks:#?}");
+    let (peers, send, resend, admin) = (&blocks[0], &blocks[1], &blocks[2], &blocks[3]);
+    assert!(peers.iter().all(|command| is_server(command)), "{peers:?}");
+
+    // Its own addresses must be free (it takes the defaults, 2575 and 8080).
+    let ports: Vec<u16> = peers.iter().flat_map(|command| ports_of(command)).collect();
+    assert!(ports.contains(&2575) && ports.contains(&8080), "{ports:?}");
+    let busy: Vec<u16> = ports
+        .iter()
+        .copied()
+        .filter(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_err())
+        .collect();
+    if !busy.is_empty() {
+        assert!(
+            !required(),
+            "the README's ports {busy:?} are taken on this machine"
+        );
+        eprintln!("SKIPPED: the README's ports {busy:?} are taken on this machine");
+        return;
+    }
+    let dsn = "host=127.0.0.1 user=postgres dbname=postgres";
+    assert!(
+        peers.iter().any(|command| command.contains(dsn)),
+        "the README's DSN changed: update this test's PostgreSQL check"
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let client = match runtime.block_on(tokio_postgres::connect(&dsn, tokio_postgres::NoTls)) {
+    let client = match runtime.block_on(tokio_postgres::connect(dsn, tokio_postgres::NoTls)) {
         Ok((client, connection)) => {
             runtime.spawn(connection);
             client
@@ -60,63 +243,40 @@ fn adt_goes_to_mllp_and_http_and_oru_to_files_and_postgres() {
             return;
         }
     };
-    let directory = tempfile::tempdir().expect("tempdir");
-    let dir = directory.path();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-
-    let http_port = free_port();
-    let receiver = Command::new("python3")
-        .arg(manifest.join("examples/http-receiver.py"))
-        .arg(http_port.to_string())
-        .arg(dir.join("http-in"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(mut receiver) = receiver else {
+    if Command::new("python3").arg("--version").output().is_err() {
+        assert!(
+            !required(),
+            "python3 is required for the example HTTP receiver"
+        );
         eprintln!("SKIPPED: python3 is needed for the example HTTP receiver");
         return;
-    };
-    // Wait for the receiver to listen.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the HTTP receiver did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 
-    std::fs::write(dir.join("none.yaml"), "").expect("write");
-    let emr = Server::start(dir, "none.yaml", "emr-data", &[]);
-    let emr_port = emr.addr.rsplit(':').next().expect("port").to_owned();
-    let config = manifest.join("examples/end-to-end.yaml");
-    let http_url = format!("http://127.0.0.1:{http_port}/hl7");
-    let gateway = Server::start(
-        dir,
-        config.to_str().expect("utf-8"),
-        "gateway-data",
-        &[
-            ("EMR_MLLP_PORT", &emr_port),
-            ("EMR_HTTP_URL", &http_url),
-            ("ARCHIVE_DSN", &dsn),
-            ("RUST_LOG", "info,mfoundry::delivery=debug"),
-        ],
-    );
+    // A user's clone: examples/ beside where the commands run.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::os::unix::fs::symlink(manifest.join("examples"), dir.join("examples")).expect("symlink");
 
-    let mut messages: Vec<String> = std::fs::read_dir(manifest.join("examples/messages"))
-        .expect("messages")
-        .map(|entry| entry.expect("entry").path().display().to_string())
+    let mut servers: Vec<Background> = peers
+        .iter()
+        .map(|command| Background::start(dir, command))
         .collect();
-    messages.sort();
-    let mut args = vec!["send", "--addr", gateway.addr.as_str()];
-    args.extend(messages.iter().map(String::as_str));
-    let (code, stdout, stderr) = run_binary(dir, &args, &[]);
-    assert_eq!(code, 0, "{stdout}{stderr}");
 
-    // 4 ADT (adt-a01, two in the batch file, the Latin-1 A08) × 2 connectors, 1 ORU × 2.
-    gateway.wait_for_log("\"message\":\"delivered\"", 10);
-    assert_eq!(count_files(&dir.join("http-in")), 4, "ADT to HTTP");
-    assert_eq!(count_files(&dir.join("results")), 1, "ORU to files");
+    // Every example message, all accepted.
+    assert_eq!(send.len(), 1, "{send:?}");
+    let (code, stdout, stderr) = run(dir, &send[0]);
+    assert_eq!(code, 0, "`{}`:\n{stdout}{stderr}", send[0]);
+    assert!(stdout.lines().count() >= 5, "{stdout}");
+
+    // 4 ADT (adt-a01, two in the batch file, the Latin-1 A08) to HTTP and MLLP, 1 ORU to
+    // the files and the table.
+    wait_until("4 ADT in ./http-in", || {
+        count_files(&dir.join("http-in")) == 4
+    });
+    wait_until("1 ORU in ./results", || {
+        count_files(&dir.join("results")) == 1
+    });
     let first_http = std::fs::read(dir.join("http-in/1.hl7")).expect("first request body");
     let first_message =
         std::fs::read(manifest.join("examples/messages/adt-a01.hl7")).expect("example");
@@ -124,12 +284,46 @@ fn adt_goes_to_mllp_and_http_and_oru_to_files_and_postgres() {
         common::field(&first_http, "MSH", 10),
         common::field(&first_message, "MSH", 10)
     );
-    gateway.stop();
-    emr.stop();
-    let _ = receiver.kill();
-    let _ = receiver.wait();
 
-    // The MLLP peer stored the four ADT messages.
+    // The receiver stops; a new message is accepted, waits, and arrives once it is back.
+    let receiver = peers
+        .iter()
+        .position(|command| command.contains("http-receiver.py"))
+        .expect("the receiver");
+    servers[receiver].stop();
+    assert_eq!(resend.len(), 2, "{resend:?}");
+    let (code, stdout, stderr) = run(dir, &resend[0]);
+    assert_eq!(code, 0, "`{}`: {stderr}", resend[0]);
+    let (code, stdout_2, stderr) = run(dir, &resend[1]);
+    assert_eq!(code, 0, "`{}`:\n{stdout}{stdout_2}{stderr}", resend[1]);
+    assert!(stdout_2.contains("MSG00002\tAA"), "{stdout_2}");
+    std::thread::sleep(Duration::from_secs(2));
+    servers[receiver] = Background::start(dir, &peers[receiver]);
+    // The restarted receiver numbers its files from 1 again.
+    wait_until("MSG00002 at the receiver", || {
+        std::fs::read(dir.join("http-in/1.hl7"))
+            .is_ok_and(|body| common::field(&body, "MSH", 10) == "MSG00002")
+    });
+
+    // The admin commands reach the gateway, with its token from ./data/admin.token.
+    for command in admin {
+        let (code, stdout, stderr) = run(dir, command);
+        assert_eq!(code, 0, "`{command}`:\n{stdout}{stderr}");
+        if command.ends_with(" stats") {
+            for connector in ["emr-mllp", "emr-http", "results-files", "results-db"] {
+                assert!(
+                    stdout.contains(connector),
+                    "`{command}` shows no {connector}:\n{stdout}"
+                );
+            }
+        }
+    }
+
+    for server in servers.iter_mut().rev() {
+        server.stop();
+    }
+
+    // The EMR stored the four ADT messages, then MSG00002.
     let open = |data: &str| {
         let mut options =
             mfoundry::outbox::OutboxOptions::new(dir.join(data).join("mfoundry.redb"));
@@ -145,12 +339,15 @@ fn adt_goes_to_mllp_and_http_and_oru_to_files_and_postgres() {
         .into_iter()
         .map(|(_, record)| format!("{}^{}", record.header.msg_type, record.header.trigger))
         .collect();
-    assert_eq!(types, vec!["ADT^A01", "ADT^A04", "ADT^A04", "ADT^A08"]);
+    assert_eq!(
+        types,
+        vec!["ADT^A01", "ADT^A04", "ADT^A04", "ADT^A08", "ADT^A01"]
+    );
     drop(emr_outbox);
     writer.join();
 
     // The table holds the ORU, keyed by this gateway's data file.
-    let (gateway_outbox, writer) = open("gateway-data");
+    let (gateway_outbox, writer) = open("data");
     let source = format!("{:016x}", gateway_outbox.instance_id());
     drop(gateway_outbox);
     writer.join();
