@@ -48,13 +48,14 @@ RUN touch src/main.rs src/lib.rs \
 # 3. Runtime: no shell, no package manager; CA certificates for the HTTP output's TLS.
 FROM ${RUNTIME_IMAGE}
 # The release (docker build --build-arg VERSION=...; Cargo.toml's version by default) and
-# where it comes from, as OCI annotations registries and scanners read.
+# the base it runs on, as OCI annotations registries and scanners read.
 ARG VERSION=0.1.0
+ARG RUNTIME_IMAGE
 LABEL org.opencontainers.image.title="mfoundry" \
       org.opencontainers.image.description="HL7 v2 integration engine: MLLP intake with commit-before-ACK, ordered delivery, retries, dead letters" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="gcr.io/distroless/static-debian12:nonroot"
+      org.opencontainers.image.base.name="${RUNTIME_IMAGE}"
 COPY --from=build /out/mfoundry /usr/local/bin/mfoundry
 # DATA_DIR exists and belongs to the runtime user, so `docker run` works without a volume
 # (mount one there to keep the messages).

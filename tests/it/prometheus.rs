@@ -232,13 +232,7 @@ fn the_metrics_endpoint_serves_every_series_the_dashboard_queries() {
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} of {wanted:?} checked");
-
-    // Graceful shutdown stops the endpoint with the rest.
     gateway.stop();
-    assert!(
-        std::net::TcpStream::connect(&addr).is_err(),
-        "the metrics endpoint is closed after shutdown"
-    );
 }
 
 #[test]

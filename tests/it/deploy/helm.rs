@@ -31,6 +31,26 @@ fn render_with(python: &Path, values: &str) -> Deployment {
     render_chart(python, Some(&path), "mfoundry")
 }
 
+/// Why Helm refuses to render the chart with `values` (YAML text): `None` when it renders.
+fn refusal(python: &Path, values: &str) -> Option<String> {
+    let directory = tempfile::tempdir().expect("tempdir");
+    let path = directory.path().join("values.yaml");
+    std::fs::write(&path, values).expect("write");
+    let answer = kube(
+        python,
+        &[
+            "helm",
+            &root().join(CHART).display().to_string(),
+            &path.display().to_string(),
+            "mfoundry",
+            CHART_NAMESPACE,
+            OLDEST_KUBERNETES,
+        ],
+        None,
+    );
+    answer["error"].as_str().map(str::to_owned)
+}
+
 /// The schema's verdict on `values` (YAML text): `None` when they pass.
 fn schema_error(python: &Path, values: &str) -> Option<String> {
     let directory = tempfile::tempdir().expect("tempdir");
@@ -181,6 +201,11 @@ fn the_values_schema_accepts_exactly_the_documented_settings() {
     assert!(unknown_key.contains("persistance"), "{unknown_key}");
     let compound = schema_error(&python, "env:\n  DRAIN_TIMEOUT: 1m30s\n").expect("refused");
     assert!(compound.contains("DRAIN_TIMEOUT"), "{compound}");
+    // mfoundry refuses a zero drain, and Kubernetes before 1.33 a zero preStop sleep.
+    let zero = schema_error(&python, "env:\n  DRAIN_TIMEOUT: 0s\n").expect("refused");
+    assert!(zero.contains("DRAIN_TIMEOUT"), "{zero}");
+    let no_pause = schema_error(&python, "preStopSeconds: 0\n").expect("refused");
+    assert!(no_pause.contains("preStopSeconds"), "{no_pause}");
 }
 
 #[test]
@@ -188,7 +213,7 @@ fn the_grace_period_follows_drain_timeout_and_the_config_checksum_rolls_the_pods
     let Some(python) = deploy_python() else {
         return;
     };
-    for (drain, seconds) in [("90s", 90), ("2m", 120), ("1500ms", 2), ("0", 0)] {
+    for (drain, seconds) in [("90s", 90), ("2m", 120), ("1500ms", 2)] {
         let chart = render_with(&python, &format!("env:\n  DRAIN_TIMEOUT: \"{drain}\"\n"));
         let pod = chart.pod();
         let pause = chart.container()["lifecycle"]["preStop"]["sleep"]["seconds"]
@@ -371,4 +396,98 @@ fn the_readme_values_render_with_tls_and_persistence() {
     assert_eq!(claim["spec"]["storageClassName"], "fast-ssd");
     assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "20Gi");
     assert_eq!(chart.setting("DRAIN_TIMEOUT").as_deref(), Some("60s"));
+}
+
+#[test]
+fn values_that_would_open_mllp_or_contradict_each_other_are_refused_by_name() {
+    let Some(python) = deploy_python() else {
+        return;
+    };
+    // Each: values, and the words the refusal must carry (the value to change).
+    let cases: &[(&str, &[&str])] = &[
+        (
+            // null removes the default selector (Helm merges maps; {} would keep it).
+            "networkPolicy:\n  senderNamespaceSelector: null\n",
+            &["senderNamespaceSelector", "senderCIDRs"],
+        ),
+        (
+            "service:\n  type: LoadBalancer\n",
+            &["loadBalancerSourceRanges"],
+        ),
+        (
+            "tls:\n  clientCASecretName: senders-ca\n",
+            &["clientCASecretName", "tls.secretName"],
+        ),
+        (
+            "tls:\n  secretName: mfoundry-tls\nenv:\n  REQUIRE_TLS: false\n",
+            &["REQUIRE_TLS", "tls.required"],
+        ),
+        (
+            "extraEnv:\n  - name: DATA_DIR\n    value: /elsewhere\n",
+            &["extraEnv", "DATA_DIR"],
+        ),
+        (
+            "extraEnv:\n  - name: RUST_LOG\n    value: debug\n",
+            &["extraEnv", "RUST_LOG"],
+        ),
+        (
+            "opentelemetry:\n  endpoint: http://collector:4318\nnetworkPolicy:\n  egress:\n    enabled: true\n",
+            &["collector"],
+        ),
+    ];
+    for (values, words) in cases {
+        let refused =
+            refusal(&python, values).unwrap_or_else(|| panic!("the chart renders with {values:?}"));
+        for word in *words {
+            assert!(
+                refused.contains(word),
+                "{values:?}: the refusal does not name {word}: {refused}"
+            );
+        }
+    }
+
+    // Address ranges alone: no namespace peer at all (an empty selector would be every
+    // namespace).
+    let chart = render_with(
+        &python,
+        "networkPolicy:\n  senderNamespaceSelector: null\n  adminNamespaceSelector: null\n  senderCIDRs: [10.40.0.0/16]\n",
+    );
+    let policy = chart.of_kind("NetworkPolicy")[0].clone();
+    for rule in policy["spec"]["ingress"].as_array().expect("ingress") {
+        for peer in rule["from"].as_array().expect("from") {
+            assert!(
+                peer["namespaceSelector"].is_null()
+                    || peer["namespaceSelector"]["matchLabels"]
+                        .as_object()
+                        .is_some_and(|labels| !labels.is_empty()),
+                "a peer open to every namespace: {peer}"
+            );
+        }
+    }
+
+    // A load balancer is internal, keeps the senders' addresses and takes only its ranges.
+    let chart = render_with(
+        &python,
+        "service:\n  type: LoadBalancer\n  loadBalancerSourceRanges: [10.40.0.0/16]\n",
+    );
+    let service = chart
+        .of_kind("Service")
+        .into_iter()
+        .find(|service| service["spec"]["type"] == "LoadBalancer")
+        .expect("the LoadBalancer");
+    assert_eq!(service["spec"]["externalTrafficPolicy"], "Local");
+    let annotations = &service["metadata"]["annotations"];
+    for (key, value) in [
+        (
+            "service.beta.kubernetes.io/aws-load-balancer-internal",
+            "true",
+        ),
+        (
+            "service.beta.kubernetes.io/azure-load-balancer-internal",
+            "true",
+        ),
+        ("networking.gke.io/load-balancer-type", "Internal"),
+    ] {
+        assert_eq!(annotations[key], value, "{annotations}");
+    }
 }

@@ -6,6 +6,7 @@ Kubernetes OpenAPI schemas of each release). Prints one JSON document on stdout.
 
   kube.py helm CHART VALUES RELEASE NAMESPACE KUBE_VERSION
       -> {"objects": [...], "notes": str, "lint": {...}, "invalid": [str]}
+      or {"error": str} when Helm refuses the values (schema, or a template's `fail`).
       VALUES is a YAML file, or "-" for the chart's defaults.
   kube.py validate KUBE_VERSION < stream.yaml
       -> {"invalid": [str], "validated": int}
@@ -46,7 +47,10 @@ def helm(chart, values_path, release, namespace, version):
 
     values = values_of(values_path)
     with helm_python.Chart.load(chart) as loaded:
-        manifests = loaded.render(values, name=release, namespace=namespace, is_install=True)
+        try:
+            manifests = loaded.render(values, name=release, namespace=namespace, is_install=True)
+        except helm_python.HelmError as error:
+            return {"error": str(error)}
     objects, notes = [], ""
     for path in sorted(manifests):
         if path.endswith("NOTES.txt"):

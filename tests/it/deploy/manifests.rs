@@ -575,7 +575,7 @@ fn the_deploy_configuration_passes_check_with_each_deployments_environment() {
 }
 
 /// The connectors of the configuration a deployment ships (its ConfigMap's file).
-fn shipped_connectors(deployment: &Deployment) -> Vec<Value> {
+pub(super) fn shipped_connectors(deployment: &Deployment) -> Vec<Value> {
     let config_file = deployment.setting("CONFIG_FILE").expect("CONFIG_FILE");
     let file_name = config_file.rsplit('/').next().expect("a file name");
     let content = deployment

@@ -473,6 +473,9 @@ fn render_chart(python: &Path, values: Option<&Path>, release: &str) -> Deployme
         ],
         None,
     );
+    if let Some(error) = answer["error"].as_str() {
+        panic!("Helm refuses the chart with {values_argument}: {error}");
+    }
     let settings: Value = values.map_or(Value::Null, |path| {
         let text = std::fs::read_to_string(path).expect("values file");
         yaml_documents(&text, &path.display().to_string())

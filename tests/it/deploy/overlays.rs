@@ -6,7 +6,12 @@
 use super::*;
 
 /// The opt-in components under `deploy/components`.
-const COMPONENTS: &[&str] = &["egress", "internal-load-balancer", "scale-out"];
+const COMPONENTS: &[&str] = &[
+    "egress",
+    "internal-load-balancer",
+    "read-write-once",
+    "scale-out",
+];
 
 /// `overlay` with `component` added, rendered: a kustomization in a scratch directory that
 /// names both, as a team's own overlay would (kustomize takes relative paths only).
@@ -130,9 +135,7 @@ fn every_overlay_creates_its_namespace_with_restricted_pod_security() {
 
 #[test]
 fn the_egress_component_allows_dns_the_collector_and_the_peers_only() {
-    if overlays().is_none() {
-        return;
-    }
+    let Some(overlays) = overlays() else { return };
     let objects = yaml_documents(&with_component("prod", "egress"), "prod + egress");
     let policy = objects
         .iter()
@@ -144,16 +147,6 @@ fn the_egress_component_allows_dns_the_collector_and_the_peers_only() {
         })
         .expect("a NetworkPolicy with Egress");
     let rules = policy["spec"]["egress"].as_array().expect("egress rules");
-    let ports: Vec<i64> = rules
-        .iter()
-        .flat_map(|rule| rule["ports"].as_array().cloned().unwrap_or_default())
-        .filter_map(|port| port["port"].as_i64())
-        .collect();
-    assert!(ports.contains(&53), "DNS is not allowed: {ports:?}");
-    assert!(
-        ports.contains(&4318),
-        "the collector is not allowed: {ports:?}"
-    );
     for rule in rules {
         assert!(
             rule["to"].as_array().is_some_and(|to| !to.is_empty())
@@ -161,6 +154,60 @@ fn the_egress_component_allows_dns_the_collector_and_the_peers_only() {
                     .as_array()
                     .is_some_and(|ports| !ports.is_empty()),
             "an egress rule open to every destination or port: {rule}"
+        );
+    }
+    // Whether a rule lets the pods reach `namespace` (by its name label) on `port`.
+    let reaches = |namespace: &str, port: i64| {
+        rules.iter().any(|rule| {
+            rule["ports"]
+                .as_array()
+                .is_some_and(|ports| ports.iter().any(|entry| entry["port"] == port))
+                && rule["to"].as_array().is_some_and(|peers| {
+                    peers.iter().any(|peer| {
+                        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                            == namespace
+                    })
+                })
+        })
+    };
+    assert!(reaches("kube-system", 53), "DNS is not allowed");
+    // The collector of the overlay's OTLP endpoint, and every in-cluster peer of the
+    // configuration prod ships: adding the component must not cut a connector off.
+    let prod = overlays
+        .iter()
+        .find(|overlay| overlay.name == "overlay prod")
+        .expect("prod");
+    let mut destinations: Vec<(String, i64)> = Vec::new();
+    if let Some(endpoint) = prod.setting("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        let authority = endpoint.split("://").nth(1).unwrap_or(&endpoint);
+        let authority = authority.split('/').next().unwrap_or_default();
+        let (host, port) = authority.rsplit_once(':').expect("host:port");
+        destinations.push((host.to_owned(), port.parse().expect("port")));
+    }
+    for connector in super::manifests::shipped_connectors(prod) {
+        if let (Some(host), Some(port)) = (connector["host"].as_str(), connector["port"].as_i64()) {
+            destinations.push((host.to_owned(), port));
+        }
+        if let Some(url) = connector["url"].as_str() {
+            let authority = url.split("://").nth(1).unwrap_or(url);
+            let authority = authority.split('/').next().unwrap_or_default();
+            let (host, port) = authority.rsplit_once(':').expect("host:port");
+            destinations.push((host.to_owned(), port.parse().expect("port")));
+        }
+    }
+    assert!(destinations.len() >= 3, "{destinations:?}");
+    for (host, port) in &destinations {
+        // <service>.<namespace>.svc(.cluster.local)
+        let Some(namespace) = host
+            .strip_suffix(".svc.cluster.local")
+            .or_else(|| host.strip_suffix(".svc"))
+            .and_then(|service| service.rsplit('.').next())
+        else {
+            continue;
+        };
+        assert!(
+            reaches(namespace, *port),
+            "with components/egress, prod can no longer reach {host}:{port}"
         );
     }
 }
@@ -187,15 +234,25 @@ fn the_load_balancer_recipe_is_internal_and_limited_to_source_ranges() {
         let range = range.as_str().expect("a range");
         assert!(!range.ends_with("/0"), "{range} lets everyone in");
     }
-    let annotations = service["metadata"]["annotations"]
-        .as_object()
-        .expect("annotations");
-    assert!(
-        annotations
-            .values()
-            .any(|value| value == "internal" || value == "true" || value == "Internal"),
-        "no internal load balancer annotation: {annotations:?}"
-    );
+    // Internal on every cloud: AWS (both controllers), Azure, Google Cloud.
+    let annotations = &service["metadata"]["annotations"];
+    for (key, value) in [
+        (
+            "service.beta.kubernetes.io/aws-load-balancer-internal",
+            "true",
+        ),
+        (
+            "service.beta.kubernetes.io/aws-load-balancer-scheme",
+            "internal",
+        ),
+        (
+            "service.beta.kubernetes.io/azure-load-balancer-internal",
+            "true",
+        ),
+        ("networking.gke.io/load-balancer-type", "Internal"),
+    ] {
+        assert_eq!(annotations[key], value, "{annotations}");
+    }
     // The same ranges are let through the NetworkPolicy, to the MLLP port only.
     let admitted: Vec<String> = objects
         .iter()
@@ -213,6 +270,42 @@ fn the_load_balancer_recipe_is_internal_and_limited_to_source_ranges() {
         assert!(
             admitted.iter().any(|cidr| range == cidr.as_str()),
             "{range} passes the load balancer but not the NetworkPolicy"
+        );
+    }
+}
+
+#[test]
+fn read_write_once_switches_only_the_access_mode_of_the_data_claim() {
+    let Some(overlays) = overlays() else { return };
+    for overlay in ["prod", "persistent"] {
+        let objects = yaml_documents(
+            &with_component(overlay, "read-write-once"),
+            &format!("{overlay} + read-write-once"),
+        );
+        let with = objects
+            .iter()
+            .find(|object| object["kind"] == "StatefulSet")
+            .expect("the StatefulSet");
+        let without = overlays
+            .iter()
+            .find(|deployment| deployment.name == format!("overlay {overlay}"))
+            .expect("the overlay")
+            .workload();
+        let claim = |workload: &Value| workload["spec"]["volumeClaimTemplates"][0].clone();
+        assert_eq!(
+            claim(without)["spec"]["accessModes"],
+            serde_json::json!(["ReadWriteOncePod"]),
+            "{overlay}"
+        );
+        assert_eq!(
+            claim(with)["spec"]["accessModes"],
+            serde_json::json!(["ReadWriteOnce"]),
+            "{overlay}"
+        );
+        assert_eq!(
+            claim(with)["spec"]["resources"],
+            claim(without)["spec"]["resources"],
+            "{overlay}: the size must not change"
         );
     }
 }

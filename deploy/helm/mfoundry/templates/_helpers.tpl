@@ -3,16 +3,17 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
-{{/* Object names: the release name, or release-chart when the release does not carry it. */}}
+{{/* Object names: the release name, or release-chart when the release does not carry it; at
+most 52 characters, so the suffixes (-admin, -pods, -config, -test-readyz) stay within 63. */}}
 {{- define "mfoundry.fullname" -}}
 {{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- .Values.fullnameOverride | trunc 52 | trimSuffix "-" -}}
 {{- else -}}
 {{- $name := default .Chart.Name .Values.nameOverride -}}
 {{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 52 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 52 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -52,10 +53,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- mul (trimSuffix "m" $drain | atoi) 60 -}}
 {{- else if regexMatch "^[0-9]+h$" $drain -}}
 {{- mul (trimSuffix "h" $drain | atoi) 3600 -}}
-{{- else if regexMatch "^0$" $drain -}}
-0
 {{- else -}}
-{{- fail (printf "env.DRAIN_TIMEOUT=%q: write one number and one unit (30s, 2m, 1500ms, 1h) so the chart can compute the grace period" $drain) -}}
+{{- fail (printf "env.DRAIN_TIMEOUT=%q: write one number above zero and one unit (30s, 2m, 1500ms, 1h) so the chart can compute the grace period" $drain) -}}
 {{- end -}}
 {{- end -}}
 
@@ -68,7 +67,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "mfoundry.resourceAttributes" -}}
 {{- $attributes := list "service.namespace=$(POD_NAMESPACE)" "service.instance.id=$(POD_NAME)" "k8s.pod.name=$(POD_NAME)" "k8s.namespace.name=$(POD_NAMESPACE)" -}}
 {{- range $key, $value := .Values.opentelemetry.resourceAttributes -}}
-{{- $attributes = append $attributes (printf "%s=%v" $key $value) -}}
+{{- $text := ternary (toString (int64 $value)) (toString $value) (kindIs "float64" $value) -}}
+{{- $attributes = append $attributes (printf "%s=%s" $key $text) -}}
 {{- end -}}
 {{- join "," $attributes -}}
 {{- end -}}
