@@ -3,7 +3,7 @@
 //! Layout of what is written (segments end with `\r`, the standard terminator):
 //!
 //! ```text
-//! MSH|<MSH-2 as received>|<MSH-5>|<MSH-6>|<MSH-3>|<MSH-4>|<now>||<ACK type>|<new id>|<MSH-11>|<MSH-12>[|||||||<MSH-18>]
+//! MSH|<MSH-2>|<MSH-5>|<MSH-6>|<MSH-3>|<MSH-4>|<now>||<ACK type>|<new id>|<MSH-11>|<MSH-12>[|||||||<MSH-18>]
 //! MSA|<code>|<received MSH-10>[|<text, NACK only, before v2.7>]
 //! ERR|...   (NACK only)
 //! ```
@@ -13,7 +13,16 @@
 //! table 0357 code with its text), the readable reason travelling in MSA-3; from v2.5 on,
 //! ERR-2 location, ERR-3 code, ERR-4 severity, ERR-7 diagnostics and ERR-8 the reason.
 //! Unknown or missing versions get the v2.5 form.
+//!
+//! **Invariant:** every ACK reads back with its own MSH-1/MSH-2, fields in place. MSH-1 is the
+//! sender's field separator. MSH-2 is the sender's as received when usable; when it is not, the
+//! standard `^~\&`, the one equal to the field separator (if any) replaced by `!`, which
+//! collides with nothing (`MSH^` gets `!~\&`). `<now>` is the stamp's local time with its UTC
+//! offset (`20261122143005+0100`), except when `+` or `-` is the field separator or one of the
+//! ACK's encoding characters: the offset's sign would split or shift the field, so MSH-7 is
+//! then the same instant in UTC without an offset (`20261122133005`).
 
+use std::borrow::Cow;
 use std::fmt;
 
 use super::escape::escape;
@@ -309,7 +318,8 @@ impl AckError {
 /// The two values an ACK invents: its own control id (MSH-10) and time (MSH-7).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AckStamp {
-    /// MSH-7, e.g. `20261122143005+0100`.
+    /// MSH-7, e.g. `20261122143005+0100` (written in UTC without the offset when `+` or `-`
+    /// is one of the ACK's delimiters).
     pub timestamp: String,
     /// MSH-10, unique per ACK.
     pub control_id: String,
@@ -325,7 +335,8 @@ pub fn build_ack(
     error: Option<&AckError>,
     stamp: &AckStamp,
 ) -> Vec<u8> {
-    let delimiters = message.delimiters();
+    let ack_delimiters = answer_delimiters(message);
+    let delimiters = &ack_delimiters;
     // MSH-9, -11, -12 and -18 come from the message header; for a batch, from its first MSH
     // (an envelope's fields 9 to 12 mean other things), or nothing when it holds none.
     let inner = first_inner_message(message);
@@ -358,7 +369,7 @@ pub fn build_ack(
         message.header_field(6),
         message.header_field(3),
         message.header_field(4),
-        stamp.timestamp.as_bytes(),
+        &header_timestamp(&stamp.timestamp, delimiters),
         b"",
     ] {
         out.extend_from_slice(&field);
@@ -403,6 +414,69 @@ pub fn build_ack(
     }
     out.push(b'\r');
     out
+}
+
+/// The delimiters the ACK declares and writes with: the sender's when its MSH-2 is usable,
+/// else the standard `^~\&` with the one equal to the field separator, if any, replaced by
+/// [`FALLBACK_SPARE`].
+fn answer_delimiters(message: &Message) -> Delimiters {
+    let received = message.delimiters();
+    if message.delimiter_error().is_none() {
+        return received.clone();
+    }
+    let field = received.field;
+    let mut encoding_characters = *b"^~\\&";
+    for byte in &mut encoding_characters {
+        if *byte == field {
+            *byte = FALLBACK_SPARE;
+        }
+    }
+    match Delimiters::parse(field, &encoding_characters) {
+        Ok(delimiters) => delimiters,
+        Err(error) => {
+            debug_assert!(false, "fallback encoding characters are usable: {error}");
+            received.clone()
+        }
+    }
+}
+
+/// Stand-in for the standard encoding character equal to the field separator. It is none of
+/// `^~\&`, so it cannot equal that field separator or another encoding character; it is
+/// neither `+` nor `-` (which would move MSH-7 to UTC) nor `#` (the usual v2.7 truncation
+/// character).
+const FALLBACK_SPARE: u8 = b'!';
+
+/// MSH-7 of the ACK. When `+` or `-` is a delimiter, an offset's sign would be read as one, so
+/// a stamp with an offset (`20261205213000-0500`) is written as the same instant in UTC without
+/// one (`20261206023000`); otherwise the stamp is written as it is. Any delimiter still left
+/// (only a stamper of another form could leave one) is escaped, so the fields stay in place.
+fn header_timestamp<'a>(timestamp: &'a str, delimiters: &Delimiters) -> Cow<'a, [u8]> {
+    let signs_are_delimiters = std::iter::once(delimiters.field)
+        .chain(delimiters.encoding_characters().iter().copied())
+        .any(|byte| byte == b'+' || byte == b'-');
+    let written = if signs_are_delimiters {
+        match chrono::DateTime::parse_from_str(timestamp, "%Y%m%d%H%M%S%z") {
+            Ok(time) => Cow::Owned(
+                time.with_timezone(&chrono::Utc)
+                    .format("%Y%m%d%H%M%S")
+                    .to_string()
+                    .into_bytes(),
+            ),
+            Err(_) => Cow::Borrowed(timestamp.as_bytes()),
+        }
+    } else {
+        Cow::Borrowed(timestamp.as_bytes())
+    };
+    let needs_escape = written.iter().any(|&byte| {
+        matches!(byte, b'\r' | b'\n')
+            || byte == delimiters.field
+            || delimiters.encoding_characters().contains(&byte)
+    });
+    if needs_escape {
+        Cow::Owned(escape(&written, delimiters))
+    } else {
+        written
+    }
 }
 
 /// `ACK^<trigger>^ACK` from v2.4 on (and for unknown versions).
@@ -526,7 +600,8 @@ pub trait AckStamper: Send + Sync + fmt::Debug {
     fn stamp(&self) -> AckStamp;
 }
 
-/// Local time with UTC offset, and control ids from a microsecond clock that never repeats
+/// Local time with UTC offset (the ACK writes it in UTC without one when `+` or `-` is a
+/// delimiter), and control ids from a microsecond clock that never repeats
 /// within a process (16 digits, within the 20 characters MSH-10 allows in every version).
 #[derive(Debug, Default)]
 pub struct SystemStamper {
@@ -581,6 +656,65 @@ mod tests {
             assert!(stamp.control_id.len() <= 20);
             assert!(seen.insert(stamp.control_id));
             assert_eq!(stamp.timestamp.len(), 19, "{}", stamp.timestamp);
+        }
+    }
+
+    fn ack_for(raw: &str, timestamp: &str) -> String {
+        let message = Message::parse(bytes::Bytes::from(raw.to_owned())).expect("parses");
+        let stamp = AckStamp {
+            timestamp: timestamp.to_owned(),
+            control_id: "A1".to_owned(),
+        };
+        String::from_utf8(build_ack(&message, AckCode::AA, None, &stamp)).expect("ascii")
+    }
+
+    #[test]
+    fn msh7_moves_to_utc_only_when_a_sign_is_a_delimiter() {
+        let stamp = "20261205213000-0500";
+        assert_eq!(
+            ack_for("MSH|^~\\&|A|B|C|D|||ADT|X|P|2.3\r", stamp),
+            "MSH|^~\\&|C|D|A|B|20261205213000-0500||ACK|A1|P|2.3\rMSA|AA|X\r"
+        );
+        for raw in [
+            "MSH+^~\\&+A+B+C+D+++ADT+X+P+2.3\r",
+            "MSH|-~\\&|A|B|C|D|||ADT|X|P|2.3\r",
+            "MSH|^+\\&|A|B|C|D|||ADT|X|P|2.3\r",
+            "MSH|^~-&|A|B|C|D|||ADT|X|P|2.3\r",
+            "MSH|^~\\+|A|B|C|D|||ADT|X|P|2.3\r",
+            "MSH|^~\\&-|A|B|C|D|||ADT|X|P|2.7\r",
+        ] {
+            let ack = ack_for(raw, stamp);
+            let field = &raw[3..4];
+            assert!(
+                ack.contains(&format!("{field}20261206023000{field}")),
+                "{raw:?} -> {ack:?}"
+            );
+        }
+        // A stamp in another form is kept, its delimiters escaped.
+        assert!(ack_for("MSH+^~\\&+A+B+C+D+++ADT+X+P+2.3\r", "2026+1").contains("+2026\\F\\1+"));
+    }
+
+    #[test]
+    fn unusable_msh2_is_answered_with_characters_apart_from_the_field_separator() {
+        for (field, expected) in [
+            ('|', "^~\\&"),
+            ('^', "!~\\&"),
+            ('~', "^!\\&"),
+            ('\\', "^~!&"),
+            ('&', "^~\\!"),
+        ] {
+            let raw = format!(
+                "MSH{field}%%{field}A{field}B{field}C{field}D{field}{field}{field}ADT{field}X\r"
+            );
+            let ack = ack_for(&raw, "20261205213000+0100");
+            assert!(
+                ack.starts_with(&format!("MSH{field}{expected}{field}C{field}D{field}")),
+                "{raw:?} -> {ack:?}"
+            );
+            assert!(
+                ack.contains(&format!("\rMSA{field}AA{field}X\r")),
+                "{ack:?}"
+            );
         }
     }
 

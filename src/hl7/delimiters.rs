@@ -67,8 +67,9 @@ impl Delimiters {
 
     /// The standard encoding characters `^~\&` with the given field separator.
     ///
-    /// Used to answer a message whose MSH-2 is unusable: the ACK keeps the sender's field
-    /// separator and falls back to the standard encoding characters.
+    /// Used to read a message whose MSH-2 is unusable. Its ACK also keeps the sender's field
+    /// separator and the standard encoding characters, but replaces one equal to the field
+    /// separator (see `ack.rs`), which this reading does not.
     pub fn with_field(field: u8) -> Self {
         Self {
             field,

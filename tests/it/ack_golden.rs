@@ -2,11 +2,14 @@
 //!
 //! Every expected ACK is written out in full from the HL7 v2 rules (MSH-3/4 swapped with
 //! MSH-5/6, sender's delimiters, MSH-9 form by version, ERR form by version, table 0357 codes).
+//! A property test then answers headers with every usable field separator and any MSH-2, and
+//! reads each ACK back with mfoundry's own parser.
 
 use crate::common;
 
-use mfoundry::hl7::{AckCode, Charset};
+use mfoundry::hl7::{AckCode, Charset, Delimiters, Message};
 use mfoundry::ingest::Reply;
+use proptest::prelude::*;
 
 /// Segments joined with the HL7 terminator `\r`.
 fn segments(lines: &[&str]) -> String {
@@ -297,4 +300,134 @@ async fn ack_on_the_wire_is_one_exact_mllp_frame() {
             "MSA|AA|WIRE1",
         ])
     );
+}
+
+#[test]
+fn sign_delimiters_get_msh7_in_utc_without_offset() {
+    let message = segments(&["MSH+^~\\&+A+AF+B+BF+20261122080000++ADT^A01^ADT_A01+C1+P+2.5.1"]);
+    assert_eq!(
+        ack_text(message.as_bytes()),
+        segments(&[
+            "MSH+^~\\&+B+BF+A+AF+20261122083000++ACK^A01^ACK+ACK00001+P+2.5.1",
+            "MSA+AA+C1",
+        ])
+    );
+    let message = segments(&["MSH|^-\\&|A|AF|B|BF|20261122080000||ADT^A01^ADT_A01|C2|P|2.5.1"]);
+    assert_eq!(
+        ack_text(message.as_bytes()),
+        segments(&[
+            "MSH|^-\\&|B|BF|A|AF|20261122083000||ACK^A01^ACK|ACK00001|P|2.5.1",
+            "MSA|AA|C2",
+        ])
+    );
+}
+
+#[test]
+fn unusable_msh2_falls_back_to_characters_apart_from_the_field_separator() {
+    // Field separator `^`, MSH-2 `~\&` (too short): the standard `^` would split fields.
+    let message = segments(&["MSH^~\\&^A^AF^B^BF^20261122080000^^ADT^C3^P^2.5.1"]);
+    let ack = ack_text(message.as_bytes());
+    assert!(
+        ack.starts_with("MSH^!~\\&^"),
+        "component separator moves off the field separator: {ack}"
+    );
+    let parsed = Message::parse(bytes::Bytes::from(ack.into_bytes())).expect("ACK parses");
+    assert!(parsed.delimiter_error().is_none());
+    assert_eq!(parsed.value("MSA-1"), Some(&b"AR"[..]));
+    assert_eq!(parsed.value("MSA-2"), Some(&b"C3"[..]));
+    assert_eq!(parsed.header_field(10), b"ACK00001");
+}
+
+/// Every byte HL7 allows as a field separator (printable ASCII, not a letter or digit).
+fn separators() -> Vec<u8> {
+    (b'!'..=b'~')
+        .filter(|byte| !byte.is_ascii_alphanumeric())
+        .collect()
+}
+
+/// A usable MSH-2 (four or five distinct separators, none the field separator) or any
+/// printable bytes without it (too short, too long, repeats, letters, spaces …).
+fn encoding_characters(field: u8) -> BoxedStrategy<Vec<u8>> {
+    let others: Vec<u8> = separators()
+        .into_iter()
+        .filter(|&byte| byte != field)
+        .collect();
+    let usable = (4usize..=5)
+        .prop_flat_map(move |length| {
+            Just(others.clone())
+                .prop_shuffle()
+                .prop_map(move |shuffled| shuffled[..length].to_vec())
+        })
+        .boxed();
+    let printable: Vec<u8> = (b' '..=b'~').filter(|&byte| byte != field).collect();
+    let anything = proptest::collection::vec(proptest::sample::select(printable), 0..8).boxed();
+    prop_oneof![usable, anything].boxed()
+}
+
+fn header() -> impl Strategy<Value = (u8, Vec<u8>, String, &'static str)> {
+    proptest::sample::select(separators()).prop_flat_map(|field| {
+        (
+            Just(field),
+            encoding_characters(field),
+            "[A-Za-z0-9]{1,12}",
+            proptest::sample::select(vec!["2.3", "2.4", "2.5.1", "2.7", ""]),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever MSH-1 and MSH-2 a sender uses, the ACK reads back with its own MSH-1/MSH-2,
+    /// fields in place, MSH-7 free of delimiters and MSA-2 the received control id.
+    #[test]
+    fn every_ack_parses_back_with_its_own_delimiters(
+        (field, msh2, control_id, version) in header()
+    ) {
+        let separator = char::from(field);
+        let component = msh2.first().map(|&byte| char::from(byte).to_string()).unwrap_or_default();
+        let mut frame = format!("MSH{separator}").into_bytes();
+        frame.extend_from_slice(&msh2);
+        frame.extend_from_slice(
+            format!(
+                "{separator}A{separator}AF{separator}B{separator}BF{separator}20261122080000\
+                 {separator}{separator}ADT{component}A01{separator}{control_id}{separator}P\
+                 {separator}{version}\rPID{separator}1\r"
+            )
+            .as_bytes(),
+        );
+        let received = Message::parse(bytes::Bytes::from(frame.clone())).expect("header reads");
+        prop_assert_eq!(received.header_field(10), control_id.as_bytes());
+        let Reply::Ack { bytes, code } = reply(&frame) else {
+            return Err(TestCaseError::fail("an ACK is expected for a readable header"));
+        };
+
+        let ack = Message::parse(bytes::Bytes::from(bytes)).expect("ACK has a header");
+        prop_assert!(ack.delimiter_error().is_none(), "ACK MSH-2 unusable: {:?}", ack.delimiter_error());
+        prop_assert_eq!(ack.header_field(1), &[field][..]);
+        let declared = ack.header_field(2);
+        prop_assert_eq!(declared, ack.delimiters().encoding_characters());
+        if received.delimiter_error().is_none() {
+            prop_assert_eq!(declared, msh2.as_slice());
+        }
+        let parsed = Delimiters::parse(field, declared);
+        prop_assert!(parsed.is_ok(), "ACK MSH-1/MSH-2 not distinct: {:?}", parsed);
+
+        let delimiters: Vec<u8> = std::iter::once(field).chain(declared.iter().copied()).collect();
+        let timestamp = ack.header_field(7);
+        prop_assert!(!timestamp.iter().any(|byte| delimiters.contains(byte)));
+        if delimiters.contains(&b'+') || delimiters.contains(&b'-') {
+            prop_assert_eq!(timestamp, b"20261122083000");
+        } else {
+            prop_assert_eq!(timestamp, b"20261122083000+0000");
+        }
+        prop_assert_eq!(ack.header_component(9, 1), b"ACK");
+        prop_assert_eq!(ack.header_field(10), b"ACK00001");
+
+        let msa = ack.segment(b"MSA", 1);
+        prop_assert!(msa.is_some(), "ACK has no MSA");
+        let msa = msa.expect("checked");
+        prop_assert_eq!(msa.field(1), Some(code.as_str().as_bytes()));
+        prop_assert_eq!(msa.field(2), Some(control_id.as_bytes()));
+    }
 }
