@@ -8,19 +8,23 @@
 
 use tracing::{info, warn};
 
-use crate::config::Settings;
+use crate::config::Config;
 
 /// Descriptors kept for everything but connections: the store and its journal, outputs'
 /// connections and files, TLS and token files, the log, the runtime.
 pub const RESERVE: u64 = 256;
 
-/// What the configured limits can hold open at once; `None` when MLLP connections are
-/// unlimited (`MAX_CONNECTIONS=0`).
-pub fn needed(settings: &Settings) -> Option<u64> {
-    let mllp = settings.listener.max_connections? as u64;
-    // Reserved slots for known certificates (mllp/listener.rs: an eighth, at least one) and
-    // as many handshakes on probation again.
-    let reserved = (mllp / 8).max(1) * 5;
+/// What the configured limits can hold open at once; `None` when a listener's connections
+/// are unlimited (`MAX_CONNECTIONS=0`).
+pub fn needed(config: &Config) -> Option<u64> {
+    let settings = &config.settings;
+    let mut listeners = 0;
+    for listener in &config.listeners {
+        let mllp = listener.settings.max_connections? as u64;
+        // Reserved slots for known certificates (mllp/listener.rs: an eighth, at least one)
+        // and as many handshakes on probation again.
+        listeners += mllp + (mllp / 8).max(1) * 5;
+    }
     let admin = settings
         .admin_addr
         .as_ref()
@@ -29,11 +33,11 @@ pub fn needed(settings: &Settings) -> Option<u64> {
         .metrics_addr
         .as_ref()
         .map_or(0, |_| super::metrics::MAX_CONNECTIONS as u64);
-    Some(mllp + reserved + admin + metrics + RESERVE)
+    Some(listeners + admin + metrics + RESERVE)
 }
 
 /// Raise the soft open-file limit to the hard one; warn when it is below [`needed`].
-pub fn ensure(settings: &Settings) {
+pub fn ensure(config: &Config) {
     #[cfg(unix)]
     {
         use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
@@ -56,7 +60,7 @@ pub fn ensure(settings: &Settings) {
                 }
             }
         }
-        match (current, needed(settings)) {
+        match (current, needed(config)) {
             (Some(limit), Some(needed)) if limit < needed => warn!(
                 limit,
                 needed,
@@ -70,14 +74,14 @@ pub fn ensure(settings: &Settings) {
         }
     }
     #[cfg(not(unix))]
-    let _ = settings;
+    let _ = config;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn settings(pairs: &[(&str, &str)]) -> Settings {
+    fn settings(pairs: &[(&str, &str)]) -> Config {
         let pairs: Vec<(String, String)> = pairs
             .iter()
             .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
@@ -88,7 +92,6 @@ mod tests {
                 .find(|(key, _)| key == name)
                 .map(|(_, value)| value.clone())
         })
-        .map(|config| config.settings)
         .unwrap_or_else(|_| panic!("settings load"))
     }
 

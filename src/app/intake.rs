@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig};
 use crate::hl7::AckStamper;
 use crate::ingest::{Ingest, RouteCounters};
 use crate::mllp::{self, ListenerStats};
@@ -18,26 +18,35 @@ use crate::rules::RuleSet;
 use crate::tls::TlsServer;
 use crate::transform::Transforms;
 
-/// The bound listener and its connection tasks.
+/// One bound listener.
 #[derive(Debug)]
-pub(super) struct Intake {
+pub(super) struct Bound {
+    /// Its name (`inbound` in CEL).
+    pub(super) name: String,
     /// The bound address (useful with port 0).
     pub(super) local_addr: SocketAddr,
-    /// The listener's counters.
+    /// Its counters.
     pub(super) stats: Arc<ListenerStats>,
-    /// What intake decided per connector.
-    pub(super) route_counters: Vec<Arc<RouteCounters>>,
-    /// The listener's TLS (reloaded on SIGHUP and file changes).
+    /// Its TLS (reloaded on SIGHUP and file changes).
     pub(super) tls: Option<TlsServer>,
+}
+
+/// The bound listeners and their connection tasks.
+#[derive(Debug)]
+pub(super) struct Intake {
+    /// Every listener, in configuration order.
+    pub(super) listeners: Vec<Bound>,
+    /// What intake decided per connector, over every listener.
+    pub(super) route_counters: Vec<Arc<RouteCounters>>,
     /// Cancelled to stop accepting and close idle connections.
     shutdown: CancellationToken,
-    /// Tracks the accept loop, every connection task and the TLS watcher.
+    /// Tracks the accept loops, every connection task and the TLS watchers.
     tracker: TaskTracker,
 }
 
 impl Intake {
-    /// Load the listener's TLS (a bad certificate or key stops startup before any port is
-    /// bound), bind `LISTEN_ADDR` (a port clash fails before traffic) and serve.
+    /// For each listener: load its TLS (a bad certificate or key stops startup before any
+    /// port is bound), bind its address (a port clash fails before traffic) and serve.
     pub(super) async fn bind(
         config: &Config,
         rules: &Arc<RuleSet>,
@@ -45,85 +54,54 @@ impl Intake {
         outbox: &Outbox,
         stamper: Arc<dyn AckStamper>,
     ) -> anyhow::Result<Self> {
-        let settings = &config.settings;
-        let tls = match &settings.tls {
-            Some(tls) => Some(TlsServer::load(tls).map_err(|error| anyhow::anyhow!(error))?),
-            None => None,
-        };
-        let listen_addr = settings.listener.listen_addr.clone();
-        let listener = mllp::bind(&listen_addr).await.map_err(|error| {
-            super::bind_error(
-                "LISTEN_ADDR",
-                &listen_addr,
-                &error,
-                "a free port, e.g. :2576",
-            )
-        })?;
-        let local_addr = listener
-            .local_addr()
-            .context("listener has no local address")?;
-        if tls.is_none() && !local_addr.ip().is_loopback() {
-            if settings.require_tls {
-                anyhow::bail!(
-                    "REQUIRE_TLS is set but LISTEN_ADDR={listen_addr} has no TLS; set TLS_CERT_FILE and TLS_KEY_FILE"
-                );
-            }
-            warn!(
-                addr = %local_addr,
-                "MLLP listener without TLS on a non-loopback address: HL7 (patient data) crosses the network in clear; set TLS_CERT_FILE and TLS_KEY_FILE, or REQUIRE_TLS=true to refuse this"
-            );
+        // Every certificate first: a bad file stops startup before any port is bound.
+        let mut servers = Vec::with_capacity(config.listeners.len());
+        for listener in &config.listeners {
+            servers.push(match &listener.tls {
+                Some(tls) => Some(TlsServer::load(tls).map_err(|error| {
+                    anyhow::anyhow!("listener {}: {error}", listener.settings.name)
+                })?),
+                None => None,
+            });
         }
-        let ingest = Ingest::new(
-            settings.default_charset,
-            stamper,
-            Arc::clone(rules),
-            outbox.clone(),
-            |name| outbox.connector_id(name),
-            &settings.listener.name,
-        )
-        .context("cannot route to the configured connectors")?
-        .with_senders(config.senders.clone())
-        .with_transforms(Arc::clone(transforms));
-        let route_counters = ingest.route_counters();
-        let stats = Arc::new(ListenerStats::default());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let served = mllp::Listener::new(
-            settings.listener.clone(),
-            ingest,
-            Arc::clone(&stats),
-            tls.clone(),
-            shutdown.clone(),
-        );
-        tracker.spawn(served.serve(listener, tracker.clone()));
-        // Installed here, before the listener says it is listening: SIGHUP's default action
-        // ends the process, and an operator's reload must not, however early it comes.
-        let hangups = crate::shutdown::Hangups::install();
-        match &tls {
-            Some(server) => {
-                tracker.spawn(crate::tls::watch(server.clone(), hangups, shutdown.clone()));
-            }
-            None => {
-                tracker.spawn(ignore_hangups(hangups, shutdown.clone()));
-            }
+        let mut bound = Vec::with_capacity(config.listeners.len());
+        let mut route_counters: Option<Vec<Arc<RouteCounters>>> = None;
+        for (listener, tls) in config.listeners.iter().zip(servers) {
+            let rules = listener_rules(config, listener, rules)?;
+            let ingest = Ingest::new(
+                config.settings.default_charset,
+                Arc::clone(&stamper),
+                rules,
+                outbox.clone(),
+                |name| outbox.connector_id(name),
+                &listener.settings.name,
+            )
+            .context("cannot route to the configured connectors")?
+            .with_senders(listener.senders.clone())
+            .with_transforms(Arc::clone(transforms));
+            let ingest = match &route_counters {
+                Some(shared) => ingest.with_route_counters(shared),
+                None => {
+                    route_counters = Some(ingest.route_counters());
+                    ingest
+                }
+            };
+            let served = serve(listener, ingest, tls, &shutdown, &tracker).await?;
+            bound.push(served);
         }
         info!(
-            addr = %local_addr,
-            listener = %settings.listener.name,
-            data = %settings.outbox_path().display(),
-            journal = settings.store_journal,
+            listeners = bound.len(),
+            data = %config.settings.outbox_path().display(),
+            journal = config.settings.store_journal,
             connectors = config.connectors.len(),
             rules = rules.rule_count(),
-            max_frame_size = settings.listener.max_frame_size,
-            tls = tls.is_some(),
-            mtls = settings.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
-            "listening for MLLP"
+            "intake started"
         );
         Ok(Self {
-            local_addr,
-            stats,
-            route_counters,
-            tls,
+            listeners: bound,
+            route_counters: route_counters.unwrap_or_default(),
             shutdown,
             tracker,
         })
@@ -142,6 +120,111 @@ impl Intake {
         }
         finished
     }
+}
+
+/// The rules `listener` applies: every rule, or the ones its `rules:` names (compiled for it,
+/// with every connector's filter).
+fn listener_rules(
+    config: &Config,
+    listener: &ListenerConfig,
+    all: &Arc<RuleSet>,
+) -> anyhow::Result<Arc<RuleSet>> {
+    let Some(names) = &listener.rules else {
+        return Ok(Arc::clone(all));
+    };
+    let chosen: Vec<_> = config
+        .rules
+        .iter()
+        .filter(|rule| names.contains(&rule.name))
+        .cloned()
+        .collect();
+    RuleSet::compile(&chosen, &config.filters, config.settings.rules_time_budget)
+        .map(Arc::new)
+        .map_err(|problems| {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            anyhow::anyhow!(
+                "listener {}: its rules do not compile: {}",
+                listener.settings.name,
+                problems.join("; ")
+            )
+        })
+}
+
+/// Bind one listener and serve it on `tracker`.
+async fn serve(
+    listener: &ListenerConfig,
+    ingest: Ingest,
+    tls: Option<TlsServer>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Bound> {
+    let settings = &listener.settings;
+    let listen_addr = settings.listen_addr.clone();
+    // With `listeners:`, the address is the entry's `listen_addr`, not LISTEN_ADDR.
+    let setting = if listener.entry {
+        format!("listen_addr of listener {}", settings.name)
+    } else {
+        "LISTEN_ADDR".to_owned()
+    };
+    let socket = mllp::bind(&listen_addr).await.map_err(|error| {
+        super::bind_error(&setting, &listen_addr, &error, "a free port, e.g. :2576")
+    })?;
+    let local_addr = socket
+        .local_addr()
+        .context("listener has no local address")?;
+    if tls.is_none() && !local_addr.ip().is_loopback() {
+        if listener.require_tls && listener.entry {
+            anyhow::bail!(
+                "REQUIRE_TLS is set but listener {} ({listen_addr}) has no TLS; set tls.cert_file and tls.key_file in its entry",
+                settings.name
+            );
+        }
+        if listener.require_tls {
+            anyhow::bail!(
+                "REQUIRE_TLS is set but LISTEN_ADDR={listen_addr} has no TLS; set TLS_CERT_FILE and TLS_KEY_FILE"
+            );
+        }
+        warn!(
+            addr = %local_addr,
+            listener = %settings.name,
+            "MLLP listener without TLS on a non-loopback address: HL7 (patient data) crosses the network in clear; give it a certificate, or set REQUIRE_TLS=true to refuse this"
+        );
+    }
+    let stats = Arc::new(ListenerStats::default());
+    let served = mllp::Listener::new(
+        settings.clone(),
+        ingest,
+        Arc::clone(&stats),
+        tls.clone(),
+        shutdown.clone(),
+    );
+    tracker.spawn(served.serve(socket, tracker.clone()));
+    // Installed here, before the listener says it is listening: SIGHUP's default action
+    // ends the process, and an operator's reload must not, however early it comes. Each
+    // listener has its own handler; every one of them sees each SIGHUP.
+    let hangups = crate::shutdown::Hangups::install();
+    match &tls {
+        Some(server) => {
+            tracker.spawn(crate::tls::watch(server.clone(), hangups, shutdown.clone()));
+        }
+        None => {
+            tracker.spawn(ignore_hangups(hangups, shutdown.clone()));
+        }
+    }
+    info!(
+        addr = %local_addr,
+        listener = %settings.name,
+        max_frame_size = settings.max_frame_size,
+        tls = tls.is_some(),
+        mtls = listener.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+        "listening for MLLP"
+    );
+    Ok(Bound {
+        name: settings.name.clone(),
+        local_addr,
+        stats,
+        tls,
+    })
 }
 
 /// Without TLS there is nothing to reload: log SIGHUP instead of dying of it.

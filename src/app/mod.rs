@@ -130,7 +130,7 @@ impl RunningApp {
         let rules = Arc::new(compiled.rules);
         let transforms = Arc::new(compiled.transforms);
         let settings = &config.settings;
-        descriptors::ensure(settings);
+        descriptors::ensure(&config);
         let names = config.connectors.iter().map(|c| c.name.clone()).collect();
         let store = store::Store::open(settings, names, options.storage).await?;
         let delivery = delivery::Delivery::start(&config, &store.outbox);
@@ -172,9 +172,22 @@ impl RunningApp {
         })
     }
 
-    /// Reload the listener's TLS files now (as SIGHUP does); `None` without TLS.
+    /// Reload every listener's TLS files now (as SIGHUP does); `None` when no listener has
+    /// TLS, else the first failure.
     pub fn reload_tls(&self) -> Option<Result<(), String>> {
-        self.intake.tls.as_ref().map(crate::tls::TlsServer::reload)
+        let mut outcome = None;
+        for server in self
+            .intake
+            .listeners
+            .iter()
+            .filter_map(|bound| bound.tls.as_ref())
+        {
+            let reloaded = server.reload();
+            if !matches!(outcome, Some(Err(_))) {
+                outcome = Some(reloaded);
+            }
+        }
+        outcome
     }
 
     /// The admin API's address, when it is on.
@@ -187,14 +200,23 @@ impl RunningApp {
         self.delivery.worker(connector)
     }
 
-    /// The bound address (useful with port 0).
+    /// The first listener's bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.intake.local_addr
+        self.intake.listeners[0].local_addr
     }
 
-    /// Listener counters.
+    /// Every listener's name and bound address, in configuration order.
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.intake
+            .listeners
+            .iter()
+            .map(|bound| (bound.name.clone(), bound.local_addr))
+            .collect()
+    }
+
+    /// The first listener's counters.
     pub fn stats(&self) -> StatsSnapshot {
-        self.intake.stats.snapshot()
+        self.intake.listeners[0].stats.snapshot()
     }
 
     /// The outbox, for reading what was stored.
@@ -219,12 +241,14 @@ impl RunningApp {
         }
         drop(self.gateway);
         self.store.shutdown(!(received && delivered)).await;
-        let stats = self.intake.stats.snapshot();
-        info!(
-            connections = stats.connections_accepted,
-            frames = stats.frames_received,
-            "stopped"
-        );
+        let (connections, frames) = self.intake.listeners.iter().fold((0, 0), |sum, bound| {
+            let stats = bound.stats.snapshot();
+            (
+                sum.0 + stats.connections_accepted,
+                sum.1 + stats.frames_received,
+            )
+        });
+        info!(connections, frames, "stopped");
         received && delivered
     }
 }
@@ -281,11 +305,15 @@ async fn gateway(
         outbox: outbox.clone(),
         connectors,
         connector_names,
-        listeners: vec![ListenerHandle {
-            name: settings.listener.name.clone(),
-            stats: Arc::clone(&intake.stats),
-            tls: intake.tls.as_ref().map(crate::tls::TlsServer::stats),
-        }],
+        listeners: intake
+            .listeners
+            .iter()
+            .map(|bound| ListenerHandle {
+                name: bound.name.clone(),
+                stats: Arc::clone(&bound.stats),
+                tls: bound.tls.as_ref().map(crate::tls::TlsServer::stats),
+            })
+            .collect(),
         readiness: Arc::new(Readiness::default()),
         default_charset: settings.default_charset,
         transforms,

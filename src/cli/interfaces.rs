@@ -75,7 +75,12 @@ pub fn run(
         stamper,
         Arc::new(compiled.rules),
         id_of,
-        &config.settings.listener.name,
+        config
+            .listeners
+            .first()
+            .map_or(config.settings.listener.name.as_str(), |listener| {
+                listener.settings.name.as_str()
+            }),
     )?
     .with_transforms(Arc::new(compiled.transforms))
     .with_senders(None);

@@ -25,6 +25,10 @@ pub struct FileConfig {
     pub scalars: BTreeMap<String, Spanned<String>>,
     /// `tls_senders`, when written.
     pub tls_senders: Option<Vec<TlsSender>>,
+    /// Where the top-level `tls_senders` key is, when written.
+    pub tls_senders_at: Option<yaml::At>,
+    /// `listeners:`, when written ([`super::listeners`]).
+    pub listeners: Option<Vec<super::listeners::ListenerEntry>>,
     /// Connectors in file order (those without a readable name or type are left out; their
     /// problems are reported).
     pub connectors: Vec<ConnectorEntry>,
@@ -75,7 +79,13 @@ pub struct RuleEntry {
 }
 
 /// The top-level keys that are not settings.
-const SECTIONS: [&str; 4] = ["tls_senders", "connectors", "validation", "tables"];
+const SECTIONS: [&str; 5] = [
+    "tls_senders",
+    "connectors",
+    "validation",
+    "tables",
+    "listeners",
+];
 /// The keys every connector has; the rest belong to its delivery settings and its output.
 pub const CONNECTOR_KEYS: [&str; 4] = ["name", "type", "filter", "transform"];
 /// The keys of a transform step: one action, its `value` (for `set`), `when`.
@@ -139,6 +149,17 @@ fn read_sections(node: &Node, problems: &mut Problems) -> FileConfig {
         if let Some(value) = top.text(&key, problems) {
             file.scalars.insert(key, value);
         }
+    }
+    if top.has("tls_senders") {
+        file.tls_senders_at = Some(top.place("tls_senders"));
+    }
+    if let Some(items) = top.list("listeners", problems) {
+        file.listeners = Some(
+            items
+                .iter()
+                .filter_map(|item| super::listeners::read_entry(item, sender, problems))
+                .collect(),
+        );
     }
     if let Some(items) = top.list("tls_senders", problems) {
         file.tls_senders = Some(

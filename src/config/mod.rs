@@ -11,6 +11,7 @@
 pub mod connectors;
 mod env;
 pub mod file;
+pub mod listeners;
 pub mod schema;
 mod settings;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 pub use env::{ENV_VARS, EnvVar};
 pub use file::{ConnectorKind, FileConfig};
+pub use listeners::ListenerConfig;
 use settings::parse_name;
 pub use settings::{EncryptionSettings, Settings};
 
@@ -102,8 +104,11 @@ pub struct Config {
     pub rules: Vec<RuleSpec>,
     /// Each connector's filter, in connector order.
     pub filters: Vec<FilterSpec>,
-    /// `tls_senders`: what each client certificate may send as; `None` when not set.
+    /// `tls_senders`: what each client certificate may send as; `None` when not set (with
+    /// `listeners:`, each listener's own are in [`Config::listeners`]).
     pub senders: Option<crate::tls::SenderMap>,
+    /// The inbound listeners: the entries of `listeners:`, or the one the settings describe.
+    pub listeners: Vec<ListenerConfig>,
     /// Code tables (`tables:`), read by [`Config::compile`].
     pub tables: Vec<TableSpec>,
     /// Each connector's transform steps, in connector order.
@@ -151,7 +156,14 @@ impl Config {
             }
         };
         let layers = settings::merge_layers(file.as_ref(), &file_name, lookup);
-        let settings = Settings::from_layers(&layers);
+        let with_listeners = file.as_ref().is_some_and(|file| file.listeners.is_some());
+        // With `listeners:`, the entries own the listener's address and files: what is set
+        // beside them is one conflict each (listeners::resolve), not also a bad value here.
+        let settings = if with_listeners {
+            Settings::from_layers(&layers.with_defaults(&listeners::PER_LISTENER))
+        } else {
+            Settings::from_layers(&layers)
+        };
         let place = |at: crate::yaml::At| format!("{file_name}:{}:{}", at.line, at.column);
         let file_origin = |at: crate::yaml::At| Origin {
             file: Some(file_name.clone()),
@@ -180,7 +192,7 @@ impl Config {
         let mut transforms = Vec::new();
         let mut tables = Vec::new();
         if let Some(file) = &file {
-            if let Some(listed) = &file.tls_senders {
+            if let (Some(listed), false) = (&file.tls_senders, with_listeners) {
                 let mutual = settings
                     .as_ref()
                     .ok()
@@ -310,6 +322,24 @@ impl Config {
         if let Ok(Some(allow)) = settings.as_ref().map(|settings| &settings.egress_allow) {
             problems.extend(check_otlp_egress(allow, lookup));
         }
+        let listeners = match (&file, &settings) {
+            (Some(file), Ok(_)) if with_listeners => {
+                let rule_names: Vec<String> = rules.iter().map(|rule| rule.name.clone()).collect();
+                let context = listeners::Context {
+                    layers: &layers,
+                    file_name: &file_name,
+                    rule_names: &rule_names,
+                    top_senders: file.tls_senders_at,
+                };
+                listeners::resolve(
+                    file.listeners.as_deref().unwrap_or_default(),
+                    &context,
+                    &mut problems,
+                )
+            }
+            (_, Ok(settings)) => vec![ListenerConfig::from_settings(settings, senders.clone())],
+            (_, Err(_)) => Vec::new(),
+        };
         if !problems.is_empty() || settings.is_err() {
             // Report the expressions' and steps' problems too, so one run shows everything.
             if let Err(errors) = compile(
@@ -331,6 +361,7 @@ impl Config {
                 rules,
                 filters,
                 senders,
+                listeners,
                 tables,
                 transforms,
             }),

@@ -143,6 +143,81 @@ pub struct FileConfig {
     pub validation: ValidationFile,
     /// Code tables for `map` steps, by name.
     pub tables: Option<std::collections::BTreeMap<String, TableFile>>,
+    /// Several inbound listeners, each with its own address, TLS, limits, rules and
+    /// `tls_senders`; without it, the settings describe the one MLLP listener.
+    pub listeners: Option<Vec<ListenerFile>>,
+}
+
+/// One `listeners:` entry.
+#[derive(Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ListenerFile {
+    /// Unique name: `inbound` in CEL, the metrics' and stats' listener.
+    #[schemars(with = "String")]
+    pub name: String,
+    /// `mllp`.
+    #[schemars(rename = "type")]
+    #[schemars(with = "String")]
+    pub kind: String,
+    /// As `LISTEN_ADDR`.
+    #[schemars(with = "String")]
+    pub listen_addr: String,
+    /// This listener's TLS.
+    pub tls: Option<ListenerTlsFile>,
+    /// Names of `validation.rules` it applies; default every rule.
+    pub rules: Option<Vec<String>>,
+    /// As the top-level `tls_senders`, for this listener's client certificates.
+    pub tls_senders: Option<Vec<TlsSenderFile>>,
+    /// As `MAX_CONNECTIONS`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub max_connections: SpannedScalar,
+    /// As `MAX_CONNECTIONS_PER_PEER`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub max_connections_per_peer: SpannedScalar,
+    /// As `IDLE_TIMEOUT`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub idle_timeout: SpannedScalar,
+    /// As `FRAME_TIMEOUT`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub frame_timeout: SpannedScalar,
+    /// As `WRITE_TIMEOUT`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub write_timeout: SpannedScalar,
+    /// As `KEEP_ALIVE_PERIOD`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub keep_alive_period: SpannedScalar,
+    /// As `MAX_FRAME_SIZE`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub max_frame_size: SpannedScalar,
+    /// As `MAX_FRAME_MEMORY` (this listener's budget).
+    #[schemars(with = "Option<ScalarText>")]
+    pub max_frame_memory: SpannedScalar,
+    /// As `ALLOWED_PEERS`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub allowed_peers: SpannedScalar,
+    /// As `REQUIRE_TLS`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub require_tls: SpannedScalar,
+}
+
+/// A listener's `tls:`.
+#[derive(Debug, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct ListenerTlsFile {
+    /// As `TLS_CERT_FILE`.
+    pub cert_file: Option<String>,
+    /// As `TLS_KEY_FILE`.
+    pub key_file: Option<String>,
+    /// As `TLS_CLIENT_CA` (mTLS).
+    pub client_ca: Option<String>,
+    /// As `TLS_CLIENT_CRL`.
+    pub client_crl: Option<String>,
+    /// As `TLS_MIN_VERSION`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub min_version: SpannedScalar,
+    /// As `TLS_HANDSHAKE_TIMEOUT`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub handshake_timeout: SpannedScalar,
 }
 
 /// A code table: `file` or `values`, and an optional `default`.
@@ -377,5 +452,13 @@ mod tests {
         assert_eq!(properties(&definition("StepFile")), set(STEP_KEYS));
         assert_eq!(properties(&definition("CopyFile")), set(COPY_KEYS));
         assert_eq!(properties(&definition("MapFile")), set(MAP_KEYS));
+        assert_eq!(
+            properties(&definition("ListenerFile")),
+            set(super::super::listeners::entry_keys())
+        );
+        assert_eq!(
+            properties(&definition("ListenerTlsFile")),
+            set(super::super::listeners::TLS_KEYS.map(|(key, _)| key))
+        );
     }
 }

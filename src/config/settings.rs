@@ -106,6 +106,13 @@ enum Source {
         line: u64,
         column: u64,
     },
+    /// A listener entry's own key.
+    Listener {
+        file: String,
+        line: u64,
+        column: u64,
+        key: String,
+    },
 }
 
 /// Collects problems while reading settings one by one.
@@ -130,6 +137,12 @@ impl Reader<'_> {
                     Source::File { file, line, column } => {
                         format!("{file}:{line}:{column}: {key}={value:?}")
                     }
+                    Source::Listener {
+                        file,
+                        line,
+                        column,
+                        key,
+                    } => format!("{file}:{line}:{column}: {key}={value:?}"),
                     Source::Environment | Source::Default => format!("{name}={value:?}"),
                 };
                 self.problems.push(ConfigProblem {
@@ -518,6 +531,7 @@ pub(super) fn parse_name(text: &str) -> Result<String, String> {
 }
 
 /// The merged scalar settings and where each came from.
+#[derive(Clone)]
 pub(super) struct Layers<'a> {
     /// Merged values by lower-case key.
     values: BTreeMap<String, String>,
@@ -525,11 +539,70 @@ pub(super) struct Layers<'a> {
     env_keys: HashSet<String>,
     file: Option<&'a FileConfig>,
     file_name: &'a str,
+    /// Keys a listener entry sets for itself (on top of everything): where, and the key as
+    /// written there (`tls.cert_file`).
+    overrides: BTreeMap<String, (crate::yaml::At, String)>,
 }
 
-impl Layers<'_> {
+impl<'a> Layers<'a> {
+    /// Where a setting was written when it was (`the environment`, the file's place), not
+    /// left at its default.
+    pub(super) fn written_at(&self, name: &str) -> Option<String> {
+        let key = name.to_ascii_lowercase();
+        let value = self.values.get(&key).map_or("", |value| value.trim());
+        if self.env_keys.contains(&key) {
+            // Set to nothing is not set.
+            return (!value.is_empty()).then(|| "the environment".to_owned());
+        }
+        self.file
+            .and_then(|file| file.scalars.get(key.as_str()))
+            .map(|spanned| {
+                format!(
+                    "{}:{}:{}",
+                    self.file_name, spanned.at.line, spanned.at.column
+                )
+            })
+    }
+
+    /// These layers with `names` back at their defaults (the settings `listeners:` entries
+    /// own, so that what is set beside them is reported once, as a conflict).
+    pub(super) fn with_defaults(&self, names: &[&str]) -> Layers<'a> {
+        let mut layers = self.clone();
+        for name in names {
+            if let Some(var) = ENV_VARS.iter().find(|var| var.name == *name) {
+                let key = name.to_ascii_lowercase();
+                layers.values.insert(key.clone(), var.default.to_owned());
+                layers.env_keys.remove(&key);
+            }
+        }
+        layers
+    }
+
+    /// These layers with a listener's own values on top: `(setting, key as written, value)`.
+    pub(super) fn with_overrides(
+        &self,
+        overrides: &[(&'static str, String, crate::yaml::Spanned<String>)],
+    ) -> Layers<'a> {
+        let mut layers = self.clone();
+        for (name, written, value) in overrides {
+            let key = name.to_ascii_lowercase();
+            layers.values.insert(key.clone(), value.value.clone());
+            layers.env_keys.remove(&key);
+            layers.overrides.insert(key, (value.at, written.clone()));
+        }
+        layers
+    }
+
     fn source(&self, name: &str) -> Source {
         let key = name.to_ascii_lowercase();
+        if let Some((at, written)) = self.overrides.get(&key) {
+            return Source::Listener {
+                file: self.file_name.to_owned(),
+                line: at.line,
+                column: at.column,
+                key: written.clone(),
+            };
+        }
         if self.env_keys.contains(&key) {
             return Source::Environment;
         }
@@ -573,5 +646,6 @@ pub(super) fn merge_layers<'a>(
         env_keys,
         file,
         file_name,
+        overrides: BTreeMap::new(),
     }
 }

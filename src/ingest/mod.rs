@@ -184,6 +184,21 @@ impl Decider {
         self
     }
 
+    /// Count into `counters` (another listener's, routing to the same connectors in the same
+    /// order), so each connector's intake figures add up over every listener.
+    #[must_use]
+    pub fn with_route_counters(mut self, counters: &[Arc<RouteCounters>]) -> Self {
+        let same = counters.len() == self.routes.len()
+            && counters
+                .iter()
+                .zip(self.routes.iter())
+                .all(|(shared, own)| shared.connector == own.connector);
+        if same {
+            self.routes = counters.iter().cloned().collect();
+        }
+        self
+    }
+
     /// The character set of messages whose MSH-18 is empty.
     pub fn default_charset(&self) -> Charset {
         self.default_charset
@@ -278,6 +293,13 @@ impl Ingest {
     #[must_use]
     pub fn with_transforms(mut self, transforms: Arc<Transforms>) -> Self {
         self.decider = self.decider.with_transforms(transforms);
+        self
+    }
+
+    /// Count into another listener's route counters ([`Decider::with_route_counters`]).
+    #[must_use]
+    pub fn with_route_counters(mut self, counters: &[Arc<RouteCounters>]) -> Self {
+        self.decider = self.decider.with_route_counters(counters);
         self
     }
 

@@ -23,6 +23,7 @@ mod fhir;
 mod framing;
 mod intake;
 mod interfaces;
+mod listeners;
 mod metrics;
 mod outbox;
 mod outputs;

@@ -1,0 +1,355 @@
+//! `listeners:`: several inbound interfaces, each with its own address, TLS, limits, rules
+//! and `tls_senders` (one MLLP port per sending system).
+//!
+//! Without the key, the environment (`LISTEN_ADDR`, `TLS_*` …) defines the one MLLP listener
+//! as it always has. With it, every listener is read from its entry; the limits and timeouts
+//! (`MAX_CONNECTIONS`, `IDLE_TIMEOUT` …), `REQUIRE_TLS`, `TLS_MIN_VERSION` and
+//! `TLS_HANDSHAKE_TIMEOUT` set elsewhere become defaults an entry may override, and a setting
+//! that can only belong to one listener (`LISTEN_ADDR`, `LISTENER_NAME`, the TLS files) set
+//! outside the entries is a load error naming both places. An entry's values are read by the
+//! same code as the environment's ([`super::settings`]), so they are checked and reported
+//! alike, with the entry's place in the file.
+
+use std::collections::HashSet;
+
+use super::file::TlsSender;
+use super::settings::{Layers, Settings, parse_name};
+use super::{ConfigProblem, read_senders};
+use crate::mllp::ListenerSettings;
+use crate::tls::{SenderMap, TlsSettings};
+use crate::yaml::{self, At, Map, Node, Problems, Spanned};
+
+/// The kinds of listener a `listeners:` entry may declare.
+pub const LISTENER_KINDS: [&str; 1] = ["mllp"];
+
+/// A listener entry's own keys for limits and timeouts, and the settings they override.
+pub const LIMIT_KEYS: [(&str, &str); 10] = [
+    ("max_connections", "MAX_CONNECTIONS"),
+    ("max_connections_per_peer", "MAX_CONNECTIONS_PER_PEER"),
+    ("idle_timeout", "IDLE_TIMEOUT"),
+    ("frame_timeout", "FRAME_TIMEOUT"),
+    ("write_timeout", "WRITE_TIMEOUT"),
+    ("keep_alive_period", "KEEP_ALIVE_PERIOD"),
+    ("max_frame_size", "MAX_FRAME_SIZE"),
+    ("max_frame_memory", "MAX_FRAME_MEMORY"),
+    ("allowed_peers", "ALLOWED_PEERS"),
+    ("require_tls", "REQUIRE_TLS"),
+];
+
+/// The keys of an entry's `tls:` and the settings they stand for.
+pub const TLS_KEYS: [(&str, &str); 6] = [
+    ("cert_file", "TLS_CERT_FILE"),
+    ("key_file", "TLS_KEY_FILE"),
+    ("client_ca", "TLS_CLIENT_CA"),
+    ("client_crl", "TLS_CLIENT_CRL"),
+    ("min_version", "TLS_MIN_VERSION"),
+    ("handshake_timeout", "TLS_HANDSHAKE_TIMEOUT"),
+];
+
+/// Settings that belong to one listener: with `listeners:`, set only in an entry.
+pub const PER_LISTENER: [&str; 6] = [
+    "LISTEN_ADDR",
+    "LISTENER_NAME",
+    "TLS_CERT_FILE",
+    "TLS_KEY_FILE",
+    "TLS_CLIENT_CA",
+    "TLS_CLIENT_CRL",
+];
+
+/// The other keys of an entry.
+const ENTRY_KEYS: [&str; 6] = ["name", "type", "listen_addr", "tls", "rules", "tls_senders"];
+
+/// Every key a listener entry takes.
+pub fn entry_keys() -> Vec<&'static str> {
+    let mut keys: Vec<&'static str> = ENTRY_KEYS.to_vec();
+    keys.extend(LIMIT_KEYS.iter().map(|(key, _)| *key));
+    keys
+}
+
+/// One `listeners:` entry, as written.
+#[derive(Clone, Debug)]
+pub struct ListenerEntry {
+    /// Its name (`inbound` in CEL, the metrics' and logs' listener).
+    pub name: Spanned<String>,
+    /// Its type.
+    pub kind: Spanned<String>,
+    /// Where the entry starts.
+    pub at: At,
+    /// The settings it writes: `(setting, key as written, value)`.
+    pub settings: Vec<(&'static str, String, Spanned<String>)>,
+    /// `rules:` (names of `validation.rules`), when written.
+    pub rules: Option<Vec<Spanned<String>>>,
+    /// `tls_senders:`, when written.
+    pub tls_senders: Option<Vec<TlsSender>>,
+}
+
+/// Read one entry, collecting problems.
+pub(super) fn read_entry(
+    node: &Node,
+    read_sender: impl Fn(&Node, &mut Problems) -> Option<TlsSender>,
+    problems: &mut Problems,
+) -> Option<ListenerEntry> {
+    let what = "a listener";
+    let mut map = Map::new(node, what, problems)?;
+    let at = map.at();
+    let name = map.text("name", problems);
+    let kind = map.text("type", problems);
+    for key in ["name", "type"] {
+        if !map.has(key) {
+            problems.push(yaml::Problem {
+                at,
+                message: format!(
+                    "this listener has no `{key}`; add one{}",
+                    if key == "type" { " (mllp)" } else { "" }
+                ),
+            });
+        }
+    }
+    let mut settings = Vec::new();
+    if let Some(value) = map.text("listen_addr", problems) {
+        settings.push(("LISTEN_ADDR", "listen_addr".to_owned(), value));
+    }
+    for (key, setting) in LIMIT_KEYS {
+        if let Some(value) = map.text(key, problems) {
+            settings.push((setting, key.to_owned(), value));
+        }
+    }
+    if let Some(mut tls) = map.map("tls", problems) {
+        for (key, setting) in TLS_KEYS {
+            if let Some(value) = tls.text(key, problems) {
+                settings.push((setting, format!("tls.{key}"), value));
+            }
+        }
+        let keys: Vec<&str> = TLS_KEYS.iter().map(|(key, _)| *key).collect();
+        tls.finish("a listener's `tls`", &keys, problems);
+    }
+    let rules = map.list("rules", problems).map(|items| {
+        items
+            .iter()
+            .filter_map(|item| {
+                let text = item.scalar_text();
+                if text.is_none() {
+                    problems.push(yaml::Problem {
+                        at: item.at,
+                        message: format!("`rules` lists rule names (text), found {}", item.kind()),
+                    });
+                }
+                text.map(|value| Spanned { value, at: item.at })
+            })
+            .collect()
+    });
+    let tls_senders = map.list("tls_senders", problems).map(|items| {
+        items
+            .iter()
+            .filter_map(|item| read_sender(item, problems))
+            .collect()
+    });
+    map.finish(what, &entry_keys(), problems);
+    Some(ListenerEntry {
+        name: name?,
+        kind: kind?,
+        at,
+        settings,
+        rules,
+        tls_senders,
+    })
+}
+
+/// One listener, ready to bind.
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    /// Address, name, limits.
+    pub settings: ListenerSettings,
+    /// Its TLS, when a certificate is set.
+    pub tls: Option<TlsSettings>,
+    /// `require_tls`: refuse to start it without TLS on a non-loopback address.
+    pub require_tls: bool,
+    /// The validation rules it applies, by name; `None` applies every rule.
+    pub rules: Option<Vec<String>>,
+    /// Its `tls_senders`.
+    pub senders: Option<SenderMap>,
+    /// Whether it comes from a `listeners:` entry (its errors name the entry's keys, not
+    /// the settings).
+    pub entry: bool,
+}
+
+impl ListenerConfig {
+    /// The one listener the settings describe (no `listeners:`).
+    pub(super) fn from_settings(settings: &Settings, senders: Option<SenderMap>) -> Self {
+        Self {
+            settings: settings.listener.clone(),
+            tls: settings.tls.clone(),
+            require_tls: settings.require_tls,
+            rules: None,
+            senders,
+            entry: false,
+        }
+    }
+}
+
+/// What the whole file needs to resolve its entries.
+pub(super) struct Context<'a, 'b> {
+    /// Defaults < file < environment, valid on their own.
+    pub(super) layers: &'a Layers<'b>,
+    /// The file's name, for places.
+    pub(super) file_name: &'a str,
+    /// The names of `validation.rules`.
+    pub(super) rule_names: &'a [String],
+    /// Where a top-level `tls_senders` is, when there is one.
+    pub(super) top_senders: Option<At>,
+}
+
+/// Every entry, resolved against the settings; every problem collected.
+pub(super) fn resolve(
+    entries: &[ListenerEntry],
+    context: &Context<'_, '_>,
+    problems: &mut Vec<ConfigProblem>,
+) -> Vec<ListenerConfig> {
+    let file_name = context.file_name;
+    let place = |at: At| format!("{file_name}:{}:{}", at.line, at.column);
+    for name in PER_LISTENER {
+        if let Some(written) = context.layers.written_at(name) {
+            problems.push(ConfigProblem {
+                name: name.to_owned(),
+                subject: format!("{name} (set in {written})"),
+                problem: format!(
+                    "the file defines `listeners:`, where each listener has its own {}; remove {name} there, or move it into the listener it belongs to",
+                    entry_key(name)
+                ),
+            });
+        }
+    }
+    if let Some(at) = context.top_senders {
+        problems.push(ConfigProblem {
+            name: String::new(),
+            subject: format!("{}: tls_senders", place(at)),
+            problem: "with `listeners:`, tls_senders belongs to the listener whose client certificates it maps; move it into that entry".to_owned(),
+        });
+    }
+    if entries.is_empty() {
+        problems.push(ConfigProblem {
+            name: String::new(),
+            subject: format!("{file_name}: listeners"),
+            problem: "`listeners:` is empty, so nothing would be received; list at least one listener, or remove the key to use LISTEN_ADDR".to_owned(),
+        });
+    }
+    let mut names = HashSet::new();
+    let mut addresses: Vec<(Option<String>, u16, String)> = Vec::new();
+    let mut resolved = Vec::new();
+    for entry in entries {
+        let subject = format!("{}: listener {:?}", place(entry.name.at), entry.name.value);
+        let mut complain = |problem: String| {
+            problems.push(ConfigProblem {
+                name: String::new(),
+                subject: subject.clone(),
+                problem,
+            });
+        };
+        if let Err(problem) = parse_name(&entry.name.value) {
+            complain(problem);
+        } else if !names.insert(entry.name.value.clone()) {
+            complain("another listener has this name; names must be unique".to_owned());
+        }
+        if !LISTENER_KINDS.contains(&entry.kind.value.as_str()) {
+            complain(format!(
+                "`type` is {:?}; use one of {}",
+                entry.kind.value,
+                LISTENER_KINDS.join(", ")
+            ));
+            continue;
+        }
+        if !entry
+            .settings
+            .iter()
+            .any(|(name, ..)| *name == "LISTEN_ADDR")
+        {
+            complain("an mllp listener needs `listen_addr`, e.g. \":2575\"".to_owned());
+            continue;
+        }
+        for rule in entry.rules.iter().flatten() {
+            if !context.rule_names.contains(&rule.value) {
+                problems.push(ConfigProblem {
+                    name: String::new(),
+                    subject: format!(
+                        "{}: listener {:?} rule {:?}",
+                        place(rule.at),
+                        entry.name.value,
+                        rule.value
+                    ),
+                    problem: if context.rule_names.is_empty() {
+                        "validation.rules names no rule; define it there first".to_owned()
+                    } else {
+                        format!(
+                            "no validation rule has this name; the rules are {}",
+                            context.rule_names.join(", ")
+                        )
+                    },
+                });
+            }
+        }
+        let mut overrides = entry.settings.clone();
+        overrides.push(("LISTENER_NAME", "name".to_owned(), entry.name.clone()));
+        let layers = context.layers.with_overrides(&overrides);
+        let settings = match Settings::from_layers(&layers) {
+            Ok(settings) => settings,
+            Err(errors) => {
+                problems.extend(errors.0);
+                continue;
+            }
+        };
+        if let Ok((host, port)) = crate::units::parse_listen_address(&settings.listener.listen_addr)
+            && port != 0
+        {
+            let clash = addresses.iter().find(|(other_host, other_port, _)| {
+                *other_port == port
+                    && (other_host.is_none() || host.is_none() || *other_host == host)
+            });
+            if let Some((.., other)) = clash {
+                problems.push(ConfigProblem {
+                    name: String::new(),
+                    subject: subject.clone(),
+                    problem: format!(
+                        "listen_addr {} takes the port of listener {other:?}; give each listener its own port",
+                        settings.listener.listen_addr
+                    ),
+                });
+            }
+            addresses.push((host, port, entry.name.value.clone()));
+        }
+        let mutual = settings
+            .tls
+            .as_ref()
+            .is_some_and(|tls| tls.client_ca.is_some());
+        let senders = entry
+            .tls_senders
+            .as_ref()
+            .map(|listed| read_senders(listed, file_name, !mutual, problems));
+        resolved.push(ListenerConfig {
+            settings: settings.listener,
+            tls: settings.tls,
+            require_tls: settings.require_tls,
+            rules: entry
+                .rules
+                .as_ref()
+                .map(|rules| rules.iter().map(|rule| rule.value.clone()).collect()),
+            senders,
+            entry: true,
+        });
+    }
+    resolved
+}
+
+/// How an entry writes `setting`.
+fn entry_key(setting: &str) -> String {
+    match setting {
+        "LISTEN_ADDR" => "listen_addr".to_owned(),
+        "LISTENER_NAME" => "name".to_owned(),
+        _ => TLS_KEYS
+            .iter()
+            .find(|(_, name)| *name == setting)
+            .map_or_else(
+                || setting.to_ascii_lowercase(),
+                |(key, _)| format!("tls.{key}"),
+            ),
+    }
+}
