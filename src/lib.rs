@@ -31,6 +31,7 @@ pub mod delivery;
 pub mod fhir;
 pub mod gateway;
 pub mod hl7;
+pub mod http_intake;
 pub mod ingest;
 pub mod mllp;
 pub mod outbox;

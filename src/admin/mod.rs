@@ -180,7 +180,30 @@ pub async fn serve_router(
     limits: ConnectionLimits,
     counters: Arc<AdminCounters>,
 ) {
-    use hyper_util::rt::{TokioIo, TokioTimer};
+    serve_router_with(listener, app, shutdown, limits, counters, None).await;
+}
+
+/// Who is on the other end of a connection: handlers find it as an `Extension`.
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// Its client certificate's identity (mTLS), when it presented one.
+    pub identity: Option<crate::tls::PeerIdentity>,
+}
+
+/// [`serve_router`], over TLS when `tls` is set: each connection's handshake runs in its own
+/// task within the handshake timeout (a failed one is counted by `on_handshake_failure` and
+/// closed); every request carries the connection's [`ConnectionInfo`].
+pub async fn serve_router_with(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    limits: ConnectionLimits,
+    counters: Arc<AdminCounters>,
+    tls: Option<(crate::tls::TlsServer, Arc<dyn Fn() + Send + Sync>)>,
+) {
+    use hyper_util::rt::TokioIo;
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let mut connections = tokio::task::JoinSet::new();
     let mut last_warning: Option<tokio::time::Instant> = None;
@@ -191,7 +214,7 @@ pub async fn serve_router(
             // Reap finished connections as they end.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 // Out of descriptors, or a connection reset before it was accepted: wait a
@@ -220,25 +243,62 @@ pub async fn serve_router(
         };
         let app = app.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             let _slot = slot;
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            match tls {
+                None => {
+                    let info = ConnectionInfo {
+                        peer,
+                        identity: None,
+                    };
+                    let app = app.layer(axum::Extension(info));
+                    serve_connection(TokioIo::new(stream), app, limits, &shutdown).await;
+                }
+                Some((tls, on_failure)) => {
+                    let Ok(stream) = tls.accept(stream).await else {
+                        on_failure();
+                        return;
+                    };
+                    let identity = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(<[_]>::first)
+                        .and_then(crate::tls::PeerIdentity::from_certificate);
+                    let app = app.layer(axum::Extension(ConnectionInfo { peer, identity }));
+                    serve_connection(TokioIo::new(stream), app, limits, &shutdown).await;
                 }
             }
         });
     }
     // Requests in flight finish; idle connections close.
     while connections.join_next().await.is_some() {}
+}
+
+/// Serve HTTP/1.1 on one connection until it ends; on `shutdown`, requests in flight
+/// finish and the connection closes.
+async fn serve_connection<I>(
+    io: I,
+    app: Router,
+    limits: ConnectionLimits,
+    shutdown: &CancellationToken,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(io, service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }
 
 /// Bind `ADMIN_ADDR` (or `METRICS_ADDR`; Go syntax: `:8080` is every interface).

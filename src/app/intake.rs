@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig, ListenerKind};
 use crate::hl7::AckStamper;
 use crate::ingest::{Ingest, RouteCounters};
 use crate::mllp::{self, ListenerStats};
@@ -88,7 +88,20 @@ impl Intake {
                     ingest
                 }
             };
-            let served = serve(listener, ingest, tls, &shutdown, &tracker).await?;
+            let served = match &listener.kind {
+                ListenerKind::Mllp => serve(listener, ingest, tls, &shutdown, &tracker).await?,
+                ListenerKind::Http { tokens_file } => {
+                    serve_http(
+                        listener,
+                        tokens_file.as_deref(),
+                        ingest,
+                        tls,
+                        &shutdown,
+                        &tracker,
+                    )
+                    .await?
+                }
+            };
             bound.push(served);
         }
         info!(
@@ -218,6 +231,114 @@ async fn serve(
         tls = tls.is_some(),
         mtls = listener.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
         "listening for MLLP"
+    );
+    Ok(Bound {
+        name: settings.name.clone(),
+        local_addr,
+        stats,
+        tls,
+    })
+}
+
+/// Bind one HTTP listener (`POST /hl7`, [`crate::http_intake`]) and serve it on `tracker`.
+async fn serve_http(
+    listener: &ListenerConfig,
+    tokens_file: Option<&std::path::Path>,
+    ingest: Ingest,
+    tls: Option<TlsServer>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Bound> {
+    let settings = &listener.settings;
+    let tokens = match tokens_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "listener {}: cannot read tokens_file {}",
+                    settings.name,
+                    path.display()
+                )
+            })?;
+            let store = crate::admin::auth::TokenStore::parse(&text, path)
+                .map_err(|error| anyhow::anyhow!("listener {}: {error}", settings.name))?;
+            let store = Arc::new(store);
+            tracker.spawn(crate::admin::auth::watch_tokens_file(
+                Arc::clone(&store),
+                path.to_path_buf(),
+                crate::tls::fingerprint([&path.to_path_buf()]),
+                shutdown.clone(),
+            ));
+            Some(store)
+        }
+        None => None,
+    };
+    let (socket, local_addr) =
+        crate::admin::bind(&settings.listen_addr)
+            .await
+            .map_err(|error| {
+                super::bind_error(
+                    &format!("listen_addr of listener {}", settings.name),
+                    &settings.listen_addr,
+                    &error,
+                    "a free port, e.g. :8443",
+                )
+            })?;
+    if tls.is_none() && !local_addr.ip().is_loopback() {
+        if listener.require_tls {
+            anyhow::bail!(
+                "REQUIRE_TLS is set but listener {} ({}) has no TLS; set tls.cert_file and tls.key_file in its entry",
+                settings.name,
+                settings.listen_addr
+            );
+        }
+        warn!(
+            addr = %local_addr,
+            listener = %settings.name,
+            "HTTP listener without TLS on a non-loopback address: HL7 (patient data) crosses the network in clear; give it a certificate, or set REQUIRE_TLS=true to refuse this"
+        );
+    }
+    let stats = Arc::new(ListenerStats::default());
+    let state = Arc::new(crate::http_intake::HttpIntake {
+        ingest,
+        tokens,
+        stats: Arc::clone(&stats),
+        allowed_peers: settings.allowed_peers.clone(),
+    });
+    let limits = crate::admin::ConnectionLimits {
+        name: "HTTP listener",
+        max_connections: settings.max_connections.unwrap_or(usize::MAX >> 4),
+        header_timeout: crate::admin::HEADER_TIMEOUT,
+    };
+    let failures = Arc::clone(&stats);
+    let handshakes = tls.clone().map(|server| {
+        let count: Arc<dyn Fn() + Send + Sync> =
+            Arc::new(move || failures.count_handshake_failure());
+        (server, count)
+    });
+    tracker.spawn(crate::admin::serve_router_with(
+        socket,
+        crate::http_intake::router(state, settings.max_frame_size),
+        shutdown.clone(),
+        limits,
+        Arc::default(),
+        handshakes,
+    ));
+    let hangups = crate::shutdown::Hangups::install();
+    match &tls {
+        Some(server) => {
+            tracker.spawn(crate::tls::watch(server.clone(), hangups, shutdown.clone()));
+        }
+        None => {
+            tracker.spawn(ignore_hangups(hangups, shutdown.clone()));
+        }
+    }
+    info!(
+        addr = %local_addr,
+        listener = %settings.name,
+        tls = tls.is_some(),
+        mtls = listener.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+        tokens = tokens_file.is_some(),
+        "listening for HL7 over HTTP (POST /hl7)"
     );
     Ok(Bound {
         name: settings.name.clone(),

@@ -20,7 +20,30 @@ use crate::tls::{SenderMap, TlsSettings};
 use crate::yaml::{self, At, Map, Node, Problems, Spanned};
 
 /// The kinds of listener a `listeners:` entry may declare.
-pub const LISTENER_KINDS: [&str; 1] = ["mllp"];
+pub const LISTENER_KINDS: [&str; 2] = ["mllp", "http"];
+
+/// Limits of a connection's life that an HTTP listener does not have (hyper bounds its
+/// requests itself): written in an http entry, they are refused rather than ignored.
+const MLLP_ONLY: [&str; 6] = [
+    "max_connections_per_peer",
+    "idle_timeout",
+    "frame_timeout",
+    "write_timeout",
+    "keep_alive_period",
+    "max_frame_memory",
+];
+
+/// What kind of listener, with what only that kind has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// MLLP over TCP or TLS.
+    Mllp,
+    /// `POST /hl7` over HTTP or HTTPS.
+    Http {
+        /// Bearer tokens of the senders (`<id> <role> <sha256>` lines).
+        tokens_file: Option<std::path::PathBuf>,
+    },
+}
 
 /// A listener entry's own keys for limits and timeouts, and the settings they override.
 pub const LIMIT_KEYS: [(&str, &str); 10] = [
@@ -57,7 +80,15 @@ pub const PER_LISTENER: [&str; 6] = [
 ];
 
 /// The other keys of an entry.
-const ENTRY_KEYS: [&str; 6] = ["name", "type", "listen_addr", "tls", "rules", "tls_senders"];
+const ENTRY_KEYS: [&str; 7] = [
+    "name",
+    "type",
+    "listen_addr",
+    "tls",
+    "rules",
+    "tls_senders",
+    "tokens_file",
+];
 
 /// Every key a listener entry takes.
 pub fn entry_keys() -> Vec<&'static str> {
@@ -81,6 +112,8 @@ pub struct ListenerEntry {
     pub rules: Option<Vec<Spanned<String>>>,
     /// `tls_senders:`, when written.
     pub tls_senders: Option<Vec<TlsSender>>,
+    /// `tokens_file:` (http), when written.
+    pub tokens_file: Option<Spanned<String>>,
 }
 
 /// Read one entry, collecting problems.
@@ -138,6 +171,7 @@ pub(super) fn read_entry(
             })
             .collect()
     });
+    let tokens_file = map.text("tokens_file", problems);
     let tls_senders = map.list("tls_senders", problems).map(|items| {
         items
             .iter()
@@ -152,12 +186,15 @@ pub(super) fn read_entry(
         settings,
         rules,
         tls_senders,
+        tokens_file,
     })
 }
 
 /// One listener, ready to bind.
 #[derive(Clone, Debug)]
 pub struct ListenerConfig {
+    /// MLLP or HTTP.
+    pub kind: ListenerKind,
     /// Address, name, limits.
     pub settings: ListenerSettings,
     /// Its TLS, when a certificate is set.
@@ -177,6 +214,7 @@ impl ListenerConfig {
     /// The one listener the settings describe (no `listeners:`).
     pub(super) fn from_settings(settings: &Settings, senders: Option<SenderMap>) -> Self {
         Self {
+            kind: ListenerKind::Mllp,
             settings: settings.listener.clone(),
             tls: settings.tls.clone(),
             require_tls: settings.require_tls,
@@ -263,9 +301,39 @@ pub(super) fn resolve(
             .iter()
             .any(|(name, ..)| *name == "LISTEN_ADDR")
         {
-            complain("an mllp listener needs `listen_addr`, e.g. \":2575\"".to_owned());
+            complain(format!(
+                "an {} listener needs `listen_addr`, e.g. \":2575\"",
+                entry.kind.value
+            ));
             continue;
         }
+        let http = entry.kind.value == "http";
+        let entry_problem = |at: At, key: &str, problem: String| ConfigProblem {
+            name: String::new(),
+            subject: format!("{}: listener {:?} {key}", place(at), entry.name.value),
+            problem,
+        };
+        if http {
+            for (_, written, value) in &entry.settings {
+                if MLLP_ONLY.contains(&written.as_str()) {
+                    problems.push(entry_problem(value.at, written, "applies to MLLP connections only; an http listener bounds its requests itself (max_connections, max_frame_size for the body)".to_owned()));
+                }
+            }
+        } else if let Some(tokens) = &entry.tokens_file {
+            problems.push(entry_problem(tokens.at, "tokens_file", "bearer tokens are for http listeners; an mllp listener authenticates senders with client certificates (tls.client_ca)".to_owned()));
+        }
+        let tokens_file = entry.tokens_file.as_ref().map(|tokens| {
+            let path = std::path::PathBuf::from(tokens.value.trim());
+            let read = std::fs::read_to_string(&path)
+                .map_err(|error| format!("cannot read {}: {error}", path.display()))
+                .and_then(|text| crate::admin::auth::TokenStore::parse(&text, &path));
+            match read {
+                Ok(store) if store.is_empty() => problems.push(entry_problem(tokens.at, "tokens_file", "holds no token, so no sender could post; add the lines `mfoundry token create` prints".to_owned())),
+                Ok(_) => {}
+                Err(problem) => problems.push(entry_problem(tokens.at, "tokens_file", problem)),
+            }
+            path
+        });
         for rule in entry.rules.iter().flatten() {
             if !context.rule_names.contains(&rule.value) {
                 problems.push(ConfigProblem {
@@ -320,11 +388,29 @@ pub(super) fn resolve(
             .tls
             .as_ref()
             .is_some_and(|tls| tls.client_ca.is_some());
+        // Without tokens or client certificates, an HTTP listener would take messages from
+        // anyone who reaches it: only on loopback.
+        if http && tokens_file.is_none() && !mutual && !is_loopback(&settings.listener.listen_addr)
+        {
+            problems.push(ConfigProblem {
+                name: String::new(),
+                subject: subject.clone(),
+                problem: format!(
+                    "an http listener without tokens_file or tls.client_ca would take messages from anyone who reaches {}; set tokens_file (or mTLS), or bind it to 127.0.0.1",
+                    settings.listener.listen_addr
+                ),
+            });
+        }
         let senders = entry
             .tls_senders
             .as_ref()
             .map(|listed| read_senders(listed, file_name, !mutual, problems));
         resolved.push(ListenerConfig {
+            kind: if http {
+                ListenerKind::Http { tokens_file }
+            } else {
+                ListenerKind::Mllp
+            },
             settings: settings.listener,
             tls: settings.tls,
             require_tls: settings.require_tls,
@@ -352,4 +438,17 @@ fn entry_key(setting: &str) -> String {
                 |(key, _)| format!("tls.{key}"),
             ),
     }
+}
+
+/// Whether a listen address binds loopback only (`127.0.0.1:…`, `[::1]:…`, `localhost:…`).
+fn is_loopback(address: &str) -> bool {
+    crate::units::parse_listen_address(address).is_ok_and(|(host, _)| {
+        host.is_some_and(|host| {
+            host == "localhost"
+                || host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        })
+    })
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 pub use env::{ENV_VARS, EnvVar};
 pub use file::{ConnectorKind, FileConfig};
-pub use listeners::ListenerConfig;
+pub use listeners::{ListenerConfig, ListenerKind};
 use settings::parse_name;
 pub use settings::{EncryptionSettings, Settings};
 

@@ -155,7 +155,7 @@ pub struct ListenerFile {
     /// Unique name: `inbound` in CEL, the metrics' and stats' listener.
     #[schemars(with = "String")]
     pub name: String,
-    /// `mllp`.
+    /// `mllp` or `http`.
     #[schemars(rename = "type")]
     #[schemars(with = "String")]
     pub kind: String,
@@ -168,6 +168,9 @@ pub struct ListenerFile {
     pub rules: Option<Vec<String>>,
     /// As the top-level `tls_senders`, for this listener's client certificates.
     pub tls_senders: Option<Vec<TlsSenderFile>>,
+    /// http: the senders' bearer tokens (`<id> <role> <sha256>` lines, as `mfoundry token
+    /// create` prints them).
+    pub tokens_file: Option<String>,
     /// As `MAX_CONNECTIONS`.
     #[schemars(with = "Option<ScalarText>")]
     pub max_connections: SpannedScalar,

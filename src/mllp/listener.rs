@@ -155,6 +155,31 @@ fn bump(counter: &AtomicU64, by: u64) {
 }
 
 impl ListenerStats {
+    /// A message received by another kind of listener (HTTP): one request, one frame.
+    pub fn count_request(&self) {
+        bump(&self.connections_accepted, 1);
+        bump(&self.frames_received, 1);
+    }
+
+    /// The answer another kind of listener (HTTP) gave a frame: its ACK code, sent or not.
+    pub fn count_answer(&self, code: AckCode, sent: bool) {
+        if sent {
+            bump(&self.acks[ack_index(code)], 1);
+        } else {
+            bump(&self.suppressed_acks, 1);
+        }
+    }
+
+    /// A frame another kind of listener (HTTP) could not read a header from.
+    pub fn count_unreadable(&self) {
+        bump(&self.unreadable_frames, 1);
+    }
+
+    /// A TLS handshake another kind of listener (HTTP) saw fail.
+    pub fn count_handshake_failure(&self) {
+        bump(&self.tls_handshake_failures, 1);
+    }
+
     /// The current values.
     pub fn snapshot(&self) -> StatsSnapshot {
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);

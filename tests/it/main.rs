@@ -21,6 +21,7 @@ mod encryption;
 mod end_to_end;
 mod fhir;
 mod framing;
+mod http_intake;
 mod intake;
 mod interfaces;
 mod listeners;

@@ -1,0 +1,209 @@
+//! HTTP intake (`type: http` listeners): `POST /hl7` with one HL7 v2 message as the body,
+//! answered with its ACK, with the same decisions and durability as MLLP: the message and its
+//! queue entries are committed before the answer ([`Ingest::handle`]).
+//!
+//! - Body: the message as sent (`Content-Type: application/hl7-v2`, `x-application/hl7-v2+er7`
+//!   or `text/plain`; none is taken as HL7), or JSON `{"message": "MSH|..."}`; segments end
+//!   with `\r`, `\n` or `\r\n`. The bytes are stored as received.
+//! - Answer: the ACK as the body (`application/hl7-v2`; JSON `{"code", "ack"}` for a JSON
+//!   request) with `200` for AA/CA, `422` for AR/CR, `503` for AE/CE (the sender retries);
+//!   `400` for a body with no readable header, an empty body or an ACK (nothing stored).
+//! - Who may post: a bearer token of `tokens_file` (the lines `mfoundry token create` prints;
+//!   any role), or a client certificate (mTLS) whose identity `tls_senders` checks against
+//!   MSH-3/MSH-4; the configuration refuses a listener with neither unless it binds loopback.
+//!   `allowed_peers` closes the door to other addresses with `403`.
+//!
+//! Nothing from the message travels in a URL, a log line or an error text.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+
+use crate::admin::ConnectionInfo;
+use crate::admin::auth::TokenStore;
+use crate::hl7::AckCode;
+use crate::ingest::{Ingest, Reply};
+use crate::mllp::ListenerStats;
+use crate::units::Cidr;
+
+/// The media type of an HL7 v2 message in ER7 (pipe) encoding.
+pub const HL7_MEDIA_TYPE: &str = "application/hl7-v2";
+
+/// One HTTP listener's state.
+#[derive(Debug)]
+pub struct HttpIntake {
+    /// Decides, stores and answers.
+    pub ingest: Ingest,
+    /// The senders' tokens, when `tokens_file` is set.
+    pub tokens: Option<Arc<TokenStore>>,
+    /// The listener's counters.
+    pub stats: Arc<ListenerStats>,
+    /// `allowed_peers`.
+    pub allowed_peers: Option<Vec<Cidr>>,
+}
+
+/// `POST /hl7`; a body above `max_body` bytes is refused with `413` before it is read whole.
+pub fn router(state: Arc<HttpIntake>, max_body: usize) -> Router {
+    Router::new()
+        .route("/hl7", post(receive))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "not found: post HL7 v2 messages to /hl7",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, text: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": text }))).into_response()
+}
+
+/// The HTTP status of an ACK code.
+pub fn status_of(code: AckCode) -> StatusCode {
+    match code {
+        AckCode::AA | AckCode::CA => StatusCode::OK,
+        AckCode::AR | AckCode::CR => StatusCode::UNPROCESSABLE_ENTITY,
+        AckCode::AE | AckCode::CE => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// The bearer token of a request, when it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// The message of a request: the body itself, or the `message` of a JSON body.
+fn message_of(
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<(Bytes, bool), (StatusCode, &'static str)> {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| {
+            value
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    match media.as_str() {
+        ""
+        | HL7_MEDIA_TYPE
+        | "x-application/hl7-v2+er7"
+        | "application/hl7-v2+er7"
+        | "text/plain" => Ok((body, false)),
+        "application/json" => {
+            #[derive(serde::Deserialize)]
+            struct Posted {
+                message: String,
+            }
+            serde_json::from_slice::<Posted>(&body)
+                .map(|posted| (Bytes::from(posted.message.into_bytes()), true))
+                .map_err(|_| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        "a JSON body is an object with the message as a string: {\"message\": \"MSH|^~\\\\&|...\"}",
+                    )
+                })
+        }
+        _ => Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "post the message as application/hl7-v2 (or text/plain), or as JSON {\"message\": \"...\"}",
+        )),
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<HttpIntake>>,
+    Extension(connection): Extension<ConnectionInfo>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(allowed) = &state.allowed_peers
+        && !allowed
+            .iter()
+            .any(|range| range.contains(connection.peer.ip()))
+    {
+        return error(StatusCode::FORBIDDEN, "this address may not post messages");
+    }
+    if let Some(tokens) = &state.tokens {
+        let known = bearer(&headers).and_then(|token| tokens.authenticate(token));
+        if known.is_none() && connection.identity.is_none() {
+            let mut response = error(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token of this listener's tokens_file is needed (Authorization: Bearer <token>)",
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    let (message, json) = match message_of(&headers, body) {
+        Ok(found) => found,
+        Err((status, text)) => return error(status, text),
+    };
+    state.stats.count_request();
+    let outcome = state
+        .ingest
+        .handle(message, connection.peer, connection.identity.as_ref())
+        .await;
+    match outcome.reply {
+        Reply::Ack { bytes, code } => {
+            state.stats.count_answer(code, true);
+            let status = status_of(code);
+            if json {
+                let ack = String::from_utf8_lossy(&bytes).into_owned();
+                (
+                    status,
+                    axum::Json(serde_json::json!({ "code": code.as_str(), "ack": ack })),
+                )
+                    .into_response()
+            } else {
+                (
+                    status,
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(HL7_MEDIA_TYPE),
+                    )],
+                    bytes,
+                )
+                    .into_response()
+            }
+        }
+        Reply::Suppressed { code } => {
+            // The message asked for no ACK in this case: the status still tells.
+            state.stats.count_answer(code, false);
+            (
+                status_of(code),
+                axum::Json(serde_json::json!({ "code": code.as_str() })),
+            )
+                .into_response()
+        }
+        Reply::Ignore => error(
+            StatusCode::BAD_REQUEST,
+            "the body is empty or is itself an ACK; nothing was stored",
+        ),
+        Reply::Close => {
+            state.stats.count_unreadable();
+            error(
+                StatusCode::BAD_REQUEST,
+                "the body has no readable HL7 header (MSH, or FHS/BHS for a batch); nothing was stored",
+            )
+        }
+    }
+}

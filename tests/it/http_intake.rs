@@ -1,0 +1,303 @@
+//! HTTP intake (`type: http` listeners) run as a sender meets it: the real binary with an MLLP
+//! and an HTTP listener side by side; `POST /hl7` with a bearer token from `tokens_file`
+//! answers with the ACK (200 AA, 422 AR), JSON bodies work, a retransmit gets the original
+//! ACK, anything else is refused with a clear status and nothing stored. The configuration
+//! refuses an HTTP listener anyone could post to.
+
+use crate::common;
+
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use mfoundry::admin::auth::{generate_token, hash_token, hex};
+use serde_json::Value;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_mfoundry");
+
+/// An HTTP/1.1 answer: status, `Content-Type`, body.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+/// One request on a connection of its own.
+fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("head");
+    stream.write_all(body).expect("body");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("answer");
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let content_type = lines
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        .map(|(_, value)| value.trim().to_owned())
+        .unwrap_or_default();
+    Answer {
+        status,
+        content_type,
+        body: body.to_owned(),
+    }
+}
+
+fn logged_addr(server: &common::Server, listener: &str) -> String {
+    let marker = format!("\"listener\":\"{listener}\"");
+    server
+        .early
+        .iter()
+        .filter(|line| line.contains(&marker) && line.contains("\"addr\":\""))
+        .find_map(|line| {
+            let start = line.find("\"addr\":\"")? + 8;
+            let end = start + line[start..].find('"')?;
+            Some(line[start..end].to_owned())
+        })
+        .unwrap_or_else(|| panic!("{listener} logged no address: {:#?}", server.early))
+}
+
+const CONFIG: &str = r#"
+listeners:
+  - name: adt
+    type: mllp
+    listen_addr: "127.0.0.1:0"
+  - name: hl7-http
+    type: http
+    listen_addr: "127.0.0.1:0"
+    tokens_file: intake-tokens
+connectors:
+  - name: from-http
+    type: file
+    directory: out-http
+    filter: inbound == "hl7-http"
+validation:
+  rules:
+    - name: require-patient-id
+      expression: 'pid.?id.orValue("") != ""'
+      message: PID-3 must carry a patient identifier
+"#;
+
+fn message(control: &str, patient: &str) -> String {
+    format!(
+        "MSH|^~\\&|LAB|NORTH|MFOUNDRY|HUB|20261206083000||ORU^R01|{control}|P|2.5.1\rPID|1||{patient}^^^H^MR||DOE^JANE\r"
+    )
+}
+
+fn files_in(directory: &Path) -> usize {
+    std::fs::read_dir(directory).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|entry| {
+                if entry.path().is_dir() {
+                    files_in(&entry.path())
+                } else {
+                    usize::from(!entry.file_name().to_string_lossy().starts_with('.'))
+                }
+            })
+            .sum()
+    })
+}
+
+#[test]
+fn post_hl7_answers_with_the_ack_after_the_commit() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let token = generate_token().expect("token");
+    std::fs::write(
+        dir.join("intake-tokens"),
+        format!("lab-system viewer {}\n", hex(&hash_token(&token))),
+    )
+    .expect("tokens");
+    std::fs::write(dir.join("gateway.yaml"), CONFIG).expect("config");
+    let server = common::Server::start(dir, "gateway.yaml", "data", &[("LISTEN_ADDR", "")]);
+    let http = logged_addr(&server, "hl7-http");
+    let bearer = format!("Bearer {token}");
+    let hl7 = [
+        ("Content-Type", "application/hl7-v2"),
+        ("Authorization", bearer.as_str()),
+    ];
+
+    // No token, a wrong token: refused, nothing read.
+    let anonymous = request(
+        &http,
+        "POST",
+        "/hl7",
+        &[("Content-Type", "application/hl7-v2")],
+        message("H0", "1").as_bytes(),
+    );
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    let wrong = request(
+        &http,
+        "POST",
+        "/hl7",
+        &[("Authorization", "Bearer mft_0000")],
+        message("H0", "1").as_bytes(),
+    );
+    assert_eq!(wrong.status, 401, "{wrong:?}");
+
+    // Accepted: 200 with the ACK; a retransmit gets the same ACK and is not stored twice.
+    let accepted = request(&http, "POST", "/hl7", &hl7, message("H1", "123").as_bytes());
+    assert_eq!(accepted.status, 200, "{accepted:?}");
+    assert_eq!(accepted.content_type, "application/hl7-v2");
+    assert!(accepted.body.contains("\rMSA|AA|H1"), "{accepted:?}");
+    let again = request(&http, "POST", "/hl7", &hl7, message("H1", "123").as_bytes());
+    assert_eq!(
+        (again.status, again.body.as_str()),
+        (200, accepted.body.as_str())
+    );
+    // Refused by a rule: 422 with the AR.
+    let refused = request(&http, "POST", "/hl7", &hl7, message("H2", "").as_bytes());
+    assert_eq!(refused.status, 422, "{refused:?}");
+    assert!(refused.body.contains("\rMSA|AR|H2"), "{refused:?}");
+    // JSON in, JSON out; LF line endings are segment ends too.
+    let json_body = serde_json::json!({ "message": message("H3", "456").replace('\r', "\n") });
+    let json = request(
+        &http,
+        "POST",
+        "/hl7",
+        &[
+            ("Content-Type", "application/json"),
+            ("Authorization", bearer.as_str()),
+        ],
+        json_body.to_string().as_bytes(),
+    );
+    assert_eq!(json.status, 200, "{json:?}");
+    let answer: Value = serde_json::from_str(&json.body).expect("JSON answer");
+    assert_eq!(answer["code"], "AA");
+    assert!(
+        answer["ack"]
+            .as_str()
+            .is_some_and(|ack| ack.contains("MSA|AA|H3"))
+    );
+
+    // What cannot be a message: 400, 415, 404, 405; nothing stored.
+    for (method, path, headers, body, status) in [
+        ("POST", "/hl7", hl7.to_vec(), b"hello".to_vec(), 400),
+        ("POST", "/hl7", hl7.to_vec(), Vec::new(), 400),
+        (
+            "POST",
+            "/hl7",
+            vec![
+                ("Content-Type", "application/json"),
+                ("Authorization", bearer.as_str()),
+            ],
+            b"[1]".to_vec(),
+            400,
+        ),
+        (
+            "POST",
+            "/hl7",
+            vec![
+                ("Content-Type", "image/png"),
+                ("Authorization", bearer.as_str()),
+            ],
+            b"x".to_vec(),
+            415,
+        ),
+        ("POST", "/messages", hl7.to_vec(), b"x".to_vec(), 404),
+        ("GET", "/hl7", hl7.to_vec(), Vec::new(), 405),
+    ] {
+        let answer = request(&http, method, path, &headers, &body);
+        assert_eq!(
+            answer.status, status,
+            "{method} {path} {body:?}: {answer:?}"
+        );
+        assert!(!answer.body.contains("DOE"), "{answer:?}");
+    }
+
+    // Two messages delivered (H1 once, H3); the listener's counters.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while files_in(&dir.join("out-http")) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(files_in(&dir.join("out-http")), 2);
+    let admin = server.admin_addr.clone().expect("admin API on");
+    let stats = Command::new(BINARY)
+        .env_clear()
+        .current_dir(dir)
+        .args([
+            "stats",
+            "--json",
+            "--admin-addr",
+            &admin,
+            "--data-dir",
+            "data",
+        ])
+        .output()
+        .expect("stats runs");
+    let stats: Value = serde_json::from_slice(&stats.stdout).expect("JSON");
+    let listener = stats["listeners"]
+        .as_array()
+        .and_then(|listeners| {
+            listeners
+                .iter()
+                .find(|listener| listener["name"] == "hl7-http")
+        })
+        .cloned()
+        .expect("the http listener in stats");
+    assert_eq!(listener["accepted"].as_u64(), Some(3), "{listener}");
+    assert_eq!(listener["rejected"].as_u64(), Some(1), "{listener}");
+    server.stop();
+}
+
+#[test]
+fn an_http_listener_anyone_could_post_to_is_refused() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    std::fs::write(dir.join("empty-tokens"), "# nobody yet\n").expect("tokens");
+    let config = r#"
+listeners:
+  - {name: open, type: http, listen_addr: ":8443"}
+  - {name: loop, type: http, listen_addr: "127.0.0.1:8444"}
+  - {name: slow, type: http, listen_addr: "127.0.0.1:8445", idle_timeout: 5m}
+  - {name: nobody, type: http, listen_addr: ":8446", tokens_file: empty-tokens}
+  - {name: mllp-token, type: mllp, listen_addr: ":2575", tokens_file: empty-tokens}
+"#;
+    std::fs::write(dir.join("check.yaml"), config).expect("config");
+    let output = Command::new(BINARY)
+        .env_clear()
+        .current_dir(dir)
+        .env("DATA_DIR", dir.join("data"))
+        .args(["check", "--config", "check.yaml"])
+        .output()
+        .expect("check runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(64), "{printed}");
+    for expected in [
+        "listener \"open\": an http listener without tokens_file or tls.client_ca",
+        "idle_timeout: applies to MLLP connections only",
+        "tokens_file: holds no token",
+        "bearer tokens are for http listeners",
+    ] {
+        assert!(printed.contains(expected), "no {expected:?} in:\n{printed}");
+    }
+    assert!(
+        !printed.contains("\"loop\""),
+        "a loopback listener needs no tokens:\n{printed}"
+    );
+}
