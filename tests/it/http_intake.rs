@@ -301,3 +301,115 @@ listeners:
         "a loopback listener needs no tokens:\n{printed}"
     );
 }
+
+/// `POST /hl7` over TLS with `settings` (a client certificate or none): the answer, or the
+/// handshake's or the connection's error.
+async fn post_tls(
+    addr: &str,
+    settings: mfoundry::tls::ClientTlsSettings,
+    body: &str,
+) -> Result<Answer, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    mfoundry::tls::install_crypto_provider();
+    let client = mfoundry::tls::TlsClient::new(settings, ["--tls-ca", "--tls-cert", "--tls-key"])
+        .map_err(|error| error.to_string())?;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut stream = client
+        .connect(stream)
+        .await
+        .map_err(|error| error.to_string())?;
+    let request = format!(
+        "POST /hl7 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/hl7-v2\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut raw = Vec::new();
+    // A refused client certificate surfaces here, at the first read.
+    stream
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|error| error.to_string())?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").ok_or("no answer")?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or("no status")?;
+    Ok(Answer {
+        status,
+        content_type: String::new(),
+        body: body.to_owned(),
+    })
+}
+
+#[test]
+fn https_with_client_certificates_checks_each_sender_against_tls_senders() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    common::certs::certificates(dir);
+    std::fs::write(
+        dir.join("gateway.yaml"),
+        r#"
+listeners:
+  - name: lab-https
+    type: http
+    listen_addr: "127.0.0.1:0"
+    tls: {cert_file: server.pem, key_file: server.key, client_ca: ca.pem}
+    tls_senders:
+      - identity: mfoundry
+        sending_applications: [LAB]
+        sending_facilities: ["*"]
+connectors:
+  - name: results
+    type: file
+    directory: out
+"#,
+    )
+    .expect("config");
+    let server = common::Server::start(dir, "gateway.yaml", "data", &[("LISTEN_ADDR", "")]);
+    let addr = logged_addr(&server, "lab-https");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let with_certificate = mfoundry::tls::ClientTlsSettings {
+        ca_file: Some(dir.join("ca.pem")),
+        cert_file: Some(dir.join("client.pem")),
+        key_file: Some(dir.join("client.key")),
+        server_name: Some("localhost".to_owned()),
+    };
+    let lab = runtime
+        .block_on(post_tls(
+            &addr,
+            with_certificate.clone(),
+            &message("T1", "123"),
+        ))
+        .expect("an answer");
+    assert_eq!(lab.status, 200, "{lab:?}");
+    assert!(lab.body.contains("MSA|AA|T1"), "{lab:?}");
+    // The same certificate may not send as another system.
+    let other = message("T2", "123").replace("|LAB|", "|ADT1|");
+    let refused = runtime
+        .block_on(post_tls(&addr, with_certificate.clone(), &other))
+        .expect("an answer");
+    assert_eq!(refused.status, 422, "{refused:?}");
+    assert!(refused.body.contains("MSA|AR|T2"), "{refused:?}");
+    // Without a client certificate nothing is read.
+    let anonymous = runtime.block_on(post_tls(
+        &addr,
+        mfoundry::tls::ClientTlsSettings {
+            cert_file: None,
+            key_file: None,
+            ..with_certificate
+        },
+        &message("T3", "123"),
+    ));
+    assert!(anonymous.is_err(), "{anonymous:?}");
+    server.stop();
+}
