@@ -50,6 +50,94 @@ pub struct BenchArgs {
     /// TLS (each connection does one handshake, then sends its share).
     #[command(flatten)]
     pub tls: super::TlsArgs,
+    /// Post each message to an HTTP listener (`http://host:port/hl7`; `https://` with the
+    /// --tls-* options) instead of MLLP at --addr; each connection keeps one HTTP/1.1
+    /// connection and posts its share one after another.
+    #[arg(long, value_name = "URL")]
+    pub http: Option<String>,
+    /// Bearer token for --http (the listener's tokens_file holds its line).
+    #[arg(
+        long,
+        env = "INTAKE_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+}
+
+/// Where an HTTP bench posts.
+#[derive(Clone, Debug)]
+struct HttpTarget {
+    url: String,
+    token: Option<String>,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+impl HttpTarget {
+    /// From `--http`, `--token` and the --tls-* options (`https://` implies TLS).
+    fn from_args(args: &BenchArgs) -> anyhow::Result<Option<Self>> {
+        let Some(url) = &args.http else {
+            return Ok(None);
+        };
+        let parsed = reqwest::Url::parse(url).with_context(|| format!("--http {url}"))?;
+        let authority = format!(
+            "{}:{}",
+            parsed.host_str().unwrap_or_default(),
+            parsed.port_or_known_default().unwrap_or(443)
+        );
+        let mut tls_args = args.tls.clone();
+        tls_args.tls |= parsed.scheme() == "https";
+        let tls = tls_args.client(&authority)?.map(|client| client.config());
+        Ok(Some(Self {
+            url: url.clone(),
+            token: args.token.clone(),
+            tls,
+        }))
+    }
+
+    /// One client keeping one connection.
+    fn client(&self, timeout: Duration) -> reqwest::Result<reqwest::Client> {
+        crate::tls::install_crypto_provider();
+        let builder = reqwest::Client::builder()
+            .http1_only()
+            .pool_max_idle_per_host(1)
+            .timeout(timeout);
+        match &self.tls {
+            Some(config) => builder.tls_backend_preconfigured((**config).clone()),
+            None => builder,
+        }
+        .build()
+    }
+
+    /// Post one message: the ACK of a 200, 422 or 503 answer.
+    async fn post(
+        &self,
+        client: &reqwest::Client,
+        message: Vec<u8>,
+    ) -> Result<bytes::Bytes, String> {
+        let mut request = client
+            .post(&self.url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                crate::http_intake::HL7_MEDIA_TYPE,
+            )
+            .body(message);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|error| error.to_string())?;
+        let status = response.status().as_u16();
+        if !matches!(status, 200 | 422 | 503) {
+            return Err(format!("HTTP {status}"));
+        }
+        response.bytes().await.map_err(|error| error.to_string())
+    }
+}
+
+/// How a bench connection sends.
+enum Transport {
+    Mllp(MllpClient),
+    Http(reqwest::Client),
 }
 
 /// Latency percentiles in microseconds.
@@ -181,14 +269,18 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
         });
     }
 
-    let tls = args.tls.client(&args.addr)?.map(std::sync::Arc::new);
+    let http = HttpTarget::from_args(args)?.map(std::sync::Arc::new);
+    let tls = match &http {
+        Some(_) => None,
+        None => args.tls.client(&args.addr)?.map(std::sync::Arc::new),
+    };
     let started = Instant::now();
     let mut report = BenchReport::default();
     let mut latencies: Vec<u32> = Vec::with_capacity(args.messages);
     match floor {
         Some(probe) if args.connections == 1 => {
             let (result, ratios, sending) =
-                interleaved(args, tls.as_deref(), &template, probe).await?;
+                interleaved(args, tls.as_deref(), http.as_deref(), &template, probe).await?;
             latencies = result.latencies;
             report.not_aa = result.not_aa;
             report.failed = result.failed;
@@ -212,9 +304,16 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
                 let addr = args.addr.clone();
                 let timeout = args.timeout;
                 let tls = tls.clone();
+                let http = http.clone();
                 tasks.push(tokio::spawn(async move {
-                    let mut sender =
-                        Sender::connect(&addr, tls.as_deref(), connection, timeout).await?;
+                    let mut sender = Sender::connect(
+                        &addr,
+                        tls.as_deref(),
+                        http.as_deref(),
+                        connection,
+                        timeout,
+                    )
+                    .await?;
                     let mut result = ConnectionResult::with_capacity(share);
                     sender.send(0..share, &template, &mut result).await;
                     anyhow::Ok(result)
@@ -238,7 +337,12 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
     };
     writeln!(
         out,
-        "connections {}, messages {} ({} bytes each): {:.0} msg/s in {:.2} s",
+        "{}connections {}, messages {} ({} bytes each): {:.0} msg/s in {:.2} s",
+        if http.is_some() {
+            "HTTP POST /hl7, "
+        } else {
+            ""
+        },
         args.connections,
         args.messages,
         template.len(),
@@ -281,7 +385,8 @@ fn json_report(args: &BenchArgs, message_bytes: usize, report: &BenchReport) -> 
             })
         });
     serde_json::json!({
-        "addr": args.addr,
+        "addr": args.http.as_deref().unwrap_or(&args.addr),
+        "transport": if args.http.is_some() { "http" } else { "mllp" },
         "connections": args.connections,
         "messages": args.messages,
         "message_bytes": message_bytes,
@@ -310,12 +415,13 @@ fn json_report(args: &BenchArgs, message_bytes: usize, report: &BenchReport) -> 
 async fn interleaved(
     args: &BenchArgs,
     tls: Option<&crate::tls::TlsClient>,
+    http: Option<&HttpTarget>,
     template: &[u8],
     probe: Probe,
 ) -> anyhow::Result<(ConnectionResult, Vec<f64>, Duration)> {
     let rounds = ROUNDS.min(args.messages);
     let mut store = ProbeStore::open(&args.probe_dir)?;
-    let mut sender = Sender::connect(&args.addr, tls, 0, args.timeout).await?;
+    let mut sender = Sender::connect(&args.addr, tls, http, 0, args.timeout).await?;
     let mut result = ConnectionResult::with_capacity(args.messages);
     let mut ratios = Vec::with_capacity(rounds);
     let mut sending = Duration::ZERO;
@@ -398,9 +504,10 @@ fn with_control_id(template: &[u8], control_id: &str) -> Vec<u8> {
 struct Sender<'a> {
     addr: &'a str,
     tls: Option<&'a crate::tls::TlsClient>,
+    http: Option<&'a HttpTarget>,
     connection: usize,
     timeout: Duration,
-    client: Option<MllpClient>,
+    client: Option<Transport>,
 }
 
 impl<'a> Sender<'a> {
@@ -408,12 +515,14 @@ impl<'a> Sender<'a> {
     async fn connect(
         addr: &'a str,
         tls: Option<&'a crate::tls::TlsClient>,
+        http: Option<&'a HttpTarget>,
         connection: usize,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         let mut sender = Self {
             addr,
             tls,
+            http,
             connection,
             timeout,
             client: None,
@@ -422,8 +531,14 @@ impl<'a> Sender<'a> {
         Ok(sender)
     }
 
-    async fn reconnect(&self) -> Result<MllpClient, crate::mllp::ClientError> {
-        MllpClient::connect_with(self.addr, self.tls, Duration::from_secs(10), 1 << 20).await
+    async fn reconnect(&self) -> anyhow::Result<Transport> {
+        match self.http {
+            Some(http) => Ok(Transport::Http(http.client(self.timeout)?)),
+            None => Ok(Transport::Mllp(
+                MllpClient::connect_with(self.addr, self.tls, Duration::from_secs(10), 1 << 20)
+                    .await?,
+            )),
+        }
     }
 
     /// Send the messages numbered `sequences`, each waiting for its ACK.
@@ -445,7 +560,17 @@ impl<'a> Sender<'a> {
             let control_id = format!("B{run_id}-{}-{sequence}", self.connection);
             let message = with_control_id(template, &control_id);
             let sent = Instant::now();
-            match connected.request(&message, self.timeout).await {
+            let answered = match connected {
+                Transport::Mllp(client) => client
+                    .request(&message, self.timeout)
+                    .await
+                    .map_err(|error| error.to_string()),
+                Transport::Http(client) => match self.http {
+                    Some(http) => http.post(client, message).await,
+                    None => Err("no URL".to_owned()),
+                },
+            };
+            match answered {
                 Ok(ack) => {
                     let micros = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
                     result.latencies.push(micros);

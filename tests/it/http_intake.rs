@@ -413,3 +413,62 @@ connectors:
     assert!(anonymous.is_err(), "{anonymous:?}");
     server.stop();
 }
+
+#[test]
+fn bench_posts_to_the_http_listener_and_reports_it() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let token = generate_token().expect("token");
+    std::fs::write(
+        dir.join("intake-tokens"),
+        format!("bench viewer {}\n", hex(&hash_token(&token))),
+    )
+    .expect("tokens");
+    std::fs::write(
+        dir.join("gateway.yaml"),
+        "listeners:\n  - {name: hl7-http, type: http, listen_addr: \"127.0.0.1:0\", tokens_file: intake-tokens}\n",
+    )
+    .expect("config");
+    let server = common::Server::start(dir, "gateway.yaml", "data", &[("LISTEN_ADDR", "")]);
+    let url = format!("http://{}/hl7", logged_addr(&server, "hl7-http"));
+    let bench = |token: &str| {
+        Command::new(BINARY)
+            .env_clear()
+            .current_dir(dir)
+            .env("INTAKE_TOKEN", token)
+            .args([
+                "bench",
+                "--http",
+                &url,
+                "-c",
+                "2",
+                "-n",
+                "40",
+                "--no-probe",
+                "--json",
+            ])
+            .output()
+            .expect("bench runs")
+    };
+    let output = bench(&token);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(report["transport"], "http");
+    assert_eq!(report["answered"].as_u64(), Some(40), "{report}");
+    assert_eq!(report["not_aa"].as_u64(), Some(0), "{report}");
+    assert!(
+        report["throughput_per_sec"]
+            .as_f64()
+            .is_some_and(|rate| rate > 0.0)
+    );
+    // A wrong token is no measurement: every post fails, and the exit code says so.
+    let refused = bench("mft_wrong");
+    assert!(!refused.status.success());
+    let report: Value = serde_json::from_slice(&refused.stdout).expect("one JSON object");
+    assert_eq!(report["no_answer"].as_u64(), Some(40), "{report}");
+    server.stop();
+}

@@ -598,6 +598,8 @@ pub fn bench_args(addr: &str, connections: usize, messages: usize) -> mfoundry::
         no_probe: true,
         json: false,
         tls: mfoundry::cli::TlsArgs::default(),
+        http: None,
+        token: None,
     }
 }
 
