@@ -52,6 +52,15 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
             mfoundry::telemetry::init(config.settings.log_format);
+            // As `check` prints them: expressions that load but now mean something else.
+            for warning in compiled
+                .rules
+                .warnings()
+                .iter()
+                .chain(compiled.transforms.warnings())
+            {
+                tracing::warn!(warning = %warning, "an expression loads, but its meaning changed");
+            }
             let pull = config.settings.metrics_addr.is_some();
             match runtime.block_on(async { mfoundry::telemetry::metrics::init(pull) }) {
                 Ok(installed) => {
@@ -220,6 +229,15 @@ fn check(args: &ConfigArgs) -> ExitCode {
     }
     match config.compile() {
         Ok(compiled) => {
+            // Expressions that load but now mean something else: on stderr, exit 0.
+            for warning in compiled
+                .rules
+                .warnings()
+                .iter()
+                .chain(compiled.transforms.warnings())
+            {
+                eprintln!("mfoundry check: warning: {warning}");
+            }
             let source = config.file.as_ref().map_or_else(
                 || "no configuration file".to_owned(),
                 |path| path.display().to_string(),

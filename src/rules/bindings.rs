@@ -1,8 +1,17 @@
 //! The CEL variables bound for one message.
 //!
 //! Values are the text of the field: escape sequences decoded, MSH-18 (or the default)
-//! character set decoded, each value cut at [`MAX_VALUE_BYTES`]. A segment the message lacks
-//! binds an empty map. Only the variables some expression references are built.
+//! character set decoded, each value cut at [`MAX_VALUE_BYTES`]. Only the variables some
+//! expression references are built.
+//!
+//! **Invariant:** every key of `msh`, `pid`, `pv1` and `obx` that an expression references is
+//! bound for every message. A segment the message lacks binds exactly what a present segment
+//! with empty fields binds: each key `""`, `pid.id_list` `[]` (as `obx_list` and
+//! `segments(...)` are `[]` without OBX). So `pid.id != ""` on a master-file message (no PID)
+//! is false, not an evaluation error; whether the message carries a segment is
+//! `size(segments("PID")) > 0`. Expressions written for the earlier binding (an absent
+//! segment as an empty map, `has(pid.id)` false without PID) are warned about at load
+//! ([`super::warnings`]).
 
 use std::any::Any;
 use std::borrow::Cow;
@@ -257,18 +266,17 @@ impl<'a> View<'a> {
     }
 
     /// A map of the keys in `mask` (bits in the order of `keys`) read from `segment`; an
-    /// absent segment gives an empty map.
+    /// absent segment reads as one whose fields are all empty (every key `""`, lists `[]`).
     fn segment_map(
         &self,
         segment: Option<Segment<'a>>,
         keys: &[KeySpec],
         mask: u16,
     ) -> Box<dyn Val + 'a> {
-        let Some(segment) = segment else {
-            return map(Vec::new());
-        };
         let last = keys.iter().map(|(_, number, _)| *number).max().unwrap_or(0);
-        let fields = segment.fields_up_to(last);
+        let fields = segment
+            .map(|segment| segment.fields_up_to(last))
+            .unwrap_or_default();
         let delimiters = self.message.delimiters();
         let mut entries = Vec::with_capacity(keys.len());
         for (bit, &(name, number, component)) in keys.iter().enumerate() {
@@ -302,17 +310,17 @@ impl<'a> View<'a> {
         self.segment_map(self.message.segments().next(), MSH_KEYS, mask)
     }
 
-    /// The `pid` map (empty without a PID segment).
+    /// The `pid` map (every key `""` without a PID segment).
     pub fn pid(&self, mask: u16) -> Box<dyn Val + 'a> {
         self.segment_map(self.message.segment(b"PID", 1), PID_KEYS, mask)
     }
 
-    /// The `pv1` map (empty without a PV1 segment).
+    /// The `pv1` map (every key `""` without a PV1 segment).
     pub fn pv1(&self, mask: u16) -> Box<dyn Val + 'a> {
         self.segment_map(self.message.segment(b"PV1", 1), PV1_KEYS, mask)
     }
 
-    /// The first OBX as a map (empty without one).
+    /// The first OBX as a map (every key `""` without one).
     pub fn obx(&self, mask: u16) -> Box<dyn Val + 'a> {
         self.segment_map(self.message.segment(b"OBX", 1), OBX_KEYS, mask)
     }

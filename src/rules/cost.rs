@@ -15,7 +15,10 @@
 //! - **Growth**: values bound from a message are at most 64 KiB each and lists at most
 //!   [`MAX_LIST_ENTRIES`]; `+` (which concatenates strings and lists) is refused inside a
 //!   comprehension, where it would build a new value for every element, and at most
-//!   [`MAX_CONCATENATIONS`] appear in one expression.
+//!   [`MAX_CONCATENATIONS`] appear in one expression. The `+` the macros write themselves
+//!   (`map` and `filter` append one element per step to their result, `exists_one` counts)
+//!   is not the expression's: their result holds at most one entry per element of the list,
+//!   so it is neither refused nor counted; a `+` in what `map` computes still is.
 
 use cel::IdedExpr;
 use cel::common::ast::{EntryExpr, Expr, LiteralValue};
@@ -60,7 +63,7 @@ impl Walk {
         self.cost = self.cost.saturating_add(multiplier);
         match &expression.expr {
             Expr::Call(call) => {
-                if call.func_name == "_+_" {
+                if call.func_name == "_+_" && !is_macro_accumulation(call) {
                     self.concatenations += 1;
                     if in_loop {
                         self.problems.push(
@@ -161,6 +164,12 @@ impl Walk {
     }
 }
 
+/// `@result + [x]` or `@result + 1`: the step a `map`, `filter` or `exists_one` macro expands
+/// to. Its left operand is the macro's accumulator, which CEL source cannot name (`@`).
+fn is_macro_accumulation(call: &cel::common::ast::CallExpr) -> bool {
+    matches!(call.args.first().map(|left| &left.expr), Some(Expr::Ident(name)) if name.starts_with('@'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +199,17 @@ mod tests {
         assert!(walks[0].contains("steps"), "{walks:?}");
         let membership = problems("obx_list.all(o, o.value in ['A', 'B'])");
         assert!(membership[0].contains("steps"), "{membership:?}");
+        // The macros' own accumulation is not the expression's `+`.
+        for macro_use in [
+            "obx_list.map(o, o.value).size() > 0",
+            "obx_list.filter(o, o.status == 'F').size() > 0",
+            "obx_list.exists_one(o, o.status == 'F')",
+            "obx_list.map(o, o.status == 'F', o.value).size() > 0",
+        ] {
+            assert_eq!(problems(macro_use), Vec::<String>::new(), "{macro_use}");
+        }
+        let computed = problems("obx_list.map(o, o.value + '!').size() > 0");
+        assert!(computed[0].contains("`+` inside"), "{computed:?}");
         let growth = problems("obx_list.map(a, obx_list.map(b, a.value + b.value)).size() > 0");
         assert!(
             growth.iter().any(|problem| problem.contains("`+` inside")),

@@ -1,19 +1,27 @@
 //! CEL rules: validation rules and connector filters, compiled once at startup.
 //!
 //! Every expression is parsed when the configuration loads, with bounded size and nesting,
-//! and checked (`names.rs`, then [`types`]) against the variables and functions mfoundry
-//! provides, so an unknown name or a wrong type is a load error, not a message-time surprise. At message time, one shared root context (the
+//! and checked (`names.rs`, then [`types`], then [`cost`]) against the variables and
+//! functions mfoundry provides, so an unknown name or a wrong type is a load error, not a
+//! message-time surprise; [`warnings`] names the expressions whose meaning changed when
+//! absent segments began to bind empty values. At message time, one shared root context (the
 //! standard library plus `field()` and `segments()`) gets a cheap child scope holding only the
-//! variables some expression references (see [`bindings`]).
+//! variables some expression references (see [`bindings`]). Every key an expression reads is
+//! bound for every message, so a message that lacks a segment never makes a rule fail to
+//! evaluate: its keys are `""`, its lists `[]`.
 //!
 //! Evaluation order: validation rules in their configured order (the first that is false
-//! rejects the message); then every connector's filter. An expression that fails to evaluate
-//! (a missing map key, a type error, the time budget spent) is an error for the message.
+//! rejects the message); then every connector's filter. An expression that still fails to
+//! evaluate (a conversion such as `int(pid.dob)` of a value that is not a number, a type only
+//! the message decides, the time budget spent) is an error for the message, which intake
+//! answers `AR`, never `AE` (ADR 0010).
 
 pub mod bindings;
 pub mod cost;
 mod names;
+mod scope;
 pub mod types;
+pub mod warnings;
 
 use std::fmt;
 use std::sync::Arc;
@@ -194,6 +202,8 @@ pub struct Compiler {
     env: Arc<Env>,
     needed: Needed,
     problems: Vec<RuleProblem>,
+    /// Expressions that load but whose meaning changed ([`warnings`]).
+    warnings: Vec<RuleProblem>,
 }
 
 impl fmt::Debug for Compiler {
@@ -201,6 +211,7 @@ impl fmt::Debug for Compiler {
         formatter
             .debug_struct("Compiler")
             .field("problems", &self.problems.len())
+            .field("warnings", &self.warnings.len())
             .finish_non_exhaustive()
     }
 }
@@ -233,6 +244,7 @@ impl Compiler {
             env: Arc::new(Env::stdlib()),
             needed: Needed::default(),
             problems: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -251,6 +263,7 @@ impl Compiler {
             expect,
             &mut self.needed,
             &mut self.problems,
+            &mut self.warnings,
         )?;
         Some(Expression {
             expression,
@@ -279,6 +292,7 @@ impl Compiler {
             root,
             needed: self.needed,
             budget,
+            warnings: self.warnings,
         })
     }
 }
@@ -288,6 +302,8 @@ pub struct Program {
     root: Context<'static, 'static>,
     needed: Needed,
     budget: Duration,
+    /// What [`Compiler`] warned about, for `mfoundry check` to print.
+    warnings: Vec<RuleProblem>,
 }
 
 impl fmt::Debug for Program {
@@ -296,6 +312,7 @@ impl fmt::Debug for Program {
             .debug_struct("Program")
             .field("needed", &self.needed)
             .field("budget", &self.budget)
+            .field("warnings", &self.warnings.len())
             .finish_non_exhaustive()
     }
 }
@@ -318,6 +335,12 @@ impl fmt::Debug for Scope<'_> {
 }
 
 impl Program {
+    /// Expressions that load but whose meaning changed ([`warnings`]): each with its place
+    /// and what to write instead.
+    pub fn warnings(&self) -> &[RuleProblem] {
+        &self.warnings
+    }
+
     /// Bind the variables the expressions use for `message`.
     pub fn scope<'a>(&'a self, message: &'a Message, charset: Charset, inbound: &str) -> Scope<'a> {
         let view = View { message, charset };
@@ -455,6 +478,11 @@ impl RuleSet {
             .map(|(connector, _, _)| connector.as_str())
     }
 
+    /// Rules and filters that load but whose meaning changed ([`warnings`]).
+    pub fn warnings(&self) -> &[RuleProblem] {
+        self.program.warnings()
+    }
+
     /// Number of validation rules.
     pub fn rule_count(&self) -> usize {
         self.rules.len()
@@ -536,7 +564,7 @@ fn evaluate_bool(expression: &IdedExpr, scope: &Context<'_, '_>) -> Result<bool,
 fn describe_execution_error(error: &ExecutionError) -> String {
     let what = match error {
         ExecutionError::NoSuchKey(_) => {
-            "a map key is missing (a segment the message lacks is an empty map: use has(...) or .?key.orValue(\"\"))"
+            "a map key is missing (a field number past the last field of a segments(...) entry, or a key a map literal lacks: test it with has(...) or `in` first)"
         }
         ExecutionError::UndeclaredReference(_) => "a name is not bound",
         ExecutionError::NoSuchOverload(_) | ExecutionError::UnexpectedType { .. } => {
@@ -566,6 +594,7 @@ fn compile_one(
     expect: types::Expect,
     needed: &mut Needed,
     problems: &mut Vec<RuleProblem>,
+    warnings: &mut Vec<RuleProblem>,
 ) -> Option<IdedExpr> {
     let problem = |position, detail: String| RuleProblem {
         origin: source.origin.clone(),
@@ -605,7 +634,13 @@ fn compile_one(
         }
     };
     let mut found = Vec::new();
-    names::check(&expression, &mut Vec::new(), 0, needed, &mut found);
+    names::check(
+        &expression,
+        &mut scope::Scope::default(),
+        0,
+        needed,
+        &mut found,
+    );
     if found.is_empty() {
         // Names first: a type said of an unknown name would only add noise.
         types::check(&expression, expect, &mut found);
@@ -614,6 +649,9 @@ fn compile_one(
         cost::check(&expression, &mut found);
     }
     if found.is_empty() {
+        let mut changed = Vec::new();
+        self::warnings::check(&expression, &mut changed);
+        warnings.extend(changed.into_iter().map(|detail| problem(None, detail)));
         Some(expression)
     } else {
         problems.extend(found.into_iter().map(|detail| problem(None, detail)));

@@ -1,13 +1,15 @@
 //! The load-time check of names in an expression: variables (and the keys of `msh`, `pid`,
 //! `pv1`, `obx`), functions (the [`FUNCTIONS`] allow-list), the arguments of `field()` and
 //! `segments()`, and the nesting of comprehensions; it also notes which variables and keys
-//! the expressions use, so only those are built per message. Types are checked after it
-//! ([`super::types`]).
+//! the expressions use, so only those are built per message. The keys of an `obx_list` entry
+//! (`o` in `obx_list.exists(o, …)`, or `obx_list[0]`) are checked like those of `obx`
+//! ([`super::scope`]). Types are checked after it ([`super::types`]).
 
 use cel::IdedExpr;
 use cel::common::ast::{EntryExpr, Expr};
 
-use super::bindings::{MAP_VARIABLES, Needed, VARIABLES};
+use super::bindings::{KeySpec, MAP_VARIABLES, Needed, VARIABLES};
+use super::scope::Scope;
 use super::{FUNCTIONS, MAX_COMPREHENSION_NESTING};
 use crate::hl7::FieldPath;
 
@@ -35,14 +37,14 @@ fn is_operator(name: &str) -> bool {
 /// comprehension nesting. Loop variables are in `scope`.
 pub(super) fn check(
     expression: &IdedExpr,
-    scope: &mut Vec<String>,
+    scope: &mut Scope,
     comprehension_depth: usize,
     needed: &mut Needed,
     found: &mut Vec<String>,
 ) {
     match &expression.expr {
         Expr::Ident(name) => {
-            if name.starts_with('@') || scope.contains(name) {
+            if name.starts_with('@') || scope.shadows(name) {
                 return;
             }
             if VARIABLES.contains(&name.as_str()) {
@@ -67,6 +69,19 @@ pub(super) fn check(
                 found.push(format!("{variable} has no field {:?}", key.to_string()));
             }
         }
+        Expr::Call(call) if call.func_name == "_[_]" && call.args.len() == 2 => {
+            // `o["value"]` on an `obx_list` entry: a literal key is checked like `o.value`.
+            if let (
+                Some((list, keys)),
+                Expr::Literal(cel::common::ast::LiteralValue::String(key)),
+            ) = (scope.entry(&call.args[0]), &call.args[1].expr)
+            {
+                check_entry_key(list, keys, key, found);
+            }
+            for argument in &call.args {
+                check(argument, scope, comprehension_depth, needed, found);
+            }
+        }
         Expr::Call(call) => {
             let name = call.func_name.as_str();
             if !is_operator(name) && !FUNCTIONS.contains(&name) {
@@ -85,7 +100,7 @@ pub(super) fn check(
         }
         Expr::Select(select) => {
             if let Expr::Ident(variable) = &select.operand.expr
-                && !scope.contains(variable)
+                && !scope.shadows(variable)
                 && let Some((_, keys)) = MAP_VARIABLES.iter().find(|(name, _)| name == variable)
             {
                 // `msh.msg_type`: only that key needs building.
@@ -98,6 +113,10 @@ pub(super) fn check(
                     ));
                 }
                 return;
+            }
+            if let Some((list, keys)) = scope.entry(&select.operand) {
+                // `o.status` in `obx_list.exists(o, …)`: an OBX key.
+                check_entry_key(list, keys, &select.field, found);
             }
             check(&select.operand, scope, comprehension_depth, needed, found);
         }
@@ -137,12 +156,7 @@ pub(super) fn check(
                 needed,
                 found,
             );
-            let depth = scope.len();
-            scope.push(comprehension.iter_var.clone());
-            if let Some(second) = &comprehension.iter_var2 {
-                scope.push(second.clone());
-            }
-            scope.push(comprehension.accu_var.clone());
+            let depth = scope.enter(comprehension);
             for part in [
                 &comprehension.loop_cond,
                 &comprehension.loop_step,
@@ -150,28 +164,40 @@ pub(super) fn check(
             ] {
                 check(part, scope, comprehension_depth + 1, needed, found);
             }
-            scope.truncate(depth);
+            scope.leave(depth);
         }
         Expr::Literal(_) | Expr::Unspecified => {}
     }
 }
 
 /// `variable["literal"]` on a map variable not shadowed by a loop variable.
-fn is_map_key_index(call: &cel::common::ast::CallExpr, scope: &[String]) -> bool {
+fn is_map_key_index(call: &cel::common::ast::CallExpr, scope: &Scope) -> bool {
     call.target.is_none()
         && call.args.len() == 2
         && matches!(&call.args[0].expr, Expr::Ident(variable)
-            if !scope.contains(variable) && MAP_VARIABLES.iter().any(|(name, _)| name == variable))
+            if !scope.shadows(variable) && MAP_VARIABLES.iter().any(|(name, _)| name == variable))
         && matches!(
             &call.args[1].expr,
             Expr::Literal(cel::common::ast::LiteralValue::String(_))
         )
 }
 
+/// A key of an entry of `list` (whose entries have `keys`).
+fn check_entry_key(list: &str, keys: &[KeySpec], key: &str, found: &mut Vec<String>) {
+    if keys.iter().any(|(name, _, _)| *name == key) {
+        return;
+    }
+    let names: Vec<&str> = keys.iter().map(|(name, _, _)| *name).collect();
+    found.push(format!(
+        "an entry of {list} has no field {key:?}; its fields are {}",
+        names.join(", ")
+    ));
+}
+
 /// Map and struct literal entries: keys and values.
 fn check_entries(
     entries: &[cel::common::ast::IdedEntryExpr],
-    scope: &mut Vec<String>,
+    scope: &mut Scope,
     comprehension_depth: usize,
     needed: &mut Needed,
     found: &mut Vec<String>,

@@ -2,9 +2,10 @@
 //!
 //! The `cel` crate evaluates but does not type-check, so this walks the parsed expression
 //! and infers what it can: literals, operators, mfoundry's variables (every key of `msh`,
-//! `pid`, `pv1`, `obx` is a string, `pid.id_list` a list of strings), `field()` (a string),
-//! the conversion functions. Where the type depends on data (`dyn`, a map read with a
-//! computed key, a list element) it is unknown and accepted; where it is known and wrong —
+//! `pid`, `pv1`, `obx` and of an `obx_list` entry is a string, `pid.id_list` a list of
+//! strings), `field()` (a string), the conversion functions. Where the type depends on data
+//! (`dyn`, a map read with a computed key, a list element) it is unknown and accepted; where
+//! it is known and wrong —
 //! a rule that gives a string, a value that is not a string, a string compared with a number
 //! — the configuration does not load, with the fix in the message.
 
@@ -12,6 +13,7 @@ use cel::IdedExpr;
 use cel::common::ast::{Expr, LiteralValue};
 
 use super::bindings::MAP_VARIABLES;
+use super::scope::Scope;
 
 /// What an expression gives, as far as it can be known before a message arrives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,27 +77,123 @@ pub enum Expect {
 /// Check `expression` gives what `expect` asks and its comparisons compare like with like;
 /// each problem found is pushed to `found`.
 pub fn check(expression: &IdedExpr, expect: Expect, found: &mut Vec<String>) {
-    let mut scope = Vec::new();
+    let mut scope = Scope::default();
     let kind = infer(expression, &mut scope, found);
-    let (wanted, hint) = match expect {
-        Expect::Bool => (
-            Kind::Bool,
-            "a rule, filter or `when` must be true or false, e.g. msh.msg_type == \"ADT\"",
-        ),
-        Expect::String => (
-            Kind::String,
-            "a value must be a string: quote a constant ('\"EMR\"') or convert with string(...)",
-        ),
+    let wanted = match expect {
+        Expect::Bool => Kind::Bool,
+        Expect::String => Kind::String,
     };
     if let Some(kind) = kind
         && kind != wanted
     {
+        let hint = match expect {
+            Expect::Bool => bool_hint(expression, kind),
+            Expect::String => {
+                "a value must be a string: quote a constant ('\"EMR\"') or convert with string(...)"
+                    .to_owned()
+            }
+        };
         found.push(format!("the expression gives {}; {hint}", kind.describe()));
     }
 }
 
+/// How to turn an expression of `kind` into a condition, with the expression itself when it
+/// is short enough to quote (`pid.id` → `pid.id != ""`).
+fn bool_hint(expression: &IdedExpr, kind: Kind) -> String {
+    let text = render(expression);
+    let example = match (kind, &text) {
+        (Kind::String, Some(text)) => format!("to require a value, write {text} != \"\""),
+        (Kind::List | Kind::Map, Some(text)) => {
+            format!("to require an entry, write size({text}) > 0")
+        }
+        (Kind::Int | Kind::Uint | Kind::Double, Some(text)) => {
+            format!("compare it, e.g. {text} > 0")
+        }
+        _ => "e.g. msh.msg_type == \"ADT\"".to_owned(),
+    };
+    format!("a rule, filter or `when` must be true or false: {example}")
+}
+
+/// The source of a variable, a key of one, a `size(...)` or `field("...")` of one, or a
+/// literal: what an error message may quote as the fix. `None` for anything longer.
+fn render(expression: &IdedExpr) -> Option<String> {
+    match &expression.expr {
+        Expr::Ident(name) => Some(name.clone()),
+        Expr::Select(select) if !select.test => {
+            Some(format!("{}.{}", render(&select.operand)?, select.field))
+        }
+        Expr::Call(call)
+            if call.target.is_none()
+                && call.args.len() == 1
+                && matches!(call.func_name.as_str(), "size" | "field") =>
+        {
+            Some(format!("{}({})", call.func_name, render(&call.args[0])?))
+        }
+        Expr::Literal(LiteralValue::String(text)) => Some(format!("{:?}", text.to_string())),
+        Expr::Literal(LiteralValue::Int(number)) => Some(number.to_string()),
+        Expr::Literal(LiteralValue::UInt(number)) => Some(format!("{}u", **number)),
+        Expr::Literal(LiteralValue::Double(number)) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+/// `left operator right` where one is a string and the other a number (or other kind):
+/// what CEL makes of it, and the fix, quoting the operands where they are short.
+fn comparison_problem(operator: &str, left: Kind, right: Kind, operands: &[IdedExpr]) -> String {
+    let outcome = match operator {
+        "==" => "which is never true",
+        "!=" => "which is always true",
+        _ => "which fails to evaluate for every message (such values cannot be ordered)",
+    };
+    let mut problem = format!(
+        "{} {operator} {} compares values of different types, {outcome}",
+        left.describe(),
+        right.describe()
+    );
+    if left != Kind::String && right != Kind::String {
+        return problem;
+    }
+    // A string field against a number written in the rule: quote both fixes in full.
+    let pair = match operands {
+        [field, number] if left == Kind::String && right.is_number() => {
+            Some((field, number, right))
+        }
+        [number, field] if right == Kind::String && left.is_number() => Some((field, number, left)),
+        _ => None,
+    };
+    let written = |number: &IdedExpr| match &number.expr {
+        Expr::Literal(LiteralValue::Int(value)) => Some(value.to_string()),
+        Expr::Literal(LiteralValue::UInt(value)) => Some(value.to_string()),
+        Expr::Literal(LiteralValue::Double(value)) => Some(value.to_string()),
+        _ => None,
+    };
+    let quoted = pair.and_then(|(field, number, kind)| {
+        Some((render(field)?, written(number)?, render(number)?, kind))
+    });
+    let Some((field, written, literal, kind)) = quoted else {
+        problem.push_str(
+            "; message values are strings: compare with a quoted value (\"5\") or convert (int(x) == 5)",
+        );
+        return problem;
+    };
+    let order = if matches!(operator, "==" | "!=") {
+        ""
+    } else {
+        " (text order: right for dates and codes of one length)"
+    };
+    let conversion = match kind {
+        Kind::Uint => "uint",
+        Kind::Double => "double",
+        _ => "int",
+    };
+    problem.push_str(&format!(
+        "; message values are strings: write {field} {operator} {written:?}{order}, or {conversion}({field}) {operator} {literal} (an evaluation error, so AR, for a message whose value is not a number)",
+    ));
+    problem
+}
+
 /// The kind of `expression`, when it can be known; loop variables are in `scope` (unknown).
-fn infer(expression: &IdedExpr, scope: &mut Vec<String>, found: &mut Vec<String>) -> Option<Kind> {
+fn infer(expression: &IdedExpr, scope: &mut Scope, found: &mut Vec<String>) -> Option<Kind> {
     match &expression.expr {
         Expr::Literal(literal) => Some(match literal {
             LiteralValue::Boolean(_) => Kind::Bool,
@@ -106,7 +204,7 @@ fn infer(expression: &IdedExpr, scope: &mut Vec<String>, found: &mut Vec<String>
             LiteralValue::String(_) => Kind::String,
             LiteralValue::UInt(_) => Kind::Uint,
         }),
-        Expr::Ident(name) if scope.contains(name) => None,
+        Expr::Ident(name) if scope.shadows(name) => None,
         Expr::Ident(name) => match name.as_str() {
             "inbound" => Some(Kind::String),
             "obx_list" => Some(Kind::List),
@@ -120,7 +218,7 @@ fn infer(expression: &IdedExpr, scope: &mut Vec<String>, found: &mut Vec<String>
             }
             match &select.operand.expr {
                 Expr::Ident(variable)
-                    if !scope.contains(variable)
+                    if !scope.shadows(variable)
                         && MAP_VARIABLES.iter().any(|(name, _)| name == variable) =>
                 {
                     Some(if select.field == "id_list" {
@@ -129,6 +227,8 @@ fn infer(expression: &IdedExpr, scope: &mut Vec<String>, found: &mut Vec<String>
                         Kind::String
                     })
                 }
+                // `o.status` of an `obx_list` entry (its keys are checked by name).
+                _ if scope.entry(&select.operand).is_some() => Some(Kind::String),
                 _ => operand.and(None),
             }
         }
@@ -141,15 +241,10 @@ fn infer(expression: &IdedExpr, scope: &mut Vec<String>, found: &mut Vec<String>
         Expr::Map(_) | Expr::Struct(_) => Some(Kind::Map),
         Expr::Comprehension(comprehension) => {
             infer(&comprehension.iter_range, scope, found);
-            let depth = scope.len();
-            scope.push(comprehension.iter_var.clone());
-            if let Some(second) = &comprehension.iter_var2 {
-                scope.push(second.clone());
-            }
-            scope.push(comprehension.accu_var.clone());
+            let depth = scope.enter(comprehension);
             infer(&comprehension.loop_step, scope, found);
             let result = infer(&comprehension.result, scope, found);
-            scope.truncate(depth);
+            scope.leave(depth);
             result
         }
         Expr::Call(call) => {
@@ -162,7 +257,13 @@ fn infer(expression: &IdedExpr, scope: &mut Vec<String>, found: &mut Vec<String>
                 .iter()
                 .map(|argument| infer(argument, scope, found))
                 .collect();
-            call_kind(&call.func_name, target.flatten(), &arguments, found)
+            call_kind(
+                &call.func_name,
+                target.flatten(),
+                &arguments,
+                &call.args,
+                found,
+            )
         }
         Expr::Unspecified => None,
     }
@@ -172,6 +273,7 @@ fn call_kind(
     name: &str,
     target: Option<Kind>,
     arguments: &[Option<Kind>],
+    operands: &[IdedExpr],
     found: &mut Vec<String>,
 ) -> Option<Kind> {
     let pair = || match arguments {
@@ -186,16 +288,11 @@ fn call_kind(
                 && left != Kind::Null
                 && right != Kind::Null
             {
-                let operator = name.trim_matches('_');
-                let fix = if left == Kind::String || right == Kind::String {
-                    "; message values are strings: compare with a quoted value (\"5\") or convert (int(x) == 5)"
-                } else {
-                    ""
-                };
-                found.push(format!(
-                    "{} {operator} {} compares values of different types, which is never true{fix}",
-                    left.describe(),
-                    right.describe()
+                found.push(comparison_problem(
+                    name.trim_matches('_'),
+                    left,
+                    right,
+                    operands,
                 ));
             }
             Some(Kind::Bool)

@@ -236,6 +236,12 @@ impl Transforms {
         })
     }
 
+    /// `when` conditions and values that load but whose meaning changed
+    /// ([`crate::rules::warnings`]).
+    pub fn warnings(&self) -> &[RuleProblem] {
+        self.program.warnings()
+    }
+
     /// Steps of every connector.
     pub fn step_count(&self) -> usize {
         self.connectors.iter().map(|(_, steps)| steps.len()).sum()

@@ -153,11 +153,40 @@ async fn a_failing_rule_answers_ar_naming_the_rule_and_is_recorded() {
 }
 
 #[tokio::test]
-async fn an_expression_that_cannot_be_evaluated_answers_ar_with_207_and_keeps_the_message() {
+async fn a_message_without_the_segment_a_rule_reads_is_judged_by_the_rule() {
     let app = common::start_with_yaml(Some(YAML), &[]).await;
     let mut stream = connect(&app).await;
-    // No PID segment: `pid.id` has no such key.
+    // No PID segment: `pid.id` is "" (not a missing key), so the rule is simply false.
     write(&mut stream, &framed(&message("NOPID", "ADT", "EVN|A01"))).await;
+    let ack = expect_ack(&mut stream).await;
+    assert_eq!(field(&ack, "MSA", 1), "AR");
+    assert_eq!(field(&ack, "ERR", 5), "require-patient-id");
+    assert_eq!(
+        field(&ack, "ERR", 8),
+        "PID-3 must carry a patient id (validation rule require-patient-id)"
+    );
+    let (disposition, routes, _) = routes_of(&app, "NOPID");
+    assert_eq!(disposition, Disposition::Rejected);
+    assert!(routes.is_empty());
+}
+
+#[tokio::test]
+async fn an_expression_that_cannot_be_evaluated_answers_ar_with_207_and_keeps_the_message() {
+    let yaml = r#"
+connectors:
+  - name: everything
+    type: file
+    directory: ./out
+    paused: true
+validation:
+  rules:
+    - name: born-after-1900
+      expression: int(pid.dob) > 19000101
+"#;
+    let app = common::start_with_yaml(Some(yaml), &[]).await;
+    let mut stream = connect(&app).await;
+    // No PID segment: PID-7 is "", which int() cannot convert.
+    write(&mut stream, &framed(&message("NODOB", "ADT", "EVN|A01"))).await;
     let ack = expect_ack(&mut stream).await;
     // AR, never AE: the same message gets the same answer on every retry (ADR 0010).
     assert_eq!(field(&ack, "MSA", 1), "AR");
@@ -167,12 +196,12 @@ async fn an_expression_that_cannot_be_evaluated_answers_ar_with_207_and_keeps_th
         String::from_utf8_lossy(&ack)
     );
     assert!(
-        field(&ack, "ERR", 8).contains("require-patient-id"),
+        field(&ack, "ERR", 8).contains("born-after-1900"),
         "{}",
         String::from_utf8_lossy(&ack)
     );
-    assert!(field(&ack, "ERR", 7).contains("a map key is missing"));
-    let (disposition, routes, _) = routes_of(&app, "NOPID");
+    assert!(field(&ack, "ERR", 7).starts_with("the expression failed at run time"));
+    let (disposition, routes, _) = routes_of(&app, "NODOB");
     assert_eq!(disposition, Disposition::Error);
     assert!(routes.is_empty());
 }

@@ -1,4 +1,8 @@
-//! CEL rules: load-time checks and message-time evaluation.
+//! CEL rules: load-time checks and message-time evaluation; every shipped expression
+//! ([`shipped`]); what a sender hears because of a rule ([`answers`]).
+
+mod answers;
+mod shipped;
 
 use std::time::Duration;
 
@@ -86,21 +90,178 @@ fn variables_carry_the_documented_fields() {
     assert!(!passes("msh.msg_type == 'ADT'"));
 }
 
+/// A master-file message: MSH and the MFN segments, no PID, PV1 or OBX (synthetic).
+const MFN_M02: &str = "MSH|^~\\&|MDM|HOSP|HUB|HUBFAC|20260101120000||MFN^M02^MFN_M02|MFN0001|P|2.5.1\r\
+MFI|PRA^Practitioner master file^HL70175||UPD|||AL\r\
+MFE|MAD|U0001|20260101120000|0042^SMITH^ALEX^^^DR|CWE\r\
+STF|0042|U0001|SMITH^ALEX^^^DR\r";
+
 #[test]
-fn a_missing_segment_is_an_empty_map() {
-    let without_pid = "MSH|^~\\&|A|B|C|D|20261122080000||ADT^A01|X|P|2.5\r";
-    let optional = evaluate(
-        &["pid.?country.orValue('') == '' && size(pid) == 0"],
-        without_pid,
-    );
-    assert_eq!(optional.validation, Validation::Passed);
-    match evaluate(&["pid.id != ''"], without_pid).validation {
-        Validation::Errored { subject, detail } => {
-            assert!(subject.contains("r0"), "{subject}");
-            assert!(detail.contains("a map key is missing"), "{detail}");
+fn a_missing_segment_binds_empty_values_and_never_fails_to_evaluate() {
+    // Every key of every variable: `""`, and `[]` for the lists (the docs' promise for
+    // fields, now for segments too).
+    for expression in [
+        "pid.id == '' && pid.id_list == [] && pid.name == '' && pid.family == '' && pid.given == ''",
+        "pid.dob == '' && pid.sex == '' && pid.ssn == '' && pid.country == ''",
+        "pv1.patient_class == '' && pv1.assigned_location == '' && pv1.attending_doctor == '' && pv1.admit_datetime == ''",
+        "obx.value_type == '' && obx.identifier == '' && obx.value == '' && obx.unit == '' && obx.status == ''",
+        "obx_list == [] && size(obx_list) == 0 && !obx_list.exists(o, o.status == 'F')",
+        "pid['id'] == '' && size(pid.id_list) == 0 && !('MRN1' in pid.id_list)",
+        "msh.msg_type == 'MFN' && msh.trigger == 'M02' && msh.control_id == 'MFN0001'",
+        // The optional forms the shipped configurations use still give "".
+        "pid.?id.orValue('') == '' && pid.?sex.orValue('') != 'F'",
+        "msh.msg_type == 'ACK' || pid.?id.orValue('') == ''",
+        // Whether the message carries a segment: segments(), field() gives "" as always.
+        "size(segments('PID')) == 0 && size(segments('STF')) == 1 && field('PID-3') == ''",
+        // has() and size() still evaluate; their meaning changed (see the warnings below).
+        "has(pid.id) && has(pv1.patient_class) && size(pid) == 9",
+    ] {
+        match evaluate(&[expression], MFN_M02).validation {
+            Validation::Passed => {}
+            other => panic!("{expression}: {other:?}"),
         }
-        other => panic!("expected an evaluation error, got {other:?}"),
     }
+    // Was an evaluation error (no such key): now simply false, so the rule's message is
+    // what the sender gets.
+    assert_eq!(
+        evaluate(&["pid.id != ''"], MFN_M02).validation,
+        Validation::Failed {
+            rule: "r0".to_owned(),
+            message: "r0 failed".to_owned(),
+        }
+    );
+    let only_msh = "MSH|^~\\&|A|B|C|D|20261122080000||ADT^A01|X|P|2.5\r";
+    assert_eq!(
+        evaluate(
+            &["pid.id == '' && obx.status == '' && pv1.patient_class == ''"],
+            only_msh
+        )
+        .validation,
+        Validation::Passed
+    );
+}
+
+#[test]
+fn an_expression_whose_meaning_changed_loads_with_a_warning_naming_it_and_the_fix() {
+    let rules = [
+        rule("has-pid", "has(pid.id)"),
+        rule(
+            "optional",
+            "pid.?id.hasValue() && pid.?id.orValue('') != ''",
+        ),
+        rule("fine", "pid.?id.orValue('') != '' && pid.id != ''"),
+    ];
+    let filters = [FilterSpec {
+        connector: "no-visit".to_owned(),
+        expression: Some(source("size(pv1) == 0")),
+    }];
+    let set = compile(&rules, &filters).expect("loads: a warning is not an error");
+    let warnings: Vec<String> = set.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with(
+            "test.yaml:3:17: validation rule \"has-pid\": has(pid.id) is true for every message"
+        ),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings[1].contains("validation rule \"optional\": pid.?id has a value for every message")
+    );
+    assert!(warnings[2].contains("filter of connector \"no-visit\": pv1 used as a whole map"));
+    for warning in &warnings {
+        assert!(warning.contains("size(segments("), "{warning}");
+    }
+}
+
+#[test]
+fn a_string_compared_with_a_number_is_refused_naming_the_rule_and_the_fix() {
+    let refused = problems("pid.dob > 19000101");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(
+        refused[0],
+        "test.yaml:3:17: validation rule \"bad\": a string > an int compares values of different types, \
+which fails to evaluate for every message (such values cannot be ordered); message values are \
+strings: write pid.dob > \"19000101\" (text order: right for dates and codes of one length), or \
+int(pid.dob) > 19000101 (an evaluation error, so AR, for a message whose value is not a number)"
+    );
+    for (text, wanted) in [
+        ("19000101 <= pid.dob", "write pid.dob <= \"19000101\""),
+        ("pid.id == 5", "which is never true"),
+        ("pid.id != 5", "which is always true"),
+        ("field('PID-7') >= 1.5", "double(field(\"PID-7\")) >= 1.5"),
+        ("obx_list.exists(o, o.value > 5)", "write o.value > \"5\""),
+        (
+            "obx_list[0].status == 1",
+            "compares values of different types",
+        ),
+    ] {
+        let found = problems(text);
+        assert!(
+            found.iter().any(|problem| problem.contains(wanted)),
+            "{text}: {found:?}"
+        );
+    }
+    assert!(
+        problems("pid.id == size(obx_list)")[0].contains("compare with a quoted value (\"5\")"),
+        "only a number written in the rule is quoted back"
+    );
+    // What the fixes say loads…
+    assert!(problems("pid.dob > '19000101' && int(pid.dob) > 19000101").is_empty());
+    // …and what the problems say of CEL holds: an ordering of a string and a number fails to
+    // evaluate, an equality is false (`dyn` hides the types from the load-time check).
+    assert!(matches!(
+        evaluate(&["dyn(pid.dob) > 19000101"], ORU).validation,
+        Validation::Errored { .. }
+    ));
+    assert!(matches!(
+        evaluate(&["dyn(pid.id) == 111"], ORU).validation,
+        Validation::Failed { .. }
+    ));
+    assert_eq!(
+        evaluate(&["dyn(pid.id) != 111"], ORU).validation,
+        Validation::Passed
+    );
+}
+
+#[test]
+fn a_rule_or_filter_that_is_not_true_or_false_is_refused_naming_it_and_the_fix() {
+    for (text, wanted) in [
+        (
+            "pid.id",
+            "the expression gives a string; a rule, filter or `when` must be true or false: to require a value, write pid.id != \"\"",
+        ),
+        (
+            "size(obx_list)",
+            "gives an int; a rule, filter or `when` must be true or false: compare it, e.g. size(obx_list) > 0",
+        ),
+        (
+            "pid.id_list",
+            "gives a list; a rule, filter or `when` must be true or false: to require an entry, write size(pid.id_list) > 0",
+        ),
+        (
+            "field('PID-3') + '-N'",
+            "gives a string; a rule, filter or `when` must be true or false: e.g. msh.msg_type == \"ADT\"",
+        ),
+    ] {
+        let found = problems(text);
+        assert_eq!(found.len(), 1, "{text}: {found:?}");
+        assert!(
+            found[0].starts_with("test.yaml:3:17: validation rule \"bad\": "),
+            "{found:?}"
+        );
+        assert!(found[0].contains(wanted), "{text}: {found:?}");
+    }
+    let filters = [FilterSpec {
+        connector: "lab".to_owned(),
+        expression: Some(source("msh.msg_type")),
+    }];
+    let refused = compile(&[], &filters).expect_err("a string is not a filter");
+    assert!(
+        refused[0].to_string().starts_with(
+            "test.yaml:3:17: filter of connector \"lab\": the expression gives a string"
+        ),
+        "{refused:?}"
+    );
 }
 
 #[test]
@@ -222,7 +383,23 @@ fn load_time_checks_name_the_problem_and_place() {
     assert!(problems(nested)[0].contains("nested more than 2 deep"));
     // Nested over two message lists: a million evaluations of the body (ADR 0012).
     assert!(problems("obx_list.all(a, obx_list.exists(b, a == b))")[0].contains("steps"));
-    assert!(problems("['GLU', 'NA'].all(code, obx_list.exists(o, o.id == code))").is_empty());
+    assert!(
+        problems("['GLU', 'NA'].all(code, obx_list.exists(o, o.identifier == code))").is_empty()
+    );
+    // An `obx_list` entry has the keys of `obx`: a wrong one would be a missing key at run
+    // time, so it is a load error.
+    assert!(
+        problems("obx_list.exists(o, o.id == 'GLU')")[0].contains(
+            "an entry of obx_list has no field \"id\"; its fields are value_type, identifier, value, unit, status"
+        )
+    );
+    assert!(problems("obx_list[0]['stat'] == 'F'")[0].contains("no field \"stat\""));
+    assert!(problems("obx_list.map(o, o.status == 'F', o.value).size() >= 0").is_empty());
+    assert!(problems("obx_list.map(o, o.valu).size() > 0")[0].contains("no field \"valu\""));
+    assert!(
+        problems("[{'id': 1}].exists(o, o.id == 1)").is_empty(),
+        "other lists: unknown"
+    );
     // A pattern from message data cannot be bounded: refused at load.
     assert!(problems("pid.family.matches(pid.given + '(')")[0].contains("literal pattern"));
 }
