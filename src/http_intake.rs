@@ -27,8 +27,9 @@ use axum::routing::post;
 use crate::admin::ConnectionInfo;
 use crate::admin::auth::TokenStore;
 use crate::hl7::AckCode;
-use crate::ingest::{Ingest, Reply};
+use crate::ingest::{Ingest, Reason, Reply};
 use crate::mllp::ListenerStats;
+use crate::mllp::budget::{FrameBudget, Share};
 use crate::units::Cidr;
 
 /// The media type of an HL7 v2 message in ER7 (pipe) encoding.
@@ -45,10 +46,20 @@ pub struct HttpIntake {
     pub stats: Arc<ListenerStats>,
     /// `allowed_peers`.
     pub allowed_peers: Option<Vec<Cidr>>,
+    /// The listener's name (the metrics' `mfoundry.listener`).
+    pub name: String,
+    /// `max_frame_size`: the largest body.
+    pub max_body: usize,
+    /// `frame_timeout`: a body must have arrived this long after its headers.
+    pub body_timeout: Option<std::time::Duration>,
+    /// `max_frame_memory`: the bodies being received, together.
+    pub budget: Arc<FrameBudget>,
 }
 
-/// `POST /hl7`; a body above `max_body` bytes is refused with `413` before it is read whole.
-pub fn router(state: Arc<HttpIntake>, max_body: usize) -> Router {
+/// `POST /hl7`. The sender's address and token are checked from the headers before a byte of
+/// the body is read; the body is read within `frame_timeout`, up to `max_frame_size`, with a
+/// share of the listener's `max_frame_memory`.
+pub fn router(state: Arc<HttpIntake>) -> Router {
     Router::new()
         .route("/hl7", post(receive))
         .fallback(|| async {
@@ -57,7 +68,7 @@ pub fn router(state: Arc<HttpIntake>, max_body: usize) -> Router {
                 "not found: post HL7 v2 messages to /hl7",
             )
         })
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -127,11 +138,57 @@ fn message_of(
     }
 }
 
+/// The body, read within the listener's limits: `Err` is the answer.
+async fn read_body(
+    state: &HttpIntake,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<(Bytes, Share), Response> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<usize>().ok());
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the body is larger than this listener's max_frame_size",
+        )
+    };
+    if declared.is_some_and(|length| length > state.max_body) {
+        return Err(too_large());
+    }
+    let mut share = Share::new(Arc::clone(&state.budget));
+    let read = async {
+        share.cover(declared.unwrap_or(state.max_body), || {}).await;
+        axum::body::to_bytes(body, state.max_body).await
+    };
+    let read = match state.body_timeout {
+        Some(limit) => match tokio::time::timeout(limit, read).await {
+            Ok(read) => read,
+            Err(_) => {
+                return Err(error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the body did not arrive within this listener's frame_timeout; nothing was stored",
+                ));
+            }
+        },
+        None => read.await,
+    };
+    match read {
+        Ok(bytes) => Ok((bytes, share)),
+        Err(_) if declared.is_none() => Err(too_large()),
+        Err(_) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "the body ended before its Content-Length; nothing was stored",
+        )),
+    }
+}
+
 async fn receive(
     State(state): State<Arc<HttpIntake>>,
     Extension(connection): Extension<ConnectionInfo>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     if let Some(allowed) = &state.allowed_peers
         && !allowed
@@ -140,8 +197,12 @@ async fn receive(
     {
         return error(StatusCode::FORBIDDEN, "this address may not post messages");
     }
+    let mut sender = None;
     if let Some(tokens) = &state.tokens {
         let known = bearer(&headers).and_then(|token| tokens.authenticate(token));
+        sender = known
+            .as_ref()
+            .map(|caller| format!("token={}", caller.token_id));
         if known.is_none() && connection.identity.is_none() {
             let mut response = error(
                 StatusCode::UNAUTHORIZED,
@@ -153,15 +214,36 @@ async fn receive(
             return response;
         }
     }
+    let (body, _share) = match read_body(&state, &headers, body).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
     let (message, json) = match message_of(&headers, body) {
         Ok(found) => found,
         Err((status, text)) => return error(status, text),
     };
     state.stats.count_request();
+    let started = std::time::Instant::now();
     let outcome = state
         .ingest
-        .handle(message, connection.peer, connection.identity.as_ref())
+        .handle_from(
+            message,
+            connection.peer,
+            connection.identity.as_ref(),
+            sender.as_deref(),
+        )
         .await;
+    if let Reply::Ack { code, .. } | Reply::Suppressed { code } = &outcome.reply {
+        use crate::telemetry::metrics::{ACK_CODE, LISTENER, instruments, record};
+        record(
+            &instruments().process,
+            started.elapsed(),
+            &[
+                opentelemetry::KeyValue::new(LISTENER, state.name.clone()),
+                opentelemetry::KeyValue::new(ACK_CODE, code.as_str()),
+            ],
+        );
+    }
     match outcome.reply {
         Reply::Ack { bytes, code } => {
             state.stats.count_answer(code, true);
@@ -197,6 +279,11 @@ async fn receive(
         Reply::Ignore => error(
             StatusCode::BAD_REQUEST,
             "the body is empty or is itself an ACK; nothing was stored",
+        ),
+        // Storing failed and the message asked for no error ACK: still "resend later".
+        Reply::Close if outcome.reason == Some(Reason::StoreFailed) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the message could not be stored; send it again later",
         ),
         Reply::Close => {
             state.stats.count_unreadable();

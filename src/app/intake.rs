@@ -303,6 +303,13 @@ async fn serve_http(
         tokens,
         stats: Arc::clone(&stats),
         allowed_peers: settings.allowed_peers.clone(),
+        name: settings.name.clone(),
+        max_body: settings.max_frame_size,
+        body_timeout: settings.frame_timeout,
+        budget: crate::mllp::budget::FrameBudget::new(
+            settings.max_frame_memory,
+            settings.max_frame_size,
+        ),
     });
     let limits = crate::admin::ConnectionLimits {
         name: "HTTP listener",
@@ -317,7 +324,7 @@ async fn serve_http(
     });
     tracker.spawn(crate::admin::serve_router_with(
         socket,
-        crate::http_intake::router(state, settings.max_frame_size),
+        crate::http_intake::router(state),
         shutdown.clone(),
         limits,
         Arc::default(),

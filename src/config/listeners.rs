@@ -22,15 +22,15 @@ use crate::yaml::{self, At, Map, Node, Problems, Spanned};
 /// The kinds of listener a `listeners:` entry may declare.
 pub const LISTENER_KINDS: [&str; 2] = ["mllp", "http"];
 
-/// Limits of a connection's life that an HTTP listener does not have (hyper bounds its
-/// requests itself): written in an http entry, they are refused rather than ignored.
-const MLLP_ONLY: [&str; 6] = [
+/// Limits of an MLLP connection's life that an HTTP listener does not have (hyper closes
+/// idle keep-alive connections and bounds headers itself): written in an http entry, they
+/// are refused rather than ignored. `frame_timeout` (the body's arrival),
+/// `max_frame_size` (the body) and `max_frame_memory` (bodies together) do apply.
+const MLLP_ONLY: [&str; 4] = [
     "max_connections_per_peer",
     "idle_timeout",
-    "frame_timeout",
     "write_timeout",
     "keep_alive_period",
-    "max_frame_memory",
 ];
 
 /// What kind of listener, with what only that kind has.
@@ -227,8 +227,11 @@ impl ListenerConfig {
 
 /// What the whole file needs to resolve its entries.
 pub(super) struct Context<'a, 'b> {
-    /// Defaults < file < environment, valid on their own.
+    /// Defaults < file < environment, as set (for what is set beside `listeners:`).
     pub(super) layers: &'a Layers<'b>,
+    /// The same with the settings that belong to one listener at their defaults: what each
+    /// entry's values are laid over.
+    pub(super) base: &'a Layers<'b>,
     /// The file's name, for places.
     pub(super) file_name: &'a str,
     /// The names of `validation.rules`.
@@ -316,7 +319,7 @@ pub(super) fn resolve(
         if http {
             for (_, written, value) in &entry.settings {
                 if MLLP_ONLY.contains(&written.as_str()) {
-                    problems.push(entry_problem(value.at, written, "applies to MLLP connections only; an http listener bounds its requests itself (max_connections, max_frame_size for the body)".to_owned()));
+                    problems.push(entry_problem(value.at, written, "applies to MLLP connections only; an http listener takes max_connections, max_frame_size (the body), frame_timeout (the body's arrival) and max_frame_memory (bodies together)".to_owned()));
                 }
             }
         } else if let Some(tokens) = &entry.tokens_file {
@@ -357,7 +360,7 @@ pub(super) fn resolve(
         }
         let mut overrides = entry.settings.clone();
         overrides.push(("LISTENER_NAME", "name".to_owned(), entry.name.clone()));
-        let layers = context.layers.with_overrides(&overrides);
+        let layers = context.base.with_overrides(&overrides);
         let settings = match Settings::from_layers(&layers) {
             Ok(settings) => settings,
             Err(errors) => {
@@ -390,8 +393,18 @@ pub(super) fn resolve(
             .is_some_and(|tls| tls.client_ca.is_some());
         // Without tokens or client certificates, an HTTP listener would take messages from
         // anyone who reaches it: only on loopback.
-        if http && tokens_file.is_none() && !mutual && !is_loopback(&settings.listener.listen_addr)
-        {
+        let loopback = is_loopback(&settings.listener.listen_addr);
+        if http && tokens_file.is_some() && settings.tls.is_none() && !loopback {
+            problems.push(ConfigProblem {
+                name: String::new(),
+                subject: subject.clone(),
+                problem: format!(
+                    "bearer tokens would cross the network in clear to {}; give the listener tls.cert_file and tls.key_file, or bind it to 127.0.0.1",
+                    settings.listener.listen_addr
+                ),
+            });
+        }
+        if http && tokens_file.is_none() && !mutual && !loopback {
             problems.push(ConfigProblem {
                 name: String::new(),
                 subject: subject.clone(),

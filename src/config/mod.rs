@@ -159,8 +159,9 @@ impl Config {
         let with_listeners = file.as_ref().is_some_and(|file| file.listeners.is_some());
         // With `listeners:`, the entries own the listener's address and files: what is set
         // beside them is one conflict each (listeners::resolve), not also a bad value here.
+        let base = layers.with_defaults(&listeners::PER_LISTENER);
         let settings = if with_listeners {
-            Settings::from_layers(&layers.with_defaults(&listeners::PER_LISTENER))
+            Settings::from_layers(&base)
         } else {
             Settings::from_layers(&layers)
         };
@@ -327,6 +328,7 @@ impl Config {
                 let rule_names: Vec<String> = rules.iter().map(|rule| rule.name.clone()).collect();
                 let context = listeners::Context {
                     layers: &layers,
+                    base: &base,
                     file_name: &file_name,
                     rule_names: &rule_names,
                     top_senders: file.tls_senders_at,

@@ -549,13 +549,14 @@ impl<'a> Layers<'a> {
     /// left at its default.
     pub(super) fn written_at(&self, name: &str) -> Option<String> {
         let key = name.to_ascii_lowercase();
-        let value = self.values.get(&key).map_or("", |value| value.trim());
-        if self.env_keys.contains(&key) {
-            // Set to nothing is not set.
-            return (!value.is_empty()).then(|| "the environment".to_owned());
+        // Set to nothing is not set, in the environment or the file.
+        let env_value = self.values.get(&key).map_or("", |value| value.trim());
+        if self.env_keys.contains(&key) && !env_value.is_empty() {
+            return Some("the environment".to_owned());
         }
         self.file
             .and_then(|file| file.scalars.get(key.as_str()))
+            .filter(|spanned| !spanned.value.trim().is_empty())
             .map(|spanned| {
                 format!(
                     "{}:{}:{}",

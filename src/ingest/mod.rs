@@ -336,6 +336,19 @@ impl Ingest {
         peer: SocketAddr,
         identity: Option<&crate::tls::PeerIdentity>,
     ) -> Outcome {
+        self.handle_from(frame, peer, identity, None).await
+    }
+
+    /// [`Ingest::handle`] for a sender that authenticated otherwise (an HTTP bearer token):
+    /// `sender` (`token=<id>`) is kept in the audit record where a certificate's identity
+    /// would be.
+    pub async fn handle_from(
+        &self,
+        frame: Bytes,
+        peer: SocketAddr,
+        identity: Option<&crate::tls::PeerIdentity>,
+        sender: Option<&str>,
+    ) -> Outcome {
         let received_at_micros = chrono::Utc::now().timestamp_micros();
         // Rules and transforms run for as long as they take (bounded at load, ADR 0012):
         // never on a runtime thread other connections' tasks need, when the runtime has
@@ -396,7 +409,9 @@ impl Ingest {
                 record,
                 body: message.raw().clone(),
                 dedup_key: (verdict == Verdict::Accept).then(|| dedup_key(&message)),
-                tls_identity: identity.map(|identity| identity.audit_text().to_owned()),
+                tls_identity: identity
+                    .map(|identity| identity.audit_text().to_owned())
+                    .or_else(|| sender.map(str::to_owned)),
                 copies,
             })
             .await;

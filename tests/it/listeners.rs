@@ -288,7 +288,7 @@ fn settings_of_one_listener_beside_listeners_are_refused_naming_both() {
     let (code, printed) = check(dir, two, &[("LISTEN_ADDR", ":2575")]);
     assert_eq!(code, 64, "{printed}");
     assert!(
-        printed.contains("LISTEN_ADDR") && printed.contains("listeners:"),
+        printed.contains("LISTEN_ADDR (set in the environment)") && printed.contains("listeners:"),
         "{printed}"
     );
     let (code, printed) = check(
