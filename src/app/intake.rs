@@ -212,18 +212,7 @@ async fn serve(
         shutdown.clone(),
     );
     tracker.spawn(served.serve(socket, tracker.clone()));
-    // Installed here, before the listener says it is listening: SIGHUP's default action
-    // ends the process, and an operator's reload must not, however early it comes. Each
-    // listener has its own handler; every one of them sees each SIGHUP.
-    let hangups = crate::shutdown::Hangups::install();
-    match &tls {
-        Some(server) => {
-            tracker.spawn(crate::tls::watch(server.clone(), hangups, shutdown.clone()));
-        }
-        None => {
-            tracker.spawn(ignore_hangups(hangups, shutdown.clone()));
-        }
-    }
+    watch_tls(tls.as_ref(), &settings.name, shutdown, tracker);
     info!(
         addr = %local_addr,
         listener = %settings.name,
@@ -330,15 +319,7 @@ async fn serve_http(
         Arc::default(),
         handshakes,
     ));
-    let hangups = crate::shutdown::Hangups::install();
-    match &tls {
-        Some(server) => {
-            tracker.spawn(crate::tls::watch(server.clone(), hangups, shutdown.clone()));
-        }
-        None => {
-            tracker.spawn(ignore_hangups(hangups, shutdown.clone()));
-        }
-    }
+    watch_tls(tls.as_ref(), &settings.name, shutdown, tracker);
     info!(
         addr = %local_addr,
         listener = %settings.name,
@@ -355,12 +336,37 @@ async fn serve_http(
     })
 }
 
+/// Reload a listener's TLS on SIGHUP and when its files change (its log lines carry the
+/// listener's name). Installed before the listener says it is listening: SIGHUP's default
+/// action ends the process, and an operator's reload must not, however early it comes. Each
+/// listener has its own handler; every one of them sees each SIGHUP.
+fn watch_tls(
+    tls: Option<&TlsServer>,
+    name: &str,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    use tracing::Instrument as _;
+    let hangups = crate::shutdown::Hangups::install();
+    let span = tracing::info_span!("tls", listener = %name);
+    match tls {
+        Some(server) => {
+            tracker.spawn(
+                crate::tls::watch(server.clone(), hangups, shutdown.clone()).instrument(span),
+            );
+        }
+        None => {
+            tracker.spawn(ignore_hangups(hangups, shutdown.clone()).instrument(span));
+        }
+    }
+}
+
 /// Without TLS there is nothing to reload: log SIGHUP instead of dying of it.
 async fn ignore_hangups(mut hangups: crate::shutdown::Hangups, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = hangups.recv() => info!("SIGHUP: TLS is off, nothing to reload"),
+            () = hangups.recv() => info!("SIGHUP: this listener has no TLS, nothing to reload"),
         }
     }
 }

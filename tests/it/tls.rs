@@ -688,7 +688,7 @@ fn sighup_reloads_the_certificate_files() {
     // Without TLS, SIGHUP is logged, not fatal.
     let server = common::Server::start(dir, "gw.yaml", "plain-data", &[]);
     common::signal(&server.child, rustix::process::Signal::HUP);
-    server.wait_for_log("SIGHUP: TLS is off, nothing to reload", 1);
+    server.wait_for_log("SIGHUP: this listener has no TLS, nothing to reload", 1);
     server.stop();
 }
 
