@@ -135,32 +135,20 @@ impl Intake {
     }
 }
 
-/// The rules `listener` applies: every rule, or the ones its `rules:` names (compiled for it,
-/// with every connector's filter).
+/// The rules `listener` applies: every rule, or the ones its `rules:` names.
 fn listener_rules(
     config: &Config,
     listener: &ListenerConfig,
     all: &Arc<RuleSet>,
 ) -> anyhow::Result<Arc<RuleSet>> {
-    let Some(names) = &listener.rules else {
-        return Ok(Arc::clone(all));
-    };
-    let chosen: Vec<_> = config
-        .rules
-        .iter()
-        .filter(|rule| names.contains(&rule.name))
-        .cloned()
-        .collect();
-    RuleSet::compile(&chosen, &config.filters, config.settings.rules_time_budget)
-        .map(Arc::new)
-        .map_err(|problems| {
-            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
-            anyhow::anyhow!(
-                "listener {}: its rules do not compile: {}",
-                listener.settings.name,
-                problems.join("; ")
-            )
-        })
+    match config.listener_rules(listener) {
+        Ok(Some(rules)) => Ok(Arc::new(rules)),
+        Ok(None) => Ok(Arc::clone(all)),
+        Err(errors) => Err(anyhow::anyhow!(
+            "listener {}: {errors}",
+            listener.settings.name
+        )),
+    }
 }
 
 /// Bind one listener and serve it on `tracker`.

@@ -36,6 +36,10 @@ pub struct TestArgs {
     /// Write `expect.yaml` and the `.out` files from what the gateway does now.
     #[arg(long)]
     pub update: bool,
+    /// Run the cases as received by this listener of `listeners:` (its name is `inbound`,
+    /// its `rules:` apply); default the first.
+    #[arg(long, value_name = "NAME")]
+    pub listener: Option<String>,
     /// Case directories, or directories of them.
     #[arg(required = true, value_name = "DIR")]
     pub paths: Vec<PathBuf>,
@@ -70,17 +74,29 @@ pub fn run(
             .and_then(|index| u32::try_from(index + 1).ok())
             .map(ConnectorId)
     };
+    let listener = config.listener(args.listener.as_deref()).ok_or_else(|| {
+        let names: Vec<&str> = config
+            .listeners
+            .iter()
+            .map(|listener| listener.settings.name.as_str())
+            .collect();
+        anyhow::anyhow!(
+            "--listener {:?}: no such listener; the listeners are {}",
+            args.listener.as_deref().unwrap_or_default(),
+            names.join(", ")
+        )
+    })?;
+    let rules = match config.listener_rules(listener) {
+        Ok(Some(rules)) => rules,
+        Ok(None) => compiled.rules,
+        Err(errors) => anyhow::bail!("listener {}: {errors}", listener.settings.name),
+    };
     let decider = Decider::new(
         config.settings.default_charset,
         stamper,
-        Arc::new(compiled.rules),
+        Arc::new(rules),
         id_of,
-        config
-            .listeners
-            .first()
-            .map_or(config.settings.listener.name.as_str(), |listener| {
-                listener.settings.name.as_str()
-            }),
+        &listener.settings.name,
     )?
     .with_transforms(Arc::new(compiled.transforms))
     .with_senders(None);

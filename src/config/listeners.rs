@@ -225,6 +225,50 @@ impl ListenerConfig {
     }
 }
 
+impl super::Config {
+    /// The rules `listener` applies when its `rules:` names some, compiled with every
+    /// connector's filter; `None` when it applies every rule.
+    pub fn listener_rules(
+        &self,
+        listener: &ListenerConfig,
+    ) -> Result<Option<crate::rules::RuleSet>, super::ConfigErrors> {
+        let Some(names) = &listener.rules else {
+            return Ok(None);
+        };
+        let chosen: Vec<_> = self
+            .rules
+            .iter()
+            .filter(|rule| names.contains(&rule.name))
+            .cloned()
+            .collect();
+        crate::rules::RuleSet::compile(&chosen, &self.filters, self.settings.rules_time_budget)
+            .map(Some)
+            .map_err(|problems| {
+                super::ConfigErrors(
+                    problems
+                        .into_iter()
+                        .map(|problem| ConfigProblem {
+                            name: String::new(),
+                            subject: String::new(),
+                            problem: problem.to_string(),
+                        })
+                        .collect(),
+                )
+            })
+    }
+
+    /// A listener by name (`None`: the first).
+    pub fn listener(&self, name: Option<&str>) -> Option<&ListenerConfig> {
+        match name {
+            None => self.listeners.first(),
+            Some(name) => self
+                .listeners
+                .iter()
+                .find(|listener| listener.settings.name == name),
+        }
+    }
+}
+
 /// What the whole file needs to resolve its entries.
 pub(super) struct Context<'a, 'b> {
     /// Defaults < file < environment, as set (for what is set beside `listeners:`).

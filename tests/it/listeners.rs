@@ -331,3 +331,63 @@ validation:
         assert!(printed.contains(expected), "no {expected:?} in:\n{printed}");
     }
 }
+
+#[test]
+fn interface_tests_run_as_one_listener_receives_them() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    common::certs::certificates(dir);
+    std::fs::write(dir.join("gateway.yaml"), CONFIG).expect("config");
+    let case = dir.join("cases/vxu");
+    std::fs::create_dir_all(&case).expect("case directory");
+    std::fs::write(
+        case.join("message.hl7"),
+        message("LAB", "VXU^V04", "C1", "123").replace('\n', "\r"),
+    )
+    .expect("message");
+    // `--update` writes what the gateway does; run as each listener.
+    let expected = |listener: &str| {
+        let output = Command::new(BINARY)
+            .env_clear()
+            .current_dir(dir)
+            .args([
+                "test",
+                "--config",
+                "gateway.yaml",
+                "--listener",
+                listener,
+                "--update",
+                "cases",
+            ])
+            .output()
+            .expect("test runs");
+        assert!(
+            output.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::read_to_string(case.join("expect.yaml")).expect("expect.yaml")
+    };
+    // adt-epic applies only require-patient-id and routes to from-adt ...
+    let adt = expected("adt-epic");
+    assert!(adt.contains("ack: AA") && adt.contains("from-adt"), "{adt}");
+    // ... lab-results applies every rule: the VXU is refused.
+    let lab = expected("lab-results");
+    assert!(lab.contains("ack: AR"), "{lab}");
+    let unknown = Command::new(BINARY)
+        .env_clear()
+        .current_dir(dir)
+        .args([
+            "test",
+            "--config",
+            "gateway.yaml",
+            "--listener",
+            "nope",
+            "cases",
+        ])
+        .output()
+        .expect("test runs");
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("adt-epic, lab-results"));
+}
