@@ -294,3 +294,22 @@ async fn receive(
         }
     }
 }
+
+/// The HTTP listener's connections, counted as the MLLP listener counts its own.
+impl crate::admin::ConnectionEvents for ListenerStats {
+    fn opened(&self) {
+        self.count_opened();
+    }
+
+    fn closed(&self) {
+        self.count_closed();
+    }
+
+    fn refused(&self) {
+        self.count_refused();
+    }
+
+    fn handshake_failed(&self) {
+        self.count_handshake_failure();
+    }
+}

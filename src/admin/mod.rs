@@ -180,7 +180,31 @@ pub async fn serve_router(
     limits: ConnectionLimits,
     counters: Arc<AdminCounters>,
 ) {
-    serve_router_with(listener, app, shutdown, limits, counters, None).await;
+    serve_router_with(listener, app, shutdown, limits, counters, None, None).await;
+}
+
+/// What a serving loop tells about its connections (an HTTP listener counts them as the MLLP
+/// listener counts its own).
+pub trait ConnectionEvents: Send + Sync {
+    /// A connection was accepted (after its TLS handshake, with TLS) and is served.
+    fn opened(&self);
+    /// A served connection ended.
+    fn closed(&self);
+    /// A connection was closed at once: the limit was reached.
+    fn refused(&self);
+    /// A TLS handshake failed or timed out (a peer that sent nothing is not counted).
+    fn handshake_failed(&self);
+}
+
+/// Calls [`ConnectionEvents::closed`] when the connection's task ends, however it ends.
+struct OpenConnection(Option<Arc<dyn ConnectionEvents>>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        if let Some(events) = &self.0 {
+            events.closed();
+        }
+    }
 }
 
 /// Who is on the other end of a connection: handlers find it as an `Extension`.
@@ -193,15 +217,17 @@ pub struct ConnectionInfo {
 }
 
 /// [`serve_router`], over TLS when `tls` is set: each connection's handshake runs in its own
-/// task within the handshake timeout (a failed one is counted by `on_handshake_failure` and
-/// closed); every request carries the connection's [`ConnectionInfo`].
+/// task within the handshake timeout (a failed one is logged, told to `events` and closed);
+/// every request carries the connection's [`ConnectionInfo`]; `events` hears of every
+/// connection opened, closed and refused.
 pub async fn serve_router_with(
     listener: tokio::net::TcpListener,
     app: Router,
     shutdown: CancellationToken,
     limits: ConnectionLimits,
     counters: Arc<AdminCounters>,
-    tls: Option<(crate::tls::TlsServer, Arc<dyn Fn() + Send + Sync>)>,
+    tls: Option<crate::tls::TlsServer>,
+    events: Option<Arc<dyn ConnectionEvents>>,
 ) {
     use hyper_util::rt::TokioIo;
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -228,6 +254,9 @@ pub async fn serve_router_with(
             counters
                 .refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Some(events) = &events {
+                events.refused();
+            }
             drop(stream);
             let now = tokio::time::Instant::now();
             if last_warning.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
@@ -244,10 +273,15 @@ pub async fn serve_router_with(
         let app = app.clone();
         let shutdown = shutdown.clone();
         let tls = tls.clone();
+        let events = events.clone();
         connections.spawn(async move {
             let _slot = slot;
             match tls {
                 None => {
+                    if let Some(events) = &events {
+                        events.opened();
+                    }
+                    let _open = OpenConnection(events);
                     let info = ConnectionInfo {
                         peer,
                         identity: None,
@@ -255,11 +289,22 @@ pub async fn serve_router_with(
                     let app = app.layer(axum::Extension(info));
                     serve_connection(TokioIo::new(stream), app, limits, &shutdown).await;
                 }
-                Some((tls, on_failure)) => {
-                    let Ok(stream) = tls.accept(stream).await else {
-                        on_failure();
-                        return;
+                Some(tls) => {
+                    let stream = match tls.accept(stream).await {
+                        Ok(stream) => stream,
+                        Err(crate::tls::HandshakeError::Silent) => return,
+                        Err(crate::tls::HandshakeError::Failed(error)) => {
+                            if let Some(events) = &events {
+                                events.handshake_failed();
+                            }
+                            tracing::info!(%peer, error = %error, "{}: TLS handshake failed", limits.name);
+                            return;
+                        }
                     };
+                    if let Some(events) = &events {
+                        events.opened();
+                    }
+                    let _open = OpenConnection(events);
                     let identity = stream
                         .get_ref()
                         .1

@@ -293,19 +293,15 @@ async fn serve_http(
         max_connections: settings.max_connections.unwrap_or(usize::MAX >> 4),
         header_timeout: crate::admin::HEADER_TIMEOUT,
     };
-    let failures = Arc::clone(&stats);
-    let handshakes = tls.clone().map(|server| {
-        let count: Arc<dyn Fn() + Send + Sync> =
-            Arc::new(move || failures.count_handshake_failure());
-        (server, count)
-    });
+    let events: Arc<dyn crate::admin::ConnectionEvents> = Arc::clone(&stats) as _;
     tracker.spawn(crate::admin::serve_router_with(
         socket,
         crate::http_intake::router(state),
         shutdown.clone(),
         limits,
         Arc::default(),
-        handshakes,
+        tls.clone(),
+        Some(events),
     ));
     watch_tls(tls.as_ref(), &settings.name, shutdown, tracker);
     info!(

@@ -155,10 +155,26 @@ fn bump(counter: &AtomicU64, by: u64) {
 }
 
 impl ListenerStats {
-    /// A message received by another kind of listener (HTTP): one request, one frame.
+    /// A message received by another kind of listener (HTTP): one frame.
     pub fn count_request(&self) {
-        bump(&self.connections_accepted, 1);
         bump(&self.frames_received, 1);
+    }
+
+    /// A connection another kind of listener (HTTP) accepted: open until
+    /// [`ListenerStats::count_closed`].
+    pub fn count_opened(&self) {
+        bump(&self.connections_accepted, 1);
+        bump(&self.connections_active, 1);
+    }
+
+    /// A connection counted by [`ListenerStats::count_opened`] ended.
+    pub fn count_closed(&self) {
+        self.connections_active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A connection another kind of listener (HTTP) closed at once: its limit was reached.
+    pub fn count_refused(&self) {
+        bump(&self.connections_refused, 1);
     }
 
     /// The answer another kind of listener (HTTP) gave a frame: its ACK code, sent or not.

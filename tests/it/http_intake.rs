@@ -265,6 +265,18 @@ fn post_hl7_answers_with_the_ack_after_the_commit() {
         .expect("the http listener in stats");
     assert_eq!(listener["accepted"].as_u64(), Some(3), "{listener}");
     assert_eq!(listener["rejected"].as_u64(), Some(1), "{listener}");
+    // One connection per request here (Connection: close), none open now.
+    assert!(
+        listener["connections_accepted"]
+            .as_u64()
+            .is_some_and(|count| count >= 10),
+        "{listener}"
+    );
+    assert_eq!(
+        listener["connections_active"].as_u64(),
+        Some(0),
+        "{listener}"
+    );
     // The audit record names the token that posted, as it names a client certificate.
     let audit = Command::new(BINARY)
         .env_clear()
