@@ -110,7 +110,8 @@ pub enum Disposition {
     Unrouted,
     /// Refused (AR/CR): a header check or a validation rule failed.
     Rejected,
-    /// A rule could not be evaluated (AE/CE); kept so nothing is lost.
+    /// A rule could not be evaluated (answered AR/CR with ERR-3 207, ADR 0010); kept so
+    /// nothing is lost.
     Error,
 }
 
