@@ -1,0 +1,189 @@
+//! A connector's queue and dead letters through the API: a dead letter keeps the peer's answer
+//! for the roles that read bodies, and its history once replayed; replay on a running server
+//! delivers each entry once, in order; a message being retried shows its attempts and last
+//! error.
+
+use super::*;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::common::peer::{Answer, peer};
+
+/// A dead letter keeps the peer's own answer, shown only to roles that read bodies; a
+/// replayed entry takes a fresh place and, dead-lettered again, names its first entry and
+/// its earlier life.
+#[tokio::test]
+async fn a_dead_letter_keeps_the_peers_answer_for_body_readers_and_its_history() {
+    let downstream = peer(|_, _| Answer::Ack("AR")).await;
+    let yaml = format!(
+        "connectors:\n  - name: lab\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n",
+        downstream.addr.port()
+    );
+    let directory = tempfile::tempdir().expect("tempdir");
+    let (path, tokens) = tokens_file(directory.path());
+    let app = common::start_with_yaml(Some(&yaml), &[("ADMIN_TOKENS_FILE", &path)]).await;
+    send_adts(&app, &["H1"]).await;
+    eventually("dead-lettered", async || {
+        app.worker("lab")
+            .stats()
+            .dead_lettered
+            .load(Ordering::SeqCst)
+            >= 1
+    })
+    .await;
+    let base = app.admin_url();
+    let as_viewer = get_json(&format!("{base}/api/v1/dlq"), &tokens[&Role::Viewer]).await;
+    let as_operator = get_json(&format!("{base}/api/v1/dlq"), &tokens[&Role::Operator]).await;
+    let entry = &as_operator["entries"][0];
+    assert_eq!(
+        entry["downstream"].as_str(),
+        Some("MSA|AR|H1"),
+        "the peer's own MSA, for an operator"
+    );
+    assert!(
+        as_viewer["entries"][0].get("downstream").is_none(),
+        "never for a viewer: {as_viewer}"
+    );
+    let first = entry["seq"].as_u64().expect("seq");
+    let replayed = client()
+        .post(format!("{base}/api/v1/dlq/lab/replay"))
+        .bearer_auth(&tokens[&Role::Operator])
+        .json(&serde_json::json!({"seqs": [first]}))
+        .send()
+        .await
+        .expect("replay");
+    assert!(replayed.status().is_success());
+    let result: Value = replayed.json().await.expect("json");
+    let new_seq = result["replayed"][0]["new_seq"].as_u64().expect("new seq");
+    assert!(new_seq > first, "a fresh place at the tail of the queue");
+    eventually("dead-lettered again", async || {
+        app.worker("lab")
+            .stats()
+            .dead_lettered
+            .load(Ordering::SeqCst)
+            >= 2
+    })
+    .await;
+    let again = get_json(&format!("{base}/api/v1/dlq"), &tokens[&Role::Operator]).await;
+    let entry = &again["entries"][0];
+    assert_eq!(entry["seq"].as_u64(), Some(new_seq));
+    assert_eq!(entry["origin"]["seq"].as_u64(), Some(first));
+    assert_eq!(entry["origin"]["connector"], "lab");
+    assert_eq!(entry["history"][0]["seq"].as_u64(), Some(first));
+    assert_eq!(entry["history"][0]["attempts"], 1);
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn replay_on_a_running_server_delivers_each_entry_once_in_order() {
+    let accept = Arc::new(AtomicBool::new(false));
+    let switch = Arc::clone(&accept);
+    let downstream = peer(move |_, _| {
+        if switch.load(Ordering::SeqCst) {
+            Answer::Ack("AA")
+        } else {
+            Answer::Ack("AR")
+        }
+    })
+    .await;
+    let yaml = format!(
+        "connectors:\n  - name: lab\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n",
+        downstream.addr.port()
+    );
+    let directory = tempfile::tempdir().expect("tempdir");
+    let (path, tokens) = tokens_file(directory.path());
+    let app = common::start_with_yaml(Some(&yaml), &[("ADMIN_TOKENS_FILE", &path)]).await;
+    let ids = ["P1", "P2", "P3", "P4", "P5"];
+    send_adts(&app, &ids).await;
+    let base = app.admin_url();
+    let viewer = &tokens[&Role::Viewer];
+    eventually("every message is dead-lettered (AR)", async || {
+        let page = get_json(&format!("{base}/api/v1/dlq?connector=lab"), viewer).await;
+        page["entries"].as_array().map_or(0, Vec::len) == ids.len()
+    })
+    .await;
+    let refused = downstream.received();
+    assert_eq!(refused, ids, "each was tried once and refused");
+
+    accept.store(true, Ordering::SeqCst);
+    let result = post_json(
+        &format!("{base}/api/v1/dlq/lab/replay"),
+        &tokens[&Role::Operator],
+        serde_json::json!({"all": true}),
+    )
+    .await;
+    assert_eq!(result["replayed"].as_array().map(Vec::len), Some(ids.len()));
+    assert_eq!(result["remaining"], 0);
+    eventually("the replayed entries are delivered", async || {
+        downstream.received().len() >= 2 * ids.len()
+    })
+    .await;
+    // Once the queue is empty and every send is counted, nothing is left that could arrive
+    // twice.
+    eventually("the queue is empty", async || {
+        let stats = get_json(&format!("{base}/api/v1/stats"), viewer).await;
+        stats["connectors"][0]["queue_depth"] == 0 && stats["connectors"][0]["delivered"] == 5
+    })
+    .await;
+    let delivered = downstream.received()[ids.len()..].to_vec();
+    assert_eq!(delivered, ids, "once each, in the original order");
+    let stats = get_json(&format!("{base}/api/v1/stats"), viewer).await;
+    let lab = &stats["connectors"][0];
+    assert_eq!(lab["name"], "lab");
+    assert_eq!(lab["delivered"], 5);
+    assert_eq!(lab["dlq_size"], 0);
+    assert_eq!(lab["queue_depth"], 0);
+    // Searching by connector state finds them delivered.
+    let found = get_json(
+        &format!("{base}/api/v1/messages?connector=lab&status=delivered"),
+        viewer,
+    )
+    .await;
+    let controls: Vec<&str> = found["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|message| message["control_id"].as_str())
+        .collect();
+    assert_eq!(controls, ["P5", "P4", "P3", "P2", "P1"], "newest first");
+    app.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_message_being_retried_shows_its_attempts_and_last_error() {
+    let downstream = peer(|_, _| Answer::Ack("AE")).await;
+    let yaml = format!(
+        "connectors:\n  - name: lab\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n    retry:\n      initial_delay: 24h\n      max_delay: 24h\n",
+        downstream.addr.port()
+    );
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    send_adts(&app, &["T1"]).await;
+    let token = std::fs::read_to_string(app.directory.path().join("admin.token"))
+        .expect("the local admin token");
+    let base = app.admin_url();
+    eventually("one failed attempt", async || {
+        app.worker("lab").stats().retries.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    let id = app
+        .outbox()
+        .snapshot()
+        .expect("snapshot")
+        .messages()
+        .expect("messages")[0]
+        .0;
+    let shown = get_json(&format!("{base}/api/v1/messages/{id}"), token.trim()).await;
+    let lab = &shown["connectors"][0];
+    assert_eq!(lab["connector"], "lab");
+    assert_eq!(lab["status"], "QUEUED");
+    assert_eq!(lab["attempts"], 1);
+    assert!(lab["next_attempt"].is_string(), "{shown}");
+    assert!(
+        lab["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("AE")),
+        "{shown}"
+    );
+    app.shutdown(Duration::from_secs(5)).await;
+}
