@@ -270,11 +270,15 @@ async fn receive(
         Reply::Suppressed { code } => {
             // The message asked for no ACK in this case: the status still tells.
             state.stats.count_answer(code, false);
-            (
-                status_of(code),
-                axum::Json(serde_json::json!({ "code": code.as_str() })),
-            )
-                .into_response()
+            if json {
+                (
+                    status_of(code),
+                    axum::Json(serde_json::json!({ "code": code.as_str() })),
+                )
+                    .into_response()
+            } else {
+                status_of(code).into_response()
+            }
         }
         Reply::Ignore => error(
             StatusCode::BAD_REQUEST,

@@ -533,7 +533,13 @@ impl<'a> Sender<'a> {
 
     async fn reconnect(&self) -> anyhow::Result<Transport> {
         match self.http {
-            Some(http) => Ok(Transport::Http(http.client(self.timeout)?)),
+            Some(http) => {
+                let client = http.client(self.timeout)?;
+                // Open the connection before the clock starts, as MLLP connects first: a
+                // GET is answered 405 without touching the store, and the connection stays.
+                let _ = client.get(&http.url).send().await;
+                Ok(Transport::Http(client))
+            }
             None => Ok(Transport::Mllp(
                 MllpClient::connect_with(self.addr, self.tls, Duration::from_secs(10), 1 << 20)
                     .await?,
