@@ -205,6 +205,7 @@ async fn serve(
         addr = %local_addr,
         listener = %settings.name,
         max_frame_size = settings.max_frame_size,
+        max_connections = settings.max_connections,
         tls = tls.is_some(),
         mtls = listener.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
         "listening for MLLP"

@@ -69,7 +69,7 @@ pub fn register(state: &Arc<Gateway>) {
     counter(
         CONSUMED_MESSAGES,
         "{message}",
-        "Frames received by the MLLP listener",
+        "Frames (MLLP) and posted messages (HTTP) received by the listener",
         |stats, name, out| {
             out.push((
                 stats.frames_received,
@@ -141,7 +141,7 @@ pub fn register(state: &Arc<Gateway>) {
     let _ = meter
         .u64_observable_gauge(CONNECTIONS_ACTIVE)
         .with_unit("{connection}")
-        .with_description("Open MLLP connections")
+        .with_description("Open connections of the listener (MLLP or HTTP)")
         .with_callback(move |observer| {
             for (value, attributes) in read(|stats, name, out| {
                 out.push((
