@@ -4,8 +4,8 @@
 //! and a reader checking a change to it (a field, a table, a revision) must see every table,
 //! every record, the envelope and every revision's upgrade together, and how each value is
 //! read and written through the store keys (which table and key it is sealed for). What
-//! operates on the format
-//! lives elsewhere (the writer, snapshots, verification), and the sealing itself in `crypt`.
+//! operates on the format lives elsewhere (the writer, snapshots, verification), and the
+//! sealing itself in `crypt`.
 //!
 //! # The record envelope (format 2, ADR 0007)
 //! Every stored value that is a record (and every body in `bodies`) is
