@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 
 use super::file::TlsSender;
-use super::settings::{Layers, Settings, parse_name};
+use super::settings::{Layers, Settings, listener_from_layers, parse_name};
 use super::{ConfigProblem, read_senders};
 use crate::mllp::ListenerSettings;
 use crate::tls::{SenderMap, TlsSettings};
@@ -405,7 +405,7 @@ pub(super) fn resolve(
         let mut overrides = entry.settings.clone();
         overrides.push(("LISTENER_NAME", "name".to_owned(), entry.name.clone()));
         let layers = context.base.with_overrides(&overrides);
-        let settings = match Settings::from_layers(&layers) {
+        let settings = match listener_from_layers(&layers) {
             Ok(settings) => settings,
             Err(errors) => {
                 problems.extend(errors.0);

@@ -86,6 +86,223 @@ impl EncryptionSettings {
     }
 }
 
+/// One listener's settings, as the layers give them: what `listeners:` entries override.
+pub(super) struct ListenerParts {
+    /// Address, name, limits.
+    pub(super) listener: ListenerSettings,
+    /// Its TLS, when a certificate is set.
+    pub(super) tls: Option<crate::tls::TlsSettings>,
+    /// `REQUIRE_TLS`.
+    pub(super) require_tls: bool,
+}
+
+/// A path setting: empty is unset.
+fn path_setting(text: &str) -> Result<Option<PathBuf>, String> {
+    Ok((!text.trim().is_empty()).then(|| PathBuf::from(text.trim())))
+}
+
+/// A boolean setting: set but empty is false; a variable that is not set at all takes the
+/// default.
+fn boolean_setting(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" | "" => Ok(false),
+        _ => Err("expected true or false".to_owned()),
+    }
+}
+
+impl Reader<'_> {
+    /// The settings of one listener: address, name, limits, TLS, `REQUIRE_TLS`.
+    fn listener(&mut self) -> ListenerParts {
+        let listen_addr = self.read(
+            "LISTEN_ADDR",
+            |text| parse_listen_address(text).map(|_| text.trim().to_owned()),
+            String::new(),
+        );
+        let name = self.read("LISTENER_NAME", parse_name, String::new());
+        let max_connections = self.read(
+            "MAX_CONNECTIONS",
+            |text| match text.trim().parse::<usize>() {
+                Ok(0) => Ok(None),
+                Ok(limit) if limit <= MAX_CONNECTIONS_LIMIT => Ok(Some(limit)),
+                _ => Err(format!(
+                    "expected a whole number of connections up to {MAX_CONNECTIONS_LIMIT}, 0 for unlimited"
+                )),
+            },
+            None,
+        );
+        let max_connections_per_peer = self.read(
+            "MAX_CONNECTIONS_PER_PEER",
+            |text| match text.trim().parse::<usize>() {
+                Ok(0) => Ok(None),
+                Ok(limit) if limit <= MAX_CONNECTIONS_LIMIT => Ok(Some(limit)),
+                _ => Err(format!(
+                    "expected a whole number of connections up to {MAX_CONNECTIONS_LIMIT}, 0 for no per-peer limit"
+                )),
+            },
+            None,
+        );
+        let idle_timeout = self.read("IDLE_TIMEOUT", optional_duration, None);
+        let frame_timeout = self.read("FRAME_TIMEOUT", optional_duration, None);
+        let write_timeout = self.read("WRITE_TIMEOUT", optional_duration, None);
+        let keep_alive_period = self.read("KEEP_ALIVE_PERIOD", optional_duration, None);
+        let max_frame_size = self.read(
+            "MAX_FRAME_SIZE",
+            |text| {
+                let size = parse_size(text)?;
+                if !(1024..=1 << 30).contains(&size) {
+                    return Err("expected a size from 1KiB to 1GiB, e.g. 16MiB".to_owned());
+                }
+                usize::try_from(size).map_err(|_| "size out of range".to_owned())
+            },
+            0,
+        );
+        let max_frame_memory = self.read(
+            "MAX_FRAME_MEMORY",
+            |text| {
+                if text.trim().is_empty() {
+                    return Ok(None);
+                }
+                let size = parse_size(text)?;
+                if !((1 << 20)..=(1 << 40)).contains(&size) {
+                    return Err("expected a size from 1MiB to 1TiB, e.g. 256MiB".to_owned());
+                }
+                usize::try_from(size)
+                    .map(Some)
+                    .map_err(|_| "size out of range".to_owned())
+            },
+            None,
+        );
+        // Unset: 256 MiB, or four frames of MAX_FRAME_SIZE when that is more. Set: it must
+        // hold one frame whose buffer grew by doubling.
+        let max_frame_memory = match max_frame_memory {
+            None => (256 << 20).max(max_frame_size.saturating_mul(4)),
+            Some(memory) if memory < max_frame_size.saturating_mul(2) => {
+                self.problems.push(ConfigProblem {
+                    name: "MAX_FRAME_MEMORY".to_owned(),
+                    subject: format!("MAX_FRAME_MEMORY={memory}"),
+                    problem: format!(
+                        "must be at least twice MAX_FRAME_SIZE ({max_frame_size} bytes): a frame's buffer grows by doubling"
+                    ),
+                });
+                memory
+            }
+            Some(memory) => memory,
+        };
+        let allowed_peers = self.read(
+            "ALLOWED_PEERS",
+            |text| {
+                let entries: Vec<&str> = text
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|entry| !entry.is_empty())
+                    .collect();
+                if entries.is_empty() {
+                    return Ok(None);
+                }
+                entries
+                    .into_iter()
+                    .map(Cidr::parse)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some)
+            },
+            None,
+        );
+        let cert_file = self.read("TLS_CERT_FILE", path_setting, None);
+        let key_file = self.read("TLS_KEY_FILE", path_setting, None);
+        let client_ca = self.read("TLS_CLIENT_CA", path_setting, None);
+        let client_crl = self.read("TLS_CLIENT_CRL", path_setting, None);
+        let min_version = self.read(
+            "TLS_MIN_VERSION",
+            |text| match text.trim() {
+                "1.2" => Ok(crate::tls::TlsVersion::V1_2),
+                "1.3" => Ok(crate::tls::TlsVersion::V1_3),
+                _ => Err("expected 1.2 or 1.3 (older versions are never accepted)".to_owned()),
+            },
+            crate::tls::TlsVersion::V1_2,
+        );
+        let handshake_timeout = self.read(
+            "TLS_HANDSHAKE_TIMEOUT",
+            |text| {
+                optional_duration(text)?
+                    .ok_or_else(|| "the handshake needs some time, e.g. 10s".to_owned())
+            },
+            Duration::ZERO,
+        );
+        let require_tls = self.read("REQUIRE_TLS", boolean_setting, false);
+        let tls = match (cert_file, key_file) {
+            (Some(cert_file), Some(key_file)) => Some(crate::tls::TlsSettings {
+                cert_file,
+                key_file,
+                client_ca,
+                client_crl,
+                min_version,
+                handshake_timeout,
+            }),
+            (None, None) if client_ca.is_some() => {
+                self.problems.push(ConfigProblem {
+                    name: "TLS_CLIENT_CA".to_owned(),
+                    subject: String::new(),
+                    problem: "TLS_CLIENT_CA is set but TLS is off; set TLS_CERT_FILE and TLS_KEY_FILE too".to_owned(),
+                });
+                None
+            }
+            (None, None) => None,
+            _ => {
+                self.problems.push(ConfigProblem {
+                    name: "TLS_CERT_FILE".to_owned(),
+                    subject: String::new(),
+                    problem: "TLS needs both TLS_CERT_FILE and TLS_KEY_FILE; only one is set"
+                        .to_owned(),
+                });
+                None
+            }
+        };
+        if let Some(tls) = &tls
+            && tls.client_crl.is_some()
+            && tls.client_ca.is_none()
+        {
+            self.problems.push(ConfigProblem {
+                name: "TLS_CLIENT_CRL".to_owned(),
+                subject: String::new(),
+                problem: "TLS_CLIENT_CRL checks client certificates, which are only asked for when TLS_CLIENT_CA is set; set TLS_CLIENT_CA too".to_owned(),
+            });
+        }
+        ListenerParts {
+            listener: ListenerSettings {
+                listen_addr,
+                name,
+                max_connections,
+                max_connections_per_peer,
+                idle_timeout,
+                frame_timeout,
+                write_timeout,
+                keep_alive_period,
+                max_frame_size,
+                max_frame_memory,
+                allowed_peers,
+            },
+            tls,
+            require_tls,
+        }
+    }
+}
+
+/// One listener's settings from `layers` (a `listeners:` entry laid over the settings),
+/// without reading the others again (the store's keys, the admin API's).
+pub(super) fn listener_from_layers(layers: &Layers<'_>) -> Result<ListenerParts, ConfigErrors> {
+    let mut reader = Reader {
+        layers,
+        problems: Vec::new(),
+    };
+    let parts = reader.listener();
+    if reader.problems.is_empty() {
+        Ok(parts)
+    } else {
+        Err(ConfigErrors(reader.problems))
+    }
+}
+
 impl Settings {
     /// The keys the store is sealed with (plain without `ENCRYPTION_KEY_FILE`).
     pub fn store_keys(&self) -> anyhow::Result<crate::outbox::crypt::Keys> {
@@ -185,81 +402,11 @@ impl Settings {
             layers,
             problems: Vec::new(),
         };
-        let listen_addr = reader.read(
-            "LISTEN_ADDR",
-            |text| parse_listen_address(text).map(|_| text.trim().to_owned()),
-            String::new(),
-        );
-        let name = reader.read("LISTENER_NAME", parse_name, String::new());
-        let max_connections = reader.read(
-            "MAX_CONNECTIONS",
-            |text| match text.trim().parse::<usize>() {
-                Ok(0) => Ok(None),
-                Ok(limit) if limit <= MAX_CONNECTIONS_LIMIT => Ok(Some(limit)),
-                _ => Err(format!(
-                    "expected a whole number of connections up to {MAX_CONNECTIONS_LIMIT}, 0 for unlimited"
-                )),
-            },
-            None,
-        );
-        let max_connections_per_peer = reader.read(
-            "MAX_CONNECTIONS_PER_PEER",
-            |text| match text.trim().parse::<usize>() {
-                Ok(0) => Ok(None),
-                Ok(limit) if limit <= MAX_CONNECTIONS_LIMIT => Ok(Some(limit)),
-                _ => Err(format!(
-                    "expected a whole number of connections up to {MAX_CONNECTIONS_LIMIT}, 0 for no per-peer limit"
-                )),
-            },
-            None,
-        );
-        let idle_timeout = reader.read("IDLE_TIMEOUT", optional_duration, None);
-        let frame_timeout = reader.read("FRAME_TIMEOUT", optional_duration, None);
-        let write_timeout = reader.read("WRITE_TIMEOUT", optional_duration, None);
-        let keep_alive_period = reader.read("KEEP_ALIVE_PERIOD", optional_duration, None);
-        let max_frame_size = reader.read(
-            "MAX_FRAME_SIZE",
-            |text| {
-                let size = parse_size(text)?;
-                if !(1024..=1 << 30).contains(&size) {
-                    return Err("expected a size from 1KiB to 1GiB, e.g. 16MiB".to_owned());
-                }
-                usize::try_from(size).map_err(|_| "size out of range".to_owned())
-            },
-            0,
-        );
-        let max_frame_memory = reader.read(
-            "MAX_FRAME_MEMORY",
-            |text| {
-                if text.trim().is_empty() {
-                    return Ok(None);
-                }
-                let size = parse_size(text)?;
-                if !((1 << 20)..=(1 << 40)).contains(&size) {
-                    return Err("expected a size from 1MiB to 1TiB, e.g. 256MiB".to_owned());
-                }
-                usize::try_from(size)
-                    .map(Some)
-                    .map_err(|_| "size out of range".to_owned())
-            },
-            None,
-        );
-        // Unset: 256 MiB, or four frames of MAX_FRAME_SIZE when that is more. Set: it must
-        // hold one frame whose buffer grew by doubling.
-        let max_frame_memory = match max_frame_memory {
-            None => (256 << 20).max(max_frame_size.saturating_mul(4)),
-            Some(memory) if memory < max_frame_size.saturating_mul(2) => {
-                reader.problems.push(ConfigProblem {
-                    name: "MAX_FRAME_MEMORY".to_owned(),
-                    subject: format!("MAX_FRAME_MEMORY={memory}"),
-                    problem: format!(
-                        "must be at least twice MAX_FRAME_SIZE ({max_frame_size} bytes): a frame's buffer grows by doubling"
-                    ),
-                });
-                memory
-            }
-            Some(memory) => memory,
-        };
+        let ListenerParts {
+            listener,
+            tls,
+            require_tls,
+        } = reader.listener();
         let default_charset = reader.read(
             "DEFAULT_CHARACTER_SET",
             |text| {
@@ -310,94 +457,7 @@ impl Settings {
         let retention = reader.read("RETENTION", optional_duration, None);
         let store_verify_interval = reader.read("STORE_VERIFY_INTERVAL", optional_duration, None);
         let audit_retention = reader.read("AUDIT_RETENTION", optional_duration, None);
-        let allowed_peers = reader.read(
-            "ALLOWED_PEERS",
-            |text| {
-                let entries: Vec<&str> = text
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|entry| !entry.is_empty())
-                    .collect();
-                if entries.is_empty() {
-                    return Ok(None);
-                }
-                entries
-                    .into_iter()
-                    .map(Cidr::parse)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(Some)
-            },
-            None,
-        );
-        let path = |text: &str| Ok((!text.trim().is_empty()).then(|| PathBuf::from(text.trim())));
-        let cert_file = reader.read("TLS_CERT_FILE", path, None);
-        let key_file = reader.read("TLS_KEY_FILE", path, None);
-        let client_ca = reader.read("TLS_CLIENT_CA", path, None);
-        let client_crl = reader.read("TLS_CLIENT_CRL", path, None);
-        let min_version = reader.read(
-            "TLS_MIN_VERSION",
-            |text| match text.trim() {
-                "1.2" => Ok(crate::tls::TlsVersion::V1_2),
-                "1.3" => Ok(crate::tls::TlsVersion::V1_3),
-                _ => Err("expected 1.2 or 1.3 (older versions are never accepted)".to_owned()),
-            },
-            crate::tls::TlsVersion::V1_2,
-        );
-        let handshake_timeout = reader.read(
-            "TLS_HANDSHAKE_TIMEOUT",
-            |text| {
-                optional_duration(text)?
-                    .ok_or_else(|| "the handshake needs some time, e.g. 10s".to_owned())
-            },
-            Duration::ZERO,
-        );
-        // A value that is set but empty is false; a variable that is not set at all takes
-        // the default.
-        let boolean = |text: &str| match text.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => Ok(true),
-            "false" | "0" | "no" | "" => Ok(false),
-            _ => Err("expected true or false".to_owned()),
-        };
-        let require_tls = reader.read("REQUIRE_TLS", boolean, false);
-        let store_journal = reader.read("STORE_JOURNAL", boolean, true);
-        let tls = match (cert_file, key_file) {
-            (Some(cert_file), Some(key_file)) => Some(crate::tls::TlsSettings {
-                cert_file,
-                key_file,
-                client_ca,
-                client_crl,
-                min_version,
-                handshake_timeout,
-            }),
-            (None, None) if client_ca.is_some() => {
-                reader.problems.push(ConfigProblem {
-                    name: "TLS_CLIENT_CA".to_owned(),
-                    subject: String::new(),
-                    problem: "TLS_CLIENT_CA is set but TLS is off; set TLS_CERT_FILE and TLS_KEY_FILE too".to_owned(),
-                });
-                None
-            }
-            (None, None) => None,
-            _ => {
-                reader.problems.push(ConfigProblem {
-                    name: "TLS_CERT_FILE".to_owned(),
-                    subject: String::new(),
-                    problem: "TLS needs both TLS_CERT_FILE and TLS_KEY_FILE; only one is set"
-                        .to_owned(),
-                });
-                None
-            }
-        };
-        if let Some(tls) = &tls
-            && tls.client_crl.is_some()
-            && tls.client_ca.is_none()
-        {
-            reader.problems.push(ConfigProblem {
-                name: "TLS_CLIENT_CRL".to_owned(),
-                subject: String::new(),
-                problem: "TLS_CLIENT_CRL checks client certificates, which are only asked for when TLS_CLIENT_CA is set; set TLS_CLIENT_CA too".to_owned(),
-            });
-        }
+        let store_journal = reader.read("STORE_JOURNAL", boolean_setting, true);
         let drain_timeout = reader.read(
             "DRAIN_TIMEOUT",
             |text| {
@@ -429,7 +489,7 @@ impl Settings {
             },
             None,
         );
-        let key_file = reader.read("ENCRYPTION_KEY_FILE", path, None);
+        let key_file = reader.read("ENCRYPTION_KEY_FILE", path_setting, None);
         let old_key_files = reader.read(
             "ENCRYPTION_OLD_KEY_FILES",
             |text| {
@@ -476,19 +536,7 @@ impl Settings {
             return Err(ConfigErrors(reader.problems));
         }
         Ok(Self {
-            listener: ListenerSettings {
-                listen_addr,
-                name,
-                max_connections,
-                max_connections_per_peer,
-                idle_timeout,
-                frame_timeout,
-                write_timeout,
-                keep_alive_period,
-                max_frame_size,
-                max_frame_memory,
-                allowed_peers,
-            },
+            listener,
             default_charset,
             data_dir,
             dedup_window,
