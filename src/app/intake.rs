@@ -151,6 +151,38 @@ fn listener_rules(
     }
 }
 
+/// A listener without TLS on a non-loopback address: refused with `require_tls`, else a
+/// warning (HL7 carries patient data).
+fn refuse_clear_text(
+    listener: &ListenerConfig,
+    tls: bool,
+    local_addr: SocketAddr,
+    kind: &str,
+) -> anyhow::Result<()> {
+    if tls || local_addr.ip().is_loopback() {
+        return Ok(());
+    }
+    let settings = &listener.settings;
+    let listen_addr = &settings.listen_addr;
+    if listener.require_tls && listener.entry {
+        anyhow::bail!(
+            "REQUIRE_TLS is set but listener {} ({listen_addr}) has no TLS; set tls.cert_file and tls.key_file in its entry",
+            settings.name
+        );
+    }
+    if listener.require_tls {
+        anyhow::bail!(
+            "REQUIRE_TLS is set but LISTEN_ADDR={listen_addr} has no TLS; set TLS_CERT_FILE and TLS_KEY_FILE"
+        );
+    }
+    warn!(
+        addr = %local_addr,
+        listener = %settings.name,
+        "{kind} listener without TLS on a non-loopback address: HL7 (patient data) crosses the network in clear; give it a certificate, or set REQUIRE_TLS=true to refuse this"
+    );
+    Ok(())
+}
+
 /// Bind one listener and serve it on `tracker`.
 async fn serve(
     listener: &ListenerConfig,
@@ -173,24 +205,7 @@ async fn serve(
     let local_addr = socket
         .local_addr()
         .context("listener has no local address")?;
-    if tls.is_none() && !local_addr.ip().is_loopback() {
-        if listener.require_tls && listener.entry {
-            anyhow::bail!(
-                "REQUIRE_TLS is set but listener {} ({listen_addr}) has no TLS; set tls.cert_file and tls.key_file in its entry",
-                settings.name
-            );
-        }
-        if listener.require_tls {
-            anyhow::bail!(
-                "REQUIRE_TLS is set but LISTEN_ADDR={listen_addr} has no TLS; set TLS_CERT_FILE and TLS_KEY_FILE"
-            );
-        }
-        warn!(
-            addr = %local_addr,
-            listener = %settings.name,
-            "MLLP listener without TLS on a non-loopback address: HL7 (patient data) crosses the network in clear; give it a certificate, or set REQUIRE_TLS=true to refuse this"
-        );
-    }
+    refuse_clear_text(listener, tls.is_some(), local_addr, "MLLP")?;
     let stats = Arc::new(ListenerStats::default());
     let served = mllp::Listener::new(
         settings.clone(),
@@ -261,20 +276,7 @@ async fn serve_http(
                     "a free port, e.g. :8443",
                 )
             })?;
-    if tls.is_none() && !local_addr.ip().is_loopback() {
-        if listener.require_tls {
-            anyhow::bail!(
-                "REQUIRE_TLS is set but listener {} ({}) has no TLS; set tls.cert_file and tls.key_file in its entry",
-                settings.name,
-                settings.listen_addr
-            );
-        }
-        warn!(
-            addr = %local_addr,
-            listener = %settings.name,
-            "HTTP listener without TLS on a non-loopback address: HL7 (patient data) crosses the network in clear; give it a certificate, or set REQUIRE_TLS=true to refuse this"
-        );
-    }
+    refuse_clear_text(listener, tls.is_some(), local_addr, "HTTP")?;
     let stats = Arc::new(ListenerStats::default());
     let state = Arc::new(crate::http_intake::HttpIntake {
         ingest,

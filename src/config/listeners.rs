@@ -243,18 +243,7 @@ impl super::Config {
             .collect();
         crate::rules::RuleSet::compile(&chosen, &self.filters, self.settings.rules_time_budget)
             .map(Some)
-            .map_err(|problems| {
-                super::ConfigErrors(
-                    problems
-                        .into_iter()
-                        .map(|problem| ConfigProblem {
-                            name: String::new(),
-                            subject: String::new(),
-                            problem: problem.to_string(),
-                        })
-                        .collect(),
-                )
-            })
+            .map_err(super::rule_errors)
     }
 
     /// A listener by name (`None`: the first).

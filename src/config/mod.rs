@@ -390,21 +390,23 @@ impl Config {
 
     /// Compile every rule and filter (the second half of `mfoundry check`).
     pub fn compile_rules(&self) -> Result<RuleSet, ConfigErrors> {
-        RuleSet::compile(&self.rules, &self.filters, self.settings.rules_time_budget).map_err(
-            |problems| {
-                ConfigErrors(
-                    problems
-                        .into_iter()
-                        .map(|problem| ConfigProblem {
-                            name: String::new(),
-                            subject: String::new(),
-                            problem: problem.to_string(),
-                        })
-                        .collect(),
-                )
-            },
-        )
+        RuleSet::compile(&self.rules, &self.filters, self.settings.rules_time_budget)
+            .map_err(rule_errors)
     }
+}
+
+/// Compile problems of expressions, as configuration problems.
+fn rule_errors(problems: Vec<RuleProblem>) -> ConfigErrors {
+    ConfigErrors(
+        problems
+            .into_iter()
+            .map(|problem| ConfigProblem {
+                name: String::new(),
+                subject: String::new(),
+                problem: problem.to_string(),
+            })
+            .collect(),
+    )
 }
 
 /// The directory a configuration file's relative paths (table files) are read from.
@@ -421,13 +423,7 @@ fn compile(
     base: &Path,
     budget: Duration,
 ) -> Result<Compiled, ConfigErrors> {
-    let convert = |problems: Vec<RuleProblem>| {
-        problems.into_iter().map(|problem| ConfigProblem {
-            name: String::new(),
-            subject: String::new(),
-            problem: problem.to_string(),
-        })
-    };
+    let convert = |problems: Vec<RuleProblem>| rule_errors(problems).0;
     let mut problems = Vec::new();
     let rules =
         RuleSet::compile(rules, filters, budget).map_err(|found| problems.extend(convert(found)));
