@@ -13,24 +13,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn count_files(directory: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(directory) else {
-        return 0;
-    };
-    entries
-        .map(|entry| {
-            let entry = entry.expect("entry");
-            let path = entry.path();
-            if path.is_dir() {
-                count_files(&path)
-            } else {
-                // A file being written has a temporary dot-name until it is complete.
-                usize::from(!entry.file_name().to_string_lossy().starts_with('.'))
-            }
-        })
-        .sum()
-}
-
 fn required() -> bool {
     std::env::var("MFOUNDRY_REQUIRE_SERVICES").is_ok_and(|value| value == "1")
 }
@@ -170,11 +152,18 @@ impl Background {
 
     fn stop(&mut self) {
         let pid = i32::try_from(self.child.id()).expect("pid");
-        if let Some(group) = rustix::process::Pid::from_raw(pid) {
+        let group = rustix::process::Pid::from_raw(pid);
+        if let Some(group) = group {
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::TERM);
         }
         let deadline = Instant::now() + Duration::from_secs(40);
         while !matches!(self.child.try_wait(), Ok(Some(_))) {
+            assert!(Instant::now() < deadline, "`{}` did not stop", self.command);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // `sh` may have forked the command rather than become it: wait until the whole group
+        // is gone (a server that drains still holds its data file).
+        while group.is_some_and(|group| rustix::process::test_kill_process_group(group).is_ok()) {
             assert!(Instant::now() < deadline, "`{}` did not stop", self.command);
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -272,10 +261,10 @@ fn the_readme_deliver_messages_walkthrough_runs_as_written() {
     // 4 ADT (adt-a01, two in the batch file, the Latin-1 A08) to HTTP and MLLP, 1 ORU to
     // the files and the table.
     wait_until("4 ADT in ./http-in", || {
-        count_files(&dir.join("http-in")) == 4
+        common::count_files(&dir.join("http-in")) == 4
     });
     wait_until("1 ORU in ./results", || {
-        count_files(&dir.join("results")) == 1
+        common::count_files(&dir.join("results")) == 1
     });
     let first_http = std::fs::read(dir.join("http-in/1.hl7")).expect("first request body");
     let first_message =

@@ -5,9 +5,8 @@
 //! refuses an HTTP listener anyone could post to.
 
 use crate::common;
+use common::http::{Answer, request};
 
-use std::io::{Read as _, Write as _};
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,70 +14,6 @@ use mfoundry::admin::auth::{generate_token, hash_token, hex};
 use serde_json::Value;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_mfoundry");
-
-/// An HTTP/1.1 answer: status, `Content-Type`, body.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    content_type: String,
-    body: String,
-}
-
-/// One request on a connection of its own.
-fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    // A test may declare another length than it sends (a body the server refuses unread).
-    if !headers
-        .iter()
-        .any(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-    {
-        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes()).expect("head");
-    stream.write_all(body).expect("body");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("answer");
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let content_type = lines
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-        .map(|(_, value)| value.trim().to_owned())
-        .unwrap_or_default();
-    Answer {
-        status,
-        content_type,
-        body: body.to_owned(),
-    }
-}
-
-fn logged_addr(server: &common::Server, listener: &str) -> String {
-    let marker = format!("\"listener\":\"{listener}\"");
-    server
-        .early
-        .iter()
-        .filter(|line| line.contains(&marker) && line.contains("\"addr\":\""))
-        .find_map(|line| {
-            let start = line.find("\"addr\":\"")? + 8;
-            let end = start + line[start..].find('"')?;
-            Some(line[start..end].to_owned())
-        })
-        .unwrap_or_else(|| panic!("{listener} logged no address: {:#?}", server.early))
-}
 
 const CONFIG: &str = r#"
 listeners:
@@ -108,21 +43,6 @@ fn message(control: &str, patient: &str) -> String {
     )
 }
 
-fn files_in(directory: &Path) -> usize {
-    std::fs::read_dir(directory).map_or(0, |entries| {
-        entries
-            .filter_map(Result::ok)
-            .map(|entry| {
-                if entry.path().is_dir() {
-                    files_in(&entry.path())
-                } else {
-                    usize::from(!entry.file_name().to_string_lossy().starts_with('.'))
-                }
-            })
-            .sum()
-    })
-}
-
 #[test]
 fn post_hl7_answers_with_the_ack_after_the_commit() {
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -135,7 +55,7 @@ fn post_hl7_answers_with_the_ack_after_the_commit() {
     .expect("tokens");
     std::fs::write(dir.join("gateway.yaml"), CONFIG).expect("config");
     let server = common::Server::start(dir, "gateway.yaml", "data", &[("LISTEN_ADDR", "")]);
-    let http = logged_addr(&server, "hl7-http");
+    let http = server.listener_addr("hl7-http");
     let bearer = format!("Bearer {token}");
     let hl7 = [
         ("Content-Type", "application/hl7-v2"),
@@ -234,35 +154,12 @@ fn post_hl7_answers_with_the_ack_after_the_commit() {
 
     // Two messages delivered (H1 once, H3); the listener's counters.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while files_in(&dir.join("out-http")) < 2 && std::time::Instant::now() < deadline {
+    while common::count_files(&dir.join("out-http")) < 2 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(files_in(&dir.join("out-http")), 2);
-    let admin = server.admin_addr.clone().expect("admin API on");
-    let stats = Command::new(BINARY)
-        .env_clear()
-        .current_dir(dir)
-        .args([
-            "stats",
-            "--json",
-            "--admin-addr",
-            &admin,
-            "--data-dir",
-            "data",
-        ])
-        .output()
-        .expect("stats runs");
-    let stats: Value = serde_json::from_slice(&stats.stdout).expect("JSON");
-    let listener = stats["listeners"]
-        .as_array()
-        .and_then(|listeners| {
-            listeners
-                .iter()
-                .find(|listener| listener["name"] == "hl7-http")
-        })
-        .cloned()
-        .expect("the http listener in stats");
+    assert_eq!(common::count_files(&dir.join("out-http")), 2);
+    let listener = server.listener_stats(dir, "hl7-http");
     assert_eq!(listener["accepted"].as_u64(), Some(3), "{listener}");
     assert_eq!(listener["rejected"].as_u64(), Some(1), "{listener}");
     // One connection per request here (Connection: close), none open now.
@@ -278,20 +175,19 @@ fn post_hl7_answers_with_the_ack_after_the_commit() {
         "{listener}"
     );
     // The audit record names the token that posted, as it names a client certificate.
-    let audit = Command::new(BINARY)
-        .env_clear()
-        .current_dir(dir)
-        .args([
+    let admin = server.admin_addr.clone().expect("admin API on");
+    let (_, audit, _) = common::run_binary(
+        dir,
+        &[
             "audit",
             "list",
             "--admin-addr",
             &admin,
             "--data-dir",
             "data",
-        ])
-        .output()
-        .expect("audit runs");
-    let audit = String::from_utf8_lossy(&audit.stdout);
+        ],
+        &[],
+    );
     assert!(audit.contains("token=lab-system"), "{audit}");
     server.stop();
 }
@@ -369,18 +265,7 @@ async fn post_tls(
         .read_to_end(&mut raw)
         .await
         .map_err(|error| error.to_string())?;
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").ok_or("no answer")?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .ok_or("no status")?;
-    Ok(Answer {
-        status,
-        content_type: String::new(),
-        body: body.to_owned(),
-    })
+    Ok(common::http::parse(&String::from_utf8_lossy(&raw)))
 }
 
 #[test]
@@ -408,7 +293,7 @@ connectors:
     )
     .expect("config");
     let server = common::Server::start(dir, "gateway.yaml", "data", &[("LISTEN_ADDR", "")]);
-    let addr = logged_addr(&server, "lab-https");
+    let addr = server.listener_addr("lab-https");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -465,7 +350,7 @@ fn bench_posts_to_the_http_listener_and_reports_it() {
     )
     .expect("config");
     let server = common::Server::start(dir, "gateway.yaml", "data", &[("LISTEN_ADDR", "")]);
-    let url = format!("http://{}/hl7", logged_addr(&server, "hl7-http"));
+    let url = format!("http://{}/hl7", server.listener_addr("hl7-http"));
     let bench = |token: &str| {
         Command::new(BINARY)
             .env_clear()

@@ -8,24 +8,7 @@ use crate::common;
 use std::path::Path;
 use std::process::Command;
 
-use serde_json::Value;
-
 const BINARY: &str = env!("CARGO_BIN_EXE_mfoundry");
-
-/// The `addr` the server logged for the listener `name`.
-fn listener_addr(server: &common::Server, name: &str) -> String {
-    let marker = format!("\"listener\":\"{name}\"");
-    server
-        .early
-        .iter()
-        .filter(|line| line.contains("listening for MLLP") && line.contains(&marker))
-        .find_map(|line| {
-            let start = line.find("\"addr\":\"")? + 8;
-            let end = start + line[start..].find('"')?;
-            Some(line[start..end].to_owned())
-        })
-        .unwrap_or_else(|| panic!("listener {name} logged no address: {:#?}", server.early))
-}
 
 /// `mfoundry send` of one message file: the ACK code it printed.
 fn send(directory: &Path, addr: &str, tls: bool, message: &str, file: &str) -> String {
@@ -59,21 +42,6 @@ fn send(directory: &Path, addr: &str, tls: bool, message: &str, file: &str) -> S
                 String::from_utf8_lossy(&output.stderr)
             )
         })
-}
-
-fn files_in(directory: &Path) -> usize {
-    std::fs::read_dir(directory).map_or(0, |entries| {
-        entries
-            .filter_map(Result::ok)
-            .map(|entry| {
-                if entry.path().is_dir() {
-                    files_in(&entry.path())
-                } else {
-                    usize::from(!entry.file_name().to_string_lossy().starts_with('.'))
-                }
-            })
-            .sum()
-    })
 }
 
 const CONFIG: &str = r#"
@@ -124,8 +92,8 @@ fn several_listeners_route_by_inbound_with_their_own_tls_rules_and_senders() {
     std::fs::write(dir.join("gateway.yaml"), CONFIG).expect("config");
     // No LISTEN_ADDR: the entries give the addresses.
     let server = common::Server::start(dir, "gateway.yaml", "data", &[("LISTEN_ADDR", "")]);
-    let adt = listener_addr(&server, "adt-epic");
-    let lab = listener_addr(&server, "lab-results");
+    let adt = server.listener_addr("adt-epic");
+    let lab = server.listener_addr("lab-results");
     assert_ne!(adt, lab);
 
     // adt-epic: plain, only require-patient-id.
@@ -201,44 +169,16 @@ fn several_listeners_route_by_inbound_with_their_own_tls_rules_and_senders() {
 
     // Each connector got what came through its listener.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while files_in(&dir.join("out-adt")) + files_in(&dir.join("out-lab")) < 3
+    while common::count_files(&dir.join("out-adt")) + common::count_files(&dir.join("out-lab")) < 3
         && std::time::Instant::now() < deadline
     {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    assert_eq!(files_in(&dir.join("out-adt")), 2, "A1 and A2");
-    assert_eq!(files_in(&dir.join("out-lab")), 1, "L1");
+    assert_eq!(common::count_files(&dir.join("out-adt")), 2, "A1 and A2");
+    assert_eq!(common::count_files(&dir.join("out-lab")), 1, "L1");
 
     // The listeners side by side.
-    let admin = server.admin_addr.clone().expect("admin API on");
-    let stats = Command::new(BINARY)
-        .env_clear()
-        .current_dir(dir)
-        .args([
-            "stats",
-            "--json",
-            "--admin-addr",
-            &admin,
-            "--data-dir",
-            "data",
-        ])
-        .output()
-        .expect("stats runs");
-    assert!(
-        stats.status.success(),
-        "{}",
-        String::from_utf8_lossy(&stats.stderr)
-    );
-    let stats: Value = serde_json::from_slice(&stats.stdout).expect("JSON");
-    let listener = |name: &str| {
-        stats["listeners"]
-            .as_array()
-            .expect("listeners")
-            .iter()
-            .find(|listener| listener["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no listener {name} in {stats}"))
-    };
+    let listener = |name: &str| server.listener_stats(dir, name);
     let epic = listener("adt-epic");
     assert_eq!(
         (epic["received"].as_u64(), epic["accepted"].as_u64()),

@@ -4,9 +4,9 @@
 
 use crate::common;
 use crate::deploy::dashboard::{dashboard, dashboard_names, metric_for_series};
+use common::http::get;
 
 use std::collections::BTreeSet;
-use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -44,46 +44,6 @@ fn metrics_addr(server: &common::Server) -> String {
             Some(rest[..rest.find('"')?].to_owned())
         })
         .unwrap_or_else(|| panic!("no metrics_addr logged: {:#?}", server.early))
-}
-
-/// An HTTP/1.1 response: status, `Content-Type`, body.
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    content_type: String,
-    body: String,
-}
-
-/// `GET path` on a connection of its own, closed after the answer.
-fn get(addr: &str, path: &str) -> Response {
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).expect("response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let content_type = lines
-        .filter_map(|line| line.split_once(':'))
-        .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
-        .map(|(_, value)| value.trim().to_owned())
-        .unwrap_or_default();
-    Response {
-        status,
-        content_type,
-        body: body.to_owned(),
-    }
 }
 
 /// The value of the first series line that starts with `prefix` (name and labels).

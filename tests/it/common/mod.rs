@@ -3,6 +3,7 @@
 #![allow(dead_code)] // Each test crate uses a different subset of these helpers.
 
 pub mod certs;
+pub mod http;
 pub mod otlp;
 pub mod peer;
 
@@ -392,6 +393,45 @@ pub struct Server {
 }
 
 impl Server {
+    /// The address the listener `name` logged (`listeners:` entries log one line each).
+    pub fn listener_addr(&self, name: &str) -> String {
+        let marker = format!("\"listener\":\"{name}\"");
+        self.early
+            .iter()
+            .filter(|line| line.contains(&marker) && line.contains("\"addr\":\""))
+            .find_map(|line| {
+                let start = line.find("\"addr\":\"")? + 8;
+                let end = start + line[start..].find('"')?;
+                Some(line[start..end].to_owned())
+            })
+            .unwrap_or_else(|| panic!("listener {name} logged no address: {:#?}", self.early))
+    }
+
+    /// The listener `name` of `mfoundry stats --json` (the server's admin API, its token
+    /// from `directory/data`).
+    pub fn listener_stats(&self, directory: &Path, name: &str) -> serde_json::Value {
+        let admin = self.admin_addr.clone().expect("admin API on");
+        let (code, stdout, stderr) = run_binary(
+            directory,
+            &[
+                "stats",
+                "--json",
+                "--admin-addr",
+                &admin,
+                "--data-dir",
+                "data",
+            ],
+            &[],
+        );
+        assert_eq!(code, 0, "{stderr}");
+        let stats: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+        stats["listeners"]
+            .as_array()
+            .and_then(|listeners| listeners.iter().find(|listener| listener["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no listener {name} in {stats}"))
+    }
+
     /// Start `mfoundry serve --config <config>` in `directory` (its working directory) with
     /// `LISTEN_ADDR=127.0.0.1:0`, `DATA_DIR=<directory>/<data>` and `envs`; waits until it
     /// logs its address.
@@ -632,4 +672,21 @@ pub fn signal(child: &std::process::Child, signal: rustix::process::Signal) {
         .and_then(rustix::process::Pid::from_raw)
         .expect("a process id");
     rustix::process::kill_process(pid, signal).expect("the signal is sent");
+}
+
+/// Files under `directory`, at any depth; a file being written (a dot-name until it is
+/// complete) does not count.
+pub fn count_files(directory: &Path) -> usize {
+    std::fs::read_dir(directory).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .map(|entry| {
+                if entry.path().is_dir() {
+                    count_files(&entry.path())
+                } else {
+                    usize::from(!entry.file_name().to_string_lossy().starts_with('.'))
+                }
+            })
+            .sum()
+    })
 }
