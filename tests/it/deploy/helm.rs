@@ -23,49 +23,45 @@ fn chart_file(relative: &str) -> String {
     read(&format!("{CHART}/{relative}"))
 }
 
-/// The chart rendered with `values` (YAML text) in a scratch file.
-fn render_with(python: &Path, values: &str) -> Deployment {
+/// `values` (YAML text) in a scratch file, for `use_it`.
+fn with_values<T>(values: &str, use_it: impl FnOnce(&Path) -> T) -> T {
     let directory = tempfile::tempdir().expect("tempdir");
     let path = directory.path().join("values.yaml");
     std::fs::write(&path, values).expect("write");
-    render_chart(python, Some(&path), "mfoundry")
+    use_it(&path)
+}
+
+/// The chart rendered with `values` (YAML text).
+fn render_with(python: &Path, values: &str) -> Deployment {
+    with_values(values, |path| render_chart(python, Some(path), "mfoundry"))
+}
+
+/// The `error` kube.py answers to `command CHART VALUES rest...`: `None` when there is none.
+fn kube_error(python: &Path, command: &str, values: &str, rest: &[&str]) -> Option<String> {
+    with_values(values, |path| {
+        let chart = root().join(CHART).display().to_string();
+        let path = path.display().to_string();
+        let mut arguments = vec![command, chart.as_str(), path.as_str()];
+        arguments.extend_from_slice(rest);
+        kube(python, &arguments, None)["error"]
+            .as_str()
+            .map(str::to_owned)
+    })
 }
 
 /// Why Helm refuses to render the chart with `values` (YAML text): `None` when it renders.
 fn refusal(python: &Path, values: &str) -> Option<String> {
-    let directory = tempfile::tempdir().expect("tempdir");
-    let path = directory.path().join("values.yaml");
-    std::fs::write(&path, values).expect("write");
-    let answer = kube(
+    kube_error(
         python,
-        &[
-            "helm",
-            &root().join(CHART).display().to_string(),
-            &path.display().to_string(),
-            "mfoundry",
-            CHART_NAMESPACE,
-            OLDEST_KUBERNETES,
-        ],
-        None,
-    );
-    answer["error"].as_str().map(str::to_owned)
+        "helm",
+        values,
+        &["mfoundry", CHART_NAMESPACE, OLDEST_KUBERNETES],
+    )
 }
 
 /// The schema's verdict on `values` (YAML text): `None` when they pass.
 fn schema_error(python: &Path, values: &str) -> Option<String> {
-    let directory = tempfile::tempdir().expect("tempdir");
-    let path = directory.path().join("values.yaml");
-    std::fs::write(&path, values).expect("write");
-    let answer = kube(
-        python,
-        &[
-            "schema-error",
-            &root().join(CHART).display().to_string(),
-            &path.display().to_string(),
-        ],
-        None,
-    );
-    answer["error"].as_str().map(str::to_owned)
+    kube_error(python, "schema-error", values, &[])
 }
 
 #[test]
