@@ -80,6 +80,7 @@ impl Intake {
             )
             .context("cannot route to the configured connectors")?
             .with_senders(listener.senders.clone())
+            .with_batches(listener.settings.batches)
             .with_transforms(Arc::clone(transforms));
             let ingest = match &route_counters {
                 Some(shared) => ingest.with_route_counters(shared),

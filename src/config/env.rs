@@ -58,6 +58,14 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "256MiB",
     },
     EnvVar {
+        name: "BATCH_ACK",
+        default: "per_message",
+    },
+    EnvVar {
+        name: "BATCH_COUNT_MISMATCH",
+        default: "reject",
+    },
+    EnvVar {
         name: "DEFAULT_CHARACTER_SET",
         default: "UNICODE UTF-8",
     },

@@ -45,8 +45,9 @@ pub enum ListenerKind {
     },
 }
 
-/// A listener entry's own keys for limits and timeouts, and the settings they override.
-pub const LIMIT_KEYS: [(&str, &str); 10] = [
+/// A listener entry's own keys for limits, timeouts and batches, and the settings they
+/// override.
+pub const LIMIT_KEYS: [(&str, &str); 12] = [
     ("max_connections", "MAX_CONNECTIONS"),
     ("max_connections_per_peer", "MAX_CONNECTIONS_PER_PEER"),
     ("idle_timeout", "IDLE_TIMEOUT"),
@@ -57,6 +58,8 @@ pub const LIMIT_KEYS: [(&str, &str); 10] = [
     ("max_frame_memory", "MAX_FRAME_MEMORY"),
     ("allowed_peers", "ALLOWED_PEERS"),
     ("require_tls", "REQUIRE_TLS"),
+    ("batch_ack", "BATCH_ACK"),
+    ("batch_count_mismatch", "BATCH_COUNT_MISMATCH"),
 ];
 
 /// The keys of an entry's `tls:` and the settings they stand for.

@@ -56,6 +56,12 @@ pub struct FileConfig {
     /// Same as `MAX_FRAME_MEMORY` (bytes or 256MiB).
     #[schemars(with = "Option<ScalarText>")]
     pub max_frame_memory: SpannedScalar,
+    /// Same as `BATCH_ACK` (per_message or batch).
+    #[schemars(with = "Option<ScalarText>")]
+    pub batch_ack: SpannedScalar,
+    /// Same as `BATCH_COUNT_MISMATCH` (reject or accept).
+    #[schemars(with = "Option<ScalarText>")]
+    pub batch_count_mismatch: SpannedScalar,
     /// Same as `DEFAULT_CHARACTER_SET`.
     #[schemars(with = "Option<ScalarText>")]
     pub default_character_set: SpannedScalar,
@@ -201,6 +207,12 @@ pub struct ListenerFile {
     /// As `REQUIRE_TLS`.
     #[schemars(with = "Option<ScalarText>")]
     pub require_tls: SpannedScalar,
+    /// As `BATCH_ACK`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub batch_ack: SpannedScalar,
+    /// As `BATCH_COUNT_MISMATCH`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub batch_count_mismatch: SpannedScalar,
 }
 
 /// A listener's `tls:`.

@@ -230,6 +230,24 @@ impl Reader<'_> {
             Duration::ZERO,
         );
         let require_tls = self.read("REQUIRE_TLS", boolean_setting, false);
+        let ack = self.read(
+            "BATCH_ACK",
+            |text| match text.trim() {
+                "per_message" => Ok(crate::ingest::BatchAck::PerMessage),
+                "batch" => Ok(crate::ingest::BatchAck::Batch),
+                _ => Err("expected per_message (a batch of ACKs) or batch (one ACK)".to_owned()),
+            },
+            crate::ingest::BatchAck::PerMessage,
+        );
+        let count_mismatch = self.read(
+            "BATCH_COUNT_MISMATCH",
+            |text| match text.trim() {
+                "reject" => Ok(crate::ingest::CountMismatch::Reject),
+                "accept" => Ok(crate::ingest::CountMismatch::Accept),
+                _ => Err("expected reject or accept".to_owned()),
+            },
+            crate::ingest::CountMismatch::Reject,
+        );
         let tls = match (cert_file, key_file) {
             (Some(cert_file), Some(key_file)) => Some(crate::tls::TlsSettings {
                 cert_file,
@@ -281,6 +299,10 @@ impl Reader<'_> {
                 max_frame_size,
                 max_frame_memory,
                 allowed_peers,
+                batches: crate::ingest::BatchSettings {
+                    ack,
+                    count_mismatch,
+                },
             },
             tls,
             require_tls,

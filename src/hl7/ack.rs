@@ -213,6 +213,8 @@ fn commit_code(verdict: Verdict) -> AckCode {
 /// HL7 table 0357, message error condition codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorCode {
+    /// 0: accepted, with a warning (ERR-4 severity `W`).
+    MessageAccepted,
     /// 100
     SegmentSequenceError,
     /// 101
@@ -237,6 +239,7 @@ impl ErrorCode {
     /// The numeric code.
     pub fn code(&self) -> u16 {
         match self {
+            Self::MessageAccepted => 0,
             Self::SegmentSequenceError => 100,
             Self::RequiredFieldMissing => 101,
             Self::DataTypeError => 102,
@@ -252,6 +255,7 @@ impl ErrorCode {
     /// The table's text for the code.
     pub fn text(&self) -> &'static str {
         match self {
+            Self::MessageAccepted => "Message accepted",
             Self::SegmentSequenceError => "Segment sequence error",
             Self::RequiredFieldMissing => "Required field missing",
             Self::DataTypeError => "Data type error",
@@ -450,7 +454,7 @@ const FALLBACK_SPARE: u8 = b'!';
 /// a stamp with an offset (`20261205213000-0500`) is written as the same instant in UTC without
 /// one (`20261206023000`); otherwise the stamp is written as it is. Any delimiter still left
 /// (only a stamper of another form could leave one) is escaped, so the fields stay in place.
-fn header_timestamp<'a>(timestamp: &'a str, delimiters: &Delimiters) -> Cow<'a, [u8]> {
+pub(super) fn header_timestamp<'a>(timestamp: &'a str, delimiters: &Delimiters) -> Cow<'a, [u8]> {
     let signs_are_delimiters = std::iter::once(delimiters.field)
         .chain(delimiters.encoding_characters().iter().copied())
         .any(|byte| byte == b'+' || byte == b'-');
@@ -519,9 +523,13 @@ fn write_err(
         out.extend_from_slice(error.code.text().as_bytes());
         out.push(component);
         out.extend_from_slice(b"HL70357");
-        // ERR-4 severity (table 0516): E = error.
+        // ERR-4 severity (table 0516): E = error, W = warning (accepted).
         out.push(field);
-        out.push(b'E');
+        out.push(if error.code == ErrorCode::MessageAccepted {
+            b'W'
+        } else {
+            b'E'
+        });
         // ERR-5 application error code (mfoundry's own, e.g. a rule name); ERR-6 not used.
         out.push(field);
         if let Some(code) = &error.application_code {

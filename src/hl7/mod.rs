@@ -9,6 +9,7 @@ mod batch;
 mod charset;
 mod delimiters;
 mod edit;
+mod envelope;
 mod escape;
 mod message;
 mod path;
@@ -21,6 +22,9 @@ pub use batch::{SplitError, split_messages};
 pub use charset::{Charset, DeclaredCharset};
 pub use delimiters::{DelimiterError, Delimiters};
 pub use edit::{Document, EditError};
+pub use envelope::{
+    CountProblem, Envelope, EnvelopeError, Group, envelope_field, is_envelope, parse_envelope,
+};
 pub use escape::{escape, unescape};
 pub use message::{HeaderKind, Message, ParseError, Segment, Version};
 

@@ -47,8 +47,11 @@ pub enum Reason {
     InvalidCharacters,
     /// MSH-3 or MSH-4 is not one the client certificate may send as (`tls_senders`).
     SenderNotAllowed,
-    /// A batch envelope (FHS/BHS).
+    /// A batch envelope (FHS/BHS) where only single messages are taken (`mfoundry test`).
     BatchNotSupported,
+    /// A batch refused whole: unreadable, its counts differ (`batch_count_mismatch: reject`),
+    /// or one of its messages was refused with `batch_ack: batch`.
+    BatchRefused,
     /// More than one MSH segment in one frame.
     SeveralMessagesInFrame,
     /// MSH-2 encoding characters are unusable.
@@ -71,6 +74,7 @@ impl Reason {
             Self::InvalidCharacters => "invalid_characters",
             Self::SenderNotAllowed => "sender_not_allowed",
             Self::BatchNotSupported => "batch_not_supported",
+            Self::BatchRefused => "batch_refused",
             Self::SeveralMessagesInFrame => "several_messages_in_frame",
             Self::BadEncodingCharacters => "bad_encoding_characters",
             Self::RequiredFieldMissing => "required_field_missing",

@@ -29,9 +29,11 @@ use crate::rules::{RuleSet, Validation};
 use crate::transform::Transforms;
 
 mod answer;
+mod batch;
 mod header;
 
 pub use answer::{Outcome, Reason, Reply};
+pub use batch::{BatchAck, BatchOutcome, BatchSettings, CountMismatch, From, RefusedMessage};
 pub use header::header_fields;
 use header::{ack_code_of, check_sender, control_id_for_logs, dedup_key, locate};
 
@@ -57,6 +59,8 @@ pub struct UnknownConnector(pub String);
 pub struct Ingest {
     decider: Decider,
     outbox: Outbox,
+    /// How batches are answered and checked.
+    batches: BatchSettings,
 }
 
 /// Everything intake decides before a frame is stored: the checks, the rules, the routes,
@@ -286,7 +290,15 @@ impl Ingest {
         Ok(Self {
             decider: Decider::new(default_charset, stamper, rules, connector_id, listener)?,
             outbox,
+            batches: BatchSettings::default(),
         })
+    }
+
+    /// Answer and check batches this way.
+    #[must_use]
+    pub fn with_batches(mut self, batches: BatchSettings) -> Self {
+        self.batches = batches;
+        self
     }
 
     /// Transform each connector's copy with its steps before it is stored.
@@ -349,72 +361,36 @@ impl Ingest {
         identity: Option<&crate::tls::PeerIdentity>,
         sender: Option<&str>,
     ) -> Outcome {
+        if crate::hl7::is_envelope(&frame) {
+            let from = batch::From {
+                peer,
+                identity,
+                sender,
+            };
+            return self.handle_batch(frame, &from, None).await.outcome;
+        }
         let received_at_micros = chrono::Utc::now().timestamp_micros();
-        // Rules and transforms run for as long as they take (bounded at load, ADR 0012):
-        // never on a runtime thread other connections' tasks need, when the runtime has
-        // others to hand them to.
-        let evaluates = self.decider.rules.evaluates() || self.decider.transforms.is_some();
-        let off_runtime = evaluates
-            && tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread;
-        let decided = if off_runtime {
-            tokio::task::block_in_place(|| self.decider.decide_frame(frame, identity))
-        } else {
-            self.decider.decide_frame(frame, identity)
-        };
+        let decided = self.off_runtime(|| self.decider.decide_frame(frame, identity));
         let decided = match decided {
             Decision::Done(outcome) => return outcome,
             Decision::Decided(decided) => decided,
         };
+        let mut decided = *decided;
+        let new_message =
+            self.new_message(&mut decided, received_at_micros, peer, identity, sender);
+        let decided_routes = new_message.record.routes.clone();
+        let stored = self.outbox.append(new_message).await;
         let Decided {
             message,
             control_id,
             mode,
             verdict,
             reason,
-            error,
-            disposition,
-            routes,
-            copies,
             reply_code,
             ack,
             decided,
-        } = *decided;
-        let record = MessageRecord {
-            received_at_micros,
-            peer: peer.to_string(),
-            listener: self.decider.listener.to_string(),
-            header: header_fields(&message),
-            disposition,
-            reason: error.as_ref().map(|error| match reason {
-                Some(reason) => format!("{reason}: {}", error.user_message),
-                None => error.user_message.clone(),
-            }),
-            routes,
-            ack_code: decided.as_str().to_owned(),
-            body_len: message.raw().len() as u64,
-            // Kept so a retransmit of an accepted message gets this very ACK again.
-            ack: if verdict == Verdict::Accept {
-                ack.clone()
-            } else {
-                None
-            },
-            dedup_key: None,
-            body_inline: false,
-        };
-        let decided_routes = record.routes.clone();
-        let stored = self
-            .outbox
-            .append(NewMessage {
-                record,
-                body: message.raw().clone(),
-                dedup_key: (verdict == Verdict::Accept).then(|| dedup_key(&message)),
-                tls_identity: identity
-                    .map(|identity| identity.audit_text().to_owned())
-                    .or_else(|| sender.map(str::to_owned)),
-                copies,
-            })
-            .await;
+            ..
+        } = decided;
 
         let reply = |ack: Option<Vec<u8>>| match ack.zip(reply_code) {
             Some((bytes, code)) => Reply::Ack { bytes, code },
@@ -481,6 +457,64 @@ impl Ingest {
                     message_id: None,
                 }
             }
+        }
+    }
+
+    /// Run `decide` where rules and transforms may take their time (bounded at load, ADR
+    /// 0012): never on a runtime thread other connections' tasks need, when the runtime has
+    /// others to hand them to.
+    fn off_runtime<T>(&self, decide: impl FnOnce() -> T) -> T {
+        let evaluates = self.decider.rules.evaluates() || self.decider.transforms.is_some();
+        let off_runtime = evaluates
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread;
+        if off_runtime {
+            tokio::task::block_in_place(decide)
+        } else {
+            decide()
+        }
+    }
+
+    /// What is stored for a decided message (its copies are moved out of `decided`).
+    fn new_message(
+        &self,
+        decided: &mut Decided,
+        received_at_micros: i64,
+        peer: SocketAddr,
+        identity: Option<&crate::tls::PeerIdentity>,
+        sender: Option<&str>,
+    ) -> NewMessage {
+        let message = &decided.message;
+        let record = MessageRecord {
+            received_at_micros,
+            peer: peer.to_string(),
+            listener: self.decider.listener.to_string(),
+            header: header_fields(message),
+            disposition: decided.disposition,
+            reason: decided.error.as_ref().map(|error| match decided.reason {
+                Some(reason) => format!("{reason}: {}", error.user_message),
+                None => error.user_message.clone(),
+            }),
+            routes: decided.routes.clone(),
+            ack_code: decided.decided.as_str().to_owned(),
+            body_len: message.raw().len() as u64,
+            // Kept so a retransmit of an accepted message gets this very ACK again.
+            ack: if decided.verdict == Verdict::Accept {
+                decided.ack.clone()
+            } else {
+                None
+            },
+            dedup_key: None,
+            body_inline: false,
+        };
+        NewMessage {
+            record,
+            body: message.raw().clone(),
+            dedup_key: (decided.verdict == Verdict::Accept).then(|| dedup_key(message)),
+            tls_identity: identity
+                .map(|identity| identity.audit_text().to_owned())
+                .or_else(|| sender.map(str::to_owned)),
+            copies: std::mem::take(&mut decided.copies),
         }
     }
 

@@ -66,6 +66,8 @@ pub struct ListenerSettings {
     /// `MAX_FRAME_MEMORY` in bytes: the budget of every connection's frames together (see
     /// [`super::budget`]).
     pub max_frame_memory: usize,
+    /// `BATCH_ACK` and `BATCH_COUNT_MISMATCH`: how batches are answered and checked.
+    pub batches: crate::ingest::BatchSettings,
 }
 
 /// Counters of what the listener saw. Read them with [`ListenerStats::snapshot`].

@@ -69,8 +69,9 @@ pub use request::AuditContext;
 use request::{Answer, Reply, Request};
 
 pub use schema::{
-    ConnectorId, DeliveryRecord, DeliveryStatus, Disposition, DlqEntry, EntryRef, HeaderFields,
-    MessageId, MessageRecord, PastEntry, QueueEntry, Route, RouteStatus, Seq, StoredCopy,
+    ConnectorId, DeliveryRecord, DeliveryStatus, Disposition, DlqEntry, EntryRef, FileRecord,
+    HeaderFields, MessageId, MessageRecord, PastEntry, QueueEntry, Route, RouteStatus, Seq,
+    StoredCopy,
 };
 
 /// Name of the database file inside `DATA_DIR`.
@@ -181,6 +182,28 @@ pub enum Appended {
     },
 }
 
+/// The file a batch of messages was read from (a directory listener), recorded in the commit
+/// that stores them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileMark {
+    /// SHA-256 of the file's bytes: the key a file read again is recognised by.
+    pub sha256: [u8; 32],
+    /// Its size in bytes.
+    pub size: u64,
+    /// The listener that read it.
+    pub listener: String,
+}
+
+/// What `append_batch` did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchAppended {
+    /// Every message was stored (or found to be a retransmission), in one commit: one
+    /// answer per message, in order.
+    Stored(Vec<Appended>),
+    /// The file was stored before (its [`FileMark`] is in the store): nothing was written.
+    FileSeen(FileRecord),
+}
+
 /// Counters of the outbox.
 #[derive(Debug, Default)]
 pub struct OutboxStats {
@@ -216,6 +239,8 @@ pub struct Retained {
     /// Continue after this id next time; `None` when the pass reached the cutoff (start again
     /// from the oldest message next time).
     pub resume_after: Option<MessageId>,
+    /// File marks removed (older than the cutoff), after a whole pass.
+    pub file_marks: u64,
 }
 
 /// Shared between the handle, readers and the writer thread.
@@ -399,6 +424,26 @@ impl Outbox {
         let message = Box::new(message);
         self.submit(Request::Append { message, reply }, answer)
             .await
+    }
+
+    /// Store several messages in one commit: all of them or none (a batch, a file). With
+    /// `file`, a file whose mark is already stored writes nothing and answers
+    /// [`BatchAppended::FileSeen`]; otherwise the mark is written in the same commit.
+    pub async fn append_batch(
+        &self,
+        messages: Vec<NewMessage>,
+        file: Option<FileMark>,
+    ) -> Result<BatchAppended, StoreError> {
+        let (reply, answer) = Reply::new();
+        self.submit(
+            Request::AppendBatch {
+                messages,
+                file,
+                reply,
+            },
+            answer,
+        )
+        .await
     }
 
     /// Record that `connector` delivered its queue entry `seq` after `attempts` attempts: the

@@ -478,6 +478,7 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
             transaction.open_table(DELIVERIES)?;
             transaction.open_table(AUDIT)?;
             transaction.open_table(COPIES)?;
+            transaction.open_table(schema::FILES)?;
         }
         transaction.commit()?;
         Ok(Ok(()))

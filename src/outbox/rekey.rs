@@ -81,6 +81,7 @@ pub fn rekey(
     };
     copy_meta(&old, &new, current)?;
     copy_raw(&old, &new, CONNECTORS)?;
+    copy_raw(&old, &new, super::schema::FILES)?;
     // Old values are opened with the reading keys (a plain one is no damage there), new
     // ones sealed with `keys` (the new file seals every value).
     let mut copier = Copier {
@@ -204,11 +205,17 @@ fn copy_meta(old: &Database, new: &Database, current: u64) -> Result<(), StoreEr
     Ok(())
 }
 
-fn copy_raw(
+/// Copy a table whose values are not sealed (`connectors`, `files`) as it is.
+fn copy_raw<K, V>(
     old: &Database,
     new: &Database,
-    table: TableDefinition<&'static str, u32>,
-) -> Result<(), StoreError> {
+    table: TableDefinition<K, V>,
+) -> Result<(), StoreError>
+where
+    K: redb::Key + 'static,
+    V: redb::Value + 'static,
+    for<'b> K::SelfType<'b>: std::borrow::Borrow<K::SelfType<'b>>,
+{
     let read = old.begin_read()?;
     let source = read.open_table(table)?;
     let transaction = new.begin_write()?;

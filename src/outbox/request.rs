@@ -10,8 +10,8 @@ use tokio::sync::oneshot;
 
 use super::audit::AuditEvent;
 use super::{
-    Appended, ConnectorId, MessageId, NewMessage, OutboxStats, Retained, Seq, StoreError,
-    StoredCopy,
+    Appended, BatchAppended, ConnectorId, FileMark, MessageId, NewMessage, OutboxStats, Retained,
+    Seq, StoreError, StoredCopy,
 };
 
 /// The receiving end of a [`Reply`].
@@ -80,6 +80,12 @@ pub(super) enum Request {
     Append {
         message: Box<NewMessage>,
         reply: Reply<Appended>,
+    },
+    /// Store several messages in one transaction, all or none, and the file they came from.
+    AppendBatch {
+        messages: Vec<NewMessage>,
+        file: Option<FileMark>,
+        reply: Reply<BatchAppended>,
     },
     /// A connector's output confirmed the queue entry: remove it, record DELIVERED. Answers
     /// false when the entry was not there.
@@ -161,13 +167,16 @@ pub(super) enum Request {
 impl Request {
     /// Whether this operation stores a received message.
     pub(super) fn is_append(&self) -> bool {
-        matches!(self, Self::Append { .. })
+        matches!(self, Self::Append { .. } | Self::AppendBatch { .. })
     }
 
     /// Body bytes this operation writes (for the batch's byte cap).
     pub(super) fn body_len(&self) -> usize {
         match self {
             Self::Append { message, .. } => message.body.len(),
+            Self::AppendBatch { messages, .. } => {
+                messages.iter().map(|message| message.body.len()).sum()
+            }
             _ => 0,
         }
     }
@@ -184,6 +193,18 @@ impl Request {
                         stats.records.fetch_add(1, Ordering::Relaxed);
                     }
                     None => {}
+                }
+                reply.committed();
+            }
+            Self::AppendBatch { reply, .. } => {
+                if let Some(BatchAppended::Stored(appended)) = &reply.outcome {
+                    for appended in appended {
+                        let counter = match appended {
+                            Appended::Duplicate { .. } => &stats.duplicates,
+                            Appended::Stored { .. } => &stats.records,
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 reply.committed();
             }
@@ -205,6 +226,7 @@ impl Request {
         };
         match self {
             Self::Append { reply, .. } => reply.send(Err(error())),
+            Self::AppendBatch { reply, .. } => reply.send(Err(error())),
             Self::Delivered { reply, .. }
             | Self::Retry { reply, .. }
             | Self::DeadLetter { reply, .. } => reply.send(Err(error())),
@@ -220,6 +242,7 @@ impl Request {
     pub(super) fn gone(self) {
         match self {
             Self::Append { reply, .. } => reply.send(Err(StoreError::WriterGone)),
+            Self::AppendBatch { reply, .. } => reply.send(Err(StoreError::WriterGone)),
             Self::Delivered { reply, .. }
             | Self::Retry { reply, .. }
             | Self::DeadLetter { reply, .. } => reply.send(Err(StoreError::WriterGone)),

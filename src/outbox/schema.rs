@@ -102,6 +102,32 @@ pub const COPIES: TableDefinition<(u64, u32, u64), &[u8]> = TableDefinition::new
 /// `seq → hash ‖ AuditRecord`: the hash-chained audit trail (see [`super::audit`]).
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
+/// `SHA-256 of a file's bytes → FileRecord`: the files a directory listener stored, written in
+/// the commit that stores their messages, so a file read again (after a crash between that
+/// commit and the file's move) is recognised whatever the retransmit window is
+/// ([ADR 0014](../../docs/adr/0014-batches-and-file-marks.md)). Values hold no message data
+/// and are not sealed; retention removes marks older than `RETENTION`.
+pub const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
+
+/// A file a directory listener stored: the value of [`FILES`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// When its commit was written.
+    pub stored_at_micros: i64,
+    /// The listener that read it.
+    pub listener: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// How many messages it held (stored, or found stored already).
+    pub messages: u32,
+    /// The first message stored from it, if any.
+    pub first_message: Option<u64>,
+}
+
+impl Record for FileRecord {
+    const REVISION: u8 = 1;
+}
+
 /// What became of a message at intake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Disposition {

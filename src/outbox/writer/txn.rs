@@ -16,11 +16,12 @@ use crate::outbox::dedup::prefix;
 use crate::outbox::depth::DepthChanges;
 use crate::outbox::request::{AuditContext, Request};
 use crate::outbox::schema::{
-    self, AUDIT, BODIES, COPIES, DELIVERIES, DLQ, INLINE_BODY_MAX, MESSAGES, META, QUEUE,
-    QueueEntry, RouteStatus,
+    self, AUDIT, BODIES, COPIES, DELIVERIES, DLQ, FILES, FileRecord, INLINE_BODY_MAX, MESSAGES,
+    META, QUEUE, QueueEntry, RouteStatus,
 };
 use crate::outbox::{
-    Appended, ConnectorId, MessageId, NewMessage, Seq, StoreError, StoredCopy, now_micros,
+    Appended, BatchAppended, ConnectorId, MessageId, NewMessage, Seq, StoreError, StoredCopy,
+    now_micros,
 };
 
 impl Writer {
@@ -47,6 +48,7 @@ impl Writer {
                 queue: transaction.open_table(QUEUE)?,
                 delivery: None,
                 audit: None,
+                files: None,
                 audit_head: self.audit_head,
                 depths: DepthChanges::default(),
                 keys: self.options.keys.clone(),
@@ -70,14 +72,61 @@ impl Writer {
                         &mut accepted,
                         &mut woken,
                     )?),
+                    Request::AppendBatch {
+                        messages,
+                        file,
+                        reply,
+                    } => {
+                        let seen = match file {
+                            Some(file) => tables.file_seen(&transaction, &file.sha256)?,
+                            None => None,
+                        };
+                        if let Some(seen) = seen {
+                            reply.set(BatchAppended::FileSeen(seen));
+                            continue;
+                        }
+                        let mut appended = Vec::with_capacity(messages.len());
+                        for message in messages.iter() {
+                            appended.push(self.append(
+                                &transaction,
+                                &mut tables,
+                                message,
+                                &mut next_id,
+                                now,
+                                &mut accepted,
+                                &mut woken,
+                            )?);
+                        }
+                        if let Some(file) = file {
+                            let record = FileRecord {
+                                stored_at_micros: now,
+                                listener: file.listener.clone(),
+                                size: file.size,
+                                messages: u32::try_from(appended.len()).unwrap_or(u32::MAX),
+                                first_message: appended.iter().find_map(
+                                    |appended| match appended {
+                                        Appended::Stored { id } => Some(id.0),
+                                        Appended::Duplicate { .. } => None,
+                                    },
+                                ),
+                            };
+                            tables.mark_file(&transaction, &file.sha256, &record)?;
+                        }
+                        reply.set(BatchAppended::Stored(appended));
+                    }
                     Request::Retain {
                         cutoff_micros,
                         after,
                         max_scan,
                         reply,
                     } => {
-                        let retained =
+                        let mut retained =
                             retain(&transaction, &mut tables, *cutoff_micros, *after, *max_scan)?;
+                        if retained.resume_after.is_none() {
+                            // A whole pass: file marks as old as the messages go too.
+                            retained.file_marks =
+                                tables.prune_files(&transaction, *cutoff_micros, *max_scan)?;
+                        }
                         raise_floor |= retained.removed > 0;
                         reply.set(retained);
                     }
@@ -455,6 +504,8 @@ pub(super) struct Tables<'txn> {
     delivery: Option<DeliveryTables<'txn>>,
     /// The audit trail, opened by the first record of the batch.
     audit: Option<Table<'txn, u64, &'static [u8]>>,
+    /// The file marks, opened by the first batch from a file.
+    files: Option<Table<'txn, &'static [u8], &'static [u8]>>,
     /// The chain's head as of this transaction (None until first needed).
     audit_head: Option<Head>,
     /// What this transaction added to and removed from each queue and dead-letter queue.
@@ -480,6 +531,87 @@ impl<'txn> Tables<'txn> {
             None => transaction.open_table(AUDIT)?,
         };
         Ok(self.audit.insert(table))
+    }
+
+    /// The file marks table, opened once per transaction.
+    fn files_table(
+        &mut self,
+        transaction: &'txn WriteTransaction,
+    ) -> Result<&mut Table<'txn, &'static [u8], &'static [u8]>, StoreError> {
+        let table = match self.files.take() {
+            Some(table) => table,
+            None => transaction.open_table(FILES)?,
+        };
+        Ok(self.files.insert(table))
+    }
+
+    /// The mark of a file stored before, if any. A mark that does not decode is taken as
+    /// present: the file is not stored twice (its messages were committed with the mark).
+    fn file_seen(
+        &mut self,
+        transaction: &'txn WriteTransaction,
+        sha256: &[u8; 32],
+    ) -> Result<Option<FileRecord>, StoreError> {
+        let table = self.files_table(transaction)?;
+        let Some(value) = table.get(sha256.as_slice())? else {
+            return Ok(None);
+        };
+        match schema::decode_plain::<FileRecord>(value.value()) {
+            Ok(record) => Ok(Some(record)),
+            Err(error) if schema::is_damage(&error) => Ok(Some(FileRecord {
+                stored_at_micros: 0,
+                listener: String::new(),
+                size: 0,
+                messages: 0,
+                first_message: None,
+            })),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn mark_file(
+        &mut self,
+        transaction: &'txn WriteTransaction,
+        sha256: &[u8; 32],
+        record: &FileRecord,
+    ) -> Result<(), StoreError> {
+        let value = schema::encode_plain(record)?;
+        self.files_table(transaction)?
+            .insert(sha256.as_slice(), value.as_slice())?;
+        Ok(())
+    }
+
+    /// Remove up to `max` file marks stored before `cutoff_micros`, looking at no more than
+    /// `max` marks from a point that moves with the clock (keys are hashes: any start is as
+    /// good as another, and a moving one reaches every mark over the passes).
+    fn prune_files(
+        &mut self,
+        transaction: &'txn WriteTransaction,
+        cutoff_micros: i64,
+        max: usize,
+    ) -> Result<u64, StoreError> {
+        let table = self.files_table(transaction)?;
+        let start = cutoff_micros.to_be_bytes();
+        let mut doomed: Vec<Vec<u8>> = Vec::new();
+        let wrapped = table
+            .range(start.as_slice()..)?
+            .chain(table.range(..start.as_slice())?);
+        for entry in wrapped.take(max) {
+            let (key, value) = entry?;
+            let old = match schema::decode_plain::<FileRecord>(value.value()) {
+                Ok(record) => record.stored_at_micros < cutoff_micros,
+                // A damaged mark is kept (it still stops a second store of its file).
+                Err(error) if schema::is_damage(&error) => false,
+                Err(error) => return Err(error),
+            };
+            if old {
+                doomed.push(key.value().to_vec());
+            }
+        }
+        for key in &doomed {
+            table.remove(key.as_slice())?;
+        }
+        Ok(doomed.len() as u64)
     }
 
     /// Remove up to `max` of the oldest audit records written before `cutoff_micros`, never
