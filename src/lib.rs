@@ -29,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod fhir;
+pub mod file_intake;
 pub mod gateway;
 pub mod hl7;
 pub mod http_intake;

@@ -68,6 +68,7 @@ impl Intake {
         let tracker = TaskTracker::new();
         let mut bound = Vec::with_capacity(config.listeners.len());
         let mut route_counters: Option<Vec<Arc<RouteCounters>>> = None;
+        let mut directories = Vec::new();
         for (listener, tls) in config.listeners.iter().zip(servers) {
             let rules = listener_rules(config, listener, rules)?;
             let ingest = Ingest::new(
@@ -90,6 +91,12 @@ impl Intake {
                 }
             };
             let served = match &listener.kind {
+                ListenerKind::Directory(_) => {
+                    // Started once every network listener is bound (a port clash fails
+                    // startup before any file is taken).
+                    directories.push((listener, ingest));
+                    continue;
+                }
                 ListenerKind::Mllp => serve(listener, ingest, tls, &shutdown, &tracker).await?,
                 ListenerKind::Http { tokens_file } => {
                     serve_http(
@@ -104,6 +111,9 @@ impl Intake {
                 }
             };
             bound.push(served);
+        }
+        for (listener, ingest) in directories {
+            bound.push(serve_directory(listener, ingest, &shutdown, &tracker)?);
         }
         info!(
             listeners = bound.len(),
@@ -321,6 +331,44 @@ async fn serve_http(
         local_addr,
         stats,
         tls,
+    })
+}
+
+/// Start one directory listener ([`crate::file_intake`]) on `tracker`.
+fn serve_directory(
+    listener: &ListenerConfig,
+    ingest: Ingest,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Bound> {
+    let ListenerKind::Directory(settings) = &listener.kind else {
+        anyhow::bail!(
+            "listener {} is not a directory listener",
+            listener.settings.name
+        );
+    };
+    let name = listener.settings.name.clone();
+    let stats = Arc::new(ListenerStats::default());
+    let directory = crate::file_intake::DirectoryListener::new(
+        settings.clone(),
+        ingest,
+        Arc::clone(&stats),
+        name.clone(),
+    )
+    .map_err(|problem| anyhow::anyhow!("listener {name}: {problem}"))?;
+    tracker.spawn(directory.run(shutdown.clone()));
+    info!(
+        listener = %name,
+        path = %settings.path.display(),
+        pattern = %settings.pattern,
+        settle_time = ?settings.settle_time,
+        "reading files from a folder"
+    );
+    Ok(Bound {
+        name,
+        local_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        stats,
+        tls: None,
     })
 }
 

@@ -20,7 +20,7 @@ use crate::tls::{SenderMap, TlsSettings};
 use crate::yaml::{self, At, Map, Node, Problems, Spanned};
 
 /// The kinds of listener a `listeners:` entry may declare.
-pub const LISTENER_KINDS: [&str; 2] = ["mllp", "http"];
+pub const LISTENER_KINDS: [&str; 3] = ["mllp", "http", "directory"];
 
 /// Limits of an MLLP connection's life that an HTTP listener does not have (hyper closes
 /// idle keep-alive connections and bounds headers itself): written in an http entry, they
@@ -43,6 +43,8 @@ pub enum ListenerKind {
         /// Bearer tokens of the senders (`<id> <role> <sha256>` lines).
         tokens_file: Option<std::path::PathBuf>,
     },
+    /// Files dropped in a folder.
+    Directory(crate::file_intake::DirectorySettings),
 }
 
 /// A listener entry's own keys for limits, timeouts and batches, and the settings they
@@ -97,8 +99,12 @@ const ENTRY_KEYS: [&str; 7] = [
 pub fn entry_keys() -> Vec<&'static str> {
     let mut keys: Vec<&'static str> = ENTRY_KEYS.to_vec();
     keys.extend(LIMIT_KEYS.iter().map(|(key, _)| *key));
+    keys.extend(super::directory::DIRECTORY_KEYS);
     keys
 }
+
+/// The settings a directory listener takes of [`LIMIT_KEYS`]: it has no connections.
+const DIRECTORY_SETTINGS: [&str; 2] = ["BATCH_ACK", "BATCH_COUNT_MISMATCH"];
 
 /// One `listeners:` entry, as written.
 #[derive(Clone, Debug)]
@@ -117,6 +123,8 @@ pub struct ListenerEntry {
     pub tls_senders: Option<Vec<TlsSender>>,
     /// `tokens_file:` (http), when written.
     pub tokens_file: Option<Spanned<String>>,
+    /// The directory keys written (`path`, `done` …).
+    pub directory: Vec<(&'static str, Spanned<String>)>,
 }
 
 /// Read one entry, collecting problems.
@@ -175,6 +183,10 @@ pub(super) fn read_entry(
             .collect()
     });
     let tokens_file = map.text("tokens_file", problems);
+    let directory = super::directory::DIRECTORY_KEYS
+        .iter()
+        .filter_map(|key| map.text(key, problems).map(|value| (*key, value)))
+        .collect();
     let tls_senders = map.list("tls_senders", problems).map(|items| {
         items
             .iter()
@@ -190,6 +202,7 @@ pub(super) fn read_entry(
         rules,
         tls_senders,
         tokens_file,
+        directory,
     })
 }
 
@@ -335,10 +348,12 @@ pub(super) fn resolve(
             ));
             continue;
         }
-        if !entry
-            .settings
-            .iter()
-            .any(|(name, ..)| *name == "LISTEN_ADDR")
+        let directory = entry.kind.value == "directory";
+        if !directory
+            && !entry
+                .settings
+                .iter()
+                .any(|(name, ..)| *name == "LISTEN_ADDR")
         {
             complain(format!(
                 "an {} listener needs `listen_addr`, e.g. \":2575\"",
@@ -352,6 +367,32 @@ pub(super) fn resolve(
             subject: format!("{}: listener {:?} {key}", place(at), entry.name.value),
             problem,
         };
+        if directory {
+            for (setting, written, value) in &entry.settings {
+                if !DIRECTORY_SETTINGS.contains(setting) {
+                    problems.push(entry_problem(value.at, written, "applies to network listeners only; a directory listener takes path, pattern, done or delete, error, settle_time, poll_interval, max_file_size, rules, batch_ack and batch_count_mismatch".to_owned()));
+                }
+            }
+            if let Some(tokens) = &entry.tokens_file {
+                problems.push(entry_problem(
+                    tokens.at,
+                    "tokens_file",
+                    "bearer tokens are for http listeners; a directory listener reads files"
+                        .to_owned(),
+                ));
+            }
+            if entry.tls_senders.is_some() {
+                problems.push(entry_problem(entry.at, "tls_senders", "tls_senders maps client certificates, which a directory listener has none of; remove it".to_owned()));
+            }
+        } else {
+            for (key, value) in &entry.directory {
+                problems.push(entry_problem(
+                    value.at,
+                    key,
+                    "applies to directory listeners only (type: directory)".to_owned(),
+                ));
+            }
+        }
         if http {
             for (_, written, value) in &entry.settings {
                 if MLLP_ONLY.contains(&written.as_str()) {
@@ -404,6 +445,31 @@ pub(super) fn resolve(
                 continue;
             }
         };
+        if directory {
+            let directory_settings =
+                super::directory::resolve(&entry.directory, |at, key, problem| {
+                    problems.push(entry_problem(
+                        at.map_or(entry.at, |value| value.at),
+                        key,
+                        problem,
+                    ));
+                });
+            if let Some(directory_settings) = directory_settings {
+                resolved.push(ListenerConfig {
+                    kind: ListenerKind::Directory(directory_settings),
+                    settings: settings.listener,
+                    tls: None,
+                    require_tls: false,
+                    rules: entry
+                        .rules
+                        .as_ref()
+                        .map(|rules| rules.iter().map(|rule| rule.value.clone()).collect()),
+                    senders: None,
+                    entry: true,
+                });
+            }
+            continue;
+        }
         if let Ok((host, port)) = crate::units::parse_listen_address(&settings.listener.listen_addr)
             && port != 0
         {

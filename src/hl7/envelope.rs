@@ -237,12 +237,22 @@ pub fn parse_envelope(raw: &Bytes) -> Result<Envelope, EnvelopeError> {
             }
             Kind::Other => {
                 if message.is_empty() {
+                    // The name only when it looks like one: this text reaches logs.
+                    let name = segment
+                        .get(..3)
+                        .filter(|name| {
+                            name[0].is_ascii_uppercase()
+                                && name
+                                    .iter()
+                                    .all(|byte| byte.is_ascii_uppercase() || byte.is_ascii_digit())
+                        })
+                        .map_or_else(
+                            || "not a segment name".to_owned(),
+                            |name| String::from_utf8_lossy(name).into_owned(),
+                        );
                     return Err(EnvelopeError::BeforeHeader {
                         segment: number,
-                        name: String::from_utf8_lossy(segment.get(..3).unwrap_or(&segment))
-                            .chars()
-                            .filter(char::is_ascii_alphanumeric)
-                            .collect(),
+                        name,
                     });
                 }
                 message.push((start, end, terminated));

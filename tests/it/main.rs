@@ -6,6 +6,7 @@ mod common;
 
 mod ack_golden;
 mod admin;
+mod batches;
 mod charset;
 mod chunking;
 mod cli;
@@ -13,6 +14,7 @@ mod config;
 mod crash;
 mod delivery;
 mod deploy;
+mod directory;
 mod dlq;
 mod docs;
 mod drain;
