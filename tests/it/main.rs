@@ -6,6 +6,7 @@ mod common;
 
 mod ack_golden;
 mod admin;
+mod batch_crash;
 mod batches;
 mod charset;
 mod chunking;
