@@ -213,6 +213,28 @@ pub struct ListenerFile {
     /// As `BATCH_COUNT_MISMATCH`.
     #[schemars(with = "Option<ScalarText>")]
     pub batch_count_mismatch: SpannedScalar,
+    /// directory: the folder read.
+    pub path: Option<String>,
+    /// directory: the file names read (`*` any run of characters, `?` one); default `*`.
+    pub pattern: Option<String>,
+    /// directory: the folder stored files move to (or `delete: true`).
+    pub done: Option<String>,
+    /// directory: delete stored files instead of moving them.
+    #[schemars(with = "Option<ScalarText>")]
+    pub delete: SpannedScalar,
+    /// directory: where files that cannot be taken go, with a reason file; default
+    /// `<path>/error`.
+    pub error: Option<String>,
+    /// directory: how long a file's size and time must stay the same before it is read
+    /// (Go duration; default 2s).
+    #[schemars(with = "Option<ScalarText>")]
+    pub settle_time: SpannedScalar,
+    /// directory: how often the folder is listed (Go duration; default 1s).
+    #[schemars(with = "Option<ScalarText>")]
+    pub poll_interval: SpannedScalar,
+    /// directory: larger files go to the error folder unread (default 64MiB).
+    #[schemars(with = "Option<ScalarText>")]
+    pub max_file_size: SpannedScalar,
 }
 
 /// A listener's `tls:`.
