@@ -160,6 +160,11 @@ pub struct SendArgs {
     /// TLS.
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Send each file whole in one frame, as a batch (FHS/BHS … BTS/FTS, or messages one
+    /// after another), and print the answer's codes: one line for the batch, then one per
+    /// ACK it holds. Without it, each message is sent on its own and envelopes are dropped.
+    #[arg(long)]
+    pub batch: bool,
     /// Files with HL7 v2 messages.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<PathBuf>,

@@ -41,6 +41,8 @@ impl SendSummary {
 
 /// A message read from a file, ready to send.
 struct Outgoing {
+    /// A whole file sent as one batch (`--batch`).
+    batch: bool,
     bytes: Vec<u8>,
     /// MSH-10 (or `file#n` when empty), printable.
     label: String,
@@ -53,6 +55,8 @@ struct Report {
     code: String,
     text: String,
     accepted: bool,
+    /// For a batch: each ACK it held (control id, code, text).
+    acks: Vec<(String, String, String)>,
 }
 
 impl Report {
@@ -61,6 +65,7 @@ impl Report {
             code: code.to_owned(),
             text: text.into(),
             accepted: false,
+            acks: Vec::new(),
         }
     }
 }
@@ -91,6 +96,14 @@ pub async fn run_send(args: &SendArgs, out: &mut dyn Write) -> anyhow::Result<Se
             report.code,
             printable(&report.text)
         )?;
+        for (control_id, code, text) in &report.acks {
+            writeln!(
+                out,
+                "  {}\t{code}\t{}",
+                printable(control_id),
+                printable(text)
+            )?;
+        }
     }
     Ok(summary)
 }
@@ -100,6 +113,10 @@ fn read_files(args: &SendArgs) -> anyhow::Result<Vec<Outgoing>> {
     for path in &args.files {
         let contents =
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        if args.batch {
+            outgoing.push(batch_of(path, &contents)?);
+            continue;
+        }
         let messages = split_messages(&contents).with_context(|| path.display().to_string())?;
         if messages.is_empty() {
             anyhow::bail!(
@@ -118,6 +135,7 @@ fn read_files(args: &SendArgs) -> anyhow::Result<Vec<Outgoing>> {
             };
             let mode = AckMode::of(&parsed);
             outgoing.push(Outgoing {
+                batch: false,
                 bytes,
                 label,
                 control_id,
@@ -193,6 +211,7 @@ impl Session {
                 code: "--".to_owned(),
                 text: "no ACK requested (MSH-15/16 NE)".to_owned(),
                 accepted: true,
+                acks: Vec::new(),
             });
         }
         loop {
@@ -206,11 +225,15 @@ impl Session {
                         code: "--".to_owned(),
                         text: "no ACK within the timeout; MSH-15=ER means accepted".to_owned(),
                         accepted: true,
+                        acks: Vec::new(),
                     });
                 }
                 Err(ClientError::Timeout(_)) => return Err(ClientError::Timeout(self.timeout)),
                 Err(error) => return Err(error),
             };
+            if message.batch && crate::hl7::is_envelope(&reply) {
+                return Ok(batch_report(&reply));
+            }
             let Ok(ack) = Message::parse(reply) else {
                 return Ok(Report::failed("??", "the reply is not an HL7 message"));
             };
@@ -232,8 +255,106 @@ impl Session {
                 code: code.as_str().to_owned(),
                 text: ack_text(&ack),
                 accepted: code.is_accept(),
+                acks: Vec::new(),
             });
         }
+    }
+}
+
+/// A whole file as one batch frame: line ends made `\r`, MLLP framing bytes dropped; its
+/// control id the batch's (BHS-11, else FHS-11), which a one-ACK answer carries in MSA-2.
+fn batch_of(path: &std::path::Path, contents: &[u8]) -> anyhow::Result<Outgoing> {
+    let raw = Bytes::copy_from_slice(contents);
+    let envelope = crate::hl7::parse_envelope(&raw)
+        .with_context(|| format!("{}: not a batch", path.display()))?;
+    let mut bytes = Vec::with_capacity(contents.len());
+    let segment = |bytes: &mut Vec<u8>, segment: &[u8]| {
+        bytes.extend_from_slice(segment);
+        bytes.push(b'\r');
+    };
+    if let Some(header) = &envelope.file_header {
+        segment(&mut bytes, header);
+    }
+    // As the gateway's one-ACK answer names it: the first BHS-11, else FHS-11.
+    let control_id = envelope
+        .groups
+        .iter()
+        .filter_map(|group| group.header.as_ref())
+        .chain(envelope.file_header.as_ref())
+        .map(|header| crate::hl7::envelope_field(header, 11))
+        .find(|value| !value.is_empty())
+        .unwrap_or_default()
+        .to_vec();
+    for group in &envelope.groups {
+        if let Some(header) = &group.header {
+            segment(&mut bytes, header);
+        }
+        for message in &group.messages {
+            bytes.extend_from_slice(message);
+        }
+        if let Some(trailer) = &group.trailer {
+            segment(&mut bytes, trailer);
+        }
+    }
+    if let Some(trailer) = &envelope.file_trailer {
+        segment(&mut bytes, trailer);
+    }
+    Ok(Outgoing {
+        batch: true,
+        bytes,
+        label: path.display().to_string(),
+        control_id,
+        mode: AckMode::Original,
+    })
+}
+
+/// What a batch of ACKs says: the worst code, a count per code, and each ACK.
+fn batch_report(reply: &Bytes) -> Report {
+    let Ok(envelope) = crate::hl7::parse_envelope(reply) else {
+        return Report::failed("??", "the reply is a batch that cannot be read");
+    };
+    let mut acks = Vec::new();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    let mut accepted = true;
+    let mut worst: Option<AckCode> = None;
+    for message in envelope.messages() {
+        let Ok(ack) = Message::parse(message.clone()) else {
+            continue;
+        };
+        let Some(code) = AckCode::parse(ack.value("MSA-1").unwrap_or_default()) else {
+            continue;
+        };
+        accepted &= code.is_accept();
+        let rank = |code: AckCode| match code {
+            AckCode::AA | AckCode::CA => 0,
+            AckCode::AR | AckCode::CR => 1,
+            AckCode::AE | AckCode::CE => 2,
+        };
+        if worst.is_none_or(|worst| rank(code) > rank(worst)) {
+            worst = Some(code);
+        }
+        match counts.iter_mut().find(|(name, _)| name == code.as_str()) {
+            Some((_, count)) => *count += 1,
+            None => counts.push((code.as_str().to_owned(), 1)),
+        }
+        acks.push((
+            String::from_utf8_lossy(ack.value("MSA-2").unwrap_or_default()).into_owned(),
+            code.as_str().to_owned(),
+            ack_text(&ack),
+        ));
+    }
+    let Some(worst) = worst else {
+        return Report::failed("??", "the reply is a batch without ACKs");
+    };
+    let counted: Vec<String> = counts
+        .iter()
+        .map(|(code, count)| format!("{count} {code}"))
+        .collect();
+    Report {
+        code: worst.as_str().to_owned(),
+        text: format!("batch of {} ACKs: {}", acks.len(), counted.join(", ")),
+        accepted,
+        acks,
     }
 }
 

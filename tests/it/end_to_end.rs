@@ -1,5 +1,6 @@
-//! The README's "Deliver messages" walkthrough, run as a user would: the test reads the
-//! commands of that section of README.md and runs each with `sh`, in a scratch directory
+//! The README's "Deliver messages" and "Receive from several systems" walkthroughs, run as a
+//! user would (one at a time: they take the same fixed ports). The "Deliver messages" test
+//! reads the commands of that section of README.md and runs each with `sh`, in a scratch directory
 //! holding `examples/`, the built binary in place of `cargo run --release`. The peers (a
 //! second mfoundry as the EMR, `examples/http-receiver.py`) and the gateway run side by side
 //! on the README's own addresses; the machine's PostgreSQL takes the results table. ADT must
@@ -186,8 +187,115 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// The README's walkthroughs listen on the same fixed ports (2575, 8080): one at a time.
+static README_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Whether every port is free; when not, fail under `MFOUNDRY_REQUIRE_SERVICES=1`, else
+/// print why the test is skipped.
+fn ports_free(ports: &[u16]) -> bool {
+    let busy: Vec<u16> = ports
+        .iter()
+        .copied()
+        .filter(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_err())
+        .collect();
+    if busy.is_empty() {
+        return true;
+    }
+    assert!(
+        !required(),
+        "the README's ports {busy:?} are taken on this machine"
+    );
+    eprintln!("SKIPPED: the README's ports {busy:?} are taken on this machine");
+    false
+}
+
+/// Files under `directory` (recursively), or 0 when it does not exist.
+fn files_in(directory: &Path) -> usize {
+    common::count_files(directory)
+}
+
+/// "Receive from several systems": four listeners (two MLLP, HTTP, a folder), a batch sent
+/// whole, a file dropped; every message reaches its listener's connector and `stats` shows
+/// the four listeners.
+#[test]
+fn the_readme_several_systems_walkthrough_runs_as_written() {
+    let _ports = README_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let blocks = section_commands("Receive from several systems");
+    assert_eq!(blocks.len(), 2, "the section's sh blocks: {blocks:#?}");
+    let (start, commands) = (&blocks[0], &blocks[1]);
+    if !ports_free(&[2575, 2576, 8443, 8080]) {
+        return;
+    }
+    if Command::new("curl").arg("--version").output().is_err() {
+        assert!(
+            !required(),
+            "curl is required for the README's HTTP example"
+        );
+        eprintln!("SKIPPED: curl is needed for the README's HTTP example");
+        return;
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
+        .arg(dir)
+        .status()
+        .expect("cp");
+    assert!(copy.success());
+    let mut server = None;
+    for command in start {
+        if is_server(command) {
+            let background = Background::start(dir, command);
+            for port in [2575, 2576, 8443] {
+                wait_until(&format!("port {port}"), || {
+                    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                });
+            }
+            server = Some(background);
+        } else {
+            let (code, _, stderr) = run(dir, command);
+            assert_eq!(code, 0, "`{command}`: {stderr}");
+        }
+    }
+    let mut server = server.expect("the section starts the gateway");
+    let mut printed = String::new();
+    for command in commands {
+        let (code, stdout, stderr) = run(dir, command);
+        assert_eq!(code, 0, "`{command}`: {stdout}{stderr}");
+        printed.push_str(&stdout);
+    }
+    assert!(
+        printed.contains("batch of 2 ACKs: 2 AA"),
+        "send --batch prints the batch: {printed}"
+    );
+    assert!(
+        printed.contains("MSA|AA|"),
+        "curl prints the ACK: {printed}"
+    );
+    for name in ["adt-epic", "lab-results", "hl7-http", "file-drop"] {
+        assert!(printed.contains(name), "stats shows {name}: {printed}");
+    }
+    let received = dir.join("received");
+    wait_until("every message delivered", || {
+        files_in(&received.join("adt")) == 3
+            && files_in(&received.join("lab")) == 1
+            && files_in(&received.join("http")) == 1
+            && files_in(&received.join("files")) == 1
+    });
+    wait_until("the dropped file moved to done", || {
+        files_in(&dir.join("inbox/done")) == 1
+    });
+    server.stop();
+}
+
 #[test]
 fn the_readme_deliver_messages_walkthrough_runs_as_written() {
+    let _ports = README_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let blocks = section_commands("Deliver messages");
     assert_eq!(blocks.len(), 4, "the section's sh blocks: {blocks:#?}");
     let (peers, send, resend, admin) = (&blocks[0], &blocks[1], &blocks[2], &blocks[3]);
@@ -196,17 +304,7 @@ fn the_readme_deliver_messages_walkthrough_runs_as_written() {
     // Its own addresses must be free (it takes the defaults, 2575 and 8080).
     let ports: Vec<u16> = peers.iter().flat_map(|command| ports_of(command)).collect();
     assert!(ports.contains(&2575) && ports.contains(&8080), "{ports:?}");
-    let busy: Vec<u16> = ports
-        .iter()
-        .copied()
-        .filter(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_err())
-        .collect();
-    if !busy.is_empty() {
-        assert!(
-            !required(),
-            "the README's ports {busy:?} are taken on this machine"
-        );
-        eprintln!("SKIPPED: the README's ports {busy:?} are taken on this machine");
+    if !ports_free(&ports) {
         return;
     }
     let dsn = "host=127.0.0.1 user=postgres dbname=postgres";

@@ -60,6 +60,7 @@ fn args(addr: SocketAddr, path: PathBuf) -> SendArgs {
         addr: addr.to_string(),
         timeout: Duration::from_secs(5),
         tls: mfoundry::cli::TlsArgs::default(),
+        batch: false,
         files: vec![path],
     }
 }
