@@ -210,8 +210,9 @@ fn nack_v27_custom_delimiters_drops_msa3_and_locates_invalid_utf8() {
 }
 
 #[test]
-fn batch_frame_gets_a_clear_reject() {
-    // FHS-11 and BHS-11 are the control ids; BHS-11 names the batch that is answered.
+fn batch_frame_gets_a_batch_of_acks() {
+    // FHS-11 and BHS-11 are the control ids; the answer's FHS-12 and BHS-12 name them, its
+    // apps are swapped, and each message gets its own ACK (ADR 0014).
     let message = segments(&[
         "FHS|^~\\&|A|AF|B|BF|20261122080000||||FILE7",
         "BHS|^~\\&|A|AF|B|BF|20261122080000||||BATCH7",
@@ -220,14 +221,15 @@ fn batch_frame_gets_a_clear_reject() {
         "BTS|1",
         "FTS|1",
     ]);
-    let reason =
-        "batch envelopes (FHS/BHS) are not accepted yet; send each message in its own MLLP frame";
     assert_eq!(
         ack_text(message.as_bytes()),
         segments(&[
+            "FHS|^~\\&|B|BF|A|AF|20261122083000+0000||||ACK00001.1|FILE7",
+            "BHS|^~\\&|B|BF|A|AF|20261122083000+0000||||ACK00001.2|BATCH7",
             "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK^A04^ACK|ACK00001|P|2.5.1",
-            &format!("MSA|AR|BATCH7|{reason}"),
-            &format!("ERR||FHS^1|200^Unsupported message type^HL70357|E||||{reason}"),
+            "MSA|AA|M1",
+            "BTS|1",
+            "FTS|1",
         ])
     );
 }
@@ -258,14 +260,13 @@ fn batch_without_messages_echoes_no_version_fields() {
         "FHS|^~\\&|A|AF|B|BF|20261122080000||name^part||F1|REF9",
         "FTS|0",
     ]);
-    let reason =
-        "batch envelopes (FHS/BHS) are not accepted yet; send each message in its own MLLP frame";
+    let reason = "the batch cannot be read: the batch holds no message (no MSH segment)";
     assert_eq!(
         ack_text(message.as_bytes()),
         segments(&[
             "MSH|^~\\&|B|BF|A|AF|20261122083000+0000||ACK|ACK00001||",
             &format!("MSA|AR|F1|{reason}"),
-            &format!("ERR||FHS^1|200^Unsupported message type^HL70357|E||||{reason}"),
+            &format!("ERR|||100^Segment sequence error^HL70357|E||||{reason}"),
         ])
     );
 }
