@@ -476,6 +476,7 @@ fn write_header(out: &mut Vec<u8>, received: &Bytes, stamp: &AckStamp, serial: u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const MSG1: &[u8] = b"MSH|^~\\&|LAB|H|EHR|H|202601011200||ORU^R01|1|P|2.5\rPID|1||A\r";
     const MSG2: &[u8] = b"MSH|^~\\&|LAB|H|EHR|H|202601011200||ORU^R01|2|P|2.5\rPID|1||B\r";
@@ -604,5 +605,83 @@ mod tests {
         assert!(!is_envelope(&raw));
         assert!(is_envelope(b"\x0b BHS|^~\\&\r"));
         assert!(!is_envelope(b"BHSX|"));
+    }
+
+    /// A message with `segments` extra segments of printable text.
+    fn arbitrary_message() -> impl Strategy<Value = Vec<u8>> {
+        (
+            "[A-Z0-9]{1,10}",
+            proptest::collection::vec("[A-Z][A-Z0-9]{2}\\|[ -~&&[^|]]{0,20}", 0..4),
+        )
+            .prop_filter("no envelope or MSH segment inside", |(_, segments)| {
+                segments
+                    .iter()
+                    .all(|segment| !matches!(&segment[..3], "MSH" | "FHS" | "BHS" | "BTS" | "FTS"))
+            })
+            .prop_map(|(control, segments)| {
+                let mut message =
+                    format!("MSH|^~\\&|A|B|C|D|20260101||ADT^A01|{control}|P|2.5\r").into_bytes();
+                for segment in segments {
+                    message.extend_from_slice(segment.as_bytes());
+                    message.push(b'\r');
+                }
+                message
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_parse_or_fail_without_panicking(raw in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let raw = Bytes::from(raw);
+            if let Ok(envelope) = parse_envelope(&raw) {
+                prop_assert!(envelope.message_count() > 0);
+                let _ = envelope.count_problems();
+            }
+        }
+
+        #[test]
+        fn batches_give_back_their_messages_with_any_line_ends(
+            groups in proptest::collection::vec(proptest::collection::vec(arbitrary_message(), 1..4), 1..4),
+            file in any::<bool>(),
+            line_end in prop_oneof![Just("\r"), Just("\n"), Just("\r\n")],
+        ) {
+            let mut raw = String::new();
+            if file {
+                raw.push_str("FHS|^~\\&|A|B|C|D\r");
+            }
+            for group in &groups {
+                raw.push_str("BHS|^~\\&|A|B|C|D\r");
+                for message in group {
+                    raw.push_str(std::str::from_utf8(message).expect("text"));
+                }
+                raw.push_str(&format!("BTS|{}\r", group.len()));
+            }
+            if file {
+                raw.push_str(&format!("FTS|{}\r", groups.len()));
+            }
+            let raw = Bytes::from(raw.replace('\r', line_end));
+            let envelope = parse_envelope(&raw).expect("parses");
+            prop_assert!(envelope.count_problems().is_empty());
+            let found: Vec<Vec<Vec<u8>>> = envelope
+                .groups
+                .iter()
+                .map(|group| group.messages.iter().map(|message| message.to_vec()).collect())
+                .collect();
+            prop_assert_eq!(found, groups.clone());
+            // The reply reads back as a batch with one ACK per message and the counts.
+            let stamp = AckStamp {
+                timestamp: "20260101120000+0000".to_owned(),
+                control_id: "X".to_owned(),
+            };
+            let acks: Vec<Vec<Vec<u8>>> = groups
+                .iter()
+                .map(|group| group.iter().map(|_| b"MSH|^~\\&|C|D|A|B\rMSA|AA|1\r".to_vec()).collect())
+                .collect();
+            let reply = Bytes::from(envelope.reply(&acks, &stamp));
+            let back = parse_envelope(&reply).expect("the reply parses");
+            prop_assert!(back.count_problems().is_empty());
+            prop_assert_eq!(back.message_count(), envelope.message_count());
+            prop_assert_eq!(back.file_header.is_some(), file);
+        }
     }
 }

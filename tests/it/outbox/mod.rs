@@ -3,12 +3,14 @@
 //! subject:
 //!
 //! - [`appends`]: FIFO fan-out per connector, large bodies, dedup and its window;
+//! - [`batches`]: batches in one commit, file marks and their retention;
 //! - [`writer`]: failed commits, `stop`, a request failing alone in a group commit, delivery
 //!   updates held right after intake;
 //! - [`model`]: model tests against plain in-memory queue models;
 //! - [`retention`]: retention, the audit chain and its pruning, damaged records.
 
 mod appends;
+mod batches;
 mod model;
 mod retention;
 mod writer;
