@@ -226,7 +226,7 @@ impl DirectoryListener {
             warn!(listener = %self.name, size = expected.size, "a file larger than max_file_size goes to the error folder unread");
             self.to_error(path, &name, None, &reason, &[]);
             self.seen.remove(path);
-            self.stats.count_answer(AckCode::AR, false);
+            self.stats.count_answer(AckCode::AR, true);
             return;
         }
         let bytes = match tokio::fs::read(path).await {
@@ -261,7 +261,7 @@ impl DirectoryListener {
             .await;
         if outcome.store_failed {
             error!(listener = %self.name, file = short, "the file's messages could not be stored; it stays in the folder and is tried again");
-            self.stats.count_answer(AckCode::AE, false);
+            self.stats.count_answer(AckCode::AE, true);
             return;
         }
         let details = Details {
@@ -274,7 +274,11 @@ impl DirectoryListener {
             warn!(listener = %self.name, file = short, reason = %refusal, "file refused; moved to the error folder with a reason file");
             self.to_error(path, &name, Some(&details), refusal, &outcome.refused);
             self.seen.remove(path);
-            self.stats.count_answer(AckCode::AR, false);
+            if outcome.messages == 0 {
+                self.stats.count_unreadable();
+            } else {
+                self.stats.count_answer(AckCode::AR, true);
+            }
             return;
         }
         if !outcome.refused.is_empty() {
@@ -291,7 +295,7 @@ impl DirectoryListener {
             } else {
                 AckCode::AR
             },
-            false,
+            true,
         );
         if let Err(problem) = self.finish(path, &name) {
             error!(listener = %self.name, file = short, error = %problem, "the file's messages are stored but it could not be moved; it will be recognised and not stored twice");

@@ -76,7 +76,7 @@ pub struct CountProblem {
     pub field: &'static str,
     /// The 1-based batch, for `BTS-1`.
     pub batch: Option<usize>,
-    /// What the trailer says, as received (at most 20 characters; counts are not patient data).
+    /// What the trailer says: its digits, or `not a number`.
     pub declared: String,
     /// What was found.
     pub found: usize,
@@ -358,10 +358,17 @@ impl Envelope {
                 return;
             }
             if text.parse::<usize>().ok() != Some(found) {
+                // Only digits are repeated (this text reaches logs and ACKs).
+                let declared = if text.len() <= 20 && text.bytes().all(|byte| byte.is_ascii_digit())
+                {
+                    text
+                } else {
+                    "not a number".to_owned()
+                };
                 problems.push(CountProblem {
                     field,
                     batch,
-                    declared: text.chars().take(20).collect(),
+                    declared,
                     found,
                 });
             }

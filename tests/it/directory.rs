@@ -137,6 +137,18 @@ fn files_are_stored_whole_moved_and_never_stored_twice() {
         names(&done).contains(&"good-again.hl7".to_owned())
     });
     server.wait_for_log("nothing stored twice", 1);
+    // Each file is a frame of the listener: two stored, one partly refused, one unreadable.
+    let counters = server.listener_stats(dir, "lab-drop");
+    assert_eq!(
+        (
+            &counters["received"],
+            &counters["accepted"],
+            &counters["rejected"],
+            &counters["unreadable"]
+        ),
+        (&4.into(), &2.into(), &1.into(), &1.into()),
+        "{counters}"
+    );
     server.stop();
 
     let stored = stored(dir, &["out"]);
