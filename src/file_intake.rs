@@ -111,7 +111,14 @@ pub struct DirectoryListener {
     stats: Arc<ListenerStats>,
     name: String,
     seen: std::collections::HashMap<PathBuf, Seen>,
+    /// Files that could not be moved after they were taken (a read-only folder, a full
+    /// disk): left alone until they change or [`STUCK_RETRY`] has passed, so they are not
+    /// read and stored again at every poll.
+    stuck: std::collections::HashMap<PathBuf, Seen>,
 }
+
+/// How long a file that could not be moved is left alone before it is tried again.
+const STUCK_RETRY: Duration = Duration::from_secs(60);
 
 impl DirectoryListener {
     /// Check the folders (created when missing, so a first start works) and build it.
@@ -142,6 +149,7 @@ impl DirectoryListener {
             stats,
             name,
             seen: std::collections::HashMap::new(),
+            stuck: std::collections::HashMap::new(),
         })
     }
 
@@ -177,8 +185,7 @@ impl DirectoryListener {
         let mut ready = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if !readable_name(&self.settings.pattern, name) {
+            if !readable_name(&self.settings.pattern, &name.to_string_lossy()) {
                 continue;
             }
             let Ok(metadata) = entry.metadata() else {
@@ -194,6 +201,13 @@ impl DirectoryListener {
                 modified: metadata.modified().ok(),
                 since: now,
             };
+            if let Some(stuck) = self.stuck.get(&path) {
+                let unchanged = stuck.size == current.size && stuck.modified == current.modified;
+                if unchanged && now.duration_since(stuck.since) < STUCK_RETRY {
+                    continue;
+                }
+                self.stuck.remove(&path);
+            }
             let seen = self.seen.entry(path.clone()).or_insert(current);
             if seen.size != current.size || seen.modified != current.modified {
                 *seen = current;
@@ -204,13 +218,14 @@ impl DirectoryListener {
             }
         }
         self.seen.retain(|path, _| present.contains(path));
+        self.stuck.retain(|path, _| present.contains(path));
         ready.sort();
         ready.into_iter().map(|(_, path)| path).collect()
     }
 
     /// Read, store and move one file.
     async fn take(&mut self, path: &Path) {
-        let Some(expected) = self.seen.get(path).copied() else {
+        let Some(expected) = self.seen.remove(path) else {
             return;
         };
         self.stats.count_request();
@@ -224,26 +239,34 @@ impl DirectoryListener {
                 expected.size, self.settings.max_file_size
             );
             warn!(listener = %self.name, size = expected.size, "a file larger than max_file_size goes to the error folder unread");
-            self.to_error(path, &name, None, &reason, &[]);
-            self.seen.remove(path);
+            if let Err(error) = blocking(|| self.to_error(path, &name, None, &reason, &[])) {
+                self.stuck(
+                    path,
+                    expected,
+                    "a refused file could not be moved to the error folder",
+                    &error,
+                );
+            }
             self.stats.count_answer(AckCode::AR, true);
             return;
         }
-        let bytes = match tokio::fs::read(path).await {
-            Ok(bytes) => bytes,
+        // Read whole, and only if it is still what settled (size and time, before and after).
+        let read = blocking(|| read_settled(path, &expected));
+        let bytes = match read {
+            Ok(Some(bytes)) => bytes,
+            // Changed since it settled: still being written after all.
+            Ok(None) => return,
             Err(error) => {
                 warn!(listener = %self.name, error = %error, "a file cannot be read; trying again at the next poll");
                 return;
             }
         };
-        if bytes.len() as u64 != expected.size {
-            // Changed since it settled: still being written after all.
-            self.seen.remove(path);
-            return;
-        }
-        let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+        let (bytes, sha256) = blocking(move || {
+            let sha256: [u8; 32] = Sha256::digest(&bytes).into();
+            (bytes, sha256)
+        });
         let digest = hex(&sha256);
-        let short = &digest[..12];
+        let short = digest[..12].to_owned();
         let mark = FileMark {
             sha256,
             size: expected.size,
@@ -259,9 +282,15 @@ impl DirectoryListener {
             .ingest
             .handle_batch(bytes::Bytes::from(bytes), &from, Some(mark))
             .await;
-        if outcome.store_failed {
-            error!(listener = %self.name, file = short, "the file's messages could not be stored; it stays in the folder and is tried again");
+        if outcome.store_failed || outcome.not_recorded {
+            error!(listener = %self.name, file = %short, "the file's messages could not be stored; it stays in the folder and is tried again");
             self.stats.count_answer(AckCode::AE, true);
+            return;
+        }
+        // Replaced since it was read (a writer reusing its name): what is there now was not
+        // read; it stays, and is read as a new file.
+        if !blocking(|| still_settled(path, &expected)) {
+            warn!(listener = %self.name, file = %short, "the file changed after it was read; its new content stays in the folder and is read again");
             return;
         }
         let details = Details {
@@ -271,9 +300,17 @@ impl DirectoryListener {
             listener: &self.name,
         };
         if let Some(refusal) = &outcome.batch_refusal {
-            warn!(listener = %self.name, file = short, reason = %refusal, "file refused; moved to the error folder with a reason file");
-            self.to_error(path, &name, Some(&details), refusal, &outcome.refused);
-            self.seen.remove(path);
+            warn!(listener = %self.name, file = %short, reason = %refusal, "file refused; moved to the error folder with a reason file");
+            let moved =
+                blocking(|| self.to_error(path, &name, Some(&details), refusal, &outcome.refused));
+            if let Err(error) = moved {
+                self.stuck(
+                    path,
+                    expected,
+                    "a refused file could not be moved to the error folder",
+                    &error,
+                );
+            }
             if outcome.messages == 0 {
                 self.stats.count_unreadable();
             } else {
@@ -281,13 +318,18 @@ impl DirectoryListener {
             }
             return;
         }
-        if !outcome.refused.is_empty() {
-            self.write_refused(&details, &outcome);
+        if !outcome.refused.is_empty()
+            && let Err(error) = blocking(|| self.write_refused(&details, &outcome))
+        {
+            // The file stays (it is stored and marked: read again, nothing is stored twice)
+            // until the refused messages can be written beside it.
+            self.stuck(path, expected, "the refused messages of a file could not be written to the error folder; the file stays", &error);
+            return;
         }
         if let Some(record) = &outcome.file_seen {
-            info!(listener = %self.name, file = short, messages = record.messages, "file read again after its messages were stored (a crash before it was moved, or the same file dropped again): nothing stored twice");
+            info!(listener = %self.name, file = %short, messages = record.messages, "file read again after its messages were stored (a crash before it was moved, or the same file dropped again): nothing stored twice");
         } else {
-            info!(listener = %self.name, file = short, messages = outcome.messages, stored = outcome.stored, duplicates = outcome.duplicates, refused = outcome.refused.len(), "file stored");
+            info!(listener = %self.name, file = %short, messages = outcome.messages, stored = outcome.stored, duplicates = outcome.duplicates, refused = outcome.refused.len(), "file stored");
         }
         self.stats.count_answer(
             if outcome.refused.is_empty() {
@@ -297,10 +339,21 @@ impl DirectoryListener {
             },
             true,
         );
-        if let Err(problem) = self.finish(path, &name) {
-            error!(listener = %self.name, file = short, error = %problem, "the file's messages are stored but it could not be moved; it will be recognised and not stored twice");
+        if let Err(error) = blocking(|| self.finish(path, &name)) {
+            self.stuck(path, expected, "the file's messages are stored but it could not be moved or deleted; it will be recognised and not stored twice", &error);
         }
-        self.seen.remove(path);
+    }
+
+    /// Leave a file alone until it changes or [`STUCK_RETRY`] has passed.
+    fn stuck(&mut self, path: &Path, seen: Seen, what: &str, error: &std::io::Error) {
+        error!(listener = %self.name, error = %error, retry_in = ?STUCK_RETRY, "{what}");
+        self.stuck.insert(
+            path.to_path_buf(),
+            Seen {
+                since: Instant::now(),
+                ..seen
+            },
+        );
     }
 
     /// Move a stored file to `done` (or delete it).
@@ -321,26 +374,26 @@ impl DirectoryListener {
         details: Option<&Details<'_>>,
         reason: &str,
         refused: &[crate::ingest::RefusedMessage],
-    ) {
-        let moved = move_into(path, &self.settings.error, name);
-        let target = match moved {
-            Ok(target) => target,
-            Err(error) => {
-                error!(listener = %self.name, error = %error, "a refused file could not be moved to the error folder; it stays and is read again");
-                return;
-            }
-        };
+    ) -> std::io::Result<()> {
+        let target = move_into(path, &self.settings.error, name)?;
         let target_name = target
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_else(|| name.to_owned());
         let text = reason_text(details, name, reason, refused);
-        write_reason(&self.settings.error, &target_name, &text);
+        if let Err(error) = publish(
+            &self.settings.error,
+            &format!("{target_name}.reason.txt"),
+            text.as_bytes(),
+        ) {
+            error!(listener = %self.name, error = %error, "a reason file could not be written to the error folder");
+        }
         sync_folder(&self.settings.path);
+        Ok(())
     }
 
-    /// The messages refused one by one, and why, beside the error folder's other files.
-    fn write_refused(&self, details: &Details<'_>, outcome: &BatchOutcome) {
+    /// The messages refused one by one, and why, in the error folder.
+    fn write_refused(&self, details: &Details<'_>, outcome: &BatchOutcome) -> std::io::Result<()> {
         let mut bytes = Vec::new();
         for refused in &outcome.refused {
             bytes.extend_from_slice(&refused.bytes);
@@ -349,12 +402,15 @@ impl DirectoryListener {
             }
             bytes.push(b'\n');
         }
-        let base = format!("{}.refused.hl7", details.name);
-        let path = self.settings.error.join(&base);
-        if let Err(error) = write_synced(&path, &bytes) {
-            error!(listener = %self.name, error = %error, "the refused messages of a file could not be written to the error folder; they stay in the store as REJECTED");
-            return;
-        }
+        let written = publish(
+            &self.settings.error,
+            &format!("{}.refused.hl7", details.name),
+            &bytes,
+        )?;
+        let base = written
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let text = reason_text(
             Some(details),
             details.name,
@@ -365,7 +421,12 @@ impl DirectoryListener {
             ),
             &outcome.refused,
         );
-        write_reason(&self.settings.error, &base, &text);
+        publish(
+            &self.settings.error,
+            &format!("{base}.reason.txt"),
+            text.as_bytes(),
+        )?;
+        Ok(())
     }
 }
 
@@ -409,47 +470,111 @@ fn reason_text(
     text
 }
 
-fn write_reason(folder: &Path, name: &str, text: &str) {
-    let path = folder.join(format!("{name}.reason.txt"));
-    if let Err(error) = write_synced(&path, text.as_bytes()) {
-        error!(error = %error, "a reason file could not be written to the error folder");
+/// Run blocking file work where it does not hold up the connections' tasks (another runtime
+/// thread takes them over), when the runtime has other threads.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
     }
 }
 
-/// Write a file whole and sync it (through a temporary name, so a reader never sees half).
-fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Whether `path` is still what settled: same size and modification time.
+fn still_settled(path: &Path, expected: &Seen) -> bool {
+    std::fs::metadata(path).is_ok_and(|metadata| {
+        metadata.len() == expected.size && metadata.modified().ok() == expected.modified
+    })
+}
+
+/// Read a file whole if it is, before and after the read, what settled; `None` when it
+/// changed.
+fn read_settled(path: &Path, expected: &Seen) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let before = file.metadata()?;
+    if before.len() != expected.size || before.modified().ok() != expected.modified {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(expected.size).unwrap_or(0));
+    file.read_to_end(&mut bytes)?;
+    let after = file.metadata()?;
+    let same = bytes.len() as u64 == expected.size
+        && after.len() == expected.size
+        && after.modified().ok() == expected.modified;
+    Ok(same.then_some(bytes))
+}
+
+/// `name`, or `name.1`, `name.2` … : the `suffix`-th choice.
+fn numbered(folder: &Path, name: &str, suffix: usize) -> PathBuf {
+    if suffix == 0 {
+        folder.join(name)
+    } else {
+        folder.join(format!("{name}.{suffix}"))
+    }
+}
+
+/// Write `bytes` (synced) into `folder` under `name`, or `name.1` … when taken: written under
+/// a hidden temporary name, then linked to the first free name (never over another file).
+fn publish(folder: &Path, name: &str, bytes: &[u8]) -> std::io::Result<PathBuf> {
     use std::io::Write as _;
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
+    let temporary = folder.join(format!(".{name}.{}.writing", std::process::id()));
     let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    if let Some(folder) = path.parent() {
-        sync_folder(folder);
-    }
-    Ok(())
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| link_free(&temporary, folder, name));
+    let _ = std::fs::remove_file(&temporary);
+    let target = written?;
+    sync_folder(folder);
+    Ok(target)
 }
 
-/// Move `path` into `folder` under `name`, or `name.1`, `name.2`… when taken; across file
-/// systems by copy, sync and remove. Returns where it went.
-fn move_into(path: &Path, folder: &Path, name: &str) -> std::io::Result<PathBuf> {
-    let mut target = folder.join(name);
-    let mut suffix = 1;
-    while target.exists() {
-        target = folder.join(format!("{name}.{suffix}"));
-        suffix += 1;
+/// Give `source` a second name in `folder`: the first free one of `name`, `name.1` …
+/// (a hard link never replaces a file). Where hard links are not available, a rename to a
+/// name found free.
+fn link_free(source: &Path, folder: &Path, name: &str) -> std::io::Result<PathBuf> {
+    for suffix in 0..10_000 {
+        let target = numbered(folder, name, suffix);
+        match std::fs::hard_link(source, &target) {
+            Ok(()) => return Ok(target),
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) if error.raw_os_error() == Some(EXDEV) => return Err(error),
+            Err(_) if target.exists() => {}
+            Err(_) => {
+                std::fs::rename(source, &target)?;
+                // The source's name is gone; a later removal of it finds nothing.
+                return Ok(target);
+            }
+        }
     }
-    match std::fs::rename(path, &target) {
-        Ok(()) => {}
-        Err(error) if error.raw_os_error() == Some(18) => {
-            // EXDEV: another file system.
-            std::fs::copy(path, &target)?;
-            std::fs::File::open(&target)?.sync_all()?;
-            std::fs::remove_file(path)?;
+    Err(std::io::Error::other(format!(
+        "{name}: ten thousand files of that name are there already"
+    )))
+}
+
+/// `EXDEV`: a link or rename across file systems.
+const EXDEV: i32 = 18;
+
+/// Move `path` into `folder` under `name`, or `name.1`, `name.2` … when taken; across file
+/// systems by a synced copy. If the original cannot be removed, the copy is removed again (so
+/// a file is never in both places). Returns where it went.
+fn move_into(path: &Path, folder: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let target = match link_free(path, folder, name) {
+        Ok(target) => target,
+        Err(error) if error.raw_os_error() == Some(EXDEV) => {
+            let bytes = std::fs::read(path)?;
+            publish(folder, name, &bytes)?
         }
         Err(error) => return Err(error),
+    };
+    if let Err(error) = std::fs::remove_file(path)
+        && error.kind() != std::io::ErrorKind::NotFound
+    {
+        let _ = std::fs::remove_file(&target);
+        return Err(error);
     }
     sync_folder(folder);
     Ok(target)

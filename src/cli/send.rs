@@ -261,8 +261,9 @@ impl Session {
     }
 }
 
-/// A whole file as one batch frame: line ends made `\r`, MLLP framing bytes dropped; its
-/// control id the batch's (BHS-11, else FHS-11), which a one-ACK answer carries in MSA-2.
+/// A whole file as one batch frame: line ends made `\r`, MLLP framing bytes dropped, bare
+/// messages wrapped in a `BHS`/`BTS`; its control id the batch's (BHS-11, else FHS-11), which
+/// a one-ACK answer carries in MSA-2.
 fn batch_of(path: &std::path::Path, contents: &[u8]) -> anyhow::Result<Outgoing> {
     let raw = Bytes::copy_from_slice(contents);
     let envelope = crate::hl7::parse_envelope(&raw)
@@ -298,6 +299,14 @@ fn batch_of(path: &std::path::Path, contents: &[u8]) -> anyhow::Result<Outgoing>
     }
     if let Some(trailer) = &envelope.file_trailer {
         segment(&mut bytes, trailer);
+    }
+    if !envelope.has_envelope() {
+        // Messages one after another: sent as one batch, in a BHS/BTS of their own (a frame
+        // of bare messages is not a batch on the wire).
+        let mut wrapped = b"BHS|^~\\&\r".to_vec();
+        wrapped.extend_from_slice(&bytes);
+        wrapped.extend_from_slice(format!("BTS|{}\r", envelope.message_count()).as_bytes());
+        bytes = wrapped;
     }
     Ok(Outgoing {
         batch: true,

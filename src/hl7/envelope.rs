@@ -104,8 +104,13 @@ impl std::fmt::Display for CountProblem {
     }
 }
 
-/// Whether `bytes` starts (after blank space and framing bytes) with `FHS` or `BHS`.
+/// The UTF-8 byte order mark.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Whether `bytes` starts (after a byte order mark, blank space and framing bytes) with `FHS`
+/// or `BHS`.
 pub fn is_envelope(bytes: &[u8]) -> bool {
+    let bytes = bytes.strip_prefix(BOM).unwrap_or(bytes);
     let start = bytes
         .iter()
         .position(|byte| !(byte.is_ascii_whitespace() || *byte == 0x0B))
@@ -146,9 +151,10 @@ fn kind_of(segment: &[u8]) -> Kind {
 /// the byte after it when that is `\r` alone (not the start of `\r\n`).
 fn segments(raw: &[u8]) -> Vec<(usize, usize, bool)> {
     let mut spans = Vec::new();
-    let mut start = 0;
+    // A UTF-8 byte order mark (files written on Windows) is not part of the first segment.
+    let mut start = if raw.starts_with(BOM) { BOM.len() } else { 0 };
     let is_end = |byte: u8| matches!(byte, b'\r' | b'\n' | 0x0B | 0x1C);
-    for (at, &byte) in raw.iter().enumerate() {
+    for (at, &byte) in raw.iter().enumerate().skip(start) {
         if is_end(byte) {
             push_span(raw, &mut spans, start, at);
             start = at + 1;
@@ -600,6 +606,18 @@ mod tests {
             "FHS|^~\\&|EHR|H|LAB|H|20260101120000+0000||||X.1|F1\r\
              BHS|^~\\&|EHR|H|LAB|H|20260101120000+0000||||X.2|B1\r\
              MSH|a\rMSA|AA|1\rMSH|b\rMSA|AA|2\rBTS|2\rFTS|1\r"
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let raw = batch(&[b"\xEF\xBB\xBFBHS|^~\\&\r", MSG1, b"BTS|1\r"]);
+        assert!(is_envelope(&raw));
+        let envelope = parse_envelope(&raw).expect("parses");
+        assert_eq!(envelope.groups[0].messages, vec![Bytes::from_static(MSG1)]);
+        assert_eq!(
+            envelope.groups[0].header.as_deref(),
+            Some(&b"BHS|^~\\&"[..])
         );
     }
 

@@ -93,6 +93,9 @@ pub struct BatchOutcome {
     pub file_seen: Option<FileRecord>,
     /// Storing failed: nothing was stored, the sender must send it again.
     pub store_failed: bool,
+    /// Storing failed for a batch of refused messages only: they are not recorded (the
+    /// answer stands, but a directory listener keeps the file).
+    pub not_recorded: bool,
 }
 
 /// One message of the batch, decided.
@@ -221,6 +224,7 @@ impl Ingest {
             count_problems,
             file_seen: None,
             store_failed: false,
+            not_recorded: false,
         };
         // Each message's ACK as it stands after storing.
         let mut acks: Vec<Option<Vec<u8>>> = Vec::with_capacity(items.len());
@@ -259,6 +263,7 @@ impl Ingest {
                     result.store_failed = true;
                     result.outcome.reason = Some(Reason::StoreFailed);
                 } else {
+                    result.not_recorded = true;
                     tracing::warn!(error = %crate::outbox::Chain(&store_error), "refused batch could not be recorded");
                 }
                 for item in &mut items {
@@ -321,7 +326,18 @@ impl Ingest {
                 self.batch_ack(&raw, &envelope, code, text)
             }
         };
-        result.outcome.reply = Reply::Ack { bytes, code };
+        // Not stored, and a message asked for no error ACK (MSH-15/16): close the connection
+        // so the sender's transport sees the failure, as for a single message.
+        let unanswered_failure = result.store_failed
+            && self.batches.ack == BatchAck::PerMessage
+            && items.iter().any(|item| {
+                item.decided.verdict == Verdict::Error && item.decided.reply_code.is_none()
+            });
+        result.outcome.reply = if unanswered_failure {
+            Reply::Close
+        } else {
+            Reply::Ack { bytes, code }
+        };
         result
     }
 
@@ -358,6 +374,7 @@ impl Ingest {
             count_problems: Vec::new(),
             file_seen: None,
             store_failed: false,
+            not_recorded: false,
         }
     }
 

@@ -193,3 +193,39 @@ fn a_file_still_being_written_is_not_read_until_it_settles() {
     let stored = stored(dir, &["out"]);
     assert_eq!(stored.len(), 15, "every message of the file: {stored:?}");
 }
+
+#[test]
+fn a_file_that_cannot_be_moved_is_not_taken_again_at_every_poll() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let inbox = dir.join("inbox");
+    std::fs::create_dir_all(&inbox).expect("inbox");
+    std::fs::write(dir.join("mfoundry.yaml"), config("0s")).expect("config");
+    let server = common::Server::start(dir, "mfoundry.yaml", "data", &[("LISTEN_ADDR", "")]);
+    // `done` is a file now, not a folder: nothing can be moved into it.
+    let done = inbox.join("done");
+    std::fs::remove_dir(&done).expect("the listener made the folder");
+    std::fs::write(&done, "not a folder").expect("a file in its place");
+    drop_file(
+        &inbox,
+        "stuck.hl7",
+        &batch("K1", &[message("K1-1", "P1")], 1),
+    );
+    server.wait_for_log("could not be moved or deleted", 1);
+    // Many polls later (50 ms each), still one attempt: stored once, logged once.
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = server.stop_and_collect();
+    let repeated = lines
+        .iter()
+        .filter(|line| {
+            line.contains("could not be moved or deleted") || line.contains("file stored")
+        })
+        .count();
+    assert_eq!(repeated, 0, "taken once: {lines:#?}");
+    assert!(
+        inbox.join("stuck.hl7").exists(),
+        "the file stays where it was"
+    );
+    let stored = stored(dir, &["out"]);
+    assert_eq!(stored.len(), 1, "{stored:?}");
+}

@@ -582,8 +582,8 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Remove up to `max` file marks stored before `cutoff_micros`, looking at no more than
-    /// `max` marks from a point that moves with the clock (keys are hashes: any start is as
-    /// good as another, and a moving one reaches every mark over the passes).
+    /// `max` marks from a point that moves with the clock (keys are hashes, spread evenly:
+    /// a start that differs from pass to pass reaches every mark over the passes).
     fn prune_files(
         &mut self,
         transaction: &'txn WriteTransaction,
@@ -591,7 +591,8 @@ impl<'txn> Tables<'txn> {
         max: usize,
     ) -> Result<u64, StoreError> {
         let table = self.files_table(transaction)?;
-        let start = cutoff_micros.to_be_bytes();
+        // The clock's fast-moving low bytes first: a start that differs from pass to pass.
+        let start = crate::outbox::now_micros().swap_bytes().to_be_bytes();
         let mut doomed: Vec<Vec<u8>> = Vec::new();
         let wrapped = table
             .range(start.as_slice()..)?
