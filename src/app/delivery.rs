@@ -10,7 +10,7 @@ use tracing::warn;
 
 use crate::config::Config;
 use crate::delivery::upkeep::{retention_task, verify_task};
-use crate::delivery::{WorkerControl, WorkerSettings, spawn_worker};
+use crate::delivery::{WorkerControl, WorkerSettings, spawn_laned_worker, spawn_worker};
 use crate::outbox::Outbox;
 use crate::outputs::Output;
 
@@ -38,20 +38,36 @@ impl Delivery {
             else {
                 continue;
             };
-            let control = spawn_worker(
-                WorkerSettings {
-                    name: Arc::from(connector.name.as_str()),
-                    connector: id,
-                    retry: output.retry.clone(),
-                    min_interval: output.min_interval,
-                    paused: output.paused,
-                    default_charset: config.settings.default_charset,
-                },
-                Output::new(&output.output),
-                outbox.clone(),
-                shutdown.child_token(),
-                &tracker,
-            );
+            let settings = WorkerSettings {
+                name: Arc::from(connector.name.as_str()),
+                connector: id,
+                retry: output.retry.clone(),
+                min_interval: output.min_interval,
+                paused: output.paused,
+                default_charset: config.settings.default_charset,
+            };
+            let control = if output.keyed {
+                // Keyed lanes (ADR 0015): an output (a connection) per lane.
+                let outputs = (0..output.lanes)
+                    .map(|_| Output::new(&output.output))
+                    .collect();
+                spawn_laned_worker(
+                    settings,
+                    outputs,
+                    output.on_dead_letter,
+                    outbox.clone(),
+                    shutdown.child_token(),
+                    &tracker,
+                )
+            } else {
+                spawn_worker(
+                    settings,
+                    Output::new(&output.output),
+                    outbox.clone(),
+                    shutdown.child_token(),
+                    &tracker,
+                )
+            };
             workers.push((connector.name.clone(), control));
         }
         if let (Some(retention), Some(window)) = (settings.retention, settings.dedup_window)

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::file::{CONNECTOR_KEYS, ConnectorEntry, ConnectorKind};
-use crate::delivery::RetryPolicy;
+use crate::delivery::{OnDeadLetter, RetryPolicy};
 use crate::outputs::settings::Reader;
 use crate::outputs::{self, OutputSpec};
 use crate::yaml::{Map, Problem, Problems};
@@ -20,12 +20,21 @@ pub struct OutputSettings {
     pub min_interval: Option<Duration>,
     /// Start paused.
     pub paused: bool,
+    /// Whether the connector has `order_by` (keyed lanes, ADR 0015).
+    pub keyed: bool,
+    /// `lanes`: deliveries at once, each with its own connection (with `order_by`).
+    pub lanes: usize,
+    /// `on_dead_letter`: whether a dead letter holds its key's later messages.
+    pub on_dead_letter: OnDeadLetter,
     /// The output itself.
     pub output: OutputSpec,
 }
 
 /// The delivery keys every connector takes.
-pub const DELIVERY_KEYS: [&str; 3] = ["retry", "min_interval", "paused"];
+pub const DELIVERY_KEYS: [&str; 5] = ["retry", "min_interval", "paused", "lanes", "on_dead_letter"];
+
+/// Most `lanes` a connector may have.
+pub const MAX_LANES: usize = 256;
 /// The keys of `retry`.
 pub(crate) const RETRY_KEYS: [&str; 4] =
     ["initial_delay", "multiplier", "max_delay", "max_attempts"];
@@ -63,6 +72,35 @@ pub fn build(
         .optional_duration("min_interval")
         .filter(|interval| !interval.is_zero());
     let paused = reader.bool("paused").unwrap_or(false);
+    let lanes = match reader.map.text("lanes", reader.problems) {
+        None => 1,
+        Some(value) => match value.value.trim().parse::<usize>() {
+            Ok(lanes) if (1..=MAX_LANES).contains(&lanes) => lanes,
+            _ => {
+                reader.problems.push(Problem {
+                    at: value.at,
+                    message: format!(
+                        "`lanes` is how many deliveries run at once: a whole number from 1 to {MAX_LANES}"
+                    ),
+                });
+                1
+            }
+        },
+    };
+    let on_dead_letter = match reader.map.text("on_dead_letter", reader.problems) {
+        None => OnDeadLetter::Continue,
+        Some(value) => match value.value.trim() {
+            "continue" => OnDeadLetter::Continue,
+            "hold_key" => OnDeadLetter::HoldKey,
+            _ => {
+                reader.problems.push(Problem {
+                    at: value.at,
+                    message: "`on_dead_letter` is continue (a dead letter releases its key) or hold_key (its key's later messages wait until it is replayed or purged)".to_owned(),
+                });
+                OnDeadLetter::Continue
+            }
+        },
+    };
     let retry = retry(&mut reader);
     let output = outputs::read_spec(kind, &mut reader);
     // A key of another type is a mistake worth its own sentence (a `port` on a file
@@ -98,6 +136,9 @@ pub fn build(
         retry,
         min_interval,
         paused,
+        keyed: connector.order_by.is_some(),
+        lanes,
+        on_dead_letter,
         output,
     })
 }

@@ -60,6 +60,8 @@ pub struct ConnectorEntry {
     pub kind: ConnectorKind,
     /// Its CEL filter.
     pub filter: Option<Spanned<String>>,
+    /// Its `order_by` (CEL giving a string: the key messages are ordered by).
+    pub order_by: Option<Spanned<String>>,
     /// Its transform steps, in order (places without the file name: see
     /// [`StepSpec::origins_mut`]).
     pub transform: Vec<StepSpec>,
@@ -87,7 +89,7 @@ const SECTIONS: [&str; 5] = [
     "listeners",
 ];
 /// The keys every connector has; the rest belong to its delivery settings and its output.
-pub const CONNECTOR_KEYS: [&str; 4] = ["name", "type", "filter", "transform"];
+pub const CONNECTOR_KEYS: [&str; 5] = ["name", "type", "filter", "order_by", "transform"];
 /// The keys of a transform step: one action, its `value` (for `set`), `when`.
 pub(crate) const STEP_KEYS: [&str; 6] = ["set", "copy", "map", "delete", "value", "when"];
 /// The keys of `copy`.
@@ -252,6 +254,7 @@ fn connector(node: &Node, problems: &mut Problems) -> Option<ConnectorEntry> {
         found
     });
     let filter = map.text("filter", problems);
+    let order_by = map.text("order_by", problems);
     let transform = map
         .list("transform", problems)
         .map(|steps| {
@@ -267,6 +270,7 @@ fn connector(node: &Node, problems: &mut Problems) -> Option<ConnectorEntry> {
         name: name?,
         kind: kind?,
         filter,
+        order_by,
         transform,
         node: node.clone(),
     })

@@ -230,6 +230,13 @@ impl Config {
                         text: filter.value.clone(),
                         origin: file_origin(filter.at),
                     }),
+                    order_by: connector
+                        .order_by
+                        .as_ref()
+                        .map(|order_by| ExpressionSource {
+                            text: order_by.value.clone(),
+                            origin: file_origin(order_by.at),
+                        }),
                 });
                 let mut found = Vec::new();
                 let mut output = connectors::build(connector, lookup, &mut found);
@@ -276,6 +283,37 @@ impl Config {
                     ),
                     problem: problem.message,
                 }));
+                if let Some(output) = &output
+                    && connector.order_by.is_some()
+                    && output.min_interval.is_some()
+                {
+                    problems.push(ConfigProblem {
+                        name: String::new(),
+                        subject: format!(
+                            "{}: connector {:?} (type {})",
+                            place(name.at),
+                            name.value,
+                            connector.kind.as_str()
+                        ),
+                        problem: "`min_interval` spaces the sends of a connector that delivers one message at a time; with `order_by` its lanes send in parallel: remove one of them".to_owned(),
+                    });
+                }
+                if let Some(output) = &output
+                    && connector.order_by.is_none()
+                    && (output.lanes > 1
+                        || output.on_dead_letter != crate::delivery::OnDeadLetter::Continue)
+                {
+                    problems.push(ConfigProblem {
+                        name: String::new(),
+                        subject: format!(
+                            "{}: connector {:?} (type {})",
+                            place(name.at),
+                            name.value,
+                            connector.kind.as_str()
+                        ),
+                        problem: "`lanes` and `on_dead_letter` need `order_by` (the key messages are kept in order by, e.g. order_by: pid.id); without it the connector delivers strictly in order, one message at a time".to_owned(),
+                    });
+                }
                 connectors.push(Connector {
                     name: name.value.clone(),
                     kind: connector.kind,

@@ -411,6 +411,15 @@ pub struct ConnectorFile {
     pub min_interval: Option<String>,
     /// Start with delivery paused (messages are still accepted and queued).
     pub paused: Option<bool>,
+    /// CEL expression giving a string: the key messages are delivered in order by (e.g.
+    /// `pid.id`); different keys go in parallel (keyed lanes). Computed once at intake.
+    pub order_by: Option<String>,
+    /// With `order_by`: deliveries at once, each with its own connection (1 to 256, default 1).
+    #[schemars(with = "Option<ScalarText>")]
+    pub lanes: SpannedScalar,
+    /// With `order_by`: `continue` (a dead letter releases its key, the default) or
+    /// `hold_key` (its key's later messages wait until it is replayed or purged).
+    pub on_dead_letter: Option<String>,
     /// Steps that rewrite this connector's copy, in order (the received bytes stay as
     /// received).
     pub transform: Option<Vec<StepFile>>,

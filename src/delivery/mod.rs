@@ -9,6 +9,7 @@
 //! an idle gateway does no polling. Attempt counts, next-attempt times and last errors live in
 //! the queue entry, so a restart resumes with the same schedule.
 
+mod lanes;
 mod retry;
 pub mod upkeep;
 
@@ -133,6 +134,16 @@ pub trait Deliver: Send + 'static {
     ) -> impl std::future::Future<Output = Result<(), DeliveryError>> + Send;
 }
 
+/// What a dead letter means for its key's later messages (keyed lanes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnDeadLetter {
+    /// The key is released: its later messages are delivered (as a FIFO connector moves on).
+    #[default]
+    Continue,
+    /// The key's later messages wait until the dead letter is replayed or purged.
+    HoldKey,
+}
+
 /// Counters of one connector's worker.
 #[derive(Debug, Default)]
 pub struct DeliveryStats {
@@ -221,6 +232,30 @@ pub fn spawn_worker<O: Deliver>(
         failing: None,
     };
     tracker.spawn(worker.run());
+    WorkerControl { paused, stats }
+}
+
+/// Start a connector with keyed lanes ([`lanes`], ADR 0015): one output per lane. It stops,
+/// after the deliveries in hand, when `shutdown` is cancelled.
+pub fn spawn_laned_worker<O: Deliver>(
+    settings: WorkerSettings,
+    outputs: Vec<O>,
+    on_dead_letter: OnDeadLetter,
+    outbox: Outbox,
+    shutdown: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> WorkerControl {
+    let (paused, paused_rx) = watch::channel(settings.paused);
+    let stats = Arc::new(DeliveryStats::default());
+    tracker.spawn(lanes::run(
+        settings,
+        outputs,
+        on_dead_letter,
+        outbox,
+        shutdown,
+        paused_rx,
+        Arc::clone(&stats),
+    ));
     WorkerControl { paused, stats }
 }
 
@@ -408,22 +443,7 @@ impl<O: Deliver> Worker<O> {
         let outcome = self.output.deliver(&envelope).await;
         self.stats.delivering.store(false, Ordering::Relaxed);
         let name = &self.settings.name;
-        let result = match &outcome {
-            Ok(()) => "ok",
-            Err(DeliveryError::Permanent { .. }) => "refused",
-            Err(DeliveryError::Transient { .. }) => "failed",
-        };
-        crate::telemetry::metrics::record(
-            &crate::telemetry::metrics::instruments().operation,
-            started.elapsed(),
-            &[
-                opentelemetry::KeyValue::new(
-                    crate::telemetry::metrics::CONNECTOR,
-                    opentelemetry::StringValue::from(Arc::clone(name)),
-                ),
-                opentelemetry::KeyValue::new(crate::telemetry::metrics::OUTCOME, result),
-            ],
-        );
+        record_operation(name, started.elapsed(), &outcome);
         match outcome {
             Ok(()) => {
                 self.outbox.mark_delivered(connector, seq, attempt).await?;
@@ -535,6 +555,26 @@ enum Step {
     Again,
     /// Shutdown.
     Stop,
+}
+
+/// The delivery's duration, in the `operation` instrument with its connector and outcome.
+fn record_operation(name: &Arc<str>, elapsed: Duration, outcome: &Result<(), DeliveryError>) {
+    let result = match outcome {
+        Ok(()) => "ok",
+        Err(DeliveryError::Permanent { .. }) => "refused",
+        Err(DeliveryError::Transient { .. }) => "failed",
+    };
+    crate::telemetry::metrics::record(
+        &crate::telemetry::metrics::instruments().operation,
+        elapsed,
+        &[
+            opentelemetry::KeyValue::new(
+                crate::telemetry::metrics::CONNECTOR,
+                opentelemetry::StringValue::from(Arc::clone(name)),
+            ),
+            opentelemetry::KeyValue::new(crate::telemetry::metrics::OUTCOME, result),
+        ],
+    );
 }
 
 fn bump(counter: &AtomicU64) {

@@ -414,6 +414,7 @@ impl Ingest {
     fn refuse_in_batch(&self, decided: &mut Decided, refusal: &str) {
         decided.routes.clear();
         decided.copies.clear();
+        decided.order_keys.clear();
         if decided.verdict == Verdict::Accept {
             decided.verdict = Verdict::Reject;
             decided.disposition = Disposition::Rejected;

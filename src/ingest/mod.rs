@@ -113,6 +113,8 @@ pub struct Decided {
     pub routes: Vec<Route>,
     /// The copies of the connectors that take it and transform it.
     pub copies: Vec<(ConnectorId, StoredCopy)>,
+    /// The `order_by` keys of the connectors that take it and have one.
+    pub order_keys: Vec<(ConnectorId, u64)>,
     /// The code sent, when an ACK is sent.
     pub reply_code: Option<AckCode>,
     /// The ACK sent, if any.
@@ -238,24 +240,30 @@ impl Decider {
         let mode = AckMode::of(&message);
         let mut routes = Vec::new();
         let mut copies = Vec::new();
-        let (verdict, reason, error, disposition) =
-            match self.decide(&message, identity, &mut routes, &mut copies) {
-                Ok(disposition) => (Verdict::Accept, None, None, disposition),
-                Err(refusal) => {
-                    // A rule that cannot be evaluated is refused like one that is false (AR:
-                    // a retry gets the same answer), but stored as ERROR (ADR 0010).
-                    let disposition = match (refusal.verdict, refusal.reason) {
-                        (Verdict::Error, _) | (_, Reason::RuleError) => Disposition::Error,
-                        _ => Disposition::Rejected,
-                    };
-                    (
-                        refusal.verdict,
-                        Some(refusal.reason),
-                        Some(refusal.error),
-                        disposition,
-                    )
-                }
-            };
+        let mut order_keys = Vec::new();
+        let (verdict, reason, error, disposition) = match self.decide(
+            &message,
+            identity,
+            &mut routes,
+            &mut copies,
+            &mut order_keys,
+        ) {
+            Ok(disposition) => (Verdict::Accept, None, None, disposition),
+            Err(refusal) => {
+                // A rule that cannot be evaluated is refused like one that is false (AR:
+                // a retry gets the same answer), but stored as ERROR (ADR 0010).
+                let disposition = match (refusal.verdict, refusal.reason) {
+                    (Verdict::Error, _) | (_, Reason::RuleError) => Disposition::Error,
+                    _ => Disposition::Rejected,
+                };
+                (
+                    refusal.verdict,
+                    Some(refusal.reason),
+                    Some(refusal.error),
+                    disposition,
+                )
+            }
+        };
         let reply_code = mode.reply_code(verdict);
         let ack =
             reply_code.map(|code| build_ack(&message, code, error.as_ref(), &self.stamper.stamp()));
@@ -270,6 +278,7 @@ impl Decider {
             disposition,
             routes,
             copies,
+            order_keys,
             reply_code,
             ack,
             decided,
@@ -515,6 +524,7 @@ impl Ingest {
                 .map(|identity| identity.audit_text().to_owned())
                 .or_else(|| sender.map(str::to_owned)),
             copies: std::mem::take(&mut decided.copies),
+            order_keys: std::mem::take(&mut decided.order_keys),
         }
     }
 
@@ -548,6 +558,7 @@ impl Decider {
         identity: Option<&crate::tls::PeerIdentity>,
         routes: &mut Vec<Route>,
         copies: &mut Vec<(ConnectorId, StoredCopy)>,
+        order_keys: &mut Vec<(ConnectorId, u64)>,
     ) -> Result<Disposition, Box<Refusal>> {
         self.check_header(message)?;
         if let Some(senders) = &self.senders {
@@ -602,6 +613,12 @@ impl Decider {
                         RouteStatus::Filtered
                     },
                 }),
+        );
+        order_keys.extend(
+            self.routes
+                .iter()
+                .zip(&evaluation.order_keys)
+                .filter_map(|(counters, key)| key.map(|key| (counters.connector, key))),
         );
         if let Some(transforms) = &self.transforms {
             for (route, name) in routes.iter().zip(self.names.iter()) {

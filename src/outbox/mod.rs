@@ -163,6 +163,9 @@ pub struct NewMessage {
     /// The copies of connectors with transform steps (ADR 0009), for queued routes only: a
     /// copy that failed puts that connector's entry straight into its dead-letter queue.
     pub copies: Vec<(ConnectorId, StoredCopy)>,
+    /// The `order_by` key of each connector that has one and takes the message, written
+    /// into its queue entry (ADR 0015).
+    pub order_keys: Vec<(ConnectorId, u64)>,
 }
 
 /// What `append` did.

@@ -442,9 +442,9 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
             let mut meta = transaction.open_table(META)?;
             let created = schema::read_meta(&meta, "format_version")? == 0;
             match schema::read_meta(&meta, "format_version")? {
-                // New, or written by format 1 or 2: its records stay readable as they are
+                // New, or written by format 1, 2 or 3: its records stay readable as they are
                 // (see `schema`); from now on older builds refuse the file.
-                0..=2 => {
+                0..=3 => {
                     meta.insert("format_version", FORMAT_VERSION)?;
                 }
                 FORMAT_VERSION => {}

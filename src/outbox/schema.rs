@@ -24,7 +24,9 @@
 //! in format 1 means its body in `bodies` is raw too. `meta["format_version"]` is 2 once a
 //! file was opened by a build that writes envelopes: older builds refuse it. Format 3 adds
 //! the `copies` table (ADR 0009); a file of format 2 becomes format 3 at open, nothing
-//! rewritten.
+//! rewritten. Format 4 writes queue and dead-letter entries of revision 3 (their
+//! `order_key`, ADR 0015), which builds of format 3 cannot read: a file becomes format 4 at
+//! open, and they refuse it.
 
 use std::borrow::Cow;
 
@@ -36,7 +38,7 @@ use super::StoreError;
 use super::crypt::{Keys, Place};
 
 /// Layout version of the whole file, stored in `meta`.
-pub const FORMAT_VERSION: u64 = 3;
+pub const FORMAT_VERSION: u64 = 4;
 /// The envelope byte of format 1 (no checksum).
 const LEGACY_ENVELOPE: u8 = 1;
 /// The envelope byte of format 2.
@@ -275,7 +277,7 @@ pub struct MessageRecord {
     pub body_inline: bool,
 }
 
-/// A queue entry: which message, and its delivery state (revision 2).
+/// A queue entry: which message, and its delivery state (revision 3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct QueueEntry {
     /// The message to deliver.
@@ -291,6 +293,10 @@ pub struct QueueEntry {
     pub origin: Option<EntryRef>,
     /// Earlier lives of this entry, oldest first: each dead letter it was replayed from.
     pub history: Vec<PastEntry>,
+    /// The connector's `order_by` key, hashed (never the value: it may be patient data),
+    /// computed once at intake; entries with the same key are delivered in order. `None`:
+    /// the connector has no `order_by` (or the entry predates it).
+    pub order_key: Option<u64>,
 }
 
 /// An entry by connector and seq.
@@ -318,7 +324,7 @@ pub struct PastEntry {
 /// Most earlier lives kept with an entry (the oldest go first).
 pub const MAX_HISTORY: usize = 16;
 
-/// A dead-letter entry (revision 2).
+/// A dead-letter entry (revision 3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct DlqEntry {
     /// The message.
@@ -337,24 +343,8 @@ pub struct DlqEntry {
     pub origin: Option<EntryRef>,
     /// Its earlier lives, oldest first.
     pub history: Vec<PastEntry>,
-}
-
-/// Revision 1 of [`QueueEntry`] (format 1, and format 2 before revision 2).
-#[derive(Deserialize)]
-struct QueueEntryV1 {
-    message_id: u64,
-    attempts: u32,
-    next_attempt_micros: i64,
-    last_error: Option<String>,
-}
-
-/// Revision 1 of [`DlqEntry`].
-#[derive(Deserialize)]
-struct DlqEntryV1 {
-    message_id: u64,
-    attempts: u32,
-    reason: String,
-    failed_at_micros: i64,
+    /// Its queue entry's `order_key`, kept for a replay (and `on_dead_letter: hold_key`).
+    pub order_key: Option<u64>,
 }
 
 /// The state of a message at one connector after intake.
@@ -713,55 +703,6 @@ pub fn check_body(
     decode_body(keys, id, message, bytes).map(|_| ())
 }
 
-impl Record for QueueEntry {
-    const REVISION: u8 = 2;
-
-    fn upgrade(revision: u8, payload: &[u8]) -> Result<Self, StoreError> {
-        match revision {
-            1 => {
-                let old: QueueEntryV1 = postcard::from_bytes(payload)
-                    .map_err(|error| StoreError::Encoding(error.to_string()))?;
-                Ok(Self {
-                    message_id: MessageId(old.message_id),
-                    attempts: old.attempts,
-                    next_attempt_micros: old.next_attempt_micros,
-                    last_error: old.last_error,
-                    origin: None,
-                    history: Vec::new(),
-                })
-            }
-            other => Err(StoreError::Encoding(format!(
-                "queue entry revision {other} is not known to this mfoundry"
-            ))),
-        }
-    }
-}
-
-impl Record for DlqEntry {
-    const REVISION: u8 = 2;
-
-    fn upgrade(revision: u8, payload: &[u8]) -> Result<Self, StoreError> {
-        match revision {
-            1 => {
-                let old: DlqEntryV1 = postcard::from_bytes(payload)
-                    .map_err(|error| StoreError::Encoding(error.to_string()))?;
-                Ok(Self {
-                    message_id: MessageId(old.message_id),
-                    attempts: old.attempts,
-                    reason: old.reason,
-                    failed_at_micros: old.failed_at_micros,
-                    downstream: None,
-                    origin: None,
-                    history: Vec::new(),
-                })
-            }
-            other => Err(StoreError::Encoding(format!(
-                "dead-letter entry revision {other} is not known to this mfoundry"
-            ))),
-        }
-    }
-}
-
 impl Record for DeliveryRecord {
     const REVISION: u8 = 1;
 }
@@ -778,5 +719,6 @@ pub fn read_meta(
     Ok(table.get(name)?.map(|value| value.value()).unwrap_or(0))
 }
 
+mod revisions;
 #[cfg(test)]
 mod tests;

@@ -157,6 +157,40 @@ impl Snapshot {
         Ok(out)
     }
 
+    /// The first `max_entries` entries of a connector's queue in FIFO order, without their
+    /// messages: `(seq, order_key, next_attempt_micros)` (keyed lanes' scheduling). A damaged
+    /// entry has no key (it is dead-lettered when its turn comes).
+    pub fn queue_keys(
+        &self,
+        connector: ConnectorId,
+        max_entries: usize,
+    ) -> Result<Vec<(Seq, Option<u64>, i64)>, StoreError> {
+        let table = self.transaction.open_table(schema::QUEUE)?;
+        let mut out = Vec::new();
+        for entry in table
+            .range((connector.0, 0)..=(connector.0, u64::MAX))?
+            .take(max_entries)
+        {
+            let (key, value) = entry?;
+            let (connector, seq) = key.value();
+            let entry = schema::read_queue_entry(&self.keys, (connector, seq), value.value())?;
+            out.push((Seq(seq), entry.order_key, entry.next_attempt_micros));
+        }
+        Ok(out)
+    }
+
+    /// The `order_key`s of a connector's dead letters (`on_dead_letter: hold_key`).
+    pub fn dead_letter_keys(
+        &self,
+        connector: ConnectorId,
+    ) -> Result<std::collections::HashSet<Option<u64>>, StoreError> {
+        Ok(self
+            .dead_letters(connector)?
+            .into_iter()
+            .map(|(_, entry)| entry.order_key)
+            .collect())
+    }
+
     /// Up to `max_entries` entries of a connector's queue in FIFO order, starting after seq
     /// `after` (from the head when `None`), each with its message; stops early once `max_bytes`
     /// of bodies are loaded (the first entry is always returned).

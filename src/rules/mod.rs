@@ -129,6 +129,8 @@ pub struct FilterSpec {
     pub connector: String,
     /// The filter, if any.
     pub expression: Option<ExpressionSource>,
+    /// `order_by`: the key messages are ordered by at this connector (keyed lanes), if any.
+    pub order_by: Option<ExpressionSource>,
 }
 
 /// One problem found while compiling expressions.
@@ -194,6 +196,27 @@ pub struct Evaluation {
     /// Per connector (in the order of [`RuleSet::filter_connectors`]): does its filter take
     /// the message?
     pub routes: Vec<bool>,
+    /// Per connector, in the same order: its `order_by` key ([`order_key`]) when it takes
+    /// the message and has `order_by`.
+    pub order_keys: Vec<Option<u64>>,
+}
+
+/// The stored form of an `order_by` value: the first 8 bytes of its SHA-256 (the value may
+/// be patient data and is never stored; equal values give equal keys, and two values that
+/// share a key are only delivered in order with each other).
+pub fn order_key(value: &str) -> u64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(value.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// A connector's compiled filter and `order_by`.
+struct CompiledFilter {
+    connector: String,
+    filter: Option<Expression>,
+    order_by: Option<Expression>,
 }
 
 /// Compiles expressions into one [`Program`]: each is checked (size, nesting, names, types)
@@ -416,8 +439,9 @@ impl Scope<'_> {
 pub struct RuleSet {
     program: Program,
     rules: Vec<CompiledRule>,
-    /// `(connector name, filter)`, in configuration order; `None` takes every message.
-    filters: Vec<(String, String, Option<Expression>)>,
+    /// Each connector's filter (`None` takes every message) and `order_by`, in configuration
+    /// order.
+    filters: Vec<CompiledFilter>,
 }
 
 impl fmt::Debug for RuleSet {
@@ -462,7 +486,16 @@ impl RuleSet {
                 .expression
                 .as_ref()
                 .and_then(|source| compiler.compile(source, &subject, types::Expect::Bool));
-            compiled_filters.push((filter.connector.clone(), subject, expression));
+            let subject = format!("order_by of connector {:?}", filter.connector);
+            let order_by = filter
+                .order_by
+                .as_ref()
+                .and_then(|source| compiler.compile(source, &subject, types::Expect::String));
+            compiled_filters.push(CompiledFilter {
+                connector: filter.connector.clone(),
+                filter: expression,
+                order_by,
+            });
         }
         Ok(Self {
             program: compiler.finish(budget)?,
@@ -475,7 +508,7 @@ impl RuleSet {
     pub fn filter_connectors(&self) -> impl ExactSizeIterator<Item = &str> {
         self.filters
             .iter()
-            .map(|(connector, _, _)| connector.as_str())
+            .map(|compiled| compiled.connector.as_str())
     }
 
     /// Rules and filters that load but whose meaning changed ([`warnings`]).
@@ -490,7 +523,11 @@ impl RuleSet {
 
     /// Whether any expression is evaluated for a message (a rule, or a filter).
     pub fn evaluates(&self) -> bool {
-        !self.rules.is_empty() || self.filters.iter().any(|(_, _, filter)| filter.is_some())
+        !self.rules.is_empty()
+            || self
+                .filters
+                .iter()
+                .any(|compiled| compiled.filter.is_some() || compiled.order_by.is_some())
     }
 
     /// Evaluate validation rules, then (if they pass) every filter.
@@ -517,6 +554,7 @@ impl RuleSet {
         let stop = |validation| Evaluation {
             validation,
             routes: Vec::new(),
+            order_keys: Vec::new(),
         };
         for rule in &self.rules {
             match step(&rule.expression, true) {
@@ -531,18 +569,33 @@ impl RuleSet {
             }
         }
         let mut routes = Vec::with_capacity(self.filters.len());
-        for (_, _, filter) in &self.filters {
-            match filter {
-                None => routes.push(true),
+        let mut order_keys = Vec::with_capacity(self.filters.len());
+        for compiled in &self.filters {
+            let taken = match &compiled.filter {
+                None => true,
                 Some(expression) => match step(expression, false) {
-                    Ok(taken) => routes.push(taken),
+                    Ok(taken) => taken,
                     Err(validation) => return stop(validation),
                 },
-            }
+            };
+            routes.push(taken);
+            let key = match (&compiled.order_by, taken) {
+                (Some(expression), true) => Some(match scope.string(expression) {
+                    Ok(value) => order_key(&value),
+                    Err(detail) => {
+                        // Still delivered: with the messages whose key is empty, in order.
+                        tracing::warn!(subject = %expression.subject, error = %detail, "order_by could not be evaluated; the message is ordered with those whose key is empty");
+                        order_key("")
+                    }
+                }),
+                _ => None,
+            };
+            order_keys.push(key);
         }
         Evaluation {
             validation: Validation::Passed,
             routes,
+            order_keys,
         }
     }
 }

@@ -126,6 +126,7 @@ fn main() {
                     dedup_key: Some(key(seq)),
                     tls_identity: None,
                     copies: Vec::new(),
+                    order_keys: Vec::new(),
                 };
                 let started = Instant::now();
                 outbox.append(message).await.expect("append");

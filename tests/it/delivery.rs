@@ -439,6 +439,7 @@ async fn scripted_worker_with(
                 dedup_key: None,
                 tls_identity: None,
                 copies: Vec::new(),
+                order_keys: Vec::new(),
             })
             .await
             .expect("append");

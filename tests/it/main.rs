@@ -27,6 +27,7 @@ mod framing;
 mod http_intake;
 mod intake;
 mod interfaces;
+mod lanes;
 mod listeners;
 mod metrics;
 mod outbox;

@@ -154,6 +154,7 @@ fn an_expression_whose_meaning_changed_loads_with_a_warning_naming_it_and_the_fi
     let filters = [FilterSpec {
         connector: "no-visit".to_owned(),
         expression: Some(source("size(pv1) == 0")),
+        order_by: None,
     }];
     let set = compile(&rules, &filters).expect("loads: a warning is not an error");
     let warnings: Vec<String> = set.warnings().iter().map(ToString::to_string).collect();
@@ -254,6 +255,7 @@ fn a_rule_or_filter_that_is_not_true_or_false_is_refused_naming_it_and_the_fix()
     let filters = [FilterSpec {
         connector: "lab".to_owned(),
         expression: Some(source("msh.msg_type")),
+        order_by: None,
     }];
     let refused = compile(&[], &filters).expect_err("a string is not a filter");
     assert!(
@@ -318,14 +320,17 @@ fn filters_route_per_connector() {
         FilterSpec {
             connector: "lab".to_owned(),
             expression: Some(source("msh.msg_type == 'ORU'")),
+            order_by: None,
         },
         FilterSpec {
             connector: "adt".to_owned(),
             expression: Some(source("msh.msg_type == 'ADT'")),
+            order_by: None,
         },
         FilterSpec {
             connector: "all".to_owned(),
             expression: None,
+            order_by: None,
         },
     ];
     let set = compile(&[], &filters).expect("compiles");

@@ -90,6 +90,7 @@ pub(crate) fn message(
         }),
         tls_identity: None,
         copies: Vec::new(),
+        order_keys: Vec::new(),
     }
 }
 

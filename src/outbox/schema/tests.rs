@@ -21,12 +21,13 @@ fn entry() -> QueueEntry {
             reason: "refused".to_owned(),
             failed_at_micros: 42,
         }],
+        order_key: Some(77),
     }
 }
 
 /// A record of an older revision is read as today's (the upgrade path each later field
 /// takes): revision 1 queue and dead-letter entries, in format 1's envelope and in
-/// format 2's, gain empty new fields.
+/// format 2's, and revision 2 queue entries, gain empty new fields.
 #[test]
 fn older_revisions_are_read_as_todays() {
     #[derive(Serialize)]
@@ -79,6 +80,33 @@ fn older_revisions_are_read_as_todays() {
         decode_plain::<QueueEntry>(&seal(9, &v1)),
         Err(StoreError::Encoding(_))
     ));
+    // Revision 2 (before keyed lanes): every field but `order_key`.
+    #[derive(Serialize)]
+    struct QueueV2 {
+        message_id: MessageId,
+        attempts: u32,
+        next_attempt_micros: i64,
+        last_error: Option<String>,
+        origin: Option<EntryRef>,
+        history: Vec<PastEntry>,
+    }
+    let today = entry();
+    let v2 = postcard::to_stdvec(&QueueV2 {
+        message_id: today.message_id,
+        attempts: today.attempts,
+        next_attempt_micros: today.next_attempt_micros,
+        last_error: today.last_error.clone(),
+        origin: today.origin,
+        history: today.history.clone(),
+    })
+    .expect("encodes");
+    assert_eq!(
+        decode_plain::<QueueEntry>(&seal(2, &v2)).expect("revision 2"),
+        QueueEntry {
+            order_key: None,
+            ..today
+        }
+    );
 }
 
 #[test]
@@ -120,6 +148,7 @@ fn records_of_format_1_are_read() {
     let plain = QueueEntry {
         origin: None,
         history: Vec::new(),
+        order_key: None,
         ..entry()
     };
     let mut legacy = vec![LEGACY_ENVELOPE];

@@ -191,6 +191,7 @@ impl Delivery<'_, '_> {
             downstream,
             origin: entry.origin,
             history: entry.history.clone(),
+            order_key: entry.order_key,
         };
         if self
             .dlq
@@ -292,6 +293,7 @@ impl Delivery<'_, '_> {
             message_id: dead.message_id,
             origin: Some(dead.origin.unwrap_or(here)),
             history,
+            order_key: dead.order_key,
             ..QueueEntry::default()
         };
         self.enqueue(to, new_seq, &entry)?;

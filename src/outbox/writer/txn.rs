@@ -306,6 +306,11 @@ impl Writer {
                                 answers.push(delivery.purge(*connector, *seq)?);
                             }
                         }
+                        if answers.iter().any(|purged| *purged) {
+                            // A purge can release a key its worker holds for the dead
+                            // letter (`on_dead_letter: hold_key`): it looks again.
+                            woken.insert(*connector);
+                        }
                         if let Some(context) = audit {
                             let purged = answers.iter().filter(|purged| **purged).count();
                             let outcome =
@@ -422,6 +427,11 @@ impl Writer {
             }
             let entry = QueueEntry {
                 message_id: MessageId(id),
+                order_key: message
+                    .order_keys
+                    .iter()
+                    .find(|(connector, _)| *connector == route.connector)
+                    .map(|(_, key)| *key),
                 ..QueueEntry::default()
             };
             let place = Place::Queue(route.connector.0, id);

@@ -25,6 +25,8 @@ pub enum Answer {
     Close,
     /// Answer with this code, then close the connection (a peer that does not keep them).
     AckThenClose(&'static str),
+    /// Answer with this code after this many milliseconds (a slow downstream).
+    AckAfter(&'static str, u64),
 }
 
 pub type Script = dyn Fn(&str, usize) -> Answer + Send + Sync;
@@ -34,6 +36,8 @@ pub struct Peer {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<String>>>,
     pub connections: Arc<AtomicUsize>,
+    /// The most frames it held at once before answering (`AckAfter`).
+    pub most_at_once: Arc<AtomicUsize>,
 }
 
 impl Peer {
@@ -46,8 +50,11 @@ pub async fn peer_on(listener: TcpListener, script: Arc<Script>) -> Peer {
     let addr = listener.local_addr().expect("addr");
     let received = Arc::new(Mutex::new(Vec::new()));
     let connections = Arc::new(AtomicUsize::new(0));
+    let most_at_once = Arc::new(AtomicUsize::new(0));
+    let at_once = Arc::new(AtomicUsize::new(0));
     let seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
     let (received_task, connections_task) = (Arc::clone(&received), Arc::clone(&connections));
+    let most_task = Arc::clone(&most_at_once);
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             connections_task.fetch_add(1, Ordering::SeqCst);
@@ -56,6 +63,7 @@ pub async fn peer_on(listener: TcpListener, script: Arc<Script>) -> Peer {
                 Arc::clone(&received_task),
                 Arc::clone(&seen),
             );
+            let (most, at_once) = (Arc::clone(&most_task), Arc::clone(&at_once));
             tokio::spawn(async move {
                 let mut codec = MllpCodec::new(1 << 20);
                 let mut buffer = BytesMut::new();
@@ -72,6 +80,13 @@ pub async fn peer_on(listener: TcpListener, script: Arc<Script>) -> Peer {
                         let answer = script(&control_id, count);
                         let reply = match answer {
                             Answer::Ack(code) | Answer::AckThenClose(code) => {
+                                Some(ack(code, &control_id))
+                            }
+                            Answer::AckAfter(code, millis) => {
+                                let now = at_once.fetch_add(1, Ordering::SeqCst) + 1;
+                                most.fetch_max(now, Ordering::SeqCst);
+                                tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+                                at_once.fetch_sub(1, Ordering::SeqCst);
                                 Some(ack(code, &control_id))
                             }
                             Answer::WrongMsa => Some(ack("AA", "SOMEONE-ELSE")),
@@ -100,6 +115,7 @@ pub async fn peer_on(listener: TcpListener, script: Arc<Script>) -> Peer {
         addr,
         received,
         connections,
+        most_at_once,
     }
 }
 

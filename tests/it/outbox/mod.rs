@@ -79,5 +79,6 @@ fn message(outbox: &Outbox, control_id: &str, queued: &[&str], filtered: &[&str]
         dedup_key: None,
         tls_identity: None,
         copies: Vec::new(),
+        order_keys: Vec::new(),
     }
 }

@@ -81,6 +81,7 @@ fn decide(
     let filters = [FilterSpec {
         connector: "lab".to_owned(),
         expression: filter.map(source),
+        order_by: None,
     }];
     let set = RuleSet::compile(&rules, &filters, budget).expect("compiles");
     let decider = Decider::new(

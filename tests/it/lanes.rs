@@ -1,0 +1,219 @@
+//! Keyed lanes (`order_by`, `lanes`, `on_dead_letter`) through the real app and a real MLLP
+//! downstream played by the test: messages of one key arrive in the order they were
+//! received, keys are delivered in parallel, a failing message holds only its own key, and a
+//! dead letter releases its key or holds it as configured.
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::peer::{Answer, peer};
+
+/// `count` messages for each of `patients`, interleaved (P0-0, P1-0, …, P0-1, …); control
+/// ids `<patient>-<n>`.
+fn interleaved(patients: usize, count: usize) -> Vec<(String, Vec<u8>)> {
+    let mut messages = Vec::new();
+    for n in 0..count {
+        for patient in 0..patients {
+            let control = format!("P{patient}-{n}");
+            let body = format!(
+                "MSH|^~\\&|EHR|H|LAB|H|20261206083000||ADT^A08^ADT_A01|{control}|P|2.5.1\rPID|1||P{patient}^^^H^MR||DOE^JO\r"
+            );
+            messages.push((control, body.into_bytes()));
+        }
+    }
+    messages
+}
+
+fn yaml(port: u16, extra: &str) -> String {
+    format!(
+        "connectors:\n  - name: downstream\n    type: mllp\n    host: 127.0.0.1\n    port: {port}\n    order_by: pid.id\n    retry:\n      initial_delay: 5ms\n      max_delay: 20ms\n{extra}"
+    )
+}
+
+async fn send(app: &common::TestApp, messages: &[(String, Vec<u8>)]) {
+    let mut stream = common::connect(app).await;
+    for (control, body) in messages {
+        common::write(&mut stream, &common::framed(body)).await;
+        let reply = common::expect_ack(&mut stream).await;
+        assert_eq!(common::field(&reply, "MSA", 1), "AA", "{control}");
+    }
+}
+
+/// Each patient's control ids in the order the downstream first got them.
+fn per_key(received: &[String]) -> std::collections::BTreeMap<String, Vec<usize>> {
+    let mut keys: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for control in received {
+        let (patient, n) = control.split_once('-').expect("P-n");
+        let list = keys.entry(patient.to_owned()).or_default();
+        let n: usize = n.parse().expect("n");
+        if !list.contains(&n) {
+            list.push(n);
+        }
+    }
+    keys
+}
+
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_key_arrives_in_order_and_keys_go_in_parallel() {
+    let downstream = peer(|_, _| Answer::AckAfter("AA", 20)).await;
+    let yaml = yaml(downstream.addr.port(), "    lanes: 4\n");
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    let messages = interleaved(6, 8);
+    send(&app, &messages).await;
+    eventually("every message delivered", || {
+        per_key(&downstream.received())
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            == messages.len()
+    })
+    .await;
+    for (patient, order) in per_key(&downstream.received()) {
+        assert_eq!(order, (0..8).collect::<Vec<_>>(), "{patient} in order");
+    }
+    let at_once = downstream
+        .most_at_once
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (2..=4).contains(&at_once),
+        "up to 4 lanes deliver at once: {at_once}"
+    );
+    assert!(app.shutdown(Duration::from_secs(10)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_message_holds_only_its_own_key() {
+    // P0-1 is answered AE for ever: P0's later messages wait, every other key flows.
+    let downstream = peer(|control, _| {
+        if control == "P0-1" {
+            Answer::Ack("AE")
+        } else {
+            Answer::Ack("AA")
+        }
+    })
+    .await;
+    let yaml = yaml(downstream.addr.port(), "    lanes: 3\n");
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    send(&app, &interleaved(4, 5)).await;
+    eventually("the other keys delivered", || {
+        let keys = per_key(&downstream.received());
+        (1..4).all(|patient| keys.get(&format!("P{patient}")).map(Vec::len) == Some(5))
+    })
+    .await;
+    // Retried meanwhile, never passed.
+    eventually("P0-1 retried", || {
+        downstream
+            .received()
+            .iter()
+            .filter(|control| *control == "P0-1")
+            .count()
+            >= 3
+    })
+    .await;
+    assert_eq!(
+        per_key(&downstream.received()).get("P0").cloned(),
+        Some(vec![0, 1]),
+        "P0's later messages wait behind P0-1"
+    );
+    assert!(app.shutdown(Duration::from_secs(10)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_releases_its_key_or_holds_it() {
+    for (setting, holds) in [("continue", false), ("hold_key", true)] {
+        // P0-0 is refused (AR): it goes to the dead-letter queue.
+        let downstream = peer(|control, _| {
+            if control == "P0-0" {
+                Answer::Ack("AR")
+            } else {
+                Answer::Ack("AA")
+            }
+        })
+        .await;
+        let extra = format!("    lanes: 2\n    on_dead_letter: {setting}\n");
+        let yaml = yaml(downstream.addr.port(), &extra);
+        let app = common::start_with_yaml(Some(&yaml), &[]).await;
+        send(&app, &interleaved(3, 4)).await;
+        eventually("the other keys delivered", || {
+            let keys = per_key(&downstream.received());
+            (1..3).all(|patient| keys.get(&format!("P{patient}")).map(Vec::len) == Some(4))
+        })
+        .await;
+        let connector = app.outbox().connector_id("downstream").expect("id");
+        if holds {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(
+                per_key(&downstream.received()).get("P0").cloned(),
+                Some(vec![0]),
+                "{setting}: P0's later messages wait for the dead letter"
+            );
+            // Replaying the dead letter releases the key: it and then the rest, in order.
+            let dead = app
+                .outbox()
+                .snapshot()
+                .expect("snapshot")
+                .dead_letters(connector)
+                .expect("dlq");
+            assert_eq!(dead.len(), 1);
+            app.outbox()
+                .purge(connector, dead[0].0)
+                .await
+                .expect("purged");
+        }
+        eventually("P0's later messages delivered", || {
+            per_key(&downstream.received())
+                .get("P0")
+                .is_some_and(|order| order.len() == 4)
+        })
+        .await;
+        assert_eq!(
+            per_key(&downstream.received()).get("P0").cloned(),
+            Some(vec![0, 1, 2, 3]),
+            "{setting}"
+        );
+        assert!(app.shutdown(Duration::from_secs(10)).await);
+    }
+}
+
+#[test]
+fn lanes_without_order_by_are_refused_at_load() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    std::fs::write(
+        dir.join("mfoundry.yaml"),
+        "connectors:\n  - name: out\n    type: file\n    directory: out\n    lanes: 4\n  - name: keyed\n    type: file\n    directory: out2\n    order_by: pid.id\n    lanes: 0\n  - name: spaced\n    type: file\n    directory: out3\n    order_by: pid.id\n    min_interval: 1s\n  - name: typed\n    type: file\n    directory: out4\n    order_by: size(pid) > 0\n",
+    )
+    .expect("config");
+    let (code, stdout, stderr) =
+        common::run_binary(dir, &["check", "--config", "mfoundry.yaml"], &[]);
+    let printed = format!("{stdout}{stderr}");
+    assert_eq!(code, 64, "{printed}");
+    assert!(
+        printed.contains("`lanes` and `on_dead_letter` need `order_by`"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("a whole number from 1 to 256"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("`min_interval` spaces the sends"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("order_by of connector \"typed\""),
+        "{printed}"
+    );
+}
