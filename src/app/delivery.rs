@@ -48,13 +48,13 @@ impl Delivery {
             };
             let control = if output.keyed {
                 // Keyed lanes (ADR 0015): an output (a connection) per lane.
-                let outputs = (0..output.lanes)
+                let outputs = (0..output.lanes.unwrap_or(1))
                     .map(|_| Output::new(&output.output))
                     .collect();
                 spawn_laned_worker(
                     settings,
                     outputs,
-                    output.on_dead_letter,
+                    output.on_dead_letter.unwrap_or_default(),
                     outbox.clone(),
                     shutdown.child_token(),
                     &tracker,

@@ -22,10 +22,12 @@ pub struct OutputSettings {
     pub paused: bool,
     /// Whether the connector has `order_by` (keyed lanes, ADR 0015).
     pub keyed: bool,
-    /// `lanes`: deliveries at once, each with its own connection (with `order_by`).
-    pub lanes: usize,
-    /// `on_dead_letter`: whether a dead letter holds its key's later messages.
-    pub on_dead_letter: OnDeadLetter,
+    /// `lanes`: deliveries at once, each with its own connection (with `order_by`); `None`
+    /// when not written (1).
+    pub lanes: Option<usize>,
+    /// `on_dead_letter`: whether a dead letter holds its key's later messages; `None` when
+    /// not written (`continue`).
+    pub on_dead_letter: Option<OnDeadLetter>,
     /// The output itself.
     pub output: OutputSpec,
 }
@@ -73,8 +75,8 @@ pub fn build(
         .filter(|interval| !interval.is_zero());
     let paused = reader.bool("paused").unwrap_or(false);
     let lanes = match reader.map.text("lanes", reader.problems) {
-        None => 1,
-        Some(value) => match value.value.trim().parse::<usize>() {
+        None => None,
+        Some(value) => Some(match value.value.trim().parse::<usize>() {
             Ok(lanes) if (1..=MAX_LANES).contains(&lanes) => lanes,
             _ => {
                 reader.problems.push(Problem {
@@ -85,11 +87,11 @@ pub fn build(
                 });
                 1
             }
-        },
+        }),
     };
     let on_dead_letter = match reader.map.text("on_dead_letter", reader.problems) {
-        None => OnDeadLetter::Continue,
-        Some(value) => match value.value.trim() {
+        None => None,
+        Some(value) => Some(match value.value.trim() {
             "continue" => OnDeadLetter::Continue,
             "hold_key" => OnDeadLetter::HoldKey,
             _ => {
@@ -99,7 +101,7 @@ pub fn build(
                 });
                 OnDeadLetter::Continue
             }
-        },
+        }),
     };
     let retry = retry(&mut reader);
     let output = outputs::read_spec(kind, &mut reader);

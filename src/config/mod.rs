@@ -300,8 +300,7 @@ impl Config {
                 }
                 if let Some(output) = &output
                     && connector.order_by.is_none()
-                    && (output.lanes > 1
-                        || output.on_dead_letter != crate::delivery::OnDeadLetter::Continue)
+                    && (output.lanes.is_some() || output.on_dead_letter.is_some())
                 {
                     problems.push(ConfigProblem {
                         name: String::new(),

@@ -28,9 +28,13 @@ use super::{
 };
 use crate::outbox::{Outbox, Pending, Seq, StoreError};
 
-/// Queue entries the scheduler looks at from the head. A key with more entries than this
-/// waiting behind a failing head keeps later keys from being seen until it moves.
+/// Queue entries the scheduler looks at from the head (it stops earlier once every free lane
+/// has a head). A key with more entries than this waiting behind a failing head keeps later
+/// keys from being seen until it moves.
 pub const SCAN_WINDOW: usize = 4096;
+
+/// How long a deadline is kept after it passed (its entry started, or left the queue).
+const STALE_DEADLINE: Duration = Duration::from_secs(600);
 
 /// One lane's delivery, finished: its output back, the entry, what happened.
 type Finished<O> = (O, Random, Seq, Result<(), StoreError>);
@@ -74,18 +78,25 @@ pub(super) async fn run<O: super::Deliver>(
     // Entries in hand, with their keys, and the task that has each.
     let mut in_hand: HashMap<Seq, Option<u64>> = HashMap::new();
     let mut tasks: HashMap<tokio::task::Id, Seq> = HashMap::new();
+    // The scheduler's own deadlines, on the monotonic clock: for heads waiting for a retry
+    // time (set once from the stored wall-clock time), and for a head whose lane failed.
+    let mut not_before: HashMap<Seq, tokio::time::Instant> = HashMap::new();
     loop {
         let stopping = shutdown.is_cancelled();
         let hold = *paused.borrow_and_update() || stopping;
         let mut wake_at = None;
         if !hold && !free.is_empty() {
-            match schedule(&shared, on_dead_letter, &in_hand).await {
-                Ok((start, next_retry)) => {
-                    wake_at = next_retry;
-                    for seq in start {
+            match schedule(&shared, on_dead_letter, &in_hand, &not_before, free.len()).await {
+                Ok(plan) => {
+                    let now = tokio::time::Instant::now();
+                    for (seq, wait) in plan.waits {
+                        not_before.insert(seq, now + wait);
+                    }
+                    for seq in plan.start {
                         let Some((output, random)) = free.pop() else {
                             break;
                         };
+                        not_before.remove(&seq.0);
                         in_hand.insert(seq.0, seq.1);
                         let task = running.spawn(lane(Arc::clone(&shared), output, random, seq.0));
                         tasks.insert(task.id(), seq.0);
@@ -96,6 +107,13 @@ pub(super) async fn run<O: super::Deliver>(
                     wake_at = Some(tokio::time::Instant::now() + STORE_ERROR_PAUSE);
                 }
             }
+        }
+        // The next deadline the scheduler holds; entries that left the queue (delivered by a
+        // lane, purged, replayed) lose theirs at the next pass that does not see them.
+        if wake_at.is_none() {
+            let now = tokio::time::Instant::now();
+            not_before.retain(|_, at| *at + STALE_DEADLINE > now);
+            wake_at = not_before.values().copied().filter(|at| *at > now).min();
         }
         shared
             .stats
@@ -132,6 +150,10 @@ pub(super) async fn run<O: super::Deliver>(
                         // key is free again; the connector goes on with one lane less.
                         if let Some(seq) = tasks.remove(&error.id()) {
                             in_hand.remove(&seq);
+                            // Not at once on another lane: a message that makes its output
+                            // panic would take every lane down in turn.
+                            let back_off = shared.settings.retry.max_delay;
+                            not_before.insert(seq, tokio::time::Instant::now() + back_off);
                         }
                         tracing::error!(connector = %shared.settings.name, lanes_left = free.len() + running.len(), "a delivery lane failed (a panic); its message stays queued");
                         if free.is_empty() && running.is_empty() {
@@ -161,48 +183,69 @@ fn store_failed(shared: &Shared, error: &StoreError) {
     warn!(connector = %shared.settings.name, error = %crate::outbox::Chain(error), "could not read or update the queue; trying again shortly");
 }
 
-/// The heads to start now (in queue order, with their keys), and when the earliest head
-/// waiting for its retry time is due.
+/// What one scheduling pass found.
+struct Plan {
+    /// Heads to start now, in queue order, with their keys.
+    start: Vec<(Seq, Option<u64>)>,
+    /// Heads waiting for their stored retry time that the scheduler has no deadline for
+    /// yet, with how long to wait (at most the policy's ceiling: a time further away means
+    /// the wall clock stepped back).
+    waits: Vec<(Seq, Duration)>,
+}
+
+/// Up to `free` heads to start now, and the heads waiting for their retry time. `not_before`
+/// holds the scheduler's own deadlines (on the monotonic clock): a head in it waits until its
+/// deadline and then starts, whatever the wall clock says. The scan stops as soon as `free`
+/// heads are found (a lane that finishes starts the next scan).
 async fn schedule(
     shared: &Arc<Shared>,
     on_dead_letter: OnDeadLetter,
     in_hand: &HashMap<Seq, Option<u64>>,
-) -> Result<(Vec<(Seq, Option<u64>)>, Option<tokio::time::Instant>), StoreError> {
+    not_before: &HashMap<Seq, tokio::time::Instant>,
+    free: usize,
+) -> Result<Plan, StoreError> {
     let connector = shared.settings.connector;
     let hold_key = on_dead_letter == OnDeadLetter::HoldKey;
-    let (entries, held) = shared
+    let in_hand = in_hand.clone();
+    let not_before = not_before.clone();
+    let max_delay = shared.settings.retry.max_delay;
+    shared
         .outbox
         .read(move |snapshot| {
-            let entries = snapshot.queue_keys(connector, SCAN_WINDOW)?;
-            let held = if hold_key {
-                snapshot.dead_letter_keys(connector)?
-            } else {
-                HashSet::new()
+            let mut busy: HashSet<Option<u64>> = in_hand.values().copied().collect();
+            if hold_key {
+                busy.extend(snapshot.dead_letter_keys(connector)?.into_iter().map(Some));
+            }
+            let now = crate::outbox::now_micros();
+            let now_instant = tokio::time::Instant::now();
+            let mut plan = Plan {
+                start: Vec::new(),
+                waits: Vec::new(),
             };
-            Ok((entries, held))
+            snapshot.visit_queue_keys(connector, SCAN_WINDOW, |seq, key, next_attempt| {
+                // Only a key's first entry may go; whatever happens to it, its later ones
+                // wait.
+                if in_hand.contains_key(&seq) || !busy.insert(key) {
+                    return true;
+                }
+                match not_before.get(&seq) {
+                    Some(at) if *at > now_instant => return true,
+                    Some(_) => {}
+                    None if next_attempt > now => {
+                        let wait =
+                            Duration::from_micros(u64::try_from(next_attempt - now).unwrap_or(0))
+                                .min(max_delay);
+                        plan.waits.push((seq, wait));
+                        return true;
+                    }
+                    None => {}
+                }
+                plan.start.push((seq, key));
+                plan.start.len() < free
+            })?;
+            Ok(plan)
         })
-        .await?;
-    let mut busy: HashSet<Option<u64>> = in_hand.values().copied().collect();
-    busy.extend(held);
-    let now = crate::outbox::now_micros();
-    let mut start = Vec::new();
-    let mut due = None;
-    for (seq, key, next_attempt) in entries {
-        // Only a key's first entry may go; whatever happens to it, its later ones wait.
-        if in_hand.contains_key(&seq) || !busy.insert(key) {
-            continue;
-        }
-        if next_attempt > now {
-            // A time further away than the policy allows means the clock stepped back.
-            let wait = Duration::from_micros(u64::try_from(next_attempt - now).unwrap_or(0))
-                .min(shared.settings.retry.max_delay);
-            let at = tokio::time::Instant::now() + wait;
-            due = Some(due.map_or(at, |earliest: tokio::time::Instant| earliest.min(at)));
-            continue;
-        }
-        start.push((seq, key));
-    }
-    Ok((start, due))
+        .await
 }
 
 /// Deliver one entry on a lane and record the outcome.
@@ -243,6 +286,7 @@ async fn deliver<O: super::Deliver>(
     } = head;
     let dead = |reason: String| outbox.dead_letter(connector, seq, entry.attempts, reason);
     if let Some(damage) = damage {
+        tracing::error!(connector = %settings.name, seq = seq.0, damage = %damage, "stored data is damaged; moved to the dead-letter queue, not delivered");
         outbox.stats().damaged.fetch_add(1, Ordering::Relaxed);
         dead(format!(
             "{damage}; it was not delivered. Restore the store from a backup, or purge this entry"

@@ -157,16 +157,17 @@ impl Snapshot {
         Ok(out)
     }
 
-    /// The first `max_entries` entries of a connector's queue in FIFO order, without their
-    /// messages: `(seq, order_key, next_attempt_micros)` (keyed lanes' scheduling). A damaged
-    /// entry has no key (it is dead-lettered when its turn comes).
-    pub fn queue_keys(
+    /// Visit up to `max_entries` entries of a connector's queue in FIFO order, without their
+    /// messages: `visit(seq, order_key, next_attempt_micros)`, until it answers false (keyed
+    /// lanes' scheduling). A damaged entry has no key (it is dead-lettered when its turn
+    /// comes).
+    pub fn visit_queue_keys(
         &self,
         connector: ConnectorId,
         max_entries: usize,
-    ) -> Result<Vec<(Seq, Option<u64>, i64)>, StoreError> {
+        mut visit: impl FnMut(Seq, Option<u64>, i64) -> bool,
+    ) -> Result<(), StoreError> {
         let table = self.transaction.open_table(schema::QUEUE)?;
-        let mut out = Vec::new();
         for entry in table
             .range((connector.0, 0)..=(connector.0, u64::MAX))?
             .take(max_entries)
@@ -174,20 +175,25 @@ impl Snapshot {
             let (key, value) = entry?;
             let (connector, seq) = key.value();
             let entry = schema::read_queue_entry(&self.keys, (connector, seq), value.value())?;
-            out.push((Seq(seq), entry.order_key, entry.next_attempt_micros));
+            if !visit(Seq(seq), entry.order_key, entry.next_attempt_micros) {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
     }
 
-    /// The `order_key`s of a connector's dead letters (`on_dead_letter: hold_key`).
+    /// The `order_key`s of a connector's dead letters that have one (`on_dead_letter:
+    /// hold_key`).
     pub fn dead_letter_keys(
         &self,
         connector: ConnectorId,
-    ) -> Result<std::collections::HashSet<Option<u64>>, StoreError> {
+    ) -> Result<std::collections::HashSet<u64>, StoreError> {
+        // A dead letter without a key (queued before `order_by`, damaged, reprocessed) holds
+        // nothing: its key is unknown, not shared.
         Ok(self
             .dead_letters(connector)?
             .into_iter()
-            .map(|(_, entry)| entry.order_key)
+            .filter_map(|(_, entry)| entry.order_key)
             .collect())
     }
 

@@ -580,14 +580,19 @@ impl RuleSet {
             };
             routes.push(taken);
             let key = match (&compiled.order_by, taken) {
-                (Some(expression), true) => Some(match scope.string(expression) {
-                    Ok(value) => order_key(&value),
-                    Err(detail) => {
-                        // Still delivered: with the messages whose key is empty, in order.
-                        tracing::warn!(subject = %expression.subject, error = %detail, "order_by could not be evaluated; the message is ordered with those whose key is empty");
-                        order_key("")
-                    }
-                }),
+                (Some(expression), true) => Some(
+                    match scope
+                        .string(expression)
+                        .and_then(|value| scope.within_budget().map(|()| value))
+                    {
+                        Ok(value) => order_key(&value),
+                        Err(detail) => {
+                            // Still delivered: with the messages whose key is empty, in order.
+                            tracing::warn!(subject = %expression.subject, error = %detail, "order_by could not be evaluated; the message is ordered with those whose key is empty");
+                            order_key("")
+                        }
+                    },
+                ),
                 _ => None,
             };
             order_keys.push(key);

@@ -193,7 +193,7 @@ fn lanes_without_order_by_are_refused_at_load() {
     let dir = scratch.path();
     std::fs::write(
         dir.join("mfoundry.yaml"),
-        "connectors:\n  - name: out\n    type: file\n    directory: out\n    lanes: 4\n  - name: keyed\n    type: file\n    directory: out2\n    order_by: pid.id\n    lanes: 0\n  - name: spaced\n    type: file\n    directory: out3\n    order_by: pid.id\n    min_interval: 1s\n  - name: typed\n    type: file\n    directory: out4\n    order_by: size(pid) > 0\n",
+        "connectors:\n  - name: out\n    type: file\n    directory: out\n    lanes: 1\n  - name: keyed\n    type: file\n    directory: out2\n    order_by: pid.id\n    lanes: 0\n  - name: spaced\n    type: file\n    directory: out3\n    order_by: pid.id\n    min_interval: 1s\n  - name: typed\n    type: file\n    directory: out4\n    order_by: size(pid) > 0\n",
     )
     .expect("config");
     let (code, stdout, stderr) =

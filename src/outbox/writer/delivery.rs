@@ -293,7 +293,9 @@ impl Delivery<'_, '_> {
             message_id: dead.message_id,
             origin: Some(dead.origin.unwrap_or(here)),
             history,
-            order_key: dead.order_key,
+            // The key means something at its own connector only (another's `order_by` may
+            // differ).
+            order_key: dead.order_key.filter(|_| to == connector),
             ..QueueEntry::default()
         };
         self.enqueue(to, new_seq, &entry)?;

@@ -234,6 +234,8 @@ impl Writer {
                         let replayed = answers.iter().filter(|answer| answer.is_some()).count();
                         if replayed > 0 {
                             woken.insert(*to);
+                            // Its dead letters changed: a key it held may be free.
+                            woken.insert(*connector);
                             raise_floor = true;
                         }
                         if let Some(context) = audit {
