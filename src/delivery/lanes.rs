@@ -81,13 +81,24 @@ pub(super) async fn run<O: super::Deliver>(
     // The scheduler's own deadlines, on the monotonic clock: for heads waiting for a retry
     // time (set once from the stored wall-clock time), and for a head whose lane failed.
     let mut not_before: HashMap<Seq, tokio::time::Instant> = HashMap::new();
+    let mut replayed = Replayed::default();
     loop {
         let stopping = shutdown.is_cancelled();
         let hold = *paused.borrow_and_update() || stopping;
         let mut wake_at = None;
         if !hold && !free.is_empty() {
-            match schedule(&shared, on_dead_letter, &in_hand, &not_before, free.len()).await {
+            match schedule(
+                &shared,
+                on_dead_letter,
+                &in_hand,
+                &not_before,
+                &replayed,
+                free.len(),
+            )
+            .await
+            {
                 Ok(plan) => {
+                    replayed = plan.replayed;
                     let now = tokio::time::Instant::now();
                     for (seq, wait) in plan.waits {
                         not_before.insert(seq, now + wait);
@@ -183,35 +194,74 @@ fn store_failed(shared: &Shared, error: &StoreError) {
     warn!(connector = %shared.settings.name, error = %crate::outbox::Chain(error), "could not read or update the queue; trying again shortly");
 }
 
+/// Entries put back from this connector's dead-letter queue (replays): queued at the tail
+/// under a new seq, they keep their key's order by the place they first had (`origin`).
+#[derive(Clone, Debug, Default)]
+struct Replayed {
+    /// `seq → (key, first seq)` of the replayed entries still queued.
+    entries: HashMap<Seq, (Option<u64>, Seq)>,
+    /// The last seq looked at for new replays (the queue is read from there on each pass,
+    /// so each entry is looked at once; from the head after a start).
+    seen_up_to: Option<Seq>,
+}
+
 /// What one scheduling pass found.
 struct Plan {
-    /// Heads to start now, in queue order, with their keys.
+    /// Heads to start now, with their keys.
     start: Vec<(Seq, Option<u64>)>,
     /// Heads waiting for their stored retry time that the scheduler has no deadline for
     /// yet, with how long to wait (at most the policy's ceiling: a time further away means
     /// the wall clock stepped back).
     waits: Vec<(Seq, Duration)>,
+    /// The replayed entries, brought up to date.
+    replayed: Replayed,
 }
 
-/// Up to `free` heads to start now, and the heads waiting for their retry time. `not_before`
+/// Up to `free` heads to start now, and the heads waiting for their retry time.
+///
+/// A key's head is its queued entry that came first: a replayed entry (at the tail, under a
+/// new seq) goes before the entries of its key queued after its first place. `not_before`
 /// holds the scheduler's own deadlines (on the monotonic clock): a head in it waits until its
-/// deadline and then starts, whatever the wall clock says. The scan stops as soon as `free`
-/// heads are found (a lane that finishes starts the next scan).
+/// deadline and then starts, whatever the wall clock says. The scan from the head of the
+/// queue stops as soon as `free` heads are found (a lane that finishes starts the next scan).
 async fn schedule(
     shared: &Arc<Shared>,
     on_dead_letter: OnDeadLetter,
     in_hand: &HashMap<Seq, Option<u64>>,
     not_before: &HashMap<Seq, tokio::time::Instant>,
+    replayed: &Replayed,
     free: usize,
 ) -> Result<Plan, StoreError> {
     let connector = shared.settings.connector;
     let hold_key = on_dead_letter == OnDeadLetter::HoldKey;
     let in_hand = in_hand.clone();
     let not_before = not_before.clone();
+    let mut replayed = replayed.clone();
     let max_delay = shared.settings.retry.max_delay;
     shared
         .outbox
         .read(move |snapshot| {
+            // New replays since the last pass: only the part of the queue not looked at yet.
+            let from = replayed
+                .seen_up_to
+                .map_or(Seq(0), |seen| Seq(seen.0.saturating_add(1)));
+            snapshot.visit_queue(connector, from, usize::MAX, |seq, entry| {
+                replayed.seen_up_to = Some(seq);
+                if let Some(origin) = entry.origin.filter(|origin| origin.connector == connector)
+                    && origin.seq < seq
+                {
+                    replayed.entries.insert(seq, (entry.order_key, origin.seq));
+                }
+                true
+            })?;
+            let mut still = HashMap::new();
+            for (seq, found) in &replayed.entries {
+                if snapshot.queue_entry(connector, *seq)?.is_some() {
+                    still.insert(*seq, *found);
+                }
+            }
+            replayed.entries = still;
+
             let mut busy: HashSet<Option<u64>> = in_hand.values().copied().collect();
             if hold_key {
                 busy.extend(snapshot.dead_letter_keys(connector)?.into_iter().map(Some));
@@ -221,28 +271,51 @@ async fn schedule(
             let mut plan = Plan {
                 start: Vec::new(),
                 waits: Vec::new(),
+                replayed: Replayed::default(),
             };
-            snapshot.visit_queue_keys(connector, SCAN_WINDOW, |seq, key, next_attempt| {
+            // Whether `seq` may start now (else it waits, and says for how long).
+            let due = |seq: Seq, next_attempt: i64, plan: &mut Plan| match not_before.get(&seq) {
+                Some(at) => *at <= now_instant,
+                None if next_attempt > now => {
+                    let wait =
+                        Duration::from_micros(u64::try_from(next_attempt - now).unwrap_or(0))
+                            .min(max_delay);
+                    plan.waits.push((seq, wait));
+                    false
+                }
+                None => true,
+            };
+            // Each key's earliest replayed entry is that key's head if it came before every
+            // queued entry of the key (it did: they were held, or came after it).
+            let mut firsts: Vec<(Seq, Seq, Option<u64>)> = replayed
+                .entries
+                .iter()
+                .map(|(seq, (key, first))| (*first, *seq, *key))
+                .collect();
+            firsts.sort();
+            for (_, seq, key) in firsts {
+                if in_hand.contains_key(&seq) || !busy.insert(key) {
+                    continue;
+                }
+                if plan.start.len() < free
+                    && let Some(entry) = snapshot.queue_entry(connector, seq)?
+                    && due(seq, entry.next_attempt_micros, &mut plan)
+                {
+                    plan.start.push((seq, key));
+                }
+            }
+            snapshot.visit_queue(connector, Seq(0), SCAN_WINDOW, |seq, entry| {
                 // Only a key's first entry may go; whatever happens to it, its later ones
                 // wait.
-                if in_hand.contains_key(&seq) || !busy.insert(key) {
+                if in_hand.contains_key(&seq) || !busy.insert(entry.order_key) {
                     return true;
                 }
-                match not_before.get(&seq) {
-                    Some(at) if *at > now_instant => return true,
-                    Some(_) => {}
-                    None if next_attempt > now => {
-                        let wait =
-                            Duration::from_micros(u64::try_from(next_attempt - now).unwrap_or(0))
-                                .min(max_delay);
-                        plan.waits.push((seq, wait));
-                        return true;
-                    }
-                    None => {}
+                if due(seq, entry.next_attempt_micros, &mut plan) {
+                    plan.start.push((seq, entry.order_key));
                 }
-                plan.start.push((seq, key));
                 plan.start.len() < free
             })?;
+            plan.replayed = replayed;
             Ok(plan)
         })
         .await

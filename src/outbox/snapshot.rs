@@ -157,25 +157,26 @@ impl Snapshot {
         Ok(out)
     }
 
-    /// Visit up to `max_entries` entries of a connector's queue in FIFO order, without their
-    /// messages: `visit(seq, order_key, next_attempt_micros)`, until it answers false (keyed
-    /// lanes' scheduling). A damaged entry has no key (it is dead-lettered when its turn
-    /// comes).
-    pub fn visit_queue_keys(
+    /// Visit up to `max_entries` entries of a connector's queue in FIFO order from seq
+    /// `from`, without their messages: `visit(seq, entry)`, until it answers false (keyed
+    /// lanes' scheduling). A damaged entry reads as one without a key (it is dead-lettered
+    /// when its turn comes).
+    pub fn visit_queue(
         &self,
         connector: ConnectorId,
+        from: Seq,
         max_entries: usize,
-        mut visit: impl FnMut(Seq, Option<u64>, i64) -> bool,
+        mut visit: impl FnMut(Seq, &QueueEntry) -> bool,
     ) -> Result<(), StoreError> {
         let table = self.transaction.open_table(schema::QUEUE)?;
         for entry in table
-            .range((connector.0, 0)..=(connector.0, u64::MAX))?
+            .range((connector.0, from.0)..=(connector.0, u64::MAX))?
             .take(max_entries)
         {
             let (key, value) = entry?;
             let (connector, seq) = key.value();
             let entry = schema::read_queue_entry(&self.keys, (connector, seq), value.value())?;
-            if !visit(Seq(seq), entry.order_key, entry.next_attempt_micros) {
+            if !visit(Seq(seq), &entry) {
                 break;
             }
         }

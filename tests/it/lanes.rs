@@ -133,9 +133,9 @@ async fn a_failing_message_holds_only_its_own_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_releases_its_key_or_holds_it() {
     for (setting, holds) in [("continue", false), ("hold_key", true)] {
-        // P0-0 is refused (AR): it goes to the dead-letter queue.
-        let downstream = peer(|control, _| {
-            if control == "P0-0" {
+        // P0-0 is refused (AR) the first time: it goes to the dead-letter queue.
+        let downstream = peer(|control, count| {
+            if control == "P0-0" && count == 1 {
                 Answer::Ack("AR")
             } else {
                 Answer::Ack("AA")
@@ -159,7 +159,8 @@ async fn a_dead_letter_releases_its_key_or_holds_it() {
                 Some(vec![0]),
                 "{setting}: P0's later messages wait for the dead letter"
             );
-            // Replaying the dead letter releases the key: it and then the rest, in order.
+            // Replaying the dead letter releases the key: it goes first (though queued at
+            // the tail), then the rest, in order.
             let dead = app
                 .outbox()
                 .snapshot()
@@ -168,9 +169,10 @@ async fn a_dead_letter_releases_its_key_or_holds_it() {
                 .expect("dlq");
             assert_eq!(dead.len(), 1);
             app.outbox()
-                .purge(connector, dead[0].0)
+                .replay(connector, dead[0].0, None)
                 .await
-                .expect("purged");
+                .expect("replayed")
+                .expect("it was there");
         }
         eventually("P0's later messages delivered", || {
             per_key(&downstream.received())
@@ -183,6 +185,30 @@ async fn a_dead_letter_releases_its_key_or_holds_it() {
             Some(vec![0, 1, 2, 3]),
             "{setting}"
         );
+        if holds {
+            eventually("the replayed P0-0 delivered", || {
+                downstream
+                    .received()
+                    .iter()
+                    .filter(|control| *control == "P0-0")
+                    .count()
+                    == 2
+            })
+            .await;
+            let received = downstream.received();
+            let again = received
+                .iter()
+                .rposition(|control| control == "P0-0")
+                .expect("P0-0 twice");
+            let next = received
+                .iter()
+                .position(|control| control == "P0-1")
+                .expect("P0-1");
+            assert!(
+                again < next,
+                "the replayed P0-0 goes before P0-1: {received:?}"
+            );
+        }
         assert!(app.shutdown(Duration::from_secs(10)).await);
     }
 }
