@@ -283,10 +283,19 @@ impl Config {
                     ),
                     problem: problem.message,
                 }));
-                if let Some(output) = &output
-                    && connector.order_by.is_some()
-                    && output.min_interval.is_some()
-                {
+                // Keyed lanes (ADR 0015): their keys need `order_by`, and exclude
+                // `min_interval`.
+                let lanes_problem = output.as_ref().and_then(|output| {
+                    let keyed = connector.order_by.is_some();
+                    if keyed && output.min_interval.is_some() {
+                        Some("`min_interval` spaces the sends of a connector that delivers one message at a time; with `order_by` its lanes send in parallel: remove one of them")
+                    } else if !keyed && (output.lanes.is_some() || output.on_dead_letter.is_some()) {
+                        Some("`lanes` and `on_dead_letter` need `order_by` (the key messages are kept in order by, e.g. order_by: pid.id); without it the connector delivers strictly in order, one message at a time")
+                    } else {
+                        None
+                    }
+                });
+                if let Some(problem) = lanes_problem {
                     problems.push(ConfigProblem {
                         name: String::new(),
                         subject: format!(
@@ -295,22 +304,7 @@ impl Config {
                             name.value,
                             connector.kind.as_str()
                         ),
-                        problem: "`min_interval` spaces the sends of a connector that delivers one message at a time; with `order_by` its lanes send in parallel: remove one of them".to_owned(),
-                    });
-                }
-                if let Some(output) = &output
-                    && connector.order_by.is_none()
-                    && (output.lanes.is_some() || output.on_dead_letter.is_some())
-                {
-                    problems.push(ConfigProblem {
-                        name: String::new(),
-                        subject: format!(
-                            "{}: connector {:?} (type {})",
-                            place(name.at),
-                            name.value,
-                            connector.kind.as_str()
-                        ),
-                        problem: "`lanes` and `on_dead_letter` need `order_by` (the key messages are kept in order by, e.g. order_by: pid.id); without it the connector delivers strictly in order, one message at a time".to_owned(),
+                        problem: problem.to_owned(),
                     });
                 }
                 connectors.push(Connector {

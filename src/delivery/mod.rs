@@ -169,6 +169,16 @@ pub struct WorkerControl {
 }
 
 impl WorkerControl {
+    /// A control starting `paused` or not, and the worker's end of the pause signal.
+    fn new(paused: bool) -> (Self, watch::Receiver<bool>) {
+        let (paused, receiver) = watch::channel(paused);
+        let control = Self {
+            paused,
+            stats: Arc::new(DeliveryStats::default()),
+        };
+        (control, receiver)
+    }
+
     /// Stop delivering after the message in hand; intake keeps queueing.
     pub fn pause(&self) {
         self.paused.send_replace(true);
@@ -217,8 +227,8 @@ pub fn spawn_worker<O: Deliver>(
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> WorkerControl {
-    let (paused, paused_rx) = watch::channel(settings.paused);
-    let stats = Arc::new(DeliveryStats::default());
+    let (control, paused_rx) = WorkerControl::new(settings.paused);
+    let stats = Arc::clone(&control.stats);
     let worker = Worker {
         random: Random::new(u64::from(settings.connector.0)),
         settings,
@@ -232,7 +242,7 @@ pub fn spawn_worker<O: Deliver>(
         failing: None,
     };
     tracker.spawn(worker.run());
-    WorkerControl { paused, stats }
+    control
 }
 
 /// Start a connector with keyed lanes ([`lanes`], ADR 0015): one output per lane. It stops,
@@ -245,8 +255,8 @@ pub fn spawn_laned_worker<O: Deliver>(
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> WorkerControl {
-    let (paused, paused_rx) = watch::channel(settings.paused);
-    let stats = Arc::new(DeliveryStats::default());
+    let (control, paused_rx) = WorkerControl::new(settings.paused);
+    let stats = Arc::clone(&control.stats);
     tracker.spawn(lanes::run(
         settings,
         outputs,
@@ -254,9 +264,9 @@ pub fn spawn_laned_worker<O: Deliver>(
         outbox,
         shutdown,
         paused_rx,
-        Arc::clone(&stats),
+        stats,
     ));
-    WorkerControl { paused, stats }
+    control
 }
 
 struct Worker<O> {

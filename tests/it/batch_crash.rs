@@ -12,7 +12,7 @@ use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const PER_BATCH: usize = 5;
 
@@ -145,14 +145,6 @@ fn file_dropper(inbox: &Path, prefix: &str, stop: &AtomicBool) -> Vec<String> {
     dropped
 }
 
-fn pseudo_random_millis(low: u64, high: u64) -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| u64::from(elapsed.subsec_nanos()))
-        .unwrap_or_default();
-    low + nanos % (high - low)
-}
-
 fn start(dir: &Path) -> common::Server {
     common::Server::start(dir, "mfoundry.yaml", "data", &[("LISTEN_ADDR", "")])
 }
@@ -194,7 +186,7 @@ fn no_batch_is_ever_stored_in_part_across_sigkill() {
             let (inbox, stop) = (dir.join("inbox"), Arc::clone(&stop));
             std::thread::spawn(move || file_dropper(&inbox, &format!("D{round}x"), &stop))
         };
-        let kill_after = pseudo_random_millis(400, 1200);
+        let kill_after = common::pseudo_random_millis(400, 1200);
         std::thread::sleep(Duration::from_millis(kill_after));
         server.child.kill().expect("SIGKILL");
         server.child.wait().expect("reaped");

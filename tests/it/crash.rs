@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use mfoundry::outbox::{Outbox, OutboxOptions};
 
@@ -88,14 +88,6 @@ fn written_message_ids(out: &Path) -> BTreeSet<u64> {
     ids
 }
 
-fn pseudo_random_millis(low: u64, high: u64) -> u64 {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| u64::from(elapsed.subsec_nanos()))
-        .unwrap_or_default();
-    low + nanos % (high - low)
-}
-
 #[test]
 fn every_aa_survives_sigkill_with_exactly_its_queue_entries() {
     survives_sigkill("false");
@@ -138,7 +130,7 @@ fn survives_sigkill(journal: &str) {
                 })
             })
             .collect();
-        let kill_after = pseudo_random_millis(300, 900);
+        let kill_after = common::pseudo_random_millis(300, 900);
         std::thread::sleep(Duration::from_millis(kill_after));
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");

@@ -34,23 +34,7 @@ fn ids(range: std::ops::RangeInclusive<usize>) -> Vec<String> {
     range.map(|n| format!("M{n}")).collect()
 }
 
-/// Wait until `condition` holds (checked every 10 ms), at most 30 s.
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    eventually_within(Duration::from_secs(30), what, condition).await;
-}
-
-/// Wait until `condition` holds (checked every 10 ms), at most `limit` (of paused time in
-/// paused tests).
-async fn eventually_within(limit: Duration, what: &str, condition: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
+use common::{eventually, eventually_within};
 
 fn delivered(app: &common::TestApp, connector: &str) -> u64 {
     app.worker(connector)

@@ -56,24 +56,6 @@ fn drop_file(inbox: &Path, name: &str, contents: &str) {
     std::fs::rename(&partial, inbox.join(name)).expect("rename");
 }
 
-fn names(folder: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(folder)
-        .map(|entries| {
-            entries
-                .map(|entry| {
-                    entry
-                        .expect("entry")
-                        .file_name()
-                        .to_string_lossy()
-                        .into_owned()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 #[test]
 fn files_are_stored_whole_moved_and_never_stored_twice() {
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -97,11 +79,11 @@ fn files_are_stored_whole_moved_and_never_stored_twice() {
     let done = inbox.join("done");
     let error = inbox.join("error");
     wait_until("three files taken", || {
-        names(&done).len() == 2 && names(&error).len() >= 4
+        common::file_names(&done).len() == 2 && common::file_names(&error).len() >= 4
     });
-    assert_eq!(names(&done), ["good.hl7", "mixed.hl7"]);
+    assert_eq!(common::file_names(&done), ["good.hl7", "mixed.hl7"]);
     assert_eq!(
-        names(&error),
+        common::file_names(&error),
         [
             "junk.hl7",
             "junk.hl7.reason.txt",
@@ -134,7 +116,7 @@ fn files_are_stored_whole_moved_and_never_stored_twice() {
     // its SHA-256, moved, nothing stored twice.
     drop_file(&inbox, "good-again.hl7", &good);
     wait_until("the file read again is moved", || {
-        names(&done).contains(&"good-again.hl7".to_owned())
+        common::file_names(&done).contains(&"good-again.hl7".to_owned())
     });
     server.wait_for_log("nothing stored twice", 1);
     // Each file is a frame of the listener: two stored, one partly refused, one unreadable.
@@ -187,8 +169,10 @@ fn a_file_still_being_written_is_not_read_until_it_settles() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let done = inbox.join("done");
-    wait_until("the settled file is taken", || !names(&done).is_empty());
-    assert_eq!(names(&done), ["slow.hl7"], "read once, whole");
+    wait_until("the settled file is taken", || {
+        !common::file_names(&done).is_empty()
+    });
+    assert_eq!(common::file_names(&done), ["slow.hl7"], "read once, whole");
     server.stop();
     let stored = stored(dir, &["out"]);
     assert_eq!(stored.len(), 15, "every message of the file: {stored:?}");

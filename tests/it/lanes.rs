@@ -7,6 +7,7 @@ use crate::common;
 
 use std::time::Duration;
 
+use common::eventually;
 use common::peer::{Answer, peer};
 
 /// `count` messages for each of `patients`, interleaved (P0-0, P1-0, …, P0-1, …); control
@@ -52,17 +53,6 @@ fn per_key(received: &[String]) -> std::collections::BTreeMap<String, Vec<usize>
         }
     }
     keys
-}
-
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

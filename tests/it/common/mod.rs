@@ -690,3 +690,44 @@ pub fn count_files(directory: &Path) -> usize {
             .sum()
     })
 }
+
+/// The names of the files in `folder` (none when it does not exist), sorted.
+pub fn file_names(folder: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// A number of milliseconds in `low..high` taken from the clock (kill times in crash tests).
+pub fn pseudo_random_millis(low: u64, high: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| u64::from(elapsed.subsec_nanos()))
+        .unwrap_or_default();
+    low + nanos % (high - low)
+}
+
+/// Wait until `condition` holds (checked every 10 ms), at most `limit` (of paused time in
+/// paused tests).
+pub async fn eventually_within(limit: Duration, what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Wait until `condition` holds (checked every 10 ms), at most 30 s.
+pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    eventually_within(Duration::from_secs(30), what, condition).await;
+}
