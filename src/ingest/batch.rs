@@ -115,20 +115,19 @@ impl Ingest {
         file: Option<FileMark>,
     ) -> BatchOutcome {
         let received_at_micros = chrono::Utc::now().timestamp_micros();
+        // One configuration decides the whole batch (a reload takes effect at the next one).
+        let decider = self.current();
         let envelope = match parse_envelope(&raw) {
             Ok(envelope) => envelope,
             Err(error) => {
                 return self.unreadable(&raw, format!("the batch cannot be read: {error}"));
             }
         };
-        let decisions = self.off_runtime(|| {
+        let decisions = super::off_runtime(&decider, || {
             let mut decisions = Vec::with_capacity(envelope.message_count());
             for (group, messages) in envelope.groups.iter().enumerate() {
                 for message in &messages.messages {
-                    decisions.push((
-                        group,
-                        self.decider.decide_frame(message.clone(), from.identity),
-                    ));
+                    decisions.push((group, decider.decide_frame(message.clone(), from.identity)));
                 }
             }
             decisions
@@ -157,7 +156,7 @@ impl Ingest {
             .collect();
         if !count_problems.is_empty() {
             tracing::warn!(
-                listener = %self.decider.listener,
+                listener = %decider.listener,
                 problems = %count_problems.join("; "),
                 accepted = self.batches.count_mismatch == CountMismatch::Accept,
                 "batch trailer counts differ from what was received"
@@ -194,7 +193,7 @@ impl Ingest {
         }
         let mut messages = Vec::with_capacity(items.len());
         for item in &mut items {
-            messages.push(self.new_message(
+            messages.push(decider.new_message(
                 &mut item.decided,
                 received_at_micros,
                 from.peer,
@@ -236,7 +235,7 @@ impl Ingest {
                             result.outcome.message_id.get_or_insert(id);
                             if item.decided.verdict == Verdict::Accept {
                                 result.stored += 1;
-                                self.count_routes(routes);
+                                decider.count_routes(routes);
                             }
                             acks.push(item.decided.ack.take());
                         }
@@ -259,7 +258,7 @@ impl Ingest {
                     .iter()
                     .any(|item| item.decided.verdict == Verdict::Accept);
                 if accepted {
-                    tracing::error!(error = %crate::outbox::Chain(&store_error), listener = %self.decider.listener, messages = items.len(), "batch could not be stored; answering with an error");
+                    tracing::error!(error = %crate::outbox::Chain(&store_error), listener = %decider.listener, messages = items.len(), "batch could not be stored; answering with an error");
                     result.store_failed = true;
                     result.outcome.reason = Some(Reason::StoreFailed);
                 } else {
@@ -303,7 +302,7 @@ impl Ingest {
                         by_group[item.group].push(ack);
                     }
                 }
-                envelope.reply(&by_group, &self.decider.stamper.stamp())
+                envelope.reply(&by_group, &decider.stamper.stamp())
             }
             BatchAck::Batch => {
                 let text = result
@@ -348,12 +347,7 @@ impl Ingest {
             Ok(header) => {
                 let error = AckError::new(ErrorCode::SegmentSequenceError, None, reason.clone());
                 Reply::Ack {
-                    bytes: build_ack(
-                        &header,
-                        AckCode::AR,
-                        Some(&error),
-                        &self.decider.stamper.stamp(),
-                    ),
+                    bytes: build_ack(&header, AckCode::AR, Some(&error), &self.stamp()),
                     code: AckCode::AR,
                 }
             }
@@ -406,7 +400,7 @@ impl Ingest {
             };
             AckError::new(error_code, None, text)
         });
-        build_ack(&header, code, error.as_ref(), &self.decider.stamper.stamp())
+        build_ack(&header, code, error.as_ref(), &self.stamp())
     }
 
     /// Refuse a decided message because its batch is refused: nothing queued, stored as
@@ -449,9 +443,16 @@ impl Ingest {
                 &decided.message,
                 code,
                 decided.error.as_ref(),
-                &self.decider.stamper.stamp(),
+                &self.stamp(),
             )
         });
+    }
+}
+
+impl Ingest {
+    /// A fresh ACK stamp (the stamper does not change with a reload).
+    fn stamp(&self) -> crate::hl7::AckStamp {
+        self.current().stamper.stamp()
     }
 }
 

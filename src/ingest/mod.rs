@@ -57,7 +57,10 @@ pub struct UnknownConnector(pub String);
 /// Checks, validates, routes, stores and answers frames: a [`Decider`] and the outbox.
 #[derive(Debug, Clone)]
 pub struct Ingest {
-    decider: Decider,
+    /// What decides, shared by every clone (every connection of the listener) and replaced
+    /// whole by a configuration reload: each frame or batch reads it once, so a message is
+    /// decided by one configuration, never a mix.
+    decider: Arc<std::sync::RwLock<Arc<Decider>>>,
     outbox: Outbox,
     /// How batches are answered and checked.
     batches: BatchSettings,
@@ -296,11 +299,39 @@ impl Ingest {
         connector_id: impl Fn(&str) -> Option<ConnectorId>,
         listener: &str,
     ) -> Result<Self, UnknownConnector> {
+        let decider = Decider::new(default_charset, stamper, rules, connector_id, listener)?;
         Ok(Self {
-            decider: Decider::new(default_charset, stamper, rules, connector_id, listener)?,
+            decider: Arc::new(std::sync::RwLock::new(Arc::new(decider))),
             outbox,
             batches: BatchSettings::default(),
         })
+    }
+
+    /// The decider in force now.
+    pub fn current(&self) -> Arc<Decider> {
+        match self.decider.read() {
+            Ok(current) => Arc::clone(&current),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Decide with `decider` from the next frame on, in every clone of this ingest (a
+    /// configuration reload). Frames in hand finish with the one they started with.
+    pub fn replace(&self, decider: Decider) {
+        let mut current = match self.decider.write() {
+            Ok(current) => current,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *current = Arc::new(decider);
+    }
+
+    /// Change the decider while building (before the ingest is shared).
+    fn rebuilt(self, change: impl FnOnce(Decider) -> Decider) -> Self {
+        let decider = change((*self.current()).clone());
+        Self {
+            decider: Arc::new(std::sync::RwLock::new(Arc::new(decider))),
+            ..self
+        }
     }
 
     /// Answer and check batches this way.
@@ -312,26 +343,24 @@ impl Ingest {
 
     /// Transform each connector's copy with its steps before it is stored.
     #[must_use]
-    pub fn with_transforms(mut self, transforms: Arc<Transforms>) -> Self {
-        self.decider = self.decider.with_transforms(transforms);
-        self
+    pub fn with_transforms(self, transforms: Arc<Transforms>) -> Self {
+        self.rebuilt(|decider| decider.with_transforms(transforms))
     }
 
     /// Count into another listener's route counters ([`Decider::with_route_counters`]).
     #[must_use]
-    pub fn with_route_counters(mut self, counters: &[Arc<RouteCounters>]) -> Self {
-        self.decider = self.decider.with_route_counters(counters);
-        self
+    pub fn with_route_counters(self, counters: &[Arc<RouteCounters>]) -> Self {
+        self.rebuilt(|decider| decider.with_route_counters(counters))
     }
 
     /// Whether `tls_senders` is set.
     pub fn has_senders(&self) -> bool {
-        self.decider.senders.is_some()
+        self.current().senders.is_some()
     }
 
     /// Whether `tls_senders` names this certificate; `None` without `tls_senders`.
     pub fn knows_sender(&self, identity: &crate::tls::PeerIdentity) -> Option<bool> {
-        self.decider
+        self.current()
             .senders
             .as_ref()
             .map(|senders| senders.knows(identity))
@@ -339,14 +368,13 @@ impl Ingest {
 
     /// Check each message's MSH-3/MSH-4 against its connection's client certificate.
     #[must_use]
-    pub fn with_senders(mut self, senders: Option<crate::tls::SenderMap>) -> Self {
-        self.decider = self.decider.with_senders(senders);
-        self
+    pub fn with_senders(self, senders: Option<crate::tls::SenderMap>) -> Self {
+        self.rebuilt(|decider| decider.with_senders(senders))
     }
 
     /// Intake counters of each routed connector (the connector id is in each).
     pub fn route_counters(&self) -> Vec<Arc<RouteCounters>> {
-        self.decider.routes.to_vec()
+        self.current().routes.to_vec()
     }
 
     /// Decide, store and answer one frame from `peer`, whose client certificate (mTLS) named
@@ -379,14 +407,15 @@ impl Ingest {
             return self.handle_batch(frame, &from, None).await.outcome;
         }
         let received_at_micros = chrono::Utc::now().timestamp_micros();
-        let decided = self.off_runtime(|| self.decider.decide_frame(frame, identity));
+        let decider = self.current();
+        let decided = off_runtime(&decider, || decider.decide_frame(frame, identity));
         let decided = match decided {
             Decision::Done(outcome) => return outcome,
             Decision::Decided(decided) => decided,
         };
         let mut decided = *decided;
         let new_message =
-            self.new_message(&mut decided, received_at_micros, peer, identity, sender);
+            decider.new_message(&mut decided, received_at_micros, peer, identity, sender);
         let decided_routes = new_message.record.routes.clone();
         let stored = self.outbox.append(new_message).await;
         let Decided {
@@ -407,7 +436,7 @@ impl Ingest {
         };
         match stored {
             Ok(Appended::Stored { id }) => {
-                self.count_routes(&decided_routes);
+                decider.count_routes(&decided_routes);
                 Outcome {
                     reply: reply(ack),
                     control_id,
@@ -437,12 +466,7 @@ impl Ingest {
                 );
                 let reply = match mode.reply_code(Verdict::Error) {
                     Some(code) => Reply::Ack {
-                        bytes: build_ack(
-                            &message,
-                            code,
-                            Some(&error),
-                            &self.decider.stamper.stamp(),
-                        ),
+                        bytes: build_ack(&message, code, Some(&error), &decider.stamper.stamp()),
                         code,
                     },
                     // The sender asked for no error ACK, but this message is not stored: close
@@ -468,22 +492,9 @@ impl Ingest {
             }
         }
     }
+}
 
-    /// Run `decide` where rules and transforms may take their time (bounded at load, ADR
-    /// 0012): never on a runtime thread other connections' tasks need, when the runtime has
-    /// others to hand them to.
-    fn off_runtime<T>(&self, decide: impl FnOnce() -> T) -> T {
-        let evaluates = self.decider.rules.evaluates() || self.decider.transforms.is_some();
-        let off_runtime = evaluates
-            && tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread;
-        if off_runtime {
-            tokio::task::block_in_place(decide)
-        } else {
-            decide()
-        }
-    }
-
+impl Decider {
     /// What is stored for a decided message (its copies are moved out of `decided`).
     fn new_message(
         &self,
@@ -497,7 +508,7 @@ impl Ingest {
         let record = MessageRecord {
             received_at_micros,
             peer: peer.to_string(),
-            listener: self.decider.listener.to_string(),
+            listener: self.listener.to_string(),
             header: header_fields(message),
             disposition: decided.disposition,
             reason: decided.error.as_ref().map(|error| match decided.reason {
@@ -533,10 +544,10 @@ impl Ingest {
     fn count_routes(&self, routes: &[Route]) {
         use std::sync::atomic::Ordering;
         debug_assert!(
-            routes.is_empty() || routes.len() == self.decider.routes.len(),
+            routes.is_empty() || routes.len() == self.routes.len(),
             "one route per connector, or none"
         );
-        for (route, counters) in routes.iter().zip(self.decider.routes.iter()) {
+        for (route, counters) in routes.iter().zip(self.routes.iter()) {
             debug_assert_eq!(
                 route.connector, counters.connector,
                 "routes in connector order"
@@ -547,9 +558,7 @@ impl Ingest {
             };
         }
     }
-}
 
-impl Decider {
     /// Header checks, validation rules, routing, transforms. `routes` gets one entry per
     /// connector, `copies` one per connector that takes the message and transforms it.
     fn decide(
@@ -732,5 +741,20 @@ impl Decider {
             return Err(Refusal::reject(Reason::InvalidCharacters, error));
         }
         Ok(())
+    }
+}
+
+/// Run `decide` where rules and transforms may take their time (bounded at load, ADR 0012):
+/// never on a runtime thread other connections' tasks need, when the runtime has others to
+/// hand them to.
+fn off_runtime<T>(decider: &Decider, decide: impl FnOnce() -> T) -> T {
+    let evaluates = decider.rules.evaluates() || decider.transforms.is_some();
+    let off_runtime = evaluates
+        && tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread;
+    if off_runtime {
+        tokio::task::block_in_place(decide)
+    } else {
+        decide()
     }
 }
