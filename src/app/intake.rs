@@ -29,6 +29,9 @@ pub(super) struct Bound {
     pub(super) stats: Arc<ListenerStats>,
     /// Its TLS (reloaded on SIGHUP and file changes).
     pub(super) tls: Option<TlsServer>,
+    /// Its ingest (a clone shares the decider a configuration reload replaces); taken at
+    /// shutdown (it holds the outbox).
+    pub(super) ingest: Option<Ingest>,
 }
 
 /// The bound listeners and their connection tasks.
@@ -38,6 +41,8 @@ pub(super) struct Intake {
     pub(super) listeners: Vec<Bound>,
     /// What intake decided per connector, over every listener.
     pub(super) route_counters: Vec<Arc<RouteCounters>>,
+    /// The ACK stamps every listener uses (kept for the deciders a reload builds).
+    stamper: Arc<dyn AckStamper>,
     /// Cancelled to stop accepting and close idle connections.
     shutdown: CancellationToken,
     /// Tracks the accept loops, every connection task and the TLS watchers.
@@ -126,9 +131,23 @@ impl Intake {
         Ok(Self {
             listeners: bound,
             route_counters: route_counters.unwrap_or_default(),
+            stamper,
             shutdown,
             tracker,
         })
+    }
+
+    /// What a configuration reload needs to give every listener a new decider.
+    pub(super) fn reload_handles(&self) -> super::reload::Deciders {
+        super::reload::Deciders {
+            listeners: self
+                .listeners
+                .iter()
+                .filter_map(|bound| Some((bound.name.clone(), bound.ingest.clone()?)))
+                .collect(),
+            route_counters: self.route_counters.clone(),
+            stamper: Arc::clone(&self.stamper),
+        }
     }
 
     /// Stop accepting and let connections finish the frame in hand (each gets its ACK after
@@ -147,7 +166,7 @@ impl Intake {
 }
 
 /// The rules `listener` applies: every rule, or the ones its `rules:` names.
-fn listener_rules(
+pub(super) fn listener_rules(
     config: &Config,
     listener: &ListenerConfig,
     all: &Arc<RuleSet>,
@@ -218,6 +237,7 @@ async fn serve(
         .context("listener has no local address")?;
     refuse_clear_text(listener, tls.is_some(), local_addr, "MLLP")?;
     let stats = Arc::new(ListenerStats::default());
+    let handle = ingest.clone();
     let served = mllp::Listener::new(
         settings.clone(),
         ingest,
@@ -241,6 +261,7 @@ async fn serve(
         local_addr,
         stats,
         tls,
+        ingest: Some(handle),
     })
 }
 
@@ -289,6 +310,7 @@ async fn serve_http(
             })?;
     refuse_clear_text(listener, tls.is_some(), local_addr, "HTTP")?;
     let stats = Arc::new(ListenerStats::default());
+    let handle = ingest.clone();
     let state = Arc::new(crate::http_intake::HttpIntake {
         ingest,
         tokens,
@@ -331,6 +353,7 @@ async fn serve_http(
         local_addr,
         stats,
         tls,
+        ingest: Some(handle),
     })
 }
 
@@ -349,6 +372,7 @@ fn serve_directory(
     };
     let name = listener.settings.name.clone();
     let stats = Arc::new(ListenerStats::default());
+    let handle = ingest.clone();
     let directory = crate::file_intake::DirectoryListener::new(
         settings.clone(),
         ingest,
@@ -369,6 +393,7 @@ fn serve_directory(
         local_addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         stats,
         tls: None,
+        ingest: Some(handle),
     })
 }
 

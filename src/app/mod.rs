@@ -28,7 +28,10 @@ fn bind_error(setting: &str, addr: &str, error: &std::io::Error, instead: &str) 
 mod descriptors;
 mod intake;
 mod metrics;
+mod reload;
 mod store;
+
+pub use reload::Reloaded;
 
 /// How long requests in flight on the admin API or the metrics endpoint get once shutdown
 /// reaches them, at least (within `DRAIN_TIMEOUT` when more of it is left).
@@ -80,7 +83,13 @@ pub struct AppOptions {
     pub stamper: Option<Arc<dyn AckStamper>>,
     /// Outbox storage (default: the files in `DATA_DIR`).
     pub storage: Option<Arc<dyn Storage>>,
+    /// Where a configuration reload reads the environment (default: the process's), so it
+    /// sees the values the configuration was loaded with.
+    pub environment: Option<Environment>,
 }
+
+/// A stand-in for the process environment: a variable's value by name.
+pub type Environment = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 impl std::fmt::Debug for AppOptions {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +97,7 @@ impl std::fmt::Debug for AppOptions {
             .debug_struct("AppOptions")
             .field("stamper", &self.stamper)
             .field("storage", &self.storage)
+            .field("environment", &self.environment.is_some())
             .finish()
     }
 }
@@ -104,6 +114,16 @@ pub struct RunningApp {
     /// What the admin API and the metrics read; holds an outbox handle, dropped before the
     /// writer is joined (metric callbacks hold it weakly).
     gateway: Arc<Gateway>,
+    /// Configuration reloads (with a file): the reloader, its watching task and its switch.
+    reload: Option<Reload>,
+}
+
+/// The configuration reload's parts.
+#[derive(Debug)]
+struct Reload {
+    reloader: Arc<tokio::sync::Mutex<reload::Reloader>>,
+    task: tokio::task::JoinHandle<()>,
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl RunningApp {
@@ -161,6 +181,26 @@ impl RunningApp {
         // Before the admin API, whose address line ends what tests wait for at startup.
         let metrics = metrics::Metrics::bind(settings).await?;
         let admin = admin::Admin::bind(settings, tokens, state).await?;
+        let environment = options
+            .environment
+            .unwrap_or_else(|| Arc::new(|name: &str| std::env::var(name).ok()));
+        let reload = reload::Reloader::new(
+            &config,
+            intake.reload_handles(),
+            store.outbox.clone(),
+            Arc::clone(&gateway),
+            environment,
+        )
+        .map(|reloader| {
+            let reloader = Arc::new(tokio::sync::Mutex::new(reloader));
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let task = tokio::spawn(reload::watch(Arc::clone(&reloader), shutdown.clone()));
+            Reload {
+                reloader,
+                task,
+                shutdown,
+            }
+        });
         gateway.readiness.set_ready();
         Ok(Self {
             store,
@@ -169,6 +209,7 @@ impl RunningApp {
             admin,
             metrics,
             gateway,
+            reload,
         })
     }
 
@@ -188,6 +229,21 @@ impl RunningApp {
             }
         }
         outcome
+    }
+
+    /// Load the configuration file again now (as SIGHUP does): what intake decides with is
+    /// replaced, or every reason why not (the running configuration then stays). An error
+    /// when the gateway runs without a file.
+    pub async fn reload_config(&self) -> Result<Reloaded, Vec<String>> {
+        let Some(reload) = &self.reload else {
+            return Err(vec![
+                "the gateway runs without a configuration file".to_owned(),
+            ]);
+        };
+        let mut reloader = reload.reloader.lock().await;
+        let reloaded = reloader.reload().await;
+        reload::report(reloader.file(), &reloaded);
+        reloaded
     }
 
     /// The admin API's address, when it is on.
@@ -228,9 +284,13 @@ impl RunningApp {
     /// intake, delivery, the admin API, the metrics endpoint and the store stop in that order (see the module
     /// documentation). What the deadline cut short is logged. Returns false when something
     /// was cut short.
-    pub async fn shutdown(self, drain_timeout: Duration) -> bool {
+    pub async fn shutdown(mut self, drain_timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + drain_timeout;
         self.gateway.readiness.set_draining();
+        if let Some(reload) = self.reload {
+            reload.shutdown.cancel();
+            let _ = reload.task.await;
+        }
         let received = self.intake.shutdown(deadline).await;
         let delivered = self.delivery.shutdown(deadline).await;
         if let Some(admin) = self.admin {
@@ -240,6 +300,10 @@ impl RunningApp {
             metrics.shutdown(deadline).await;
         }
         drop(self.gateway);
+        // The listeners' ingest handles hold the outbox: gone before its writer is joined.
+        for bound in &mut self.intake.listeners {
+            bound.ingest = None;
+        }
         self.store.shutdown(!(received && delivered)).await;
         let (connections, frames) = self.intake.listeners.iter().fold((0, 0), |sum, bound| {
             let stats = bound.stats.snapshot();
@@ -316,7 +380,7 @@ async fn gateway(
             .collect(),
         readiness: Arc::new(Readiness::default()),
         default_charset: settings.default_charset,
-        transforms,
+        transforms: std::sync::RwLock::new(transforms),
         started: std::time::Instant::now(),
     })
 }

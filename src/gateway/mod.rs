@@ -83,13 +83,31 @@ pub struct Gateway {
     pub readiness: Arc<Readiness>,
     /// Decodes bodies whose MSH-18 is empty.
     pub default_charset: Charset,
-    /// The connectors' transform steps, for reprocessing.
-    pub transforms: Arc<crate::transform::Transforms>,
+    /// The connectors' transform steps, for reprocessing (replaced by a configuration
+    /// reload; read through [`Gateway::transforms`]).
+    pub transforms: std::sync::RwLock<Arc<crate::transform::Transforms>>,
     /// When the gateway started.
     pub started: Instant,
 }
 
 impl Gateway {
+    /// The connectors' transform steps in force now.
+    pub fn transforms(&self) -> Arc<crate::transform::Transforms> {
+        match self.transforms.read() {
+            Ok(current) => Arc::clone(&current),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Use these transform steps from now on (a configuration reload).
+    pub fn replace_transforms(&self, transforms: Arc<crate::transform::Transforms>) {
+        let mut current = match self.transforms.write() {
+            Ok(current) => current,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *current = transforms;
+    }
+
     /// A configured connector by name.
     pub fn connector(&self, name: &str) -> Option<&ConnectorHandle> {
         self.connectors

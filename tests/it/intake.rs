@@ -247,6 +247,7 @@ async fn start_counting(directory: &std::path::Path) -> (RunningApp, tokio::net:
     let options = AppOptions {
         stamper: Some(Arc::new(CountingStamper::default())),
         storage: None,
+        environment: None,
     };
     let app = RunningApp::start_with(config, options)
         .await
@@ -296,6 +297,7 @@ async fn start_on(disk: &common::MemoryDisk) -> (RunningApp, tempfile::TempDir) 
     let options = AppOptions {
         stamper: Some(Arc::new(CountingStamper::default())),
         storage: Some(disk.storage()),
+        environment: None,
     };
     let app = RunningApp::start_with(config, options)
         .await

@@ -34,6 +34,7 @@ mod outbox;
 mod outputs;
 mod phi;
 mod prometheus;
+mod reload;
 mod rules;
 mod send;
 mod store;

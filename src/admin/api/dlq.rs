@@ -46,7 +46,7 @@ fn dead_letters(state: &AdminState) -> DeadLetters<'_> {
             .gateway
             .connectors
             .iter()
-            .filter(|connector| state.gateway.transforms.transforms(&connector.name))
+            .filter(|connector| state.gateway.transforms().transforms(&connector.name))
             .map(|connector| connector.name.clone())
             .collect(),
     )

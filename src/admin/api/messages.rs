@@ -428,7 +428,7 @@ pub async fn reprocess_messages(
                 let charset = message.charset(state.gateway.default_charset).charset();
                 match state
                     .gateway
-                    .transforms
+                    .transforms()
                     .apply(&name, &message, charset, &record.listener)
                 {
                     Ok(Some(bytes)) => Some(StoredCopy::Bytes(Bytes::from(bytes))),
@@ -437,7 +437,7 @@ pub async fn reprocess_messages(
                 }
             }
             // A stored frame without a header (kept for the record) has nothing to transform.
-            Err(_) if state.gateway.transforms.transforms(&name) => Some(StoredCopy::Failed(
+            Err(_) if state.gateway.transforms().transforms(&name) => Some(StoredCopy::Failed(
                 "the stored frame has no MSH segment to transform".to_owned(),
             )),
             Err(_) => None,

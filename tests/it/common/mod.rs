@@ -29,9 +29,9 @@ pub fn fixed_stamp() -> AckStamp {
     }
 }
 
-/// A configuration for a test server on an ephemeral loopback port with its data in
-/// `data_dir`, `yaml` as its file (if any) and `overrides` as environment.
-pub fn config(data_dir: &Path, yaml: Option<&str>, overrides: &[(&str, &str)]) -> Config {
+/// The environment of a test server: an ephemeral loopback port, its data in `data_dir`,
+/// and `overrides`.
+pub fn environment(data_dir: &Path, overrides: &[(&str, &str)]) -> mfoundry::app::Environment {
     let mut vars: Vec<(String, String)> = vec![
         ("LISTEN_ADDR".into(), "127.0.0.1:0".into()),
         ("ADMIN_ADDR".into(), "127.0.0.1:0".into()),
@@ -42,19 +42,26 @@ pub fn config(data_dir: &Path, yaml: Option<&str>, overrides: &[(&str, &str)]) -
             .iter()
             .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
     );
+    Arc::new(move |name: &str| {
+        vars.iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    })
+}
+
+/// A configuration for a test server on an ephemeral loopback port with its data in
+/// `data_dir`, `yaml` as its file (if any) and `overrides` as environment.
+pub fn config(data_dir: &Path, yaml: Option<&str>, overrides: &[(&str, &str)]) -> Config {
+    let environment = environment(data_dir, overrides);
     let file = yaml.map(|text| {
         let path = data_dir.join("mfoundry.yaml");
         std::fs::create_dir_all(data_dir).expect("data dir");
         std::fs::write(&path, text).expect("write yaml");
         path
     });
-    Config::load_with(file.as_deref(), &|name| {
-        vars.iter()
-            .rev()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.clone())
-    })
-    .unwrap_or_else(|errors| panic!("test configuration is valid: {errors}"))
+    Config::load_with(file.as_deref(), &|name| environment(name))
+        .unwrap_or_else(|errors| panic!("test configuration is valid: {errors}"))
 }
 
 /// A running app with its own data directory, removed when dropped.
@@ -91,6 +98,16 @@ impl TestApp {
         self.app.worker(connector).expect("connector has a worker")
     }
     /// Shut down; true when every connection finished in time.
+    /// Load the configuration file again (as SIGHUP does).
+    pub async fn reload_config(&self) -> Result<mfoundry::app::Reloaded, Vec<String>> {
+        self.app.reload_config().await
+    }
+
+    /// The configuration file (written by [`start_with_yaml`]).
+    pub fn config_file(&self) -> std::path::PathBuf {
+        self.directory.path().join("mfoundry.yaml")
+    }
+
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.app.shutdown(grace).await
     }
@@ -108,6 +125,7 @@ pub async fn start_with_yaml(yaml: Option<&str>, overrides: &[(&str, &str)]) -> 
     let options = AppOptions {
         stamper: Some(Arc::new(FixedStamper(fixed_stamp()))),
         storage: None,
+        environment: Some(environment(directory.path(), overrides)),
     };
     let app = RunningApp::start_with(config, options)
         .await

@@ -1,0 +1,273 @@
+//! Configuration reload: on SIGHUP, and when the file changes (its size, times and inode,
+//! looked at every [`POLL`]), the file is loaded and compiled again. What intake decides with
+//! (validation rules, filters, `order_by`, transform steps and tables, `tls_senders`, each
+//! listener's `rules:`) is replaced for the next frame of every listener: a message is
+//! decided by the old or the new configuration, never a mix. A file that does not load, or
+//! that changes what this version cannot change while running (settings, connectors,
+//! listeners), keeps the running configuration, and says why. Every reload, applied or not,
+//! is in the audit trail with the SHA-256 of the file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::hl7::AckStamper;
+use crate::ingest::{Ingest, RouteCounters};
+use crate::outbox::Outbox;
+use crate::outbox::audit::AuditEvent;
+
+/// How often the file is looked at for a change.
+const POLL: Duration = Duration::from_secs(2);
+
+/// Every listener's ingest, and what their deciders are built with.
+#[derive(Debug)]
+pub(super) struct Deciders {
+    /// `(listener name, ingest)`, in the order the listeners were bound.
+    pub(super) listeners: Vec<(String, Ingest)>,
+    /// The connectors' intake counters, shared by every listener.
+    pub(super) route_counters: Vec<Arc<RouteCounters>>,
+    /// The ACK stamps.
+    pub(super) stamper: Arc<dyn AckStamper>,
+}
+
+/// What a reload did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The new rules, filters, transforms and senders are in force.
+    Applied,
+    /// The file is the one in force already.
+    Unchanged,
+}
+
+/// What reloads need between them.
+pub(super) struct Reloader {
+    file: PathBuf,
+    deciders: Deciders,
+    outbox: Outbox,
+    gateway: Arc<Gateway>,
+    /// What must not change without a restart, as it was loaded.
+    fixed: String,
+    /// The SHA-256 of the file in force.
+    in_force: String,
+    /// The environment the configuration is read with.
+    environment: super::Environment,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Reloader")
+            .field("file", &self.file)
+            .field("in_force", &self.in_force)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a running gateway cannot change: the settings, each connector's type and output
+/// settings, each listener's type, address, limits and TLS. Compared as a whole; never shown.
+fn fixed_part(config: &Config) -> String {
+    use std::fmt::Write as _;
+    let mut text = format!("{:?}\n", config.settings);
+    for connector in &config.connectors {
+        let _ = writeln!(
+            text,
+            "connector {} {:?} {:?}",
+            connector.name, connector.kind, connector.output
+        );
+    }
+    for listener in &config.listeners {
+        let _ = writeln!(
+            text,
+            "listener {:?} {:?} {:?} {} {}",
+            listener.kind, listener.settings, listener.tls, listener.require_tls, listener.entry
+        );
+    }
+    text
+}
+
+/// What differs, by name (settings, connectors, listeners), without values.
+fn what_differs(old: &str, new: &str) -> Vec<String> {
+    let lines = |text: &str| -> Vec<String> { text.lines().map(str::to_owned).collect() };
+    let (old, new) = (lines(old), lines(new));
+    let name = |line: &str| -> String {
+        let mut words = line.split(' ');
+        match (words.next(), words.next()) {
+            (Some("connector"), Some(name)) => format!("connector {name}"),
+            (Some("listener"), _) => "a listener".to_owned(),
+            _ => "the settings".to_owned(),
+        }
+    };
+    let mut differs: Vec<String> = old
+        .iter()
+        .filter(|line| !new.contains(line))
+        .chain(new.iter().filter(|line| !old.contains(line)))
+        .map(|line| name(line))
+        .collect();
+    differs.sort();
+    differs.dedup();
+    differs
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    Sha256::digest(bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
+}
+
+impl Reloader {
+    /// A reloader for the file `config` was loaded from; `None` without a file.
+    pub(super) fn new(
+        config: &Config,
+        deciders: Deciders,
+        outbox: Outbox,
+        gateway: Arc<Gateway>,
+        environment: super::Environment,
+    ) -> Option<Self> {
+        let file = config.file.clone()?;
+        let in_force = std::fs::read(&file)
+            .map(|bytes| sha256_hex(&bytes))
+            .unwrap_or_default();
+        Some(Self {
+            file,
+            deciders,
+            outbox,
+            gateway,
+            fixed: fixed_part(config),
+            in_force,
+            environment,
+        })
+    }
+
+    /// The file reloaded.
+    pub(super) fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// Load the file again and put what intake decides with in force; every problem, or
+    /// what would need a restart, otherwise (the running configuration stays).
+    pub(super) async fn reload(&mut self) -> Result<Reloaded, Vec<String>> {
+        let bytes = std::fs::read(&self.file)
+            .map_err(|error| vec![format!("cannot read {}: {error}", self.file.display())])?;
+        let sha = sha256_hex(&bytes);
+        if sha == self.in_force {
+            return Ok(Reloaded::Unchanged);
+        }
+        let outcome = self.load(&self.file.clone());
+        let audit_outcome = match &outcome {
+            Ok(()) => format!("applied; sha256 {sha}"),
+            Err(problems) => format!(
+                "refused ({} problems), the running configuration stays; sha256 {sha}",
+                problems.len()
+            ),
+        };
+        let event = AuditEvent::Admin {
+            token_id: "system".to_owned(),
+            action: "config.reload".to_owned(),
+            target: self.file.display().to_string(),
+            outcome: audit_outcome,
+        };
+        if let Err(error) = self.outbox.audit(event).await {
+            warn!(error = %crate::outbox::Chain(&error), "the configuration reload could not be written to the audit trail");
+        }
+        // A refused file is not tried again until it changes.
+        self.in_force = sha;
+        outcome.map(|()| Reloaded::Applied)
+    }
+
+    fn load(&mut self, file: &Path) -> Result<(), Vec<String>> {
+        let environment = Arc::clone(&self.environment);
+        let lookup = move |name: &str| environment(name);
+        let config = Config::load_with(Some(file), &lookup)
+            .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let compiled = config
+            .compile()
+            .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
+        let fixed = fixed_part(&config);
+        if fixed != self.fixed {
+            return Err(what_differs(&self.fixed, &fixed)
+                .into_iter()
+                .map(|what| format!("{what} changed: that needs a restart (this version reloads rules, filters, order_by, transforms, tables and tls_senders only)"))
+                .collect());
+        }
+        let rules = Arc::new(compiled.rules);
+        let transforms = Arc::new(compiled.transforms);
+        let mut built = Vec::with_capacity(self.deciders.listeners.len());
+        for (name, ingest) in &self.deciders.listeners {
+            let listener = config
+                .listener(Some(name))
+                .ok_or_else(|| vec![format!("listener {name} is not in the file")])?;
+            let rules = super::intake::listener_rules(&config, listener, &rules)
+                .map_err(|error| vec![error.to_string()])?;
+            let decider = crate::ingest::Decider::new(
+                config.settings.default_charset,
+                Arc::clone(&self.deciders.stamper),
+                rules,
+                |connector| self.outbox.connector_id(connector),
+                name,
+            )
+            .map_err(|error| vec![error.to_string()])?
+            .with_senders(listener.senders.clone())
+            .with_transforms(Arc::clone(&transforms))
+            .with_route_counters(&self.deciders.route_counters);
+            built.push((ingest, decider));
+        }
+        for (ingest, decider) in built {
+            ingest.replace(decider);
+        }
+        self.gateway.replace_transforms(transforms);
+        Ok(())
+    }
+}
+
+/// Reload on SIGHUP and when the file changes, until `shutdown`.
+pub(super) async fn watch(
+    reloader: Arc<tokio::sync::Mutex<Reloader>>,
+    shutdown: CancellationToken,
+) {
+    let mut hangups = crate::shutdown::Hangups::install();
+    let file = reloader.lock().await.file.clone();
+    let mut seen = crate::tls::fingerprint([&file]);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = hangups.recv() => {}
+            () = tokio::time::sleep(POLL) => {
+                let now = crate::tls::fingerprint([&file]);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+            }
+        }
+        let reloaded = reloader.lock().await.reload().await;
+        report(&file, &reloaded);
+    }
+}
+
+/// Log what a reload did.
+pub(super) fn report(file: &Path, reloaded: &Result<Reloaded, Vec<String>>) {
+    {
+        match reloaded {
+            Ok(Reloaded::Applied) => {
+                info!(file = %file.display(), "configuration reloaded: rules, filters, order_by, transforms, tables and tls_senders in force from the next message")
+            }
+            Ok(Reloaded::Unchanged) => {}
+            Err(problems) => {
+                for problem in problems {
+                    error!(file = %file.display(), problem = %problem, "configuration reload refused");
+                }
+                error!(file = %file.display(), problems = problems.len(), "configuration reload refused; the running configuration stays");
+            }
+        }
+    }
+}
