@@ -232,8 +232,9 @@ impl RunningApp {
     }
 
     /// Load the configuration file again now (as SIGHUP does): what intake decides with is
-    /// replaced, or every reason why not (the running configuration then stays). An error
-    /// when the gateway runs without a file.
+    /// replaced, or every reason why not (the running configuration then stays). A file
+    /// reloaded before (by a signal or a change) answers as it did then. An error when the
+    /// gateway runs without a file.
     pub async fn reload_config(&self) -> Result<Reloaded, Vec<String>> {
         let Some(reload) = &self.reload else {
             return Err(vec![
@@ -241,8 +242,10 @@ impl RunningApp {
             ]);
         };
         let mut reloader = reload.reloader.lock().await;
-        let reloaded = reloader.reload().await;
-        reload::report(reloader.file(), &reloaded);
+        let (fresh, reloaded) = reloader.reload().await;
+        if fresh {
+            reload::report(reloader.file(), &reloaded);
+        }
         reloaded
     }
 

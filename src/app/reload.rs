@@ -37,13 +37,16 @@ pub(super) struct Deciders {
 }
 
 /// What a reload did.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reloaded {
     /// The new rules, filters, transforms and senders are in force.
     Applied,
-    /// The file is the one in force already.
+    /// The file is the one the gateway started with.
     Unchanged,
 }
+
+/// A reload's outcome: in force, or every reason why not.
+pub type Outcome = Result<Reloaded, Vec<String>>;
 
 /// What reloads need between them.
 pub(super) struct Reloader {
@@ -57,6 +60,9 @@ pub(super) struct Reloader {
     in_force: String,
     /// The environment the configuration is read with.
     environment: super::Environment,
+    /// What the reload of the file with the SHA-256 `in_force` gave (the same file is not
+    /// loaded twice: asked again, it answers the same).
+    last: Outcome,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -145,6 +151,7 @@ impl Reloader {
             fixed: fixed_part(config),
             in_force,
             environment,
+            last: Ok(Reloaded::Unchanged),
         })
     }
 
@@ -154,13 +161,24 @@ impl Reloader {
     }
 
     /// Load the file again and put what intake decides with in force; every problem, or
-    /// what would need a restart, otherwise (the running configuration stays).
-    pub(super) async fn reload(&mut self) -> Result<Reloaded, Vec<String>> {
-        let bytes = std::fs::read(&self.file)
-            .map_err(|error| vec![format!("cannot read {}: {error}", self.file.display())])?;
+    /// what would need a restart, otherwise (the running configuration stays). The first
+    /// value says whether the file was new (a file already reloaded answers as it did then).
+    pub(super) async fn reload(&mut self) -> (bool, Outcome) {
+        let bytes = match std::fs::read(&self.file) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                return (
+                    true,
+                    Err(vec![format!(
+                        "cannot read {}: {error}",
+                        self.file.display()
+                    )]),
+                );
+            }
+        };
         let sha = sha256_hex(&bytes);
         if sha == self.in_force {
-            return Ok(Reloaded::Unchanged);
+            return (false, self.last.clone());
         }
         let outcome = self.load(&self.file.clone());
         let audit_outcome = match &outcome {
@@ -181,7 +199,8 @@ impl Reloader {
         }
         // A refused file is not tried again until it changes.
         self.in_force = sha;
-        outcome.map(|()| Reloaded::Applied)
+        self.last = outcome.map(|()| Reloaded::Applied);
+        (true, self.last.clone())
     }
 
     fn load(&mut self, file: &Path) -> Result<(), Vec<String>> {
@@ -249,13 +268,15 @@ pub(super) async fn watch(
                 seen = now;
             }
         }
-        let reloaded = reloader.lock().await.reload().await;
-        report(&file, &reloaded);
+        let (fresh, reloaded) = reloader.lock().await.reload().await;
+        if fresh {
+            report(&file, &reloaded);
+        }
     }
 }
 
 /// Log what a reload did.
-pub(super) fn report(file: &Path, reloaded: &Result<Reloaded, Vec<String>>) {
+pub(super) fn report(file: &Path, reloaded: &Outcome) {
     {
         match reloaded {
             Ok(Reloaded::Applied) => {
