@@ -384,6 +384,7 @@ async fn gateway(
         readiness: Arc::new(Readiness::default()),
         default_charset: settings.default_charset,
         transforms: std::sync::RwLock::new(transforms),
+        reloads: crate::gateway::ReloadCounts::default(),
         started: std::time::Instant::now(),
     })
 }

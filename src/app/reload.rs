@@ -197,6 +197,25 @@ impl Reloader {
         if let Err(error) = self.outbox.audit(event).await {
             warn!(error = %crate::outbox::Chain(&error), "the configuration reload could not be written to the audit trail");
         }
+        let counts = &self.gateway.reloads;
+        match &outcome {
+            Ok(()) => {
+                counts
+                    .applied
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(problems) => {
+                counts
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(mut last) = counts.last_refusal.lock() {
+                    *last = Some((
+                        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        problems.len(),
+                    ));
+                }
+            }
+        }
         // A refused file is not tried again until it changes.
         self.in_force = sha;
         self.last = outcome.map(|()| Reloaded::Applied);

@@ -203,6 +203,22 @@ pub async fn stats(args: &ApiArgs, out: &mut impl Write) -> anyhow::Result<u8> {
         stats.store.failed_commits,
         age(Some(stats.uptime_secs as f64))
     )?;
+    let configuration = &stats.configuration;
+    match (
+        &configuration.last_failure_at,
+        configuration.last_failure_problems,
+    ) {
+        (Some(at), Some(problems)) => writeln!(
+            out,
+            "configuration: {} reloads, {} refused (the last at {at}, {problems} problems: see the log); the running configuration stayed",
+            configuration.reloads, configuration.reload_failures
+        )?,
+        _ => writeln!(
+            out,
+            "configuration: {} reloads, {} refused",
+            configuration.reloads, configuration.reload_failures
+        )?,
+    }
     writeln!(
         out,
         "QUEUED, FILTERED, DELIVERED and FAILED count since start; DEPTH, OLDEST and DLQ are now."

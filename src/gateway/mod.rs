@@ -88,6 +88,19 @@ pub struct Gateway {
     pub transforms: std::sync::RwLock<Arc<crate::transform::Transforms>>,
     /// When the gateway started.
     pub started: Instant,
+    /// Configuration reloads since start.
+    pub reloads: ReloadCounts,
+}
+
+/// Configuration reloads since start (`stats`).
+#[derive(Debug, Default)]
+pub struct ReloadCounts {
+    /// New files put in force.
+    pub applied: std::sync::atomic::AtomicU64,
+    /// New files refused (the running configuration stayed).
+    pub refused: std::sync::atomic::AtomicU64,
+    /// The last refusal: when (RFC 3339) and how many problems (the log has them).
+    pub last_refusal: std::sync::Mutex<Option<(String, usize)>>,
 }
 
 impl Gateway {

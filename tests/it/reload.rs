@@ -179,6 +179,24 @@ fn sighup_reloads_under_load_without_a_dropped_connection() {
     };
     assert_eq!(code, 1, "refused by the reloaded rule: {stdout}");
     assert!(stdout.contains("\tAR\t"), "{stdout}");
+    // A broken file: refused, counted and shown by `stats`; the running configuration stays.
+    std::fs::write(dir.join("mfoundry.yaml"), "connectors: [").expect("config");
+    common::signal(&server.child, rustix::process::Signal::HUP);
+    server.wait_for_log(
+        "configuration reload refused; the running configuration stays",
+        1,
+    );
+    let admin = server.admin_addr.clone().expect("admin API");
+    let (code, stdout, stderr) = common::run_binary(
+        dir,
+        &["stats", "--admin-addr", &admin, "--data-dir", "data"],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("configuration: 1 reloads, 1 refused (the last at "),
+        "{stdout}"
+    );
     server.stop();
     assert!(
         acknowledged.len() > 50,

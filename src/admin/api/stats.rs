@@ -26,6 +26,21 @@ pub struct Stats {
     pub store: StoreStatsView,
     /// The admin API's tokens.
     pub admin_tokens: AdminTokensStatsView,
+    /// Configuration reloads (SIGHUP, or the file changing).
+    pub configuration: ConfigurationStatsView,
+}
+
+/// Configuration reloads since start.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConfigurationStatsView {
+    /// New files put in force.
+    pub reloads: u64,
+    /// New files refused; the running configuration stayed (the log has every problem).
+    pub reload_failures: u64,
+    /// When the last refusal was (RFC 3339), if any.
+    pub last_failure_at: Option<String>,
+    /// How many problems it had.
+    pub last_failure_problems: Option<u64>,
 }
 
 /// The admin API's tokens and the reloads of `ADMIN_TOKENS_FILE`.
@@ -220,6 +235,20 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
             tokens: state.tokens.len() as u64,
             reloads: state.tokens.reloads.load(Relaxed),
             reload_failures: state.tokens.reload_failures.load(Relaxed),
+        },
+        configuration: {
+            let counts = &state.gateway.reloads;
+            let last = counts
+                .last_refusal
+                .lock()
+                .ok()
+                .and_then(|last| last.clone());
+            ConfigurationStatsView {
+                reloads: counts.applied.load(Relaxed),
+                reload_failures: counts.refused.load(Relaxed),
+                last_failure_problems: last.as_ref().map(|(_, problems)| *problems as u64),
+                last_failure_at: last.map(|(at, _)| at),
+            }
         },
     }))
 }
