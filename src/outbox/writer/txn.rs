@@ -507,6 +507,20 @@ fn admin_event(context: &AuditContext, outcome: String) -> AuditEvent {
     }
 }
 
+/// `slot`'s table, opened in `transaction` on first use: a second `open_table` of a table that
+/// is open fails, and would fail the whole batch.
+fn opened_once<'slot, 'txn, K: redb::Key + 'static, V: redb::Value + 'static>(
+    slot: &'slot mut Option<Table<'txn, K, V>>,
+    transaction: &'txn WriteTransaction,
+    definition: redb::TableDefinition<K, V>,
+) -> Result<&'slot mut Table<'txn, K, V>, StoreError> {
+    let table = match slot.take() {
+        Some(table) => table,
+        None => transaction.open_table(definition)?,
+    };
+    Ok(slot.insert(table))
+}
+
 /// The tables a batch writes.
 pub(super) struct Tables<'txn> {
     messages: Table<'txn, u64, &'static [u8]>,
@@ -532,17 +546,12 @@ struct DeliveryTables<'txn> {
 }
 
 impl<'txn> Tables<'txn> {
-    /// The audit table, opened once per transaction (a second `open_table` of a table that is
-    /// open fails, and would fail the whole batch).
+    /// The audit table, opened once per transaction.
     fn audit_table(
         &mut self,
         transaction: &'txn WriteTransaction,
     ) -> Result<&mut Table<'txn, u64, &'static [u8]>, StoreError> {
-        let table = match self.audit.take() {
-            Some(table) => table,
-            None => transaction.open_table(AUDIT)?,
-        };
-        Ok(self.audit.insert(table))
+        opened_once(&mut self.audit, transaction, AUDIT)
     }
 
     /// The file marks table, opened once per transaction.
@@ -550,11 +559,7 @@ impl<'txn> Tables<'txn> {
         &mut self,
         transaction: &'txn WriteTransaction,
     ) -> Result<&mut Table<'txn, &'static [u8], &'static [u8]>, StoreError> {
-        let table = match self.files.take() {
-            Some(table) => table,
-            None => transaction.open_table(FILES)?,
-        };
-        Ok(self.files.insert(table))
+        opened_once(&mut self.files, transaction, FILES)
     }
 
     /// The mark of a file stored before, if any. A mark that does not decode is taken as
