@@ -306,6 +306,19 @@ pub fn register(state: &Arc<Gateway>) {
             }
         }),
     );
+    sum(
+        CONFIG_RELOADS,
+        "{reload}",
+        "Configuration file reloads (error: the file was refused and the running configuration stayed)",
+        Box::new(|state, out| {
+            for (outcome, value) in [
+                ("ok", state.reloads.applied.load(Relaxed)),
+                ("error", state.reloads.refused.load(Relaxed)),
+            ] {
+                out.push((value, vec![KeyValue::new(OUTCOME, outcome)]));
+            }
+        }),
+    );
     // Queue figures: one snapshot per export (at most one a second), shared by the gauges.
     let queues = Arc::new(QueueGauges::default());
     for (name, unit, description, pick) in [

@@ -67,6 +67,9 @@ pub const OUTBOX_CHANNEL_FULL: &str = "mfoundry.outbox.channel_full";
 pub const TLS_CERTIFICATE_EXPIRY: &str = "mfoundry.tls.certificate.expiry";
 /// Counter: TLS certificate reloads, by outcome (`ok`, `error`: the previous one stayed).
 pub const TLS_RELOADS: &str = "mfoundry.tls.reloads";
+/// Counter: configuration file reloads, by outcome (`ok`, `error`: the running
+/// configuration stayed).
+pub const CONFIG_RELOADS: &str = "mfoundry.config.reloads";
 
 /// Every metric name, for the documentation test and the dashboard check.
 pub const ALL: &[&str] = &[
@@ -91,6 +94,7 @@ pub const ALL: &[&str] = &[
     OUTBOX_CHANNEL_FULL,
     TLS_CERTIFICATE_EXPIRY,
     TLS_RELOADS,
+    CONFIG_RELOADS,
 ];
 
 /// Bucket bounds in seconds, from 50 µs (an intake commit on a fast disk) to 30 s (a slow
