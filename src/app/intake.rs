@@ -75,26 +75,19 @@ impl Intake {
         let mut route_counters: Option<Vec<Arc<RouteCounters>>> = None;
         let mut directories = Vec::new();
         for (listener, tls) in config.listeners.iter().zip(servers) {
-            let rules = listener_rules(config, listener, rules)?;
-            let ingest = Ingest::new(
-                config.settings.default_charset,
-                Arc::clone(&stamper),
+            let decider = decider(
+                config,
+                listener,
                 rules,
-                outbox.clone(),
-                |name| outbox.connector_id(name),
-                &listener.settings.name,
-            )
-            .context("cannot route to the configured connectors")?
-            .with_senders(listener.senders.clone())
-            .with_batches(listener.settings.batches)
-            .with_transforms(Arc::clone(transforms));
-            let ingest = match &route_counters {
-                Some(shared) => ingest.with_route_counters(shared),
-                None => {
-                    route_counters = Some(ingest.route_counters());
-                    ingest
-                }
-            };
+                transforms,
+                outbox,
+                &stamper,
+                route_counters.as_deref(),
+            )?;
+            let ingest = Ingest::with_decider(decider, outbox.clone())
+                .with_batches(listener.settings.batches);
+            // The first listener's counters are every listener's.
+            route_counters.get_or_insert_with(|| ingest.route_counters());
             let served = match &listener.kind {
                 ListenerKind::Directory(_) => {
                     // Started once every network listener is bound (a port clash fails
@@ -165,8 +158,37 @@ impl Intake {
     }
 }
 
+/// What decides for `listener`: its rules (all, or its `rules:`), the connectors' filters,
+/// `order_by` and transforms, its `tls_senders`; counting into `shared` (the other
+/// listeners' route counters) when given. At start-up and at each configuration reload.
+pub(super) fn decider(
+    config: &Config,
+    listener: &ListenerConfig,
+    rules: &Arc<RuleSet>,
+    transforms: &Arc<Transforms>,
+    outbox: &Outbox,
+    stamper: &Arc<dyn AckStamper>,
+    shared: Option<&[Arc<RouteCounters>]>,
+) -> anyhow::Result<crate::ingest::Decider> {
+    let rules = listener_rules(config, listener, rules)?;
+    let decider = crate::ingest::Decider::new(
+        config.settings.default_charset,
+        Arc::clone(stamper),
+        rules,
+        |name| outbox.connector_id(name),
+        &listener.settings.name,
+    )
+    .context("cannot route to the configured connectors")?
+    .with_senders(listener.senders.clone())
+    .with_transforms(Arc::clone(transforms));
+    Ok(match shared {
+        Some(counters) => decider.with_route_counters(counters),
+        None => decider,
+    })
+}
+
 /// The rules `listener` applies: every rule, or the ones its `rules:` names.
-pub(super) fn listener_rules(
+fn listener_rules(
     config: &Config,
     listener: &ListenerConfig,
     all: &Arc<RuleSet>,

@@ -244,19 +244,16 @@ impl Reloader {
             let listener = config
                 .listener(Some(name))
                 .ok_or_else(|| vec![format!("listener {name} is not in the file")])?;
-            let rules = super::intake::listener_rules(&config, listener, &rules)
-                .map_err(|error| vec![error.to_string()])?;
-            let decider = crate::ingest::Decider::new(
-                config.settings.default_charset,
-                Arc::clone(&self.deciders.stamper),
-                rules,
-                |connector| self.outbox.connector_id(connector),
-                name,
+            let decider = super::intake::decider(
+                &config,
+                listener,
+                &rules,
+                &transforms,
+                &self.outbox,
+                &self.deciders.stamper,
+                Some(&self.deciders.route_counters),
             )
-            .map_err(|error| vec![error.to_string()])?
-            .with_senders(listener.senders.clone())
-            .with_transforms(Arc::clone(&transforms))
-            .with_route_counters(&self.deciders.route_counters);
+            .map_err(|error| vec![format!("{error:#}")])?;
             built.push((ingest, decider));
         }
         for (ingest, decider) in built {

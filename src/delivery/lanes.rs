@@ -254,10 +254,13 @@ async fn schedule(
                 }
                 true
             })?;
+            // The replayed entries still queued, with their retry times (read once).
             let mut still = HashMap::new();
+            let mut next_attempts = HashMap::new();
             for (seq, found) in &replayed.entries {
-                if snapshot.queue_entry(connector, *seq)?.is_some() {
+                if let Some(entry) = snapshot.queue_entry(connector, *seq)? {
                     still.insert(*seq, *found);
+                    next_attempts.insert(*seq, entry.next_attempt_micros);
                 }
             }
             replayed.entries = still;
@@ -297,10 +300,8 @@ async fn schedule(
                 if in_hand.contains_key(&seq) || !busy.insert(key) {
                     continue;
                 }
-                if plan.start.len() < free
-                    && let Some(entry) = snapshot.queue_entry(connector, seq)?
-                    && due(seq, entry.next_attempt_micros, &mut plan)
-                {
+                let next_attempt = next_attempts.get(&seq).copied().unwrap_or(0);
+                if plan.start.len() < free && due(seq, next_attempt, &mut plan) {
                     plan.start.push((seq, key));
                 }
             }

@@ -300,11 +300,16 @@ impl Ingest {
         listener: &str,
     ) -> Result<Self, UnknownConnector> {
         let decider = Decider::new(default_charset, stamper, rules, connector_id, listener)?;
-        Ok(Self {
+        Ok(Self::with_decider(decider, outbox))
+    }
+
+    /// An ingest deciding with `decider` and storing in `outbox`.
+    pub fn with_decider(decider: Decider, outbox: Outbox) -> Self {
+        Self {
             decider: Arc::new(std::sync::RwLock::new(Arc::new(decider))),
             outbox,
             batches: BatchSettings::default(),
-        })
+        }
     }
 
     /// The decider in force now.
@@ -328,10 +333,7 @@ impl Ingest {
     /// Change the decider while building (before the ingest is shared).
     fn rebuilt(self, change: impl FnOnce(Decider) -> Decider) -> Self {
         let decider = change((*self.current()).clone());
-        Self {
-            decider: Arc::new(std::sync::RwLock::new(Arc::new(decider))),
-            ..self
-        }
+        Self::with_decider(decider, self.outbox).with_batches(self.batches)
     }
 
     /// Answer and check batches this way.
