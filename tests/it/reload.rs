@@ -17,7 +17,7 @@ const BEFORE: &str = r#"
 connectors:
   - name: out
     type: file
-    directory: out
+    directory: ${DATA_DIR}/out
     filter: msh.msg_type == "ADT"
 "#;
 
@@ -25,7 +25,7 @@ const AFTER: &str = r#"
 connectors:
   - name: out
     type: file
-    directory: out
+    directory: ${DATA_DIR}/out
     filter: msh.msg_type == "ADT" || msh.msg_type == "ORU"
 validation:
   rules:
@@ -102,7 +102,7 @@ async fn a_reload_decides_the_next_message_and_a_bad_file_changes_nothing() {
     // A change that needs a restart is refused whole, naming it.
     std::fs::write(
         app.config_file(),
-        AFTER.replace("directory: out", "directory: elsewhere"),
+        AFTER.replace("${DATA_DIR}/out", "${DATA_DIR}/elsewhere"),
     )
     .expect("write");
     let problems = app.reload_config().await.expect_err("refused");
