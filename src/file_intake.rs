@@ -586,15 +586,7 @@ fn sync_folder(folder: &Path) {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(64), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
-}
+use crate::admin::auth::hex;
 
 #[cfg(test)]
 mod tests {

@@ -201,9 +201,21 @@ pub struct DeadLetters<'a> {
     /// Working on a stopped server's store, without its configuration: connectors with steps
     /// are recognised by the copies they stored.
     offline: bool,
+    /// Connectors removed from the configuration (listed and purged, never replayed to:
+    /// nothing delivers their queues).
+    orphaned: Vec<String>,
 }
 
 impl<'a> DeadLetters<'a> {
+    /// Connectors no longer configured: their dead letters can be listed and purged; a
+    /// replay must name a configured connector with `to`.
+    #[must_use]
+    pub fn with_orphaned(mut self, orphaned: Vec<(String, ConnectorId)>) -> Self {
+        self.orphaned = orphaned.iter().map(|(name, _)| name.clone()).collect();
+        self.connectors.extend(orphaned);
+        self
+    }
+
     /// Name the connectors with transform steps (see the field).
     #[must_use]
     pub fn with_transforming(mut self, names: Vec<String>) -> Self {
@@ -223,15 +235,13 @@ impl<'a> DeadLetters<'a> {
             names,
             transforming: Vec::new(),
             offline: false,
+            orphaned: Vec::new(),
         }
     }
 
     /// Every connector the data file knows (the offline commands).
     pub fn all_of(outbox: &'a Outbox) -> Self {
-        let mut connectors: Vec<(String, ConnectorId)> = outbox
-            .connectors()
-            .map(|(name, id)| (name.to_owned(), id))
-            .collect();
+        let mut connectors: Vec<(String, ConnectorId)> = outbox.connectors();
         connectors.sort();
         let names = connectors
             .iter()
@@ -335,6 +345,14 @@ impl<'a> DeadLetters<'a> {
         request: ReplayRequest,
     ) -> Result<ReplayResult, DlqError> {
         let from = self.connector(name)?;
+        let target = request.to.as_deref().unwrap_or(name);
+        if self.orphaned.iter().any(|orphan| orphan == target) {
+            return Err(DlqError::BadRequest(format!(
+                "connector {target} is no longer in the configuration: nothing would deliver \
+                 what is replayed to it. Name a configured connector (\"to\"), add {target} \
+                 back to the configuration file, or purge these dead letters"
+            )));
+        }
         if let Some(target) = request.to.as_deref()
             && target != name
             && self.transforming.iter().any(|known| known == target)

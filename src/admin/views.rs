@@ -42,6 +42,10 @@ pub struct MessageSummary {
     pub reason: Option<String>,
     /// Body length, bytes.
     pub body_len: u64,
+    /// The configuration it was decided with: the first 16 hex digits of the configuration
+    /// file's SHA-256 (the audit trail's `config.reload` records have it whole); absent
+    /// without a file, and for messages stored before store format 5.
+    pub config: Option<String>,
     /// Its state at each connector.
     pub connectors: Vec<ConnectorState>,
 }
@@ -135,6 +139,7 @@ pub(crate) fn summary(
         ack_code: record.ack_code.clone(),
         reason: record.reason.clone(),
         body_len: record.body_len,
+        config: record.config.map(|prefix| crate::admin::auth::hex(&prefix)),
         connectors,
     }
 }

@@ -19,9 +19,186 @@ use crate::outputs::Output;
 pub(super) struct Delivery {
     /// Cancelled to stop the workers (after the delivery in hand) and the upkeep tasks.
     shutdown: CancellationToken,
+    /// Every worker (each through a task waiting for it) and the upkeep tasks.
     tracker: TaskTracker,
-    /// One per connector with valid output settings, in configuration order.
-    workers: Vec<(String, WorkerControl)>,
+    /// One per connector with valid output settings, in configuration order; changed by a
+    /// configuration reload.
+    pub(super) workers: Arc<Workers>,
+}
+
+/// The connectors' workers: started, and stopped or restarted when a configuration reload
+/// removes or changes a connector.
+#[derive(Debug)]
+pub(super) struct Workers {
+    outbox: Outbox,
+    /// The parent of every worker's switch.
+    shutdown: CancellationToken,
+    /// Where a task waiting for each worker runs (what shutdown waits for).
+    tracker: TaskTracker,
+    default_charset: crate::hl7::Charset,
+    running: std::sync::Mutex<Vec<Running>>,
+}
+
+/// One running worker.
+#[derive(Debug)]
+struct Running {
+    name: String,
+    /// What it was started with (the connector's type and output settings), compared as a
+    /// whole to tell a changed connector; never shown (it holds secrets).
+    started_with: String,
+    /// `paused:` as the file said when it was started.
+    paused_setting: bool,
+    control: WorkerControl,
+    /// Stops this worker alone.
+    stop: CancellationToken,
+    /// Its task (closed: `wait` ends when the worker has stopped).
+    task: TaskTracker,
+}
+
+/// What a configuration reload did to the workers, by connector name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct WorkerChanges {
+    pub(super) added: Vec<String>,
+    pub(super) changed: Vec<String>,
+    pub(super) removed: Vec<String>,
+}
+
+/// A connector's type and output settings as one value, to compare.
+fn started_with(connector: &crate::config::Connector) -> String {
+    format!("{:?} {:?}", connector.kind, connector.output)
+}
+
+impl Workers {
+    /// Start a worker for `connector` (when it has output settings and an id), paused when
+    /// `paused`.
+    fn start(&self, connector: &crate::config::Connector, paused: bool) -> Option<Running> {
+        let (Some(output), Some(id)) =
+            (&connector.output, self.outbox.connector_id(&connector.name))
+        else {
+            return None;
+        };
+        let settings = WorkerSettings {
+            name: Arc::from(connector.name.as_str()),
+            connector: id,
+            retry: output.retry.clone(),
+            min_interval: output.min_interval,
+            paused,
+            default_charset: self.default_charset,
+        };
+        let stop = self.shutdown.child_token();
+        let task = TaskTracker::new();
+        let control = if output.keyed {
+            // Keyed lanes (ADR 0015): an output (a connection) per lane.
+            let outputs = (0..output.lanes.unwrap_or(1))
+                .map(|_| Output::new(&output.output))
+                .collect();
+            spawn_laned_worker(
+                settings,
+                outputs,
+                output.on_dead_letter.unwrap_or_default(),
+                self.outbox.clone(),
+                stop.clone(),
+                &task,
+            )
+        } else {
+            spawn_worker(
+                settings,
+                Output::new(&output.output),
+                self.outbox.clone(),
+                stop.clone(),
+                &task,
+            )
+        };
+        task.close();
+        let waited = task.clone();
+        self.tracker.spawn(async move { waited.wait().await });
+        Some(Running {
+            name: connector.name.clone(),
+            started_with: started_with(connector),
+            paused_setting: output.paused,
+            control,
+            stop,
+            task,
+        })
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A connector's worker control (pause, resume, counters).
+    pub(super) fn control(&self, connector: &str) -> Option<WorkerControl> {
+        self.running()
+            .iter()
+            .find(|running| running.name == connector)
+            .map(|running| running.control.clone())
+    }
+
+    /// Make the workers match `config` (a configuration reload): a removed connector's
+    /// worker stops after the delivery in hand (its queue stays in the store); a changed
+    /// one's stops the same way and a new one starts on the same queue (order kept: never
+    /// two workers on one queue), keeping its pause unless the file's `paused:` changed;
+    /// an added one starts. Workers whose connector did not change keep running, with
+    /// their connections.
+    pub(super) async fn apply(&self, config: &Config) -> WorkerChanges {
+        let mut changes = WorkerChanges::default();
+        let mut stopping = Vec::new();
+        {
+            let mut running = self.running();
+            let mut kept = Vec::with_capacity(running.len());
+            for worker in running.drain(..) {
+                let wanted = config
+                    .connectors
+                    .iter()
+                    .find(|connector| connector.name == worker.name);
+                match wanted {
+                    Some(connector) if started_with(connector) == worker.started_with => {
+                        kept.push(worker);
+                    }
+                    Some(_) => {
+                        changes.changed.push(worker.name.clone());
+                        stopping.push(worker);
+                    }
+                    None => {
+                        changes.removed.push(worker.name.clone());
+                        stopping.push(worker);
+                    }
+                }
+            }
+            *running = kept;
+        }
+        for worker in &stopping {
+            worker.stop.cancel();
+        }
+        for worker in &stopping {
+            worker.task.wait().await;
+        }
+        let mut running = self.running();
+        let mut ordered = Vec::with_capacity(config.connectors.len());
+        for connector in &config.connectors {
+            if let Some(index) = running.iter().position(|w| w.name == connector.name) {
+                ordered.push(running.swap_remove(index));
+                continue;
+            }
+            let before = stopping.iter().find(|w| w.name == connector.name);
+            let paused = match (before, &connector.output) {
+                (Some(before), Some(output)) if before.paused_setting == output.paused => {
+                    before.control.is_paused()
+                }
+                (_, output) => output.as_ref().is_some_and(|output| output.paused),
+            };
+            if let Some(started) = self.start(connector, paused) {
+                if before.is_none() {
+                    changes.added.push(connector.name.clone());
+                }
+                ordered.push(started);
+            }
+        }
+        *running = ordered;
+        changes
+    }
 }
 
 impl Delivery {
@@ -31,45 +208,22 @@ impl Delivery {
         let settings = &config.settings;
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let mut workers = Vec::new();
-        for connector in &config.connectors {
-            let (Some(output), Some(id)) =
-                (&connector.output, outbox.connector_id(&connector.name))
-            else {
-                continue;
-            };
-            let settings = WorkerSettings {
-                name: Arc::from(connector.name.as_str()),
-                connector: id,
-                retry: output.retry.clone(),
-                min_interval: output.min_interval,
-                paused: output.paused,
-                default_charset: config.settings.default_charset,
-            };
-            let control = if output.keyed {
-                // Keyed lanes (ADR 0015): an output (a connection) per lane.
-                let outputs = (0..output.lanes.unwrap_or(1))
-                    .map(|_| Output::new(&output.output))
-                    .collect();
-                spawn_laned_worker(
-                    settings,
-                    outputs,
-                    output.on_dead_letter.unwrap_or_default(),
-                    outbox.clone(),
-                    shutdown.child_token(),
-                    &tracker,
-                )
-            } else {
-                spawn_worker(
-                    settings,
-                    Output::new(&output.output),
-                    outbox.clone(),
-                    shutdown.child_token(),
-                    &tracker,
-                )
-            };
-            workers.push((connector.name.clone(), control));
-        }
+        let workers = Workers {
+            outbox: outbox.clone(),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+            default_charset: settings.default_charset,
+            running: std::sync::Mutex::new(Vec::new()),
+        };
+        let started: Vec<Running> = config
+            .connectors
+            .iter()
+            .filter_map(|connector| {
+                let paused = connector.output.as_ref().is_some_and(|o| o.paused);
+                workers.start(connector, paused)
+            })
+            .collect();
+        *workers.running() = started;
         if let (Some(retention), Some(window)) = (settings.retention, settings.dedup_window)
             && retention < window
         {
@@ -99,16 +253,13 @@ impl Delivery {
         Self {
             shutdown,
             tracker,
-            workers,
+            workers: Arc::new(workers),
         }
     }
 
     /// A connector's worker control (pause, resume, counters).
-    pub(super) fn worker(&self, connector: &str) -> Option<&WorkerControl> {
-        self.workers
-            .iter()
-            .find(|(name, _)| name == connector)
-            .map(|(_, control)| control)
+    pub(super) fn worker(&self, connector: &str) -> Option<WorkerControl> {
+        self.workers.control(connector)
     }
 
     /// Let each worker finish the delivery in hand (outputs bound it with their timeouts),
@@ -118,11 +269,12 @@ impl Delivery {
     pub(super) async fn shutdown(self, deadline: Instant) -> bool {
         let finished = super::stop_tasks(&self.shutdown, &self.tracker, deadline).await;
         if !finished {
-            let in_hand: Vec<&str> = self
+            let in_hand: Vec<String> = self
                 .workers
+                .running()
                 .iter()
-                .filter(|(_, control)| control.stats().delivering.load(Ordering::Relaxed))
-                .map(|(name, _)| name.as_str())
+                .filter(|running| running.control.stats().delivering.load(Ordering::Relaxed))
+                .map(|running| running.name.clone())
                 .collect();
             warn!(
                 connectors = %in_hand.join(","),

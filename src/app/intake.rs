@@ -119,6 +119,7 @@ impl Intake {
             journal = config.settings.store_journal,
             connectors = config.connectors.len(),
             rules = rules.rule_count(),
+            config_sha256 = %config.sha256.map(|sha| crate::admin::auth::hex(&sha)).unwrap_or_default(),
             "intake started"
         );
         Ok(Self {
@@ -180,7 +181,8 @@ pub(super) fn decider(
     )
     .context("cannot route to the configured connectors")?
     .with_senders(listener.senders.clone())
-    .with_transforms(Arc::clone(transforms));
+    .with_transforms(Arc::clone(transforms))
+    .with_config(config.sha256);
     Ok(match shared {
         Some(counters) => decider.with_route_counters(counters),
         None => decider,

@@ -189,6 +189,7 @@ impl RunningApp {
             intake.reload_handles(),
             store.outbox.clone(),
             Arc::clone(&gateway),
+            Arc::clone(&delivery.workers),
             environment,
         )
         .map(|reloader| {
@@ -255,7 +256,7 @@ impl RunningApp {
     }
 
     /// A connector's worker control (pause, resume, counters).
-    pub fn worker(&self, connector: &str) -> Option<&WorkerControl> {
+    pub fn worker(&self, connector: &str) -> Option<WorkerControl> {
         self.delivery.worker(connector)
     }
 
@@ -343,35 +344,12 @@ async fn gateway(
     transforms: Arc<crate::transform::Transforms>,
 ) -> anyhow::Result<Gateway> {
     let settings = &config.settings;
-    let connector_names = outbox
-        .read(|snapshot| snapshot.connectors())
-        .await
-        .context("cannot read the connectors of the data file")?
-        .into_iter()
-        .map(|(name, id)| (id, name))
-        .collect();
-    let connectors = config
-        .connectors
-        .iter()
-        .filter_map(|connector| {
-            let id = outbox.connector_id(&connector.name)?;
-            Some(ConnectorHandle {
-                name: connector.name.clone(),
-                kind: connector.kind.as_str(),
-                id,
-                worker: delivery.worker(&connector.name).cloned(),
-                intake: intake
-                    .route_counters
-                    .iter()
-                    .find(|counters| counters.connector == id)
-                    .cloned(),
-            })
-        })
-        .collect();
+    let connector_names = known_connectors(outbox).await?;
+    let connectors = connector_handles(config, outbox, &delivery.workers, &intake.route_counters);
     Ok(Gateway {
         outbox: outbox.clone(),
-        connectors,
-        connector_names,
+        connectors: std::sync::RwLock::new(Arc::new(connectors)),
+        connector_names: std::sync::RwLock::new(Arc::new(connector_names)),
         listeners: intake
             .listeners
             .iter()
@@ -387,6 +365,44 @@ async fn gateway(
         reloads: crate::gateway::ReloadCounts::default(),
         started: std::time::Instant::now(),
     })
+}
+
+/// Every connector name the data file knows, by id.
+async fn known_connectors(outbox: &Outbox) -> anyhow::Result<crate::gateway::ConnectorNames> {
+    Ok(outbox
+        .read(|snapshot| snapshot.connectors())
+        .await
+        .context("cannot read the connectors of the data file")?
+        .into_iter()
+        .map(|(name, id)| (id, name))
+        .collect())
+}
+
+/// The configured connectors as the admin API and the metrics see them: each with its
+/// worker and intake counters.
+fn connector_handles(
+    config: &Config,
+    outbox: &Outbox,
+    workers: &delivery::Workers,
+    route_counters: &[Arc<crate::ingest::RouteCounters>],
+) -> Vec<ConnectorHandle> {
+    config
+        .connectors
+        .iter()
+        .filter_map(|connector| {
+            let id = outbox.connector_id(&connector.name)?;
+            Some(ConnectorHandle {
+                name: connector.name.clone(),
+                kind: connector.kind.as_str(),
+                id,
+                worker: workers.control(&connector.name),
+                intake: route_counters
+                    .iter()
+                    .find(|counters| counters.connector == id)
+                    .cloned(),
+            })
+        })
+        .collect()
 }
 
 /// The drain after the outbox writer failed, at most: nothing can be stored, so connections

@@ -2,8 +2,11 @@
 //! looked at every [`POLL`]), the file is loaded and compiled again. What intake decides with
 //! (validation rules, filters, `order_by`, transform steps and tables, `tls_senders`, each
 //! listener's `rules:`) is replaced for the next frame of every listener: a message is
-//! decided by the old or the new configuration, never a mix. A file that does not load, or
-//! that changes what this version cannot change while running (settings, connectors,
+//! decided by the old or the new configuration, never a mix. Connectors are added (their
+//! names registered in the store first), removed (the worker stops after the delivery in
+//! hand; queue and dead letters stay, shown as orphaned) or restarted when their type or
+//! output settings changed; the others keep their workers and connections. A file that
+//! does not load, or that changes what this version cannot change while running (settings,
 //! listeners), keeps the running configuration, and says why. Every reload, applied or not,
 //! is in the audit trail with the SHA-256 of the file.
 
@@ -30,7 +33,8 @@ const POLL: Duration = Duration::from_secs(2);
 pub(super) struct Deciders {
     /// `(listener name, ingest)`, in the order the listeners were bound.
     pub(super) listeners: Vec<(String, Ingest)>,
-    /// The connectors' intake counters, shared by every listener.
+    /// The connectors' intake counters, shared by every listener (and kept over reloads
+    /// for the connectors that stay).
     pub(super) route_counters: Vec<Arc<RouteCounters>>,
     /// The ACK stamps.
     pub(super) stamper: Arc<dyn AckStamper>,
@@ -54,6 +58,7 @@ pub(super) struct Reloader {
     deciders: Deciders,
     outbox: Outbox,
     gateway: Arc<Gateway>,
+    workers: Arc<super::delivery::Workers>,
     /// What must not change without a restart, as it was loaded.
     fixed: String,
     /// The SHA-256 of the file in force.
@@ -75,18 +80,11 @@ impl std::fmt::Debug for Reloader {
     }
 }
 
-/// What a running gateway cannot change: the settings, each connector's type and output
-/// settings, each listener's type, address, limits and TLS. Compared as a whole; never shown.
+/// What a running gateway cannot change: the settings, each listener's type, address,
+/// limits and TLS. Compared as a whole; never shown.
 fn fixed_part(config: &Config) -> String {
     use std::fmt::Write as _;
     let mut text = format!("{:?}\n", config.settings);
-    for connector in &config.connectors {
-        let _ = writeln!(
-            text,
-            "connector {} {:?} {:?}",
-            connector.name, connector.kind, connector.output
-        );
-    }
     for listener in &config.listeners {
         let _ = writeln!(
             text,
@@ -102,11 +100,10 @@ fn what_differs(old: &str, new: &str) -> Vec<String> {
     let lines = |text: &str| -> Vec<String> { text.lines().map(str::to_owned).collect() };
     let (old, new) = (lines(old), lines(new));
     let name = |line: &str| -> String {
-        let mut words = line.split(' ');
-        match (words.next(), words.next()) {
-            (Some("connector"), Some(name)) => format!("connector {name}"),
-            (Some("listener"), _) => "a listener".to_owned(),
-            _ => "the settings".to_owned(),
+        if line.starts_with("listener ") {
+            "a listener".to_owned()
+        } else {
+            "the settings".to_owned()
         }
     };
     let mut differs: Vec<String> = old
@@ -121,13 +118,7 @@ fn what_differs(old: &str, new: &str) -> Vec<String> {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    Sha256::digest(bytes)
-        .iter()
-        .fold(String::with_capacity(64), |mut out, byte| {
-            let _ = write!(out, "{byte:02x}");
-            out
-        })
+    crate::admin::auth::hex(&Sha256::digest(bytes))
 }
 
 impl Reloader {
@@ -137,6 +128,7 @@ impl Reloader {
         deciders: Deciders,
         outbox: Outbox,
         gateway: Arc<Gateway>,
+        workers: Arc<super::delivery::Workers>,
         environment: super::Environment,
     ) -> Option<Self> {
         let file = config.file.clone()?;
@@ -148,6 +140,7 @@ impl Reloader {
             deciders,
             outbox,
             gateway,
+            workers,
             fixed: fixed_part(config),
             in_force,
             environment,
@@ -180,7 +173,7 @@ impl Reloader {
         if sha == self.in_force {
             return (false, self.last.clone());
         }
-        let outcome = self.load(&self.file.clone());
+        let outcome = self.load(&self.file.clone()).await;
         let audit_outcome = match &outcome {
             Ok(()) => format!("applied; sha256 {sha}"),
             Err(problems) => format!(
@@ -222,7 +215,7 @@ impl Reloader {
         (true, self.last.clone())
     }
 
-    fn load(&mut self, file: &Path) -> Result<(), Vec<String>> {
+    async fn load(&mut self, file: &Path) -> Result<(), Vec<String>> {
         let environment = Arc::clone(&self.environment);
         let lookup = move |name: &str| environment(name);
         let config = Config::load_with(Some(file), &lookup)
@@ -234,11 +227,22 @@ impl Reloader {
         if fixed != self.fixed {
             return Err(what_differs(&self.fixed, &fixed)
                 .into_iter()
-                .map(|what| format!("{what} changed: that needs a restart (this version reloads rules, filters, order_by, transforms, tables and tls_senders only)"))
+                .map(|what| format!("{what} changed: that needs a restart (a reload changes connectors, rules, filters, order_by, transforms, tables and tls_senders)"))
                 .collect());
         }
+        // New connectors get their ids (durably) before anything routes to them.
+        let names: Vec<String> = config.connectors.iter().map(|c| c.name.clone()).collect();
+        self.outbox.register(&names).await.map_err(|error| {
+            vec![format!(
+                "cannot register the connectors in the store: {}",
+                crate::outbox::Chain(&error)
+            )]
+        })?;
         let rules = Arc::new(compiled.rules);
         let transforms = Arc::new(compiled.transforms);
+        // The intake counters of the connectors that stay are kept; a connector new to
+        // this file gets one set, shared by every listener.
+        let mut counters = self.deciders.route_counters.clone();
         let mut built = Vec::with_capacity(self.deciders.listeners.len());
         for (name, ingest) in &self.deciders.listeners {
             let listener = config
@@ -251,15 +255,44 @@ impl Reloader {
                 &transforms,
                 &self.outbox,
                 &self.deciders.stamper,
-                Some(&self.deciders.route_counters),
+                Some(&counters),
             )
             .map_err(|error| vec![format!("{error:#}")])?;
+            for route in decider.route_counters() {
+                if !counters
+                    .iter()
+                    .any(|known| known.connector == route.connector)
+                {
+                    counters.push(Arc::clone(route));
+                }
+            }
             built.push((ingest, decider));
         }
+        // Every listener decides with the new configuration from its next frame; then the
+        // workers follow: added connectors' start, removed and changed connectors' stop
+        // after the delivery in hand (changed ones start again on the same queue). What a
+        // removed connector was given before the switch stays in its queue.
         for (ingest, decider) in built {
             ingest.replace(decider);
         }
+        let changes = self.workers.apply(&config).await;
         self.gateway.replace_transforms(transforms);
+        let names = super::known_connectors(&self.outbox)
+            .await
+            .unwrap_or_else(|_| self.gateway.connector_names().as_ref().clone());
+        self.gateway.replace_connectors(
+            super::connector_handles(&config, &self.outbox, &self.workers, &counters),
+            names,
+        );
+        self.deciders.route_counters = counters;
+        if changes != super::delivery::WorkerChanges::default() {
+            info!(
+                added = %changes.added.join(","),
+                changed = %changes.changed.join(","),
+                removed = %changes.removed.join(","),
+                "connectors reloaded: removed ones keep their queues and dead letters (shown as orphaned)"
+            );
+        }
         Ok(())
     }
 }
@@ -296,7 +329,7 @@ pub(super) fn report(file: &Path, reloaded: &Outcome) {
     {
         match reloaded {
             Ok(Reloaded::Applied) => {
-                info!(file = %file.display(), "configuration reloaded: rules, filters, order_by, transforms, tables and tls_senders in force from the next message")
+                info!(file = %file.display(), "configuration reloaded: connectors, rules, filters, order_by, transforms, tables and tls_senders in force from the next message")
             }
             Ok(Reloaded::Unchanged) => {}
             Err(problems) => {

@@ -181,6 +181,23 @@ pub async fn stats(args: &ApiArgs, out: &mut impl Write) -> anyhow::Result<u8> {
             ]
         })
         .collect();
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .chain(stats.orphaned_connectors.iter().map(|o| {
+            vec![
+                o.name.clone(),
+                "-".to_owned(),
+                "orphaned".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                o.queue_depth.to_string(),
+                age(o.oldest_queued_age_secs),
+                "-".to_owned(),
+                "-".to_owned(),
+                o.dlq_size.to_string(),
+            ]
+        }))
+        .collect();
     let headers = [
         "CONNECTOR",
         "KIND",
@@ -223,6 +240,12 @@ pub async fn stats(args: &ApiArgs, out: &mut impl Write) -> anyhow::Result<u8> {
         out,
         "QUEUED, FILTERED, DELIVERED and FAILED count since start; DEPTH, OLDEST and DLQ are now."
     )?;
+    if !stats.orphaned_connectors.is_empty() {
+        writeln!(
+            out,
+            "orphaned: no longer in the configuration; its queue waits for it to be added back, its dead letters for `dlq purge`."
+        )?;
+    }
     Ok(0)
 }
 
@@ -383,6 +406,12 @@ pub async fn messages(
                     .map(|reason| format!(": {reason}"))
                     .unwrap_or_default()
             )?;
+            if let Some(config) = &m.config {
+                writeln!(
+                    out,
+                    "configuration {config} (SHA-256 of the file, first 16 hex digits)"
+                )?;
+            }
             writeln!(out)?;
             let rows: Vec<Vec<String>> = m
                 .connectors

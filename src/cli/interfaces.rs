@@ -268,6 +268,7 @@ fn run_case(
                 ack: None,
                 dedup_key: None,
                 body_inline: true,
+                config: None,
             },
             body,
             attempt: 1,

@@ -99,6 +99,9 @@ pub struct Config {
     pub settings: Settings,
     /// The YAML file read, if any.
     pub file: Option<PathBuf>,
+    /// The SHA-256 of that file's bytes as read (stored with each message it decides, in
+    /// the audit trail for a reload).
+    pub sha256: Option<[u8; 32]>,
     /// Connectors in file order.
     pub connectors: Vec<Connector>,
     /// Validation rules in file order.
@@ -145,8 +148,11 @@ impl Config {
         let file_name = path.display().to_string();
         // Problems found in the file's sections, with their places; reported with the rest.
         let mut found = Vec::new();
+        let mut sha256 = None;
         let file = match std::fs::read_to_string(&path) {
             Ok(text) => {
+                use sha2::Digest as _;
+                sha256 = Some(sha2::Sha256::digest(text.as_bytes()).into());
                 Some(file::parse(&text, &file_name, &mut found).map_err(ConfigErrors::one)?)
             }
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && !required => None,
@@ -391,6 +397,7 @@ impl Config {
             Ok(settings) if problems.is_empty() => Ok(Self {
                 settings,
                 file: file.is_some().then_some(path),
+                sha256,
                 connectors,
                 rules,
                 filters,

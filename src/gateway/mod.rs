@@ -73,10 +73,12 @@ pub struct ListenerHandle {
 pub struct Gateway {
     /// The outbox (reads are MVCC snapshots; writes go through its writer).
     pub outbox: Outbox,
-    /// Configured connectors, in configuration order.
-    pub connectors: Vec<ConnectorHandle>,
-    /// Every connector name the data file knows (configured or not), by outbox id.
-    pub connector_names: std::collections::HashMap<crate::outbox::ConnectorId, String>,
+    /// Configured connectors, in configuration order (replaced by a configuration reload;
+    /// read through [`Gateway::connectors`]).
+    pub connectors: std::sync::RwLock<Arc<Vec<ConnectorHandle>>>,
+    /// Every connector name the data file knows (configured or not), by outbox id (read
+    /// through [`Gateway::connector_names`]).
+    pub connector_names: std::sync::RwLock<Arc<ConnectorNames>>,
     /// Listeners.
     pub listeners: Vec<ListenerHandle>,
     /// For `/readyz`.
@@ -92,6 +94,9 @@ pub struct Gateway {
     pub reloads: ReloadCounts,
 }
 
+/// Connector names by outbox id.
+pub type ConnectorNames = std::collections::HashMap<crate::outbox::ConnectorId, String>;
+
 /// Configuration reloads since start (`stats`).
 #[derive(Debug, Default)]
 pub struct ReloadCounts {
@@ -106,33 +111,69 @@ pub struct ReloadCounts {
 impl Gateway {
     /// The connectors' transform steps in force now.
     pub fn transforms(&self) -> Arc<crate::transform::Transforms> {
-        match self.transforms.read() {
-            Ok(current) => Arc::clone(&current),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        Arc::clone(&read(&self.transforms))
     }
 
     /// Use these transform steps from now on (a configuration reload).
     pub fn replace_transforms(&self, transforms: Arc<crate::transform::Transforms>) {
-        let mut current = match self.transforms.write() {
-            Ok(current) => current,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *current = transforms;
+        *write(&self.transforms) = transforms;
+    }
+
+    /// The configured connectors now, in configuration order.
+    pub fn connectors(&self) -> Arc<Vec<ConnectorHandle>> {
+        Arc::clone(&read(&self.connectors))
+    }
+
+    /// Every connector name the data file knows, by outbox id.
+    pub fn connector_names(&self) -> Arc<ConnectorNames> {
+        Arc::clone(&read(&self.connector_names))
+    }
+
+    /// Connectors the data file knows that are not configured (removed from the file):
+    /// their queues and dead letters stay in the store. Name and id, by name.
+    pub fn orphaned(&self) -> Vec<(String, crate::outbox::ConnectorId)> {
+        let configured = self.connectors();
+        let mut orphaned: Vec<(String, crate::outbox::ConnectorId)> = self
+            .connector_names()
+            .iter()
+            .filter(|(id, _)| !configured.iter().any(|c| c.id == **id))
+            .map(|(id, name)| (name.clone(), *id))
+            .collect();
+        orphaned.sort();
+        orphaned
+    }
+
+    /// The configured connectors from now on (a configuration reload), and the names the
+    /// data file knows.
+    pub fn replace_connectors(&self, connectors: Vec<ConnectorHandle>, names: ConnectorNames) {
+        *write(&self.connector_names) = Arc::new(names);
+        *write(&self.connectors) = Arc::new(connectors);
     }
 
     /// A configured connector by name.
-    pub fn connector(&self, name: &str) -> Option<&ConnectorHandle> {
-        self.connectors
+    pub fn connector(&self, name: &str) -> Option<ConnectorHandle> {
+        self.connectors()
             .iter()
             .find(|connector| connector.name == name)
+            .cloned()
     }
 
     /// The name of a connector id (`#id` when the file does not know it).
     pub fn connector_name(&self, id: crate::outbox::ConnectorId) -> String {
-        self.connector_names
+        self.connector_names()
             .get(&id)
             .cloned()
             .unwrap_or_else(|| format!("#{id}"))
     }
+}
+
+/// A read of a lock whose value is replaced whole (a panicked holder leaves it usable).
+fn read<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -182,7 +182,7 @@ pub fn register(state: &Arc<Gateway>) {
         "{message}",
         "Messages delivered",
         Box::new(|state, out| {
-            for connector in &state.connectors {
+            for connector in state.connectors().iter() {
                 if let Some(worker) = &connector.worker {
                     out.push((
                         worker.stats().delivered.load(Relaxed),
@@ -197,7 +197,7 @@ pub fn register(state: &Arc<Gateway>) {
         "{attempt}",
         "Failed delivery attempts",
         Box::new(|state, out| {
-            for connector in &state.connectors {
+            for connector in state.connectors().iter() {
                 if let Some(worker) = &connector.worker {
                     for (outcome, value) in [
                         ("retry", worker.stats().retries.load(Relaxed)),
@@ -394,19 +394,29 @@ impl QueueGauges {
 fn read_queues(state: &Gateway) -> Result<QueueFigures, crate::outbox::StoreError> {
     let snapshot = state.outbox.snapshot()?;
     let now = crate::outbox::now_micros();
-    state
-        .connectors
+    // Orphaned connectors (removed from the configuration) too, while they hold entries:
+    // what they hold still needs someone's attention.
+    let configured = state.connectors();
+    let orphaned = state.orphaned();
+    configured
         .iter()
-        .map(|connector| {
-            let figures = snapshot.queue_figures(connector.id, now)?;
-            Ok((
-                connector.name.clone(),
-                (
-                    figures.depth,
-                    figures.oldest_age_secs.unwrap_or(0.0),
-                    figures.dead_letters,
-                ),
-            ))
+        .map(|connector| (connector.name.clone(), connector.id, true))
+        .chain(orphaned.into_iter().map(|(name, id)| (name, id, false)))
+        .filter_map(|(name, id, configured)| {
+            let figures = match snapshot.queue_figures(id, now) {
+                Ok(figures) => figures,
+                Err(error) => return Some(Err(error)),
+            };
+            (configured || figures.depth + figures.dead_letters > 0).then(|| {
+                Ok((
+                    name,
+                    (
+                        figures.depth,
+                        figures.oldest_age_secs.unwrap_or(0.0),
+                        figures.dead_letters,
+                    ),
+                ))
+            })
         })
         .collect()
 }

@@ -84,6 +84,8 @@ pub struct Decider {
     names: Arc<[Arc<str>]>,
     /// The connectors' transform steps (ADR 0009); `None`: no connector transforms.
     transforms: Option<Arc<Transforms>>,
+    /// The configuration's hash, stored with each message (see [`MessageRecord::config`]).
+    config: Option<[u8; 8]>,
 }
 
 /// What [`Decider::decide_frame`] gives.
@@ -176,7 +178,20 @@ impl Decider {
             senders: None,
             names,
             transforms: None,
+            config: None,
         })
+    }
+
+    /// Store `sha256`'s first 8 bytes with each message: the configuration it was decided
+    /// with.
+    #[must_use]
+    pub fn with_config(mut self, sha256: Option<[u8; 32]>) -> Self {
+        self.config = sha256.map(|sha| {
+            let mut prefix = [0u8; 8];
+            prefix.copy_from_slice(&sha[..8]);
+            prefix
+        });
+        self
     }
 
     /// Transform each connector's copy with its steps.
@@ -193,19 +208,28 @@ impl Decider {
         self
     }
 
-    /// Count into `counters` (another listener's, routing to the same connectors in the same
-    /// order), so each connector's intake figures add up over every listener.
+    /// Count into `counters` (another listener's, or an earlier configuration's) for the
+    /// connectors they have, so each connector's intake figures add up over every listener
+    /// and every reload.
     #[must_use]
     pub fn with_route_counters(mut self, counters: &[Arc<RouteCounters>]) -> Self {
-        let same = counters.len() == self.routes.len()
-            && counters
-                .iter()
-                .zip(self.routes.iter())
-                .all(|(shared, own)| shared.connector == own.connector);
-        if same {
-            self.routes = counters.iter().cloned().collect();
-        }
+        self.routes = self
+            .routes
+            .iter()
+            .map(|own| {
+                counters
+                    .iter()
+                    .find(|shared| shared.connector == own.connector)
+                    .unwrap_or(own)
+                    .clone()
+            })
+            .collect();
         self
+    }
+
+    /// The intake counters of each routed connector.
+    pub fn route_counters(&self) -> &[Arc<RouteCounters>] {
+        &self.routes
     }
 
     /// The character set of messages whose MSH-18 is empty.
@@ -528,6 +552,7 @@ impl Decider {
             },
             dedup_key: None,
             body_inline: false,
+            config: self.config,
         };
         NewMessage {
             record,

@@ -252,7 +252,10 @@ struct Shared {
     database: RwLock<Option<Arc<Database>>>,
     stats: OutboxStats,
     /// One per registered connector: notified after a commit that added to its queue.
-    wakers: HashMap<ConnectorId, Arc<Notify>>,
+    wakers: RwLock<HashMap<ConnectorId, Arc<Notify>>>,
+    /// The registered connectors' ids by name (more are registered by a configuration
+    /// reload; none is ever removed: ids are never reused).
+    connectors: RwLock<HashMap<String, ConnectorId>>,
     /// Cancelled when the writer thread panicked: nothing can be stored any more.
     writer_failed: tokio_util::sync::CancellationToken,
     /// Entries per connector in its queue and dead-letter queue, as of the last commit.
@@ -264,7 +267,6 @@ struct Shared {
 pub struct Outbox {
     requests: mpsc::Sender<Request>,
     shared: Arc<Shared>,
-    connectors: Arc<HashMap<String, ConnectorId>>,
     instance_id: u64,
     /// The store's files.
     storage: Arc<dyn Storage>,
@@ -276,7 +278,7 @@ impl std::fmt::Debug for Outbox {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         formatter
             .debug_struct("Outbox")
-            .field("connectors", &self.connectors.len())
+            .field("connectors", &self.connectors().len())
             .finish_non_exhaustive()
     }
 }
@@ -327,10 +329,13 @@ impl Outbox {
             depths,
             database: RwLock::new(Some(Arc::new(database))),
             stats: OutboxStats::default(),
-            wakers: connectors
-                .values()
-                .map(|id| (*id, Arc::new(Notify::new())))
-                .collect(),
+            wakers: RwLock::new(
+                connectors
+                    .values()
+                    .map(|id| (*id, Arc::new(Notify::new())))
+                    .collect(),
+            ),
+            connectors: RwLock::new(connectors),
             writer_failed: tokio_util::sync::CancellationToken::new(),
         });
         let (requests, receiver) = mpsc::channel(options.channel_capacity.max(1));
@@ -354,7 +359,6 @@ impl Outbox {
             Self {
                 requests,
                 shared,
-                connectors: Arc::new(connectors),
                 instance_id,
                 storage,
                 keys,
@@ -394,23 +398,53 @@ impl Outbox {
         Self::open(options, &names)
     }
 
-    /// The id of a configured connector.
+    /// The id of a registered connector.
     pub fn connector_id(&self, name: &str) -> Option<ConnectorId> {
-        self.connectors.get(name).copied()
+        read_lock(&self.shared.connectors).get(name).copied()
     }
 
     /// Every registered connector: name and id.
-    pub fn connectors(&self) -> impl Iterator<Item = (&str, ConnectorId)> {
-        self.connectors
+    pub fn connectors(&self) -> Vec<(String, ConnectorId)> {
+        read_lock(&self.shared.connectors)
             .iter()
-            .map(|(name, id)| (name.as_str(), *id))
+            .map(|(name, id)| (name.clone(), *id))
+            .collect()
+    }
+
+    fn registered(&self, connector: ConnectorId) -> bool {
+        read_lock(&self.shared.connectors)
+            .values()
+            .any(|id| *id == connector)
+    }
+
+    /// Register connectors while running (a configuration reload added them): new names
+    /// get new ids (durably, before this returns), names seen before keep theirs. Answers
+    /// every name's id.
+    pub async fn register(
+        &self,
+        names: &[String],
+    ) -> Result<HashMap<String, ConnectorId>, StoreError> {
+        let (reply, answer) = Reply::new();
+        let request = Request::Register {
+            names: names.to_vec(),
+            reply,
+        };
+        let ids = self.submit(request, answer).await?;
+        {
+            let mut wakers = write_lock(&self.shared.wakers);
+            for id in ids.values() {
+                wakers.entry(*id).or_insert_with(|| Arc::new(Notify::new()));
+            }
+        }
+        write_lock(&self.shared.connectors).extend(ids.iter().map(|(n, id)| (n.clone(), *id)));
+        Ok(ids)
     }
 
     /// Notified after every commit that added an entry to this connector's queue. A
     /// notification that arrives while nobody waits is kept (one permit), so a worker that
     /// checks its queue and then waits never misses one.
     pub fn waker(&self, connector: ConnectorId) -> Option<Arc<Notify>> {
-        self.shared.wakers.get(&connector).cloned()
+        read_lock(&self.shared.wakers).get(&connector).cloned()
     }
 
     /// Resolves if the writer thread failed (a panic): from then on every write is answered
@@ -558,7 +592,7 @@ impl Outbox {
         audit: Option<AuditContext>,
     ) -> Result<Vec<Option<Seq>>, StoreError> {
         let to = to.unwrap_or(connector);
-        if !self.connectors.values().any(|id| *id == to) {
+        if !self.registered(to) {
             return Err(StoreError::UnknownConnector(to));
         }
         let (reply, answer) = Reply::new();
@@ -582,7 +616,7 @@ impl Outbox {
         to: ConnectorId,
         audit: Option<AuditContext>,
     ) -> Result<Vec<Option<Seq>>, StoreError> {
-        if !self.connectors.values().any(|id| *id == to) {
+        if !self.registered(to) {
             return Err(StoreError::UnknownConnector(to));
         }
         let (reply, answer) = Reply::new();
@@ -743,6 +777,18 @@ impl Outbox {
 /// closed when the returned handle is dropped. For `mfoundry store recover`.
 pub fn open_accepting_loss(options: &OutboxOptions) -> Result<(Database, OpenReport), OpenError> {
     open::open_with(options, journal::Policy::AcceptLoss)
+}
+
+/// A read of a lock that a panicked holder cannot make unusable (the maps it guards are
+/// whole after every insert).
+fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Microseconds since the Unix epoch.

@@ -442,9 +442,9 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
             let mut meta = transaction.open_table(META)?;
             let created = schema::read_meta(&meta, "format_version")? == 0;
             match schema::read_meta(&meta, "format_version")? {
-                // New, or written by format 1, 2 or 3: its records stay readable as they are
+                // New, or written by format 1 to 4: its records stay readable as they are
                 // (see `schema`); from now on older builds refuse the file.
-                0..=3 => {
+                0..=4 => {
                     meta.insert("format_version", FORMAT_VERSION)?;
                 }
                 FORMAT_VERSION => {}
@@ -586,31 +586,39 @@ pub(super) fn register_connectors(
     names: &[String],
 ) -> Result<HashMap<String, schema::ConnectorId>, StoreError> {
     let transaction = database.begin_write()?;
-    let mut ids = HashMap::new();
-    {
-        let mut meta = transaction.open_table(META)?;
-        let mut connectors = transaction.open_table(CONNECTORS)?;
-        let mut next = u32::try_from(schema::read_meta(&meta, "next_connector_id")?)
-            .unwrap_or(u32::MAX)
-            .max(1);
-        for name in names {
-            let existing = connectors.get(name.as_str())?.map(|id| id.value());
-            let id = match existing {
-                Some(id) => id,
-                None => {
-                    let id = next;
-                    next = next.checked_add(1).ok_or_else(|| {
-                        StoreError::Encoding("connector ids exhausted".to_owned())
-                    })?;
-                    connectors.insert(name.as_str(), id)?;
-                    id
-                }
-            };
-            ids.insert(name.clone(), schema::ConnectorId(id));
-        }
-        meta.insert("next_connector_id", u64::from(next))?;
-    }
+    let ids = assign_ids(&transaction, names)?;
     transaction.commit()?;
+    Ok(ids)
+}
+
+/// In `transaction`: give every connector name an id, keeping the ids of names seen before
+/// (ids are never reused).
+pub(super) fn assign_ids(
+    transaction: &redb::WriteTransaction,
+    names: &[String],
+) -> Result<HashMap<String, schema::ConnectorId>, StoreError> {
+    let mut ids = HashMap::new();
+    let mut meta = transaction.open_table(META)?;
+    let mut connectors = transaction.open_table(CONNECTORS)?;
+    let mut next = u32::try_from(schema::read_meta(&meta, "next_connector_id")?)
+        .unwrap_or(u32::MAX)
+        .max(1);
+    for name in names {
+        let existing = connectors.get(name.as_str())?.map(|id| id.value());
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                let id = next;
+                next = next
+                    .checked_add(1)
+                    .ok_or_else(|| StoreError::Encoding("connector ids exhausted".to_owned()))?;
+                connectors.insert(name.as_str(), id)?;
+                id
+            }
+        };
+        ids.insert(name.clone(), schema::ConnectorId(id));
+    }
+    meta.insert("next_connector_id", u64::from(next))?;
     Ok(ids)
 }
 

@@ -159,6 +159,11 @@ pub(super) enum Request {
         max_scan: usize,
         reply: Reply<Retained>,
     },
+    /// Give each connector name an id (names seen before keep theirs); answers them all.
+    Register {
+        names: Vec<String>,
+        reply: Reply<std::collections::HashMap<String, ConnectorId>>,
+    },
     /// Commit what was queued before this request, then stop: later requests are answered
     /// [`StoreError::WriterGone`], and the database is closed before the answer.
     Stop { reply: Reply<()> },
@@ -215,6 +220,7 @@ impl Request {
             Self::Replay { reply, .. } | Self::Reprocess { reply, .. } => reply.committed(),
             Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => reply.committed(),
             Self::Retain { reply, .. } => reply.committed(),
+            Self::Register { reply, .. } => reply.committed(),
             Self::Stop { reply } => reply.committed(),
         }
     }
@@ -234,6 +240,7 @@ impl Request {
             Self::Replay { reply, .. } | Self::Reprocess { reply, .. } => reply.send(Err(error())),
             Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => reply.send(Err(error())),
             Self::Retain { reply, .. } => reply.send(Err(error())),
+            Self::Register { reply, .. } => reply.send(Err(error())),
             Self::Stop { reply } => reply.send(Err(error())),
         }
     }
@@ -254,6 +261,7 @@ impl Request {
                 reply.send(Err(StoreError::WriterGone))
             }
             Self::Retain { reply, .. } => reply.send(Err(StoreError::WriterGone)),
+            Self::Register { reply, .. } => reply.send(Err(StoreError::WriterGone)),
             Self::Stop { reply } => reply.send(Err(StoreError::WriterGone)),
         }
     }

@@ -26,7 +26,8 @@
 //! the `copies` table (ADR 0009); a file of format 2 becomes format 3 at open, nothing
 //! rewritten. Format 4 writes queue and dead-letter entries of revision 3 (their
 //! `order_key`, ADR 0015), which builds of format 3 cannot read: a file becomes format 4 at
-//! open, and they refuse it.
+//! open, and they refuse it. Format 5 writes message records of revision 2 (the hash of the
+//! configuration that decided the message, ADR 0016) the same way.
 
 use std::borrow::Cow;
 
@@ -38,7 +39,7 @@ use super::StoreError;
 use super::crypt::{Keys, Place};
 
 /// Layout version of the whole file, stored in `meta`.
-pub const FORMAT_VERSION: u64 = 4;
+pub const FORMAT_VERSION: u64 = 5;
 /// The envelope byte of format 1 (no checksum).
 const LEGACY_ENVELOPE: u8 = 1;
 /// The envelope byte of format 2.
@@ -275,6 +276,10 @@ pub struct MessageRecord {
     /// True when the body follows the record in the `messages` value; false when it is in
     /// `bodies`. Set by the writer.
     pub body_inline: bool,
+    /// The configuration the message was decided with: the first 8 bytes of its file's
+    /// SHA-256 (the audit trail's `config.reload` records have it whole). `None` without a
+    /// configuration file, or for a message stored before revision 2.
+    pub config: Option<[u8; 8]>,
 }
 
 /// A queue entry: which message, and its delivery state (revision 3).
@@ -589,14 +594,11 @@ pub fn decode_message_checked<'a>(
     let plain = keys.open(Place::Message(id), bytes)?;
     let (record, checked, offset, len) = {
         let opened = open(&plain)?;
-        if opened.revision != MessageRecord::REVISION {
-            return Err(StoreError::Encoding(format!(
-                "message record revision {} is not known to this mfoundry",
-                opened.revision
-            )));
-        }
-        let (record, body): (MessageRecord, &[u8]) = postcard::take_from_bytes(opened.payload)
-            .map_err(|error| StoreError::Encoding(error.to_string()))?;
+        let (record, body): (MessageRecord, &[u8]) = match opened.revision {
+            MessageRecord::REVISION => postcard::take_from_bytes(opened.payload)
+                .map_err(|error| StoreError::Encoding(error.to_string()))?,
+            older => revisions::take_message_record(older, opened.payload)?,
+        };
         (record, opened.checked, plain.len() - body.len(), body.len())
     };
     let inline = record.body_inline.then(|| tail(plain, offset, len));
@@ -708,7 +710,11 @@ impl Record for DeliveryRecord {
 }
 
 impl Record for MessageRecord {
-    const REVISION: u8 = 1;
+    const REVISION: u8 = 2;
+
+    fn upgrade(revision: u8, payload: &[u8]) -> Result<Self, StoreError> {
+        revisions::take_message_record(revision, payload).map(|(record, _)| record)
+    }
 }
 
 /// Read a counter from `meta`, 0 when absent.

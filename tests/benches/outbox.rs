@@ -67,6 +67,7 @@ fn record(body_len: usize, seq: usize) -> MessageRecord {
         ack: Some(vec![b'A'; 120]),
         dedup_key: None,
         body_inline: true,
+        config: None,
     }
 }
 

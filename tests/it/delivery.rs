@@ -272,7 +272,8 @@ async fn pause_holds_delivery_and_resume_releases_it_in_order() {
     for _ in 0..100 {
         tokio::task::yield_now().await;
     }
-    let stats = app.worker("files").stats();
+    let worker = app.worker("files");
+    let stats = worker.stats();
     assert_eq!(
         (
             stats.delivered.load(Ordering::SeqCst),
@@ -414,6 +415,7 @@ async fn scripted_worker_with(
         ack: None,
         dedup_key: None,
         body_inline: false,
+        config: None,
     };
     for _ in 0..messages {
         outbox

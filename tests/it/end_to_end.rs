@@ -1,5 +1,6 @@
-//! The README's "Deliver messages" and "Receive from several systems" walkthroughs, run as a
-//! user would (one at a time: they take the same fixed ports). The "Deliver messages" test
+//! The README's "Deliver messages", "Receive from several systems" and "Change the
+//! configuration while it runs" walkthroughs, run as a user would (one at a time: they take
+//! the same fixed ports). The "Deliver messages" test
 //! reads the commands of that section of README.md and runs each with `sh`, in a scratch directory
 //! holding `examples/`, the built binary in place of `cargo run --release`. The peers (a
 //! second mfoundry as the EMR, `examples/http-receiver.py`) and the gateway run side by side
@@ -288,6 +289,57 @@ fn the_readme_several_systems_walkthrough_runs_as_written() {
     wait_until("the dropped file moved to done", || {
         files_in(&dir.join("inbox/done")) == 1
     });
+    server.stop();
+}
+
+#[test]
+fn the_readme_reload_walkthrough_runs_as_written() {
+    let _ports = README_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let blocks = section_commands("Change the configuration while it runs");
+    assert_eq!(blocks.len(), 2, "the section's sh blocks: {blocks:#?}");
+    let (start, commands) = (&blocks[0], &blocks[1]);
+    if !ports_free(&[2575, 8080]) {
+        return;
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
+        .arg(dir)
+        .status()
+        .expect("cp");
+    assert!(copy.success());
+    let mut server = None;
+    for command in start {
+        if is_server(command) {
+            let background = Background::start(dir, command);
+            wait_until("port 2575", || {
+                std::net::TcpStream::connect(("127.0.0.1", 2575)).is_ok()
+            });
+            server = Some(background);
+        } else {
+            let (code, _, stderr) = run(dir, command);
+            assert_eq!(code, 0, "`{command}`: {stderr}");
+        }
+    }
+    let mut server = server.expect("the section starts the gateway");
+    let mut printed = String::new();
+    for command in commands {
+        let (code, stdout, stderr) = run(dir, command);
+        assert_eq!(code, 0, "`{command}`: {stdout}{stderr}");
+        printed.push_str(&stdout);
+    }
+    let received = dir.join("received");
+    wait_until("the ADT filed, the lab result archived", || {
+        files_in(&received.join("adt")) == 1 && files_in(&received.join("archive")) == 1
+    });
+    assert!(
+        printed.lines().any(|line| line.starts_with("archive ")),
+        "stats lists the added connector: {printed}"
+    );
     server.stop();
 }
 

@@ -1,7 +1,8 @@
 //! Configuration reload (SIGHUP, or the file changing): rules, filters, `order_by`,
-//! transforms, tables and `tls_senders` take effect from the next message; a file that does
-//! not load, or that changes what needs a restart (settings, connectors, listeners), keeps the
-//! running configuration; every reload is in the audit trail with the file's SHA-256.
+//! transforms, tables, `tls_senders` and connectors take effect from the next message; a
+//! file that does not load, or that changes what needs a restart (settings, listeners),
+//! keeps the running configuration; every reload is in the audit trail with the file's
+//! SHA-256.
 
 use crate::common;
 
@@ -100,16 +101,12 @@ async fn a_reload_decides_the_next_message_and_a_bad_file_changes_nothing() {
     assert_eq!(answer(&app, "VXU^V04", "V3").await, "AR", "still the rule");
 
     // A change that needs a restart is refused whole, naming it.
-    std::fs::write(
-        app.config_file(),
-        AFTER.replace("${DATA_DIR}/out", "${DATA_DIR}/elsewhere"),
-    )
-    .expect("write");
+    std::fs::write(app.config_file(), format!("dedup_window: 5m\n{AFTER}")).expect("write");
     let problems = app.reload_config().await.expect_err("refused");
     assert!(
         problems
             .iter()
-            .any(|problem| problem.contains("connector out changed: that needs a restart")),
+            .any(|problem| problem.contains("the settings changed: that needs a restart")),
         "{problems:?}"
     );
     assert_eq!(answer(&app, "ORU^R01", "O3").await, "AA");
@@ -142,12 +139,15 @@ async fn a_reload_decides_the_next_message_and_a_bad_file_changes_nothing() {
 }
 
 /// SIGHUP under a steady load: the new rule takes effect, no answer is anything but AA for
-/// messages it passes, and no connection is dropped.
+/// messages it passes, and no connection is dropped; a connector the new file removes is
+/// shown as orphaned with what it still holds.
 #[test]
 fn sighup_reloads_under_load_without_a_dropped_connection() {
     let scratch = tempfile::tempdir().expect("tempdir");
     let dir = scratch.path();
-    std::fs::write(dir.join("mfoundry.yaml"), BEFORE).expect("config");
+    let held =
+        "  - name: held\n    type: file\n    directory: ${DATA_DIR}/held\n    paused: true\n";
+    std::fs::write(dir.join("mfoundry.yaml"), format!("{BEFORE}{held}")).expect("config");
     let server = common::Server::start(dir, "mfoundry.yaml", "data", &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let sender = {
@@ -197,10 +197,226 @@ fn sighup_reloads_under_load_without_a_dropped_connection() {
         stdout.contains("configuration: 1 reloads, 1 refused (the last at "),
         "{stdout}"
     );
+    let orphan = stdout
+        .lines()
+        .find(|line| line.starts_with("held "))
+        .unwrap_or_else(|| panic!("the removed connector is listed: {stdout}"));
+    assert!(orphan.contains("orphaned"), "{orphan}");
+    let (code, json, stderr) = common::run_binary(
+        dir,
+        &[
+            "stats",
+            "--json",
+            "--admin-addr",
+            &admin,
+            "--data-dir",
+            "data",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let orphaned = &json["orphaned_connectors"][0];
+    assert_eq!(orphaned["name"], "held");
+    assert!(
+        orphaned["queue_depth"].as_u64().expect("depth") > 0,
+        "every message before the reload is still queued for it: {orphaned}"
+    );
     server.stop();
     assert!(
         acknowledged.len() > 50,
         "the load ran: {}",
         acknowledged.len()
     );
+}
+
+fn peer_connector(name: &str, peer: &common::peer::Peer) -> String {
+    format!(
+        "  - name: {name}\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n    retry:\n      initial_delay: 5ms\n      max_delay: 20ms\n",
+        peer.addr.port()
+    )
+}
+
+/// The stored messages, in id order: control id, configuration hash, and the connectors
+/// each was queued for.
+fn decided(app: &common::TestApp) -> Vec<(String, Option<[u8; 8]>, Vec<u32>)> {
+    app.outbox()
+        .snapshot()
+        .expect("snapshot")
+        .messages()
+        .expect("messages")
+        .into_iter()
+        .map(|(_, record)| {
+            let queued = record
+                .routes
+                .iter()
+                .filter(|route| route.status == RouteStatus::Queued)
+                .map(|route| route.connector.0)
+                .collect();
+            (record.header.control_id, record.config, queued)
+        })
+        .collect()
+}
+
+/// Received by a peer, each once, in the order first received (a delivery whose ACK was
+/// cut short may come again).
+fn once_each(received: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    received
+        .into_iter()
+        .filter(|control| seen.insert(control.clone()))
+        .collect()
+}
+
+/// Connectors added, changed and removed under a steady load: every answer AA on one
+/// connection, the unchanged connector keeps its connection, the changed one continues in
+/// order on its new output, the removed one keeps what it had not delivered (orphaned, then
+/// delivered when it is added back), and each message carries the hash of the one
+/// configuration that decided it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectors_change_under_load_without_a_refusal_or_a_dropped_connection() {
+    use common::peer::{Answer, peer};
+    let keep = peer(|_, _| Answer::Ack("AA")).await;
+    let first = peer(|_, _| Answer::Ack("AA")).await;
+    let second = peer(|_, _| Answer::Ack("AA")).await;
+    // Slow, so a backlog is left behind when it is removed.
+    let removed = peer(|_, _| Answer::AckAfter("AA", 20)).await;
+    let added = peer(|_, _| Answer::Ack("AA")).await;
+    let before = format!(
+        "connectors:\n{}{}{}",
+        peer_connector("keep", &keep),
+        peer_connector("change", &first),
+        peer_connector("remove", &removed)
+    );
+    let after = format!(
+        "connectors:\n{}{}{}",
+        peer_connector("keep", &keep),
+        peer_connector("change", &second),
+        peer_connector("add", &added)
+    );
+    let app = common::start_with_yaml(Some(&before), &[]).await;
+    let id = |name: &str| {
+        app.outbox()
+            .connector_id(name)
+            .map(|id| id.0)
+            .expect("registered")
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (addr, stop) = (app.local_addr().to_string(), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            common::send_until_stopped(&addr, 0, &stop, |_, sequence| {
+                let control = format!("L{sequence}");
+                (control.clone(), message("ADT^A08", &control))
+            })
+        })
+    };
+    common::eventually("messages before the reload", || decided(&app).len() >= 50).await;
+    std::fs::write(app.config_file(), &after).expect("write");
+    assert_eq!(app.reload_config().await, Ok(Reloaded::Applied));
+    let at_reload = decided(&app).len();
+    common::eventually("messages after the reload", || {
+        decided(&app).len() >= at_reload + 50
+    })
+    .await;
+    assert!(!sender.is_finished(), "the load's connection survived");
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged = sender.join().expect("every answer AA");
+    let stored = decided(&app);
+    assert_eq!(
+        stored.iter().map(|m| m.0.clone()).collect::<Vec<_>>(),
+        acknowledged,
+        "every acknowledged message stored, in order"
+    );
+
+    // Two configurations, never a mix: each message's routes are the ones of the
+    // configuration whose hash it carries, and the switch happens once.
+    let (keep_id, change_id) = (id("keep"), id("change"));
+    let (remove_id, add_id) = (id("remove"), id("add"));
+    let hashes: Vec<[u8; 8]> = stored
+        .iter()
+        .map(|m| m.1.expect("a configuration hash"))
+        .collect();
+    let switch = hashes
+        .iter()
+        .position(|hash| *hash != hashes[0])
+        .expect("messages decided by the new file");
+    assert!(hashes[switch..].iter().all(|hash| *hash == hashes[switch]));
+    let sha = |text: &str| -> [u8; 8] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(text.as_bytes())[..8]
+            .try_into()
+            .expect("8 bytes")
+    };
+    assert_eq!(hashes[0], sha(&before), "the file's own SHA-256");
+    assert_eq!(hashes[switch], sha(&after));
+    for (index, (control, _, queued)) in stored.iter().enumerate() {
+        let wanted = if index < switch {
+            vec![keep_id, change_id, remove_id]
+        } else {
+            vec![keep_id, change_id, add_id]
+        };
+        let mut queued = queued.clone();
+        queued.sort_unstable();
+        let mut wanted = wanted;
+        wanted.sort_unstable();
+        assert_eq!(queued, wanted, "{control} (index {index}, switch {switch})");
+    }
+    let controls: Vec<String> = stored.iter().map(|m| m.0.clone()).collect();
+
+    // The unchanged connector: everything, in order, on its one connection.
+    common::eventually("keep delivered", || keep.received().len() >= controls.len()).await;
+    assert_eq!(once_each(keep.received()), controls);
+    assert_eq!(
+        keep.connections.load(Ordering::SeqCst),
+        1,
+        "its connection kept"
+    );
+    // The changed one: the old output, then the new one, in order.
+    common::eventually("change delivered", || {
+        once_each([first.received(), second.received()].concat()).len() >= controls.len()
+    })
+    .await;
+    assert_eq!(
+        once_each([first.received(), second.received()].concat()),
+        controls
+    );
+    assert!(!second.received().is_empty(), "the new output took over");
+    // The added one: what was decided after the reload.
+    common::eventually("add delivered", || {
+        added.received().len() >= controls.len() - switch
+    })
+    .await;
+    assert_eq!(once_each(added.received()), controls[switch..].to_vec());
+    // The removed one: what it did not deliver stays queued, orphaned.
+    let delivered = once_each(removed.received());
+    let left = app
+        .outbox()
+        .snapshot()
+        .expect("snapshot")
+        .queue(mfoundry::outbox::ConnectorId(remove_id))
+        .expect("queue")
+        .len();
+    assert!(
+        left > 0,
+        "a backlog was left ({} delivered)",
+        delivered.len()
+    );
+    assert_eq!(
+        delivered.len() + left,
+        switch,
+        "nothing it was given is lost"
+    );
+    assert!(app.worker("add").stats().delivered.load(Ordering::Relaxed) > 0);
+
+    // Added back: the backlog is delivered, in order, after what it had delivered.
+    let again = format!("{after}{}", peer_connector("remove", &removed));
+    std::fs::write(app.config_file(), &again).expect("write");
+    assert_eq!(app.reload_config().await, Ok(Reloaded::Applied));
+    common::eventually("the orphaned backlog delivered", || {
+        once_each(removed.received()).len() >= switch
+    })
+    .await;
+    assert_eq!(once_each(removed.received()), controls[..switch].to_vec());
+    assert!(app.shutdown(Duration::from_secs(10)).await);
 }

@@ -81,6 +81,7 @@ pub(crate) fn message(
                 key
             }),
             body_inline: false,
+            config: None,
         },
         body: Bytes::from(body),
         dedup_key: Some({

@@ -35,16 +35,17 @@ fn dead_letters(state: &AdminState) -> DeadLetters<'_> {
         &state.gateway.outbox,
         state
             .gateway
-            .connectors
+            .connectors()
             .iter()
             .map(|connector| (connector.name.clone(), connector.id))
             .collect(),
-        state.gateway.connector_names.clone(),
+        state.gateway.connector_names().as_ref().clone(),
     )
+    .with_orphaned(state.gateway.orphaned())
     .with_transforming(
         state
             .gateway
-            .connectors
+            .connectors()
             .iter()
             .filter(|connector| state.gateway.transforms().transforms(&connector.name))
             .map(|connector| connector.name.clone())

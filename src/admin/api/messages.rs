@@ -156,7 +156,7 @@ pub async fn search_messages(
         Some(name) => Some(
             state
                 .gateway
-                .connector_names
+                .connector_names()
                 .iter()
                 .find(|(_, known)| known.as_str() == name)
                 .map(|(id, _)| *id)
@@ -164,7 +164,7 @@ pub async fn search_messages(
         ),
         None => None,
     };
-    let names = state.gateway.connector_names.clone();
+    let names = state.gateway.connector_names();
     let page = state
         .gateway
         .outbox
@@ -251,7 +251,7 @@ pub async fn show_message(
     Extension(caller): Extension<Caller>,
     ApiPath(id): ApiPath<u64>,
 ) -> Result<Json<MessageDetail>, ApiError> {
-    let names = state.gateway.connector_names.clone();
+    let names = state.gateway.connector_names();
     let id = MessageId(id);
     let found = state
         .gateway

@@ -60,16 +60,13 @@ pub(super) fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
     }
 }
 
-pub(super) fn connector<'a>(
-    state: &'a AdminState,
-    name: &str,
-) -> Result<&'a ConnectorHandle, ApiError> {
+pub(super) fn connector(state: &AdminState, name: &str) -> Result<ConnectorHandle, ApiError> {
     state.gateway.connector(name).ok_or_else(|| {
-        let known: Vec<&str> = state
+        let known: Vec<String> = state
             .gateway
-            .connectors
+            .connectors()
             .iter()
-            .map(|c| c.name.as_str())
+            .map(|c| c.name.clone())
             .collect();
         ApiError::not_found(format!(
             "no connector named {name:?}; known: {}",

@@ -22,12 +22,29 @@ pub struct Stats {
     pub listeners: Vec<ListenerStatsView>,
     /// One per configured connector.
     pub connectors: Vec<ConnectorStatsView>,
+    /// Connectors no longer in the configuration whose queue or dead-letter queue still
+    /// holds entries (kept in the store until the connector is added back, or its dead
+    /// letters are purged).
+    pub orphaned_connectors: Vec<OrphanedConnectorView>,
     /// The outbox.
     pub store: StoreStatsView,
     /// The admin API's tokens.
     pub admin_tokens: AdminTokensStatsView,
     /// Configuration reloads (SIGHUP, or the file changing).
     pub configuration: ConfigurationStatsView,
+}
+
+/// A connector removed from the configuration, with what it left in the store.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OrphanedConnectorView {
+    /// Connector name.
+    pub name: String,
+    /// Entries in its queue now (delivered when it is added back).
+    pub queue_depth: u64,
+    /// Age of its oldest queued entry, seconds.
+    pub oldest_queued_age_secs: Option<f64>,
+    /// Entries in its dead-letter queue now.
+    pub dlq_size: u64,
 }
 
 /// Configuration reloads since start.
@@ -141,20 +158,38 @@ pub struct StoreStatsView {
     responses((status = 200, description = "Stats", body = Stats), AuthErrors))]
 pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
-    let ids: Vec<crate::outbox::ConnectorId> =
-        state.gateway.connectors.iter().map(|c| c.id).collect();
+    let configured = state.gateway.connectors();
+    let ids: Vec<crate::outbox::ConnectorId> = configured.iter().map(|c| c.id).collect();
+    let orphaned = state.gateway.orphaned();
+    let orphaned_ids: Vec<crate::outbox::ConnectorId> = orphaned.iter().map(|o| o.1).collect();
     let now = crate::outbox::now_micros();
-    let (messages, per_connector) = state
+    let (messages, per_connector, per_orphan) = state
         .gateway
         .outbox
         .read(move |snapshot| {
-            let figures = ids
-                .into_iter()
-                .map(|id| snapshot.queue_figures(id, now))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((snapshot.message_count()?, figures))
+            let figures = |ids: Vec<crate::outbox::ConnectorId>| {
+                ids.into_iter()
+                    .map(|id| snapshot.queue_figures(id, now))
+                    .collect::<Result<Vec<_>, _>>()
+            };
+            Ok((
+                snapshot.message_count()?,
+                figures(ids)?,
+                figures(orphaned_ids)?,
+            ))
         })
         .await?;
+    let orphaned_connectors = orphaned
+        .into_iter()
+        .zip(per_orphan)
+        .filter(|(_, figures)| figures.depth + figures.dead_letters > 0)
+        .map(|((name, _), figures)| OrphanedConnectorView {
+            name,
+            queue_depth: figures.depth,
+            oldest_queued_age_secs: figures.oldest_age_secs,
+            dlq_size: figures.dead_letters,
+        })
+        .collect();
     let listeners = state
         .gateway
         .listeners
@@ -187,9 +222,7 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
             }
         })
         .collect();
-    let connectors = state
-        .gateway
-        .connectors
+    let connectors = configured
         .iter()
         .zip(per_connector)
         .map(|(connector, figures)| {
@@ -225,6 +258,7 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
         counters_since: counters_since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         listeners,
         connectors,
+        orphaned_connectors,
         store: StoreStatsView {
             messages,
             file_bytes: state.gateway.outbox.file_size().unwrap_or(0),

@@ -1,10 +1,13 @@
 //! Older revisions of the queue and dead-letter entries, and how each is read as today's:
 //! revision 1 (format 1, and format 2 before revision 2) lacks `origin` and `history`,
-//! revision 2 lacks `order_key` (keyed lanes).
+//! revision 2 lacks `order_key` (keyed lanes). Message records of revision 1 lack `config`.
 
 use serde::Deserialize;
 
-use super::{DlqEntry, EntryRef, MessageId, PastEntry, QueueEntry, Record};
+use super::{
+    Disposition, DlqEntry, EntryRef, HeaderFields, MessageId, MessageRecord, PastEntry, QueueEntry,
+    Record, Route,
+};
 use crate::outbox::StoreError;
 
 #[derive(Deserialize)]
@@ -42,6 +45,55 @@ struct DlqEntryV2 {
     downstream: Option<String>,
     origin: Option<EntryRef>,
     history: Vec<PastEntry>,
+}
+
+#[derive(Deserialize)]
+struct MessageRecordV1 {
+    received_at_micros: i64,
+    peer: String,
+    listener: String,
+    header: HeaderFields,
+    disposition: Disposition,
+    reason: Option<String>,
+    routes: Vec<Route>,
+    ack_code: String,
+    body_len: u64,
+    ack: Option<Vec<u8>>,
+    dedup_key: Option<[u8; 32]>,
+    body_inline: bool,
+}
+
+/// A message record of an older revision at the start of `payload`, read as today's, and
+/// what follows it (the inline body).
+pub(super) fn take_message_record(
+    revision: u8,
+    payload: &[u8],
+) -> Result<(MessageRecord, &[u8]), StoreError> {
+    match revision {
+        1 => {
+            let (old, rest): (MessageRecordV1, &[u8]) = postcard::take_from_bytes(payload)
+                .map_err(|error| StoreError::Encoding(error.to_string()))?;
+            let record = MessageRecord {
+                received_at_micros: old.received_at_micros,
+                peer: old.peer,
+                listener: old.listener,
+                header: old.header,
+                disposition: old.disposition,
+                reason: old.reason,
+                routes: old.routes,
+                ack_code: old.ack_code,
+                body_len: old.body_len,
+                ack: old.ack,
+                dedup_key: old.dedup_key,
+                body_inline: old.body_inline,
+                config: None,
+            };
+            Ok((record, rest))
+        }
+        _ => Err(StoreError::Encoding(format!(
+            "message record revision {revision} is not known to this mfoundry"
+        ))),
+    }
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(payload: &[u8]) -> Result<T, StoreError> {

@@ -167,14 +167,34 @@ fn records_of_format_1_are_read() {
         ack: None,
         dedup_key: None,
         body_inline: true,
+        config: None,
     };
+    // Revision 1's fields are today's without `config` (postcard writes fields in order:
+    // today's encoding with `config: None` is revision 1's plus the `None` byte).
+    let mut v1 = postcard::to_stdvec(&record).expect("encodes");
+    assert_eq!(v1.pop(), Some(0), "config: None is the last byte");
     let mut legacy = vec![LEGACY_ENVELOPE];
-    legacy.extend(postcard::to_stdvec(&record).expect("encodes"));
+    legacy.extend_from_slice(&v1);
     legacy.extend_from_slice(b"MSH|");
     let decoded = decode_message_checked(&Keys::plain(), 1, &legacy).expect("decodes");
     assert_eq!(decoded.record, record);
     assert_eq!(decoded.inline.as_deref(), Some(&b"MSH|"[..]));
     assert!(!decoded.checked);
+    // Revision 1 in format 2's envelope (checked), its inline body after it.
+    let sealed_v1 = seal(1, &[v1.as_slice(), b"MSH|"].concat());
+    let decoded = decode_message_checked(&Keys::plain(), 1, &sealed_v1).expect("revision 1");
+    assert_eq!(decoded.record, record);
+    assert_eq!(decoded.inline.as_deref(), Some(&b"MSH|"[..]));
+    assert!(decoded.checked);
+    // Today's revision keeps the configuration's hash.
+    let configured = MessageRecord {
+        config: Some(*b"\x01\x02\x03\x04\x05\x06\x07\x08"),
+        ..record.clone()
+    };
+    let sealed = encode_message(&Keys::plain(), 1, &configured, Some(b"MSH|")).expect("encodes");
+    let decoded = decode_message_checked(&Keys::plain(), 1, &sealed).expect("decodes");
+    assert_eq!(decoded.record, configured);
+    assert_eq!(decoded.inline.as_deref(), Some(&b"MSH|"[..]));
     let sealed = encode_message(&Keys::plain(), 1, &record, Some(b"MSH|")).expect("encodes");
     let decoded = decode_message_checked(&Keys::plain(), 1, &sealed).expect("decodes");
     assert!(decoded.checked);

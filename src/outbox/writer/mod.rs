@@ -205,8 +205,9 @@ impl Writer {
         for request in requests {
             request.committed(stats);
         }
+        let wakers = super::read_lock(&self.shared.wakers);
         for connector in woken {
-            if let Some(waker) = self.shared.wakers.get(&connector) {
+            if let Some(waker) = wakers.get(&connector) {
                 waker.notify_one();
             }
         }

@@ -133,6 +133,9 @@ impl Writer {
                     Request::Audit { event, reply } => {
                         reply.set(tables.audit(&transaction, now, event.clone())?)
                     }
+                    Request::Register { names, reply } => {
+                        reply.set(crate::outbox::open::assign_ids(&transaction, names)?);
+                    }
                     Request::PruneAudit {
                         cutoff_micros,
                         max,

@@ -187,3 +187,98 @@ async fn a_message_being_retried_shows_its_attempts_and_last_error() {
     );
     app.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A connector removed by a configuration reload keeps its dead letters: listed, shown as
+/// orphaned by `stats`, never replayed to itself (nothing would deliver them), replayed to
+/// a configured connector or purged, which settles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphaned_connectors_dead_letters_are_listed_replayed_elsewhere_and_purged() {
+    let refusing = peer(|_, _| Answer::Ack("AR")).await;
+    let accepting = peer(|_, _| Answer::Ack("AA")).await;
+    let connector = |name: &str, port: u16| {
+        format!("  - name: {name}\n    type: mllp\n    host: 127.0.0.1\n    port: {port}\n")
+    };
+    let lab = connector("lab", refusing.addr.port());
+    let backup = connector("backup", accepting.addr.port());
+    let directory = tempfile::tempdir().expect("tempdir");
+    let (path, tokens) = tokens_file(directory.path());
+    let app = common::start_with_yaml(
+        Some(&format!("connectors:\n{lab}")),
+        &[("ADMIN_TOKENS_FILE", &path)],
+    )
+    .await;
+    send_adts(&app, &["O1", "O2"]).await;
+    eventually("dead-lettered", async || {
+        app.worker("lab")
+            .stats()
+            .dead_lettered
+            .load(Ordering::SeqCst)
+            >= 2
+    })
+    .await;
+    std::fs::write(app.config_file(), format!("connectors:\n{backup}")).expect("write");
+    assert_eq!(
+        app.reload_config().await,
+        Ok(mfoundry::app::Reloaded::Applied)
+    );
+    let base = app.admin_url();
+    let operator = &tokens[&Role::Operator];
+    let stats = get_json(&format!("{base}/api/v1/stats"), operator).await;
+    assert_eq!(stats["orphaned_connectors"][0]["name"], "lab", "{stats}");
+    assert_eq!(stats["orphaned_connectors"][0]["dlq_size"], 2, "{stats}");
+    assert_eq!(
+        stats["connectors"].as_array().map(Vec::len),
+        Some(1),
+        "only backup is configured: {stats}"
+    );
+    let listed = get_json(&format!("{base}/api/v1/dlq?connector=lab"), operator).await;
+    let seqs: Vec<u64> = listed["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|entry| entry["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs.len(), 2, "{listed}");
+    let post = |path: &str, body: serde_json::Value| {
+        client()
+            .post(format!("{base}{path}"))
+            .bearer_auth(operator)
+            .json(&body)
+            .send()
+    };
+    let refused = post(
+        "/api/v1/dlq/lab/replay",
+        serde_json::json!({"seqs": [seqs[0]]}),
+    )
+    .await
+    .expect("replay");
+    assert_eq!(refused.status(), 400);
+    let text = refused.text().await.expect("text");
+    assert!(text.contains("no longer in the configuration"), "{text}");
+    let moved = post(
+        "/api/v1/dlq/lab/replay",
+        serde_json::json!({"seqs": [seqs[0]], "to": "backup"}),
+    )
+    .await
+    .expect("replay");
+    assert!(moved.status().is_success());
+    eventually("delivered by backup", async || {
+        accepting.received() == vec!["O1".to_owned()]
+    })
+    .await;
+    let purged = client()
+        .post(format!("{base}/api/v1/dlq/lab/purge"))
+        .bearer_auth(&tokens[&Role::Admin])
+        .json(&serde_json::json!({"all": true}))
+        .send()
+        .await
+        .expect("purge");
+    assert!(purged.status().is_success());
+    let stats = get_json(&format!("{base}/api/v1/stats"), operator).await;
+    assert_eq!(
+        stats["orphaned_connectors"],
+        serde_json::json!([]),
+        "settled: {stats}"
+    );
+    assert!(app.shutdown(Duration::from_secs(10)).await);
+}

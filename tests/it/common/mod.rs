@@ -94,7 +94,7 @@ impl TestApp {
         self.app.outbox()
     }
     /// A connector's worker.
-    pub fn worker(&self, connector: &str) -> &mfoundry::delivery::WorkerControl {
+    pub fn worker(&self, connector: &str) -> mfoundry::delivery::WorkerControl {
         self.app.worker(connector).expect("connector has a worker")
     }
     /// Shut down; true when every connection finished in time.

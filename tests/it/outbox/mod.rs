@@ -74,6 +74,7 @@ fn message(outbox: &Outbox, control_id: &str, queued: &[&str], filtered: &[&str]
             ack: None,
             dedup_key: None,
             body_inline: false,
+            config: None,
         },
         body: Bytes::from(format!("MSH|{control_id}")),
         dedup_key: None,

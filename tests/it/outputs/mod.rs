@@ -131,7 +131,8 @@ async fn eventually(what: &str, condition: impl Fn() -> bool) {
 }
 
 fn stat(app: &common::TestApp, connector: &str, which: &str) -> u64 {
-    let stats = app.worker(connector).stats();
+    let worker = app.worker(connector);
+    let stats = worker.stats();
     match which {
         "delivered" => stats.delivered.load(Ordering::SeqCst),
         "dead" => stats.dead_lettered.load(Ordering::SeqCst),
