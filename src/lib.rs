@@ -34,6 +34,7 @@ pub mod gateway;
 pub mod hl7;
 pub mod http_intake;
 pub mod ingest;
+pub mod locks;
 pub mod mllp;
 pub mod outbox;
 pub mod outputs;

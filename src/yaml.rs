@@ -82,6 +82,33 @@ impl Node {
         }
     }
 
+    /// What it holds without where it was written, in one line (`Debug` of the values):
+    /// two nodes are the same configuration when these are equal, wherever they stand in
+    /// their files. `skip`: keys of a mapping left out (at this level only).
+    pub fn without_places(&self, skip: &[&str]) -> String {
+        match &self.value {
+            Value::List(items) => {
+                let items: Vec<String> =
+                    items.iter().map(|item| item.without_places(&[])).collect();
+                format!("[{}]", items.join(", "))
+            }
+            Value::Map(entries) => {
+                let entries: Vec<String> = entries
+                    .iter()
+                    .filter(|(key, _)| {
+                        !key.scalar_text()
+                            .is_some_and(|key| skip.contains(&key.as_str()))
+                    })
+                    .map(|(key, value)| {
+                        format!("{}: {}", key.without_places(&[]), value.without_places(&[]))
+                    })
+                    .collect();
+                format!("{{{}}}", entries.join(", "))
+            }
+            scalar => format!("{scalar:?}"),
+        }
+    }
+
     /// A scalar as text (numbers and booleans as written in canonical form); `None` for
     /// lists, mappings and null.
     pub fn scalar_text(&self) -> Option<String> {

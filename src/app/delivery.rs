@@ -55,23 +55,20 @@ struct Running {
     task: TaskTracker,
 }
 
-/// What a configuration reload did to the workers, by connector name.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(super) struct WorkerChanges {
-    pub(super) added: Vec<String>,
-    pub(super) changed: Vec<String>,
-    pub(super) removed: Vec<String>,
-}
-
-/// A connector's type and output settings as one value, to compare.
+/// A connector's delivery as written, to compare (see [`crate::config::Connector::delivery`]).
 fn started_with(connector: &crate::config::Connector) -> String {
-    format!("{:?} {:?}", connector.kind, connector.output)
+    connector.delivery.clone()
 }
 
 impl Workers {
     /// Start a worker for `connector` (when it has output settings and an id), paused when
-    /// `paused`.
-    fn start(&self, connector: &crate::config::Connector, paused: bool) -> Option<Running> {
+    /// `paused`, or continuing `continues` (its pause and counters).
+    fn start(
+        &self,
+        connector: &crate::config::Connector,
+        paused: bool,
+        continues: Option<WorkerControl>,
+    ) -> Option<Running> {
         let (Some(output), Some(id)) =
             (&connector.output, self.outbox.connector_id(&connector.name))
         else {
@@ -84,6 +81,7 @@ impl Workers {
             min_interval: output.min_interval,
             paused,
             default_charset: self.default_charset,
+            continues,
         };
         let stop = self.shutdown.child_token();
         let task = TaskTracker::new();
@@ -123,9 +121,7 @@ impl Workers {
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
-        self.running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::locks::lock(&self.running)
     }
 
     /// A connector's worker control (pause, resume, counters).
@@ -139,11 +135,12 @@ impl Workers {
     /// Make the workers match `config` (a configuration reload): a removed connector's
     /// worker stops after the delivery in hand (its queue stays in the store); a changed
     /// one's stops the same way and a new one starts on the same queue (order kept: never
-    /// two workers on one queue), keeping its pause unless the file's `paused:` changed;
-    /// an added one starts. Workers whose connector did not change keep running, with
-    /// their connections.
-    pub(super) async fn apply(&self, config: &Config) -> WorkerChanges {
-        let mut changes = WorkerChanges::default();
+    /// two workers on one queue) with the same control, so its pause (unless the file's
+    /// `paused:` changed), its counters and every handle to it carry on; an added one
+    /// starts. Workers whose connector did not change keep running, with their
+    /// connections.
+    pub(super) async fn apply(&self, config: &Config) -> super::reload::Changes {
+        let mut changes = super::reload::Changes::default();
         let mut stopping = Vec::new();
         {
             let mut running = self.running();
@@ -183,13 +180,21 @@ impl Workers {
                 continue;
             }
             let before = stopping.iter().find(|w| w.name == connector.name);
-            let paused = match (before, &connector.output) {
-                (Some(before), Some(output)) if before.paused_setting == output.paused => {
-                    before.control.is_paused()
+            let paused = connector
+                .output
+                .as_ref()
+                .is_some_and(|output| output.paused);
+            let continues = before.map(|before| {
+                if before.paused_setting != paused {
+                    if paused {
+                        before.control.pause();
+                    } else {
+                        before.control.resume();
+                    }
                 }
-                (_, output) => output.as_ref().is_some_and(|output| output.paused),
-            };
-            if let Some(started) = self.start(connector, paused) {
+                before.control.clone()
+            });
+            if let Some(started) = self.start(connector, paused, continues) {
                 if before.is_none() {
                     changes.added.push(connector.name.clone());
                 }
@@ -220,7 +225,7 @@ impl Delivery {
             .iter()
             .filter_map(|connector| {
                 let paused = connector.output.as_ref().is_some_and(|o| o.paused);
-                workers.start(connector, paused)
+                workers.start(connector, paused, None)
             })
             .collect();
         *workers.running() = started;

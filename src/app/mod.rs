@@ -107,7 +107,7 @@ impl std::fmt::Debug for AppOptions {
 pub struct RunningApp {
     store: store::Store,
     delivery: delivery::Delivery,
-    intake: intake::Intake,
+    intake: Arc<intake::Intake>,
     admin: Option<admin::Admin>,
     /// `METRICS_ADDR`'s endpoint, when on.
     metrics: Option<metrics::Metrics>,
@@ -159,8 +159,9 @@ impl RunningApp {
         let stamper = options
             .stamper
             .unwrap_or_else(|| Arc::new(SystemStamper::default()));
-        let intake =
-            intake::Intake::bind(&config, &rules, &transforms, &store.outbox, stamper).await?;
+        let intake = Arc::new(
+            intake::Intake::bind(&config, &rules, &transforms, &store.outbox, stamper).await?,
+        );
         let gateway = Arc::new(
             gateway(
                 &config,
@@ -186,7 +187,7 @@ impl RunningApp {
             .unwrap_or_else(|| Arc::new(|name: &str| std::env::var(name).ok()));
         let reload = reload::Reloader::new(
             &config,
-            intake.reload_handles(),
+            Arc::clone(&intake),
             store.outbox.clone(),
             Arc::clone(&gateway),
             Arc::clone(&delivery.workers),
@@ -220,7 +221,7 @@ impl RunningApp {
         let mut outcome = None;
         for server in self
             .intake
-            .listeners
+            .bound()
             .iter()
             .filter_map(|bound| bound.tls.as_ref())
         {
@@ -262,13 +263,13 @@ impl RunningApp {
 
     /// The first listener's bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.intake.listeners[0].local_addr
+        self.intake.bound()[0].local_addr
     }
 
     /// Every listener's name and bound address, in configuration order.
     pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.intake
-            .listeners
+            .bound()
             .iter()
             .map(|bound| (bound.name.clone(), bound.local_addr))
             .collect()
@@ -276,7 +277,7 @@ impl RunningApp {
 
     /// The first listener's counters.
     pub fn stats(&self) -> StatsSnapshot {
-        self.intake.listeners[0].stats.snapshot()
+        self.intake.bound()[0].stats.snapshot()
     }
 
     /// The outbox, for reading what was stored.
@@ -288,12 +289,17 @@ impl RunningApp {
     /// intake, delivery, the admin API, the metrics endpoint and the store stop in that order (see the module
     /// documentation). What the deadline cut short is logged. Returns false when something
     /// was cut short.
-    pub async fn shutdown(mut self, drain_timeout: Duration) -> bool {
+    pub async fn shutdown(self, drain_timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + drain_timeout;
         self.gateway.readiness.set_draining();
         if let Some(reload) = self.reload {
+            // A reload in progress (waiting for a changed connector's delivery in hand) is
+            // cut short at the deadline.
             reload.shutdown.cancel();
-            let _ = reload.task.await;
+            let mut task = reload.task;
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
         }
         let received = self.intake.shutdown(deadline).await;
         let delivered = self.delivery.shutdown(deadline).await;
@@ -305,11 +311,11 @@ impl RunningApp {
         }
         drop(self.gateway);
         // The listeners' ingest handles hold the outbox: gone before its writer is joined.
-        for bound in &mut self.intake.listeners {
+        for bound in self.intake.bound().iter_mut() {
             bound.ingest = None;
         }
         self.store.shutdown(!(received && delivered)).await;
-        let (connections, frames) = self.intake.listeners.iter().fold((0, 0), |sum, bound| {
+        let (connections, frames) = self.intake.bound().iter().fold((0, 0), |sum, bound| {
             let stats = bound.stats.snapshot();
             (
                 sum.0 + stats.connections_accepted,
@@ -350,21 +356,26 @@ async fn gateway(
         outbox: outbox.clone(),
         connectors: std::sync::RwLock::new(Arc::new(connectors)),
         connector_names: std::sync::RwLock::new(Arc::new(connector_names)),
-        listeners: intake
-            .listeners
-            .iter()
-            .map(|bound| ListenerHandle {
-                name: bound.name.clone(),
-                stats: Arc::clone(&bound.stats),
-                tls: bound.tls.as_ref().map(crate::tls::TlsServer::stats),
-            })
-            .collect(),
+        listeners: std::sync::RwLock::new(Arc::new(listener_handles(intake))),
         readiness: Arc::new(Readiness::default()),
         default_charset: settings.default_charset,
         transforms: std::sync::RwLock::new(transforms),
         reloads: crate::gateway::ReloadCounts::default(),
         started: std::time::Instant::now(),
     })
+}
+
+/// The running listeners as the admin API and the metrics see them.
+fn listener_handles(intake: &intake::Intake) -> Vec<ListenerHandle> {
+    intake
+        .bound()
+        .iter()
+        .map(|bound| ListenerHandle {
+            name: bound.name.clone(),
+            stats: Arc::clone(&bound.stats),
+            tls: bound.tls.as_ref().map(crate::tls::TlsServer::stats),
+        })
+        .collect()
 }
 
 /// Every connector name the data file knows, by id.

@@ -49,6 +49,28 @@ pub enum Reloaded {
     Unchanged,
 }
 
+/// What a reload added, changed and removed (listeners or connectors), by name.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Changes {
+    pub(super) added: Vec<String>,
+    pub(super) changed: Vec<String>,
+    pub(super) removed: Vec<String>,
+}
+
+impl Changes {
+    /// Log them (names only), when there are any.
+    fn log(&self, what: &str) {
+        if *self != Self::default() {
+            info!(
+                added = %self.added.join(","),
+                changed = %self.changed.join(","),
+                removed = %self.removed.join(","),
+                "{what}"
+            );
+        }
+    }
+}
+
 /// A reload's outcome: in force, or every reason why not.
 pub type Outcome = Result<Reloaded, Vec<String>>;
 
@@ -56,6 +78,7 @@ pub type Outcome = Result<Reloaded, Vec<String>>;
 pub(super) struct Reloader {
     file: PathBuf,
     deciders: Deciders,
+    intake: Arc<super::intake::Intake>,
     outbox: Outbox,
     gateway: Arc<Gateway>,
     workers: Arc<super::delivery::Workers>,
@@ -80,41 +103,9 @@ impl std::fmt::Debug for Reloader {
     }
 }
 
-/// What a running gateway cannot change: the settings, each listener's type, address,
-/// limits and TLS. Compared as a whole; never shown.
+/// What a running gateway cannot change: the settings. Compared as a whole; never shown.
 fn fixed_part(config: &Config) -> String {
-    use std::fmt::Write as _;
-    let mut text = format!("{:?}\n", config.settings);
-    for listener in &config.listeners {
-        let _ = writeln!(
-            text,
-            "listener {:?} {:?} {:?} {} {}",
-            listener.kind, listener.settings, listener.tls, listener.require_tls, listener.entry
-        );
-    }
-    text
-}
-
-/// What differs, by name (settings, connectors, listeners), without values.
-fn what_differs(old: &str, new: &str) -> Vec<String> {
-    let lines = |text: &str| -> Vec<String> { text.lines().map(str::to_owned).collect() };
-    let (old, new) = (lines(old), lines(new));
-    let name = |line: &str| -> String {
-        if line.starts_with("listener ") {
-            "a listener".to_owned()
-        } else {
-            "the settings".to_owned()
-        }
-    };
-    let mut differs: Vec<String> = old
-        .iter()
-        .filter(|line| !new.contains(line))
-        .chain(new.iter().filter(|line| !old.contains(line)))
-        .map(|line| name(line))
-        .collect();
-    differs.sort();
-    differs.dedup();
-    differs
+    format!("{:?}\n", config.settings)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -125,19 +116,22 @@ impl Reloader {
     /// A reloader for the file `config` was loaded from; `None` without a file.
     pub(super) fn new(
         config: &Config,
-        deciders: Deciders,
+        intake: Arc<super::intake::Intake>,
         outbox: Outbox,
         gateway: Arc<Gateway>,
         workers: Arc<super::delivery::Workers>,
         environment: super::Environment,
     ) -> Option<Self> {
         let file = config.file.clone()?;
-        let in_force = std::fs::read(&file)
-            .map(|bytes| sha256_hex(&bytes))
+        // The bytes the running configuration was read from.
+        let in_force = config
+            .sha256
+            .map(|sha| crate::admin::auth::hex(&sha))
             .unwrap_or_default();
         Some(Self {
             file,
-            deciders,
+            deciders: intake.reload_handles(),
+            intake,
             outbox,
             gateway,
             workers,
@@ -169,11 +163,17 @@ impl Reloader {
                 );
             }
         };
-        let sha = sha256_hex(&bytes);
+        let mut sha = sha256_hex(&bytes);
         if sha == self.in_force {
             return (false, self.last.clone());
         }
-        let outcome = self.load(&self.file.clone()).await;
+        let outcome = self.load(&self.file.clone()).await.map(|loaded| {
+            // The bytes the configuration was read from (the file may have changed since
+            // the read above): what the messages it decides carry.
+            if let Some(loaded) = loaded {
+                sha = crate::admin::auth::hex(&loaded);
+            }
+        });
         let audit_outcome = match &outcome {
             Ok(()) => format!("applied; sha256 {sha}"),
             Err(problems) => format!(
@@ -215,7 +215,8 @@ impl Reloader {
         (true, self.last.clone())
     }
 
-    async fn load(&mut self, file: &Path) -> Result<(), Vec<String>> {
+    /// Load, check and put in force; the SHA-256 of the bytes loaded.
+    async fn load(&mut self, file: &Path) -> Result<Option<[u8; 32]>, Vec<String>> {
         let environment = Arc::clone(&self.environment);
         let lookup = move |name: &str| environment(name);
         let config = Config::load_with(Some(file), &lookup)
@@ -225,10 +226,7 @@ impl Reloader {
             .map_err(|errors| errors.0.iter().map(ToString::to_string).collect::<Vec<_>>())?;
         let fixed = fixed_part(&config);
         if fixed != self.fixed {
-            return Err(what_differs(&self.fixed, &fixed)
-                .into_iter()
-                .map(|what| format!("{what} changed: that needs a restart (a reload changes connectors, rules, filters, order_by, transforms, tables and tls_senders)"))
-                .collect());
+            return Err(vec!["the settings changed: that needs a restart (a reload changes listeners, connectors, rules, filters, order_by, transforms, tables and tls_senders)".to_owned()]);
         }
         // New connectors get their ids (durably) before anything routes to them.
         let names: Vec<String> = config.connectors.iter().map(|c| c.name.clone()).collect();
@@ -243,11 +241,9 @@ impl Reloader {
         // The intake counters of the connectors that stay are kept; a connector new to
         // this file gets one set, shared by every listener.
         let mut counters = self.deciders.route_counters.clone();
-        let mut built = Vec::with_capacity(self.deciders.listeners.len());
-        for (name, ingest) in &self.deciders.listeners {
-            let listener = config
-                .listener(Some(name))
-                .ok_or_else(|| vec![format!("listener {name} is not in the file")])?;
+        let mut built = Vec::with_capacity(config.listeners.len());
+        let mut replaced = Vec::new();
+        for listener in &config.listeners {
             let decider = super::intake::decider(
                 &config,
                 listener,
@@ -266,15 +262,39 @@ impl Reloader {
                     counters.push(Arc::clone(route));
                 }
             }
-            built.push((ingest, decider));
+            let name = &listener.settings.name;
+            let batches = listener.settings.batches;
+            // A listener that stays (changed or not) keeps its ingest, whose decider every
+            // connection shares: connections it keeps open decide with the new one too.
+            let ingest = match self.deciders.listeners.iter().find(|(n, _)| n == name) {
+                Some((_, ingest)) => {
+                    replaced.push((ingest.clone(), decider));
+                    ingest.clone().with_batches(batches)
+                }
+                None => Ingest::with_decider(decider, self.outbox.clone()).with_batches(batches),
+            };
+            built.push((listener, ingest));
         }
+        // Listeners added or changed: TLS loaded and ports bound before anything changes (a
+        // bad certificate or a port in use refuses the reload).
+        let prepared = {
+            let intake = Arc::clone(&self.intake);
+            super::intake::prepare(built, move |listener| intake.plan(listener))
+                .await
+                .map_err(|error| vec![format!("{error:#}")])?
+        };
         // Every listener decides with the new configuration from its next frame; then the
-        // workers follow: added connectors' start, removed and changed connectors' stop
-        // after the delivery in hand (changed ones start again on the same queue). What a
-        // removed connector was given before the switch stays in its queue.
-        for (ingest, decider) in built {
+        // listeners and the workers follow: added ones start, removed and changed ones stop
+        // (connectors after the delivery in hand; changed ones start again on the same
+        // queue). What a removed connector was given before the switch stays in its queue.
+        for (ingest, decider) in replaced {
             ingest.replace(decider);
         }
+        let listeners = self.intake.apply(prepared);
+        self.deciders.listeners = self.intake.reload_handles().listeners;
+        self.gateway
+            .replace_listeners(super::listener_handles(&self.intake));
+        listeners.log("listeners reloaded: connections of changed ones stay open, removed ones' close between frames");
         let changes = self.workers.apply(&config).await;
         self.gateway.replace_transforms(transforms);
         let names = super::known_connectors(&self.outbox)
@@ -285,15 +305,10 @@ impl Reloader {
             names,
         );
         self.deciders.route_counters = counters;
-        if changes != super::delivery::WorkerChanges::default() {
-            info!(
-                added = %changes.added.join(","),
-                changed = %changes.changed.join(","),
-                removed = %changes.removed.join(","),
-                "connectors reloaded: removed ones keep their queues and dead letters (shown as orphaned)"
-            );
-        }
-        Ok(())
+        changes.log(
+            "connectors reloaded: removed ones keep their queues and dead letters (shown as orphaned)",
+        );
+        Ok(config.sha256)
     }
 }
 
@@ -329,7 +344,7 @@ pub(super) fn report(file: &Path, reloaded: &Outcome) {
     {
         match reloaded {
             Ok(Reloaded::Applied) => {
-                info!(file = %file.display(), "configuration reloaded: connectors, rules, filters, order_by, transforms, tables and tls_senders in force from the next message")
+                info!(file = %file.display(), "configuration reloaded: listeners, connectors, rules, filters, order_by, transforms, tables and tls_senders in force from the next message")
             }
             Ok(Reloaded::Unchanged) => {}
             Err(problems) => {

@@ -90,6 +90,11 @@ pub struct Connector {
     pub kind: ConnectorKind,
     /// Its output settings, checked (`${ENV}` references resolved).
     pub output: Option<connectors::OutputSettings>,
+    /// Its delivery as written (type, output and delivery settings, whether it has
+    /// `order_by`; not its filter, transform or the `order_by` expression): equal for two
+    /// loads of the file when its worker can keep running (a configuration reload). Holds
+    /// secrets as written: compared, never shown.
+    pub delivery: String,
 }
 
 /// The whole configuration: settings, connectors and rules.
@@ -317,6 +322,13 @@ impl Config {
                     name: name.value.clone(),
                     kind: connector.kind,
                     output,
+                    delivery: format!(
+                        "{} order_by={}",
+                        connector
+                            .node
+                            .without_places(&["filter", "transform", "order_by"]),
+                        connector.order_by.is_some()
+                    ),
                 });
                 let mut steps = connector.transform.clone();
                 for origin in steps

@@ -169,8 +169,13 @@ pub struct WorkerControl {
 }
 
 impl WorkerControl {
-    /// A control starting `paused` or not, and the worker's end of the pause signal.
-    fn new(paused: bool) -> (Self, watch::Receiver<bool>) {
+    /// A control starting `paused` or not (or the one `continues`), and the worker's end
+    /// of the pause signal.
+    fn new(paused: bool, continues: Option<WorkerControl>) -> (Self, watch::Receiver<bool>) {
+        if let Some(control) = continues {
+            let receiver = control.paused.subscribe();
+            return (control, receiver);
+        }
         let (paused, receiver) = watch::channel(paused);
         let control = Self {
             paused,
@@ -216,18 +221,22 @@ pub struct WorkerSettings {
     /// The character set of messages whose MSH-18 is empty (`DEFAULT_CHARACTER_SET`), for
     /// outputs that decode (JSON, FHIR).
     pub default_charset: crate::hl7::Charset,
+    /// The control of the worker this one replaces (a configuration reload changed the
+    /// connector): its pause and counters carry on, and handles to it reach the new worker.
+    /// `paused` is then ignored.
+    pub continues: Option<WorkerControl>,
 }
 
 /// Start a connector's worker on the current runtime. It stops, after the delivery in hand,
 /// when `shutdown` is cancelled.
 pub fn spawn_worker<O: Deliver>(
-    settings: WorkerSettings,
+    mut settings: WorkerSettings,
     output: O,
     outbox: Outbox,
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> WorkerControl {
-    let (control, paused_rx) = WorkerControl::new(settings.paused);
+    let (control, paused_rx) = WorkerControl::new(settings.paused, settings.continues.take());
     let stats = Arc::clone(&control.stats);
     let worker = Worker {
         random: Random::new(u64::from(settings.connector.0)),
@@ -248,14 +257,14 @@ pub fn spawn_worker<O: Deliver>(
 /// Start a connector with keyed lanes ([`lanes`], ADR 0015): one output per lane. It stops,
 /// after the deliveries in hand, when `shutdown` is cancelled.
 pub fn spawn_laned_worker<O: Deliver>(
-    settings: WorkerSettings,
+    mut settings: WorkerSettings,
     outputs: Vec<O>,
     on_dead_letter: OnDeadLetter,
     outbox: Outbox,
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> WorkerControl {
-    let (control, paused_rx) = WorkerControl::new(settings.paused);
+    let (control, paused_rx) = WorkerControl::new(settings.paused, settings.continues.take());
     let stats = Arc::clone(&control.stats);
     tracker.spawn(lanes::run(
         settings,

@@ -11,6 +11,7 @@ use std::time::Instant;
 use crate::delivery::WorkerControl;
 use crate::hl7::Charset;
 use crate::ingest::RouteCounters;
+use crate::locks::{read, write};
 use crate::mllp::ListenerStats;
 use crate::outbox::Outbox;
 
@@ -79,8 +80,9 @@ pub struct Gateway {
     /// Every connector name the data file knows (configured or not), by outbox id (read
     /// through [`Gateway::connector_names`]).
     pub connector_names: std::sync::RwLock<Arc<ConnectorNames>>,
-    /// Listeners.
-    pub listeners: Vec<ListenerHandle>,
+    /// Listeners, in configuration order (replaced by a configuration reload; read through
+    /// [`Gateway::listeners`]).
+    pub listeners: std::sync::RwLock<Arc<Vec<ListenerHandle>>>,
     /// For `/readyz`.
     pub readiness: Arc<Readiness>,
     /// Decodes bodies whose MSH-18 is empty.
@@ -119,6 +121,16 @@ impl Gateway {
         *write(&self.transforms) = transforms;
     }
 
+    /// The listeners now, in configuration order.
+    pub fn listeners(&self) -> Arc<Vec<ListenerHandle>> {
+        Arc::clone(&read(&self.listeners))
+    }
+
+    /// The listeners from now on (a configuration reload).
+    pub fn replace_listeners(&self, listeners: Vec<ListenerHandle>) {
+        *write(&self.listeners) = Arc::new(listeners);
+    }
+
     /// The configured connectors now, in configuration order.
     pub fn connectors(&self) -> Arc<Vec<ConnectorHandle>> {
         Arc::clone(&read(&self.connectors))
@@ -146,8 +158,9 @@ impl Gateway {
     /// The configured connectors from now on (a configuration reload), and the names the
     /// data file knows.
     pub fn replace_connectors(&self, connectors: Vec<ConnectorHandle>, names: ConnectorNames) {
-        *write(&self.connector_names) = Arc::new(names);
+        // Connectors first: a connector just added is never seen as orphaned.
         *write(&self.connectors) = Arc::new(connectors);
+        *write(&self.connector_names) = Arc::new(names);
     }
 
     /// A configured connector by name.
@@ -165,15 +178,4 @@ impl Gateway {
             .cloned()
             .unwrap_or_else(|| format!("#{id}"))
     }
-}
-
-/// A read of a lock whose value is replaced whole (a panicked holder leaves it usable).
-fn read<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -45,7 +45,7 @@ pub fn register(state: &Arc<Gateway>) {
     let listeners = move |pick: PickListener| {
         let mut out = Vec::new();
         if let Some(state) = weak.upgrade() {
-            for listener in &state.listeners {
+            for listener in state.listeners().iter() {
                 pick(&listener.stats.snapshot(), &listener.name, &mut out);
             }
         }
@@ -273,7 +273,7 @@ pub fn register(state: &Arc<Gateway>) {
         "d",
         "Days until the listener's TLS certificate expires",
         Box::new(|state, out| {
-            for listener in &state.listeners {
+            for listener in state.listeners().iter() {
                 if let Some(tls) = &listener.tls {
                     out.push((
                         tls.days_left(),
@@ -288,7 +288,7 @@ pub fn register(state: &Arc<Gateway>) {
         "{reload}",
         "TLS certificate reloads (error: the new files were refused and the previous certificate stayed)",
         Box::new(|state, out| {
-            for listener in &state.listeners {
+            for listener in state.listeners().iter() {
                 if let Some(tls) = &listener.tls {
                     for (outcome, value) in [
                         ("ok", tls.reloads.load(Relaxed)),
@@ -407,7 +407,7 @@ fn read_queues(state: &Gateway) -> Result<QueueFigures, crate::outbox::StoreErro
                 Ok(figures) => figures,
                 Err(error) => return Some(Err(error)),
             };
-            (configured || figures.depth + figures.dead_letters > 0).then(|| {
+            (configured || !figures.is_empty()).then(|| {
                 Ok((
                     name,
                     (

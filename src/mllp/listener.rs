@@ -250,6 +250,9 @@ struct Shared {
 #[derive(Debug)]
 pub struct Listener {
     shared: Arc<Shared>,
+    /// Stops accepting alone, leaving the connections open (a listener replaced by a
+    /// configuration reload); `shutdown` stops both.
+    accepting: Option<CancellationToken>,
 }
 
 impl Listener {
@@ -275,13 +278,23 @@ impl Listener {
                 stats,
                 shutdown,
             }),
+            accepting: None,
         }
+    }
+
+    /// Stop accepting (only) when `accepting` is cancelled: the connections stay open until
+    /// their peers close them, or shutdown.
+    #[must_use]
+    pub fn accepting_until(mut self, accepting: CancellationToken) -> Self {
+        self.accepting = Some(accepting);
+        self
     }
 
     /// Accept connections on `listener` until shutdown. Connection tasks are spawned on
     /// `tracker` so the caller can wait for them to finish.
     pub async fn serve(self, listener: TcpListener, tracker: TaskTracker) {
         let shared = self.shared;
+        let accepting = self.accepting.unwrap_or_else(|| shared.shutdown.clone());
         let permits = shared
             .settings
             .max_connections
@@ -308,6 +321,7 @@ impl Listener {
         loop {
             let accepted = tokio::select! {
                 () = shared.shutdown.cancelled() => break,
+                () = accepting.cancelled() => break,
                 accepted = listener.accept() => accepted,
             };
             let (stream, peer) = match accepted {

@@ -65,6 +65,8 @@ use bytes::Bytes;
 use redb::Database;
 use tokio::sync::{Notify, mpsc};
 
+use crate::locks::{read as read_lock, write as write_lock};
+
 pub use request::AuditContext;
 use request::{Answer, Reply, Request};
 
@@ -777,18 +779,6 @@ impl Outbox {
 /// closed when the returned handle is dropped. For `mfoundry store recover`.
 pub fn open_accepting_loss(options: &OutboxOptions) -> Result<(Database, OpenReport), OpenError> {
     open::open_with(options, journal::Policy::AcceptLoss)
-}
-
-/// A read of a lock that a panicked holder cannot make unusable (the maps it guards are
-/// whole after every insert).
-fn read_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write_lock<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Microseconds since the Unix epoch.

@@ -43,6 +43,13 @@ pub struct QueueFigures {
     pub dead_letters: u64,
 }
 
+impl QueueFigures {
+    /// Whether the queue and the dead-letter queue are both empty.
+    pub fn is_empty(&self) -> bool {
+        self.depth == 0 && self.dead_letters == 0
+    }
+}
+
 /// Name the message in a damage report.
 fn name_message(id: MessageId, error: StoreError) -> StoreError {
     match error {

@@ -441,6 +441,7 @@ async fn scripted_worker_with(
             min_interval,
             paused: false,
             default_charset: mfoundry::hl7::Charset::UTF_8,
+            continues: None,
         },
         Scripted {
             failures,

@@ -420,3 +420,193 @@ async fn connectors_change_under_load_without_a_refusal_or_a_dropped_connection(
     assert_eq!(once_each(removed.received()), controls[..switch].to_vec());
     assert!(app.shutdown(Duration::from_secs(10)).await);
 }
+
+fn stored(app: &common::TestApp) -> usize {
+    app.outbox()
+        .snapshot()
+        .expect("snapshot")
+        .messages()
+        .expect("messages")
+        .len()
+}
+
+fn mllp_listener(name: &str, extra: &str) -> String {
+    format!("  - name: {name}\n    type: mllp\n    listen_addr: \"127.0.0.1:0\"\n{extra}")
+}
+
+/// A steady sender on `addr` (over one connection) until the returned flag is set.
+fn load_on(
+    addr: std::net::SocketAddr,
+    prefix: &'static str,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<String>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            common::send_until_stopped(&addr.to_string(), 0, &stop, |_, sequence| {
+                let control = format!("{prefix}{sequence}");
+                (control.clone(), message("ADT^A08", &control))
+            })
+        })
+    };
+    (stop, sender)
+}
+
+/// Listeners added, changed and removed under a steady load: the unchanged and the changed
+/// listener's connections stay open and get AA for everything; the changed one keeps its
+/// port (its socket is taken over) and takes the new settings for new connections; the
+/// added one listens; the removed one's port closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_change_under_load_without_a_dropped_connection() {
+    let connectors = "connectors:\n  - name: out\n    type: file\n    directory: ${DATA_DIR}/out\n";
+    let before = format!(
+        "listeners:\n{}{}{}{connectors}",
+        mllp_listener("ehr", ""),
+        mllp_listener("lab", "    max_connections: 2\n"),
+        mllp_listener("old", "")
+    );
+    let after = format!(
+        "listeners:\n{}{}{}{connectors}",
+        mllp_listener("ehr", ""),
+        mllp_listener("lab", "    max_connections: 1\n"),
+        mllp_listener("new", "")
+    );
+    let app = common::start_with_yaml(Some(&before), &[("LISTEN_ADDR", "")]).await;
+    let addr = |name: &str| {
+        app.listener_addrs()
+            .into_iter()
+            .find(|(listener, _)| listener == name)
+            .map(|(_, addr)| addr)
+    };
+    let (ehr, lab, old) = (
+        addr("ehr").expect("ehr"),
+        addr("lab").expect("lab"),
+        addr("old").expect("old"),
+    );
+    let (stop_ehr, ehr_load) = load_on(ehr, "E");
+    let (stop_lab, lab_load) = load_on(lab, "B");
+    common::eventually("both loads running", || stored(&app) >= 40).await;
+    std::fs::write(app.config_file(), &after).expect("write");
+    assert_eq!(app.reload_config().await, Ok(Reloaded::Applied));
+    assert_eq!(addr("lab"), Some(lab), "the changed listener kept its port");
+    assert_eq!(addr("ehr"), Some(ehr));
+    assert_eq!(addr("old"), None);
+    let new = addr("new").expect("the added listener");
+    let at_reload = stored(&app);
+    common::eventually("both loads go on after the reload", || {
+        stored(&app) >= at_reload + 40
+    })
+    .await;
+    // The removed listener's port is closed.
+    common::eventually("the removed listener's port closed", || {
+        std::net::TcpStream::connect(old).is_err()
+    })
+    .await;
+    // The added one answers; the changed one takes new connections with its new settings
+    // (max_connections is now 1; connections it kept from before are not counted).
+    assert_eq!(answer_at(new, "N1").await, "AA");
+    let mut first = tokio::net::TcpStream::connect(lab).await.expect("connect");
+    common::write(&mut first, &common::framed(&message("ADT^A08", "N2"))).await;
+    assert_eq!(
+        common::field(&common::expect_ack(&mut first).await, "MSA", 1),
+        "AA"
+    );
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut refused = tokio::net::TcpStream::connect(lab).await.expect("connect");
+        // The gateway may close it before the write.
+        let _ = refused
+            .write_all(&common::framed(&message("ADT^A08", "X1")))
+            .await;
+        assert!(
+            common::read_frame(&mut refused, Duration::from_secs(5))
+                .await
+                .is_none(),
+            "over the new max_connections: closed without an answer"
+        );
+    }
+    assert!(
+        !ehr_load.is_finished() && !lab_load.is_finished(),
+        "connections kept"
+    );
+    drop(first);
+    stop_ehr.store(true, Ordering::Relaxed);
+    stop_lab.store(true, Ordering::Relaxed);
+    let (ehr_acked, lab_acked) = (
+        ehr_load.join().expect("every answer AA"),
+        lab_load.join().expect("every answer AA"),
+    );
+    let stored = common::stored_control_ids(app.outbox());
+    for control in ehr_acked.iter().chain(&lab_acked) {
+        assert!(stored.contains(control), "{control} stored");
+    }
+    // A listener that cannot bind (the port is taken) refuses the whole file.
+    let clash = after.replace(
+        connectors,
+        &format!("  - name: clash\n    type: mllp\n    listen_addr: \"{ehr}\"\n{connectors}"),
+    );
+    std::fs::write(app.config_file(), clash).expect("write");
+    let problems = app.reload_config().await.expect_err("refused");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("listener clash") && p.contains("in use")),
+        "{problems:?}"
+    );
+    assert_eq!(addr("clash"), None);
+    assert_eq!(
+        answer_at(new, "N3").await,
+        "AA",
+        "the running listeners stay"
+    );
+    assert!(app.shutdown(Duration::from_secs(10)).await);
+}
+
+async fn answer_at(addr: std::net::SocketAddr, control: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    common::write(&mut stream, &common::framed(&message("ADT^A08", control))).await;
+    let reply = common::expect_ack(&mut stream).await;
+    common::field(&reply, "MSA", 1)
+}
+
+/// Whether a reload restarts a connector's worker is decided on its entry as written: the
+/// same entry loaded twice (TLS clients hold a clock, PostgreSQL hides its DSN) or moved in
+/// the file, or with another filter, keeps its worker; another DSN or `order_by` added
+/// does not.
+#[test]
+fn a_connector_is_changed_when_its_delivery_as_written_changes() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let load = |text: &str| {
+        let path = dir.join("mfoundry.yaml");
+        std::fs::write(&path, text).expect("write");
+        mfoundry::config::Config::load_with(Some(&path), &|_| None)
+            .unwrap_or_else(|errors| panic!("{errors}"))
+    };
+    let tls = "  - name: emr\n    type: mllp\n    host: 127.0.0.1\n    port: 6661\n    tls: true\n";
+    let db = |dsn: &str, filter: &str| {
+        format!("  - name: db\n    type: postgres\n    dsn: \"{dsn}\"\n    table: hl7\n{filter}")
+    };
+    let delivery = |config: &mfoundry::config::Config, name: &str| {
+        config
+            .connectors
+            .iter()
+            .find(|connector| connector.name == name)
+            .map(|connector| connector.delivery.clone())
+            .expect("connector")
+    };
+    let first = load(&format!("connectors:\n{tls}{}", db("host=a", "")));
+    let again = load(&format!(
+        "connectors:\n{}{tls}",
+        db("host=a", "    filter: msh.msg_type == \"ORU\"\n")
+    ));
+    assert_eq!(delivery(&first, "emr"), delivery(&again, "emr"));
+    assert_eq!(delivery(&first, "db"), delivery(&again, "db"));
+    let other = load(&format!("connectors:\n{tls}{}", db("host=b", "")));
+    assert_ne!(delivery(&first, "db"), delivery(&other, "db"));
+    let keyed = load(&format!(
+        "connectors:\n{tls}    order_by: pid.id\n{}",
+        db("host=a", "")
+    ));
+    assert_ne!(delivery(&first, "emr"), delivery(&keyed, "emr"));
+}

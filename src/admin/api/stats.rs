@@ -25,6 +25,7 @@ pub struct Stats {
     /// Connectors no longer in the configuration whose queue or dead-letter queue still
     /// holds entries (kept in the store until the connector is added back, or its dead
     /// letters are purged).
+    #[serde(default)]
     pub orphaned_connectors: Vec<OrphanedConnectorView>,
     /// The outbox.
     pub store: StoreStatsView,
@@ -182,7 +183,7 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
     let orphaned_connectors = orphaned
         .into_iter()
         .zip(per_orphan)
-        .filter(|(_, figures)| figures.depth + figures.dead_letters > 0)
+        .filter(|(_, figures)| !figures.is_empty())
         .map(|((name, _), figures)| OrphanedConnectorView {
             name,
             queue_depth: figures.depth,
@@ -192,7 +193,7 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
         .collect();
     let listeners = state
         .gateway
-        .listeners
+        .listeners()
         .iter()
         .map(|listener| {
             let stats = listener.stats.snapshot();

@@ -205,7 +205,7 @@ impl Writer {
         for request in requests {
             request.committed(stats);
         }
-        let wakers = super::read_lock(&self.shared.wakers);
+        let wakers = crate::locks::read(&self.shared.wakers);
         for connector in woken {
             if let Some(waker) = wakers.get(&connector) {
                 waker.notify_one();

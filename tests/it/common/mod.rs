@@ -94,6 +94,10 @@ impl TestApp {
         self.app.outbox()
     }
     /// A connector's worker.
+    pub fn listener_addrs(&self) -> Vec<(String, std::net::SocketAddr)> {
+        self.app.listener_addrs()
+    }
+
     pub fn worker(&self, connector: &str) -> mfoundry::delivery::WorkerControl {
         self.app.worker(connector).expect("connector has a worker")
     }
