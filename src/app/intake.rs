@@ -8,7 +8,7 @@ use anyhow::Context;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::config::{Config, ListenerConfig, ListenerKind};
 use crate::hl7::AckStamper;
@@ -38,13 +38,21 @@ pub(super) struct Bound {
     /// What it was started with (type, settings, TLS), compared whole to tell a changed
     /// listener; never shown.
     pub(super) started_with: String,
+    /// An MLLP listener (its connections can outlive its accept loop).
+    mllp: bool,
     /// Stops it: accepting, its watchers, and its connections between frames.
     stop: CancellationToken,
     /// Stops accepting only, leaving its connections open (a listener a reload changed).
     accepting: CancellationToken,
+    /// The switches of the listeners it replaced whose connections are still open: they
+    /// close with it.
+    retired: Vec<CancellationToken>,
     /// A second handle on its listening socket (network listeners): a changed listener on
     /// the same address takes it over, so the port never closes.
     socket: Option<std::net::TcpListener>,
+    /// Its folder reader (directory listeners): a changed one's successor starts once it
+    /// has finished the file in hand.
+    reader: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What a running gateway may not change about a listener without replacing it: its type,
@@ -56,16 +64,24 @@ pub(super) fn started_with(listener: &ListenerConfig) -> String {
     )
 }
 
-/// A listener ready to start: its ingest, its TLS loaded, its socket bound (or to be taken
-/// over from the listener it replaces).
+/// A listener ready to start, everything that can fail done: its TLS loaded, its socket
+/// bound (or a handle on the socket of the listener it replaces), its tokens read, its
+/// folder checked. Starting it cannot fail.
 #[derive(Debug)]
 pub(super) struct Prepared {
     listener: ListenerConfig,
     ingest: Ingest,
     tls: Option<TlsServer>,
-    socket: Option<tokio::net::TcpListener>,
-    /// The counters of the listener it replaces.
-    stats: Option<Arc<ListenerStats>>,
+    /// Its socket to serve, and a second handle on it (network listeners).
+    socket: Option<(tokio::net::TcpListener, std::net::TcpListener)>,
+    /// Its counters: the ones of the listener it replaces, or new.
+    stats: Arc<ListenerStats>,
+    /// HTTP: its bearer tokens (`tokens_file`).
+    tokens: Option<Arc<crate::admin::auth::TokenStore>>,
+    /// Directory: its reader.
+    reader: Option<crate::file_intake::DirectoryListener>,
+    /// Unchanged: the running one goes on (nothing else here is set).
+    keep: bool,
 }
 
 /// The bound listeners and their connection tasks.
@@ -116,7 +132,7 @@ impl Intake {
         }
         // Every certificate first, then every port: a bad file or a port clash stops
         // startup before any listener serves (or any file is taken).
-        let prepared = prepare(config.listeners.iter().zip(ingests), |_| Plan::Bind).await?;
+        let prepared = prepare(config.listeners.iter().zip(ingests), |_| Ok(Plan::Bind)).await?;
         let intake = Self {
             listeners: std::sync::Mutex::new(Vec::new()),
             route_counters,
@@ -124,10 +140,10 @@ impl Intake {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
         };
-        let mut bound = Vec::with_capacity(prepared.len());
-        for prepared in prepared {
-            bound.push(intake.start(prepared, None)?);
-        }
+        let bound: Vec<Bound> = prepared
+            .into_iter()
+            .map(|prepared| intake.start(prepared))
+            .collect();
         info!(
             listeners = bound.len(),
             data = %config.settings.outbox_path().display(),
@@ -159,100 +175,76 @@ impl Intake {
         }
     }
 
-    /// Start a prepared listener; `replacing`: the socket of the listener it replaces on
-    /// the same address.
-    fn start(
-        &self,
-        prepared: Prepared,
-        replacing: Option<std::net::TcpListener>,
-    ) -> anyhow::Result<Bound> {
+    /// Start a prepared listener (not one to keep).
+    fn start(&self, prepared: Prepared) -> Bound {
         let Prepared {
             listener,
             ingest,
             tls,
             socket,
             stats,
+            tokens,
+            reader,
+            keep: _,
         } = prepared;
-        let socket = match (socket, replacing) {
-            (Some(socket), _) => Some(socket),
-            (None, Some(socket)) => Some(
-                tokio::net::TcpListener::from_std(socket)
-                    .context("cannot take over the listening socket")?,
-            ),
-            (None, None) => None,
-        };
         let stop = self.shutdown.child_token();
         let accepting = stop.child_token();
-        let stats = stats.unwrap_or_default();
         let handle = ingest.clone();
         let settings = &listener.settings;
-        let (local_addr, socket) = match (&listener.kind, socket) {
-            (ListenerKind::Directory(directory), _) => {
-                let name = settings.name.clone();
-                let reader = crate::file_intake::DirectoryListener::new(
-                    directory.clone(),
-                    ingest,
-                    Arc::clone(&stats),
-                    name.clone(),
-                )
-                .map_err(|problem| anyhow::anyhow!("listener {name}: {problem}"))?;
-                self.tracker.spawn(reader.run(stop.clone()));
+        let mut local_addr = SocketAddr::from(([0, 0, 0, 0], 0));
+        let mut second = None;
+        let mut reading = None;
+        if let Some(reader) = reader {
+            reading = Some(self.tracker.spawn(reader.run(stop.clone())));
+            if let ListenerKind::Directory(directory) = &listener.kind {
                 info!(
-                    listener = %name,
+                    listener = %settings.name,
                     path = %directory.path.display(),
                     pattern = %directory.pattern,
                     settle_time = ?directory.settle_time,
                     "reading files from a folder"
                 );
-                (SocketAddr::from(([0, 0, 0, 0], 0)), None)
             }
-            (_, None) => anyhow::bail!("listener {} has no socket", settings.name),
-            (kind, Some(socket)) => {
-                let (socket, second) = duplicate(socket).with_context(|| {
-                    format!("listener {}: cannot share its socket", settings.name)
-                })?;
-                let local_addr = socket
-                    .local_addr()
-                    .context("listener has no local address")?;
-                // SIGHUP handled before the listener says it listens (its default action
-                // ends the process).
-                watch_tls(tls.as_ref(), &settings.name, &accepting, &self.tracker);
-                match kind {
-                    ListenerKind::Http { tokens_file } => self.serve_http(
-                        &listener,
-                        tokens_file.as_deref(),
-                        ingest,
-                        tls.clone(),
-                        socket,
-                        &stats,
-                        &stop,
-                    )?,
-                    _ => {
-                        let served = mllp::Listener::new(
-                            settings.clone(),
-                            ingest,
-                            Arc::clone(&stats),
-                            tls.clone(),
-                            stop.clone(),
-                        )
-                        .accepting_until(accepting.clone());
-                        self.tracker
-                            .spawn(served.serve(socket, self.tracker.clone()));
-                        info!(
-                            addr = %local_addr,
-                            listener = %settings.name,
-                            max_frame_size = settings.max_frame_size,
-                            max_connections = settings.max_connections,
-                            tls = tls.is_some(),
-                            mtls = listener.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
-                            "listening for MLLP"
-                        );
-                    }
-                }
-                (local_addr, Some(second))
+        }
+        if let Some((socket, kept)) = socket {
+            local_addr = socket.local_addr().unwrap_or(local_addr);
+            second = Some(kept);
+            // SIGHUP handled before the listener says it listens (its default action ends
+            // the process).
+            watch_tls(tls.as_ref(), &settings.name, &accepting, &self.tracker);
+            if let ListenerKind::Http { .. } = listener.kind {
+                self.serve_http(
+                    &listener,
+                    tokens,
+                    ingest,
+                    tls.clone(),
+                    socket,
+                    &stats,
+                    &stop,
+                );
+            } else {
+                let served = mllp::Listener::new(
+                    settings.clone(),
+                    ingest,
+                    Arc::clone(&stats),
+                    tls.clone(),
+                    stop.clone(),
+                )
+                .accepting_until(accepting.clone());
+                self.tracker
+                    .spawn(served.serve(socket, self.tracker.clone()));
+                info!(
+                    addr = %local_addr,
+                    listener = %settings.name,
+                    max_frame_size = settings.max_frame_size,
+                    max_connections = settings.max_connections,
+                    tls = tls.is_some(),
+                    mtls = listener.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+                    "listening for MLLP"
+                );
             }
-        };
-        Ok(Bound {
+        }
+        Bound {
             name: settings.name.clone(),
             local_addr,
             listen_addr: settings.listen_addr.clone(),
@@ -260,10 +252,13 @@ impl Intake {
             tls,
             ingest: Some(handle),
             started_with: started_with(&listener),
+            mllp: matches!(listener.kind, ListenerKind::Mllp),
             stop,
             accepting,
-            socket,
-        })
+            retired: Vec::new(),
+            socket: second,
+            reader: reading,
+        }
     }
 
     /// Serve HTTP intake (`POST /hl7`, [`crate::http_intake`]) on `socket` until `stop`.
@@ -271,39 +266,32 @@ impl Intake {
     fn serve_http(
         &self,
         listener: &ListenerConfig,
-        tokens_file: Option<&std::path::Path>,
+        tokens: Option<Arc<crate::admin::auth::TokenStore>>,
         ingest: Ingest,
         tls: Option<TlsServer>,
         socket: tokio::net::TcpListener,
         stats: &Arc<ListenerStats>,
         stop: &CancellationToken,
-    ) -> anyhow::Result<()> {
+    ) {
         let settings = &listener.settings;
-        let tokens = match tokens_file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!(
-                        "listener {}: cannot read tokens_file {}",
-                        settings.name,
-                        path.display()
-                    )
-                })?;
-                let store = crate::admin::auth::TokenStore::parse(&text, path)
-                    .map_err(|error| anyhow::anyhow!("listener {}: {error}", settings.name))?;
-                let store = Arc::new(store);
-                self.tracker.spawn(crate::admin::auth::watch_tokens_file(
-                    Arc::clone(&store),
-                    path.to_path_buf(),
-                    crate::tls::fingerprint([&path.to_path_buf()]),
-                    stop.clone(),
-                ));
-                Some(store)
-            }
-            None => None,
-        };
+        if let (
+            Some(store),
+            ListenerKind::Http {
+                tokens_file: Some(path),
+            },
+        ) = (&tokens, &listener.kind)
+        {
+            self.tracker.spawn(crate::admin::auth::watch_tokens_file(
+                Arc::clone(store),
+                path.clone(),
+                crate::tls::fingerprint([path]),
+                stop.clone(),
+            ));
+        }
+        let has_tokens = tokens.is_some();
         let local_addr = socket
             .local_addr()
-            .context("listener has no local address")?;
+            .map_or_else(|_| settings.listen_addr.clone(), |addr| addr.to_string());
         let state = Arc::new(crate::http_intake::HttpIntake {
             ingest,
             tokens,
@@ -337,22 +325,22 @@ impl Intake {
             listener = %settings.name,
             tls = tls.is_some(),
             mtls = listener.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
-            tokens = tokens_file.is_some(),
+            tokens = has_tokens,
             "listening for HL7 over HTTP (POST /hl7)"
         );
-        Ok(())
     }
 
-    /// Make the listeners match `prepared` (a configuration reload, every listener of the
-    /// new file in order, each with the ingest it decides with): a removed listener stops
-    /// (its connections close between frames); a changed one stops accepting, its open
-    /// MLLP connections stay until their peers close them, and the new one serves on the
-    /// same socket when the address did not change (the port never closes); an added one
-    /// starts. Listeners that did not change keep running untouched.
-    pub(super) fn apply(&self, prepared: Vec<Prepared>) -> super::reload::Changes {
+    /// Make the listeners match `prepared` (a configuration reload: every listener of the
+    /// new file in order, each ready, so nothing here fails): a removed listener stops (its
+    /// connections, and those of the listeners it replaced, close between frames); a
+    /// changed MLLP listener stops accepting while its open connections stay until their
+    /// peers close them (an HTTP or directory listener stops: HTTP clients reconnect, a
+    /// reader finishes the file in hand first), and the new one serves the same socket when
+    /// the address did not change (the port never closes); an added one starts. Listeners
+    /// that did not change keep running untouched.
+    pub(super) async fn apply(&self, prepared: Vec<Prepared>) -> super::reload::Changes {
         let mut changes = super::reload::Changes::default();
-        let mut bound = self.bound();
-        let mut old: Vec<Bound> = bound.drain(..).collect();
+        let mut old: Vec<Bound> = self.bound().drain(..).collect();
         let mut next = Vec::with_capacity(prepared.len());
         for prepared in prepared {
             let name = prepared.listener.settings.name.clone();
@@ -361,50 +349,39 @@ impl Intake {
                 .position(|b| b.name == name)
                 .map(|at| old.remove(at));
             let Some(mut before) = before else {
-                match self.start(prepared, None) {
-                    Ok(started) => {
-                        changes.added.push(name);
-                        next.push(started);
-                    }
-                    Err(error) => {
-                        error!(listener = %name, error = %format!("{error:#}"), "the added listener could not start")
-                    }
-                }
+                changes.added.push(name);
+                next.push(self.start(prepared));
                 continue;
             };
-            if before.started_with == started_with(&prepared.listener) {
+            if prepared.keep {
                 next.push(before);
                 continue;
             }
-            let mut prepared = prepared;
-            prepared.stats = Some(Arc::clone(&before.stats));
-            // Changed: the old one stops accepting (HTTP and directory listeners stop:
-            // HTTP clients reconnect per request), the new one takes its socket when the
-            // address is the same.
             before.accepting.cancel();
-            if !matches!(prepared.listener.kind, ListenerKind::Mllp) || before.socket.is_none() {
+            let mut retired = std::mem::take(&mut before.retired);
+            if before.mllp {
+                // Its connections stay; they close with its successor.
+                retired.push(before.stop.clone());
+            } else {
                 before.stop.cancel();
             }
-            let takeover = if prepared.socket.is_none() {
-                before.socket.take()
-            } else {
-                None
-            };
-            match self.start(prepared, takeover) {
-                Ok(started) => {
-                    changes.changed.push(name);
-                    next.push(started);
-                }
-                Err(error) => {
-                    error!(listener = %name, error = %format!("{error:#}"), "the changed listener could not start")
-                }
+            if let Some(reader) = before.reader.take() {
+                let _ = reader.await;
             }
+            drop(before);
+            let mut started = self.start(prepared);
+            started.retired = retired;
+            changes.changed.push(name);
+            next.push(started);
         }
         for removed in old {
             removed.stop.cancel();
+            for retired in &removed.retired {
+                retired.cancel();
+            }
             changes.removed.push(removed.name);
         }
-        *bound = next;
+        *self.bound() = next;
         changes
     }
 
@@ -424,30 +401,44 @@ impl Intake {
 }
 
 /// What a configuration reload does with a listener of the new file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) enum Plan {
     /// New, or changed to another address: bind it.
     Bind,
-    /// Changed, on the same address: take over the running one's socket (bound here).
-    TakeOver(SocketAddr),
+    /// Changed: its counters go on; on the same address, it serves a handle on the running
+    /// one's socket (the port never closes).
+    Replace {
+        stats: Arc<ListenerStats>,
+        socket: Option<std::net::TcpListener>,
+    },
     /// Unchanged: it keeps running.
     Keep,
 }
 
 impl Intake {
     /// What a reload does with `listener` (see [`Plan`]).
-    pub(super) fn plan(&self, listener: &ListenerConfig) -> Plan {
+    pub(super) fn plan(&self, listener: &ListenerConfig) -> std::io::Result<Plan> {
         let bound = self.bound();
         let Some(running) = bound.iter().find(|b| b.name == listener.settings.name) else {
-            return Plan::Bind;
+            return Ok(Plan::Bind);
         };
         if running.started_with == started_with(listener) {
-            Plan::Keep
-        } else if running.socket.is_some() && running.listen_addr == listener.settings.listen_addr {
-            Plan::TakeOver(running.local_addr)
-        } else {
-            Plan::Bind
+            return Ok(Plan::Keep);
         }
+        // The same address: as written, or the very address it is bound to (`:0` then the
+        // port it got).
+        let wanted = &listener.settings.listen_addr;
+        let same_address = (running.listen_addr == *wanted
+            || wanted.parse::<SocketAddr>().ok() == Some(running.local_addr))
+            && !matches!(listener.kind, ListenerKind::Directory(_));
+        let socket = match (&running.socket, same_address) {
+            (Some(socket), true) => Some(socket.try_clone()?),
+            _ => None,
+        };
+        Ok(Plan::Replace {
+            stats: Arc::clone(&running.stats),
+            socket,
+        })
     }
 }
 
@@ -460,71 +451,137 @@ fn duplicate(
     Ok((tokio::net::TcpListener::from_std(socket)?, second))
 }
 
-/// Get each listener ready: its TLS loaded (every certificate before any port), then its
-/// address bound, unless `takes_over` gives the address of a running listener's socket it
-/// will take over (a changed listener on the same address). Directory listeners need
-/// neither. The first problem, naming the listener, when one cannot be made ready
-/// (nothing is started; sockets bound here close again).
+/// Get each listener ready (see [`Prepared`]): every certificate loaded and every tokens
+/// file read before any port is bound, then each address bound (unless `plan` says it
+/// takes over a running listener's socket, or keeps the running one), each folder checked.
+/// The first problem, naming the listener, when one cannot be made ready: nothing is
+/// started, and sockets bound here close again.
 pub(super) async fn prepare<'a>(
     listeners: impl IntoIterator<Item = (&'a ListenerConfig, Ingest)>,
-    plan: impl Fn(&ListenerConfig) -> Plan,
+    plan: impl Fn(&ListenerConfig) -> std::io::Result<Plan>,
 ) -> anyhow::Result<Vec<Prepared>> {
+    let named = |listener: &ListenerConfig| {
+        let name = listener.settings.name.clone();
+        move |error: String| anyhow::anyhow!("listener {name}: {error}")
+    };
     let mut loaded = Vec::new();
     for (listener, ingest) in listeners {
-        let tls = match (&listener.tls, plan(listener)) {
-            (_, Plan::Keep) | (None, _) => None,
-            (Some(tls), _) => Some(TlsServer::load(tls).map_err(|error| {
-                anyhow::anyhow!("listener {}: {error}", listener.settings.name)
-            })?),
+        let planned = plan(listener).map_err(|error| named(listener)(error.to_string()))?;
+        let (stats, mut socket) = match planned {
+            Plan::Keep => {
+                loaded.push((
+                    Prepared {
+                        listener: listener.clone(),
+                        ingest,
+                        tls: None,
+                        socket: None,
+                        stats: Arc::default(),
+                        tokens: None,
+                        reader: None,
+                        keep: true,
+                    },
+                    None,
+                ));
+                continue;
+            }
+            Plan::Bind => (Arc::default(), None),
+            Plan::Replace { stats, socket } => (stats, socket),
         };
-        loaded.push(Prepared {
-            listener: listener.clone(),
-            ingest,
-            tls,
-            socket: None,
-            stats: None,
-        });
+        let tls = match &listener.tls {
+            Some(tls) => Some(TlsServer::load(tls).map_err(named(listener))?),
+            None => None,
+        };
+        let tokens = match &listener.kind {
+            ListenerKind::Http {
+                tokens_file: Some(path),
+            } => {
+                let text = std::fs::read_to_string(path).map_err(|error| {
+                    named(listener)(format!(
+                        "cannot read tokens_file {}: {error}",
+                        path.display()
+                    ))
+                })?;
+                Some(Arc::new(
+                    crate::admin::auth::TokenStore::parse(&text, path)
+                        .map_err(|error| named(listener)(error.to_string()))?,
+                ))
+            }
+            _ => None,
+        };
+        let taken_over = socket.take();
+        loaded.push((
+            Prepared {
+                listener: listener.clone(),
+                ingest,
+                tls,
+                socket: None,
+                stats,
+                tokens,
+                reader: None,
+                keep: false,
+            },
+            taken_over,
+        ));
     }
-    for prepared in &mut loaded {
+    let mut ready = Vec::with_capacity(loaded.len());
+    for (mut prepared, taken_over) in loaded {
+        if prepared.keep {
+            ready.push(prepared);
+            continue;
+        }
         let listener = &prepared.listener;
         let settings = &listener.settings;
-        let kind = match listener.kind {
-            ListenerKind::Directory(_) => continue,
+        let kind = match &listener.kind {
+            ListenerKind::Directory(directory) => {
+                prepared.reader = Some(
+                    crate::file_intake::DirectoryListener::new(
+                        directory.clone(),
+                        prepared.ingest.clone(),
+                        Arc::clone(&prepared.stats),
+                        settings.name.clone(),
+                    )
+                    .map_err(named(listener))?,
+                );
+                ready.push(prepared);
+                continue;
+            }
             ListenerKind::Mllp => "MLLP",
             ListenerKind::Http { .. } => "HTTP",
         };
-        match plan(listener) {
-            Plan::Keep => continue,
-            Plan::TakeOver(local_addr) => {
-                refuse_clear_text(listener, prepared.tls.is_some(), local_addr, kind)?;
-                continue;
+        let socket = match taken_over {
+            Some(socket) => tokio::net::TcpListener::from_std(socket).map_err(|error| {
+                named(listener)(format!("cannot take over its socket: {error}"))
+            })?,
+            None => {
+                // With `listeners:`, the address is the entry's `listen_addr`, not LISTEN_ADDR.
+                let setting = if listener.entry {
+                    format!("listen_addr of listener {}", settings.name)
+                } else {
+                    "LISTEN_ADDR".to_owned()
+                };
+                let instead = if kind == "HTTP" { ":8443" } else { ":2576" };
+                crate::units::bind(&settings.listen_addr)
+                    .await
+                    .map_err(|error| {
+                        super::bind_error(
+                            &setting,
+                            &settings.listen_addr,
+                            &error,
+                            &format!("a free port, e.g. {instead}"),
+                        )
+                    })?
             }
-            Plan::Bind => {}
-        }
-        // With `listeners:`, the address is the entry's `listen_addr`, not LISTEN_ADDR.
-        let setting = if listener.entry {
-            format!("listen_addr of listener {}", settings.name)
-        } else {
-            "LISTEN_ADDR".to_owned()
         };
-        let instead = if kind == "HTTP" { ":8443" } else { ":2576" };
-        let socket = crate::units::bind(&settings.listen_addr)
-            .await
-            .map_err(|error| {
-                super::bind_error(
-                    &setting,
-                    &settings.listen_addr,
-                    &error,
-                    &format!("a free port, e.g. {instead}"),
-                )
-            })?;
         let local_addr = socket
             .local_addr()
             .context("listener has no local address")?;
         refuse_clear_text(listener, prepared.tls.is_some(), local_addr, kind)?;
-        prepared.socket = Some(socket);
+        let pair = duplicate(socket)
+            .map_err(|error| named(listener)(format!("cannot share its socket: {error}")))?;
+        prepared.socket = Some(pair);
+        ready.push(prepared);
     }
-    Ok(loaded)
+    Ok(ready)
 }
 
 /// What decides for `listener`: its rules (all, or its `rules:`), the connectors' filters,

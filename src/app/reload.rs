@@ -290,7 +290,7 @@ impl Reloader {
         for (ingest, decider) in replaced {
             ingest.replace(decider);
         }
-        let listeners = self.intake.apply(prepared);
+        let listeners = self.intake.apply(prepared).await;
         self.deciders.listeners = self.intake.reload_handles().listeners;
         self.gateway
             .replace_listeners(super::listener_handles(&self.intake));

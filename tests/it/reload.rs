@@ -485,6 +485,14 @@ async fn listeners_change_under_load_without_a_dropped_connection() {
     );
     let (stop_ehr, ehr_load) = load_on(ehr, "E");
     let (stop_lab, lab_load) = load_on(lab, "B");
+    // A connection to lab kept open over two reloads: the change keeps it, the removal
+    // closes it.
+    let mut kept = tokio::net::TcpStream::connect(lab).await.expect("connect");
+    common::write(&mut kept, &common::framed(&message("ADT^A08", "K1"))).await;
+    assert_eq!(
+        common::field(&common::expect_ack(&mut kept).await, "MSA", 1),
+        "AA"
+    );
     common::eventually("both loads running", || stored(&app) >= 40).await;
     std::fs::write(app.config_file(), &after).expect("write");
     assert_eq!(app.reload_config().await, Ok(Reloaded::Applied));
@@ -559,6 +567,39 @@ async fn listeners_change_under_load_without_a_dropped_connection() {
         "AA",
         "the running listeners stay"
     );
+    // The connection the change kept decides with the running configuration.
+    common::write(&mut kept, &common::framed(&message("ADT^A08", "K2"))).await;
+    assert_eq!(
+        common::field(&common::expect_ack(&mut kept).await, "MSA", 1),
+        "AA"
+    );
+    // lab removed, and `new` changed from MLLP to HTTP on its port: the connection lab kept
+    // from before its change closes, and `new` answers HTTP only.
+    let removed = format!(
+        "listeners:\n{}  - name: new\n    type: http\n    listen_addr: \"{new}\"\n{connectors}",
+        mllp_listener("ehr", "")
+    );
+    std::fs::write(app.config_file(), removed).expect("write");
+    assert_eq!(app.reload_config().await, Ok(Reloaded::Applied));
+    assert!(
+        common::read_frame(&mut kept, Duration::from_secs(5))
+            .await
+            .is_none(),
+        "closed with the listener that was removed"
+    );
+    assert_eq!(addr("new"), Some(new), "the same port");
+    let posted = tokio::task::spawn_blocking(move || {
+        common::http::request(
+            &new.to_string(),
+            "POST",
+            "/hl7",
+            &[("Content-Type", "application/hl7-v2")],
+            &message("ADT^A08", "H1"),
+        )
+    })
+    .await
+    .expect("request");
+    assert_eq!(posted.status, 200, "{posted:?}");
     assert!(app.shutdown(Duration::from_secs(10)).await);
 }
 
