@@ -55,6 +55,24 @@ pub struct BenchArgs {
     /// connection and posts its share one after another.
     #[arg(long, value_name = "URL")]
     pub http: Option<String>,
+    /// After the load, wait until each of these connectors has delivered what the load
+    /// queued for it, and report its delivered messages per second (first send to last
+    /// delivery) and delivery latency next to the intake rate. Reads the gateway's admin
+    /// API (--admin-addr; the token from ADMIN_TOKEN or --data-dir's admin.token).
+    #[arg(long, value_name = "CONNECTOR", num_args = 1..)]
+    pub drain: Vec<String>,
+    /// The admin API's address, for --drain.
+    #[arg(
+        long,
+        env = "ADMIN_ADDR",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    pub admin_addr: String,
+    /// The gateway's data directory, for --drain: its admin.token is used when ADMIN_TOKEN
+    /// is not set.
+    #[arg(long, env = "DATA_DIR", default_value = "./data", value_name = "DIR")]
+    pub data_dir: PathBuf,
     /// Bearer token for --http (the listener's tokens_file holds its line).
     #[arg(
         long,
@@ -169,6 +187,8 @@ pub struct BenchReport {
     pub elapsed: Duration,
     /// ACK latency.
     pub latency: Percentiles,
+    /// What each `--drain` connector delivered.
+    pub drain: Vec<super::DrainReport>,
 }
 
 impl BenchReport {
@@ -274,6 +294,16 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
         Some(_) => None,
         None => args.tls.client(&args.addr)?.map(std::sync::Arc::new),
     };
+    let watch = if args.drain.is_empty() {
+        None
+    } else {
+        let api = super::client::ApiArgs {
+            admin_addr: args.admin_addr.clone(),
+            data_dir: args.data_dir.clone(),
+            json: false,
+        };
+        Some(super::drain::DrainWatch::start(&api, &args.drain).await?)
+    };
     let started = Instant::now();
     let mut report = BenchReport::default();
     let mut latencies: Vec<u32> = Vec::with_capacity(args.messages);
@@ -297,6 +327,7 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
         }
         _ => {
             let mut tasks = Vec::with_capacity(args.connections);
+            let run = run_tag();
             for connection in 0..args.connections {
                 let share = args.messages / args.connections
                     + usize::from(connection < args.messages % args.connections);
@@ -305,12 +336,14 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
                 let timeout = args.timeout;
                 let tls = tls.clone();
                 let http = http.clone();
+                let run = run.clone();
                 tasks.push(tokio::spawn(async move {
                     let mut sender = Sender::connect(
                         &addr,
                         tls.as_deref(),
                         http.as_deref(),
                         connection,
+                        &run,
                         timeout,
                     )
                     .await?;
@@ -359,6 +392,31 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
         "answers other than AA: {}, no answer: {}",
         report.not_aa, report.failed
     )?;
+    if let Some(watch) = watch {
+        report.drain = watch.finish(report.throughput(), args.timeout).await?;
+        for drained in &report.drain {
+            let latency = drained.latency_ms;
+            writeln!(
+                out,
+                "drain {}: {} of {} delivered in {:.2} s: {:.0} msg/s ({:.2}x intake); delivery latency p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms{}",
+                drained.connector,
+                drained.delivered,
+                drained.queued,
+                drained.elapsed_secs,
+                drained.per_second,
+                drained.ratio_to_intake,
+                latency.p50,
+                latency.p90,
+                latency.p99,
+                latency.max,
+                if drained.drained {
+                    ""
+                } else {
+                    " (NOT drained: no progress for the timeout)"
+                }
+            )?;
+        }
+    }
     report.probe = floor;
     if let Some(json_out) = json_out {
         let object = json_report(args, template.len(), &report);
@@ -406,6 +464,7 @@ fn json_report(args: &BenchArgs, message_bytes: usize, report: &BenchReport) -> 
             "open_per_message_p50_us": probe.open_per_message,
         })),
         "ack_p50_over_floor": rounds,
+        "drain": report.drain,
     })
 }
 
@@ -421,7 +480,7 @@ async fn interleaved(
 ) -> anyhow::Result<(ConnectionResult, Vec<f64>, Duration)> {
     let rounds = ROUNDS.min(args.messages);
     let mut store = ProbeStore::open(&args.probe_dir)?;
-    let mut sender = Sender::connect(&args.addr, tls, http, 0, args.timeout).await?;
+    let mut sender = Sender::connect(&args.addr, tls, http, 0, &run_tag(), args.timeout).await?;
     let mut result = ConnectionResult::with_capacity(args.messages);
     let mut ratios = Vec::with_capacity(rounds);
     let mut sending = Duration::ZERO;
@@ -505,9 +564,21 @@ struct Sender<'a> {
     addr: &'a str,
     tls: Option<&'a crate::tls::TlsClient>,
     http: Option<&'a HttpTarget>,
-    connection: usize,
+    /// The start of every control id it sends: unique per run and connection, so a
+    /// second run is not answered as retransmissions of the first.
+    tag: String,
     timeout: Duration,
     client: Option<Transport>,
+}
+
+/// Runs of `bench` in this process (a part of each control id).
+static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A tag for this run's control ids: the process, the run's start and its number.
+fn run_tag() -> String {
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let started = chrono::Utc::now().timestamp_millis() % 1_000_000;
+    format!("B{}.{started}.{run}", std::process::id())
 }
 
 impl<'a> Sender<'a> {
@@ -517,13 +588,14 @@ impl<'a> Sender<'a> {
         tls: Option<&'a crate::tls::TlsClient>,
         http: Option<&'a HttpTarget>,
         connection: usize,
+        run: &str,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         let mut sender = Self {
             addr,
             tls,
             http,
-            connection,
+            tag: format!("{run}-{connection}"),
             timeout,
             client: None,
         };
@@ -554,7 +626,6 @@ impl<'a> Sender<'a> {
         template: &[u8],
         result: &mut ConnectionResult,
     ) {
-        let run_id = std::process::id();
         let end = sequences.end;
         for sequence in sequences {
             let Some(connected) = self.client.as_mut() else {
@@ -563,7 +634,7 @@ impl<'a> Sender<'a> {
                 result.failed += end - sequence;
                 break;
             };
-            let control_id = format!("B{run_id}-{}-{sequence}", self.connection);
+            let control_id = format!("{}-{sequence}", self.tag);
             let message = with_control_id(template, &control_id);
             let sent = Instant::now();
             let answered = match connected {

@@ -7,6 +7,7 @@ pub mod admin;
 mod bench;
 pub mod client;
 mod dlq;
+mod drain;
 pub mod interfaces;
 mod offline;
 mod render;
@@ -19,6 +20,7 @@ use clap::{Parser, Subcommand};
 
 pub use bench::{BenchArgs, BenchReport, Probe, ProbeStore, probe, run_bench};
 pub use dlq::{DlqArgs, DlqCommand, run_dlq};
+pub use drain::{DrainReport, LatencyMs};
 pub use send::{SendSummary, run_send};
 pub use store::{StoreArgs, StoreCommand, run_store};
 

@@ -506,3 +506,67 @@ async fn a_writer_that_panics_answers_ae_and_tells_the_app_to_exit() {
         .expect("the failure is reported");
     assert!(app.shutdown(Duration::from_secs(5)).await);
 }
+
+/// `bench --drain`: waits until each named connector delivered what the load queued for it,
+/// and reports its rate next to the intake rate and its delivery latency; a connector that
+/// cannot deliver (paused) is reported as not drained after the patience; an unknown name is
+/// refused naming the known ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_drain_reports_delivery_next_to_intake() {
+    let yaml = "connectors:\n  - name: files\n    type: file\n    directory: ${DATA_DIR}/out\n  - name: held\n    type: file\n    directory: ${DATA_DIR}/held\n    paused: true\n  - name: adt-only\n    type: file\n    directory: ${DATA_DIR}/adt\n    filter: msh.msg_type == \"ADT\"\n";
+    let app = common::start_with_yaml(Some(yaml), &[]).await;
+    let mut args = common::bench_args(&app.local_addr().to_string(), 2, 60);
+    args.admin_addr = app.admin_url();
+    args.data_dir = app.directory.path().to_path_buf();
+    args.drain = vec!["files".to_owned(), "adt-only".to_owned()];
+    args.json = true;
+    let mut out = Vec::new();
+    let report = mfoundry::cli::run_bench(&args, &mut out)
+        .await
+        .expect("bench runs");
+    let files = &report.drain[0];
+    assert_eq!(
+        (files.queued, files.delivered, files.drained),
+        (60, 60, true)
+    );
+    assert!(files.per_second > 0.0 && files.ratio_to_intake > 0.0);
+    assert!(files.latency_ms.p50 <= files.latency_ms.p99);
+    assert!(files.latency_ms.p99 <= files.latency_ms.max);
+    assert_eq!(
+        common::count_files(&app.directory.path().join("out")),
+        60,
+        "every message delivered when the bench says so"
+    );
+    let filtered = &report.drain[1];
+    assert_eq!(
+        (filtered.queued, filtered.delivered),
+        (0, 0),
+        "the ORU load is not for it"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out).expect("one JSON object");
+    assert_eq!(json["drain"][0]["connector"], "files");
+    assert_eq!(json["drain"][0]["delivered"], 60);
+
+    args.drain = vec!["held".to_owned()];
+    args.timeout = Duration::from_millis(200);
+    args.json = false;
+    let mut out = Vec::new();
+    let report = mfoundry::cli::run_bench(&args, &mut out)
+        .await
+        .expect("bench runs");
+    assert!(!report.drain[0].drained);
+    let text = String::from_utf8(out).expect("utf-8");
+    assert!(text.contains("drain held: 0 of 60 delivered"), "{text}");
+    assert!(text.contains("NOT drained"), "{text}");
+
+    args.drain = vec!["nowhere".to_owned()];
+    let error = mfoundry::cli::run_bench(&args, &mut Vec::new())
+        .await
+        .expect_err("unknown connector");
+    let error = format!("{error:#}");
+    assert!(
+        error.contains("--drain nowhere") && error.contains("files, held, adt-only"),
+        "{error}"
+    );
+    assert!(app.shutdown(Duration::from_secs(10)).await);
+}

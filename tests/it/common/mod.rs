@@ -662,6 +662,9 @@ pub fn bench_args(addr: &str, connections: usize, messages: usize) -> mfoundry::
         tls: mfoundry::cli::TlsArgs::default(),
         http: None,
         token: None,
+        drain: Vec::new(),
+        admin_addr: "127.0.0.1:8080".to_owned(),
+        data_dir: "./data".into(),
     }
 }
 
