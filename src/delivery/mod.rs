@@ -132,6 +132,41 @@ pub trait Deliver: Send + 'static {
         &mut self,
         envelope: &Envelope,
     ) -> impl std::future::Future<Output = Result<(), DeliveryError>> + Send;
+
+    /// Most messages [`Deliver::deliver_batch`] takes at once; 1 (the default): one at a
+    /// time.
+    fn batch_limit(&self) -> usize {
+        1
+    }
+
+    /// Deliver several messages, in order, at once (one durable write for all of them where
+    /// the output can). The answer holds one `Ok` per delivered message, from the first;
+    /// an error ends it (that message and the ones after it were not delivered; the worker
+    /// then sends them one at a time, to find the one at fault). The default delivers one
+    /// after another.
+    fn deliver_batch(
+        &mut self,
+        envelopes: &[Envelope],
+    ) -> impl std::future::Future<Output = Vec<Result<(), DeliveryError>>> + Send {
+        one_at_a_time(self, envelopes)
+    }
+}
+
+/// [`Deliver::deliver_batch`] one message after another, stopping at the first error.
+pub async fn one_at_a_time<D: Deliver + ?Sized>(
+    output: &mut D,
+    envelopes: &[Envelope],
+) -> Vec<Result<(), DeliveryError>> {
+    let mut outcomes = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        let outcome = output.deliver(envelope).await;
+        let failed = outcome.is_err();
+        outcomes.push(outcome);
+        if failed {
+            break;
+        }
+    }
+    outcomes
 }
 
 /// What a dead letter means for its key's later messages (keyed lanes).
@@ -249,6 +284,8 @@ pub fn spawn_worker<O: Deliver>(
         last_send: None,
         retry_at: None,
         failing: None,
+        marking: None,
+        single_until: None,
     };
     tracker.spawn(worker.run());
     control
@@ -293,6 +330,13 @@ struct Worker<O> {
     /// Since when deliveries have been failing (the first failure of a run of them), and how
     /// many attempts failed: a recovery is logged once, with both.
     failing: Option<(tokio::time::Instant, u64)>,
+    /// The mark of the last delivered entry (or batch), on its way to the writer while the
+    /// next entry is sent (ADR 0003, amended): settled before any other outcome of this
+    /// connector is recorded and before its queue is read again, so marks are committed in
+    /// queue order.
+    marking: Option<tokio::task::JoinHandle<Result<usize, StoreError>>>,
+    /// Entries up to this seq are sent one at a time: a batch holding them failed.
+    single_until: Option<crate::outbox::Seq>,
 }
 
 /// Why a wait ended.
@@ -317,6 +361,11 @@ impl<O: Deliver> Worker<O> {
                 break;
             }
             if batch.is_empty() {
+                // What was delivered leaves the queue before the queue is read again.
+                if let Err(error) = self.settle_mark().await {
+                    self.store_failed(&error).await;
+                    continue;
+                }
                 let connector = self.settings.connector;
                 match self
                     .outbox
@@ -345,6 +394,20 @@ impl<O: Deliver> Worker<O> {
                     }
                 }
             }
+            let ready = self.ready_for_batch(&batch);
+            if ready > 1 {
+                let entries: Vec<Pending> = batch.iter().take(ready).cloned().collect();
+                match self.attempt_batch(&entries).await {
+                    Ok(delivered) => {
+                        batch.drain(..delivered);
+                    }
+                    Err(error) => {
+                        self.store_failed(&error).await;
+                        batch.clear();
+                    }
+                }
+                continue;
+            }
             let Some(head) = batch.front_mut() else {
                 continue;
             };
@@ -361,7 +424,108 @@ impl<O: Deliver> Worker<O> {
                 }
             }
         }
+        if let Err(error) = self.settle_mark().await {
+            // Not recorded: delivered again after the restart (at least once).
+            warn!(connector = %self.settings.name, error = %crate::outbox::Chain(&error), "the last delivery could not be recorded; it is delivered again after the restart");
+        }
         info!(connector = %self.settings.name, "delivery worker stopped");
+    }
+
+    /// How many entries at the head of `batch` go out together: those that can be sent now
+    /// (due, readable, not after a failed batch), up to the output's batch limit; 0 or 1:
+    /// one at a time. Never with `min_interval` (it spaces single sends).
+    fn ready_for_batch(&self, batch: &std::collections::VecDeque<Pending>) -> usize {
+        let limit = self.output.batch_limit();
+        if limit <= 1 || self.settings.min_interval.is_some() || batch.len() < 2 {
+            return 0;
+        }
+        let now = crate::outbox::now_micros();
+        batch
+            .iter()
+            .take(limit)
+            .take_while(|pending| {
+                pending.damage.is_none()
+                    && pending.transform_failure.is_none()
+                    && pending.record.is_some()
+                    && pending.body.is_some()
+                    && pending.entry.next_attempt_micros <= now
+                    && self.retry_at.is_none_or(|(seq, _)| seq != pending.seq)
+                    && self.single_until.is_none_or(|until| pending.seq > until)
+            })
+            .count()
+    }
+
+    /// Deliver `entries` (ready, see [`Self::ready_for_batch`]) as one batch and record the
+    /// delivered ones with one mark, committed while the next is sent. Returns how many
+    /// were delivered, from the first; after a failure the rest of the batch goes one at a
+    /// time, so its outcome is found and recorded as for a single message.
+    async fn attempt_batch(&mut self, entries: &[Pending]) -> Result<usize, StoreError> {
+        let connector = self.settings.connector;
+        let envelopes: Vec<Envelope> = entries
+            .iter()
+            .filter_map(|pending| {
+                Some(Envelope {
+                    instance_id: self.outbox.instance_id(),
+                    message_id: pending.entry.message_id.0,
+                    seq: pending.seq.0,
+                    connector: Arc::clone(&self.settings.name),
+                    record: pending.record.clone()?,
+                    body: pending.body.clone()?,
+                    attempt: pending.entry.attempts.saturating_add(1),
+                    default_charset: self.settings.default_charset,
+                })
+            })
+            .collect();
+        self.last_send = Some(tokio::time::Instant::now());
+        let started = tokio::time::Instant::now();
+        self.stats.delivering.store(true, Ordering::Relaxed);
+        let outcomes = self.output.deliver_batch(&envelopes).await;
+        self.stats.delivering.store(false, Ordering::Relaxed);
+        self.settle_mark().await?;
+        let share = started.elapsed() / u32::try_from(outcomes.len().max(1)).unwrap_or(1);
+        let mut delivered = Vec::with_capacity(outcomes.len());
+        for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
+            record_operation(&self.settings.name, share, outcome);
+            if outcome.is_err() {
+                break;
+            }
+            delivered.push((crate::outbox::Seq(envelope.seq), envelope.attempt));
+        }
+        if delivered.len() < envelopes.len() {
+            // Find the one at fault: the rest of this batch goes one at a time.
+            self.single_until = envelopes.last().map(|last| crate::outbox::Seq(last.seq));
+            if let Some(Err(error)) = outcomes.last() {
+                debug!(connector = %self.settings.name, delivered = delivered.len(), of = envelopes.len(), reason = %error, "a batch stopped; the rest of it goes one at a time");
+            }
+        }
+        let count = delivered.len();
+        if count > 0 {
+            let outbox = self.outbox.clone();
+            self.marking = Some(tokio::spawn(async move {
+                outbox.mark_delivered_many(connector, delivered).await
+            }));
+            self.stats
+                .delivered
+                .fetch_add(count as u64, Ordering::Relaxed);
+            if let Some((since, failures)) = self.failing.take() {
+                let backlog = self.outbox.depth(connector).queued;
+                info!(connector = %self.settings.name, failing_for_secs = since.elapsed().as_secs(), failed_attempts = failures, backlog, "connector recovered: delivering again");
+            }
+        }
+        Ok(count)
+    }
+
+    /// Wait until the mark of the last delivered entry is committed (or failed).
+    async fn settle_mark(&mut self) -> Result<(), StoreError> {
+        match self.marking.take() {
+            None => Ok(()),
+            Some(marking) => match marking.await {
+                Ok(marked) => marked.map(|_| ()),
+                Err(failed) => Err(StoreError::Encoding(format!(
+                    "recording a delivery failed: {failed}"
+                ))),
+            },
+        }
     }
 
     /// Deliver the head once (after waiting for its retry time) and record the outcome.
@@ -377,6 +541,7 @@ impl<O: Deliver> Worker<O> {
                 "{damage}; it was not delivered. Restore the store from a backup, or purge \
                  this entry"
             );
+            self.settle_mark().await?;
             self.outbox
                 .dead_letter(connector, seq, head.entry.attempts, reason)
                 .await?;
@@ -390,6 +555,7 @@ impl<O: Deliver> Worker<O> {
                 "{failure} (when the message was received); it was not delivered. Fix the \
                  transform, then reprocess the message"
             );
+            self.settle_mark().await?;
             self.outbox
                 .dead_letter(connector, seq, head.entry.attempts, reason)
                 .await?;
@@ -398,6 +564,7 @@ impl<O: Deliver> Worker<O> {
         }
         let (Some(record), Some(body)) = (head.record.clone(), head.body.clone()) else {
             let reason = "the message is missing from the outbox".to_owned();
+            self.settle_mark().await?;
             self.outbox
                 .dead_letter(connector, seq, head.entry.attempts, reason)
                 .await?;
@@ -461,11 +628,22 @@ impl<O: Deliver> Worker<O> {
         self.stats.delivering.store(true, Ordering::Relaxed);
         let outcome = self.output.deliver(&envelope).await;
         self.stats.delivering.store(false, Ordering::Relaxed);
+        // The previous entry's mark went to the writer while this one was sent; it is
+        // committed before this outcome is recorded (marks in queue order).
+        self.settle_mark().await?;
         let name = &self.settings.name;
         record_operation(name, started.elapsed(), &outcome);
         match outcome {
             Ok(()) => {
-                self.outbox.mark_delivered(connector, seq, attempt).await?;
+                // Recorded while the next entry is sent: a crash before the commit sends
+                // this one and the next again, in order (at least once).
+                let outbox = self.outbox.clone();
+                self.marking = Some(tokio::spawn(async move {
+                    outbox
+                        .mark_delivered(connector, seq, attempt)
+                        .await
+                        .map(usize::from)
+                }));
                 bump(&self.stats.delivered);
                 if let Some((since, failures)) = self.failing.take() {
                     // Once per recovery, at info: how long it failed and what it now drains

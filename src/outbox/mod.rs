@@ -503,6 +503,23 @@ impl Outbox {
         self.submit(request, answer).await
     }
 
+    /// [`Outbox::mark_delivered`] for several entries of `connector` (`(seq, attempts)`, a
+    /// batch its output delivered together), in one request: they leave the queue in the
+    /// same commit. Answers how many were there.
+    pub async fn mark_delivered_many(
+        &self,
+        connector: ConnectorId,
+        entries: Vec<(Seq, u32)>,
+    ) -> Result<usize, StoreError> {
+        let (reply, answer) = Reply::new();
+        let request = Request::DeliveredMany {
+            connector,
+            entries,
+            reply,
+        };
+        self.submit(request, answer).await
+    }
+
     /// Record a failed attempt that will be retried at `next_attempt_micros`. False when the
     /// entry was not there.
     pub async fn record_failure(

@@ -95,6 +95,13 @@ pub(super) enum Request {
         attempts: u32,
         reply: Reply<bool>,
     },
+    /// A connector's output confirmed several queue entries at once (a batch): remove each,
+    /// record DELIVERED. Answers how many were there.
+    DeliveredMany {
+        connector: ConnectorId,
+        entries: Vec<(Seq, u32)>,
+        reply: Reply<usize>,
+    },
     /// A delivery attempt failed and will be retried: update the queue entry.
     Retry {
         connector: ConnectorId,
@@ -217,6 +224,7 @@ impl Request {
             | Self::Retry { reply, .. }
             | Self::DeadLetter { reply, .. } => reply.committed(),
             Self::Purge { reply, .. } => reply.committed(),
+            Self::DeliveredMany { reply, .. } => reply.committed(),
             Self::Replay { reply, .. } | Self::Reprocess { reply, .. } => reply.committed(),
             Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => reply.committed(),
             Self::Retain { reply, .. } => reply.committed(),
@@ -237,6 +245,7 @@ impl Request {
             | Self::Retry { reply, .. }
             | Self::DeadLetter { reply, .. } => reply.send(Err(error())),
             Self::Purge { reply, .. } => reply.send(Err(error())),
+            Self::DeliveredMany { reply, .. } => reply.send(Err(error())),
             Self::Replay { reply, .. } | Self::Reprocess { reply, .. } => reply.send(Err(error())),
             Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => reply.send(Err(error())),
             Self::Retain { reply, .. } => reply.send(Err(error())),
@@ -254,6 +263,7 @@ impl Request {
             | Self::Retry { reply, .. }
             | Self::DeadLetter { reply, .. } => reply.send(Err(StoreError::WriterGone)),
             Self::Purge { reply, .. } => reply.send(Err(StoreError::WriterGone)),
+            Self::DeliveredMany { reply, .. } => reply.send(Err(StoreError::WriterGone)),
             Self::Replay { reply, .. } | Self::Reprocess { reply, .. } => {
                 reply.send(Err(StoreError::WriterGone))
             }

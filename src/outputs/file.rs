@@ -254,6 +254,95 @@ impl FileOutput {
     }
 }
 
+/// Most files written with one sync ([`FileOutput::deliver_batch`]).
+pub const BATCH: usize = 64;
+
+impl FileOutput {
+    /// Write several messages, each under its templated name, with one sync for all their
+    /// data, their renames in order, then one sync per folder. A message that cannot be
+    /// rendered ends the batch there (the ones before it are written).
+    pub async fn deliver_batch(
+        &mut self,
+        envelopes: &[Envelope],
+    ) -> Vec<Result<(), DeliveryError>> {
+        let mut files = Vec::with_capacity(envelopes.len());
+        let mut refused = None;
+        for envelope in envelopes {
+            let path = self
+                .spec
+                .directory
+                .join(self.spec.filename.render(envelope));
+            match self.spec.format.render(envelope) {
+                Ok(body) => files.push((path, body, envelope.message_id)),
+                Err(error) => {
+                    refused = Some(error);
+                    break;
+                }
+            }
+        }
+        let count = files.len();
+        let written = tokio::task::spawn_blocking(move || write_together(&files))
+            .await
+            .map_err(|error| DeliveryError::transient(format!("file write task failed: {error}")))
+            .and_then(|written| {
+                written.map_err(|error| {
+                    DeliveryError::transient(format!("cannot write the files: {error}"))
+                })
+            });
+        match written {
+            Ok(()) => {
+                let mut outcomes: Vec<Result<(), DeliveryError>> =
+                    (0..count).map(|_| Ok(())).collect();
+                outcomes.extend(refused.map(Err));
+                outcomes
+            }
+            Err(error) => vec![Err(error)],
+        }
+    }
+}
+
+/// Write `files` durably: each to a temporary name, one `syncfs` for all their data, the
+/// renames in order, then one sync per folder. On an error, temporary files are removed
+/// (files already renamed stay: a resend writes them again under the same name).
+fn write_together(files: &[(std::path::PathBuf, bytes::Bytes, u64)]) -> std::io::Result<()> {
+    let mut temporary = Vec::with_capacity(files.len());
+    let result = (|| {
+        let mut folders: Vec<&Path> = Vec::new();
+        for (path, body, id) in files {
+            let directory = path.parent().unwrap_or(Path::new("."));
+            if !folders.contains(&directory) {
+                std::fs::create_dir_all(directory)?;
+                folders.push(directory);
+            }
+            let file_name = path
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let name = directory.join(format!(".{file_name}.{id}.tmp"));
+            let mut file = std::fs::File::create(&name)?;
+            temporary.push(name);
+            file.write_all(body)?;
+        }
+        // One flush of the file system for every file's data (and, with it, anything else
+        // written there since the last one): far cheaper than a sync per file.
+        for folder in &folders {
+            rustix::fs::syncfs(std::fs::File::open(folder)?)?;
+        }
+        for ((path, _, _), name) in files.iter().zip(temporary.drain(..)) {
+            std::fs::rename(&name, path)?;
+        }
+        // The renames are durable once their folders are.
+        for folder in folders {
+            std::fs::File::open(folder)?.sync_all()?;
+        }
+        Ok(())
+    })();
+    for name in temporary {
+        let _ = std::fs::remove_file(name);
+    }
+    result
+}
+
 fn write_atomically(path: &Path, body: &[u8], id: u64) -> std::io::Result<()> {
     let directory = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(directory)?;

@@ -188,4 +188,20 @@ impl Deliver for Output {
             Self::Postgres(output) => output.deliver(envelope).await,
         }
     }
+
+    fn batch_limit(&self) -> usize {
+        match self {
+            Self::File(_) => file::BATCH,
+            Self::Postgres(_) => postgres::BATCH,
+            Self::Mllp(_) | Self::Http(_) => 1,
+        }
+    }
+
+    async fn deliver_batch(&mut self, envelopes: &[Envelope]) -> Vec<Result<(), DeliveryError>> {
+        match self {
+            Self::File(output) => output.deliver_batch(envelopes).await,
+            Self::Postgres(output) => output.deliver_batch(envelopes).await,
+            Self::Mllp(_) | Self::Http(_) => crate::delivery::one_at_a_time(self, envelopes).await,
+        }
+    }
 }

@@ -179,15 +179,15 @@ impl PostgresOutput {
         }
     }
 
-    /// Insert one message.
-    pub async fn deliver(&mut self, envelope: &Envelope) -> Result<(), DeliveryError> {
+    /// Connect, create the table and prepare the insert when there is no open connection,
+    /// all within one bound: a pooler that holds the client or a silent network must not
+    /// stall the connector.
+    async fn ensure_connected(&mut self) -> Result<(), DeliveryError> {
         if self
             .connection
             .as_ref()
             .is_none_or(|(client, _)| client.is_closed())
         {
-            // Connect, create the table and prepare the insert, all within one bound: a pooler
-            // that holds the client or a silent network must not stall the connector.
             let setup = tokio::time::timeout(CONNECT_TIMEOUT + STATEMENT_TIMEOUT, self.connect());
             self.connection = Some(setup.await.map_err(|_| {
                 DeliveryError::transient(format!(
@@ -196,77 +196,101 @@ impl PostgresOutput {
                 ))
             })??);
         }
+        Ok(())
+    }
+
+    /// Insert one message.
+    pub async fn deliver(&mut self, envelope: &Envelope) -> Result<(), DeliveryError> {
+        let row = Row::of(envelope, self.spec.format)?;
+        self.ensure_connected().await?;
         let Some((client, insert)) = self.connection.as_ref() else {
             return Err(DeliveryError::transient("not connected"));
         };
-        let header = without_nul(&envelope.record.header);
-        let header = &header;
-        let received_at =
-            chrono::DateTime::from_timestamp_micros(envelope.record.received_at_micros)
-                .unwrap_or_default();
-        let id = i64::try_from(envelope.message_id)
-            .map_err(|_| DeliveryError::permanent("the message id does not fit a BIGINT"))?;
-        let entry = i64::try_from(envelope.seq)
-            .map_err(|_| DeliveryError::permanent("the queue entry does not fit a BIGINT"))?;
-        let header_json = serde_json::to_value(header).unwrap_or_default();
-        let source = format!("{:016x}", envelope.instance_id);
-        let connector: &str = &envelope.connector;
-        let rendered = self.spec.format.render(envelope)?;
-        let body: &[u8] = &rendered;
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
-            &source,
-            &id,
-            &entry,
-            &received_at,
-            &header.msg_type,
-            &header.trigger,
-            &header.control_id,
-            &header.sending_app,
-            &header.sending_fac,
-            &body,
-            &header_json,
-            &connector,
-        ];
-        let insert = client.execute(insert, &params);
         let started = std::time::Instant::now();
-        let inserted = tokio::time::timeout(STATEMENT_TIMEOUT, insert).await;
-        crate::telemetry::metrics::record(
-            &crate::telemetry::metrics::instruments().db,
-            started.elapsed(),
-            &[
-                opentelemetry::KeyValue::new(
-                    crate::telemetry::metrics::CONNECTOR,
-                    opentelemetry::StringValue::from(std::sync::Arc::clone(&envelope.connector)),
-                ),
-                opentelemetry::KeyValue::new("db.system.name", "postgresql"),
-                opentelemetry::KeyValue::new("db.operation.name", "INSERT"),
-                opentelemetry::KeyValue::new(
-                    crate::telemetry::metrics::OUTCOME,
-                    if matches!(inserted, Ok(Ok(_))) {
-                        "ok"
-                    } else {
-                        "error"
-                    },
-                ),
-            ],
-        );
+        let inserted =
+            tokio::time::timeout(STATEMENT_TIMEOUT, client.execute(insert, &row.params())).await;
+        record_insert(&envelope.connector, started, matches!(inserted, Ok(Ok(_))));
+        self.outcome(
+            inserted.map(|inserted| inserted.map(|_| ())),
+            "insert",
+            "the row",
+        )
+    }
+
+    /// Insert several messages in one transaction (one commit for all of them). A message
+    /// that cannot be rendered ends the batch there.
+    pub async fn deliver_batch(
+        &mut self,
+        envelopes: &[Envelope],
+    ) -> Vec<Result<(), DeliveryError>> {
+        let mut rows = Vec::with_capacity(envelopes.len());
+        let mut refused = None;
+        for envelope in envelopes {
+            match Row::of(envelope, self.spec.format) {
+                Ok(row) => rows.push(row),
+                Err(error) => {
+                    refused = Some(error);
+                    break;
+                }
+            }
+        }
+        if rows.is_empty() {
+            return refused.map(Err).into_iter().collect();
+        }
+        if let Err(error) = self.ensure_connected().await {
+            return vec![Err(error)];
+        }
+        let Some((client, insert)) = self.connection.as_mut() else {
+            return vec![Err(DeliveryError::transient("not connected"))];
+        };
+        let started = std::time::Instant::now();
+        let inserted = tokio::time::timeout(STATEMENT_TIMEOUT, async {
+            let transaction = client.transaction().await?;
+            for row in &rows {
+                transaction.execute(&*insert, &row.params()).await?;
+            }
+            transaction.commit().await
+        })
+        .await;
+        if let Some(envelope) = envelopes.first() {
+            record_insert(&envelope.connector, started, matches!(inserted, Ok(Ok(()))));
+        }
+        match self.outcome(inserted, "batch insert", "a row of the batch") {
+            Ok(()) => {
+                let mut outcomes: Vec<Result<(), DeliveryError>> =
+                    rows.iter().map(|_| Ok(())).collect();
+                outcomes.extend(refused.map(Err));
+                outcomes
+            }
+            Err(error) => vec![Err(error)],
+        }
+    }
+
+    /// What an insert's result means: a row refused for its data is permanent; anything
+    /// else is transient and closes the connection.
+    fn outcome(
+        &mut self,
+        inserted: Result<Result<(), tokio_postgres::Error>, tokio::time::error::Elapsed>,
+        what: &str,
+        row: &str,
+    ) -> Result<(), DeliveryError> {
         match inserted {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(error)) if is_about_the_data(&error) => Err(DeliveryError::permanent(format!(
-                "the row was refused: {}",
+                "{row} was refused: {}",
                 describe(&error)
             ))),
             Ok(Err(error)) => {
                 self.connection = None;
                 Err(DeliveryError::transient(format!(
-                    "insert failed: {}",
+                    "{what} failed: {}",
                     describe(&error)
                 )))
             }
             Err(_) => {
                 self.connection = None;
                 Err(DeliveryError::transient(format!(
-                    "insert did not finish within {STATEMENT_TIMEOUT:?}; connection closed"
+                    "{what} did not finish within {STATEMENT_TIMEOUT:?}; connection closed"
                 )))
             }
         }
@@ -531,6 +555,79 @@ fn is_about_the_data(error: &tokio_postgres::Error) -> bool {
 }
 
 /// The header fields without NUL characters (PostgreSQL text refuses them).
+/// Most rows inserted in one transaction ([`PostgresOutput::deliver_batch`]).
+pub const BATCH: usize = 128;
+
+/// One message as the values of an insert.
+struct Row {
+    source: String,
+    id: i64,
+    entry: i64,
+    received_at: chrono::DateTime<chrono::Utc>,
+    header: crate::outbox::HeaderFields,
+    header_json: serde_json::Value,
+    connector: String,
+    body: Vec<u8>,
+}
+
+impl Row {
+    fn of(envelope: &Envelope, format: super::format::Format) -> Result<Self, DeliveryError> {
+        let header = without_nul(&envelope.record.header);
+        Ok(Self {
+            source: format!("{:016x}", envelope.instance_id),
+            id: i64::try_from(envelope.message_id)
+                .map_err(|_| DeliveryError::permanent("the message id does not fit a BIGINT"))?,
+            entry: i64::try_from(envelope.seq)
+                .map_err(|_| DeliveryError::permanent("the queue entry does not fit a BIGINT"))?,
+            received_at: chrono::DateTime::from_timestamp_micros(
+                envelope.record.received_at_micros,
+            )
+            .unwrap_or_default(),
+            header_json: serde_json::to_value(&header).unwrap_or_default(),
+            header,
+            connector: envelope.connector.to_string(),
+            body: format.render(envelope)?.to_vec(),
+        })
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 12] {
+        [
+            &self.source,
+            &self.id,
+            &self.entry,
+            &self.received_at,
+            &self.header.msg_type,
+            &self.header.trigger,
+            &self.header.control_id,
+            &self.header.sending_app,
+            &self.header.sending_fac,
+            &self.body,
+            &self.header_json,
+            &self.connector,
+        ]
+    }
+}
+
+/// Count an insert (or a batch) in `db.client.operation.duration`.
+fn record_insert(connector: &Arc<str>, started: std::time::Instant, ok: bool) {
+    crate::telemetry::metrics::record(
+        &crate::telemetry::metrics::instruments().db,
+        started.elapsed(),
+        &[
+            opentelemetry::KeyValue::new(
+                crate::telemetry::metrics::CONNECTOR,
+                opentelemetry::StringValue::from(Arc::clone(connector)),
+            ),
+            opentelemetry::KeyValue::new("db.system.name", "postgresql"),
+            opentelemetry::KeyValue::new("db.operation.name", "INSERT"),
+            opentelemetry::KeyValue::new(
+                crate::telemetry::metrics::OUTCOME,
+                if ok { "ok" } else { "error" },
+            ),
+        ],
+    );
+}
+
 fn without_nul(header: &crate::outbox::HeaderFields) -> crate::outbox::HeaderFields {
     let clean = |value: &String| value.replace('\0', "");
     crate::outbox::HeaderFields {

@@ -335,3 +335,80 @@ fn lanes_keep_per_key_order_and_lose_nothing_across_sigkill() {
     );
     drop(runtime);
 }
+
+/// The same for a FIFO connector, whose mark of a delivered message is committed while the
+/// next one is sent (ADR 0003, amended): across kill -9 nothing acknowledged is lost, every
+/// message first arrives in the order received, and only the entry in hand and the one
+/// whose mark was on its way arrive twice per kill.
+#[test]
+fn fifo_keeps_order_and_loses_nothing_across_sigkill() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let downstream = runtime.block_on(peer(|_, _| Answer::AckAfter("AA", 1)));
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let config = format!(
+        "connectors:\n  - name: downstream\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n",
+        downstream.addr.port()
+    );
+    std::fs::write(dir.join("mfoundry.yaml"), config).expect("config");
+    let message = |sender: usize, sequence: usize| {
+        let control = format!("F{sender}-{sequence}");
+        let body = format!(
+            "MSH|^~\\&|EHR|H|LAB|H|20261206083000||ADT^A08^ADT_A01|{control}|P|2.5.1\rPID|1||P{sequence}^^^H^MR||DOE^JO\r"
+        );
+        (control, body.into_bytes())
+    };
+    let mut acknowledged = Vec::new();
+    let kills = 2;
+    for round in 0..=kills {
+        let mut server = common::Server::start(dir, "mfoundry.yaml", "data", &[]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = {
+            let (addr, stop) = (server.addr.clone(), Arc::clone(&stop));
+            std::thread::spawn(move || common::send_until_stopped(&addr, round, &stop, message))
+        };
+        std::thread::sleep(Duration::from_millis(600));
+        if round < kills {
+            server.child.kill().expect("SIGKILL");
+            server.child.wait().expect("reaped");
+        }
+        stop.store(true, Ordering::Relaxed);
+        acknowledged.extend(sender.join().expect("sender"));
+        if round == kills {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !acknowledged
+                .iter()
+                .all(|control| downstream.received().contains(control))
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "every acknowledged message delivered within 60 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            server.stop();
+        }
+    }
+    assert!(
+        acknowledged.len() > 100,
+        "the load ran: {}",
+        acknowledged.len()
+    );
+    let received = downstream.received();
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<String> = received
+        .iter()
+        .filter(|control| seen.insert((*control).clone()))
+        .filter(|control| acknowledged.contains(control))
+        .cloned()
+        .collect();
+    assert_eq!(first, acknowledged, "first arrivals in the order received");
+    let repeats = received.len() - seen.len();
+    assert!(
+        repeats <= 2 * kills,
+        "only the entry in hand and the one being recorded arrive twice per kill: {repeats}"
+    );
+    drop(runtime);
+}

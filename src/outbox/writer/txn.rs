@@ -151,6 +151,18 @@ impl Writer {
                             .delivery(&transaction, now)?
                             .delivered(*connector, *seq, *attempts)?,
                     ),
+                    Request::DeliveredMany {
+                        connector,
+                        entries,
+                        reply,
+                    } => {
+                        let mut delivery = tables.delivery(&transaction, now)?;
+                        let mut marked = 0;
+                        for (seq, attempts) in entries.iter() {
+                            marked += usize::from(delivery.delivered(*connector, *seq, *attempts)?);
+                        }
+                        reply.set(marked);
+                    }
                     Request::Retry {
                         connector,
                         seq,

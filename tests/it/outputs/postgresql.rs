@@ -247,3 +247,57 @@ fn an_unknown_pgsslmode_is_refused_at_load() {
     let fine = |name: &str| (name == "PGSSLMODE").then(|| "require".to_owned());
     assert!(mfoundry::config::Config::load_with(Some(&file), &fine).is_ok());
 }
+
+/// Messages queued while the connector was paused go out in batches (one transaction per
+/// batch); a row PostgreSQL refuses for its data fails its batch, which is then sent one
+/// message at a time: the refused one goes to the dead-letter queue, every other one is
+/// inserted once.
+#[tokio::test]
+async fn postgres_batches_and_isolates_a_refused_row() {
+    let Some((client, dsn)) = postgres().await else {
+        return;
+    };
+    let table = format!(
+        "mfoundry_batch_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .subsec_nanos()
+    );
+    let yaml = format!(
+        "connectors:\n  - name: archive\n    type: postgres\n    dsn: ${{TEST_DSN}}\n    table: {table}\n"
+    );
+    let app = common::start_with_yaml(Some(&yaml), &[("TEST_DSN", &dsn)]).await;
+    send(&app, &["FIRST"]).await;
+    eventually("the table made", || stat(&app, "archive", "delivered") == 1).await;
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {table} ADD CONSTRAINT no_bad CHECK (control_id <> 'BAD')"
+        ))
+        .await
+        .expect("constraint");
+    app.worker("archive").pause();
+    let ids: Vec<String> = (1..=40).map(|n| format!("Q{n}")).collect();
+    let mut sent: Vec<&str> = ids.iter().map(String::as_str).collect();
+    sent.insert(17, "BAD");
+    send(&app, &sent).await;
+    app.worker("archive").resume();
+    eventually("every row in, the refused one dead-lettered", || {
+        stat(&app, "archive", "delivered") == 41 && stat(&app, "archive", "dead") == 1
+    })
+    .await;
+    let rows = client
+        .query(&format!("SELECT control_id FROM {table} ORDER BY id"), &[])
+        .await
+        .expect("select");
+    let controls: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+    let mut expected = vec!["FIRST".to_owned()];
+    expected.extend(ids);
+    assert_eq!(controls, expected, "each once, the refused one absent");
+    client
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .expect("drop");
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+}
