@@ -157,7 +157,7 @@ fn valid_table_name(table: &str) -> bool {
 
 /// How long to wait for a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long one insert may take.
+/// How long one insert, or one batch's transaction, may take.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A PostgreSQL table.
@@ -554,9 +554,9 @@ fn is_about_the_data(error: &tokio_postgres::Error) -> bool {
         .is_some_and(|db| matches!(db.code().code().get(..2), Some("22" | "23")))
 }
 
-/// The header fields without NUL characters (PostgreSQL text refuses them).
-/// Most rows inserted in one transaction ([`PostgresOutput::deliver_batch`]).
-pub const BATCH: usize = 128;
+/// Most rows inserted in one transaction ([`PostgresOutput::deliver_batch`]); the worker
+/// reads its queue 64 entries at a time, so a batch is at most that.
+pub const BATCH: usize = 64;
 
 /// One message as the values of an insert.
 struct Row {
@@ -628,6 +628,7 @@ fn record_insert(connector: &Arc<str>, started: std::time::Instant, ok: bool) {
     );
 }
 
+/// The header fields without NUL characters (PostgreSQL text refuses them).
 fn without_nul(header: &crate::outbox::HeaderFields) -> crate::outbox::HeaderFields {
     let clean = |value: &String| value.replace('\0', "");
     crate::outbox::HeaderFields {
