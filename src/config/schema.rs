@@ -373,8 +373,21 @@ pub struct ConnectorFile {
     pub dsn: Option<String>,
     /// `postgres`: the table.
     pub table: Option<String>,
-    /// `nats`: the subject.
+    /// `nats`: the subject, a template with the file output's placeholders
+    /// (`hl7.{msg_type}.{trigger}`).
     pub subject: Option<String>,
+    /// `nats`: the JetStream stream that must take the subject (checked when connecting).
+    pub stream: Option<String>,
+    /// `nats`: a `.creds` file (JWT and NKey seed).
+    pub creds_file: Option<String>,
+    /// `nats`: a file holding an NKey seed.
+    pub nkey_file: Option<String>,
+    /// `nats`: a token.
+    pub token: Option<String>,
+    /// `nats`: a user (with `password`).
+    pub user: Option<String>,
+    /// `nats`: the user's password.
+    pub password: Option<String>,
     /// `postgres`: a file holding the connection string (a mounted secret).
     pub dsn_file: Option<String>,
     /// `mllp`: how long to wait for a connection (Go duration, default `10s`).

@@ -65,8 +65,9 @@ enum Part {
     Received(String),
 }
 
+/// A placeholder taken from the message's header or the delivery (never patient data).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Field {
+pub(super) enum Field {
     Id,
     ControlId,
     MsgType,
@@ -78,7 +79,8 @@ enum Field {
     Entry,
 }
 
-const FIELDS: &[(&str, Field)] = &[
+/// The placeholders by name.
+pub(super) const FIELDS: &[(&str, Field)] = &[
     ("id", Field::Id),
     ("control_id", Field::ControlId),
     ("msg_type", Field::MsgType),
@@ -175,7 +177,6 @@ impl FileNameTemplate {
     /// The relative path for a message. Header values are reduced to letters, digits, `-`,
     /// `_` and `.` (anything else becomes `_`), so a sender cannot steer the path.
     pub fn render(&self, envelope: &Envelope) -> PathBuf {
-        let header = &envelope.record.header;
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -186,23 +187,28 @@ impl FileNameTemplate {
                             .unwrap_or_default();
                     out.push_str(&sanitize(&received.format(format).to_string()));
                 }
-                Part::Field(field) => {
-                    let value = match field {
-                        Field::Id => envelope.message_id.to_string(),
-                        Field::ControlId => header.control_id.clone(),
-                        Field::MsgType => header.msg_type.clone(),
-                        Field::Trigger => header.trigger.clone(),
-                        Field::SendingApp => header.sending_app.clone(),
-                        Field::SendingFac => header.sending_fac.clone(),
-                        Field::Connector => envelope.connector.to_string(),
-                        Field::Instance => format!("{:016x}", envelope.instance_id),
-                        Field::Entry => envelope.seq.to_string(),
-                    };
-                    out.push_str(&sanitize(&value));
-                }
+                Part::Field(field) => out.push_str(&sanitize(&field.value(envelope))),
             }
         }
         PathBuf::from(out)
+    }
+}
+
+impl Field {
+    /// Its value for `envelope`, as it is (callers clean it for where it goes).
+    pub(super) fn value(self, envelope: &Envelope) -> String {
+        let header = &envelope.record.header;
+        match self {
+            Self::Id => envelope.message_id.to_string(),
+            Self::ControlId => header.control_id.clone(),
+            Self::MsgType => header.msg_type.clone(),
+            Self::Trigger => header.trigger.clone(),
+            Self::SendingApp => header.sending_app.clone(),
+            Self::SendingFac => header.sending_fac.clone(),
+            Self::Connector => envelope.connector.to_string(),
+            Self::Instance => format!("{:016x}", envelope.instance_id),
+            Self::Entry => envelope.seq.to_string(),
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod file;
 pub mod format;
 pub mod http;
 pub mod mllp;
+pub mod nats;
 pub mod postgres;
 pub mod settings;
 
@@ -62,8 +63,7 @@ pub fn keys(kind: ConnectorKind) -> &'static [&'static str] {
         ConnectorKind::Http => &http::KEYS,
         ConnectorKind::File => &file::KEYS,
         ConnectorKind::Postgres => &postgres::KEYS,
-        // Documented for the JetStream output to come; a nats connector is refused for now.
-        ConnectorKind::Nats => &["url", "subject"],
+        ConnectorKind::Nats => &nats::KEYS,
     }
 }
 
@@ -74,13 +74,7 @@ pub fn read_spec(kind: ConnectorKind, reader: &mut settings::Reader<'_, '_>) -> 
         ConnectorKind::Http => HttpSpec::read(reader).map(OutputSpec::Http),
         ConnectorKind::File => FileSpec::read(reader).map(OutputSpec::File),
         ConnectorKind::Postgres => PostgresSpec::read(reader).map(OutputSpec::Postgres),
-        ConnectorKind::Nats => {
-            reader.problem(
-                "type",
-                "type nats is not available in this version of mfoundry; use mllp, http, file or postgres",
-            );
-            None
-        }
+        ConnectorKind::Nats => nats::NatsSpec::read(reader).map(OutputSpec::Nats),
     }
 }
 
@@ -95,6 +89,8 @@ pub enum OutputSpec {
     File(FileSpec),
     /// Insert rows into PostgreSQL.
     Postgres(PostgresSpec),
+    /// Publish to NATS JetStream.
+    Nats(nats::NatsSpec),
 }
 
 impl OutputSpec {
@@ -118,6 +114,7 @@ impl OutputSpec {
             Self::Postgres(spec) => postgres::postgres_config(&spec.dsn, lookup)
                 .map(|config| postgres::destinations(&config))
                 .map_err(|_| unreadable("dsn")),
+            Self::Nats(spec) => spec.destinations().ok_or_else(|| unreadable("url")),
         }
     }
 
@@ -128,6 +125,7 @@ impl OutputSpec {
             Self::Mllp(spec) => spec.egress = allow,
             Self::Http(spec) => spec.egress = allow,
             Self::Postgres(spec) => spec.egress = allow,
+            Self::Nats(spec) => spec.egress = allow,
             Self::File(_) => {}
         }
     }
@@ -139,6 +137,7 @@ impl OutputSpec {
             Self::Http(spec) => spec.format,
             Self::File(spec) => spec.format,
             Self::Postgres(spec) => spec.format,
+            Self::Nats(spec) => spec.format,
         }
     }
 }
@@ -154,6 +153,8 @@ pub enum Output {
     Http(http::HttpOutput),
     /// `type: postgres`.
     Postgres(postgres::PostgresOutput),
+    /// `type: nats`.
+    Nats(nats::NatsOutput),
 }
 
 impl Output {
@@ -166,6 +167,7 @@ impl Output {
             OutputSpec::Postgres(spec) => {
                 Self::Postgres(postgres::PostgresOutput::new(spec.clone()))
             }
+            OutputSpec::Nats(spec) => Self::Nats(nats::NatsOutput::new(spec.clone())),
         }
     }
 }
@@ -177,6 +179,7 @@ impl Deliver for Output {
             Self::File(_) => "file",
             Self::Http(_) => "http",
             Self::Postgres(_) => "postgres",
+            Self::Nats(_) => "nats",
         }
     }
 
@@ -186,6 +189,7 @@ impl Deliver for Output {
             Self::File(output) => output.deliver(envelope).await,
             Self::Http(output) => output.deliver(envelope).await,
             Self::Postgres(output) => output.deliver(envelope).await,
+            Self::Nats(output) => output.deliver(envelope).await,
         }
     }
 
@@ -193,6 +197,7 @@ impl Deliver for Output {
         match self {
             Self::File(_) => file::BATCH,
             Self::Postgres(_) => postgres::BATCH,
+            Self::Nats(_) => nats::BATCH,
             Self::Mllp(_) | Self::Http(_) => 1,
         }
     }
@@ -201,6 +206,7 @@ impl Deliver for Output {
         match self {
             Self::File(output) => output.deliver_batch(envelopes).await,
             Self::Postgres(output) => output.deliver_batch(envelopes).await,
+            Self::Nats(output) => output.deliver_batch(envelopes).await,
             Self::Mllp(_) | Self::Http(_) => crate::delivery::one_at_a_time(self, envelopes).await,
         }
     }

@@ -12,6 +12,7 @@
 mod backup;
 mod http;
 mod https;
+mod nats;
 mod postgresql;
 
 use crate::common;
