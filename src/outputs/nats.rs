@@ -1,9 +1,9 @@
 //! `type: nats`: publish to NATS JetStream, the hand-off for scaling out. Each message is
 //! published with `Nats-Msg-Id` set to the delivery's idempotency key (a resend after a
 //! crash is dropped by the stream's duplicate window) and waits for the stream's
-//! acknowledgement before it counts as delivered. A batch publishes its messages one after
-//! another without waiting, then waits for their acknowledgements in order (a window of
-//! outstanding publishes).
+//! acknowledgement before it counts as delivered, and before the next one is published: a
+//! window of outstanding publishes is not used, because a reconnect drops the client's
+//! unsent buffer while later publishes still go out, which would store them out of order.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,14 +32,11 @@ pub const KEYS: [&str; 13] = [
     "tls_key_file",
 ];
 
-/// Most messages published before their acknowledgements are awaited.
-pub const BATCH: usize = 64;
-
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the connection authenticates.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub enum NatsAuth {
     /// Nothing.
     #[default]
@@ -52,6 +49,19 @@ pub enum NatsAuth {
     Token(String),
     /// A user and a password.
     UserPassword(String, String),
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secrets.
+        formatter.write_str(match self {
+            Self::None => "None",
+            Self::CredsFile(_) => "CredsFile",
+            Self::NkeyFile(_) => "NkeyFile",
+            Self::Token(_) => "Token",
+            Self::UserPassword(..) => "UserPassword",
+        })
+    }
 }
 
 /// `type: nats`.
@@ -89,7 +99,13 @@ impl NatsSpec {
             .filter(|url| !url.is_empty())
             .collect();
         for url in &urls {
-            if server_destination(url).is_none() {
+            if url.contains('@') {
+                // Not echoed: it holds a secret.
+                reader.problem(
+                    "url",
+                    "a server URL with credentials is refused: use `user` and `password`, `token`, `creds_file` or `nkey_file`",
+                );
+            } else if server_destination(url).is_none() {
                 reader.problem(
                     "url",
                     format!("{url:?} is not a NATS server address (nats://host:4222, tls://host:4222 or host:port)"),
@@ -303,6 +319,16 @@ impl SubjectTemplate {
     }
 }
 
+/// A header value as written, without control characters (each becomes `_`), at most 256
+/// characters.
+fn header_value(value: &str) -> String {
+    value
+        .chars()
+        .take(256)
+        .map(|c| if c.is_control() { '_' } else { c })
+        .collect()
+}
+
 /// A value as one subject token: letters, digits, `-` and `_` (anything else `_`), at most
 /// 64 characters, never empty.
 fn token(value: &str) -> String {
@@ -354,9 +380,12 @@ impl NatsOutput {
                 DeliveryError::permanent(format!("{url:?} is not a NATS server address: {error}"))
             })?);
         }
+        // Only the servers configured (and checked by EGRESS_ALLOW), not those a cluster
+        // advertises.
         let mut options = async_nats::ConnectOptions::new()
             .name("mfoundry")
-            .connection_timeout(CONNECT_TIMEOUT);
+            .connection_timeout(CONNECT_TIMEOUT)
+            .ignore_discovered_servers();
         options = match &spec.auth {
             NatsAuth::None => options,
             NatsAuth::Token(token) => options.token(token.clone()),
@@ -429,9 +458,12 @@ impl NatsOutput {
             envelope.message_id.to_string().as_str(),
         );
         headers.insert("Mfoundry-Entry", envelope.seq.to_string().as_str());
-        headers.insert("Mfoundry-Type", token(&header.msg_type).as_str());
-        headers.insert("Mfoundry-Trigger", token(&header.trigger).as_str());
-        headers.insert("Mfoundry-Control-Id", token(&header.control_id).as_str());
+        headers.insert("Mfoundry-Type", header_value(&header.msg_type).as_str());
+        headers.insert("Mfoundry-Trigger", header_value(&header.trigger).as_str());
+        headers.insert(
+            "Mfoundry-Control-Id",
+            header_value(&header.control_id).as_str(),
+        );
         headers.insert(
             "Mfoundry-Source",
             format!("{:016x}", envelope.instance_id).as_str(),
@@ -443,24 +475,34 @@ impl NatsOutput {
         }
     }
 
-    /// What a failed publish means: refused by the stream (no stream for the subject, too
-    /// large, a broken expectation) is permanent; anything else is retried, on a new
-    /// connection.
+    /// What a failed publish means. Permanent (the dead-letter queue): larger than the
+    /// server's `max_payload` or the stream's largest message, a broken expectation, and no
+    /// stream for the subject when `stream` is not set. Without `stream`, "no responders"
+    /// cannot be told from JetStream being unavailable; with it (the stream was there when
+    /// connecting) it means the stream is unavailable for now (a leader election, a
+    /// restart) and is retried. Anything else is retried, on a new connection.
     fn failed(&mut self, error: &async_nats::jetstream::context::PublishError) -> DeliveryError {
-        match error.kind() {
-            PublishErrorKind::StreamNotFound
-            | PublishErrorKind::MaxPayloadExceeded
+        let stream_code = std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
+            .map(async_nats::jetstream::Error::error_code);
+        let permanent = match error.kind() {
+            PublishErrorKind::MaxPayloadExceeded
             | PublishErrorKind::WrongLastMessageId
-            | PublishErrorKind::WrongLastSequence => {
-                DeliveryError::permanent(format!("the stream refused the message: {error}"))
+            | PublishErrorKind::WrongLastSequence => true,
+            PublishErrorKind::StreamNotFound => self.spec.stream.is_none(),
+            PublishErrorKind::Other => {
+                stream_code
+                    == Some(async_nats::jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
             }
             PublishErrorKind::TimedOut
             | PublishErrorKind::BrokenPipe
-            | PublishErrorKind::MaxAckPending
-            | PublishErrorKind::Other => {
-                self.context = None;
-                DeliveryError::transient(format!("publish failed: {error}"))
-            }
+            | PublishErrorKind::MaxAckPending => false,
+        };
+        if permanent {
+            DeliveryError::permanent(format!("the stream refused the message: {error}"))
+        } else {
+            self.context = None;
+            DeliveryError::transient(format!("publish failed: {error}"))
         }
     }
 
@@ -472,41 +514,6 @@ impl NatsOutput {
             Ok(_) => Ok(()),
             Err(error) => Err(self.failed(&error)),
         }
-    }
-
-    /// Publish several messages without waiting, then wait for their acknowledgements in
-    /// order; the first failure ends the answer.
-    pub async fn deliver_batch(
-        &mut self,
-        envelopes: &[Envelope],
-    ) -> Vec<Result<(), DeliveryError>> {
-        let context = match self.context().await {
-            Ok(context) => context,
-            Err(error) => return vec![Err(error)],
-        };
-        let mut pending = Vec::with_capacity(envelopes.len());
-        let mut stopped = None;
-        for envelope in envelopes {
-            match self.send(&context, envelope).await {
-                Ok(ack) => pending.push(ack),
-                Err(error) => {
-                    stopped = Some(error);
-                    break;
-                }
-            }
-        }
-        let mut outcomes = Vec::with_capacity(envelopes.len());
-        for ack in pending {
-            match ack.await {
-                Ok(_) => outcomes.push(Ok(())),
-                Err(error) => {
-                    outcomes.push(Err(self.failed(&error)));
-                    return outcomes;
-                }
-            }
-        }
-        outcomes.extend(stopped.map(Err));
-        outcomes
     }
 }
 
@@ -541,6 +548,22 @@ mod tests {
     fn values_become_one_token() {
         assert_eq!(token("A.B C>*"), "A_B_C__");
         assert_eq!(token(""), "_");
+    }
+
+    #[test]
+    fn headers_keep_the_value_without_control_characters() {
+        assert_eq!(header_value("CTRL.1-2 x"), "CTRL.1-2 x");
+        assert_eq!(header_value("a\r\nInjected: 1"), "a__Injected: 1");
+    }
+
+    #[test]
+    fn credentials_never_show_in_debug() {
+        let shown = format!(
+            "{:?} {:?}",
+            NatsAuth::Token("s3cret".to_owned()),
+            NatsAuth::UserPassword("u".to_owned(), "pw-s3cret".to_owned())
+        );
+        assert!(!shown.contains("s3cret"), "{shown}");
     }
 
     #[test]
