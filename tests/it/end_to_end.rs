@@ -218,6 +218,34 @@ fn files_in(directory: &Path) -> usize {
 /// "Receive from several systems": four listeners (two MLLP, HTTP, a folder), a batch sent
 /// whole, a file dropped; every message reaches its listener's connector and `stats` shows
 /// the four listeners.
+/// Copy `examples/` into `dir` and run a section's first block there: its commands, and
+/// the gateway it starts in the background, once it listens on every one of `ports`.
+fn start_section(dir: &Path, start: &[String], ports: &[u16]) -> Background {
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
+        .arg(dir)
+        .status()
+        .expect("cp");
+    assert!(copy.success());
+    let mut server = None;
+    for command in start {
+        if is_server(command) {
+            let background = Background::start(dir, command);
+            for port in ports {
+                wait_until(&format!("port {port}"), || {
+                    std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok()
+                });
+            }
+            server = Some(background);
+        } else {
+            let (code, _, stderr) = run(dir, command);
+            assert_eq!(code, 0, "`{command}`: {stderr}");
+        }
+    }
+    server.expect("the section starts the gateway")
+}
+
 #[test]
 fn the_readme_several_systems_walkthrough_runs_as_written() {
     let _ports = README_PORTS
@@ -239,29 +267,7 @@ fn the_readme_several_systems_walkthrough_runs_as_written() {
     }
     let scratch = tempfile::tempdir().expect("tempdir");
     let dir = scratch.path();
-    let copy = Command::new("cp")
-        .arg("-r")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
-        .arg(dir)
-        .status()
-        .expect("cp");
-    assert!(copy.success());
-    let mut server = None;
-    for command in start {
-        if is_server(command) {
-            let background = Background::start(dir, command);
-            for port in [2575, 2576, 8443] {
-                wait_until(&format!("port {port}"), || {
-                    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-                });
-            }
-            server = Some(background);
-        } else {
-            let (code, _, stderr) = run(dir, command);
-            assert_eq!(code, 0, "`{command}`: {stderr}");
-        }
-    }
-    let mut server = server.expect("the section starts the gateway");
+    let mut server = start_section(dir, start, &[2575, 2576, 8443]);
     let mut printed = String::new();
     for command in commands {
         let (code, stdout, stderr) = run(dir, command);
@@ -305,27 +311,7 @@ fn the_readme_reload_walkthrough_runs_as_written() {
     }
     let scratch = tempfile::tempdir().expect("tempdir");
     let dir = scratch.path();
-    let copy = Command::new("cp")
-        .arg("-r")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"))
-        .arg(dir)
-        .status()
-        .expect("cp");
-    assert!(copy.success());
-    let mut server = None;
-    for command in start {
-        if is_server(command) {
-            let background = Background::start(dir, command);
-            wait_until("port 2575", || {
-                std::net::TcpStream::connect(("127.0.0.1", 2575)).is_ok()
-            });
-            server = Some(background);
-        } else {
-            let (code, _, stderr) = run(dir, command);
-            assert_eq!(code, 0, "`{command}`: {stderr}");
-        }
-    }
-    let mut server = server.expect("the section starts the gateway");
+    let mut server = start_section(dir, start, &[2575]);
     let mut printed = String::new();
     for command in commands {
         let (code, stdout, stderr) = run(dir, command);

@@ -239,8 +239,6 @@ fn lanes_without_order_by_are_refused_at_load() {
 /// twice only when it was in hand at a kill (at most `lanes` per kill).
 #[test]
 fn lanes_keep_per_key_order_and_lose_nothing_across_sigkill() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     const LANES: usize = 8;
     const PATIENTS: usize = 12;
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -260,44 +258,8 @@ fn lanes_keep_per_key_order_and_lose_nothing_across_sigkill() {
         );
         (control, body.into_bytes())
     };
-    let mut acknowledged = Vec::new();
     let kills = 2;
-    for round in 0..=kills {
-        let mut server = common::Server::start(dir, "mfoundry.yaml", "data", &[]);
-        let stop = Arc::new(AtomicBool::new(false));
-        let senders: Vec<_> = (0..2)
-            .map(|index| {
-                let (addr, stop) = (server.addr.clone(), Arc::clone(&stop));
-                std::thread::spawn(move || {
-                    common::send_until_stopped(&addr, round * 2 + index, &stop, message)
-                })
-            })
-            .collect();
-        std::thread::sleep(Duration::from_millis(600));
-        if round < kills {
-            server.child.kill().expect("SIGKILL");
-            server.child.wait().expect("reaped");
-        }
-        stop.store(true, Ordering::Relaxed);
-        for sender in senders {
-            acknowledged.extend(sender.join().expect("sender"));
-        }
-        if round == kills {
-            // The last run drains what every run accepted.
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while !acknowledged
-                .iter()
-                .all(|control| downstream.received().contains(control))
-            {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "every acknowledged message delivered within 60 s"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            server.stop();
-        }
-    }
+    let acknowledged = load_with_kills(dir, 2, kills, message, &downstream);
     assert!(
         acknowledged.len() > 100,
         "the load ran: {}",
@@ -342,8 +304,6 @@ fn lanes_keep_per_key_order_and_lose_nothing_across_sigkill() {
 /// whose mark was on its way arrive twice per kill.
 #[test]
 fn fifo_keeps_order_and_loses_nothing_across_sigkill() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let downstream = runtime.block_on(peer(|_, _| Answer::AckAfter("AA", 1)));
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -360,37 +320,8 @@ fn fifo_keeps_order_and_loses_nothing_across_sigkill() {
         );
         (control, body.into_bytes())
     };
-    let mut acknowledged = Vec::new();
     let kills = 2;
-    for round in 0..=kills {
-        let mut server = common::Server::start(dir, "mfoundry.yaml", "data", &[]);
-        let stop = Arc::new(AtomicBool::new(false));
-        let sender = {
-            let (addr, stop) = (server.addr.clone(), Arc::clone(&stop));
-            std::thread::spawn(move || common::send_until_stopped(&addr, round, &stop, message))
-        };
-        std::thread::sleep(Duration::from_millis(600));
-        if round < kills {
-            server.child.kill().expect("SIGKILL");
-            server.child.wait().expect("reaped");
-        }
-        stop.store(true, Ordering::Relaxed);
-        acknowledged.extend(sender.join().expect("sender"));
-        if round == kills {
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while !acknowledged
-                .iter()
-                .all(|control| downstream.received().contains(control))
-            {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "every acknowledged message delivered within 60 s"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            server.stop();
-        }
-    }
+    let acknowledged = load_with_kills(dir, 1, kills, message, &downstream);
     assert!(
         acknowledged.len() > 100,
         "the load ran: {}",
@@ -411,4 +342,57 @@ fn fifo_keeps_order_and_loses_nothing_across_sigkill() {
         "only the entry in hand and the one being recorded arrive twice per kill: {repeats}"
     );
     drop(runtime);
+}
+
+/// Run the gateway of `dir` `kills + 1` times under a load of `senders` connections, each
+/// sending `message(sender, sequence)`: kill -9 after 600 ms the first `kills` times, then
+/// wait until `downstream` has every acknowledged message and stop. The acknowledged
+/// control ids, in the order acknowledged (per sender).
+fn load_with_kills(
+    dir: &std::path::Path,
+    senders: usize,
+    kills: usize,
+    message: fn(usize, usize) -> (String, Vec<u8>),
+    downstream: &common::peer::Peer,
+) -> Vec<String> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut acknowledged = Vec::new();
+    for round in 0..=kills {
+        let mut server = common::Server::start(dir, "mfoundry.yaml", "data", &[]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let running: Vec<_> = (0..senders)
+            .map(|index| {
+                let (addr, stop) = (server.addr.clone(), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    common::send_until_stopped(&addr, round * senders + index, &stop, message)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(600));
+        if round < kills {
+            server.child.kill().expect("SIGKILL");
+            server.child.wait().expect("reaped");
+        }
+        stop.store(true, Ordering::Relaxed);
+        for sender in running {
+            acknowledged.extend(sender.join().expect("sender"));
+        }
+        if round == kills {
+            // The last run drains what every run accepted.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while !acknowledged
+                .iter()
+                .all(|control| downstream.received().contains(control))
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "every acknowledged message delivered within 60 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            server.stop();
+        }
+    }
+    acknowledged
 }

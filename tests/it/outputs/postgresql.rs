@@ -5,19 +5,24 @@
 
 use super::*;
 
-#[tokio::test]
-async fn postgres_gets_one_row_per_message_even_when_delivered_twice() {
-    let Some((client, dsn)) = postgres().await else {
-        return;
-    };
-    let table = format!(
-        "mfoundry_test_{}_{}",
+/// A table name no other test run uses.
+fn unique_table(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
             .subsec_nanos()
-    );
+    )
+}
+
+#[tokio::test]
+async fn postgres_gets_one_row_per_message_even_when_delivered_twice() {
+    let Some((client, dsn)) = postgres().await else {
+        return;
+    };
+    let table = unique_table("mfoundry_test");
     let yaml = format!(
         "connectors:\n  - name: archive\n    type: postgres\n    dsn: ${{TEST_DSN}}\n    table: {table}\n"
     );
@@ -257,14 +262,7 @@ async fn postgres_batches_and_isolates_a_refused_row() {
     let Some((client, dsn)) = postgres().await else {
         return;
     };
-    let table = format!(
-        "mfoundry_batch_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .subsec_nanos()
-    );
+    let table = unique_table("mfoundry_batch");
     let yaml = format!(
         "connectors:\n  - name: archive\n    type: postgres\n    dsn: ${{TEST_DSN}}\n    table: {table}\n"
     );
