@@ -299,3 +299,103 @@ async fn postgres_batches_and_isolates_a_refused_row() {
         .expect("drop");
     assert!(app.shutdown(Duration::from_secs(5)).await);
 }
+
+/// kill -9 while a file and a PostgreSQL connector deliver in batches, twice, then a clean
+/// restart: every acknowledged message has its file and its row, each row once (a batch
+/// resent after a kill is absorbed by the entry key), and no temporary file is left.
+#[test]
+fn batches_lose_nothing_and_repeat_no_row_across_sigkill() {
+    use std::sync::atomic::AtomicBool;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let Some((client, dsn)) = runtime.block_on(postgres()) else {
+        return;
+    };
+    let table = unique_table("mfoundry_kill");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let yaml = format!(
+        "connectors:\n  - name: files\n    type: file\n    directory: ${{DATA_DIR}}/out\n    filename: \"{{entry}}-{{control_id}}.hl7\"\n  - name: rows\n    type: postgres\n    dsn: ${{TEST_DSN}}\n    table: {table}\n"
+    );
+    std::fs::write(dir.join("mfoundry.yaml"), yaml).expect("config");
+    let message = |sender: usize, sequence: usize| {
+        let control = format!("B{sender}-{sequence}");
+        (control.clone(), common::adt(&control, "2.5"))
+    };
+    let out = dir.join("data").join("out");
+    let mut acknowledged = Vec::new();
+    let kills = 2;
+    for round in 0..=kills {
+        let mut gateway =
+            common::Server::start(dir, "mfoundry.yaml", "data", &[("TEST_DSN", &dsn)]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let senders: Vec<_> = (0..4)
+            .map(|index| {
+                let (addr, stop) = (gateway.addr.clone(), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    common::send_until_stopped(&addr, round * 4 + index, &stop, message)
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(800));
+        if round < kills {
+            gateway.child.kill().expect("SIGKILL");
+            gateway.child.wait().expect("reaped");
+        }
+        stop.store(true, Ordering::Relaxed);
+        for sender in senders {
+            acknowledged.extend(sender.join().expect("sender"));
+        }
+        if round == kills {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let names = common::file_names(&out);
+                let rows: i64 = runtime
+                    .block_on(client.query_one(
+                        &format!("SELECT count(DISTINCT control_id) FROM {table}"),
+                        &[],
+                    ))
+                    .map(|row| row.get(0))
+                    .unwrap_or(0);
+                let files_done = acknowledged.iter().all(|control| {
+                    names
+                        .iter()
+                        .any(|name| name.ends_with(&format!("-{control}.hl7")))
+                });
+                if files_done && rows as usize >= acknowledged.len() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "every acknowledged message written within 60 s"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            gateway.stop();
+        }
+    }
+    assert!(
+        acknowledged.len() > 100,
+        "the load ran: {}",
+        acknowledged.len()
+    );
+    let names = common::file_names(&out);
+    assert!(
+        names.iter().all(|name| !name.starts_with('.')),
+        "no temporary file left: {:?}",
+        names
+            .iter()
+            .filter(|name| name.starts_with('.'))
+            .collect::<Vec<_>>()
+    );
+    let (rows, distinct): (i64, i64) = runtime
+        .block_on(client.query_one(
+            &format!("SELECT count(*), count(DISTINCT (source, connector, entry)) FROM {table}"),
+            &[],
+        ))
+        .map(|row| (row.get(0), row.get(1)))
+        .expect("count");
+    assert_eq!(rows, distinct, "each entry's row once");
+    runtime
+        .block_on(client.batch_execute(&format!("DROP TABLE {table}")))
+        .expect("drop");
+}
