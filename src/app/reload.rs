@@ -4,10 +4,11 @@
 //! listener's `rules:`) is replaced for the next frame of every listener: a message is
 //! decided by the old or the new configuration, never a mix. Connectors are added (their
 //! names registered in the store first), removed (the worker stops after the delivery in
-//! hand; queue and dead letters stay, shown as orphaned) or restarted when their type or
-//! output settings changed; the others keep their workers and connections. A file that
-//! does not load, or that changes what this version cannot change while running (settings,
-//! listeners), keeps the running configuration, and says why. Every reload, applied or not,
+//! hand; queue and dead letters stay, shown as orphaned) or restarted when their delivery
+//! as written changed; the others keep their workers and connections. Listeners are
+//! prepared (TLS, ports, folders) before anything changes, then added, changed (taking over
+//! the socket on the same address) or removed. A file that does not load, or that changes
+//! the settings (which need a restart), keeps the running configuration, and says why. Every reload, applied or not,
 //! is in the audit trail with the SHA-256 of the file.
 
 use std::path::{Path, PathBuf};
@@ -43,7 +44,8 @@ pub(super) struct Deciders {
 /// What a reload did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reloaded {
-    /// The new rules, filters, transforms and senders are in force.
+    /// The new configuration (listeners, connectors, rules, filters, transforms, tables,
+    /// senders) is in force.
     Applied,
     /// The file is the one the gateway started with.
     Unchanged,

@@ -200,13 +200,7 @@ impl DrainWatch {
             }
         }
         millis.sort_by(f64::total_cmp);
-        let at = |quantile: f64| -> f64 {
-            if millis.is_empty() {
-                return 0.0;
-            }
-            let rank = ((millis.len() as f64) * quantile).ceil() as usize;
-            millis[rank.clamp(1, millis.len()) - 1]
-        };
+        let at = |quantile| super::bench::percentile(&millis, quantile);
         Ok(LatencyMs {
             p50: at(0.50),
             p90: at(0.90),

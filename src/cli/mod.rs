@@ -10,6 +10,7 @@ mod dlq;
 mod drain;
 pub mod interfaces;
 mod offline;
+mod probe;
 mod render;
 mod send;
 mod store;
@@ -18,9 +19,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use bench::{BenchArgs, BenchReport, Probe, ProbeStore, probe, run_bench};
+pub use bench::{BenchArgs, BenchReport, run_bench};
 pub use dlq::{DlqArgs, DlqCommand, run_dlq};
 pub use drain::{DrainReport, LatencyMs};
+pub use probe::{Probe, ProbeStore, probe};
 pub use send::{SendSummary, run_send};
 pub use store::{StoreArgs, StoreCommand, run_store};
 

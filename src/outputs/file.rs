@@ -80,7 +80,7 @@ pub(super) enum Field {
 }
 
 /// The placeholders by name.
-pub(super) const FIELDS: &[(&str, Field)] = &[
+const FIELDS: &[(&str, Field)] = &[
     ("id", Field::Id),
     ("control_id", Field::ControlId),
     ("msg_type", Field::MsgType),
@@ -91,6 +91,48 @@ pub(super) const FIELDS: &[(&str, Field)] = &[
     ("instance", Field::Instance),
     ("entry", Field::Entry),
 ];
+
+/// What a `{...}` of a template (file names, NATS subjects) stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Placeholder {
+    /// A header or delivery field.
+    Field(Field),
+    /// The receive time (UTC) in this `strftime` format.
+    Received(String),
+}
+
+/// Read the placeholder `name` (between the braces): a known field, or `received:` with a
+/// valid `strftime` format.
+pub(super) fn placeholder(name: &str) -> Result<Placeholder, String> {
+    if let Some(format) = name.strip_prefix("received:") {
+        let valid = !format.is_empty()
+            && StrftimeItems::new(format).all(|item| !matches!(item, Item::Error));
+        if !valid {
+            return Err(format!(
+                "{{received:{format}}} is not a valid strftime format (e.g. %Y%m%d)"
+            ));
+        }
+        return Ok(Placeholder::Received(format.to_owned()));
+    }
+    match FIELDS.iter().find(|(known, _)| *known == name) {
+        Some((_, field)) => Ok(Placeholder::Field(*field)),
+        None => {
+            let known: Vec<&str> = FIELDS.iter().map(|(known, _)| *known).collect();
+            Err(format!(
+                "unknown placeholder {{{name}}}; use {} or received:<strftime>",
+                known.join(", ")
+            ))
+        }
+    }
+}
+
+/// The receive time of `envelope` (UTC) in the `strftime` `format`.
+pub(super) fn received(envelope: &Envelope, format: &str) -> String {
+    chrono::DateTime::from_timestamp_micros(envelope.record.received_at_micros)
+        .unwrap_or_default()
+        .format(format)
+        .to_string()
+}
 
 impl FileNameTemplate {
     /// Parse and check a template: known placeholders only, a valid `strftime` format for
@@ -106,28 +148,17 @@ impl FileNameTemplate {
                         .find('}')
                         .ok_or_else(|| format!("`{{` without `}}` in {template:?}"))?;
                     let name = &rest[1..end];
-                    if let Some(format) = name.strip_prefix("received:") {
-                        let valid = !format.is_empty()
-                            && StrftimeItems::new(format).all(|item| !matches!(item, Item::Error));
-                        if !valid {
-                            return Err(format!(
-                                "{{received:{format}}} is not a valid strftime format (e.g. %Y%m%d)"
-                            ));
+                    match placeholder(name)? {
+                        Placeholder::Received(format) => {
+                            if format.contains('/') {
+                                return Err("a {received:...} format may not contain '/'; put the '/' outside the braces".to_owned());
+                            }
+                            parts.push(Part::Received(format));
                         }
-                        if format.contains('/') {
-                            return Err("a {received:...} format may not contain '/'; put the '/' outside the braces".to_owned());
+                        Placeholder::Field(field) => {
+                            has_id |= matches!(field, Field::Id | Field::Entry);
+                            parts.push(Part::Field(field));
                         }
-                        parts.push(Part::Received(format.to_owned()));
-                    } else if let Some((_, field)) = FIELDS.iter().find(|(known, _)| *known == name)
-                    {
-                        has_id |= matches!(field, Field::Id | Field::Entry);
-                        parts.push(Part::Field(*field));
-                    } else {
-                        let known: Vec<&str> = FIELDS.iter().map(|(known, _)| *known).collect();
-                        return Err(format!(
-                            "unknown placeholder {{{name}}}; use {} or received:<strftime>",
-                            known.join(", ")
-                        ));
                     }
                     rest = &rest[end + 1..];
                 }
@@ -181,12 +212,7 @@ impl FileNameTemplate {
         for part in &self.parts {
             match part {
                 Part::Literal(text) => out.push_str(text),
-                Part::Received(format) => {
-                    let received =
-                        chrono::DateTime::from_timestamp_micros(envelope.record.received_at_micros)
-                            .unwrap_or_default();
-                    out.push_str(&sanitize(&received.format(format).to_string()));
-                }
+                Part::Received(format) => out.push_str(&sanitize(&received(envelope, format))),
                 Part::Field(field) => out.push_str(&sanitize(&field.value(envelope))),
             }
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 
-use super::file::{FIELDS, Field};
+use super::file::{Placeholder, placeholder, received};
 use super::format::Format;
 use crate::delivery::{DeliveryError, Envelope};
 
@@ -234,8 +234,7 @@ pub struct SubjectTemplate {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum SubjectPart {
     Literal(String),
-    Field(Field),
-    Received(String),
+    Placeholder(Placeholder),
 }
 
 impl SubjectTemplate {
@@ -249,26 +248,7 @@ impl SubjectTemplate {
                 let end = after
                     .find('}')
                     .ok_or_else(|| format!("`{{` without `}}` in {template:?}"))?;
-                let name = &after[..end];
-                if let Some(format) = name.strip_prefix("received:") {
-                    let valid = !format.is_empty()
-                        && chrono::format::StrftimeItems::new(format)
-                            .all(|item| !matches!(item, chrono::format::Item::Error));
-                    if !valid {
-                        return Err(format!(
-                            "{{received:{format}}} is not a valid strftime format (e.g. %Y%m%d)"
-                        ));
-                    }
-                    parts.push(SubjectPart::Received(format.to_owned()));
-                } else if let Some((_, field)) = FIELDS.iter().find(|(known, _)| *known == name) {
-                    parts.push(SubjectPart::Field(*field));
-                } else {
-                    let known: Vec<&str> = FIELDS.iter().map(|(known, _)| *known).collect();
-                    return Err(format!(
-                        "unknown placeholder {{{name}}}; use {} or received:<strftime>",
-                        known.join(", ")
-                    ));
-                }
+                parts.push(SubjectPart::Placeholder(placeholder(&after[..end])?));
                 rest = &after[end + 1..];
             } else {
                 let end = rest.find('{').unwrap_or(rest.len());
@@ -306,13 +286,12 @@ impl SubjectTemplate {
         for part in &self.parts {
             match part {
                 SubjectPart::Literal(text) => out.push_str(text),
-                SubjectPart::Received(format) => {
-                    let received =
-                        chrono::DateTime::from_timestamp_micros(envelope.record.received_at_micros)
-                            .unwrap_or_default();
-                    out.push_str(&token(&received.format(format).to_string()));
+                SubjectPart::Placeholder(Placeholder::Received(format)) => {
+                    out.push_str(&token(&received(envelope, format)));
                 }
-                SubjectPart::Field(field) => out.push_str(&token(&field.value(envelope))),
+                SubjectPart::Placeholder(Placeholder::Field(field)) => {
+                    out.push_str(&token(&field.value(envelope)));
+                }
             }
         }
         out

@@ -202,20 +202,7 @@ fn sighup_reloads_under_load_without_a_dropped_connection() {
         .find(|line| line.starts_with("held "))
         .unwrap_or_else(|| panic!("the removed connector is listed: {stdout}"));
     assert!(orphan.contains("orphaned"), "{orphan}");
-    let (code, json, stderr) = common::run_binary(
-        dir,
-        &[
-            "stats",
-            "--json",
-            "--admin-addr",
-            &admin,
-            "--data-dir",
-            "data",
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "{stderr}");
-    let json: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let json = server.stats_json(dir);
     let orphaned = &json["orphaned_connectors"][0];
     assert_eq!(orphaned["name"], "held");
     assert!(

@@ -429,9 +429,9 @@ impl Server {
             .unwrap_or_else(|| panic!("listener {name} logged no address: {:#?}", self.early))
     }
 
-    /// The listener `name` of `mfoundry stats --json` (the server's admin API, its token
-    /// from `directory/data`).
-    pub fn listener_stats(&self, directory: &Path, name: &str) -> serde_json::Value {
+    /// `mfoundry stats --json` of this server (its admin API, its token from
+    /// `directory/data`).
+    pub fn stats_json(&self, directory: &Path) -> serde_json::Value {
         let admin = self.admin_addr.clone().expect("admin API on");
         let (code, stdout, stderr) = run_binary(
             directory,
@@ -446,7 +446,13 @@ impl Server {
             &[],
         );
         assert_eq!(code, 0, "{stderr}");
-        let stats: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+        serde_json::from_str(&stdout).expect("JSON")
+    }
+
+    /// The listener `name` of `mfoundry stats --json` (the server's admin API, its token
+    /// from `directory/data`).
+    pub fn listener_stats(&self, directory: &Path, name: &str) -> serde_json::Value {
+        let stats = self.stats_json(directory);
         stats["listeners"]
             .as_array()
             .and_then(|listeners| listeners.iter().find(|listener| listener["name"] == name))
