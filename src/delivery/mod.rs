@@ -30,6 +30,9 @@ use crate::outbox::{MessageRecord, Outbox, Pending, StoreError};
 const READ_AHEAD: usize = 64;
 /// Body bytes read from the queue at a time (the first entry is always read).
 const READ_AHEAD_BYTES: usize = 4 << 20;
+/// Most delivered entries whose marks wait for the one being committed; then the worker
+/// waits for that commit before it sends again. Bounds what a crash resends (ADR 0003).
+const MARK_GROUP: usize = 16;
 /// Pause after the outbox failed, before reading the queue again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -285,6 +288,7 @@ pub fn spawn_worker<O: Deliver>(
         retry_at: None,
         failing: None,
         marking: None,
+        unmarked: Vec::new(),
         single_until: None,
     };
     tracker.spawn(worker.run());
@@ -335,6 +339,10 @@ struct Worker<O> {
     /// connector is recorded and before its queue is read again, so marks are committed in
     /// queue order.
     marking: Option<tokio::task::JoinHandle<Result<usize, StoreError>>>,
+    /// Entries delivered one at a time while `marking` was being committed, in queue order
+    /// (seq, attempts): their marks go to the writer together once it is, so a fast output
+    /// is not held to one commit per message (at most [`MARK_GROUP`]).
+    unmarked: Vec<(crate::outbox::Seq, u32)>,
     /// Entries up to this seq are sent one at a time: a batch holding them failed.
     single_until: Option<crate::outbox::Seq>,
 }
@@ -515,8 +523,26 @@ impl<O: Deliver> Worker<O> {
         Ok(count)
     }
 
-    /// Wait until the mark of the last delivered entry is committed (or failed).
+    /// Wait until every delivered entry's mark is committed (or failed): the one on its way,
+    /// then those that waited for it.
     async fn settle_mark(&mut self) -> Result<(), StoreError> {
+        if let Err(error) = self.settle_in_flight().await {
+            // Still queued: delivered again, in order, after the queue is read again.
+            self.unmarked.clear();
+            return Err(error);
+        }
+        if self.unmarked.is_empty() {
+            return Ok(());
+        }
+        let entries = std::mem::take(&mut self.unmarked);
+        self.outbox
+            .mark_delivered_many(self.settings.connector, entries)
+            .await
+            .map(|_| ())
+    }
+
+    /// Wait for the mark on its way to the writer, if any.
+    async fn settle_in_flight(&mut self) -> Result<(), StoreError> {
         match self.marking.take() {
             None => Ok(()),
             Some(marking) => match marking.await {
@@ -526,6 +552,35 @@ impl<O: Deliver> Worker<O> {
                 ))),
             },
         }
+    }
+
+    /// Record `seq` as delivered while the next entry is sent: its mark goes to the writer
+    /// now when no other is being committed; otherwise it waits with the others delivered
+    /// meanwhile, and they go together once that commit is done (or [`MARK_GROUP`] of them
+    /// wait). Marks are committed in queue order.
+    async fn mark_delivered(
+        &mut self,
+        seq: crate::outbox::Seq,
+        attempts: u32,
+    ) -> Result<(), StoreError> {
+        self.unmarked.push((seq, attempts));
+        let committing = self
+            .marking
+            .as_ref()
+            .is_some_and(|marking| !marking.is_finished());
+        if committing && self.unmarked.len() < MARK_GROUP {
+            return Ok(());
+        }
+        if let Err(error) = self.settle_in_flight().await {
+            self.unmarked.clear();
+            return Err(error);
+        }
+        let entries = std::mem::take(&mut self.unmarked);
+        let (outbox, connector) = (self.outbox.clone(), self.settings.connector);
+        self.marking = Some(tokio::spawn(async move {
+            outbox.mark_delivered_many(connector, entries).await
+        }));
+        Ok(())
     }
 
     /// Deliver the head once (after waiting for its retry time) and record the outcome.
@@ -628,22 +683,19 @@ impl<O: Deliver> Worker<O> {
         self.stats.delivering.store(true, Ordering::Relaxed);
         let outcome = self.output.deliver(&envelope).await;
         self.stats.delivering.store(false, Ordering::Relaxed);
-        // The previous entry's mark went to the writer while this one was sent; it is
-        // committed before this outcome is recorded (marks in queue order).
-        self.settle_mark().await?;
+        if outcome.is_ok() {
+            // Recorded while the next entry is sent: a crash before the commit sends the
+            // entries not yet marked again, in order (at least once).
+            self.mark_delivered(seq, attempt).await?;
+        } else {
+            // Every earlier mark is committed before another outcome is recorded (marks
+            // in queue order).
+            self.settle_mark().await?;
+        }
         let name = &self.settings.name;
         record_operation(name, started.elapsed(), &outcome);
         match outcome {
             Ok(()) => {
-                // Recorded while the next entry is sent: a crash before the commit sends
-                // this one and the next again, in order (at least once).
-                let outbox = self.outbox.clone();
-                self.marking = Some(tokio::spawn(async move {
-                    outbox
-                        .mark_delivered(connector, seq, attempt)
-                        .await
-                        .map(usize::from)
-                }));
                 bump(&self.stats.delivered);
                 if let Some((since, failures)) = self.failing.take() {
                     // Once per recovery, at info: how long it failed and what it now drains

@@ -300,8 +300,9 @@ fn lanes_keep_per_key_order_and_lose_nothing_across_sigkill() {
 
 /// The same for a FIFO connector, whose mark of a delivered message is committed while the
 /// next one is sent (ADR 0003, amended): across kill -9 nothing acknowledged is lost, every
-/// message first arrives in the order received, and only the entry in hand and the one
-/// whose mark was on its way arrive twice per kill.
+/// message first arrives in the order received, and only the entry in hand and those whose
+/// marks were not committed (at most 16 on their way and 16 waiting for them) arrive twice
+/// per kill.
 #[test]
 fn fifo_keeps_order_and_loses_nothing_across_sigkill() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -338,8 +339,8 @@ fn fifo_keeps_order_and_loses_nothing_across_sigkill() {
     assert_eq!(first, acknowledged, "first arrivals in the order received");
     let repeats = received.len() - seen.len();
     assert!(
-        repeats <= 2 * kills,
-        "only the entry in hand and the one being recorded arrive twice per kill: {repeats}"
+        repeats <= (2 * 16 + 1) * kills,
+        "only the entry in hand and the unrecorded ones arrive twice per kill: {repeats}"
     );
     drop(runtime);
 }
