@@ -5,6 +5,10 @@
 //!
 //! Errors name the setting and the file, never key material.
 
+mod client_stream;
+
+pub use client_stream::ClientStream;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -724,6 +728,27 @@ impl TlsClient {
             }
         }
         Arc::clone(&current.config)
+    }
+
+    /// Run the handshake over `stream`, checking the peer's certificate against `name`
+    /// (when the settings name none).
+    pub async fn connect_named(
+        &self,
+        name: &str,
+        stream: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let server_name = match self.server_name.clone() {
+            Some(configured) => configured,
+            None => rustls_pki_types::ServerName::try_from(name.to_owned()).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{name:?} is not a DNS name or IP address for TLS"),
+                )
+            })?,
+        };
+        tokio_rustls::TlsConnector::from(self.config())
+            .connect(server_name, stream)
+            .await
     }
 
     /// Run the handshake over `stream`.

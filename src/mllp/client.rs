@@ -1,15 +1,16 @@
 //! A small MLLP client: send a message, wait for the frame that answers it.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 
 use super::codec::{FrameError, MllpCodec, frame};
+use crate::tls::ClientStream;
 
 /// Why a send or receive failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,57 +44,10 @@ pub enum ClientError {
     Frame(#[from] FrameError),
 }
 
-/// A plain or TLS connection.
-#[derive(Debug)]
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buffer: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_read(context, buffer),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(context, buffer),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        bytes: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_write(context, bytes),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(context, bytes),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_flush(context),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(context),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_shutdown(context),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(context),
-        }
-    }
-}
-
 /// One MLLP connection.
 #[derive(Debug)]
 pub struct MllpClient {
-    stream: Stream,
+    stream: ClientStream,
     codec: MllpCodec,
     buffer: BytesMut,
 }
@@ -151,7 +105,7 @@ impl MllpClient {
             .map_err(connect_error)?;
         stream.set_nodelay(true).map_err(connect_error)?;
         let stream = match tls {
-            None => Stream::Plain(stream),
+            None => ClientStream::Plain(stream),
             Some(tls) => {
                 let handshake_error = |cause| ClientError::Handshake {
                     addr: addr.to_owned(),
@@ -166,7 +120,7 @@ impl MllpClient {
                         ))
                     })?
                     .map_err(handshake_error)?;
-                Stream::Tls(Box::new(stream))
+                ClientStream::Tls(Box::new(stream))
             }
         };
         Ok(Self {

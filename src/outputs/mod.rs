@@ -197,8 +197,9 @@ impl Deliver for Output {
         match self {
             Self::File(_) => file::BATCH,
             Self::Postgres(_) => postgres::BATCH,
-            // One at a time, each waiting for its answer (NATS: see `nats`).
-            Self::Mllp(_) | Self::Http(_) | Self::Nats(_) => 1,
+            Self::Nats(_) => nats::BATCH,
+            // One at a time, each waiting for its answer.
+            Self::Mllp(_) | Self::Http(_) => 1,
         }
     }
 
@@ -206,9 +207,8 @@ impl Deliver for Output {
         match self {
             Self::File(output) => output.deliver_batch(envelopes).await,
             Self::Postgres(output) => output.deliver_batch(envelopes).await,
-            Self::Mllp(_) | Self::Http(_) | Self::Nats(_) => {
-                crate::delivery::one_at_a_time(self, envelopes).await
-            }
+            Self::Nats(output) => output.deliver_batch(envelopes).await,
+            Self::Mllp(_) | Self::Http(_) => crate::delivery::one_at_a_time(self, envelopes).await,
         }
     }
 }

@@ -1,15 +1,17 @@
 //! `type: nats`: publish to NATS JetStream, the hand-off for scaling out. Each message is
 //! published with `Nats-Msg-Id` set to the delivery's idempotency key (a resend after a
-//! crash is dropped by the stream's duplicate window) and waits for the stream's
-//! acknowledgement before it counts as delivered, and before the next one is published: a
-//! window of outstanding publishes is not used, because a reconnect drops the client's
-//! unsent buffer while later publishes still go out, which would store them out of order.
+//! crash is dropped by the stream's duplicate window) and counts as delivered only once
+//! the stream has acknowledged it. Up to [`BATCH`] messages go out in one write and their
+//! acknowledgements are awaited together, over a connection that is never re-established
+//! behind the output's back ([`wire`]): when it fails, what the server took is a prefix of
+//! what was written, the rest is published again in order, and the duplicate window drops
+//! what had been taken.
+
+mod wire;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
 
 use super::file::{Placeholder, placeholder, received};
 use super::format::Format;
@@ -125,7 +127,9 @@ impl NatsSpec {
         };
         let stream = reader.text("stream");
         if let Some(stream) = &stream
-            && (stream.is_empty() || stream.contains(['.', '*', '>', ' ', '/', '\\']))
+            && (stream.is_empty()
+                || stream.contains(['.', '*', '>', '/', '\\'])
+                || stream.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
             reader.problem(
                 "stream",
@@ -135,7 +139,11 @@ impl NatsSpec {
         let auth = read_auth(reader);
         let format = Format::read(reader, &Format::ALL);
         let timeout = reader.duration("timeout", Duration::from_secs(10));
-        let files = reader.tls_files();
+        // A tls:// server without `tls_*` keys: TLS checked against the system's CAs.
+        let tls_url = urls.iter().any(|url| url.starts_with("tls://"));
+        let files = reader
+            .tls_files()
+            .or_else(|| tls_url.then(super::settings::TlsFiles::default));
         let tls = reader.tls_client(files.as_ref(), None);
         let subject = subject?;
         (reader.problems.len() == problems_before).then_some(Self {
@@ -329,11 +337,51 @@ fn token(value: &str) -> String {
     }
 }
 
-/// Publishes to JetStream; connects on first use and again after a failure.
+/// Most messages published at once (one write; their acknowledgements come back together).
+/// The worker reads 64 entries ahead, so more would not be used.
+pub const BATCH: usize = 64;
+
+/// A connection idle longer than this is checked with a `PING` before it is used again.
+const IDLE_CHECK: Duration = Duration::from_secs(30);
+
+/// JetStream's error code for a message larger than the stream takes.
+const STREAM_MESSAGE_EXCEEDS_MAXIMUM: u64 = 10054;
+/// JetStream's error code for a stream that is not there.
+const STREAM_NOT_FOUND: u64 = 10059;
+/// JetStream's error code for a subject taken by another stream than `Nats-Expected-Stream`.
+const STREAM_NOT_MATCH: u64 = 10060;
+
+/// Publishes to JetStream over one connection of its own ([`wire::Connection`]); connects
+/// on first use and again after a failure.
 #[derive(Debug)]
 pub struct NatsOutput {
     spec: NatsSpec,
-    context: Option<async_nats::jetstream::Context>,
+    connection: Option<wire::Connection>,
+}
+
+/// One message, ready to publish.
+struct Prepared {
+    subject: String,
+    headers: Vec<(&'static str, String)>,
+    payload: bytes::Bytes,
+}
+
+/// What JetStream answers to a publish (the fields used).
+#[derive(Debug, serde::Deserialize)]
+struct Acknowledgement {
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    error: Option<ApiError>,
+}
+
+/// A JetStream API error.
+#[derive(Debug, serde::Deserialize)]
+struct ApiError {
+    #[serde(default)]
+    err_code: u64,
+    #[serde(default)]
+    description: String,
 }
 
 impl NatsOutput {
@@ -341,158 +389,288 @@ impl NatsOutput {
     pub fn new(spec: NatsSpec) -> Self {
         Self {
             spec,
-            context: None,
+            connection: None,
         }
     }
 
-    async fn connect(&self) -> Result<async_nats::jetstream::Context, DeliveryError> {
+    /// Connect to the first server that answers, and check the stream when one is named.
+    async fn connect(&self) -> Result<wire::Connection, DeliveryError> {
         let spec = &self.spec;
-        let mut servers = Vec::with_capacity(spec.urls.len());
-        for url in &spec.urls {
-            if let (Some(allow), Some((host, port))) = (&spec.egress, server_destination(url)) {
-                allow
-                    .resolve(&host, port)
-                    .await
-                    .map_err(DeliveryError::transient)?;
-            }
-            servers.push(url.parse::<async_nats::ServerAddr>().map_err(|error| {
-                DeliveryError::permanent(format!("{url:?} is not a NATS server address: {error}"))
-            })?);
-        }
-        // Only the servers configured (and checked by EGRESS_ALLOW), not those a cluster
-        // advertises.
-        let mut options = async_nats::ConnectOptions::new()
-            .name("mfoundry")
-            .connection_timeout(CONNECT_TIMEOUT)
-            .ignore_discovered_servers();
-        options = match &spec.auth {
-            NatsAuth::None => options,
-            NatsAuth::Token(token) => options.token(token.clone()),
-            NatsAuth::UserPassword(user, password) => {
-                options.user_and_password(user.clone(), password.clone())
-            }
-            NatsAuth::NkeyFile(path) => {
-                let seed = std::fs::read_to_string(path).map_err(|error| {
-                    DeliveryError::transient(format!(
-                        "cannot read nkey_file {}: {error}",
-                        path.display()
-                    ))
-                })?;
-                options.nkey(seed.trim().to_owned())
-            }
-            NatsAuth::CredsFile(path) => options.credentials_file(path).await.map_err(|error| {
-                DeliveryError::transient(format!(
-                    "cannot read creds_file {}: {error}",
-                    path.display()
-                ))
-            })?,
+        let mut last = None;
+        // Each connection starts at a random server (gateways spread over a cluster) and
+        // tries the others in turn.
+        let mut random = [0u8; 2];
+        let start = match getrandom::fill(&mut random) {
+            Ok(()) => usize::from(u16::from_le_bytes(random)) % spec.urls.len().max(1),
+            Err(_) => 0,
         };
-        if let Some(tls) = &spec.tls {
-            options = options
-                .tls_client_config((*tls.config()).clone())
-                .require_tls(true);
+        for url in spec.urls.iter().cycle().skip(start).take(spec.urls.len()) {
+            let Some((host, port)) = server_destination(url) else {
+                return Err(DeliveryError::permanent(format!(
+                    "{url:?} is not a NATS server address"
+                )));
+            };
+            let resolved = match &spec.egress {
+                Some(allow) => match allow.resolve(&host, port).await {
+                    Ok(addresses) => Some(addresses),
+                    Err(error) => {
+                        // Another server may resolve (a pod's name can be gone for a while).
+                        last = Some(error);
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let target = wire::Target {
+                host: &host,
+                port,
+                resolved,
+                tls: spec.tls.as_deref(),
+                auth: &spec.auth,
+                timeout: CONNECT_TIMEOUT,
+            };
+            match wire::Connection::open(target).await {
+                Ok(connection) => return self.check_stream(connection).await,
+                Err(error) => last = Some(error),
+            }
         }
-        let client = tokio::time::timeout(CONNECT_TIMEOUT, options.connect(servers))
-            .await
-            .map_err(|_| {
-                DeliveryError::transient(format!("could not connect within {CONNECT_TIMEOUT:?}"))
-            })?
-            .map_err(|error| DeliveryError::transient(format!("cannot connect: {error}")))?;
-        let mut context = async_nats::jetstream::new(client);
-        context.set_timeout(spec.timeout);
-        if let Some(stream) = &spec.stream {
-            context.get_stream(stream).await.map_err(|error| {
-                DeliveryError::transient(format!(
-                    "stream {stream} is not there ({error}): create it (nats stream add {stream} --subjects ...) or correct `stream`"
-                ))
-            })?;
-        }
-        Ok(context)
+        Err(DeliveryError::transient(
+            last.unwrap_or_else(|| "no server is configured".to_owned()),
+        ))
     }
 
-    async fn context(&mut self) -> Result<async_nats::jetstream::Context, DeliveryError> {
-        if let Some(context) = &self.context {
-            return Ok(context.clone());
+    /// With `stream` set: ask JetStream for it, and name it and the fix when it is not
+    /// there.
+    async fn check_stream(
+        &self,
+        mut connection: wire::Connection,
+    ) -> Result<wire::Connection, DeliveryError> {
+        let Some(stream) = &self.spec.stream else {
+            return Ok(connection);
+        };
+        let subject = format!("$JS.API.STREAM.INFO.{stream}");
+        let request = wire::Outgoing {
+            subject: &subject,
+            headers: &[],
+            payload: b"",
+        };
+        let (mut answers, _) = connection.publish(&[request], self.spec.timeout).await;
+        let missing = |why: &str| {
+            DeliveryError::transient(format!(
+                "stream {stream} is not there ({why}): create it (nats stream add {stream} --subjects ...) or correct `stream`"
+            ))
+        };
+        let answer = match answers.pop() {
+            Some(Ok(answer)) => answer,
+            Some(Err(wire::Unanswered::Lost(why) | wire::Unanswered::Refused(why))) => {
+                return Err(missing(&why));
+            }
+            None => return Err(missing("no answer")),
+        };
+        if answer.status == Some(503) {
+            return Err(missing("JetStream is not enabled on the server"));
         }
-        let context = self.connect().await?;
-        self.context = Some(context.clone());
-        Ok(context)
+        match serde_json::from_slice::<Acknowledgement>(&answer.payload) {
+            Ok(Acknowledgement {
+                error: Some(error), ..
+            }) => Err(missing(&error.description)),
+            Ok(_) => Ok(connection),
+            Err(_) => Err(missing("JetStream's answer does not read")),
+        }
     }
 
-    /// Send one message to the server; its acknowledgement comes later.
-    async fn send(
-        &mut self,
-        context: &async_nats::jetstream::Context,
-        envelope: &Envelope,
-    ) -> Result<PublishAckFuture, DeliveryError> {
-        let body = self.spec.format.render(envelope)?;
+    /// The message as published: subject, headers, body.
+    fn prepare(&self, envelope: &Envelope) -> Result<Prepared, DeliveryError> {
+        let payload = self.spec.format.render(envelope)?;
         let header = &envelope.record.header;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            "Nats-Msg-Id",
-            super::http::idempotency_key(envelope).as_str(),
-        );
-        headers.insert(
-            "Mfoundry-Message-Id",
-            envelope.message_id.to_string().as_str(),
-        );
-        headers.insert("Mfoundry-Entry", envelope.seq.to_string().as_str());
-        headers.insert("Mfoundry-Type", header_value(&header.msg_type).as_str());
-        headers.insert("Mfoundry-Trigger", header_value(&header.trigger).as_str());
-        headers.insert(
-            "Mfoundry-Control-Id",
-            header_value(&header.control_id).as_str(),
-        );
-        headers.insert(
-            "Mfoundry-Source",
-            format!("{:016x}", envelope.instance_id).as_str(),
-        );
-        let subject = self.spec.subject.render(envelope);
-        match context.publish_with_headers(subject, headers, body).await {
-            Ok(ack) => Ok(ack),
-            Err(error) => Err(self.failed(&error)),
+        let mut headers = vec![
+            ("Nats-Msg-Id", super::http::idempotency_key(envelope)),
+            ("Mfoundry-Message-Id", envelope.message_id.to_string()),
+            ("Mfoundry-Entry", envelope.seq.to_string()),
+            ("Mfoundry-Type", header_value(&header.msg_type)),
+            ("Mfoundry-Trigger", header_value(&header.trigger)),
+            ("Mfoundry-Control-Id", header_value(&header.control_id)),
+            ("Mfoundry-Source", format!("{:016x}", envelope.instance_id)),
+        ];
+        if let Some(stream) = &self.spec.stream {
+            // Taken by another stream, it is refused rather than counted as delivered.
+            headers.push(("Nats-Expected-Stream", stream.clone()));
+        }
+        Ok(Prepared {
+            subject: self.spec.subject.render(envelope),
+            headers,
+            payload,
+        })
+    }
+
+    /// What JetStream's answer means. Permanent (the dead-letter queue): larger than the
+    /// stream's largest message, and no stream for the subject when `stream` is not set.
+    /// Without `stream`, "no responders" cannot be told from JetStream being unavailable;
+    /// with it (the stream was there when connecting) it means the stream is unavailable
+    /// for now (a leader election, a restart) and is retried. Anything else is retried.
+    fn judge(&self, subject: &str, answer: &wire::Answer) -> Result<(), DeliveryError> {
+        if answer.status == Some(503) {
+            return Err(match &self.spec.stream {
+                Some(stream) => DeliveryError::transient(format!(
+                    "stream {stream} did not answer (no responders): JetStream is restarting or electing a leader"
+                )),
+                None => DeliveryError::permanent(format!(
+                    "no stream takes subject {subject} (no responders): add it to a stream's subjects, or correct `subject`"
+                )),
+            });
+        }
+        if let Some(status) = answer.status.filter(|status| *status >= 300) {
+            return Err(DeliveryError::transient(format!(
+                "the server answered status {status}"
+            )));
+        }
+        match serde_json::from_slice::<Acknowledgement>(&answer.payload) {
+            Ok(Acknowledgement {
+                error: Some(error), ..
+            }) => {
+                let text = format!(
+                    "the stream refused the message: {} (error {})",
+                    error.description, error.err_code
+                );
+                let permanent = error.err_code == STREAM_MESSAGE_EXCEEDS_MAXIMUM
+                    || error.err_code == STREAM_NOT_MATCH
+                    || (error.err_code == STREAM_NOT_FOUND && self.spec.stream.is_none());
+                Err(if permanent {
+                    DeliveryError::permanent(text)
+                } else {
+                    DeliveryError::transient(text)
+                })
+            }
+            Ok(Acknowledgement {
+                stream: Some(_), ..
+            }) => Ok(()),
+            _ => Err(DeliveryError::transient(
+                "the answer is not a JetStream acknowledgement (is the subject taken by a stream?)",
+            )),
         }
     }
 
-    /// What a failed publish means. Permanent (the dead-letter queue): larger than the
-    /// server's `max_payload` or the stream's largest message, a broken expectation, and no
-    /// stream for the subject when `stream` is not set. Without `stream`, "no responders"
-    /// cannot be told from JetStream being unavailable; with it (the stream was there when
-    /// connecting) it means the stream is unavailable for now (a leader election, a
-    /// restart) and is retried. Anything else is retried, on a new connection.
-    fn failed(&mut self, error: &async_nats::jetstream::context::PublishError) -> DeliveryError {
-        let stream_code = std::error::Error::source(error)
-            .and_then(|source| source.downcast_ref::<async_nats::jetstream::Error>())
-            .map(async_nats::jetstream::Error::error_code);
-        let permanent = match error.kind() {
-            PublishErrorKind::MaxPayloadExceeded
-            | PublishErrorKind::WrongLastMessageId
-            | PublishErrorKind::WrongLastSequence => true,
-            PublishErrorKind::StreamNotFound => self.spec.stream.is_none(),
-            PublishErrorKind::Other => {
-                stream_code
-                    == Some(async_nats::jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM)
-            }
-            PublishErrorKind::TimedOut
-            | PublishErrorKind::BrokenPipe
-            | PublishErrorKind::MaxAckPending => false,
-        };
-        if permanent {
-            DeliveryError::permanent(format!("the stream refused the message: {error}"))
-        } else {
-            self.context = None;
-            DeliveryError::transient(format!("publish failed: {error}"))
+    /// The connection, opened when there is none, and checked when it has been idle.
+    async fn connection(&mut self) -> Result<&mut wire::Connection, DeliveryError> {
+        if let Some(connection) = &mut self.connection
+            && connection.idle() > IDLE_CHECK
+            && connection
+                .ping(self.spec.timeout.min(Duration::from_secs(5)))
+                .await
+                .is_err()
+        {
+            self.connection = None;
         }
+        let connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => self.connect().await?,
+        };
+        Ok(self.connection.insert(connection))
+    }
+
+    /// Publish `envelopes` at once and wait for their acknowledgements: one `Ok` per
+    /// message taken, from the first, ending at the first failure (see
+    /// [`crate::delivery::Deliver::deliver_batch`]). A failure other than a refusal of the
+    /// message itself drops the connection: nothing goes out on it afterwards.
+    pub async fn deliver_batch(
+        &mut self,
+        envelopes: &[Envelope],
+    ) -> Vec<Result<(), DeliveryError>> {
+        let mut prepared = Vec::with_capacity(envelopes.len());
+        let mut refused = None;
+        for envelope in envelopes {
+            match self.prepare(envelope) {
+                Ok(message) => prepared.push(message),
+                Err(error) => {
+                    refused = Some(error);
+                    break;
+                }
+            }
+        }
+        if prepared.is_empty()
+            && let Some(error) = refused
+        {
+            // The first message cannot be published at all: no connection needed to say so.
+            return vec![Err(error)];
+        }
+        let timeout = self.spec.timeout;
+        let connection = match self.connection().await {
+            Ok(connection) => connection,
+            Err(error) => return vec![Err(error)],
+        };
+        let max = connection.max_payload();
+        let mut outgoing = Vec::with_capacity(prepared.len());
+        for message in &prepared {
+            let message = wire::Outgoing {
+                subject: &message.subject,
+                headers: &message.headers,
+                payload: &message.payload,
+            };
+            let size = message.size();
+            if size > max {
+                refused = Some(DeliveryError::permanent(format!(
+                    "the message is {size} bytes with its headers; the server takes at most {max} (its max_payload)"
+                )));
+                break;
+            }
+            outgoing.push(message);
+        }
+        let (answers, broken) = if outgoing.is_empty() {
+            (Vec::new(), false)
+        } else {
+            connection.publish(&outgoing, timeout).await
+        };
+        let mut outcomes = Vec::with_capacity(answers.len() + 1);
+        let mut failed_at = None;
+        for (index, (message, answer)) in outgoing.iter().zip(&answers).enumerate() {
+            let outcome = match answer {
+                Ok(answer) => self.judge(message.subject, answer),
+                Err(wire::Unanswered::Lost(reason)) => Err(DeliveryError::transient(format!(
+                    "publish failed: {reason}"
+                ))),
+                Err(wire::Unanswered::Refused(reason)) => Err(DeliveryError::permanent(format!(
+                    "the server refused the publish ({reason}): allow the gateway's NATS user to publish to {}, or correct `subject`",
+                    message.subject
+                ))),
+            };
+            if failed_at.is_none() {
+                let failed = outcome.is_err();
+                outcomes.push(outcome);
+                if failed {
+                    failed_at = Some(index);
+                }
+            } else if outcome.is_ok() {
+                // Taken after an earlier one of the same write was not: the stream holds
+                // it ahead of that one's resend. Only a refusal of one message while the
+                // stream takes the next (a leader election in between) does this; a lost
+                // connection never does.
+                tracing::warn!(
+                    output = "nats",
+                    position = index,
+                    "the stream took a message after refusing an earlier one; they may be stored out of order"
+                );
+            }
+        }
+        let transient = outcomes
+            .last()
+            .is_some_and(|outcome| matches!(outcome, Err(DeliveryError::Transient { .. })));
+        if broken || transient {
+            self.connection = None;
+        }
+        if failed_at.is_none()
+            && let Some(error) = refused
+        {
+            outcomes.push(Err(error));
+        }
+        outcomes
     }
 
     /// Publish one message and wait for the stream's acknowledgement.
     pub async fn deliver(&mut self, envelope: &Envelope) -> Result<(), DeliveryError> {
-        let context = self.context().await?;
-        let ack = self.send(&context, envelope).await?;
-        match ack.await {
-            Ok(_) => Ok(()),
-            Err(error) => Err(self.failed(&error)),
-        }
+        self.deliver_batch(std::slice::from_ref(envelope))
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(DeliveryError::transient("nothing was published")))
     }
 }
 
