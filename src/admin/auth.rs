@@ -168,11 +168,17 @@ impl TokenStore {
     /// The caller a bearer token belongs to. Every stored hash is compared, in constant time,
     /// whatever matches: timing tells nothing about which or how much matched.
     pub fn authenticate(&self, token: &str) -> Option<Caller> {
-        let presented = hash_token(token);
+        self.authenticate_hash(&hash_token(token))
+    }
+
+    /// [`Self::authenticate`] for a token known by its SHA-256 (a console session keeps the
+    /// hash, never the token, and checks it again on every request: a token removed from
+    /// the file ends its sessions).
+    pub fn authenticate_hash(&self, presented: &[u8; 32]) -> Option<Caller> {
         let entries = self.read();
         let mut found: Option<&Entry> = None;
         for entry in entries.iter() {
-            if bool::from(entry.hash.ct_eq(&presented)) {
+            if bool::from(entry.hash.ct_eq(presented)) {
                 found = Some(entry);
             }
         }

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod console;
 pub mod dlq;
 pub mod views;
 
@@ -51,6 +52,8 @@ pub struct AdminState {
     pub tokens: Arc<TokenStore>,
     /// Recent log lines.
     pub logs: Arc<LogRing>,
+    /// The web console's sessions and assets.
+    pub console: console::Console,
 }
 
 /// What the auth layer of one route needs.
@@ -77,6 +80,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
     }
     Router::new()
         .merge(api)
+        .merge(console::router(&state))
         .route("/livez", axum::routing::get(api::livez))
         .route("/readyz", axum::routing::get(api::readyz))
         .route("/openapi.json", axum::routing::get(api::openapi))
@@ -137,20 +141,31 @@ async fn authorize(State(gate): State<Gate>, mut request: Request, next: Next) -
     next.run(request).await
 }
 
-/// Serve the admin API until `shutdown` is cancelled (requests in flight are finished).
-/// At most [`MAX_CONNECTIONS`] connections at once (more are closed at once, counted in
-/// `refused`); each must send its headers within [`HEADER_TIMEOUT`].
+/// Serve the admin API and the console until `shutdown` is cancelled (requests in flight
+/// are finished), over TLS when `tls` is set. At most [`MAX_CONNECTIONS`] connections at
+/// once (more are closed at once, counted in `refused`); each must send its headers within
+/// [`HEADER_TIMEOUT`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AdminState>,
     shutdown: CancellationToken,
+    tls: Option<crate::tls::TlsServer>,
 ) {
     let limits = ConnectionLimits {
         name: "admin API",
         max_connections: MAX_CONNECTIONS,
         header_timeout: HEADER_TIMEOUT,
     };
-    serve_router(listener, router(state), shutdown, limits, Arc::default()).await;
+    serve_router_with(
+        listener,
+        router(state),
+        shutdown,
+        limits,
+        Arc::default(),
+        tls,
+        None,
+    )
+    .await;
 }
 
 /// An HTTP listener's connection limits (the admin API's, the metrics endpoint's).

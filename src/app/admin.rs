@@ -80,6 +80,34 @@ impl Admin {
             return Ok(None);
         };
         let shutdown = CancellationToken::new();
+        // Before the port is bound: a bad pair stops startup with the setting named.
+        let tls = match &settings.admin_tls {
+            None => None,
+            Some((cert_file, key_file)) => {
+                let tls_settings = crate::tls::TlsSettings {
+                    cert_file: cert_file.clone(),
+                    key_file: key_file.clone(),
+                    client_ca: None,
+                    client_crl: None,
+                    min_version: crate::tls::TlsVersion::V1_2,
+                    handshake_timeout: std::time::Duration::from_secs(10),
+                };
+                let server = crate::tls::TlsServer::load(&tls_settings).map_err(|error| {
+                    anyhow::anyhow!(
+                        "{}",
+                        error
+                            .replace("TLS_CERT_FILE", "ADMIN_TLS_CERT_FILE")
+                            .replace("TLS_KEY_FILE", "ADMIN_TLS_KEY_FILE")
+                    )
+                })?;
+                tokio::spawn(crate::tls::watch(
+                    server.clone(),
+                    crate::shutdown::Hangups::install(),
+                    shutdown.clone(),
+                ));
+                Some(server)
+            }
+        };
         let (listener, local) = admin::bind(addr).await.map_err(|error| {
             super::bind_error(
                 "ADMIN_ADDR",
@@ -106,8 +134,8 @@ impl Admin {
                 ));
             }
         }
-        info!(admin_addr = %local, "admin API listening");
-        let task = tokio::spawn(admin::serve(listener, state, shutdown.clone()));
+        info!(admin_addr = %local, tls = tls.is_some(), console = %format!("{}://{local}/ui/", if tls.is_some() { "https" } else { "http" }), "admin API listening");
+        let task = tokio::spawn(admin::serve(listener, state, shutdown.clone(), tls));
         Ok(Some(Self {
             addr: local,
             serving: super::HttpServing { task, shutdown },

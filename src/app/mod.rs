@@ -178,6 +178,10 @@ impl RunningApp {
             gateway: Arc::clone(&gateway),
             tokens: Arc::clone(&tokens.store),
             logs: crate::telemetry::log_ring(),
+            console: crate::admin::console::Console::new(
+                settings.console_idle_timeout,
+                settings.admin_tls.is_some(),
+            ),
         });
         // Before the admin API, whose address line ends what tests wait for at startup.
         let metrics = metrics::Metrics::bind(settings).await?;

@@ -150,6 +150,18 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "",
     },
     EnvVar {
+        name: "ADMIN_TLS_CERT_FILE",
+        default: "",
+    },
+    EnvVar {
+        name: "ADMIN_TLS_KEY_FILE",
+        default: "",
+    },
+    EnvVar {
+        name: "CONSOLE_IDLE_TIMEOUT",
+        default: "15m",
+    },
+    EnvVar {
         name: "EGRESS_ALLOW",
         default: "",
     },

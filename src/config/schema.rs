@@ -131,6 +131,15 @@ pub struct FileConfig {
     /// Same as `ADMIN_TOKENS_FILE`.
     #[schemars(with = "Option<ScalarText>")]
     pub admin_tokens_file: SpannedScalar,
+    /// Same as `ADMIN_TLS_CERT_FILE`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub admin_tls_cert_file: SpannedScalar,
+    /// Same as `ADMIN_TLS_KEY_FILE`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub admin_tls_key_file: SpannedScalar,
+    /// Same as `CONSOLE_IDLE_TIMEOUT` (Go duration, at least 1m).
+    #[schemars(with = "Option<ScalarText>")]
+    pub console_idle_timeout: SpannedScalar,
     /// Same as `EGRESS_ALLOW` (comma-separated host names, host:port pairs, CIDR ranges).
     #[schemars(with = "Option<ScalarText>")]
     pub egress_allow: SpannedScalar,

@@ -55,6 +55,11 @@ pub struct Settings {
     pub metrics_addr: Option<String>,
     /// `ADMIN_TOKENS_FILE`: the token hashes; `None` uses (and creates) `DATA_DIR/admin.token`.
     pub admin_tokens_file: Option<PathBuf>,
+    /// `ADMIN_TLS_CERT_FILE` and `ADMIN_TLS_KEY_FILE`: the admin listener (API and console)
+    /// serves HTTPS with them; `None` plain HTTP.
+    pub admin_tls: Option<(PathBuf, PathBuf)>,
+    /// `CONSOLE_IDLE_TIMEOUT`: a console session unused this long is closed.
+    pub console_idle_timeout: Duration,
     /// `ENCRYPTION_KEY_FILE` and `ENCRYPTION_OLD_KEY_FILES`: the store keys; `None` stores
     /// plain.
     pub encryption: Option<EncryptionSettings>,
@@ -503,6 +508,44 @@ impl Settings {
             |text| Ok((!text.trim().is_empty()).then(|| PathBuf::from(text.trim()))),
             None,
         );
+        let admin_tls_cert = reader.read(
+            "ADMIN_TLS_CERT_FILE",
+            |text| Ok((!text.trim().is_empty()).then(|| PathBuf::from(text.trim()))),
+            None,
+        );
+        let admin_tls_key = reader.read(
+            "ADMIN_TLS_KEY_FILE",
+            |text| Ok((!text.trim().is_empty()).then(|| PathBuf::from(text.trim()))),
+            None,
+        );
+        let admin_tls = match (admin_tls_cert, admin_tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            (cert, _) => {
+                let (name, missing) = if cert.is_some() {
+                    ("ADMIN_TLS_KEY_FILE", "ADMIN_TLS_CERT_FILE is set")
+                } else {
+                    ("ADMIN_TLS_CERT_FILE", "ADMIN_TLS_KEY_FILE is set")
+                };
+                reader.problems.push(ConfigProblem {
+                    name: name.to_owned(),
+                    subject: format!("{name}=\"\""),
+                    problem: format!(
+                        "{missing}: set both for HTTPS on the admin listener, or neither"
+                    ),
+                });
+                None
+            }
+        };
+        let console_idle_timeout = reader.read(
+            "CONSOLE_IDLE_TIMEOUT",
+            |text| match crate::units::parse_duration(text.trim()) {
+                Ok(timeout) if timeout >= Duration::from_secs(60) => Ok(timeout),
+                Ok(_) => Err("at least 1m".to_owned()),
+                Err(problem) => Err(problem),
+            },
+            Duration::from_secs(15 * 60),
+        );
         let egress_allow = reader.read(
             "EGRESS_ALLOW",
             |text| {
@@ -575,6 +618,8 @@ impl Settings {
             admin_addr,
             metrics_addr,
             admin_tokens_file,
+            admin_tls,
+            console_idle_timeout,
             encryption,
             egress_allow,
         })

@@ -12,6 +12,7 @@ mod charset;
 mod chunking;
 mod cli;
 mod config;
+mod console;
 mod crash;
 mod delivery;
 mod deploy;

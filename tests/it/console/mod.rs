@@ -1,0 +1,290 @@
+//! The operator console: its security over plain HTTP (cookies, CSRF, roles, headers,
+//! `/api/v1` still bearer-only), and its pages driven in headless Chromium (`browser`).
+
+mod browser;
+mod webdriver;
+
+use crate::common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mfoundry::admin::Role;
+use mfoundry::admin::auth::{generate_token, hash_token, hex};
+
+/// A tokens file with one token per role, in `directory`.
+fn tokens_file(directory: &std::path::Path) -> (String, HashMap<Role, String>) {
+    let mut tokens = HashMap::new();
+    let mut text = String::new();
+    for role in [Role::Viewer, Role::Operator, Role::Admin] {
+        let token = generate_token().expect("random");
+        text.push_str(&format!(
+            "{role}-desk {role} {}\n",
+            hex(&hash_token(&token))
+        ));
+        tokens.insert(role, token);
+    }
+    let path = directory.join("tokens");
+    std::fs::write(&path, text).expect("tokens");
+    (path.display().to_string(), tokens)
+}
+
+fn client() -> reqwest::Client {
+    mfoundry::tls::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// Sign in with `token`: the session cookie (as `name=value`) and the CSRF token.
+async fn sign_in(base: &str, token: &str) -> (String, String) {
+    let response = client()
+        .post(format!("{base}/ui/login"))
+        .json(&serde_json::json!({ "token": token }))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(response.status(), 200);
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|value| value.to_str().ok())
+        .expect("a cookie")
+        .to_owned();
+    let body: serde_json::Value = response.json().await.expect("json");
+    let pair = cookie.split(';').next().expect("pair").to_owned();
+    (pair, body["csrf"].as_str().expect("csrf").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_with_strict_headers_and_sessions_guard_every_change() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (path, tokens) = tokens_file(scratch.path());
+    let yaml = "connectors:\n  - name: lab\n    type: file\n    directory: OUT\n    paused: true\n"
+        .replace("OUT", &scratch.path().join("out").display().to_string());
+    let app = common::start_with_yaml(Some(&yaml), &[("ADMIN_TOKENS_FILE", &path)]).await;
+    let base = app.admin_url();
+    let http = client();
+
+    // The page: no inline script, a strict policy, no framing; its assets by content name.
+    let page = http.get(format!("{base}/ui/")).send().await.expect("page");
+    assert_eq!(page.status(), 200);
+    let headers = page.headers().clone();
+    let policy = headers["content-security-policy"].to_str().expect("csp");
+    assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"));
+    assert!(!policy.contains("unsafe-inline"));
+    assert_eq!(headers["x-frame-options"], "DENY");
+    assert_eq!(headers["cache-control"], "no-store");
+    let html = page.text().await.expect("html");
+    let script = html
+        .split("src=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a script");
+    let asset = http
+        .get(format!("{base}{script}"))
+        .send()
+        .await
+        .expect("asset");
+    assert_eq!(asset.status(), 200);
+    assert!(
+        asset.headers()["cache-control"]
+            .to_str()
+            .expect("text")
+            .contains("immutable")
+    );
+    assert_eq!(
+        http.get(format!("{base}/ui/assets/app.000000000000.js"))
+            .send()
+            .await
+            .expect("asset")
+            .status(),
+        404
+    );
+
+    // A wrong token signs nobody in; the right one gets an HttpOnly, SameSite=Strict cookie.
+    let refused = http
+        .post(format!("{base}/ui/login"))
+        .json(&serde_json::json!({"token": "mft_wrong"}))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(refused.status(), 401);
+    let response = http
+        .post(format!("{base}/ui/login"))
+        .json(&serde_json::json!({"token": tokens[&Role::Operator]}))
+        .send()
+        .await
+        .expect("login");
+    let set_cookie = response.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    assert!(set_cookie.contains("Path=/ui"));
+    let (cookie, csrf) = sign_in(&base, &tokens[&Role::Operator]).await;
+
+    // Reads need the session; changes need its CSRF token too.
+    let stats = |cookie: Option<&str>| {
+        let mut request = http.get(format!("{base}/ui/api/v1/stats"));
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send()
+    };
+    assert_eq!(stats(None).await.expect("stats").status(), 401);
+    assert_eq!(stats(Some(&cookie)).await.expect("stats").status(), 200);
+    let resume = |csrf: Option<&str>, cookie: &str| {
+        let mut request = http
+            .post(format!("{base}/ui/api/v1/connectors/lab/resume"))
+            .header("cookie", cookie.to_owned());
+        if let Some(csrf) = csrf {
+            request = request.header("x-csrf-token", csrf.to_owned());
+        }
+        request.send()
+    };
+    assert_eq!(resume(None, &cookie).await.expect("resume").status(), 403);
+    assert_eq!(
+        resume(Some("0000"), &cookie)
+            .await
+            .expect("resume")
+            .status(),
+        403
+    );
+    assert_eq!(
+        resume(Some(&csrf), &cookie).await.expect("resume").status(),
+        200
+    );
+    // Another site's request is refused whatever it carries.
+    let cross = http
+        .post(format!("{base}/ui/api/v1/connectors/lab/pause"))
+        .header("cookie", cookie.clone())
+        .header("x-csrf-token", csrf.clone())
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .expect("pause");
+    assert_eq!(cross.status(), 403);
+
+    // A viewer's session reads, and is refused what its role may not do.
+    let (viewer, viewer_csrf) = sign_in(&base, &tokens[&Role::Viewer]).await;
+    assert_eq!(stats(Some(&viewer)).await.expect("stats").status(), 200);
+    assert_eq!(
+        resume(Some(&viewer_csrf), &viewer)
+            .await
+            .expect("resume")
+            .status(),
+        403
+    );
+    let body = http
+        .get(format!("{base}/ui/api/v1/messages/1"))
+        .header("cookie", viewer.clone())
+        .send()
+        .await
+        .expect("message");
+    assert_eq!(body.status(), 403, "bodies need the operator role");
+
+    // The bearer API does not take the cookie.
+    let bearer_only = http
+        .get(format!("{base}/api/v1/stats"))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .expect("stats");
+    assert_eq!(bearer_only.status(), 401);
+
+    // Signing out ends the session; the sign-ins and sign-outs are in the audit trail.
+    let out = http
+        .post(format!("{base}/ui/logout"))
+        .header("cookie", cookie.clone())
+        .header("x-csrf-token", csrf.clone())
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(out.status(), 204);
+    assert_eq!(stats(Some(&cookie)).await.expect("stats").status(), 401);
+    let trail = http
+        .get(format!("{base}/api/v1/audit?limit=500"))
+        .bearer_auth(&tokens[&Role::Admin])
+        .send()
+        .await
+        .expect("audit")
+        .text()
+        .await
+        .expect("text");
+    assert!(trail.contains("console.login") && trail.contains("operator-desk"));
+    assert!(trail.contains("console.logout"));
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+}
+
+/// `ADMIN_TLS_CERT_FILE` and `ADMIN_TLS_KEY_FILE`: the API and the console over HTTPS, and
+/// the session cookie marked `Secure`; one without the other stops startup naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_serves_https_and_cookies_are_secure_there() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    common::certs::certificates(scratch.path());
+    let (path, tokens) = tokens_file(scratch.path());
+    let cert = scratch.path().join("server.pem").display().to_string();
+    let key = scratch.path().join("server.key").display().to_string();
+    let app = common::start_with_yaml(
+        None,
+        &[
+            ("ADMIN_TOKENS_FILE", &path),
+            ("ADMIN_TLS_CERT_FILE", &cert),
+            ("ADMIN_TLS_KEY_FILE", &key),
+        ],
+    )
+    .await;
+    let base = app.admin_url().replace("http://", "https://");
+    mfoundry::tls::install_crypto_provider();
+    let ca = std::fs::read(scratch.path().join("ca.pem")).expect("ca");
+    let https = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("pem"))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client");
+    let page = https
+        .get(format!("{base}/ui/"))
+        .send()
+        .await
+        .expect("https");
+    assert_eq!(page.status(), 200);
+    let login = https
+        .post(format!("{base}/ui/login"))
+        .json(&serde_json::json!({"token": tokens[&Role::Viewer]}))
+        .send()
+        .await
+        .expect("login");
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .to_owned();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    let stats = https
+        .get(format!("{base}/api/v1/stats"))
+        .bearer_auth(&tokens[&Role::Viewer])
+        .send()
+        .await
+        .expect("stats");
+    assert_eq!(stats.status(), 200);
+    // Plain HTTP on the same port gets no answer from the API.
+    let plain = client()
+        .get(format!("{}/api/v1/stats", app.admin_url()))
+        .bearer_auth(&tokens[&Role::Viewer])
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.expect("answer").status().is_success());
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+
+    let problems = mfoundry::config::Settings::from_lookup(&|name: &str| {
+        (name == "ADMIN_TLS_CERT_FILE").then(|| cert.clone())
+    })
+    .expect_err("refused");
+    let text = format!("{problems:?}");
+    assert!(text.contains("ADMIN_TLS_KEY_FILE"), "{text}");
+}
