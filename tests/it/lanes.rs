@@ -259,7 +259,7 @@ fn lanes_keep_per_key_order_and_lose_nothing_across_sigkill() {
         (control, body.into_bytes())
     };
     let kills = 2;
-    let acknowledged = load_with_kills(dir, 2, kills, message, &downstream);
+    let acknowledged = load_with_kills(dir, 2, kills, message, &|| downstream.received());
     assert!(
         acknowledged.len() > 100,
         "the load ran: {}",
@@ -322,7 +322,7 @@ fn fifo_keeps_order_and_loses_nothing_across_sigkill() {
         (control, body.into_bytes())
     };
     let kills = 2;
-    let acknowledged = load_with_kills(dir, 1, kills, message, &downstream);
+    let acknowledged = load_with_kills(dir, 1, kills, message, &|| downstream.received());
     assert!(
         acknowledged.len() > 100,
         "the load ran: {}",
@@ -347,14 +347,15 @@ fn fifo_keeps_order_and_loses_nothing_across_sigkill() {
 
 /// Run the gateway of `dir` `kills + 1` times under a load of `senders` connections, each
 /// sending `message(sender, sequence)`: kill -9 after 600 ms the first `kills` times, then
-/// wait until `downstream` has every acknowledged message and stop. The acknowledged
-/// control ids, in the order acknowledged (per sender).
-fn load_with_kills(
+/// wait until the downstream has every acknowledged message (`received`: the control ids it
+/// got, in order) and stop. The acknowledged control ids, in the order acknowledged (per
+/// sender).
+pub(crate) fn load_with_kills(
     dir: &std::path::Path,
     senders: usize,
     kills: usize,
     message: fn(usize, usize) -> (String, Vec<u8>),
-    downstream: &common::peer::Peer,
+    received: &dyn Fn() -> Vec<String>,
 ) -> Vec<String> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -384,7 +385,7 @@ fn load_with_kills(
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             while !acknowledged
                 .iter()
-                .all(|control| downstream.received().contains(control))
+                .all(|control| received().contains(control))
             {
                 assert!(
                     std::time::Instant::now() < deadline,
