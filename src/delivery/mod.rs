@@ -33,6 +33,9 @@ const READ_AHEAD_BYTES: usize = 4 << 20;
 /// Most delivered entries whose marks wait for the one being committed; then the worker
 /// waits for that commit before it sends again. Bounds what a crash resends (ADR 0003).
 const MARK_GROUP: usize = 16;
+/// A delivery faster than this, with the next entry ready to go, keeps its mark in hand for
+/// the next ones (the commit per message would cost more than the send).
+const LINGER_BELOW: Duration = Duration::from_millis(2);
 /// Pause after the outbox failed, before reading the queue again.
 const STORE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
@@ -185,7 +188,7 @@ pub enum OnDeadLetter {
 /// Counters of one connector's worker.
 #[derive(Debug, Default)]
 pub struct DeliveryStats {
-    /// Messages delivered.
+    /// Messages delivered, counted once their delivery is recorded in the store.
     pub delivered: AtomicU64,
     /// Failed attempts that will be retried.
     pub retries: AtomicU64,
@@ -365,6 +368,13 @@ impl<O: Deliver> Worker<O> {
         info!(connector = %self.settings.name, output = self.output.kind(), paused = *self.paused.borrow(), "delivery worker started");
         let mut batch: std::collections::VecDeque<Pending> = Default::default();
         loop {
+            if *self.paused.borrow()
+                && let Err(error) = self.settle_mark().await
+            {
+                // Paused with marks in hand: they are committed before the wait.
+                self.store_failed(&error).await;
+                batch.clear();
+            }
             if let Woke::Shutdown = self.wait_while_paused().await {
                 break;
             }
@@ -416,10 +426,16 @@ impl<O: Deliver> Worker<O> {
                 }
                 continue;
             }
+            // Another entry goes out right after this one: a fast output's mark may wait
+            // for it (fewer commits for the same promise).
+            let next_ready = self.settings.min_interval.is_none()
+                && batch.get(1).is_some_and(|next| {
+                    next.entry.next_attempt_micros <= crate::outbox::now_micros()
+                });
             let Some(head) = batch.front_mut() else {
                 continue;
             };
-            match self.attempt(head).await {
+            match self.attempt(head, next_ready).await {
                 Ok(Step::Done) => {
                     batch.pop_front();
                 }
@@ -508,13 +524,10 @@ impl<O: Deliver> Worker<O> {
         }
         let count = delivered.len();
         if count > 0 {
-            let outbox = self.outbox.clone();
+            let (outbox, stats) = (self.outbox.clone(), Arc::clone(&self.stats));
             self.marking = Some(tokio::spawn(async move {
-                outbox.mark_delivered_many(connector, delivered).await
+                mark_and_count(&outbox, connector, delivered, &stats).await
             }));
-            self.stats
-                .delivered
-                .fetch_add(count as u64, Ordering::Relaxed);
             if let Some((since, failures)) = self.failing.take() {
                 let backlog = self.outbox.depth(connector).queued;
                 info!(connector = %self.settings.name, failing_for_secs = since.elapsed().as_secs(), failed_attempts = failures, backlog, "connector recovered: delivering again");
@@ -535,8 +548,7 @@ impl<O: Deliver> Worker<O> {
             return Ok(());
         }
         let entries = std::mem::take(&mut self.unmarked);
-        self.outbox
-            .mark_delivered_many(self.settings.connector, entries)
+        mark_and_count(&self.outbox, self.settings.connector, entries, &self.stats)
             .await
             .map(|_| ())
     }
@@ -555,36 +567,36 @@ impl<O: Deliver> Worker<O> {
     }
 
     /// Record `seq` as delivered while the next entry is sent: its mark goes to the writer
-    /// now when no other is being committed; otherwise it waits with the others delivered
-    /// meanwhile, and they go together once that commit is done (or [`MARK_GROUP`] of them
-    /// wait). Marks are committed in queue order.
+    /// now when no other is being committed and it need not `linger`; otherwise it waits
+    /// with the others delivered meanwhile, and they go together once that commit is done
+    /// and one is sent without lingering (or [`MARK_GROUP`] of them wait). Marks are
+    /// committed in queue order.
     async fn mark_delivered(
         &mut self,
         seq: crate::outbox::Seq,
         attempts: u32,
+        linger: bool,
     ) -> Result<(), StoreError> {
         self.unmarked.push((seq, attempts));
         let committing = self
             .marking
             .as_ref()
             .is_some_and(|marking| !marking.is_finished());
-        if committing && self.unmarked.len() < MARK_GROUP {
+        if (committing || linger) && self.unmarked.len() < MARK_GROUP {
             return Ok(());
         }
-        if let Err(error) = self.settle_in_flight().await {
-            self.unmarked.clear();
-            return Err(error);
-        }
-        let entries = std::mem::take(&mut self.unmarked);
-        let (outbox, connector) = (self.outbox.clone(), self.settings.connector);
-        self.marking = Some(tokio::spawn(async move {
-            outbox.mark_delivered_many(connector, entries).await
-        }));
-        Ok(())
+        hand_over(
+            &mut self.marking,
+            &mut self.unmarked,
+            &self.outbox,
+            self.settings.connector,
+            &self.stats,
+        )
+        .await
     }
 
     /// Deliver the head once (after waiting for its retry time) and record the outcome.
-    async fn attempt(&mut self, head: &mut Pending) -> Result<Step, StoreError> {
+    async fn attempt(&mut self, head: &mut Pending, next_ready: bool) -> Result<Step, StoreError> {
         let connector = self.settings.connector;
         let seq = head.seq;
         if let Some(damage) = &head.damage {
@@ -681,12 +693,40 @@ impl<O: Deliver> Worker<O> {
         // their own timeouts.
         let started = tokio::time::Instant::now();
         self.stats.delivering.store(true, Ordering::Relaxed);
-        let outcome = self.output.deliver(&envelope).await;
+        let delivery = self.output.deliver(&envelope);
+        let (outcome, handed) = if self.unmarked.is_empty() {
+            (delivery.await, Ok(()))
+        } else {
+            // Marks in hand wait for this send only while it is quick: a send that takes
+            // longer (a slow or hung peer) does not keep them from the store.
+            tokio::pin!(delivery);
+            tokio::select! {
+                outcome = &mut delivery => (outcome, Ok(())),
+                () = tokio::time::sleep(LINGER_BELOW) => {
+                    let handed = hand_over(
+                        &mut self.marking,
+                        &mut self.unmarked,
+                        &self.outbox,
+                        connector,
+                        &self.stats,
+                    )
+                    .await;
+                    (delivery.await, handed)
+                }
+            }
+        };
         self.stats.delivering.store(false, Ordering::Relaxed);
+        // The send finished either way; a failed mark means reading the queue again (this
+        // entry's outcome is not recorded: it is sent again, in order).
+        handed?;
         if outcome.is_ok() {
             // Recorded while the next entry is sent: a crash before the commit sends the
             // entries not yet marked again, in order (at least once).
-            self.mark_delivered(seq, attempt).await?;
+            // A send faster than a commit, with the next one ready: its mark waits with the
+            // next ones (at most MARK_GROUP), so a fast output does not pay a commit per
+            // message. A slower one gains nothing from waiting: its mark goes now.
+            let linger = next_ready && started.elapsed() < LINGER_BELOW;
+            self.mark_delivered(seq, attempt, linger).await?;
         } else {
             // Every earlier mark is committed before another outcome is recorded (marks
             // in queue order).
@@ -696,7 +736,7 @@ impl<O: Deliver> Worker<O> {
         record_operation(name, started.elapsed(), &outcome);
         match outcome {
             Ok(()) => {
-                bump(&self.stats.delivered);
+                // Counted in `delivered` once its mark is committed.
                 if let Some((since, failures)) = self.failing.take() {
                     // Once per recovery, at info: how long it failed and what it now drains
                     // (counts only: no message content).
@@ -804,6 +844,53 @@ enum Step {
     Again,
     /// Shutdown.
     Stop,
+}
+
+/// Send the marks in hand to the writer as one request, after the one being committed (so
+/// marks stay in queue order). A failed commit drops them: they are still queued and are
+/// sent again, in order.
+async fn hand_over(
+    marking: &mut Option<tokio::task::JoinHandle<Result<usize, StoreError>>>,
+    unmarked: &mut Vec<(crate::outbox::Seq, u32)>,
+    outbox: &Outbox,
+    connector: crate::outbox::ConnectorId,
+    stats: &Arc<DeliveryStats>,
+) -> Result<(), StoreError> {
+    if let Some(in_flight) = marking.take() {
+        let settled = match in_flight.await {
+            Ok(marked) => marked.map(|_| ()),
+            Err(failed) => Err(StoreError::Encoding(format!(
+                "recording a delivery failed: {failed}"
+            ))),
+        };
+        if let Err(error) = settled {
+            unmarked.clear();
+            return Err(error);
+        }
+    }
+    if unmarked.is_empty() {
+        return Ok(());
+    }
+    let entries = std::mem::take(unmarked);
+    let (outbox, stats) = (outbox.clone(), Arc::clone(stats));
+    *marking = Some(tokio::spawn(async move {
+        mark_and_count(&outbox, connector, entries, &stats).await
+    }));
+    Ok(())
+}
+
+/// Mark `entries` delivered and, once that is committed, count them in `delivered` (so the
+/// count never runs ahead of the store).
+async fn mark_and_count(
+    outbox: &Outbox,
+    connector: crate::outbox::ConnectorId,
+    entries: Vec<(crate::outbox::Seq, u32)>,
+    stats: &DeliveryStats,
+) -> Result<usize, StoreError> {
+    let count = entries.len() as u64;
+    let marked = outbox.mark_delivered_many(connector, entries).await?;
+    stats.delivered.fetch_add(count, Ordering::Relaxed);
+    Ok(marked)
 }
 
 /// The delivery's duration, in the `operation` instrument with its connector and outcome.

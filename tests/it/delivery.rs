@@ -255,6 +255,52 @@ async fn a_hung_connector_does_not_hold_up_the_others() {
     assert!(!app.shutdown(Duration::from_millis(300)).await);
 }
 
+/// Marks of quick deliveries may wait for the next ones (fewer commits), but never for a
+/// send that hangs: with the 20th message unanswered, the 19 before it leave the queue
+/// within a second, not after the ACK timeout.
+#[tokio::test]
+async fn delivered_marks_reach_the_store_while_the_next_send_hangs() {
+    let downstream = peer(|control, _| {
+        if control == "M20" {
+            Answer::Hang
+        } else {
+            Answer::Ack("AA")
+        }
+    })
+    .await;
+    let yaml = mllp_yaml(
+        downstream.addr.port(),
+        "    ack_timeout: 60s
+    paused: true
+",
+    );
+    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    send(&app, ids(1..=20)).await;
+    app.worker("downstream").resume();
+    eventually("nineteen delivered", || delivered(&app, "downstream") == 19).await;
+    let connector = app.outbox().connector_id("downstream").expect("connector");
+    eventually_within(
+        Duration::from_secs(1),
+        "nineteen marked in the store",
+        || {
+            app.outbox()
+                .snapshot()
+                .expect("snapshot")
+                .queue(connector)
+                .expect("queue")
+                .len()
+                == 1
+        },
+    )
+    .await;
+    assert_eq!(
+        downstream.received().last().map(String::as_str),
+        Some("M20")
+    );
+    // The hung send ends with its ACK timeout; no need to wait for it.
+    drop(app);
+}
+
 #[tokio::test]
 async fn pause_holds_delivery_and_resume_releases_it_in_order() {
     let out = tempfile::tempdir().expect("tempdir");
