@@ -100,11 +100,6 @@ impl Admin {
                             .replace("TLS_KEY_FILE", "ADMIN_TLS_KEY_FILE")
                     )
                 })?;
-                tokio::spawn(crate::tls::watch(
-                    server.clone(),
-                    crate::shutdown::Hangups::install(),
-                    shutdown.clone(),
-                ));
                 Some(server)
             }
         };
@@ -133,6 +128,18 @@ impl Admin {
                     shutdown.clone(),
                 ));
             }
+        }
+        if let Some(server) = &tls {
+            // Once the port is bound: nothing is left running when startup fails.
+            use tracing::Instrument as _;
+            tokio::spawn(
+                crate::tls::watch(
+                    server.clone(),
+                    crate::shutdown::Hangups::install(),
+                    shutdown.clone(),
+                )
+                .instrument(tracing::info_span!("tls", listener = "admin")),
+            );
         }
         info!(admin_addr = %local, tls = tls.is_some(), console = %format!("{}://{local}/ui/", if tls.is_some() { "https" } else { "http" }), "admin API listening");
         let task = tokio::spawn(admin::serve(listener, state, shutdown.clone(), tls));

@@ -500,6 +500,16 @@ impl<O: Deliver> Worker<O> {
                 })
             })
             .collect();
+        // Marks in hand go to the writer now: a batch can take long, and they must not wait
+        // for it.
+        hand_over(
+            &mut self.marking,
+            &mut self.unmarked,
+            &self.outbox,
+            connector,
+            &self.stats,
+        )
+        .await?;
         self.last_send = Some(tokio::time::Instant::now());
         let started = tokio::time::Instant::now();
         self.stats.delivering.store(true, Ordering::Relaxed);
@@ -655,6 +665,8 @@ impl<O: Deliver> Worker<O> {
             }
         };
         if let Some(deadline) = deadline.filter(|at| *at > tokio::time::Instant::now()) {
+            // Nothing delivered stays unrecorded through the wait.
+            self.settle_mark().await?;
             self.stats.backing_off.store(true, Ordering::Relaxed);
             let woke = self.sleep_until(deadline).await;
             self.stats.backing_off.store(false, Ordering::Relaxed);
@@ -669,6 +681,7 @@ impl<O: Deliver> Worker<O> {
         if let (Some(interval), Some(last)) = (self.settings.min_interval, self.last_send) {
             let ready_at = last + interval;
             if ready_at > tokio::time::Instant::now() {
+                self.settle_mark().await?;
                 match self.sleep_until(ready_at).await {
                     Woke::Shutdown => return Ok(Step::Stop),
                     Woke::Changed => return Ok(Step::Again),
@@ -703,15 +716,17 @@ impl<O: Deliver> Worker<O> {
             tokio::select! {
                 outcome = &mut delivery => (outcome, Ok(())),
                 () = tokio::time::sleep(LINGER_BELOW) => {
-                    let handed = hand_over(
-                        &mut self.marking,
-                        &mut self.unmarked,
-                        &self.outbox,
-                        connector,
-                        &self.stats,
+                    // The send goes on while the marks are handed over.
+                    tokio::join!(
+                        delivery.as_mut(),
+                        hand_over(
+                            &mut self.marking,
+                            &mut self.unmarked,
+                            &self.outbox,
+                            connector,
+                            &self.stats,
+                        )
                     )
-                    .await;
-                    (delivery.await, handed)
                 }
             }
         };

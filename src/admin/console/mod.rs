@@ -31,6 +31,8 @@ use super::auth::{Role, TokenStore, hash_token};
 pub const COOKIE: &str = "mfoundry_session";
 /// The header that carries the CSRF token.
 pub const CSRF_HEADER: &str = "x-csrf-token";
+/// The header the page's own periodic refreshes carry: they do not keep a session open.
+pub const REFRESH_HEADER: &str = "x-console-refresh";
 
 const INDEX: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -121,13 +123,23 @@ pub fn router(state: &Arc<AdminState>) -> Router<Arc<AdminState>> {
         .route("/ui/logout", post(logout))
         .route("/ui/session", get(session))
         .merge(api)
-        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn_with_state(
+            state.console.secure,
+            security_headers,
+        ))
 }
 
-/// The headers every console answer carries.
-async fn security_headers(request: Request, next: Next) -> Response {
+/// The headers every console answer carries (`secure`: the listener serves HTTPS, so
+/// browsers are told to keep to it).
+async fn security_headers(State(secure): State<bool>, request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
+    if secure {
+        headers.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        );
+    }
     let set = |headers: &mut HeaderMap, name: header::HeaderName, value: &'static str| {
         headers.insert(name, HeaderValue::from_static(value));
     };
@@ -245,8 +257,17 @@ async fn login(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if cross_site(&headers) {
-        return error(StatusCode::FORBIDDEN, "sign in from the console's own page");
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.trim_start().starts_with("application/json"));
+    // A form on another site can post text/plain without asking the browser first; only
+    // the console's own script sends JSON.
+    if cross_site(&headers) || !json {
+        return error(
+            StatusCode::FORBIDDEN,
+            "sign in from the console's own page (JSON from this origin)",
+        );
     }
     let Ok(request) = serde_json::from_slice::<LoginRequest>(&body) else {
         return error(
@@ -293,7 +314,7 @@ async fn login(
 async fn logout(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     let console = &state.console;
     if let Some(id) = cookie(&headers, COOKIE) {
-        let active = console.sessions.get(id, &state.tokens);
+        let active = console.sessions.get(id, &state.tokens, true);
         let presented = headers
             .get(CSRF_HEADER)
             .and_then(|value| value.to_str().ok())
@@ -325,7 +346,7 @@ async fn logout(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Res
 
 async fn session(State(state): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     let console = &state.console;
-    match cookie(&headers, COOKIE).and_then(|id| console.sessions.get(id, &state.tokens)) {
+    match cookie(&headers, COOKIE).and_then(|id| console.sessions.get(id, &state.tokens, true)) {
         Some(active) => axum::Json(SessionView {
             phi: active.caller.role >= Role::Operator,
             token_id: active.caller.token_id,
@@ -350,8 +371,9 @@ async fn session_gate(State(gate): State<Gate>, mut request: Request, next: Next
         );
     }
     let tokens: &TokenStore = &gate.state.tokens;
+    let touch = !headers.contains_key(REFRESH_HEADER);
     let Some(active) =
-        cookie(headers, COOKIE).and_then(|id| gate.state.console.sessions.get(id, tokens))
+        cookie(headers, COOKIE).and_then(|id| gate.state.console.sessions.get(id, tokens, touch))
     else {
         return error(
             StatusCode::UNAUTHORIZED,

@@ -14,6 +14,8 @@ use crate::admin::auth::{Caller, TokenStore, hex};
 
 /// Most sessions kept at once; the least recently used goes first when more log in.
 pub const MAX_SESSIONS: usize = 1024;
+/// A session ends this long after sign-in, used or not.
+pub const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 /// One signed-in browser.
 #[derive(Debug)]
@@ -22,6 +24,7 @@ struct Session {
     token_hash: [u8; 32],
     /// Sent back in `X-CSRF-Token` with every change.
     csrf: String,
+    opened: tokio::time::Instant,
     last_used: tokio::time::Instant,
 }
 
@@ -93,20 +96,24 @@ impl Sessions {
             Session {
                 token_hash,
                 csrf: csrf.clone(),
+                opened: now,
                 last_used: now,
             },
         );
         Ok((id, csrf))
     }
 
-    /// The session with cookie value `id`, if it is open and its token still known; using
-    /// it keeps it open.
-    pub fn get(&self, id: &str, tokens: &TokenStore) -> Option<Active> {
+    /// The session with cookie value `id`, if it is open and its token still known. A use
+    /// by the person (`touch`) keeps it open; a page's own background refresh does not, so
+    /// a console left open still closes after the idle timeout.
+    pub fn get(&self, id: &str, tokens: &TokenStore, touch: bool) -> Option<Active> {
         let now = tokio::time::Instant::now();
         let mut sessions = self.lock();
         let key = key(id);
         let session = sessions.get_mut(&key)?;
-        if now.duration_since(session.last_used) >= self.idle {
+        if now.duration_since(session.last_used) >= self.idle
+            || now.duration_since(session.opened) >= MAX_LIFETIME
+        {
             sessions.remove(&key);
             return None;
         }
@@ -114,7 +121,9 @@ impl Sessions {
             sessions.remove(&key);
             return None;
         };
-        session.last_used = now;
+        if touch {
+            session.last_used = now;
+        }
         Some(Active {
             caller,
             csrf: session.csrf.clone(),
@@ -156,26 +165,54 @@ mod tests {
         let tokens = TokenStore::single("alice", Role::Operator, "mft_a");
         let sessions = Sessions::new(Duration::from_secs(60));
         let (id, csrf) = sessions.open(hash_token("mft_a")).expect("opens");
-        let active = sessions.get(&id, &tokens).expect("open");
+        let active = sessions.get(&id, &tokens, true).expect("open");
         assert_eq!(active.caller.token_id, "alice");
         assert_eq!(active.csrf, csrf);
-        assert!(sessions.get("not-a-session", &tokens).is_none());
+        assert!(sessions.get("not-a-session", &tokens, true).is_none());
         // Used within the timeout: kept open.
         tokio::time::advance(Duration::from_secs(50)).await;
-        assert!(sessions.get(&id, &tokens).is_some());
+        assert!(sessions.get(&id, &tokens, true).is_some());
         tokio::time::advance(Duration::from_secs(50)).await;
-        assert!(sessions.get(&id, &tokens).is_some());
+        assert!(sessions.get(&id, &tokens, true).is_some());
         // Idle for the timeout: gone.
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert!(sessions.get(&id, &tokens).is_none());
+        assert!(sessions.get(&id, &tokens, true).is_none());
         // The token removed: gone at once.
         let (id, _) = sessions.open(hash_token("mft_a")).expect("opens");
         tokens.replace(TokenStore::single("bob", Role::Viewer, "mft_b"));
-        assert!(sessions.get(&id, &tokens).is_none());
+        assert!(sessions.get(&id, &tokens, true).is_none());
         // Closed by logout.
         let (id, _) = sessions.open(hash_token("mft_b")).expect("opens");
         sessions.close(&id);
-        assert!(sessions.get(&id, &tokens).is_none());
+        assert!(sessions.get(&id, &tokens, true).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_refreshes_do_not_keep_a_session_open_and_no_session_lives_forever() {
+        let tokens = TokenStore::single("alice", Role::Operator, "mft_a");
+        let sessions = Sessions::new(Duration::from_secs(60));
+        let (id, _) = sessions.open(hash_token("mft_a")).expect("opens");
+        for _ in 0..5 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            assert!(sessions.get(&id, &tokens, false).is_some());
+        }
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert!(
+            sessions.get(&id, &tokens, false).is_none(),
+            "idle despite refreshes"
+        );
+        let (id, _) = sessions.open(hash_token("mft_a")).expect("opens");
+        let mut used = Duration::ZERO;
+        while used < MAX_LIFETIME - Duration::from_secs(30) {
+            tokio::time::advance(Duration::from_secs(30)).await;
+            used += Duration::from_secs(30);
+            assert!(sessions.get(&id, &tokens, true).is_some());
+        }
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert!(
+            sessions.get(&id, &tokens, true).is_none(),
+            "ended after its lifetime"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -190,7 +227,10 @@ mod tests {
         assert_eq!(sessions.len(), MAX_SESSIONS);
         sessions.open(hash_token("mft_a")).expect("opens");
         assert_eq!(sessions.len(), MAX_SESSIONS);
-        assert!(sessions.get(&first, &tokens).is_none(), "the oldest went");
+        assert!(
+            sessions.get(&first, &tokens, true).is_none(),
+            "the oldest went"
+        );
     }
 
     #[test]

@@ -112,6 +112,16 @@ async fn the_console_is_served_with_strict_headers_and_sessions_guard_every_chan
         .await
         .expect("login");
     assert_eq!(refused.status(), 401);
+    // A form another site could post (text/plain, no preflight) signs nobody in.
+    let form = http
+        .post(format!("{base}/ui/login"))
+        .header("content-type", "text/plain")
+        .body(format!("{{\"token\": \"{}\"}}", tokens[&Role::Operator]))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(form.status(), 403);
+    assert!(form.headers().get("set-cookie").is_none());
     let response = http
         .post(format!("{base}/ui/login"))
         .json(&serde_json::json!({"token": tokens[&Role::Operator]}))
@@ -254,6 +264,12 @@ async fn the_admin_listener_serves_https_and_cookies_are_secure_there() {
         .await
         .expect("https");
     assert_eq!(page.status(), 200);
+    assert!(
+        page.headers()["strict-transport-security"]
+            .to_str()
+            .expect("hsts")
+            .starts_with("max-age=")
+    );
     let login = https
         .post(format!("{base}/ui/login"))
         .json(&serde_json::json!({"token": tokens[&Role::Viewer]}))

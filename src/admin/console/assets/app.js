@@ -3,7 +3,8 @@
 // session cookie, and every change carries the session's CSRF token.
 'use strict';
 
-const state = { session: null, timer: null, previous: null, rows: new Map(), stalled: new Map() };
+// `page` counts page changes: an answer that arrives after the page changed is dropped.
+const state = { session: null, timer: null, page: 0, previous: null, rows: new Map(), stalled: new Map() };
 
 // ---------------------------------------------------------------------------------------
 // Small helpers
@@ -48,8 +49,10 @@ class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
-async function call(method, path, body) {
+async function call(method, path, body, refresh) {
   const headers = { 'Accept': 'application/json' };
+  // The page's own periodic refreshes do not keep the session open.
+  if (refresh) headers['X-Console-Refresh'] = '1';
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (method !== 'GET' && state.session) headers['X-CSRF-Token'] = state.session.csrf;
   const response = await fetch(path, {
@@ -68,7 +71,7 @@ async function call(method, path, body) {
   return data;
 }
 
-const api = (method, path, body) => call(method, '/ui/api/v1' + path, body);
+const api = (method, path, body, refresh) => call(method, '/ui/api/v1' + path, body, refresh);
 
 function failure(error) {
   if (error instanceof ApiError && error.status === 401) return null;
@@ -89,6 +92,10 @@ function query(params) {
 
 function renderLogin(message) {
   stopPolling();
+  state.page += 1;
+  state.search = undefined;
+  state.rows.clear();
+  state.previous = null;
   document.getElementById('nav').hidden = true;
   document.getElementById('signout').hidden = true;
   document.getElementById('who').textContent = '';
@@ -137,16 +144,19 @@ function stopPolling() {
 
 function route() {
   stopPolling();
+  state.page += 1;
   if (!state.session) { renderLogin(); return; }
   document.getElementById('nav').hidden = false;
   document.getElementById('signout').hidden = false;
   document.getElementById('who').textContent = `${state.session.token_id} (${state.session.role})`;
-  const parts = (location.hash || '#/overview').slice(2).split('/');
+  const parts = (location.hash || '#/overview').slice(2).split('/').map((part) => {
+    try { return decodeURIComponent(part); } catch (_) { return part; }
+  });
   const page = parts[0] || 'overview';
   markNav(page);
   if (page === 'messages' && parts[1]) renderMessage(parts[1]);
   else if (page === 'messages') renderMessages();
-  else if (page === 'dlq') renderDlq(parts[1]);
+  else if (page === 'dlq') renderDlq(parts[1] || undefined);
   else renderOverview();
 }
 
@@ -174,18 +184,22 @@ const SEVERITY = { stalled: 0, retrying: 1, paused: 2, delivering: 3, idle: 4 };
 function renderOverview() {
   const holder = el('div', { id: 'overview' }, el('p', { class: 'muted', text: 'Loading…' }));
   show(el('h1', { text: 'Overview' }), holder);
+  const page = state.page;
+  let first = true;
   const refresh = async () => {
     try {
-      const stats = await api('GET', '/stats');
+      const stats = await api('GET', '/stats', undefined, !first);
+      first = false;
+      if (page !== state.page) return;
       const now = Date.now();
       holder.replaceChildren(...overviewTables(stats, now).filter(Boolean));
       state.previous = { stats, at: now };
     } catch (error) {
+      if (page !== state.page || error.status === 401) return;
       const shown = failure(error);
       if (shown) holder.replaceChildren(shown);
-      if (error.status === 401) return;
     }
-    if (location.hash === '' || location.hash.startsWith('#/overview')) state.timer = setTimeout(refresh, 2000);
+    if (page === state.page) state.timer = setTimeout(refresh, 2000);
   };
   refresh();
 }
@@ -284,8 +298,10 @@ function renderMessages() {
 
 async function search(results, before) {
   const params = { ...(state.search || {}), limit: 50, before };
+  const current = state.page;
   try {
     const page = await api('GET', '/messages' + query(params));
+    if (current !== state.page) return;
     for (const message of page.messages) state.rows.set(String(message.id), message);
     const rows = page.messages.map((message) => el('tr', {},
       el('td', {}, el('a', { href: `#/messages/${message.id}`, text: message.id })),
@@ -319,8 +335,10 @@ async function renderMessage(id) {
       summary ? connectorTable(summary.connectors) : null);
     return;
   }
+  const current = state.page;
   try {
     const message = await api('GET', `/messages/${encodeURIComponent(id)}`);
+    if (current !== state.page) return;
     const raw = el('pre', { class: 'raw', id: 'raw', text: message.body.replace(/\r\n?/g, '\n') });
     const copied = el('span', { class: 'muted', role: 'status' });
     show(el('h1', { text: `Message ${id}: ${message.message_type} ${message.control_id}` }),
@@ -339,7 +357,7 @@ async function renderMessage(id) {
           : el('pre', { class: 'raw', text: copy.body.replace(/\r\n?/g, '\n') }))));
   } catch (error) {
     const shown = failure(error);
-    if (shown) show(el('h1', { text: `Message ${id}` }), shown);
+    if (shown && current === state.page) show(el('h1', { text: `Message ${id}` }), shown);
   }
 }
 
@@ -379,9 +397,12 @@ const NAMES = {
 };
 
 /// The delimiters of a message (MSH-1 and MSH-2), with the standard ones by default.
+const HEADERS = ['MSH', 'BHS', 'FHS'];
+
 function delimiters(body) {
-  const field = body.startsWith('MSH') && body.length > 3 ? body[3] : '|';
-  const encoding = body.startsWith('MSH') ? body.slice(4).split(field)[0] : '^~\\&';
+  const header = HEADERS.some((name) => body.startsWith(name)) && body.length > 3;
+  const field = header ? body[3] : '|';
+  const encoding = header ? body.slice(4).split(field)[0] : '^~\\&';
   return { field, component: encoding[0] || '^', repetition: encoding[1] || '~', escape: encoding[2] || '\\', subcomponent: encoding[3] || '&' };
 }
 
@@ -395,7 +416,7 @@ function unescape(text, d) {
     if (end < 0) { out += text.slice(i); break; }
     const code = text.slice(i + 1, end);
     const known = { F: d.field, S: d.component, T: d.subcomponent, R: d.repetition, E: d.escape, '.br': '\n' };
-    if (code in known) out += known[code];
+    if (Object.hasOwn(known, code)) out += known[code];
     else if (/^X([0-9A-Fa-f]{2})+$/.test(code)) out += code.slice(1).match(/../g).map((hex) => String.fromCharCode(parseInt(hex, 16))).join('');
     else out += text.slice(i, end + 1);
     i = end;
@@ -411,7 +432,7 @@ function fieldNode(segment, number, raw, d) {
   const names = NAMES[segment] || [];
   const name = names[number - 1];
   const label = `${segment}-${number}${name ? ` ${name}` : ''}`;
-  const isEncoding = segment === 'MSH' && number <= 2;
+  const isEncoding = HEADERS.includes(segment) && number <= 2;
   const repetitions = isEncoding ? [raw] : raw.split(d.repetition);
   const simple = isEncoding || (repetitions.length === 1 && !raw.includes(d.component) && !raw.includes(d.subcomponent));
   if (simple) return el('div', { class: 'field', 'data-field': `${segment}-${number}` }, el('span', { class: 'name', text: `${label}: ` }), el('span', { class: 'value', text: isEncoding ? raw : unescape(raw, d) }));
@@ -432,7 +453,7 @@ function tree(body) {
   return el('div', { class: 'tree', id: 'tree' }, segments.map((line) => {
     const name = line.slice(0, 3);
     let fields = line.split(d.field).slice(1);
-    if (name === 'MSH') fields = [d.field, ...fields];
+    if (HEADERS.includes(name)) fields = [d.field, ...fields];
     const nodes = fields.map((raw, index) => (raw === '' ? null : fieldNode(name, index + 1, raw, d)));
     return el('details', { open: true, 'data-segment': name }, el('summary', { text: name }), nodes);
   }));
@@ -443,9 +464,11 @@ function tree(body) {
 
 async function renderDlq(connector) {
   const holder = el('div', { id: 'dlq' }, el('p', { class: 'muted', text: 'Loading…' }));
-  show(el('h1', { text: connector ? `Dead letters: ${decodeURIComponent(connector)}` : 'Dead letters' }), holder);
+  show(el('h1', { text: connector ? `Dead letters: ${connector}` : 'Dead letters' }), holder);
+  const current = state.page;
   try {
-    const page = await api('GET', '/dlq' + query({ connector: connector ? decodeURIComponent(connector) : undefined, limit: 200 }));
+    const page = await api('GET', '/dlq' + query({ connector, limit: 200 }));
+    if (current !== state.page) return;
     if (!page.entries.length) { holder.replaceChildren(el('p', { class: 'muted', text: 'No dead letters.' })); return; }
     const groups = new Map();
     for (const entry of page.entries) {
@@ -467,7 +490,8 @@ function dlqSection(name, entries) {
       const result = await api('POST', `/dlq/${encodeURIComponent(name)}/${action}`, body);
       const done = action === 'replay' ? result.replayed.length : result.purged.length;
       outcome.textContent = `${action === 'replay' ? 'Replayed' : 'Purged'} ${done}; ${result.remaining} left.`;
-      setTimeout(() => renderDlq(location.hash.split('/')[2]), 600);
+      const current = state.page;
+      setTimeout(() => { if (current === state.page) route(); }, 600);
     } catch (error) {
       outcome.textContent = error.message;
       outcome.className = 'error';
@@ -510,7 +534,8 @@ document.addEventListener('DOMContentLoaded', async () => {
   window.addEventListener('hashchange', route);
   document.addEventListener('keydown', (event) => {
     // "/" jumps to the message search, as in most consoles.
-    if (event.key === '/' && !['INPUT', 'SELECT', 'TEXTAREA'].includes(document.activeElement.tagName)) {
+    if (event.key === '/' && state.session && !event.ctrlKey && !event.metaKey && !event.altKey
+        && !['INPUT', 'SELECT', 'TEXTAREA'].includes(document.activeElement.tagName)) {
       event.preventDefault();
       if (!location.hash.startsWith('#/messages') || location.hash.split('/').length > 2) location.hash = '#/messages';
       setTimeout(() => { const first = document.getElementById('search-from'); if (first) first.focus(); }, 50);
