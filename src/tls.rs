@@ -730,38 +730,31 @@ impl TlsClient {
         Arc::clone(&current.config)
     }
 
-    /// Run the handshake over `stream`, checking the peer's certificate against `name`
-    /// (when the settings name none).
+    /// Run the handshake over `stream`, checking the peer's certificate against the
+    /// configured name, else `name`.
     pub async fn connect_named(
         &self,
-        name: &str,
+        name: Option<&str>,
         stream: tokio::net::TcpStream,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        let server_name = match self.server_name.clone() {
-            Some(configured) => configured,
-            None => rustls_pki_types::ServerName::try_from(name.to_owned()).map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("{name:?} is not a DNS name or IP address for TLS"),
-                )
-            })?,
+        let invalid = |text: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, text);
+        let server_name = match (self.server_name.clone(), name) {
+            (Some(configured), _) => configured,
+            (None, Some(name)) => rustls_pki_types::ServerName::try_from(name.to_owned())
+                .map_err(|_| invalid(format!("{name:?} is not a DNS name or IP address")))?,
+            (None, None) => return Err(invalid("no TLS server name".to_owned())),
         };
         tokio_rustls::TlsConnector::from(self.config())
             .connect(server_name, stream)
             .await
     }
 
-    /// Run the handshake over `stream`.
+    /// Run the handshake over `stream` (the settings name the peer).
     pub async fn connect(
         &self,
         stream: tokio::net::TcpStream,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-        let server_name = self.server_name.clone().ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no TLS server name")
-        })?;
-        tokio_rustls::TlsConnector::from(self.config())
-            .connect(server_name, stream)
-            .await
+        self.connect_named(None, stream).await
     }
 }
 

@@ -9,7 +9,9 @@
 //! an idle gateway does no polling. Attempt counts, next-attempt times and last errors live in
 //! the queue entry, so a restart resumes with the same schedule.
 
+mod batch;
 mod lanes;
+mod marks;
 mod retry;
 pub mod upkeep;
 
@@ -25,6 +27,7 @@ use tracing::{debug, error, info, warn};
 pub use retry::{Random, RetryPolicy};
 
 use crate::outbox::{MessageRecord, Outbox, Pending, StoreError};
+use marks::hand_over;
 
 /// Entries read from the queue at a time.
 const READ_AHEAD: usize = 64;
@@ -455,156 +458,6 @@ impl<O: Deliver> Worker<O> {
         info!(connector = %self.settings.name, "delivery worker stopped");
     }
 
-    /// How many entries at the head of `batch` go out together: those that can be sent now
-    /// (due, readable, not after a failed batch), up to the output's batch limit; 0 or 1:
-    /// one at a time. Never with `min_interval` (it spaces single sends).
-    fn ready_for_batch(&self, batch: &std::collections::VecDeque<Pending>) -> usize {
-        let limit = self.output.batch_limit();
-        if limit <= 1 || self.settings.min_interval.is_some() || batch.len() < 2 {
-            return 0;
-        }
-        let now = crate::outbox::now_micros();
-        batch
-            .iter()
-            .take(limit)
-            .take_while(|pending| {
-                pending.damage.is_none()
-                    && pending.transform_failure.is_none()
-                    && pending.record.is_some()
-                    && pending.body.is_some()
-                    && pending.entry.next_attempt_micros <= now
-                    && self.retry_at.is_none_or(|(seq, _)| seq != pending.seq)
-                    && self.single_until.is_none_or(|until| pending.seq > until)
-            })
-            .count()
-    }
-
-    /// Deliver `entries` (ready, see [`Self::ready_for_batch`]) as one batch and record the
-    /// delivered ones with one mark, committed while the next is sent. Returns how many
-    /// were delivered, from the first; after a failure the rest of the batch goes one at a
-    /// time, so its outcome is found and recorded as for a single message.
-    async fn attempt_batch(&mut self, entries: &[Pending]) -> Result<usize, StoreError> {
-        let connector = self.settings.connector;
-        let envelopes: Vec<Envelope> = entries
-            .iter()
-            .filter_map(|pending| {
-                Some(Envelope {
-                    instance_id: self.outbox.instance_id(),
-                    message_id: pending.entry.message_id.0,
-                    seq: pending.seq.0,
-                    connector: Arc::clone(&self.settings.name),
-                    record: pending.record.clone()?,
-                    body: pending.body.clone()?,
-                    attempt: pending.entry.attempts.saturating_add(1),
-                    default_charset: self.settings.default_charset,
-                })
-            })
-            .collect();
-        // Marks in hand go to the writer now: a batch can take long, and they must not wait
-        // for it.
-        hand_over(
-            &mut self.marking,
-            &mut self.unmarked,
-            &self.outbox,
-            connector,
-            &self.stats,
-        )
-        .await?;
-        self.last_send = Some(tokio::time::Instant::now());
-        let started = tokio::time::Instant::now();
-        self.stats.delivering.store(true, Ordering::Relaxed);
-        let outcomes = self.output.deliver_batch(&envelopes).await;
-        self.stats.delivering.store(false, Ordering::Relaxed);
-        self.settle_mark().await?;
-        let share = started.elapsed() / u32::try_from(outcomes.len().max(1)).unwrap_or(1);
-        let mut delivered = Vec::with_capacity(outcomes.len());
-        for (envelope, outcome) in envelopes.iter().zip(&outcomes) {
-            record_operation(&self.settings.name, share, outcome);
-            if outcome.is_err() {
-                break;
-            }
-            delivered.push((crate::outbox::Seq(envelope.seq), envelope.attempt));
-        }
-        if delivered.len() < envelopes.len() {
-            // Find the one at fault: the rest of this batch goes one at a time.
-            self.single_until = envelopes.last().map(|last| crate::outbox::Seq(last.seq));
-            if let Some(Err(error)) = outcomes.last() {
-                debug!(connector = %self.settings.name, delivered = delivered.len(), of = envelopes.len(), reason = %error, "a batch stopped; the rest of it goes one at a time");
-            }
-        }
-        let count = delivered.len();
-        if count > 0 {
-            let (outbox, stats) = (self.outbox.clone(), Arc::clone(&self.stats));
-            self.marking = Some(tokio::spawn(async move {
-                mark_and_count(&outbox, connector, delivered, &stats).await
-            }));
-            if let Some((since, failures)) = self.failing.take() {
-                let backlog = self.outbox.depth(connector).queued;
-                info!(connector = %self.settings.name, failing_for_secs = since.elapsed().as_secs(), failed_attempts = failures, backlog, "connector recovered: delivering again");
-            }
-        }
-        Ok(count)
-    }
-
-    /// Wait until every delivered entry's mark is committed (or failed): the one on its way,
-    /// then those that waited for it.
-    async fn settle_mark(&mut self) -> Result<(), StoreError> {
-        if let Err(error) = self.settle_in_flight().await {
-            // Still queued: delivered again, in order, after the queue is read again.
-            self.unmarked.clear();
-            return Err(error);
-        }
-        if self.unmarked.is_empty() {
-            return Ok(());
-        }
-        let entries = std::mem::take(&mut self.unmarked);
-        mark_and_count(&self.outbox, self.settings.connector, entries, &self.stats)
-            .await
-            .map(|_| ())
-    }
-
-    /// Wait for the mark on its way to the writer, if any.
-    async fn settle_in_flight(&mut self) -> Result<(), StoreError> {
-        match self.marking.take() {
-            None => Ok(()),
-            Some(marking) => match marking.await {
-                Ok(marked) => marked.map(|_| ()),
-                Err(failed) => Err(StoreError::Encoding(format!(
-                    "recording a delivery failed: {failed}"
-                ))),
-            },
-        }
-    }
-
-    /// Record `seq` as delivered while the next entry is sent: its mark goes to the writer
-    /// now when no other is being committed and it need not `linger`; otherwise it waits
-    /// with the others delivered meanwhile, and they go together once that commit is done
-    /// and one is sent without lingering (or [`MARK_GROUP`] of them wait). Marks are
-    /// committed in queue order.
-    async fn mark_delivered(
-        &mut self,
-        seq: crate::outbox::Seq,
-        attempts: u32,
-        linger: bool,
-    ) -> Result<(), StoreError> {
-        self.unmarked.push((seq, attempts));
-        let committing = self
-            .marking
-            .as_ref()
-            .is_some_and(|marking| !marking.is_finished());
-        if (committing || linger) && self.unmarked.len() < MARK_GROUP {
-            return Ok(());
-        }
-        hand_over(
-            &mut self.marking,
-            &mut self.unmarked,
-            &self.outbox,
-            self.settings.connector,
-            &self.stats,
-        )
-        .await
-    }
-
     /// Deliver the head once (after waiting for its retry time) and record the outcome.
     async fn attempt(&mut self, head: &mut Pending, next_ready: bool) -> Result<Step, StoreError> {
         let connector = self.settings.connector;
@@ -859,53 +712,6 @@ enum Step {
     Again,
     /// Shutdown.
     Stop,
-}
-
-/// Send the marks in hand to the writer as one request, after the one being committed (so
-/// marks stay in queue order). A failed commit drops them: they are still queued and are
-/// sent again, in order.
-async fn hand_over(
-    marking: &mut Option<tokio::task::JoinHandle<Result<usize, StoreError>>>,
-    unmarked: &mut Vec<(crate::outbox::Seq, u32)>,
-    outbox: &Outbox,
-    connector: crate::outbox::ConnectorId,
-    stats: &Arc<DeliveryStats>,
-) -> Result<(), StoreError> {
-    if let Some(in_flight) = marking.take() {
-        let settled = match in_flight.await {
-            Ok(marked) => marked.map(|_| ()),
-            Err(failed) => Err(StoreError::Encoding(format!(
-                "recording a delivery failed: {failed}"
-            ))),
-        };
-        if let Err(error) = settled {
-            unmarked.clear();
-            return Err(error);
-        }
-    }
-    if unmarked.is_empty() {
-        return Ok(());
-    }
-    let entries = std::mem::take(unmarked);
-    let (outbox, stats) = (outbox.clone(), Arc::clone(stats));
-    *marking = Some(tokio::spawn(async move {
-        mark_and_count(&outbox, connector, entries, &stats).await
-    }));
-    Ok(())
-}
-
-/// Mark `entries` delivered and, once that is committed, count them in `delivered` (so the
-/// count never runs ahead of the store).
-async fn mark_and_count(
-    outbox: &Outbox,
-    connector: crate::outbox::ConnectorId,
-    entries: Vec<(crate::outbox::Seq, u32)>,
-    stats: &DeliveryStats,
-) -> Result<usize, StoreError> {
-    let count = entries.len() as u64;
-    let marked = outbox.mark_delivered_many(connector, entries).await?;
-    stats.delivered.fetch_add(count, Ordering::Relaxed);
-    Ok(marked)
 }
 
 /// The delivery's duration, in the `operation` instrument with its connector and outcome.
