@@ -15,6 +15,8 @@ pub struct Browser {
     http: reqwest::Client,
     /// Where screenshots go (`MFOUNDRY_SCREENSHOTS`), when set.
     screenshots: Option<std::path::PathBuf>,
+    /// The browser's process, killed with the driver if the test fails before `quit`.
+    browser_pid: Option<i32>,
 }
 
 /// Where Debian installs them.
@@ -86,11 +88,15 @@ impl Browser {
             .unwrap_or_else(|| panic!("no session: {answer}"))
             .to_owned();
         let screenshots = std::env::var_os("MFOUNDRY_SCREENSHOTS").map(std::path::PathBuf::from);
+        let browser_pid = answer["value"]["capabilities"]["goog:processID"]
+            .as_i64()
+            .and_then(|pid| i32::try_from(pid).ok());
         Some(Self {
             driver,
             base: format!("{driver_base}/session/{session}"),
             http,
             screenshots,
+            browser_pid,
         })
     }
 
@@ -236,14 +242,20 @@ impl Browser {
 
 impl Browser {
     /// End the browser session (the browser exits), then the driver.
-    pub async fn quit(self) {
-        let _ = self.http.delete(&self.base).send().await;
+    pub async fn quit(mut self) {
+        if self.http.delete(&self.base).send().await.is_ok() {
+            // Gone with its session: its id may be another process's soon.
+            self.browser_pid = None;
+        }
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // The session ends with the driver.
+        // A browser whose session did not end (a failed test) would outlive the driver.
+        if let Some(pid) = self.browser_pid.and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
