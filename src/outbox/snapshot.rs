@@ -58,6 +58,9 @@ fn name_message(id: MessageId, error: StoreError) -> StoreError {
     }
 }
 
+/// Audit records read newest first, and the seq to continue below (`None`: the start).
+pub type AuditPageRead = (Vec<(u64, audit::AuditRecord)>, Option<u64>);
+
 /// A read transaction over the outbox.
 pub struct Snapshot {
     transaction: redb::ReadTransaction,
@@ -567,6 +570,37 @@ impl Snapshot {
             ));
         }
         Ok(out)
+    }
+
+    /// Audit records with seqs below `before` (from the newest when `None`), newest first,
+    /// that `keep` accepts: up to `limit` of them, reading at most `scan` records. Also
+    /// the seq to continue below when the scan stopped early (`None` at the start of the
+    /// trail).
+    pub fn audit_records_newest_first(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+        scan: usize,
+        keep: impl Fn(&audit::AuditRecord) -> bool,
+    ) -> Result<AuditPageRead, StoreError> {
+        let table = self.transaction.open_table(schema::AUDIT)?;
+        let mut out = Vec::new();
+        let range = match before {
+            Some(end) => table.range(..end)?,
+            None => table.range::<u64>(..)?,
+        };
+        for (read, entry) in range.rev().enumerate() {
+            let (key, value) = entry?;
+            let seq = key.value();
+            if out.len() >= limit || read >= scan {
+                return Ok((out, Some(seq + 1)));
+            }
+            let record = audit::decode(&self.keys, seq, value.value())?;
+            if keep(&record) {
+                out.push((seq, record));
+            }
+        }
+        Ok((out, None))
     }
 
     /// Check the audit trail's hash chain (reads all of it).

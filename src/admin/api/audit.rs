@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use super::ApiError;
 use super::ApiQuery;
 use super::AuthErrors;
+use super::MAX_SCAN;
 use super::Shared;
 use super::page_limit;
 use crate::outbox::audit::AuditEvent;
@@ -22,6 +23,13 @@ pub struct AuditQuery {
     pub after: Option<u64>,
     /// Page size, 1 to 500 (default 50).
     pub limit: Option<usize>,
+    /// `newest`: newest first, continuing below `before` (the previous page's
+    /// `next_before`); default `oldest`.
+    pub order: Option<String>,
+    /// With `order=newest`: records below this seq.
+    pub before: Option<u64>,
+    /// Only `received` or `admin` records.
+    pub kind: Option<String>,
 }
 
 /// What an audit record says happened.
@@ -79,6 +87,10 @@ pub struct AuditPage {
     pub records: Vec<AuditView>,
     /// Pass as `after` for the next page; absent at the end.
     pub next_after: Option<u64>,
+    /// With `order=newest`: pass as `before` for the next (older) page; absent at the start
+    /// of the trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<u64>,
 }
 
 /// The result of checking the trail.
@@ -152,7 +164,8 @@ pub fn audit_view(seq: u64, record: crate::outbox::audit::AuditRecord) -> AuditV
     }
 }
 
-/// Audit records, oldest first.
+/// Audit records, oldest first (or newest first with `order=newest`, optionally only one
+/// `kind`).
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", security(("bearer" = [])),
     params(AuditQuery),
     responses((status = 200, description = "Records", body = AuditPage), AuthErrors))]
@@ -161,6 +174,41 @@ pub async fn list_audit(
     ApiQuery(query): ApiQuery<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
     let limit = page_limit(query.limit)?;
+    let received = match query.kind.as_deref() {
+        None | Some("") => None,
+        Some("received") => Some(true),
+        Some("admin") => Some(false),
+        Some(_) => return Err(ApiError::bad_request("kind must be received or admin")),
+    };
+    match query.order.as_deref() {
+        None | Some("") | Some("oldest") => {}
+        Some("newest") => {
+            let before = query.before;
+            let (found, next_before) = state
+                .gateway
+                .outbox
+                .read(move |snapshot| {
+                    snapshot.audit_records_newest_first(before, limit, MAX_SCAN, |record| {
+                        received.is_none_or(|received| {
+                            matches!(record.event, AuditEvent::Received { .. }) == received
+                        })
+                    })
+                })
+                .await?;
+            return Ok(Json(AuditPage {
+                records: found
+                    .into_iter()
+                    .map(|(seq, record)| audit_view(seq, record))
+                    .collect(),
+                next_after: None,
+                next_before,
+            }));
+        }
+        Some(_) => return Err(ApiError::bad_request("order must be oldest or newest")),
+    }
+    if received.is_some() {
+        return Err(ApiError::bad_request("kind needs order=newest"));
+    }
     let after = query.after;
     let found = state
         .gateway
@@ -181,6 +229,7 @@ pub async fn list_audit(
     Ok(Json(AuditPage {
         records,
         next_after,
+        next_before: None,
     }))
 }
 

@@ -160,6 +160,14 @@ async fn operators_and_viewers_use_the_console_in_a_real_browser() {
         .await;
     browser.accept_dialog().await;
     browser.wait_for_text("#dlq", "No dead letters.").await;
+
+    // The audit trail, newest first: the purge on top; the chain checks out.
+    browser.click("a[data-page=audit]").await;
+    browser.wait_for_text("#audit tbody tr", "dlq.purge").await;
+    browser.wait_for_text("#audit", "console.login").await;
+    browser.click("#audit-verify").await;
+    browser.wait_for_text("#audit-verdict", "Intact").await;
+    browser.screenshot("audit").await;
     browser.quit().await;
     // The delivery in hand at `slow` ends with its ACK timeout.
     assert!(app.shutdown(Duration::from_secs(40)).await);

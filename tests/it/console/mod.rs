@@ -304,3 +304,79 @@ async fn the_admin_listener_serves_https_and_cookies_are_secure_there() {
     let text = format!("{problems:?}");
     assert!(text.contains("ADMIN_TLS_KEY_FILE"), "{text}");
 }
+
+/// The audit trail newest first, by kind, page after page (what the console's audit page
+/// reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_reads_newest_first_and_by_kind() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (path, tokens) = tokens_file(scratch.path());
+    let app = common::start_with_yaml(None, &[("ADMIN_TOKENS_FILE", &path)]).await;
+    let base = app.admin_url();
+    let mut mllp = common::connect(&app).await;
+    for n in 1..=5 {
+        common::write(
+            &mut mllp,
+            &common::framed(&common::adt(&format!("AU{n}"), "2.5")),
+        )
+        .await;
+        common::expect_ack(&mut mllp).await;
+    }
+    for _ in 0..3 {
+        sign_in(&base, &tokens[&Role::Operator]).await;
+    }
+    let page = |query: &str| {
+        let request = client()
+            .get(format!("{base}/api/v1/audit?{query}"))
+            .bearer_auth(&tokens[&Role::Operator]);
+        async move {
+            let response = request.send().await.expect("audit");
+            let status = response.status();
+            (
+                status,
+                response.json::<serde_json::Value>().await.expect("json"),
+            )
+        }
+    };
+    let (status, newest) = page("order=newest&limit=4").await;
+    assert_eq!(status, 200);
+    let seqs: Vec<u64> = newest["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|record| record["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs.len(), 4);
+    assert!(
+        seqs.windows(2).all(|pair| pair[0] > pair[1]),
+        "newest first: {seqs:?}"
+    );
+    assert_eq!(newest["records"][0]["action"], "console.login");
+    let before = newest["next_before"].as_u64().expect("more");
+    assert_eq!(before, *seqs.last().expect("last"));
+    let (_, older) = page(&format!("order=newest&limit=100&before={before}")).await;
+    let older: Vec<u64> = older["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|record| record["seq"].as_u64().expect("seq"))
+        .collect();
+    assert!(older.iter().all(|seq| *seq < before));
+    assert_eq!(seqs.len() + older.len(), 8, "five received, three sign-ins");
+    let (_, received) = page("order=newest&kind=received").await;
+    let kinds: Vec<&str> = received["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .map(|record| record["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["received"; 5]);
+    assert_eq!(received["records"][0]["control_id"], "AU5");
+    assert!(
+        received.get("next_before").is_none(),
+        "the start of the trail"
+    );
+    assert_eq!(page("order=sideways").await.0, 400);
+    assert_eq!(page("kind=admin").await.0, 400, "kind needs order=newest");
+    assert!(app.shutdown(Duration::from_secs(5)).await);
+}

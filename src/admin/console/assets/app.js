@@ -157,6 +157,7 @@ function route() {
   if (page === 'messages' && parts[1]) renderMessage(parts[1]);
   else if (page === 'messages') renderMessages();
   else if (page === 'dlq') renderDlq(parts[1] || undefined);
+  else if (page === 'audit' && can('operator')) renderAudit();
   else renderOverview();
 }
 
@@ -524,6 +525,70 @@ function dlqSection(name, entries) {
     el('table', {},
       el('thead', {}, el('tr', {}, ...['', 'Message', 'Type', 'Control id', 'Failed at', 'Attempts', 'Reason', ''].map((title) => el('th', { scope: 'col', text: title })))),
       el('tbody', {}, rows)));
+}
+
+// ---------------------------------------------------------------------------------------
+// Audit trail: newest first, by kind; the chain checked on request (it reads all of it).
+
+function renderAudit() {
+  const kind = el('select', { id: 'audit-kind', name: 'kind' },
+    el('option', { value: '', text: 'every record' }), el('option', { value: 'admin', text: 'admin actions' }), el('option', { value: 'received', text: 'received messages' }));
+  const verdict = el('p', { id: 'audit-verdict', role: 'status', class: 'muted' });
+  const list = el('div', { id: 'audit-list' });
+  const verify = el('button', { type: 'button', id: 'audit-verify', text: 'Verify the chain', onclick: async () => {
+    verify.disabled = true;
+    verdict.textContent = 'Checking every record…';
+    verdict.className = 'muted';
+    const current = state.page;
+    try {
+      const report = await api('GET', '/audit/verify');
+      if (current !== state.page) return;
+      verdict.textContent = report.intact
+        ? `Intact: ${report.records} records checked.`
+        : `NOT intact: ${report.problem_count} problem(s). ${report.problems.slice(0, 5).join(' ')}`;
+      verdict.className = report.intact ? 'state-ok' : 'error';
+    } catch (error) {
+      verdict.textContent = error.message;
+      verdict.className = 'error';
+    }
+    verify.disabled = false;
+  } });
+  kind.addEventListener('change', () => auditPage(list, kind.value, undefined, false));
+  show(el('h1', { text: 'Audit trail' }),
+    el('div', { class: 'toolbar' }, el('label', { for: 'audit-kind' }, 'Show ', kind), verify), verdict, list);
+  auditPage(list, '', undefined, false);
+}
+
+async function auditPage(list, kind, before, append) {
+  const current = state.page;
+  try {
+    const page = await api('GET', '/audit' + query({ order: 'newest', limit: 100, kind, before }));
+    if (current !== state.page) return;
+    const rows = page.records.map((record) => el('tr', { 'data-seq': record.seq },
+      el('td', { class: 'num', text: record.seq }),
+      el('td', { text: record.at }),
+      el('td', { text: record.kind }),
+      el('td', { text: record.kind === 'admin' ? record.token_id : `${record.peer} on ${record.listener}${record.tls_identity ? ` (${record.tls_identity})` : ''}` }),
+      el('td', { text: record.kind === 'admin'
+        ? `${record.action} ${record.target} ${record.outcome}`.trim()
+        : `${record.message_type} ${record.control_id} → ${record.ack_code}${record.duplicate ? ' (retransmit)' : ''}` })));
+    let body = list.querySelector('tbody');
+    if (!append || !body) {
+      body = el('tbody', {});
+      list.replaceChildren(el('table', { id: 'audit' },
+        el('thead', {}, el('tr', {}, ...['Seq', 'When', 'Kind', 'Who / from', 'What'].map((title) => el('th', { scope: 'col', text: title })))),
+        body));
+    }
+    body.append(...rows);
+    const old = list.querySelector('#audit-older');
+    if (old) old.remove();
+    if (page.next_before !== undefined && page.next_before !== null) {
+      list.append(el('button', { type: 'button', id: 'audit-older', text: 'Older records', onclick: () => auditPage(list, kind, page.next_before, true) }));
+    }
+  } catch (error) {
+    const shown = failure(error);
+    if (shown) list.replaceChildren(shown);
+  }
 }
 
 // ---------------------------------------------------------------------------------------
