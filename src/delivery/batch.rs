@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use tracing::{debug, info};
 
-use super::marks::{hand_over, mark_and_count};
+use super::marks::mark_and_count;
 use super::{Deliver, Envelope, Worker, record_operation};
 use crate::outbox::{Pending, StoreError};
 
@@ -60,14 +60,7 @@ impl<O: Deliver> Worker<O> {
             .collect();
         // Marks in hand go to the writer now: a batch can take long, and they must not wait
         // for it.
-        hand_over(
-            &mut self.marking,
-            &mut self.unmarked,
-            &self.outbox,
-            connector,
-            &self.stats,
-        )
-        .await?;
+        self.hand_over_marks().await?;
         self.last_send = Some(tokio::time::Instant::now());
         let started = tokio::time::Instant::now();
         self.stats.delivering.store(true, Ordering::Relaxed);

@@ -59,6 +59,12 @@ impl<O: Deliver> Worker<O> {
         if (committing || linger) && self.unmarked.len() < MARK_GROUP {
             return Ok(());
         }
+        self.hand_over_marks().await
+    }
+
+    /// [`hand_over`] this worker's marks in hand. (While a send borrows the output, call
+    /// [`hand_over`] with the fields instead.)
+    pub(super) async fn hand_over_marks(&mut self) -> Result<(), StoreError> {
         hand_over(
             &mut self.marking,
             &mut self.unmarked,

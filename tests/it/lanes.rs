@@ -328,21 +328,30 @@ fn fifo_keeps_order_and_loses_nothing_across_sigkill() {
         "the load ran: {}",
         acknowledged.len()
     );
-    let received = downstream.received();
-    let mut seen = std::collections::HashSet::new();
-    let first: Vec<String> = received
-        .iter()
-        .filter(|control| seen.insert((*control).clone()))
-        .filter(|control| acknowledged.contains(control))
-        .cloned()
-        .collect();
-    assert_eq!(first, acknowledged, "first arrivals in the order received");
-    let repeats = received.len() - seen.len();
+    let repeats = first_arrivals_in_order(&downstream.received(), &acknowledged);
     assert!(
         repeats <= (2 * 16 + 1) * kills,
         "only the entry in hand and the unrecorded ones arrive twice per kill: {repeats}"
     );
     drop(runtime);
+}
+
+/// Check that the first arrival of each acknowledged message (control ids, as the
+/// downstream got them) keeps the order acknowledged; returns how many arrivals repeated one
+/// before them.
+pub(crate) fn first_arrivals_in_order(arrivals: &[String], acknowledged: &[String]) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<&String> = arrivals
+        .iter()
+        .filter(|control| seen.insert((*control).clone()))
+        .filter(|control| acknowledged.contains(control))
+        .collect();
+    assert_eq!(
+        first,
+        acknowledged.iter().collect::<Vec<_>>(),
+        "first arrivals in the order received"
+    );
+    arrivals.len() - seen.len()
 }
 
 /// Run the gateway of `dir` `kills + 1` times under a load of `senders` connections, each

@@ -136,17 +136,13 @@ impl Sessions {
     }
 
     /// Open sessions (expired ones not counted).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         let now = tokio::time::Instant::now();
         self.lock()
             .values()
             .filter(|session| now.duration_since(session.last_used) < self.idle)
             .count()
-    }
-
-    /// True when no session is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

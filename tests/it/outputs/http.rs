@@ -146,16 +146,7 @@ fn http_keeps_order_and_loses_nothing_across_sigkill() {
         "the load ran: {}",
         acknowledged.len()
     );
-    let arrivals = received();
-    let mut seen = std::collections::HashSet::new();
-    let first: Vec<String> = arrivals
-        .iter()
-        .filter(|control| seen.insert((*control).clone()))
-        .filter(|control| acknowledged.contains(control))
-        .cloned()
-        .collect();
-    assert_eq!(first, acknowledged, "first arrivals in the order received");
-    let repeats = arrivals.len() - seen.len();
+    let repeats = crate::lanes::first_arrivals_in_order(&received(), &acknowledged);
     assert!(
         repeats <= (2 * 16 + 1) * kills,
         "only unrecorded entries arrive twice: {repeats}"

@@ -142,6 +142,30 @@ async fn published(
     out
 }
 
+/// The last error of the first entry queued at `bus` (empty when none).
+fn last_error(app: &common::TestApp) -> String {
+    app.outbox()
+        .snapshot()
+        .expect("snapshot")
+        .queue(app.outbox().connector_id("bus").expect("bus"))
+        .expect("queue")
+        .first()
+        .and_then(|(_, entry)| entry.last_error.clone())
+        .unwrap_or_default()
+}
+
+/// Why the first dead letter of `bus` is there.
+fn dead_reason(app: &common::TestApp) -> String {
+    app.outbox()
+        .snapshot()
+        .expect("snapshot")
+        .dead_letters(app.outbox().connector_id("bus").expect("bus"))
+        .expect("dead letters")
+        .first()
+        .map(|(_, entry)| entry.reason.clone())
+        .expect("a dead letter")
+}
+
 fn yaml(url: &str, extra: &str) -> String {
     format!(
         "connectors:\n  - name: bus\n    type: nats\n    url: {url}\n    subject: \"hl7.{{msg_type}}.{{trigger}}\"\n    retry:\n      initial_delay: 10ms\n      max_delay: 100ms\n{extra}"
@@ -262,13 +286,7 @@ async fn no_stream_for_the_subject_is_a_dead_letter_and_a_missing_stream_is_name
     let app = common::start_with_yaml(Some(&yaml(&server.url(), "    stream: NOPE\n")), &[]).await;
     send(&app, &["X2"]).await;
     eventually("retried", || stat(&app, "bus", "retries") >= 1).await;
-    let entries = app
-        .outbox()
-        .snapshot()
-        .expect("snapshot")
-        .queue(app.outbox().connector_id("bus").expect("bus"))
-        .expect("queue");
-    let error = entries[0].1.last_error.clone().unwrap_or_default();
+    let error = last_error(&app);
     assert!(error.contains("stream NOPE is not there"), "{error}");
     assert!(app.shutdown(Duration::from_secs(5)).await);
     // `stream` names one that is there, but another stream takes the subject: refused
@@ -279,13 +297,8 @@ async fn no_stream_for_the_subject_is_a_dead_letter_and_a_missing_stream_is_name
     send(&app, &["X3"]).await;
     eventually("dead-lettered", || stat(&app, "bus", "dead") == 1).await;
     assert_eq!(stat(&app, "bus", "delivered"), 0);
-    let dead = app
-        .outbox()
-        .snapshot()
-        .expect("snapshot")
-        .dead_letters(app.outbox().connector_id("bus").expect("bus"))
-        .expect("dead letters");
-    assert!(dead[0].1.reason.contains("10060"), "{}", dead[0].1.reason);
+    let reason = dead_reason(&app);
+    assert!(reason.contains("10060"), "{reason}");
     assert!(app.shutdown(Duration::from_secs(5)).await);
 }
 
@@ -520,13 +533,7 @@ async fn tokens_passwords_and_nkeys_are_accepted_and_a_wrong_token_is_named() {
         .await;
         // Refused by JetStream (no stream takes the subject), so the connection and the
         // credentials worked.
-        let dead = app
-            .outbox()
-            .snapshot()
-            .expect("snapshot")
-            .dead_letters(app.outbox().connector_id("bus").expect("bus"))
-            .expect("dead letters");
-        let reason = dead[0].1.reason.clone();
+        let reason = dead_reason(&app);
         assert!(reason.contains("no stream takes subject"), "{reason}");
         assert!(app.shutdown(Duration::from_secs(5)).await);
     }
@@ -536,21 +543,11 @@ async fn tokens_passwords_and_nkeys_are_accepted_and_a_wrong_token_is_named() {
     let app =
         common::start_with_yaml(Some(&yaml(&server.url(), "    token: wrong-s3cret\n")), &[]).await;
     send(&app, &["C3"]).await;
-    let last_error = || {
-        app.outbox()
-            .snapshot()
-            .expect("snapshot")
-            .queue(app.outbox().connector_id("bus").expect("bus"))
-            .expect("queue")
-            .first()
-            .and_then(|(_, entry)| entry.last_error.clone())
-            .unwrap_or_default()
-    };
     eventually("refused and retried", || {
-        last_error().contains("Authorization Violation")
+        last_error(&app).contains("Authorization Violation")
     })
     .await;
-    let error = last_error();
+    let error = last_error(&app);
     assert!(!error.contains("s3cret"), "{error}");
     assert!(app.shutdown(Duration::from_secs(5)).await);
 }
@@ -578,13 +575,7 @@ async fn a_message_over_max_payload_is_a_dead_letter() {
         stat(&app, "bus", "delivered") == 2 && stat(&app, "bus", "dead") == 1
     })
     .await;
-    let dead = app
-        .outbox()
-        .snapshot()
-        .expect("snapshot")
-        .dead_letters(app.outbox().connector_id("bus").expect("bus"))
-        .expect("dead letters");
-    let reason = dead[0].1.reason.clone();
+    let reason = dead_reason(&app);
     assert!(reason.contains("max_payload"), "{reason}");
     let controls: Vec<String> = published(&stream)
         .await
@@ -620,13 +611,7 @@ async fn tls_to_the_server_checks_its_certificate() {
     let app = common::start_with_yaml(Some(&yaml(&url, "")), &[]).await;
     send(&app, &["T2"]).await;
     eventually("retried", || stat(&app, "bus", "retries") >= 1).await;
-    let entries = app
-        .outbox()
-        .snapshot()
-        .expect("snapshot")
-        .queue(app.outbox().connector_id("bus").expect("bus"))
-        .expect("queue");
-    let error = entries[0].1.last_error.clone().unwrap_or_default();
+    let error = last_error(&app);
     assert!(error.contains("TLS handshake"), "{error}");
     assert!(app.shutdown(Duration::from_secs(5)).await);
 }
