@@ -29,6 +29,9 @@ impl Store {
         options.dedup_max_entries = settings.dedup_max_entries;
         options.journal = settings.store_journal;
         options.keys = settings.store_keys()?;
+        // The patient index is built from the bodies when it is not built with the index
+        // key in use (ADR 0019): the gateway's open does it before it serves.
+        options.patient_fields = Some(crate::ingest::patient_reader(settings.default_charset));
         if let Some(storage) = storage {
             options.storage = storage;
         }

@@ -8,12 +8,12 @@
 
 use std::io::Write;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::admin::api::{
     AuditPage, AuditVerification, ConnectorControl, LogsPage, MessageDetail, MessagePage,
-    ReprocessRequest, ReprocessResult, SearchQuery, Stats,
+    PatientSearch, ReprocessRequest, ReprocessResult, SearchQuery, Stats,
 };
 use crate::admin::auth::{Role, generate_token, hash_token, hex};
 use crate::admin::views::MessageSummary;
@@ -77,6 +77,15 @@ pub struct SearchArgs {
     /// QUEUED, FILTERED, DELIVERED, DEAD_LETTERED or PURGED.
     #[arg(long)]
     pub status: Option<String>,
+    /// A patient identifier (PID-3), through the patient index; sent in the request body,
+    /// never in the URL, and audited (needs the operator role). `-` reads it from a line of
+    /// standard input, so it stays out of the process list and the shell's history.
+    #[arg(long)]
+    pub patient_id: Option<String>,
+    /// A family name (PID-5.1), like --patient-id (case and surrounding space aside; `-`
+    /// reads it from standard input).
+    #[arg(long)]
+    pub family_name: Option<String>,
     /// Most messages to print.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
@@ -160,17 +169,10 @@ pub async fn stats(args: &ApiArgs, out: &mut impl Write) -> anyhow::Result<u8> {
         .connectors
         .iter()
         .map(|c| {
-            let state = if c.paused {
-                "paused"
-            } else if c.backing_off {
-                "retrying"
-            } else {
-                "running"
-            };
             vec![
                 c.name.clone(),
                 c.kind.clone(),
-                state.to_owned(),
+                c.state.clone(),
                 c.queued.to_string(),
                 c.filtered.to_string(),
                 c.queue_depth.to_string(),
@@ -249,6 +251,20 @@ pub async fn stats(args: &ApiArgs, out: &mut impl Write) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// `value`, or for `-` the next line of standard input (without its line end).
+fn from_stdin_if_dash(value: Option<&str>) -> anyhow::Result<Option<String>> {
+    match value {
+        Some("-") => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the value from standard input")?;
+            Ok(Some(line.trim_end_matches(['\r', '\n']).to_owned()))
+        }
+        other => Ok(other.map(str::to_owned)),
+    }
+}
+
 /// `mfoundry messages ...`.
 pub async fn messages(
     args: &ApiArgs,
@@ -271,6 +287,10 @@ pub async fn messages(
                 limit: None,
                 before: None,
             };
+            let patient = (
+                from_stdin_if_dash(search.patient_id.as_deref())?,
+                from_stdin_if_dash(search.family_name.as_deref())?,
+            );
             let mut found: Vec<MessageSummary> = Vec::new();
             let mut scanned = 0u64;
             loop {
@@ -279,7 +299,17 @@ pub async fn messages(
                     break;
                 }
                 query.limit = Some(wanted.min(crate::admin::api::MAX_PAGE));
-                let page: MessagePage = client.get("/api/v1/messages", &query).await?;
+                let page: MessagePage =
+                    if search.patient_id.is_some() || search.family_name.is_some() {
+                        let request = PatientSearch {
+                            patient_id: patient.0.clone(),
+                            family_name: patient.1.clone(),
+                            filters: query.clone(),
+                        };
+                        client.post("/api/v1/messages/search", &request).await?
+                    } else {
+                        client.get("/api/v1/messages", &query).await?
+                    };
                 scanned += page.scanned;
                 found.extend(page.messages);
                 match page.next_before {

@@ -82,6 +82,10 @@ pub const ENV_VARS: &[EnvVar] = &[
         default: "24h",
     },
     EnvVar {
+        name: "PATIENT_INDEX",
+        default: "true",
+    },
+    EnvVar {
         name: "DEDUP_WINDOW",
         default: "1h",
     },

@@ -116,6 +116,9 @@ pub struct FileConfig {
     /// Same as `STORE_VERIFY_INTERVAL` (Go duration; 0 never).
     #[schemars(with = "Option<ScalarText>")]
     pub store_verify_interval: SpannedScalar,
+    /// Same as `PATIENT_INDEX`.
+    #[schemars(with = "Option<ScalarText>")]
+    pub patient_index: SpannedScalar,
     /// Same as `DRAIN_TIMEOUT` (Go duration).
     #[schemars(with = "Option<ScalarText>")]
     pub drain_timeout: SpannedScalar,

@@ -40,6 +40,8 @@ pub struct Settings {
     pub require_tls: bool,
     /// `STORE_JOURNAL`: commit through a sequential journal next to the data file.
     pub store_journal: bool,
+    /// `PATIENT_INDEX`: keep the patient index (search by PID-3 and PID-5.1, ADR 0019).
+    pub patient_index: bool,
     /// `STORE_VERIFY_INTERVAL`: how often every stored record is read and checked in the
     /// background; `None` never.
     pub store_verify_interval: Option<Duration>,
@@ -485,6 +487,7 @@ impl Settings {
         let store_verify_interval = reader.read("STORE_VERIFY_INTERVAL", optional_duration, None);
         let audit_retention = reader.read("AUDIT_RETENTION", optional_duration, None);
         let store_journal = reader.read("STORE_JOURNAL", boolean_setting, true);
+        let patient_index = reader.read("PATIENT_INDEX", boolean_setting, true);
         let drain_timeout = reader.read(
             "DRAIN_TIMEOUT",
             |text| {
@@ -612,6 +615,7 @@ impl Settings {
             tls,
             require_tls,
             store_journal,
+            patient_index,
             store_verify_interval,
             drain_timeout,
             audit_retention,

@@ -401,7 +401,7 @@ async fn deliver<O: super::Deliver>(
     match outcome {
         Ok(()) => {
             outbox.mark_delivered(connector, seq, attempt).await?;
-            bump(&shared.stats.delivered);
+            shared.stats.count_delivered(1);
             debug!(connector = %name, message_id = envelope.message_id, seq = seq.0, attempt, "delivered");
         }
         Err(DeliveryError::Permanent { reason, downstream }) => {

@@ -4,7 +4,6 @@
 //! read again. A connector's `delivered` count moves when its mark is committed.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use super::{Deliver, DeliveryStats, MARK_GROUP, Worker};
 use crate::outbox::{ConnectorId, Outbox, Seq, StoreError};
@@ -119,6 +118,6 @@ pub(super) async fn mark_and_count(
 ) -> Result<usize, StoreError> {
     let count = entries.len() as u64;
     let marked = outbox.mark_delivered_many(connector, entries).await?;
-    stats.delivered.fetch_add(count, Ordering::Relaxed);
+    stats.count_delivered(count);
     Ok(marked)
 }

@@ -203,6 +203,18 @@ pub struct DeliveryStats {
     pub backing_off: AtomicBool,
     /// True while a delivery is in hand (the output is sending).
     pub delivering: AtomicBool,
+    /// When the last delivery was recorded (microseconds since the epoch; 0: none since
+    /// start).
+    pub last_delivered_micros: std::sync::atomic::AtomicI64,
+}
+
+impl DeliveryStats {
+    /// Count `count` deliveries recorded in the store just now.
+    pub(crate) fn count_delivered(&self, count: u64) {
+        self.delivered.fetch_add(count, Ordering::Relaxed);
+        self.last_delivered_micros
+            .store(crate::outbox::now_micros(), Ordering::Relaxed);
+    }
 }
 
 /// Controls one connector's worker from outside (pause, resume).

@@ -31,11 +31,13 @@ use crate::transform::Transforms;
 mod answer;
 mod batch;
 mod header;
+mod patient;
 
 pub use answer::{Outcome, Reason, Reply};
 pub use batch::{BatchAck, BatchOutcome, BatchSettings, CountMismatch, From, RefusedMessage};
 pub use header::header_fields;
 use header::{ack_code_of, check_sender, control_id_for_logs, dedup_key, locate};
+pub use patient::{patient_values, reader as patient_reader};
 
 /// What intake decided for one connector since start (stored messages only; retransmits are
 /// not counted again).
@@ -563,6 +565,7 @@ impl Decider {
                 .or_else(|| sender.map(str::to_owned)),
             copies: std::mem::take(&mut decided.copies),
             order_keys: std::mem::take(&mut decided.order_keys),
+            patient: patient_values(message, self.default_charset),
         }
     }
 

@@ -297,6 +297,19 @@ impl Keys {
         }
     }
 
+    /// The secret of the patient index (ADR 0019), derived from the current key; None
+    /// without one.
+    pub fn index_secret(&self) -> Option<[u8; KEY_LEN]> {
+        let ring = self.0.as_ref()?;
+        let mut secret = [0u8; KEY_LEN];
+        expand(
+            &ring.current.prk,
+            &[b"mfoundry patient index v1"],
+            &mut secret,
+        );
+        Some(secret)
+    }
+
     fn key(&self, id: u64) -> Option<&StoreKey> {
         let ring = self.0.as_ref()?;
         std::iter::once(&ring.current)

@@ -43,6 +43,7 @@ pub mod error;
 pub mod journal;
 mod open;
 mod outcomes;
+pub mod patients;
 pub mod rekey;
 mod request;
 pub mod schema;
@@ -108,6 +109,13 @@ pub struct OutboxOptions {
     pub journal_capacity: u64,
     /// The keys values are sealed with (ADR 0011); plain by default.
     pub keys: crypt::Keys,
+    /// Reads a stored body's patient values, to build the patient index when it is not
+    /// built with the index key in use (ADR 0019). None (offline tools, tests): the index
+    /// is left for the next open that has it.
+    pub patient_fields: Option<patients::PatientReader>,
+    /// Keep the patient index (ADR 0019); off, appends write no tags and the open marks the
+    /// index as not built, so the next open with it on builds it whole. On by default.
+    pub patient_index: bool,
 }
 
 impl std::fmt::Debug for OutboxOptions {
@@ -124,6 +132,8 @@ impl std::fmt::Debug for OutboxOptions {
             .field("journal", &self.journal)
             .field("journal_capacity", &self.journal_capacity)
             .field("keys", &self.keys)
+            .field("patient_fields", &self.patient_fields.is_some())
+            .field("patient_index", &self.patient_index)
             .finish()
     }
 }
@@ -147,6 +157,8 @@ impl OutboxOptions {
             journal: false,
             journal_capacity: journal::DEFAULT_CAPACITY,
             keys: crypt::Keys::plain(),
+            patient_fields: None,
+            patient_index: true,
         }
     }
 }
@@ -170,6 +182,9 @@ pub struct NewMessage {
     /// The `order_by` key of each connector that has one and takes the message, written
     /// into its queue entry (ADR 0015).
     pub order_keys: Vec<(ConnectorId, u64)>,
+    /// The patient's identifiers and family names, for the patient index (only their keyed
+    /// hashes are stored, ADR 0019).
+    pub patient: Vec<(patients::IndexField, String)>,
 }
 
 /// What `append` did.
@@ -264,6 +279,10 @@ struct Shared {
     writer_failed: tokio_util::sync::CancellationToken,
     /// Entries per connector in its queue and dead-letter queue, as of the last commit.
     depths: Arc<depth::Depths>,
+    /// The key of the patient index's tags.
+    index: Arc<patients::IndexKey>,
+    /// Whether appends write index tags (`OutboxOptions::patient_index`).
+    index_on: bool,
 }
 
 /// Handle to the outbox. Cheap to clone; the writer stops when every handle is dropped.
@@ -311,6 +330,16 @@ impl Outbox {
         let dedup = open::load_dedup_index(&options)?;
         let database = open::open_database(&options)?;
         let path = || options.storage.name(StoreFile::Data);
+        let index = patients::prepare(
+            &database,
+            &options.keys,
+            options.patient_fields.as_ref(),
+            options.patient_index,
+        )
+        .map_err(|source| OpenError::Store {
+            path: path(),
+            source,
+        })?;
         let connectors =
             open::register_connectors(&database, connector_names).map_err(|source| {
                 OpenError::Store {
@@ -341,6 +370,8 @@ impl Outbox {
             ),
             connectors: RwLock::new(connectors),
             writer_failed: tokio_util::sync::CancellationToken::new(),
+            index,
+            index_on: options.patient_index,
         });
         let (requests, receiver) = mpsc::channel(options.channel_capacity.max(1));
         if let Some(index) = &dedup {
@@ -462,9 +493,18 @@ impl Outbox {
     /// writer commits or drops the whole batch regardless.
     pub async fn append(&self, message: NewMessage) -> Result<Appended, StoreError> {
         let (reply, answer) = Reply::new();
+        // The tags are made here, in the caller's task, not on the writer's thread.
+        let tags = self.tags(&message);
         let message = Box::new(message);
-        self.submit(Request::Append { message, reply }, answer)
-            .await
+        self.submit(
+            Request::Append {
+                message,
+                tags,
+                reply,
+            },
+            answer,
+        )
+        .await
     }
 
     /// Store several messages in one commit: all of them or none (a batch, a file). With
@@ -476,9 +516,11 @@ impl Outbox {
         file: Option<FileMark>,
     ) -> Result<BatchAppended, StoreError> {
         let (reply, answer) = Reply::new();
+        let tags = messages.iter().map(|message| self.tags(message)).collect();
         self.submit(
             Request::AppendBatch {
                 messages,
+                tags,
                 file,
                 reply,
             },
@@ -564,6 +606,26 @@ impl Outbox {
         tokio::task::spawn_blocking(move || read(&snapshot))
             .await
             .map_err(|error| StoreError::Encoding(format!("read task failed: {error}")))?
+    }
+
+    /// The index tags of `message` (none with the index off).
+    fn tags(&self, message: &NewMessage) -> Vec<patients::Tag> {
+        if self.shared.index_on {
+            self.shared.index.tags(&message.patient)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Whether the patient index is kept (`OutboxOptions::patient_index`).
+    pub fn patient_index_on(&self) -> bool {
+        self.shared.index_on
+    }
+
+    /// The patient index's tag of `value` (None when it is blank): what a search by
+    /// patient looks up ([`Snapshot::patient_messages`]).
+    pub fn index_tag(&self, field: patients::IndexField, value: &str) -> Option<patients::Tag> {
+        self.shared.index.tag(field, value)
     }
 
     /// Size of the data file in bytes (None when it cannot be read).

@@ -79,11 +79,15 @@ pub(super) enum Request {
     /// Store a new message and queue it for the connectors its filters chose.
     Append {
         message: Box<NewMessage>,
+        /// Its patient index tags.
+        tags: Vec<super::patients::Tag>,
         reply: Reply<Appended>,
     },
     /// Store several messages in one transaction, all or none, and the file they came from.
     AppendBatch {
         messages: Vec<NewMessage>,
+        /// Each message's patient index tags.
+        tags: Vec<Vec<super::patients::Tag>>,
         file: Option<FileMark>,
         reply: Reply<BatchAppended>,
     },

@@ -27,7 +27,9 @@
 //! rewritten. Format 4 writes queue and dead-letter entries of revision 3 (their
 //! `order_key`, ADR 0015), which builds of format 3 cannot read: a file becomes format 4 at
 //! open, and they refuse it. Format 5 writes message records of revision 2 (the hash of the
-//! configuration that decided the message, ADR 0016) the same way.
+//! configuration that decided the message, ADR 0016) the same way. Format 6 adds the
+//! `patients` and `index_keys` tables (the patient index, ADR 0019): builds of format 5
+//! would store and remove messages without their index entries, so they refuse it.
 
 use std::borrow::Cow;
 
@@ -39,7 +41,7 @@ use super::StoreError;
 use super::crypt::{Keys, Place};
 
 /// Layout version of the whole file, stored in `meta`.
-pub const FORMAT_VERSION: u64 = 5;
+pub const FORMAT_VERSION: u64 = 6;
 /// The envelope byte of format 1 (no checksum).
 const LEGACY_ENVELOPE: u8 = 1;
 /// The envelope byte of format 2.
@@ -111,6 +113,14 @@ pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// ([ADR 0014](../../docs/adr/0014-batches-and-file-marks.md)). Values hold no message data
 /// and are not sealed; retention removes marks older than `RETENTION`.
 pub const FILES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("files");
+
+/// `(tag, message id) → ""` for every patient value of a message, and
+/// `(0, message id) → tag ‖ tag ‖ …` (the message's tags, 8 bytes each, little-endian, so
+/// they can be removed with it). Neither holds patient data: tags are keyed hashes (see
+/// [`super::patients`], ADR 0019). Not sealed.
+pub const PATIENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("patients");
+/// `name → secret`: `patient_index`, the index key of a store without an encryption key.
+pub const INDEX_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("index_keys");
 
 /// A file a directory listener stored: the value of [`FILES`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

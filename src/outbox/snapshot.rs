@@ -33,7 +33,7 @@ pub struct Pending {
 }
 
 /// A connector's queue figures (see [`Snapshot::queue_figures`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct QueueFigures {
     /// Entries in its queue.
     pub depth: u64,
@@ -41,6 +41,14 @@ pub struct QueueFigures {
     pub oldest_age_secs: Option<f64>,
     /// Entries in its dead-letter queue.
     pub dead_letters: u64,
+    /// Failed attempts of the entry at the head of the queue (0 when empty).
+    pub head_attempts: u32,
+    /// Why the head entry's last attempt failed (the downstream's own words can be in it:
+    /// patient data).
+    pub head_error: Option<String>,
+    /// The newest entry of its dead-letter queue (by queue order): when it failed and why
+    /// (the reason can quote the downstream).
+    pub newest_dead_letter: Option<(i64, String)>,
 }
 
 impl QueueFigures {
@@ -438,6 +446,54 @@ impl Snapshot {
         Ok(None)
     }
 
+    /// Entries in the patient index: one per (tag, message) and one per message with tags.
+    pub fn patient_index_len(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        Ok(self.transaction.open_table(schema::PATIENTS)?.len()?)
+    }
+
+    /// [`Self::scan_messages_desc`] over the messages that have every patient tag of `tags`
+    /// (see [`super::patients`]; all messages when `tags` is empty): read through the index,
+    /// so `max_scan` counts index entries of the first tag, not the whole store.
+    pub fn scan_patient_messages_desc(
+        &self,
+        tags: &[super::patients::Tag],
+        before: Option<MessageId>,
+        max_scan: usize,
+        mut visit: impl FnMut(MessageId, &MessageRecord) -> Result<bool, StoreError>,
+    ) -> Result<Option<MessageId>, StoreError> {
+        let Some((first, rest)) = tags.split_first() else {
+            return self.scan_messages_desc(before, max_scan, visit);
+        };
+        let index = self.transaction.open_table(schema::PATIENTS)?;
+        let messages = self.transaction.open_table(schema::MESSAGES)?;
+        let end = before.map_or(u64::MAX, |before| before.0);
+        let range = (*first, 0)..(*first, end);
+        'entries: for (scanned, entry) in index.range(range)?.rev().enumerate() {
+            let id = MessageId(entry?.0.value().1);
+            if scanned >= max_scan.max(1) {
+                return Ok(Some(MessageId(id.0.saturating_add(1))));
+            }
+            for tag in rest {
+                if index.get((*tag, id.0))?.is_none() {
+                    continue 'entries;
+                }
+            }
+            let Some(value) = messages.get(id.0)? else {
+                continue;
+            };
+            let record = match schema::decode_message_record(&self.keys, id.0, value.value()) {
+                Ok(record) => record,
+                Err(error) if schema::is_damage(&error) => continue,
+                Err(error) => return Err(error),
+            };
+            if !visit(id, &record)? {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
     /// What operators watch about a connector's queues, as of `now_micros`. With a running
     /// writer the sizes are its counts as of the last commit (reading them costs nothing
     /// however large the backlog); offline they are counted.
@@ -446,14 +502,31 @@ impl Snapshot {
         connector: ConnectorId,
         now_micros: i64,
     ) -> Result<QueueFigures, StoreError> {
-        let oldest_age_secs = match self.queue_head(connector)? {
-            Some((_, entry)) => match self.message(entry.message_id) {
+        let head = self.queue_head(connector)?.map(|(_, entry)| entry);
+        let oldest_age_secs = match &head {
+            Some(entry) => match self.message(entry.message_id) {
                 Ok(record) => record
                     .map(|record| (now_micros - record.received_at_micros).max(0) as f64 / 1e6),
                 Err(error) if schema::is_damage(&error) => None,
                 Err(error) => return Err(error),
             },
             None => None,
+        };
+        let (head_attempts, head_error) =
+            head.map_or((0, None), |entry| (entry.attempts, entry.last_error));
+        let newest_dead_letter = {
+            let table = self.transaction.open_table(schema::DLQ)?;
+            let newest = table
+                .range((connector.0, 0)..=(connector.0, u64::MAX))?
+                .next_back()
+                .transpose()?;
+            match newest {
+                Some((key, value)) => {
+                    let entry = schema::read_dead_letter(&self.keys, key.value(), value.value())?;
+                    Some((entry.failed_at_micros, entry.reason))
+                }
+                None => None,
+            }
         };
         let (depth, dead_letters) = match &self.depths {
             Some(depths) => {
@@ -469,6 +542,9 @@ impl Snapshot {
             depth,
             oldest_age_secs,
             dead_letters,
+            head_attempts,
+            head_error,
+            newest_dead_letter,
         })
     }
 

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use mfoundry::cli::ProbeStore;
+use mfoundry::outbox::patients::IndexField;
 use mfoundry::outbox::{
     Disposition, HeaderFields, MessageRecord, NewMessage, Outbox, OutboxOptions, Route, RouteStatus,
 };
@@ -128,6 +129,11 @@ fn main() {
                     tls_identity: None,
                     copies: Vec::new(),
                     order_keys: Vec::new(),
+                    // As a message with a PID: an identifier and a family name indexed.
+                    patient: vec![
+                        (IndexField::Identifier, format!("MRN{seq}")),
+                        (IndexField::FamilyName, "DOE".to_owned()),
+                    ],
                 };
                 let started = Instant::now();
                 outbox.append(message).await.expect("append");

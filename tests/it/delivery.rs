@@ -474,6 +474,7 @@ async fn scripted_worker_with(
                 tls_identity: None,
                 copies: Vec::new(),
                 order_keys: Vec::new(),
+                patient: Vec::new(),
             })
             .await
             .expect("append");

@@ -259,8 +259,29 @@ fn keys_rotate_and_rekey_seals_plain_records_with_the_audit_chain_intact() {
     assert_eq!(code, 2, "{output}");
     assert_eq!(files_with_canary(&dir.join("data")), Vec::<String>::new());
     let server = Server::start(dir, "gw.yaml", "data", &key_b);
+    // The rekey changed the index key: the patient index was built anew from the bodies.
+    server.wait_for_log("the patient index is built", 1);
     send(&server, dir, &[("AFTER-1", 1)]);
     wait_for_files(&dir.join("out"), 5);
+    let admin = server.admin_addr.clone().expect("admin API");
+    let (code, stdout, stderr) = run_binary(
+        dir,
+        &[
+            "messages",
+            "search",
+            "--patient-id",
+            "phicanarymrn",
+            "--admin-addr",
+            &admin,
+            "--data-dir",
+            "data",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    for control_id in ["PLAIN-1", "PLAIN-2", "SEALED-1", "ROTATED-1", "AFTER-1"] {
+        assert!(stdout.contains(control_id), "{control_id}: {stdout}");
+    }
     server.stop();
 }
 

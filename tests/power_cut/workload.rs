@@ -92,6 +92,7 @@ pub(crate) fn message(
         tls_identity: None,
         copies: Vec::new(),
         order_keys: Vec::new(),
+        patient: Vec::new(),
     }
 }
 

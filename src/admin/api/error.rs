@@ -61,7 +61,14 @@ impl ApiError {
         };
         Self {
             status,
-            message: format!("the {what} is not valid: {text}"),
+            message: format!("the {what} is not valid: {}", without_values(&text)),
+        }
+    }
+
+    pub(crate) fn conflict(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::CONFLICT,
+            message: message.into(),
         }
     }
 
@@ -88,6 +95,45 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(ErrorBody::new(self.message))).into_response()
     }
+}
+
+/// A framework's rejection text with the values it quotes left out (`invalid type: string
+/// "DOE", expected u64`): a request's values can be patient data (an MRN in a search, a name
+/// in a path), and an error answer is shown on screens and kept in logs. Field names and
+/// expected types stay.
+fn without_values(text: &str) -> String {
+    const QUOTED: [(&str, char); 6] = [
+        ("string \"", '"'),
+        ("integer `", '`'),
+        ("floating point `", '`'),
+        ("boolean `", '`'),
+        ("character `", '`'),
+        ("Cannot parse `", '`'),
+    ];
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    'scan: while !rest.is_empty() {
+        for (marker, close) in QUOTED {
+            if let Some(after) = rest.strip_prefix(marker) {
+                out.push_str(marker);
+                out.push('…');
+                match after.find(close) {
+                    Some(end) => {
+                        out.push(close);
+                        rest = &after[end + close.len_utf8()..];
+                    }
+                    None => rest = "",
+                }
+                continue 'scan;
+            }
+        }
+        let mut chars = rest.chars();
+        if let Some(next) = chars.next() {
+            out.push(next);
+        }
+        rest = chars.as_str();
+    }
+    out
 }
 
 /// 404 for paths that are not routes.
@@ -184,5 +230,30 @@ where
             .map_err(|rejection| {
                 ApiError::rejected(rejection.status(), "body", rejection.body_text())
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_values;
+
+    #[test]
+    fn rejections_keep_names_and_types_but_not_values() {
+        assert_eq!(
+            without_values("invalid type: string \"DOE\", expected u64 at line 1 column 9"),
+            "invalid type: string \"…\", expected u64 at line 1 column 9"
+        );
+        assert_eq!(
+            without_values("patient_id: invalid type: integer `4711`, expected a string"),
+            "patient_id: invalid type: integer `…`, expected a string"
+        );
+        assert_eq!(
+            without_values("Cannot parse `MRN123` to a `u64`"),
+            "Cannot parse `…` to a `u64`"
+        );
+        assert_eq!(
+            without_values("unknown field `seq`, expected `seqs` or `all`"),
+            "unknown field `seq`, expected `seqs` or `all`"
+        );
     }
 }

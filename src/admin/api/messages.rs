@@ -1,4 +1,5 @@
-//! `GET /api/v1/messages` (search) and `GET /api/v1/messages/{id}` (one message, audited).
+//! `GET /api/v1/messages` (search), `POST /api/v1/messages/search` (by patient, audited)
+//! and `GET /api/v1/messages/{id}` (one message, audited).
 
 use axum::Extension;
 use axum::Json;
@@ -25,7 +26,7 @@ use crate::admin::views::summary;
 use crate::outbox::audit::AuditEvent;
 use crate::outbox::{Disposition, MessageId, StoredCopy};
 /// Search filters. Every filter given must match.
-#[derive(Debug, Default, Deserialize, Serialize, IntoParams)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// Received at or after: RFC 3339 (`2026-11-29T10:00:00Z`) or a Go duration ago (`1h`).
@@ -73,6 +74,9 @@ pub struct MessageDetail {
     pub summary: MessageSummary,
     /// The message as received, decoded with its MSH-18 character set (segments end in `\r`).
     pub body: String,
+    /// The acknowledgement that was sent for an accepted message (kept to answer its
+    /// retransmissions); absent for refused messages and those that asked for none.
+    pub ack: Option<String>,
     /// What each connector with transform steps delivers instead of the received bytes.
     pub copies: Vec<CopyView>,
 }
@@ -132,8 +136,141 @@ fn parse_disposition(text: &str) -> Result<Disposition, ApiError> {
         (status = 400, description = "A filter is malformed", body = ErrorBody), AuthErrors))]
 pub async fn search_messages(
     State(state): Shared,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
     ApiQuery(query): ApiQuery<SearchQuery>,
 ) -> Result<Json<MessagePage>, ApiError> {
+    refuse_unknown_parameters(raw.as_deref().unwrap_or_default())?;
+    let plan = plan(&state, query, Vec::new())?;
+    Ok(Json(run(&state, plan).await?))
+}
+
+/// The query parameters of the message search.
+const SEARCH_PARAMETERS: [&str; 11] = [
+    "from",
+    "to",
+    "type",
+    "trigger",
+    "control_id",
+    "sender",
+    "disposition",
+    "connector",
+    "status",
+    "limit",
+    "before",
+];
+
+/// 400 for a parameter the search does not know, rather than a page that ignores it (a
+/// patient identifier among them would be taken for a search by it, and is in the URL).
+fn refuse_unknown_parameters(raw: &str) -> Result<(), ApiError> {
+    for pair in raw.split('&').filter(|pair| !pair.is_empty()) {
+        let name = pair.split('=').next().unwrap_or_default();
+        if SEARCH_PARAMETERS.contains(&name) {
+            continue;
+        }
+        if name == "patient_id" || name == "family_name" {
+            return Err(ApiError::bad_request(
+                "search by patient with POST /api/v1/messages/search and the values in the body: a patient's identifier or name must not be in a URL",
+            ));
+        }
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter {:?}; known: {}",
+            name.chars().take(40).collect::<String>(),
+            SEARCH_PARAMETERS.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// A search by patient, with any of the other filters. In a request body, so the patient's
+/// identifier or name is never in a URL.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+pub struct PatientSearch {
+    /// A patient identifier (PID-3, its first component), exactly, case and surrounding space
+    /// aside.
+    pub patient_id: Option<String>,
+    /// A family name (PID-5.1), exactly, case and surrounding space aside.
+    pub family_name: Option<String>,
+    /// Every filter of `GET /api/v1/messages`.
+    #[serde(flatten)]
+    #[schema(inline)]
+    pub filters: SearchQuery,
+}
+
+/// Search stored messages by patient identifier (PID-3) or family name (PID-5.1), newest
+/// first, through the patient index (keyed hashes: the store holds no patient value outside
+/// the bodies). The search is written to the audit trail, which fields were given but never
+/// their values.
+#[utoipa::path(post, path = "/api/v1/messages/search", tag = "messages", security(("bearer" = [])),
+    request_body = PatientSearch,
+    responses((status = 200, description = "A page of messages", body = MessagePage),
+        (status = 400, description = "No patient field, or a filter is malformed", body = ErrorBody),
+        (status = 409, description = "The patient index is off (PATIENT_INDEX)", body = ErrorBody), AuthErrors))]
+pub async fn search_patient(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    ApiJson(request): ApiJson<PatientSearch>,
+) -> Result<Json<MessagePage>, ApiError> {
+    use crate::outbox::patients::IndexField;
+    if !state.gateway.outbox.patient_index_on() {
+        return Err(ApiError::conflict(
+            "search by patient needs the patient index, which is off (PATIENT_INDEX=false); set PATIENT_INDEX=true: the next start builds it",
+        ));
+    }
+    let given = [
+        (
+            IndexField::Identifier,
+            "patient identifier",
+            &request.patient_id,
+        ),
+        (IndexField::FamilyName, "family name", &request.family_name),
+    ];
+    let mut tags = Vec::new();
+    let mut fields = Vec::new();
+    for (field, name, value) in given {
+        let Some(value) = value else { continue };
+        let tag = state
+            .gateway
+            .outbox
+            .index_tag(field, value)
+            .ok_or_else(|| ApiError::bad_request(format!("the {name} is blank")))?;
+        tags.push(tag);
+        fields.push(name);
+    }
+    if tags.is_empty() {
+        return Err(ApiError::bad_request(
+            "give patient_id or family_name (or both); for other searches use GET /api/v1/messages",
+        ));
+    }
+    let plan = plan(&state, request.filters, tags)?;
+    // On the trail before any answer: which fields were searched, never their values.
+    let event = AuditEvent::Admin {
+        token_id: caller.token_id.clone(),
+        action: "message.search_patient".to_owned(),
+        target: format!("by {}", fields.join(" and ")),
+        outcome: "searched".to_owned(),
+    };
+    state.gateway.outbox.audit(event).await?;
+    Ok(Json(run(&state, plan).await?))
+}
+
+/// A search checked and ready to run.
+struct Plan {
+    query: SearchQuery,
+    tags: Vec<crate::outbox::patients::Tag>,
+    limit: usize,
+    from: Option<i64>,
+    to: Option<i64>,
+    disposition: Option<Disposition>,
+    status: Option<String>,
+    connector_id: Option<crate::outbox::ConnectorId>,
+}
+
+/// Check `query`'s filters (before anything is read or audited).
+fn plan(
+    state: &crate::admin::AdminState,
+    query: SearchQuery,
+    tags: Vec<crate::outbox::patients::Tag>,
+) -> Result<Plan, ApiError> {
     let limit = page_limit(query.limit)?;
     let now = crate::outbox::now_micros();
     let from = query
@@ -164,6 +301,30 @@ pub async fn search_messages(
         ),
         None => None,
     };
+    Ok(Plan {
+        query,
+        tags,
+        limit,
+        from,
+        to,
+        disposition,
+        status,
+        connector_id,
+    })
+}
+
+/// A page of the messages matching the plan's filters (and carrying every tag of it).
+async fn run(state: &crate::admin::AdminState, plan: Plan) -> Result<MessagePage, ApiError> {
+    let Plan {
+        query,
+        tags,
+        limit,
+        from,
+        to,
+        disposition,
+        status,
+        connector_id,
+    } = plan;
     let names = state.gateway.connector_names();
     let page = state
         .gateway
@@ -177,7 +338,8 @@ pub async fn search_messages(
             let mut messages = Vec::new();
             let mut scanned = 0u64;
             let mut full = false;
-            let mut next = snapshot.scan_messages_desc(
+            let mut next = snapshot.scan_patient_messages_desc(
+                &tags,
                 query.before.map(MessageId),
                 MAX_SCAN,
                 |id, record| {
@@ -238,7 +400,7 @@ pub async fn search_messages(
             })
         })
         .await?;
-    Ok(Json(page))
+    Ok(page)
 }
 
 /// One message with its body and delivery history. The read is written to the audit trail.
@@ -273,10 +435,11 @@ pub async fn show_message(
                     (name, seq.0, copy)
                 })
                 .collect::<Vec<_>>();
-            Ok(Some((summary(id, &record, states), body, copies)))
+            let ack = record.ack.clone();
+            Ok(Some((summary(id, &record, states), body, copies, ack)))
         })
         .await?;
-    let Some((summary, body, copies)) = found else {
+    let Some((summary, body, copies, ack)) = found else {
         audit(
             &state,
             &caller,
@@ -320,6 +483,7 @@ pub async fn show_message(
     Ok(Json(MessageDetail {
         summary,
         body: charset.decode(&body).into_owned(),
+        ack: ack.map(|ack| charset.decode(&ack).into_owned()),
         copies,
     }))
 }

@@ -128,6 +128,12 @@ pub fn api_routes() -> Vec<ApiRoute> {
             get(search_messages),
         ),
         route(
+            "POST",
+            "/api/v1/messages/search",
+            Role::Operator,
+            post(search_patient),
+        ),
+        route(
             "GET",
             "/api/v1/messages/{id}",
             Role::Operator,
@@ -198,7 +204,7 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "mfoundry admin API", version = "1",
         description = "See and steer a running mfoundry: stats, messages, dead-letter queues, pause and resume, logs, the audit trail. Every /api/v1 route needs a bearer token; roles: viewer < operator < admin."),
-    paths(health::livez, health::readyz, stats::stats, messages::search_messages,
+    paths(health::livez, health::readyz, stats::stats, messages::search_messages, messages::search_patient,
         messages::show_message, messages::reprocess_messages, dlq::list_dlq, dlq::show_dlq, dlq::replay_dlq, dlq::purge_dlq,
         control::pause, control::resume, logs::logs, audit::list_audit, audit::verify_audit),
     modifiers(&BearerAuth)

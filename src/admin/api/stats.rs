@@ -1,5 +1,6 @@
 //! `GET /api/v1/stats`: listeners, connectors and the store at a glance.
 
+use axum::Extension;
 use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
@@ -9,6 +10,9 @@ use utoipa::ToSchema;
 use super::ApiError;
 use super::AuthErrors;
 use super::Shared;
+use crate::admin::auth::{Caller, Role};
+use crate::outbox::QueueFigures;
+
 /// Counters and gauges of the whole gateway.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Stats {
@@ -139,6 +143,67 @@ pub struct ConnectorStatsView {
     pub failed: u64,
     /// Entries in its dead-letter queue now.
     pub dlq_size: u64,
+    /// What it is doing, the first that holds: `paused` (by an operator or the
+    /// configuration); `retrying` (the message at the head of its queue failed and waits
+    /// for its next attempt); `stalled` (messages wait, the oldest for more than 10 s, and
+    /// nothing was delivered for 10 s: a downstream that does not answer); `failing` (its
+    /// newest dead letter is less than 15 minutes old and nothing was delivered since);
+    /// `delivering`; `idle` (nothing queued).
+    #[serde(default)]
+    pub state: String,
+    /// When it last delivered (RFC 3339; absent when not since start).
+    #[serde(default)]
+    pub last_delivered_at: Option<String>,
+    /// Failed attempts of the message at the head of its queue.
+    #[serde(default)]
+    pub head_attempts: u32,
+    /// Why the last attempt at the head of its queue failed, or, for a failing connector,
+    /// why its newest dead letter was given up, as the downstream said it (operator and
+    /// admin only: it can hold patient data).
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+/// How long a queue may wait with nothing delivered before its connector counts as stalled.
+pub const STALLED_AFTER_SECS: f64 = 10.0;
+/// How long a connector counts as failing after a dead letter with no delivery since.
+pub const FAILING_FOR_SECS: f64 = 15.0 * 60.0;
+
+/// What the state of a connector is read from.
+struct Signals<'a> {
+    paused: bool,
+    backing_off: bool,
+    figures: &'a QueueFigures,
+    /// Seconds since the last delivery (since start when none).
+    since_delivery_secs: f64,
+    /// Seconds since the newest dead letter failed, when it failed after the last delivery.
+    dead_letter_age_secs: Option<f64>,
+}
+
+/// A connector's state (see [`ConnectorStatsView::state`]).
+fn connector_state(signals: &Signals<'_>) -> &'static str {
+    let figures = signals.figures;
+    if signals.paused {
+        "paused"
+    } else if signals.backing_off || figures.head_attempts > 0 {
+        "retrying"
+    } else if figures.depth > 0
+        && figures
+            .oldest_age_secs
+            .is_some_and(|age| age > STALLED_AFTER_SECS)
+        && signals.since_delivery_secs > STALLED_AFTER_SECS
+    {
+        "stalled"
+    } else if signals
+        .dead_letter_age_secs
+        .is_some_and(|age| age < FAILING_FOR_SECS)
+    {
+        "failing"
+    } else if figures.depth > 0 {
+        "delivering"
+    } else {
+        "idle"
+    }
 }
 
 /// Outbox figures.
@@ -157,7 +222,10 @@ pub struct StoreStatsView {
 /// Counters per listener and connector, queue depths, DLQ sizes.
 #[utoipa::path(get, path = "/api/v1/stats", tag = "stats", security(("bearer" = [])),
     responses((status = 200, description = "Stats", body = Stats), AuthErrors))]
-pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
+pub async fn stats(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Stats>, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
     let configured = state.gateway.connectors();
     let ids: Vec<crate::outbox::ConnectorId> = configured.iter().map(|c| c.id).collect();
@@ -223,6 +291,7 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
             }
         })
         .collect();
+    let uptime = state.gateway.started.elapsed();
     let connectors = configured
         .iter()
         .zip(per_connector)
@@ -233,11 +302,47 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
                 .map(|c| (c.queued.load(Relaxed), c.filtered.load(Relaxed)))
                 .unwrap_or_default();
             let worker = connector.worker.as_ref();
+            let paused = worker.is_some_and(|w| w.is_paused());
+            let backing_off = worker.is_some_and(|w| w.stats().backing_off.load(Relaxed));
+            let last_delivered =
+                worker.map_or(0, |w| w.stats().last_delivered_micros.load(Relaxed));
+            // Since the last delivery, or since start when none yet.
+            let since_delivery_secs = if last_delivered > 0 {
+                (now - last_delivered).max(0) as f64 / 1e6
+            } else {
+                uptime.as_secs_f64()
+            };
+            let dead_letter_age_secs = figures
+                .newest_dead_letter
+                .as_ref()
+                .filter(|(failed_at, _)| *failed_at > last_delivered)
+                .map(|(failed_at, _)| (now - failed_at).max(0) as f64 / 1e6);
+            let state = connector_state(&Signals {
+                paused,
+                backing_off,
+                figures: &figures,
+                since_delivery_secs,
+                dead_letter_age_secs,
+            });
+            let last_error = match state {
+                "failing" => figures
+                    .newest_dead_letter
+                    .as_ref()
+                    .map(|(_, reason)| reason.clone()),
+                _ => figures.head_error.clone(),
+            };
             ConnectorStatsView {
                 name: connector.name.clone(),
                 kind: connector.kind.to_owned(),
-                paused: worker.is_some_and(|w| w.is_paused()),
-                backing_off: worker.is_some_and(|w| w.stats().backing_off.load(Relaxed)),
+                paused,
+                backing_off,
+                state: state.to_owned(),
+                last_delivered_at: (last_delivered > 0)
+                    .then(|| chrono::DateTime::from_timestamp_micros(last_delivered))
+                    .flatten()
+                    .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                head_attempts: figures.head_attempts,
+                last_error: last_error.filter(|_| caller.role >= Role::Operator),
                 queued,
                 filtered,
                 queue_depth: figures.depth,
@@ -251,7 +356,6 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
         })
         .collect();
     let outbox_stats = state.gateway.outbox.stats();
-    let uptime = state.gateway.started.elapsed();
     let counters_since = chrono::Utc::now()
         - chrono::Duration::from_std(uptime).unwrap_or_else(|_| chrono::Duration::zero());
     Ok(Json(Stats {
@@ -286,4 +390,57 @@ pub async fn stats(State(state): Shared) -> Result<Json<Stats>, ApiError> {
             }
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn figures(depth: u64, oldest: Option<f64>, head_attempts: u32) -> QueueFigures {
+        QueueFigures {
+            depth,
+            oldest_age_secs: oldest,
+            head_attempts,
+            ..QueueFigures::default()
+        }
+    }
+
+    fn state(
+        paused: bool,
+        backing_off: bool,
+        figures: &QueueFigures,
+        since_delivery_secs: f64,
+        dead_letter_age_secs: Option<f64>,
+    ) -> &'static str {
+        connector_state(&Signals {
+            paused,
+            backing_off,
+            figures,
+            since_delivery_secs,
+            dead_letter_age_secs,
+        })
+    }
+
+    #[test]
+    fn a_connector_state_is_the_worst_that_holds() {
+        let busy = figures(5, Some(60.0), 0);
+        assert_eq!(state(true, true, &busy, 60.0, Some(1.0)), "paused");
+        assert_eq!(state(false, true, &busy, 60.0, None), "retrying");
+        assert_eq!(
+            state(false, false, &figures(5, Some(60.0), 2), 60.0, None),
+            "retrying"
+        );
+        assert_eq!(state(false, false, &busy, 60.0, Some(1.0)), "stalled");
+        // Delivering lately, or only young messages waiting: not stalled.
+        assert_eq!(state(false, false, &busy, 1.0, None), "delivering");
+        assert_eq!(
+            state(false, false, &figures(5, Some(2.0), 0), 60.0, None),
+            "delivering"
+        );
+        // A recent dead letter with nothing delivered since: failing, for 15 minutes.
+        let empty = figures(0, None, 0);
+        assert_eq!(state(false, false, &empty, 60.0, Some(30.0)), "failing");
+        assert_eq!(state(false, false, &empty, 60.0, Some(3600.0)), "idle");
+        assert_eq!(state(false, false, &empty, 60.0, None), "idle");
+    }
 }

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use redb::{ReadableTable, WriteTransaction};
 
 use super::delivery::Delivery;
-use super::txn::Tables;
+use super::txn::{Tables, opened_once};
 use crate::outbox::crypt::{Keys, Place};
-use crate::outbox::schema::{self, BODIES, COPIES, DeliveryRecord, RouteStatus};
+use crate::outbox::patients;
+use crate::outbox::schema::{self, BODIES, COPIES, DeliveryRecord, PATIENTS, RouteStatus};
 use crate::outbox::{ConnectorId, MessageId, Retained, StoreError};
 
 /// One bounded retention step (see [`crate::outbox::Outbox::retain`]).
@@ -77,6 +78,13 @@ pub(super) fn retain<'txn>(
         if let Some(copies) = copies.as_mut() {
             copies.retain_in((*id, 0, 0)..=(*id, u32::MAX, u64::MAX), |_, _| false)?;
         }
+    }
+    // Their patient index entries (the table may be open already, for an append).
+    for (id, _) in &removable {
+        patients::remove(
+            opened_once(&mut tables.patients, transaction, PATIENTS)?,
+            *id,
+        )?;
     }
     retained.removed = removable.len() as u64;
     retained.resume_after = if reached_cutoff { None } else { last_scanned };

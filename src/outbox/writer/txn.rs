@@ -14,10 +14,11 @@ use crate::outbox::audit::{self, AuditEvent, Head};
 use crate::outbox::crypt::{Keys, Place};
 use crate::outbox::dedup::prefix;
 use crate::outbox::depth::DepthChanges;
+use crate::outbox::patients;
 use crate::outbox::request::{AuditContext, Request};
 use crate::outbox::schema::{
     self, AUDIT, BODIES, COPIES, DELIVERIES, DLQ, FILES, FileRecord, INLINE_BODY_MAX, MESSAGES,
-    META, QUEUE, QueueEntry, RouteStatus,
+    META, PATIENTS, QUEUE, QueueEntry, RouteStatus,
 };
 use crate::outbox::{
     Appended, BatchAppended, ConnectorId, MessageId, NewMessage, Seq, StoreError, StoredCopy,
@@ -49,6 +50,7 @@ impl Writer {
                 delivery: None,
                 audit: None,
                 files: None,
+                patients: None,
                 audit_head: self.audit_head,
                 depths: DepthChanges::default(),
                 keys: self.options.keys.clone(),
@@ -63,10 +65,15 @@ impl Writer {
             let mut raise_floor = false;
             for request in batch.iter_mut() {
                 match request {
-                    Request::Append { message, reply } => reply.set(self.append(
+                    Request::Append {
+                        message,
+                        tags,
+                        reply,
+                    } => reply.set(self.append(
                         &transaction,
                         &mut tables,
                         message,
+                        tags,
                         &mut next_id,
                         now,
                         &mut accepted,
@@ -74,6 +81,7 @@ impl Writer {
                     )?),
                     Request::AppendBatch {
                         messages,
+                        tags,
                         file,
                         reply,
                     } => {
@@ -86,11 +94,12 @@ impl Writer {
                             continue;
                         }
                         let mut appended = Vec::with_capacity(messages.len());
-                        for message in messages.iter() {
+                        for (message, tags) in messages.iter().zip(tags.iter()) {
                             appended.push(self.append(
                                 &transaction,
                                 &mut tables,
                                 message,
+                                tags,
                                 &mut next_id,
                                 now,
                                 &mut accepted,
@@ -374,6 +383,7 @@ impl Writer {
         transaction: &'txn WriteTransaction,
         tables: &mut Tables<'txn>,
         message: &NewMessage,
+        tags: &[patients::Tag],
         next_id: &mut u64,
         now: i64,
         accepted: &mut Vec<([u8; 32], u64)>,
@@ -437,6 +447,10 @@ impl Writer {
                 id,
                 schema::encode_body(&tables.keys, id, &message.body).as_slice(),
             )?;
+        }
+        if !tags.is_empty() {
+            let table = opened_once(&mut tables.patients, transaction, PATIENTS)?;
+            patients::insert(table, id, tags)?;
         }
         for route in &record.routes {
             if route.status != RouteStatus::Queued {
@@ -524,7 +538,7 @@ fn admin_event(context: &AuditContext, outcome: String) -> AuditEvent {
 
 /// `slot`'s table, opened in `transaction` on first use: a second `open_table` of a table that
 /// is open fails, and would fail the whole batch.
-fn opened_once<'slot, 'txn, K: redb::Key + 'static, V: redb::Value + 'static>(
+pub(super) fn opened_once<'slot, 'txn, K: redb::Key + 'static, V: redb::Value + 'static>(
     slot: &'slot mut Option<Table<'txn, K, V>>,
     transaction: &'txn WriteTransaction,
     definition: redb::TableDefinition<K, V>,
@@ -547,6 +561,8 @@ pub(super) struct Tables<'txn> {
     audit: Option<Table<'txn, u64, &'static [u8]>>,
     /// The file marks, opened by the first batch from a file.
     files: Option<Table<'txn, &'static [u8], &'static [u8]>>,
+    /// The patient index, opened by the first message with patient values (or retention).
+    pub(super) patients: Option<patients::PatientsTable<'txn>>,
     /// The chain's head as of this transaction (None until first needed).
     audit_head: Option<Head>,
     /// What this transaction added to and removed from each queue and dead-letter queue.

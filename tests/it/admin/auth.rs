@@ -44,6 +44,9 @@ async fn every_route_refuses_no_token_and_weak_roles_and_serves_its_role() {
                 "POST" if path.ends_with("/reprocess") => client()
                     .post(&url)
                     .json(&serde_json::json!({"ids": [seq.0], "to": "archive"})),
+                "POST" if path.ends_with("/search") => client()
+                    .post(&url)
+                    .json(&serde_json::json!({"patient_id": "12345"})),
                 "POST" => client().post(&url).json(&serde_json::json!({"all": true})),
                 other => panic!("method {other} is not covered by this test"),
             };

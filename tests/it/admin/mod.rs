@@ -7,11 +7,13 @@
 //! - [`queues`]: dead letters, replay on a running server, a message being retried;
 //! - [`http`]: the OpenAPI document, readiness during a drain, request limits and malformed
 //!   requests, the listener's connection cap and header timeout;
+//! - [`patients`]: search by patient identifier and family name, its role and its audit;
 //! - [`command_line`]: the CLI over the API, and the audit trail's tamper detection.
 
 mod auth;
 mod command_line;
 mod http;
+mod patients;
 mod queues;
 
 use crate::common;

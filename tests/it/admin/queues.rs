@@ -157,15 +157,41 @@ async fn a_message_being_retried_shows_its_attempts_and_last_error() {
         "connectors:\n  - name: lab\n    type: mllp\n    host: 127.0.0.1\n    port: {}\n    retry:\n      initial_delay: 24h\n      max_delay: 24h\n",
         downstream.addr.port()
     );
-    let app = common::start_with_yaml(Some(&yaml), &[]).await;
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let (path, tokens) = tokens_file(scratch.path());
+    let app = common::start_with_yaml(Some(&yaml), &[("ADMIN_TOKENS_FILE", &path)]).await;
     send_adts(&app, &["T1"]).await;
-    let token = std::fs::read_to_string(app.directory.path().join("admin.token"))
-        .expect("the local admin token");
+    let token = tokens[&Role::Operator].clone();
     let base = app.admin_url();
     eventually("one failed attempt", async || {
         app.worker("lab").stats().retries.load(Ordering::SeqCst) >= 1
     })
     .await;
+    // The overview's figures: retrying, one attempt, the downstream's words for operators
+    // only.
+    let lab = |stats: &Value| {
+        stats["connectors"]
+            .as_array()
+            .and_then(|list| list.iter().find(|c| c["name"] == "lab"))
+            .cloned()
+            .expect("lab")
+    };
+    let stats = lab(&get_json(&format!("{base}/api/v1/stats"), &token).await);
+    assert_eq!(stats["state"], "retrying", "{stats}");
+    assert_eq!(stats["head_attempts"], 1, "{stats}");
+    assert!(
+        stats["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("AE")),
+        "{stats}"
+    );
+    assert!(stats["last_delivered_at"].is_null(), "{stats}");
+    let viewed = lab(&get_json(&format!("{base}/api/v1/stats"), &tokens[&Role::Viewer]).await);
+    assert_eq!(viewed["head_attempts"], 1, "{viewed}");
+    assert!(
+        viewed["last_error"].is_null(),
+        "a viewer gets no downstream text: {viewed}"
+    );
     let id = app
         .outbox()
         .snapshot()

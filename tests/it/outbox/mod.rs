@@ -7,11 +7,13 @@
 //! - [`writer`]: failed commits, `stop`, a request failing alone in a group commit, delivery
 //!   updates held right after intake;
 //! - [`model`]: model tests against plain in-memory queue models;
+//! - [`patients`]: the patient index, built from the bodies and emptied by retention;
 //! - [`retention`]: retention, the audit chain and its pruning, damaged records.
 
 mod appends;
 mod batches;
 mod model;
+mod patients;
 mod retention;
 mod writer;
 
@@ -81,5 +83,6 @@ fn message(outbox: &Outbox, control_id: &str, queued: &[&str], filtered: &[&str]
         tls_identity: None,
         copies: Vec::new(),
         order_keys: Vec::new(),
+        patient: Vec::new(),
     }
 }
