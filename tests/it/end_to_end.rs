@@ -1,5 +1,5 @@
-//! The README's "Deliver messages", "Receive from several systems" and "Change the
-//! configuration while it runs" walkthroughs, run as a user would (one at a time: they take
+//! The README's "Deliver messages", "Receive from several systems", "Change the
+//! configuration while it runs" and "Find a patient's messages" walkthroughs, run as a user would (one at a time: they take
 //! the same fixed ports). The "Deliver messages" test
 //! reads the commands of that section of README.md and runs each with `sh`, in a scratch directory
 //! holding `examples/`, the built binary in place of `cargo run --release`. The peers (a
@@ -493,4 +493,45 @@ fn the_readme_deliver_messages_walkthrough_runs_as_written() {
     runtime
         .block_on(client.execute("DELETE FROM hl7_results WHERE source = $1", &[&source]))
         .expect("clean up");
+}
+
+/// "Find a patient's messages, and the console": the examples sent to a gateway with the
+/// defaults, one patient found by identifier, another (sent in ISO 8859-1) by family name,
+/// and the admin token printed for the console.
+#[test]
+fn the_readme_patient_search_walkthrough_runs_as_written() {
+    let _ports = README_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let blocks = section_commands("Find a patient's messages, and the console");
+    assert_eq!(blocks.len(), 2, "the section's sh blocks: {blocks:#?}");
+    let (start, commands) = (&blocks[0], &blocks[1]);
+    assert_eq!(commands.len(), 4, "{commands:#?}");
+    if !ports_free(&[2575, 8080]) {
+        return;
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let mut server = start_section(dir, start, &[2575, 8080]);
+    let printed: Vec<String> = commands
+        .iter()
+        .map(|command| {
+            let (code, stdout, stderr) = run(dir, command);
+            assert_eq!(code, 0, "`{command}`: {stdout}{stderr}");
+            stdout
+        })
+        .collect();
+    assert!(
+        printed[1].contains("MSG00001") && !printed[1].contains("MSG-LATIN1"),
+        "the search by identifier: {}",
+        printed[1]
+    );
+    assert!(
+        printed[2].contains("MSG-LATIN1") && !printed[2].contains("MSG00001"),
+        "the search by family name: {}",
+        printed[2]
+    );
+    let token = std::fs::read_to_string(dir.join("data/admin.token")).expect("the token");
+    assert_eq!(printed[3].trim(), token.trim());
+    server.stop();
 }

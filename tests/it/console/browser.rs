@@ -1,6 +1,7 @@
 //! The console in headless Chromium (Debian's `chromium` and `chromium-driver`): sign in,
-//! see the connectors with a stalled one marked, find a sent message and open its tree,
-//! replay a dead letter as an operator and see it leave, pause and resume a connector, and
+//! see the connectors with a stalled one marked, find a sent message by patient identifier
+//! and open its tree, replay a dead letter as an operator and see it leave, pause and resume
+//! a connector, reprocess a message, and
 //! as a viewer get no replay button and a refusal from the API. With
 //! `MFOUNDRY_SCREENSHOTS=<directory>` each page is saved as a PNG.
 
@@ -52,6 +53,12 @@ async fn operators_and_viewers_use_the_console_in_a_real_browser() {
         .wait_for_text("tr[data-connector=slow] [data-state]", "stalled")
         .await;
     browser.wait_for_text("tr[data-connector=lab]", "lab").await;
+    browser
+        .wait_for_text("tr[data-connector=lab] [data-state]", "failing")
+        .await;
+    browser
+        .wait_for_text("tr[data-connector=lab] td.last-error", "AR")
+        .await;
     let first = browser.text("#connectors tbody tr").await;
     assert!(
         first.starts_with("slow"),
@@ -63,14 +70,30 @@ async fn operators_and_viewers_use_the_console_in_a_real_browser() {
     );
     browser.screenshot("overview").await;
 
-    // The message list, then the message's tree with PID-5 named and decoded.
+    // The message list; a search by patient identifier (never put in the URL) finds the
+    // message, another identifier finds nothing; then the message's tree with PID-5 named
+    // and decoded.
     browser.click("a[data-page=messages]").await;
     browser.wait_for_text("#message-list", "CONSOLE-1").await;
+    browser.type_into("#search-patient_id", "99999").await;
+    browser.click("#search").await;
+    browser
+        .wait_for_text("#results", "No message matches.")
+        .await;
+    browser.type_into("#search-patient_id", "12345").await;
+    browser.click("#search").await;
+    browser.wait_for_text("#message-list", "CONSOLE-1").await;
+    let url = browser
+        .run_async("arguments[arguments.length - 1](location.href);")
+        .await;
+    assert!(!url.to_string().contains("12345"), "{url}");
+    browser.screenshot("messages").await;
     browser.click("#message-list tbody a").await;
     browser.wait("#tree").await;
     browser.wait_for_text("#tree", "PID-5 Patient Name").await;
     browser.wait_for_text("#tree", "DOE").await;
     browser.wait_for_text("#raw", "PID|1||12345").await;
+    browser.wait_for_text("#ack", "MSA|AA|CONSOLE-1").await;
     browser
         .wait_for_text("#connector-states", "DEAD_LETTERED")
         .await;
@@ -107,6 +130,24 @@ async fn operators_and_viewers_use_the_console_in_a_real_browser() {
         .wait("tr[data-connector=lab] button[data-action=pause]")
         .await;
     assert!(!app.worker("lab").is_paused());
+
+    // Reprocess the message to `lab` from its page: delivered once more.
+    browser.open(&format!("{base}/ui/#/messages")).await;
+    browser.click("#message-list tbody a").await;
+    browser.wait("#reprocess-to option[value=lab]").await;
+    browser.click("#reprocess-button").await;
+    browser.accept_dialog().await;
+    browser
+        .wait_for_text("#reprocess-outcome", "Queued for lab")
+        .await;
+    common::eventually("the reprocessed copy delivered", || {
+        lab.received()
+            .iter()
+            .filter(|control| *control == "CONSOLE-1")
+            .count()
+            == 3
+    })
+    .await;
 
     // Another dead letter, seen by a viewer: listed, without a replay button; the API
     // refuses the replay anyway.

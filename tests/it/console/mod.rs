@@ -380,3 +380,100 @@ async fn the_audit_trail_reads_newest_first_and_by_kind() {
     assert_eq!(page("kind=admin").await.0, 400, "kind needs order=newest");
     assert!(app.shutdown(Duration::from_secs(5)).await);
 }
+
+/// Every text colour the style sheet sets is readable where it is used (WCAG AA: a
+/// contrast of at least 4.5:1): against its own background when the rule sets one, against
+/// the header's for the header's rules, else against both page backgrounds (white and the
+/// panel grey).
+#[test]
+fn every_text_colour_of_the_console_has_readable_contrast() {
+    let css = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/admin/console/assets/app.css"),
+    )
+    .expect("the style sheet");
+    let rules: Vec<(String, String)> = css
+        .split('}')
+        .filter_map(|rule| {
+            let (selector, body) = rule.split_once('{')?;
+            Some((selector.trim().to_owned(), body.to_owned()))
+        })
+        .collect();
+    let variables: HashMap<String, String> = rules
+        .iter()
+        .filter(|(selector, _)| selector == ":root")
+        .flat_map(|(_, body)| body.split(';'))
+        .filter_map(|declaration| {
+            let (name, value) = declaration.split_once(':')?;
+            Some((name.trim().to_owned(), value.trim().to_owned()))
+        })
+        .collect();
+    let property = |body: &str, wanted: &str| -> Option<[f64; 3]> {
+        let value = body.split(';').find_map(|declaration| {
+            let (name, value) = declaration.split_once(':')?;
+            (name.trim() == wanted).then(|| value.trim().to_owned())
+        })?;
+        let value = match value
+            .strip_prefix("var(")
+            .and_then(|rest| rest.strip_suffix(')'))
+        {
+            Some(variable) => variables.get(variable.trim())?.clone(),
+            None => value,
+        };
+        let hex = value.strip_prefix('#')?;
+        let hex: String = if hex.len() == 3 {
+            hex.chars().flat_map(|c| [c, c]).collect()
+        } else {
+            hex.get(..6)?.to_owned()
+        };
+        let channel = |at: usize| {
+            u8::from_str_radix(hex.get(at..at + 2)?, 16)
+                .ok()
+                .map(|value| f64::from(value) / 255.0)
+        };
+        Some([channel(0)?, channel(2)?, channel(4)?])
+    };
+    let luminance = |[r, g, b]: [f64; 3]| {
+        let linear = |c: f64| {
+            if c <= 0.03928 {
+                c / 12.92
+            } else {
+                ((c + 0.055) / 1.055).powf(2.4)
+            }
+        };
+        0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b)
+    };
+    let contrast = |a: [f64; 3], b: [f64; 3]| {
+        let (x, y) = (luminance(a), luminance(b));
+        (x.max(y) + 0.05) / (x.min(y) + 0.05)
+    };
+    let page = [
+        property("background: var(--bg)", "background").expect("--bg"),
+        property("background: var(--panel)", "background").expect("--panel"),
+    ];
+    let header = rules
+        .iter()
+        .find(|(selector, _)| selector == "header")
+        .and_then(|(_, body)| property(body, "background"))
+        .expect("the header's background");
+    let mut checked = 0;
+    for (selector, body) in &rules {
+        let Some(text) = property(body, "color") else {
+            continue;
+        };
+        let backgrounds: Vec<[f64; 3]> =
+            match property(body, "background").or_else(|| property(body, "background-color")) {
+                Some(own) => vec![own],
+                None if selector.starts_with("header") => vec![header],
+                None => page.to_vec(),
+            };
+        for background in backgrounds {
+            let ratio = contrast(text, background);
+            assert!(
+                ratio >= 4.5,
+                "{selector}: contrast {ratio:.2} is below 4.5:1"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} colours checked");
+}

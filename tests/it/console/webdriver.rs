@@ -71,7 +71,7 @@ impl Browser {
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         "--window-size=1280,900", "--no-first-run", "--disable-extensions"],
+                         "--window-size=1280,1100", "--no-first-run", "--disable-extensions"],
             },
         }}});
         let answer: Value = http
@@ -154,9 +154,15 @@ impl Browser {
         self.find(selector).await.is_some()
     }
 
-    /// Type `text` into the element matching `selector`.
+    /// Type `text` into the element matching `selector`, in place of what it held.
     pub async fn type_into(&self, selector: &str, text: &str) {
         let element = self.wait(selector).await;
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{element}/clear"),
+            Some(json!({})),
+        )
+        .await;
         self.command(
             reqwest::Method::POST,
             &format!("/element/{element}/value"),

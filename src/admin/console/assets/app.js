@@ -4,7 +4,7 @@
 'use strict';
 
 // `page` counts page changes: an answer that arrives after the page changed is dropped.
-const state = { session: null, timer: null, page: 0, previous: null, rows: new Map(), stalled: new Map() };
+const state = { session: null, timer: null, page: 0, previous: null, rows: new Map() };
 
 // ---------------------------------------------------------------------------------------
 // Small helpers
@@ -164,23 +164,10 @@ function route() {
 // ---------------------------------------------------------------------------------------
 // Overview
 
-/// A connector's state, worst first: stalled (work queued, nothing delivered for 10 s, not
-/// paused or waiting to retry), retrying, paused, delivering, idle.
-function connectorState(connector, now) {
-  const key = connector.name;
-  const seen = state.stalled.get(key);
-  if (!seen || seen.delivered !== connector.delivered || connector.queue_depth === 0) {
-    state.stalled.set(key, { delivered: connector.delivered, since: now });
-  }
-  const still = now - state.stalled.get(key).since;
-  if (connector.paused) return 'paused';
-  if (connector.backing_off) return 'retrying';
-  if (connector.queue_depth > 0 && still >= 10000) return 'stalled';
-  if (connector.queue_depth > 0) return 'delivering';
-  return 'idle';
-}
-
-const SEVERITY = { stalled: 0, retrying: 1, paused: 2, delivering: 3, idle: 4 };
+// A connector's state comes from the server (stats `state`): stalled (work queued, the
+// oldest waiting over 10 s, nothing delivered for 10 s), failing (a dead letter in the last
+// 15 minutes and no delivery since), retrying, paused, delivering, idle; worst first.
+const SEVERITY = { stalled: 0, failing: 1, retrying: 2, paused: 3, delivering: 4, idle: 5 };
 
 function renderOverview() {
   const holder = el('div', { id: 'overview' }, el('p', { class: 'muted', text: 'Loading…' }));
@@ -205,6 +192,15 @@ function renderOverview() {
   refresh();
 }
 
+// The head of the queue's failures: the downstream's words for operators (they can hold
+// patient data), the count only for viewers.
+function lastError(connector) {
+  if (connector.state === 'failing') return connector.last_error || 'a message was dead-lettered';
+  if (!connector.head_attempts) return '';
+  const attempts = `${connector.head_attempts} failed ${connector.head_attempts === 1 ? 'attempt' : 'attempts'}`;
+  return connector.last_error ? `${connector.last_error} (${attempts})` : attempts;
+}
+
 function perSecond(name, field, value, now, list) {
   const previous = state.previous;
   if (!previous) return '—';
@@ -215,7 +211,7 @@ function perSecond(name, field, value, now, list) {
 }
 
 function overviewTables(stats, now) {
-  const connectors = stats.connectors.map((connector) => ({ ...connector, state: connectorState(connector, now) }));
+  const connectors = stats.connectors.slice();
   connectors.sort((a, b) => (SEVERITY[a.state] - SEVERITY[b.state]) || (b.dlq_size - a.dlq_size) || a.name.localeCompare(b.name));
   const connectorRows = connectors.map((connector) => el('tr', { 'data-connector': connector.name },
     el('td', {}, el('a', { href: `#/dlq/${encodeURIComponent(connector.name)}`, text: connector.name })),
@@ -227,6 +223,7 @@ function overviewTables(stats, now) {
     el('td', { class: 'num', text: perSecond(connector.name, 'delivered', connector.delivered, now, 'connectors') }),
     el('td', { class: 'num', text: connector.delivered }),
     el('td', { class: 'num', text: connector.failed }),
+    el('td', { class: 'last-error', title: connector.last_error || null, text: lastError(connector) }),
     el('td', {}, can('operator') ? el('button', {
       type: 'button', 'data-action': connector.paused ? 'resume' : 'pause',
       onclick: async (event) => {
@@ -249,7 +246,7 @@ function overviewTables(stats, now) {
   return [
     el('h2', { text: 'Connectors' }),
     el('table', { id: 'connectors' },
-      el('thead', {}, el('tr', {}, ...['Connector', 'Type', 'State', 'Queued', 'Oldest', 'Dead letters', 'Delivered/s', 'Delivered', 'Failed', ''].map((title, index) => el('th', { scope: 'col', class: index >= 3 && index <= 8 ? 'num' : null, text: title })))),
+      el('thead', {}, el('tr', {}, ...['Connector', 'Type', 'State', 'Queued', 'Oldest', 'Dead letters', 'Delivered/s', 'Delivered', 'Failed', 'Last error', ''].map((title, index) => el('th', { scope: 'col', class: index >= 3 && index <= 8 ? 'num' : null, text: title })))),
       el('tbody', {}, connectorRows)),
     el('h2', { text: 'Listeners' }),
     el('table', { id: 'listeners' },
@@ -257,7 +254,7 @@ function overviewTables(stats, now) {
       el('tbody', {}, listeners)),
     orphaned.length ? el('h2', { text: 'Connectors no longer configured' }) : null,
     orphaned.length ? el('table', {}, el('thead', {}, el('tr', {}, el('th', { text: 'Connector' }), el('th', { class: 'num', text: 'Queued' }), el('th', { class: 'num', text: 'Dead letters' }))), el('tbody', {}, orphaned)) : null,
-    el('p', { class: 'muted', text: `Up ${age(stats.uptime_secs)}; ${stats.store.messages} messages stored. Refreshes every 2 s.` }),
+    el('p', { class: 'muted', text: `Up ${age(stats.uptime_secs)}; ${stats.store.messages} ${stats.store.messages === 1 ? 'message' : 'messages'} stored. Refreshes every 2 s.` }),
   ];
 }
 
@@ -274,17 +271,25 @@ const SEARCH_FIELDS = [
   ['connector', 'Connector', 'text', ''],
 ];
 
+// Patient fields: only for roles that may see patient data. Their values stay in the page
+// and go in a POST body, never in a URL.
+const PATIENT_FIELDS = [
+  ['patient_id', 'Patient identifier (PID-3)', 'text', ''],
+  ['family_name', 'Family name (PID-5.1)', 'text', ''],
+];
+
 function renderMessages() {
   const inputs = {};
-  const fields = SEARCH_FIELDS.map(([name, label, type, placeholder]) => {
-    inputs[name] = el('input', { id: `search-${name}`, name, type, placeholder: placeholder || null, value: (state.search || {})[name] || null });
+  const fields = (state.session.phi ? PATIENT_FIELDS : []).concat(SEARCH_FIELDS).map(([name, label, type, placeholder]) => {
+    const patient = PATIENT_FIELDS.some(([field]) => field === name);
+    inputs[name] = el('input', { id: `search-${name}`, name: patient ? null : name, type, autocomplete: patient ? 'off' : null, placeholder: placeholder || null, value: (state.search || {})[name] || null });
     return el('label', { for: `search-${name}` }, label, inputs[name]);
   });
   inputs.disposition = el('select', { id: 'search-disposition', name: 'disposition' }, ['', 'ROUTED', 'UNROUTED', 'REJECTED', 'ERROR'].map((value) => el('option', { value, text: value || 'any' })));
   inputs.status = el('select', { id: 'search-status', name: 'status' }, ['', 'QUEUED', 'FILTERED', 'DELIVERED', 'DEAD_LETTERED', 'PURGED'].map((value) => el('option', { value, text: value || 'any' })));
   for (const name of ['disposition', 'status']) if ((state.search || {})[name]) inputs[name].value = state.search[name];
   const results = el('div', { id: 'results' });
-  const form = el('form', { class: 'search', role: 'search', onsubmit: (event) => {
+  const form = el('form', { class: 'search', role: 'search', method: 'post', action: '#', onsubmit: (event) => {
     event.preventDefault();
     state.search = Object.fromEntries(Object.entries(inputs).map(([name, input]) => [name, input.value]));
     search(results, undefined);
@@ -301,7 +306,19 @@ async function search(results, before) {
   const params = { ...(state.search || {}), limit: 50, before };
   const current = state.page;
   try {
-    const page = await api('GET', '/messages' + query(params));
+    const byPatient = ['patient_id', 'family_name'].some((name) => (params[name] || '').trim() !== '');
+    let page;
+    if (byPatient) {
+      const body = {};
+      for (const [key, value] of Object.entries(params)) {
+        if (value !== undefined && value !== null && String(value).trim() !== '') body[key] = typeof value === 'number' ? value : String(value).trim();
+      }
+      page = await api('POST', '/messages/search', body);
+    } else {
+      delete params.patient_id;
+      delete params.family_name;
+      page = await api('GET', '/messages' + query(params));
+    }
     if (current !== state.page) return;
     for (const message of page.messages) state.rows.set(String(message.id), message);
     const rows = page.messages.map((message) => el('tr', {},
@@ -345,12 +362,17 @@ async function renderMessage(id) {
     show(el('h1', { text: `Message ${id}: ${message.message_type} ${message.control_id}` }),
       facts(message),
       el('h2', { text: 'Connectors' }), connectorTable(message.connectors),
+      can('operator') ? reprocessForm(message) : null,
       el('h2', { text: 'Message' }), tree(message.body),
       el('h2', { text: 'As received' }),
       el('div', { class: 'toolbar' }, el('button', { type: 'button', id: 'copy', text: 'Copy', onclick: async () => {
         try { await navigator.clipboard.writeText(message.body); copied.textContent = 'Copied.'; } catch (_) { copied.textContent = 'Select the text and copy it.'; }
       } }), copied),
       raw,
+      el('h2', { text: 'ACK sent' }),
+      message.ack
+        ? el('pre', { class: 'raw', id: 'ack', text: message.ack.replace(/\r\n?/g, '\n') })
+        : el('p', { class: 'muted', text: `${message.ack_code}: not kept (only accepted messages keep their ACK, to answer retransmissions).` }),
       ...message.copies.map((copy) => el('section', {},
         el('h2', { text: `What ${copy.connector} delivers (entry ${copy.entry})` }),
         copy.body === null || copy.body === undefined
@@ -360,6 +382,40 @@ async function renderMessage(id) {
     const shown = failure(error);
     if (shown && current === state.page) show(el('h1', { text: `Message ${id}` }), shown);
   }
+}
+
+// Queue a stored message again for a connector (through its current transform): a new
+// queue entry, so outputs take it as a new delivery.
+function reprocessForm(message) {
+  const select = el('select', { id: 'reprocess-to', name: 'to' });
+  const refused = el('input', { type: 'checkbox', id: 'reprocess-refused', name: 'include_rejected' });
+  const outcome = el('p', { role: 'status', class: 'muted', id: 'reprocess-outcome' });
+  const current = state.page;
+  api('GET', '/stats').then((stats) => {
+    if (current !== state.page) return;
+    select.replaceChildren(...stats.connectors.map((c) => el('option', { value: c.name, text: c.name })));
+  }).catch((error) => { outcome.textContent = error.message; });
+  const refusedMessage = message.disposition === 'REJECTED' || message.disposition === 'ERROR';
+  const form = el('form', { class: 'search', id: 'reprocess', onsubmit: async (event) => {
+    event.preventDefault();
+    if (!select.value) return;
+    if (!confirm(`Queue message ${message.id} again for ${select.value}? It is delivered again, as a new delivery.`)) return;
+    try {
+      const result = await api('POST', '/messages/reprocess', { ids: [message.id], to: select.value, include_rejected: refused.checked });
+      outcome.className = 'muted';
+      if (result.queued.length) outcome.textContent = `Queued for ${select.value} (entry ${result.queued[0].entry}).`;
+      else if (result.dead_lettered.length) outcome.textContent = `Queued, but the transform failed: ${result.dead_lettered[0].reason}`;
+      else if (result.refused.length) outcome.textContent = 'The message was refused at intake: tick "also if refused" to send it anyway.';
+      else outcome.textContent = 'The message is no longer stored.';
+    } catch (error) {
+      outcome.className = 'error';
+      outcome.textContent = error.message;
+    }
+  } },
+  el('label', { for: 'reprocess-to' }, 'Connector', select),
+  refusedMessage ? el('label', { for: 'reprocess-refused', class: 'check' }, refused, 'also if refused') : null,
+  el('div', { class: 'actions' }, el('button', { type: 'submit', id: 'reprocess-button', text: 'Reprocess…' })));
+  return el('section', {}, el('h2', { text: 'Reprocess' }), form, outcome);
 }
 
 function facts(message) {
