@@ -283,6 +283,7 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
         let api = super::client::ApiArgs {
             admin_addr: args.admin_addr.clone(),
             data_dir: args.data_dir.clone(),
+            admin_ca: std::env::var_os("ADMIN_CA_FILE").map(std::path::PathBuf::from),
             json: false,
         };
         Some(super::drain::DrainWatch::start(&api, &args.drain).await?)

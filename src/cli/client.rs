@@ -32,6 +32,10 @@ pub struct ApiArgs {
         value_name = "DIR"
     )]
     pub data_dir: PathBuf,
+    /// PEM file of CA certificates to trust, besides the system's, for an admin API served
+    /// over HTTPS (ADMIN_TLS_CERT_FILE); given, the address without a scheme means https.
+    #[arg(long, global = true, env = "ADMIN_CA_FILE", value_name = "FILE")]
+    pub admin_ca: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -51,19 +55,29 @@ pub struct HealthArgs {
     /// Ask `/livez` (the process runs) instead of `/readyz` (it takes messages).
     #[arg(long)]
     pub live: bool,
+    /// PEM file of CA certificates to trust for an admin API served over HTTPS.
+    #[arg(long, env = "ADMIN_CA_FILE", value_name = "FILE")]
+    pub admin_ca: Option<PathBuf>,
 }
 
 /// `mfoundry health`: GET `/readyz` (or `/livez`), print the answer; exit code 0 on 200, 1
 /// otherwise. An unreachable server is an error (exit code 2).
 pub async fn health(args: &HealthArgs, out: &mut impl std::io::Write) -> anyhow::Result<u8> {
     let path = if args.live { "/livez" } else { "/readyz" };
-    let url = format!("{}{path}", base_url(&args.admin_addr));
-    let response = http_client()?.get(&url).send().await.map_err(|error| {
-        anyhow::anyhow!(
-            "cannot reach {url}: {} (is mfoundry running? check ADMIN_ADDR)",
-            error_chain(&error)
-        )
-    })?;
+    let url = format!(
+        "{}{path}",
+        base_url(&args.admin_addr, args.admin_ca.is_some())
+    );
+    let response = http_client(args.admin_ca.as_deref())?
+        .get(&url)
+        .send()
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "cannot reach {url}: {} (is mfoundry running? check ADMIN_ADDR)",
+                error_chain(&error)
+            )
+        })?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     let body = body.trim();
@@ -76,13 +90,30 @@ pub async fn health(args: &HealthArgs, out: &mut impl std::io::Write) -> anyhow:
 }
 
 /// The admin API's client: bounded in time, no redirects (a token never follows one).
-fn http_client() -> anyhow::Result<reqwest::Client> {
+fn http_client(ca: Option<&std::path::Path>) -> anyhow::Result<reqwest::Client> {
     crate::tls::install_crypto_provider();
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(crate::admin::api::CLIENT_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .context("cannot build the HTTP client")
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(path) = ca {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("cannot read ADMIN_CA_FILE {}", path.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+            format!(
+                "ADMIN_CA_FILE {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            )
+        })?;
+        anyhow::ensure!(
+            !certificates.is_empty(),
+            "ADMIN_CA_FILE {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        );
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().context("cannot build the HTTP client")
 }
 
 /// No query parameters.
@@ -97,7 +128,11 @@ pub struct AdminClient {
 }
 
 /// `host:port`, `:port`, `0.0.0.0:port` or a URL → a base URL to connect to.
-fn base_url(addr: &str) -> String {
+/// HTTPS when `tls` (a CA was given) or when this process has `ADMIN_TLS_CERT_FILE` (it runs
+/// beside a server whose admin API speaks TLS: the container's health check).
+fn base_url(addr: &str, tls: bool) -> String {
+    let tls =
+        tls || std::env::var("ADMIN_TLS_CERT_FILE").is_ok_and(|value| !value.trim().is_empty());
     let addr = addr.trim().trim_end_matches('/');
     if addr.starts_with("http://") || addr.starts_with("https://") {
         return addr.to_owned();
@@ -111,7 +146,8 @@ fn base_url(addr: &str) -> String {
         "[::]" | "::" => "[::1]",
         other => other,
     };
-    format!("http://{host}:{port}")
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{host}:{port}")
 }
 
 impl AdminClient {
@@ -132,15 +168,10 @@ impl AdminClient {
                     .to_owned()
             }
         };
-        Self::with_token(&args.admin_addr, &token)
-    }
-
-    /// A client with an explicit token.
-    pub fn with_token(addr: &str, token: &str) -> anyhow::Result<Self> {
         Ok(Self {
-            base: base_url(addr),
-            token: token.to_owned(),
-            http: http_client()?,
+            base: base_url(&args.admin_addr, args.admin_ca.is_some()),
+            token,
+            http: http_client(args.admin_ca.as_deref())?,
         })
     }
 
@@ -220,10 +251,15 @@ mod tests {
 
     #[test]
     fn admin_addresses_become_urls() {
-        assert_eq!(base_url(":8080"), "http://127.0.0.1:8080");
-        assert_eq!(base_url("0.0.0.0:9000"), "http://127.0.0.1:9000");
-        assert_eq!(base_url("[::]:8080"), "http://[::1]:8080");
-        assert_eq!(base_url("10.0.0.5:8080"), "http://10.0.0.5:8080");
-        assert_eq!(base_url("https://gw.example/"), "https://gw.example");
+        assert_eq!(base_url(":8080", false), "http://127.0.0.1:8080");
+        assert_eq!(base_url("0.0.0.0:9000", false), "http://127.0.0.1:9000");
+        assert_eq!(base_url("[::]:8080", false), "http://[::1]:8080");
+        assert_eq!(base_url("10.0.0.5:8080", false), "http://10.0.0.5:8080");
+        assert_eq!(base_url("https://gw.example/", false), "https://gw.example");
+        assert_eq!(base_url("10.0.0.5:8443", true), "https://10.0.0.5:8443");
+        assert_eq!(
+            base_url("http://10.0.0.5:8080", true),
+            "http://10.0.0.5:8080"
+        );
     }
 }

@@ -295,6 +295,39 @@ async fn the_admin_listener_serves_https_and_cookies_are_secure_there() {
         .send()
         .await;
     assert!(plain.is_err() || !plain.expect("answer").status().is_success());
+    // The CLI and the health check reach it with the CA (off the runtime: the server
+    // answers on this test's threads).
+    let (directory, admin, token, ca) = (
+        scratch.path().to_owned(),
+        app.admin_url().trim_start_matches("http://").to_owned(),
+        tokens[&Role::Viewer].clone(),
+        scratch.path().join("ca.pem").display().to_string(),
+    );
+    let (stats, health, refused) = tokio::task::spawn_blocking(move || {
+        let env = [
+            ("ADMIN_TOKEN", token.as_str()),
+            ("ADMIN_CA_FILE", ca.as_str()),
+        ];
+        (
+            common::run_binary(
+                &directory,
+                &["stats", "--json", "--admin-addr", &admin],
+                &env,
+            ),
+            common::run_binary(&directory, &["health", "--admin-addr", &admin], &env),
+            common::run_binary(
+                &directory,
+                &["stats", "--admin-addr", &format!("https://{admin}")],
+                &env[..1],
+            ),
+        )
+    })
+    .await
+    .expect("the CLI ran");
+    assert_eq!(stats.0, 0, "{}", stats.2);
+    assert!(stats.1.contains("\"listeners\""), "{}", stats.1);
+    assert_eq!(health.0, 0, "{}", health.2);
+    assert_ne!(refused.0, 0, "an unknown CA is refused: {}", refused.1);
     assert!(app.shutdown(Duration::from_secs(5)).await);
 
     let problems = mfoundry::config::Settings::from_lookup(&|name: &str| {
