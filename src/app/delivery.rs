@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::config::Config;
-use crate::delivery::upkeep::{retention_task, verify_task};
+use crate::delivery::upkeep::{patient_index_task, retention_task, verify_task};
 use crate::delivery::{WorkerControl, WorkerSettings, spawn_laned_worker, spawn_worker};
 use crate::outbox::Outbox;
 use crate::outputs::Output;
@@ -247,6 +247,9 @@ impl Delivery {
                 audit_retention,
                 shutdown.child_token(),
             ));
+        }
+        if settings.patient_index {
+            tracker.spawn(patient_index_task(outbox.clone(), shutdown.child_token()));
         }
         if let Some(interval) = settings.store_verify_interval {
             tracker.spawn(verify_task(

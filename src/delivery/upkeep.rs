@@ -15,11 +15,38 @@ const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Messages looked at per retention transaction (bounds how long it holds the writer).
 const RETENTION_BATCH: usize = 1000;
 
+/// Messages whose patient index entries one merge enters (bounds how long it holds the
+/// writer: about 4,000 messages' tags, sorted, in one transaction).
+const INDEX_MERGE_BATCH: usize = 4096;
+/// How long the patient index merge waits when it caught up.
+const INDEX_MERGE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Audit records removed per pruning transaction.
 const AUDIT_PRUNE_BATCH: usize = 10_000;
 
 fn cutoff(age: Duration) -> i64 {
     crate::outbox::now_micros().saturating_sub(i64::try_from(age.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Enter the patient index's tag-ordered entries of the messages stored since the last merge
+/// (ADR 0019), in bounded steps, every second and at once while more wait. Searches find
+/// every stored message whether or not it was merged; merging keeps them fast.
+pub async fn patient_index_task(outbox: Outbox, shutdown: CancellationToken) {
+    loop {
+        let pause = match outbox.merge_patient_index(INDEX_MERGE_BATCH).await {
+            // Let intake commits through between steps.
+            Ok((_, true)) => Duration::from_millis(5),
+            Ok((_, false)) => INDEX_MERGE_INTERVAL,
+            Err(error) => {
+                warn!(error = %crate::outbox::Chain(&error), "the patient index merge failed; trying again later");
+                INDEX_MERGE_INTERVAL * 5
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Every `interval`, read every stored record through a snapshot and check it (see

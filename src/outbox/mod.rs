@@ -548,6 +548,18 @@ impl Outbox {
         self.submit(request, answer).await
     }
 
+    /// Enter the patient index tags of up to `max` messages stored since the last merge
+    /// into the tag-ordered entries (ADR 0019); returns how many, and whether more wait.
+    /// Searches see every stored message either way.
+    pub async fn merge_patient_index(&self, max: usize) -> Result<(usize, bool), StoreError> {
+        let (reply, answer) = Reply::new();
+        let request = Request::MergeIndex {
+            max: max.max(1),
+            reply,
+        };
+        self.submit(request, answer).await
+    }
+
     /// Append an admin action to the audit trail; returns its seq.
     pub async fn audit(&self, event: audit::AuditEvent) -> Result<u64, StoreError> {
         let (reply, answer) = Reply::new();

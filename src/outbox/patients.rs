@@ -5,10 +5,13 @@
 //! Ingest hands the outbox each message's patient values (plain, in memory only);
 //! [`super::Outbox::append`] turns each into a *tag*, `HMAC-SHA256(index key, field ‖
 //! normalized value)` cut to 8 bytes (never 0), in the caller's task, and the writer stores
-//! them in [`PATIENTS`] in the message's own commit: `(tag, message id) → ""`, and
-//! `(0, message id) → every tag of the message` so retention removes a message's tags with
-//! it. A search computes the tag of what it is given and reads the ids under it, newest
-//! first.
+//! the message's list of tags, `(0, message id) → tag ‖ tag …`, in [`PATIENTS`] in the
+//! message's own commit. [`merge`] later enters `(tag, message id) → ""` for many messages
+//! at once, sorted (random tags inserted one commit at a time would each write a page of
+//! their own); `meta["patient_index_merged"]` says up to which id. A search computes the tag
+//! of what it is given, reads the lists of the messages after the mark, then the ids under
+//! the tag up to it, newest first: every stored message is found either way. Retention
+//! removes a message's list and entries with it.
 //!
 //! The index key: derived from the current store key when the store is encrypted (a copy of
 //! `DATA_DIR` alone then cannot test guesses), else 32 random bytes kept in the store itself
@@ -35,6 +38,9 @@ const META_BUILT: &str = "patient_index";
 const META_BUILDING: &str = "patient_index_building";
 /// How far the rebuild in progress got: messages up to this id are in (0: none yet).
 const META_BUILT_UP_TO: &str = "patient_index_up_to";
+/// Messages up to this id have their `(tag, id)` entries; later ones only their list of
+/// tags, `(0, id)`, until a merge enters them (absent: 0).
+pub(super) const META_MERGED_UP_TO: &str = "patient_index_merged";
 /// Bytes of a tag (a `u64`; 0 is the key of a message's list of tags).
 pub const TAG_LEN: usize = 8;
 /// A tag.
@@ -153,8 +159,10 @@ impl IndexKey {
 /// The patient index open for writing.
 pub(super) type PatientsTable<'txn> = redb::Table<'txn, (u64, u64), &'static [u8]>;
 
-/// Enter `id`'s tags (none: nothing is written).
-pub(super) fn insert(
+/// Enter `id`'s list of tags, `(0, id)` (none: nothing is written). The commit that stores
+/// a message writes only this: its ids follow each other, so they fill the same page. The
+/// `(tag, id)` entries follow in [`merge`], sorted, many messages at a time.
+pub(super) fn insert_list(
     table: &mut PatientsTable<'_>,
     id: u64,
     tags: &[Tag],
@@ -164,11 +172,62 @@ pub(super) fn insert(
     }
     let mut list = Vec::with_capacity(tags.len() * TAG_LEN);
     for tag in tags {
-        table.insert((*tag, id), [].as_slice())?;
         list.extend_from_slice(&tag.to_le_bytes());
     }
     table.insert((0, id), list.as_slice())?;
     Ok(())
+}
+
+/// Enter `id`'s list and its `(tag, id)` entries at once (the rebuild).
+fn insert(table: &mut PatientsTable<'_>, id: u64, tags: &[Tag]) -> Result<(), StoreError> {
+    for tag in tags {
+        table.insert((*tag, id), [].as_slice())?;
+    }
+    insert_list(table, id, tags)
+}
+
+/// The tags of a list value.
+pub(super) fn list_tags(list: &[u8]) -> impl Iterator<Item = Tag> + '_ {
+    list.chunks_exact(TAG_LEN).map(|tag| {
+        let mut bytes = [0u8; TAG_LEN];
+        bytes.copy_from_slice(tag);
+        u64::from_le_bytes(bytes)
+    })
+}
+
+/// Enter the `(tag, id)` entries of up to `max` messages stored after the last merge,
+/// sorted (each page of the tag-ordered entries is written once per merge, not once per
+/// commit), and move the mark past them. Answers how many, and whether more wait.
+pub(super) fn merge(
+    transaction: &redb::WriteTransaction,
+    table: &mut PatientsTable<'_>,
+    max: usize,
+) -> Result<(usize, bool), StoreError> {
+    let mut meta = transaction.open_table(META)?;
+    let merged = schema::read_meta(&meta, META_MERGED_UP_TO)?;
+    let mut entries: Vec<(Tag, u64)> = Vec::new();
+    let mut last = None;
+    let mut count = 0;
+    let mut more = false;
+    for entry in table.range((0, merged.saturating_add(1))..=(0, u64::MAX))? {
+        if count >= max {
+            more = true;
+            break;
+        }
+        let (key, value) = entry?;
+        let id = key.value().1;
+        entries.extend(list_tags(value.value()).map(|tag| (tag, id)));
+        last = Some(id);
+        count += 1;
+    }
+    entries.sort_unstable();
+    for (tag, id) in entries {
+        table.insert((tag, id), [].as_slice())?;
+    }
+    if let Some(last) = last {
+        meta.insert(META_MERGED_UP_TO, last)?;
+    }
+    Ok((count, more))
 }
 
 /// Remove `id`'s tags.
@@ -176,10 +235,9 @@ pub(super) fn remove(table: &mut PatientsTable<'_>, id: u64) -> Result<(), Store
     let Some(list) = table.remove((0, id))?.map(|stored| stored.value().to_vec()) else {
         return Ok(());
     };
-    for tag in list.chunks_exact(TAG_LEN) {
-        let mut bytes = [0u8; TAG_LEN];
-        bytes.copy_from_slice(tag);
-        table.remove((u64::from_le_bytes(bytes), id))?;
+    // Entries of a message not merged yet are simply absent.
+    for tag in list_tags(&list) {
+        table.remove((tag, id))?;
     }
     Ok(())
 }
@@ -281,6 +339,7 @@ fn rebuild(
             meta.insert(META_BUILT, 0)?;
             meta.insert(META_BUILDING, build)?;
             meta.insert(META_BUILT_UP_TO, 0)?;
+            meta.insert(META_MERGED_UP_TO, 0)?;
             transaction.delete_table(PATIENTS)?;
             transaction.open_table(PATIENTS)?;
         }
@@ -327,6 +386,8 @@ fn rebuild(
             match last {
                 Some(last) => {
                     meta.insert(META_BUILT_UP_TO, last)?;
+                    // Everything up to here has its `(tag, id)` entries.
+                    meta.insert(META_MERGED_UP_TO, last)?;
                 }
                 None => {
                     meta.insert(META_BUILT, build)?;

@@ -170,6 +170,12 @@ pub(super) enum Request {
         max_scan: usize,
         reply: Reply<Retained>,
     },
+    /// Enter the patient index tags of up to `max` messages not yet merged into the
+    /// tag-ordered entries; answers how many, and whether more wait.
+    MergeIndex {
+        max: usize,
+        reply: Reply<(usize, bool)>,
+    },
     /// Give each connector name an id (names seen before keep theirs); answers them all.
     Register {
         names: Vec<String>,
@@ -232,6 +238,7 @@ impl Request {
             Self::Replay { reply, .. } | Self::Reprocess { reply, .. } => reply.committed(),
             Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => reply.committed(),
             Self::Retain { reply, .. } => reply.committed(),
+            Self::MergeIndex { reply, .. } => reply.committed(),
             Self::Register { reply, .. } => reply.committed(),
             Self::Stop { reply } => reply.committed(),
         }
@@ -253,6 +260,7 @@ impl Request {
             Self::Replay { reply, .. } | Self::Reprocess { reply, .. } => reply.send(Err(error())),
             Self::Audit { reply, .. } | Self::PruneAudit { reply, .. } => reply.send(Err(error())),
             Self::Retain { reply, .. } => reply.send(Err(error())),
+            Self::MergeIndex { reply, .. } => reply.send(Err(error())),
             Self::Register { reply, .. } => reply.send(Err(error())),
             Self::Stop { reply } => reply.send(Err(error())),
         }
@@ -275,6 +283,7 @@ impl Request {
                 reply.send(Err(StoreError::WriterGone))
             }
             Self::Retain { reply, .. } => reply.send(Err(StoreError::WriterGone)),
+            Self::MergeIndex { reply, .. } => reply.send(Err(StoreError::WriterGone)),
             Self::Register { reply, .. } => reply.send(Err(StoreError::WriterGone)),
             Self::Stop { reply } => reply.send(Err(StoreError::WriterGone)),
         }

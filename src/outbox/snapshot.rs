@@ -454,7 +454,9 @@ impl Snapshot {
 
     /// [`Self::scan_messages_desc`] over the messages that have every patient tag of `tags`
     /// (see [`super::patients`]; all messages when `tags` is empty): read through the index,
-    /// so `max_scan` counts index entries of the first tag, not the whole store.
+    /// so `max_scan` counts index entries, not the whole store. Messages stored after the
+    /// last merge are read from their lists of tags, the others from the tag-ordered
+    /// entries of the first tag.
     pub fn scan_patient_messages_desc(
         &self,
         tags: &[super::patients::Tag],
@@ -467,28 +469,53 @@ impl Snapshot {
         };
         let index = self.transaction.open_table(schema::PATIENTS)?;
         let messages = self.transaction.open_table(schema::MESSAGES)?;
+        let merged = {
+            let meta = self.transaction.open_table(schema::META)?;
+            schema::read_meta(&meta, super::patients::META_MERGED_UP_TO)?
+        };
         let end = before.map_or(u64::MAX, |before| before.0);
-        let range = (*first, 0)..(*first, end);
-        'entries: for (scanned, entry) in index.range(range)?.rev().enumerate() {
-            let id = MessageId(entry?.0.value().1);
+        let mut scanned = 0usize;
+        // Visit one candidate; None to go on, Some(answer) to stop with it.
+        let mut candidate = |id: MessageId| -> Result<Option<Option<MessageId>>, StoreError> {
             if scanned >= max_scan.max(1) {
-                return Ok(Some(MessageId(id.0.saturating_add(1))));
+                return Ok(Some(Some(MessageId(id.0.saturating_add(1)))));
             }
+            scanned += 1;
+            let Some(value) = messages.get(id.0)? else {
+                return Ok(None);
+            };
+            let record = match schema::decode_message_record(&self.keys, id.0, value.value()) {
+                Ok(record) => record,
+                Err(error) if schema::is_damage(&error) => return Ok(None),
+                Err(error) => return Err(error),
+            };
+            Ok((!visit(id, &record)?).then_some(None))
+        };
+        // Stored since the last merge: their lists, newest first.
+        let tail_start = merged.saturating_add(1);
+        if end > tail_start {
+            for entry in index.range((0, tail_start)..(0, end))?.rev() {
+                let (key, list) = entry?;
+                let held: Vec<u64> = super::patients::list_tags(list.value()).collect();
+                if !held.contains(first) || !rest.iter().all(|tag| held.contains(tag)) {
+                    continue;
+                }
+                if let Some(answer) = candidate(MessageId(key.value().1))? {
+                    return Ok(answer);
+                }
+            }
+        }
+        // The merged ones, through the first tag's entries.
+        let range = (*first, 0)..(*first, end.min(tail_start));
+        'entries: for entry in index.range(range)?.rev() {
+            let id = MessageId(entry?.0.value().1);
             for tag in rest {
                 if index.get((*tag, id.0))?.is_none() {
                     continue 'entries;
                 }
             }
-            let Some(value) = messages.get(id.0)? else {
-                continue;
-            };
-            let record = match schema::decode_message_record(&self.keys, id.0, value.value()) {
-                Ok(record) => record,
-                Err(error) if schema::is_damage(&error) => continue,
-                Err(error) => return Err(error),
-            };
-            if !visit(id, &record)? {
-                return Ok(None);
+            if let Some(answer) = candidate(id)? {
+                return Ok(answer);
             }
         }
         Ok(None)

@@ -139,6 +139,10 @@ impl Writer {
                         raise_floor |= retained.removed > 0;
                         reply.set(retained);
                     }
+                    Request::MergeIndex { max, reply } => {
+                        let table = opened_once(&mut tables.patients, &transaction, PATIENTS)?;
+                        reply.set(patients::merge(&transaction, table, *max)?);
+                    }
                     Request::Audit { event, reply } => {
                         reply.set(tables.audit(&transaction, now, event.clone())?)
                     }
@@ -450,7 +454,7 @@ impl Writer {
         }
         if !tags.is_empty() {
             let table = opened_once(&mut tables.patients, transaction, PATIENTS)?;
-            patients::insert(table, id, tags)?;
+            patients::insert_list(table, id, tags)?;
         }
         for route in &record.routes {
             if route.status != RouteStatus::Queued {

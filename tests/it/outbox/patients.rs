@@ -215,3 +215,99 @@ async fn an_index_switched_off_is_built_whole_when_switched_on() {
     drop(outbox);
     writer.join();
 }
+
+/// A message is found by patient at once (from its list of tags) and after the merge (from
+/// the tag-ordered entries), and a page boundary between the two loses and repeats nothing.
+#[tokio::test]
+async fn messages_are_found_before_and_after_the_merge_across_pages() {
+    let memory = MemoryDisk::default();
+    let (outbox, writer) = open(&memory, Keys::plain(), true);
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        let control_id = format!("M{n}");
+        let mut new = message(&outbox, &control_id, &[], &["a"]);
+        new.body = adt(
+            &control_id,
+            "MRN-7",
+            if n % 2 == 0 { "Even" } else { "Odd" },
+        );
+        new.patient = vec![
+            (IndexField::Identifier, "MRN-7".to_owned()),
+            (
+                IndexField::FamilyName,
+                if n % 2 == 0 { "Even" } else { "Odd" }.to_owned(),
+            ),
+        ];
+        ids.push(stored(outbox.append(new).await.expect("append")));
+        if n == 5 {
+            // The first six merged, the last four only listed.
+            assert_eq!(
+                outbox.merge_patient_index(100).await.expect("merge"),
+                (6, false)
+            );
+        }
+    }
+    let newest_first: Vec<MessageId> = ids.iter().rev().copied().collect();
+    assert_eq!(
+        found(&outbox, IndexField::Identifier, "mrn-7"),
+        newest_first
+    );
+    let odd: Vec<MessageId> = newest_first
+        .iter()
+        .copied()
+        .filter(|id| ids.iter().position(|x| x == id).expect("one of them") % 2 == 1)
+        .collect();
+    let both = |outbox: &Outbox| {
+        let tags = [
+            outbox
+                .index_tag(IndexField::Identifier, "MRN-7")
+                .expect("tag"),
+            outbox
+                .index_tag(IndexField::FamilyName, "odd")
+                .expect("tag"),
+        ];
+        // Pages of three, each continuing below the last.
+        let mut pages = Vec::new();
+        let mut before = None;
+        loop {
+            let mut page = Vec::new();
+            let next = outbox
+                .snapshot()
+                .expect("snapshot")
+                .scan_patient_messages_desc(&tags, before, 3, |id, _| {
+                    page.push(id);
+                    Ok(true)
+                })
+                .expect("scan");
+            pages.extend(page);
+            match next {
+                Some(next) => before = Some(next),
+                None => break,
+            }
+        }
+        pages
+    };
+    assert_eq!(both(&outbox), odd);
+    // Merged in steps of three; the answers stay the same.
+    assert_eq!(
+        outbox.merge_patient_index(3).await.expect("merge"),
+        (3, true)
+    );
+    assert_eq!(both(&outbox), odd);
+    assert_eq!(
+        found(&outbox, IndexField::Identifier, "MRN-7"),
+        newest_first
+    );
+    // Retention removes merged and listed entries alike (one message is not merged yet).
+    outbox.retain(i64::MAX, None, 100).await.expect("retain");
+    assert_eq!(
+        outbox
+            .snapshot()
+            .expect("snapshot")
+            .patient_index_len()
+            .expect("len"),
+        0
+    );
+    drop(outbox);
+    writer.join();
+}
