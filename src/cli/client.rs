@@ -134,7 +134,11 @@ fn base_url(addr: &str, tls: bool) -> String {
     let tls =
         tls || std::env::var("ADMIN_TLS_CERT_FILE").is_ok_and(|value| !value.trim().is_empty());
     let addr = addr.trim().trim_end_matches('/');
-    if addr.starts_with("http://") || addr.starts_with("https://") {
+    let has_scheme = |scheme: &str| {
+        addr.get(..scheme.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
+    };
+    if has_scheme("http://") || has_scheme("https://") {
         return addr.to_owned();
     }
     let (host, port) = match addr.rfind(':') {

@@ -33,7 +33,17 @@ fn cutoff(age: Duration) -> i64 {
 /// every stored message whether or not it was merged; merging keeps them fast.
 pub async fn patient_index_task(outbox: Outbox, shutdown: CancellationToken) {
     loop {
-        let pause = match outbox.merge_patient_index(INDEX_MERGE_BATCH).await {
+        // An idle gateway commits nothing: the writer is asked only when messages wait.
+        let behind = outbox
+            .read(|snapshot| snapshot.patient_index_behind())
+            .await
+            .unwrap_or(true);
+        let merged = if behind {
+            outbox.merge_patient_index(INDEX_MERGE_BATCH).await
+        } else {
+            Ok((0, false))
+        };
+        let pause = match merged {
             // Let intake commits through between steps.
             Ok((_, true)) => Duration::from_millis(5),
             Ok((_, false)) => INDEX_MERGE_INTERVAL,

@@ -192,8 +192,9 @@ fn copy_meta(old: &Database, new: &Database, current: u64) -> Result<(), StoreEr
         let mut meta = transaction.open_table(META)?;
         for entry in source.iter()? {
             let (name, value) = entry?;
-            // The patient index is not copied: the next gateway start builds it anew.
-            if !name.value().starts_with("key:") && name.value() != "patient_index" {
+            // The patient index (its table and every mark about it) is not copied: the next
+            // gateway start builds it anew.
+            if !name.value().starts_with("key:") && !name.value().starts_with("patient_index") {
                 meta.insert(name.value(), value.value())?;
             }
         }

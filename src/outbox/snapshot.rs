@@ -446,6 +446,19 @@ impl Snapshot {
         Ok(None)
     }
 
+    /// Whether messages wait for the patient index merge (their lists are above the mark).
+    pub fn patient_index_behind(&self) -> Result<bool, StoreError> {
+        let merged = {
+            let meta = self.transaction.open_table(schema::META)?;
+            schema::read_meta(&meta, super::patients::META_MERGED_UP_TO)?
+        };
+        let index = self.transaction.open_table(schema::PATIENTS)?;
+        Ok(index
+            .range((0, merged.saturating_add(1))..=(0, u64::MAX))?
+            .next()
+            .is_some())
+    }
+
     /// Entries in the patient index: one per (tag, message) and one per message with tags.
     pub fn patient_index_len(&self) -> Result<u64, StoreError> {
         use redb::ReadableTableMetadata;
@@ -475,12 +488,17 @@ impl Snapshot {
         };
         let end = before.map_or(u64::MAX, |before| before.0);
         let mut scanned = 0usize;
-        // Visit one candidate; None to go on, Some(answer) to stop with it.
-        let mut candidate = |id: MessageId| -> Result<Option<Option<MessageId>>, StoreError> {
+        // Count one list or entry looked at: Some(continuation) once `max_scan` were (every
+        // id above it was examined).
+        let mut count = |id: u64| {
             if scanned >= max_scan.max(1) {
-                return Ok(Some(Some(MessageId(id.0.saturating_add(1)))));
+                return Some(MessageId(id.saturating_add(1)));
             }
             scanned += 1;
+            None
+        };
+        // Visit one candidate; None to go on, Some(answer) to stop with it.
+        let mut candidate = |id: MessageId| -> Result<Option<Option<MessageId>>, StoreError> {
             let Some(value) = messages.get(id.0)? else {
                 return Ok(None);
             };
@@ -496,6 +514,9 @@ impl Snapshot {
         if end > tail_start {
             for entry in index.range((0, tail_start)..(0, end))?.rev() {
                 let (key, list) = entry?;
+                if let Some(next) = count(key.value().1) {
+                    return Ok(Some(next));
+                }
                 let held: Vec<u64> = super::patients::list_tags(list.value()).collect();
                 if !held.contains(first) || !rest.iter().all(|tag| held.contains(tag)) {
                     continue;
@@ -509,6 +530,9 @@ impl Snapshot {
         let range = (*first, 0)..(*first, end.min(tail_start));
         'entries: for entry in index.range(range)?.rev() {
             let id = MessageId(entry?.0.value().1);
+            if let Some(next) = count(id.0) {
+                return Ok(Some(next));
+            }
             for tag in rest {
                 if index.get((*tag, id.0))?.is_none() {
                     continue 'entries;
