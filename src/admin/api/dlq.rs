@@ -73,7 +73,33 @@ pub async fn list_dlq(
     let page = dead_letters(&state)
         .list(&query, reveals_downstream(&caller))
         .await?;
+    audit_downstream_read(&state, &caller, &page.entries).await?;
     Ok(Json(page))
+}
+
+/// What downstream systems answered can hold patient data: showing it is a PHI view, on
+/// the trail before the answer leaves (which messages, never the text).
+async fn audit_downstream_read(
+    state: &crate::admin::AdminState,
+    caller: &Caller,
+    entries: &[crate::admin::dlq::DlqItem],
+) -> Result<(), ApiError> {
+    let shown: Vec<String> = entries
+        .iter()
+        .filter(|entry| entry.downstream.is_some())
+        .map(|entry| entry.message_id.to_string())
+        .collect();
+    if shown.is_empty() {
+        return Ok(());
+    }
+    let event = crate::outbox::audit::AuditEvent::Admin {
+        token_id: caller.token_id.clone(),
+        action: "dlq.read".to_owned(),
+        target: format!("the downstream's answers for messages {}", shown.join(", ")),
+        outcome: "ok".to_owned(),
+    };
+    state.gateway.outbox.audit(event).await?;
+    Ok(())
 }
 
 /// One dead-letter entry with its message's summary.
@@ -90,6 +116,7 @@ pub async fn show_dlq(
     let detail = dead_letters(&state)
         .show(&name, seq, reveals_downstream(&caller))
         .await?;
+    audit_downstream_read(&state, &caller, std::slice::from_ref(&detail.entry)).await?;
     Ok(Json(detail))
 }
 

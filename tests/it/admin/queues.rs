@@ -45,6 +45,30 @@ async fn a_dead_letter_keeps_the_peers_answer_for_body_readers_and_its_history()
         as_viewer["entries"][0].get("downstream").is_none(),
         "never for a viewer: {as_viewer}"
     );
+    // The operator's read of the peer's answer is on the trail (the message, not the text);
+    // the viewer's, which showed none, is not.
+    let audit = get_json(
+        &format!("{base}/api/v1/audit?order=newest&kind=admin"),
+        &tokens[&Role::Operator],
+    )
+    .await;
+    let reads: Vec<&Value> = audit["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|record| record["action"] == "dlq.read")
+        .collect();
+    assert_eq!(reads.len(), 1, "{audit}");
+    assert_eq!(reads[0]["token_id"], "operator-token");
+    let message_id = entry["message_id"]
+        .as_u64()
+        .expect("message id")
+        .to_string();
+    let target = reads[0]["target"].as_str().expect("target");
+    assert!(
+        target.contains(&message_id) && !target.contains("MSA"),
+        "{target}"
+    );
     let first = entry["seq"].as_u64().expect("seq");
     let replayed = client()
         .post(format!("{base}/api/v1/dlq/lab/replay"))
