@@ -54,6 +54,10 @@ pub struct AdminState {
     pub logs: Arc<LogRing>,
     /// The web console's sessions and assets.
     pub console: console::Console,
+    /// Per token, a fingerprint of the connectors' last errors it was last shown (see
+    /// `api::stats`): a change is a new PHI view, written to the audit trail; the same
+    /// errors polled again are not.
+    pub errors_shown: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// What the auth layer of one route needs.

@@ -182,6 +182,7 @@ impl RunningApp {
                 settings.console_idle_timeout,
                 settings.admin_tls.is_some(),
             ),
+            errors_shown: std::sync::Mutex::default(),
         });
         // Before the admin API, whose address line ends what tests wait for at startup.
         let metrics = metrics::Metrics::bind(settings).await?;

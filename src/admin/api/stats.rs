@@ -164,6 +164,52 @@ pub struct ConnectorStatsView {
     pub last_error: Option<String>,
 }
 
+/// The last errors quote downstream systems, which can hold patient data: showing them is a
+/// PHI view. Each token's first view of a set of errors is written to the audit trail
+/// before the answer (the connectors, never the text); the overview's polls of the same
+/// errors are not written again.
+async fn audit_errors_shown(
+    state: &crate::admin::AdminState,
+    caller: &Caller,
+    connectors: &[ConnectorStatsView],
+) -> Result<(), ApiError> {
+    use std::hash::{Hash, Hasher};
+    let shown: Vec<(&str, &str)> = connectors
+        .iter()
+        .filter_map(|c| {
+            c.last_error
+                .as_deref()
+                .map(|error| (c.name.as_str(), error))
+        })
+        .collect();
+    if shown.is_empty() {
+        return Ok(());
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    shown.hash(&mut hasher);
+    let fingerprint = hasher.finish();
+    let seen = state
+        .errors_shown
+        .lock()
+        .map(|seen| seen.get(&caller.token_id) == Some(&fingerprint))
+        .unwrap_or(false);
+    if seen {
+        return Ok(());
+    }
+    let names: Vec<&str> = shown.iter().map(|(name, _)| *name).collect();
+    let event = crate::outbox::audit::AuditEvent::Admin {
+        token_id: caller.token_id.clone(),
+        action: "stats.last_errors".to_owned(),
+        target: format!("the last errors of {}", names.join(", ")),
+        outcome: "ok".to_owned(),
+    };
+    state.gateway.outbox.audit(event).await?;
+    if let Ok(mut seen) = state.errors_shown.lock() {
+        seen.insert(caller.token_id.clone(), fingerprint);
+    }
+    Ok(())
+}
+
 /// How long a queue may wait with nothing delivered before its connector counts as stalled.
 pub const STALLED_AFTER_SECS: f64 = 10.0;
 /// How long a connector counts as failing after a dead letter with no delivery since.
@@ -292,7 +338,7 @@ pub async fn stats(
         })
         .collect();
     let uptime = state.gateway.started.elapsed();
-    let connectors = configured
+    let connectors: Vec<ConnectorStatsView> = configured
         .iter()
         .zip(per_connector)
         .map(|(connector, figures)| {
@@ -355,6 +401,7 @@ pub async fn stats(
             }
         })
         .collect();
+    audit_errors_shown(&state, &caller, &connectors).await?;
     let outbox_stats = state.gateway.outbox.stats();
     let counters_since = chrono::Utc::now()
         - chrono::Duration::from_std(uptime).unwrap_or_else(|_| chrono::Duration::zero());

@@ -216,6 +216,23 @@ async fn a_message_being_retried_shows_its_attempts_and_last_error() {
         viewed["last_error"].is_null(),
         "a viewer gets no downstream text: {viewed}"
     );
+    // The operator's first view of that error is on the trail, once however often the
+    // overview polls it; the viewer, shown none, is not.
+    get_json(&format!("{base}/api/v1/stats"), &token).await;
+    let audit = get_json(
+        &format!("{base}/api/v1/audit?order=newest&kind=admin"),
+        &token,
+    )
+    .await;
+    let views: Vec<&Value> = audit["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|record| record["action"] == "stats.last_errors")
+        .collect();
+    assert_eq!(views.len(), 1, "{audit}");
+    assert_eq!(views[0]["token_id"], "operator-token");
+    assert_eq!(views[0]["target"], "the last errors of lab");
     let id = app
         .outbox()
         .snapshot()
