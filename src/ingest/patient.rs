@@ -20,15 +20,6 @@ pub fn patient_values(message: &Message, default: Charset) -> Vec<(IndexField, S
             .and_then(|separator| memchr::memchr(separator, value))
             .unwrap_or(value.len())
     };
-    let repetitions = |field: &'_ [u8]| -> Vec<Vec<u8>> {
-        match delimiters.repetition {
-            Some(repetition) => field
-                .split(|byte| *byte == repetition)
-                .map(<[u8]>::to_vec)
-                .collect(),
-            None => vec![field.to_vec()],
-        }
-    };
     for segment in message.segments() {
         if segment.name() != b"PID" {
             continue;
@@ -37,8 +28,9 @@ pub fn patient_values(message: &Message, default: Charset) -> Vec<(IndexField, S
             let Some(raw) = segment.field(number) else {
                 continue;
             };
-            for repetition in repetitions(raw) {
-                let component = &repetition[..first(&repetition, delimiters.component)];
+            // Without a repetition separator the field is one repetition.
+            for repetition in raw.split(|byte| Some(*byte) == delimiters.repetition) {
+                let component = &repetition[..first(repetition, delimiters.component)];
                 let value = &component[..first(component, delimiters.subcomponent)];
                 if value.is_empty() {
                     continue;

@@ -73,6 +73,22 @@ async fn post_json(url: &str, token: &str, body: Value) -> Value {
     json(client().post(url).json(&body), token).await
 }
 
+/// The admin audit records of `action`, newest first.
+async fn admin_actions(base: &str, token: &str, action: &str) -> Vec<Value> {
+    let audit = get_json(
+        &format!("{base}/api/v1/audit?order=newest&kind=admin"),
+        token,
+    )
+    .await;
+    audit["records"]
+        .as_array()
+        .expect("records")
+        .iter()
+        .filter(|record| record["action"] == action)
+        .cloned()
+        .collect()
+}
+
 async fn send_adts(app: &common::TestApp, ids: &[&str]) {
     let mut stream = common::connect(app).await;
     for id in ids {

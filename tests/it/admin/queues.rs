@@ -47,18 +47,8 @@ async fn a_dead_letter_keeps_the_peers_answer_for_body_readers_and_its_history()
     );
     // The operator's read of the peer's answer is on the trail (the message, not the text);
     // the viewer's, which showed none, is not.
-    let audit = get_json(
-        &format!("{base}/api/v1/audit?order=newest&kind=admin"),
-        &tokens[&Role::Operator],
-    )
-    .await;
-    let reads: Vec<&Value> = audit["records"]
-        .as_array()
-        .expect("records")
-        .iter()
-        .filter(|record| record["action"] == "dlq.read")
-        .collect();
-    assert_eq!(reads.len(), 1, "{audit}");
+    let reads = admin_actions(&base, &tokens[&Role::Operator], "dlq.read").await;
+    assert_eq!(reads.len(), 1, "{reads:?}");
     assert_eq!(reads[0]["token_id"], "operator-token");
     let message_id = entry["message_id"]
         .as_u64()
@@ -219,18 +209,8 @@ async fn a_message_being_retried_shows_its_attempts_and_last_error() {
     // The operator's first view of that error is on the trail, once however often the
     // overview polls it; the viewer, shown none, is not.
     get_json(&format!("{base}/api/v1/stats"), &token).await;
-    let audit = get_json(
-        &format!("{base}/api/v1/audit?order=newest&kind=admin"),
-        &token,
-    )
-    .await;
-    let views: Vec<&Value> = audit["records"]
-        .as_array()
-        .expect("records")
-        .iter()
-        .filter(|record| record["action"] == "stats.last_errors")
-        .collect();
-    assert_eq!(views.len(), 1, "{audit}");
+    let views = admin_actions(&base, &token, "stats.last_errors").await;
+    assert_eq!(views.len(), 1, "{views:?}");
     assert_eq!(views[0]["token_id"], "operator-token");
     assert_eq!(views[0]["target"], "the last errors of lab");
     let id = app

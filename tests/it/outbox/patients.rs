@@ -28,6 +28,15 @@ fn found(outbox: &Outbox, field: IndexField, value: &str) -> Vec<MessageId> {
     ids
 }
 
+/// Entries in the patient index now.
+fn index_len(outbox: &Outbox) -> u64 {
+    outbox
+        .snapshot()
+        .expect("snapshot")
+        .patient_index_len()
+        .expect("len")
+}
+
 fn open(memory: &MemoryDisk, keys: Keys, index: bool) -> (Outbox, mfoundry::outbox::WriterHandle) {
     let mut options = options_with(memory);
     options.keys = keys;
@@ -49,14 +58,7 @@ async fn the_index_is_built_from_the_bodies_when_missing_or_keyed_otherwise_and_
         new.body = adt(control_id, mrn, family);
         ids.push(stored(outbox.append(new).await.expect("append")));
     }
-    assert_eq!(
-        outbox
-            .snapshot()
-            .expect("snapshot")
-            .patient_index_len()
-            .expect("len"),
-        0
-    );
+    assert_eq!(index_len(&outbox), 0);
     drop(outbox);
     writer.join();
 
@@ -102,14 +104,7 @@ async fn the_index_is_built_from_the_bodies_when_missing_or_keyed_otherwise_and_
     // Unrouted messages are done: retention removes them and their entries.
     let retained = outbox.retain(i64::MAX, None, 100).await.expect("retain");
     assert_eq!(retained.removed, 3);
-    assert_eq!(
-        outbox
-            .snapshot()
-            .expect("snapshot")
-            .patient_index_len()
-            .expect("len"),
-        0
-    );
+    assert_eq!(index_len(&outbox), 0);
     drop(outbox);
     writer.join();
 }
@@ -300,14 +295,7 @@ async fn messages_are_found_before_and_after_the_merge_across_pages() {
     );
     // Retention removes merged and listed entries alike (one message is not merged yet).
     outbox.retain(i64::MAX, None, 100).await.expect("retain");
-    assert_eq!(
-        outbox
-            .snapshot()
-            .expect("snapshot")
-            .patient_index_len()
-            .expect("len"),
-        0
-    );
+    assert_eq!(index_len(&outbox), 0);
     drop(outbox);
     writer.join();
 }
