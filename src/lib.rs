@@ -28,6 +28,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dicom;
 pub mod fhir;
 pub mod file_intake;
 pub mod gateway;

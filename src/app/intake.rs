@@ -223,7 +223,7 @@ impl Intake {
                     &stop,
                 );
             } else {
-                let served = mllp::Listener::new(
+                let mut served = mllp::Listener::new(
                     settings.clone(),
                     ingest,
                     Arc::clone(&stats),
@@ -231,17 +231,31 @@ impl Intake {
                     stop.clone(),
                 )
                 .accepting_until(accepting.clone());
+                if let ListenerKind::Dicom(dicom) = &listener.kind {
+                    served = served.dicom(dicom.clone());
+                    info!(
+                        addr = %local_addr,
+                        listener = %settings.name,
+                        ae_title = %dicom.ae_title,
+                        max_object_size = dicom.max_object_size,
+                        max_connections = settings.max_connections,
+                        tls = tls.is_some(),
+                        mtls = listener.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+                        "listening for DICOM"
+                    );
+                } else {
+                    info!(
+                        addr = %local_addr,
+                        listener = %settings.name,
+                        max_frame_size = settings.max_frame_size,
+                        max_connections = settings.max_connections,
+                        tls = tls.is_some(),
+                        mtls = listener.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
+                        "listening for MLLP"
+                    );
+                }
                 self.tracker
                     .spawn(served.serve(socket, self.tracker.clone()));
-                info!(
-                    addr = %local_addr,
-                    listener = %settings.name,
-                    max_frame_size = settings.max_frame_size,
-                    max_connections = settings.max_connections,
-                    tls = tls.is_some(),
-                    mtls = listener.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),
-                    "listening for MLLP"
-                );
             }
         }
         Bound {
@@ -252,7 +266,7 @@ impl Intake {
             tls,
             ingest: Some(handle),
             started_with: started_with(&listener),
-            mllp: matches!(listener.kind, ListenerKind::Mllp),
+            mllp: matches!(listener.kind, ListenerKind::Mllp | ListenerKind::Dicom(_)),
             stop,
             accepting,
             retired: Vec::new(),
@@ -547,6 +561,7 @@ pub(super) async fn prepare<'a>(
             }
             ListenerKind::Mllp => "MLLP",
             ListenerKind::Http { .. } => "HTTP",
+            ListenerKind::Dicom(_) => "DICOM",
         };
         let socket = match taken_over {
             Some(socket) => tokio::net::TcpListener::from_std(socket).map_err(|error| {

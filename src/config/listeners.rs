@@ -20,7 +20,7 @@ use crate::tls::{SenderMap, TlsSettings};
 use crate::yaml::{self, At, Map, Node, Problems, Spanned};
 
 /// The kinds of listener a `listeners:` entry may declare.
-pub const LISTENER_KINDS: [&str; 3] = ["mllp", "http", "directory"];
+pub const LISTENER_KINDS: [&str; 4] = ["mllp", "http", "directory", "dicom"];
 
 /// Limits of an MLLP connection's life that an HTTP listener does not have (hyper closes
 /// idle keep-alive connections and bounds headers itself): written in an http entry, they
@@ -45,6 +45,8 @@ pub enum ListenerKind {
     },
     /// Files dropped in a folder.
     Directory(crate::file_intake::DirectorySettings),
+    /// DICOM C-STORE and C-ECHO over TCP or TLS.
+    Dicom(crate::mllp::DicomSettings),
 }
 
 /// A listener entry's own keys for limits, timeouts and batches, and the settings they
@@ -100,6 +102,8 @@ pub fn entry_keys() -> Vec<&'static str> {
     let mut keys: Vec<&'static str> = ENTRY_KEYS.to_vec();
     keys.extend(LIMIT_KEYS.iter().map(|(key, _)| *key));
     keys.extend(super::directory::DIRECTORY_KEYS);
+    keys.extend(super::dicom::DICOM_SCALAR_KEYS);
+    keys.extend(super::dicom::DICOM_LIST_KEYS);
     keys
 }
 
@@ -125,6 +129,10 @@ pub struct ListenerEntry {
     pub tokens_file: Option<Spanned<String>>,
     /// The directory keys written (`path`, `done` …).
     pub directory: Vec<(&'static str, Spanned<String>)>,
+    /// The dicom scalar keys written (`ae_title`, `max_object_size` …).
+    pub dicom: Vec<(&'static str, Spanned<String>)>,
+    /// The dicom list keys written (`allowed_callers`, `sop_classes`).
+    pub dicom_lists: Vec<(&'static str, Vec<Spanned<String>>)>,
 }
 
 /// Read one entry, collecting problems.
@@ -167,23 +175,34 @@ pub(super) fn read_entry(
         let keys: Vec<&str> = TLS_KEYS.iter().map(|(key, _)| *key).collect();
         tls.finish("a listener's `tls`", &keys, problems);
     }
-    let rules = map.list("rules", problems).map(|items| {
-        items
-            .iter()
-            .filter_map(|item| {
-                let text = item.scalar_text();
-                if text.is_none() {
-                    problems.push(yaml::Problem {
-                        at: item.at,
-                        message: format!("`rules` lists rule names (text), found {}", item.kind()),
-                    });
-                }
-                text.map(|value| Spanned { value, at: item.at })
-            })
-            .collect()
-    });
+    let mut texts = |key: &str, what: &str, problems: &mut Problems| {
+        map.list(key, problems).map(|items| {
+            items
+                .iter()
+                .filter_map(|item| {
+                    let text = item.scalar_text();
+                    if text.is_none() {
+                        problems.push(yaml::Problem {
+                            at: item.at,
+                            message: format!("`{key}` lists {what} (text), found {}", item.kind()),
+                        });
+                    }
+                    text.map(|value| Spanned { value, at: item.at })
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let rules = texts("rules", "rule names", problems);
+    let dicom_lists = super::dicom::DICOM_LIST_KEYS
+        .iter()
+        .filter_map(|key| texts(key, "values", problems).map(|values| (*key, values)))
+        .collect();
     let tokens_file = map.text("tokens_file", problems);
     let directory = super::directory::DIRECTORY_KEYS
+        .iter()
+        .filter_map(|key| map.text(key, problems).map(|value| (*key, value)))
+        .collect();
+    let dicom = super::dicom::DICOM_SCALAR_KEYS
         .iter()
         .filter_map(|key| map.text(key, problems).map(|value| (*key, value)))
         .collect();
@@ -203,6 +222,8 @@ pub(super) fn read_entry(
         tls_senders,
         tokens_file,
         directory,
+        dicom,
+        dicom_lists,
     })
 }
 
@@ -393,6 +414,40 @@ pub(super) fn resolve(
                 ));
             }
         }
+        let dicom = entry.kind.value == "dicom";
+        if !dicom {
+            for (key, value) in &entry.dicom {
+                problems.push(entry_problem(
+                    value.at,
+                    key,
+                    "applies to dicom listeners only (type: dicom)".to_owned(),
+                ));
+            }
+            for (key, _) in &entry.dicom_lists {
+                problems.push(entry_problem(
+                    entry.at,
+                    key,
+                    "applies to dicom listeners only (type: dicom)".to_owned(),
+                ));
+            }
+        } else {
+            for (setting, written, value) in &entry.settings {
+                if matches!(
+                    *setting,
+                    "BATCH_ACK" | "BATCH_COUNT_MISMATCH" | "MAX_FRAME_SIZE"
+                ) {
+                    let text = if *setting == "MAX_FRAME_SIZE" {
+                        "is for HL7 frames; a dicom listener caps objects with max_object_size"
+                    } else {
+                        "is for HL7 batches; a dicom listener receives DICOM objects"
+                    };
+                    problems.push(entry_problem(value.at, written, text.to_owned()));
+                }
+            }
+            if entry.tls_senders.is_some() {
+                problems.push(entry_problem(entry.at, "tls_senders", "tls_senders checks HL7 MSH-3/MSH-4; a dicom listener checks callers with allowed_callers (and client certificates with tls.client_ca)".to_owned()));
+            }
+        }
         if http {
             for (_, written, value) in &entry.settings {
                 if MLLP_ONLY.contains(&written.as_str()) {
@@ -400,7 +455,21 @@ pub(super) fn resolve(
                 }
             }
         } else if let Some(tokens) = &entry.tokens_file {
-            problems.push(entry_problem(tokens.at, "tokens_file", "bearer tokens are for http listeners; an mllp listener authenticates senders with client certificates (tls.client_ca)".to_owned()));
+            problems.push(entry_problem(tokens.at, "tokens_file", format!("bearer tokens are for http listeners; an {} listener authenticates senders with client certificates (tls.client_ca)", entry.kind.value)));
+        }
+        let dicom_settings = if dicom {
+            super::dicom::resolve(&entry.dicom, &entry.dicom_lists, |value, key, problem| {
+                problems.push(entry_problem(
+                    value.map_or(entry.at, |value| value.at),
+                    key,
+                    problem,
+                ));
+            })
+        } else {
+            None
+        };
+        if dicom && dicom_settings.is_none() {
+            continue;
         }
         let tokens_file = entry.tokens_file.as_ref().map(|tokens| {
             let path = std::path::PathBuf::from(tokens.value.trim());
@@ -521,10 +590,10 @@ pub(super) fn resolve(
             .as_ref()
             .map(|listed| read_senders(listed, file_name, !mutual, problems));
         resolved.push(ListenerConfig {
-            kind: if http {
-                ListenerKind::Http { tokens_file }
-            } else {
-                ListenerKind::Mllp
+            kind: match dicom_settings {
+                Some(dicom) => ListenerKind::Dicom(dicom),
+                None if http => ListenerKind::Http { tokens_file },
+                None => ListenerKind::Mllp,
             },
             settings: settings.listener,
             tls: settings.tls,

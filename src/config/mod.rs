@@ -9,6 +9,7 @@
 //! `docs/configuration.md`; a test keeps that table and [`ENV_VARS`] equal.
 
 pub mod connectors;
+mod dicom;
 mod directory;
 mod env;
 pub mod file;

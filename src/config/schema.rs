@@ -173,7 +173,7 @@ pub struct ListenerFile {
     /// Unique name: `inbound` in CEL, the metrics' and stats' listener.
     #[schemars(with = "String")]
     pub name: String,
-    /// `mllp` or `http`.
+    /// `mllp`, `http`, `directory` or `dicom`.
     #[schemars(rename = "type")]
     #[schemars(with = "String")]
     pub kind: String,
@@ -247,6 +247,19 @@ pub struct ListenerFile {
     /// directory: larger files go to the error folder unread (default 64MiB).
     #[schemars(with = "Option<ScalarText>")]
     pub max_file_size: SpannedScalar,
+    /// dicom: the called AE title it answers to (default `MFOUNDRY`).
+    pub ae_title: Option<String>,
+    /// dicom: the calling AE titles it accepts; default any.
+    pub allowed_callers: Option<Vec<String>>,
+    /// dicom: the storage SOP class UIDs it accepts (Verification always); default the
+    /// common image, document and Structured Report classes.
+    pub sop_classes: Option<Vec<String>>,
+    /// dicom: the largest object's data set (default 64MiB).
+    #[schemars(with = "Option<ScalarText>")]
+    pub max_object_size: SpannedScalar,
+    /// dicom: the longest PDU it receives, 4KiB to 4MiB (default 64KiB).
+    #[schemars(with = "Option<ScalarText>")]
+    pub max_pdu_size: SpannedScalar,
 }
 
 /// A listener's `tls:`.

@@ -30,11 +30,13 @@ use crate::transform::Transforms;
 
 mod answer;
 mod batch;
+mod dicom;
 mod header;
 mod patient;
 
 pub use answer::{Outcome, Reason, Reply};
 pub use batch::{BatchAck, BatchOutcome, BatchSettings, CountMismatch, From, RefusedMessage};
+pub use dicom::{ObjectOutcome, ReceivedObject, header_view, stored_identifiers};
 pub use header::header_fields;
 use header::{ack_code_of, check_sender, control_id_for_logs, dedup_key, locate};
 pub use patient::{patient_values, reader as patient_reader};
@@ -566,6 +568,7 @@ impl Decider {
             copies: std::mem::take(&mut decided.copies),
             order_keys: std::mem::take(&mut decided.order_keys),
             patient: patient_values(message, self.default_charset),
+            object: None,
         }
     }
 

@@ -49,12 +49,15 @@ pub fn patient_values(message: &Message, default: Charset) -> Vec<(IndexField, S
 /// with `default` as the default character set.
 pub fn reader(default: Charset) -> PatientReader {
     PatientReader {
-        read: Arc::new(
-            move |body: &[u8]| match Message::parse(Bytes::copy_from_slice(body)) {
+        read: Arc::new(move |body: &[u8]| {
+            if let Some(values) = super::dicom::object_patient_values(body) {
+                return values;
+            }
+            match Message::parse(Bytes::copy_from_slice(body)) {
                 Ok(message) => patient_values(&message, default),
                 Err(_) => Vec::new(),
-            },
-        ),
+            }
+        }),
         version: format!("PID-3.1 PID-5.1.1 charset={}", default.name()),
     }
 }

@@ -77,16 +77,16 @@ pub struct ListenerStats {
     connections_denied: AtomicU64,
     connections_accepted: AtomicU64,
     connections_active: AtomicU64,
-    connections_refused: AtomicU64,
+    pub(super) connections_refused: AtomicU64,
     frames_received: AtomicU64,
     bytes_discarded: AtomicU64,
     missing_trailers: AtomicU64,
     empty_frames: AtomicU64,
     acks_received: AtomicU64,
-    unreadable_frames: AtomicU64,
-    oversize_frames: AtomicU64,
-    idle_timeouts: AtomicU64,
-    frame_timeouts: AtomicU64,
+    pub(super) unreadable_frames: AtomicU64,
+    pub(super) oversize_frames: AtomicU64,
+    pub(super) idle_timeouts: AtomicU64,
+    pub(super) frame_timeouts: AtomicU64,
     write_failures: AtomicU64,
     acks: [AtomicU64; 6],
     suppressed_acks: AtomicU64,
@@ -243,6 +243,8 @@ struct Shared {
     tls: Option<crate::tls::TlsServer>,
     /// `MAX_FRAME_MEMORY`, shared by every connection.
     budget: Arc<super::budget::FrameBudget>,
+    /// A `type: dicom` listener's settings: its connections are DICOM associations.
+    dicom: Option<super::association::DicomSettings>,
 }
 
 /// An MLLP listener ready to serve: its settings, the ingest its frames go to, its counters,
@@ -277,9 +279,24 @@ impl Listener {
                 ingest,
                 stats,
                 shutdown,
+                dicom: None,
             }),
             accepting: None,
         }
+    }
+
+    /// Serve DICOM associations (C-ECHO, C-STORE) instead of MLLP: objects up to
+    /// `max_object_size` are covered by `max_frame_memory`.
+    #[must_use]
+    pub fn dicom(mut self, dicom: super::association::DicomSettings) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.budget = super::budget::FrameBudget::new(
+                shared.settings.max_frame_memory,
+                dicom.max_object_size,
+            );
+            shared.dicom = Some(dicom);
+        }
+        self
     }
 
     /// Stop accepting (only) when `accepting` is cancelled: the connections stay open until
@@ -404,7 +421,7 @@ impl Listener {
                 let _active = ActiveConnection(Arc::clone(&shared.stats));
                 configure_socket(&stream, shared.settings.keep_alive_period, peer);
                 match &shared.tls {
-                    None => Handler::new(stream, peer, None, Arc::clone(&shared)).run().await,
+                    None => serve_connection(stream, peer, None, &shared).await,
                     Some(tls) => match accept_tls(tls, stream, on_probation).await {
                         Ok(stream) => {
                             let identity = stream
@@ -434,9 +451,7 @@ impl Listener {
                                 }
                             }
                             let _admission = admission;
-                            Handler::new(stream, peer, identity, Arc::clone(&shared))
-                                .run()
-                                .await;
+                            serve_connection(stream, peer, identity, &shared).await;
                         }
                         Err(crate::tls::HandshakeError::Silent) => {
                             debug!(%peer, "connection closed before a TLS handshake began (a TCP probe)");
@@ -450,6 +465,35 @@ impl Listener {
             });
         }
         debug!("listener stopped accepting");
+    }
+}
+
+/// Serve one accepted (and handshaken) connection: MLLP frames, or a DICOM association.
+async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    identity: Option<crate::tls::PeerIdentity>,
+    shared: &Arc<Shared>,
+) where
+    S: super::association::Transport,
+{
+    match &shared.dicom {
+        None => {
+            Handler::new(stream, peer, identity, Arc::clone(shared))
+                .run()
+                .await;
+        }
+        Some(dicom) => {
+            let context = super::association::Context {
+                settings: dicom,
+                listener: &shared.settings,
+                ingest: &shared.ingest,
+                stats: &shared.stats,
+                budget: &shared.budget,
+                shutdown: &shared.shutdown,
+            };
+            super::association::serve(stream, peer, identity, context).await;
+        }
     }
 }
 

@@ -1,14 +1,17 @@
-//! MLLP: the codec (framing), the listener (limits, timeouts) and a client.
+//! MLLP: the codec (framing), the listener (limits, timeouts) and a client; the same
+//! listener serves DICOM associations for `type: dicom` listeners ([`DicomSettings`]).
 //!
 //! Nothing here knows HL7 beyond handing frames to [`crate::ingest`] and writing back what it
 //! decides.
 
 mod admission;
+mod association;
 pub mod budget;
 mod client;
 mod codec;
 mod listener;
 
+pub use association::{DEFAULT_SOP_CLASSES, DicomSettings};
 pub use client::{ClientError, MllpClient};
 pub use codec::{END_BLOCK, FrameError, MllpCodec, START_BLOCK, TRAILER, frame};
 pub use listener::{Listener, ListenerSettings, ListenerStats, StatsSnapshot, bind};

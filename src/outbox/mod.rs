@@ -41,6 +41,7 @@ mod dedup;
 mod depth;
 pub mod error;
 pub mod journal;
+mod objects;
 mod open;
 mod outcomes;
 pub mod patients;
@@ -54,6 +55,7 @@ mod writer;
 
 pub use depth::Depth;
 pub use error::{Chain, OpenError, StoreError};
+pub use objects::ObjectKey;
 pub use open::OpenReport;
 pub use snapshot::{Pending, QueueFigures, Snapshot};
 pub use storage::{Directory, Storage, StoreFile, journal_path};
@@ -185,6 +187,9 @@ pub struct NewMessage {
     /// The patient's identifiers and family names, for the patient index (only their keyed
     /// hashes are stored, ADR 0019).
     pub patient: Vec<(patients::IndexField, String)>,
+    /// For a DICOM object: its SOP Instance UID and digest. An object stored before with the
+    /// same bytes is answered [`Appended::Duplicate`] and nothing is written (ADR 0020).
+    pub object: Option<ObjectKey>,
 }
 
 /// What `append` did.
@@ -283,6 +288,8 @@ struct Shared {
     index: Arc<patients::IndexKey>,
     /// Whether appends write index tags (`OutboxOptions::patient_index`).
     index_on: bool,
+    /// The DICOM object index's salt: the store's instance id.
+    salt: u64,
 }
 
 /// Handle to the outbox. Cheap to clone; the writer stops when every handle is dropped.
@@ -372,6 +379,7 @@ impl Outbox {
             writer_failed: tokio_util::sync::CancellationToken::new(),
             index,
             index_on: options.patient_index,
+            salt: instance_id,
         });
         let (requests, receiver) = mpsc::channel(options.channel_capacity.max(1));
         if let Some(index) = &dedup {

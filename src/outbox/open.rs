@@ -442,10 +442,10 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
             let mut meta = transaction.open_table(META)?;
             let created = schema::read_meta(&meta, "format_version")? == 0;
             match schema::read_meta(&meta, "format_version")? {
-                // New, or written by format 1 to 5: its records stay readable as they are
+                // New, or written by format 1 to 6: its records stay readable as they are
                 // (see `schema`); from now on older builds refuse the file. The patient index
                 // of a file of format 5 is built by the gateway's open (`patients::prepare`).
-                0..=5 => {
+                0..=6 => {
                     meta.insert("format_version", FORMAT_VERSION)?;
                 }
                 FORMAT_VERSION => {}
@@ -482,6 +482,7 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
             transaction.open_table(schema::FILES)?;
             transaction.open_table(schema::PATIENTS)?;
             transaction.open_table(schema::INDEX_KEYS)?;
+            transaction.open_table(super::objects::OBJECTS)?;
         }
         transaction.commit()?;
         Ok(Ok(()))

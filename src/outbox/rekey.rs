@@ -82,6 +82,9 @@ pub fn rekey(
     copy_meta(&old, &new, current)?;
     copy_raw(&old, &new, CONNECTORS)?;
     copy_raw(&old, &new, super::schema::FILES)?;
+    // The object index holds no patient data and keeps its salt (the instance id, copied
+    // with `meta`).
+    copy_raw(&old, &new, super::objects::OBJECTS)?;
     // Old values are opened with the reading keys (a plain one is no damage there), new
     // ones sealed with `keys` (the new file seals every value).
     let mut copier = Copier {
@@ -207,7 +210,7 @@ fn copy_meta(old: &Database, new: &Database, current: u64) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Copy a table whose values are not sealed (`connectors`, `files`) as it is.
+/// Copy a table whose values are not sealed (`connectors`, `files`, `objects`) as it is.
 fn copy_raw<K, V>(
     old: &Database,
     new: &Database,

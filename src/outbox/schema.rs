@@ -29,7 +29,8 @@
 //! open, and they refuse it. Format 5 writes message records of revision 2 (the hash of the
 //! configuration that decided the message, ADR 0016) the same way. Format 6 adds the
 //! `patients` and `index_keys` tables (the patient index, ADR 0019): builds of format 5
-//! would store and remove messages without their index entries, so they refuse it.
+//! would store and remove messages without their index entries, so they refuse it. Format 7
+//! adds the `objects` table (the DICOM object index, ADR 0020) for the same reason.
 
 use std::borrow::Cow;
 
@@ -41,7 +42,7 @@ use super::StoreError;
 use super::crypt::{Keys, Place};
 
 /// Layout version of the whole file, stored in `meta`.
-pub const FORMAT_VERSION: u64 = 6;
+pub const FORMAT_VERSION: u64 = 7;
 /// The envelope byte of format 1 (no checksum).
 const LEGACY_ENVELOPE: u8 = 1;
 /// The envelope byte of format 2.

@@ -216,6 +216,13 @@ impl FileNameTemplate {
                 Part::Field(field) => out.push_str(&sanitize(&field.value(envelope))),
             }
         }
+        // A DICOM object under the default name is a `.dcm` file.
+        if self.source == DEFAULT_FILENAME
+            && crate::dicom::is_dicom(&envelope.body)
+            && let Some(stem) = out.strip_suffix(".hl7")
+        {
+            out = format!("{stem}.dcm");
+        }
         PathBuf::from(out)
     }
 }

@@ -71,6 +71,12 @@ impl Format {
 
     /// The body for `envelope`.
     pub fn render(self, envelope: &Envelope) -> Result<Bytes, DeliveryError> {
+        if self != Self::Hl7 && crate::dicom::is_dicom(&envelope.body) {
+            return Err(DeliveryError::permanent(format!(
+                "a DICOM object has no {} form; a connector with format: hl7 (the default) delivers it as it was received",
+                self.as_str()
+            )));
+        }
         match self {
             Self::Hl7 => Ok(envelope.body.clone()),
             Self::Json => Ok(Bytes::from(to_json(envelope).to_string())),

@@ -172,6 +172,24 @@ impl Output {
     }
 }
 
+impl Output {
+    /// An HL7 output (MLLP, HTTP, PostgreSQL) cannot deliver a DICOM object: a permanent
+    /// failure naming the connector's type (the entry goes to its dead-letter queue).
+    fn refuse_object(&self, envelope: &Envelope) -> Option<DeliveryError> {
+        let kind = match self {
+            Self::Mllp(_) => "mllp",
+            Self::Http(_) => "http",
+            Self::Postgres(_) => "postgres",
+            Self::File(_) | Self::Nats(_) => return None,
+        };
+        crate::dicom::is_dicom(&envelope.body).then(|| {
+            DeliveryError::permanent(format!(
+                "a DICOM object cannot be delivered by this connector (type {kind} sends HL7); leave objects out with a filter (`dicom.sop_instance_uid == \"\"`)"
+            ))
+        })
+    }
+}
+
 impl Deliver for Output {
     fn kind(&self) -> &'static str {
         match self {
@@ -184,6 +202,9 @@ impl Deliver for Output {
     }
 
     async fn deliver(&mut self, envelope: &Envelope) -> Result<(), DeliveryError> {
+        if let Some(refusal) = self.refuse_object(envelope) {
+            return Err(refusal);
+        }
         match self {
             Self::Mllp(output) => output.deliver(envelope).await,
             Self::File(output) => output.deliver(envelope).await,
@@ -204,6 +225,14 @@ impl Deliver for Output {
     }
 
     async fn deliver_batch(&mut self, envelopes: &[Envelope]) -> Vec<Result<(), DeliveryError>> {
+        if envelopes
+            .iter()
+            .any(|envelope| self.refuse_object(envelope).is_some())
+        {
+            // Rare (a filter let objects through): each on its own, so the objects fail
+            // and the messages beside them are delivered.
+            return crate::delivery::one_at_a_time(self, envelopes).await;
+        }
         match self {
             Self::File(output) => output.deliver_batch(envelopes).await,
             Self::Postgres(output) => output.deliver_batch(envelopes).await,

@@ -35,7 +35,7 @@ pub const MAX_LIST_ENTRIES: usize = 1000;
 pub const MESSAGE_VARIABLE: &str = "@message";
 
 /// Variables an expression may use.
-pub const VARIABLES: &[&str] = &["msh", "pid", "pv1", "obx", "obx_list", "inbound"];
+pub const VARIABLES: &[&str] = &["msh", "pid", "pv1", "obx", "obx_list", "inbound", "dicom"];
 
 /// One key of a map variable: its name, the field it reads, and the component (`None`: the
 /// whole first repetition).
@@ -83,12 +83,26 @@ pub const OBX_KEYS: &[KeySpec] = &[
     ("status", 11, None),
 ];
 
+/// `dicom`: a DICOM object's identifiers (the number is the place in
+/// [`crate::dicom::object::CEL_KEYS`] plus one); every key `""` for an HL7 message.
+pub const DICOM_KEYS: &[KeySpec] = &[
+    ("modality", 1, None),
+    ("sop_class_uid", 2, None),
+    ("sop_instance_uid", 3, None),
+    ("study_uid", 4, None),
+    ("series_uid", 5, None),
+    ("accession", 6, None),
+    ("patient_id", 7, None),
+    ("calling_ae", 8, None),
+];
+
 /// The map variables, in the order of [`Needed::keys`].
 pub const MAP_VARIABLES: &[(&str, &[KeySpec])] = &[
     ("msh", MSH_KEYS),
     ("pid", PID_KEYS),
     ("pv1", PV1_KEYS),
     ("obx", OBX_KEYS),
+    ("dicom", DICOM_KEYS),
 ];
 
 /// The message as the hidden variable, for `field()` and `segments()`.
@@ -127,6 +141,7 @@ impl MessageValue {
         View {
             message: &self.message,
             charset: self.charset,
+            dicom: None,
         }
     }
 }
@@ -138,6 +153,8 @@ pub struct View<'a> {
     pub message: &'a Message,
     /// The character set its text is decoded with.
     pub charset: Charset,
+    /// A DICOM object's identifiers, when the message is an object's header view.
+    pub dicom: Option<&'a crate::dicom::Identifiers>,
 }
 
 impl View<'_> {
@@ -191,7 +208,7 @@ fn split(bytes: &[u8], separator: Option<u8>, index: usize) -> &[u8] {
 pub struct Needed {
     /// Per map variable of [`MAP_VARIABLES`], a bit per key to build (all bits when the
     /// variable is used other than by selecting a named key).
-    pub keys: [u16; 4],
+    pub keys: [u16; 5],
     /// `obx_list`
     pub obx_list: bool,
     /// `inbound`
@@ -308,6 +325,21 @@ impl<'a> View<'a> {
     /// The `msh` map (only the keys in `mask`).
     pub fn msh(&self, mask: u16) -> Box<dyn Val + 'a> {
         self.segment_map(self.message.segments().next(), MSH_KEYS, mask)
+    }
+
+    /// The `dicom` map (only the keys in `mask`; every key `""` for an HL7 message).
+    pub fn dicom(&self, mask: u16) -> Box<dyn Val + 'a> {
+        let values = self.dicom.map(crate::dicom::Identifiers::cel_values);
+        let entries = DICOM_KEYS
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| mask & (1 << bit) != 0)
+            .map(|(_, &(name, number, _))| {
+                let value = values.map_or("", |values| values[number - 1]);
+                (name, text(Cow::Borrowed(value)))
+            })
+            .collect();
+        map(entries)
     }
 
     /// The `pid` map (every key `""` without a PID segment).

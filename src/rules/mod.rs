@@ -366,7 +366,22 @@ impl Program {
 
     /// Bind the variables the expressions use for `message`.
     pub fn scope<'a>(&'a self, message: &'a Message, charset: Charset, inbound: &str) -> Scope<'a> {
-        let view = View { message, charset };
+        self.scope_of(message, charset, inbound, None)
+    }
+
+    /// [`Program::scope`] for a DICOM object's header view, with its identifiers as `dicom`.
+    pub fn scope_of<'a>(
+        &'a self,
+        message: &'a Message,
+        charset: Charset,
+        inbound: &str,
+        dicom: Option<&'a crate::dicom::Identifiers>,
+    ) -> Scope<'a> {
+        let view = View {
+            message,
+            charset,
+            dicom,
+        };
         let mut scope = self.root.new_inner_scope();
         let needed = self.needed;
         if needed.message {
@@ -378,7 +393,7 @@ impl Program {
                 }),
             );
         }
-        let [msh, pid, pv1, obx] = needed.keys;
+        let [msh, pid, pv1, obx, dicom_keys] = needed.keys;
         if msh != 0 {
             scope.add_variable_as_val("msh", view.msh(msh));
         }
@@ -390,6 +405,9 @@ impl Program {
         }
         if obx != 0 {
             scope.add_variable_as_val("obx", view.obx(obx));
+        }
+        if dicom_keys != 0 {
+            scope.add_variable_as_val("dicom", view.dicom(dicom_keys));
         }
         if needed.obx_list {
             scope.add_variable_as_val("obx_list", view.obx_list());
@@ -532,7 +550,28 @@ impl RuleSet {
 
     /// Evaluate validation rules, then (if they pass) every filter.
     pub fn evaluate(&self, message: &Message, charset: Charset, inbound: &str) -> Evaluation {
-        let scope = self.program.scope(message, charset, inbound);
+        self.evaluate_with(message, charset, inbound, None)
+    }
+
+    /// Evaluate every filter for a DICOM object (its header view and identifiers): the
+    /// validation rules are written for HL7 messages and are not applied (ADR 0020).
+    pub fn evaluate_object(
+        &self,
+        view: &Message,
+        inbound: &str,
+        identifiers: &crate::dicom::Identifiers,
+    ) -> Evaluation {
+        self.evaluate_with(view, Charset::UTF_8, inbound, Some(identifiers))
+    }
+
+    fn evaluate_with(
+        &self,
+        message: &Message,
+        charset: Charset,
+        inbound: &str,
+        dicom: Option<&crate::dicom::Identifiers>,
+    ) -> Evaluation {
+        let scope = self.program.scope_of(message, charset, inbound, dicom);
         // Evaluate one expression, then check the budget (a false validation rule answers at
         // once, so `final_if_false` skips the check): `Err` ends the evaluation.
         let step = |expression: &Expression, final_if_false: bool| -> Result<bool, Validation> {
@@ -556,7 +595,12 @@ impl RuleSet {
             routes: Vec::new(),
             order_keys: Vec::new(),
         };
-        for rule in &self.rules {
+        let rules = if dicom.is_some() {
+            &[][..]
+        } else {
+            &self.rules[..]
+        };
+        for rule in rules {
             match step(&rule.expression, true) {
                 Ok(true) => {}
                 Ok(false) => {

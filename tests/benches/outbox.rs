@@ -134,6 +134,7 @@ fn main() {
                         (IndexField::Identifier, format!("MRN{seq}")),
                         (IndexField::FamilyName, "DOE".to_owned()),
                     ],
+                    object: None,
                 };
                 let started = Instant::now();
                 outbox.append(message).await.expect("append");

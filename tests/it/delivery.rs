@@ -475,6 +475,7 @@ async fn scripted_worker_with(
                 copies: Vec::new(),
                 order_keys: Vec::new(),
                 patient: Vec::new(),
+                object: None,
             })
             .await
             .expect("append");

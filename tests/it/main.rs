@@ -16,6 +16,7 @@ mod console;
 mod crash;
 mod delivery;
 mod deploy;
+mod dicom;
 mod directory;
 mod dlq;
 mod docs;

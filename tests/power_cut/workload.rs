@@ -93,6 +93,7 @@ pub(crate) fn message(
         copies: Vec::new(),
         order_keys: Vec::new(),
         patient: Vec::new(),
+        object: None,
     }
 }
 

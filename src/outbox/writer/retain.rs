@@ -8,9 +8,9 @@ use redb::{ReadableTable, WriteTransaction};
 use super::delivery::Delivery;
 use super::txn::{Tables, opened_once};
 use crate::outbox::crypt::{Keys, Place};
-use crate::outbox::patients;
 use crate::outbox::schema::{self, BODIES, COPIES, DeliveryRecord, PATIENTS, RouteStatus};
 use crate::outbox::{ConnectorId, MessageId, Retained, StoreError};
+use crate::outbox::{objects, patients};
 
 /// One bounded retention step (see [`crate::outbox::Outbox::retain`]).
 pub(super) fn retain<'txn>(
@@ -56,7 +56,9 @@ pub(super) fn retain<'txn>(
         retained.scanned += 1;
         last_scanned = Some(MessageId(id));
         if message_is_done(keys, &*deliveries, id, &record)? {
-            removable.push((id, record.body_inline));
+            // A DICOM object's entry in the object index goes with it (ADR 0020).
+            let object = (record.header.msg_type == "DICOM").then_some(record.header.control_id);
+            removable.push((id, record.body_inline, object));
         }
     }
     let mut bodies = None;
@@ -65,7 +67,7 @@ pub(super) fn retain<'txn>(
     } else {
         Some(transaction.open_table(COPIES)?)
     };
-    for (id, inline) in &removable {
+    for (id, inline, _) in &removable {
         messages.remove(*id)?;
         if !inline {
             let table = match bodies.take() {
@@ -80,7 +82,12 @@ pub(super) fn retain<'txn>(
         }
     }
     // Their patient index entries (the table may be open already, for an append).
-    for (id, _) in &removable {
+    for (id, _, object) in &removable {
+        if let Some(uid) = object {
+            let salt = tables.salt;
+            let table = opened_once(&mut tables.objects, transaction, objects::OBJECTS)?;
+            objects::remove(table, salt, uid, *id)?;
+        }
         patients::remove(
             opened_once(&mut tables.patients, transaction, PATIENTS)?,
             *id,

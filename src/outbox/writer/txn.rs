@@ -14,7 +14,6 @@ use crate::outbox::audit::{self, AuditEvent, Head};
 use crate::outbox::crypt::{Keys, Place};
 use crate::outbox::dedup::prefix;
 use crate::outbox::depth::DepthChanges;
-use crate::outbox::patients;
 use crate::outbox::request::{AuditContext, Request};
 use crate::outbox::schema::{
     self, AUDIT, BODIES, COPIES, DELIVERIES, DLQ, FILES, FileRecord, INLINE_BODY_MAX, MESSAGES,
@@ -24,6 +23,7 @@ use crate::outbox::{
     Appended, BatchAppended, ConnectorId, MessageId, NewMessage, Seq, StoreError, StoredCopy,
     now_micros,
 };
+use crate::outbox::{objects, patients};
 
 impl Writer {
     /// Write every request of `batch` in one transaction with `Durability::Immediate` and
@@ -51,6 +51,8 @@ impl Writer {
                 audit: None,
                 files: None,
                 patients: None,
+                objects: None,
+                salt: self.shared.salt,
                 audit_head: self.audit_head,
                 depths: DepthChanges::default(),
                 keys: self.options.keys.clone(),
@@ -393,6 +395,26 @@ impl Writer {
         accepted: &mut Vec<([u8; 32], u64)>,
         woken: &mut BTreeSet<ConnectorId>,
     ) -> Result<Appended, StoreError> {
+        if let Some(key) = &message.object {
+            let salt = tables.salt;
+            let messages = &tables.messages;
+            let table = opened_once(&mut tables.objects, transaction, objects::OBJECTS)?;
+            let seen = objects::lookup(table, salt, key, |id| Ok(messages.get(id)?.is_some()))?;
+            if let objects::Seen::Same(original) = seen {
+                let event = audit::received(
+                    original,
+                    true,
+                    &message.record,
+                    &message.record.ack_code,
+                    message.tls_identity.as_deref(),
+                );
+                tables.audit(transaction, now, event)?;
+                return Ok(Appended::Duplicate {
+                    id: MessageId(original),
+                    ack: None,
+                });
+            }
+        }
         let dedup_key = message.dedup_key.filter(|_| self.dedup.is_some());
         if let (Some(key), Some(index)) = (dedup_key, &self.dedup) {
             let candidate = accepted
@@ -455,6 +477,11 @@ impl Writer {
         if !tags.is_empty() {
             let table = opened_once(&mut tables.patients, transaction, PATIENTS)?;
             patients::insert_list(table, id, tags)?;
+        }
+        if let Some(key) = &message.object {
+            let salt = tables.salt;
+            let table = opened_once(&mut tables.objects, transaction, objects::OBJECTS)?;
+            objects::insert(table, salt, key, id)?;
         }
         for route in &record.routes {
             if route.status != RouteStatus::Queued {
@@ -567,6 +594,10 @@ pub(super) struct Tables<'txn> {
     files: Option<Table<'txn, &'static [u8], &'static [u8]>>,
     /// The patient index, opened by the first message with patient values (or retention).
     pub(super) patients: Option<patients::PatientsTable<'txn>>,
+    /// The DICOM object index, opened by the first object (or retention).
+    pub(super) objects: Option<Table<'txn, (u64, u64), &'static [u8]>>,
+    /// The object index's salt (the store's instance id).
+    pub(super) salt: u64,
     /// The chain's head as of this transaction (None until first needed).
     audit_head: Option<Head>,
     /// What this transaction added to and removed from each queue and dead-letter queue.

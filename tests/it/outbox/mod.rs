@@ -84,5 +84,6 @@ fn message(outbox: &Outbox, control_id: &str, queued: &[&str], filtered: &[&str]
         copies: Vec::new(),
         order_keys: Vec::new(),
         patient: Vec::new(),
+        object: None,
     }
 }

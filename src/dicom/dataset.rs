@@ -1,0 +1,674 @@
+//! A DICOM data set read from bytes (PS3.5 §7), bounded: every length is checked against the
+//! bytes that are there before anything is sliced, values are slices of the input (nothing
+//! is copied or allocated by a declared length), nesting and element counts are capped, and
+//! reading stops at the pixel data, which is carried, never decoded.
+//!
+//! Explicit and Implicit VR Little Endian are read; compressed transfer syntaxes encode the
+//! data set as Explicit VR Little Endian with encapsulated pixel data, so they read the same.
+
+use std::borrow::Cow;
+
+/// A tag: (group, element).
+pub type Tag = (u16, u16);
+
+/// (0008,0005) SpecificCharacterSet
+pub const SPECIFIC_CHARACTER_SET: Tag = (0x0008, 0x0005);
+/// (0008,0016) SOPClassUID
+pub const SOP_CLASS_UID: Tag = (0x0008, 0x0016);
+/// (0008,0018) SOPInstanceUID
+pub const SOP_INSTANCE_UID: Tag = (0x0008, 0x0018);
+/// (0008,0050) AccessionNumber
+pub const ACCESSION_NUMBER: Tag = (0x0008, 0x0050);
+/// (0008,0060) Modality
+pub const MODALITY: Tag = (0x0008, 0x0060);
+/// (0010,0010) PatientName
+pub const PATIENT_NAME: Tag = (0x0010, 0x0010);
+/// (0010,0020) PatientID
+pub const PATIENT_ID: Tag = (0x0010, 0x0020);
+/// (0010,0021) IssuerOfPatientID
+pub const ISSUER_OF_PATIENT_ID: Tag = (0x0010, 0x0021);
+/// (0010,0030) PatientBirthDate
+pub const PATIENT_BIRTH_DATE: Tag = (0x0010, 0x0030);
+/// (0010,0040) PatientSex
+pub const PATIENT_SEX: Tag = (0x0010, 0x0040);
+/// (0020,000D) StudyInstanceUID
+pub const STUDY_INSTANCE_UID: Tag = (0x0020, 0x000D);
+/// (0020,000E) SeriesInstanceUID
+pub const SERIES_INSTANCE_UID: Tag = (0x0020, 0x000E);
+/// (7FE0,0010) PixelData
+pub const PIXEL_DATA: Tag = (0x7FE0, 0x0010);
+
+const ITEM: Tag = (0xFFFE, 0xE000);
+const ITEM_END: Tag = (0xFFFE, 0xE00D);
+const SEQUENCE_END: Tag = (0xFFFE, 0xE0DD);
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+
+/// Deepest nesting of sequences read.
+pub const MAX_DEPTH: usize = 32;
+/// Most elements read in one data set, all levels together.
+pub const MAX_ELEMENTS: usize = 200_000;
+
+/// Sequences an Implicit VR data set may give a defined length, by tag: the ones a
+/// Structured Report's content tree is made of.
+const KNOWN_SEQUENCES: &[Tag] = &[
+    (0x0040, 0xA730), // ContentSequence
+    (0x0040, 0xA043), // ConceptNameCodeSequence
+    (0x0040, 0xA168), // ConceptCodeSequence
+    (0x0040, 0xA300), // MeasuredValueSequence
+    (0x0040, 0x08EA), // MeasurementUnitsCodeSequence
+    (0x0040, 0xA504), // ContentTemplateSequence
+    (0x0040, 0xA073), // VerifyingObserverSequence
+    (0x0008, 0x1115), // ReferencedSeriesSequence
+    (0x0040, 0xA375), // CurrentRequestedProcedureEvidenceSequence
+    (0x0040, 0xA370), // ReferencedRequestSequence
+    (0x0008, 0x1199), // ReferencedSOPSequence
+];
+
+/// How the data set is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syntax {
+    /// Implicit VR Little Endian (1.2.840.10008.1.2).
+    ImplicitLittle,
+    /// Explicit VR Little Endian (1.2.840.10008.1.2.1) and the compressed syntaxes.
+    ExplicitLittle,
+}
+
+/// Implicit VR Little Endian.
+pub const IMPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2";
+/// Explicit VR Little Endian.
+pub const EXPLICIT_VR_LITTLE_ENDIAN: &str = "1.2.840.10008.1.2.1";
+
+impl Syntax {
+    /// How a transfer syntax encodes its data set; `None` for one mfoundry cannot read
+    /// (Explicit VR Big Endian, Deflated).
+    pub fn of(transfer_syntax: &str) -> Option<Self> {
+        match transfer_syntax {
+            IMPLICIT_VR_LITTLE_ENDIAN => Some(Self::ImplicitLittle),
+            EXPLICIT_VR_LITTLE_ENDIAN => Some(Self::ExplicitLittle),
+            other if is_compressed(other) => Some(Self::ExplicitLittle),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a transfer syntax is one of the compressed (encapsulated pixel data) ones: JPEG,
+/// JPEG-LS, JPEG 2000, HTJ2K, JPEG XL, MPEG, HEVC (1.2.840.10008.1.2.4.x) and RLE
+/// (1.2.840.10008.1.2.5).
+pub fn is_compressed(transfer_syntax: &str) -> bool {
+    transfer_syntax
+        .strip_prefix("1.2.840.10008.1.2.4.")
+        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+        || transfer_syntax == "1.2.840.10008.1.2.5"
+}
+
+/// What is wrong with a data set: where, never what it holds.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DatasetError {
+    /// An element runs past the end of the bytes.
+    #[error("element ({0:04X},{1:04X}) runs past the end of the data set")]
+    Truncated(u16, u16),
+    /// Sequences nested too deep.
+    #[error("sequences are nested deeper than {MAX_DEPTH}")]
+    TooDeep,
+    /// Too many elements.
+    #[error("the data set has more than {MAX_ELEMENTS} elements")]
+    TooManyElements,
+    /// A sequence item that is not one.
+    #[error("sequence ({0:04X},{1:04X}) holds something that is not an item")]
+    NotAnItem(u16, u16),
+}
+
+/// One element: its tag, VR (`b"??"` when Implicit VR and not known) and value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Element<'a> {
+    /// The tag.
+    pub tag: Tag,
+    /// The VR as written (Explicit VR) or known.
+    pub vr: [u8; 2],
+    /// Its value.
+    pub value: Value<'a>,
+}
+
+/// An element's value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value<'a> {
+    /// The bytes as written.
+    Bytes(&'a [u8]),
+    /// A sequence's items.
+    Items(Vec<DataSet<'a>>),
+    /// Encapsulated pixel data (skipped).
+    Encapsulated,
+}
+
+/// A data set: its elements in order, and the character set of its text.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataSet<'a> {
+    /// Elements in the order read.
+    pub elements: Vec<Element<'a>>,
+}
+
+/// The character set of a data set's text (PS3.5 §6.1), from SpecificCharacterSet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TextCharset(&'static encoding_rs::Encoding);
+
+impl Default for TextCharset {
+    fn default() -> Self {
+        // The default repertoire is ASCII; Latin-1 reads it and never fails.
+        Self(encoding_rs::WINDOWS_1252)
+    }
+}
+
+impl TextCharset {
+    /// The character set a SpecificCharacterSet value names (the last of several
+    /// ISO 2022 terms; an unknown term reads as Latin-1).
+    pub fn from_term(value: &str) -> Self {
+        let term = value
+            .split('\\')
+            .map(str::trim)
+            .rfind(|term| !term.is_empty())
+            .unwrap_or("");
+        let label = match term {
+            "ISO_IR 192" => "utf-8",
+            "ISO_IR 100" | "ISO 2022 IR 100" => "iso-8859-1",
+            "ISO_IR 101" | "ISO 2022 IR 101" => "iso-8859-2",
+            "ISO_IR 109" | "ISO 2022 IR 109" => "iso-8859-3",
+            "ISO_IR 110" | "ISO 2022 IR 110" => "iso-8859-4",
+            "ISO_IR 144" | "ISO 2022 IR 144" => "iso-8859-5",
+            "ISO_IR 127" | "ISO 2022 IR 127" => "iso-8859-6",
+            "ISO_IR 126" | "ISO 2022 IR 126" => "iso-8859-7",
+            "ISO_IR 138" | "ISO 2022 IR 138" => "iso-8859-8",
+            "ISO_IR 148" | "ISO 2022 IR 148" => "iso-8859-9",
+            "ISO_IR 203" | "ISO 2022 IR 203" => "iso-8859-15",
+            "ISO_IR 166" | "ISO 2022 IR 166" => "windows-874",
+            "ISO_IR 13" | "ISO 2022 IR 13" => "shift_jis",
+            "ISO 2022 IR 87" | "ISO 2022 IR 159" => "iso-2022-jp",
+            "ISO 2022 IR 149" => "euc-kr",
+            "ISO 2022 IR 58" | "GB2312" | "GBK" => "gbk",
+            "GB18030" => "gb18030",
+            _ => "windows-1252",
+        };
+        Self(
+            encoding_rs::Encoding::for_label(label.as_bytes()).unwrap_or(encoding_rs::WINDOWS_1252),
+        )
+    }
+
+    /// Whether text is UTF-8.
+    pub fn is_utf8(self) -> bool {
+        self.0 == encoding_rs::UTF_8
+    }
+
+    /// Decode a value.
+    pub fn decode(self, bytes: &[u8]) -> Cow<'_, str> {
+        self.0.decode_without_bom_handling(bytes).0
+    }
+}
+
+impl<'a> DataSet<'a> {
+    /// The element with `tag` at this level.
+    pub fn get(&self, tag: Tag) -> Option<&Element<'a>> {
+        self.elements.iter().find(|element| element.tag == tag)
+    }
+
+    /// A value's bytes, trailing padding (spaces, NULs) removed.
+    pub fn raw(&self, tag: Tag) -> Option<&'a [u8]> {
+        match self.get(tag)?.value {
+            Value::Bytes(bytes) => Some(trim(bytes)),
+            _ => None,
+        }
+    }
+
+    /// A text value decoded with `charset`, padding removed (`""` when absent). Multi-valued
+    /// text keeps its backslashes.
+    pub fn text(&self, tag: Tag, charset: TextCharset) -> String {
+        self.raw(tag)
+            .map(|bytes| charset.decode(bytes).trim().to_owned())
+            .unwrap_or_default()
+    }
+
+    /// The items of a sequence (`[]` when absent).
+    pub fn items(&self, tag: Tag) -> &[DataSet<'a>] {
+        match self.get(tag).map(|element| &element.value) {
+            Some(Value::Items(items)) => items,
+            _ => &[],
+        }
+    }
+
+    /// The character set its SpecificCharacterSet names.
+    pub fn charset(&self) -> TextCharset {
+        self.raw(SPECIFIC_CHARACTER_SET)
+            .map(|bytes| TextCharset::from_term(&String::from_utf8_lossy(bytes)))
+            .unwrap_or_default()
+    }
+}
+
+/// Bytes without trailing spaces and NULs.
+fn trim(bytes: &[u8]) -> &[u8] {
+    let end = bytes
+        .iter()
+        .rposition(|byte| *byte != b' ' && *byte != 0)
+        .map_or(0, |last| last + 1);
+    &bytes[..end]
+}
+
+/// VRs whose explicit header has two reserved bytes and a 4-byte length.
+fn long_form(vr: [u8; 2]) -> bool {
+    matches!(
+        &vr,
+        b"OB"
+            | b"OD"
+            | b"OF"
+            | b"OL"
+            | b"OV"
+            | b"OW"
+            | b"SQ"
+            | b"SV"
+            | b"UC"
+            | b"UN"
+            | b"UR"
+            | b"UT"
+            | b"UV"
+    )
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    elements: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn u16(&self, at: usize) -> Option<u16> {
+        let b = self.bytes.get(at..at.checked_add(2)?)?;
+        Some(u16::from_le_bytes([b[0], b[1]]))
+    }
+    fn u32(&self, at: usize) -> Option<u32> {
+        let b = self.bytes.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn tag(&self) -> Option<Tag> {
+        Some((self.u16(self.at)?, self.u16(self.at + 2)?))
+    }
+
+    /// Elements until `end` (a defined length) or an item delimiter (undefined length), or
+    /// the pixel data at the top level.
+    fn data_set(
+        &mut self,
+        end: Option<usize>,
+        syntax: Syntax,
+        depth: usize,
+    ) -> Result<DataSet<'a>, DatasetError> {
+        if depth > MAX_DEPTH {
+            return Err(DatasetError::TooDeep);
+        }
+        let mut set = DataSet::default();
+        loop {
+            let limit = end.unwrap_or(self.bytes.len());
+            if self.at >= limit {
+                if end.is_none() && depth > 0 {
+                    // An undefined-length item without its delimiter: the data ended.
+                    return Err(DatasetError::Truncated(0xFFFE, 0xE00D));
+                }
+                return Ok(set);
+            }
+            let tag = self.tag().ok_or(DatasetError::Truncated(0, 0))?;
+            if tag == ITEM_END {
+                self.at += 8;
+                return Ok(set);
+            }
+            if depth == 0 && tag == PIXEL_DATA {
+                // Carried, never decoded: reading stops here.
+                return Ok(set);
+            }
+            self.elements += 1;
+            if self.elements > MAX_ELEMENTS {
+                return Err(DatasetError::TooManyElements);
+            }
+            let element = self.element(tag, syntax, depth, limit)?;
+            set.elements.push(element);
+        }
+    }
+
+    fn element(
+        &mut self,
+        tag: Tag,
+        syntax: Syntax,
+        depth: usize,
+        limit: usize,
+    ) -> Result<Element<'a>, DatasetError> {
+        let truncated = || DatasetError::Truncated(tag.0, tag.1);
+        let (vr, length, header) = match syntax {
+            Syntax::ExplicitLittle if tag.0 != 0xFFFE => {
+                let vr_bytes = self
+                    .bytes
+                    .get(self.at + 4..self.at + 6)
+                    .ok_or_else(truncated)?;
+                let vr = [vr_bytes[0], vr_bytes[1]];
+                if long_form(vr) {
+                    (vr, self.u32(self.at + 8).ok_or_else(truncated)?, 12)
+                } else {
+                    (
+                        vr,
+                        u32::from(self.u16(self.at + 6).ok_or_else(truncated)?),
+                        8,
+                    )
+                }
+            }
+            _ => {
+                let length = self.u32(self.at + 4).ok_or_else(truncated)?;
+                let vr = if length == UNDEFINED || KNOWN_SEQUENCES.contains(&tag) {
+                    *b"SQ"
+                } else {
+                    *b"??"
+                };
+                (vr, length, 8)
+            }
+        };
+        self.at += header;
+        if length == UNDEFINED {
+            if tag == PIXEL_DATA || (&vr != b"SQ" && &vr != b"UN") {
+                self.skip_fragments(tag)?;
+                return Ok(Element {
+                    tag,
+                    vr,
+                    value: Value::Encapsulated,
+                });
+            }
+            // A UN of undefined length is a sequence encoded Implicit VR.
+            let inner = if &vr == b"UN" {
+                Syntax::ImplicitLittle
+            } else {
+                syntax
+            };
+            let items = self.items(tag, None, inner, depth)?;
+            return Ok(Element {
+                tag,
+                vr: *b"SQ",
+                value: Value::Items(items),
+            });
+        }
+        let length = usize::try_from(length).map_err(|_| truncated())?;
+        let end = self
+            .at
+            .checked_add(length)
+            .filter(|end| *end <= limit)
+            .ok_or_else(truncated)?;
+        if &vr == b"SQ" {
+            let items = self.items(tag, Some(end), syntax, depth)?;
+            self.at = end;
+            return Ok(Element {
+                tag,
+                vr,
+                value: Value::Items(items),
+            });
+        }
+        let value = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(Element {
+            tag,
+            vr,
+            value: Value::Bytes(value),
+        })
+    }
+
+    /// A sequence's items, until `end` or the sequence delimiter.
+    fn items(
+        &mut self,
+        sequence: Tag,
+        end: Option<usize>,
+        syntax: Syntax,
+        depth: usize,
+    ) -> Result<Vec<DataSet<'a>>, DatasetError> {
+        let mut items = Vec::new();
+        loop {
+            if let Some(end) = end
+                && self.at >= end
+            {
+                return Ok(items);
+            }
+            let tag = self
+                .tag()
+                .ok_or(DatasetError::Truncated(sequence.0, sequence.1))?;
+            let length = self
+                .u32(self.at + 4)
+                .ok_or(DatasetError::Truncated(sequence.0, sequence.1))?;
+            self.at += 8;
+            match tag {
+                SEQUENCE_END => return Ok(items),
+                ITEM if length == UNDEFINED => {
+                    items.push(self.data_set(None, syntax, depth + 1)?);
+                }
+                ITEM => {
+                    let item_end = self
+                        .at
+                        .checked_add(usize::try_from(length).unwrap_or(usize::MAX))
+                        .filter(|item_end| *item_end <= end.unwrap_or(self.bytes.len()))
+                        .ok_or(DatasetError::Truncated(sequence.0, sequence.1))?;
+                    items.push(self.data_set(Some(item_end), syntax, depth + 1)?);
+                    self.at = item_end;
+                }
+                _ => return Err(DatasetError::NotAnItem(sequence.0, sequence.1)),
+            }
+            self.elements += 1;
+            if self.elements > MAX_ELEMENTS {
+                return Err(DatasetError::TooManyElements);
+            }
+        }
+    }
+
+    /// Skip encapsulated fragments up to and including the sequence delimiter.
+    fn skip_fragments(&mut self, tag: Tag) -> Result<(), DatasetError> {
+        let truncated = || DatasetError::Truncated(tag.0, tag.1);
+        loop {
+            let item = self.tag().ok_or_else(truncated)?;
+            let length = self.u32(self.at + 4).ok_or_else(truncated)?;
+            self.at += 8;
+            match item {
+                SEQUENCE_END => return Ok(()),
+                ITEM if length != UNDEFINED => {
+                    self.at = self
+                        .at
+                        .checked_add(usize::try_from(length).map_err(|_| truncated())?)
+                        .filter(|end| *end <= self.bytes.len())
+                        .ok_or_else(truncated)?;
+                }
+                _ => return Err(DatasetError::NotAnItem(tag.0, tag.1)),
+            }
+        }
+    }
+}
+
+/// Read a data set encoded with `syntax`, up to its pixel data.
+pub fn parse(bytes: &[u8], syntax: Syntax) -> Result<DataSet<'_>, DatasetError> {
+    let mut reader = Reader {
+        bytes,
+        at: 0,
+        elements: 0,
+    };
+    reader.data_set(None, syntax, 0)
+}
+
+/// Encoding data sets (for tests and the bench): elements written in either syntax.
+pub mod write {
+    use super::{Syntax, Tag, long_form};
+
+    /// One element in `syntax`, its value padded to even length (`pad`).
+    pub fn element(out: &mut Vec<u8>, syntax: Syntax, tag: Tag, vr: &[u8; 2], value: &[u8]) {
+        let pad = if vr == b"UI" || vr == b"OB" { 0 } else { b' ' };
+        let mut value = value.to_vec();
+        if value.len() % 2 == 1 {
+            value.push(pad);
+        }
+        out.extend_from_slice(&tag.0.to_le_bytes());
+        out.extend_from_slice(&tag.1.to_le_bytes());
+        let length = u32::try_from(value.len()).unwrap_or(u32::MAX);
+        match syntax {
+            Syntax::ImplicitLittle => out.extend_from_slice(&length.to_le_bytes()),
+            Syntax::ExplicitLittle => {
+                out.extend_from_slice(vr);
+                if long_form(*vr) {
+                    out.extend_from_slice(&[0, 0]);
+                    out.extend_from_slice(&length.to_le_bytes());
+                } else {
+                    out.extend_from_slice(&u16::try_from(length).unwrap_or(0).to_le_bytes());
+                }
+            }
+        }
+        out.extend_from_slice(&value);
+    }
+
+    /// A sequence of undefined length holding `items` (each already encoded).
+    pub fn sequence(out: &mut Vec<u8>, syntax: Syntax, tag: Tag, items: &[Vec<u8>]) {
+        out.extend_from_slice(&tag.0.to_le_bytes());
+        out.extend_from_slice(&tag.1.to_le_bytes());
+        if syntax == Syntax::ExplicitLittle {
+            out.extend_from_slice(b"SQ\0\0");
+        }
+        out.extend_from_slice(&u32::MAX.to_le_bytes());
+        for item in items {
+            out.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+            out.extend_from_slice(&u32::MAX.to_le_bytes());
+            out.extend_from_slice(item);
+            out.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        }
+        out.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write::{element, sequence};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(syntax: Syntax) -> Vec<u8> {
+        let mut out = Vec::new();
+        element(
+            &mut out,
+            syntax,
+            SPECIFIC_CHARACTER_SET,
+            b"CS",
+            b"ISO_IR 100",
+        );
+        element(
+            &mut out,
+            syntax,
+            SOP_CLASS_UID,
+            b"UI",
+            b"1.2.840.10008.5.1.4.1.1.88.11",
+        );
+        element(&mut out, syntax, MODALITY, b"CS", b"SR");
+        element(&mut out, syntax, PATIENT_NAME, b"PN", b"M\xfcller^Anna");
+        let mut item = Vec::new();
+        element(&mut item, syntax, (0x0008, 0x0100), b"SH", b"121071");
+        let mut content = Vec::new();
+        sequence(&mut content, syntax, (0x0040, 0xA043), &[item]);
+        sequence(
+            &mut out,
+            syntax,
+            (0x0040, 0xA730),
+            &[content.clone(), content],
+        );
+        element(&mut out, syntax, PIXEL_DATA, b"OB", b"\x01\x02");
+        out
+    }
+
+    #[test]
+    fn both_syntaxes_read_to_the_same_values() {
+        for syntax in [Syntax::ExplicitLittle, Syntax::ImplicitLittle] {
+            let bytes = sample(syntax);
+            let set = parse(&bytes, syntax).expect("in the test");
+            let charset = set.charset();
+            assert_eq!(set.text(PATIENT_NAME, charset), "Müller^Anna");
+            assert_eq!(set.text(MODALITY, charset), "SR");
+            assert_eq!(
+                set.text(SOP_CLASS_UID, charset),
+                "1.2.840.10008.5.1.4.1.1.88.11"
+            );
+            let content = set.items((0x0040, 0xA730));
+            assert_eq!(content.len(), 2);
+            let name = content[1].items((0x0040, 0xA043));
+            assert_eq!(name[0].text((0x0008, 0x0100), charset), "121071");
+            assert!(
+                set.get(PIXEL_DATA).is_none(),
+                "reading stops at the pixel data"
+            );
+        }
+    }
+
+    #[test]
+    fn a_length_past_the_end_is_an_error_not_an_allocation() {
+        let mut bytes = Vec::new();
+        element(&mut bytes, Syntax::ExplicitLittle, MODALITY, b"CS", b"CT");
+        // An OB claiming 4 GB - 2 bytes.
+        bytes.extend_from_slice(&[0x09, 0x00, 0x10, 0x00, b'O', b'B', 0, 0]);
+        bytes.extend_from_slice(&0xFFFF_FFFEu32.to_le_bytes());
+        assert_eq!(
+            parse(&bytes, Syntax::ExplicitLittle),
+            Err(DatasetError::Truncated(0x0009, 0x0010))
+        );
+    }
+
+    #[test]
+    fn nesting_is_capped() {
+        let mut inner = Vec::new();
+        element(&mut inner, Syntax::ExplicitLittle, MODALITY, b"CS", b"CT");
+        for _ in 0..(MAX_DEPTH + 2) {
+            let mut outer = Vec::new();
+            sequence(
+                &mut outer,
+                Syntax::ExplicitLittle,
+                (0x0040, 0xA730),
+                &[inner],
+            );
+            inner = outer;
+        }
+        assert_eq!(
+            parse(&inner, Syntax::ExplicitLittle),
+            Err(DatasetError::TooDeep)
+        );
+    }
+
+    #[test]
+    fn transfer_syntaxes_are_recognised() {
+        assert_eq!(
+            Syntax::of("1.2.840.10008.1.2"),
+            Some(Syntax::ImplicitLittle)
+        );
+        assert_eq!(
+            Syntax::of("1.2.840.10008.1.2.4.50"),
+            Some(Syntax::ExplicitLittle)
+        );
+        assert_eq!(Syntax::of("1.2.840.10008.1.2.2"), None);
+        assert_eq!(Syntax::of("1.2.840.10008.1.2.1.99"), None);
+        assert!(!is_compressed("1.2.840.10008.1.2.4."));
+    }
+
+    #[test]
+    fn character_sets_map_to_encodings() {
+        assert!(TextCharset::from_term("ISO_IR 192").is_utf8());
+        assert_eq!(
+            TextCharset::from_term("ISO_IR 100").decode(b"M\xfcller"),
+            "Müller"
+        );
+        assert_eq!(
+            TextCharset::from_term("\\ISO 2022 IR 149").0,
+            encoding_rs::EUC_KR
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn no_bytes_make_the_reader_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = parse(&bytes, Syntax::ExplicitLittle);
+            let _ = parse(&bytes, Syntax::ImplicitLittle);
+        }
+
+        #[test]
+        fn a_cut_data_set_reads_or_fails_cleanly(cut in 0usize..200) {
+            let bytes = sample(Syntax::ExplicitLittle);
+            let cut = cut.min(bytes.len());
+            let _ = parse(&bytes[..cut], Syntax::ExplicitLittle);
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! DICOM objects at intake (ADR 0020): read the received data set, route it with the
+//! connectors' filters (`dicom` and the header view's `msh`/`pid`), store it, and say what
+//! the C-STORE response must be. Success only after the commit.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use super::{Decider, Ingest, patient_values};
+use crate::dicom::dataset::{self, Syntax};
+use crate::dicom::dimse;
+use crate::dicom::{Identifiers, object};
+use crate::hl7::{Charset, Message};
+use crate::outbox::{
+    Appended, ConnectorId, Disposition, MessageRecord, NewMessage, ObjectKey, Route, RouteStatus,
+    StoredCopy,
+};
+use crate::rules::Validation;
+
+/// One object received by C-STORE.
+#[derive(Debug)]
+pub struct ReceivedObject {
+    /// The data set, as received.
+    pub data_set: Vec<u8>,
+    /// The request's AffectedSOPClassUID.
+    pub sop_class: String,
+    /// The request's AffectedSOPInstanceUID.
+    pub sop_instance: String,
+    /// The presentation context's transfer syntax.
+    pub transfer_syntax: String,
+    /// The association's calling AE title.
+    pub calling_ae: String,
+    /// Its called AE title.
+    pub called_ae: String,
+}
+
+/// What became of an object: the C-STORE status to answer and what to log.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ObjectOutcome {
+    /// The C-STORE-RSP status.
+    pub status: u16,
+    /// The error comment (mfoundry's words, no object content), for a failure.
+    pub comment: String,
+    /// The stored message, when there is one.
+    pub message_id: Option<u64>,
+    /// Whether it was stored before (a re-store of the same bytes).
+    pub duplicate: bool,
+}
+
+impl ObjectOutcome {
+    fn failed(status: u16, comment: impl Into<String>) -> Self {
+        Self {
+            status,
+            comment: comment.into(),
+            message_id: None,
+            duplicate: false,
+        }
+    }
+}
+
+/// Read a received object: its identifiers and its header view; `Err` is the response.
+fn read(object: &ReceivedObject) -> Result<Identifiers, ObjectOutcome> {
+    let Some(syntax) = Syntax::of(&object.transfer_syntax) else {
+        return Err(ObjectOutcome::failed(
+            dimse::CANNOT_UNDERSTAND,
+            "transfer syntax not readable",
+        ));
+    };
+    let set = dataset::parse(&object.data_set, syntax)
+        .map_err(|error| ObjectOutcome::failed(dimse::CANNOT_UNDERSTAND, error.to_string()))?;
+    let mut identifiers = Identifiers::read(&set, &object.sop_class, &object.sop_instance);
+    if identifiers.sop_instance_uid.is_empty() {
+        return Err(ObjectOutcome::failed(
+            dimse::CANNOT_UNDERSTAND,
+            "no SOP Instance UID",
+        ));
+    }
+    if !object.sop_instance.is_empty() && identifiers.sop_instance_uid != object.sop_instance {
+        return Err(ObjectOutcome::failed(
+            dimse::DATA_SET_DOES_NOT_MATCH,
+            "SOP Instance UID differs from the request's",
+        ));
+    }
+    identifiers.calling_ae.clone_from(&object.calling_ae);
+    identifiers.called_ae.clone_from(&object.called_ae);
+    identifiers
+        .transfer_syntax
+        .clone_from(&object.transfer_syntax);
+    Ok(identifiers)
+}
+
+/// A DICOM object's header view, parsed (it is built to parse).
+pub fn header_view(identifiers: &Identifiers, received_at_micros: i64) -> Option<Message> {
+    let received = chrono::DateTime::from_timestamp_micros(received_at_micros)
+        .unwrap_or_default()
+        .format("%Y%m%d%H%M%S")
+        .to_string();
+    Message::parse(Bytes::from(identifiers.header_message(&received))).ok()
+}
+
+/// The identifiers of a stored object's body (`None`: not a readable DICOM object).
+pub fn stored_identifiers(body: &[u8]) -> Option<Identifiers> {
+    let stored = object::read_part10(body)?;
+    let set = dataset::parse(stored.data_set, Syntax::of(&stored.transfer_syntax)?).ok()?;
+    let mut identifiers = Identifiers::read(&set, &stored.sop_class, &stored.sop_instance);
+    identifiers.transfer_syntax = stored.transfer_syntax;
+    Some(identifiers)
+}
+
+/// The patient values of a stored body, HL7 or DICOM (the index rebuild).
+pub(super) fn object_patient_values(
+    body: &[u8],
+) -> Option<Vec<(crate::outbox::patients::IndexField, String)>> {
+    if !object::is_dicom(body) {
+        return None;
+    }
+    let identifiers = stored_identifiers(body)?;
+    let view = header_view(&identifiers, 0)?;
+    Some(patient_values(&view, Charset::UTF_8))
+}
+
+/// One route per connector, the `order_by` keys, and the copies of connectors that
+/// transform.
+type Routed = (
+    Vec<Route>,
+    Vec<(ConnectorId, u64)>,
+    Vec<(ConnectorId, StoredCopy)>,
+);
+
+impl Decider {
+    /// Route an object: every connector's filter with `dicom` bound (validation rules are
+    /// for HL7 and not applied). `Err`: a filter could not be evaluated.
+    fn route_object(&self, view: &Message, identifiers: &Identifiers) -> Result<Routed, String> {
+        let evaluation = self
+            .rules
+            .evaluate_object(view, &self.listener, identifiers);
+        if let Validation::Errored { subject, detail } = evaluation.validation {
+            return Err(format!("{subject} could not be evaluated: {detail}"));
+        }
+        let routes: Vec<Route> = self
+            .routes
+            .iter()
+            .zip(&evaluation.routes)
+            .map(|(counters, &taken)| Route {
+                connector: counters.connector,
+                status: if taken {
+                    RouteStatus::Queued
+                } else {
+                    RouteStatus::Filtered
+                },
+            })
+            .collect();
+        let order_keys = self
+            .routes
+            .iter()
+            .zip(&evaluation.order_keys)
+            .filter_map(|(counters, key)| key.map(|key| (counters.connector, key)))
+            .collect();
+        // HL7 transform steps cannot edit a DICOM object: that connector's copy goes to its
+        // dead-letter queue with the reason, the others are delivered.
+        let mut copies = Vec::new();
+        if let Some(transforms) = &self.transforms {
+            for (route, name) in routes.iter().zip(self.names.iter()) {
+                if route.status == RouteStatus::Queued && transforms.transforms(name) {
+                    copies.push((
+                        route.connector,
+                        StoredCopy::Failed(format!(
+                            "connector {name} transforms HL7 messages; a DICOM object cannot be transformed (leave objects out with a filter such as `dicom.sop_instance_uid == \"\"`)"
+                        )),
+                    ));
+                }
+            }
+        }
+        Ok((routes, order_keys, copies))
+    }
+}
+
+impl Ingest {
+    /// Read, route and store one object from `peer`; the outcome's status is the C-STORE
+    /// response. Success (0x0000) only once the object and its queue entries are committed,
+    /// or when the same bytes were stored before.
+    pub async fn handle_object(
+        &self,
+        object: ReceivedObject,
+        peer: SocketAddr,
+        identity: Option<&crate::tls::PeerIdentity>,
+    ) -> ObjectOutcome {
+        let received_at_micros = chrono::Utc::now().timestamp_micros();
+        let identifiers = match read(&object) {
+            Ok(identifiers) => identifiers,
+            Err(outcome) => return outcome,
+        };
+        let Some(view) = header_view(&identifiers, received_at_micros) else {
+            return ObjectOutcome::failed(dimse::CANNOT_UNDERSTAND, "identifiers not readable");
+        };
+        let decider = self.current();
+        let routed = decider.route_object(&view, &identifiers);
+        let (disposition, routes, order_keys, copies, reason) = match routed {
+            Ok((routes, order_keys, copies)) => {
+                let disposition = if routes
+                    .iter()
+                    .any(|route| route.status == RouteStatus::Queued)
+                {
+                    Disposition::Routed
+                } else {
+                    Disposition::Unrouted
+                };
+                (disposition, routes, order_keys, copies, None)
+            }
+            Err(reason) => {
+                tracing::warn!(sop_instance_uid = %identifiers.sop_instance_uid, error = %reason, "a filter could not be evaluated for a DICOM object; it is refused and stored as ERROR");
+                (
+                    Disposition::Error,
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Some(reason),
+                )
+            }
+        };
+        let accepted = disposition != Disposition::Error;
+        let body = object::part10(
+            &identifiers.sop_class_uid,
+            &identifiers.sop_instance_uid,
+            &object.transfer_syntax,
+            &object.calling_ae,
+            &object.data_set,
+        );
+        let record = MessageRecord {
+            received_at_micros,
+            peer: peer.to_string(),
+            listener: decider.listener.to_string(),
+            header: super::header_fields(&view),
+            disposition,
+            reason: reason.clone(),
+            routes: routes.clone(),
+            ack_code: if accepted { "AA" } else { "AR" }.to_owned(),
+            body_len: body.len() as u64,
+            ack: None,
+            dedup_key: None,
+            body_inline: false,
+            config: decider.config,
+        };
+        let new_message = NewMessage {
+            record,
+            body: Bytes::from(body),
+            dedup_key: None,
+            tls_identity: identity.map(|identity| identity.audit_text().to_owned()),
+            copies,
+            order_keys,
+            patient: patient_values(&view, Charset::UTF_8),
+            object: accepted
+                .then(|| ObjectKey::new(&identifiers.sop_instance_uid, &object.data_set)),
+        };
+        match self.outbox.append(new_message).await {
+            Ok(Appended::Stored { id }) if accepted => {
+                decider.count_routes(&routes);
+                ObjectOutcome {
+                    status: dimse::SUCCESS,
+                    comment: String::new(),
+                    message_id: Some(id.0),
+                    duplicate: false,
+                }
+            }
+            Ok(Appended::Duplicate { id, .. }) => ObjectOutcome {
+                status: dimse::SUCCESS,
+                comment: String::new(),
+                message_id: Some(id.0),
+                duplicate: true,
+            },
+            Ok(Appended::Stored { id }) => ObjectOutcome {
+                status: PROCESSING_FAILURE,
+                comment: "a routing filter could not be evaluated".to_owned(),
+                message_id: Some(id.0),
+                duplicate: false,
+            },
+            Err(error) => {
+                tracing::error!(error = %crate::outbox::Chain(&error), sop_instance_uid = %identifiers.sop_instance_uid, "DICOM object could not be stored; answering out of resources");
+                if accepted {
+                    ObjectOutcome::failed(
+                        dimse::OUT_OF_RESOURCES,
+                        "could not be stored; send it again",
+                    )
+                } else {
+                    ObjectOutcome::failed(
+                        PROCESSING_FAILURE,
+                        "a routing filter could not be evaluated",
+                    )
+                }
+            }
+        }
+    }
+}
+
+/// C-STORE "Processing failure".
+const PROCESSING_FAILURE: u16 = 0x0110;

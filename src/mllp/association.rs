@@ -1,0 +1,627 @@
+//! A DICOM association on a `type: dicom` listener's connection (ADR 0020): negotiation,
+//! C-ECHO, and C-STORE answered only after the object is committed.
+//!
+//! Limits, all checked before bytes are read into memory: a PDU longer than the maximum this
+//! side announced is refused from its header; a command set is at most
+//! [`dimse::MAX_COMMAND_LEN`]; an object's data set grows only up to `max_object_size` (the
+//! rest of an oversized object is read and discarded, and the request answered 0xA700), and
+//! is covered by the listener's share of `max_frame_memory`. `idle_timeout` closes an idle
+//! association, `frame_timeout` bounds the arrival of one object, `write_timeout` each
+//! answer. Logs name the peer, AE titles and SOP Instance UIDs, never object content.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::dicom::dataset;
+use crate::dicom::dimse::{self, Command};
+use crate::dicom::object::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION};
+use crate::dicom::pdu::{self, AssociateAc, ContextAnswer, PduType, Rejection};
+use crate::ingest::{Ingest, ReceivedObject};
+
+/// What a `type: dicom` listener takes (beyond the network listener's settings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DicomSettings {
+    /// `ae_title`: the called AE title it answers to.
+    pub ae_title: String,
+    /// `allowed_callers`: calling AE titles it accepts; `None`: any.
+    pub allowed_callers: Option<Vec<String>>,
+    /// `sop_classes`: the storage SOP classes accepted (Verification always is).
+    pub sop_classes: Vec<String>,
+    /// `max_object_size`: the largest data set, in bytes.
+    pub max_object_size: usize,
+    /// `max_pdu_size`: the longest PDU this side receives (announced in the A-ASSOCIATE-AC).
+    pub max_pdu_size: u32,
+}
+
+/// The storage SOP classes accepted by default: the common image, document and
+/// Structured Report classes.
+pub const DEFAULT_SOP_CLASSES: &[&str] = &[
+    "1.2.840.10008.5.1.4.1.1.1",     // Computed Radiography
+    "1.2.840.10008.5.1.4.1.1.1.1",   // Digital X-Ray (presentation)
+    "1.2.840.10008.5.1.4.1.1.1.1.1", // Digital X-Ray (processing)
+    "1.2.840.10008.5.1.4.1.1.1.2",   // Digital Mammography (presentation)
+    "1.2.840.10008.5.1.4.1.1.1.2.1", // Digital Mammography (processing)
+    "1.2.840.10008.5.1.4.1.1.2",     // CT
+    "1.2.840.10008.5.1.4.1.1.2.1",   // Enhanced CT
+    "1.2.840.10008.5.1.4.1.1.4",     // MR
+    "1.2.840.10008.5.1.4.1.1.4.1",   // Enhanced MR
+    "1.2.840.10008.5.1.4.1.1.6.1",   // Ultrasound
+    "1.2.840.10008.5.1.4.1.1.3.1",   // Ultrasound Multi-frame
+    "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.12.1",  // X-Ray Angiography
+    "1.2.840.10008.5.1.4.1.1.20",    // Nuclear Medicine
+    "1.2.840.10008.5.1.4.1.1.128",   // PET
+    "1.2.840.10008.5.1.4.1.1.481.1", // RT Image
+    "1.2.840.10008.5.1.4.1.1.104.1", // Encapsulated PDF
+    "1.2.840.10008.5.1.4.1.1.88.11", // Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22", // Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33", // Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34", // Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.50", // Mammography CAD SR
+    "1.2.840.10008.5.1.4.1.1.88.59", // Key Object Selection
+    "1.2.840.10008.5.1.4.1.1.88.67", // X-Ray Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.11.1",  // Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.66",    // Raw Data
+];
+
+/// Longest A-ASSOCIATE-RQ read (hundreds of presentation contexts fit).
+const MAX_ASSOCIATE_RQ: u32 = 1024 * 1024;
+/// How long a new connection may take to send its A-ASSOCIATE-RQ (the ARTIM timer).
+const ASSOCIATE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection an association runs on: TCP or TLS over TCP.
+pub(super) trait Transport: AsyncRead + AsyncWrite + Unpin {
+    /// Acknowledge the next segments at once. A sender writes a command and its data set
+    /// as two PDUs; with Nagle's algorithm on its side, the second waits for the ACK of the
+    /// first, which delayed ACKs would hold back 40 ms per object. Linux turns quick ACKs
+    /// off again by itself, so this is asked before every read.
+    fn quickack(&self);
+}
+
+impl Transport for tokio::net::TcpStream {
+    fn quickack(&self) {
+        let _ = socket2::SockRef::from(self).set_tcp_quickack(true);
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn quickack(&self) {
+        Transport::quickack(self.get_ref().0);
+    }
+}
+
+/// Everything an association needs from its listener.
+#[derive(Debug)]
+pub(super) struct Context<'a> {
+    pub(super) settings: &'a DicomSettings,
+    pub(super) listener: &'a super::ListenerSettings,
+    pub(super) ingest: &'a Ingest,
+    pub(super) stats: &'a super::ListenerStats,
+    pub(super) budget: &'a Arc<super::budget::FrameBudget>,
+    pub(super) shutdown: &'a tokio_util::sync::CancellationToken,
+}
+
+/// Why an association ended.
+#[derive(Debug)]
+enum End {
+    Released,
+    Aborted,
+    PeerClosed,
+    Shutdown,
+    IdleTimeout,
+    ObjectTimeout,
+    Rejected(Rejection),
+    Protocol(String),
+    Io(String),
+}
+
+/// Serve one association on `stream` until it ends.
+pub(super) async fn serve<S>(
+    mut stream: S,
+    peer: SocketAddr,
+    identity: Option<crate::tls::PeerIdentity>,
+    context: Context<'_>,
+) where
+    S: Transport,
+{
+    let mut association = Association {
+        stream: &mut stream,
+        peer,
+        identity,
+        context: &context,
+        contexts: Vec::new(),
+        peer_max_pdu: 0,
+        calling_ae: String::new(),
+        called_ae: String::new(),
+    };
+    let end = association.run().await;
+    let calling_ae = association.calling_ae.clone();
+    match end {
+        End::Released => debug!(%peer, calling_ae, "association released"),
+        End::PeerClosed => debug!(%peer, calling_ae, "connection closed by the peer"),
+        End::Aborted => info!(%peer, calling_ae, "association aborted by the peer"),
+        End::Shutdown => debug!(%peer, calling_ae, "association aborted for shutdown"),
+        End::IdleTimeout => {
+            context
+                .stats
+                .idle_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            info!(%peer, calling_ae, "association closed: idle_timeout reached with no data");
+        }
+        End::ObjectTimeout => {
+            context
+                .stats
+                .frame_timeouts
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(%peer, calling_ae, "association aborted: an object did not arrive within frame_timeout; nothing of it was stored");
+        }
+        End::Rejected(rejection) => {
+            context
+                .stats
+                .connections_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(%peer, calling_ae, called_ae = %association.called_ae, %rejection, "association rejected");
+        }
+        End::Protocol(problem) => {
+            context
+                .stats
+                .unreadable_frames
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(%peer, calling_ae, problem, "association aborted: protocol error");
+        }
+        End::Io(error) => warn!(%peer, calling_ae, error, "association ended: connection failed"),
+    }
+}
+
+struct Association<'a, 'c, S> {
+    stream: &'a mut S,
+    peer: SocketAddr,
+    identity: Option<crate::tls::PeerIdentity>,
+    context: &'a Context<'c>,
+    /// Accepted presentation contexts: id and transfer syntax.
+    contexts: Vec<(u8, String)>,
+    peer_max_pdu: u32,
+    calling_ae: String,
+    called_ae: String,
+}
+
+/// What one read of a PDU gave.
+enum Read {
+    Pdu(PduType, Vec<u8>),
+    End(End),
+}
+
+impl<S> Association<'_, '_, S>
+where
+    S: Transport,
+{
+    async fn run(&mut self) -> End {
+        match self
+            .read_pdu(MAX_ASSOCIATE_RQ, Some(ASSOCIATE_TIMEOUT), false)
+            .await
+        {
+            Read::Pdu(PduType::AssociateRq, body) => {
+                if let Err(end) = self.negotiate(&body).await {
+                    return end;
+                }
+            }
+            Read::Pdu(..) => {
+                return self
+                    .abort(End::Protocol(
+                        "the first PDU is not an A-ASSOCIATE-RQ".to_owned(),
+                    ))
+                    .await;
+            }
+            Read::End(end) => return end,
+        }
+        self.serve_messages().await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
+        let write = self.stream.write_all(bytes);
+        let written = match self.context.listener.write_timeout {
+            Some(limit) => tokio::time::timeout(limit, write)
+                .await
+                .map_err(|_| End::Io("write_timeout reached".to_owned()))?,
+            None => write.await,
+        };
+        written.map_err(|error| End::Io(error.to_string()))?;
+        self.stream
+            .flush()
+            .await
+            .map_err(|error| End::Io(error.to_string()))
+    }
+
+    async fn abort(&mut self, end: End) -> End {
+        let _ = self.write(&pdu::abort(0)).await;
+        let _ = self.stream.shutdown().await;
+        end
+    }
+
+    /// Read one PDU whose body is at most `limit` bytes, within `timeout` (idle), or until
+    /// shutdown when `stop_on_shutdown` (between messages).
+    async fn read_pdu(
+        &mut self,
+        limit: u32,
+        timeout: Option<Duration>,
+        stop_on_shutdown: bool,
+    ) -> Read {
+        let mut header = [0u8; pdu::HEADER_LEN];
+        self.stream.quickack();
+        let read = async { self.stream.read_exact(&mut header).await };
+        let shutdown = self.context.shutdown.clone();
+        let result = tokio::select! {
+            () = shutdown.cancelled(), if stop_on_shutdown => {
+                return Read::End(self.abort(End::Shutdown).await);
+            }
+            result = sleep_or(timeout, read) => result,
+        };
+        match result {
+            None => return Read::End(self.abort(End::IdleTimeout).await),
+            Some(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Read::End(End::PeerClosed);
+            }
+            Some(Err(error)) => return Read::End(End::Io(error.to_string())),
+            Some(Ok(_)) => {}
+        }
+        let (kind, length) = match pdu::header(&header, limit) {
+            Ok(parsed) => parsed,
+            Err(error) => return Read::End(self.abort(End::Protocol(error.to_string())).await),
+        };
+        // The length was checked against `limit` before this allocation.
+        let mut body = vec![0u8; length as usize];
+        let read = self.stream.read_exact(&mut body);
+        match sleep_or(
+            self.context
+                .listener
+                .frame_timeout
+                .or(Some(ASSOCIATE_TIMEOUT)),
+            read,
+        )
+        .await
+        {
+            None => Read::End(self.abort(End::ObjectTimeout).await),
+            Some(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Read::End(End::PeerClosed)
+            }
+            Some(Err(error)) => Read::End(End::Io(error.to_string())),
+            Some(Ok(_)) => Read::Pdu(kind, body),
+        }
+    }
+
+    /// Answer the A-ASSOCIATE-RQ: accept the contexts we take, or reject the association.
+    async fn negotiate(&mut self, body: &[u8]) -> Result<(), End> {
+        let request = match pdu::parse_associate_rq(body) {
+            Ok(request) => request,
+            Err(error) => return Err(self.abort(End::Protocol(error.to_string())).await),
+        };
+        self.calling_ae.clone_from(&request.calling_ae);
+        self.called_ae.clone_from(&request.called_ae);
+        let settings = self.context.settings;
+        let rejection = if request.application_context != pdu::APPLICATION_CONTEXT {
+            Some(Rejection::APPLICATION_CONTEXT)
+        } else if request.called_ae != settings.ae_title {
+            Some(Rejection::CALLED_AE)
+        } else if settings
+            .allowed_callers
+            .as_ref()
+            .is_some_and(|allowed| !allowed.contains(&request.calling_ae))
+        {
+            Some(Rejection::CALLING_AE)
+        } else {
+            None
+        };
+        if let Some(rejection) = rejection {
+            let _ = self.write(&pdu::encode_associate_rj(rejection)).await;
+            return Err(End::Rejected(rejection));
+        }
+        let answers: Vec<ContextAnswer> = request
+            .contexts
+            .iter()
+            .map(|proposed| {
+                let supported = proposed.abstract_syntax == pdu::VERIFICATION
+                    || settings.sop_classes.contains(&proposed.abstract_syntax);
+                let chosen = choose_transfer_syntax(&proposed.transfer_syntaxes);
+                match (supported, chosen) {
+                    (false, _) => ContextAnswer {
+                        id: proposed.id,
+                        result: 3,
+                        transfer_syntax: dataset::IMPLICIT_VR_LITTLE_ENDIAN.to_owned(),
+                    },
+                    (true, None) => ContextAnswer {
+                        id: proposed.id,
+                        result: 4,
+                        transfer_syntax: dataset::IMPLICIT_VR_LITTLE_ENDIAN.to_owned(),
+                    },
+                    (true, Some(syntax)) => ContextAnswer {
+                        id: proposed.id,
+                        result: 0,
+                        transfer_syntax: syntax.to_owned(),
+                    },
+                }
+            })
+            .collect();
+        self.contexts = answers
+            .iter()
+            .filter(|answer| answer.result == 0)
+            .map(|answer| (answer.id, answer.transfer_syntax.clone()))
+            .collect();
+        self.peer_max_pdu = request.max_pdu;
+        let ac = AssociateAc {
+            called_ae: request.called_ae.clone(),
+            calling_ae: request.calling_ae.clone(),
+            contexts: answers,
+            max_pdu: settings.max_pdu_size,
+            implementation_class: IMPLEMENTATION_CLASS_UID.to_owned(),
+            implementation_version: IMPLEMENTATION_VERSION.to_owned(),
+        };
+        self.write(&pdu::encode_associate_ac(&ac)).await?;
+        self.context.stats.count_request();
+        debug!(peer = %self.peer, calling_ae = %request.calling_ae, accepted = self.contexts.len(), proposed = request.contexts.len(), "association accepted");
+        Ok(())
+    }
+
+    /// Commands and their data sets until the association ends.
+    async fn serve_messages(&mut self) -> End {
+        let max_pdu = self.context.settings.max_pdu_size;
+        let idle = self.context.listener.idle_timeout;
+        loop {
+            // A command: its fragments, up to MAX_COMMAND_LEN.
+            let mut command_bytes = Vec::new();
+            let mut context_id = 0u8;
+            loop {
+                match self.read_pdu(max_pdu, idle, command_bytes.is_empty()).await {
+                    Read::End(end) => return end,
+                    Read::Pdu(PduType::PData, body) => {
+                        let items = match pdu::pdvs(&body) {
+                            Ok(items) => items,
+                            Err(error) => {
+                                return self.abort(End::Protocol(error.to_string())).await;
+                            }
+                        };
+                        let mut complete = false;
+                        for item in items {
+                            if !item.command || complete {
+                                return self
+                                    .abort(End::Protocol(
+                                        "a data set fragment came before its command".to_owned(),
+                                    ))
+                                    .await;
+                            }
+                            context_id = item.context;
+                            if command_bytes.len() + item.data.len() > dimse::MAX_COMMAND_LEN {
+                                return self
+                                    .abort(End::Protocol("a command set is too long".to_owned()))
+                                    .await;
+                            }
+                            command_bytes.extend_from_slice(item.data);
+                            complete = item.last;
+                        }
+                        if complete {
+                            break;
+                        }
+                    }
+                    Read::Pdu(PduType::ReleaseRq, _) => {
+                        let _ = self.write(&pdu::release_rp()).await;
+                        let _ = self.stream.shutdown().await;
+                        return End::Released;
+                    }
+                    Read::Pdu(PduType::Abort, _) => return End::Aborted,
+                    Read::Pdu(other, _) => {
+                        return self
+                            .abort(End::Protocol(format!("unexpected {other:?} PDU")))
+                            .await;
+                    }
+                }
+            }
+            let Some(command) = dimse::parse(&command_bytes) else {
+                return self
+                    .abort(End::Protocol("a command set is not readable".to_owned()))
+                    .await;
+            };
+            let Some(transfer_syntax) = self
+                .contexts
+                .iter()
+                .find(|(id, _)| *id == context_id)
+                .map(|(_, syntax)| syntax.clone())
+            else {
+                return self
+                    .abort(End::Protocol(
+                        "a command on a presentation context that was not accepted".to_owned(),
+                    ))
+                    .await;
+            };
+            let answer = match command.field {
+                dimse::C_ECHO_RQ => {
+                    dimse::response(&command, dimse::C_ECHO_RSP, dimse::SUCCESS, "")
+                }
+                dimse::C_STORE_RQ if command.has_data_set() => {
+                    match self.store(&command, context_id, transfer_syntax).await {
+                        Ok(answer) => answer,
+                        Err(end) => return end,
+                    }
+                }
+                other => {
+                    return self
+                        .abort(End::Protocol(format!(
+                            "DIMSE command 0x{other:04x} is not served here"
+                        )))
+                        .await;
+                }
+            };
+            for pdu in pdu::encode_pdata(context_id, true, &answer, self.peer_max_pdu) {
+                if let Err(end) = self.write(&pdu).await {
+                    return end;
+                }
+            }
+        }
+    }
+
+    /// Receive a C-STORE's data set and store it: the response's command set.
+    async fn store(
+        &mut self,
+        command: &Command,
+        context_id: u8,
+        transfer_syntax: String,
+    ) -> Result<Vec<u8>, End> {
+        let settings = self.context.settings;
+        let max_pdu = settings.max_pdu_size;
+        let started = Instant::now();
+        let deadline = self
+            .context
+            .listener
+            .frame_timeout
+            .map(|limit| started + limit);
+        let mut share = super::budget::Share::new(Arc::clone(self.context.budget));
+        let mut data = Vec::new();
+        let mut oversized = false;
+        loop {
+            let remaining =
+                deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+            if remaining.is_some_and(|left| left.is_zero()) {
+                return Err(self.abort(End::ObjectTimeout).await);
+            }
+            let body = match self.read_pdu(max_pdu, remaining, false).await {
+                Read::End(End::IdleTimeout) => return Err(End::ObjectTimeout),
+                Read::End(end) => return Err(end),
+                Read::Pdu(PduType::PData, body) => body,
+                Read::Pdu(PduType::Abort, _) => return Err(End::Aborted),
+                Read::Pdu(other, _) => {
+                    return Err(self
+                        .abort(End::Protocol(format!(
+                            "unexpected {other:?} PDU within a data set"
+                        )))
+                        .await);
+                }
+            };
+            let items = match pdu::pdvs(&body) {
+                Ok(items) => items,
+                Err(error) => return Err(self.abort(End::Protocol(error.to_string())).await),
+            };
+            let mut last = false;
+            for item in items {
+                if item.command || item.context != context_id || last {
+                    return Err(self
+                        .abort(End::Protocol("a data set fragment out of place".to_owned()))
+                        .await);
+                }
+                last = item.last;
+                if oversized {
+                    continue;
+                }
+                if data.len() + item.data.len() > settings.max_object_size {
+                    // Read to the end and discarded: the object is answered, not stored.
+                    oversized = true;
+                    data = Vec::new();
+                    share.release();
+                    continue;
+                }
+                share
+                    .cover(data.len() + item.data.len(), || {
+                        debug!("waiting for max_frame_memory before receiving more of an object");
+                    })
+                    .await;
+                data.extend_from_slice(item.data);
+            }
+            if last {
+                break;
+            }
+        }
+        if oversized {
+            self.context
+                .stats
+                .oversize_frames
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(peer = %self.peer, calling_ae = %self.calling_ae, sop_instance_uid = %command.sop_instance, limit = settings.max_object_size, "object refused: larger than max_object_size; nothing was stored");
+            return Ok(dimse::response(
+                command,
+                dimse::C_STORE_RSP,
+                dimse::OUT_OF_RESOURCES,
+                "object larger than max_object_size",
+            ));
+        }
+        let object = ReceivedObject {
+            data_set: data,
+            sop_class: command.sop_class.clone(),
+            sop_instance: command.sop_instance.clone(),
+            transfer_syntax,
+            calling_ae: self.calling_ae.clone(),
+            called_ae: self.called_ae.clone(),
+        };
+        let outcome = self
+            .context
+            .ingest
+            .handle_object(object, self.peer, self.identity.as_ref())
+            .await;
+        drop(share);
+        if outcome.status == dimse::SUCCESS {
+            self.context
+                .stats
+                .count_answer(crate::hl7::AckCode::AA, true);
+            debug!(peer = %self.peer, calling_ae = %self.calling_ae, sop_instance_uid = %command.sop_instance, message_id = outcome.message_id, duplicate = outcome.duplicate, "object stored");
+        } else {
+            self.context
+                .stats
+                .count_answer(crate::hl7::AckCode::AE, true);
+            warn!(peer = %self.peer, calling_ae = %self.calling_ae, sop_instance_uid = %command.sop_instance, status = format_args!("0x{:04X}", outcome.status), reason = %outcome.comment, "object not stored");
+        }
+        Ok(dimse::response(
+            command,
+            dimse::C_STORE_RSP,
+            outcome.status,
+            &outcome.comment,
+        ))
+    }
+}
+
+/// The transfer syntax to accept of those proposed: Explicit VR Little Endian, then
+/// Implicit, then the first compressed one (carried as opaque bytes).
+fn choose_transfer_syntax(proposed: &[String]) -> Option<&str> {
+    [
+        dataset::EXPLICIT_VR_LITTLE_ENDIAN,
+        dataset::IMPLICIT_VR_LITTLE_ENDIAN,
+    ]
+    .into_iter()
+    .find(|syntax| proposed.iter().any(|offered| offered == syntax))
+    .or_else(|| {
+        proposed
+            .iter()
+            .map(String::as_str)
+            .find(|offered| dataset::is_compressed(offered))
+    })
+}
+
+/// `future` within `limit` (`None`: no limit); `None` when the limit passed.
+async fn sleep_or<F: std::future::Future>(limit: Option<Duration>, future: F) -> Option<F::Output> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_little_endian_is_preferred_and_compressed_ones_are_taken() {
+        let offered = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            choose_transfer_syntax(&offered(&["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])),
+            Some("1.2.840.10008.1.2.1")
+        );
+        assert_eq!(
+            choose_transfer_syntax(&offered(&["1.2.840.10008.1.2.4.90"])),
+            Some("1.2.840.10008.1.2.4.90")
+        );
+        assert_eq!(
+            choose_transfer_syntax(&offered(&["1.2.840.10008.1.2.2"])),
+            None
+        );
+    }
+}
