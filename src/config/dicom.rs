@@ -13,6 +13,8 @@ pub const DICOM_LIST_KEYS: [&str; 2] = ["allowed_callers", "sop_classes"];
 const DEFAULT_AE_TITLE: &str = "MFOUNDRY";
 const DEFAULT_MAX_OBJECT: u64 = 64 << 20;
 const DEFAULT_MAX_PDU: u64 = 64 << 10;
+/// The largest object a listener may take.
+const MAX_OBJECT: u64 = 4 << 30;
 /// A PDU this side receives is at least this long (the standard's smallest useful).
 const MIN_PDU: u64 = 4 << 10;
 /// ... and at most this (a larger PDU is one allocation per read).
@@ -34,15 +36,6 @@ fn ae_title_problem(title: &str) -> Option<String> {
         return Some("an AE title is printable ASCII without a backslash".to_owned());
     }
     None
-}
-
-/// Whether `uid` is a UID: digits and dots, at most 64 characters, no empty component.
-fn is_uid(uid: &str) -> bool {
-    !uid.is_empty()
-        && uid.len() <= 64
-        && uid
-            .split('.')
-            .all(|part| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit()))
 }
 
 /// Resolve a dicom entry's keys; `problem(value, key, text)` reports one.
@@ -97,7 +90,7 @@ pub(super) fn resolve(
             .iter()
             .filter_map(|class| {
                 let uid = class.value.trim().to_owned();
-                if is_uid(&uid) {
+                if crate::dicom::is_uid(&uid) {
                     Some(uid)
                 } else {
                     problem(Some(class), "sop_classes", "expected a SOP class UID such as 1.2.840.10008.5.1.4.1.1.2 (digits and dots)".to_owned());
@@ -119,6 +112,14 @@ pub(super) fn resolve(
     };
     let max_object_size = size("max_object_size", DEFAULT_MAX_OBJECT);
     let max_pdu_size = size("max_pdu_size", DEFAULT_MAX_PDU);
+    if max_object_size.is_some_and(|size| size > MAX_OBJECT) {
+        problem(
+            get("max_object_size"),
+            "max_object_size",
+            "must be at most 4GiB (DICOM lengths are 32-bit)".to_owned(),
+        );
+        ok = false;
+    }
     if max_object_size == Some(0) {
         problem(
             get("max_object_size"),

@@ -421,6 +421,13 @@ pub struct ConnectorFile {
     pub ack_timeout: Option<String>,
     /// `mllp`: what an AR/CR answer means: `dead_letter` (default) or `retry`.
     pub on_reject: Option<String>,
+    /// dicom: the peer's (called) AE title.
+    pub ae_title: Option<String>,
+    /// dicom: mfoundry's (calling) AE title towards the peer; default `MFOUNDRY`.
+    pub calling_ae_title: Option<String>,
+    /// dicom: how long to wait for the association's acceptance and each C-STORE response
+    /// (Go duration; default 60s).
+    pub response_timeout: Option<String>,
     /// `http`: the method (default `POST`).
     pub method: Option<String>,
     /// `http`: extra request headers.

@@ -92,12 +92,15 @@ impl Syntax {
 }
 
 /// Whether a transfer syntax is one of the compressed (encapsulated pixel data) ones: JPEG,
-/// JPEG-LS, JPEG 2000, HTJ2K, JPEG XL, MPEG, HEVC (1.2.840.10008.1.2.4.x) and RLE
-/// (1.2.840.10008.1.2.5).
+/// JPEG-LS, JPEG 2000, HTJ2K, JPEG XL, MPEG, HEVC (1.2.840.10008.1.2.4.x but .95, which
+/// deflates) and RLE (1.2.840.10008.1.2.5).
 pub fn is_compressed(transfer_syntax: &str) -> bool {
+    // 1.2.840.10008.1.2.4.95 (JPIP Referenced Deflate) deflates the data set: not readable.
     transfer_syntax
         .strip_prefix("1.2.840.10008.1.2.4.")
-        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+        .is_some_and(|rest| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) && rest != "95"
+        })
         || transfer_syntax == "1.2.840.10008.1.2.5"
 }
 
@@ -270,6 +273,9 @@ fn long_form(vr: [u8; 2]) -> bool {
     )
 }
 
+/// Reads elements. Every read names the end of what encloses it (`limit`): a defined
+/// length's end, or the enclosing one's for an undefined length, so nothing is read twice
+/// or past its container, and the work is linear in the bytes.
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -277,33 +283,54 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn u16(&self, at: usize) -> Option<u16> {
-        let b = self.bytes.get(at..at.checked_add(2)?)?;
+    /// `n` bytes at `at`, all before `limit`.
+    fn get(&self, at: usize, n: usize, limit: usize) -> Option<&'a [u8]> {
+        let end = at.checked_add(n)?;
+        if end > limit {
+            return None;
+        }
+        self.bytes.get(at..end)
+    }
+    fn u16(&self, at: usize, limit: usize) -> Option<u16> {
+        let b = self.get(at, 2, limit)?;
         Some(u16::from_le_bytes([b[0], b[1]]))
     }
-    fn u32(&self, at: usize) -> Option<u32> {
-        let b = self.bytes.get(at..at.checked_add(4)?)?;
+    fn u32(&self, at: usize, limit: usize) -> Option<u32> {
+        let b = self.get(at, 4, limit)?;
         Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn tag(&self) -> Option<Tag> {
-        Some((self.u16(self.at)?, self.u16(self.at + 2)?))
+    /// A tag and a 4-byte length at the cursor (an item, a delimiter, Implicit VR).
+    fn tag_and_length(&self, limit: usize) -> Option<(Tag, u32)> {
+        Some((
+            (self.u16(self.at, limit)?, self.u16(self.at + 2, limit)?),
+            self.u32(self.at + 4, limit)?,
+        ))
     }
 
-    /// Elements until `end` (a defined length) or an item delimiter (undefined length), or
-    /// the pixel data at the top level.
+    fn count(&mut self) -> Result<(), DatasetError> {
+        self.elements += 1;
+        if self.elements > MAX_ELEMENTS {
+            return Err(DatasetError::TooManyElements);
+        }
+        Ok(())
+    }
+
+    /// Elements until `end` (a defined length) or an item delimiter (an undefined length,
+    /// which must come before `limit`), or the pixel data at the top level.
     fn data_set(
         &mut self,
         end: Option<usize>,
+        limit: usize,
         syntax: Syntax,
         depth: usize,
     ) -> Result<DataSet<'a>, DatasetError> {
         if depth > MAX_DEPTH {
             return Err(DatasetError::TooDeep);
         }
+        let limit = end.unwrap_or(limit);
         let mut set = DataSet::default();
         loop {
-            let limit = end.unwrap_or(self.bytes.len());
             if self.at >= limit {
                 if end.is_none() && depth > 0 {
                     // An undefined-length item without its delimiter: the data ended.
@@ -311,19 +338,24 @@ impl<'a> Reader<'a> {
                 }
                 return Ok(set);
             }
-            let tag = self.tag().ok_or(DatasetError::Truncated(0, 0))?;
+            let tag = (
+                self.u16(self.at, limit)
+                    .ok_or(DatasetError::Truncated(0, 0))?,
+                self.u16(self.at + 2, limit)
+                    .ok_or(DatasetError::Truncated(0, 0))?,
+            );
             if tag == ITEM_END {
                 self.at += 8;
+                if self.at > limit {
+                    return Err(DatasetError::Truncated(tag.0, tag.1));
+                }
                 return Ok(set);
             }
             if depth == 0 && tag == PIXEL_DATA {
                 // Carried, never decoded: reading stops here.
                 return Ok(set);
             }
-            self.elements += 1;
-            if self.elements > MAX_ELEMENTS {
-                return Err(DatasetError::TooManyElements);
-            }
+            self.count()?;
             let element = self.element(tag, syntax, depth, limit)?;
             set.elements.push(element);
         }
@@ -339,23 +371,17 @@ impl<'a> Reader<'a> {
         let truncated = || DatasetError::Truncated(tag.0, tag.1);
         let (vr, length, header) = match syntax {
             Syntax::ExplicitLittle if tag.0 != 0xFFFE => {
-                let vr_bytes = self
-                    .bytes
-                    .get(self.at + 4..self.at + 6)
-                    .ok_or_else(truncated)?;
+                let vr_bytes = self.get(self.at + 4, 2, limit).ok_or_else(truncated)?;
                 let vr = [vr_bytes[0], vr_bytes[1]];
                 if long_form(vr) {
-                    (vr, self.u32(self.at + 8).ok_or_else(truncated)?, 12)
+                    (vr, self.u32(self.at + 8, limit).ok_or_else(truncated)?, 12)
                 } else {
-                    (
-                        vr,
-                        u32::from(self.u16(self.at + 6).ok_or_else(truncated)?),
-                        8,
-                    )
+                    let length = self.u16(self.at + 6, limit).ok_or_else(truncated)?;
+                    (vr, u32::from(length), 8)
                 }
             }
             _ => {
-                let length = self.u32(self.at + 4).ok_or_else(truncated)?;
+                let length = self.u32(self.at + 4, limit).ok_or_else(truncated)?;
                 let vr = if length == UNDEFINED || KNOWN_SEQUENCES.contains(&tag) {
                     *b"SQ"
                 } else {
@@ -367,7 +393,7 @@ impl<'a> Reader<'a> {
         self.at += header;
         if length == UNDEFINED {
             if tag == PIXEL_DATA || (&vr != b"SQ" && &vr != b"UN") {
-                self.skip_fragments(tag)?;
+                self.skip_fragments(tag, limit)?;
                 return Ok(Element {
                     tag,
                     vr,
@@ -380,7 +406,7 @@ impl<'a> Reader<'a> {
             } else {
                 syntax
             };
-            let items = self.items(tag, None, inner, depth)?;
+            let items = self.items(tag, None, limit, inner, depth)?;
             return Ok(Element {
                 tag,
                 vr: *b"SQ",
@@ -394,8 +420,7 @@ impl<'a> Reader<'a> {
             .filter(|end| *end <= limit)
             .ok_or_else(truncated)?;
         if &vr == b"SQ" {
-            let items = self.items(tag, Some(end), syntax, depth)?;
-            self.at = end;
+            let items = self.items(tag, Some(end), end, syntax, depth)?;
             return Ok(Element {
                 tag,
                 vr,
@@ -411,65 +436,66 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// A sequence's items, until `end` or the sequence delimiter.
+    /// A sequence's items, until `end` (a defined length, reached exactly) or the sequence
+    /// delimiter (before `limit`).
     fn items(
         &mut self,
         sequence: Tag,
         end: Option<usize>,
+        limit: usize,
         syntax: Syntax,
         depth: usize,
     ) -> Result<Vec<DataSet<'a>>, DatasetError> {
+        let truncated = || DatasetError::Truncated(sequence.0, sequence.1);
+        let limit = end.unwrap_or(limit);
         let mut items = Vec::new();
         loop {
-            if let Some(end) = end
-                && self.at >= end
-            {
-                return Ok(items);
+            if end.is_some() && self.at >= limit {
+                return if self.at == limit {
+                    Ok(items)
+                } else {
+                    Err(truncated())
+                };
             }
-            let tag = self
-                .tag()
-                .ok_or(DatasetError::Truncated(sequence.0, sequence.1))?;
-            let length = self
-                .u32(self.at + 4)
-                .ok_or(DatasetError::Truncated(sequence.0, sequence.1))?;
+            let (tag, length) = self.tag_and_length(limit).ok_or_else(truncated)?;
             self.at += 8;
+            self.count()?;
             match tag {
                 SEQUENCE_END => return Ok(items),
                 ITEM if length == UNDEFINED => {
-                    items.push(self.data_set(None, syntax, depth + 1)?);
+                    items.push(self.data_set(None, limit, syntax, depth + 1)?);
                 }
                 ITEM => {
                     let item_end = self
                         .at
-                        .checked_add(usize::try_from(length).unwrap_or(usize::MAX))
-                        .filter(|item_end| *item_end <= end.unwrap_or(self.bytes.len()))
-                        .ok_or(DatasetError::Truncated(sequence.0, sequence.1))?;
-                    items.push(self.data_set(Some(item_end), syntax, depth + 1)?);
-                    self.at = item_end;
+                        .checked_add(usize::try_from(length).map_err(|_| truncated())?)
+                        .filter(|item_end| *item_end <= limit)
+                        .ok_or_else(truncated)?;
+                    items.push(self.data_set(Some(item_end), item_end, syntax, depth + 1)?);
+                    if self.at != item_end {
+                        return Err(truncated());
+                    }
                 }
                 _ => return Err(DatasetError::NotAnItem(sequence.0, sequence.1)),
-            }
-            self.elements += 1;
-            if self.elements > MAX_ELEMENTS {
-                return Err(DatasetError::TooManyElements);
             }
         }
     }
 
-    /// Skip encapsulated fragments up to and including the sequence delimiter.
-    fn skip_fragments(&mut self, tag: Tag) -> Result<(), DatasetError> {
+    /// Skip encapsulated fragments up to and including the sequence delimiter, all before
+    /// `limit`; each fragment counts as an element.
+    fn skip_fragments(&mut self, tag: Tag, limit: usize) -> Result<(), DatasetError> {
         let truncated = || DatasetError::Truncated(tag.0, tag.1);
         loop {
-            let item = self.tag().ok_or_else(truncated)?;
-            let length = self.u32(self.at + 4).ok_or_else(truncated)?;
+            let (item, length) = self.tag_and_length(limit).ok_or_else(truncated)?;
             self.at += 8;
+            self.count()?;
             match item {
                 SEQUENCE_END => return Ok(()),
                 ITEM if length != UNDEFINED => {
                     self.at = self
                         .at
                         .checked_add(usize::try_from(length).map_err(|_| truncated())?)
-                        .filter(|end| *end <= self.bytes.len())
+                        .filter(|end| *end <= limit)
                         .ok_or_else(truncated)?;
                 }
                 _ => return Err(DatasetError::NotAnItem(tag.0, tag.1)),
@@ -485,7 +511,7 @@ pub fn parse(bytes: &[u8], syntax: Syntax) -> Result<DataSet<'_>, DatasetError> 
         at: 0,
         elements: 0,
     };
-    reader.data_set(None, syntax, 0)
+    reader.data_set(None, bytes.len(), syntax, 0)
 }
 
 /// Encoding data sets (for tests and the bench): elements written in either syntax.
@@ -495,6 +521,13 @@ pub mod write {
     /// One element in `syntax`, its value padded to even length (`pad`).
     pub fn element(out: &mut Vec<u8>, syntax: Syntax, tag: Tag, vr: &[u8; 2], value: &[u8]) {
         let pad = if vr == b"UI" || vr == b"OB" { 0 } else { b' ' };
+        // A short-form value is at most 65,534 bytes (even): longer is cut, never written
+        // with a wrong length (callers write checked UIDs and titles).
+        let value = if syntax == Syntax::ExplicitLittle && !long_form(*vr) {
+            &value[..value.len().min(usize::from(u16::MAX) - 1)]
+        } else {
+            value
+        };
         let mut value = value.to_vec();
         if value.len() % 2 == 1 {
             value.push(pad);
@@ -630,6 +663,35 @@ mod tests {
     }
 
     #[test]
+    fn an_undefined_item_cannot_read_past_its_defined_container() {
+        // A sequence of defined length 8 whose one item has an undefined length: the item's
+        // delimiter would have to lie beyond the sequence's end.
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&[0x40, 0x00, 0x30, 0xA7, b'S', b'Q', 0, 0]);
+        bytes.extend_from_slice(&8u32.to_le_bytes());
+        bytes.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0]);
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        bytes.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        assert!(parse(&bytes, Syntax::ExplicitLittle).is_err());
+    }
+
+    #[test]
+    fn fragments_count_as_elements() {
+        // Encapsulated fragments of an OB other than the pixel data (where reading stops).
+        let mut item = Vec::new();
+        item.extend_from_slice(&[0x09, 0x00, 0x10, 0x00, b'O', b'B', 0, 0]);
+        item.extend_from_slice(&u32::MAX.to_le_bytes());
+        for _ in 0..(MAX_ELEMENTS + 1) {
+            item.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]);
+        }
+        item.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        assert_eq!(
+            parse(&item, Syntax::ExplicitLittle),
+            Err(DatasetError::TooManyElements)
+        );
+    }
+
+    #[test]
     fn transfer_syntaxes_are_recognised() {
         assert_eq!(
             Syntax::of("1.2.840.10008.1.2"),
@@ -641,6 +703,7 @@ mod tests {
         );
         assert_eq!(Syntax::of("1.2.840.10008.1.2.2"), None);
         assert_eq!(Syntax::of("1.2.840.10008.1.2.1.99"), None);
+        assert_eq!(Syntax::of("1.2.840.10008.1.2.4.95"), None);
         assert!(!is_compressed("1.2.840.10008.1.2.4."));
     }
 

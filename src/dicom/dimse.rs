@@ -17,7 +17,7 @@ pub const NO_DATA_SET: u16 = 0x0101;
 pub const SUCCESS: u16 = 0x0000;
 /// Out of resources (storage failure).
 pub const OUT_OF_RESOURCES: u16 = 0xA700;
-/// Data set does not match SOP class (used for an object refused by its size).
+/// Data set does not match SOP class (the data set's UIDs are not the request's).
 pub const DATA_SET_DOES_NOT_MATCH: u16 = 0xA900;
 /// Cannot understand.
 pub const CANNOT_UNDERSTAND: u16 = 0xC000;

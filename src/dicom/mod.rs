@@ -9,3 +9,13 @@ pub mod object;
 pub mod pdu;
 
 pub use object::{Identifiers, is_dicom};
+
+/// Whether `uid` is a UID (PS3.5 §9.1): 1 to 64 characters, digits and dots, no empty
+/// component.
+pub fn is_uid(uid: &str) -> bool {
+    !uid.is_empty()
+        && uid.len() <= 64
+        && uid
+            .split('.')
+            .all(|part| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit()))
+}

@@ -15,18 +15,23 @@ pub const IMPLEMENTATION_VERSION: &str = "MFOUNDRY";
 const PREAMBLE_LEN: usize = 128;
 const PREFIX: &[u8; 4] = b"DICM";
 
-/// Whether `body` is a stored DICOM object (a Part 10 file), not an HL7 message.
+/// Whether `body` is a stored DICOM object (a Part 10 file: `DICM` after the preamble, the
+/// file meta group next), not an HL7 message.
 pub fn is_dicom(body: &[u8]) -> bool {
-    body.get(PREAMBLE_LEN..PREAMBLE_LEN + 4) == Some(PREFIX)
+    let hl7 = [b"MSH", b"FHS", b"BHS"]
+        .iter()
+        .any(|header| body.starts_with(*header));
+    !hl7 && body.get(PREAMBLE_LEN..PREAMBLE_LEN + 6)
+        == Some(&[b'D', b'I', b'C', b'M', 0x02, 0x00][..])
 }
 
-/// Write the Part 10 file for a data set received with `transfer_syntax`.
-pub fn part10(
+/// The start of the Part 10 file for a data set received with `transfer_syntax`: the
+/// preamble, `DICM` and mfoundry's file meta group. The data set follows it unchanged.
+pub fn part10_prefix(
     sop_class: &str,
     sop_instance: &str,
     transfer_syntax: &str,
     source_ae: &str,
-    data_set: &[u8],
 ) -> Vec<u8> {
     let syntax = Syntax::ExplicitLittle;
     let mut meta = Vec::new();
@@ -75,7 +80,7 @@ pub fn part10(
             source_ae.as_bytes(),
         );
     }
-    let mut out = Vec::with_capacity(PREAMBLE_LEN + 4 + 12 + meta.len() + data_set.len());
+    let mut out = Vec::with_capacity(PREAMBLE_LEN + 4 + 12 + meta.len());
     out.extend_from_slice(&[0; PREAMBLE_LEN]);
     out.extend_from_slice(PREFIX);
     dataset::write::element(
@@ -86,6 +91,18 @@ pub fn part10(
         &u32::try_from(meta.len()).unwrap_or(0).to_le_bytes(),
     );
     out.extend_from_slice(&meta);
+    out
+}
+
+/// The whole Part 10 file for a data set ([`part10_prefix`] and the data set).
+pub fn part10(
+    sop_class: &str,
+    sop_instance: &str,
+    transfer_syntax: &str,
+    source_ae: &str,
+    data_set: &[u8],
+) -> Vec<u8> {
+    let mut out = part10_prefix(sop_class, sop_instance, transfer_syntax, source_ae);
     out.extend_from_slice(data_set);
     out
 }
@@ -128,8 +145,9 @@ pub fn read_part10(bytes: &[u8]) -> Option<Stored<'_>> {
     })
 }
 
-/// What filters, listings and searches see of an object.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What filters, listings and searches see of an object. Its `Debug` shows the UIDs and
+/// titles only: the patient's values never reach a log by accident.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Identifiers {
     /// (0008,0060) Modality.
     pub modality: String,
@@ -159,6 +177,19 @@ pub struct Identifiers {
     pub called_ae: String,
     /// The transfer syntax it was received in.
     pub transfer_syntax: String,
+}
+
+impl std::fmt::Debug for Identifiers {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Identifiers")
+            .field("modality", &self.modality)
+            .field("sop_class_uid", &self.sop_class_uid)
+            .field("sop_instance_uid", &self.sop_instance_uid)
+            .field("calling_ae", &self.calling_ae)
+            .field("called_ae", &self.called_ae)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The `dicom` keys CEL sees, in this order ([`Identifiers::cel_values`]).
@@ -255,7 +286,7 @@ impl Identifiers {
             format!("{}^^^{}", esc(&self.patient_id), esc(&self.issuer))
         };
         format!(
-            "MSH|^~\\&|{}||{}||{}||DICOM^{}|{}|P||||||||UNICODE UTF-8\rPID|||{}||{}||{}|{}\r",
+            "MSH|^~\\&|{}||{}||{}||DICOM^{}|{}|P|||||||UNICODE UTF-8\rPID|||{}||{}||{}|{}\r",
             esc(&self.calling_ae),
             esc(&self.called_ae),
             received,
@@ -313,6 +344,7 @@ mod tests {
         assert_eq!(message.header_component(9, 1), b"DICOM");
         assert_eq!(message.header_component(9, 2), b"CT");
         assert_eq!(message.header_component(3, 1), b"CT1");
+        assert_eq!(message.header_field(18), b"UNICODE UTF-8");
         let path = |text: &str| text.parse::<crate::hl7::FieldPath>().expect("in the test");
         assert_eq!(
             message.get(&path("MSH-10")).expect("in the test"),

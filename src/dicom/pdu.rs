@@ -11,6 +11,8 @@ use std::fmt;
 pub const HEADER_LEN: usize = 6;
 /// The DICOM application context name.
 pub const APPLICATION_CONTEXT: &str = "1.2.840.10008.3.1.1.1";
+/// Most presentation contexts an association has (their ids are the odd numbers 1–255).
+pub const MAX_CONTEXTS: usize = 128;
 /// The Verification SOP class (C-ECHO).
 pub const VERIFICATION: &str = "1.2.840.10008.1.1";
 
@@ -242,6 +244,11 @@ pub fn parse_associate_rq(body: &[u8]) -> Result<AssociateRq, PduError> {
                         0x40 => context.transfer_syntaxes.push(text(value)),
                         _ => {}
                     }
+                }
+                if request.contexts.len() >= MAX_CONTEXTS {
+                    return Err(PduError::Malformed(
+                        "A-ASSOCIATE-RQ: more than 128 presentation contexts",
+                    ));
                 }
                 request.contexts.push(context);
             }

@@ -17,11 +17,13 @@ use crate::outbox::{
 };
 use crate::rules::Validation;
 
-/// One object received by C-STORE.
-#[derive(Debug)]
+/// One object received by C-STORE: the file to store (mfoundry's Part 10 meta, built from
+/// the request, then the data set as received).
 pub struct ReceivedObject {
-    /// The data set, as received.
-    pub data_set: Vec<u8>,
+    /// The Part 10 file: [`crate::dicom::object::part10_prefix`] and the data set.
+    pub file: Vec<u8>,
+    /// Where the data set starts in `file`.
+    pub data_start: usize,
     /// The request's AffectedSOPClassUID.
     pub sop_class: String,
     /// The request's AffectedSOPInstanceUID.
@@ -32,6 +34,26 @@ pub struct ReceivedObject {
     pub calling_ae: String,
     /// Its called AE title.
     pub called_ae: String,
+}
+
+impl std::fmt::Debug for ReceivedObject {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ReceivedObject")
+            .field("bytes", &self.file.len())
+            .field("sop_class", &self.sop_class)
+            .field("sop_instance", &self.sop_instance)
+            .field("transfer_syntax", &self.transfer_syntax)
+            .field("calling_ae", &self.calling_ae)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReceivedObject {
+    /// The data set, as received.
+    pub fn data_set(&self) -> &[u8] {
+        self.file.get(self.data_start..).unwrap_or_default()
+    }
 }
 
 /// What became of an object: the C-STORE status to answer and what to log.
@@ -66,19 +88,24 @@ fn read(object: &ReceivedObject) -> Result<Identifiers, ObjectOutcome> {
             "transfer syntax not readable",
         ));
     };
-    let set = dataset::parse(&object.data_set, syntax)
+    let set = dataset::parse(object.data_set(), syntax)
         .map_err(|error| ObjectOutcome::failed(dimse::CANNOT_UNDERSTAND, error.to_string()))?;
     let mut identifiers = Identifiers::read(&set, &object.sop_class, &object.sop_instance);
-    if identifiers.sop_instance_uid.is_empty() {
+    // The stored file's meta was written from the request: the data set must agree.
+    if !crate::dicom::is_uid(&identifiers.sop_instance_uid)
+        || !crate::dicom::is_uid(&identifiers.sop_class_uid)
+    {
         return Err(ObjectOutcome::failed(
             dimse::CANNOT_UNDERSTAND,
-            "no SOP Instance UID",
+            "SOP Class or Instance UID is not a UID",
         ));
     }
-    if !object.sop_instance.is_empty() && identifiers.sop_instance_uid != object.sop_instance {
+    if identifiers.sop_instance_uid != object.sop_instance
+        || identifiers.sop_class_uid != object.sop_class
+    {
         return Err(ObjectOutcome::failed(
             dimse::DATA_SET_DOES_NOT_MATCH,
-            "SOP Instance UID differs from the request's",
+            "SOP Class or Instance UID differs from the request's",
         ));
     }
     identifiers.calling_ae.clone_from(&object.calling_ae);
@@ -219,13 +246,14 @@ impl Ingest {
             }
         };
         let accepted = disposition != Disposition::Error;
-        let body = object::part10(
-            &identifiers.sop_class_uid,
-            &identifiers.sop_instance_uid,
-            &object.transfer_syntax,
-            &object.calling_ae,
-            &object.data_set,
-        );
+        let key = accepted.then(|| {
+            ObjectKey::new(
+                &decider.listener,
+                &identifiers.sop_instance_uid,
+                object.data_set(),
+            )
+        });
+        let body = object.file;
         let record = MessageRecord {
             received_at_micros,
             peer: peer.to_string(),
@@ -249,8 +277,7 @@ impl Ingest {
             copies,
             order_keys,
             patient: patient_values(&view, Charset::UTF_8),
-            object: accepted
-                .then(|| ObjectKey::new(&identifiers.sop_instance_uid, &object.data_set)),
+            object: key,
         };
         match self.outbox.append(new_message).await {
             Ok(Appended::Stored { id }) if accepted => {
@@ -276,17 +303,12 @@ impl Ingest {
             },
             Err(error) => {
                 tracing::error!(error = %crate::outbox::Chain(&error), sop_instance_uid = %identifiers.sop_instance_uid, "DICOM object could not be stored; answering out of resources");
-                if accepted {
-                    ObjectOutcome::failed(
-                        dimse::OUT_OF_RESOURCES,
-                        "could not be stored; send it again",
-                    )
-                } else {
-                    ObjectOutcome::failed(
-                        PROCESSING_FAILURE,
-                        "a routing filter could not be evaluated",
-                    )
-                }
+                // Nothing is recorded: the sender may try again (a refused object too, whose
+                // refusal could not be kept).
+                ObjectOutcome::failed(
+                    dimse::OUT_OF_RESOURCES,
+                    "could not be stored; send it again",
+                )
             }
         }
     }

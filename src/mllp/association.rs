@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::dicom::dataset;
 use crate::dicom::dimse::{self, Command};
-use crate::dicom::object::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION};
+use crate::dicom::object::{self, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION};
 use crate::dicom::pdu::{self, AssociateAc, ContextAnswer, PduType, Rejection};
 use crate::ingest::{Ingest, ReceivedObject};
 
@@ -183,8 +183,8 @@ struct Association<'a, 'c, S> {
     peer: SocketAddr,
     identity: Option<crate::tls::PeerIdentity>,
     context: &'a Context<'c>,
-    /// Accepted presentation contexts: id and transfer syntax.
-    contexts: Vec<(u8, String)>,
+    /// Accepted presentation contexts: id, abstract syntax, transfer syntax.
+    contexts: Vec<(u8, String, String)>,
     peer_max_pdu: u32,
     calling_ae: String,
     called_ae: String,
@@ -202,7 +202,7 @@ where
 {
     async fn run(&mut self) -> End {
         match self
-            .read_pdu(MAX_ASSOCIATE_RQ, Some(ASSOCIATE_TIMEOUT), false)
+            .read_pdu(MAX_ASSOCIATE_RQ, Some(ASSOCIATE_TIMEOUT), None, false)
             .await
         {
             Read::Pdu(PduType::AssociateRq, body) => {
@@ -243,12 +243,14 @@ where
         end
     }
 
-    /// Read one PDU whose body is at most `limit` bytes, within `timeout` (idle), or until
-    /// shutdown when `stop_on_shutdown` (between messages).
+    /// Read one PDU whose body is at most `limit` bytes: its header within `timeout` (idle),
+    /// its body within `body_timeout` (default `frame_timeout`), or until shutdown when
+    /// `stop_on_shutdown` (between messages).
     async fn read_pdu(
         &mut self,
         limit: u32,
         timeout: Option<Duration>,
+        body_timeout: Option<Duration>,
         stop_on_shutdown: bool,
     ) -> Read {
         let mut header = [0u8; pdu::HEADER_LEN];
@@ -276,15 +278,10 @@ where
         // The length was checked against `limit` before this allocation.
         let mut body = vec![0u8; length as usize];
         let read = self.stream.read_exact(&mut body);
-        match sleep_or(
-            self.context
-                .listener
-                .frame_timeout
-                .or(Some(ASSOCIATE_TIMEOUT)),
-            read,
-        )
-        .await
-        {
+        let body_timeout = body_timeout
+            .or(self.context.listener.frame_timeout)
+            .or(Some(ASSOCIATE_TIMEOUT));
+        match sleep_or(body_timeout, read).await {
             None => Read::End(self.abort(End::ObjectTimeout).await),
             Some(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
                 Read::End(End::PeerClosed)
@@ -349,7 +346,17 @@ where
         self.contexts = answers
             .iter()
             .filter(|answer| answer.result == 0)
-            .map(|answer| (answer.id, answer.transfer_syntax.clone()))
+            .filter_map(|answer| {
+                let proposed = request
+                    .contexts
+                    .iter()
+                    .find(|context| context.id == answer.id)?;
+                Some((
+                    answer.id,
+                    proposed.abstract_syntax.clone(),
+                    answer.transfer_syntax.clone(),
+                ))
+            })
             .collect();
         self.peer_max_pdu = request.max_pdu;
         let ac = AssociateAc {
@@ -368,67 +375,16 @@ where
 
     /// Commands and their data sets until the association ends.
     async fn serve_messages(&mut self) -> End {
-        let max_pdu = self.context.settings.max_pdu_size;
-        let idle = self.context.listener.idle_timeout;
         loop {
-            // A command: its fragments, up to MAX_COMMAND_LEN.
-            let mut command_bytes = Vec::new();
-            let mut context_id = 0u8;
-            loop {
-                match self.read_pdu(max_pdu, idle, command_bytes.is_empty()).await {
-                    Read::End(end) => return end,
-                    Read::Pdu(PduType::PData, body) => {
-                        let items = match pdu::pdvs(&body) {
-                            Ok(items) => items,
-                            Err(error) => {
-                                return self.abort(End::Protocol(error.to_string())).await;
-                            }
-                        };
-                        let mut complete = false;
-                        for item in items {
-                            if !item.command || complete {
-                                return self
-                                    .abort(End::Protocol(
-                                        "a data set fragment came before its command".to_owned(),
-                                    ))
-                                    .await;
-                            }
-                            context_id = item.context;
-                            if command_bytes.len() + item.data.len() > dimse::MAX_COMMAND_LEN {
-                                return self
-                                    .abort(End::Protocol("a command set is too long".to_owned()))
-                                    .await;
-                            }
-                            command_bytes.extend_from_slice(item.data);
-                            complete = item.last;
-                        }
-                        if complete {
-                            break;
-                        }
-                    }
-                    Read::Pdu(PduType::ReleaseRq, _) => {
-                        let _ = self.write(&pdu::release_rp()).await;
-                        let _ = self.stream.shutdown().await;
-                        return End::Released;
-                    }
-                    Read::Pdu(PduType::Abort, _) => return End::Aborted,
-                    Read::Pdu(other, _) => {
-                        return self
-                            .abort(End::Protocol(format!("unexpected {other:?} PDU")))
-                            .await;
-                    }
-                }
-            }
-            let Some(command) = dimse::parse(&command_bytes) else {
-                return self
-                    .abort(End::Protocol("a command set is not readable".to_owned()))
-                    .await;
+            let (command, context_id, leftover) = match self.read_command().await {
+                Ok(read) => read,
+                Err(end) => return end,
             };
-            let Some(transfer_syntax) = self
+            let Some((_, abstract_syntax, transfer_syntax)) = self
                 .contexts
                 .iter()
-                .find(|(id, _)| *id == context_id)
-                .map(|(_, syntax)| syntax.clone())
+                .find(|(id, ..)| *id == context_id)
+                .cloned()
             else {
                 return self
                     .abort(End::Protocol(
@@ -437,11 +393,51 @@ where
                     .await;
             };
             let answer = match command.field {
-                dimse::C_ECHO_RQ => {
+                dimse::C_ECHO_RQ if command.has_data_set() || !leftover.is_empty() => {
+                    return self
+                        .abort(End::Protocol("a C-ECHO with a data set".to_owned()))
+                        .await;
+                }
+                dimse::C_ECHO_RQ if abstract_syntax == pdu::VERIFICATION => {
                     dimse::response(&command, dimse::C_ECHO_RSP, dimse::SUCCESS, "")
                 }
+                dimse::C_ECHO_RQ => dimse::response(
+                    &command,
+                    dimse::C_ECHO_RSP,
+                    dimse::SOP_CLASS_NOT_SUPPORTED,
+                    "C-ECHO on a storage context",
+                ),
                 dimse::C_STORE_RQ if command.has_data_set() => {
-                    match self.store(&command, context_id, transfer_syntax).await {
+                    // What the request itself says about the object, checked before a byte
+                    // of its data set is kept.
+                    let refusal = if abstract_syntax == pdu::VERIFICATION
+                        || command.sop_class != abstract_syntax
+                        || !self
+                            .context
+                            .settings
+                            .sop_classes
+                            .contains(&command.sop_class)
+                    {
+                        Some((
+                            dimse::SOP_CLASS_NOT_SUPPORTED,
+                            "SOP class not accepted on this presentation context",
+                        ))
+                    } else if !crate::dicom::is_uid(&command.sop_instance) {
+                        Some((
+                            dimse::CANNOT_UNDERSTAND,
+                            "AffectedSOPInstanceUID missing or not a UID",
+                        ))
+                    } else {
+                        None
+                    };
+                    let store = Store {
+                        command: &command,
+                        context_id,
+                        transfer_syntax,
+                        leftover,
+                        refusal,
+                    };
+                    match self.store(store).await {
                         Ok(answer) => answer,
                         Err(end) => return end,
                     }
@@ -462,31 +458,167 @@ where
         }
     }
 
-    /// Receive a C-STORE's data set and store it: the response's command set.
-    async fn store(
-        &mut self,
-        command: &Command,
-        context_id: u8,
-        transfer_syntax: String,
-    ) -> Result<Vec<u8>, End> {
+    /// The next command: its fragments (all on one context, up to MAX_COMMAND_LEN), its
+    /// context, and any data set fragments that came in the same PDU after it (senders may
+    /// pack both into one P-DATA-TF).
+    async fn read_command(&mut self) -> Result<(Command, u8, Vec<Fragment>), End> {
+        let max_pdu = self.context.settings.max_pdu_size;
+        let idle = self.context.listener.idle_timeout;
+        let mut command_bytes = Vec::new();
+        let mut context_id = None;
+        let mut leftover = Vec::new();
+        loop {
+            let first = command_bytes.is_empty();
+            match self.read_pdu(max_pdu, idle, None, first).await {
+                Read::End(end) => return Err(end),
+                Read::Pdu(PduType::PData, body) => {
+                    let items = match pdu::pdvs(&body) {
+                        Ok(items) => items,
+                        Err(error) => {
+                            return Err(self.abort(End::Protocol(error.to_string())).await);
+                        }
+                    };
+                    let mut complete = false;
+                    for item in items {
+                        if complete {
+                            if item.command || Some(item.context) != context_id {
+                                return Err(self
+                                    .abort(End::Protocol(
+                                        "a fragment after a command that is not its data set"
+                                            .to_owned(),
+                                    ))
+                                    .await);
+                            }
+                            leftover.push(Fragment {
+                                last: item.last,
+                                data: item.data.to_vec(),
+                            });
+                            continue;
+                        }
+                        if !item.command || context_id.is_some_and(|id| id != item.context) {
+                            return Err(self
+                                .abort(End::Protocol(
+                                    "a command's fragments are out of place".to_owned(),
+                                ))
+                                .await);
+                        }
+                        context_id = Some(item.context);
+                        if command_bytes.len() + item.data.len() > dimse::MAX_COMMAND_LEN {
+                            return Err(self
+                                .abort(End::Protocol("a command set is too long".to_owned()))
+                                .await);
+                        }
+                        command_bytes.extend_from_slice(item.data);
+                        complete = item.last;
+                    }
+                    if complete {
+                        break;
+                    }
+                }
+                Read::Pdu(PduType::ReleaseRq, _) if first => {
+                    let _ = self.write(&pdu::release_rp()).await;
+                    let _ = self.stream.shutdown().await;
+                    return Err(End::Released);
+                }
+                Read::Pdu(PduType::Abort, _) => return Err(End::Aborted),
+                Read::Pdu(other, _) => {
+                    return Err(self
+                        .abort(End::Protocol(format!("unexpected {other:?} PDU")))
+                        .await);
+                }
+            }
+        }
+        let Some(command) = dimse::parse(&command_bytes) else {
+            return Err(self
+                .abort(End::Protocol("a command set is not readable".to_owned()))
+                .await);
+        };
+        Ok((command, context_id.unwrap_or_default(), leftover))
+    }
+
+    /// Receive a C-STORE's data set and store it (or discard it, when refused or too large):
+    /// the response's command set.
+    async fn store(&mut self, store: Store<'_>) -> Result<Vec<u8>, End> {
+        let Store {
+            command,
+            context_id,
+            transfer_syntax,
+            leftover,
+            mut refusal,
+        } = store;
         let settings = self.context.settings;
         let max_pdu = settings.max_pdu_size;
-        let started = Instant::now();
         let deadline = self
             .context
             .listener
             .frame_timeout
-            .map(|limit| started + limit);
+            .map(|limit| Instant::now() + limit);
+        let idle = self.context.listener.idle_timeout;
+        // The next read's limit: the idle timeout, and what is left of frame_timeout.
+        let next_limit = || {
+            let left = deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+            match (idle, left) {
+                (Some(idle), Some(left)) => Some(idle.min(left)),
+                (idle, left) => idle.or(left),
+            }
+        };
         let mut share = super::budget::Share::new(Arc::clone(self.context.budget));
-        let mut data = Vec::new();
+        // The stored file is built in place: mfoundry's meta first, then the data set as it
+        // arrives, so the object is never copied.
+        let mut file = if refusal.is_none() {
+            object::part10_prefix(
+                &command.sop_class,
+                &command.sop_instance,
+                &transfer_syntax,
+                &self.calling_ae,
+            )
+        } else {
+            Vec::new()
+        };
+        let data_start = file.len();
+        let mut received = 0usize;
+        let mut pending = leftover;
+        let mut last = pending.iter().any(|fragment| fragment.last);
         let mut oversized = false;
         loop {
-            let remaining =
-                deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()));
-            if remaining.is_some_and(|left| left.is_zero()) {
+            for fragment in pending.drain(..) {
+                received = received.saturating_add(fragment.data.len());
+                if refusal.is_some() || oversized {
+                    continue;
+                }
+                if received > settings.max_object_size {
+                    // Read to the end and discarded: the object is answered, not stored.
+                    oversized = true;
+                    file = Vec::new();
+                    share.release();
+                    continue;
+                }
+                let covered = share.cover(file.len() + fragment.data.len(), || {
+                    debug!("waiting for max_frame_memory before receiving more of an object");
+                });
+                match next_limit() {
+                    Some(limit) => {
+                        if tokio::time::timeout(limit, covered).await.is_err() {
+                            return Err(self.abort(End::ObjectTimeout).await);
+                        }
+                    }
+                    None => covered.await,
+                }
+                // Grown by an eighth at a time, not doubled: the file's memory stays close to
+                // its size, which max_frame_memory covers.
+                if file.capacity() - file.len() < fragment.data.len() {
+                    file.reserve_exact(fragment.data.len().max(file.len() / 8));
+                }
+                file.extend_from_slice(&fragment.data);
+            }
+            if last {
+                break;
+            }
+            let limit = next_limit();
+            if limit.is_some_and(|left| left.is_zero()) {
                 return Err(self.abort(End::ObjectTimeout).await);
             }
-            let body = match self.read_pdu(max_pdu, remaining, false).await {
+            let body = match self.read_pdu(max_pdu, limit, limit, false).await {
                 Read::End(End::IdleTimeout) => return Err(End::ObjectTimeout),
                 Read::End(end) => return Err(end),
                 Read::Pdu(PduType::PData, body) => body,
@@ -503,7 +635,6 @@ where
                 Ok(items) => items,
                 Err(error) => return Err(self.abort(End::Protocol(error.to_string())).await),
             };
-            let mut last = false;
             for item in items {
                 if item.command || item.context != context_id || last {
                     return Err(self
@@ -511,25 +642,10 @@ where
                         .await);
                 }
                 last = item.last;
-                if oversized {
-                    continue;
-                }
-                if data.len() + item.data.len() > settings.max_object_size {
-                    // Read to the end and discarded: the object is answered, not stored.
-                    oversized = true;
-                    data = Vec::new();
-                    share.release();
-                    continue;
-                }
-                share
-                    .cover(data.len() + item.data.len(), || {
-                        debug!("waiting for max_frame_memory before receiving more of an object");
-                    })
-                    .await;
-                data.extend_from_slice(item.data);
-            }
-            if last {
-                break;
+                pending.push(Fragment {
+                    last: item.last,
+                    data: item.data.to_vec(),
+                });
             }
         }
         if oversized {
@@ -538,15 +654,28 @@ where
                 .oversize_frames
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!(peer = %self.peer, calling_ae = %self.calling_ae, sop_instance_uid = %command.sop_instance, limit = settings.max_object_size, "object refused: larger than max_object_size; nothing was stored");
-            return Ok(dimse::response(
-                command,
-                dimse::C_STORE_RSP,
-                dimse::OUT_OF_RESOURCES,
+            refusal = Some((
+                dimse::CANNOT_UNDERSTAND,
                 "object larger than max_object_size",
             ));
         }
+        if let Some((status, comment)) = refusal {
+            self.context
+                .stats
+                .count_answer(crate::hl7::AckCode::AR, true);
+            if !oversized {
+                warn!(peer = %self.peer, calling_ae = %self.calling_ae, sop_instance_uid = %command.sop_instance, status = format_args!("0x{status:04X}"), reason = comment, "object refused; nothing was stored");
+            }
+            return Ok(dimse::response(
+                command,
+                dimse::C_STORE_RSP,
+                status,
+                comment,
+            ));
+        }
         let object = ReceivedObject {
-            data_set: data,
+            file,
+            data_start,
             sop_class: command.sop_class.clone(),
             sop_instance: command.sop_instance.clone(),
             transfer_syntax,
@@ -577,6 +706,45 @@ where
             &outcome.comment,
         ))
     }
+}
+
+/// A data set fragment received.
+struct Fragment {
+    last: bool,
+    data: Vec<u8>,
+}
+
+/// One C-STORE to receive: the request, its context, what came with the command, and why it
+/// is refused (decided from the request alone), if it is.
+struct Store<'a> {
+    command: &'a Command,
+    context_id: u8,
+    transfer_syntax: String,
+    leftover: Vec<Fragment>,
+    refusal: Option<(u16, &'static str)>,
+}
+
+/// Read one PDU whose body is at most `limit` bytes (a longer one is refused from its
+/// header, before anything is allocated): the DICOM output's reads.
+pub async fn read_pdu<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    limit: u32,
+) -> Result<(PduType, Vec<u8>), String> {
+    let mut header = [0u8; pdu::HEADER_LEN];
+    reader
+        .read_exact(&mut header)
+        .await
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::UnexpectedEof => "the peer closed the connection".to_owned(),
+            _ => format!("the connection failed: {error}"),
+        })?;
+    let (kind, length) = pdu::header(&header, limit).map_err(|error| error.to_string())?;
+    let mut body = vec![0u8; length as usize];
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(|error| format!("the connection failed within a PDU: {error}"))?;
+    Ok((kind, body))
 }
 
 /// The transfer syntax to accept of those proposed: Explicit VR Little Endian, then

@@ -84,45 +84,7 @@ impl MllpClient {
         timeout: Duration,
         max_frame_size: usize,
     ) -> Result<Self, ClientError> {
-        let connect_error = |cause| ClientError::Connect {
-            addr: addr.to_owned(),
-            cause,
-        };
-        let connect = async {
-            match resolved {
-                Some(resolved) => TcpStream::connect(resolved).await,
-                None => TcpStream::connect(addr).await,
-            }
-        };
-        let stream = tokio::time::timeout(timeout, connect)
-            .await
-            .map_err(|_| {
-                connect_error(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "connect timed out",
-                ))
-            })?
-            .map_err(connect_error)?;
-        stream.set_nodelay(true).map_err(connect_error)?;
-        let stream = match tls {
-            None => ClientStream::Plain(stream),
-            Some(tls) => {
-                let handshake_error = |cause| ClientError::Handshake {
-                    addr: addr.to_owned(),
-                    cause,
-                };
-                let stream = tokio::time::timeout(timeout, tls.connect(stream))
-                    .await
-                    .map_err(|_| {
-                        handshake_error(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "no handshake within the connect timeout",
-                        ))
-                    })?
-                    .map_err(handshake_error)?;
-                ClientStream::Tls(Box::new(stream))
-            }
-        };
+        let stream = connect_stream(addr, resolved, tls, timeout).await?;
         Ok(Self {
             stream,
             codec: MllpCodec::new(max_frame_size),
@@ -138,15 +100,7 @@ impl MllpClient {
         if !self.buffer.iter().all(u8::is_ascii_whitespace) {
             return false;
         }
-        // One read that does not wait. Over TLS this also takes in what is not data (a
-        // session ticket, a close_notify), so it is a read of the stream, not of the socket.
-        let mut probe = [0u8; 64];
-        let mut probe = ReadBuf::new(&mut probe);
-        let mut context = Context::from_waker(std::task::Waker::noop());
-        // Ready means closed by the peer (nothing read), unsolicited bytes, or an error.
-        Pin::new(&mut self.stream)
-            .poll_read(&mut context, &mut probe)
-            .is_pending()
+        is_quiet(&mut self.stream)
     }
 
     /// Write one message, MLLP-framed.
@@ -188,4 +142,68 @@ impl MllpClient {
         self.send(message).await?;
         self.receive(timeout).await
     }
+}
+
+/// Connect to `addr` (or to `resolved`, already checked against `EGRESS_ALLOW`), over TLS
+/// when `tls` is given; the TCP connection and the handshake each have `timeout`. Shared by
+/// the MLLP client and the DICOM output.
+pub async fn connect_stream(
+    addr: &str,
+    resolved: Option<&[std::net::SocketAddr]>,
+    tls: Option<&crate::tls::TlsClient>,
+    timeout: Duration,
+) -> Result<ClientStream, ClientError> {
+    let connect_error = |cause| ClientError::Connect {
+        addr: addr.to_owned(),
+        cause,
+    };
+    let connect = async {
+        match resolved {
+            Some(resolved) => TcpStream::connect(resolved).await,
+            None => TcpStream::connect(addr).await,
+        }
+    };
+    let stream = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| {
+            connect_error(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))
+        })?
+        .map_err(connect_error)?;
+    stream.set_nodelay(true).map_err(connect_error)?;
+    let stream = match tls {
+        None => ClientStream::Plain(stream),
+        Some(tls) => {
+            let handshake_error = |cause| ClientError::Handshake {
+                addr: addr.to_owned(),
+                cause,
+            };
+            let stream = tokio::time::timeout(timeout, tls.connect(stream))
+                .await
+                .map_err(|_| {
+                    handshake_error(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no handshake within the connect timeout",
+                    ))
+                })?
+                .map_err(handshake_error)?;
+            ClientStream::Tls(Box::new(stream))
+        }
+    };
+    Ok(stream)
+}
+
+/// Whether a kept connection is open and silent: one read that does not wait. Over TLS this
+/// also takes in what is not data (a session ticket, a close_notify), so it is a read of the
+/// stream, not of the socket. Ready means closed by the peer (nothing read), unsolicited
+/// bytes, or an error: the connection must not be used again.
+pub fn is_quiet(stream: &mut ClientStream) -> bool {
+    let mut probe = [0u8; 64];
+    let mut probe = ReadBuf::new(&mut probe);
+    let mut context = Context::from_waker(std::task::Waker::noop());
+    Pin::new(stream)
+        .poll_read(&mut context, &mut probe)
+        .is_pending()
 }

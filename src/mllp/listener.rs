@@ -288,15 +288,45 @@ impl Listener {
     /// Serve DICOM associations (C-ECHO, C-STORE) instead of MLLP: objects up to
     /// `max_object_size` are covered by `max_frame_memory`.
     #[must_use]
-    pub fn dicom(mut self, dicom: super::association::DicomSettings) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.budget = super::budget::FrameBudget::new(
-                shared.settings.max_frame_memory,
-                dicom.max_object_size,
-            );
-            shared.dicom = Some(dicom);
+    pub fn dicom(self, dicom: super::association::DicomSettings) -> Self {
+        // `new` made the only handle on `shared`: nothing else holds it yet.
+        let Shared {
+            settings,
+            ingest,
+            stats,
+            shutdown,
+            listener_name,
+            tls,
+            ..
+        } = match Arc::try_unwrap(self.shared) {
+            Ok(shared) => shared,
+            Err(shared) => Shared {
+                settings: shared.settings.clone(),
+                ingest: shared.ingest.clone(),
+                stats: Arc::clone(&shared.stats),
+                shutdown: shared.shutdown.clone(),
+                listener_name: shared.listener_name.clone(),
+                tls: shared.tls.clone(),
+                budget: Arc::clone(&shared.budget),
+                dicom: None,
+            },
+        };
+        Self {
+            shared: Arc::new(Shared {
+                budget: super::budget::FrameBudget::new(
+                    settings.max_frame_memory,
+                    dicom.max_object_size,
+                ),
+                settings,
+                ingest,
+                stats,
+                shutdown,
+                listener_name,
+                tls,
+                dicom: Some(dicom),
+            }),
+            accepting: self.accepting,
         }
-        self
     }
 
     /// Stop accepting (only) when `accepting` is cancelled: the connections stay open until

@@ -11,7 +11,7 @@ mod client;
 mod codec;
 mod listener;
 
-pub use association::{DEFAULT_SOP_CLASSES, DicomSettings};
-pub use client::{ClientError, MllpClient};
+pub use association::{DEFAULT_SOP_CLASSES, DicomSettings, read_pdu};
+pub use client::{ClientError, MllpClient, connect_stream, is_quiet};
 pub use codec::{END_BLOCK, FrameError, MllpCodec, START_BLOCK, TRAILER, frame};
 pub use listener::{Listener, ListenerSettings, ListenerStats, StatsSnapshot, bind};

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::header::{
     AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER,
 };
@@ -45,6 +46,9 @@ pub struct HttpSpec {
     pub tls: Option<std::sync::Arc<crate::tls::TlsClient>>,
     /// `EGRESS_ALLOW`, when set: names in the URL are resolved through it.
     pub egress: Option<std::sync::Arc<super::egress::EgressAllow>>,
+    /// `type: stowrs`: the body is the DICOM object as a multipart/related STOW-RS request
+    /// to this URL (`{url}/studies`), and a 202 is judged per instance ([`super::stowrs`]).
+    pub stow: bool,
 }
 
 /// The keys an HTTP connector takes.
@@ -117,6 +121,7 @@ impl HttpSpec {
             timeout,
             tls,
             egress: None,
+            stow: false,
         })
     }
 }
@@ -170,6 +175,11 @@ impl HttpOutput {
         }
     }
 
+    /// Whether this is a `type: stowrs` output.
+    pub fn is_stow(&self) -> bool {
+        self.spec.stow
+    }
+
     /// Send one message.
     pub async fn deliver(&mut self, envelope: &Envelope) -> Result<(), DeliveryError> {
         self.reload_tls();
@@ -187,10 +197,19 @@ impl HttpOutput {
             // delivery. The instance id tells data files (gateways) apart; ids never repeat
             // within one (ADR 0007).
             .header("Idempotency-Key", idempotency_key(envelope));
-        let body = self.spec.format.render(envelope)?;
-        request = request
-            .header(CONTENT_TYPE, self.spec.format.media_type())
-            .body(body);
+        let stow = self.stow_object(envelope)?;
+        request = match &stow {
+            Some((content_type, body, _)) => request
+                .header(CONTENT_TYPE, content_type.as_str())
+                .header(reqwest::header::ACCEPT, "application/dicom+json")
+                .body(body.clone()),
+            None => {
+                let body = self.spec.format.render(envelope)?;
+                request
+                    .header(CONTENT_TYPE, self.spec.format.media_type())
+                    .body(body)
+            }
+        };
         if let Some(token) = self.token().await? {
             let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
                 DeliveryError::transient("the bearer token is not a valid header value")
@@ -226,6 +245,15 @@ impl HttpOutput {
             DeliveryError::transient(format!("{kind}: {}", without_url(error)))
         })?;
         let status = response.status();
+        if let Some((_, _, sop_instance)) = &stow
+            && status.as_u16() == 202
+        {
+            let answer = first_bytes_up_to(response, STOW_ANSWER_MAX).await;
+            return super::stowrs::judge_accepted(&answer, sop_instance).map_err(|reason| {
+                DeliveryError::permanent(reason)
+                    .with_downstream(Some(String::from_utf8_lossy(&answer).into_owned()))
+            });
+        }
         if status.is_success() {
             return Ok(());
         }
@@ -238,8 +266,10 @@ impl HttpOutput {
         let reason = format!("the endpoint answered HTTP {}", status.as_u16());
         let downstream = first_bytes(response).await;
         // 409: a request with the same Idempotency-Key is still being processed (an earlier
-        // attempt that timed out on our side); it may yet succeed, so try again later.
-        if matches!(status.as_u16(), 408 | 409 | 429) || status.is_server_error() {
+        // attempt that timed out on our side); it may yet succeed, so try again later. For
+        // STOW-RS, 409 is the server refusing the instance (a conflict): permanent.
+        let conflict_retried = !self.spec.stow && status.as_u16() == 409;
+        if matches!(status.as_u16(), 408 | 429) || conflict_retried || status.is_server_error() {
             Err(DeliveryError::Transient {
                 reason,
                 retry_after,
@@ -249,6 +279,24 @@ impl HttpOutput {
         } else {
             Err(DeliveryError::permanent(reason).with_downstream(downstream))
         }
+    }
+
+    /// For `type: stowrs`: the request's Content-Type and body, and the object's SOP
+    /// Instance UID; `None` for `type: http`. An HL7 message is permanent.
+    fn stow_object(
+        &self,
+        envelope: &Envelope,
+    ) -> Result<Option<(String, Bytes, String)>, DeliveryError> {
+        if !self.spec.stow {
+            return Ok(None);
+        }
+        let Some(object) = crate::dicom::object::read_part10(&envelope.body) else {
+            return Err(DeliveryError::permanent(
+                "a stowrs connector sends DICOM objects; this is an HL7 message (leave HL7 out with a filter such as `dicom.sop_instance_uid != \"\"`)",
+            ));
+        };
+        let (content_type, body) = super::stowrs::multipart(&envelope.body);
+        Ok(Some((content_type, body, object.sop_instance)))
     }
 
     async fn token(&self) -> Result<Option<String>, DeliveryError> {
@@ -347,10 +395,20 @@ fn without_url(error: reqwest::Error) -> String {
 
 /// The first [`crate::delivery::DOWNSTREAM_MAX`] bytes of an answer's body (read with a
 /// bound: a large or endless body is not waited for), as text; `None` when empty.
-async fn first_bytes(mut response: reqwest::Response) -> Option<String> {
+async fn first_bytes(response: reqwest::Response) -> Option<String> {
+    let kept = first_bytes_up_to(response, crate::delivery::DOWNSTREAM_MAX).await;
+    let text = String::from_utf8_lossy(&kept).trim().to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+/// Most bytes of a STOW-RS 202 answer read (it lists the instances of one request: ours).
+const STOW_ANSWER_MAX: usize = 256 * 1024;
+
+/// The first `max` bytes of an answer's body, read within 5 seconds.
+async fn first_bytes_up_to(mut response: reqwest::Response, max: usize) -> Vec<u8> {
     let mut kept = Vec::new();
     let read = async {
-        while kept.len() < crate::delivery::DOWNSTREAM_MAX {
+        while kept.len() < max {
             match response.chunk().await {
                 Ok(Some(chunk)) => kept.extend_from_slice(&chunk),
                 _ => break,
@@ -358,9 +416,8 @@ async fn first_bytes(mut response: reqwest::Response) -> Option<String> {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), read).await;
-    kept.truncate(crate::delivery::DOWNSTREAM_MAX);
-    let text = String::from_utf8_lossy(&kept).trim().to_owned();
-    (!text.is_empty()).then_some(text)
+    kept.truncate(max);
+    kept
 }
 
 /// `Idempotency-Key` of a delivery: `mfoundry-<instance>-<connector>-<entry>`.

@@ -2,6 +2,7 @@
 //! worth retrying; ordering, retry, backoff and the dead-letter queue belong to the worker
 //! ([`crate::delivery`]). Outputs know nothing of listeners or the outbox.
 
+pub mod dicom;
 pub mod egress;
 pub mod file;
 pub mod format;
@@ -10,6 +11,7 @@ pub mod mllp;
 pub mod nats;
 pub mod postgres;
 pub mod settings;
+pub mod stowrs;
 
 use crate::delivery::{Deliver, DeliveryError, Envelope};
 use file::FileSpec;
@@ -31,16 +33,22 @@ pub enum ConnectorKind {
     Postgres,
     /// Publish to NATS JetStream.
     Nats,
+    /// Send DICOM objects by C-STORE.
+    Dicom,
+    /// Send DICOM objects by DICOMweb STOW-RS.
+    Stowrs,
 }
 
 impl ConnectorKind {
     /// Every kind, in the order the documentation lists them.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::Mllp,
         Self::Http,
         Self::File,
         Self::Postgres,
         Self::Nats,
+        Self::Dicom,
+        Self::Stowrs,
     ];
 
     /// The name used in the YAML.
@@ -51,6 +59,8 @@ impl ConnectorKind {
             Self::File => "file",
             Self::Postgres => "postgres",
             Self::Nats => "nats",
+            Self::Dicom => "dicom",
+            Self::Stowrs => "stowrs",
         }
     }
 }
@@ -64,6 +74,8 @@ pub fn keys(kind: ConnectorKind) -> &'static [&'static str] {
         ConnectorKind::File => &file::KEYS,
         ConnectorKind::Postgres => &postgres::KEYS,
         ConnectorKind::Nats => &nats::KEYS,
+        ConnectorKind::Dicom => &dicom::KEYS,
+        ConnectorKind::Stowrs => &stowrs::KEYS,
     }
 }
 
@@ -75,6 +87,8 @@ pub fn read_spec(kind: ConnectorKind, reader: &mut settings::Reader<'_, '_>) -> 
         ConnectorKind::File => FileSpec::read(reader).map(OutputSpec::File),
         ConnectorKind::Postgres => PostgresSpec::read(reader).map(OutputSpec::Postgres),
         ConnectorKind::Nats => nats::NatsSpec::read(reader).map(OutputSpec::Nats),
+        ConnectorKind::Dicom => dicom::DicomSpec::read(reader).map(OutputSpec::Dicom),
+        ConnectorKind::Stowrs => stowrs::read(reader).map(OutputSpec::Http),
     }
 }
 
@@ -91,6 +105,8 @@ pub enum OutputSpec {
     Postgres(PostgresSpec),
     /// Publish to NATS JetStream.
     Nats(nats::NatsSpec),
+    /// Send DICOM objects by C-STORE.
+    Dicom(dicom::DicomSpec),
 }
 
 impl OutputSpec {
@@ -115,6 +131,10 @@ impl OutputSpec {
                 .map(|config| postgres::destinations(&config))
                 .map_err(|_| unreadable("dsn")),
             Self::Nats(spec) => spec.destinations().ok_or_else(|| unreadable("url")),
+            Self::Dicom(spec) => spec
+                .destination()
+                .map(|destination| vec![destination])
+                .ok_or_else(|| unreadable("host")),
         }
     }
 
@@ -126,6 +146,7 @@ impl OutputSpec {
             Self::Http(spec) => spec.egress = allow,
             Self::Postgres(spec) => spec.egress = allow,
             Self::Nats(spec) => spec.egress = allow,
+            Self::Dicom(spec) => spec.egress = allow,
             Self::File(_) => {}
         }
     }
@@ -133,7 +154,7 @@ impl OutputSpec {
     /// What the output sends of a connector's copy.
     pub fn format(&self) -> format::Format {
         match self {
-            Self::Mllp(_) => format::Format::Hl7,
+            Self::Mllp(_) | Self::Dicom(_) => format::Format::Hl7,
             Self::Http(spec) => spec.format,
             Self::File(spec) => spec.format,
             Self::Postgres(spec) => spec.format,
@@ -155,6 +176,8 @@ pub enum Output {
     Postgres(postgres::PostgresOutput),
     /// `type: nats`.
     Nats(nats::NatsOutput),
+    /// `type: dicom`.
+    Dicom(dicom::DicomOutput),
 }
 
 impl Output {
@@ -168,6 +191,7 @@ impl Output {
                 Self::Postgres(postgres::PostgresOutput::new(spec.clone()))
             }
             OutputSpec::Nats(spec) => Self::Nats(nats::NatsOutput::new(spec.clone())),
+            OutputSpec::Dicom(spec) => Self::Dicom(dicom::DicomOutput::new(spec.clone())),
         }
     }
 }
@@ -178,9 +202,9 @@ impl Output {
     fn refuse_object(&self, envelope: &Envelope) -> Option<DeliveryError> {
         let kind = match self {
             Self::Mllp(_) => "mllp",
-            Self::Http(_) => "http",
+            Self::Http(output) if !output.is_stow() => "http",
             Self::Postgres(_) => "postgres",
-            Self::File(_) | Self::Nats(_) => return None,
+            Self::Http(_) | Self::File(_) | Self::Nats(_) | Self::Dicom(_) => return None,
         };
         crate::dicom::is_dicom(&envelope.body).then(|| {
             DeliveryError::permanent(format!(
@@ -195,9 +219,11 @@ impl Deliver for Output {
         match self {
             Self::Mllp(_) => "mllp",
             Self::File(_) => "file",
+            Self::Http(output) if output.is_stow() => "stowrs",
             Self::Http(_) => "http",
             Self::Postgres(_) => "postgres",
             Self::Nats(_) => "nats",
+            Self::Dicom(_) => "dicom",
         }
     }
 
@@ -211,6 +237,7 @@ impl Deliver for Output {
             Self::Http(output) => output.deliver(envelope).await,
             Self::Postgres(output) => output.deliver(envelope).await,
             Self::Nats(output) => output.deliver(envelope).await,
+            Self::Dicom(output) => output.deliver(envelope).await,
         }
     }
 
@@ -220,7 +247,7 @@ impl Deliver for Output {
             Self::Postgres(_) => postgres::BATCH,
             Self::Nats(_) => nats::BATCH,
             // One at a time, each waiting for its answer.
-            Self::Mllp(_) | Self::Http(_) => 1,
+            Self::Mllp(_) | Self::Http(_) | Self::Dicom(_) => 1,
         }
     }
 
@@ -237,7 +264,9 @@ impl Deliver for Output {
             Self::File(output) => output.deliver_batch(envelopes).await,
             Self::Postgres(output) => output.deliver_batch(envelopes).await,
             Self::Nats(output) => output.deliver_batch(envelopes).await,
-            Self::Mllp(_) | Self::Http(_) => crate::delivery::one_at_a_time(self, envelopes).await,
+            Self::Mllp(_) | Self::Http(_) | Self::Dicom(_) => {
+                crate::delivery::one_at_a_time(self, envelopes).await
+            }
         }
     }
 }

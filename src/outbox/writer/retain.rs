@@ -57,7 +57,8 @@ pub(super) fn retain<'txn>(
         last_scanned = Some(MessageId(id));
         if message_is_done(keys, &*deliveries, id, &record)? {
             // A DICOM object's entry in the object index goes with it (ADR 0020).
-            let object = (record.header.msg_type == "DICOM").then_some(record.header.control_id);
+            let object = (record.header.msg_type == "DICOM")
+                .then(|| (record.listener.clone(), record.header.control_id.clone()));
             removable.push((id, record.body_inline, object));
         }
     }
@@ -83,10 +84,10 @@ pub(super) fn retain<'txn>(
     }
     // Their patient index entries (the table may be open already, for an append).
     for (id, _, object) in &removable {
-        if let Some(uid) = object {
+        if let Some((listener, uid)) = object {
             let salt = tables.salt;
             let table = opened_once(&mut tables.objects, transaction, objects::OBJECTS)?;
-            objects::remove(table, salt, uid, *id)?;
+            objects::remove(table, salt, listener, uid, *id)?;
         }
         patients::remove(
             opened_once(&mut tables.patients, transaction, PATIENTS)?,

@@ -233,8 +233,9 @@ fn unknown_callers_and_called_titles_are_rejected_and_nothing_is_stored() {
     assert!(!ok, "{text}");
     assert!(text.contains("Called AE Title Not Recognized"), "{text}");
     // A third-party SCU with a known caller still gets through.
-    let (ok, lines) = peers.pynetdicom_store(&addr, "PACS", "MFOUNDRY", &["--synthetic", "3"]);
-    assert!(ok, "{lines:?}");
+    let (ok, lines, printed) =
+        peers.pynetdicom_store(&addr, "PACS", "MFOUNDRY", &["--synthetic", "3"]);
+    assert!(ok, "{printed}");
     assert!(
         lines.iter().all(|(status, _)| status == "0000"),
         "{lines:?}"
@@ -347,7 +348,10 @@ fn an_object_larger_than_max_object_size_is_refused_without_being_held() {
         &[],
         &[dir.join("large").join(&large[0].0)],
     );
-    assert!(text.contains("Refused: OutOfResources"), "{text}");
+    assert!(
+        text.contains("Error: CannotUnderstand") || text.contains("0xc000"),
+        "{text}"
+    );
     let grown = peak_memory(server.child.id()).saturating_sub(before);
     assert!(
         grown < 16 << 20,
@@ -386,8 +390,13 @@ fn every_object_that_got_success_survives_sigkill() {
             let done = Arc::clone(&done);
             std::thread::spawn(move || {
                 let peers = super::Peers { python };
-                let result =
-                    peers.pynetdicom_store(&addr, "CT1", "MFOUNDRY", &["--synthetic", "100000"]);
+                let result = peers.pynetdicom_store(
+                    &addr,
+                    "CT1",
+                    "MFOUNDRY",
+                    // A killed receiver is noticed by the timeout: keep it short.
+                    &["--synthetic", "100000", "--timeout", "5"],
+                );
                 done.store(true, Ordering::Relaxed);
                 result.1
             })

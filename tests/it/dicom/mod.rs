@@ -4,6 +4,8 @@
 //! `MFOUNDRY_REQUIRE_SERVICES=1` (`.ci/run` installs them).
 
 mod intake;
+mod outputs;
+mod protocol;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,15 +77,15 @@ impl Peers {
             .collect()
     }
 
-    /// pynetdicom's C-STORE of `args` (files, or `--synthetic N`): each object's status and
-    /// UID as printed, and whether it exited 0.
+    /// pynetdicom's C-STORE of `args` (files, or `--synthetic N`): whether it exited 0, each
+    /// object's status and UID as printed, and everything it printed.
     pub fn pynetdicom_store(
         &self,
         addr: &str,
         calling: &str,
         called: &str,
         args: &[&str],
-    ) -> (bool, Vec<(String, String)>) {
+    ) -> (bool, Vec<(String, String)>, String) {
         let (host, port) = addr.rsplit_once(':').expect("host:port");
         let output = Command::new(&self.python)
             .arg(script("send.py"))
@@ -98,7 +100,12 @@ impl Peers {
                 Some((status.to_owned(), uid.to_owned()))
             })
             .collect();
-        (output.status.success(), lines)
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), lines, printed)
     }
 }
 
