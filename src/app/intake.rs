@@ -622,7 +622,8 @@ pub(super) fn decider(
     .context("cannot route to the configured connectors")?
     .with_senders(listener.senders.clone())
     .with_transforms(Arc::clone(transforms))
-    .with_config(config.sha256);
+    .with_config(config.sha256)
+    .with_hl7_outputs(|name| config.sends_hl7(name));
     Ok(match shared {
         Some(counters) => decider.with_route_counters(counters),
         None => decider,

@@ -3,7 +3,10 @@
 //! run on it (the same [`Decider`] intake uses), without binding a port or opening a store.
 //!
 //! A case directory holds:
-//! - `message.hl7`: the message as a sender would send it (one message; any line ends);
+//! - `message.hl7`: the message as a sender would send it (one message; any line ends), or
+//!   `object.dcm`: a DICOM object (a Part 10 file) as a modality would send it by C-STORE
+//!   (calling AE title `TEST`); its `ack` is the C-STORE status (`C-STORE 0000` …) and a connector
+//!   sending HL7 gives the ORU^R01 of a Structured Report;
 //! - `expect.yaml`: `ack:` the ACK code (`AA`, `AR` …) and `connectors:` the connectors
 //!   that take it;
 //! - `<connector>.out`: for each of those, what it delivers, in its `format` (the message
@@ -99,7 +102,8 @@ pub fn run(
         &listener.settings.name,
     )?
     .with_transforms(Arc::new(compiled.transforms))
-    .with_senders(None);
+    .with_senders(None)
+    .with_hl7_outputs(|name| config.sends_hl7(name));
     let formats: Vec<(String, Format)> = config
         .connectors
         .iter()
@@ -117,7 +121,7 @@ pub fn run(
     }
     if cases.is_empty() {
         anyhow::bail!(
-            "no cases found under {}: a case is a directory with a message.hl7",
+            "no cases found under {}: a case is a directory with a message.hl7 or an object.dcm",
             args.paths
                 .iter()
                 .map(|path| path.display().to_string())
@@ -164,7 +168,7 @@ pub fn run(
 
 /// `path` if it is a case (holds `message.hl7`), else every case below it, sorted.
 fn find_cases(path: &Path, cases: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    if path.join("message.hl7").is_file() {
+    if path.join("message.hl7").is_file() || path.join("object.dcm").is_file() {
         cases.push(path.to_path_buf());
         return Ok(());
     }
@@ -187,6 +191,9 @@ fn run_case(
     formats: &[(String, Format)],
     case: &Path,
 ) -> anyhow::Result<Actual> {
+    if case.join("object.dcm").is_file() {
+        return run_object_case(decider, formats, case);
+    }
     let text = std::fs::read(case.join("message.hl7"))
         .map_err(|error| anyhow::anyhow!("cannot read message.hl7: {error}"))?;
     let mut messages = crate::hl7::split_messages(&text)
@@ -282,6 +289,99 @@ fn run_case(
     }
     Ok(Actual {
         ack: code.as_str().to_owned(),
+        connectors,
+        outputs,
+    })
+}
+
+/// A case whose input is a DICOM object: routed as a `dicom` listener would, each
+/// connector's delivery rendered as for a message.
+fn run_object_case(
+    decider: &Decider,
+    formats: &[(String, Format)],
+    case: &Path,
+) -> anyhow::Result<Actual> {
+    let bytes = std::fs::read(case.join("object.dcm"))
+        .map_err(|error| anyhow::anyhow!("cannot read object.dcm: {error}"))?;
+    let object =
+        crate::ingest::ReceivedObject::from_file(&bytes, "TEST", "MFOUNDRY").ok_or_else(|| {
+            anyhow::anyhow!("object.dcm is not a DICOM file (no DICM preamble and meta group)")
+        })?;
+    let decided = match decider.decide_object(&object, 0) {
+        Ok(decided) => decided,
+        Err(outcome) => {
+            return Ok(Actual {
+                ack: format!("C-STORE {:04X} ({})", outcome.status, outcome.comment),
+                connectors: Vec::new(),
+                outputs: Vec::new(),
+            });
+        }
+    };
+    let names: Vec<&str> = decider.connector_names().collect();
+    let mut connectors = Vec::new();
+    let mut outputs = Vec::new();
+    for (route, name) in decided.routes.iter().zip(&names) {
+        if route.status != RouteStatus::Queued {
+            continue;
+        }
+        connectors.push((*name).to_owned());
+        let copy = decided
+            .copies
+            .iter()
+            .find(|(connector, _)| *connector == route.connector)
+            .map(|(_, copy)| copy.clone());
+        let body = match copy {
+            Some(StoredCopy::Failed(reason)) => {
+                outputs.push((
+                    (*name).to_owned(),
+                    format!("not delivered: {reason}\n").into_bytes(),
+                ));
+                continue;
+            }
+            Some(StoredCopy::Bytes(bytes)) => bytes,
+            None => Bytes::from(object.file.clone()),
+        };
+        let format = formats
+            .iter()
+            .find(|(connector, _)| connector == name)
+            .map_or(Format::Hl7, |(_, format)| *format);
+        let envelope = Envelope {
+            instance_id: 0,
+            message_id: 1,
+            seq: 1,
+            connector: Arc::from(*name),
+            record: MessageRecord {
+                received_at_micros: 0,
+                peer: "test".to_owned(),
+                listener: "test".to_owned(),
+                header: crate::ingest::header_fields(&decided.view),
+                disposition: decided.disposition,
+                reason: None,
+                routes: decided.routes.clone(),
+                ack_code: "AA".to_owned(),
+                body_len: object.file.len() as u64,
+                ack: None,
+                dedup_key: None,
+                body_inline: true,
+                config: None,
+            },
+            body,
+            attempt: 1,
+            default_charset: decider.default_charset(),
+        };
+        let rendered = match format.render(&envelope) {
+            Ok(bytes) => bytes.to_vec(),
+            Err(error) => format!("not delivered: {error}\n").into_bytes(),
+        };
+        outputs.push(((*name).to_owned(), rendered));
+    }
+    let ack = if decided.disposition == Disposition::Error {
+        "C-STORE 0110 (a routing filter could not be evaluated)".to_owned()
+    } else {
+        "C-STORE 0000".to_owned()
+    };
+    Ok(Actual {
+        ack,
         connectors,
         outputs,
     })

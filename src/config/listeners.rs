@@ -283,6 +283,16 @@ impl super::Config {
             .map_err(super::rule_errors)
     }
 
+    /// Whether the connector `name` sends HL7 (a DICOM object it takes becomes an ORU^R01
+    /// or a dead letter, ADR 0020).
+    pub fn sends_hl7(&self, name: &str) -> bool {
+        self.connectors
+            .iter()
+            .find(|connector| connector.name == name)
+            .and_then(|connector| connector.output.as_ref())
+            .is_some_and(|settings| settings.output.sends_hl7())
+    }
+
     /// A listener by name (`None`: the first).
     pub fn listener(&self, name: Option<&str>) -> Option<&ListenerConfig> {
         match name {

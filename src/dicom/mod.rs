@@ -7,6 +7,7 @@ pub mod dataset;
 pub mod dimse;
 pub mod object;
 pub mod pdu;
+pub mod sr;
 
 pub use object::{Identifiers, is_dicom};
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use super::{Decider, Ingest, patient_values};
+use super::{Decider, Ingest, off_runtime, patient_values};
 use crate::dicom::dataset::{self, Syntax};
 use crate::dicom::dimse;
 use crate::dicom::{Identifiers, object};
@@ -157,7 +157,13 @@ type Routed = (
 impl Decider {
     /// Route an object: every connector's filter with `dicom` bound (validation rules are
     /// for HL7 and not applied). `Err`: a filter could not be evaluated.
-    fn route_object(&self, view: &Message, identifiers: &Identifiers) -> Result<Routed, String> {
+    fn route_object(
+        &self,
+        view: &Message,
+        identifiers: &Identifiers,
+        body: &[u8],
+        received: &str,
+    ) -> Result<Routed, String> {
         let evaluation = self
             .rules
             .evaluate_object(view, &self.listener, identifiers);
@@ -183,22 +189,150 @@ impl Decider {
             .zip(&evaluation.order_keys)
             .filter_map(|(counters, key)| key.map(|key| (counters.connector, key)))
             .collect();
-        // HL7 transform steps cannot edit a DICOM object: that connector's copy goes to its
-        // dead-letter queue with the reason, the others are delivered.
+        // What each connector that takes the object delivers: an HL7 output gets the ORU^R01
+        // of a Structured Report (through its transform steps, if any) or, for another
+        // object, a dead letter with the reason; a DICOM output the object itself, unless
+        // it has HL7 transform steps, which cannot edit an object.
         let mut copies = Vec::new();
-        if let Some(transforms) = &self.transforms {
-            for (route, name) in routes.iter().zip(self.names.iter()) {
-                if route.status == RouteStatus::Queued && transforms.transforms(name) {
-                    copies.push((
-                        route.connector,
-                        StoredCopy::Failed(format!(
-                            "connector {name} transforms HL7 messages; a DICOM object cannot be transformed (leave objects out with a filter such as `dicom.sop_instance_uid == \"\"`)"
-                        )),
-                    ));
-                }
+        let mut oru: Option<Result<Bytes, String>> = None;
+        for (index, (route, name)) in routes.iter().zip(self.names.iter()).enumerate() {
+            if route.status != RouteStatus::Queued {
+                continue;
             }
+            let transforms = self
+                .transforms
+                .as_ref()
+                .filter(|transforms| transforms.transforms(name));
+            let copy = if self.hl7_outputs.get(index).copied().unwrap_or(false) {
+                let oru = oru
+                    .get_or_insert_with(|| {
+                        crate::dicom::sr::oru(body, &oru_control_id(identifiers, body), received)
+                            .map(Bytes::from)
+                            .map_err(|error| error.to_string())
+                    })
+                    .clone();
+                match (oru, transforms) {
+                    (Err(reason), _) => StoredCopy::Failed(reason),
+                    (Ok(oru), None) => StoredCopy::Bytes(oru),
+                    (Ok(oru), Some(transforms)) => {
+                        transform_oru(transforms, name, oru, &self.listener)
+                    }
+                }
+            } else if transforms.is_some() {
+                StoredCopy::Failed(format!(
+                    "connector {name} transforms HL7 messages; a DICOM object cannot be transformed (leave objects out with a filter such as `dicom.sop_instance_uid == \"\"`)"
+                ))
+            } else {
+                continue;
+            };
+            if let StoredCopy::Failed(reason) = &copy {
+                tracing::warn!(connector = %name, sop_instance_uid = %identifiers.sop_instance_uid, reason = %reason, "this connector's copy of a DICOM object goes to its dead-letter queue");
+            }
+            copies.push((route.connector, copy));
         }
         Ok((routes, order_keys, copies))
+    }
+}
+
+/// An object decided: everything but its storing.
+#[derive(Debug)]
+pub struct DecidedObject {
+    /// What it is.
+    pub identifiers: Identifiers,
+    /// Its header view.
+    pub view: Message,
+    /// Routed, unrouted, or ERROR (a filter could not be evaluated).
+    pub disposition: Disposition,
+    /// One per connector (none for ERROR).
+    pub routes: Vec<Route>,
+    /// The `order_by` keys.
+    pub order_keys: Vec<(ConnectorId, u64)>,
+    /// What each connector with its own copy delivers (an ORU^R01, a dead letter).
+    pub copies: Vec<(ConnectorId, StoredCopy)>,
+    /// Why, for ERROR.
+    pub reason: Option<String>,
+}
+
+impl Decider {
+    /// Everything decided for a received object before it would be stored; `Err` is the
+    /// C-STORE answer of an object that is refused (unreadable, UIDs that do not agree).
+    /// `mfoundry test` runs it alone.
+    pub fn decide_object(
+        &self,
+        object: &ReceivedObject,
+        received_at_micros: i64,
+    ) -> Result<DecidedObject, ObjectOutcome> {
+        let identifiers = read(object)?;
+        let Some(view) = header_view(&identifiers, received_at_micros) else {
+            return Err(ObjectOutcome::failed(
+                dimse::CANNOT_UNDERSTAND,
+                "identifiers not readable",
+            ));
+        };
+        let received = chrono::DateTime::from_timestamp_micros(received_at_micros)
+            .unwrap_or_default()
+            .format("%Y%m%d%H%M%S")
+            .to_string();
+        let decided = match self.route_object(&view, &identifiers, &object.file, &received) {
+            Ok((routes, order_keys, copies)) => {
+                let disposition = if routes
+                    .iter()
+                    .any(|route| route.status == RouteStatus::Queued)
+                {
+                    Disposition::Routed
+                } else {
+                    Disposition::Unrouted
+                };
+                DecidedObject {
+                    identifiers,
+                    view,
+                    disposition,
+                    routes,
+                    order_keys,
+                    copies,
+                    reason: None,
+                }
+            }
+            Err(reason) => {
+                tracing::warn!(sop_instance_uid = %identifiers.sop_instance_uid, error = %reason, "a filter could not be evaluated for a DICOM object; it is refused and stored as ERROR");
+                DecidedObject {
+                    identifiers,
+                    view,
+                    disposition: Disposition::Error,
+                    routes: Vec::new(),
+                    order_keys: Vec::new(),
+                    copies: Vec::new(),
+                    reason: Some(reason),
+                }
+            }
+        };
+        Ok(decided)
+    }
+}
+
+impl ReceivedObject {
+    /// An object as a DICOM Part 10 file holds it, with mfoundry's meta instead of the
+    /// file's, as a listener would have stored it (`mfoundry test`).
+    pub fn from_file(bytes: &[u8], calling_ae: &str, called_ae: &str) -> Option<Self> {
+        let stored = object::read_part10(bytes)?;
+        let file = object::part10_prefix(
+            &stored.sop_class,
+            &stored.sop_instance,
+            &stored.transfer_syntax,
+            calling_ae,
+        );
+        let data_start = file.len();
+        let mut file = file;
+        file.extend_from_slice(stored.data_set);
+        Some(Self {
+            file,
+            data_start,
+            sop_class: stored.sop_class,
+            sop_instance: stored.sop_instance,
+            transfer_syntax: stored.transfer_syntax,
+            calling_ae: calling_ae.to_owned(),
+            called_ae: called_ae.to_owned(),
+        })
     }
 }
 
@@ -213,38 +347,22 @@ impl Ingest {
         identity: Option<&crate::tls::PeerIdentity>,
     ) -> ObjectOutcome {
         let received_at_micros = chrono::Utc::now().timestamp_micros();
-        let identifiers = match read(&object) {
-            Ok(identifiers) => identifiers,
+        let decider = self.current();
+        let decided = match off_runtime(&decider, || {
+            decider.decide_object(&object, received_at_micros)
+        }) {
+            Ok(decided) => decided,
             Err(outcome) => return outcome,
         };
-        let Some(view) = header_view(&identifiers, received_at_micros) else {
-            return ObjectOutcome::failed(dimse::CANNOT_UNDERSTAND, "identifiers not readable");
-        };
-        let decider = self.current();
-        let routed = decider.route_object(&view, &identifiers);
-        let (disposition, routes, order_keys, copies, reason) = match routed {
-            Ok((routes, order_keys, copies)) => {
-                let disposition = if routes
-                    .iter()
-                    .any(|route| route.status == RouteStatus::Queued)
-                {
-                    Disposition::Routed
-                } else {
-                    Disposition::Unrouted
-                };
-                (disposition, routes, order_keys, copies, None)
-            }
-            Err(reason) => {
-                tracing::warn!(sop_instance_uid = %identifiers.sop_instance_uid, error = %reason, "a filter could not be evaluated for a DICOM object; it is refused and stored as ERROR");
-                (
-                    Disposition::Error,
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    Some(reason),
-                )
-            }
-        };
+        let DecidedObject {
+            identifiers,
+            view,
+            disposition,
+            routes,
+            order_keys,
+            copies,
+            reason,
+        } = decided;
         let accepted = disposition != Disposition::Error;
         let key = accepted.then(|| {
             ObjectKey::new(
@@ -311,6 +429,36 @@ impl Ingest {
                 )
             }
         }
+    }
+}
+
+/// MSH-10 of a report's ORU: `SR` and 16 hex digits of the SHA-256 of the SOP Instance UID
+/// and the object's bytes (20 characters, as v2.5.1 allows; the same object gives the same
+/// id, a corrected one another).
+fn oru_control_id(identifiers: &Identifiers, body: &[u8]) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(identifiers.sop_instance_uid.as_bytes());
+    hash.update(body);
+    let digest = hash.finalize();
+    format!("SR{}", data_encoding::HEXUPPER.encode(&digest[..8]))
+}
+
+/// A connector's transform steps applied to a report's ORU.
+fn transform_oru(
+    transforms: &crate::transform::Transforms,
+    name: &str,
+    oru: Bytes,
+    listener: &str,
+) -> StoredCopy {
+    let Ok(message) = Message::parse(oru.clone()) else {
+        return StoredCopy::Failed("the report's ORU^R01 could not be read back".to_owned());
+    };
+    let charset = message.charset(Charset::UTF_8).charset();
+    match transforms.apply(name, &message, charset, listener) {
+        Ok(Some(bytes)) => StoredCopy::Bytes(Bytes::from(bytes)),
+        Ok(None) => StoredCopy::Bytes(oru),
+        Err(failure) => StoredCopy::Failed(failure.to_string()),
     }
 }
 

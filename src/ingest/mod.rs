@@ -36,7 +36,7 @@ mod patient;
 
 pub use answer::{Outcome, Reason, Reply};
 pub use batch::{BatchAck, BatchOutcome, BatchSettings, CountMismatch, From, RefusedMessage};
-pub use dicom::{ObjectOutcome, ReceivedObject, header_view, stored_identifiers};
+pub use dicom::{DecidedObject, ObjectOutcome, ReceivedObject, header_view, stored_identifiers};
 pub use header::header_fields;
 use header::{ack_code_of, check_sender, control_id_for_logs, dedup_key, locate};
 pub use patient::{patient_values, reader as patient_reader};
@@ -90,6 +90,9 @@ pub struct Decider {
     transforms: Option<Arc<Transforms>>,
     /// The configuration's hash, stored with each message (see [`MessageRecord::config`]).
     config: Option<[u8; 8]>,
+    /// Per routed connector (the order of `routes`), whether its output sends HL7: a DICOM
+    /// object it takes becomes an ORU^R01 (a Structured Report) or a dead letter.
+    hl7_outputs: Arc<[bool]>,
 }
 
 /// What [`Decider::decide_frame`] gives.
@@ -183,7 +186,16 @@ impl Decider {
             names,
             transforms: None,
             config: None,
+            hl7_outputs: Arc::from(Vec::new()),
         })
+    }
+
+    /// Say which connectors send HL7 (`sends_hl7(name)`): a DICOM object routed to one is
+    /// delivered as an ORU^R01 when it is a Structured Report, else dead-lettered.
+    #[must_use]
+    pub fn with_hl7_outputs(mut self, sends_hl7: impl Fn(&str) -> bool) -> Self {
+        self.hl7_outputs = self.names.iter().map(|name| sends_hl7(name)).collect();
+        self
     }
 
     /// Store `sha256`'s first 8 bytes with each message: the configuration it was decided
@@ -780,7 +792,7 @@ impl Decider {
 /// Run `decide` where rules and transforms may take their time (bounded at load, ADR 0012):
 /// never on a runtime thread other connections' tasks need, when the runtime has others to
 /// hand them to.
-fn off_runtime<T>(decider: &Decider, decide: impl FnOnce() -> T) -> T {
+pub(crate) fn off_runtime<T>(decider: &Decider, decide: impl FnOnce() -> T) -> T {
     let evaluates = decider.rules.evaluates() || decider.transforms.is_some();
     let off_runtime = evaluates
         && tokio::runtime::Handle::current().runtime_flavor()

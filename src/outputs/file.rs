@@ -42,7 +42,7 @@ impl FileSpec {
                     None
                 }
             };
-        let format = Format::read(reader, &Format::ALL);
+        let format = Format::read(reader, &Format::FILE);
         Some(Self {
             directory: PathBuf::from(directory?),
             filename: filename?,

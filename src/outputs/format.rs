@@ -22,11 +22,16 @@ pub enum Format {
     Json,
     /// A FHIR R4 transaction Bundle ([`crate::fhir`]).
     Fhir,
+    /// A DICOM object as it was stored (`file` only): the Part 10 file, named `.dcm`; an
+    /// HL7 message is refused.
+    Dicom,
 }
 
 impl Format {
-    /// Every format.
+    /// Every format an HL7 output takes.
     pub const ALL: [Self; 3] = [Self::Hl7, Self::Json, Self::Fhir];
+    /// What a file connector takes: those, and DICOM objects as they were stored.
+    pub const FILE: [Self; 4] = [Self::Hl7, Self::Json, Self::Fhir, Self::Dicom];
 
     /// Its name in the configuration.
     pub fn as_str(self) -> &'static str {
@@ -34,6 +39,7 @@ impl Format {
             Self::Hl7 => "hl7",
             Self::Json => "json",
             Self::Fhir => "fhir",
+            Self::Dicom => "dicom",
         }
     }
 
@@ -66,18 +72,30 @@ impl Format {
             Self::Hl7 => super::http::HL7_MEDIA_TYPE,
             Self::Json => "application/json",
             Self::Fhir => "application/fhir+json",
+            Self::Dicom => "application/dicom",
         }
     }
 
     /// The body for `envelope`.
     pub fn render(self, envelope: &Envelope) -> Result<Bytes, DeliveryError> {
-        if self != Self::Hl7 && crate::dicom::is_dicom(&envelope.body) {
-            return Err(DeliveryError::permanent(format!(
-                "a DICOM object has no {} form; a connector with format: hl7 (the default) delivers it as it was received",
-                self.as_str()
-            )));
+        let object = crate::dicom::is_dicom(&envelope.body);
+        match (self, object) {
+            (Self::Dicom, true) => return Ok(envelope.body.clone()),
+            (Self::Dicom, false) => {
+                return Err(DeliveryError::permanent(
+                    "a connector with format: dicom writes DICOM objects; this is an HL7 message (leave HL7 out with a filter such as `dicom.sop_instance_uid != \"\"`)",
+                ));
+            }
+            (_, true) => {
+                return Err(DeliveryError::permanent(format!(
+                    "a DICOM object has no {} form (only a Structured Report becomes HL7, an ORU^R01); write objects with format: dicom",
+                    self.as_str()
+                )));
+            }
+            (_, false) => {}
         }
         match self {
+            Self::Dicom => Ok(envelope.body.clone()),
             Self::Hl7 => Ok(envelope.body.clone()),
             Self::Json => Ok(Bytes::from(to_json(envelope).to_string())),
             Self::Fhir => fhir(envelope).and_then(|bundle| {

@@ -151,6 +151,18 @@ impl OutputSpec {
         }
     }
 
+    /// Whether the output sends HL7 v2 (MLLP, HTTP, PostgreSQL, a file with an HL7 format):
+    /// a DICOM object it takes is delivered as an ORU^R01 (a Structured Report) or
+    /// dead-lettered at intake. DICOM, STOW-RS, NATS and `format: dicom` files carry objects.
+    pub fn sends_hl7(&self) -> bool {
+        match self {
+            Self::Mllp(_) | Self::Postgres(_) => true,
+            Self::Http(spec) => !spec.stow,
+            Self::File(spec) => spec.format != format::Format::Dicom,
+            Self::Nats(_) | Self::Dicom(_) => false,
+        }
+    }
+
     /// What the output sends of a connector's copy.
     pub fn format(&self) -> format::Format {
         match self {

@@ -23,6 +23,7 @@ fn config(extra_listener: &str) -> String {
 connectors:
   - name: ct-files
     type: file
+    format: dicom
     directory: ./out/ct
     filter: dicom.modality == "CT" && inbound == "modalities"
   - name: sr-files
@@ -31,12 +32,13 @@ connectors:
     filter: dicom.sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.33"
   - name: everything
     type: file
+    format: dicom
     directory: ./out/all
   - name: ehr
     type: mllp
     host: 127.0.0.1
     port: 9
-    filter: dicom.modality == "SR"
+    filter: dicom.modality == "CT"
 "#
     )
 }
@@ -145,7 +147,40 @@ fn objects_from_dcmtk_are_routed_by_dicom_filters_and_a_restore_is_stored_once()
         "{messages:?}"
     );
 
-    // An HL7 output cannot send an object: the SR is in its dead-letter queue, with why.
+    // A file connector that writes HL7 got the report as an ORU^R01 (docs/formats.md).
+    let oru = walk(&dir.join("out/sr"));
+    assert_eq!(oru.len(), 1);
+    let oru = std::fs::read(&oru[0]).expect("the ORU");
+    let text = String::from_utf8(oru).expect("UTF-8, as the report's ISO_IR 192");
+    let segments: Vec<&str> = text.split('\r').filter(|s| !s.is_empty()).collect();
+    assert!(segments[0].contains("|ORU^R01^ORU_R01|"), "{text}");
+    assert!(segments[0].ends_with("|UNICODE UTF-8"), "{text}");
+    assert!(
+        segments[1].starts_with("PID|1||PAT-SR-1^^^HOSP||Report^Rita"),
+        "{text}"
+    );
+    assert!(
+        segments[3].starts_with("OBR|1||ACC0001|18748-4^Diagnostic imaging report^LN|"),
+        "{text}"
+    );
+    assert!(
+        segments[3].ends_with("|F"),
+        "COMPLETE and VERIFIED: final. {text}"
+    );
+    assert_eq!(
+        segments[4],
+        "OBX|1|NM|8867-4^Heart rate^LN|1|72|/min^per minute^UCUM|||||F"
+    );
+    assert_eq!(
+        segments[5],
+        "OBX|2|TX|121071^Finding^DCM|2|No acute findings. Ünïcode kept.||||||F"
+    );
+    assert_eq!(
+        segments[6],
+        "OBX|3|CE|121071^Finding^DCM|3|17621005^Normal^SCT||||||F"
+    );
+
+    // An HL7 output cannot send an image: the CTs are in its dead-letter queue, with why.
     let admin = server.admin_addr.clone().expect("admin API");
     let mut dead = serde_json::Value::Null;
     for _ in 0..200 {
@@ -172,7 +207,7 @@ fn objects_from_dcmtk_are_routed_by_dicom_filters_and_a_restore_is_stored_once()
     }
     let text = dead.to_string();
     assert!(
-        text.contains("a DICOM object cannot be delivered by this connector (type mllp sends HL7)"),
+        text.contains("the DICOM object is not a Structured Report"),
         "{text}"
     );
 

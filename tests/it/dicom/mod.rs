@@ -6,6 +6,7 @@
 mod intake;
 mod outputs;
 mod protocol;
+mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

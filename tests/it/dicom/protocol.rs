@@ -123,7 +123,7 @@ fn packed_commands_are_stored_and_wrong_contexts_and_unreadable_data_sets_are_re
     let dir = scratch.path();
     std::fs::write(
         dir.join("gateway.yaml"),
-        "listeners:\n  - name: modalities\n    type: dicom\n    listen_addr: \"127.0.0.1:0\"\nconnectors:\n  - name: all\n    type: file\n    directory: ./out\n",
+        "listeners:\n  - name: modalities\n    type: dicom\n    listen_addr: \"127.0.0.1:0\"\nconnectors:\n  - name: all\n    type: file\n    format: dicom\n    directory: ./out\n",
     )
     .expect("config");
     let server = common::Server::start(dir, "gateway.yaml", "data", &[("LISTEN_ADDR", "")]);
