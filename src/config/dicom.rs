@@ -14,7 +14,7 @@ const DEFAULT_AE_TITLE: &str = "MFOUNDRY";
 const DEFAULT_MAX_OBJECT: u64 = 64 << 20;
 const DEFAULT_MAX_PDU: u64 = 64 << 10;
 /// The largest object a listener may take.
-const MAX_OBJECT: u64 = 4 << 30;
+const MAX_OBJECT: u64 = 0xFFFF_FFFE;
 /// A PDU this side receives is at least this long (the standard's smallest useful).
 const MIN_PDU: u64 = 4 << 10;
 /// ... and at most this (a larger PDU is one allocation per read).
@@ -116,7 +116,7 @@ pub(super) fn resolve(
         problem(
             get("max_object_size"),
             "max_object_size",
-            "must be at most 4GiB (DICOM lengths are 32-bit)".to_owned(),
+            "must be below 4GiB (DICOM lengths are 32-bit)".to_owned(),
         );
         ok = false;
     }

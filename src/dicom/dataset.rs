@@ -212,6 +212,14 @@ impl<'a> DataSet<'a> {
         self.elements.iter().find(|element| element.tag == tag)
     }
 
+    /// How many elements with `tag` this level holds (more than one is malformed).
+    pub fn count(&self, tag: Tag) -> usize {
+        self.elements
+            .iter()
+            .filter(|element| element.tag == tag)
+            .count()
+    }
+
     /// A value's bytes, trailing padding (spaces, NULs) removed.
     pub fn raw(&self, tag: Tag) -> Option<&'a [u8]> {
         match self.get(tag)?.value {
@@ -345,11 +353,17 @@ impl<'a> Reader<'a> {
                     .ok_or(DatasetError::Truncated(0, 0))?,
             );
             if tag == ITEM_END {
+                // Only an undefined-length item ends so, with a length of 0.
+                let length = self.u32(self.at + 4, limit);
                 self.at += 8;
-                if self.at > limit {
-                    return Err(DatasetError::Truncated(tag.0, tag.1));
+                if self.at > limit || end.is_some() || depth == 0 || length != Some(0) {
+                    return Err(DatasetError::NotAnItem(tag.0, tag.1));
                 }
                 return Ok(set);
+            }
+            if tag.0 == 0xFFFE {
+                // An item or a sequence delimiter where an element belongs.
+                return Err(DatasetError::NotAnItem(tag.0, tag.1));
             }
             if depth == 0 && tag == PIXEL_DATA {
                 // Carried, never decoded: reading stops here.

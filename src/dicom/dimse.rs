@@ -188,15 +188,21 @@ pub enum StatusClass {
     Refused,
 }
 
-/// The class of a C-STORE status.
+/// The class of a C-STORE status (PS3.7 Table C.1-1, PS3.4 Annex B.2.3): warnings are
+/// `0001`, `0107`, `0116` and `Bxxx`; `0111` (duplicate SOP instance: the peer holds it,
+/// usually from an attempt whose response was lost) is a success; `A7xx` and `0213`
+/// (resource limitation) are worth retrying; every other status refuses the object.
 pub fn classify(status: u16) -> StatusClass {
     match status {
-        SUCCESS => StatusClass::Success,
-        0xB000..=0xB0FF => StatusClass::Warning,
-        0xA700..=0xA7FF => StatusClass::Retry,
+        SUCCESS | DUPLICATE_INSTANCE => StatusClass::Success,
+        0x0001 | 0x0107 | 0x0116 | 0xB000..=0xBFFF => StatusClass::Warning,
+        0xA700..=0xA7FF | 0x0213 => StatusClass::Retry,
         _ => StatusClass::Refused,
     }
 }
+
+/// Duplicate SOP instance.
+pub const DUPLICATE_INSTANCE: u16 = 0x0111;
 
 #[cfg(test)]
 mod tests {
@@ -233,6 +239,10 @@ mod tests {
     fn statuses_are_classed_as_the_standard_says() {
         assert_eq!(classify(0x0000), StatusClass::Success);
         assert_eq!(classify(0xB007), StatusClass::Warning);
+        assert_eq!(classify(0xB1FF), StatusClass::Warning);
+        assert_eq!(classify(0x0107), StatusClass::Warning);
+        assert_eq!(classify(0x0111), StatusClass::Success);
+        assert_eq!(classify(0x0213), StatusClass::Retry);
         assert_eq!(classify(0xA700), StatusClass::Retry);
         assert_eq!(classify(0xA900), StatusClass::Refused);
         assert_eq!(classify(0xC000), StatusClass::Refused);

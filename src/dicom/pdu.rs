@@ -542,23 +542,35 @@ pub fn pdvs(body: &[u8]) -> Result<Vec<Pdv<'_>>, PduError> {
 }
 
 /// P-DATA-TF PDUs carrying `data` (a command or a data set) on `context`, each at most
-/// `max_pdu` long (the peer's maximum; 0: no maximum), the last fragment marked.
-pub fn encode_pdata(context: u8, command: bool, data: &[u8], max_pdu: u32) -> Vec<Vec<u8>> {
+/// `max_pdu` long (the peer's maximum; 0: none, and then at most [`MAX_SENT_PDU`]), the last
+/// fragment marked. Built one at a time as they are written, so an object is never held
+/// twice.
+pub fn encode_pdata(
+    context: u8,
+    command: bool,
+    data: &[u8],
+    max_pdu: u32,
+) -> impl Iterator<Item = Vec<u8>> + '_ {
     // A PDV item adds 6 bytes (length, context id, control header) to its fragment.
-    let room = match max_pdu {
-        0 => usize::MAX,
-        max => usize::try_from(max).unwrap_or(usize::MAX).max(7) - 6,
+    let max = match max_pdu {
+        0 => MAX_SENT_PDU,
+        max => max.min(MAX_SENT_PDU),
     };
-    let mut out = Vec::new();
-    let mut chunks = data.chunks(room.max(1)).peekable();
-    if data.is_empty() {
-        out.push(pdata_one(context, command, true, &[]));
-    }
-    while let Some(chunk) = chunks.next() {
-        out.push(pdata_one(context, command, chunks.peek().is_none(), chunk));
-    }
-    out
+    let room = usize::try_from(max).unwrap_or(usize::MAX).max(7) - 6;
+    let count = data.len().div_ceil(room).max(1);
+    (0..count).map(move |index| {
+        let start = index * room;
+        let end = (start + room).min(data.len());
+        pdata_one(context, command, index + 1 == count, &data[start..end])
+    })
 }
+
+/// The longest PDU mfoundry sends (a peer announcing no maximum, or a larger one, gets
+/// PDUs of this length).
+pub const MAX_SENT_PDU: u32 = 1 << 20;
+/// The smallest maximum a peer may announce for mfoundry to send to it (below it, sending
+/// an object would take a PDU per few bytes).
+pub const MIN_PEER_PDU: u32 = 1024;
 
 fn pdata_one(context: u8, command: bool, last: bool, fragment: &[u8]) -> Vec<u8> {
     let mut body = Vec::with_capacity(6 + fragment.len());
@@ -647,7 +659,7 @@ mod tests {
     #[test]
     fn data_is_fragmented_within_the_peers_maximum_and_reassembles() {
         let data: Vec<u8> = (0..1000u32).map(|n| (n % 251) as u8).collect();
-        let pdus = encode_pdata(5, false, &data, 100);
+        let pdus: Vec<Vec<u8>> = encode_pdata(5, false, &data, 100).collect();
         let mut joined = Vec::new();
         for (index, pdu) in pdus.iter().enumerate() {
             assert!(pdu.len() - 6 <= 100, "each PDU within the maximum");

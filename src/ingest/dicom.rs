@@ -90,6 +90,12 @@ fn read(object: &ReceivedObject) -> Result<Identifiers, ObjectOutcome> {
     };
     let set = dataset::parse(object.data_set(), syntax)
         .map_err(|error| ObjectOutcome::failed(dimse::CANNOT_UNDERSTAND, error.to_string()))?;
+    if set.count(dataset::SOP_CLASS_UID) > 1 || set.count(dataset::SOP_INSTANCE_UID) > 1 {
+        return Err(ObjectOutcome::failed(
+            dimse::CANNOT_UNDERSTAND,
+            "SOP Class or Instance UID given twice",
+        ));
+    }
     let mut identifiers = Identifiers::read(&set, &object.sop_class, &object.sop_instance);
     // The stored file's meta was written from the request: the data set must agree.
     if !crate::dicom::is_uid(&identifiers.sop_instance_uid)

@@ -4,7 +4,7 @@
 //! Limits, all checked before bytes are read into memory: a PDU longer than the maximum this
 //! side announced is refused from its header; a command set is at most
 //! [`dimse::MAX_COMMAND_LEN`]; an object's data set grows only up to `max_object_size` (the
-//! rest of an oversized object is read and discarded, and the request answered 0xA700), and
+//! rest of an oversized object is read and discarded, and the request answered 0xC000), and
 //! is covered by the listener's share of `max_frame_memory`. `idle_timeout` closes an idle
 //! association, `frame_timeout` bounds the arrival of one object, `write_timeout` each
 //! answer. Logs name the peer, AE titles and SOP Instance UIDs, never object content.
@@ -222,24 +222,36 @@ where
         self.serve_messages().await
     }
 
+    /// Write and flush within `write_timeout` (over TLS the bytes may wait in the session
+    /// until the flush).
     async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
-        let write = self.stream.write_all(bytes);
+        let stream = &mut *self.stream;
+        let write = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
         let written = match self.context.listener.write_timeout {
             Some(limit) => tokio::time::timeout(limit, write)
                 .await
                 .map_err(|_| End::Io("write_timeout reached".to_owned()))?,
             None => write.await,
         };
-        written.map_err(|error| End::Io(error.to_string()))?;
-        self.stream
-            .flush()
-            .await
-            .map_err(|error| End::Io(error.to_string()))
+        written.map_err(|error| End::Io(error.to_string()))
+    }
+
+    /// Close the connection, within `write_timeout` (a few seconds without one).
+    async fn close(&mut self) {
+        let limit = self
+            .context
+            .listener
+            .write_timeout
+            .unwrap_or(Duration::from_secs(5));
+        let _ = tokio::time::timeout(limit, self.stream.shutdown()).await;
     }
 
     async fn abort(&mut self, end: End) -> End {
         let _ = self.write(&pdu::abort(0)).await;
-        let _ = self.stream.shutdown().await;
+        self.close().await;
         end
     }
 
@@ -253,24 +265,46 @@ where
         body_timeout: Option<Duration>,
         stop_on_shutdown: bool,
     ) -> Read {
+        match self.read_header(timeout, stop_on_shutdown).await {
+            Ok(header) => self.read_body(header, limit, body_timeout).await,
+            Err(end) => Read::End(end),
+        }
+    }
+
+    /// A PDU header within `timeout`, or until shutdown when `stop_on_shutdown`.
+    async fn read_header(
+        &mut self,
+        timeout: Option<Duration>,
+        stop_on_shutdown: bool,
+    ) -> Result<[u8; pdu::HEADER_LEN], End> {
         let mut header = [0u8; pdu::HEADER_LEN];
         self.stream.quickack();
         let read = async { self.stream.read_exact(&mut header).await };
         let shutdown = self.context.shutdown.clone();
         let result = tokio::select! {
             () = shutdown.cancelled(), if stop_on_shutdown => {
-                return Read::End(self.abort(End::Shutdown).await);
+                return Err(self.abort(End::Shutdown).await);
             }
             result = sleep_or(timeout, read) => result,
         };
         match result {
-            None => return Read::End(self.abort(End::IdleTimeout).await),
+            None => Err(self.abort(End::IdleTimeout).await),
             Some(Err(error)) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
-                return Read::End(End::PeerClosed);
+                Err(End::PeerClosed)
             }
-            Some(Err(error)) => return Read::End(End::Io(error.to_string())),
-            Some(Ok(_)) => {}
+            Some(Err(error)) => Err(End::Io(error.to_string())),
+            Some(Ok(_)) => Ok(header),
         }
+    }
+
+    /// The body of the PDU `header` announces, refused above `limit` before anything is
+    /// allocated, within `body_timeout` (default `frame_timeout`).
+    async fn read_body(
+        &mut self,
+        header: [u8; pdu::HEADER_LEN],
+        limit: u32,
+        body_timeout: Option<Duration>,
+    ) -> Read {
         let (kind, length) = match pdu::header(&header, limit) {
             Ok(parsed) => parsed,
             Err(error) => return Read::End(self.abort(End::Protocol(error.to_string())).await),
@@ -289,6 +323,22 @@ where
             Some(Err(error)) => Read::End(End::Io(error.to_string())),
             Some(Ok(_)) => Read::Pdu(kind, body),
         }
+    }
+
+    /// [`Self::read_pdu`] with one limit for the header and the body together (`None`: no
+    /// limit but `frame_timeout`'s for the body).
+    async fn read_pdu_within(&mut self, limit: u32, within: Option<Duration>) -> Read {
+        let Some(within) = within else {
+            return self.read_pdu(limit, None, None, false).await;
+        };
+        let deadline = Instant::now() + within;
+        let header_read = self.read_header(Some(within), false).await;
+        let header = match header_read {
+            Ok(header) => header,
+            Err(end) => return Read::End(end),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.read_body(header, limit, Some(left)).await
     }
 
     /// Answer the A-ASSOCIATE-RQ: accept the contexts we take, or reject the association.
@@ -481,7 +531,10 @@ where
                     let mut complete = false;
                     for item in items {
                         if complete {
-                            if item.command || Some(item.context) != context_id {
+                            let ended = leftover
+                                .last()
+                                .is_some_and(|fragment: &Fragment| fragment.last);
+                            if item.command || Some(item.context) != context_id || ended {
                                 return Err(self
                                     .abort(End::Protocol(
                                         "a fragment after a command that is not its data set"
@@ -517,7 +570,7 @@ where
                 }
                 Read::Pdu(PduType::ReleaseRq, _) if first => {
                     let _ = self.write(&pdu::release_rp()).await;
-                    let _ = self.stream.shutdown().await;
+                    self.close().await;
                     return Err(End::Released);
                 }
                 Read::Pdu(PduType::Abort, _) => return Err(End::Aborted),
@@ -593,9 +646,12 @@ where
                     share.release();
                     continue;
                 }
-                let covered = share.cover(file.len() + fragment.data.len(), || {
-                    debug!("waiting for max_frame_memory before receiving more of an object");
-                });
+                let covered = share.cover(
+                    file.capacity().max(file.len() + fragment.data.len()),
+                    || {
+                        debug!("waiting for max_frame_memory before receiving more of an object");
+                    },
+                );
                 match next_limit() {
                     Some(limit) => {
                         if tokio::time::timeout(limit, covered).await.is_err() {
@@ -618,7 +674,8 @@ where
             if limit.is_some_and(|left| left.is_zero()) {
                 return Err(self.abort(End::ObjectTimeout).await);
             }
-            let body = match self.read_pdu(max_pdu, limit, limit, false).await {
+            // One limit for the whole PDU: its header and body together.
+            let body = match self.read_pdu_within(max_pdu, limit).await {
                 Read::End(End::IdleTimeout) => return Err(End::ObjectTimeout),
                 Read::End(end) => return Err(end),
                 Read::Pdu(PduType::PData, body) => body,

@@ -154,7 +154,7 @@ struct Association {
     stream: ClientStream,
     /// Accepted contexts: id, abstract syntax, transfer syntax.
     accepted: Vec<(u8, String, String)>,
-    /// What was proposed and refused: abstract syntax, transfer syntax.
+    /// What was proposed and refused (or not answered): abstract syntax, transfer syntax.
     refused: Vec<(String, String)>,
     /// The peer's maximum PDU (0: none).
     peer_max_pdu: u32,
@@ -166,22 +166,33 @@ struct Association {
 pub struct DicomOutput {
     spec: DicomSpec,
     association: Option<Association>,
-    /// Every (SOP class, transfer syntax) sent so far: what an association proposes.
+    /// The (SOP class, transfer syntax) pairs sent lately, least recently used first: what
+    /// an association proposes.
     wanted: Vec<(String, String)>,
 }
 
 /// Why an exchange failed.
 enum Failure {
-    /// Drop the association; retry.
+    /// Drop the association (aborted); retry.
     Reset(String),
     /// Keep the association; retry.
-    Retry(String),
-    /// The dead-letter queue.
-    Refused(String),
+    Retry(String, Option<String>),
+    /// The dead-letter queue (with the peer's words, when it gave some).
+    Refused(String, Option<String>),
+}
+
+impl Failure {
+    fn reason(self) -> String {
+        match self {
+            Self::Reset(reason) | Self::Retry(reason, _) | Self::Refused(reason, _) => reason,
+        }
+    }
 }
 
 /// Most presentation contexts one association proposes (the protocol allows 128).
 const MAX_CONTEXTS: usize = 64;
+/// How long an A-RELEASE or an A-ABORT may take before the connection is closed anyway.
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 impl DicomOutput {
     /// An output for `spec`; associates on first use.
@@ -207,28 +218,33 @@ impl DicomOutput {
         match result {
             Ok(()) => Ok(()),
             Err(Failure::Reset(reason)) => {
-                self.association = None;
+                if let Some(mut association) = self.association.take() {
+                    abort(&mut association).await;
+                }
                 Err(DeliveryError::transient(reason))
             }
-            Err(Failure::Retry(reason)) => Err(DeliveryError::transient(reason)),
-            Err(Failure::Refused(reason)) => Err(DeliveryError::permanent(reason)),
+            Err(Failure::Retry(reason, peer)) => {
+                Err(DeliveryError::transient(reason).with_downstream(peer))
+            }
+            Err(Failure::Refused(reason, peer)) => {
+                Err(DeliveryError::permanent(reason).with_downstream(peer))
+            }
         }
     }
 
-    /// C-ECHO: whether the peer answers Verification (opens an association of its own).
+    /// C-ECHO on an association of its own: whether the peer answers Verification (a
+    /// check of the connector's peer, e.g. before sending after an outage).
     pub async fn echo(&mut self) -> Result<(), String> {
+        let verification = [(
+            pdu::VERIFICATION.to_owned(),
+            crate::dicom::dataset::IMPLICIT_VR_LITTLE_ENDIAN.to_owned(),
+        )];
         let mut association = self
-            .associate(&[(
-                pdu::VERIFICATION.to_owned(),
-                crate::dicom::dataset::IMPLICIT_VR_LITTLE_ENDIAN.to_owned(),
-            )])
+            .associate(&verification)
             .await
-            .map_err(|failure| match failure {
-                Failure::Reset(reason) | Failure::Retry(reason) | Failure::Refused(reason) => {
-                    reason
-                }
-            })?;
+            .map_err(Failure::reason)?;
         let Some((context, ..)) = association.accepted.first().cloned() else {
+            abort(&mut association).await;
             return Err("the peer does not accept Verification (C-ECHO)".to_owned());
         };
         let command = Command {
@@ -240,13 +256,15 @@ impl DicomOutput {
         };
         let answer = self
             .request(&mut association, context, &command, None)
-            .await
-            .map_err(|failure| match failure {
-                Failure::Reset(reason) | Failure::Retry(reason) | Failure::Refused(reason) => {
-                    reason
-                }
-            })?;
-        let _ = release(&mut association, self.spec.response_timeout).await;
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(failure) => {
+                abort(&mut association).await;
+                return Err(failure.reason());
+            }
+        };
+        release(&mut association).await;
         if answer.status == dimse::SUCCESS {
             Ok(())
         } else {
@@ -266,24 +284,42 @@ impl DicomOutput {
             tracing::debug!(addr = %self.spec.addr, "kept DICOM association is closed or dirty; associating again");
             self.association = None;
         }
+        let matches = |(sop, syntax): (&String, &String)| (sop, syntax) == (&pair.0, &pair.1);
+        if let Some(association) = &self.association
+            && association
+                .refused
+                .iter()
+                .any(|(sop, syntax)| matches((sop, syntax)))
+        {
+            return Err(refused_context(pair));
+        }
+        // Most recently used last: the pairs proposed are the recent ones.
+        self.wanted.retain(|wanted| wanted != pair);
+        self.wanted.push(pair.clone());
+        if self.wanted.len() > MAX_CONTEXTS {
+            self.wanted.remove(0);
+        }
         let negotiated = self.association.as_ref().is_some_and(|association| {
             association
                 .accepted
                 .iter()
-                .any(|(_, sop, syntax)| (sop, syntax) == (&pair.0, &pair.1))
+                .any(|(_, sop, syntax)| matches((sop, syntax)))
         });
         if !negotiated {
-            if !self.wanted.contains(pair) {
-                if self.wanted.len() >= MAX_CONTEXTS {
-                    self.wanted.remove(0);
-                }
-                self.wanted.push(pair.clone());
-            }
             if let Some(mut old) = self.association.take() {
-                let _ = release(&mut old, self.spec.response_timeout).await;
+                release(&mut old).await;
             }
-            let wanted = self.wanted.clone();
-            self.association = Some(self.associate(&wanted).await?);
+            // This object's pair first: a peer that takes only its first few contexts takes
+            // the one needed now.
+            let mut proposal = vec![pair.clone()];
+            proposal.extend(
+                self.wanted
+                    .iter()
+                    .rev()
+                    .filter(|wanted| *wanted != pair)
+                    .cloned(),
+            );
+            self.association = Some(self.associate(&proposal).await?);
         }
         let Some(mut association) = self.association.take() else {
             return Err(Failure::Reset("not associated".to_owned()));
@@ -291,22 +327,11 @@ impl DicomOutput {
         let Some(context) = association
             .accepted
             .iter()
-            .find(|(_, sop, syntax)| (sop, syntax) == (&pair.0, &pair.1))
+            .find(|(_, sop, syntax)| matches((sop, syntax)))
             .map(|(id, ..)| *id)
         else {
-            let refused = association
-                .refused
-                .iter()
-                .any(|(sop, syntax)| (sop, syntax) == (&pair.0, &pair.1));
             self.association = Some(association);
-            return Err(if refused {
-                Failure::Refused(format!(
-                    "the peer does not accept SOP class {} in transfer syntax {} (presentation context refused)",
-                    pair.0, pair.1
-                ))
-            } else {
-                Failure::Reset("the association has no context for this object".to_owned())
-            });
+            return Err(refused_context(pair));
         };
         association.next_message_id = association.next_message_id.wrapping_add(1).max(1);
         let command = Command {
@@ -319,30 +344,34 @@ impl DicomOutput {
         };
         let answer = self
             .request(&mut association, context, &command, Some(data_set))
-            .await?;
+            .await;
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(failure) => {
+                // The association's state is unknown: it is aborted, never reused.
+                abort(&mut association).await;
+                return Err(failure);
+            }
+        };
         self.association = Some(association);
         let status = answer.status;
-        let comment = if answer.error_comment.is_empty() {
-            String::new()
-        } else {
-            // The peer's words are about the object at most by its UID; kept short.
-            format!(
-                ": {}",
-                answer.error_comment.chars().take(64).collect::<String>()
-            )
-        };
+        // The peer's ErrorComment is its own words (it may name the patient): kept where
+        // body readers see it, never in the reason.
+        let peer = (!answer.error_comment.is_empty()).then(|| answer.error_comment.clone());
         match dimse::classify(status) {
             StatusClass::Success => Ok(()),
             StatusClass::Warning => {
                 tracing::info!(addr = %self.spec.addr, sop_instance_uid = sop_instance, status = format_args!("0x{status:04X}"), "the peer stored the object with a warning");
                 Ok(())
             }
-            StatusClass::Retry => Err(Failure::Retry(format!(
-                "the peer answered 0x{status:04X} (out of resources){comment}"
-            ))),
-            StatusClass::Refused => Err(Failure::Refused(format!(
-                "the peer refused the object: 0x{status:04X}{comment}"
-            ))),
+            StatusClass::Retry => Err(Failure::Retry(
+                format!("the peer answered 0x{status:04X} (out of resources)"),
+                peer,
+            )),
+            StatusClass::Refused => Err(Failure::Refused(
+                format!("the peer refused the object: 0x{status:04X}"),
+                peer,
+            )),
         }
     }
 
@@ -379,31 +408,39 @@ impl DicomOutput {
             max_pdu: MAX_RECEIVE_PDU,
             implementation_class: IMPLEMENTATION_CLASS_UID.to_owned(),
         };
+        let limit = self.spec.response_timeout;
         write(
             &mut stream,
             &pdu::encode_associate_rq(&request, IMPLEMENTATION_VERSION),
+            limit,
         )
         .await
         .map_err(Failure::Reset)?;
-        let (kind, body) =
-            timed(self.spec.response_timeout, read_pdu(&mut stream, 1 << 20)).await?;
+        let (kind, body) = timed(limit, read_pdu(&mut stream, 1 << 20)).await?;
         match kind {
             PduType::AssociateAc => {
                 let ac = pdu::parse_associate_ac(&body).map_err(|error| {
                     Failure::Reset(format!("the peer's A-ASSOCIATE-AC: {error}"))
                 })?;
+                if ac.max_pdu != 0 && ac.max_pdu < pdu::MIN_PEER_PDU {
+                    return Err(Failure::Reset(format!(
+                        "the peer announced a maximum PDU of {} bytes, below the {} mfoundry sends in",
+                        ac.max_pdu,
+                        pdu::MIN_PEER_PDU
+                    )));
+                }
                 let mut accepted = Vec::new();
                 let mut refused = Vec::new();
-                for answer in &ac.contexts {
-                    let Some(proposed) = contexts.iter().find(|context| context.id == answer.id)
-                    else {
-                        continue;
-                    };
+                for proposed in &contexts {
                     let syntax = proposed.transfer_syntaxes[0].clone();
-                    if answer.result == 0 {
-                        accepted.push((answer.id, proposed.abstract_syntax.clone(), syntax));
-                    } else {
-                        refused.push((proposed.abstract_syntax.clone(), syntax));
+                    // Accepted only as proposed: a peer answering another transfer syntax
+                    // would decode the object wrongly. No answer counts as a refusal.
+                    let answer = ac.contexts.iter().find(|answer| answer.id == proposed.id);
+                    match answer {
+                        Some(answer) if answer.result == 0 && answer.transfer_syntax == syntax => {
+                            accepted.push((proposed.id, proposed.abstract_syntax.clone(), syntax));
+                        }
+                        _ => refused.push((proposed.abstract_syntax.clone(), syntax)),
                     }
                 }
                 Ok(Association {
@@ -421,10 +458,11 @@ impl DicomOutput {
                     "{rejection} (called {:?} as {:?})",
                     self.spec.called_ae, self.spec.calling_ae
                 );
-                Err(if rejection.transient() {
+                // The presentation layer's refusals (congestion, a local limit) pass.
+                Err(if rejection.transient() || rejection.source == 3 {
                     Failure::Reset(reason)
                 } else {
-                    Failure::Refused(reason)
+                    Failure::Refused(reason, None)
                 })
             }
             PduType::Abort => Err(Failure::Reset(
@@ -445,30 +483,23 @@ impl DicomOutput {
         data_set: Option<&[u8]>,
     ) -> Result<Command, Failure> {
         let max = association.peer_max_pdu;
-        for pdu in pdu::encode_pdata(context, true, &dimse::encode(command), max) {
-            write(&mut association.stream, &pdu)
+        let limit = self.spec.response_timeout;
+        let encoded = dimse::encode(command);
+        let command_pdus = pdu::encode_pdata(context, true, &encoded, max);
+        let data_pdus = data_set
+            .into_iter()
+            .flat_map(|data_set| pdu::encode_pdata(context, false, data_set, max));
+        // Each PDU is written within the response timeout: a peer that stops reading does
+        // not hold the queue.
+        for pdu in command_pdus.chain(data_pdus) {
+            write(&mut association.stream, &pdu, limit)
                 .await
                 .map_err(Failure::Reset)?;
         }
-        if let Some(data_set) = data_set {
-            for pdu in pdu::encode_pdata(context, false, data_set, max) {
-                write(&mut association.stream, &pdu)
-                    .await
-                    .map_err(Failure::Reset)?;
-            }
-        }
-        association
-            .stream
-            .flush()
-            .await
-            .map_err(|error| Failure::Reset(error.to_string()))?;
         let mut response = Vec::new();
         loop {
-            let (kind, body) = timed(
-                self.spec.response_timeout,
-                read_pdu(&mut association.stream, MAX_RECEIVE_PDU),
-            )
-            .await?;
+            let (kind, body) =
+                timed(limit, read_pdu(&mut association.stream, MAX_RECEIVE_PDU)).await?;
             match kind {
                 PduType::PData => {
                     let items =
@@ -476,10 +507,13 @@ impl DicomOutput {
                     let mut last = false;
                     for item in items {
                         if !item.command
+                            || item.context != context
+                            || last
                             || response.len() + item.data.len() > dimse::MAX_COMMAND_LEN
                         {
                             return Err(Failure::Reset(
-                                "the peer's response is not a command".to_owned(),
+                                "the peer's response is not a command on the request's context"
+                                    .to_owned(),
                             ));
                         }
                         response.extend_from_slice(item.data);
@@ -495,7 +529,7 @@ impl DicomOutput {
                     ));
                 }
                 PduType::ReleaseRq => {
-                    let _ = write(&mut association.stream, &pdu::release_rp()).await;
+                    let _ = write(&mut association.stream, &pdu::release_rp(), CLOSE_LIMIT).await;
                     return Err(Failure::Reset(
                         "the peer released the association before answering".to_owned(),
                     ));
@@ -509,29 +543,57 @@ impl DicomOutput {
         }
         let answer = dimse::parse(&response)
             .ok_or_else(|| Failure::Reset("the peer's response is not readable".to_owned()))?;
-        if answer.responding_to != command.message_id {
+        if answer.responding_to != command.message_id || answer.field != command.field | 0x8000 {
             return Err(Failure::Reset(
-                "the peer answered another request (message id); association dropped".to_owned(),
+                "the peer answered another request (message id or command); association dropped"
+                    .to_owned(),
             ));
         }
         Ok(answer)
     }
 }
 
-/// A-RELEASE: ask, wait a little for the answer, close.
-async fn release(association: &mut Association, limit: Duration) -> Result<(), String> {
-    write(&mut association.stream, &pdu::release_rq()).await?;
-    let limit = limit.min(Duration::from_secs(5));
-    let _ = tokio::time::timeout(limit, read_pdu(&mut association.stream, 1024)).await;
-    let _ = association.stream.shutdown().await;
-    Ok(())
+/// The failure of an object whose (SOP class, transfer syntax) the peer does not accept.
+fn refused_context(pair: &(String, String)) -> Failure {
+    Failure::Refused(
+        format!(
+            "the peer does not accept SOP class {} in transfer syntax {} (presentation context refused)",
+            pair.0, pair.1
+        ),
+        None,
+    )
 }
 
-async fn write(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), String> {
-    stream
-        .write_all(bytes)
+/// A-RELEASE: ask, wait a little for the answer, close.
+async fn release(association: &mut Association) {
+    if write(&mut association.stream, &pdu::release_rq(), CLOSE_LIMIT)
         .await
-        .map_err(|error| format!("the connection failed: {error}"))
+        .is_ok()
+    {
+        let _ = tokio::time::timeout(CLOSE_LIMIT, read_pdu(&mut association.stream, 1024)).await;
+    }
+    let _ = tokio::time::timeout(CLOSE_LIMIT, association.stream.shutdown()).await;
+}
+
+/// A-ABORT (an association whose state is unknown), then close.
+async fn abort(association: &mut Association) {
+    let _ = write(&mut association.stream, &pdu::abort(0), CLOSE_LIMIT).await;
+    let _ = tokio::time::timeout(CLOSE_LIMIT, association.stream.shutdown()).await;
+}
+
+/// Write and flush within `limit`.
+async fn write(stream: &mut ClientStream, bytes: &[u8], limit: Duration) -> Result<(), String> {
+    let written = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(limit, written).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(format!("the connection failed: {error}")),
+        Err(_) => Err(format!(
+            "the peer did not take the data within response_timeout ({limit:?}); association dropped"
+        )),
+    }
 }
 
 async fn timed<T>(

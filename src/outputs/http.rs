@@ -199,7 +199,7 @@ impl HttpOutput {
             .header("Idempotency-Key", idempotency_key(envelope));
         let stow = self.stow_object(envelope)?;
         request = match &stow {
-            Some((content_type, body, _)) => request
+            Some((content_type, body)) => request
                 .header(CONTENT_TYPE, content_type.as_str())
                 .header(reqwest::header::ACCEPT, "application/dicom+json")
                 .body(body.clone()),
@@ -245,14 +245,28 @@ impl HttpOutput {
             DeliveryError::transient(format!("{kind}: {}", without_url(error)))
         })?;
         let status = response.status();
-        if let Some((_, _, sop_instance)) = &stow
-            && status.as_u16() == 202
-        {
+        // STOW-RS: the answer's body says what became of the object, on success and on
+        // 400/409 alike (a full disk, a duplicate, an earlier try still in flight).
+        if stow.is_some() && (status.is_success() || matches!(status.as_u16(), 400 | 409)) {
             let answer = first_bytes_up_to(response, STOW_ANSWER_MAX).await;
-            return super::stowrs::judge_accepted(&answer, sop_instance).map_err(|reason| {
-                DeliveryError::permanent(reason)
-                    .with_downstream(Some(String::from_utf8_lossy(&answer).into_owned()))
-            });
+            let downstream = || {
+                let text = String::from_utf8_lossy(&answer);
+                let text = text.trim();
+                (!text.is_empty()).then(|| {
+                    text.chars()
+                        .take(crate::delivery::DOWNSTREAM_MAX)
+                        .collect::<String>()
+                })
+            };
+            return match super::stowrs::judge(status.as_u16(), &answer) {
+                super::stowrs::Judged::Stored => Ok(()),
+                super::stowrs::Judged::Retry(reason) => {
+                    Err(DeliveryError::transient(reason).with_downstream(downstream()))
+                }
+                super::stowrs::Judged::Refused(reason) => {
+                    Err(DeliveryError::permanent(reason).with_downstream(downstream()))
+                }
+            };
         }
         if status.is_success() {
             return Ok(());
@@ -281,22 +295,19 @@ impl HttpOutput {
         }
     }
 
-    /// For `type: stowrs`: the request's Content-Type and body, and the object's SOP
-    /// Instance UID; `None` for `type: http`. An HL7 message is permanent.
-    fn stow_object(
-        &self,
-        envelope: &Envelope,
-    ) -> Result<Option<(String, Bytes, String)>, DeliveryError> {
+    /// For `type: stowrs`: the request's Content-Type and body; `None` for `type: http`. An
+    /// HL7 message is permanent.
+    fn stow_object(&self, envelope: &Envelope) -> Result<Option<(String, Bytes)>, DeliveryError> {
         if !self.spec.stow {
             return Ok(None);
         }
-        let Some(object) = crate::dicom::object::read_part10(&envelope.body) else {
+        if !crate::dicom::is_dicom(&envelope.body) {
             return Err(DeliveryError::permanent(
                 "a stowrs connector sends DICOM objects; this is an HL7 message (leave HL7 out with a filter such as `dicom.sop_instance_uid != \"\"`)",
             ));
         };
         let (content_type, body) = super::stowrs::multipart(&envelope.body);
-        Ok(Some((content_type, body, object.sop_instance)))
+        Ok(Some((content_type, body)))
     }
 
     async fn token(&self) -> Result<Option<String>, DeliveryError> {

@@ -82,11 +82,16 @@ pub fn read(reader: &mut super::settings::Reader<'_, '_>) -> Option<HttpSpec> {
 /// A multipart/related body holding `object` as its one `application/dicom` part, and its
 /// Content-Type (the boundary is random and checked not to occur in the object).
 pub fn multipart(object: &[u8]) -> (String, Bytes) {
+    let mut attempt = 0u64;
     let boundary = loop {
         let mut random = [0u8; 16];
-        // A failed draw leaves zeros: still checked against the object below.
+        // A failed draw leaves zeros; the attempt number still makes each try another.
         let _ = getrandom::fill(&mut random);
-        let boundary = format!("mfoundry-{}", data_encoding::HEXLOWER.encode(&random));
+        attempt += 1;
+        let boundary = format!(
+            "mfoundry-{}-{attempt}",
+            data_encoding::HEXLOWER.encode(&random)
+        );
         if memchr::memmem::find(object, boundary.as_bytes()).is_none() {
             break boundary;
         }
@@ -101,41 +106,68 @@ pub fn multipart(object: &[u8]) -> (String, Bytes) {
     )
 }
 
-/// Judge a `202` answer (DICOM JSON) for the object `sop_instance`: `Err` with the failure
-/// reason when the answer lists it as failed.
-pub fn judge_accepted(answer: &[u8], sop_instance: &str) -> Result<(), String> {
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(answer) else {
-        // A 202 that says nothing readable: the server took the request.
-        return Ok(());
-    };
-    // The answer is one data set, or (from some servers) a list holding one.
-    let set = json
-        .as_array()
-        .and_then(|list| list.first())
-        .unwrap_or(&json);
-    let failed = set["00081198"]["Value"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    for item in failed {
-        let uid = item["00081155"]["Value"][0].as_str().unwrap_or_default();
-        if uid == sop_instance || failed_is_only_one(&set["00081198"]) {
-            let reason = item["00081197"]["Value"][0]
-                .as_u64()
-                .map_or_else(|| "no reason given".to_owned(), describe_reason);
-            return Err(format!(
-                "the server refused the object (202, FailedSOPSequence): {reason}"
-            ));
-        }
-    }
-    Ok(())
+/// What a STOW-RS answer means for the one object a request carries.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Judged {
+    /// The server holds it.
+    Stored,
+    /// Worth trying again (out of resources, busy, still being stored by an earlier try).
+    Retry(String),
+    /// Refused.
+    Refused(String),
 }
 
-/// A FailedSOPSequence of one item whose UID is missing still names our one object.
-fn failed_is_only_one(sequence: &serde_json::Value) -> bool {
-    sequence["Value"].as_array().is_some_and(|items| {
-        items.len() == 1 && items[0]["00081155"]["Value"][0].as_str().is_none()
-    })
+/// FailureReason codes of instances that are already stored: `0x0111` (duplicate SOP
+/// instance) and 45070 (0xB00E, "already stored", some cloud archives).
+const ALREADY_STORED: [u64; 2] = [0x0111, 45070];
+/// Codes worth retrying: `0xA7xx` (out of resources), `0x0213` (resource limitation), 45071
+/// (0xB00F, "being stored by another process": an earlier attempt still in flight).
+fn transient(code: u64) -> bool {
+    (0xA700..=0xA7FF).contains(&code) || code == 0x0213 || code == 45071
+}
+
+/// Judge the answer `status` and `answer` (its body, DICOM JSON) to a request that carried
+/// one object. A request carries one instance, so any FailedSOPSequence item is that one.
+pub fn judge(status: u16, answer: &[u8]) -> Judged {
+    let json = serde_json::from_slice::<serde_json::Value>(answer).ok();
+    // The answer is one data set, or (from some servers) a list holding one.
+    let set = json.as_ref().map(|json| {
+        json.as_array()
+            .and_then(|list| list.first())
+            .unwrap_or(json)
+    });
+    let failed = set
+        .and_then(|set| set["00081198"]["Value"].as_array())
+        .and_then(|items| items.first())
+        .map(|item| item["00081197"]["Value"][0].as_u64());
+    let referenced = set
+        .and_then(|set| set["00081199"]["Value"].as_array())
+        .is_some_and(|items| !items.is_empty());
+    match failed {
+        Some(Some(code)) if ALREADY_STORED.contains(&code) => Judged::Stored,
+        Some(Some(code)) if transient(code) => Judged::Retry(format!(
+            "the server could not store the object now (HTTP {status}, FailureReason {})",
+            describe_reason(code)
+        )),
+        Some(code) => Judged::Refused(format!(
+            "the server refused the object (HTTP {status}, FailedSOPSequence, FailureReason {})",
+            code.map_or_else(|| "not given".to_owned(), describe_reason)
+        )),
+        None => match status {
+            200 if set.is_some() && !referenced => Judged::Refused(
+                "the server answered 200 but lists the object in neither ReferencedSOPSequence nor FailedSOPSequence: not stored"
+                    .to_owned(),
+            ),
+            // A 200 with no readable answer: taken as the standard says, stored.
+            200..=201 => Judged::Stored,
+            202 if referenced => Judged::Stored,
+            202 => Judged::Retry(
+                "the server answered 202 without a readable list of what it stored".to_owned(),
+            ),
+            409 => Judged::Refused("the server answered HTTP 409 (conflict)".to_owned()),
+            other => Judged::Refused(format!("the server answered HTTP {other}")),
+        },
+    }
 }
 
 /// A FailureReason code in words (PS3.18 Table 10.5.3-1 / PS3.4 C-STORE statuses).
@@ -171,16 +203,39 @@ mod tests {
     }
 
     #[test]
-    fn a_202_fails_only_the_objects_it_lists() {
-        let answer = br#"{"00081198": {"vr": "SQ", "Value": [
-            {"00081150": {"vr": "UI", "Value": ["1.2.3"]},
-             "00081155": {"vr": "UI", "Value": ["1.2.3.4"]},
-             "00081197": {"vr": "US", "Value": [49152]}}]},
-            "00081199": {"vr": "SQ", "Value": []}}"#;
-        let refused = judge_accepted(answer, "1.2.3.4").expect_err("listed as failed");
-        assert!(refused.contains("0xC000"), "{refused}");
-        assert!(judge_accepted(answer, "9.9.9").is_ok());
-        assert!(judge_accepted(b"{}", "1.2.3.4").is_ok());
-        assert!(judge_accepted(b"not json", "1.2.3.4").is_ok());
+    fn answers_are_judged_by_their_failure_reasons() {
+        let failed = |code: u64| {
+            format!(
+                r#"{{"00081198": {{"vr": "SQ", "Value": [
+                {{"00081155": {{"vr": "UI", "Value": ["1.2.3.4"]}},
+                 "00081197": {{"vr": "US", "Value": [{code}]}}}}]}}}}"#
+            )
+        };
+        let stored = br#"{"00081199": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": ["1.2.3.4"]}}]}}"#;
+        assert_eq!(judge(200, stored), Judged::Stored);
+        assert_eq!(judge(202, stored), Judged::Stored);
+        assert_eq!(judge(200, b""), Judged::Stored);
+        assert!(
+            matches!(judge(200, b"{}"), Judged::Refused(_)),
+            "200 listing nothing"
+        );
+        assert!(matches!(judge(202, b"not json"), Judged::Retry(_)));
+        let refused = judge(202, failed(0xC000).as_bytes());
+        assert!(
+            matches!(&refused, Judged::Refused(reason) if reason.contains("0xC000")),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            judge(400, failed(0xA700).as_bytes()),
+            Judged::Retry(_)
+        ));
+        assert!(matches!(
+            judge(409, failed(45071).as_bytes()),
+            Judged::Retry(_)
+        ));
+        assert_eq!(judge(409, failed(45070).as_bytes()), Judged::Stored);
+        assert_eq!(judge(409, failed(0x0111).as_bytes()), Judged::Stored);
+        assert!(matches!(judge(409, b""), Judged::Refused(_)));
+        assert!(matches!(judge(400, b"bad"), Judged::Refused(_)));
     }
 }
