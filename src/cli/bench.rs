@@ -80,6 +80,21 @@ pub struct BenchArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// Send DICOM objects by C-STORE to a `type: dicom` listener at --addr (each connection
+    /// one association) instead of HL7: synthetic CT images of --object-size bytes of pixel
+    /// data, each with a new SOP Instance UID; reports objects per second in (and out, with
+    /// --drain).
+    #[arg(long)]
+    pub dicom: bool,
+    /// --dicom: bytes of pixel data per object.
+    #[arg(long, default_value = "512KiB", value_parser = super::parse_size_arg)]
+    pub object_size: u64,
+    /// --dicom: the listener's AE title.
+    #[arg(long, default_value = "MFOUNDRY", value_name = "AE")]
+    pub called_ae: String,
+    /// --dicom: the AE title to call as.
+    #[arg(long, default_value = "BENCH", value_name = "AE")]
+    pub calling_ae: String,
 }
 
 /// Where an HTTP bench posts.
@@ -225,6 +240,9 @@ const PROBE_COMMITS_PER_ROUND: usize = 30;
 pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
     anyhow::ensure!(args.messages > 0, "--messages must be at least 1");
+    if args.dicom {
+        return super::bench_dicom::run(args, out).await;
+    }
     let sample = match &args.file {
         Some(path) => {
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
@@ -560,7 +578,7 @@ struct Sender<'a> {
 static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A tag for this run's control ids: the process, the run's start and its number.
-fn run_tag() -> String {
+pub(super) fn run_tag() -> String {
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let started = chrono::Utc::now().timestamp_millis() % 1_000_000;
     format!("B{}.{started}.{run}", std::process::id())

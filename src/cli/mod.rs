@@ -5,6 +5,7 @@
 
 pub mod admin;
 mod bench;
+mod bench_dicom;
 pub mod client;
 mod dlq;
 mod drain;
@@ -68,7 +69,7 @@ pub enum Command {
     /// Load-test an MLLP server: C connections, N messages, each waiting for its ACK; prints
     /// throughput, ACK latency percentiles and non-AA answers, next to a probe of this
     /// machine's fsync, redb commit and loopback round-trip times.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Dead-letter queues of the running server: list, show, replay, purge (--offline: a
     /// stopped server's data directory).
     Dlq(DlqArgs),
@@ -223,6 +224,11 @@ impl TlsArgs {
             .map(Some)
             .map_err(|error| anyhow::anyhow!(error))
     }
+}
+
+/// A byte size such as `512KiB` (clap value parser).
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    crate::units::parse_size(text)
 }
 
 fn parse_go_duration(text: &str) -> Result<std::time::Duration, String> {

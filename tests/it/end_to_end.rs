@@ -84,10 +84,43 @@ fn ports_of(command: &str) -> Vec<u16> {
         );
     }
     if command.contains("-- serve") && !command.contains("LISTEN_ADDR=") {
-        ports.push(2575); // the defaults: MLLP and the admin API
-        ports.push(8080);
+        // A configuration with `listeners:` gives the addresses; else the defaults: MLLP.
+        let listeners = config_listen_ports(command);
+        if listeners.is_empty() {
+            ports.push(2575);
+        }
+        ports.extend(listeners);
+        ports.push(8080); // the admin API
     }
     ports
+}
+
+/// The ports of the `listen_addr`s of the `--config` file a command names (from the
+/// repository's copy), when it has `listeners:`.
+fn config_listen_ports(command: &str) -> Vec<u16> {
+    let Some(file) = command
+        .split_whitespace()
+        .skip_while(|word| *word != "--config")
+        .nth(1)
+    else {
+        return Vec::new();
+    };
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(file))
+        .unwrap_or_default();
+    if !text.contains("\nlisteners:") {
+        return Vec::new();
+    }
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("listen_addr:"))
+        .filter_map(|address| {
+            address
+                .trim()
+                .trim_matches('"')
+                .rsplit(':')
+                .next()
+                .and_then(|port| port.parse::<u16>().ok())
+        })
+        .collect()
 }
 
 /// One command run by `sh` in `directory`, in a process group of its own.
@@ -535,5 +568,60 @@ fn the_readme_patient_search_walkthrough_runs_as_written() {
     );
     let token = std::fs::read_to_string(dir.join("data/admin.token")).expect("the token");
     assert_eq!(printed[3].trim(), token.trim());
+    server.stop();
+}
+
+#[test]
+fn the_readme_dicom_walkthrough_runs_as_written() {
+    let _ports = README_PORTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let blocks = section_commands("Receive and route DICOM");
+    assert_eq!(blocks.len(), 2, "the section's sh blocks: {blocks:#?}");
+    let (start, commands) = (&blocks[0], &blocks[1]);
+    assert_eq!(commands.len(), 6, "{commands:#?}");
+    let dcmtk = ["dump2dcm", "echoscu", "storescu"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|output| output.status.success())
+    });
+    if !dcmtk {
+        let reason = "DCMTK (dump2dcm, echoscu, storescu) is not installed";
+        assert!(!required(), "{reason}");
+        eprintln!("SKIPPED: {reason}");
+        return;
+    }
+    if !ports_free(&[11112, 8080]) {
+        return;
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    let mut server = start_section(dir, start, &[11112, 8080]);
+    let printed: Vec<String> = commands
+        .iter()
+        .map(|command| {
+            let (code, stdout, stderr) = run(dir, command);
+            assert_eq!(code, 0, "`{command}`: {stdout}{stderr}");
+            stdout
+        })
+        .collect();
+    assert!(
+        printed[4].contains("DICOM^CT") && printed[4].contains("DICOM^SR"),
+        "both objects listed by patient: {}",
+        printed[4]
+    );
+    let oru = &printed[5];
+    assert!(oru.starts_with("MSH|^~\\&|CT1|"), "{oru}");
+    assert!(oru.contains("|ORU^R01^ORU_R01|"), "{oru}");
+    assert!(
+        oru.contains("OBX|1|NM|8867-4^Heart rate^LN|1|72|/min^per minute^UCUM|||||F"),
+        "{oru}"
+    );
+    assert_eq!(common::count_files(&dir.join("dicom-out/archive")), 2);
+    // The same objects again: nothing new is stored.
+    let (code, _, stderr) = run(dir, &commands[3]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(common::count_files(&dir.join("dicom-out/archive")), 2);
     server.stop();
 }

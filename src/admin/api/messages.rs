@@ -79,6 +79,32 @@ pub struct MessageDetail {
     pub ack: Option<String>,
     /// What each connector with transform steps delivers instead of the received bytes.
     pub copies: Vec<CopyView>,
+    /// For a DICOM object: its identifiers (`body` is then its header view, an HL7 MSH and
+    /// PID built from them; the object itself is stored as received).
+    pub dicom: Option<DicomView>,
+}
+
+/// A stored DICOM object's identifiers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DicomView {
+    /// (0008,0060) Modality.
+    pub modality: String,
+    /// (0008,0016) SOP Class UID.
+    pub sop_class_uid: String,
+    /// (0008,0018) SOP Instance UID.
+    pub sop_instance_uid: String,
+    /// (0020,000D) Study Instance UID.
+    pub study_uid: String,
+    /// (0020,000E) Series Instance UID.
+    pub series_uid: String,
+    /// (0008,0050) Accession Number.
+    pub accession: String,
+    /// (0010,0020) Patient ID.
+    pub patient_id: String,
+    /// The transfer syntax it was received in.
+    pub transfer_syntax: String,
+    /// Bytes stored (the Part 10 file).
+    pub bytes: u64,
 }
 
 /// A connector's own copy of the message (after its transform steps), for one queue entry.
@@ -458,7 +484,29 @@ pub async fn show_message(
         outcome: "ok".to_owned(),
     };
     state.gateway.outbox.audit(event).await?;
-    let body = Bytes::from(body);
+    let mut body = Bytes::from(body);
+    // A DICOM object is shown by its identifiers and its header view, not its bytes.
+    let dicom = crate::ingest::stored_identifiers(&body).map(|mut identifiers| {
+        // The titles of the association it came on are the record's (MSH-3, MSH-5).
+        identifiers.calling_ae.clone_from(&summary.sending_app);
+        identifiers.called_ae.clone_from(&summary.receiving_app);
+        let view = crate::ingest::header_view(&identifiers, summary_received(&summary))
+            .map(|view| view.raw().clone())
+            .unwrap_or_default();
+        let shown = DicomView {
+            modality: identifiers.modality,
+            sop_class_uid: identifiers.sop_class_uid,
+            sop_instance_uid: identifiers.sop_instance_uid,
+            study_uid: identifiers.study_uid,
+            series_uid: identifiers.series_uid,
+            accession: identifiers.accession,
+            patient_id: identifiers.patient_id,
+            transfer_syntax: identifiers.transfer_syntax,
+            bytes: body.len() as u64,
+        };
+        body = view;
+        shown
+    });
     let charset = match crate::hl7::Message::parse(body.clone()) {
         Ok(message) => message.charset(state.gateway.default_charset).charset(),
         Err(_) => state.gateway.default_charset,
@@ -485,7 +533,15 @@ pub async fn show_message(
         body: charset.decode(&body).into_owned(),
         ack: ack.map(|ack| charset.decode(&ack).into_owned()),
         copies,
+        dicom,
     }))
+}
+
+/// The receive time of a summary, µs since the epoch (0 when unreadable).
+fn summary_received(summary: &MessageSummary) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(&summary.received_at)
+        .map(|time| time.timestamp_micros())
+        .unwrap_or_default()
 }
 
 /// Most messages one reprocess request takes.

@@ -671,6 +671,10 @@ pub fn bench_args(addr: &str, connections: usize, messages: usize) -> mfoundry::
         drain: Vec::new(),
         admin_addr: "127.0.0.1:8080".to_owned(),
         data_dir: "./data".into(),
+        dicom: false,
+        object_size: 512 << 10,
+        called_ae: "MFOUNDRY".to_owned(),
+        calling_ae: "BENCH".to_owned(),
     }
 }
 

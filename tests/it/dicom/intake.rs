@@ -211,6 +211,34 @@ fn objects_from_dcmtk_are_routed_by_dicom_filters_and_a_restore_is_stored_once()
         "{text}"
     );
 
+    // One object shown: its identifiers and its header view, not its bytes.
+    let id = messages
+        .iter()
+        .find(|message| message["control_id"] == uid.as_str())
+        .and_then(|message| message["id"].as_u64())
+        .expect("the first CT's id");
+    let (code, stdout, stderr) = common::run_binary(
+        dir,
+        &[
+            "messages",
+            "show",
+            &id.to_string(),
+            "--json",
+            "--admin-addr",
+            &admin,
+            "--data-dir",
+            "data",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let shown: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(shown["dicom"]["sop_instance_uid"], uid.as_str(), "{shown}");
+    assert_eq!(shown["dicom"]["modality"], "CT");
+    let body = shown["body"].as_str().unwrap_or_default();
+    assert!(body.starts_with("MSH|^~\\&|CT1||MFOUNDRY||"), "{body}");
+    assert!(body.contains("\rPID|||PAT0000^^^HOSP||"), "{body}");
+
     // The same object again, on another association: Success, nothing stored or routed.
     let (ok, text) = storescu(&addr, "CT1", "MFOUNDRY", &[], &files[..1]);
     assert!(ok && text.contains("Success"), "{text}");

@@ -203,3 +203,52 @@ fn packed_commands_are_stored_and_wrong_contexts_and_unreadable_data_sets_are_re
     );
     server.stop();
 }
+
+#[test]
+fn bench_dicom_reports_objects_per_second_in_and_out() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    std::fs::write(
+        dir.join("gateway.yaml"),
+        "listeners:\n  - name: modalities\n    type: dicom\n    listen_addr: \"127.0.0.1:0\"\nconnectors:\n  - name: archive\n    type: file\n    format: dicom\n    directory: ./out\n",
+    )
+    .expect("config");
+    let server = common::Server::start(dir, "gateway.yaml", "data", &[("LISTEN_ADDR", "")]);
+    let addr = server.listener_addr("modalities");
+    let admin = server.admin_addr.clone().expect("admin API");
+    let (code, stdout, stderr) = common::run_binary(
+        dir,
+        &[
+            "bench",
+            "--dicom",
+            "--addr",
+            &addr,
+            "-c",
+            "2",
+            "-n",
+            "40",
+            "--object-size",
+            "8KiB",
+            "--no-probe",
+            "--drain",
+            "archive",
+            "--admin-addr",
+            &admin,
+            "--data-dir",
+            "data",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("DICOM C-STORE, associations 2, objects 40"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("objects not stored: 0"), "{stdout}");
+    assert!(
+        stdout.contains("drain archive: 40 of 40 delivered"),
+        "{stdout}"
+    );
+    assert_eq!(common::count_files(&dir.join("out")), 40);
+    server.stop();
+}

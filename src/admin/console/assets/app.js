@@ -363,8 +363,9 @@ async function renderMessage(id) {
       facts(message),
       el('h2', { text: 'Connectors' }), connectorTable(message.connectors),
       can('operator') ? reprocessForm(message) : null,
-      el('h2', { text: 'Message' }), tree(message.body),
-      el('h2', { text: 'As received' }),
+      message.dicom ? dicomFacts(message.dicom) : null,
+      el('h2', { text: message.dicom ? 'Header view (built from the object; the object is stored as received)' : 'Message' }), tree(message.body),
+      el('h2', { text: message.dicom ? 'Header view, as text' : 'As received' }),
       el('div', { class: 'toolbar' }, el('button', { type: 'button', id: 'copy', text: 'Copy', onclick: async () => {
         try { await navigator.clipboard.writeText(message.body); copied.textContent = 'Copied.'; } catch (_) { copied.textContent = 'Select the text and copy it.'; }
       } }), copied),
@@ -426,6 +427,16 @@ function facts(message) {
     ['Size', `${message.body_len} bytes`], ['Configuration', message.config || '—'],
   ];
   return el('dl', { class: 'facts' }, pairs.map(([name, value]) => [el('dt', { text: name }), el('dd', { text: value })]));
+}
+
+function dicomFacts(dicom) {
+  const pairs = [
+    ['Modality', dicom.modality], ['SOP class', dicom.sop_class_uid], ['SOP instance', dicom.sop_instance_uid],
+    ['Study', dicom.study_uid], ['Series', dicom.series_uid], ['Accession', dicom.accession],
+    ['Patient ID', dicom.patient_id], ['Transfer syntax', dicom.transfer_syntax], ['Stored', `${dicom.bytes} bytes`],
+  ];
+  return el('section', { id: 'dicom' }, el('h2', { text: 'DICOM object' }),
+    el('dl', { class: 'facts' }, pairs.map(([name, value]) => [el('dt', { text: name }), el('dd', { text: value || '—' })])));
 }
 
 function connectorTable(connectors) {
