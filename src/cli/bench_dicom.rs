@@ -111,8 +111,17 @@ async fn connection(
 
 /// Run the DICOM load and print its figures.
 pub(super) async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<BenchReport> {
-    let (host, port) = args
-        .addr
+    anyhow::ensure!(
+        args.http.is_none() && args.file.is_none(),
+        "--dicom sends synthetic objects by C-STORE: --http and --file are for HL7"
+    );
+    // MLLP's default port means "not given": the DICOM port then.
+    let addr = if args.addr == "127.0.0.1:2575" {
+        "127.0.0.1:11112"
+    } else {
+        args.addr.as_str()
+    };
+    let (host, port) = addr
         .rsplit_once(':')
         .context("--addr is host:port (the dicom listener)")?;
     let port: u16 = port.parse().context("--addr's port")?;
@@ -123,7 +132,7 @@ pub(super) async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result
         calling_ae: args.calling_ae.clone(),
         connect_timeout: Duration::from_secs(10),
         response_timeout: args.timeout,
-        tls: args.tls.client(&args.addr)?.map(Arc::new),
+        tls: args.tls.client(addr)?.map(Arc::new),
         egress: None,
     };
     let size = usize::try_from(args.object_size).context("--object-size")?;
@@ -182,10 +191,17 @@ pub(super) async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result
     anyhow::ensure!(
         report.answered > 0,
         "no object was stored: is a dicom listener at {} with ae_title {} (and {} allowed)?",
-        args.addr,
+        addr,
         args.called_ae,
         args.calling_ae
     );
+    // With `--json` the text lines go nowhere and one object is printed at the end.
+    let mut sink = std::io::sink();
+    let (out, json_out): (&mut dyn Write, Option<&mut dyn Write>) = if args.json {
+        (&mut sink, Some(out))
+    } else {
+        (out, None)
+    };
     writeln!(
         out,
         "DICOM C-STORE, associations {}, objects {} ({bytes} bytes each): {:.0} objects/s ({:.1} MB/s) in {:.2} s",
@@ -217,6 +233,23 @@ pub(super) async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result
                 drained.latency_ms.p99,
             )?;
         }
+    }
+    if let Some(json_out) = json_out {
+        let object = serde_json::json!({
+            "addr": addr,
+            "transport": "dicom",
+            "connections": args.connections,
+            "messages": args.messages,
+            "message_bytes": bytes,
+            "answered": report.answered,
+            "no_answer": report.failed,
+            "elapsed_secs": report.elapsed.as_secs_f64(),
+            "throughput_per_sec": report.throughput(),
+            "ack_latency_us": report.latency,
+            "drain": report.drain,
+        });
+        serde_json::to_writer(&mut *json_out, &object)?;
+        writeln!(json_out)?;
     }
     Ok(report)
 }

@@ -2,7 +2,7 @@
 //! Structured Report to ORU^R01").
 //!
 //! - **MSH**: MSH-3 the calling AE title the report came from, MSH-4 (0008,0080)
-//!   InstitutionName, MSH-7 when it was built, MSH-9 `ORU^R01^ORU_R01`, MSH-10 the given
+//!   InstitutionName, MSH-7 when it was built (UTC), MSH-9 `ORU^R01^ORU_R01`, MSH-10 the given
 //!   control id, MSH-11 `P`, MSH-12 `2.5.1`, MSH-18 the report's SpecificCharacterSet in
 //!   HL7's terms (the text is encoded in it; a set HL7 has no name for is written as UTF-8).
 //! - **PID** from the patient module: PID-3 PatientID `^^^` IssuerOfPatientID, PID-5
@@ -37,11 +37,15 @@ pub enum SrError {
     Unreadable(String),
 }
 
-/// Whether a SOP class is a Structured Report's (1.2.840.10008.5.1.4.1.1.88.x).
+/// Whether a SOP class is a Structured Report's (1.2.840.10008.5.1.4.1.1.88.x, Key Object
+/// Selection aside).
 pub fn is_report(sop_class: &str) -> bool {
+    // Key Object Selection (88.59) lists images, it reports nothing.
     sop_class
         .strip_prefix("1.2.840.10008.5.1.4.1.1.88.")
-        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+        .is_some_and(|rest| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()) && rest != "59"
+        })
 }
 
 const CONCEPT_NAME: dataset::Tag = (0x0040, 0xA043);
@@ -88,7 +92,6 @@ fn hl7_charset(term: &str) -> (&'static str, Charset) {
         "ISO_IR 138" | "ISO 2022 IR 138" => "8859/8",
         "ISO_IR 148" | "ISO 2022 IR 148" => "8859/9",
         "ISO_IR 203" | "ISO 2022 IR 203" => "8859/15",
-        "GB18030" => "GB 18030-2000",
         _ => "UNICODE UTF-8",
     };
     let charset = match name {
@@ -157,15 +160,18 @@ pub fn oru(body: &[u8], control_id: &str, created: &str) -> Result<Vec<u8>, SrEr
         "P"
     };
     let source_ae = source_ae(body);
+    // MSH is written last, once the character set the text can be sent in is known.
+    let msh = |charset_name: &str| {
+        format!(
+            "MSH|^~\\&|{}|{}|||{}+0000||ORU^R01^ORU_R01|{}|P|2.5.1||||||{}\r",
+            esc(&source_ae),
+            text(&set, INSTITUTION),
+            esc(created),
+            esc(control_id),
+            charset_name,
+        )
+    };
     let mut out = String::new();
-    out.push_str(&format!(
-        "MSH|^~\\&|{}|{}|||{}||ORU^R01^ORU_R01|{}|P|2.5.1||||||{}\r",
-        esc(&source_ae),
-        text(&set, INSTITUTION),
-        esc(created),
-        esc(control_id),
-        charset_name,
-    ));
     let view = identifiers.header_message(created);
     // The header view's PID (the same mapping as for listings and the patient index).
     let view = String::from_utf8_lossy(&view).into_owned();
@@ -210,10 +216,24 @@ pub fn oru(body: &[u8], control_id: &str, created: &str) -> Result<Vec<u8>, SrEr
             "NTE|1|L|the report has more than {MAX_OBX} content items; the rest are not in this message\r"
         ));
     }
-    let bytes = charset
-        .encode(&out)
-        .map(std::borrow::Cow::into_owned)
-        .unwrap_or_else(|| out.clone().into_bytes());
+    // The text in the report's own set, named in MSH-18; when it does not fit (characters
+    // the set cannot hold, or non-ASCII text in a report that declares none), UTF-8.
+    let encoded = match charset_name {
+        "" if !out.is_ascii() => None,
+        _ => charset.encode(&out).map(std::borrow::Cow::into_owned),
+    };
+    let bytes = match encoded {
+        Some(body) => {
+            let mut bytes = msh(charset_name).into_bytes();
+            bytes.extend_from_slice(&body);
+            bytes
+        }
+        None => {
+            let mut bytes = msh("UNICODE UTF-8").into_bytes();
+            bytes.extend_from_slice(out.as_bytes());
+            bytes
+        }
+    };
     Ok(bytes)
 }
 
@@ -302,7 +322,7 @@ fn obx(
                 .into_owned()
             };
             let xpn = join(&[part(0), part(1), part(2), part(4), part(3)]);
-            ("PN", xpn, String::new())
+            ("XPN", xpn, String::new())
         }
         "UIDREF" => ("ST", text(item, UID), String::new()),
         _ => return None,

@@ -167,9 +167,11 @@ impl Decider {
         &self,
         view: &Message,
         identifiers: &Identifiers,
-        body: &[u8],
+        object: &ReceivedObject,
         received: &str,
     ) -> Result<Routed, String> {
+        let body = &object.file[..];
+        let data_set = object.data_set();
         let evaluation = self
             .rules
             .evaluate_object(view, &self.listener, identifiers);
@@ -212,16 +214,26 @@ impl Decider {
             let copy = if self.hl7_outputs.get(index).copied().unwrap_or(false) {
                 let oru = oru
                     .get_or_insert_with(|| {
-                        crate::dicom::sr::oru(body, &oru_control_id(identifiers, body), received)
-                            .map(Bytes::from)
-                            .map_err(|error| error.to_string())
+                        if !crate::dicom::sr::is_report(&identifiers.sop_class_uid) {
+                            return Err(crate::dicom::sr::SrError::NotAReport(
+                                identifiers.sop_class_uid.clone(),
+                            )
+                            .to_string());
+                        }
+                        crate::dicom::sr::oru(
+                            body,
+                            &oru_control_id(identifiers, data_set),
+                            received,
+                        )
+                        .map(Bytes::from)
+                        .map_err(|error| error.to_string())
                     })
                     .clone();
                 match (oru, transforms) {
                     (Err(reason), _) => StoredCopy::Failed(reason),
                     (Ok(oru), None) => StoredCopy::Bytes(oru),
                     (Ok(oru), Some(transforms)) => {
-                        transform_oru(transforms, name, oru, &self.listener)
+                        transform_oru(transforms, name, oru, &self.listener, self.default_charset)
                     }
                 }
             } else if transforms.is_some() {
@@ -279,7 +291,7 @@ impl Decider {
             .unwrap_or_default()
             .format("%Y%m%d%H%M%S")
             .to_string();
-        let decided = match self.route_object(&view, &identifiers, &object.file, &received) {
+        let decided = match self.route_object(&view, &identifiers, object, &received) {
             Ok((routes, order_keys, copies)) => {
                 let disposition = if routes
                     .iter()
@@ -439,13 +451,13 @@ impl Ingest {
 }
 
 /// MSH-10 of a report's ORU: `SR` and 16 hex digits of the SHA-256 of the SOP Instance UID
-/// and the object's bytes (20 characters, as v2.5.1 allows; the same object gives the same
-/// id, a corrected one another).
-fn oru_control_id(identifiers: &Identifiers, body: &[u8]) -> String {
+/// and the data set (18 characters, within v2.5.1's 20; the same object gives the same id,
+/// a corrected one another).
+fn oru_control_id(identifiers: &Identifiers, data_set: &[u8]) -> String {
     use sha2::Digest;
     let mut hash = sha2::Sha256::new();
     hash.update(identifiers.sop_instance_uid.as_bytes());
-    hash.update(body);
+    hash.update(data_set);
     let digest = hash.finalize();
     format!("SR{}", data_encoding::HEXUPPER.encode(&digest[..8]))
 }
@@ -456,11 +468,12 @@ fn transform_oru(
     name: &str,
     oru: Bytes,
     listener: &str,
+    default_charset: Charset,
 ) -> StoredCopy {
     let Ok(message) = Message::parse(oru.clone()) else {
         return StoredCopy::Failed("the report's ORU^R01 could not be read back".to_owned());
     };
-    let charset = message.charset(Charset::UTF_8).charset();
+    let charset = message.charset(default_charset).charset();
     match transforms.apply(name, &message, charset, listener) {
         Ok(Some(bytes)) => StoredCopy::Bytes(Bytes::from(bytes)),
         Ok(None) => StoredCopy::Bytes(oru),

@@ -86,9 +86,12 @@ impl Format {
                     "a connector with format: dicom writes DICOM objects; this is an HL7 message (leave HL7 out with a filter such as `dicom.sop_instance_uid != \"\"`)",
                 ));
             }
+            // The bytes as stored: connectors that carry objects (NATS); those that send HL7
+            // got an ORU^R01 or a dead letter at intake.
+            (Self::Hl7, true) => return Ok(envelope.body.clone()),
             (_, true) => {
                 return Err(DeliveryError::permanent(format!(
-                    "a DICOM object has no {} form (only a Structured Report becomes HL7, an ORU^R01); write objects with format: dicom",
+                    "a DICOM object has no {} form (only a Structured Report becomes HL7, an ORU^R01, for connectors that send HL7)",
                     self.as_str()
                 )));
             }

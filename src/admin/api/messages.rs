@@ -514,12 +514,19 @@ pub async fn show_message(
     let copies = copies
         .into_iter()
         .map(|(connector, entry, copy)| match copy {
-            StoredCopy::Bytes(bytes) => CopyView {
-                connector,
-                entry,
-                body: Some(charset.decode(&bytes).into_owned()),
-                transform_failure: None,
-            },
+            StoredCopy::Bytes(bytes) => {
+                // A copy names its own character set (a report's ORU^R01 its report's).
+                let own = match crate::hl7::Message::parse(bytes.clone()) {
+                    Ok(copy) => copy.charset(charset).charset(),
+                    Err(_) => charset,
+                };
+                CopyView {
+                    connector,
+                    entry,
+                    body: Some(own.decode(&bytes).into_owned()),
+                    transform_failure: None,
+                }
+            }
             StoredCopy::Failed(reason) => CopyView {
                 connector,
                 entry,
