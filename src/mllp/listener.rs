@@ -17,7 +17,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -33,7 +33,8 @@ use tracing::{debug, info, warn};
 
 use super::admission::{Admission, PeerSlot, Reserve, Throttle, accept_tls};
 use super::codec::{FrameError, MllpCodec, frame};
-use crate::hl7::AckCode;
+use super::stats::{ListenerStats, ack_index, bump};
+
 use crate::ingest::{Ingest, Reason, Reply};
 use crate::telemetry::metrics::{ACK_CODE, LISTENER};
 use crate::units::Cidr;
@@ -70,160 +71,6 @@ pub struct ListenerSettings {
     pub batches: crate::ingest::BatchSettings,
 }
 
-/// Counters of what the listener saw. Read them with [`ListenerStats::snapshot`].
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    tls_handshake_failures: AtomicU64,
-    connections_denied: AtomicU64,
-    connections_accepted: AtomicU64,
-    connections_active: AtomicU64,
-    pub(super) connections_refused: AtomicU64,
-    frames_received: AtomicU64,
-    bytes_discarded: AtomicU64,
-    missing_trailers: AtomicU64,
-    empty_frames: AtomicU64,
-    acks_received: AtomicU64,
-    pub(super) unreadable_frames: AtomicU64,
-    pub(super) oversize_frames: AtomicU64,
-    pub(super) idle_timeouts: AtomicU64,
-    pub(super) frame_timeouts: AtomicU64,
-    write_failures: AtomicU64,
-    acks: [AtomicU64; 6],
-    suppressed_acks: AtomicU64,
-    memory_waits: AtomicU64,
-}
-
-/// A copy of [`ListenerStats`] at one moment.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    /// Connections served.
-    pub connections_accepted: u64,
-    /// Connections open now.
-    pub connections_active: u64,
-    /// TLS handshakes that failed or timed out (nothing was read from those connections).
-    pub tls_handshake_failures: u64,
-    /// Connections closed at once because the peer is not in `ALLOWED_PEERS`.
-    pub connections_denied: u64,
-    /// Connections closed at once because `MAX_CONNECTIONS` was reached.
-    pub connections_refused: u64,
-    /// Complete frames read.
-    pub frames_received: u64,
-    /// Bytes outside frames, discarded.
-    pub bytes_discarded: u64,
-    /// End blocks not followed by `0x0D`.
-    pub missing_trailers: u64,
-    /// Frames with no content, ignored.
-    pub empty_frames: u64,
-    /// Frames that were themselves ACKs, ignored (ACKs are never acknowledged).
-    pub acks_received: u64,
-    /// Frames without a readable header; each closed its connection.
-    pub unreadable_frames: u64,
-    /// Frames over `MAX_FRAME_SIZE`; each closed its connection.
-    pub oversize_frames: u64,
-    /// Times a connection waited for `MAX_FRAME_MEMORY` before reading or deciding a frame.
-    pub memory_waits: u64,
-    /// Connections closed by `IDLE_TIMEOUT`.
-    pub idle_timeouts: u64,
-    /// Connections closed by `FRAME_TIMEOUT`.
-    pub frame_timeouts: u64,
-    /// ACK writes that failed or timed out.
-    pub write_failures: u64,
-    /// ACKs sent, by code: AA, AE, AR, CA, CE, CR.
-    pub acks: [u64; 6],
-    /// ACKs decided but not sent because MSH-15 asked for none.
-    pub suppressed_acks: u64,
-}
-
-impl StatsSnapshot {
-    /// ACKs sent with `code`.
-    pub fn acks_sent(&self, code: AckCode) -> u64 {
-        self.acks[ack_index(code)]
-    }
-}
-
-fn ack_index(code: AckCode) -> usize {
-    match code {
-        AckCode::AA => 0,
-        AckCode::AE => 1,
-        AckCode::AR => 2,
-        AckCode::CA => 3,
-        AckCode::CE => 4,
-        AckCode::CR => 5,
-    }
-}
-
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
-}
-
-impl ListenerStats {
-    /// A message received by another kind of listener (HTTP): one frame.
-    pub fn count_request(&self) {
-        bump(&self.frames_received, 1);
-    }
-
-    /// A connection another kind of listener (HTTP) accepted: open until
-    /// [`ListenerStats::count_closed`].
-    pub fn count_opened(&self) {
-        bump(&self.connections_accepted, 1);
-        bump(&self.connections_active, 1);
-    }
-
-    /// A connection counted by [`ListenerStats::count_opened`] ended.
-    pub fn count_closed(&self) {
-        self.connections_active.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// A connection another kind of listener (HTTP) closed at once: its limit was reached.
-    pub fn count_refused(&self) {
-        bump(&self.connections_refused, 1);
-    }
-
-    /// The answer another kind of listener (HTTP) gave a frame: its ACK code, sent or not.
-    pub fn count_answer(&self, code: AckCode, sent: bool) {
-        if sent {
-            bump(&self.acks[ack_index(code)], 1);
-        } else {
-            bump(&self.suppressed_acks, 1);
-        }
-    }
-
-    /// A frame another kind of listener (HTTP) could not read a header from.
-    pub fn count_unreadable(&self) {
-        bump(&self.unreadable_frames, 1);
-    }
-
-    /// A TLS handshake another kind of listener (HTTP) saw fail.
-    pub fn count_handshake_failure(&self) {
-        bump(&self.tls_handshake_failures, 1);
-    }
-
-    /// The current values.
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        StatsSnapshot {
-            connections_accepted: read(&self.connections_accepted),
-            connections_active: read(&self.connections_active),
-            tls_handshake_failures: read(&self.tls_handshake_failures),
-            connections_denied: read(&self.connections_denied),
-            connections_refused: read(&self.connections_refused),
-            frames_received: read(&self.frames_received),
-            bytes_discarded: read(&self.bytes_discarded),
-            missing_trailers: read(&self.missing_trailers),
-            empty_frames: read(&self.empty_frames),
-            acks_received: read(&self.acks_received),
-            unreadable_frames: read(&self.unreadable_frames),
-            oversize_frames: read(&self.oversize_frames),
-            memory_waits: read(&self.memory_waits),
-            idle_timeouts: read(&self.idle_timeouts),
-            frame_timeouts: read(&self.frame_timeouts),
-            write_failures: read(&self.write_failures),
-            acks: std::array::from_fn(|index| read(&self.acks[index])),
-            suppressed_acks: read(&self.suppressed_acks),
-        }
-    }
-}
-
 /// Bind `LISTEN_ADDR` (see [`crate::units::bind`]).
 pub async fn bind(listen_addr: &str) -> std::io::Result<TcpListener> {
     crate::units::bind(listen_addr).await
@@ -244,7 +91,7 @@ struct Shared {
     /// `MAX_FRAME_MEMORY`, shared by every connection.
     budget: Arc<super::budget::FrameBudget>,
     /// A `type: dicom` listener's settings: its connections are DICOM associations.
-    dicom: Option<super::association::DicomSettings>,
+    dicom: Option<super::dicom::DicomSettings>,
 }
 
 /// An MLLP listener ready to serve: its settings, the ingest its frames go to, its counters,
@@ -288,7 +135,7 @@ impl Listener {
     /// Serve DICOM associations (C-ECHO, C-STORE) instead of MLLP: objects up to
     /// `max_object_size` are covered by `max_frame_memory`.
     #[must_use]
-    pub fn dicom(self, dicom: super::association::DicomSettings) -> Self {
+    pub fn dicom(self, dicom: super::dicom::DicomSettings) -> Self {
         // `new` made the only handle on `shared`: nothing else holds it yet.
         let Shared {
             settings,

@@ -9,9 +9,12 @@ mod association;
 pub mod budget;
 mod client;
 mod codec;
+mod dicom;
 mod listener;
+mod stats;
 
-pub use association::{DEFAULT_SOP_CLASSES, DicomSettings, read_pdu};
 pub use client::{ClientError, MllpClient, connect_stream, is_quiet};
 pub use codec::{END_BLOCK, FrameError, MllpCodec, START_BLOCK, TRAILER, frame};
-pub use listener::{Listener, ListenerSettings, ListenerStats, StatsSnapshot, bind};
+pub use dicom::{DEFAULT_SOP_CLASSES, DicomSettings, read_pdu};
+pub use listener::{Listener, ListenerSettings, bind};
+pub use stats::{ListenerStats, StatsSnapshot};
