@@ -22,31 +22,25 @@ const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
 /// Part 10 file.
 fn object(uid: &str, pixels: &[u8]) -> Vec<u8> {
     let syntax = Syntax::ExplicitLittle;
+    // One study and series per run (archives require both).
+    let run = uid.get(5..17).unwrap_or("1");
+    let study = format!("2.25.{run}1");
+    let series = format!("2.25.{run}2");
+    // In ascending tag order, as a data set must be.
+    let elements: [(dataset::Tag, &[u8; 2], &[u8]); 8] = [
+        (dataset::SOP_CLASS_UID, b"UI", CT.as_bytes()),
+        (dataset::SOP_INSTANCE_UID, b"UI", uid.as_bytes()),
+        (dataset::MODALITY, b"CS", b"CT"),
+        (dataset::PATIENT_NAME, b"PN", b"Bench^Synthetic"),
+        (dataset::PATIENT_ID, b"LO", b"BENCH"),
+        (dataset::STUDY_INSTANCE_UID, b"UI", study.as_bytes()),
+        (dataset::SERIES_INSTANCE_UID, b"UI", series.as_bytes()),
+        (dataset::PIXEL_DATA, b"OB", pixels),
+    ];
     let mut data = Vec::with_capacity(pixels.len() + 512);
-    element(
-        &mut data,
-        syntax,
-        dataset::SOP_CLASS_UID,
-        b"UI",
-        CT.as_bytes(),
-    );
-    element(
-        &mut data,
-        syntax,
-        dataset::SOP_INSTANCE_UID,
-        b"UI",
-        uid.as_bytes(),
-    );
-    element(&mut data, syntax, dataset::MODALITY, b"CS", b"CT");
-    element(
-        &mut data,
-        syntax,
-        dataset::PATIENT_NAME,
-        b"PN",
-        b"Bench^Synthetic",
-    );
-    element(&mut data, syntax, dataset::PATIENT_ID, b"LO", b"BENCH");
-    element(&mut data, syntax, dataset::PIXEL_DATA, b"OB", pixels);
+    for (tag, vr, value) in elements {
+        element(&mut data, syntax, tag, vr, value);
+    }
     crate::dicom::object::part10(CT, uid, dataset::EXPLICIT_VR_LITTLE_ENDIAN, "BENCH", &data)
 }
 

@@ -13,7 +13,7 @@ mod dicom;
 mod listener;
 mod stats;
 
-pub use client::{ClientError, MllpClient, connect_stream, is_quiet};
+pub use client::{ClientError, MllpClient, connect_stream, is_quiet, quickack};
 pub use codec::{END_BLOCK, FrameError, MllpCodec, START_BLOCK, TRAILER, frame};
 pub use dicom::{DEFAULT_SOP_CLASSES, DicomSettings, read_pdu};
 pub use listener::{Listener, ListenerSettings, bind};

@@ -416,6 +416,7 @@ impl DicomOutput {
         )
         .await
         .map_err(Failure::Reset)?;
+        crate::mllp::quickack(&stream);
         let (kind, body) = timed(limit, read_pdu(&mut stream, 1 << 20)).await?;
         match kind {
             PduType::AssociateAc => {
@@ -498,6 +499,7 @@ impl DicomOutput {
         }
         let mut response = Vec::new();
         loop {
+            crate::mllp::quickack(&association.stream);
             let (kind, body) =
                 timed(limit, read_pdu(&mut association.stream, MAX_RECEIVE_PDU)).await?;
             match kind {
