@@ -145,6 +145,21 @@ pub fn read_part10(bytes: &[u8]) -> Option<Stored<'_>> {
     })
 }
 
+/// A DICOM value as HL7 text: the delimiters escaped (`|` is `\F\` …), and every other
+/// control character (a CR would end the segment, a 0x1C the MLLP frame) as `\Xhh\`.
+pub fn hl7_text(value: &str) -> String {
+    let escaped = crate::hl7::escape(value.as_bytes(), &crate::hl7::Delimiters::standard());
+    let mut out = String::with_capacity(escaped.len());
+    for character in String::from_utf8_lossy(&escaped).chars() {
+        if character.is_ascii_control() {
+            out.push_str(&format!("\\X{:02X}\\", u32::from(character)));
+        } else {
+            out.push(character);
+        }
+    }
+    out
+}
+
 /// What filters, listings and searches see of an object. Its `Debug` shows the UIDs and
 /// titles only: the patient's values never reach a log by accident.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -257,13 +272,7 @@ impl Identifiers {
     ///   family^given^middle^prefix^suffix as XPN's family^given^middle^suffix^prefix),
     ///   PID-7 the birth date, PID-8 the sex.
     pub fn header_message(&self, received: &str) -> Vec<u8> {
-        let esc = |value: &str| -> String {
-            String::from_utf8_lossy(&crate::hl7::escape(
-                value.as_bytes(),
-                &crate::hl7::Delimiters::standard(),
-            ))
-            .into_owned()
-        };
+        let esc = hl7_text;
         let name = {
             let parts: Vec<&str> = self
                 .patient_name

@@ -21,8 +21,9 @@
 //!   SCOORD, SCOORD3D and TCOORD items reference other objects and are not mapped.
 
 use super::dataset::{self, DataSet, Syntax, TextCharset};
+use super::object::hl7_text;
 use super::object::read_part10;
-use crate::hl7::{Charset, Delimiters, escape};
+use crate::hl7::Charset;
 
 /// Why an object cannot be an ORU: mfoundry's words, never report content.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -145,11 +146,8 @@ pub fn oru(body: &[u8], control_id: &str, created: &str) -> Result<Vec<u8>, SrEr
         .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
         .unwrap_or_default();
     let (charset_name, charset) = hl7_charset(&term);
-    let delimiters = Delimiters::standard();
     // Text of an element, decoded from the report's set and escaped for HL7.
-    let esc = |value: &str| -> String {
-        String::from_utf8_lossy(&escape(value.as_bytes(), &delimiters)).into_owned()
-    };
+    let esc = hl7_text;
     let text = |item: &DataSet<'_>, tag: dataset::Tag| esc(&item.text(tag, dicom_charset));
     let identifiers = super::Identifiers::read(&set, &stored.sop_class, &stored.sop_instance);
     let status = if item_text(&set, COMPLETION, dicom_charset) == "COMPLETE"
@@ -296,13 +294,11 @@ fn obx(
         }
         "TEXT" => {
             // One repetition per line (TX).
-            let value = item
-                .text(TEXT_VALUE, charset)
-                .lines()
-                .map(|line| {
-                    String::from_utf8_lossy(&escape(line.as_bytes(), &Delimiters::standard()))
-                        .into_owned()
-                })
+            let text = item.text(TEXT_VALUE, charset);
+            let value = text
+                .split("\r\n")
+                .flat_map(|line| line.split(['\r', '\n']))
+                .map(hl7_text)
                 .collect::<Vec<_>>()
                 .join("~");
             ("TX", value, String::new())
@@ -314,13 +310,7 @@ fn obx(
         "PNAME" => {
             let name = item.text(PERSON_NAME, charset);
             let parts: Vec<&str> = name.split('=').next().unwrap_or("").split('^').collect();
-            let part = |index: usize| {
-                String::from_utf8_lossy(&escape(
-                    parts.get(index).copied().unwrap_or("").as_bytes(),
-                    &Delimiters::standard(),
-                ))
-                .into_owned()
-            };
+            let part = |index: usize| hl7_text(parts.get(index).copied().unwrap_or(""));
             let xpn = join(&[part(0), part(1), part(2), part(4), part(3)]);
             ("XPN", xpn, String::new())
         }
@@ -508,6 +498,12 @@ mod tests {
             );
             assert_eq!(segments.len(), 7);
         }
+    }
+
+    #[test]
+    fn control_characters_cannot_end_a_segment_or_a_frame() {
+        assert_eq!(hl7_text("a\u{1c}b|c"), "a\\X1C\\b\\F\\c");
+        assert_eq!(hl7_text("x\ry"), "x\\X0D\\y");
     }
 
     #[test]
