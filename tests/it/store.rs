@@ -53,7 +53,11 @@ fn walk(directory: &Path) -> Vec<std::path::PathBuf> {
         let path = entry.expect("entry").path();
         if path.is_dir() {
             out.extend(walk(&path));
-        } else {
+        } else if !path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with('.'))
+        {
+            // The file output's temporary files (`.<name>.<id>.tmp`) are not delivered yet.
             out.push(path);
         }
     }

@@ -266,7 +266,11 @@ fn walk(folder: &Path) -> Vec<std::path::PathBuf> {
         let path = entry.path();
         if path.is_dir() {
             out.extend(walk(&path));
-        } else {
+        } else if !path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with('.'))
+        {
+            // Not the file output's temporary files.
             out.push(path);
         }
     }
