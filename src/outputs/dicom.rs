@@ -13,8 +13,8 @@
 //! the connector has sent so far: an object of a pair it has not negotiated releases it and
 //! opens one that adds the pair. A kept association the peer closed while idle is replaced
 //! without costing an attempt. The object is sent in the transfer syntax it was received in,
-//! never converted. C-ECHO checks the peer (`mfoundry check --connectors`-style probes and
-//! tests).
+//! never converted. Each new association is checked with a C-ECHO (when the peer accepts
+//! Verification) before an object is sent on it.
 
 use std::time::Duration;
 
@@ -319,7 +319,18 @@ impl DicomOutput {
                     .filter(|wanted| *wanted != pair)
                     .cloned(),
             );
-            self.association = Some(self.associate(&proposal).await?);
+            // Verification too: each new association is checked with a C-ECHO before an
+            // object is sent on it (the output's health check).
+            proposal.push((
+                pdu::VERIFICATION.to_owned(),
+                crate::dicom::dataset::IMPLICIT_VR_LITTLE_ENDIAN.to_owned(),
+            ));
+            let mut association = self.associate(&proposal).await?;
+            if let Err(failure) = self.verify(&mut association).await {
+                abort(&mut association).await;
+                return Err(failure);
+            }
+            self.association = Some(association);
         }
         let Some(mut association) = self.association.take() else {
             return Err(Failure::Reset("not associated".to_owned()));
@@ -372,6 +383,36 @@ impl DicomOutput {
                 format!("the peer refused the object: 0x{status:04X}"),
                 peer,
             )),
+        }
+    }
+
+    /// C-ECHO on a new association, when the peer accepted Verification: a peer that does
+    /// not answer it is not sent an object (the failure is retried).
+    async fn verify(&self, association: &mut Association) -> Result<(), Failure> {
+        let Some(context) = association
+            .accepted
+            .iter()
+            .find(|(_, sop, _)| sop == pdu::VERIFICATION)
+            .map(|(id, ..)| *id)
+        else {
+            return Ok(());
+        };
+        association.next_message_id = association.next_message_id.wrapping_add(1).max(1);
+        let command = Command {
+            field: dimse::C_ECHO_RQ,
+            sop_class: pdu::VERIFICATION.to_owned(),
+            message_id: association.next_message_id,
+            data_set_type: dimse::NO_DATA_SET,
+            ..Command::default()
+        };
+        let answer = self.request(association, context, &command, None).await?;
+        if answer.status == dimse::SUCCESS {
+            Ok(())
+        } else {
+            Err(Failure::Reset(format!(
+                "the peer answered C-ECHO with 0x{:04X}; no object sent",
+                answer.status
+            )))
         }
     }
 
