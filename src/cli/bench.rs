@@ -295,17 +295,7 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
         Some(_) => None,
         None => args.tls.client(&args.addr)?.map(std::sync::Arc::new),
     };
-    let watch = if args.drain.is_empty() {
-        None
-    } else {
-        let api = super::client::ApiArgs {
-            admin_addr: args.admin_addr.clone(),
-            data_dir: args.data_dir.clone(),
-            admin_ca: std::env::var_os("ADMIN_CA_FILE").map(std::path::PathBuf::from),
-            json: false,
-        };
-        Some(super::drain::DrainWatch::start(&api, &args.drain).await?)
-    };
+    let watch = drain_watch(args).await?;
     let started = Instant::now();
     let mut report = BenchReport::default();
     let mut latencies: Vec<u32> = Vec::with_capacity(args.messages);
@@ -426,6 +416,24 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
         writeln!(json_out)?;
     }
     Ok(report)
+}
+
+/// The `--drain` watch, started before the load (none without `--drain`).
+pub(super) async fn drain_watch(
+    args: &BenchArgs,
+) -> anyhow::Result<Option<super::drain::DrainWatch>> {
+    if args.drain.is_empty() {
+        return Ok(None);
+    }
+    let api = super::client::ApiArgs {
+        admin_addr: args.admin_addr.clone(),
+        data_dir: args.data_dir.clone(),
+        admin_ca: std::env::var_os("ADMIN_CA_FILE").map(std::path::PathBuf::from),
+        json: false,
+    };
+    Ok(Some(
+        super::drain::DrainWatch::start(&api, &args.drain).await?,
+    ))
 }
 
 /// The `--json` object: every figure of the text lines, in microseconds and messages/s.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 
-use super::bench::{BenchArgs, BenchReport, Percentiles, percentile, run_tag};
+use super::bench::{BenchArgs, BenchReport, Percentiles, drain_watch, percentile, run_tag};
 use crate::delivery::Envelope;
 use crate::dicom::dataset::{self, Syntax, write::element};
 use crate::outbox::MessageRecord;
@@ -132,17 +132,7 @@ pub(super) async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result
     let size = usize::try_from(args.object_size).context("--object-size")?;
     let pixels: Arc<Vec<u8>> = Arc::new((0..size).map(|n| (n % 251) as u8).collect());
     let bytes = object(&uid(0, 0, 0), &pixels).len();
-    let watch = if args.drain.is_empty() {
-        None
-    } else {
-        let api = super::client::ApiArgs {
-            admin_addr: args.admin_addr.clone(),
-            data_dir: args.data_dir.clone(),
-            admin_ca: std::env::var_os("ADMIN_CA_FILE").map(std::path::PathBuf::from),
-            json: false,
-        };
-        Some(super::drain::DrainWatch::start(&api, &args.drain).await?)
-    };
+    let watch = drain_watch(args).await?;
     // A run-specific number in every UID: a second run's objects are new objects.
     let run: u64 = run_tag()
         .bytes()

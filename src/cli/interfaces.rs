@@ -253,39 +253,25 @@ fn run_case(
             Some(StoredCopy::Bytes(bytes)) => bytes,
             None => message.raw().clone(),
         };
-        let format = formats
-            .iter()
-            .find(|(connector, _)| connector == name)
-            .map_or(Format::Hl7, |(_, format)| *format);
-        let envelope = Envelope {
-            instance_id: 0,
-            message_id: 1,
-            seq: 1,
-            connector: Arc::from(*name),
-            record: MessageRecord {
-                received_at_micros: 0,
-                peer: "test".to_owned(),
-                listener: "test".to_owned(),
-                header: crate::ingest::header_fields(&message),
-                disposition,
-                reason: None,
-                routes: routes.clone(),
-                ack_code: code.as_str().to_owned(),
-                body_len: message.raw().len() as u64,
-                ack: None,
-                dedup_key: None,
-                body_inline: true,
-                config: None,
-            },
-            body,
-            attempt: 1,
-            default_charset: decider_charset,
+        let record = MessageRecord {
+            received_at_micros: 0,
+            peer: "test".to_owned(),
+            listener: "test".to_owned(),
+            header: crate::ingest::header_fields(&message),
+            disposition,
+            reason: None,
+            routes: routes.clone(),
+            ack_code: code.as_str().to_owned(),
+            body_len: message.raw().len() as u64,
+            ack: None,
+            dedup_key: None,
+            body_inline: true,
+            config: None,
         };
-        let rendered = match format.render(&envelope) {
-            Ok(bytes) => bytes.to_vec(),
-            Err(error) => format!("not delivered: {error}\n").into_bytes(),
-        };
-        outputs.push(((*name).to_owned(), rendered));
+        outputs.push((
+            (*name).to_owned(),
+            render(formats, name, record, body, decider_charset),
+        ));
     }
     Ok(Actual {
         ack: code.as_str().to_owned(),
@@ -341,39 +327,25 @@ fn run_object_case(
             Some(StoredCopy::Bytes(bytes)) => bytes,
             None => Bytes::from(object.file.clone()),
         };
-        let format = formats
-            .iter()
-            .find(|(connector, _)| connector == name)
-            .map_or(Format::Hl7, |(_, format)| *format);
-        let envelope = Envelope {
-            instance_id: 0,
-            message_id: 1,
-            seq: 1,
-            connector: Arc::from(*name),
-            record: MessageRecord {
-                received_at_micros: 0,
-                peer: "test".to_owned(),
-                listener: "test".to_owned(),
-                header: crate::ingest::header_fields(&decided.view),
-                disposition: decided.disposition,
-                reason: None,
-                routes: decided.routes.clone(),
-                ack_code: "AA".to_owned(),
-                body_len: object.file.len() as u64,
-                ack: None,
-                dedup_key: None,
-                body_inline: true,
-                config: None,
-            },
-            body,
-            attempt: 1,
-            default_charset: decider.default_charset(),
+        let record = MessageRecord {
+            received_at_micros: 0,
+            peer: "test".to_owned(),
+            listener: "test".to_owned(),
+            header: crate::ingest::header_fields(&decided.view),
+            disposition: decided.disposition,
+            reason: None,
+            routes: decided.routes.clone(),
+            ack_code: "AA".to_owned(),
+            body_len: object.file.len() as u64,
+            ack: None,
+            dedup_key: None,
+            body_inline: true,
+            config: None,
         };
-        let rendered = match format.render(&envelope) {
-            Ok(bytes) => bytes.to_vec(),
-            Err(error) => format!("not delivered: {error}\n").into_bytes(),
-        };
-        outputs.push(((*name).to_owned(), rendered));
+        outputs.push((
+            (*name).to_owned(),
+            render(formats, name, record, body, decider.default_charset()),
+        ));
     }
     let ack = if decided.disposition == Disposition::Error {
         "C-STORE 0110 (a routing filter could not be evaluated)".to_owned()
@@ -385,6 +357,35 @@ fn run_object_case(
         connectors,
         outputs,
     })
+}
+
+/// What connector `name` delivers of `body` in its format (message id and entry 1), or
+/// `not delivered: …`.
+fn render(
+    formats: &[(String, Format)],
+    name: &str,
+    record: MessageRecord,
+    body: Bytes,
+    default_charset: crate::hl7::Charset,
+) -> Vec<u8> {
+    let format = formats
+        .iter()
+        .find(|(connector, _)| connector == name)
+        .map_or(Format::Hl7, |(_, format)| *format);
+    let envelope = Envelope {
+        instance_id: 0,
+        message_id: 1,
+        seq: 1,
+        connector: Arc::from(name),
+        record,
+        body,
+        attempt: 1,
+        default_charset,
+    };
+    match format.render(&envelope) {
+        Ok(bytes) => bytes.to_vec(),
+        Err(error) => format!("not delivered: {error}\n").into_bytes(),
+    }
 }
 
 fn expect_text(actual: &Actual) -> String {

@@ -1,4 +1,5 @@
-//! What intake reads from a message's header: the sender check against `tls_senders`, the
+//! What intake reads from a message's header: the header checks (batch, MSH-2, MSH-9/10,
+//! MSH-18 bytes), the sender check against `tls_senders`, the
 //! searchable header fields, the retransmit key, where an offset lies (for ERR), and the
 //! control id shown in logs.
 
@@ -6,7 +7,9 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::{Reason, Refusal};
-use crate::hl7::{AckCode, AckError, ErrorCode, ErrorLocation, Message};
+use crate::hl7::{
+    AckCode, AckError, DeclaredCharset, ErrorCode, ErrorLocation, HeaderKind, Message,
+};
 use crate::outbox::HeaderFields;
 
 /// Refuse (AR) a message whose MSH-3/MSH-4 its connection's certificate may not send as.
@@ -133,4 +136,95 @@ pub(super) fn control_id_for_logs(message: &Message) -> Option<String> {
         .take(64)
         .collect();
     Some(text)
+}
+
+impl super::Decider {
+    /// The checks of a message's header before its rules: a batch envelope, several MSH, unusable
+    /// delimiters, missing MSH-9/MSH-10, bytes invalid in the declared character set.
+    pub(super) fn check_header(&self, message: &Message) -> Result<(), Box<Refusal>> {
+        if message.kind() != HeaderKind::Message {
+            let segment = if message.kind() == HeaderKind::FileBatch {
+                "FHS"
+            } else {
+                "BHS"
+            };
+            return Err(Refusal::reject(
+                Reason::BatchNotSupported,
+                AckError::new(
+                    ErrorCode::UnsupportedMessageType,
+                    Some(ErrorLocation {
+                        segment: segment.to_owned(),
+                        sequence: 1,
+                        field: None,
+                    }),
+                    "batch envelopes (FHS/BHS) are not accepted yet; send each message in its own MLLP frame".to_owned(),
+                ),
+            ));
+        }
+        if message
+            .segments()
+            .skip(1)
+            .any(|segment| segment.name() == b"MSH")
+        {
+            return Err(Refusal::reject(
+                Reason::SeveralMessagesInFrame,
+                AckError::new(
+                    ErrorCode::SegmentSequenceError,
+                    None,
+                    "the frame holds more than one MSH segment; send each message in its own MLLP frame".to_owned(),
+                ),
+            ));
+        }
+        if let Some(problem) = message.delimiter_error() {
+            return Err(Refusal::reject(
+                Reason::BadEncodingCharacters,
+                AckError::new(
+                    ErrorCode::DataTypeError,
+                    Some(ErrorLocation::header(2)),
+                    format!(
+                        "MSH-2 encoding characters are unusable: {problem}; use ^~\\& (or ^~\\&# from v2.7)"
+                    ),
+                ),
+            ));
+        }
+        for (field, name) in [(9, "message type"), (10, "message control id")] {
+            if message.header_component(field, 1).is_empty() {
+                return Err(Refusal::reject(
+                    Reason::RequiredFieldMissing,
+                    AckError::new(
+                        ErrorCode::RequiredFieldMissing,
+                        Some(ErrorLocation::header(field)),
+                        format!("MSH-{field} ({name}) is empty; it is required"),
+                    ),
+                ));
+            }
+        }
+        if let DeclaredCharset::Declared(charset) = message.charset(self.default_charset)
+            && let Some(offset) = charset.first_invalid_byte(message.raw())
+        {
+            let location = locate(message, offset);
+            let place = match &location {
+                Some(ErrorLocation {
+                    segment,
+                    field: Some(field),
+                    ..
+                }) => format!("{segment}-{field}"),
+                Some(location) => location.segment.clone(),
+                None => "the message".to_owned(),
+            };
+            let mut error = AckError::new(
+                ErrorCode::DataTypeError,
+                location,
+                format!(
+                    "{place} holds bytes that are not valid {} as MSH-18 declares; fix the sender's encoding or MSH-18",
+                    charset.name()
+                ),
+            );
+            error.diagnostic = Some(format!(
+                "first invalid byte at offset {offset} of the frame"
+            ));
+            return Err(Refusal::reject(Reason::InvalidCharacters, error));
+        }
+        Ok(())
+    }
 }

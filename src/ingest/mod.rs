@@ -18,8 +18,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::hl7::{
-    AckCode, AckError, AckMode, AckStamper, Charset, DeclaredCharset, ErrorCode, ErrorLocation,
-    HeaderKind, Message, Verdict, build_ack,
+    AckCode, AckError, AckMode, AckStamper, Charset, ErrorCode, HeaderKind, Message, Verdict,
+    build_ack,
 };
 use crate::outbox::{
     Appended, ConnectorId, Disposition, MessageRecord, NewMessage, Outbox, Route, RouteStatus,
@@ -38,7 +38,7 @@ pub use answer::{Outcome, Reason, Reply};
 pub use batch::{BatchAck, BatchOutcome, BatchSettings, CountMismatch, From, RefusedMessage};
 pub use dicom::{DecidedObject, ObjectOutcome, ReceivedObject, header_view, stored_identifiers};
 pub use header::header_fields;
-use header::{ack_code_of, check_sender, control_id_for_logs, dedup_key, locate};
+use header::{ack_code_of, check_sender, control_id_for_logs, dedup_key};
 pub use patient::{patient_values, reader as patient_reader};
 
 /// What intake decided for one connector since start (stored messages only; retransmits are
@@ -699,93 +699,6 @@ impl Decider {
         } else {
             Ok(Disposition::Unrouted)
         }
-    }
-
-    fn check_header(&self, message: &Message) -> Result<(), Box<Refusal>> {
-        if message.kind() != HeaderKind::Message {
-            let segment = if message.kind() == HeaderKind::FileBatch {
-                "FHS"
-            } else {
-                "BHS"
-            };
-            return Err(Refusal::reject(
-                Reason::BatchNotSupported,
-                AckError::new(
-                    ErrorCode::UnsupportedMessageType,
-                    Some(ErrorLocation {
-                        segment: segment.to_owned(),
-                        sequence: 1,
-                        field: None,
-                    }),
-                    "batch envelopes (FHS/BHS) are not accepted yet; send each message in its own MLLP frame".to_owned(),
-                ),
-            ));
-        }
-        if message
-            .segments()
-            .skip(1)
-            .any(|segment| segment.name() == b"MSH")
-        {
-            return Err(Refusal::reject(
-                Reason::SeveralMessagesInFrame,
-                AckError::new(
-                    ErrorCode::SegmentSequenceError,
-                    None,
-                    "the frame holds more than one MSH segment; send each message in its own MLLP frame".to_owned(),
-                ),
-            ));
-        }
-        if let Some(problem) = message.delimiter_error() {
-            return Err(Refusal::reject(
-                Reason::BadEncodingCharacters,
-                AckError::new(
-                    ErrorCode::DataTypeError,
-                    Some(ErrorLocation::header(2)),
-                    format!(
-                        "MSH-2 encoding characters are unusable: {problem}; use ^~\\& (or ^~\\&# from v2.7)"
-                    ),
-                ),
-            ));
-        }
-        for (field, name) in [(9, "message type"), (10, "message control id")] {
-            if message.header_component(field, 1).is_empty() {
-                return Err(Refusal::reject(
-                    Reason::RequiredFieldMissing,
-                    AckError::new(
-                        ErrorCode::RequiredFieldMissing,
-                        Some(ErrorLocation::header(field)),
-                        format!("MSH-{field} ({name}) is empty; it is required"),
-                    ),
-                ));
-            }
-        }
-        if let DeclaredCharset::Declared(charset) = message.charset(self.default_charset)
-            && let Some(offset) = charset.first_invalid_byte(message.raw())
-        {
-            let location = locate(message, offset);
-            let place = match &location {
-                Some(ErrorLocation {
-                    segment,
-                    field: Some(field),
-                    ..
-                }) => format!("{segment}-{field}"),
-                Some(location) => location.segment.clone(),
-                None => "the message".to_owned(),
-            };
-            let mut error = AckError::new(
-                ErrorCode::DataTypeError,
-                location,
-                format!(
-                    "{place} holds bytes that are not valid {} as MSH-18 declares; fix the sender's encoding or MSH-18",
-                    charset.name()
-                ),
-            );
-            error.diagnostic = Some(format!(
-                "first invalid byte at offset {offset} of the frame"
-            ));
-            return Err(Refusal::reject(Reason::InvalidCharacters, error));
-        }
-        Ok(())
     }
 }
 

@@ -111,31 +111,7 @@ impl DicomSpec {
         let calling_ae = title("calling_ae_title", Some("MFOUNDRY")).unwrap_or_default();
         let connect_timeout = reader.duration("connect_timeout", Duration::from_secs(10));
         let response_timeout = reader.duration("response_timeout", Duration::from_secs(60));
-        let tls_on = reader.bool("tls");
-        let server_name = reader.text("tls_server_name");
-        let files = reader.tls_files();
-        let addr = if host.contains(':') && !host.starts_with('[') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        let tls = match tls_on {
-            Some(false) if files.is_some() || server_name.is_some() => {
-                reader.problem(
-                    "tls",
-                    "`tls: false` with `tls_*` keys; remove them or set `tls: true`",
-                );
-                None
-            }
-            Some(false) => None,
-            None if files.is_none() && server_name.is_none() => None,
-            _ if host.is_empty() => None,
-            _ => {
-                let server_name =
-                    server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned());
-                reader.tls_client(Some(&files.unwrap_or_default()), Some(server_name))
-            }
-        };
+        let (addr, tls) = reader.peer(&host, port);
         (reader.problems.len() == problems_before).then_some(Self {
             addr,
             called_ae,

@@ -140,6 +140,38 @@ impl Reader<'_, '_> {
         })
     }
 
+    /// A socket peer's address (`host:port`, IPv6 in brackets) and its TLS (`tls`,
+    /// `tls_server_name`, the `tls_*` files), as the MLLP and DICOM outputs take them: TLS is
+    /// on with `tls: true` or any `tls_*` key, the server name defaulting to `host`.
+    pub fn peer(&mut self, host: &str, port: u16) -> (String, Option<Arc<TlsClient>>) {
+        let tls_on = self.bool("tls");
+        let server_name = self.text("tls_server_name");
+        let files = self.tls_files();
+        let addr = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let tls = match tls_on {
+            Some(false) if files.is_some() || server_name.is_some() => {
+                self.problem(
+                    "tls",
+                    "`tls: false` with `tls_*` keys; remove them or set `tls: true`",
+                );
+                None
+            }
+            Some(false) => None,
+            None if files.is_none() && server_name.is_none() => None,
+            _ if host.is_empty() => None,
+            _ => {
+                let server_name =
+                    server_name.unwrap_or_else(|| host.trim_matches(['[', ']']).to_owned());
+                self.tls_client(Some(&files.unwrap_or_default()), Some(server_name))
+            }
+        };
+        (addr, tls)
+    }
+
     /// The TLS client for `files`: `None` without files; the files are read and checked
     /// now (problems name the key and the file).
     pub fn tls_client(

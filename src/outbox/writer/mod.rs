@@ -2,6 +2,7 @@
 //! transaction (see [`txn`]), answers after the commit, and reopens the database after an
 //! error.
 
+mod append;
 mod delivery;
 mod retain;
 mod txn;

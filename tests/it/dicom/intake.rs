@@ -45,22 +45,7 @@ connectors:
 
 /// Control ids of the stored messages, through the CLI on the server's admin API.
 fn stored(server: &common::Server, directory: &Path) -> Vec<serde_json::Value> {
-    let admin = server.admin_addr.clone().expect("admin API");
-    let (code, stdout, stderr) = common::run_binary(
-        directory,
-        &[
-            "messages",
-            "search",
-            "--json",
-            "--admin-addr",
-            &admin,
-            "--data-dir",
-            "data",
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "{stderr}");
-    let page: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let page = super::cli_json(server, directory, &["messages", "search"]);
     page.as_array().cloned().expect("a list of messages")
 }
 
@@ -217,22 +202,7 @@ fn objects_from_dcmtk_are_routed_by_dicom_filters_and_a_restore_is_stored_once()
         .find(|message| message["control_id"] == uid.as_str())
         .and_then(|message| message["id"].as_u64())
         .expect("the first CT's id");
-    let (code, stdout, stderr) = common::run_binary(
-        dir,
-        &[
-            "messages",
-            "show",
-            &id.to_string(),
-            "--json",
-            "--admin-addr",
-            &admin,
-            "--data-dir",
-            "data",
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "{stderr}");
-    let shown: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let shown = super::cli_json(&server, dir, &["messages", "show", &id.to_string()]);
     assert_eq!(shown["dicom"]["sop_instance_uid"], uid.as_str(), "{shown}");
     assert_eq!(shown["dicom"]["modality"], "CT");
     let body = shown["body"].as_str().unwrap_or_default();

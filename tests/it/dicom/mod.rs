@@ -133,3 +133,18 @@ pub fn storescu(
     );
     (output.status.success(), text)
 }
+
+/// `mfoundry <args> --json` against `server`'s admin API (its token from `directory/data`):
+/// the JSON it printed (exit 0 asserted).
+pub fn cli_json(
+    server: &crate::common::Server,
+    directory: &Path,
+    args: &[&str],
+) -> serde_json::Value {
+    let admin = server.admin_addr.clone().expect("admin API");
+    let mut all = args.to_vec();
+    all.extend(["--json", "--admin-addr", &admin, "--data-dir", "data"]);
+    let (code, stdout, stderr) = crate::common::run_binary(directory, &all, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    serde_json::from_str(&stdout).expect("JSON")
+}

@@ -174,22 +174,7 @@ fn packed_commands_are_stored_and_wrong_contexts_and_unreadable_data_sets_are_re
     stream.write_all(&pdu::release_rq()).expect("release");
     assert_eq!(read_pdu(&mut stream).0, PduType::ReleaseRp);
 
-    let admin = server.admin_addr.clone().expect("admin API");
-    let (code, stdout, stderr) = common::run_binary(
-        dir,
-        &[
-            "messages",
-            "search",
-            "--json",
-            "--admin-addr",
-            &admin,
-            "--data-dir",
-            "data",
-        ],
-        &[],
-    );
-    assert_eq!(code, 0, "{stderr}");
-    let stored: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let stored = super::cli_json(&server, dir, &["messages", "search"]);
     let uids: Vec<&str> = stored
         .as_array()
         .expect("a list")
