@@ -238,6 +238,7 @@ impl Intake {
                         listener = %settings.name,
                         ae_title = %dicom.ae_title,
                         max_object_size = dicom.max_object_size,
+                        inline_object_size = dicom.inline_object_size,
                         max_connections = settings.max_connections,
                         tls = tls.is_some(),
                         mtls = listener.tls.as_ref().is_some_and(|tls| tls.client_ca.is_some()),

@@ -5,13 +5,23 @@ use crate::mllp::{DEFAULT_SOP_CLASSES, DicomSettings};
 use crate::yaml::Spanned;
 
 /// The scalar keys only a dicom entry takes.
-pub const DICOM_SCALAR_KEYS: [&str; 3] = ["ae_title", "max_object_size", "max_pdu_size"];
+pub const DICOM_SCALAR_KEYS: [&str; 4] = [
+    "ae_title",
+    "max_object_size",
+    "max_pdu_size",
+    "inline_object_size",
+];
 /// The list keys only a dicom entry takes.
 pub const DICOM_LIST_KEYS: [&str; 2] = ["allowed_callers", "sop_classes"];
 
 /// Defaults.
 const DEFAULT_AE_TITLE: &str = "MFOUNDRY";
-const DEFAULT_MAX_OBJECT: u64 = 64 << 20;
+const DEFAULT_MAX_OBJECT: u64 = 512 << 20;
+/// Objects up to this are held in memory and stored in the store; larger ones are spooled.
+const DEFAULT_INLINE_OBJECT: u64 = 4 << 20;
+/// The smallest `inline_object_size`: an object's head (its identifiers) is read from this
+/// many bytes.
+const MIN_INLINE_OBJECT: u64 = 64 << 10;
 const DEFAULT_MAX_PDU: u64 = 64 << 10;
 /// The largest object a listener may take.
 const MAX_OBJECT: u64 = 0xFFFF_FFFE;
@@ -112,6 +122,18 @@ pub(super) fn resolve(
     };
     let max_object_size = size("max_object_size", DEFAULT_MAX_OBJECT);
     let max_pdu_size = size("max_pdu_size", DEFAULT_MAX_PDU);
+    let inline_object_size = size("inline_object_size", DEFAULT_INLINE_OBJECT);
+    if inline_object_size.is_some_and(|size| size < MIN_INLINE_OBJECT) {
+        problem(
+            get("inline_object_size"),
+            "inline_object_size",
+            format!(
+                "must be at least {}KiB (an object's identifiers are read from its first bytes)",
+                MIN_INLINE_OBJECT >> 10
+            ),
+        );
+        ok = false;
+    }
     if max_object_size.is_some_and(|size| size > MAX_OBJECT) {
         problem(
             get("max_object_size"),
@@ -142,7 +164,9 @@ pub(super) fn resolve(
         );
         ok = false;
     }
-    let (Some(max_object_size), Some(max_pdu_size)) = (max_object_size, max_pdu_size) else {
+    let (Some(max_object_size), Some(max_pdu_size), Some(inline_object_size)) =
+        (max_object_size, max_pdu_size, inline_object_size)
+    else {
         return None;
     };
     ok.then(|| DicomSettings {
@@ -151,6 +175,7 @@ pub(super) fn resolve(
         sop_classes,
         max_object_size: usize::try_from(max_object_size).unwrap_or(usize::MAX),
         max_pdu_size: u32::try_from(max_pdu_size).unwrap_or(u32::MAX),
+        inline_object_size: usize::try_from(inline_object_size).unwrap_or(usize::MAX),
     })
 }
 

@@ -525,18 +525,19 @@ pub(super) fn resolve(
             }
         };
         if let Some(dicom) = &dicom_settings
-            && dicom.max_object_size > settings.listener.max_frame_memory
+            && dicom.inline_object_size.min(dicom.max_object_size)
+                > settings.listener.max_frame_memory
         {
             let at = entry
                 .dicom
                 .iter()
-                .find(|(key, _)| *key == "max_object_size")
+                .find(|(key, _)| *key == "inline_object_size")
                 .map_or(entry.at, |(_, value)| value.at);
             problems.push(entry_problem(
                 at,
-                "max_object_size",
+                "inline_object_size",
                 format!(
-                    "is larger than this listener's max_frame_memory ({} bytes), so one object could not be held while it arrives; raise max_frame_memory or lower max_object_size",
+                    "is larger than this listener's max_frame_memory ({} bytes), so one object could not be held while it arrives; raise max_frame_memory or lower inline_object_size (larger objects are spooled to files)",
                     settings.listener.max_frame_memory
                 ),
             ));

@@ -254,9 +254,13 @@ pub struct ListenerFile {
     /// dicom: the storage SOP class UIDs it accepts (Verification always); default the
     /// common image, document and Structured Report classes.
     pub sop_classes: Option<Vec<String>>,
-    /// dicom: the largest object's data set (default 64MiB).
+    /// dicom: the largest object's data set (default 512MiB).
     #[schemars(with = "Option<ScalarText>")]
     pub max_object_size: SpannedScalar,
+    /// dicom: objects up to this are held in memory and stored in the store; larger ones are
+    /// spooled to files as they arrive (default 4MiB, at least 64KiB).
+    #[schemars(with = "Option<ScalarText>")]
+    pub inline_object_size: SpannedScalar,
     /// dicom: the longest PDU it receives, 4KiB to 4MiB (default 64KiB).
     #[schemars(with = "Option<ScalarText>")]
     pub max_pdu_size: SpannedScalar,

@@ -288,6 +288,9 @@ struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
     elements: usize,
+    /// The bytes are the head of a longer data set: an element cut at their end ends the
+    /// reading (see [`parse_head`]).
+    head: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -346,12 +349,11 @@ impl<'a> Reader<'a> {
                 }
                 return Ok(set);
             }
-            let tag = (
-                self.u16(self.at, limit)
-                    .ok_or(DatasetError::Truncated(0, 0))?,
-                self.u16(self.at + 2, limit)
-                    .ok_or(DatasetError::Truncated(0, 0))?,
-            );
+            let tag = match (self.u16(self.at, limit), self.u16(self.at + 2, limit)) {
+                (Some(group), Some(element)) => (group, element),
+                _ if self.head && depth == 0 => return Ok(set),
+                _ => return Err(DatasetError::Truncated(0, 0)),
+            };
             if tag == ITEM_END {
                 // Only an undefined-length item ends so, with a length of 0.
                 let length = self.u32(self.at + 4, limit);
@@ -370,7 +372,17 @@ impl<'a> Reader<'a> {
                 return Ok(set);
             }
             self.count()?;
-            let element = self.element(tag, syntax, depth, limit)?;
+            let element = match self.element(tag, syntax, depth, limit) {
+                Ok(element) => element,
+                // The head ends inside this element: what came before is the head's.
+                // (A cut inside a sequence may also show as a delimiter out of place.)
+                Err(DatasetError::Truncated(..) | DatasetError::NotAnItem(..))
+                    if self.head && depth == 0 =>
+                {
+                    return Ok(set);
+                }
+                Err(error) => return Err(error),
+            };
             set.elements.push(element);
         }
     }
@@ -524,6 +536,20 @@ pub fn parse(bytes: &[u8], syntax: Syntax) -> Result<DataSet<'_>, DatasetError> 
         bytes,
         at: 0,
         elements: 0,
+        head: false,
+    };
+    reader.data_set(None, bytes.len(), syntax, 0)
+}
+
+/// Read the first bytes of a longer data set (a spooled object's head): like [`parse`], but
+/// an element cut off by the end of `bytes` ends the reading instead of failing it. Every
+/// element returned is whole.
+pub fn parse_head(bytes: &[u8], syntax: Syntax) -> Result<DataSet<'_>, DatasetError> {
+    let mut reader = Reader {
+        bytes,
+        at: 0,
+        elements: 0,
+        head: true,
     };
     reader.data_set(None, bytes.len(), syntax, 0)
 }
@@ -739,6 +765,21 @@ mod tests {
         fn no_bytes_make_the_reader_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = parse(&bytes, Syntax::ExplicitLittle);
             let _ = parse(&bytes, Syntax::ImplicitLittle);
+        }
+
+        #[test]
+        fn a_head_reads_the_whole_elements_before_its_cut(cut in 0usize..400) {
+            for syntax in [Syntax::ExplicitLittle, Syntax::ImplicitLittle] {
+                let bytes = sample(syntax);
+                let whole = parse(&bytes, syntax).expect("in the test");
+                let cut = cut.min(bytes.len());
+                let head = parse_head(&bytes[..cut], syntax).expect("a cut is no error");
+                prop_assert!(head.elements.len() <= whole.elements.len());
+                prop_assert_eq!(&head.elements[..], &whole.elements[..head.elements.len()]);
+                if cut == bytes.len() {
+                    prop_assert_eq!(head.elements.len(), whole.elements.len());
+                }
+            }
         }
 
         #[test]

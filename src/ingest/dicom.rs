@@ -20,8 +20,12 @@ use crate::rules::Validation;
 /// One object received by C-STORE: the file to store (mfoundry's Part 10 meta, built from
 /// the request, then the data set as received).
 pub struct ReceivedObject {
-    /// The Part 10 file: [`crate::dicom::object::part10_prefix`] and the data set.
+    /// The Part 10 file: [`crate::dicom::object::part10_prefix`] and the data set; only its
+    /// head (the first `inline_object_size` bytes) when the object is spooled.
     pub file: Vec<u8>,
+    /// The whole file, written to the store's spool as it arrived (an object larger than
+    /// the listener's `inline_object_size`).
+    pub spooled: Option<SpooledObject>,
     /// Where the data set starts in `file`.
     pub data_start: usize,
     /// The request's AffectedSOPClassUID.
@@ -49,10 +53,51 @@ impl std::fmt::Debug for ReceivedObject {
     }
 }
 
+/// A received object's file in the spool, and the spool.
+#[derive(Debug)]
+pub struct SpooledObject {
+    /// The file, removed when dropped unless kept.
+    pub file: crate::outbox::spool::Spooled,
+    /// The spool it is in (to read a report back).
+    pub spool: std::sync::Arc<crate::outbox::spool::Spool>,
+}
+
+/// The largest spooled Structured Report read back whole to build its ORU^R01.
+const MAX_SPOOLED_REPORT: u64 = 64 << 20;
+
 impl ReceivedObject {
-    /// The data set, as received.
+    /// The data set, as received (its head, when spooled).
     pub fn data_set(&self) -> &[u8] {
         self.file.get(self.data_start..).unwrap_or_default()
+    }
+
+    /// SHA-256 of the whole data set.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::Digest;
+        match &self.spooled {
+            Some(spooled) => spooled.file.reference.digest,
+            None => sha2::Sha256::digest(self.data_set()).into(),
+        }
+    }
+
+    /// The whole Part 10 file, read back from the spool when spooled (a Structured Report
+    /// to map); an error names why it cannot be.
+    fn whole_file(&self) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+        let Some(spooled) = &self.spooled else {
+            return Ok(std::borrow::Cow::Borrowed(&self.file));
+        };
+        let len = spooled.file.reference.len;
+        if len > MAX_SPOOLED_REPORT {
+            return Err(format!(
+                "a Structured Report of {len} bytes is larger than the {} MiB mapped to ORU^R01",
+                MAX_SPOOLED_REPORT >> 20
+            ));
+        }
+        spooled
+            .spool
+            .read(&spooled.file.reference)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|error| format!("the spooled report could not be read back: {error}"))
     }
 }
 
@@ -88,7 +133,13 @@ fn read(object: &ReceivedObject) -> Result<Identifiers, ObjectOutcome> {
             "transfer syntax not readable",
         ));
     };
-    let set = dataset::parse(object.data_set(), syntax)
+    // A spooled object's identifiers are read from its head.
+    let parse = if object.spooled.is_some() {
+        dataset::parse_head
+    } else {
+        dataset::parse
+    };
+    let set = parse(object.data_set(), syntax)
         .map_err(|error| ObjectOutcome::failed(dimse::CANNOT_UNDERSTAND, error.to_string()))?;
     if set.count(dataset::SOP_CLASS_UID) > 1 || set.count(dataset::SOP_INSTANCE_UID) > 1 {
         return Err(ObjectOutcome::failed(
@@ -122,19 +173,25 @@ fn read(object: &ReceivedObject) -> Result<Identifiers, ObjectOutcome> {
     Ok(identifiers)
 }
 
-/// A DICOM object's header view, parsed (it is built to parse).
-pub fn header_view(identifiers: &Identifiers, received_at_micros: i64) -> Option<Message> {
-    let received = chrono::DateTime::from_timestamp_micros(received_at_micros)
+/// A receive time as HL7's `YYYYMMDDHHMMSS` (UTC).
+fn hl7_time(received_at_micros: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(received_at_micros)
         .unwrap_or_default()
         .format("%Y%m%d%H%M%S")
-        .to_string();
+        .to_string()
+}
+
+/// A DICOM object's header view, parsed (it is built to parse).
+pub fn header_view(identifiers: &Identifiers, received_at_micros: i64) -> Option<Message> {
+    let received = hl7_time(received_at_micros);
     Message::parse(Bytes::from(identifiers.header_message(&received))).ok()
 }
 
-/// The identifiers of a stored object's body (`None`: not a readable DICOM object).
+/// The identifiers of a stored object's body, or of its head (`None`: not a readable DICOM
+/// object).
 pub fn stored_identifiers(body: &[u8]) -> Option<Identifiers> {
     let stored = object::read_part10(body)?;
-    let set = dataset::parse(stored.data_set, Syntax::of(&stored.transfer_syntax)?).ok()?;
+    let set = dataset::parse_head(stored.data_set, Syntax::of(&stored.transfer_syntax)?).ok()?;
     let mut identifiers = Identifiers::read(&set, &stored.sop_class, &stored.sop_instance);
     identifiers.transfer_syntax = stored.transfer_syntax;
     Some(identifiers)
@@ -170,8 +227,6 @@ impl Decider {
         object: &ReceivedObject,
         received: &str,
     ) -> Result<Routed, String> {
-        let body = &object.file[..];
-        let data_set = object.data_set();
         let evaluation = self
             .rules
             .evaluate_object(view, &self.listener, identifiers);
@@ -214,28 +269,17 @@ impl Decider {
             let copy = if self.hl7_outputs.get(index).copied().unwrap_or(false) {
                 let oru = oru
                     .get_or_insert_with(|| {
-                        if !crate::dicom::sr::is_report(&identifiers.sop_class_uid) {
-                            return Err(crate::dicom::sr::SrError::NotAReport(
-                                identifiers.sop_class_uid.clone(),
-                            )
-                            .to_string());
-                        }
-                        crate::dicom::sr::oru(
-                            body,
-                            &oru_control_id(identifiers, data_set),
-                            received,
-                        )
-                        .map(Bytes::from)
-                        .map_err(|error| error.to_string())
+                        let file = object.whole_file()?;
+                        report_oru(identifiers, &file, &object.digest(), received)
                     })
                     .clone();
-                match (oru, transforms) {
-                    (Err(reason), _) => StoredCopy::Failed(reason),
-                    (Ok(oru), None) => StoredCopy::Bytes(oru),
-                    (Ok(oru), Some(transforms)) => {
-                        transform_oru(transforms, name, oru, &self.listener, self.default_charset)
-                    }
-                }
+                hl7_copy(
+                    oru,
+                    transforms.map(|transforms| &**transforms),
+                    name,
+                    &self.listener,
+                    self.default_charset,
+                )
             } else if transforms.is_some() {
                 StoredCopy::Failed(format!(
                     "connector {name} transforms HL7 messages; a DICOM object cannot be transformed (leave objects out with a filter such as `dicom.sop_instance_uid == \"\"`)"
@@ -287,10 +331,7 @@ impl Decider {
                 "identifiers not readable",
             ));
         };
-        let received = chrono::DateTime::from_timestamp_micros(received_at_micros)
-            .unwrap_or_default()
-            .format("%Y%m%d%H%M%S")
-            .to_string();
+        let received = hl7_time(received_at_micros);
         let decided = match self.route_object(&view, &identifiers, object, &received) {
             Ok((routes, order_keys, copies)) => {
                 let disposition = if routes
@@ -350,11 +391,18 @@ impl ReceivedObject {
             transfer_syntax: stored.transfer_syntax,
             calling_ae: calling_ae.to_owned(),
             called_ae: called_ae.to_owned(),
+            spooled: None,
         })
     }
 }
 
 impl Ingest {
+    /// Where objects larger than a listener's `inline_object_size` are spooled (`None`: a
+    /// store in memory, which holds them whole).
+    pub fn spool(&self) -> Option<std::sync::Arc<crate::outbox::spool::Spool>> {
+        self.outbox.spool().cloned()
+    }
+
     /// Read, route and store one object from `peer`; the outcome's status is the C-STORE
     /// response. Success (0x0000) only once the object and its queue entries are committed,
     /// or when the same bytes were stored before.
@@ -382,14 +430,19 @@ impl Ingest {
             reason,
         } = decided;
         let accepted = disposition != Disposition::Error;
-        let key = accepted.then(|| {
-            ObjectKey::new(
-                &decider.listener,
-                &identifiers.sop_instance_uid,
-                object.data_set(),
-            )
+        let key = accepted.then(|| ObjectKey {
+            listener: decider.listener.to_string(),
+            sop_instance_uid: identifiers.sop_instance_uid.clone(),
+            digest: object.digest(),
         });
-        let body = object.file;
+        let mut spooled = object.spooled;
+        let spool = spooled.as_ref().map(|spooled| spooled.file.reference);
+        let body = if spooled.is_some() {
+            Vec::new()
+        } else {
+            object.file
+        };
+        let body_len = spool.map_or(body.len() as u64, |spool| spool.len);
         let record = MessageRecord {
             received_at_micros,
             peer: peer.to_string(),
@@ -399,7 +452,7 @@ impl Ingest {
             reason: reason.clone(),
             routes: routes.clone(),
             ack_code: if accepted { "AA" } else { "AR" }.to_owned(),
-            body_len: body.len() as u64,
+            body_len,
             ack: None,
             dedup_key: None,
             body_inline: false,
@@ -414,8 +467,18 @@ impl Ingest {
             order_keys,
             patient: patient_values(&view, Charset::UTF_8),
             object: key,
+            spool,
         };
-        match self.outbox.append(new_message).await {
+        let appended = self.outbox.append(new_message).await;
+        // The spooled file stays when a message names it, or may (a failed commit may have
+        // reached the disk: the next open's sweep removes it if not); a duplicate's goes.
+        if let Some(spooled) = spooled.as_mut()
+            && !matches!(appended, Ok(Appended::Duplicate { .. }))
+        {
+            spooled.file.keep();
+        }
+        drop(spooled);
+        match appended {
             Ok(Appended::Stored { id }) if accepted => {
                 decider.count_routes(&routes);
                 ObjectOutcome {
@@ -451,15 +514,50 @@ impl Ingest {
 }
 
 /// MSH-10 of a report's ORU: `SR` and 16 hex digits of the SHA-256 of the SOP Instance UID
-/// and the data set (18 characters, within v2.5.1's 20; the same object gives the same id,
-/// a corrected one another).
-fn oru_control_id(identifiers: &Identifiers, data_set: &[u8]) -> String {
+/// and the data set's SHA-256 (18 characters, within v2.5.1's 20; the same object gives the
+/// same id, a corrected one another).
+fn oru_control_id(identifiers: &Identifiers, digest: &[u8; 32]) -> String {
     use sha2::Digest;
     let mut hash = sha2::Sha256::new();
     hash.update(identifiers.sop_instance_uid.as_bytes());
-    hash.update(data_set);
+    hash.update(digest);
     let digest = hash.finalize();
     format!("SR{}", data_encoding::HEXUPPER.encode(&digest[..8]))
+}
+
+/// The ORU^R01 of a report (`file` its stored Part 10 file), or why there is none.
+fn report_oru(
+    identifiers: &Identifiers,
+    file: &[u8],
+    digest: &[u8; 32],
+    received: &str,
+) -> Result<Bytes, String> {
+    if !crate::dicom::sr::is_report(&identifiers.sop_class_uid) {
+        return Err(
+            crate::dicom::sr::SrError::NotAReport(identifiers.sop_class_uid.clone()).to_string(),
+        );
+    }
+    crate::dicom::sr::oru(file, &oru_control_id(identifiers, digest), received)
+        .map(Bytes::from)
+        .map_err(|error| error.to_string())
+}
+
+/// What a connector that sends HL7 delivers for an object: the report's ORU through its
+/// transform steps, or a failed copy naming why.
+fn hl7_copy(
+    oru: Result<Bytes, String>,
+    transforms: Option<&crate::transform::Transforms>,
+    name: &str,
+    listener: &str,
+    default_charset: Charset,
+) -> StoredCopy {
+    match (oru, transforms) {
+        (Err(reason), _) => StoredCopy::Failed(reason),
+        (Ok(oru), None) => StoredCopy::Bytes(oru),
+        (Ok(oru), Some(transforms)) => {
+            transform_oru(transforms, name, oru, listener, default_charset)
+        }
+    }
 }
 
 /// A connector's transform steps applied to a report's ORU.

@@ -36,7 +36,9 @@ mod patient;
 
 pub use answer::{Outcome, Reason, Reply};
 pub use batch::{BatchAck, BatchOutcome, BatchSettings, CountMismatch, From, RefusedMessage};
-pub use dicom::{DecidedObject, ObjectOutcome, ReceivedObject, header_view, stored_identifiers};
+pub use dicom::{
+    DecidedObject, ObjectOutcome, ReceivedObject, SpooledObject, header_view, stored_identifiers,
+};
 pub use header::header_fields;
 use header::{ack_code_of, check_sender, control_id_for_logs, dedup_key};
 pub use patient::{patient_values, reader as patient_reader};
@@ -581,6 +583,7 @@ impl Decider {
             order_keys: std::mem::take(&mut decided.order_keys),
             patient: patient_values(message, self.default_charset),
             object: None,
+            spool: None,
         }
     }
 

@@ -22,7 +22,8 @@ use crate::dicom::dataset;
 use crate::dicom::dimse::{self, Command};
 use crate::dicom::object::{self, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION};
 use crate::dicom::pdu::{self, AssociateAc, ContextAnswer, PduType, Rejection};
-use crate::ingest::{Ingest, ReceivedObject};
+use crate::ingest::{Ingest, ReceivedObject, SpooledObject};
+use crate::outbox::spool::{Spool, SpoolWriter, Spooled};
 
 /// Longest A-ASSOCIATE-RQ read (hundreds of presentation contexts fit).
 const MAX_ASSOCIATE_RQ: u32 = 1024 * 1024;
@@ -588,25 +589,42 @@ where
         let mut pending = leftover;
         let mut last = pending.iter().any(|fragment| fragment.last);
         let mut oversized = false;
+        // Beyond inline_object_size the object goes to the spool as it arrives; `file`
+        // keeps its head (ADR 0020).
+        let spool = self.context.ingest.spool();
+        let mut spooling = Spooling::default();
         loop {
             for fragment in pending.drain(..) {
                 received = received.saturating_add(fragment.data.len());
-                if refusal.is_some() || oversized {
+                if refusal.is_some() || oversized || spooling.failed {
                     continue;
                 }
                 if received > settings.max_object_size {
                     // Read to the end and discarded: the object is answered, not stored.
                     oversized = true;
                     file = Vec::new();
+                    spooling = Spooling::default();
                     share.release();
                     continue;
                 }
-                let covered = share.cover(
-                    file.capacity().max(file.len() + fragment.data.len()),
-                    || {
-                        debug!("waiting for max_frame_memory before receiving more of an object");
-                    },
-                );
+                let head_room = settings.inline_object_size.saturating_sub(file.len());
+                if let Some(spool) = &spool
+                    && spooling.writer.is_none()
+                    && fragment.data.len() > head_room
+                {
+                    spooling.start(spool, &file, data_start).await;
+                    if spooling.failed {
+                        continue;
+                    }
+                }
+                let kept = if spooling.writer.is_some() {
+                    &fragment.data[..head_room.min(fragment.data.len())]
+                } else {
+                    &fragment.data[..]
+                };
+                let covered = share.cover(file.capacity().max(file.len() + kept.len()), || {
+                    debug!("waiting for max_frame_memory before receiving more of an object");
+                });
                 match next_limit() {
                     Some(limit) => {
                         if tokio::time::timeout(limit, covered).await.is_err() {
@@ -617,10 +635,13 @@ where
                 }
                 // Grown by an eighth at a time, not doubled: the file's memory stays close to
                 // its size, which max_frame_memory covers.
-                if file.capacity() - file.len() < fragment.data.len() {
-                    file.reserve_exact(fragment.data.len().max(file.len() / 8));
+                if file.capacity() - file.len() < kept.len() {
+                    file.reserve_exact(kept.len().max(file.len() / 8));
                 }
-                file.extend_from_slice(&fragment.data);
+                file.extend_from_slice(kept);
+                if spooling.writer.is_some() {
+                    spooling.push(&fragment.data).await;
+                }
             }
             if last {
                 break;
@@ -671,6 +692,29 @@ where
                 "object larger than max_object_size",
             ));
         }
+        let spooled = match (&spool, spooling.writer.is_some() || spooling.failed) {
+            (Some(spool), true) if refusal.is_none() && !oversized => {
+                match spooling.finish().await {
+                    Some(file) => Some(SpooledObject {
+                        file,
+                        spool: Arc::clone(spool),
+                    }),
+                    None => {
+                        warn!(peer = %self.peer, calling_ae = %self.calling_ae, sop_instance_uid = %command.sop_instance, "object not stored: its spooled file could not be written; answering out of resources");
+                        self.context
+                            .stats
+                            .count_answer(crate::hl7::AckCode::AE, true);
+                        return Ok(dimse::response(
+                            command,
+                            dimse::C_STORE_RSP,
+                            dimse::OUT_OF_RESOURCES,
+                            "could not be stored; send it again",
+                        ));
+                    }
+                }
+            }
+            _ => None,
+        };
         if let Some((status, comment)) = refusal {
             self.context
                 .stats
@@ -687,6 +731,7 @@ where
         }
         let object = ReceivedObject {
             file,
+            spooled,
             data_start,
             sop_class: command.sop_class.clone(),
             sop_instance: command.sop_instance.clone(),
@@ -717,6 +762,91 @@ where
             outcome.status,
             &outcome.comment,
         ))
+    }
+}
+
+/// Bytes gathered before each write to the spool.
+const SPOOL_STAGE: usize = 1 << 20;
+
+/// An object being spooled: its file, the bytes waiting to be written (off the runtime, a
+/// megabyte at a time), and whether a write failed (the rest is then read and discarded,
+/// and the object answered out of resources).
+#[derive(Default)]
+struct Spooling {
+    writer: Option<SpoolWriter>,
+    staged: Vec<u8>,
+    failed: bool,
+}
+
+impl Spooling {
+    /// Open a file in `spool` holding `head` (what was received so far).
+    async fn start(&mut self, spool: &Arc<Spool>, head: &[u8], data_start: usize) {
+        let spool = Arc::clone(spool);
+        match tokio::task::spawn_blocking(move || spool.create(data_start)).await {
+            Ok(Ok(writer)) => {
+                self.writer = Some(writer);
+                self.staged.extend_from_slice(head);
+            }
+            Ok(Err(error)) => self.fail(&error.to_string()),
+            Err(error) => self.fail(&error.to_string()),
+        }
+    }
+
+    /// Add bytes, writing them once a stage is full.
+    async fn push(&mut self, bytes: &[u8]) {
+        self.staged.extend_from_slice(bytes);
+        if self.staged.len() >= SPOOL_STAGE {
+            self.write().await;
+        }
+    }
+
+    async fn write(&mut self) {
+        let Some(mut writer) = self.writer.take() else {
+            return;
+        };
+        let staged = std::mem::take(&mut self.staged);
+        let done = tokio::task::spawn_blocking(move || {
+            let written = writer.write(&staged);
+            (writer, staged, written)
+        })
+        .await;
+        match done {
+            Ok((writer, mut staged, Ok(()))) => {
+                staged.clear();
+                self.staged = staged;
+                self.writer = Some(writer);
+            }
+            Ok((_, _, Err(error))) => self.fail(&error.to_string()),
+            Err(error) => self.fail(&error.to_string()),
+        }
+    }
+
+    fn fail(&mut self, error: &str) {
+        // Dropped, the writer removes its file.
+        self.writer = None;
+        self.staged = Vec::new();
+        self.failed = true;
+        tracing::error!(
+            error,
+            "an object could not be written to the spool directory"
+        );
+    }
+
+    /// Write the rest and make the file durable; `None` when any write failed.
+    async fn finish(mut self) -> Option<Spooled> {
+        self.write().await;
+        let writer = self.writer.take()?;
+        match tokio::task::spawn_blocking(move || writer.finish()).await {
+            Ok(Ok(spooled)) => Some(spooled),
+            Ok(Err(error)) => {
+                self.fail(&error.to_string());
+                None
+            }
+            Err(error) => {
+                self.fail(&error.to_string());
+                None
+            }
+        }
     }
 }
 

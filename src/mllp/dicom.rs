@@ -19,6 +19,10 @@ pub struct DicomSettings {
     pub max_object_size: usize,
     /// `max_pdu_size`: the longest PDU this side receives (announced in the A-ASSOCIATE-AC).
     pub max_pdu_size: u32,
+    /// `inline_object_size`: objects up to this many bytes are held in memory while they
+    /// arrive and stored in the store; a larger one is spooled to a file as it arrives,
+    /// only its first this-many bytes held (its identifiers are read from them).
+    pub inline_object_size: usize,
 }
 
 /// The storage SOP classes accepted by default: the common image, document and

@@ -132,8 +132,9 @@ impl Listener {
         }
     }
 
-    /// Serve DICOM associations (C-ECHO, C-STORE) instead of MLLP: objects up to
-    /// `max_object_size` are covered by `max_frame_memory`.
+    /// Serve DICOM associations (C-ECHO, C-STORE) instead of MLLP: what an object holds in
+    /// memory (up to `inline_object_size`; the rest is spooled) is covered by
+    /// `max_frame_memory`.
     #[must_use]
     pub fn dicom(self, dicom: super::dicom::DicomSettings) -> Self {
         // `new` made the only handle on `shared`: nothing else holds it yet.
@@ -162,7 +163,7 @@ impl Listener {
             shared: Arc::new(Shared {
                 budget: super::budget::FrameBudget::new(
                     settings.max_frame_memory,
-                    dicom.max_object_size,
+                    dicom.inline_object_size.min(dicom.max_object_size),
                 ),
                 settings,
                 ingest,

@@ -57,6 +57,10 @@ pub enum Place {
     Copy(u64, u32, u64),
     /// `audit`, by seq.
     Audit(u64),
+    /// `spool`, by message id: where a spooled body is.
+    Spool(u64),
+    /// A chunk of a spooled body's file: the file's id (two halves) and the chunk's index.
+    SpoolChunk(u64, u64, u64),
 }
 
 impl Place {
@@ -71,6 +75,8 @@ impl Place {
             Self::Delivery(id, connector) => ("deliveries", id, u64::from(connector), 0),
             Self::Copy(id, connector, seq) => ("copies", id, u64::from(connector), seq),
             Self::Audit(seq) => ("audit", seq, 0, 0),
+            Self::Spool(id) => ("spool", id, 0, 0),
+            Self::SpoolChunk(high, low, chunk) => ("spool-file", high, low, chunk),
         };
         aad.extend_from_slice(table.as_bytes());
         aad.push(0);

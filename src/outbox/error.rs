@@ -123,6 +123,14 @@ storage_error_from!(
     redb::SetDurabilityError
 );
 
+impl From<std::io::Error> for StoreError {
+    fn from(error: std::io::Error) -> Self {
+        Self::Storage {
+            source: redb::Error::Io(error),
+        }
+    }
+}
+
 /// Prints an error followed by each of its sources: `outer: inner: innermost`.
 #[derive(Debug, Clone, Copy)]
 pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));

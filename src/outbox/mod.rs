@@ -49,6 +49,7 @@ pub mod rekey;
 mod request;
 pub mod schema;
 mod snapshot;
+pub mod spool;
 pub mod storage;
 pub mod verify;
 mod writer;
@@ -190,6 +191,9 @@ pub struct NewMessage {
     /// For a DICOM object: its SOP Instance UID and digest. An object stored before with the
     /// same bytes is answered [`Appended::Duplicate`] and nothing is written (ADR 0020).
     pub object: Option<ObjectKey>,
+    /// A body spooled to a file (ADR 0020): `body` is empty and the store keeps where the
+    /// file is, committed with the record.
+    pub spool: Option<spool::SpoolRef>,
 }
 
 /// What `append` did.
@@ -290,6 +294,8 @@ struct Shared {
     index_on: bool,
     /// The DICOM object index's salt: the store's instance id.
     salt: u64,
+    /// Where large bodies are spooled (`None`: stores in memory).
+    spool: Option<Arc<spool::Spool>>,
 }
 
 /// Handle to the outbox. Cheap to clone; the writer stops when every handle is dropped.
@@ -337,11 +343,16 @@ impl Outbox {
         let dedup = open::load_dedup_index(&options)?;
         let database = open::open_database(&options)?;
         let path = || options.storage.name(StoreFile::Data);
+        let spool = open::open_spool(&options, &database).map_err(|source| OpenError::Store {
+            path: path(),
+            source,
+        })?;
         let index = patients::prepare(
             &database,
             &options.keys,
             options.patient_fields.as_ref(),
             options.patient_index,
+            spool.as_deref(),
         )
         .map_err(|source| OpenError::Store {
             path: path(),
@@ -380,6 +391,7 @@ impl Outbox {
             index,
             index_on: options.patient_index,
             salt: instance_id,
+            spool,
         });
         let (requests, receiver) = mpsc::channel(options.channel_capacity.max(1));
         if let Some(index) = &dedup {
@@ -668,7 +680,13 @@ impl Outbox {
             .clone()
             .ok_or(StoreError::WriterGone)?;
         Ok(Snapshot::new(&database, self.keys.clone())?
-            .with_depths(Arc::clone(&self.shared.depths)))
+            .with_depths(Arc::clone(&self.shared.depths))
+            .with_spool(self.shared.spool.clone()))
+    }
+
+    /// Where large bodies are spooled; `None` for a store in memory (bodies stored whole).
+    pub fn spool(&self) -> Option<&Arc<spool::Spool>> {
+        self.shared.spool.as_ref()
     }
 
     /// A connector's queue and dead-letter queue sizes as of the last commit, without

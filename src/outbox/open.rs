@@ -442,10 +442,10 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
             let mut meta = transaction.open_table(META)?;
             let created = schema::read_meta(&meta, "format_version")? == 0;
             match schema::read_meta(&meta, "format_version")? {
-                // New, or written by format 1 to 6: its records stay readable as they are
+                // New, or written by format 1 to 7: its records stay readable as they are
                 // (see `schema`); from now on older builds refuse the file. The patient index
                 // of a file of format 5 is built by the gateway's open (`patients::prepare`).
-                0..=6 => {
+                0..=7 => {
                     meta.insert("format_version", FORMAT_VERSION)?;
                 }
                 FORMAT_VERSION => {}
@@ -483,6 +483,7 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
             transaction.open_table(schema::PATIENTS)?;
             transaction.open_table(schema::INDEX_KEYS)?;
             transaction.open_table(super::objects::OBJECTS)?;
+            transaction.open_table(super::spool::SPOOL)?;
         }
         transaction.commit()?;
         Ok(Ok(()))
@@ -555,6 +556,49 @@ pub(super) fn keys_in_use(
 
 /// A random, non-zero id for a new data file: message ids are unique within one file only,
 /// so outputs that merge several gateways (a shared PostgreSQL table) key rows by both.
+/// The store's spool directory (created when missing), swept of every file no committed
+/// entry names: what a crash between a spooled file and its commit, a failed store or a
+/// failed removal left (ADR 0020). `None` for stores in memory.
+pub(super) fn open_spool(
+    options: &OutboxOptions,
+    database: &Database,
+) -> Result<Option<std::sync::Arc<super::spool::Spool>>, StoreError> {
+    let Some(dir) = options.storage.spool_dir() else {
+        return Ok(None);
+    };
+    let spool = super::spool::Spool::open(dir, options.keys.clone())?;
+    let mut referenced = std::collections::HashSet::new();
+    let transaction = database.begin_read()?;
+    let table = transaction.open_table(super::spool::SPOOL)?;
+    for entry in table.iter()? {
+        let (id, value) = entry?;
+        let place = crate::outbox::crypt::Place::Spool(id.value());
+        match schema::decode::<super::spool::SpoolRef>(&options.keys, place, value.value()) {
+            Ok(reference) => {
+                referenced.insert(reference.file);
+            }
+            // A damaged entry names no file that can be known: nothing is removed, so the
+            // file stays as evidence for `store verify`.
+            Err(error) if schema::is_damage(&error) => {
+                warn!(
+                    message_id = id.value(),
+                    "a spooled body's entry is damaged; the spool directory is not swept"
+                );
+                return Ok(Some(std::sync::Arc::new(spool)));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let removed = spool.sweep(&referenced)?;
+    if removed > 0 {
+        info!(
+            files = removed,
+            "removed spooled files no stored message names (left by a crash or a failed store)"
+        );
+    }
+    Ok(Some(std::sync::Arc::new(spool)))
+}
+
 fn new_instance_id(path: &str) -> u64 {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();

@@ -291,6 +291,7 @@ pub(super) fn prepare(
     keys: &Keys,
     reader: Option<&PatientReader>,
     on: bool,
+    spool: Option<&super::spool::Spool>,
 ) -> Result<Arc<IndexKey>, StoreError> {
     let key = resolve(database, keys)?;
     if !on {
@@ -313,7 +314,7 @@ pub(super) fn prepare(
                 .then(|| schema::read_meta(&meta, META_BUILT_UP_TO))
                 .transpose()?;
             drop(meta);
-            rebuild(database, keys, &key, reader, build, resume)?;
+            rebuild(database, keys, &key, reader, build, resume, spool)?;
         }
     }
     Ok(key)
@@ -329,6 +330,7 @@ fn rebuild(
     reader: &PatientReader,
     build: u64,
     resume: Option<u64>,
+    spool: Option<&super::spool::Spool>,
 ) -> Result<(), StoreError> {
     let started = std::time::Instant::now();
     let total = database.begin_read()?.open_table(MESSAGES)?.len()?;
@@ -373,7 +375,7 @@ fn rebuild(
                 last = Some(id);
                 // A record or body that cannot be read (damaged, or of a revision this
                 // build does not know) gets no tags; it is kept, `store verify` names it.
-                let Ok(body) = stored_body(&transaction, keys, id, value.value()) else {
+                let Ok(body) = stored_body(&transaction, keys, id, value.value(), spool) else {
                     skipped += 1;
                     continue;
                 };
@@ -420,14 +422,23 @@ fn stored_body(
     keys: &Keys,
     id: u64,
     value: &[u8],
+    spool: Option<&super::spool::Spool>,
 ) -> Result<Vec<u8>, StoreError> {
     let decoded = schema::decode_message_checked(keys, id, value)?;
     if let Some(inline) = &decoded.inline {
         return Ok(inline.to_vec());
     }
     let bodies = transaction.open_table(schema::BODIES)?;
-    let stored = bodies
-        .get(id)?
-        .ok_or_else(|| StoreError::Damaged(format!("message {id}: its body is missing")))?;
-    Ok(schema::decode_body(keys, id, &decoded, stored.value())?.into_owned())
+    if let Some(stored) = bodies.get(id)? {
+        return Ok(schema::decode_body(keys, id, &decoded, stored.value())?.into_owned());
+    }
+    // A spooled object: its head holds the patient module.
+    let missing = || StoreError::Damaged(format!("message {id}: its body is missing"));
+    let entries = transaction.open_table(super::spool::SPOOL)?;
+    let entry = entries.get(id)?.ok_or_else(missing)?;
+    let reference: super::spool::SpoolRef =
+        schema::decode(keys, crate::outbox::crypt::Place::Spool(id), entry.value())?;
+    spool
+        .ok_or_else(missing)?
+        .read_head(&reference, super::spool::VIEW_HEAD)
 }

@@ -108,6 +108,12 @@ pub fn rekey(
         Place::Copy(id, connector, seq)
     })?;
     copier.table("audit", AUDIT, Place::Audit)?;
+    // Spooled bodies: each file copied into a new one sealed with the current key, which
+    // the new store's entry names; the old files go once the new store is in place (a
+    // crash before leaves the new files unnamed, and the next start removes them).
+    let old_spool = super::spool::Spool::open(super::spool::dir_of(data), keys.for_reading())?;
+    let new_spool = super::spool::Spool::open(super::spool::dir_of(data), keys.clone())?;
+    let old_files = reseal_spool(&old, &new, &old_spool, &old_options.keys, keys, &mut done)?;
     let old_audit = old.begin_read()?.verify_audit(&old_options.keys)?;
     let new_audit = new.begin_read()?.verify_audit(keys)?;
     if !old_audit.is_intact() {
@@ -125,7 +131,7 @@ pub fn rekey(
     append_audit(&new, keys, &done)?;
     let report = {
         let transaction = new.begin_read()?;
-        super::verify::read_all(&transaction, keys)?
+        super::verify::read_all(&transaction, keys, Some(&new_spool))?
     };
     if report.damaged_count > 0 || report.unsealed > 0 {
         anyhow::bail!(
@@ -155,7 +161,57 @@ pub fn rekey(
         )
     })?;
     sync_dir(directory)?;
+    for file in old_files {
+        old_spool.remove(file);
+    }
     Ok(done)
+}
+
+/// Copy every spooled body into a new file sealed with `keys`, and its entry into the new
+/// store; returns the old files.
+fn reseal_spool(
+    old: &Database,
+    new: &Database,
+    spool: &super::spool::Spool,
+    reading: &Keys,
+    keys: &Keys,
+    done: &mut Rekeyed,
+) -> Result<Vec<u128>, anyhow::Error> {
+    use super::spool::{SPOOL, SpoolRef};
+    let read = old.begin_read()?;
+    let source = read.open_table(SPOOL)?;
+    let mut old_files = Vec::new();
+    let transaction = new.begin_write()?;
+    {
+        let mut target = transaction.open_table(SPOOL)?;
+        for entry in source.iter()? {
+            let (id, value) = entry?;
+            let id = id.value();
+            let place = Place::Spool(id);
+            if !reading.is_sealed(place, value.value()) {
+                done.were_plain += 1;
+            }
+            let reference: SpoolRef = super::schema::decode(reading, place, value.value())
+                .map_err(|error| {
+                    anyhow::anyhow!(
+                        "spool: an entry does not open ({error}); nothing was changed. Run `mfoundry store verify`"
+                    )
+                })?;
+            let resealed = spool.reseal(&reference, keys).map_err(|error| {
+                anyhow::anyhow!(
+                    "spool: message {id}'s spooled file does not read back ({error}); nothing was changed. Run `mfoundry store verify`"
+                )
+            })?;
+            target.insert(
+                id,
+                super::schema::encode(keys, place, &resealed)?.as_slice(),
+            )?;
+            old_files.push(reference.file);
+        }
+    }
+    transaction.commit()?;
+    done.records.insert("spool", old_files.len() as u64);
+    Ok(old_files)
 }
 
 fn open_error(error: OpenError) -> anyhow::Error {

@@ -30,7 +30,9 @@
 //! configuration that decided the message, ADR 0016) the same way. Format 6 adds the
 //! `patients` and `index_keys` tables (the patient index, ADR 0019): builds of format 5
 //! would store and remove messages without their index entries, so they refuse it. Format 7
-//! adds the `objects` table (the DICOM object index, ADR 0020) for the same reason.
+//! adds the `objects` table (the DICOM object index, ADR 0020) for the same reason. Format 8
+//! adds the `spool` table (where spooled bodies are, ADR 0020): builds of format 7 would not
+//! find those bodies, nor remove their files.
 
 use std::borrow::Cow;
 
@@ -42,7 +44,7 @@ use super::StoreError;
 use super::crypt::{Keys, Place};
 
 /// Layout version of the whole file, stored in `meta`.
-pub const FORMAT_VERSION: u64 = 7;
+pub const FORMAT_VERSION: u64 = 8;
 /// The envelope byte of format 1 (no checksum).
 const LEGACY_ENVELOPE: u8 = 1;
 /// The envelope byte of format 2.

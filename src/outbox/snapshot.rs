@@ -76,6 +76,9 @@ pub struct Snapshot {
     keys: Keys,
     /// The writer's queue sizes, when a writer runs (offline reads count entries instead).
     depths: Option<std::sync::Arc<super::depth::Depths>>,
+    /// Where spooled bodies are (`None`: a store in memory, or an offline read that has
+    /// none).
+    spool: Option<std::sync::Arc<super::spool::Spool>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -90,7 +93,14 @@ impl Snapshot {
             transaction: database.begin_read()?,
             keys,
             depths: None,
+            spool: None,
         })
+    }
+
+    /// Read spooled bodies from `spool`.
+    pub(super) fn with_spool(mut self, spool: Option<std::sync::Arc<super::spool::Spool>>) -> Self {
+        self.spool = spool;
+        self
     }
 
     /// Take queue sizes from the writer's counts instead of counting entries.
@@ -130,15 +140,70 @@ impl Snapshot {
                     .map_err(|error| name_message(id, error))?
                     .into_owned(),
             )),
-            None => Err(StoreError::Damaged(format!(
-                "message {id}: its body is missing from the store"
-            ))),
+            None => {
+                let (spool, reference) = self.spooled(id, decoded.record.body_len)?;
+                Ok(Some(
+                    spool
+                        .read(&reference)
+                        .map_err(|error| name_message(id, error))?,
+                ))
+            }
         }
+    }
+
+    /// At most the first `max` bytes of a message's body: the whole body unless it is
+    /// spooled (a large DICOM object, whose header is all a view needs).
+    pub fn body_head(&self, id: MessageId, max: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.spool_ref(id)? {
+            Some(reference) => {
+                let (spool, _) = self.spooled(id, reference.len)?;
+                Ok(Some(
+                    spool
+                        .read_head(&reference, max)
+                        .map_err(|error| name_message(id, error))?,
+                ))
+            }
+            None => self.body(id),
+        }
+    }
+
+    /// Where a message's spooled body is, when it is spooled.
+    pub fn spool_ref(&self, id: MessageId) -> Result<Option<super::spool::SpoolRef>, StoreError> {
+        let table = self.transaction.open_table(super::spool::SPOOL)?;
+        let Some(value) = table.get(id.0)? else {
+            return Ok(None);
+        };
+        let reference: super::spool::SpoolRef =
+            schema::decode(&self.keys, Place::Spool(id.0), value.value())
+                .map_err(|error| name_message(id, error))?;
+        Ok(Some(reference))
+    }
+
+    /// A spooled body's entry and the spool to read it from; damage when there is none.
+    fn spooled(
+        &self,
+        id: MessageId,
+        body_len: u64,
+    ) -> Result<(&super::spool::Spool, super::spool::SpoolRef), StoreError> {
+        let reference = self.spool_ref(id)?.ok_or_else(|| {
+            StoreError::Damaged(format!("message {id}: its body is missing from the store"))
+        })?;
+        if reference.len != body_len {
+            return Err(StoreError::Damaged(format!(
+                "message {id}: its spooled body's length differs from its record's"
+            )));
+        }
+        let spool = self.spool.as_deref().ok_or_else(|| {
+            StoreError::Damaged(format!(
+                "message {id}: its body is spooled, and this reader has no spool directory"
+            ))
+        })?;
+        Ok((spool, reference))
     }
 
     /// Read and check every record (see [`super::verify`]); works while the gateway runs.
     pub fn verify(&self) -> Result<super::verify::StoreReport, StoreError> {
-        super::verify::read_all(&self.transaction, &self.keys)
+        super::verify::read_all(&self.transaction, &self.keys, self.spool.as_deref())
     }
 
     /// Every stored message record, in id order.

@@ -57,6 +57,12 @@ pub trait Storage: Send + Sync + Debug {
     fn drop_cache(&self, _file: StoreFile) -> io::Result<()> {
         Ok(())
     }
+
+    /// The directory of spooled bodies ([`super::spool`]); `None` where bodies cannot be
+    /// spooled (stores in memory): they are then stored whole.
+    fn spool_dir(&self) -> Option<PathBuf> {
+        None
+    }
 }
 
 /// The store's files in a directory: `<dir>/<name>` and `<dir>/<name>-journal`.
@@ -111,6 +117,10 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 impl Storage for Directory {
     fn name(&self, file: StoreFile) -> String {
         self.path(file).display().to_string()
+    }
+
+    fn spool_dir(&self) -> Option<PathBuf> {
+        Some(super::spool::dir_of(&self.data))
     }
 
     fn exists(&self, file: StoreFile) -> io::Result<bool> {

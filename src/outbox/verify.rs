@@ -67,6 +67,7 @@ impl StoreReport {
 pub(super) fn read_all(
     transaction: &redb::ReadTransaction,
     keys: &Keys,
+    spool: Option<&super::spool::Spool>,
 ) -> Result<StoreReport, StoreError> {
     let mut report = StoreReport::default();
     let seen = |report: &mut StoreReport, place: Place, stored: &[u8]| {
@@ -76,6 +77,7 @@ pub(super) fn read_all(
     };
     let messages = transaction.open_table(MESSAGES)?;
     let bodies = transaction.open_table(BODIES)?;
+    let spooled = transaction.open_table(super::spool::SPOOL)?;
     for entry in messages.iter()? {
         let (key, value) = entry?;
         let id = key.value();
@@ -96,7 +98,18 @@ pub(super) fn read_all(
                                 report.damaged(format!("bodies {id}: {error}"));
                             }
                         }
-                        None => report.damaged(format!("bodies {id}: missing")),
+                        None => match spooled.get(id)? {
+                            Some(entry) => {
+                                report.count("spool");
+                                seen(&mut report, Place::Spool(id), entry.value());
+                                if let Err(error) =
+                                    check_spooled(keys, spool, id, &decoded, entry.value())
+                                {
+                                    report.damaged(format!("spool {id}: {error}"));
+                                }
+                            }
+                            None => report.damaged(format!("bodies {id}: missing")),
+                        },
                     }
                 }
             }
@@ -185,7 +198,11 @@ pub fn verify_offline(options: &OutboxOptions) -> Result<(OpenReport, StoreRepor
     };
     let read = (|| -> Result<StoreReport, StoreError> {
         let transaction = database.begin_read()?;
-        read_all(&transaction, &options.keys)
+        let spool = options
+            .storage
+            .spool_dir()
+            .map(|dir| super::spool::Spool::reading(dir, options.keys.clone()));
+        read_all(&transaction, &options.keys, spool.as_ref())
     })();
     let mut report = match read {
         Ok(report) => report,
@@ -201,4 +218,24 @@ pub fn verify_offline(options: &OutboxOptions) -> Result<(OpenReport, StoreRepor
     report.redb_intact = Some(redb_intact);
     report.redb_problem = redb_problem;
     Ok((opened, report))
+}
+
+/// A spooled body's entry, and its whole file when the spool is at hand.
+fn check_spooled(
+    keys: &Keys,
+    spool: Option<&super::spool::Spool>,
+    id: u64,
+    decoded: &schema::DecodedMessage<'_>,
+    entry: &[u8],
+) -> Result<(), StoreError> {
+    let reference: super::spool::SpoolRef = schema::decode(keys, Place::Spool(id), entry)?;
+    if reference.len != decoded.record.body_len {
+        return Err(StoreError::Damaged(
+            "its length differs from its record's".to_owned(),
+        ));
+    }
+    match spool {
+        Some(spool) => spool.check(&reference),
+        None => Ok(()),
+    }
 }

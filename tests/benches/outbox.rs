@@ -135,6 +135,7 @@ fn main() {
                         (IndexField::FamilyName, "DOE".to_owned()),
                     ],
                     object: None,
+                    spool: None,
                 };
                 let started = Instant::now();
                 outbox.append(message).await.expect("append");

@@ -476,6 +476,7 @@ async fn scripted_worker_with(
                 order_keys: Vec::new(),
                 patient: Vec::new(),
                 object: None,
+                spool: None,
             })
             .await
             .expect("append");

@@ -94,6 +94,7 @@ pub(crate) fn message(
         order_keys: Vec::new(),
         patient: Vec::new(),
         object: None,
+        spool: None,
     }
 }
 

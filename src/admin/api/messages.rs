@@ -449,7 +449,9 @@ pub async fn show_message(
                 return Ok(None);
             };
             let states = connector_states(snapshot, id, &record, &names)?;
-            let body = snapshot.body(id)?.unwrap_or_default();
+            let body = snapshot
+                .body_head(id, crate::outbox::spool::VIEW_HEAD)?
+                .unwrap_or_default();
             let copies = snapshot
                 .copies(id)?
                 .into_iter()
@@ -623,7 +625,9 @@ pub async fn reprocess_messages(
                     let Some(record) = snapshot.message(id)? else {
                         return Ok((id, None));
                     };
-                    let body = snapshot.body(id)?.unwrap_or_default();
+                    let body = snapshot
+                        .body_head(id, crate::outbox::spool::VIEW_HEAD)?
+                        .unwrap_or_default();
                     Ok((id, Some((record, body))))
                 })
                 .collect::<Result<Vec<_>, _>>()

@@ -15,6 +15,7 @@ use crate::outbox::dedup::prefix;
 use crate::outbox::schema::{
     self, BODIES, COPIES, INLINE_BODY_MAX, PATIENTS, QueueEntry, RouteStatus,
 };
+use crate::outbox::spool::SPOOL;
 use crate::outbox::{Appended, ConnectorId, MessageId, NewMessage, Seq, StoreError, StoredCopy};
 use crate::outbox::{objects, patients};
 
@@ -98,13 +99,20 @@ impl Writer {
         *next_id += 1;
         let mut record = message.record.clone();
         record.dedup_key = dedup_key;
-        record.body_inline = message.body.len() <= INLINE_BODY_MAX;
+        record.body_inline = message.spool.is_none() && message.body.len() <= INLINE_BODY_MAX;
         let inline = record.body_inline.then_some(message.body.as_ref());
         tables.messages.insert(
             id,
             schema::encode_message(&tables.keys, id, &record, inline)?.as_slice(),
         )?;
-        if !record.body_inline {
+        if let Some(reference) = &message.spool {
+            // The file is durable already; this entry, committed with the record, makes it
+            // the message's body (ADR 0020).
+            transaction.open_table(SPOOL)?.insert(
+                id,
+                schema::encode(&tables.keys, Place::Spool(id), reference)?.as_slice(),
+            )?;
+        } else if !record.body_inline {
             transaction.open_table(BODIES)?.insert(
                 id,
                 schema::encode_body(&tables.keys, id, &message.body).as_slice(),

@@ -9,6 +9,7 @@ use super::delivery::Delivery;
 use super::txn::{Tables, opened_once};
 use crate::outbox::crypt::{Keys, Place};
 use crate::outbox::schema::{self, BODIES, COPIES, DeliveryRecord, PATIENTS, RouteStatus};
+use crate::outbox::spool::{SPOOL, SpoolRef};
 use crate::outbox::{ConnectorId, MessageId, Retained, StoreError};
 use crate::outbox::{objects, patients};
 
@@ -63,6 +64,8 @@ pub(super) fn retain<'txn>(
         }
     }
     let mut bodies = None;
+    let mut spool = None;
+    let mut removed_files = Vec::new();
     let mut copies = if removable.is_empty() {
         None
     } else {
@@ -76,12 +79,27 @@ pub(super) fn retain<'txn>(
                 None => transaction.open_table(BODIES)?,
             };
             bodies.insert(table).remove(*id)?;
+            let table = match spool.take() {
+                Some(table) => table,
+                None => transaction.open_table(SPOOL)?,
+            };
+            let table = spool.insert(table);
+            if let Some(value) = table.remove(*id)? {
+                // The file goes once this transaction is committed; an entry that does not
+                // open leaves its file to the sweep at the next open.
+                if let Ok(reference) =
+                    schema::decode::<SpoolRef>(keys, Place::Spool(*id), value.value())
+                {
+                    removed_files.push(reference.file);
+                }
+            }
         }
         deliveries.retain_in((*id, 0)..=(*id, u32::MAX), |_, _| false)?;
         if let Some(copies) = copies.as_mut() {
             copies.retain_in((*id, 0, 0)..=(*id, u32::MAX, u64::MAX), |_, _| false)?;
         }
     }
+    tables.spool_removed.extend(removed_files);
     // Their patient index entries (the table may be open already, for an append).
     for (id, _, object) in &removable {
         if let Some((listener, uid)) = object {

@@ -38,6 +38,7 @@ impl Writer {
         let next_id_after;
         let audit_head_after;
         let depths;
+        let spool_removed;
         {
             let mut tables = Tables {
                 messages: transaction.open_table(MESSAGES)?,
@@ -51,6 +52,7 @@ impl Writer {
                 audit_head: self.audit_head,
                 depths: DepthChanges::default(),
                 keys: self.options.keys.clone(),
+                spool_removed: Vec::new(),
             };
             let mut next_id = match self.next_id {
                 Some(next_id) => next_id,
@@ -361,8 +363,14 @@ impl Writer {
             next_id_after = next_id;
             audit_head_after = tables.audit_head;
             depths = tables.depths;
+            spool_removed = tables.spool_removed;
         }
         transaction.commit()?;
+        if let Some(spool) = &self.shared.spool {
+            for file in spool_removed {
+                spool.remove(file);
+            }
+        }
         self.next_id = Some(next_id_after);
         self.audit_head = audit_head_after;
         if let Some(index) = &mut self.dedup {
@@ -426,6 +434,8 @@ pub(super) struct Tables<'txn> {
     pub(super) depths: DepthChanges,
     /// What values are sealed with.
     pub(super) keys: Keys,
+    /// Spooled files whose entries this transaction removed: deleted once it is committed.
+    pub(super) spool_removed: Vec<u128>,
 }
 
 struct DeliveryTables<'txn> {

@@ -44,13 +44,13 @@ connectors:
 }
 
 /// Control ids of the stored messages, through the CLI on the server's admin API.
-fn stored(server: &common::Server, directory: &Path) -> Vec<serde_json::Value> {
+pub(super) fn stored(server: &common::Server, directory: &Path) -> Vec<serde_json::Value> {
     let page = super::cli_json(server, directory, &["messages", "search"]);
     page.as_array().cloned().expect("a list of messages")
 }
 
 /// Wait until `folder` (and its day folders) holds `count` files.
-fn files_in(folder: &Path, count: usize) {
+pub(super) fn files_in(folder: &Path, count: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let found = common::count_files(folder);
@@ -230,7 +230,7 @@ fn objects_from_dcmtk_are_routed_by_dicom_filters_and_a_restore_is_stored_once()
     server.stop();
 }
 
-fn walk(folder: &Path) -> Vec<std::path::PathBuf> {
+pub(super) fn walk(folder: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
         let path = entry.path();
@@ -337,7 +337,7 @@ fn mtls_refuses_a_caller_whose_certificate_the_ca_did_not_sign() {
 }
 
 /// The peak resident memory of a process, in bytes (`VmHWM`).
-fn peak_memory(pid: u32) -> u64 {
+pub(super) fn peak_memory(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
         .lines()

@@ -7,6 +7,7 @@ mod intake;
 mod outputs;
 mod protocol;
 mod report;
+mod spool;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

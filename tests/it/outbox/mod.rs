@@ -15,6 +15,7 @@ mod batches;
 mod model;
 mod patients;
 mod retention;
+mod spool;
 mod writer;
 
 use crate::common;
@@ -85,5 +86,6 @@ fn message(outbox: &Outbox, control_id: &str, queued: &[&str], filtered: &[&str]
         order_keys: Vec::new(),
         patient: Vec::new(),
         object: None,
+        spool: None,
     }
 }

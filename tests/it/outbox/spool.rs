@@ -1,0 +1,94 @@
+//! Spooled bodies in the store (ADR 0020): a body named by its `spool` entry reads back
+//! whole, `store verify` reads its file, a damaged file is damage named by message, and
+//! `store rekey` seals the files again with the new key.
+
+use bytes::Bytes;
+use mfoundry::outbox::crypt::{Keys, StoreKey};
+use mfoundry::outbox::{Outbox, OutboxOptions, StoreError};
+
+use super::{message, names, stored};
+
+fn open(data: &std::path::Path, keys: Keys) -> (Outbox, mfoundry::outbox::WriterHandle) {
+    let mut options = OutboxOptions::new(data.to_path_buf());
+    options.keys = keys;
+    Outbox::open(options, &names(&["a"])).expect("opens")
+}
+
+fn spool_files(data: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(mfoundry::outbox::spool::dir_of(data))
+        .expect("the spool directory")
+        .map(|entry| entry.expect("entry").path())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_spooled_body_reads_back_verifies_and_is_resealed_by_a_rekey() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let data = scratch.path().join("mfoundry.redb");
+    let body: Vec<u8> = b"SPOOLCANARY"
+        .iter()
+        .copied()
+        .cycle()
+        .take(700_000)
+        .collect();
+    let (outbox, writer) = open(&data, Keys::plain());
+    let spool = outbox.spool().expect("a store on disk spools").clone();
+    let mut file = spool.create(0).expect("create");
+    file.write(&body).expect("write");
+    let mut spooled = file.finish().expect("finish");
+    let mut new = message(&outbox, "SPOOLED-1", &["a"], &[]);
+    new.body = Bytes::new();
+    new.record.body_len = body.len() as u64;
+    new.spool = Some(spooled.reference);
+    let id = stored(outbox.append(new).await.expect("append"));
+    spooled.keep();
+    let snapshot = outbox.snapshot().expect("snapshot");
+    assert_eq!(snapshot.body(id).expect("read").expect("body"), body);
+    assert_eq!(
+        snapshot.body_head(id, 100).expect("head").expect("body"),
+        body[..100]
+    );
+    assert!(snapshot.verify().expect("verify").is_intact());
+    drop(snapshot);
+
+    // A file changed on disk is damage, named by its message, never other bytes.
+    let path = spool_files(&data).pop().expect("one file");
+    let original = std::fs::read(&path).expect("read");
+    let mut changed = original.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    std::fs::write(&path, &changed).expect("write");
+    let snapshot = outbox.snapshot().expect("snapshot");
+    match snapshot.body(id) {
+        Err(StoreError::Damaged(what)) => {
+            assert!(what.contains(&format!("message {id}")), "{what}")
+        }
+        other => panic!(
+            "expected damage, got {:?}",
+            other.map(|body| body.map(|b| b.len()))
+        ),
+    }
+    assert!(!snapshot.verify().expect("verify").is_intact());
+    drop(snapshot);
+    std::fs::write(&path, &original).expect("write");
+    drop(outbox);
+    writer.join();
+
+    // A rekey seals the body into a new file; the plain one is gone.
+    let keys = Keys::new(StoreKey::from_bytes(&[5; 32]), Vec::new());
+    let rekeyed = mfoundry::outbox::rekey::rekey(&data, false, &keys, |_, _| {}).expect("rekeyed");
+    assert_eq!(rekeyed.records.get("spool"), Some(&1));
+    let files = spool_files(&data);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_ne!(files[0], path);
+    let raw = std::fs::read(&files[0]).expect("read");
+    assert!(!raw.windows(11).any(|window| window == b"SPOOLCANARY"));
+    let (outbox, writer) = open(&data, keys);
+    let snapshot = outbox.snapshot().expect("snapshot");
+    assert_eq!(snapshot.body(id).expect("read").expect("body"), body);
+    let report = snapshot.verify().expect("verify");
+    assert!(report.is_intact() && report.unsealed == 0, "{report:?}");
+    drop(snapshot);
+    drop(outbox);
+    writer.join();
+}
