@@ -410,6 +410,7 @@ fn connector_handles(
             Some(ConnectorHandle {
                 name: connector.name.clone(),
                 kind: connector.kind.as_str(),
+                sends_hl7: config.sends_hl7(&connector.name),
                 id,
                 worker: workers.control(&connector.name),
                 intake: route_counters

@@ -50,6 +50,9 @@ pub struct ConnectorHandle {
     pub name: String,
     /// Output kind (`mllp`, `http`, `file`, `postgres`).
     pub kind: &'static str,
+    /// Whether its output sends HL7 (a DICOM object it takes becomes an ORU^R01 or a dead
+    /// letter, ADR 0020).
+    pub sends_hl7: bool,
     /// Outbox id.
     pub id: crate::outbox::ConnectorId,
     /// Its delivery worker (absent for a connector without an output).

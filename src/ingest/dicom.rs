@@ -560,6 +560,40 @@ fn hl7_copy(
     }
 }
 
+/// What connector `name` delivers when a stored object (`body`, its Part 10 file) is
+/// reprocessed to it: for an output that sends HL7, the report's ORU^R01 (as built at
+/// intake, through the connector's current transform steps) or a failed copy naming why;
+/// for one that carries objects, the object itself (`None`), unless the connector
+/// transforms HL7 (a failed copy).
+pub fn reprocessed_object_copy(
+    body: &[u8],
+    received_at_micros: i64,
+    sends_hl7: bool,
+    transforms: &crate::transform::Transforms,
+    name: &str,
+    listener: &str,
+    default_charset: Charset,
+) -> Option<StoredCopy> {
+    let transforms = Some(transforms).filter(|transforms| transforms.transforms(name));
+    if !sends_hl7 {
+        return transforms.map(|_| {
+            StoredCopy::Failed(format!(
+                "connector {name} transforms HL7 messages; a DICOM object cannot be transformed"
+            ))
+        });
+    }
+    let oru = match (stored_identifiers(body), object::read_part10(body)) {
+        (Some(identifiers), Some(stored)) => {
+            use sha2::Digest;
+            let digest: [u8; 32] = sha2::Sha256::digest(stored.data_set).into();
+            let received = hl7_time(received_at_micros);
+            report_oru(&identifiers, body, &digest, &received)
+        }
+        _ => Err("the stored DICOM object cannot be read".to_owned()),
+    };
+    Some(hl7_copy(oru, transforms, name, listener, default_charset))
+}
+
 /// A connector's transform steps applied to a report's ORU.
 fn transform_oru(
     transforms: &crate::transform::Transforms,

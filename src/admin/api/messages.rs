@@ -653,6 +653,20 @@ pub async fn reprocess_messages(
             result.refused.push(id.0);
             continue;
         }
+        // A DICOM object: for an output that sends HL7, its report's ORU^R01 (ADR 0020).
+        if crate::dicom::object::is_dicom(&body) {
+            let copy = crate::ingest::reprocessed_object_copy(
+                &body,
+                record.received_at_micros,
+                connector.sends_hl7,
+                &state.gateway.transforms(),
+                &name,
+                &record.listener,
+                state.gateway.default_charset,
+            );
+            items.push((id, copy));
+            continue;
+        }
         // Through the connector's current transform (ADR 0009): its copy, or why not.
         let copy = match crate::hl7::Message::parse(Bytes::from(body)) {
             Ok(message) => {

@@ -66,3 +66,73 @@ fn mfoundry_test_maps_a_report_to_an_oru_and_refuses_other_objects_for_hl7() {
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("FAILED"), "{stdout}");
 }
+
+#[test]
+fn a_report_reprocessed_to_an_hl7_connector_is_sent_as_its_oru() {
+    let Some(peers) = peers() else { return };
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let dir = scratch.path();
+    std::fs::write(
+        dir.join("gateway.yaml"),
+        r#"listeners:
+  - name: modalities
+    type: dicom
+    listen_addr: "127.0.0.1:0"
+connectors:
+  - name: archive
+    type: file
+    format: dicom
+    directory: ./archive
+  - name: later
+    type: file
+    directory: ./later
+    filter: "false"
+"#,
+    )
+    .expect("config");
+    let objects = peers.objects(&dir.join("objects"), 1, 1024);
+    let files: Vec<_> = objects
+        .iter()
+        .map(|(name, _)| dir.join("objects").join(name))
+        .collect();
+    let server = common::Server::start(dir, "gateway.yaml", "data", &[("LISTEN_ADDR", "")]);
+    let addr = server.listener_addr("modalities");
+    let (ok, text) = super::storescu(&addr, "CT1", "MFOUNDRY", &[], &files);
+    assert!(ok, "{text}");
+    super::intake::files_in(&dir.join("archive"), 2);
+    let messages = super::intake::stored(&server, dir);
+    let id_of = |uid: &str| {
+        messages
+            .iter()
+            .find(|message| message["control_id"] == uid)
+            .and_then(|message| message["id"].as_u64())
+            .expect("stored")
+            .to_string()
+    };
+    let (ct, report) = (id_of(&objects[0].1), id_of(&objects[1].1));
+    let result = super::cli_json(
+        &server,
+        dir,
+        &["messages", "reprocess", "--to", "later", &report, &ct],
+    );
+    // The CT cannot be HL7: a dead letter with the reason, at once.
+    let dead = result["dead_lettered"].as_array().expect("dead-lettered");
+    assert_eq!(dead.len(), 1, "{result}");
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a Structured Report"),
+        "{result}"
+    );
+    super::intake::files_in(&dir.join("later"), 1);
+    let oru = super::intake::walk(&dir.join("later"));
+    let oru = std::fs::read_to_string(&oru[0]).expect("the ORU");
+    assert!(oru.starts_with("MSH|^~\\&|CT1|"), "{oru}");
+    assert!(oru.contains("|ORU^R01^ORU_R01|SR"), "{oru}");
+    assert!(
+        oru.contains("\rOBX|1|NM|8867-4^Heart rate^LN|1|72|"),
+        "{oru}"
+    );
+    server.stop();
+}
