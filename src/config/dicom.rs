@@ -1,7 +1,7 @@
 //! A `type: dicom` listener entry's own keys: the AE title it answers to, the callers it
 //! accepts, the storage SOP classes it takes, and its size limits ([`DicomSettings`]).
 
-use crate::mllp::{DEFAULT_SOP_CLASSES, DicomSettings};
+use crate::mllp::DicomSettings;
 use crate::yaml::Spanned;
 
 /// The scalar keys only a dicom entry takes.
@@ -95,7 +95,13 @@ pub(super) fn resolve(
         ok = false;
     }
     let sop_classes = match list("sop_classes") {
-        None => DEFAULT_SOP_CLASSES.iter().map(|uid| (*uid).to_owned()).collect(),
+        // Every standard Storage SOP class.
+        None => Vec::new(),
+        Some(classes) if classes.is_empty() => {
+            problem(None, "sop_classes", "is empty, so no object could be stored; list the SOP class UIDs, or remove the key to accept every standard storage class".to_owned());
+            ok = false;
+            Vec::new()
+        }
         Some(classes) => classes
             .iter()
             .filter_map(|class| {
@@ -197,11 +203,17 @@ mod tests {
             resolve(&[], &[], |_, key, text| panic!("{key}: {text}")).expect("in the test");
         assert_eq!(settings.ae_title, "MFOUNDRY");
         assert!(settings.allowed_callers.is_none());
-        assert!(
-            settings
-                .sop_classes
-                .contains(&"1.2.840.10008.5.1.4.1.1.2".to_owned())
-        );
+        for class in [
+            "1.2.840.10008.5.1.4.1.1.2",     // CT
+            "1.2.840.10008.5.1.4.1.1.481.2", // RT Dose
+            "1.2.840.10008.5.1.4.1.1.9.1.1", // 12-lead ECG
+            "1.2.840.10008.5.1.4.1.1.88.33", // Comprehensive SR
+        ] {
+            assert!(settings.accepts_class(class), "{class}");
+        }
+        for class in ["1.2.840.10008.5.1.4.1.1", "1.2.840.10008.1.1", "1.2.3.4"] {
+            assert!(!settings.accepts_class(class), "{class}");
+        }
         let mut problems = Vec::new();
         let found = resolve(
             &[

@@ -251,8 +251,8 @@ pub struct ListenerFile {
     pub ae_title: Option<String>,
     /// dicom: the calling AE titles it accepts; default any.
     pub allowed_callers: Option<Vec<String>>,
-    /// dicom: the storage SOP class UIDs it accepts (Verification always); default the
-    /// common image, document and Structured Report classes.
+    /// dicom: the storage SOP class UIDs it accepts (Verification always); default every
+    /// standard Storage SOP class (under 1.2.840.10008.5.1.4.1.1.).
     pub sop_classes: Option<Vec<String>>,
     /// dicom: the largest object's data set (default 512MiB).
     #[schemars(with = "Option<ScalarText>")]

@@ -328,7 +328,7 @@ where
             .iter()
             .map(|proposed| {
                 let supported = proposed.abstract_syntax == pdu::VERIFICATION
-                    || settings.sop_classes.contains(&proposed.abstract_syntax);
+                    || settings.accepts_class(&proposed.abstract_syntax);
                 let chosen = choose_transfer_syntax(&proposed.transfer_syntaxes);
                 match (supported, chosen) {
                     (false, _) => ContextAnswer {
@@ -418,11 +418,7 @@ where
                     // of its data set is kept.
                     let refusal = if abstract_syntax == pdu::VERIFICATION
                         || command.sop_class != abstract_syntax
-                        || !self
-                            .context
-                            .settings
-                            .sop_classes
-                            .contains(&command.sop_class)
+                        || !self.context.settings.accepts_class(&command.sop_class)
                     {
                         Some((
                             dimse::SOP_CLASS_NOT_SUPPORTED,

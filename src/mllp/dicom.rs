@@ -13,7 +13,8 @@ pub struct DicomSettings {
     pub ae_title: String,
     /// `allowed_callers`: calling AE titles it accepts; `None`: any.
     pub allowed_callers: Option<Vec<String>>,
-    /// `sop_classes`: the storage SOP classes accepted (Verification always is).
+    /// `sop_classes`: the storage SOP classes accepted (Verification always is); empty:
+    /// every standard Storage SOP class ([`STORAGE_CLASS_ROOT`]).
     pub sop_classes: Vec<String>,
     /// `max_object_size`: the largest data set, in bytes.
     pub max_object_size: usize,
@@ -25,36 +26,24 @@ pub struct DicomSettings {
     pub inline_object_size: usize,
 }
 
-/// The storage SOP classes accepted by default: the common image, document and
-/// Structured Report classes.
-pub const DEFAULT_SOP_CLASSES: &[&str] = &[
-    "1.2.840.10008.5.1.4.1.1.1",     // Computed Radiography
-    "1.2.840.10008.5.1.4.1.1.1.1",   // Digital X-Ray (presentation)
-    "1.2.840.10008.5.1.4.1.1.1.1.1", // Digital X-Ray (processing)
-    "1.2.840.10008.5.1.4.1.1.1.2",   // Digital Mammography (presentation)
-    "1.2.840.10008.5.1.4.1.1.1.2.1", // Digital Mammography (processing)
-    "1.2.840.10008.5.1.4.1.1.2",     // CT
-    "1.2.840.10008.5.1.4.1.1.2.1",   // Enhanced CT
-    "1.2.840.10008.5.1.4.1.1.4",     // MR
-    "1.2.840.10008.5.1.4.1.1.4.1",   // Enhanced MR
-    "1.2.840.10008.5.1.4.1.1.6.1",   // Ultrasound
-    "1.2.840.10008.5.1.4.1.1.3.1",   // Ultrasound Multi-frame
-    "1.2.840.10008.5.1.4.1.1.7",     // Secondary Capture
-    "1.2.840.10008.5.1.4.1.1.12.1",  // X-Ray Angiography
-    "1.2.840.10008.5.1.4.1.1.20",    // Nuclear Medicine
-    "1.2.840.10008.5.1.4.1.1.128",   // PET
-    "1.2.840.10008.5.1.4.1.1.481.1", // RT Image
-    "1.2.840.10008.5.1.4.1.1.104.1", // Encapsulated PDF
-    "1.2.840.10008.5.1.4.1.1.88.11", // Basic Text SR
-    "1.2.840.10008.5.1.4.1.1.88.22", // Enhanced SR
-    "1.2.840.10008.5.1.4.1.1.88.33", // Comprehensive SR
-    "1.2.840.10008.5.1.4.1.1.88.34", // Comprehensive 3D SR
-    "1.2.840.10008.5.1.4.1.1.88.50", // Mammography CAD SR
-    "1.2.840.10008.5.1.4.1.1.88.59", // Key Object Selection
-    "1.2.840.10008.5.1.4.1.1.88.67", // X-Ray Radiation Dose SR
-    "1.2.840.10008.5.1.4.1.1.11.1",  // Grayscale Softcopy Presentation State
-    "1.2.840.10008.5.1.4.1.1.66",    // Raw Data
-];
+/// The root of the standard Storage SOP classes (images, waveforms, radiotherapy, Structured
+/// Reports, encapsulated documents, presentation states, raw data …): a listener without
+/// `sop_classes` accepts every class under it.
+pub const STORAGE_CLASS_ROOT: &str = "1.2.840.10008.5.1.4.1.1.";
+
+impl DicomSettings {
+    /// Whether a C-STORE of this SOP class is accepted: one of `sop_classes`, or, when none
+    /// are listed, any standard Storage SOP class.
+    pub fn accepts_class(&self, class: &str) -> bool {
+        if self.sop_classes.is_empty() {
+            class
+                .strip_prefix(STORAGE_CLASS_ROOT)
+                .is_some_and(|rest| !rest.is_empty())
+        } else {
+            self.sop_classes.iter().any(|listed| listed == class)
+        }
+    }
+}
 
 /// Read one PDU whose body is at most `limit` bytes (a longer one is refused from its
 /// header, before anything is allocated): the DICOM output's reads.

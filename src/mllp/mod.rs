@@ -15,6 +15,6 @@ mod stats;
 
 pub use client::{ClientError, MllpClient, connect_stream, is_quiet, quickack};
 pub use codec::{END_BLOCK, FrameError, MllpCodec, START_BLOCK, TRAILER, frame};
-pub use dicom::{DEFAULT_SOP_CLASSES, DicomSettings, read_pdu};
+pub use dicom::{DicomSettings, STORAGE_CLASS_ROOT, read_pdu};
 pub use listener::{Listener, ListenerSettings, bind};
 pub use stats::{ListenerStats, StatsSnapshot};
