@@ -116,6 +116,9 @@ pub struct Stored<'a> {
     pub sop_instance: String,
     /// (0002,0010) TransferSyntaxUID.
     pub transfer_syntax: String,
+    /// (0002,0016) SourceApplicationEntityTitle: the AE that wrote the file (for a stored
+    /// object, the calling AE title it came from); empty when absent.
+    pub source_ae: String,
     /// The data set, as received.
     pub data_set: &'a [u8],
 }
@@ -141,6 +144,7 @@ pub fn read_part10(bytes: &[u8]) -> Option<Stored<'_>> {
         sop_class: set.text((0x0002, 0x0002), charset),
         sop_instance: set.text((0x0002, 0x0003), charset),
         transfer_syntax: set.text((0x0002, 0x0010), charset),
+        source_ae: set.text((0x0002, 0x0016), charset),
         data_set: &rest[meta_end..],
     })
 }

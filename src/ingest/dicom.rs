@@ -371,9 +371,19 @@ impl Decider {
 
 impl ReceivedObject {
     /// An object as a DICOM Part 10 file holds it, with mfoundry's meta instead of the
-    /// file's, as a listener would have stored it (`mfoundry test`).
+    /// file's, as a listener would have stored it (`mfoundry test`). The calling AE title
+    /// is the file's SourceApplicationEntityTitle (the AE that wrote it), else `calling_ae`.
     pub fn from_file(bytes: &[u8], calling_ae: &str, called_ae: &str) -> Option<Self> {
         let stored = object::read_part10(bytes)?;
+        let calling_ae = Some(stored.source_ae.trim())
+            .filter(|source| {
+                !source.is_empty()
+                    && source.len() <= 16
+                    && source
+                        .bytes()
+                        .all(|byte| (0x20..0x7f).contains(&byte) && byte != b'\\')
+            })
+            .unwrap_or(calling_ae);
         let file = object::part10_prefix(
             &stored.sop_class,
             &stored.sop_instance,

@@ -39,7 +39,8 @@ fn mfoundry_test_maps_a_report_to_an_oru_and_refuses_other_objects_for_hl7() {
 
     let oru = std::fs::read_to_string(dir.join("cases/report/ehr.out")).expect("the ORU");
     let segments: Vec<&str> = oru.split('\r').filter(|s| !s.is_empty()).collect();
-    assert!(segments[0].starts_with("MSH|^~\\&|TEST|"), "{oru}");
+    // The calling AE title is the one that wrote the file (SourceApplicationEntityTitle).
+    assert!(segments[0].starts_with("MSH|^~\\&|REPORTS|"), "{oru}");
     assert!(segments[0].contains("|ORU^R01^ORU_R01|SR"), "{oru}");
     assert!(
         segments
