@@ -291,17 +291,35 @@ struct Reader<'a> {
     /// The bytes are the head of a longer data set: an element cut at their end ends the
     /// reading (see [`parse_head`]).
     head: bool,
+    /// A read went past the end of the bytes (not only past its container's end).
+    cut: std::cell::Cell<bool>,
 }
 
 impl<'a> Reader<'a> {
     /// `n` bytes at `at`, all before `limit`.
     fn get(&self, at: usize, n: usize, limit: usize) -> Option<&'a [u8]> {
-        let end = at.checked_add(n)?;
+        let Some(end) = at.checked_add(n) else {
+            self.cut.set(true);
+            return None;
+        };
+        if end > self.bytes.len() {
+            self.cut.set(true);
+        }
         if end > limit {
             return None;
         }
         self.bytes.get(at..end)
     }
+    /// `at + length` when it is no further than `limit`; marks a cut when it is past the
+    /// end of the bytes.
+    fn end_within(&self, at: usize, length: usize, limit: usize) -> Option<usize> {
+        let end = at.checked_add(length);
+        if end.is_none_or(|end| end > self.bytes.len()) {
+            self.cut.set(true);
+        }
+        end.filter(|end| *end <= limit)
+    }
+
     fn u16(&self, at: usize, limit: usize) -> Option<u16> {
         let b = self.get(at, 2, limit)?;
         Some(u16::from_le_bytes([b[0], b[1]]))
@@ -345,13 +363,16 @@ impl<'a> Reader<'a> {
             if self.at >= limit {
                 if end.is_none() && depth > 0 {
                     // An undefined-length item without its delimiter: the data ended.
+                    if self.at >= self.bytes.len() {
+                        self.cut.set(true);
+                    }
                     return Err(DatasetError::Truncated(0xFFFE, 0xE00D));
                 }
                 return Ok(set);
             }
             let tag = match (self.u16(self.at, limit), self.u16(self.at + 2, limit)) {
                 (Some(group), Some(element)) => (group, element),
-                _ if self.head && depth == 0 => return Ok(set),
+                _ if self.head && depth == 0 && self.cut.get() => return Ok(set),
                 _ => return Err(DatasetError::Truncated(0, 0)),
             };
             if tag == ITEM_END {
@@ -375,9 +396,10 @@ impl<'a> Reader<'a> {
             let element = match self.element(tag, syntax, depth, limit) {
                 Ok(element) => element,
                 // The head ends inside this element: what came before is the head's.
-                // (A cut inside a sequence may also show as a delimiter out of place.)
+                // (A cut inside a sequence may also show as a delimiter out of place.) Only
+                // a read past the end of the head is a cut: an error within it is damage.
                 Err(DatasetError::Truncated(..) | DatasetError::NotAnItem(..))
-                    if self.head && depth == 0 =>
+                    if self.head && depth == 0 && self.cut.get() =>
                 {
                     return Ok(set);
                 }
@@ -441,9 +463,7 @@ impl<'a> Reader<'a> {
         }
         let length = usize::try_from(length).map_err(|_| truncated())?;
         let end = self
-            .at
-            .checked_add(length)
-            .filter(|end| *end <= limit)
+            .end_within(self.at, length, limit)
             .ok_or_else(truncated)?;
         if &vr == b"SQ" {
             let items = self.items(tag, Some(end), end, syntax, depth)?;
@@ -492,10 +512,9 @@ impl<'a> Reader<'a> {
                     items.push(self.data_set(None, limit, syntax, depth + 1)?);
                 }
                 ITEM => {
+                    let length = usize::try_from(length).map_err(|_| truncated())?;
                     let item_end = self
-                        .at
-                        .checked_add(usize::try_from(length).map_err(|_| truncated())?)
-                        .filter(|item_end| *item_end <= limit)
+                        .end_within(self.at, length, limit)
                         .ok_or_else(truncated)?;
                     items.push(self.data_set(Some(item_end), item_end, syntax, depth + 1)?);
                     if self.at != item_end {
@@ -518,10 +537,9 @@ impl<'a> Reader<'a> {
             match item {
                 SEQUENCE_END => return Ok(()),
                 ITEM if length != UNDEFINED => {
+                    let length = usize::try_from(length).map_err(|_| truncated())?;
                     self.at = self
-                        .at
-                        .checked_add(usize::try_from(length).map_err(|_| truncated())?)
-                        .filter(|end| *end <= limit)
+                        .end_within(self.at, length, limit)
                         .ok_or_else(truncated)?;
                 }
                 _ => return Err(DatasetError::NotAnItem(tag.0, tag.1)),
@@ -537,6 +555,7 @@ pub fn parse(bytes: &[u8], syntax: Syntax) -> Result<DataSet<'_>, DatasetError> 
         at: 0,
         elements: 0,
         head: false,
+        cut: std::cell::Cell::new(false),
     };
     reader.data_set(None, bytes.len(), syntax, 0)
 }
@@ -550,6 +569,7 @@ pub fn parse_head(bytes: &[u8], syntax: Syntax) -> Result<DataSet<'_>, DatasetEr
         at: 0,
         elements: 0,
         head: true,
+        cut: std::cell::Cell::new(false),
     };
     reader.data_set(None, bytes.len(), syntax, 0)
 }
@@ -666,6 +686,21 @@ mod tests {
                 set.get(PIXEL_DATA).is_none(),
                 "reading stops at the pixel data"
             );
+        }
+    }
+
+    #[test]
+    fn damage_inside_a_head_is_an_error_not_a_cut() {
+        for syntax in [Syntax::ExplicitLittle, Syntax::ImplicitLittle] {
+            let mut bytes = sample(syntax);
+            let item = bytes
+                .windows(4)
+                .position(|window| window == [0xFE, 0xFF, 0x00, 0xE0])
+                .expect("an item");
+            bytes[item + 3] = 0xE1;
+            assert!(parse_head(&bytes, syntax).is_err());
+            // The same bytes cut inside that sequence read as a head.
+            assert!(parse_head(&sample(syntax)[..item + 6], syntax).is_ok());
         }
     }
 

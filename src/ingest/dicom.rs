@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
-use super::{Decider, Ingest, off_runtime, patient_values};
+use super::{Decider, Ingest, off_runtime_if, patient_values};
 use crate::dicom::dataset::{self, Syntax};
 use crate::dicom::dimse;
 use crate::dicom::{Identifiers, object};
@@ -424,7 +424,8 @@ impl Ingest {
     ) -> ObjectOutcome {
         let received_at_micros = chrono::Utc::now().timestamp_micros();
         let decider = self.current();
-        let decided = match off_runtime(&decider, || {
+        // A spooled report is read back from its file to be mapped.
+        let decided = match off_runtime_if(object.spooled.is_some(), &decider, || {
             decider.decide_object(&object, received_at_micros)
         }) {
             Ok(decided) => decided,
@@ -479,15 +480,15 @@ impl Ingest {
             object: key,
             spool,
         };
-        let appended = self.outbox.append(new_message).await;
-        // The spooled file stays when a message names it, or may (a failed commit may have
-        // reached the disk: the next open's sweep removes it if not); a duplicate's goes.
-        if let Some(spooled) = spooled.as_mut()
-            && !matches!(appended, Ok(Appended::Duplicate { .. }))
-        {
+        // From here the store decides what becomes of the spooled file: named by the
+        // commit, removed after it (a duplicate's), or left to the sweep at the next open
+        // (a commit that failed, which may still have reached the disk). Marked before the
+        // append, so a task dropped while it waits never removes a file a commit names.
+        if let Some(spooled) = spooled.as_mut() {
             spooled.file.keep();
         }
         drop(spooled);
+        let appended = self.outbox.append(new_message).await;
         match appended {
             Ok(Appended::Stored { id }) if accepted => {
                 decider.count_routes(&routes);

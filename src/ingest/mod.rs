@@ -710,7 +710,16 @@ impl Decider {
 /// never on a runtime thread other connections' tasks need, when the runtime has others to
 /// hand them to.
 pub(crate) fn off_runtime<T>(decider: &Decider, decide: impl FnOnce() -> T) -> T {
-    let evaluates = decider.rules.evaluates() || decider.transforms.is_some();
+    off_runtime_if(false, decider, decide)
+}
+
+/// [`off_runtime`], also when `blocking` (the decision may read a spooled file).
+pub(crate) fn off_runtime_if<T>(
+    blocking: bool,
+    decider: &Decider,
+    decide: impl FnOnce() -> T,
+) -> T {
+    let evaluates = blocking || decider.rules.evaluates() || decider.transforms.is_some();
     let off_runtime = evaluates
         && tokio::runtime::Handle::current().runtime_flavor()
             == tokio::runtime::RuntimeFlavor::MultiThread;

@@ -589,13 +589,20 @@ where
         // keeps its head (ADR 0020).
         let spool = self.context.ingest.spool();
         let mut spooling = Spooling::default();
+        // A store in memory (tests) spools nothing: objects are held whole, up to what the
+        // memory budget was sized for.
+        let max_object_size = if spool.is_some() {
+            settings.max_object_size
+        } else {
+            settings.max_object_size.min(settings.inline_object_size)
+        };
         loop {
             for fragment in pending.drain(..) {
                 received = received.saturating_add(fragment.data.len());
                 if refusal.is_some() || oversized || spooling.failed {
                     continue;
                 }
-                if received > settings.max_object_size {
+                if received > max_object_size {
                     // Read to the end and discarded: the object is answered, not stored.
                     oversized = true;
                     file = Vec::new();
@@ -608,7 +615,7 @@ where
                     && spooling.writer.is_none()
                     && fragment.data.len() > head_room
                 {
-                    spooling.start(spool, &file, data_start).await;
+                    file = spooling.start(spool, file, data_start).await;
                     if spooling.failed {
                         continue;
                     }
@@ -618,9 +625,16 @@ where
                 } else {
                     &fragment.data[..]
                 };
-                let covered = share.cover(file.capacity().max(file.len() + kept.len()), || {
-                    debug!("waiting for max_frame_memory before receiving more of an object");
-                });
+                // Spooling holds a write stage besides the head.
+                let stage = if spooling.writer.is_some() {
+                    SPOOL_STAGE
+                } else {
+                    0
+                };
+                let covered =
+                    share.cover(file.capacity().max(file.len() + kept.len()) + stage, || {
+                        debug!("waiting for max_frame_memory before receiving more of an object");
+                    });
                 match next_limit() {
                     Some(limit) => {
                         if tokio::time::timeout(limit, covered).await.is_err() {
@@ -682,7 +696,7 @@ where
                 .stats
                 .oversize_frames
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            warn!(peer = %self.peer, calling_ae = %self.calling_ae, sop_instance_uid = %command.sop_instance, limit = settings.max_object_size, "object refused: larger than max_object_size; nothing was stored");
+            warn!(peer = %self.peer, calling_ae = %self.calling_ae, sop_instance_uid = %command.sop_instance, limit = max_object_size, "object refused: larger than max_object_size; nothing was stored");
             refusal = Some((
                 dimse::CANNOT_UNDERSTAND,
                 "object larger than max_object_size",
@@ -761,8 +775,9 @@ where
     }
 }
 
-/// Bytes gathered before each write to the spool.
-const SPOOL_STAGE: usize = 1 << 20;
+/// Bytes gathered before each write to the spool (the listener's memory budget reserves
+/// them besides an object's head).
+pub(super) const SPOOL_STAGE: usize = 1 << 20;
 
 /// An object being spooled: its file, the bytes waiting to be written (off the runtime, a
 /// megabyte at a time), and whether a write failed (the rest is then read and discarded,
@@ -775,16 +790,31 @@ struct Spooling {
 }
 
 impl Spooling {
-    /// Open a file in `spool` holding `head` (what was received so far).
-    async fn start(&mut self, spool: &Arc<Spool>, head: &[u8], data_start: usize) {
+    /// Open a file in `spool` and write `head` (what was received so far) to it; the head
+    /// is handed back, to be kept in memory.
+    async fn start(&mut self, spool: &Arc<Spool>, head: Vec<u8>, data_start: usize) -> Vec<u8> {
         let spool = Arc::clone(spool);
-        match tokio::task::spawn_blocking(move || spool.create(data_start)).await {
-            Ok(Ok(writer)) => {
+        let done = tokio::task::spawn_blocking(move || {
+            let written = spool.create(data_start).and_then(|mut writer| {
+                writer.write(&head)?;
+                Ok(writer)
+            });
+            (head, written)
+        })
+        .await;
+        match done {
+            Ok((head, Ok(writer))) => {
                 self.writer = Some(writer);
-                self.staged.extend_from_slice(head);
+                head
             }
-            Ok(Err(error)) => self.fail(&error.to_string()),
-            Err(error) => self.fail(&error.to_string()),
+            Ok((head, Err(error))) => {
+                self.fail(&error.to_string());
+                head
+            }
+            Err(error) => {
+                self.fail(&error.to_string());
+                Vec::new()
+            }
         }
     }
 

@@ -163,7 +163,10 @@ impl Listener {
             shared: Arc::new(Shared {
                 budget: super::budget::FrameBudget::new(
                     settings.max_frame_memory,
-                    dicom.inline_object_size.min(dicom.max_object_size),
+                    // An object's head, and a spooled one's write stage and PDU.
+                    dicom.inline_object_size.min(dicom.max_object_size)
+                        + super::association::SPOOL_STAGE
+                        + dicom.max_pdu_size as usize,
                 ),
                 settings,
                 ingest,

@@ -566,7 +566,7 @@ pub(super) fn open_spool(
     let Some(dir) = options.storage.spool_dir() else {
         return Ok(None);
     };
-    let spool = super::spool::Spool::open(dir, options.keys.clone())?;
+    let spool = super::spool::Spool::open(dir, options.keys.clone(), instance_id(database)?)?;
     let mut referenced = std::collections::HashSet::new();
     let transaction = database.begin_read()?;
     let table = transaction.open_table(super::spool::SPOOL)?;
@@ -589,11 +589,18 @@ pub(super) fn open_spool(
             Err(error) => return Err(error),
         }
     }
-    let removed = spool.sweep(&referenced)?;
+    let (removed, foreign) = spool.sweep(&referenced)?;
     if removed > 0 {
-        info!(
+        warn!(
             files = removed,
             "removed spooled files no stored message names (left by a crash or a failed store)"
+        );
+    }
+    if foreign > 0 {
+        warn!(
+            files = foreign,
+            directory = %spool.dir().display(),
+            "the spool directory holds files another store wrote; they are left as they are (move them away: this store never reads them)"
         );
     }
     Ok(Some(std::sync::Arc::new(spool)))

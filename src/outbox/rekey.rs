@@ -111,8 +111,10 @@ pub fn rekey(
     // Spooled bodies: each file copied into a new one sealed with the current key, which
     // the new store's entry names; the old files go once the new store is in place (a
     // crash before leaves the new files unnamed, and the next start removes them).
-    let old_spool = super::spool::Spool::open(super::spool::dir_of(data), keys.for_reading())?;
-    let new_spool = super::spool::Spool::open(super::spool::dir_of(data), keys.clone())?;
+    let store = super::open::instance_id(&old)?;
+    let old_spool =
+        super::spool::Spool::open(super::spool::dir_of(data), keys.for_reading(), store)?;
+    let new_spool = super::spool::Spool::open(super::spool::dir_of(data), keys.clone(), store)?;
     let old_files = reseal_spool(&old, &new, &old_spool, &old_options.keys, keys, &mut done)?;
     let old_audit = old.begin_read()?.verify_audit(&old_options.keys)?;
     let new_audit = new.begin_read()?.verify_audit(keys)?;
@@ -131,7 +133,7 @@ pub fn rekey(
     append_audit(&new, keys, &done)?;
     let report = {
         let transaction = new.begin_read()?;
-        super::verify::read_all(&transaction, keys, Some(&new_spool))?
+        super::verify::read_all(&transaction, keys, Some(&new_spool), &|_, _| false)?
     };
     if report.damaged_count > 0 || report.unsealed > 0 {
         anyhow::bail!(

@@ -79,6 +79,9 @@ pub struct Snapshot {
     /// Where spooled bodies are (`None`: a store in memory, or an offline read that has
     /// none).
     spool: Option<std::sync::Arc<super::spool::Spool>>,
+    /// The database, to tell a spooled file retention removed since this snapshot began
+    /// from a missing one (`None` offline, where nothing removes them).
+    database: Option<std::sync::Arc<Database>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -94,13 +97,37 @@ impl Snapshot {
             keys,
             depths: None,
             spool: None,
+            database: None,
         })
     }
 
-    /// Read spooled bodies from `spool`.
-    pub(super) fn with_spool(mut self, spool: Option<std::sync::Arc<super::spool::Spool>>) -> Self {
+    /// Read spooled bodies from `spool`; `database` tells a file removed by retention since
+    /// this snapshot began from a missing one.
+    pub(super) fn with_spool(
+        mut self,
+        spool: Option<std::sync::Arc<super::spool::Spool>>,
+        database: std::sync::Arc<Database>,
+    ) -> Self {
         self.spool = spool;
+        self.database = Some(database);
         self
+    }
+
+    /// Whether message `id`'s spooled file is missing because a commit after this snapshot
+    /// removed its entry (retention): the message is gone, not damaged.
+    fn removed_since(&self, id: MessageId, file: u128) -> bool {
+        let (Some(spool), Some(database)) = (&self.spool, &self.database) else {
+            return false;
+        };
+        if spool.exists(file) {
+            return false;
+        }
+        database
+            .begin_read()
+            .ok()
+            .and_then(|now| now.open_table(super::spool::SPOOL).ok())
+            .and_then(|table| table.get(id.0).ok())
+            .is_some_and(|entry| entry.is_none())
     }
 
     /// Take queue sizes from the writer's counts instead of counting entries.
@@ -142,11 +169,11 @@ impl Snapshot {
             )),
             None => {
                 let (spool, reference) = self.spooled(id, decoded.record.body_len)?;
-                Ok(Some(
-                    spool
-                        .read(&reference)
-                        .map_err(|error| name_message(id, error))?,
-                ))
+                match spool.read(&reference) {
+                    Ok(body) => Ok(Some(body)),
+                    Err(_) if self.removed_since(id, reference.file) => Ok(None),
+                    Err(error) => Err(name_message(id, error)),
+                }
             }
         }
     }
@@ -157,11 +184,11 @@ impl Snapshot {
         match self.spool_ref(id)? {
             Some(reference) => {
                 let (spool, _) = self.spooled(id, reference.len)?;
-                Ok(Some(
-                    spool
-                        .read_head(&reference, max)
-                        .map_err(|error| name_message(id, error))?,
-                ))
+                match spool.read_head(&reference, max) {
+                    Ok(head) => Ok(Some(head)),
+                    Err(_) if self.removed_since(id, reference.file) => Ok(None),
+                    Err(error) => Err(name_message(id, error)),
+                }
             }
             None => self.body(id),
         }
@@ -203,7 +230,12 @@ impl Snapshot {
 
     /// Read and check every record (see [`super::verify`]); works while the gateway runs.
     pub fn verify(&self) -> Result<super::verify::StoreReport, StoreError> {
-        super::verify::read_all(&self.transaction, &self.keys, self.spool.as_deref())
+        super::verify::read_all(
+            &self.transaction,
+            &self.keys,
+            self.spool.as_deref(),
+            &|id, file| self.removed_since(MessageId(id), file),
+        )
     }
 
     /// Every stored message record, in id order.

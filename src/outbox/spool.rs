@@ -12,11 +12,16 @@
 //! deleted) are removed when the store is opened. Retention removes the entry in its
 //! transaction and the file once that transaction is committed.
 //!
-//! A file is `"MFSPOOL1" ‖ file id (16, BE)`, then frames of `length (4, LE) ‖ crc32 (4, LE)
-//! ‖ chunk`: each chunk is `0x01 ‖ up to 256 KiB of the body`, sealed like every stored
-//! value (ADR 0011) under the place `spool-file (id, index)` when the store has a key, so a
-//! chunk moved within or between files does not open. The reader checks every frame's crc,
-//! the chunks' order and the total length, and refuses a file that ends early or goes on.
+//! A file is `"MFSPOOL1" ‖ store instance id (8, BE) ‖ file id (16, BE)`, then frames of
+//! `length (4, LE) ‖ crc32 (4, LE) ‖ chunk`: each chunk is `0x01 ‖ up to 256 KiB of the
+//! body`, sealed like every stored value (ADR 0011) under the place `spool-file (id, index)`
+//! when the store has a key; the crc covers the file id and the chunk's index before the
+//! chunk, so a chunk moved within or between files is damage, sealed or not. The reader
+//! checks every frame's crc, the chunks' order and the total length, and refuses a file
+//! that ends early or goes on. Files are created with mode 0600.
+//!
+//! The sweep at open removes only this store's files (its instance id in their header) and
+//! files too short to have a header; another store's files are left, with a warning.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -39,7 +44,7 @@ pub const VIEW_HEAD: usize = 16 << 20;
 pub const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
 
 const MAGIC: &[u8; 8] = b"MFSPOOL1";
-const HEADER_LEN: usize = 8 + 16;
+const HEADER_LEN: usize = 8 + 8 + 16;
 /// Body bytes per chunk.
 const CHUNK: usize = 256 << 10;
 /// The first byte of a chunk's plain value.
@@ -67,13 +72,15 @@ impl Record for SpoolRef {
 pub struct Spool {
     dir: PathBuf,
     keys: Keys,
+    /// The store's instance id, written into every file (what the sweep removes).
+    store: u64,
 }
 
 impl Spool {
     /// The spool directory `dir` (see [`dir_of`]), created (with its name made durable)
     /// when missing.
-    pub fn open(dir: PathBuf, keys: Keys) -> io::Result<Self> {
-        let spool = Self { dir, keys };
+    pub fn open(dir: PathBuf, keys: Keys, store: u64) -> io::Result<Self> {
+        let spool = Self { dir, keys, store };
         if !spool.dir.try_exists()? {
             let mut builder = std::fs::DirBuilder::new();
             builder.recursive(true);
@@ -92,7 +99,11 @@ impl Spool {
 
     /// The spool directory `dir` as it is, to read (nothing created: `store verify`).
     pub fn reading(dir: PathBuf, keys: Keys) -> Self {
-        Self { dir, keys }
+        Self {
+            dir,
+            keys,
+            store: 0,
+        }
     }
 
     /// The directory.
@@ -110,12 +121,17 @@ impl Spool {
         getrandom::fill(&mut id).map_err(|error| io::Error::other(error.to_string()))?;
         let id = u128::from_be_bytes(id);
         let path = self.path(id);
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&path)?;
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&self.store.to_be_bytes());
         header.extend_from_slice(&id.to_be_bytes());
         let written = file.write_all(&header);
         let writer = SpoolWriter {
@@ -177,7 +193,7 @@ impl Spool {
         let mut reader = BufReader::with_capacity(CHUNK + 64, file);
         let mut header = [0u8; HEADER_LEN];
         read_exact_or(&mut reader, &mut header).map_err(|_| damaged("has no header".to_owned()))?;
-        if &header[..8] != MAGIC || header[8..] != reference.file.to_be_bytes() {
+        if &header[..8] != MAGIC || header[16..] != reference.file.to_be_bytes() {
             return Err(damaged("is not the one its record names".to_owned()));
         }
         let (high, low) = halves(reference.file);
@@ -217,7 +233,7 @@ impl Spool {
             if !read_exact_or(&mut reader, &mut stored).map_err(cut)? {
                 return Err(damaged("ends inside a chunk".to_owned()));
             }
-            if crc32fast::hash(&stored) != crc {
+            if chunk_crc(reference.file, index, &stored) != crc {
                 return Err(damaged(format!("fails its checksum at chunk {index}")));
             }
             let plain = self
@@ -249,19 +265,35 @@ impl Spool {
         }
     }
 
-    /// Remove every file of the directory whose id is not in `referenced`: what a crash or
-    /// a failed store left. Returns how many were removed.
-    pub fn sweep(&self, referenced: &HashSet<u128>) -> io::Result<usize> {
+    /// Remove this store's files that no entry names (`referenced`): what a crash, a failed
+    /// store or a failed removal left. Only `<id>.obj` files are looked at; one written by
+    /// another store (another instance id in its header) is left and counted. Returns
+    /// (removed, another store's).
+    pub fn sweep(&self, referenced: &HashSet<u128>) -> io::Result<(usize, usize)> {
         let mut removed = 0;
+        let mut foreign = 0;
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
             let name = entry.file_name();
-            let kept = name
+            let Some(id) = name
                 .to_str()
                 .and_then(|name| name.strip_suffix(&format!(".{EXTENSION}")))
+                .filter(|id| id.len() == 32)
                 .and_then(|id| u128::from_str_radix(id, 16).ok())
-                .is_some_and(|id| referenced.contains(&id));
-            if kept || !entry.file_type()?.is_file() {
+            else {
+                continue;
+            };
+            if referenced.contains(&id) || !entry.file_type()?.is_file() {
+                continue;
+            }
+            let mut header = [0u8; HEADER_LEN];
+            let whole = File::open(entry.path())
+                .and_then(|mut file| read_exact_or(&mut file, &mut header))
+                .unwrap_or(false);
+            let ours =
+                !whole || (&header[..8] == MAGIC && header[8..16] == self.store.to_be_bytes());
+            if !ours {
+                foreign += 1;
                 continue;
             }
             std::fs::remove_file(entry.path())?;
@@ -270,7 +302,12 @@ impl Spool {
         if removed > 0 {
             sync_dir(&self.dir)?;
         }
-        Ok(removed)
+        Ok((removed, foreign))
+    }
+
+    /// Whether a body's file is there.
+    pub fn exists(&self, file: u128) -> bool {
+        self.path(file).exists()
     }
 
     /// Copy a body into a new file sealed with `keys` (`store rekey`); the old file stays
@@ -280,6 +317,7 @@ impl Spool {
         let target = Self {
             dir: self.dir.clone(),
             keys: keys.clone(),
+            store: self.store,
         };
         let mut writer = target.create(0)?;
         writer.write(&body)?;
@@ -297,6 +335,15 @@ pub fn dir_of(data: &Path) -> PathBuf {
     let mut name = data.file_name().unwrap_or_default().to_os_string();
     name.push("-spool");
     data.with_file_name(name)
+}
+
+/// A frame's crc: of the file id and the chunk's index, then the stored chunk.
+fn chunk_crc(file: u128, index: u64, stored: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&file.to_be_bytes());
+    hasher.update(&index.to_le_bytes());
+    hasher.update(stored);
+    hasher.finalize()
 }
 
 fn halves(file: u128) -> (u64, u64) {
@@ -397,7 +444,7 @@ impl SpoolWriter {
         self.index += 1;
         let mut frame = Vec::with_capacity(8 + stored.len());
         frame.extend_from_slice(&(stored.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(&stored).to_le_bytes());
+        frame.extend_from_slice(&chunk_crc(self.id, self.index - 1, &stored).to_le_bytes());
         frame.extend_from_slice(&stored);
         match self.file.as_mut() {
             Some(file) => file.write_all(&frame),
@@ -470,7 +517,7 @@ mod tests {
     fn spool(keys: Keys) -> (tempfile::TempDir, Spool) {
         let dir = tempfile::tempdir().expect("in the test");
         let spool =
-            Spool::open(dir_of(&dir.path().join("mfoundry.redb")), keys).expect("in the test");
+            Spool::open(dir_of(&dir.path().join("mfoundry.redb")), keys, 42).expect("in the test");
         (dir, spool)
     }
 
@@ -529,15 +576,27 @@ mod tests {
     fn a_changed_truncated_or_extended_file_is_damage_never_other_bytes() {
         for keys in [Keys::plain(), keyed()] {
             let (_dir, spool) = spool(keys);
-            let data = body(CHUNK + 5000);
+            let data = body(2 * CHUNK + 5000);
             let reference = written(&spool, &data, 0);
             let path = spool.path(reference.file);
             let original = std::fs::read(&path).expect("in the test");
+            // The first two chunks swapped (both full, so their frames are as long).
+            let frame = u32::from_le_bytes(
+                original[HEADER_LEN..HEADER_LEN + 4]
+                    .try_into()
+                    .expect("in the test"),
+            ) as usize
+                + 8;
+            let mut swapped = original[..HEADER_LEN].to_vec();
+            swapped.extend_from_slice(&original[HEADER_LEN + frame..HEADER_LEN + 2 * frame]);
+            swapped.extend_from_slice(&original[HEADER_LEN..HEADER_LEN + frame]);
+            swapped.extend_from_slice(&original[HEADER_LEN + 2 * frame..]);
             let mut flipped = original.clone();
             flipped[HEADER_LEN + 100] ^= 1;
             let mut extended = original.clone();
             extended.extend_from_slice(&original[HEADER_LEN..HEADER_LEN + 50]);
             for broken in [
+                swapped,
                 flipped,
                 original[..original.len() - 10].to_vec(),
                 original[..HEADER_LEN + 8 + CHUNK + 1 + 9].to_vec(),
@@ -571,13 +630,25 @@ mod tests {
         );
         let kept = written(&spool, &body(10), 0);
         let orphan = written(&spool, &body(10), 0);
+        // A file cut before its header, another store's file, and a file not named as
+        // spooled files are.
+        let cut = spool.dir().join(format!("{:032x}.obj", 7u128));
+        std::fs::write(&cut, b"MFSP").expect("in the test");
+        let other = Spool {
+            store: 43,
+            ..spool.clone()
+        };
+        let foreign = written(&other, &body(10), 0);
         std::fs::write(spool.dir().join("stray.tmp"), b"x").expect("in the test");
-        let removed = spool
+        let swept = spool
             .sweep(&HashSet::from([kept.file]))
             .expect("in the test");
-        assert_eq!(removed, 2);
+        assert_eq!(swept, (2, 1));
         assert!(spool.read(&kept).is_ok());
         assert!(spool.read(&orphan).is_err());
+        assert!(!cut.exists());
+        assert!(other.read(&foreign).is_ok(), "another store's file is left");
+        assert!(spool.dir().join("stray.tmp").exists());
     }
 
     #[test]
@@ -590,8 +661,8 @@ mod tests {
         assert_ne!(resealed.file, reference.file);
         assert_eq!(resealed.digest, reference.digest);
         let sealed = Spool {
-            dir: spool.dir().to_path_buf(),
             keys,
+            ..spool.clone()
         };
         assert_eq!(sealed.read(&resealed).expect("in the test"), data);
     }

@@ -38,6 +38,25 @@ impl Writer {
             let table = opened_once(&mut tables.objects, transaction, objects::OBJECTS)?;
             let seen = objects::lookup(table, salt, key, |id| Ok(messages.get(id)?.is_some()))?;
             if let objects::Seen::Same(original) = seen {
+                // A duplicate's spooled file goes once this transaction is committed, unless
+                // it is the original's own (this request retried after a commit that did
+                // reach the disk).
+                if let Some(reference) = &message.spool {
+                    let spool = transaction.open_table(SPOOL)?;
+                    let named = match spool.get(original)? {
+                        Some(value) => schema::decode::<crate::outbox::spool::SpoolRef>(
+                            &tables.keys,
+                            Place::Spool(original),
+                            value.value(),
+                        )
+                        .ok()
+                        .map(|named| named.file),
+                        None => None,
+                    };
+                    if named != Some(reference.file) {
+                        tables.spool_removed.push(reference.file);
+                    }
+                }
                 let event = audit::received(
                     original,
                     true,

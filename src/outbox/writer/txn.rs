@@ -366,9 +366,21 @@ impl Writer {
             spool_removed = tables.spool_removed;
         }
         transaction.commit()?;
-        if let Some(spool) = &self.shared.spool {
-            for file in spool_removed {
-                spool.remove(file);
+        // Off the writer thread: unlinking large files must not hold up the next commit (a
+        // crash before leaves them to the sweep at the next open).
+        if let Some(spool) = &self.shared.spool
+            && !spool_removed.is_empty()
+        {
+            let spool = std::sync::Arc::clone(spool);
+            let removing = std::thread::Builder::new()
+                .name("spool-remove".to_owned())
+                .spawn(move || {
+                    for file in spool_removed {
+                        spool.remove(file);
+                    }
+                });
+            if let Err(error) = removing {
+                tracing::warn!(%error, "spooled files could not be removed now; the next start removes them");
             }
         }
         self.next_id = Some(next_id_after);

@@ -8,6 +8,86 @@ use mfoundry::outbox::{Outbox, OutboxOptions, StoreError};
 
 use super::{message, names, stored};
 
+/// A DICOM object's message whose body is the spooled `reference`.
+fn spooled_message(
+    outbox: &Outbox,
+    uid: &str,
+    reference: mfoundry::outbox::spool::SpoolRef,
+) -> mfoundry::outbox::NewMessage {
+    let mut new = message(outbox, uid, &["a"], &[]);
+    new.body = Bytes::new();
+    new.record.body_len = reference.len;
+    new.spool = Some(reference);
+    new.object = Some(mfoundry::outbox::ObjectKey {
+        listener: "modalities".to_owned(),
+        sop_instance_uid: uid.to_owned(),
+        digest: reference.digest,
+    });
+    new
+}
+
+fn write_spooled(
+    spool: &mfoundry::outbox::spool::Spool,
+    body: &[u8],
+) -> mfoundry::outbox::spool::SpoolRef {
+    let mut file = spool.create(0).expect("create");
+    file.write(body).expect("write");
+    let mut spooled = file.finish().expect("finish");
+    spooled.keep();
+    spooled.reference
+}
+
+#[tokio::test]
+async fn a_duplicates_file_is_removed_after_its_commit_and_a_retried_originals_is_kept() {
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let data = scratch.path().join("mfoundry.redb");
+    let (outbox, writer) = open(&data, Keys::plain());
+    let spool = outbox.spool().expect("a store on disk spools").clone();
+    let body = vec![7u8; 300_000];
+    let first = write_spooled(&spool, &body);
+    let id = stored(
+        outbox
+            .append(spooled_message(&outbox, "1.2.3.4", first))
+            .await
+            .expect("append"),
+    );
+    // The same object again, spooled to a second file: a duplicate, its file removed.
+    let second = write_spooled(&spool, &body);
+    assert_ne!(second.file, first.file);
+    let appended = outbox
+        .append(spooled_message(&outbox, "1.2.3.4", second))
+        .await
+        .expect("append");
+    assert!(
+        matches!(appended, mfoundry::outbox::Appended::Duplicate { id: original, .. } if original == id),
+        "{appended:?}"
+    );
+    // The original's own request again (a retry after a commit reported failed that did
+    // reach the disk): a duplicate that removes nothing.
+    let appended = outbox
+        .append(spooled_message(&outbox, "1.2.3.4", first))
+        .await
+        .expect("append");
+    assert!(matches!(
+        appended,
+        mfoundry::outbox::Appended::Duplicate { .. }
+    ));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while spool.exists(second.file) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        !spool.exists(second.file),
+        "the duplicate's file is removed"
+    );
+    assert!(spool.exists(first.file), "the original's file stays");
+    let snapshot = outbox.snapshot().expect("snapshot");
+    assert_eq!(snapshot.body(id).expect("read").expect("body"), body);
+    drop(snapshot);
+    drop(outbox);
+    writer.join();
+}
+
 fn open(data: &std::path::Path, keys: Keys) -> (Outbox, mfoundry::outbox::WriterHandle) {
     let mut options = OutboxOptions::new(data.to_path_buf());
     options.keys = keys;
@@ -33,15 +113,12 @@ async fn a_spooled_body_reads_back_verifies_and_is_resealed_by_a_rekey() {
         .collect();
     let (outbox, writer) = open(&data, Keys::plain());
     let spool = outbox.spool().expect("a store on disk spools").clone();
-    let mut file = spool.create(0).expect("create");
-    file.write(&body).expect("write");
-    let mut spooled = file.finish().expect("finish");
+    let reference = write_spooled(&spool, &body);
     let mut new = message(&outbox, "SPOOLED-1", &["a"], &[]);
     new.body = Bytes::new();
     new.record.body_len = body.len() as u64;
-    new.spool = Some(spooled.reference);
+    new.spool = Some(reference);
     let id = stored(outbox.append(new).await.expect("append"));
-    spooled.keep();
     let snapshot = outbox.snapshot().expect("snapshot");
     assert_eq!(snapshot.body(id).expect("read").expect("body"), body);
     assert_eq!(
