@@ -18,7 +18,7 @@ pub const DICOM_LIST_KEYS: [&str; 2] = ["allowed_callers", "sop_classes"];
 const DEFAULT_AE_TITLE: &str = "MFOUNDRY";
 const DEFAULT_MAX_OBJECT: u64 = 512 << 20;
 /// Objects up to this are held in memory and stored in the store; larger ones are spooled.
-const DEFAULT_INLINE_OBJECT: u64 = 4 << 20;
+const DEFAULT_INLINE_OBJECT: u64 = 1 << 20;
 /// The smallest `inline_object_size`: an object's head (its identifiers) is read from this
 /// many bytes.
 const MIN_INLINE_OBJECT: u64 = 64 << 10;

@@ -258,7 +258,7 @@ pub struct ListenerFile {
     #[schemars(with = "Option<ScalarText>")]
     pub max_object_size: SpannedScalar,
     /// dicom: objects up to this are held in memory and stored in the store; larger ones are
-    /// spooled to files as they arrive (default 4MiB, at least 64KiB).
+    /// spooled to files as they arrive (default 1MiB, at least 64KiB).
     #[schemars(with = "Option<ScalarText>")]
     pub inline_object_size: SpannedScalar,
     /// dicom: the longest PDU it receives, 4KiB to 4MiB (default 64KiB).
