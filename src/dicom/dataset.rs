@@ -291,7 +291,7 @@ struct Reader<'a> {
     /// The bytes are the head of a longer data set: an element cut at their end ends the
     /// reading (see [`parse_head`]).
     head: bool,
-    /// A read went past the end of the bytes (not only past its container's end).
+    /// A read went past the end of the bytes where nothing but their end bounded it.
     cut: std::cell::Cell<bool>,
 }
 
@@ -299,10 +299,10 @@ impl<'a> Reader<'a> {
     /// `n` bytes at `at`, all before `limit`.
     fn get(&self, at: usize, n: usize, limit: usize) -> Option<&'a [u8]> {
         let Some(end) = at.checked_add(n) else {
-            self.cut.set(true);
+            self.cut.set(limit >= self.bytes.len());
             return None;
         };
-        if end > self.bytes.len() {
+        if end > self.bytes.len() && limit >= self.bytes.len() {
             self.cut.set(true);
         }
         if end > limit {
@@ -311,10 +311,11 @@ impl<'a> Reader<'a> {
         self.bytes.get(at..end)
     }
     /// `at + length` when it is no further than `limit`; marks a cut when it is past the
-    /// end of the bytes.
+    /// end of the bytes and only the end of the bytes bounds it (not a container that ends
+    /// before: a length past that is damage).
     fn end_within(&self, at: usize, length: usize, limit: usize) -> Option<usize> {
         let end = at.checked_add(length);
-        if end.is_none_or(|end| end > self.bytes.len()) {
+        if end.is_none_or(|end| end > self.bytes.len()) && limit >= self.bytes.len() {
             self.cut.set(true);
         }
         end.filter(|end| *end <= limit)
@@ -701,6 +702,31 @@ mod tests {
             assert!(parse_head(&bytes, syntax).is_err());
             // The same bytes cut inside that sequence read as a head.
             assert!(parse_head(&sample(syntax)[..item + 6], syntax).is_ok());
+        }
+        // A length past its defined-length item (however large) is damage, not a cut.
+        for claimed in [0x40u32, 0x7FFF_FFF0] {
+            let mut inner = vec![0x08, 0x00, 0x00, 0x01, b'U', b'T', 0, 0];
+            inner.extend_from_slice(&claimed.to_le_bytes());
+            inner.extend_from_slice(b"abcd");
+            let mut item = vec![0xFE, 0xFF, 0x00, 0xE0];
+            item.extend_from_slice(&(inner.len() as u32).to_le_bytes());
+            item.extend_from_slice(&inner);
+            let mut bytes = Vec::new();
+            element(&mut bytes, Syntax::ExplicitLittle, MODALITY, b"CS", b"CT");
+            bytes.extend_from_slice(&[0x40, 0x00, 0x30, 0xA7, b'S', b'Q', 0, 0]);
+            bytes.extend_from_slice(&(item.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&item);
+            element(
+                &mut bytes,
+                Syntax::ExplicitLittle,
+                (0x0040, 0xA731),
+                b"CS",
+                b"X",
+            );
+            assert!(
+                parse_head(&bytes, Syntax::ExplicitLittle).is_err(),
+                "a length of {claimed:#x}"
+            );
         }
     }
 

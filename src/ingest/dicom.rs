@@ -571,6 +571,15 @@ fn hl7_copy(
     }
 }
 
+/// Whether `head`, the first bytes of a stored body of `body_len` bytes, is a Structured
+/// Report cut short that is small enough to be read whole and mapped (reprocess).
+pub fn report_needs_whole_body(head: &[u8], body_len: u64) -> bool {
+    (head.len() as u64) < body_len
+        && body_len <= MAX_SPOOLED_REPORT
+        && stored_identifiers(head)
+            .is_some_and(|identifiers| crate::dicom::sr::is_report(&identifiers.sop_class_uid))
+}
+
 /// What connector `name` delivers when a stored object (`body`, its Part 10 file) is
 /// reprocessed to it: for an output that sends HL7, the report's ORU^R01 (as built at
 /// intake, through the connector's current transform steps) or a failed copy naming why;

@@ -38,7 +38,7 @@ pub use answer::{Outcome, Reason, Reply};
 pub use batch::{BatchAck, BatchOutcome, BatchSettings, CountMismatch, From, RefusedMessage};
 pub use dicom::{
     DecidedObject, ObjectOutcome, ReceivedObject, SpooledObject, header_view,
-    reprocessed_object_copy, stored_identifiers,
+    report_needs_whole_body, reprocessed_object_copy, stored_identifiers,
 };
 pub use header::header_fields;
 use header::{ack_code_of, check_sender, control_id_for_logs, dedup_key};

@@ -681,7 +681,7 @@ impl Outbox {
             .ok_or(StoreError::WriterGone)?;
         Ok(Snapshot::new(&database, self.keys.clone())?
             .with_depths(Arc::clone(&self.shared.depths))
-            .with_spool(self.shared.spool.clone(), database))
+            .with_spool(self.shared.spool.clone(), &database))
     }
 
     /// Where large bodies are spooled; `None` for a store in memory (bodies stored whole).

@@ -484,6 +484,7 @@ fn prepare(opening: &Opening<'_>, database: &Database) -> Result<(), OpenError> 
             transaction.open_table(schema::INDEX_KEYS)?;
             transaction.open_table(super::objects::OBJECTS)?;
             transaction.open_table(super::spool::SPOOL)?;
+            transaction.open_table(super::spool::SPOOL_FILES)?;
         }
         transaction.commit()?;
         Ok(Ok(()))
@@ -588,6 +589,11 @@ pub(super) fn open_spool(
             }
             Err(error) => return Err(error),
         }
+    }
+    // Files the reverse index names are kept too (the two agree unless damaged).
+    let files = transaction.open_table(super::spool::SPOOL_FILES)?;
+    for entry in files.iter()? {
+        referenced.insert(entry?.0.value());
     }
     let (removed, foreign) = spool.sweep(&referenced)?;
     if removed > 0 {

@@ -179,13 +179,14 @@ fn reseal_spool(
     keys: &Keys,
     done: &mut Rekeyed,
 ) -> Result<Vec<u128>, anyhow::Error> {
-    use super::spool::{SPOOL, SpoolRef};
+    use super::spool::{SPOOL, SPOOL_FILES, SpoolRef};
     let read = old.begin_read()?;
     let source = read.open_table(SPOOL)?;
     let mut old_files = Vec::new();
     let transaction = new.begin_write()?;
     {
         let mut target = transaction.open_table(SPOOL)?;
+        let mut files = transaction.open_table(SPOOL_FILES)?;
         for entry in source.iter()? {
             let (id, value) = entry?;
             let id = id.value();
@@ -208,6 +209,7 @@ fn reseal_spool(
                 id,
                 super::schema::encode(keys, place, &resealed)?.as_slice(),
             )?;
+            files.insert(resealed.file, id)?;
             old_files.push(reference.file);
         }
     }

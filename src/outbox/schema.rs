@@ -31,8 +31,8 @@
 //! `patients` and `index_keys` tables (the patient index, ADR 0019): builds of format 5
 //! would store and remove messages without their index entries, so they refuse it. Format 7
 //! adds the `objects` table (the DICOM object index, ADR 0020) for the same reason. Format 8
-//! adds the `spool` table (where spooled bodies are, ADR 0020): builds of format 7 would not
-//! find those bodies, nor remove their files.
+//! adds the `spool` and `spool_files` tables (where spooled bodies are, ADR 0020): builds
+//! of format 7 would not find those bodies, nor remove their files.
 
 use std::borrow::Cow;
 

@@ -81,7 +81,8 @@ pub struct Snapshot {
     spool: Option<std::sync::Arc<super::spool::Spool>>,
     /// The database, to tell a spooled file retention removed since this snapshot began
     /// from a missing one (`None` offline, where nothing removes them).
-    database: Option<std::sync::Arc<Database>>,
+    /// Weak: a snapshot must not keep the file open past the writer's close or reopen.
+    database: Option<std::sync::Weak<Database>>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -106,10 +107,10 @@ impl Snapshot {
     pub(super) fn with_spool(
         mut self,
         spool: Option<std::sync::Arc<super::spool::Spool>>,
-        database: std::sync::Arc<Database>,
+        database: &std::sync::Arc<Database>,
     ) -> Self {
         self.spool = spool;
-        self.database = Some(database);
+        self.database = Some(std::sync::Arc::downgrade(database));
         self
     }
 
@@ -122,6 +123,9 @@ impl Snapshot {
         if spool.exists(file) {
             return false;
         }
+        let Some(database) = database.upgrade() else {
+            return false;
+        };
         database
             .begin_read()
             .ok()

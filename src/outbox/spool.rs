@@ -42,6 +42,10 @@ pub const VIEW_HEAD: usize = 16 << 20;
 
 /// `message id → encoded SpoolRef` (format 8).
 pub const SPOOL: TableDefinition<u64, &[u8]> = TableDefinition::new("spool");
+/// `file id → message id`: which message a file is the body of (format 8; ids only, no
+/// patient data). A request retried after a commit that did reach the disk finds its file
+/// here and is answered as stored, never stored twice under one file.
+pub const SPOOL_FILES: TableDefinition<u128, u64> = TableDefinition::new("spool_files");
 
 const MAGIC: &[u8; 8] = b"MFSPOOL1";
 const HEADER_LEN: usize = 8 + 8 + 16;
@@ -287,17 +291,30 @@ impl Spool {
                 continue;
             }
             let mut header = [0u8; HEADER_LEN];
-            let whole = File::open(entry.path())
+            let whole = match File::open(entry.path())
                 .and_then(|mut file| read_exact_or(&mut file, &mut header))
-                .unwrap_or(false);
+            {
+                Ok(whole) => whole,
+                // Cut before its header was whole: a crash right after it was created.
+                Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => false,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                // Not readable (another user's, a failing disk): not known to be ours.
+                Err(_) => {
+                    foreign += 1;
+                    continue;
+                }
+            };
             let ours =
                 !whole || (&header[..8] == MAGIC && header[8..16] == self.store.to_be_bytes());
             if !ours {
                 foreign += 1;
                 continue;
             }
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
         }
         if removed > 0 {
             sync_dir(&self.dir)?;

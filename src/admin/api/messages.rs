@@ -625,9 +625,13 @@ pub async fn reprocess_messages(
                     let Some(record) = snapshot.message(id)? else {
                         return Ok((id, None));
                     };
-                    let body = snapshot
+                    let mut body = snapshot
                         .body_head(id, crate::outbox::spool::VIEW_HEAD)?
                         .unwrap_or_default();
+                    // A spooled report is mapped from the whole of it, as at intake.
+                    if crate::ingest::report_needs_whole_body(&body, record.body_len) {
+                        body = snapshot.body(id)?.unwrap_or(body);
+                    }
                     Ok((id, Some((record, body))))
                 })
                 .collect::<Result<Vec<_>, _>>()

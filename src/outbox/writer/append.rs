@@ -15,7 +15,7 @@ use crate::outbox::dedup::prefix;
 use crate::outbox::schema::{
     self, BODIES, COPIES, INLINE_BODY_MAX, PATIENTS, QueueEntry, RouteStatus,
 };
-use crate::outbox::spool::SPOOL;
+use crate::outbox::spool::{SPOOL, SPOOL_FILES};
 use crate::outbox::{Appended, ConnectorId, MessageId, NewMessage, Seq, StoreError, StoredCopy};
 use crate::outbox::{objects, patients};
 
@@ -32,30 +32,28 @@ impl Writer {
         accepted: &mut Vec<([u8; 32], u64)>,
         woken: &mut BTreeSet<ConnectorId>,
     ) -> Result<Appended, StoreError> {
+        if let Some(reference) = &message.spool
+            && let Some(stored) = transaction
+                .open_table(SPOOL_FILES)?
+                .get(reference.file)?
+                .map(|id| id.value())
+        {
+            // This very request, committed before (a retried commit that did reach the
+            // disk): answered as stored, the file already its body.
+            return Ok(Appended::Stored {
+                id: MessageId(stored),
+            });
+        }
         if let Some(key) = &message.object {
             let salt = tables.salt;
             let messages = &tables.messages;
             let table = opened_once(&mut tables.objects, transaction, objects::OBJECTS)?;
             let seen = objects::lookup(table, salt, key, |id| Ok(messages.get(id)?.is_some()))?;
             if let objects::Seen::Same(original) = seen {
-                // A duplicate's spooled file goes once this transaction is committed, unless
-                // it is the original's own (this request retried after a commit that did
-                // reach the disk).
+                // A duplicate's spooled file (named by no message: see above) goes once this
+                // transaction is committed.
                 if let Some(reference) = &message.spool {
-                    let spool = transaction.open_table(SPOOL)?;
-                    let named = match spool.get(original)? {
-                        Some(value) => schema::decode::<crate::outbox::spool::SpoolRef>(
-                            &tables.keys,
-                            Place::Spool(original),
-                            value.value(),
-                        )
-                        .ok()
-                        .map(|named| named.file),
-                        None => None,
-                    };
-                    if named != Some(reference.file) {
-                        tables.spool_removed.push(reference.file);
-                    }
+                    tables.spool_removed.push(reference.file);
                 }
                 let event = audit::received(
                     original,
@@ -131,6 +129,9 @@ impl Writer {
                 id,
                 schema::encode(&tables.keys, Place::Spool(id), reference)?.as_slice(),
             )?;
+            transaction
+                .open_table(SPOOL_FILES)?
+                .insert(reference.file, id)?;
         } else if !record.body_inline {
             transaction.open_table(BODIES)?.insert(
                 id,

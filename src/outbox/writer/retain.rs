@@ -9,7 +9,7 @@ use super::delivery::Delivery;
 use super::txn::{Tables, opened_once};
 use crate::outbox::crypt::{Keys, Place};
 use crate::outbox::schema::{self, BODIES, COPIES, DeliveryRecord, PATIENTS, RouteStatus};
-use crate::outbox::spool::{SPOOL, SpoolRef};
+use crate::outbox::spool::{SPOOL, SPOOL_FILES, SpoolRef};
 use crate::outbox::{ConnectorId, MessageId, Retained, StoreError};
 use crate::outbox::{objects, patients};
 
@@ -90,6 +90,9 @@ pub(super) fn retain<'txn>(
                 if let Ok(reference) =
                     schema::decode::<SpoolRef>(keys, Place::Spool(*id), value.value())
                 {
+                    transaction
+                        .open_table(SPOOL_FILES)?
+                        .remove(reference.file)?;
                     removed_files.push(reference.file);
                 }
             }

@@ -63,15 +63,26 @@ async fn a_duplicates_file_is_removed_after_its_commit_and_a_retried_originals_i
         "{appended:?}"
     );
     // The original's own request again (a retry after a commit reported failed that did
-    // reach the disk): a duplicate that removes nothing.
+    // reach the disk): answered as stored, under the original's id, nothing removed.
     let appended = outbox
         .append(spooled_message(&outbox, "1.2.3.4", first))
         .await
         .expect("append");
-    assert!(matches!(
-        appended,
-        mfoundry::outbox::Appended::Duplicate { .. }
-    ));
+    assert_eq!(appended, mfoundry::outbox::Appended::Stored { id });
+    // So too an object without an index key (stored as ERROR): never two messages on one
+    // file.
+    let third = write_spooled(&spool, &[9u8; 200_000]);
+    let mut refused = spooled_message(&outbox, "1.2.3.5", third);
+    refused.object = None;
+    let once = stored(outbox.append(refused.clone()).await.expect("append"));
+    let again = outbox.append(refused).await.expect("append");
+    assert_eq!(again, mfoundry::outbox::Appended::Stored { id: once });
+    let count = outbox
+        .snapshot()
+        .expect("snapshot")
+        .message_count()
+        .expect("count");
+    assert_eq!(count, 2, "the object and the refused one, each once");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while spool.exists(second.file) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
