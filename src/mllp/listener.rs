@@ -165,7 +165,7 @@ impl Listener {
                     settings.max_frame_memory,
                     // An object's head, and a spooled one's write stage and PDU.
                     dicom.inline_object_size.min(dicom.max_object_size)
-                        + super::association::SPOOL_STAGE
+                        + super::spooling::SPOOL_STAGE
                         + dicom.max_pdu_size as usize,
                 ),
                 settings,

@@ -11,6 +11,7 @@ mod client;
 mod codec;
 mod dicom;
 mod listener;
+mod spooling;
 mod stats;
 
 pub use client::{ClientError, MllpClient, connect_stream, is_quiet, quickack};
