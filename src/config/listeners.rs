@@ -516,6 +516,18 @@ pub(super) fn resolve(
         }
         let mut overrides = entry.settings.clone();
         overrides.push(("LISTENER_NAME", "name".to_owned(), entry.name.clone()));
+        if dicom {
+            // A dicom listener takes no HL7 frames: MAX_FRAME_SIZE (which max_frame_memory
+            // must hold twice) is not its limit; what its objects hold is checked below.
+            overrides.push((
+                "MAX_FRAME_SIZE",
+                "max_frame_size".to_owned(),
+                crate::yaml::Spanned {
+                    value: "64KiB".to_owned(),
+                    at: entry.at,
+                },
+            ));
+        }
         let layers = context.base.with_overrides(&overrides);
         let settings = match listener_from_layers(&layers) {
             Ok(settings) => settings,

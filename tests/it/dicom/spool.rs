@@ -17,7 +17,7 @@ fn config(connector_filter: &str) -> String {
     listen_addr: "127.0.0.1:0"
     ae_title: MFOUNDRY
     inline_object_size: 64KiB
-    max_frame_memory: 32MiB
+    max_frame_memory: 4MiB
 connectors:
   - name: archive
     type: file
@@ -84,7 +84,7 @@ fn a_large_object_is_spooled_without_being_held_and_a_crash_leaves_no_stray_file
     let grown = peak_memory(server.child.id()).saturating_sub(before);
     assert!(
         grown < 16 << 20,
-        "a 48 MiB object over a 32 MiB max_frame_memory grew the peak memory by {grown} bytes"
+        "a 48 MiB object over a 4 MiB max_frame_memory grew the peak memory by {grown} bytes"
     );
     let files = spooled_files(dir);
     assert_eq!(files.len(), 1, "{files:?}");
