@@ -183,6 +183,18 @@ pub struct Percentiles {
     pub p999: f64,
 }
 
+impl Percentiles {
+    /// Of these latencies (sorted here).
+    pub(super) fn of<T: Copy + Ord + Into<f64>>(latencies: &mut [T]) -> Self {
+        latencies.sort_unstable();
+        Self {
+            p50: percentile(latencies, 0.50),
+            p99: percentile(latencies, 0.99),
+            p999: percentile(latencies, 0.999),
+        }
+    }
+}
+
 /// What a bench run measured.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct BenchReport {
@@ -354,12 +366,7 @@ pub async fn run_bench(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result<
         }
     }
     report.answered = latencies.len();
-    latencies.sort_unstable();
-    report.latency = Percentiles {
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-        p999: percentile(&latencies, 0.999),
-    };
+    report.latency = Percentiles::of(&mut latencies);
     writeln!(
         out,
         "{}connections {}, messages {} ({} bytes each): {:.0} msg/s in {:.2} s",

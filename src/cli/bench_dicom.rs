@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bytes::Bytes;
 
-use super::bench::{BenchArgs, BenchReport, Percentiles, drain_watch, percentile, run_tag};
+use super::bench::{BenchArgs, BenchReport, Percentiles, drain_watch, run_tag};
 use crate::delivery::Envelope;
 use crate::dicom::dataset::{self, Syntax, write::element};
 use crate::outbox::MessageRecord;
@@ -166,12 +166,7 @@ pub(super) async fn run(args: &BenchArgs, out: &mut dyn Write) -> anyhow::Result
     }
     report.elapsed = started.elapsed();
     report.answered = latencies.len();
-    latencies.sort_unstable();
-    report.latency = Percentiles {
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-        p999: percentile(&latencies, 0.999),
-    };
+    report.latency = Percentiles::of(&mut latencies);
     anyhow::ensure!(
         report.answered > 0,
         "no object was stored: is a dicom listener at {} with ae_title {} (and {} allowed)?",

@@ -238,11 +238,7 @@ fn run_case(
             continue;
         }
         connectors.push((*name).to_owned());
-        let copy = copies
-            .iter()
-            .find(|(connector, _)| *connector == route.connector)
-            .map(|(_, copy)| copy.clone());
-        let body = match copy {
+        let body = match copy_for(&copies, route.connector) {
             Some(StoredCopy::Failed(reason)) => {
                 outputs.push((
                     (*name).to_owned(),
@@ -280,6 +276,17 @@ fn run_case(
     })
 }
 
+/// The copy of the connector with this id, when it has one.
+fn copy_for(
+    copies: &[(crate::outbox::ConnectorId, StoredCopy)],
+    connector: crate::outbox::ConnectorId,
+) -> Option<StoredCopy> {
+    copies
+        .iter()
+        .find(|(id, _)| *id == connector)
+        .map(|(_, copy)| copy.clone())
+}
+
 /// A case whose input is a DICOM object: routed as a `dicom` listener would, each
 /// connector's delivery rendered as for a message.
 fn run_object_case(
@@ -311,12 +318,7 @@ fn run_object_case(
             continue;
         }
         connectors.push((*name).to_owned());
-        let copy = decided
-            .copies
-            .iter()
-            .find(|(connector, _)| *connector == route.connector)
-            .map(|(_, copy)| copy.clone());
-        let body = match copy {
+        let body = match copy_for(&decided.copies, route.connector) {
             Some(StoredCopy::Failed(reason)) => {
                 outputs.push((
                     (*name).to_owned(),

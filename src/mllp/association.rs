@@ -620,16 +620,14 @@ where
                         continue;
                     }
                 }
-                let kept = if spooling.writer.is_some() {
-                    &fragment.data[..head_room.min(fragment.data.len())]
+                // Spooling keeps only the head in `file`, and holds a write stage besides.
+                let (kept, stage) = if spooling.writer.is_some() {
+                    (
+                        &fragment.data[..head_room.min(fragment.data.len())],
+                        SPOOL_STAGE,
+                    )
                 } else {
-                    &fragment.data[..]
-                };
-                // Spooling holds a write stage besides the head.
-                let stage = if spooling.writer.is_some() {
-                    SPOOL_STAGE
-                } else {
-                    0
+                    (&fragment.data[..], 0)
                 };
                 let covered =
                     share.cover(file.capacity().max(file.len() + kept.len()) + stage, || {

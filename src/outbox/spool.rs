@@ -330,14 +330,20 @@ impl Spool {
     /// Copy a body into a new file sealed with `keys` (`store rekey`); the old file stays
     /// until its store is replaced.
     pub fn reseal(&self, reference: &SpoolRef, keys: &Keys) -> Result<SpoolRef, StoreError> {
-        let body = self.read(reference)?;
         let target = Self {
             dir: self.dir.clone(),
             keys: keys.clone(),
             store: self.store,
         };
         let mut writer = target.create(0)?;
-        writer.write(&body)?;
+        // Chunk by chunk: a large body is never held whole.
+        let mut written = Ok(());
+        self.read_into(reference, u64::MAX, &mut |chunk| {
+            if written.is_ok() {
+                written = writer.write(chunk);
+            }
+        })?;
+        written?;
         let mut spooled = writer.finish()?;
         spooled.keep();
         Ok(SpoolRef {

@@ -762,6 +762,20 @@ pub async fn eventually_within(limit: Duration, what: &str, condition: impl Fn()
     }
 }
 
+/// Block until `condition` holds (checked every 50 ms), at most `limit`; past it, fail
+/// with what `describe` says (built only then: it may read a log).
+pub fn wait_until(
+    limit: Duration,
+    mut condition: impl FnMut() -> bool,
+    describe: impl Fn() -> String,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "{}", describe());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Wait until `condition` holds (checked every 10 ms), at most 30 s.
 pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
     eventually_within(Duration::from_secs(30), what, condition).await;

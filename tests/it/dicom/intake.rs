@@ -51,19 +51,17 @@ pub(super) fn stored(server: &common::Server, directory: &Path) -> Vec<serde_jso
 
 /// Wait until `folder` (and its day folders) holds `count` files.
 pub(super) fn files_in(folder: &Path, count: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let found = common::count_files(folder);
-        if found == count {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} holds {found} files, not {count}",
-            folder.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_until(
+        Duration::from_secs(30),
+        || common::count_files(folder) == count,
+        || {
+            format!(
+                "{} holds {} files, not {count}",
+                folder.display(),
+                common::count_files(folder)
+            )
+        },
+    );
 }
 
 #[test]
@@ -72,11 +70,7 @@ fn objects_from_dcmtk_are_routed_by_dicom_filters_and_a_restore_is_stored_once()
     let scratch = tempfile::tempdir().expect("tempdir");
     let dir = scratch.path();
     std::fs::write(dir.join("gateway.yaml"), config("")).expect("config");
-    let objects = peers.objects(&dir.join("objects"), 2, 4096);
-    let files: Vec<_> = objects
-        .iter()
-        .map(|(name, _)| dir.join("objects").join(name))
-        .collect();
+    let (objects, files) = peers.object_files(&dir.join("objects"), 2, 4096);
     let server = common::Server::start(dir, "gateway.yaml", "data", &[("LISTEN_ADDR", "")]);
     let addr = server.listener_addr("modalities");
     let (host, port) = addr.rsplit_once(':').expect("host:port");

@@ -79,6 +79,18 @@ impl Peers {
             .collect()
     }
 
+    /// [`Peers::objects`], with each file's path.
+    pub fn object_files(
+        &self,
+        out: &Path,
+        count: usize,
+        size: usize,
+    ) -> (Vec<(String, String)>, Vec<PathBuf>) {
+        let objects = self.objects(out, count, size);
+        let files = objects.iter().map(|(name, _)| out.join(name)).collect();
+        (objects, files)
+    }
+
     /// pynetdicom's C-STORE of `args` (files, or `--synthetic N`): whether it exited 0, each
     /// object's status and UID as printed, and everything it printed.
     pub fn pynetdicom_store(

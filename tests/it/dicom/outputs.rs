@@ -147,26 +147,23 @@ connectors:
         http = pacs.http_port,
     );
     std::fs::write(dir.join("gateway.yaml"), config).expect("config");
-    let objects = peers.objects(&dir.join("objects"), 2, 4096);
-    let files: Vec<_> = objects
-        .iter()
-        .map(|(name, _)| dir.join("objects").join(name))
-        .collect();
+    let (objects, files) = peers.object_files(&dir.join("objects"), 2, 4096);
     let server = common::Server::start(dir, "gateway.yaml", "data", &[("LISTEN_ADDR", "")]);
     let addr = server.listener_addr("modalities");
     let (ok, text) = storescu(&addr, "CT1", "MFOUNDRY", &[], &files);
     assert!(ok, "{text}");
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     for (name, uid) in &objects {
-        while !pacs.has(uid) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} ({uid}) did not reach Orthanc: {}",
-                std::fs::read_to_string(dir.join("pacs/orthanc.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        common::wait_until(
+            Duration::from_secs(60),
+            || pacs.has(uid),
+            || {
+                format!(
+                    "{name} ({uid}) did not reach Orthanc: {}",
+                    std::fs::read_to_string(dir.join("pacs/orthanc.log")).unwrap_or_default()
+                )
+            },
+        );
     }
 
     // A peer that refuses the association for good: the object is in the dead-letter
@@ -207,13 +204,10 @@ connectors:
         &[dir.join("more").join(&more[0].0)],
     );
     assert!(ok, "{text}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !pacs.has(&more[0].1) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the later object did not arrive"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    common::wait_until(
+        Duration::from_secs(60),
+        || pacs.has(&more[0].1),
+        || "the later object did not arrive".to_owned(),
+    );
     server.stop();
 }

@@ -91,11 +91,7 @@ connectors:
 "#,
     )
     .expect("config");
-    let objects = peers.objects(&dir.join("objects"), 1, 1024);
-    let files: Vec<_> = objects
-        .iter()
-        .map(|(name, _)| dir.join("objects").join(name))
-        .collect();
+    let (objects, files) = peers.object_files(&dir.join("objects"), 1, 1024);
     let server = common::Server::start(dir, "gateway.yaml", "data", &[("LISTEN_ADDR", "")]);
     let addr = server.listener_addr("modalities");
     let (ok, text) = super::storescu(&addr, "CT1", "MFOUNDRY", &[], &files);

@@ -36,14 +36,6 @@ fn spooled_files(dir: &Path) -> Vec<PathBuf> {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(std::time::Instant::now() < deadline, "{what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn a_large_object_is_spooled_without_being_held_and_a_crash_leaves_no_stray_file() {
     let Some(peers) = peers() else { return };
@@ -157,11 +149,7 @@ fn spooled_objects_are_delivered_whole_and_their_files_go_with_their_messages() 
     let scratch = tempfile::tempdir().expect("tempdir");
     let dir = scratch.path();
     std::fs::write(dir.join("gateway.yaml"), config("true")).expect("config");
-    let objects = peers.objects(&dir.join("objects"), 2, 3 << 20);
-    let files: Vec<PathBuf> = objects
-        .iter()
-        .map(|(name, _)| dir.join("objects").join(name))
-        .collect();
+    let (objects, files) = peers.object_files(&dir.join("objects"), 2, 3 << 20);
     let server = common::Server::start(
         dir,
         "gateway.yaml",
@@ -189,8 +177,10 @@ fn spooled_objects_are_delivered_whole_and_their_files_go_with_their_messages() 
         assert!(received.data_set == sent.data_set, "{uid} delivered whole");
     }
     // Delivered, then removed by retention: their spooled files go too.
-    wait_until("retention removes the spooled files", || {
-        spooled_files(dir).is_empty() && stored(&server, dir).is_empty()
-    });
+    common::wait_until(
+        Duration::from_secs(60),
+        || spooled_files(dir).is_empty() && stored(&server, dir).is_empty(),
+        || "retention removes the spooled files".to_owned(),
+    );
     server.stop();
 }
